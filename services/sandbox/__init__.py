@@ -1,0 +1,1 @@
+"""Faithful local simulators of the four vendor APIs (FinX, TickSupply, Digitex, Sitagri)."""

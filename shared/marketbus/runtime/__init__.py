@@ -1,0 +1,1 @@
+"""The small runtime every marketbus service uses: settings, broker, health, metrics, backoff."""

@@ -1,0 +1,97 @@
+"""Run an ASGI app (Starlette) in-process with uvicorn, on a given or a free port.
+
+Used by the sandboxes, the export HTTP API and every service's /healthz + /metrics server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+class AsgiServer:
+    """An uvicorn server running as a task of the current event loop."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        options = {"log_level": "warning", "lifespan": "on", "ws_ping_interval": None, "access_log": False}
+        options.update(uvicorn_options)
+        self._options = options
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port: int = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    async def start(self) -> AsgiServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.requested_port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, **self._options)
+        self._server = uvicorn.Server(config)
+        # uvicorn installs signal handlers in serve(); the owner of the process handles signals.
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"http:{self.port}")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises the start-up error
+            await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=5)
+        if not self._task.done():
+            self._server.force_exit = True
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        self._server = None
+
+    async def __aenter__(self) -> AsgiServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app: Any, host: str = "127.0.0.1", port: int = 0, **options: Any) -> AsyncIterator[AsgiServer]:
+    server = AsgiServer(app, host, port, **options)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
