@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, kw_only=True):
     """Base class: subclasses set ``env_prefix`` and declare typed fields with defaults."""
 
     env_prefix: ClassVar[str] = "MARKETBUS_"
+    # field -> other variables read when the prefixed one is absent (e.g. a shared NATS_URL)
+    env_fallbacks: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log (secrets masked)."""
@@ -116,6 +118,10 @@ def load_settings(cls: type[S], env: Mapping[str, str] | None = None, **override
             data[field.name] = overrides[field.name]
             continue
         raw = _raw_value(name, env)
+        for fallback in cls.env_fallbacks.get(field.name, ()) if raw is None else ():
+            raw = _raw_value(fallback, env)
+            if raw is not None:
+                break
         if raw is None:
             if field.required:
                 raise SettingsError(f"{name} is required but not set")

@@ -1,0 +1,309 @@
+"""TickSupply wire conventions: errors, request ids, auth, rate limit, idempotency, page tokens, times.
+
+Every non-2xx reply is ``{"error": {"code", "message", "details"}}``; the official client picks its
+exception from ``error.code``. Every reply carries ``X-Request-Id``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.sandbox.common.base import json_response
+
+T = TypeVar("T")
+
+STATUS_CODES = {
+    400: "invalid_argument", 401: "unauthenticated", 402: "payment_required", 403: "permission_denied",
+    404: "not_found", 405: "invalid_argument", 409: "already_exists", 429: "rate_limited",
+    500: "internal", 503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, details: dict[str, Any] | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or STATUS_CODES.get(status, "internal")
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def error_body(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The vendor error format; also used by the shared fault middleware for injected 429/5xx."""
+    body = msgspec.json.encode({"error": {"code": code, "message": message, "details": details or {}}})
+    return body, {"x-request-id": new_request_id()}
+
+
+def error_response(exc: ApiError) -> Response:
+    body, headers = error_body(exc.status, exc.code, exc.message, exc.details)
+    return Response(body, exc.status, headers=headers | exc.headers, media_type="application/json")
+
+
+# --- times -------------------------------------------------------------------------------------
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def iso(ns: int) -> str:
+    """ISO 8601 UTC with microseconds (bookkeeping times; spans are kept on microsecond bounds)."""
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=(ns // 1000) % 1_000_000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_ISO = re.compile(r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def parse_ns(value: Any, name: str) -> int:
+    """A request timestamp: int ns, a string of ns, or ISO 8601 (naive = UTC), as the client allows."""
+    if isinstance(value, bool) or value is None:
+        raise ApiError(400, f"{name} is required and must be nanoseconds or ISO 8601", {"field": name})
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        match = _ISO.match(text)
+        if match:
+            whole, frac, zone = match.groups()
+            zone = "+00:00" if zone in (None, "Z") else zone
+            try:
+                dt = datetime.fromisoformat(whole.replace(" ", "T") + zone)
+            except ValueError:
+                pass
+            else:
+                return int(dt.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+    raise ApiError(400, f"{name} must be nanoseconds since the epoch or an ISO 8601 datetime", {"field": name})
+
+
+# --- auth and rate limiting --------------------------------------------------------------------
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.tokens = float(self.burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """0 if a token was taken, else the seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class Gate:
+    """Authentication and the per-key token bucket, applied to every ``/v1`` request."""
+
+    def __init__(self, api_keys: Sequence[str], rate: float, burst: int) -> None:
+        self.api_keys = set(api_keys)
+        self.rate = rate
+        self.burst = burst
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def check(self, request: Request) -> str:
+        key = request.headers.get("x-api-key", "")
+        if not key:
+            raise ApiError(401, "Missing X-Api-Key header")
+        if key not in self.api_keys:
+            raise ApiError(401, "Invalid API key")
+        if self.rate > 0:
+            bucket = self.buckets.setdefault(key, TokenBucket(self.rate, self.burst))
+            wait = bucket.take()
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                raise ApiError(429, "Rate limit exceeded", {"retry_after_seconds": retry},
+                               headers={"retry-after": str(retry)})
+        return key
+
+
+class GateMiddleware:
+    """Pure ASGI: authenticates and rate-limits ``/v1`` and stamps ``X-Request-Id`` on every reply."""
+
+    def __init__(self, app: Any, gate: Gate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+
+        async def stamped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if scope["path"].startswith("/v1"):
+            try:
+                key = self.gate.check(Request(scope))
+            except ApiError as exc:
+                await error_response(exc)(scope, receive, stamped)
+                return
+            scope.setdefault("state", {})["api_key"] = key
+        await self.app(scope, receive, stamped)
+
+
+# --- pagination --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PageLimits:
+    default: int
+    maximum: int
+
+
+CATALOG_LIMITS = PageLimits(100, 1000)
+ACCOUNT_LIMITS = PageLimits(50, 100)
+
+
+class Pager:
+    """Opaque keyset page tokens, signed and bound to the query they came from."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+
+    def _sign(self, payload: bytes) -> str:
+        return hmac.new(self.secret, payload, hashlib.sha256).hexdigest()[:16]
+
+    def encode(self, scope: str, after: int | str) -> str:
+        payload = msgspec.json.encode([scope, after])
+        return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + self._sign(payload)
+
+    def decode(self, token: str, scope: str) -> int | str:
+        try:
+            data, sig = token.rsplit(".", 1)
+            payload = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+            token_scope, after = msgspec.json.decode(payload)
+        except (ValueError, msgspec.DecodeError, TypeError):
+            raise ApiError(400, "Invalid page_token", {"field": "page_token"}) from None
+        if not hmac.compare_digest(sig, self._sign(payload)) or token_scope != scope:
+            raise ApiError(400, "Invalid page_token", {"field": "page_token"})
+        return after
+
+    def page(self, request: Request, items: Sequence[T], key: Callable[[T], Any], limits: PageLimits,
+             render: Callable[[T], Any]) -> Response:
+        """``items`` must already be sorted by ``key`` ascending; the scope binds path + filters."""
+        params = request.query_params
+        limit = int_param(request, "limit", limits.default)
+        if not 1 <= limit <= limits.maximum:
+            raise ApiError(400, f"limit must be between 1 and {limits.maximum}",
+                           {"field": "limit", "max": limits.maximum})
+        filters = sorted((k, v) for k, v in params.multi_items() if k not in ("limit", "page_token"))
+        scope = hashlib.sha256(msgspec.json.encode([request.url.path, filters])).hexdigest()[:12]
+        remaining = list(items)
+        token = params.get("page_token")
+        if token:
+            after = self.decode(token, scope)
+            remaining = [item for item in remaining if key(item) > after]
+        chunk = remaining[:limit]
+        next_token = self.encode(scope, key(chunk[-1])) if len(remaining) > limit else None
+        return json_response({"items": [render(i) for i in chunk], "total": len(items), "limit": limit,
+                              "next_page_token": next_token})
+
+
+def int_param(request: Request, name: str, default: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise ApiError(400, f"{name} is required", {"field": name})
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer", {"field": name}) from None
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The JSON object body; an empty body (the client sends none on pause/cancel/...) is ``{}``."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise ApiError(400, "Request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+# --- idempotency -------------------------------------------------------------------------------
+@dataclass
+class _Saved:
+    fingerprint: str
+    status: int
+    body: bytes
+    media_type: str | None
+    expires: float
+
+
+class IdempotencyStore:
+    """Replays the first reply to (api key, Idempotency-Key); a different request with the key is 409."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self.saved: dict[tuple[str, str], _Saved] = {}
+
+    def wrap(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def idempotent(request: Request) -> Response:
+            idem_key = request.headers.get("idempotency-key")
+            if not idem_key:
+                return await handler(request)
+            raw = await request.body()
+            try:
+                canonical = msgspec.json.encode(msgspec.json.decode(raw), order="sorted") if raw.strip() else b""
+            except msgspec.DecodeError:
+                canonical = raw
+            fingerprint = hashlib.sha256(
+                request.method.encode() + b" " + request.url.path.encode() + b"\n" + canonical).hexdigest()
+            slot = (request.state.api_key, idem_key)
+            now = time.monotonic()
+            self._expire(now)
+            saved = self.saved.get(slot)
+            if saved is not None:
+                if saved.fingerprint != fingerprint:
+                    raise ApiError(409, "Idempotency-Key was already used with a different request",
+                                   {"idempotency_key": idem_key})
+                return Response(saved.body, saved.status, media_type=saved.media_type,
+                                headers={"idempotent-replayed": "true"})
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                response = error_response(exc)
+            # Client errors are final and replayed; server errors and throttling are not (retry them).
+            if response.status_code < 500 and response.status_code != 429:
+                self.saved[slot] = _Saved(fingerprint, response.status_code, bytes(response.body),
+                                          response.media_type, now + self.ttl_s)
+            return response
+
+        return idempotent
+
+    def _expire(self, now: float) -> None:
+        # A sandbox holds few keys, so a full sweep per mutating request is cheap.
+        self.saved = {k: v for k, v in self.saved.items() if v.expires > now}

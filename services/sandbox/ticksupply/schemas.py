@@ -1,0 +1,313 @@
+"""Export schemas: the built-in ones, validation of custom ones, and compiling either into CSV columns.
+
+Built-in schemas (rendered natively for speed, shown through the API with their column specs):
+
+* trade ``raw``: ``exchange_ts_ns, collection_ts_ns, trade_id, price, quantity, side``
+  (ns integers, the exchange's trade id, exact decimal strings, ``buy``/``sell`` = aggressor side).
+* trade ``normalized``: ``exchange, instrument, exchange_time, collection_time, trade_id, price,
+  quantity, side`` (times as ISO 8601 with nanoseconds).
+* book_update ``raw``: ``exchange_ts_ns, collection_ts_ns, update_id, side, price, quantity``
+  (two rows per update: the best bid then the best ask).
+* book_update ``normalized``: ``exchange, instrument, exchange_time, collection_time, update_id,
+  side, price, quantity``.
+
+Custom schemas extract ``meta`` (collection timestamp in ns/us/ms/s/iso8601) and ``data`` columns
+by dot path from the exchange's native message (Binance combined-stream trade, Coinbase ``match``,
+Kraken v2 ``trade``); ``unfold`` expands an array into one row per element. ``transform`` SQL and
+``derive`` rules are stored and echoed but not evaluated (the raw value is written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+
+from services.sandbox.common.tape import Tick
+
+from .catalog import Datastream, tick_decimal
+
+STREAM_CATEGORY = {"trade": "trade", "depth": "book_update"}
+CATEGORIES = ("trade", "orderbook", "book_update", "quote", "kline", "ticker", "liquidation")
+BUILT_IN_NAMES = ("raw", "normalized")
+
+
+# --- wire structs (validation of user input) ---------------------------------------------------
+class Meta(msgspec.Struct, forbid_unknown_fields=True):
+    value: Literal["collection_timestamp_ns"]
+    format: Literal["ns", "us", "ms", "s", "iso8601"] = "ns"
+
+
+class JsonPath(msgspec.Struct):
+    path: str
+    type: str
+
+
+class Extractor(msgspec.Struct, omit_defaults=True):
+    json: JsonPath | None = None
+    transform: str | None = None
+
+
+class Column(msgspec.Struct, omit_defaults=True):
+    output_column: str
+    meta: Meta | None = None
+    data: dict[str, Extractor] | None = None
+
+
+class Unfold(msgspec.Struct):
+    path: str
+
+
+class Content(msgspec.Struct, omit_defaults=True):
+    columns: list[Column]
+    unfold: dict[str, Unfold] | None = None
+    derive: dict[str, list[dict[str, Any]]] | None = None
+
+
+_TYPES = ("f64", "i64", "string", "bool")
+
+
+def parse_content(body: Any) -> Content:
+    """Validate schema content (columns/unfold/derive); raises ValueError with a readable reason."""
+    try:
+        content = msgspec.convert(body, Content)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    if not content.columns:
+        raise ValueError("columns must not be empty")
+    for col in content.columns:
+        if (col.meta is None) == (col.data is None):
+            raise ValueError(f"column {col.output_column!r}: set exactly one of meta or data")
+        for exchange, ex in (col.data or {}).items():
+            if ex.json is None:
+                raise ValueError(f"column {col.output_column!r}: data.{exchange}.json is required")
+            kind = ex.json.type
+            if kind not in _TYPES and not (kind.startswith("decimal(") and kind.endswith(")") and kind[8:-1].isdigit()):
+                raise ValueError(f"column {col.output_column!r}: unknown type {kind!r}")
+    return content
+
+
+# --- native exchange messages, what custom ``data`` paths address -------------------------------
+def _iso_ns(ns: int) -> str:
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
+
+
+def _side(tick: Tick) -> str:
+    return "buy" if tick.side == 1 else "sell"
+
+
+def native_message(ds: Datastream, tick: Tick) -> dict[str, Any]:
+    price, qty = tick_decimal(tick.price), tick_decimal(tick.size)
+    if ds.stream_type != "trade":
+        return {"update_id": tick.index, "E": tick.ts_ns // 1_000_000, "bids": [[tick_decimal(_bid(ds, tick)), qty]],
+                "asks": [[tick_decimal(_ask(ds, tick)), tick_decimal(_ask_size(ds, tick))]]}
+    if ds.exchange == "binance":
+        ms = tick.ts_ns // 1_000_000
+        return {"stream": f"{ds.symbol.lower()}@trade", "data": {
+            "e": "trade", "E": ms, "s": ds.symbol, "t": tick.index, "p": price, "q": qty, "T": ms, "m": tick.side == 2}}
+    if ds.exchange == "coinbase":
+        return {"type": "match", "trade_id": tick.index, "product_id": ds.symbol, "price": price, "size": qty,
+                "side": _side(tick), "time": _iso_ns(tick.ts_ns)[:26] + "Z"}
+    inst = ds.instrument
+    return {"channel": "trade", "type": "update", "data": [{
+        "symbol": f"{inst.base}/{inst.quote}", "side": _side(tick), "price": tick.price, "qty": tick.size,
+        "ord_type": "market", "trade_id": tick.index, "timestamp": _iso_ns(tick.ts_ns)[:26] + "Z"}]}
+
+
+def _bid(ds: Datastream, tick: Tick) -> Decimal:
+    return tick.price - ds.tape.tick_size
+
+
+def _ask(ds: Datastream, tick: Tick) -> Decimal:
+    return tick.price + ds.tape.tick_size
+
+
+def _ask_size(ds: Datastream, tick: Tick) -> Decimal:
+    return ds.tape.size(tick.index + 7_777_777)
+
+
+# --- rows ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One source row before column extraction (a depth update yields two: bid and ask)."""
+
+    tick: Tick
+    collection_ts: int
+    side: str
+    price: Decimal
+    quantity: Decimal
+
+
+def records(ds: Datastream, start_ns: int, end_ns: int) -> Iterator[Record]:
+    for tick in ds.tape.ticks(start_ns, end_ns):
+        coll = ds.collection_ts(tick.index, tick.ts_ns)
+        if ds.stream_type == "trade":
+            yield Record(tick, coll, _side(tick), tick.price, tick.size)
+        else:
+            yield Record(tick, coll, "bid", _bid(ds, tick), tick.size)
+            yield Record(tick, coll, "ask", _ask(ds, tick), _ask_size(ds, tick))
+
+
+ColumnFn = Callable[[Datastream, Record], str]
+
+_FIELDS: dict[str, ColumnFn] = {
+    "exchange_ts_ns": lambda ds, r: str(r.tick.ts_ns),
+    "collection_ts_ns": lambda ds, r: str(r.collection_ts),
+    "exchange_time": lambda ds, r: _iso_ns(r.tick.ts_ns),
+    "collection_time": lambda ds, r: _iso_ns(r.collection_ts),
+    "trade_id": lambda ds, r: str(r.tick.index),
+    "update_id": lambda ds, r: str(r.tick.index),
+    "price": lambda ds, r: tick_decimal(r.price),
+    "quantity": lambda ds, r: tick_decimal(r.quantity),
+    "side": lambda ds, r: r.side,
+    "exchange": lambda ds, r: ds.exchange,
+    "instrument": lambda ds, r: ds.symbol,
+}
+
+BUILT_IN_COLUMNS: dict[tuple[str, str], list[str]] = {
+    ("trade", "raw"): ["exchange_ts_ns", "collection_ts_ns", "trade_id", "price", "quantity", "side"],
+    ("trade", "normalized"): ["exchange", "instrument", "exchange_time", "collection_time", "trade_id", "price",
+                              "quantity", "side"],
+    ("book_update", "raw"): ["exchange_ts_ns", "collection_ts_ns", "update_id", "side", "price", "quantity"],
+    ("book_update", "normalized"): ["exchange", "instrument", "exchange_time", "collection_time", "update_id",
+                                    "side", "price", "quantity"],
+}
+
+# How the built-in columns map onto native messages, as shown by GET /export-schemas/{id}.
+_NATIVE_PATHS: dict[str, dict[str, tuple[str, str]]] = {
+    "trade_id": {"binance": ("data.t", "i64"), "coinbase": ("trade_id", "i64"), "kraken": ("data.trade_id", "i64")},
+    "price": {"binance": ("data.p", "decimal(18)"), "coinbase": ("price", "decimal(18)"),
+              "kraken": ("data.price", "decimal(18)")},
+    "quantity": {"binance": ("data.q", "decimal(18)"), "coinbase": ("size", "decimal(18)"),
+                 "kraken": ("data.qty", "decimal(18)")},
+    "side": {"binance": ("data.m", "bool"), "coinbase": ("side", "string"), "kraken": ("data.side", "string")},
+    "exchange_ts_ns": {"binance": ("data.T", "i64"), "coinbase": ("time", "string"),
+                       "kraken": ("data.timestamp", "string")},
+}
+
+
+def built_in_spec(category: str, name: str) -> dict[str, Any]:
+    """Column specs of a built-in schema, in the API's Column shape."""
+    columns: list[dict[str, Any]] = []
+    for out in BUILT_IN_COLUMNS[(category, name)]:
+        if out.startswith("collection_"):
+            fmt = "ns" if out.endswith("_ns") else "iso8601"
+            columns.append({"output_column": out, "meta": {"value": "collection_timestamp_ns", "format": fmt}})
+            continue
+        paths = _NATIVE_PATHS.get(out.replace("update_id", "trade_id").replace("exchange_time", "exchange_ts_ns"),
+                                  {"binance": (out, "string"), "coinbase": (out, "string"), "kraken": (out, "string")})
+        columns.append({"output_column": out,
+                        "data": {ex: {"json": {"path": p, "type": t}} for ex, (p, t) in paths.items()}})
+    spec: dict[str, Any] = {"columns": columns}
+    if category == "trade":
+        spec["unfold"] = {"kraken": {"path": "data"}}
+    return spec
+
+
+# --- compiled schema ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CompiledSchema:
+    header: list[str]
+    columns: list[ColumnFn]
+    unfold: dict[str, str]  # exchange -> array path, for custom schemas only
+    native: bool  # custom data columns need the native message
+
+    def rows(self, ds: Datastream, start_ns: int, end_ns: int) -> Iterator[list[str]]:
+        cols = self.columns
+        for rec in records(ds, start_ns, end_ns):
+            if not self.native:
+                yield [fn(ds, rec) for fn in cols]
+                continue
+            for message in _unfolded(native_message(ds, rec.tick), self.unfold.get(ds.exchange)):
+                yield [fn(ds, _WithMessage(rec, message)) for fn in cols]
+
+
+class _WithMessage:
+    """A Record plus the native message a custom data column reads."""
+
+    __slots__ = ("collection_ts", "message", "price", "quantity", "side", "tick")
+
+    def __init__(self, rec: Record, message: dict[str, Any]) -> None:
+        self.tick, self.collection_ts, self.side = rec.tick, rec.collection_ts, rec.side
+        self.price, self.quantity = rec.price, rec.quantity
+        self.message = message
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return None
+        if obj is None:
+            return None
+    return obj
+
+
+def _unfolded(message: dict[str, Any], path: str | None) -> Iterator[dict[str, Any]]:
+    """One message per element of the array at ``path`` (the element replaces the array)."""
+    array = _get(message, path) if path else None
+    if not path or not isinstance(array, list):
+        yield message
+        return
+    head, _, last = path.rpartition(".")
+    for element in array:
+        copy = msgspec.json.decode(msgspec.json.encode(message))  # deep copy; messages are small
+        parent = _get(copy, head) if head else copy
+        parent[last] = element
+        yield copy
+
+
+def _convert(value: Any, kind: str) -> str:
+    if value is None:
+        return ""
+    if kind == "bool":
+        return "true" if value is True or value == "true" else "false"
+    if kind == "i64":
+        return str(int(value))
+    if kind == "f64":
+        return repr(float(value))
+    if kind.startswith("decimal("):
+        scale = int(kind[8:-1])
+        number = Decimal(str(value))
+        exponent = number.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > scale:
+            number = number.quantize(Decimal(1).scaleb(-scale))
+        return tick_decimal(number)
+    return str(value)
+
+
+def _meta_fn(fmt: str) -> ColumnFn:
+    divisors = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+    if fmt == "iso8601":
+        return lambda ds, r: _iso_ns(r.collection_ts)
+    div = divisors[fmt]
+    return lambda ds, r: str(r.collection_ts // div)
+
+
+def _data_fn(data: dict[str, Extractor]) -> ColumnFn:
+    def extract(ds: Datastream, r: Any) -> str:
+        ex = data.get(ds.exchange)
+        if ex is None or ex.json is None:
+            return ""
+        return _convert(_get(r.message, ex.json.path), ex.json.type)
+
+    return extract
+
+
+def compile_built_in(category: str, name: str) -> CompiledSchema:
+    header = BUILT_IN_COLUMNS[(category, name)]
+    return CompiledSchema(header, [_FIELDS[c] for c in header], {}, native=False)
+
+
+def compile_custom(content: Content) -> CompiledSchema:
+    header = [c.output_column for c in content.columns]
+    fns = [_meta_fn(c.meta.format) if c.meta is not None else _data_fn(c.data or {}) for c in content.columns]
+    unfold = {ex: u.path for ex, u in (content.unfold or {}).items()}
+    return CompiledSchema(header, fns, unfold, native=any(c.data is not None for c in content.columns))

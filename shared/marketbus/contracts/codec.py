@@ -1,0 +1,142 @@
+"""Wire format: JSON via msgspec, one tagged union for every message type, batch envelopes.
+
+Headers on every message: ``Nats-Msg-Id`` (the event id, JetStream de-duplication),
+``Marketbus-Schema`` (schema version) and ``Marketbus-Type`` (the ``type`` tag, so a consumer
+can route without decoding). Messages written by an older schema version are upgraded by the
+functions in :data:`UPGRADERS` before decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Union
+
+import msgspec
+
+from .base import SCHEMA_VERSION, Event, MarketEvent
+from .ids import event_id
+from .jobs import JOB_TYPES
+from .market import MARKET_TYPES
+from .orders import ORDER_TYPES
+from .reference import REFERENCE_TYPES
+from .status import DeadLetter, FeedStatus, ServiceHeartbeat
+
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_SCHEMA = "Marketbus-Schema"
+HEADER_TYPE = "Marketbus-Type"
+
+MarketData = Union[MARKET_TYPES + REFERENCE_TYPES]  # type: ignore[valid-type]
+
+
+class Batch(Event, frozen=True, kw_only=True, tag="batch"):
+    """Many events of one kind and instrument in one message (replays, backfills, vendor pages).
+
+    ``id`` is deterministic from the events' ids, so a re-sent page is de-duplicated too.
+    """
+
+    id: str
+    kind: str
+    source: str
+    venue: str
+    symbol: str
+    replay: bool = False
+    events: list[MarketData]  # type: ignore[valid-type]
+
+
+STATUS_TYPES = (FeedStatus, ServiceHeartbeat, DeadLetter)
+ALL_TYPES: tuple[type[Event], ...] = (
+    MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES
+)
+AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyEvent)
+_typed_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+
+UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+"""``UPGRADERS[v]`` turns a message of schema version ``v`` (as a dict) into version ``v + 1``."""
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def encode_many(events: Iterable[Event]) -> list[bytes]:
+    enc = _encoder.encode
+    return [enc(e) for e in events]
+
+
+def decode(data: bytes | str, schema_version: int | None = None) -> Any:
+    """Decode any bus message (the result's class tells what it is)."""
+    if schema_version is not None and schema_version < SCHEMA_VERSION:
+        return _upgrade(data, schema_version, AnyEvent)
+    return _decoder.decode(data)
+
+
+def decoder_for(event_type: Any) -> msgspec.json.Decoder[Any]:
+    """A decoder for one type (or union); faster than the general one when the type is known."""
+    dec = _typed_decoders.get(event_type)
+    if dec is None:
+        dec = _typed_decoders[event_type] = msgspec.json.Decoder(event_type)
+    return dec
+
+
+def decode_as(data: bytes | str, event_type: Any, schema_version: int | None = None) -> Any:
+    if schema_version is not None and schema_version < SCHEMA_VERSION:
+        return _upgrade(data, schema_version, event_type)
+    return decoder_for(event_type).decode(data)
+
+
+def _upgrade(data: bytes | str, version: int, target: Any) -> Any:
+    obj = msgspec.json.decode(data)
+    for v in range(version, SCHEMA_VERSION):
+        step = UPGRADERS.get(v)
+        if step is not None:
+            obj = step(obj)
+    return msgspec.convert(obj, target)
+
+
+def schema_version_of(headers: dict[str, str] | None) -> int:
+    if not headers:
+        return SCHEMA_VERSION
+    try:
+        return int(headers.get(HEADER_SCHEMA, SCHEMA_VERSION))
+    except ValueError:
+        return SCHEMA_VERSION
+
+
+def headers_for(event: Event, msg_id: str | None = None) -> dict[str, str]:
+    headers = {HEADER_SCHEMA: str(SCHEMA_VERSION), HEADER_TYPE: type(event).__struct_config__.tag}  # type: ignore[attr-defined]
+    mid = msg_id if msg_id is not None else getattr(event, "id", None)
+    if mid:
+        headers[HEADER_MSG_ID] = mid
+    return headers
+
+
+def make_batch(events: list[MarketEvent], replay: bool | None = None) -> Batch:
+    """Wrap events of one kind and instrument in a batch envelope."""
+    if not events:
+        raise ValueError("a batch needs at least one event")
+    first = events[0]
+    kind = type(first).__struct_config__.tag  # type: ignore[attr-defined]
+    for e in events:
+        if type(e) is not type(first) or e.symbol != first.symbol or e.venue != first.venue or e.source != first.source:
+            raise ValueError("a batch holds events of one kind and one instrument")
+    batch_id = event_id(first.source, "batch", kind, first.venue, first.symbol, events[0].id, events[-1].id, len(events))
+    return Batch(
+        id=batch_id, kind=kind, source=first.source, venue=first.venue, symbol=first.symbol,
+        replay=first.replay if replay is None else replay, events=events,
+    )
+
+
+def iter_events(message: Any) -> Iterator[Any]:
+    """Single events from either form: a decoded event or a :class:`Batch` of them."""
+    if isinstance(message, Batch):
+        yield from message.events
+    else:
+        yield message
+
+
+def decode_events(data: bytes | str, schema_version: int | None = None) -> Iterator[Any]:
+    """Decode a message and yield the single events it carries (one, or a batch's)."""
+    return iter_events(decode(data, schema_version))

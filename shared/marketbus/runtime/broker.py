@@ -1,0 +1,87 @@
+"""NATS connection settings shared by every service, and the FastStream broker factory."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any, ClassVar
+
+from faststream.nats import NatsBroker, NatsCredentials, NatsToken, NatsUserPassword
+from faststream.security import BaseSecurity
+
+from .settings import Secret, Settings
+
+
+class BusSettings(Settings, kw_only=True):
+    """How to reach NATS; every service's settings include these fields.
+
+    Each falls back to an un-prefixed variable (``NATS_URL``, ``NATS_USER``...) so one value can
+    serve every service of a deployment.
+    """
+
+    env_fallbacks: ClassVar[dict[str, tuple[str, ...]]] = {
+        "nats_url": ("NATS_URL",),
+        "nats_user": ("NATS_USER",),
+        "nats_password": ("NATS_PASSWORD",),
+        "nats_token": ("NATS_TOKEN",),
+        "nats_creds_file": ("NATS_CREDS_FILE",),
+        "nats_tls_ca_file": ("NATS_TLS_CA_FILE",),
+        "nats_tls_cert_file": ("NATS_TLS_CERT_FILE",),
+        "nats_tls_key_file": ("NATS_TLS_KEY_FILE",),
+        "stream_replicas": ("MARKETBUS_STREAM_REPLICAS",),
+    }
+
+    nats_url: str = "nats://127.0.0.1:4222"  # comma-separated for a cluster
+    nats_user: str = ""
+    nats_password: Secret = Secret("")
+    nats_token: Secret = Secret("")
+    nats_creds_file: str = ""
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
+    stream_replicas: int = 1
+
+    @property
+    def servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    def connect_options(self, name: str) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` (also used to build the FastStream broker)."""
+        options: dict[str, Any] = {
+            "servers": self.servers,
+            "name": name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+        }
+        if self.nats_user:
+            options["user"] = self.nats_user
+            options["password"] = self.nats_password.get()
+        if self.nats_token:
+            options["token"] = self.nats_token.get()
+        if self.nats_creds_file:
+            options["user_credentials"] = self.nats_creds_file
+        if self.nats_tls_ca_file or self.nats_tls_cert_file:
+            ctx = ssl.create_default_context(cafile=self.nats_tls_ca_file or None)
+            if self.nats_tls_cert_file:
+                ctx.load_cert_chain(self.nats_tls_cert_file, self.nats_tls_key_file or None)
+            options["tls"] = ctx
+        return options
+
+
+def make_broker(settings: BusSettings, name: str, **extra: Any) -> NatsBroker:
+    """A FastStream NatsBroker for ``settings`` (URL, credentials, TLS)."""
+    options = settings.connect_options(name)
+    tls = options.get("tls")
+    security: Any = None
+    if settings.nats_user:
+        security = NatsUserPassword(settings.nats_user, settings.nats_password.get(), ssl_context=tls)
+    elif settings.nats_token:
+        security = NatsToken(settings.nats_token.get(), ssl_context=tls)
+    elif settings.nats_creds_file:
+        security = NatsCredentials(settings.nats_creds_file, ssl_context=tls)
+    elif tls is not None:
+        security = BaseSecurity(ssl_context=tls)
+    return NatsBroker(
+        options["servers"], name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
+        security=security, log_level=logging.DEBUG, **extra,
+    )

@@ -1,0 +1,120 @@
+"""What every vendor ingestor shares (the app part of client / normalize / app).
+
+An ingestor subclasses :class:`Ingestor`, sets ``source``, and in ``on_start`` spawns loops that
+read from its vendor client, call its pure normalize functions, and hand the events to
+:meth:`Ingestor.emit` / :meth:`Ingestor.emit_batch`. Malformed vendor payloads go to
+:meth:`Ingestor.malformed` (counted, logged, dead-lettered; never a crash). Replays requested on
+``replay.<source>`` call :meth:`Ingestor.replay`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import msgspec
+from faststream.nats import NatsMessage
+
+from marketbus.contracts import codec, subjects
+from marketbus.contracts.base import MarketEvent
+from marketbus.contracts.jobs import ReplayReply, ReplayRequest
+
+from .metrics import IngestMetrics
+from .service import Service, ServiceSettings
+
+
+class IngestSettings(ServiceSettings, kw_only=True):
+    batch_max_events: int = 5000  # events per batch envelope (replays, backfills, vendor pages)
+
+
+class ReplayUnsupported(Exception):
+    """Raised by :meth:`Ingestor.replay` when the vendor cannot replay what was asked."""
+
+
+class Ingestor(Service):
+    source: ClassVar[str] = "vendor"
+    metrics_cls = IngestMetrics
+    metrics: IngestMetrics
+    settings: IngestSettings
+
+    def setup(self) -> None:
+        @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}")
+        async def on_replay(msg: NatsMessage) -> bytes:
+            return codec.encode(await self._handle_replay(msg.body))
+
+    async def _handle_replay(self, body: bytes) -> ReplayReply:
+        try:
+            request = codec.decode_as(body, ReplayRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return ReplayReply(request_id="", accepted=False, reason=f"bad replay request: {exc}")
+        if request.source != self.source:
+            return ReplayReply(request_id=request.request_id, accepted=False, reason=f"this is the {self.source} ingestor")
+        if request.end_ns <= request.start_ns:
+            return ReplayReply(request_id=request.request_id, accepted=False, reason="end_ns must be after start_ns")
+        try:
+            count = await self.replay(request)
+        except ReplayUnsupported as exc:
+            return ReplayReply(request_id=request.request_id, accepted=False, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the vendor failed: say so to the caller
+            self.log.warning("replay %s failed: %r", request.request_id, exc)
+            return ReplayReply(request_id=request.request_id, accepted=False, reason=f"replay failed: {exc!r}")
+        return ReplayReply(request_id=request.request_id, accepted=True, events=count)
+
+    async def replay(self, request: ReplayRequest) -> int:
+        """Fetch ``request``'s range from the vendor and publish it (``replay=True``, batched with
+        :meth:`emit_batch`); return the number of events published. Wait for the acks
+        (``await self.flush()``) before returning, so the caller can rely on them being stored."""
+        raise ReplayUnsupported(f"{self.source} cannot replay {request.kind}")
+
+    # --- publishing ---------------------------------------------------------------------------
+    def _account(self, event: MarketEvent, n: int = 1) -> None:
+        kind = type(event).__struct_config__.tag  # type: ignore[attr-defined]
+        self.metrics.events_out.labels(self.source, kind).inc(n)
+        self.metrics.event_lag.labels(self.source, kind).observe(max(0.0, (event.ts_recv - event.ts_event) / 1e9))
+        self.feeds.count(f"{event.source}/{event.venue}/{event.symbol}", n, event.ts_recv)
+
+    async def emit(self, event: MarketEvent) -> Any:
+        """Publish one event (JetStream, Nats-Msg-Id = event id); returns the ack future."""
+        assert self.publisher is not None
+        future = await self.publisher.publish_event(event)
+        self._account(event)
+        return future
+
+    async def emit_many(self, events: Iterable[MarketEvent]) -> int:
+        n = 0
+        for event in events:
+            await self.emit(event)
+            n += 1
+        return n
+
+    async def emit_batch(self, events: Sequence[MarketEvent], replay: bool | None = None) -> int:
+        """Publish events as batch envelopes, grouped by kind and instrument (order kept)."""
+        assert self.publisher is not None
+        groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
+        for event in events:
+            groups.setdefault((type(event), event.venue, event.symbol), []).append(event)
+        limit = self.settings.batch_max_events
+        for group in groups.values():
+            for i in range(0, len(group), limit):
+                chunk = group[i:i + limit]
+                await self.publisher.publish_batch(chunk, replay)
+                self._account(chunk[-1], len(chunk))
+        return len(events)
+
+    async def flush(self) -> None:
+        assert self.publisher is not None
+        await self.publisher.flush()
+
+    async def malformed(self, channel: str, payload: bytes | str, reason: str) -> None:
+        """A vendor payload we cannot normalize: counted, logged and dead-lettered with the raw
+        payload and the reason. Never raises."""
+        self.metrics.malformed.labels(self.source, channel).inc()
+        try:
+            await self.dead_letter(self.source, reason, payload, subject=channel)
+        except Exception as exc:  # noqa: BLE001 - the bus is down: the log line must do
+            self.log.error("could not dead-letter a malformed %s payload: %r", channel, exc)
+
+    @staticmethod
+    def now_ns() -> int:
+        return time.time_ns()

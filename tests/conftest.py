@@ -1,0 +1,118 @@
+"""Shared fixtures: a real nats-server per session (free port, JetStream, temp dir), a 3-node
+JetStream cluster for tests that ask for one, and PostgreSQL. Where a Docker engine is reachable
+and MARKETBUS_TEST_USE_DOCKER=1, NATS and PostgreSQL come from testcontainers instead."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+import pytest_asyncio
+
+from marketbus.runtime.natsserver import NatsCluster, NatsServer
+
+
+def _docker_available() -> bool:
+    if os.environ.get("MARKETBUS_TEST_USE_DOCKER") != "1":
+        return False
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:  # noqa: BLE001 - no engine
+        return False
+
+
+@contextlib.contextmanager
+def _nats_container() -> Iterator[str]:
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    with DockerContainer("nats:2.11").with_command("-js").with_exposed_ports(4222) as container:
+        wait_for_logs(container, "Server is ready")
+        yield f"nats://{container.get_container_host_ip()}:{container.get_exposed_port(4222)}"
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real JetStream-enabled nats-server shared by the session (never the machine's)."""
+    if _docker_available():
+        with _nats_container() as url:
+            yield url
+        return
+    server = NatsServer(data_dir=tmp_path_factory.mktemp("nats"), port=0).start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def nats_server(tmp_path: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A private nats-server for one test (isolation, or tests that stop/kill the server)."""
+    from marketbus.runtime.http import free_port
+
+    server = NatsServer(data_dir=tmp_path / "nats", port=free_port()).start()  # type: ignore[operator]
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A 3-node JetStream cluster on this machine."""
+    cluster = NatsCluster(size=3, base_dir=tmp_path_factory.mktemp("nats-cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest_asyncio.fixture
+async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
+    client = await nats.connect(nats_url)
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+@pytest_asyncio.fixture
+async def js(nc: nats.NATS):  # noqa: ANN201
+    from marketbus.contracts.streams import ensure_all
+
+    ctx = nc.jetstream()
+    await ensure_all(ctx)
+    return ctx
+
+
+def _pg_reachable(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """MARKETBUS_TEST_PG_DSN, else the server at 127.0.0.1:5432, else testcontainers, else skip."""
+    dsn = os.environ.get("MARKETBUS_TEST_PG_DSN")
+    if dsn:
+        yield dsn
+        return
+    if _pg_reachable("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/test"
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16") as pg:
+            yield pg.get_connection_url().replace("+psycopg2", "")
+        return
+    pytest.skip("no PostgreSQL: set MARKETBUS_TEST_PG_DSN, run one on 127.0.0.1:5432, or provide Docker")
