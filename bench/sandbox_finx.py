@@ -2,7 +2,7 @@
 
 Starts the sandbox in its own process (as ``python -m services.sandbox finx``), then measures for a
 few seconds each: tickHistory rows/s over one websocket (100 rows a call), tickSnap replies/s over
-the websocket, and REST snaps/s over one keep-alive HTTP connection. Prints one markdown row.
+the websocket, and REST snaps/s over one keep-alive HTTP connection. Prints one markdown table row.
 
 Run: ``.venv/bin/python bench/sandbox_finx.py [seconds_per_phase]``
 """
@@ -24,7 +24,6 @@ from marketbus.runtime.http import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "public"
-DAY_MS = 86_400_000
 START = 1_655_251_200_000  # 2022-06-15T00:00:00Z in ms
 
 
@@ -91,9 +90,7 @@ async def main(seconds: float) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    print("| sandbox | history rows/s (ws, 1 client) | tickSnap/s (ws) | REST snap/s |")
-    print("|---|---|---|---|")
-    print(f"| finx | {history:,.0f} | {snaps:,.0f} | {rest:,.0f} |")
+    print(f"| sandbox finx (1 client) | tickHistory {history:,.0f} rows/s | ws tickSnap {snaps:,.0f}/s | REST snap {rest:,.0f}/s |")
 
 
 if __name__ == "__main__":

@@ -454,7 +454,7 @@ async def test_reboot_refuses_then_recovers(sb: SandboxRunner, http: httpx.Async
     await http.post("/_sandbox/reboot", params={"seconds": "0.5"})
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 5)
-    refused = False
+    refused, reply = False, None
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:

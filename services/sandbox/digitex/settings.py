@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import msgspec
+
 from services.sandbox.common.base import SandboxSettings
 
 
@@ -12,7 +14,7 @@ class DigitexSettings(SandboxSettings, kw_only=True):
     # A futures market trades a few times a second; OHLCV cost grows with this (bars are exact).
     rate: float = 10.0
     # One account per token; trader ids are trader_id_base + position in this list.
-    tokens: list[str] = ["dgtx_sandbox_token"]
+    tokens: list[str] = msgspec.field(default_factory=lambda: ["dgtx_sandbox_token"])
     trader_id_base: int = 119887
     # The OrderType numbering the sandbox serves (the sources conflict; DESIGN.md: 1=MARKET, 2=LIMIT).
     order_type_market: int = 1
@@ -31,4 +33,5 @@ class DigitexSettings(SandboxSettings, kw_only=True):
     place_reply_delay_ms: int = 3000  # reply delay of the place_timeout_next fault
     place_fail_status: int = 500  # status of the place_fail_*_apply_next faults
     # Starting trading balances of every account, by currency code.
-    initial_balances: dict[str, str] = {"DGTX": "100000", "BTC": "2", "ETH": "20", "USDC": "100000", "USDT": "0"}
+    initial_balances: dict[str, str] = msgspec.field(default_factory=lambda: {
+        "DGTX": "100000", "BTC": "2", "ETH": "20", "USDC": "100000", "USDT": "0"})

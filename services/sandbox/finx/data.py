@@ -1,4 +1,4 @@
-"""FinX synthetic market: one :class:`TickTape` per (pair, exchange) on a millisecond grid.
+"""FinX synthetic market: per pair one seeded walk, per exchange a phase-shifted feed on a ms grid.
 
 Everything here is pure and deterministic from the settings (seed, pairs, exchanges, rate), so a
 test or an ingestor can build its own :class:`FinxMarket` and compute exactly what the sandbox
@@ -207,7 +207,7 @@ class FinxMarket:
         feeds = [f for f in self._feeds[pair] if exchange is None or f.exchange == exchange.upper()]
         # Feeds share one period and interleave, so the first N merged ticks hold at most
         # N // len(feeds) + 1 of each feed: no need to compute N per feed.
-        per_feed = None if limit is None else limit // len(feeds) + 2 if feeds else 0
+        per_feed = None if limit is None else (limit // max(1, len(feeds)) + 2)
         out: list[FinxTick] = []
         for feed in feeds:
             tape = feed.tape

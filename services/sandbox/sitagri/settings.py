@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import msgspec
+
 from ..common.base import SandboxSettings
 
 DEFAULT_TOKEN = "85045E8E-CE68-2956-9E11-96F51837C71B"  # the token of the vendor's own examples
@@ -20,9 +22,9 @@ class SitagriSettings(SandboxSettings, kw_only=True):
     session_timeout: float = 120.0  # idle seconds before a session (and its websockets) expire
     session_ttl: int = 900  # reported by /api/session (login-session lifetime; not enforced)
     lang: str = "EN"
-    static_tokens: list[str] = [DEFAULT_TOKEN]  # always valid, never expire
-    credentials: dict[str, str] = {"demo": "demo"}  # POST /api/login {"login","password"}
-    writable_news: list[str] = ["PRIVDEMO"]  # news sources the sandbox user may publish to
+    static_tokens: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_TOKEN])  # always valid, never expire
+    credentials: dict[str, str] = msgspec.field(default_factory=lambda: {"demo": "demo"})  # POST /api/login {"login","password"}
+    writable_news: list[str] = msgspec.field(default_factory=lambda: ["PRIVDEMO"])  # news sources the sandbox user may publish to
     # --- limits -----------------------------------------------------------------------------
     batch_cap: int = 250
     history_cap: int = 8192

@@ -52,7 +52,9 @@ class AsgiServer:
         return f"ws://{self.host}:{self.port}"
 
     async def start(self) -> AsgiServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: accepted sockets inherit it, and only then does asyncio set
+        # TCP_NODELAY on them (with proto=0 every keep-alive reply waits ~40 ms for Nagle).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.requested_port))
         self.port = sock.getsockname()[1]

@@ -1,0 +1,54 @@
+# marketbus — the two commands a newcomer needs: `make run` and `make test`.
+# Everything is installed into ./.venv from requirements.lock (pinned) by `make venv`.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.8
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test test-fast bench lock schemas up down clean
+
+help:
+	@echo "make run     - the whole system on embedded defaults (NATS, sandboxes, services); Ctrl-C stops"
+	@echo "make test    - the test suite (real NATS, sandboxes, PostgreSQL when reachable)"
+	@echo "make bench   - benchmarks; results go to bench/RESULTS.md"
+	@echo "make up      - the same system with docker compose"
+	@echo "make lock    - re-pin requirements.lock after editing pyproject.toml"
+	@echo "make schemas - regenerate docs/schemas (JSON Schema + AsyncAPI) from the code"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; assert sys.version_info >= (3, 11), "marketbus needs Python 3.11+"'
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e . -r requirements-nodeps.txt
+	@touch $(STAMP)
+
+run: venv
+	$(BIN)/marketbus up
+
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+lock:
+	@test -x $(BIN)/uv || $(MAKE) venv
+	$(BIN)/uv pip compile --quiet pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+schemas: venv
+	$(BIN)/python -m marketbus.contracts.schema docs/schemas
+
+up:
+	docker compose up --build
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) .marketbus .pytest_cache

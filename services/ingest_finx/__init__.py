@@ -1,0 +1,1 @@
+"""FinX TickPlant ingestor: reference data, tick snaps and tick history -> marketbus events."""

@@ -1,0 +1,357 @@
+"""The FinX ingestor: wires the TickPlant session and the normalizer to the bus.
+
+- Reference data of the configured tickers -> ``ref.currency.finx._.<TICKER>``, and the configured
+  pairs -> ``ref.instrument.finx._.<BASE-QUOTE>``.
+- ``tickSnap`` polled per pair -> live ``Tick`` (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``); an
+  unchanged snap is not a new event.
+- ``tickHistory`` pages (100 unsorted rows) from a cursor, sorted and advanced until caught up,
+  published as batch envelopes (``replay=True``); the cursor (time + ids at that time) is saved in
+  the ``ingest_state`` KV bucket once the page is acked, so a restart or a lost session resumes
+  where it stopped, with no duplicate and no hole.
+- ``replay.finx`` fetches a range with tickHistory and publishes ``replay=True`` batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgspec
+
+from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.jobs import ReplayRequest
+from marketbus.contracts.market import Tick
+from marketbus.contracts.reference import Currency
+from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
+from marketbus.contracts.subjects import denormalize_symbol
+from marketbus.runtime.backoff import Backoff
+from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
+from marketbus.runtime.logging import setup_logging
+from marketbus.runtime.settings import SettingsError, load_settings
+
+from . import normalize
+from .client import SessionLost, TickPlantClient
+from .settings import FinxIngestSettings
+
+MS = 1_000_000
+
+
+class Cursor(msgspec.Struct):
+    """History progress of one pair: every tick before ``ts_ns`` is published, and so are the
+    ticks at ``ts_ns`` whose ids are listed (rows sharing the boundary time)."""
+
+    ts_ns: int
+    boundary: list[str] = []
+
+
+@dataclass
+class PairState:
+    pair: str
+    symbol: str
+    cursor: int
+    boundary: set[str] = field(default_factory=set)
+    last_snap_id: str | None = None
+    snap_ids: dict[str, int] = field(default_factory=dict)  # published by a snap, ahead of the cursor
+    gap: tuple[int, int] | None = None  # reported, not yet back-filled
+    committed: tuple[int, frozenset[str]] | None = None
+
+
+@dataclass
+class Page:
+    ticks: list[Tick]  # new ticks, sorted
+    cursor: int
+    boundary: set[str]
+    full: bool  # the vendor returned a whole page: there is more
+    stuck: bool = False  # a whole page at one timestamp: advanced by 1 ms (a hole is possible)
+
+
+class FinxIngestor(Ingestor):
+    name: ClassVar[str] = "ingest_finx"
+    source: ClassVar[str] = "finx"
+    settings_cls = FinxIngestSettings
+    settings: FinxIngestSettings
+
+    def __init__(self, settings: FinxIngestSettings | None = None, **overrides: Any) -> None:
+        super().__init__(settings, **overrides)
+        self.settings.validate()
+        s = self.settings
+        self.client = TickPlantClient(
+            s.ws_url, s.api_key, timeout_s=s.request_timeout_s,
+            backoff=Backoff(s.reconnect_initial_s, s.reconnect_max_s), on_frame=self._count_frame,
+        )
+        self.pairs: dict[str, PairState] = {}
+        self.kv: Any = None
+        self.currencies: dict[str, Currency] = {}
+        self._ref_at = 0.0
+        self._next_snap = 0.0
+        self._commit_at = 0.0
+        self.sessions = 0
+
+    @classmethod
+    def main(cls) -> None:
+        try:
+            settings = load_settings(cls.settings_cls)
+            settings.validate()
+        except SettingsError as exc:
+            print(f"{cls.name}: configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        setup_logging(settings.log_level, settings.log_format)
+        asyncio.run(cls(settings).run())
+
+    def _count_frame(self, channel: str) -> None:
+        self.metrics.frames_in.labels(self.source, channel).inc()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "vendor_url": self.client.safe_url, "vendor_connected": self.client.connected,
+            "cursors": {p.pair: p.cursor for p in self.pairs.values()},
+        }
+
+    # --- start / stop ---------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        self.kv = await ensure_bucket(self.js, INGEST_STATE, self.settings.stream_replicas)
+        now = self.now_ns()
+        start = self.settings.history_start_ns(now)
+        for pair in dict.fromkeys(p.upper() for p in self.settings.pairs):
+            state = PairState(pair, normalize.symbol_of(pair), start)
+            saved = await self._load_cursor(state)
+            if saved is not None:
+                state.cursor, state.boundary = saved.ts_ns, set(saved.boundary)
+                state.committed = (saved.ts_ns, frozenset(saved.boundary))
+                # A restart: everything since the saved cursor is missing until back-filled.
+                state.gap = (saved.ts_ns, now)
+            self.pairs[pair] = state
+        self.spawn(self._run(), "session")
+
+    async def on_stop(self) -> None:
+        await self.client.close()
+
+    def _state_key(self, state: PairState) -> str:
+        return f"{self.settings.state_key_prefix}.history.{state.symbol}"
+
+    async def _load_cursor(self, state: PairState) -> Cursor | None:
+        try:
+            entry = await self.kv.get(self._state_key(state))
+        except Exception:  # noqa: BLE001 - no key yet
+            return None
+        if not entry or not entry.value:
+            return None
+        try:
+            return msgspec.json.decode(entry.value, type=Cursor)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.log.warning("ignoring an unreadable cursor for %s", state.pair)
+            return None
+
+    async def _commit(self, force: bool = False) -> None:
+        """Persist cursors whose events are all acked (flush first)."""
+        now = time.monotonic()
+        if not force and now < self._commit_at:
+            return
+        self._commit_at = now + 0.5
+        dirty = [p for p in self.pairs.values() if p.committed != (p.cursor, frozenset(p.boundary))]
+        if not dirty:
+            return
+        snapshot = [(p, p.cursor, frozenset(p.boundary)) for p in dirty]
+        await self.flush()
+        for state, cursor, boundary in snapshot:
+            await self.kv.put(self._state_key(state), msgspec.json.encode(Cursor(cursor, sorted(boundary))))
+            state.committed = (cursor, boundary)
+
+    # --- the session loop -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        session_feed = dict(venue=NO_VENUE, symbol=NO_VENUE, feed="finx/session")
+        while True:
+            async def failed(exc: BaseException) -> None:
+                self.metrics.reconnects.labels(self.source).inc()
+                self.log.warning("FinX connect failed: %s", exc)
+
+            self.log.info("connecting to %s", self.client.safe_url)
+            await self.client.connect_with_backoff(failed)
+            self.sessions += 1
+            self.metrics.feed_state.labels(self.source, "session").set(1)
+            await self.publish_feed_status(self.source, "connected", detail=self.client.safe_url, **session_feed)
+            try:
+                await self._session()
+            except SessionLost as exc:
+                reason = str(exc)
+            except normalize.VendorError as exc:
+                reason = f"vendor error: {exc}"
+                await self.client.close()
+            self.metrics.feed_state.labels(self.source, "session").set(0)
+            self.metrics.reconnects.labels(self.source).inc()
+            lost_at = self.now_ns()
+            await self.publish_feed_status(self.source, "disconnected", detail=reason, **session_feed)
+            for state in self.pairs.values():
+                # Whatever happened from the cursor on is missing until the back-fill catches up.
+                state.gap = (state.gap[0] if state.gap else state.cursor, lost_at)
+            await self.client.backoff.sleep()
+
+    async def _session(self) -> None:
+        for state in self.pairs.values():
+            if state.gap is not None:
+                start, end = state.gap
+                state.gap = (start, max(end, self.now_ns()))
+                await self.publish_feed_status(
+                    self.source, "gap", symbol=state.symbol, kind="tick", gap=state.gap,
+                    detail="back-filling from the saved cursor")
+        if time.monotonic() >= self._ref_at:
+            await self._reference()
+        self._next_snap = 0.0
+        while True:
+            await self._maybe_snap()
+            for state in self.pairs.values():
+                await self._catch_up(state)
+            await self._commit(force=True)
+            if time.monotonic() >= self._ref_at:
+                await self._reference()
+            wait = min(self._next_snap - time.monotonic(), self.settings.history_interval_s)
+            await asyncio.sleep(max(0.0, wait))
+
+    async def _maybe_snap(self) -> None:
+        if time.monotonic() < self._next_snap:
+            return
+        self._next_snap = time.monotonic() + self.settings.snap_interval_s
+        for state in self.pairs.values():
+            await self._snap(state)
+
+    # --- reference data --------------------------------------------------------------------------
+    async def _reference(self) -> None:
+        self._ref_at = time.monotonic() + self.settings.ref_refresh_s
+        for ticker in dict.fromkeys(t.upper() for t in self.settings.tickers):
+            frame = await self.client.call("referenceData", securityId=ticker)
+            try:
+                event = normalize.currency(normalize.decode(frame), self.now_ns())
+            except normalize.Malformed as exc:
+                await self.malformed("referenceData", frame, str(exc))
+                continue
+            except normalize.VendorError as exc:
+                if exc.auth:
+                    raise
+                self.metrics.vendor_errors.labels(self.source, "reference").inc()
+                self.log.warning("FinX has no reference data for %s: %s", ticker, exc)
+                continue
+            if event.code != ticker:
+                await self.client.desync(f"referenceData {ticker} answered for {event.code}")
+                raise SessionLost("reply out of lock-step")
+            self.currencies[ticker] = event
+            await self.emit(event)
+        now = self.now_ns()
+        for state in self.pairs.values():
+            await self.emit(normalize.instrument(state.pair, self.currencies, now))
+
+    # --- snaps ----------------------------------------------------------------------------------
+    async def _snap(self, state: PairState) -> None:
+        frame = await self.client.call("tickSnap", pair=state.pair)
+        try:
+            tick = normalize.snap(frame, self.now_ns())
+        except normalize.Malformed as exc:
+            await self.malformed("tickSnap", frame, str(exc))
+            return
+        except normalize.VendorError as exc:
+            if exc.auth:
+                raise
+            self.metrics.vendor_errors.labels(self.source, "snap").inc()
+            self.log.warning("tickSnap %s: %s", state.pair, exc)
+            return
+        if tick is None or tick.id == state.last_snap_id:
+            return  # no tick yet, or the same snap again: not a new event
+        if tick.symbol != state.symbol:
+            await self.client.desync(f"tickSnap {state.pair} answered for {tick.symbol}")
+            raise SessionLost("reply out of lock-step")
+        state.last_snap_id = tick.id
+        if tick.ts_event < state.cursor or (tick.ts_event == state.cursor and tick.id in state.boundary):
+            return  # the history already published it
+        if tick.id in state.snap_ids:
+            return
+        state.snap_ids[tick.id] = tick.ts_event
+        await self.emit(tick)
+
+    # --- history --------------------------------------------------------------------------------
+    async def _page(self, pair: str, symbol: str, cursor: int, boundary: set[str], replay: bool = True) -> Page:
+        """Fetch the page from ``cursor``: the new ticks (not before the cursor, not in the boundary
+        set) sorted, and where the cursor goes next."""
+        date, clock = normalize.request_date_time(cursor)
+        rows = self.settings.history_page_rows
+        while True:
+            frame = await self.client.call("tickHistory", pair=pair, date=date, time=clock)
+            try:
+                ticks, bad = normalize.history(frame, self.now_ns(), replay)
+                break
+            except normalize.Malformed as exc:
+                # The frame was consumed (lock-step intact): dead-letter it and ask again.
+                await self.malformed("tickHistory", frame, str(exc))
+                await asyncio.sleep(0.05)
+            except normalize.VendorError as exc:
+                if exc.auth:
+                    raise
+                self.metrics.vendor_errors.labels(self.source, "history").inc()
+                raise SessionLost(f"tickHistory {pair}: {exc}") from None
+        for row, reason in bad:
+            await self.malformed("tickHistory", msgspec.json.encode(row), reason)
+        if ticks and (ticks[0].ts_event < cursor - cursor % MS or any(t.symbol != symbol for t in ticks)):
+            await self.client.desync(f"tickHistory {pair} from {date} {clock} answered with other rows")
+            raise SessionLost("reply out of lock-step")
+        full = len(ticks) + len(bad) >= rows
+        new = [t for t in ticks if t.ts_event > cursor or (t.ts_event == cursor and t.id not in boundary)
+               or (t.ts_event < cursor and False)]
+        if not ticks:
+            return Page([], cursor, boundary, False)
+        last = ticks[-1].ts_event
+        if last <= cursor:
+            if full:
+                # A whole page at the cursor's millisecond: the wire cannot page inside it.
+                return Page(new, cursor - cursor % MS + MS, set(), True, stuck=True)
+            return Page(new, cursor, boundary | {t.id for t in new}, False)
+        at_last = {t.id for t in ticks if t.ts_event == last}
+        return Page(new, last, at_last, full)
+
+    async def _catch_up(self, state: PairState) -> None:
+        """Page forward from the cursor until a short page (caught up)."""
+        while True:
+            await self._maybe_snap()
+            page = await self._page(state.pair, state.symbol, state.cursor, state.boundary)
+            if page.stuck:
+                await self.publish_feed_status(
+                    self.source, "gap", symbol=state.symbol, kind="tick", gap=(state.cursor, page.cursor),
+                    detail=f"more than {self.settings.history_page_rows} rows share one millisecond")
+            fresh = [t for t in page.ticks if t.id not in state.snap_ids]
+            if fresh:
+                await self.emit_batch(fresh, replay=True)
+            state.cursor, state.boundary = page.cursor, page.boundary
+            if state.snap_ids:
+                state.snap_ids = {i: ts for i, ts in state.snap_ids.items() if ts >= state.cursor}
+            await self._commit()
+            if state.gap is not None and state.cursor >= state.gap[1] - MS:
+                await self._commit(force=True)
+                await self.publish_feed_status(
+                    self.source, "resynced", symbol=state.symbol, kind="tick", gap=state.gap,
+                    detail="gap back-filled from tickHistory")
+                state.gap = None
+            if not page.full:
+                if state.gap is not None and not page.ticks:
+                    pass
+                return
+
+    # --- replay ---------------------------------------------------------------------------------
+    async def replay(self, request: ReplayRequest) -> int:
+        if request.kind != "tick":
+            raise ReplayUnsupported(f"finx replays ticks only (tickHistory), not {request.kind}")
+        pair = denormalize_symbol(request.symbol).upper()
+        symbol = normalize.symbol_of(pair)
+        venue = None if request.venue in (NO_VENUE, "*") else request.venue
+        if not self.client.connected:
+            raise RuntimeError("not connected to FinX")
+        cursor, boundary, total = request.start_ns, set(), 0
+        while cursor < request.end_ns:
+            page = await self._page(pair, symbol, cursor, boundary, replay=True)
+            chosen = [t for t in page.ticks if t.ts_event < request.end_ns and (venue is None or t.venue == venue)]
+            if chosen:
+                total += await self.emit_batch(chosen, replay=True)
+            if not page.full or page.cursor == cursor and page.boundary == boundary:
+                break
+            cursor, boundary = page.cursor, page.boundary
+        await self.flush()
+        return total

@@ -1,0 +1,69 @@
+"""Settings of the FinX ingestor (env prefix ``MARKETBUS_INGEST_FINX_``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import ClassVar
+
+import msgspec
+
+from marketbus.contracts.subjects import normalize_symbol
+from marketbus.runtime.ingest import IngestSettings
+from marketbus.runtime.settings import Secret, SettingsError
+
+
+class FinxIngestSettings(IngestSettings, kw_only=True):
+    env_prefix: ClassVar[str] = "MARKETBUS_INGEST_FINX_"
+
+    # TickPlant websocket base; the key is appended as /streamer/<api_key> (never logged).
+    ws_url: str = "ws://127.0.0.1:8701"
+    api_key: Secret = Secret("public")
+    pairs: list[str] = msgspec.field(default_factory=lambda: ["BTC:USD"])
+    tickers: list[str] = msgspec.field(default_factory=lambda: ["BTC", "USD"])
+    snap_interval_s: float = 1.0  # tickSnap poll period per pair
+    history_interval_s: float = 1.0  # tickHistory poll period once caught up
+    # Backfill start when no cursor is persisted: ISO time ("2022-06-15T00:00:00Z"), or
+    # "-<seconds>" (that long before start-up). Empty: start at start-up time.
+    history_start: str = "-60"
+    history_page_rows: int = 100  # rows per tickHistory reply ("currently 100")
+    request_timeout_s: float = 10.0
+    reconnect_initial_s: float = 0.2
+    reconnect_max_s: float = 10.0
+    ref_refresh_s: float = 3600.0
+    state_key_prefix: str = "finx"  # keys in the ingest_state bucket: <prefix>.history.<symbol>
+
+    def validate(self) -> None:
+        """Start-up checks beyond the types (raises SettingsError naming the variable)."""
+        p = self.env_prefix
+        if not self.ws_url.startswith(("ws://", "wss://")):
+            raise SettingsError(f"{p}WS_URL={self.ws_url!r} is invalid: must start with ws:// or wss://")
+        if not self.api_key:
+            raise SettingsError(f"{p}API_KEY is required")
+        if not self.pairs:
+            raise SettingsError(f"{p}PAIRS must list at least one pair (e.g. BTC:USD)")
+        for pair in self.pairs:
+            base, sep, quote = pair.partition(":")
+            if not sep or not base or not quote:
+                raise SettingsError(f"{p}PAIRS: {pair!r} is not a BASE:QUOTE pair")
+            normalize_symbol(pair)
+        for name in ("snap_interval_s", "history_interval_s", "request_timeout_s", "reconnect_initial_s", "reconnect_max_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{p}{name.upper()}={getattr(self, name)!r} is invalid: must be > 0")
+        if self.history_page_rows < 2:
+            raise SettingsError(f"{p}HISTORY_PAGE_ROWS must be >= 2")
+        self.history_start_ns(0)
+
+    def history_start_ns(self, now_ns: int) -> int:
+        text = self.history_start.strip()
+        if not text:
+            return now_ns
+        try:
+            if text.startswith("-"):
+                return now_ns - int(float(text[1:]) * 1e9)
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.timezone.utc)
+            return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+        except ValueError:
+            raise SettingsError(
+                f"{self.env_prefix}HISTORY_START={text!r} is invalid: an ISO time or -<seconds>") from None

@@ -1,0 +1,3 @@
+from .app import TickSupplyIngestor
+
+TickSupplyIngestor.main()

@@ -1,0 +1,206 @@
+"""Digitex bot REST client for the order router: auth token, pacing, timeouts, 429 Retry-After.
+
+Reads (GET) are idempotent and retried with back-off on transport errors, 5xx and 429. Writes
+(place / cancel / update) are never retried here: a timeout, 5xx or 429 on a write raises
+:class:`OutcomeUnknown`, and the router resolves the outcome through ``order_status``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import msgspec
+
+from marketbus.runtime.backoff import Backoff
+from marketbus.runtime.ratelimit import MultiWindowLimiter
+
+BASE_PATH = "/dapi/v1/exchange/bot/"
+
+
+class DigitexError(RuntimeError):
+    def __init__(self, message: str, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class Refused(DigitexError):
+    """The exchange answered 4xx (not 429): the request was definitely not applied."""
+
+    @property
+    def reason(self) -> str:
+        body = self.body
+        if isinstance(body, dict):
+            if "detail" in body:
+                return str(body["detail"])
+            parts = []
+            for key, value in body.items():
+                text = "; ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+                parts.append(f"{key}: {text}")
+            return ", ".join(parts) or f"HTTP {self.status}"
+        return f"HTTP {self.status}: {str(body)[:200]}"
+
+    @property
+    def duplicate_client_id(self) -> bool:
+        return isinstance(self.body, dict) and "client_id" in self.body and "exist" in str(self.body["client_id"])
+
+
+class OutcomeUnknown(DigitexError):
+    """Timeout, transport error, 5xx or 429: the request may or may not have been applied."""
+
+    def __init__(self, message: str, status: int | None = None, body: Any = None, retry_after: float = 0.0) -> None:
+        super().__init__(message, status, body)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after")
+    if not value:
+        return 1.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 1.0
+
+
+def _dec(value: Decimal | int | str) -> str:
+    return format(Decimal(value), "f")
+
+
+class DigitexClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout_s: float = 2.0,
+        per_second: int = 50,
+        per_minute: int = 500,
+        read_attempts: int = 4,
+        max_connections: int = 64,
+        on_send: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.limiter = MultiWindowLimiter([(per_second, 1.0), (per_minute, 60.0)])
+        self.read_attempts = read_attempts
+        self.on_send = on_send
+        self.requests = 0
+        self.throttled = 0
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + BASE_PATH,
+            headers={"Authorization": f"Token {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # --- plumbing ---------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                       body: dict[str, Any] | None = None) -> Any:
+        await self.limiter.acquire()
+        self.requests += 1
+        content = msgspec.json.encode(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        if self.on_send is not None:
+            self.on_send(path, body or params or {})
+        try:
+            response = await self._http.request(method, path, params=params, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise OutcomeUnknown(f"{method} {path}: timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise OutcomeUnknown(f"{method} {path}: {exc!r}") from exc
+        status = response.status_code
+        if status == 429:
+            wait = _retry_after(response)
+            self.throttled += 1
+            self.limiter.penalize(wait)
+            raise OutcomeUnknown(f"{method} {path}: throttled (429)", 429, response.text[:200], retry_after=wait)
+        if status >= 500:
+            raise OutcomeUnknown(f"{method} {path}: HTTP {status}", status, response.text[:200])
+        try:
+            data = msgspec.json.decode(response.content) if response.content else None
+        except msgspec.DecodeError:
+            data = response.text[:500]
+        if status >= 400:
+            raise Refused(f"{method} {path}: HTTP {status}", status, data)
+        return data
+
+    async def get(self, path: str, **params: Any) -> Any:
+        params = {k: v for k, v in params.items() if v is not None}
+        backoff = Backoff(initial_s=0.1, max_s=2.0)
+        for attempt in range(1, self.read_attempts + 1):
+            try:
+                return await self._request("GET", path, params=params)
+            except OutcomeUnknown as exc:
+                if attempt == self.read_attempts:
+                    raise
+                await backoff.sleep(exc.retry_after)
+        raise AssertionError("unreachable")
+
+    async def get_paged(self, path: str, max_pages: int = 100, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a DRF cursor-paginated list (newest first)."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(max_pages):
+            page = await self.get(path, cursor=cursor, **params)
+            items.extend(page.get("results") or [])
+            nxt = page.get("next")
+            if not nxt:
+                break
+            cursor = nxt.split("cursor=", 1)[1].split("&", 1)[0] if "cursor=" in nxt else nxt
+        return items
+
+    # --- reads ------------------------------------------------------------------------------
+    async def exchange_info(self) -> dict[str, Any]:
+        return await self.get("exchange_info/")
+
+    async def order_status(self, client_id: str) -> list[dict[str, Any]]:
+        return await self.get("order_status/", client_id=client_id) or []
+
+    async def open_orders(self, market_id: int | None = None) -> list[dict[str, Any]]:
+        return await self.get_paged("orders/", market_id=market_id, page_size=1000)
+
+    async def order_history(self, created_at_from: int | None = None, market_id: int | None = None) -> list[dict[str, Any]]:
+        return await self.get_paged("order_history/", created_at_from=created_at_from, market_id=market_id, page_size=1000)
+
+    async def trade_history(self, traded_at_from: int | None = None, market_id: int | None = None) -> list[dict[str, Any]]:
+        return await self.get_paged("trade_history/", traded_at_from=traded_at_from, market_id=market_id, page_size=1000)
+
+    async def positions(self) -> list[dict[str, Any]]:
+        return await self.get("position/") or []
+
+    async def balances(self) -> list[dict[str, Any]]:
+        return await self.get("balances/") or []
+
+    async def order_book(self, market_id: int) -> dict[str, Any]:
+        return await self.get("order_book/", market_id=market_id)
+
+    # --- writes (never retried here) ---------------------------------------------------------
+    async def place(self, *, client_id: str, market_id: int, side: int, type: int, duration: int,  # noqa: A002
+                    leverage: int, quantity: Decimal, price: Decimal) -> dict[str, Any]:
+        return await self._request("POST", "trader/order/", body={
+            "client_id": client_id, "market_id": market_id, "side": side, "type": type, "duration": duration,
+            "leverage": leverage, "quantity": _dec(quantity), "price": _dec(price)})
+
+    async def cancel(self, market_id: int | None = None, client_ids: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if market_id is not None:
+            body["market_id"] = market_id
+        if client_ids:
+            body["orders_client_ids"] = client_ids
+        return await self._request("POST", "trader/order/cancel/", body=body)
+
+    async def update(self, *, client_id: str, market_id: int, side: int, type: int, duration: int,  # noqa: A002
+                     leverage: int, quantity: Decimal, price: Decimal) -> dict[str, Any]:
+        return await self._request("POST", "trader/order/update/", body={
+            "client_id": client_id, "market_id": market_id, "side": side, "type": type, "duration": duration,
+            "leverage": leverage, "quantity": _dec(quantity), "price": _dec(price)})
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000

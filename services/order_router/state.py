@@ -1,0 +1,191 @@
+"""The order state machine and its persistence (KV ``orders_state``).
+
+States (contracts.orders.OrderState)::
+
+    pending_submit -> submitted -> accepted -> partially_filled -> filled
+          |               |           |  \\________________________/|
+          v               v           v                             v
+       unknown  <->  (any open)   cancel_pending -> cancelled     rejected
+
+``unknown`` is entered when the execution path times out or gets a 5xx/429; it is left only
+when ``order_status`` says what happened. Every transition increments ``seq``; the KV write uses
+the entry's revision (compare-and-set), so two router instances never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from decimal import Decimal
+from hashlib import blake2b
+from typing import Any
+
+import msgspec
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+
+from marketbus.contracts.ids import event_id
+from marketbus.contracts.orders import TERMINAL_STATES, OrderEvent
+
+OPEN_STATES = frozenset({"pending_submit", "submitted", "accepted", "partially_filled", "cancel_pending", "unknown"})
+WORKING_STATES = frozenset({"submitted", "accepted", "partially_filled", "cancel_pending"})
+
+ALLOWED: dict[str, frozenset[str]] = {
+    "pending_submit": frozenset({"submitted", "accepted", "partially_filled", "filled", "cancel_pending", "cancelled",
+                                 "rejected", "unknown"}),
+    "submitted": frozenset({"accepted", "partially_filled", "filled", "cancel_pending", "cancelled", "rejected",
+                            "unknown"}),
+    "accepted": frozenset({"accepted", "partially_filled", "filled", "cancel_pending", "cancelled", "unknown"}),
+    "partially_filled": frozenset({"partially_filled", "filled", "cancel_pending", "cancelled", "unknown"}),
+    "cancel_pending": frozenset({"accepted", "partially_filled", "filled", "cancelled", "unknown"}),
+    "unknown": frozenset({"submitted", "accepted", "partially_filled", "filled", "cancel_pending", "cancelled",
+                          "rejected", "pending_submit"}),
+    "filled": frozenset(),
+    "cancelled": frozenset(),
+    "rejected": frozenset(),
+}
+
+
+class TransitionError(ValueError):
+    pass
+
+
+class OrderRecord(msgspec.Struct, kw_only=True):
+    client_id: str
+    market: str
+    market_id: int
+    side: str
+    order_type: str
+    duration: str
+    quantity: Decimal  # original quantity
+    price: Decimal | None = None
+    leverage: int = 1
+    reduce_only: bool = False
+    state: str = "pending_submit"
+    seq: int = 0
+    filled_quantity: Decimal = Decimal(0)
+    average_price: Decimal | None = None
+    command_id: str | None = None
+    reason: str | None = None
+    submit_attempts: int = 0
+    created_ns: int = 0
+    updated_ns: int = 0
+    exchange_ts_us: int | None = None
+    fills_attributed: Decimal = Decimal(0)  # quantity of trade_history fills tied to this order
+    owner: str = ""  # the router instance that last wrote it
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(Decimal(0), self.quantity - self.filled_quantity)
+
+
+def can_transition(current: str, new: str) -> bool:
+    return new in ALLOWED.get(current, frozenset())
+
+
+def event_for(record: OrderRecord, ts_event: int | None = None) -> OrderEvent:
+    now = time.time_ns()
+    return OrderEvent(
+        id=event_id("digitex", "order", record.market, record.client_id, record.seq),
+        client_id=record.client_id, market=record.market, state=record.state, seq=record.seq,  # type: ignore[arg-type]
+        reason=record.reason, side=record.side, order_type=record.order_type,  # type: ignore[arg-type]
+        duration=record.duration, price=record.price, quantity=record.quantity,  # type: ignore[arg-type]
+        filled_quantity=record.filled_quantity, average_price=record.average_price, leverage=record.leverage,
+        command_id=record.command_id, ts_event=ts_event or now, ts_recv=now,
+    )
+
+
+_KEY_OK = re.compile(r"[-/_=.a-zA-Z0-9]+")
+
+
+def _token(text: str) -> str:
+    if _KEY_OK.fullmatch(text) and ".." not in text and not text.startswith(".") and not text.endswith("."):
+        return text.replace(".", "_")
+    return "h" + blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def order_key(market: str, client_id: str) -> str:
+    return f"o.{_token(market)}.{_token(client_id)}"
+
+
+def command_key(command_id: str) -> str:
+    return "c." + _token(command_id)
+
+
+_rec_enc = msgspec.json.Encoder(decimal_format="string")
+_rec_dec = msgspec.json.Decoder(OrderRecord)
+
+
+class StateStore:
+    """Order records in KV, with each record's last known revision for compare-and-set."""
+
+    def __init__(self, kv: Any, owner: str) -> None:
+        self.kv = kv
+        self.owner = owner
+        self.revisions: dict[str, int] = {}
+
+    async def load(self, market: str, client_id: str) -> OrderRecord | None:
+        key = order_key(market, client_id)
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        self.revisions[key] = entry.revision
+        return _rec_dec.decode(entry.value)
+
+    async def create(self, record: OrderRecord) -> bool:
+        """Store a new record; False when a record with this market/client id already exists."""
+        key = order_key(record.market, record.client_id)
+        record.owner = self.owner
+        try:
+            self.revisions[key] = await self.kv.create(key, _rec_enc.encode(record))
+        except (KeyWrongLastSequenceError, BadRequestError):
+            return False
+        return True
+
+    async def save(self, record: OrderRecord) -> bool:
+        """Compare-and-set; False when someone else wrote the record since we read it."""
+        key = order_key(record.market, record.client_id)
+        record.owner = self.owner
+        last = self.revisions.get(key)
+        try:
+            if last is None:
+                self.revisions[key] = await self.kv.put(key, _rec_enc.encode(record))
+            else:
+                self.revisions[key] = await self.kv.update(key, _rec_enc.encode(record), last=last)
+        except (KeyWrongLastSequenceError, BadRequestError):
+            return False
+        return True
+
+    async def all(self) -> list[OrderRecord]:
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return []
+        out = []
+        for key in keys:
+            if not key.startswith("o."):
+                continue
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                self.revisions[key] = entry.revision
+                out.append(_rec_dec.decode(entry.value))
+        return out
+
+    async def get_meta(self, name: str) -> bytes | None:
+        try:
+            entry = await self.kv.get(f"m.{name}")
+        except KeyNotFoundError:
+            return None
+        return entry.value
+
+    async def put_meta(self, name: str, value: bytes) -> None:
+        await self.kv.put(f"m.{name}", value)
