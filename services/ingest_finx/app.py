@@ -295,8 +295,7 @@ class FinxIngestor(Ingestor):
             await self.client.desync(f"tickHistory {pair} from {date} {clock} answered with other rows")
             raise SessionLost("reply out of lock-step")
         full = len(ticks) + len(bad) >= rows
-        new = [t for t in ticks if t.ts_event > cursor or (t.ts_event == cursor and t.id not in boundary)
-               or (t.ts_event < cursor and False)]
+        new = [t for t in ticks if t.ts_event > cursor or (t.ts_event == cursor and t.id not in boundary)]
         if not ticks:
             return Page([], cursor, boundary, False)
         last = ticks[-1].ts_event
@@ -312,6 +311,7 @@ class FinxIngestor(Ingestor):
         """Page forward from the cursor until a short page (caught up)."""
         while True:
             await self._maybe_snap()
+            asked_at = self.now_ns()
             page = await self._page(state.pair, state.symbol, state.cursor, state.boundary)
             if page.stuck:
                 await self.publish_feed_status(
@@ -324,15 +324,13 @@ class FinxIngestor(Ingestor):
             if state.snap_ids:
                 state.snap_ids = {i: ts for i, ts in state.snap_ids.items() if ts >= state.cursor}
             await self._commit()
-            if state.gap is not None and state.cursor >= state.gap[1] - MS:
+            if state.gap is not None and (state.cursor >= state.gap[1] or (not page.full and asked_at >= state.gap[1])):
                 await self._commit(force=True)
                 await self.publish_feed_status(
                     self.source, "resynced", symbol=state.symbol, kind="tick", gap=state.gap,
                     detail="gap back-filled from tickHistory")
                 state.gap = None
             if not page.full:
-                if state.gap is not None and not page.ticks:
-                    pass
                 return
 
     # --- replay ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ class TickSupplySettings(IngestSettings, kw_only=True):
     max_rate_limited_retries: int = 100  # per call, for 429s (each waits Retry-After)
 
     # what to ingest
-    datastreams: list[int] = []  # datastream ids kept subscribed and ingested
+    datastreams: list[int] = [101]  # datastream ids kept subscribed and ingested (101 = binance BTCUSDT trades)
     paused_datastreams: list[int] = []  # of those, the ones whose subscription is kept paused
     catalog_exchanges: list[str] = []  # exchanges whose catalog is synced; empty = all
     catalog_interval_s: float = 3600.0  # 0 = sync once at start-up
@@ -40,6 +40,7 @@ class TickSupplySettings(IngestSettings, kw_only=True):
     export_poll_initial_s: float = 0.25  # export status polling: back-off from here...
     export_poll_max_s: float = 5.0  # ...up to here
     export_timeout_s: float = 600.0  # an export not finished by then is canceled and redone
+    state_namespace: str = "default"  # KV keys ticksupply.<namespace>.ds.<id> (one per account/deployment)
     publish_mode: Literal["batch", "single"] = "batch"  # batch envelopes (fast) or one message per trade
 
     def __post_init__(self) -> None:

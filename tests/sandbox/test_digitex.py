@@ -295,9 +295,11 @@ async def test_resting_limit_fills_when_the_tape_crosses(dgtx: Dgtx) -> None:
     margin = Decimal(10) * price * Decimal("0.01") / 10
     assert Decimal(usdc["trading_balance"]) == 100000
     assert Decimal(usdc["available_balance"]) == 100000 - margin
-    # Recent trades show the forced tick.
-    trades = (await dgtx.ok("recent_trades/", market_id=1, max_trades=200))["recent_trades"]
-    assert any(t["trade_id"] == cross["index"] and Decimal(t["price"]) == price for t in trades)
+    # Recent trades show the forced tick once its time has come.
+    async def shows_forced_tick() -> bool:
+        trades = (await dgtx.ok("recent_trades/", market_id=1, max_trades=200))["recent_trades"]
+        return any(t["trade_id"] == cross["index"] and Decimal(t["price"]) == price for t in trades)
+    await wait_for(shows_forced_tick)
 
 
 async def test_round_trip_realizes_pnl(dgtx: Dgtx) -> None:
@@ -320,16 +322,20 @@ async def test_round_trip_realizes_pnl(dgtx: Dgtx) -> None:
 
 
 async def test_fok_and_ioc(dgtx: Dgtx) -> None:
-    book = await dgtx.ok("order_book/", market_id=1)
-    total = sum(Decimal(v) for _, v in book["asks"])
-    fok = await dgtx.place(kind="MARKET", duration="FOK", quantity=str(int(total) + 1), leverage=100)
+    # ETH futures: no other test forces its tape.
+    book = await dgtx.ok("order_book/", market_id=2)
+    # More than any synthetic book holds (20 levels of at most 1 + 40 * level contracts).
+    fok = await dgtx.place(market_id=2, kind="MARKET", duration="FOK", quantity="10000", leverage=100)
     order = await dgtx.wait_status(fok["client_id"], (CANCELED,))
     assert order["quantity"] == order["orig_quantity"]  # all or nothing
     best_ask = Decimal(book["asks"][0][0])
-    ioc = await dgtx.place(duration="IOC", price=str(best_ask - 50 * 5), quantity="5")  # not marketable
+    ioc = await dgtx.place(market_id=2, duration="IOC", price=str(best_ask - 50), quantity="5")  # not marketable
     order = await dgtx.wait_status(ioc["client_id"], (CANCELED,))
     assert Decimal(order["quantity"]) == 5
     assert (await dgtx.ok("trade_history/"))["results"] == []
+    fill = await dgtx.place(market_id=2, duration="IOC", price=str(best_ask + 50), quantity="5")  # marketable
+    order = await dgtx.wait_status(fill["client_id"], (FILLED,))
+    assert Decimal(order["average_price"]) <= best_ask + 50
 
 
 async def test_rejections_and_bad_requests(dgtx: Dgtx) -> None:

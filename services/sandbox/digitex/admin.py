@@ -81,7 +81,8 @@ def admin_routes(api: DigitexApi) -> list[Route]:
         market = state.market
         if price <= 0 or price % market.tick_size:
             return json_response({"error": f"price must be a positive multiple of {market.tick_size}"}, 400)
-        k = state.index_now() + 1
+        # The next tick, and never one forced before (two quick crosses must not overwrite each other).
+        k = max(state.index_now(), max(state.size_override, default=0)) + 1
         if size is None:
             resting = sum((o.quantity for a in engine.accounts.values() for o in a.orders
                            if o.market_id == market.id and o.status in (ACCEPTED, PARTIAL)), Decimal(0))

@@ -1,0 +1,1 @@
+"""Digitex ingestor: markets, currencies, exchange info, order books, trades and OHLCV bars."""

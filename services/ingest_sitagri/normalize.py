@@ -1,0 +1,676 @@
+"""Sitagri AgriMarket payloads -> contract events. Pure functions, no I/O.
+
+Wire facts (../shared/vendors/sitagri.md): every object has a ``code`` (its type: ``marketPrice``,
+``orderBook``, ``cashPrice``, ``indexPrice``, ``newsArticle``, ``history*Price``...); numbers are
+plain JSON numbers (decoded straight to ``Decimal`` from their text, never through float); times
+are unix seconds, possibly with decimals; fields without data are omitted.
+
+Identity (so live pushes and back-filled history points get the same id):
+- a price: the quote reference + the date of its value (``last.date`` for market prices, ``date``
+  for cash and index prices);
+- a news article: its source + its id (ids are unique within a source only).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from functools import lru_cache
+from hashlib import blake2b
+from typing import Any, Union
+
+import msgspec
+
+from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.ids import event_id
+from marketbus.contracts.market import (
+    Bar, BookLevel, BookSnapshot, CashDelivery, CashPrice, IndexPrice, MarketPrice, News,
+)
+from marketbus.contracts.reference import (
+    GeoSite, Incoterm, Instrument, InstrumentClass, ProductCategory, Unit, Venue,
+)
+from marketbus.contracts.subjects import normalize_symbol
+
+SOURCE = "sitagri"
+NS = 1_000_000_000
+_NS_D = Decimal(NS)
+
+
+class Malformed(ValueError):
+    """A payload that cannot be normalized; the message is the reason (dead-lettered)."""
+
+
+# --- vendor shapes (only what we read; unknown fields are ignored) -------------------------------
+class Point(msgspec.Struct, gc=False):
+    date: Decimal | None = None
+    value: Decimal | None = None
+    volume: Decimal | None = None
+    totalVolume: Decimal | None = None  # noqa: N815 - the vendor's names
+    globalVolume: Decimal | None = None  # noqa: N815
+    orders: int | None = None
+    openInterest: Decimal | None = None  # noqa: N815
+
+
+class Stats(msgspec.Struct, gc=False):
+    perf: Decimal | None = None
+    relPerf: Decimal | None = None  # noqa: N815
+    openInterest: Decimal | None = None  # noqa: N815
+
+
+class VMarketPrice(msgspec.Struct, tag_field="code", tag="marketPrice", gc=False):
+    quote: str
+    quality: str = ""
+    last: Point | None = None
+    stats: Stats | None = None
+    first: Point | None = None
+    previousLast: Point | None = None  # noqa: N815
+    settlement: Point | None = None
+    high: Point | None = None
+    low: Point | None = None
+    high1Y: Point | None = None  # noqa: N815
+    low1Y: Point | None = None  # noqa: N815
+    ask: Point | None = None
+    bid: Point | None = None
+
+
+class BookRow(msgspec.Struct, gc=False):
+    ask: Point | None = None
+    bid: Point | None = None
+
+
+class VOrderBook(msgspec.Struct, tag_field="code", tag="orderBook", gc=False):
+    quote: str
+    quality: str = ""
+    data: list[BookRow] = []
+
+
+class VCashDelivery(msgspec.Struct, gc=False):
+    start: Decimal
+    end: Decimal
+    value: Decimal
+    prime: Decimal | None = None
+
+
+class VCashPrice(msgspec.Struct, tag_field="code", tag="cashPrice", gc=False):
+    quote: str
+    quality: str = ""
+    date: Decimal | None = None
+    deliveries: list[VCashDelivery] = []
+
+
+class VIndexPrice(msgspec.Struct, tag_field="code", tag="indexPrice", gc=False):
+    quote: str
+    quality: str = ""
+    date: Decimal | None = None
+    value: Decimal | None = None
+    volume: Decimal | None = None
+    standardDeviation: Decimal | None = None  # noqa: N815
+
+
+class NewsMeta(msgspec.Struct, gc=False):
+    dayTendency: int | None = None  # noqa: N815
+    shortTermTendency: int | None = None  # noqa: N815
+
+
+class VNews(msgspec.Struct, tag_field="code", tag="newsArticle", gc=False):
+    id: int | str
+    title: str
+    source: str = ""
+    lang: str = ""
+    copyright: str | None = None
+    publicationDate: Decimal | None = None  # noqa: N815
+    modificationDate: Decimal | None = None  # noqa: N815
+    snippet: str | None = None
+    content: str | None = None
+    words: int | None = None
+    metadata: NewsMeta | None = None
+
+
+Push = Union[VMarketPrice, VOrderBook, VCashPrice, VIndexPrice, VNews]
+
+
+class Frame(msgspec.Struct, gc=False):
+    """A netbus websocket frame: ``{"seq": n, "data": ...}`` (``seq`` -1 for pushes)."""
+
+    seq: int
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class HistEntry(msgspec.Struct, gc=False):
+    date: Decimal | None = None
+    first: Point | None = None
+    last: Point | None = None
+    high: Point | None = None
+    low: Point | None = None
+    stats: Stats | None = None
+    deliveries: list[VCashDelivery] | None = None
+    value: Decimal | None = None
+    volume: Decimal | None = None
+    standardDeviation: Decimal | None = None  # noqa: N815
+
+
+class HistRange(msgspec.Struct, gc=False):
+    start: Decimal | None = None
+    end: Decimal | None = None
+    resolution: str | int | None = None
+    data: list[HistEntry] = []
+
+
+class VHistory(msgspec.Struct, gc=False):
+    code: str
+    quote: str = ""
+    quality: str = ""
+    ranges: list[HistRange] = []
+
+
+_frame_decoder = msgspec.json.Decoder(Frame)
+_push_decoder = msgspec.json.Decoder(Push)
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_history_decoder = msgspec.json.Decoder(VHistory)
+generic_decoder = msgspec.json.Decoder(float_hook=Decimal)
+"""Generic JSON with every non-integer number as an exact Decimal (reference items)."""
+
+
+def decode_frame(text: str | bytes) -> Frame:
+    try:
+        return _frame_decoder.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Malformed(f"bad netbus frame: {exc}") from None
+
+
+def decode_push(data: bytes | msgspec.Raw | str) -> Push:
+    try:
+        return _push_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Malformed(f"bad push: {exc}") from None
+
+
+def split_updates(body: bytes) -> list[msgspec.Raw]:
+    """A long-polling reply: a JSON array of updates (kept raw, decoded one by one)."""
+    try:
+        return _raw_list_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Malformed(f"bad long-polling reply: {exc}") from None
+
+
+def decode_history(data: bytes | msgspec.Raw) -> VHistory:
+    try:
+        out = _history_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Malformed(f"bad history reply: {exc}") from None
+    if not out.code.startswith("history"):
+        raise Malformed(f"not a history reply: code {out.code!r}")
+    return out
+
+
+# --- identity ------------------------------------------------------------------------------------
+@lru_cache(maxsize=65_536)
+def quote_key(ref: str) -> tuple[str, str]:
+    """``/market/sources/EURONEX/future/EMA/deliveries/EMAH16`` -> (``EURONEX``, ``EMAH16``),
+    both NATS-token safe (venue = market source, symbol = the quote's code)."""
+    parts = ref.strip("/").split("/")
+    if len(parts) < 3 or parts[0] != "market" or parts[1] != "sources" or not parts[-1]:
+        raise Malformed(f"not a quote reference: {ref!r}")
+    return normalize_symbol(parts[2]), normalize_symbol(parts[-1])
+
+
+def source_code(ref: str) -> str:
+    """``/news/sources/AFP`` or ``/market/sources/EURONEX`` -> the code."""
+    return ref.rstrip("/").rsplit("/", 1)[-1]
+
+
+def to_ns(seconds: Decimal) -> int:
+    """Unix seconds (maybe fractional, exact) -> int ns."""
+    if seconds == seconds.to_integral_value():
+        return int(seconds) * NS
+    return int(seconds * _NS_D)
+
+
+def _ns(seconds: Decimal | None) -> int | None:
+    return None if seconds is None else to_ns(seconds)
+
+
+def _quality(q: str) -> str:
+    return "realtime" if q == "REALTIME" else "delayed" if q == "DELAYED" else "unknown"
+
+
+def price_id(kind: str, quote: str, ts_ns: int) -> str:
+    return event_id(SOURCE, kind, quote, ts_ns)
+
+
+def news_id(source: str, article_id: int | str) -> str:
+    return event_id(SOURCE, "news", source, article_id)
+
+
+def _digest(*parts: object) -> str:
+    return blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+
+
+def _val(p: Point | None) -> Decimal | None:
+    return None if p is None else p.value
+
+
+# --- prices --------------------------------------------------------------------------------------
+def market_price(p: VMarketPrice, ts_recv: int, replay: bool = False) -> MarketPrice:
+    venue, symbol = quote_key(p.quote)
+    last = p.last
+    if last is not None and last.date is not None:
+        ts = to_ns(last.date)
+        eid = price_id("market_price", p.quote, ts)
+    else:
+        # no trade yet: the newest date of the quote's sides names it
+        dates = [x.date for x in (p.ask, p.bid, p.settlement) if x is not None and x.date is not None]
+        ts = to_ns(max(dates)) if dates else ts_recv
+        eid = price_id("market_price", p.quote, f"nolast:{ts}:{_val(p.ask)}:{_val(p.bid)}")
+    ask, bid, settle, stats = p.ask, p.bid, p.settlement, p.stats
+    return MarketPrice(
+        id=eid, source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
+        quality=_quality(p.quality),  # type: ignore[arg-type]
+        last=last.value if last is not None else None,
+        last_ts=ts if last is not None and last.date is not None else None,
+        last_volume=last.volume if last is not None else None,
+        total_volume=last.totalVolume if last is not None else None,
+        orders=last.orders if last is not None else None,
+        first=_val(p.first), previous_last=_val(p.previousLast), high=_val(p.high), low=_val(p.low),
+        high_1y=_val(p.high1Y), low_1y=_val(p.low1Y),
+        settlement=settle.value if settle is not None else None,
+        settlement_ts=_ns(settle.date) if settle is not None else None,
+        open_interest=settle.openInterest if settle is not None else None,
+        bid=bid.value if bid is not None else None,
+        bid_size=(bid.volume if bid.volume is not None else bid.globalVolume) if bid is not None else None,
+        ask=ask.value if ask is not None else None,
+        ask_size=(ask.volume if ask.volume is not None else ask.globalVolume) if ask is not None else None,
+        perf=stats.perf if stats is not None else None,
+        rel_perf=stats.relPerf if stats is not None else None,
+    )
+
+
+def _level(p: Point | None) -> BookLevel | None:
+    if p is None or p.value is None:
+        return None
+    size = p.volume if p.volume is not None else p.globalVolume
+    return BookLevel(p.value, size if size is not None else Decimal(0), p.orders)
+
+
+def order_book(p: VOrderBook, ts_recv: int, raw: bytes | None = None) -> BookSnapshot:
+    """An orderBook (one row per depth level) -> BookSnapshot. The vendor gives no date: the id
+    is the quote + the book's content, so the same book re-read is the same event."""
+    venue, symbol = quote_key(p.quote)
+    bids = [lv for lv in (_level(r.bid) for r in p.data) if lv is not None]
+    asks = [lv for lv in (_level(r.ask) for r in p.data) if lv is not None]
+    content = raw if raw is not None else repr((bids, asks)).encode()
+    return BookSnapshot(
+        id=event_id(SOURCE, "book", p.quote, blake2b(content, digest_size=8).hexdigest()),
+        source=SOURCE, venue=venue, symbol=symbol, ts_event=ts_recv, ts_recv=ts_recv,
+        bids=sorted(bids, key=lambda lv: lv.price, reverse=True), asks=sorted(asks, key=lambda lv: lv.price),
+        quality=_quality(p.quality),  # type: ignore[arg-type]
+    )
+
+
+def _deliveries(items: list[VCashDelivery]) -> list[CashDelivery]:
+    return [CashDelivery(start=to_ns(d.start), end=to_ns(d.end), value=d.value, prime=d.prime) for d in items]
+
+
+def cash_price(p: VCashPrice, ts_recv: int, replay: bool = False, currency: str | None = None) -> CashPrice:
+    venue, symbol = quote_key(p.quote)
+    if p.date is None:
+        raise Malformed(f"cashPrice of {p.quote} has no date")
+    ts = to_ns(p.date)
+    return CashPrice(
+        id=price_id("cash_price", p.quote, ts), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts,
+        ts_recv=ts_recv, replay=replay, deliveries=_deliveries(p.deliveries),
+        quality=_quality(p.quality), currency=currency,  # type: ignore[arg-type]
+    )
+
+
+def index_price(p: VIndexPrice, ts_recv: int, replay: bool = False) -> IndexPrice:
+    venue, symbol = quote_key(p.quote)
+    if p.date is None or p.value is None:
+        raise Malformed(f"indexPrice of {p.quote} has no date or value")
+    ts = to_ns(p.date)
+    return IndexPrice(
+        id=price_id("index_price", p.quote, ts), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts,
+        ts_recv=ts_recv, replay=replay, value=p.value, volume=p.volume, std_dev=p.standardDeviation,
+        quality=_quality(p.quality),  # type: ignore[arg-type]
+    )
+
+
+def news(a: VNews, ts_recv: int, replay: bool = False, source: str | None = None) -> News:
+    src = source or (source_code(a.source) if a.source else "")
+    if not src:
+        raise Malformed(f"article {a.id} has no source")
+    ts = _ns(a.publicationDate) or ts_recv
+    meta = a.metadata
+    return News(
+        id=news_id(src, a.id), source=SOURCE, venue=normalize_symbol(src),
+        symbol=normalize_symbol(a.lang) if a.lang else NO_VENUE, ts_event=ts, ts_recv=ts_recv, replay=replay,
+        article_id=str(a.id), title=a.title, lang=a.lang, snippet=a.snippet, content=a.content,
+        copyright=a.copyright, modified_ts=_ns(a.modificationDate), words=a.words,
+        day_tendency=meta.dayTendency if meta else None, short_term_tendency=meta.shortTermTendency if meta else None,
+    )
+
+
+def push(obj: Push, ts_recv: int, raw: bytes | None = None) -> Any:
+    """A decoded push -> its event (MarketPrice, BookSnapshot, CashPrice, IndexPrice or News)."""
+    t = type(obj)
+    if t is VMarketPrice:
+        return market_price(obj, ts_recv)  # type: ignore[arg-type]
+    if t is VCashPrice:
+        return cash_price(obj, ts_recv)  # type: ignore[arg-type]
+    if t is VIndexPrice:
+        return index_price(obj, ts_recv)  # type: ignore[arg-type]
+    if t is VNews:
+        return news(obj, ts_recv)  # type: ignore[arg-type]
+    return order_book(obj, ts_recv, raw)  # type: ignore[arg-type]
+
+
+# --- history -------------------------------------------------------------------------------------
+def entry_key(e: HistEntry, code: str) -> int:
+    """The reference date of a history entry, ns: ``last.date`` for market prices, else ``date``."""
+    if code == "historyMarketPrice":
+        if e.last is None or e.last.date is None:
+            raise Malformed("history entry without last.date")
+        return to_ns(e.last.date)
+    if e.date is None:
+        raise Malformed("history entry without date")
+    return to_ns(e.date)
+
+
+INTERVALS = {"MINUTE": "1m", "HOUR": "1h", "DAY": "1d", "WEEK": "1w", "MONTH": "1M"}
+
+
+def interval_of(resolution: str) -> str:
+    if resolution in INTERVALS:
+        return INTERVALS[resolution]
+    if resolution.isdigit():
+        return f"{int(resolution)}m"
+    return resolution.lower()
+
+
+def history_event(code: str, quote: str, quality: str, e: HistEntry, resolution: str, ts_recv: int,
+                  replay: bool = True) -> Any:
+    """One history entry -> an event. TICK market entries are MarketPrice (same id as the live
+    push of that tick); bars of other resolutions are Bar; cash and index entries are CashPrice /
+    IndexPrice (same ids as live)."""
+    venue, symbol = quote_key(quote)
+    q = _quality(quality)
+    if code == "historyCashPrice":
+        ts = entry_key(e, code)
+        return CashPrice(id=price_id("cash_price", quote, ts), source=SOURCE, venue=venue, symbol=symbol,
+                         ts_event=ts, ts_recv=ts_recv, replay=replay, deliveries=_deliveries(e.deliveries or []),
+                         quality=q)  # type: ignore[arg-type]
+    if code == "historyIndexPrice":
+        ts = entry_key(e, code)
+        if e.value is None:
+            raise Malformed("index history entry without value")
+        return IndexPrice(id=price_id("index_price", quote, ts), source=SOURCE, venue=venue, symbol=symbol,
+                          ts_event=ts, ts_recv=ts_recv, replay=replay, value=e.value, volume=e.volume,
+                          std_dev=e.standardDeviation, quality=q)  # type: ignore[arg-type]
+    ts = entry_key(e, code)
+    last = e.last
+    assert last is not None
+    oi = e.stats.openInterest if e.stats is not None else None
+    if resolution == "TICK":
+        return MarketPrice(
+            id=price_id("market_price", quote, ts), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts,
+            ts_recv=ts_recv, replay=replay, quality=q, last=last.value, last_ts=ts,  # type: ignore[arg-type]
+            last_volume=last.volume, orders=last.orders, first=_val(e.first), high=_val(e.high), low=_val(e.low),
+            open_interest=oi,
+        )
+    if e.first is None or e.first.value is None or last.value is None or e.high is None or e.low is None \
+            or e.high.value is None or e.low.value is None:
+        raise Malformed("history bar without first/last/high/low")
+    start = _ns(e.first.date) or ts
+    return Bar(
+        id=event_id(SOURCE, "bar", quote, resolution, ts), source=SOURCE, venue=venue, symbol=symbol,
+        ts_event=start, ts_recv=ts_recv, replay=replay, interval=interval_of(resolution),
+        open=e.first.value, high=e.high.value, low=e.low.value, close=last.value, volume=last.volume,
+        open_interest=oi,
+    )
+
+
+
+# --- reference data ------------------------------------------------------------------------------
+_LINK = re.compile(r"\{@:([^,}]*),([^}]*)\}")
+
+
+def l10n_text(text: str | None) -> str | None:
+    """An l10n text with its ``{@:/market/units/LBS,pounds}`` links reduced to their titles."""
+    if text is None:
+        return None
+    return _LINK.sub(lambda m: m.group(2), text)
+
+
+def _item_id(kind: str, ref: str, item: dict[str, Any]) -> str:
+    """Reference ids: the vendor reference + a digest of the item, so an unchanged item re-read
+    is the same event and a changed one is a new event."""
+    return event_id(SOURCE, kind, ref, blake2b(msgspec.json.encode(item, order="sorted"), digest_size=8).hexdigest())
+
+
+def _code_of(ref: str | None) -> str | None:
+    return ref.rstrip("/").rsplit("/", 1)[-1] if ref else None
+
+
+def _dec(v: Any) -> Decimal | None:
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, Decimal):
+        return v
+    if isinstance(v, int):
+        return Decimal(v)
+    if isinstance(v, str):
+        try:
+            return Decimal(v)
+        except ArithmeticError:
+            raise Malformed(f"not a number: {v!r}") from None
+    raise Malformed(f"not a number: {v!r}")
+
+
+def _ns_opt(v: Any) -> int | None:
+    d = _dec(v)
+    return None if d is None else to_ns(d)
+
+
+class Texts:
+    """l10n reference -> text (what the crawl fetched)."""
+
+    def __init__(self, texts: dict[str, str]) -> None:
+        self.texts = texts
+
+    def name(self, item: dict[str, Any]) -> str | None:
+        return l10n_text(self.texts.get(item.get("name", "") or ""))
+
+    def desc(self, item: dict[str, Any]) -> str | None:
+        return l10n_text(self.texts.get(item.get("desc", "") or ""))
+
+
+def _code(item: Any, what: str) -> str:
+    if not isinstance(item, dict) or not isinstance(item.get("code"), str) or not item["code"]:
+        raise Malformed(f"{what} without a code")
+    return item["code"]
+
+
+def _attrs(item: dict[str, Any], *keys: str) -> dict[str, str]:
+    return {k: str(item[k]).lower() if isinstance(item[k], bool) else str(item[k]) for k in keys if k in item}
+
+
+def market_venue(item: dict[str, Any], texts: Texts, ts: int) -> Venue:
+    code = _code(item, "market source")
+    sym = normalize_symbol(code)
+    return Venue(id=_item_id("venue", f"/market/sources/{code}", item), source=SOURCE, venue=sym, symbol=sym,
+                 ts_event=ts, ts_recv=ts, name=texts.name(item), description=texts.desc(item),
+                 attributes={"kind": "market", **_attrs(item, "rights", "orderBook", "autoCurrency")})
+
+
+def news_venue(item: dict[str, Any], texts: Texts, ts: int) -> Venue:
+    code = _code(item, "news source")
+    sym = normalize_symbol(code)
+    attrs = {"kind": "news", **_attrs(item, "rights", "bypassFilters")}
+    if isinstance(item.get("langs"), list):
+        attrs["langs"] = ",".join(str(x) for x in item["langs"])
+    return Venue(id=_item_id("venue", f"/news/sources/{code}", item), source=SOURCE, venue=sym, symbol=sym,
+                 ts_event=ts, ts_recv=ts, name=texts.name(item), description=texts.desc(item), attributes=attrs)
+
+
+def future_class(ref: str, item: dict[str, Any], texts: Texts, ts: int) -> InstrumentClass:
+    code = _code(item, "future class")
+    venue, _ = quote_key(ref)
+    return InstrumentClass(
+        id=_item_id("instrument_class", ref, item), source=SOURCE, venue=venue, symbol=normalize_symbol(code),
+        ts_event=ts, ts_recv=ts, class_type="future_class", vendor_symbol=code, name=texts.name(item),
+        description=texts.desc(item), currency=item.get("currency"), product=_code_of(item.get("product")),
+        members=[_code_of(r) or "" for r in item.get("deliveries", [])], vendor_ref=ref,
+        attributes={**_attrs(item, "contractSize"), **({"contractUnit": _code_of(item["contractUnit"]) or ""}
+                                                        if item.get("contractUnit") else {})},
+    )
+
+
+def delivery(ref: str, item: dict[str, Any], cls: dict[str, Any], texts: Texts, ts: int) -> Instrument:
+    """A future delivery: classic (EMAH16) or continuous (EMAC01, which follows its current
+    underlying: its last trading date and maturity are the underlying's)."""
+    code = _code(item, "delivery")
+    venue, _ = quote_key(ref)
+    cls_code = cls.get("code", "")
+    tail = code[len(cls_code):] if cls_code and code.startswith(cls_code) else ""
+    continuous = len(tail) >= 2 and tail[0] == "C" and tail[1:].isdigit()
+    name = texts.name(cls)
+    return Instrument(
+        id=_item_id("instrument", ref, item), source=SOURCE, venue=venue, symbol=normalize_symbol(code),
+        ts_event=ts, ts_recv=ts, instrument_type="continuous_future" if continuous else "future",
+        vendor_symbol=code, name=f"{name} {code}" if name else code, description=texts.desc(cls),
+        currency=cls.get("currency"), contract_size=_dec(cls.get("contractSize")),
+        contract_unit=_code_of(cls.get("contractUnit")), product=_code_of(cls.get("product")),
+        instrument_class=cls_code or None, expiry_ts=_ns_opt(item.get("lastTradingDate")),
+        maturity_year=item.get("maturityYear"), maturity_month=item.get("maturityMonth"),
+        continuous_index=int(tail[1:]) if continuous else None, vendor_ref=ref,
+    )
+
+
+def option_class(ref: str, item: dict[str, Any], texts: Texts, ts: int) -> InstrumentClass:
+    code = _code(item, "option class")
+    venue, _ = quote_key(ref)
+    return InstrumentClass(
+        id=_item_id("instrument_class", ref, item), source=SOURCE, venue=venue, symbol=normalize_symbol(code),
+        ts_event=ts, ts_recv=ts, class_type="option_class", vendor_symbol=code, name=texts.name(item),
+        description=texts.desc(item), currency=item.get("currency"), product=_code_of(item.get("product")),
+        members=[_code_of(r) or "" for r in item.get("series", [])],
+        underlying=_code_of(item.get("underlyingFutureClass")), vendor_ref=ref,
+    )
+
+
+def strike_ref(series_ref: str, strike_code: str) -> str:
+    return f"{series_ref}/strikes/{strike_code}"
+
+
+def option_series(ref: str, item: dict[str, Any], cls: dict[str, Any], texts: Texts,
+                  ts: int) -> list[InstrumentClass | Instrument]:
+    """An option series -> its InstrumentClass and one Instrument per strike (CALL and PUT)."""
+    code = _code(item, "option series")
+    venue, _ = quote_key(ref)
+    underlying = _code_of(item.get("underlyingFutureQuote"))
+    strikes = item.get("strikes") or []
+    out: list[InstrumentClass | Instrument] = [InstrumentClass(
+        id=_item_id("instrument_class", ref, item), source=SOURCE, venue=venue, symbol=normalize_symbol(code),
+        ts_event=ts, ts_recv=ts, class_type="option_series", vendor_symbol=code, name=texts.name(cls),
+        currency=cls.get("currency"), product=_code_of(cls.get("product")),
+        members=[_code(s, "strike") for s in strikes], underlying=underlying, vendor_ref=ref,
+        attributes=_attrs(item, "minStrikePrice", "maxStrikePrice", "maturityMonth", "maturityYear"),
+    )]
+    name = texts.name(cls)
+    for s in strikes:
+        s_code = _code(s, "strike")
+        s_ref = strike_ref(ref, s_code)
+        kind = str(s.get("optionType", "")).lower()
+        out.append(Instrument(
+            id=_item_id("instrument", s_ref, s), source=SOURCE, venue=venue, symbol=normalize_symbol(s_code),
+            ts_event=ts, ts_recv=ts, instrument_type="option", vendor_symbol=s_code,
+            name=f"{name} {s_code}" if name else s_code, currency=cls.get("currency"),
+            product=_code_of(cls.get("product")), instrument_class=cls.get("code"),
+            expiry_ts=_ns_opt(item.get("lastTradingDate")), maturity_year=item.get("maturityYear"),
+            maturity_month=item.get("maturityMonth"), underlying=underlying, option_series=code,
+            option_type=kind if kind in ("call", "put") else None, strike=_dec(s.get("strike")),  # type: ignore[arg-type]
+            vendor_ref=s_ref,
+        ))
+    return out
+
+
+def simple_quote(ref: str, kind: str, item: dict[str, Any], texts: Texts, ts: int) -> Instrument:
+    """A single, cash or index quote."""
+    code = _code(item, f"{kind} quote")
+    venue, _ = quote_key(ref)
+    return Instrument(
+        id=_item_id("instrument", ref, item), source=SOURCE, venue=venue, symbol=normalize_symbol(code),
+        ts_event=ts, ts_recv=ts, instrument_type=kind,  # type: ignore[arg-type]
+        vendor_symbol=code, name=texts.name(item), description=texts.desc(item), currency=item.get("currency"),
+        contract_size=_dec(item.get("contractSize")), contract_unit=_code_of(item.get("contractUnit")),
+        product=_code_of(item.get("product")), geo_site=_code_of(item.get("geoSite")),
+        incoterm=_code_of(item.get("incoterm")), vendor_ref=ref,
+        attributes=_attrs(item, "timezone", "frequency", "editable", "volumeMin"),
+    )
+
+
+def currency_class(ref: str, item: dict[str, Any], ts: int) -> list[InstrumentClass | Instrument]:
+    """A currency pair and its terms (absent when the pair cannot be converted)."""
+    code = _code(item, "currency class")
+    venue, _ = quote_key(ref)
+    terms = item.get("terms") or []
+    frm, to = item.get("from"), item.get("to")
+    out: list[InstrumentClass | Instrument] = [InstrumentClass(
+        id=_item_id("instrument_class", ref, item), source=SOURCE, venue=venue, symbol=normalize_symbol(code),
+        ts_event=ts, ts_recv=ts, class_type="fx_class", vendor_symbol=code, name=f"{frm}/{to}",
+        currency=to, members=[_code(t, "currency term") for t in terms], vendor_ref=ref,
+        attributes={k: str(v) for k, v in (("from", frm), ("to", to)) if v},
+    )]
+    for t in terms:
+        t_code = _code(t, "currency term")
+        t_ref = f"{ref}/terms/{t_code}"
+        term_type = str(t.get("termType", ""))
+        out.append(Instrument(
+            id=_item_id("instrument", t_ref, t), source=SOURCE, venue=venue, symbol=normalize_symbol(t_code),
+            ts_event=ts, ts_recv=ts, instrument_type="fx" if term_type == "SPOT" else "fx_forward",
+            vendor_symbol=t_code, name=f"{frm}/{to} {term_type.lower()} {t_code[len(code):]}".strip(),
+            base=frm, quote=to, currency=to, instrument_class=code, fx_term_type=term_type or None,
+            fx_term_days=t.get("termDuration"), vendor_ref=t_ref,
+        ))
+    return out
+
+
+def unit(item: dict[str, Any], texts: Texts, ts: int) -> Unit:
+    code = _code(item, "unit")
+    factor = _dec(item.get("convertionFactor", item.get("conversionFactor")))
+    if factor is None:
+        raise Malformed(f"unit {code} has no convertionFactor")
+    return Unit(id=_item_id("unit", f"/market/units/{code}", item), source=SOURCE, venue=NO_VENUE,
+                symbol=normalize_symbol(code), ts_event=ts, ts_recv=ts, code=code, name=texts.name(item),
+                unit_symbol=item.get("symbol"), unit_type=item.get("type"), factor=factor,
+                offset=_dec(item.get("convertionOffset", item.get("conversionOffset"))) or Decimal(0))
+
+
+def geo_site(item: dict[str, Any], texts: Texts, ts: int) -> GeoSite:
+    code = _code(item, "geoSite")
+    return GeoSite(id=_item_id("geo_site", f"/market/geoSites/{code}", item), source=SOURCE, venue=NO_VENUE,
+                   symbol=normalize_symbol(code), ts_event=ts, ts_recv=ts, code=code, name=texts.name(item),
+                   description=texts.desc(item), country=item.get("country"),
+                   longitude=_dec(item.get("gpsLong")), latitude=_dec(item.get("gpsLat")))
+
+
+def incoterm(item: dict[str, Any], texts: Texts, ts: int) -> Incoterm:
+    code = _code(item, "incoterm")
+    return Incoterm(id=_item_id("incoterm", f"/market/incoterms/{code}", item), source=SOURCE, venue=NO_VENUE,
+                    symbol=normalize_symbol(code), ts_event=ts, ts_recv=ts, code=code, name=texts.name(item),
+                    description=texts.desc(item))
+
+
+def product_category(item: dict[str, Any], texts: Texts, ts: int) -> ProductCategory:
+    code = _code(item, "prodcat")
+    return ProductCategory(
+        id=_item_id("product_category", f"/market/prodcats/{code}", item), source=SOURCE, venue=NO_VENUE,
+        symbol=normalize_symbol(code), ts_event=ts, ts_recv=ts, code=code, name=texts.name(item),
+        description=texts.desc(item), products=[_code_of(p) or "" for p in item.get("products", [])])
+
+__all__ = [
+    "Frame", "HistEntry", "Malformed", "Push", "SOURCE", "VHistory", "VMarketPrice", "VNews", "cash_price",
+    "decode_frame", "decode_history", "decode_push", "entry_key", "generic_decoder", "history_event",
+    "index_price", "market_price", "news", "news_id", "order_book", "push", "quote_key", "split_updates",
+    "to_ns",
+]

@@ -1,0 +1,304 @@
+"""Async TickSupply REST client (httpx): auth, pacing, retries, idempotency keys, pages, artifacts.
+
+- Every call carries ``X-Api-Key`` (a :class:`Secret`, never logged) and is paced by a token bucket.
+- ``429 rate_limited``: the bucket is drained for ``Retry-After`` seconds and the call is retried
+  after at least that long (up to ``max_rate_limited_retries`` times).
+- ``5xx``, network errors and timeouts are retried with exponential back-off (``max_retries``).
+- Mutating calls carry an ``Idempotency-Key`` that stays the same across the retries of one call
+  (the caller may pass its own, e.g. one persisted before the call, to survive a restart), so a
+  retried create never makes a second subscription or export.
+- Lists follow ``next_page_token`` until it is null.
+- Artifacts are plain GETs of presigned URLs without the API key; an expired or refused URL raises
+  :class:`ArtifactUrlExpired` (ask for a fresh download listing).
+
+Bodies that are not the JSON the endpoint promises raise :class:`MalformedReply` carrying the raw
+bytes, so the app can dead-letter them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import msgspec
+
+from marketbus.runtime.backoff import Backoff
+from marketbus.runtime.ratelimit import RateLimiter
+from marketbus.runtime.settings import Secret
+
+
+class TickSupplyError(Exception):
+    """A non-2xx reply: ``status``, the vendor ``code`` and ``message``, the ``X-Request-Id``."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}" + (f" (request {request_id})" if request_id else ""))
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+class RateLimited(TickSupplyError):
+    pass
+
+
+class ServerError(TickSupplyError):
+    pass
+
+
+class NotFound(TickSupplyError):
+    pass
+
+
+class Conflict(TickSupplyError):
+    pass
+
+
+class PermissionDenied(TickSupplyError):
+    pass
+
+
+class AuthenticationFailed(TickSupplyError):
+    pass
+
+
+_BY_CODE: dict[str, type[TickSupplyError]] = {
+    "rate_limited": RateLimited, "internal": ServerError, "unavailable": ServerError, "not_found": NotFound,
+    "already_exists": Conflict, "permission_denied": PermissionDenied, "unauthenticated": AuthenticationFailed,
+}
+
+
+class MalformedReply(Exception):
+    """A 2xx reply whose body is not the JSON we expect (kept whole for the dead-letter queue)."""
+
+    def __init__(self, url: str, payload: bytes, reason: str) -> None:
+        super().__init__(f"malformed reply from {url}: {reason}")
+        self.url = url
+        self.payload = payload
+        self.reason = reason
+
+
+class ArtifactUrlExpired(Exception):
+    """The presigned URL was refused (expired or bad signature): request a new download listing."""
+
+
+class RetriesExhausted(Exception):
+    pass
+
+
+class _ErrorBody(msgspec.Struct):
+    code: str = "unknown"
+    message: str = ""
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorBody
+
+
+_error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
+
+# callback(kind) for metrics: "rate_limited", "server_error", "timeout", "network", "malformed"
+ErrorHook = Callable[[str], None]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+class TickSupplyClient:
+    def __init__(
+        self, base_url: str, api_key: Secret, *, timeout_s: float = 30.0, requests_per_s: float = 10.0,
+        max_retries: int = 6, max_rate_limited_retries: int = 100, on_error: ErrorHook | None = None,
+        backoff_initial_s: float = 0.2, backoff_max_s: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self.limiter = RateLimiter(requests_per_s, burst=max(1.0, requests_per_s))
+        self.max_retries = max_retries
+        self.max_rate_limited_retries = max_rate_limited_retries
+        self.on_error = on_error or (lambda kind: None)
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        headers = {"Accept": "application/json", "Content-Type": "application/json",
+                   "User-Agent": "marketbus-ingest-ticksupply"}
+        self.http = httpx.AsyncClient(headers=headers, timeout=timeout_s,
+                                      limits=httpx.Limits(max_connections=20, max_keepalive_connections=10))
+        self.rate_limited_total = 0
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> TickSupplyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- core ---------------------------------------------------------------------------------
+    async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                      body: Any = None, idempotency_key: str | None = None, mutating: bool = False) -> Any:
+        """One API call with pacing and retries; returns the decoded JSON (None for 204)."""
+        url = f"{self.base_url}{path}"
+        headers = {"X-Api-Key": self._key.get()}
+        if mutating:
+            headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+        content = msgspec.json.encode(body) if body is not None else None
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
+        errors = limited = 0
+        while True:
+            await self.limiter.acquire()
+            wait_at_least = 0.0
+            try:
+                response = await self.http.request(method, url, params=query, content=content, headers=headers)
+            except httpx.TimeoutException as exc:
+                self.on_error("timeout")
+                failure: Exception = exc
+            except httpx.TransportError as exc:
+                self.on_error("network")
+                failure = exc
+            else:
+                if response.status_code < 300:
+                    if response.status_code == 204 or not response.content.strip():
+                        return None
+                    try:
+                        return msgspec.json.decode(response.content)
+                    except msgspec.DecodeError as exc:
+                        self.on_error("malformed")
+                        raise MalformedReply(url, response.content, f"not JSON: {exc}") from None
+                error = self._error(response)
+                if isinstance(error, RateLimited) or response.status_code == 429:
+                    limited += 1
+                    self.rate_limited_total += 1
+                    self.on_error("rate_limited")
+                    retry_after = error.retry_after if error.retry_after is not None else 1.0
+                    self.limiter.penalize(retry_after)
+                    if limited > self.max_rate_limited_retries:
+                        raise error
+                    continue  # the drained bucket makes the next acquire() wait out Retry-After
+                if response.status_code >= 500:
+                    self.on_error("server_error")
+                    failure = error
+                    wait_at_least = error.retry_after or 0.0
+                else:
+                    raise error
+            errors += 1
+            if errors > self.max_retries:
+                raise RetriesExhausted(f"{method} {path}: gave up after {errors} attempts: {failure!r}") from failure
+            await backoff.sleep(wait_at_least)
+
+    @staticmethod
+    def _error(response: httpx.Response) -> TickSupplyError:
+        request_id = response.headers.get("x-request-id")
+        try:
+            body = _error_decoder.decode(response.content).error
+            code, message = body.code, body.message
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            code, message = "unknown", response.text[:200]
+        if response.status_code == 429:
+            code = "rate_limited"
+        cls = _BY_CODE.get(code) or (ServerError if response.status_code >= 500 else TickSupplyError)
+        return cls(response.status_code, code, message, request_id, _retry_after(response))
+
+    async def pages(self, path: str, params: dict[str, Any] | None = None, limit: int = 100) -> AsyncIterator[Any]:
+        """Every item of a paginated list, page by page (each page is yielded as its item list)."""
+        query = dict(params or {}, limit=limit)
+        while True:
+            page = await self.request("GET", path, params=query)
+            if not isinstance(page, dict) or not isinstance(page.get("items"), list):
+                raise MalformedReply(f"{self.base_url}{path}", msgspec.json.encode(page), "not a page object")
+            yield page["items"]
+            token = page.get("next_page_token")
+            if not token:
+                return
+            query["page_token"] = token
+
+    async def collect(self, path: str, params: dict[str, Any] | None = None, limit: int = 100) -> list[Any]:
+        items: list[Any] = []
+        async for page in self.pages(path, params, limit):
+            items.extend(page)
+        return items
+
+    # --- catalog ------------------------------------------------------------------------------
+    async def exchanges(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/exchanges")
+
+    def instrument_pages(self, exchange: str) -> AsyncIterator[list[dict[str, Any]]]:
+        return self.pages(f"/exchanges/{exchange}/instruments", limit=1000)
+
+    def datastream_pages(self, **filters: Any) -> AsyncIterator[list[dict[str, Any]]]:
+        return self.pages("/datastreams", filters, limit=1000)
+
+    # --- subscriptions ------------------------------------------------------------------------
+    async def subscriptions(self) -> list[dict[str, Any]]:
+        return await self.collect("/subscriptions", limit=100)
+
+    async def create_subscription(self, datastream_id: int, idempotency_key: str | None = None) -> dict[str, Any]:
+        return await self.request("POST", "/subscriptions", body={"datastream_id": datastream_id},
+                                  idempotency_key=idempotency_key, mutating=True)
+
+    async def pause_subscription(self, sub_id: str, idempotency_key: str | None = None) -> None:
+        await self.request("POST", f"/subscriptions/{sub_id}/pause", idempotency_key=idempotency_key, mutating=True)
+
+    async def resume_subscription(self, sub_id: str, idempotency_key: str | None = None) -> None:
+        await self.request("POST", f"/subscriptions/{sub_id}/resume", idempotency_key=idempotency_key, mutating=True)
+
+    async def spans(self, sub_id: str) -> list[dict[str, Any]]:
+        return await self.request("GET", f"/subscriptions/{sub_id}/spans")
+
+    async def availability(self, datastream_id: int) -> dict[str, Any]:
+        return await self.request("GET", "/availability", params={"datastream_id": datastream_id})
+
+    # --- exports ------------------------------------------------------------------------------
+    async def create_export(self, datastream_id: int, start_ns: int, end_ns: int, idempotency_key: str) -> dict[str, Any]:
+        body = {"datastream_id": datastream_id, "start_time": str(start_ns), "end_time": str(end_ns), "schema": "raw"}
+        return await self.request("POST", "/exports", body=body, idempotency_key=idempotency_key, mutating=True)
+
+    async def get_export(self, export_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/exports/{export_id}")
+
+    async def cancel_export(self, export_id: str) -> None:
+        await self.request("POST", f"/exports/{export_id}/cancel", mutating=True)
+
+    async def download(self, export_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/exports/{export_id}/download")
+
+    async def fetch_artifact(self, url: str) -> bytes:
+        """GET a presigned URL (no API key). Retries network errors and 5xx; 403/404 -> expired."""
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
+        errors = 0
+        while True:
+            try:
+                response = await self.http.get(url, headers={"Accept": "*/*", "Content-Type": ""})
+            except httpx.TimeoutException as exc:
+                self.on_error("timeout")
+                failure: Exception = exc
+            except httpx.TransportError as exc:
+                self.on_error("network")
+                failure = exc
+            else:
+                if response.status_code == 200:
+                    return response.content
+                if response.status_code in (401, 403, 404):
+                    raise ArtifactUrlExpired(f"artifact URL refused with {response.status_code}: {response.text[:120]}")
+                if response.status_code == 429:
+                    self.on_error("rate_limited")
+                    self.limiter.penalize(_retry_after(response) or 1.0)
+                    await self.limiter.acquire()
+                    continue
+                self.on_error("server_error")
+                failure = RuntimeError(f"artifact GET: HTTP {response.status_code}")
+            errors += 1
+            if errors > self.max_retries:
+                raise RetriesExhausted(f"artifact GET gave up after {errors} attempts: {failure!r}") from failure
+            await backoff.sleep()

@@ -1,0 +1,170 @@
+"""Runtime against real nats-servers: embedded launcher, streams, publisher, service plumbing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from decimal import Decimal
+
+import httpx
+import nats
+import pytest
+
+from marketbus.contracts import codec, subjects
+from marketbus.contracts.ids import event_id
+from marketbus.contracts.market import Trade
+from marketbus.contracts.status import DeadLetter, FeedStatus, ServiceHeartbeat
+from marketbus.contracts.streams import BUCKETS, STREAMS, ensure_all
+from marketbus.runtime.http import port_is_free
+from marketbus.runtime.natsserver import NatsServer
+from marketbus.runtime.publisher import JetStreamPublisher
+from marketbus.runtime.service import Service
+from tests.helpers import wait_for
+
+
+def trade(i: int, symbol: str = "BTC-USD", venue: str = "RUNTIME") -> Trade:
+    return Trade(
+        id=event_id("test", "trade", venue, symbol, i), source="test", venue=venue, symbol=symbol,
+        ts_event=1_700_000_000_000_000_000 + i, ts_recv=1_700_000_000_000_000_000 + i,
+        price=Decimal("100.25") + i, size=Decimal("1.5"),
+    )
+
+
+def test_embedded_server_takes_4222_or_a_free_port_when_it_is_taken(tmp_path) -> None:
+    blocker = None
+    if port_is_free(4222):  # make 4222 busy, so the fallback is what we test
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 4222))
+        blocker.listen()
+    try:
+        with NatsServer(data_dir=tmp_path / "nats") as server:
+            assert server.port != 4222
+            assert server.proc is not None and server.proc.poll() is None
+            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as conn:
+                assert conn.recv(4096).startswith(b"INFO ")
+            proc = server.proc
+        assert proc.poll() is not None  # stopped cleanly on exit
+    finally:
+        if blocker:
+            blocker.close()
+
+
+async def test_streams_and_buckets_are_created_idempotently_by_concurrent_services(nats_server: NatsServer) -> None:
+    clients = [await nats.connect(nats_server.url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(ensure_all(c.jetstream()) for c in clients))
+        await ensure_all(clients[0].jetstream())  # and again: no error, nothing changes
+        js = clients[0].jetstream()
+        names = {info.config.name for info in await js.streams_info()}
+        assert {s.name for s in STREAMS} | {f"KV_{b.name}" for b in BUCKETS} <= names
+        md = await js.stream_info("MD")
+        assert md.config.subjects == ["md.>"] and md.config.duplicate_window == 120.0
+        ref = await js.stream_info("REF")
+        assert ref.config.max_msgs_per_subject == 1
+    finally:
+        for c in clients:
+            await c.close()
+
+
+@pytest.mark.cluster
+async def test_streams_are_replicated_on_a_cluster(nats_cluster) -> None:  # noqa: ANN001
+    nc = await nats.connect(nats_cluster.urls)
+    try:
+        js = nc.jetstream()
+
+        async def ready() -> bool:
+            try:
+                await ensure_all(js, replicas=3)
+                return True
+            except Exception:  # noqa: BLE001 - the meta leader is still being elected
+                return False
+
+        await wait_for(ready, timeout=30, interval=0.5, what="JetStream cluster ready")
+        info = await js.stream_info("MD")
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+        ack = await js.publish(subjects.for_event(trade(1, venue="CLUSTER")), codec.encode(trade(1, venue="CLUSTER")))
+        assert ack.stream == "MD"
+    finally:
+        await nc.close()
+
+
+async def test_pipelined_publisher_deduplicates_by_event_id(nats_url: str, js) -> None:  # noqa: ANN001
+    nc = await nats.connect(nats_url)
+    publisher = await JetStreamPublisher(nc).start()
+    try:
+        events = [trade(i, symbol="DEDUPE") for i in range(2000)]
+        for e in events:
+            await publisher.publish_event(e)
+        for e in events[:500]:  # a replay of the first quarter: same ids
+            await publisher.publish_event(e)
+        await publisher.publish_batch(events[:100], replay=True)
+        await publisher.publish_batch(events[:100], replay=True)
+        await publisher.flush()
+        assert publisher.duplicates == 501
+        info = await js.stream_info("MD", subjects_filter="md.trade.test.RUNTIME.DEDUPE")
+        assert info.state.subjects == {"md.trade.test.RUNTIME.DEDUPE": 2001}
+    finally:
+        await publisher.close()
+        await nc.close()
+
+
+async def test_publisher_reports_subjects_no_stream_captures(nats_url: str, js) -> None:  # noqa: ANN001
+    nc = await nats.connect(nats_url)
+    publisher = await JetStreamPublisher(nc, ack_timeout=1).start()
+    try:
+        future = await publisher.publish("nostream.here", b"{}")
+        with pytest.raises(Exception, match="no stream|no ack"):
+            await asyncio.wait_for(future, 10)
+    finally:
+        await publisher.close()
+        await nc.close()
+
+
+async def test_service_health_metrics_heartbeat_status_and_dead_letters(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    heartbeats: list[ServiceHeartbeat] = []
+
+    async def on_hb(msg) -> None:  # noqa: ANN001
+        heartbeats.append(codec.decode(msg.data))
+
+    await nc.subscribe(subjects.heartbeat("probe"), cb=on_hb)
+
+    class Probe(Service):
+        name = "probe"
+
+    service = Probe(nats_url=nats_url, heartbeat_interval_s=0.2)
+    await service.start()
+    try:
+        async with httpx.AsyncClient(base_url=service.http_url) as http:
+            health = (await http.get("/healthz")).json()
+            assert health["state"] == "running" and health["nats_connected"] is True
+            await service.publish_feed_status("test", "connected", venue="V", symbol="S")
+            await service.publish_feed_status("test", "gap", venue="V", symbol="S", gap=(10, 20), kind="trade")
+            await service.dead_letter("test", "not json: unexpected character", b"\x00{garbage")
+            await service.publisher.flush()
+            metrics = (await http.get("/metrics")).text
+            assert 'marketbus_dead_letters_total{reason="not json",service="probe",source="test"} 1.0' in metrics
+            assert "marketbus_publish_latency_seconds_bucket" in metrics
+        await wait_for(lambda: heartbeats, what="a heartbeat")
+        assert heartbeats[0].service == "probe" and heartbeats[0].http_url == service.http_url
+        js = nc.jetstream()
+        dlq = await js.get_last_msg("DLQ", subjects.dead_letter("probe", "test"))
+        letter = codec.decode(dlq.data)
+        assert isinstance(letter, DeadLetter) and letter.payload == b"\x00{garbage" and letter.reason.startswith("not json")
+        gap = codec.decode((await js.get_last_msg("STATUS", subjects.feed_status("probe", "test", "V", "S"))).data)
+        assert isinstance(gap, FeedStatus) and (gap.state, gap.gap_start, gap.gap_end) == ("gap", 10, 20)
+    finally:
+        await service.stop()
+        await nc.close()
+
+
+async def test_service_refuses_bad_configuration_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from marketbus.runtime.settings import SettingsError
+
+    class Probe(Service):
+        name = "probe"
+
+    monkeypatch.setenv("MARKETBUS_HTTP_PORT", "eighty")
+    with pytest.raises(SettingsError, match="MARKETBUS_HTTP_PORT='eighty' is invalid"):
+        Probe()
