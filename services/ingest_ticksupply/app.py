@@ -278,7 +278,7 @@ class TickSupplyIngestor(Ingestor):
                         await self.malformed("instruments", msgspec.json.encode(item), str(exc))
                         continue
                     futures.append(await self.emit(inst))
-        await asyncio.gather(*futures)
+        await _acked(futures)
         self.log.info("catalog synced: %d reference events", len(futures))
         return len(futures)
 
@@ -479,8 +479,7 @@ class TickSupplyIngestor(Ingestor):
             await self.malformed(channel, b"", f"{len(parsed.bad) - MAX_DEAD_LETTERS_PER_ARTIFACT} more bad rows")
         self.metrics.frames_in.labels(self.source, "rows").inc(parsed.total_lines)
         futures = await self._publish_rows(ds, parsed.rows, replay, batch_salt)
-        if futures:
-            await asyncio.gather(*futures)
+        await _acked(futures)
         return len(parsed.rows)
 
     async def _publish_rows(self, ds: DatastreamRef, rows: list[Any], replay: bool, batch_salt: str | None) -> list[Any]:
@@ -554,6 +553,17 @@ class TickSupplyIngestor(Ingestor):
                 return ds
         raise ReplayUnsupported(f"no TickSupply subscription to {request.venue}/{request.symbol} {stream_type}: "
                                 "only subscribed datastreams can be exported")
+
+
+async def _acked(futures: list[Any]) -> None:
+    """Wait for JetStream acks; raises the first publish error. ``asyncio.wait`` (not gather): a
+    cancelled caller must not cancel the publisher's own futures."""
+    if not futures:
+        return
+    await asyncio.wait(futures)
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()
 
 
 def _fresh(inflight: Inflight) -> Inflight:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..common.tape import Tick
-from .prices import NS, Market, cash_deliveries, index_fields, num, open_interest, ts_out
+from .prices import NS, Market, cash_deliveries, hash_key, index_fields, num, open_interest, ts_out
 from .tree import QuoteInfo
 
 FIXED = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}
@@ -147,5 +147,5 @@ def _entry(market: Market, info: QuoteInfo, sample: list[Tick], n: int, shift: i
         "last": {"date": ts_out(last.ts_ns + sh), "value": num(last.price), "volume": volume, "orders": n},
         "high": {"date": ts_out(high.ts_ns + sh), "value": num(high.price)},
         "low": {"date": ts_out(low.ts_ns + sh), "value": num(low.price)},
-        "stats": {"openInterest": open_interest(market.seed, info, last.ts_ns // (86400 * NS))},
+        "stats": {"openInterest": open_interest(market.seed, hash_key(info.ref), last.ts_ns // (86400 * NS))},
     }

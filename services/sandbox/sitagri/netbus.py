@@ -27,7 +27,8 @@ from .prices import ENCODER, Market
 from .session import Session, SessionStore
 from .settings import SitagriSettings
 
-MAX_TICKS_PER_PASS = 20_000  # per quote and pump pass, so a lagging pump still yields
+MAX_TICKS_PER_PASS = 2_000  # per quote and pump pass, so an overloaded pump lags but stays fair
+SLICE_S = 0.01  # the pump yields to the event loop (socket writers, requests) this often
 
 
 class Hub:
@@ -105,10 +106,14 @@ class Hub:
                 client.close_soon(4001, "session expired")
 
     # --- the pump -------------------------------------------------------------------------
-    def pump_once(self) -> None:
+    async def pump_once(self) -> None:
         now = time.time_ns()
         market = self.market
+        slice_start = time.perf_counter()
         for ref, subs in list(self.prices.items()):
+            if time.perf_counter() - slice_start > SLICE_S:
+                await asyncio.sleep(0)
+                slice_start = time.perf_counter()
             if not subs:
                 del self.prices[ref]
                 continue
@@ -140,7 +145,7 @@ class Hub:
             if rebooting and not was_rebooting:
                 self.forget_all()
             was_rebooting = rebooting
-            self.pump_once()
+            await self.pump_once()
             if time.monotonic() - last_sweep > 0.25:
                 self.sessions.sweep()
                 last_sweep = time.monotonic()

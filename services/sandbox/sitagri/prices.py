@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ..common.tape import Tick, TickTape, unit
+from ..common.tape import Tick, TickTape, splitmix64, stable_hash, unit
 from .tree import QuoteInfo, Tree, delivery_item
 
 NS = 1_000_000_000
@@ -29,9 +29,17 @@ DEAD = -(1 << 62)  # "no tick yet"
 ORIGIN_NS = 1_577_836_800_000_000_000  # tick 0 of every tape: 2020-01-01T00:00:00Z
 
 
+_NUM: dict[Decimal, Decimal | int] = {}
+
+
 def num(d: Decimal) -> Decimal | int:
-    """A decimal without trailing zeros (the vendor sends 155, 152.25)."""
-    return int(d) if d == d.to_integral_value() else d.normalize()
+    """A decimal without trailing zeros (the vendor sends 155, 152.25); memoized (prices repeat)."""
+    out = _NUM.get(d)
+    if out is None:
+        if len(_NUM) > 200_000:
+            _NUM.clear()
+        out = _NUM[d] = int(d) if d == d.to_integral_value() else d.normalize()
+    return out
 
 
 def ts_out(ns: int) -> int | Decimal:
@@ -168,6 +176,8 @@ class QuoteState:
         self.total_volume = 0
         self.orders = 0
         self._day_stats: dict[str, Any] = {}
+        self._points: dict[str, dict[str, Any]] = {}  # first/high/low as sent, rebuilt on change
+        self._oi_key = hash_key(info.ref)
 
     # --- advancing ------------------------------------------------------------------------
     def catch_up(self, now_ns: int | None = None) -> None:
@@ -194,6 +204,7 @@ class QuoteState:
         sample = [self.first, t] + [m.tick(info, j) for j in range(k0 + step, k, step)]
         self.high = max(sample, key=lambda x: x.price)
         self.low = min(sample, key=lambda x: x.price)
+        self._points.clear()
         self.total_volume = round(sum(int(x.size) for x in sample) * n / len(sample))
         self.orders = n
 
@@ -208,11 +219,14 @@ class QuoteState:
         if day != self.day or self.last is None:
             self.day, self.first, self.high, self.low = day, t, t, t
             self.total_volume, self.orders = int(t.size), 1
+            self._points.clear()
         else:
             if self.high is None or t.price > self.high.price:
                 self.high = t
+                self._points.pop("high", None)
             if self.low is None or t.price < self.low.price:
                 self.low = t
+                self._points.pop("low", None)
             self.total_volume += int(t.size)
             self.orders += 1
         self.index, self.last = k, t
@@ -228,9 +242,13 @@ class QuoteState:
         stats: dict[str, Any] = {"day": self.day}
         prev_k = m.index_at(info, day_start - 1)
         if m.alive(info, m.ts(info, prev_k)):
-            stats["previousLast"] = m.tick(info, prev_k)
+            stats["previousLast"] = prev = m.tick(info, prev_k)
+            stats["previousLastPoint"] = point(prev)
             settle_k = m.index_at(info, day_start - DAY_NS + 17 * 3600 * NS + 1800 * NS)
-            stats["settlement"] = m.tick(info, settle_k) if m.alive(info, m.ts(info, settle_k)) else None
+            if m.alive(info, m.ts(info, settle_k)):
+                stats["settlement"] = settle = m.tick(info, settle_k)
+                stats["settlementPoint"] = point(settle) | {
+                    "openInterest": open_interest(self.m.seed, self._oi_key, self.day)}
         year = [m.tick(info, m.index_at(info, day_start - w * 7 * DAY_NS)) for w in range(1, 53)
                 if m.alive(info, day_start - w * 7 * DAY_NS)]
         if year:
@@ -238,6 +256,7 @@ class QuoteState:
             stats["low1Y"] = min(year, key=lambda x: x.price)
             stats["yearAgo"] = year[-1]
         self._day_stats = stats
+        self._points.clear()  # the one-year extremes changed
         return stats
 
     def price(self) -> dict[str, Any]:
@@ -272,18 +291,26 @@ class QuoteState:
             stats["relPerf1Y"] = num(((value - ago.price) * 100 / ago.price).quantize(Decimal("0.0001")))
         if stats:
             out["stats"] = stats
-        out["first"] = point(self.first)
+        pts = self._points
+        if not pts:
+            pts["first"] = point(self.first)
+        out["first"] = pts["first"]
         if prev is not None:
-            out["previousLast"] = point(prev)
+            out["previousLast"] = daily["previousLastPoint"]
         settle = daily.get("settlement")
         if settle is not None:
-            out["settlement"] = point(settle) | {"openInterest": open_interest(self.m.seed, self.info, self.day)}
-        out["high"] = point(self.high)
-        out["low"] = point(self.low)
+            out["settlement"] = daily["settlementPoint"]
+        if "high" not in pts:
+            pts["high"] = point(self.high)
+            hi = max(daily.get("high1Y", self.high), self.high, key=lambda x: x.price)
+            pts["high1Y"] = point(hi)
+        if "low" not in pts:
+            pts["low"] = point(self.low)
+            lo = min(daily.get("low1Y", self.low), self.low, key=lambda x: x.price)
+            pts["low1Y"] = point(lo)
+        out["high"], out["low"] = pts["high"], pts["low"]
         if "high1Y" in daily:
-            hi = max(daily["high1Y"], self.high, key=lambda x: x.price)
-            lo = min(daily["low1Y"], self.low, key=lambda x: x.price)
-            out["high1Y"], out["low1Y"] = point(hi), point(lo)
+            out["high1Y"], out["low1Y"] = pts["high1Y"], pts["low1Y"]
         out.update(quotes_around(self.m.seed, t, self.info))
         return out
 
@@ -310,25 +337,23 @@ def point(t: Tick) -> dict[str, Any]:
     return {"date": ts_out(t.ts_ns), "value": num(t.price)}
 
 
-def open_interest(seed: int, info: QuoteInfo, day: int) -> int:
-    return 500 + int(unit(seed, hash_key(info.ref), day) * 15000)
+def open_interest(seed: int, key: int, day: int) -> int:
+    return 500 + int(unit(seed, key, day) * 15000)
 
 
 def hash_key(ref: str) -> int:
-    from ..common.tape import stable_hash
-
     return stable_hash(ref) & 0xFFFFFFFF
 
 
 def quotes_around(seed: int, t: Tick, info: QuoteInfo) -> dict[str, Any]:
     """Best ask and bid near the last trade; a bid is sometimes missing (omitted, never null)."""
-    u = [unit(seed, 303, t.index, j) for j in range(6)]
+    h = splitmix64(seed ^ (t.index * 0x9E3779B97F4A7C15 + 303) & ((1 << 64) - 1))
     date = ts_out(t.ts_ns)
-    out: dict[str, Any] = {"ask": {"date": date, "value": num(t.price + info.tick * (1 + int(u[0] * 3))),
-                                   "volume": 1 + int(u[1] * 20), "orders": 1 + int(u[2] * 3)}}
-    if u[5] >= 0.05:
-        out["bid"] = {"date": date, "value": num(t.price - info.tick * (1 + int(u[3] * 3))),
-                      "volume": 1 + int(u[4] * 20), "orders": 1 + int(u[2] * 2)}
+    out: dict[str, Any] = {"ask": {"date": date, "value": num(t.price + info.tick * (1 + h % 3)),
+                                   "volume": 1 + (h >> 8) % 20, "orders": 1 + (h >> 16) % 3}}
+    if (h >> 24) % 100 >= 5:
+        out["bid"] = {"date": date, "value": num(t.price - info.tick * (1 + (h >> 32) % 3)),
+                      "volume": 1 + (h >> 40) % 20, "orders": 1 + (h >> 48) % 2}
     return out
 
 

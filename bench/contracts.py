@@ -1,0 +1,74 @@
+"""Contracts benchmark: trade encode+decode and subject build+parse, one core.
+
+Targets (issue #2): >= 1M events/s encode+decode through the contracts; >= 1M/s subject
+build+parse. Reference measured in the same run: stdlib json on the same trade as a dict.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+from marketbus.contracts import codec, subjects
+from marketbus.contracts.ids import event_id
+from marketbus.contracts.market import Trade
+
+
+def rate(fn, n: int) -> float:  # noqa: ANN001
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        fn(n)
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def main() -> list[str]:
+    trade = Trade(
+        id=event_id("finx", "trade", "BTC:USD", 1), source="finx", venue="COINBASE", symbol="BTC-USD",
+        ts_event=1_700_000_000_123_000_000, ts_recv=1_700_000_000_124_000_000,
+        price=Decimal("21865.01"), size=Decimal("0.015"), side="buy", trade_id="123456",
+    )
+    encode = codec._encoder.encode  # noqa: SLF001 - the bound encoder is what encode() calls
+    decode_trade = codec.decoder_for(Trade).decode
+    decode_any = codec._decoder.decode  # noqa: SLF001
+
+    def typed(n: int) -> None:
+        for _ in range(n):
+            decode_trade(encode(trade))
+
+    def union(n: int) -> None:
+        for _ in range(n):
+            decode_any(encode(trade))
+
+    as_dict = {"id": trade.id, "source": "finx", "venue": "COINBASE", "symbol": "BTC-USD", "ts_event": trade.ts_event,
+               "ts_recv": trade.ts_recv, "price": "21865.01", "size": "0.015", "side": "buy", "trade_id": "123456"}
+
+    def stdlib(n: int) -> None:
+        for _ in range(n):
+            json.loads(json.dumps(as_dict))
+
+    def subject_roundtrip(n: int) -> None:
+        for _ in range(n):
+            subjects.parse(subjects.for_event(trade))
+
+    def symbol_roundtrip(n: int) -> None:
+        for _ in range(n):
+            subjects.denormalize_symbol(subjects.normalize_symbol("BTC:USD"))
+
+    n = 300_000
+    typed_rate, union_rate, std_rate = rate(typed, n), rate(union, n), rate(stdlib, n // 3)
+    subj_rate, sym_rate = rate(subject_roundtrip, n), rate(symbol_roundtrip, n)
+    return [
+        f"| contracts: trade encode+decode (typed decoder) | {typed_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{typed_rate / std_rate:.1f} |",
+        f"| contracts: trade encode+decode (any-event decoder) | {union_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{union_rate / std_rate:.1f} |",
+        f"| contracts: subject build+parse | {subj_rate:,.0f}/s | >= 1,000,000/s | | |",
+        f"| contracts: symbol normalize+denormalize (BTC:USD) | {sym_rate:,.0f}/s | | | |",
+    ]
+
+
+if __name__ == "__main__":
+    print("| benchmark | result | target | reference (same run) | ratio |")
+    print("|---|---|---|---|---|")
+    print("\n".join(main()))

@@ -1,0 +1,57 @@
+"""Run every benchmark script in bench/ and write bench/RESULTS.md (machine, date, tables).
+
+Each script prints markdown table rows; this collects them. ``python bench/run_all.py [name...]``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ORDER = ["contracts", "sandbox_finx", "sandbox_ticksupply", "sandbox_digitex", "sandbox_sitagri", "ingest_finx",
+         "ingest_ticksupply", "ingest_digitex", "ingest_sitagri", "history_writer", "order_router", "export_orchestrator"]
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def main(names: list[str]) -> int:
+    scripts = [HERE / f"{n}.py" for n in (names or ORDER) if (HERE / f"{n}.py").exists()]
+    sections = []
+    failed = 0
+    for script in scripts:
+        print(f"== {script.stem}", flush=True)
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=False)
+        rows = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+        print("\n".join(rows) or proc.stdout[-2000:], flush=True)
+        if proc.returncode != 0:
+            failed += 1
+            print(proc.stderr[-3000:], file=sys.stderr)
+        sections.append(f"### {script.stem} ({time.monotonic() - started:.0f} s{'' if proc.returncode == 0 else ', FAILED'})\n\n" + "\n".join(rows))
+    header = (
+        "# Benchmark results\n\n"
+        f"Measured by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}.\n"
+        "Each table row: the figure, the target from the issue, the reference measured in the same run, the ratio.\n\n"
+    )
+    if not names:
+        (HERE / "RESULTS.md").write_text(header + "\n\n".join(sections) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

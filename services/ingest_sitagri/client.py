@@ -1,0 +1,332 @@
+"""Sitagri AgriMarket REST client: session (login, keep-alive, re-login), references, batches,
+history, news search and publishing.
+
+- Auth is the ``X-Session-Token`` header. A session expires after ``timeout`` idle seconds; any
+  ``/api`` call (or websocket frame) refreshes it. :class:`SessionKeeper` holds the token, logs in
+  when there is none or the vendor said 401, and sends ``GET /api/keepAlive`` about
+  ``margin`` seconds before the idle timeout when nothing else touched the session.
+- Batches: ``POST /api`` with a JSON array of references (at most ``batch_size``, 250 by default)
+  returns the results in the same order; :meth:`SitagriClient.batch` splits longer lists.
+- Pacing with a token bucket; 429/5xx/network errors are retried with back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from marketbus.runtime.backoff import Backoff
+from marketbus.runtime.ratelimit import RateLimiter
+from marketbus.runtime.settings import Secret
+
+from .normalize import generic_decoder
+
+log = logging.getLogger("marketbus.ingest_sitagri.client")
+
+HEADERS = {
+    "Accept": "application/json, text/*;q=0.2",
+    "Accept-Charset": "utf-8",
+    "Accept-Encoding": "gzip, deflate",
+    "Access-Control-Request-Headers": "x-session-token",
+}
+JSON_BODY = {"Content-Type": "application/json; charset=utf-8"}
+
+
+class VendorError(Exception):
+    """The vendor answered with an error status (the body is kept, decoded when it is JSON)."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+class SessionExpired(VendorError):
+    """401: the token is unknown or expired (and logging in again did not help)."""
+
+
+class Unavailable(Exception):
+    """The vendor cannot be reached (connection refused/reset, timeouts, 5xx after retries)."""
+
+
+class SessionKeeper:
+    """Keeps one vendor session alive. Generic: it knows nothing of Sitagri but two callables.
+
+    - ``login() -> (token, idle_timeout_s | None)`` gets a session;
+    - ``ping(token)`` refreshes it (raise on failure; an exception with ``status == 401`` means
+      the session is gone).
+
+    Callers take the token with :meth:`get`, report every successful use with :meth:`touch`
+    (any use refreshes a session), and report a refused token with :meth:`expired`, after which
+    the next :meth:`get` logs in again (once, however many callers wait). :meth:`run` pings when
+    the session has been idle for ``timeout - margin`` seconds.
+    """
+
+    def __init__(self, login: Callable[[], Awaitable[tuple[str, float | None]]],
+                 ping: Callable[[str], Awaitable[Any]], *, timeout_s: float = 120.0, margin_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._login = login
+        self._ping = ping
+        self.timeout_s = timeout_s
+        self.margin_s = margin_s
+        self.clock = clock
+        self._token: str | None = None
+        self._lock = asyncio.Lock()
+        self.last_use = clock()
+        self.logins = 0
+        self.pings = 0
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @property
+    def interval_s(self) -> float:
+        """Idle time after which a keep-alive is due."""
+        margin = min(self.margin_s, self.timeout_s / 3)
+        return max(0.05, self.timeout_s - margin)
+
+    async def get(self) -> str:
+        token = self._token
+        if token is not None:
+            return token
+        async with self._lock:
+            if self._token is None:
+                token, timeout = await self._login()
+                if timeout:
+                    self.timeout_s = float(timeout)
+                self._token = token
+                self.logins += 1
+                self.touch()
+            return self._token
+
+    def touch(self) -> None:
+        self.last_use = self.clock()
+
+    def expired(self, token: str | None) -> None:
+        """``token`` was refused: forget it (if it is still the current one)."""
+        if token is not None and self._token == token:
+            self._token = None
+
+    def set_timeout(self, timeout_s: float) -> None:
+        if timeout_s > 0:
+            self.timeout_s = timeout_s
+
+    def due_in(self) -> float:
+        return self.last_use + self.interval_s - self.clock()
+
+    async def run(self) -> None:
+        """Ping whenever the session would otherwise go idle; never returns."""
+        while True:
+            wait = self.due_in()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            token = await self.get()
+            try:
+                await self._ping(token)
+                self.pings += 1
+                self.touch()
+            except Exception as exc:  # noqa: BLE001 - logged; the next use logs in again if needed
+                if getattr(exc, "status", None) == 401:
+                    self.expired(token)
+                log.warning("session keep-alive failed: %r", exc)
+                await asyncio.sleep(min(5.0, self.interval_s / 4))
+
+
+def encode_ref(ref: str) -> str:
+    """A reference as a URL path (news-search language arrays are %-encoded)."""
+    return quote(ref, safe="/,:@-_.~")
+
+
+class SitagriClient:
+    def __init__(self, base_url: str, token: Secret, *, login: str = "", password: Secret | None = None,
+                 login_path: str = "/api/login", timeout_s: float = 30.0, requests_per_s: float = 20.0,
+                 max_retries: int = 5, batch_size: int = 250, keepalive_margin_s: float = 30.0,
+                 backoff: Backoff | None = None, on_call: Callable[[str], None] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._login_name = login
+        self._password = password or Secret("")
+        self.login_path = login_path
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.batch_size = batch_size
+        self.limiter = RateLimiter(requests_per_s, max(1.0, requests_per_s))
+        self.backoff = backoff or Backoff(0.2, 5.0)
+        self.on_call = on_call
+        self.http = httpx.AsyncClient(base_url=self.base_url, headers=HEADERS, timeout=timeout_s,
+                                      limits=httpx.Limits(max_connections=20, max_keepalive_connections=10))
+        self.keeper = SessionKeeper(self._login, self._keep_alive, margin_s=keepalive_margin_s)
+        self.calls = 0
+        self.batches = 0
+
+    @property
+    def ws_url(self) -> str:
+        return ("wss://" + self.base_url[8:] if self.base_url.startswith("https://")
+                else "ws://" + self.base_url.removeprefix("http://")) + "/api/netbus"
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self._login_name and self._password)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    # --- session ------------------------------------------------------------------------------
+    async def _login(self) -> tuple[str, float | None]:
+        if self.has_credentials:
+            resp = await self._send("POST", self.login_path, None,
+                                    msgspec.json.encode({"login": self._login_name, "password": self._password.get()}))
+            if resp.status_code != 200:
+                raise VendorError(resp.status_code, "login refused", _body(resp))
+            data = generic_decoder.decode(resp.content)
+            log.info("logged in to Sitagri as %s", self._login_name)
+            return str(data["token"]), data.get("timeout")
+        if not self._token:
+            raise SessionExpired(401, "no token and no credentials configured")
+        return self._token.get(), None
+
+    async def _keep_alive(self, token: str) -> Any:
+        resp = await self._send("GET", "/api/keepAlive", token)
+        if resp.status_code != 200:
+            raise VendorError(resp.status_code, "keepAlive refused", _body(resp))
+        return generic_decoder.decode(resp.content)
+
+    async def start(self) -> dict[str, Any]:
+        """Open the session and learn its idle timeout (``GET /api/session``)."""
+        info = await self.get("/session")
+        if isinstance(info, dict) and info.get("timeout"):
+            self.keeper.set_timeout(float(info["timeout"]))
+        return info
+
+    # --- transport ------------------------------------------------------------------------------
+    async def _send(self, method: str, path: str, token: str | None, body: bytes | None = None,
+                    timeout: float | None = None) -> httpx.Response:
+        headers = dict(JSON_BODY) if body is not None else {}
+        if token is not None:
+            headers["X-Session-Token"] = token
+        try:
+            return await self.http.request(method, path, content=body, headers=headers,
+                                           timeout=timeout if timeout is not None else self.timeout_s)
+        except (httpx.TransportError, OSError) as exc:
+            raise Unavailable(f"{method} {path.split('?')[0][:120]}: {type(exc).__name__}") from None
+
+    async def request(self, method: str, path: str, body: bytes | None = None, *, timeout: float | None = None,
+                      retries: int | None = None, channel: str = "rest") -> bytes:
+        """One vendor call with the session token: re-login on 401 (once), retries on 429/5xx and
+        network errors with back-off; returns the body of a 2xx reply."""
+        retries = self.max_retries if retries is None else retries
+        backoff = Backoff(self.backoff.initial_s, self.backoff.max_s)
+        relogged = False
+        attempt = 0
+        while True:
+            await self.limiter.acquire()
+            token = await self.keeper.get()
+            try:
+                resp = await self._send(method, path, token, body, timeout)
+            except Unavailable:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                await backoff.sleep()
+                continue
+            self.calls += 1
+            if self.on_call is not None:
+                self.on_call(channel)
+            status = resp.status_code
+            if 200 <= status < 300:
+                self.keeper.touch()
+                return resp.content
+            if status == 401:
+                self.keeper.expired(token)
+                if not relogged:
+                    relogged = True
+                    log.info("Sitagri session expired: logging in again")
+                    continue
+                raise SessionExpired(401, "session refused after a new login", _body(resp))
+            if status == 429 or status >= 500:
+                if attempt >= retries:
+                    if status == 429:
+                        raise VendorError(status, "rate limited", _body(resp))
+                    raise Unavailable(f"{method} {path[:120]}: HTTP {status}")
+                attempt += 1
+                retry_after = _retry_after(resp)
+                if status == 429 and retry_after:
+                    self.limiter.penalize(retry_after)
+                await backoff.sleep(retry_after)
+                continue
+            raise VendorError(status, f"{method} {path[:200]}", _body(resp))
+
+    async def get_raw(self, ref: str, *, timeout: float | None = None, channel: str = "rest") -> bytes:
+        return await self.request("GET", "/api" + encode_ref(ref), timeout=timeout, channel=channel)
+
+    async def get(self, ref: str) -> Any:
+        return generic_decoder.decode(await self.get_raw(ref))
+
+    async def batch_raw(self, refs: Sequence[str], channel: str = "batch") -> list[msgspec.Raw]:
+        """Results of many references, in order, as raw JSON (``batch_size`` per POST)."""
+        out: list[msgspec.Raw] = []
+        for i in range(0, len(refs), self.batch_size):
+            chunk = list(refs[i:i + self.batch_size])
+            body = await self.request("POST", "/api", msgspec.json.encode(chunk), channel=channel)
+            results = msgspec.json.decode(body, type=list[msgspec.Raw])
+            if len(results) != len(chunk):
+                raise VendorError(200, f"batch of {len(chunk)} answered with {len(results)} results")
+            self.batches += 1
+            out.extend(results)
+        return out
+
+    async def batch(self, refs: Sequence[str]) -> list[Any]:
+        return [generic_decoder.decode(r) for r in await self.batch_raw(refs)]
+
+    async def long_poll(self, timeout_s: float = 90.0) -> bytes:
+        """``GET /api/netbus``: blocks until something changed; a JSON array of updates."""
+        return await self.request("GET", "/api/netbus", timeout=timeout_s, retries=0, channel="longpoll")
+
+    async def keep_alive(self) -> Any:
+        return await self.get("/keepAlive")
+
+    # --- news -----------------------------------------------------------------------------------
+    @staticmethod
+    def search_ref(source: str, start_s: int, end_s: int, langs: Sequence[str] = (), keyword: str = "") -> str:
+        ref = f"/news/sources/{source}/article/search/{start_s}/{end_s}"
+        if langs:
+            ref += "/" + msgspec.json.encode(list(langs)).decode()
+        if keyword:
+            ref += "/" + keyword
+        return ref
+
+    async def search_news(self, source: str, start_s: int, end_s: int, langs: Sequence[str] = (),
+                          keyword: str = "") -> bytes:
+        return await self.get_raw(self.search_ref(source, start_s, end_s, langs, keyword), channel="news")
+
+    async def publish_article(self, source: str, article: dict[str, Any]) -> dict[str, Any]:
+        """``POST /edit/news/sources/{SRC}/article`` -> ``{"code":"writeEditableArticle","id":..}``."""
+        body = msgspec.json.encode({"code": "newsArticle", **article})
+        data = generic_decoder.decode(await self.request("POST", f"/edit/news/sources/{encode_ref(source)}/article",
+                                                         body, retries=0, channel="publish"))
+        if not isinstance(data, dict) or not data.get("success"):
+            raise VendorError(200, f"publishing to {source} failed", data)
+        return data
+
+
+def _body(resp: httpx.Response) -> Any:
+    try:
+        return msgspec.json.decode(resp.content)
+    except msgspec.DecodeError:
+        return resp.text[:500]
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return float(resp.headers.get("retry-after", 0) or 0)
+    except ValueError:
+        return 0.0
