@@ -9,7 +9,6 @@ no duplicate. Expired futures use ``{class}/expired/{YYYY}/{M}/history/START,END
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -59,33 +58,31 @@ def expired_quote_ref(class_ref: str, year: int, month: int) -> str:
 
 
 async def pages(fetch: Fetch, make_ref: Callable[[int, int], str], start_ns: int, end_ns: int, *,
-                resolution: str, cap: int = 8192, descending: bool = False,
+                resolution: str, cap: int = 8192, descending: bool = False, shift_s: int = 0,
                 stats: PagingStats | None = None) -> AsyncIterator[Page]:
     """Every point with ``start <= key <= end`` (key = the entry's reference date), page by page.
 
     ``make_ref(a, b)`` builds the request reference for START=a, END=b (whole seconds; a > b asks
-    for a descending reply)."""
+    for a descending reply). ``shift_s``: the vendor added this to every timestamp (expired
+    route's SHIFT); ranges and paging work on the unshifted times, events keep the shifted ones."""
     stats = stats if stats is not None else PagingStats()
     lo_s = start_ns // NS
     hi_s = -(-end_ns // NS)
-    boundary_s: int | None = None
-    boundary_keys: set[int] = set()
+    overlap: set[int] = set()  # keys already yielded that the next request covers again
     while lo_s <= hi_s:
         ref = make_ref(hi_s, lo_s) if descending else make_ref(lo_s, hi_s)
         stats.requests += 1
         stats.refs.append(ref)
         hist: VHistory = normalize.decode_history(await fetch(ref))
         raw_entries: list[HistEntry] = [e for r in hist.ranges for e in r.data]
-        keyed = [(normalize.entry_key(e, hist.code), e) for e in raw_entries]
+        shift_ns = shift_s * NS
+        keyed = [(normalize.entry_key(e, hist.code) - shift_ns, e) for e in raw_entries]
         full = len(raw_entries) >= cap
         if full:
             stats.full_pages += 1
         fresh = []
         for key, entry in keyed:
-            if key < start_ns or key > end_ns:
-                stats.skipped += 1
-                continue
-            if boundary_s is not None and key // NS == boundary_s and key in boundary_keys:
+            if key < start_ns or key > end_ns or key in overlap:
                 stats.skipped += 1
                 continue
             fresh.append((key, entry))
@@ -96,22 +93,24 @@ async def pages(fetch: Fetch, make_ref: Callable[[int, int], str], start_ns: int
             yield Page(hist.code, hist.quote, hist.quality, str(res if res is not None else resolution), fresh, ref)
         if not full or not keyed:
             return
-        # the next page starts (or ends) at the second of the page's last point
-        edge = min(k for k, _ in keyed) if descending else max(k for k, _ in keyed)
-        edge_s = edge // NS if not descending else math.floor(edge / NS)
-        keys_at_edge = {k for k, _ in keyed if k // NS == edge_s}
-        if boundary_s == edge_s:
-            if not fresh:
-                raise HistoryStuck(f"more than {cap} points in second {edge_s} of {ref}")
-            boundary_keys |= keys_at_edge
-        else:
-            boundary_s, boundary_keys = edge_s, keys_at_edge
+        # the next request starts (ascending) or ends (descending) at the second of the page's
+        # last point; the points of that second already yielded are skipped by key
+        keys = [k for k, _ in keyed]
         if descending:
-            hi_s = edge_s if edge % NS == 0 and False else edge_s + (1 if edge % NS else 0)
-            # points at the boundary second are in the next page again (skipped by key)
-            hi_s = edge_s + 1 if edge % NS else edge_s
+            edge = min(keys)
+            new_lo, new_hi = lo_s, -(-edge // NS)
+            covered = {k for k in keys if k <= new_hi * NS}
         else:
-            lo_s = edge_s
+            edge = max(keys)
+            new_lo, new_hi = edge // NS, hi_s
+            covered = {k for k in keys if k >= new_lo * NS}
+        if (new_lo, new_hi) == (lo_s, hi_s):
+            if not fresh:
+                raise HistoryStuck(f"more than {cap} points in one second at {ref}")
+            overlap |= covered
+        else:
+            overlap = covered
+        lo_s, hi_s = new_lo, new_hi
 
 
 def events_of(page: Page, ts_recv: int, replay: bool = True) -> list[object]:

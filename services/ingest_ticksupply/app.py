@@ -485,32 +485,54 @@ class TickSupplyIngestor(Ingestor):
     async def _publish_rows(self, ds: DatastreamRef, rows: list[Any], replay: bool, batch_salt: str | None) -> list[Any]:
         assert self.publisher is not None
         publish = self.publisher.publish
-        size = self.settings.batch_max_events
         ts_recv = self.now_ns()
         futures: list[Any] = []
+        if not rows:
+            return futures
         single = self.settings.publish_mode == "single" and batch_salt is None
+        size = self.settings.batch_max_events if single else self._batch_size(ds, rows, ts_recv)
         subject = None
         for i in range(0, len(rows), size):
             events = normalize.events_of(ds, rows[i:i + size], ts_recv, replay)
             if not events:
                 continue
-            first = events[0]
             if subject is None:
-                subject = subjects.for_event(first)
+                subject = subjects.for_event(events[0])
             if single:
                 encode, headers_for = codec.encode, codec.headers_for
                 for event in events:
                     futures.append(await publish(subject, encode(event), headers_for(event)))
             else:
-                kind = subjects.kind_of(first)
-                identity: tuple[Any, ...] = (kind, first.venue, first.symbol, first.id, events[-1].id, len(events))
-                batch_id = event_id(first.source, "batch", *identity) if batch_salt is None else \
-                    event_id(first.source, "replay_batch", batch_salt, *identity)
-                batch = Batch(id=batch_id, kind=kind, source=first.source, venue=first.venue, symbol=first.symbol,
-                              replay=replay, events=events)
-                futures.append(await publish(subject, codec.encode(batch), codec.headers_for(batch)))
+                for batch in self._batches(events, replay, batch_salt):
+                    payload = codec.encode(batch)
+                    futures.append(await publish(subject, payload, codec.headers_for(batch)))
             self._account(events[-1], len(events))
         return futures
+
+    def _max_payload(self) -> int:
+        return int(getattr(self.nc, "max_payload", 0) or 1_048_576)
+
+    def _batch_size(self, ds: DatastreamRef, rows: list[Any], ts_recv: int) -> int:
+        """Events per batch so a batch stays under the server's max_payload. Derived from the
+        artifact's own first rows only, so the same artifact is always cut the same way (the same
+        batch ids when it is published again after a restart)."""
+        sample = normalize.events_of(ds, rows[:64], ts_recv)
+        widest = max((len(codec.encode(e)) for e in sample), default=256) + 16
+        fit = int(self._max_payload() * 0.85) // widest
+        return max(1, min(self.settings.batch_max_events, fit))
+
+    def _batches(self, events: list[Any], replay: bool, batch_salt: str | None) -> list[Batch]:
+        first = events[0]
+        kind = subjects.kind_of(first)
+        identity: tuple[Any, ...] = (kind, first.venue, first.symbol, first.id, events[-1].id, len(events))
+        batch_id = event_id(first.source, "batch", *identity) if batch_salt is None else \
+            event_id(first.source, "replay_batch", batch_salt, *identity)
+        batch = Batch(id=batch_id, kind=kind, source=first.source, venue=first.venue, symbol=first.symbol,
+                      replay=replay, events=events)
+        if len(events) > 1 and len(codec.encode(batch)) > self._max_payload() - 4096:
+            half = len(events) // 2  # still too large (unusually wide rows): split, deterministically
+            return self._batches(events[:half], replay, batch_salt) + self._batches(events[half:], replay, batch_salt)
+        return [batch]
 
     # --- replay -----------------------------------------------------------------------------------
     async def replay(self, request: ReplayRequest) -> int:

@@ -107,6 +107,13 @@ class HistoryStore(abc.ABC):
         pass
 
     # --- exactly-once support -------------------------------------------------------------
+    async def prepare_stream(self, stream: str, ack_floor: int) -> None:  # noqa: B027
+        """Before consuming ``stream``: load what is needed to recognise redeliveries above the
+        consumer's ack floor (everything at or below it was acked, so was stored)."""
+
+    def forget_below(self, stream: str, ack_floor: int) -> None:  # noqa: B027
+        """Drop exactly-once bookkeeping at or below the ack floor (never redelivered)."""
+
     @abc.abstractmethod
     async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:
         """Which of these stream sequences are already stored (redeliveries to skip)."""

@@ -212,6 +212,12 @@ class ParquetStore(HistoryStore):
         if seqs:
             self._seqs[stream] = {s for s in seqs if s > floor}
 
+    async def prepare_stream(self, stream: str, ack_floor: int) -> None:
+        await asyncio.to_thread(self.load_seqs, stream, ack_floor)
+
+    def forget_below(self, stream: str, ack_floor: int) -> None:
+        self.prune_seqs(stream, ack_floor)
+
     async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:
         known = self._seqs.setdefault(stream, set())
         found = {s for s in seqs if s in known}

@@ -50,7 +50,6 @@ CURRENCIES: dict[str, Currency] = {c.code: c for c in [
     Currency(6, "USDT", "USDT", 4, "100"),
     Currency(7, "USDC", "USD Coin", 4, "100"),
 ]}
-CURRENCY_BY_ID = {c.id: c for c in CURRENCIES.values()}
 
 FUTURES, SPOT = 1, 2
 

@@ -14,11 +14,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.sandbox.common.base import json_response
-from services.sandbox.common.faults import FaultInjector
 
 from .engine import DONE, FOK, GFD, OPEN, STATUS_NAMES, Account, Engine, Order
 from .faults import DigitexSwitches
-from .market import CURRENCIES, CURRENCY_BY_ID, MARKETS, MarketState, build_markets, currency_pairs, d18, now_us
+from .market import CURRENCIES, MARKETS, MarketState, build_markets, currency_pairs, d18, now_us
 from .ohlcv import BarCache, parse_resolution
 from .pagination import InvalidCursor, paginate
 from .settings import DigitexSettings

@@ -130,7 +130,8 @@ class Market:
     def ticks(self, ref: str, start_s: float, end_s: float, limit: int = 100_000) -> list[dict[str, Any]]:
         """Every tick of a quote with start <= date <= end (what live pushes carry in ``last``)."""
         info = self.tree.quotes[ref]
-        k0, k1 = self.live_range(info, int(start_s * NS), int(end_s * NS))
+        # ticks sit on whole milliseconds: round so float seconds like 1700000000.05 are exact
+        k0, k1 = self.live_range(info, round(start_s * 1000) * 1_000_000, round(end_s * 1000) * 1_000_000)
         out = []
         for k in range(k0, min(k1 + 1, k0 + limit)):
             t = self.tick(info, k)

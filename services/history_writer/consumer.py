@@ -1,0 +1,207 @@
+"""JetStream intake: raw nats-py pull requests into a callback subscription, batched writes,
+acks after the batch is durable.
+
+One :class:`StreamIntake` per stream (MD, REF, STATUS), each on a durable pull consumer shared
+by every writer instance (JetStream splits the messages between them). Flow:
+
+1. pull requests (``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``, ``batch`` messages,
+   ``expires``) are answered into one inbox subscription; the stream sequence and delivery
+   count come from the ack subject, so nothing is decoded on receipt;
+2. every ``batch_max_wait_s`` (or ``batch_max_msgs`` messages) the buffer is flushed:
+   redeliveries already stored are dropped, the rest decoded (``schema.decode_messages``),
+   undecodable ones dead-lettered, the rows written to the store (durably, atomically);
+3. then, and only then, every message of the batch is acked (``+ACK``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError, NotFoundError
+
+from .schema import Message, decode_messages
+
+if TYPE_CHECKING:
+    from .app import HistoryWriter
+
+
+def parse_ack_subject(reply: str) -> tuple[int, int]:
+    """``$JS.ACK...`` -> (stream sequence, delivery count)."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[4])
+    # v2: $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]
+    return int(tokens[7]), int(tokens[6])
+
+
+class StreamIntake:
+    def __init__(self, service: HistoryWriter, stream: str, durable: str, filter_subject: str | None) -> None:
+        self.svc = service
+        self.stream = stream
+        self.durable = durable
+        self.filter_subject = filter_subject
+        s = service.settings
+        self.pull_batch = s.pull_batch
+        self.batch_max = s.batch_max_msgs
+        self.max_wait = s.batch_max_wait_s
+        self._buffer: list[tuple[Message, str, int]] = []  # (message, ack subject, delivered)
+        self._first_at = 0.0
+        self._wake = asyncio.Event()
+        self._pull_wake = asyncio.Event()
+        self._received_since_pull = 0
+        self._last_pull = 0.0
+        self._sub: Any = None
+        self._inbox = ""
+        self.flushing = False
+        self.stored = 0
+        self.acked = 0
+        self.duplicates = 0
+        self.bad = 0
+        self.last_flush_ts = 0
+
+    # --- setup ------------------------------------------------------------------------------
+    async def ensure_consumer(self) -> Any:
+        s = self.svc.settings
+        config = ConsumerConfig(
+            durable_name=self.durable, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending,
+            filter_subject=self.filter_subject, max_waiting=512,
+            description="marketbus history writer (durable, shared by every writer instance)",
+        )
+        js = self.svc.js
+        try:
+            return await js.add_consumer(self.stream, config)
+        except BadRequestError:
+            with contextlib.suppress(NotFoundError):
+                return await js.consumer_info(self.stream, self.durable)
+            raise
+
+    async def start(self) -> None:
+        info = await self.ensure_consumer()
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        await self.svc.store.prepare_stream(self.stream, floor or 0)
+        nc = self.svc.nc
+        self._inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
+        self.svc.spawn(self._pull_loop(), f"pull-{self.stream}")
+        self.svc.spawn(self._flush_loop(), f"flush-{self.stream}")
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    # --- receive ----------------------------------------------------------------------------
+    async def _on_msg(self, msg: Any) -> None:
+        reply = msg.reply
+        if not reply:
+            return  # a pull status (404 no messages, 408 expired, 409...), not a message
+        headers = msg.headers
+        try:
+            seq, delivered = parse_ack_subject(reply)
+        except (ValueError, IndexError):
+            return
+        if not self._buffer:
+            self._first_at = time.monotonic()
+        self._buffer.append((Message(self.stream, seq, msg.subject, msg.data,
+                                     headers.get("Marketbus-Type") if headers else None), reply, delivered))
+        self._received_since_pull += 1
+        if len(self._buffer) >= self.batch_max:
+            self._wake.set()
+        if self._received_since_pull >= self.pull_batch // 2:
+            self._pull_wake.set()
+
+    async def _pull_loop(self) -> None:
+        expires = 2.0
+        while True:
+            backlog = len(self._buffer) >= 2 * self.batch_max
+            now = time.monotonic()
+            if not backlog and (self._received_since_pull >= self.pull_batch // 2 or now - self._last_pull >= expires):
+                self._received_since_pull = 0
+                self._last_pull = now
+                with contextlib.suppress(Exception):
+                    await self.svc.nc.publish(
+                        self._api, json.dumps({"batch": self.pull_batch, "expires": int(expires * 1e9)}).encode(),
+                        reply=self._inbox)
+            self._pull_wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._pull_wake.wait(), timeout=0.05 if backlog else expires / 4)
+
+    # --- flush ------------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            if not self._buffer:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.max_wait)
+                continue
+            age = time.monotonic() - self._first_at
+            if len(self._buffer) < self.batch_max and age < self.max_wait:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.max_wait - age)
+                continue
+            batch, self._buffer = self._buffer[: self.batch_max], self._buffer[self.batch_max:]
+            if self._buffer:
+                self._first_at = time.monotonic()
+            self._pull_wake.set()
+            try:
+                await self.flush(batch)
+            except Exception as exc:  # noqa: BLE001 - not acked: redelivered after ack_wait
+                self.svc.log.error("flush of %d %s messages failed: %r (will be redelivered)", len(batch), self.stream, exc)
+                self.svc.feeds.set_state(self.feed_name, "disconnected")
+                self.svc.metrics.flush_errors.labels(self.stream).inc()
+                await asyncio.sleep(1.0)
+
+    @property
+    def feed_name(self) -> str:
+        return f"{self.svc.store.backend}/{self.stream}"
+
+    async def flush(self, batch: list[tuple[Message, str, int]]) -> None:
+        svc = self.svc
+        started = time.monotonic()
+        redelivered = [m.seq for m, _, d in batch if d > 1]
+        skip: set[int] = set()
+        if redelivered:
+            skip = await svc.store.stored_seqs(self.stream, redelivered)
+        msgs = [m for m, _, _ in batch if m.seq not in skip]
+        decoded = await asyncio.to_thread(decode_messages, msgs, self.stream)
+        for m, reason in decoded.bad:
+            parts = m.subject.split(".")
+            source = parts[2] if len(parts) > 2 and parts[0] in ("md", "ref") else (parts[3] if len(parts) > 3 else "unknown")
+            await svc.dead_letter(source, reason, m.data, m.subject)
+        if decoded.bad and svc.publisher is not None:
+            await svc.publisher.flush()  # the dead letters are stored before their messages are acked
+        if decoded.events:
+            result = await svc.store.write(self.stream, decoded)
+        else:
+            result = None
+        # durable: ack every message of the batch (stored, skipped as already stored, dead-lettered)
+        publish = svc.nc.publish
+        for _, reply, _ in batch:
+            await publish(reply, b"+ACK")
+        self.acked += len(batch)
+        self.bad += len(decoded.bad)
+        rows = result.rows if result else 0
+        dups = (result.duplicates if result else 0) + sum(1 for m, _, _ in batch if m.seq in skip)
+        self.stored += rows
+        self.duplicates += dups
+        self.last_flush_ts = time.time_ns()
+        m = svc.metrics
+        m.events_stored.labels(self.stream).inc(rows)
+        m.duplicates.labels(self.stream).inc(dups)
+        m.messages_acked.labels(self.stream).inc(len(batch))
+        m.flush_seconds.labels(self.stream).observe(time.monotonic() - started)
+        svc.feeds.count(self.feed_name, rows)
+        svc.feeds.set_state(self.feed_name, "connected")
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)

@@ -1,0 +1,49 @@
+"""History writer settings: env prefix ``MARKETBUS_HISTORY_WRITER_``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from marketbus.runtime.service import ServiceSettings
+from marketbus.runtime.settings import Secret
+
+
+class HistoryWriterSettings(ServiceSettings, kw_only=True):
+    env_prefix = "MARKETBUS_HISTORY_WRITER_"
+
+    backend: Literal["parquet", "postgres"] = "parquet"
+    data_dir: str = ""  # parquet dataset; default $MARKETBUS_DATA_DIR/history, else .marketbus/history
+    pg_dsn: Secret = Secret("postgresql://postgres@127.0.0.1:5432/marketbus")
+    pg_table_prefix: str = "history_"
+    timescale: Literal["auto", "on", "off"] = "auto"
+
+    durable: str = "history_writer"  # consumer names: <durable>_md, <durable>_ref, <durable>_status
+    store_reference: bool = True  # consume ref.> too
+    store_feed_status: bool = True  # consume status.*.feed.> (gap / resync coverage)
+    pull_batch: int = 5_000  # messages per pull request
+    batch_max_msgs: int = 20_000  # flush when this many messages are buffered...
+    batch_max_wait_s: float = 0.25  # ...or when the oldest buffered message is this old
+    max_ack_pending: int = 100_000
+    ack_wait_s: float = 60.0
+
+    fsync: bool = True
+    compression: str = "zstd"
+    compact_interval_s: float = 60.0
+    compact_min_files: int = 8
+    dedupe_max_ids: int = 5_000_000  # event ids kept in memory for de-duplication (parquet)
+
+    retention_days: dict[str, float] = {}  # e.g. {"trade": 30, "book": 7}; absent = keep forever
+    retention_interval_s: float = 3600.0
+    coverage_max_gap_s: dict[str, float] = {}  # kind -> max spacing inside a covered range ("default")
+
+    query_queue: str = "history_writer"
+    query_max_rows: int = 1_000_000  # per request
+    query_max_chunk_bytes: int = 512 * 1024  # below the NATS max payload (1 MB by default)
+
+    def history_dir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir)
+        base = os.environ.get("MARKETBUS_DATA_DIR")
+        return Path(base) / "history" if base else Path(".marketbus") / "history"

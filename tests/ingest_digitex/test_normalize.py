@@ -1,0 +1,111 @@
+"""Digitex normalizer on payloads recorded from the sandbox (bot API wire format)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from marketbus.contracts import subjects
+from marketbus.contracts.ids import event_id
+from services.ingest_digitex import normalize
+
+PAYLOADS = Path(__file__).parent / "payloads"
+TS = 1_800_000_000_000_000_000
+V = "DIGITEX"
+
+
+def load(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+def test_markets_to_instruments() -> None:
+    inst = {i.vendor_symbol: i for i in normalize.markets(load("sandbox_markets.json"), V, TS)}
+    fut = inst["FS:BTCUSD"]
+    assert (fut.symbol, fut.instrument_type, fut.base, fut.quote, fut.currency) == ("FS-BTCUSD", "perpetual", "BTC", "USD", "USDC")
+    assert fut.tick_size == Decimal(5) and fut.lot_size == Decimal(1) and fut.contract_size == Decimal("0.01")
+    assert fut.vendor_id == "1"
+    assert subjects.for_event(fut) == "ref.instrument.digitex.DIGITEX.FS-BTCUSD"
+    spot = inst["S:BTCUSDC"]
+    assert spot.instrument_type == "spot" and spot.contract_unit is None and spot.currency == "USDC"
+
+
+def test_currencies_and_exchange_info() -> None:
+    cur = {c.code: c for c in normalize.currencies(load("sandbox_currency.json"), TS)}
+    assert cur["DGTX"].scale == 4 and cur["DGTX"].vendor_id == "1" and cur["BTC"].name == "Bitcoin"
+    venue, currencies, instruments, limits = normalize.exchange_info(load("sandbox_exchange_info.json"), V, TS)
+    assert limits == {"SECOND": 50, "MINUTE": 500}
+    assert venue.symbol == V and venue.attributes == {"rate_limit_second": "50", "rate_limit_minute": "500"}
+    assert {c.code for c in currencies} == set(cur) and len(instruments) == 3
+    # the same currency from both endpoints is the same event
+    assert {c.id for c in currencies} == {c.id for c in cur.values()}
+
+
+def test_recent_trades_oldest_first_with_vendor_ids() -> None:
+    raw = msgspec.json.decode(load("sandbox_recent_trades_1.json"))
+    trades, bad, oldest = normalize.recent_trades(load("sandbox_recent_trades_1.json"), "FS-BTCUSD", V, TS)
+    assert bad == [] and len(trades) == len(raw["recent_trades"]) == 20
+    ids = [int(t.trade_id) for t in trades]
+    assert ids == sorted(ids) and oldest == ids[0]
+    wire = {w["trade_id"]: w for w in raw["recent_trades"]}
+    for t in trades:
+        w = wire[int(t.trade_id)]
+        assert t.price == Decimal(w["price"]) and t.size == Decimal(w["base_volume"])
+        assert t.ts_event == w["timestamp"] * 1000
+        assert t.side == {1: "buy", 2: "sell"}[w["side"]]
+        assert t.id == event_id("digitex", "trade", 1, w["trade_id"])
+    assert subjects.for_event(trades[0]) == "md.trade.digitex.DIGITEX.FS-BTCUSD"
+    # de-duplication by trade id: only newer ones
+    newer, _, _ = normalize.recent_trades(load("sandbox_recent_trades_1.json"), "FS-BTCUSD", V, TS, after_id=ids[-3])
+    assert [int(t.trade_id) for t in newer] == ids[-2:]
+
+
+def test_order_book_snapshot() -> None:
+    raw = msgspec.json.decode(load("sandbox_order_book_1.json"))
+    book = normalize.order_book(load("sandbox_order_book_1.json"), "FS-BTCUSD", V, TS)
+    assert book.bids[0].price == Decimal(raw["bids"][0][0]) and book.asks[0].size == Decimal(raw["asks"][0][1])
+    assert book.bids[0].price > book.bids[-1].price and book.asks[0].price < book.asks[-1].price
+    assert book.bids[0].price < book.asks[0].price
+    assert book.ts_event == raw["timestamp"] * 1000 and subjects.for_event(book) == "md.book.digitex.DIGITEX.FS-BTCUSD"
+
+
+def test_ohlcv_bars() -> None:
+    raw = msgspec.json.decode(load("sandbox_ohlcv_1_1.json"))
+    bars, bad, server = normalize.bars(load("sandbox_ohlcv_1_1.json"), 1, "1", "FS-BTCUSD", V, TS)
+    assert bad == [] and len(bars) == len(raw["ohlcv"]) and server == raw["timestamp"]
+    first = raw["ohlcv"][0]
+    assert bars[0].interval == "1m" and bars[0].open == Decimal(first["open"]) and bars[0].volume == Decimal(first["volume"])
+    assert bars[0].ts_event == first["timestamp"] * 1000
+    assert subjects.for_event(bars[0]) == "md.bar.digitex.DIGITEX.FS-BTCUSD"
+
+
+@pytest.mark.parametrize("res, interval", [("1", "1m"), ("5", "5m"), ("60", "1h"), ("1440", "1d"), ("D", "1d"),
+                                           ("1D", "1d"), ("1W", "1w"), ("1M", "1mo"), ("", None), ("x", None), ("0", None)])
+def test_resolutions(res: str, interval: str | None) -> None:
+    assert normalize.interval_of(res) == interval
+
+
+@pytest.mark.parametrize("payload, fn", [
+    (b"<html>Server Error</html>", "order_book"),
+    (b'{"market_id": 1, "timestamp": 1, "bids": [["abc", "1"]], "asks": []}', "order_book"),
+    (b'{"market_id": 1, "timestamp": 1, "bids": [["1"]], "asks": []}', "order_book"),
+    (b'{"market_id": 1}', "recent_trades"),
+    (b'{"ohlcv": "nope"}', "bars"),
+])
+def test_malformed_payloads_raise_malformed(payload: bytes, fn: str) -> None:
+    with pytest.raises(normalize.Malformed):
+        if fn == "order_book":
+            normalize.order_book(payload, "FS-BTCUSD", V, TS)
+        elif fn == "recent_trades":
+            normalize.recent_trades(payload, "FS-BTCUSD", V, TS)
+        else:
+            normalize.bars(payload, 1, "1", "FS-BTCUSD", V, TS)
+
+
+def test_a_bad_trade_row_is_reported_the_rest_kept() -> None:
+    raw = msgspec.json.decode(load("sandbox_recent_trades_1.json"))
+    raw["recent_trades"][0]["price"] = "NaN"
+    trades, bad, _ = normalize.recent_trades(msgspec.json.encode(raw), "FS-BTCUSD", V, TS)
+    assert len(trades) == 19 and len(bad) == 1 and "not finite" in bad[0][1]

@@ -1,0 +1,43 @@
+"""Test helpers shared by the ingestor tests: read what is stored in a JetStream stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from marketbus.contracts import codec
+
+
+async def read_stream(js: Any, subject: str, limit: int = 2_000_000) -> list[Any]:
+    """Every message stored on ``subject`` (wildcards allowed), decoded, in stream order."""
+    try:
+        info = await js.find_stream_name_by_subject(subject)
+    except Exception:  # noqa: BLE001 - nothing there
+        return []
+    sub = await js.pull_subscribe(subject, stream=info, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    out: list[Any] = []
+    try:
+        while len(out) < limit:
+            try:
+                msgs = await sub.fetch(2000, timeout=0.5)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                break
+            for msg in msgs:
+                out.append(codec.decode(msg.data))
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+def events_of(messages: list[Any]) -> list[Any]:
+    return [e for m in messages for e in codec.iter_events(m)]
+
+
+def duplicates(events: list[Any]) -> list[str]:
+    return [i for i, n in Counter(e.id for e in events).items() if n > 1]
