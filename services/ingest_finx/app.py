@@ -52,6 +52,7 @@ class PairState:
     pair: str
     symbol: str
     cursor: int
+    origin: int = 0  # where this process started paging (the saved cursor or the configured start)
     boundary: set[str] = field(default_factory=set)
     last_snap_id: str | None = None
     snap_ids: dict[str, int] = field(default_factory=dict)  # published by a snap, ahead of the cursor
@@ -123,6 +124,7 @@ class FinxIngestor(Ingestor):
                 state.committed = (saved.ts_ns, frozenset(saved.boundary))
                 # A restart: everything since the saved cursor is missing until back-filled.
                 state.gap = (saved.ts_ns, now)
+            state.origin = state.cursor
             self.pairs[pair] = state
         self.spawn(self._run(), "session")
 

@@ -79,13 +79,15 @@ def test_trade_artifact_matches_the_sandbox_ground_truth(truth: dict) -> None:
         assert isinstance(trade, Trade)
         assert trade.ts_event == int(ts) and trade.ts_recv == TS
         assert trade.trade_id == trade_id and trade.side == side
-        assert trade.price == Decimal(price) and str(trade.price) == price  # exact, the vendor's digits
-        assert str(trade.size) == qty
+        # exact: the vendor's digits and exponent (str() may print 0.00000007 as 7E-8, the same value)
+        assert trade.price.as_tuple() == Decimal(price).as_tuple()
+        assert trade.size.as_tuple() == Decimal(qty).as_tuple()
         assert trade.id == event_id("ticksupply", "trade", ds.datastream_id, trade_id)
         assert (trade.venue, trade.symbol, trade.source) == ("coinbase", "BTC~2DUSD", "ticksupply")
     # the wire form keeps the decimal strings
     wire = json.loads(codec.encode(trades[0]))
-    assert wire["price"] == truth["rows"][0][3] and wire["size"] == truth["rows"][0][4]
+    assert Decimal(wire["price"]).as_tuple() == Decimal(truth["rows"][0][3]).as_tuple()
+    assert Decimal(wire["size"]).as_tuple() == Decimal(truth["rows"][0][4]).as_tuple()
 
 
 def test_bad_rows_are_reported_and_good_rows_kept(truth: dict) -> None:
@@ -117,7 +119,8 @@ def test_columns_by_name_and_quoted_fields(truth: dict) -> None:
     parsed = normalize.parse_artifact(gzip.compress(text.encode()))
     assert parsed.bad == []
     (r,) = parsed.rows
-    assert (str(r.price), str(r.quantity), r.trade_id, r.exchange_ts_ns, r.side) == (row[3], row[4], row[2], int(row[0]), row[5])
+    assert (r.price, r.quantity, r.trade_id, r.exchange_ts_ns, r.side) == \
+        (Decimal(row[3]), Decimal(row[4]), row[2], int(row[0]), row[5])
 
 
 def test_depth_artifact_becomes_quotes() -> None:
@@ -129,7 +132,7 @@ def test_depth_artifact_becomes_quotes() -> None:
     bid, ask = lines[0].split(","), lines[1].split(",")
     q = quotes[0]
     assert isinstance(q, Quote)
-    assert (str(q.bid_price), str(q.bid_size), str(q.ask_price), str(q.ask_size)) == (bid[4], bid[5], ask[4], ask[5])
+    assert (q.bid_price, q.bid_size, q.ask_price, q.ask_size) == tuple(map(Decimal, (bid[4], bid[5], ask[4], ask[5])))
     assert q.ts_event == int(bid[0]) and q.id == event_id("ticksupply", "quote", ds.datastream_id, bid[2])
 
 

@@ -1,0 +1,180 @@
+"""Artifact writers: Arrow record batches -> CSV.gz or Parquet (zstd) files, split by rows or size.
+
+Vectorized end to end (pyarrow's C++ CSV writer into a gzip stream, pyarrow.parquet row groups):
+no Python work per row. Every finished file gets its row count, byte size and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+STORAGE_COLUMNS = ("_stream", "_seq", "_idx")
+ORDER_COLUMNS = ("ts_event", "_stream", "_seq", "_idx")
+EXTENSIONS = {"csv.gz": "csv.gz", "parquet": "parquet"}
+
+
+class FileResult(msgspec.Struct, frozen=True, kw_only=True):
+    filename: str
+    kind: str
+    rows: int
+    bytes: int
+    sha256: str
+    first_ts: int | None = None
+    last_ts: int | None = None
+    # position of the last row in the history order: (ts_event, _stream, _seq, _idx)
+    last_key: tuple[int, str, int, int] | None = None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=~-]")
+
+
+def name_part(value: str) -> str:
+    if value in ("", "*"):
+        return "all"
+    return _UNSAFE.sub("_", value.replace("*", "x"))[:60] or "all"
+
+
+def default_columns(schema: pa.Schema) -> list[str]:
+    """The event's own fields (the storage bookkeeping columns are not exported)."""
+    return [n for n in schema.names if n not in STORAGE_COLUMNS]
+
+
+class SplitWriter:
+    """Writes one kind's batches into numbered files ``<prefix>-<n:05d>.<ext>`` in ``work_dir``."""
+
+    def __init__(self, work_dir: Path, fmt: str, prefix: str, kind: str, columns: Sequence[str] | None,
+                 max_rows: int, max_bytes: int, *, next_index: int = 1, parquet_level: int = 1,
+                 csv_level: int = 1) -> None:
+        if fmt not in EXTENSIONS:
+            raise ValueError(f"unknown format {fmt!r}")
+        self.work_dir = work_dir
+        self.fmt = fmt
+        self.prefix = prefix
+        self.kind = kind
+        self.columns = list(columns) if columns else None
+        self.max_rows = max(1, max_rows)
+        self.max_bytes = max(1 << 16, max_bytes)
+        self.index = next_index
+        self.parquet_level = parquet_level
+        self.csv_level = csv_level
+        self._file: Any = None
+        self._sink: Any = None
+        self._writer: Any = None
+        self._path: Path | None = None
+        self._rows = 0
+        self._first: int | None = None
+        self._last_key: tuple[int, str, int, int] | None = None
+        self._out_schema: pa.Schema | None = None
+
+    @property
+    def filename(self) -> str:
+        return f"{self.prefix}-{self.index:05d}.{EXTENSIONS[self.fmt]}"
+
+    def _open(self, schema: pa.Schema) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._path = self.work_dir / self.filename
+        self._file = pa.OSFile(str(self._path), "wb")
+        if self.fmt == "parquet":
+            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd",
+                                            compression_level=self.parquet_level, write_statistics=True)
+        else:
+            self._sink = pa.CompressedOutputStream(self._file, pa.Codec("gzip", compression_level=self.csv_level))
+            self._writer = pcsv.CSVWriter(self._sink, schema)
+        self._rows = 0
+        self._first = None
+
+    def _close(self) -> FileResult | None:
+        if self._writer is None:
+            return None
+        self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+        self._file.close()
+        path = self._path
+        assert path is not None
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        result = FileResult(filename=path.name, kind=self.kind, rows=self._rows, bytes=path.stat().st_size,
+                            sha256=sha256_file(path), first_ts=self._first,
+                            last_ts=self._last_key[0] if self._last_key else None, last_key=self._last_key)
+        self._writer = self._sink = self._file = self._path = None
+        self.index += 1
+        return result
+
+    def path_of(self, result: FileResult) -> Path:
+        return self.work_dir / result.filename
+
+    def write(self, batch: pa.RecordBatch) -> list[FileResult]:
+        """Write rows; returns the files finished by this call (split by rows or bytes)."""
+        done: list[FileResult] = []
+        n = batch.num_rows
+        if n == 0:
+            return done
+        order_cols = [batch.column(c) for c in ORDER_COLUMNS] if all(c in batch.schema.names for c in ORDER_COLUMNS) else None
+        cols = self.columns or default_columns(batch.schema)
+        out = batch.select(cols)
+        if self._out_schema is None:
+            self._out_schema = out.schema
+        elif out.schema != self._out_schema:
+            out = pa.RecordBatch.from_arrays([out.column(i).cast(f.type) for i, f in enumerate(self._out_schema)],
+                                             schema=self._out_schema)
+        offset = 0
+        while offset < n:
+            if self._writer is None:
+                self._open(out.schema)
+            take = min(n - offset, self.max_rows - self._rows)
+            piece = out.slice(offset, take)
+            if self.fmt == "parquet":
+                self._writer.write_batch(piece, row_group_size=take)
+            else:
+                self._writer.write_batch(piece)
+            if self._first is None and "ts_event" in batch.schema.names:
+                self._first = batch.column("ts_event")[offset].as_py()
+            if order_cols is not None:
+                i = offset + take - 1
+                self._last_key = tuple(c[i].as_py() for c in order_cols)  # type: ignore[assignment]
+            self._rows += take
+            offset += take
+            if self._rows >= self.max_rows or self._file.tell() >= self.max_bytes:
+                result = self._close()
+                if result:
+                    done.append(result)
+        return done
+
+    def finish(self) -> list[FileResult]:
+        result = self._close()
+        return [result] if result else []
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if self._sink is not None:
+                self._sink.close()
+            if self._file is not None:
+                self._file.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+        self._writer = self._sink = self._file = self._path = None

@@ -1,0 +1,3 @@
+from .app import HistoryWriter
+
+HistoryWriter.main()

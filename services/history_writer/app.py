@@ -1,0 +1,154 @@
+"""The history writer: every md./ref. event (and feed gap/resync status) persisted exactly once,
+queryable over NATS (``history.query``, ``history.coverage``) and in-process (store API).
+
+Run: ``python -m services.history_writer``. See consumer.py (intake and exactly-once), store/
+(backends), query.py (the NATS protocols), coverage.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, ClassVar
+
+from faststream.nats import NatsMessage
+from prometheus_client import Counter, Histogram
+
+from marketbus.contracts import codec, subjects
+from marketbus.contracts.jobs import CoverageQuery, HistoryQuery
+from marketbus.contracts.streams import MARKET_DATA, REFERENCE, STATUS
+from marketbus.runtime.metrics import LATENCY_BUCKETS, ServiceMetrics
+from marketbus.runtime.service import Service
+
+from .consumer import StreamIntake
+from .coverage import DEFAULT_MAX_GAP_NS, NS
+from .query import serve_coverage, serve_query
+from .settings import HistoryWriterSettings
+from .store import HistoryStore, open_store
+
+
+class HistoryMetrics(ServiceMetrics):
+    def __init__(self, service: str, registry: Any = None) -> None:
+        super().__init__(service, registry)
+        r = self.registry
+        self.events_stored = Counter("marketbus_history_events_stored", "rows written to the store", ["stream"], registry=r)
+        self.duplicates = Counter("marketbus_history_duplicates", "rows/messages skipped as already stored", ["stream"], registry=r)
+        self.messages_acked = Counter("marketbus_history_messages_acked", "JetStream messages acked", ["stream"], registry=r)
+        self.flush_errors = Counter("marketbus_history_flush_errors", "failed flushes (retried by redelivery)", ["stream"], registry=r)
+        self.flush_seconds = Histogram("marketbus_history_flush_seconds", "decode + write + ack of one batch", ["stream"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.queries = Counter("marketbus_history_queries", "queries served", ["kind"], registry=r)
+
+
+async def _decode_query(msg: Any) -> Any:
+    return codec.decode_as(msg.body, HistoryQuery)
+
+
+async def _decode_coverage(msg: Any) -> Any:
+    return codec.decode_as(msg.body, CoverageQuery)
+
+
+class HistoryWriter(Service):
+    name: ClassVar[str] = "history_writer"
+    settings_cls: ClassVar[type[HistoryWriterSettings]] = HistoryWriterSettings  # type: ignore[assignment]
+    metrics_cls = HistoryMetrics
+    settings: HistoryWriterSettings
+    metrics: HistoryMetrics
+
+    def setup(self) -> None:
+        self.store: HistoryStore = open_store(self.settings)
+        self.intakes: list[StreamIntake] = []
+        gaps = dict(DEFAULT_MAX_GAP_NS)
+        gaps.update({k: int(v * NS) for k, v in self.settings.coverage_max_gap_s.items()})
+        self.max_gap_ns = gaps
+        queue = self.settings.query_queue
+
+        @self.broker.subscriber(subjects.HISTORY_QUERY, queue=queue, decoder=_decode_query)
+        async def on_query(query: Any, msg: NatsMessage) -> bytes | None:
+            self.metrics.queries.labels("query").inc()
+            chunks = serve_query(self.store, query, max_rows=self.settings.query_max_rows,
+                                 max_chunk_bytes=self.settings.query_max_chunk_bytes)
+            last = None
+            async for chunk in chunks:
+                if last is not None and msg.reply_to:
+                    await self.nc.publish(msg.reply_to, codec.encode(last))
+                last = chunk
+            # the last chunk is the handler's reply (published after every previous chunk)
+            return codec.encode(last) if last is not None else None
+
+        @self.broker.subscriber(subjects.HISTORY_COVERAGE, queue=queue, decoder=_decode_coverage)
+        async def on_coverage(query: Any) -> bytes:
+            self.metrics.queries.labels("coverage").inc()
+            return codec.encode(await serve_coverage(self.store, query, self.max_gap_ns))
+
+    async def on_start(self) -> None:
+        await self.store.open()
+        d = self.settings.durable
+        specs = [(MARKET_DATA.name, f"{d}_md", None)]
+        if self.settings.store_reference:
+            specs.append((REFERENCE.name, f"{d}_ref", None))
+        if self.settings.store_feed_status:
+            specs.append((STATUS.name, f"{d}_status", subjects.ALL_FEED_STATUS))
+        for stream, durable, filt in specs:
+            intake = StreamIntake(self, stream, durable, filt)
+            await intake.start()
+            self.intakes.append(intake)
+        self.spawn(self._maintenance_loop(), "maintenance")
+
+    async def on_stop(self) -> None:
+        for intake in self.intakes:
+            await intake.stop()
+        with contextlib.suppress(Exception):
+            await self.store.close()
+
+    async def _maintenance_loop(self) -> None:
+        s = self.settings
+        next_compact = time.monotonic() + s.compact_interval_s
+        next_retention = time.monotonic() + min(60.0, s.retention_interval_s)
+        next_prune = time.monotonic() + 10.0
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            try:
+                if now >= next_prune:
+                    next_prune = now + 10.0
+                    for intake in self.intakes:
+                        info = await self.js.consumer_info(intake.stream, intake.durable)
+                        self.store.forget_below(intake.stream, info.ack_floor.stream_seq if info.ack_floor else 0)
+                if now >= next_compact:
+                    next_compact = now + s.compact_interval_s
+                    merged = await self.store.compact()
+                    if merged:
+                        self.log.info("compacted %d small files", merged)
+                if s.retention_days and now >= next_retention:
+                    next_retention = now + s.retention_interval_s
+                    removed = await self.apply_retention()
+                    if removed:
+                        self.log.info("retention removed %d partitions/rows", removed)
+            except Exception as exc:  # noqa: BLE001 - maintenance is retried next time
+                self.log.warning("maintenance failed: %r", exc)
+
+    async def apply_retention(self, now_ns: int | None = None) -> int:
+        return await self.store.apply_retention(self.settings.retention_days, now_ns or time.time_ns())
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "backend": self.store.backend,
+            "streams": {
+                i.stream: {"stored": i.stored, "acked": i.acked, "duplicates": i.duplicates, "dead_lettered": i.bad,
+                           "buffered": i.buffered, "last_flush_ts": i.last_flush_ts}
+                for i in self.intakes
+            },
+        }
+
+    def heartbeat(self):  # noqa: ANN201 - counters in the heartbeat, per stream
+        hb = super().heartbeat()
+        counters = {}
+        for i in self.intakes:
+            counters[f"{i.stream.lower()}_stored"] = float(i.stored)
+            counters[f"{i.stream.lower()}_duplicates"] = float(i.duplicates)
+            counters[f"{i.stream.lower()}_dead_lettered"] = float(i.bad)
+        import msgspec.structs as ms
+
+        return ms.replace(hb, counters=counters)

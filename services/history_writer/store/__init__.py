@@ -1,0 +1,27 @@
+"""History stores: embedded Parquet+DuckDB (default) and PostgreSQL, behind one interface."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Cursor, HistoryStore, Selector, WriteResult
+
+if TYPE_CHECKING:
+    from ..settings import HistoryWriterSettings
+
+__all__ = ["Cursor", "HistoryStore", "Selector", "WriteResult", "open_store"]
+
+
+def open_store(settings: HistoryWriterSettings, writer_id: str | None = None) -> HistoryStore:
+    """The store the settings choose (not opened yet: ``await store.open()``)."""
+    if settings.backend == "postgres":
+        from .postgres import PostgresStore
+
+        timescale = {"auto": None, "on": True, "off": False}[settings.timescale]
+        return PostgresStore(settings.pg_dsn.get(), table_prefix=settings.pg_table_prefix, timescale=timescale)
+    from .parquet import ParquetStore
+
+    return ParquetStore(
+        settings.history_dir(), fsync=settings.fsync, compression=settings.compression,
+        dedupe_max_ids=settings.dedupe_max_ids, compact_min_files=settings.compact_min_files, writer_id=writer_id,
+    )

@@ -1,0 +1,3 @@
+from .app import SitagriIngestor
+
+SitagriIngestor.main()
