@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,25 +91,44 @@ class SplitWriter:
     def filename(self) -> str:
         return f"{self.prefix}-{self.index:05d}.{EXTENSIONS[self.fmt]}"
 
-    def _open(self, schema: pa.Schema) -> None:
+    def _open(self, schema: pa.Schema, first: pa.RecordBatch) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._path = self.work_dir / self.filename
         self._file = pa.OSFile(str(self._path), "wb")
         if self.fmt == "parquet":
-            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd",
-                                            compression_level=self.parquet_level, write_statistics=True)
+            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd", compression_level=self.parquet_level,
+                                            write_statistics=True, use_dictionary=self._dictionary_columns(first))
         else:
-            self._sink = pa.CompressedOutputStream(self._file, pa.Codec("gzip", compression_level=self.csv_level))
-            self._writer = pcsv.CSVWriter(self._sink, schema)
+            # one gzip member, compressed by zlib (releases the GIL) at a configurable level
+            self._sink = zlib.compressobj(self.csv_level, zlib.DEFLATED, 31)
+            self._writer = "csv"
+            self._header = True
         self._rows = 0
         self._first = None
+
+    @staticmethod
+    def _dictionary_columns(sample: pa.RecordBatch) -> list[str]:
+        """Dictionary-encode only the repetitive columns (source, venue, side...): trying it on
+        unique values (ids, timestamps) costs time and saves nothing."""
+        import pyarrow.compute as pc
+
+        n = sample.num_rows
+        out = []
+        for name, col in zip(sample.schema.names, sample.columns):
+            try:
+                if pc.count_distinct(col).as_py() <= max(16, n // 10):
+                    out.append(name)
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+                continue
+        return out
 
     def _close(self) -> FileResult | None:
         if self._writer is None:
             return None
-        self._writer.close()
-        if self._sink is not None:
-            self._sink.close()
+        if self.fmt == "parquet":
+            self._writer.close()
+        else:
+            self._file.write(self._sink.flush())
         self._file.close()
         path = self._path
         assert path is not None
@@ -141,13 +161,16 @@ class SplitWriter:
         offset = 0
         while offset < n:
             if self._writer is None:
-                self._open(out.schema)
+                self._open(out.schema, out)
             take = min(n - offset, self.max_rows - self._rows)
             piece = out.slice(offset, take)
             if self.fmt == "parquet":
                 self._writer.write_batch(piece, row_group_size=take)
             else:
-                self._writer.write_batch(piece)
+                buf = pa.BufferOutputStream()
+                pcsv.write_csv(piece, buf, pcsv.WriteOptions(include_header=self._header, batch_size=8192))
+                self._header = False
+                self._file.write(self._sink.compress(buf.getvalue()))
             if self._first is None and "ts_event" in batch.schema.names:
                 self._first = batch.column("ts_event")[offset].as_py()
             if order_cols is not None:
@@ -167,10 +190,8 @@ class SplitWriter:
 
     def abort(self) -> None:
         try:
-            if self._writer is not None:
+            if self._writer is not None and self.fmt == "parquet":
                 self._writer.close()
-            if self._sink is not None:
-                self._sink.close()
             if self._file is not None:
                 self._file.close()
         except Exception:  # noqa: BLE001

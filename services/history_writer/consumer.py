@@ -183,6 +183,8 @@ class StreamIntake:
             result = await svc.store.write(self.stream, decoded)
         else:
             result = None
+        if svc.settings.debug_ack_delay_s:
+            await asyncio.sleep(svc.settings.debug_ack_delay_s)  # widen the written-but-not-acked window
         # durable: ack every message of the batch (stored, skipped as already stored, dead-lettered)
         publish = svc.nc.publish
         for _, reply, _ in batch:

@@ -28,6 +28,8 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
     max_ack_pending: int = 100_000
     ack_wait_s: float = 60.0
 
+    debug_ack_delay_s: float = 0.0  # fault injection (tests): hold acks after each durable write
+
     fsync: bool = True
     compression: str = "zstd"
     compact_interval_s: float = 60.0

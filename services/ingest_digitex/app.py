@@ -38,6 +38,13 @@ from .settings import DigitexIngestSettings
 US = 1000
 
 
+def window_safe_limiter(per_second: int, per_minute: int) -> MultiWindowLimiter:
+    """A token bucket of rate r and burst b lets b + r*T calls through in any window T; the vendor
+    counts sliding windows (50 in any second, 500 in any minute). Half the budget as burst and half
+    as rate keeps every window within the documented limit."""
+    return MultiWindowLimiter([(max(1, per_second // 2), 1.0), (max(1, per_minute // 2), 60.0)])
+
+
 @dataclass
 class MarketState:
     market_id: int
@@ -61,7 +68,8 @@ class DigitexIngestor(Ingestor):
         self.settings.validate()
         s = self.settings
         self.venue = s.venue
-        self.limiter = MultiWindowLimiter([(s.rate_per_second, 1.0), (s.rate_per_minute, 60.0)])
+        self.limiter = window_safe_limiter(s.rate_per_second, s.rate_per_minute)
+        self._limits = (s.rate_per_second, s.rate_per_minute)
         self.client = DigitexClient(
             s.base_url, s.token, self.limiter, timeout_s=s.request_timeout_s,
             backoff=Backoff(s.retry_initial_s, s.retry_max_s), on_error=self._vendor_error, on_frame=self._frame,
@@ -185,9 +193,9 @@ class DigitexIngestor(Ingestor):
     def _apply_limits(self, limits: dict[str, int]) -> None:
         per_s = min(self.settings.rate_per_second, limits.get("SECOND", self.settings.rate_per_second))
         per_min = min(self.settings.rate_per_minute, limits.get("MINUTE", self.settings.rate_per_minute))
-        current = [(round(b.rate * (1 if i == 0 else 60)), b.burst) for i, b in enumerate(self.limiter.buckets)]
-        if current != [(per_s, per_s), (per_min, per_min)]:
-            self.limiter.buckets = MultiWindowLimiter([(per_s, 1.0), (per_min, 60.0)]).buckets
+        if (per_s, per_min) != self._limits:
+            self._limits = (per_s, per_min)
+            self.limiter.buckets = window_safe_limiter(per_s, per_min).buckets
 
     async def _refresh_reference(self) -> None:
         while True:

@@ -18,7 +18,7 @@ class DigitexIngestSettings(IngestSettings, kw_only=True):
     base_url: str = "http://127.0.0.1:8703/dapi"  # the bot API lives under <base>/v1/exchange/bot/
     token: Secret = Secret("")  # Authorization: Token <token>; public market data works without
     markets: list[str] = []  # market codes (FS:BTCUSD) or ids; empty = every listed market
-    book_interval_s: float = 2.0
+    book_interval_s: float = 3.0
     trades_interval_s: float = 1.0
     bars_interval_s: float = 30.0
     resolutions: list[str] = msgspec.field(default_factory=lambda: ["1"])  # OHLCV resolutions (1, 5, 60, 1D...)

@@ -29,6 +29,23 @@ log = logging.getLogger("marketbus.ingest_finx.client")
 _encode = msgspec.json.Encoder().encode
 
 
+class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The websockets library logs the request line (with the key in the path) at DEBUG."""
+
+    def __init__(self, logger: logging.Logger, secret: str) -> None:
+        super().__init__(logger, {})
+        self.secret = secret
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        text = str(msg) % args if args else str(msg)
+        if self.secret:
+            text = text.replace(self.secret, "**********")
+        kwargs.pop("extra", None)
+        self.logger.log(level, "%s", text, **kwargs)
+
+
 class SessionLost(Exception):
     """The websocket session is gone (closed, timed out, or out of lock-step): reconnect."""
 
@@ -60,6 +77,7 @@ class TickPlantClient:
             ws = await websockets.connect(
                 f"{self.base_url}/streamer/{self._key.get()}", max_size=None, open_timeout=self.timeout_s,
                 ping_interval=20, ping_timeout=20, close_timeout=1, compression=None,
+                logger=_RedactingLogger(logging.getLogger("websockets.client"), self._key.get()),
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             # The exception text may hold the URL (and so the key): keep the type only.
@@ -104,7 +122,9 @@ class TickPlantClient:
                 frame = await asyncio.wait_for(ws.recv(), self.timeout_s)
             except (ConnectionClosed, OSError) as exc:
                 self._ws = None
-                raise SessionLost(f"connection closed: {type(exc).__name__} {getattr(exc, 'code', '')}".strip()) from None
+                rcvd = getattr(exc, "rcvd", None)
+                code = f" {rcvd.code}" if rcvd is not None else ""
+                raise SessionLost(f"connection closed: {type(exc).__name__}{code}") from None
             except TimeoutError:
                 # A late reply would go to the next request: the session cannot be trusted.
                 await self._drop()

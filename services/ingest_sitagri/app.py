@@ -123,8 +123,11 @@ class SitagriIngestor(Ingestor):
         self.transport = "none"
         self.ws: WsNetbus | None = None
         self.gaps_filled = 0
+        self._gap_from: dict[str, int] = {}  # quote ref -> newest published price when the feed was lost
+        self._first_live: dict[str, int] | None = None  # quote ref -> first price after a reconnect
         self.pushes = 0
         self._frames = self.metrics.frames_in.labels(self.source, "netbus")
+        self._live_metrics: dict[type, tuple[Any, Any]] = {}
 
     # --- wiring -----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -196,8 +199,22 @@ class SitagriIngestor(Ingestor):
         if quote is not None and type(obj) is not normalize.VOrderBook:
             if event.ts_event > self.last_ts.get(quote, 0):
                 self.last_ts[quote] = event.ts_event
+            first = self._first_live
+            if first is not None and quote not in first:
+                first[quote] = event.ts_event
         if self.recent.add(event.id):
-            await self.emit(event)
+            # the hot path: the pipelined publisher directly, with cached metric children
+            # (Ingestor.emit looks the labelled metrics up for every event)
+            await self.publisher.publish_event(event)  # type: ignore[union-attr]
+            kind = type(event)
+            counters = self._live_metrics.get(kind)
+            if counters is None:
+                tag = kind.__struct_config__.tag  # type: ignore[attr-defined]
+                counters = self._live_metrics[kind] = (self.metrics.events_out.labels(self.source, tag),
+                                                       self.metrics.event_lag.labels(self.source, tag))
+            counters[0].inc()
+            counters[1].observe(max(0.0, (event.ts_recv - event.ts_event) / 1e9))
+            self.feeds.count(f"sitagri/{event.venue}/{event.symbol}", 1, event.ts_recv)
 
     async def _bad_frame(self, channel: str, payload: bytes | str, reason: str) -> None:
         await self.malformed(channel, payload, reason)
@@ -256,7 +273,7 @@ class SitagriIngestor(Ingestor):
                 else:
                     switch = await self._longpoll_session(refs, lost_at)
                     if switch:
-                        lost_at = self.now_ns()
+                        lost_at = self._lost()
                         mode, ws_failures = "websocket", 0
                         backoff.reset()
                         continue
@@ -264,8 +281,10 @@ class SitagriIngestor(Ingestor):
                 ws_failures += 1
                 self.metrics.reconnects.labels(self.source).inc()
                 self.log.warning("websocket unavailable (%d in a row): %s", ws_failures, exc)
+                with contextlib.suppress(Exception):
+                    await self.client.start()  # a refused token? this logs in again (401 -> login)
                 if lost_at is None and self.transport != "none":
-                    lost_at = self.now_ns()
+                    lost_at = self._lost()
                 if s.transport == "auto" and ws_failures >= s.ws_failures_before_longpoll:
                     self.log.warning("falling back to long polling after %d failed websocket connects", ws_failures)
                     mode, ws_failures = "longpoll", 0
@@ -275,7 +294,7 @@ class SitagriIngestor(Ingestor):
             except (NetbusClosed, Unavailable, SessionExpired, VendorError, asyncio.TimeoutError) as exc:
                 self.metrics.reconnects.labels(self.source).inc()
                 if lost_at is None:
-                    lost_at = self.now_ns()
+                    lost_at = self._lost()
                 self.metrics.feed_state.labels(self.source, "netbus").set(0)
                 await self.publish_feed_status(self.source, "disconnected", detail=f"{self.transport}: {exc}", **feed)
                 if mode == "longpoll" and s.transport == "auto":
@@ -285,6 +304,12 @@ class SitagriIngestor(Ingestor):
             else:
                 backoff.reset()
             lost_at = None
+
+    def _lost(self) -> int:
+        """The feed is lost now: remember where every quote was (the gap starts there)."""
+        self._gap_from = dict(self.last_ts)
+        self._first_live = {}
+        return self.now_ns()
 
     async def _connected(self, transport: str, replies: list[Any], refs: list[str], lost_at: int | None) -> None:
         self.transport = transport
@@ -359,9 +384,19 @@ class SitagriIngestor(Ingestor):
     async def backfill_gap(self, lost_at: int) -> int:
         """Back-fill every live quote from its newest published price (or ``lost_at``) to now, and
         news since ``lost_at``; feed status ``gap`` then ``resynced``."""
+        # The gap of a quote runs from its last price before the loss to its first price after
+        # the new registration (the register snapshot). The vendor's history may lag its live
+        # feed by up to a second: wait for that second to be over before asking for it.
+        starts = {q: self._gap_from.get(q, lost_at) for q in self.live_quotes}
+        first = self._first_live if self._first_live is not None else {}
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._until(lambda: all(q in first for q in self.live_quotes)), 2.0)
         now = self.now_ns()
-        starts = {q: self.last_ts.get(q, lost_at) for q in self.live_quotes}
-        gap = (min([lost_at, *starts.values()]), now)
+        ends = {q: first.get(q, now) for q in self.live_quotes}
+        self._first_live = None
+        newest = max(ends.values(), default=now)
+        await asyncio.sleep(max(0.0, min(1.2, (-(-newest // NS) * NS - self.now_ns()) / NS + 0.05)))
+        gap = (min([lost_at, *starts.values()]), max(newest, lost_at))
         feed = {"feed": "sitagri/netbus", "kind": "market_price"}
         await self.publish_feed_status(self.source, "gap", gap=gap, detail="back-filling from history", **feed)
         total = 0
@@ -370,7 +405,7 @@ class SitagriIngestor(Ingestor):
             meta = self.crawl.quotes.get(quote)
             resolution = "MINUTE" if meta is not None and meta.kind == "currency" else "TICK"
             try:
-                total += await self._history(quote, starts[quote], now, resolution, dedupe=True)
+                total += await self._history(quote, starts[quote], ends[quote], resolution, dedupe=True)
             except (VendorError, normalize.Malformed, hist.HistoryStuck) as exc:
                 self.log.warning("gap back-fill of %s failed: %r", quote, exc)
         for source in self.settings.news_sources:
@@ -381,6 +416,11 @@ class SitagriIngestor(Ingestor):
         await self.publish_feed_status(self.source, "resynced", gap=gap, detail=f"{total} events back-filled", **feed)
         self.feeds.set_state("sitagri/netbus", "connected")
         return total
+
+    @staticmethod
+    async def _until(predicate: Any, interval: float = 0.02) -> None:
+        while not predicate():
+            await asyncio.sleep(interval)
 
     # --- history ----------------------------------------------------------------------------------
     async def _history(self, quote_ref: str, start_ns: int, end_ns: int, resolution: str, *, dedupe: bool,

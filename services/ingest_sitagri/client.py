@@ -13,6 +13,7 @@ history, news search and publishing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -82,6 +83,7 @@ class SessionKeeper:
         self.last_use = clock()
         self.logins = 0
         self.pings = 0
+        self._changed = asyncio.Event()
 
     @property
     def token(self) -> str | None:
@@ -101,7 +103,7 @@ class SessionKeeper:
             if self._token is None:
                 token, timeout = await self._login()
                 if timeout:
-                    self.timeout_s = float(timeout)
+                    self.set_timeout(float(timeout))
                 self._token = token
                 self.logins += 1
                 self.touch()
@@ -116,8 +118,9 @@ class SessionKeeper:
             self._token = None
 
     def set_timeout(self, timeout_s: float) -> None:
-        if timeout_s > 0:
+        if timeout_s > 0 and timeout_s != self.timeout_s:
             self.timeout_s = timeout_s
+            self._changed.set()  # wake run(): its wait was computed from the old timeout
 
     def due_in(self) -> float:
         return self.last_use + self.interval_s - self.clock()
@@ -127,7 +130,9 @@ class SessionKeeper:
         while True:
             wait = self.due_in()
             if wait > 0:
-                await asyncio.sleep(wait)
+                self._changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)
                 continue
             token = await self.get()
             try:
@@ -220,7 +225,7 @@ class SitagriClient:
             raise Unavailable(f"{method} {path.split('?')[0][:120]}: {type(exc).__name__}") from None
 
     async def request(self, method: str, path: str, body: bytes | None = None, *, timeout: float | None = None,
-                      retries: int | None = None, channel: str = "rest") -> bytes:
+                      retries: int | None = None, channel: str = "rest", relogin: bool = True) -> bytes:
         """One vendor call with the session token: re-login on 401 (once), retries on 429/5xx and
         network errors with back-off; returns the body of a 2xx reply."""
         retries = self.max_retries if retries is None else retries
@@ -247,11 +252,12 @@ class SitagriClient:
                 return resp.content
             if status == 401:
                 self.keeper.expired(token)
-                if not relogged:
+                if relogin and not relogged:
                     relogged = True
                     log.info("Sitagri session expired: logging in again")
                     continue
-                raise SessionExpired(401, "session refused after a new login", _body(resp))
+                raise SessionExpired(401, "session refused after a new login" if relogged else "session expired",
+                                     _body(resp))
             if status == 429 or status >= 500:
                 if attempt >= retries:
                     if status == 429:
@@ -289,7 +295,10 @@ class SitagriClient:
 
     async def long_poll(self, timeout_s: float = 90.0) -> bytes:
         """``GET /api/netbus``: blocks until something changed; a JSON array of updates."""
-        return await self.request("GET", "/api/netbus", timeout=timeout_s, retries=0, channel="longpoll")
+        # no silent re-login here: listeners belong to the session, so a new session must
+        # register them again (the caller sees SessionExpired and does)
+        return await self.request("GET", "/api/netbus", timeout=timeout_s, retries=0, channel="longpoll",
+                                  relogin=False)
 
     async def keep_alive(self) -> Any:
         return await self.get("/keepAlive")

@@ -21,6 +21,10 @@ SANDBOX_TOKEN = "85045E8E-CE68-2956-9E11-96F51837C71B"  # the sandbox's static t
 class SitagriIngestSettings(IngestSettings, kw_only=True):
     env_prefix: ClassVar[str] = PREFIX
 
+    # events per batch envelope: a MarketPrice is ~400 bytes as JSON, so 1000 stay well under
+    # NATS's 1 MB max payload (5000 would not)
+    batch_max_events: int = 1000
+
     # --- vendor API ---------------------------------------------------------------------------
     base_url: str = "http://127.0.0.1:8704"  # the market server URL (production: from the login API)
     token: Secret = Secret(SANDBOX_TOKEN)  # a session token; or log in with LOGIN/PASSWORD

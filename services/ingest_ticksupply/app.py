@@ -32,6 +32,7 @@ from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
 
 from . import normalize
+from .fastpub import PipelinedPublisher
 from .client import (
     ArtifactUrlExpired, Conflict, MalformedReply, NotFound, RetriesExhausted, TickSupplyClient, TickSupplyError,
 )
@@ -60,13 +61,15 @@ class TickSupplyIngestor(Ingestor):
     def setup(self) -> None:
         super().setup()
         self.client: TickSupplyClient | None = None
+        self.fastpub: PipelinedPublisher | None = None
         self.progress: ProgressStore | None = None
         self.datastreams: dict[int, DatastreamRef] = {}
         self.subscriptions: dict[int, dict[str, Any]] = {}
         self._reported_holes: set[tuple[int, int, int]] = set()
         self._ds_tasks: dict[int, asyncio.Task[Any]] = {}
         self._wake = asyncio.Event()
-        self._own_windows: set[str] = set()  # idempotency keys of windows this instance started
+        self._own_windows: set[str] = set()
+        self._reported_feeds: set[str] = set()  # idempotency keys of windows this instance started
         self.exports_created = 0
         self.ready = asyncio.Event()  # set once subscriptions are reconciled and the export loops run
 
@@ -78,6 +81,7 @@ class TickSupplyIngestor(Ingestor):
             max_retries=s.max_retries, max_rate_limited_retries=s.max_rate_limited_retries,
             on_error=self._vendor_error,
         )
+        self.fastpub = await PipelinedPublisher(self.nc).start()
         kv = await ensure_bucket(self.js, INGEST_STATE, s.stream_replicas)
         self.progress = ProgressStore(kv, s.state_namespace)
         self.spawn(self._catalog_loop(), "catalog")
@@ -88,6 +92,8 @@ class TickSupplyIngestor(Ingestor):
             task.cancel()
         if self.client is not None:
             await self.client.aclose()
+        if self.fastpub is not None:
+            await self.fastpub.close()
 
     def _vendor_error(self, kind: str) -> None:
         self.metrics.vendor_errors.labels(self.source, kind).inc()
@@ -130,6 +136,12 @@ class TickSupplyIngestor(Ingestor):
         return False
 
     async def _safe_status(self, state: Any, ds: DatastreamRef | None = None, **kw: Any) -> None:
+        feed = f"{self.source}/{ds.venue}/{ds.symbol}" if ds else f"{self.source}/_/_"
+        if feed not in self._reported_feeds:
+            # The tracker starts every feed as "disconnected" and only publishes changes; the first
+            # state of a feed is news too (e.g. a subscription that is paused from the start).
+            self._reported_feeds.add(feed)
+            self.feeds.set_state(feed, "stale")
         try:
             if ds is None:
                 await self.publish_feed_status(self.source, state, **kw)
@@ -478,17 +490,23 @@ class TickSupplyIngestor(Ingestor):
         if len(parsed.bad) > MAX_DEAD_LETTERS_PER_ARTIFACT:
             await self.malformed(channel, b"", f"{len(parsed.bad) - MAX_DEAD_LETTERS_PER_ARTIFACT} more bad rows")
         self.metrics.frames_in.labels(self.source, "rows").inc(parsed.total_lines)
-        futures = await self._publish_rows(ds, parsed.rows, replay, batch_salt)
+        futures, calls = await self._publish_rows(ds, parsed.rows, replay, batch_salt)
         await _acked(futures)
+        for call in calls:
+            await self.fastpub.wait(call)  # type: ignore[union-attr]
         return len(parsed.rows)
 
-    async def _publish_rows(self, ds: DatastreamRef, rows: list[Any], replay: bool, batch_salt: str | None) -> list[Any]:
-        assert self.publisher is not None
+    async def _publish_rows(self, ds: DatastreamRef, rows: list[Any], replay: bool,
+                            batch_salt: str | None) -> tuple[list[Any], list[Any]]:
+        """Send every event (batches via the runtime publisher, single events via the pipelined
+        fast path); returns what to wait on for the acks."""
+        assert self.publisher is not None and self.fastpub is not None
         publish = self.publisher.publish
         ts_recv = self.now_ns()
         futures: list[Any] = []
+        calls: list[Any] = []
         if not rows:
-            return futures
+            return futures, calls
         single = self.settings.publish_mode == "single" and batch_salt is None
         size = self.settings.batch_max_events if single else self._batch_size(ds, rows, ts_recv)
         subject = None
@@ -499,15 +517,14 @@ class TickSupplyIngestor(Ingestor):
             if subject is None:
                 subject = subjects.for_event(events[0])
             if single:
-                encode, headers_for = codec.encode, codec.headers_for
-                for event in events:
-                    futures.append(await publish(subject, encode(event), headers_for(event)))
+                encode = codec.encode
+                calls.append(await self.fastpub.send(subject, subjects.kind_of(events[0]),
+                                                     [(e.id, encode(e)) for e in events]))
             else:
-                for batch in self._batches(events, replay, batch_salt):
-                    payload = codec.encode(batch)
+                for batch, payload in self._batches(events, replay, batch_salt):
                     futures.append(await publish(subject, payload, codec.headers_for(batch)))
             self._account(events[-1], len(events))
-        return futures
+        return futures, calls
 
     def _max_payload(self) -> int:
         return int(getattr(self.nc, "max_payload", 0) or 1_048_576)
@@ -521,7 +538,7 @@ class TickSupplyIngestor(Ingestor):
         fit = int(self._max_payload() * 0.85) // widest
         return max(1, min(self.settings.batch_max_events, fit))
 
-    def _batches(self, events: list[Any], replay: bool, batch_salt: str | None) -> list[Batch]:
+    def _batches(self, events: list[Any], replay: bool, batch_salt: str | None) -> list[tuple[Batch, bytes]]:
         first = events[0]
         kind = subjects.kind_of(first)
         identity: tuple[Any, ...] = (kind, first.venue, first.symbol, first.id, events[-1].id, len(events))
@@ -529,10 +546,11 @@ class TickSupplyIngestor(Ingestor):
             event_id(first.source, "replay_batch", batch_salt, *identity)
         batch = Batch(id=batch_id, kind=kind, source=first.source, venue=first.venue, symbol=first.symbol,
                       replay=replay, events=events)
-        if len(events) > 1 and len(codec.encode(batch)) > self._max_payload() - 4096:
+        payload = codec.encode(batch)
+        if len(events) > 1 and len(payload) > self._max_payload() - 4096:
             half = len(events) // 2  # still too large (unusually wide rows): split, deterministically
             return self._batches(events[:half], replay, batch_salt) + self._batches(events[half:], replay, batch_salt)
-        return [batch]
+        return [(batch, payload)]
 
     # --- replay -----------------------------------------------------------------------------------
     async def replay(self, request: ReplayRequest) -> int:

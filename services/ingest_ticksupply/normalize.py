@@ -181,8 +181,8 @@ def gunzip(data: bytes) -> bytes:
 
 def _check(row: Any) -> str | None:
     try:
-        if not (row.price.is_finite() and row.price > 0 and row.quantity.is_finite() and row.quantity >= 0):
-            return "price must be > 0 and quantity >= 0"
+        if not (row.price.is_finite() and row.price >= 0 and row.quantity.is_finite() and row.quantity >= 0):
+            return "price and quantity must be finite and >= 0"
     except ArithmeticError as exc:
         return f"bad number: {exc!r}"
     return None
@@ -211,7 +211,9 @@ def parse_artifact(data: bytes, stream_type: str = "trade") -> ParsedArtifact:
         except (msgspec.ValidationError, msgspec.DecodeError):
             pass
         else:
-            if all(_check(r) is None for r in rows):
+            # Decimal accepts NaN/Infinity and negatives: rule them out on the text (every spelling
+            # of NaN/Inf has an n or an i; "buy"/"sell" have neither), else check row by row.
+            if not any(ch in body for ch in (b"n", b"N", b"i", b"I", b",-")) or all(_check(r) is None for r in rows):
                 return ParsedArtifact(rows, [], len(rows))
     return _parse_lines(body.split(b"\n"), [columns.index(c) for c in columns], row_type, first_line=2)
 

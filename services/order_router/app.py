@@ -106,6 +106,17 @@ class OrderRouter(Service):
         await self.publish_feed_status("digitex", "live", feed="digitex/orders")
 
     async def on_stop(self) -> None:
+        for task in list(self._tasks):
+            if task.get_name().endswith(":consume"):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        sub = getattr(self, "_sub", None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for task in list(self._bg):
+            task.cancel()
         await self.client.close()
 
     def health(self) -> dict[str, Any]:
@@ -296,17 +307,9 @@ class OrderRouter(Service):
     async def place(self, cmd: PlaceOrder) -> CommandAck:
         assert self.meta is not None
         key = (cmd.market, cmd.client_id)
-        existing = self.orders.get(key) or self.recent.get(key) or await self.store.load(cmd.market, cmd.client_id)
+        existing = self.orders.get(key) or self.recent.get(key)
         if existing is not None:
-            if existing.command_id == cmd.command_id:  # this very command, re-delivered after a crash
-                if existing.state in ("pending_submit", "unknown") and key not in self._resolving:
-                    self._adopt_record(existing)
-                    self.start_resolve(existing)
-                return CommandAck(command_id=cmd.command_id, accepted=existing.state != "rejected",
-                                  reason=existing.reason if existing.state == "rejected" else None,
-                                  client_ids=[cmd.client_id])
-            return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
-                              reason=f"client_id {cmd.client_id} is already used in {cmd.market}")
+            return self._existing(cmd, existing)
         reason = self._refuse_common() or validate_order(cmd, self.meta, self.limits)
         market = self.meta.markets.get(cmd.market)
         ref = None
@@ -329,10 +332,14 @@ class OrderRouter(Service):
             seq=1, command_id=cmd.command_id, reason=reason, created_ns=now, updated_ns=now)
         if not reason:
             self.orders[key] = rec  # counted by the risk checks of the next commands at once
-        if not await self.store.create(rec):
-            self.orders.pop(key, None)
-            return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
-                              reason=f"client_id {cmd.client_id} is already used in {cmd.market}")
+        if not await self.store.create(rec):  # the client id is known (KV): a re-delivery or a re-use
+            if self.orders.get(key) is rec:
+                self.orders.pop(key, None)
+            existing = await self.store.load(cmd.market, cmd.client_id)
+            if existing is None:
+                return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
+                                  reason="order state store unavailable")
+            return self._existing(cmd, existing)
         await self.publish(event_for(rec), subjects.order_event(rec.market, rec.client_id))
         if reason:
             self.recent[key] = rec
@@ -340,6 +347,18 @@ class OrderRouter(Service):
             return CommandAck(command_id=cmd.command_id, accepted=False, reason=reason, client_ids=[cmd.client_id])
         self.spawn_task(self.submit(rec))
         return CommandAck(command_id=cmd.command_id, accepted=True, client_ids=[cmd.client_id])
+
+    def _existing(self, cmd: PlaceOrder, existing: OrderRecord) -> CommandAck:
+        key = (cmd.market, cmd.client_id)
+        if existing.command_id == cmd.command_id:  # this very command, re-delivered after a crash
+            if existing.state in ("pending_submit", "unknown") and key not in self._resolving:
+                self._adopt_record(existing)
+                self.start_resolve(existing)
+            return CommandAck(command_id=cmd.command_id, accepted=existing.state != "rejected",
+                              reason=existing.reason if existing.state == "rejected" else None,
+                              client_ids=[cmd.client_id])
+        return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
+                          reason=f"client_id {cmd.client_id} is already used in {cmd.market}")
 
     def spawn_task(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -18,7 +18,7 @@ from typing import Any
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.orders import CancelOrders, CommandAck, OrderCommand, PlaceOrder, RouterControl, UpdateOrder
 
-REPLY_HEADER = "Marketbus-Reply-To"
+REPLY_HEADER = codec.HEADER_REPLY_TO
 
 
 def command_subject(cmd: OrderCommand) -> str:
@@ -48,7 +48,10 @@ async def send_command(nc: Any, cmd: OrderCommand, *, wait: bool = True, timeout
 
     sub = await nc.subscribe(inbox, cb=on_reply, max_msgs=1)
     try:
-        await js.publish(command_subject(cmd), codec.encode(cmd), headers=command_headers(cmd, inbox))
+        puback = await js.publish(command_subject(cmd), codec.encode(cmd), headers=command_headers(cmd, inbox))
+        if puback.duplicate:
+            # the stream already had this command (a retry): the router's answer is in its KV
+            return await asyncio.wait_for(stored_ack(js, cmd.command_id), timeout)
         return await asyncio.wait_for(future, timeout)
     finally:
         if not future.done():
@@ -63,6 +66,27 @@ async def send_control(nc: Any, action: str, *, cancel_open_orders: bool = False
                         ts=time.time_ns())
     msg = await nc.request(subjects.ORDER_CONTROL, codec.encode(ctl), timeout=timeout)
     return codec.decode_as(msg.data, CommandAck)
+
+
+async def stored_ack(js: Any, command_id: str) -> CommandAck:
+    """The acknowledgement the router recorded for ``command_id`` (waits until it is there)."""
+    import msgspec
+    from nats.js.errors import KeyNotFoundError
+
+    from marketbus.contracts import streams
+
+    from .state import command_key
+
+    kv = await js.key_value(streams.ORDER_IDEMPOTENCY.name)
+    while True:
+        try:
+            entry = await kv.get(command_key(command_id))
+            record = msgspec.json.decode(entry.value or b"{}")
+            if record.get("state") == "done" and record.get("ack"):
+                return msgspec.convert(record["ack"], CommandAck)
+        except KeyNotFoundError:
+            pass
+        await asyncio.sleep(0.05)
 
 
 def new_id() -> str:

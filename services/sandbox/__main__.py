@@ -6,6 +6,8 @@ import asyncio
 import signal
 import sys
 
+from marketbus.runtime.loop import run as run_loop
+
 from .common.base import SandboxRunner
 from .registry import SANDBOXES, available, load_spec
 
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     names = available() if which == "all" else [which]
     if which != "all" and which not in SANDBOXES:
         raise SystemExit(f"unknown sandbox {which!r}; choose from {', '.join(SANDBOXES)} or all")
-    asyncio.run(serve(names))
+    run_loop(serve(names))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 import nats
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from marketbus.contracts import codec
 
@@ -18,7 +18,8 @@ async def read_stream(js: Any, subject: str, limit: int = 2_000_000) -> list[Any
         info = await js.find_stream_name_by_subject(subject)
     except Exception:  # noqa: BLE001 - nothing there
         return []
-    sub = await js.pull_subscribe(subject, stream=info, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    sub = await js.pull_subscribe(subject, stream=info, config=ConsumerConfig(
+        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))  # no ack-pending cap
     out: list[Any] = []
     try:
         while len(out) < limit:

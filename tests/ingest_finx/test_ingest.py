@@ -17,7 +17,7 @@ from marketbus.contracts.jobs import ReplayReply, ReplayRequest
 from marketbus.contracts.market import Tick
 from marketbus.contracts.reference import Currency, Instrument
 from marketbus.contracts.status import DeadLetter, FeedStatus
-from marketbus.runtime.logging import TextFormatter
+from marketbus.runtime.logging import TextFormatter, scrub
 from marketbus.runtime.natsserver import NatsServer
 from marketbus.runtime.settings import SettingsError
 from services.ingest_finx import normalize
@@ -131,8 +131,8 @@ async def test_connection_drops_end_with_no_duplicate_and_no_hole(nats_server: N
         resynced = [s for s in statuses if s.state == "resynced"]
         assert len(gaps) >= 3 and len(resynced) >= 3
         assert all(g.gap_start is not None and g.gap_end is not None and g.gap_start < g.gap_end for g in gaps)
-        assert {(r.gap_start, r.gap_end) for r in resynced} <= {(g.gap_start, g.gap_end) for g in gaps} | {
-            (r.gap_start, r.gap_end) for r in resynced}
+        # each "resynced" closes a reported gap (same range)
+        assert {(r.gap_start, r.gap_end) for r in resynced} <= {(g.gap_start, g.gap_end) for g in gaps}
         assert ing.metrics.reconnects.labels("finx")._value.get() >= 3
 
 
@@ -217,9 +217,17 @@ async def test_the_api_key_is_never_logged(nats_server: NatsServer, sb: SandboxR
     assert KEY not in str(health) and "/streamer/**********" in health["vendor_url"]
     assert KEY not in repr(ing.settings)
     formatter = TextFormatter()
-    text = "\n".join(formatter.format(r) for r in caplog.records)
+
+    def fmt(record: logging.LogRecord) -> str:
+        try:
+            return formatter.format(record)
+        except ReferenceError:  # a record holding a dead weakref (not ours)
+            return scrub(record.getMessage())
+
+    text = "\n".join(fmt(r) for r in caplog.records)
     assert "connecting to" in text and KEY not in text
-    assert all(KEY not in r.getMessage() for r in caplog.records if r.name.startswith("marketbus"))
+    # our own records and the websocket library's never hold the key, whatever the log format
+    assert all(KEY not in r.getMessage() for r in caplog.records if r.name.startswith(("marketbus", "websockets")))
 
 
 async def test_bad_key_keeps_retrying_with_backoff(nats_server: NatsServer, sb: SandboxRunner) -> None:

@@ -52,7 +52,8 @@ async def test_duplicate_command_gives_one_order(env):
                                                     command_id=cmd.command_id))
     assert first.accepted and second.accepted
     # a different command re-using the client id is refused
-    other = await rq.send_command(env.nc, rq.place(BTC, "buy", 1, price, client_id=cmd.client_id))
+    other = await rq.send_command(env.nc, rq.place(BTC, "buy", 1, price, client_id=cmd.client_id,
+                                                   command_id="another-command"))
     assert not other.accepted and "already used" in other.reason
     await wait_for(lambda: "accepted" in env.bus.states(cmd.client_id), 5, what="accepted")
     truth = await env.admin_orders()

@@ -369,7 +369,8 @@ async def test_publish_pushes_to_news_listeners(http: httpx.AsyncClient, sb: San
         assert r1.json()["code"] == "writeEditableArticle" and r1.json()["success"] is True
         assert r2.json()["id"] == r1.json()["id"] + 1
         pushed = await recv_until(ws, lambda m: m["seq"] == -1 and m["data"].get("id") == r1.json()["id"])
-        assert pushed[-1]["data"]["title"] == article["title"] and pushed[-1]["data"]["source"] == "/news/sources/PRIVDEMO"
+        assert pushed[-1]["data"]["title"] == article["title"]
+        assert pushed[-1]["data"]["source"] == "/news/sources/PRIVDEMO"
         await ws.send(json.dumps({"seq": 43, "data": "/news/sources/PRIVDEMO/article/unregister"}))
         assert (await recv_until(ws, lambda m: m["seq"] == 43))[-1]["data"]["code"] == "unregisterNews"
     stored = await get(http, f"/news/sources/PRIVDEMO/article/{r1.json()['id']}")
@@ -409,6 +410,10 @@ async def test_ws_requests_arrays_session_and_keepalive(sb: SandboxRunner) -> No
         await ws.send(json.dumps({"seq": 8, "data": ["/market/units/TON", "/nope"]}))
         reply = json.loads(await ws.recv())  # the keep-alive got no reply: this is seq 8
         assert reply["seq"] == 8 and reply["data"][0]["code"] == "TON" and reply["data"][1]["status"] == 404
+        await ws.send(json.dumps({"seq": 9, "data": ["/market/units/TON"] * 251}))
+        assert json.loads(await ws.recv()) == {"seq": 9, "data": {
+            "code": "error", "status": 400, "error": "tooManyReferences",
+            "message": "at most 250 references per batch"}}
 
 
 async def test_ws_price_pushes_match_history(sb: SandboxRunner) -> None:
@@ -483,6 +488,12 @@ async def test_long_polling_delivers_each_update_once(http: httpx.AsyncClient, s
         expected = truth(sb).ticks(quote, dates[0], dates[-1])
         assert len(expected) == len(dates)
     await http.post("/api", json=[q + "/price/unregister" for q in quotes], headers=hdr)
+    # a session that expires while its poll waits gets a 401, not an empty array
+    poll = asyncio.create_task(http.get("/api/netbus", headers=hdr))
+    await asyncio.sleep(0.2)
+    await http.post("/_sandbox/sitagri/sessions/expire", params={"token": token})
+    r = await poll
+    assert r.status_code == 401 and r.json()["error"] == "invalidSession"
 
 
 async def test_ws_frame_faults(sb: SandboxRunner) -> None:

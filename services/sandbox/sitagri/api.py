@@ -79,7 +79,7 @@ class Api:
             return self.cache()
         if ref == "/session":
             out: dict[str, Any] = {"code": "session", "token": ctx.session.token,
-                                   "timeout": int(self.settings.session_timeout)}
+                                   "timeout": self.settings.timeout_field}
             if not ctx.over_ws:
                 out |= {"ttl": self.settings.session_ttl, "lang": self.settings.lang}
             return out
@@ -148,7 +148,8 @@ class Api:
         info = info or self._quote(quote_ref)
         parts = params.split(",")
         if len(parts) not in ((3, 4) if allow_shift else (3,)):
-            raise ApiError(400, "badRequest", "history expects START,END,RESOLUTION" + (",SHIFT" if allow_shift else ""))
+            expected = "START,END,RESOLUTION" + (",SHIFT" if allow_shift else "")
+            raise ApiError(400, "badRequest", f"history expects {expected}")
         try:
             start, end = int(parts[0]), int(parts[1])
             shift = int(parts[3]) if len(parts) == 4 else 0

@@ -16,12 +16,11 @@ from collections import deque
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..common.faults import FaultInjector
-from .api import Api, ApiError, Context, Subscriber, error_dict
+from .api import Api, ApiError, Context, Subscriber
 from .news import NewsBook
 from .prices import ENCODER, Market
 from .session import Session, SessionStore
@@ -88,7 +87,8 @@ class Hub:
         self.prices.clear()
         self.news_subs.clear()
         for session in self.sessions.sessions.values():
-            session.wakeup.set()
+            session.drain()  # pending updates die with the server
+            session.wakeup.set()  # and a blocked long poll returns
 
     def push_news(self, source: str, article: dict[str, Any]) -> None:
         item = ENCODER.encode(article)
@@ -277,6 +277,10 @@ def _handle_frame(text: str, client: WsClient, api: Api) -> None:
         return  # anything else non-empty is a keep-alive
     ctx = Context(client.session, client, over_ws=True)
     refs = request.data if isinstance(request.data, list) else [request.data]
+    if len(refs) > api.settings.batch_cap:  # the batch cap applies to websocket arrays too
+        error = ApiError(400, "tooManyReferences", f"at most {api.settings.batch_cap} references per batch")
+        client.reply(request.seq, error.body())
+        return
     results = [_resolve(api, ref, ctx) for ref in refs]
     client.reply(request.seq, results if isinstance(request.data, list) else results[0])
     for callback in ctx.after:
@@ -290,13 +294,16 @@ def _resolve(api: Api, ref: str, ctx: Context) -> Any:
         return exc.body()
 
 
-async def long_poll(request: Request, session: Session, settings: SitagriSettings) -> Response:
+async def long_poll(session: Session, sessions: SessionStore, settings: SitagriSettings) -> Response:
     """GET /api/netbus: blocks until something changed, then every pending update, once."""
     if not session.mailbox:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(session.wakeup.wait(), timeout=settings.longpoll_timeout)
+    if sessions.sessions.get(session.token) is not session:  # expired while the poll was waiting
+        error = ApiError(401, "invalidSession", "unknown or expired session token")
+        return Response(ENCODER.encode(error.body()), status_code=401, media_type="application/json")
     items = session.drain()
     return Response(b"[" + b",".join(items) + b"]", media_type="application/json")
 
 
-__all__ = ["Hub", "WsClient", "error_dict", "long_poll", "netbus_ws"]
+__all__ = ["Hub", "WsClient", "long_poll", "netbus_ws"]

@@ -75,7 +75,8 @@ class Market:
         if tape is None:
             slow = info.kind in ("cash", "index")
             tape = TickTape(self.seed, info.tape_key, info.base, info.tick, lot_size="1",
-                            period_ns=self.period(info), origin_ns=ORIGIN_NS, volatility=0.15 if slow else 0.3, max_lots=info.max_lots)
+                            period_ns=self.period(info), origin_ns=ORIGIN_NS,
+                            volatility=0.15 if slow else 0.3, max_lots=info.max_lots)
             self._tapes[info.tape_key] = tape
         return tape
 
@@ -179,6 +180,7 @@ class QuoteState:
         self._day_stats: dict[str, Any] = {}
         self._points: dict[str, dict[str, Any]] = {}  # first/high/low as sent, rebuilt on change
         self._oi_key = hash_key(info.ref)
+        self._period = market.period(info)
 
     # --- advancing ------------------------------------------------------------------------
     def catch_up(self, now_ns: int | None = None) -> None:
@@ -211,11 +213,15 @@ class QuoteState:
 
     def apply(self, k: int) -> Tick | None:
         """Advance to tick ``k``; returns it (None when the quote does not trade then)."""
+        # the pump's hot path: Market.alive/tick inlined, one underlying lookup per tick
         m, info = self.m, self.info
-        ts = m.ts(info, k)
-        if not m.alive(info, ts):
+        ts = ORIGIN_NS + k * self._period
+        real = m.underlying(info, ts)
+        if (real.listed_from is not None and ts < real.listed_from * NS) or (
+                real.expires is not None and ts > real.expires * NS):
             return None
-        t = m.tick(info, k)
+        tape = m.tape(real)
+        t = Tick(k, ts, tape.price(k), tape.size(k), 0)  # the side is not part of Sitagri prices
         day = ts // DAY_NS
         if day != self.day or self.last is None:
             self.day, self.first, self.high, self.low = day, t, t, t

@@ -108,7 +108,7 @@ def build(settings: SitagriSettings, faults: FaultInjector) -> tuple[Starlette, 
         session = sb.sessions.login(body.login, body.password)
         if session is None:
             return fail(ApiError(401, "badCredentials", "wrong login or password"))
-        return json({"code": "login", "token": session.token, "timeout": int(settings.session_timeout),
+        return json({"code": "login", "token": session.token, "timeout": settings.timeout_field,
                      "ttl": settings.session_ttl})
 
     async def get_ref(request: Request) -> Response:
@@ -150,7 +150,7 @@ def build(settings: SitagriSettings, faults: FaultInjector) -> tuple[Starlette, 
             session = session_of(request)
         except ApiError as exc:
             return fail(exc)
-        return await long_poll(request, session, settings)
+        return await long_poll(session, sb.sessions, settings)
 
     async def publish(request: Request) -> Response:
         source = request.path_params["source"]

@@ -20,11 +20,20 @@ class SitagriSettings(SandboxSettings, kw_only=True):
     cash_rate: float = 0.1  # ticks per second of cash and index quotes (they move slowly)
     # --- sessions ---------------------------------------------------------------------------
     session_timeout: float = 120.0  # idle seconds before a session (and its websockets) expire
+
+    @property
+    def timeout_field(self) -> int | float:
+        """``timeout`` as sessions report it: whole seconds like the vendor, exact if fractional."""
+        t = self.session_timeout
+        return int(t) if t == int(t) else t
     session_ttl: int = 900  # reported by /api/session (login-session lifetime; not enforced)
     lang: str = "EN"
-    static_tokens: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_TOKEN])  # always valid, never expire
-    credentials: dict[str, str] = msgspec.field(default_factory=lambda: {"demo": "demo"})  # POST /api/login {"login","password"}
-    writable_news: list[str] = msgspec.field(default_factory=lambda: ["PRIVDEMO"])  # news sources the sandbox user may publish to
+    # static tokens are always valid and never expire
+    static_tokens: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_TOKEN])
+    # login -> password for POST /api/login {"login","password"}
+    credentials: dict[str, str] = msgspec.field(default_factory=lambda: {"demo": "demo"})
+    # news sources the sandbox user may publish to (the others answer 403)
+    writable_news: list[str] = msgspec.field(default_factory=lambda: ["PRIVDEMO"])
     # --- limits -----------------------------------------------------------------------------
     batch_cap: int = 250
     history_cap: int = 8192

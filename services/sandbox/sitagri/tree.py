@@ -241,7 +241,8 @@ def build_tree(now: int) -> Tree:
 
 def _build_static(tree: Tree) -> None:
     units = [tree.add(f"/market/units/{c}", {"code": c, **tree.named("generic", f"UNIT_{c}", n), "symbol": s,
-                                              "type": t, "convertionFactor": Decimal(f), "convertionOffset": Decimal(o)})
+                                              "type": t, "convertionFactor": Decimal(f),  # "convertion" sic
+                                              "convertionOffset": Decimal(o)})
              for c, s, t, f, o, n in UNITS]
     tree.lists["/market/units"] = {"code": "units", "data": units}
     geo = [tree.add(f"/market/geoSites/{c}", {"code": c, **tree.named("generic", f"GEOSITE_{c}", n), "country": k,

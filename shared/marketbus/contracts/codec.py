@@ -24,6 +24,9 @@ from .status import DeadLetter, FeedStatus, ServiceHeartbeat
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_SCHEMA = "Marketbus-Schema"
 HEADER_TYPE = "Marketbus-Type"
+HEADER_REPLY_TO = "Marketbus-Reply-To"
+"""Where a command published to a JetStream work queue wants its synchronous acknowledgement
+(a core request cannot work there: the stream itself answers it with its publish ack)."""
 
 MarketData = Union[MARKET_TYPES + REFERENCE_TYPES]  # type: ignore[valid-type]
 

@@ -37,6 +37,7 @@ from marketbus.contracts.streams import ensure_all
 from .broker import BusSettings, make_broker
 from .http import AsgiServer
 from .logging import register_secret, setup_logging
+from .loop import run as run_loop
 from .metrics import ServiceMetrics
 from .publisher import JetStreamPublisher
 from .settings import Secret, SettingsError, load_settings
@@ -235,7 +236,7 @@ class Service:
             print(f"{cls.name}: configuration error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         setup_logging(settings.log_level, settings.log_format)
-        asyncio.run(cls(settings).run())
+        run_loop(cls(settings).run())
 
     # --- status, heartbeat, dead letters ---------------------------------------------------
     async def publish_feed_status(

@@ -1,0 +1,235 @@
+"""History writer benchmarks (one run, < 60 s): prints markdown table rows.
+
+- embedded store (Parquet, fsync on) from single-event messages, and from batch envelopes;
+  reference: the raw nats-py pull rate of the same messages (callback subscription, big pull
+  batches, no processing) and a raw pyarrow Parquet write of the same rows;
+- PostgreSQL (asyncpg COPY) from batch envelopes; reference: a raw asyncpg COPY of the same rows;
+- a query of 1M trades of one symbol and day through the store read API (Arrow);
+  reference: DuckDB reading the same files without ordering.
+
+Run: ``.venv/bin/python bench/history_writer.py [--pg-dsn DSN] [--singles N] [--batched N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
+
+import nats  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from nats.js.api import AckPolicy, ConsumerConfig  # noqa: E402
+
+from marketbus.contracts import Trade, codec, event_id  # noqa: E402
+from marketbus.contracts.streams import ensure_all  # noqa: E402
+from marketbus.runtime.http import free_port  # noqa: E402
+from marketbus.runtime.natsserver import NatsServer  # noqa: E402
+from marketbus.runtime.publisher import JetStreamPublisher  # noqa: E402
+
+DAY0 = 1_763_683_200_000_000_000  # 2025-11-21T00:00:00Z
+rows_out: list[str] = []
+
+
+def row(figure: str, value: str, target: str, reference: str, ratio: str) -> None:
+    line = f"| {figure} | {value} | {target} | {reference} | {ratio} |"
+    rows_out.append(line)
+    print(line, flush=True)
+
+
+def trades(n: int, symbol: str, offset: int = 0) -> list[Trade]:
+    return [
+        Trade(id=event_id("bench", "trade", symbol, i + offset), source="bench", venue="X", symbol=symbol,
+              ts_event=DAY0 + (i + offset) * 40_000_000, ts_recv=DAY0 + (i + offset) * 40_000_000 + 1000,
+              price=Decimal("100.25"), size=Decimal("0.5"), side="buy", trade_id=str(i + offset))
+        for i in range(n)
+    ]
+
+
+async def publish(nc: nats.NATS, events: list[Trade], batch: int | None) -> None:
+    pub = await JetStreamPublisher(nc, max_inflight=20_000).start()
+    if batch:
+        for i in range(0, len(events), batch):
+            await pub.publish_batch(events[i:i + batch])
+    else:
+        for e in events:
+            await pub.publish_event(e)
+    await pub.flush(timeout=120)
+    await pub.close()
+
+
+async def raw_pull_rate(nc: nats.NATS, count: int) -> float:
+    """Messages/s of a raw nats-py pull (callback subscription, pull batches of 10k, AckNone)."""
+    js = nc.jetstream()
+    name = f"raw{time.time_ns() % 10**9}"
+    await js.add_consumer("MD", ConsumerConfig(durable_name=name, ack_policy=AckPolicy.NONE, max_waiting=512))
+    done = asyncio.Event()
+    got = 0
+    inbox = nc.new_inbox()
+
+    async def cb(msg):  # noqa: ANN001, ANN202
+        nonlocal got
+        if not (msg.headers and "Status" in msg.headers and not msg.data):
+            got += 1
+            if got >= count:
+                done.set()
+
+    sub = await nc.subscribe(inbox, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    api = f"$JS.API.CONSUMER.MSG.NEXT.MD.{name}"
+    t0 = time.perf_counter()
+
+    async def pump() -> None:
+        while not done.is_set():
+            await nc.publish(api, json.dumps({"batch": 10_000, "expires": 2_000_000_000}).encode(), reply=inbox)
+            target = got + 5_000
+            t = time.perf_counter()
+            while got < target and not done.is_set() and time.perf_counter() - t < 1.5:
+                await asyncio.sleep(0.002)
+
+    task = asyncio.create_task(pump())
+    await asyncio.wait_for(done.wait(), 120)
+    elapsed = time.perf_counter() - t0
+    task.cancel()
+    await sub.unsubscribe()
+    await js.delete_consumer("MD", name)
+    return count / elapsed
+
+
+async def run_writer(url: str, backend: str, data_dir: Path, expected_rows: int, dsn: str | None, prefix: str) -> tuple[float, object]:
+    from services.history_writer.app import HistoryWriter
+
+    over = dict(nats_url=url, backend=backend, data_dir=str(data_dir), durable=f"bench{time.time_ns() % 10**9}",
+                http_port=0, pull_batch=10_000, batch_max_msgs=20_000, batch_max_wait_s=0.25,
+                compact_interval_s=3600.0, query_queue=f"bench{os.getpid()}", pg_table_prefix=prefix, log_level="WARNING")
+    if dsn:
+        over["pg_dsn"] = dsn
+    writer = HistoryWriter(**over)
+    await writer.start()
+    try:
+        if backend == "postgres":
+            await writer.store.drop_all()  # type: ignore[attr-defined]
+            await writer.store.open()
+        t0 = time.perf_counter()
+        md = writer.intakes[0]
+        while md.stored < expected_rows:
+            await asyncio.sleep(0.01)
+            if time.perf_counter() - t0 > 120:
+                raise RuntimeError(f"only {md.stored} rows stored")
+        elapsed = time.perf_counter() - t0
+        return expected_rows / elapsed, writer
+    finally:
+        await writer.stop()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--singles", type=int, default=300_000)
+    ap.add_argument("--batched", type=int, default=1_000_000)
+    ap.add_argument("--pg-rows", type=int, default=400_000)
+    ap.add_argument("--pg-dsn", default=os.environ.get("MARKETBUS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="hwbench"))
+    server = NatsServer(data_dir=tmp / "nats", port=free_port()).start()
+    print("| figure | measured | target | reference (same run) | ratio |")
+    print("|---|---|---|---|---|")
+    try:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await ensure_all(js)
+
+        # 1. single-event messages into the embedded store
+        singles = trades(args.singles, "SINGLE")
+        await publish(nc, singles, None)
+        ref = await raw_pull_rate(nc, args.singles)
+        rate, _ = await run_writer(server.url, "parquet", tmp / "h1", args.singles, None, "")
+        row("parquet store, single-event msgs", f"{rate:,.0f} ev/s", ">= 100,000 ev/s",
+            f"raw nats-py pull {ref:,.0f} msg/s", f"{rate / ref:.2f}")
+        await js.purge_stream("MD")
+
+        # 2. batch envelopes into the embedded store (1M trades of one symbol, one day)
+        batched = trades(args.batched, "BATCHED")
+        del singles
+        await publish(nc, batched, 2_000)
+        ref_msgs = await raw_pull_rate(nc, args.batched // 2_000)
+        rate, _ = await run_writer(server.url, "parquet", tmp / "h2", args.batched, None, "")
+        row("parquet store, batch msgs (2000 ev)", f"{rate:,.0f} ev/s", ">= 500,000 ev/s",
+            f"raw nats-py pull {ref_msgs * 2000:,.0f} ev/s", f"{rate / (ref_msgs * 2000):.2f}")
+
+        # raw pyarrow write of the same rows
+        from services.history_writer.store.base import Selector
+        from services.history_writer.store.parquet import ParquetStore
+
+        store = ParquetStore(tmp / "h2")
+        await store.open()
+        day = Selector(kind="trade", symbol="BATCHED")
+        table = (await store.read_table(day, DAY0, DAY0 + 86_400 * 10**9))["trade"]
+        t0 = time.perf_counter()
+        pq.write_table(table, tmp / "raw.parquet", compression="zstd")
+        raw_write = table.num_rows / (time.perf_counter() - t0)
+        row("  vs raw pyarrow write of the same rows", f"{rate:,.0f} ev/s", "-", f"pq.write_table {raw_write:,.0f} rows/s",
+            f"{rate / raw_write:.2f}")
+
+        # 3. query: 1M trades of one symbol and day
+        t0 = time.perf_counter()
+        tables = await store.read_table(day, DAY0, DAY0 + 86_400 * 10**9)
+        q = time.perf_counter() - t0
+        n = tables["trade"].num_rows
+        import duckdb
+
+        files = store.files_for(day, DAY0, DAY0 + 86_400 * 10**9)["trade"]
+        t0 = time.perf_counter()
+        duckdb.connect().sql("SELECT * FROM read_parquet($f)", params={"f": files}).to_arrow_table()
+        qref = time.perf_counter() - t0
+        row(f"query {n:,} trades, 1 symbol/day, ordered (Arrow)", f"{q:.3f} s", "< 1 s", f"DuckDB unordered scan {qref:.3f} s",
+            f"{q / qref:.2f}")
+        await store.close()
+        await js.purge_stream("MD")
+
+        # 4. PostgreSQL from batch envelopes
+        with contextlib.suppress(Exception):
+            import asyncpg
+
+            con = await asyncpg.connect(args.pg_dsn, timeout=3)
+            pg_rows = batched[: args.pg_rows]
+            await publish(nc, pg_rows, 2_000)
+            prefix = f"bench{os.getpid()}_"
+            rate, writer = await run_writer(server.url, "postgres", tmp / "pg", len(pg_rows), args.pg_dsn, prefix)
+            # reference: raw COPY of the same rows into a plain table
+            cols = [c for c in table.column_names]
+            await con.execute(f'DROP TABLE IF EXISTS "{prefix}raw"')
+            await con.execute(f'CREATE TABLE "{prefix}raw" (LIKE "{prefix}trade")')
+            sub = table.slice(0, len(pg_rows))
+            records = list(zip(*(sub.column(c).to_pylist() for c in cols)))
+            records = [tuple(Decimal(v) if cols[i] in ("price", "size") else v for i, v in enumerate(r)) for r in records]
+            t0 = time.perf_counter()
+            await con.copy_records_to_table(f"{prefix}raw", records=records, columns=cols)
+            raw_copy = len(records) / (time.perf_counter() - t0)
+            row("postgres store, batch msgs (COPY + ON CONFLICT)", f"{rate:,.0f} rows/s", ">= 100,000 rows/s",
+                f"raw asyncpg COPY {raw_copy:,.0f} rows/s", f"{rate / raw_copy:.2f}")
+            from services.history_writer.store.postgres import PostgresStore
+
+            pgs = PostgresStore(args.pg_dsn, table_prefix=prefix)
+            await pgs.open()
+            await pgs.drop_all()
+            await pgs.close()
+            await con.execute(f'DROP TABLE IF EXISTS "{prefix}raw"')
+            await con.close()
+        await nc.close()
+    finally:
+        server.cleanup()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,160 @@
+"""Benchmark: the order router against the Digitex sandbox (sandbox in its own process).
+
+1. Throughput: N limit orders (resting, far from the market) published at once on the ORDERS_CMD
+   work queue; commands/s until the router has validated, risk-checked and sent all of them to the
+   sandbox. Reference in the same run: bare httpx POSTs to the same sandbox, same concurrency.
+2. Latency at 100 commands/s: time from the command's JetStream publish to the router sending its
+   REST request (p50 / p99). Reference: the sandbox's own place round trip (p50).
+
+Run: ``.venv/bin/python bench/order_router.py [n_orders]``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import nats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
+
+from marketbus.contracts import codec  # noqa: E402
+from marketbus.runtime.http import free_port  # noqa: E402
+from marketbus.runtime.natsserver import NatsServer  # noqa: E402
+from services.order_router import requests as rq  # noqa: E402
+from services.order_router.app import OrderRouter  # noqa: E402
+
+TOKEN = {"Authorization": "Token dgtx_sandbox_token"}
+
+
+async def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 20
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            try:
+                if (await http.get(f"{url}/_sandbox/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("sandbox did not start")
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+async def reference_rest(url: str, n: int, concurrency: int, price: Decimal) -> tuple[float, float]:
+    async with httpx.AsyncClient(base_url=url, headers=TOKEN, limits=httpx.Limits(max_connections=concurrency)) as http:
+        body = {"market_id": 1, "side": 1, "type": 2, "duration": 2, "leverage": 1, "quantity": "1",
+                "price": str(price)}
+        lat: list[float] = []
+        queue = list(range(n))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                t0 = time.perf_counter()
+                r = await http.post("/dapi/v1/exchange/bot/trader/order/", json={**body, "client_id": str(uuid.uuid4())})
+                r.raise_for_status()
+                lat.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+        await http.post("/dapi/v1/exchange/bot/trader/order/cancel/", json={})
+    return n / elapsed, pct(lat, 0.5) * 1000
+
+
+async def main(n: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
+    server = NatsServer(data_dir=tmp / "nats", port=free_port()).start()
+    port = free_port()
+    # Orders are accepted (and their margin checked, O(open orders) in the sandbox) after 10 minutes:
+    # the bench measures the router, not the sandbox's matching engine.
+    env = {**os.environ, "MARKETBUS_SANDBOX_DIGITEX_PORT": str(port), "MARKETBUS_SANDBOX_DIGITEX_ACCEPT_DELAY_MS": "600000", "PYTHONPATH": f"{ROOT}:{ROOT / 'shared'}"}
+    sandbox = subprocess.Popen([sys.executable, "-m", "services.sandbox", "digitex"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    router = None
+    try:
+        await wait_ready(url)
+        async with httpx.AsyncClient(base_url=url) as http:
+            book = (await http.get("/dapi/v1/exchange/bot/order_book/", params={"market_id": 1})).json()
+        price = (Decimal(book["bids"][0][0]) - 1000).quantize(Decimal(5))
+        ref_rate, ref_p50 = await reference_rest(url, min(n, 2000), 32, price)
+
+        router = OrderRouter(
+            nats_url=server.url, digitex_url=url, rate_per_second=1_000_000, rate_per_minute=100_000_000,
+            max_orders_per_second=1_000_000, max_open_orders=10_000_000, max_position=Decimal(10**9),
+            max_order_notional=Decimal(10**12), poll_interval_s=60, idle_poll_s=60, reconcile_interval_s=600,
+            request_timeout_s=10, log_level="WARNING", heartbeat_interval_s=60)
+        await router.start()
+        sent: dict[str, int] = {}
+
+        def on_send(path: str, body: dict) -> None:
+            if path == "trader/order/":
+                sent[body["client_id"]] = time.time_ns()
+
+        router.client.on_send = on_send
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+
+        # 2. latency at 100 commands/s
+        sent.clear()
+        published: dict[str, int] = {}
+        rate, seconds = 100, 5
+        start = time.perf_counter()
+        for i in range(rate * seconds):
+            c = rq.place("FS-BTCUSD", "buy", 1, price - 5)
+            published[c.client_id] = time.time_ns()
+            await js.publish(rq.command_subject(c), codec.encode(c), headers=rq.command_headers(c))
+            await asyncio.sleep(max(0.0, (i + 1) / rate - (time.perf_counter() - start)))
+        deadline = time.monotonic() + 10
+        while len(sent) < len(published) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        lat = [(sent[k] - published[k]) / 1e6 for k in published if k in sent]
+        sent.clear()
+        # 1. throughput
+        cmds = [rq.place("FS-BTCUSD", "buy", 1, price) for _ in range(n)]
+        t0 = time.perf_counter()
+        futures = [await js.publish_async(rq.command_subject(c), codec.encode(c), headers=rq.command_headers(c))
+                   for c in cmds]
+        await asyncio.gather(*futures)
+        deadline = time.monotonic() + 40
+        while len(sent) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        throughput = len(sent) / elapsed
+        await asyncio.sleep(1.0)  # let the replies and transitions land
+
+        await nc.drain()
+
+        print("| figure | target | reference (same run) | ratio |")
+        print("|---|---|---|---|")
+        print(f"| router: place commands validated, risk-checked and sent to the sandbox: {throughput:,.0f}/s "
+              f"({n} commands) | >= 1,000/s | bare REST place to the sandbox, 32 concurrent: "
+              f"{ref_rate:,.0f}/s | {throughput / ref_rate:.2f} |")
+        print(f"| router: command published -> REST request sent at {rate}/s: p50 {pct(lat, 0.5):.2f} ms, "
+              f"p99 {pct(lat, 0.99):.2f} ms ({len(lat)}/{len(published)}) | p99 < 5 ms | sandbox place round trip "
+              f"p50 {ref_p50:.2f} ms | {pct(lat, 0.99) / 5:.2f} of target |")
+    finally:
+        if router is not None:
+            await router.stop()
+        sandbox.terminate()
+        sandbox.wait(10)
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 3000))

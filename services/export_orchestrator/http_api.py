@@ -1,0 +1,547 @@
+"""The TickSupply-shaped HTTP API over marketbus's own history.
+
+Same paths, shapes, errors and conventions as TickSupply (see ../shared/vendors/ticksupply.md),
+so the official ``ticksupply`` client and the vendor's ``requests`` examples work unchanged
+with only the base URL and the key changed:
+
+- ``X-Api-Key`` on every ``/v1`` call (401 ``unauthenticated``), ``X-Request-Id`` on every reply;
+- errors ``{"error": {"code", "message", "details"}}``; 429 ``rate_limited`` + ``Retry-After``
+  beyond the per-key rate or when too many jobs are queued;
+- cursor pages ``{items, total, limit, next_page_token}`` (signed opaque tokens);
+- ``Idempotency-Key`` on mutating calls (an export's id derives from it: a retry returns the
+  same job; the same key with another request is 409 ``already_exists``).
+
+Datastreams are the stored streams: ``exchange`` = venue, ``instrument`` = the vendor symbol,
+``stream_type`` = event kind, plus ``source``/``venue``/``symbol``/``kind``; ``datastream_id``
+is a stable integer derived from (kind, source, venue, symbol). Exports may also name a
+``selector`` (wildcards) instead of a ``datastream_id``, a ``format`` (``csv`` = ``csv.gz``,
+or ``parquet``) and ``columns``. Subscriptions exist for compatibility: marketbus keeps all
+history, so a subscription is always ``active`` and exports never need one.
+
+Downloads: ``GET /v1/exports/{id}/download`` gives HMAC-signed URLs ``/artifacts/<job>/<file>``
+that expire (``url_ttl_s``); a tampered or expired URL is 403 and only the job's own artifacts
+can ever be served.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Mount, Route
+
+from marketbus.contracts.jobs import ExportRequest, StreamSelector
+from marketbus.contracts.subjects import denormalize_symbol
+
+from .artifacts import ArtifactNotFound
+from .history_source import MAX_NS, StreamKey
+from .jobs import Conflict, InvalidRequest, JobError, JobRecord, NotFound, Overloaded, artifact_id
+
+if TYPE_CHECKING:
+    from .app import ExportOrchestrator
+
+CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied", 404: "not_found",
+         405: "invalid_argument", 409: "already_exists", 429: "rate_limited", 500: "internal", 503: "unavailable"}
+CATALOG_LIMITS = (100, 1000)
+ACCOUNT_LIMITS = (50, 100)
+STATUS = {"queued": "queued", "running": "running", "succeeded": "succeeded", "failed": "failed", "cancelled": "canceled"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(body), status, media_type="application/json")
+
+
+def _error(exc: ApiError) -> Response:
+    body = {"error": {"code": CODES.get(exc.status, "internal"), "message": exc.message, "details": exc.details}}
+    return Response(msgspec.json.encode(body), exc.status, headers=exc.headers, media_type="application/json")
+
+
+def iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=(ns // 1000) % 1_000_000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ns(value: Any, name: str) -> int:
+    if isinstance(value, bool) or value is None:
+        raise ApiError(400, f"{name} is required (nanoseconds or ISO 8601)", {"field": name})
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        try:
+            iso_text = text.replace("Z", "+00:00").replace(" ", "T")
+            frac = ""
+            if "." in iso_text:
+                head, rest = iso_text.split(".", 1)
+                digits = "".join(ch for ch in rest if ch.isdigit())
+                zone = rest[len(digits):]
+                frac, iso_text = digits, head + zone
+            dt = datetime.fromisoformat(iso_text)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            return int(dt.timestamp()) * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
+        except ValueError:
+            pass
+    raise ApiError(400, f"{name} must be nanoseconds since the epoch or an ISO 8601 datetime", {"field": name})
+
+
+def datastream_id(key: StreamKey | Sequence[str]) -> int:
+    """Stable across processes and restarts: 48 bits of a hash of kind/source/venue/symbol."""
+    digest = hashlib.blake2b("\x1f".join(key).encode(), digest_size=6).digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+def owner_of(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+class _Bucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, max(1, burst)
+        self.tokens, self.stamp = float(self.burst), time.monotonic()
+
+    def take(self) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class _Gate:
+    """Pure ASGI middleware: API key + per-key rate limit on /v1, X-Request-Id everywhere."""
+
+    def __init__(self, app: Any, api: ExportApi) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = f"req_{uuid.uuid4().hex}"
+
+        async def stamped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        if scope["path"].startswith("/v1"):
+            try:
+                scope.setdefault("state", {})["owner"] = self.api.check(Request(scope))
+            except ApiError as exc:
+                await _error(exc)(scope, receive, stamped)
+                return
+        await self.app(scope, receive, stamped)
+
+
+class ExportApi:
+    def __init__(self, service: ExportOrchestrator) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.keys = {k: owner_of(k) for k in self.settings.api_key_list()}
+        self.buckets: dict[str, _Bucket] = {}
+        assert service.signer is not None
+        self.signer = service.signer
+        self.page_secret = hashlib.sha256(b"pages" + service.signer.secret).digest()
+
+    @property
+    def jobs(self) -> Any:
+        return self.service.manager
+
+    # --- gate -----------------------------------------------------------------------------------
+    def check(self, request: Request) -> str:
+        key = request.headers.get("x-api-key", "")
+        if not key:
+            raise ApiError(401, "Missing X-Api-Key header")
+        owner = self.keys.get(key)
+        if owner is None:
+            # constant-time comparison against every configured key
+            for known, own in self.keys.items():
+                if hmac.compare_digest(known.encode(), key.encode()):
+                    owner = own
+            if owner is None:
+                raise ApiError(401, "Invalid API key")
+        if self.settings.requests_per_s > 0:
+            bucket = self.buckets.setdefault(owner, _Bucket(self.settings.requests_per_s, self.settings.burst))
+            wait = bucket.take()
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                raise ApiError(429, "Rate limit exceeded", {"retry_after_seconds": retry}, {"retry-after": str(retry)})
+        return owner
+
+    # --- pages ----------------------------------------------------------------------------------
+    def _sign(self, payload: bytes) -> str:
+        return hmac.new(self.page_secret, payload, hashlib.sha256).hexdigest()[:16]
+
+    def page(self, request: Request, items: list[Any], key: Callable[[Any], Any], limits: tuple[int, int],
+             render: Callable[[Any], Any]) -> Response:
+        q = request.query_params
+        limit = _int(request, "limit", limits[0])
+        if not 1 <= limit <= limits[1]:
+            raise ApiError(400, f"limit must be between 1 and {limits[1]}", {"field": "limit", "max": limits[1]})
+        filters = sorted((k, v) for k, v in q.multi_items() if k not in ("limit", "page_token"))
+        scope = hashlib.sha256(msgspec.json.encode([request.url.path, filters])).hexdigest()[:12]
+        items = sorted(items, key=key)
+        remaining = items
+        token = q.get("page_token")
+        if token:
+            try:
+                data, sig = token.rsplit(".", 1)
+                payload = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+                token_scope, after = msgspec.json.decode(payload)
+                if not hmac.compare_digest(sig, self._sign(payload)) or token_scope != scope:
+                    raise ValueError
+            except (ValueError, TypeError, msgspec.DecodeError):
+                raise ApiError(400, "Invalid page_token", {"field": "page_token"}) from None
+            after_key = tuple(after) if isinstance(after, list) else after
+            remaining = [i for i in items if key(i) > after_key]
+        chunk = remaining[:limit]
+        next_token = None
+        if len(remaining) > limit:
+            payload = msgspec.json.encode([scope, key(chunk[-1])])
+            next_token = base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + self._sign(payload)
+        return _json({"items": [render(i) for i in chunk], "total": len(items), "limit": limit,
+                      "next_page_token": next_token})
+
+    # --- catalog --------------------------------------------------------------------------------
+    async def _streams(self) -> list[StreamKey]:
+        assert self.service.history is not None
+        return await self.service.history.streams()
+
+    @staticmethod
+    def ds_wire(k: StreamKey) -> dict[str, Any]:
+        return {"datastream_id": datastream_id(k), "exchange": k.venue, "instrument": denormalize_symbol(k.symbol),
+                "stream_type": k.kind, "wire_format": "json", "source": k.source, "venue": k.venue,
+                "symbol": k.symbol, "kind": k.kind}
+
+    async def _find(self, exchange: str | None = None, instrument: str | None = None, stream_type: str | None = None,
+                    wire_format: str | None = None, source: str | None = None) -> list[StreamKey]:
+        out = []
+        for k in await self._streams():
+            if exchange and exchange not in (k.venue, k.source):
+                continue
+            if instrument and instrument not in (k.symbol, denormalize_symbol(k.symbol)):
+                continue
+            if stream_type and stream_type != k.kind:
+                continue
+            if wire_format and wire_format != "json":
+                continue
+            if source and source != k.source:
+                continue
+            out.append(k)
+        return out
+
+    async def stream_by_id(self, ds_id: Any) -> StreamKey:
+        if not isinstance(ds_id, int) or isinstance(ds_id, bool):
+            raise ApiError(400, "datastream_id must be an integer", {"field": "datastream_id"})
+        for k in await self._streams():
+            if datastream_id(k) == ds_id:
+                return k
+        raise ApiError(404, f"Datastream {ds_id} not found", {"datastream_id": ds_id})
+
+    async def exchanges(self, request: Request) -> Response:
+        venues = sorted({k.venue for k in await self._streams()})
+        return _json([{"code": v, "display_name": v} for v in venues])
+
+    async def instruments(self, request: Request) -> Response:
+        exchange = request.path_params["exchange"]
+        streams = await self._find(exchange=exchange)
+        if not streams:
+            raise ApiError(404, f"Exchange {exchange!r} not found")
+        q = request.query_params
+        search = (q.get("search") or "").upper()
+        symbols = sorted({denormalize_symbol(k.symbol) for k in streams})
+        items = [s for s in symbols if not search or search in s.upper()]
+        return self.page(request, items, lambda s: s, CATALOG_LIMITS,
+                         lambda s: {"symbol": s, "base": None, "quote": None, "instrument_type": None})
+
+    async def instrument_datastreams(self, request: Request) -> Response:
+        q = request.query_params
+        streams = await self._find(request.path_params["exchange"], request.path_params["instrument"],
+                                   q.get("stream_type") or None, q.get("wire_format") or None)
+        return self.page(request, streams, datastream_id, CATALOG_LIMITS, self.ds_wire)
+
+    async def datastreams(self, request: Request) -> Response:
+        q = request.query_params
+        streams = await self._find(q.get("exchange") or None, q.get("instrument") or None, q.get("stream_type") or None,
+                                   q.get("wire_format") or None, q.get("source") or None)
+        return self.page(request, streams, datastream_id, CATALOG_LIMITS, self.ds_wire)
+
+    async def availability(self, request: Request) -> Response:
+        k = await self.stream_by_id(_int(request, "datastream_id"))
+        assert self.service.history is not None
+        sel = StreamSelector(kind=k.kind, source=k.source, venue=k.venue, symbol=k.symbol)
+        cov = await self.service.history.coverage(sel, 0, MAX_NS)
+        ranges = []
+        for c in cov:
+            if (c.kind, c.source, c.venue, c.symbol) != tuple(k):
+                continue
+            total_span = sum(max(1, r.end_ns - r.start_ns) for r in c.covered) or 1
+            for r in c.covered:
+                share = max(1, r.end_ns - r.start_ns) / total_span
+                ranges.append({"from": r.start_ns, "to": r.end_ns, "rows_estimate": round(c.rows * share)})
+        return _json({"datastream": self.ds_wire(k), "ranges": ranges, "updated_at": iso(time.time_ns())})
+
+    async def billing(self, request: Request) -> Response:
+        return _json({"access_status": "ACTIVE", "plan_code": "pro", "current_period_end": None,
+                      "usage": {"extra_stream_minutes_total": 0, "export_gb_total": "0", "export_gb_extra": 0}})
+
+    # --- subscriptions (compatibility: history is always collected) ------------------------------
+    def _sub_wire(self, owner: str, k: StreamKey, created: int | None = None) -> dict[str, Any]:
+        ds = datastream_id(k)
+        sub_id = "sub_" + hashlib.sha256(f"{owner}:{ds}".encode()).hexdigest()[:32]
+        at = iso(created or time.time_ns())
+        return {"id": sub_id, "datastream_id": ds, "status": "active", "created_at": at, "datastream": self.ds_wire(k),
+                "spans": [{"id": "spn_" + sub_id[4:], "started_at": at, "ended_at": None}]}
+
+    async def create_subscription(self, request: Request) -> Response:
+        body = await _body(request)
+        k = await self.stream_by_id(body.get("datastream_id"))
+        return _json(self._sub_wire(request.state.owner, k) | {"spans": []}, 201)
+
+    async def _sub(self, request: Request) -> tuple[StreamKey, dict[str, Any]]:
+        sub_id = request.path_params["id"]
+        for k in await self._streams():
+            wire = self._sub_wire(request.state.owner, k)
+            if wire["id"] == sub_id:
+                return k, wire
+        raise ApiError(404, "Subscription not found", {"id": sub_id})
+
+    async def list_subscriptions(self, request: Request) -> Response:
+        return self.page(request, await self._streams(), datastream_id, ACCOUNT_LIMITS,
+                         lambda k: self._sub_wire(request.state.owner, k))
+
+    async def get_subscription(self, request: Request) -> Response:
+        return _json((await self._sub(request))[1])
+
+    async def sub_noop(self, request: Request) -> Response:
+        await self._sub(request)
+        return Response(status_code=204)
+
+    async def spans(self, request: Request) -> Response:
+        return _json((await self._sub(request))[1]["spans"])
+
+    # --- exports --------------------------------------------------------------------------------
+    def job_wire(self, r: JobRecord) -> dict[str, Any]:
+        req = r.job.request
+        sel = req.selector
+        ds = r.datastream_id
+        if ds is None and "*" not in (sel.kind + sel.source + sel.venue + sel.symbol):
+            ds = datastream_id((sel.kind, sel.source, sel.venue, sel.symbol))
+        return {
+            "id": r.id, "datastream_id": ds or 0, "start_time": req.start_ns, "end_time": req.end_ns,
+            "format": "csv" if req.format == "csv.gz" else req.format,
+            "status": "deleted" if r.deleted else STATUS[r.state], "reason": r.job.reason,
+            "created_at": iso(r.job.created_ts), "started_at": iso(r.started_ts), "finished_at": iso(r.finished_ts),
+            "rows": r.job.rows, "bytes": r.job.bytes, "percent": r.job.percent, "complete": r.complete,
+            "selector": msgspec.to_builtins(sel), "artifact_count": len(r.job.artifacts),
+        }
+
+    async def _job(self, request: Request) -> JobRecord:
+        job_id = request.path_params["id"]
+        record = await self.jobs.get(job_id)
+        if record is None or record.owner not in ("", request.state.owner):
+            raise ApiError(404, "Export not found", {"id": job_id})
+        return record
+
+    async def list_exports(self, request: Request) -> Response:
+        records = await self.jobs.list(owner=request.state.owner)
+        return self.page(request, records, lambda r: (-r.job.created_ts, r.id), ACCOUNT_LIMITS, self.job_wire)
+
+    async def create_export(self, request: Request) -> Response:
+        body = await _body(request)
+        start, end = parse_ns(body.get("start_time"), "start_time"), parse_ns(body.get("end_time"), "end_time")
+        if start >= end:
+            raise ApiError(400, "start_time must be before end_time", {"field": "start_time"})
+        fmt = body.get("format", "csv")
+        formats = {"csv": "csv.gz", "csv.gz": "csv.gz", "parquet": "parquet"}
+        if fmt not in formats:
+            raise ApiError(400, f"Unsupported format {fmt!r} (csv, csv.gz or parquet)", {"field": "format"})
+        schema = body.get("schema")
+        if schema not in (None, "raw", "normalized"):
+            raise ApiError(400, f"Unsupported schema {schema!r}: use columns", {"field": "schema"})
+        ds_id = None
+        if body.get("selector") is not None:
+            try:
+                selector = msgspec.convert(body["selector"], StreamSelector)
+            except msgspec.ValidationError as exc:
+                raise ApiError(400, f"Invalid selector: {exc}", {"field": "selector"}) from None
+        else:
+            k = await self.stream_by_id(body.get("datastream_id"))
+            ds_id = datastream_id(k)
+            selector = StreamSelector(kind=k.kind, source=k.source, venue=k.venue, symbol=k.symbol)
+        key = request.headers.get("idempotency-key") or f"auto-{uuid.uuid4().hex}"
+        extra: dict[str, Any] = {}
+        for name, typ in (("columns", list), ("fill_gaps", bool), ("max_rows_per_file", int)):
+            if body.get(name) is not None:
+                if not isinstance(body[name], typ) or (typ is int and isinstance(body[name], bool)):
+                    raise ApiError(400, f"{name} must be a {typ.__name__}", {"field": name})
+                extra[name] = body[name]
+        try:
+            req = ExportRequest(idempotency_key=key, selector=selector, start_ns=start, end_ns=end,
+                                format=formats[fmt], **extra)  # type: ignore[arg-type]
+            record, _ = await self.jobs.submit(req, owner=request.state.owner, datastream_id=ds_id)
+        except Overloaded as exc:
+            raise ApiError(429, str(exc), {}, {"retry-after": "5"}) from None
+        except Conflict as exc:
+            raise ApiError(409, str(exc), {"idempotency_key": key}) from None
+        except (InvalidRequest, msgspec.ValidationError) as exc:
+            raise ApiError(400, str(exc)) from None
+        return _json(self.job_wire(record), 201)
+
+    async def get_export(self, request: Request) -> Response:
+        return _json(self.job_wire(await self._job(request)))
+
+    async def cancel_export(self, request: Request) -> Response:
+        record = await self._job(request)
+        await self.jobs.cancel(record.id)
+        return Response(status_code=204)
+
+    async def delete_export(self, request: Request) -> Response:
+        record = await self._job(request)
+        await self.jobs.delete(record.id)
+        return Response(status_code=204)
+
+    def base_url(self, request: Request) -> str:
+        return self.settings.public_url or str(request.base_url)
+
+    async def download(self, request: Request) -> Response:
+        record = await self._job(request)
+        if record.deleted or record.state != "succeeded":
+            status = "deleted" if record.deleted else STATUS[record.state]
+            raise ApiError(409, f"Export is {status}; downloads need status succeeded", {"id": record.id, "status": status})
+        base = self.base_url(request)
+        arts = [{"id": a.id, "url": self.signer.url(base, record.id, a.filename), "bytes": a.bytes,
+                 "filename": a.filename, "rows": a.rows, "sha256": a.sha256} for a in record.job.artifacts]
+        body: dict[str, Any] = {"artifacts": arts, "count": len(arts), "total_bytes": sum(a["bytes"] for a in arts)}
+        if record.manifest:
+            body["manifest"] = {"id": artifact_id(record.id, record.manifest), "filename": record.manifest,
+                                "url": self.signer.url(base, record.id, record.manifest)}
+        return _json(body)
+
+    async def artifact(self, request: Request) -> Response:
+        job_id, filename = request.path_params["job_id"], request.path_params["filename"]
+        q = request.query_params
+        problem = self.signer.verify(job_id, filename, q.get("expires"), q.get("sig"))
+        if problem == "expired":
+            raise ApiError(403, "Request has expired", {"reason": "expired"})
+        if problem is not None:
+            raise ApiError(403, "The URL signature is not valid", {"reason": problem})
+        record = await self.jobs.get(job_id)
+        names = {a.filename: a for a in record.job.artifacts} if record else {}
+        if record is None or record.deleted or (filename not in names and filename != record.manifest):
+            raise ApiError(404, "The specified artifact does not exist")
+        store = self.service.artifacts
+        assert store is not None
+        try:
+            size = await store.size(job_id, filename)
+        except ArtifactNotFound:
+            raise ApiError(404, "The specified artifact does not exist") from None
+        media = ("application/json" if filename.endswith(".json") else
+                 "application/gzip" if filename.endswith(".gz") else "application/vnd.apache.parquet")
+        headers = {"content-length": str(size), "content-disposition": f'attachment; filename="{filename}"'}
+        if filename in names:
+            headers["etag"] = f'"{names[filename].sha256}"'
+        return StreamingResponse(store.read(job_id, filename), media_type=media, headers=headers)
+
+    # --- app --------------------------------------------------------------------------------------
+    def app(self) -> Starlette:
+        v1 = [
+            Route("/exchanges", self.exchanges),
+            Route("/exchanges/{exchange}/instruments", self.instruments),
+            Route("/exchanges/{exchange}/instruments/{instrument}/datastreams", self.instrument_datastreams),
+            Route("/datastreams", self.datastreams),
+            Route("/availability", self.availability),
+            Route("/billing/summary", self.billing),
+            Route("/subscriptions", self.list_subscriptions, methods=["GET"]),
+            Route("/subscriptions", self.create_subscription, methods=["POST"]),
+            Route("/subscriptions/{id}", self.get_subscription, methods=["GET"]),
+            Route("/subscriptions/{id}", self.sub_noop, methods=["DELETE"]),
+            Route("/subscriptions/{id}/pause", self.sub_noop, methods=["POST"]),
+            Route("/subscriptions/{id}/resume", self.sub_noop, methods=["POST"]),
+            Route("/subscriptions/{id}/spans", self.spans),
+            Route("/exports", self.list_exports, methods=["GET"]),
+            Route("/exports", self.create_export, methods=["POST"]),
+            Route("/exports/{id}", self.get_export, methods=["GET"]),
+            Route("/exports/{id}", self.delete_export, methods=["DELETE"]),
+            Route("/exports/{id}/download", self.download),
+            Route("/exports/{id}/cancel", self.cancel_export, methods=["POST"]),
+        ]
+        return Starlette(
+            routes=[Mount("/v1", routes=v1), Route("/artifacts/{job_id}/{filename}", self.artifact)],
+            exception_handlers={ApiError: _api_error, HTTPException: _http_error, JobError: _job_error},
+            middleware=[Middleware(_Gate, api=self)],
+        )
+
+
+def _int(request: Request, name: str, default: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise ApiError(400, f"{name} is required", {"field": name})
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer", {"field": name}) from None
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise ApiError(400, "Request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+async def _api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(exc)
+
+
+async def _job_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, JobError)
+    status = 404 if isinstance(exc, NotFound) else exc.status
+    return _error(ApiError(status, str(exc)))
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    message = "Resource not found" if status == 404 else ("Method not allowed" if status == 405 else str(exc.detail))
+    return _error(ApiError(status if status in (404, 405) else 400, message))

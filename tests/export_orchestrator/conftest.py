@@ -1,0 +1,180 @@
+"""Fixtures: a private nats-server per test, a history writer and export orchestrators in-process,
+helpers to publish events, wait for jobs and download their artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import io
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nats
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+import pytest_asyncio
+
+from marketbus.contracts import codec, subjects
+from marketbus.contracts.ids import event_id
+from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
+from marketbus.contracts.market import Trade
+from marketbus.runtime.publisher import JetStreamPublisher
+from marketbus.runtime.settings import Secret
+from services.export_orchestrator.app import ExportOrchestrator
+from services.history_writer.app import HistoryWriter
+from tests.helpers import wait_for
+
+API_KEY = "test_export_key"
+T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
+S = 1_000_000_000
+
+
+def make_trades(source: str, venue: str, symbol: str, times: list[int], *, replay: bool = False, seed: int = 0) -> list[Trade]:
+    out = []
+    for i, ts in enumerate(times):
+        n = ts // S + seed
+        out.append(Trade(
+            id=event_id(source, "trade", venue, symbol, ts), source=source, venue=venue, symbol=symbol,
+            ts_event=ts, ts_recv=ts + 1234, replay=replay,
+            price=Decimal(f"{43000 + n % 997}.{n % 100000000:08d}"), size=Decimal(f"0.{(n * 7919) % 10**12:012d}"),
+            side="buy" if n % 2 else "sell", trade_id=str(n),
+        ))
+    return out
+
+
+async def publish(nc: nats.NATS, events: list[Any], batch: int = 500) -> None:
+    pub = await JetStreamPublisher(nc).start()
+    try:
+        groups: dict[tuple[str, str, str, str], list[Any]] = {}
+        for e in events:  # a batch envelope holds one kind of one instrument
+            groups.setdefault((type(e).__name__, e.source, e.venue, e.symbol), []).append(e)
+        for group in groups.values():
+            for i in range(0, len(group), batch):
+                await pub.publish_batch(group[i:i + batch])
+        await pub.flush()
+    finally:
+        await pub.close()
+
+
+class Harness:
+    def __init__(self, url: str, tmp: Path) -> None:
+        self.url = url
+        self.tmp = tmp
+        self.nc: nats.NATS | None = None
+        self.writer: HistoryWriter | None = None
+        self.orchestrators: list[ExportOrchestrator] = []
+
+    def settings(self, **kw: Any) -> dict[str, Any]:
+        base = dict(nats_url=self.url, data_dir=str(self.tmp), history_dir=str(self.tmp / "history"), http_port=0,
+                    api_port=0, api_keys=Secret(API_KEY), scan_interval_s=0.2, replay_timeout_s=3.0,
+                    replay_wait_s=15.0, heartbeat_interval_s=60.0, requests_per_s=0.0, progress_interval_s=0.1)
+        base.update(kw)
+        return base
+
+    async def start_writer(self) -> HistoryWriter:
+        self.writer = HistoryWriter(nats_url=self.url, data_dir=str(self.tmp / "history"), http_port=0,
+                                    batch_max_wait_s=0.05, fsync=False, heartbeat_interval_s=60.0)
+        await self.writer.start()
+        return self.writer
+
+    async def start_orchestrator(self, **kw: Any) -> ExportOrchestrator:
+        orch = ExportOrchestrator(**self.settings(**kw))
+        await orch.start()
+        self.orchestrators.append(orch)
+        return orch
+
+    async def stop_orchestrator(self, orch: ExportOrchestrator) -> None:
+        await orch.stop()
+        self.orchestrators.remove(orch)
+
+    async def stored_rows(self, selector: str) -> int:
+        from services.history_writer.query import request_coverage
+
+        reply = await request_coverage(self.nc, selector, 0, 2**63 - 1)
+        return sum(c.rows for c in reply.streams)
+
+    async def wait_stored(self, selector: str, n: int, timeout: float = 20.0) -> None:
+        async def ok() -> bool:
+            return await self.stored_rows(selector) >= n
+
+        await wait_for(ok, timeout=timeout, what=f"{n} rows of {selector} stored")
+
+    async def create(self, request: ExportRequest) -> ExportJob:
+        assert self.nc is not None
+        msg = await self.nc.request(subjects.EXPORT_CREATE, codec.encode(request), timeout=10)
+        return codec.decode_as(msg.data, ExportJob)
+
+    async def get(self, job_id: str) -> ExportJob:
+        assert self.nc is not None
+        msg = await self.nc.request(subjects.EXPORT_GET, msgspec.json.encode({"job_id": job_id}), timeout=10)
+        return codec.decode_as(msg.data, ExportJob)
+
+    async def wait_state(self, job_id: str, states: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+                         timeout: float = 30.0) -> ExportJob:
+        async def done() -> ExportJob | None:
+            job = await self.get(job_id)
+            return job if job.state in states else None
+
+        return await wait_for(done, timeout=timeout, interval=0.1, what=f"export {job_id} in {states}")
+
+
+@pytest_asyncio.fixture
+async def harness(nats_server: Any, tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(nats_server.url, tmp_path)
+    h.nc = await nats.connect(nats_server.url)
+    try:
+        yield h
+    finally:
+        for orch in list(h.orchestrators):
+            with contextlib.suppress(Exception):
+                await orch.stop()
+        if h.writer is not None:
+            with contextlib.suppress(Exception):
+                await h.writer.stop()
+        with contextlib.suppress(Exception):
+            await h.nc.drain()
+
+
+def read_artifact(filename: str, data: bytes) -> pa.Table:
+    if filename.endswith(".parquet"):
+        return pq.read_table(io.BytesIO(data))
+    text = gzip.decompress(data)
+    # every column as text: decimals must come back exactly as published
+    header = text.split(b"\n", 1)[0].decode().replace('"', "").split(",")
+    return pcsv.read_csv(io.BytesIO(text), convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header}))
+
+
+async def download_all(api_url: str, job_id: str, key: str = API_KEY) -> tuple[dict[str, Any], dict[str, bytes]]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+        resp = await client.get(f"/v1/exports/{job_id}/download", headers={"X-Api-Key": key})
+        resp.raise_for_status()
+        body = resp.json()
+        files = {}
+        for art in body["artifacts"] + ([body["manifest"]] if body.get("manifest") else []):
+            r = await client.get(art["url"])
+            r.raise_for_status()
+            files[art["filename"]] = r.content
+        return body, files
+
+
+def trade_rows(trades: list[Trade]) -> list[tuple[str, ...]]:
+    return sorted((t.id, t.source, t.venue, t.symbol, str(t.ts_event), str(t.price), str(t.size), t.side) for t in trades)
+
+
+def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
+    out = []
+    for t in tables:
+        cols = [t.column(c).to_pylist() for c in ("id", "source", "venue", "symbol", "ts_event", "price", "size", "side")]
+        out.extend(tuple(str(v) for v in row) for row in zip(*cols))
+    return sorted(out)
+
+
+__all__ = ["API_KEY", "Harness", "S", "T0", "download_all", "make_trades", "publish", "read_artifact", "table_rows",
+           "trade_rows", "wait_for", "Callable", "asyncio", "StreamSelector"]

@@ -1,0 +1,171 @@
+"""The TickSupply-shaped HTTP API: the official ticksupply client and the vendor's own requests
+examples work against marketbus's history with only the base URL and key changed; signed URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pytest
+import ticksupply
+
+from .conftest import API_KEY, S, T0, Harness, download_all, make_trades, publish, read_artifact, table_rows, trade_rows
+
+NOW = time.time_ns() // S * S
+
+
+async def _setup(harness: Harness, **kw: Any):  # noqa: ANN202
+    await harness.start_writer()
+    orch = await harness.start_orchestrator(**kw)
+    btc = make_trades("ticksupply", "binance", "BTCUSDT", [NOW - 1800 * S + i * S // 4 for i in range(4000)])
+    eth = make_trades("ticksupply", "binance", "ETHUSDT", [NOW - 1800 * S + i * S for i in range(100)])
+    await publish(harness.nc, btc + eth)
+    await harness.wait_stored("trade.ticksupply.*.*", 4100)
+    return orch, btc, eth
+
+
+async def test_official_ticksupply_client_flow(harness: Harness) -> None:
+    orch, btc, _ = await _setup(harness)
+
+    def flow() -> tuple[Any, Any, list[tuple[Any, bytes]]]:
+        with ticksupply.Client(api_key=API_KEY, base_url=f"{orch.api_url}/v1", max_retries=0) as client:
+            exchanges = [e.code for e in client.exchanges.list()]
+            assert exchanges == ["binance"]
+            page = client.datastreams.list(exchange="binance", instrument="BTCUSDT", stream_type="trade")
+            assert page.total == 1
+            ds = page.items[0]
+            assert (ds.exchange, ds.instrument, ds.stream_type) == ("binance", "BTCUSDT", "trade")
+            avail = client.availability.get(datastream_id=ds.datastream_id)
+            assert avail.ranges and avail.ranges[0].from_ns == btc[0].ts_event and avail.ranges[-1].to_ns == btc[-1].ts_event
+            assert sum(r.rows_estimate for r in avail.ranges) == 4000
+            sub = client.subscriptions.create(datastream_id=ds.datastream_id, idempotency_key=str(uuid.uuid4()))
+            assert sub.status == "active"
+            key = str(uuid.uuid4())
+            job = client.exports.create(ds.datastream_id, NOW - 3600 * S, NOW, idempotency_key=key)
+            assert client.exports.create(ds.datastream_id, NOW - 3600 * S, NOW, idempotency_key=key).id == job.id
+            deadline = time.monotonic() + 30
+            while (job := client.exports.get(job.id)).status.value not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, "export did not finish"
+                time.sleep(0.1)
+            assert job.status.value == "succeeded", job.reason
+            listed = [j.id for j in client.exports.list_all()]
+            assert job.id in listed
+            dl = client.exports.get_download(job.id)
+            files = [(a, httpx.get(a.url).content) for a in dl.artifacts]
+            return job, dl, files
+
+    job, dl, files = await asyncio.to_thread(flow)
+    assert dl.count == len(dl.artifacts) >= 1 and dl.total_bytes == sum(a.bytes for a in dl.artifacts)
+    tables = []
+    for art, data in files:
+        assert len(data) == art.bytes
+        tables.append(read_artifact(art.filename, data))
+    assert table_rows(tables) == trade_rows(btc)
+
+
+SEED = Path("/work/shared/seeds/001_cc5461a384af1b8c.txt")
+
+
+def _seed_workflow_source() -> str:
+    """The vendor's "Complete workflow example", verbatim, from the seed page."""
+    text = SEED.read_text()
+    start = text.index("#!/usr/bin/env python3")
+    return text[start:].replace('if __name__ == "__main__":\n    main()', "")
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="seed documents not available")
+async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    orch, btc, _ = await _setup(harness)
+    monkeypatch.setenv("TICKSUPPLY_API_KEY", API_KEY)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "seed_example"}
+    exec(compile(_seed_workflow_source(), "seed_workflow", "exec"), namespace)  # noqa: S102
+    namespace["BASE_URL"] = orch.api_url  # the only change: base URL (and the key, from the env)
+
+    real_sleep = time.sleep
+    namespace["time"] = type("T", (), {"time": staticmethod(time.time), "sleep": staticmethod(lambda s: real_sleep(min(s, 0.2)))})
+    await asyncio.to_thread(namespace["main"])
+    files = sorted(tmp_path.glob("*.csv.gz"))
+    assert files
+    tables = []
+    for f in files:
+        text = gzip.decompress(f.read_bytes())
+        header = text.split(b"\n", 1)[0].decode().replace('"', "").split(",")
+        tables.append(pcsv.read_csv(io.BytesIO(text), convert_options=pcsv.ConvertOptions(
+            column_types={c: pa.string() for c in header})))
+    # the workflow exported the last hour of BTCUSDT trades
+    assert table_rows(tables) == trade_rows(btc)
+
+
+async def test_signed_urls_refuse_tampering_and_expiry(harness: Harness) -> None:
+    orch, btc, _ = await _setup(harness)
+    headers = {"X-Api-Key": API_KEY}
+    async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
+        ds = (await client.get("/v1/datastreams", params={"instrument": "BTCUSDT"}, headers=headers)).json()["items"][0]
+        resp = await client.post("/v1/exports", headers=headers, json={
+            "datastream_id": ds["datastream_id"], "start_time": str(NOW - 3600 * S), "end_time": str(NOW), "format": "parquet"})
+        assert resp.status_code == 201, resp.text
+        job_id = resp.json()["id"]
+        early = await client.get(f"/v1/exports/{job_id}/download", headers=headers)
+        assert early.status_code in (200, 409)
+        while (await client.get(f"/v1/exports/{job_id}", headers=headers)).json()["status"] != "succeeded":
+            await asyncio.sleep(0.1)
+        body, files = await download_all(orch.api_url, job_id)
+        art = body["artifacts"][0]
+        url = art["url"]
+        assert hashlib.sha256(files[art["filename"]]).hexdigest() == art["sha256"]
+        parts = urlsplit(url)
+        q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+        async def status(path: str, query: dict[str, str]) -> int:
+            return (await client.get(f"{path}?{urlencode(query)}")).status_code
+
+        assert await status(parts.path, q) == 200
+        assert await status(parts.path, q | {"sig": ("0" if q["sig"][0] != "0" else "1") + q["sig"][1:]}) == 403
+        assert await status(parts.path, q | {"expires": str(int(q["expires"]) + 3600)}) == 403
+        assert await status(parts.path, {"expires": q["expires"]}) == 403
+        other = parts.path.rsplit("/", 1)[0] + "/manifest.json"
+        assert await status(other, q) == 403  # a signature is for one file only
+        # expired: a correctly signed URL whose time is up
+        expired = urlsplit(orch.signer.url(orch.api_url, job_id, art["filename"], ttl_s=-1))
+        resp = await client.get(f"{expired.path}?{expired.query}")
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "permission_denied"
+        # nothing outside the artifact store, even with a valid signature for the name
+        secret_file = Path(orch.settings.artifact_path) / job_id / "notes.txt"
+        secret_file.write_text("not an artifact")
+        for job, name in ((job_id, "notes.txt"), ("..", "etc"), (job_id, "..%2F..%2Fhistory"), ("other", art["filename"])):
+            signed = urlsplit(orch.signer.url(orch.api_url, job, name))
+            assert (await client.get(f"{signed.path}?{signed.query}")).status_code in (403, 404), (job, name)
+        # after delete the URL stops working
+        assert (await client.delete(f"/v1/exports/{job_id}", headers=headers)).status_code == 204
+        assert await status(parts.path, q) == 404
+        assert (await client.get(f"/v1/exports/{job_id}", headers=headers)).json()["status"] == "deleted"
+
+
+async def test_auth_paging_rate_limit(harness: Harness) -> None:
+    orch, _, _ = await _setup(harness, requests_per_s=5.0, burst=6)
+    async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
+        r = await client.get("/v1/datastreams")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated" and r.headers["x-request-id"]
+        assert (await client.get("/v1/datastreams", headers={"X-Api-Key": "wrong"})).status_code == 401
+        h = {"X-Api-Key": API_KEY}
+        first = (await client.get("/v1/datastreams", params={"limit": 1}, headers=h)).json()
+        assert first["total"] == 2 and len(first["items"]) == 1 and first["next_page_token"]
+        second = (await client.get("/v1/datastreams", params={"limit": 1, "page_token": first["next_page_token"]}, headers=h)).json()
+        assert second["next_page_token"] is None and second["items"][0] != first["items"][0]
+        bad = await client.get("/v1/datastreams", params={"limit": 1, "page_token": "x" + first["next_page_token"]}, headers=h)
+        assert bad.status_code == 400
+        codes = [(await client.get("/v1/exchanges", headers=h)) for _ in range(10)]
+        limited = [r for r in codes if r.status_code == 429]
+        assert limited and limited[0].json()["error"]["code"] == "rate_limited"
+        assert int(limited[0].headers["retry-after"]) >= 1

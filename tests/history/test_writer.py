@@ -1,0 +1,195 @@
+"""History writer end to end on a real NATS: store, query, coverage, dead letters, scale-out;
+both backends (embedded Parquet/DuckDB and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from marketbus.contracts import (
+    BookLevel, BookSnapshot, DeadLetter, FeedStatus, Instrument, codec, event_id, subjects,
+)
+from marketbus.runtime.publisher import JetStreamPublisher
+from services.history_writer.app import HistoryWriter
+from services.history_writer.query import HistoryQueryError, make_query, query_chunks, query_events, request_coverage
+from services.history_writer.store.base import Selector
+from tests.helpers import wait_for
+
+from .common import SEC, T0, trade, unique_symbol, writer_overrides
+
+BACKENDS = ["parquet", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def dsn(backend: str, request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("pg_dsn") if backend == "postgres" else None
+
+
+async def _drop_pg(writer: HistoryWriter) -> None:
+    if writer.store.backend == "postgres":
+        await writer.store.drop_all()  # type: ignore[attr-defined]
+
+
+async def _publish(nc, events, batch=None):  # noqa: ANN001, ANN202
+    pub = await JetStreamPublisher(nc).start()
+    for e in events:
+        await pub.publish_event(e)
+    if batch:
+        await pub.publish_batch(batch)
+    await pub.flush()
+    await pub.close()
+
+
+async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path, backend, dsn) -> None:  # noqa: ANN001
+    sym = unique_symbol("E")
+    durable = f"t{uuid.uuid4().hex[:8]}"
+    singles = [trade(sym, i) for i in range(300)]
+    batch = [trade(sym, i) for i in range(300, 1300)]
+    book = BookSnapshot(id=event_id("digitex", "book", sym, 1), source="digitex", venue="DGTX", symbol=sym,
+                        ts_event=T0 + 5 * SEC, ts_recv=T0 + 5 * SEC, bids=[BookLevel(Decimal("99.5"), Decimal("3"), 2)],
+                        asks=[BookLevel(Decimal("100.5"), Decimal("1.25"))], sequence=7, quality="realtime")
+    inst = Instrument(id=event_id("finx", "instrument", sym), source="finx", venue="CB", symbol=sym, ts_event=T0,
+                      ts_recv=T0, instrument_type="spot", vendor_symbol=sym, tick_size=Decimal("0.01"))
+    gap = FeedStatus(id=event_id("t", "gap", sym), service="ingest_finx", source="finx", venue="CB", symbol=sym,
+                     kind="trade", state="gap", gap_start=T0 + 200 * SEC, gap_end=T0 + 260 * SEC, ts=T0 + 300 * SEC)
+    dlq = await nc.subscribe(subjects.dead_letter("history_writer", "finx"))
+    writer = HistoryWriter(**writer_overrides(nats_url, backend, str(tmp_path / "h"), dsn, durable))
+    await writer.start()
+    try:
+        await _drop_pg(writer)
+        await writer.store.open()
+        await _publish(nc, [*singles, book, inst], batch)
+        await nc.publish(subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(gap), headers=codec.headers_for(gap))
+        await js.publish(subjects.md("trade", "finx", "CB", sym), b'{"type":"trade","id":"broken"')  # truncated JSON
+        await js.publish(subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(gap), headers=codec.headers_for(gap))
+
+        sel = Selector(kind="trade", symbol=sym)
+
+        async def stored() -> int:
+            tables = await writer.store.read_table(sel, 0, 2**63 - 1)
+            return tables["trade"].num_rows if "trade" in tables else 0
+
+        await wait_for(lambda: stored_eq(stored, 1300), timeout=20, what="1300 trades stored")
+        # the bad message is dead-lettered with its payload and reason, and the writer goes on
+        letter = codec.decode((await dlq.next_msg(timeout=10)).data)
+        assert isinstance(letter, DeadLetter) and letter.payload == b'{"type":"trade","id":"broken"' and "undecodable" in letter.reason
+
+        # NATS query, streamed in chunks of 100, paged by cursor at 700 rows: every trade once, in order
+        query = make_query(Selector(kind="trade", symbol=sym), T0, T0 + 10_000 * SEC, limit=700, chunk_rows=100)
+        chunks = [c async for c in query_chunks(nc, query)]
+        assert len(chunks) == 7 and [c.last for c in chunks] == [False] * 6 + [True] and chunks[-1].next_cursor
+        got = [e async for e in query_events(nc, make_query(sel, T0, T0 + 10_000 * SEC, limit=700, chunk_rows=100))]
+        assert [e.id for e in got] == [e.id for e in singles + batch]
+        assert got[5] == singles[5] and got[400] == batch[100]  # exact decimals, same event
+
+        # every kind of the symbol through the read API, contract events equal to what was published
+        everything = [e async for e in writer.store.read_events(Selector(symbol=sym), 0, 2**63 - 1)]
+        assert book in everything and inst in everything and len(everything) == 1300 + 2 + 1  # + the gap status
+
+        cov = await request_coverage(nc, Selector(kind="trade", symbol=sym), T0, T0 + 10_000 * SEC)
+        (stream,) = cov.streams
+        assert stream.rows == 1300 and stream.covered[0].start_ns == T0 and stream.covered[-1].end_ns == T0 + 1299 * SEC // 10
+        assert [(g.start_ns, g.end_ns) for g in stream.gaps] == [(T0 + 200 * SEC, T0 + 260 * SEC)]
+        resynced = FeedStatus(id=event_id("t", "resync", sym), service="ingest_finx", source="finx", venue="CB", symbol=sym,
+                              kind="trade", state="resynced", gap_start=T0 + 200 * SEC, gap_end=T0 + 260 * SEC, ts=T0 + 400 * SEC)
+        await js.publish(subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(resynced), headers=codec.headers_for(resynced))
+
+        async def gap_closed() -> bool:
+            reply = await request_coverage(nc, Selector(kind="trade", symbol=sym), T0, T0 + 10_000 * SEC)
+            return reply.streams[0].gaps == []
+
+        await wait_for(gap_closed, timeout=10, what="the resync to close the gap")
+        health = writer.health()
+        assert health["streams"]["MD"]["dead_lettered"] == 1
+    finally:
+        await _drop_pg(writer)
+        await writer.stop()
+        await dlq.unsubscribe()
+
+
+async def stored_eq(fn, n: int) -> bool:  # noqa: ANN001
+    return await fn() == n
+
+
+async def test_bad_query_gets_an_error_chunk(nc, nats_url, tmp_path) -> None:  # noqa: ANN001
+    durable = f"t{uuid.uuid4().hex[:8]}"
+    writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(tmp_path / "h"), None, durable))
+    await writer.start()
+    try:
+        query = make_query("trade", 0, 10, cursor="not-a-cursor")
+        with pytest.raises(HistoryQueryError, match="bad request"):
+            [c async for c in query_chunks(nc, query)]
+    finally:
+        await writer.stop()
+
+
+async def test_two_writers_split_the_work_and_store_nothing_twice(nc, js, nats_url, tmp_path, backend, dsn) -> None:  # noqa: ANN001
+    sym = unique_symbol("W")
+    durable = f"t{uuid.uuid4().hex[:8]}"
+    over = writer_overrides(nats_url, backend, str(tmp_path / "shared"), dsn, durable, pull_batch=200, batch_max_msgs=500)
+    a = HistoryWriter(**over)
+    b = HistoryWriter(**over)
+    await a.start()
+    await b.start()
+    try:
+        await _drop_pg(a)
+        await a.store.open()
+        await b.store.open()
+        events = [trade(sym, i) for i in range(6000)]
+        for i in range(0, 6000, 1000):
+            await _publish(nc, events[i:i + 1000])
+        sel = Selector(kind="trade", symbol=sym)
+
+        async def done() -> bool:
+            tables = await a.store.read_table(sel, 0, 2**63 - 1, columns=["id"])
+            return "trade" in tables and tables["trade"].num_rows >= 6000
+
+        await wait_for(done, timeout=30, what="6000 trades stored by the two writers")
+        ids = (await a.store.read_table(sel, 0, 2**63 - 1, columns=["id"]))["trade"].column("id").to_pylist()
+        assert len(ids) == 6000 and set(ids) == {e.id for e in events}
+        share_a, share_b = a.intakes[0].stored, b.intakes[0].stored
+        assert share_a > 0 and share_b > 0, (share_a, share_b)
+    finally:
+        await _drop_pg(a)
+        await a.stop()
+        await b.stop()
+
+
+async def test_retention_and_compaction_parquet(tmp_path) -> None:  # noqa: ANN001
+    from services.history_writer.schema import Message, decode_messages
+    from services.history_writer.store.parquet import ParquetStore
+
+    store = ParquetStore(tmp_path / "h", fsync=False, compact_min_files=3, compact_min_age_s=0)
+    await store.open()
+    sym = unique_symbol("R")
+    old = [trade(sym, i, ts=T0 - 40 * 86_400 * SEC + i) for i in range(10)]
+    new = [trade(sym, 100 + i) for i in range(50)]
+    seq = 0
+    for chunk in [old, new[:10], new[10:20], new[20:30], new[25:50]]:  # overlapping ids on purpose
+        msgs = []
+        for e in chunk:
+            seq += 1
+            msgs.append(Message("MD", seq, subjects.for_event(e), codec.encode(e), "trade"))
+        await store.write("MD", decode_messages(msgs, "MD"))
+    part = next(p for *_, p in store.partitions(Selector(symbol=sym), T0, T0 + 86_400 * SEC))
+    assert len(list(part.glob("*.parquet"))) == 4
+    assert await store.compact() == 4
+    assert len(list(part.glob("*.parquet"))) == 1
+    assert (await store.read_table(Selector(symbol=sym), T0, 2**62))["trade"].column("id").to_pylist() == [e.id for e in new]
+    removed = await store.apply_retention({"trade": 30}, T0)
+    assert removed == 1
+    assert (await store.read_table(Selector(symbol=sym), 0, T0))  == {}
+    assert (await store.read_table(Selector(symbol=sym), T0, 2**62))["trade"].num_rows == 50
+
+
+async def test_no_writer_running_is_reported(nc) -> None:  # noqa: ANN001
+    with pytest.raises(HistoryQueryError):
+        await asyncio.wait_for(request_coverage(nc, "trade.nobody", 0, 1, timeout=1.0), 5)

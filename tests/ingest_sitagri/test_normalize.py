@@ -1,0 +1,122 @@
+"""Pure normalization of recorded payloads (the seed document's examples) and paging logic."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from marketbus.contracts.market import BookSnapshot, CashPrice, IndexPrice, MarketPrice, News
+from marketbus.contracts.reference import Instrument, InstrumentClass
+from marketbus.contracts.units import convert
+from services.ingest_sitagri import history as hist
+from services.ingest_sitagri import normalize as n
+
+P = Path(__file__).parent / "payloads"
+NS = 1_000_000_000
+
+
+def load(name: str) -> bytes:
+    return (P / name).read_bytes()
+
+
+def test_market_prices_of_the_seed_batch_reply() -> None:
+    raws = msgspec.json.decode(load("batch_prices_ema.json"), type=list[msgspec.Raw])
+    events = [n.push(n.decode_push(r), 1) for r in raws]
+    assert [e.symbol for e in events] == ["EMAC01", "EMAC02", "EMAC03", "EMAC04"]
+    c01 = events[0]
+    assert isinstance(c01, MarketPrice) and c01.venue == "EURONEX" and c01.quality == "realtime"
+    assert (c01.last, c01.total_volume, c01.orders, c01.last_ts) == (Decimal("152.25"), 546, 78, 1458323240 * NS)
+    assert (c01.settlement, c01.open_interest, c01.rel_perf) == (Decimal(155), 14018, Decimal("-0.8143"))
+    assert (c01.bid, c01.bid_size, c01.ask, c01.ask_size) == (Decimal("151.25"), 5, Decimal("154.5"), 5)
+    assert c01.last_volume is None  # omitted by the vendor, not invented
+    assert events[3].bid is None and events[3].ask == Decimal(185)  # EMAC04 has an ask but no bid
+    assert c01.id == n.price_id("market_price", "/market/sources/EURONEX/future/EMA/deliveries/EMAC01", 1458323240 * NS)
+    assert len({e.id for e in events}) == 4
+
+
+def test_cash_index_book_news_pushes() -> None:
+    frames = [n.decode_frame(json.dumps(f)) for f in json.loads(load("push_frames.json"))]
+    assert [f.seq for f in frames] == [-1, -1, -1, -1, 42]
+    cash, index, book, news = (n.push(n.decode_push(f.data), 7, bytes(f.data)) for f in frames[:4])
+    assert isinstance(cash, CashPrice) and cash.deliveries[1].value == Decimal("208.5") and cash.deliveries[1].prime == 3
+    assert isinstance(index, IndexPrice) and index.ts_event == 1458323240_250_000_000 and index.std_dev == Decimal("1.05")
+    assert isinstance(book, BookSnapshot) and [lv.price for lv in book.asks] == [Decimal("154.5"), Decimal("154.75")]
+    assert [lv.price for lv in book.bids] == [Decimal("151.25")]
+    assert isinstance(news, News) and (news.venue, news.symbol, news.article_id) == ("AFP", "EN", "57852")
+    assert (news.day_tendency, news.short_term_tendency, news.content) == (9, 7, None)
+    assert news.id == n.news_id("AFP", 57852)
+    with pytest.raises(n.Malformed):
+        n.decode_push(frames[4].data)  # a register reply is not a push
+
+
+def test_history_bars_and_ticks_share_live_ids() -> None:
+    h = n.decode_history(load("history_market.json"))
+    entry = h.ranges[0].data[0]
+    bar = n.history_event(h.code, h.quote, h.quality, entry, "HOUR", 1)
+    assert bar.interval == "1h" and (bar.open, bar.high, bar.low, bar.close) == (
+        Decimal("153.25"), Decimal("153.5"), Decimal("152.25"), Decimal("152.5"))
+    tick = n.history_event(h.code, h.quote, h.quality, entry, "TICK", 1)
+    assert isinstance(tick, MarketPrice) and tick.replay and tick.quality == "delayed"
+    assert tick.id == n.price_id("market_price", h.quote, 1454342300 * NS)  # the key is last.date
+
+
+def test_reference_items_of_the_seed() -> None:
+    texts = n.Texts({"/l10n/market/EURONEX_FUTURE_EMA": "Corn future",
+                     "/l10n/market/EURONEX_FUTURE_EMA_DESC": "Corn, 50 {@:/market/units/TON,tons}"})
+    cls = n.generic_decoder.decode(load("future_classes.json"))["data"][0]
+    ref = "/market/sources/EURONEX/future/EMA"
+    fc = n.future_class(ref, cls, texts, 1)
+    assert isinstance(fc, InstrumentClass) and fc.description == "Corn, 50 tons" and len(fc.members) == 14
+    dlv = n.delivery(f"{ref}/deliveries/EMAH16", n.generic_decoder.decode(load("delivery.json")), cls, texts, 1)
+    assert (dlv.instrument_type, dlv.maturity_month, dlv.expiry_ts) == ("future", 3, 1457352000 * NS)
+    assert dlv.contract_size == 50 and dlv.contract_unit == "TON" and dlv.name == "Corn future EMAH16"
+    cont = n.delivery(f"{ref}/deliveries/EMAC02", {**n.generic_decoder.decode(load("delivery.json")), "code": "EMAC02"}, cls, texts, 1)
+    assert cont.instrument_type == "continuous_future" and cont.continuous_index == 2
+    series = n.option_series("/market/sources/EURONEX/option/OMA/series/OMAH16", n.generic_decoder.decode(load("option_series.json")),
+                             {"code": "OMA", "currency": "EUR"}, texts, 1)
+    strikes = [e for e in series if isinstance(e, Instrument)]
+    assert [(s.option_type, s.strike) for s in strikes] == [("call", 250), ("put", 250)]
+    assert strikes[0].underlying == "EMAH16"
+    fx = n.currency_class("/market/sources/FOREX/currency/EURUSD", n.generic_decoder.decode(load("currency_class.json")), 1)
+    assert fx[1].instrument_type == "fx" and fx[1].base == "EUR" and fx[1].quote == "USD"
+    ton = n.unit({"code": "TON", "convertionFactor": 1000, "convertionOffset": 0}, texts, 1)
+    bushel = n.unit(n.generic_decoder.decode(load("units.json"))["data"][0], texts, 1)
+    assert convert(1, bushel, ton) == Decimal("0.0272155")
+
+
+async def test_paging_without_hole_or_duplicate_ascending_and_descending() -> None:
+    """A fake vendor: a point every 0.25 s, capped at 7 points per reply."""
+    points = [1000 * NS + i * 250_000_000 for i in range(100)]
+
+    def reply(a: int, b: int) -> bytes:
+        lo, hi = min(a, b) * NS, max(a, b) * NS
+        chosen = [p for p in points if lo <= p <= hi]
+        chosen = sorted(chosen, reverse=a > b)[:7]
+        data = [{"date": p / NS, "last": {"date": p / NS, "value": 1}} for p in chosen]
+        return json.dumps({"code": "historyMarketPrice", "quote": "/market/sources/X/single/Y",
+                           "ranges": [{"data": data}]}).encode()
+
+    for descending in (False, True):
+        got: list[int] = []
+
+        async def fetch(ref: str) -> bytes:
+            a, b, _ = ref.rsplit("/", 1)[1].split(",")
+            return reply(int(a), int(b))
+
+        async for page in hist.pages(fetch, lambda a, b: f"/x/history/{a},{b},TICK", points[3], points[90],
+                                     resolution="TICK", cap=7, descending=descending):
+            got.extend(k for k, _ in page.entries)
+        assert sorted(got) == points[3:91] and len(got) == len(set(got))
+
+    async def stuck(ref: str) -> bytes:  # eight points in one second, a cap of seven
+        return json.dumps({"code": "historyMarketPrice", "quote": "/market/sources/X/single/Y", "ranges": [{"data": [
+            {"last": {"date": 5 + i / 10, "value": 1}} for i in range(7)]}]}).encode()
+
+    with pytest.raises(hist.HistoryStuck):
+        async for _ in hist.pages(stuck, lambda a, b: f"/x/history/{a},{b},TICK", 5 * NS, 6 * NS,
+                                  resolution="TICK", cap=7):
+            pass
