@@ -40,6 +40,13 @@ DAY0 = 1_763_683_200_000_000_000  # 2025-11-21T00:00:00Z
 rows_out: list[str] = []
 
 
+T_START = time.perf_counter()
+
+
+def phase(name: str) -> None:
+    print(f"  [{time.perf_counter() - T_START:5.1f}s] {name}", file=sys.stderr, flush=True)
+
+
 def row(figure: str, value: str, target: str, reference: str, ratio: str) -> None:
     line = f"| {figure} | {value} | {target} | {reference} | {ratio} |"
     rows_out.append(line)
@@ -55,8 +62,9 @@ def trades(n: int, symbol: str, offset: int = 0) -> list[Trade]:
     ]
 
 
-async def publish(nc: nats.NATS, events: list[Trade], batch: int | None) -> None:
-    pub = await JetStreamPublisher(nc, max_inflight=20_000).start()
+async def publish(url: str, events: list[Trade], batch: int | None) -> None:
+    nc = await nats.connect(url)
+    pub = await JetStreamPublisher(nc, max_inflight=64 if batch else 20_000).start()
     if batch:
         for i in range(0, len(events), batch):
             await pub.publish_batch(events[i:i + batch])
@@ -65,35 +73,52 @@ async def publish(nc: nats.NATS, events: list[Trade], batch: int | None) -> None
             await pub.publish_event(e)
     await pub.flush(timeout=120)
     await pub.close()
+    await nc.close()
 
 
-async def raw_pull_rate(nc: nats.NATS, count: int) -> float:
+async def raw_pull_rate(url: str, count: int) -> float:
     """Messages/s of a raw nats-py pull (callback subscription, pull batches of 10k, AckNone)."""
+    nc = await nats.connect(url)
     js = nc.jetstream()
     name = f"raw{time.time_ns() % 10**9}"
     await js.add_consumer("MD", ConsumerConfig(durable_name=name, ack_policy=AckPolicy.NONE, max_waiting=512))
     done = asyncio.Event()
     got = 0
+    reqs: list[list[int]] = []  # outstanding pull requests [msgs left], at most 2 (double buffering)
+    wake = asyncio.Event()
     inbox = nc.new_inbox()
 
     async def cb(msg):  # noqa: ANN001, ANN202
         nonlocal got
-        if not (msg.headers and "Status" in msg.headers and not msg.data):
-            got += 1
-            if got >= count:
-                done.set()
+        if not msg.reply:  # status: request ended (408 expired / 409 max bytes)
+            if msg.headers and msg.headers.get("Status") in ("408", "409") and reqs:
+                reqs.pop(0)
+                wake.set()
+            return
+        got += 1
+        if reqs:
+            reqs[0][0] -= 1
+            if reqs[0][0] <= 0:
+                reqs.pop(0)
+                wake.set()
+        if got >= count:
+            done.set()
 
     sub = await nc.subscribe(inbox, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
     api = f"$JS.API.CONSUMER.MSG.NEXT.MD.{name}"
+    req = json.dumps({"batch": 10_000, "max_bytes": 8 << 20, "expires": 2_000_000_000}).encode()
     t0 = time.perf_counter()
 
     async def pump() -> None:
         while not done.is_set():
-            await nc.publish(api, json.dumps({"batch": 10_000, "expires": 2_000_000_000}).encode(), reply=inbox)
-            target = got + 5_000
-            t = time.perf_counter()
-            while got < target and not done.is_set() and time.perf_counter() - t < 1.5:
-                await asyncio.sleep(0.002)
+            while len(reqs) < 2:
+                await nc.publish(api, req, reply=inbox)
+                reqs.append([10_000])
+            wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), 2.5)
+            if not wake.is_set():
+                reqs.clear()
 
     task = asyncio.create_task(pump())
     await asyncio.wait_for(done.wait(), 120)
@@ -101,6 +126,7 @@ async def raw_pull_rate(nc: nats.NATS, count: int) -> float:
     task.cancel()
     await sub.unsubscribe()
     await js.delete_consumer("MD", name)
+    await nc.close()
     return count / elapsed
 
 
@@ -109,15 +135,19 @@ async def run_writer(url: str, backend: str, data_dir: Path, expected_rows: int,
 
     over = dict(nats_url=url, backend=backend, data_dir=str(data_dir), durable=f"bench{time.time_ns() % 10**9}",
                 http_port=0, pull_batch=10_000, batch_max_msgs=20_000, batch_max_wait_s=0.25,
-                compact_interval_s=3600.0, query_queue=f"bench{os.getpid()}", pg_table_prefix=prefix, log_level="WARNING")
+                compact_interval_s=3600.0, fsync=os.environ.get("FSYNC","1")=="1", query_queue=f"bench{os.getpid()}", pg_table_prefix=prefix, log_level="WARNING")
     if dsn:
         over["pg_dsn"] = dsn
+    if backend == "postgres":
+        from services.history_writer.store.postgres import PostgresStore
+
+        pgs = PostgresStore(dsn, table_prefix=prefix)  # type: ignore[arg-type]
+        await pgs.open()
+        await pgs.drop_all()
+        await pgs.close()
     writer = HistoryWriter(**over)
     await writer.start()
     try:
-        if backend == "postgres":
-            await writer.store.drop_all()  # type: ignore[attr-defined]
-            await writer.store.open()
         t0 = time.perf_counter()
         md = writer.intakes[0]
         while md.stored < expected_rows:
@@ -132,9 +162,9 @@ async def run_writer(url: str, backend: str, data_dir: Path, expected_rows: int,
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--singles", type=int, default=300_000)
+    ap.add_argument("--singles", type=int, default=200_000)
     ap.add_argument("--batched", type=int, default=1_000_000)
-    ap.add_argument("--pg-rows", type=int, default=400_000)
+    ap.add_argument("--pg-rows", type=int, default=300_000)
     ap.add_argument("--pg-dsn", default=os.environ.get("MARKETBUS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hwbench"))
@@ -146,24 +176,27 @@ async def main() -> None:
         js = nc.jetstream()
         await ensure_all(js)
 
+        phase("1. single")
         # 1. single-event messages into the embedded store
         singles = trades(args.singles, "SINGLE")
-        await publish(nc, singles, None)
-        ref = await raw_pull_rate(nc, args.singles)
+        await publish(server.url, singles, None)
+        ref = await raw_pull_rate(server.url, args.singles)
         rate, _ = await run_writer(server.url, "parquet", tmp / "h1", args.singles, None, "")
         row("parquet store, single-event msgs", f"{rate:,.0f} ev/s", ">= 100,000 ev/s",
             f"raw nats-py pull {ref:,.0f} msg/s", f"{rate / ref:.2f}")
         await js.purge_stream("MD")
 
+        phase("2. batch")
         # 2. batch envelopes into the embedded store (1M trades of one symbol, one day)
         batched = trades(args.batched, "BATCHED")
         del singles
-        await publish(nc, batched, 2_000)
-        ref_msgs = await raw_pull_rate(nc, args.batched // 2_000)
+        await publish(server.url, batched, 2_000)
+        ref_msgs = await raw_pull_rate(server.url, args.batched // 2_000)
         rate, _ = await run_writer(server.url, "parquet", tmp / "h2", args.batched, None, "")
         row("parquet store, batch msgs (2000 ev)", f"{rate:,.0f} ev/s", ">= 500,000 ev/s",
             f"raw nats-py pull {ref_msgs * 2000:,.0f} ev/s", f"{rate / (ref_msgs * 2000):.2f}")
 
+        phase("raw pyarrow")
         # raw pyarrow write of the same rows
         from services.history_writer.store.base import Selector
         from services.history_writer.store.parquet import ParquetStore
@@ -178,6 +211,7 @@ async def main() -> None:
         row("  vs raw pyarrow write of the same rows", f"{rate:,.0f} ev/s", "-", f"pq.write_table {raw_write:,.0f} rows/s",
             f"{rate / raw_write:.2f}")
 
+        phase("3. query")
         # 3. query: 1M trades of one symbol and day
         t0 = time.perf_counter()
         tables = await store.read_table(day, DAY0, DAY0 + 86_400 * 10**9)
@@ -194,13 +228,14 @@ async def main() -> None:
         await store.close()
         await js.purge_stream("MD")
 
+        phase("4. PostgreSQL")
         # 4. PostgreSQL from batch envelopes
-        with contextlib.suppress(Exception):
+        try:
             import asyncpg
 
             con = await asyncpg.connect(args.pg_dsn, timeout=3)
-            pg_rows = batched[: args.pg_rows]
-            await publish(nc, pg_rows, 2_000)
+            pg_rows = trades(args.pg_rows, "PGSYM")
+            await publish(server.url, pg_rows, 2_000)
             prefix = f"bench{os.getpid()}_"
             rate, writer = await run_writer(server.url, "postgres", tmp / "pg", len(pg_rows), args.pg_dsn, prefix)
             # reference: raw COPY of the same rows into a plain table
@@ -223,12 +258,17 @@ async def main() -> None:
             await pgs.close()
             await con.execute(f'DROP TABLE IF EXISTS "{prefix}raw"')
             await con.close()
+        except (OSError, asyncio.TimeoutError, ImportError) as exc:
+            print(f"(PostgreSQL skipped: {exc!r})", file=sys.stderr)
         await nc.close()
     finally:
         server.cleanup()
         import shutil
 
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.environ.get("KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(tmp)
 
 
 if __name__ == "__main__":

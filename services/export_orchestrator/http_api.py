@@ -47,7 +47,7 @@ from marketbus.contracts.jobs import ExportRequest, StreamSelector
 from marketbus.contracts.subjects import denormalize_symbol
 
 from .artifacts import ArtifactNotFound
-from .history_source import MAX_NS, StreamKey
+from .history_source import MAX_NS, HistoryUnavailable, StreamKey
 from .jobs import Conflict, InvalidRequest, JobError, JobRecord, NotFound, Overloaded, artifact_id
 
 if TYPE_CHECKING:
@@ -499,7 +499,8 @@ class ExportApi:
         ]
         return Starlette(
             routes=[Mount("/v1", routes=v1), Route("/artifacts/{job_id}/{filename}", self.artifact)],
-            exception_handlers={ApiError: _api_error, HTTPException: _http_error, JobError: _job_error},
+            exception_handlers={ApiError: _api_error, HTTPException: _http_error, JobError: _job_error,
+                                HistoryUnavailable: _unavailable},
             middleware=[Middleware(_Gate, api=self)],
         )
 
@@ -538,6 +539,10 @@ async def _job_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, JobError)
     status = 404 if isinstance(exc, NotFound) else exc.status
     return _error(ApiError(status, str(exc)))
+
+
+async def _unavailable(_: Request, exc: Exception) -> Response:
+    return _error(ApiError(503, f"history is not available: {exc}", {}, {"retry-after": "5"}))
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:

@@ -26,12 +26,12 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import SCHEMA_VERSION
@@ -206,10 +206,8 @@ class JobStore:
     async def all(self) -> list[JobRecord]:
         try:
             keys = [k for k in await self.kv.keys() if k.startswith(KEY_PREFIX)]
-        except (NotFoundError, Exception) as exc:  # noqa: BLE001 - NoKeysError: empty bucket
-            if type(exc).__name__ in ("NoKeysError", "NotFoundError"):
-                return []
-            raise
+        except (NoKeysError, NotFoundError):
+            return []
         out = []
         for key in keys:
             got = await self.get(key[len(KEY_PREFIX):])
@@ -378,16 +376,22 @@ class JobManager:
     async def _worker(self, name: str) -> None:
         while True:
             ran = False
-            for job_id in self._candidates():
-                record = await self._claim(job_id, name)
-                if record is not None:
-                    self._running[job_id] = name
-                    try:
-                        await self._run(record, name)
-                    finally:
-                        self._running.pop(job_id, None)
-                    ran = True
-                    break
+            try:
+                for job_id in self._candidates():
+                    record = await self._claim(job_id, name)
+                    if record is not None:
+                        self._running[job_id] = name
+                        try:
+                            await self._run(record, name)
+                        finally:
+                            self._running.pop(job_id, None)
+                        ran = True
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. NATS unavailable: retry after a pause
+                log.warning("export worker %s: %r", name, exc)
+                await asyncio.sleep(self.settings.scan_interval_s)
             if not ran:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -710,5 +714,3 @@ def _describe(req: ExportRequest) -> str:
     s = req.selector
     return f"{s.kind}.{s.source}.{s.venue}.{s.symbol} [{req.start_ns}, {req.end_ns}) as {req.format}"
 
-
-WaitFn = Callable[[], Awaitable[None]]

@@ -7,7 +7,6 @@ history writer keeps under ``$MARKETBUS_DATA_DIR/history`` (Parquet + DuckDB), a
 
 from __future__ import annotations
 
-
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -22,8 +21,10 @@ class ExportSettings(ServiceSettings, kw_only=True):
     env_fallbacks: ClassVar[dict[str, tuple[str, ...]]] = {
         **ServiceSettings.env_fallbacks,
         "data_dir": ("MARKETBUS_DATA_DIR",),
-        "history_dir": ("MARKETBUS_HISTORY_DATA_DIR",),
-        "history_pg_dsn": ("MARKETBUS_HISTORY_PG_DSN",),
+        # the history writer's own settings, so one environment configures both
+        "history_backend": ("MARKETBUS_HISTORY_WRITER_BACKEND",),
+        "history_dir": ("MARKETBUS_HISTORY_WRITER_DATA_DIR",),
+        "history_pg_dsn": ("MARKETBUS_HISTORY_WRITER_PG_DSN",),
     }
 
     data_dir: str = ".marketbus"

@@ -229,7 +229,8 @@ def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> pa.Table
     try:
         parsed = pj.read_json(
             io.BytesIO(buf),
-            read_options=pj.ReadOptions(block_size=max(1 << 20, min(len(buf) + 1, 64 << 20)), use_threads=True),
+            # blocks of ~4 MB (at least two of the longest line) are parsed in parallel
+            read_options=pj.ReadOptions(block_size=max(4 << 20, 2 * max(len(m.data) for m in msgs) + 2), use_threads=True),
             parse_options=pj.ParseOptions(
                 explicit_schema=schema.batch_json_schema if batch else schema.json_schema,
                 unexpected_field_behavior="ignore", newlines_in_values=False,

@@ -32,7 +32,8 @@ import msgspec
 from faststream.nats import NatsMessage
 
 from marketbus.contracts.base import MarketEvent
-from marketbus.contracts.jobs import ReplayRequest
+from marketbus.contracts import subjects
+from marketbus.contracts.jobs import PublishArticle, PublishReply, ReplayRequest
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
 
@@ -46,35 +47,6 @@ from .netbus import (
 from .settings import SitagriIngestSettings
 
 NS = 1_000_000_000
-
-# --- request/reply subjects of this service (to move into marketbus.contracts.subjects) ----------
-NEWS_PUBLISH = "sitagri.news.publish"
-
-
-def news_publish() -> str:
-    """Request/reply: :class:`PublishArticle` -> :class:`PublishReply`."""
-    return NEWS_PUBLISH
-
-
-class PublishArticle(msgspec.Struct, kw_only=True):
-    """Publish a news article to a writable Sitagri news source."""
-
-    source: str  # news source code, e.g. PRIVDEMO
-    title: str
-    lang: str  # ISO-639-1, e.g. EN
-    snippet: str = ""
-    content: str = ""  # HTML without id/class/style/script
-    copyright: str = ""
-    publication_ts: int | None = None  # ns; default now
-    modification_ts: int | None = None  # ns; default publication
-
-
-class PublishReply(msgspec.Struct, kw_only=True, omit_defaults=True):
-    ok: bool
-    source: str = ""
-    id: str | None = None
-    error: str | None = None
-
 
 class RecentIds:
     """Ids published lately (bounded, oldest forgotten first): nothing is published twice."""
@@ -133,7 +105,7 @@ class SitagriIngestor(Ingestor):
     def setup(self) -> None:
         super().setup()
 
-        @self.broker.subscriber(news_publish(), queue="sitagri-news-publish")
+        @self.broker.subscriber(subjects.SITAGRI_NEWS_PUBLISH, queue="sitagri-news-publish")
         async def on_publish(msg: NatsMessage) -> bytes:
             return msgspec.json.encode(await self.publish_article(msg.body))
 
@@ -333,7 +305,6 @@ class SitagriIngestor(Ingestor):
         self.ws = ws
         try:
             replies = await ws.register(refs, s.register_timeout_s)
-            lost_at = lost_at if lost_at is not None else None
             await self._connected("websocket", replies, refs, lost_at)
             reason = await ws.wait_closed()
         finally:

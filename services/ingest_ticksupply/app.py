@@ -65,11 +65,11 @@ class TickSupplyIngestor(Ingestor):
         self.progress: ProgressStore | None = None
         self.datastreams: dict[int, DatastreamRef] = {}
         self.subscriptions: dict[int, dict[str, Any]] = {}
-        self._reported_holes: set[tuple[int, int, int]] = set()
+        self._holes_reported_until: dict[int, int] = {}  # datastream id -> end of the last reported hole
         self._ds_tasks: dict[int, asyncio.Task[Any]] = {}
-        self._wake = asyncio.Event()
-        self._own_windows: set[str] = set()
-        self._reported_feeds: set[str] = set()  # idempotency keys of windows this instance started
+        self._own_windows: set[str] = set()  # idempotency keys of the windows this instance started
+        self._reported_feeds: set[str] = set()
+        self._last_end: dict[int, int] = {}  # datastream id -> end of the last published window (ns)
         self.exports_created = 0
         self.ready = asyncio.Event()  # set once subscriptions are reconciled and the export loops run
 
@@ -88,8 +88,11 @@ class TickSupplyIngestor(Ingestor):
         self.spawn(self._main_loop(), "main")
 
     async def on_stop(self) -> None:
-        for task in self._ds_tasks.values():
+        # Stop our loops before closing what they use (the base class then stops the rest).
+        loops = [t for t in self._tasks if not t.get_name().endswith(":heartbeat")]
+        for task in loops:
             task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
         if self.fastpub is not None:
@@ -104,7 +107,15 @@ class TickSupplyIngestor(Ingestor):
             "subscriptions": {str(k): v.get("status") for k, v in self.subscriptions.items()},
             "exports_created": self.exports_created,
             "rate_limited": self.client.rate_limited_total if self.client else 0,
+            "lag_s": {str(k): round((time.time_ns() - v) / 1e9, 3) for k, v in self._last_end.items()},
         }
+
+    def heartbeat(self) -> Any:
+        beat = super().heartbeat()
+        counters = {"exports_created": float(self.exports_created),
+                    "rate_limited": float(self.client.rate_limited_total if self.client else 0)}
+        counters.update({f"lag_s.{k}": round((time.time_ns() - v) / 1e9, 3) for k, v in self._last_end.items()})
+        return msgspec.structs.replace(beat, counters=counters)
 
     @property
     def api(self) -> TickSupplyClient:
@@ -229,12 +240,15 @@ class TickSupplyIngestor(Ingestor):
                 continue
             bounds.append((start, end))
         bounds.sort()
+        reported = self._holes_reported_until.get(ds.datastream_id)
+        if reported is None:  # persisted, so a restart does not report the same holes again
+            reported = self._holes_reported_until[ds.datastream_id] = await self.store.get_mark(ds.datastream_id, "holes")
         for (_, end), (next_start, _) in zip(bounds, bounds[1:]):
-            hole = (ds.datastream_id, end or next_start, next_start)
-            if end is not None and next_start > end and hole not in self._reported_holes:
-                self._reported_holes.add(hole)
+            if end is not None and next_start > end and next_start > reported:
                 await self._safe_status("gap", ds, detail="the subscription was paused: TickSupply collected nothing",
                                         gap=(end, next_start))
+                reported = self._holes_reported_until[ds.datastream_id] = next_start
+                await self.store.put_mark(ds.datastream_id, "holes", next_start)
         if status == "active":
             await self._safe_status("connected", ds, detail="subscription active")
         else:
@@ -306,10 +320,7 @@ class TickSupplyIngestor(Ingestor):
 
             ok = await self._guarded(f"ingesting datastream {ds.datastream_id}", step, backoff)
             if ok and not more:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.settings.export_interval_s)
-                except TimeoutError:
-                    pass
+                await asyncio.sleep(self.settings.export_interval_s)
 
     async def ingest_once(self, ds: DatastreamRef) -> bool:
         """Export and publish the next window; returns True when more backlog is waiting."""
@@ -341,7 +352,7 @@ class TickSupplyIngestor(Ingestor):
             self._own_windows.add(progress.inflight.idempotency_key)
             progress.inflight.resumed = True
             self.log.info("resuming export window %s..%s of datastream %s (export %s, %d artifacts done)",
-                              progress.inflight.start_ns, progress.inflight.end_ns, ds.datastream_id,
+                          progress.inflight.start_ns, progress.inflight.end_ns, ds.datastream_id,
                           progress.inflight.export_id, len(progress.inflight.done_artifacts))
         window_end = progress.inflight.end_ns
         await self._run_window(ds, progress)
@@ -378,6 +389,7 @@ class TickSupplyIngestor(Ingestor):
         await self._download_and_publish(ds, inflight.export_id, replay=False, skip=set(inflight.done_artifacts),
                                          on_artifact=artifact_done)
         progress.last_end_ns = inflight.end_ns
+        self._last_end[ds.datastream_id] = inflight.end_ns
         progress.events_total += inflight.events
         progress.inflight = None
         had_gap = progress.failed_windows > 0
@@ -405,7 +417,9 @@ class TickSupplyIngestor(Ingestor):
             return
         self.log.warning("export %s of datastream %s %s: %s; exporting the window again",
                          inflight.export_id, ds.datastream_id, export.get("status"), reason)
-        progress.inflight = _fresh(inflight)
+        # A window the vendor finds too large (or that keeps failing) is retried in halves.
+        shrink = "too large" in reason.lower() or "split" in reason.lower() or inflight.attempts >= 2
+        progress.inflight = _fresh(inflight, shrink=shrink)
         progress.failed_windows += 1
         await self.store.put(progress)
         await self._safe_status("gap", ds, detail=f"export {export.get('status')}: {reason}",
@@ -478,23 +492,38 @@ class TickSupplyIngestor(Ingestor):
                                replay: bool = False, batch_salt: str | None = None) -> int:
         """Parse one artifact and publish its events; returns once every message is acked.
 
-        Bad rows and unreadable artifacts are dead-lettered (never raised)."""
+        The artifact is parsed slice by slice; a slice is published while the previous one's
+        acks come in, so memory stays bounded. Bad rows and unreadable artifacts are dead-lettered
+        (never raised)."""
+        assert self.fastpub is not None
+        published = bad_rows = 0
+        waiting: tuple[list[Any], list[Any]] = ([], [])
         try:
-            parsed = normalize.parse_artifact(data, ds.stream_type)
+            for piece in normalize.iter_artifact(data, ds.stream_type, self.settings.artifact_slice_bytes):
+                for bad in piece.bad:
+                    bad_rows += 1
+                    if bad_rows <= MAX_DEAD_LETTERS_PER_ARTIFACT:
+                        await self.malformed(channel, bad.line, f"line {bad.line_no}: {bad.reason}")
+                self.metrics.frames_in.labels(self.source, "rows").inc(piece.total_lines)
+                sent = await self._publish_rows(ds, piece.rows, replay, batch_salt)
+                published += len(piece.rows)
+                await self._wait_acks(waiting)
+                waiting = sent
         except normalize.ArtifactError as exc:
+            await self._wait_acks(waiting)
             await self.malformed(channel, data[:MAX_DEAD_LETTER_BYTES], str(exc))
             await self._safe_status("gap", ds, detail=f"unreadable artifact {channel}: {exc}")
-            return 0
-        for bad in parsed.bad[:MAX_DEAD_LETTERS_PER_ARTIFACT]:
-            await self.malformed(channel, bad.line, f"line {bad.line_no}: {bad.reason}")
-        if len(parsed.bad) > MAX_DEAD_LETTERS_PER_ARTIFACT:
-            await self.malformed(channel, b"", f"{len(parsed.bad) - MAX_DEAD_LETTERS_PER_ARTIFACT} more bad rows")
-        self.metrics.frames_in.labels(self.source, "rows").inc(parsed.total_lines)
-        futures, calls = await self._publish_rows(ds, parsed.rows, replay, batch_salt)
+            return published
+        await self._wait_acks(waiting)
+        if bad_rows > MAX_DEAD_LETTERS_PER_ARTIFACT:
+            await self.malformed(channel, b"", f"{bad_rows - MAX_DEAD_LETTERS_PER_ARTIFACT} more bad rows")
+        return published
+
+    async def _wait_acks(self, sent: tuple[list[Any], list[Any]]) -> None:
+        futures, calls = sent
         await _acked(futures)
         for call in calls:
             await self.fastpub.wait(call)  # type: ignore[union-attr]
-        return len(parsed.rows)
 
     async def _publish_rows(self, ds: DatastreamRef, rows: list[Any], replay: bool,
                             batch_salt: str | None) -> tuple[list[Any], list[Any]]:
@@ -554,17 +583,23 @@ class TickSupplyIngestor(Ingestor):
 
     # --- replay -----------------------------------------------------------------------------------
     async def replay(self, request: ReplayRequest) -> int:
+        """Export the requested range (in windows of at most ``max_window_s``) and publish it as
+        ``replay=True`` batches; returns the number of events, once all are acked."""
         ds = await self._replay_datastream(request)
-        job = await self.api.create_export(ds.datastream_id, request.start_ns, request.end_ns, str(uuid.uuid4()))
-        self.exports_created += 1
-        try:
-            await self._wait_export(job["id"])
-        except ExportFailed as exc:
-            if "no data" in str(exc.export.get("reason") or "").lower():
-                return 0
-            raise
-        count = await self._download_and_publish(ds, job["id"], replay=True, skip=set(),
-                                                 batch_salt=request.request_id or job["id"])
+        step = int(self.settings.max_window_s * 1e9)
+        count = 0
+        for lo in range(request.start_ns, request.end_ns, step):
+            hi = min(request.end_ns, lo + step)
+            job = await self.api.create_export(ds.datastream_id, lo, hi, str(uuid.uuid4()))
+            self.exports_created += 1
+            try:
+                await self._wait_export(job["id"])
+            except ExportFailed as exc:
+                if "no data" in str(exc.export.get("reason") or "").lower():
+                    continue
+                raise
+            count += await self._download_and_publish(ds, job["id"], replay=True, skip=set(),
+                                                      batch_salt=f"{request.request_id or job['id']}:{lo}")
         self.log.info("replay %s: %d %s events of %s/%s", request.request_id, count, request.kind, ds.venue, ds.symbol)
         return count
 
@@ -606,10 +641,14 @@ async def _acked(futures: list[Any]) -> None:
             raise future.exception()
 
 
-def _fresh(inflight: Inflight) -> Inflight:
-    """The same window, to be exported again (new idempotency key, nothing done)."""
-    return Inflight(resumed=inflight.resumed, start_ns=inflight.start_ns, end_ns=inflight.end_ns, idempotency_key=str(uuid.uuid4()),
-                    attempts=inflight.attempts + 1)
+def _fresh(inflight: Inflight, shrink: bool = False) -> Inflight:
+    """The window to export again (new idempotency key, nothing done); ``shrink`` halves it (down
+    to one second): the rest is the next window's."""
+    end = inflight.end_ns
+    if shrink and end - inflight.start_ns >= 2_000_000_000:
+        end = inflight.start_ns + (end - inflight.start_ns) // 2
+    return Inflight(resumed=inflight.resumed, start_ns=inflight.start_ns, end_ns=end,
+                    idempotency_key=str(uuid.uuid4()), attempts=0 if end != inflight.end_ns else inflight.attempts + 1)
 
 
 def _ranges(availability: Any) -> list[tuple[int, int]]:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import zlib
 from decimal import Decimal
 from hashlib import blake2b
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import msgspec
@@ -189,7 +189,21 @@ def _check(row: Any) -> str | None:
 
 
 def parse_artifact(data: bytes, stream_type: str = "trade") -> ParsedArtifact:
-    """Gunzip and parse an artifact of the ``raw`` schema for ``stream_type`` (trade | depth)."""
+    """Gunzip and parse a whole artifact of the ``raw`` schema for ``stream_type`` (trade | depth)."""
+    rows: list[Any] = []
+    bad: list[BadRow] = []
+    total = 0
+    for piece in iter_artifact(data, stream_type, slice_bytes=None):
+        rows.extend(piece.rows)
+        bad.extend(piece.bad)
+        total += piece.total_lines
+    return ParsedArtifact(rows, bad, total)
+
+
+def iter_artifact(data: bytes, stream_type: str = "trade", slice_bytes: int | None = 8 << 20) -> Iterator[ParsedArtifact]:
+    """Parse an artifact slice by slice (``slice_bytes`` of CSV text each, cut at line ends), so a
+    large artifact never holds all its rows, let alone all its events, at once. Line numbers in
+    :class:`BadRow` count from the top of the file. The same bytes always give the same slices."""
     text = gunzip(data)
     columns, row_type, decoder = (TRADE_COLUMNS, TradeRow, _trade_rows) if stream_type == "trade" else \
         (BOOK_COLUMNS, BookRow, _book_rows)
@@ -198,14 +212,26 @@ def parse_artifact(data: bytes, stream_type: str = "trade") -> ParsedArtifact:
     header = header_line.decode("utf-8", "replace").strip().split(",")
     if [h.strip() for h in header] != list(columns):
         # Columns in another order (or extra columns): the general path maps them by name.
-        return _parse_general(text, columns, row_type)
+        yield _parse_general(text, columns, row_type)
+        return
     body = b"" if newline < 0 else text[newline + 1:]
     body = body.rstrip(b"\n")
-    if not body:
-        return ParsedArtifact([], [], 0)
+    del text
+    pos, line_no = 0, 2
+    while pos < len(body):
+        end = len(body) if slice_bytes is None else body.find(b"\n", pos + slice_bytes)
+        if end < 0:
+            end = len(body)
+        piece = body[pos:end]
+        yield _parse_body(piece, columns, row_type, decoder, line_no)
+        line_no += piece.count(b"\n") + 1
+        pos = end + 1
+
+
+def _parse_body(body: bytes, columns: tuple[str, ...], row_type: type, decoder: Any, first_line: int) -> ParsedArtifact:
     # Fast path: a plain CSV (no quoting, no escapes) is turned into one JSON array of arrays of
     # strings and decoded in C straight into typed rows (str -> int, str -> Decimal).
-    if b'"' not in body and b"\\" not in body and b"\r" not in body:
+    if b'"' not in body and b"\\" not in body and b"\r" not in body and b"\n\n" not in body:
         try:
             rows = decoder.decode(b'[["' + body.replace(b",", b'","').replace(b"\n", b'"],["') + b'"]]')
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -215,7 +241,7 @@ def parse_artifact(data: bytes, stream_type: str = "trade") -> ParsedArtifact:
             # of NaN/Inf has an n or an i; "buy"/"sell" have neither), else check row by row.
             if not any(ch in body for ch in (b"n", b"N", b"i", b"I", b",-")) or all(_check(r) is None for r in rows):
                 return ParsedArtifact(rows, [], len(rows))
-    return _parse_lines(body.split(b"\n"), [columns.index(c) for c in columns], row_type, first_line=2)
+    return _parse_lines(body.split(b"\n"), list(range(len(columns))), row_type, first_line=first_line)
 
 
 def _parse_general(text: bytes, columns: tuple[str, ...], row_type: type) -> ParsedArtifact:
@@ -274,18 +300,20 @@ def trade_event_id(ds: DatastreamRef, row: TradeRow) -> str:
 
 
 def trades(ds: DatastreamRef, rows: list[TradeRow], ts_recv: int, replay: bool = False) -> list[Trade]:
-    """Trade events of parsed rows (file order). The hot path: kept to one comprehension."""
+    """Trade events of parsed rows (file order). The hot path: plain comprehensions."""
     venue, symbol = ds.venue, ds.symbol
     # event_id(SOURCE, "trade", ds_id, trade_id), inlined: the same text, the same hash
-    prefix = "\x1f".join((SOURCE, "trade", str(ds.datastream_id), ""))
-    sides = _SIDES
+    prefix = "\x1f".join((SOURCE, "trade", str(ds.datastream_id), "")).encode()
+    ids = [blake2b(prefix + r.trade_id.encode(), digest_size=12).hexdigest() if r.trade_id else trade_event_id(ds, r)
+           for r in rows]
+    if {r.side for r in rows} <= {"buy", "sell"}:
+        sides = [r.side for r in rows]
+    else:
+        sides = [_SIDES.get(r.side, "unknown") for r in rows]
     return [
-        Trade(
-            id=blake2b((prefix + r.trade_id).encode(), digest_size=12).hexdigest() if r.trade_id else trade_event_id(ds, r),
-            source=SOURCE, venue=venue, symbol=symbol, ts_event=r.exchange_ts_ns, ts_recv=ts_recv, replay=replay,
-            price=r.price, size=r.quantity, side=sides.get(r.side, "unknown"), trade_id=r.trade_id or None,  # type: ignore[arg-type]
-        )
-        for r in rows
+        Trade(id=i, source=SOURCE, venue=venue, symbol=symbol, ts_event=r.exchange_ts_ns, ts_recv=ts_recv,
+              replay=replay, price=r.price, size=r.quantity, side=side, trade_id=r.trade_id or None)  # type: ignore[arg-type]
+        for i, r, side in zip(ids, rows, sides)
     ]
 
 

@@ -12,6 +12,8 @@ Key ``ticksupply.<namespace>.ds.<datastream_id>``, value (JSON)::
                   "events": 0, "attempts": 0},
      "events_total": 0, "failed_windows": 0}
 
+Key ``...ds.<id>.holes``: the end (ns) of the last subscription hole reported as a ``gap``.
+
 A restart resumes the in-flight export (same export id, done artifacts skipped); an artifact
 that was half-published is published again with the same message ids (JetStream duplicates).
 """
@@ -64,6 +66,17 @@ class ProgressStore:
         if not entry.value:
             return DatastreamProgress(datastream_id=datastream_id)
         return _decoder.decode(entry.value)
+
+    async def get_mark(self, datastream_id: int, name: str) -> int:
+        """A small per-datastream integer kept next to the progress (e.g. holes reported up to)."""
+        try:
+            entry = await self.kv.get(f"{self.key(datastream_id)}.{name}")
+        except KeyNotFoundError:
+            return 0
+        return int(entry.value or b"0")
+
+    async def put_mark(self, datastream_id: int, name: str, value: int) -> None:
+        await self.kv.put(f"{self.key(datastream_id)}.{name}", str(value).encode())
 
     async def put(self, progress: DatastreamProgress) -> None:
         progress.updated_ts = time.time_ns()

@@ -43,6 +43,7 @@ class TickSupplySettings(IngestSettings, kw_only=True):
     export_poll_max_s: float = 5.0  # ...up to here
     export_timeout_s: float = 600.0  # an export not finished by then is canceled and redone
     state_namespace: str = "default"  # KV keys ticksupply.<namespace>.ds.<id> (one per account/deployment)
+    artifact_slice_bytes: int = 8 << 20  # CSV text parsed and published at a time (bounds memory)
     publish_mode: Literal["batch", "single"] = "batch"  # batch envelopes (fast) or one message per trade
 
     def __post_init__(self) -> None:
@@ -67,6 +68,8 @@ class TickSupplySettings(IngestSettings, kw_only=True):
                 problems.append(f"{PREFIX}{name.upper()} must be >= 0")
         if self.max_retries < 0 or self.max_rate_limited_retries < 0:
             problems.append(f"{PREFIX}MAX_RETRIES / MAX_RATE_LIMITED_RETRIES must be >= 0")
+        if self.artifact_slice_bytes < 1024:
+            problems.append(f"{PREFIX}ARTIFACT_SLICE_BYTES must be >= 1024")
         if self.batch_max_events < 1:
             problems.append(f"{PREFIX}BATCH_MAX_EVENTS must be >= 1")
         if problems:

@@ -3,11 +3,10 @@ helpers to publish events, wait for jobs and download their artifacts."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gzip
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,11 @@ import nats
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-import pytest
 import pytest_asyncio
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
-from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
+from marketbus.contracts.jobs import ExportJob, ExportRequest
 from marketbus.contracts.market import Trade
 from marketbus.runtime.publisher import JetStreamPublisher
 from marketbus.runtime.settings import Secret
@@ -177,4 +175,4 @@ def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
 
 
 __all__ = ["API_KEY", "Harness", "S", "T0", "download_all", "make_trades", "publish", "read_artifact", "table_rows",
-           "trade_rows", "wait_for", "Callable", "asyncio", "StreamSelector"]
+           "trade_rows", "wait_for"]

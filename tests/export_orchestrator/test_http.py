@@ -19,7 +19,7 @@ import pyarrow.csv as pcsv
 import pytest
 import ticksupply
 
-from .conftest import API_KEY, S, T0, Harness, download_all, make_trades, publish, read_artifact, table_rows, trade_rows
+from .conftest import API_KEY, S, Harness, download_all, make_trades, publish, read_artifact, table_rows, trade_rows
 
 NOW = time.time_ns() // S * S
 
@@ -169,3 +169,27 @@ async def test_auth_paging_rate_limit(harness: Harness) -> None:
         limited = [r for r in codes if r.status_code == 429]
         assert limited and limited[0].json()["error"]["code"] == "rate_limited"
         assert int(limited[0].headers["retry-after"]) >= 1
+
+
+async def test_overload_answers_429_and_cancel_over_http(harness: Harness) -> None:
+    orch, _, _ = await _setup(harness, max_queued_jobs=1, workers=0)  # no worker: jobs stay queued
+    h = {"X-Api-Key": API_KEY}
+    async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
+        ds = (await client.get("/v1/datastreams", params={"instrument": "BTCUSDT"}, headers=h)).json()["items"][0]
+        body = {"datastream_id": ds["datastream_id"], "start_time": str(NOW - 3600 * S), "end_time": str(NOW)}
+        first = await client.post("/v1/exports", json=body, headers=h | {"Idempotency-Key": "k1"})
+        assert first.status_code == 201 and first.json()["status"] == "queued"
+        again = await client.post("/v1/exports", json=body, headers=h | {"Idempotency-Key": "k1"})
+        assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+        clash = await client.post("/v1/exports", json=body | {"format": "parquet"}, headers=h | {"Idempotency-Key": "k1"})
+        assert clash.status_code == 409 and clash.json()["error"]["code"] == "already_exists"
+        busy = await client.post("/v1/exports", json=body, headers=h | {"Idempotency-Key": "k2"})
+        assert busy.status_code == 429 and busy.headers["retry-after"] and busy.json()["error"]["code"] == "rate_limited"
+        job_id = first.json()["id"]
+        assert (await client.post(f"/v1/exports/{job_id}/cancel", headers=h)).status_code == 204
+        got = (await client.get(f"/v1/exports/{job_id}", headers=h)).json()
+        assert got["status"] == "canceled"
+        dl = await client.get(f"/v1/exports/{job_id}/download", headers=h)
+        assert dl.status_code == 409
+        # another key does not see this account's jobs
+        assert (await client.get("/v1/exports/nope", headers=h)).status_code == 404

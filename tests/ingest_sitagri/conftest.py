@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -87,7 +86,3 @@ async def admin(sb: SandboxRunner, method: str, path: str, **params: Any) -> Any
 @pytest.fixture
 def make_sandbox() -> Callable[..., SandboxRunner]:
     return sandbox
-
-
-async def settle(seconds: float) -> None:
-    await asyncio.sleep(seconds)

@@ -12,7 +12,8 @@ from marketbus.contracts.market import CashPrice, IndexPrice, MarketPrice, News
 from marketbus.contracts.reference import Instrument, InstrumentClass, Unit, Venue
 from marketbus.contracts.units import convert
 from services.ingest_sitagri import normalize
-from services.ingest_sitagri.app import PublishReply, news_publish
+from marketbus.contracts import subjects
+from marketbus.contracts.jobs import PublishReply
 from tests.helpers import wait_for
 
 from .conftest import Collector, admin, ingestor, sandbox
@@ -89,12 +90,12 @@ async def test_live_prices_news_and_publish(nats_url: str, bus: Collector) -> No
             # publishing: request/reply on the bus -> POST /edit/...; the article comes back as News
             nc = await nats.connect(nats_url)
             try:
-                msg = await nc.request(news_publish(), msgspec.json.encode(
+                msg = await nc.request(subjects.SITAGRI_NEWS_PUBLISH, msgspec.json.encode(
                     {"source": "PRIVDEMO", "title": "Wheat up", "lang": "EN", "content": "<p>up</p>"}), timeout=10)
                 reply = msgspec.json.decode(msg.data, type=PublishReply)
                 assert reply.ok and reply.id
                 await wait_for(lambda: bus.of(News, venue="PRIVDEMO", article_id=reply.id), what="published article")
-                bad = msgspec.json.decode((await nc.request(news_publish(), msgspec.json.encode(
+                bad = msgspec.json.decode((await nc.request(subjects.SITAGRI_NEWS_PUBLISH, msgspec.json.encode(
                     {"source": "AFP", "title": "x", "lang": "EN"}), timeout=10)).data, type=PublishReply)
                 assert not bad.ok and "403" in (bad.error or "")
             finally:

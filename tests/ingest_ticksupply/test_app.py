@@ -90,7 +90,8 @@ async def progress(js: Any, ds: int = DS) -> DatastreamProgress:
 
 
 async def read_stream(js: Any, stream: str, subject: str) -> list[Any]:
-    """Every message (decoded) on ``subject`` in ``stream``, oldest first."""
+    """Every message (decoded) on ``subject`` in ``stream`` up to now, oldest first."""
+    last = (await js.stream_info(stream)).state.last_seq
     sub = await js.pull_subscribe(subject, stream=stream, config=ConsumerConfig(
         deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))
     out: list[Any] = []
@@ -99,8 +100,10 @@ async def read_stream(js: Any, stream: str, subject: str) -> list[Any]:
             try:
                 msgs = await sub.fetch(1000, timeout=0.3)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                break  # nothing more (a fetch times out either way, depending on timing)
+                break  # nothing more on this subject
             out.extend(codec.decode(m.data) for m in msgs)
+            if msgs[-1].metadata.sequence.stream >= last or msgs[-1].metadata.num_pending == 0:
+                break  # up to now: a live subject would otherwise keep the loop going
     finally:
         await sub.unsubscribe()
     return out
@@ -247,11 +250,12 @@ async def test_retry_after_is_honoured() -> None:
         assert elapsed >= 2.0  # waited Retry-After (1 s) after each 429
 
 
-async def test_malformed_rows_and_replies_are_dead_lettered(nats_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_malformed_rows_artifacts_and_replies_are_dead_lettered(nats_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     corrupted: list[bytes] = []
+    lost: list[list[str]] = []  # rows of the artifact replaced by garbage
     real_build = sandbox_exports.build_artifacts
 
-    def build_with_a_bad_row(job: Any) -> list[Any]:
+    def build_with_faults(job: Any) -> list[Any]:
         artifacts = real_build(job)
         if artifacts and not corrupted:  # the first export: break one row of its first artifact
             lines = gzip.decompress(artifacts[0].data).split(b"\n")
@@ -260,26 +264,38 @@ async def test_malformed_rows_and_replies_are_dead_lettered(nats_server: Any, mo
             lines[3] = b",".join(fields)
             corrupted.append(lines[3])
             artifacts[0].data = gzip.compress(b"\n".join(lines), mtime=0)
+        elif artifacts and not lost:  # the second: an artifact that is not a gzipped CSV at all
+            text = gzip.decompress(artifacts[0].data).decode()
+            lost.extend(line.split(",") for line in text.splitlines()[1:])
+            artifacts[0].data = b"<html>502 Bad Gateway</html>"
         return artifacts
 
-    monkeypatch.setattr(sandbox_exports, "build_artifacts", build_with_a_bad_row)
+    monkeypatch.setattr(sandbox_exports, "build_artifacts", build_with_faults)
     async with sandbox() as sb:
         start = await backfill(sb, DS, 30)
         sb.faults.set(malformed_next=1)  # the next JSON reply is garbage
-        began = time.time_ns()
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         try:
             async with ingestor(nats_server.url, sb):
-                p = await wait_for(lambda: caught_up(js, began), timeout=30, what="the backlog exported")
+                await wait_for(lambda: lost, timeout=30, what="a second export")
+                target = time.time_ns()  # after the second export's window
+                p = await wait_for(lambda: caught_up(js, target), timeout=30, what="later windows")
                 letters = [m for m in await read_stream(js, "DLQ", subjects.dead_letter("ingest_ticksupply", "ticksupply"))
                            if isinstance(m, DeadLetter)]
                 bad_row = next(d for d in letters if d.payload == corrupted[0])
                 assert "line 4" in bad_row.reason and bad_row.subject.startswith("artifact:binance-BTCUSDT-trade-")
                 assert any(d.payload.startswith(b'{"broken"') for d in letters)  # the garbage reply, kept whole
+                bad_file = next(d for d in letters if d.payload == b"<html>502 Bad Gateway</html>")
+                assert "not a gzip file" in bad_file.reason
+                statuses = [m for m in await read_stream(js, "STATUS", "status.ingest_ticksupply.feed.>")
+                            if isinstance(m, FeedStatus)]
+                assert any(s.state == "gap" and "unreadable artifact" in (s.detail or "") for s in statuses)
                 rows = await truth(sb, DS, start, p.last_end_ns)
-                bad_id = event_id("ticksupply", "trade", DS, corrupted[0].split(b",")[2].decode())
-                assert_exactly(await md_trades(js), [r for r in rows if trade_id(DS, r) != bad_id], p.last_end_ns)
+                skipped = {event_id("ticksupply", "trade", DS, corrupted[0].split(b",")[2].decode())}
+                skipped |= {trade_id(DS, r) for r in lost}
+                assert lost and skipped < {trade_id(DS, r) for r in rows}
+                assert_exactly(await md_trades(js), [r for r in rows if trade_id(DS, r) not in skipped], p.last_end_ns)
         finally:
             await nc.close()
 
@@ -366,3 +382,115 @@ def test_configuration_is_validated_and_the_key_is_secret() -> None:
                                                       f"{prefix}DATASTREAMS": "101,115"})
     assert settings.datastreams == [101, 115] and settings.api_key.get() == "sk_live_very_secret"
     assert "sk_live_very_secret" not in repr(settings) and "sk_live_very_secret" not in str(settings.redacted())
+
+
+async def test_single_events_quotes_and_an_expired_artifact_url(nats_server: Any) -> None:
+    depth_ds = 102  # binance BTCUSDT depth -> quotes
+    async with sandbox(artifact_url_ttl_s=2) as sb:
+        start = await backfill(sb, DS, 8)
+        depth_start = await backfill(sb, depth_ds, 4)
+        began = time.time_ns()
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        svc = ingestor(nats_server.url, sb, datastreams=[DS, depth_ds], publish_mode="single")
+        refused: list[str] = []
+        try:
+            async with svc:
+                real_fetch = svc.client.fetch_artifact
+                first = True
+
+                async def slow_first_fetch(url: str) -> bytes:
+                    nonlocal first
+                    if first:  # hold the first presigned URL until it has expired for real
+                        first = False
+                        await asyncio.sleep(2.1)
+                    try:
+                        return await real_fetch(url)
+                    except Exception as exc:
+                        refused.append(type(exc).__name__)
+                        raise
+
+                svc.client.fetch_artifact = slow_first_fetch  # type: ignore[method-assign]
+                p = await wait_for(lambda: caught_up(js, began), timeout=30, what="the trades exported")
+                await wait_for(lambda: caught_up(js, began, depth_ds), timeout=30, what="the depth exported")
+                assert refused and set(refused) == {"ArtifactUrlExpired"}  # re-listed, then downloaded
+
+                msgs = await read_stream(js, "MD", subjects.md("trade", "ticksupply", "binance", "BTCUSDT"))
+                assert all(isinstance(m, Trade) for m in msgs)  # one message per trade
+                assert_exactly(msgs, await truth(sb, DS, start, p.last_end_ns), p.last_end_ns)
+
+                pd = await progress(js, depth_ds)
+                quotes = [q for q in await read_stream(js, "MD", subjects.md("quote", "ticksupply", "binance", "BTCUSDT"))
+                          if q.ts_event < pd.last_end_ns]
+                rows = await truth(sb, depth_ds, depth_start, pd.last_end_ns)
+                assert len(quotes) == len(rows) // 2 > 100 and len({q.id for q in quotes}) == len(quotes)
+                bid, ask = rows[0], rows[1]
+                q = min(quotes, key=lambda q: q.ts_event)
+                assert (q.bid_price, q.ask_price) == (Decimal(bid[4]), Decimal(ask[4]))
+                assert (q.bid_size, q.ask_size) == (Decimal(bid[5]), Decimal(ask[5]))
+        finally:
+            await nc.close()
+
+
+async def test_a_subscription_paused_behind_our_back_is_resumed_and_the_hole_reported(nats_server: Any) -> None:
+    async with sandbox() as sb:
+        start = await backfill(sb, DS, 5)
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        try:
+            async with ingestor(nats_server.url, sb, subscription_interval_s=0.5) as svc:
+                await wait_for(lambda: caught_up(js, time.time_ns() - 1_000_000_000), timeout=20, what="caught up")
+                sub_id = svc.subscriptions[DS]["id"]
+                async with httpx.AsyncClient(base_url=sb.url, headers={"X-Api-Key": KEY}) as http:
+                    assert (await http.post(f"/v1/subscriptions/{sub_id}/pause")).status_code == 204
+
+                    async def resumed() -> list[dict[str, Any]] | None:
+                        spans = (await http.get(f"/v1/subscriptions/{sub_id}/spans")).json()
+                        return spans if len(spans) == 2 and spans[1]["ended_at"] is None else None
+
+                    spans = await wait_for(resumed, timeout=10, what="the ingestor to resume the subscription")
+
+                async def hole_reported() -> FeedStatus | None:
+                    return next((m for m in await read_stream(js, "STATUS", "status.ingest_ticksupply.feed.>")
+                                 if isinstance(m, FeedStatus) and m.state == "gap"), None)
+
+                gap = await wait_for(hole_reported, timeout=10, what="a gap status for the paused span")
+                assert gap.symbol == "BTCUSDT" and gap.kind == "trade" and gap.gap_end > gap.gap_start
+                assert gap.gap_end - gap.gap_start < 5_000_000_000
+                assert spans[0]["ended_at"] is not None
+                p = await wait_for(lambda: caught_up(js, time.time_ns() - 500_000_000), timeout=20, what="caught up")
+                rows = await truth(sb, DS, start, p.last_end_ns)  # clipped to the spans: the hole has no rows
+                assert_exactly(await md_trades(js), rows, p.last_end_ns)
+
+                # a replay of something we are not subscribed to is refused with a reason
+                request = ReplayRequest(request_id="r-2", source="ticksupply", venue="kraken", symbol="ETHUSD",
+                                        kind="trade", start_ns=start, end_ns=start + MIN_NS)
+                reply = codec.decode_as((await nc.request(subjects.replay("ticksupply"), codec.encode(request),
+                                                          timeout=10)).data, ReplayReply)
+                assert not reply.accepted and "subscription" in reply.reason
+
+            # a new instance does not report the same hole again
+            async with ingestor(nats_server.url, sb) as again:
+                await asyncio.wait_for(again.ready.wait(), 10)  # subscriptions and spans reconciled
+            gaps = [m for m in await read_stream(js, "STATUS", "status.ingest_ticksupply.feed.>")
+                    if isinstance(m, FeedStatus) and m.state == "gap"]
+            assert len(gaps) == 1
+        finally:
+            await nc.close()
+
+
+async def test_a_window_too_large_for_one_export_is_split(nats_server: Any) -> None:
+    async with sandbox(max_export_rows=3000) as sb:
+        start = await backfill(sb, DS, 60)  # 7200 rows: the vendor refuses one export of it all
+        began = time.time_ns()
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        try:
+            async with ingestor(nats_server.url, sb):
+                p = await wait_for(lambda: caught_up(js, began), timeout=30, what="the backlog exported")
+                assert_exactly(await md_trades(js), await truth(sb, DS, start, p.last_end_ns), p.last_end_ns)
+            jobs = list(sb.vendor_app.state.api.store.accounts[KEY].exports.values())
+            assert any(j.status == "failed" and "too large" in (j.reason or "") for j in jobs)
+            assert len([j for j in jobs if j.status == "succeeded" and j.start_ns < began - 10 * MIN_NS]) >= 3
+        finally:
+            await nc.close()

@@ -32,6 +32,7 @@ def truth() -> dict:
 
 def test_exchanges_become_venues() -> None:
     venues = [normalize.venue_event(e, TS) for e in load("exchanges.json")]
+    assert all(isinstance(v, Venue) for v in venues)
     assert [v.venue for v in venues] == ["binance", "coinbase", "kraken"]
     assert venues[1].name == "Coinbase" and venues[1].symbol == "coinbase"
     assert subjects.for_event(venues[0]) == subjects.ref("venue", "ticksupply", "binance", "binance")
@@ -144,3 +145,16 @@ def test_events_decode_back_from_a_batch(truth: dict) -> None:
     assert list(codec.decode_events(codec.encode(batch))) == trades
     assert all(t.replay for t in trades)
     assert msgspec.json.decode(codec.encode(batch))["replay"] is True
+
+
+def test_an_artifact_parsed_in_slices_is_the_same_as_whole() -> None:
+    data = (FIXTURES / "trades_coinbase_BTC-USD.csv.gz").read_bytes()
+    lines = gzip.decompress(data).decode().splitlines()
+    lines[17] = lines[17].replace(",", ";")  # one bad row, deep in the file
+    data = gzip.compress(("\n".join(lines) + "\n").encode())
+    whole = normalize.parse_artifact(data)
+    pieces = list(normalize.iter_artifact(data, slice_bytes=300))
+    assert len(pieces) > 3
+    assert [r for p in pieces for r in p.rows] == whole.rows
+    assert [b for p in pieces for b in p.bad] == whole.bad and [b.line_no for b in whole.bad] == [18]
+    assert sum(p.total_lines for p in pieces) == whole.total_lines == len(lines) - 1

@@ -168,3 +168,23 @@ async def test_service_refuses_bad_configuration_naming_the_variable(monkeypatch
     monkeypatch.setenv("MARKETBUS_HTTP_PORT", "eighty")
     with pytest.raises(SettingsError, match="MARKETBUS_HTTP_PORT='eighty' is invalid"):
         Probe()
+
+
+async def test_batches_larger_than_the_max_payload_are_split(nats_url: str, js) -> None:  # noqa: ANN001
+    nc = await nats.connect(nats_url)
+    publisher = await JetStreamPublisher(nc).start()
+    try:
+        events = [trade(i, symbol="BIGBATCH") for i in range(8000)]  # ~2.5 MB as one envelope
+        assert len(codec.encode(codec.make_batch(events))) > nc.max_payload
+        ack = await asyncio.wait_for(await publisher.publish_batch(events), 30)
+        assert ack.stream == "MD"
+        stored = []
+        sub = await js.subscribe("md.trade.test.RUNTIME.BIGBATCH", ordered_consumer=True)
+        while len(stored) < len(events):
+            msg = await sub.next_msg(timeout=5)
+            stored.extend(codec.decode_events(msg.data))
+        await sub.unsubscribe()
+        assert [e.id for e in stored] == [e.id for e in events]
+    finally:
+        await publisher.close()
+        await nc.close()

@@ -141,7 +141,15 @@ class ParquetStore(HistoryStore):
     def _locked(self, mode: int) -> Iterator[None]:
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT)
         try:
-            fcntl.flock(fd, mode)
+            deadline = time.monotonic() + 60.0
+            while True:  # never block a thread forever on the lock
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{self._lock_path} stayed locked for 60 s") from None
+                    time.sleep(0.005)
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -280,21 +288,23 @@ class ParquetStore(HistoryStore):
 
     def _write_sync(self, stream: str, decoded: Decoded) -> WriteResult:
         result = WriteResult()
-        pending: list[tuple[Path, Path, set[str], list[str]]] = []
+        pending: list[tuple[Path, Path, Any, list[str]]] = []
         written_seqs: list[np.ndarray] = []
         for kind, tables in decoded.tables.items():
             table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             for part, rows in self._split(kind, table):
                 known = self._partition_ids(part)
                 ids = rows.column("id").to_pylist()
-                keep = []
-                fresh: set[str] = set()
-                for i in ids:
-                    ok = i not in known and i not in fresh
-                    keep.append(ok)
-                    if ok:
-                        fresh.add(i)
-                if len(fresh) < len(ids):
+                if pc.count_distinct(rows.column("id")).as_py() == len(ids) and known.isdisjoint(ids):
+                    fresh: set[str] | list[str] = ids  # the common case, without a per-row Python loop
+                else:
+                    keep = []
+                    fresh = set()
+                    for i in ids:
+                        ok = i not in known and i not in fresh
+                        keep.append(ok)
+                        if ok:
+                            fresh.add(i)
                     result.duplicates += len(ids) - len(fresh)
                     rows = rows.filter(pa.array(keep))
                 if rows.num_rows == 0:

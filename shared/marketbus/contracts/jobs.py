@@ -5,6 +5,7 @@ exports (export orchestrator).
   published on their normal ``md.`` subjects with ``replay=True`` (batched).
 - ``history.query``: :class:`HistoryQuery` -> :class:`HistoryChunk` replies (streamed).
 - ``history.coverage``: :class:`CoverageQuery` -> :class:`CoverageReply`.
+- ``sitagri.news.publish``: :class:`PublishArticle` -> :class:`PublishReply`.
 - ``export.create`` (request/reply) -> :class:`ExportJob`; ``export.get``, ``export.cancel``;
   progress on ``export.status.<job_id>``.
 """
@@ -125,6 +126,26 @@ class ExportJob(Event, frozen=True, kw_only=True, tag="export_job"):
     coverage: list[StreamCoverage] = []
     created_ts: int
     updated_ts: int
+
+
+class PublishArticle(msgspec.Struct, kw_only=True):
+    """``sitagri.news.publish`` request: publish an article to a writable Sitagri news source."""
+
+    source: str  # news source code, e.g. PRIVDEMO
+    title: str
+    lang: str  # ISO-639-1, e.g. EN
+    snippet: str = ""
+    content: str = ""  # HTML without id/class/style/script
+    copyright: str = ""
+    publication_ts: int | None = None  # ns; default now
+    modification_ts: int | None = None  # ns; default publication
+
+
+class PublishReply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ok: bool
+    source: str = ""
+    id: str | None = None
+    error: str | None = None
 
 
 JOB_TYPES = (

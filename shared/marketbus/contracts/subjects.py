@@ -206,6 +206,7 @@ def replay(source: str) -> str:
     return f"replay.{source}"
 
 
+SITAGRI_NEWS_PUBLISH = "sitagri.news.publish"
 HISTORY_QUERY = "history.query"
 HISTORY_COVERAGE = "history.coverage"
 EXPORT_CREATE = "export.create"

@@ -39,6 +39,8 @@ class Ingestor(Service):
     settings: IngestSettings
 
     def setup(self) -> None:
+        self._metric_children: dict[type, tuple[Any, Any]] = {}
+
         @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}")
         async def on_replay(msg: NatsMessage) -> bytes:
             return codec.encode(await self._handle_replay(msg.body))
@@ -69,9 +71,15 @@ class Ingestor(Service):
 
     # --- publishing ---------------------------------------------------------------------------
     def _account(self, event: MarketEvent, n: int = 1) -> None:
-        kind = type(event).__struct_config__.tag  # type: ignore[attr-defined]
-        self.metrics.events_out.labels(self.source, kind).inc(n)
-        self.metrics.event_lag.labels(self.source, kind).observe(max(0.0, (event.ts_recv - event.ts_event) / 1e9))
+        cls = type(event)
+        children = self._metric_children.get(cls)
+        if children is None:  # labels() costs more than the increment: resolve once per kind
+            kind = cls.__struct_config__.tag  # type: ignore[attr-defined]
+            children = self._metric_children[cls] = (
+                self.metrics.events_out.labels(self.source, kind), self.metrics.event_lag.labels(self.source, kind),
+            )
+        children[0].inc(n)
+        children[1].observe(max(0.0, (event.ts_recv - event.ts_event) / 1e9))
         self.feeds.count(f"{event.source}/{event.venue}/{event.symbol}", n, event.ts_recv)
 
     async def emit(self, event: MarketEvent) -> Any:

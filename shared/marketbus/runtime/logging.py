@@ -26,6 +26,22 @@ def scrub(text: str) -> str:
     return text
 
 
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The ``extra=`` fields of a record, as text-safe values (a library's extra may be an
+    object whose repr fails, e.g. a dead weak reference: it must not kill the log line)."""
+    out: dict[str, Any] = {}
+    for key, value in record.__dict__.items():
+        if key in _STD_ATTRS or key.startswith("_"):
+            continue
+        if not isinstance(value, (str, int, float, bool, type(None), dict, list)):
+            try:
+                value = repr(value)
+            except Exception:  # noqa: BLE001
+                value = f"<unprintable {type(value).__name__}>"
+        out[key] = value
+    return out
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -34,9 +50,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STD_ATTRS and not key.startswith("_"):
-                data[key] = value
+        for key, value in _extras(record).items():
+            data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return scrub(msgspec.json.encode(data, enc_hook=str).decode())
@@ -47,7 +62,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        extra = {k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")}
+        extra = _extras(record)
         text = super().format(record)
         if extra:
             text += " " + " ".join(f"{k}={v}" for k, v in extra.items())

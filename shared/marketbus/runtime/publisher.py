@@ -35,15 +35,44 @@ _ack_decoder = msgspec.json.Decoder(PubAck)
 
 
 class _Pending:
-    __slots__ = ("subject", "payload", "headers", "future", "sent_at", "attempts")
+    __slots__ = ("subject", "payload", "headers", "header_block", "future", "sent_at", "attempts")
 
-    def __init__(self, subject: str, payload: bytes, headers: dict[str, str] | None, future: asyncio.Future[PubAck]) -> None:
+    def __init__(self, subject: str, payload: bytes, headers: dict[str, str] | None, future: asyncio.Future[PubAck],
+                 header_block: bytes | None = None) -> None:
         self.subject = subject
         self.payload = payload
         self.headers = headers
+        self.header_block = header_block
         self.future = future
         self.sent_at = 0.0
         self.attempts = 0
+
+
+_HEADER_PREFIX: dict[type, bytes] = {}
+
+
+def header_block(event: Event, msg_id: str | None) -> bytes:
+    """The encoded NATS header block of an event (what nats-py would build from the dict, but
+    with the constant part encoded once per type: header encoding is the costliest part of a
+    publish in nats-py)."""
+    cls = type(event)
+    prefix = _HEADER_PREFIX.get(cls)
+    if prefix is None:
+        static = {k: v for k, v in codec.headers_for(event, "").items() if k != codec.HEADER_MSG_ID}
+        prefix = _HEADER_PREFIX[cls] = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in static.items())
+    if msg_id:
+        return b"%sNats-Msg-Id: %s\r\n\r\n" % (prefix, msg_id.encode())
+    return prefix + b"\r\n"
+
+
+async def _last_of(futures: list[asyncio.Future[PubAck]]) -> PubAck:
+    acks = await asyncio.gather(*futures)
+    return acks[-1]
+
+
+def _parse_header_block(block: bytes) -> dict[str, str]:
+    lines = block.decode().split("\r\n")[1:]
+    return dict(line.split(": ", 1) for line in lines if line)
 
 
 class JetStreamPublisher:
@@ -55,7 +84,8 @@ class JetStreamPublisher:
         self.max_attempts = max_attempts
         self.latency = latency_histogram
         self._pending: dict[str, _Pending] = {}
-        self._slots = asyncio.Semaphore(max_inflight)
+        self._room = asyncio.Event()  # set while fewer than max_inflight messages await their ack
+        self._room.set()
         self._next = 0
         self._prefix = ""
         self._sub: Any = None
@@ -64,7 +94,9 @@ class JetStreamPublisher:
         self.duplicates = 0
 
     async def start(self) -> JetStreamPublisher:
+        self._loop = asyncio.get_running_loop()
         self._prefix = self.nc.new_inbox() + "."
+        self._prefix_b = self._prefix.encode()
         self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
         self._sweeper = asyncio.create_task(self._sweep())
         return self
@@ -82,7 +114,7 @@ class JetStreamPublisher:
         pending = self._pending.pop(token, None)
         if pending is None:
             return  # a late ack of a message already re-sent and acked
-        self._slots.release()
+        self._room.set()
         if self.latency is not None:
             self.latency.observe(time.monotonic() - pending.sent_at)
         if pending.future.done():
@@ -102,7 +134,25 @@ class JetStreamPublisher:
     async def _send(self, token: str, pending: _Pending) -> None:
         pending.attempts += 1
         pending.sent_at = time.monotonic()
-        await self.nc.publish(pending.subject, pending.payload, reply=self._prefix + token, headers=pending.headers)
+        nc = self.nc
+        if pending.header_block is None or not nc.is_connected:
+            # the public API (it also buffers while reconnecting)
+            headers = pending.headers
+            if headers is None and pending.header_block is not None:
+                headers = _parse_header_block(pending.header_block)
+            await nc.publish(pending.subject, pending.payload, reply=self._prefix + token, headers=headers)
+            return
+        # Fast path: an HPUB frame with a pre-encoded header block, queued like nats-py does it.
+        hdr = pending.header_block
+        payload = pending.payload
+        cmd = b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+            pending.subject.encode(), self._prefix_b, token.encode(), len(hdr), len(hdr) + len(payload), hdr, payload,
+        )
+        nc.stats["out_msgs"] += 1
+        nc.stats["out_bytes"] += len(payload)
+        await nc._send_command(cmd)  # noqa: SLF001 - nats-py's own publish path, minus header encoding
+        if nc._flush_queue is not None and nc._flush_queue.empty():  # noqa: SLF001
+            await nc._flush_pending()  # noqa: SLF001
 
     async def _sweep(self) -> None:
         """Re-send messages whose ack did not come in time (same Msg-Id: de-duplicated)."""
@@ -114,7 +164,7 @@ class JetStreamPublisher:
                     continue
                 if pending.attempts >= self.max_attempts:
                     self._pending.pop(token, None)
-                    self._slots.release()
+                    self._room.set()
                     pending.future.set_exception(PublishError(f"no ack for {pending.subject} after {pending.attempts} attempts"))
                     continue
                 try:
@@ -122,14 +172,22 @@ class JetStreamPublisher:
                 except Exception:  # noqa: BLE001 - disconnected: next sweep retries
                     pending.sent_at = now
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> asyncio.Future[PubAck]:
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None,
+                      *, header_block_: bytes | None = None) -> asyncio.Future[PubAck]:
         """Send one message; returns a future resolved by its ack (await it, or ``flush()``)."""
-        await self._slots.acquire()
+        while len(self._pending) >= self.max_inflight:
+            self._room.clear()
+            await self._room.wait()
         self._next += 1
         token = str(self._next)
-        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        pending = _Pending(subject, payload, headers, future)
+        future: asyncio.Future[PubAck] = self._loop.create_future()
+        pending = _Pending(subject, payload, headers, future, header_block_)
         self._pending[token] = pending
+        if len(payload) + len(header_block_ or b"") > (self.nc.max_payload or 1 << 20):
+            # the server would refuse it (and close the connection): fail it now, never retry
+            self._pending.pop(token, None)
+            future.set_exception(PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload"))
+            return future
         try:
             await self._send(token, pending)
         except Exception:  # noqa: BLE001 - the sweeper re-sends it once reconnected
@@ -141,16 +199,26 @@ class JetStreamPublisher:
             if not isinstance(event, MarketEvent):
                 raise ValueError(f"a subject is needed for {type(event).__name__}")
             subject = subjects.for_event(event)
-        return await self.publish(subject, codec.encode(event), codec.headers_for(event))
+        return await self.publish(subject, codec.encode(event), header_block_=header_block(event, getattr(event, "id", None)))
 
     async def publish_events(self, events: Iterable[MarketEvent]) -> list[asyncio.Future[PubAck]]:
         return [await self.publish_event(e) for e in events]
 
     async def publish_batch(self, events: list[MarketEvent], replay: bool | None = None) -> asyncio.Future[PubAck]:
-        """Publish events of one kind and instrument as one batch envelope."""
+        """Publish events of one kind and instrument as batch envelopes.
+
+        An envelope larger than the server's max payload is split in halves (recursively): the
+        server would refuse it. The returned future resolves when every part is acked.
+        """
         batch = codec.make_batch(events, replay)
+        payload = codec.encode(batch)
+        limit = (self.nc.max_payload or 1 << 20) - 1024  # room for the headers
+        if len(payload) > limit and len(events) > 1:
+            half = len(events) // 2
+            parts = [await self.publish_batch(events[:half], replay), await self.publish_batch(events[half:], replay)]
+            return asyncio.ensure_future(_last_of(parts))
         subject = subjects.for_event(events[0])
-        return await self.publish(subject, codec.encode(batch), codec.headers_for(batch))
+        return await self.publish(subject, payload, header_block_=header_block(batch, batch.id))
 
     @property
     def inflight(self) -> int:
@@ -164,5 +232,5 @@ class JetStreamPublisher:
             if not_done:
                 raise PublishError(f"{len(not_done)} messages not acked within {timeout}s")
             for fut in done:
-                if fut.exception():
+                if not fut.cancelled() and fut.exception():
                     raise fut.exception()  # type: ignore[misc]

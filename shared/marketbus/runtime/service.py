@@ -56,7 +56,7 @@ class _Feed:
     __slots__ = ("state", "total", "last_ts", "rate", "_mark_total", "_mark_time")
 
     def __init__(self) -> None:
-        self.state: FeedState = "disconnected"
+        self.state: FeedState | None = None  # unknown until first reported
         self.total = 0
         self.last_ts: int | None = None
         self.rate = 0.0
@@ -103,7 +103,7 @@ class FeedTracker:
         out = []
         for name, feed in sorted(self.feeds.items()):
             feed.roll(now)
-            out.append(FeedHealth(feed=name, state=feed.state, events_total=feed.total,
+            out.append(FeedHealth(feed=name, state=feed.state or "stale", events_total=feed.total,
                                   events_per_s=round(feed.rate, 1), last_event_ts=feed.last_ts))
         return out
 
@@ -141,7 +141,9 @@ class Service:
         """After the broker, streams and publisher are up: start loops with :meth:`spawn`."""
 
     async def on_stop(self) -> None:
-        """Before the broker stops."""
+        """First thing when stopping, while the loops still run (e.g. ask them to finish); the
+        loops are cancelled after it. Close clients the loops use in an override of stop()
+        after ``await super().stop()``."""
 
     def health(self) -> dict[str, Any]:
         """Extra health details (merged into /healthz)."""
