@@ -103,7 +103,7 @@ class OrderRouter(Service):
         self.spawn(self._watch_control(), "control")
         self.spawn(self.reconciler.track_loop(), "track")
         self.spawn(self.reconciler.reconcile_loop(), "reconcile")
-        await self.publish_feed_status("digitex", "live", feed="digitex/orders")
+        await self.publish_feed_status("digitex", "connected", feed="digitex/orders")
 
     async def on_stop(self) -> None:
         for task in list(self._tasks):

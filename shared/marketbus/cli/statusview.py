@@ -22,7 +22,9 @@ def _age(ts_ns: int | None, now_ns: int) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def render(heartbeats: dict[str, ServiceHeartbeat], title: str = "marketbus") -> Table:
+def render(heartbeats: dict[str, ServiceHeartbeat], title: str = "marketbus", max_feeds: int | None = None) -> Table:
+    """The table; ``max_feeds`` keeps the busiest feeds of each service (the live view must fit
+    the terminal) and sums up the rest in one row."""
     now = time.time_ns()
     table = Table(title=title, expand=False)
     for column in ("service", "state", "feed", "feed state", "events/s", "events", "last event"):
@@ -34,12 +36,22 @@ def render(heartbeats: dict[str, ServiceHeartbeat], title: str = "marketbus") ->
         service_style = "red" if stale or hb.state == "degraded" else "green"
         if not hb.feeds:
             table.add_row(hb.service, f"[{service_style}]{service_state}[/]", "-", "-", "-", "-", "-")
-        for i, feed in enumerate(hb.feeds):
+        feeds = hb.feeds
+        hidden = []
+        if max_feeds is not None and len(feeds) > max_feeds:
+            ranked = sorted(feeds, key=lambda f: (f.state != "connected", -f.events_per_s, -f.events_total))
+            feeds, hidden = sorted(ranked[:max_feeds], key=lambda f: f.feed), ranked[max_feeds:]
+        for i, feed in enumerate(feeds):
             style = STATE_STYLE.get(feed.state, "white")
             table.add_row(
                 hb.service if i == 0 else "", f"[{service_style}]{service_state}[/]" if i == 0 else "",
                 feed.feed, f"[{style}]{feed.state}[/]", f"{feed.events_per_s:,.1f}", f"{feed.events_total:,}",
                 _age(feed.last_event_ts, now),
+            )
+        if hidden:
+            table.add_row(
+                "", "", f"[dim]… {len(hidden)} more feeds[/]", "", f"{sum(f.events_per_s for f in hidden):,.1f}",
+                f"{sum(f.events_total for f in hidden):,}", "",
             )
     if not heartbeats:
         table.add_row("(no service has reported yet)", "", "", "", "", "", "")

@@ -23,6 +23,7 @@ from rich.live import Live
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.status import ServiceHeartbeat
+from marketbus.runtime.http import port_is_free
 from marketbus.runtime.natsserver import NatsServer
 
 from .services import existing_services
@@ -62,6 +63,18 @@ class Child:
             self.proc.wait()
 
 
+async def _wait_for_sandboxes(console: Console, timeout: float = 30.0) -> None:
+    from services.sandbox.registry import SANDBOXES
+
+    ports = [port for _module, port in SANDBOXES.values()]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(not port_is_free(port) for port in ports):
+            return
+        await asyncio.sleep(0.2)
+    console.print(f"[yellow]sandboxes not all listening after {timeout:.0f}s; starting the services anyway[/]")
+
+
 async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, console: Console) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_dir = data_dir / "logs"
@@ -94,7 +107,7 @@ async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, consol
             child.start()
             console.print(f"started {child.name} (log: {child.log_path})")
             if child.name == "sandboxes":
-                await asyncio.sleep(1.0)  # let the vendor APIs listen before the ingestors dial them
+                await _wait_for_sandboxes(console)  # the ingestors and the router dial them at start
         nc = await nats.connect(nats_url.split(","))
 
         async def on_heartbeat(msg: Any) -> None:
@@ -105,11 +118,12 @@ async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, consol
 
         await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)
         deadline = time.monotonic() + duration if duration else None
-        with Live(render(heartbeats), console=console, refresh_per_second=2, transient=False) as live:
+        with Live(render(heartbeats), console=console, refresh_per_second=2, transient=False,
+                  vertical_overflow="visible") as live:
             while not stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
-                live.update(render(heartbeats, title=f"marketbus — NATS {nats_url} — Ctrl-C to stop"))
+                live.update(render(heartbeats, title=f"marketbus — NATS {nats_url} — Ctrl-C to stop", max_feeds=6))
                 for child in children:
                     if child.proc is not None and child.proc.poll() is not None and not stop.is_set():
                         console.print(f"[red]{child.name} exited with {child.proc.returncode}[/]; see {child.log_path}")

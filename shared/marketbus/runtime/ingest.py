@@ -19,6 +19,7 @@ from faststream.nats import NatsMessage
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import MarketEvent
 from marketbus.contracts.jobs import ReplayReply, ReplayRequest
+from marketbus.contracts.market import MARKET_TYPES
 
 from .metrics import IngestMetrics
 from .service import Service, ServiceSettings
@@ -39,7 +40,7 @@ class Ingestor(Service):
     settings: IngestSettings
 
     def setup(self) -> None:
-        self._metric_children: dict[type, tuple[Any, Any]] = {}
+        self._metric_children: dict[type, tuple[Any, Any, bool]] = {}
 
         @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}")
         async def on_replay(msg: NatsMessage) -> bytes:
@@ -77,10 +78,12 @@ class Ingestor(Service):
             kind = cls.__struct_config__.tag  # type: ignore[attr-defined]
             children = self._metric_children[cls] = (
                 self.metrics.events_out.labels(self.source, kind), self.metrics.event_lag.labels(self.source, kind),
+                cls in MARKET_TYPES,
             )
         children[0].inc(n)
-        children[1].observe(max(0.0, (event.ts_recv - event.ts_event) / 1e9))
-        self.feeds.count(f"{event.source}/{event.venue}/{event.symbol}", n, event.ts_recv)
+        if children[2]:  # market data: lag and a feed row; reference data is neither
+            children[1].observe(max(0.0, (event.ts_recv - event.ts_event) / 1e9))
+            self.feeds.count(f"{event.source}/{event.venue}/{event.symbol}", n, event.ts_recv)
 
     async def emit(self, event: MarketEvent) -> Any:
         """Publish one event (JetStream, Nats-Msg-Id = event id); returns the ack future."""

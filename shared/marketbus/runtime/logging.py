@@ -75,5 +75,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "nats.aio.client"):
+    for noisy in ("uvicorn.access", "nats.aio.client", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Coroutine
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -50,6 +50,10 @@ class ServiceSettings(BusSettings, kw_only=True):
     log_format: Literal["text", "json"] = "text"
     heartbeat_interval_s: float = 5.0
     instance: str = ""  # defaults to <hostname>-<pid>
+
+
+STALE_AFTER_NS = 60 * 1_000_000_000
+FEED_STATES: frozenset[str] = frozenset(get_args(FeedState))
 
 
 class _Feed:
@@ -103,7 +107,11 @@ class FeedTracker:
         out = []
         for name, feed in sorted(self.feeds.items()):
             feed.roll(now)
-            out.append(FeedHealth(feed=name, state=feed.state or "stale", events_total=feed.total,
+            state = feed.state
+            if state is None:  # a data feed without a state of its own: live while events flow
+                fresh = feed.last_ts is not None and time.time_ns() - feed.last_ts < STALE_AFTER_NS
+                state = "connected" if fresh else "stale"
+            out.append(FeedHealth(feed=name, state=state, events_total=feed.total,
                                   events_per_s=round(feed.rate, 1), last_event_ts=feed.last_ts))
         return out
 
@@ -248,6 +256,8 @@ class Service:
     ) -> None:
         """Record a feed state and publish a :class:`FeedStatus` (gap/resynced always, other
         states only when they change)."""
+        if state not in FEED_STATES:  # msgspec checks types when decoding, not when encoding
+            raise ValueError(f"feed state {state!r} is not one of {sorted(FEED_STATES)}")
         feed_name = feed or f"{source}/{venue}/{symbol}"
         changed = self.feeds.set_state(feed_name, state)
         if not changed and state not in ("gap", "resynced"):
