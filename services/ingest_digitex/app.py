@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -27,9 +26,8 @@ from marketbus.contracts.market import Bar, Trade
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
-from marketbus.runtime.logging import setup_logging
 from marketbus.runtime.ratelimit import MultiWindowLimiter
-from marketbus.runtime.settings import SettingsError, load_settings
+from marketbus.runtime.settings import SettingsError
 
 from . import normalize
 from .client import ClientError, DigitexClient, Unavailable
@@ -80,16 +78,6 @@ class DigitexIngestor(Ingestor):
         self._connected: bool | None = None
         self._ref_at = 0.0
 
-    @classmethod
-    def main(cls) -> None:
-        try:
-            settings = load_settings(cls.settings_cls)
-            settings.validate()
-        except SettingsError as exc:
-            print(f"{cls.name}: configuration error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        setup_logging(settings.log_level, settings.log_format)
-        asyncio.run(cls(settings).run())
 
     def _vendor_error(self, kind: str) -> None:
         self.metrics.vendor_errors.labels(self.source, kind).inc()

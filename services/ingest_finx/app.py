@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,8 +28,6 @@ from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.contracts.subjects import denormalize_symbol
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
-from marketbus.runtime.logging import setup_logging
-from marketbus.runtime.settings import SettingsError, load_settings
 
 from . import normalize
 from .client import SessionLost, TickPlantClient
@@ -91,16 +88,6 @@ class FinxIngestor(Ingestor):
         self._commit_at = 0.0
         self.sessions = 0
 
-    @classmethod
-    def main(cls) -> None:
-        try:
-            settings = load_settings(cls.settings_cls)
-            settings.validate()
-        except SettingsError as exc:
-            print(f"{cls.name}: configuration error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        setup_logging(settings.log_level, settings.log_format)
-        asyncio.run(cls(settings).run())
 
     def _count_frame(self, channel: str) -> None:
         self.metrics.frames_in.labels(self.source, channel).inc()

@@ -54,6 +54,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # field -> other variables read when the prefixed one is absent (e.g. a shared NATS_URL)
     env_fallbacks: ClassVar[dict[str, tuple[str, ...]]] = {}
 
+    def validate(self) -> None:
+        """Checks across fields, beyond types; raise :class:`SettingsError` naming the variable.
+        Called by :func:`load_settings`, so every service checks its configuration at start-up."""
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log (secrets masked)."""
         return {f: repr(v) if isinstance(v, Secret) else v for f, v in msgspec.structs.asdict(self).items()}
@@ -131,7 +135,7 @@ def load_settings(cls: type[S], env: Mapping[str, str] | None = None, **override
         except msgspec.DecodeError as exc:
             raise SettingsError(f"{name}: not valid JSON ({exc})") from exc
     try:
-        return msgspec.convert(data, cls, strict=False, dec_hook=_dec_hook)
+        settings = msgspec.convert(data, cls, strict=False, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         message = str(exc)
         # msgspec says "... - at `$.field`": name the env variable instead of the path.
@@ -142,3 +146,5 @@ def load_settings(cls: type[S], env: Mapping[str, str] | None = None, **override
         ) else data.get(field_name)
         reason = message.split(" - at ")[0]
         raise SettingsError(f"{var}={raw!r} is invalid: {reason}") from exc
+    settings.validate()
+    return settings
