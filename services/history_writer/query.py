@@ -26,6 +26,7 @@ Coverage (``history.coverage``): ``CoverageQuery`` -> one ``CoverageReply`` (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -116,7 +117,9 @@ async def query_chunks(nc: NatsClient, query: HistoryQuery, timeout: float = 10.
             if chunk.last:
                 return
     finally:
-        await sub.unsubscribe()
+        # a caller that stopped early may have closed the connection already
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def query_pages(nc: NatsClient, query: HistoryQuery, *, total: int | None = None,

@@ -93,3 +93,18 @@ async def test_cli_says_clearly_when_nats_is_unreachable() -> None:
     code, out = await run_cli("tail", "md.>", env={"NATS_URL": "nats://127.0.0.1:1"})
     assert code != 0
     assert "cannot connect to NATS at nats://127.0.0.1:1" in out
+
+
+async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_count(nats_url: str, js) -> None:  # noqa: ANN001
+    from marketbus.contracts.reference import Unit
+
+    for code, factor in (("TON", "1000"), ("USWSBS", "27.2155"), ("KILO", "1")):
+        unit = Unit(id=event_id("test", "unit", code), source="tailtest", venue="_", symbol=code, ts_event=1, ts_recv=1,
+                    code=code, factor=Decimal(factor), unit_type="MASS")
+        await js.publish(subjects.for_event(unit), codec.encode(unit), headers=codec.headers_for(unit))
+    # published before tail starts: only --last can show them
+    code, out = await run_cli("tail", "ref.unit.tailtest.>", "--last", "-n", "2", env={"NATS_URL": nats_url})
+    assert code == 0, out
+    lines = [line for line in out.splitlines() if line.startswith("ref.unit.tailtest")]
+    assert len(lines) == 2, out
+    assert "code=TON" in lines[0] and "factor=1000" in lines[0]

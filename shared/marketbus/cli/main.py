@@ -35,13 +35,14 @@ def tail(
     subject: str = typer.Argument("md.>", help="subject or wildcard, e.g. 'md.trade.finx.>'"),
     as_json: bool = typer.Option(False, "--json", help="print the raw JSON messages"),
     count: int = typer.Option(0, "--count", "-n", help="stop after this many events (0 = forever)"),
+    last: bool = typer.Option(False, "--last", help="start with the last stored message of each subject"),
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Decode and pretty-print the events on SUBJECT."""
     from .tail import run_tail
 
     try:
-        asyncio.run(run_tail(nats_url, subject, as_json, count or None, console))
+        asyncio.run(run_tail(nats_url, subject, as_json, count or None, console, last=last))
     except KeyboardInterrupt:
         pass
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from rich.console import Console
 
 from marketbus.contracts import codec
@@ -37,13 +38,19 @@ def summarize(event: Any) -> str:
     return " ".join(parts)
 
 
-async def run_tail(url: str | None, subject: str, as_json: bool, count: int | None, console: Console) -> int:
+async def run_tail(url: str | None, subject: str, as_json: bool, count: int | None, console: Console,
+                   last: bool = False) -> int:
     nc = await connect(url)
     seen = 0
     done = asyncio.Event()
 
+    def wanted() -> bool:
+        return count is None or seen < count
+
     async def on_message(msg: Any) -> None:
         nonlocal seen
+        if not wanted():  # messages already in flight when the count was reached
+            return
         if as_json:
             console.print_json(msg.data.decode("utf-8", "replace")) if msg.data[:1] in (b"{", b"[") else console.print(msg.data)
             seen += 1
@@ -58,13 +65,23 @@ async def run_tail(url: str | None, subject: str, as_json: bool, count: int | No
                 if isinstance(message, Batch):
                     console.print(f"{prefix} batch of {len(message.events)} {message.kind} events")
                 for event in codec.iter_events(message):
+                    if not wanted():
+                        break
                     tag = type(event).__struct_config__.tag
                     console.print(f"[dim]{msg.subject}[/] [bold]{tag}[/] {summarize(event)}", highlight=False)
                     seen += 1
         if count is not None and seen >= count:
             done.set()
 
-    await nc.subscribe(subject, cb=on_message)
+    if last:
+        # from the stream: the last stored message of every matching subject, then live ones
+        # (reference data is published rarely: this is how to see the current values)
+        await nc.jetstream().subscribe(
+            subject, cb=on_message, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+        )
+    else:
+        await nc.subscribe(subject, cb=on_message)
     try:
         await done.wait()
     finally:
