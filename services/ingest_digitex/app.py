@@ -20,12 +20,14 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.jobs import ReplayRequest
 from marketbus.contracts.market import Bar, Trade
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
+from marketbus.runtime.publisher import header_block
 from marketbus.runtime.ratelimit import MultiWindowLimiter
 from marketbus.runtime.settings import SettingsError
 
@@ -194,6 +196,23 @@ class DigitexIngestor(Ingestor):
                 self.log.warning("reference refresh failed: %s", exc)
                 self._ref_at = time.monotonic() + 30
 
+    # --- publishing -----------------------------------------------------------------------------
+    async def emit_trades(self, trades: list[Trade]) -> int:
+        """Publish one ``recent_trades`` page (one market) as single events, one message per trade,
+        exactly as :meth:`emit` would (same subject, payload and headers; Nats-Msg-Id = the id),
+        with the per-page work done once: the subject (one market, one subject) and the metrics
+        (counted per page, the lag of the newest trade, as ``emit_batch`` does per envelope)."""
+        if not trades:
+            return 0
+        publisher = self.publisher
+        assert publisher is not None
+        publish = publisher.publish
+        subject = subjects.for_event(trades[0])
+        for trade, payload in zip(trades, codec.encode_many(trades), strict=True):
+            await publish(subject, payload, header_block_=header_block(trade, trade.id))
+        self._account(trades[-1], len(trades))
+        return len(trades)
+
     # --- poll loops -----------------------------------------------------------------------------
     async def _set_connected(self, ok: bool, detail: str | None = None) -> None:
         if self._connected == ok:
@@ -243,8 +262,7 @@ class DigitexIngestor(Ingestor):
             gap = (last_ts, self.now_ns())
             await self.publish_feed_status(self.source, "gap", venue=self.venue, symbol=state.symbol, kind="trade",
                                            gap=gap, detail="API outage; back-filling from recent_trades")
-        for event in trades:
-            await self.emit(event)
+        await self.emit_trades(trades)
         if trades:
             state.last_trade_id, state.last_trade_ts = int(trades[-1].trade_id or 0), trades[-1].ts_event
             await self._save(state, "trades", {"trade_id": state.last_trade_id, "ts_ns": state.last_trade_ts})

@@ -32,7 +32,6 @@ from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
 
 from . import normalize
-from .fastpub import PipelinedPublisher
 from .client import (
     ArtifactUrlExpired, Conflict, MalformedReply, NotFound, RetriesExhausted, TickSupplyClient, TickSupplyError,
 )
@@ -61,7 +60,6 @@ class TickSupplyIngestor(Ingestor):
     def setup(self) -> None:
         super().setup()
         self.client: TickSupplyClient | None = None
-        self.fastpub: PipelinedPublisher | None = None
         self.progress: ProgressStore | None = None
         self.datastreams: dict[int, DatastreamRef] = {}
         self.subscriptions: dict[int, dict[str, Any]] = {}
@@ -81,7 +79,6 @@ class TickSupplyIngestor(Ingestor):
             max_retries=s.max_retries, max_rate_limited_retries=s.max_rate_limited_retries,
             on_error=self._vendor_error,
         )
-        self.fastpub = await PipelinedPublisher(self.nc).start()
         kv = await ensure_bucket(self.js, INGEST_STATE, s.stream_replicas)
         self.progress = ProgressStore(kv, s.state_namespace)
         self.spawn(self._catalog_loop(), "catalog")
@@ -95,8 +92,6 @@ class TickSupplyIngestor(Ingestor):
         await asyncio.gather(*loops, return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
-        if self.fastpub is not None:
-            await self.fastpub.close()
 
     def _vendor_error(self, kind: str) -> None:
         self.metrics.vendor_errors.labels(self.source, kind).inc()
@@ -495,9 +490,8 @@ class TickSupplyIngestor(Ingestor):
         The artifact is parsed slice by slice; a slice is published while the previous one's
         acks come in, so memory stays bounded. Bad rows and unreadable artifacts are dead-lettered
         (never raised)."""
-        assert self.fastpub is not None
         published = bad_rows = 0
-        waiting: tuple[list[Any], list[Any]] = ([], [])
+        waiting: list[Any] = []
         try:
             for piece in normalize.iter_artifact(data, ds.stream_type, self.settings.artifact_slice_bytes):
                 for bad in piece.bad:
@@ -519,23 +513,19 @@ class TickSupplyIngestor(Ingestor):
             await self.malformed(channel, b"", f"{bad_rows - MAX_DEAD_LETTERS_PER_ARTIFACT} more bad rows")
         return published
 
-    async def _wait_acks(self, sent: tuple[list[Any], list[Any]]) -> None:
-        futures, calls = sent
+    async def _wait_acks(self, futures: list[Any]) -> None:
         await _acked(futures)
-        for call in calls:
-            await self.fastpub.wait(call)  # type: ignore[union-attr]
 
     async def _publish_rows(self, ds: DatastreamRef, rows: list[Any], replay: bool,
-                            batch_salt: str | None) -> tuple[list[Any], list[Any]]:
-        """Send every event (batches via the runtime publisher, single events via the pipelined
-        fast path); returns what to wait on for the acks."""
-        assert self.publisher is not None and self.fastpub is not None
+                            batch_salt: str | None) -> list[Any]:
+        """Send every event (as batch envelopes, or one message per event acked as a group);
+        returns the ack futures to wait on."""
+        assert self.publisher is not None
         publish = self.publisher.publish
         ts_recv = self.now_ns()
         futures: list[Any] = []
-        calls: list[Any] = []
         if not rows:
-            return futures, calls
+            return futures
         single = self.settings.publish_mode == "single" and batch_salt is None
         size = self.settings.batch_max_events if single else self._batch_size(ds, rows, ts_recv)
         subject = None
@@ -546,14 +536,12 @@ class TickSupplyIngestor(Ingestor):
             if subject is None:
                 subject = subjects.for_event(events[0])
             if single:
-                encode = codec.encode
-                calls.append(await self.fastpub.send(subject, subjects.kind_of(events[0]),
-                                                     [(e.id, encode(e)) for e in events]))
+                futures.append(await self.publisher.publish_group(events))
             else:
                 for batch, payload in self._batches(events, replay, batch_salt):
                     futures.append(await publish(subject, payload, codec.headers_for(batch)))
             self._account(events[-1], len(events))
-        return futures, calls
+        return futures
 
     def _max_payload(self) -> int:
         return int(getattr(self.nc, "max_payload", 0) or 1_048_576)

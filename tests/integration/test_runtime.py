@@ -188,3 +188,22 @@ async def test_batches_larger_than_the_max_payload_are_split(nats_url: str, js) 
     finally:
         await publisher.close()
         await nc.close()
+
+
+async def test_publish_group_acks_every_event_once(nats_url: str, js) -> None:  # noqa: ANN001
+    nc = await nats.connect(nats_url)
+    publisher = await JetStreamPublisher(nc, max_inflight=500).start()  # more events than slots
+    try:
+        events = [trade(i, symbol="GROUP") for i in range(3000)]
+        ack = await asyncio.wait_for(await publisher.publish_group(events), 30)
+        assert ack.stream == "MD"
+        again = await asyncio.wait_for(await publisher.publish_group(events[:10]), 30)
+        assert again.duplicate  # same ids: de-duplicated by JetStream
+        info = await js.stream_info("MD", subjects_filter="md.trade.test.RUNTIME.GROUP")
+        assert info.state.subjects == {"md.trade.test.RUNTIME.GROUP": 3000}
+        failing = await publisher.publish_group([trade(1, symbol="X" * 2_000_000)])
+        with pytest.raises(Exception, match="max payload"):
+            await asyncio.wait_for(failing, 5)
+    finally:
+        await publisher.close()
+        await nc.close()

@@ -34,18 +34,52 @@ class PubAck(msgspec.Struct):
 _ack_decoder = msgspec.json.Decoder(PubAck)
 
 
+class _Group:
+    """Messages acknowledged together: one future for all of them (no future per message)."""
+
+    __slots__ = ("remaining", "future", "last_ack")
+
+    def __init__(self, n: int, future: asyncio.Future[PubAck]) -> None:
+        self.remaining = n
+        self.future = future
+        self.last_ack: PubAck | None = None
+
+    def acked(self, ack: PubAck) -> None:
+        self.remaining -= 1
+        self.last_ack = ack
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(ack)
+
+    def failed(self, error: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
 class _Pending:
-    __slots__ = ("subject", "payload", "headers", "header_block", "future", "sent_at", "attempts")
+    __slots__ = ("subject", "payload", "headers", "header_block", "future", "group", "sent_at", "attempts")
 
     def __init__(self, subject: str, payload: bytes, headers: dict[str, str] | None, future: asyncio.Future[PubAck],
-                 header_block: bytes | None = None) -> None:
+                 header_block: bytes | None = None, group: _Group | None = None) -> None:
         self.subject = subject
         self.payload = payload
         self.headers = headers
         self.header_block = header_block
         self.future = future
+        self.group = group
         self.sent_at = 0.0
         self.attempts = 0
+
+    def resolve(self, ack: PubAck) -> None:
+        if self.group is not None:
+            self.group.acked(ack)
+        elif not self.future.done():
+            self.future.set_result(ack)
+
+    def fail(self, error: Exception) -> None:
+        if self.group is not None:
+            self.group.failed(error)
+        elif not self.future.done():
+            self.future.set_exception(error)
 
 
 _HEADER_PREFIX: dict[type, bytes] = {}
@@ -120,16 +154,16 @@ class JetStreamPublisher:
         if pending.future.done():
             return
         if not msg.data:  # a "no responders" status: no stream captured the subject
-            pending.future.set_exception(PublishError(f"no stream for subject {pending.subject}"))
+            pending.fail(PublishError(f"no stream for subject {pending.subject}"))
             return
         ack = _ack_decoder.decode(msg.data)
         if ack.error:
-            pending.future.set_exception(PublishError(f"{pending.subject}: {ack.error}"))
+            pending.fail(PublishError(f"{pending.subject}: {ack.error}"))
             return
         self.published += 1
         if ack.duplicate:
             self.duplicates += 1
-        pending.future.set_result(ack)
+        pending.resolve(ack)
 
     async def _send(self, token: str, pending: _Pending) -> None:
         pending.attempts += 1
@@ -165,7 +199,7 @@ class JetStreamPublisher:
                 if pending.attempts >= self.max_attempts:
                     self._pending.pop(token, None)
                     self._room.set()
-                    pending.future.set_exception(PublishError(f"no ack for {pending.subject} after {pending.attempts} attempts"))
+                    pending.fail(PublishError(f"no ack for {pending.subject} after {pending.attempts} attempts"))
                     continue
                 try:
                     await self._send(token, pending)
@@ -173,20 +207,20 @@ class JetStreamPublisher:
                     pending.sent_at = now
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None,
-                      *, header_block_: bytes | None = None) -> asyncio.Future[PubAck]:
+                      *, header_block_: bytes | None = None, group_: _Group | None = None) -> asyncio.Future[PubAck]:
         """Send one message; returns a future resolved by its ack (await it, or ``flush()``)."""
         while len(self._pending) >= self.max_inflight:
             self._room.clear()
             await self._room.wait()
         self._next += 1
         token = str(self._next)
-        future: asyncio.Future[PubAck] = self._loop.create_future()
-        pending = _Pending(subject, payload, headers, future, header_block_)
+        future: asyncio.Future[PubAck] = group_.future if group_ is not None else self._loop.create_future()
+        pending = _Pending(subject, payload, headers, future, header_block_, group_)
         self._pending[token] = pending
         if len(payload) + len(header_block_ or b"") > (self.nc.max_payload or 1 << 20):
             # the server would refuse it (and close the connection): fail it now, never retry
             self._pending.pop(token, None)
-            future.set_exception(PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload"))
+            pending.fail(PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload"))
             return future
         try:
             await self._send(token, pending)
@@ -203,6 +237,25 @@ class JetStreamPublisher:
 
     async def publish_events(self, events: Iterable[MarketEvent]) -> list[asyncio.Future[PubAck]]:
         return [await self.publish_event(e) for e in events]
+
+    async def publish_group(self, events: list[MarketEvent]) -> asyncio.Future[PubAck]:
+        """Publish events as single messages (one per event) acknowledged as a group: the
+        returned future resolves when every one is acked. The hot path for one message per
+        event: no future per message, the subject and header prefix computed once per instrument."""
+        future: asyncio.Future[PubAck] = self._loop.create_future()
+        if not events:
+            future.set_result(PubAck())
+            return future
+        group = _Group(len(events), future)
+        encode = codec._encoder.encode  # noqa: SLF001 - the codec's own encoder, bound once
+        subject_of: dict[tuple[type, str, str], str] = {}
+        for event in events:
+            key = (type(event), event.venue, event.symbol)
+            subject = subject_of.get(key)
+            if subject is None:
+                subject = subject_of[key] = subjects.for_event(event)
+            await self.publish(subject, encode(event), header_block_=header_block(event, event.id), group_=group)
+        return future
 
     async def publish_batch(self, events: list[MarketEvent], replay: bool | None = None) -> asyncio.Future[PubAck]:
         """Publish events of one kind and instrument as batch envelopes.
@@ -226,7 +279,7 @@ class JetStreamPublisher:
 
     async def flush(self, timeout: float = 30.0) -> None:
         """Wait until every message sent so far is acked; raises the first publish error."""
-        futures = [p.future for p in self._pending.values()]
+        futures = list({id(p.future): p.future for p in self._pending.values()}.values())
         if futures:
             done, not_done = await asyncio.wait(futures, timeout=timeout)
             if not_done:
