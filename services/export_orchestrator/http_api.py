@@ -32,7 +32,6 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -50,66 +49,18 @@ from .artifacts import ArtifactNotFound
 from .history_source import MAX_NS, HistoryUnavailable, StreamKey
 from .jobs import Conflict, InvalidRequest, JobError, JobRecord, NotFound, Overloaded, artifact_id
 
+from marketbus.runtime.tsapi import ApiError, error_response, int_param, iso, json_body, parse_ns
+
 if TYPE_CHECKING:
     from .app import ExportOrchestrator
 
-CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied", 404: "not_found",
-         405: "invalid_argument", 409: "already_exists", 429: "rate_limited", 500: "internal", 503: "unavailable"}
 CATALOG_LIMITS = (100, 1000)
 ACCOUNT_LIMITS = (50, 100)
 STATUS = {"queued": "queued", "running": "running", "succeeded": "succeeded", "failed": "failed", "cancelled": "canceled"}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details or {}
-        self.headers = headers or {}
-
-
 def _json(body: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(body), status, media_type="application/json")
-
-
-def _error(exc: ApiError) -> Response:
-    body = {"error": {"code": CODES.get(exc.status, "internal"), "message": exc.message, "details": exc.details}}
-    return Response(msgspec.json.encode(body), exc.status, headers=exc.headers, media_type="application/json")
-
-
-def iso(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    dt = datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=(ns // 1000) % 1_000_000)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_ns(value: Any, name: str) -> int:
-    if isinstance(value, bool) or value is None:
-        raise ApiError(400, f"{name} is required (nanoseconds or ISO 8601)", {"field": name})
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-        try:
-            iso_text = text.replace("Z", "+00:00").replace(" ", "T")
-            frac = ""
-            if "." in iso_text:
-                head, rest = iso_text.split(".", 1)
-                digits = "".join(ch for ch in rest if ch.isdigit())
-                zone = rest[len(digits):]
-                frac, iso_text = digits, head + zone
-            dt = datetime.fromisoformat(iso_text)
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
-            return int(dt.timestamp()) * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
-        except ValueError:
-            pass
-    raise ApiError(400, f"{name} must be nanoseconds since the epoch or an ISO 8601 datetime", {"field": name})
 
 
 def datastream_id(key: StreamKey | Sequence[str]) -> int:
@@ -159,7 +110,7 @@ class _Gate:
             try:
                 scope.setdefault("state", {})["owner"] = self.api.check(Request(scope))
             except ApiError as exc:
-                await _error(exc)(scope, receive, stamped)
+                await error_response(exc)(scope, receive, stamped)
                 return
         await self.app(scope, receive, stamped)
 
@@ -206,7 +157,7 @@ class ExportApi:
     def page(self, request: Request, items: list[Any], key: Callable[[Any], Any], limits: tuple[int, int],
              render: Callable[[Any], Any]) -> Response:
         q = request.query_params
-        limit = _int(request, "limit", limits[0])
+        limit = int_param(request, "limit", limits[0])
         if not 1 <= limit <= limits[1]:
             raise ApiError(400, f"limit must be between 1 and {limits[1]}", {"field": "limit", "max": limits[1]})
         filters = sorted((k, v) for k, v in q.multi_items() if k not in ("limit", "page_token"))
@@ -298,7 +249,7 @@ class ExportApi:
         return self.page(request, streams, datastream_id, CATALOG_LIMITS, self.ds_wire)
 
     async def availability(self, request: Request) -> Response:
-        k = await self.stream_by_id(_int(request, "datastream_id"))
+        k = await self.stream_by_id(int_param(request, "datastream_id"))
         assert self.service.history is not None
         sel = StreamSelector(kind=k.kind, source=k.source, venue=k.venue, symbol=k.symbol)
         cov = await self.service.history.coverage(sel, 0, MAX_NS)
@@ -325,7 +276,7 @@ class ExportApi:
                 "spans": [{"id": "spn_" + sub_id[4:], "started_at": at, "ended_at": None}]}
 
     async def create_subscription(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await json_body(request)
         k = await self.stream_by_id(body.get("datastream_id"))
         return _json(self._sub_wire(request.state.owner, k) | {"spans": []}, 201)
 
@@ -379,7 +330,7 @@ class ExportApi:
         return self.page(request, records, lambda r: (-r.job.created_ts, r.id), ACCOUNT_LIMITS, self.job_wire)
 
     async def create_export(self, request: Request) -> Response:
-        body = await _body(request)
+        body = await json_body(request)
         start, end = parse_ns(body.get("start_time"), "start_time"), parse_ns(body.get("end_time"), "end_time")
         if start >= end:
             raise ApiError(400, "start_time must be before end_time", {"field": "start_time"})
@@ -505,48 +456,23 @@ class ExportApi:
         )
 
 
-def _int(request: Request, name: str, default: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise ApiError(400, f"{name} is required", {"field": name})
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer", {"field": name}) from None
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise ApiError(400, "Request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object")
-    return body
-
-
 async def _api_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error(exc)
+    return error_response(exc)
 
 
 async def _job_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, JobError)
     status = 404 if isinstance(exc, NotFound) else exc.status
-    return _error(ApiError(status, str(exc)))
+    return error_response(ApiError(status, str(exc)))
 
 
 async def _unavailable(_: Request, exc: Exception) -> Response:
-    return _error(ApiError(503, f"history is not available: {exc}", {}, {"retry-after": "5"}))
+    return error_response(ApiError(503, f"history is not available: {exc}", {}, {"retry-after": "5"}))
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
     message = "Resource not found" if status == 404 else ("Method not allowed" if status == 405 else str(exc.detail))
-    return _error(ApiError(status if status in (404, 405) else 400, message))
+    return error_response(ApiError(status if status in (404, 405) else 400, message))

@@ -24,6 +24,7 @@ from marketbus.runtime.service import Service
 from .consumer import StreamIntake
 from .coverage import DEFAULT_MAX_GAP_NS, NS
 from .query import serve_coverage, serve_query
+from .schema import warm_up
 from .settings import HistoryWriterSettings
 from .store import HistoryStore, open_store
 
@@ -83,7 +84,9 @@ class HistoryWriter(Service):
             return codec.encode(await serve_coverage(self.store, query, self.max_gap_ns))
 
     async def on_start(self) -> None:
-        await self.store.open()
+        # open the store and initialise pyarrow's compute registry (first-call cost) before
+        # the first messages arrive
+        await asyncio.gather(self.store.open(), asyncio.to_thread(warm_up))
         d = self.settings.durable
         specs = [(MARKET_DATA.name, f"{d}_md", None)]
         if self.settings.store_reference:

@@ -20,14 +20,12 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.jobs import ReplayRequest
 from marketbus.contracts.market import Bar, Trade
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
-from marketbus.runtime.publisher import header_block
 from marketbus.runtime.ratelimit import MultiWindowLimiter
 from marketbus.runtime.settings import SettingsError
 
@@ -198,18 +196,15 @@ class DigitexIngestor(Ingestor):
 
     # --- publishing -----------------------------------------------------------------------------
     async def emit_trades(self, trades: list[Trade]) -> int:
-        """Publish one ``recent_trades`` page (one market) as single events, one message per trade,
-        exactly as :meth:`emit` would (same subject, payload and headers; Nats-Msg-Id = the id),
-        with the per-page work done once: the subject (one market, one subject) and the metrics
-        (counted per page, the lag of the newest trade, as ``emit_batch`` does per envelope)."""
+        """Publish a page of trades as single events: one message per trade (subject, payload and
+        headers as :meth:`emit` makes them; Nats-Msg-Id = the id), acked as a group
+        (``publish_group``: no future per message, subject and header prefix once per market).
+        Metrics once per page: the count, and the lag of the newest trade (as ``emit_batch``
+        does per envelope). Returns the number published; ``flush()`` waits for the acks."""
         if not trades:
             return 0
-        publisher = self.publisher
-        assert publisher is not None
-        publish = publisher.publish
-        subject = subjects.for_event(trades[0])
-        for trade, payload in zip(trades, codec.encode_many(trades), strict=True):
-            await publish(subject, payload, header_block_=header_block(trade, trade.id))
+        assert self.publisher is not None
+        await self.publisher.publish_group(trades)
         self._account(trades[-1], len(trades))
         return len(trades)
 

@@ -178,9 +178,15 @@ class WExchangeInfo(msgspec.Struct):
     rate_limits: list[WRateLimit] = []
 
 
+_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
 def _decode(payload: bytes | str, shape: Any, what: str) -> Any:
+    decoder = _DECODERS.get(shape)
+    if decoder is None:
+        decoder = _DECODERS[shape] = msgspec.json.Decoder(shape)
     try:
-        return msgspec.json.decode(payload, type=shape)
+        return decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise Malformed(f"bad {what}: {exc}") from None
     except msgspec.DecodeError as exc:

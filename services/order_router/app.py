@@ -28,7 +28,9 @@ from .reconcile import Reconciler
 from .requests import REPLY_HEADER
 from .risk import RiskEngine, RiskLimits
 from .settings import OrderRouterSettings
-from .state import OPEN_STATES, WORKING_STATES, OrderRecord, StateStore, can_transition, command_key, event_for
+from .state import (
+    OPEN_STATES, WORKING_STATES, OpenOrders, OrderRecord, StateStore, can_transition, command_key, event_for,
+)
 from .validation import ExchangeMeta, Limits, check_reduce_only, validate_cancel, validate_order
 
 Command = Union[PlaceOrder, CancelOrders, UpdateOrder]
@@ -65,7 +67,7 @@ class OrderRouter(Service):
         self.risk = RiskEngine(RiskLimits(max_order_notional=s.max_order_notional, max_open_orders=s.max_open_orders,
                                           max_position=s.max_position, max_orders_per_second=s.max_orders_per_second))
         self.meta: ExchangeMeta | None = None
-        self.orders: dict[tuple[str, str], OrderRecord] = {}  # open orders by (market, client_id)
+        self.orders = OpenOrders()  # open orders by (market, client_id), with the risk aggregates
         self.recent: OrderedDict[tuple[str, str], OrderRecord] = OrderedDict()  # recently closed (fill attribution)
         self.positions: dict[str, Decimal] = {}  # signed, by market symbol
         self.ref_prices: dict[str, tuple[Decimal, float]] = {}
@@ -179,10 +181,12 @@ class OrderRouter(Service):
                     self._adopt_record(remote)
                     for f in msgspec.structs.fields(OrderRecord):
                         setattr(rec, f.name, getattr(remote, f.name))
+                    self.orders.touch(rec)
                     return False
                 if not await self.store.save(rec):
                     for f in msgspec.structs.fields(OrderRecord):
                         setattr(rec, f.name, getattr(prev, f.name))
+                    self.orders.touch(rec)
                     return False
             await self.publish(event_for(rec, ts_us * 1000 if ts_us else None),
                                subjects.order_event(rec.market, rec.client_id))
@@ -317,12 +321,12 @@ class OrderRouter(Service):
             ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
             position = self.positions.get(cmd.market, Decimal(0))
             if cmd.reduce_only:
-                pending = sum((o.remaining for o in self.open_records() if o.market == cmd.market and o.reduce_only
-                               and o.side == cmd.side), Decimal(0))
+                pending = self.orders.side_remaining(cmd.market, cmd.side, reduce_only=True)
                 reason = check_reduce_only(cmd.side, cmd.quantity, position, pending)
             if reason is None:
                 reason = self.risk.check(market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price,
-                                         ref_price=ref, position=position, open_orders=self.open_records(),
+                                         ref_price=ref, position=position, open_count=self.orders.open_count,
+                                         same_side_open=self.orders.side_remaining(cmd.market, cmd.side),
                                          reduce_only=cmd.reduce_only)
         now = time.time_ns()
         rec = OrderRecord(
@@ -539,9 +543,12 @@ class OrderRouter(Service):
             rec = self.orders[key]
             market = self.meta.markets[cmd.market]
             ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
+            same_side = self.orders.side_remaining(cmd.market, cmd.side)
+            if rec.side == cmd.side:  # the order being replaced does not count
+                same_side -= self.orders.contribution(rec)
             refuse = self.risk.check(market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price, ref_price=ref,
                                      position=self.positions.get(cmd.market, Decimal(0)),
-                                     open_orders=self.open_records(), replacing=rec)
+                                     open_count=self.orders.open_count - 1, same_side_open=same_side, replacing=True)
         if refuse:
             return CommandAck(command_id=cmd.command_id, accepted=False, reason=refuse, client_ids=[cmd.client_id])
         assert rec is not None

@@ -18,7 +18,7 @@ class OrderRouterSettings(ServiceSettings, kw_only=True):
     request_timeout_s: float = 2.0  # a write that takes longer has an unknown outcome
     rate_per_second: int = 50  # exchange_info.rate_limits
     rate_per_minute: int = 500
-    http_connections: int = 32
+    http_connections: int = 8  # keep-alive connections to Digitex (requests in flight at most)
 
     # command intake
     durable: str = "order_router"  # the pull consumer shared by every router instance

@@ -189,3 +189,87 @@ class StateStore:
 
     async def put_meta(self, name: str, value: bytes) -> None:
         await self.kv.put(f"m.{name}", value)
+
+
+_Key = tuple[str, str]  # (market, client_id)
+_Counted = tuple[str, str, Decimal, bool]  # (market, side, remaining, reduce_only) of an open order
+
+
+class OpenOrders(dict[_Key, OrderRecord]):
+    """The router's orders by (market, client_id), with the risk aggregates kept incrementally.
+
+    The pre-trade checks need, per command, the number of open orders and the remaining quantity
+    of the open orders of one market side (all of them, and the reduce-only ones). Summing that
+    over every open order made each command O(open orders), i.e. a burst O(n^2); here each record's
+    contribution is remembered when it is stored and re-counted by :meth:`touch` after an in-place
+    change, so a check is O(1).
+
+    Every write goes through ``__setitem__`` / ``pop`` / ``__delitem__`` (re-counting the record);
+    code that mutates a stored record in place must call :meth:`touch` (``transition`` does, by
+    storing the record again). Only records in an open state count, whatever the dict holds.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counted: dict[_Key, _Counted] = {}
+        self._side: dict[tuple[str, str], Decimal] = {}
+        self._reduce_only: dict[tuple[str, str], Decimal] = {}
+
+    def _uncount(self, key: _Key) -> None:
+        old = self._counted.pop(key, None)
+        if old is not None:
+            market, side, remaining, reduce_only = old
+            self._side[(market, side)] -= remaining
+            if reduce_only:
+                self._reduce_only[(market, side)] -= remaining
+
+    def _count(self, key: _Key, rec: OrderRecord) -> None:
+        if rec.state not in OPEN_STATES:
+            return
+        remaining = rec.remaining
+        self._counted[key] = (rec.market, rec.side, remaining, rec.reduce_only)
+        ms = (rec.market, rec.side)
+        self._side[ms] = self._side.get(ms, Decimal(0)) + remaining
+        if rec.reduce_only:
+            self._reduce_only[ms] = self._reduce_only.get(ms, Decimal(0)) + remaining
+
+    def __setitem__(self, key: _Key, rec: OrderRecord) -> None:
+        super().__setitem__(key, rec)
+        self.touch(rec, key)
+
+    def __delitem__(self, key: _Key) -> None:
+        super().__delitem__(key)
+        self._uncount(key)
+
+    def pop(self, key: _Key, *default: Any) -> Any:  # type: ignore[override]
+        value = super().pop(key, *default)
+        self._uncount(key)
+        return value
+
+    def clear(self) -> None:
+        super().clear()
+        self._counted.clear()
+        self._side.clear()
+        self._reduce_only.clear()
+
+    def touch(self, rec: OrderRecord, key: _Key | None = None) -> None:
+        """Re-count ``rec`` after an in-place change (no-op when it is not the stored record)."""
+        key = key or (rec.market, rec.client_id)
+        if self.get(key) is not rec:
+            return
+        self._uncount(key)
+        self._count(key, rec)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._counted)
+
+    def side_remaining(self, market: str, side: str, *, reduce_only: bool = False) -> Decimal:
+        """Sum of the remaining quantity of the open orders of ``market`` on ``side``."""
+        table = self._reduce_only if reduce_only else self._side
+        return table.get((market, side), Decimal(0))
+
+    def contribution(self, rec: OrderRecord) -> Decimal:
+        """What ``rec`` adds to its market side's remaining quantity (0 if not counted)."""
+        counted = self._counted.get((rec.market, rec.client_id))
+        return counted[2] if counted is not None and self.get((rec.market, rec.client_id)) is rec else Decimal(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from marketbus.contracts import subjects
+from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
 from services.ingest_digitex import normalize
 
@@ -53,6 +53,10 @@ def test_recent_trades_oldest_first_with_vendor_ids() -> None:
     for t in trades:
         w = wire[int(t.trade_id)]
         assert t.price == Decimal(w["price"]) and t.size == Decimal(w["base_volume"])
+        # the vendor's exact decimal (digits and exponent: trailing zeros kept), on the bus too
+        exact = Decimal(w["price"]).as_tuple()
+        assert t.price.as_tuple() == exact and t.size.as_tuple() == Decimal(w["base_volume"]).as_tuple()
+        assert Decimal(msgspec.json.decode(codec.encode(t))["price"]).as_tuple() == exact
         assert t.ts_event == w["timestamp"] * 1000
         assert t.side == {1: "buy", 2: "sell"}[w["side"]]
         assert t.id == event_id("digitex", "trade", 1, w["trade_id"])
@@ -60,6 +64,16 @@ def test_recent_trades_oldest_first_with_vendor_ids() -> None:
     # de-duplication by trade id: only newer ones
     newer, _, _ = normalize.recent_trades(load("sandbox_recent_trades_1.json"), "FS-BTCUSD", V, TS, after_id=ids[-3])
     assert [int(t.trade_id) for t in newer] == ids[-2:]
+
+
+def test_recent_trades_in_any_wire_order_come_out_oldest_first() -> None:
+    raw = msgspec.json.decode(load("sandbox_recent_trades_1.json"))
+    expected, _, oldest = normalize.recent_trades(load("sandbox_recent_trades_1.json"), "FS-BTCUSD", V, TS)
+    rows = raw["recent_trades"]
+    for shuffled in (rows[::-1], rows[1::2] + rows[0::2]):
+        trades, bad, got_oldest = normalize.recent_trades(
+            msgspec.json.encode({**raw, "recent_trades": shuffled}), "FS-BTCUSD", V, TS)
+        assert bad == [] and trades == expected and got_oldest == oldest
 
 
 def test_order_book_snapshot() -> None:
