@@ -24,6 +24,7 @@ from marketbus.runtime.service import Service
 from .consumer import StreamIntake
 from .coverage import DEFAULT_MAX_GAP_NS, NS
 from .query import serve_coverage, serve_query
+from .intake_client import IntakeClient
 from .schema import warm_up
 from .settings import HistoryWriterSettings
 from .store import HistoryStore, open_store
@@ -87,6 +88,9 @@ class HistoryWriter(Service):
         # open the store and initialise pyarrow's compute registry (first-call cost) before
         # the first messages arrive
         await asyncio.gather(self.store.open(), asyncio.to_thread(warm_up))
+        # a connection of its own for the JetStream intake (see intake_client.py)
+        self.intake_nc = IntakeClient()
+        await self.intake_nc.connect(**self.settings.connect_options(f"{self.name}-intake"))
         d = self.settings.durable
         specs = [(MARKET_DATA.name, f"{d}_md", None)]
         if self.settings.store_reference:
@@ -102,6 +106,9 @@ class HistoryWriter(Service):
     async def on_stop(self) -> None:
         for intake in self.intakes:
             await intake.stop()
+        if getattr(self, "intake_nc", None) is not None:
+            with contextlib.suppress(Exception):
+                await self.intake_nc.close()
         with contextlib.suppress(Exception):
             await self.store.close()
 

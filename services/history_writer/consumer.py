@@ -25,31 +25,34 @@ from typing import TYPE_CHECKING, Any
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
+from .intake_client import header_value, status_of
 from .schema import Message, decode_messages
+
+_TYPE_HEADER = b"\r\nMarketbus-Type:"
 
 if TYPE_CHECKING:
     from .app import HistoryWriter
 
 
-def parse_ack_subject(reply: str) -> tuple[int, int]:
+def parse_ack_subject(reply: bytes) -> tuple[int, int]:
     """``$JS.ACK...`` -> (stream sequence, delivery count)."""
-    tokens = reply.split(".")
+    tokens = reply.split(b".")
     if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
         return int(tokens[5]), int(tokens[4])
     # v2: $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>]
     return int(tokens[7]), int(tokens[6])
 
 
-async def ack_all(nc: Any, replies: list[str]) -> None:
+async def ack_all(nc: Any, replies: list[bytes]) -> None:
     """``+ACK`` every message: one write of all the PUB commands (nats-py's per-call publish
     costs more than the acks themselves); falls back to ``publish`` if the client changes."""
     send = getattr(nc, "_send_command", None)
     if send is None or not nc.is_connected:
         for reply in replies:
-            await nc.publish(reply, b"+ACK")
+            await nc.publish(reply.decode(), b"+ACK")
         return
     for i in range(0, len(replies), 4096):
-        await send(b"".join([b"PUB %s 4\r\n+ACK\r\n" % r.encode() for r in replies[i:i + 4096]]))
+        await send(b"".join([b"PUB %s 4\r\n+ACK\r\n" % r for r in replies[i:i + 4096]]))
     await nc._flush_pending()
 
 
@@ -62,8 +65,14 @@ class StreamIntake:
         s = service.settings
         self.pull_batch = s.pull_batch
         self.batch_max = s.batch_max_msgs
+        self.batch_max_bytes = s.batch_max_bytes
+        self._buffer_bytes = 0
+        # flushes in flight: while one writes (in a thread, GIL released), the next decodes
+        self._inflight = asyncio.Semaphore(max(1, s.flush_concurrency))
+        self._flush_tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
         self.max_wait = s.batch_max_wait_s
-        self._buffer: list[tuple[Message, str, int]] = []  # (message, ack subject, delivered)
+        self._buffer: list[tuple[Message, bytes, int]] = []  # (message, ack subject, delivered)
         self._first_at = 0.0
         self._wake = asyncio.Event()
         self._pull_wake = asyncio.Event()
@@ -100,9 +109,9 @@ class StreamIntake:
         info = await self.ensure_consumer()
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
         await self.svc.store.prepare_stream(self.stream, floor or 0)
-        nc = self.svc.nc
+        nc = self.nc = self.svc.intake_nc  # the intake connection: pull requests, replies, acks
         self._inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._sub = await nc.subscribe_raw(self._inbox, self._on_msg)
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
         self.svc.spawn(self._pull_loop(), f"pull-{self.stream}")
         self.svc.spawn(self._flush_loop(), f"flush-{self.stream}")
@@ -112,15 +121,17 @@ class StreamIntake:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+        self._stopped = True
+        for task in list(self._flush_tasks):  # unacked messages are redelivered (and de-duplicated)
+            task.cancel()
 
     # --- receive ----------------------------------------------------------------------------
-    async def _on_msg(self, msg: Any) -> None:
-        reply = msg.reply
-        headers = msg.headers
-        self._last_activity = time.monotonic()
+    def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """One delivered message, raw from the protocol parser (intake_client): no decoding here."""
+        self._last_activity = now = time.monotonic()
         if not reply:
             # a pull status: 408 request expired, 409 max bytes reached / other end of a request
-            if headers and headers.get("Status") in ("408", "409") and self._requests:
+            if status_of(headers) in ("408", "409") and self._requests:
                 self._requests.popleft()
                 self._pull_wake.set()
             return
@@ -129,17 +140,18 @@ class StreamIntake:
         except (ValueError, IndexError):
             return
         if not self._buffer:
-            self._first_at = time.monotonic()
-        self._buffer.append((Message(self.stream, seq, msg.subject, msg.data,
-                                     headers.get("Marketbus-Type") if headers else None), reply, delivered))
+            self._first_at = now
+        self._buffer.append((Message(self.stream, seq, subject.decode(), data, header_value(headers, _TYPE_HEADER)),
+                             reply, delivered))
+        self._buffer_bytes += len(data)
         if self._requests:
             head = self._requests[0]
             head[0] -= 1
-            head[1] -= len(msg.data)
+            head[1] -= len(data)
             if head[0] <= 0:
                 self._requests.popleft()  # fulfilled (no status message follows)
                 self._pull_wake.set()
-        if len(self._buffer) >= self.batch_max:
+        if len(self._buffer) >= self.batch_max or self._buffer_bytes >= self.batch_max_bytes:
             self._wake.set()
 
     async def _pull_loop(self) -> None:
@@ -152,10 +164,10 @@ class StreamIntake:
             now = time.monotonic()
             if self._requests and now - self._last_activity > expires + 1.0:
                 self._requests.clear()  # lost (reconnect): start over
-            backlog = len(self._buffer) >= 2 * self.batch_max
+            backlog = len(self._buffer) >= 2 * self.batch_max or self._buffer_bytes >= 2 * self.batch_max_bytes
             while not backlog and len(self._requests) < 2:
                 try:
-                    await self.svc.nc.publish(self._api, request, reply=self._inbox)
+                    await self.nc.publish(self._api, request, reply=self._inbox)
                 except Exception:  # noqa: BLE001 - disconnected: retried below
                     break
                 self._requests.append([self.pull_batch, self.pull_max_bytes])
@@ -173,28 +185,42 @@ class StreamIntake:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.max_wait)
                 continue
             age = time.monotonic() - self._first_at
-            if len(self._buffer) < self.batch_max and age < self.max_wait:
+            if len(self._buffer) < self.batch_max and self._buffer_bytes < self.batch_max_bytes and age < self.max_wait:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.max_wait - age)
                 continue
+            await self._inflight.acquire()  # at most flush_concurrency flushes at once
+            if self._stopped:
+                self._inflight.release()
+                return
             batch, self._buffer = self._buffer[: self.batch_max], self._buffer[self.batch_max:]
+            self._buffer_bytes = sum(len(m.data) for m, _, _ in self._buffer) if self._buffer else 0
             if self._buffer:
                 self._first_at = time.monotonic()
             self._pull_wake.set()
-            try:
-                await self.flush(batch)
-            except Exception as exc:  # noqa: BLE001 - not acked: redelivered after ack_wait
-                self.svc.log.error("flush of %d %s messages failed: %r (will be redelivered)", len(batch), self.stream, exc)
-                self.svc.feeds.set_state(self.feed_name, "disconnected")
-                self.svc.metrics.flush_errors.labels(self.stream).inc()
-                await asyncio.sleep(1.0)
+            # concurrent flushes never store a message twice: each holds different messages, a
+            # redelivery of an in-flight one is caught by the store (partition ids / ON CONFLICT)
+            task = asyncio.create_task(self._flush_one(batch), name=f"flush-{self.stream}-batch")
+            self._flush_tasks.add(task)
+            task.add_done_callback(self._flush_tasks.discard)
+
+    async def _flush_one(self, batch: list[tuple[Message, bytes, int]]) -> None:
+        try:
+            await self.flush(batch)
+        except Exception as exc:  # noqa: BLE001 - not acked: redelivered after ack_wait
+            self.svc.log.error("flush of %d %s messages failed: %r (will be redelivered)", len(batch), self.stream, exc)
+            self.svc.feeds.set_state(self.feed_name, "disconnected")
+            self.svc.metrics.flush_errors.labels(self.stream).inc()
+            await asyncio.sleep(1.0)
+        finally:
+            self._inflight.release()
 
     @property
     def feed_name(self) -> str:
         return f"{self.svc.store.backend}/{self.stream}"
 
-    async def flush(self, batch: list[tuple[Message, str, int]]) -> None:
+    async def flush(self, batch: list[tuple[Message, bytes, int]]) -> None:
         svc = self.svc
         started = time.monotonic()
         redelivered = [m.seq for m, _, d in batch if d > 1]
@@ -213,7 +239,7 @@ class StreamIntake:
             if svc.publisher is not None:
                 await svc.publisher.flush()  # the dead letters are stored before their messages are acked
             bad_seqs = {m.seq for m, _ in decoded.bad}
-            await ack_all(svc.nc, [reply for m, reply, _ in batch if m.seq in bad_seqs])
+            await ack_all(self.nc, [reply for m, reply, _ in batch if m.seq in bad_seqs])
             batch = [item for item in batch if item[0].seq not in bad_seqs]
         if decoded.events:
             result = await svc.store.write(self.stream, decoded)
@@ -222,7 +248,7 @@ class StreamIntake:
         if svc.settings.debug_ack_delay_s:
             await asyncio.sleep(svc.settings.debug_ack_delay_s)  # widen the written-but-not-acked window
         # durable: ack every message of the batch (stored, skipped as already stored, dead-lettered)
-        await ack_all(svc.nc, [reply for _, reply, _ in batch])
+        await ack_all(self.nc, [reply for _, reply, _ in batch])
         self.acked += len(batch) + len(decoded.bad)
         self.bad += len(decoded.bad)
         rows = result.rows if result else 0

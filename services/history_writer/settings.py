@@ -25,7 +25,9 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
     pull_batch: int = 10_000  # messages per pull request (two requests are kept outstanding)
     pull_max_bytes: int = 8 << 20  # bytes per pull request (keeps the server from flagging a slow consumer)
     batch_max_msgs: int = 20_000  # flush when this many messages are buffered...
+    batch_max_bytes: int = 16 << 20  # ...or when this many payload bytes are buffered (batch envelopes)...
     batch_max_wait_s: float = 0.25  # ...or when the oldest buffered message is this old
+    flush_concurrency: int = 2  # flushes in flight: decode of the next overlaps the write of the previous
     max_ack_pending: int = 100_000
     ack_wait_s: float = 60.0
 

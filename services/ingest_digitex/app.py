@@ -201,11 +201,7 @@ class DigitexIngestor(Ingestor):
         (``publish_group``: no future per message, subject and header prefix once per market).
         Metrics once per page: the count, and the lag of the newest trade (as ``emit_batch``
         does per envelope). Returns the number published; ``flush()`` waits for the acks."""
-        if not trades:
-            return 0
-        assert self.publisher is not None
-        await self.publisher.publish_group(trades)
-        self._account(trades[-1], len(trades))
+        await self.emit_group(trades)
         return len(trades)
 
     # --- poll loops -----------------------------------------------------------------------------
@@ -259,8 +255,10 @@ class DigitexIngestor(Ingestor):
                                            gap=gap, detail="API outage; back-filling from recent_trades")
         await self.emit_trades(trades)
         if trades:
-            state.last_trade_id, state.last_trade_ts = int(trades[-1].trade_id or 0), trades[-1].ts_event
-            await self._save(state, "trades", {"trade_id": state.last_trade_id, "ts_ns": state.last_trade_ts})
+            # the cursor moves once saved (a stop while saving leaves memory and KV agreeing)
+            new_id, new_ts = int(trades[-1].trade_id or 0), trades[-1].ts_event
+            await self._save(state, "trades", {"trade_id": new_id, "ts_ns": new_ts})
+            state.last_trade_id, state.last_trade_ts = new_id, new_ts
         if outage is not None:
             state.outage_since = None
             if gap is not None and not (last_id is not None and oldest > last_id + 1):
@@ -307,8 +305,9 @@ class DigitexIngestor(Ingestor):
             for bar in done:
                 await self.emit(bar)
             if done:
-                state.bar_cursor[res] = done[-1].ts_event // US
-                await self._save(state, "bars", state.bar_cursor)
+                last = done[-1].ts_event // US
+                await self._save(state, "bars", {**state.bar_cursor, res: last})
+                state.bar_cursor[res] = last  # once saved, as for trades
             elif more and to_us + length <= now_us:
                 state.bar_cursor[res] = to_us  # an empty window (nothing traded): skip it
                 continue

@@ -14,7 +14,6 @@ import msgspec
 from faststream.nats import NatsMessage
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from marketbus.contracts import codec, streams, subjects
 from marketbus.contracts.ids import event_id
@@ -24,6 +23,7 @@ from marketbus.contracts.orders import (
 from marketbus.runtime.service import Service
 
 from .client import DigitexClient, OutcomeUnknown, Refused, now_us
+from .intake import PullIntake
 from .reconcile import Reconciler
 from .requests import REPLY_HEADER
 from .risk import RiskEngine, RiskLimits
@@ -97,11 +97,14 @@ class OrderRouter(Service):
             if entry.value:
                 self.control = msgspec.json.decode(entry.value, type=ControlState)
         await self.reconciler.reconcile(startup=True)
-        self._sub = await self.js.pull_subscribe(
-            subjects.ALL_ORDER_COMMANDS, durable=s.durable, stream=streams.ORDER_COMMANDS.name,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=s.ack_wait_s, max_ack_pending=-1,
+        self._intake = PullIntake(
+            self.nc, self.js, stream=streams.ORDER_COMMANDS.name, durable=s.durable, batch=s.fetch_batch,
+            expires_s=s.fetch_expires_s, handler=self._dispatch,
+            config=ConsumerConfig(durable_name=s.durable, filter_subject=subjects.ALL_ORDER_COMMANDS,
+                                  ack_policy=AckPolicy.EXPLICIT, ack_wait=s.ack_wait_s, max_ack_pending=-1,
                                   max_waiting=512))
-        self.spawn(self._consume(), "consume")
+        await self._intake.start()
+        self.spawn(self._intake.run(), "consume")
         self.spawn(self._watch_control(), "control")
         self.spawn(self.reconciler.track_loop(), "track")
         self.spawn(self.reconciler.reconcile_loop(), "reconcile")
@@ -113,10 +116,9 @@ class OrderRouter(Service):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        sub = getattr(self, "_sub", None)
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        intake = getattr(self, "_intake", None)
+        if intake is not None:
+            await intake.stop()
         for task in list(self._bg):
             task.cancel()
         await self.client.close()
@@ -210,21 +212,11 @@ class OrderRouter(Service):
             self.orders[key] = rec
 
     # --- command intake ---------------------------------------------------------------------------
-    async def _consume(self) -> None:
-        sub = self._sub
-        while True:
-            try:
-                msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
-            except (NatsTimeoutError, asyncio.TimeoutError):
-                continue
-            except Exception as exc:  # noqa: BLE001 - disconnected: retry
-                self.log.warning("fetch failed: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._inflight.acquire()
-                task = asyncio.create_task(self._handle_message(msg))
-                task.add_done_callback(lambda _t: self._inflight.release())
+    async def _dispatch(self, msg: Any) -> None:
+        """Each command on its own task as soon as it arrives (at most ``max_inflight`` at once)."""
+        await self._inflight.acquire()
+        task = asyncio.create_task(self._handle_message(msg))
+        task.add_done_callback(lambda _t: self._inflight.release())
 
     async def _handle_message(self, msg: Any) -> None:
         headers = msg.headers or {}

@@ -22,7 +22,8 @@ class OrderRouterSettings(ServiceSettings, kw_only=True):
 
     # command intake
     durable: str = "order_router"  # the pull consumer shared by every router instance
-    fetch_batch: int = 256
+    fetch_batch: int = 256  # messages per pull request (handled one by one as they arrive)
+    fetch_expires_s: float = 5.0  # a pull request's life on the server; a new one follows at once
     max_inflight: int = 256  # commands handled concurrently by one instance
     ack_wait_s: float = 30.0
 

@@ -99,6 +99,20 @@ class Ingestor(Service):
             n += 1
         return n
 
+    async def emit_group(self, events: Sequence[MarketEvent]) -> Any:
+        """Publish events as single messages (one per event) acknowledged as a group: the fast
+        path for one message per event. Returns the group's ack future (``flush()`` waits too)."""
+        assert self.publisher is not None
+        if not events:
+            return None
+        future = await self.publisher.publish_group(list(events))
+        groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
+        for event in events:
+            groups.setdefault((type(event), event.venue, event.symbol), []).append(event)
+        for group in groups.values():  # metrics once per instrument: the count and the newest lag
+            self._account(group[-1], len(group))
+        return future
+
     async def emit_batch(self, events: Sequence[MarketEvent], replay: bool | None = None) -> int:
         """Publish events as batch envelopes, grouped by kind and instrument (order kept)."""
         assert self.publisher is not None

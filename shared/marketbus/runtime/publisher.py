@@ -32,6 +32,7 @@ class PubAck(msgspec.Struct):
 
 
 _ack_decoder = msgspec.json.Decoder(PubAck)
+LATENCY_SAMPLE_EVERY = 16
 
 
 class _Group:
@@ -126,6 +127,7 @@ class JetStreamPublisher:
         self._sweeper: asyncio.Task[None] | None = None
         self.published = 0
         self.duplicates = 0
+        self._acks = 0
 
     async def start(self) -> JetStreamPublisher:
         self._loop = asyncio.get_running_loop()
@@ -149,7 +151,9 @@ class JetStreamPublisher:
         if pending is None:
             return  # a late ack of a message already re-sent and acked
         self._room.set()
-        if self.latency is not None:
+        self._acks += 1
+        if self.latency is not None and self._acks % LATENCY_SAMPLE_EVERY == 0:
+            # a sample is enough for a histogram, and observing every ack costs ~10% at 100k msg/s
             self.latency.observe(time.monotonic() - pending.sent_at)
         if pending.future.done():
             return
