@@ -14,6 +14,7 @@ import msgspec
 from faststream.nats import NatsMessage
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from marketbus.contracts import codec, streams, subjects
 from marketbus.contracts.ids import event_id
@@ -23,14 +24,11 @@ from marketbus.contracts.orders import (
 from marketbus.runtime.service import Service
 
 from .client import DigitexClient, OutcomeUnknown, Refused, now_us
-from .intake import PullIntake
 from .reconcile import Reconciler
 from .requests import REPLY_HEADER
 from .risk import RiskEngine, RiskLimits
 from .settings import OrderRouterSettings
-from .state import (
-    OPEN_STATES, WORKING_STATES, OpenOrders, OrderRecord, StateStore, can_transition, command_key, event_for,
-)
+from .state import OPEN_STATES, WORKING_STATES, OrderRecord, StateStore, can_transition, command_key, event_for
 from .validation import ExchangeMeta, Limits, check_reduce_only, validate_cancel, validate_order
 
 Command = Union[PlaceOrder, CancelOrders, UpdateOrder]
@@ -67,7 +65,7 @@ class OrderRouter(Service):
         self.risk = RiskEngine(RiskLimits(max_order_notional=s.max_order_notional, max_open_orders=s.max_open_orders,
                                           max_position=s.max_position, max_orders_per_second=s.max_orders_per_second))
         self.meta: ExchangeMeta | None = None
-        self.orders = OpenOrders()  # open orders by (market, client_id), with the risk aggregates
+        self.orders: dict[tuple[str, str], OrderRecord] = {}  # open orders by (market, client_id)
         self.recent: OrderedDict[tuple[str, str], OrderRecord] = OrderedDict()  # recently closed (fill attribution)
         self.positions: dict[str, Decimal] = {}  # signed, by market symbol
         self.ref_prices: dict[str, tuple[Decimal, float]] = {}
@@ -97,14 +95,11 @@ class OrderRouter(Service):
             if entry.value:
                 self.control = msgspec.json.decode(entry.value, type=ControlState)
         await self.reconciler.reconcile(startup=True)
-        self._intake = PullIntake(
-            self.nc, self.js, stream=streams.ORDER_COMMANDS.name, durable=s.durable, batch=s.fetch_batch,
-            expires_s=s.fetch_expires_s, handler=self._dispatch,
-            config=ConsumerConfig(durable_name=s.durable, filter_subject=subjects.ALL_ORDER_COMMANDS,
-                                  ack_policy=AckPolicy.EXPLICIT, ack_wait=s.ack_wait_s, max_ack_pending=-1,
+        self._sub = await self.js.pull_subscribe(
+            subjects.ALL_ORDER_COMMANDS, durable=s.durable, stream=streams.ORDER_COMMANDS.name,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=s.ack_wait_s, max_ack_pending=-1,
                                   max_waiting=512))
-        await self._intake.start()
-        self.spawn(self._intake.run(), "consume")
+        self.spawn(self._consume(), "consume")
         self.spawn(self._watch_control(), "control")
         self.spawn(self.reconciler.track_loop(), "track")
         self.spawn(self.reconciler.reconcile_loop(), "reconcile")
@@ -116,9 +111,10 @@ class OrderRouter(Service):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        intake = getattr(self, "_intake", None)
-        if intake is not None:
-            await intake.stop()
+        sub = getattr(self, "_sub", None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         for task in list(self._bg):
             task.cancel()
         await self.client.close()
@@ -183,12 +179,10 @@ class OrderRouter(Service):
                     self._adopt_record(remote)
                     for f in msgspec.structs.fields(OrderRecord):
                         setattr(rec, f.name, getattr(remote, f.name))
-                    self.orders.touch(rec)
                     return False
                 if not await self.store.save(rec):
                     for f in msgspec.structs.fields(OrderRecord):
                         setattr(rec, f.name, getattr(prev, f.name))
-                    self.orders.touch(rec)
                     return False
             await self.publish(event_for(rec, ts_us * 1000 if ts_us else None),
                                subjects.order_event(rec.market, rec.client_id))
@@ -212,11 +206,21 @@ class OrderRouter(Service):
             self.orders[key] = rec
 
     # --- command intake ---------------------------------------------------------------------------
-    async def _dispatch(self, msg: Any) -> None:
-        """Each command on its own task as soon as it arrives (at most ``max_inflight`` at once)."""
-        await self._inflight.acquire()
-        task = asyncio.create_task(self._handle_message(msg))
-        task.add_done_callback(lambda _t: self._inflight.release())
+    async def _consume(self) -> None:
+        sub = self._sub
+        while True:
+            try:
+                msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as exc:  # noqa: BLE001 - disconnected: retry
+                self.log.warning("fetch failed: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._inflight.acquire()
+                task = asyncio.create_task(self._handle_message(msg))
+                task.add_done_callback(lambda _t: self._inflight.release())
 
     async def _handle_message(self, msg: Any) -> None:
         headers = msg.headers or {}
@@ -313,12 +317,12 @@ class OrderRouter(Service):
             ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
             position = self.positions.get(cmd.market, Decimal(0))
             if cmd.reduce_only:
-                pending = self.orders.side_remaining(cmd.market, cmd.side, reduce_only=True)
+                pending = sum((o.remaining for o in self.open_records() if o.market == cmd.market and o.reduce_only
+                               and o.side == cmd.side), Decimal(0))
                 reason = check_reduce_only(cmd.side, cmd.quantity, position, pending)
             if reason is None:
                 reason = self.risk.check(market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price,
-                                         ref_price=ref, position=position, open_count=self.orders.open_count,
-                                         same_side_open=self.orders.side_remaining(cmd.market, cmd.side),
+                                         ref_price=ref, position=position, open_orders=self.open_records(),
                                          reduce_only=cmd.reduce_only)
         now = time.time_ns()
         rec = OrderRecord(
@@ -535,12 +539,9 @@ class OrderRouter(Service):
             rec = self.orders[key]
             market = self.meta.markets[cmd.market]
             ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
-            same_side = self.orders.side_remaining(cmd.market, cmd.side)
-            if rec.side == cmd.side:  # the order being replaced does not count
-                same_side -= self.orders.contribution(rec)
             refuse = self.risk.check(market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price, ref_price=ref,
                                      position=self.positions.get(cmd.market, Decimal(0)),
-                                     open_count=self.orders.open_count - 1, same_side_open=same_side, replacing=True)
+                                     open_orders=self.open_records(), replacing=rec)
         if refuse:
             return CommandAck(command_id=cmd.command_id, accepted=False, reason=refuse, client_ids=[cmd.client_id])
         assert rec is not None

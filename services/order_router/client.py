@@ -7,8 +7,6 @@ Reads (GET) are idempotent and retried with back-off on transport errors, 5xx an
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -20,29 +18,7 @@ import msgspec
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ratelimit import MultiWindowLimiter
 
-from .transport import make_transport
-
 BASE_PATH = "/dapi/v1/exchange/bot/"
-
-
-def _remember_missing_sniffio() -> None:
-    """Make httpcore's ``import sniffio`` a dictionary miss instead of a sys.path scan.
-
-    httpcore imports sniffio inside ``current_async_library()``, called for every lock, event and
-    semaphore it sets up, i.e. several times per request. sniffio is not installed here (anyio 4
-    no longer needs it), and Python does not remember failed imports: each attempt searched every
-    sys.path entry (~0.2 ms), ~3 ms of CPU per request, which capped the router near 300
-    requests/s. ``sys.modules[name] = None`` is the documented way to say "not importable": the
-    import fails at once and httpcore falls back to asyncio, as before. An installed sniffio is
-    left alone.
-    """
-    try:
-        import sniffio  # noqa: F401
-    except ImportError:
-        sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
-
-
-_remember_missing_sniffio()
 
 
 class DigitexError(RuntimeError):
@@ -113,15 +89,11 @@ class DigitexClient:
         self.on_send = on_send
         self.requests = 0
         self.throttled = 0
-        # At most one request per pooled connection in flight: httpcore's pool re-scans every
-        # queued request on each request/response (O(queued x connections)); a burst of
-        # thousands of places must wait here (FIFO), not in its queue.
-        self._slots = asyncio.Semaphore(max_connections)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + BASE_PATH,
             headers={"Authorization": f"Token {token}", "Accept": "application/json"},
             timeout=httpx.Timeout(timeout_s),
-            transport=make_transport(base_url, max_connections),  # keep-alive connections, see transport.py
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
 
     async def close(self) -> None:
@@ -134,15 +106,14 @@ class DigitexClient:
         self.requests += 1
         content = msgspec.json.encode(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else None
-        async with self._slots:
-            if self.on_send is not None:
-                self.on_send(path, body or params or {})
-            try:
-                response = await self._http.request(method, path, params=params, content=content, headers=headers)
-            except httpx.TimeoutException as exc:
-                raise OutcomeUnknown(f"{method} {path}: timed out ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                raise OutcomeUnknown(f"{method} {path}: {exc!r}") from exc
+        if self.on_send is not None:
+            self.on_send(path, body or params or {})
+        try:
+            response = await self._http.request(method, path, params=params, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise OutcomeUnknown(f"{method} {path}: timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise OutcomeUnknown(f"{method} {path}: {exc!r}") from exc
         status = response.status_code
         if status == 429:
             wait = _retry_after(response)

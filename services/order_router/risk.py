@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
 from marketbus.runtime.ratelimit import RateLimiter
 
+from .state import OrderRecord
 from .validation import MarketInfo
 
 
@@ -28,16 +30,12 @@ class RiskEngine:
         return quantity * price * market.multiplier
 
     def check(self, *, market: MarketInfo, side: str, quantity: Decimal, price: Decimal | None,
-              ref_price: Decimal | None, position: Decimal, open_count: int, same_side_open: Decimal,
-              reduce_only: bool = False, replacing: bool = False) -> str | None:
-        """Why this order breaks a limit, or None. ``position`` is signed (> 0 long).
-
-        ``open_count``: the open orders (without the one being replaced); ``same_side_open``: the
-        remaining quantity of the open orders of this market on ``side`` (without the one being
-        replaced) -- aggregates the caller keeps up to date (state.OpenOrders), so this is O(1).
-        """
+              ref_price: Decimal | None, position: Decimal, open_orders: Iterable[OrderRecord],
+              reduce_only: bool = False, replacing: OrderRecord | None = None) -> str | None:
+        """Why this order breaks a limit, or None. ``position`` is signed (> 0 long)."""
         limits = self.limits
-        if not replacing and open_count + 1 > limits.max_open_orders:
+        open_list = [o for o in open_orders if o is not replacing]
+        if replacing is None and len(open_list) + 1 > limits.max_open_orders:
             return f"max open orders reached ({limits.max_open_orders})"
         px = price if price is not None and price > 0 else ref_price
         if px is None:
@@ -48,7 +46,9 @@ class RiskEngine:
         if not reduce_only:
             sign = 1 if side == "buy" else -1
             # worst case: every open order of this market on the same side fills too
-            worst = position + sign * (same_side_open + quantity)
+            same_side = sum((o.remaining for o in open_list if o.market == market.symbol and o.side == side),
+                            Decimal(0))
+            worst = position + sign * (same_side + quantity)
             if abs(worst) > limits.max_position:
                 return f"position in {market.symbol} could reach {abs(worst)} (limit {limits.max_position})"
         if not self.rate.try_acquire():

@@ -18,12 +18,11 @@ class OrderRouterSettings(ServiceSettings, kw_only=True):
     request_timeout_s: float = 2.0  # a write that takes longer has an unknown outcome
     rate_per_second: int = 50  # exchange_info.rate_limits
     rate_per_minute: int = 500
-    http_connections: int = 8  # keep-alive connections to Digitex (requests in flight at most)
+    http_connections: int = 32
 
     # command intake
     durable: str = "order_router"  # the pull consumer shared by every router instance
-    fetch_batch: int = 256  # messages per pull request (handled one by one as they arrive)
-    fetch_expires_s: float = 5.0  # a pull request's life on the server; a new one follows at once
+    fetch_batch: int = 256
     max_inflight: int = 256  # commands handled concurrently by one instance
     ack_wait_s: float = 30.0
 

@@ -19,8 +19,6 @@ from .market import CURRENCIES, FUTURES, MARKETS, ZERO, MarketDef, MarketState, 
 
 PENDING, ACCEPTED, REJECTED, CANCELED, FILLED, PARTIAL = 1, 2, 3, 4, 5, 6
 OPEN = (PENDING, ACCEPTED, PARTIAL)
-HOLDING = (ACCEPTED, PARTIAL)  # open orders that tie up margin (a PENDING one is not checked yet)
-HELD_QUANTUM = Decimal("1e-18")  # holds are rounded to this, so adding and removing them is exact
 DONE = (REJECTED, CANCELED, FILLED)
 BUY, SELL = 1, 2
 GFD, GTC, GTF, IOC, FOK = 1, 2, 3, 4, 5
@@ -46,8 +44,6 @@ class Order:
     rest_from: int = 0  # tape index after which resting fills may happen
     reject_reason: str | None = None
     in_book: bool = False  # listed in the engine's resting orders of its market
-    held: Decimal = ZERO  # what it ties up now (counted in its account's ``held``), see Engine.rehold
-    held_code: str = ""  # the currency it is held in
 
     @property
     def executed(self) -> Decimal:
@@ -97,9 +93,6 @@ class Account:
     trades: list[Trade] = field(default_factory=list)
     positions: dict[int, Position] = field(default_factory=dict)
     last_created: int = 0
-    # Margin / funds tied up by the open (non-PENDING) orders, by currency code: the sum of their
-    # ``Order.held``, kept up to date by Engine.rehold so a balance check is O(1), not O(orders).
-    held: dict[str, Decimal] = field(default_factory=dict)
 
     def stamp(self) -> int:
         """A strictly increasing µs timestamp, so cursor positions are unique per account."""
@@ -176,7 +169,6 @@ class Engine:
             return
         order.status = ACCEPTED
         self._execute(acct, order)
-        self.rehold(acct, order)
 
     def _execute(self, acct: Account, order: Order) -> None:
         """Fill the marketable part against the book; decide what rests."""
@@ -209,7 +201,6 @@ class Engine:
         order.quantity -= qty
         order.notional += price * qty
         order.status = FILLED if order.quantity == 0 else PARTIAL
-        self.rehold(acct, order)
         acct.trades.append(Trade(next(self._contract_ids), market.id, order.side, price, qty,
                                  acct.stamp(), order.client_id))
         signed = qty if order.side == BUY else -qty
@@ -245,7 +236,6 @@ class Engine:
             targets = [o for o in targets if o.client_id in wanted]
         for order in targets:
             order.status = CANCELED
-            self.rehold(acct, order)
         return [o.client_id for o in targets]
 
     def live_order(self, acct: Account, market_id: int, client_id: str) -> Order | None:
@@ -265,7 +255,6 @@ class Engine:
         order.quantity = Decimal(fields["quantity"])  # type: ignore[arg-type]
         if order.status != PENDING:
             self._execute(acct, order)
-        self.rehold(acct, order)
         return order
 
     # --- resting orders against the tape --------------------------------------------------
@@ -320,22 +309,15 @@ class Engine:
             return ZERO
         return abs(pos.quantity) * pos.entry_price * MARKETS[market_id].multiplier / max(pos.leverage, 1)
 
-    def rehold(self, acct: Account, order: Order) -> None:
-        """Re-count what ``order`` ties up after a change of its status, quantity, price, side or
-        leverage (every such change in the engine calls this)."""
-        if order.held:
-            acct.held[order.held_code] -= order.held
-            order.held, order.held_code = ZERO, ""
-        market = MARKETS.get(order.market_id)
-        if market is None or order.status not in HOLDING or order.quantity <= 0:
-            return
-        code = market.settle if market.market_type == FUTURES or order.side == BUY else market.base
-        order.held = self.reserve(market, order, order.quantity).quantize(HELD_QUANTUM)
-        order.held_code = code
-        acct.held[code] = acct.held.get(code, ZERO) + order.held
-
     def available(self, acct: Account, code: str) -> Decimal:
-        used = acct.held.get(code, ZERO)  # the open orders' margin / funds, O(1)
+        used = ZERO
+        for order in acct.open_orders():
+            market = MARKETS.get(order.market_id)
+            if market is None or order.status == PENDING:
+                continue
+            spends = market.settle if market.market_type == FUTURES or order.side == BUY else market.base
+            if spends == code:
+                used += self.reserve(market, order, order.quantity)
         used += sum((self.position_margin(acct, m.id) for m in MARKETS.values()
                      if m.market_type == FUTURES and m.settle == code), ZERO)
         return acct.balances.get(code, ZERO) - used
