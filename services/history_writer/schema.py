@@ -269,10 +269,12 @@ def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> pa.Table
                     default = str(default)
                 col = pc.fill_null(col, pa.scalar(default, _ARROW[ck]))
         arrays.append(col)
-    arrays.append(pa.array([msgs[0].stream] * n, pa.string()))
+    arrays.append(pa.repeat(pa.scalar(msgs[0].stream, pa.string()), n))
     arrays.append(pa.array(seqs, pa.int64()))
     arrays.append(pa.array(idxs, pa.int32()))
-    return pa.Table.from_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in arrays], schema=schema.schema)
+    # columns keep the JSON reader's chunks (one per parsed block): no copy
+    return pa.Table.from_arrays([a if isinstance(a, pa.ChunkedArray) else pa.chunked_array([a]) for a in arrays],
+                                schema=schema.schema)
 
 
 def _strict(msgs: list[Message], out: dict[str, list[tuple[Any, int, int]]], bad: list[tuple[Message, str]]) -> None:

@@ -11,7 +11,7 @@ from tests.helpers import wait_for
 
 
 @pytest.mark.parametrize("fast", [True, False])
-async def test_raw_subscription_delivers_bytes_and_headers(nats_url, nc, monkeypatch, fast) -> None:  # noqa: ANN001
+async def test_raw_subscription_delivers_bytes_and_headers(nats_url, monkeypatch, fast) -> None:  # noqa: ANN001
     monkeypatch.setattr(intake_client, "_PRIVATE_OK", fast and intake_client._PRIVATE_OK)
     client = IntakeClient()
     await client.connect(servers=[nats_url])
@@ -26,11 +26,12 @@ async def test_raw_subscription_delivers_bytes_and_headers(nats_url, nc, monkeyp
 
         await client.subscribe(inbox + ".x", cb=cb)
         await client.flush()  # both subscriptions are known to the server before anything is published
-        await nc.publish(inbox, b'{"a":1}', reply="_INBOX.ack.1.7",
-                         headers={"Marketbus-Type": "trade", "Nats-Msg-Id": "m1"})
-        await nc.publish(inbox + ".x", b"plain")
-        await nc.flush()
-        await wait_for(lambda: got, timeout=5, what=f"the raw message (other: {other}, inbox {inbox}, sid {client._raw_handlers}, {client._subs.keys()})")
+        # published on the same connection, after the SUBs: as the intake's pull requests are
+        await client.publish(inbox, b'{"a":1}', reply="_INBOX.ack.1.7",
+                             headers={"Marketbus-Type": "trade", "Nats-Msg-Id": "m1"})
+        await client.publish(inbox + ".x", b"plain")
+        await client.flush()
+        await wait_for(lambda: got, timeout=5, what="the raw message")
         await wait_for(lambda: other, timeout=5, what="the ordinary message")
         subject, reply, data, block = got[0]
         assert (subject, reply, data) == (inbox.encode(), b"_INBOX.ack.1.7", b'{"a":1}')
