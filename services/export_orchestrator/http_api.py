@@ -49,6 +49,7 @@ from .artifacts import ArtifactNotFound
 from .history_source import MAX_NS, HistoryUnavailable, StreamKey
 from .jobs import Conflict, InvalidRequest, JobError, JobRecord, NotFound, Overloaded, artifact_id
 
+from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.tsapi import ApiError, error_response, int_param, iso, json_body, parse_ns
 
 if TYPE_CHECKING:
@@ -71,21 +72,6 @@ def datastream_id(key: StreamKey | Sequence[str]) -> int:
 
 def owner_of(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
-
-
-class _Bucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, max(1, burst)
-        self.tokens, self.stamp = float(self.burst), time.monotonic()
-
-    def take(self) -> float:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
 
 
 class _Gate:
@@ -120,7 +106,7 @@ class ExportApi:
         self.service = service
         self.settings = service.settings
         self.keys = {k: owner_of(k) for k in self.settings.api_key_list()}
-        self.buckets: dict[str, _Bucket] = {}
+        self.buckets: dict[str, RateLimiter] = {}
         assert service.signer is not None
         self.signer = service.signer
         self.page_secret = hashlib.sha256(b"pages" + service.signer.secret).digest()
@@ -143,7 +129,7 @@ class ExportApi:
             if owner is None:
                 raise ApiError(401, "Invalid API key")
         if self.settings.requests_per_s > 0:
-            bucket = self.buckets.setdefault(owner, _Bucket(self.settings.requests_per_s, self.settings.burst))
+            bucket = self.buckets.setdefault(owner, RateLimiter(self.settings.requests_per_s, max(1, self.settings.burst)))
             wait = bucket.take()
             if wait > 0:
                 retry = max(1, math.ceil(wait))

@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from services.sandbox.common.base import json_response
 
+from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.tsapi import (  # noqa: F401 - re-exported for the sandbox modules
     STATUS_CODES, ApiError, error_body, error_response, int_param, iso, json_body, new_request_id, parse_ns,
 )
@@ -34,24 +35,6 @@ def now_ns() -> int:
 
 
 # --- auth and rate limiting --------------------------------------------------------------------
-class TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = max(1, burst)
-        self.tokens = float(self.burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> float:
-        """0 if a token was taken, else the seconds until one is available."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
-
-
 class Gate:
     """Authentication and the per-key token bucket, applied to every ``/v1`` request."""
 
@@ -59,7 +42,7 @@ class Gate:
         self.api_keys = set(api_keys)
         self.rate = rate
         self.burst = burst
-        self.buckets: dict[str, TokenBucket] = {}
+        self.buckets: dict[str, RateLimiter] = {}
 
     def check(self, request: Request) -> str:
         key = request.headers.get("x-api-key", "")
@@ -68,7 +51,7 @@ class Gate:
         if key not in self.api_keys:
             raise ApiError(401, "Invalid API key")
         if self.rate > 0:
-            bucket = self.buckets.setdefault(key, TokenBucket(self.rate, self.burst))
+            bucket = self.buckets.setdefault(key, RateLimiter(self.rate, max(1, self.burst)))
             wait = bucket.take()
             if wait > 0:
                 retry = max(1, math.ceil(wait))

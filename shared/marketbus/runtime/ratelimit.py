@@ -30,6 +30,11 @@ class RateLimiter:
             return True
         return False
 
+    def take(self) -> float:
+        """Non-blocking, for servers enforcing a limit: 0 if a token was taken, else the seconds
+        until one is available (a Retry-After)."""
+        return 0.0 if self.try_acquire() else self.wait_time()
+
     def wait_time(self, tokens: float = 1.0) -> float:
         self._refill()
         return max(0.0, (tokens - self._tokens) / self.rate)
