@@ -26,7 +26,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared"), str(ROOT / "bench")]
 
-from ingest_finx import Nats, raw_pipelined_rate, start_sandbox, wait_ready  # noqa: E402
+from common import start_sandbox, wait_ready  # noqa: E402
+from ingest_finx import Nats, raw_pipelined_rate  # noqa: E402
 
 from marketbus.contracts import codec, subjects  # noqa: E402
 from services.ingest_digitex import normalize  # noqa: E402

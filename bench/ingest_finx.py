@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +31,9 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
+from common import start_sandbox, wait_ready  # noqa: E402
 from marketbus.contracts import codec  # noqa: E402
 from marketbus.contracts.streams import ensure_all  # noqa: E402
-from marketbus.runtime.http import free_port  # noqa: E402
 from marketbus.runtime.natsserver import NatsServer  # noqa: E402
 from services.ingest_finx import normalize  # noqa: E402
 from services.ingest_finx.app import FinxIngestor  # noqa: E402
@@ -49,28 +47,6 @@ class Fed(FinxIngestor):
 
     async def on_start(self) -> None:
         pass
-
-
-def start_sandbox(name: str, env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = os.environ | {f"MARKETBUS_SANDBOX_{name.upper()}_PORT": str(port), "PYTHONPATH": f"{ROOT}:{ROOT / 'shared'}"}
-    env |= env_extra or {}
-    proc = subprocess.Popen([sys.executable, "-m", "services.sandbox", name], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, f"127.0.0.1:{port}"
-
-
-async def wait_ready(url: str, deadline_s: float = 20) -> None:
-    deadline = time.monotonic() + deadline_s
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get(f"{url}/_sandbox/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("sandbox did not start")
 
 
 class Nats:

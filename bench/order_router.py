@@ -27,6 +27,7 @@ import nats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
+from common import wait_ready  # noqa: E402
 from marketbus.contracts import codec  # noqa: E402
 from marketbus.runtime.http import free_port  # noqa: E402
 from marketbus.runtime.natsserver import NatsServer  # noqa: E402
@@ -34,19 +35,6 @@ from services.order_router import requests as rq  # noqa: E402
 from services.order_router.app import OrderRouter  # noqa: E402
 
 TOKEN = {"Authorization": "Token dgtx_sandbox_token"}
-
-
-async def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 20
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get(f"{url}/_sandbox/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("sandbox did not start")
 
 
 def pct(values: list[float], p: float) -> float:

@@ -11,33 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import websockets
 
-from marketbus.runtime.http import free_port
+from common import start_sandbox, wait_ready  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "public"
 START = 1_655_251_200_000  # 2022-06-15T00:00:00Z in ms
-
-
-async def wait_ready(url: str, deadline_s: float = 15) -> None:
-    deadline = time.monotonic() + deadline_s
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get(f"{url}/_sandbox/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("sandbox did not start")
 
 
 async def history_rows_per_s(ws_url: str, seconds: float) -> float:
@@ -78,11 +61,9 @@ async def rest_snaps_per_s(url: str, seconds: float) -> float:
 
 
 async def main(seconds: float) -> None:
-    port = free_port()
-    env = os.environ | {"MARKETBUS_SANDBOX_FINX_PORT": str(port), "PYTHONPATH": f"{ROOT}:{ROOT / 'shared'}"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.sandbox", "finx"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    proc, host = start_sandbox("finx")
     try:
-        url, ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+        url, ws_url = f"http://{host}", f"ws://{host}"
         await wait_ready(url)
         history = await history_rows_per_s(ws_url, seconds)
         snaps = await ws_snaps_per_s(ws_url, seconds)
