@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
+
+from marketbus.runtime.pull import ENDING_STATUSES, PullRequests, pull_subject
 
 from .intake_client import header_value, status_of
 from .schema import Message, decode_messages
@@ -77,8 +77,7 @@ class StreamIntake:
         self._wake = asyncio.Event()
         self._pull_wake = asyncio.Event()
         self.pull_max_bytes = s.pull_max_bytes
-        self._requests: deque[list[int]] = deque()  # outstanding pull requests: [messages left, bytes left]
-        self._last_activity = 0.0
+        self._requests: PullRequests | None = None  # the outstanding pull requests of the inbox
         self._sub: Any = None
         self._inbox = ""
         self.flushing = False
@@ -111,8 +110,8 @@ class StreamIntake:
         await self.svc.store.prepare_stream(self.stream, floor or 0)
         nc = self.nc = self.svc.intake_nc  # the intake connection: pull requests, replies, acks
         self._inbox = nc.new_inbox()
+        self._requests = PullRequests(pull_subject(self.stream, self.durable), self._inbox, expires_s=2.0)
         self._sub = await nc.subscribe_raw(self._inbox, self._on_msg)
-        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
         self.svc.spawn(self._pull_loop(), f"pull-{self.stream}")
         self.svc.spawn(self._flush_loop(), f"flush-{self.stream}")
 
@@ -128,11 +127,13 @@ class StreamIntake:
     # --- receive ----------------------------------------------------------------------------
     def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         """One delivered message, raw from the protocol parser (intake_client): no decoding here."""
-        self._last_activity = now = time.monotonic()
+        now = time.monotonic()
+        requests = self._requests
+        assert requests is not None
         if not reply:
             # a pull status: 408 request expired, 409 max bytes reached / other end of a request
-            if status_of(headers) in ("408", "409") and self._requests:
-                self._requests.popleft()
+            if status_of(headers) in ENDING_STATUSES:
+                requests.ended()
                 self._pull_wake.set()
             return
         try:
@@ -144,34 +145,26 @@ class StreamIntake:
         self._buffer.append((Message(self.stream, seq, subject.decode(), data, header_value(headers, _TYPE_HEADER)),
                              reply, delivered))
         self._buffer_bytes += len(data)
-        if self._requests:
-            head = self._requests[0]
-            head[0] -= 1
-            head[1] -= len(data)
-            if head[0] <= 0:
-                self._requests.popleft()  # fulfilled (no status message follows)
-                self._pull_wake.set()
+        if requests.delivered(len(data)):  # that request is fulfilled (no status message follows)
+            self._pull_wake.set()
         if len(self._buffer) >= self.batch_max or self._buffer_bytes >= self.batch_max_bytes:
             self._wake.set()
 
     async def _pull_loop(self) -> None:
         """Keep two pull requests outstanding (double buffering): the server never holds more
         than ``2 * pull_max_bytes`` for us, so it never flags this connection a slow consumer."""
-        expires = 2.0
-        request = json.dumps({"batch": self.pull_batch, "max_bytes": self.pull_max_bytes,
-                              "expires": int(expires * 1e9)}).encode()
+        requests = self._requests
+        assert requests is not None
+        request = requests.body(self.pull_batch, self.pull_max_bytes)
         while True:
-            now = time.monotonic()
-            if self._requests and now - self._last_activity > expires + 1.0:
-                self._requests.clear()  # lost (reconnect): start over
+            requests.drop_expired()  # lost (a reconnect): asked again
             backlog = len(self._buffer) >= 2 * self.batch_max or self._buffer_bytes >= 2 * self.batch_max_bytes
-            while not backlog and len(self._requests) < 2:
+            while not backlog and len(requests) < 2:
                 try:
-                    await self.nc.publish(self._api, request, reply=self._inbox)
+                    await self.nc.publish(requests.subject, request, reply=requests.inbox)
                 except Exception:  # noqa: BLE001 - disconnected: retried below
                     break
-                self._requests.append([self.pull_batch, self.pull_max_bytes])
-                self._last_activity = now
+                requests.sent(self.pull_batch, self.pull_max_bytes)
             self._pull_wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._pull_wake.wait(), timeout=0.05 if backlog else 0.5)

@@ -8,19 +8,20 @@ import contextlib
 import time
 from collections import OrderedDict
 from decimal import Decimal
+from collections.abc import Awaitable
 from typing import Any, ClassVar, Union
 
 import msgspec
 from faststream.nats import NatsMessage
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from marketbus.contracts import codec, streams, subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.orders import (
     Balance, CancelOrders, CommandAck, Fill, PlaceOrder, Position, RouterControl, UpdateOrder,
 )
+from marketbus.runtime.pull import PullConsumer
 from marketbus.runtime.service import Service
 
 from .client import DigitexClient, OutcomeUnknown, Refused, now_us
@@ -28,7 +29,7 @@ from .reconcile import Reconciler
 from .requests import REPLY_HEADER
 from .risk import RiskEngine, RiskLimits
 from .settings import OrderRouterSettings
-from .state import OPEN_STATES, WORKING_STATES, OrderRecord, StateStore, can_transition, command_key, event_for
+from .state import WORKING_STATES, OpenOrders, OrderRecord, StateStore, can_transition, command_key, event_for
 from .validation import ExchangeMeta, Limits, check_reduce_only, validate_cancel, validate_order
 
 Command = Union[PlaceOrder, CancelOrders, UpdateOrder]
@@ -65,7 +66,7 @@ class OrderRouter(Service):
         self.risk = RiskEngine(RiskLimits(max_order_notional=s.max_order_notional, max_open_orders=s.max_open_orders,
                                           max_position=s.max_position, max_orders_per_second=s.max_orders_per_second))
         self.meta: ExchangeMeta | None = None
-        self.orders: dict[tuple[str, str], OrderRecord] = {}  # open orders by (market, client_id)
+        self.orders = OpenOrders()  # open orders by (market, client_id), with risk totals
         self.recent: OrderedDict[tuple[str, str], OrderRecord] = OrderedDict()  # recently closed (fill attribution)
         self.positions: dict[str, Decimal] = {}  # signed, by market symbol
         self.ref_prices: dict[str, tuple[Decimal, float]] = {}
@@ -73,7 +74,6 @@ class OrderRouter(Service):
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._resolving: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
-        self._inflight = asyncio.Semaphore(s.max_inflight)
         self.commands_handled = 0
         self.reconciler = Reconciler(self)
 
@@ -95,26 +95,35 @@ class OrderRouter(Service):
             if entry.value:
                 self.control = msgspec.json.decode(entry.value, type=ControlState)
         await self.reconciler.reconcile(startup=True)
-        self._sub = await self.js.pull_subscribe(
-            subjects.ALL_ORDER_COMMANDS, durable=s.durable, stream=streams.ORDER_COMMANDS.name,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=s.ack_wait_s, max_ack_pending=-1,
-                                  max_waiting=512))
-        self.spawn(self._consume(), "consume")
+        await self._ensure_consumer()
+        # each command is handled as it arrives (a fetch would hold it until the batch fills)
+        self._pull = PullConsumer(self.nc, streams.ORDER_COMMANDS.name, s.durable, self._handle_message,
+                                  max_messages=s.max_inflight, on_error=self._command_failed)
+        await self._pull.start()
         self.spawn(self._watch_control(), "control")
         self.spawn(self.reconciler.track_loop(), "track")
         self.spawn(self.reconciler.reconcile_loop(), "reconcile")
         await self.publish_feed_status("digitex", "connected", feed="digitex/orders")
 
+    async def _ensure_consumer(self) -> None:
+        """The durable pull consumer on the ORDERS_CMD work queue, shared by every router instance."""
+        s = self.settings
+        stream = streams.ORDER_COMMANDS.name
+        try:
+            await self.js.consumer_info(stream, s.durable)
+        except NotFoundError:
+            with contextlib.suppress(BadRequestError):  # another instance created it meanwhile
+                await self.js.add_consumer(stream, ConsumerConfig(
+                    durable_name=s.durable, filter_subject=subjects.ALL_ORDER_COMMANDS,
+                    ack_policy=AckPolicy.EXPLICIT, ack_wait=s.ack_wait_s, max_ack_pending=-1, max_waiting=512))
+
+    def _command_failed(self, exc: BaseException) -> None:
+        self.log.error("command handling failed: %r", exc, exc_info=exc)
+
     async def on_stop(self) -> None:
-        for task in list(self._tasks):
-            if task.get_name().endswith(":consume"):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        sub = getattr(self, "_sub", None)
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        pull = getattr(self, "_pull", None)
+        if pull is not None:
+            await pull.stop(drain_s=self.settings.request_timeout_s)  # let commands in flight finish
         for task in list(self._bg):
             task.cancel()
         await self.client.close()
@@ -206,22 +215,6 @@ class OrderRouter(Service):
             self.orders[key] = rec
 
     # --- command intake ---------------------------------------------------------------------------
-    async def _consume(self) -> None:
-        sub = self._sub
-        while True:
-            try:
-                msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
-            except (NatsTimeoutError, asyncio.TimeoutError):
-                continue
-            except Exception as exc:  # noqa: BLE001 - disconnected: retry
-                self.log.warning("fetch failed: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._inflight.acquire()
-                task = asyncio.create_task(self._handle_message(msg))
-                task.add_done_callback(lambda _t: self._inflight.release())
-
     async def _handle_message(self, msg: Any) -> None:
         headers = msg.headers or {}
         reply_to = headers.get(REPLY_HEADER)
@@ -255,28 +248,41 @@ class OrderRouter(Service):
     async def execute(self, cmd: Command) -> CommandAck:
         """Handle one command exactly once (idempotency record by command id); returns the ack."""
         ikey = command_key(cmd.command_id)
-        claim = _json.encode(IdemRecord(state="processing", ts=time.time_ns()))
+        # The claim's round trip overlaps a place's checks and order record; nothing is sent
+        # to the exchange before it is known (place awaits it).
+        claim = asyncio.ensure_future(self._claim(ikey))
         try:
-            await self.idem_kv.create(ikey, claim)
-        except (KeyWrongLastSequenceError, BadRequestError):
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await self.idem_kv.get(ikey)
-                existing = _idem_dec.decode(entry.value) if entry.value else None
-                if existing is not None and existing.state == "done" and existing.ack is not None:
-                    return existing.ack  # a duplicate: the same answer, nothing executed again
-            # "processing": a previous attempt crashed mid-way; go on (each step below is idempotent)
-        if isinstance(cmd, PlaceOrder):
-            ack = await self.place(cmd)
-        elif isinstance(cmd, CancelOrders):
-            ack = await self.cancel(cmd)
-        else:
-            ack = await self.update(cmd)
+            if isinstance(cmd, PlaceOrder):
+                ack = await self.place(cmd, claim)
+            else:
+                prior = await claim
+                if prior is not None:
+                    return prior  # a duplicate: the same answer, nothing executed again
+                ack = await (self.cancel(cmd) if isinstance(cmd, CancelOrders) else self.update(cmd))
+        finally:
+            if not claim.done():
+                claim.cancel()
         await self.idem_kv.put(ikey, _json.encode(IdemRecord(state="done", ack=ack, ts=time.time_ns())))
         return ack
 
+    async def _claim(self, ikey: str) -> CommandAck | None:
+        """Claim a command id; the ack given the first time if it was handled before, else None
+        (new, or "processing": a previous attempt crashed mid-way; every step is idempotent)."""
+        try:
+            await self.idem_kv.create(ikey, _json.encode(IdemRecord(state="processing", ts=time.time_ns())))
+            return None
+        except (KeyWrongLastSequenceError, BadRequestError):
+            pass
+        with contextlib.suppress(KeyNotFoundError):
+            entry = await self.idem_kv.get(ikey)
+            existing = _idem_dec.decode(entry.value) if entry.value else None
+            if existing is not None and existing.state == "done" and existing.ack is not None:
+                return existing.ack
+        return None
+
     # --- place --------------------------------------------------------------------------------------
     def open_records(self) -> list[OrderRecord]:
-        return [r for r in self.orders.values() if r.state in OPEN_STATES]
+        return list(self.orders.values())  # every record kept in ``orders`` is open (not terminal)
 
     async def ref_price(self, market: str) -> Decimal | None:
         cached = self.ref_prices.get(market)
@@ -304,12 +310,12 @@ class OrderRouter(Service):
             return f"router halted{': ' + self.control.reason if self.control.reason else ''}"
         return None
 
-    async def place(self, cmd: PlaceOrder) -> CommandAck:
+    async def place(self, cmd: PlaceOrder, claim: Awaitable[CommandAck | None]) -> CommandAck:
         assert self.meta is not None
         key = (cmd.market, cmd.client_id)
         existing = self.orders.get(key) or self.recent.get(key)
         if existing is not None:
-            return self._existing(cmd, existing)
+            return await claim or self._existing(cmd, existing)
         reason = self._refuse_common() or validate_order(cmd, self.meta, self.limits)
         market = self.meta.markets.get(cmd.market)
         ref = None
@@ -317,12 +323,11 @@ class OrderRouter(Service):
             ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
             position = self.positions.get(cmd.market, Decimal(0))
             if cmd.reduce_only:
-                pending = sum((o.remaining for o in self.open_records() if o.market == cmd.market and o.reduce_only
-                               and o.side == cmd.side), Decimal(0))
+                pending = self.orders.reduce_only_remaining(cmd.market, cmd.side)
                 reason = check_reduce_only(cmd.side, cmd.quantity, position, pending)
             if reason is None:
                 reason = self.risk.check(market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price,
-                                         ref_price=ref, position=position, open_orders=self.open_records(),
+                                         ref_price=ref, position=position, open_orders=self.orders,
                                          reduce_only=cmd.reduce_only)
         now = time.time_ns()
         rec = OrderRecord(
@@ -339,12 +344,18 @@ class OrderRouter(Service):
             if existing is None:
                 return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
                                   reason="order state store unavailable")
-            return self._existing(cmd, existing)
+            return await claim or self._existing(cmd, existing)
         await self.publish(event_for(rec), subjects.order_event(rec.market, rec.client_id))
+        prior = await claim
+        if prior is not None and not reason:  # the command id was used before, for another order
+            await self.transition(rec, "rejected", reason=f"command id {cmd.command_id} was already used "
+                                                            f"(orders {', '.join(prior.client_ids) or '-'})")
+            return prior
         if reason:
             self.recent[key] = rec
             self.log.info("refused %s %s: %s", cmd.market, cmd.client_id, reason)
-            return CommandAck(command_id=cmd.command_id, accepted=False, reason=reason, client_ids=[cmd.client_id])
+            return prior or CommandAck(command_id=cmd.command_id, accepted=False, reason=reason,
+                                       client_ids=[cmd.client_id])
         self.spawn_task(self.submit(rec))
         return CommandAck(command_id=cmd.command_id, accepted=True, client_ids=[cmd.client_id])
 
@@ -541,7 +552,7 @@ class OrderRouter(Service):
             ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
             refuse = self.risk.check(market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price, ref_price=ref,
                                      position=self.positions.get(cmd.market, Decimal(0)),
-                                     open_orders=self.open_records(), replacing=rec)
+                                     open_orders=self.orders, replacing=rec)
         if refuse:
             return CommandAck(command_id=cmd.command_id, accepted=False, reason=refuse, client_ids=[cmd.client_id])
         assert rec is not None

@@ -39,7 +39,9 @@ class Reconciler:
         self.last_positions: dict[str, tuple[Any, ...]] = {}
         self.last_balances: dict[str, tuple[Any, ...]] = {}
         self.syncs = 0
+        self.last_sync_s = 0.0  # how long the last tracking sync took
         self._sync_lock = asyncio.Lock()
+        self._last_rows: dict[tuple[int, str], tuple[Any, ...]] = {}  # open order rows adopted last sync
 
     # --- loops ----------------------------------------------------------------------------------
     async def track_loop(self) -> None:
@@ -49,12 +51,17 @@ class Reconciler:
             interval = r.settings.poll_interval_s if working else r.settings.idle_poll_s
             try:
                 await asyncio.wait_for(r._wake.wait(), interval)
-                await asyncio.sleep(min(0.05, interval))  # let a burst of transitions land first
+                # let a burst of transitions land first; and at most a few syncs a second, as each
+                # reads every open order: with thousands open, a sync takes a while, and the pause
+                # grows with it (the REST budget and the loop's time go to commands first)
+                await asyncio.sleep(min(max(r.settings.min_sync_gap_s, 3 * self.last_sync_s), interval))
             except asyncio.TimeoutError:
                 pass
             r._wake.clear()
             try:
+                started = time.monotonic()
                 await self.sync()
+                self.last_sync_s = time.monotonic() - started
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 r.log.warning("sync failed: %r", exc)
                 await asyncio.sleep(0.5)
@@ -117,14 +124,24 @@ class Reconciler:
         rows = await r.client.open_orders()
         open_by_key = {(int(o["market_id"]), str(o["client_id"])): o for o in rows}
         missing: list[OrderRecord] = []
-        for rec in list(r.orders.values()):
+        last_rows, self._last_rows = self._last_rows, {}
+        for i, rec in enumerate(list(r.orders.values())):
+            if i % 256 == 255:
+                await asyncio.sleep(0)  # thousands of open orders: let commands through meanwhile
             if rec.state not in WORKING_STATES:
                 continue  # pending_submit / unknown belong to their submit or resolve task
-            row = open_by_key.pop((rec.market_id, rec.client_id), None)
-            if row is not None:
-                await r.adopt(rec, row)
-            else:
+            key = (rec.market_id, rec.client_id)
+            row = open_by_key.pop(key, None)
+            if row is None:
                 missing.append(rec)
+                continue
+            # the row and the record as they were last time: nothing to adopt (most rows, most rounds);
+            # a cancel_pending record is re-examined as its wait for the cancel runs out
+            seen = (rec.seq, row.get("status"), row.get("quantity"), row.get("orig_quantity"), row.get("price"),
+                    row.get("average_price"))
+            if last_rows.get(key) != seen or rec.state == "cancel_pending":
+                await r.adopt(rec, row)
+            self._last_rows[key] = (rec.seq, *seen[1:])
         if missing:
             await self._settle_missing(missing)
         adopted = 0

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
 from marketbus.runtime.ratelimit import RateLimiter
 
-from .state import OrderRecord
+from .state import OpenOrders, OrderRecord
 from .validation import MarketInfo
 
 
@@ -30,12 +29,12 @@ class RiskEngine:
         return quantity * price * market.multiplier
 
     def check(self, *, market: MarketInfo, side: str, quantity: Decimal, price: Decimal | None,
-              ref_price: Decimal | None, position: Decimal, open_orders: Iterable[OrderRecord],
+              ref_price: Decimal | None, position: Decimal, open_orders: OpenOrders,
               reduce_only: bool = False, replacing: OrderRecord | None = None) -> str | None:
-        """Why this order breaks a limit, or None. ``position`` is signed (> 0 long)."""
+        """Why this order breaks a limit, or None. ``position`` is signed (> 0 long); ``replacing``
+        is the open order an amendment replaces (not counted twice)."""
         limits = self.limits
-        open_list = [o for o in open_orders if o is not replacing]
-        if replacing is None and len(open_list) + 1 > limits.max_open_orders:
+        if replacing is None and len(open_orders) + 1 > limits.max_open_orders:
             return f"max open orders reached ({limits.max_open_orders})"
         px = price if price is not None and price > 0 else ref_price
         if px is None:
@@ -46,8 +45,7 @@ class RiskEngine:
         if not reduce_only:
             sign = 1 if side == "buy" else -1
             # worst case: every open order of this market on the same side fills too
-            same_side = sum((o.remaining for o in open_list if o.market == market.symbol and o.side == side),
-                            Decimal(0))
+            same_side = open_orders.remaining(market.symbol, side, excluding=replacing)
             worst = position + sign * (same_side + quantity)
             if abs(worst) > limits.max_position:
                 return f"position in {market.symbol} could reach {abs(worst)} (limit {limits.max_position})"

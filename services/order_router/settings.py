@@ -18,12 +18,11 @@ class OrderRouterSettings(ServiceSettings, kw_only=True):
     request_timeout_s: float = 2.0  # a write that takes longer has an unknown outcome
     rate_per_second: int = 50  # exchange_info.rate_limits
     rate_per_minute: int = 500
-    http_connections: int = 32
+    http_connections: int = 8  # keep-alive connections to Digitex (a few saturate one core)
 
     # command intake
     durable: str = "order_router"  # the pull consumer shared by every router instance
-    fetch_batch: int = 256
-    max_inflight: int = 256  # commands handled concurrently by one instance
+    max_inflight: int = 256  # commands held by one instance at once (requested + being handled)
     ack_wait_s: float = 30.0
 
     # validation
@@ -41,6 +40,7 @@ class OrderRouterSettings(ServiceSettings, kw_only=True):
     # lifecycle tracking and reconciliation
     poll_interval_s: float = 1.0  # while orders are working
     idle_poll_s: float = 5.0  # when none is
+    min_sync_gap_s: float = 0.2  # an order event wakes the tracker, after this pause at least
     reconcile_interval_s: float = 30.0
     unknown_absent_polls: int = 3  # order_status must say "absent" this many times...
     unknown_settle_s: float = 0.0  # ...and this long after the send (0 = request_timeout_s + 0.5)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator, MutableMapping
 from decimal import Decimal
 from hashlib import blake2b
 from typing import Any
@@ -189,3 +190,64 @@ class StateStore:
 
     async def put_meta(self, name: str, value: bytes) -> None:
         await self.kv.put(f"m.{name}", value)
+
+
+OrderKey = tuple[str, str]  # (market symbol, client id)
+
+
+class OpenOrders(MutableMapping[OrderKey, OrderRecord]):
+    """The router's open orders by (market, client id), with the totals the pre-trade checks need
+    kept up to date as orders arrive, change and leave: a check costs O(1), not O(open orders).
+
+    Setting a key (again) recounts that order; the router does so after every transition, so an
+    order whose fill or quantity changed in place is recounted before the next check.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[OrderKey, OrderRecord] = {}
+        self._counted: dict[OrderKey, tuple[tuple[str, str], bool, Decimal]] = {}
+        self._remaining: dict[tuple[str, str], Decimal] = {}  # (market, side) -> remaining quantity
+        self._reduce_only: dict[tuple[str, str], Decimal] = {}  # the same, of reduce-only orders
+
+    def __getitem__(self, key: OrderKey) -> OrderRecord:
+        return self._records[key]
+
+    def __setitem__(self, key: OrderKey, record: OrderRecord) -> None:
+        self._uncount(key)
+        self._records[key] = record
+        side = (record.market, record.side)
+        remaining = record.remaining
+        self._counted[key] = (side, record.reduce_only, remaining)
+        self._remaining[side] = self._remaining.get(side, Decimal(0)) + remaining
+        if record.reduce_only:
+            self._reduce_only[side] = self._reduce_only.get(side, Decimal(0)) + remaining
+
+    def __delitem__(self, key: OrderKey) -> None:
+        del self._records[key]
+        self._uncount(key)
+
+    def __iter__(self) -> Iterator[OrderKey]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _uncount(self, key: OrderKey) -> None:
+        counted = self._counted.pop(key, None)
+        if counted is not None:
+            side, reduce_only, remaining = counted
+            self._remaining[side] -= remaining
+            if reduce_only:
+                self._reduce_only[side] -= remaining
+
+    def remaining(self, market: str, side: str, excluding: OrderRecord | None = None) -> Decimal:
+        """Quantity still to fill of the open orders of ``market`` on ``side`` (but ``excluding``)."""
+        total = self._remaining.get((market, side), Decimal(0))
+        if excluding is not None:
+            counted = self._counted.get((excluding.market, excluding.client_id))
+            if counted is not None and counted[0] == (market, side):
+                total -= counted[2]
+        return total
+
+    def reduce_only_remaining(self, market: str, side: str) -> Decimal:
+        return self._reduce_only.get((market, side), Decimal(0))

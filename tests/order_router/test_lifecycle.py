@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from marketbus.contracts import codec
+from marketbus.contracts.orders import CommandAck
 from services.order_router import requests as rq
 from tests.helpers import wait_for
 
@@ -55,8 +57,20 @@ async def test_duplicate_command_gives_one_order(env):
     other = await rq.send_command(env.nc, rq.place(BTC, "buy", 1, price, client_id=cmd.client_id,
                                                    command_id="another-command"))
     assert not other.accepted and "already used" in other.reason
+    # the command id re-used for another order, by a client that sets no Nats-Msg-Id (so the
+    # stream's de-duplication does not catch it): the first answer again, and nothing is sent
+    reused = rq.place(BTC, "buy", 1, price, command_id=cmd.command_id)
+    inbox = env.nc.new_inbox()
+    replies = await env.nc.subscribe(inbox, max_msgs=1)
+    await env.nc.jetstream().publish(rq.command_subject(reused), codec.encode(reused),
+                                     headers={**codec.headers_for(reused), rq.REPLY_HEADER: inbox})
+    again = codec.decode_as((await replies.next_msg(timeout=5)).data, CommandAck)
+    assert again == first
+    await wait_for(lambda: "rejected" in env.bus.states(reused.client_id), 5, what="re-used command id rejected")
+    assert "was already used" in env.bus.orders(reused.client_id)[-1].reason
     await wait_for(lambda: "accepted" in env.bus.states(cmd.client_id), 5, what="accepted")
     truth = await env.admin_orders()
+    assert not [p for p in truth["placements"] if p["client_id"] == reused.client_id]
     placements = [p for p in truth["placements"] if p["client_id"] == cmd.client_id]
     assert placements == [{"trader_id": placements[0]["trader_id"], "market_id": 1, "client_id": cmd.client_id,
                            "attempts": 1, "applied": 1}]

@@ -1,13 +1,18 @@
-"""Pure parts: enums from order_meta (both key namings), validation, the state machine."""
+"""Pure parts: enums from order_meta (both key namings), validation, the state machine, the open
+orders book behind the risk checks."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.order_router import requests as rq
-from services.order_router.state import can_transition
+from services.order_router.risk import RiskEngine, RiskLimits
+from services.order_router.state import OpenOrders, OrderRecord, can_transition
+from services.order_router.validation import MarketInfo
 from services.order_router.validation import ExchangeMeta, Limits, MetaError, validate_order
 
 MARKET = {"id": 7, "code": "FS:XBTUSD", "market_type": 1, "tick_size": "0.5", "tick_price": "0.005",
@@ -57,3 +62,59 @@ def test_state_machine():
     for terminal in ("filled", "cancelled", "rejected"):
         assert not can_transition(terminal, "accepted")
     assert not can_transition("accepted", "pending_submit") and not can_transition("filled", "unknown")
+
+
+_ops = st.lists(st.tuples(st.sampled_from(["put", "fill", "amend", "drop"]), st.integers(0, 7),
+                          st.sampled_from(["M1", "M2"]), st.sampled_from(["buy", "sell"]), st.booleans(),
+                          st.integers(1, 50)), max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops)
+def test_open_orders_totals_match_a_recount(ops):
+    """The running totals the risk checks read equal a recount of the open orders after any
+    sequence of new orders, fills and amendments (recorded in place, then set again) and closes."""
+    book = OpenOrders()
+    for op, n, market, side, reduce_only, qty in ops:
+        key = (market, f"c{n}")
+        rec = book.get(key)
+        if op == "put" or rec is None:
+            book[key] = OrderRecord(client_id=f"c{n}", market=market, market_id=1, side=side, order_type="limit",
+                                    duration="GTC", quantity=Decimal(qty), reduce_only=reduce_only)
+        elif op == "fill":
+            rec.filled_quantity = min(rec.quantity, rec.filled_quantity + qty)
+            book[key] = rec
+        elif op == "amend":
+            rec.quantity, rec.side = rec.filled_quantity + qty, side
+            book[key] = rec
+        else:
+            book.pop(key)
+        for m in ("M1", "M2"):
+            for s in ("buy", "sell"):
+                mine = [r for r in book.values() if r.market == m and r.side == s]
+                assert book.remaining(m, s) == sum((r.remaining for r in mine), Decimal(0))
+                assert book.reduce_only_remaining(m, s) == sum((r.remaining for r in mine if r.reduce_only), Decimal(0))
+                for r in mine:
+                    assert book.remaining(m, s, excluding=r) == book.remaining(m, s) - r.remaining
+
+
+def test_position_limit_counts_open_orders_of_the_same_side_once():
+    info = ExchangeMeta.from_exchange_info(_info("short")).markets["FS-XBTUSD"]
+    assert isinstance(info, MarketInfo)
+    risk = RiskEngine(RiskLimits(max_position=Decimal(10), max_orders_per_second=1000))
+    book = OpenOrders()
+    resting = OrderRecord(client_id="a", market=info.symbol, market_id=7, side="buy", order_type="limit",
+                          duration="GTC", quantity=Decimal(6), price=Decimal(100))
+    book[(info.symbol, "a")] = resting
+
+    def check(qty: int, side: str = "buy", replacing: OrderRecord | None = None) -> str | None:
+        return risk.check(market=info, side=side, quantity=Decimal(qty), price=Decimal(100), ref_price=None,
+                          position=Decimal(2), open_orders=book, replacing=replacing)
+
+    assert check(2) is None  # 2 + 6 + 2 = 10
+    assert "could reach 11" in (check(3) or "")
+    assert check(8, replacing=resting) is None  # the amendment replaces the resting 6
+    assert check(12, side="sell") is None  # 2 - 12 = -10: the resting buy does not count
+    resting.filled_quantity = Decimal(4)  # a fill, recorded: 2 left
+    book[(info.symbol, "a")] = resting
+    assert check(6) is None

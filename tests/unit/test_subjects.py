@@ -54,3 +54,10 @@ def test_parse_refuses_other_subjects() -> None:
 def test_wildcard_filters_match_the_scheme() -> None:
     assert subjects.md_filter(kind="trade") == "md.trade.*.*.*"
     assert subjects.order_events_filter("FS-BTCUSD") == "orders.evt.digitex.FS-BTCUSD.*"
+
+
+def test_order_event_subjects_round_trip() -> None:
+    subject = subjects.order_event("FS-BTCUSD", "2f1c6a52-8e7e-4c3b-9b0e-0d5f7d1e4a10")
+    assert subjects.parse_order_event(subject) == ("FS-BTCUSD", "2f1c6a52-8e7e-4c3b-9b0e-0d5f7d1e4a10")
+    with pytest.raises(ValueError):
+        subjects.parse_order_event("orders.cmd.digitex.FS-BTCUSD")

@@ -180,6 +180,14 @@ def order_event(market: str, client_id: str) -> str:
     return f"orders.evt.digitex.{market}.{client_id}"
 
 
+def parse_order_event(subject: str) -> tuple[str, str]:
+    """``orders.evt.digitex.<market>.<client_id>`` -> (market, client_id)."""
+    parts = subject.split(".", 4)
+    if len(parts) != 5 or parts[:3] != ["orders", "evt", "digitex"]:
+        raise ValueError(f"not an order event subject: {subject!r}")
+    return parts[3], parts[4]
+
+
 def order_fill(market: str) -> str:
     return f"orders.fill.digitex.{market}"
 
