@@ -28,6 +28,7 @@ from .client import DigitexClient, OutcomeUnknown, Refused, now_us
 from .reconcile import Reconciler
 from .requests import REPLY_HEADER
 from .risk import RiskEngine, RiskLimits
+from .metrics import RouterMetrics
 from .settings import OrderRouterSettings
 from .state import WORKING_STATES, OpenOrders, OrderRecord, StateStore, can_transition, command_key, event_for
 from .validation import ExchangeMeta, Limits, check_reduce_only, validate_cancel, validate_order
@@ -56,12 +57,14 @@ class OrderRouter(Service):
     name: ClassVar[str] = "order_router"
     settings_cls = OrderRouterSettings
     settings: OrderRouterSettings
+    metrics_cls = RouterMetrics
+    metrics: RouterMetrics
 
     def setup(self) -> None:
         s = self.settings
         self.client = DigitexClient(
             s.digitex_url, s.digitex_token.get(), timeout_s=s.request_timeout_s, per_second=s.rate_per_second,
-            per_minute=s.rate_per_minute, max_connections=s.http_connections)
+            per_minute=s.rate_per_minute, max_connections=s.http_connections, on_response=self._exchange_observed)
         self.limits = Limits(max_quantity=s.max_quantity, max_price=s.max_price, max_leverage=s.max_leverage)
         self.risk = RiskEngine(RiskLimits(max_order_notional=s.max_order_notional, max_open_orders=s.max_open_orders,
                                           max_position=s.max_position, max_orders_per_second=s.max_orders_per_second))
@@ -76,6 +79,8 @@ class OrderRouter(Service):
         self._wake = asyncio.Event()
         self.commands_handled = 0
         self.reconciler = Reconciler(self)
+        self.metrics.open_orders.set_function(lambda: len(self.orders))
+        self.metrics.halted.set_function(lambda: 1 if self.control.halted else 0)
 
         @self.broker.subscriber(subjects.ORDER_CONTROL, queue="order_router_control")
         async def on_control(msg: NatsMessage) -> bytes:
@@ -133,6 +138,13 @@ class OrderRouter(Service):
                 "markets": len(self.meta.markets) if self.meta else 0}
 
     # --- helpers ----------------------------------------------------------------------------------
+    def _exchange_observed(self, path: str, outcome: str, seconds: float) -> None:
+        self.metrics.exchange_requests.labels(path, outcome).observe(seconds)
+
+    def _count_command(self, cmd: Any, outcome: str) -> None:
+        kind = {PlaceOrder: "place", CancelOrders: "cancel", UpdateOrder: "update"}.get(type(cmd), "unknown")
+        self.metrics.commands.labels(kind, outcome).inc()
+
     def lock(self, key: tuple[str, str]) -> asyncio.Lock:
         lock = self._locks.get(key)
         if lock is None:
@@ -146,6 +158,11 @@ class OrderRouter(Service):
         assert self.publisher is not None
         future = await self.publisher.publish_event(event, subject)
         future.add_done_callback(self._publish_done)
+
+    async def publish_order(self, rec: OrderRecord, ts_event: int | None = None) -> None:
+        """The order event of ``rec`` as it stands (its latest transition)."""
+        await self.publish(event_for(rec, ts_event), subjects.order_event(rec.market, rec.client_id))
+        self.metrics.transitions.labels(rec.state).inc()
 
     def _publish_done(self, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is not None:
@@ -193,8 +210,7 @@ class OrderRouter(Service):
                     for f in msgspec.structs.fields(OrderRecord):
                         setattr(rec, f.name, getattr(prev, f.name))
                     return False
-            await self.publish(event_for(rec, ts_us * 1000 if ts_us else None),
-                               subjects.order_event(rec.market, rec.client_id))
+            await self.publish_order(rec, ts_us * 1000 if ts_us else None)
             if rec.terminal:
                 self.orders.pop(key, None)
                 self._locks.pop(key, None)
@@ -221,6 +237,7 @@ class OrderRouter(Service):
         try:
             cmd = codec.decode_as(msg.data, Command, codec.schema_version_of(headers))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._count_command(None, "undecodable")
             await self.dead_letter("digitex", f"undecodable command: {exc}", msg.data, msg.subject)
             with contextlib.suppress(Exception):
                 await msg.term()
@@ -232,6 +249,7 @@ class OrderRouter(Service):
             ack = await self.execute(cmd)
         except Exception as exc:
             self.log.exception("command %s failed", cmd.command_id)
+            self._count_command(cmd, "error")
             # not acked: JetStream redelivers it after ack_wait; the idempotency record makes that safe
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
@@ -240,6 +258,7 @@ class OrderRouter(Service):
                                                                         reason=f"internal error: {exc!r}")))
             return
         self.commands_handled += 1
+        self._count_command(cmd, "accepted" if ack.accepted else "refused")
         with contextlib.suppress(Exception):
             await msg.ack()
         if reply_to:
@@ -345,7 +364,7 @@ class OrderRouter(Service):
                 return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
                                   reason="order state store unavailable")
             return await claim or self._existing(cmd, existing)
-        await self.publish(event_for(rec), subjects.order_event(rec.market, rec.client_id))
+        await self.publish_order(rec)
         prior = await claim
         if prior is not None and not reason:  # the command id was used before, for another order
             await self.transition(rec, "rejected", reason=f"command id {cmd.command_id} was already used "

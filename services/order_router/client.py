@@ -98,10 +98,12 @@ class DigitexClient:
         read_attempts: int = 4,
         max_connections: int = 8,
         on_send: Callable[[str, dict[str, Any]], None] | None = None,
+        on_response: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.limiter = MultiWindowLimiter([(per_second, 1.0), (per_minute, 60.0)])
         self.read_attempts = read_attempts
         self.on_send = on_send
+        self.on_response = on_response  # (path, outcome: HTTP status | timeout | transport, seconds)
         self.requests = 0
         self.throttled = 0
         self.base_url = base_url.rstrip("/") + BASE_PATH
@@ -135,6 +137,7 @@ class DigitexClient:
             params = {k: str(v) for k, v in params.items()}
         if self.on_send is not None:
             self.on_send(path, body or params or {})
+        started = time.perf_counter()
         try:
             async with self.http.request(method, self.base_url + path, params=params, data=content,
                                          headers=headers) as response:
@@ -142,9 +145,12 @@ class DigitexClient:
                 raw = await response.read()
                 reply_headers = response.headers
         except asyncio.TimeoutError as exc:
+            self._observe(path, "timeout", started)
             raise OutcomeUnknown(f"{method} {path}: timed out") from exc
         except aiohttp.ClientError as exc:
+            self._observe(path, "transport", started)
             raise OutcomeUnknown(f"{method} {path}: {exc!r}") from exc
+        self._observe(path, str(status), started)
         if status == 429:
             wait = _retry_after(reply_headers)
             self.throttled += 1
@@ -159,6 +165,10 @@ class DigitexClient:
         if status >= 400:
             raise Refused(f"{method} {path}: HTTP {status}", status, data)
         return data
+
+    def _observe(self, path: str, outcome: str, started: float) -> None:
+        if self.on_response is not None:
+            self.on_response(path, outcome, time.perf_counter() - started)
 
     async def get(self, path: str, **params: Any) -> Any:
         params = {k: v for k, v in params.items() if v is not None}

@@ -19,10 +19,8 @@ from collections import deque
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from marketbus.contracts import subjects
-
 from .client import now_us
-from .state import WORKING_STATES, OrderRecord, event_for
+from .state import WORKING_STATES, OrderRecord
 
 if TYPE_CHECKING:
     from .app import OrderRouter
@@ -97,7 +95,7 @@ class Reconciler:
                 r.orders[key] = rec
                 stats["loaded"] += 1
                 if startup:  # the last transition may not have been published before a crash
-                    await r.publish(event_for(rec), subjects.order_event(rec.market, rec.client_id))
+                    await r.publish_order(rec)
             rec = r.orders[key]
             if rec.state in ("pending_submit", "unknown") and key not in r._resolving:
                 stale = time.time_ns() - rec.updated_ns > (r.settings.request_timeout_s + 0.5) * 1e9

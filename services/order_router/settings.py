@@ -40,7 +40,9 @@ class OrderRouterSettings(ServiceSettings, kw_only=True):
     # lifecycle tracking and reconciliation
     poll_interval_s: float = 1.0  # while orders are working
     idle_poll_s: float = 5.0  # when none is
-    min_sync_gap_s: float = 0.2  # an order event wakes the tracker, after this pause at least
+    # an order event wakes the tracker, after this pause at least: each sync costs 2-3 REST requests
+    # of the 500/min budget (rate_per_minute), which places and cancels share
+    min_sync_gap_s: float = 1.0
     reconcile_interval_s: float = 30.0
     unknown_absent_polls: int = 3  # order_status must say "absent" this many times...
     unknown_settle_s: float = 0.0  # ...and this long after the send (0 = request_timeout_s + 0.5)

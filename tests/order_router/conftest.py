@@ -60,6 +60,18 @@ class Env:
         self.routers.append(router)
         return router
 
+    async def metrics(self, router: OrderRouter) -> dict[str, float]:
+        """The router's /metrics as {sample with labels: value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = (await self.http.get(f"{router.http_url}/metrics")).text
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
+
     async def admin_orders(self) -> dict[str, Any]:
         return (await self.http.get("/_sandbox/digitex/orders")).json()
 

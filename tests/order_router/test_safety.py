@@ -53,7 +53,7 @@ async def test_validation_refusals_send_nothing(env):
 
 async def test_every_risk_limit(env):
     price = await _far_bid(env)  # one contract is worth price * 0.01 USDC
-    await env.router(max_order_notional=price * Decimal("0.035"), max_position=4, max_open_orders=2)
+    router = await env.router(max_order_notional=price * Decimal("0.035"), max_position=4, max_open_orders=2)
     await _refused(env, rq.place(BTC, "buy", 4, price), "notional")
     ok = rq.place(BTC, "buy", 3, price)
     assert (await rq.send_command(env.nc, ok)).accepted
@@ -62,6 +62,18 @@ async def test_every_risk_limit(env):
     await _refused(env, rq.place(BTC, "sell", 4, None, order_type="market", duration="IOC"), "notional")
     assert (await rq.send_command(env.nc, rq.place(BTC, "sell", 1, price + 400))).accepted
     await _refused(env, rq.place(BTC, "sell", 1, price + 400), "max open orders")
+    # what an operator sees on /metrics (the accepted orders are sent after their ack)
+    sent = 'marketbus_router_exchange_request_seconds_count{endpoint="trader/order/",outcome="200"}'
+    for _ in range(50):
+        metrics = await env.metrics(router)
+        if metrics.get(sent) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert metrics['marketbus_router_commands_total{kind="place",outcome="refused"}'] == 4
+    assert metrics['marketbus_router_commands_total{kind="place",outcome="accepted"}'] == 2
+    assert metrics['marketbus_router_order_transitions_total{state="rejected"}'] == 4
+    assert metrics["marketbus_router_open_orders"] == 2 and metrics["marketbus_router_halted"] == 0
+    assert metrics[sent] == 2
 
 
 async def test_orders_per_second_limit(env):
