@@ -50,7 +50,7 @@ class TransitionError(ValueError):
     pass
 
 
-class OrderRecord(msgspec.Struct, kw_only=True):
+class OrderRecord(msgspec.Struct, kw_only=True, gc=False):  # scalars only: no cycles to collect
     client_id: str
     market: str
     market_id: int
