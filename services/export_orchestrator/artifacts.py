@@ -232,9 +232,12 @@ class S3ArtifactStore(ArtifactStore):
         return self.endpoint + path, headers
 
     async def put(self, job_id: str, filename: str, src: Path) -> None:
-        data = await asyncio.to_thread(src.read_bytes)
-        url, headers = self._signed("PUT", self._key(job_id, filename), hashlib.sha256(data).hexdigest())
-        resp = await self.client.put(url, content=data, headers=headers)
+        # streamed from disk twice (hash for the signature, then the body): an artifact of any
+        # size uploads in bounded memory
+        digest, size = await asyncio.to_thread(_sha256_of, src)
+        url, headers = self._signed("PUT", self._key(job_id, filename), digest)
+        headers["content-length"] = str(size)  # a plain PUT (S3 refuses chunked transfer encoding)
+        resp = await self.client.put(url, content=_chunks_of(src), headers=headers)
         resp.raise_for_status()
         with contextlib.suppress(OSError):
             src.unlink()
@@ -266,6 +269,21 @@ class S3ArtifactStore(ArtifactStore):
             with contextlib.suppress(Exception):
                 url, headers = self._signed("DELETE", self._key(job_id, name), hashlib.sha256(b"").hexdigest())
                 await self.client.delete(url, headers=headers)
+
+
+def _sha256_of(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+async def _chunks_of(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            yield chunk
 
 
 def make_store(settings: Any, js: Any = None) -> ArtifactStore:

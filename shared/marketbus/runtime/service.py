@@ -227,6 +227,7 @@ class Service:
             await self.broker.stop()
         if self.http is not None:
             await self.http.stop()
+        gc.unfreeze()  # collectable again: what the process frees after this is really freed
 
     async def __aenter__(self) -> Service:
         return await self.start()
