@@ -172,7 +172,7 @@ async def main(n: int) -> None:
         router.client.on_send = on_send
 
         # 2. latency at 100 commands/s
-        published = (await run_client(server.url, "latency", price - 5, LATENCY_RATE * 5))["published"]
+        published = (await run_client(server.url, "latency", price - 5, LATENCY_RATE * 10))["published"]
         deadline = time.monotonic() + 10
         while len(sent) < len(published) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
