@@ -185,14 +185,21 @@ class TickSupplyIngestor(Ingestor):
                         found[item["datastream_id"]] = normalize.datastream_ref(item)
                     except MalformedPayload as exc:
                         await self.malformed("datastreams", msgspec.json.encode(item), str(exc))
-        for ds_id in sorted(wanted):
+        covered: dict[tuple[str, str, str], DatastreamRef] = {}  # (exchange, instrument, stream type) -> it
+        for ds_id in sorted(wanted, key=lambda i: (i not in found or found[i].wire_format != "json", i)):
             ds = found.get(ds_id)
             if ds is None:
                 self.log.error("datastream %s is not in the TickSupply catalog: skipped", ds_id)
             elif ds.stream_type not in SUPPORTED_STREAM_TYPES:
                 self.log.error("datastream %s is a %s stream, which this ingestor does not read: skipped",
                                ds_id, ds.stream_type)
+            elif (twin := covered.get((ds.exchange, ds.instrument, ds.stream_type))) is not None:
+                # the same data in another wire format: ingesting both would publish every event twice
+                self.log.error("datastreams %s (%s) and %s (%s) carry the same %s %s %s: ingesting %s only; "
+                               "list one of them in DATASTREAMS", twin.datastream_id, twin.wire_format, ds_id,
+                               ds.wire_format, ds.exchange, ds.instrument, ds.stream_type, twin.datastream_id)
             else:
+                covered[(ds.exchange, ds.instrument, ds.stream_type)] = ds
                 self.datastreams[ds_id] = ds
 
     async def reconcile_subscriptions(self) -> None:

@@ -494,3 +494,28 @@ async def test_a_window_too_large_for_one_export_is_split(nats_server: Any) -> N
             assert len([j for j in jobs if j.status == "succeeded" and j.start_ns < began - 10 * MIN_NS]) >= 3
         finally:
             await nc.close()
+
+
+async def test_the_same_trades_in_two_wire_formats_are_ingested_once(nats_server: Any,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """DATASTREAMS listing both the JSON and the SBE trade datastream of one instrument: one of
+    them is ingested (JSON), the other refused with a message naming both; no trade twice."""
+    sbe_ds = 103  # binance BTCUSDT trades (sbe): the same trades as DS
+    caplog.set_level(logging.INFO)
+    async with sandbox() as sb:
+        start = await backfill(sb, DS, 20)
+        began = time.time_ns()
+        svc = ingestor(nats_server.url, sb, datastreams=[sbe_ds, DS])
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        try:
+            async with svc:
+                p = await wait_for(lambda: caught_up(js, began), timeout=30, what="the backlog exported")
+                assert list(svc.datastreams) == [DS]
+                assert any("datastreams 101 (json) and 103 (sbe) carry the same binance BTCUSDT trade" in r.getMessage()
+                           for r in caplog.records)
+                trades = await md_trades(js)
+                assert_exactly(trades, await truth(sb, DS, start, p.last_end_ns), p.last_end_ns)
+                assert len({t.trade_id for t in trades}) == len(trades)
+        finally:
+            await nc.close()
