@@ -145,7 +145,7 @@ class StreamIntake:
         self._buffer.append((Message(self.stream, seq, subject.decode(), data, header_value(headers, _TYPE_HEADER)),
                              reply, delivered))
         self._buffer_bytes += len(data)
-        if requests.delivered(len(data)):  # that request is fulfilled (no status message follows)
+        if requests.delivered():  # that request is fulfilled (no status message follows)
             self._pull_wake.set()
         if len(self._buffer) >= self.batch_max or self._buffer_bytes >= self.batch_max_bytes:
             self._wake.set()
@@ -164,7 +164,7 @@ class StreamIntake:
                     await self.nc.publish(requests.subject, request, reply=requests.inbox)
                 except Exception:  # noqa: BLE001 - disconnected: retried below
                     break
-                requests.sent(self.pull_batch, self.pull_max_bytes)
+                requests.sent(self.pull_batch)
             self._pull_wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._pull_wake.wait(), timeout=0.05 if backlog else 0.5)

@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from decimal import Decimal
 from collections.abc import Awaitable
+from decimal import Decimal
 from typing import Any, ClassVar, Union
 
 import msgspec
@@ -25,10 +25,10 @@ from marketbus.runtime.pull import PullConsumer
 from marketbus.runtime.service import Service
 
 from .client import DigitexClient, OutcomeUnknown, Refused, now_us
+from .metrics import RouterMetrics
 from .reconcile import Reconciler
 from .requests import REPLY_HEADER
 from .risk import RiskEngine, RiskLimits
-from .metrics import RouterMetrics
 from .settings import OrderRouterSettings
 from .state import WORKING_STATES, OpenOrders, OrderRecord, StateStore, can_transition, command_key, event_for
 from .validation import ExchangeMeta, Limits, check_reduce_only, validate_cancel, validate_order

@@ -11,17 +11,15 @@ places/s where httpx's pool sends ~900 (bench/order_router.py keeps both figures
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import asyncio
-
 import aiohttp
 import msgspec
-from multidict import CIMultiDictProxy
 
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ratelimit import MultiWindowLimiter
@@ -65,7 +63,7 @@ class OutcomeUnknown(DigitexError):
         self.retry_after = retry_after
 
 
-def _retry_after(headers: CIMultiDictProxy[str]) -> float:
+def _retry_after(headers: Mapping[str, str]) -> float:
     value = headers.get("retry-after")
     if not value:
         return 1.0

@@ -41,7 +41,8 @@ class PullRequests:
         self.subject = subject
         self.inbox = inbox
         self.expires_s = expires_s
-        self._open: deque[list[float]] = deque()  # [messages left, bytes left, sent at (monotonic)]
+        # [messages left, sent at (monotonic)]; a request ended by its byte limit gets a 409 status
+        self._open: deque[list[float]] = deque()
         self.messages = 0  # still to be delivered by all of them
 
     def __len__(self) -> int:
@@ -53,19 +54,18 @@ class PullRequests:
             req["max_bytes"] = max_bytes
         return json.dumps(req).encode()
 
-    def sent(self, batch: int, max_bytes: int = 0) -> None:
-        self._open.append([batch, max_bytes or float("inf"), time.monotonic()])
+    def sent(self, batch: int) -> None:
+        self._open.append([batch, time.monotonic()])
         self.messages += batch
 
-    def delivered(self, nbytes: int) -> bool:
+    def delivered(self) -> bool:
         """A message of the oldest request arrived; True when that request is now fulfilled."""
         if not self._open:
             return False
         head = self._open[0]
         head[0] -= 1
-        head[1] -= nbytes
         self.messages -= 1
-        if head[0] <= 0 or head[1] <= 0:
+        if head[0] <= 0:
             self._end_oldest()
             return True
         return False
@@ -78,7 +78,7 @@ class PullRequests:
     def drop_expired(self) -> None:
         """Forget requests the server surely dropped (e.g. across a reconnect, no status came)."""
         limit = time.monotonic() - self.expires_s - 1.0
-        while self._open and self._open[0][2] < limit:
+        while self._open and self._open[0][1] < limit:
             self._end_oldest()
 
     def _end_oldest(self) -> None:
@@ -145,7 +145,7 @@ class PullConsumer:
             return
         if not msg.reply:
             return
-        self.requests.delivered(len(msg.data))
+        self.requests.delivered()
         self.handling += 1
         task = asyncio.create_task(self.handler(msg))
         self._tasks.add(task)
