@@ -116,3 +116,37 @@ def pg_dsn() -> Iterator[str]:
             yield pg.get_connection_url().replace("+psycopg2", "")
         return
     pytest.skip("no PostgreSQL: set MARKETBUS_TEST_PG_DSN, run one on 127.0.0.1:5432, or provide Docker")
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _dump_tasks_of_a_stuck_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A test still running 10 s before pytest-timeout stops it prints every asyncio task's stack
+    (pytest-timeout shows only threads, and an async test's frames are not on any of them)."""
+    import sys
+
+    limit = request.node.get_closest_marker("timeout")
+    seconds = float(limit.args[0]) if limit and limit.args else float(request.config.getini("timeout") or 0)
+    if seconds <= 20:
+        yield
+        return
+
+    def dump() -> None:
+        print(f"\n--- asyncio tasks of {request.node.nodeid}, still running after {seconds - 10:.0f} s ---",
+              file=sys.stderr)
+        for task in asyncio.all_tasks():
+            print(f"{task!r}", file=sys.stderr)
+            coro = task.get_coro()
+            while coro is not None:  # the whole chain of awaits, innermost last
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                if frame is not None:
+                    print(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}", file=sys.stderr)
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                if coro is not None and not hasattr(coro, "cr_frame") and not hasattr(coro, "gi_frame"):
+                    print(f"    awaiting {coro!r}"[:300], file=sys.stderr)
+                    break
+
+    handle = asyncio.get_running_loop().call_later(seconds - 10, dump)
+    try:
+        yield
+    finally:
+        handle.cancel()

@@ -37,6 +37,7 @@ from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import SCHEMA_VERSION
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import Artifact, ExportJob, ExportRequest, StreamCoverage
+from marketbus.runtime.tasks import cancel_and_wait
 
 from .artifacts import ArtifactStore
 from .gaps import ReplayOutcome, all_holes, clip_coverage, fill_gaps
@@ -253,11 +254,7 @@ class JobManager:
         self._tasks.append(asyncio.create_task(self._maintenance(), name="export:maintenance"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     # --- API ------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from marketbus.contracts import subjects
 from marketbus.contracts.jobs import PublishArticle, PublishReply, ReplayRequest
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
+from marketbus.runtime.tasks import cancel_and_wait
 
 from . import history as hist
 from . import normalize
@@ -339,10 +340,7 @@ class SitagriIngestor(Ingestor):
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(tasks)
         if tasks[0] in done:
             exc = tasks[0].exception()
             raise exc if exc is not None else NetbusClosed("long polling stopped")

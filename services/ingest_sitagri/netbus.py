@@ -22,6 +22,8 @@ import msgspec
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from marketbus.runtime.tasks import cancel_and_wait
+
 from . import normalize
 from .client import SessionKeeper, SitagriClient
 
@@ -103,11 +105,7 @@ class WsNetbus:
         self._pinger = asyncio.create_task(self._keepalive(), name="sitagri-ws-keepalive")
 
     async def close(self) -> None:
-        for task in (self._pinger, self._reader):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        await cancel_and_wait(t for t in (self._pinger, self._reader) if t is not None)
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close()

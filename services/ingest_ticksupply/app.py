@@ -30,6 +30,7 @@ from marketbus.contracts.jobs import ReplayRequest
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
+from marketbus.runtime.tasks import cancel_and_wait
 
 from . import normalize
 from .client import (
@@ -86,10 +87,7 @@ class TickSupplyIngestor(Ingestor):
 
     async def on_stop(self) -> None:
         # Stop our loops before closing what they use (the base class then stops the rest).
-        loops = [t for t in self._tasks if not t.get_name().endswith(":heartbeat")]
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await cancel_and_wait([t for t in self._tasks if not t.get_name().endswith(":heartbeat")])
         if self.client is not None:
             await self.client.aclose()
 

@@ -113,3 +113,32 @@ async def test_penalize_honours_retry_after() -> None:
     start = time.monotonic()
     await asyncio.wait_for(limiter.acquire(), 2)
     assert time.monotonic() - start >= 0.18
+
+
+async def test_cancel_and_wait_stops_a_loop_that_swallows_its_cancellation() -> None:
+    """A loop whose first cancellation is lost (as Python 3.11's wait_for may lose one) is
+    cancelled again, and the caller does not hang; a well-behaved task simply ends."""
+    import asyncio
+
+    from marketbus.runtime.tasks import cancel_and_wait
+
+    rounds = 0
+
+    async def stubborn() -> None:
+        nonlocal rounds
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if rounds == 0:  # the first cancellation is swallowed: the loop goes on
+                    rounds += 1
+                    continue
+                raise
+
+    async def polite() -> None:
+        await asyncio.sleep(10)
+
+    tasks = [asyncio.create_task(stubborn()), asyncio.create_task(polite())]
+    await asyncio.sleep(0.05)
+    left = await asyncio.wait_for(cancel_and_wait(tasks, again_after_s=0.1), timeout=5)
+    assert not left and all(t.cancelled() for t in tasks) and rounds == 1

@@ -7,7 +7,6 @@ its Starlette app with the fault middleware and the ``/_sandbox`` admin API and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -20,6 +19,7 @@ from starlette.routing import Mount, Route
 
 from marketbus.runtime.http import AsgiServer
 from marketbus.runtime.settings import Settings
+from marketbus.runtime.tasks import cancel_and_wait
 
 from .faults import ErrorBody, FaultInjector, FaultMiddleware, ScheduledFault
 
@@ -146,10 +146,7 @@ class SandboxRunner:
         await self.server.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.server:
             await self.server.stop()

@@ -21,6 +21,8 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from .tasks import cancel_and_wait
+
 JS_API_PREFIX = "$JS.API"
 
 
@@ -124,17 +126,14 @@ class PullConsumer:
         """Stop asking for messages; wait up to ``drain_s`` for the handlers (the rest is cancelled:
         unacked, JetStream redelivers it)."""
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._loop_task
+            await cancel_and_wait([self._loop_task])
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=drain_s)
-            for task in pending:
-                task.cancel()
+            await cancel_and_wait(pending)
 
     async def _on_msg(self, msg: Msg) -> None:
         status = status_of(msg)

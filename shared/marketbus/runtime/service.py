@@ -42,6 +42,7 @@ from .loop import run as run_loop
 from .metrics import ServiceMetrics
 from .publisher import JetStreamPublisher
 from .settings import Secret, SettingsError, load_settings
+from .tasks import cancel_and_wait
 
 
 class ServiceSettings(BusSettings, kw_only=True):
@@ -214,11 +215,7 @@ class Service:
         self._stopping.set()
         with contextlib.suppress(Exception):
             await self.on_stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.publisher is not None:
             with contextlib.suppress(Exception):
