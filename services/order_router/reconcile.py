@@ -123,6 +123,7 @@ class Reconciler:
         open_by_key = {(int(o["market_id"]), str(o["client_id"])): o for o in rows}
         missing: list[OrderRecord] = []
         last_rows, self._last_rows = self._last_rows, {}
+        moved = 0
         for i, rec in enumerate(list(r.orders.values())):
             if i % 256 == 255:
                 await asyncio.sleep(0)  # thousands of open orders: let commands through meanwhile
@@ -138,7 +139,12 @@ class Reconciler:
             seen = (rec.seq, row.get("status"), row.get("quantity"), row.get("orig_quantity"), row.get("price"),
                     row.get("average_price"))
             if last_rows.get(key) != seen or rec.state == "cancel_pending":
-                await r.adopt(rec, row)
+                if await r.adopt(rec, row):
+                    moved += 1
+                    if moved % 8 == 0:
+                        # a burst of transitions (each a KV write and an event) is spread out, so a
+                        # command arriving meanwhile does not queue behind all of them
+                        await asyncio.sleep(0.001)
             self._last_rows[key] = (rec.seq, *seen[1:])
         if missing:
             await self._settle_missing(missing)
