@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+SETTLE_S = 10
 ORDER = ["contracts", "sandbox_finx", "sandbox_ticksupply", "sandbox_digitex", "sandbox_sitagri", "ingest_finx",
          "ingest_ticksupply", "ingest_digitex", "ingest_sitagri", "history_writer", "order_router", "export_orchestrator"]
 
@@ -34,6 +35,10 @@ def main(names: list[str]) -> int:
     sections = []
     failed = 0
     for script in scripts:
+        # let the previous benchmark's aftermath settle (dirty pages written back, PostgreSQL's
+        # autovacuum after a big COPY): it would otherwise land on this one's measurements
+        os.sync()
+        time.sleep(SETTLE_S)
         print(f"== {script.stem}", flush=True)
         started = time.monotonic()
         proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=False)
