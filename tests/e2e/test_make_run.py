@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,28 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
     busy = [p for p in SANDBOX_PORTS if not port_is_free(p)]
     if busy:
         pytest.fail(f"sandbox ports {busy} are in use: stop the other marketbus before running this test")
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MARKETBUS_DATA_DIR")}
     env["COLUMNS"] = "220"
-    proc = subprocess.run(
-        [MARKETBUS, "up", "--data-dir", str(tmp_path / "mb"), "--duration", "35"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    data_dir = tmp_path / "mb"
+    up = subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), "--duration", "35"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # meanwhile, in "another terminal" (no NATS_URL; this machine kind runs its own NATS on
+        # 4222, so the embedded server is elsewhere): the CLI finds the system through the data dir
+        deadline = time.monotonic() + 30
+        while not (data_dir / "nats.url").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(12)  # the router is up and has read the exchange's metadata
+        placed = subprocess.run([MARKETBUS, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000"],
+                                env=env | {"MARKETBUS_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
+                                timeout=30, check=False)
+        out, _ = up.communicate(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert placed.returncode == 0 and "accepted" in placed.stdout, placed.stdout + placed.stderr
+    assert up.returncode == 0, out[-4000:]
+    assert not (data_dir / "nats.url").exists()  # removed on stop
     assert "embedded nats-server with JetStream" in out
     assert "started sandboxes" in out
     final_table = out[out.rfind("marketbus"):]

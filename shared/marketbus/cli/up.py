@@ -26,6 +26,7 @@ from marketbus.contracts.status import ServiceHeartbeat
 from marketbus.runtime.http import port_is_free
 from marketbus.runtime.natsserver import NatsServer
 
+from .common import URL_FILE
 from .services import existing_services
 from .statusview import render
 
@@ -86,7 +87,9 @@ async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, consol
     else:
         server = NatsServer(data_dir=data_dir / "nats").start()
         nats_url = server.url
-        console.print(f"embedded nats-server with JetStream at [bold]{nats_url}[/] (data in {data_dir / 'nats'})")
+        (data_dir / URL_FILE).write_text(nats_url + "\n")  # how the other `marketbus` commands find it
+        console.print(f"embedded nats-server with JetStream at [bold]{nats_url}[/] (data in {data_dir / 'nats'}; "
+                      f"`marketbus tail|order|history|export` in another terminal find it there)")
 
     env = dict(os.environ, NATS_URL=nats_url, MARKETBUS_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     children: list[Child] = []
@@ -140,6 +143,7 @@ async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, consol
         for child in reversed(children):
             child.wait(15)
         if server is not None:
+            (data_dir / URL_FILE).unlink(missing_ok=True)
             server.stop()
         console.print("stopped.")
     return 0
