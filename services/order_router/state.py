@@ -27,7 +27,6 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.orders import TERMINAL_STATES, OrderEvent
 
-OPEN_STATES = frozenset({"pending_submit", "submitted", "accepted", "partially_filled", "cancel_pending", "unknown"})
 WORKING_STATES = frozenset({"submitted", "accepted", "partially_filled", "cancel_pending"})
 
 ALLOWED: dict[str, frozenset[str]] = {

@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
-from marketbus.contracts.jobs import ExportJob, ExportRequest
+from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
 from marketbus.contracts.market import Trade
 from marketbus.runtime.publisher import JetStreamPublisher
 from marketbus.runtime.settings import Secret
@@ -176,3 +176,22 @@ def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
 
 __all__ = ["API_KEY", "Harness", "S", "T0", "download_all", "make_trades", "publish", "read_artifact", "table_rows",
            "trade_rows", "wait_for"]
+
+
+async def export_three_files(harness: Harness, source: str, symbol: str, fmt: str) -> tuple[list[Trade], ExportJob]:
+    """1,200 trades published and stored, exported in files of 500 rows: (the trades, the done job)."""
+    import uuid
+
+    trades = make_trades(source, "XCHG", symbol, [T0 + i * S // 20 for i in range(1200)])
+    await publish(harness.nc, trades)
+    await harness.wait_stored(f"trade.{source}.*.*", 1200)
+    req = ExportRequest(idempotency_key=str(uuid.uuid4()), selector=StreamSelector(kind="trade", source=source),
+                        start_ns=T0, end_ns=T0 + 3600 * S, format=fmt, max_rows_per_file=500, fill_gaps=False)
+    job = await harness.wait_state((await harness.create(req)).job_id)
+    assert job.state == "succeeded" and [a.rows for a in job.artifacts] == [500, 500, 200]
+    return trades, job
+
+
+def stored_names(job: ExportJob) -> list[str]:
+    """The object names a job's artifacts and manifest are stored under."""
+    return sorted([f"{job.job_id}/{a.filename}" for a in job.artifacts] + [f"{job.job_id}/manifest.json"])

@@ -13,7 +13,10 @@ import pyarrow.parquet as pq
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
 
-from .conftest import S, T0, Harness, download_all, make_trades, publish, read_artifact, table_rows, trade_rows
+from .conftest import (
+    S, T0, Harness, download_all, export_three_files, make_trades, publish, read_artifact, stored_names, table_rows,
+    trade_rows,
+)
 
 
 async def test_round_trip_csv_and_parquet(harness: Harness) -> None:
@@ -98,16 +101,9 @@ async def test_bad_requests_fail_or_are_refused(harness: Harness) -> None:
 async def test_artifacts_in_the_nats_object_store(harness: Harness) -> None:
     await harness.start_writer()
     orch = await harness.start_orchestrator(artifact_store="nats", artifact_bucket="test_exports")
-    trades = make_trades("objsrc", "XCHG", "SOL-USD", [T0 + i * S // 20 for i in range(1200)])
-    await publish(harness.nc, trades)
-    await harness.wait_stored("trade.objsrc.*.*", 1200)
-    req = ExportRequest(idempotency_key=str(uuid.uuid4()), selector=StreamSelector(kind="trade", source="objsrc"),
-                        start_ns=T0, end_ns=T0 + 3600 * S, format="parquet", max_rows_per_file=500, fill_gaps=False)
-    job = await harness.wait_state((await harness.create(req)).job_id)
-    assert job.state == "succeeded" and [a.rows for a in job.artifacts] == [500, 500, 200]
+    trades, job = await export_three_files(harness, "objsrc", "SOL-USD", "parquet")
     obs = await harness.nc.jetstream().object_store("test_exports")
-    names = sorted(o.name for o in await obs.list())
-    assert names == sorted([f"{job.job_id}/{a.filename}" for a in job.artifacts] + [f"{job.job_id}/manifest.json"])
+    assert sorted(o.name for o in await obs.list()) == stored_names(job)
     _, files = await download_all(orch.api_url, job.job_id)
     tables = [read_artifact(a.filename, files[a.filename]) for a in job.artifacts]
     assert table_rows(tables) == trade_rows(trades)

@@ -5,7 +5,6 @@ with a wrong one, and an export job's artifacts go to the bucket and download ex
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +14,10 @@ import pytest
 from moto import settings as moto_settings
 from moto.server import ThreadedMotoServer
 
-from marketbus.contracts.jobs import ExportRequest, StreamSelector
 from marketbus.runtime.http import free_port
 from services.export_orchestrator.artifacts import ArtifactNotFound, S3ArtifactStore
 
-from .conftest import S, T0, Harness, download_all, make_trades, publish, read_artifact, table_rows, trade_rows
+from .conftest import Harness, download_all, export_three_files, read_artifact, stored_names, table_rows, trade_rows
 
 BUCKET = "marketbus-exports"
 
@@ -87,17 +85,10 @@ async def test_export_job_artifacts_in_s3(harness: Harness, s3: S3) -> None:
     await harness.start_writer()
     orch = await harness.start_orchestrator(artifact_store="s3", artifact_bucket=BUCKET, s3_endpoint=s3.endpoint,
                                             s3_access_key=s3.access_key, s3_secret_key=s3.secret_key)
-    trades = make_trades("s3src", "XCHG", "ADA-USD", [T0 + i * S // 20 for i in range(1200)])
-    await publish(harness.nc, trades)
-    await harness.wait_stored("trade.s3src.*.*", 1200)
-    req = ExportRequest(idempotency_key=str(uuid.uuid4()), selector=StreamSelector(kind="trade", source="s3src"),
-                        start_ns=T0, end_ns=T0 + 3600 * S, format="csv.gz", max_rows_per_file=500, fill_gaps=False)
-    job = await harness.wait_state((await harness.create(req)).job_id)
-    assert job.state == "succeeded" and [a.rows for a in job.artifacts] == [500, 500, 200]
+    trades, job = await export_three_files(harness, "s3src", "ADA-USD", "csv.gz")
     listed = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", aws_access_key_id=s3.access_key,
                           aws_secret_access_key=s3.secret_key).list_objects_v2(Bucket=BUCKET, Prefix=job.job_id)
-    names = sorted(o["Key"] for o in listed.get("Contents", []))
-    assert names == sorted([f"{job.job_id}/{a.filename}" for a in job.artifacts] + [f"{job.job_id}/manifest.json"])
+    assert sorted(o["Key"] for o in listed.get("Contents", [])) == stored_names(job)
     _, files = await download_all(orch.api_url, job.job_id)
     tables = [read_artifact(a.filename, files[a.filename]) for a in job.artifacts]
     assert table_rows(tables) == trade_rows(trades)
