@@ -2,6 +2,9 @@
 
 Targets (issue #2): >= 1M events/s encode+decode through the contracts; >= 1M/s subject
 build+parse. Reference measured in the same run: stdlib json on the same trade as a dict.
+Issue #12: the cost of the contract invariants (``contracts/invariants.py``): the validated
+trade round trip against the same round trip through an equivalent Struct without constraints
+nor ``__post_init__``, measured interleaved in the same run (target ratio >= 0.8).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import json
 import time
 from decimal import Decimal
+
+import msgspec
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
@@ -22,6 +27,34 @@ def rate(fn, n: int) -> float:  # noqa: ANN001
         fn(n)
         best = max(best, n / (time.perf_counter() - start))
     return best
+
+
+class UncheckedTrade(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="trade", gc=False):
+    """``Trade`` with the same fields and wire form, without the invariants."""
+
+    id: str
+    source: str
+    venue: str
+    symbol: str
+    ts_event: int
+    ts_recv: int
+    replay: bool = False
+    price: Decimal
+    size: Decimal
+    side: str = "unknown"
+    trade_id: str | None = None
+
+
+def interleaved_rates(fns: list, n: int, rounds: int = 15) -> list[float]:  # noqa: ANN001
+    """Best rate of each function over ``rounds`` short interleaved runs: on a shared host the
+    load changes between runs, and both sides of a ratio must see the same."""
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn(n)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [n / t for t in best]
 
 
 def main() -> list[str]:
@@ -57,12 +90,23 @@ def main() -> list[str]:
         for _ in range(n):
             subjects.denormalize_symbol(subjects.normalize_symbol("BTC:USD"))
 
+    unchecked = UncheckedTrade(**msgspec.structs.asdict(trade))
+    decode_unchecked = msgspec.json.Decoder(UncheckedTrade).decode
+    assert decode_unchecked(encode(unchecked)) == unchecked and encode(unchecked) == encode(trade)
+
+    def unvalidated(n: int) -> None:
+        for _ in range(n):
+            decode_unchecked(encode(unchecked))
+
+    validated_rate, unvalidated_rate = interleaved_rates([typed, unvalidated], 20_000)
+
     n = 300_000
     typed_rate, union_rate, std_rate = rate(typed, n), rate(union, n), rate(stdlib, n // 3)
     subj_rate, sym_rate = rate(subject_roundtrip, n), rate(symbol_roundtrip, n)
     return [
         f"| contracts: trade encode+decode (typed decoder) | {typed_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{typed_rate / std_rate:.1f} |",
         f"| contracts: trade encode+decode (any-event decoder) | {union_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{union_rate / std_rate:.1f} |",
+        f"| contracts: validated trade encode+decode vs no validation | {validated_rate:,.0f}/s | ratio >= 0.8 | unvalidated {unvalidated_rate:,.0f}/s | x{validated_rate / unvalidated_rate:.2f} |",
         f"| contracts: subject build+parse | {subj_rate:,.0f}/s | >= 1,000,000/s | | |",
         f"| contracts: symbol normalize+denormalize (BTC:USD) | {sym_rate:,.0f}/s | | | |",
     ]

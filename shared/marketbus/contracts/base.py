@@ -3,11 +3,13 @@
 Events are frozen, keyword-only msgspec Structs tagged with ``type`` so that one decoder
 decodes any message of the bus. Timestamps are int nanoseconds since the Unix epoch (UTC).
 Prices and sizes are ``Decimal`` (encoded as JSON strings): the vendor's exact value.
+Every field type states an invariant checked when an event is built and when it is decoded
+(see :mod:`marketbus.contracts.invariants`).
 """
 
 from __future__ import annotations
 
-import msgspec
+from .invariants import Checked, Id, Nanos, Token
 
 SCHEMA_VERSION = 1
 """Version of the wire schema; travels in the ``Marketbus-Schema`` header of every message."""
@@ -16,7 +18,7 @@ NO_VENUE = "_"
 """Subject token used where an event has no venue (e.g. units, news language-less items)."""
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+class Event(Checked, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Root of every message type on the bus.
 
     ``gc=False``: events hold no reference cycles, and not tracking them makes decoding faster.
@@ -30,10 +32,10 @@ class MarketEvent(Event, frozen=True, kw_only=True):
     so a replay yields the same id; it is the ``Nats-Msg-Id`` used for de-duplication.
     """
 
-    id: str
-    source: str  # vendor: finx | ticksupply | digitex | sitagri
-    venue: str  # exchange / market source, NATS-token safe
-    symbol: str  # normalized, NATS-token safe (see subjects.normalize_symbol)
-    ts_event: int  # vendor/exchange time, ns UTC
-    ts_recv: int  # ingest time, ns UTC
+    id: Id
+    source: Token  # vendor: finx | ticksupply | digitex | sitagri
+    venue: Token  # exchange / market source, NATS-token safe
+    symbol: Token  # normalized, NATS-token safe (see subjects.normalize_symbol)
+    ts_event: Nanos  # vendor/exchange time, ns UTC
+    ts_recv: Nanos  # ingest time, ns UTC
     replay: bool = False  # produced by a replay/backfill rather than the live feed

@@ -15,6 +15,7 @@ import msgspec
 
 from .base import SCHEMA_VERSION, Event, MarketEvent
 from .ids import event_id
+from .invariants import Id, Token
 from .jobs import JOB_TYPES
 from .market import MARKET_TYPES
 from .orders import ORDER_TYPES
@@ -37,11 +38,11 @@ class Batch(Event, frozen=True, kw_only=True, tag="batch"):
     ``id`` is deterministic from the events' ids, so a re-sent page is de-duplicated too.
     """
 
-    id: str
-    kind: str
-    source: str
-    venue: str
-    symbol: str
+    id: Id
+    kind: Token
+    source: Token
+    venue: Token
+    symbol: Token
     replay: bool = False
     events: list[MarketData]  # type: ignore[valid-type]
 

@@ -17,76 +17,77 @@ from typing import Literal
 import msgspec
 
 from .base import Event
+from .invariants import Checked, Count, Id, Label, Nanos, SelectorToken, Text, Token
 
 
-class StreamSelector(msgspec.Struct, frozen=True, kw_only=True):
+class StreamSelector(Checked, frozen=True, kw_only=True):
     """Selects streams; each part may be ``*`` (any)."""
 
-    kind: str = "*"
-    source: str = "*"
-    venue: str = "*"
-    symbol: str = "*"
+    kind: SelectorToken = "*"
+    source: SelectorToken = "*"
+    venue: SelectorToken = "*"
+    symbol: SelectorToken = "*"
 
 
 class ReplayRequest(Event, frozen=True, kw_only=True, tag="replay_request"):
-    request_id: str
-    source: str
-    venue: str
-    symbol: str
-    kind: str
-    start_ns: int
-    end_ns: int
+    request_id: Label
+    source: Token
+    venue: SelectorToken
+    symbol: SelectorToken
+    kind: SelectorToken
+    start_ns: Nanos
+    end_ns: Nanos
 
 
 class ReplayReply(Event, frozen=True, kw_only=True, tag="replay_reply"):
-    request_id: str
+    request_id: Label  # "" when the request could not be decoded
     accepted: bool
-    events: int = 0
-    reason: str | None = None
+    events: Count = 0
+    reason: Text | None = None
 
 
-class TimeRange(msgspec.Struct, frozen=True, array_like=True):
-    start_ns: int
-    end_ns: int
+class TimeRange(Checked, frozen=True, array_like=True):
+    start_ns: Nanos
+    end_ns: Nanos
 
 
 class HistoryQuery(Event, frozen=True, kw_only=True, tag="history_query"):
     selector: StreamSelector
-    start_ns: int
-    end_ns: int
-    limit: int = 10_000
-    cursor: str | None = None
-    chunk_rows: int = 5_000
+    start_ns: Nanos
+    end_ns: Nanos
+    limit: Count = 10_000
+    cursor: Text | None = None
+    chunk_rows: Count = 5_000
 
 
 class HistoryChunk(Event, frozen=True, kw_only=True, tag="history_chunk"):
     """A chunk of query results: events as they were published, oldest first."""
 
     events: list[msgspec.Raw]
-    next_cursor: str | None = None
+    next_cursor: Text | None = None
     last: bool = True
-    error: str | None = None
+    error: Text | None = None
 
 
 class CoverageQuery(Event, frozen=True, kw_only=True, tag="coverage_query"):
     selector: StreamSelector
-    start_ns: int
-    end_ns: int
+    start_ns: Nanos
+    end_ns: Nanos
 
 
-class StreamCoverage(msgspec.Struct, frozen=True, kw_only=True):
-    kind: str
-    source: str
-    venue: str
-    symbol: str
+class StreamCoverage(Checked, frozen=True, kw_only=True):
+    kind: Token
+    source: Token
+    venue: Token
+    symbol: Token
     covered: list[TimeRange] = []
     gaps: list[TimeRange] = []  # reported by the feed (gap status events) and not yet resynced
-    rows: int = 0
+    rows: Count = 0
 
 
 class CoverageReply(Event, frozen=True, kw_only=True, tag="coverage_reply"):
     streams: list[StreamCoverage] = []
-    error: str | None = None
+    error: Text | None = None
 
 
 ExportFormat = Literal["csv.gz", "parquet"]
@@ -94,38 +95,38 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class ExportRequest(Event, frozen=True, kw_only=True, tag="export_request"):
-    idempotency_key: str
+    idempotency_key: Label
     selector: StreamSelector
-    start_ns: int
-    end_ns: int
+    start_ns: Nanos
+    end_ns: Nanos
     format: ExportFormat = "parquet"
-    columns: list[str] | None = None
+    columns: list[Label] | None = None
     fill_gaps: bool = True
-    max_rows_per_file: int = 1_000_000
+    max_rows_per_file: Count = 1_000_000
 
 
-class Artifact(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    filename: str
-    rows: int
-    bytes: int
-    sha256: str
+class Artifact(Checked, frozen=True, kw_only=True):
+    id: Label
+    filename: Label
+    rows: Count
+    bytes: Count
+    sha256: Label
 
 
 class ExportJob(Event, frozen=True, kw_only=True, tag="export_job"):
     """The state of an export job (also its progress event on ``export.status.<job_id>``)."""
 
-    job_id: str
+    job_id: Id
     request: ExportRequest
     state: JobState
-    reason: str | None = None
-    rows: int = 0
-    bytes: int = 0
+    reason: Text | None = None
+    rows: Count = 0
+    bytes: Count = 0
     percent: float = 0.0
     artifacts: list[Artifact] = []
     coverage: list[StreamCoverage] = []
-    created_ts: int
-    updated_ts: int
+    created_ts: Nanos
+    updated_ts: Nanos
 
 
 class PublishArticle(msgspec.Struct, kw_only=True):

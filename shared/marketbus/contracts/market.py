@@ -1,13 +1,17 @@
-"""Market data events: subjects ``md.<kind>.<source>.<venue>.<symbol>``."""
+"""Market data events: subjects ``md.<kind>.<source>.<venue>.<symbol>``.
+
+Signs (see :mod:`.invariants`): what is always a price of a traded thing is a :data:`Price`
+(> 0: trades, ticks, quotes, book levels); sizes, volumes and open interest are :data:`Size`
+(>= 0); Sitagri's market, cash and index prices and bars are :data:`Amount` (signed), because
+Sitagri quotes spreads, basis and premiums, which are negative at times.
+"""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Literal
 
-import msgspec
-
 from .base import MarketEvent
+from .invariants import Amount, Checked, Count, Int64, Label, Nanos, Price, Size, Text
 
 Side = Literal["buy", "sell", "unknown"]
 Quality = Literal["realtime", "delayed", "unknown"]
@@ -16,36 +20,36 @@ Quality = Literal["realtime", "delayed", "unknown"]
 class Trade(MarketEvent, frozen=True, kw_only=True, tag="trade"):
     """A trade (execution) printed by a venue."""
 
-    price: Decimal
-    size: Decimal
+    price: Price
+    size: Size
     side: Side = "unknown"  # aggressor side
-    trade_id: str | None = None  # the venue's trade id, when it has one
+    trade_id: Label | None = None  # the venue's trade id, when it has one
 
 
 class Tick(MarketEvent, frozen=True, kw_only=True, tag="tick"):
     """A price observation without size (e.g. a FinX tick snap or history row)."""
 
-    price: Decimal
-    size: Decimal | None = None
+    price: Price
+    size: Size | None = None
 
 
 class Quote(MarketEvent, frozen=True, kw_only=True, tag="quote"):
     """Top of book / ticker."""
 
-    bid_price: Decimal | None = None
-    bid_size: Decimal | None = None
-    ask_price: Decimal | None = None
-    ask_size: Decimal | None = None
-    last_price: Decimal | None = None
-    volume_24h: Decimal | None = None
+    bid_price: Price | None = None
+    bid_size: Size | None = None
+    ask_price: Price | None = None
+    ask_size: Size | None = None
+    last_price: Price | None = None
+    volume_24h: Size | None = None
 
 
-class BookLevel(msgspec.Struct, frozen=True, array_like=True):
+class BookLevel(Checked, frozen=True, array_like=True):
     """One price level: ``[price, size, orders]`` on the wire."""
 
-    price: Decimal
-    size: Decimal
-    orders: int | None = None
+    price: Price
+    size: Size
+    orders: Count | None = None
 
 
 class BookSnapshot(MarketEvent, frozen=True, kw_only=True, tag="book"):
@@ -53,36 +57,36 @@ class BookSnapshot(MarketEvent, frozen=True, kw_only=True, tag="book"):
 
     bids: list[BookLevel]
     asks: list[BookLevel]
-    sequence: int | None = None
+    sequence: Int64 | None = None
     quality: Quality = "unknown"
 
 
-class BookChange(msgspec.Struct, frozen=True, array_like=True):
+class BookChange(Checked, frozen=True, array_like=True):
     """``[side, price, size]``: size 0 deletes the level."""
 
     side: Literal["bid", "ask"]
-    price: Decimal
-    size: Decimal
+    price: Price
+    size: Size
 
 
 class BookDelta(MarketEvent, frozen=True, kw_only=True, tag="book_delta"):
     """Incremental L2 changes, applied in ``sequence`` order on top of a snapshot."""
 
     changes: list[BookChange]
-    sequence: int | None = None
-    prev_sequence: int | None = None
+    sequence: Int64 | None = None
+    prev_sequence: Int64 | None = None
 
 
 class Bar(MarketEvent, frozen=True, kw_only=True, tag="bar"):
     """An OHLCV bar; ``ts_event`` is the bar's start, ``interval`` e.g. ``1m``, ``1h``, ``1d``."""
 
-    interval: str
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal | None = None
-    open_interest: Decimal | None = None
+    interval: Label
+    open: Amount
+    high: Amount
+    low: Amount
+    close: Amount
+    volume: Size | None = None
+    open_interest: Size | None = None
 
 
 class MarketPrice(MarketEvent, frozen=True, kw_only=True, tag="market_price"):
@@ -90,33 +94,33 @@ class MarketPrice(MarketEvent, frozen=True, kw_only=True, tag="market_price"):
     fields that have no data. ``*_ts`` fields are the vendor dates of the values (ns)."""
 
     quality: Quality = "unknown"
-    last: Decimal | None = None
-    last_ts: int | None = None
-    last_volume: Decimal | None = None
-    total_volume: Decimal | None = None
-    orders: int | None = None
-    first: Decimal | None = None
-    previous_last: Decimal | None = None
-    high: Decimal | None = None
-    low: Decimal | None = None
-    high_1y: Decimal | None = None
-    low_1y: Decimal | None = None
-    settlement: Decimal | None = None
-    settlement_ts: int | None = None
-    open_interest: Decimal | None = None
-    bid: Decimal | None = None
-    bid_size: Decimal | None = None
-    ask: Decimal | None = None
-    ask_size: Decimal | None = None
-    perf: Decimal | None = None
-    rel_perf: Decimal | None = None
+    last: Amount | None = None
+    last_ts: Nanos | None = None
+    last_volume: Size | None = None
+    total_volume: Size | None = None
+    orders: Count | None = None
+    first: Amount | None = None
+    previous_last: Amount | None = None
+    high: Amount | None = None
+    low: Amount | None = None
+    high_1y: Amount | None = None
+    low_1y: Amount | None = None
+    settlement: Amount | None = None
+    settlement_ts: Nanos | None = None
+    open_interest: Size | None = None
+    bid: Amount | None = None
+    bid_size: Size | None = None
+    ask: Amount | None = None
+    ask_size: Size | None = None
+    perf: Amount | None = None
+    rel_perf: Amount | None = None
 
 
-class CashDelivery(msgspec.Struct, frozen=True, kw_only=True):
-    start: int  # ns
-    end: int  # ns
-    value: Decimal
-    prime: Decimal | None = None
+class CashDelivery(Checked, frozen=True, kw_only=True):
+    start: Nanos
+    end: Nanos
+    value: Amount  # a basis or a premium may be negative
+    prime: Amount | None = None
 
 
 class CashPrice(MarketEvent, frozen=True, kw_only=True, tag="cash_price"):
@@ -124,29 +128,29 @@ class CashPrice(MarketEvent, frozen=True, kw_only=True, tag="cash_price"):
 
     deliveries: list[CashDelivery]
     quality: Quality = "unknown"
-    currency: str | None = None
+    currency: Label | None = None
 
 
 class IndexPrice(MarketEvent, frozen=True, kw_only=True, tag="index_price"):
-    value: Decimal
-    volume: Decimal | None = None
-    std_dev: Decimal | None = None
+    value: Amount
+    volume: Size | None = None
+    std_dev: Size | None = None
     quality: Quality = "unknown"
 
 
 class News(MarketEvent, frozen=True, kw_only=True, tag="news"):
     """A news article. ``venue`` is the news source (e.g. AFP), ``symbol`` the language (EN)."""
 
-    article_id: str
-    title: str
-    lang: str
-    snippet: str | None = None
-    content: str | None = None
-    copyright: str | None = None
-    modified_ts: int | None = None
-    words: int | None = None
-    day_tendency: int | None = None  # 0 bearish .. 11 bullish
-    short_term_tendency: int | None = None
+    article_id: Label
+    title: Text
+    lang: Label
+    snippet: Text | None = None
+    content: Text | None = None
+    copyright: Text | None = None
+    modified_ts: Nanos | None = None
+    words: Count | None = None
+    day_tendency: Int64 | None = None  # 0 bearish .. 11 bullish
+    short_term_tendency: Int64 | None = None
 
 
 MARKET_TYPES = (Trade, Tick, Quote, BookSnapshot, BookDelta, Bar, MarketPrice, CashPrice, IndexPrice, News)

@@ -1,6 +1,9 @@
 """Reference data events: subjects ``ref.<kind>.<source>.<venue>.<symbol>`` (last value kept).
 
-``ts_event`` is the as-of time of the reference data.
+``ts_event`` is the as-of time of the reference data. Sizes (tick, lot, contract) are
+:data:`Size` (>= 0), a unit's factor a :data:`Price` (> 0: it divides), strikes, offsets and
+coordinates :data:`Amount` (signed: options on spreads have negative strikes). Codes and names are
+bounded :data:`Label` texts; descriptions :data:`Text`.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from decimal import Decimal
 from typing import Literal
 
 from .base import MarketEvent
+from .invariants import Amount, Int64, Label, Nanos, Price, Size, Text
 
 InstrumentType = Literal[
     "spot", "perpetual", "future", "continuous_future", "option", "fx", "fx_forward",
@@ -20,35 +24,35 @@ class Instrument(MarketEvent, frozen=True, kw_only=True, tag="instrument"):
     """A tradable or quotable instrument of any class."""
 
     instrument_type: InstrumentType
-    vendor_symbol: str  # the vendor's own code, as the vendor spells it (e.g. "BTC:USD")
-    name: str | None = None
-    description: str | None = None
-    base: str | None = None
-    quote: str | None = None
-    currency: str | None = None
-    tick_size: Decimal | None = None
-    lot_size: Decimal | None = None
-    contract_size: Decimal | None = None
-    contract_unit: str | None = None
+    vendor_symbol: Label  # the vendor's own code, as the vendor spells it (e.g. "BTC:USD")
+    name: Label | None = None
+    description: Text | None = None
+    base: Label | None = None
+    quote: Label | None = None
+    currency: Label | None = None
+    tick_size: Size | None = None
+    lot_size: Size | None = None
+    contract_size: Size | None = None
+    contract_unit: Label | None = None
     # futures and options
-    product: str | None = None
-    instrument_class: str | None = None  # e.g. EMA (future class), OMA (option class)
-    expiry_ts: int | None = None  # last trading date, ns
-    maturity_year: int | None = None
-    maturity_month: int | None = None
-    continuous_index: int | None = None  # continuous futures: 1 = front
-    underlying: str | None = None
-    option_series: str | None = None
+    product: Label | None = None
+    instrument_class: Label | None = None  # e.g. EMA (future class), OMA (option class)
+    expiry_ts: Nanos | None = None  # last trading date, ns
+    maturity_year: Int64 | None = None
+    maturity_month: Int64 | None = None
+    continuous_index: Int64 | None = None  # continuous futures: 1 = front
+    underlying: Label | None = None
+    option_series: Label | None = None
     option_type: Literal["call", "put"] | None = None
-    strike: Decimal | None = None
+    strike: Amount | None = None
     # FX
-    fx_term_type: str | None = None
-    fx_term_days: int | None = None
+    fx_term_type: Label | None = None
+    fx_term_days: Int64 | None = None
     # cash / physical
-    geo_site: str | None = None
-    incoterm: str | None = None
-    vendor_id: str | None = None  # e.g. a uuid, a market id, a datastream id
-    vendor_ref: str | None = None  # e.g. the Sitagri reference path
+    geo_site: Label | None = None
+    incoterm: Label | None = None
+    vendor_id: Label | None = None  # e.g. a uuid, a market id, a datastream id
+    vendor_ref: Label | None = None  # e.g. the Sitagri reference path
     attributes: dict[str, str] = {}
 
 
@@ -56,63 +60,63 @@ class InstrumentClass(MarketEvent, frozen=True, kw_only=True, tag="instrument_cl
     """A family of instruments: future class, option class, option series, FX class."""
 
     class_type: Literal["future_class", "option_class", "option_series", "fx_class", "datastream", "other"]
-    vendor_symbol: str
-    name: str | None = None
-    description: str | None = None
-    currency: str | None = None
-    product: str | None = None
-    members: list[str] = []  # vendor symbols of the members (deliveries, series, strikes, terms)
-    underlying: str | None = None
-    vendor_ref: str | None = None
+    vendor_symbol: Label
+    name: Label | None = None
+    description: Text | None = None
+    currency: Label | None = None
+    product: Label | None = None
+    members: list[Label] = []  # vendor symbols of the members (deliveries, series, strikes, terms)
+    underlying: Label | None = None
+    vendor_ref: Label | None = None
     attributes: dict[str, str] = {}
 
 
 class Venue(MarketEvent, frozen=True, kw_only=True, tag="venue"):
     """An exchange / market source. ``symbol`` is the venue code too."""
 
-    name: str | None = None
-    description: str | None = None
+    name: Label | None = None
+    description: Text | None = None
     attributes: dict[str, str] = {}
 
 
 class Currency(MarketEvent, frozen=True, kw_only=True, tag="currency"):
-    code: str
-    name: str | None = None
-    scale: int | None = None
-    vendor_id: str | None = None
+    code: Label
+    name: Label | None = None
+    scale: Int64 | None = None
+    vendor_id: Label | None = None
 
 
 class Unit(MarketEvent, frozen=True, kw_only=True, tag="unit"):
     """A unit of measure with its conversion to the base unit of its type (see units.convert)."""
 
-    code: str
-    name: str | None = None
-    unit_symbol: str | None = None
-    unit_type: str | None = None  # MASS, VOLUME, ...
-    factor: Decimal  # base units per unit
-    offset: Decimal = Decimal(0)
+    code: Label
+    name: Label | None = None
+    unit_symbol: Label | None = None
+    unit_type: Label | None = None  # MASS, VOLUME, ...
+    factor: Price  # base units per unit
+    offset: Amount = Decimal(0)
 
 
 class GeoSite(MarketEvent, frozen=True, kw_only=True, tag="geo_site"):
-    code: str
-    name: str | None = None
-    description: str | None = None
-    country: str | None = None
-    longitude: Decimal | None = None
-    latitude: Decimal | None = None
+    code: Label
+    name: Label | None = None
+    description: Text | None = None
+    country: Label | None = None
+    longitude: Amount | None = None
+    latitude: Amount | None = None
 
 
 class Incoterm(MarketEvent, frozen=True, kw_only=True, tag="incoterm"):
-    code: str
-    name: str | None = None
-    description: str | None = None
+    code: Label
+    name: Label | None = None
+    description: Text | None = None
 
 
 class ProductCategory(MarketEvent, frozen=True, kw_only=True, tag="product_category"):
-    code: str
-    name: str | None = None
-    description: str | None = None
-    products: list[str] = []
+    code: Label
+    name: Label | None = None
+    description: Text | None = None
+    products: list[Label] = []
 
 
 REFERENCE_TYPES = (Instrument, InstrumentClass, Venue, Currency, Unit, GeoSite, Incoterm, ProductCategory)

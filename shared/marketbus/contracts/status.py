@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-import msgspec
-
 from .base import Event
+from .invariants import Checked, Count, Id, Label, Nanos, Text, Token
 
 FeedState = Literal["connected", "disconnected", "gap", "resynced", "stale"]
 
@@ -16,47 +15,47 @@ class FeedStatus(Event, frozen=True, kw_only=True, tag="feed_status"):
     """A change of a feed's health. ``gap`` carries the missing range; ``resynced`` says the gap
     was back-filled. ``venue``/``symbol`` are ``_`` for a whole session or connection."""
 
-    id: str
-    service: str
-    source: str
-    venue: str
-    symbol: str
-    kind: str | None = None  # the md kind the status is about, when it is about one
+    id: Id
+    service: Token
+    source: Token
+    venue: Token
+    symbol: Token
+    kind: Token | None = None  # the md kind the status is about, when it is about one
     state: FeedState
-    detail: str | None = None
-    gap_start: int | None = None  # ns
-    gap_end: int | None = None  # ns
-    ts: int  # ns
+    detail: Text | None = None
+    gap_start: Nanos | None = None
+    gap_end: Nanos | None = None
+    ts: Nanos
 
 
-class FeedHealth(msgspec.Struct, frozen=True, kw_only=True):
-    feed: str  # e.g. "finx/COINBASE/BTC-USD" or "ws"
+class FeedHealth(Checked, frozen=True, kw_only=True):
+    feed: Label  # e.g. "finx/COINBASE/BTC-USD" or "ws"
     state: FeedState
-    events_total: int = 0
+    events_total: Count = 0
     events_per_s: float = 0.0
-    last_event_ts: int | None = None  # ns, ts_recv of the last event
+    last_event_ts: Nanos | None = None  # ts_recv of the last event
 
 
 class ServiceHeartbeat(Event, frozen=True, kw_only=True, tag="service_heartbeat"):
     """Published every few seconds by every service; ``marketbus status`` reads these."""
 
-    service: str
-    instance: str
+    service: Token
+    instance: Label
     state: Literal["starting", "running", "degraded", "stopping"]
-    ts: int
-    started_ts: int
+    ts: Nanos
+    started_ts: Nanos
     feeds: list[FeedHealth] = []
     counters: dict[str, float] = {}
-    http_url: str | None = None
+    http_url: Label | None = None
 
 
 class DeadLetter(Event, frozen=True, kw_only=True, tag="dead_letter"):
     """A payload that could not be processed, kept whole with the reason (nothing is lost)."""
 
-    id: str
-    service: str
-    source: str
-    reason: str
+    id: Id
+    service: Token
+    source: Token
+    reason: Text
     payload: bytes  # exactly what was received (base64 in JSON)
-    subject: str | None = None  # where it came from (bus subject or vendor channel/URL)
-    ts: int
+    subject: Text | None = None  # where it came from (bus subject or vendor channel/URL)
+    ts: Nanos

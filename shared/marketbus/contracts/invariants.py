@@ -1,0 +1,289 @@
+"""The invariants every contract type enforces, when built in Python and when decoded.
+
+A field's type says what a consumer may rely on: ``ts_event: Nanos``, ``price: Price``,
+``symbol: Token``. Each such type is ``Annotated[<python type>, Meta(...), <Rule>]``:
+
+- the ``msgspec.Meta`` part (numeric bounds, lengths) is checked by msgspec while decoding, in C,
+  and documents the field in the JSON Schemas (``make schemas``);
+- the :class:`Rule` part is checked by a ``__post_init__`` generated for each class (see
+  :func:`install_checks`); msgspec runs ``__post_init__`` after decoding as well as after
+  ``__init__``, so an event built in Python is checked too (msgspec checks no types on
+  ``__init__``). It covers what ``Meta`` cannot express (decimals, charsets, literals).
+
+A violation raises :class:`InvariantError` (a ``ValueError``) naming the class and the field,
+e.g. ``Trade.price: must be a decimal > 0, got Decimal('-1')``; while decoding, msgspec turns it
+into a ``msgspec.ValidationError`` with the same text.
+
+Bounds (documented in the schemas too):
+
+- timestamps (:data:`Nanos`): int ns since the epoch in ``[0, 2**63 - 1]``, i.e. 1970-01-01 to
+  2262-04-11, what an int64 column (and every consumer's int64) holds;
+- decimals: finite (no NaN, sNaN, Infinity), ``|x| < 10**18`` (so ``1e30`` is refused), at most
+  38 significant digits and no value below ``1e-30`` other than zero (see :data:`DECIMAL_CONTEXT`):
+  sums and products of a few of them stay exact in a 38-digit context and fit a PostgreSQL
+  ``numeric`` and a Parquet decimal128(38). :data:`Price` is > 0 (``-0`` and ``0`` refused),
+  :data:`Size` >= 0 (``-0`` refused), :data:`Amount` is signed (spreads, basis, P&L, balances);
+- tokens (:data:`Token`: source, venue, symbol, market, kind, service): 1..128 characters of
+  ``[A-Za-z0-9_~-]``, the alphabet of :func:`subjects.normalize_symbol`, so they are always one
+  NATS subject token and a header value. ``~`` is not a KV key character: a KV key built from a
+  symbol must escape it;
+- ids (:data:`Id`, :data:`ClientId`): 1..128 (client ids 1..64) characters of ``[-_=A-Za-z0-9]``,
+  at once a subject token, a header value (``Nats-Msg-Id``) and a KV key;
+- free texts are only bounded in length.
+"""
+
+from __future__ import annotations
+
+import decimal
+import re
+import types
+import typing
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+
+MIN_TS_NS = 0
+MAX_TS_NS = 2**63 - 1  # 2262-04-11T23:47:16.854775807Z
+MIN_INT64, MAX_INT64 = -(2**63), 2**63 - 1
+
+DECIMAL_MAX_DIGITS = 38
+DECIMAL_MAX_ADJUSTED = 17  # |x| < 10**18
+DECIMAL_MIN_ADJUSTED = -30  # the smallest non-zero |x| is 1e-30
+DECIMAL_CONTEXT = decimal.Context(
+    prec=DECIMAL_MAX_DIGITS, Emax=DECIMAL_MAX_ADJUSTED, Emin=DECIMAL_MIN_ADJUSTED,
+    traps=[decimal.InvalidOperation, decimal.Overflow, decimal.Underflow, decimal.Subnormal, decimal.Rounded,
+           decimal.Clamped, decimal.Inexact, decimal.DivisionByZero],
+)
+"""``DECIMAL_CONTEXT.plus(x)`` raises for a decimal out of bounds (too many digits, too large, too
+small, an exponent beyond reach); it is how the bounds are checked, in C."""
+
+MAX_TOKEN = 128
+MAX_ID = 128
+MAX_CLIENT_ID = 64
+MAX_LABEL = 1024  # short texts: names, codes, vendor references
+MAX_TEXT = 1 << 20  # long texts (news content): a NATS payload's size
+
+TOKEN_CHARS = r"[A-Za-z0-9_~-]"
+ID_CHARS = r"[-_=A-Za-z0-9]"
+_TOKEN_RE = re.compile(f"{TOKEN_CHARS}{{1,{MAX_TOKEN}}}")
+_SELECTOR_RE = re.compile(rf"\*|{TOKEN_CHARS}{{1,{MAX_TOKEN}}}")
+_ID_RE = re.compile(f"{ID_CHARS}{{1,{MAX_ID}}}")
+_CLIENT_ID_RE = re.compile(f"{ID_CHARS}{{1,{MAX_CLIENT_ID}}}")
+
+
+class InvariantError(ValueError):
+    """A contract invariant does not hold; the message names the class and the field."""
+
+
+class Rule:
+    """What a field's value must satisfy beyond its Python type.
+
+    ``test`` is a Python expression over ``v`` (the value), true when the value is good (it may
+    also raise when it is bad); ``fast`` a cheaper expression that is true only for good values
+    (false or raising sends the event to ``test``, field by field); ``names`` what both use;
+    ``describe`` the message of a refusal.
+    """
+
+    def __init__(self, name: str, describe: str, test: str, fast: str | None = None, **names: Any) -> None:
+        self.name, self.describe, self.test, self.fast, self.names = name, describe, test, fast or test, names
+
+    def __repr__(self) -> str:
+        return f"Rule({self.name})"
+
+
+_token_cache: set[str] = set()
+_selector_cache: set[str] = set()
+_CACHE_MAX = 100_000
+
+
+def _remember(cache: set[str], value: str) -> bool:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache.add(value)
+    return True
+
+
+def _is_token(v: Any) -> bool:
+    return type(v) is str and _TOKEN_RE.fullmatch(v) is not None and _remember(_token_cache, v)
+
+
+def _is_selector(v: Any) -> bool:
+    return type(v) is str and _SELECTOR_RE.fullmatch(v) is not None and _remember(_selector_cache, v)
+
+
+_DEC_BOUNDS = (f"finite, |x| < 1e{DECIMAL_MAX_ADJUSTED + 1}, at most {DECIMAL_MAX_DIGITS} digits, "
+               f"no non-zero |x| < 1e{DECIMAL_MIN_ADJUSTED}")
+_DEC_NAMES = {"_Decimal": Decimal, "_fit": DECIMAL_CONTEXT.plus, "_ZERO": Decimal(0),
+              "_HI": Decimal(10) ** (DECIMAL_MAX_ADJUSTED + 1)}
+# ``_fit(v)`` raises for a finite value out of the bounds and returns it (``is not None``: a zero
+# is falsy). Only a Decimal has ``is_finite``; the comparisons raise InvalidOperation for a NaN.
+_FITS = "_fit(v) is not None"
+
+NANOS = Rule("nanos", f"must be int ns in [{MIN_TS_NS}, {MAX_TS_NS}] (1970..2262)",
+             "v.__class__ is int and _MIN_TS <= v <= _MAX_TS", _MIN_TS=MIN_TS_NS, _MAX_TS=MAX_TS_NS)
+INT64 = Rule("int64", "must be an int64", "v.__class__ is int and _MIN64 <= v <= _MAX64",
+             _MIN64=MIN_INT64, _MAX64=MAX_INT64)
+COUNT = Rule("count", "must be an int in [0, 2**63 - 1]", "v.__class__ is int and 0 <= v <= _MAX64", _MAX64=MAX_INT64)
+POSITIVE = Rule("positive", f"must be a decimal > 0 ({_DEC_BOUNDS})",
+                f"v.__class__ is _Decimal and _ZERO < v < _HI and {_FITS}",
+                "not v.is_signed() and v.is_finite() and _fit(v)", **_DEC_NAMES)
+NON_NEGATIVE = Rule("non_negative", f"must be a decimal >= 0, not -0 ({_DEC_BOUNDS})",
+                    f"v.__class__ is _Decimal and not v.is_signed() and v < _HI and {_FITS}",
+                    f"not v.is_signed() and v.is_finite() and {_FITS}", **_DEC_NAMES)
+SIGNED = Rule("signed", f"must be a decimal ({_DEC_BOUNDS})", f"v.__class__ is _Decimal and -_HI < v < _HI and {_FITS}",
+              f"v.is_finite() and {_FITS}", **_DEC_NAMES)
+TOKEN = Rule("token", f"must be 1..{MAX_TOKEN} characters of {TOKEN_CHARS} (one subject token)",
+             "_is_token(v)", "v in _tokens", _tokens=_token_cache, _is_token=_is_token)
+SELECTOR = Rule("selector", f"must be '*' or 1..{MAX_TOKEN} characters of {TOKEN_CHARS}",
+                "_is_selector(v)", "v in _selectors", _selectors=_selector_cache, _is_selector=_is_selector)
+ID = Rule("id", f"must be 1..{MAX_ID} characters of {ID_CHARS}", "v.__class__ is str and _id(v) is not None",
+          "v.isalnum() and v.isascii() and len(v) <= _MAX_ID", _MAX_ID=MAX_ID, _id=_ID_RE.fullmatch)
+CLIENT_ID = Rule("client_id", f"must be 1..{MAX_CLIENT_ID} characters of {ID_CHARS}",
+                 "v.__class__ is str and _client_id(v) is not None", _client_id=_CLIENT_ID_RE.fullmatch)
+
+
+def _text_rule(limit: int) -> Rule:
+    return Rule(f"text{limit}", f"must be a string of at most {limit} characters",
+                "v.__class__ is str and len(v) <= _limit", _limit=limit)
+
+
+LABEL, TEXT = _text_rule(MAX_LABEL), _text_rule(MAX_TEXT)
+
+
+def _decimal_meta(rule: Rule, sign: str) -> msgspec.Meta:
+    return msgspec.Meta(description=f"A decimal string {sign}: {_DEC_BOUNDS}.", extra_json_schema={"x-invariant": rule.name})
+
+
+# --- the field types ---------------------------------------------------------------------------------
+Nanos = Annotated[int, msgspec.Meta(ge=MIN_TS_NS, le=MAX_TS_NS, description="ns since the Unix epoch (UTC), int64"), NANOS]
+Int64 = Annotated[int, msgspec.Meta(ge=MIN_INT64, le=MAX_INT64), INT64]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64), COUNT]
+Price = Annotated[Decimal, _decimal_meta(POSITIVE, "> 0"), POSITIVE]
+"""A price that is always positive: trades, ticks, quotes, book levels, fills, unit factors."""
+Size = Annotated[Decimal, _decimal_meta(NON_NEGATIVE, ">= 0"), NON_NEGATIVE]
+"""A size, volume, quantity or open interest; also a price where 0 means "none" (market orders)."""
+Amount = Annotated[Decimal, _decimal_meta(SIGNED, "(may be negative)"), SIGNED]
+"""A signed value: spread and basis quotes, premiums, performances, P&L, balances, coordinates."""
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN,
+                                    extra_json_schema={"pattern": f"^{TOKEN_CHARS}+$"}), TOKEN]
+SelectorToken = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN,
+                                            extra_json_schema={"pattern": rf"^(\*|{TOKEN_CHARS}+)$"}), SELECTOR]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID, extra_json_schema={"pattern": f"^{ID_CHARS}+$"}), ID]
+ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID,
+                                       extra_json_schema={"pattern": f"^{ID_CHARS}+$"}), CLIENT_ID]
+Label = Annotated[str, msgspec.Meta(max_length=MAX_LABEL), LABEL]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT), TEXT]
+
+
+# --- the generated __post_init__ ----------------------------------------------------------------------
+_V = re.compile(r"\bv\b")  # the value in a rule's expressions
+
+
+def _rule_of(tp: Any) -> tuple[Rule | None, bool, bool, Any]:
+    """(rule, optional, is a list of it, literal values) of an annotation."""
+    optional = many = False
+    while True:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            optional = optional or len(args) < len(typing.get_args(tp))
+            if len(args) != 1:
+                return None, optional, many, None
+            tp = args[0]
+        elif origin is Annotated:
+            for extra in tp.__metadata__:
+                if isinstance(extra, Rule):
+                    return extra, optional, many, None
+            tp = tp.__origin__
+        elif origin is list and not many:
+            (tp,) = typing.get_args(tp)
+            many = True
+        elif origin is typing.Literal:
+            return None, optional, many, frozenset(typing.get_args(tp))
+        else:
+            return None, optional, many, None
+
+
+def _fail(cls_name: str, field: str, describe: str, value: Any, exc: BaseException | None = None) -> InvariantError:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    why = f" ({type(exc).__name__})" if exc is not None and not isinstance(exc, (_Bad, InvariantError)) else ""
+    return InvariantError(f"{cls_name}.{field}: {describe}, got {text}{why}")
+
+
+def install_checks(cls: type) -> None:
+    """Give ``cls`` a ``__post_init__`` that checks every field annotated with a :class:`Rule`
+    (and every ``Literal`` field).
+
+    It runs for every decoded message, so it is generated code: one boolean expression of every
+    field's ``fast`` test (about 20 ns a field). Only when it is not true does the field-by-field
+    ``test`` run, which raises :class:`InvariantError` naming the first bad field.
+    """
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad}
+    fast: list[str] = []
+    slow: list[str] = []
+    describe: dict[str, str] = {}
+    for field in (name for name in hints if not name.startswith("__")):
+        rule, optional, many, literal = _rule_of(hints[field])
+        if rule is None and literal is None:
+            continue
+        if rule is not None:
+            names.update(rule.names)
+            test, quick, describe[field] = rule.test, rule.fast, rule.describe
+        else:
+            key = f"_lit_{field}"
+            names[key] = literal
+            test = quick = f"v in {key}"
+            describe[field] = f"must be one of {sorted(map(str, literal))}"
+        value = f"self.{field}"
+        if many:
+            fast.append(f"all({quick} for v in {value} or ())")
+        else:
+            inline = _V.sub(value, quick)
+            fast.append(f"({value} is None or {inline})" if optional else f"({inline})")
+        slow.append(f"f = {field!r}")
+        loop = f"for v in {value} or ():" if many else f"for v in ({value},):"
+        slow += [loop, *([ "    if v is None: continue"] if optional else []), f"    if not ({test}): raise _Bad"]
+    if not fast:
+        return
+    names["_describe"] = describe
+    source = "\n".join([
+        "def __post_init__(self):",
+        "    try:",
+        f"        if {' and '.join(fast)}:",
+        "            return",
+        "    except Exception:",
+        "        pass",
+        "    f = v = None",
+        "    try:",
+        *[f"        {line}" for line in slow],
+        "    except Exception as exc:",
+        "        raise _fail(_cls_name, f, _describe.get(f, 'is invalid'), v, exc) from None",
+    ])
+    exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)  # noqa: S102 - generated from the rules above
+    names["__post_init__"].source = source  # what was generated, for reading
+    cls.__post_init__ = names["__post_init__"]  # type: ignore[attr-defined]
+
+
+class _Bad(Exception):
+    """Raised inside the generated checks; turned into an InvariantError naming the field."""
+
+
+class Checked(msgspec.Struct):
+    """Base of every contract struct: subclasses get their invariant checks installed."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        install_checks(cls)
+
+
+def check(event: Any) -> Any:
+    """Re-run ``event``'s checks (e.g. after ``msgspec.structs.replace``); returns it."""
+    post_init: Callable[[], None] | None = getattr(event, "__post_init__", None)
+    if post_init is not None:
+        post_init()
+    return event
