@@ -3,6 +3,9 @@
 Wire facts (../shared/vendors/digitex.md): unwrapped JSON, decimals as strings (18 places),
 timestamps in µs, enums as ints. Market codes like ``FS:BTCUSD`` become the symbol ``FS-BTCUSD``;
 the venue is the exchange itself (``DIGITEX``).
+
+Whatever breaks a contract invariant (a book level or trade price <= 0 or -0, NaN, 1e30, a
+timestamp beyond int64 ns, an oversized code) is :class:`Malformed`, never another exception.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import msgspec
 
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.ids import event_id
+from marketbus.contracts.invariants import InvariantError, decimal_in_bounds
 from marketbus.contracts.market import Bar, BookLevel, BookSnapshot, Trade
 from marketbus.contracts.reference import Currency, Instrument, Venue
 from marketbus.contracts.subjects import check_token, normalize_symbol
@@ -34,9 +38,12 @@ def venue_token(venue: str) -> str:
     return check_token(venue, "venue")
 
 
+MAX_CODE = 64  # characters of a market or currency code (real ones have fewer than 20)
+
+
 def symbol_of(code: str) -> str:
-    if not isinstance(code, str) or not code:
-        raise Malformed(f"bad market code {code!r}")
+    if not isinstance(code, str) or not code or len(code) > MAX_CODE:
+        raise Malformed(f"bad market code {code[:MAX_CODE] if isinstance(code, str) else code!r}")
     return normalize_symbol(code)
 
 
@@ -57,8 +64,8 @@ def dec(value: Any, what: str) -> Decimal:
         out = Decimal(value)
     except InvalidOperation:
         raise Malformed(f"{what} is not a decimal: {value!r}") from None
-    if not out.is_finite():
-        raise Malformed(f"{what} is not finite: {value!r}")
+    if not decimal_in_bounds(out):
+        raise Malformed(f"{what} is not finite or out of bounds: {value[:60]!r}")
     if len(_DECIMALS) >= _DECIMALS_MAX:
         _DECIMALS.clear()
     _DECIMALS[value] = out
@@ -195,11 +202,14 @@ def _decode(payload: bytes | str, shape: Any, what: str) -> Any:
 
 # --- reference ------------------------------------------------------------------------------
 def _currency(c: WCurrency, ts_recv: int) -> Currency:
-    return Currency(
-        id=event_id(SOURCE, "currency", c.id, c.code, c.name, c.currency_scale), source=SOURCE, venue=NO_VENUE,
-        symbol=symbol_of(c.code), ts_event=ts_recv, ts_recv=ts_recv, code=c.code, name=c.name,
-        scale=c.currency_scale, vendor_id=str(c.id),
-    )
+    try:
+        return Currency(
+            id=event_id(SOURCE, "currency", c.id, c.code, c.name, c.currency_scale), source=SOURCE, venue=NO_VENUE,
+            symbol=symbol_of(c.code), ts_event=ts_recv, ts_recv=ts_recv, code=c.code, name=c.name,
+            scale=c.currency_scale, vendor_id=str(c.id),
+        )
+    except InvariantError as exc:
+        raise Malformed(f"bad currency: {exc}") from None
 
 
 def currencies(payload: bytes | str, ts_recv: int) -> list[Currency]:
@@ -215,6 +225,15 @@ def _instrument(m: WMarket, venue: str, ts_recv: int) -> Instrument:
     tick_size, lot_size = _opt_dec(m.tick_size, "tick_size"), _opt_dec(m.lot_size, "lot_size")
     tick_price = _opt_dec(m.tick_price, "tick_price")
     contract_size = tick_price / tick_size if futures and tick_price is not None and tick_size else None
+    try:
+        return _instrument_event(m, venue, ts_recv, futures, contract, attributes, tick_size, lot_size, contract_size)
+    except InvariantError as exc:
+        raise Malformed(f"bad market {m.code[:MAX_CODE]!r}: {exc}") from None
+
+
+def _instrument_event(m: WMarket, venue: str, ts_recv: int, futures: bool, contract: str | None,
+                      attributes: dict[str, str], tick_size: Decimal | None, lot_size: Decimal | None,
+                      contract_size: Decimal | None) -> Instrument:
     return Instrument(
         id=event_id(SOURCE, "instrument", m.id, m.code, m.tick_size, m.tick_price, m.lot_size, contract),
         source=SOURCE, venue=venue, symbol=symbol_of(m.code), ts_event=ts_recv, ts_recv=ts_recv,
@@ -241,11 +260,14 @@ def exchange_info(payload: bytes | str, venue: str, ts_recv: int) -> tuple[Venue
     limits = {r.interval.upper(): r.limit for r in info.rate_limits}
     attributes = {f"rate_limit_{k.lower()}": str(v) for k, v in limits.items()}
     ts = info.server_time * US if info.server_time else ts_recv
-    event = Venue(
-        id=event_id(SOURCE, "venue", venue, *sorted(attributes.items())), source=SOURCE, venue=venue, symbol=venue,
-        ts_event=ts, ts_recv=ts_recv, name="Digitex", description="Digitex futures exchange (bot API)",
-        attributes=attributes,
-    )
+    try:
+        event = Venue(
+            id=event_id(SOURCE, "venue", venue, *sorted(attributes.items())), source=SOURCE, venue=venue, symbol=venue,
+            ts_event=ts, ts_recv=ts_recv, name="Digitex", description="Digitex futures exchange (bot API)",
+            attributes=attributes,
+        )
+    except InvariantError as exc:
+        raise Malformed(f"bad exchange_info: {exc}") from None
     return (event, [_currency(c, ts_recv) for c in info.currencies],
             [_instrument(m, venue, ts_recv) for m in info.markets], limits)
 
@@ -259,14 +281,17 @@ def trade_id(market_id: int, vendor_trade_id: int) -> str:
 def trade_from(w: WTrade, market_id: int, symbol: str, venue: str, ts_recv: int, replay: bool = False) -> Trade:
     tid = w.trade_id
     price, size = _DECIMALS.get(w.price), _DECIMALS.get(w.base_volume)  # the usual case: seen before
-    return Trade(
-        id=trade_id(market_id, tid), source=SOURCE, venue=venue, symbol=symbol,
-        ts_event=w.timestamp * US, ts_recv=ts_recv, replay=replay,
-        price=dec(w.price, "price") if price is None else price,
-        size=dec(w.base_volume, "base_volume") if size is None else size,
-        side=SIDES.get(w.side, "unknown"),  # type: ignore[arg-type]
-        trade_id=str(tid),
-    )
+    try:
+        return Trade(
+            id=trade_id(market_id, tid), source=SOURCE, venue=venue, symbol=symbol,
+            ts_event=w.timestamp * US, ts_recv=ts_recv, replay=replay,
+            price=dec(w.price, "price") if price is None else price,
+            size=dec(w.base_volume, "base_volume") if size is None else size,
+            side=SIDES.get(w.side, "unknown"),  # type: ignore[arg-type]
+            trade_id=str(tid),
+        )
+    except InvariantError as exc:  # a price <= 0, a timestamp beyond int64 ns
+        raise Malformed(str(exc)) from None
 
 
 def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, after_id: int | None = None,
@@ -303,7 +328,10 @@ def _levels(rows: list[list[str]], what: str) -> list[BookLevel]:
     for row in rows:
         if len(row) < 2:
             raise Malformed(f"{what} level {row!r} has no size")
-        levels.append(BookLevel(dec(row[0], f"{what} price"), dec(row[1], f"{what} size")))
+        try:
+            levels.append(BookLevel(dec(row[0], f"{what} price"), dec(row[1], f"{what} size")))
+        except InvariantError as exc:  # a price of -1, 0 or -0; a negative size
+            raise Malformed(f"{what} level {row[:2]!r}: {exc}") from None
     return levels
 
 
@@ -313,10 +341,13 @@ def order_book(payload: bytes | str, symbol: str, venue: str, ts_recv: int) -> B
     bids, asks = _levels(book.bids, "bid"), _levels(book.asks, "ask")
     bids.sort(key=lambda lv: lv.price, reverse=True)
     asks.sort(key=lambda lv: lv.price)
-    return BookSnapshot(
-        id=event_id(SOURCE, "book", book.market_id, book.timestamp), source=SOURCE, venue=venue, symbol=symbol,
-        ts_event=book.timestamp * US, ts_recv=ts_recv, bids=bids, asks=asks, quality="realtime",
-    )
+    try:
+        return BookSnapshot(
+            id=event_id(SOURCE, "book", book.market_id, book.timestamp), source=SOURCE, venue=venue, symbol=symbol,
+            ts_event=book.timestamp * US, ts_recv=ts_recv, bids=bids, asks=asks, quality="realtime",
+        )
+    except InvariantError as exc:
+        raise Malformed(f"bad order_book: {exc}") from None
 
 
 def bars(payload: bytes | str, market_id: int, resolution: str, symbol: str, venue: str, ts_recv: int,
@@ -336,7 +367,7 @@ def bars(payload: bytes | str, market_id: int, resolution: str, symbol: str, ven
                 open=dec(w.open, "open"), high=dec(w.high, "high"), low=dec(w.low, "low"),
                 close=dec(w.close, "close"), volume=_opt_dec(w.volume, "volume"),
             ))
-        except Malformed as exc:
+        except (Malformed, InvariantError) as exc:
             bad.append((msgspec.structs.asdict(w), f"bad bar {w.timestamp}: {exc}"))
     out.sort(key=lambda b: b.ts_event)
     return out, bad, page.timestamp

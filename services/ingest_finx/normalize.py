@@ -7,6 +7,9 @@ Wire facts (../shared/vendors/finx.md): a tick row is
 
 A tick's identity is (pair, exchange, time, price text): the same tick seen in a snap and in a
 history page gets the same id, so it is published once.
+
+Whatever breaks a contract invariant (a date beyond 2262 or before 1970, a price <= 0, NaN or
+1e30, an oversized pair) is :class:`Malformed`, never another exception.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import msgspec
 
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.ids import event_id
+from marketbus.contracts.invariants import MAX_TOKEN, MAX_TS_NS, InvariantError
 from marketbus.contracts.market import Tick
 from marketbus.contracts.reference import Currency, Instrument
 from marketbus.contracts.subjects import normalize_symbol
 
 SOURCE = "finx"
 NS_PER_S = 1_000_000_000
+NS_PER_DAY = 86400 * NS_PER_S
+MAX_PAIR = 64  # characters of a pair or an exchange code (real ones have fewer than 30)
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
 
@@ -73,7 +79,9 @@ def day_ns(date_text: str) -> int:
             day = dt.date.fromisoformat(date_text)
         except (ValueError, TypeError):
             raise Malformed(f"bad date {date_text!r}") from None
-        ns = (day.toordinal() - _EPOCH_ORDINAL) * 86400 * NS_PER_S
+        ns = (day.toordinal() - _EPOCH_ORDINAL) * NS_PER_DAY
+        if not 0 <= ns <= MAX_TS_NS - NS_PER_DAY:  # the day's every time must be an int64 ns
+            raise Malformed(f"date {date_text!r} is out of range (1970..2262)")
         if len(_DAYS) > 10_000:
             _DAYS.clear()
         _DAYS[date_text] = ns
@@ -139,21 +147,36 @@ def request_date_time(ts_ns: int) -> tuple[str, str]:
     return dt.date.fromordinal(_EPOCH_ORDINAL + day).isoformat(), f"{hh:02d}:{mm:02d}:{ss:02d}.{ms:03d}"
 
 
+def _token_of(text: str, what: str) -> str:
+    if len(text) > MAX_PAIR:
+        raise Malformed(f"{what} {text[:MAX_PAIR]!r}... is longer than {MAX_PAIR} characters")
+    token = normalize_symbol(text.upper())
+    if len(token) > MAX_TOKEN:
+        raise Malformed(f"{what} {text!r} does not fit a subject token")
+    return token
+
+
 def symbol_of(pair: str) -> str:
     sym = _SYMBOLS.get(pair)
     if sym is None:
-        if not pair or ":" not in pair:
+        if not isinstance(pair, str) or not pair or ":" not in pair:
             raise Malformed(f"bad pair {pair!r}")
-        sym = _SYMBOLS[pair] = normalize_symbol(pair.upper())
+        sym = _token_of(pair, "pair")
+        if len(_SYMBOLS) > 10_000:
+            _SYMBOLS.clear()
+        _SYMBOLS[pair] = sym
     return sym
 
 
 def venue_of(exchange: str) -> str:
     venue = _VENUES.get(exchange)
     if venue is None:
-        if not exchange:
+        if not isinstance(exchange, str) or not exchange:
             raise Malformed("empty exchange")
-        venue = _VENUES[exchange] = normalize_symbol(exchange.upper())
+        venue = _token_of(exchange, "exchange")
+        if len(_VENUES) > 10_000:
+            _VENUES.clear()
+        _VENUES[exchange] = venue
     return venue
 
 
@@ -176,10 +199,13 @@ def tick_id(pair: str, exchange: str, ts_ns: int, price_text: str) -> str:
 def tick(row: Row, ts_recv: int, replay: bool = False) -> Tick:
     """One tick row -> Tick (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``)."""
     ts = day_ns(row.date) + clock_ns(row.time)
-    return Tick(
-        id=tick_id(row.pair, row.exchange, ts, row.price), source=SOURCE, venue=venue_of(row.exchange),
-        symbol=symbol_of(row.pair), ts_event=ts, ts_recv=ts_recv, replay=replay, price=price_of(row.price),
-    )
+    try:
+        return Tick(
+            id=tick_id(row.pair, row.exchange, ts, row.price), source=SOURCE, venue=venue_of(row.exchange),
+            symbol=symbol_of(row.pair), ts_event=ts, ts_recv=ts_recv, replay=replay, price=price_of(row.price),
+        )
+    except InvariantError as exc:  # e.g. a price of 1e30
+        raise Malformed(str(exc)) from None
 
 
 def _error_of(obj: Any) -> VendorError | None:
@@ -270,7 +296,8 @@ def _iso_ns(text: Any) -> int | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
-    return int(when.timestamp()) * NS_PER_S + when.microsecond * 1000
+    ns = int(when.timestamp()) * NS_PER_S + when.microsecond * 1000
+    return ns if 0 <= ns <= MAX_TS_NS else None
 
 
 def currency(obj: Any, ts_recv: int) -> Currency:
@@ -287,11 +314,14 @@ def currency(obj: Any, ts_recv: int) -> Currency:
         raise Malformed("ref-data finx-sec-id is not a string")
     code = ticker.upper()
     ts = _iso_ns(obj.get("request-datestamp")) or ts_recv
-    return Currency(
-        id=event_id(SOURCE, "currency", code, sec_id, name), source=SOURCE, venue=NO_VENUE,
-        symbol=normalize_symbol(code), ts_event=ts, ts_recv=ts_recv, code=code,
-        name=name if isinstance(name, str) else None, vendor_id=sec_id,
-    )
+    try:
+        return Currency(
+            id=event_id(SOURCE, "currency", code, sec_id, name), source=SOURCE, venue=NO_VENUE,
+            symbol=_token_of(code, "ticker"), ts_event=ts, ts_recv=ts_recv, code=code,
+            name=name if isinstance(name, str) else None, vendor_id=sec_id,
+        )
+    except InvariantError as exc:  # e.g. a name of a megabyte
+        raise Malformed(str(exc)) from None
 
 
 def instrument(pair: str, currencies: dict[str, Currency], ts_recv: int) -> Instrument:
@@ -303,8 +333,11 @@ def instrument(pair: str, currencies: dict[str, Currency], ts_recv: int) -> Inst
     name = f"{b.name if b and b.name else base} / {q.name if q and q.name else quote}"
     attributes = {k: v for k, v in (("base_finx_sec_id", b.vendor_id if b else None),
                                     ("quote_finx_sec_id", q.vendor_id if q else None)) if v}
-    return Instrument(
-        id=event_id(SOURCE, "instrument", pair, *sorted(attributes.values())), source=SOURCE, venue=NO_VENUE,
-        symbol=symbol_of(pair), ts_event=ts_recv, ts_recv=ts_recv, instrument_type="spot", vendor_symbol=pair,
-        name=name, base=base, quote=quote, currency=quote, attributes=attributes,
-    )
+    try:
+        return Instrument(
+            id=event_id(SOURCE, "instrument", pair, *sorted(attributes.values())), source=SOURCE, venue=NO_VENUE,
+            symbol=symbol_of(pair), ts_event=ts_recv, ts_recv=ts_recv, instrument_type="spot", vendor_symbol=pair,
+            name=name, base=base, quote=quote, currency=quote, attributes=attributes,
+        )
+    except InvariantError as exc:
+        raise Malformed(str(exc)) from None

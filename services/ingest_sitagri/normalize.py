@@ -9,20 +9,27 @@ Identity (so live pushes and back-filled history points get the same id):
 - a price: the quote reference + the date of its value (``last.date`` for market prices, ``date``
   for cash and index prices);
 - a news article: its source + its id (ids are unique within a source only).
+
+Every public function raises :class:`Malformed` and nothing else for a payload it cannot turn
+into valid events: whatever breaks a contract invariant (a book level price <= 0 or -0, a date
+beyond 2262, NaN, 1e30, an oversized code) or has the wrong shape (see :func:`_declared`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from functools import lru_cache
 from hashlib import blake2b
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import msgspec
 
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.ids import event_id
+from marketbus.contracts.invariants import MAX_TOKEN, MAX_TS_NS, decimal_in_bounds
 from marketbus.contracts.market import (
     Bar, BookLevel, BookSnapshot, CashDelivery, CashPrice, IndexPrice, MarketPrice, News,
 )
@@ -38,6 +45,26 @@ _NS_D = Decimal(NS)
 
 class Malformed(ValueError):
     """A payload that cannot be normalized; the message is the reason (dead-lettered)."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _declared(fn: F) -> F:
+    """``fn`` raises :class:`Malformed` for any bad payload: a broken contract invariant
+    (``InvariantError``), an impossible number (``ArithmeticError``) or a wrong JSON shape in the
+    generic reference items (``TypeError``, ``AttributeError``) becomes one, with the reason."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Malformed:
+            raise
+        except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
+            raise Malformed(f"{fn.__name__}: {type(exc).__name__}: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 # --- vendor shapes (only what we read; unknown fields are ignored) -------------------------------
@@ -209,9 +236,12 @@ def quote_key(ref: str) -> tuple[str, str]:
     """``/market/sources/EURONEX/future/EMA/deliveries/EMAH16`` -> (``EURONEX``, ``EMAH16``),
     both NATS-token safe (venue = market source, symbol = the quote's code)."""
     parts = ref.strip("/").split("/")
-    if len(parts) < 3 or parts[0] != "market" or parts[1] != "sources" or not parts[-1]:
-        raise Malformed(f"not a quote reference: {ref!r}")
-    return normalize_symbol(parts[2]), normalize_symbol(parts[-1])
+    if len(parts) < 3 or parts[0] != "market" or parts[1] != "sources" or not parts[-1] or not parts[2]:
+        raise Malformed(f"not a quote reference: {ref[:200]!r}")
+    venue, symbol = normalize_symbol(parts[2]), normalize_symbol(parts[-1])
+    if len(venue) > MAX_TOKEN or len(symbol) > MAX_TOKEN:
+        raise Malformed(f"quote reference {ref[:200]!r}: a code does not fit a subject token")
+    return venue, symbol
 
 
 def source_code(ref: str) -> str:
@@ -219,8 +249,13 @@ def source_code(ref: str) -> str:
     return ref.rstrip("/").rsplit("/", 1)[-1]
 
 
+_MAX_SECONDS = Decimal(MAX_TS_NS) / _NS_D
+
+
 def to_ns(seconds: Decimal) -> int:
-    """Unix seconds (maybe fractional, exact) -> int ns."""
+    """Unix seconds (maybe fractional, exact) -> int ns, within the contracts' range (1970..2262)."""
+    if not decimal_in_bounds(seconds) or not 0 <= seconds <= _MAX_SECONDS:
+        raise Malformed(f"date {str(seconds)[:40]} is out of range (1970..2262)")
     if seconds == seconds.to_integral_value():
         return int(seconds) * NS
     return int(seconds * _NS_D)
@@ -251,6 +286,7 @@ def _val(p: Point | None) -> Decimal | None:
 
 
 # --- prices --------------------------------------------------------------------------------------
+@_declared
 def market_price(p: VMarketPrice, ts_recv: int, replay: bool = False) -> MarketPrice:
     venue, symbol = quote_key(p.quote)
     last = p.last
@@ -259,8 +295,8 @@ def market_price(p: VMarketPrice, ts_recv: int, replay: bool = False) -> MarketP
         eid = price_id("market_price", p.quote, ts)
     else:
         # no trade yet: the newest date of the quote's sides names it
-        dates = [x.date for x in (p.ask, p.bid, p.settlement) if x is not None and x.date is not None]
-        ts = to_ns(max(dates)) if dates else ts_recv
+        dates = [to_ns(x.date) for x in (p.ask, p.bid, p.settlement) if x is not None and x.date is not None]
+        ts = max(dates) if dates else ts_recv
         eid = price_id("market_price", p.quote, f"nolast:{ts}:{_val(p.ask)}:{_val(p.bid)}")
     ask, bid, settle, stats = p.ask, p.bid, p.settlement, p.stats
     return MarketPrice(
@@ -292,6 +328,7 @@ def _level(p: Point | None) -> BookLevel | None:
     return BookLevel(p.value, size if size is not None else Decimal(0), p.orders)
 
 
+@_declared
 def order_book(p: VOrderBook, ts_recv: int, raw: bytes | None = None) -> BookSnapshot:
     """An orderBook (one row per depth level) -> BookSnapshot. The vendor gives no date: the id
     is the quote + the book's content, so the same book re-read is the same event."""
@@ -311,6 +348,7 @@ def _deliveries(items: list[VCashDelivery]) -> list[CashDelivery]:
     return [CashDelivery(start=to_ns(d.start), end=to_ns(d.end), value=d.value, prime=d.prime) for d in items]
 
 
+@_declared
 def cash_price(p: VCashPrice, ts_recv: int, replay: bool = False, currency: str | None = None) -> CashPrice:
     venue, symbol = quote_key(p.quote)
     if p.date is None:
@@ -323,6 +361,7 @@ def cash_price(p: VCashPrice, ts_recv: int, replay: bool = False, currency: str 
     )
 
 
+@_declared
 def index_price(p: VIndexPrice, ts_recv: int, replay: bool = False) -> IndexPrice:
     venue, symbol = quote_key(p.quote)
     if p.date is None or p.value is None:
@@ -335,6 +374,7 @@ def index_price(p: VIndexPrice, ts_recv: int, replay: bool = False) -> IndexPric
     )
 
 
+@_declared
 def news(a: VNews, ts_recv: int, replay: bool = False, source: str | None = None) -> News:
     src = source or (source_code(a.source) if a.source else "")
     if not src:
@@ -350,6 +390,7 @@ def news(a: VNews, ts_recv: int, replay: bool = False, source: str | None = None
     )
 
 
+@_declared
 def push(obj: Push, ts_recv: int, raw: bytes | None = None) -> Any:
     """A decoded push -> its event (MarketPrice, BookSnapshot, CashPrice, IndexPrice or News)."""
     t = type(obj)
@@ -382,11 +423,14 @@ INTERVALS = {"MINUTE": "1m", "HOUR": "1h", "DAY": "1d", "WEEK": "1w", "MONTH": "
 def interval_of(resolution: str) -> str:
     if resolution in INTERVALS:
         return INTERVALS[resolution]
+    if len(resolution) > 32:
+        raise Malformed(f"bad resolution {resolution[:32]!r}...")
     if resolution.isdigit():
         return f"{int(resolution)}m"
     return resolution.lower()
 
 
+@_declared
 def history_event(code: str, quote: str, quality: str, e: HistEntry, resolution: str, ts_recv: int,
                   replay: bool = True) -> Any:
     """One history entry -> an event. TICK market entries are MarketPrice (same id as the live
@@ -494,6 +538,7 @@ def _attrs(item: dict[str, Any], *keys: str) -> dict[str, str]:
     return {k: str(item[k]).lower() if isinstance(item[k], bool) else str(item[k]) for k in keys if k in item}
 
 
+@_declared
 def market_venue(item: dict[str, Any], texts: Texts, ts: int) -> Venue:
     code = _code(item, "market source")
     sym = normalize_symbol(code)
@@ -502,6 +547,7 @@ def market_venue(item: dict[str, Any], texts: Texts, ts: int) -> Venue:
                  attributes={"kind": "market", **_attrs(item, "rights", "orderBook", "autoCurrency")})
 
 
+@_declared
 def news_venue(item: dict[str, Any], texts: Texts, ts: int) -> Venue:
     code = _code(item, "news source")
     sym = normalize_symbol(code)
@@ -512,6 +558,7 @@ def news_venue(item: dict[str, Any], texts: Texts, ts: int) -> Venue:
                  ts_event=ts, ts_recv=ts, name=texts.name(item), description=texts.desc(item), attributes=attrs)
 
 
+@_declared
 def future_class(ref: str, item: dict[str, Any], texts: Texts, ts: int) -> InstrumentClass:
     code = _code(item, "future class")
     venue, _ = quote_key(ref)
@@ -525,6 +572,7 @@ def future_class(ref: str, item: dict[str, Any], texts: Texts, ts: int) -> Instr
     )
 
 
+@_declared
 def delivery(ref: str, item: dict[str, Any], cls: dict[str, Any], texts: Texts, ts: int) -> Instrument:
     """A future delivery: classic (EMAH16) or continuous (EMAC01, which follows its current
     underlying: its last trading date and maturity are the underlying's)."""
@@ -546,6 +594,7 @@ def delivery(ref: str, item: dict[str, Any], cls: dict[str, Any], texts: Texts, 
     )
 
 
+@_declared
 def option_class(ref: str, item: dict[str, Any], texts: Texts, ts: int) -> InstrumentClass:
     code = _code(item, "option class")
     venue, _ = quote_key(ref)
@@ -562,6 +611,7 @@ def strike_ref(series_ref: str, strike_code: str) -> str:
     return f"{series_ref}/strikes/{strike_code}"
 
 
+@_declared
 def option_series(ref: str, item: dict[str, Any], cls: dict[str, Any], texts: Texts,
                   ts: int) -> list[InstrumentClass | Instrument]:
     """An option series -> its InstrumentClass and one Instrument per strike (CALL and PUT)."""
@@ -594,6 +644,7 @@ def option_series(ref: str, item: dict[str, Any], cls: dict[str, Any], texts: Te
     return out
 
 
+@_declared
 def simple_quote(ref: str, kind: str, item: dict[str, Any], texts: Texts, ts: int) -> Instrument:
     """A single, cash or index quote."""
     code = _code(item, f"{kind} quote")
@@ -609,6 +660,7 @@ def simple_quote(ref: str, kind: str, item: dict[str, Any], texts: Texts, ts: in
     )
 
 
+@_declared
 def currency_class(ref: str, item: dict[str, Any], ts: int) -> list[InstrumentClass | Instrument]:
     """A currency pair and its terms (absent when the pair cannot be converted)."""
     code = _code(item, "currency class")
@@ -635,6 +687,7 @@ def currency_class(ref: str, item: dict[str, Any], ts: int) -> list[InstrumentCl
     return out
 
 
+@_declared
 def unit(item: dict[str, Any], texts: Texts, ts: int) -> Unit:
     code = _code(item, "unit")
     factor = _dec(item.get("convertionFactor", item.get("conversionFactor")))
@@ -646,6 +699,7 @@ def unit(item: dict[str, Any], texts: Texts, ts: int) -> Unit:
                 offset=_dec(item.get("convertionOffset", item.get("conversionOffset"))) or Decimal(0))
 
 
+@_declared
 def geo_site(item: dict[str, Any], texts: Texts, ts: int) -> GeoSite:
     code = _code(item, "geoSite")
     return GeoSite(id=_item_id("geo_site", f"/market/geoSites/{code}", item), source=SOURCE, venue=NO_VENUE,
@@ -654,6 +708,7 @@ def geo_site(item: dict[str, Any], texts: Texts, ts: int) -> GeoSite:
                    longitude=_dec(item.get("gpsLong")), latitude=_dec(item.get("gpsLat")))
 
 
+@_declared
 def incoterm(item: dict[str, Any], texts: Texts, ts: int) -> Incoterm:
     code = _code(item, "incoterm")
     return Incoterm(id=_item_id("incoterm", f"/market/incoterms/{code}", item), source=SOURCE, venue=NO_VENUE,
@@ -661,6 +716,7 @@ def incoterm(item: dict[str, Any], texts: Texts, ts: int) -> Incoterm:
                     description=texts.desc(item))
 
 
+@_declared
 def product_category(item: dict[str, Any], texts: Texts, ts: int) -> ProductCategory:
     code = _code(item, "prodcat")
     return ProductCategory(

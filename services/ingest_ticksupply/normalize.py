@@ -15,24 +15,29 @@ Trades: an export artifact is a gzipped CSV with a header row; the ``raw`` trade
 from the CSV text straight into ``Decimal`` (never through float). A trade's id is
 ``event_id("ticksupply", "trade", datastream_id, trade_id)`` (the exchange's trade id within the
 datastream; rows without one use their timestamps, price, size and side), so re-exporting a window
-yields the same ids. Rows that do not parse are returned as :class:`BadRow` (with the raw line) for
-the dead-letter queue; a file that is not a gzipped CSV with the needed columns raises
-:class:`ArtifactError`.
+yields the same ids. Rows that do not parse, or that would break a contract invariant (a price
+<= 0, a negative size, NaN, 1e30, a timestamp beyond int64 ns, an oversized trade id), are returned
+as :class:`BadRow` (with the raw line) for the dead-letter queue; a file that is not a gzipped CSV
+with the needed columns raises :class:`ArtifactError`. Catalog payloads that would not make valid
+events raise :class:`MalformedPayload`.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import re
 import zlib
 from decimal import Decimal
 from hashlib import blake2b
+from operator import attrgetter
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import msgspec
 
 from marketbus.contracts.ids import event_id
+from marketbus.contracts.invariants import MAX_LABEL, MAX_TS_NS, InvariantError, decimal_in_bounds
 from marketbus.contracts.market import Quote, Trade
 from marketbus.contracts.reference import Instrument, InstrumentClass, Venue
 from marketbus.contracts.subjects import check_token, normalize_symbol
@@ -75,11 +80,14 @@ class DatastreamRef(msgspec.Struct, frozen=True):
 
 
 def datastream_ref(payload: Any) -> DatastreamRef:
+    """A datastream of the catalog; its events (:func:`datastream_event`, and the trades' venue
+    and symbol) are checked against the contracts here, once."""
     try:
         ds = msgspec.convert(payload, DatastreamRef)
         ds.venue  # noqa: B018 - validates the exchange code as a subject token
         ds.symbol  # noqa: B018
-    except (msgspec.ValidationError, ValueError) as exc:
+        datastream_event(ds, 0)
+    except (msgspec.ValidationError, ValueError) as exc:  # InvariantError is a ValueError
         raise MalformedPayload(f"bad datastream: {exc}") from None
     return ds
 
@@ -96,10 +104,13 @@ def venue_event(exchange: Any, ts: int) -> Venue:
         code = check_token(exchange["code"].lower(), "venue")
     except ValueError as exc:
         raise MalformedPayload(str(exc)) from None
-    return Venue(
-        id=event_id(SOURCE, "venue", code, _content_hash(exchange)), source=SOURCE, venue=code, symbol=code,
-        ts_event=ts, ts_recv=ts, name=exchange.get("display_name") or None,
-    )
+    try:
+        return Venue(
+            id=event_id(SOURCE, "venue", code, _content_hash(exchange)), source=SOURCE, venue=code, symbol=code,
+            ts_event=ts, ts_recv=ts, name=exchange.get("display_name") or None,
+        )
+    except InvariantError as exc:
+        raise MalformedPayload(f"bad exchange: {exc}") from None
 
 
 def instrument_event(exchange_code: str, instrument: Any, datastreams: list[DatastreamRef], ts: int) -> Instrument:
@@ -117,12 +128,15 @@ def instrument_event(exchange_code: str, instrument: Any, datastreams: list[Data
     if instrument.get("instrument_type") and kind == "other":
         attributes["vendor_instrument_type"] = str(instrument["instrument_type"])
     identity = _content_hash([instrument, sorted(attributes.items())])
-    return Instrument(
-        id=event_id(SOURCE, "instrument", venue, vendor_symbol, identity), source=SOURCE, venue=venue, symbol=symbol,
-        ts_event=ts, ts_recv=ts, instrument_type=kind, vendor_symbol=vendor_symbol,  # type: ignore[arg-type]
-        base=instrument.get("base") or None, quote=instrument.get("quote") or None,
-        currency=instrument.get("quote") or None, attributes=attributes,
-    )
+    try:
+        return Instrument(
+            id=event_id(SOURCE, "instrument", venue, vendor_symbol, identity), source=SOURCE, venue=venue,
+            symbol=symbol, ts_event=ts, ts_recv=ts, instrument_type=kind, vendor_symbol=vendor_symbol,  # type: ignore[arg-type]
+            base=instrument.get("base") or None, quote=instrument.get("quote") or None,
+            currency=instrument.get("quote") or None, attributes=attributes,
+        )
+    except InvariantError as exc:
+        raise MalformedPayload(f"bad instrument: {exc}") from None
 
 
 def datastream_event(ds: DatastreamRef, ts: int) -> InstrumentClass:
@@ -180,12 +194,35 @@ def gunzip(data: bytes) -> bytes:
 
 
 def _check(row: Any) -> str | None:
+    """Why a parsed row cannot make a valid event (the contract invariants), or None."""
     try:
-        if not (row.price.is_finite() and row.price >= 0 and row.quantity.is_finite() and row.quantity >= 0):
-            return "price and quantity must be finite and >= 0"
+        if not (decimal_in_bounds(row.price) and row.price > 0):
+            return f"price {row.price} must be > 0 and within the contract bounds"
+        if not (decimal_in_bounds(row.quantity) and not row.quantity.is_signed()):
+            return f"quantity {row.quantity} must be >= 0 and within the contract bounds"
     except ArithmeticError as exc:
         return f"bad number: {exc!r}"
+    if not (0 <= row.exchange_ts_ns <= MAX_TS_NS and 0 <= row.collection_ts_ns <= MAX_TS_NS):
+        return "timestamps must be int64 ns in 1970..2262"
+    ident = row.trade_id if type(row) is TradeRow else row.update_id
+    if len(ident) > MAX_LABEL:
+        return f"id longer than {MAX_LABEL} characters"
     return None
+
+
+# Text the fast path leaves to the careful one: NaN/Infinity (letters n, i), exponents, negative
+# numbers, runs of 40 digits (more than a contract decimal holds).
+_SUSPECT = re.compile(rb"[nNiI]|[eE][-+0-9]|,-|[0-9.]{40}")
+_ZERO, _TINY, _HUGE = Decimal(0), Decimal("1e-30"), Decimal("1e18")
+
+
+def _rows_fit(rows: list[Any], ident: str) -> bool:
+    """The contract invariants of plain rows (no exponent, no sign, no NaN: see ``_SUSPECT``),
+    checked with plain comparisons (the hot path)."""
+    ident_of = attrgetter(ident)
+    return all(_TINY <= r.price < _HUGE and r.quantity < _HUGE and (r.quantity >= _TINY or not r.quantity)
+               and 0 <= r.exchange_ts_ns <= MAX_TS_NS
+               and 0 <= r.collection_ts_ns <= MAX_TS_NS and len(ident_of(r)) <= MAX_LABEL for r in rows)
 
 
 def parse_artifact(data: bytes, stream_type: str = "trade") -> ParsedArtifact:
@@ -237,9 +274,11 @@ def _parse_body(body: bytes, columns: tuple[str, ...], row_type: type, decoder: 
         except (msgspec.ValidationError, msgspec.DecodeError):
             pass
         else:
-            # Decimal accepts NaN/Infinity and negatives: rule them out on the text (every spelling
-            # of NaN/Inf has an n or an i; "buy"/"sell" have neither), else check row by row.
-            if not any(ch in body for ch in (b"n", b"N", b"i", b"I", b",-")) or all(_check(r) is None for r in rows):
+            # Decimal accepts NaN/Infinity, exponents and negatives: rule them out on the text
+            # (every spelling of NaN/Inf has an n or an i; "buy"/"sell" have neither), then
+            # check the bounds with comparisons; else row by row.
+            ident = "trade_id" if row_type is TradeRow else "update_id"
+            if (_SUSPECT.search(body) is None and _rows_fit(rows, ident)) or all(_check(r) is None for r in rows):
                 return ParsedArtifact(rows, [], len(rows))
     return _parse_lines(body.split(b"\n"), list(range(len(columns))), row_type, first_line=first_line)
 
@@ -348,4 +387,9 @@ def quotes(ds: DatastreamRef, rows: list[BookRow], ts_recv: int, replay: bool = 
 
 
 def events_of(ds: DatastreamRef, rows: list[Any], ts_recv: int, replay: bool = False) -> list[Any]:
-    return trades(ds, rows, ts_recv, replay) if ds.stream_type == "trade" else quotes(ds, rows, ts_recv, replay)
+    """Events of rows from :func:`iter_artifact` (which keeps only rows that make valid events;
+    should one not, the artifact is refused as a whole: :class:`ArtifactError`)."""
+    try:
+        return trades(ds, rows, ts_recv, replay) if ds.stream_type == "trade" else quotes(ds, rows, ts_recv, replay)
+    except InvariantError as exc:
+        raise ArtifactError(f"a row breaks a contract invariant: {exc}") from None

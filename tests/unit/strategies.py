@@ -1,4 +1,5 @@
-"""Hypothesis strategies for any msgspec contract type, derived from msgspec.inspect."""
+"""Hypothesis strategies for any msgspec contract type, derived from msgspec.inspect: the values
+respect the contract invariants (bounds, lengths and patterns of the field types)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import msgspec.inspect as mi
 from hypothesis import strategies as st
 
 _text = st.text(min_size=0, max_size=12)
-_decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(lambda d: d.is_finite())
+_BIG = Decimal("1e15")
+_DECIMALS = {  # by the invariant a decimal field carries (x-invariant in its schema)
+    "positive": st.decimals(min_value=Decimal("0.000001"), max_value=_BIG, places=6),
+    "non_negative": st.decimals(min_value=Decimal(0), max_value=_BIG, places=6).map(abs),
+    "signed": st.decimals(min_value=-_BIG, max_value=_BIG, places=6),
+}
 
 
 def for_type(tp: Any) -> st.SearchStrategy[Any]:
@@ -18,16 +24,26 @@ def for_type(tp: Any) -> st.SearchStrategy[Any]:
 
 
 def _for_info(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one branch per kind
+    if isinstance(info, mi.Metadata):
+        extra = info.extra_json_schema or {}
+        if "pattern" in extra and isinstance(info.type, mi.StrType):
+            longest = min(info.type.max_length or 12, 12)
+            return st.from_regex(extra["pattern"].replace("+$", f"{{1,{longest}}}$"), fullmatch=True)
+        if "x-invariant" in extra:
+            return _DECIMALS[extra["x-invariant"]]
+        return _for_info(info.type)
     if isinstance(info, mi.StrType):
-        return _text
+        return st.text(min_size=info.min_length or 0, max_size=min(info.max_length or 12, 12))
     if isinstance(info, mi.BoolType):
         return st.booleans()
     if isinstance(info, mi.IntType):
-        return st.integers(-(2**62), 2**62)
+        low = info.ge if info.ge is not None else -(2**62)
+        high = info.le if info.le is not None else 2**62
+        return st.integers(low, high)
     if isinstance(info, mi.FloatType):
         return st.floats(allow_nan=False, allow_infinity=False)
     if isinstance(info, mi.DecimalType):
-        return _decimals
+        return _DECIMALS["signed"]
     if isinstance(info, mi.BytesType):
         return st.binary(max_size=16)
     if isinstance(info, mi.NoneType):

@@ -144,6 +144,15 @@ CLIENT_ID = Rule("client_id", f"must be 1..{MAX_CLIENT_ID} characters of {ID_CHA
                  "v.__class__ is str and _client_id(v) is not None", _client_id=_CLIENT_ID_RE.fullmatch)
 
 
+def decimal_in_bounds(value: Decimal) -> bool:
+    """Whether a decimal is finite and within the bounds every contract decimal keeps (its sign
+    aside): normalizers check what they compute with before computing."""
+    try:
+        return value.is_finite() and DECIMAL_CONTEXT.plus(value) is not None
+    except (ArithmeticError, AttributeError, TypeError):
+        return False
+
+
 def _text_rule(limit: int) -> Rule:
     return Rule(f"text{limit}", f"must be a string of at most {limit} characters",
                 "v.__class__ is str and len(v) <= _limit", _limit=limit)
