@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.codec import DECODE_ERRORS
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.invariants import InvariantError, decimal_in_bounds
 from marketbus.contracts.market import Bar, BookLevel, BookSnapshot, Trade
@@ -196,7 +197,7 @@ def _decode(payload: bytes | str, shape: Any, what: str) -> Any:
         return decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise Malformed(f"bad {what}: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise Malformed(f"{what} is not JSON: {exc}") from None
 
 

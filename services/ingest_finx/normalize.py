@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.codec import DECODE_ERRORS
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.invariants import MAX_TOKEN, MAX_TS_NS, InvariantError
 from marketbus.contracts.market import Tick
@@ -218,7 +219,7 @@ def decode(frame: str | bytes) -> Any:
     """Any reply frame -> Python object; raises Malformed (not JSON) or VendorError (error frame)."""
     try:
         obj = _any_decoder.decode(frame)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise Malformed(f"not JSON: {exc}") from None
     err = _error_of(obj)
     if err is not None:
@@ -238,7 +239,7 @@ def snap(frame: str | bytes, ts_recv: int) -> Tick | None:
             row = msgspec.convert(obj, Row)
         except msgspec.ValidationError as exc:
             raise Malformed(f"bad snap row: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise Malformed(f"not JSON: {exc}") from None
     return tick(row, ts_recv)
 
@@ -251,7 +252,7 @@ def history_rows(frame: str | bytes) -> tuple[list[Row], list[tuple[Any, str]]]:
         return list(page.values()), []
     except msgspec.ValidationError:
         pass
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise Malformed(f"not JSON: {exc}") from None
     obj = decode(frame)
     if not isinstance(obj, dict):

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, Union
 import msgspec
 
 from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.codec import DECODE_ERRORS
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.invariants import MAX_TOKEN, MAX_TS_NS, decimal_in_bounds
 from marketbus.contracts.market import (
@@ -201,14 +202,14 @@ generic_decoder = msgspec.json.Decoder(float_hook=Decimal)
 def decode_frame(text: str | bytes) -> Frame:
     try:
         return _frame_decoder.decode(text)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise Malformed(f"bad netbus frame: {exc}") from None
 
 
 def decode_push(data: bytes | msgspec.Raw | str) -> Push:
     try:
         return _push_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise Malformed(f"bad push: {exc}") from None
 
 
@@ -216,14 +217,14 @@ def split_updates(body: bytes) -> list[msgspec.Raw]:
     """A long-polling reply: a JSON array of updates (kept raw, decoded one by one)."""
     try:
         return _raw_list_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise Malformed(f"bad long-polling reply: {exc}") from None
 
 
 def decode_history(data: bytes | msgspec.Raw) -> VHistory:
     try:
         out = _history_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise Malformed(f"bad history reply: {exc}") from None
     if not out.code.startswith("history"):
         raise Malformed(f"not a history reply: code {out.code!r}")

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from marketbus.contracts.codec import DECODE_ERRORS
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.invariants import MAX_LABEL, MAX_TS_NS, InvariantError, decimal_in_bounds
 from marketbus.contracts.market import Quote, Trade
@@ -271,7 +272,7 @@ def _parse_body(body: bytes, columns: tuple[str, ...], row_type: type, decoder: 
     if b'"' not in body and b"\\" not in body and b"\r" not in body and b"\n\n" not in body:
         try:
             rows = decoder.decode(b'[["' + body.replace(b",", b'","').replace(b"\n", b'"],["') + b'"]]')
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except DECODE_ERRORS:
             pass
         else:
             # Decimal accepts NaN/Infinity, exponents and negatives: rule them out on the text

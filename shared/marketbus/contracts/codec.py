@@ -29,6 +29,12 @@ HEADER_REPLY_TO = "Marketbus-Reply-To"
 """Where a command published to a JetStream work queue wants its synchronous acknowledgement
 (a core request cannot work there: the stream itself answers it with its publish ack)."""
 
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What decoding hostile JSON raises: msgspec's errors (``ValidationError`` included, which is
+what a broken contract invariant gives), invalid UTF-8 inside a string, nesting too deep.
+:func:`decode` and :func:`decode_as` raise only ``msgspec.DecodeError`` (or its subclass
+``ValidationError``); decoders used directly raise any of these."""
+
 MarketData = Union[MARKET_TYPES + REFERENCE_TYPES]  # type: ignore[valid-type]
 
 
@@ -71,10 +77,15 @@ def encode_many(events: Iterable[Event]) -> list[bytes]:
 
 
 def decode(data: bytes | str, schema_version: int | None = None) -> Any:
-    """Decode any bus message (the result's class tells what it is)."""
-    if schema_version is not None and schema_version < SCHEMA_VERSION:
-        return _upgrade(data, schema_version, AnyEvent)
-    return _decoder.decode(data)
+    """Decode any bus message (the result's class tells what it is). Raises
+    ``msgspec.ValidationError`` for a message that breaks a contract invariant, and
+    ``msgspec.DecodeError`` for one that is not JSON at all."""
+    try:
+        if schema_version is not None and schema_version < SCHEMA_VERSION:
+            return _upgrade(data, schema_version, AnyEvent)
+        return _decoder.decode(data)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"not a valid JSON message: {exc}") from None
 
 
 def decoder_for(event_type: Any) -> msgspec.json.Decoder[Any]:
@@ -86,9 +97,13 @@ def decoder_for(event_type: Any) -> msgspec.json.Decoder[Any]:
 
 
 def decode_as(data: bytes | str, event_type: Any, schema_version: int | None = None) -> Any:
-    if schema_version is not None and schema_version < SCHEMA_VERSION:
-        return _upgrade(data, schema_version, event_type)
-    return decoder_for(event_type).decode(data)
+    """Like :func:`decode`, for a known type (or union)."""
+    try:
+        if schema_version is not None and schema_version < SCHEMA_VERSION:
+            return _upgrade(data, schema_version, event_type)
+        return decoder_for(event_type).decode(data)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"not a valid JSON message: {exc}") from None
 
 
 def _upgrade(data: bytes | str, version: int, target: Any) -> Any:
