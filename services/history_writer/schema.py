@@ -64,6 +64,8 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
 def _column_kind(tp: Any) -> str:
     """'int' | 'bool' | 'str' | 'decimal' | 'json' for a contract field type."""
     _, inner = _is_optional(tp)
+    if typing.get_origin(inner) is typing.Annotated:  # an invariant's type, e.g. Price: its Python type
+        inner = inner.__origin__
     if inner is int:
         return "int"
     if inner is bool:
