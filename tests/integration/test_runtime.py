@@ -12,7 +12,8 @@ import pytest
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
-from marketbus.contracts.market import Trade
+from marketbus.contracts.invariants import MAX_TEXT
+from marketbus.contracts.market import News, Trade
 from marketbus.contracts.status import DeadLetter, FeedStatus, ServiceHeartbeat
 from marketbus.contracts.streams import BUCKETS, STREAMS, ensure_all
 from marketbus.runtime.http import port_is_free
@@ -201,7 +202,10 @@ async def test_publish_group_acks_every_event_once(nats_url: str, js) -> None:  
         assert again.duplicate  # same ids: de-duplicated by JetStream
         info = await js.stream_info("MD", subjects_filter="md.trade.test.RUNTIME.GROUP")
         assert info.state.subjects == {"md.trade.test.RUNTIME.GROUP": 3000}
-        failing = await publisher.publish_group([trade(1, symbol="X" * 2_000_000)])
+        # the longest text a contract holds makes a message above the server's 1 MB max_payload
+        too_big = News(id="big", source="test", venue="RUNTIME", symbol="EN", ts_event=1, ts_recv=1, article_id="1",
+                       title="big", lang="EN", content="x" * MAX_TEXT)
+        failing = await publisher.publish_group([too_big])
         with pytest.raises(Exception, match="max payload"):
             await asyncio.wait_for(failing, 5)
     finally:
