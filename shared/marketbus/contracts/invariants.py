@@ -139,7 +139,8 @@ TOKEN = Rule("token", f"must be 1..{MAX_TOKEN} characters of {TOKEN_CHARS} (one 
 SELECTOR = Rule("selector", f"must be '*' or 1..{MAX_TOKEN} characters of {TOKEN_CHARS}",
                 "_is_selector(v)", "v in _selectors", _selectors=_selector_cache, _is_selector=_is_selector)
 ID = Rule("id", f"must be 1..{MAX_ID} characters of {ID_CHARS}", "v.__class__ is str and _id(v) is not None",
-          "v.isalnum() and v.isascii() and len(v) <= _MAX_ID", _MAX_ID=MAX_ID, _id=_ID_RE.fullmatch)
+          # bytes.isalnum is ASCII-only, and much faster than str.isalnum (Unicode-aware)
+          "len(v) <= _MAX_ID and v.encode().isalnum()", _MAX_ID=MAX_ID, _id=_ID_RE.fullmatch)
 CLIENT_ID = Rule("client_id", f"must be 1..{MAX_CLIENT_ID} characters of {ID_CHARS}",
                  "v.__class__ is str and _client_id(v) is not None", _client_id=_CLIENT_ID_RE.fullmatch)
 
