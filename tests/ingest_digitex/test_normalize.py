@@ -123,3 +123,26 @@ def test_a_bad_trade_row_is_reported_the_rest_kept() -> None:
     raw["recent_trades"][0]["price"] = "NaN"
     trades, bad, _ = normalize.recent_trades(msgspec.json.encode(raw), "FS-BTCUSD", V, TS)
     assert len(trades) == 19 and len(bad) == 1 and "not finite" in bad[0][1]
+
+
+@pytest.mark.parametrize("price", ["-1", "0", "-0", "NaN", "Infinity", "1e30", "-0.000000000000000000"])
+def test_book_levels_with_an_impossible_price_are_malformed(price: str) -> None:
+    book = {"market_id": 1, "timestamp": 1_700_000_000_000_000, "bids": [["100", "1"], [price, "1"]], "asks": []}
+    with pytest.raises(normalize.Malformed, match="bid"):
+        normalize.order_book(msgspec.json.encode(book), "FS-BTCUSD", "DIGITEX", 1)
+
+
+@pytest.mark.parametrize(("field", "value"), [("price", "0"), ("price", "-0"), ("base_volume", "-1"),
+                                              ("price", "1e30"), ("timestamp", 2**63)])
+def test_trades_breaking_an_invariant_are_reported_the_rest_kept(field: str, value: object) -> None:
+    good = {"trade_id": 1, "timestamp": 1_700_000_000_000_000, "price": "100.5", "base_volume": "1", "side": 1}
+    page = {"market_id": 1, "recent_trades": [{**good, "trade_id": 2, field: value}, good]}
+    trades, bad, _ = normalize.recent_trades(msgspec.json.encode(page), "FS-BTCUSD", "DIGITEX", 1)
+    assert [t.trade_id for t in trades] == ["1"] and len(bad) == 1
+
+
+def test_an_oversized_market_code_is_malformed() -> None:
+    market = {"id": 1, "code": "FS:" + "X" * 500, "market_type": 1, "base_currency": {"id": 1, "code": "BTC"},
+              "quote_currency": {"id": 2, "code": "USD"}}
+    with pytest.raises(normalize.Malformed):
+        normalize.markets(msgspec.json.encode([market]), "DIGITEX", 1)

@@ -112,3 +112,21 @@ def test_time_parsing_and_request_fields_round_trip() -> None:
     for bad in ("", "7", "12:3", "aa:bb", "12:00:00.", "12:00:00.12x"):
         with pytest.raises(normalize.Malformed):
             normalize.clock_ns(bad)
+
+
+ROW = {"pair": "BTC:USD", "date": "2022-06-15", "time": "21:27:40.453Z", "exchange": "COINBASE", "price": "21865.01"}
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("date", "9999-12-31", "out of range"),  # beyond int64 ns: the history writer could not store it
+    ("date", "1969-12-31", "out of range"),
+    ("price", "-1", "bad price"), ("price", "0", "bad price"), ("price", "-0", "bad price"),
+    ("price", "NaN", "bad price"), ("price", "1e30", "Tick.price"),
+    ("pair", "BTC:" + "X" * 5000, "longer than"),
+])
+def test_what_breaks_a_contract_invariant_is_malformed(field: str, value: str, reason: str) -> None:
+    frame = msgspec.json.encode({**ROW, field: value})
+    with pytest.raises(normalize.Malformed, match=reason):
+        normalize.snap(frame, TS_RECV)
+    ticks, bad = normalize.history(msgspec.json.encode({"0": {**ROW, field: value}, "1": ROW}), TS_RECV)
+    assert len(ticks) == 1 and len(bad) == 1 and reason in bad[0][1]  # the good row is kept

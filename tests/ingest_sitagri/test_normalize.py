@@ -120,3 +120,34 @@ async def test_paging_without_hole_or_duplicate_ascending_and_descending() -> No
         async for _ in hist.pages(stuck, lambda a, b: f"/x/history/{a},{b},TICK", 5 * NS, 6 * NS,
                                   resolution="TICK", cap=7):
             pass
+
+
+BOOK_QUOTE = "/market/sources/EURONEX/future/EMA/deliveries/EMAH16"
+
+
+@pytest.mark.parametrize("price", ["-1", "0", "-0.0", "1e30"])
+def test_book_levels_with_an_impossible_price_are_malformed(price: str) -> None:
+    raw = ('{"code":"orderBook","quote":"%s","data":[{"bid":{"value":%s,"volume":3}}]}' % (BOOK_QUOTE, price)).encode()
+    with pytest.raises(n.Malformed, match="BookLevel.price"):
+        n.push(n.decode_push(raw), 1, raw)
+
+
+@pytest.mark.parametrize("date", ["253402300799", "-1", "1e30", '"NaN"'])  # 9999-12-31, before 1970, huge, NaN
+def test_dates_out_of_range_are_malformed(date: str) -> None:
+    raw = ('{"code":"indexPrice","quote":"/market/sources/SITSISALMONI/index/SISALMONI","date":%s,"value":81.55}'
+           % date).encode()
+    with pytest.raises(n.Malformed, match="out of range"):
+        n.push(n.decode_push(raw), 1)
+
+
+def test_a_negative_basis_is_a_valid_cash_price() -> None:
+    raw = (b'{"code":"cashPrice","quote":"/market/sources/SITCASHFR/cash/FRA18EXWAUB","date":1458323240,'
+           b'"deliveries":[{"start":1456790400,"end":1459468799,"value":-12.5,"prime":-1}]}')
+    event = n.push(n.decode_push(raw), 1)
+    assert event.deliveries[0].value == Decimal("-12.5")
+
+
+def test_an_oversized_quote_code_is_malformed() -> None:
+    raw = ('{"code":"indexPrice","quote":"/market/sources/X/index/%s","date":1458323240,"value":1}' % ("Y" * 500)).encode()
+    with pytest.raises(n.Malformed, match="subject token"):
+        n.push(n.decode_push(raw), 1)

@@ -158,3 +158,31 @@ def test_an_artifact_parsed_in_slices_is_the_same_as_whole() -> None:
     assert [r for p in pieces for r in p.rows] == whole.rows
     assert [b for p in pieces for b in p.bad] == whole.bad and [b.line_no for b in whole.bad] == [18]
     assert sum(p.total_lines for p in pieces) == whole.total_lines == len(lines) - 1
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    (b"1700000000000000000,1700000000000000001,7,0,1,buy", "price"),
+    (b"1700000000000000000,1700000000000000001,7,-0,1,buy", "price"),
+    (b"1700000000000000000,1700000000000000001,7,1e30,1,buy", "price"),
+    (b"1700000000000000000,1700000000000000001,7,100,-1,buy", "quantity"),
+    (b"1700000000000000000,1700000000000000001,7,100,1e-40,buy", "quantity"),
+    (b"9223372036854775808,1700000000000000001,7,100,1,buy", "timestamps"),
+    (b"1700000000000000000,1700000000000000001," + b"7" * 2000 + b",100,1,buy", "id longer"),
+])
+def test_rows_breaking_a_contract_invariant_are_bad_rows(line: bytes, reason: str) -> None:
+    good = b"1700000000000000000,1700000000000000001,8,100.5,0.25,buy"
+    data = gzip.compress(b",".join(c.encode() for c in normalize.TRADE_COLUMNS) + b"\n" + line + b"\n" + good + b"\n")
+    parsed = normalize.parse_artifact(data, "trade")
+    assert len(parsed.rows) == 1 and len(parsed.bad) == 1 and reason in parsed.bad[0].reason
+    ds = normalize.datastream_ref({"datastream_id": 7, "exchange": "coinbase", "instrument": "BTC-USD",
+                                   "stream_type": "trade"})
+    assert [t.trade_id for t in normalize.events_of(ds, parsed.rows, 1)] == ["8"]
+
+
+def test_a_datastream_that_cannot_make_valid_events_is_malformed() -> None:
+    with pytest.raises(MalformedPayload):
+        normalize.datastream_ref({"datastream_id": 7, "exchange": "coin+base", "instrument": "BTC-USD",
+                                  "stream_type": "trade"})
+    with pytest.raises(MalformedPayload):
+        normalize.datastream_ref({"datastream_id": 7, "exchange": "coinbase", "instrument": "X" * 500,
+                                  "stream_type": "trade"})
