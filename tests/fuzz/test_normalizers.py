@@ -24,7 +24,7 @@ from services.ingest_finx import normalize as finx
 from services.ingest_sitagri import normalize as sitagri
 from services.ingest_ticksupply import normalize as ticksupply
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TS_RECV = 1_700_000_000_000_000_000
 
 

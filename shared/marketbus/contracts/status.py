@@ -54,7 +54,7 @@ class DeadLetter(Event, frozen=True, kw_only=True, tag="dead_letter"):
 
     id: Id
     service: Token
-    source: Token
+    source: Text  # only bounded: dead-lettering must not fail on what a hostile subject carried
     reason: Text
     payload: bytes  # exactly what was received (base64 in JSON)
     subject: Text | None = None  # where it came from (bus subject or vendor channel/URL)
