@@ -28,7 +28,7 @@ def _for_info(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one b
         extra = info.extra_json_schema or {}
         if "pattern" in extra and isinstance(info.type, mi.StrType):
             longest = min(info.type.max_length or 12, 12)
-            return st.from_regex(extra["pattern"].replace("+$", f"{{1,{longest}}}$"), fullmatch=True)
+            return st.from_regex(extra["pattern"].replace("]+", f"]{{1,{longest}}}"), fullmatch=True)
         if "x-invariant" in extra:
             return _DECIMALS[extra["x-invariant"]]
         return _for_info(info.type)
