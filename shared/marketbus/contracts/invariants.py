@@ -19,7 +19,8 @@ Bounds (documented in the schemas too):
 - timestamps (:data:`Nanos`): int ns since the epoch in ``[0, 2**63 - 1]``, i.e. 1970-01-01 to
   2262-04-11, what an int64 column (and every consumer's int64) holds;
 - decimals: finite (no NaN, sNaN, Infinity), ``|x| < 10**18`` (so ``1e30`` is refused), at most
-  38 significant digits and no value below ``1e-30`` other than zero (see :data:`DECIMAL_CONTEXT`):
+  38 significant digits, no non-zero ``|x| < 1e-30`` and no exponent below -67 (``0E-1000000``)
+  (see :data:`DECIMAL_CONTEXT`):
   sums and products of a few of them stay exact in a 38-digit context and fit a PostgreSQL
   ``numeric`` and a Parquet decimal128(38). :data:`Price` is > 0 (``-0`` and ``0`` refused),
   :data:`Size` >= 0 (``-0`` refused), :data:`Amount` is signed (spreads, basis, P&L, balances);
@@ -38,7 +39,6 @@ import decimal
 import re
 import types
 import typing
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -290,10 +290,3 @@ class Checked(msgspec.Struct):
         super().__init_subclass__(**kwargs)
         install_checks(cls)
 
-
-def check(event: Any) -> Any:
-    """Re-run ``event``'s checks (e.g. after ``msgspec.structs.replace``); returns it."""
-    post_init: Callable[[], None] | None = getattr(event, "__post_init__", None)
-    if post_init is not None:
-        post_init()
-    return event
