@@ -98,9 +98,10 @@ def clock_ns(text: str) -> int:
     if len(text) == 13 and text[8] == "." and text[12] == "Z":
         sod = _SECONDS.get(text[:8])
         ms = text[9:12]
-        if sod is not None and ms.isdigit():
+        digits = ms.isascii() and ms.isdigit()  # "²³⁴".isdigit() too, but int() refuses it
+        if sod is not None and digits:
             return sod + int(ms) * 1_000_000
-        if ms.isdigit():
+        if digits:
             sod = _slow_clock_ns(text[:8])
             if len(_SECONDS) > 100_000:
                 _SECONDS.clear()
