@@ -53,7 +53,8 @@ class _JobList(msgspec.Struct):
 
 
 class ExportClient:
-    """Export jobs over one NATS connection; downloads over HTTP (``api_url``, ``api_key``)."""
+    """Export jobs over one NATS connection; downloads over HTTP (``api_url``, ``api_key``; a
+    client used only to download may have ``nc=None``)."""
 
     def __init__(self, nc: Any, *, timeout: float = 10.0, api_url: str = DEFAULT_API_URL,
                  api_key: str = DEV_API_KEY) -> None:

@@ -270,7 +270,11 @@ class OrderClient:
         try:
             while True:
                 msg = await queue.get()
-                yield msg.subject, codec.decode(msg.data, codec.schema_version_of(msg.headers))
+                try:
+                    event = codec.decode(msg.data, codec.schema_version_of(msg.headers))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # not a contract message: nothing a watcher can use
+                yield msg.subject, event
         finally:
             for sub in subs:
                 try:
