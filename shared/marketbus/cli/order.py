@@ -144,7 +144,8 @@ async def _watch(url: str | None, market: str, count: int | None, as_json: bool,
     try:
         while True:
             task = asyncio.create_task(pump(OrderClient(nc)))
-            task.add_done_callback(lambda _: done.set())  # the count reached, or a failure to report
+            # the count reached, or a failure to report (not our own cancel after a lost connection)
+            task.add_done_callback(lambda t: None if t.cancelled() else done.set())
             try:
                 if await until_done_or_closed(nc, done):
                     if task.done() and not task.cancelled() and task.exception() is not None:
