@@ -27,7 +27,7 @@ from marketbus.clients.selectors import parse_selector
 from marketbus.contracts.jobs import ExportJob, ExportRequest
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, run
+from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, progress_console, run
 
 app = typer.Typer(help="Export history to files (CSV.gz / Parquet) and download them.", no_args_is_help=True,
                   epilog=EXIT_CODES_HELP)
@@ -164,9 +164,10 @@ def cancel(job_id: str, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) 
 async def _wait(nats_url: str | None, job_id: str, timeout: float, as_json: bool) -> ExportJob:
     nc = await connect(nats_url)
     try:
+        bar = progress_console()
         with Progress(TextColumn("[bold]{task.fields[state]}"), BarColumn(), TaskProgressColumn(),
-                      TextColumn("{task.fields[rows]} rows"), TimeElapsedColumn(), console=Console(stderr=True),
-                      disable=as_json) as progress:
+                      TextColumn("{task.fields[rows]} rows"), TimeElapsedColumn(), console=bar,
+                      disable=as_json or not bar.is_terminal) as progress:
             task = progress.add_task(job_id, total=100, state="", rows="0")
 
             def on_update(job: ExportJob) -> None:
@@ -226,8 +227,9 @@ async def run_download(job_id: str, out: Path, api_url: str, api_key: str, manif
                        quiet: bool = False) -> list[Path]:
     """The files written (RequestError when the API refuses or a file fails its checksum)."""
     client = ExportClient(None, api_url=api_url, api_key=api_key)  # downloads need no NATS
+    bar = progress_console()
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=Console(stderr=True), disable=quiet) as progress:
+                  console=bar, disable=quiet or not bar.is_terminal) as progress:
         tasks: dict[str, Any] = {}
 
         def on_progress(filename: str, done: int, total: int | None) -> None:

@@ -21,7 +21,7 @@ from marketbus.clients.selectors import parse_selector, selector_text
 from marketbus.contracts import codec, subjects
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, fail, handled, json_line, plain_builtins, run
+from .output import EXIT_CODES_HELP, fail, handled, json_line, plain_builtins, progress_console, run
 
 app = typer.Typer(help="Query the stored history (history writer over NATS).", no_args_is_help=True,
                   epilog=EXIT_CODES_HELP)
@@ -114,9 +114,10 @@ async def run_query(url: str | None, selector: str, start_ns: int, end_ns: int, 
     nc = await connect(url)
     rows: list[dict[str, Any]] = []
     history = HistoryClient(nc, timeout=timeout)
+    bar = progress_console()
     try:
         with Progress(TextColumn("[bold]history[/]"), BarColumn(), TextColumn("{task.completed} events"),
-                      TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=as_json) as progress:
+                      TimeElapsedColumn(), console=bar, transient=True, disable=as_json or not bar.is_terminal) as progress:
             task = progress.add_task("query", total=limit)
             async for raw in history.raw_events(selector, start_ns, end_ns, limit=limit):
                 event = codec.decode(raw)

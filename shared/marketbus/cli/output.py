@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 import msgspec
 import typer
+from rich.console import Console
 
 from marketbus.clients import RequestError
 from marketbus.contracts import errors as codes
@@ -66,6 +67,12 @@ def json_line(obj: Any, subject: str | None = None) -> None:
         body = {"subject": subject, **body}
     sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
     sys.stdout.flush()
+
+
+def progress_console() -> Console:
+    """Where progress bars go: stderr, so that stdout stays data. Check ``.is_terminal`` before
+    drawing one (a bar on a pipe is noise)."""
+    return Console(stderr=True)
 
 
 def fail(message: str, code: int = USAGE) -> NoReturn:
