@@ -11,7 +11,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import nats
+from typer.testing import CliRunner
 
+from marketbus.cli.main import app
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.market import Trade
@@ -133,36 +135,8 @@ async def test_tail_refuses_a_bad_subject_in_one_line(nats_url: str) -> None:
     assert err.strip().splitlines() == [
         "error: bad subject 'md..>': has an empty token (two dots in a row, or a dot at an end); "
         "e.g. 'md.trade.finx.>' or 'md.*.digitex.*.BTC-USD'"]
-    code, _, err = await run_cli("tail", "md.tr*de.>", env={"NATS_URL": nats_url})
-    assert code == 2 and "'*' must be a whole token" in err and "Traceback" not in err
-
-
-async def test_tail_reconnects_when_the_server_restarts(nats_server: NatsServer) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        MARKETBUS, "tail", "md.trade.test.>", "--reconnect", "20",
-        env={**os.environ, "NATS_URL": nats_server.url}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        nc = await nats.connect(nats_server.url)
-        first, second = trade(1, "RC"), trade(2, "RC", price="7")
-        assert b"md.trade.test.RC.BTC-USD trade" in await wait_until_printing(
-            proc, nc, subjects.for_event(first), codec.encode(first))
-        await nc.close()
-        nats_server.kill()  # the server goes away, and comes back on the same port
-        await asyncio.sleep(1.0)
-        nats_server.start()
-        nc = await nats.connect(nats_server.url)
-        while b"price=7" not in await wait_until_printing(proc, nc, subjects.for_event(second), codec.encode(second)):
-            pass
-        await nc.close()
-        proc.send_signal(signal.SIGINT)  # how a user ends tail: exit 0
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    assert "lost; reconnecting" in err.decode() and "reconnected." in err.decode()
-    assert "Traceback" not in err.decode() and "UnexpectedEOF" not in err.decode()
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["tail", "md.tr*de.>", "--nats-url", nats_url])
+    assert result.exit_code == 2 and "'*' must be a whole token" in result.stderr and "Traceback" not in result.output
 
 
 async def test_tail_and_order_watch_exit_with_a_message_when_the_server_does_not_come_back(
@@ -196,32 +170,43 @@ def order_event(seq: int) -> OrderEvent:
                       ts_recv=seq)
 
 
-async def test_order_watch_json_lines_and_reconnect(nats_server: NatsServer) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        MARKETBUS, "order", "watch", "--json", env={**os.environ, "NATS_URL": nats_server.url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    subject = subjects.order_event("FS-BTCUSD", "c1")
+async def test_tail_and_order_watch_reconnect_when_the_server_restarts(nats_server: NatsServer) -> None:
+    env = {**os.environ, "NATS_URL": nats_server.url}
+    tail = await asyncio.create_subprocess_exec(MARKETBUS, "tail", "md.trade.test.>", "--reconnect", "20", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    watch = await asyncio.create_subprocess_exec(MARKETBUS, "order", "watch", "--json", env=env,
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    order_subject = subjects.order_event("FS-BTCUSD", "c1")
+    first, second = trade(1, "RC"), trade(2, "RC", price="7")
     try:
         nc = await nats.connect(nats_server.url)
-        line = json.loads(await wait_until_printing(proc, nc, subject, codec.encode(order_event(1))))
+        assert b"md.trade.test.RC.BTC-USD trade" in await wait_until_printing(
+            tail, nc, subjects.for_event(first), codec.encode(first))
+        line = json.loads(await wait_until_printing(watch, nc, order_subject, codec.encode(order_event(1))))
         assert line["subject"] == "orders.evt.digitex.FS-BTCUSD.c1" and line["type"] == "order"
         assert line["quantity"] == "2" and line["filled_quantity"] == "0"  # plain decimals
         await nc.close()
-        nats_server.kill()
+        nats_server.kill()  # the server goes away, and comes back on the same port
         await asyncio.sleep(1.0)
         nats_server.start()
         nc = await nats.connect(nats_server.url)
-        while json.loads(await wait_until_printing(proc, nc, subject, codec.encode(order_event(2))))["seq"] != 2:
+        while b"price=7" not in await wait_until_printing(tail, nc, subjects.for_event(second), codec.encode(second)):
+            pass
+        while json.loads(await wait_until_printing(watch, nc, order_subject, codec.encode(order_event(2))))["seq"] != 2:
             pass
         await nc.close()
-        proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        for proc in (tail, watch):
+            proc.send_signal(signal.SIGINT)  # how a user ends them: exit 0
+        results = [await asyncio.wait_for(p.communicate(), 10) for p in (tail, watch)]
     finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    assert "reconnected." in err.decode() and "Traceback" not in err.decode()
+        for p in (tail, watch):
+            if p.returncode is None:
+                p.kill()
+    for proc, (_, err) in zip((tail, watch), results, strict=True):
+        text = err.decode()
+        assert proc.returncode == 0, text
+        assert "lost; reconnecting" in text and "reconnected." in text
+        assert "Traceback" not in text and "UnexpectedEOF" not in text
 
 
 async def test_status_prints_a_row_per_feed_from_heartbeats(nats_url: str) -> None:
@@ -257,10 +242,10 @@ async def test_cli_says_clearly_when_nats_is_unreachable() -> None:
     assert "cannot connect to NATS at nats://127.0.0.1:1" in err and "Traceback" not in err
 
 
-async def test_help_documents_the_exit_codes() -> None:
-    code, out, _ = await run_cli("--help", env={"COLUMNS": "200"})
-    assert code == 0
-    assert "Exit codes: 0 ok, 1 refused or failed (by the server), 2 usage or connection error." in out
+def test_help_documents_the_exit_codes() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "Exit codes: 0 ok, 1 refused or failed (by the server), 2 usage or connection error." in result.output
 
 
 async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_count(nats_url: str, js) -> None:  # noqa: ANN001
