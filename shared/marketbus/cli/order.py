@@ -15,7 +15,7 @@ from marketbus.clients import orders as builders
 from marketbus.contracts.orders import CommandAck
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, REFUSED, handled, json_line, plain, run
+from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, plain, run
 from .tail import reconnect, summarize, until_done_or_closed
 
 app = typer.Typer(help="Digitex orders through the order router.", no_args_is_help=True, epilog=EXIT_CODES_HELP)
@@ -88,8 +88,7 @@ def cancel(
 ) -> None:
     """Cancel orders: by client ids, by market, or all."""
     if not market and not all_orders:
-        with handled():
-            raise ValueError("give --market (optionally with --client-id) or --all")
+        fail("give --market (optionally with --client-id) or --all")
     cmd = builders.cancel(None if all_orders else market, client_ids or [])
     _print_ack(run(_send(nats_url, cmd, True, timeout)), as_json)
 
