@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import msgspec.structs
@@ -44,15 +44,32 @@ from .errors import RequestError, as_error_reply, decode_reply, request
 from .selectors import parse_selector
 
 SERVER = "history writer"
-Selectorish = StreamSelector | str | Any  # a StreamSelector, its text, or anything with kind/source/venue/symbol
+
+
+class SelectorParts(Protocol):
+    """Anything with the four parts of a selector (StreamSelector, a store's own selector type)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def venue(self) -> str: ...
+    @property
+    def symbol(self) -> str: ...
+
+
+Selectorish = str | SelectorParts
 
 
 def to_selector(selector: Selectorish) -> StreamSelector:
-    if isinstance(selector, StreamSelector | str):
+    """A StreamSelector; text is parsed and checked (SelectorError, a ValueError, for a bad one),
+    a selector object is taken as it is (a kind matching nothing selects nothing)."""
+    if isinstance(selector, str):
         return parse_selector(selector)
-    # duck-typed (e.g. a store's own selector type)
-    return parse_selector(StreamSelector(kind=selector.kind, source=selector.source, venue=selector.venue,
-                                         symbol=selector.symbol))
+    if isinstance(selector, StreamSelector):
+        return selector
+    return StreamSelector(kind=selector.kind, source=selector.source, venue=selector.venue, symbol=selector.symbol)
 
 
 def make_query(selector: Selectorish, start_ns: int, end_ns: int, *, limit: int = 10_000, cursor: str | None = None,

@@ -25,12 +25,9 @@ class SelectorError(ValueError):
     """A selector that cannot select anything; the message says what is wrong and how to write it."""
 
 
-def parse_selector(text: str | StreamSelector) -> StreamSelector:
+def parse_selector(text: str) -> StreamSelector:
     """``kind.source.venue.symbol`` (or its subject form) -> StreamSelector; raises SelectorError
     for more than four parts, a ``>`` that is not last, or a kind pattern matching no kind."""
-    if isinstance(text, StreamSelector):
-        check_kind(text.kind)
-        return text
     parts = text.strip().split(".") if text.strip() else []
     if len(parts) > 1 and parts[0] in _NAMESPACES:  # the subject form
         parts = parts[1:]
