@@ -13,6 +13,7 @@ the contracts::
     coverage = await history.coverage("trade.*.*.*")
     ack = await OrderClient(nc).place("FS-BTCUSD", "buy", "1", price="20000")  # CommandAck
     job = await ExportClient(nc).create(request)                               # ExportJob
+    reply = await ReplayClient(nc).replay("finx", "_", "BTC-USD", "tick", start_ns, end_ns)  # ReplayReply
 
 Every refusal or missing answer raises :class:`RequestError` with ``code`` (see
 ``marketbus.contracts.errors``: ``bad_request``, ``not_found``, ``conflict``, ``overloaded``,
@@ -25,7 +26,8 @@ from .errors import RequestError
 from .exports import ExportClient
 from .history import HistoryClient
 from .orders import OrderClient, OrderRecord
+from .replay import ReplayClient
 from .selectors import SelectorError, parse_selector
 
-__all__ = ["ExportClient", "HistoryClient", "OrderClient", "OrderRecord", "RequestError", "SelectorError",
-           "parse_selector"]
+__all__ = ["ExportClient", "HistoryClient", "OrderClient", "OrderRecord", "ReplayClient", "RequestError",
+           "SelectorError", "parse_selector"]
