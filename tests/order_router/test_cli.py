@@ -81,6 +81,12 @@ async def test_order_commands_without_a_router_say_so(nats_server: NatsServer) -
     result = await asyncio.to_thread(CliRunner().invoke, app, ["order", "status", "--nats-url", nats_server.url])
     assert result.exit_code == 2
     assert result.stderr == "error: no order router is running (no responders on orders.ctl.digitex)\n"
+    # a server without the order streams (not the one the router uses): said, not a traceback
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["order", "place", "FS-BTCUSD", "buy", "1", "--price",
+                                                               "20000", "--nats-url", nats_server.url])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: no ORDERS_CMD stream takes orders.cmd.digitex.FS-BTCUSD on this server: "
+                             "is it the one the order router uses?\n")
 
 
 def test_the_client_reads_the_routers_kv_layout() -> None:

@@ -171,10 +171,10 @@ class OrderClient:
 
     async def send(self, cmd: OrderCommand, *, wait: bool = True) -> CommandAck | None:
         """Publish ``cmd`` to the work queue; with ``wait``, return the router's acknowledgement."""
-        nc, js = self.nc, self.nc.jetstream()
         if not wait:
-            await js.publish(command_subject(cmd), codec.encode(cmd), headers=command_headers(cmd))
+            await self._publish(cmd, None)
             return None
+        nc = self.nc
         inbox = nc.new_inbox()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
@@ -184,7 +184,7 @@ class OrderClient:
 
         sub = await nc.subscribe(inbox, cb=on_reply, max_msgs=1)
         try:
-            puback = await js.publish(command_subject(cmd), codec.encode(cmd), headers=command_headers(cmd, inbox))
+            puback = await self._publish(cmd, inbox)
             try:
                 if puback.duplicate:
                     # the stream already had this command (a retry): the router's answer is in its KV
@@ -197,6 +197,22 @@ class OrderClient:
             if not future.done():
                 future.cancel()
             await sub.unsubscribe()
+
+    async def _publish(self, cmd: OrderCommand, reply_to: str | None) -> Any:
+        """The JetStream publish of a command; its PubAck."""
+        from nats.errors import NoRespondersError
+        from nats.js.errors import NoStreamResponseError
+
+        subject = command_subject(cmd)
+        try:
+            return await self.nc.jetstream().publish(subject, codec.encode(cmd), headers=command_headers(cmd, reply_to),
+                                                     timeout=self.timeout)
+        except (NoStreamResponseError, NoRespondersError):
+            raise RequestError(codes.NO_RESPONDERS, f"no {streams.ORDER_COMMANDS.name} stream takes {subject} on this "
+                                                    f"server: is it the one the {SERVER} uses?") from None
+        except TimeoutError:
+            raise RequestError(codes.TIMEOUT, f"JetStream did not confirm the command on {subject} within "
+                                              f"{self.timeout:g}s") from None
 
     async def place(self, market: str, side: str, quantity: Any, price: Any = None, **options: Any) -> CommandAck:
         """Place an order (see :func:`place` for the options); the ack's ``client_ids`` holds its id."""
