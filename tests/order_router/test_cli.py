@@ -6,11 +6,13 @@ import asyncio
 import json
 import re
 
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
 from marketbus.cli.main import app
 from marketbus.clients import orders as client_orders
+from marketbus.contracts import subjects
 from marketbus.runtime.natsserver import NatsServer
 from services.order_router import state as router_state
 from tests.helpers import wait_for
@@ -59,6 +61,11 @@ async def test_cli_place_list_cancel_halt_resume(env):
     cancel = await _cli(env, "cancel", "--market", "FS-BTCUSD")
     assert cancel.exit_code == 0 and "accepted" in cancel.output
 
+    # a malformed control request gets the contracts' error reply
+    reply = msgspec.json.decode((await env.nc.request(subjects.ORDER_CONTROL, b'{"action":"explode"}', timeout=5)).data)
+    assert reply["type"] == "error_reply" and reply["code"] == "bad_request"
+    assert reply["message"].startswith("bad control message")
+
 
 @pytest.mark.parametrize(("args", "message"), [
     (["place", "FS-BTCUSD", "buy", "abc"], "error: quantity 'abc' is not a number\n"),
@@ -97,7 +104,5 @@ def test_the_client_reads_the_routers_kv_layout() -> None:
         assert client_orders.command_key(command_id) == router_state.command_key(command_id)
     record = router_state.OrderRecord(client_id="c1", market="FS-BTCUSD", market_id=1, side="buy", order_type="limit",
                                       duration="GTC", quantity=client_orders.to_decimal("q", "2"), state="accepted")
-    import msgspec
-
     mine = msgspec.json.decode(msgspec.json.encode(record), type=client_orders.OrderRecord)
     assert (mine.client_id, mine.market, mine.state, mine.quantity, mine.terminal) == ("c1", "FS-BTCUSD", "accepted", 2, False)
