@@ -139,6 +139,12 @@ async def test_tail_refuses_a_bad_subject_in_one_line(nats_url: str) -> None:
     assert result.exit_code == 2 and "'*' must be a whole token" in result.stderr and "Traceback" not in result.output
 
 
+async def test_tail_last_without_a_stream_for_the_subject_says_so(nats_server: NatsServer) -> None:
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["tail", "foo.bar", "--last", "--nats-url", nats_server.url])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --last: no stream on this server stores 'foo.bar'")
+
+
 async def test_tail_and_order_watch_exit_with_a_message_when_the_server_does_not_come_back(
         nats_server: NatsServer) -> None:
     env = {**os.environ, "NATS_URL": nats_server.url}

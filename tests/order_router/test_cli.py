@@ -94,6 +94,9 @@ async def test_order_commands_without_a_router_say_so(nats_server: NatsServer) -
     assert result.exit_code == 2
     assert result.stderr == ("error: no ORDERS_CMD stream takes orders.cmd.digitex.FS-BTCUSD on this server: "
                              "is it the one the order router uses?\n")
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["order", "list", "--nats-url", nats_server.url])
+    assert result.exit_code == 2
+    assert result.stderr == "error: no orders_state bucket on this server: is it the one the order router uses?\n"
 
 
 def test_the_client_reads_the_routers_kv_layout() -> None:

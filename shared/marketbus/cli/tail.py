@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from rich.console import Console
 
 from marketbus.contracts import codec
@@ -114,8 +115,12 @@ async def _subscribe(nc: Any, subject: str, printer: Printer, last: bool) -> Non
     if last:
         # from the stream: the last stored message of every matching subject, then live ones
         # (reference data is published rarely: this is how to see the current values)
-        await nc.jetstream().subscribe(subject, cb=printer.on_message, ordered_consumer=True,
-                                       config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT))
+        try:
+            await nc.jetstream().subscribe(subject, cb=printer.on_message, ordered_consumer=True,
+                                           config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT))
+        except NotFoundError:
+            raise ValueError(f"--last: no stream on this server stores {subject!r} (streams store md.>, ref.>, "
+                             "status.>, orders.evt.> ...; a wildcard must not span two of them)") from None
     else:
         await nc.subscribe(subject, cb=printer.on_message)
 

@@ -250,9 +250,13 @@ class OrderClient:
 
     async def records(self, *, market: str | None = None, include_terminal: bool = False) -> list[OrderRecord]:
         """The router's orders (open ones unless ``include_terminal``), oldest first."""
-        from nats.js.errors import KeyNotFoundError, NoKeysError
+        from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
-        kv = await self.nc.jetstream().key_value(streams.ORDER_STATE.name)
+        try:
+            kv = await self.nc.jetstream().key_value(streams.ORDER_STATE.name)
+        except BucketNotFoundError:
+            raise RequestError(codes.NO_RESPONDERS, f"no {streams.ORDER_STATE.name} bucket on this server: is it the "
+                                                    f"one the {SERVER} uses?") from None
         try:
             keys = await kv.keys()
         except NoKeysError:
