@@ -123,6 +123,8 @@ def list_orders(
 
 
 async def _watch(url: str | None, market: str, count: int | None, as_json: bool, reconnect_s: float) -> None:
+    if count is not None and count < 0:
+        raise ValueError(f"--count {count}: give 0 (forever) or a positive number")
     seen = 0
     done = asyncio.Event()
     nc = await connect(url)

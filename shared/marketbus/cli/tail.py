@@ -160,6 +160,8 @@ async def run_tail(url: str | None, subject: str, as_json: bool, count: int | No
     """Print until ``count`` events (None = until interrupted); returns the number printed.
     Messages published while the connection is down are not seen (core NATS)."""
     check_subject(subject)
+    if count is not None and count < 0:
+        raise ValueError(f"--count {count}: give 0 (forever) or a positive number")
     printer = Printer(console, as_json, count)
     nc = await connect(url)
     try:
