@@ -7,7 +7,7 @@ NATS (request/reply, queue group ``export_orchestrator``):
 - ``export.get``: ``{"job_id": ...}`` (or the bare id) -> :class:`ExportJob`
 - ``export.cancel``: ``{"job_id": ...}`` -> :class:`ExportJob`
 - ``export.list``: ``{}`` -> ``{"jobs": [ExportJob...]}``
-- errors: ``{"error": "...", "status": <http-like code>}``
+- errors: the contracts' ``ErrorReply`` (``not_found``, ``bad_request``, ``conflict``, ``overloaded``)
 
 Progress: :class:`ExportJob` events on ``export.status.<job_id>`` (stream EXPORTS).
 HTTP: the TickSupply-shaped API (http_api.py) on ``api_port`` (8710).
@@ -23,6 +23,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from marketbus.contracts import codec, subjects
+from marketbus.contracts.errors import NOT_FOUND, ErrorReply, code_for_http_status
 from marketbus.contracts.jobs import ExportRequest
 from marketbus.contracts.streams import EXPORT_JOBS, ensure_bucket
 from marketbus.runtime.http import AsgiServer
@@ -43,11 +44,6 @@ class JobRef(msgspec.Struct):
     job_id: str
 
 
-class ErrorReply(msgspec.Struct):
-    error: str
-    status: int = 400
-
-
 _ref_dec = msgspec.json.Decoder(JobRef)
 
 
@@ -64,7 +60,7 @@ async def _raw(msg: Any) -> Any:
 
 def _error(exc: Exception) -> bytes:
     status = exc.status if isinstance(exc, JobError) else 400
-    return msgspec.json.encode(ErrorReply(error=str(exc) or type(exc).__name__, status=status))
+    return codec.encode(ErrorReply(code=code_for_http_status(status), message=str(exc) or type(exc).__name__))
 
 
 class ExportOrchestrator(Service):
@@ -96,7 +92,7 @@ class ExportOrchestrator(Service):
                 job_id = parse_ref(body)
                 record = await self.manager.get(job_id)
                 if record is None:
-                    return msgspec.json.encode(ErrorReply(error=f"export {job_id} not found", status=404))
+                    return codec.encode(ErrorReply(code=NOT_FOUND, message=f"export {job_id} not found"))
                 return codec.encode(record.job)
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
                 return _error(exc)

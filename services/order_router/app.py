@@ -17,6 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from marketbus.contracts import codec, streams, subjects
+from marketbus.contracts.errors import BAD_REQUEST, ErrorReply
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.orders import (
     Balance, CancelOrders, CommandAck, Fill, PlaceOrder, Position, RouterControl, UpdateOrder,
@@ -597,11 +598,11 @@ class OrderRouter(Service):
         return CommandAck(command_id=cmd.command_id, accepted=True, client_ids=[cmd.client_id])
 
     # --- kill switch --------------------------------------------------------------------------------
-    async def handle_control(self, body: bytes) -> CommandAck:
+    async def handle_control(self, body: bytes) -> CommandAck | ErrorReply:
         try:
             ctl = codec.decode_as(body, RouterControl)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return CommandAck(command_id="control", accepted=False, reason=f"bad control message: {exc}")
+            return ErrorReply(code=BAD_REQUEST, message=f"bad control message: {exc}")
         cid = f"control-{ctl.action}-{ctl.ts}"
         if ctl.action in ("halt", "resume"):
             self.control = ControlState(halted=ctl.action == "halt", reason=ctl.reason, ts=ctl.ts)

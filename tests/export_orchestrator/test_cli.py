@@ -8,9 +8,11 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from marketbus.cli.main import app
+from marketbus.runtime.natsserver import NatsServer
 
 from .conftest import API_KEY, S, T0, Harness, make_trades, publish, read_artifact, table_rows, trade_rows
 
@@ -52,5 +54,37 @@ async def test_cli_create_wait_status_download(harness: Harness, tmp_path: Path)
     res = await cli("create", "trade.clisrc.*.*", "--start", str(T0), "--end", "2023-11-14T23:00:00Z",
                     "--format", "csv.gz", "--max-rows-per-file", "1000", "--no-fill-gaps", "--idempotency-key", "cli-1")
     assert job_id in res.output
-    res = await cli("status", "exp_nope")
-    assert res.exit_code == 2 and "not found" in res.output
+    res = await cli("status", "exp_nope")  # refused by the server: exit 1, one line
+    assert res.exit_code == 1 and res.stderr == "error: export exp_nope not found\n"
+    res = await cli("list", "--json")  # one job per line
+    listed = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.exit_code == 0 and job_id in [j["job_id"] for j in listed]
+    res = await cli("create", "trade.clisrc.*.*", "--start", str(T0), "--end", "2023-11-14T23:00:00Z",
+                    "--format", "csv.gz", "--max-rows-per-file", "1000", "--no-fill-gaps", "--idempotency-key", "cli-1",
+                    "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["job_id"] == job_id
+    # the same key for a different request: the orchestrator refuses (conflict)
+    res = await cli("create", "trade.clisrc.*.*", "--start", str(T0), "--idempotency-key", "cli-1")
+    assert res.exit_code == 1 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
+    res = await cli("cancel", job_id, "--json")  # a finished job stays as it is
+    assert json.loads(res.stdout)["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["create", "trdae.finx", "--start", "-1h"], "error: unknown kind 'trdae'; kinds: trade,"),
+    (["create", "trade.a.b.c.d", "--start", "-1h"], "error: 'trade.a.b.c.d' has 5 parts"),
+    (["create", "trade", "--start", "-1h", "--end", "-2h"], "error: --end (-2h) is before --start (-1h)"),
+    (["create", "trade", "--start", "soon"], "error: not a time: 'soon'"),
+    (["create", "trade", "--start", "-1h", "--format", "xlsx"], "error: --format xlsx: use parquet or csv.gz"),
+])
+async def test_export_user_mistakes_are_one_line_errors_with_exit_2(args: list[str], message: str,
+                                                                    nats_server: NatsServer) -> None:
+    res = await asyncio.to_thread(CliRunner().invoke, app, ["export", *args], env={"NATS_URL": nats_server.url})
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith(message) and res.stderr.count("\n") == 1, res.stderr
+
+
+async def test_export_without_an_orchestrator_says_so(nats_server: NatsServer) -> None:
+    res = await asyncio.to_thread(CliRunner().invoke, app, ["export", "list"], env={"NATS_URL": nats_server.url})
+    assert res.exit_code == 2
+    assert res.stderr == "error: no export orchestrator is running (no responders on export.list)\n"

@@ -87,13 +87,13 @@ async def test_bad_requests_fail_or_are_refused(harness: Harness) -> None:
     req = ExportRequest(idempotency_key=key, selector=StreamSelector(kind="trade"), start_ns=T0, end_ns=T0 + S,
                         columns=["price", "no_such_column"])
     msg = await harness.nc.request(subjects.EXPORT_CREATE, codec.encode(req), timeout=5)
-    err = msgspec.json.decode(msg.data)
-    assert err["status"] == 400 and "no_such_column" in err["error"]
+    err = msgspec.json.decode(msg.data)  # the contracts' ErrorReply
+    assert err["type"] == "error_reply" and err["code"] == "bad_request" and "no_such_column" in err["message"]
     ok = ExportRequest(idempotency_key=key, selector=StreamSelector(kind="trade"), start_ns=T0, end_ns=T0 + S)
     job = await harness.create(ok)
     other = msgspec.structs.replace(ok, end_ns=T0 + 2 * S)  # same key, different request
     msg = await harness.nc.request(subjects.EXPORT_CREATE, codec.encode(other), timeout=5)
-    assert msgspec.json.decode(msg.data)["status"] == 409
+    assert msgspec.json.decode(msg.data)["code"] == "conflict"
     done = await harness.wait_state(job.job_id)
     assert done.state == "succeeded" and done.rows == 0 and done.artifacts == []
 

@@ -3,28 +3,61 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import sys
 from decimal import Decimal
 from pathlib import Path
 
 import nats
+from typer.testing import CliRunner
 
+from marketbus.cli.main import app
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.market import Trade
+from marketbus.contracts.orders import OrderEvent
+from marketbus.runtime.natsserver import NatsServer
 from marketbus.runtime.service import Service
 
 MARKETBUS = str(Path(sys.executable).parent / "marketbus")
 
 
-async def run_cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
+async def run_cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of one `marketbus` run, stdout piped (not a terminal)."""
     proc = await asyncio.create_subprocess_exec(
-        MARKETBUS, *args, env={**os.environ, "COLUMNS": "200", **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        MARKETBUS, *args, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode or 0, out.decode()
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def trade(i: int, venue: str = "TAIL", price: str = "42.125", size: str = "0.5") -> Trade:
+    return Trade(id=event_id("test", "trade", venue, i), source="test", venue=venue, symbol="BTC-USD", ts_event=i,
+                 ts_recv=i, price=Decimal(price), size=Decimal(size), side="sell")
+
+
+async def _publish_until_exit(proc: asyncio.subprocess.Process, nc: nats.NATS, publish: object,
+                              tries: int = 400) -> None:
+    for i in range(tries):
+        if proc.returncode is not None:
+            return
+        await publish(i)  # type: ignore[operator]
+        await asyncio.sleep(0.05)
+
+
+async def wait_until_printing(proc: asyncio.subprocess.Process, nc: nats.NATS, subject: str, payload: bytes) -> bytes:
+    """Publish ``payload`` every 0.1 s until ``proc`` prints a line (it is connected and subscribed)."""
+    reader = asyncio.ensure_future(proc.stdout.readline())  # type: ignore[union-attr]
+    for _ in range(150):
+        await nc.publish(subject, payload)
+        done, _ = await asyncio.wait({reader}, timeout=0.1)
+        if done:
+            return reader.result()
+    reader.cancel()
+    raise AssertionError(f"nothing printed for {subject}")
 
 
 async def test_tail_decodes_and_prints_what_a_publisher_sends(nats_url: str) -> None:
@@ -34,13 +67,11 @@ async def test_tail_decodes_and_prints_what_a_publisher_sends(nats_url: str) -> 
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        i = 0
-        while proc.returncode is None and i < 400:  # publish until tail has printed 3 events
-            i += 1
-            event = Trade(id=event_id("test", "trade", i), source="test", venue="TAIL", symbol="BTC-USD",
-                          ts_event=i, ts_recv=i, price=Decimal("42.125"), size=Decimal("0.5"), side="sell")
+        async def publish(i: int) -> None:  # until tail has printed 3 events
+            event = trade(i + 1)
             await nc.publish(subjects.for_event(event), codec.encode(event))
-            await asyncio.sleep(0.05)
+
+        await _publish_until_exit(proc, nc, publish)
         out, _ = await asyncio.wait_for(proc.communicate(), 10)
     finally:
         if proc.returncode is None:
@@ -52,47 +83,174 @@ async def test_tail_decodes_and_prints_what_a_publisher_sends(nats_url: str) -> 
     assert "price=42.125" in text and "size=0.5" in text and "side=sell" in text
 
 
-async def test_tail_json_prints_raw_messages(nats_url: str) -> None:
+async def test_tail_json_prints_one_object_per_line_with_the_subject_and_plain_decimals(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    proc = await asyncio.create_subprocess_exec(
+        MARKETBUS, "tail", "md.trade.test.>", "--json", "-n", "3", env={**os.environ, "NATS_URL": nats_url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async def publish(i: int) -> None:  # a batch envelope of two trades: two lines
+            batch = codec.make_batch([trade(10 * i + 1, "JSON", "41060.000000000000000000", "0E-18"),
+                                      trade(10 * i + 2, "JSON", "41061.5", "2")])
+            await nc.publish("md.trade.test.JSON.BTC-USD", codec.encode(batch))
+
+        await _publish_until_exit(proc, nc, publish)
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await nc.close()
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert len(lines) == 3, out
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    assert first["subject"] == "md.trade.test.JSON.BTC-USD" and first["type"] == "trade"
+    assert first["price"] == "41060" and first["size"] == "0"  # not 41060.000000000000000000 / 0E-18
+    assert second["price"] == "41061.5" and second["size"] == "2"
+
+
+async def test_tail_json_shows_json_that_is_not_a_contract_message(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     proc = await asyncio.create_subprocess_exec(
         MARKETBUS, "tail", "md.tick.test.>", "--json", "-n", "1", env={**os.environ, "NATS_URL": nats_url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        for _ in range(200):
-            if proc.returncode is not None:
-                break
+        async def publish(_: int) -> None:
             await nc.publish("md.tick.test.V.S", b'{"type":"tick","price":"1.0"}')
-            await asyncio.sleep(0.05)
+
+        await _publish_until_exit(proc, nc, publish, 200)
         out, _ = await asyncio.wait_for(proc.communicate(), 10)
     finally:
         if proc.returncode is None:
             proc.kill()
         await nc.close()
-    assert '"price": "1.0"' in out.decode()
+    assert json.loads(out.decode()) == {"subject": "md.tick.test.V.S", "type": "tick", "price": "1.0"}
+
+
+async def test_tail_refuses_a_bad_subject_in_one_line(nats_url: str) -> None:
+    code, out, err = await run_cli("tail", "md..>", env={"NATS_URL": nats_url})
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: bad subject 'md..>': has an empty token (two dots in a row, or a dot at an end); "
+        "e.g. 'md.trade.finx.>' or 'md.*.digitex.*.BTC-USD'"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["tail", "md.tr*de.>", "--nats-url", nats_url])
+    assert result.exit_code == 2 and "'*' must be a whole token" in result.stderr and "Traceback" not in result.output
+
+
+async def test_tail_last_without_a_stream_for_the_subject_says_so(nats_server: NatsServer) -> None:
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["tail", "foo.bar", "--last", "--nats-url", nats_server.url])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --last: no stream on this server stores 'foo.bar'")
+
+
+async def test_tail_and_order_watch_exit_with_a_message_when_the_server_does_not_come_back(
+        nats_server: NatsServer) -> None:
+    env = {**os.environ, "NATS_URL": nats_server.url}
+    tail = await asyncio.create_subprocess_exec(MARKETBUS, "tail", "md.>", "--reconnect", "1", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    watch = await asyncio.create_subprocess_exec(MARKETBUS, "order", "watch", "--reconnect", "1", env=env,
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        nc = await nats.connect(nats_server.url)
+        await wait_until_printing(tail, nc, subjects.for_event(trade(1)), codec.encode(trade(1)))
+        await wait_until_printing(watch, nc, subjects.order_event("FS-BTCUSD", "c1"), codec.encode(order_event(1)))
+        await nc.close()
+        nats_server.kill()
+        results = [await asyncio.wait_for(p.communicate(), 20) for p in (tail, watch)]
+    finally:
+        for p in (tail, watch):
+            if p.returncode is None:
+                p.kill()
+    for proc, (_, err) in zip((tail, watch), results, strict=True):
+        text = err.decode()
+        assert proc.returncode == 2, text
+        assert f"error: lost the connection to NATS at {nats_server.url} and could not reconnect within 1s" in text
+        assert "Traceback" not in text
+
+
+def order_event(seq: int) -> OrderEvent:
+    return OrderEvent(id=f"o-{seq}", client_id="c1", market="FS-BTCUSD", state="accepted", seq=seq,
+                      quantity=Decimal("2.000000000000000000"), filled_quantity=Decimal("0E-18"), ts_event=seq,
+                      ts_recv=seq)
+
+
+async def test_tail_and_order_watch_reconnect_when_the_server_restarts(nats_server: NatsServer) -> None:
+    env = {**os.environ, "NATS_URL": nats_server.url}
+    tail = await asyncio.create_subprocess_exec(MARKETBUS, "tail", "md.trade.test.>", "--reconnect", "20", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    watch = await asyncio.create_subprocess_exec(MARKETBUS, "order", "watch", "--json", env=env,
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    order_subject = subjects.order_event("FS-BTCUSD", "c1")
+    first, second = trade(1, "RC"), trade(2, "RC", price="7")
+    try:
+        nc = await nats.connect(nats_server.url)
+        assert b"md.trade.test.RC.BTC-USD trade" in await wait_until_printing(
+            tail, nc, subjects.for_event(first), codec.encode(first))
+        line = json.loads(await wait_until_printing(watch, nc, order_subject, codec.encode(order_event(1))))
+        assert line["subject"] == "orders.evt.digitex.FS-BTCUSD.c1" and line["type"] == "order"
+        assert line["quantity"] == "2" and line["filled_quantity"] == "0"  # plain decimals
+        await nc.close()
+        nats_server.kill()  # the server goes away, and comes back on the same port
+        await asyncio.sleep(1.0)
+        nats_server.start()
+        nc = await nats.connect(nats_server.url)
+        while b"price=7" not in await wait_until_printing(tail, nc, subjects.for_event(second), codec.encode(second)):
+            pass
+        while json.loads(await wait_until_printing(watch, nc, order_subject, codec.encode(order_event(2))))["seq"] != 2:
+            pass
+        await nc.close()
+        for proc in (tail, watch):
+            proc.send_signal(signal.SIGINT)  # how a user ends them: exit 0
+        results = [await asyncio.wait_for(p.communicate(), 10) for p in (tail, watch)]
+    finally:
+        for p in (tail, watch):
+            if p.returncode is None:
+                p.kill()
+    for proc, (_, err) in zip((tail, watch), results, strict=True):
+        text = err.decode()
+        assert proc.returncode == 0, text  # and they printed what was published after the restart
+        assert "Traceback" not in text and "UnexpectedEOF" not in text
 
 
 async def test_status_prints_a_row_per_feed_from_heartbeats(nats_url: str) -> None:
     class Feeder(Service):
         name = "feeder"
 
+    long_feed = "sitagri/EURONEXT_MATIF_PARIS/" + "A-VERY-LONG-SYMBOL-NAME-" * 4 + "END"  # wider than 80 columns
     service = Feeder(nats_url=nats_url, heartbeat_interval_s=0.2)
     await service.start()
     try:
         service.feeds.set_state("finx/COINBASE/BTC-USD", "connected")
         service.feeds.count("finx/COINBASE/BTC-USD", 1234)
+        service.feeds.set_state(long_feed, "connected")
         await asyncio.sleep(0.6)
-        code, out = await run_cli("status", env={"NATS_URL": nats_url})
+        env = {"NATS_URL": nats_url, "COLUMNS": ""}
+        code, out, err = await run_cli("status", env=env)  # piped: no terminal width
+        json_code, json_out, _ = await run_cli("status", "--json", env=env)
     finally:
         await service.stop()
-    assert code == 0, out
+    assert code == 0, err
     assert "feeder" in out and "finx/COINBASE/BTC-USD" in out and "connected" in out and "1,234" in out
+    assert long_feed in out  # not cut at 80 columns
+    assert json_code == 0
+    beats = [json.loads(line) for line in json_out.splitlines()]
+    mine = [b for b in beats if b["service"] == "feeder"]
+    assert mine and mine[0]["subject"] == "status.feeder.heartbeat"
+    assert {f["feed"] for f in mine[0]["feeds"]} >= {"finx/COINBASE/BTC-USD", long_feed}
 
 
 async def test_cli_says_clearly_when_nats_is_unreachable() -> None:
-    code, out = await run_cli("tail", "md.>", env={"NATS_URL": "nats://127.0.0.1:1"})
-    assert code != 0
-    assert "cannot connect to NATS at nats://127.0.0.1:1" in out
+    code, _, err = await run_cli("tail", "md.>", env={"NATS_URL": "nats://127.0.0.1:1"})
+    assert code == 2
+    assert "cannot connect to NATS at nats://127.0.0.1:1" in err and "Traceback" not in err
+
+
+def test_help_documents_the_exit_codes() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "Exit codes: 0 ok, 1 refused or failed (by the server), 2 usage or connection error." in result.output
 
 
 async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_count(nats_url: str, js) -> None:  # noqa: ANN001
@@ -103,8 +261,9 @@ async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_co
                     code=code, factor=Decimal(factor), unit_type="MASS")
         await js.publish(subjects.for_event(unit), codec.encode(unit), headers=codec.headers_for(unit))
     # published before tail starts: only --last can show them
-    code, out = await run_cli("tail", "ref.unit.tailtest.>", "--last", "-n", "2", env={"NATS_URL": nats_url})
-    assert code == 0, out
+    code, out, err = await run_cli("tail", "ref.unit.tailtest.>", "--last", "-n", "2",
+                                   env={"NATS_URL": nats_url, "COLUMNS": "200"})
+    assert code == 0, err
     lines = [line for line in out.splitlines() if line.startswith("ref.unit.tailtest")]
     assert len(lines) == 2, out
     assert "code=TON" in lines[0] and "factor=1000" in lines[0]

@@ -1,4 +1,5 @@
-"""``marketbus export create|status|wait|download|cancel|list``: export jobs from the command line.
+"""``marketbus export create|status|wait|download|cancel|list``: export jobs from the command line
+(through ``marketbus.clients.ExportClient``).
 
 Jobs are created and followed over NATS (``export.create``, ``export.get``, progress events on
 ``export.status.<id>``); artifacts are downloaded over the export HTTP API's signed URLs and
@@ -7,8 +8,6 @@ checked against their sha256.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
 import re
 import time
@@ -17,19 +16,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
+from marketbus.clients import ExportClient
+from marketbus.clients.exports import DEFAULT_API_URL, DEV_API_KEY
+from marketbus.clients.selectors import parse_selector
+from marketbus.contracts.jobs import ExportJob, ExportRequest
+
 from .common import NatsUrlOption, connect
+from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, progress_console, run
 
-app = typer.Typer(help="Export history to files (CSV.gz / Parquet) and download them.", no_args_is_help=True)
+app = typer.Typer(help="Export history to files (CSV.gz / Parquet) and download them.", no_args_is_help=True,
+                  epilog=EXIT_CODES_HELP)
 console = Console()
+JsonOpt = typer.Option(False, "--json", help="print the job(s) as one JSON object per line")
 
-DEFAULT_API_URL = "http://127.0.0.1:8710"
-TERMINAL = ("succeeded", "failed", "cancelled")
 _REL = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -39,7 +43,7 @@ def parse_time(text: str) -> int:
     text = text.strip()
     if text == "now":
         return time.time_ns()
-    if text.lstrip("-").isdigit():
+    if text.isdigit():
         return int(text)
     rel = _REL.match(text)
     if rel:
@@ -47,44 +51,10 @@ def parse_time(text: str) -> int:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: use nanoseconds, ISO 8601, 'now' or -15m/-2h/-1d") from None
+        raise ValueError(f"not a time: {text!r}; use nanoseconds, ISO 8601, 'now' or -15m/-2h/-1d") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.replace(microsecond=0).timestamp()) * 1_000_000_000 + dt.microsecond * 1000
-
-
-def parse_selector(text: str) -> Any:
-    from marketbus.contracts.jobs import StreamSelector
-
-    parts = (text.split(".") + ["*"] * 4)[:4] if text else ["*"] * 4
-    return StreamSelector(kind=parts[0] or "*", source=parts[1] or "*", venue=parts[2] or "*", symbol=parts[3] or "*")
-
-
-def _fail(reply: bytes) -> None:
-    try:
-        body = msgspec.json.decode(reply)
-    except msgspec.DecodeError:
-        body = None
-    if isinstance(body, dict) and "error" in body and "job_id" not in body:
-        console.print(f"[red]error[/] ({body.get('status', '?')}): {body['error']}")
-        raise typer.Exit(2)
-
-
-async def _request(nats_url: str | None, subject: str, payload: bytes, timeout: float = 10.0) -> Any:
-    from marketbus.contracts import codec
-    from marketbus.contracts.jobs import ExportJob
-
-    nc = await connect(nats_url)
-    try:
-        try:
-            msg = await nc.request(subject, payload, timeout=timeout)
-        except Exception as exc:  # noqa: BLE001
-            console.print(f"[red]no export orchestrator answered on {subject}[/] ({type(exc).__name__})")
-            raise typer.Exit(2) from None
-        _fail(msg.data)
-        return codec.decode_as(msg.data, ExportJob)
-    finally:
-        await nc.drain()
 
 
 def _fmt_ts(ns: int | None) -> str:
@@ -93,7 +63,7 @@ def _fmt_ts(ns: int | None) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def _show(job: Any) -> None:
+def _show(job: ExportJob) -> None:
     sel = job.request.selector
     table = Table(title=f"export {job.job_id}", show_header=False)
     color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(job.state, "cyan")
@@ -111,6 +81,14 @@ def _show(job: Any) -> None:
     console.print(table)
 
 
+async def _call(nats_url: str | None, method: str, *args: Any) -> Any:
+    nc = await connect(nats_url)
+    try:
+        return await getattr(ExportClient(nc), method)(*args)
+    finally:
+        await nc.drain()
+
+
 @app.command()
 def create(
     selector: str = typer.Argument(..., help="kind.source.venue.symbol, '*' = any, e.g. 'trade.finx.*.BTC-USD'"),
@@ -122,54 +100,51 @@ def create(
     max_rows_per_file: int = typer.Option(1_000_000, "--max-rows-per-file"),
     key: str = typer.Option("", "--idempotency-key", help="default: a new random key"),
     wait_done: bool = typer.Option(False, "--wait", help="follow the job with a progress bar until it ends"),
+    as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Create an export job (idempotent per --idempotency-key); prints its id."""
-    from marketbus.contracts import codec, subjects
-    from marketbus.contracts.jobs import ExportRequest
-
     if fmt not in ("parquet", "csv.gz"):
-        raise typer.BadParameter("--format must be parquet or csv.gz")
-    request = ExportRequest(
-        idempotency_key=key or str(uuid.uuid4()), selector=parse_selector(selector), start_ns=parse_time(start),
-        end_ns=parse_time(end), format=fmt,  # type: ignore[arg-type]
-        columns=[c.strip() for c in columns.split(",") if c.strip()] or None, fill_gaps=fill_gaps,
-        max_rows_per_file=max_rows_per_file,
-    )
-    job = asyncio.run(_request(nats_url, subjects.EXPORT_CREATE, codec.encode(request)))
-    console.print(f"export [bold]{job.job_id}[/] {job.state}")
+        fail(f"--format {fmt}: use parquet or csv.gz")
+    with handled():
+        start_ns, end_ns = parse_time(start), parse_time(end)
+        if end_ns < start_ns:
+            raise ValueError(f"--end ({end}) is before --start ({start})")
+        request = ExportRequest(
+            idempotency_key=key or str(uuid.uuid4()), selector=parse_selector(selector), start_ns=start_ns,
+            end_ns=end_ns, format=fmt,  # type: ignore[arg-type]  # checked above
+            columns=[c.strip() for c in columns.split(",") if c.strip()] or None, fill_gaps=fill_gaps,
+            max_rows_per_file=max_rows_per_file,
+        )
+    job = run(_call(nats_url, "create", request))
+    if as_json:
+        json_line(job)
+    else:
+        console.print(f"export [bold]{job.job_id}[/] {job.state}")
     if wait_done:
-        raise typer.Exit(asyncio.run(_wait(nats_url, job.job_id, 0)))
+        raise typer.Exit(_wait_and_show(nats_url, job.job_id, 0, as_json))
 
 
 @app.command()
-def status(job_id: str, as_json: bool = typer.Option(False, "--json"), nats_url: str = NatsUrlOption) -> None:
+def status(job_id: str, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """Show a job: state, progress, artifacts, coverage."""
-    from marketbus.contracts import codec, subjects
-
-    job = asyncio.run(_request(nats_url, subjects.EXPORT_GET, msgspec.json.encode({"job_id": job_id})))
+    job = run(_call(nats_url, "get", job_id))
     if as_json:
-        console.print_json(codec.encode(job).decode())
+        json_line(job)
     else:
         _show(job)
 
 
 @app.command("list")
-def list_jobs(nats_url: str = NatsUrlOption) -> None:
+def list_jobs(as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """List export jobs."""
-    from marketbus.contracts import codec, subjects
-    from marketbus.contracts.jobs import ExportJob
-
-    async def run() -> list[Any]:
-        nc = await connect(nats_url)
-        try:
-            msg = await nc.request(subjects.EXPORT_LIST, b"{}", timeout=10)
-        finally:
-            await nc.drain()
-        return [codec.decode_as(j, ExportJob) for j in msgspec.json.decode(msg.data, type=dict[str, list[msgspec.Raw]])["jobs"]]
-
+    jobs = run(_call(nats_url, "list"))
+    if as_json:
+        for job in jobs:
+            json_line(job)
+        return
     table = Table("job", "state", "streams", "rows", "files", "created")
-    for job in asyncio.run(run()):
+    for job in jobs:
         s = job.request.selector
         table.add_row(job.job_id, job.state, f"{s.kind}.{s.source}.{s.venue}.{s.symbol}", f"{job.rows:,}",
                       str(len(job.artifacts)), _fmt_ts(job.created_ts))
@@ -177,78 +152,57 @@ def list_jobs(nats_url: str = NatsUrlOption) -> None:
 
 
 @app.command()
-def cancel(job_id: str, nats_url: str = NatsUrlOption) -> None:
+def cancel(job_id: str, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """Cancel a queued or running job."""
-    from marketbus.contracts import subjects
+    job = run(_call(nats_url, "cancel", job_id))
+    if as_json:
+        json_line(job)
+    else:
+        console.print(f"export {job.job_id}: {job.state}")
 
-    job = asyncio.run(_request(nats_url, subjects.EXPORT_CANCEL, msgspec.json.encode({"job_id": job_id})))
-    console.print(f"export {job.job_id}: {job.state}")
 
-
-async def _wait(nats_url: str | None, job_id: str, timeout: float) -> int:
-    from marketbus.contracts import codec, subjects
-    from marketbus.contracts.jobs import ExportJob
-
+async def _wait(nats_url: str | None, job_id: str, timeout: float, as_json: bool) -> ExportJob:
     nc = await connect(nats_url)
-    latest: dict[str, Any] = {}
-    changed = asyncio.Event()
-
-    async def on_status(msg: Any) -> None:
-        with_job = codec.decode_as(msg.data, ExportJob)
-        if "job" not in latest or with_job.updated_ts >= latest["job"].updated_ts:
-            latest["job"] = with_job
-            changed.set()
-
-    sub = await nc.subscribe(subjects.export_status(job_id), cb=on_status)
     try:
-        msg = await nc.request(subjects.EXPORT_GET, msgspec.json.encode({"job_id": job_id}), timeout=10)
-        _fail(msg.data)
-        first = codec.decode_as(msg.data, ExportJob)
-        if "job" not in latest or first.updated_ts >= latest["job"].updated_ts:
-            latest["job"] = first
-        deadline = time.monotonic() + timeout if timeout else None
+        bar = progress_console()
         with Progress(TextColumn("[bold]{task.fields[state]}"), BarColumn(), TaskProgressColumn(),
-                      TextColumn("{task.fields[rows]} rows"), TimeElapsedColumn(), console=console) as progress:
-            task = progress.add_task(job_id, total=100, state=first.state, rows="0")
-            while True:
-                job = latest["job"]
+                      TextColumn("{task.fields[rows]} rows"), TimeElapsedColumn(), console=bar,
+                      disable=as_json or not bar.is_terminal) as progress:
+            task = progress.add_task(job_id, total=100, state="", rows="0")
+
+            def on_update(job: ExportJob) -> None:
                 progress.update(task, completed=job.percent, state=job.state, rows=f"{job.rows:,}")
-                if job.state in TERMINAL:
-                    break
-                changed.clear()
-                try:
-                    await asyncio.wait_for(changed.wait(), timeout=2.0)
-                except asyncio.TimeoutError:
-                    # events may be missed (reconnects): poll as well
-                    msg = await nc.request(subjects.EXPORT_GET, msgspec.json.encode({"job_id": job_id}), timeout=10)
-                    polled = codec.decode_as(msg.data, ExportJob)
-                    if polled.updated_ts >= latest["job"].updated_ts:
-                        latest["job"] = polled
-                if deadline and time.monotonic() > deadline:
-                    console.print(f"[yellow]still {latest['job'].state} after {timeout}s[/]")
-                    return 3
+
+            return await ExportClient(nc).wait(job_id, timeout=timeout or None, on_update=on_update)
     finally:
-        await sub.unsubscribe()
         await nc.drain()
-    _show(latest["job"])
-    return 0 if latest["job"].state == "succeeded" else 1
+
+
+def _wait_and_show(nats_url: str | None, job_id: str, timeout: float, as_json: bool) -> int:
+    job = run(_wait(nats_url, job_id, timeout, as_json))
+    if as_json:
+        json_line(job)
+    else:
+        _show(job)
+    return 0 if job.state == "succeeded" else REFUSED
 
 
 @app.command()
 def wait(
     job_id: str,
-    timeout: float = typer.Option(0, "--timeout", help="give up after this many seconds (0 = never)"),
+    timeout: float = typer.Option(0, "--timeout", help="give up after this many seconds (0 = never; exit 2)"),
+    as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Follow a job with a progress bar until it ends (exit 0 = succeeded, 1 = failed/cancelled)."""
-    raise typer.Exit(asyncio.run(_wait(nats_url, job_id, timeout)))
+    raise typer.Exit(_wait_and_show(nats_url, job_id, timeout, as_json))
 
 
 def _api_key(value: str | None) -> str:
     if value:
         return value
     env = os.environ.get("MARKETBUS_EXPORT_API_KEY") or os.environ.get("MARKETBUS_EXPORT_API_KEYS", "")
-    return env.split(",")[0].strip() or "mb_export_dev_key"
+    return env.split(",")[0].strip() or DEV_API_KEY
 
 
 @app.command()
@@ -258,56 +212,29 @@ def download(
     api_url: str = typer.Option(DEFAULT_API_URL, "--api-url", envvar="MARKETBUS_EXPORT_API_URL"),
     api_key: str = typer.Option(None, "--api-key", envvar="MARKETBUS_EXPORT_API_KEY", help="default: the dev key"),
     manifest: bool = typer.Option(True, "--manifest/--no-manifest", help="download manifest.json too"),
+    as_json: bool = typer.Option(False, "--json", help="print each file written as one JSON object per line"),
 ) -> None:
     """Download a succeeded job's artifacts (signed URLs), verifying sizes and sha256."""
-    raise typer.Exit(asyncio.run(run_download(job_id, out, api_url, _api_key(api_key), manifest)))
+    paths = run(run_download(job_id, out, api_url, _api_key(api_key), manifest, as_json))
+    if as_json:
+        for path in paths:
+            json_line({"job_id": job_id, "path": str(path), "bytes": path.stat().st_size})
+    else:
+        console.print(f"{len(paths)} file(s) in {out}")
 
 
-async def run_download(job_id: str, out: Path, api_url: str, api_key: str, manifest: bool = True) -> int:
-    import httpx
+async def run_download(job_id: str, out: Path, api_url: str, api_key: str, manifest: bool = True,
+                       quiet: bool = False) -> list[Path]:
+    """The files written (RequestError when the API refuses or a file fails its checksum)."""
+    client = ExportClient(None, api_url=api_url, api_key=api_key)  # downloads need no NATS
+    bar = progress_console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=bar, disable=quiet or not bar.is_terminal) as progress:
+        tasks: dict[str, Any] = {}
 
-    out.mkdir(parents=True, exist_ok=True)
-    async with httpx.AsyncClient(base_url=api_url.rstrip("/"), timeout=60) as client:
-        resp = await client.get(f"/v1/exports/{job_id}/download", headers={"X-Api-Key": api_key})
-        if resp.status_code != 200:
-            try:
-                err = resp.json()["error"]["message"]
-            except Exception:  # noqa: BLE001
-                err = resp.text[:200]
-            console.print(f"[red]cannot download {job_id}[/]: {resp.status_code} {err}")
-            return 2
-        body = resp.json()
-        items = list(body["artifacts"])
-        if manifest and body.get("manifest"):
-            items.append({**body["manifest"], "bytes": None, "sha256": None})
-        bad = 0
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=console) as progress:
-            overall = progress.add_task(f"{job_id} ({body['count']} files)", total=body["total_bytes"] or None)
-            for art in items:
-                task = progress.add_task(f"  {art['filename']}", total=art.get("bytes"))
-                h = hashlib.sha256()
-                dest = out / Path(art["filename"]).name
-                tmp = dest.with_name(dest.name + ".part")
-                size = 0
-                async with client.stream("GET", art["url"]) as r:
-                    if r.status_code != 200:
-                        console.print(f"[red]{art['filename']}: HTTP {r.status_code}[/]")
-                        bad += 1
-                        continue
-                    with open(tmp, "wb") as fh:
-                        async for chunk in r.aiter_bytes(1 << 20):
-                            fh.write(chunk)
-                            h.update(chunk)
-                            size += len(chunk)
-                            progress.update(task, advance=len(chunk))
-                            if art.get("bytes") is not None:
-                                progress.update(overall, advance=len(chunk))
-                if art.get("sha256") and (h.hexdigest() != art["sha256"] or size != art["bytes"]):
-                    console.print(f"[red]{art['filename']}: checksum mismatch[/]")
-                    tmp.unlink(missing_ok=True)
-                    bad += 1
-                    continue
-                tmp.replace(dest)
-    console.print(f"{len(items) - bad} file(s) in {out}" + (f", [red]{bad} failed[/]" if bad else ""))
-    return 1 if bad else 0
+        def on_progress(filename: str, done: int, total: int | None) -> None:
+            if filename not in tasks:
+                tasks[filename] = progress.add_task(f"  {filename}", total=total)
+            progress.update(tasks[filename], completed=done)
+
+        return await client.download(job_id, out, manifest=manifest, on_progress=on_progress)

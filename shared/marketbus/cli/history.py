@@ -1,9 +1,9 @@
 """``marketbus history``: query the history writer over NATS (``history.query`` /
-``history.coverage``): a rich table, or a CSV / Parquet file with ``--out``."""
+``history.coverage``): a rich table, JSON lines with ``--json``, or a CSV / Parquet file with
+``--out`` (the whole range unless ``--limit`` is given)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from pathlib import Path
@@ -15,33 +15,52 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import NatsUrlOption, connect
+from marketbus.clients import HistoryClient
+from marketbus.clients.history import make_query
+from marketbus.clients.selectors import parse_selector, selector_text
+from marketbus.contracts import codec, subjects
 
-app = typer.Typer(help="Query the stored history (history writer over NATS).", no_args_is_help=True)
+from .common import NatsUrlOption, connect
+from .output import EXIT_CODES_HELP, fail, handled, json_line, plain_builtins, progress_console, run
+
+app = typer.Typer(help="Query the stored history (history writer over NATS).", no_args_is_help=True,
+                  epilog=EXIT_CODES_HELP)
 console = Console()
 
-SelectorArg = typer.Argument("*", help="kind.source.venue.symbol, fnmatch wildcards, missing parts = *; e.g. 'trade.finx.*.BTC*'")
+TABLE_LIMIT = 1000  # rows a table shows when no --limit is given
+SelectorArg = typer.Argument("*", help="kind.source.venue.symbol, fnmatch wildcards, missing parts = *; e.g. "
+                                       "'trade.finx.*.BTC*' (the subject form 'md.trade.finx.>' works too)")
 StartOpt = typer.Option("0", "--start", help="ISO time (UTC if no zone), ns since the epoch, or -<N>[smhd] before now")
 EndOpt = typer.Option("now", "--end", help="same forms as --start; 'now' by default")
 
 
 def parse_time(text: str, now_ns: int | None = None) -> int:
+    """ISO time (UTC when naive), ns since the epoch, ``now``, or ``-<N>[smhd]`` before now;
+    ValueError otherwise."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
     text = text.strip()
     if text in ("now", ""):
         return now_ns + 1
-    if text.lstrip("-").isdigit() and not text.startswith("-"):
+    if text.isdigit():
         return int(text)
-    if text.startswith("-") and text[-1] in "smhd" and text[1:-1].replace(".", "").isdigit():
+    if text.startswith("-") and text[-1:] in ("s", "m", "h", "d") and text[1:-1].replace(".", "", 1).isdigit():
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86_400}[text[-1]]
         return now_ns - int(float(text[1:-1]) * unit * 1_000_000_000)
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(f"not a time: {text!r} (ISO, ns, or -<N>[smhd])") from None
+        raise ValueError(f"not a time: {text!r} (ISO 8601, ns since the epoch, 'now' or -<N>[smhd])") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+def parse_range(start: str, end: str) -> tuple[int, int]:
+    now = time.time_ns()
+    start_ns, end_ns = parse_time(start, now), parse_time(end, now)
+    if end_ns < start_ns:
+        raise ValueError(f"--end ({end}) is before --start ({start})")
+    return start_ns, end_ns
 
 
 def _iso(ns: int | None) -> str:
@@ -81,27 +100,32 @@ def _write(out: Path, rows: list[dict[str, Any]]) -> None:
         pcsv.write_csv(table, out)
 
 
-async def run_query(url: str | None, selector: str, start_ns: int, end_ns: int, limit: int, out: Path | None,
-                    as_json: bool, timeout: float) -> int:
-    from services.history_writer.query import HistoryQueryError, make_query, query_pages
+def _subject_of(event: Any) -> str | None:
+    try:
+        return subjects.for_event(event)
+    except Exception:  # noqa: BLE001 - feed_status rows have no md/ref subject
+        return None
 
+
+async def run_query(url: str | None, selector: str, start_ns: int, end_ns: int, limit: int | None, out: Path | None,
+                    as_json: bool, timeout: float) -> int:
+    """Print (or write) the events; ``limit`` None = the whole range."""
+    make_query(selector, start_ns, end_ns)  # a bad selector or range fails before connecting
     nc = await connect(url)
     rows: list[dict[str, Any]] = []
+    history = HistoryClient(nc, timeout=timeout)
+    bar = progress_console()
     try:
-        query = make_query(selector, start_ns, end_ns, limit=min(limit or 100_000, 100_000), chunk_rows=5_000)
         with Progress(TextColumn("[bold]history[/]"), BarColumn(), TextColumn("{task.completed} events"),
-                      TimeElapsedColumn(), console=console, transient=True, disable=as_json) as progress:
-            task = progress.add_task("query", total=limit or None)
-            async for events, _ in query_pages(nc, query, total=limit or None, timeout=timeout):
-                for raw in events:
-                    if as_json:
-                        console.print(bytes(raw).decode(), markup=False, highlight=False, soft_wrap=True)
-                    else:
-                        rows.append(msgspec.json.decode(bytes(raw)))
-                progress.advance(task, len(events))
-    except HistoryQueryError as exc:
-        console.print(f"[red]{exc}[/]")
-        return 1
+                      TimeElapsedColumn(), console=bar, transient=True, disable=as_json or not bar.is_terminal) as progress:
+            task = progress.add_task("query", total=limit)
+            async for raw in history.raw_events(selector, start_ns, end_ns, limit=limit):
+                event = codec.decode(raw)
+                if as_json:
+                    json_line(event, _subject_of(event))
+                else:
+                    rows.append(plain_builtins(event))
+                progress.advance(task, 1)
     finally:
         await nc.close()
     if as_json:
@@ -117,25 +141,23 @@ async def run_query(url: str | None, selector: str, start_ns: int, end_ns: int, 
         table.add_row(_iso(r.get("ts_event", r.get("ts"))), r.get("type", ""), r.get("source", ""), r.get("venue", ""),
                       r.get("symbol", ""), _summary(r))
     console.print(table)
+    if limit == TABLE_LIMIT and len(rows) == TABLE_LIMIT:
+        console.print(f"[dim](the first {TABLE_LIMIT}; --limit N or --limit 0 for more, --out for a file)[/]")
     return 0
 
 
 async def run_coverage(url: str | None, selector: str, start_ns: int, end_ns: int, as_json: bool, timeout: float) -> int:
-    from marketbus.contracts import codec
-    from services.history_writer.query import HistoryQueryError, request_coverage
-
+    parse_selector(selector)  # fails before connecting
     nc = await connect(url)
     try:
-        reply = await request_coverage(nc, selector, start_ns, end_ns, timeout=timeout)
-    except HistoryQueryError as exc:
-        console.print(f"[red]{exc}[/]")
-        return 1
+        reply = await HistoryClient(nc, timeout=timeout).coverage(selector, start_ns, end_ns)
     finally:
         await nc.close()
     if as_json:
-        console.print_json(codec.encode(reply).decode())
+        for s in reply.streams:
+            json_line({"stream": f"{s.kind}.{s.source}.{s.venue}.{s.symbol}", **plain_builtins(s)})
         return 0
-    table = Table(title=f"coverage {selector}")
+    table = Table(title=f"coverage {selector_text(parse_selector(selector))}")
     for col in ("stream", "rows", "covered (UTC)", "gaps reported by the feed"):
         table.add_column(col, overflow="fold")
     for s in reply.streams:
@@ -151,18 +173,24 @@ def query_cmd(
     selector: str = SelectorArg,
     start: str = StartOpt,
     end: str = EndOpt,
-    limit: int = typer.Option(1000, "--limit", "-n", help="at most this many events (0 = all)"),
+    limit: int = typer.Option(None, "--limit", "-n", show_default=False,
+                              help=f"at most this many events (0 = all); default: {TABLE_LIMIT} in a table, "
+                                   "all with --out or --json"),
     out: Path | None = typer.Option(None, "--out", "-o", help="write a .csv or .parquet file instead of a table"),
-    as_json: bool = typer.Option(False, "--json", help="print the events as JSON lines"),
+    as_json: bool = typer.Option(False, "--json", help="one event per line as JSON, with its subject"),
     timeout: float = typer.Option(30.0, "--timeout", help="seconds to wait for each chunk"),
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Events of the selected streams in [START, END), oldest first."""
     if out is not None and out.suffix not in (".csv", ".parquet"):
-        raise typer.BadParameter("--out must end in .csv or .parquet")
-    now = time.time_ns()
-    code = asyncio.run(run_query(nats_url, selector, parse_time(start, now), parse_time(end, now), limit, out, as_json, timeout))
-    raise typer.Exit(code)
+        fail(f"--out {out}: the file name must end in .csv or .parquet")
+    if limit is not None and limit < 0:
+        fail(f"--limit {limit}: give 0 (all) or a positive number")
+    if limit is None:
+        limit = TABLE_LIMIT if out is None and not as_json else 0
+    with handled():
+        start_ns, end_ns = parse_range(start, end)
+    raise typer.Exit(run(run_query(nats_url, selector, start_ns, end_ns, limit or None, out, as_json, timeout)))
 
 
 @app.command("coverage")
@@ -170,10 +198,12 @@ def coverage_cmd(
     selector: str = SelectorArg,
     start: str = StartOpt,
     end: str = EndOpt,
-    as_json: bool = typer.Option(False, "--json", help="print the CoverageReply as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="one stream per line as JSON"),
     timeout: float = typer.Option(30.0, "--timeout"),
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Covered time ranges per stream and the gaps the feeds reported (completeness)."""
-    now = time.time_ns()
-    raise typer.Exit(asyncio.run(run_coverage(nats_url, selector, parse_time(start, now), parse_time(end, now), as_json, timeout)))
+    with handled():
+        start_ns, end_ns = parse_range(start, end)
+    raise typer.Exit(run(run_coverage(nats_url, selector, start_ns, end_ns, as_json, timeout)))
+

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from .common import NatsUrlOption
+from .output import EXIT_CODES_HELP, run
+from .services import SANDBOX_MODULE
 
-app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=False,
+                  epilog=EXIT_CODES_HELP)
 console = Console()
 
 
@@ -33,44 +37,34 @@ def up(
 @app.command()
 def tail(
     subject: str = typer.Argument("md.>", help="subject or wildcard, e.g. 'md.trade.finx.>'"),
-    as_json: bool = typer.Option(False, "--json", help="print the raw JSON messages"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line per event, with its subject"),
     count: int = typer.Option(0, "--count", "-n", help="stop after this many events (0 = forever)"),
     last: bool = typer.Option(False, "--last", help="start with the last stored message of each subject"),
+    reconnect_s: float = typer.Option(30.0, "--reconnect", help="seconds to keep reconnecting after the server goes away"),
     nats_url: str = NatsUrlOption,
 ) -> None:
-    """Decode and pretty-print the events on SUBJECT."""
+    """Decode and pretty-print the events on SUBJECT (reconnects when the server restarts)."""
     from .tail import run_tail
 
-    try:
-        asyncio.run(run_tail(nats_url, subject, as_json, count or None, console, last=last))
-    except KeyboardInterrupt:
-        pass
+    run(run_tail(nats_url, subject, as_json, count or None, console, last=last, reconnect_s=reconnect_s), interrupt_ok=True)
 
 
 @app.command()
 def status(
     nats_url: str = NatsUrlOption,
-    as_json: bool = typer.Option(False, "--json", help="print the heartbeats as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="one heartbeat per line as JSON, with its subject"),
 ) -> None:
     """Print the status table once (per feed: state, events/s, age of the last event)."""
-    from .status import fetch_heartbeats
-    from .statusview import render
+    from .status import fetch_heartbeats, print_status
 
-    heartbeats = asyncio.run(fetch_heartbeats(nats_url))
-    if as_json:
-        from marketbus.contracts import codec
-
-        console.print_json("[" + ",".join(codec.encode(hb).decode() for hb in heartbeats.values()) + "]")
-    else:
-        console.print(render(heartbeats))
+    print_status(run(fetch_heartbeats(nats_url)), as_json)
 
 
 @app.command()
 def sandbox(name: str = typer.Argument("all", help="finx | ticksupply | digitex | sitagri | all")) -> None:
     """Serve a vendor sandbox (or all four) on its documented port."""
-    from services.sandbox.__main__ import main as sandbox_main
-
-    sandbox_main([name])
+    # the sandboxes are a service of their own: run by module name, never imported here
+    os.execv(sys.executable, [sys.executable, "-m", SANDBOX_MODULE, name])
 
 
 # Commands added by later services live in their own modules (history, export, order).

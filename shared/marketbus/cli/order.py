@@ -1,40 +1,51 @@
-"""``marketbus order ...``: place / cancel / list / watch orders and halt / resume the router."""
+"""``marketbus order ...``: place / cancel / list / watch orders and halt / resume the router
+(through ``marketbus.clients.OrderClient``)."""
 
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from marketbus.clients import OrderClient
+from marketbus.clients import orders as builders
+from marketbus.contracts.orders import CommandAck
+
 from .common import NatsUrlOption, connect
+from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, plain, run
+from .tail import reconnect, summarize, until_done_or_closed
 
-app = typer.Typer(help="Digitex orders through the order router.", no_args_is_help=True)
+app = typer.Typer(help="Digitex orders through the order router.", no_args_is_help=True, epilog=EXIT_CODES_HELP)
 console = Console()
+JsonOpt = typer.Option(False, "--json", help="print the result as one JSON object per line")
 
 
-def _print_ack(ack: Any) -> None:
+def _print_ack(ack: CommandAck | None, as_json: bool) -> None:
     if ack is None:
-        console.print("[yellow]sent (no acknowledgement requested)[/]")
+        if as_json:
+            json_line({"sent": True})
+        else:
+            console.print("[yellow]sent (no acknowledgement requested)[/]")
         return
-    colour = "green" if ack.accepted else "red"
-    word = "accepted" if ack.accepted else "refused"
-    detail = f": {ack.reason}" if ack.reason else ""
-    ids = f" [dim]{', '.join(ack.client_ids)}[/]" if ack.client_ids else ""
-    console.print(f"[{colour}]{word}[/]{detail}{ids}")
+    if as_json:
+        json_line(ack)
+    else:
+        colour = "green" if ack.accepted else "red"
+        word = "accepted" if ack.accepted else "refused"
+        detail = f": {ack.reason}" if ack.reason else ""
+        ids = f" [dim]{', '.join(ack.client_ids)}[/]" if ack.client_ids else ""
+        console.print(f"[{colour}]{word}[/]{detail}{ids}")
     if not ack.accepted:
-        raise typer.Exit(1)
+        raise typer.Exit(REFUSED)
 
 
-async def _command(url: str | None, cmd: Any, wait: bool, timeout: float) -> Any:
-    from services.order_router.requests import send_command
-
+async def _send(url: str | None, cmd: Any, wait: bool, timeout: float) -> CommandAck | None:
     nc = await connect(url)
     try:
-        return await send_command(nc, cmd, wait=wait, timeout=timeout)
+        return await OrderClient(nc, timeout=timeout).send(cmd, wait=wait)
     finally:
         await nc.drain()
 
@@ -43,7 +54,7 @@ async def _command(url: str | None, cmd: Any, wait: bool, timeout: float) -> Any
 def place(
     market: str = typer.Argument(..., help="normalized market symbol, e.g. FS-BTCUSD"),
     side: str = typer.Argument(..., help="buy | sell"),
-    quantity: str = typer.Argument(...),
+    quantity: str = typer.Argument(..., help="a decimal number, e.g. 1 or 0.5"),
     price: str = typer.Option(None, "--price", "-p", help="limit price (omit for a market order)"),
     order_type: str = typer.Option(None, "--type", help="limit | market (default: limit with --price)"),
     duration: str = typer.Option(None, "--duration", help="GTC GFD GTF IOC FOK (default GTC, IOC for market)"),
@@ -52,17 +63,18 @@ def place(
     client_id: str = typer.Option(None, "--client-id", help="uuid (generated when omitted)"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for the router's acknowledgement"),
     timeout: float = typer.Option(10.0, "--timeout"),
+    as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
-    """Place an order."""
-    from services.order_router import requests as rq
-
+    """Place an order (exit 1 when the router refuses it)."""
     kind = order_type or ("limit" if price is not None else "market")
-    cmd = rq.place(market, side.lower(), Decimal(quantity), Decimal(price) if price is not None else None,
-                   order_type=kind, duration=duration or ("GTC" if kind == "limit" else "IOC"), leverage=leverage,
-                   reduce_only=reduce_only, client_id=client_id)
-    console.print(f"client_id [bold]{cmd.client_id}[/]")
-    _print_ack(asyncio.run(_command(nats_url, cmd, wait, timeout)))
+    with handled():
+        cmd = builders.place(market, side.lower(), quantity, price, order_type=kind,
+                             duration=duration or ("GTC" if kind == "limit" else "IOC"), leverage=leverage,
+                             reduce_only=reduce_only, client_id=client_id)
+    if not as_json:
+        console.print(f"client_id [bold]{cmd.client_id}[/]")
+    _print_ack(run(_send(nats_url, cmd, wait, timeout)), as_json)
 
 
 @app.command()
@@ -71,25 +83,20 @@ def cancel(
     client_ids: list[str] = typer.Option(None, "--client-id", "-c", help="client ids to cancel (needs --market)"),
     all_orders: bool = typer.Option(False, "--all", help="every open order of the account"),
     timeout: float = typer.Option(10.0, "--timeout"),
+    as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Cancel orders: by client ids, by market, or all."""
-    from services.order_router import requests as rq
-
     if not market and not all_orders:
-        raise typer.BadParameter("give --market (optionally with --client-id) or --all")
-    cmd = rq.cancel(None if all_orders else market, client_ids or [])
-    _print_ack(asyncio.run(_command(nats_url, cmd, True, timeout)))
+        fail("give --market (optionally with --client-id) or --all")
+    cmd = builders.cancel(None if all_orders else market, client_ids or [])
+    _print_ack(run(_send(nats_url, cmd, True, timeout)), as_json)
 
 
-async def _records(url: str | None) -> list[Any]:
-    from marketbus.contracts import streams
-    from services.order_router.state import StateStore
-
+async def _records(url: str | None, market: str | None, show_all: bool) -> list[builders.OrderRecord]:
     nc = await connect(url)
     try:
-        kv = await nc.jetstream().key_value(streams.ORDER_STATE.name)
-        return await StateStore(kv, "cli").all()
+        return await OrderClient(nc).records(market=market, include_terminal=show_all)
     finally:
         await nc.drain()
 
@@ -98,65 +105,78 @@ async def _records(url: str | None) -> list[Any]:
 def list_orders(
     show_all: bool = typer.Option(False, "--all", "-a", help="include filled, cancelled and rejected orders"),
     market: str = typer.Option(None, "--market", "-m"),
+    as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """The router's orders (from its state store)."""
-    records = [r for r in asyncio.run(_records(nats_url)) if (show_all or not r.terminal)
-               and (market is None or r.market == market)]
+    records = run(_records(nats_url, market, show_all))
+    if as_json:
+        for r in records:
+            json_line(r)
+        return
     table = Table("market", "client_id", "side", "type", "qty", "price", "filled", "state", "seq", "reason")
-    for r in sorted(records, key=lambda r: r.created_ns):
-        table.add_row(r.market, r.client_id, r.side, r.order_type, str(r.quantity),
-                      str(r.price) if r.price is not None else "-", str(r.filled_quantity), r.state, str(r.seq),
+    for r in records:
+        table.add_row(r.market, r.client_id, r.side, r.order_type, plain(r.quantity),
+                      plain(r.price) if r.price is not None else "-", plain(r.filled_quantity), r.state, str(r.seq),
                       (r.reason or "")[:50])
     console.print(table)
 
 
-async def _watch(url: str | None, market: str, count: int | None) -> None:
-    from marketbus.contracts import codec, subjects
-
-    from .tail import summarize
-
-    nc = await connect(url)
+async def _watch(url: str | None, market: str, count: int | None, as_json: bool, reconnect_s: float) -> None:
+    if count is not None and count < 0:
+        raise ValueError(f"--count {count}: give 0 (forever) or a positive number")
     seen = 0
     done = asyncio.Event()
+    nc = await connect(url)
 
-    async def on_msg(msg: Any) -> None:
+    async def pump(client: OrderClient) -> None:
         nonlocal seen
-        event = codec.decode(msg.data)
-        tag = type(event).__struct_config__.tag
-        console.print(f"[dim]{msg.subject}[/] [bold]{tag}[/] {summarize(event)}")
-        seen += 1
-        if count and seen >= count:
-            done.set()
+        async for subject, event in client.watch(market):
+            if as_json:
+                json_line(event, subject)
+            else:
+                tag = type(event).__struct_config__.tag
+                console.print(f"[dim]{subject}[/] [bold]{tag}[/] {summarize(event)}", highlight=False)
+            seen += 1
+            if count and seen >= count:
+                done.set()
+                return
 
-    for subject in (subjects.order_events_filter(market), subjects.order_fill(market),
-                    subjects.order_position(market), subjects.order_balance("*")):
-        await nc.subscribe(subject, cb=on_msg)
     try:
-        await done.wait()
+        while True:
+            task = asyncio.create_task(pump(OrderClient(nc)))
+            # the count reached, or a failure to report (not our own cancel after a lost connection)
+            task.add_done_callback(lambda t: None if t.cancelled() else done.set())
+            try:
+                if await until_done_or_closed(nc, done):
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                    return
+            finally:
+                task.cancel()
+            nc = await reconnect(url, reconnect_s)
     finally:
-        await nc.drain()
+        if not nc.is_closed:
+            await nc.drain()
 
 
 @app.command()
 def watch(
     market: str = typer.Option("*", "--market", "-m"),
     count: int = typer.Option(0, "--count", "-n", help="stop after this many events (0 = forever)"),
+    reconnect_s: float = typer.Option(30.0, "--reconnect", help="seconds to keep reconnecting after the server goes away"),
+    as_json: bool = typer.Option(False, "--json", help="one event per line as JSON, with its subject"),
     nats_url: str = NatsUrlOption,
 ) -> None:
-    """Print order events, fills, positions and balances as they happen."""
-    try:
-        asyncio.run(_watch(nats_url, market, count or None))
-    except KeyboardInterrupt:
-        pass
+    """Print order events, fills, positions and balances as they happen (reconnects when the
+    server restarts)."""
+    run(_watch(nats_url, market, count or None, as_json, reconnect_s), interrupt_ok=True)
 
 
-async def _control(url: str | None, action: str, cancel_open: bool, reason: str | None) -> Any:
-    from services.order_router.requests import send_control
-
+async def _control(url: str | None, action: str, cancel_open: bool, reason: str | None) -> CommandAck:
     nc = await connect(url)
     try:
-        return await send_control(nc, action, cancel_open_orders=cancel_open, reason=reason)
+        return await OrderClient(nc).control(action, cancel_open_orders=cancel_open, reason=reason)
     finally:
         await nc.drain()
 
@@ -165,19 +185,20 @@ async def _control(url: str | None, action: str, cancel_open: bool, reason: str 
 def halt(
     cancel_open: bool = typer.Option(False, "--cancel-open", help="also cancel every open order"),
     reason: str = typer.Option(None, "--reason"),
+    as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Kill switch: refuse new orders (and optionally cancel every open one)."""
-    _print_ack(asyncio.run(_control(nats_url, "halt", cancel_open, reason)))
+    _print_ack(run(_control(nats_url, "halt", cancel_open, reason)), as_json)
 
 
 @app.command()
-def resume(nats_url: str = NatsUrlOption) -> None:
+def resume(as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """Accept orders again after a halt."""
-    _print_ack(asyncio.run(_control(nats_url, "resume", False, None)))
+    _print_ack(run(_control(nats_url, "resume", False, None)), as_json)
 
 
 @app.command("status")
-def router_status(nats_url: str = NatsUrlOption) -> None:
+def router_status(as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """Is the router halted or running?"""
-    _print_ack(asyncio.run(_control(nats_url, "status", False, None)))
+    _print_ack(run(_control(nats_url, "status", False, None)), as_json)

@@ -1,4 +1,8 @@
-"""The services ``marketbus up`` runs (and docker-compose lists), in start order."""
+"""The services ``marketbus up`` runs (and docker-compose lists), in start order.
+
+The CLI knows them by name only: each runs as ``python -m <module>`` in a process of its own, so
+``marketbus`` never imports a service (see tests/unit/test_import_rules.py).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,13 @@ SERVICES: list[tuple[str, str]] = [
     ("export_orchestrator", "services.export_orchestrator"),
 ]
 
+SANDBOX_MODULE = "services.sandbox"  # `python -m services.sandbox finx|ticksupply|digitex|sitagri|all`
+SANDBOX_PORTS: dict[str, int] = {"finx": 8701, "ticksupply": 8702, "digitex": 8703, "sitagri": 8704}
+"""The sandboxes' documented default ports (README), where `marketbus up` waits for them."""
+
 
 def existing_services() -> list[tuple[str, str]]:
-    """The services whose package is present in this checkout."""
+    """The services whose package is present in this checkout (found by name, not imported)."""
     found = []
     for name, module in SERVICES:
         try:

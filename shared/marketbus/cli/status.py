@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from rich.console import Console
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.status import ServiceHeartbeat
 
 from .common import connect
+from .output import json_line
+from .statusview import render
 
 
 async def fetch_heartbeats(url: str | None, max_age_s: float = 60.0) -> dict[str, ServiceHeartbeat]:
@@ -39,3 +43,16 @@ async def fetch_heartbeats(url: str | None, max_age_s: float = 60.0) -> dict[str
     finally:
         await nc.drain()
     return heartbeats
+
+
+def print_status(heartbeats: dict[str, ServiceHeartbeat], as_json: bool, console: Console | None = None) -> None:
+    """The table (at its natural width when piped: nothing cut), or one heartbeat per JSON line."""
+    if as_json:
+        for key in sorted(heartbeats):
+            hb = heartbeats[key]
+            json_line(hb, subjects.heartbeat(hb.service))
+        return
+    if console is None:
+        # piped or redirected: no terminal width to fit, so render everything at its natural width
+        console = Console() if sys.stdout.isatty() else Console(width=10_000, no_color=True, highlight=False)
+    console.print(render(heartbeats), crop=False)

@@ -27,7 +27,7 @@ from marketbus.runtime.http import port_is_free
 from marketbus.runtime.natsserver import NatsServer
 
 from .common import URL_FILE
-from .services import existing_services
+from .services import SANDBOX_MODULE, SANDBOX_PORTS, existing_services
 from .statusview import render
 
 
@@ -65,9 +65,7 @@ class Child:
 
 
 async def _wait_for_sandboxes(console: Console, timeout: float = 30.0) -> None:
-    from services.sandbox.registry import SANDBOXES
-
-    ports = [port for _module, port in SANDBOXES.values()]
+    ports = list(SANDBOX_PORTS.values())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(not port_is_free(port) for port in ports):
@@ -94,7 +92,7 @@ async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, consol
     env = dict(os.environ, NATS_URL=nats_url, MARKETBUS_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     children: list[Child] = []
     if sandboxes:
-        children.append(Child("sandboxes", [sys.executable, "-m", "services.sandbox", "all"], env, log_dir))
+        children.append(Child("sandboxes", [sys.executable, "-m", SANDBOX_MODULE, "all"], env, log_dir))
     for name, module in existing_services():
         children.append(Child(name, [sys.executable, "-m", module], env, log_dir))
 
