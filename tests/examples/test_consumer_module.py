@@ -1,0 +1,34 @@
+"""marketbus.faststream: which stream a subscription reads, and the durable's configuration."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from nats.js.api import DeliverPolicy
+
+from marketbus.faststream import durable_config, stream_for, stream_spec_for
+
+
+@pytest.mark.parametrize(("subject", "stream"), [
+    ("md.trade.>", "MD"), ("md.*.digitex.*.*", "MD"), ("md.>", "MD"), ("ref.instrument.finx.>", "REF"),
+    ("status.*.heartbeat", "STATUS"), ("orders.fill.digitex.*", "ORDERS_EVT"), ("export.status.>", "EXPORTS"),
+])
+def test_the_stream_holding_a_subject(subject: str, stream: str) -> None:
+    assert stream_spec_for(subject).name == stream
+    js_stream = stream_for(subject)
+    assert js_stream.name == stream and js_stream.declare is False  # provisioned by the services
+
+
+@pytest.mark.parametrize("subject", [">", "alerts.>", "md", "orders.>", "history.query"])
+def test_a_subject_no_single_stream_holds_is_refused(subject: str) -> None:
+    with pytest.raises(ValueError, match="no marketbus stream holds"):
+        stream_spec_for(subject)
+
+
+def test_durable_config_replays_from_a_point_in_time() -> None:
+    start = datetime(2026, 1, 1, 12, 0)
+    config = durable_config("mine", start_time=start)
+    assert config.deliver_policy is DeliverPolicy.BY_START_TIME
+    assert config.opt_start_time == start.replace(tzinfo=timezone.utc)
+    assert durable_config("mine", deliver="new").deliver_policy is DeliverPolicy.NEW
