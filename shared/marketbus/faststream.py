@@ -29,7 +29,8 @@ and ``faststream run mymodule:app`` runs it, ``faststream docs gen mymodule:app`
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -41,6 +42,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter
 from pydantic_core import core_schema
 
+from marketbus.cli.common import recorded_url
 from marketbus.contracts import codec
 from marketbus.contracts.streams import STREAMS, StreamSpec
 from marketbus.runtime.broker import BusSettings, make_broker
@@ -62,10 +64,23 @@ class ConsumerSettings(BusSettings, kw_only=True):
     env_prefix: ClassVar[str] = "MARKETBUS_CONSUMER_"
 
 
+def consumer_settings(env: Mapping[str, str] | None = None) -> ConsumerSettings:
+    """:class:`ConsumerSettings` from the environment. Without a NATS URL there, the one
+    ``marketbus up`` (``make run``) recorded in ``.marketbus/nats.url`` (it takes another port
+    when 4222 is busy), else ``nats://127.0.0.1:4222``."""
+    env = os.environ if env is None else env
+    overrides: dict[str, Any] = {}
+    if not any(env.get(var) for var in (f"{ConsumerSettings.env_prefix}NATS_URL", "NATS_URL")):
+        recorded = recorded_url()
+        if recorded:
+            overrides["nats_url"] = recorded
+    return load_settings(ConsumerSettings, env, **overrides)
+
+
 def consumer_broker(name: str, settings: BusSettings | None = None, **extra: Any) -> NatsBroker:
     """A FastStream ``NatsBroker`` connected as the services are (URL, auth, TLS from ``settings``,
-    else from the environment), validating handler arguments with msgspec."""
-    settings = settings if settings is not None else load_settings(ConsumerSettings)
+    else from the environment: :func:`consumer_settings`), validating handler arguments with msgspec."""
+    settings = settings if settings is not None else consumer_settings()
     extra.setdefault("serializer", MsgSpecSerializer())
     return make_broker(settings, name, **extra)
 
@@ -216,6 +231,6 @@ def durable_subscriber(
 
 
 __all__ = [
-    "ConsumerSettings", "ContractSchema", "Deliver", "Events", "Typed", "consumer_broker", "decode_event",
+    "ConsumerSettings", "ContractSchema", "consumer_settings", "Deliver", "Events", "Typed", "consumer_broker", "decode_event",
     "decode_events", "durable_config", "durable_subscriber", "stream_for", "stream_spec_for",
 ]

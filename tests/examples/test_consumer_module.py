@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from nats.js.api import DeliverPolicy
 
-from marketbus.faststream import durable_config, stream_for, stream_spec_for
+from marketbus.faststream import consumer_settings, durable_config, stream_for, stream_spec_for
 
 
 @pytest.mark.parametrize(("subject", "stream"), [
@@ -32,3 +33,15 @@ def test_durable_config_replays_from_a_point_in_time() -> None:
     assert config.deliver_policy is DeliverPolicy.BY_START_TIME
     assert config.opt_start_time == start.replace(tzinfo=timezone.utc)
     assert durable_config("mine", deliver="new").deliver_policy is DeliverPolicy.NEW
+
+
+def test_the_nats_url_comes_from_the_env_else_from_what_make_run_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MARKETBUS_DATA_DIR", str(tmp_path))
+    assert consumer_settings({}).nats_url == "nats://127.0.0.1:4222"
+    (tmp_path / "nats.url").write_text("nats://127.0.0.1:45678\n")  # `make run` found 4222 busy
+    assert consumer_settings({}).nats_url == "nats://127.0.0.1:45678"
+    assert consumer_settings({"NATS_URL": "nats://bus:4222"}).nats_url == "nats://bus:4222"
+    assert consumer_settings({"MARKETBUS_CONSUMER_NATS_URL": "nats://a:1", "NATS_URL": "nats://b:2"}).nats_url == \
+        "nats://a:1"
