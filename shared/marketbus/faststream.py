@@ -193,15 +193,18 @@ _DELIVER = {
 
 def durable_config(
     durable: str, *, deliver: Deliver = "all", start_time: datetime | None = None, ack_wait_s: float = 30.0,
-    max_ack_pending: int = 10_000,
+    max_ack_pending: int = 10_000, max_deliver: int = 20,
 ) -> ConsumerConfig:
     """The JetStream consumer a durable subscriber creates on first start (later starts resume it).
 
     ``start_time`` replays from that instant (``DeliverPolicy.BY_START_TIME``); otherwise
     ``deliver`` says where a new durable starts. A message not acknowledged within
-    ``ack_wait_s`` is delivered again.
+    ``ack_wait_s`` is delivered again, at most ``max_deliver`` times in all (a message that fails
+    every time is then left behind instead of looping forever; JetStream publishes a
+    ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`` advisory).
     """
-    config = ConsumerConfig(durable_name=durable, ack_wait=ack_wait_s, max_ack_pending=max_ack_pending)
+    config = ConsumerConfig(durable_name=durable, ack_wait=ack_wait_s, max_ack_pending=max_ack_pending,
+                            max_deliver=max_deliver)
     if start_time is not None:
         config.deliver_policy = DeliverPolicy.BY_START_TIME
         config.opt_start_time = start_time if start_time.tzinfo else start_time.replace(tzinfo=timezone.utc)
@@ -212,7 +215,7 @@ def durable_config(
 
 def durable_subscriber(
     broker: NatsBroker, subject: str, durable: str, *, deliver: Deliver = "all", start_time: datetime | None = None,
-    batch_size: int = 256, fetch_timeout_s: float = 1.0, ack_wait_s: float = 30.0,
+    batch_size: int = 256, fetch_timeout_s: float = 1.0, ack_wait_s: float = 30.0, max_deliver: int = 20,
     ack_policy: AckPolicy = AckPolicy.NACK_ON_ERROR, decoder: Callable[..., Any] = decode_events, **kwargs: Any,
 ) -> Any:
     """``@broker.subscriber`` for a JetStream durable pull consumer on the stream holding ``subject``.
@@ -224,7 +227,8 @@ def durable_subscriber(
     """
     return broker.subscriber(
         subject, stream=stream_for(subject), durable=durable,
-        config=durable_config(durable, deliver=deliver, start_time=start_time, ack_wait_s=ack_wait_s),
+        config=durable_config(durable, deliver=deliver, start_time=start_time, ack_wait_s=ack_wait_s,
+                              max_deliver=max_deliver),
         pull_sub=PullSub(batch_size=batch_size, timeout=fetch_timeout_s), decoder=decoder,
         ack_policy=ack_policy, **kwargs,
     )

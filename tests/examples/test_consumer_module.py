@@ -33,6 +33,7 @@ def test_durable_config_replays_from_a_point_in_time() -> None:
     assert config.deliver_policy is DeliverPolicy.BY_START_TIME
     assert config.opt_start_time == start.replace(tzinfo=timezone.utc)
     assert durable_config("mine", deliver="new").deliver_policy is DeliverPolicy.NEW
+    assert config.max_deliver == 20 and config.ack_wait == 30.0
 
 
 def test_the_nats_url_comes_from_the_env_else_from_what_make_run_recorded(
