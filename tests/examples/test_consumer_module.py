@@ -46,3 +46,26 @@ def test_the_nats_url_comes_from_the_env_else_from_what_make_run_recorded(
     assert consumer_settings({"NATS_URL": "nats://bus:4222"}).nats_url == "nats://bus:4222"
     assert consumer_settings({"MARKETBUS_CONSUMER_NATS_URL": "nats://a:1", "NATS_URL": "nats://b:2"}).nats_url == \
         "nats://a:1"
+
+
+async def test_typed_single_messages_with_decode_event() -> None:
+    """Subjects without batch envelopes (job status, order events) take one typed message."""
+    from faststream.nats import TestNatsBroker
+
+    from marketbus.contracts import codec
+    from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
+    from marketbus.faststream import ConsumerSettings, Typed, consumer_broker, decode_event, durable_subscriber
+
+    broker = consumer_broker("typed", ConsumerSettings(nats_url="nats://127.0.0.1:1"))
+    got: list[ExportJob] = []
+
+    @durable_subscriber(broker, "export.status.>", "job_watch", decoder=decode_event)
+    async def on_job(job: Typed[ExportJob]) -> None:
+        got.append(job)
+
+    request = ExportRequest(idempotency_key="k", selector=StreamSelector(kind="trade"), start_ns=0, end_ns=1)
+    job = ExportJob(job_id="j1", request=request, state="running", percent=50.0, created_ts=1, updated_ts=2)
+    async with TestNatsBroker(broker) as br:
+        await br.publish(codec.encode(job), "export.status.j1")
+    assert got == [job]
+    assert stream_for("export.status.>").name == "EXPORTS"
