@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 UNDECODABLE = Counter(
     "marketbus_consumer_undecodable_total", "bus messages a consumer could not decode (logged and acked)",
-    ["subject"],
+    ["namespace"],  # the subject's first token (md, ref...): bounded, unlike whole subjects
 )
 
 
