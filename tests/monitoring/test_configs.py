@@ -4,17 +4,19 @@ the compose monitoring profile's mounts present."""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
 from marketbus.runtime.consumer_lag import BusExporterSettings
-from marketbus.runtime.settings import load_settings
+from marketbus.runtime.settings import env_names, load_settings
 
 from .conftest import MONITORING, ROOT
 
@@ -89,9 +91,11 @@ def test_alerts_and_dashboards_only_use_metrics_the_code_exports() -> None:
     assert not missing, f"not exported by any service or marketbus module: {sorted(missing)}"
 
 
-def test_compose_monitoring_profile_mounts_existing_files() -> None:
+def test_compose_monitoring_profile_is_valid_and_mounts_existing_files() -> None:
     compose_file = ROOT / "deploy" / "compose" / "monitoring.yml"
     doc = yaml.safe_load(compose_file.read_text())
+    spec = importlib.resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+    jsonschema.validate(doc, json.loads(spec.read_text()))
     assert set(doc["services"]) == {"prometheus", "grafana", "bus_exporter"}
     for name, service in doc["services"].items():
         assert service["profiles"] == ["monitoring"], name
@@ -99,5 +103,7 @@ def test_compose_monitoring_profile_mounts_existing_files() -> None:
             source = volume.split(":")[0]
             if source.startswith("."):  # relative to the included file
                 assert (compose_file.parent / source).resolve().exists(), f"{name}: {source}"
+    exporter_env = doc["services"]["bus_exporter"]["environment"]
+    assert set(exporter_env) - {"NATS_URL"} <= set(env_names(BusExporterSettings).values())
     mounted = (compose_file.parent / "../monitoring/prometheus-compose.yml").resolve()
     assert yaml.safe_load(mounted.read_text())["rule_files"] == ["alerts.yml"]
