@@ -16,7 +16,7 @@ import nats
 import pytest
 
 from marketbus.contracts import codec
-from marketbus.contracts.streams import ensure_all
+from marketbus.contracts.streams import MARKET_DATA, ensure_all
 
 from .conftest import ROOT, quote, running_app, trade
 
@@ -68,9 +68,14 @@ async def test_vwap_bars_on_real_nats_with_a_durable_on_stream_md(nats_url: str,
             await _publish(js, f"md.trade.digitex._.{symbol}", trade(3, "20", "1", 65, symbol))
             bars = await collecting
             info = await js.consumer_info("MD", durable)
+            stream = await js.stream_info("MD")
         assert (bars[0]["open"], bars[0]["close"], bars[0]["vwap"], bars[0]["trades"]) == ("10", "12", "11", 2)
         assert info.config.filter_subject == "md.trade.>"
         assert info.num_ack_pending == 0 and info.num_pending == 0  # everything acknowledged
+        # the consumer did not touch the provisioned stream (JStream(declare=False))
+        assert stream.config.subjects == list(MARKET_DATA.subjects)
+        assert stream.config.max_age == MARKET_DATA.max_age_s
+        assert stream.config.description == MARKET_DATA.description
     finally:
         await nc.drain()
 
