@@ -18,6 +18,7 @@ PREFIX = "MARKETBUS_EXPORT_"
 
 class ExportSettings(ServiceSettings, kw_only=True):
     env_prefix: ClassVar[str] = PREFIX
+    http_port: int = 9107  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
     env_fallbacks: ClassVar[dict[str, tuple[str, ...]]] = {
         **ServiceSettings.env_fallbacks,
         "data_dir": ("MARKETBUS_DATA_DIR",),

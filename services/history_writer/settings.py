@@ -12,6 +12,7 @@ from marketbus.runtime.settings import Secret
 
 class HistoryWriterSettings(ServiceSettings, kw_only=True):
     env_prefix = "MARKETBUS_HISTORY_WRITER_"
+    http_port: int = 9101  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
     backend: Literal["parquet", "postgres"] = "parquet"
     data_dir: str = ""  # parquet dataset; default $MARKETBUS_DATA_DIR/history, else .marketbus/history

@@ -14,6 +14,7 @@ from . import normalize
 
 class DigitexIngestSettings(IngestSettings, kw_only=True):
     env_prefix: ClassVar[str] = "MARKETBUS_INGEST_DIGITEX_"
+    http_port: int = 9104  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
     base_url: str = "http://127.0.0.1:8703/dapi"  # the bot API lives under <base>/v1/exchange/bot/
     token: Secret = Secret("")  # Authorization: Token <token>; public market data works without

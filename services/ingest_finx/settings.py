@@ -14,6 +14,7 @@ from marketbus.runtime.settings import Secret, SettingsError
 
 class FinxIngestSettings(IngestSettings, kw_only=True):
     env_prefix: ClassVar[str] = "MARKETBUS_INGEST_FINX_"
+    http_port: int = 9102  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
     # TickPlant websocket base; the key is appended as /streamer/<api_key> (never logged).
     ws_url: str = "ws://127.0.0.1:8701"

@@ -20,6 +20,7 @@ SANDBOX_TOKEN = "85045E8E-CE68-2956-9E11-96F51837C71B"  # the sandbox's static t
 
 class SitagriIngestSettings(IngestSettings, kw_only=True):
     env_prefix: ClassVar[str] = PREFIX
+    http_port: int = 9105  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
     # events per batch envelope: a MarketPrice is ~400 bytes as JSON, so 1000 stay well under
     # NATS's 1 MB max payload (5000 would not)

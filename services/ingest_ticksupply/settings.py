@@ -18,6 +18,7 @@ PREFIX = "MARKETBUS_INGEST_TICKSUPPLY_"
 
 class TickSupplySettings(IngestSettings, kw_only=True):
     env_prefix: ClassVar[str] = PREFIX
+    http_port: int = 9103  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
     # vendor API
     base_url: str = "http://127.0.0.1:8702/v1"  # production: https://api.ticksupply.com/v1

@@ -11,6 +11,7 @@ from marketbus.runtime.settings import Secret
 
 class OrderRouterSettings(ServiceSettings, kw_only=True):
     env_prefix: ClassVar[str] = "MARKETBUS_ORDER_ROUTER_"
+    http_port: int = 9106  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
     # Digitex REST (the sandbox by default)
     digitex_url: str = "http://127.0.0.1:8703"

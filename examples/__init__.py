@@ -1,0 +1,1 @@
+"""Runnable marketbus consumers written as FastStream apps (``faststream run examples.<name>:app``)."""

@@ -1,0 +1,90 @@
+// A marketbus consumer in Node.js with the `nats` npm client: a JetStream durable on stream MD.
+//
+//   cd examples/node && npm ci
+//   NATS_URL=nats://127.0.0.1:4222 node consumer.js 'md.trade.>'
+//
+// Prints one JSON object per event (batch envelopes unpacked), with the subject it came on.
+// The durable (MARKETBUS_DURABLE, default "node_consumer") survives restarts: a restarted consumer
+// resumes after the last acknowledged message. Every process started with the same durable shares
+// the work. REPLAY_FROM=<ISO time> makes a *new* durable start at that time; otherwise it starts
+// with new messages. MAX_EVENTS=<n> exits after n events (tests, scripts).
+// Settings: NATS_URL (comma-separated for a cluster), NATS_USER/NATS_PASSWORD or NATS_TOKEN.
+"use strict";
+
+const { connect, AckPolicy, DeliverPolicy } = require("nats");
+
+const STREAM = "MD"; // every md.> subject lives in stream MD (marketbus provisions it)
+
+// Timestamps are integer nanoseconds (~1.7e18): beyond Number.MAX_SAFE_INTEGER, JSON.parse would
+// round them. Integers of 16+ digits are quoted before parsing and become BigInt.
+const BIG_INT = /([:,[]\s*)(-?\d{16,})(?=\s*[,}\]])/g;
+
+function parse(data) {
+  const text = Buffer.from(data).toString("utf8").replace(BIG_INT, '$1"$2"');
+  return JSON.parse(text, (key, value) => (typeof value === "string" && /^-?\d{16,}$/.test(value) ? BigInt(value) : value));
+}
+
+function eventsOf(message) {
+  return message.type === "batch" ? message.events : [message];
+}
+
+function toLine(subject, event) {
+  return JSON.stringify({ subject, ...event }, (key, value) => (typeof value === "bigint" ? value.toString() : value));
+}
+
+async function ensureDurable(jsm, durable, filter, replayFrom) {
+  try {
+    return await jsm.consumers.info(STREAM, durable);
+  } catch (err) {
+    if (!String(err.message).includes("consumer not found")) throw err;
+  }
+  const config = { durable_name: durable, filter_subject: filter, ack_policy: AckPolicy.Explicit, ack_wait: 30e9 };
+  if (replayFrom) {
+    config.deliver_policy = DeliverPolicy.StartTime;
+    config.opt_start_time = new Date(replayFrom).toISOString();
+  } else {
+    config.deliver_policy = DeliverPolicy.New;
+  }
+  return jsm.consumers.add(STREAM, config);
+}
+
+async function main() {
+  const filter = process.argv[2] || "md.>";
+  if (!filter.startsWith("md.")) throw new Error(`${filter}: this example reads stream MD (subjects md.>)`);
+  const durable = process.env.MARKETBUS_DURABLE || "node_consumer";
+  const maxEvents = Number(process.env.MAX_EVENTS || 0);
+  const nc = await connect({
+    servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","),
+    user: process.env.NATS_USER, pass: process.env.NATS_PASSWORD, token: process.env.NATS_TOKEN,
+    name: `marketbus-node-${durable}`,
+  });
+  await ensureDurable(await nc.jetstreamManager(), durable, filter, process.env.REPLAY_FROM);
+  const consumer = await nc.jetstream().consumers.get(STREAM, durable);
+  process.stderr.write(`consuming ${filter} from stream ${STREAM} as durable ${durable}\n`);
+  const messages = await consumer.consume({ max_messages: 256 });
+  const stop = () => messages.stop();
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
+  let seen = 0;
+  for await (const m of messages) {
+    let events;
+    try {
+      events = eventsOf(parse(m.data));
+    } catch (err) {
+      // not a marketbus event: say so and terminate it (a redelivery would fail the same way)
+      process.stderr.write(`undecodable message on ${m.subject}: ${err.message}\n`);
+      m.term();
+      continue;
+    }
+    for (const event of events) process.stdout.write(toLine(m.subject, event) + "\n");
+    m.ack(); // after the work: a crash before this line means JetStream delivers the message again
+    seen += events.length;
+    if (maxEvents && seen >= maxEvents) break;
+  }
+  await nc.drain();
+}
+
+main().catch((err) => {
+  process.stderr.write(`error: ${err.message}\n`);
+  process.exit(2);
+});

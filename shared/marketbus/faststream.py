@@ -1,0 +1,240 @@
+"""Write a marketbus consumer the way FastStream's documentation teaches.
+
+A consumer is a FastStream app: a broker, handlers decorated with ``@broker.subscriber``, typed
+messages. This module gives a FastStream user the marketbus parts::
+
+    from faststream import FastStream
+    from marketbus.contracts.market import Trade
+    from marketbus.faststream import Events, consumer_broker, durable_subscriber
+
+    broker = consumer_broker("my-consumer")          # NATS_URL, credentials, TLS from the env
+    app = FastStream(broker)
+
+    @durable_subscriber(broker, "md.trade.>", durable="my-consumer")
+    async def on_trades(trades: Events[Trade]) -> None:   # batch envelopes already unpacked
+        ...
+
+and ``faststream run mymodule:app`` runs it, ``faststream docs gen mymodule:app`` documents it.
+
+- :func:`consumer_broker` is :func:`marketbus.runtime.broker.make_broker` with settings read
+  from the environment (:class:`ConsumerSettings`) and msgspec validation of handler arguments.
+- :data:`Events` / :data:`Typed` annotate handler arguments with contract types: FastStream
+  validates them with msgspec and documents them in AsyncAPI with the contracts' JSON Schema.
+- :func:`decode_events` / :func:`decode_event` are FastStream decoders for bus messages
+  (schema upgrades applied, ``batch`` envelopes unpacked by the first).
+- :func:`durable_subscriber` is a JetStream durable pull subscriber on the stream that holds the
+  subject (MD for ``md.>``...); the streams are provisioned by the services, never by a consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+import msgspec
+from fast_depends.msgspec import MsgSpecSerializer
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter
+from pydantic_core import core_schema
+
+from marketbus.cli.common import recorded_url
+from marketbus.contracts import codec
+from marketbus.contracts.streams import STREAMS, StreamSpec
+from marketbus.runtime.broker import BusSettings, make_broker
+from marketbus.runtime.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+UNDECODABLE = Counter(
+    "marketbus_consumer_undecodable_total", "bus messages a consumer could not decode (logged and acked)",
+    ["namespace"],  # the subject's first token (md, ref...): bounded, unlike whole subjects
+)
+
+
+class ConsumerSettings(BusSettings, kw_only=True):
+    """A consumer's connection settings: ``MARKETBUS_CONSUMER_NATS_URL``, or the deployment-wide
+    ``NATS_URL`` / ``NATS_USER`` / ``NATS_PASSWORD`` / ``NATS_TOKEN`` / ``NATS_CREDS_FILE`` /
+    ``NATS_TLS_*`` every service reads."""
+
+    env_prefix: ClassVar[str] = "MARKETBUS_CONSUMER_"
+
+
+def consumer_settings(env: Mapping[str, str] | None = None) -> ConsumerSettings:
+    """:class:`ConsumerSettings` from the environment. Without a NATS URL there, the one
+    ``marketbus up`` (``make run``) recorded in ``.marketbus/nats.url`` (it takes another port
+    when 4222 is busy), else ``nats://127.0.0.1:4222``."""
+    env = os.environ if env is None else env
+    overrides: dict[str, Any] = {}
+    if not any(env.get(var) for var in (f"{ConsumerSettings.env_prefix}NATS_URL", "NATS_URL")):
+        recorded = recorded_url()
+        if recorded:
+            overrides["nats_url"] = recorded
+    return load_settings(ConsumerSettings, env, **overrides)
+
+
+def consumer_broker(name: str, settings: BusSettings | None = None, **extra: Any) -> NatsBroker:
+    """A FastStream ``NatsBroker`` connected as the services are (URL, auth, TLS from ``settings``,
+    else from the environment: :func:`consumer_settings`), validating handler arguments with msgspec."""
+    settings = settings if settings is not None else consumer_settings()
+    extra.setdefault("serializer", MsgSpecSerializer())
+    return make_broker(settings, name, **extra)
+
+
+# -- typed handler arguments -------------------------------------------------------------------
+
+
+class ContractSchema:
+    """pydantic metadata for a contract type: FastStream's AsyncAPI generator (pydantic) gets the
+    JSON Schema msgspec derives from the contract; validation stays with msgspec."""
+
+    def __init__(self, contract: Any) -> None:
+        self.contract = contract
+
+    def __get_pydantic_core_schema__(self, _source: Any, _handler: Any) -> core_schema.CoreSchema:
+        return core_schema.any_schema()
+
+    def __get_pydantic_json_schema__(self, _schema: Any, _handler: Any) -> dict[str, Any]:
+        schema = msgspec.json.schema(self.contract)
+        definitions = schema.pop("$defs", {})
+
+        def inline(node: Any) -> Any:  # the contracts are not recursive: inlining terminates
+            if isinstance(node, dict):
+                ref = node.get("$ref", "")
+                if ref.startswith("#/$defs/"):
+                    return inline(definitions[ref.removeprefix("#/$defs/")])
+                return {key: inline(value) for key, value in node.items()}
+            if isinstance(node, list):
+                return [inline(value) for value in node]
+            return node
+
+        return inline(schema)
+
+
+if TYPE_CHECKING:
+    Events = list
+    Typed = Annotated
+else:
+
+    class Events:
+        """``Events[Trade]``: the single events of one message, batch envelopes unpacked (a list)."""
+
+        def __class_getitem__(cls, contract: Any) -> Any:
+            return Annotated[list[contract], ContractSchema(list[contract])]
+
+    class Typed:
+        """``Typed[OrderEvent]``: one message decoded as a contract type (subjects without batches)."""
+
+        def __class_getitem__(cls, contract: Any) -> Any:
+            return Annotated[contract, ContractSchema(contract)]
+
+
+# -- decoders ----------------------------------------------------------------------------------
+
+
+async def decode_events(msg: Any) -> list[Any]:
+    """FastStream decoder: the events a bus message carries (one, or a batch's), upgraded to the
+    current schema. A message that is not a marketbus event is counted, logged and yields no
+    events (acknowledged: it would fail again on every redelivery)."""
+    try:
+        return list(codec.decode_events(msg.body, codec.schema_version_of(msg.headers)))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        subject = getattr(msg.raw_message, "subject", "")
+        UNDECODABLE.labels(subject.split(".", 1)[0] if subject else "").inc()
+        log.warning("undecodable message on %s: %s", subject, exc)
+        return []
+
+
+async def decode_event(msg: Any) -> Any:
+    """FastStream decoder: one bus message as its contract type (order events, job status...)."""
+    return codec.decode(msg.body, codec.schema_version_of(msg.headers))
+
+
+# -- JetStream ---------------------------------------------------------------------------------
+
+
+def _covers(pattern: str, subject: str) -> bool:
+    """Whether NATS subject ``pattern`` matches every subject ``subject`` (itself a filter) can."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or have[i] == ">" or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def stream_spec_for(subject: str) -> StreamSpec:
+    """The marketbus stream that holds ``subject`` (``md.trade.>`` -> MD); ValueError if none."""
+    for spec in STREAMS:
+        if any(_covers(pattern, subject) for pattern in spec.subjects):
+            return spec
+    raise ValueError(f"no marketbus stream holds {subject!r}; streams: "
+                     + ", ".join(f"{s.name} {' '.join(s.subjects)}" for s in STREAMS))
+
+
+def stream_for(subject: str) -> JStream:
+    """The FastStream ``JStream`` for ``subject``, with ``declare=False``: marketbus streams are
+    provisioned by the services (replicas, limits); a consumer must not create or modify them."""
+    spec = stream_spec_for(subject)
+    return JStream(spec.name, subjects=list(spec.subjects), declare=False)
+
+
+Deliver = Literal["all", "new", "last", "last_per_subject"]
+_DELIVER = {
+    "all": DeliverPolicy.ALL, "new": DeliverPolicy.NEW, "last": DeliverPolicy.LAST,
+    "last_per_subject": DeliverPolicy.LAST_PER_SUBJECT,
+}
+
+
+def durable_config(
+    durable: str, *, deliver: Deliver = "all", start_time: datetime | None = None, ack_wait_s: float = 30.0,
+    max_ack_pending: int = 10_000, max_deliver: int = 20,
+) -> ConsumerConfig:
+    """The JetStream consumer a durable subscriber creates on first start (later starts resume it).
+
+    ``start_time`` replays from that instant (``DeliverPolicy.BY_START_TIME``); otherwise
+    ``deliver`` says where a new durable starts. A message not acknowledged within
+    ``ack_wait_s`` is delivered again, at most ``max_deliver`` times in all (a message that fails
+    every time is then left behind instead of looping forever; JetStream publishes a
+    ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`` advisory).
+    """
+    config = ConsumerConfig(durable_name=durable, ack_wait=ack_wait_s, max_ack_pending=max_ack_pending,
+                            max_deliver=max_deliver)
+    if start_time is not None:
+        config.deliver_policy = DeliverPolicy.BY_START_TIME
+        config.opt_start_time = start_time if start_time.tzinfo else start_time.replace(tzinfo=timezone.utc)
+    else:
+        config.deliver_policy = _DELIVER[deliver]
+    return config
+
+
+def durable_subscriber(
+    broker: NatsBroker, subject: str, durable: str, *, deliver: Deliver = "all", start_time: datetime | None = None,
+    batch_size: int = 256, fetch_timeout_s: float = 1.0, ack_wait_s: float = 30.0, max_deliver: int = 20,
+    ack_policy: AckPolicy = AckPolicy.NACK_ON_ERROR, decoder: Callable[..., Any] = decode_events, **kwargs: Any,
+) -> Any:
+    """``@broker.subscriber`` for a JetStream durable pull consumer on the stream holding ``subject``.
+
+    Every instance started with the same ``durable`` shares one consumer: each message goes to one
+    of them (scale out by starting more). A message is acknowledged when the handler returns;
+    if it raises, ``AckPolicy.NACK_ON_ERROR`` has JetStream deliver it again (at least once).
+    Handlers receive :data:`Events` (``decode_events``) unless another decoder is given.
+    """
+    return broker.subscriber(
+        subject, stream=stream_for(subject), durable=durable,
+        config=durable_config(durable, deliver=deliver, start_time=start_time, ack_wait_s=ack_wait_s,
+                              max_deliver=max_deliver),
+        pull_sub=PullSub(batch_size=batch_size, timeout=fetch_timeout_s), decoder=decoder,
+        ack_policy=ack_policy, **kwargs,
+    )
+
+
+__all__ = [
+    "ConsumerSettings", "ContractSchema", "consumer_settings", "Deliver", "Events", "Typed", "consumer_broker", "decode_event",
+    "decode_events", "durable_config", "durable_subscriber", "stream_for", "stream_spec_for",
+]
