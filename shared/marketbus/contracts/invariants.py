@@ -68,7 +68,8 @@ MAX_TEXT = 1 << 20  # long texts (news content): a NATS payload's size
 TOKEN_CHARS = r"[A-Za-z0-9_~-]"
 ID_CHARS = r"[-_=A-Za-z0-9]"
 _TOKEN_RE = re.compile(f"{TOKEN_CHARS}{{1,{MAX_TOKEN}}}")
-_SELECTOR_RE = re.compile(rf"\*|{TOKEN_CHARS}{{1,{MAX_TOKEN}}}")
+SELECTOR_CHARS = r"[A-Za-z0-9_~*?-]"  # a token, or an fnmatch pattern of one: BTC*, *USD, ?TC
+_SELECTOR_RE = re.compile(f"{SELECTOR_CHARS}{{1,{MAX_TOKEN}}}")
 _ID_RE = re.compile(f"{ID_CHARS}{{1,{MAX_ID}}}")
 _CLIENT_ID_RE = re.compile(f"{ID_CHARS}{{1,{MAX_CLIENT_ID}}}")
 
@@ -136,7 +137,7 @@ SIGNED = Rule("signed", f"must be a decimal ({_DEC_BOUNDS})", f"v.__class__ is _
               f"v.is_finite() and {_FITS}", **_DEC_NAMES)
 TOKEN = Rule("token", f"must be 1..{MAX_TOKEN} characters of {TOKEN_CHARS} (one subject token)",
              "_is_token(v)", "v in _tokens", _tokens=_token_cache, _is_token=_is_token)
-SELECTOR = Rule("selector", f"must be '*' or 1..{MAX_TOKEN} characters of {TOKEN_CHARS}",
+SELECTOR = Rule("selector", f"must be 1..{MAX_TOKEN} characters of {SELECTOR_CHARS} (a token or an fnmatch pattern)",
                 "_is_selector(v)", "v in _selectors", _selectors=_selector_cache, _is_selector=_is_selector)
 ID = Rule("id", f"must be 1..{MAX_ID} characters of {ID_CHARS}", "v.__class__ is str and _id(v) is not None",
           # bytes.isalnum is ASCII-only, and much faster than str.isalnum (Unicode-aware)
@@ -179,7 +180,7 @@ Amount = Annotated[Decimal, _decimal_meta(SIGNED, "(may be negative)"), SIGNED]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN,
                                     extra_json_schema={"pattern": f"^{TOKEN_CHARS}+$"}), TOKEN]
 SelectorToken = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN,
-                                            extra_json_schema={"pattern": rf"^(\*|{TOKEN_CHARS}+)$"}), SELECTOR]
+                                            extra_json_schema={"pattern": f"^{SELECTOR_CHARS}+$"}), SELECTOR]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID, extra_json_schema={"pattern": f"^{ID_CHARS}+$"}), ID]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID,
                                        extra_json_schema={"pattern": f"^{ID_CHARS}+$"}), CLIENT_ID]
