@@ -72,7 +72,8 @@ def durable(stream: str, name: str) -> tuple[str, ...]:
 
 def _ordered_consumers(stream: str) -> tuple[str, ...]:
     """Ephemeral (ordered) consumers on ``stream``: KV watch/keys, object reads, ``tail --last``."""
-    return (f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
+    # STREAM.NAMES: nats-py looks the stream up by subject before it subscribes
+    return (f"{API}.STREAM.NAMES", f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
             f"{API}.CONSUMER.DELETE.{stream}.*", f"{API}.CONSUMER.INFO.{stream}.*", f"$JS.FC.{stream}.>")
 
 
