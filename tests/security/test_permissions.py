@@ -138,7 +138,11 @@ async def test_the_export_orchestrator_uses_its_bucket_and_object_store(bus: Sec
     assert (data, ack.stream, (await kv.get("job.x")).value) == (b"a,b\n", "EXPORTS", b"{}")
 
 
-async def test_services_answer_requests_only_on_the_reply_subject(bus: SecureBus) -> None:
+async def test_services_answer_requests_only_on_the_reply_subject(tmp_path) -> None:  # noqa: ANN001
+    from .conftest import provision_as_admin, start_secure
+
+    bus = start_secure(tmp_path)  # a server of its own: reply permissions are tracked per connection
+    await provision_as_admin(bus)
     writer = (await bus.connect("history_writer")).nc
     reader = await bus.connect("reader")
 
@@ -151,8 +155,14 @@ async def test_services_answer_requests_only_on_the_reply_subject(bus: SecureBus
     inbox = reader.nc.new_inbox()
     sub = await reader.nc.subscribe(inbox)
     await reader.nc.publish("history.query", b"{}", reply=inbox)
-    got = [(await sub.next_msg(5)).data for _ in range(3)]
-    assert got == [b"0", b"1", b"2"]
+    try:
+        got = [(await sub.next_msg(5)).data for _ in range(3)]
+        denied = await (await bus.connect("history_writer")).publish_denied(inbox)  # not a reply it was asked for
+    finally:
+        for nc in bus.clients:
+            await nc.close()
+        bus.server.cleanup()
+    assert (got, denied) == ([b"0", b"1", b"2"], True)
 
 
 async def test_the_reader_consumes_durably_and_sees_heartbeats(bus: SecureBus) -> None:
