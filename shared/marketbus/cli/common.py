@@ -106,6 +106,10 @@ def connect_options(auth: Auth | None = None) -> tuple[dict[str, Any], str]:
     return options, who
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py prints a traceback per error by default; connect() reports the one that matters."""
+
+
 async def connect(url: str | None) -> nats.NATS:
     target = nats_url(url)
     options, who = connect_options()
@@ -115,7 +119,7 @@ async def connect(url: str | None) -> nats.NATS:
         servers = [u.replace("nats://", "tls://", 1) for u in servers]
     try:
         return await nats.connect(servers, connect_timeout=3, max_reconnect_attempts=2, allow_reconnect=False,
-                                  **options)
+                                  error_cb=_quiet, **options)
     except Exception as exc:  # noqa: BLE001 - say what failed, not a traceback
         where = f" (recorded in {data_dir() / URL_FILE} by `marketbus up`: is it still running?)" \
             if not url and not os.environ.get("NATS_URL") and recorded_url() else ""

@@ -64,13 +64,17 @@ def provision(
 @app.command()
 def credentials(
     directory: Path = typer.Argument(None, help="where to write the seeds (default <data dir>/credentials)"),
+    compose: bool = typer.Option(False, "--compose", help="also the docker compose secrets (PostgreSQL password, "
+                                 "history DSN, export API key, URL-signing key), random, kept when present"),
 ) -> None:
     """Generate an nkey seed per identity (0600; existing ones kept) and the nats-server
-    authorization for them (nats-auth.conf, and nats-keys.conf for deploy/nats/*.conf)."""
-    from marketbus.security.credentials import CredentialStore
+    authorization for them (nats-auth.conf, and nats-keys.env for deploy/nats/*.conf)."""
+    from marketbus.security.credentials import CredentialStore, compose_secrets
 
     store = CredentialStore(directory or common.data_dir() / common.CREDENTIALS_DIR)
     keys = store.ensure()
+    if compose:
+        compose_secrets(store.directory)
     for name, key in keys.items():
         console.print(f"{name:20} {key}")
     console.print(f"seeds and {store.auth_conf.name} in {store.directory}")

@@ -24,7 +24,7 @@ from .identities import IDENTITIES, RESPONSES_EXPIRES, RESPONSES_MAX, Identity
 
 SEED_SUFFIX = ".nk"
 AUTH_CONF = "nats-auth.conf"  # the authorization block, public keys inline
-KEYS_CONF = "nats-keys.conf"  # variables MARKETBUS_NKEY_<NAME>: "<public key>", for the static deploy/ config
+KEYS_ENV = "nats-keys.env"  # MARKETBUS_NKEY_<NAME>=<public key>: the environment of deploy/nats/*.conf
 
 
 def new_seed() -> str:
@@ -67,7 +67,7 @@ class CredentialStore:
                 write_private(path, new_seed() + "\n")
             keys[identity.name] = public_key(path.read_text())
         (self.directory / AUTH_CONF).write_text(authorization_conf(keys, identities))
-        (self.directory / KEYS_CONF).write_text(keys_conf(keys))
+        (self.directory / KEYS_ENV).write_text(keys_env(keys))
         return keys
 
     @property
@@ -98,8 +98,9 @@ def _permissions(identity: Identity) -> str:
 
 def authorization_conf(keys: dict[str, str] | None = None, identities: Iterable[Identity] = IDENTITIES) -> str:
     """The nats-server ``authorization`` block for ``identities``. With ``keys`` (identity ->
-    public nkey) the keys are inline; without, each is a variable ``$MARKETBUS_NKEY_<NAME>``
-    (defined by an included :func:`keys_conf`), which is how the static deploy/ configs use it."""
+    public nkey) the keys are inline; without, each is a variable ``$MARKETBUS_NKEY_<NAME>`` that
+    nats-server reads from its environment (:func:`keys_env`): how the static deploy/ configs use it."""
+
     lines = ["# Generated from marketbus.security.identities: one nkey user per identity.",
              "# Regenerate with `marketbus credentials`; never edit by hand.", "authorization {", "  users: ["]
     for identity in identities:
@@ -113,6 +114,31 @@ def authorization_conf(keys: dict[str, str] | None = None, identities: Iterable[
     return "\n".join(lines)
 
 
-def keys_conf(keys: dict[str, str]) -> str:
-    """Variable definitions for the static configs: ``MARKETBUS_NKEY_<NAME>: "U..."``."""
-    return "".join(f"{_var(name)}: {json.dumps(key)}\n" for name, key in keys.items())
+def keys_env(keys: dict[str, str]) -> str:
+    """The public keys as an env file for the static configs: ``MARKETBUS_NKEY_<NAME>=U...``."""
+    return "".join(f"{_var(name)}={key}\n" for name, key in keys.items())
+
+
+def compose_secrets(directory: Path) -> list[Path]:
+    """The other secrets docker compose reads from files (random; existing files kept)."""
+    import secrets as random
+
+    directory = Path(directory)
+    pg_password = directory / "postgres_password"
+    if not pg_password.exists():
+        write_private(pg_password, random.token_urlsafe(24))
+    wanted = {
+        "history_pg_dsn": f"postgresql://marketbus:{pg_password.read_text().strip()}@postgres:5432/marketbus",
+        "export_api_key": "mb_export_" + random.token_urlsafe(24),
+        "export_signing_secret": random.token_hex(32),
+    }
+    written = [pg_password]
+    for name, value in wanted.items():
+        path = directory / name
+        if not path.exists():
+            write_private(path, value)
+        written.append(path)
+    return written
+
+if __name__ == "__main__":  # python -m marketbus.security.credentials > deploy/nats/auth.conf
+    print(authorization_conf(), end="")
