@@ -106,6 +106,16 @@ def connect_options(auth: Auth | None = None) -> tuple[dict[str, Any], str]:
     return options, who
 
 
+def say(line: str) -> None:
+    """One line on the real stderr (a terminal, a pipe, a file). Not into an in-process runner's
+    captured stream (click's CliRunner), which merges stderr into the output a test parses."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    print(line, file=sys.stderr)
+
+
 async def _quiet(exc: Exception) -> None:
     """nats-py prints a traceback per error by default; connect() reports the one that matters."""
 
@@ -113,7 +123,7 @@ async def _quiet(exc: Exception) -> None:
 async def connect(url: str | None) -> nats.NATS:
     target = nats_url(url)
     options, who = connect_options()
-    print(f"marketbus: NATS {target} as {who}", file=sys.stderr)
+    say(f"marketbus: NATS {target} as {who}")
     servers = [u.strip() for u in target.split(",") if u.strip()]
     if "tls" in options:  # a tls:// URL scheme is what nats-py needs to start TLS on its own
         servers = [u.replace("nats://", "tls://", 1) for u in servers]

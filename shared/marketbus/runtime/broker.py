@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from faststream.nats import NatsBroker, NatsCredentials, NatsToken, NatsUserPassword
+from faststream.nats.security import NatsNKey
 from faststream.security import BaseSecurity
 
 from .settings import Secret, Settings
@@ -96,10 +97,10 @@ def make_broker(settings: BusSettings, name: str, **extra: Any) -> NatsBroker:
         security = NatsToken(settings.nats_token.get(), ssl_context=tls)
     elif settings.nats_creds_file:
         security = NatsCredentials(settings.nats_creds_file, ssl_context=tls)
+    elif settings.nats_nkey_seed_file:
+        security = NatsNKey.from_file(settings.nats_nkey_seed_file, ssl_context=tls)
     elif tls is not None:
         security = BaseSecurity(ssl_context=tls)
-    if settings.nats_nkey_seed_file:
-        extra.setdefault("nkeys_seed", settings.nats_nkey_seed_file)
     return NatsBroker(
         options["servers"], name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
         security=security, log_level=logging.DEBUG, inbox_prefix=options["inbox_prefix"], **extra,
