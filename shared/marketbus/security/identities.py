@@ -24,7 +24,7 @@ denied. Rules of the model:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from marketbus.contracts import consumers as consumer_decls
 from marketbus.contracts import streams
@@ -207,13 +207,6 @@ SERVICE_IDENTITIES: tuple[Identity, ...] = (
 )
 IDENTITIES: tuple[Identity, ...] = (*SERVICE_IDENTITIES, READER, OPERATOR, ADMIN)
 BY_NAME: dict[str, Identity] = {i.name: i for i in IDENTITIES}
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What a service's start-up waits for (created by provisioning)."""
-
-    streams: tuple[streams.StreamSpec, ...] = field(default_factory=tuple)
 
 
 _SERVICE_STREAMS: dict[str, tuple[streams.StreamSpec, ...]] = {
