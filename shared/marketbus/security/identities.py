@@ -182,8 +182,9 @@ READER = Identity(
 )
 
 OPERATOR = Identity(
-    name="operator", description="the CLI: everything reader does, plus order commands, exports, dead letters",
+    name="operator", description="the CLI: what reader does, plus order commands, exports, news publishing, dead letters",
     publish=(*READER.publish, "export.create", "export.cancel", "orders.cmd.digitex.>", "orders.ctl.digitex",
+             "sitagri.news.publish",
              *_user_consumers(ORDERS_EVT, DLQ), *stream_info(ORDERS_CMD),
              *kv_read(streams.ORDER_STATE.name), *kv_read(streams.ORDER_IDEMPOTENCY.name),
              *kv_read(streams.ROUTER_CONTROL.name)),
