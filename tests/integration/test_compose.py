@@ -128,8 +128,9 @@ def test_postgres_and_the_export_api_take_their_secrets_from_files(compose: dict
     assert "mb_export_dev_key" not in text and "trust" not in text
 
 
-def test_the_static_config_is_valid_for_nats_server(tmp_path: Path) -> None:
-    """deploy/nats/single.conf + auth.conf with the public keys `make secrets` writes: nats-server -t."""
+@pytest.mark.parametrize("config", ["single.conf", "cluster.conf"])
+def test_the_static_config_is_valid_for_nats_server(tmp_path: Path, config: str) -> None:
+    """deploy/nats/<config> + auth.conf with the public keys `make secrets` writes: nats-server -t."""
     import os
     import shutil
     import subprocess
@@ -139,10 +140,10 @@ def test_the_static_config_is_valid_for_nats_server(tmp_path: Path) -> None:
 
     store = CredentialStore(tmp_path / "secrets")
     store.ensure()
-    for name in ("single.conf", "auth.conf"):
+    for name in (config, "auth.conf"):
         shutil.copy(ROOT / "deploy/nats" / name, tmp_path / name)
-    env = dict(os.environ)
+    env = dict(os.environ, SERVER_NAME="n1")
     env.update(line.split("=", 1) for line in (store.directory / "nats-keys.env").read_text().splitlines())
-    result = subprocess.run([nats_server_binary(), "-c", str(tmp_path / "single.conf"), "-t"], env=env,
+    result = subprocess.run([nats_server_binary(), "-c", str(tmp_path / config), "-t"], env=env,
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -46,6 +46,10 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
         history = _cli(cli_env, "history", "coverage", "*.*.*.*")
         export = _cli(cli_env, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", "csv.gz",
                       "--wait", timeout=90)
+        listed = _cli(cli_env, "order", "list")
+        router = _cli(cli_env, "order", "status")
+        tail = _cli(cli_env, "tail", "ref.>", "--last", "-n", "1", "--json")
+        status = _cli(cli_env, "status", "--json")
         anonymous = _cli(env | {"NATS_URL": (data_dir / "nats.url").read_text().strip(),
                                 "MARKETBUS_DATA_DIR": str(tmp_path / "elsewhere")}, "status")
         out, _ = up.communicate(timeout=120)
@@ -60,6 +64,9 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
     assert "as identity operator" in placed.stderr  # the CLI says whom it talks to, and as whom
     assert history.returncode == 0 and re.search(r"[1-9]", history.stdout), history.stdout + history.stderr
     assert export.returncode == 0 and "succeeded" in export.stdout, export.stdout + export.stderr
+    for name, result in (("order list", listed), ("order status", router), ("tail --last", tail), ("status", status)):
+        assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    assert "FS-BTCUSD" in listed.stdout and tail.stdout.strip() and "ingest_finx" in status.stdout
     assert anonymous.returncode != 0 and "AuthorizationViolation" in re.sub(r"[\s│]", "", anonymous.stderr)
     for name, _module in existing_services():
         assert f"started {name}" in out
