@@ -132,7 +132,9 @@ async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, consol
     try:
         await provision_embedded(nats_url, store, console)
     except Exception as exc:  # noqa: BLE001 - an external server may be provisioned by its operator
-        if store is not None:
+        if server is not None:  # our own server: nothing can run without provisioning
+            (data_dir / URL_FILE).unlink(missing_ok=True)
+            server.stop()
             raise
         console.print(f"[yellow]could not provision {nats_url} ({exc!r}); the services wait until "
                       "`marketbus provision` has run there[/]")
