@@ -38,9 +38,11 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cli_env = env | {"MARKETBUS_DATA_DIR": str(data_dir)}
     try:
-        deadline = time.monotonic() + 30
-        while not (data_dir / "nats.url").exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not (data_dir / "nats.url").exists() and time.monotonic() < deadline and up.poll() is None:
             time.sleep(0.2)
+        assert (data_dir / "nats.url").exists(), up.communicate(timeout=60)[0][-3000:]
+        url = (data_dir / "nats.url").read_text().strip()
         time.sleep(15)  # data flows into history; the router has read the exchange's metadata
         placed = _cli(cli_env, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000")
         history = _cli(cli_env, "history", "coverage", "*.*.*.*")
@@ -50,7 +52,7 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
         router = _cli(cli_env, "order", "status")
         tail = _cli(cli_env, "tail", "ref.>", "--last", "-n", "1", "--json")
         status = _cli(cli_env, "status", "--json")
-        anonymous = _cli(env | {"NATS_URL": (data_dir / "nats.url").read_text().strip(),
+        anonymous = _cli(env | {"NATS_URL": url,
                                 "MARKETBUS_DATA_DIR": str(tmp_path / "elsewhere")}, "status")
         out, _ = up.communicate(timeout=120)
     finally:
