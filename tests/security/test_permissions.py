@@ -47,6 +47,7 @@ def _cases() -> list[tuple[str, str, str]]:
             cases.append((who, "pub", "orders.cmd.digitex.FS-BTCUSD"))
         if who != "ingest_finx":
             cases.append((who, "pub", "md.trade.finx.deribit.BTC-USD"))
+            cases.append((who, "pub", "$KV.ingest_state.finx.history.BTC-USD"))  # another's cursor
             cases.append((who, "pub", "dlq.ingest_finx.finx"))
         cases.append((who, "sub", "_INBOX.>"))
         other = "operator" if who != "operator" else "reader"

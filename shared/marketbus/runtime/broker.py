@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from pathlib import Path
@@ -11,6 +12,7 @@ from faststream.nats import NatsBroker, NatsCredentials, NatsToken, NatsUserPass
 from faststream.nats.security import NatsNKey
 from faststream.security import BaseSecurity
 
+from .logging import register_secret
 from .settings import Secret, Settings
 
 
@@ -99,6 +101,8 @@ def make_broker(settings: BusSettings, name: str, **extra: Any) -> NatsBroker:
         security = NatsCredentials(settings.nats_creds_file, ssl_context=tls)
     elif settings.nats_nkey_seed_file:
         security = NatsNKey.from_file(settings.nats_nkey_seed_file, ssl_context=tls)
+        with contextlib.suppress(OSError):  # never in a log line, should any library print it
+            register_secret(Path(settings.nats_nkey_seed_file).read_text().strip())
     elif tls is not None:
         security = BaseSecurity(ssl_context=tls)
     return NatsBroker(

@@ -86,8 +86,9 @@ def kv_read(bucket: str) -> tuple[str, ...]:
     return (*stream_info(stream), *_direct_get(stream), *_ordered_consumers(stream))
 
 
-def kv_write(bucket: str) -> tuple[str, ...]:
-    return (*kv_read(bucket), f"$KV.{bucket}.>")
+def kv_write(bucket: str, keys: str = ">") -> tuple[str, ...]:
+    """Read the bucket; write (put, create, update, delete) the keys matching ``keys``."""
+    return (*kv_read(bucket), f"$KV.{bucket}.{keys}")
 
 
 def object_store_write(bucket: str) -> tuple[str, ...]:
@@ -137,7 +138,8 @@ def _ingestor(service: str, source: str, *, extra_subscribe: tuple[str, ...] = (
     return Identity(
         name=service, description=f"the {source} ingestor",
         publish=(f"md.*.{source}.>", f"ref.*.{source}.>", *_own_status(service),
-                 *stream_info(MD, REF, STATUS, DLQ), *kv_write(streams.INGEST_STATE.name)),
+                 # the shared progress bucket: its own keys only (<source>.<...>)
+                 *stream_info(MD, REF, STATUS, DLQ), *kv_write(streams.INGEST_STATE.name, f"{source}.>")),
         subscribe=(f"replay.{source}", *extra_subscribe, *_inbox(service)),
         allow_responses=True,  # replay.<source> requests
     )
