@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_") and k != "MARKETBUS_DATA_DIR"}
     env["COLUMNS"] = "220"
     data_dir = tmp_path / "mb"
-    up = subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), "--duration", "45"],
+    up = subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), "--duration", "120"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cli_env = env | {"MARKETBUS_DATA_DIR": str(data_dir)}
     try:
@@ -43,9 +44,13 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert (data_dir / "nats.url").exists(), up.communicate(timeout=60)[0][-3000:]
         url = (data_dir / "nats.url").read_text().strip()
-        time.sleep(15)  # data flows into history; the router has read the exchange's metadata
+        time.sleep(12)  # data flows into history; the router has read the exchange's metadata
         placed = _cli(cli_env, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000")
+        deadline = time.monotonic() + 45
         history = _cli(cli_env, "history", "coverage", "*.*.*.*")
+        while not re.search(r"[1-9]", history.stdout) and time.monotonic() < deadline:  # data stored yet?
+            time.sleep(1)
+            history = _cli(cli_env, "history", "coverage", "*.*.*.*")
         export = _cli(cli_env, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", "csv.gz",
                       "--wait", timeout=90)
         listed = _cli(cli_env, "order", "list")
@@ -54,6 +59,7 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
         status = _cli(cli_env, "status", "--json")
         anonymous = _cli(env | {"NATS_URL": url,
                                 "MARKETBUS_DATA_DIR": str(tmp_path / "elsewhere")}, "status")
+        up.send_signal(signal.SIGINT)  # Ctrl-C: everything stops cleanly
         out, _ = up.communicate(timeout=120)
     finally:
         if up.poll() is None:
