@@ -63,3 +63,12 @@ async def provision_server(settings: BusSettings, **connect: Any) -> ProvisionRe
         return await provision(nc.jetstream(), settings.stream_replicas)
     finally:
         await nc.drain()
+
+
+async def provision_url(url: str, replicas: int = 1, **connect: Any) -> ProvisionReport:  # noqa: ANN401
+    """Provision the server at ``url`` (benchmarks and tools on their own unauthenticated servers)."""
+    nc = await nats.connect(url.split(","), **connect)
+    try:
+        return await provision(nc.jetstream(), replicas)
+    finally:
+        await nc.close()
