@@ -9,7 +9,8 @@ RUN pip install --no-cache-dir uv==0.13.8 \
 COPY shared ./shared
 COPY services ./services
 RUN uv pip install --system --no-cache --no-deps -e .
-RUN useradd --create-home marketbus && mkdir -p /data && chown marketbus /data
+# uid 1000: the owner of the 0600 secret files (deploy/secrets) docker compose mounts
+RUN useradd --create-home --uid 1000 marketbus && mkdir -p /data && chown marketbus /data
 USER marketbus
 ENV MARKETBUS_DATA_DIR=/data
 CMD ["marketbus", "--help"]

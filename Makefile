@@ -8,13 +8,13 @@ STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-fast bench lock schemas up down clean
+.PHONY: help venv run test test-fast bench lock schemas secrets up down clean
 
 help:
 	@echo "make run     - the whole system on embedded defaults (NATS, sandboxes, services); Ctrl-C stops"
 	@echo "make test    - the test suite (real NATS, sandboxes, PostgreSQL when reachable)"
 	@echo "make bench   - benchmarks; results go to bench/RESULTS.md"
-	@echo "make up      - the same system with docker compose"
+	@echo "make up      - the same system with docker compose (make secrets first writes deploy/secrets)"
 	@echo "make lock    - re-pin requirements.lock after editing pyproject.toml"
 	@echo "make schemas - regenerate docs/schemas (JSON Schema + AsyncAPI) from the code"
 
@@ -44,7 +44,10 @@ lock:
 schemas: venv
 	$(BIN)/python -m marketbus.contracts.schema docs/schemas
 
-up:
+secrets: venv
+	$(BIN)/marketbus credentials deploy/secrets --compose
+
+up: secrets
 	docker compose up --build
 
 down:

@@ -96,10 +96,12 @@ async def end_to_end(tmp: Path, fmt: str) -> float:
     from marketbus.contracts.jobs import ExportJob, ExportRequest
     from marketbus.runtime.http import free_port
     from marketbus.runtime.natsserver import NatsServer
+    from marketbus.runtime.provision import provision_url
     from services.export_orchestrator.app import ExportOrchestrator
 
     server = NatsServer(data_dir=tmp / f"nats-{fmt}", port=free_port()).start()
     try:
+        await provision_url(server.url)  # what `marketbus provision` does before the services start
         orch = ExportOrchestrator(nats_url=server.url, data_dir=str(tmp), history_dir=str(tmp / "history"), http_port=0,
                                   api_port=0, heartbeat_interval_s=60.0, scan_interval_s=0.05, log_level="WARNING")
         await orch.start()

@@ -20,6 +20,7 @@ import httpx
 import msgspec
 
 from marketbus.runtime.natsserver import NatsServer
+from marketbus.runtime.provision import provision_url
 from marketbus.runtime.publisher import JetStreamPublisher
 from services.ingest_sitagri.app import RecentIds, SitagriIngestor
 from services.ingest_sitagri.settings import SANDBOX_TOKEN
@@ -49,6 +50,7 @@ def pushes(n: int) -> list[msgspec.Raw]:
 async def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     server = NatsServer(data_dir=pathlib.Path(tempfile.mkdtemp()), port=0).start()
+    await provision_url(server.url)  # what `marketbus provision` does before the services start
     rows = []
     try:
         async with SandboxRunner(load_spec("sitagri"), port=0) as sb:

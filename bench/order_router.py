@@ -42,6 +42,7 @@ from marketbus.contracts import codec, streams, subjects  # noqa: E402
 from marketbus.runtime.http import free_port  # noqa: E402
 from marketbus.runtime.loop import run  # noqa: E402
 from marketbus.runtime.natsserver import NatsServer  # noqa: E402
+from marketbus.runtime.provision import provision_url  # noqa: E402
 from services.order_router import requests as rq  # noqa: E402
 from services.order_router.app import OrderRouter  # noqa: E402
 
@@ -144,6 +145,7 @@ async def run_client(nats_url: str, mode: str, price: Decimal, count: int) -> di
 async def main(n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     server = NatsServer(data_dir=tmp / "nats", port=free_port()).start()
+    await provision_url(server.url)  # what `marketbus provision` does before the services start
     # The sandbox on its defaults: orders are accepted 50 ms after they are placed, so the router
     # tracks (and publishes) acceptances while it takes in commands, as it would in production.
     sandbox, address = start_sandbox("digitex")

@@ -1,5 +1,7 @@
 """Shared fixtures: a real nats-server per session (free port, JetStream, temp dir), a 3-node
-JetStream cluster for tests that ask for one, and PostgreSQL. Where a Docker engine is reachable
+JetStream cluster for tests that ask for one, and PostgreSQL. Every server a fixture starts is
+provisioned (`marketbus provision`: streams, buckets, object stores, durable consumers), as
+`marketbus up` and compose do before any service starts. Where a Docker engine is reachable
 and MARKETBUS_TEST_USE_DOCKER=1, NATS and PostgreSQL come from testcontainers instead."""
 
 from __future__ import annotations
@@ -15,6 +17,29 @@ import pytest
 import pytest_asyncio
 
 from marketbus.runtime.natsserver import NatsCluster, NatsServer
+from marketbus.runtime.provision import provision
+
+
+def provision_server(url: str | list[str], replicas: int = 1, timeout: float = 30.0) -> None:
+    """Provision a fresh server (retried while a cluster elects its JetStream meta leader)."""
+    import time
+
+    async def once() -> None:
+        nc = await nats.connect(url if isinstance(url, list) else url.split(","))
+        try:
+            await provision(nc.jetstream(), replicas)
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            asyncio.run(once())
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _docker_available() -> bool:
@@ -44,10 +69,12 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real JetStream-enabled nats-server shared by the session (never the machine's)."""
     if _docker_available():
         with _nats_container() as url:
+            provision_server(url)
             yield url
         return
     server = NatsServer(data_dir=tmp_path_factory.mktemp("nats"), port=0).start()
     try:
+        provision_server(server.url)
         yield server.url
     finally:
         server.cleanup()
@@ -60,6 +87,7 @@ def nats_server(tmp_path: pytest.TempPathFactory) -> Iterator[NatsServer]:
 
     server = NatsServer(data_dir=tmp_path / "nats", port=free_port()).start()  # type: ignore[operator]
     try:
+        provision_server(server.url)
         yield server
     finally:
         server.cleanup()
@@ -70,6 +98,7 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
     """A 3-node JetStream cluster on this machine."""
     cluster = NatsCluster(size=3, base_dir=tmp_path_factory.mktemp("nats-cluster")).start()
     try:
+        provision_server(cluster.urls, replicas=3)
         yield cluster
     finally:
         cluster.cleanup()

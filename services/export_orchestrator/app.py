@@ -16,11 +16,10 @@ HTTP: the TickSupply-shaped API (http_api.py) on ``api_port`` (8710).
 from __future__ import annotations
 
 import contextlib
-import secrets
 from typing import Any, ClassVar
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.errors import NOT_FOUND, ErrorReply, code_for_http_status
@@ -34,7 +33,7 @@ from .artifacts import ArtifactStore, make_store
 from .history_source import HistorySource
 from .jobs import JobError, JobManager
 from .settings import ExportSettings
-from .signing import UrlSigner
+from .signing import UrlSigner, load_signing_key
 
 QUEUE = "export_orchestrator"
 SECRET_KEY = "config.signing_secret"
@@ -56,6 +55,14 @@ def parse_ref(data: bytes) -> str:
 
 async def _raw(msg: Any) -> Any:
     return msg.body
+
+
+async def _kv_has(kv: Any, key: str) -> bool:
+    try:
+        await kv.get(key)
+        return True
+    except (KeyNotFoundError, NotFoundError):
+        return False
 
 
 def _error(exc: Exception) -> bytes:
@@ -116,19 +123,14 @@ class ExportOrchestrator(Service):
         return self.jobs
 
     async def _signing_secret(self, kv: Any) -> bytes:
-        configured = self.settings.signing_secret.get()
-        if configured:
-            return configured.encode()
-        # one random key shared by every orchestrator of the deployment, kept in the job bucket
-        with contextlib.suppress(KeyWrongLastSequenceError):
-            await kv.create(SECRET_KEY, secrets.token_hex(32).encode())
-        try:
-            entry = await kv.get(SECRET_KEY)
-        except (KeyNotFoundError, NotFoundError):
-            raise RuntimeError("cannot read the shared signing secret") from None
-        assert entry.value is not None
-        register_secret(entry.value.decode())
-        return entry.value
+        s = self.settings
+        key = load_signing_key(s.signing_secret.get(), s.data_dir, s.signing_key_file)
+        register_secret(key.decode())
+        # earlier versions kept the key in the job bucket, readable on the bus: remove it for good
+        with contextlib.suppress(Exception):
+            if await _kv_has(kv, SECRET_KEY):
+                await kv.purge(SECRET_KEY)
+        return key
 
     async def on_start(self) -> None:
         s = self.settings

@@ -139,15 +139,10 @@ class NatsArtifactStore(ArtifactStore):
         self.obs: Any = None
 
     async def open(self) -> None:
-        from nats.js.api import ObjectStoreConfig, StorageType
-        from nats.js.errors import BucketNotFoundError, NotFoundError
+        from marketbus.contracts.streams import bind_object_store
 
-        try:
-            self.obs = await self.js.object_store(self.bucket)
-        except (BucketNotFoundError, NotFoundError):
-            self.obs = await self.js.create_object_store(self.bucket, ObjectStoreConfig(
-                bucket=self.bucket, description="export artifacts", storage=StorageType.FILE,
-                replicas=self.replicas))
+        # created by provisioning (`marketbus provision`): the service only binds
+        self.obs = await bind_object_store(self.js, self.bucket)
 
     @staticmethod
     def _name(job_id: str, filename: str) -> str:

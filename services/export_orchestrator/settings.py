@@ -73,7 +73,10 @@ class ExportSettings(ServiceSettings, kw_only=True):
     api_port: int = 8710  # 0 = any free port
     api_keys: Secret = Secret("mb_export_dev_key")  # comma-separated; X-Api-Key must be one of them
     public_url: str = ""  # base of the signed download URLs; default http://<api_host>:<api_port>
-    signing_secret: Secret = Secret("")  # HMAC key of download URLs; empty = shared random key kept in KV
+    # HMAC key of download URLs (or SIGNING_SECRET_FILE); empty = a random key generated once into
+    # signing_key_file (default <data_dir>/export-signing.key, 0600). Never on the bus.
+    signing_secret: Secret = Secret("")
+    signing_key_file: str = ""
     url_ttl_s: float = 300.0  # signed download URLs expire after this (TickSupply: 5 min)
     requests_per_s: float = 50.0  # per API key; beyond it 429 + Retry-After (0 = unlimited)
     burst: int = 100

@@ -97,6 +97,8 @@ class StreamIntake:
             description="marketbus history writer (durable, shared by every writer instance)",
         )
         js = self.svc.js
+        with contextlib.suppress(NotFoundError):  # provisioned: bind (a service may not create it)
+            return await js.consumer_info(self.stream, self.durable)
         try:
             return await js.add_consumer(self.stream, config)
         except BadRequestError:

@@ -100,9 +100,9 @@ async def test_bad_requests_fail_or_are_refused(harness: Harness) -> None:
 
 async def test_artifacts_in_the_nats_object_store(harness: Harness) -> None:
     await harness.start_writer()
-    orch = await harness.start_orchestrator(artifact_store="nats", artifact_bucket="test_exports")
+    orch = await harness.start_orchestrator(artifact_store="nats", artifact_bucket="export_artifacts")  # provisioned
     trades, job = await export_three_files(harness, "objsrc", "SOL-USD", "parquet")
-    obs = await harness.nc.jetstream().object_store("test_exports")
+    obs = await harness.nc.jetstream().object_store("export_artifacts")
     assert sorted(o.name for o in await obs.list()) == stored_names(job)
     _, files = await download_all(orch.api_url, job.job_id)
     tables = [read_artifact(a.filename, files[a.filename]) for a in job.artifacts]

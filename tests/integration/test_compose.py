@@ -18,7 +18,7 @@ from marketbus.runtime.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = importlib.resources.files("check_jsonschema") / "builtin_schemas" / "vendor"
-GLOBAL_ENV = {"NATS_URL", "MARKETBUS_DATA_DIR", "MARKETBUS_STREAM_REPLICAS"}
+GLOBAL_ENV = {"NATS_URL", "NATS_NKEY_SEED_FILE", "MARKETBUS_DATA_DIR", "MARKETBUS_STREAM_REPLICAS"}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,7 @@ def test_every_compose_service_runs_an_existing_module_with_variables_it_reads(c
         for cls in _settings_classes(module):
             known |= set(env_names(cls).values())
             known |= {alias for aliases in cls.env_fallbacks.values() for alias in aliases}
+        known |= {f"{name}_FILE" for name in known}  # NAME_FILE: the value is read from a file (a secret)
         unknown = set(service.get("environment", {})) - known
         assert not unknown, f"{name} sets variables its settings do not read: {sorted(unknown)}"
 
@@ -77,3 +78,72 @@ def test_every_service_joins_compose_and_the_readme(compose: dict) -> None:
         assert compose["services"][name]["command"] == ["python", "-m", module]
         assert name in readme, f"{name} is missing from the README"
     assert {name for name, _ in SERVICES} <= set(compose["services"])
+
+
+# --- security --------------------------------------------------------------------------------
+def _port_hosts(service: dict) -> list[str]:
+    return [str(p).rsplit(":", 2)[0] if str(p).count(":") >= 2 else "" for p in service.get("ports", [])]
+
+
+def test_published_ports_bind_to_localhost_unless_configured(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        for host in _port_hosts(service):
+            assert host == "${MARKETBUS_BIND_HOST:-127.0.0.1}", f"{name} publishes a port on all interfaces"
+    assert "MARKETBUS_BIND_HOST=127.0.0.1" in (ROOT / ".env").read_text()
+
+
+def test_nats_runs_the_generated_authorization(compose: dict) -> None:
+    from marketbus.security.credentials import authorization_conf
+
+    nats = compose["services"]["nats"]
+    assert "./deploy/nats/auth.conf:/etc/nats/auth.conf:ro" in nats["volumes"]
+    assert "include ./auth.conf" in (ROOT / "deploy/nats/single.conf").read_text()
+    assert "include ./auth.conf" in (ROOT / "deploy/nats/cluster.conf").read_text()
+    # the static file is exactly what the identities' declarations generate (the tested permissions);
+    # regenerate with: python -m marketbus.security.credentials > deploy/nats/auth.conf
+    assert (ROOT / "deploy/nats/auth.conf").read_text() == authorization_conf()
+
+
+def test_each_service_connects_with_its_own_identity_after_provisioning(compose: dict) -> None:
+    provision = compose["services"]["provision"]
+    assert provision["command"] == ["marketbus", "provision"]
+    assert provision["secrets"] == [{"source": "nkey_admin", "target": "nkey"}]
+    for name, _module in existing_services():
+        service = compose["services"][name]
+        assert {"source": f"nkey_{name}", "target": "nkey"} in service["secrets"], name
+        assert service["environment"]["NATS_INBOX_PREFIX"] == f"_INBOX.{name}"
+        assert service["depends_on"]["provision"]["condition"] == "service_completed_successfully"
+        assert compose["secrets"][f"nkey_{name}"]["file"] == f"deploy/secrets/{name}.nk"
+
+
+def test_postgres_and_the_export_api_take_their_secrets_from_files(compose: dict) -> None:
+    pg = compose["services"]["postgres"]["environment"]
+    assert "POSTGRES_HOST_AUTH_METHOD" not in pg and pg["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    writer = compose["services"]["history_writer"]["environment"]
+    assert writer["MARKETBUS_HISTORY_WRITER_PG_DSN_FILE"] == "/run/secrets/history_pg_dsn"
+    export = compose["services"]["export_orchestrator"]["environment"]
+    assert export["MARKETBUS_EXPORT_API_KEYS_FILE"] == "/run/secrets/export_api_key"
+    assert export["MARKETBUS_EXPORT_SIGNING_SECRET_FILE"] == "/run/secrets/export_signing_secret"
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "mb_export_dev_key" not in text and "trust" not in text
+
+
+@pytest.mark.parametrize("config", ["single.conf", "cluster.conf"])
+def test_the_static_config_is_valid_for_nats_server(tmp_path: Path, config: str) -> None:
+    """deploy/nats/<config> + auth.conf with the public keys `make secrets` writes: nats-server -t."""
+    import os
+    import shutil
+    import subprocess
+
+    from marketbus.runtime.natsserver import nats_server_binary
+    from marketbus.security.credentials import CredentialStore
+
+    store = CredentialStore(tmp_path / "secrets")
+    store.ensure()
+    for name in (config, "auth.conf"):
+        shutil.copy(ROOT / "deploy/nats" / name, tmp_path / name)
+    env = dict(os.environ, SERVER_NAME="n1")
+    env.update(line.split("=", 1) for line in (store.directory / "nats-keys.env").read_text().splitlines())
+    result = subprocess.run([nats_server_binary(), "-c", str(tmp_path / config), "-t"], env=env,
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from . import common
 from .common import NatsUrlOption
 from .output import EXIT_CODES_HELP, run
 from .services import SANDBOX_MODULE
@@ -18,6 +19,69 @@ from .services import SANDBOX_MODULE
 app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=False,
                   epilog=EXIT_CODES_HELP)
 console = Console()
+
+
+@app.callback()
+def main(
+    user: str = typer.Option(None, "--user", envvar="NATS_USER", help="NATS user (with --password)"),
+    password: str = typer.Option(None, "--password", envvar="NATS_PASSWORD", help="NATS password"),
+    creds: str = typer.Option(None, "--creds", envvar="NATS_CREDS_FILE", help="NATS creds file (JWT + nkey seed)"),
+    nkey: str = typer.Option(None, "--nkey", envvar="NATS_NKEY_SEED_FILE",
+                             help="nkey seed file; default: the identity `marketbus up` generated in <data dir>/credentials"),
+    tls_ca: str = typer.Option(None, "--tls-ca", envvar="NATS_TLS_CA_FILE", help="CA certificate(s) to verify the server"),
+    tls_cert: str = typer.Option(None, "--tls-cert", envvar="NATS_TLS_CERT_FILE", help="client certificate"),
+    tls_key: str = typer.Option(None, "--tls-key", envvar="NATS_TLS_KEY_FILE", help="client certificate's key"),
+) -> None:
+    """marketbus: vendor market data on one NATS bus. Connection options apply to every command."""
+    common.AUTH = common.Auth(user=user, password=password, creds=creds, nkey=nkey, tls_ca=tls_ca,
+                              tls_cert=tls_cert, tls_key=tls_key)
+
+
+@app.command()
+def provision(
+    nats_url: str = NatsUrlOption,
+    replicas: int = typer.Option(None, "--replicas", envvar="MARKETBUS_STREAM_REPLICAS",
+                                 help="stream replicas (1 on one machine, 3 in a cluster)"),
+) -> None:
+    """Create the streams, KV buckets, object stores and durable consumers (as an admin identity).
+
+    Idempotent; an existing stream is left as it is (a difference from the declaration is logged).
+    Retention per stream: MARKETBUS_STREAM_<NAME>_MAX_AGE (s) and _MAX_BYTES."""
+    import logging
+
+    from marketbus.runtime.provision import provision as run_provision
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not (common.AUTH.user or common.AUTH.creds or common.AUTH.nkey) and not os.environ.get("MARKETBUS_CLI_IDENTITY"):
+        os.environ["MARKETBUS_CLI_IDENTITY"] = "admin"  # the data dir's admin identity, when there is one
+
+    async def go() -> str:
+        nc = await common.connect(nats_url)
+        try:
+            return (await run_provision(nc.jetstream(), replicas or 1)).summary()
+        finally:
+            await nc.drain()
+
+    console.print(asyncio.run(go()))
+
+
+@app.command()
+def credentials(
+    directory: Path = typer.Argument(None, help="where to write the seeds (default <data dir>/credentials)"),
+    compose: bool = typer.Option(False, "--compose", help="also the docker compose secrets (PostgreSQL password, "
+                                 "history DSN, export API key, URL-signing key), random, kept when present"),
+) -> None:
+    """Generate an nkey seed per identity (0600; existing ones kept) and the nats-server
+    authorization for them (nats-auth.conf, and nats-keys.env for deploy/nats/*.conf)."""
+    from marketbus.security.credentials import CredentialStore, compose_secrets
+
+    store = CredentialStore(directory or common.data_dir() / common.CREDENTIALS_DIR)
+    keys = store.ensure()
+    if compose:
+        compose_secrets(store.directory)
+    for name, key in keys.items():
+        console.print(f"{name:20} {key}")
+    console.print(f"seeds and {store.auth_conf.name} in {store.directory}")
 
 
 @app.command()

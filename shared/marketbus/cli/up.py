@@ -25,8 +25,9 @@ from marketbus.contracts import codec, subjects
 from marketbus.contracts.status import ServiceHeartbeat
 from marketbus.runtime.http import port_is_free
 from marketbus.runtime.natsserver import NatsServer
+from marketbus.security.credentials import CredentialStore
 
-from .common import URL_FILE
+from .common import CREDENTIALS_DIR, URL_FILE
 from .services import SANDBOX_MODULE, SANDBOX_PORTS, existing_services
 from .statusview import render
 
@@ -74,27 +75,74 @@ async def _wait_for_sandboxes(console: Console, timeout: float = 30.0) -> None:
     console.print(f"[yellow]sandboxes not all listening after {timeout:.0f}s; starting the services anyway[/]")
 
 
+def credentials(data_dir: Path) -> CredentialStore:
+    """Auth on by default: an nkey seed per identity in <data dir>/credentials (0600, kept across
+    runs) and the nats-server authorization generated from the identities' declarations."""
+    store = CredentialStore(data_dir / CREDENTIALS_DIR)
+    store.ensure()
+    return store
+
+
+def identity_env(store: CredentialStore | None, identity: str) -> dict[str, str]:
+    """The environment that makes a child connect as ``identity`` (nothing without credentials)."""
+    if store is None:
+        return {}
+    from marketbus.security.identities import inbox_prefix
+
+    return {"NATS_NKEY_SEED_FILE": str(store.seed_file(identity)), "NATS_INBOX_PREFIX": inbox_prefix(identity)}
+
+
+def connect_as(store: CredentialStore | None, identity: str) -> dict[str, Any]:
+    """nats.connect options for ``identity``."""
+    env = identity_env(store, identity)
+    return {"nkeys_seed": env["NATS_NKEY_SEED_FILE"], "inbox_prefix": env["NATS_INBOX_PREFIX"]} if env else {}
+
+
+async def provision_embedded(nats_url: str, store: CredentialStore | None, console: Console) -> None:
+    """Provision as the admin identity before the services start (they wait for it otherwise)."""
+    from marketbus.runtime.provision import provision
+
+    nc = await nats.connect(nats_url.split(","), **connect_as(store, "admin"))
+    try:
+        report = await provision(nc.jetstream(), int(os.environ.get("MARKETBUS_STREAM_REPLICAS", "1") or 1))
+        console.print(f"provisioned: {report.summary()}")
+    finally:
+        await nc.drain()
+
+
 async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, console: Console) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_dir = data_dir / "logs"
     log_dir.mkdir(exist_ok=True)
     server: NatsServer | None = None
+    store: CredentialStore | None = None
     nats_url = os.environ.get("NATS_URL")
     if nats_url:
         console.print(f"using NATS at [bold]{nats_url}[/] (NATS_URL is set: nothing started)")
     else:
-        server = NatsServer(data_dir=data_dir / "nats").start()
+        store = credentials(data_dir)
+        server = NatsServer(data_dir=data_dir / "nats", config_file=store.auth_conf).start()
         nats_url = server.url
         (data_dir / URL_FILE).write_text(nats_url + "\n")  # how the other `marketbus` commands find it
         console.print(f"embedded nats-server with JetStream at [bold]{nats_url}[/] (data in {data_dir / 'nats'}; "
                       f"`marketbus tail|order|history|export` in another terminal find it there)")
+        console.print(f"auth on: one nkey identity per service, seeds in {store.directory} (0600)")
+    try:
+        await provision_embedded(nats_url, store, console)
+    except Exception as exc:  # noqa: BLE001 - an external server may be provisioned by its operator
+        if server is not None:  # our own server: nothing can run without provisioning
+            (data_dir / URL_FILE).unlink(missing_ok=True)
+            server.stop()
+            raise
+        console.print(f"[yellow]could not provision {nats_url} ({exc!r}); the services wait until "
+                      "`marketbus provision` has run there[/]")
 
     env = dict(os.environ, NATS_URL=nats_url, MARKETBUS_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     children: list[Child] = []
     if sandboxes:
         children.append(Child("sandboxes", [sys.executable, "-m", SANDBOX_MODULE, "all"], env, log_dir))
     for name, module in existing_services():
-        children.append(Child(name, [sys.executable, "-m", module], env, log_dir))
+        children.append(Child(name, [sys.executable, "-m", module], {**env, **identity_env(store, name)}, log_dir))
 
     heartbeats: dict[str, ServiceHeartbeat] = {}
     stop = asyncio.Event()
@@ -109,7 +157,7 @@ async def run_up(data_dir: Path, sandboxes: bool, duration: float | None, consol
             console.print(f"started {child.name} (log: {child.log_path})")
             if child.name == "sandboxes":
                 await _wait_for_sandboxes(console)  # the ingestors and the router dial them at start
-        nc = await nats.connect(nats_url.split(","))
+        nc = await nats.connect(nats_url.split(","), **connect_as(store, "reader"))
 
         async def on_heartbeat(msg: Any) -> None:
             with contextlib.suppress(Exception):

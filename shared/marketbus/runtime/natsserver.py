@@ -62,6 +62,9 @@ class NatsServer:
     routes: list[str] = field(default_factory=list)
     cluster_name: str = "marketbus"
     extra_args: list[str] = field(default_factory=list)
+    # a configuration file (e.g. the generated authorization: marketbus.security.credentials);
+    # the command-line options above take precedence over it
+    config_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -72,6 +75,8 @@ class NatsServer:
     def _args(self) -> list[str]:
         assert self.data_dir is not None and self.port is not None
         args = [nats_server_binary(), "-a", self.host, "-p", str(self.port)]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]
         if self.jetstream:
             args += ["-js", "-sd", str(self.data_dir)]
         if self.name:
@@ -140,6 +145,7 @@ class NatsCluster:
 
     size: int = 3
     base_dir: Path | None = None
+    config_file: Path | None = None  # for every node, e.g. the generated authorization
     nodes: list[NatsServer] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -161,6 +167,7 @@ class NatsCluster:
             NatsServer(
                 data_dir=self.base_dir / f"n{i}", port=free_port(), name=f"n{i}",
                 cluster_port=cluster_ports[i], routes=[r for j, r in enumerate(routes) if j != i],
+                config_file=self.config_file,
             )
             for i in range(self.size)
         ]

@@ -33,7 +33,7 @@ from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.status import DeadLetter, FeedHealth, FeedState, FeedStatus, ServiceHeartbeat
-from marketbus.contracts.streams import ensure_all
+from marketbus.contracts.streams import wait_provisioned
 
 from .broker import BusSettings, make_broker
 from .http import AsgiServer
@@ -194,7 +194,10 @@ class Service:
 
     async def start(self) -> Service:
         await self.broker.connect()
-        await ensure_all(self.js, self.settings.stream_replicas)
+        # provisioning (`marketbus provision`) creates the streams; a service only waits for them
+        from marketbus.security.identities import streams_needed
+
+        await wait_provisioned(self.js, streams_needed(self.name))
         self.publisher = await JetStreamPublisher(
             self.nc, latency_histogram=self.metrics.publish_latency.labels(self.name),
         ).start()

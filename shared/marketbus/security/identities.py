@@ -1,0 +1,229 @@
+"""One NATS identity per service, with exactly the subjects it needs (least privilege).
+
+Each :class:`Identity` lists the subjects it may publish to and subscribe to. The generated
+nats-server configuration (:func:`marketbus.security.credentials.authorization_conf`) is built from
+these declarations only, and tests/security checks both what each identity can do and what it is
+denied. Rules of the model:
+
+- No service has JetStream admin rights: streams, buckets, object stores and durable consumers
+  are created by ``marketbus provision`` under the ``admin`` identity. A service gets
+  ``$JS.API.STREAM.INFO`` on the streams it uses, and ``INFO`` / ``MSG.NEXT`` / ``$JS.ACK`` on its
+  own durable consumers only.
+- KV writes (``$KV.<bucket>.>``) only on the service's own buckets; object store writes
+  (``$O.<bucket>.>``) only on the export orchestrator's store.
+- Every identity has a private reply inbox ``_INBOX.<identity>.>`` (nats-py's ``inbox_prefix``):
+  nobody can subscribe to another identity's replies. Services that answer requests get
+  ``allow_responses`` (they may publish to the reply subject of a request they received, nowhere else).
+- A service publishes ``status.<its name>.>`` and ``dlq.<its name>.>`` only.
+- Order commands: only ``operator`` publishes them; only ``order_router`` consumes them. Order
+  events and state are readable by the router and the operator only.
+- ``reader`` (users' own consumers, dashboards) reads market/reference data, status and export
+  progress, and may create its own JetStream consumers on those streams, never touch a
+  service's durable consumer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from marketbus.contracts import consumers as consumer_decls
+from marketbus.contracts import streams
+
+INBOX = "_INBOX"
+# a history query streams many chunks to one reply subject; replies stay allowed this long
+RESPONSES_MAX = 1_000_000
+RESPONSES_EXPIRES = "15m"
+
+
+def inbox_prefix(identity: str) -> str:
+    """The private reply-inbox prefix of ``identity`` (nats-py ``inbox_prefix``)."""
+    return f"{INBOX}.{identity}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    description: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
+    allow_responses: bool = False
+    admin: bool = False
+
+    @property
+    def inbox_prefix(self) -> str:
+        return inbox_prefix(self.name)
+
+
+# --- JetStream building blocks ----------------------------------------------------------------
+API = "$JS.API"
+
+
+def stream_info(*names: str) -> tuple[str, ...]:
+    return tuple(f"{API}.STREAM.INFO.{n}" for n in names)
+
+
+def durable(stream: str, name: str) -> tuple[str, ...]:
+    """Bind to and consume a provisioned durable pull consumer (no create, no delete)."""
+    return (f"{API}.CONSUMER.INFO.{stream}.{name}", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}",
+            f"$JS.ACK.{stream}.{name}.>")
+
+
+def _ordered_consumers(stream: str) -> tuple[str, ...]:
+    """Ephemeral (ordered) consumers on ``stream``: KV watch/keys, object reads, ``tail --last``."""
+    # STREAM.NAMES: nats-py looks the stream up by subject before it subscribes
+    return (f"{API}.STREAM.NAMES", f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.DELETE.{stream}.*", f"{API}.CONSUMER.INFO.{stream}.*", f"$JS.FC.{stream}.>")
+
+
+def _direct_get(stream: str) -> tuple[str, ...]:
+    return (f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>", f"{API}.STREAM.MSG.GET.{stream}")
+
+
+def kv_read(bucket: str) -> tuple[str, ...]:
+    stream = f"KV_{bucket}"
+    return (*stream_info(stream), *_direct_get(stream), *_ordered_consumers(stream))
+
+
+def kv_write(bucket: str, keys: str = ">") -> tuple[str, ...]:
+    """Read the bucket; write (put, create, update, delete) the keys matching ``keys``."""
+    return (*kv_read(bucket), f"$KV.{bucket}.{keys}")
+
+
+def object_store_write(bucket: str) -> tuple[str, ...]:
+    stream = f"OBJ_{bucket}"
+    # deleting an object purges its chunks: purge of this one store's stream, nothing else
+    return (*stream_info(stream), *_direct_get(stream), *_ordered_consumers(stream), f"$O.{bucket}.>",
+            f"{API}.STREAM.PURGE.{stream}")
+
+
+def _own_status(service: str) -> tuple[str, ...]:
+    return (f"status.{service}.>", f"dlq.{service}.>")
+
+
+def _inbox(identity: str) -> tuple[str, ...]:
+    return (f"{inbox_prefix(identity)}.>",)
+
+
+def _service_durables_deny() -> tuple[str, ...]:
+    """What a user may not do to a service's durable consumer: create/update, delete, pull, ack."""
+    out: list[str] = []
+    for spec in consumer_decls.CONSUMERS:
+        s, d = spec.stream, spec.durable
+        out += [f"{API}.CONSUMER.CREATE.{s}.{d}", f"{API}.CONSUMER.CREATE.{s}.{d}.>",
+                f"{API}.CONSUMER.DURABLE.CREATE.{s}.{d}", f"{API}.CONSUMER.DELETE.{s}.{d}",
+                f"{API}.CONSUMER.MSG.NEXT.{s}.{d}", f"$JS.ACK.{s}.{d}.>"]
+    return tuple(out)
+
+
+def _user_consumers(*stream_names: str) -> tuple[str, ...]:
+    """A user's own consumers (durable or not) on these streams, and reading them."""
+    out: list[str] = [f"{API}.INFO", f"{API}.STREAM.NAMES", f"{API}.STREAM.LIST"]
+    for s in stream_names:
+        out += [*stream_info(s), *_direct_get(s), *_ordered_consumers(s),
+                f"{API}.CONSUMER.DURABLE.CREATE.{s}.*", f"{API}.CONSUMER.MSG.NEXT.{s}.*",
+                f"{API}.CONSUMER.LIST.{s}", f"{API}.CONSUMER.NAMES.{s}", f"$JS.ACK.{s}.>"]
+    return tuple(out)
+
+
+MD, REF, STATUS, DLQ = (streams.MARKET_DATA.name, streams.REFERENCE.name, streams.STATUS.name,
+                        streams.DEAD_LETTERS.name)
+ORDERS_CMD, ORDERS_EVT, EXPORTS = (streams.ORDER_COMMANDS.name, streams.ORDER_EVENTS.name,
+                                   streams.EXPORT_EVENTS.name)
+ORDER_EVENT_SUBJECTS = ("orders.evt.>", "orders.fill.>", "orders.position.>", "orders.balance.>")
+
+
+def _ingestor(service: str, source: str, *, extra_subscribe: tuple[str, ...] = ()) -> Identity:
+    return Identity(
+        name=service, description=f"the {source} ingestor",
+        publish=(f"md.*.{source}.>", f"ref.*.{source}.>", *_own_status(service),
+                 # the shared progress bucket: its own keys only (<source>.<...>)
+                 *stream_info(MD, REF, STATUS, DLQ), *kv_write(streams.INGEST_STATE.name, f"{source}.>")),
+        subscribe=(f"replay.{source}", *extra_subscribe, *_inbox(service)),
+        allow_responses=True,  # replay.<source> requests
+    )
+
+
+HISTORY_WRITER = Identity(
+    name="history_writer", description="persists md/ref/feed-status events; answers history queries",
+    publish=(*_own_status("history_writer"), *stream_info(MD, REF, STATUS, DLQ),
+             *durable(MD, consumer_decls.HISTORY_MD.durable), *durable(REF, consumer_decls.HISTORY_REF.durable),
+             *durable(STATUS, consumer_decls.HISTORY_STATUS.durable)),
+    subscribe=("history.query", "history.coverage", *_inbox("history_writer")),
+    allow_responses=True,
+)
+
+ORDER_ROUTER = Identity(
+    name="order_router", description="order commands -> Digitex; order lifecycle events",
+    publish=(*ORDER_EVENT_SUBJECTS, *_own_status("order_router"), *stream_info(ORDERS_CMD, ORDERS_EVT, STATUS, DLQ),
+             *durable(ORDERS_CMD, consumer_decls.ORDER_ROUTER.durable),
+             *kv_write(streams.ORDER_IDEMPOTENCY.name), *kv_write(streams.ORDER_STATE.name),
+             *kv_write(streams.ROUTER_CONTROL.name),
+             # command acks go to the operator's inbox named in the command's Marketbus-Reply-To header
+             f"{inbox_prefix('operator')}.>"),
+    subscribe=("orders.ctl.digitex", *_inbox("order_router")),
+    allow_responses=True,  # orders.ctl requests
+)
+
+EXPORT_ORCHESTRATOR = Identity(
+    name="export_orchestrator", description="export jobs from history to files; TickSupply-shaped HTTP API",
+    publish=("export.status.>", "replay.*", "history.query", "history.coverage",
+             *_own_status("export_orchestrator"), *stream_info(EXPORTS, STATUS, DLQ),
+             *kv_write(streams.EXPORT_JOBS.name), *object_store_write(streams.EXPORT_ARTIFACTS.name)),
+    subscribe=("export.create", "export.get", "export.cancel", "export.list", *_inbox("export_orchestrator")),
+    allow_responses=True,
+)
+
+READER = Identity(
+    name="reader", description="read-only: users' consumers and dashboards (md, ref, status, export progress)",
+    publish=("history.query", "history.coverage", "export.get", "export.list",
+             *_user_consumers(MD, REF, STATUS, EXPORTS)),
+    subscribe=("md.>", "ref.>", "status.>", "export.status.>", *_inbox("reader")),
+    publish_deny=_service_durables_deny(),
+)
+
+OPERATOR = Identity(
+    name="operator", description="the CLI: what reader does, plus order commands, exports, news publishing, dead letters",
+    publish=(*READER.publish, "export.create", "export.cancel", "orders.cmd.digitex.>", "orders.ctl.digitex",
+             "sitagri.news.publish",
+             *_user_consumers(ORDERS_EVT, DLQ), *stream_info(ORDERS_CMD),
+             *kv_read(streams.ORDER_STATE.name), *kv_read(streams.ORDER_IDEMPOTENCY.name),
+             *kv_read(streams.ROUTER_CONTROL.name)),
+    subscribe=(*READER.subscribe[:-1], *ORDER_EVENT_SUBJECTS, "dlq.>", *_inbox("operator")),
+    publish_deny=_service_durables_deny(),
+)
+
+ADMIN = Identity(
+    name="admin", description="provisioning and operations: everything", publish=(">",), subscribe=(">",),
+    admin=True,
+)
+
+SERVICE_IDENTITIES: tuple[Identity, ...] = (
+    HISTORY_WRITER,
+    _ingestor("ingest_finx", "finx"),
+    _ingestor("ingest_ticksupply", "ticksupply"),
+    _ingestor("ingest_digitex", "digitex"),
+    _ingestor("ingest_sitagri", "sitagri", extra_subscribe=("sitagri.news.publish",)),
+    ORDER_ROUTER,
+    EXPORT_ORCHESTRATOR,
+)
+IDENTITIES: tuple[Identity, ...] = (*SERVICE_IDENTITIES, READER, OPERATOR, ADMIN)
+BY_NAME: dict[str, Identity] = {i.name: i for i in IDENTITIES}
+
+
+_SERVICE_STREAMS: dict[str, tuple[streams.StreamSpec, ...]] = {
+    "history_writer": (streams.MARKET_DATA, streams.REFERENCE, streams.STATUS, streams.DEAD_LETTERS),
+    "order_router": (streams.ORDER_COMMANDS, streams.ORDER_EVENTS, streams.STATUS, streams.DEAD_LETTERS),
+    "export_orchestrator": (streams.EXPORT_EVENTS, streams.STATUS, streams.DEAD_LETTERS),
+}
+_INGEST_STREAMS = (streams.MARKET_DATA, streams.REFERENCE, streams.STATUS, streams.DEAD_LETTERS)
+
+
+def streams_needed(service: str) -> tuple[streams.StreamSpec, ...]:
+    """The streams ``service`` publishes to or consumes (every stream for a service not declared here)."""
+    if service in _SERVICE_STREAMS:
+        return _SERVICE_STREAMS[service]
+    if service.startswith("ingest_"):
+        return _INGEST_STREAMS
+    return streams.STREAMS

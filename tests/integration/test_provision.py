@@ -1,0 +1,89 @@
+"""Provisioning: what it creates (retention from the environment), that it never reverts an
+operator's change, and that a service waits for it instead of creating anything."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+
+from marketbus.contracts.consumers import CONSUMERS
+from marketbus.contracts.streams import BUCKETS, DAY, OBJECT_STORES, STREAMS
+from marketbus.runtime.http import free_port
+from marketbus.runtime.natsserver import NatsServer
+from marketbus.runtime.provision import provision
+from marketbus.runtime.service import Service
+
+
+@pytest.fixture
+def bare_server(tmp_path: Path):  # noqa: ANN201
+    """A nats-server nobody has provisioned."""
+    server = NatsServer(data_dir=tmp_path / "nats", port=free_port()).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_provision_creates_everything_with_retention_from_the_environment(
+        bare_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKETBUS_STREAM_MD_MAX_BYTES", "123456789")
+    monkeypatch.setenv("MARKETBUS_STREAM_MD_MAX_AGE", str(2 * DAY))
+    nc = await nats.connect(bare_server.url)
+    try:
+        js = nc.jetstream()
+        await provision(js)
+        await provision(js)  # idempotent
+        names = {info.config.name for info in await js.streams_info()}
+        md = (await js.stream_info("MD")).config
+        dlq = (await js.stream_info("DLQ")).config
+        consumers = [await js.consumer_info(c.stream, c.durable) for c in CONSUMERS]
+    finally:
+        await nc.close()
+    expected = {s.name for s in STREAMS} | {f"KV_{b.name}" for b in BUCKETS} | {f"OBJ_{o.name}" for o in OBJECT_STORES}
+    assert (names >= expected, md.max_bytes, md.max_age, dlq.max_bytes > 0, len(consumers)) == (
+        True, 123456789, 2 * DAY, True, len(CONSUMERS))
+
+
+async def test_an_operators_change_to_a_stream_is_kept_and_logged(nats_server: NatsServer,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        config: StreamConfig = (await js.stream_info("MD")).config
+        config.max_age = 30 * DAY  # nats stream edit MD --max-age 30d
+        await js.update_stream(config)
+        with caplog.at_level(logging.WARNING, logger="marketbus.contracts.streams"):
+            await provision(js)
+        kept = (await js.stream_info("MD")).config.max_age
+    finally:
+        await nc.close()
+    assert (kept, any("MD differs" in r.getMessage() and "max_age" in r.getMessage() for r in caplog.records)) == (
+        30 * DAY, True)
+
+
+async def test_a_service_waits_for_provisioning_and_creates_nothing(bare_server: NatsServer,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    class Probe(Service):
+        name = "ingest_probe"
+
+    service = Probe(nats_url=bare_server.url, http_port=0, heartbeat_interval_s=60.0)
+    with caplog.at_level(logging.WARNING):
+        start = asyncio.create_task(service.start())
+        await asyncio.sleep(2.5)
+        waiting = not start.done()
+        nc = await nats.connect(bare_server.url)
+        try:
+            created_by_service = [s.config.name for s in await nc.jetstream().streams_info()]
+            await provision(nc.jetstream())
+        finally:
+            await nc.close()
+        await asyncio.wait_for(start, 15)
+    started_state = service.state
+    await service.stop()
+    logged = any("stream MD not provisioned: run `marketbus provision`" in r.getMessage() for r in caplog.records)
+    assert (waiting, created_by_service, logged, started_state) == (True, [], True, "running")

@@ -1,0 +1,38 @@
+"""The CLI: it never guesses a server, uses the data dir's identity by itself, and takes explicit
+credentials."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from marketbus.cli.main import app
+
+from .conftest import SecureBus
+
+runner = CliRunner()
+
+
+def _env(**extra: str) -> dict[str, str | None]:
+    clear = ("NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_CREDS_FILE", "NATS_NKEY_SEED_FILE", "NATS_INBOX_PREFIX",
+             "MARKETBUS_CLI_IDENTITY", "NATS_TLS_CA_FILE")
+    return {**dict.fromkeys(clear), **extra}
+
+
+def test_with_no_server_recorded_or_given_the_cli_says_so_and_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["tail", "md.>"], env=_env(MARKETBUS_DATA_DIR=str(tmp_path)))
+    assert (result.exit_code, "no NATS server" in result.output) == (2, True), result.output
+
+
+def test_the_cli_uses_the_data_dirs_admin_identity_to_provision(bus: SecureBus) -> None:
+    data_dir = bus.store.directory.parent  # <data dir>/credentials holds the seeds
+    result = runner.invoke(app, ["provision"], env=_env(MARKETBUS_DATA_DIR=str(data_dir), NATS_URL=bus.url))
+    assert (result.exit_code, "7 streams" in result.output) == (0, True), result.output
+
+
+def test_explicit_credentials_win_and_a_wrong_password_is_refused(bus: SecureBus) -> None:
+    result = runner.invoke(app, ["--user", "nobody", "--password", "wrong", "provision"],
+                           env=_env(MARKETBUS_DATA_DIR=str(bus.store.directory.parent), NATS_URL=bus.url))
+    assert result.exit_code != 0 and "AuthorizationViolation" in re.sub(r"[\s│]", "", result.output), result.output

@@ -1,0 +1,84 @@
+"""The negative matrix: every identity is denied what it must not do, against a real nats-server
+running the generated authorization; and each identity can do its job (positive checks).
+
+One assertion per case. Widening any right in marketbus.security.identities makes a case fail.
+"""
+
+from __future__ import annotations
+
+
+import nats
+import pytest
+
+from marketbus.security.identities import IDENTITIES
+
+from .conftest import SecureBus
+
+pytestmark = pytest.mark.timeout(120)
+
+NON_ADMIN = [i.name for i in IDENTITIES if not i.admin]
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    """(identity, "pub" | "sub", subject) that must be denied."""
+    cases: list[tuple[str, str, str]] = []
+    for who in NON_ADMIN:
+        for stream in ("MD", "ORDERS_CMD", "KV_orders_state", "KV_export_jobs"):
+            cases.append((who, "pub", f"$JS.API.STREAM.PURGE.{stream}"))
+            cases.append((who, "pub", f"$JS.API.STREAM.DELETE.{stream}"))
+        cases.append((who, "pub", "$JS.API.STREAM.CREATE.EVIL"))
+        cases.append((who, "pub", "$JS.API.STREAM.UPDATE.MD"))
+        for stream, durable in (("MD", "history_writer_md"), ("ORDERS_CMD", "order_router")):
+            cases.append((who, "pub", f"$JS.API.CONSUMER.DELETE.{stream}.{durable}"))
+        if who != "operator":
+            cases.append((who, "pub", "orders.cmd.digitex.FS-BTCUSD"))
+            cases.append((who, "pub", "orders.ctl.digitex"))
+            cases.append((who, "sub", "orders.evt.>"))
+            cases.append((who, "sub", "orders.fill.>"))
+        if who not in ("operator", "order_router"):
+            cases.append((who, "pub", "$JS.API.STREAM.INFO.KV_orders_state"))
+            cases.append((who, "pub", "$JS.API.DIRECT.GET.KV_orders_state.$KV.orders_state.x"))
+            cases.append((who, "pub", "$KV.orders_state.x"))
+        if who != "order_router":
+            cases.append((who, "pub", "status.order_router.heartbeat"))
+            cases.append((who, "pub", "orders.evt.digitex.FS-BTCUSD.x"))
+        else:
+            cases.append((who, "pub", "status.ingest_finx.heartbeat"))
+            cases.append((who, "pub", "orders.cmd.digitex.FS-BTCUSD"))
+        if who != "ingest_finx":
+            cases.append((who, "pub", "md.trade.finx.deribit.BTC-USD"))
+            cases.append((who, "pub", "$KV.ingest_state.finx.history.BTC-USD"))  # another's cursor
+            cases.append((who, "pub", "dlq.ingest_finx.finx"))
+        cases.append((who, "sub", "_INBOX.>"))
+        other = "operator" if who != "operator" else "reader"
+        cases.append((who, "sub", f"_INBOX.{other}.>"))
+        if who != "export_orchestrator":  # the export job bucket (where the signing key used to be)
+            cases.append((who, "pub", "$JS.API.DIRECT.GET.KV_export_jobs.$KV.export_jobs.config.signing_secret"))
+            cases.append((who, "pub", "$JS.API.STREAM.MSG.GET.KV_export_jobs"))
+            cases.append((who, "sub", "$KV.export_jobs.>"))
+        if who in ("reader", "operator"):
+            cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.MD.history_writer_md"))
+            cases.append((who, "pub", "$JS.API.CONSUMER.CREATE.MD.history_writer_md"))
+            cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.ORDERS_CMD.order_router"))
+    return cases
+
+
+@pytest.mark.parametrize(("who", "action", "subject"), _cases(), ids=lambda v: str(v))
+async def test_identity_is_denied(bus: SecureBus, who: str, action: str, subject: str) -> None:
+    probe = await bus.connect(who)
+    denied = await (probe.publish_denied(subject) if action == "pub" else probe.subscribe_denied(subject))
+    assert denied, f"{who} may {action} {subject}"
+
+
+async def test_a_wrong_key_is_not_let_in(bus: SecureBus, tmp_path) -> None:  # noqa: ANN001
+    from marketbus.security.credentials import new_seed, write_private
+
+    seed = tmp_path / "intruder.nk"
+    write_private(seed, new_seed())
+    with pytest.raises(Exception, match="(?i)authorization"):
+        await nats.connect(bus.url, nkeys_seed=str(seed), max_reconnect_attempts=0, allow_reconnect=False)
+
+
+async def test_anonymous_clients_are_not_let_in(bus: SecureBus) -> None:
+    with pytest.raises(Exception, match="(?i)authorization"):
+        await nats.connect(bus.url, max_reconnect_attempts=0, allow_reconnect=False)

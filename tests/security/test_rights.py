@@ -1,0 +1,109 @@
+"""Each identity can do its job (positive checks), against a real nats-server running the
+generated authorization (a server of this module's own, apart from the negative matrix)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from marketbus.contracts import codec, subjects
+from marketbus.contracts.status import ServiceHeartbeat
+
+from .conftest import SecureBus
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_an_ingestor_publishes_its_data_and_keeps_its_cursor(bus: SecureBus) -> None:
+    nc = (await bus.connect("ingest_digitex")).nc
+    js = nc.jetstream()
+    ack = await js.publish("md.trade.digitex.digitex.FS-BTCUSD", b"{}", timeout=5)
+    kv = await js.key_value("ingest_state")
+    await kv.put("digitex.cursor", b"42")
+    assert (ack.stream, (await kv.get("digitex.cursor")).value) == ("MD", b"42")
+
+
+async def test_the_history_writer_pulls_and_acks_its_consumer(bus: SecureBus) -> None:
+    admin = (await bus.connect("admin")).nc
+    await admin.jetstream().publish("md.trade.finx.deribit.WRITER", b"{}")
+    nc = (await bus.connect("history_writer")).nc
+    sub = await nc.jetstream().pull_subscribe_bind("history_writer_md", stream="MD")
+    msgs = await sub.fetch(1, timeout=5)
+    await msgs[0].ack_sync()
+    assert msgs[0].subject.startswith("md.")
+
+
+async def test_the_operator_places_a_command_the_router_consumes_and_acks_to_the_operator(bus: SecureBus) -> None:
+    operator = (await bus.connect("operator")).nc
+    router = (await bus.connect("order_router")).nc
+    inbox = operator.new_inbox()
+    sub = await operator.subscribe(inbox)
+    ack = await operator.jetstream().publish(subjects.order_command("FS-BTCUSD"), b"{}",
+                                             headers={"Marketbus-Reply-To": inbox})
+    pull = await router.jetstream().pull_subscribe_bind("order_router", stream="ORDERS_CMD")
+    msg = (await pull.fetch(1, timeout=5))[0]
+    await router.publish(msg.headers["Marketbus-Reply-To"], b"ack")
+    await msg.ack_sync()
+    kv = await router.jetstream().key_value("orders_state")
+    await kv.put("m.FS-BTCUSD", b"{}")
+    evt = await router.jetstream().publish(subjects.order_event("FS-BTCUSD", "c1"), b"{}")
+    state = await (await operator.jetstream().key_value("orders_state")).get("m.FS-BTCUSD")
+    assert (ack.stream, (await sub.next_msg(5)).data, evt.stream, state.value) == ("ORDERS_CMD", b"ack", "ORDERS_EVT", b"{}")
+
+
+async def test_the_export_orchestrator_uses_its_bucket_and_object_store(bus: SecureBus) -> None:
+    js = (await bus.connect("export_orchestrator")).nc.jetstream()
+    kv = await js.key_value("export_jobs")
+    await kv.put("job.x", b"{}")
+    obs = await js.object_store("export_artifacts")
+    await obs.put("x/a.csv", b"a,b\n")
+    data = (await obs.get("x/a.csv")).data
+    await obs.delete("x/a.csv")
+    ack = await js.publish("export.status.x", b"{}")
+    assert (data, ack.stream, (await kv.get("job.x")).value) == (b"a,b\n", "EXPORTS", b"{}")
+
+
+async def test_services_answer_requests_only_on_the_reply_subject(tmp_path) -> None:  # noqa: ANN001
+    from .conftest import provision_as_admin, start_secure
+
+    bus = start_secure(tmp_path)  # a server of its own: reply permissions are tracked per connection
+    await provision_as_admin(bus)
+    writer = (await bus.connect("history_writer")).nc
+    reader = await bus.connect("reader")
+
+    async def answer(msg) -> None:  # noqa: ANN001
+        for i in range(3):  # a history query streams several chunks to one reply subject
+            await writer.publish(msg.reply, str(i).encode())
+
+    await writer.subscribe("history.query", cb=answer)
+    await writer.flush()
+    inbox = reader.nc.new_inbox()
+    sub = await reader.nc.subscribe(inbox)
+    await reader.nc.publish("history.query", b"{}", reply=inbox)
+    try:
+        got = [(await sub.next_msg(5)).data for _ in range(3)]
+        denied = await (await bus.connect("history_writer")).publish_denied(inbox)  # not a reply it was asked for
+    finally:
+        for nc in bus.clients:
+            await nc.close()
+        bus.server.cleanup()
+    assert (got, denied) == ([b"0", b"1", b"2"], True)
+
+
+async def test_the_reader_consumes_durably_and_sees_heartbeats(bus: SecureBus) -> None:
+    admin = (await bus.connect("admin")).nc
+    reader = (await bus.connect("reader")).nc
+    js = reader.jetstream()
+    await js.add_consumer("MD", ConsumerConfig(durable_name="my_dashboard", deliver_policy=DeliverPolicy.ALL))
+    seen: asyncio.Queue = asyncio.Queue()
+    await reader.subscribe(subjects.ALL_HEARTBEATS, cb=seen.put)
+    await reader.flush()
+    hb = ServiceHeartbeat(service="ingest_finx", instance="i", state="running", ts=1, started_ts=1, feeds=[])
+    await admin.publish(subjects.heartbeat("ingest_finx"), codec.encode(hb))
+    await admin.jetstream().publish("md.trade.finx.deribit.READER", b"{}")
+    pull = await js.pull_subscribe_bind("my_dashboard", stream="MD")
+    msgs = await pull.fetch(1, timeout=5)
+    assert (msgs[0].subject.startswith("md."), (await asyncio.wait_for(seen.get(), 5)).subject) == (
+        True, "status.ingest_finx.heartbeat")
