@@ -18,6 +18,9 @@ import pytest_asyncio
 
 from marketbus.runtime.natsserver import NatsCluster, NatsServer
 from marketbus.runtime.provision import provision
+from tests.ephemeral_ports import use_ephemeral_http_ports
+
+use_ephemeral_http_ports()  # services default to fixed ports (9101-9108): tests ask for free ones
 
 
 def provision_server(url: str | list[str], replicas: int = 1, timeout: float = 30.0) -> None:

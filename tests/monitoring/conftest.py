@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from .ephemeral_ports import use_ephemeral_http_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
 
-use_ephemeral_http_ports()
 
 
 def _tool(name: str) -> str:
