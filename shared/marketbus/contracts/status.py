@@ -9,7 +9,9 @@ import msgspec
 
 from .base import Event
 
-FeedState = Literal["connected", "disconnected", "gap", "resynced", "stale"]
+# "blocked": the vendor is reachable but what it sends cannot be published (the bus or the stream's
+# leader is down); the ingestor back-fills what it missed once publishing works again.
+FeedState = Literal["connected", "disconnected", "gap", "resynced", "stale", "blocked"]
 
 
 class FeedStatus(Event, frozen=True, kw_only=True, tag="feed_status"):

@@ -200,6 +200,9 @@ class JetStreamPublisher:
     def _fail(self, pending: _Pending, error: PublishError) -> None:
         self._unreported = self._unreported or error
         pending.fail(error)
+        if pending.future.done() and not pending.future.cancelled():
+            # flush() reports it: no "Future exception was never retrieved" for fire-and-forget
+            pending.future.exception()
 
     def _retry_later(self, token: str, pending: _Pending, reason: str) -> None:
         """A transient failure: back in the queue, re-sent by the sweeper after a back-off."""

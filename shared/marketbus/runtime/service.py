@@ -66,6 +66,7 @@ class ServiceSettings(BusSettings, kw_only=True):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     heartbeat_interval_s: float = 5.0
+    publish_retry_s: float = 60.0  # a publish failing for a transient reason is retried this long
     instance: str = ""  # defaults to <hostname>-<pid>
 
 
@@ -249,6 +250,7 @@ class Service:
         await ensure_all(self.js, self.settings.stream_replicas)
         self.publisher = await JetStreamPublisher(
             self.nc, latency_histogram=self.metrics.publish_latency.labels(self.name),
+            retry_for_s=self.settings.publish_retry_s,
         ).start()
         await self.broker.start()
         self.http = AsgiServer(self._http_app(), self.settings.http_host, self.settings.http_port, lifespan="off")
