@@ -115,11 +115,34 @@ class _DropConnectionTracebacks(logging.Filter):
         return not message.startswith(("Connection broken", "Connection established"))
 
 
+class _OneLineNatsErrors(logging.Filter):
+    """nats-py's default error callback (connections made without one) logs a traceback for every
+    failed reconnect attempt: keep one line, and only when the error changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg, record.args = "nats: %s: %s", (type(exc).__name__, exc)
+            record.exc_info, record.exc_text = None, None
+        text = record.getMessage()
+        if text == self.last:
+            return False
+        self.last = text
+        return True
+
+
 def _quiet_faststream() -> None:
     for name in ("faststream", "faststream.access.nats"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropConnectionTracebacks) for f in logger.filters):
             logger.addFilter(_DropConnectionTracebacks())
+    nats_logger = logging.getLogger("nats.aio.client")
+    if not any(isinstance(f, _OneLineNatsErrors) for f in nats_logger.filters):
+        nats_logger.addFilter(_OneLineNatsErrors())
 
 
 def make_broker(settings: BusSettings, name: str, watch: ConnectionWatch | None = None, **extra: Any) -> NatsBroker:
