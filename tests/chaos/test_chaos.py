@@ -14,6 +14,7 @@ kills, and the same on a 3-node JetStream cluster with the MD stream's leader ki
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -168,6 +169,20 @@ async def check_stored(data_dir: Path, offset: int, start_ns: int, end_ns: int, 
     return {"late_s": round(late, 1), **{f"{k[1]}_{k[0]}s": len(v) for k, v in truth.items()}}
 
 
+def wait_started(data_dir: Path, timeout: float) -> None:
+    """Every service has logged the end of its start-up (a JetStream cluster may still be electing
+    its leaders when they first try: they exit and `up` restarts them)."""
+    from marketbus.cli.services import existing_services
+
+    deadline = time.monotonic() + timeout
+    waiting = [name for name, _ in existing_services()]
+    while waiting and time.monotonic() < deadline:
+        waiting = [n for n in waiting if f"{n} started (health" not in
+                   (data_dir / "logs" / f"{n}.log").read_text(errors="replace")]
+        time.sleep(0.2)
+    assert not waiting, f"not started within {timeout}s: {waiting}"
+
+
 def run_chaos(tmp_path: Path, rounds: int, pause: tuple[float, float], victims: tuple[str, ...] = VICTIMS,
               nats_url: str | None = None, cluster: Any = None) -> None:
     rng = random.Random(SEED)
@@ -179,7 +194,8 @@ def run_chaos(tmp_path: Path, rounds: int, pause: tuple[float, float], victims: 
     tree: list[int] = []
     try:
         tree = wait_for_tree(up, expected_children() - (1 if nats_url else 0), timeout=90)
-        time.sleep(8)  # every service is up and the ingestors have caught up with their start
+        wait_started(data_dir, timeout=90)
+        time.sleep(5)  # the ingestors have caught up with their start
         start_ns = time.time_ns()
         chaos = Chaos(up.pid, data_dir, rng, victims)
         if cluster is not None:
@@ -205,14 +221,21 @@ def kill_cluster_leader(cluster: Any, rng: random.Random, chaos: Chaos, rounds: 
     async def md_leader() -> str:
         nc = await nats_py.connect(cluster.urls)
         try:
-            return (await nc.jetstream().stream_info("MD")).cluster.leader
+            for _ in range(60):  # a leader may be being elected (after the previous round)
+                with contextlib.suppress(Exception):
+                    info = await nc.jetstream().stream_info("MD")
+                    if info.cluster and info.cluster.leader:
+                        return info.cluster.leader
+                await asyncio.sleep(0.5)
+            raise AssertionError("the MD stream has no leader")
         finally:
             await nc.close()
 
     last_back = time.time()
     for _ in range(rounds):
         time.sleep(rng.uniform(*pause))
-        node = next(n for n in cluster.nodes if n.name == asyncio.run(md_leader()))
+        leader = asyncio.run(md_leader())
+        node = next(n for n in cluster.nodes if n.name == leader)
         node.kill()
         chaos.kills.append((time.time(), f"node {node.name}"))
         if rng.random() < 0.5:
