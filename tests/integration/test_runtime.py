@@ -302,3 +302,30 @@ async def test_a_nats_outage_is_logged_once_not_a_traceback_a_second(nats_server
     records = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [r for r in records if r.exc_info], [r.getMessage() for r in records if r.exc_info]
     assert len(records) <= 4, [r.getMessage() for r in records]
+
+
+async def test_session_keeper_survives_a_vendor_that_refuses_logins_for_a_while() -> None:
+    from marketbus.runtime.session import SessionKeeper
+
+    attempts = 0
+
+    async def login() -> tuple[str, float | None]:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ConnectionRefusedError("vendor down")
+        return f"token-{attempts}", 0.3
+
+    pinged: list[str] = []
+
+    async def ping(token: str) -> None:
+        pinged.append(token)
+
+    keeper = SessionKeeper(login, ping, timeout_s=0.3, margin_s=0.1)
+    keeper.last_use -= 10  # a keep-alive is due at once
+    task = asyncio.create_task(keeper.run())
+    try:
+        await wait_for(lambda: pinged, timeout=5, what="a keep-alive after the vendor came back")
+        assert not task.done() and attempts == 3 and pinged[0] == "token-3"
+    finally:
+        task.cancel()
