@@ -174,6 +174,8 @@ class SupervisedNatsServer(NatsServer):
     """The embedded nats-server as a child of ``up``: it dies with ``up`` and holds the store lock."""
 
     keep_fds: tuple[int, ...] = ()  # the store lock (and the data dir's): held while it runs
+    restart_at: float | None = None  # set when it exited: started again then (back-off)
+    restart_backoff: Backoff | None = None
 
     def start(self, timeout: float = 10.0) -> SupervisedNatsServer:
         assert self.data_dir is not None
@@ -304,15 +306,27 @@ def _start_nats(data_dir: Path, data_lock: DirLock) -> tuple[SupervisedNatsServe
     return server, store_lock
 
 
+def _supervise_nats(server: SupervisedNatsServer, now: float, console: Console) -> None:
+    backoff = server.restart_backoff = server.restart_backoff or Backoff(0.2, 10.0)
+    if server.restart_at is None and server.proc is not None and server.proc.poll() is not None:
+        server.restart_at = now + backoff.next_delay()
+        _say(console, f"[red]nats-server exited with {server.proc.returncode}[/]; starting it again in "
+                      f"{server.restart_at - now:.1f}s")
+    if server.restart_at is not None and now >= server.restart_at:
+        server.restart_at = None
+        try:
+            server.start()
+            _say(console, "restarted nats-server")
+        except NatsServerError as exc:
+            _say(console, f"[red]nats-server did not start: {exc}[/]")
+            server.restart_at = time.monotonic() + backoff.next_delay()
+
+
 def _supervise(children: list[Child], server: SupervisedNatsServer | None, console: Console) -> None:
     """Start again, with back-off, whatever exited."""
     now = time.monotonic()
-    if server is not None and server.proc is not None and server.proc.poll() is not None:
-        _say(console, f"[red]nats-server exited with {server.proc.returncode}[/]; starting it again")
-        try:
-            server.start()
-        except NatsServerError as exc:
-            _say(console, f"[red]nats-server did not start: {exc}[/]")
+    if server is not None:
+        _supervise_nats(server, now, console)
     for child in children:
         if child.exited():
             assert child.proc is not None
