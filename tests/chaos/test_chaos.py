@@ -18,7 +18,6 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
