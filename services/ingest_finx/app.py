@@ -74,6 +74,7 @@ class Page:
 class FinxIngestor(Ingestor):
     name: ClassVar[str] = "ingest_finx"
     source: ClassVar[str] = "finx"
+    resends_failed_publishes = True  # _unconfirmed is re-sent after a publishing failure
     settings_cls = FinxIngestSettings
     settings: FinxIngestSettings
 

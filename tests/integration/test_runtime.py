@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from decimal import Decimal
@@ -329,3 +330,47 @@ async def test_session_keeper_survives_a_vendor_that_refuses_logins_for_a_while(
         assert not task.done() and attempts == 3 and pinged[0] == "token-3"
     finally:
         task.cancel()
+
+
+async def test_an_ingestor_reports_blocked_publishing_and_the_gap_of_what_it_gave_up_on(nats_server: NatsServer) -> None:
+    from marketbus.runtime.ingest import Ingestor
+
+    class ProbeIngestor(Ingestor):
+        name = "probe_ingest"
+        source = "probe"
+
+    ing = await ProbeIngestor(nats_url=nats_server.url, publish_retry_s=1.0, heartbeat_interval_s=60).start()
+    try:
+        nats_server.kill()
+        for i in range(5):  # published while NATS is down: given up on after 1 s
+            await ing.emit(trade(i, symbol="BLOCKED"))
+        await wait_for(lambda: ing.publishing_blocked, timeout=10, what="publishing reported blocked")
+        assert any(p.startswith("publishing: ") for p in ing.health_problems())
+        await asyncio.sleep(1.5)
+        nats_server.start()
+        await wait_for(lambda: ing.nats_connected, timeout=15, what="reconnected")
+        await ing.emit(trade(99, symbol="BLOCKED"))
+        await wait_for(lambda: not ing.publishing_blocked, timeout=15, what="publishing again")
+        nc = await nats.connect(nats_server.url)
+        try:
+            statuses: list[FeedStatus] = []
+
+            async def read() -> bool:
+                sub = await nc.jetstream().subscribe(subjects.feed_status("probe_ingest", "probe", "_", "_"),
+                                                     ordered_consumer=True)
+                statuses.clear()
+                with contextlib.suppress(Exception):
+                    while True:
+                        statuses.append(codec.decode((await sub.next_msg(timeout=0.5)).data))
+                await sub.unsubscribe()
+                return bool(statuses) and statuses[-1].state == "connected"
+
+            # ("blocked" itself was published while the bus was down: it may be among the lost)
+            await wait_for(read, timeout=15, interval=0.5, what="the status after the outage")
+            gap = next((s for s in statuses if s.state == "gap"), None)
+            assert gap is not None, [s.state for s in statuses]
+            assert gap.gap_start < gap.gap_end and "could not be published" in gap.detail
+        finally:
+            await nc.close()
+    finally:
+        await ing.stop()

@@ -44,6 +44,8 @@ class ReplayUnsupported(Exception):
 
 class Ingestor(Service):
     source: ClassVar[str] = "vendor"
+    # True when the ingestor re-publishes what the publisher gave up on (FinX does): no gap to report
+    resends_failed_publishes: ClassVar[bool] = False
     metrics_cls = IngestMetrics
     metrics: IngestMetrics
     settings: IngestSettings
@@ -64,16 +66,23 @@ class Ingestor(Service):
     async def _watch_publishing(self, every_s: float = 0.5) -> None:
         """Report publishing that is stuck for a second or more (no stream leader, NATS down) as
         the ``<source>/publishing`` feed's state ``blocked`` and a health problem; ``connected``
-        again once acks flow."""
+        again once acks flow. Messages given up on meanwhile (an outage longer than
+        ``publish_retry_s``) are reported as a ``gap`` of that feed, unless the ingestor re-sends
+        them itself (``resends_failed_publishes``)."""
+        assert self.publisher is not None
+        publisher = self.publisher
         feed = dict(venue=NO_VENUE, symbol=NO_VENUE, feed=f"{self.source}/publishing")
         seen: str | None = None
+        since_ns, failed_before = 0, 0
         while True:
             await asyncio.sleep(every_s)
-            assert self.publisher is not None
-            reason = self.publisher.blocked
+            reason = publisher.blocked
             if reason is None and not self.nats_connected:
                 reason = "NATS disconnected"
-            if reason and seen and not self.publishing_blocked:  # twice in a row: not a blip
+            if reason is None and not self.publishing_blocked:  # all well: the reference point
+                since_ns = time.time_ns() - int(publisher.ack_timeout * 1e9)  # what was in flight
+                failed_before = publisher.failed
+            elif reason and seen and not self.publishing_blocked:  # twice in a row: not a blip
                 self.publishing_blocked = reason
                 self.unhealthy("publishing", reason)
                 with contextlib.suppress(Exception):
@@ -81,7 +90,12 @@ class Ingestor(Service):
             elif reason is None and self.publishing_blocked:
                 self.publishing_blocked = None
                 self.healthy("publishing")
+                lost = publisher.failed - failed_before
                 with contextlib.suppress(Exception):
+                    if lost and not self.resends_failed_publishes:
+                        await self.publish_feed_status(
+                            self.source, "gap", gap=(since_ns, time.time_ns()), **feed,
+                            detail=f"{lost} messages could not be published (bus down > {publisher.retry_for_s:.0f}s)")
                     await self.publish_feed_status(self.source, "connected", detail="publishing again", **feed)
             seen = reason
 

@@ -145,6 +145,7 @@ class JetStreamPublisher:
         self.published = 0
         self.duplicates = 0
         self.retries = 0
+        self.failed = 0  # messages given up on (their futures failed)
         self._acks = 0
         self._unreported: PublishError | None = None  # a message failed since the last flush()
         self._blocked_since: float | None = None
@@ -198,6 +199,7 @@ class JetStreamPublisher:
         pending.resolve(ack)
 
     def _fail(self, pending: _Pending, error: PublishError) -> None:
+        self.failed += 1
         self._unreported = self._unreported or error
         pending.fail(error)
         if pending.future.done() and not pending.future.cancelled():
@@ -275,14 +277,17 @@ class JetStreamPublisher:
             for token, pending in list(self._pending.items()):
                 if pending.future.done():
                     continue
-                if pending.retry_at:
+                expired = now - pending.first_sent_at >= self.retry_for_s
+                if expired:
+                    pass
+                elif pending.retry_at:
                     if now < pending.retry_at:
                         continue
                 elif now - pending.sent_at < self.ack_timeout:
                     continue
                 else:
                     self._blocked(f"no ack for {pending.subject} within {self.ack_timeout:.0f}s")
-                if now - pending.first_sent_at >= self.retry_for_s:
+                if expired:
                     self._pending.pop(token, None)
                     self._room.set()
                     reason = pending.last_error or f"no ack for {pending.subject}"
