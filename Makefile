@@ -8,11 +8,12 @@ STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-fast bench lock schemas secrets up down clean
+.PHONY: help venv run test test-fast chaos bench lock schemas secrets up down clean
 
 help:
 	@echo "make run     - the whole system on embedded defaults (NATS, sandboxes, services); Ctrl-C stops"
 	@echo "make test    - the test suite (real NATS, sandboxes, PostgreSQL when reachable)"
+	@echo "make chaos   - the chaos soak: kill -9 ingestors, the writer and nats-server (also on a 3-node cluster)"
 	@echo "make bench   - benchmarks; results go to bench/RESULTS.md"
 	@echo "make up      - the same system with docker compose (make secrets first writes deploy/secrets)"
 	@echo "make lock    - re-pin requirements.lock after editing pyproject.toml"
@@ -33,6 +34,10 @@ run: venv
 
 test: venv
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# MARKETBUS_CHAOS_SEED replays a run; MARKETBUS_CHAOS_ROUNDS sets the number of kills
+chaos: venv
+	$(BIN)/pytest -m soak tests/chaos $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python bench/run_all.py

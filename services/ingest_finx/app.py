@@ -8,15 +8,20 @@
   published as batch envelopes (``replay=True``); the cursor (time + ids at that time) is saved in
   the ``ingest_state`` KV bucket once the page is acked, so a restart or a lost session resumes
   where it stopped, with no duplicate and no hole.
+- Publishing that fails (no stream leader on a cluster, NATS down: a ``PublishError`` or a NATS
+  error out of the session) ends the session as ``blocked`` (``finx/session``); once the bus is
+  back, the next session first re-sends, unchanged, what was published since the last commit
+  (same batch ids: JetStream drops what it had stored), then back-fills the gap from the cursor.
 - ``replay.finx`` fetches a range with tickHistory and publishes ``replay=True`` batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -27,7 +32,7 @@ from marketbus.contracts.reference import Currency
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.contracts.subjects import denormalize_symbol
 from marketbus.runtime.backoff import Backoff
-from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
+from marketbus.runtime.ingest import BUS_ERRORS, Ingestor, ReplayUnsupported
 
 from . import normalize
 from .client import SessionLost, TickPlantClient
@@ -69,6 +74,7 @@ class Page:
 class FinxIngestor(Ingestor):
     name: ClassVar[str] = "ingest_finx"
     source: ClassVar[str] = "finx"
+    resends_failed_publishes = True  # _unconfirmed is re-sent after a publishing failure
     settings_cls = FinxIngestSettings
     settings: FinxIngestSettings
 
@@ -87,6 +93,10 @@ class FinxIngestor(Ingestor):
         self._next_snap = 0.0
         self._commit_at = 0.0
         self.sessions = 0
+        # what was published since the last commit, as published: (events, replay flag or None for
+        # a single event, ack futures). After a publishing failure it is re-sent unchanged, so the
+        # batch ids (Nats-Msg-Id) are the same and JetStream drops what it had stored already.
+        self._unconfirmed: list[tuple[list[Tick], bool | None, list[Any]]] = []
 
 
     def _count_frame(self, channel: str) -> None:
@@ -141,10 +151,11 @@ class FinxIngestor(Ingestor):
             return
         self._commit_at = now + 0.5
         dirty = [p for p in self.pairs.values() if p.committed != (p.cursor, frozenset(p.boundary))]
-        if not dirty:
+        if not dirty and not self._unconfirmed:
             return
         snapshot = [(p, p.cursor, frozenset(p.boundary)) for p in dirty]
         await self.flush()
+        self._unconfirmed.clear()  # all acked
         for state, cursor, boundary in snapshot:
             await self.kv.put(self._state_key(state), msgspec.json.encode(Cursor(cursor, sorted(boundary))))
             state.committed = (cursor, boundary)
@@ -162,6 +173,7 @@ class FinxIngestor(Ingestor):
             self.sessions += 1
             self.metrics.feed_state.labels(self.source, "session").set(1)
             await self.publish_feed_status(self.source, "connected", detail=self.client.safe_url, **session_feed)
+            ended: Literal["disconnected", "blocked"] = "disconnected"
             try:
                 await self._session()
             except SessionLost as exc:
@@ -169,16 +181,45 @@ class FinxIngestor(Ingestor):
             except normalize.VendorError as exc:
                 reason = f"vendor error: {exc}"
                 await self.client.close()
+            except BUS_ERRORS as exc:
+                ended, reason = "blocked", f"publishing failed: {exc!r}"
+                self.log.warning("FinX session blocked: %s", reason)
+                await self.client.close()
             self.metrics.feed_state.labels(self.source, "session").set(0)
             self.metrics.reconnects.labels(self.source).inc()
             lost_at = self.now_ns()
-            await self.publish_feed_status(self.source, "disconnected", detail=reason, **session_feed)
+            with contextlib.suppress(*BUS_ERRORS):
+                await self.publish_feed_status(self.source, ended, detail=reason, **session_feed)
             for state in self.pairs.values():
                 # Whatever happened from the cursor on is missing until the back-fill catches up.
                 state.gap = (state.gap[0] if state.gap else state.cursor, lost_at)
             await self.client.backoff.sleep()
+            if ended == "blocked":
+                await self._wait_for_the_bus()
+
+    async def _wait_for_the_bus(self) -> None:
+        """Until NATS is connected and the publisher is not blocked (checked every 0.5 s)."""
+        assert self.publisher is not None
+        while not self.nats_connected or self.publisher.blocked:
+            await asyncio.sleep(0.5)
+        with contextlib.suppress(*BUS_ERRORS):
+            await self.flush()  # forget the failures: _unconfirmed re-sends them
+
+    async def _resend_unconfirmed(self) -> None:
+        """Re-publish, unchanged, what was published since the last commit and not acked."""
+        for events, replay, acks in self._unconfirmed:
+            if all(f.done() and not f.cancelled() and f.exception() is None for f in acks):
+                continue
+            acks.clear()
+            if replay is None:
+                acks.extend([await self.emit(e) for e in events])
+            else:
+                await self.emit_batch(events, replay=replay, acks=acks)
+        await self._commit(force=True)
 
     async def _session(self) -> None:
+        if self._unconfirmed:
+            await self._resend_unconfirmed()
         for state in self.pairs.values():
             if state.gap is not None:
                 start, end = state.gap
@@ -256,7 +297,7 @@ class FinxIngestor(Ingestor):
         if tick.id in state.snap_ids:
             return
         state.snap_ids[tick.id] = tick.ts_event
-        await self.emit(tick)
+        self._unconfirmed.append(([tick], None, [await self.emit(tick)]))
 
     # --- history --------------------------------------------------------------------------------
     async def _page(self, pair: str, symbol: str, cursor: int, boundary: set[str], replay: bool = True) -> Page:
@@ -308,7 +349,9 @@ class FinxIngestor(Ingestor):
                     detail=f"more than {self.settings.history_page_rows} rows share one millisecond")
             fresh = [t for t in page.ticks if t.id not in state.snap_ids]
             if fresh:
-                await self.emit_batch(fresh, replay=True)
+                acks: list[Any] = []
+                await self.emit_batch(fresh, replay=True, acks=acks)
+                self._unconfirmed.append((fresh, True, acks))
             state.cursor, state.boundary = page.cursor, page.boundary
             if state.snap_ids:
                 state.snap_ids = {i: ts for i, ts in state.snap_ids.items() if ts >= state.cursor}

@@ -35,7 +35,7 @@ from marketbus.contracts.base import MarketEvent
 from marketbus.contracts import subjects
 from marketbus.contracts.jobs import PublishArticle, PublishReply, ReplayRequest
 from marketbus.runtime.backoff import Backoff
-from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
+from marketbus.runtime.ingest import BUS_ERRORS, Ingestor, ReplayUnsupported
 from marketbus.runtime.tasks import cancel_and_wait
 
 from . import history as hist
@@ -227,6 +227,9 @@ class SitagriIngestor(Ingestor):
                 self.metrics.vendor_errors.labels(self.source, "reference").inc()
                 self.log.warning("reference crawl failed: %r", exc)
                 await backoff.sleep()
+            except BUS_ERRORS as exc:  # the bus, not the vendor: retried (the health says "publishing")
+                self.log.warning("reference crawl could not publish: %r", exc)
+                await backoff.sleep()
 
     # --- live -------------------------------------------------------------------------------------
     async def _live_loop(self) -> None:
@@ -264,7 +267,9 @@ class SitagriIngestor(Ingestor):
                     continue
                 await backoff.sleep()
                 continue
-            except (NetbusClosed, Unavailable, SessionExpired, VendorError, asyncio.TimeoutError) as exc:
+            except (NetbusClosed, Unavailable, SessionExpired, VendorError, *BUS_ERRORS) as exc:
+                # BUS_ERRORS: a back-fill could not publish; the gap stays open and is back-filled
+                # again on the next session
                 self.metrics.reconnects.labels(self.source).inc()
                 if lost_at is None:
                     lost_at = self._lost()
@@ -531,7 +536,7 @@ class SitagriIngestor(Ingestor):
                 continue
             try:
                 raws = await self.client.batch_raw([f"{q}/orderBook" for q in quotes], channel="orderbook")
-            except (Unavailable, VendorError) as exc:
+            except (Unavailable, VendorError, *BUS_ERRORS) as exc:
                 self.log.warning("order book poll failed: %r", exc)
                 continue
             for raw in raws:

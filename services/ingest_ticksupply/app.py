@@ -29,7 +29,7 @@ from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ReplayRequest
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
-from marketbus.runtime.ingest import Ingestor, ReplayUnsupported
+from marketbus.runtime.ingest import BUS_ERRORS, Ingestor, ReplayUnsupported
 from marketbus.runtime.tasks import cancel_and_wait
 
 from . import normalize
@@ -134,6 +134,8 @@ class TickSupplyIngestor(Ingestor):
             self.log.warning("%s failed: %s", what, exc)
             if isinstance(exc, RetriesExhausted):
                 await self._safe_status("disconnected", detail=f"{what}: {exc}")
+        except BUS_ERRORS as exc:  # NATS down or no stream leader: one line (the health says more)
+            self.log.warning("%s failed: the bus: %r", what, exc)
         except Exception as exc:  # noqa: BLE001 - a loop must survive anything and retry
             self.log.warning("%s failed: %r", what, exc, exc_info=exc)
         await backoff.sleep()

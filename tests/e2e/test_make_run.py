@@ -1,29 +1,24 @@
 """`marketbus up` (what `make run` runs), as a newcomer runs it: embedded NATS, the sandboxes and
-every service come up, report healthy heartbeats with flowing feeds, and stop cleanly."""
+every service come up, report healthy heartbeats with flowing feeds, and stop cleanly. On free
+ports (MARKETBUS_UP_PORT_OFFSET), so it can run next to another `marketbus up`."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from marketbus.cli.services import existing_services
 from marketbus.runtime.http import port_is_free
 
-MARKETBUS = str(Path(sys.executable).parent / "marketbus")
-SANDBOX_PORTS = (8701, 8702, 8703, 8704)
+from .uptree import MARKETBUS, SANDBOX_BASE, free_offset, up_env
 
 
 def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
-    busy = [p for p in SANDBOX_PORTS if not port_is_free(p)]
-    if busy:
-        pytest.fail(f"sandbox ports {busy} are in use: stop the other marketbus before running this test")
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MARKETBUS_DATA_DIR")}
+    offset = free_offset()
+    ports = [p + offset for p in SANDBOX_BASE]
+    env = up_env(offset)
     env["COLUMNS"] = "220"
     data_dir = tmp_path / "mb"
     up = subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), "--duration", "35"],
@@ -56,4 +51,4 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
     # data flowed: at least one feed shows events
     assert re.search(r"connected\s+│\s+[\d,.]+\s+│\s+[1-9][\d,]*", final_table), final_table
     # nothing left behind: every port is free again
-    assert all(port_is_free(p) for p in SANDBOX_PORTS)
+    assert all(port_is_free(p) for p in ports)

@@ -3,6 +3,7 @@ in the MD / REF / STATUS / DLQ streams, checked by id against the sandbox's grou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -243,3 +244,80 @@ async def test_bad_key_keeps_retrying_with_backoff(nats_server: NatsServer, sb: 
 def test_configuration_is_validated_at_start_up(overrides: dict[str, Any], var: str) -> None:
     with pytest.raises(SettingsError, match=f"MARKETBUS_INGEST_FINX_{var}"):
         FinxIngestor(nats_url="nats://127.0.0.1:1", **overrides)
+
+
+@pytest.mark.cluster
+async def test_losing_the_md_stream_leader_blocks_the_session_then_back_fills_with_nothing_lost(
+        nats_cluster: Any, sb: SandboxRunner) -> None:
+    """The issue's reproduction: a 3-node R3 cluster, kill -9 of the MD stream's leader while
+    ingest_finx runs. Publishing stalls (no leader: empty acks, no responders, timeouts); the
+    session must not die: it reports "blocked", back-fills, and nothing is lost or duplicated."""
+    from marketbus.contracts.streams import ensure_all
+
+    nc = await nats.connect(nats_cluster.urls)
+    js = nc.jetstream()
+
+    async def ready() -> bool:
+        try:
+            await ensure_all(js, replicas=3)
+            return True
+        except Exception:  # noqa: BLE001 - the meta leader is still being elected
+            return False
+
+    await wait_for(ready, timeout=30, interval=0.5, what="JetStream cluster ready")
+    killed = None
+    try:
+        ing = FinxIngestor(
+            nats_url=nats_cluster.url, stream_replicas=3, ws_url=sb.ws_url, api_key=KEY, pairs=[PAIR],
+            tickers=["BTC", "USD"], history_start="-3", snap_interval_s=0.2, history_interval_s=0.2,
+            reconnect_initial_s=0.05, reconnect_max_s=0.3, heartbeat_interval_s=60,
+            state_key_prefix=f"finx-{uuid.uuid4().hex[:8]}",
+        )
+        async with ing:
+            state = ing.pairs[PAIR]
+            await wait_for(lambda: state.committed and state.committed[0] > state.origin + 1_000_000_000, 20,
+                           what="first committed pages")
+            leader = (await js.stream_info("MD")).cluster.leader
+            killed = next(n for n in nats_cluster.nodes if n.name == leader)
+            killed.kill()
+            lost_at = ing.now_ns()
+            await asyncio.sleep(6)  # a new leader is elected meanwhile; publishing stalls, then resumes
+            killed.start()
+            killed = None
+            await wait_for(lambda: state.committed and state.committed[0] > lost_at + 3_000_000_000
+                           and state.gap is None, 60, interval=0.2, what="back-fill past the outage")
+            assert ing.exit_code == 0 and ing.state == "running"
+            await wait_for(lambda: not ing.health_problems(), 15, what="healthy again")
+            await check_complete(js, sb, state.origin, state.committed[0])
+        statuses = [s for s in events_of(await read_stream(js, "status.ingest_finx.feed.>")) if isinstance(s, FeedStatus)]
+        assert any(s.state == "blocked" for s in statuses), [s.state for s in statuses]
+    finally:
+        if killed is not None:
+            killed.start()
+        await nc.close()
+
+
+async def test_a_nats_outage_longer_than_the_retry_period_blocks_the_session_then_back_fills(
+        nats_server: NatsServer, sb: SandboxRunner) -> None:
+    """kill -9 of the (single) nats-server for longer than the publisher retries: the session ends
+    as "blocked", rewinds to its committed cursor, and back-fills once NATS is back."""
+    async with make(nats_server, sb, publish_retry_s=1.0) as ing:
+        state = ing.pairs[PAIR]
+        await wait_for(lambda: state.committed and state.committed[0] > state.origin + 1_000_000_000, 20,
+                       what="first committed pages")
+        nats_server.kill()
+        lost_at = ing.now_ns()
+        await wait_for(lambda: ing.feeds.state("finx/session") == "blocked", 15, what="the session blocked")
+        nats_server.start()
+        await wait_for(lambda: state.committed and state.committed[0] > lost_at + 2_000_000_000
+                       and state.gap is None, 40, interval=0.2, what="back-fill past the outage")
+        assert ing.exit_code == 0
+        await wait_for(lambda: not ing.health_problems(), 15, what="healthy again")
+        nc = await nats.connect(nats_server.url)
+        try:
+            await check_complete(nc.jetstream(), sb, state.origin, state.committed[0])
+            statuses = [s for s in events_of(await read_stream(nc.jetstream(), "status.ingest_finx.feed.>"))
+                        if isinstance(s, FeedStatus)]
+            assert any(s.state == "blocked" and s.symbol == "_" for s in statuses)
+        finally:
+            await nc.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 from decimal import Decimal
 
@@ -18,7 +20,7 @@ from marketbus.contracts.status import DeadLetter, FeedStatus, ServiceHeartbeat
 from marketbus.contracts.streams import BUCKETS, STREAMS, ensure_all
 from marketbus.runtime.http import port_is_free
 from marketbus.runtime.natsserver import NatsServer
-from marketbus.runtime.publisher import JetStreamPublisher
+from marketbus.runtime.publisher import JetStreamPublisher, TransientPublishError
 from marketbus.runtime.service import Service
 from tests.helpers import wait_for
 
@@ -112,11 +114,19 @@ async def test_pipelined_publisher_deduplicates_by_event_id(nats_url: str, js) -
 
 async def test_publisher_reports_subjects_no_stream_captures(nats_url: str, js) -> None:  # noqa: ANN001
     nc = await nats.connect(nats_url)
-    publisher = await JetStreamPublisher(nc, ack_timeout=1).start()
+    # "no responders" is also what a cluster answers while a stream has no leader: retried for
+    # retry_for_s, then reported
+    publisher = await JetStreamPublisher(nc, ack_timeout=1, retry_for_s=2).start()
     try:
         future = await publisher.publish("nostream.here", b"{}")
-        with pytest.raises(Exception, match="no stream|no ack"):
+        await asyncio.sleep(0.5)
+        assert publisher.blocked and "no stream for subject nostream.here" in publisher.blocked
+        with pytest.raises(TransientPublishError, match="no stream for subject nostream.here"):
             await asyncio.wait_for(future, 10)
+        assert publisher.retries >= 2
+        with pytest.raises(TransientPublishError):  # a later flush reports the loss too
+            await publisher.flush()
+        await publisher.flush()  # ...once
     finally:
         await publisher.close()
         await nc.close()
@@ -211,3 +221,160 @@ async def test_publish_group_acks_every_event_once(nats_url: str, js) -> None:  
     finally:
         await publisher.close()
         await nc.close()
+
+
+async def test_a_publish_to_a_stream_that_appears_later_is_retried_not_lost(nats_server: NatsServer) -> None:
+    """The cluster case in small: no stream answers for a while (no leader), then one does."""
+    nc = await nats.connect(nats_server.url)
+    publisher = await JetStreamPublisher(nc, ack_timeout=1).start()
+    try:
+        futures = [await publisher.publish(f"late.{i}", b"{}", {"Nats-Msg-Id": f"late-{i}"}) for i in range(20)]
+        await asyncio.sleep(1.0)
+        assert publisher.blocked and not any(f.done() for f in futures)
+        await nc.jetstream().add_stream(name="LATE", subjects=["late.>"])
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+        await publisher.flush()
+        assert (await nc.jetstream().stream_info("LATE")).state.messages == 20
+        assert publisher.blocked is None
+    finally:
+        await publisher.close()
+        await nc.close()
+
+
+class _Probe(Service):
+    name = "probe"
+
+
+async def test_a_connection_the_server_closes_stops_the_service_with_exit_code_1(nats_server: NatsServer) -> None:
+    """A 10 KB subject makes nats-server close the connection ("maximum control line exceeded"):
+    nats-py does not reconnect. The service must not linger as a zombie: it stops with code 1."""
+    service = _Probe(nats_url=nats_server.url, heartbeat_interval_s=0.2)
+    run = asyncio.create_task(service.run())
+    await wait_for(lambda: service.state == "running", what="the probe running")
+    async with httpx.AsyncClient(base_url=service.http_url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        await service.nc.publish("x" * 10_000, b"")
+    assert await asyncio.wait_for(run, 10) == 1
+    assert "maximum control line exceeded" in service.health_problems()[-1]
+
+
+async def test_a_crashed_loop_stops_the_service_with_exit_code_1(nats_server: NatsServer) -> None:
+    class Crashing(_Probe):
+        async def on_start(self) -> None:
+            async def broken() -> None:
+                await asyncio.sleep(0.2)
+                raise RuntimeError("a bug")
+
+            self.spawn(broken(), "broken")
+
+    service = Crashing(nats_url=nats_server.url)
+    assert await asyncio.wait_for(service.run(), 10) == 1
+
+
+async def test_health_problems_make_healthz_503_and_the_heartbeat_degraded(nats_server: NatsServer) -> None:
+    service = await _Probe(nats_url=nats_server.url, heartbeat_interval_s=0.2).start()
+    try:
+        async with httpx.AsyncClient(base_url=service.http_url) as http:
+            service.unhealthy("store", "PostgreSQL unreachable")
+            reply = await http.get("/healthz")
+            assert reply.status_code == 503 and reply.json()["problems"] == ["store: PostgreSQL unreachable"]
+            assert service.heartbeat().state == "degraded"
+            service.healthy("store")
+            assert (await http.get("/healthz")).status_code == 200
+            assert service.heartbeat().state == "running"
+            nats_server.kill()
+            await wait_for(lambda: not service.nats_connected, what="the disconnect seen")
+            reply = await http.get("/healthz")
+            assert reply.status_code == 503 and reply.json()["problems"] == ["NATS disconnected"]
+            nats_server.start()
+            await wait_for(lambda: service.nats_connected, timeout=15, what="reconnected")
+            assert (await http.get("/healthz")).status_code == 200
+    finally:
+        await service.stop()
+
+
+async def test_a_nats_outage_is_logged_once_not_a_traceback_a_second(nats_server: NatsServer,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    service = await _Probe(nats_url=nats_server.url).start()
+    try:
+        caplog.clear()
+        nats_server.kill()
+        await asyncio.sleep(4)  # ~4 reconnect attempts
+        nats_server.start()
+        await wait_for(lambda: service.nats_connected, timeout=15, what="reconnected")
+    finally:
+        await service.stop()
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in records if r.exc_info], [r.getMessage() for r in records if r.exc_info]
+    assert len(records) <= 4, [r.getMessage() for r in records]
+
+
+async def test_session_keeper_survives_a_vendor_that_refuses_logins_for_a_while() -> None:
+    from marketbus.runtime.session import SessionKeeper
+
+    attempts = 0
+
+    async def login() -> tuple[str, float | None]:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ConnectionRefusedError("vendor down")
+        return f"token-{attempts}", 0.3
+
+    pinged: list[str] = []
+
+    async def ping(token: str) -> None:
+        pinged.append(token)
+
+    keeper = SessionKeeper(login, ping, timeout_s=0.3, margin_s=0.1)
+    keeper.last_use -= 10  # a keep-alive is due at once
+    task = asyncio.create_task(keeper.run())
+    try:
+        await wait_for(lambda: pinged, timeout=5, what="a keep-alive after the vendor came back")
+        assert not task.done() and attempts == 3 and pinged[0] == "token-3"
+    finally:
+        task.cancel()
+
+
+async def test_an_ingestor_reports_blocked_publishing_and_the_gap_of_what_it_gave_up_on(nats_server: NatsServer) -> None:
+    from marketbus.runtime.ingest import Ingestor
+
+    class ProbeIngestor(Ingestor):
+        name = "probe_ingest"
+        source = "probe"
+
+    ing = await ProbeIngestor(nats_url=nats_server.url, publish_retry_s=1.0, heartbeat_interval_s=60).start()
+    try:
+        nats_server.kill()
+        for i in range(5):  # published while NATS is down: given up on after 1 s
+            await ing.emit(trade(i, symbol="BLOCKED"))
+        await wait_for(lambda: ing.publishing_blocked, timeout=10, what="publishing reported blocked")
+        assert any(p.startswith("publishing: ") for p in ing.health_problems())
+        await asyncio.sleep(1.5)
+        nats_server.start()
+        await wait_for(lambda: ing.nats_connected, timeout=15, what="reconnected")
+        await ing.emit(trade(99, symbol="BLOCKED"))
+        await wait_for(lambda: not ing.publishing_blocked, timeout=15, what="publishing again")
+        nc = await nats.connect(nats_server.url)
+        try:
+            statuses: list[FeedStatus] = []
+
+            async def read() -> bool:
+                sub = await nc.jetstream().subscribe(subjects.feed_status("probe_ingest", "probe", "_", "_"),
+                                                     ordered_consumer=True)
+                statuses.clear()
+                with contextlib.suppress(Exception):
+                    while True:
+                        statuses.append(codec.decode((await sub.next_msg(timeout=0.5)).data))
+                await sub.unsubscribe()
+                return bool(statuses) and statuses[-1].state == "connected"
+
+            # ("blocked" itself was published while the bus was down: it may be among the lost)
+            await wait_for(read, timeout=15, interval=0.5, what="the status after the outage")
+            gap = next((s for s in statuses if s.state == "gap"), None)
+            assert gap is not None, [s.state for s in statuses]
+            assert gap.gap_start < gap.gap_end and "could not be published" in gap.detail
+        finally:
+            await nc.close()
+    finally:
+        await ing.stop()

@@ -8,7 +8,9 @@ from typing import Literal
 from .base import Event
 from .invariants import Checked, Count, Id, Label, Nanos, Text, Token
 
-FeedState = Literal["connected", "disconnected", "gap", "resynced", "stale"]
+# "blocked": the vendor is reachable but what it sends cannot be published (the bus or the stream's
+# leader is down); the ingestor back-fills what it missed once publishing works again.
+FeedState = Literal["connected", "disconnected", "gap", "resynced", "stale", "blocked"]
 
 
 class FeedStatus(Event, frozen=True, kw_only=True, tag="feed_status"):

@@ -1,10 +1,12 @@
-"""NATS connection settings shared by every service, and the FastStream broker factory."""
+"""NATS connection settings shared by every service, the FastStream broker factory, and the
+watch on the connection's state (one log line per change, a callback when it is closed for good)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,8 +90,84 @@ class BusSettings(Settings, kw_only=True):
         return options
 
 
-def make_broker(settings: BusSettings, name: str, **extra: Any) -> NatsBroker:
-    """A FastStream NatsBroker for ``settings`` (URL, credentials, TLS)."""
+class ConnectionWatch:
+    """nats-py's connection callbacks, logged one line per state change (not a traceback per
+    reconnect attempt), and ``on_closed(reason)`` when the connection is closed for good (nats-py
+    stops reconnecting: the server closed it with an error such as "maximum control line
+    exceeded" or an authorization violation)."""
+
+    def __init__(self, log: logging.Logger, on_closed: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.log = log
+        self.on_closed = on_closed
+        self.connected = True
+        self.last_error = ""
+        self.disconnects = 0
+
+    async def error(self, err: Exception) -> None:
+        text = f"{type(err).__name__}: {err}".strip().rstrip(":")
+        if text != self.last_error:  # a reconnect loop repeats the same error every second
+            self.log.warning("NATS: %s", text)
+        self.last_error = text
+
+    async def disconnected(self) -> None:
+        if self.connected:
+            self.disconnects += 1
+            self.log.warning("NATS disconnected; reconnecting")
+        self.connected = False
+
+    async def reconnected(self) -> None:
+        self.connected = True
+        self.last_error = ""
+        self.log.info("NATS reconnected")
+
+    async def closed(self) -> None:
+        self.connected = False
+        if self.on_closed is not None:
+            await self.on_closed(self.last_error or "closed")
+
+
+class _DropConnectionTracebacks(logging.Filter):
+    """FastStream logs every failed reconnect attempt with a traceback; ConnectionWatch says it in
+    one line per state change instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Connection broken", "Connection established"))
+
+
+class _OneLineNatsErrors(logging.Filter):
+    """nats-py's default error callback (connections made without one) logs a traceback for every
+    failed reconnect attempt: keep one line, and only when the error changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg, record.args = "nats: %s: %s", (type(exc).__name__, exc)
+            record.exc_info, record.exc_text = None, None
+        text = record.getMessage()
+        if text == self.last:
+            return False
+        self.last = text
+        return True
+
+
+def _quiet_faststream() -> None:
+    for name in ("faststream", "faststream.access.nats"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropConnectionTracebacks) for f in logger.filters):
+            logger.addFilter(_DropConnectionTracebacks())
+    nats_logger = logging.getLogger("nats.aio.client")
+    if not any(isinstance(f, _OneLineNatsErrors) for f in nats_logger.filters):
+        nats_logger.addFilter(_OneLineNatsErrors())
+
+
+def make_broker(settings: BusSettings, name: str, watch: ConnectionWatch | None = None, **extra: Any) -> NatsBroker:
+    """A FastStream NatsBroker for ``settings`` (URL, credentials, TLS); ``watch`` gets the
+    connection's callbacks."""
     options = settings.connect_options(name)
     tls = options.get("tls")
     security: Any = None
@@ -105,6 +183,10 @@ def make_broker(settings: BusSettings, name: str, **extra: Any) -> NatsBroker:
             register_secret(Path(settings.nats_nkey_seed_file).read_text().strip())
     elif tls is not None:
         security = BaseSecurity(ssl_context=tls)
+    if watch is not None:
+        _quiet_faststream()
+        extra.update(error_cb=watch.error, disconnected_cb=watch.disconnected,
+                     reconnected_cb=watch.reconnected, closed_cb=watch.closed)
     return NatsBroker(
         options["servers"], name=name, max_reconnect_attempts=-1, reconnect_time_wait=1,
         security=security, log_level=logging.DEBUG, inbox_prefix=options["inbox_prefix"], **extra,

@@ -9,6 +9,8 @@ read from its vendor client, call its pure normalize functions, and hand the eve
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -16,13 +18,20 @@ from typing import Any, ClassVar
 import msgspec
 from faststream.nats import NatsMessage
 
+import nats.errors
+
 from marketbus.contracts import codec, subjects
-from marketbus.contracts.base import MarketEvent
+from marketbus.contracts.base import NO_VENUE, MarketEvent
 from marketbus.contracts.jobs import ReplayReply, ReplayRequest
 from marketbus.contracts.market import MARKET_TYPES
 
 from .metrics import IngestMetrics
+from .publisher import PublishError
 from .service import Service, ServiceSettings
+
+# What a loop gets when the bus, not the vendor, fails: it keeps its vendor state, reports
+# "blocked", and re-publishes from its last committed cursor once the bus works again.
+BUS_ERRORS: tuple[type[BaseException], ...] = (PublishError, nats.errors.Error, asyncio.TimeoutError)
 
 
 class IngestSettings(ServiceSettings, kw_only=True):
@@ -35,16 +44,60 @@ class ReplayUnsupported(Exception):
 
 class Ingestor(Service):
     source: ClassVar[str] = "vendor"
+    # True when the ingestor re-publishes what the publisher gave up on (FinX does): no gap to report
+    resends_failed_publishes: ClassVar[bool] = False
     metrics_cls = IngestMetrics
     metrics: IngestMetrics
     settings: IngestSettings
 
     def setup(self) -> None:
         self._metric_children: dict[type, tuple[Any, Any, bool]] = {}
+        self.publishing_blocked: str | None = None
 
         @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}")
         async def on_replay(msg: NatsMessage) -> bytes:
             return codec.encode(await self._handle_replay(msg.body))
+
+    async def start(self) -> Ingestor:
+        await super().start()
+        self.spawn(self._watch_publishing(), "publishing-watch")
+        return self
+
+    async def _watch_publishing(self, every_s: float = 0.5) -> None:
+        """Report publishing that is stuck for a second or more (no stream leader, NATS down) as
+        the ``<source>/publishing`` feed's state ``blocked`` and a health problem; ``connected``
+        again once acks flow. Messages given up on meanwhile (an outage longer than
+        ``publish_retry_s``) are reported as a ``gap`` of that feed, unless the ingestor re-sends
+        them itself (``resends_failed_publishes``)."""
+        assert self.publisher is not None
+        publisher = self.publisher
+        feed = dict(venue=NO_VENUE, symbol=NO_VENUE, feed=f"{self.source}/publishing")
+        seen: str | None = None
+        since_ns, failed_before = 0, 0
+        while True:
+            await asyncio.sleep(every_s)
+            reason = publisher.blocked
+            if reason is None and not self.nats_connected:
+                reason = "NATS disconnected"
+            if reason is None and not self.publishing_blocked:  # all well: the reference point
+                since_ns = time.time_ns() - int(publisher.ack_timeout * 1e9)  # what was in flight
+                failed_before = publisher.failed
+            elif reason and seen and not self.publishing_blocked:  # twice in a row: not a blip
+                self.publishing_blocked = reason
+                self.unhealthy("publishing", reason)
+                with contextlib.suppress(Exception):
+                    await self.publish_feed_status(self.source, "blocked", detail=reason, **feed)
+            elif reason is None and self.publishing_blocked:
+                self.publishing_blocked = None
+                self.healthy("publishing")
+                lost = publisher.failed - failed_before
+                with contextlib.suppress(Exception):
+                    if lost and not self.resends_failed_publishes:
+                        await self.publish_feed_status(
+                            self.source, "gap", gap=(since_ns, time.time_ns()), **feed,
+                            detail=f"{lost} messages could not be published (bus down > {publisher.retry_for_s:.0f}s)")
+                    await self.publish_feed_status(self.source, "connected", detail="publishing again", **feed)
+            seen = reason
 
     async def _handle_replay(self, body: bytes) -> ReplayReply:
         try:
@@ -113,8 +166,11 @@ class Ingestor(Service):
             self._account(group[-1], len(group))
         return future
 
-    async def emit_batch(self, events: Sequence[MarketEvent], replay: bool | None = None) -> int:
-        """Publish events as batch envelopes, grouped by kind and instrument (order kept)."""
+    async def emit_batch(self, events: Sequence[MarketEvent], replay: bool | None = None,
+                         acks: list[Any] | None = None) -> int:
+        """Publish events as batch envelopes, grouped by kind and instrument (order kept). The
+        same events give the same envelopes (ids): re-sending them after a failure is safe.
+        ``acks`` (optional) collects each envelope's ack future."""
         assert self.publisher is not None
         groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
         for event in events:
@@ -123,7 +179,9 @@ class Ingestor(Service):
         for group in groups.values():
             for i in range(0, len(group), limit):
                 chunk = group[i:i + limit]
-                await self.publisher.publish_batch(chunk, replay)
+                future = await self.publisher.publish_batch(chunk, replay)
+                if acks is not None:
+                    acks.append(future)
                 self._account(chunk[-1], len(chunk))
         return len(events)
 

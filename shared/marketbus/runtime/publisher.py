@@ -4,11 +4,19 @@ Publishes with a reply inbox and one wildcard subscription for the acks, so thou
 messages are in flight at once (~100k msgs/s, vs ~5k/s when awaiting each ack). Every message
 carries ``Nats-Msg-Id``; a publish that times out is re-sent with the same id, which JetStream
 de-duplicates, so a retry never duplicates an event.
+
+Transient failures are retried with back-off for ``retry_for_s`` (default 60 s): no ack in time,
+an empty "no responders" reply (on a cluster: the stream has no leader for a moment) and a 503
+JetStream error. Only after that does a message fail with :class:`PublishError`; meanwhile
+:attr:`JetStreamPublisher.blocked` says why publishing is stuck, so a service can report it.
+A failure is also remembered until the next :meth:`JetStreamPublisher.flush`, which raises it:
+a caller that commits a cursor after ``flush()`` never commits past a lost event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -22,6 +30,11 @@ from marketbus.contracts.base import Event, MarketEvent
 
 class PublishError(RuntimeError):
     pass
+
+
+class TransientPublishError(PublishError):
+    """Still failing for a transient reason (no stream leader, no responders, no ack) after the
+    publisher's whole retry period: the bus is down or has no leader; retry later."""
 
 
 class PubAck(msgspec.Struct):
@@ -57,7 +70,8 @@ class _Group:
 
 
 class _Pending:
-    __slots__ = ("subject", "payload", "headers", "header_block", "future", "group", "sent_at", "attempts")
+    __slots__ = ("subject", "payload", "headers", "header_block", "future", "group", "sent_at", "attempts",
+                 "first_sent_at", "retry_at", "last_error")
 
     def __init__(self, subject: str, payload: bytes, headers: dict[str, str] | None, future: asyncio.Future[PubAck],
                  header_block: bytes | None = None, group: _Group | None = None) -> None:
@@ -69,6 +83,9 @@ class _Pending:
         self.group = group
         self.sent_at = 0.0
         self.attempts = 0
+        self.first_sent_at = 0.0
+        self.retry_at = 0.0  # > 0: a transient failure; re-send at this time
+        self.last_error = ""
 
     def resolve(self, ack: PubAck) -> None:
         if self.group is not None:
@@ -111,12 +128,12 @@ def _parse_header_block(block: bytes) -> dict[str, str]:
 
 
 class JetStreamPublisher:
-    def __init__(self, nc: NatsClient, *, max_inflight: int = 8192, ack_timeout: float = 5.0, max_attempts: int = 5,
-                 latency_histogram: Any = None) -> None:
+    def __init__(self, nc: NatsClient, *, max_inflight: int = 8192, ack_timeout: float = 5.0,
+                 retry_for_s: float = 60.0, latency_histogram: Any = None) -> None:
         self.nc = nc
         self.max_inflight = max_inflight
         self.ack_timeout = ack_timeout
-        self.max_attempts = max_attempts
+        self.retry_for_s = retry_for_s
         self.latency = latency_histogram
         self._pending: dict[str, _Pending] = {}
         self._room = asyncio.Event()  # set while fewer than max_inflight messages await their ack
@@ -127,7 +144,12 @@ class JetStreamPublisher:
         self._sweeper: asyncio.Task[None] | None = None
         self.published = 0
         self.duplicates = 0
+        self.retries = 0
+        self.failed = 0  # messages given up on (their futures failed)
         self._acks = 0
+        self._unreported: PublishError | None = None  # a message failed since the last flush()
+        self._blocked_since: float | None = None
+        self._blocked_reason = ""
 
     async def start(self) -> JetStreamPublisher:
         self._loop = asyncio.get_running_loop()
@@ -138,6 +160,7 @@ class JetStreamPublisher:
         return self
 
     async def close(self) -> None:
+        self._unreported = None  # whoever cared about a failure has seen its future
         await self.flush()
         if self._sweeper:
             self._sweeper.cancel()
@@ -157,21 +180,74 @@ class JetStreamPublisher:
             self.latency.observe(time.monotonic() - pending.sent_at)
         if pending.future.done():
             return
-        if not msg.data:  # a "no responders" status: no stream captured the subject
-            pending.fail(PublishError(f"no stream for subject {pending.subject}"))
+        if not msg.data:
+            # "no responders": no stream captured the subject, or (a cluster) the stream has no
+            # leader for a moment. Both look the same: retry until retry_for_s, then fail.
+            self._retry_later(token, pending, f"no stream for subject {pending.subject} (no responders)")
             return
         ack = _ack_decoder.decode(msg.data)
         if ack.error:
-            pending.fail(PublishError(f"{pending.subject}: {ack.error}"))
+            if ack.error.get("code") == 503:  # JetStream temporarily unavailable (no leader)
+                self._retry_later(token, pending, f"{pending.subject}: {ack.error}")
+                return
+            self._fail(pending, PublishError(f"{pending.subject}: {ack.error}"))
             return
+        self._unblocked()
         self.published += 1
         if ack.duplicate:
             self.duplicates += 1
         pending.resolve(ack)
 
+    def _fail(self, pending: _Pending, error: PublishError) -> None:
+        self.failed += 1
+        self._unreported = self._unreported or error
+        pending.fail(error)
+        if pending.future.done() and not pending.future.cancelled():
+            # flush() reports it: no "Future exception was never retrieved" for fire-and-forget
+            pending.future.exception()
+
+    def _retry_later(self, token: str, pending: _Pending, reason: str) -> None:
+        """A transient failure: back in the queue, re-sent by the sweeper after a back-off."""
+        now = time.monotonic()
+        if now - pending.first_sent_at >= self.retry_for_s:
+            self._fail(pending, TransientPublishError(f"{reason}; still failing after {self.retry_for_s:.0f}s"))
+            return
+        self._pending[token] = pending
+        if len(self._pending) >= self.max_inflight:
+            self._room.clear()
+        ceiling = min(2.0, 0.1 * 2 ** min(pending.attempts, 5))
+        pending.retry_at = now + random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+        pending.last_error = reason
+        self._blocked(reason)
+
+    def _blocked(self, reason: str) -> None:
+        if self._blocked_since is None:
+            self._blocked_since = time.monotonic()
+        self._blocked_reason = reason
+
+    def _unblocked(self) -> None:
+        self._blocked_since = None
+        self._blocked_reason = ""
+
+    @property
+    def blocked(self) -> str | None:
+        """Why publishing is stuck (a transient failure or a message unacked for longer than
+        ``ack_timeout``), or None while acks flow."""
+        if self._blocked_since is not None:
+            return self._blocked_reason
+        now = time.monotonic()
+        for pending in self._pending.values():  # the oldest first (insertion order)
+            if pending.first_sent_at and now - pending.first_sent_at > self.ack_timeout:
+                return f"no ack for {pending.subject} for {now - pending.first_sent_at:.0f}s"
+            break
+        return None
+
     async def _send(self, token: str, pending: _Pending) -> None:
         pending.attempts += 1
         pending.sent_at = time.monotonic()
+        pending.retry_at = 0.0
+        if not pending.first_sent_at:
+            pending.first_sent_at = pending.sent_at
         nc = self.nc
         if pending.header_block is None or not nc.is_connected:
             # the public API (it also buffers while reconnecting)
@@ -193,18 +269,32 @@ class JetStreamPublisher:
             await nc._flush_pending()  # noqa: SLF001
 
     async def _sweep(self) -> None:
-        """Re-send messages whose ack did not come in time (same Msg-Id: de-duplicated)."""
+        """Re-send messages whose ack did not come in time, and those a transient failure sent
+        back (same Msg-Id: de-duplicated); fail those retried for ``retry_for_s``."""
         while True:
-            await asyncio.sleep(self.ack_timeout / 4)
+            await asyncio.sleep(min(0.25, self.ack_timeout / 4))
             now = time.monotonic()
             for token, pending in list(self._pending.items()):
-                if now - pending.sent_at < self.ack_timeout or pending.future.done():
+                if pending.future.done():
                     continue
-                if pending.attempts >= self.max_attempts:
+                expired = now - pending.first_sent_at >= self.retry_for_s
+                if expired:
+                    pass
+                elif pending.retry_at:
+                    if now < pending.retry_at:
+                        continue
+                elif now - pending.sent_at < self.ack_timeout:
+                    continue
+                else:
+                    self._blocked(f"no ack for {pending.subject} within {self.ack_timeout:.0f}s")
+                if expired:
                     self._pending.pop(token, None)
                     self._room.set()
-                    pending.fail(PublishError(f"no ack for {pending.subject} after {pending.attempts} attempts"))
+                    reason = pending.last_error or f"no ack for {pending.subject}"
+                    self._fail(pending, TransientPublishError(
+                        f"{reason} after {pending.attempts} attempts in {self.retry_for_s:.0f}s"))
                     continue
+                self.retries += 1
                 try:
                     await self._send(token, pending)
                 except Exception:  # noqa: BLE001 - disconnected: next sweep retries
@@ -224,7 +314,7 @@ class JetStreamPublisher:
         if len(payload) + len(header_block_ or b"") > (self.nc.max_payload or 1 << 20):
             # the server would refuse it (and close the connection): fail it now, never retry
             self._pending.pop(token, None)
-            pending.fail(PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload"))
+            self._fail(pending, PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload"))
             return future
         try:
             await self._send(token, pending)
@@ -282,12 +372,18 @@ class JetStreamPublisher:
         return len(self._pending)
 
     async def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every message sent so far is acked; raises the first publish error."""
+        """Wait until every message sent so far is acked; raises the first publish error, including
+        one of a message that failed since the previous flush (nobody else may have seen it)."""
         futures = list({id(p.future): p.future for p in self._pending.values()}.values())
         if futures:
             done, not_done = await asyncio.wait(futures, timeout=timeout)
             if not_done:
-                raise PublishError(f"{len(not_done)} messages not acked within {timeout}s")
+                reason = self.blocked or "no ack"
+                raise TransientPublishError(f"{len(not_done)} messages not acked within {timeout}s: {reason}")
             for fut in done:
                 if not fut.cancelled() and fut.exception():
+                    self._unreported = None
                     raise fut.exception()  # type: ignore[misc]
+        if self._unreported is not None:
+            error, self._unreported = self._unreported, None
+            raise error

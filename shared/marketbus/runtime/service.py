@@ -4,6 +4,21 @@ A service owns a FastStream ``NatsBroker`` (its subscribers are FastStream handl
 nats-py connection of that broker for hot paths, a pipelined JetStream publisher, a
 ``/healthz`` + ``/metrics`` HTTP server, a heartbeat on ``status.<service>.heartbeat``, feed
 status events, and dead-lettering. ``python -m services.<name>`` calls :meth:`Service.main`.
+
+No zombies: a service that cannot do its job says so, and one that can no longer do it exits.
+
+- ``/healthz`` answers 503 while NATS is disconnected or any *health problem* is recorded. A
+  service records one with :meth:`Service.unhealthy` (``self.unhealthy("store", "PostgreSQL
+  unreachable")``) and clears it with :meth:`Service.healthy` (``self.healthy("store")``); or it
+  overrides :meth:`Service.health_problems` to compute them. Problems are listed in /healthz
+  (``problems``) and make the heartbeat's state ``degraded``.
+- A loop started with :meth:`Service.spawn` that crashes stops the service with exit code 1
+  (logged once, with its traceback): its supervisor (``marketbus up``, compose's restart policy,
+  Kubernetes) starts a fresh process, which resumes from persisted state. Loops handle the
+  failures they expect themselves; a crash is a bug or a state the process cannot repair.
+- A NATS connection the server closes for good (nats-py gives up: e.g. "maximum control line
+  exceeded", an authorization error) stops the service with exit code 1 the same way. Ordinary
+  disconnects are reconnected by nats-py, logged one line per state change.
 """
 
 from __future__ import annotations
@@ -35,7 +50,7 @@ from marketbus.contracts.ids import event_id
 from marketbus.contracts.status import DeadLetter, FeedHealth, FeedState, FeedStatus, ServiceHeartbeat
 from marketbus.contracts.streams import wait_provisioned
 
-from .broker import BusSettings, make_broker
+from .broker import BusSettings, ConnectionWatch, make_broker
 from .http import AsgiServer
 from .logging import register_secret, setup_logging
 from .loop import run as run_loop
@@ -51,6 +66,7 @@ class ServiceSettings(BusSettings, kw_only=True):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     heartbeat_interval_s: float = 5.0
+    publish_retry_s: float = 60.0  # a publish failing for a transient reason is retried this long
     instance: str = ""  # defaults to <hostname>-<pid>
 
 
@@ -132,7 +148,8 @@ class Service:
                 register_secret(value.get())
         self.instance = self.settings.instance or f"{socket.gethostname()}-{os.getpid()}-{id(self) % 10000}"
         self.log = logging.getLogger(f"marketbus.{self.name}")
-        self.broker = make_broker(self.settings, f"marketbus-{self.name}")
+        self.connection = ConnectionWatch(self.log, on_closed=self._connection_closed)
+        self.broker = make_broker(self.settings, f"marketbus-{self.name}", watch=self.connection)
         self.metrics = self.metrics_cls(self.name)
         self.feeds = FeedTracker()
         self.publisher: JetStreamPublisher | None = None
@@ -141,6 +158,8 @@ class Service:
         self.state: Literal["starting", "running", "degraded", "stopping"] = "starting"
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
+        self._problems: dict[str, str] = {}
+        self.exit_code = 0  # what main() exits with: 1 after a crashed loop or a closed connection
         self.setup()
 
     # --- hooks --------------------------------------------------------------------------------
@@ -158,6 +177,38 @@ class Service:
     def health(self) -> dict[str, Any]:
         """Extra health details (merged into /healthz)."""
         return {}
+
+    def health_problems(self) -> list[str]:
+        """Why the service cannot do its job right now (empty: healthy). The default lists NATS
+        being disconnected and what :meth:`unhealthy` recorded; override to add computed ones
+        (call ``super()``)."""
+        problems = [] if self.nats_connected else ["NATS disconnected"]
+        return problems + [f"{key}: {reason}" for key, reason in self._problems.items()]
+
+    # --- health API ---------------------------------------------------------------------------
+    def unhealthy(self, key: str, reason: str) -> None:
+        """Record that the service cannot do its job because of ``key`` (e.g. "store"): /healthz
+        answers 503 and lists ``reason`` until :meth:`healthy` is called with the same key.
+        Logged once per change."""
+        if self._problems.get(key) != reason:
+            self.log.warning("unhealthy: %s: %s", key, reason)
+        self._problems[key] = reason
+
+    def healthy(self, key: str) -> None:
+        """``key``'s problem is over (no-op when none was recorded)."""
+        if self._problems.pop(key, None) is not None:
+            self.log.info("healthy again: %s", key)
+
+    @property
+    def nats_connected(self) -> bool:
+        return bool(self.broker.connection and self.nc.is_connected)
+
+    def fail(self, reason: str) -> None:
+        """Stop the service with exit code 1 (its supervisor restarts it): for a state the
+        process cannot repair. In-process (tests), the service stays up, unhealthy."""
+        self.unhealthy("failed", reason)
+        self.exit_code = 1
+        self._stopping.set()
 
     def extra_routes(self) -> list[Route]:
         """Extra HTTP routes served next to /healthz and /metrics."""
@@ -177,7 +228,9 @@ class Service:
         return self.http.url if self.http else None
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run a background loop; a crash is logged and marks the service degraded."""
+        """Run a background loop. A crash (an exception out of it) is logged with its traceback
+        and stops the service with exit code 1 (see :meth:`fail`): a loop must handle the
+        failures it expects (a vendor or the bus being down) itself."""
         task = asyncio.create_task(coro, name=f"{self.name}:{name}")
 
         def done(t: asyncio.Task[Any]) -> None:
@@ -185,8 +238,8 @@ class Service:
                 return
             exc = t.exception()
             if exc is not None:
-                self.state = "degraded"
-                self.log.error("task %s crashed: %r", name, exc, exc_info=exc)
+                self.log.error("task %s crashed: %r; stopping (exit code 1) for a restart", name, exc, exc_info=exc)
+                self.fail(f"task {name} crashed: {exc!r}")
 
         task.add_done_callback(done)
         self._tasks.append(task)
@@ -200,6 +253,7 @@ class Service:
         await wait_provisioned(self.js, streams_needed(self.name))
         self.publisher = await JetStreamPublisher(
             self.nc, latency_histogram=self.metrics.publish_latency.labels(self.name),
+            retry_for_s=self.settings.publish_retry_s,
         ).start()
         await self.broker.start()
         self.http = AsgiServer(self._http_app(), self.settings.http_host, self.settings.http_port, lifespan="off")
@@ -235,13 +289,15 @@ class Service:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Start, serve until SIGINT/SIGTERM/SIGHUP or :meth:`fail`, stop; returns the exit code."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stopping.set)
         await self.start()
         await self._stopping.wait()
         await self.stop()
+        return self.exit_code
 
     @classmethod
     def main(cls) -> None:
@@ -251,7 +307,17 @@ class Service:
             print(f"{cls.name}: configuration error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         setup_logging(settings.log_level, settings.log_format)
-        run_loop(cls(settings).run())
+        raise SystemExit(run_loop(cls(settings).run()))
+
+    async def _connection_closed(self, reason: str) -> None:
+        if self._stopping.is_set() or self.state == "stopping":
+            return
+        with contextlib.suppress(Exception):
+            last = self.nc.last_error  # the server's -ERR, when it sent one, says more than the socket
+            if last is not None and str(last) not in reason:
+                reason = f"{last}; {reason}"
+        self.log.error("the NATS connection is closed for good (%s); stopping (exit code 1) for a restart", reason)
+        self.fail(f"NATS connection closed: {reason}")
 
     # --- status, heartbeat, dead letters ---------------------------------------------------
     async def publish_feed_status(
@@ -290,9 +356,16 @@ class Service:
         assert self.publisher is not None
         await self.publisher.publish_event(letter, subjects.dead_letter(self.name, source))
 
+    @property
+    def reported_state(self) -> Literal["starting", "running", "degraded", "stopping"]:
+        """The lifecycle state, ``degraded`` while running with health problems."""
+        if self.state in ("running", "degraded") and self.health_problems():
+            return "degraded"
+        return "running" if self.state == "degraded" else self.state
+
     def heartbeat(self) -> ServiceHeartbeat:
         return ServiceHeartbeat(
-            service=self.name, instance=self.instance, state=self.state, ts=time.time_ns(),
+            service=self.name, instance=self.instance, state=self.reported_state, ts=time.time_ns(),
             started_ts=self.started_ts, feeds=self.feeds.snapshot(), http_url=self.http_url,
         )
 
@@ -305,14 +378,15 @@ class Service:
     # --- HTTP -----------------------------------------------------------------------------------
     def _http_app(self) -> Starlette:
         async def healthz(_: Request) -> Response:
-            connected = bool(self.broker.connection and self.nc.is_connected)
+            problems = self.health_problems()
+            state = self.reported_state
             body = {
-                "service": self.name, "instance": self.instance, "state": self.state,
-                "nats_connected": connected,
+                "service": self.name, "instance": self.instance, "state": state,
+                "nats_connected": self.nats_connected, "problems": problems,
                 "feeds": [msgspec.structs.asdict(f) for f in self.feeds.snapshot()],
                 **self.health(),
             }
-            ok = connected and self.state in ("running", "starting")
+            ok = not problems and state in ("running", "starting")
             return JSONResponse(body, status_code=200 if ok else 503)
 
         async def metrics(_: Request) -> Response:

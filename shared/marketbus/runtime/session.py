@@ -92,8 +92,9 @@ class SessionKeeper:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), wait)
                 continue
-            token = await self.get()
+            token: str | None = None
             try:
+                token = await self.get()  # a login: the vendor may be down, which is no crash
                 await self._ping(token)
                 self.pings += 1
                 self.touch()

@@ -1,0 +1,117 @@
+"""Running `marketbus up` as a user does, on free ports, and looking at its process tree (/proc)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from marketbus.cli.services import existing_services
+from marketbus.runtime.http import port_is_free
+
+MARKETBUS = str(Path(sys.executable).parent / "marketbus")
+SANDBOX_BASE = (8701, 8702, 8703, 8704, 8710)
+
+
+def free_offset() -> int:
+    """An offset that moves the sandbox and export ports (8701-8704, 8710) onto free ones."""
+    rng = random.Random()
+    for _ in range(200):
+        offset = rng.randrange(20_000, 50_000, 20)
+        if all(port_is_free(p + offset) for p in SANDBOX_BASE):
+            return offset
+    raise RuntimeError("no free port range for the sandboxes")
+
+
+def up_env(offset: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MARKETBUS_DATA_DIR")}
+    env.update(COLUMNS="200", MARKETBUS_UP_PORT_OFFSET=str(offset), **extra)
+    return env
+
+
+def start_up(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tasks:
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def tree_of(pid: int) -> list[int]:
+    """Every descendant of ``pid``."""
+    found, todo = [], [pid]
+    while todo:
+        for child in children_of(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def expected_children(sandboxes: bool = True) -> int:
+    """nats-server + the sandboxes + every service."""
+    return 1 + int(sandboxes) + len(existing_services())
+
+
+def wait_for_tree(up: subprocess.Popen[str], n: int, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert up.poll() is None, up.stdout.read() if up.stdout else ""
+        tree = tree_of(up.pid)
+        if len(children_of(up.pid)) >= n:
+            return tree
+        time.sleep(0.2)
+    raise AssertionError(f"`marketbus up` did not start {n} children within {timeout}s")
+
+
+def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    left = [p for p in pids if alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [p for p in left if alive(p)]
+    return left
+
+
+def names(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:120])
+        except OSError:
+            out.append(str(pid))
+    return out
+
+
+def stop(up: subprocess.Popen[str]) -> str:
+    if up.poll() is None:
+        up.send_signal(signal.SIGTERM)
+    try:
+        out, _ = up.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        up.kill()
+        out, _ = up.communicate()
+    return out
