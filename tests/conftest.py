@@ -96,6 +96,19 @@ def nats_server(tmp_path: pytest.TempPathFactory) -> Iterator[NatsServer]:
         server.cleanup()
 
 
+@pytest.fixture
+def unprovisioned_nats_server(tmp_path: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A private nats-server nobody provisioned: what a client finds on a server that is not
+    marketbus's (no streams, no buckets)."""
+    from marketbus.runtime.http import free_port
+
+    server = NatsServer(data_dir=tmp_path / "bare-nats", port=free_port()).start()  # type: ignore[operator]
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """A 3-node JetStream cluster on this machine."""

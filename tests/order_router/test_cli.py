@@ -84,17 +84,19 @@ async def test_order_user_mistakes_are_one_line_errors_with_exit_2(args: list[st
     assert "Traceback" not in result.output
 
 
-async def test_order_commands_without_a_router_say_so(nats_server: NatsServer) -> None:
+async def test_order_commands_without_a_router_say_so(nats_server: NatsServer,
+                                                     unprovisioned_nats_server: NatsServer) -> None:
     result = await asyncio.to_thread(CliRunner().invoke, app, ["order", "status", "--nats-url", nats_server.url])
     assert result.exit_code == 2
     assert result.stderr == "error: no order router is running (no responders on orders.ctl.digitex)\n"
     # a server without the order streams (not the one the router uses): said, not a traceback
+    bare = unprovisioned_nats_server.url
     result = await asyncio.to_thread(CliRunner().invoke, app, ["order", "place", "FS-BTCUSD", "buy", "1", "--price",
-                                                               "20000", "--nats-url", nats_server.url])
+                                                               "20000", "--nats-url", bare])
     assert result.exit_code == 2
     assert result.stderr == ("error: no ORDERS_CMD stream takes orders.cmd.digitex.FS-BTCUSD on this server: "
                              "is it the one the order router uses?\n")
-    result = await asyncio.to_thread(CliRunner().invoke, app, ["order", "list", "--nats-url", nats_server.url])
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["order", "list", "--nats-url", bare])
     assert result.exit_code == 2
     assert result.stderr == "error: no orders_state bucket on this server: is it the one the order router uses?\n"
 
