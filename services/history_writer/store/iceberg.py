@@ -1,0 +1,101 @@
+"""The history as Apache Iceberg tables (the default backend): the store interface over
+``marketbus.history`` (writer: exactly-once appends; reader: reads through the catalog;
+maintenance). Catalog and warehouse come from ``MARKETBUS_LAKEHOUSE_*`` (see
+``marketbus.history.lakehouse``); by default a SQLite catalog and a warehouse under the
+writer's data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from marketbus.history import maintenance
+from marketbus.history.lakehouse import STREAM_KINDS, LakehouseSettings
+from marketbus.history.reader import HistoryReader
+from marketbus.history.writer import HistoryTableWriter
+
+from ..schema import KINDS, Decoded
+from .base import Cursor, HistoryStore, Selector, WriteResult
+
+
+class IcebergStore(HistoryStore):
+    backend = "iceberg"
+
+    def __init__(self, settings: LakehouseSettings, *, writer_id: str | None = None, compact_min_files: int = 8,
+                 snapshot_min_age_s: float = 600.0, orphan_age_s: float = 3600.0) -> None:
+        self.settings = settings
+        self.writer = HistoryTableWriter(settings, writer_id or uuid.uuid4().hex[:12])
+        self.reader = HistoryReader(settings, self.writer.tables)
+        self.compact_min_files = compact_min_files
+        self.snapshot_min_age_s = snapshot_min_age_s
+        self.orphan_age_s = orphan_age_s
+        self.last_maintenance = maintenance.MaintenanceReport()
+
+    async def open(self) -> None:
+        await asyncio.to_thread(lambda: self.writer.tables.catalog)
+
+    # --- exactly once ------------------------------------------------------------------------
+    async def prepare_stream(self, stream: str, ack_floor: int) -> None:
+        self.writer.forget_below(stream, ack_floor)
+
+    def forget_below(self, stream: str, ack_floor: int) -> None:
+        self.writer.forget_below(stream, ack_floor)
+
+    async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:
+        return await asyncio.to_thread(self.writer.stored, stream, STREAM_KINDS.get(stream, ()), seqs)
+
+    async def write(self, stream: str, decoded: Decoded) -> WriteResult:
+        def commit() -> WriteResult:
+            result = WriteResult()
+            for kind, parts in decoded.tables.items():
+                rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+                if rows.num_rows == 0:
+                    continue
+                stored, skipped = self.writer.append(kind, stream, rows)
+                result.rows += stored
+                result.duplicates += skipped
+                result.files += 1 if stored else 0
+            return result
+
+        return await asyncio.to_thread(commit)
+
+    # --- maintenance -------------------------------------------------------------------------
+    async def compact(self) -> int:
+        report = await asyncio.to_thread(
+            maintenance.maintain, self.writer.tables, KINDS, dict(self.writer.floors),
+            min_files=self.compact_min_files, snapshot_min_age_s=self.snapshot_min_age_s,
+            orphan_age_s=self.orphan_age_s)
+        self.last_maintenance = report
+        return report.files_merged
+
+    async def apply_retention(self, days_by_kind: dict[str, float], now_ns: int) -> int:
+        def run() -> int:
+            removed = 0
+            for kind, table in self.writer.tables.existing(list(KINDS)).items():
+                days = days_by_kind.get(kind, days_by_kind.get("default"))
+                if days is not None:
+                    removed += maintenance.apply_retention(table, days, now_ns)
+            return removed
+
+        return await asyncio.to_thread(run)
+
+    # --- reads -------------------------------------------------------------------------------
+    async def read_batches(
+        self, selector: Selector, start_ns: int, end_ns: int, *, after: Cursor | None = None,
+        limit: int | None = None, batch_rows: int = 65_536, columns: Sequence[str] | None = None,
+    ) -> AsyncIterator[tuple[str, pa.RecordBatch]]:
+        async for item in self.reader.read_batches(selector, start_ns, end_ns, after=after, limit=limit,
+                                                   batch_rows=batch_rows, columns=columns):
+            yield item
+
+    async def coverage_rows(self, selector: Selector, start_ns: int, end_ns: int,
+                            max_gap_ns: dict[str, int]) -> list[tuple[str, str, str, str, int, int, int]]:
+        return await asyncio.to_thread(self.reader.coverage_rows, selector, start_ns, end_ns, max_gap_ns)
+
+    def health(self) -> dict[str, Any]:
+        return {"commits": self.writer.commits, "commit_retries": self.writer.retries}
