@@ -23,10 +23,13 @@ def open_store(settings: HistoryWriterSettings, writer_id: str | None = None) ->
     if settings.backend == "iceberg":
         from marketbus.history.lakehouse import LakehouseSettings
 
-        from .iceberg import IcebergStore
+        from .iceberg import AckFloors, IcebergStore
 
+        d = settings.durable  # the intake's durable consumers (consumer.py / app.py)
+        floors = AckFloors(settings.connect_options("history_writer-floors"),
+                           {"MD": f"{d}_md", "REF": f"{d}_ref", "STATUS": f"{d}_status"})
         return IcebergStore(LakehouseSettings.from_env(settings.history_dir()), writer_id=writer_id,
-                            compact_min_files=settings.compact_min_files)
+                            compact_min_files=settings.compact_min_files, ack_floors=floors)
     from .parquet import ParquetStore
 
     return ParquetStore(

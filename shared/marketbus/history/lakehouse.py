@@ -245,6 +245,33 @@ for _kind, _schema in SCHEMAS.items():
     STREAM_KINDS[_schema.stream] += (_kind,)
 
 
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    # no blind retry inside pyiceberg: a commit that lost the race is retried by our writer, which
+    # first drops the rows of messages the winning commit already holds (exactly once)
+    "commit.retry.num-retries": "0",
+    # every append adds a manifest: merge them as they pile up, so planning a scan stays cheap
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "16",
+}
+
+
+def _ensure_properties(table: Any) -> None:
+    """Tables created by an older version get today's properties (the retry one matters)."""
+    missing = {k: v for k, v in TABLE_PROPERTIES.items() if k != "format-version" and table.properties.get(k) != v}
+    if missing:
+        from pyiceberg.exceptions import CommitFailedException
+
+        try:
+            with table.transaction() as tx:
+                tx.set_properties(missing)
+        except CommitFailedException:
+            table.refresh()
+
+
 class Tables:
     """The history tables of one catalog: loaded (and created) on demand, cached."""
 
@@ -283,14 +310,12 @@ class Tables:
                 table = self.catalog.create_table(
                     self.ident(kind), layout.schema, partition_spec=layout.spec_for(self.settings.buckets),
                     sort_order=layout.sort_order,
-                    properties={"write.parquet.compression-codec": "zstd", "format-version": "2",
-                                "write.metadata.delete-after-commit.enabled": "true",
-                                "write.metadata.previous-versions-max": "20",
-                                "marketbus.kind": kind},
+                    properties={**TABLE_PROPERTIES, "marketbus.kind": kind},
                 )
             except TableAlreadyExistsError:  # another writer created it meanwhile
                 table = self.catalog.load_table(self.ident(kind))
         self._evolve(kind, table)
+        _ensure_properties(table)
         with self._lock:
             self._tables[kind] = table
         return table

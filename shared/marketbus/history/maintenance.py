@@ -75,13 +75,15 @@ def _read_file(table: Any, path: str) -> pa.Table:
         return pq.read_table(f)
 
 
-def expire_snapshots(table: Any, floors: dict[str, int], min_age_s: float = 600.0, keep_last: int = 5) -> int:
+def expire_snapshots(table: Any, floors: dict[str, int], min_age_s: float = 600.0, keep_last: int = 5,
+                     refresh: bool = True) -> int:
     """Expire snapshots older than ``min_age_s`` (the newest ``keep_last`` are kept) whose
     JetStream sequences are all at or below the consumer's ack floor of their stream (their
     messages are acked: never redelivered, so nobody needs to know they are stored)."""
     from pyiceberg.exceptions import CommitFailedException
 
-    table.refresh()
+    if refresh:
+        table.refresh()
     snaps = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms)
     current = table.current_snapshot()
     cutoff_ms = (time.time() - min_age_s) * 1000

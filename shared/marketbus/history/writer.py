@@ -68,15 +68,19 @@ def decode_ranges(text: str) -> list[tuple[int, int]]:
 class SeqLedger:
     """Sequence ranges committed to one table, per stream, from its snapshot summaries."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_s: float = 300.0) -> None:
         self.seen: set[int] = set()  # snapshot ids read
-        self.ranges: dict[str, list[tuple[int, int]]] = {}
+        self.ranges: dict[str, list[tuple[int, int, float]]] = {}  # (first, last, when absorbed)
         self._starts: dict[str, np.ndarray] = {}
         self._ends: dict[str, np.ndarray] = {}
+        # ranges at or below the ack floor are forgotten only this long after they were read: a
+        # flush still in flight may hold a message acked meanwhile by another writer
+        self.keep_s = keep_s
 
     def absorb(self, table: Any) -> None:
         """Read the summaries of snapshots not seen yet."""
         dirty = set()
+        now = time.monotonic()
         for snap in table.metadata.snapshots:
             if snap.snapshot_id in self.seen:
                 continue
@@ -84,7 +88,7 @@ class SeqLedger:
             props = snap.summary.additional_properties if snap.summary is not None else {}
             stream, seqs = props.get(STREAM_PROP), props.get(SEQS_PROP)
             if stream and seqs:
-                self.ranges.setdefault(stream, []).extend(decode_ranges(seqs))
+                self.ranges.setdefault(stream, []).extend((a, b, now) for a, b in decode_ranges(seqs))
                 dirty.add(stream)
         for stream in dirty:
             self._index(stream)
@@ -92,26 +96,24 @@ class SeqLedger:
     def _index(self, stream: str) -> None:
         ranges = sorted(self.ranges.get(stream, []))
         self.ranges[stream] = ranges
-        self._starts[stream] = np.array([a for a, _ in ranges], np.int64)
-        self._ends[stream] = np.array([b for _, b in ranges], np.int64)
+        self._starts[stream] = np.array([r[0] for r in ranges], np.int64)
+        self._ends[stream] = np.array([r[1] for r in ranges], np.int64)
 
     def contains(self, stream: str, seqs: np.ndarray) -> np.ndarray:
         """Boolean mask: which of ``seqs`` are committed."""
         starts = self._starts.get(stream)
         if starts is None or not len(starts) or not len(seqs):
             return np.zeros(len(seqs), bool)
-        ends = self._ends[stream]
         i = np.searchsorted(starts, seqs, side="right") - 1
-        ok = i >= 0
-        # ranges may overlap (a redelivered message in two commits cannot happen, but be safe):
-        # a running max of the ends makes the check exact for sorted starts
-        run_max = np.maximum.accumulate(ends)
-        return ok & (seqs <= run_max[np.clip(i, 0, None)])
+        # a running max of the ends keeps the check exact when ranges overlap
+        run_max = np.maximum.accumulate(self._ends[stream])
+        return (i >= 0) & (seqs <= run_max[np.clip(i, 0, None)])
 
     def forget_below(self, stream: str, floor: int) -> None:
         ranges = self.ranges.get(stream)
         if ranges:
-            self.ranges[stream] = [(max(a, floor + 1), b) for a, b in ranges if b > floor]
+            old = time.monotonic() - self.keep_s
+            self.ranges[stream] = [r for r in ranges if r[1] > floor or r[2] > old]
             self._index(stream)
 
 
@@ -122,7 +124,8 @@ class CommitConflict(RuntimeError):
 class HistoryTableWriter:
     """Appends storage rows (``schema.KindSchema.schema`` tables) to the kind tables."""
 
-    def __init__(self, settings: LakehouseSettings, writer_id: str = "", max_retries: int = 50) -> None:
+    def __init__(self, settings: LakehouseSettings, writer_id: str = "", max_retries: int = 50,
+                 max_snapshots: int = 16) -> None:
         self.tables = Tables(settings)
         self.writer_id = writer_id
         self.max_retries = max_retries
@@ -132,6 +135,13 @@ class HistoryTableWriter:
         self.floors: dict[str, int] = {}  # consumer ack floor per stream (for snapshot expiry)
         self.commits = 0
         self.retries = 0
+        # a commit costs pyiceberg time in proportion to the snapshots in the metadata: past this
+        # many, the ones whose messages are all acked are expired right after a commit
+        self.max_snapshots = max_snapshots
+        # ...but never younger than this: a writer that lost a commit race refreshes within
+        # a fraction of a second and must still find the winner's snapshot (and its sequences)
+        self.snapshot_min_age_s = 5.0
+        self.expired = 0
 
     def lock(self, kind: str) -> threading.Lock:
         with self._guard:
@@ -161,10 +171,17 @@ class HistoryTableWriter:
             ledger.forget_below(stream, floor)
 
     # --- append ------------------------------------------------------------------------------
-    def append(self, kind: str, stream: str, rows: pa.Table) -> tuple[int, int]:
+    def append(self, kind: str, stream: str, rows: pa.Table, recheck: set[int] | None = None) -> tuple[int, int]:
         """Commit ``rows`` (one kind, one stream); returns (rows stored, rows skipped because
-        their message is already stored or their event id repeats within ``rows``)."""
+        their message is already stored or their event id repeats within ``rows``).
+
+        ``recheck``: sequences of redelivered messages. The same message may be in flight at two
+        writers at once (its ack wait ran out at the first), and the other one's snapshot may be
+        expired already (acked): for these the table's rows are checked, on the very snapshot
+        the commit builds on, so whichever commits second drops them."""
         from pyiceberg.exceptions import CommitFailedException
+
+        from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
         layout = LAYOUTS[kind]
         total = rows.num_rows
@@ -172,30 +189,79 @@ class HistoryTableWriter:
         table = self.tables.get(kind, create=True)
         with self.lock(kind):
             ledger = self.ledger(kind)
+            files: list[Any] | None = None  # written once; a lost commit race retries the commit only
+            check = set(recheck or ())
             for attempt in range(self.max_retries):
                 seqs = rows.column("_seq").to_numpy()
                 done = ledger.contains(stream, seqs)
+                if check:  # the table's rows are the truth
+                    done |= np.isin(seqs, list(_seqs_in_table(table, stream, check)))
                 if done.any():
-                    rows = rows.filter(pa.array(~done))
+                    rows, seqs, files = rows.filter(pa.array(~done)), seqs[~done], None
                 if rows.num_rows == 0:
                     return 0, total
-                data = layout.to_table(rows)
-                data = data.take(pc.sort_indices(data, [("symbol", "ascending"), ("ts_event_ns", "ascending")]))
-                props = {STREAM_PROP: stream, SEQS_PROP: encode_ranges(seqs[~done] if done.any() else seqs),
-                         WRITER_PROP: self.writer_id}
+                if files is None:
+                    data = layout.to_table(rows)
+                    data = data.take(pc.sort_indices(data, [("symbol", "ascending"), ("ts_event_ns", "ascending")]))
+                    files = list(_dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io))
+                props = {STREAM_PROP: stream, SEQS_PROP: encode_ranges(seqs), WRITER_PROP: self.writer_id}
+                base = table.current_snapshot()
                 try:
-                    table.append(data, snapshot_properties=props)
-                except (CommitFailedException, *_transient_errors()) as exc:
+                    with table.transaction() as tx:
+                        with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
+                            for f in files:
+                                append.append_data_file(f)
+                except (CommitFailedException, ValueError, *_transient_errors()) as exc:
+                    # ValueError: pyiceberg found the metadata moved on under this commit
                     self.retries += 1
                     log.debug("commit of %s conflicted (%r): refresh and retry", kind, exc)
-                    time.sleep(random.uniform(0.0, min(0.2, 0.005 * (attempt + 1))))
+                    time.sleep(random.uniform(0.0, min(0.05, 0.002 * (attempt + 1))))
                     table.refresh()
                     ledger.absorb(table)
+                    # snapshots committed meanwhile are in the ledger, unless one was expired
+                    # already: then the table's rows decide for every message of this batch
+                    check = set(recheck or ())
+                    if not _chain_intact(table, base.snapshot_id if base is not None else None):
+                        check = set(seqs.tolist())
                     continue
                 ledger.absorb(table)
                 self.commits += 1
+                if len(table.metadata.snapshots) > self.max_snapshots:
+                    self._expire(kind, table)
                 return rows.num_rows, total - rows.num_rows
         raise CommitConflict(f"{kind}: commit failed {self.max_retries} times")
+
+
+    def _expire(self, kind: str, table: Any) -> None:
+        from .maintenance import expire_snapshots
+
+        try:
+            self.expired += expire_snapshots(table, dict(self.floors), min_age_s=self.snapshot_min_age_s, keep_last=4,
+                                            refresh=False)
+        except Exception as exc:  # noqa: BLE001 - retried after the next commit
+            log.debug("snapshot expiry of %s failed: %r", kind, exc)
+
+
+def _chain_intact(table: Any, base_id: int | None) -> bool:
+    """Is every snapshot from the current one back to ``base_id`` still in the metadata?"""
+    snap = table.current_snapshot()
+    while snap is not None and snap.snapshot_id != base_id:
+        parent = snap.parent_snapshot_id
+        if parent is None:
+            return base_id is None
+        snap = table.snapshot_by_id(parent)
+    return snap is not None or base_id is None
+
+
+def _seqs_in_table(table: Any, stream: str, seqs: set[int]) -> set[int]:
+    """Which of ``seqs`` have rows in the table's current snapshot (pruned by ``_seq`` stats)."""
+    from pyiceberg.expressions import And, EqualTo, In
+
+    if table.current_snapshot() is None or not seqs:
+        return set()
+    found = table.scan(row_filter=And(EqualTo("_stream", stream), In("_seq", set(seqs))),
+                       selected_fields=("_seq",)).to_arrow()
+    return set(pc.unique(found.column("_seq")).to_pylist()) if found.num_rows else set()
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
