@@ -51,7 +51,9 @@ def start_seaweedfs(base: Path) -> SeaweedFS:
     ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc",
                                             "s3", "s3.grpc")}
     args = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={base}", "-filer", "-s3",
-            f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=64"]
+            f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=64",
+            # its built-in Iceberg REST catalog and Lance listeners default to fixed ports: not here
+            f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0", f"-iam.port={free_port()}"]
     args += [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"
              for name, port in ports.items()]
     log = base / "weed.log"

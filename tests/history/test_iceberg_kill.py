@@ -73,7 +73,7 @@ async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp
     })
     settings = _settings(env, data_dir)
     reader = HistoryReader(settings)
-    total = 6_000
+    total = 4_000
     events = [trade(sym, i) for i in range(total)]
     rng = random.Random(11)
     logs = [tmp_path / "writer-a.log", tmp_path / "writer-b.log"]
@@ -96,7 +96,7 @@ async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp
     procs = [_spawn(env, logs[0]), _spawn(env, logs[1])]
     publisher = asyncio.create_task(publish())
     try:
-        for _ in range(5):
+        for _ in range(4):
             await asyncio.sleep(rng.uniform(0.8, 1.8))
             victim = rng.randrange(2)
             procs[victim].send_signal(signal.SIGKILL)
