@@ -71,8 +71,8 @@ class SeqLedger:
     def __init__(self, keep_s: float = 300.0) -> None:
         self.seen: set[int] = set()  # snapshot ids read
         self.ranges: dict[str, list[tuple[int, int, float]]] = {}  # (first, last, when absorbed)
-        self._starts: dict[str, np.ndarray] = {}
-        self._ends: dict[str, np.ndarray] = {}
+        # per stream: (range starts, running max of range ends), replaced whole (read lock-free)
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         # ranges at or below the ack floor are forgotten only this long after they were read: a
         # flush still in flight may hold a message acked meanwhile by another writer
         self.keep_s = keep_s
@@ -96,17 +96,17 @@ class SeqLedger:
     def _index(self, stream: str) -> None:
         ranges = sorted(self.ranges.get(stream, []))
         self.ranges[stream] = ranges
-        self._starts[stream] = np.array([r[0] for r in ranges], np.int64)
-        self._ends[stream] = np.array([r[1] for r in ranges], np.int64)
+        ends = np.array([r[1] for r in ranges], np.int64)
+        self._arrays[stream] = (np.array([r[0] for r in ranges], np.int64),
+                                np.maximum.accumulate(ends) if len(ends) else ends)
 
     def contains(self, stream: str, seqs: np.ndarray) -> np.ndarray:
         """Boolean mask: which of ``seqs`` are committed."""
-        starts = self._starts.get(stream)
-        if starts is None or not len(starts) or not len(seqs):
+        arrays = self._arrays.get(stream)
+        if arrays is None or not len(arrays[0]) or not len(seqs):
             return np.zeros(len(seqs), bool)
+        starts, run_max = arrays  # a running max of the ends keeps the check exact when ranges overlap
         i = np.searchsorted(starts, seqs, side="right") - 1
-        # a running max of the ends keeps the check exact when ranges overlap
-        run_max = np.maximum.accumulate(self._ends[stream])
         return (i >= 0) & (seqs <= run_max[np.clip(i, 0, None)])
 
     def forget_below(self, stream: str, floor: int) -> None:
@@ -180,16 +180,28 @@ class HistoryTableWriter:
         expired already (acked): for these the table's rows are checked, on the very snapshot
         the commit builds on, so whichever commits second drops them."""
         from pyiceberg.exceptions import CommitFailedException
-
         from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
         layout = LAYOUTS[kind]
         total = rows.num_rows
         rows = _first_per_id(rows)
         table = self.tables.get(kind, create=True)
+        ledger = self.ledger(kind)
+
+        def write_files(rows: pa.Table) -> list[Any]:
+            data = layout.to_table(rows)
+            data = data.take(pc.sort_indices(data, [("symbol", "ascending"), ("ts_event_ns", "ascending")]))
+            return list(_dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io))
+
+        # the data files are written before taking the table's lock, so concurrent flushes write
+        # Parquet in parallel; only the check and the commit are serialized
+        known = ledger.contains(stream, rows.column("_seq").to_numpy())
+        if known.any():
+            rows = rows.filter(pa.array(~known))
+        if rows.num_rows == 0:
+            return 0, total
+        files: list[Any] | None = write_files(rows)
         with self.lock(kind):
-            ledger = self.ledger(kind)
-            files: list[Any] | None = None  # written once; a lost commit race retries the commit only
             check = set(recheck or ())
             for attempt in range(self.max_retries):
                 seqs = rows.column("_seq").to_numpy()
@@ -200,10 +212,8 @@ class HistoryTableWriter:
                     rows, seqs, files = rows.filter(pa.array(~done)), seqs[~done], None
                 if rows.num_rows == 0:
                     return 0, total
-                if files is None:
-                    data = layout.to_table(rows)
-                    data = data.take(pc.sort_indices(data, [("symbol", "ascending"), ("ts_event_ns", "ascending")]))
-                    files = list(_dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io))
+                if files is None:  # rows dropped (rare): their files again
+                    files = write_files(rows)
                 props = {STREAM_PROP: stream, SEQS_PROP: encode_ranges(seqs), WRITER_PROP: self.writer_id}
                 base = table.current_snapshot()
                 try:
