@@ -7,7 +7,8 @@ Catalog and storage come from configuration (:class:`LakehouseSettings`, env pre
   and the warehouse under ``<history dir>/warehouse``;
 - at scale: the SQL catalog in PostgreSQL (``CATALOG_URI=postgresql+psycopg2://...``) and the
   warehouse in S3-compatible object storage (``WAREHOUSE=s3://bucket/prefix``, ``S3_ENDPOINT``,
-  keys); or a REST catalog (``CATALOG=rest``, ``CATALOG_URI=http://...``).
+  keys); or a REST catalog (``CATALOG=rest``, ``CATALOG_URI=http://...``, ``CATALOG_CREDENTIAL``,
+  ``WAREHOUSE`` as the catalog names it, e.g. SeaweedFS's ``s3://<table bucket>/``).
 
 Layout: one table per event kind, ``<namespace>.<kind>`` (e.g. ``marketbus.trade``), because
 kinds have different columns and are queried separately. Each table is partitioned by
@@ -62,6 +63,7 @@ class LakehouseSettings(Settings, kw_only=True):
     catalog: Literal["sql", "rest"] = "sql"
     catalog_uri: Secret = Secret("")  # default sqlite:///<history dir>/catalog.db
     catalog_name: str = "marketbus"
+    catalog_credential: Secret = Secret("")  # REST catalog: "<client id>:<secret>" (OAuth2 client credentials)
     warehouse: str = ""  # default file://<history dir>/warehouse; s3://bucket/prefix at scale
     namespace: str = "marketbus"
     s3_endpoint: str = ""  # e.g. http://127.0.0.1:8333 (SeaweedFS), empty = AWS
@@ -97,6 +99,9 @@ class LakehouseSettings(Settings, kw_only=True):
             props["init_catalog_tables"] = "true"
         else:
             props["type"] = "rest"
+            if self.catalog_credential:
+                props["credential"] = self.catalog_credential.get()
+                props["oauth2-server-uri"] = uri.rstrip("/") + "/v1/oauth/tokens"  # the spec's token endpoint
         warehouse = self.warehouse
         if not warehouse:
             path = (self.base_dir() / "warehouse").resolve()
