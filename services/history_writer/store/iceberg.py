@@ -81,7 +81,9 @@ class IcebergStore(HistoryStore):
         self.snapshot_min_age_s = snapshot_min_age_s
         self.orphan_age_s = orphan_age_s
         self.last_maintenance = maintenance.MaintenanceReport()
-        self._redelivered: dict[str, set[int]] = {}  # asked about by the intake: checked again at commit
+        # redelivered sequences asked about by the intake, not found stored: checked again at commit
+        self._redelivered: dict[str, set[int]] = {}
+        self._redelivered_at: dict[str, list[tuple[float, int]]] = {}
 
     async def open(self) -> None:
         await asyncio.to_thread(lambda: self.writer.tables.catalog)
@@ -98,10 +100,22 @@ class IcebergStore(HistoryStore):
 
     def forget_below(self, stream: str, ack_floor: int) -> None:
         self.writer.forget_below(stream, ack_floor)
+        # a redelivered message never written (e.g. dead-lettered) is forgotten once acked and
+        # long past any flush that could still hold it
+        pending, ages = self._redelivered.get(stream), self._redelivered_at.get(stream)
+        if pending and ages:
+            old = time.monotonic() - 300.0
+            while ages and ages[0][0] < old:
+                _, seq = ages.pop(0)
+                if seq <= ack_floor:
+                    pending.discard(seq)
 
     async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:
         stored = await asyncio.to_thread(self.writer.stored, stream, STREAM_KINDS.get(stream, ()), seqs)
-        self._redelivered.setdefault(stream, set()).update(s for s in seqs if s not in stored)
+        fresh = [s for s in seqs if s not in stored]
+        self._redelivered.setdefault(stream, set()).update(fresh)
+        now = time.monotonic()
+        self._redelivered_at.setdefault(stream, []).extend((now, s) for s in fresh)
         return stored
 
     async def write(self, stream: str, decoded: Decoded) -> WriteResult:

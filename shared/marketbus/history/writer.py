@@ -92,6 +92,9 @@ class SeqLedger:
                 dirty.add(stream)
         for stream in dirty:
             self._index(stream)
+        # expired snapshots never come back: remember only the ids still in the metadata
+        if len(self.seen) > 2 * len(table.metadata.snapshots) + 64:
+            self.seen &= {snap.snapshot_id for snap in table.metadata.snapshots}
 
     def _index(self, stream: str) -> None:
         ranges = sorted(self.ranges.get(stream, []))
