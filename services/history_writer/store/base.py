@@ -3,7 +3,7 @@ API, the CLI, the export orchestrator in-process) read through.
 
 Read API (stable, for the export orchestrator)::
 
-    store = open_store(settings)            # or ParquetStore(path) / PostgresStore(dsn)
+    store = open_store(settings)            # or IcebergStore(LakehouseSettings) / PostgresStore(dsn)
     await store.open()
     sel = Selector.of(kind="trade", source="finx", symbol="BTC*")  # fnmatch wildcards per part
     async for kind, batch in store.read_batches(sel, start_ns, end_ns):   # pyarrow.RecordBatch
