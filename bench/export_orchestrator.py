@@ -1,11 +1,11 @@
-"""Export orchestrator benchmark: rows/s from the embedded history store (Parquet + DuckDB) to
+"""Export orchestrator benchmark: rows/s from the history tables (Iceberg, embedded catalog) to
 artifacts, Parquet (zstd) and CSV.gz.
 
-- "data path": HistorySource (store read API: DuckDB -> Arrow batches) -> SplitWriter -> files,
+- "data path": HistorySource (the tables through the catalog -> Arrow batches) -> SplitWriter -> files,
   exactly what a job runs, without the bus;
 - "end to end": a real job through an embedded nats-server: NATS request, KV claim, coverage,
   read, write, sha256, artifact store, manifest, progress events;
-- reference: pyarrow writing the same in-memory table (the ceiling) and the DuckDB read alone.
+- reference: pyarrow writing the same in-memory table (the ceiling) and the table read alone.
 
 Targets: >= 1M rows/s to Parquet, >= 300k rows/s to CSV.gz. Prints markdown table rows.
 """
@@ -31,7 +31,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 from services.export_orchestrator.history_source import HistorySource  # noqa: E402
 from services.export_orchestrator.writer import SplitWriter  # noqa: E402
 from services.history_writer.schema import SCHEMAS, Decoded  # noqa: E402
-from services.history_writer.store.parquet import ParquetStore  # noqa: E402
+from marketbus.history.lakehouse import LakehouseSettings  # noqa: E402
+from services.history_writer.store.iceberg import IcebergStore  # noqa: E402
 
 N = int(os.environ.get("BENCH_EXPORT_ROWS", 1_000_000))
 T0 = 1_700_000_000_000_000_000
@@ -55,12 +56,8 @@ def trade_table(n: int) -> pa.Table:
     return pa.Table.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
 
 
-async def data_path(store: ParquetStore, work: Path, fmt: str) -> tuple[float, int]:
-    class S:  # the few settings HistorySource reads
-        history_backend = "parquet"
-        history_timeout_s = 5.0
-
-    src = HistorySource(S(), None, store)
+async def data_path(store: IcebergStore, work: Path, fmt: str) -> tuple[float, int]:
+    src = HistorySource(None, None, store.reader)  # reads the tables through the catalog
     w = SplitWriter(work / fmt.replace(".", "_"), fmt, "trade-bench", "trade", None, 10**9, 1 << 40)
     rows = 0
     t = time.perf_counter()
@@ -79,7 +76,7 @@ def store_selector():  # noqa: ANN201
     return StreamSelector(kind="trade", source="bench")
 
 
-async def read_only(store: ParquetStore) -> float:
+async def read_only(store: IcebergStore) -> float:
     from services.history_writer.store.base import Selector
 
     t = time.perf_counter()
@@ -130,11 +127,11 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         table = trade_table(N)
-        store = ParquetStore(tmp / "history", fsync=False)
+        store = IcebergStore(LakehouseSettings(history_dir=str(tmp / "history")))
         await store.open()
         await store.write("MD", Decoded(tables={"trade": [table]}, bad=[], events=N))
 
-        # references: pyarrow on the in-memory table (the ceiling), DuckDB read alone
+        # references: pyarrow on the in-memory table (the ceiling), table read alone
         t = time.perf_counter()
         pq.write_table(table, tmp / "ref.parquet", compression="zstd", compression_level=1)
         ref_pq = N / (time.perf_counter() - t)
@@ -159,9 +156,9 @@ async def main() -> None:
           f"| pyarrow write of the in-memory table {ref_pq:,.0f} rows/s | {pq_rate / 1e6:.2f}x |")
     print(f"| store -> CSV.gz, data path | {csv_rate:,.0f} rows/s ({csv_bytes / N:.1f} B/row) | >= 300,000 rows/s "
           f"| pyarrow CSV + zlib-1 of the in-memory table {ref_csv:,.0f} rows/s | {csv_rate / 3e5:.2f}x |")
-    print(f"| export job end to end, Parquet | {e2e_pq:,.0f} rows/s | >= 1,000,000 rows/s | DuckDB read alone {read:,.0f} rows/s "
+    print(f"| export job end to end, Parquet | {e2e_pq:,.0f} rows/s | >= 1,000,000 rows/s | table read alone {read:,.0f} rows/s "
           f"| {e2e_pq / 1e6:.2f}x |")
-    print(f"| export job end to end, CSV.gz | {e2e_csv:,.0f} rows/s | >= 300,000 rows/s | DuckDB read alone {read:,.0f} rows/s "
+    print(f"| export job end to end, CSV.gz | {e2e_csv:,.0f} rows/s | >= 300,000 rows/s | table read alone {read:,.0f} rows/s "
           f"| {e2e_csv / 3e5:.2f}x |")
 
 

@@ -1,11 +1,13 @@
 """History writer benchmarks (one run, < 60 s): prints markdown table rows.
 
-- embedded store (Parquet, fsync on) from single-event messages, and from batch envelopes;
-  reference: the raw nats-py pull rate of the same messages (callback subscription, big pull
-  batches, no processing) and a raw pyarrow Parquet write of the same rows;
+- embedded store (``--backend iceberg``, the default: Iceberg tables, SQLite catalog, local
+  warehouse; or ``parquet``, the legacy files) from single-event messages (10 and 10,000
+  symbols), and from batch envelopes; reference: the raw nats-py pull rate of the same messages
+  (callback subscription, big pull batches, no processing) and a raw pyarrow Parquet write of the
+  same rows;
 - PostgreSQL (asyncpg COPY) from batch envelopes; reference: a raw asyncpg COPY of the same rows;
 - a query of 1M trades of one symbol and day through the store read API (Arrow);
-  reference: DuckDB reading the same files without ordering.
+  reference: DuckDB (parquet) or pyarrow (iceberg) reading the same files without ordering.
 
 Run: ``.venv/bin/python bench/history_writer.py [--pg-dsn DSN] [--singles N] [--batched N]``.
 """
@@ -53,10 +55,10 @@ def row(figure: str, value: str, target: str, reference: str, ratio: str) -> Non
     print(line, flush=True)
 
 
-def trades(n: int, symbol: str, offset: int = 0) -> list[Trade]:
+def trades(n: int, symbol: str, offset: int = 0, spacing_ns: int = 40_000_000) -> list[Trade]:
     return [
         Trade(id=event_id("bench", "trade", symbol, i + offset), source="bench", venue="X", symbol=symbol,
-              ts_event=DAY0 + (i + offset) * 40_000_000, ts_recv=DAY0 + (i + offset) * 40_000_000 + 1000,
+              ts_event=DAY0 + (i + offset) * spacing_ns, ts_recv=DAY0 + (i + offset) * spacing_ns + 1000,
               price=Decimal("100.25"), size=Decimal("0.5"), side="buy", trade_id=str(i + offset))
         for i in range(n)
     ]
@@ -150,10 +152,11 @@ async def run_writer(url: str, backend: str, data_dir: Path, expected_rows: int,
     try:
         t0 = time.perf_counter()
         md = writer.intakes[0]
-        while md.stored < expected_rows:
+        while md.stored + md.duplicates < expected_rows:  # duplicates: redeliveries found stored
             await asyncio.sleep(0.01)
             if time.perf_counter() - t0 > 120:
-                raise RuntimeError(f"only {md.stored} rows stored")
+                raise RuntimeError(f"only {md.stored} rows stored ({md.duplicates} duplicates, {md.bad} bad, "
+                                   f"{md.acked} acked, {md.buffered} buffered)")
         elapsed = time.perf_counter() - t0
         return expected_rows / elapsed, writer
     finally:
@@ -165,6 +168,8 @@ async def main() -> None:
     ap.add_argument("--singles", type=int, default=200_000)
     ap.add_argument("--batched", type=int, default=1_000_000)
     ap.add_argument("--pg-rows", type=int, default=300_000)
+    ap.add_argument("--backend", default="iceberg", choices=["iceberg", "parquet"])
+    ap.add_argument("--symbols-events", type=int, default=100_000)
     ap.add_argument("--pg-dsn", default=os.environ.get("MARKETBUS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hwbench"))
@@ -181,10 +186,25 @@ async def main() -> None:
         singles = trades(args.singles, "SINGLE")
         await publish(server.url, singles, None)
         ref = await raw_pull_rate(server.url, args.singles)
-        rate, _ = await run_writer(server.url, "parquet", tmp / "h1", args.singles, None, "")
-        row("parquet store, single-event msgs", f"{rate:,.0f} ev/s", ">= 100,000 ev/s",
+        rate, _ = await run_writer(server.url, args.backend, tmp / "h1", args.singles, None, "")
+        row(f"{args.backend} store, single-event msgs", f"{rate:,.0f} ev/s", ">= 100,000 ev/s",
             f"raw nats-py pull {ref:,.0f} msg/s", f"{rate / ref:.2f}")
         await js.purge_stream("MD")
+
+        phase("1b. symbols")
+        # 1b. cost flat in the number of symbols: the same single-event messages over 10 and 10,000 symbols
+        rates = {}
+        for n_sym in (10, 10_000):
+            # every symbol within the same hours of one day (interleaved in time, as a live feed)
+            per = args.symbols_events // n_sym
+            events = sorted((e for k in range(n_sym) for e in trades(per, f"S{k}", k, 1_000_000 * n_sym // 10)),
+                            key=lambda e: e.ts_event)
+            await publish(server.url, events, None)
+            in_stream = (await js.stream_info("MD")).state.messages  # what the publisher got in
+            rates[n_sym], _ = await run_writer(server.url, args.backend, tmp / f"sym{n_sym}", in_stream, None, "")
+            await js.purge_stream("MD")
+        row(f"{args.backend} store, single-event msgs over 10,000 symbols", f"{rates[10_000]:,.0f} ev/s",
+            ">= 0.5 of the 10-symbol rate", f"10 symbols {rates[10]:,.0f} ev/s", f"{rates[10_000] / rates[10]:.2f}")
 
         phase("2. batch")
         # 2. batch envelopes into the embedded store (1M trades of one symbol, one day)
@@ -192,16 +212,23 @@ async def main() -> None:
         del singles
         await publish(server.url, batched, 2_000)
         ref_msgs = await raw_pull_rate(server.url, args.batched // 2_000)
-        rate, _ = await run_writer(server.url, "parquet", tmp / "h2", args.batched, None, "")
-        row("parquet store, batch msgs (2000 ev)", f"{rate:,.0f} ev/s", ">= 500,000 ev/s",
+        rate, _ = await run_writer(server.url, args.backend, tmp / "h2", args.batched, None, "")
+        row(f"{args.backend} store, batch msgs (2000 ev)", f"{rate:,.0f} ev/s", ">= 1,000,000 ev/s",
             f"raw nats-py pull {ref_msgs * 2000:,.0f} ev/s", f"{rate / (ref_msgs * 2000):.2f}")
 
         phase("raw pyarrow")
         # raw pyarrow write of the same rows
         from services.history_writer.store.base import Selector
-        from services.history_writer.store.parquet import ParquetStore
 
-        store = ParquetStore(tmp / "h2")
+        if args.backend == "iceberg":
+            from marketbus.history.lakehouse import LakehouseSettings
+            from services.history_writer.store.iceberg import IcebergStore
+
+            store = IcebergStore(LakehouseSettings(history_dir=str(tmp / "h2")))
+        else:
+            from services.history_writer.store.parquet import ParquetStore
+
+            store = ParquetStore(tmp / "h2")
         await store.open()
         day = Selector(kind="trade", symbol="BATCHED")
         table = (await store.read_table(day, DAY0, DAY0 + 86_400 * 10**9))["trade"]
@@ -217,13 +244,24 @@ async def main() -> None:
         tables = await store.read_table(day, DAY0, DAY0 + 86_400 * 10**9)
         q = time.perf_counter() - t0
         n = tables["trade"].num_rows
-        import duckdb
+        if args.backend == "iceberg":
+            from pyiceberg.expressions import EqualTo
 
-        files = store.files_for(day, DAY0, DAY0 + 86_400 * 10**9)["trade"]
-        t0 = time.perf_counter()
-        duckdb.connect().sql("SELECT * FROM read_parquet($f)", params={"f": files}).to_arrow_table()
-        qref = time.perf_counter() - t0
-        row(f"query {n:,} trades, 1 symbol/day, ordered (Arrow)", f"{q:.3f} s", "< 1 s", f"DuckDB unordered scan {qref:.3f} s",
+            itable = store.writer.tables.get("trade", refresh=True)
+            files = [t.file.file_path for t in itable.scan(row_filter=EqualTo("symbol", "BATCHED")).plan_files()]
+            t0 = time.perf_counter()
+            pq.read_table([f.removeprefix("file://") for f in files])
+            qref = time.perf_counter() - t0
+            ref_name = "pyarrow read of its files"
+        else:
+            import duckdb
+
+            files = store.files_for(day, DAY0, DAY0 + 86_400 * 10**9)["trade"]
+            t0 = time.perf_counter()
+            duckdb.connect().sql("SELECT * FROM read_parquet($f)", params={"f": files}).to_arrow_table()
+            qref = time.perf_counter() - t0
+            ref_name = "DuckDB unordered scan"
+        row(f"query {n:,} trades, 1 symbol/day, ordered (Arrow)", f"{q:.3f} s", "< 1 s", f"{ref_name} {qref:.3f} s",
             f"{q / qref:.2f}")
         await store.close()
         await js.purge_stream("MD")

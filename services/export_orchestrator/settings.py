@@ -1,7 +1,8 @@
 """Settings of the export orchestrator (env prefix ``MARKETBUS_EXPORT_``).
 
-Defaults point at the embedded setup: NATS at nats://127.0.0.1:4222, the history store the
-history writer keeps under ``$MARKETBUS_DATA_DIR/history`` (Parquet + DuckDB), artifacts under
+Defaults point at the embedded setup: NATS at nats://127.0.0.1:4222, the history tables the
+history writer keeps under ``$MARKETBUS_DATA_DIR/history`` (Iceberg, SQLite catalog; set
+``MARKETBUS_LAKEHOUSE_*`` for a PostgreSQL/REST catalog and an S3 warehouse), artifacts under
 ``$MARKETBUS_DATA_DIR/exports``, and the TickSupply-shaped HTTP API on port 8710.
 """
 
@@ -22,20 +23,15 @@ class ExportSettings(ServiceSettings, kw_only=True):
     env_fallbacks: ClassVar[dict[str, tuple[str, ...]]] = {
         **ServiceSettings.env_fallbacks,
         "data_dir": ("MARKETBUS_DATA_DIR",),
-        # the history writer's own settings, so one environment configures both
-        "history_backend": ("MARKETBUS_HISTORY_WRITER_BACKEND",),
+        # the history writer's own setting, so one environment configures both
         "history_dir": ("MARKETBUS_HISTORY_WRITER_DATA_DIR",),
-        "history_pg_dsn": ("MARKETBUS_HISTORY_WRITER_PG_DSN",),
     }
 
     data_dir: str = ".marketbus"
 
-    # --- history (what we read) -----------------------------------------------------------------
-    # auto: the in-process store when its directory/DSN is there, else the NATS history.query API
-    history_backend: Literal["auto", "parquet", "postgres", "nats"] = "auto"
+    # --- history (what we read): the Iceberg tables through their catalog ------------------------
+    # (MARKETBUS_LAKEHOUSE_*; the embedded catalog and warehouse live under history_dir)
     history_dir: str = ""  # default <data_dir>/history
-    history_pg_dsn: Secret = Secret("")
-    history_timeout_s: float = 30.0  # per NATS history.query / history.coverage request
 
     # --- artifacts (what we write) --------------------------------------------------------------
     artifact_store: Literal["local", "nats", "s3"] = "local"

@@ -14,8 +14,10 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
     env_prefix = "MARKETBUS_HISTORY_WRITER_"
     http_port: int = 9101  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
-    backend: Literal["parquet", "postgres"] = "parquet"
-    data_dir: str = ""  # parquet dataset; default $MARKETBUS_DATA_DIR/history, else .marketbus/history
+    # iceberg: Apache Iceberg tables, catalog/warehouse from MARKETBUS_LAKEHOUSE_* (default: SQLite
+    # catalog + warehouse under data_dir); postgres: rows in PostgreSQL; parquet: legacy files
+    backend: Literal["iceberg", "parquet", "postgres"] = "iceberg"
+    data_dir: str = ""  # embedded history; default $MARKETBUS_DATA_DIR/history, else .marketbus/history
     pg_dsn: Secret = Secret("postgresql://postgres@127.0.0.1:5432/marketbus")
     pg_table_prefix: str = "history_"
     timescale: Literal["auto", "on", "off"] = "auto"

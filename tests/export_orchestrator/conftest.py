@@ -162,15 +162,20 @@ async def download_all(api_url: str, job_id: str, key: str = API_KEY) -> tuple[d
         return body, files
 
 
+def exact(value: Any) -> str:
+    """A decimal's exact value as text (the history keeps values exactly, not trailing zeros)."""
+    return format(Decimal(str(value)).normalize(), "f")
+
+
 def trade_rows(trades: list[Trade]) -> list[tuple[str, ...]]:
-    return sorted((t.id, t.source, t.venue, t.symbol, str(t.ts_event), str(t.price), str(t.size), t.side) for t in trades)
+    return sorted((t.id, t.source, t.venue, t.symbol, str(t.ts_event), exact(t.price), exact(t.size), t.side) for t in trades)
 
 
 def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
     out = []
     for t in tables:
         cols = [t.column(c).to_pylist() for c in ("id", "source", "venue", "symbol", "ts_event", "price", "size", "side")]
-        out.extend(tuple(str(v) for v in row) for row in zip(*cols))
+        out.extend(tuple(exact(v) if i in (5, 6) else str(v) for i, v in enumerate(row)) for row in zip(*cols))
     return sorted(out)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from decimal import Decimal
 
 import msgspec
 import pyarrow.parquet as pq
@@ -77,7 +78,7 @@ async def test_round_trip_csv_and_parquet(harness: Harness) -> None:
     assert table.column_names == ["ts_event", "price", "size", "id"]
     expected = [t for t in btc if T0 + 10 * S <= t.ts_event < T0 + 20 * S]
     assert table.num_rows == len(expected) == 100
-    assert table.column("price").to_pylist() == [str(t.price) for t in expected]  # in order, exact decimals
+    assert [Decimal(p) for p in table.column("price").to_pylist()] == [t.price for t in expected]  # in order, exact
 
 
 async def test_bad_requests_fail_or_are_refused(harness: Harness) -> None:

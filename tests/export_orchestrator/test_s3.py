@@ -1,61 +1,25 @@
-"""The S3 artifact store against a real S3 endpoint (moto's server, over HTTP, with IAM
-authentication switched on): its SigV4 requests are accepted with the right secret and refused
-with a wrong one, and an export job's artifacts go to the bucket and download exactly."""
+"""The S3 artifact store against a real S3-compatible object store (SeaweedFS, authentication
+on): its SigV4 requests are accepted with the right secret and refused with a wrong one, and an
+export job's artifacts go to the bucket and download exactly. The same test runs the export
+orchestrator on another data dir than the history writer, sharing only the history catalog
+(PostgreSQL) and warehouse (SeaweedFS): what it exports is exactly what was published."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-import httpx
 import pytest
-from moto import settings as moto_settings
-from moto.server import ThreadedMotoServer
 
-from marketbus.runtime.http import free_port
 from services.export_orchestrator.artifacts import ArtifactNotFound, S3ArtifactStore
+from services.history_writer.app import HistoryWriter
+from tests.history.seaweedfs import SeaweedFS, lakehouse_env, seaweedfs  # noqa: F401 - fixture
 
 from .conftest import Harness, download_all, export_three_files, read_artifact, stored_names, table_rows, trade_rows
 
-BUCKET = "marketbus-exports"
 
-
-class S3:
-    def __init__(self, endpoint: str, access_key: str, secret_key: str) -> None:
-        self.endpoint, self.access_key, self.secret_key = endpoint, access_key, secret_key
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
-    """moto's S3 on a free port; an IAM user allowed s3:* on the bucket; then authentication on."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
-             "aws_secret_access_key": "setup"}
-    try:
-        # moto's state is per process: start from nothing (a previous test's user and bucket)
-        httpx.post(f"{endpoint}/moto-api/reset").raise_for_status()
-        iam = boto3.client("iam", **admin)
-        iam.create_user(UserName="exporter")
-        iam.put_user_policy(UserName="exporter", PolicyName="artifacts", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*",
-                           "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}))
-        key = iam.create_access_key(UserName="exporter")["AccessKey"]
-        boto3.client("s3", **admin).create_bucket(Bucket=BUCKET)
-        # from here on every request must be signed by a known key (and be allowed)
-        monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
-        yield S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        server.stop()
-
-
-async def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(s3: S3, tmp_path: Path) -> None:
-    store = S3ArtifactStore(s3.endpoint, BUCKET, s3.access_key, s3.secret_key)
+async def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(seaweedfs: SeaweedFS, tmp_path: Path) -> None:  # noqa: F811
+    bucket = seaweedfs.bucket("exports")
+    store = S3ArtifactStore(seaweedfs.endpoint, bucket, seaweedfs.access_key, seaweedfs.secret_key)
     await store.open()
     try:
         src = tmp_path / "part-0001.csv.gz"
@@ -71,7 +35,7 @@ async def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(s3: S3
     finally:
         await store.close()
 
-    forged = S3ArtifactStore(s3.endpoint, BUCKET, s3.access_key, "not-the-secret")
+    forged = S3ArtifactStore(seaweedfs.endpoint, bucket, seaweedfs.access_key, "not-the-secret")
     await forged.open()
     try:
         src.write_bytes(b"x")
@@ -81,15 +45,26 @@ async def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(s3: S3
         await forged.close()
 
 
-async def test_export_job_artifacts_in_s3(harness: Harness, s3: S3) -> None:
-    await harness.start_writer()
-    orch = await harness.start_orchestrator(artifact_store="s3", artifact_bucket=BUCKET, s3_endpoint=s3.endpoint,
-                                            s3_access_key=s3.access_key, s3_secret_key=s3.secret_key)
+async def test_export_from_the_lakehouse_on_another_data_dir_to_s3(harness: Harness, seaweedfs: SeaweedFS,  # noqa: F811
+                                                                   pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    for name, value in lakehouse_env(seaweedfs, pg_dsn, f"exp_{uuid.uuid4().hex[:8]}").items():
+        monkeypatch.setenv(name, value)
+    harness.writer = HistoryWriter(nats_url=harness.url, data_dir=str(harness.tmp / "writer-host" / "history"),
+                                   http_port=0, batch_max_wait_s=0.05, heartbeat_interval_s=60.0)
+    await harness.writer.start()
+    bucket = seaweedfs.bucket("exports")
+    orch_dir = harness.tmp / "export-host"
+    orch = await harness.start_orchestrator(
+        data_dir=str(orch_dir), history_dir=str(orch_dir / "history"), artifact_store="s3", artifact_bucket=bucket,
+        s3_endpoint=seaweedfs.endpoint, s3_access_key=seaweedfs.access_key, s3_secret_key=seaweedfs.secret_key)
     trades, job = await export_three_files(harness, "s3src", "ADA-USD", "csv.gz")
-    listed = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", aws_access_key_id=s3.access_key,
-                          aws_secret_access_key=s3.secret_key).list_objects_v2(Bucket=BUCKET, Prefix=job.job_id)
+    listed = seaweedfs.client().list_objects_v2(Bucket=bucket, Prefix=job.job_id)
     assert sorted(o["Key"] for o in listed.get("Contents", [])) == stored_names(job)
     _, files = await download_all(orch.api_url, job.job_id)
     tables = [read_artifact(a.filename, files[a.filename]) for a in job.artifacts]
     assert table_rows(tables) == trade_rows(trades)
     assert not any(orch.settings.artifact_path.glob("*/*.csv.gz"))  # nothing left on local disk
+    # the two hosts share nothing on disk: no history under the export host's data dir
+    assert not (orch_dir / "history").exists() or not any((orch_dir / "history").rglob("*.parquet"))

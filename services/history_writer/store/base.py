@@ -3,7 +3,7 @@ API, the CLI, the export orchestrator in-process) read through.
 
 Read API (stable, for the export orchestrator)::
 
-    store = open_store(settings)            # or ParquetStore(path) / PostgresStore(dsn)
+    store = open_store(settings)            # or IcebergStore(LakehouseSettings) / PostgresStore(dsn)
     await store.open()
     sel = Selector.of(kind="trade", source="finx", symbol="BTC*")  # fnmatch wildcards per part
     async for kind, batch in store.read_batches(sel, start_ns, end_ns):   # pyarrow.RecordBatch
@@ -21,72 +21,19 @@ A :class:`Cursor` (``after=``) resumes strictly after a position of that order.
 from __future__ import annotations
 
 import abc
-import base64
-import fnmatch
 import heapq
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import pyarrow as pa
 
-from marketbus.contracts.jobs import StreamCoverage, StreamSelector
+from marketbus.contracts.jobs import StreamCoverage
+from marketbus.history.selector import Cursor, Selector
 
-from ..schema import KINDS, SCHEMAS, Decoded
+from ..schema import SCHEMAS, Decoded
 
-
-class Selector(msgspec.Struct, frozen=True):
-    """Stream selector; each part is an fnmatch pattern (``*`` = any)."""
-
-    kind: str = "*"
-    source: str = "*"
-    venue: str = "*"
-    symbol: str = "*"
-
-    @classmethod
-    def of(cls, selector: StreamSelector | Selector | None = None, **parts: str) -> Selector:
-        if selector is not None:
-            parts = {"kind": selector.kind, "source": selector.source, "venue": selector.venue,
-                     "symbol": selector.symbol, **parts}
-        return cls(**{k: (v or "*") for k, v in parts.items()})
-
-    @classmethod
-    def parse(cls, text: str) -> Selector:
-        """``kind.source.venue.symbol`` (missing trailing parts = ``*``), e.g. ``trade.finx.*.BTC-USD``."""
-        parts = (text.split(".") + ["*"] * 4)[:4] if text else ["*"] * 4
-        return cls(*[p or "*" for p in parts])
-
-    def kinds(self) -> list[str]:
-        return sorted(k for k in KINDS if fnmatch.fnmatchcase(k, self.kind))
-
-    def match(self, source: str, venue: str, symbol: str) -> bool:
-        return (fnmatch.fnmatchcase(source, self.source) and fnmatch.fnmatchcase(venue, self.venue)
-                and fnmatch.fnmatchcase(symbol, self.symbol))
-
-    def to_contract(self) -> StreamSelector:
-        return StreamSelector(kind=self.kind, source=self.source, venue=self.venue, symbol=self.symbol)
-
-
-class Cursor(NamedTuple):
-    """A position in the history order; reads resume strictly after it."""
-
-    ts_event: int
-    stream: str
-    seq: int
-    idx: int
-
-    def encode(self) -> str:
-        return base64.urlsafe_b64encode(msgspec.json.encode(tuple(self))).decode()
-
-    @classmethod
-    def decode(cls, text: str | None) -> Cursor | None:
-        if not text:
-            return None
-        try:
-            ts, stream, seq, idx = msgspec.json.decode(base64.urlsafe_b64decode(text.encode()))
-            return cls(int(ts), str(stream), int(seq), int(idx))
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"invalid cursor {text!r}") from exc
+__all__ = ["Cursor", "HistoryStore", "Selector", "WriteResult"]
 
 
 class WriteResult(msgspec.Struct):
@@ -149,7 +96,7 @@ class HistoryStore(abc.ABC):
     async def coverage(self, selector: Selector, start_ns: int, end_ns: int,
                        max_gap_ns: dict[str, int] | None = None) -> list[StreamCoverage]:
         """Covered time ranges and feed-reported gaps per stream (see coverage.py)."""
-        from ..coverage import DEFAULT_MAX_GAP_NS, build_coverage
+        from marketbus.history.coverage import DEFAULT_MAX_GAP_NS, build_coverage
 
         gaps_sel = Selector(kind="feed_status", source=selector.source)
         statuses = [e async for e in self.read_events(gaps_sel, 0, 2**63 - 1)]

@@ -140,6 +140,7 @@ for _module, _name in (("history", "history"), ("export", "export"), ("order", "
             raise
         continue
     app.add_typer(_sub.app, name=_name)
+importlib.import_module("marketbus.cli.history_admin")  # history compact / migrate (the history tables)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,182 @@
+"""The history as Apache Iceberg tables (the default backend): the store interface over
+``marketbus.history`` (writer: exactly-once appends; reader: reads through the catalog;
+maintenance). Catalog and warehouse come from ``MARKETBUS_LAKEHOUSE_*`` (see
+``marketbus.history.lakehouse``); by default a SQLite catalog and a warehouse under the
+writer's data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
+
+from marketbus.history import maintenance
+from marketbus.history.lakehouse import STREAM_KINDS, LakehouseSettings
+from marketbus.history.reader import HistoryReader
+from marketbus.history.writer import HistoryTableWriter
+
+from ..schema import KINDS, Decoded
+from .base import Cursor, HistoryStore, Selector, WriteResult
+
+log = logging.getLogger("marketbus.history_writer.iceberg")
+
+
+class AckFloors:
+    """The ack floors of the writers' durable consumers, from JetStream (consumer info), at most
+    every ``interval_s`` per stream. A snapshot whose messages are all at or below the floor is
+    acked for good (never redelivered), so it can be expired right away: that keeps the table
+    metadata, and with it the cost of every commit, small."""
+
+    def __init__(self, connect_options: dict[str, Any], durables: dict[str, str], interval_s: float = 1.0) -> None:
+        self.connect_options = connect_options
+        self.durables = durables  # stream -> durable consumer
+        self.interval_s = interval_s
+        self.nc: Any = None
+        self._asked: dict[str, float] = {}
+
+    async def start(self) -> None:
+        import nats
+
+        with contextlib.suppress(Exception):  # no NATS: floors come from the writer's maintenance loop
+            self.nc = await nats.connect(**self.connect_options)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    async def floor(self, stream: str) -> int | None:
+        durable = self.durables.get(stream)
+        now = time.monotonic()
+        if self.nc is None or durable is None or now - self._asked.get(stream, 0.0) < self.interval_s:
+            return None
+        self._asked[stream] = now
+        try:
+            info = await self.nc.jetstream().consumer_info(stream, durable)
+        except Exception as exc:  # noqa: BLE001 - asked again next time
+            log.debug("consumer info %s/%s: %r", stream, durable, exc)
+            return None
+        return info.ack_floor.stream_seq if info.ack_floor else 0
+
+
+class IcebergStore(HistoryStore):
+    backend = "iceberg"
+
+    def __init__(self, settings: LakehouseSettings, *, writer_id: str | None = None, compact_min_files: int = 8,
+                 snapshot_min_age_s: float = 60.0, orphan_age_s: float = 3600.0,
+                 ack_floors: AckFloors | None = None) -> None:
+        self.settings = settings
+        self.ack_floors = ack_floors
+        self.writer = HistoryTableWriter(settings, writer_id or uuid.uuid4().hex[:12])
+        self.reader = HistoryReader(settings, self.writer.tables)
+        self.compact_min_files = compact_min_files
+        self.snapshot_min_age_s = snapshot_min_age_s
+        self.orphan_age_s = orphan_age_s
+        self.last_maintenance = maintenance.MaintenanceReport()
+        # redelivered sequences asked about by the intake, not found stored: checked again at commit
+        self._redelivered: dict[str, set[int]] = {}
+        self._redelivered_at: dict[str, list[tuple[float, int]]] = {}
+
+    async def open(self) -> None:
+        await asyncio.to_thread(lambda: self.writer.tables.catalog)
+        if self.ack_floors is not None:
+            await self.ack_floors.start()
+
+    async def close(self) -> None:
+        if self.ack_floors is not None:
+            await self.ack_floors.close()
+
+    # --- exactly once ------------------------------------------------------------------------
+    async def prepare_stream(self, stream: str, ack_floor: int) -> None:
+        self.writer.forget_below(stream, ack_floor)
+
+    def forget_below(self, stream: str, ack_floor: int) -> None:
+        self.writer.forget_below(stream, ack_floor)
+        # a redelivered message never written (e.g. dead-lettered) is forgotten once acked and
+        # long past any flush that could still hold it
+        pending, ages = self._redelivered.get(stream), self._redelivered_at.get(stream)
+        if pending and ages:
+            old = time.monotonic() - 300.0
+            while ages and ages[0][0] < old:
+                _, seq = ages.pop(0)
+                if seq <= ack_floor:
+                    pending.discard(seq)
+
+    async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:
+        stored = await asyncio.to_thread(self.writer.stored, stream, STREAM_KINDS.get(stream, ()), seqs)
+        fresh = [s for s in seqs if s not in stored]
+        self._redelivered.setdefault(stream, set()).update(fresh)
+        now = time.monotonic()
+        self._redelivered_at.setdefault(stream, []).extend((now, s) for s in fresh)
+        return stored
+
+    async def write(self, stream: str, decoded: Decoded) -> WriteResult:
+        if self.ack_floors is not None:
+            floor = await self.ack_floors.floor(stream)
+            if floor is not None:
+                self.forget_below(stream, floor)
+
+        def commit() -> WriteResult:
+            result = WriteResult()
+            for kind, parts in decoded.tables.items():
+                rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+                if rows.num_rows == 0:
+                    continue
+                redelivered = self._redelivered.get(stream)
+                recheck = None
+                if redelivered:
+                    seqs = set(pa.compute.unique(rows.column("_seq")).to_pylist())
+                    recheck = seqs & redelivered
+                stored, skipped = self.writer.append(kind, stream, rows, recheck)
+                if recheck:
+                    redelivered.difference_update(recheck)
+                result.rows += stored
+                result.duplicates += skipped
+                result.files += 1 if stored else 0
+            return result
+
+        return await asyncio.to_thread(commit)
+
+    # --- maintenance -------------------------------------------------------------------------
+    async def compact(self) -> int:
+        report = await asyncio.to_thread(
+            maintenance.maintain, self.writer.tables, KINDS, dict(self.writer.floors),
+            min_files=self.compact_min_files, snapshot_min_age_s=self.snapshot_min_age_s,
+            orphan_age_s=self.orphan_age_s)
+        self.last_maintenance = report
+        return report.files_merged
+
+    async def apply_retention(self, days_by_kind: dict[str, float], now_ns: int) -> int:
+        def run() -> int:
+            removed = 0
+            for kind, table in self.writer.tables.existing(list(KINDS)).items():
+                days = days_by_kind.get(kind, days_by_kind.get("default"))
+                if days is not None:
+                    removed += maintenance.apply_retention(table, days, now_ns)
+            return removed
+
+        return await asyncio.to_thread(run)
+
+    # --- reads -------------------------------------------------------------------------------
+    async def read_batches(
+        self, selector: Selector, start_ns: int, end_ns: int, *, after: Cursor | None = None,
+        limit: int | None = None, batch_rows: int = 65_536, columns: Sequence[str] | None = None,
+    ) -> AsyncIterator[tuple[str, pa.RecordBatch]]:
+        async for item in self.reader.read_batches(selector, start_ns, end_ns, after=after, limit=limit,
+                                                   batch_rows=batch_rows, columns=columns):
+            yield item
+
+    async def coverage_rows(self, selector: Selector, start_ns: int, end_ns: int,
+                            max_gap_ns: dict[str, int]) -> list[tuple[str, str, str, str, int, int, int]]:
+        return await asyncio.to_thread(self.reader.coverage_rows, selector, start_ns, end_ns, max_gap_ns)
+
+    def health(self) -> dict[str, Any]:
+        return {"commits": self.writer.commits, "commit_retries": self.writer.retries}

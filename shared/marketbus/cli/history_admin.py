@@ -1,0 +1,79 @@
+"""``marketbus history compact`` and ``marketbus history migrate``: maintenance of the history
+tables, straight through their catalog (no writer needed). The catalog and warehouse come from
+``MARKETBUS_LAKEHOUSE_*`` (see ``marketbus.history.lakehouse``), the embedded defaults from
+``--history-dir`` (default ``$MARKETBUS_DATA_DIR/history``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from .history import app
+
+console = Console()
+HistoryDirOpt = typer.Option("", "--history-dir", help="embedded catalog and warehouse (default $MARKETBUS_DATA_DIR/history)")
+
+
+def _parse_days(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, days = part.partition("=")
+        out[kind.strip()] = float(days)
+    return out
+
+
+@app.command("compact")
+def compact(
+    history_dir: str = HistoryDirOpt,
+    min_files: int = typer.Option(8, "--min-files", help="merge a partition's files when it has this many"),
+    snapshot_age: float = typer.Option(86_400.0, "--snapshot-age",
+                                       help="expire snapshots older than this (s); writers keep theirs fewer"),
+    orphan_age: float = typer.Option(3600.0, "--orphan-age", help="delete unreferenced files older than this (s)"),
+    retention: str = typer.Option("", "--retention", help="days to keep per kind, e.g. 'trade=30,book=7,default=365'"),
+) -> None:
+    """Compact small files per partition, expire old snapshots, remove orphan files, and apply
+    retention (whole day partitions)."""
+    report = run_compact(history_dir or None, min_files=min_files, snapshot_age_s=snapshot_age,
+                         orphan_age_s=orphan_age, retention=_parse_days(retention))
+    console.print(report)
+
+
+def run_compact(history_dir: str | None, *, min_files: int = 8, snapshot_age_s: float = 86_400.0,
+                orphan_age_s: float = 3600.0, retention: dict[str, float] | None = None) -> Any:
+    from marketbus.history import maintenance
+    from marketbus.history.lakehouse import LakehouseSettings, Tables
+    from marketbus.history.schema import KINDS
+
+    tables = Tables(LakehouseSettings.from_env(history_dir))
+    dropped = 0
+    for kind, table in tables.existing(list(KINDS)).items():
+        days = (retention or {}).get(kind, (retention or {}).get("default"))
+        if days is not None:
+            dropped += maintenance.apply_retention(table, days, time.time_ns())
+    # without the writers' ack floors, a snapshot older than snapshot_age_s counts as acked
+    floors = {"MD": 2**63 - 1, "REF": 2**63 - 1, "STATUS": 2**63 - 1}
+    report = maintenance.maintain(tables, KINDS, floors, min_files=min_files, snapshot_min_age_s=snapshot_age_s,
+                                  orphan_age_s=orphan_age_s)
+    report.partitions_dropped = dropped
+    return report
+
+
+@app.command("migrate")
+def migrate(
+    from_dir: str = typer.Option(..., "--from-dir", help="history dir of the embedded catalog and warehouse to copy"),
+) -> None:
+    """Copy an embedded history (SQLite catalog + local warehouse under --from-dir) into the
+    lakehouse configured by MARKETBUS_LAKEHOUSE_* (PostgreSQL/REST catalog, S3 warehouse).
+    Safe to run again: rows already copied are skipped."""
+    from marketbus.history.lakehouse import LakehouseSettings
+    from marketbus.history.migrate import migrate as run
+
+    source = LakehouseSettings(history_dir=from_dir)
+    target = LakehouseSettings.from_env()
+    if target.embedded and target.base_dir().resolve() == source.base_dir().resolve():
+        raise typer.BadParameter("the target is the source: set MARKETBUS_LAKEHOUSE_CATALOG_URI and _WAREHOUSE")
+    report = run(source, target, progress=lambda kind, n: console.print(f"{kind}: +{n} rows"))
+    console.print(report)

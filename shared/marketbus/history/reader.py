@@ -1,0 +1,162 @@
+"""Reading the history tables through the catalog: what the query API, coverage, the CLI and the
+export orchestrator use. No locks and no writer involved: every read is one Iceberg snapshot
+(snapshot isolation), so it sees whole commits only, whatever the writers are doing.
+
+Rows come back as storage rows (``marketbus.history.schema``: ``ts_event`` in int ns, decimals
+as their exact text) in the history order ``(ts_event, _stream, _seq, _idx)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fnmatch
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import AlwaysTrue, And, EqualTo, GreaterThanOrEqual, LessThan
+
+from .lakehouse import LAYOUTS, LakehouseSettings, Tables
+from .schema import ORDER_COLUMNS, SCHEMAS
+from .selector import Cursor, Selector
+
+MAX_NS = 2**63 - 1
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+class HistoryReader:
+    """Reads the kind tables of one catalog."""
+
+    def __init__(self, settings: LakehouseSettings, tables: Tables | None = None) -> None:
+        self.settings = settings
+        self.tables = tables or Tables(settings)
+
+    # --- sync reads (run them in a thread from async code) -------------------------------------
+    def read_kind(self, kind: str, selector: Selector, start_ns: int, end_ns: int, *,
+                  after: Cursor | None = None, limit: int | None = None,
+                  columns: Sequence[str] | None = None) -> pa.Table:
+        """One kind's selected rows in the history order (storage columns; ``columns`` plus the
+        order columns when given)."""
+        layout = LAYOUTS[kind]
+        names = SCHEMAS[kind].schema.names
+        wanted = list(dict.fromkeys([*(columns or names), *ORDER_COLUMNS]))
+        wanted = [c for c in wanted if c in names]
+        lo = start_ns if after is None else max(start_ns, after.ts_event)
+        table = self.tables.get(kind, refresh=True)
+        if table is None or lo >= end_ns:
+            return _empty(kind, wanted)
+        need = list(dict.fromkeys([*wanted, "source", "venue", "symbol"]))
+        scan = table.scan(row_filter=_row_filter(selector, lo, end_ns),
+                          selected_fields=tuple(layout.table_columns(need)))
+        data = scan.to_arrow()
+        if data.num_rows == 0:
+            return _empty(kind, wanted)
+        rows = layout.to_rows(data, need)
+        rows = rows.filter(_mask(rows, selector, lo, end_ns, after))
+        rows = rows.take(pc.sort_indices(rows, [(c, "ascending") for c in ORDER_COLUMNS]))
+        if limit is not None:
+            rows = rows.slice(0, limit)
+        return rows.select(wanted)
+
+    def coverage_rows(self, selector: Selector, start_ns: int, end_ns: int,
+                      max_gap_ns: dict[str, int]) -> list[tuple[str, str, str, str, int, int, int]]:
+        """Covered runs per stream (see ``HistoryStore.coverage_rows``)."""
+        out = []
+        for kind in selector.kinds():
+            t = self.read_kind(kind, selector, start_ns, end_ns, columns=["source", "venue", "symbol", "ts_event"])
+            if t.num_rows == 0:
+                continue
+            t = t.take(pc.sort_indices(t, [("source", "ascending"), ("venue", "ascending"), ("symbol", "ascending"),
+                                           ("ts_event", "ascending")]))
+            gap = max_gap_ns.get(kind, max_gap_ns.get("default", 300 * 10**9))
+            src, ven, sym = (np.asarray(t.column(c).to_pylist(), dtype=object) for c in ("source", "venue", "symbol"))
+            ts = t.column("ts_event").to_numpy()
+            new_stream = np.ones(len(ts), bool)
+            new_stream[1:] = (src[1:] != src[:-1]) | (ven[1:] != ven[:-1]) | (sym[1:] != sym[:-1])
+            new_run = new_stream.copy()
+            new_run[1:] |= np.diff(ts) > gap
+            starts = np.nonzero(new_run)[0]
+            ends = np.concatenate([starts[1:], [len(ts)]]) - 1
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                out.append((kind, src[a], ven[a], sym[a], int(ts[a]), int(ts[b]), b - a + 1))
+        return out
+
+    def streams(self, selector: Selector, start_ns: int = 0, end_ns: int = MAX_NS) -> list[tuple[str, str, str, str]]:
+        """(kind, source, venue, symbol) of every stored stream, sorted."""
+        out: set[tuple[str, str, str, str]] = set()
+        for kind in selector.kinds():
+            t = self.read_kind(kind, selector, start_ns, end_ns, columns=["source", "venue", "symbol"])
+            if t.num_rows:
+                for r in t.group_by(["source", "venue", "symbol"]).aggregate([]).to_pylist():
+                    out.add((kind, r["source"], r["venue"], r["symbol"]))
+        return sorted(out)
+
+    def days(self, kind: str, selector: Selector, start_ns: int, end_ns: int) -> list[int]:
+        """Start (ns) of every UTC day holding rows of ``kind`` in the range (from the manifests)."""
+        table = self.tables.get(kind, refresh=True)
+        if table is None:
+            return []
+        days: set[int] = set()
+        for task in table.scan(row_filter=_row_filter(selector, start_ns, end_ns)).plan_files():
+            day = task.file.partition[0]
+            if day is not None:
+                days.add(int(day) * 86_400 * 10**9)
+        return sorted(days)
+
+    # --- async API ---------------------------------------------------------------------------
+    async def read_batches(self, selector: Selector, start_ns: int, end_ns: int, *, after: Cursor | None = None,
+                           limit: int | None = None, batch_rows: int = 65_536,
+                           columns: Sequence[str] | None = None) -> AsyncIterator[tuple[str, pa.RecordBatch]]:
+        for kind in selector.kinds():
+            table = await asyncio.to_thread(self.read_kind, kind, selector, start_ns, end_ns, after=after,
+                                            limit=limit, columns=columns)
+            for batch in table.combine_chunks().to_batches(max_chunksize=batch_rows):
+                if batch.num_rows:
+                    yield kind, batch
+
+
+def _empty(kind: str, columns: list[str]) -> pa.Table:
+    schema = SCHEMAS[kind].schema
+    return pa.Table.from_pylist([], schema=pa.schema([schema.field(c) for c in columns]))
+
+
+def _row_filter(selector: Selector, lo_ns: int, hi_ns: int) -> Any:
+    """Partition/file pruning: the time range (µs, widened to whole µs) and exact selector parts."""
+    expr: Any = AlwaysTrue()
+    if lo_ns > 0:
+        expr = And(expr, GreaterThanOrEqual("ts_event", _iso(lo_ns // 1000)))
+    if hi_ns < MAX_NS:
+        expr = And(expr, LessThan("ts_event", _iso(-(-hi_ns // 1000))))
+    for part in ("source", "venue", "symbol"):
+        pattern = getattr(selector, part)
+        if pattern != "*" and not _WILDCARD.search(pattern):
+            expr = And(expr, EqualTo(part, pattern))
+    return expr
+
+
+def _iso(us: int) -> str:
+    t = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
+    return t.isoformat()
+
+
+def _mask(rows: pa.Table, selector: Selector, lo: int, hi: int, after: Cursor | None) -> pa.Array:
+    ts = rows.column("ts_event")
+    mask = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
+    for part in ("source", "venue", "symbol"):
+        pattern = getattr(selector, part)
+        if pattern != "*" and _WILDCARD.search(pattern):
+            mask = pc.and_(mask, pc.match_substring_regex(rows.column(part), fnmatch.translate(pattern)))
+    if after is not None:
+        a = after
+        later = pc.or_(
+            pc.greater(rows.column("_stream"), a.stream),
+            pc.and_(pc.equal(rows.column("_stream"), a.stream),
+                    pc.or_(pc.greater(rows.column("_seq"), a.seq),
+                           pc.and_(pc.equal(rows.column("_seq"), a.seq), pc.greater(rows.column("_idx"), a.idx)))))
+        mask = pc.and_(mask, pc.or_(pc.greater(ts, a.ts_event), pc.and_(pc.equal(ts, a.ts_event), later)))
+    return mask
+

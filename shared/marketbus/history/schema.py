@@ -1,0 +1,358 @@
+"""Storage schema of the history: one table (Arrow schema) per event kind, derived from the contracts.
+
+Every stored row has the event's own fields plus three storage columns:
+
+- ``_stream`` (JetStream stream the message came from: MD, REF, STATUS), ``_seq`` (its stream
+  sequence) and ``_idx`` (position of the event in a batch envelope, 0 for a single event).
+  ``(ts_event, _stream, _seq, _idx)`` is the total order of the history (queries, cursors).
+
+Column types: ``Decimal`` -> string (the vendor's exact decimal text; cast in DuckDB/SQL as
+needed, PostgreSQL stores ``numeric``), ``int`` -> int64, ``bool`` -> bool, ``str``/``Literal``
+-> string, nested values (book levels, deliveries, dicts, lists) -> JSON text.
+
+Feed status events (kind ``feed_status``) are stored with ``ts_event`` = their ``ts`` and
+``feed_kind`` = their ``kind`` (``kind`` is the partition/table name).
+
+Decoding (the hot path): messages are grouped by kind using the ``Marketbus-Type`` header (no
+decoding needed), then
+
+- flat kinds (trade, tick, quote, bar, ...) are parsed by Arrow's C++ JSON reader, many
+  messages per call (newline-joined), batch envelopes flattened with ``ListArray.flatten``:
+  no per-event Python work;
+- kinds with nested fields (books, deltas, cash prices, reference data) are decoded by msgspec
+  into "row structs" (Decimal as str, nested values as raw JSON), then turned into columns.
+
+Anything the fast path rejects goes through the contract decoder one message at a time, so a
+bad message is isolated (and dead-lettered) without losing its neighbours.
+"""
+
+from __future__ import annotations
+
+import io
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any, Union
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from marketbus.contracts import codec
+from marketbus.contracts.base import Event
+from marketbus.contracts.market import MARKET_TYPES
+from marketbus.contracts.reference import REFERENCE_TYPES
+from marketbus.contracts.status import FeedStatus
+
+FEED_STATUS = "feed_status"
+STORAGE_COLUMNS = ("_stream", "_seq", "_idx")
+ORDER_COLUMNS = ("ts_event", "_stream", "_seq", "_idx")
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _column_kind(tp: Any) -> str:
+    """'int' | 'bool' | 'str' | 'decimal' | 'json' for a contract field type."""
+    _, inner = _is_optional(tp)
+    if typing.get_origin(inner) is typing.Annotated:  # an invariant's type, e.g. Price: its Python type
+        inner = inner.__origin__
+    if inner is int:
+        return "int"
+    if inner is bool:
+        return "bool"
+    if inner is str or typing.get_origin(inner) is typing.Literal:
+        return "str"
+    if inner is Decimal:
+        return "decimal"
+    return "json"
+
+
+_ARROW = {"int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "decimal": pa.string(), "json": pa.string()}
+_ROW_TYPES = {"int": int, "bool": bool, "str": str, "decimal": str, "json": msgspec.Raw}
+
+
+class KindSchema:
+    """How one event kind is stored."""
+
+    def __init__(self, event_type: type[Event]) -> None:
+        self.event_type = event_type
+        self.kind: str = event_type.__struct_config__.tag  # type: ignore[attr-defined]
+        self.stream = "STATUS" if event_type is FeedStatus else ("MD" if event_type in MARKET_TYPES else "REF")
+        self.fields: list[tuple[str, str, bool]] = []  # (event field, column kind, required)
+        row_fields: list[Any] = []
+        for f in msgspec.structs.fields(event_type):
+            ck = _column_kind(f.type)
+            optional, _ = _is_optional(f.type)
+            self.fields.append((f.name, ck, f.required))
+            rt = _ROW_TYPES[ck]
+            if optional:
+                rt = rt | None  # type: ignore[operator]
+            if f.required:
+                row_fields.append((f.name, rt))
+            else:
+                default = f.default if f.default is not msgspec.NODEFAULT else msgspec.field(default_factory=f.default_factory)
+                if ck == "decimal" and isinstance(default, Decimal):
+                    default = str(default)
+                if ck == "json" and default is not None and not isinstance(default, msgspec.Raw):
+                    default = msgspec.field(default_factory=lambda d=f.default_factory: msgspec.Raw(msgspec.json.encode(d())))
+                row_fields.append((f.name, rt, default))
+        # the row struct mirrors the contract: same tag, same field order, so encoding it gives
+        # the same JSON as the contract event (Decimal text kept, nested values kept verbatim)
+        self.row_type = msgspec.defstruct(
+            f"{event_type.__name__}Row", row_fields, kw_only=True, tag_field="type", tag=self.kind,
+        )
+        self.nested = event_type is FeedStatus or any(ck == "json" for _, ck, _ in self.fields)
+        self.column_of = {name: ("feed_kind" if (event_type is FeedStatus and name == "kind") else name) for name, _, _ in self.fields}
+        cols = [pa.field(self.column_of[name], _ARROW[ck], nullable=not required or ck == "json")
+                for name, ck, required in self.fields]
+        if event_type is FeedStatus:
+            cols.append(pa.field("ts_event", pa.int64()))
+        cols += [pa.field("_stream", pa.string()), pa.field("_seq", pa.int64()), pa.field("_idx", pa.int32())]
+        self.schema = pa.schema(cols)
+        self.required = [self.column_of[name] for name, ck, req in self.fields if req]
+        # Arrow JSON reader schema of one event (flat kinds only)
+        self.json_schema = pa.schema([pa.field("type", pa.string())] + [
+            pa.field(name, _ARROW[ck]) for name, ck, _ in self.fields
+        ])
+        self.batch_json_schema = pa.schema([
+            pa.field("type", pa.string()), pa.field("kind", pa.string()),
+            pa.field("events", pa.list_(pa.struct(list(self.json_schema)))),
+        ])
+        self._defaults = {name: (f.default if f.default is not msgspec.NODEFAULT else None)
+                          for f in msgspec.structs.fields(event_type) for name in [f.name]}
+
+    # --- events <-> rows --------------------------------------------------------------------
+    def rows_to_table(self, rows: Sequence[Any], stream: str, seqs: Sequence[int], idxs: Sequence[int]) -> pa.Table:
+        """Row structs (or contract events) -> an Arrow table of this kind."""
+        arrays = []
+        for name, ck, _ in self.fields:
+            values = [getattr(r, name) for r in rows]
+            if ck == "json":
+                values = [None if v is None else (bytes(v).decode() if isinstance(v, msgspec.Raw) else msgspec.json.encode(v).decode())
+                          for v in values]
+            elif ck == "decimal":
+                values = [None if v is None else str(v) for v in values]
+            arrays.append(pa.array(values, _ARROW[ck]))
+        if self.event_type is FeedStatus:
+            arrays.append(arrays[[n for n, _, _ in self.fields].index("ts")])
+        n = len(rows)
+        arrays.append(pa.array([stream] * n, pa.string()) if n else pa.array([], pa.string()))
+        arrays.append(pa.array(seqs, pa.int64()))
+        arrays.append(pa.array(idxs, pa.int32()))
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    def table_to_json(self, table: pa.Table) -> list[bytes]:
+        """Arrow rows of this kind -> the events' JSON, as they were published."""
+        enc = msgspec.json.encode
+        out = []
+        names = [n for n, _, _ in self.fields]
+        cols = [table.column(self.column_of[n]).to_pylist() if self.column_of[n] in table.column_names else [self._defaults.get(n)] * table.num_rows
+                for n in names]
+        json_idx = [i for i, (_, ck, _) in enumerate(self.fields) if ck == "json"]
+        row_type = self.row_type
+        for values in zip(*cols):
+            if json_idx:
+                values = list(values)
+                for i in json_idx:
+                    if values[i] is not None:
+                        values[i] = msgspec.Raw(values[i].encode())
+            out.append(enc(row_type(**dict(zip(names, values)))))
+        return out
+
+    def table_to_events(self, table: pa.Table) -> list[Any]:
+        """Arrow rows of this kind -> contract events."""
+        dec = codec.decoder_for(self.event_type)
+        return [dec.decode(b) for b in self.table_to_json(table)]
+
+
+SCHEMAS: dict[str, KindSchema] = {s.kind: s for s in (KindSchema(t) for t in MARKET_TYPES + REFERENCE_TYPES + (FeedStatus,))}
+KINDS = tuple(SCHEMAS)
+
+# one decoder for any row (single event), and for a batch envelope of rows
+_RowUnion = Union[tuple(s.row_type for s in SCHEMAS.values())]  # type: ignore[misc]
+
+
+class BatchRow(msgspec.Struct, kw_only=True, tag_field="type", tag="batch"):
+    id: str
+    kind: str
+    source: str
+    venue: str
+    symbol: str
+    replay: bool = False
+    events: list[_RowUnion]  # type: ignore[valid-type]
+
+
+_row_decoder = msgspec.json.Decoder(Union[_RowUnion, BatchRow])  # type: ignore[arg-type]
+
+
+class Message(msgspec.Struct, gc=False):
+    """One JetStream message to store."""
+
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    type: str | None  # Marketbus-Type header, when present
+
+
+class Decoded(msgspec.Struct):
+    tables: dict[str, list[pa.Table]]
+    bad: list[tuple[Message, str]]  # (message, reason)
+    events: int = 0
+
+
+def _validate(table: pa.Table, schema: KindSchema, batch: bool) -> str | None:
+    if table.num_rows == 0:
+        return None
+    types_col = table.column("type")
+    if batch:
+        if pc.any(pc.not_equal(types_col, "batch")).as_py() or pc.any(pc.not_equal(table.column("kind"), schema.kind)).as_py():
+            return "batch of another kind"
+    elif pc.any(pc.not_equal(types_col, schema.kind)).as_py() or types_col.null_count:
+        return "type tag mismatch"
+    return None
+
+
+def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> pa.Table | None:
+    """Parse many messages of one flat kind with Arrow's JSON reader; None if anything is off."""
+    if any(b"\n" in m.data for m in msgs):
+        return None  # pretty-printed JSON: not one message per line
+    buf = b"\n".join(m.data for m in msgs)
+    try:
+        parsed = pj.read_json(
+            io.BytesIO(buf),
+            # blocks of ~4 MB (at least two of the longest line) are parsed in parallel
+            read_options=pj.ReadOptions(block_size=max(4 << 20, 2 * max(len(m.data) for m in msgs) + 2), use_threads=True),
+            parse_options=pj.ParseOptions(
+                explicit_schema=schema.batch_json_schema if batch else schema.json_schema,
+                unexpected_field_behavior="ignore", newlines_in_values=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if parsed.num_rows != len(msgs) or _validate(parsed, schema, batch):
+        return None
+    if batch:
+        events_col = parsed.column("events")
+        if events_col.null_count:
+            return None
+        lengths = pc.list_value_length(events_col).to_numpy(zero_copy_only=False)
+        flat = pa.concat_arrays([c.flatten() for c in events_col.chunks]) if events_col.num_chunks else pa.array([], events_col.type.value_type)
+        cols = {name: flat.field(name) for name in schema.json_schema.names}
+        seqs = np.repeat(np.fromiter((m.seq for m in msgs), np.int64, len(msgs)), lengths)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        idxs = (np.arange(int(lengths.sum()), dtype=np.int64) - starts).astype(np.int32)
+        if pc.any(pc.not_equal(cols["type"], schema.kind)).as_py():
+            return None
+    else:
+        cols = {name: parsed.column(name) for name in schema.json_schema.names}
+        seqs = np.fromiter((m.seq for m in msgs), np.int64, len(msgs))
+        idxs = np.zeros(len(msgs), np.int32)
+    n = len(seqs)
+    arrays = []
+    for name, ck, required in schema.fields:
+        col = cols[name]
+        if required and col.null_count:
+            return None  # a required field is missing: let the strict path find out which
+        if not required and col.null_count:
+            default = schema._defaults.get(name)
+            if default is not None:
+                if isinstance(default, Decimal):
+                    default = str(default)
+                col = pc.fill_null(col, pa.scalar(default, _ARROW[ck]))
+        arrays.append(col)
+    arrays.append(pa.repeat(pa.scalar(msgs[0].stream, pa.string()), n))
+    arrays.append(pa.array(seqs, pa.int64()))
+    arrays.append(pa.array(idxs, pa.int32()))
+    # columns keep the JSON reader's chunks (one per parsed block): no copy
+    return pa.Table.from_arrays([a if isinstance(a, pa.ChunkedArray) else pa.chunked_array([a]) for a in arrays],
+                                schema=schema.schema)
+
+
+def _strict(msgs: list[Message], out: dict[str, list[tuple[Any, int, int]]], bad: list[tuple[Message, str]]) -> None:
+    """Decode one message at a time (exact contract validation), collecting rows per kind."""
+    for m in msgs:
+        try:
+            codec.decode(m.data)  # full contract validation (decimals, literals, nested levels)
+            obj = _row_decoder.decode(m.data)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            bad.append((m, f"undecodable: {exc}"))
+            continue
+        if isinstance(obj, BatchRow):
+            kind_ok = all(type(e).__struct_config__.tag == obj.kind for e in obj.events)  # type: ignore[attr-defined]
+            if not kind_ok:
+                bad.append((m, "undecodable: batch holds events of another kind"))
+                continue
+            for i, e in enumerate(obj.events):
+                out.setdefault(obj.kind, []).append((e, m.seq, i))
+        else:
+            kind = type(obj).__struct_config__.tag  # type: ignore[attr-defined]
+            out.setdefault(kind, []).append((obj, m.seq, 0))
+
+
+def decode_messages(msgs: Iterable[Message], stream: str) -> Decoded:
+    """Messages of one stream -> Arrow tables per kind (+ the messages that could not be decoded)."""
+    groups: dict[tuple[str, bool], list[Message]] = {}
+    unknown: list[Message] = []
+    for m in msgs:
+        t = m.type
+        if t == "batch":
+            # the kind of a batch is the subject's kind token (md.<kind>....)
+            parts = m.subject.split(".", 2)
+            kind = parts[1] if len(parts) > 2 else ""
+            if kind in SCHEMAS:
+                groups.setdefault((kind, True), []).append(m)
+                continue
+        elif t in SCHEMAS:
+            groups.setdefault((t, False), []).append(m)
+            continue
+        unknown.append(m)
+    tables: dict[str, list[pa.Table]] = {}
+    bad: list[tuple[Message, str]] = []
+    rows: dict[str, list[tuple[Any, int, int]]] = {}
+    for (kind, batch), group in groups.items():
+        schema = SCHEMAS[kind]
+        table = None if schema.nested else _flat_fast(group, schema, batch)
+        if table is None:
+            unknown.extend(group)
+        else:
+            tables.setdefault(kind, []).append(table)
+    if unknown:
+        unknown.sort(key=lambda m: (m.stream, m.seq))
+        _strict(unknown, rows, bad)
+    for kind, items in rows.items():
+        schema = SCHEMAS[kind]
+        tables.setdefault(kind, []).append(
+            schema.rows_to_table([r for r, _, _ in items], stream, [s for _, s, _ in items], [i for _, _, i in items]))
+    events = sum(t.num_rows for ts in tables.values() for t in ts)
+    return Decoded(tables=tables, bad=bad, events=events)
+
+
+def warm_up() -> None:
+    """Run the decode path once on sample messages (call at start-up, in a thread).
+
+    pyarrow initialises its compute function registry on the first ``pyarrow.compute`` call
+    (~1.5 s on a 2-core machine); without this the first flush after start-up pays it, with
+    the JetStream messages of that flush waiting (and their ack_wait running).
+    """
+    from marketbus.contracts.market import Trade
+
+    trades = [Trade(id=f"warmup{i}", source="warmup", venue="X", symbol="W", ts_event=i, ts_recv=i,
+                    price=Decimal("1"), size=Decimal("1"), side="buy", trade_id=str(i)) for i in range(2)]
+    msgs = [Message("MD", 1, "md.trade.warmup.X.W", codec.encode(trades[0]), "trade"),
+            Message("MD", 2, "md.trade.warmup.X.W", codec.encode(codec.make_batch(trades)), "batch")]
+    decoded = decode_messages(msgs, "MD")
+    table = pa.concat_tables(decoded.tables["trade"])
+    pc.count_distinct(table.column("id"))
+    pc.min_max(table.column("_seq"))
+    pc.sort_indices(table.column("id"))

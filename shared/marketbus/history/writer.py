@@ -1,0 +1,296 @@
+"""Appending to the history tables exactly once, from any number of writers on any hosts.
+
+Each append is one Iceberg commit whose snapshot summary records the JetStream positions it
+holds: ``marketbus.stream`` (MD, REF, STATUS) and ``marketbus.seqs`` (the stream sequences of
+the messages whose rows it holds, as ranges ``101-200,305``). A message's rows all go to the
+table of its kind, in one commit, so a message is stored iff one snapshot of that table lists
+its sequence. That survives any crash (the summary is committed with the data, atomically) and
+needs nothing shared but the catalog and the object store.
+
+Two writers share one durable consumer; a crashed writer's unacked messages are redelivered to
+the other, possibly after that one already committed later sequences. So there is no single
+watermark: every writer keeps a :class:`SeqLedger` of the sequence ranges committed to each
+table (read from the snapshot summaries, incrementally), and
+
+- a redelivered message (delivery count > 1) whose sequence is in the ledger is skipped;
+- every commit is optimistic (Iceberg asserts the parent snapshot): when another writer
+  committed first, the table is refreshed, the ledger reads the new snapshots, rows of messages
+  they already hold are dropped, and the commit is retried. So even a message delivered to two
+  writers at once (ack wait expired mid-write) is stored once.
+
+Snapshots are expired only when every sequence they list is at or below the consumer's ack
+floor (acked messages are never redelivered), so the ledger never forgets what it may need.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .lakehouse import LAYOUTS, LakehouseSettings, Tables
+
+log = logging.getLogger("marketbus.history.writer")
+
+STREAM_PROP = "marketbus.stream"
+SEQS_PROP = "marketbus.seqs"
+WRITER_PROP = "marketbus.writer"
+
+
+def encode_ranges(seqs: Iterable[int]) -> str:
+    """Sorted sequences -> ``a-b,c,d-e``."""
+    arr = np.unique(np.fromiter(seqs, np.int64))
+    if not len(arr):
+        return ""
+    breaks = np.nonzero(np.diff(arr) != 1)[0]
+    starts = np.concatenate([arr[:1], arr[breaks + 1]])
+    ends = np.concatenate([arr[breaks], arr[-1:]])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts.tolist(), ends.tolist()))
+
+
+def decode_ranges(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        if not part:
+            continue
+        a, _, b = part.partition("-")
+        out.append((int(a), int(b or a)))
+    return out
+
+
+class SeqLedger:
+    """Sequence ranges committed to one table, per stream, from its snapshot summaries."""
+
+    def __init__(self, keep_s: float = 300.0) -> None:
+        self.seen: set[int] = set()  # snapshot ids read
+        self.ranges: dict[str, list[tuple[int, int, float]]] = {}  # (first, last, when absorbed)
+        # per stream: (range starts, running max of range ends), replaced whole (read lock-free)
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # ranges at or below the ack floor are forgotten only this long after they were read: a
+        # flush still in flight may hold a message acked meanwhile by another writer
+        self.keep_s = keep_s
+
+    def absorb(self, table: Any) -> None:
+        """Read the summaries of snapshots not seen yet."""
+        dirty = set()
+        now = time.monotonic()
+        for snap in table.metadata.snapshots:
+            if snap.snapshot_id in self.seen:
+                continue
+            self.seen.add(snap.snapshot_id)
+            props = snap.summary.additional_properties if snap.summary is not None else {}
+            stream, seqs = props.get(STREAM_PROP), props.get(SEQS_PROP)
+            if stream and seqs:
+                self.ranges.setdefault(stream, []).extend((a, b, now) for a, b in decode_ranges(seqs))
+                dirty.add(stream)
+        for stream in dirty:
+            self._index(stream)
+        # expired snapshots never come back: remember only the ids still in the metadata
+        if len(self.seen) > 2 * len(table.metadata.snapshots) + 64:
+            self.seen &= {snap.snapshot_id for snap in table.metadata.snapshots}
+
+    def _index(self, stream: str) -> None:
+        ranges = sorted(self.ranges.get(stream, []))
+        self.ranges[stream] = ranges
+        ends = np.array([r[1] for r in ranges], np.int64)
+        self._arrays[stream] = (np.array([r[0] for r in ranges], np.int64),
+                                np.maximum.accumulate(ends) if len(ends) else ends)
+
+    def contains(self, stream: str, seqs: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``seqs`` are committed."""
+        arrays = self._arrays.get(stream)
+        if arrays is None or not len(arrays[0]) or not len(seqs):
+            return np.zeros(len(seqs), bool)
+        starts, run_max = arrays  # a running max of the ends keeps the check exact when ranges overlap
+        i = np.searchsorted(starts, seqs, side="right") - 1
+        return (i >= 0) & (seqs <= run_max[np.clip(i, 0, None)])
+
+    def forget_below(self, stream: str, floor: int) -> None:
+        ranges = self.ranges.get(stream)
+        if ranges:
+            old = time.monotonic() - self.keep_s
+            self.ranges[stream] = [r for r in ranges if r[1] > floor or r[2] > old]
+            self._index(stream)
+
+
+class CommitConflict(RuntimeError):
+    pass
+
+
+class HistoryTableWriter:
+    """Appends storage rows (``schema.KindSchema.schema`` tables) to the kind tables."""
+
+    def __init__(self, settings: LakehouseSettings, writer_id: str = "", max_retries: int = 50,
+                 max_snapshots: int = 16) -> None:
+        self.tables = Tables(settings)
+        self.writer_id = writer_id
+        self.max_retries = max_retries
+        self.ledgers: dict[str, SeqLedger] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.floors: dict[str, int] = {}  # consumer ack floor per stream (for snapshot expiry)
+        self.commits = 0
+        self.retries = 0
+        # a commit costs pyiceberg time in proportion to the snapshots in the metadata: past this
+        # many, the ones whose messages are all acked are expired right after a commit
+        self.max_snapshots = max_snapshots
+        # ...but never younger than this: a writer that lost a commit race refreshes within
+        # a fraction of a second and must still find the winner's snapshot (and its sequences)
+        self.snapshot_min_age_s = 5.0
+        self.expired = 0
+
+    def lock(self, kind: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(kind, threading.Lock())
+
+    def ledger(self, kind: str) -> SeqLedger:
+        with self._guard:
+            return self.ledgers.setdefault(kind, SeqLedger())
+
+    # --- exactly once ------------------------------------------------------------------------
+    def stored(self, stream: str, kinds: Iterable[str], seqs: Iterable[int]) -> set[int]:
+        """Which of ``seqs`` (of ``stream``) some writer committed to one of these tables."""
+        arr = np.fromiter(seqs, np.int64)
+        found = np.zeros(len(arr), bool)
+        for kind, table in self.tables.existing(list(kinds), refresh=True).items():
+            with self.lock(kind):
+                ledger = self.ledger(kind)
+                ledger.absorb(table)
+                found |= ledger.contains(stream, arr)
+        return set(arr[found].tolist())
+
+    def forget_below(self, stream: str, floor: int) -> None:
+        self.floors[stream] = max(self.floors.get(stream, 0), floor)
+        with self._guard:
+            ledgers = list(self.ledgers.values())
+        for ledger in ledgers:
+            ledger.forget_below(stream, floor)
+
+    # --- append ------------------------------------------------------------------------------
+    def append(self, kind: str, stream: str, rows: pa.Table, recheck: set[int] | None = None) -> tuple[int, int]:
+        """Commit ``rows`` (one kind, one stream); returns (rows stored, rows skipped because
+        their message is already stored or their event id repeats within ``rows``).
+
+        ``recheck``: sequences of redelivered messages. The same message may be in flight at two
+        writers at once (its ack wait ran out at the first), and the other one's snapshot may be
+        expired already (acked): for these the table's rows are checked, on the very snapshot
+        the commit builds on, so whichever commits second drops them."""
+        from pyiceberg.exceptions import CommitFailedException
+        from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+        layout = LAYOUTS[kind]
+        total = rows.num_rows
+        rows = _first_per_id(rows)
+        table = self.tables.get(kind, create=True)
+        ledger = self.ledger(kind)
+
+        def write_files(rows: pa.Table) -> list[Any]:
+            data = layout.to_table(rows)
+            data = data.take(pc.sort_indices(data, [("symbol", "ascending"), ("ts_event_ns", "ascending")]))
+            return list(_dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io))
+
+        # the data files are written before taking the table's lock, so concurrent flushes write
+        # Parquet in parallel; only the check and the commit are serialized
+        known = ledger.contains(stream, rows.column("_seq").to_numpy())
+        if known.any():
+            rows = rows.filter(pa.array(~known))
+        if rows.num_rows == 0:
+            return 0, total
+        files: list[Any] | None = write_files(rows)
+        with self.lock(kind):
+            check = set(recheck or ())
+            for attempt in range(self.max_retries):
+                seqs = rows.column("_seq").to_numpy()
+                done = ledger.contains(stream, seqs)
+                if check:  # the table's rows are the truth
+                    done |= np.isin(seqs, list(_seqs_in_table(table, stream, check)))
+                if done.any():
+                    rows, seqs, files = rows.filter(pa.array(~done)), seqs[~done], None
+                if rows.num_rows == 0:
+                    return 0, total
+                if files is None:  # rows dropped (rare): their files again
+                    files = write_files(rows)
+                props = {STREAM_PROP: stream, SEQS_PROP: encode_ranges(seqs), WRITER_PROP: self.writer_id}
+                base = table.current_snapshot()
+                try:
+                    with table.transaction() as tx:
+                        with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
+                            for f in files:
+                                append.append_data_file(f)
+                except (CommitFailedException, ValueError, *_transient_errors()) as exc:
+                    # ValueError: pyiceberg found the metadata moved on under this commit
+                    self.retries += 1
+                    log.debug("commit of %s conflicted (%r): refresh and retry", kind, exc)
+                    time.sleep(random.uniform(0.0, min(0.05, 0.002 * (attempt + 1))))
+                    table.refresh()
+                    ledger.absorb(table)
+                    # snapshots committed meanwhile are in the ledger, unless one was expired
+                    # already: then the table's rows decide for every message of this batch
+                    check = set(recheck or ())
+                    if not _chain_intact(table, base.snapshot_id if base is not None else None):
+                        check = set(seqs.tolist())
+                    continue
+                ledger.absorb(table)
+                self.commits += 1
+                if len(table.metadata.snapshots) > self.max_snapshots:
+                    self._expire(kind, table)
+                return rows.num_rows, total - rows.num_rows
+        raise CommitConflict(f"{kind}: commit failed {self.max_retries} times")
+
+
+    def _expire(self, kind: str, table: Any) -> None:
+        from .maintenance import expire_snapshots
+
+        try:
+            self.expired += expire_snapshots(table, dict(self.floors), min_age_s=self.snapshot_min_age_s, keep_last=4,
+                                            refresh=False)
+        except Exception as exc:  # noqa: BLE001 - retried after the next commit
+            log.debug("snapshot expiry of %s failed: %r", kind, exc)
+
+
+def _chain_intact(table: Any, base_id: int | None) -> bool:
+    """Is every snapshot from the current one back to ``base_id`` still in the metadata?"""
+    snap = table.current_snapshot()
+    while snap is not None and snap.snapshot_id != base_id:
+        parent = snap.parent_snapshot_id
+        if parent is None:
+            return base_id is None
+        snap = table.snapshot_by_id(parent)
+    return snap is not None or base_id is None
+
+
+def _seqs_in_table(table: Any, stream: str, seqs: set[int]) -> set[int]:
+    """Which of ``seqs`` have rows in the table's current snapshot (pruned by ``_seq`` stats)."""
+    from pyiceberg.expressions import And, EqualTo, In
+
+    if table.current_snapshot() is None or not seqs:
+        return set()
+    found = table.scan(row_filter=And(EqualTo("_stream", stream), In("_seq", set(seqs))),
+                       selected_fields=("_seq",)).to_arrow()
+    return set(pc.unique(found.column("_seq")).to_pylist()) if found.num_rows else set()
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Catalog errors worth a retry: SQLite busy / a dropped database connection."""
+    try:
+        from sqlalchemy.exc import OperationalError
+
+        return (OperationalError,)
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        return ()
+
+
+def _first_per_id(rows: pa.Table) -> pa.Table:
+    """Drop rows whose event id repeats within the batch (the first one stays)."""
+    ids = rows.column("id")
+    if pc.count_distinct(ids).as_py() == rows.num_rows:
+        return rows
+    _, first = np.unique(np.asarray(ids.to_pylist(), dtype=object), return_index=True)
+    return rows.take(pa.array(np.sort(first)))

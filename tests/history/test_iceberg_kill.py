@@ -1,0 +1,141 @@
+"""Exactly once on Iceberg tables under kill -9, with two writer processes sharing the durable
+consumer (``python -m services.history_writer``, default settings but for timing): while a
+publisher runs, one writer or the other is SIGKILLed again and again (a killed writer's unacked
+messages are redelivered to the other, which may have committed later ones meanwhile). Afterwards
+the tables hold exactly the published ids, and every data file reads back with
+``pyarrow.parquet.read_table`` and the table's schema. On the embedded configuration (SQLite
+catalog, local warehouse) and on PostgreSQL catalog + SeaweedFS warehouse."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from marketbus.history.lakehouse import LakehouseSettings
+from marketbus.history.reader import HistoryReader
+from marketbus.history.selector import Selector
+from marketbus.runtime.publisher import JetStreamPublisher
+from tests.helpers import wait_for
+
+from .common import trade, unique_symbol
+from .seaweedfs import SeaweedFS, lakehouse_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "services.history_writer"], cwd=ROOT, env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def _lake_env(config: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    if config == "embedded":
+        return {}
+    server: SeaweedFS = request.getfixturevalue("seaweedfs")
+    return lakehouse_env(server, request.getfixturevalue("pg_dsn"), f"kill_{uuid.uuid4().hex[:8]}")
+
+
+def _settings(env: dict[str, str], data_dir: Path) -> LakehouseSettings:
+    from marketbus.runtime.settings import load_settings
+
+    return load_settings(LakehouseSettings, env=env, history_dir=str(data_dir))
+
+
+@pytest.mark.parametrize("config", ["embedded", "seaweedfs_pg"])
+async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp_path, config, request) -> None:  # noqa: ANN001
+    sym = unique_symbol("I")
+    durable = f"i{uuid.uuid4().hex[:8]}"
+    data_dir = tmp_path / "history"  # the embedded catalog and warehouse, shared by both writers
+    lake = _lake_env(config, tmp_path, request)
+    env = dict(os.environ, **lake, **{
+        "MARKETBUS_HISTORY_WRITER_NATS_URL": nats_url,
+        "MARKETBUS_HISTORY_WRITER_DATA_DIR": str(data_dir),
+        "MARKETBUS_HISTORY_WRITER_DURABLE": durable,
+        "MARKETBUS_HISTORY_WRITER_QUERY_QUEUE": durable,
+        "MARKETBUS_HISTORY_WRITER_BATCH_MAX_WAIT_S": "0.05",
+        "MARKETBUS_HISTORY_WRITER_BATCH_MAX_MSGS": "700",
+        "MARKETBUS_HISTORY_WRITER_PULL_BATCH": "500",
+        "MARKETBUS_HISTORY_WRITER_ACK_WAIT_S": "2",
+        "MARKETBUS_HISTORY_WRITER_HTTP_PORT": "0",
+        # hold each batch's acks 0.2 s after its commit: most kills land between commit and ack
+        "MARKETBUS_HISTORY_WRITER_DEBUG_ACK_DELAY_S": "0.2",
+        "MARKETBUS_HISTORY_WRITER_LOG_LEVEL": "WARNING",
+    })
+    settings = _settings(env, data_dir)
+    reader = HistoryReader(settings)
+    total = 4_000
+    events = [trade(sym, i) for i in range(total)]
+    rng = random.Random(11)
+    logs = [tmp_path / "writer-a.log", tmp_path / "writer-b.log"]
+
+    async def publish() -> None:
+        pub = await JetStreamPublisher(nc).start()
+        i = 0
+        while i < total:
+            n = rng.randint(50, 400)
+            if rng.random() < 0.3:  # a batch envelope now and then
+                await pub.publish_batch(events[i:i + n])
+            else:
+                for e in events[i:i + n]:
+                    await pub.publish_event(e)
+            i += n
+            await asyncio.sleep(0.03)
+        await pub.flush()
+        await pub.close()
+
+    procs = [_spawn(env, logs[0]), _spawn(env, logs[1])]
+    publisher = asyncio.create_task(publish())
+    try:
+        for _ in range(4):
+            await asyncio.sleep(rng.uniform(0.8, 1.8))
+            victim = rng.randrange(2)
+            procs[victim].send_signal(signal.SIGKILL)
+            await asyncio.to_thread(procs[victim].wait)
+            procs[victim] = _spawn(env, logs[victim])
+        await publisher
+
+        def stored_ids() -> list[str]:
+            return reader.read_kind("trade", Selector(symbol=sym), 0, 2**63 - 1, columns=["id"]).column("id").to_pylist()
+
+        async def all_stored() -> bool:
+            return len(await asyncio.to_thread(stored_ids)) >= total
+
+        await wait_for(all_stored, timeout=45, interval=0.3, what=f"{total} trades stored (logs: {logs})")
+        await asyncio.sleep(2.5)  # past the ack wait: a duplicate would land now
+        ids = await asyncio.to_thread(stored_ids)
+        assert len(ids) == total, f"{len(ids) - len(set(ids))} duplicates"
+        assert set(ids) == {e.id for e in events}
+
+        # every data file reads back with pyarrow.parquet and the table's own schema (the durable
+        # consumer starts at the beginning of the MD stream: other tests' trades are there too)
+        table = reader.tables.get("trade", refresh=True)
+        schema = table.schema().as_arrow()
+        files = [task.file for task in table.scan().plan_files()]
+        assert files and len({f.file_path for f in files}) == len(files)
+        mine = []
+        for file in files:
+            with table.io.new_input(file.file_path).open() as f:
+                data = pq.read_table(f, schema=schema)
+            assert data.num_rows == file.record_count and data.schema == schema, file.file_path
+            mine += data.filter(pc.equal(data.column("symbol"), sym)).column("id").to_pylist()
+        assert sorted(mine) == sorted(ids)
+    finally:
+        publisher.cancel()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 10)
+            except asyncio.TimeoutError:
+                proc.kill()
