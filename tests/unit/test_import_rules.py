@@ -22,11 +22,7 @@ SERVICES_DIR = ROOT / "services"
 MARKETBUS_DIR = ROOT / "shared" / "marketbus"
 
 # (importing module, imported service package): known violations being removed elsewhere.
-ALLOWED: set[tuple[str, str]] = {
-    # The export orchestrator reads history through the writer's store modules; the "iceberg" work
-    # replaces this with a shared marketbus history module. Remove this entry when it lands.
-    ("services.export_orchestrator.history_source", "services.history_writer"),
-}
+ALLOWED: set[tuple[str, str]] = set()  # none: the export orchestrator reads history through marketbus.history
 
 SERVICES = sorted(p.name for p in SERVICES_DIR.iterdir() if (p / "__init__.py").exists())
 
