@@ -78,7 +78,20 @@ class PostgresStore(HistoryStore):
         return cols + [("_stream", "str"), ("_seq", "int"), ("_idx", "int")]
 
     async def open(self) -> None:
+        """Connect and create the tables; raises if PostgreSQL is unreachable (the writer retries:
+        a failed attempt leaves no pool behind)."""
+        if self.pool is not None:
+            await self.pool.close()
         self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+        try:
+            await self._create_tables()
+        except BaseException:
+            pool, self.pool = self.pool, None
+            pool.terminate()
+            raise
+
+    async def _create_tables(self) -> None:
+        assert self.pool is not None
         async with self.pool.acquire() as con:
             available = await con.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
             if available and self.want_timescale is not False:
