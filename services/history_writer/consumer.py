@@ -309,8 +309,8 @@ class StreamIntake:
                 if not store_unavailable(exc):
                     raise
                 attempt += 1
-                delay = min(5.0, 0.25 * 2 ** attempt)
-                svc.store_failed(f"{type(exc).__name__}: {exc}")
+                delay = min(svc.settings.store_retry_max_s, 0.25 * 2 ** attempt)
+                svc.store_failed(f"store unavailable: {type(exc).__name__}: {exc}")
                 svc.log.warning("store unavailable (%s: %s): %d %s messages kept, retry %d in %.1f s", type(exc).__name__,
                                 exc, len(held.items), self.stream, attempt, delay)
                 svc.feeds.set_state(self.feed_name, "disconnected")

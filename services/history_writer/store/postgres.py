@@ -82,7 +82,9 @@ class PostgresStore(HistoryStore):
         a failed attempt leaves no pool behind)."""
         if self.pool is not None:
             await self.pool.close()
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+        # min_size 0: no connection "floor" the pool would keep restoring (and logging) while
+        # PostgreSQL is down; connections are opened on demand and kept while in use
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=self.pool_size)
         try:
             await self._create_tables()
         except BaseException:
