@@ -16,7 +16,7 @@ from faststream.nats import NatsMessage
 from prometheus_client import Counter, Histogram
 
 from marketbus.contracts import codec, subjects
-from marketbus.contracts.jobs import CoverageQuery, HistoryQuery
+from marketbus.contracts.jobs import CoverageQuery, CoverageReply, HistoryChunk, HistoryQuery
 from marketbus.contracts.consumers import HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ConsumerSpec
 from marketbus.runtime.metrics import LATENCY_BUCKETS, ServiceMetrics
 from marketbus.runtime.service import Service
@@ -43,12 +43,16 @@ class HistoryMetrics(ServiceMetrics):
         self.queries = Counter("marketbus_history_queries", "queries served", ["kind"], registry=r)
 
 
-async def _decode_query(msg: Any) -> Any:
-    return codec.decode_as(msg.body, HistoryQuery)
+async def _raw(msg: Any) -> Any:
+    return msg.body
 
 
-async def _decode_coverage(msg: Any) -> Any:
-    return codec.decode_as(msg.body, CoverageQuery)
+def _decoded(body: bytes, kind: type) -> tuple[Any, str | None]:
+    """(request, None) or (None, why it is not one): a malformed request gets an error reply."""
+    try:
+        return codec.decode_as(body, kind), None
+    except Exception as exc:  # noqa: BLE001 - whatever the payload: answered, never raised
+        return None, f"bad request: {exc}"[:1000]
 
 
 class HistoryWriter(Service):
@@ -67,9 +71,12 @@ class HistoryWriter(Service):
         self.max_gap_ns = gaps
         queue = self.settings.query_queue
 
-        @self.broker.subscriber(subjects.HISTORY_QUERY, queue=queue, decoder=_decode_query)
-        async def on_query(query: Any, msg: NatsMessage) -> bytes | None:
+        @self.broker.subscriber(subjects.HISTORY_QUERY, queue=queue, decoder=_raw)
+        async def on_query(body: bytes, msg: NatsMessage) -> bytes | None:
             self.metrics.queries.labels("query").inc()
+            query, problem = _decoded(body, HistoryQuery)
+            if problem:
+                return codec.encode(HistoryChunk(events=[], last=True, error=problem))
             chunks = serve_query(self.store, query, max_rows=self.settings.query_max_rows,
                                  max_chunk_bytes=self.settings.query_max_chunk_bytes)
             last = None
@@ -80,9 +87,12 @@ class HistoryWriter(Service):
             # the last chunk is the handler's reply (published after every previous chunk)
             return codec.encode(last) if last is not None else None
 
-        @self.broker.subscriber(subjects.HISTORY_COVERAGE, queue=queue, decoder=_decode_coverage)
-        async def on_coverage(query: Any) -> bytes:
+        @self.broker.subscriber(subjects.HISTORY_COVERAGE, queue=queue, decoder=_raw)
+        async def on_coverage(body: bytes) -> bytes:
             self.metrics.queries.labels("coverage").inc()
+            query, problem = _decoded(body, CoverageQuery)
+            if problem:
+                return codec.encode(CoverageReply(streams=[], error=problem))
             return codec.encode(await serve_coverage(self.store, query, self.max_gap_ns))
 
     def consumer_specs(self) -> list[ConsumerSpec]:

@@ -39,7 +39,7 @@ import msgspec
 import pyarrow as pa
 
 from marketbus.contracts.consumers import ConsumerSpec, ensure_consumer
-from marketbus.runtime.pull import ENDING_STATUSES, PullRequests, pull_subject
+from marketbus.runtime.pull import ENDING_STATUSES, PullRequests, fit_for_dead_letter, pull_subject
 
 from .intake_client import header_value, status_of
 from .schema import Message, decode_messages
@@ -57,7 +57,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 # errors that mean "this data cannot be stored": the message that raises it is dead-lettered at once
 _BAD_DATA: tuple[type[BaseException], ...] = (
-    ArithmeticError, ValueError, TypeError, UnicodeError, msgspec.MsgspecError, pa.ArrowException,
+    ArithmeticError, ValueError, TypeError, UnicodeError, RecursionError, msgspec.MsgspecError, pa.ArrowException,
     asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
 )
 
@@ -371,7 +371,8 @@ class StreamIntake:
         for m, reason in letters:
             parts = m.subject.split(".")
             source = parts[2] if len(parts) > 2 and parts[0] in ("md", "ref") else (parts[3] if len(parts) > 3 else "unknown")
-            await self._settle(svc.dead_letter(source, reason, m.data, m.subject))
+            payload, why = fit_for_dead_letter(m.data, reason, self.nc.max_payload)
+            await self._settle(svc.dead_letter(source, why, payload, m.subject))
         if svc.publisher is not None:
             # the dead letters are stored before their messages are settled
             await self._settle(svc.publisher.flush())

@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import Any, ClassVar, Union
 
 import msgspec
-from faststream.nats import NatsMessage
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from marketbus.contracts import codec, streams, subjects
@@ -21,7 +20,7 @@ from marketbus.contracts.ids import event_id
 from marketbus.contracts.orders import (
     Balance, CancelOrders, CommandAck, Fill, PlaceOrder, Position, RouterControl, UpdateOrder,
 )
-from marketbus.runtime.pull import PullConsumer
+from marketbus.runtime.pull import PullConsumer, fit_for_dead_letter
 from marketbus.runtime.service import Service
 
 from .client import DigitexClient, OutcomeUnknown, Refused, now_us
@@ -39,6 +38,11 @@ Command = Union[PlaceOrder, CancelOrders, UpdateOrder]
 _command_decoder = msgspec.json.Decoder(Command)
 _json = msgspec.json.Encoder(decimal_format="string")
 MAX_CONTROL_REASON = 1_000
+
+
+async def _raw_body(msg: Any) -> bytes:
+    """The request as bytes (FastStream's own decoding would choke on hostile JSON before us)."""
+    return msg.body
 
 
 class IdemRecord(msgspec.Struct, kw_only=True):
@@ -85,9 +89,9 @@ class OrderRouter(Service):
         self.metrics.open_orders.set_function(lambda: len(self.orders))
         self.metrics.halted.set_function(lambda: 1 if self.control.halted else 0)
 
-        @self.broker.subscriber(subjects.ORDER_CONTROL, queue="order_router_control")
-        async def on_control(msg: NatsMessage) -> bytes:
-            return codec.encode(await self.handle_control(msg.body))
+        @self.broker.subscriber(subjects.ORDER_CONTROL, queue="order_router_control", decoder=_raw_body)
+        async def on_control(body: bytes) -> bytes:
+            return codec.encode(await self.handle_control(body))
 
     # --- start / stop ---------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -122,7 +126,8 @@ class OrderRouter(Service):
         return ORDER_ROUTER_COMMANDS.with_(durable=s.durable, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver)
 
     async def _dead_letter_command(self, msg: Any, reason: str) -> None:
-        await self.dead_letter("digitex", reason, msg.data, msg.subject)
+        payload, reason = fit_for_dead_letter(msg.data, reason, self.nc.max_payload)
+        await self.dead_letter("digitex", reason, payload, msg.subject)
 
     def _command_failed(self, exc: BaseException) -> None:
         self.log.error("command handling failed: %r", exc, exc_info=exc)
@@ -249,7 +254,7 @@ class OrderRouter(Service):
             problem = f"undecodable command: {exc}"[:1000]
         if problem:
             self._count_command(cmd, "undecodable")
-            await self.dead_letter("digitex", problem, msg.data, msg.subject)
+            await self._dead_letter_command(msg, problem)
             with contextlib.suppress(Exception):
                 await msg.term()
             command_id = cmd.command_id if cmd is not None and identifier_problem(cmd) is None else ""

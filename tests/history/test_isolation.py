@@ -4,7 +4,6 @@ the culprits are dead-lettered (reason, payload, subject) and terminated."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 

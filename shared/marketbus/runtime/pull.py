@@ -49,6 +49,16 @@ def pull_subject(stream: str, durable: str, api_prefix: str = JS_API_PREFIX) -> 
 ENDING_STATUSES = frozenset({"404", "408", "409"})
 
 
+def fit_for_dead_letter(payload: bytes, reason: str, max_payload: int) -> tuple[bytes, str]:
+    """The payload and reason to dead-letter so that the letter still fits in one message: a
+    :class:`DeadLetter` carries the payload base64-encoded (4/3 larger), so a payload near the
+    server's max_payload is cut to half of it, and the reason says so."""
+    limit = max(1024, max_payload // 2)
+    if len(payload) <= limit:
+        return payload, reason
+    return payload[:limit], f"{reason} (payload cut to its first {limit} of {len(payload)} bytes)"
+
+
 class PullRequests:
     """The outstanding pull requests of one inbox, oldest first (the server serves them in order)."""
 
@@ -205,7 +215,7 @@ class PullConsumer:
                 return
             reason = f"failed on each of {delivered} deliveries, last: {exc!r}"[:1000]
             if self.dead_letter is not None:
-                await self.dead_letter(msg, reason)
+                await self.dead_letter(msg, reason)  # (a service's dead_letter fits the payload: fit_for_dead_letter)
             else:
                 log.error("terminating a message of %s: %s", msg.subject, reason)
             self.dead_lettered += 1
