@@ -157,6 +157,7 @@ class StreamIntake:
         self.bad = 0
         self.retried = 0
         self.last_flush_ts = 0
+        self._written_at = 0.0  # when the store last took a write (it works)
 
     # --- setup ------------------------------------------------------------------------------
     async def ensure_consumer(self) -> Any:
@@ -180,8 +181,11 @@ class StreamIntake:
                 await self._sub.unsubscribe()
             self._sub = None
         self._stopped = True
-        for task in list(self._flush_tasks):  # unacked messages are redelivered (and de-duplicated)
+        tasks = list(self._flush_tasks)
+        for task in tasks:  # unacked messages are redelivered (and de-duplicated)
             task.cancel()
+        if tasks:  # before the store closes under them
+            await asyncio.wait(tasks, timeout=5.0)
 
     # --- receive ----------------------------------------------------------------------------
     def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
@@ -318,7 +322,8 @@ class StreamIntake:
                 await asyncio.sleep(delay)
         if attempt:
             svc.log.info("store available again: %s batch stored after %d retries", self.stream, attempt)
-        svc.store_recovered()
+        if self._written_at >= started:  # (a batch with nothing to write says nothing about the store)
+            svc.store_recovered()
         svc.metrics.flush_seconds.labels(self.stream).observe(time.monotonic() - started)
         svc.feeds.set_state(self.feed_name, "connected")
 
@@ -397,7 +402,10 @@ class StreamIntake:
             self.acked += len(undecodable)
             self.bad += len(undecodable)
             batch = [item for item in batch if item[0].seq not in bad_seqs]
-        result = await svc.store.write(self.stream, decoded) if decoded.events else None
+        result = None
+        if decoded.events:
+            result = await svc.store.write(self.stream, decoded)
+            self._written_at = time.monotonic()
         if svc.settings.debug_ack_delay_s:
             await asyncio.sleep(svc.settings.debug_ack_delay_s)  # widen the written-but-not-acked window
         # durable: ack every message of the batch (stored, skipped as already stored)

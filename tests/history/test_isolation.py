@@ -12,11 +12,18 @@ import msgspec
 import pytest
 
 from marketbus.contracts import DeadLetter, codec, subjects
+from marketbus.runtime.natsserver import NatsServer
 from services.history_writer.app import HistoryWriter
 from services.history_writer.store.base import Selector
 from tests.helpers import wait_for
 
 from .common import trade, unique_symbol, writer_overrides
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """A private nats-server per test: the poison messages stay out of the session's MD stream (other tests' writers read it all)."""
+    return nats_server.url
 
 
 @pytest.fixture(params=["parquet", "postgres"])

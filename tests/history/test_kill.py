@@ -50,7 +50,8 @@ async def _consuming(port: int) -> bool:
 
 
 @pytest.mark.parametrize("backend", ["parquet", "postgres"])
-async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_url, tmp_path, backend, request) -> None:  # noqa: ANN001
+async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_url, tmp_path, backend, request,  # noqa: ANN001
+                                                                 record_property) -> None:
     dsn = request.getfixturevalue("pg_dsn") if backend == "postgres" else None
     sym = unique_symbol("K")
     durable = f"k{uuid.uuid4().hex[:8]}"
@@ -142,6 +143,8 @@ async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_ur
         await wait_for(settled, timeout=40, interval=0.2,
                        what=f"{total} trades stored and acked after {kills} kills (log: {log})")
         visible_after = time.monotonic() - killed_at
+        record_property("held_messages", held)
+        record_property("kill_to_stored_s", round(visible_after, 2))
         # the successor starts (~1-2 s); the dead writer's messages come back after the ack wait (5 s)
         assert visible_after < 10.0, (f"the {held} messages the killed writer held were stored {visible_after:.1f} s "
                                       f"after the kill (log: {log})")

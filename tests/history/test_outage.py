@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from marketbus.runtime.natsserver import NatsServer
 from marketbus.runtime.publisher import JetStreamPublisher
 from services.history_writer.app import HistoryWriter
 from services.history_writer.store.base import Selector
@@ -21,6 +22,12 @@ from tests.helpers import wait_for
 
 from .common import trade, unique_symbol, writer_overrides
 from .pgcluster import PrivatePostgres
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """A private nats-server per test: the held messages and consumers of this test are its own."""
+    return nats_server.url
 
 
 @pytest.fixture
@@ -67,7 +74,7 @@ async def test_postgres_down_at_start_and_mid_run_loses_nothing(nc, js, nats_url
     second = [trade(sym, i) for i in range(200, 500)]
     # a short ack wait: had the kept batch not been kept alive with +WPI, it would be redelivered
     writer = HistoryWriter(**writer_overrides(nats_url, "postgres", str(tmp_path / "h"), private_pg.dsn, durable,
-                                              ack_wait_s=2.0, store_retry_max_s=1.0))
+                                              ack_wait_s=1.0, store_retry_max_s=1.0))
     await writer.start()  # PostgreSQL is not running: the start does not fail
     try:
         await wait_for(lambda: _unhealthy(writer), 10, what="/healthz 503 while PostgreSQL is down")
@@ -84,7 +91,7 @@ async def test_postgres_down_at_start_and_mid_run_loses_nothing(nc, js, nats_url
         await asyncio.to_thread(private_pg.stop)  # mid-run
         await _publish(nc, second)
         await wait_for(lambda: _unhealthy(writer), 15, what="/healthz 503 while the store fails")
-        await asyncio.sleep(4.0)  # twice the ack wait: the kept batch is not redelivered
+        await asyncio.sleep(2.5)  # over twice the ack wait: the kept batch is not redelivered
         info = await js.consumer_info("MD", f"{durable}_md")
         assert info.num_ack_pending > 0 and info.num_redelivered == 0, info
 

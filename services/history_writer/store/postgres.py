@@ -121,8 +121,11 @@ class PostgresStore(HistoryStore):
 
     async def close(self) -> None:
         if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
+            pool, self.pool = self.pool, None
+            try:  # a connection still busy (a write being cancelled) must not hold the stop up
+                await asyncio.wait_for(pool.close(), timeout=5.0)
+            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
 
     async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:
         # rows are de-duplicated by id inside the database: nothing to skip up front
