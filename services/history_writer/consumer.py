@@ -39,7 +39,7 @@ import msgspec
 import pyarrow as pa
 
 from marketbus.contracts.consumers import ConsumerSpec, ensure_consumer
-from marketbus.runtime.pull import ENDING_STATUSES, PullRequests, fit_for_dead_letter, pull_subject
+from marketbus.runtime.pull import ENDING_STATUSES, MaxDeliveriesWatch, PullRequests, fit_for_dead_letter, pull_subject
 
 from .intake_client import header_value, status_of
 from .schema import Message, decode_messages
@@ -149,6 +149,7 @@ class StreamIntake:
         self.pull_max_bytes = s.pull_max_bytes
         self._requests: PullRequests | None = None  # the outstanding pull requests of the inbox
         self._sub: Any = None
+        self._watch: MaxDeliveriesWatch | None = None
         self._inbox = ""
         self.flushing = False
         self.stored = 0
@@ -174,8 +175,16 @@ class StreamIntake:
         self.svc.spawn(self._pull_loop(), f"pull-{self.stream}")
         self.svc.spawn(self._flush_loop(), f"flush-{self.stream}")
         self.svc.spawn(self._progress_loop(), f"progress-{self.stream}")
+        # a message every writer holding it crashed on (max_deliver times): dead-lettered, not lost silently
+        self._watch = await MaxDeliveriesWatch(self.svc.nc, self.spec, self._dropped).start()
+
+    async def _dropped(self, subject: str, payload: bytes, reason: str) -> None:
+        await self._dead_letter([(Message(self.stream, 0, subject, payload, None), reason)])
+        self.bad += 1
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

@@ -112,7 +112,8 @@ class OrderRouter(Service):
         # consumer's policy: +WPI during long exchange calls, a failing command retried with
         # back-off, then dead-lettered and terminated
         self._pull = PullConsumer.of(self.nc, self.consumer_spec, self._handle_message, max_messages=s.max_inflight,
-                                     on_error=self._command_failed, dead_letter=self._dead_letter_command)
+                                     on_error=self._command_failed, dead_letter=self._dead_letter_command,
+                                     on_dropped=self._dead_letter_dropped)
         await self._pull.start()
         self.spawn(self._watch_control(), "control")
         self.spawn(self.reconciler.track_loop(), "track")
@@ -124,6 +125,10 @@ class OrderRouter(Service):
         """The durable pull consumer on the ORDERS_CMD work queue, shared by every router instance."""
         s = self.settings
         return ORDER_ROUTER_COMMANDS.with_(durable=s.durable, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver)
+
+    async def _dead_letter_dropped(self, subject: str, payload: bytes, reason: str) -> None:
+        payload, reason = fit_for_dead_letter(payload, reason, self.nc.max_payload)
+        await self.dead_letter("digitex", reason, payload, subject)
 
     async def _dead_letter_command(self, msg: Any, reason: str) -> None:
         payload, reason = fit_for_dead_letter(msg.data, reason, self.nc.max_payload)

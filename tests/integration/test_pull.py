@@ -6,6 +6,7 @@ then dead-lettered and terminated; a long handler keeps its message (+WPI)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import nats
@@ -15,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from marketbus.contracts.consumers import CONSUMERS, ConsumerSpec, ensure_consumer
 from marketbus.runtime.natsserver import NatsServer
-from marketbus.runtime.pull import PullConsumer
+from marketbus.runtime.pull import MaxDeliveriesWatch, PullConsumer
 from tests.helpers import wait_for
 
 
@@ -204,4 +205,37 @@ async def test_ensure_consumer_creates_once_and_brings_an_old_consumer_to_its_po
         for declared in CONSUMERS:  # the declarations are valid server configs
             assert declared.max_deliver > 1 and declared.ack_wait_s <= 5.0 and declared.backoff_s
     finally:
+        await nc.close()
+
+
+async def test_a_message_never_settled_is_dead_lettered_when_the_server_gives_up(nats_server: NatsServer) -> None:
+    """Each consumer holding the message dies (no ack, no NAK): after max_deliver deliveries the
+    server stops delivering it and only says so in an advisory; the watch dead-letters it."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="PULLTEST", subjects=["pulltest.>"]))
+    spec = ConsumerSpec("PULLTEST", "crashy", "test", ack_wait_s=0.5, max_deliver=2)
+    await ensure_consumer(js, spec)
+    dropped: list[tuple[str, bytes, str]] = []
+
+    async def on_dropped(subject: str, payload: bytes, reason: str) -> None:
+        dropped.append((subject, payload, reason))
+
+    watch = await MaxDeliveriesWatch(nc, spec, on_dropped).start()
+    try:
+        await js.publish("pulltest.k", b"kills its consumer")
+        sub = await js.pull_subscribe_bind("crashy", stream="PULLTEST")
+        for _ in range(2):  # two "crashed" consumers: fetched, never settled
+            msgs = await sub.fetch(1, timeout=5)
+            assert msgs[0].data == b"kills its consumer"
+            await asyncio.sleep(0.7)
+        # a consumer asks for more (as every live one does): the server finds the message spent
+        with contextlib.suppress(nats.errors.TimeoutError):
+            assert not await sub.fetch(1, timeout=1.0)
+        await wait_for(lambda: dropped, 5, what="the advisory turned into a dead letter")
+        subject, payload, reason = dropped[0]
+        assert (subject, payload) == ("pulltest.k", b"kills its consumer")
+        assert "2 times" in reason and "never settled" in reason
+    finally:
+        await watch.stop()
         await nc.close()

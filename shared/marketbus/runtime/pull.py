@@ -59,6 +59,54 @@ def fit_for_dead_letter(payload: bytes, reason: str, max_payload: int) -> tuple[
     return payload[:limit], f"{reason} (payload cut to its first {limit} of {len(payload)} bytes)"
 
 
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
+# (subject, payload, reason) of a message the server gave up on
+DroppedHandler = Callable[[str, bytes, str], Awaitable[None]]
+
+
+class MaxDeliveriesWatch:
+    """Dead-letters what the server stopped delivering without anyone settling it.
+
+    A handler that fails settles its message itself (NAK with back-off, dead letter + TERM on the
+    last delivery). A message that never gets settled (its consumer crashed or hung, every
+    time) is delivered ``max_deliver`` times and then silently skipped by the server, which only
+    publishes an advisory; this watch turns the advisory into a dead letter (the message is read
+    back from the stream by its sequence). One instance of a shared consumer handles each
+    advisory (queue group)."""
+
+    def __init__(self, nc: Any, spec: ConsumerSpec, on_dropped: DroppedHandler) -> None:
+        self.nc = nc
+        self.spec = spec
+        self.on_dropped = on_dropped
+        self.subject = MAX_DELIVERIES_ADVISORY.format(stream=spec.stream, durable=spec.durable)
+        self.dropped = 0
+        self._sub: Any = None
+
+    async def start(self) -> MaxDeliveriesWatch:
+        self._sub = await self.nc.subscribe(self.subject, queue=f"{self.spec.durable}-max-deliveries",
+                                            cb=self._on_advisory)
+        return self
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            seq = int(advisory["stream_seq"])
+            deliveries = advisory.get("deliveries", self.spec.max_deliver)
+            stored = await self.nc.jetstream().get_msg(self.spec.stream, seq)
+            reason = (f"delivered {deliveries} times, never settled (its consumer crashed or hung each time): "
+                      f"{self.spec.stream} seq {seq}")
+            await self.on_dropped(stored.subject or "", stored.data or b"", reason)
+            self.dropped += 1
+        except Exception as exc:  # noqa: BLE001 - e.g. the message expired meanwhile: logged
+            log.error("could not dead-letter a message the server gave up on (%s): %r", msg.data[:200], exc)
+
+
 class PullRequests:
     """The outstanding pull requests of one inbox, oldest first (the server serves them in order)."""
 
@@ -127,19 +175,22 @@ class PullConsumer:
     it raises, the consumer's policy (``spec``) applies: a redelivery after the back-off, or on
     the last delivery ``dead_letter(msg, reason)`` and ``+TERM``. Without ``dead_letter`` the
     message is logged and terminated. Without ``spec`` the default policy of
-    :class:`ConsumerSpec` is used.
+    :class:`ConsumerSpec` is used. ``on_dropped(subject, payload, reason)`` gets what the server
+    stopped delivering unsettled (:class:`MaxDeliveriesWatch`).
     """
 
     def __init__(self, nc: Any, stream: str, durable: str, handler: Callable[[Msg], Awaitable[None]], *,
                  max_messages: int = 256, expires_s: float = 5.0, api_prefix: str = JS_API_PREFIX,
                  on_error: Callable[[BaseException], None] | None = None, spec: ConsumerSpec | None = None,
-                 dead_letter: DeadLetter | None = None) -> None:
+                 dead_letter: DeadLetter | None = None, on_dropped: DroppedHandler | None = None) -> None:
         self.nc = nc
         self.handler = handler
         self.max_messages = max(1, max_messages)
         self.on_error = on_error
         self.spec = spec if spec is not None else ConsumerSpec(stream, durable, "")
         self.dead_letter = dead_letter
+        # what the server gives up on (never settled: crashes, hangs) -> on_dropped (a dead letter)
+        self.watch = MaxDeliveriesWatch(nc, self.spec, on_dropped) if on_dropped is not None else None
         self.requests = PullRequests(pull_subject(stream, durable, api_prefix), nc.new_inbox(), expires_s)
         self.handling = 0
         self.dead_lettered = 0
@@ -162,11 +213,15 @@ class PullConsumer:
                                             pending_bytes_limit=-1)
         self._loop_task = asyncio.create_task(self._request_loop(), name=f"pull:{self.requests.subject}")
         self._progress_task = asyncio.create_task(self._progress_loop(), name=f"wpi:{self.requests.subject}")
+        if self.watch is not None:
+            await self.watch.start()
 
     async def stop(self, drain_s: float = 5.0) -> None:
         """Stop asking for messages; wait up to ``drain_s`` for the handlers (the rest is cancelled:
         unacked, JetStream redelivers it)."""
         await cancel_and_wait([t for t in (self._loop_task, self._progress_task) if t is not None])
+        if self.watch is not None:
+            await self.watch.stop()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
