@@ -31,7 +31,8 @@ from .risk import RiskEngine, RiskLimits
 from .settings import OrderRouterSettings
 from .state import WORKING_STATES, OpenOrders, OrderRecord, StateStore, can_transition, command_key, event_for
 from .validation import (
-    ExchangeMeta, Limits, check_reduce_only, identifier_problem, safely, validate_cancel, validate_order,
+    MAX_COMMAND_ID, ExchangeMeta, Limits, check_reduce_only, identifier_problem, safely, validate_cancel,
+    validate_order,
 )
 
 Command = Union[PlaceOrder, CancelOrders, UpdateOrder]
@@ -262,8 +263,9 @@ class OrderRouter(Service):
             await self._dead_letter_command(msg, problem)
             with contextlib.suppress(Exception):
                 await msg.term()
-            command_id = cmd.command_id if cmd is not None and identifier_problem(cmd) is None else ""
-            await self._reply(reply_to, CommandAck(command_id=command_id[:128], accepted=False, reason=problem))
+            # the requester gets its command id back when that id at least is usable
+            command_id = cmd.command_id if cmd is not None and 0 < len(cmd.command_id) <= MAX_COMMAND_ID else ""
+            await self._reply(reply_to, CommandAck(command_id=command_id, accepted=False, reason=problem))
             return
         try:
             ack = await self.execute(cmd)

@@ -70,6 +70,7 @@ async def test_an_oversized_client_id_is_refused_and_the_router_stays_connected(
         bad = msgspec.structs.replace(rq.place(BTC, "buy", 1, bid - 200), client_id=client_id, command_id=f"bad-{i}")
         ack = await rq.send_command(env.nc, bad, timeout=10)
         assert ack is not None and not ack.accepted and "client_id" in ack.reason, ack
+        assert ack.command_id == f"bad-{i}"  # the requester can tell which command it was
     await wait_for(lambda: len(letters.items) == 5, 5, what="5 dead letters")
     assert all("client_id" in letter.reason and letter.subject.startswith("orders.cmd.") for letter in letters.items)
     too_many = rq.cancel(BTC, [f"c{i}" for i in range(1_001)])
