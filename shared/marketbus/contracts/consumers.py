@@ -7,7 +7,7 @@ The redelivery policy, shared by every consumer:
 
 - ``ack_wait_s`` is short (5 s): a consumer that dies holding messages (kill -9, lost
   connection) gives them back within seconds. A handler that works longer on a message keeps it
-  with in-progress acks (``+WPI``) every ``ack_wait_s / 2`` (:func:`progress_interval`).
+  with in-progress acks (``+WPI``) every ``ack_wait_s / 2`` (:attr:`ConsumerSpec.progress_interval`).
 - ``max_deliver`` bounds the deliveries of a message. A handler whose processing fails asks for
   a redelivery after ``backoff_s[delivery - 1]`` (a ``NAK`` with delay, :meth:`ConsumerSpec.retry_delay`);
   on the last delivery (:meth:`ConsumerSpec.last_delivery`) it dead-letters the message instead
