@@ -348,6 +348,11 @@ class StreamIntake:
         except Exception as exc:
             if store_unavailable(exc) or isinstance(exc, SettleFailed):
                 raise
+            if not isinstance(exc, _BAD_DATA):
+                if await self._retry_later(items, exc, held):
+                    await self._isolate(items, held)  # what is left is on its last delivery: once more
+                if not held.remaining(items):
+                    return
             if len(items) == 1:
                 await self._culprit(items[0], exc, held)
                 return
@@ -356,6 +361,27 @@ class StreamIntake:
         mid = len(items) // 2
         await self._isolate(items[:mid], held)
         await self._isolate(items[mid:], held)
+
+    async def _retry_later(self, items: list[Item], exc: BaseException, held: Held) -> bool:
+        """An error that says nothing about the data (a bug, a table gone): splitting the batch
+        would only fail message by message. The messages go back with the back-off of their
+        delivery (NAK with delay) and the writer reports the error; those on their last delivery
+        stay, to be split and settled one by one. True when some went back and some stay."""
+        spec = self.spec
+        self.svc.store_failed(f"store error: {type(exc).__name__}: {exc}"[:500])
+        later = [item for item in items if not spec.last_delivery(item[2])]
+        if later:
+            self.svc.log.warning("%s batch of %d failed (%s: %s): redelivered after the back-off", self.stream,
+                                 len(later), type(exc).__name__, str(exc)[:200])
+            by_delay: dict[float, list[bytes]] = {}
+            for _, reply, delivered in later:
+                by_delay.setdefault(spec.retry_delay(delivered), []).append(reply)
+            for delay, replies in by_delay.items():
+                body = b"-NAK " + msgspec.json.encode({"delay": int(delay * 1e9)})
+                await self._settle(ack_all(self.nc, replies, body))
+            held.done(later)
+            self.retried += len(later)
+        return bool(later) and bool(held.remaining(items))
 
     async def _culprit(self, item: Item, exc: BaseException, held: Held) -> None:
         """One message that cannot be written: dead-lettered when it is the data (or on its last
