@@ -10,6 +10,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -118,3 +119,44 @@ async def _ids(writer: HistoryWriter, sym: str) -> list[str]:
 
 async def _stored(writer: HistoryWriter, sym: str, n: int) -> bool:
     return len(await _ids(writer, sym)) == n
+
+
+async def test_a_table_dropped_under_the_writer_delays_but_loses_nothing(nc, js, nats_url, tmp_path, pg_dsn) -> None:  # noqa: ANN001
+    """Not an outage, not bad data (the table is gone): the batch goes back with the back-off
+    (not split message by message, not dead-lettered), /healthz says why, and it is stored once
+    the table is back."""
+    from services.history_writer.store.postgres import PostgresStore
+
+    sym = unique_symbol("T")
+    durable = f"t{uuid.uuid4().hex[:8]}"
+    prefix = f"h_{durable}_"
+    first = [trade(sym, i) for i in range(50)]
+    second = [trade(sym, i) for i in range(50, 150)]
+    writer = HistoryWriter(**writer_overrides(nats_url, "postgres", str(tmp_path / "h"), pg_dsn, durable))
+    await writer.start()
+    letters: list[Any] = []
+
+    async def on_letter(msg: Any) -> None:
+        letters.append(msg)
+
+    sub = await nc.subscribe("dlq.history_writer.>", cb=on_letter)
+    try:
+        await _publish(nc, first)
+        await wait_for(lambda: _stored(writer, sym, len(first)), 15, what="the first events stored")
+        store = PostgresStore(pg_dsn, table_prefix=prefix)
+        await store.open()
+        await store.drop_all()  # under the running writer
+        await _publish(nc, second)
+        await wait_for(lambda: _unhealthy(writer), 15, what="/healthz 503 with the store error")
+        await asyncio.sleep(1.0)
+        assert writer.intakes[0].retried > 0 and not letters
+        await store.open()  # the tables are back
+        await store.close()
+        await wait_for(lambda: _stored(writer, sym, len(second)), 20, what="the batch stored once the table is back")
+        await wait_for(lambda: _healthy(writer), 10, what="/healthz 200 again")
+        assert not letters
+    finally:
+        await sub.unsubscribe()
+        if writer.store.backend == "postgres":
+            await writer.store.drop_all()  # type: ignore[attr-defined]
+        await writer.stop()
