@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ from .writer import MANIFEST_NAME, MANIFEST_VERSION, FileResult, SplitWriter, na
 log = logging.getLogger("marketbus.export_orchestrator.jobs")
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+_JOB_ID = re.compile(r"[-_=a-zA-Z0-9]{1,128}")
 KEY_PREFIX = "job."
 
 
@@ -160,6 +162,8 @@ class JobStore:
         self.kv = kv
 
     async def get(self, job_id: str) -> tuple[int, JobRecord] | None:
+        if not _JOB_ID.fullmatch(job_id):
+            return None  # not a job id (and not a usable KV key: a hostile request), so no such job
         try:
             entry = await self.kv.get(KEY_PREFIX + job_id)
         except (KeyNotFoundError, NotFoundError):

@@ -16,8 +16,8 @@ from faststream.nats import NatsMessage
 from prometheus_client import Counter, Histogram
 
 from marketbus.contracts import codec, subjects
-from marketbus.contracts.jobs import CoverageQuery, HistoryQuery
-from marketbus.contracts.streams import MARKET_DATA, REFERENCE, STATUS
+from marketbus.contracts.jobs import CoverageQuery, CoverageReply, HistoryChunk, HistoryQuery
+from marketbus.contracts.consumers import HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ConsumerSpec
 from marketbus.runtime.metrics import LATENCY_BUCKETS, ServiceMetrics
 from marketbus.runtime.service import Service
 
@@ -43,12 +43,16 @@ class HistoryMetrics(ServiceMetrics):
         self.queries = Counter("marketbus_history_queries", "queries served", ["kind"], registry=r)
 
 
-async def _decode_query(msg: Any) -> Any:
-    return codec.decode_as(msg.body, HistoryQuery)
+async def _raw(msg: Any) -> Any:
+    return msg.body
 
 
-async def _decode_coverage(msg: Any) -> Any:
-    return codec.decode_as(msg.body, CoverageQuery)
+def _decoded(body: bytes, kind: type) -> tuple[Any, str | None]:
+    """(request, None) or (None, why it is not one): a malformed request gets an error reply."""
+    try:
+        return codec.decode_as(body, kind), None
+    except Exception as exc:  # noqa: BLE001 - whatever the payload: answered, never raised
+        return None, f"bad request: {exc}"[:1000]
 
 
 class HistoryWriter(Service):
@@ -61,14 +65,18 @@ class HistoryWriter(Service):
     def setup(self) -> None:
         self.store: HistoryStore = open_store(self.settings)
         self.intakes: list[StreamIntake] = []
+        self.store_problem: str | None = None  # why the store cannot write now (unhealthy meanwhile)
         gaps = dict(DEFAULT_MAX_GAP_NS)
         gaps.update({k: int(v * NS) for k, v in self.settings.coverage_max_gap_s.items()})
         self.max_gap_ns = gaps
         queue = self.settings.query_queue
 
-        @self.broker.subscriber(subjects.HISTORY_QUERY, queue=queue, decoder=_decode_query)
-        async def on_query(query: Any, msg: NatsMessage) -> bytes | None:
+        @self.broker.subscriber(subjects.HISTORY_QUERY, queue=queue, decoder=_raw)
+        async def on_query(body: bytes, msg: NatsMessage) -> bytes | None:
             self.metrics.queries.labels("query").inc()
+            query, problem = _decoded(body, HistoryQuery)
+            if problem:
+                return codec.encode(HistoryChunk(events=[], last=True, error=problem))
             chunks = serve_query(self.store, query, max_rows=self.settings.query_max_rows,
                                  max_chunk_bytes=self.settings.query_max_chunk_bytes)
             last = None
@@ -79,29 +87,78 @@ class HistoryWriter(Service):
             # the last chunk is the handler's reply (published after every previous chunk)
             return codec.encode(last) if last is not None else None
 
-        @self.broker.subscriber(subjects.HISTORY_COVERAGE, queue=queue, decoder=_decode_coverage)
-        async def on_coverage(query: Any) -> bytes:
+        @self.broker.subscriber(subjects.HISTORY_COVERAGE, queue=queue, decoder=_raw)
+        async def on_coverage(body: bytes) -> bytes:
             self.metrics.queries.labels("coverage").inc()
+            query, problem = _decoded(body, CoverageQuery)
+            if problem:
+                return codec.encode(CoverageReply(streams=[], error=problem))
             return codec.encode(await serve_coverage(self.store, query, self.max_gap_ns))
 
+    def consumer_specs(self) -> list[ConsumerSpec]:
+        """The durable consumers of this writer (names from ``durable``, policy from settings)."""
+        s = self.settings
+        policy = {"ack_wait_s": s.ack_wait_s, "max_deliver": s.max_deliver, "max_ack_pending": s.max_ack_pending}
+        specs = [HISTORY_MD.with_(durable=f"{s.durable}_md", **policy)]
+        if s.store_reference:
+            specs.append(HISTORY_REF.with_(durable=f"{s.durable}_ref", **policy))
+        if s.store_feed_status:
+            specs.append(HISTORY_STATUS.with_(durable=f"{s.durable}_status", **policy))
+        return specs
+
     async def on_start(self) -> None:
-        # open the store and initialise pyarrow's compute registry (first-call cost) before
-        # the first messages arrive
-        await asyncio.gather(self.store.open(), asyncio.to_thread(warm_up))
         # a connection of its own for the JetStream intake (see intake_client.py)
         self.intake_nc = IntakeClient()
         await self.intake_nc.connect(**self.settings.connect_options(f"{self.name}-intake"))
-        d = self.settings.durable
-        specs = [(MARKET_DATA.name, f"{d}_md", None)]
-        if self.settings.store_reference:
-            specs.append((REFERENCE.name, f"{d}_ref", None))
-        if self.settings.store_feed_status:
-            specs.append((STATUS.name, f"{d}_status", subjects.ALL_FEED_STATUS))
-        for stream, durable, filt in specs:
-            intake = StreamIntake(self, stream, durable, filt)
+        if await self._open_store(attempt=0):
+            await self._start_intakes()
+        else:
+            # the store is down (PostgreSQL not up yet): wait for it in the background, unhealthy
+            # meanwhile, instead of failing the start
+            self.spawn(self._wait_for_store(), "open-store")
+        self.spawn(self._maintenance_loop(), "maintenance")
+
+    async def _open_store(self, attempt: int) -> bool:
+        try:
+            # also initialises pyarrow's compute registry (first-call cost) before messages arrive
+            await asyncio.gather(self.store.open(), asyncio.to_thread(warm_up))
+        except Exception as exc:  # noqa: BLE001 - any failure to open: logged, retried
+            delay = min(self.settings.store_retry_max_s, 0.25 * 2 ** (attempt + 1))
+            self.store_failed(f"cannot open the {self.store.backend} store: {type(exc).__name__}: {exc}")
+            self.log.warning("cannot open the %s store (%s: %s): retry %d in %.1f s", self.store.backend,
+                             type(exc).__name__, exc, attempt + 1, delay)
+            await asyncio.sleep(0 if attempt == 0 else delay)
+            return False
+        if attempt:
+            self.log.info("%s store open after %d retries", self.store.backend, attempt)
+        self.store_recovered()
+        return True
+
+    async def _wait_for_store(self) -> None:
+        """Open the store, retried with back-off while it is unavailable, then start the intakes."""
+        attempt = 1
+        while not await self._open_store(attempt):
+            attempt += 1
+        await self._start_intakes()
+
+    async def _start_intakes(self) -> None:
+        for spec in self.consumer_specs():
+            intake = StreamIntake(self, spec)
             await intake.start()
             self.intakes.append(intake)
-        self.spawn(self._maintenance_loop(), "maintenance")
+
+    # --- health -----------------------------------------------------------------------------
+    def store_failed(self, reason: str) -> None:
+        """The store cannot write: /healthz says so (503, with the reason) until it recovers."""
+        self.store_problem = reason
+        if self.state == "running":
+            self.state = "degraded"
+
+    def store_recovered(self) -> None:
+        if self.store_problem is not None:
+            self.store_problem = None
+            if self.state == "degraded":
+                self.state = "running"
 
     async def on_stop(self) -> None:
         for intake in self.intakes:
@@ -120,6 +177,8 @@ class HistoryWriter(Service):
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            if not self.intakes:
+                continue  # the store is not open yet
             try:
                 if now >= next_prune:
                     next_prune = now + 10.0
@@ -145,9 +204,11 @@ class HistoryWriter(Service):
     def health(self) -> dict[str, Any]:
         return {
             "backend": self.store.backend,
+            "store_ok": self.store_problem is None,
+            **({"unhealthy": self.store_problem} if self.store_problem else {}),
             "streams": {
                 i.stream: {"stored": i.stored, "acked": i.acked, "duplicates": i.duplicates, "dead_lettered": i.bad,
-                           "buffered": i.buffered, "last_flush_ts": i.last_flush_ts}
+                           "retried": i.retried, "buffered": i.buffered, "last_flush_ts": i.last_flush_ts}
                 for i in self.intakes
             },
         }

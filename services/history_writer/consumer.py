@@ -11,6 +11,19 @@ by every writer instance (JetStream splits the messages between them). Flow:
    redeliveries already stored are dropped, the rest decoded (``schema.decode_messages``),
    undecodable ones dead-lettered, the rows written to the store (durably, atomically);
 3. then, and only then, every message of the batch is acked (``+ACK``).
+
+Failures (the consumer's policy: marketbus.contracts.consumers):
+
+- the store is unavailable (PostgreSQL down, disk full: :func:`store_unavailable`): the batch is
+  kept (``+WPI``) and written again with back-off until the store is back; meanwhile the writer
+  reports itself unhealthy (``/healthz`` 503 with the reason). Nothing is acked, nothing lost;
+- anything else (a value the store refuses): the batch is split in halves, each written on its
+  own, down to the message(s) that fail; only those are dead-lettered (reason, payload,
+  subject) and terminated (``+TERM``); an unexpected error (not a data error) on one message
+  asks for a redelivery with the consumer's back-off instead, and is dead-lettered on the last;
+- every message held longer than ``ack_wait / 2`` (buffered behind a slow write, or in a long
+  write) is kept with ``+WPI``, so the ack wait can be short: the messages a killed writer held
+  are redelivered to the others within seconds.
 """
 
 from __future__ import annotations
@@ -18,17 +31,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NotFoundError
+import asyncpg
+import msgspec
+import pyarrow as pa
 
-from marketbus.runtime.pull import ENDING_STATUSES, PullRequests, pull_subject
+from marketbus.contracts.consumers import ConsumerSpec, bind_consumer
+from marketbus.runtime.pull import ENDING_STATUSES, MaxDeliveriesWatch, PullRequests, fit_for_dead_letter, pull_subject
 
 from .intake_client import header_value, status_of
 from .schema import Message, decode_messages
 
 _TYPE_HEADER = b"\r\nMarketbus-Type:"
+
+Item = tuple[Message, bytes, int]  # (message, ack subject, delivery count)
+
+# errors that mean "the store cannot write now", not "this data cannot be written"
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # connection refused/reset, timeouts, ENOSPC, EIO (pyarrow's ArrowIOError is one)
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.PostgresSystemError,
+    asyncpg.exceptions.TransactionRollbackError,
+)
+# errors that mean "this data cannot be stored": the message that raises it is dead-lettered at once
+_BAD_DATA: tuple[type[BaseException], ...] = (
+    ArithmeticError, ValueError, TypeError, UnicodeError, RecursionError, msgspec.MsgspecError, pa.ArrowException,
+    asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+)
+
+
+class SettleFailed(Exception):
+    """Acking, terminating or dead-lettering failed (NATS is unreachable): nothing to split,
+    the messages come back after the ack wait."""
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """True for an outage of the store (retry the same batch later), False for a data problem."""
+    return isinstance(exc, _UNAVAILABLE)
 
 if TYPE_CHECKING:
     from .app import HistoryWriter
@@ -43,25 +84,52 @@ def parse_ack_subject(reply: bytes) -> tuple[int, int]:
     return int(tokens[7]), int(tokens[6])
 
 
-async def ack_all(nc: Any, replies: list[bytes]) -> None:
-    """``+ACK`` every message: one write of all the PUB commands (nats-py's per-call publish
-    costs more than the acks themselves); falls back to ``publish`` if the client changes."""
+async def ack_all(nc: Any, replies: list[bytes], body: bytes = b"+ACK") -> None:
+    """``+ACK`` (or ``body``: ``+WPI``, ``+TERM``) every message: one write of all the PUB commands
+    (nats-py's per-call publish costs more than the acks themselves); falls back to ``publish``
+    if the client changes."""
+    if not replies:
+        return
     send = getattr(nc, "_send_command", None)
     if send is None or not nc.is_connected:
         for reply in replies:
-            await nc.publish(reply.decode(), b"+ACK")
+            await nc.publish(reply.decode(), body)
         return
+    head = b"PUB %s " + str(len(body)).encode() + b"\r\n" + body + b"\r\n"
     for i in range(0, len(replies), 4096):
-        await send(b"".join([b"PUB %s 4\r\n+ACK\r\n" % r for r in replies[i:i + 4096]]))
+        await send(b"".join([head % r for r in replies[i:i + 4096]]))
     await nc._flush_pending()
 
 
+async def nak(nc: Any, reply: bytes, delay_s: float) -> None:
+    """Ask for a redelivery of one message after ``delay_s``."""
+    await nc.publish(reply.decode(), b"-NAK " + msgspec.json.encode({"delay": int(delay_s * 1e9)}))
+
+
+class Held:
+    """Messages a flush holds (not yet acked), kept alive with ``+WPI`` while it works."""
+
+    def __init__(self, items: list[Item], since: float) -> None:
+        self.items: dict[bytes, Item] = {item[1]: item for item in items}  # by ack subject (one per delivery)
+        self.reset_at = since  # when their ack timers were last (re)started
+
+    def done(self, items: list[Item]) -> None:
+        for item in items:
+            self.items.pop(item[1], None)
+
+    def remaining(self, items: list[Item]) -> list[Item]:
+        return [item for item in items if item[1] in self.items]
+
+
 class StreamIntake:
-    def __init__(self, service: HistoryWriter, stream: str, durable: str, filter_subject: str | None) -> None:
+    """The intake of one stream: pulls, buffers, flushes (module docstring)."""
+
+    def __init__(self, service: HistoryWriter, spec: ConsumerSpec) -> None:
         self.svc = service
-        self.stream = stream
-        self.durable = durable
-        self.filter_subject = filter_subject
+        self.spec = spec
+        self.stream = spec.stream
+        self.durable = spec.durable
+        self.filter_subject = spec.filter_subject
         s = service.settings
         self.pull_batch = s.pull_batch
         self.batch_max = s.batch_max_msgs
@@ -70,41 +138,31 @@ class StreamIntake:
         # flushes in flight: while one writes (in a thread, GIL released), the next decodes
         self._inflight = asyncio.Semaphore(max(1, s.flush_concurrency))
         self._flush_tasks: set[asyncio.Task[None]] = set()
+        self._held: set[Held] = set()  # the messages of the flushes in flight
         self._stopped = False
         self.max_wait = s.batch_max_wait_s
-        self._buffer: list[tuple[Message, bytes, int]] = []  # (message, ack subject, delivered)
+        self._buffer: list[Item] = []
         self._first_at = 0.0
+        self._buffer_reset_at = 0.0  # the buffered messages arrived or were last kept (+WPI) after this
         self._wake = asyncio.Event()
         self._pull_wake = asyncio.Event()
         self.pull_max_bytes = s.pull_max_bytes
         self._requests: PullRequests | None = None  # the outstanding pull requests of the inbox
         self._sub: Any = None
+        self._watch: MaxDeliveriesWatch | None = None
         self._inbox = ""
         self.flushing = False
         self.stored = 0
         self.acked = 0
         self.duplicates = 0
         self.bad = 0
+        self.retried = 0
         self.last_flush_ts = 0
+        self._written_at = 0.0  # when the store last took a write (it works)
 
     # --- setup ------------------------------------------------------------------------------
     async def ensure_consumer(self) -> Any:
-        s = self.svc.settings
-        config = ConsumerConfig(
-            durable_name=self.durable, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending,
-            filter_subject=self.filter_subject, max_waiting=512,
-            description="marketbus history writer (durable, shared by every writer instance)",
-        )
-        js = self.svc.js
-        with contextlib.suppress(NotFoundError):  # provisioned: bind (a service may not create it)
-            return await js.consumer_info(self.stream, self.durable)
-        try:
-            return await js.add_consumer(self.stream, config)
-        except BadRequestError:
-            with contextlib.suppress(NotFoundError):
-                return await js.consumer_info(self.stream, self.durable)
-            raise
+        return await bind_consumer(self.svc.js, self.spec)
 
     async def start(self) -> None:
         info = await self.ensure_consumer()
@@ -116,15 +174,27 @@ class StreamIntake:
         self._sub = await nc.subscribe_raw(self._inbox, self._on_msg)
         self.svc.spawn(self._pull_loop(), f"pull-{self.stream}")
         self.svc.spawn(self._flush_loop(), f"flush-{self.stream}")
+        self.svc.spawn(self._progress_loop(), f"progress-{self.stream}")
+        # a message every writer holding it crashed on (max_deliver times): dead-lettered, not lost silently
+        self._watch = await MaxDeliveriesWatch(self.svc.nc, self.spec, self._dropped).start()
+
+    async def _dropped(self, subject: str, payload: bytes, reason: str) -> None:
+        await self._dead_letter([(Message(self.stream, 0, subject, payload, None), reason)])
+        self.bad += 1
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
         self._stopped = True
-        for task in list(self._flush_tasks):  # unacked messages are redelivered (and de-duplicated)
+        tasks = list(self._flush_tasks)
+        for task in tasks:  # unacked messages are redelivered (and de-duplicated)
             task.cancel()
+        if tasks:  # before the store closes under them
+            await asyncio.wait(tasks, timeout=5.0)
 
     # --- receive ----------------------------------------------------------------------------
     def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
@@ -143,7 +213,7 @@ class StreamIntake:
         except (ValueError, IndexError):
             return
         if not self._buffer:
-            self._first_at = now
+            self._first_at = self._buffer_reset_at = now
         self._buffer.append((Message(self.stream, seq, subject.decode(), data, header_value(headers, _TYPE_HEADER)),
                              reply, delivered))
         self._buffer_bytes += len(data)
@@ -189,6 +259,7 @@ class StreamIntake:
             if self._stopped:
                 self._inflight.release()
                 return
+            since = self._buffer_reset_at  # every buffered message arrived or was kept alive since
             batch, self._buffer = self._buffer[: self.batch_max], self._buffer[self.batch_max:]
             self._buffer_bytes = sum(len(m.data) for m, _, _ in self._buffer) if self._buffer else 0
             if self._buffer:
@@ -196,28 +267,159 @@ class StreamIntake:
             self._pull_wake.set()
             # concurrent flushes never store a message twice: each holds different messages, a
             # redelivery of an in-flight one is caught by the store (partition ids / ON CONFLICT)
-            task = asyncio.create_task(self._flush_one(batch), name=f"flush-{self.stream}-batch")
+            task = asyncio.create_task(self._flush_one(batch, since), name=f"flush-{self.stream}-batch")
             self._flush_tasks.add(task)
             task.add_done_callback(self._flush_tasks.discard)
 
-    async def _flush_one(self, batch: list[tuple[Message, bytes, int]]) -> None:
+    async def _flush_one(self, batch: list[Item], since: float) -> None:
+        held = Held(batch, since)
+        self._held.add(held)
         try:
-            await self.flush(batch)
-        except Exception as exc:  # noqa: BLE001 - not acked: redelivered after ack_wait
+            await self.flush(batch, held)
+        except Exception as exc:  # noqa: BLE001 - e.g. NATS down while acking: redelivered after ack_wait
             self.svc.log.error("flush of %d %s messages failed: %r (will be redelivered)", len(batch), self.stream, exc)
-            self.svc.feeds.set_state(self.feed_name, "disconnected")
             self.svc.metrics.flush_errors.labels(self.stream).inc()
             await asyncio.sleep(1.0)
         finally:
+            self._held.discard(held)
             self._inflight.release()
 
     @property
     def feed_name(self) -> str:
         return f"{self.svc.store.backend}/{self.stream}"
 
-    async def flush(self, batch: list[tuple[Message, bytes, int]]) -> None:
+    async def _progress_loop(self) -> None:
+        """``+WPI`` for every message held longer than the progress interval (buffered behind a
+        slow or failing write, or in one), so that a short ack wait only ever expires for a dead writer."""
+        every = self.spec.progress_interval
+        while True:
+            await asyncio.sleep(every / 4)
+            now = time.monotonic()
+            keep: list[bytes] = []
+            if self._buffer and now - self._buffer_reset_at >= every:
+                keep.extend(reply for _, reply, _ in self._buffer)
+                self._buffer_reset_at = now
+            for held in list(self._held):
+                if held.items and now - held.reset_at >= every:
+                    keep.extend(held.items)
+                    held.reset_at = now
+            if keep:
+                with contextlib.suppress(Exception):  # disconnected: the ack wait decides
+                    await ack_all(self.nc, keep, b"+WPI")
+
+    async def flush(self, batch: list[Item], held: Held | None = None) -> None:
+        """Store ``batch`` and settle every message of it: acked when stored (or already stored),
+        dead-lettered + terminated when it cannot be stored; retried while the store is down."""
+        held = held if held is not None else Held(batch, time.monotonic())
         svc = self.svc
         started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                await self._isolate(held.remaining(batch), held)
+                break
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
+                attempt += 1
+                delay = min(svc.settings.store_retry_max_s, 0.25 * 2 ** attempt)
+                svc.store_failed(f"store unavailable: {type(exc).__name__}: {exc}")
+                svc.log.warning("store unavailable (%s: %s): %d %s messages kept, retry %d in %.1f s", type(exc).__name__,
+                                exc, len(held.items), self.stream, attempt, delay)
+                svc.feeds.set_state(self.feed_name, "disconnected")
+                svc.metrics.flush_errors.labels(self.stream).inc()
+                await asyncio.sleep(delay)
+        if attempt:
+            svc.log.info("store available again: %s batch stored after %d retries", self.stream, attempt)
+        if self._written_at >= started:  # (a batch with nothing to write says nothing about the store)
+            svc.store_recovered()
+        svc.metrics.flush_seconds.labels(self.stream).observe(time.monotonic() - started)
+        svc.feeds.set_state(self.feed_name, "connected")
+
+    async def _isolate(self, items: list[Item], held: Held) -> None:
+        """Write ``items``; on a data error write each half on its own, down to the culprits.
+        A store outage is raised (the caller retries what is still held)."""
+        items = held.remaining(items)
+        if not items:
+            return
+        try:
+            await self._write(items, held)
+            return
+        except Exception as exc:
+            if store_unavailable(exc) or isinstance(exc, SettleFailed):
+                raise
+            if not isinstance(exc, _BAD_DATA):
+                if await self._retry_later(items, exc, held):
+                    await self._isolate(items, held)  # what is left is on its last delivery: once more
+                if not held.remaining(items):
+                    return
+            if len(items) == 1:
+                await self._culprit(items[0], exc, held)
+                return
+            self.svc.log.warning("%s batch of %d failed (%s: %s): splitting it", self.stream, len(items),
+                                 type(exc).__name__, str(exc)[:200])
+        mid = len(items) // 2
+        await self._isolate(items[:mid], held)
+        await self._isolate(items[mid:], held)
+
+    async def _retry_later(self, items: list[Item], exc: BaseException, held: Held) -> bool:
+        """An error that says nothing about the data (a bug, a table gone): splitting the batch
+        would only fail message by message. The messages go back with the back-off of their
+        delivery (NAK with delay) and the writer reports the error; those on their last delivery
+        stay, to be split and settled one by one. True when some went back and some stay."""
+        spec = self.spec
+        self.svc.store_failed(f"store error: {type(exc).__name__}: {exc}"[:500])
+        later = [item for item in items if not spec.last_delivery(item[2])]
+        if later:
+            self.svc.log.warning("%s batch of %d failed (%s: %s): redelivered after the back-off", self.stream,
+                                 len(later), type(exc).__name__, str(exc)[:200])
+            by_delay: dict[float, list[bytes]] = {}
+            for _, reply, delivered in later:
+                by_delay.setdefault(spec.retry_delay(delivered), []).append(reply)
+            for delay, replies in by_delay.items():
+                body = b"-NAK " + msgspec.json.encode({"delay": int(delay * 1e9)})
+                await self._settle(ack_all(self.nc, replies, body))
+            held.done(later)
+            self.retried += len(later)
+        return bool(later) and bool(held.remaining(items))
+
+    async def _culprit(self, item: Item, exc: BaseException, held: Held) -> None:
+        """One message that cannot be written: dead-lettered when it is the data (or on its last
+        delivery), else redelivered after the back-off."""
+        msg, reply, delivered = item
+        if isinstance(exc, _BAD_DATA) or self.spec.last_delivery(delivered):
+            await self._dead_letter([(msg, f"not storable: {type(exc).__name__}: {exc}"[:1000])])
+            await self._settle(ack_all(self.nc, [reply], b"+TERM"))
+            self.bad += 1
+            self.acked += 1
+        else:
+            self.svc.log.warning("%s seq %d failed on delivery %d (%r): redelivered later", self.stream, msg.seq,
+                                 delivered, exc)
+            await self._settle(nak(self.nc, reply, self.spec.retry_delay(delivered)))
+            self.retried += 1
+        held.done([item])
+
+    @staticmethod
+    async def _settle(action: Awaitable[None]) -> None:
+        try:
+            await action
+        except Exception as exc:
+            raise SettleFailed(repr(exc)) from exc
+
+    async def _dead_letter(self, letters: list[tuple[Message, str]]) -> None:
+        svc = self.svc
+        for m, reason in letters:
+            parts = m.subject.split(".")
+            source = parts[2] if len(parts) > 2 and parts[0] in ("md", "ref") else (parts[3] if len(parts) > 3 else "unknown")
+            payload, why = fit_for_dead_letter(m.data, reason, self.nc.max_payload)
+            await self._settle(svc.dead_letter(source, why, payload, m.subject))
+        if svc.publisher is not None:
+            # the dead letters are stored before their messages are settled
+            await self._settle(svc.publisher.flush())
+
+    async def _write(self, batch: list[Item], held: Held) -> None:
+        """One attempt: decode, dead-letter what does not decode, write the rest, ack them all."""
+        svc = self.svc
         redelivered = [m.seq for m, _, d in batch if d > 1]
         skip: set[int] = set()
         if redelivered:
@@ -226,26 +428,25 @@ class StreamIntake:
         # in a worker thread: Arrow's JSON reader releases the GIL, so the receive loop keeps
         # taking in the next batch meanwhile (inline, a 20k-message decode stalls it ~100 ms)
         decoded = await asyncio.to_thread(decode_messages, msgs, self.stream)
-        for m, reason in decoded.bad:
-            parts = m.subject.split(".")
-            source = parts[2] if len(parts) > 2 and parts[0] in ("md", "ref") else (parts[3] if len(parts) > 3 else "unknown")
-            await svc.dead_letter(source, reason, m.data, m.subject)
         if decoded.bad:
-            if svc.publisher is not None:
-                await svc.publisher.flush()  # the dead letters are stored before their messages are acked
+            await self._dead_letter(decoded.bad)
             bad_seqs = {m.seq for m, _ in decoded.bad}
-            await ack_all(self.nc, [reply for m, reply, _ in batch if m.seq in bad_seqs])
+            undecodable = [item for item in batch if item[0].seq in bad_seqs]
+            await self._settle(ack_all(self.nc, [reply for _, reply, _ in undecodable]))
+            held.done(undecodable)
+            self.acked += len(undecodable)
+            self.bad += len(undecodable)
             batch = [item for item in batch if item[0].seq not in bad_seqs]
+        result = None
         if decoded.events:
             result = await svc.store.write(self.stream, decoded)
-        else:
-            result = None
+            self._written_at = time.monotonic()
         if svc.settings.debug_ack_delay_s:
             await asyncio.sleep(svc.settings.debug_ack_delay_s)  # widen the written-but-not-acked window
-        # durable: ack every message of the batch (stored, skipped as already stored, dead-lettered)
-        await ack_all(self.nc, [reply for _, reply, _ in batch])
-        self.acked += len(batch) + len(decoded.bad)
-        self.bad += len(decoded.bad)
+        # durable: ack every message of the batch (stored, skipped as already stored)
+        await self._settle(ack_all(self.nc, [reply for _, reply, _ in batch]))
+        held.done(batch)
+        self.acked += len(batch)
         rows = result.rows if result else 0
         dups = (result.duplicates if result else 0) + sum(1 for m, _, _ in batch if m.seq in skip)
         self.stored += rows
@@ -255,9 +456,7 @@ class StreamIntake:
         m.events_stored.labels(self.stream).inc(rows)
         m.duplicates.labels(self.stream).inc(dups)
         m.messages_acked.labels(self.stream).inc(len(batch))
-        m.flush_seconds.labels(self.stream).observe(time.monotonic() - started)
         svc.feeds.count(self.feed_name, rows)
-        svc.feeds.set_state(self.feed_name, "connected")
 
     @property
     def buffered(self) -> int:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from marketbus.contracts.consumers import HISTORY_MD
 from marketbus.runtime.service import ServiceSettings
 from marketbus.runtime.settings import Secret
 
@@ -31,8 +32,11 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
     batch_max_bytes: int = 16 << 20  # ...or when this many payload bytes are buffered (batch envelopes)...
     batch_max_wait_s: float = 0.25  # ...or when the oldest buffered message is this old
     flush_concurrency: int = 2  # flushes in flight: decode of the next overlaps the write of the previous
-    max_ack_pending: int = 100_000
-    ack_wait_s: float = 60.0
+    max_ack_pending: int = HISTORY_MD.max_ack_pending
+    # short: what a killed writer held is redelivered within seconds (held messages get +WPI)
+    ack_wait_s: float = HISTORY_MD.ack_wait_s
+    max_deliver: int = HISTORY_MD.max_deliver  # then dead-lettered (see contracts/consumers.py)
+    store_retry_max_s: float = 5.0  # back-off cap while the store is unavailable (start-up and writes)
 
     debug_ack_delay_s: float = 0.0  # fault injection (tests): hold acks after each durable write
 

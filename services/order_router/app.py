@@ -12,17 +12,16 @@ from decimal import Decimal
 from typing import Any, ClassVar, Union
 
 import msgspec
-from faststream.nats import NatsMessage
-from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from marketbus.contracts import codec, streams, subjects
-from marketbus.contracts.errors import BAD_REQUEST, ErrorReply
+from marketbus.contracts.consumers import ORDER_ROUTER_COMMANDS, ConsumerSpec, bind_consumer
+from marketbus.contracts.errors import BAD_REQUEST, UNAVAILABLE, ErrorReply
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.orders import (
     Balance, CancelOrders, CommandAck, Fill, PlaceOrder, Position, RouterControl, UpdateOrder,
 )
-from marketbus.runtime.pull import PullConsumer
+from marketbus.runtime.pull import PullConsumer, fit_for_dead_letter
 from marketbus.runtime.service import Service
 
 from .client import DigitexClient, OutcomeUnknown, Refused, now_us
@@ -32,11 +31,20 @@ from .requests import REPLY_HEADER
 from .risk import RiskEngine, RiskLimits
 from .settings import OrderRouterSettings
 from .state import WORKING_STATES, OpenOrders, OrderRecord, StateStore, can_transition, command_key, event_for
-from .validation import ExchangeMeta, Limits, check_reduce_only, validate_cancel, validate_order
+from .validation import (
+    MAX_COMMAND_ID, ExchangeMeta, Limits, check_reduce_only, identifier_problem, safely, validate_cancel,
+    validate_order,
+)
 
 Command = Union[PlaceOrder, CancelOrders, UpdateOrder]
 _command_decoder = msgspec.json.Decoder(Command)
 _json = msgspec.json.Encoder(decimal_format="string")
+MAX_CONTROL_REASON = 1_000
+
+
+async def _raw_body(msg: Any) -> bytes:
+    """The request as bytes (FastStream's own decoding would choke on hostile JSON before us)."""
+    return msg.body
 
 
 class IdemRecord(msgspec.Struct, kw_only=True):
@@ -83,9 +91,9 @@ class OrderRouter(Service):
         self.metrics.open_orders.set_function(lambda: len(self.orders))
         self.metrics.halted.set_function(lambda: 1 if self.control.halted else 0)
 
-        @self.broker.subscriber(subjects.ORDER_CONTROL, queue="order_router_control")
-        async def on_control(msg: NatsMessage) -> bytes:
-            return codec.encode(await self.handle_control(msg.body))
+        @self.broker.subscriber(subjects.ORDER_CONTROL, queue="order_router_control", decoder=_raw_body)
+        async def on_control(body: bytes) -> bytes:
+            return codec.encode(await self.handle_control(body))
 
     # --- start / stop ---------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -101,27 +109,32 @@ class OrderRouter(Service):
             if entry.value:
                 self.control = msgspec.json.decode(entry.value, type=ControlState)
         await self.reconciler.reconcile(startup=True)
-        await self._ensure_consumer()
-        # each command is handled as it arrives (a fetch would hold it until the batch fills)
-        self._pull = PullConsumer(self.nc, streams.ORDER_COMMANDS.name, s.durable, self._handle_message,
-                                  max_messages=s.max_inflight, on_error=self._command_failed)
+        await bind_consumer(self.js, self.consumer_spec)
+        # each command is handled as it arrives (a fetch would hold it until the batch fills); the
+        # consumer's policy: +WPI during long exchange calls, a failing command retried with
+        # back-off, then dead-lettered and terminated
+        self._pull = PullConsumer.of(self.nc, self.consumer_spec, self._handle_message, max_messages=s.max_inflight,
+                                     on_error=self._command_failed, dead_letter=self._dead_letter_command,
+                                     on_dropped=self._dead_letter_dropped)
         await self._pull.start()
         self.spawn(self._watch_control(), "control")
         self.spawn(self.reconciler.track_loop(), "track")
         self.spawn(self.reconciler.reconcile_loop(), "reconcile")
         await self.publish_feed_status("digitex", "connected", feed="digitex/orders")
 
-    async def _ensure_consumer(self) -> None:
+    @property
+    def consumer_spec(self) -> ConsumerSpec:
         """The durable pull consumer on the ORDERS_CMD work queue, shared by every router instance."""
         s = self.settings
-        stream = streams.ORDER_COMMANDS.name
-        try:
-            await self.js.consumer_info(stream, s.durable)
-        except NotFoundError:
-            with contextlib.suppress(BadRequestError):  # another instance created it meanwhile
-                await self.js.add_consumer(stream, ConsumerConfig(
-                    durable_name=s.durable, filter_subject=subjects.ALL_ORDER_COMMANDS,
-                    ack_policy=AckPolicy.EXPLICIT, ack_wait=s.ack_wait_s, max_ack_pending=-1, max_waiting=512))
+        return ORDER_ROUTER_COMMANDS.with_(durable=s.durable, ack_wait_s=s.ack_wait_s, max_deliver=s.max_deliver)
+
+    async def _dead_letter_dropped(self, subject: str, payload: bytes, reason: str) -> None:
+        payload, reason = fit_for_dead_letter(payload, reason, self.nc.max_payload)
+        await self.dead_letter("digitex", reason, payload, subject)
+
+    async def _dead_letter_command(self, msg: Any, reason: str) -> None:
+        payload, reason = fit_for_dead_letter(msg.data, reason, self.nc.max_payload)
+        await self.dead_letter("digitex", reason, payload, msg.subject)
 
     def _command_failed(self, exc: BaseException) -> None:
         self.log.error("command handling failed: %r", exc, exc_info=exc)
@@ -233,37 +246,73 @@ class OrderRouter(Service):
 
     # --- command intake ---------------------------------------------------------------------------
     async def _handle_message(self, msg: Any) -> None:
+        """One command off the work queue: executed once, or refused with a reason (a CommandAck
+        to the requester; a rejected order event for a place). Nothing here may stall the queue:
+        a command that cannot be decoded or whose identifiers cannot be used is dead-lettered and
+        terminated at once; one whose execution raises (KV or exchange unavailable) is retried by
+        the consumer's policy and, on its last delivery, refused and dead-lettered."""
         headers = msg.headers or {}
         reply_to = headers.get(REPLY_HEADER)
+        cmd: Any = None
         try:
             cmd = codec.decode_as(msg.data, Command, codec.schema_version_of(headers))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._count_command(None, "undecodable")
-            await self.dead_letter("digitex", f"undecodable command: {exc}", msg.data, msg.subject)
+            problem = identifier_problem(cmd)
+        except Exception as exc:  # noqa: BLE001 - whatever the payload, it is refused, never retried
+            problem = f"undecodable command: {exc}"[:1000]
+        if problem:
+            self._count_command(cmd, "undecodable")
+            await self._dead_letter_command(msg, problem)
             with contextlib.suppress(Exception):
                 await msg.term()
-            if reply_to:
-                await self.nc.publish(reply_to, codec.encode(CommandAck(command_id="", accepted=False,
-                                                                        reason=f"undecodable command: {exc}")))
+            # the requester gets its command id back when that id at least is usable
+            command_id = cmd.command_id if cmd is not None and 0 < len(cmd.command_id) <= MAX_COMMAND_ID else ""
+            await self._reply(reply_to, CommandAck(command_id=command_id, accepted=False, reason=problem))
             return
         try:
             ack = await self.execute(cmd)
         except Exception as exc:
-            self.log.exception("command %s failed", cmd.command_id)
             self._count_command(cmd, "error")
-            # not acked: JetStream redelivers it after ack_wait; the idempotency record makes that safe
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
-            if reply_to:
-                await self.nc.publish(reply_to, codec.encode(CommandAck(command_id=cmd.command_id, accepted=False,
-                                                                        reason=f"internal error: {exc!r}")))
-            return
+            delivered = msg.metadata.num_delivered
+            if self.consumer_spec.last_delivery(delivered):
+                self.log.error("command %s failed on its last delivery: %r", cmd.command_id, exc)
+                await self._refuse_failed(cmd, reply_to, f"failed on each of {delivered} deliveries, last: {exc!r}")
+            else:
+                self.log.warning("command %s failed on delivery %d (%r): retried", cmd.command_id, delivered, exc)
+            raise  # the consumer's policy: NAK with back-off, or dead letter + TERM on the last delivery
         self.commands_handled += 1
         self._count_command(cmd, "accepted" if ack.accepted else "refused")
         with contextlib.suppress(Exception):
             await msg.ack()
+        await self._reply(reply_to, ack)
+
+    async def _reply(self, reply_to: str | None, ack: CommandAck) -> None:
         if reply_to:
-            await self.nc.publish(reply_to, codec.encode(ack))
+            with contextlib.suppress(Exception):  # the requester may be gone; nothing to retry
+                await self.nc.publish(reply_to, codec.encode(ack))
+
+    async def _refuse_failed(self, cmd: Command, reply_to: str | None, reason: str) -> None:
+        """A command given up on: the requester and the order's subscribers learn it (best effort:
+        whatever failed may fail these too)."""
+        reason = reason[:1000]
+        client_ids = [cmd.client_id] if isinstance(cmd, (PlaceOrder, UpdateOrder)) else list(cmd.client_ids)
+        await self._reply(reply_to, CommandAck(command_id=cmd.command_id, accepted=False, reason=reason,
+                                               client_ids=client_ids))
+        if not isinstance(cmd, PlaceOrder):
+            return
+        rec = self.orders.get((cmd.market, cmd.client_id))
+        if rec is not None:  # created before the failure, never sent: rejected
+            if rec.command_id == cmd.command_id and rec.state == "pending_submit":
+                with contextlib.suppress(Exception):
+                    await self.transition(rec, "rejected", reason=reason)
+        else:
+            now = time.time_ns()
+            rec = OrderRecord(
+                client_id=cmd.client_id, market=cmd.market, market_id=-1, side=cmd.side, order_type=cmd.order_type,
+                duration=cmd.duration, quantity=cmd.quantity, price=cmd.price, leverage=cmd.leverage,
+                reduce_only=cmd.reduce_only, state="rejected", seq=1, command_id=cmd.command_id, reason=reason,
+                created_ns=now, updated_ns=now)
+            with contextlib.suppress(Exception):
+                await self.publish_order(rec)
 
     async def execute(self, cmd: Command) -> CommandAck:
         """Handle one command exactly once (idempotency record by command id); returns the ack."""
@@ -344,11 +393,11 @@ class OrderRouter(Service):
             position = self.positions.get(cmd.market, Decimal(0))
             if cmd.reduce_only:
                 pending = self.orders.reduce_only_remaining(cmd.market, cmd.side)
-                reason = check_reduce_only(cmd.side, cmd.quantity, position, pending)
+                reason = safely(lambda: check_reduce_only(cmd.side, cmd.quantity, position, pending))
             if reason is None:
-                reason = self.risk.check(market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price,
-                                         ref_price=ref, position=position, open_orders=self.orders,
-                                         reduce_only=cmd.reduce_only)
+                reason = safely(lambda: self.risk.check(
+                    market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price, ref_price=ref,
+                    position=position, open_orders=self.orders, reduce_only=cmd.reduce_only))
         now = time.time_ns()
         rec = OrderRecord(
             client_id=cmd.client_id, market=cmd.market, market_id=market.id if market else -1, side=cmd.side,
@@ -509,7 +558,7 @@ class OrderRouter(Service):
     # --- cancel -----------------------------------------------------------------------------------
     async def cancel(self, cmd: CancelOrders) -> CommandAck:
         assert self.meta is not None
-        reason = validate_cancel(cmd, self.meta)
+        reason = safely(lambda: validate_cancel(cmd, self.meta))
         if reason:
             return CommandAck(command_id=cmd.command_id, accepted=False, reason=reason, client_ids=list(cmd.client_ids))
         wanted = set(cmd.client_ids)
@@ -570,9 +619,10 @@ class OrderRouter(Service):
             rec = self.orders[key]
             market = self.meta.markets[cmd.market]
             ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
-            refuse = self.risk.check(market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price, ref_price=ref,
-                                     position=self.positions.get(cmd.market, Decimal(0)),
-                                     open_orders=self.orders, replacing=rec)
+            position = self.positions.get(cmd.market, Decimal(0))
+            refuse = safely(lambda: self.risk.check(
+                market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price, ref_price=ref,
+                position=position, open_orders=self.orders, replacing=rec))
         if refuse:
             return CommandAck(command_id=cmd.command_id, accepted=False, reason=refuse, client_ids=[cmd.client_id])
         assert rec is not None
@@ -599,10 +649,21 @@ class OrderRouter(Service):
 
     # --- kill switch --------------------------------------------------------------------------------
     async def handle_control(self, body: bytes) -> CommandAck | ErrorReply:
+        """A kill switch request; anything wrong with it is an error reply, never an exception."""
         try:
             ctl = codec.decode_as(body, RouterControl)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return ErrorReply(code=BAD_REQUEST, message=f"bad control message: {exc}")
+        except Exception as exc:  # noqa: BLE001 - whatever the payload: refused with the reason
+            return ErrorReply(code=BAD_REQUEST, message=f"bad control message: {exc}"[:1000])
+        if ctl.reason is not None and len(ctl.reason) > MAX_CONTROL_REASON:
+            return ErrorReply(code=BAD_REQUEST,
+                              message=f"bad control message: reason longer than {MAX_CONTROL_REASON} characters")
+        try:
+            return await self._control(ctl)
+        except Exception as exc:  # noqa: BLE001 - e.g. the KV unavailable: the caller learns it
+            self.log.error("control %s failed: %r", ctl.action, exc)
+            return ErrorReply(code=UNAVAILABLE, message=f"control failed: {exc!r}"[:1000])
+
+    async def _control(self, ctl: RouterControl) -> CommandAck:
         cid = f"control-{ctl.action}-{ctl.ts}"
         if ctl.action in ("halt", "resume"):
             self.control = ControlState(halted=ctl.action == "halt", reason=ctl.reason, ts=ctl.ts)

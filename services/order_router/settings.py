@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import ClassVar
 
+from marketbus.contracts.consumers import ORDER_ROUTER_COMMANDS
 from marketbus.runtime.service import ServiceSettings
 from marketbus.runtime.settings import Secret
 
@@ -24,7 +25,10 @@ class OrderRouterSettings(ServiceSettings, kw_only=True):
     # command intake
     durable: str = "order_router"  # the pull consumer shared by every router instance
     max_inflight: int = 256  # commands held by one instance at once (requested + being handled)
-    ack_wait_s: float = 30.0
+    # short: a router that dies holding commands gives them back within seconds; a command whose
+    # handling takes longer (exchange calls) is kept with +WPI
+    ack_wait_s: float = ORDER_ROUTER_COMMANDS.ack_wait_s
+    max_deliver: int = ORDER_ROUTER_COMMANDS.max_deliver  # a command failing this often is refused and dead-lettered
 
     # validation
     max_quantity: Decimal = Decimal(1_000_000)

@@ -7,6 +7,8 @@ never hard-coded: they come from ``order_meta`` (either key naming: ``type``/``s
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -107,12 +109,66 @@ class Limits:
     market_durations: frozenset[str] = frozenset({"IOC", "FOK"})
 
 
+# identifiers become subject tokens (orders.evt.digitex.<market>.<client_id>) and KV keys: bounded,
+# printable, no subject wildcards/separators (Digitex's own client ids are uuids)
+MAX_CLIENT_ID = 64
+MAX_MARKET = 64
+MAX_COMMAND_ID = 128
+MAX_CLIENT_IDS = 1_000  # per cancel
+_ID_OK = re.compile(r"[!-~]+")  # printable ASCII, no space
+_NOT_IN_TOKEN = re.compile(r"[.*>]")
+
+
+def _id_problem(value: str, what: str, limit: int) -> str | None:
+    if not value:
+        return f"{what} is required"
+    if len(value) > limit:
+        return f"{what} is {len(value)} characters long (at most {limit})"
+    if not _ID_OK.fullmatch(value) or _NOT_IN_TOKEN.search(value):
+        return f"{what} {value[:40]!r} must be printable ASCII without spaces, '.', '*' or '>'"
+    return None
+
+
+def identifier_problem(cmd: PlaceOrder | CancelOrders | UpdateOrder) -> str | None:
+    """Why the identifiers of ``cmd`` cannot be used as subject tokens and KV keys, or None.
+    Checked before anything else: such a command cannot even get an order event of its own."""
+    if len(cmd.command_id) > MAX_COMMAND_ID or not cmd.command_id:
+        return f"command_id must be 1..{MAX_COMMAND_ID} characters (got {len(cmd.command_id)})"
+    market = getattr(cmd, "market", None)
+    if market is not None:
+        problem = _id_problem(market, "market", MAX_MARKET)
+        if problem:
+            return problem
+    if isinstance(cmd, CancelOrders):
+        if len(cmd.client_ids) > MAX_CLIENT_IDS:
+            return f"{len(cmd.client_ids)} client ids in one cancel (at most {MAX_CLIENT_IDS})"
+        for cid in cmd.client_ids:
+            problem = _id_problem(cid, "client_id", MAX_CLIENT_ID)
+            if problem:
+                return problem
+        return None
+    return _id_problem(cmd.client_id, "client_id", MAX_CLIENT_ID)
+
+
+def safely(check: Callable[[], str | None]) -> str | None:
+    """Run a validation or risk check; a value it cannot even compute with (a decimal beyond the
+    context's precision, an overflow) is a refusal with the reason, never an exception."""
+    try:
+        return check()
+    except (ArithmeticError, ValueError, TypeError, KeyError) as exc:
+        return f"invalid command: {type(exc).__name__}: {exc}"[:500]
+
+
 def _multiple(value: Decimal, step: Decimal) -> bool:
     return step <= 0 or value % step == 0
 
 
 def validate_order(cmd: PlaceOrder | UpdateOrder, meta: ExchangeMeta, limits: Limits) -> str | None:
-    """Why ``cmd`` cannot be sent (static checks), or None."""
+    """Why ``cmd`` cannot be sent (static checks), or None; never raises (:func:`safely`)."""
+    return safely(lambda: _validate_order(cmd, meta, limits))
+
+
+def _validate_order(cmd: PlaceOrder | UpdateOrder, meta: ExchangeMeta, limits: Limits) -> str | None:
     market = meta.markets.get(cmd.market)
     if market is None:
         return f"unknown market {cmd.market!r}"
@@ -127,19 +183,19 @@ def validate_order(cmd: PlaceOrder | UpdateOrder, meta: ExchangeMeta, limits: Li
     qty = cmd.quantity
     if not qty.is_finite() or qty <= 0:
         return "quantity must be positive"
-    if not _multiple(qty, market.lot_size):
-        return f"quantity {qty} is not a multiple of the lot size {market.lot_size}"
     if qty > limits.max_quantity:
         return f"quantity {qty} is above the maximum {limits.max_quantity}"
+    if not _multiple(qty, market.lot_size):
+        return f"quantity {qty} is not a multiple of the lot size {market.lot_size}"
     if cmd.order_type == "limit":
         if cmd.price is None:
             return "a limit order needs a price"
         if not cmd.price.is_finite() or cmd.price <= 0:
             return "price must be positive"
-        if not _multiple(cmd.price, market.tick_size):
-            return f"price {cmd.price} is not a multiple of the tick size {market.tick_size}"
         if cmd.price > limits.max_price:
             return f"price {cmd.price} is above the maximum {limits.max_price}"
+        if not _multiple(cmd.price, market.tick_size):
+            return f"price {cmd.price} is not a multiple of the tick size {market.tick_size}"
     else:
         if cmd.price is not None and cmd.price != 0:
             return "a market order takes no price"

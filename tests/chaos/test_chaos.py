@@ -47,10 +47,6 @@ def chaos_env(offset: int, **extra: str) -> dict[str, str]:
         MARKETBUS_SANDBOX_FINX_RATE="20", MARKETBUS_SANDBOX_DIGITEX_RATE="10",
         MARKETBUS_SANDBOX_TICKSUPPLY_RATE="10", MARKETBUS_SANDBOX_SITAGRI_RATE="10",
         MARKETBUS_LOG_LEVEL="WARNING",
-        # TEMPORARY (lifecycle branch only): the history writer's default ack_wait is still 60 s
-        # here; the "consumers" branch makes it a few seconds with in-progress acks, after which
-        # this line must go (a writer killed -9 must be ridden out with default settings).
-        MARKETBUS_HISTORY_WRITER_ACK_WAIT_S=os.environ.get("MARKETBUS_CHAOS_WRITER_ACK_WAIT_S", "5"),
         **extra,
     )
 

@@ -78,7 +78,22 @@ class PostgresStore(HistoryStore):
         return cols + [("_stream", "str"), ("_seq", "int"), ("_idx", "int")]
 
     async def open(self) -> None:
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+        """Connect and create the tables; raises if PostgreSQL is unreachable (the writer retries:
+        a failed attempt leaves no pool behind)."""
+        if self.pool is not None:
+            await self.pool.close()
+        # min_size 0: no connection "floor" the pool would keep restoring (and logging) while
+        # PostgreSQL is down; connections are opened on demand and kept while in use
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=self.pool_size)
+        try:
+            await self._create_tables()
+        except BaseException:
+            pool, self.pool = self.pool, None
+            pool.terminate()
+            raise
+
+    async def _create_tables(self) -> None:
+        assert self.pool is not None
         async with self.pool.acquire() as con:
             available = await con.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
             if available and self.want_timescale is not False:
@@ -106,8 +121,11 @@ class PostgresStore(HistoryStore):
 
     async def close(self) -> None:
         if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
+            pool, self.pool = self.pool, None
+            try:  # a connection still busy (a write being cancelled) must not hold the stop up
+                await asyncio.wait_for(pool.close(), timeout=5.0)
+            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
 
     async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:
         # rows are de-duplicated by id inside the database: nothing to skip up front

@@ -1,62 +1,159 @@
-"""The services' durable JetStream consumers, declared once; created by provisioning.
+"""Durable JetStream consumers, declared once (like the streams in streams.py).
 
-Minimal declaration on the ``security`` branch (the ``consumers`` work defines the full one with
-the same names): a :class:`ConsumerSpec` per durable, :data:`CONSUMERS`, and
-:func:`ensure_consumer` that provisioning calls. Services only bind to these consumers
-(``consumer_info``), so they need no right to create or delete consumers; the identities in
-:mod:`marketbus.security.identities` grant each service its own durables only.
+Every durable consumer marketbus uses is a :class:`ConsumerSpec` in :data:`CONSUMERS`;
+:func:`ensure_consumer` is the one place that creates (or updates) one on the server.
+
+The redelivery policy, shared by every consumer:
+
+- ``ack_wait_s`` is short (5 s): a consumer that dies holding messages (kill -9, lost
+  connection) gives them back within seconds. A handler that works longer on a message keeps it
+  with in-progress acks (``+WPI``) every ``ack_wait_s / 2`` (:attr:`ConsumerSpec.progress_interval`).
+- ``max_deliver`` bounds the deliveries of a message. A handler whose processing fails asks for
+  a redelivery after ``backoff_s[delivery - 1]`` (a ``NAK`` with delay, :meth:`ConsumerSpec.retry_delay`);
+  on the last delivery (:meth:`ConsumerSpec.last_delivery`) it dead-letters the message instead
+  (``Service.dead_letter``: reason, raw payload, subject) and terminates it (``+TERM``).
+- The back-off is applied by the handler's NAK, deliberately not with the server's ``BackOff``:
+  the server's back-off would also stretch the ack wait of a message whose consumer crashed
+  (delivery 3 would wait ``backoff[2]``), and crashes must stay visible within seconds.
+- ``max_deliver`` is also the server's backstop: a message that crashes its consumer every time
+  (no NAK ever comes) is not delivered more than ``max_deliver`` times.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from . import subjects
 from .streams import MARKET_DATA, ORDER_COMMANDS, REFERENCE, STATUS
 
 log = logging.getLogger(__name__)
 
+DEFAULT_ACK_WAIT_S = 5.0
+DEFAULT_MAX_DELIVER = 6
+DEFAULT_BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+
 
 @dataclass(frozen=True)
 class ConsumerSpec:
+    """A durable pull consumer: where it reads, and its redelivery policy (module docstring)."""
+
     stream: str
     durable: str
-    filter_subject: str | None
     description: str
-    ack_wait_s: float = 60.0
+    filter_subject: str | None = None
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S
+    max_deliver: int = DEFAULT_MAX_DELIVER
+    backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
     max_ack_pending: int = -1
     max_waiting: int = 512
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+
+    def with_(self, **changes: object) -> ConsumerSpec:
+        """A copy with some fields changed (a test's own durable name, a configured ack wait)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
-            durable_name=self.durable, name=self.durable, filter_subject=self.filter_subject,
-            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
-            max_deliver=-1, max_ack_pending=self.max_ack_pending, max_waiting=self.max_waiting,
-            description=self.description,
+            durable_name=self.durable, description=self.description, filter_subject=self.filter_subject,
+            deliver_policy=self.deliver_policy, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver, max_ack_pending=self.max_ack_pending, max_waiting=self.max_waiting,
         )
 
+    def last_delivery(self, delivered: int) -> bool:
+        """True when a message delivered ``delivered`` times will not come back if it fails now."""
+        return self.max_deliver > 0 and delivered >= self.max_deliver
 
-_WRITER = "marketbus history writer (durable, shared by every writer instance)"
-HISTORY_MD = ConsumerSpec(MARKET_DATA.name, "history_writer_md", None, _WRITER, max_ack_pending=100_000)
-HISTORY_REF = ConsumerSpec(REFERENCE.name, "history_writer_ref", None, _WRITER, max_ack_pending=100_000)
-HISTORY_STATUS = ConsumerSpec(STATUS.name, "history_writer_status", subjects.ALL_FEED_STATUS, _WRITER,
-                              max_ack_pending=100_000)
-ORDER_ROUTER = ConsumerSpec(ORDER_COMMANDS.name, "order_router", subjects.ALL_ORDER_COMMANDS,
-                            "marketbus order router (the ORDERS_CMD work queue)", ack_wait_s=30.0)
+    def retry_delay(self, delivered: int) -> float:
+        """The NAK delay after the ``delivered``-th delivery failed (the last value repeats)."""
+        if not self.backoff_s:
+            return 0.0
+        return self.backoff_s[min(max(delivered, 1), len(self.backoff_s)) - 1]
 
-CONSUMERS: tuple[ConsumerSpec, ...] = (HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ORDER_ROUTER)
+    @property
+    def progress_interval(self) -> float:
+        """How often a handler still working on a message sends ``+WPI`` to keep it."""
+        return max(0.2, self.ack_wait_s / 2)
+
+
+HISTORY_MD = ConsumerSpec(
+    MARKET_DATA.name, "history_writer_md", "marketbus history writer: md.> (shared by every writer instance)",
+    max_ack_pending=100_000,
+    # a writer holds batches of thousands; a crash-looping writer must not exhaust a message's
+    # deliveries before a healthy one gets it, so the backstop is higher than the default
+    max_deliver=10,
+)
+HISTORY_REF = HISTORY_MD.with_(stream=REFERENCE.name, durable="history_writer_ref",
+                               description="marketbus history writer: ref.> (shared by every writer instance)")
+HISTORY_STATUS = HISTORY_MD.with_(stream=STATUS.name, durable="history_writer_status",
+                                  filter_subject=subjects.ALL_FEED_STATUS,
+                                  description="marketbus history writer: feed status (gaps, resyncs)")
+ORDER_ROUTER_COMMANDS = ConsumerSpec(
+    ORDER_COMMANDS.name, "order_router", "marketbus order router: order commands (work queue, shared by every instance)",
+    filter_subject=subjects.ALL_ORDER_COMMANDS, max_deliver=5, backoff_s=(1.0, 2.0, 4.0, 8.0),
+)
+
+CONSUMERS: tuple[ConsumerSpec, ...] = (HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ORDER_ROUTER_COMMANDS)
+
+# fields a running consumer can be changed in place (the server refuses the others)
+_UPDATABLE = ("ack_wait", "max_deliver", "max_ack_pending", "description", "max_waiting")
+
+
+def _differs(current: ConsumerConfig, wanted: ConsumerConfig) -> list[str]:
+    return [f for f in _UPDATABLE if getattr(current, f) != getattr(wanted, f)]
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> ConsumerInfo:
-    """Create the durable consumer when it does not exist; an existing one is left as it is."""
+    """Create the durable consumer of ``spec`` if it is missing, bring an existing one to the
+    spec's redelivery policy; safe to call from several instances at once. Returns its info."""
+    wanted = spec.config()
     try:
-        return await js.consumer_info(spec.stream, spec.durable)
+        info = await js.consumer_info(spec.stream, spec.durable)
     except NotFoundError:
-        info = await js.add_consumer(spec.stream, spec.config())
-        log.info("created consumer %s on %s", spec.durable, spec.stream)
-        return info
+        try:
+            info = await js.add_consumer(spec.stream, wanted)
+            log.info("created consumer %s on %s", spec.durable, spec.stream)
+            return info
+        except BadRequestError:
+            # another instance created it between our two calls
+            return await js.consumer_info(spec.stream, spec.durable)
+    changed = _differs(info.config, wanted)
+    if changed:
+        # an older release made it with another policy (e.g. ack_wait 60 s, unbounded deliveries)
+        try:
+            info = await js.add_consumer(spec.stream, wanted)
+            log.info("updated consumer %s on %s: %s", spec.durable, spec.stream, ", ".join(changed))
+        except BadRequestError as exc:  # e.g. a server too old to update it: keep it as it is
+            log.warning("consumer %s on %s differs from its spec (%s) and could not be updated: %s",
+                        spec.durable, spec.stream, ", ".join(changed), exc.description)
+    return info
+
+
+async def bind_consumer(js: JetStreamContext, spec: ConsumerSpec, *, retry_s: float = 2.0) -> ConsumerInfo:
+    """What a service calls at start: the provisioned consumer of ``spec``.
+
+    Provisioning (``marketbus provision``, run by ``marketbus up`` and compose first) creates every
+    consumer of :data:`CONSUMERS`; a service's identity may only read and ack its own. Where the
+    consumer is missing, the service tries to create it (an admin identity or a server without
+    auth may: a test's own durable); when that is refused it waits, saying what to run.
+    """
+    import asyncio
+
+    said = False
+    while True:
+        try:
+            return await js.consumer_info(spec.stream, spec.durable)
+        except NotFoundError:
+            pass
+        try:
+            return await ensure_consumer(js, spec)
+        except Exception as exc:  # noqa: BLE001 - refused (no right to create it), or no stream yet
+            if not said:
+                log.warning("consumer %s on %s not provisioned (%s): run `marketbus provision`; waiting",
+                            spec.durable, spec.stream, type(exc).__name__)
+                said = True
+        await asyncio.sleep(retry_s)

@@ -130,6 +130,13 @@ class KindSchema:
         ])
         self._defaults = {name: (f.default if f.default is not msgspec.NODEFAULT else None)
                           for f in msgspec.structs.fields(event_type) for name in [f.name]}
+        # what the fast path checks itself (Arrow reads any string): decimal text and literal values
+        self.decimals = [name for name, ck, _ in self.fields if ck == "decimal"]
+        self.literals: dict[str, pa.Array] = {}
+        for f in msgspec.structs.fields(event_type):
+            _, inner = _is_optional(f.type)
+            if typing.get_origin(inner) is typing.Literal:
+                self.literals[f.name] = pa.array([str(v) for v in typing.get_args(inner)], pa.string())
 
     # --- events <-> rows --------------------------------------------------------------------
     def rows_to_table(self, rows: Sequence[Any], stream: str, seqs: Sequence[int], idxs: Sequence[int]) -> pa.Table:
@@ -223,6 +230,24 @@ def _validate(table: pa.Table, schema: KindSchema, batch: bool) -> str | None:
     return None
 
 
+# plain decimal text; anything else (NaN, Infinity, ".5", garbage) goes to the strict path, where
+# the contract decides
+_DECIMAL_TEXT = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+
+
+def _values_ok(cols: dict[str, Any], schema: KindSchema) -> bool:
+    """The decimal and literal columns hold what the contract would accept (nulls are checked
+    elsewhere); False sends the messages to the strict, per-message path."""
+    for name in schema.decimals:
+        if pc.any(pc.invert(pc.match_substring_regex(cols[name], _DECIMAL_TEXT))).as_py():
+            return False
+    for name, allowed in schema.literals.items():
+        col = cols[name]
+        if pc.any(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=allowed)))).as_py():
+            return False
+    return True
+
+
 def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> pa.Table | None:
     """Parse many messages of one flat kind with Arrow's JSON reader; None if anything is off."""
     if any(b"\n" in m.data for m in msgs):
@@ -258,6 +283,8 @@ def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> pa.Table
         cols = {name: parsed.column(name) for name in schema.json_schema.names}
         seqs = np.fromiter((m.seq for m in msgs), np.int64, len(msgs))
         idxs = np.zeros(len(msgs), np.int32)
+    if not _values_ok(cols, schema):
+        return None
     n = len(seqs)
     arrays = []
     for name, ck, required in schema.fields:

@@ -15,8 +15,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-import msgspec
-from faststream.nats import NatsMessage
 
 import nats.errors
 
@@ -38,6 +36,10 @@ class IngestSettings(ServiceSettings, kw_only=True):
     batch_max_events: int = 5000  # events per batch envelope (replays, backfills, vendor pages)
 
 
+async def _raw_body(msg: Any) -> bytes:
+    return msg.body
+
+
 class ReplayUnsupported(Exception):
     """Raised by :meth:`Ingestor.replay` when the vendor cannot replay what was asked."""
 
@@ -54,9 +56,10 @@ class Ingestor(Service):
         self._metric_children: dict[type, tuple[Any, Any, bool]] = {}
         self.publishing_blocked: str | None = None
 
-        @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}")
-        async def on_replay(msg: NatsMessage) -> bytes:
-            return codec.encode(await self._handle_replay(msg.body))
+        # decoder: the raw body (FastStream's own JSON decoding raises on hostile input, no reply)
+        @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}", decoder=_raw_body)
+        async def on_replay(body: bytes) -> bytes:
+            return codec.encode(await self._handle_replay(body))
 
     async def start(self) -> Ingestor:
         await super().start()
@@ -102,8 +105,8 @@ class Ingestor(Service):
     async def _handle_replay(self, body: bytes) -> ReplayReply:
         try:
             request = codec.decode_as(body, ReplayRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return ReplayReply(request_id="", accepted=False, reason=f"bad replay request: {exc}")
+        except Exception as exc:  # noqa: BLE001 - whatever the payload: an error reply, never no reply
+            return ReplayReply(request_id="", accepted=False, reason=f"bad replay request: {exc}"[:1000])
         if request.source != self.source:
             return ReplayReply(request_id=request.request_id, accepted=False, reason=f"this is the {self.source} ingestor")
         if request.end_ns <= request.start_ns:
