@@ -151,14 +151,12 @@ class HistoryWriter(Service):
     def store_failed(self, reason: str) -> None:
         """The store cannot write: /healthz says so (503, with the reason) until it recovers."""
         self.store_problem = reason
-        if self.state == "running":
-            self.state = "degraded"
+        self.unhealthy("store", f"store unavailable: {reason}")
 
     def store_recovered(self) -> None:
         if self.store_problem is not None:
             self.store_problem = None
-            if self.state == "degraded":
-                self.state = "running"
+            self.healthy("store")
 
     async def on_stop(self) -> None:
         for intake in self.intakes:
