@@ -157,7 +157,7 @@ HISTORY_WRITER = Identity(
 ORDER_ROUTER = Identity(
     name="order_router", description="order commands -> Digitex; order lifecycle events",
     publish=(*ORDER_EVENT_SUBJECTS, *_own_status("order_router"), *stream_info(ORDERS_CMD, ORDERS_EVT, STATUS, DLQ),
-             *durable(ORDERS_CMD, consumer_decls.ORDER_ROUTER.durable),
+             *durable(ORDERS_CMD, consumer_decls.ORDER_ROUTER_COMMANDS.durable),
              *kv_write(streams.ORDER_IDEMPOTENCY.name), *kv_write(streams.ORDER_STATE.name),
              *kv_write(streams.ROUTER_CONTROL.name),
              # command acks go to the operator's inbox named in the command's Marketbus-Reply-To header
