@@ -217,6 +217,12 @@ def _rule_of(tp: Any) -> tuple[Rule | None, bool, bool, Any]:
             return None, optional, many, None
 
 
+def rule_of(tp: Any) -> tuple[Rule | None, bool, bool, Any]:
+    """``(rule, optional, is a list of it, literal values)`` of a field's annotation: what other
+    checkers of the same invariants (the history's vectorized Arrow checks) derive theirs from."""
+    return _rule_of(tp)
+
+
 def _fail(cls_name: str, field: str, describe: str, value: Any, exc: BaseException | None = None) -> InvariantError:
     text = repr(value)
     if len(text) > 80:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import io
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, Union
 
@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from marketbus.contracts import codec
+from marketbus.contracts import codec, invariants
 from marketbus.contracts.base import Event
 from marketbus.contracts.market import MARKET_TYPES
 from marketbus.contracts.reference import REFERENCE_TYPES
@@ -79,6 +79,53 @@ def _column_kind(tp: Any) -> str:
 
 _ARROW = {"int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "decimal": pa.string(), "json": pa.string()}
 _ROW_TYPES = {"int": int, "bool": bool, "str": str, "decimal": str, "json": msgspec.Raw}
+
+
+ArrowCheck = Callable[[Any], Any]
+"""A vectorized invariant: an Arrow column -> a boolean column, true where a value breaks it
+(null where the value is null: nulls are checked against ``required`` apart)."""
+
+
+def _not_matching(pattern: str) -> ArrowCheck:
+    return lambda col: pc.invert(pc.match_substring_regex(col, pattern))
+
+
+def _longer_than(limit: int) -> ArrowCheck:
+    return lambda col: pc.greater(pc.utf8_length(col), limit)
+
+
+def _negative(col: Any) -> Any:
+    return pc.less(col, 0)
+
+
+# Decimal text the fast path accepts: no exponent, at most 18 integer digits (|x| < 1e18) and 20
+# decimal places (so at most 38 digits, and no non-zero |x| < 1e-30). It is a subset of what the
+# contracts accept: anything else ("1E-18", NaN, a 1e30) goes to the strict path, where the
+# contract decides.
+_PLAIN_DECIMAL = r"[0-9]{1,18}(\.[0-9]{1,20})?"
+_SOME_NON_ZERO_DIGIT = "[1-9]"
+
+
+def _not_positive(col: Any) -> Any:
+    return pc.or_(_not_matching(f"^{_PLAIN_DECIMAL}$")(col), _not_matching(_SOME_NON_ZERO_DIGIT)(col))
+
+
+ARROW_CHECKS: dict[str, ArrowCheck | None] = {
+    invariants.POSITIVE.name: _not_positive,  # > 0: unsigned, some non-zero digit
+    invariants.NON_NEGATIVE.name: _not_matching(f"^{_PLAIN_DECIMAL}$"),  # >= 0: unsigned ("-0" refused)
+    invariants.SIGNED.name: _not_matching(f"^-?{_PLAIN_DECIMAL}$"),
+    invariants.NANOS.name: _negative,  # the int64 column holds the upper bound
+    invariants.COUNT.name: _negative,
+    invariants.INT64.name: None,  # the int64 column is the rule
+    invariants.TOKEN.name: _not_matching(f"^{invariants.TOKEN_CHARS}{{1,{invariants.MAX_TOKEN}}}$"),
+    invariants.SELECTOR.name: _not_matching(f"^{invariants.SELECTOR_CHARS}{{1,{invariants.MAX_TOKEN}}}$"),
+    invariants.ID.name: _not_matching(f"^{invariants.ID_CHARS}{{1,{invariants.MAX_ID}}}$"),
+    invariants.CLIENT_ID.name: _not_matching(f"^{invariants.ID_CHARS}{{1,{invariants.MAX_CLIENT_ID}}}$"),
+    invariants.LABEL.name: _longer_than(invariants.MAX_LABEL),
+    invariants.TEXT.name: _longer_than(invariants.MAX_TEXT),
+}
+"""Every contract :class:`~marketbus.contracts.invariants.Rule`, as an Arrow check (a new rule
+must be added here: building the schemas fails on a rule it does not know)."""
 
 
 class KindSchema:
@@ -130,13 +177,20 @@ class KindSchema:
         ])
         self._defaults = {name: (f.default if f.default is not msgspec.NODEFAULT else None)
                           for f in msgspec.structs.fields(event_type) for name in [f.name]}
-        # what the fast path checks itself (Arrow reads any string): decimal text and literal values
+        # what the fast path checks itself (Arrow reads any string, any int64): the contract's
+        # invariants of each flat field, as vectorized checks, and the literal values
         self.decimals = [name for name, ck, _ in self.fields if ck == "decimal"]
         self.literals: dict[str, pa.Array] = {}
-        for f in msgspec.structs.fields(event_type):
-            _, inner = _is_optional(f.type)
-            if typing.get_origin(inner) is typing.Literal:
-                self.literals[f.name] = pa.array([str(v) for v in typing.get_args(inner)], pa.string())
+        self.checks: list[tuple[str, ArrowCheck]] = []
+        hints = typing.get_type_hints(event_type, include_extras=True)
+        for name, ck, _ in self.fields:
+            rule, _, many, literal = invariants.rule_of(hints[name])
+            if literal is not None:
+                self.literals[name] = pa.array([str(v) for v in literal], pa.string())
+            elif rule is not None and not many and ck != "json":
+                check = ARROW_CHECKS[rule.name]
+                if check is not None:
+                    self.checks.append((name, check))
 
     # --- events <-> rows --------------------------------------------------------------------
     def rows_to_table(self, rows: Sequence[Any], stream: str, seqs: Sequence[int], idxs: Sequence[int]) -> pa.Table:
@@ -230,28 +284,30 @@ def _validate(table: pa.Table, schema: KindSchema, batch: bool) -> str | None:
     return None
 
 
-# plain decimal text; anything else (NaN, Infinity, ".5", garbage) goes to the strict path, where
-# the contract decides
-_DECIMAL_TEXT = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+def _row_faults(cols: dict[str, Any], schema: KindSchema) -> np.ndarray:
+    """Which rows break a contract invariant (a missing required value, a literal out of its
+    set, a value out of its rule): those messages go to the strict, per-message path."""
+    faults: Any = None
+    checks: list[Any] = [pc.is_null(cols[name]) for name, _, required in schema.fields if required]
+    checks += [pc.and_(pc.is_valid(cols[name]), pc.invert(pc.is_in(cols[name], value_set=allowed)))
+               for name, allowed in schema.literals.items()]
+    checks += [check(cols[name]) for name, check in schema.checks]
+    for bad in checks:
+        bad = pc.fill_null(bad, False)
+        faults = bad if faults is None else pc.or_(faults, bad)
+    if faults is None:
+        return np.zeros(len(next(iter(cols.values()))), bool)
+    return np.asarray(pc.fill_null(faults, False).to_numpy(zero_copy_only=False), bool)
 
 
-def _values_ok(cols: dict[str, Any], schema: KindSchema) -> bool:
-    """The decimal and literal columns hold what the contract would accept (nulls are checked
-    elsewhere); False sends the messages to the strict, per-message path."""
-    for name in schema.decimals:
-        if pc.any(pc.invert(pc.match_substring_regex(cols[name], _DECIMAL_TEXT))).as_py():
-            return False
-    for name, allowed in schema.literals.items():
-        col = cols[name]
-        if pc.any(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=allowed)))).as_py():
-            return False
-    return True
+def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> tuple[pa.Table | None, list[Message]]:
+    """Parse many messages of one flat kind with Arrow's JSON reader.
 
-
-def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> pa.Table | None:
-    """Parse many messages of one flat kind with Arrow's JSON reader; None if anything is off."""
+    Returns the table of the messages whose every event holds the contract's invariants, and the
+    messages to decode one at a time (all of them when the group cannot be parsed at all).
+    """
     if any(b"\n" in m.data for m in msgs):
-        return None  # pretty-printed JSON: not one message per line
+        return None, msgs  # pretty-printed JSON: not one message per line
     buf = b"\n".join(m.data for m in msgs)
     try:
         parsed = pj.read_json(
@@ -264,33 +320,43 @@ def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> pa.Table
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
+        return None, msgs
     if parsed.num_rows != len(msgs) or _validate(parsed, schema, batch):
-        return None
+        return None, msgs
     if batch:
         events_col = parsed.column("events")
         if events_col.null_count:
-            return None
+            return None, msgs
         lengths = pc.list_value_length(events_col).to_numpy(zero_copy_only=False)
         flat = pa.concat_arrays([c.flatten() for c in events_col.chunks]) if events_col.num_chunks else pa.array([], events_col.type.value_type)
         cols = {name: flat.field(name) for name in schema.json_schema.names}
         seqs = np.repeat(np.fromiter((m.seq for m in msgs), np.int64, len(msgs)), lengths)
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
         idxs = (np.arange(int(lengths.sum()), dtype=np.int64) - starts).astype(np.int32)
+        msg_of_row = np.repeat(np.arange(len(msgs)), lengths)
         if pc.any(pc.not_equal(cols["type"], schema.kind)).as_py():
-            return None
+            return None, msgs
     else:
         cols = {name: parsed.column(name) for name in schema.json_schema.names}
         seqs = np.fromiter((m.seq for m in msgs), np.int64, len(msgs))
         idxs = np.zeros(len(msgs), np.int32)
-    if not _values_ok(cols, schema):
-        return None
+        msg_of_row = np.arange(len(msgs))
+    faults = _row_faults(cols, schema)
+    rejected: list[Message] = []
+    if faults.any():
+        # a message with one bad event goes to the strict path whole (it dead-letters it)
+        bad_msgs = np.unique(msg_of_row[faults])
+        rejected = [msgs[i] for i in bad_msgs]
+        keep = ~np.isin(msg_of_row, bad_msgs)
+        if not keep.any():
+            return None, rejected
+        mask = pa.array(keep)
+        cols = {name: col.filter(mask) for name, col in cols.items()}
+        seqs, idxs = seqs[keep], idxs[keep]
     n = len(seqs)
     arrays = []
     for name, ck, required in schema.fields:
         col = cols[name]
-        if required and col.null_count:
-            return None  # a required field is missing: let the strict path find out which
         if not required and col.null_count:
             default = schema._defaults.get(name)
             if default is not None:
@@ -302,8 +368,9 @@ def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> pa.Table
     arrays.append(pa.array(seqs, pa.int64()))
     arrays.append(pa.array(idxs, pa.int32()))
     # columns keep the JSON reader's chunks (one per parsed block): no copy
-    return pa.Table.from_arrays([a if isinstance(a, pa.ChunkedArray) else pa.chunked_array([a]) for a in arrays],
-                                schema=schema.schema)
+    table = pa.Table.from_arrays([a if isinstance(a, pa.ChunkedArray) else pa.chunked_array([a]) for a in arrays],
+                                 schema=schema.schema)
+    return table, rejected
 
 
 def _strict(msgs: list[Message], out: dict[str, list[tuple[Any, int, int]]], bad: list[tuple[Message, str]]) -> None:
@@ -349,10 +416,9 @@ def decode_messages(msgs: Iterable[Message], stream: str) -> Decoded:
     rows: dict[str, list[tuple[Any, int, int]]] = {}
     for (kind, batch), group in groups.items():
         schema = SCHEMAS[kind]
-        table = None if schema.nested else _flat_fast(group, schema, batch)
-        if table is None:
-            unknown.extend(group)
-        else:
+        table, rejected = (None, group) if schema.nested else _flat_fast(group, schema, batch)
+        unknown.extend(rejected)
+        if table is not None:
             tables.setdefault(kind, []).append(table)
     if unknown:
         unknown.sort(key=lambda m: (m.stream, m.seq))
