@@ -38,6 +38,25 @@ from .validation import (
 
 Command = Union[PlaceOrder, CancelOrders, UpdateOrder]
 _command_decoder = msgspec.json.Decoder(Command)
+
+
+class _CommandIdOnly(msgspec.Struct):
+    """What a refused command's reply can still use: its command id, read from the raw JSON."""
+
+    command_id: str = ""
+
+
+_command_id_decoder = msgspec.json.Decoder(_CommandIdOnly)
+
+
+def _salvaged_command_id(data: bytes) -> str:
+    """The command id of a payload the contracts refuse (a 10 KB client id, a quantity of 1e30),
+    so the requester can tell which command was refused; "" when it has none usable."""
+    try:
+        command_id = _command_id_decoder.decode(data).command_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+    return command_id if 0 < len(command_id) <= MAX_COMMAND_ID else ""
 _json = msgspec.json.Encoder(decimal_format="string")
 MAX_CONTROL_REASON = 1_000
 
@@ -265,7 +284,10 @@ class OrderRouter(Service):
             with contextlib.suppress(Exception):
                 await msg.term()
             # the requester gets its command id back when that id at least is usable
-            command_id = cmd.command_id if cmd is not None and 0 < len(cmd.command_id) <= MAX_COMMAND_ID else ""
+            if cmd is not None:
+                command_id = cmd.command_id if 0 < len(cmd.command_id) <= MAX_COMMAND_ID else ""
+            else:
+                command_id = _salvaged_command_id(msg.data)
             await self._reply(reply_to, CommandAck(command_id=command_id, accepted=False, reason=problem))
             return
         try:

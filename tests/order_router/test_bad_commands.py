@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from marketbus.contracts import DeadLetter, codec
+from marketbus.contracts import CommandAck, DeadLetter, codec
 from services.order_router import requests as rq
 from tests.helpers import wait_for
 
@@ -45,18 +45,41 @@ async def _still_routes(env: Any) -> None:
     await wait_for(lambda: "accepted" in env.bus.states(good.client_id), 10, what="the good order accepted")
 
 
+async def _send_raw(env: Any, cmd: Any, **fields: Any) -> CommandAck:
+    """Send ``cmd`` with ``fields`` replaced in its JSON by values its contract refuses (the
+    contracts refuse to build them; anyone publishing on orders.cmd.> can send them) and return
+    the router's acknowledgement."""
+    data = msgspec.json.encode({**msgspec.to_builtins(cmd), **fields})
+    inbox = env.nc.new_inbox()
+    sub = await env.nc.subscribe(inbox, max_msgs=1)
+    try:
+        await env.nc.jetstream().publish(rq.command_subject(cmd), data, headers=rq.command_headers(cmd, reply_to=inbox))
+        reply = await sub.next_msg(timeout=10)
+    finally:
+        await sub.unsubscribe()
+    return codec.decode_as(reply.data, CommandAck)
+
+
 async def test_a_quantity_beyond_decimal_precision_is_rejected_with_a_reason(env) -> None:  # noqa: ANN001
-    """quantity 1e30: the lot-size check used to raise InvalidOperation, and the command was nak'd for ever."""
-    # limits that let 1e30 through to the arithmetic (the default maximum refuses it before)
+    """quantity 1e30: the lot-size check used to raise InvalidOperation, and the command was nak'd
+    for ever. The contract now refuses it on the wire (dead-lettered, refused by its command id);
+    1e-30, which the contract allows, is refused by the lot-size check with a rejected order."""
+    # limits that would let 1e30 through to the arithmetic (the default maximum refuses it before)
     router = await env.router(max_quantity=Decimal("1e40"), max_order_notional=Decimal("1e60"),
                               max_position=Decimal("1e60"))
+    letters = await _letters(env)
     bid, _ = await env.mid(1)
-    for quantity, words in (("1e30", "InvalidOperation"), ("1e50", "maximum"), ("1e-30", "lot size")):
-        cmd = rq.place(BTC, "buy", quantity, bid - 200)
-        ack = await rq.send_command(env.nc, cmd, timeout=10)
-        assert ack is not None and not ack.accepted and words in ack.reason, ack
-        await wait_for(lambda: env.bus.states(cmd.client_id) == ["rejected"], 5, what="the rejected order event")
-        assert words in env.bus.orders(cmd.client_id)[0].reason
+    for i, quantity in enumerate(("1e30", "1e50", "-1", "NaN")):
+        cmd = rq.place(BTC, "buy", 1, bid - 200, command_id=f"huge-{i}")
+        ack = await _send_raw(env, cmd, quantity=quantity)
+        assert not ack.accepted and "quantity" in ack.reason and ack.command_id == f"huge-{i}", ack
+    await wait_for(lambda: len(letters.items) == 4, 5, what="4 dead letters")
+    assert all("quantity" in letter.reason for letter in letters.items)
+    cmd = rq.place(BTC, "buy", "1e-30", bid - 200)
+    ack = await rq.send_command(env.nc, cmd, timeout=10)
+    assert ack is not None and not ack.accepted and "lot size" in ack.reason, ack
+    await wait_for(lambda: env.bus.states(cmd.client_id) == ["rejected"], 5, what="the rejected order event")
+    assert "lot size" in env.bus.orders(cmd.client_id)[0].reason
     await wait_for(lambda: _queue_settled(env, router), 5, what="nothing left unacked")
     await _still_routes(env)
 
@@ -67,9 +90,8 @@ async def test_an_oversized_client_id_is_refused_and_the_router_stays_connected(
     letters = await _letters(env)
     bid, _ = await env.mid(1)
     for i, client_id in enumerate(("a" * 10_000, "has space", "dot.ted", "star*", "")):
-        bad = msgspec.structs.replace(rq.place(BTC, "buy", 1, bid - 200), client_id=client_id, command_id=f"bad-{i}")
-        ack = await rq.send_command(env.nc, bad, timeout=10)
-        assert ack is not None and not ack.accepted and "client_id" in ack.reason, ack
+        ack = await _send_raw(env, rq.place(BTC, "buy", 1, bid - 200, command_id=f"bad-{i}"), client_id=client_id)
+        assert not ack.accepted and "client_id" in ack.reason, ack
         assert ack.command_id == f"bad-{i}"  # the requester can tell which command it was
     await wait_for(lambda: len(letters.items) == 5, 5, what="5 dead letters")
     assert all("client_id" in letter.reason and letter.subject.startswith("orders.cmd.") for letter in letters.items)
