@@ -16,7 +16,8 @@ from faststream.nats import NatsMessage
 from prometheus_client import Counter, Histogram
 
 from marketbus.contracts import codec, subjects
-from marketbus.contracts.jobs import CoverageQuery, CoverageReply, HistoryChunk, HistoryQuery
+from marketbus.contracts.errors import BAD_REQUEST, ErrorReply
+from marketbus.contracts.jobs import CoverageQuery, HistoryQuery
 from marketbus.contracts.consumers import HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ConsumerSpec
 from marketbus.runtime.metrics import LATENCY_BUCKETS, ServiceMetrics
 from marketbus.runtime.service import Service
@@ -47,12 +48,13 @@ async def _raw(msg: Any) -> Any:
     return msg.body
 
 
-def _decoded(body: bytes, kind: type) -> tuple[Any, str | None]:
-    """(request, None) or (None, why it is not one): a malformed request gets an error reply."""
+def _decoded(body: bytes, kind: type) -> tuple[Any, bytes | None]:
+    """(request, None) or (None, the encoded ErrorReply to answer with): a malformed request gets
+    a ``bad_request`` error reply, the one error shape of the bus."""
     try:
         return codec.decode_as(body, kind), None
     except Exception as exc:  # noqa: BLE001 - whatever the payload: answered, never raised
-        return None, f"bad request: {exc}"[:1000]
+        return None, codec.encode(ErrorReply(code=BAD_REQUEST, message=f"bad request: {exc}"[:1000]))
 
 
 class HistoryWriter(Service):
@@ -76,7 +78,7 @@ class HistoryWriter(Service):
             self.metrics.queries.labels("query").inc()
             query, problem = _decoded(body, HistoryQuery)
             if problem:
-                return codec.encode(HistoryChunk(events=[], last=True, error=problem))
+                return problem
             chunks = serve_query(self.store, query, max_rows=self.settings.query_max_rows,
                                  max_chunk_bytes=self.settings.query_max_chunk_bytes)
             last = None
@@ -92,7 +94,7 @@ class HistoryWriter(Service):
             self.metrics.queries.labels("coverage").inc()
             query, problem = _decoded(body, CoverageQuery)
             if problem:
-                return codec.encode(CoverageReply(streams=[], error=problem))
+                return problem
             return codec.encode(await serve_coverage(self.store, query, self.max_gap_ns))
 
     def consumer_specs(self) -> list[ConsumerSpec]:

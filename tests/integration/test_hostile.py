@@ -30,6 +30,7 @@ import pytest
 
 from marketbus.contracts import DeadLetter, codec, subjects
 from marketbus.contracts.ids import event_id
+from marketbus.contracts.errors import SERVER_CODES, ErrorReply
 from marketbus.contracts.jobs import CoverageReply, ExportRequest, HistoryChunk, ReplayReply, StreamSelector
 from marketbus.contracts.orders import CommandAck
 from marketbus.contracts.reference import Instrument
@@ -269,6 +270,11 @@ async def _order_families(nc: Any, js: Any, bus: Bus, router: OrderRouter, sandb
     def place(**changes: Any) -> Any:
         return msgspec.structs.replace(rq.place(market, "buy", 1, price), **changes)
 
+    def raw(cmd: Any, **values: Any) -> bytes:
+        """``cmd``'s JSON with ``values`` the contract may refuse (it refuses to build them in
+        Python; anyone publishing on orders.cmd.> can send them)."""
+        return msgspec.json.encode({**msgspec.to_builtins(cmd), **values})
+
     dead_payloads = [BAD_JSON, BAD_UTF8, b"", DEEP, b'{"type":"launch_rocket","command_id":"x","ts":1}',
                      b'{"type":"place_order","command_id":"x"}', b"x" * (nc.max_payload - 4096)]
     cmd = place()
@@ -276,20 +282,22 @@ async def _order_families(nc: Any, js: Any, bus: Bus, router: OrderRouter, sandb
     dead_payloads += [mutate(data, "quantity", str(cmd.quantity), "[1]"), mutate(data, "side", "buy", '"both"'),
                       with_extra(data, DEEP)]
     for client_id in ("c" * 10_000, "with space", "a.b", "gt>", ""):
-        dead_payloads.append(codec.encode(place(client_id=client_id, command_id=f"cid-{uuid.uuid4()}")))
-    # (command, its payload, words in the reason): refused with a rejected order event
+        dead_payloads.append(raw(place(command_id=f"cid-{uuid.uuid4()}"), client_id=client_id))
+    # (command, its payload, words in the reason): refused with a rejected order event when the
+    # contract accepts the values (the router's own checks refuse them), dead-lettered when not
     rejected: list[tuple[Any, bytes, str]] = []
-    for quantity, words in (("1e30", "maximum"), ("NaN", "positive"), ("-1", "positive"), ("0", "positive"),
-                            ("Infinity", "positive"), ("1e-30", "lot size")):
-        cmd = place(quantity=Decimal(quantity), client_id=rq.new_id())
-        rejected.append((cmd, codec.encode(cmd), words))
-    for bad_price in ("-5", "0", "NaN"):
-        cmd = place(price=Decimal(bad_price), client_id=rq.new_id())
-        rejected.append((cmd, codec.encode(cmd), "price"))
+    for field, value, words in (("quantity", "1e30", "maximum"), ("quantity", "NaN", "positive"),
+                                ("quantity", "-1", "positive"), ("quantity", "0", "positive"),
+                                ("quantity", "Infinity", "positive"), ("quantity", "1e-30", "lot size"),
+                                ("price", "-5", "price"), ("price", "0", "price"), ("price", "NaN", "price")):
+        cmd = place(client_id=rq.new_id())
+        rejected.append((cmd, raw(cmd, **{field: value}), words))
     cmd = place(market="FS-NOPE", client_id=rq.new_id())
     rejected.append((cmd, codec.encode(cmd), "unknown market"))
     cmd = place(client_id=rq.new_id())
     rejected.append((cmd, mutate(codec.encode(cmd), "leverage", 1, str(2**70)), "leverage"))
+    dead_payloads += [payload for _, payload, _ in rejected if contract_refuses(payload)]
+    rejected = [(cmd, payload, words) for cmd, payload, words in rejected if not contract_refuses(payload)]
     goods = [place(client_id=rq.new_id()) for _ in range(3)]
 
     for i, payload in enumerate(dead_payloads):
@@ -314,9 +322,9 @@ async def _order_families(nc: Any, js: Any, bus: Bus, router: OrderRouter, sandb
         assert letter is not None and letter.service == "order_router" and letter.reason
     await wait_for(lambda: all(states(c.client_id) == ["rejected"] for c, _, _ in rejected), 20,
                    what="a rejected order event for every invalid order")
-    for cmd, _, words in rejected:
+    for cmd, payload, words in rejected:
         event = next(e for e in bus.orders if getattr(e, "client_id", None) == cmd.client_id)
-        assert event.reason and words in event.reason, (cmd.quantity, cmd.price, event.reason)
+        assert event.reason and words in event.reason, (msgspec.json.decode(payload), event.reason)
     await wait_for(lambda: all("accepted" in states(c.client_id) for c in goods), 20, what="the good orders accepted")
     if contract_refuses(codec.encode(future), 999):
         await wait_for(lambda: bus.dead(codec.encode(future), "order_router"), 10, what="the future-version command dead-lettered")
@@ -338,38 +346,34 @@ async def _request_families(nc: Any, max_payload: int) -> None:
     huge = b'{"type":"x","pad":"' + b"p" * (max_payload - 4096) + b'"}'
     junk = [BAD_JSON, BAD_UTF8, b"", DEEP, huge, b'{"type":"unknown_request"}', b"[1,2,3]", b'"just a string"']
 
-    def chunk_error(data: bytes) -> str | None:
-        return codec.decode_as(data, HistoryChunk).error
-
-    def coverage_error(data: bytes) -> str | None:
-        return codec.decode_as(data, CoverageReply).error
-
-    def ack_refusal(data: bytes) -> str | None:
-        ack = codec.decode_as(data, CommandAck)
-        return ack.reason if not ack.accepted else None
-
-    def export_error(data: bytes) -> str | None:
-        return msgspec.json.decode(data).get("error")
-
-    def replay_refusal(data: bytes) -> str | None:
-        reply = codec.decode_as(data, ReplayReply)
+    def refused(data: bytes) -> str | None:
+        """The reason of an ErrorReply (the one error shape of every request subject), or of a
+        reply type's own refusal (a CommandAck or ReplayReply not accepted)."""
+        reply_type = {"error_reply": ErrorReply, "command_ack": CommandAck, "replay_reply": ReplayReply}.get(
+            msgspec.json.decode(data).get("type"))
+        if reply_type is None:
+            return None
+        reply = codec.decode_as(data, reply_type)
+        if isinstance(reply, ErrorReply):
+            assert reply.code in SERVER_CODES, reply
+            return f"{reply.code}: {reply.message}"
         return reply.reason if not reply.accepted else None
 
     query = make_query("trade.*.*.*", 0, 2**62)
     families: list[tuple[str, list[bytes], Callable[[bytes], str | None]]] = [
         (subjects.HISTORY_QUERY, [*junk, mutate(codec.encode(query), "start_ns", 0, str(2**70)),
                                   mutate(codec.encode(query), "limit", query.limit, '"all"'),
-                                  codec.encode(msgspec.structs.replace(query, cursor="!!not a cursor!!"))], chunk_error),
-        (subjects.HISTORY_COVERAGE, junk, coverage_error),
+                                  codec.encode(msgspec.structs.replace(query, cursor="!!not a cursor!!"))], refused),
+        (subjects.HISTORY_COVERAGE, junk, refused),
         (subjects.ORDER_CONTROL, [*junk, b'{"type":"router_control","action":"explode","ts":1}',
                                   b'{"type":"router_control","action":"halt","ts":1,"reason":"' + b"r" * 10_000 + b'"}'],
-         ack_refusal),
+         refused),
         (subjects.EXPORT_CREATE, [*junk, codec.encode(ExportRequest(
-            idempotency_key="k" * 10, selector=StreamSelector(kind="nope"), start_ns=10, end_ns=5))], export_error),
-        (subjects.EXPORT_GET, [BAD_UTF8, DEEP, b'{"job_id":' + b"1" * 400 + b"}", b'"' + b"j" * 100_000 + b'"'], export_error),
-        (subjects.EXPORT_CANCEL, [BAD_UTF8, DEEP, b'"no-such-job"'], export_error),
+            idempotency_key="k" * 10, selector=StreamSelector(kind="nope"), start_ns=10, end_ns=5))], refused),
+        (subjects.EXPORT_GET, [BAD_UTF8, DEEP, b'{"job_id":' + b"1" * 400 + b"}", b'"' + b"j" * 100_000 + b'"'], refused),
+        (subjects.EXPORT_CANCEL, [BAD_UTF8, DEEP, b'"no-such-job"'], refused),
         (subjects.replay("digitex"), [*junk, b'{"type":"replay_request","request_id":"r","source":"finx","venue":"v",'
-                                             b'"symbol":"s","kind":"trade","start_ns":1,"end_ns":2}'], replay_refusal),
+                                             b'"symbol":"s","kind":"trade","start_ns":1,"end_ns":2}'], refused),
     ]
     for subject, bodies, error_of in families:
         for body in bodies:

@@ -149,8 +149,12 @@ async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered_and_
         assert letters[0][0] == b"poison" and "ValueError" in letters[0][1] and "3 deliveries" in letters[0][1]
         assert handled == [b"good-1", b"good-2"]
         await wait_for(lambda: pull.handling == 0, 5, what="handlers done")
-        info = await js.consumer_info("PULLTEST", "policy")
-        assert info.num_pending == 0 and info.num_ack_pending == 0 and info.num_redelivered == 0
+
+        async def settled() -> bool:  # the server applies the TERM asynchronously
+            info = await js.consumer_info("PULLTEST", "policy")
+            return info.num_pending == 0 and info.num_ack_pending == 0 and info.num_redelivered == 0
+
+        await wait_for(settled, 5, what="nothing pending or redelivered on the consumer")
         await asyncio.sleep(0.6)
         assert len(attempts) == 3  # terminated: never delivered again
     finally:
