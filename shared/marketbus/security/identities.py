@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from marketbus.contracts import consumers as consumer_decls
 from marketbus.contracts import streams
+from marketbus.runtime.pull import MAX_DELIVERIES_ADVISORY
 
 INBOX = "_INBOX"
 # a history query streams many chunks to one reply subject; replies stay allowed this long
@@ -68,6 +69,14 @@ def durable(stream: str, name: str) -> tuple[str, ...]:
     """Bind to and consume a provisioned durable pull consumer (no create, no delete)."""
     return (f"{API}.CONSUMER.INFO.{stream}.{name}", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}",
             f"$JS.ACK.{stream}.{name}.>")
+
+
+def max_deliveries_watch(stream: str, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(publish, subscribe) of a durable's max-deliveries watch (``runtime.pull.MaxDeliveriesWatch``):
+    the server's advisory of a message it gave up on, and reading that message back by its
+    sequence to dead-letter it."""
+    return ((f"{API}.STREAM.MSG.GET.{stream}",),
+            (MAX_DELIVERIES_ADVISORY.format(stream=stream, durable=name),))
 
 
 def _ordered_consumers(stream: str) -> tuple[str, ...]:
@@ -145,24 +154,28 @@ def _ingestor(service: str, source: str, *, extra_subscribe: tuple[str, ...] = (
     )
 
 
+_HISTORY_DURABLES = ((MD, consumer_decls.HISTORY_MD.durable), (REF, consumer_decls.HISTORY_REF.durable),
+                     (STATUS, consumer_decls.HISTORY_STATUS.durable))
+_ROUTER_DURABLE = (ORDERS_CMD, consumer_decls.ORDER_ROUTER_COMMANDS.durable)
+
 HISTORY_WRITER = Identity(
     name="history_writer", description="persists md/ref/feed-status events; answers history queries",
     publish=(*_own_status("history_writer"), *stream_info(MD, REF, STATUS, DLQ),
-             *durable(MD, consumer_decls.HISTORY_MD.durable), *durable(REF, consumer_decls.HISTORY_REF.durable),
-             *durable(STATUS, consumer_decls.HISTORY_STATUS.durable)),
-    subscribe=("history.query", "history.coverage", *_inbox("history_writer")),
+             *(p for s, d in _HISTORY_DURABLES for p in (*durable(s, d), *max_deliveries_watch(s, d)[0]))),
+    subscribe=("history.query", "history.coverage", *(a for s, d in _HISTORY_DURABLES for a in max_deliveries_watch(s, d)[1]),
+               *_inbox("history_writer")),
     allow_responses=True,
 )
 
 ORDER_ROUTER = Identity(
     name="order_router", description="order commands -> Digitex; order lifecycle events",
     publish=(*ORDER_EVENT_SUBJECTS, *_own_status("order_router"), *stream_info(ORDERS_CMD, ORDERS_EVT, STATUS, DLQ),
-             *durable(ORDERS_CMD, consumer_decls.ORDER_ROUTER_COMMANDS.durable),
+             *durable(*_ROUTER_DURABLE), *max_deliveries_watch(*_ROUTER_DURABLE)[0],
              *kv_write(streams.ORDER_IDEMPOTENCY.name), *kv_write(streams.ORDER_STATE.name),
              *kv_write(streams.ROUTER_CONTROL.name),
              # command acks go to the operator's inbox named in the command's Marketbus-Reply-To header
              f"{inbox_prefix('operator')}.>"),
-    subscribe=("orders.ctl.digitex", *_inbox("order_router")),
+    subscribe=("orders.ctl.digitex", *max_deliveries_watch(*_ROUTER_DURABLE)[1], *_inbox("order_router")),
     allow_responses=True,  # orders.ctl requests
 )
 
