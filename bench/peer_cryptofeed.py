@@ -130,7 +130,7 @@ def _finx_row(t: dict[str, Any]) -> dict[str, Any]:
     day, sod = divmod(secs, 86400)
     date = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
     return {"pair": f"{t['s'][:-4]}:USDT", "date": date,
-            "time": f"{sod // 3600:02d}:{sod % 3600 // 60:02d}:{sod % 60:02d}.{ms:03d}",
+            "time": f"{sod // 3600:02d}:{sod % 3600 // 60:02d}:{sod % 60:02d}.{ms:03d}Z",
             "exchange": "BINANCE", "price": str(t["p"])}
 
 
