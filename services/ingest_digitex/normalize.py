@@ -276,23 +276,58 @@ def exchange_info(payload: bytes | str, venue: str, ts_recv: int) -> tuple[Venue
 # --- market data ----------------------------------------------------------------------------
 def trade_id(market_id: int, vendor_trade_id: int) -> str:
     """``event_id("digitex", "trade", market_id, trade_id)``, inlined (hot path)."""
-    return blake2b(f"digitex\x1ftrade\x1f{market_id}\x1f{vendor_trade_id}".encode(), digest_size=12).hexdigest()
+    return blake2b(_id_prefix(market_id) + str(vendor_trade_id).encode(), digest_size=12).hexdigest()
+
+
+_ID_PREFIXES: dict[int, bytes] = {}
+
+
+def _id_prefix(market_id: int) -> bytes:
+    """The constant head of a market's trade ids' hashed text (the same text as ``event_id``)."""
+    prefix = _ID_PREFIXES.get(market_id)
+    if prefix is None:
+        if len(_ID_PREFIXES) >= 10_000:  # market ids are few; bounded all the same
+            _ID_PREFIXES.clear()
+        prefix = _ID_PREFIXES[market_id] = f"digitex\x1ftrade\x1f{market_id}\x1f".encode()
+    return prefix
+
+
+def _parse_dec(value: str, what: str) -> Decimal:
+    """The vendor's decimal string -> Decimal, parsed only: for a trade's price and size, whose
+    bounds the ``Trade`` contract checks itself (cached by :func:`trade_from` once it has)."""
+    try:
+        return Decimal(value)
+    except (InvalidOperation, TypeError):
+        raise Malformed(f"{what} is not a decimal: {str(value)[:60]!r}") from None
+
+
+def _remember(text: str, value: Decimal) -> None:
+    if len(_DECIMALS) >= _DECIMALS_MAX:
+        _DECIMALS.clear()
+    _DECIMALS[text] = value
 
 
 def trade_from(w: WTrade, market_id: int, symbol: str, venue: str, ts_recv: int, replay: bool = False) -> Trade:
-    tid = w.trade_id
+    tid = str(w.trade_id)
     price, size = _DECIMALS.get(w.price), _DECIMALS.get(w.base_volume)  # the usual case: seen before
+    new_price, new_size = price is None, size is None
     try:
-        return Trade(
-            id=trade_id(market_id, tid), source=SOURCE, venue=venue, symbol=symbol,
-            ts_event=w.timestamp * US, ts_recv=ts_recv, replay=replay,
-            price=dec(w.price, "price") if price is None else price,
-            size=dec(w.base_volume, "base_volume") if size is None else size,
+        trade = Trade(
+            id=blake2b(_id_prefix(market_id) + tid.encode(), digest_size=12).hexdigest(), source=SOURCE, venue=venue,
+            symbol=symbol, ts_event=w.timestamp * US, ts_recv=ts_recv, replay=replay,
+            price=_parse_dec(w.price, "price") if new_price else price,
+            size=_parse_dec(w.base_volume, "base_volume") if new_size else size,
             side=SIDES.get(w.side, "unknown"),  # type: ignore[arg-type]
-            trade_id=str(tid),
+            trade_id=tid,
         )
-    except InvariantError as exc:  # a price <= 0, a timestamp beyond int64 ns
+    except InvariantError as exc:  # a price <= 0, NaN or 1e30, a timestamp beyond int64 ns
         raise Malformed(str(exc)) from None
+    # the contract has checked them: the cache holds only decimals within the bounds (dec's rule)
+    if new_price:
+        _remember(w.price, trade.price)
+    if new_size:
+        _remember(w.base_volume, trade.size)
+    return trade
 
 
 def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, after_id: int | None = None,
