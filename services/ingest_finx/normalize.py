@@ -199,12 +199,19 @@ def tick_id(pair: str, exchange: str, ts_ns: int, price_text: str) -> str:
 
 
 def tick(row: Row, ts_recv: int, replay: bool = False) -> Tick:
-    """One tick row -> Tick (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``)."""
-    ts = day_ns(row.date) + clock_ns(row.time)
+    """One tick row -> Tick (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``). The hot path: the
+    caches of days, venues and symbols read inline (a call only for a new value)."""
+    pair, exchange, text = row.pair, row.exchange, row.price
+    day = _DAYS.get(row.date)
+    ts = (day_ns(row.date) if day is None else day) + clock_ns(row.time)
+    venue, symbol = _VENUES.get(exchange), _SYMBOLS.get(pair)
     try:
         return Tick(
-            id=tick_id(row.pair, row.exchange, ts, row.price), source=SOURCE, venue=venue_of(row.exchange),
-            symbol=symbol_of(row.pair), ts_event=ts, ts_recv=ts_recv, replay=replay, price=price_of(row.price),
+            # tick_id(pair, exchange, ts, text), inlined: the same text, the same hash
+            id=blake2b(f"finx\x1ftick\x1f{pair}\x1f{exchange}\x1f{ts}\x1f{text}".encode(), digest_size=12).hexdigest(),
+            source=SOURCE, venue=venue_of(exchange) if venue is None else venue,
+            symbol=symbol_of(pair) if symbol is None else symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
+            price=price_of(text),
         )
     except InvariantError as exc:  # e.g. a price of 1e30
         raise Malformed(str(exc)) from None
