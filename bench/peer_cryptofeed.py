@@ -41,6 +41,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
@@ -286,6 +288,50 @@ def ticksupply_batch(artifacts: list[tuple[bytes, Any]], wire: Wire) -> int:
     return n
 
 
+# --- the bus's own limit: bare msgspec, no contract -------------------------------------------------
+class _BareAggTrade(msgspec.Struct, gc=False):
+    s: str
+    a: int
+    p: Decimal
+    q: Decimal
+    T: int
+    m: bool
+
+
+class _BareAggTradeText(msgspec.Struct, gc=False):
+    s: str
+    a: int
+    p: str
+    q: str
+    T: int
+    m: bool
+
+
+class _BareFrame(msgspec.Struct, gc=False):
+    stream: str
+    data: _BareAggTrade
+
+
+class _BareFrameText(msgspec.Struct, gc=False):
+    stream: str
+    data: _BareAggTradeText
+
+
+def bare_msgspec(shape: type) -> Callable[[list[bytes], Wire], int]:
+    """Binance frame -> typed Struct -> JSON bytes, nothing else (no ids, no checks, no headers):
+    the ceiling of any normalizer written on msgspec, measured in the same rounds."""
+    decode, encode = msgspec.json.Decoder(shape).decode, msgspec.json.Encoder(decimal_format="string").encode
+
+    def run(frames: list[bytes], wire: Wire) -> int:
+        total = 0
+        for frame in frames:
+            total += len(encode(decode(frame).data))
+        wire.bytes += total
+        return len(frames)
+
+    return run
+
+
 # --- cryptofeed's worker ---------------------------------------------------------------------------
 WORKER = r'''
 import asyncio, sys, time
@@ -394,17 +440,20 @@ def main() -> None:
                "FinX tickHistory pages": (finx_batch, data["finx_pages"]),
                "Sitagri pushes, 1000 per envelope": (sitagri_batch, data["sitagri"]),
                "TickSupply CSV artifacts": (ticksupply_batch, data["ticksupply"])}
-    for fn, payload in (*singles.values(), *batches.values()):  # warm the caches and the code once
+    raw_frames = [f.encode() for f in binance_frames(trades)]
+    references = {"bare msgspec, Decimal fields (Binance frame -> Struct -> JSON)": (bare_msgspec(_BareFrame), raw_frames),
+                  "bare msgspec, decimals kept as text": (bare_msgspec(_BareFrameText), raw_frames)}
+    for fn, payload in (*singles.values(), *batches.values(), *references.values()):  # warm the caches and the code once
         fn(payload, Wire())
 
     peer = Peer(binance_frames(trades), ROOT / ".bench-venv" / "peer-data")
     try:
         peer.round()
         cf_rates: list[float] = []
-        rates: dict[str, list[float]] = {k: [] for k in (*singles, *batches)}
+        rates: dict[str, list[float]] = {k: [] for k in (*singles, *batches, *references)}
         for _ in range(args.rounds):
             cf_rates.append(peer.round())
-            for name, (fn, payload) in (*singles.items(), *batches.items()):
+            for name, (fn, payload) in (*singles.items(), *batches.items(), *references.items()):
                 rates[name].append(measure(fn, payload))
     finally:
         peer.close()
@@ -424,6 +473,10 @@ def main() -> None:
         ratios = [m / c for m, c in zip(rates[name], cf_rates)]
         print(f"| {name} as batch envelopes | {statistics.median(rates[name]):,.0f} ev/s | {cf_med:,.0f} msg/s "
               f"| {min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f} | >= 300,000 ev/s |")
+    for name in references:
+        ratios = [m / c for m, c in zip(rates[name], cf_rates)]
+        print(f"| reference: {name} | {statistics.median(rates[name]):,.0f} msg/s | {cf_med:,.0f} msg/s "
+              f"| {min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f} | (the ceiling) |")
     if args.profile:
         print()
         print("| path | top-3 hot spots (cProfile, own time) |")
