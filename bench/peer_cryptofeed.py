@@ -17,9 +17,10 @@ rounds on the same machine at the same time:
   Also each vendor's batch form (normalize + one batch envelope per page, encoded).
 
 Ratios are paired per round (marketbus rate / cryptofeed rate of the same round): min, median,
-max. ``--profile`` prints the top hot spots of each marketbus path (cProfile, by own time).
+max. It also prints the top-3 hot spots of each single-event path (cProfile, by own time;
+``--no-profile`` skips them).
 
-Run: ``.venv/bin/python bench/peer_cryptofeed.py [--rounds 5] [--trades 100000] [--profile]``.
+Run: ``.venv/bin/python bench/peer_cryptofeed.py [--rounds 5] [--trades 100000] [--no-profile]``.
 """
 
 from __future__ import annotations
@@ -425,7 +426,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--trades", type=int, default=100_000)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the hot-spot rows (cProfile of each single-event path)")
     args = parser.parse_args()
 
     trades = corpus(args.trades)
@@ -458,9 +460,6 @@ def main() -> None:
     finally:
         peer.close()
 
-    print(f"Corpus: {len(trades):,} Binance aggTrades over {len(SYMBOLS)} symbols, {distinct:,} distinct prices "
-          f"(seed {SEED}); {args.rounds} alternating rounds; cryptofeed {peer.version} in its own venv and process.")
-    print()
     print("| path (wire bytes -> event -> subject + encode + headers) | marketbus median | cryptofeed median (same rounds) "
           "| ratio per round min / median / max | target |")
     print("|---|---|---|---|---|")
@@ -477,14 +476,13 @@ def main() -> None:
         ratios = [m / c for m, c in zip(rates[name], cf_rates)]
         print(f"| reference: {name} | {statistics.median(rates[name]):,.0f} msg/s | {cf_med:,.0f} msg/s "
               f"| {min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f} | (the ceiling) |")
+    digest = hashlib.sha256("".join(f"{t['p']}{t['q']}" for t in trades).encode()).hexdigest()[:12]
+    print(f"| corpus: {len(trades):,} Binance aggTrades over {len(SYMBOLS)} symbols, {distinct:,} distinct prices "
+          f"(seed {SEED}, digest {digest}); {args.rounds} alternating rounds; cryptofeed {peer.version} in its own "
+          "venv and process | | | | |")
     if args.profile:
-        print()
-        print("| path | top-3 hot spots (cProfile, own time) |")
-        print("|---|---|")
         for name, (fn, payload) in singles.items():
-            print(f"| {name} | {'; '.join(hot_spots(fn, payload))} |")
-    digest = hashlib.sha256("".join(f"{t['p']}{t['q']}" for t in trades[:1000]).encode()).hexdigest()[:12]
-    print(f"\n(corpus digest {digest})")
+            print(f"| hot spots (cProfile, own time): {name} | {'; '.join(hot_spots(fn, payload))} | | | |")
 
 
 if __name__ == "__main__":
