@@ -298,7 +298,7 @@ def _id_hasher(market_id: int) -> Any:
 
 def _parse_dec(value: str, what: str) -> Decimal:
     """The vendor's decimal string -> Decimal, parsed only: for a trade's price and size, whose
-    bounds the ``Trade`` contract checks itself (cached by :func:`trade_from` once it has)."""
+    bounds the ``Trade`` contract checks itself (cached by :func:`recent_trades` once it has)."""
     try:
         return Decimal(value)
     except (InvalidOperation, TypeError):
@@ -309,31 +309,6 @@ def _remember(text: str, value: Decimal) -> None:
     if len(_DECIMALS) >= _DECIMALS_MAX:
         _DECIMALS.clear()
     _DECIMALS[text] = value
-
-
-def trade_from(w: WTrade, market_id: int, symbol: str, venue: str, ts_recv: int, replay: bool = False) -> Trade:
-    tid = str(w.trade_id)
-    h = _id_hasher(market_id).copy()
-    h.update(tid.encode())
-    price, size = _DECIMALS.get(w.price), _DECIMALS.get(w.base_volume)  # the usual case: seen before
-    new_price, new_size = price is None, size is None
-    try:
-        trade = Trade(
-            id=h.hexdigest(), source=SOURCE, venue=venue,
-            symbol=symbol, ts_event=w.timestamp * US, ts_recv=ts_recv, replay=replay,
-            price=_parse_dec(w.price, "price") if new_price else price,
-            size=_parse_dec(w.base_volume, "base_volume") if new_size else size,
-            side=SIDES.get(w.side, "unknown"),  # type: ignore[arg-type]
-            trade_id=tid,
-        )
-    except InvariantError as exc:  # a price <= 0, NaN or 1e30, a timestamp beyond int64 ns
-        raise Malformed(str(exc)) from None
-    # the contract has checked them: the cache holds only decimals within the bounds (dec's rule)
-    if new_price:
-        _remember(w.price, trade.price)
-    if new_size:
-        _remember(w.base_volume, trade.size)
-    return trade
 
 
 def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, after_id: int | None = None,
@@ -354,7 +329,7 @@ def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, a
     out: list[Trade] = []
     bad: list[tuple[Any, str]] = []
     market_id = page.market_id
-    # trade_from, inlined with its per-page constants hoisted (the hot path: ~1000 rows a page)
+    # one Trade per row, the per-page constants hoisted (the hot path: ~1000 rows a page)
     hasher, cached, sides, append = _id_hasher(market_id), _DECIMALS.get, SIDES.get, out.append
     for w in rows:
         tid = str(w.trade_id)
