@@ -16,9 +16,12 @@ rounds on the same machine at the same time:
   ``marketPrice`` pushes (one per trade), TickSupply CSV artifacts (parsed rows -> single events).
   Also each vendor's batch form (normalize + one batch envelope per page, encoded).
 
-Ratios are paired per round (marketbus rate / cryptofeed rate of the same round): min, median,
-max. It also prints the top-3 hot spots of each single-event path (cProfile, by own time;
-``--no-profile`` skips them).
+Ratios are paired: in each round cryptofeed runs right before each marketbus path (the host is
+shared, and the load changes within seconds), and each pair gives one ratio; the table shows
+their min / median / max and the ratio of the best rounds. Two references of the same rounds show
+the ceiling of any msgspec normalizer: a bare Binance frame -> Struct -> JSON round, with Decimal
+fields and with decimals kept as text. It also prints the top-3 hot spots of each single-event
+path (cProfile, by own time; ``--no-profile`` skips them).
 
 Run: ``.venv/bin/python bench/peer_cryptofeed.py [--rounds 5] [--trades 100000] [--no-profile]``.
 """
