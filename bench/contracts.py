@@ -45,6 +45,14 @@ class UncheckedTrade(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     trade_id: str | None = None
 
 
+class FloorTrade(UncheckedTrade, frozen=True, kw_only=True, tag_field="type", tag="trade", gc=False):
+    """``UncheckedTrade`` with an empty ``__post_init__``: the floor of any check written in
+    Python (msgspec calling a Python function once per decoded struct)."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
 def interleaved_rates(fns: list, n: int, rounds: int = 15) -> list[float]:  # noqa: ANN001
     """Best rate of each function over ``rounds`` short interleaved runs: on a shared host the
     load changes between runs, and both sides of a ratio must see the same."""
@@ -98,7 +106,14 @@ def main() -> list[str]:
         for _ in range(n):
             decode_unchecked(encode(unchecked))
 
-    validated_rate, unvalidated_rate = interleaved_rates([typed, unvalidated], 20_000)
+    floor = FloorTrade(**msgspec.structs.asdict(trade))
+    decode_floor = msgspec.json.Decoder(FloorTrade).decode
+
+    def empty_hook(n: int) -> None:
+        for _ in range(n):
+            decode_floor(encode(floor))
+
+    validated_rate, unvalidated_rate, floor_rate = interleaved_rates([typed, unvalidated, empty_hook], 20_000)
 
     n = 300_000
     typed_rate, union_rate, std_rate = rate(typed, n), rate(union, n), rate(stdlib, n // 3)
@@ -107,6 +122,7 @@ def main() -> list[str]:
         f"| contracts: trade encode+decode (typed decoder) | {typed_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{typed_rate / std_rate:.1f} |",
         f"| contracts: trade encode+decode (any-event decoder) | {union_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{union_rate / std_rate:.1f} |",
         f"| contracts: validated trade encode+decode vs no validation | {validated_rate:,.0f}/s | ratio >= 0.8 | unvalidated {unvalidated_rate:,.0f}/s | x{validated_rate / unvalidated_rate:.2f} |",
+        f"| contracts: the same round trip with an empty __post_init__ (the floor of any Python check) | {floor_rate:,.0f}/s | - | unvalidated {unvalidated_rate:,.0f}/s | x{floor_rate / unvalidated_rate:.2f} |",
         f"| contracts: subject build+parse | {subj_rate:,.0f}/s | >= 1,000,000/s | | |",
         f"| contracts: symbol normalize+denormalize (BTC:USD) | {sym_rate:,.0f}/s | | | |",
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 from hashlib import blake2b
+from operator import gt
 from typing import Any
 
 import msgspec
@@ -276,23 +277,38 @@ def exchange_info(payload: bytes | str, venue: str, ts_recv: int) -> tuple[Venue
 # --- market data ----------------------------------------------------------------------------
 def trade_id(market_id: int, vendor_trade_id: int) -> str:
     """``event_id("digitex", "trade", market_id, trade_id)``, inlined (hot path)."""
-    return blake2b(f"digitex\x1ftrade\x1f{market_id}\x1f{vendor_trade_id}".encode(), digest_size=12).hexdigest()
+    h = _id_hasher(market_id).copy()
+    h.update(str(vendor_trade_id).encode())
+    return h.hexdigest()
 
 
-def trade_from(w: WTrade, market_id: int, symbol: str, venue: str, ts_recv: int, replay: bool = False) -> Trade:
-    tid = w.trade_id
-    price, size = _DECIMALS.get(w.price), _DECIMALS.get(w.base_volume)  # the usual case: seen before
+_ID_HASHERS: dict[int, Any] = {}
+
+
+def _id_hasher(market_id: int) -> Any:
+    """A hasher fed with the constant head of a market's trade ids' text (the same text as
+    ``event_id``): copying it and adding the trade id costs less than hashing the whole text."""
+    hasher = _ID_HASHERS.get(market_id)
+    if hasher is None:
+        if len(_ID_HASHERS) >= 10_000:  # market ids are few; bounded all the same
+            _ID_HASHERS.clear()
+        hasher = _ID_HASHERS[market_id] = blake2b(f"digitex\x1ftrade\x1f{market_id}\x1f".encode(), digest_size=12)
+    return hasher
+
+
+def _parse_dec(value: str, what: str) -> Decimal:
+    """The vendor's decimal string -> Decimal, parsed only: for a trade's price and size, whose
+    bounds the ``Trade`` contract checks itself (cached by :func:`recent_trades` once it has)."""
     try:
-        return Trade(
-            id=trade_id(market_id, tid), source=SOURCE, venue=venue, symbol=symbol,
-            ts_event=w.timestamp * US, ts_recv=ts_recv, replay=replay,
-            price=dec(w.price, "price") if price is None else price,
-            size=dec(w.base_volume, "base_volume") if size is None else size,
-            side=SIDES.get(w.side, "unknown"),  # type: ignore[arg-type]
-            trade_id=str(tid),
-        )
-    except InvariantError as exc:  # a price <= 0, a timestamp beyond int64 ns
-        raise Malformed(str(exc)) from None
+        return Decimal(value)
+    except (InvalidOperation, TypeError):
+        raise Malformed(f"{what} is not a decimal: {str(value)[:60]!r}") from None
+
+
+def _remember(text: str, value: Decimal) -> None:
+    if len(_DECIMALS) >= _DECIMALS_MAX:
+        _DECIMALS.clear()
+    _DECIMALS[text] = value
 
 
 def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, after_id: int | None = None,
@@ -304,7 +320,8 @@ def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, a
     if not rows:
         return [], [], -1
     # The wire lists them newest first: oldest first is then a reversal (sorted otherwise).
-    ordered = all(rows[i].trade_id > rows[i + 1].trade_id for i in range(len(rows) - 1))
+    ids = [w.trade_id for w in rows]
+    ordered = all(map(gt, ids, ids[1:]))  # strictly decreasing; no Python frame per row
     rows = rows[::-1] if ordered else sorted(rows, key=_by_trade_id)
     oldest = rows[0].trade_id
     if after_id is not None:
@@ -312,11 +329,31 @@ def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, a
     out: list[Trade] = []
     bad: list[tuple[Any, str]] = []
     market_id = page.market_id
+    # one Trade per row, the per-page constants hoisted (the hot path: ~1000 rows a page)
+    hasher, cached, sides, append = _id_hasher(market_id), _DECIMALS.get, SIDES.get, out.append
     for w in rows:
+        tid = str(w.trade_id)
+        h = hasher.copy()
+        h.update(tid.encode())
+        price, size = cached(w.price), cached(w.base_volume)
         try:
-            out.append(trade_from(w, market_id, symbol, venue, ts_recv, replay))
-        except Malformed as exc:
+            trade = Trade(
+                id=h.hexdigest(), source=SOURCE, venue=venue, symbol=symbol, ts_event=w.timestamp * US,
+                ts_recv=ts_recv, replay=replay,
+                price=_parse_dec(w.price, "price") if price is None else price,
+                size=_parse_dec(w.base_volume, "base_volume") if size is None else size,
+                side=sides(w.side, "unknown"),  # type: ignore[arg-type]
+                trade_id=tid,
+            )
+        except (Malformed, InvariantError) as exc:  # a price <= 0, NaN or 1e30, a timestamp beyond int64 ns
             bad.append((msgspec.structs.asdict(w), f"bad trade {w.trade_id}: {exc}"))
+            continue
+        append(trade)
+        # the contract has checked them: the cache holds only decimals within the bounds (dec's rule)
+        if price is None:
+            _remember(w.price, trade.price)
+        if size is None:
+            _remember(w.base_volume, trade.size)
     return out, bad, oldest
 
 

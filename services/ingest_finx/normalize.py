@@ -194,17 +194,39 @@ def price_of(text: str) -> Decimal:
 
 def tick_id(pair: str, exchange: str, ts_ns: int, price_text: str) -> str:
     """``event_id("finx", "tick", pair, exchange, ts_ns, price_text)``, inlined (hot path)."""
-    text = f"finx\x1ftick\x1f{pair}\x1f{exchange}\x1f{ts_ns}\x1f{price_text}"
-    return blake2b(text.encode(), digest_size=12).hexdigest()
+    h = _id_hasher(pair, exchange).copy()
+    h.update(f"{ts_ns}\x1f{price_text}".encode())
+    return h.hexdigest()
+
+
+_ID_HASHERS: dict[tuple[str, str], Any] = {}
+
+
+def _id_hasher(pair: str, exchange: str) -> Any:
+    """A hasher fed with the constant head of an instrument's tick ids' text (the same text as
+    ``event_id``): copying it and adding the rest costs less than hashing the whole text."""
+    hasher = _ID_HASHERS.get((pair, exchange))
+    if hasher is None:
+        if len(_ID_HASHERS) > 10_000:
+            _ID_HASHERS.clear()
+        hasher = _ID_HASHERS[(pair, exchange)] = blake2b(f"finx\x1ftick\x1f{pair}\x1f{exchange}\x1f".encode(),
+                                                         digest_size=12)
+    return hasher
 
 
 def tick(row: Row, ts_recv: int, replay: bool = False) -> Tick:
-    """One tick row -> Tick (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``)."""
-    ts = day_ns(row.date) + clock_ns(row.time)
+    """One tick row -> Tick (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``). The hot path: the
+    caches of days, venues and symbols read inline (a call only for a new value)."""
+    pair, exchange, text = row.pair, row.exchange, row.price
+    day = _DAYS.get(row.date)
+    ts = (day_ns(row.date) if day is None else day) + clock_ns(row.time)
+    venue, symbol = _VENUES.get(exchange), _SYMBOLS.get(pair)
     try:
         return Tick(
-            id=tick_id(row.pair, row.exchange, ts, row.price), source=SOURCE, venue=venue_of(row.exchange),
-            symbol=symbol_of(row.pair), ts_event=ts, ts_recv=ts_recv, replay=replay, price=price_of(row.price),
+            id=tick_id(pair, exchange, ts, text),
+            source=SOURCE, venue=venue_of(exchange) if venue is None else venue,
+            symbol=symbol_of(pair) if symbol is None else symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
+            price=price_of(text),
         )
     except InvariantError as exc:  # e.g. a price of 1e30
         raise Malformed(str(exc)) from None

@@ -287,29 +287,47 @@ def _val(p: Point | None) -> Decimal | None:
 
 
 # --- prices --------------------------------------------------------------------------------------
-@_declared
 def market_price(p: VMarketPrice, ts_recv: int, replay: bool = False) -> MarketPrice:
+    """A marketPrice push -> MarketPrice (the live hot path: attribute reads, no helper calls
+    per field). Raises :class:`Malformed` like the ``_declared`` functions do."""
+    try:
+        return _market_price(p, ts_recv, replay)
+    except Malformed:
+        raise
+    except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
+        raise Malformed(f"market_price: {type(exc).__name__}: {exc}") from None
+
+
+def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
     venue, symbol = quote_key(p.quote)
     last = p.last
     if last is not None and last.date is not None:
         ts = to_ns(last.date)
-        eid = price_id("market_price", p.quote, ts)
+        # price_id("market_price", quote, ts), inlined: the same text, the same hash
+        h = _market_price_hasher(p.quote).copy()
+        h.update(str(ts).encode())
+        eid = h.hexdigest()
     else:
         # no trade yet: the newest date of the quote's sides names it
         dates = [to_ns(x.date) for x in (p.ask, p.bid, p.settlement) if x is not None and x.date is not None]
         ts = max(dates) if dates else ts_recv
         eid = price_id("market_price", p.quote, f"nolast:{ts}:{_val(p.ask)}:{_val(p.bid)}")
-    ask, bid, settle, stats = p.ask, p.bid, p.settlement, p.stats
+    ask, bid, settle, stats, first, prev, high, low = p.ask, p.bid, p.settlement, p.stats, p.first, p.previousLast, p.high, p.low
+    high_1y, low_1y = p.high1Y, p.low1Y
     return MarketPrice(
         id=eid, source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
-        quality=_quality(p.quality),  # type: ignore[arg-type]
+        quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]
         last=last.value if last is not None else None,
         last_ts=ts if last is not None and last.date is not None else None,
         last_volume=last.volume if last is not None else None,
         total_volume=last.totalVolume if last is not None else None,
         orders=last.orders if last is not None else None,
-        first=_val(p.first), previous_last=_val(p.previousLast), high=_val(p.high), low=_val(p.low),
-        high_1y=_val(p.high1Y), low_1y=_val(p.low1Y),
+        first=first.value if first is not None else None,
+        previous_last=prev.value if prev is not None else None,
+        high=high.value if high is not None else None,
+        low=low.value if low is not None else None,
+        high_1y=high_1y.value if high_1y is not None else None,
+        low_1y=low_1y.value if low_1y is not None else None,
         settlement=settle.value if settle is not None else None,
         settlement_ts=_ns(settle.date) if settle is not None else None,
         open_interest=settle.openInterest if settle is not None else None,
@@ -320,6 +338,16 @@ def market_price(p: VMarketPrice, ts_recv: int, replay: bool = False) -> MarketP
         perf=stats.perf if stats is not None else None,
         rel_perf=stats.relPerf if stats is not None else None,
     )
+
+
+_QUALITY = {"REALTIME": "realtime", "DELAYED": "delayed"}
+
+
+@lru_cache(maxsize=65_536)
+def _market_price_hasher(quote: str) -> Any:
+    """A hasher fed with the constant head of a quote's market price ids' text (the same text
+    as ``price_id``): copying it and adding the time costs less than hashing the whole text."""
+    return blake2b(f"sitagri\x1fmarket_price\x1f{quote}\x1f".encode(), digest_size=12)
 
 
 def _level(p: Point | None) -> BookLevel | None:

@@ -122,7 +122,7 @@ def test_a_bad_trade_row_is_reported_the_rest_kept() -> None:
     raw = msgspec.json.decode(load("sandbox_recent_trades_1.json"))
     raw["recent_trades"][0]["price"] = "NaN"
     trades, bad, _ = normalize.recent_trades(msgspec.json.encode(raw), "FS-BTCUSD", V, TS)
-    assert len(trades) == 19 and len(bad) == 1 and "not finite" in bad[0][1]
+    assert len(trades) == 19 and len(bad) == 1 and "price" in bad[0][1] and "finite" in bad[0][1]
 
 
 @pytest.mark.parametrize("price", ["-1", "0", "-0", "NaN", "Infinity", "1e30", "-0.000000000000000000"])
@@ -146,3 +146,18 @@ def test_an_oversized_market_code_is_malformed() -> None:
               "quote_currency": {"id": 2, "code": "USD"}}
     with pytest.raises(normalize.Malformed):
         normalize.markets(msgspec.json.encode([market]), "DIGITEX", 1)
+
+
+def test_a_refused_trade_price_is_not_remembered_for_later_payloads() -> None:
+    """Trade decimals are cached only once the Trade contract accepted them: a price refused in
+    a trade must still be refused by ``dec`` (which promises decimals within the bounds to the
+    instrument arithmetic) and in an order book."""
+    raw = msgspec.json.decode(load("sandbox_recent_trades_1.json"))
+    raw["recent_trades"][0]["price"] = "1e30"
+    _trades, bad, _ = normalize.recent_trades(msgspec.json.encode(raw), "FS-BTCUSD", V, TS)
+    assert len(bad) == 1 and "Trade.price" in bad[0][1]
+    with pytest.raises(normalize.Malformed, match="out of bounds"):
+        normalize.dec("1e30", "tick_size")
+    book = {"market_id": 1, "timestamp": 1, "bids": [["1e30", "1"]], "asks": []}
+    with pytest.raises(normalize.Malformed, match="bid"):
+        normalize.order_book(msgspec.json.encode(book), "FS-BTCUSD", V, TS)

@@ -151,3 +151,17 @@ def test_an_oversized_quote_code_is_malformed() -> None:
     raw = ('{"code":"indexPrice","quote":"/market/sources/X/index/%s","date":1458323240,"value":1}' % ("Y" * 500)).encode()
     with pytest.raises(n.Malformed, match="subject token"):
         n.push(n.decode_push(raw), 1)
+
+
+def test_a_market_price_id_is_the_documented_event_id() -> None:
+    """The live path hashes the id itself (a prefixed hasher per quote): it must stay the id
+    ``event_id`` gives, or a replay of the same price would be stored twice."""
+    from marketbus.contracts.ids import event_id
+
+    quote = "/market/sources/EURONEX/future/EMA/deliveries/EMAX01"
+    for date in ("1700000000.5", "1700000001"):
+        raw = ('{"code":"marketPrice","quote":"%s","quality":"REALTIME","last":{"date":%s,"value":152.25,"volume":3}}'
+               % (quote, date)).encode()
+        event = n.push(n.decode_push(raw), 1)
+        assert event.id == event_id("sitagri", "market_price", quote, event.ts_event)
+        assert event.ts_event == int(Decimal(date) * NS) and event.quality == "realtime"
