@@ -26,13 +26,12 @@ class DigitexIngestSettings(IngestSettings, kw_only=True):
     bars_backfill_s: float = 3600.0  # bars fetched at first start (no cursor yet)
     max_trades: int = 1000  # recent_trades depth per poll (the vendor's cap)
     ref_refresh_s: float = 3600.0
-    rate_per_second: int = 50  # the documented limits (exchange_info.rate_limits)
+    rate_per_second: int = 50  # the account's limits (default: marketbus.vendor.limits.DIGITEX)
     rate_per_minute: int = 500
     request_timeout_s: float = 10.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     venue: str = "DIGITEX"
-    state_key_prefix: str = "digitex"
 
     def validate(self) -> None:
         p = self.env_prefix
