@@ -102,7 +102,7 @@ async def test_http_layer_retries_waits_and_refuses(script: tuple[Script, str]) 
         with pytest.raises(Refused) as refused:
             await http.send("GET", "/bad")
         assert refused.value.status == 400 and len(s.hits["/bad"]) == 1  # never retried
-        assert errors.count("429") == 1 and errors.count("5xx") == 5 and errors.count("4xx") == 1
+        assert errors.count("rate_limited") == 1 and errors.count("server_error") == 5 and errors.count("refused") == 1
     finally:
         await http.close()
 
@@ -257,3 +257,16 @@ def test_epoch_numbers_and_offsets() -> None:
     assert time_or_offset_ns("", 10**12) is None
     assert time_or_offset_ns("-0.25", 10**12) == 10**12 - 250_000_000
     assert time_or_offset_ns("1970-01-01T00:00:01.000000002Z", 0) == 1_000_000_002
+
+
+async def test_http_layer_keeps_a_urls_own_query(script: tuple[Script, str]) -> None:
+    s, url = script
+    http = VendorHttp(url, RateLimiter(1000, 1000))
+    try:
+        s.plans["/signed"] = [(200, {})]
+        app_url = f"{url}/signed?X-Signature=abc&expires=1"
+        response = await http.send("GET", app_url, paced=False)
+        assert response.status_code == 200
+        assert response.request.url.query == b"X-Signature=abc&expires=1"  # a presigned URL stays signed
+    finally:
+        await http.close()

@@ -71,12 +71,14 @@ class CursorStore(Generic[T]):
         self.type = type
         self._decoder = msgspec.json.Decoder(type)
 
-    def key(self, name: str) -> str:
+    def key(self, name: str | tuple[str, ...]) -> str:
+        """The KV key of cursor ``name`` (a tuple names a cursor below another: ``("101", "holes")``)."""
+        names = name if isinstance(name, tuple) else (name,)
         if self.namespace:
-            return kv_key(self.source, self.namespace, self.kind, name)
-        return kv_key(self.source, self.kind, name)
+            return kv_key(self.source, self.namespace, self.kind, *names)
+        return kv_key(self.source, self.kind, *names)
 
-    async def get(self, name: str) -> T | None:
+    async def get(self, name: str | tuple[str, ...]) -> T | None:
         try:
             entry = await self.kv.get(self.key(name))
         except KeyNotFoundError:
@@ -88,5 +90,5 @@ class CursorStore(Generic[T]):
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
 
-    async def put(self, name: str, value: T) -> None:
+    async def put(self, name: str | tuple[str, ...], value: T) -> None:
         await self.kv.put(self.key(name), msgspec.json.encode(value))

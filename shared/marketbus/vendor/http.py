@@ -95,7 +95,8 @@ class Unavailable(VendorHttpError):
         self.status = status
 
 
-# callback(kind) for metrics: "transport", "429", "5xx", "4xx"
+# callback(kind) for metrics (the ``kind`` label of marketbus_ingest_vendor_errors_total):
+# "timeout", "network", "rate_limited", "server_error", "refused"
 ErrorHook = Callable[[str], None]
 
 
@@ -130,25 +131,31 @@ class VendorHttp:
     async def send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                    content: bytes | None = None, headers: Mapping[str, str] | None = None,
                    timeout: float | None = None, max_attempts: int | None = None,
-                   accept: Callable[[httpx.Response], bool] | None = None) -> httpx.Response:
+                   accept: Callable[[httpx.Response], bool] | None = None, paced: bool = True) -> httpx.Response:
         """One call with pacing and retries. ``accept(response)`` may take a non-2xx reply as the
-        answer (e.g. a 401 the caller handles by logging in again)."""
-        query = {k: v for k, v in (params or {}).items() if v is not None}
+        answer (e.g. a 401 the caller handles by logging in again). ``paced=False`` for calls
+        outside the vendor's API limits (presigned downloads): a 429 still drains the limiter."""
+        # None, not {}: httpx replaces a URL's own query (a presigned URL's signature) with params
+        query = {k: v for k, v in (params or {}).items() if v is not None} or None
         attempts = self.max_attempts if max_attempts is None else max_attempts
         backoff = Backoff(self.backoff.initial_s, self.backoff.max_s)
         failures = limited = 0
         last = ""
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         while True:
-            await self.limiter.acquire()
+            if paced or limited:
+                await self.limiter.acquire()
             self.calls += 1
             status: int | None = None
             wait_at_least = 0.0
             try:
                 response = await self.client.request(method, path, params=query, content=content,
                                                       headers=headers, **extra)
-            except httpx.TransportError as exc:  # timeouts included
-                self.on_error("transport")
+            except httpx.TimeoutException as exc:
+                self.on_error("timeout")
+                last = type(exc).__name__
+            except httpx.TransportError as exc:
+                self.on_error("network")
                 last = type(exc).__name__
             else:
                 status = response.status_code
@@ -158,13 +165,13 @@ class VendorHttp:
                 if outcome is Outcome.OK:
                     return response
                 if outcome is Outcome.REFUSED:
-                    self.on_error("4xx")
+                    self.on_error("refused")
                     raise Refused(response, path)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 if outcome is Outcome.RATE_LIMITED:
                     limited += 1
                     self.rate_limited += 1
-                    self.on_error("429")
+                    self.on_error("rate_limited")
                     if limited >= self.max_rate_limited:
                         raise Unavailable(f"{method} {path}: HTTP 429 {limited} times", 429)
                     wait = self.default_retry_after_s if retry_after is None else retry_after
@@ -173,7 +180,7 @@ class VendorHttp:
                     else:
                         self.limiter.penalize(wait)  # the next acquire() (anyone's) waits it out
                     continue
-                self.on_error("5xx")
+                self.on_error("server_error")
                 last = f"HTTP {status}"
                 wait_at_least = retry_after or 0.0
             failures += 1
