@@ -44,11 +44,14 @@ class GapTracker:
 
     async def report(self, last_good_ns: int | None, end_ns: int | None = None, detail: str | None = None) -> tuple[int, int] | None:
         """If interrupted, publish the ``gap`` from the last good event (or the interruption's
-        start) to ``end_ns`` (now) and return it; it stays open until :meth:`resynced`."""
+        start) to ``end_ns`` (now) and return it; it stays open until :meth:`resynced` (a new
+        interruption before that extends it: the reported gap starts where the open one did)."""
         if self.since_ns is None:
             return None
-        gap = (last_good_ns if last_good_ns is not None else self.since_ns,
-               end_ns if end_ns is not None else time.time_ns())
+        start = last_good_ns if last_good_ns is not None else self.since_ns
+        if self.open_gap is not None:  # not resynced yet: the gap grows, it does not restart
+            start = min(start, self.open_gap[0])
+        gap = (start, end_ns if end_ns is not None else time.time_ns())
         self.since_ns = None
         self.open_gap = gap
         await self.service.publish_feed_status(self.source, "gap", gap=gap, detail=detail, **self._where)
