@@ -6,13 +6,13 @@ variable. Secrets (``TOKEN``, ``PASSWORD``; ``*_FILE`` works too) are never logg
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import ClassVar, Literal
 
 import msgspec
 
 from marketbus.runtime.ingest import IngestSettings
 from marketbus.runtime.settings import Secret
+from marketbus.vendor.timeparse import time_or_offset_ns
 
 PREFIX = "MARKETBUS_INGEST_SITAGRI_"
 SANDBOX_TOKEN = "85045E8E-CE68-2956-9E11-96F51837C71B"  # the sandbox's static token (the vendor's example)
@@ -112,12 +112,5 @@ class SitagriIngestSettings(IngestSettings, kw_only=True):
 
     @staticmethod
     def time_ns(text: str, now_ns: int) -> int | None:
-        text = text.strip()
-        if not text:
-            return None
-        if text.startswith("-"):
-            return now_ns - int(float(text[1:]) * 1e9)
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return int(when.timestamp()) * 1_000_000_000
+        """An ISO time (sub-second kept) or ``-<seconds>`` before ``now_ns``; empty -> None."""
+        return time_or_offset_ns(text, now_ns)

@@ -14,7 +14,7 @@ from marketbus.runtime.backoff import Backoff
 
 from . import normalize
 from .client import MalformedReply
-from .normalize import DatastreamRef, MalformedPayload
+from .normalize import DatastreamRef
 
 if TYPE_CHECKING:
     from .app import TickSupplyIngestor
@@ -37,7 +37,7 @@ class TickSupplyCatalog:
                 await asyncio.sleep(ing.settings.catalog_interval_s)
 
     async def _datastream(self, item: Any) -> DatastreamRef | None:
-        return await self.ing.frames.normalize("datastreams", msgspec.json.encode(item), normalize.datastream_ref, item)
+        return await self.ing.frames.normalize("datastreams", lambda: msgspec.json.encode(item), normalize.datastream_ref, item)
 
     async def resolve_datastreams(self) -> None:
         ing = self.ing
@@ -79,7 +79,7 @@ class TickSupplyCatalog:
         wanted = {e.lower() for e in ing.settings.catalog_exchanges}
         codes = []
         for exchange in exchanges:
-            venue = await ing.frames.normalize("exchanges", msgspec.json.encode(exchange), normalize.venue_event,
+            venue = await ing.frames.normalize("exchanges", lambda: msgspec.json.encode(exchange), normalize.venue_event,
                                                exchange, ts)
             if venue is None or (wanted and venue.venue not in wanted):
                 continue
@@ -99,7 +99,7 @@ class TickSupplyCatalog:
                 ing.metrics.frames_in.labels(ing.source, "instruments").inc()
                 for item in page:
                     inst = await ing.frames.normalize(
-                        "instruments", msgspec.json.encode(item), normalize.instrument_event, code, item,
+                        "instruments", lambda: msgspec.json.encode(item), normalize.instrument_event, code, item,
                         by_instrument.get(item.get("symbol") if isinstance(item, dict) else None, []), ts)
                     if inst is not None:
                         futures.append(await ing.emit(inst))

@@ -33,17 +33,21 @@ class FrameGuard:
         self.sink = sink
         self.errors = errors
 
-    async def normalize(self, channel: str, payload: bytes | str, parse: Callable[..., T], *args: Any,
+    async def normalize(self, channel: str, payload: bytes | str | Any, parse: Callable[..., T], *args: Any,
                         **kwargs: Any) -> T | None:
         """``parse(*args, **kwargs)``; on a declared error the payload is dead-lettered on
-        ``channel`` and the result is ``None``."""
+        ``channel`` and the result is ``None``. ``payload`` may be any buffer (``msgspec.Raw``),
+        or a function making the bytes (``lambda: msgspec.json.encode(row)``): it is copied or
+        made only when it is dead-lettered."""
         try:
             return parse(*args, **kwargs)
         except self.errors as exc:
             await self.reject(channel, payload, str(exc))
             return None
 
-    async def reject(self, channel: str, payload: bytes | str, reason: str) -> None:
+    async def reject(self, channel: str, payload: bytes | str | Any, reason: str) -> None:
         """Count, log and dead-letter one payload (for rows a normalizer reports as bad)."""
         log.warning("malformed %s payload: %s", channel, reason[:300])
-        await self.sink.malformed(channel, payload, reason)
+        if callable(payload):
+            payload = payload()
+        await self.sink.malformed(channel, payload if isinstance(payload, (bytes, str)) else bytes(payload), reason)
