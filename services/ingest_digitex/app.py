@@ -38,16 +38,13 @@ from .settings import DigitexIngestSettings
 
 
 class DigitexIngestor(Ingestor):
-    name: ClassVar[str] = "ingest_digitex"
     source: ClassVar[str] = "digitex"
     settings_cls = DigitexIngestSettings
     settings: DigitexIngestSettings
 
-    def __init__(self, settings: DigitexIngestSettings | None = None, **overrides: Any) -> None:
-        super().__init__(settings, **overrides)
-        self.settings.validate()
+    def build(self) -> None:
+        self.venue = self.settings.venue
         s = self.settings
-        self.venue = s.venue
         spec = DIGITEX.with_limits(RateWindow(s.rate_per_second, 1.0), RateWindow(s.rate_per_minute, 60.0))
         self.limiter = shared_limiter(spec, s.base_url)
         self.client = DigitexClient(

@@ -19,34 +19,24 @@ __all__ = ["ClientError", "DigitexClient", "Unavailable"]
 ClientError = Refused  # a 4xx other than 429: our request is wrong; retrying will not help
 
 
-class DigitexClient:
+class DigitexClient(VendorHttp):
+    """``await client.get("recent_trades", market_id=1)``: the body of a declared endpoint."""
+
     def __init__(self, base_url: str, token: Secret, limiter: Limiter, *, timeout_s: float = 10.0,
                  backoff: Backoff | None = None, max_attempts: int = 8,
                  on_error: Callable[[str], None] | None = None, on_frame: Callable[[str], None] | None = None) -> None:
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Token {token.get()}"
-        self.base_url = base_url.rstrip("/") + DIGITEX.endpoints["bot"]
+        super().__init__(base_url.rstrip("/") + DIGITEX.endpoints["bot"], limiter, headers=headers,
+                         timeout_s=timeout_s, backoff=backoff, max_attempts=max_attempts,
+                         max_rate_limited=max_attempts, on_error=on_error, max_connections=16)
         self.on_frame = on_frame
-        self.http = VendorHttp(self.base_url, limiter, headers=headers, timeout_s=timeout_s,
-                               backoff=backoff, max_attempts=max_attempts, max_rate_limited=max_attempts,
-                               on_error=on_error, max_connections=16)
-
-    @property
-    def calls(self) -> int:
-        return self.http.calls
-
-    @property
-    def rate_limited(self) -> int:
-        return self.http.rate_limited
 
     async def get(self, endpoint: str, **params: Any) -> bytes:
         """GET the declared ``endpoint`` (a name of ``DIGITEX.endpoints``); the 2xx body."""
         path = DIGITEX.endpoints[endpoint]
-        response = await self.http.send("GET", path, params=params)
+        response = await self.send("GET", path, params=params)
         if self.on_frame is not None:
             self.on_frame(path.strip("/"))
         return response.content
-
-    async def close(self) -> None:
-        await self.http.close()

@@ -85,15 +85,12 @@ class Page:
 
 
 class FinxIngestor(Ingestor):
-    name: ClassVar[str] = "ingest_finx"
     source: ClassVar[str] = "finx"
     resends_failed_publishes = True  # _unconfirmed is re-sent after a publishing failure
     settings_cls = FinxIngestSettings
     settings: FinxIngestSettings
 
-    def __init__(self, settings: FinxIngestSettings | None = None, **overrides: Any) -> None:
-        super().__init__(settings, **overrides)
-        self.settings.validate()
+    def build(self) -> None:
         s = self.settings
         self.client = TickPlantClient(
             s.ws_url, s.api_key, timeout_s=s.request_timeout_s,

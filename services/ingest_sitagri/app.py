@@ -45,28 +45,22 @@ NS = 1_000_000_000
 
 
 class SitagriIngestor(Ingestor):
-    name: ClassVar[str] = "ingest_sitagri"
     source: ClassVar[str] = "sitagri"
     settings_cls = SitagriIngestSettings
     settings: SitagriIngestSettings
 
-    def __init__(self, settings: SitagriIngestSettings | None = None, **overrides: Any) -> None:
-        super().__init__(settings, **overrides)
+    def build(self) -> None:
+        self.frames = FrameGuard(self, normalize.Malformed)
+        self.recent = RecentIds(max_ids=1_000_000, max_age_s=86_400.0)
         s = self.settings
         self.client = SitagriClient(
             s.base_url, s.token, login=s.login, password=s.password, login_path=s.login_path,
             timeout_s=s.request_timeout_s, requests_per_s=s.requests_per_s, max_retries=s.max_retries,
             batch_size=s.batch_size, keepalive_margin_s=s.keepalive_margin_s, on_call=self._count_call,
         )
-        self.frames = FrameGuard(self, normalize.Malformed)
-        self.recent = RecentIds(max_ids=1_000_000, max_age_s=86_400.0)
         self.catalog = SitagriCatalog(self)
         self.live = SitagriLive(self)
         self.backfill = SitagriBackfill(self)
-
-    # --- wiring -----------------------------------------------------------------------------------
-    def setup(self) -> None:
-        super().setup()
 
         @self.broker.subscriber(subjects.SITAGRI_NEWS_PUBLISH, queue="sitagri-news-publish")
         async def on_publish(msg: NatsMessage) -> bytes:

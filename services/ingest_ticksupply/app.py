@@ -39,13 +39,11 @@ from .settings import TickSupplySettings
 
 
 class TickSupplyIngestor(Ingestor):
-    name: ClassVar[str] = "ingest_ticksupply"
     source: ClassVar[str] = "ticksupply"
     settings_cls = TickSupplySettings
     settings: TickSupplySettings
 
-    def setup(self) -> None:
-        super().setup()
+    def build(self) -> None:
         self.client: TickSupplyClient | None = None
         self.progress: ProgressStore | None = None
         # instrument_event reads a row that is not an object with .get: AttributeError is its "malformed" too

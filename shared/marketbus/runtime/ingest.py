@@ -37,12 +37,19 @@ BUS_ERRORS: tuple[type[BaseException], ...] = (PublishError, nats.errors.Error, 
 class IngestSettings(ServiceSettings, kw_only=True):
     batch_max_events: int = 5000  # events per batch envelope (replays, backfills, vendor pages)
 
+    def validate(self) -> None:
+        """Raise :class:`~marketbus.runtime.settings.SettingsError` naming a bad value; called
+        when the ingestor is built (vendors override it)."""
+
 
 class ReplayUnsupported(Exception):
     """Raised by :meth:`Ingestor.replay` when the vendor cannot replay what was asked."""
 
 
 class Ingestor(Service):
+    """The service name is ``ingest_<source>`` unless a subclass sets ``name``. A subclass builds
+    its parts (session, catalog, live, backfill) in :meth:`build`."""
+
     source: ClassVar[str] = "vendor"
     # True when the ingestor re-publishes what the publisher gave up on (FinX does): no gap to report
     resends_failed_publishes: ClassVar[bool] = False
@@ -50,13 +57,24 @@ class Ingestor(Service):
     metrics: IngestMetrics
     settings: IngestSettings
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "source" in cls.__dict__ and "name" not in cls.__dict__:
+            cls.name = f"ingest_{cls.source}"
+
     def setup(self) -> None:
         self._metric_children: dict[type, tuple[Any, Any, bool]] = {}
         self.publishing_blocked: str | None = None
+        self.settings.validate()
 
         @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}")
         async def on_replay(msg: NatsMessage) -> bytes:
             return codec.encode(await self._handle_replay(msg.body))
+
+        self.build()
+
+    def build(self) -> None:
+        """Construct the vendor parts (clients, stores, loops' owners); settings are valid here."""
 
     async def start(self) -> Ingestor:
         await super().start()
