@@ -27,7 +27,7 @@ from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor
 from marketbus.vendor.cursor import CursorStore
 from marketbus.vendor.frames import FrameGuard
-from marketbus.vendor.limits import DIGITEX, RateWindow, shared_limiter
+from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow
 
 from . import normalize
 from .backfill import DigitexBackfill
@@ -46,7 +46,8 @@ class DigitexIngestor(Ingestor):
         self.venue = self.settings.venue
         s = self.settings
         spec = DIGITEX.with_limits(RateWindow(s.rate_per_second, 1.0), RateWindow(s.rate_per_minute, 60.0))
-        self.limiter = shared_limiter(spec, s.base_url)
+        self.limit = LimiterHold(spec, s.base_url)  # shared with the order router in this process
+        self.limiter = self.limit.limiter
         self.client = DigitexClient(
             s.base_url, s.token, self.limiter, timeout_s=s.request_timeout_s,
             backoff=Backoff(s.retry_initial_s, s.retry_max_s), on_error=self._vendor_error, on_frame=self._frame,
@@ -104,6 +105,7 @@ class DigitexIngestor(Ingestor):
     async def stop(self) -> None:
         await super().stop()  # the poll loops are cancelled first, then the HTTP client closes
         await self.client.close()
+        self.limit.release()
 
     async def replay(self, request: ReplayRequest) -> int:
         return await self.backfill.replay(request)

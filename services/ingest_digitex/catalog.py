@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from marketbus.runtime.settings import SettingsError
-from marketbus.vendor.limits import DIGITEX, RateWindow, shared_limiter
+from marketbus.vendor.limits import RateWindow
 
 from . import normalize
 from .client import ClientError, Unavailable
@@ -80,7 +80,7 @@ class DigitexCatalog:
         advertised = [RateWindow(limits[name], per_s) for name, per_s in (("SECOND", 1.0), ("MINUTE", 60.0))
                       if name in limits]
         if advertised:
-            shared_limiter(DIGITEX.with_limits(*advertised), self.ing.settings.base_url)
+            self.ing.limit.tighten(*advertised)
 
     async def refresh_forever(self) -> None:
         while True:

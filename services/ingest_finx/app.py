@@ -346,10 +346,12 @@ class FinxIngestor(Ingestor):
             if state.snap_ids:
                 state.snap_ids = {i: ts for i, ts in state.snap_ids.items() if ts >= state.cursor}
             await self._commit()
-            gap = state.tracker.open_gap if state.tracker else None
+            tracker = state.tracker
+            assert tracker is not None  # made in on_start
+            gap = tracker.open_gap
             if gap is not None and (state.cursor >= gap[1] or (not page.full and asked_at >= gap[1])):
                 await self._commit(force=True)
-                await state.tracker.resynced("gap back-filled from tickHistory")  # type: ignore[union-attr]
+                await tracker.resynced("gap back-filled from tickHistory")
             if not page.full:
                 return
 

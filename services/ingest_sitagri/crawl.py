@@ -208,32 +208,32 @@ class _Crawl:
                 self.quote(ref, kind, item.get("currency"))
 
     def future(self, ref: str, item: dict[str, Any]) -> None:
-        t, ts = self.texts, self.ts
-        self.add(lambda: normalize.future_class(ref, item, t, ts), ref, item)
-        members = []
-        for dref in item.get("deliveries", []):
-            d = self.child_items.get(dref)
-            if _is_error(d):
-                self.problem(dref, d, "delivery not found")
-                continue
-            self.add(lambda r=dref, d=d: normalize.delivery(r, d, item, t, ts), dref, d)
+        self.add(lambda: normalize.future_class(ref, item, self.texts, self.ts), ref, item)
+        deliveries = [dref for dref, _ in self.children(item, "deliveries", "delivery", normalize.delivery)]
+        for dref in deliveries:
             self.quote(dref, "future", item.get("currency"))
-            members.append(dref)
-        self.out.members[ref] = members
+        self.out.members[ref] = deliveries
 
     def option(self, ref: str, item: dict[str, Any]) -> None:
-        t, ts = self.texts, self.ts
-        self.add(lambda: normalize.option_class(ref, item, t, ts), ref, item)
-        series = []
-        for sref in item.get("series", []):
-            ser = self.child_items.get(sref)
-            if _is_error(ser):
-                self.problem(sref, ser, "option series not found")
-                continue
-            self.add(lambda r=sref, s=ser: normalize.option_series(r, s, item, t, ts), sref, ser)
+        self.add(lambda: normalize.option_class(ref, item, self.texts, self.ts), ref, item)
+        series = self.children(item, "series", "option series", normalize.option_series)
+        for sref, ser in series:
             strikes = [normalize.strike_ref(sref, s["code"]) for s in ser.get("strikes", []) if isinstance(s, dict)]
             for q in strikes:
                 self.quote(q, "option", item.get("currency"))
             self.out.members[sref] = strikes
-            series.append(sref)
-        self.out.members[ref] = series
+        self.out.members[ref] = [sref for sref, _ in series]
+
+    def children(self, item: dict[str, Any], key: str, what: str,
+                 make: Callable[..., Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The fetched children (deliveries, option series) of a class item, each normalized with
+        ``make(ref, child, item, texts, ts)``; a missing one is a problem."""
+        found = []
+        for cref in item.get(key, []):
+            child = self.child_items.get(cref)
+            if _is_error(child):
+                self.problem(cref, child, f"{what} not found")
+                continue
+            self.add(lambda r=cref, c=child: make(r, c, item, self.texts, self.ts), cref, child)
+            found.append((cref, child))
+        return found

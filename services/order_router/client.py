@@ -27,7 +27,7 @@ import msgspec
 
 from marketbus.runtime.backoff import Backoff
 from marketbus.vendor.http import Outcome, classify, parse_retry_after
-from marketbus.vendor.limits import DIGITEX, RateWindow, shared_limiter
+from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow
 
 BASE_PATH = "/dapi" + DIGITEX.endpoints["bot"]
 
@@ -101,7 +101,8 @@ class DigitexClient:
         # the same declared Digitex windows and the same (window-safe, process-wide) limiter as
         # the Digitex ingestor: together they stay within the account's limits
         spec = DIGITEX.with_limits(RateWindow(per_second, 1.0), RateWindow(per_minute, 60.0))
-        self.limiter = shared_limiter(spec, base_url)
+        self._limit = LimiterHold(spec, base_url)
+        self.limiter = self._limit.limiter
         self.read_attempts = read_attempts
         self.on_send = on_send
         self.on_response = on_response  # (path, outcome: HTTP status | timeout | transport, seconds)
@@ -123,6 +124,7 @@ class DigitexClient:
         return self._session
 
     async def close(self) -> None:
+        self._limit.release()
         if self._session is not None:
             await self._session.close()
             self._session = None

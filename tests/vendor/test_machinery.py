@@ -28,7 +28,7 @@ from marketbus.vendor.dedup import RecentIds
 from marketbus.vendor.frames import FrameGuard
 from marketbus.vendor.gaps import GapTracker
 from marketbus.vendor.http import Outcome, Refused, Unavailable, VendorHttp, classify, parse_retry_after
-from marketbus.vendor.limits import DIGITEX, RateWindow, shared_limiter, window_safe_limiter
+from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow, window_safe_limiter
 from marketbus.vendor.timeparse import epoch_ns, iso_ns, time_or_offset_ns
 from tests.ingest_finx.bus import events_of, read_stream
 
@@ -131,16 +131,43 @@ async def test_window_safe_limiter_never_passes_more_than_the_limit_in_any_windo
     assert 10 <= worst <= 20, worst  # a plain bucket of rate 20 and burst 20 passes ~40 here
 
 
-def test_every_caller_of_a_vendor_host_shares_one_limiter_and_the_tightest_windows() -> None:
+async def test_the_order_router_and_the_digitex_ingestor_pace_on_one_limiter() -> None:
+    from marketbus.runtime.settings import Secret
+    from services.ingest_digitex.client import DigitexClient as IngestClient
+    from services.order_router.client import DigitexClient as RouterClient
+
+    base = "http://digitex.both.test:8703"
+    hold = LimiterHold(DIGITEX, base + "/dapi")
+    ingest = IngestClient(base + "/dapi", Secret("t"), hold.limiter)
+    router = RouterClient(base, "t")  # the router's own defaults: 50/s, 500/min
+    try:
+        assert router.limiter is ingest.limiter
+        # window-safe: half the limit as burst, so the two together never pass 50 in a second
+        assert [b.burst for b in router.limiter.buckets] == [25, 250]
+    finally:
+        await ingest.close()
+        await router.close()
+        hold.release()
+
+
+def test_holders_of_a_vendor_host_share_one_limiter_at_the_tightest_windows() -> None:
     url = "http://digitex.shared.test:8703/dapi"
-    ingestor = shared_limiter(DIGITEX, url)
-    router = shared_limiter(DIGITEX.with_limits(RateWindow(10, 1.0), RateWindow(500, 60.0)),
-                            "http://digitex.shared.test:8703/dapi/v1/exchange/bot/")
-    assert router is ingestor
-    assert [(b.rate, b.burst) for b in ingestor.buckets] == [(5.0, 5), (250 / 60.0, 250)]
-    shared_limiter(DIGITEX, url)  # looser: no change
-    assert ingestor.buckets[0].burst == 5
-    assert shared_limiter(DIGITEX, "http://elsewhere.test:1") is not ingestor
+    ingestor = LimiterHold(DIGITEX, url)
+    router = LimiterHold(DIGITEX.with_limits(RateWindow(10, 1.0), RateWindow(500, 60.0)),
+                         "http://digitex.shared.test:8703/dapi/v1/exchange/bot/")
+    elsewhere = LimiterHold(DIGITEX, "http://elsewhere.test:1")
+    assert router.limiter is ingestor.limiter and elsewhere.limiter is not ingestor.limiter
+    assert [(b.rate, b.burst) for b in ingestor.limiter.buckets] == [(5.0, 5), (250 / 60.0, 250)]
+    ingestor.tighten(RateWindow(300, 60.0))  # advertised by the vendor
+    assert [b.burst for b in ingestor.limiter.buckets] == [5, 150]
+    router.release()
+    router.release()  # twice is harmless
+    assert [b.burst for b in ingestor.limiter.buckets] == [25, 150]  # the router's 10/s is gone
+    ingestor.release()
+    elsewhere.release()
+    fresh = LimiterHold(DIGITEX, url)  # nobody held it: a new limiter with the declared windows
+    assert fresh.limiter is not ingestor.limiter and [b.burst for b in fresh.limiter.buckets] == [25, 250]
+    fresh.release()
 
 
 # --- cursors ---------------------------------------------------------------------------------------
@@ -251,9 +278,10 @@ def test_epoch_numbers_and_offsets() -> None:
     assert epoch_ns("1796104800.123456789") == 1_796_104_800_123_456_789
     assert epoch_ns(1_796_104_800_123, "ms") == 1_796_104_800_123_000_000
     assert epoch_ns("1.5", "us") == 1500
-    for bad in ("nan", "x", True):
+    bad_values: list[Any] = ["nan", "x", True]
+    for bad in bad_values:
         with pytest.raises(ValueError):
-            epoch_ns(bad)  # type: ignore[arg-type] - the point is the bad type
+            epoch_ns(bad)
     assert time_or_offset_ns("", 10**12) is None
     assert time_or_offset_ns("-0.25", 10**12) == 10**12 - 250_000_000
     assert time_or_offset_ns("1970-01-01T00:00:01.000000002Z", 0) == 1_000_000_002

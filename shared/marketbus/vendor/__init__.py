@@ -2,7 +2,7 @@
 vendor, independent of which vendor it is.
 
 - :mod:`.limits` — endpoints and rate limits as declared data per vendor (:class:`VendorSpec`),
-  and one process-wide limiter per vendor built from them (:func:`shared_limiter`).
+  and one process-wide limiter per vendor built from them (:class:`LimiterHold`).
 - :mod:`.http` — the HTTP-library-neutral pieces (:func:`parse_retry_after`, :func:`classify`) and
   :class:`VendorHttp`, the httpx client layer: pacing, Retry-After, back-off, retry/refuse.
 - :mod:`.cursor` — :class:`CursorStore`, typed cursors in the ``ingest_state`` KV bucket under

@@ -58,18 +58,18 @@ class CursorStore(Generic[T]):
     >>> await trades.put("BTCUSD-PERP", TradeCursor(trade_id=7, ts_ns=...))
     >>> await trades.get("BTCUSD-PERP")   # -> TradeCursor(...) or None
 
-    A stored value that no longer decodes as ``type`` (an older layout) reads as ``None``: the
-    ingestor starts that cursor afresh rather than crash.
+    A stored value that no longer decodes as ``value_type`` (an older layout) reads as ``None``: the
+    ingestor starts that cursor afresh rather than crash. ``kv`` may be set later (``store.kv =``),
+    once the bucket is bound.
     """
 
-    def __init__(self, kv: Any, source: str, kind: str, type: type[T],  # noqa: A002 - msgspec's word
-                 namespace: str = "") -> None:
+    def __init__(self, kv: Any, source: str, kind: str, value_type: type[T], namespace: str = "") -> None:
         self.kv = kv
         self.source = source
         self.kind = kind
         self.namespace = namespace  # e.g. one per test or per deployment: <source>.<namespace>.<kind>...
-        self.type = type
-        self._decoder = msgspec.json.Decoder(type)
+        self.value_type = value_type
+        self._decoder = msgspec.json.Decoder(value_type)
 
     def key(self, name: str | tuple[str, ...]) -> str:
         """The KV key of cursor ``name`` (a tuple names a cursor below another: ``("101", "holes")``)."""

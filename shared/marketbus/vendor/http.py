@@ -104,7 +104,7 @@ class VendorHttp:
     """One vendor's HTTP client: ``await http.send("GET", path, params=...)`` returns the first
     2xx :class:`httpx.Response` (or raises :class:`Refused` / :class:`Unavailable`).
 
-    ``limiter`` is the vendor's (usually :func:`~marketbus.vendor.limits.shared_limiter`);
+    ``limiter`` is the vendor's (usually a :class:`~marketbus.vendor.limits.LimiterHold`'s);
     ``max_attempts`` bounds transport/5xx retries and ``max_rate_limited`` bounds 429s
     (each of which waits its Retry-After; without the header ``default_retry_after_s``, or a
     back-off step when that is ``None``).

@@ -46,33 +46,10 @@ def window_safe_limiter(windows: tuple[RateWindow, ...] | list[RateWindow]) -> M
     return MultiWindowLimiter([(max(1, w.calls // 2), w.per_s) for w in windows])
 
 
-_LIMITERS: dict[tuple[str, str], tuple[tuple[RateWindow, ...], MultiWindowLimiter]] = {}
-
-
 def host_of(url: str) -> str:
     """``scheme://host:port`` of a URL: the vendor endpoint a limit is counted against."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def shared_limiter(spec: VendorSpec, url: str | None = None) -> MultiWindowLimiter:
-    """The process's limiter for ``spec.source`` at ``url``'s host (default: the spec's), created
-    on first use: every component of a process calling that vendor host paces on the same
-    buckets. A later call with other windows re-paces it (the buckets are replaced in place,
-    every holder sees them), but only when they are tighter: the tightest declared window wins.
-    Limits are per process: processes do not share a budget."""
-    key = (spec.source, host_of(url or spec.base_url))
-    known = _LIMITERS.get(key)
-    if known is None:
-        limiter = window_safe_limiter(spec.limits)
-        _LIMITERS[key] = (spec.limits, limiter)
-        return limiter
-    windows, limiter = known
-    tightest = tighten(windows, spec.limits)
-    if tightest != windows:
-        limiter.buckets = window_safe_limiter(tightest).buckets
-        _LIMITERS[key] = (tightest, limiter)
-    return limiter
 
 
 def tighten(a: tuple[RateWindow, ...], b: tuple[RateWindow, ...]) -> tuple[RateWindow, ...]:
@@ -81,6 +58,62 @@ def tighten(a: tuple[RateWindow, ...], b: tuple[RateWindow, ...]) -> tuple[RateW
     for window in (*a, *b):
         calls[window.per_s] = min(calls.get(window.per_s, window.calls), window.calls)
     return tuple(RateWindow(n, per_s) for per_s, n in sorted(calls.items()))
+
+
+class _Shared:
+    """The limiter of one vendor host in this process and who holds it."""
+
+    def __init__(self, windows: tuple[RateWindow, ...]) -> None:
+        self.windows = windows
+        self.limiter = window_safe_limiter(windows)
+        self.holds: list[LimiterHold] = []
+
+    def repace(self) -> None:
+        effective: tuple[RateWindow, ...] = ()
+        for hold in self.holds:
+            effective = tighten(effective, hold.windows)
+        if effective and effective != self.windows:
+            self.windows = effective
+            self.limiter.buckets = window_safe_limiter(effective).buckets  # every holder sees them
+
+
+_SHARED: dict[tuple[str, str], _Shared] = {}
+
+
+class LimiterHold:
+    """A hold on the process's limiter of a vendor host (``hold.limiter``): every component of a
+    process calling that host (the Digitex ingestor and the order router alike) paces on the
+    same buckets, and the tightest windows of the current holders apply. ``release()`` when the
+    client closes; once nobody holds it, the next hold starts afresh (other windows, full
+    buckets). Limits are per process: processes do not share a budget."""
+
+    def __init__(self, spec: VendorSpec, url: str | None = None) -> None:
+        self.key = (spec.source, host_of(url or spec.base_url))
+        self.windows = spec.limits
+        shared = _SHARED.get(self.key)
+        if shared is None:
+            shared = _SHARED[self.key] = _Shared(spec.limits)
+        shared.holds.append(self)
+        shared.repace()
+        self._shared: _Shared | None = shared
+        self.limiter = shared.limiter
+
+    def tighten(self, *windows: RateWindow) -> None:
+        """Narrow this holder's windows (e.g. the vendor advertised lower limits)."""
+        self.windows = tighten(self.windows, windows)
+        if self._shared is not None:
+            self._shared.repace()
+
+    def release(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is None:
+            return  # released already
+        shared.holds.remove(self)
+        if not shared.holds:
+            if _SHARED.get(self.key) is shared:
+                del _SHARED[self.key]
+        else:
+            shared.repace()
 
 
 # --- the four vendors ------------------------------------------------------------------------------
