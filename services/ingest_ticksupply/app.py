@@ -126,7 +126,7 @@ class TickSupplyIngestor(Ingestor):
         except asyncio.CancelledError:
             raise
         except MalformedReply as exc:
-            await self.malformed(exc.url.split("?")[0], exc.payload[:MAX_DEAD_LETTER_BYTES], exc.reason)
+            await self.frames.reject(exc.url.split("?")[0], exc.payload[:MAX_DEAD_LETTER_BYTES], exc.reason)
         except (RetriesExhausted, TickSupplyError) as exc:
             self.log.warning("%s failed: %s", what, exc)
             if isinstance(exc, RetriesExhausted):

@@ -37,7 +37,8 @@ class TickSupplyCatalog:
                 await asyncio.sleep(ing.settings.catalog_interval_s)
 
     async def _datastream(self, item: Any) -> DatastreamRef | None:
-        return await self.ing.frames.normalize("datastreams", lambda: msgspec.json.encode(item), normalize.datastream_ref, item)
+        return await self.ing.frames.normalize("datastreams", lambda: msgspec.json.encode(item),
+                                               normalize.datastream_ref, item)
 
     async def resolve_datastreams(self) -> None:
         ing = self.ing
@@ -79,8 +80,8 @@ class TickSupplyCatalog:
         wanted = {e.lower() for e in ing.settings.catalog_exchanges}
         codes = []
         for exchange in exchanges:
-            venue = await ing.frames.normalize("exchanges", lambda: msgspec.json.encode(exchange), normalize.venue_event,
-                                               exchange, ts)
+            venue = await ing.frames.normalize("exchanges", lambda: msgspec.json.encode(exchange),
+                                               normalize.venue_event, exchange, ts)
             if venue is None or (wanted and venue.venue not in wanted):
                 continue
             codes.append(exchange["code"])

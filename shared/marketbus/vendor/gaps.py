@@ -42,7 +42,8 @@ class GapTracker:
         if self.since_ns is None:
             self.since_ns = at_ns if at_ns is not None else time.time_ns()
 
-    async def report(self, last_good_ns: int | None, end_ns: int | None = None, detail: str | None = None) -> tuple[int, int] | None:
+    async def report(self, last_good_ns: int | None, end_ns: int | None = None,
+                     detail: str | None = None) -> tuple[int, int] | None:
         """If interrupted, publish the ``gap`` from the last good event (or the interruption's
         start) to ``end_ns`` (now) and return it; it stays open until :meth:`resynced` (a new
         interruption before that extends it: the reported gap starts where the open one did)."""

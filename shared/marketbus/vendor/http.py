@@ -122,16 +122,17 @@ class VendorHttp:
         self.max_rate_limited = max_rate_limited
         self.default_retry_after_s = default_retry_after_s
         self.on_error = on_error or (lambda kind: None)
-        self.client = httpx.AsyncClient(
-            base_url=self.base_url, headers=dict(headers or {}), timeout=timeout_s,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max(1, max_connections // 2)))
+        pool = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max(1, max_connections // 2))
+        self.client = httpx.AsyncClient(base_url=self.base_url, headers=dict(headers or {}), timeout=timeout_s,
+                                        limits=pool)
         self.calls = 0
         self.rate_limited = 0
 
     async def send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                    content: bytes | None = None, headers: Mapping[str, str] | None = None,
                    timeout: float | None = None, max_attempts: int | None = None,
-                   accept: Callable[[httpx.Response], bool] | None = None, paced: bool = True) -> httpx.Response:
+                   accept: Callable[[httpx.Response], bool] | None = None,
+                   paced: bool = True) -> httpx.Response:
         """One call with pacing and retries. ``accept(response)`` may take a non-2xx reply as the
         answer (e.g. a 401 the caller handles by logging in again). ``paced=False`` for calls
         outside the vendor's API limits (presigned downloads): a 429 still drains the limiter."""
