@@ -37,10 +37,6 @@ BUS_ERRORS: tuple[type[BaseException], ...] = (PublishError, nats.errors.Error, 
 class IngestSettings(ServiceSettings, kw_only=True):
     batch_max_events: int = 5000  # events per batch envelope (replays, backfills, vendor pages)
 
-    def validate(self) -> None:
-        """Raise :class:`~marketbus.runtime.settings.SettingsError` naming a bad value; called
-        when the ingestor is built (vendors override it)."""
-
 
 class ReplayUnsupported(Exception):
     """Raised by :meth:`Ingestor.replay` when the vendor cannot replay what was asked."""
@@ -65,7 +61,7 @@ class Ingestor(Service):
     def setup(self) -> None:
         self._metric_children: dict[type, tuple[Any, Any, bool]] = {}
         self.publishing_blocked: str | None = None
-        self.settings.validate()
+        self.settings.validate()  # load_settings did; settings handed in as an object did not
 
         @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}")
         async def on_replay(msg: NatsMessage) -> bytes:
