@@ -12,6 +12,7 @@ import msgspec
 
 from marketbus.runtime.ingest import IngestSettings
 from marketbus.runtime.settings import Secret
+from marketbus.vendor.limits import SITAGRI
 from marketbus.vendor.timeparse import time_or_offset_ns
 
 PREFIX = "MARKETBUS_INGEST_SITAGRI_"
@@ -27,13 +28,13 @@ class SitagriIngestSettings(IngestSettings, kw_only=True):
     batch_max_events: int = 1000
 
     # --- vendor API ---------------------------------------------------------------------------
-    base_url: str = "http://127.0.0.1:8704"  # the market server URL (production: from the login API)
+    base_url: str = SITAGRI.base_url  # the market server URL (production: from the login API)
     token: Secret = Secret(SANDBOX_TOKEN)  # a session token; or log in with LOGIN/PASSWORD
     login: str = ""  # credentials for the login endpoint (used first when set, and after a 401)
     password: Secret = Secret("")
     login_path: str = "/api/login"  # POST {"login","password"} -> {"token","timeout"}
     request_timeout_s: float = 30.0
-    requests_per_s: float = 20.0  # our own pacing of REST calls
+    requests_per_s: float = float(SITAGRI.limits[0].calls)  # our own pacing of REST calls (declared)
     max_retries: int = 5  # per call, for 429/5xx/network errors
     batch_size: int = 250  # references per batch POST /api (the vendor's default cap)
     keepalive_margin_s: float = 30.0  # GET /api/keepAlive this long before the idle timeout
