@@ -8,6 +8,7 @@ import msgspec
 
 from marketbus.runtime.ingest import IngestSettings
 from marketbus.runtime.settings import Secret, SettingsError
+from marketbus.vendor.limits import DIGITEX
 
 from . import normalize
 
@@ -16,7 +17,7 @@ class DigitexIngestSettings(IngestSettings, kw_only=True):
     env_prefix: ClassVar[str] = "MARKETBUS_INGEST_DIGITEX_"
     http_port: int = 9104  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
-    base_url: str = "http://127.0.0.1:8703/dapi"  # the bot API lives under <base>/v1/exchange/bot/
+    base_url: str = DIGITEX.base_url  # the bot API lives under <base>/v1/exchange/bot/
     token: Secret = Secret("")  # Authorization: Token <token>; public market data works without
     markets: list[str] = []  # market codes (FS:BTCUSD) or ids; empty = every listed market
     book_interval_s: float = 3.0
@@ -26,13 +27,12 @@ class DigitexIngestSettings(IngestSettings, kw_only=True):
     bars_backfill_s: float = 3600.0  # bars fetched at first start (no cursor yet)
     max_trades: int = 1000  # recent_trades depth per poll (the vendor's cap)
     ref_refresh_s: float = 3600.0
-    rate_per_second: int = 50  # the documented limits (exchange_info.rate_limits)
-    rate_per_minute: int = 500
+    rate_per_second: int = DIGITEX.limits[0].calls  # the account's limits (default: the declared ones)
+    rate_per_minute: int = DIGITEX.limits[1].calls
     request_timeout_s: float = 10.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     venue: str = "DIGITEX"
-    state_key_prefix: str = "digitex"
 
     def validate(self) -> None:
         p = self.env_prefix

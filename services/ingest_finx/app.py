@@ -33,6 +33,9 @@ from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.contracts.subjects import denormalize_symbol
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import BUS_ERRORS, Ingestor, ReplayUnsupported
+from marketbus.vendor.cursor import CursorStore
+from marketbus.vendor.frames import FrameGuard
+from marketbus.vendor.gaps import GapTracker
 
 from . import normalize
 from .client import SessionLost, TickPlantClient
@@ -58,8 +61,18 @@ class PairState:
     boundary: set[str] = field(default_factory=set)
     last_snap_id: str | None = None
     snap_ids: dict[str, int] = field(default_factory=dict)  # published by a snap, ahead of the cursor
-    gap: tuple[int, int] | None = None  # reported, not yet back-filled
     committed: tuple[int, frozenset[str]] | None = None
+    tracker: GapTracker | None = None  # the history's gap: interrupted -> gap -> resynced
+
+    @property
+    def gap(self) -> tuple[int, int] | None:
+        """What is missing and not back-filled yet (None: nothing)."""
+        if self.tracker is None:
+            return None
+        if self.tracker.since_ns is not None:  # interrupted, not reported yet
+            start = self.tracker.open_gap[0] if self.tracker.open_gap else self.cursor
+            return (start, self.tracker.since_ns)
+        return self.tracker.open_gap
 
 
 @dataclass
@@ -72,22 +85,20 @@ class Page:
 
 
 class FinxIngestor(Ingestor):
-    name: ClassVar[str] = "ingest_finx"
     source: ClassVar[str] = "finx"
     resends_failed_publishes = True  # _unconfirmed is re-sent after a publishing failure
     settings_cls = FinxIngestSettings
     settings: FinxIngestSettings
 
-    def __init__(self, settings: FinxIngestSettings | None = None, **overrides: Any) -> None:
-        super().__init__(settings, **overrides)
-        self.settings.validate()
+    def build(self) -> None:
         s = self.settings
         self.client = TickPlantClient(
             s.ws_url, s.api_key, timeout_s=s.request_timeout_s,
             backoff=Backoff(s.reconnect_initial_s, s.reconnect_max_s), on_frame=self._count_frame,
         )
         self.pairs: dict[str, PairState] = {}
-        self.kv: Any = None
+        self.cursors: CursorStore[Cursor] = CursorStore(None, self.source, "history", Cursor, s.state_namespace)
+        self.frames = FrameGuard(self, normalize.Malformed)
         self.currencies: dict[str, Currency] = {}
         self._ref_at = 0.0
         self._next_snap = 0.0
@@ -98,6 +109,14 @@ class FinxIngestor(Ingestor):
         # batch ids (Nats-Msg-Id) are the same and JetStream drops what it had stored already.
         self._unconfirmed: list[tuple[list[Tick], bool | None, list[Any]]] = []
 
+
+    def _vendor_refused(self, channel: str, exc: normalize.VendorError, what: str) -> None:
+        """FinX answered a request with an error: an auth error ends the session (raised again),
+        anything else is counted and logged and the caller skips the request."""
+        if exc.auth:
+            raise exc
+        self.metrics.vendor_errors.labels(self.source, channel).inc()
+        self.log.warning("%s: %s", what, exc)
 
     def _count_frame(self, channel: str) -> None:
         self.metrics.frames_in.labels(self.source, channel).inc()
@@ -110,39 +129,24 @@ class FinxIngestor(Ingestor):
 
     # --- start / stop ---------------------------------------------------------------------------
     async def on_start(self) -> None:
-        self.kv = await ensure_bucket(self.js, INGEST_STATE, self.settings.stream_replicas)
+        self.cursors.kv = await ensure_bucket(self.js, INGEST_STATE, self.settings.stream_replicas)
         now = self.now_ns()
         start = self.settings.history_start_ns(now)
         for pair in dict.fromkeys(p.upper() for p in self.settings.pairs):
             state = PairState(pair, normalize.symbol_of(pair), start)
-            saved = await self._load_cursor(state)
+            state.tracker = GapTracker(self, self.source, venue=NO_VENUE, symbol=state.symbol, kind="tick")
+            saved = await self.cursors.get(state.symbol)
             if saved is not None:
                 state.cursor, state.boundary = saved.ts_ns, set(saved.boundary)
                 state.committed = (saved.ts_ns, frozenset(saved.boundary))
                 # A restart: everything since the saved cursor is missing until back-filled.
-                state.gap = (saved.ts_ns, now)
+                state.tracker.interrupted(now)
             state.origin = state.cursor
             self.pairs[pair] = state
         self.spawn(self._run(), "session")
 
     async def on_stop(self) -> None:
         await self.client.close()
-
-    def _state_key(self, state: PairState) -> str:
-        return f"{self.settings.state_key_prefix}.history.{state.symbol}"
-
-    async def _load_cursor(self, state: PairState) -> Cursor | None:
-        try:
-            entry = await self.kv.get(self._state_key(state))
-        except Exception:  # noqa: BLE001 - no key yet
-            return None
-        if not entry or not entry.value:
-            return None
-        try:
-            return msgspec.json.decode(entry.value, type=Cursor)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            self.log.warning("ignoring an unreadable cursor for %s", state.pair)
-            return None
 
     async def _commit(self, force: bool = False) -> None:
         """Persist cursors whose events are all acked (flush first)."""
@@ -157,7 +161,7 @@ class FinxIngestor(Ingestor):
         await self.flush()
         self._unconfirmed.clear()  # all acked
         for state, cursor, boundary in snapshot:
-            await self.kv.put(self._state_key(state), msgspec.json.encode(Cursor(cursor, sorted(boundary))))
+            await self.cursors.put(state.symbol, Cursor(cursor, sorted(boundary)))
             state.committed = (cursor, boundary)
 
     # --- the session loop -------------------------------------------------------------------------
@@ -192,7 +196,8 @@ class FinxIngestor(Ingestor):
                 await self.publish_feed_status(self.source, ended, detail=reason, **session_feed)
             for state in self.pairs.values():
                 # Whatever happened from the cursor on is missing until the back-fill catches up.
-                state.gap = (state.gap[0] if state.gap else state.cursor, lost_at)
+                assert state.tracker is not None
+                state.tracker.interrupted(lost_at)
             await self.client.backoff.sleep()
             if ended == "blocked":
                 await self._wait_for_the_bus()
@@ -221,12 +226,8 @@ class FinxIngestor(Ingestor):
         if self._unconfirmed:
             await self._resend_unconfirmed()
         for state in self.pairs.values():
-            if state.gap is not None:
-                start, end = state.gap
-                state.gap = (start, max(end, self.now_ns()))
-                await self.publish_feed_status(
-                    self.source, "gap", symbol=state.symbol, kind="tick", gap=state.gap,
-                    detail="back-filling from the saved cursor")
+            assert state.tracker is not None
+            await state.tracker.report(state.cursor, detail="back-filling from the saved cursor")
         if time.monotonic() >= self._ref_at:
             await self._reference()
         self._next_snap = 0.0
@@ -253,15 +254,12 @@ class FinxIngestor(Ingestor):
         for ticker in dict.fromkeys(t.upper() for t in self.settings.tickers):
             frame = await self.client.call("referenceData", securityId=ticker)
             try:
-                event = normalize.currency(normalize.decode(frame), self.now_ns())
-            except normalize.Malformed as exc:
-                await self.malformed("referenceData", frame, str(exc))
-                continue
+                event = await self.frames.normalize("referenceData", frame, lambda f=frame: normalize.currency(
+                    normalize.decode(f), self.now_ns()))
             except normalize.VendorError as exc:
-                if exc.auth:
-                    raise
-                self.metrics.vendor_errors.labels(self.source, "reference").inc()
-                self.log.warning("FinX has no reference data for %s: %s", ticker, exc)
+                self._vendor_refused("reference", exc, f"FinX has no reference data for {ticker}")
+                continue
+            if event is None:
                 continue
             if event.code != ticker:
                 await self.client.desync(f"referenceData {ticker} answered for {event.code}")
@@ -276,15 +274,9 @@ class FinxIngestor(Ingestor):
     async def _snap(self, state: PairState) -> None:
         frame = await self.client.call("tickSnap", pair=state.pair)
         try:
-            tick = normalize.snap(frame, self.now_ns())
-        except normalize.Malformed as exc:
-            await self.malformed("tickSnap", frame, str(exc))
-            return
+            tick = await self.frames.normalize("tickSnap", frame, normalize.snap, frame, self.now_ns())
         except normalize.VendorError as exc:
-            if exc.auth:
-                raise
-            self.metrics.vendor_errors.labels(self.source, "snap").inc()
-            self.log.warning("tickSnap %s: %s", state.pair, exc)
+            self._vendor_refused("snap", exc, f"tickSnap {state.pair}")
             return
         if tick is None or tick.id == state.last_snap_id:
             return  # no tick yet, or the same snap again: not a new event
@@ -308,19 +300,17 @@ class FinxIngestor(Ingestor):
         while True:
             frame = await self.client.call("tickHistory", pair=pair, date=date, time=clock)
             try:
-                ticks, bad = normalize.history(frame, self.now_ns(), replay)
-                break
-            except normalize.Malformed as exc:
-                # The frame was consumed (lock-step intact): dead-letter it and ask again.
-                await self.malformed("tickHistory", frame, str(exc))
-                await asyncio.sleep(0.05)
+                page = await self.frames.normalize("tickHistory", frame, normalize.history, frame, self.now_ns(), replay)
             except normalize.VendorError as exc:
-                if exc.auth:
-                    raise
-                self.metrics.vendor_errors.labels(self.source, "history").inc()
+                self._vendor_refused("history", exc, f"tickHistory {pair}")
                 raise SessionLost(f"tickHistory {pair}: {exc}") from None
+            if page is not None:
+                break
+            # The malformed frame was consumed (lock-step intact) and dead-lettered: ask again.
+            await asyncio.sleep(0.05)
+        ticks, bad = page
         for row, reason in bad:
-            await self.malformed("tickHistory", msgspec.json.encode(row), reason)
+            await self.frames.reject("tickHistory", msgspec.json.encode(row), reason)
         if ticks and (ticks[0].ts_event < cursor - cursor % MS or any(t.symbol != symbol for t in ticks)):
             await self.client.desync(f"tickHistory {pair} from {date} {clock} answered with other rows")
             raise SessionLost("reply out of lock-step")
@@ -356,12 +346,12 @@ class FinxIngestor(Ingestor):
             if state.snap_ids:
                 state.snap_ids = {i: ts for i, ts in state.snap_ids.items() if ts >= state.cursor}
             await self._commit()
-            if state.gap is not None and (state.cursor >= state.gap[1] or (not page.full and asked_at >= state.gap[1])):
+            tracker = state.tracker
+            assert tracker is not None  # made in on_start
+            gap = tracker.open_gap
+            if gap is not None and (state.cursor >= gap[1] or (not page.full and asked_at >= gap[1])):
                 await self._commit(force=True)
-                await self.publish_feed_status(
-                    self.source, "resynced", symbol=state.symbol, kind="tick", gap=state.gap,
-                    detail="gap back-filled from tickHistory")
-                state.gap = None
+                await tracker.resynced("gap back-filled from tickHistory")
             if not page.full:
                 return
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import ClassVar
 
 import msgspec
@@ -10,6 +9,7 @@ import msgspec
 from marketbus.contracts.subjects import normalize_symbol
 from marketbus.runtime.ingest import IngestSettings
 from marketbus.runtime.settings import Secret, SettingsError
+from marketbus.vendor.timeparse import time_or_offset_ns
 
 
 class FinxIngestSettings(IngestSettings, kw_only=True):
@@ -31,7 +31,7 @@ class FinxIngestSettings(IngestSettings, kw_only=True):
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 10.0
     ref_refresh_s: float = 3600.0
-    state_key_prefix: str = "finx"  # keys in the ingest_state bucket: <prefix>.history.<symbol>
+    state_namespace: str = ""  # keys in the ingest_state bucket: finx[.<namespace>].history.<symbol>
 
     def validate(self) -> None:
         """Start-up checks beyond the types (raises SettingsError naming the variable)."""
@@ -55,16 +55,9 @@ class FinxIngestSettings(IngestSettings, kw_only=True):
         self.history_start_ns(0)
 
     def history_start_ns(self, now_ns: int) -> int:
-        text = self.history_start.strip()
-        if not text:
-            return now_ns
         try:
-            if text.startswith("-"):
-                return now_ns - int(float(text[1:]) * 1e9)
-            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=dt.timezone.utc)
-            return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+            start = time_or_offset_ns(self.history_start, now_ns)
         except ValueError:
-            raise SettingsError(
-                f"{self.env_prefix}HISTORY_START={text!r} is invalid: an ISO time or -<seconds>") from None
+            raise SettingsError(f"{self.env_prefix}HISTORY_START={self.history_start.strip()!r} is invalid: "
+                                "an ISO time or -<seconds>") from None
+        return now_ns if start is None else start

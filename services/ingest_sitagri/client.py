@@ -7,16 +7,14 @@ history, news search and publishing.
   ``margin`` seconds before the idle timeout when nothing else touched the session.
 - Batches: ``POST /api`` with a JSON array of references (at most ``batch_size``, 250 by default)
   returns the results in the same order; :meth:`SitagriClient.batch` splits longer lists.
-- Pacing with a token bucket; 429/5xx/network errors are retried with back-off.
+- Pacing, 429/5xx/network retries with back-off: the vendor HTTP layer
+  (:class:`marketbus.vendor.http.VendorHttp`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +25,8 @@ from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.session import SessionKeeper
 from marketbus.runtime.settings import Secret
+from marketbus.vendor.http import Refused, VendorHttp
+from marketbus.vendor.http import Unavailable as HttpUnavailable
 
 from .normalize import generic_decoder
 
@@ -79,11 +79,14 @@ class SitagriClient:
         self.limiter = RateLimiter(requests_per_s, max(1.0, requests_per_s))
         self.backoff = backoff or Backoff(0.2, 5.0)
         self.on_call = on_call
-        self.http = httpx.AsyncClient(base_url=self.base_url, headers=HEADERS, timeout=timeout_s,
-                                      limits=httpx.Limits(max_connections=20, max_keepalive_connections=10))
+        self.http = VendorHttp(self.base_url, self.limiter, headers=HEADERS, timeout_s=timeout_s,
+                               backoff=self.backoff, max_attempts=max_retries + 1)
         self.keeper = SessionKeeper(self._login, self._keep_alive, margin_s=keepalive_margin_s)
-        self.calls = 0
         self.batches = 0
+
+    @property
+    def calls(self) -> int:
+        return self.http.calls
 
     @property
     def ws_url(self) -> str:
@@ -95,7 +98,7 @@ class SitagriClient:
         return bool(self._login_name and self._password)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.http.close()
 
     # --- session ------------------------------------------------------------------------------
     async def _login(self) -> tuple[str, float | None]:
@@ -130,58 +133,44 @@ class SitagriClient:
         headers = dict(JSON_BODY) if body is not None else {}
         if token is not None:
             headers["X-Session-Token"] = token
-        try:
-            return await self.http.request(method, path, content=body, headers=headers,
-                                           timeout=timeout if timeout is not None else self.timeout_s)
+        try:  # unpaced and not retried: the session's own calls (login, keep-alive)
+            return await self.http.client.request(method, path, content=body, headers=headers,
+                                                  timeout=timeout if timeout is not None else self.timeout_s)
         except (httpx.TransportError, OSError) as exc:
             raise Unavailable(f"{method} {path.split('?')[0][:120]}: {type(exc).__name__}") from None
 
     async def request(self, method: str, path: str, body: bytes | None = None, *, timeout: float | None = None,
                       retries: int | None = None, channel: str = "rest", relogin: bool = True) -> bytes:
-        """One vendor call with the session token: re-login on 401 (once), retries on 429/5xx and
-        network errors with back-off; returns the body of a 2xx reply."""
-        retries = self.max_retries if retries is None else retries
-        backoff = Backoff(self.backoff.initial_s, self.backoff.max_s)
+        """One vendor call with the session token (:class:`VendorHttp`: pacing, retries on
+        429/5xx and network errors with back-off); re-login on 401 (once); returns the body of a
+        2xx reply."""
+        attempts = (self.max_retries if retries is None else retries) + 1
         relogged = False
-        attempt = 0
         while True:
-            await self.limiter.acquire()
             token = await self.keeper.get()
+            headers = dict(JSON_BODY) if body is not None else {}
+            headers["X-Session-Token"] = token
             try:
-                resp = await self._send(method, path, token, body, timeout)
-            except Unavailable:
-                if attempt >= retries:
-                    raise
-                attempt += 1
-                await backoff.sleep()
-                continue
-            self.calls += 1
+                resp = await self.http.send(method, path, content=body, headers=headers, timeout=timeout,
+                                            max_attempts=attempts, accept=_is_401)
+            except HttpUnavailable as exc:
+                if exc.status == 429:
+                    raise VendorError(429, "rate limited") from None
+                raise Unavailable(f"{method} {path.split('?')[0][:120]}: {exc}") from None
+            except Refused as exc:
+                raise VendorError(exc.status, f"{method} {path[:200]}", _body(exc.response)) from None
             if self.on_call is not None:
                 self.on_call(channel)
-            status = resp.status_code
-            if 200 <= status < 300:
+            if resp.status_code != 401:
                 self.keeper.touch()
                 return resp.content
-            if status == 401:
-                self.keeper.expired(token)
-                if relogin and not relogged:
-                    relogged = True
-                    log.info("Sitagri session expired: logging in again")
-                    continue
-                raise SessionExpired(401, "session refused after a new login" if relogged else "session expired",
-                                     _body(resp))
-            if status == 429 or status >= 500:
-                if attempt >= retries:
-                    if status == 429:
-                        raise VendorError(status, "rate limited", _body(resp))
-                    raise Unavailable(f"{method} {path[:120]}: HTTP {status}")
-                attempt += 1
-                retry_after = _retry_after(resp)
-                if status == 429 and retry_after:
-                    self.limiter.penalize(retry_after)
-                await backoff.sleep(retry_after)
+            self.keeper.expired(token)
+            if relogin and not relogged:
+                relogged = True
+                log.info("Sitagri session expired: logging in again")
                 continue
-            raise VendorError(status, f"{method} {path[:200]}", _body(resp))
+            raise SessionExpired(401, "session refused after a new login" if relogged else "session expired",
+                                 _body(resp))
 
     async def get_raw(self, ref: str, *, timeout: float | None = None, channel: str = "rest") -> bytes:
         return await self.request("GET", "/api" + encode_ref(ref), timeout=timeout, channel=channel)
@@ -246,8 +235,5 @@ def _body(resp: httpx.Response) -> Any:
         return resp.text[:500]
 
 
-def _retry_after(resp: httpx.Response) -> float:
-    try:
-        return float(resp.headers.get("retry-after", 0) or 0)
-    except ValueError:
-        return 0.0
+def _is_401(resp: httpx.Response) -> bool:
+    return resp.status_code == 401

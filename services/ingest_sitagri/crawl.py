@@ -70,128 +70,170 @@ def _is_error(obj: Any) -> bool:
     return not isinstance(obj, dict) or obj.get("code") == "error"
 
 
+ROOTS = ("/market/sources", "/market/units", "/market/geoSites", "/market/incoterms", "/market/prodcats",
+         "/news/sources")
+BATCH = 250  # references per batch request (the vendor's cap)
+
+
 async def crawl(fetch: BatchFetch, ts: int) -> CrawlResult:
-    out = CrawlResult()
+    """The whole tree, in the four steps of the module docstring."""
+    return await _Crawl(fetch, ts).run()
 
-    async def get(refs: Sequence[str]) -> list[Any]:
-        out.requests += 1
-        out.references += len(refs)
-        return await fetch(refs)
 
-    top = ["/market/sources", "/market/units", "/market/geoSites", "/market/incoterms", "/market/prodcats",
-           "/news/sources"]
-    replies = dict(zip(top, await get(top), strict=True))
-    for ref, reply in replies.items():
-        if _is_error(reply) or not isinstance(reply.get("data"), list):
-            out.problems.append((ref, reply, "not a list reply"))
-            replies[ref] = {"data": []}
-    sources = [s for s in replies["/market/sources"]["data"] if isinstance(s, dict) and s.get("code")]
+class _Crawl:
+    """One crawl: fetch steps (roots, class lists, children, texts), then the events."""
 
-    # 2. the lists of every source
-    list_refs = [f"/market/sources/{s['code']}/{kind}" for s in sources for kind in KINDS if s.get(kind)]
-    lists = dict(zip(list_refs, await get(list_refs) if list_refs else [], strict=True))
-    items: dict[str, tuple[str, str, dict[str, Any]]] = {}  # item ref -> (source, kind, item)
-    for lref, reply in lists.items():
-        _, _, _, src, kind = lref.split("/")
-        if _is_error(reply) or not isinstance(reply.get("data"), list):
-            out.problems.append((lref, reply, "not a list reply"))
-            continue
-        for item in reply["data"]:
-            if not isinstance(item, dict) or not item.get("code"):
-                out.problems.append((lref, item, "item without a code"))
+    def __init__(self, fetch: BatchFetch, ts: int) -> None:
+        self.fetch = fetch
+        self.ts = ts
+        self.out = CrawlResult()
+        self.roots: dict[str, Any] = {}
+        self.sources: list[dict[str, Any]] = []
+        self.items: dict[str, tuple[str, str, dict[str, Any]]] = {}  # item ref -> (source, kind, item)
+        self.child_items: dict[str, Any] = {}
+        self.texts = Texts({})
+        self.order_book: dict[str, bool] = {}  # source code -> has order books
+
+    async def run(self) -> CrawlResult:
+        await self.fetch_roots()
+        await self.fetch_class_lists()
+        await self.fetch_children()
+        await self.fetch_texts()
+        self.build_reference()
+        self.build_classes()
+        return self.out
+
+    async def get(self, refs: Sequence[str]) -> list[Any]:
+        """Replies to ``refs``, in order, ``BATCH`` references per request."""
+        replies: list[Any] = []
+        for i in range(0, len(refs), BATCH):
+            chunk = refs[i:i + BATCH]
+            self.out.requests += 1
+            self.out.references += len(chunk)
+            replies.extend(await self.fetch(chunk))
+        return replies
+
+    def problem(self, ref: str, payload: Any, reason: str) -> None:
+        self.out.problems.append((ref, payload, reason))
+
+    # --- 1..4: fetch ----------------------------------------------------------------------------
+    async def fetch_roots(self) -> None:
+        self.roots = dict(zip(ROOTS, await self.get(ROOTS), strict=True))
+        for ref, reply in self.roots.items():
+            if _is_error(reply) or not isinstance(reply.get("data"), list):
+                self.problem(ref, reply, "not a list reply")
+                self.roots[ref] = {"data": []}
+        self.sources = [s for s in self.roots["/market/sources"]["data"] if isinstance(s, dict) and s.get("code")]
+
+    async def fetch_class_lists(self) -> None:
+        list_refs = [f"/market/sources/{s['code']}/{kind}" for s in self.sources for kind in KINDS if s.get(kind)]
+        lists = dict(zip(list_refs, await self.get(list_refs) if list_refs else [], strict=True))
+        for lref, reply in lists.items():
+            _, _, _, src, kind = lref.split("/")
+            if _is_error(reply) or not isinstance(reply.get("data"), list):
+                self.problem(lref, reply, "not a list reply")
                 continue
-            items[f"/market/sources/{src}/{kind}/{item['code']}"] = (src, kind, item)
+            for item in reply["data"]:
+                if not isinstance(item, dict) or not item.get("code"):
+                    self.problem(lref, item, "item without a code")
+                    continue
+                self.items[f"/market/sources/{src}/{kind}/{item['code']}"] = (src, kind, item)
 
-    # 3. deliveries and option series
-    children = [r for ref, (_, kind, item) in items.items()
-                for r in (item.get("deliveries", []) if kind == "future" else item.get("series", []) if kind == "option" else [])]
-    child_items: dict[str, Any] = {}
-    for i in range(0, len(children), 250):
-        chunk = children[i:i + 250]
-        child_items.update(zip(chunk, await get(chunk), strict=True))
+    async def fetch_children(self) -> None:
+        """Deliveries of futures and series of options (currency terms come embedded)."""
+        wanted = {"future": "deliveries", "option": "series"}
+        children = [r for _, kind, item in self.items.values() for r in item.get(wanted.get(kind, ""), [])]
+        self.child_items = dict(zip(children, await self.get(children), strict=True))
 
-    # 4. l10n
-    named: list[dict[str, Any]] = [*sources, *(it for _, _, it in items.values())]
-    for key in ("/market/units", "/market/geoSites", "/market/incoterms", "/market/prodcats", "/news/sources"):
-        named.extend(x for x in replies[key]["data"] if isinstance(x, dict))
-    l10n_refs = sorted({ref for item in named for k in ("name", "desc")
-                        if isinstance(ref := item.get(k), str) and ref.startswith("/l10n/")})
-    texts: dict[str, str] = {}
-    for i in range(0, len(l10n_refs), 250):
-        chunk = l10n_refs[i:i + 250]
-        for ref, reply in zip(chunk, await get(chunk), strict=True):
+    async def fetch_texts(self) -> None:
+        named: list[dict[str, Any]] = [*self.sources, *(it for _, _, it in self.items.values())]
+        for key in ROOTS[1:]:
+            named.extend(x for x in self.roots[key]["data"] if isinstance(x, dict))
+        l10n_refs = sorted({ref for item in named for k in ("name", "desc")
+                            if isinstance(ref := item.get(k), str) and ref.startswith("/l10n/")})
+        texts: dict[str, str] = {}
+        for ref, reply in zip(l10n_refs, await self.get(l10n_refs), strict=True):
             if isinstance(reply, dict) and isinstance(reply.get("text"), str):
                 texts[ref] = reply["text"]
             else:
-                out.problems.append((ref, reply, "l10n reference without text"))
-    t = Texts(texts)
+                self.problem(ref, reply, "l10n reference without text")
+        self.texts = Texts(texts)
 
-    def add(make: Callable[[], Any], ref: str, payload: Any) -> None:
+    # --- events ---------------------------------------------------------------------------------
+    def add(self, make: Callable[[], Any], ref: str, payload: Any) -> None:
+        """One normalizer call; what it cannot read is a problem (dead-lettered by the app)."""
         try:
             made = make()
         except (Malformed, KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
-            out.problems.append((ref, payload, f"{type(exc).__name__}: {exc}"))
+            self.problem(ref, payload, f"{type(exc).__name__}: {exc}")
             return
-        out.events.extend(made if isinstance(made, list) else [made])
+        self.out.events.extend(made if isinstance(made, list) else [made])
 
-    order_book = {s["code"]: bool(s.get("orderBook")) for s in sources}
-    for s in sources:
-        add(lambda s=s: normalize.market_venue(s, t, ts), f"/market/sources/{s['code']}", s)
-    for s in replies["/news/sources"]["data"]:
-        add(lambda s=s: normalize.news_venue(s, t, ts), "/news/sources", s)
-    for u in replies["/market/units"]["data"]:
-        add(lambda u=u: normalize.unit(u, t, ts), "/market/units", u)
-    for g in replies["/market/geoSites"]["data"]:
-        add(lambda g=g: normalize.geo_site(g, t, ts), "/market/geoSites", g)
-    for x in replies["/market/incoterms"]["data"]:
-        add(lambda x=x: normalize.incoterm(x, t, ts), "/market/incoterms", x)
-    for c in replies["/market/prodcats"]["data"]:
-        add(lambda c=c: normalize.product_category(c, t, ts), "/market/prodcats", c)
-
-    def quote(ref: str, kind: str, currency: str | None = None) -> None:
+    def quote(self, ref: str, kind: str, currency: str | None = None) -> None:
         try:
             venue, symbol = normalize.quote_key(ref)
         except Malformed as exc:
-            out.problems.append((ref, None, str(exc)))
+            self.problem(ref, None, str(exc))
             return
         src = ref.split("/")[3]
-        out.quotes[ref] = QuoteMeta(ref, kind, venue, symbol, order_book.get(src, False), currency)
+        self.out.quotes[ref] = QuoteMeta(ref, kind, venue, symbol, self.order_book.get(src, False), currency)
 
-    for ref, (src, kind, item) in items.items():
-        if kind == "future":
-            add(lambda r=ref, i=item: normalize.future_class(r, i, t, ts), ref, item)
-            members = []
-            for dref in item.get("deliveries", []):
-                d = child_items.get(dref)
-                if _is_error(d):
-                    out.problems.append((dref, d, "delivery not found"))
-                    continue
-                add(lambda r=dref, d=d, c=item: normalize.delivery(r, d, c, t, ts), dref, d)
-                quote(dref, "future", item.get("currency"))
-                members.append(dref)
-            out.members[ref] = members
-        elif kind == "option":
-            add(lambda r=ref, i=item: normalize.option_class(r, i, t, ts), ref, item)
-            series = []
-            for sref in item.get("series", []):
-                ser = child_items.get(sref)
-                if _is_error(ser):
-                    out.problems.append((sref, ser, "option series not found"))
-                    continue
-                add(lambda r=sref, s=ser, c=item: normalize.option_series(r, s, c, t, ts), sref, ser)
-                strikes = [normalize.strike_ref(sref, s["code"]) for s in ser.get("strikes", []) if isinstance(s, dict)]
-                for q in strikes:
-                    quote(q, "option", item.get("currency"))
-                out.members[sref] = strikes
-                series.append(sref)
-            out.members[ref] = series
-        elif kind == "currency":
-            add(lambda r=ref, i=item: normalize.currency_class(r, i, ts), ref, item)
-            terms = [f"{ref}/terms/{x['code']}" for x in item.get("terms") or [] if isinstance(x, dict)]
-            for q in terms:
-                quote(q, "currency", item.get("to"))
-            out.members[ref] = terms
-        else:
-            add(lambda r=ref, k=kind, i=item: normalize.simple_quote(r, k, i, t, ts), ref, item)
-            quote(ref, kind, item.get("currency"))
-    return out
+    def build_reference(self) -> None:
+        t, ts, data = self.texts, self.ts, {k: v["data"] for k, v in self.roots.items()}
+        self.order_book = {s["code"]: bool(s.get("orderBook")) for s in self.sources}
+        for s in self.sources:
+            self.add(lambda s=s: normalize.market_venue(s, t, ts), f"/market/sources/{s['code']}", s)
+        makers: dict[str, Callable[..., Any]] = {
+            "/news/sources": normalize.news_venue, "/market/units": normalize.unit,
+            "/market/geoSites": normalize.geo_site, "/market/incoterms": normalize.incoterm,
+            "/market/prodcats": normalize.product_category}
+        for root, make in makers.items():
+            for x in data[root]:
+                self.add(lambda x=x, make=make: make(x, t, ts), root, x)
+
+    def build_classes(self) -> None:
+        for ref, (_src, kind, item) in self.items.items():
+            if kind == "future":
+                self.future(ref, item)
+            elif kind == "option":
+                self.option(ref, item)
+            elif kind == "currency":
+                self.add(lambda r=ref, i=item: normalize.currency_class(r, i, self.ts), ref, item)
+                terms = [f"{ref}/terms/{x['code']}" for x in item.get("terms") or [] if isinstance(x, dict)]
+                for q in terms:
+                    self.quote(q, "currency", item.get("to"))
+                self.out.members[ref] = terms
+            else:
+                self.add(lambda r=ref, k=kind, i=item: normalize.simple_quote(r, k, i, self.texts, self.ts), ref, item)
+                self.quote(ref, kind, item.get("currency"))
+
+    def future(self, ref: str, item: dict[str, Any]) -> None:
+        self.add(lambda: normalize.future_class(ref, item, self.texts, self.ts), ref, item)
+        deliveries = [dref for dref, _ in self.children(item, "deliveries", "delivery", normalize.delivery)]
+        for dref in deliveries:
+            self.quote(dref, "future", item.get("currency"))
+        self.out.members[ref] = deliveries
+
+    def option(self, ref: str, item: dict[str, Any]) -> None:
+        self.add(lambda: normalize.option_class(ref, item, self.texts, self.ts), ref, item)
+        series = self.children(item, "series", "option series", normalize.option_series)
+        for sref, ser in series:
+            strikes = [normalize.strike_ref(sref, s["code"]) for s in ser.get("strikes", []) if isinstance(s, dict)]
+            for q in strikes:
+                self.quote(q, "option", item.get("currency"))
+            self.out.members[sref] = strikes
+        self.out.members[ref] = [sref for sref, _ in series]
+
+    def children(self, item: dict[str, Any], key: str, what: str,
+                 make: Callable[..., Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The fetched children (deliveries, option series) of a class item, each normalized with
+        ``make(ref, child, item, texts, ts)``; a missing one is a problem."""
+        found = []
+        for cref in item.get(key, []):
+            child = self.child_items.get(cref)
+            if _is_error(child):
+                self.problem(cref, child, f"{what} not found")
+                continue
+            self.add(lambda r=cref, c=child: make(r, c, item, self.texts, self.ts), cref, child)
+            found.append((cref, child))
+        return found

@@ -23,6 +23,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from marketbus.runtime.tasks import cancel_and_wait
+from marketbus.vendor.frames import FrameGuard
 
 from . import normalize
 from .client import SessionKeeper, SitagriClient
@@ -30,7 +31,6 @@ from .client import SessionKeeper, SitagriClient
 log = logging.getLogger("marketbus.ingest_sitagri.netbus")
 
 OnPush = Callable[[msgspec.Raw], Awaitable[None]]
-OnBad = Callable[[str, bytes | str, str], Awaitable[None]]
 _PUSH_PREFIX = '{"seq":-1,'
 
 
@@ -57,13 +57,13 @@ def failed_registrations(refs: Sequence[str], replies: Sequence[Any]) -> list[st
 
 
 class WsNetbus:
-    def __init__(self, url: str, keeper: SessionKeeper, on_push: OnPush, on_bad: OnBad, *,
+    def __init__(self, url: str, keeper: SessionKeeper, on_push: OnPush, frames: FrameGuard, *,
                  keepalive_s: float = 40.0, open_timeout_s: float = 10.0,
                  on_frame: Callable[[], None] | None = None) -> None:
         self.url = url
         self.keeper = keeper
         self.on_push = on_push
-        self.on_bad = on_bad
+        self.guard = frames  # malformed frames: counted, logged, dead-lettered
         self.keepalive_s = keepalive_s
         self.open_timeout_s = open_timeout_s
         self.on_frame = on_frame
@@ -166,10 +166,8 @@ class WsNetbus:
                 self.frames += 1
                 if on_frame is not None:
                     on_frame()
-                try:
-                    frame = normalize.decode_frame(message)
-                except normalize.Malformed as exc:
-                    await self.on_bad("netbus", message, str(exc))
+                frame = await self.guard.normalize("netbus", message, normalize.decode_frame, message)
+                if frame is None:
                     continue
                 if frame.seq == -1:
                     await on_push(frame.data)
@@ -202,11 +200,11 @@ class WsNetbus:
 class LongPollNetbus:
     """Listeners registered with a batch ``POST /api``; updates fetched with ``GET /api/netbus``."""
 
-    def __init__(self, client: SitagriClient, on_push: OnPush, on_bad: OnBad, *, poll_timeout_s: float = 90.0,
+    def __init__(self, client: SitagriClient, on_push: OnPush, frames: FrameGuard, *, poll_timeout_s: float = 90.0,
                  on_frame: Callable[[], None] | None = None) -> None:
         self.client = client
         self.on_push = on_push
-        self.on_bad = on_bad
+        self.guard = frames
         self.poll_timeout_s = poll_timeout_s
         self.on_frame = on_frame
         self.polls = 0
@@ -220,10 +218,8 @@ class LongPollNetbus:
     async def poll_once(self) -> int:
         body = await self.client.long_poll(self.poll_timeout_s)
         self.polls += 1
-        try:
-            items = normalize.split_updates(body)
-        except normalize.Malformed as exc:
-            await self.on_bad("longpoll", body, str(exc))
+        items = await self.guard.normalize("longpoll", body, normalize.split_updates, body)
+        if items is None:
             return 0
         for raw in items:
             if self.on_frame is not None:

@@ -6,13 +6,14 @@ variable. Secrets (``TOKEN``, ``PASSWORD``; ``*_FILE`` works too) are never logg
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import ClassVar, Literal
 
 import msgspec
 
 from marketbus.runtime.ingest import IngestSettings
 from marketbus.runtime.settings import Secret
+from marketbus.vendor.limits import SITAGRI
+from marketbus.vendor.timeparse import time_or_offset_ns
 
 PREFIX = "MARKETBUS_INGEST_SITAGRI_"
 SANDBOX_TOKEN = "85045E8E-CE68-2956-9E11-96F51837C71B"  # the sandbox's static token (the vendor's example)
@@ -27,13 +28,13 @@ class SitagriIngestSettings(IngestSettings, kw_only=True):
     batch_max_events: int = 1000
 
     # --- vendor API ---------------------------------------------------------------------------
-    base_url: str = "http://127.0.0.1:8704"  # the market server URL (production: from the login API)
+    base_url: str = SITAGRI.base_url  # the market server URL (production: from the login API)
     token: Secret = Secret(SANDBOX_TOKEN)  # a session token; or log in with LOGIN/PASSWORD
     login: str = ""  # credentials for the login endpoint (used first when set, and after a 401)
     password: Secret = Secret("")
     login_path: str = "/api/login"  # POST {"login","password"} -> {"token","timeout"}
     request_timeout_s: float = 30.0
-    requests_per_s: float = 20.0  # our own pacing of REST calls
+    requests_per_s: float = float(SITAGRI.limits[0].calls)  # our own pacing of REST calls (declared)
     max_retries: int = 5  # per call, for 429/5xx/network errors
     batch_size: int = 250  # references per batch POST /api (the vendor's default cap)
     keepalive_margin_s: float = 30.0  # GET /api/keepAlive this long before the idle timeout
@@ -112,12 +113,5 @@ class SitagriIngestSettings(IngestSettings, kw_only=True):
 
     @staticmethod
     def time_ns(text: str, now_ns: int) -> int | None:
-        text = text.strip()
-        if not text:
-            return None
-        if text.startswith("-"):
-            return now_ns - int(float(text[1:]) * 1e9)
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return int(when.timestamp()) * 1_000_000_000
+        """An ISO time (sub-second kept) or ``-<seconds>`` before ``now_ns``; empty -> None."""
+        return time_or_offset_ns(text, now_ns)

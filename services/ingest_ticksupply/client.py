@@ -1,4 +1,5 @@
-"""Async TickSupply REST client (httpx): auth, pacing, retries, idempotency keys, pages, artifacts.
+"""Async TickSupply REST client on the vendor HTTP layer (:class:`marketbus.vendor.http.VendorHttp`):
+auth, pacing, retries, idempotency keys, pages, artifacts.
 
 - Every call carries ``X-Api-Key`` (a :class:`Secret`, never logged) and is paced by a token bucket.
 - ``429 rate_limited``: the bucket is drained for ``Retry-After`` seconds and the call is retried
@@ -27,6 +28,7 @@ import msgspec
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.settings import Secret
+from marketbus.vendor.http import Refused, Unavailable, VendorHttp, parse_retry_after
 
 
 class TickSupplyError(Exception):
@@ -101,18 +103,8 @@ class _ErrorEnvelope(msgspec.Struct):
 
 _error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
 
-# callback(kind) for metrics: "rate_limited", "server_error", "timeout", "network", "malformed"
+# callback(kind) for metrics: VendorHttp's kinds, and "malformed"
 ErrorHook = Callable[[str], None]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None
 
 
 class TickSupplyClient:
@@ -123,20 +115,22 @@ class TickSupplyClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key = api_key
+        # our own pacing (TickSupply declares no window; it answers 429 + Retry-After beyond its limit)
         self.limiter = RateLimiter(requests_per_s, burst=max(1.0, requests_per_s))
-        self.max_retries = max_retries
-        self.max_rate_limited_retries = max_rate_limited_retries
         self.on_error = on_error or (lambda kind: None)
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
         headers = {"Accept": "application/json", "Content-Type": "application/json",
                    "User-Agent": "marketbus-ingest-ticksupply"}
-        self.http = httpx.AsyncClient(headers=headers, timeout=timeout_s,
-                                      limits=httpx.Limits(max_connections=20, max_keepalive_connections=10))
-        self.rate_limited_total = 0
+        self.http = VendorHttp(self.base_url, self.limiter, headers=headers, timeout_s=timeout_s,
+                               backoff=Backoff(backoff_initial_s, backoff_max_s), max_attempts=max_retries + 1,
+                               max_rate_limited=max_rate_limited_retries + 1, default_retry_after_s=1.0,
+                               on_error=self.on_error)
+
+    @property
+    def rate_limited_total(self) -> int:
+        return self.http.rate_limited
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self.http.close()
 
     async def __aenter__(self) -> TickSupplyClient:
         return self
@@ -147,55 +141,27 @@ class TickSupplyClient:
     # --- core ---------------------------------------------------------------------------------
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                       body: Any = None, idempotency_key: str | None = None, mutating: bool = False) -> Any:
-        """One API call with pacing and retries; returns the decoded JSON (None for 204)."""
-        url = f"{self.base_url}{path}"
+        """One API call with pacing and retries (:class:`VendorHttp`); returns the decoded JSON
+        (None for 204). The Idempotency-Key is the same across the retries of one call."""
         headers = {"X-Api-Key": self._key.get()}
         if mutating:
             headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
         content = msgspec.json.encode(body) if body is not None else None
-        query = {k: v for k, v in (params or {}).items() if v is not None}
-        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
-        errors = limited = 0
-        while True:
-            await self.limiter.acquire()
-            wait_at_least = 0.0
-            try:
-                response = await self.http.request(method, url, params=query, content=content, headers=headers)
-            except httpx.TimeoutException as exc:
-                self.on_error("timeout")
-                failure: Exception = exc
-            except httpx.TransportError as exc:
-                self.on_error("network")
-                failure = exc
-            else:
-                if response.status_code < 300:
-                    if response.status_code == 204 or not response.content.strip():
-                        return None
-                    try:
-                        return msgspec.json.decode(response.content)
-                    except msgspec.DecodeError as exc:
-                        self.on_error("malformed")
-                        raise MalformedReply(url, response.content, f"not JSON: {exc}") from None
-                error = self._error(response)
-                if isinstance(error, RateLimited) or response.status_code == 429:
-                    limited += 1
-                    self.rate_limited_total += 1
-                    self.on_error("rate_limited")
-                    retry_after = error.retry_after if error.retry_after is not None else 1.0
-                    self.limiter.penalize(retry_after)
-                    if limited > self.max_rate_limited_retries:
-                        raise error
-                    continue  # the drained bucket makes the next acquire() wait out Retry-After
-                if response.status_code >= 500:
-                    self.on_error("server_error")
-                    failure = error
-                    wait_at_least = error.retry_after or 0.0
-                else:
-                    raise error
-            errors += 1
-            if errors > self.max_retries:
-                raise RetriesExhausted(f"{method} {path}: gave up after {errors} attempts: {failure!r}") from failure
-            await backoff.sleep(wait_at_least)
+        try:
+            response = await self.http.send(method, path, params=params, content=content, headers=headers)
+        except Refused as exc:
+            raise self._error(exc.response) from None
+        except Unavailable as exc:
+            if exc.status == 429:
+                raise RateLimited(429, "rate_limited", str(exc)) from None
+            raise RetriesExhausted(f"{method} {path}: {exc}") from None
+        if response.status_code == 204 or not response.content.strip():
+            return None
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError as exc:
+            self.on_error("malformed")
+            raise MalformedReply(f"{self.base_url}{path}", response.content, f"not JSON: {exc}") from None
 
     @staticmethod
     def _error(response: httpx.Response) -> TickSupplyError:
@@ -208,7 +174,8 @@ class TickSupplyClient:
         if response.status_code == 429:
             code = "rate_limited"
         cls = _BY_CODE.get(code) or (ServerError if response.status_code >= 500 else TickSupplyError)
-        return cls(response.status_code, code, message, request_id, _retry_after(response))
+        return cls(response.status_code, code, message, request_id,
+                   parse_retry_after(response.headers.get("retry-after")))
 
     async def pages(self, path: str, params: dict[str, Any] | None = None, limit: int = 100) -> AsyncIterator[Any]:
         """Every item of a paginated list, page by page (each page is yielded as its item list)."""
@@ -274,31 +241,14 @@ class TickSupplyClient:
         return await self.request("GET", f"/exports/{export_id}/download")
 
     async def fetch_artifact(self, url: str) -> bytes:
-        """GET a presigned URL (no API key). Retries network errors and 5xx; 403/404 -> expired."""
-        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
-        errors = 0
-        while True:
-            try:
-                response = await self.http.get(url, headers={"Accept": "*/*", "Content-Type": ""})
-            except httpx.TimeoutException as exc:
-                self.on_error("timeout")
-                failure: Exception = exc
-            except httpx.TransportError as exc:
-                self.on_error("network")
-                failure = exc
-            else:
-                if response.status_code == 200:
-                    return response.content
-                if response.status_code in (401, 403, 404):
-                    raise ArtifactUrlExpired(f"artifact URL refused with {response.status_code}: {response.text[:120]}")
-                if response.status_code == 429:
-                    self.on_error("rate_limited")
-                    self.limiter.penalize(_retry_after(response) or 1.0)
-                    await self.limiter.acquire()
-                    continue
-                self.on_error("server_error")
-                failure = RuntimeError(f"artifact GET: HTTP {response.status_code}")
-            errors += 1
-            if errors > self.max_retries:
-                raise RetriesExhausted(f"artifact GET gave up after {errors} attempts: {failure!r}") from failure
-            await backoff.sleep()
+        """GET a presigned URL (no API key, not paced: outside the API's limits). Retries network
+        errors and 5xx; 401/403/404 -> :class:`ArtifactUrlExpired`."""
+        try:
+            response = await self.http.send("GET", url, headers={"Accept": "*/*", "Content-Type": ""}, paced=False)
+        except Refused as exc:
+            if exc.status in (401, 403, 404):
+                raise ArtifactUrlExpired(f"artifact URL refused with {exc.status}: {exc.body[:120]!r}") from None
+            raise RetriesExhausted(f"artifact GET refused: {exc}") from None
+        except Unavailable as exc:
+            raise RetriesExhausted(f"artifact GET gave up: {exc}") from None
+        return response.content

@@ -23,8 +23,9 @@ from __future__ import annotations
 import time
 
 import msgspec
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+
+from marketbus.vendor.cursor import CursorStore
 
 
 class Inflight(msgspec.Struct, kw_only=True):
@@ -47,37 +48,30 @@ class DatastreamProgress(msgspec.Struct, kw_only=True):
     updated_ts: int = 0
 
 
-_decoder = msgspec.json.Decoder(DatastreamProgress)
-
-
 class ProgressStore:
+    """The progress cursors (:class:`~marketbus.vendor.cursor.CursorStore`) and the marks next
+    to them."""
+
     def __init__(self, kv: KeyValue, namespace: str = "default") -> None:
         self.kv = kv
         self.namespace = namespace
+        self.cursors = CursorStore(kv, "ticksupply", "ds", DatastreamProgress, namespace=namespace)
+        self.marks = CursorStore(kv, "ticksupply", "ds", int, namespace=namespace)
 
     def key(self, datastream_id: int) -> str:
-        return f"ticksupply.{self.namespace}.ds.{datastream_id}"
+        return self.cursors.key(str(datastream_id))
 
     async def get(self, datastream_id: int) -> DatastreamProgress:
-        try:
-            entry = await self.kv.get(self.key(datastream_id))
-        except KeyNotFoundError:
-            return DatastreamProgress(datastream_id=datastream_id)
-        if not entry.value:
-            return DatastreamProgress(datastream_id=datastream_id)
-        return _decoder.decode(entry.value)
+        saved = await self.cursors.get(str(datastream_id))
+        return saved if saved is not None else DatastreamProgress(datastream_id=datastream_id)
 
     async def get_mark(self, datastream_id: int, name: str) -> int:
         """A small per-datastream integer kept next to the progress (e.g. holes reported up to)."""
-        try:
-            entry = await self.kv.get(f"{self.key(datastream_id)}.{name}")
-        except KeyNotFoundError:
-            return 0
-        return int(entry.value or b"0")
+        return await self.marks.get((str(datastream_id), name)) or 0
 
     async def put_mark(self, datastream_id: int, name: str, value: int) -> None:
-        await self.kv.put(f"{self.key(datastream_id)}.{name}", str(value).encode())
+        await self.marks.put((str(datastream_id), name), value)
 
     async def put(self, progress: DatastreamProgress) -> None:
         progress.updated_ts = time.time_ns()
-        await self.kv.put(self.key(progress.datastream_id), msgspec.json.encode(progress))
+        await self.cursors.put(str(progress.datastream_id), progress)

@@ -12,6 +12,7 @@ import msgspec
 
 from marketbus.runtime.ingest import IngestSettings
 from marketbus.runtime.settings import Secret
+from marketbus.vendor.limits import TICKSUPPLY
 
 PREFIX = "MARKETBUS_INGEST_TICKSUPPLY_"
 
@@ -21,10 +22,11 @@ class TickSupplySettings(IngestSettings, kw_only=True):
     http_port: int = 9103  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
     # vendor API
-    base_url: str = "http://127.0.0.1:8702/v1"  # production: https://api.ticksupply.com/v1
+    base_url: str = TICKSUPPLY.base_url  # production: https://api.ticksupply.com/v1
     api_key: Secret = Secret("ts_sandbox_key")  # the sandbox's key by default; API_KEY_FILE works too
     request_timeout_s: float = 30.0
-    requests_per_s: float = 10.0  # our own pacing (the vendor answers 429 + Retry-After beyond its limit)
+    # our own pacing, the declared window (the vendor answers 429 + Retry-After beyond its limit)
+    requests_per_s: float = float(TICKSUPPLY.limits[0].calls)
     max_retries: int = 6  # per call, for 5xx / network errors / timeouts
     max_rate_limited_retries: int = 100  # per call, for 429s (each waits Retry-After)
 

@@ -1,5 +1,9 @@
 """Digitex bot REST client for the order router: auth token, pacing, timeouts, 429 Retry-After.
 
+Pacing, Retry-After parsing and retry classification are the vendor machinery's
+(:mod:`marketbus.vendor`): the router paces on the same declared Digitex limits and the same
+process-wide limiter as the Digitex ingestor.
+
 Reads (GET) are idempotent and retried with back-off on transport errors, 5xx and 429. Writes
 (place / cancel / update) are never retried here: a timeout, 5xx or 429 on a write raises
 :class:`OutcomeUnknown`, and the router resolves the outcome through ``order_status``.
@@ -22,9 +26,10 @@ import aiohttp
 import msgspec
 
 from marketbus.runtime.backoff import Backoff
-from marketbus.runtime.ratelimit import MultiWindowLimiter
+from marketbus.vendor.http import Outcome, classify, parse_retry_after
+from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow
 
-BASE_PATH = "/dapi/v1/exchange/bot/"
+BASE_PATH = "/dapi" + DIGITEX.endpoints["bot"]
 
 
 class DigitexError(RuntimeError):
@@ -64,13 +69,8 @@ class OutcomeUnknown(DigitexError):
 
 
 def _retry_after(headers: Mapping[str, str]) -> float:
-    value = headers.get("retry-after")
-    if not value:
-        return 1.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return 1.0
+    wait = parse_retry_after(headers.get("retry-after"))
+    return 1.0 if wait is None else wait
 
 
 _JSON_BODY = {"Content-Type": "application/json"}
@@ -91,14 +91,18 @@ class DigitexClient:
         token: str,
         *,
         timeout_s: float = 2.0,
-        per_second: int = 50,
-        per_minute: int = 500,
+        per_second: int = DIGITEX.limits[0].calls,
+        per_minute: int = DIGITEX.limits[1].calls,
         read_attempts: int = 4,
         max_connections: int = 8,
         on_send: Callable[[str, dict[str, Any]], None] | None = None,
         on_response: Callable[[str, str, float], None] | None = None,
     ) -> None:
-        self.limiter = MultiWindowLimiter([(per_second, 1.0), (per_minute, 60.0)])
+        # the same declared Digitex windows and the same (window-safe, process-wide) limiter as
+        # the Digitex ingestor: together they stay within the account's limits
+        spec = DIGITEX.with_limits(RateWindow(per_second, 1.0), RateWindow(per_minute, 60.0))
+        self._limit = LimiterHold(spec, base_url)
+        self.limiter = self._limit.limiter
         self.read_attempts = read_attempts
         self.on_send = on_send
         self.on_response = on_response  # (path, outcome: HTTP status | timeout | transport, seconds)
@@ -120,6 +124,7 @@ class DigitexClient:
         return self._session
 
     async def close(self) -> None:
+        self._limit.release()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -149,18 +154,19 @@ class DigitexClient:
             self._observe(path, "transport", started)
             raise OutcomeUnknown(f"{method} {path}: {exc!r}") from exc
         self._observe(path, str(status), started)
-        if status == 429:
+        outcome = classify(status)
+        if outcome is Outcome.RATE_LIMITED:
             wait = _retry_after(reply_headers)
             self.throttled += 1
             self.limiter.penalize(wait)
             raise OutcomeUnknown(f"{method} {path}: throttled (429)", 429, _text(raw, 200), retry_after=wait)
-        if status >= 500:
+        if outcome is Outcome.RETRY:
             raise OutcomeUnknown(f"{method} {path}: HTTP {status}", status, _text(raw, 200))
         try:
             data = msgspec.json.decode(raw) if raw else None
         except msgspec.DecodeError:
             data = _text(raw, 500)
-        if status >= 400:
+        if outcome is Outcome.REFUSED:
             raise Refused(f"{method} {path}: HTTP {status}", status, data)
         return data
 

@@ -138,7 +138,7 @@ async def test_a_429_storm_and_an_outage_end_with_no_duplicate_and_no_missing_tr
         await wait_for(lambda: state.last_trade_id > mark + 20 and ing._connected, 15, what="recovery")
         await ing.flush()
         await check_trades(js, sb, first, state.last_trade_id)
-        assert ing.metrics.vendor_errors.labels("digitex", "429")._value.get() >= 10
+        assert ing.metrics.vendor_errors.labels("digitex", "rate_limited")._value.get() >= 10
         statuses = [s for s in events_of(await read_stream(js, "status.ingest_digitex.feed.>")) if isinstance(s, FeedStatus)]
         assert [s.state for s in statuses if s.symbol == "_"][-2:] == ["disconnected", "connected"]
         gaps = [s for s in statuses if s.state == "gap" and s.symbol == SYMBOL]

@@ -271,7 +271,7 @@ async def test_losing_the_md_stream_leader_blocks_the_session_then_back_fills_wi
             nats_url=nats_cluster.url, stream_replicas=3, ws_url=sb.ws_url, api_key=KEY, pairs=[PAIR],
             tickers=["BTC", "USD"], history_start="-3", snap_interval_s=0.2, history_interval_s=0.2,
             reconnect_initial_s=0.05, reconnect_max_s=0.3, heartbeat_interval_s=60,
-            state_key_prefix=f"finx-{uuid.uuid4().hex[:8]}",
+            state_namespace=f"t{uuid.uuid4().hex[:8]}",
         )
         async with ing:
             state = ing.pairs[PAIR]

@@ -32,7 +32,7 @@ async def test_backfill_pages_across_the_cap(nats_url: str, bus: Collector) -> N
             for quote, descending in ((f"{EMA}/deliveries/EMAC01", False), (f"{EMA}/deliveries/EMAC02", True)):
                 ing.settings.history_descending = descending
                 stats = hist.PagingStats()
-                n = await ing._history(quote, start, now, "TICK", dedupe=True, stats=stats)
+                n = await ing.backfill.history(quote, start, now, "TICK", dedupe=True, stats=stats)
                 await ing.flush()
                 want = await expected_ids(sb, quote, start, now)
                 assert n == len(want) and len(want) > 2 * 8192

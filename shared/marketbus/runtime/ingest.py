@@ -45,6 +45,9 @@ class ReplayUnsupported(Exception):
 
 
 class Ingestor(Service):
+    """The service name is ``ingest_<source>`` unless a subclass sets ``name``. A subclass builds
+    its parts (session, catalog, live, backfill) in :meth:`build`."""
+
     source: ClassVar[str] = "vendor"
     # True when the ingestor re-publishes what the publisher gave up on (FinX does): no gap to report
     resends_failed_publishes: ClassVar[bool] = False
@@ -52,14 +55,25 @@ class Ingestor(Service):
     metrics: IngestMetrics
     settings: IngestSettings
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "source" in cls.__dict__ and "name" not in cls.__dict__:
+            cls.name = f"ingest_{cls.source}"
+
     def setup(self) -> None:
         self._metric_children: dict[type, tuple[Any, Any, bool]] = {}
         self.publishing_blocked: str | None = None
+        self.settings.validate()  # load_settings did; settings handed in as an object did not
 
         # decoder: the raw body (FastStream's own JSON decoding raises on hostile input, no reply)
         @self.broker.subscriber(subjects.replay(self.source), queue=f"replay-{self.source}", decoder=_raw_body)
         async def on_replay(body: bytes) -> bytes:
             return codec.encode(await self._handle_replay(body))
+
+        self.build()
+
+    def build(self) -> None:
+        """Construct the vendor parts (clients, stores, loops' owners); settings are valid here."""
 
     async def start(self) -> Ingestor:
         await super().start()
