@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any, ClassVar, Union
@@ -17,20 +16,19 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from marketbus.contracts import codec, streams, subjects
 from marketbus.contracts.consumers import ORDER_ROUTER_COMMANDS, ConsumerSpec, bind_consumer
 from marketbus.contracts.errors import BAD_REQUEST, UNAVAILABLE, ErrorReply
-from marketbus.contracts.ids import event_id
-from marketbus.contracts.orders import (
-    Balance, CancelOrders, CommandAck, Fill, PlaceOrder, Position, RouterControl, UpdateOrder,
-)
+from marketbus.contracts.orders import CancelOrders, CommandAck, PlaceOrder, RouterControl, UpdateOrder
 from marketbus.runtime.pull import PullConsumer, fit_for_dead_letter
 from marketbus.runtime.service import Service
 
-from .client import DigitexClient, OutcomeUnknown, Refused, now_us
+from .client import DigitexClient, OutcomeUnknown, Refused
 from .metrics import RouterMetrics
+from .exchange_orders import ExchangeOrders
 from .reconcile import Reconciler
 from .requests import REPLY_HEADER
 from .risk import RiskEngine, RiskLimits
 from .settings import OrderRouterSettings
-from .state import WORKING_STATES, OpenOrders, OrderRecord, StateStore, can_transition, command_key, event_for
+from .state import OrderRecord, StateStore, command_key
+from .tracking import OrderBook
 from .validation import (
     MAX_COMMAND_ID, ExchangeMeta, Limits, check_reduce_only, identifier_problem, safely, validate_cancel,
     validate_order,
@@ -78,16 +76,16 @@ class OrderRouter(Service):
         self.risk = RiskEngine(RiskLimits(max_order_notional=s.max_order_notional, max_open_orders=s.max_open_orders,
                                           max_position=s.max_position, max_orders_per_second=s.max_orders_per_second))
         self.meta: ExchangeMeta | None = None
-        self.orders = OpenOrders()  # open orders by (market, client_id), with risk totals
-        self.recent: OrderedDict[tuple[str, str], OrderRecord] = OrderedDict()  # recently closed (fill attribution)
-        self.positions: dict[str, Decimal] = {}  # signed, by market symbol
-        self.ref_prices: dict[str, tuple[Decimal, float]] = {}
+        # the seams: tracking (the orders and their transitions), exchange calls, reconciliation;
+        # the router itself takes commands in, validates and risk-checks them
+        self.book = OrderBook(self.publish, self.metrics, self.log)
+        self.exchange = ExchangeOrders(self.book, self.client, s, self.log)
+        self.reconciler = Reconciler(self.book, self.client, self.exchange, s, self.log)
+        self.orders = self.book.orders  # the same objects, named here for the hot path
+        self.recent = self.book.recent
+        self.positions = self.book.positions
         self.control = ControlState()
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._resolving: set[tuple[str, str]] = set()
-        self._wake = asyncio.Event()
         self.commands_handled = 0
-        self.reconciler = Reconciler(self)
         self.metrics.open_orders.set_function(lambda: len(self.orders))
         self.metrics.halted.set_function(lambda: 1 if self.control.halted else 0)
 
@@ -101,8 +99,8 @@ class OrderRouter(Service):
         self.idem_kv = await streams.ensure_bucket(self.js, streams.ORDER_IDEMPOTENCY, s.stream_replicas)
         self.state_kv = await streams.ensure_bucket(self.js, streams.ORDER_STATE, s.stream_replicas)
         self.control_kv = await streams.ensure_bucket(self.js, streams.ROUTER_CONTROL, s.stream_replicas)
-        self.store = StateStore(self.state_kv, self.instance)
-        self.meta = ExchangeMeta.from_exchange_info(await self.client.exchange_info())
+        self.store = self.book.store = StateStore(self.state_kv, self.instance)
+        self.meta = self.book.meta = ExchangeMeta.from_exchange_info(await self.client.exchange_info())
         self.log.info("digitex: %d markets, order types %s", len(self.meta.markets), self.meta.type)
         with contextlib.suppress(KeyNotFoundError):
             entry = await self.control_kv.get("state")
@@ -143,8 +141,7 @@ class OrderRouter(Service):
         pull = getattr(self, "_pull", None)
         if pull is not None:
             await pull.stop(drain_s=self.settings.request_timeout_s)  # let commands in flight finish
-        for task in list(self._bg):
-            task.cancel()
+        self.exchange.cancel_tasks()
         await self.client.close()
 
     def health(self) -> dict[str, Any]:
@@ -159,90 +156,15 @@ class OrderRouter(Service):
         kind = {PlaceOrder: "place", CancelOrders: "cancel", UpdateOrder: "update"}.get(type(cmd), "unknown")
         self.metrics.commands.labels(kind, outcome).inc()
 
-    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
-
-    def wake(self) -> None:
-        self._wake.set()
-
     async def publish(self, event: Any, subject: str) -> None:
+        """Publish one event; a failure that shows only later (no ack) is logged."""
         assert self.publisher is not None
         future = await self.publisher.publish_event(event, subject)
         future.add_done_callback(self._publish_done)
 
-    async def publish_order(self, rec: OrderRecord, ts_event: int | None = None) -> None:
-        """The order event of ``rec`` as it stands (its latest transition)."""
-        await self.publish(event_for(rec, ts_event), subjects.order_event(rec.market, rec.client_id))
-        self.metrics.transitions.labels(rec.state).inc()
-
     def _publish_done(self, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is not None:
             self.log.error("publish failed: %r", future.exception())
-
-    async def transition(self, rec: OrderRecord, state: str, *, reason: str | None = None,
-                         filled: Decimal | None = None, average: Decimal | None = None,
-                         price: Decimal | None = None, quantity: Decimal | None = None,
-                         ts_us: int | None = None, force: bool = False) -> bool:
-        """Move ``rec`` to ``state`` (persist, then publish); False when not allowed or not a change."""
-        key = (rec.market, rec.client_id)
-        async with self.lock(key):
-            same = state == rec.state
-            fill_change = filled is not None and filled != rec.filled_quantity
-            amend = (price is not None and price != rec.price) or (quantity is not None and quantity != rec.quantity)
-            if same and not fill_change and not amend and not force:
-                return False
-            if not same and not can_transition(rec.state, state) and not force:
-                return False
-            prev = msgspec.structs.replace(rec)
-            rec.state = state
-            rec.seq += 1
-            rec.reason = reason
-            if filled is not None:
-                rec.filled_quantity = filled
-            if average is not None:
-                rec.average_price = average
-            if price is not None:
-                rec.price = price
-            if quantity is not None:
-                rec.quantity = quantity
-            if ts_us is not None:
-                rec.exchange_ts_us = ts_us
-            rec.updated_ns = time.time_ns()
-            if not await self.store.save(rec):
-                remote = await self.store.load(rec.market, rec.client_id)
-                if remote is not None and remote.seq >= rec.seq:
-                    self.log.info("order %s was moved by another instance to %s (seq %d)", rec.client_id,
-                                  remote.state, remote.seq)
-                    self._adopt_record(remote)
-                    for f in msgspec.structs.fields(OrderRecord):
-                        setattr(rec, f.name, getattr(remote, f.name))
-                    return False
-                if not await self.store.save(rec):
-                    for f in msgspec.structs.fields(OrderRecord):
-                        setattr(rec, f.name, getattr(prev, f.name))
-                    return False
-            await self.publish_order(rec, ts_us * 1000 if ts_us else None)
-            if rec.terminal:
-                self.orders.pop(key, None)
-                self._locks.pop(key, None)
-                self.recent[key] = rec
-                while len(self.recent) > 5000:
-                    self.recent.popitem(last=False)
-            else:
-                self.orders[key] = rec
-            if state in WORKING_STATES:
-                self.wake()
-            return True
-
-    def _adopt_record(self, rec: OrderRecord) -> None:
-        key = (rec.market, rec.client_id)
-        if rec.terminal:
-            self.orders.pop(key, None)
-        else:
-            self.orders[key] = rec
 
     # --- command intake ---------------------------------------------------------------------------
     async def _handle_message(self, msg: Any) -> None:
@@ -303,7 +225,7 @@ class OrderRouter(Service):
         if rec is not None:  # created before the failure, never sent: rejected
             if rec.command_id == cmd.command_id and rec.state == "pending_submit":
                 with contextlib.suppress(Exception):
-                    await self.transition(rec, "rejected", reason=reason)
+                    await self.book.transition(rec, "rejected", reason=reason)
         else:
             now = time.time_ns()
             rec = OrderRecord(
@@ -312,7 +234,7 @@ class OrderRouter(Service):
                 reduce_only=cmd.reduce_only, state="rejected", seq=1, command_id=cmd.command_id, reason=reason,
                 created_ns=now, updated_ns=now)
             with contextlib.suppress(Exception):
-                await self.publish_order(rec)
+                await self.book.publish_order(rec)
 
     async def execute(self, cmd: Command) -> CommandAck:
         """Handle one command exactly once (idempotency record by command id); returns the ack."""
@@ -350,30 +272,6 @@ class OrderRouter(Service):
         return None
 
     # --- place --------------------------------------------------------------------------------------
-    def open_records(self) -> list[OrderRecord]:
-        return list(self.orders.values())  # every record kept in ``orders`` is open (not terminal)
-
-    async def ref_price(self, market: str) -> Decimal | None:
-        cached = self.ref_prices.get(market)
-        if cached and time.monotonic() - cached[1] < self.settings.ref_price_max_age_s:
-            return cached[0]
-        assert self.meta is not None
-        info = self.meta.markets[market]
-        try:
-            book = await self.client.order_book(info.id)
-        except Exception as exc:  # noqa: BLE001
-            self.log.warning("no reference price for %s: %r", market, exc)
-            return cached[0] if cached else None
-        bids, asks = book.get("bids") or [], book.get("asks") or []
-        if bids and asks:
-            price = (Decimal(bids[0][0]) + Decimal(asks[0][0])) / 2
-        elif bids or asks:
-            price = Decimal((bids or asks)[0][0])
-        else:
-            return cached[0] if cached else None
-        self.ref_prices[market] = (price, time.monotonic())
-        return price
-
     def _refuse_common(self) -> str | None:
         if self.control.halted:
             return f"router halted{': ' + self.control.reason if self.control.reason else ''}"
@@ -389,7 +287,7 @@ class OrderRouter(Service):
         market = self.meta.markets.get(cmd.market)
         ref = None
         if reason is None and market is not None:
-            ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
+            ref = await self.exchange.ref_price(cmd.market) if cmd.order_type == "market" else None
             position = self.positions.get(cmd.market, Decimal(0))
             if cmd.reduce_only:
                 pending = self.orders.reduce_only_remaining(cmd.market, cmd.side)
@@ -414,10 +312,10 @@ class OrderRouter(Service):
                 return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
                                   reason="order state store unavailable")
             return await claim or self._existing(cmd, existing)
-        await self.publish_order(rec)
+        await self.book.publish_order(rec)
         prior = await claim
         if prior is not None and not reason:  # the command id was used before, for another order
-            await self.transition(rec, "rejected", reason=f"command id {cmd.command_id} was already used "
+            await self.book.transition(rec, "rejected", reason=f"command id {cmd.command_id} was already used "
                                                             f"(orders {', '.join(prior.client_ids) or '-'})")
             return prior
         if reason:
@@ -425,135 +323,20 @@ class OrderRouter(Service):
             self.log.info("refused %s %s: %s", cmd.market, cmd.client_id, reason)
             return prior or CommandAck(command_id=cmd.command_id, accepted=False, reason=reason,
                                        client_ids=[cmd.client_id])
-        self.spawn_task(self.submit(rec))
+        self.exchange.spawn(self.exchange.submit(rec))
         return CommandAck(command_id=cmd.command_id, accepted=True, client_ids=[cmd.client_id])
 
     def _existing(self, cmd: PlaceOrder, existing: OrderRecord) -> CommandAck:
         key = (cmd.market, cmd.client_id)
         if existing.command_id == cmd.command_id:  # this very command, re-delivered after a crash
-            if existing.state in ("pending_submit", "unknown") and key not in self._resolving:
-                self._adopt_record(existing)
-                self.start_resolve(existing)
+            if existing.state in ("pending_submit", "unknown") and not self.exchange.resolving(key):
+                self.book.adopt_record(existing)
+                self.exchange.start_resolve(existing)
             return CommandAck(command_id=cmd.command_id, accepted=existing.state != "rejected",
                               reason=existing.reason if existing.state == "rejected" else None,
                               client_ids=[cmd.client_id])
         return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
                           reason=f"client_id {cmd.client_id} is already used in {cmd.market}")
-
-    def spawn_task(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._task_done)
-
-    @property
-    def _bg(self) -> set[asyncio.Task[Any]]:
-        bg = getattr(self, "_bg_tasks", None)
-        if bg is None:
-            bg = self._bg_tasks = set()
-        return bg
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._bg.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("order task failed: %r", task.exception(), exc_info=task.exception())
-
-    async def submit(self, rec: OrderRecord) -> None:
-        """Send a pending_submit order; a lost outcome goes to ``unknown`` and is resolved."""
-        assert self.meta is not None
-        meta = self.meta
-        rec.submit_attempts += 1
-        try:
-            await self.client.place(
-                client_id=rec.client_id, market_id=rec.market_id, side=meta.side[rec.side],
-                type=meta.type[rec.order_type], duration=meta.duration[rec.duration], leverage=rec.leverage,
-                quantity=rec.quantity, price=rec.price if rec.price is not None else Decimal(0))
-        except Refused as exc:
-            if exc.duplicate_client_id:
-                await self.transition(rec, "unknown", reason=f"exchange already knows the client_id: {exc.reason}")
-                self.start_resolve(rec)
-            else:
-                await self.transition(rec, "rejected", reason=f"exchange refused: {exc.reason}")
-            return
-        except OutcomeUnknown as exc:
-            await self.transition(rec, "unknown", reason=str(exc))
-            self.start_resolve(rec, retry_after=exc.retry_after)
-            return
-        await self.transition(rec, "submitted")
-
-    # --- unknown outcomes -------------------------------------------------------------------------
-    def start_resolve(self, rec: OrderRecord, retry_after: float = 0.0) -> None:
-        key = (rec.market, rec.client_id)
-        if key in self._resolving:
-            return
-        self._resolving.add(key)
-        self.spawn_task(self._resolve(rec, retry_after))
-
-    async def _resolve(self, rec: OrderRecord, retry_after: float) -> None:
-        """Ask ``order_status`` until the exchange tells what happened (never guess)."""
-        key = (rec.market, rec.client_id)
-        s = self.settings
-        settle_ns = int((s.unknown_settle_s or s.request_timeout_s + 0.5) * 1e9)
-        try:
-            absent = 0
-            while rec.state in ("unknown", "pending_submit"):
-                try:
-                    rows = [r for r in await self.client.order_status(rec.client_id)
-                            if int(r.get("market_id", -1)) == rec.market_id]
-                except Exception as exc:  # noqa: BLE001 - cannot tell yet: ask again
-                    self.log.info("order_status %s: %r", rec.client_id, exc)
-                    await asyncio.sleep(s.unknown_poll_s * 2)
-                    continue
-                if rows:
-                    await self.adopt(rec, rows[0], reason="resolved by order_status")
-                    if rec.state == "pending_submit":  # exchange PENDING maps to submitted; be explicit
-                        await self.transition(rec, "submitted", reason="resolved by order_status")
-                    return
-                absent += 1
-                settled = time.time_ns() - rec.updated_ns >= settle_ns
-                if absent >= s.unknown_absent_polls and settled:
-                    if rec.submit_attempts >= s.max_submit_attempts:
-                        await self.transition(rec, "rejected", reason=f"not received by the exchange after "
-                                                                      f"{rec.submit_attempts} attempts")
-                        return
-                    if rec.state == "unknown":
-                        await self.transition(rec, "pending_submit", reason="not received by the exchange: re-sending")
-                    if retry_after:
-                        await asyncio.sleep(retry_after)
-                        retry_after = 0.0
-                    await self.submit(rec)
-                    absent = 0
-                    if rec.state != "unknown":
-                        return
-                    continue
-                await asyncio.sleep(s.unknown_poll_s)
-        finally:
-            self._resolving.discard(key)
-
-    async def adopt(self, rec: OrderRecord, row: dict[str, Any], reason: str | None = None) -> bool:
-        """Move ``rec`` to what the exchange says (an order row of orders/order_status/history)."""
-        assert self.meta is not None
-        state = self.meta.status.get(int(row.get("status", 0)))
-        if state is None:
-            return False
-        orig = Decimal(str(row.get("orig_quantity") or rec.quantity))
-        remaining = Decimal(str(row.get("quantity") or 0))
-        filled = max(Decimal(0), orig - remaining) if state != "rejected" else Decimal(0)
-        avg = Decimal(str(row["average_price"])) if filled and row.get("average_price") else None
-        price = Decimal(str(row["price"])) if rec.order_type == "limit" and row.get("price") else None
-        if state == "accepted" and filled > 0:
-            state = "partially_filled"
-        if state == "submitted" and rec.state in ("accepted", "partially_filled", "cancel_pending"):
-            return False
-        if rec.state == "cancel_pending" and state in ("accepted", "partially_filled"):
-            if time.time_ns() - rec.updated_ns < 3e9:
-                return False  # the cancel is on its way
-            reason = reason or "cancel did not take effect"
-        quantity = orig if orig != rec.quantity else None
-        if price is not None and rec.price is not None and price == rec.price:
-            price = None
-        return await self.transition(rec, state, reason=reason, filled=filled, average=avg, price=price,
-                                     quantity=quantity, ts_us=int(row.get("created_at") or 0) or None,
-                                     force=rec.state == "rejected")
 
     # --- cancel -----------------------------------------------------------------------------------
     async def cancel(self, cmd: CancelOrders) -> CommandAck:
@@ -568,42 +351,13 @@ class OrderRouter(Service):
                 if (cmd.market, cid) not in self.orders:
                     rec = await self.store.load(cmd.market, cid)
                     if rec is not None and not rec.terminal:
-                        self._adopt_record(rec)
-        targets = [r for r in self.open_records()
+                        self.book.adopt_record(rec)
+        targets = [r for r in self.book.open_records()
                    if (cmd.market is None or r.market == cmd.market) and (not wanted or r.client_id in wanted)]
         market_id = self.meta.markets[cmd.market].id if cmd.market else None
-        await self.cancel_targets(targets, market_id, sorted(wanted) if wanted else None, cmd.command_id)
+        await self.exchange.cancel_targets(targets, market_id, sorted(wanted) if wanted else None, cmd.command_id)
         ids = sorted({r.client_id for r in targets} | wanted)
         return CommandAck(command_id=cmd.command_id, accepted=True, client_ids=ids)
-
-    async def cancel_targets(self, targets: list[OrderRecord], market_id: int | None, client_ids: list[str] | None,
-                             command_id: str | None = None) -> None:
-        for rec in targets:
-            if rec.state in WORKING_STATES and rec.state != "cancel_pending":
-                rec.command_id = command_id or rec.command_id
-                await self.transition(rec, "cancel_pending")
-        for attempt in range(3):
-            try:
-                await self.client.cancel(market_id, client_ids)
-                break
-            except OutcomeUnknown as exc:  # cancelling twice is harmless: try again
-                self.log.warning("cancel failed (%r), attempt %d", exc, attempt + 1)
-                await asyncio.sleep(max(exc.retry_after, 0.2))
-            except Refused as exc:
-                self.log.warning("cancel refused: %s", exc.reason)
-                break
-        # orders still being placed: cancel them once the exchange has them
-        for rec in targets:
-            if rec.state in ("pending_submit", "unknown"):
-                self.spawn_task(self._cancel_when_placed(rec))
-        self.wake()
-
-    async def _cancel_when_placed(self, rec: OrderRecord) -> None:
-        deadline = time.monotonic() + 30
-        while rec.state in ("pending_submit", "unknown") and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if rec.state in ("submitted", "accepted", "partially_filled"):
-            await self.cancel_targets([rec], rec.market_id, [rec.client_id])
 
     # --- update -----------------------------------------------------------------------------------
     async def update(self, cmd: UpdateOrder) -> CommandAck:
@@ -615,10 +369,10 @@ class OrderRouter(Service):
             refuse = f"order {cmd.client_id} is not open" if rec is not None else f"unknown order {cmd.client_id}"
         if refuse is None:
             assert rec is not None
-            self._adopt_record(rec)
+            self.book.adopt_record(rec)
             rec = self.orders[key]
             market = self.meta.markets[cmd.market]
-            ref = await self.ref_price(cmd.market) if cmd.order_type == "market" else None
+            ref = await self.exchange.ref_price(cmd.market) if cmd.order_type == "market" else None
             position = self.positions.get(cmd.market, Decimal(0))
             refuse = safely(lambda: self.risk.check(
                 market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price, ref_price=ref,
@@ -637,13 +391,13 @@ class OrderRouter(Service):
                               client_ids=[cmd.client_id])
         except OutcomeUnknown as exc:
             rec.command_id = cmd.command_id
-            await self.transition(rec, "unknown", reason=f"update: {exc}")
-            self.start_resolve(rec)
+            await self.book.transition(rec, "unknown", reason=f"update: {exc}")
+            self.exchange.start_resolve(rec)
             return CommandAck(command_id=cmd.command_id, accepted=True, reason="outcome unknown: resolving",
                               client_ids=[cmd.client_id])
         rec.command_id = cmd.command_id
         rec.side, rec.order_type, rec.duration, rec.leverage = cmd.side, cmd.order_type, cmd.duration, cmd.leverage
-        await self.transition(rec, rec.state, reason="amended", price=cmd.price,
+        await self.book.transition(rec, rec.state, reason="amended", price=cmd.price,
                               quantity=rec.filled_quantity + cmd.quantity, force=True)
         return CommandAck(command_id=cmd.command_id, accepted=True, client_ids=[cmd.client_id])
 
@@ -672,9 +426,9 @@ class OrderRouter(Service):
                              f": {ctl.reason}" if ctl.reason else "")
         ids: list[str] = []
         if ctl.action == "halt" and ctl.cancel_open_orders:
-            targets = self.open_records()
+            targets = self.book.open_records()
             ids = sorted(r.client_id for r in targets)
-            await self.cancel_targets(targets, None, None)
+            await self.exchange.cancel_targets(targets, None, None)
         state = "halted" if self.control.halted else "running"
         detail = f"{state}: {self.control.reason}" if self.control.reason and self.control.halted else state
         return CommandAck(command_id=cid, accepted=True, reason=detail, client_ids=ids)
@@ -695,40 +449,3 @@ class OrderRouter(Service):
                 await asyncio.sleep(1)
 
     # --- fills, positions, balances -----------------------------------------------------------------
-    async def publish_fill(self, trade: dict[str, Any], client_id: str | None, market: str) -> None:
-        assert self.meta is not None
-        now = time.time_ns()
-        fill = Fill(
-            id=event_id("digitex", "fill", trade.get("contract_id"), trade.get("traded_at")), client_id=client_id,
-            market=market, side=self.meta.side_of.get(int(trade["side"]), "buy"),  # type: ignore[arg-type]
-            price=Decimal(str(trade["price"])), quantity=Decimal(str(trade["quantity"])),
-            ts_event=int(trade["traded_at"]) * 1000, ts_recv=now)
-        await self.publish(fill, subjects.order_fill(market))
-
-    async def publish_position(self, row: dict[str, Any], market: str) -> None:
-        now = time.time_ns()
-        qty = Decimal(str(row.get("quantity") or 0))
-        side_num = row.get("position_side")
-        side = "flat" if not qty or side_num is None else ("long" if int(side_num) == 1 else "short")
-
-        def dec(name: str) -> Decimal | None:
-            v = row.get(name)
-            return Decimal(str(v)) if v not in (None, "") else None
-
-        pos = Position(
-            id=event_id("digitex", "position", market, side, qty, row.get("entry_price"), row.get("timestamp")),
-            market=market, side=side, quantity=qty, entry_price=dec("entry_price"), leverage=dec("leverage"),  # type: ignore[arg-type]
-            liquidation_price=dec("liquidation_price"), mark_price=dec("mark_price"),
-            unrealized_pnl=dec("unrealized_pnl"), ts_event=int(row.get("timestamp") or now_us()) * 1000, ts_recv=now)
-        await self.publish(pos, subjects.order_position(market))
-
-    async def publish_balance(self, row: dict[str, Any]) -> None:
-        now = time.time_ns()
-        code = str((row.get("currency") or {}).get("code", "?"))
-        bal = Balance(
-            id=event_id("digitex", "balance", code, row.get("total_balance"), row.get("available_balance"), now),
-            currency=code, total=Decimal(str(row.get("total_balance") or 0)),
-            available=Decimal(str(row.get("available_balance") or 0)),
-            trading=Decimal(str(row["trading_balance"])) if row.get("trading_balance") is not None else None,
-            ts_event=now, ts_recv=now)
-        await self.publish(bal, subjects.order_balance(subjects.normalize_symbol(code)))
