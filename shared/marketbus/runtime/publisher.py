@@ -26,6 +26,7 @@ from nats.aio.client import Client as NatsClient
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import Event, MarketEvent
+from marketbus.runtime import natsprivate
 
 
 class PublishError(RuntimeError):
@@ -249,7 +250,7 @@ class JetStreamPublisher:
         if not pending.first_sent_at:
             pending.first_sent_at = pending.sent_at
         nc = self.nc
-        if pending.header_block is None or not nc.is_connected:
+        if pending.header_block is None or not natsprivate.fast_path(nc):
             # the public API (it also buffers while reconnecting)
             headers = pending.headers
             if headers is None and pending.header_block is not None:
@@ -264,9 +265,8 @@ class JetStreamPublisher:
         )
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
-        await nc._send_command(cmd)  # noqa: SLF001 - nats-py's own publish path, minus header encoding
-        if nc._flush_queue is not None and nc._flush_queue.empty():  # noqa: SLF001
-            await nc._flush_pending()  # noqa: SLF001
+        await natsprivate.write_frame(nc, cmd)  # nats-py's own publish path, minus header encoding
+        await natsprivate.flush(nc, only_if_idle=True)
 
     async def _sweep(self) -> None:
         """Re-send messages whose ack did not come in time, and those a transient failure sent
