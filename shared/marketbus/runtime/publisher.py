@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -328,9 +327,6 @@ class JetStreamPublisher:
                 raise ValueError(f"a subject is needed for {type(event).__name__}")
             subject = subjects.for_event(event)
         return await self.publish(subject, codec.encode(event), header_block_=header_block(event, getattr(event, "id", None)))
-
-    async def publish_events(self, events: Iterable[MarketEvent]) -> list[asyncio.Future[PubAck]]:
-        return [await self.publish_event(e) for e in events]
 
     async def publish_group(self, events: list[MarketEvent]) -> asyncio.Future[PubAck]:
         """Publish events as single messages (one per event) acknowledged as a group: the
