@@ -169,6 +169,6 @@ class ExportOrchestrator(Service):
             "api_url": self.api_url,
             "history": self.history.mode if self.history else None,
             "artifact_store": self.artifacts.kind if self.artifacts else None,
-            "running_jobs": sorted(jobs._running) if jobs else [],
+            "running_jobs": sorted(jobs.running) if jobs else [],
             "jobs_done": jobs.jobs_done if jobs else 0,
         }
