@@ -15,6 +15,8 @@ from collections.abc import Coroutine
 from decimal import Decimal
 from typing import Any
 
+from marketbus.contracts.orders import UpdateOrder
+
 from .client import DigitexClient, OutcomeUnknown, Refused
 from .settings import OrderRouterSettings
 from .state import WORKING_STATES, OrderRecord
@@ -70,6 +72,15 @@ class ExchangeOrders:
             self.start_resolve(rec, retry_after=exc.retry_after)
             return
         await book.transition(rec, "submitted")
+
+    async def amend(self, rec: OrderRecord, cmd: UpdateOrder) -> None:
+        """Send an update of the live order ``rec``; raises :class:`Refused` or :class:`OutcomeUnknown`."""
+        meta = self.book.meta
+        assert meta is not None
+        await self.client.update(
+            client_id=cmd.client_id, market_id=rec.market_id, side=meta.side[cmd.side],
+            type=meta.type[cmd.order_type], duration=meta.duration[cmd.duration], leverage=cmd.leverage,
+            quantity=cmd.quantity, price=cmd.price if cmd.price is not None else Decimal(0))
 
     async def ref_price(self, market: str) -> Decimal | None:
         """A recent price of ``market`` (mark price of a position, else the book's mid) for the
