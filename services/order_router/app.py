@@ -25,7 +25,7 @@ from .client import DigitexClient
 from .commands import OrderCommands
 from .control import ControlState, KillSwitch
 from .exchange_orders import ExchangeOrders
-from .intake import Command, CommandIntake, IdemRecord
+from .intake import CommandIntake
 from .metrics import RouterMetrics
 from .reconcile import Reconciler
 from .risk import RiskEngine, RiskLimits
@@ -33,9 +33,6 @@ from .settings import OrderRouterSettings
 from .state import StateStore
 from .tracking import OrderBook
 from .validation import ExchangeMeta, Limits
-
-__all__ = ["Command", "ControlState", "IdemRecord", "OrderRouter"]
-
 
 async def _raw_body(msg: Any) -> bytes:
     """The request as bytes (FastStream's own decoding would choke on hostile JSON before us)."""

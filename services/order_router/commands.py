@@ -39,24 +39,27 @@ class OrderCommands:
         self.log = log
 
     async def place(self, cmd: PlaceOrder, claim: Awaitable[CommandAck | None]) -> CommandAck:
-        assert self.book.meta is not None
+        book = self.book
+        meta = book.meta
+        assert meta is not None
+        orders = book.orders
         key = (cmd.market, cmd.client_id)
-        existing = self.book.orders.get(key) or self.book.recent.get(key)
+        existing = orders.get(key) or book.recent.get(key)
         if existing is not None:
             return await claim or self._existing(cmd, existing)
-        reason = self.kill_switch.refusal() or validate_order(cmd, self.book.meta, self.limits)
-        market = self.book.meta.markets.get(cmd.market)
+        reason = self.kill_switch.refusal() or validate_order(cmd, meta, self.limits)
+        market = meta.markets.get(cmd.market)
         ref = None
         if reason is None and market is not None:
             ref = await self.exchange.ref_price(cmd.market) if cmd.order_type == "market" else None
-            position = self.book.positions.get(cmd.market, Decimal(0))
+            position = book.positions.get(cmd.market, Decimal(0))
             if cmd.reduce_only:
-                pending = self.book.orders.reduce_only_remaining(cmd.market, cmd.side)
+                pending = orders.reduce_only_remaining(cmd.market, cmd.side)
                 reason = safely(lambda: check_reduce_only(cmd.side, cmd.quantity, position, pending))
             if reason is None:
                 reason = safely(lambda: self.risk.check(
                     market=market, side=cmd.side, quantity=cmd.quantity, price=cmd.price, ref_price=ref,
-                    position=position, open_orders=self.book.orders, reduce_only=cmd.reduce_only))
+                    position=position, open_orders=orders, reduce_only=cmd.reduce_only))
         now = time.time_ns()
         rec = OrderRecord(
             client_id=cmd.client_id, market=cmd.market, market_id=market.id if market else -1, side=cmd.side,
@@ -64,23 +67,23 @@ class OrderCommands:
             leverage=cmd.leverage, reduce_only=cmd.reduce_only, state="rejected" if reason else "pending_submit",
             seq=1, command_id=cmd.command_id, reason=reason, created_ns=now, updated_ns=now)
         if not reason:
-            self.book.orders[key] = rec  # counted by the risk checks of the next commands at once
-        if not await self.book.store.create(rec):  # the client id is known (KV): a re-delivery or a re-use
-            if self.book.orders.get(key) is rec:
-                self.book.orders.pop(key, None)
-            existing = await self.book.store.load(cmd.market, cmd.client_id)
+            orders[key] = rec  # counted by the risk checks of the next commands at once
+        if not await book.store.create(rec):  # the client id is known (KV): a re-delivery or a re-use
+            if orders.get(key) is rec:
+                orders.pop(key, None)
+            existing = await book.store.load(cmd.market, cmd.client_id)
             if existing is None:
                 return CommandAck(command_id=cmd.command_id, accepted=False, client_ids=[cmd.client_id],
                                   reason="order state store unavailable")
             return await claim or self._existing(cmd, existing)
-        await self.book.publish_order(rec)
+        await book.publish_order(rec)
         prior = await claim
         if prior is not None and not reason:  # the command id was used before, for another order
-            await self.book.transition(rec, "rejected", reason=f"command id {cmd.command_id} was already used "
-                                                            f"(orders {', '.join(prior.client_ids) or '-'})")
+            await book.transition(rec, "rejected", reason=f"command id {cmd.command_id} was already used "
+                                                       f"(orders {', '.join(prior.client_ids) or '-'})")
             return prior
         if reason:
-            self.book.recent[key] = rec
+            book.recent[key] = rec
             self.log.info("refused %s %s: %s", cmd.market, cmd.client_id, reason)
             return prior or CommandAck(command_id=cmd.command_id, accepted=False, reason=reason,
                                        client_ids=[cmd.client_id])
