@@ -31,6 +31,7 @@ from marketbus.runtime.service import Service
 
 from .artifacts import ArtifactStore, make_store
 from .history_source import HistorySource
+from .http_api import ExportApi
 from .jobs import JobError, JobManager
 from .settings import ExportSettings
 from .signing import UrlSigner, load_signing_key
@@ -143,9 +144,8 @@ class ExportOrchestrator(Service):
         self.jobs = JobManager(s, self.nc, kv, self.history, self.artifacts, self.instance)
         await self.jobs.start()
         if s.api_port >= 0:
-            from .http_api import ExportApi
-
-            self.api = AsgiServer(ExportApi(self).app(), s.api_host, s.api_port, lifespan="off")
+            api = ExportApi(s, self.jobs, self.history, self.artifacts, self.signer)
+            self.api = AsgiServer(api.app(), s.api_host, s.api_port, lifespan="off")
             await self.api.start()
             self.log.info("export API on %s/v1", self.api.url)
 
@@ -169,6 +169,6 @@ class ExportOrchestrator(Service):
             "api_url": self.api_url,
             "history": self.history.mode if self.history else None,
             "artifact_store": self.artifacts.kind if self.artifacts else None,
-            "running_jobs": sorted(jobs._running) if jobs else [],
+            "running_jobs": sorted(jobs.running) if jobs else [],
             "jobs_done": jobs.jobs_done if jobs else 0,
         }

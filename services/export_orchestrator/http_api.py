@@ -32,7 +32,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -45,15 +45,14 @@ from starlette.routing import Mount, Route
 from marketbus.contracts.jobs import ExportRequest, StreamSelector
 from marketbus.contracts.subjects import denormalize_symbol
 
-from .artifacts import ArtifactNotFound
-from .history_source import MAX_NS, HistoryUnavailable, StreamKey
-from .jobs import Conflict, InvalidRequest, JobError, JobRecord, NotFound, Overloaded, artifact_id
+from .artifacts import ArtifactNotFound, ArtifactStore
+from .history_source import MAX_NS, HistorySource, HistoryUnavailable, StreamKey
+from .jobs import Conflict, InvalidRequest, JobError, JobManager, JobRecord, NotFound, Overloaded, artifact_id
+from .settings import ExportSettings
+from .signing import UrlSigner
 
 from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.tsapi import ApiError, error_response, int_param, iso, json_body, parse_ns
-
-if TYPE_CHECKING:
-    from .app import ExportOrchestrator
 
 CATALOG_LIMITS = (100, 1000)
 ACCOUNT_LIMITS = (50, 100)
@@ -102,18 +101,19 @@ class _Gate:
 
 
 class ExportApi:
-    def __init__(self, service: ExportOrchestrator) -> None:
-        self.service = service
-        self.settings = service.settings
+    """The HTTP face of the orchestrator: given what it serves (the job manager, the history
+    source for the catalog, the artifact store for downloads, the URL signer), not the service."""
+
+    def __init__(self, settings: ExportSettings, jobs: JobManager, history: HistorySource, artifacts: ArtifactStore,
+                 signer: UrlSigner) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.history = history
+        self.artifacts = artifacts
         self.keys = {k: owner_of(k) for k in self.settings.api_key_list()}
         self.buckets: dict[str, RateLimiter] = {}
-        assert service.signer is not None
-        self.signer = service.signer
-        self.page_secret = hashlib.sha256(b"pages" + service.signer.secret).digest()
-
-    @property
-    def jobs(self) -> Any:
-        return self.service.manager
+        self.signer = signer
+        self.page_secret = hashlib.sha256(b"pages" + signer.secret).digest()
 
     # --- gate -----------------------------------------------------------------------------------
     def check(self, request: Request) -> str:
@@ -172,8 +172,7 @@ class ExportApi:
 
     # --- catalog --------------------------------------------------------------------------------
     async def _streams(self) -> list[StreamKey]:
-        assert self.service.history is not None
-        return await self.service.history.streams()
+        return await self.history.streams()
 
     @staticmethod
     def ds_wire(k: StreamKey) -> dict[str, Any]:
@@ -236,9 +235,8 @@ class ExportApi:
 
     async def availability(self, request: Request) -> Response:
         k = await self.stream_by_id(int_param(request, "datastream_id"))
-        assert self.service.history is not None
         sel = StreamSelector(kind=k.kind, source=k.source, venue=k.venue, symbol=k.symbol)
-        cov = await self.service.history.coverage(sel, 0, MAX_NS)
+        cov = await self.history.coverage(sel, 0, MAX_NS)
         ranges = []
         for c in cov:
             if (c.kind, c.source, c.venue, c.symbol) != tuple(k):
@@ -398,7 +396,7 @@ class ExportApi:
         names = {a.filename: a for a in record.job.artifacts} if record else {}
         if record is None or record.deleted or (filename not in names and filename != record.manifest):
             raise ApiError(404, "The specified artifact does not exist")
-        store = self.service.artifacts
+        store = self.artifacts
         assert store is not None
         try:
             size = await store.size(job_id, filename)

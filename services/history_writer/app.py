@@ -13,35 +13,20 @@ import time
 from typing import Any, ClassVar
 
 from faststream.nats import NatsMessage
-from prometheus_client import Counter, Histogram
-
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.errors import BAD_REQUEST, ErrorReply
 from marketbus.contracts.jobs import CoverageQuery, HistoryQuery
 from marketbus.contracts.consumers import HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ConsumerSpec
-from marketbus.runtime.metrics import LATENCY_BUCKETS, ServiceMetrics
 from marketbus.runtime.service import Service
 
 from .consumer import StreamIntake
+from .metrics import HistoryMetrics
 from .coverage import DEFAULT_MAX_GAP_NS, NS
 from .query import serve_coverage, serve_query
 from .intake_client import IntakeClient
 from .schema import warm_up
 from .settings import HistoryWriterSettings
 from .store import HistoryStore, open_store
-
-
-class HistoryMetrics(ServiceMetrics):
-    def __init__(self, service: str, registry: Any = None) -> None:
-        super().__init__(service, registry)
-        r = self.registry
-        self.events_stored = Counter("marketbus_history_events_stored", "rows written to the store", ["stream"], registry=r)
-        self.duplicates = Counter("marketbus_history_duplicates", "rows/messages skipped as already stored", ["stream"], registry=r)
-        self.messages_acked = Counter("marketbus_history_messages_acked", "JetStream messages acked", ["stream"], registry=r)
-        self.flush_errors = Counter("marketbus_history_flush_errors", "failed flushes (retried by redelivery)", ["stream"], registry=r)
-        self.flush_seconds = Histogram("marketbus_history_flush_seconds", "decode + write + ack of one batch", ["stream"],
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.queries = Counter("marketbus_history_queries", "queries served", ["kind"], registry=r)
 
 
 async def _raw(msg: Any) -> Any:

@@ -30,19 +30,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol
 
 import asyncpg
 import msgspec
 import pyarrow as pa
 
 from marketbus.contracts.consumers import ConsumerSpec, bind_consumer
+from marketbus.runtime import natsprivate
+from marketbus.runtime.publisher import JetStreamPublisher
 from marketbus.runtime.pull import ENDING_STATUSES, MaxDeliveriesWatch, PullRequests, fit_for_dead_letter, pull_subject
+from marketbus.runtime.service import FeedTracker
 
-from .intake_client import header_value, status_of
+from .intake_client import IntakeClient, header_value, status_of
+from .metrics import HistoryMetrics
 from .schema import Message, decode_messages
+from .settings import HistoryWriterSettings
+from .store import HistoryStore
 
 _TYPE_HEADER = b"\r\nMarketbus-Type:"
 
@@ -71,8 +78,27 @@ def store_unavailable(exc: BaseException) -> bool:
     """True for an outage of the store (retry the same batch later), False for a data problem."""
     return isinstance(exc, _UNAVAILABLE)
 
-if TYPE_CHECKING:
-    from .app import HistoryWriter
+class IntakeHost(Protocol):
+    """What a :class:`StreamIntake` uses of the service that runs it (the history writer): the
+    connections, the store, the service's loops, health and dead letters, nothing else."""
+
+    settings: HistoryWriterSettings
+    metrics: HistoryMetrics
+    log: logging.Logger | logging.LoggerAdapter[Any]
+    feeds: FeedTracker
+    store: HistoryStore
+    js: Any  # JetStreamContext: consumer info and creation
+    nc: Any  # the service's connection: max-deliveries advisories
+    intake_nc: IntakeClient  # the intake connection: pull requests, replies, acks
+    publisher: JetStreamPublisher | None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+
+    def store_failed(self, reason: str) -> None: ...
+
+    def store_recovered(self) -> None: ...
+
+    async def dead_letter(self, source: str, reason: str, payload: bytes | str, subject: str | None = None) -> None: ...
 
 
 def parse_ack_subject(reply: bytes) -> tuple[int, int]:
@@ -86,19 +112,18 @@ def parse_ack_subject(reply: bytes) -> tuple[int, int]:
 
 async def ack_all(nc: Any, replies: list[bytes], body: bytes = b"+ACK") -> None:
     """``+ACK`` (or ``body``: ``+WPI``, ``+TERM``) every message: one write of all the PUB commands
-    (nats-py's per-call publish costs more than the acks themselves); falls back to ``publish``
+    (nats-py's per-call publish costs more than the acks themselves); falls back to ``publish`` (natsprivate)
     if the client changes."""
     if not replies:
         return
-    send = getattr(nc, "_send_command", None)
-    if send is None or not nc.is_connected:
+    if not natsprivate.fast_path(nc):
         for reply in replies:
             await nc.publish(reply.decode(), body)
         return
     head = b"PUB %s " + str(len(body)).encode() + b"\r\n" + body + b"\r\n"
     for i in range(0, len(replies), 4096):
-        await send(b"".join([head % r for r in replies[i:i + 4096]]))
-    await nc._flush_pending()
+        await natsprivate.write_frame(nc, b"".join([head % r for r in replies[i:i + 4096]]))
+    await natsprivate.flush(nc)
 
 
 async def nak(nc: Any, reply: bytes, delay_s: float) -> None:
@@ -124,7 +149,7 @@ class Held:
 class StreamIntake:
     """The intake of one stream: pulls, buffers, flushes (module docstring)."""
 
-    def __init__(self, service: HistoryWriter, spec: ConsumerSpec) -> None:
+    def __init__(self, service: IntakeHost, spec: ConsumerSpec) -> None:
         self.svc = service
         self.spec = spec
         self.stream = spec.stream

@@ -112,7 +112,7 @@ async def test_crashed_worker_is_taken_over_after_its_lease(harness: Harness) ->
     async def no_release(*_: object) -> None:  # a crash: the lease is never handed back
         return None
 
-    a.jobs._release = no_release  # type: ignore[method-assign]
+    a.jobs.runner._release = no_release  # type: ignore[method-assign]
     await harness.stop_orchestrator(a)
     b = await harness.start_orchestrator(lease_s=1.0)
     done = await harness.wait_state(job.job_id)

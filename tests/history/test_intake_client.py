@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.history_writer import intake_client
+from marketbus.runtime import natsprivate
 from services.history_writer.intake_client import IntakeClient, header_value, status_of
 from tests.helpers import wait_for
 
 
 @pytest.mark.parametrize("fast", [True, False])
 async def test_raw_subscription_delivers_bytes_and_headers(nats_url, monkeypatch, fast) -> None:  # noqa: ANN001
-    monkeypatch.setattr(intake_client, "_PRIVATE_OK", fast and intake_client._PRIVATE_OK)
+    monkeypatch.setattr(natsprivate, "AVAILABLE", fast and natsprivate.AVAILABLE)
     client = IntakeClient()
     await client.connect(servers=[nats_url])
     got: list[tuple[bytes, bytes, bytes, bytes | None]] = []

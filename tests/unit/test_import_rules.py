@@ -169,3 +169,66 @@ def test_the_names_the_dev_harness_runs_exist() -> None:
         assert importlib.util.find_spec(f"{module}.__main__") is not None, module
     assert importlib.util.find_spec(f"{SANDBOX_MODULE}.__main__") is not None
     assert SANDBOX_PORTS == {name: port for name, (_, port) in SANDBOXES.items()}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ``marketbus`` and ``services`` it imports, anywhere in its body:
+    imports inside functions and under ``if TYPE_CHECKING:`` count too, because they are how a
+    circle is usually hidden rather than removed. ``from pkg import name`` is an edge to
+    ``pkg.name`` when that is a module, else to ``pkg``."""
+    known = dict(modules(SERVICES_DIR, ROOT))
+    known.update(modules(MARKETBUS_DIR, MARKETBUS_DIR.parent))
+    graph: dict[str, set[str]] = {}
+    for module, path in known.items():
+        edges = graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve_from(node, module, path)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+            else:
+                continue
+            edges.update(t for t in targets if t in known and t != module)
+    # importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first, but a package's
+    # ``__init__`` importing its own submodules is how packages work, not a circle: edges from a
+    # module to its enclosing packages are therefore not added.
+    return graph
+
+
+def _resolve_from(node: ast.ImportFrom, module: str, path: Path) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    anchor = package.split(".")
+    anchor = anchor[: len(anchor) - (node.level - 1)]
+    return ".".join(anchor + ([node.module] if node.module else []))
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every independent cycle found by ``graphlib``: each cycle found is reported, then broken at
+    its first edge, until the graph sorts."""
+    from graphlib import CycleError, TopologicalSorter
+
+    graph = {m: set(e) for m, e in graph.items()}
+    cycles: list[list[str]] = []
+    while True:
+        try:
+            TopologicalSorter(graph).prepare()
+            return cycles
+        except CycleError as exc:
+            cycle = exc.args[1]  # [a, b, ..., a]: each node depends on the previous one
+            cycles.append(cycle)
+            graph[cycle[1]].discard(cycle[0])
+
+
+def test_import_cycles_are_found_including_hidden_ones() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert [sorted(set(c)) for c in import_cycles(graph)] == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_among_marketbus_and_services_modules() -> None:
+    cycles = import_cycles(import_graph())
+    assert cycles == [], "import cycles (break them with a narrow interface, not a late import):\n" + "\n".join(
+        " -> ".join(reversed(c)) for c in cycles)

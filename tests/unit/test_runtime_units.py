@@ -11,7 +11,7 @@ import time
 import msgspec
 import pytest
 
-from marketbus.runtime.backoff import Backoff, retry
+from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.logging import register_secret, setup_logging
 from marketbus.runtime.ratelimit import MultiWindowLimiter, RateLimiter
 from marketbus.runtime.settings import Secret, Settings, SettingsError, env_names, load_settings
@@ -72,22 +72,6 @@ def test_backoff_grows_with_jitter_and_resets() -> None:
     assert len(set(delays)) == len(delays)  # jitter
     b.reset()
     assert b.attempt == 0
-
-
-async def test_retry_retries_then_gives_up() -> None:
-    calls = 0
-
-    async def flaky() -> str:
-        nonlocal calls
-        calls += 1
-        if calls < 3:
-            raise ConnectionError("down")
-        return "ok"
-
-    assert await retry(flaky, retry_on=(ConnectionError,), backoff=Backoff(0.01, 0.02)) == "ok"
-    calls = -10
-    with pytest.raises(ConnectionError):
-        await retry(flaky, retry_on=(ConnectionError,), attempts=2, backoff=Backoff(0.01, 0.02))
 
 
 async def test_rate_limiter_paces_to_the_rate() -> None:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .lakehouse import Tables
-from .writer import SEQS_PROP, STREAM_PROP, decode_ranges
+from .snapshot_props import SEQS_PROP, STREAM_PROP, decode_ranges
 
 log = logging.getLogger("marketbus.history.maintenance")
 DAY_NS = 86_400 * 10**9

@@ -36,33 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .lakehouse import LAYOUTS, LakehouseSettings, Tables
+from .maintenance import expire_snapshots
+from .snapshot_props import SEQS_PROP, STREAM_PROP, WRITER_PROP, decode_ranges, encode_ranges
 
 log = logging.getLogger("marketbus.history.writer")
 
-STREAM_PROP = "marketbus.stream"
-SEQS_PROP = "marketbus.seqs"
-WRITER_PROP = "marketbus.writer"
-
-
-def encode_ranges(seqs: Iterable[int]) -> str:
-    """Sorted sequences -> ``a-b,c,d-e``."""
-    arr = np.unique(np.fromiter(seqs, np.int64))
-    if not len(arr):
-        return ""
-    breaks = np.nonzero(np.diff(arr) != 1)[0]
-    starts = np.concatenate([arr[:1], arr[breaks + 1]])
-    ends = np.concatenate([arr[breaks], arr[-1:]])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts.tolist(), ends.tolist()))
-
-
-def decode_ranges(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in text.split(","):
-        if not part:
-            continue
-        a, _, b = part.partition("-")
-        out.append((int(a), int(b or a)))
-    return out
 
 
 class SeqLedger:
@@ -246,8 +224,6 @@ class HistoryTableWriter:
 
 
     def _expire(self, kind: str, table: Any) -> None:
-        from .maintenance import expire_snapshots
-
         try:
             self.expired += expire_snapshots(table, dict(self.floors), min_age_s=self.snapshot_min_age_s, keep_last=4,
                                             refresh=False)

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-T = TypeVar("T")
-
 
 class Backoff:
     """``delay = random(0, min(max_s, initial_s * factor**attempt))`` (AWS "full jitter"),
@@ -36,25 +31,3 @@ class Backoff:
         delay = max(self.next_delay(), at_least_s)
         await asyncio.sleep(delay)
         return delay
-
-
-async def retry(
-    func: Callable[[], Awaitable[T]],
-    *,
-    retry_on: tuple[type[BaseException], ...],
-    attempts: int = 5,
-    backoff: Backoff | None = None,
-    on_retry: Callable[[BaseException, int], None] | None = None,
-) -> T:
-    """Call ``func`` until it succeeds, retrying ``retry_on`` errors with back-off."""
-    backoff = backoff or Backoff()
-    for attempt in range(1, attempts + 1):
-        try:
-            return await func()
-        except retry_on as exc:
-            if attempt == attempts:
-                raise
-            if on_retry:
-                on_retry(exc, attempt)
-            await backoff.sleep(getattr(exc, "retry_after", 0.0) or 0.0)
-    raise AssertionError("unreachable")

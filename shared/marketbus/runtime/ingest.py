@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 
@@ -161,13 +161,6 @@ class Ingestor(Service):
         future = await self.publisher.publish_event(event)
         self._account(event)
         return future
-
-    async def emit_many(self, events: Iterable[MarketEvent]) -> int:
-        n = 0
-        for event in events:
-            await self.emit(event)
-            n += 1
-        return n
 
     async def emit_group(self, events: Sequence[MarketEvent]) -> Any:
         """Publish events as single messages (one per event) acknowledged as a group: the fast

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -26,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import Event, MarketEvent
+from marketbus.runtime import natsprivate
 
 
 class PublishError(RuntimeError):
@@ -249,7 +249,7 @@ class JetStreamPublisher:
         if not pending.first_sent_at:
             pending.first_sent_at = pending.sent_at
         nc = self.nc
-        if pending.header_block is None or not nc.is_connected:
+        if pending.header_block is None or not natsprivate.fast_path(nc):
             # the public API (it also buffers while reconnecting)
             headers = pending.headers
             if headers is None and pending.header_block is not None:
@@ -264,9 +264,8 @@ class JetStreamPublisher:
         )
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
-        await nc._send_command(cmd)  # noqa: SLF001 - nats-py's own publish path, minus header encoding
-        if nc._flush_queue is not None and nc._flush_queue.empty():  # noqa: SLF001
-            await nc._flush_pending()  # noqa: SLF001
+        await natsprivate.write_frame(nc, cmd)  # nats-py's own publish path, minus header encoding
+        await natsprivate.flush(nc, only_if_idle=True)
 
     async def _sweep(self) -> None:
         """Re-send messages whose ack did not come in time, and those a transient failure sent
@@ -328,9 +327,6 @@ class JetStreamPublisher:
                 raise ValueError(f"a subject is needed for {type(event).__name__}")
             subject = subjects.for_event(event)
         return await self.publish(subject, codec.encode(event), header_block_=header_block(event, getattr(event, "id", None)))
-
-    async def publish_events(self, events: Iterable[MarketEvent]) -> list[asyncio.Future[PubAck]]:
-        return [await self.publish_event(e) for e in events]
 
     async def publish_group(self, events: list[MarketEvent]) -> asyncio.Future[PubAck]:
         """Publish events as single messages (one per event) acknowledged as a group: the
