@@ -164,7 +164,8 @@ def image_env() -> dict[str, str]:
     env: dict[str, str] = {}
     for line in stages[-1].replace("\\\n", " ").splitlines():
         if line.startswith("ENV "):
-            env.update(part.split("=", 1) for part in shlex.split(line[4:]))
+            # PATH: this venv stands for the image's /opt/venv
+            env.update(part.split("=", 1) for part in shlex.split(line[4:]) if not part.startswith("PATH="))
     return env
 
 
@@ -430,7 +431,7 @@ def cli(stack: LocalCompose, *args: str, timeout: float = 60) -> subprocess.Comp
     """The `marketbus` CLI as an operator uses it against the published NATS port."""
     env = {"PATH": os.environ["PATH"], "HOME": str(stack.workdir), "MARKETBUS_DATA_DIR": str(stack.workdir / "cli")}
     url = f"nats://127.0.0.1:{stack.published[4222]}"
-    return subprocess.run([str(BIN / "marketbus"), "--nats-url", url, "--nkey", str(stack.secrets_dir / "operator.nk"), *args],
+    return subprocess.run([str(BIN / "marketbus"), "--nkey", str(stack.secrets_dir / "operator.nk"), *args, "--nats-url", url],
                           env=env, capture_output=True, text=True, timeout=timeout, cwd=stack.workdir, check=False)
 
 
