@@ -55,6 +55,7 @@ lock:
 dist: venv
 	rm -rf dist shared/build
 	$(BIN)/uv build --quiet --wheel --out-dir dist shared
+	rm -rf shared/build
 
 schemas: venv
 	$(BIN)/python -m marketbus.contracts.schema docs/schemas
