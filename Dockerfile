@@ -21,5 +21,7 @@ COPY --from=build /opt/venv /opt/venv
 # uid 1000: the owner of the 0600 secret files (deploy/secrets) docker compose mounts
 RUN useradd --create-home --uid 1000 marketbus && mkdir -p /data /app && chown marketbus /data
 WORKDIR /app
+# the example consumers (docs/consumers.md): `faststream run examples.vwap_bars:app` from /app
+COPY examples ./examples
 USER marketbus
 CMD ["marketbus", "--help"]

@@ -523,6 +523,7 @@ def prometheus_targets(stack: LocalCompose) -> dict[str, str]:
     return {t["labels"].get("service", t["labels"]["job"]): t["health"] for t in targets}
 
 
+@pytest.mark.timeout(360)  # the start budget, then the flow; ~30 s on an idle machine
 def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
     """`docker compose --profile monitoring up` with .env's profiles (sandbox): every service
     healthy; data, history, an export and an order through them; Prometheus scraping them all."""
@@ -533,11 +534,19 @@ def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
         subject, event = asyncio.run(first_market_event(url, stack.secrets_dir / "reader.nk", 30))
         assert subject.startswith("md.") and event is not None
 
+        answers: list[str] = []
+
         def history_rows() -> list[dict[str, Any]]:
             result = cli(stack, "history", "query", "trade.digitex.*.*", "--start", "-10m", "--limit", "5", "--json")
+            answers.append(result.stderr[-300:])
             return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
-        rows = until(history_rows, 45, "history rows of Digitex trades")
+        try:
+            rows = until(history_rows, 45, "history rows of Digitex trades")
+        except AssertionError as exc:
+            writer, digitex = stack.containers["history_writer"], stack.containers["ingest_digitex"]
+            raise AssertionError(f"{exc}\nCLI: {answers[-1:]}\nhistory_writer:\n{writer.log_tail(10)}\n"
+                                 f"ingest_digitex:\n{digitex.log_tail(10)}") from None
         assert rows[0]["subject"].startswith("md.trade.digitex.")
 
         export = cli(stack, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", "csv.gz",
