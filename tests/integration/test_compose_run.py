@@ -26,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,12 +44,12 @@ from marketbus.runtime.natsserver import nats_server_binary
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 START_BUDGET_S = 90.0  # every service healthy within this, on a loaded 2-core machine
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: int(p.parent.name))
 # third-party images -> the same program on this machine (the image's entrypoint)
 LOCAL_PROGRAMS = {"nats": nats_server_binary, "prom/prometheus": lambda: shutil.which("prometheus")}
 # services of the compose files no local program stands for; all others must run in the tests
 NOT_RUNNABLE_HERE = {
     "grafana": "no Grafana on this machine (its dashboards are checked by tests/monitoring)",
-    "postgres": "--profile postgres: a PostgreSQL container of its own (the tests use the machine's)",
     "seaweedfs": "--profile lakehouse: not wired to the services by the compose file yet",
     "lakehouse-catalog": "--profile lakehouse", "lakehouse-bucket": "--profile lakehouse (aws-cli image)",
 }
@@ -232,6 +233,7 @@ class LocalCompose:
         self.workdir = workdir
         self.secrets_dir = secrets_dir
         self.containers: dict[str, Container] = {}
+        self.volumes: dict[str, Path] = {}
         self.port_of: dict[tuple[str, int], int] = {}  # (service, container port) -> local port
         self.published: dict[int, int] = {}  # host port -> local port
         for name, spec in self.services.items():
@@ -240,6 +242,13 @@ class LocalCompose:
                 self.port_of[(name, cport)] = local
                 if hport is not None:
                     self.published[hport] = local
+
+    def volume(self, name: str) -> Path:
+        """A named volume: a directory (world-traversable, for images running as another user)."""
+        if name not in self.volumes:
+            self.volumes[name] = Path(tempfile.mkdtemp(prefix=f"mb-compose-{name}-"))
+            self.volumes[name].chmod(0o755)
+        return self.volumes[name]
 
     # paths and addresses, rewritten into this machine's
     def host_path(self, path: str, base: Path) -> Path:
@@ -294,8 +303,7 @@ class LocalCompose:
                     continue
             else:
                 assert source in self.project.volumes, f"{name}: volume {source} is not declared"
-                host = self.workdir / "volumes" / source
-                host.mkdir(parents=True, exist_ok=True)
+                host = self.volume(source)
             place = container.root / target.lstrip("/")
             if place.is_dir() and not place.is_symlink():
                 place.rmdir()
@@ -307,6 +315,9 @@ class LocalCompose:
             target = target if target.startswith("/") else f"/run/secrets/{target}"
             self._mount(container, target, self.host_path(declared["file"], declared["_dir"]), copy_text=True)
         container.paths.setdefault("/run/secrets", container.root / "run" / "secrets")
+        for target in [t for t in container.paths if t.startswith("/run/secrets/")]:  # a DSN names compose hosts
+            place = container.paths[target]
+            place.write_text(self.rewrite(container, place.read_text(), own_ports=False))
         for target, host in bind_files:  # config files: copied with container paths and ports rewritten
             place = container.root / target.lstrip("/")
             place.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +345,10 @@ class LocalCompose:
         """The command with the image's executables mapped to this machine's."""
         args = [self.rewrite(container, str(arg)) for arg in command]
         image = str(container.spec.get("image", ""))
+        if image.startswith("postgres:"):
+            if args[:1] == ["pg_isready"] and PG_BIN:  # the healthcheck, inside the container
+                return [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(container.ports[5432]), *args[1:]]
+            return self.postgres_entrypoint(container)
         program = LOCAL_PROGRAMS.get(image.split(":")[0])
         if program is not None and container.spec.get("command") is command:
             executable = program()
@@ -346,10 +361,36 @@ class LocalCompose:
         assert args and shutil.which(args[0]), f"{container.name}: no local program for {args[:1]} (image {image})"
         return args
 
+    def postgres_entrypoint(self, container: Container) -> list[str]:
+        """What the postgres image's entrypoint does: on an empty data volume, initdb with
+        POSTGRES_USER / POSTGRES_PASSWORD_FILE and create POSTGRES_DB; then run the server (as the
+        postgres user, on the local port that stands for 5432)."""
+        assert PG_BIN, "the postgres image needs PostgreSQL's binaries (/usr/lib/postgresql/*/bin)"
+        env = self.environment(container)
+        data = container.paths["/var/lib/postgresql/data"].resolve()
+        shutil.chown(data, "postgres", "postgres")
+        user, port = env.get("POSTGRES_USER", "postgres"), container.ports[5432]
+        password = data.parent / f"{data.name}.pw"  # readable by the postgres user
+        password.write_text(Path(env["POSTGRES_PASSWORD_FILE"]).read_text().strip() + "\n")
+        shutil.chown(password, "postgres", "postgres")
+        as_pg = "runuser -u postgres --"
+        script = f"""set -e
+if [ ! -s {data}/PG_VERSION ]; then
+  {as_pg} {PG_BIN}/initdb -D {data} -U {shlex.quote(user)} --pwfile={password} --auth-host=scram-sha-256 --auth-local=trust >/dev/null
+  {as_pg} {PG_BIN}/pg_ctl -D {data} -o "-c listen_addresses='' -k {data}" -w start >/dev/null
+  {as_pg} {PG_BIN}/createdb -h {data} -U {shlex.quote(user)} {shlex.quote(env.get("POSTGRES_DB", user))} || true
+  {as_pg} {PG_BIN}/pg_ctl -D {data} -m fast -w stop >/dev/null
+fi
+exec {as_pg} {PG_BIN}/postgres -D {data} -p {port} -c listen_addresses=127.0.0.1 -k {data}
+"""
+        return ["sh", "-c", script]
+
     def start(self, name: str) -> Container:
         container = self.prepare(name)
         spec = container.spec
         command = spec.get("command")
+        if command is None and str(spec.get("image", "")).startswith("postgres:"):
+            command = ["postgres"]
         assert isinstance(command, list), f"{name}: give the command as a list"
         log = container.log.open("wb")
         container.process = subprocess.Popen(
@@ -400,6 +441,13 @@ class LocalCompose:
                 self.wait(name, "service_healthy", deadline)
 
     def down(self) -> None:
+        try:
+            self._stop()
+        finally:
+            for path in self.volumes.values():
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _stop(self) -> None:
         for container in reversed(list(self.containers.values())):
             if container.process and container.process.poll() is None:
                 os.killpg(container.process.pid, 15)
@@ -428,10 +476,11 @@ def write_secrets(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def compose_up(tmp_path: Path, profiles: set[str]) -> Iterator[LocalCompose]:
+def compose_up(tmp_path: Path, profiles: set[str], **variables: str) -> Iterator[LocalCompose]:
+    """The project up, with .env plus ``variables`` as the shell's environment."""
     secrets = tmp_path / "secrets"
     write_secrets(secrets)
-    project = Project.load(ROOT / "docker-compose.yml", compose_env())
+    project = Project.load(ROOT / "docker-compose.yml", {**compose_env(), **variables})
     stack = LocalCompose(project, profiles, tmp_path / "containers", secrets)
     try:
         stack.up()
@@ -511,7 +560,8 @@ def default_profiles() -> set[str]:
 def test_every_service_of_the_compose_files_runs_here_or_says_why_not() -> None:
     project = Project.load(ROOT / "docker-compose.yml", compose_env())
     assert set(NOT_RUNNABLE_HERE) <= set(project.services)
-    running = project.active(default_profiles() | {"monitoring"}, set(NOT_RUNNABLE_HERE))
+    tested = default_profiles() | {"monitoring", "postgres"}  # the profiles the tests below run
+    running = project.active(tested, set(NOT_RUNNABLE_HERE))
     assert set(running) == set(project.services) - set(NOT_RUNNABLE_HERE)
 
 
@@ -572,3 +622,22 @@ def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
         targets = until(lambda: (t := prometheus_targets(stack)) and set(t.values()) == {"up"} and t, 45,
                         "every Prometheus target up")
         assert set(targets) == expected, targets
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL's binaries are not installed")
+def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -> None:
+    """`--profile postgres` with MARKETBUS_HISTORY_WRITER_BACKEND=postgres (README): the writer
+    waits for the database, connects with the DSN secret and serves history from it."""
+    with compose_up(tmp_path, default_profiles() | {"postgres"}, MARKETBUS_HISTORY_WRITER_BACKEND="postgres") as stack:
+        def history_rows() -> list[str]:
+            result = cli(stack, "history", "query", "trade.digitex.*.*", "--start", "-10m", "--limit", "5", "--json")
+            return [line for line in result.stdout.splitlines() if line.startswith("{")]
+
+        assert until(history_rows, 45, "history rows of Digitex trades")
+        tables = subprocess.run(
+            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(stack.published[5432]), "-U", "marketbus", "-d", "marketbus",
+             "-Atc", "select tablename from pg_tables where tablename like 'history_%'"],
+            env={"PGPASSWORD": (stack.secrets_dir / "postgres_password").read_text().strip(), "PATH": os.environ["PATH"]},
+            capture_output=True, text=True, timeout=30, check=False)
+        assert tables.returncode == 0 and "history_" in tables.stdout, tables.stdout + tables.stderr
