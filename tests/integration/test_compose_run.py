@@ -370,7 +370,7 @@ class LocalCompose:
         data = container.paths["/var/lib/postgresql/data"].resolve()
         shutil.chown(data, "postgres", "postgres")
         user, port = env.get("POSTGRES_USER", "postgres"), container.ports[5432]
-        password = data.parent / f"{data.name}.pw"  # readable by the postgres user
+        password = self.volume(f"{container.name}-password") / "pw"  # readable by the postgres user; removed by down()
         password.write_text(Path(env["POSTGRES_PASSWORD_FILE"]).read_text().strip() + "\n")
         shutil.chown(password, "postgres", "postgres")
         as_pg = "runuser -u postgres --"
