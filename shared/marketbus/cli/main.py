@@ -16,7 +16,7 @@ from .common import NatsUrlOption
 from .output import EXIT_CODES_HELP, run
 from .services import SANDBOX_MODULE
 
-app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=False,
+app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=True,
                   epilog=EXIT_CODES_HELP)
 console = Console()
 
