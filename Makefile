@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 3  # pytest-xdist workers: most tests wait on servers and subprocesses, not on the CPU
 
 .PHONY: help venv run test test-fast chaos bench lock dist schemas secrets up down clean
 
@@ -35,7 +36,7 @@ run: venv
 	$(BIN)/marketbus up
 
 test: venv
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # MARKETBUS_CHAOS_SEED replays a run; MARKETBUS_CHAOS_ROUNDS sets the number of kills
 chaos: venv

@@ -144,15 +144,40 @@ def _pg_reachable(host: str, port: int) -> bool:
     return False
 
 
+def _per_worker(dsn: str) -> str:
+    """Under pytest-xdist every worker gets a database of its own (``<db>_<worker>``), created on
+    first use: the PostgreSQL tests of two workers never see each other's tables."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return dsn
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+
+    parts = urlsplit(dsn)
+    base_db = parts.path.lstrip("/") or "postgres"
+    name = f"{base_db}_{worker}"
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """MARKETBUS_TEST_PG_DSN, else the server at 127.0.0.1:5432, else testcontainers, else skip."""
     dsn = os.environ.get("MARKETBUS_TEST_PG_DSN")
     if dsn:
-        yield dsn
+        yield _per_worker(dsn)
         return
     if _pg_reachable("127.0.0.1", 5432):
-        yield "postgresql://postgres@127.0.0.1:5432/test"
+        yield _per_worker("postgresql://postgres@127.0.0.1:5432/test")
         return
     if _docker_available():
         from testcontainers.postgres import PostgresContainer
