@@ -98,12 +98,14 @@ def _negative(col: Any) -> Any:
     return pc.less(col, 0)
 
 
-# Decimal text the fast path accepts: no exponent, at most 18 integer digits (|x| < 1e18) and 20
-# decimal places (so at most 38 digits, and no non-zero |x| < 1e-30). It is a subset of what the
-# contracts accept: anything else ("1E-18", NaN, a 1e30) goes to the strict path, where the
-# contract decides.
-_PLAIN_DECIMAL = r"[0-9]{1,18}(\.[0-9]{1,20})?"
-_SOME_NON_ZERO_DIGIT = "[1-9]"
+# Decimal text the fast path accepts, a subset of what the contracts accept (anything else: NaN,
+# "1E+30", 40 digits... goes to the strict path, where the contract decides):
+# - plain: at most 18 integer digits (|x| < 1e18) and 20 decimal places (at most 38 digits, no
+#   non-zero |x| < 1e-30);
+# - Python's scientific form of small values (str(Decimal("0.00000001")) is "1E-8"): one digit,
+#   at most 20 decimal places, an exponent of -1..-29 (so |x| >= 1e-29).
+_PLAIN_DECIMAL = r"([0-9]{1,18}(\.[0-9]{1,20})?|[0-9](\.[0-9]{1,20})?E-([1-9]|[12][0-9]))"
+_SOME_NON_ZERO_DIGIT = "^[0-9.]*[1-9]"  # in the digits before any exponent
 
 
 def _not_positive(col: Any) -> Any:
