@@ -31,9 +31,10 @@ from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow
 
 from . import normalize
 from .backfill import DigitexBackfill
-from .catalog import DigitexCatalog, MarketState
+from .catalog import DigitexCatalog
 from .client import ClientError, DigitexClient, Unavailable
-from .live import DigitexLive, TradeCursor
+from .live import DigitexLive
+from .parts import MarketState, TradeCursor
 from .settings import DigitexIngestSettings
 
 

@@ -4,8 +4,6 @@ the ``recent_trades`` depth, bars from OHLCV; anything else refused with the rea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from marketbus.contracts.base import NO_VENUE
@@ -14,16 +12,13 @@ from marketbus.contracts.market import Bar, Trade
 from marketbus.runtime.ingest import ReplayUnsupported
 
 from . import normalize
-from .catalog import MarketState
-
-if TYPE_CHECKING:
-    from .app import DigitexIngestor
+from .parts import DigitexHost, MarketState
 
 US = 1000
 
 
 class DigitexBackfill:
-    def __init__(self, ingestor: DigitexIngestor) -> None:
+    def __init__(self, ingestor: DigitexHost) -> None:
         self.ing = ingestor
 
     async def load(self, state: MarketState) -> None:
@@ -76,9 +71,9 @@ class DigitexBackfill:
         ing = self.ing
         if request.venue not in (ing.venue, NO_VENUE, "*"):
             raise ReplayUnsupported(f"digitex has one venue, {ing.venue}; not {request.venue}")
-        state = ing.catalog.by_symbol.get(request.symbol)
+        state = ing.by_symbol.get(request.symbol)
         if state is None:
-            raise ReplayUnsupported(f"unknown digitex market {request.symbol}; known: {sorted(ing.catalog.by_symbol)}")
+            raise ReplayUnsupported(f"unknown digitex market {request.symbol}; known: {sorted(ing.by_symbol)}")
         if request.kind == "trade":
             return await self.replay_trades(state, request)
         if request.kind == "bar":

@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from marketbus.runtime.settings import SettingsError
 from marketbus.vendor.limits import RateWindow
 
 from . import normalize
 from .client import ClientError, Unavailable
-
-if TYPE_CHECKING:
-    from .app import DigitexIngestor
-
-
-@dataclass
-class MarketState:
-    market_id: int
-    code: str
-    symbol: str
-    last_trade_id: int | None = None
-    last_trade_ts: int | None = None
-    last_book_id: str | None = None
-    bar_cursor: dict[str, int] = field(default_factory=dict)  # resolution -> last published bar start (µs)
+from .parts import DigitexHost, MarketState
 
 
 class DigitexCatalog:
-    def __init__(self, ingestor: DigitexIngestor) -> None:
+    def __init__(self, ingestor: DigitexHost) -> None:
         self.ing = ingestor
         self.markets: dict[int, MarketState] = {}
         self.by_symbol: dict[str, MarketState] = {}

@@ -5,26 +5,16 @@ stays (bars from OHLCV still cover the range)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from marketbus.vendor.gaps import GapTracker
 
 from . import normalize
-from .catalog import MarketState
-
-if TYPE_CHECKING:
-    from .app import DigitexIngestor
-
-
-class TradeCursor(msgspec.Struct):
-    trade_id: int
-    ts_ns: int | None = None
+from .parts import DigitexHost, MarketState, TradeCursor
 
 
 class DigitexLive:
-    def __init__(self, ingestor: DigitexIngestor) -> None:
+    def __init__(self, ingestor: DigitexHost) -> None:
         self.ing = ingestor
         self.gaps: dict[int, GapTracker] = {}
 

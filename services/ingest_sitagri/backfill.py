@@ -5,7 +5,7 @@ cap (:mod:`.history`); expired futures through the expired route (with SHIFT); n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -19,15 +19,13 @@ from . import history as hist
 from . import normalize
 from .client import SessionExpired, Unavailable, VendorError
 from .crawl import QuoteMeta
-
-if TYPE_CHECKING:
-    from .app import SitagriIngestor
+from .parts import SitagriHost
 
 NS = 1_000_000_000
 
 
 class SitagriBackfill:
-    def __init__(self, ingestor: SitagriIngestor) -> None:
+    def __init__(self, ingestor: SitagriHost) -> None:
         self.ing = ingestor
 
     async def history(self, quote_ref: str, start_ns: int, end_ns: int, resolution: str, *, dedupe: bool,

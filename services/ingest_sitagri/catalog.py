@@ -6,7 +6,6 @@ index)."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -17,13 +16,11 @@ from . import normalize
 from .client import Unavailable, VendorError
 from .crawl import CrawlResult, crawl
 from .netbus import NetbusClosed
-
-if TYPE_CHECKING:
-    from .app import SitagriIngestor
+from .parts import SitagriHost
 
 
 class SitagriCatalog:
-    def __init__(self, ingestor: SitagriIngestor) -> None:
+    def __init__(self, ingestor: SitagriHost) -> None:
         self.ing = ingestor
         self.result: CrawlResult | None = None
         self.crawls = 0

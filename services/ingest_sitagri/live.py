@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -29,16 +29,14 @@ from . import history as hist
 from . import normalize
 from .client import SessionExpired, Unavailable, VendorError
 from .netbus import LongPollNetbus, NetbusClosed, NetbusRefused, WsNetbus, failed_registrations, register_refs
-
-if TYPE_CHECKING:
-    from .app import SitagriIngestor
+from .parts import SitagriHost
 
 NS = 1_000_000_000
 FEED = "sitagri/netbus"
 
 
 class SitagriLive:
-    def __init__(self, ingestor: SitagriIngestor) -> None:
+    def __init__(self, ingestor: SitagriHost) -> None:
         self.ing = ingestor
         self.live_quotes: list[str] = []
         self.last_ts: dict[str, int] = {}  # quote ref -> ts of its newest published price

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 from marketbus.contracts import subjects
 from marketbus.contracts.jobs import ReplayRequest
@@ -13,15 +12,13 @@ from marketbus.runtime.ingest import ReplayUnsupported
 from . import normalize
 from .live import ExportFailed
 from .normalize import DatastreamRef, MalformedPayload
-
-if TYPE_CHECKING:
-    from .app import TickSupplyIngestor
+from .parts import TickSupplyHost
 
 KIND_OF_STREAM = {"trade": "trade", "depth": "quote"}
 
 
 class TickSupplyBackfill:
-    def __init__(self, ingestor: TickSupplyIngestor) -> None:
+    def __init__(self, ingestor: TickSupplyHost) -> None:
         self.ing = ingestor
 
     async def replay(self, request: ReplayRequest) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -15,15 +15,13 @@ from marketbus.runtime.backoff import Backoff
 from . import normalize
 from .client import MalformedReply
 from .normalize import DatastreamRef
-
-if TYPE_CHECKING:
-    from .app import TickSupplyIngestor
+from .parts import TickSupplyHost
 
 SUPPORTED_STREAM_TYPES = ("trade", "depth")
 
 
 class TickSupplyCatalog:
-    def __init__(self, ingestor: TickSupplyIngestor) -> None:
+    def __init__(self, ingestor: TickSupplyHost) -> None:
         self.ing = ingestor
         self.datastreams: dict[int, DatastreamRef] = {}
 

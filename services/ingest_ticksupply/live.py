@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -21,10 +21,8 @@ from marketbus.runtime.backoff import Backoff
 from . import normalize
 from .client import ArtifactUrlExpired, MalformedReply, NotFound
 from .normalize import DatastreamRef
+from .parts import TickSupplyHost
 from .progress import DatastreamProgress, Inflight
-
-if TYPE_CHECKING:
-    from .app import TickSupplyIngestor
 
 MAX_DEAD_LETTERS_PER_ARTIFACT = 100
 MAX_DEAD_LETTER_BYTES = 1_000_000
@@ -37,7 +35,7 @@ class ExportFailed(Exception):
 
 
 class TickSupplyExports:
-    def __init__(self, ingestor: TickSupplyIngestor) -> None:
+    def __init__(self, ingestor: TickSupplyHost) -> None:
         self.ing = ingestor
         self.own_windows: set[str] = set()  # idempotency keys of the windows this instance started
         self.last_end: dict[int, int] = {}  # datastream id -> end of the last published window (ns)
@@ -231,7 +229,7 @@ class ArtifactPublisher:
     acked as a group), slice by slice: a slice is published while the previous one's acks come
     in, so memory stays bounded. Bad rows and unreadable artifacts are dead-lettered."""
 
-    def __init__(self, ingestor: TickSupplyIngestor) -> None:
+    def __init__(self, ingestor: TickSupplyHost) -> None:
         self.ing = ingestor
 
     async def publish(self, ds: DatastreamRef, data: bytes, *, channel: str = "artifact",

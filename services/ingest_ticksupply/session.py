@@ -6,7 +6,7 @@ mark is kept next to the progress)."""
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -14,13 +14,11 @@ from marketbus.vendor.timeparse import iso_ns
 
 from .client import Conflict
 from .normalize import DatastreamRef
-
-if TYPE_CHECKING:
-    from .app import TickSupplyIngestor
+from .parts import TickSupplyHost
 
 
 class TickSupplySubscriptions:
-    def __init__(self, ingestor: TickSupplyIngestor) -> None:
+    def __init__(self, ingestor: TickSupplyHost) -> None:
         self.ing = ingestor
         self.subscriptions: dict[int, dict[str, Any]] = {}
         self._holes_reported_until: dict[int, int] = {}  # datastream id -> end of the last reported hole

@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
+from typing import Any, ClassVar, Protocol
 
 import nats.errors
+from nats.aio.client import Client as NatsClient
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import NO_VENUE, MarketEvent
 from marketbus.contracts.jobs import ReplayReply, ReplayRequest
 from marketbus.contracts.market import MARKET_TYPES
+from marketbus.contracts.status import FeedState
 
 from .metrics import IngestMetrics
-from .publisher import PublishError
-from .service import Service, ServiceSettings
+from .publisher import JetStreamPublisher, PublishError
+from .service import FeedTracker, Service, ServiceSettings
 
 # What a loop gets when the bus, not the vendor, fails: it keeps its vendor state, reports
 # "blocked", and re-publishes from its last committed cursor once the bus works again.
@@ -42,6 +44,41 @@ async def _raw_body(msg: Any) -> bytes:
 
 class ReplayUnsupported(Exception):
     """Raised by :meth:`Ingestor.replay` when the vendor cannot replay what was asked."""
+
+
+class IngestHost(Protocol):
+    """What an ingestor's parts (catalog, live, backfill, session) may use of the ingestor that
+    owns them: publishing, feed status, the clock, logs and metrics. A part types its owner with
+    this protocol (each ingestor extends it in its ``parts`` module with its vendor's client,
+    settings and cursors), so the part never imports the ingestor that imports it. Read-only
+    properties: an implementation may narrow the types (e.g. its own settings class)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def settings(self) -> IngestSettings: ...
+    @property
+    def log(self) -> logging.Logger: ...
+    @property
+    def metrics(self) -> IngestMetrics: ...
+    @property
+    def feeds(self) -> FeedTracker: ...
+    @property
+    def publisher(self) -> JetStreamPublisher | None: ...
+    @property
+    def nc(self) -> NatsClient: ...
+
+    def now_ns(self) -> int: ...
+    async def emit(self, event: MarketEvent) -> Any: ...
+    async def emit_batch(self, events: Sequence[MarketEvent], replay: bool | None = None,
+                         acks: list[Any] | None = None) -> int: ...
+    async def flush(self) -> None: ...
+    async def publish_feed_status(
+        self, source: str, state: FeedState, *, venue: str = NO_VENUE, symbol: str = NO_VENUE,
+        kind: str | None = None, detail: str | None = None, gap: tuple[int, int] | None = None,
+        feed: str | None = None,
+    ) -> None: ...
+    async def malformed(self, channel: str, payload: bytes | str, reason: str) -> None: ...
 
 
 class Ingestor(Service):
