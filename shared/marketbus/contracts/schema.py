@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from . import jobs, market, orders, reference, status
+from . import jobs, market, orders, reference, replay, status
 from .base import SCHEMA_VERSION
 from .codec import ALL_TYPES, Batch
 
@@ -43,6 +43,10 @@ CHANNELS: list[tuple[str, str, tuple[type, ...], str]] = [
     ("order-balances", "orders.balance.digitex.{currency}", (orders.Balance,), "Balances."),
     ("order-control", "orders.ctl.digitex", (orders.RouterControl,), "Kill switch: halt / resume the order router."),
     ("replay", "replay.{source}", (jobs.ReplayRequest,), "Ask an ingestor to re-publish a range from its vendor (reply: ReplayReply)."),
+    ("playback-start", "history.replay.start", (replay.PlaybackStart,), "Start a history playback session (reply: PlaybackSession)."),
+    ("playback-control", "history.replay.{session}.control", (replay.PlaybackControl,), "Pause, resume, cancel a playback session (reply: PlaybackStatus)."),
+    ("playback-status", "replay.{session}.status", (replay.PlaybackStatus,), "Playback progress: events sent, simulated time, lag."),
+    ("playback-end", "replay.{session}.end", (replay.PlaybackEnd,), "The last message of a playback session."),
     ("history-query", "history.query", (jobs.HistoryQuery,), "Query stored history (replies: HistoryChunk)."),
     ("history-coverage", "history.coverage", (jobs.CoverageQuery,), "Which ranges are stored, and the reported gaps (reply: CoverageReply)."),
     ("export-create", "export.create", (jobs.ExportRequest,), "Create an export job (reply: ExportJob)."),
