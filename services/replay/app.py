@@ -77,7 +77,9 @@ class ReplayService(Service):
     async def on_stop(self) -> None:
         for session in list(self.sessions.values()):
             session.cancel("the replay service is stopping")
-        await asyncio.gather(*(s.wait() for s in list(self.sessions.values())), return_exceptions=True)
+        waits = [s.wait() for s in list(self.sessions.values())]
+        if waits:
+            await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 15.0)
         try:
             await self._start_sub.unsubscribe()
         except Exception:  # noqa: BLE001, S110 - the connection may be gone already
@@ -137,9 +139,12 @@ class ReplayService(Service):
                           expected=expected, burst_s=s.burst_ms / 1000, hold_timeout_s=s.hold_timeout_s,
                           status_interval_s=s.status_interval_s, publish_status=self._publish_status,
                           on_end=self._ended)
+
+        async def on_control(msg: Any) -> None:
+            await self._on_control(session, msg)
+
+        self._control_subs[session_id] = await self.nc.subscribe(subjects.playback_control(session_id), cb=on_control)
         self.sessions[session_id] = session
-        self._control_subs[session_id] = await self.nc.subscribe(
-            subjects.playback_control(session_id), cb=lambda msg: self._on_control(session, msg))
         self.metrics.sessions.set(len(self.sessions))
         self.metrics.started.labels(via).inc()
         session.start()
@@ -175,6 +180,10 @@ class ReplayService(Service):
             session = await self.open_session(request, lambda prefix: NatsSink(self.nc, prefix), "nats")
         except Refused as exc:
             await _respond(msg, exc.reply())
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug or a lost connection: the client gets an answer
+            self.log.exception("start request failed")
+            await _respond(msg, ErrorReply(code=codes.INTERNAL, message=f"start failed: {exc!r}"))
             return
         await _respond(msg, session_reply(session))
 

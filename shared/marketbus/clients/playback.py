@@ -99,7 +99,7 @@ class PlaybackClient:
 
     async def play(self, selector: Selectorish, start_ns: int, end_ns: int, *, speed: str = "max",
                    reference: Selectorish | None = None, prefix: str | None = None,
-                   live_filter: str = ">") -> AsyncIterator[Any]:
+                   namespaces: tuple[str, ...] = ("md", "ref")) -> AsyncIterator[Any]:
         """Start a session, receive its messages (nats-py ``Msg``: ``subject`` under the session's
         prefix, ``data`` and ``headers`` as live) and stop after its end marker. A session that
         failed or was cancelled raises RequestError (``internal``) at its end."""
@@ -111,10 +111,10 @@ class PlaybackClient:
             queue.put_nowait(msg)
 
         end_subject = subjects.playback_end(session.prefix)
-        subs = [await self.nc.subscribe(subjects.playback_filter(session.prefix, live_filter), cb=on_msg,
-                                        pending_msgs_limit=-1, pending_bytes_limit=-1)]
-        if live_filter != ">":
-            subs.append(await self.nc.subscribe(end_subject, cb=on_msg))
+        # one subscription: nats-py runs each subscription's callbacks in a task of its own, so
+        # messages of two subscriptions (md and ref) could be handed over out of order
+        wanted = tuple(f"{session.prefix}.{ns}." for ns in namespaces)
+        sub = await self.nc.subscribe(f"{session.prefix}.>", cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
         try:
             await self.resume(session.session)
             while True:
@@ -124,11 +124,11 @@ class PlaybackClient:
                     if end.state != "finished":
                         raise RequestError(codes.INTERNAL, f"playback {end.session} {end.state}: {end.reason}")
                     return
-                yield msg
+                if msg.subject.startswith(wanted):  # not the status (under the default prefix too)
+                    yield msg
         finally:
-            for sub in subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 def make_start(selector: Selectorish, start_ns: int, end_ns: int, *, speed: str = "1x", prefix: str | None = None,
