@@ -77,9 +77,9 @@ class PlaybackClient:
     async def status(self, session: str) -> PlaybackStatus:
         return await self.control(session, "status")
 
-    async def follow(self, session: PlaybackSession) -> AsyncIterator[PlaybackStatus]:
-        """The session's status events until (and including) the one of its end. Start the session
-        with ``hold=True`` and call :meth:`resume` once this iterator runs to see every event."""
+    async def follow(self, session: PlaybackSession, *, resume: bool = False) -> AsyncIterator[PlaybackStatus]:
+        """The session's status events until (and including) the one of its end. ``resume``: resume
+        the session once subscribed (start it with ``hold=True`` to see it from its first event)."""
         queue: asyncio.Queue[PlaybackStatus] = asyncio.Queue()
 
         async def on_status(msg: Any) -> None:
@@ -88,6 +88,8 @@ class PlaybackClient:
 
         sub = await self.nc.subscribe(session.status_subject, cb=on_status)
         try:
+            if resume:
+                await self.resume(session.session)
             while True:
                 status = await queue.get()
                 yield status
