@@ -154,6 +154,7 @@ class ReplayService(Service):
 
     def _refuse(self, code: str, message: str) -> Refused:
         self.metrics.refused.labels(code).inc()
+        self.log.info("start refused (%s): %s", code, message)
         return Refused(code, message)
 
     def _ended(self, session: Session) -> None:

@@ -246,9 +246,10 @@ async def test_reference_data_in_effect_at_the_start_goes_first(stack: Stack) ->
     before = [instrument(0, T0 - 10 * MS, "old"), instrument(1, T0 - 5 * MS, "current")]
     during = instrument(2, T0 + 5 * MS + 1, "changed")
     trades = [trade(sym, i, T0 + i * 2 * MS) for i in range(6)]
-    # reference data goes to REF (last value per subject): publish each before the next
-    for ev in before:
+    # REF keeps the last value per subject: each is stored before the next replaces it in the stream
+    for n, ev in enumerate(before, 1):
         await (await stack.publisher.publish_event(ev))
+        await stack.stored(sym, n, kind="instrument")
     await stack.stored(sym, 2, kind="instrument")
     await stack.publisher.publish_group(trades[:3])
     await stack.publisher.flush()

@@ -10,7 +10,10 @@ Protocol (subjects in :mod:`marketbus.contracts.subjects`):
   :class:`~marketbus.contracts.errors.ErrorReply` (``bad_request``: unknown selector, end before
   start, bad speed or prefix; ``not_found``: no stored events in the range; ``overloaded``: the
   session limit is reached; ``conflict``: the prefix is in use).
-- The events go to ``<prefix>.md.<kind>.<source>.<venue>.<symbol>`` (and ``<prefix>.ref....``),
+- The events go out in history order, a total order over every selected stream: ``ts_event``,
+  then the JetStream stream (``MD`` before ``REF``), its sequence, the position in a batch
+  envelope (the order the history writer stores and queries).
+- They go to ``<prefix>.md.<kind>.<source>.<venue>.<symbol>`` (and ``<prefix>.ref....``),
   the prefix being ``replay.<session>`` unless the request names another one (``replay.<name>``):
   each one byte for byte the message a live consumer gets for that event published alone (same
   payload, same ``Nats-Msg-Id`` / ``Marketbus-Schema`` / ``Marketbus-Type`` headers). Events that
