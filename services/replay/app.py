@@ -66,6 +66,7 @@ class ReplayService(Service):
         self._control_subs: dict[str, Any] = {}
         self.source: EventSource | None = None  # set at start (tests and the integrator may swap it)
         self._opening = 0  # start requests being checked: they hold a slot of the limit
+        self._sent_by_ended = 0
 
     async def on_start(self) -> None:
         s = self.settings
@@ -87,6 +88,11 @@ class ReplayService(Service):
 
     def health(self) -> dict[str, Any]:
         return {"sessions": {sid: msgspec.structs.asdict(s.status()) for sid, s in self.sessions.items()}}
+
+    def heartbeat(self):  # noqa: ANN201 - sessions running and events sent, in the heartbeat
+        hb = super().heartbeat()
+        sent = self._sent_by_ended + sum(s.sent for s in self.sessions.values())
+        return msgspec.structs.replace(hb, counters={"sessions": float(len(self.sessions)), "events_sent": float(sent)})
 
     def extra_routes(self) -> list[Any]:
         from .web import routes
@@ -164,6 +170,7 @@ class ReplayService(Service):
             asyncio.ensure_future(_unsubscribe(sub))
         self.metrics.sessions.set(len(self.sessions))
         self.metrics.events.inc(session.sent)
+        self._sent_by_ended += session.sent
 
     async def _publish_status(self, status: PlaybackStatus) -> None:
         await self.nc.publish(subjects.playback_status(status.session), codec.encode(status),

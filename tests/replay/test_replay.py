@@ -105,8 +105,10 @@ async def test_pacing_at_1x_and_4x_follows_the_recorded_gaps(stack: Stack) -> No
         assert [codec.decode(d).id for _, d, _, _ in got] == [e.id for e in events]
         arrivals = [t for *_, t in got]
         errors_ms = [abs((a - arrivals[0]) - (t - ts[0]) / 1e9 / factor) * 1000 for a, t in zip(arrivals, ts)]
+        # the service, the writer and this subscriber share one event loop on a shared 2-core
+        # machine: the median holds tight, a few events may wait behind a stall of the process
         assert statistics.median(errors_ms) < 5, errors_ms
-        assert max(errors_ms) < 30, errors_ms  # a shared 2-core machine: generous for the worst one
+        assert sorted(errors_ms)[int(0.9 * len(errors_ms))] < 25, errors_ms
         total = arrivals[-1] - arrivals[0]
         assert abs(total - span_s / factor) < 0.05, (speed, total, span_s)
 
@@ -227,6 +229,11 @@ async def test_session_limit_control_and_cleanup(stack: Stack) -> None:
     await wait_for(lambda: len(stack.replay.nc._subs) == subs_before, timeout=5, what="subscriptions released")  # noqa: SLF001
     assert sorted(s.config.name for s in await js.streams_info()) == streams_before
     assert (await js.stream_info("MD")).state.consumer_count == consumers_before
+    # the heartbeat says it too: no session running, events sent so far
+    heartbeat = await stack.nc.subscribe(subjects.heartbeat("replay"))
+    hb = codec.decode((await heartbeat.next_msg(timeout=5)).data)
+    await heartbeat.unsubscribe()
+    assert hb.counters["sessions"] == 0 and hb.counters["events_sent"] > 0
     # a held session never resumed is cancelled after hold_timeout_s (here: a short one)
     stack.replay.settings = msgspec.structs.replace(stack.replay.settings, hold_timeout_s=0.3)
     try:
