@@ -28,7 +28,7 @@ from marketbus.runtime.service import Service
 from marketbus.contracts.replay import parse_speed
 from .session import Session, SessionError
 from .settings import ReplaySettings
-from .source import EventSource, HistorySource
+from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
 
 
@@ -71,9 +71,27 @@ class ReplayService(Service):
     async def on_start(self) -> None:
         s = self.settings
         if self.source is None:
-            self.source = HistorySource(self.nc, timeout=s.history_timeout_s, page_rows=s.page_rows,
-                                        chunk_rows=s.chunk_rows)
+            self.source = await self._open_source()
         self._start_sub = await self.nc.subscribe(subjects.PLAYBACK_START, queue=s.queue, cb=self._on_start_request)
+
+    async def _open_source(self) -> EventSource:
+        """The history tables when configured or reachable (see ``ReplaySettings.history_read``),
+        else the history writer's query over NATS."""
+        s = self.settings
+        nats_source = HistorySource(self.nc, timeout=s.history_timeout_s, page_rows=s.page_rows,
+                                    chunk_rows=s.chunk_rows)
+        if s.history_read == "nats" or (s.history_read == "auto" and s.history_backend != "iceberg"):
+            self.log.info("history read over NATS (history.query)")
+            return nats_source
+        try:
+            source = await asyncio.to_thread(open_table_source, str(s.history_path), chunk_rows=s.chunk_rows)
+        except Exception as exc:  # noqa: BLE001 - "auto" falls back; "tables" was asked for explicitly
+            if s.history_read == "tables":
+                raise
+            self.log.warning("history tables not reachable (%r): history read over NATS", exc)
+            return nats_source
+        self.log.info("history read from the history tables (%s)", s.history_path)
+        return source
 
     async def on_stop(self) -> None:
         for session in list(self.sessions.values()):

@@ -50,7 +50,8 @@ async def stack(nats_url: str, tmp_path_factory: Any) -> AsyncIterator[Stack]:
     writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(tmp_path_factory.mktemp("history")), None, durable))
     await writer.start()
     replay = ReplayService(nats_url=nats_url, http_port=0, heartbeat_interval_s=1.0, queue=durable, max_sessions=4,
-                           status_interval_s=0.2, history_timeout_s=10.0)
+                           status_interval_s=0.2, history_timeout_s=10.0,
+                           history_read="nats")  # the parquet backend: the query over NATS
     await replay.start()
     publisher = await JetStreamPublisher(nc).start()
     try:
