@@ -1,8 +1,11 @@
 """Replay (history playback) benchmarks, one run: prints markdown table rows.
 
 - ``max`` playback of 1,000,000 stored trades delivered to a plain core-NATS subscriber (events/s,
-  first message to end marker); reference: the history read rate of the same data in the same
-  run (``HistoryClient.pages`` over NATS, nothing published), the source the service reads.
+  first message to end marker), twice: the service reading the history tables in-process (its
+  default with the Iceberg backend) and reading through the history query over NATS
+  (``MARKETBUS_REPLAY_HISTORY_READ=nats``, the PostgreSQL/Parquet path); references: the read
+  rates of the same data in the same run (``TableSource`` in this process, ``HistoryClient.pages``
+  over NATS), nothing published.
 - 1x pacing at 5,000 events/s (25,000 trades 200 us apart, 5 s): per event, arrival time at
   the subscriber minus its schedule (``ts_event`` gap from the first event); p50/p99/max of the
   absolute error, and the lag p99 the service reports.
@@ -91,6 +94,21 @@ async def history_read_rate(nc: nats.NATS, selector: str, n: int) -> float:
     got = 0
     async for events, _ in client.pages(query):
         got += len(events)
+    elapsed = time.perf_counter() - started
+    assert got == n, (got, n)
+    return n / elapsed
+
+
+async def table_read_rate(history_dir: Path, selector: str, n: int) -> float:
+    from marketbus.clients.selectors import parse_selector
+    from services.replay.source import open_table_source
+
+    source = open_table_source(str(history_dir))
+    sel = parse_selector(selector)
+    started = time.perf_counter()
+    got = 0
+    async for chunk in source.chunks(sel, DAY0, DAY0 + 10**15):
+        got += len(chunk)
     elapsed = time.perf_counter() - started
     assert got == n, (got, n)
     return n / elapsed
@@ -205,6 +223,14 @@ async def paced_playback(nc: nats.NATS, url: str, selector: str, prefix: str) ->
     return (float(p50), float(p99), float(worst)), int(count), last.lag_p99_ms if last else 0.0
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -229,17 +255,25 @@ async def main() -> None:
             phase("history writer stores them")
             await wait_stored(nc, "trade.bench.X.BULK", args.events)
             await wait_stored(nc, "trade.bench.X.PACED", args.paced)
-            procs.append(service("services.replay", common | {"MARKETBUS_REPLAY_HTTP_PORT": "0"}, tmp / "replay.log"))
+            replay_env = common | {"MARKETBUS_REPLAY_HTTP_PORT": "0", "MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h")}
+            procs.append(service("services.replay", replay_env, tmp / "replay.log"))
             await asyncio.sleep(3)  # the replay service connects
 
-            phase("history read rate (reference)")
+            phase("history read rates (references)")
             read_rate = await history_read_rate(nc, "trade.bench.X.BULK", args.events)
+            table_rate = await table_read_rate(tmp / "h", "trade.bench.X.BULK", args.events)
             phase("1x playback at 5,000 ev/s")  # first: nothing else has run in the service yet
             (p50, p99, worst), paced_n, reported = await paced_playback(nc, server.url, "trade.bench.X.PACED",
                                                                          "replay.bench1x")
-            phase("max playback")
+            phase("max playback (history tables)")
             rate, delivered = await max_playback(nc, server.url, "trade.bench.X.BULK", "replay.benchmax")
-            procs.pop().terminate()
+            stop(procs.pop())
+            phase("max playback (history query over NATS)")
+            procs.append(service("services.replay", replay_env | {"MARKETBUS_REPLAY_HISTORY_READ": "nats"},
+                                 tmp / "replay-nats.log"))
+            await asyncio.sleep(3)
+            nats_rate, nats_delivered = await max_playback(nc, server.url, "trade.bench.X.BULK", "replay.benchnats")
+            stop(procs.pop())
             phase("max playback from memory (the service in this process, the history writer idle)")
             from services.replay.app import ReplayService
 
@@ -253,9 +287,14 @@ async def main() -> None:
 
             row("figure", "measured", "target", "reference (same run)", "ratio")
             row("---", "---", "---", "---", "---")
-            row(f"playback at max, {args.events:,} trades, to a plain subscriber", f"{rate:,.0f} ev/s ({delivered:,} delivered)",
-                ">= 300,000 ev/s", f"history read over NATS (HistoryClient) {read_rate:,.0f} ev/s",
-                f"{rate / read_rate:.2f} of the read rate, {rate / 300_000:.2f} of target")
+            row(f"playback at max, {args.events:,} trades read from the history tables, to a plain subscriber",
+                f"{rate:,.0f} ev/s ({delivered:,} delivered)", ">= 300,000 ev/s",
+                f"history tables read in-process (TableSource) {table_rate:,.0f} ev/s",
+                f"{rate / table_rate:.2f} of the read rate, {rate / 300_000:.2f} of target")
+            row(f"playback at max, {args.events:,} trades read over NATS (history query), to a plain subscriber",
+                f"{nats_rate:,.0f} ev/s ({nats_delivered:,} delivered)", ">= 300,000 ev/s",
+                f"history read over NATS (HistoryClient) {read_rate:,.0f} ev/s",
+                f"{nats_rate / read_rate:.2f} of the read rate, {nats_rate / 300_000:.2f} of target")
             row(f"playback at max, {args.events:,} trades from an in-memory source (publish path alone)",
                 f"{mem_rate:,.0f} ev/s ({mem_delivered:,} delivered)", ">= 300,000 ev/s",
                 f"history read over NATS {read_rate:,.0f} ev/s", f"{mem_rate / 300_000:.2f} of target")
