@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
 import nats  # noqa: E402
 
-from marketbus.clients import HistoryClient, PlaybackClient  # noqa: E402
+from marketbus.clients import HistoryClient, PlaybackClient, RequestError  # noqa: E402
 from marketbus.clients.history import make_query  # noqa: E402
 from marketbus.contracts import Trade, codec, event_id, subjects  # noqa: E402
 from marketbus.contracts.streams import ensure_all  # noqa: E402
@@ -182,7 +182,14 @@ async def max_playback(nc: nats.NATS, url: str, selector: str, prefix: str) -> t
     assert counter.stdout is not None
     ready = await asyncio.to_thread(counter.stdout.readline)
     assert ready.strip() == "READY", ready
-    await PlaybackClient(nc, timeout=60).start(selector, DAY0, DAY0 + 10**15, speed="max", prefix=prefix)
+    for attempt in range(60):  # a replay service just started may not subscribe yet on a loaded machine
+        try:
+            await PlaybackClient(nc, timeout=60).start(selector, DAY0, DAY0 + 10**15, speed="max", prefix=prefix)
+            break
+        except RequestError as exc:
+            if exc.code != "no_responders" or attempt == 59:
+                raise
+            await asyncio.sleep(0.5)
     result = await asyncio.to_thread(counter.stdout.readline)
     counter.wait(30)
     _, count, seconds = result.split()
