@@ -71,14 +71,14 @@ class ReplayService(Service):
     async def on_start(self) -> None:
         s = self.settings
         if self.source is None:
-            self.source = await self._open_source()
+            self.source = await self._open_source(self.nc)
         self._start_sub = await self.nc.subscribe(subjects.PLAYBACK_START, queue=s.queue, cb=self._on_start_request)
 
-    async def _open_source(self) -> EventSource:
+    async def _open_source(self, nc: Any) -> EventSource:
         """The history tables when configured or reachable (see ``ReplaySettings.history_read``),
         else the history writer's query over NATS."""
         s = self.settings
-        nats_source = HistorySource(self.nc, timeout=s.history_timeout_s, page_rows=s.page_rows,
+        nats_source = HistorySource(nc, timeout=s.history_timeout_s, page_rows=s.page_rows,
                                     chunk_rows=s.chunk_rows)
         if s.history_read == "nats" or (s.history_read == "auto" and s.history_backend != "iceberg"):
             self.log.info("history read over NATS (history.query)")

@@ -67,3 +67,18 @@ def test_wire_form_is_the_live_publishers() -> None:
     assert live_subject(head) == subjects.for_event(event)
     assert header_block(head.type, head.id) == live_header_block(event, event.id)
     assert live_subject(decode_head(b'{"type":"feed_status","id":"x"}')) is None  # not replayed
+
+
+async def test_the_history_source_follows_the_writer_backend_and_the_setting(tmp_path) -> None:  # noqa: ANN001
+    """auto: the tables with the Iceberg backend, the NATS query with PostgreSQL (or Parquet);
+    an explicit setting wins."""
+    from services.replay.app import ReplayService
+    from services.replay.source import HistorySource, TableSource
+
+    async def kind(**settings: object) -> str:
+        svc = ReplayService(nats_url="nats://127.0.0.1:1", http_port=0, history_dir=str(tmp_path), **settings)
+        return type(await svc._open_source(None)).__name__  # no connection needed to choose
+
+    assert [await kind(), await kind(history_backend="postgres"), await kind(history_backend="postgres", history_read="tables"),
+            await kind(history_read="nats")] == [TableSource.__name__, HistorySource.__name__, TableSource.__name__,
+                                                  HistorySource.__name__]
