@@ -31,9 +31,9 @@ BIN = Path(sys.executable).parent
 
 
 def readme_snippet() -> str:
-    """The Python block of the tour's step 4 ("Subscribe from your own code")."""
+    """The Python block of the tour's step 5 ("Subscribe from your own code")."""
     readme = (ROOT / "README.md").read_text()
-    step = readme[readme.index("4. Subscribe from your own code"):]
+    step = readme[readme.index("5. Subscribe from your own code"):]
     block = re.search(r"```python\n(.*?)```", step, re.S)
     assert block is not None
     return textwrap.dedent(block.group(1))

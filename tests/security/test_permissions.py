@@ -60,6 +60,30 @@ def _cases() -> list[tuple[str, str, str]]:
             cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.MD.history_writer_md"))
             cases.append((who, "pub", "$JS.API.CONSUMER.CREATE.MD.history_writer_md"))
             cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.ORDERS_CMD.order_router"))
+        cases += _playback_cases(who)
+    return cases
+
+
+PLAYBACK_EVENT = "replay.s0123456789ab.md.trade.finx.deribit.BTC-USD"
+SOURCES = ("finx", "ticksupply", "digitex", "sitagri")
+
+
+def _playback_cases(who: str) -> list[tuple[str, str, str]]:
+    """History playback: only the replay service answers playback requests and publishes
+    playback outputs; nobody but the export orchestrator sends an ingestor's replay.<source>."""
+    cases: list[tuple[str, str, str]] = []
+    if who != "replay":
+        cases += [(who, "pub", PLAYBACK_EVENT), (who, "pub", "replay.s0123456789ab.end"),
+                  (who, "pub", "replay.s0123456789ab.status"), (who, "sub", "history.replay.start"),
+                  (who, "sub", "history.replay.*.control"), (who, "pub", "status.replay.heartbeat")]
+    if who != "export_orchestrator":
+        cases += [(who, "pub", f"replay.{source}") for source in SOURCES]
+    if who == "replay":
+        cases += [(who, "sub", "replay.finx"), (who, "sub", "history.query"), (who, "pub", "history.replay.start"),
+                  (who, "pub", "replay.finx.x"), (who, "pub", "status.history_writer.heartbeat"),
+                  (who, "pub", "dlq.history_writer.x"), (who, "sub", "md.>")]
+    if who in ("reader", "operator"):  # users watch playbacks, never an ingestor's requests
+        cases += [(who, "sub", f"replay.{source}") for source in SOURCES]
     return cases
 
 

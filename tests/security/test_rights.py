@@ -107,3 +107,47 @@ async def test_the_reader_consumes_durably_and_sees_heartbeats(bus: SecureBus) -
     msgs = await pull.fetch(1, timeout=5)
     assert (msgs[0].subject.startswith("md."), (await asyncio.wait_for(seen.get(), 5)).subject) == (
         True, "status.ingest_finx.heartbeat")
+
+
+async def test_the_replay_service_answers_playback_requests_and_publishes_outputs_a_reader_sees(tmp_path) -> None:  # noqa: ANN001
+    from .conftest import provision_as_admin, start_secure
+
+    bus = start_secure(tmp_path)  # a server of its own: reply permissions are tracked per connection
+    await provision_as_admin(bus)
+    replay = (await bus.connect("replay")).nc
+    writer = (await bus.connect("history_writer")).nc
+    reader = (await bus.connect("reader")).nc
+    operator = (await bus.connect("operator")).nc
+    session = "s0123456789ab"
+
+    async def history(msg) -> None:  # noqa: ANN001
+        await writer.publish(msg.reply, b"rows")
+
+    async def start(msg) -> None:  # noqa: ANN001 - the service asks the history first, then answers
+        rows = (await replay.request("history.query", b"{}", timeout=5)).data
+        await msg.respond(rows + b":" + session.encode())
+        for subject in (f"replay.{session}.md.trade.finx.deribit.BTC-USD", f"replay.{session}.ref.instrument.finx.deribit.BTC-USD",
+                        f"replay.{session}.status", f"replay.{session}.end"):
+            await replay.publish(subject, b"{}")
+
+    async def control(msg) -> None:  # noqa: ANN001
+        await msg.respond(b"paused")
+
+    await writer.subscribe("history.query", cb=history)
+    await replay.subscribe("history.replay.start", queue="replay", cb=start)
+    await replay.subscribe("history.replay.*.control", cb=control)
+    await replay.publish("status.replay.heartbeat", b"{}")
+    await replay.flush()
+    await writer.flush()
+    outputs = await reader.subscribe("replay.*.>")
+    await reader.flush()
+    try:
+        reply = (await reader.request("history.replay.start", b"{}", timeout=5)).data
+        seen = [(await outputs.next_msg(5)).subject.split(".", 2)[2] for _ in range(4)]
+        paused = (await operator.request(f"history.replay.{session}.control", b"{}", timeout=5)).data
+    finally:
+        for nc in bus.clients:
+            await nc.close()
+        bus.server.cleanup()
+    assert (reply, seen, paused) == (b"rows:" + session.encode(), [
+        "md.trade.finx.deribit.BTC-USD", "ref.instrument.finx.deribit.BTC-USD", "status", "end"], b"paused")

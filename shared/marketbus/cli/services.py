@@ -17,6 +17,7 @@ SERVICES: list[tuple[str, str]] = [
     ("ingest_sitagri", "services.ingest_sitagri"),
     ("order_router", "services.order_router"),
     ("export_orchestrator", "services.export_orchestrator"),
+    ("replay", "services.replay"),
 ]
 
 SANDBOX_MODULE = "services.sandbox"  # `python -m services.sandbox finx|ticksupply|digitex|sitagri|all`

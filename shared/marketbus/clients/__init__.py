@@ -14,6 +14,8 @@ the contracts::
     ack = await OrderClient(nc).place("FS-BTCUSD", "buy", "1", price="20000")  # CommandAck
     job = await ExportClient(nc).create(request)                               # ExportJob
     reply = await ReplayClient(nc).replay("finx", "_", "BTC-USD", "tick", start_ns, end_ns)  # ReplayReply
+    async for msg in PlaybackClient(nc).play("trade.*.*.*", start_ns, end_ns, speed="1x"):  # history played back
+        ...
 
 Every refusal or missing answer raises :class:`RequestError` with ``code`` (see
 ``marketbus.contracts.errors``: ``bad_request``, ``not_found``, ``conflict``, ``overloaded``,
@@ -26,8 +28,9 @@ from .errors import RequestError
 from .exports import ExportClient
 from .history import HistoryClient
 from .orders import OrderClient, OrderRecord
+from .playback import PlaybackClient
 from .replay import ReplayClient
 from .selectors import SelectorError, parse_selector
 
-__all__ = ["ExportClient", "HistoryClient", "OrderClient", "OrderRecord", "ReplayClient", "RequestError",
+__all__ = ["ExportClient", "HistoryClient", "OrderClient", "OrderRecord", "PlaybackClient", "ReplayClient", "RequestError",
            "SelectorError", "parse_selector"]

@@ -20,6 +20,7 @@ from .jobs import JOB_TYPES
 from .market import MARKET_TYPES
 from .orders import ORDER_TYPES
 from .reference import REFERENCE_TYPES
+from .replay import PLAYBACK_TYPES
 from .status import DeadLetter, FeedStatus, ServiceHeartbeat
 
 HEADER_MSG_ID = "Nats-Msg-Id"
@@ -55,7 +56,7 @@ class Batch(Event, frozen=True, kw_only=True, tag="batch"):
 
 STATUS_TYPES = (FeedStatus, ServiceHeartbeat, DeadLetter)
 ALL_TYPES: tuple[type[Event], ...] = (
-    MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES
+    MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES + PLAYBACK_TYPES
 )
 AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]
 

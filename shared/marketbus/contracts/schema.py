@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from . import jobs, market, orders, reference, status
+from . import jobs, market, orders, reference, replay, status
 from .base import SCHEMA_VERSION
 from .codec import ALL_TYPES, HEADER_MSG_ID, HEADER_REPLY_TO, HEADER_SCHEMA, HEADER_TYPE, Batch
 
@@ -86,6 +86,16 @@ CHANNELS: list[Channel] = [
             reply=(orders.CommandAck,)),
     Channel("replay", "replay.{source}", (jobs.ReplayRequest,),
             "Ask an ingestor to re-publish a range from its vendor.", action="receive", reply=(jobs.ReplayReply,)),
+    Channel("playback-start", "history.replay.start", (replay.PlaybackStart,),
+            "Start a history playback session: stored events back onto the bus under a prefix.",
+            action="receive", reply=(replay.PlaybackSession, ERROR_REPLY)),
+    Channel("playback-control", "history.replay.{session}.control", (replay.PlaybackControl,),
+            "Pause, resume or cancel a playback session.", action="receive",
+            reply=(replay.PlaybackStatus, ERROR_REPLY)),
+    Channel("playback-status", "replay.{session}.status", (replay.PlaybackStatus,),
+            "Playback progress: events sent, simulated time, lag."),
+    Channel("playback-end", "replay.{session}.end", (replay.PlaybackEnd,),
+            "The last message of a playback session."),
     Channel("history-query", "history.query", (jobs.HistoryQuery,),
             "Query stored history; the reply is a sequence of chunks on the request's reply subject, "
             "the last one with more=false.", action="receive", reply=(jobs.HistoryChunk,)),
@@ -114,6 +124,7 @@ PARAMETERS = {
     "client_id": "the order's client id",
     "currency": "the balance's currency",
     "job_id": "the export job's id",
+    "session": "the playback session's id (s + 12 hex digits)",
 }
 
 def json_schemas(ref_template: str = REF_TEMPLATE) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,6 +11,9 @@ Scheme (see README "Subject reference"):
   ``orders.ctl.digitex``
 - ``replay.<source>``, ``history.query``, ``history.coverage``,
   ``export.create|get|cancel|list``, ``export.status.<job_id>``
+- history playback: ``history.replay.start``, ``history.replay.<session>.control`` (requests);
+  ``<prefix>.md.>`` / ``<prefix>.ref.>`` (the events), ``<prefix>.end``, ``replay.<session>.status``;
+  the prefix is ``replay.<session>`` (or ``replay.<name>``), session ids ``s<12 hex>``
 
 Symbols are made NATS-token safe by :func:`normalize_symbol`, which round-trips through
 :func:`denormalize_symbol`: ``:`` becomes ``-``; letters, digits and ``_`` stay; every other
@@ -228,3 +231,62 @@ def export_status(job_id: str) -> str:
 
 
 ALL_EXPORT_STATUS = "export.status.>"
+
+
+# --- history playback (the replay service) -----------------------------------------------------
+# Requests live under ``history.replay.``; output under ``replay.<session>`` (outside every
+# stream). ``replay.<source>`` is the ingestors' request subject: a session id (``s`` + 12 hex
+# digits) is never a source name, and a chosen prefix may not look like one either.
+PLAYBACK_START = "history.replay.start"
+PLAYBACK_NAMESPACE = "replay"
+_SESSION_ID = re.compile(r"s[0-9a-f]{12}")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_session_id(text: str) -> bool:
+    return bool(_SESSION_ID.fullmatch(text))
+
+
+def playback_control(session: str) -> str:
+    return f"history.replay.{session}.control"
+
+
+def playback_status(session: str) -> str:
+    return f"replay.{session}.status"
+
+
+def playback_prefix(session: str) -> str:
+    """The default output prefix of a session."""
+    return f"replay.{session}"
+
+
+def check_playback_prefix(prefix: str, sources: tuple[str, ...] = ()) -> str:
+    """A chosen prefix: ``replay.<name>`` (one token of letters, digits, ``_``, ``-``), not a
+    session id and not one of ``sources`` (raises ValueError)."""
+    parts = prefix.split(".")
+    if len(parts) != 2 or parts[0] != PLAYBACK_NAMESPACE or not _NAME.fullmatch(parts[1]):
+        raise ValueError(f"prefix {prefix!r} must be replay.<name> (letters, digits, '_' or '-')")
+    if is_session_id(parts[1]) or parts[1] in sources:
+        raise ValueError(f"prefix {prefix!r} is reserved (a session id or a source name)")
+    return prefix
+
+
+def playback_data(prefix: str, subject: str) -> str:
+    """Where the event live on ``subject`` (``md.trade...``) goes in a playback."""
+    return f"{prefix}.{subject}"
+
+
+def playback_end(prefix: str) -> str:
+    return f"{prefix}.end"
+
+
+def playback_filter(prefix: str, live_filter: str = "md.>") -> str:
+    """The subscription of a consumer of ``live_filter`` moved to a playback prefix."""
+    return f"{prefix}.{live_filter}"
+
+
+def strip_prefix(subject: str, prefix: str) -> str:
+    """The live subject of a played-back one (``replay.s1.md.trade...`` -> ``md.trade...``)."""
+    if not subject.startswith(prefix + "."):
+        raise ValueError(f"{subject!r} is not under {prefix!r}")
+    return subject[len(prefix) + 1:]

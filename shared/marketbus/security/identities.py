@@ -188,11 +188,26 @@ EXPORT_ORCHESTRATOR = Identity(
     allow_responses=True,
 )
 
+# The replay service's outputs: replay.<prefix>.md.>, .ref.>, .end and replay.<session>.status.
+# Every one has 3+ tokens, so none can be an ingestor's 2-token replay.<source> request subject.
+PLAYBACK_OUTPUTS = ("replay.*.md.>", "replay.*.ref.>", "replay.*.status", "replay.*.end")
+PLAYBACK_REQUESTS = ("history.replay.start", "history.replay.*.control")
+
+REPLAY = Identity(
+    name="replay", description="history playback sessions onto replay.<session>.> (and over HTTP)",
+    publish=(*PLAYBACK_OUTPUTS, "history.query", "history.coverage", *_own_status("replay"),
+             *stream_info(STATUS, DLQ)),
+    subscribe=(*PLAYBACK_REQUESTS, *_inbox("replay")),
+    allow_responses=True,  # start and control requests
+)
+
 READER = Identity(
-    name="reader", description="read-only: users' consumers and dashboards (md, ref, status, export progress)",
-    publish=("history.query", "history.coverage", "export.get", "export.list",
+    name="reader",
+    description="read-only: users' consumers and dashboards (md, ref, status, export progress, playbacks)",
+    publish=("history.query", "history.coverage", "export.get", "export.list", *PLAYBACK_REQUESTS,
              *_user_consumers(MD, REF, STATUS, EXPORTS)),
-    subscribe=("md.>", "ref.>", "status.>", "export.status.>", *_inbox("reader")),
+    # replay.*.> (3+ tokens) is a playback's output, never an ingestor's replay.<source> request
+    subscribe=("md.>", "ref.>", "status.>", "export.status.>", "replay.*.>", *_inbox("reader")),
     publish_deny=_service_durables_deny(),
 )
 
@@ -220,6 +235,7 @@ SERVICE_IDENTITIES: tuple[Identity, ...] = (
     _ingestor("ingest_sitagri", "sitagri", extra_subscribe=("sitagri.news.publish",)),
     ORDER_ROUTER,
     EXPORT_ORCHESTRATOR,
+    REPLAY,
 )
 IDENTITIES: tuple[Identity, ...] = (*SERVICE_IDENTITIES, READER, OPERATOR, ADMIN)
 BY_NAME: dict[str, Identity] = {i.name: i for i in IDENTITIES}
@@ -229,6 +245,7 @@ _SERVICE_STREAMS: dict[str, tuple[streams.StreamSpec, ...]] = {
     "history_writer": (streams.MARKET_DATA, streams.REFERENCE, streams.STATUS, streams.DEAD_LETTERS),
     "order_router": (streams.ORDER_COMMANDS, streams.ORDER_EVENTS, streams.STATUS, streams.DEAD_LETTERS),
     "export_orchestrator": (streams.EXPORT_EVENTS, streams.STATUS, streams.DEAD_LETTERS),
+    "replay": (streams.STATUS, streams.DEAD_LETTERS),
 }
 _INGEST_STREAMS = (streams.MARKET_DATA, streams.REFERENCE, streams.STATUS, streams.DEAD_LETTERS)
 
