@@ -27,21 +27,10 @@ from marketbus.runtime.service import Service
 
 from marketbus.contracts.replay import parse_speed
 from .session import Session, SessionError
+from .refusal import Refused
 from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
-
-
-class Refused(Exception):
-    """A start request the service will not run: becomes an ErrorReply (or an HTTP error)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def reply(self) -> ErrorReply:
-        return ErrorReply(code=self.code, message=self.message)
 
 
 class ReplayMetrics(ServiceMetrics):

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from starlette.requests import Request
@@ -30,11 +30,22 @@ from marketbus.contracts import errors as codes
 from marketbus.contracts.errors import ErrorReply
 from marketbus.contracts.replay import PlaybackControl, PlaybackStart
 
+from .refusal import Refused
+from .settings import ReplaySettings
 from .wire import QueueSink
 
 if TYPE_CHECKING:
-    from .app import ReplayService
     from .session import Session
+
+
+class SessionOpener(Protocol):
+    """What the HTTP and WebSocket endpoints need of the service: its settings, and opening a
+    session (which raises :class:`Refused`)."""
+
+    settings: ReplaySettings
+
+    async def open_session(self, request: PlaybackStart, sink_for: Any, via: str) -> Session: ...
+
 
 _HTTP_STATUS = {codes.BAD_REQUEST: 400, codes.NOT_FOUND: 404, codes.CONFLICT: 409, codes.OVERLOADED: 429,
                 codes.UNAVAILABLE: 503}
@@ -89,9 +100,7 @@ async def _lines(session: Session, sink: QueueSink) -> AsyncIterator[bytes]:
         session.cancel("the HTTP client went away")
 
 
-def routes(service: ReplayService) -> list[Any]:
-    from .app import Refused
-
+def routes(service: SessionOpener) -> list[Any]:
     async def replay_http(request: Request) -> Response:
         try:
             start = request_from_params(request.query_params)

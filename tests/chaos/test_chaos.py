@@ -27,8 +27,9 @@ import httpx
 import pytest
 
 from marketbus.contracts.ids import event_id
-from services.history_writer.store.base import Selector
-from services.history_writer.store.parquet import ParquetStore
+from marketbus.history.lakehouse import LakehouseSettings
+from marketbus.history.reader import HistoryReader
+from marketbus.history.selector import Selector
 from services.ingest_finx import normalize as finx
 from tests.e2e.uptree import (children_of, expected_children, free_offset, names, start_up, stop, tree_of,
                               up_env, wait_for_tree, wait_gone)
@@ -130,10 +131,11 @@ async def digitex_truth(sandbox: str, start_ns: int, end_ns: int) -> set[str]:
             if start_ns <= t["timestamp"] * 1000 < end_ns}
 
 
-async def stored_ids(store: ParquetStore, kind: str, source: str, symbol: str, start_ns: int, end_ns: int) -> list[str]:
+async def stored_ids(reader: HistoryReader, kind: str, source: str, symbol: str, start_ns: int, end_ns: int) -> list[str]:
+    """The ids the history holds, read through its tables (the writer's default Iceberg store)."""
     selector = Selector(kind=kind, source=source, symbol=symbol)
-    tables = await store.read_table(selector, start_ns, end_ns, columns=["id"])
-    return tables[kind].column("id").to_pylist() if kind in tables else []
+    table = await asyncio.to_thread(reader.read_kind, kind, selector, start_ns, end_ns, columns=["id"])
+    return table.column("id").to_pylist()
 
 
 async def check_stored(data_dir: Path, offset: int, start_ns: int, end_ns: int, deadline: float) -> dict[str, Any]:
@@ -144,18 +146,14 @@ async def check_stored(data_dir: Path, offset: int, start_ns: int, end_ns: int, 
         ("trade", "digitex", "FS-BTCUSD"): await digitex_truth(f"http://127.0.0.1:{8703 + offset}", start_ns, end_ns),
     }
     assert all(len(ids) > 50 for ids in truth.values()), {k: len(v) for k, v in truth.items()}
-    store = ParquetStore(data_dir / "history", fsync=False)
-    await store.open()
-    try:
-        while True:
-            got = {key: await stored_ids(store, *key, start_ns, end_ns) for key in truth}
-            missing = {key: truth[key] - set(ids) for key, ids in got.items()}
-            if not any(missing.values()) or time.time() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        late = time.time() - deadline
-    finally:
-        await store.close()
+    reader = HistoryReader(LakehouseSettings.from_env(data_dir / "history"))
+    while True:
+        got = {key: await stored_ids(reader, *key, start_ns, end_ns) for key in truth}
+        missing = {key: truth[key] - set(ids) for key, ids in got.items()}
+        if not any(missing.values()) or time.time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    late = time.time() - deadline
     for key, ids in got.items():
         assert not missing[key], (f"{len(missing[key])} of {len(truth[key])} {key} events not stored "
                                   f"{STORED_WITHIN_S}s after the last restart")

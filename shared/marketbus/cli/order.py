@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import typer
@@ -119,7 +120,9 @@ def list_orders(
         table.add_row(r.market, r.client_id, r.side, r.order_type, plain(r.quantity),
                       plain(r.price) if r.price is not None else "-", plain(r.filled_quantity), r.state, str(r.seq),
                       (r.reason or "")[:50])
-    console.print(table)
+    # piped or redirected: no terminal width to fit, so nothing is cut (a script reads the ids)
+    out = console if sys.stdout.isatty() else Console(width=10_000, no_color=True, highlight=False)
+    out.print(table)
 
 
 async def _watch(url: str | None, market: str, count: int | None, as_json: bool, reconnect_s: float) -> None:
