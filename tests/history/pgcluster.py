@@ -47,9 +47,15 @@ class PrivatePostgres:
         subprocess.run([*self._as, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
+        """Start the server; its log is in the error when it does not come up."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=16MB"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "pg.log"), "-w", "-t", "60",
-                  "start")
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "pg.log"), "-w", "-t",
+                      "60", "start")
+        except subprocess.CalledProcessError as exc:
+            log = (self.root / "pg.log").read_text(errors="replace")[-3000:] if (self.root / "pg.log").exists() else ""
+            raise RuntimeError(f"private PostgreSQL on port {self.port} did not start: "
+                               f"{exc.stderr.decode(errors='replace') if exc.stderr else ''}\n{log}") from exc
 
     def stop(self) -> None:
         """Fast shutdown: open connections are terminated, as in a crash of the server."""

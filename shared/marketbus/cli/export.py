@@ -27,7 +27,7 @@ from marketbus.clients.selectors import parse_selector
 from marketbus.contracts.jobs import ExportJob, ExportRequest
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, progress_console, run
+from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, print_table, progress_console, run
 
 app = typer.Typer(help="Export history to files (CSV.gz / Parquet) and download them.", no_args_is_help=True,
                   epilog=EXIT_CODES_HELP)
@@ -78,7 +78,7 @@ def _show(job: ExportJob) -> None:
         ranges = ", ".join(f"{_fmt_ts(r.start_ns)}..{_fmt_ts(r.end_ns)}" for r in c.covered) or "none"
         gaps = f"  gaps: {len(c.gaps)}" if c.gaps else ""
         table.add_row("coverage", f"{c.kind}.{c.source}.{c.venue}.{c.symbol}: {ranges} ({c.rows:,} rows){gaps}")
-    console.print(table)
+    print_table(table, console)
 
 
 async def _call(nats_url: str | None, method: str, *args: Any) -> Any:
@@ -148,7 +148,7 @@ def list_jobs(as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
         s = job.request.selector
         table.add_row(job.job_id, job.state, f"{s.kind}.{s.source}.{s.venue}.{s.symbol}", f"{job.rows:,}",
                       str(len(job.artifacts)), _fmt_ts(job.created_ts))
-    console.print(table)
+    print_table(table, console)
 
 
 @app.command()

@@ -21,7 +21,7 @@ from marketbus.clients.selectors import parse_selector, selector_text
 from marketbus.contracts import codec, subjects
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, fail, handled, json_line, plain_builtins, progress_console, run
+from .output import EXIT_CODES_HELP, fail, handled, json_line, plain_builtins, print_table, progress_console, run
 
 app = typer.Typer(help="Query the stored history (history writer over NATS).", no_args_is_help=True,
                   epilog=EXIT_CODES_HELP)
@@ -140,7 +140,7 @@ async def run_query(url: str | None, selector: str, start_ns: int, end_ns: int, 
     for r in rows:
         table.add_row(_iso(r.get("ts_event", r.get("ts"))), r.get("type", ""), r.get("source", ""), r.get("venue", ""),
                       r.get("symbol", ""), _summary(r))
-    console.print(table)
+    print_table(table, console)
     if limit == TABLE_LIMIT and len(rows) == TABLE_LIMIT:
         console.print(f"[dim](the first {TABLE_LIMIT}; --limit N or --limit 0 for more, --out for a file)[/]")
     return 0
@@ -164,7 +164,7 @@ async def run_coverage(url: str | None, selector: str, start_ns: int, end_ns: in
         covered = "\n".join(f"{_iso(r.start_ns)} .. {_iso(r.end_ns)}" for r in s.covered)
         gaps = "\n".join(f"[red]{_iso(r.start_ns)} .. {_iso(r.end_ns)}[/]" for r in s.gaps) or "[green]none[/]"
         table.add_row(f"{s.kind}.{s.source}.{s.venue}.{s.symbol}", str(s.rows), covered, gaps)
-    console.print(table)
+    print_table(table, console)
     return 0
 
 

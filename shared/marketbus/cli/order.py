@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import typer
@@ -16,7 +15,7 @@ from marketbus.clients import orders as builders
 from marketbus.contracts.orders import CommandAck
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, plain, run
+from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, plain, print_table, run
 from .tail import reconnect, summarize, until_done_or_closed
 
 app = typer.Typer(help="Digitex orders through the order router.", no_args_is_help=True, epilog=EXIT_CODES_HELP)
@@ -120,9 +119,7 @@ def list_orders(
         table.add_row(r.market, r.client_id, r.side, r.order_type, plain(r.quantity),
                       plain(r.price) if r.price is not None else "-", plain(r.filled_quantity), r.state, str(r.seq),
                       (r.reason or "")[:50])
-    # piped or redirected: no terminal width to fit, so nothing is cut (a script reads the ids)
-    out = console if sys.stdout.isatty() else Console(width=10_000, no_color=True, highlight=False)
-    out.print(table)
+    print_table(table, console)
 
 
 async def _watch(url: str | None, market: str, count: int | None, as_json: bool, reconnect_s: float) -> None:

@@ -75,6 +75,13 @@ def progress_console() -> Console:
     return Console(stderr=True)
 
 
+def print_table(table: Any, console: Console) -> None:
+    """A table on a terminal fits its width; piped or redirected, nothing is cut (a script reads
+    every column: ids, subjects, streams)."""
+    out = console if sys.stdout.isatty() else Console(width=10_000, no_color=True, highlight=False)
+    out.print(table)
+
+
 def fail(message: str, code: int = USAGE) -> NoReturn:
     """One line on stderr, then exit with ``code``."""
     sys.stderr.write(f"error: {message}\n")
