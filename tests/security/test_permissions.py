@@ -61,7 +61,23 @@ def _cases() -> list[tuple[str, str, str]]:
             cases.append((who, "pub", "$JS.API.CONSUMER.CREATE.MD.history_writer_md"))
             cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.ORDERS_CMD.order_router"))
         cases += _playback_cases(who)
+    cases += _monitor_cases()
     return cases
+
+
+def _monitor_cases() -> list[tuple[str, str, str]]:
+    """The bus exporter's identity reads JetStream information only: no message of a stream, no
+    consumer of its own or anyone's, no payload subscription beyond status and export progress."""
+    who = "monitor"
+    pubs = ("$JS.API.STREAM.MSG.GET.MD", "$JS.API.DIRECT.GET.MD", "$JS.API.DIRECT.GET.MD.md.trade.finx.deribit.X",
+            "$JS.API.CONSUMER.CREATE.MD", "$JS.API.CONSUMER.CREATE.MD.mine", "$JS.API.CONSUMER.DURABLE.CREATE.MD.mine",
+            "$JS.API.CONSUMER.DELETE.MD.mine", "$JS.API.CONSUMER.MSG.NEXT.MD.history_writer_md",
+            "$JS.ACK.MD.history_writer_md.1.1.1.1.1", "$JS.API.STREAM.PURGE.KV_export_jobs",
+            "$JS.API.STREAM.DELETE.OBJ_export_artifacts", "$JS.API.STREAM.INFO.KV_export_jobs",
+            "history.query", "export.create", "export.cancel", "status.history_writer.heartbeat",
+            "dlq.bus_exporter.x", "$KV.export_jobs.job.x")
+    subs = ("md.>", "ref.>", "dlq.>", "history.query", "export.create", "$KV.>", "_INBOX.reader.>")
+    return [(who, "pub", s) for s in pubs] + [(who, "sub", s) for s in subs]
 
 
 PLAYBACK_EVENT = "replay.s0123456789ab.md.trade.finx.deribit.BTC-USD"

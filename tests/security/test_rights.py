@@ -151,3 +151,37 @@ async def test_the_replay_service_answers_playback_requests_and_publishes_output
         bus.server.cleanup()
     assert (reply, seen, paused) == (b"rows:" + session.encode(), [
         "md.trade.finx.deribit.BTC-USD", "ref.instrument.finx.deribit.BTC-USD", "status", "end"], b"paused")
+
+
+async def test_the_bus_exporter_reports_consumer_lag_as_the_monitor_identity(bus: SecureBus) -> None:
+    """The exporter (python -m marketbus.runtime.consumer_lag) under the read-only ``monitor``
+    identity: it starts (waits for the streams), polls every stream and consumer, sees heartbeats
+    (its own among them) and reports a durable's lag, with no failed poll."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from marketbus.runtime.consumer_lag import BusExporter
+
+    admin = (await bus.connect("admin")).nc
+    await admin.jetstream().add_consumer("MD", ConsumerConfig(
+        durable_name="monitor_lag", filter_subject="md.trade.finx.monitor.>", deliver_policy=DeliverPolicy.ALL))
+    for i in range(2):
+        await admin.jetstream().publish("md.trade.finx.monitor.X", b"{}", headers={"Nats-Msg-Id": f"monitor-{i}"})
+    exporter = BusExporter(**bus.service_settings("monitor"), http_port=0, poll_interval_s=0.2, heartbeat_interval_s=0.2)
+    await exporter.start()
+    samples: dict = {}
+    lag = ("marketbus_jetstream_consumer_pending", frozenset({("stream", "MD"), ("consumer", "monitor_lag")}))
+    own = "marketbus_service_last_heartbeat_timestamp_seconds"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(50):
+                text = (await client.get(f"{exporter.http_url}/metrics")).text
+                samples = {(s.name, frozenset(s.labels.items())): s.value
+                           for family in text_string_to_metric_families(text) for s in family.samples}
+                if samples.get(lag) == 2 and any(n == own and ("service", "bus_exporter") in ls for n, ls in samples):
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await exporter.stop()
+    assert (samples.get(lag), samples.get(("marketbus_jetstream_poll_errors_total", frozenset())),
+            any(n == own and ("service", "bus_exporter") in ls for n, ls in samples)) == (2, 0, True)

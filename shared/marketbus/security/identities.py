@@ -20,6 +20,8 @@ denied. Rules of the model:
 - ``reader`` (users' own consumers, dashboards) reads market/reference data, status and export
   progress, and may create its own JetStream consumers on those streams, never touch a
   service's durable consumer.
+- ``monitor`` (the bus exporter) reads JetStream information only (streams, consumers, the
+  account: consumer lag) and the status / export-progress events; no payload of a stream.
 """
 
 from __future__ import annotations
@@ -222,6 +224,19 @@ OPERATOR = Identity(
     publish_deny=_service_durables_deny(),
 )
 
+# The bus exporter (python -m marketbus.runtime.consumer_lag, service name ``bus_exporter``): it
+# lists every stream and consumer and reads the account (js.streams_info / consumers_info /
+# account_info), waits for the declared streams at start (STREAM.INFO), and counts heartbeats,
+# feed-status and export-status events. Read-only JetStream information: no create, delete,
+# purge, message read or pull; no market data, no order events.
+MONITOR = Identity(
+    name="monitor", description="the bus exporter: read-only JetStream info (consumer lag), status and export progress",
+    publish=(f"{API}.INFO", f"{API}.STREAM.NAMES", f"{API}.STREAM.LIST", *stream_info(*(s.name for s in streams.STREAMS)),
+             f"{API}.CONSUMER.NAMES.*", f"{API}.CONSUMER.LIST.*", f"{API}.CONSUMER.INFO.*.*",
+             "status.bus_exporter.>"),
+    subscribe=("status.>", "export.status.>", *_inbox("monitor")),
+)
+
 ADMIN = Identity(
     name="admin", description="provisioning and operations: everything", publish=(">",), subscribe=(">",),
     admin=True,
@@ -237,7 +252,7 @@ SERVICE_IDENTITIES: tuple[Identity, ...] = (
     EXPORT_ORCHESTRATOR,
     REPLAY,
 )
-IDENTITIES: tuple[Identity, ...] = (*SERVICE_IDENTITIES, READER, OPERATOR, ADMIN)
+IDENTITIES: tuple[Identity, ...] = (*SERVICE_IDENTITIES, READER, OPERATOR, MONITOR, ADMIN)
 BY_NAME: dict[str, Identity] = {i.name: i for i in IDENTITIES}
 
 
