@@ -188,6 +188,34 @@ def pg_dsn() -> Iterator[str]:
     pytest.skip("no PostgreSQL: set MARKETBUS_TEST_PG_DSN, run one on 127.0.0.1:5432, or provide Docker")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A ``whole_system`` test may first wait for the others to finish (the lock below): its
+    pytest-timeout covers the wait too (each such test has deadlines of its own for its steps)."""
+    for item in items:
+        if item.get_closest_marker("whole_system") is not None:
+            item.add_marker(pytest.mark.timeout(900))
+
+
+@pytest.fixture(autouse=True)
+def _one_whole_system_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests marked ``whole_system`` start ten processes and many ports (sandboxes, export API,
+    replay): on a 2-core machine, two at once on different xdist workers starve each other and race
+    for free ports. An inter-process lock runs them one after the other; other tests go on."""
+    if request.node.get_closest_marker("whole_system") is None:
+        yield
+        return
+    import fcntl
+    import tempfile
+    from pathlib import Path
+
+    with (Path(tempfile.gettempdir()) / "marketbus-tests-whole-system.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest_asyncio.fixture(autouse=True)
 async def _dump_tasks_of_a_stuck_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """A test still running 10 s before pytest-timeout stops it prints every asyncio task's stack

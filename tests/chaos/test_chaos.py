@@ -34,6 +34,8 @@ from services.ingest_finx import normalize as finx
 from tests.e2e.uptree import (children_of, expected_children, free_offset, names, start_up, stop, tree_of,
                               up_env, wait_for_tree, wait_gone)
 
+pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
+
 FINX_PAIR = "BTC:USD"
 DIGITEX_MARKET = 1
 VICTIMS = ("ingest_finx", "ingest_digitex", "ingest_ticksupply", "ingest_sitagri", "history_writer", "nats-server")

@@ -27,6 +27,8 @@ from tests.monitoring.conftest import _tool as monitoring_tool
 
 from .uptree import MARKETBUS, SANDBOX_BASE, free_offset, up_env
 
+pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def prometheus_bin() -> str:

@@ -10,10 +10,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from marketbus.runtime.http import port_is_free
 
 from .uptree import (MARKETBUS, SANDBOX_BASE, expected_children, free_offset, names, start_up, stop,
                      up_env, wait_for_tree, wait_gone)
+
+pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
 
 
 def _clean_start(data_dir: Path, env: dict[str, str]) -> None:

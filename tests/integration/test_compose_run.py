@@ -41,6 +41,8 @@ import yaml
 from marketbus.contracts import codec
 from marketbus.runtime.natsserver import nats_server_binary
 
+pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 START_BUDGET_S = 90.0  # every service healthy within this, on a loaded 2-core machine

@@ -21,7 +21,7 @@ from marketbus.runtime.http import port_is_free
 MARKETBUS = str(Path(sys.executable).parent / "marketbus")
 SANDBOX_PORTS = (8701, 8702, 8703, 8704, 8710)
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.whole_system
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
