@@ -193,7 +193,7 @@ class Wire:
 
     def __init__(self) -> None:
         self.subjects: dict[tuple[type, str, str], str] = {}
-        self.encode = codec._encoder.encode  # noqa: SLF001 - the codec's own encoder, as publish_group binds it
+        self.encode = codec._encoder.encode
         self.bytes = 0
 
     def send(self, events: list[Any]) -> None:

@@ -81,7 +81,7 @@ async def wait_stored(nc: nats.NATS, selector: str, n: int, timeout: float = 240
             reply = await client.coverage(selector)
             if sum(s.rows for s in reply.streams) >= n:
                 return
-        except Exception:  # noqa: BLE001, S110 - the writer is still starting
+        except Exception:
             pass
         await asyncio.sleep(0.5)
     raise RuntimeError(f"{n} events of {selector} not stored within {timeout}s")
@@ -206,7 +206,7 @@ class MemorySource:
     async def count(self, *_: object) -> int:
         return len(self.payloads)
 
-    async def chunks(self, *_: object):  # noqa: ANN201
+    async def chunks(self, *_: object):
         for i in range(0, len(self.payloads), 5000):
             yield self.payloads[i:i + 5000]
 

@@ -194,7 +194,7 @@ class SplitWriter:
                 self._writer.close()
             if self._file is not None:
                 self._file.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if self._path is not None:
             self._path.unlink(missing_ok=True)

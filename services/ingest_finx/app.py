@@ -370,7 +370,7 @@ class FinxIngestor(Ingestor):
             chosen = [t for t in page.ticks if t.ts_event < request.end_ns and (venue is None or t.venue == venue)]
             if chosen:
                 total += await self.emit_batch(chosen, replay=True)
-            if not page.full or page.cursor == cursor and page.boundary == boundary:
+            if not page.full or (page.cursor == cursor and page.boundary == boundary):
                 break
             cursor, boundary = page.cursor, page.boundary
         await self.flush()

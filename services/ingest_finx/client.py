@@ -89,7 +89,7 @@ class TickPlantClient:
         except normalize.Malformed as exc:
             await self.close()
             raise SessionLost(f"authentication reply is malformed: {exc}") from None
-        except normalize.VendorError as exc:
+        except normalize.VendorError:
             await self.close()
             raise
         if not isinstance(obj, dict) or obj.get("authenticated") is False:
@@ -145,7 +145,7 @@ class TickPlantClient:
         if ws is not None:
             try:
                 await asyncio.wait_for(ws.close(), 1)
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:
                 pass
 
     async def close(self) -> None:

@@ -94,7 +94,7 @@ class CommandIntake:
         try:
             cmd = codec.decode_as(msg.data, Command, codec.schema_version_of(headers))
             problem = identifier_problem(cmd)
-        except Exception as exc:  # noqa: BLE001 - whatever the payload, it is refused, never retried
+        except Exception as exc:
             problem = f"undecodable command: {exc}"[:1000]
         if problem:
             self._count_command(cmd, "undecodable")

@@ -69,14 +69,14 @@ class Reconciler:
                 # reads every open order: with thousands open, a sync takes a while, and the pause
                 # grows with it (the REST budget and the loop's time go to commands first)
                 await asyncio.sleep(min(max(self.settings.min_sync_gap_s, 3 * self.last_sync_s), interval))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             book.woken.clear()
             try:
                 started = time.monotonic()
                 await self.sync()
                 self.last_sync_s = time.monotonic() - started
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
+            except Exception as exc:
                 self.log.warning("sync failed: %r", exc)
                 await asyncio.sleep(0.5)
 
@@ -85,7 +85,7 @@ class Reconciler:
             await asyncio.sleep(self.settings.reconcile_interval_s)
             try:
                 await self.reconcile()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.warning("reconcile failed: %r", exc)
 
     # --- reconcile ------------------------------------------------------------------------------

@@ -21,13 +21,12 @@ from marketbus.clients.selectors import check_kind
 from marketbus.contracts import codec, subjects
 from marketbus.contracts import errors as codes
 from marketbus.contracts.errors import ErrorReply
-from marketbus.contracts.replay import PlaybackControl, PlaybackSession, PlaybackStart, PlaybackStatus
+from marketbus.contracts.replay import PlaybackControl, PlaybackSession, PlaybackStart, PlaybackStatus, parse_speed
 from marketbus.runtime.metrics import ServiceMetrics
 from marketbus.runtime.service import Service
 
-from marketbus.contracts.replay import parse_speed
-from .session import Session, SessionError
 from .refusal import Refused
+from .session import Session, SessionError
 from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
@@ -74,7 +73,7 @@ class ReplayService(Service):
             return nats_source
         try:
             source = await asyncio.to_thread(open_table_source, str(s.history_path), chunk_rows=s.chunk_rows)
-        except Exception as exc:  # noqa: BLE001 - "auto" falls back; "tables" was asked for explicitly
+        except Exception as exc:
             if s.history_read == "tables":
                 raise
             self.log.warning("history tables not reachable (%r): history read over NATS", exc)
@@ -90,13 +89,13 @@ class ReplayService(Service):
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 15.0)
         try:
             await self._start_sub.unsubscribe()
-        except Exception:  # noqa: BLE001, S110 - the connection may be gone already
+        except Exception:
             pass
 
     def health(self) -> dict[str, Any]:
         return {"sessions": {sid: msgspec.structs.asdict(s.status()) for sid, s in self.sessions.items()}}
 
-    def heartbeat(self):  # noqa: ANN201 - sessions running and events sent, in the heartbeat
+    def heartbeat(self):
         hb = super().heartbeat()
         sent = self._sent_by_ended + sum(s.sent for s in self.sessions.values())
         return msgspec.structs.replace(hb, counters={"sessions": float(len(self.sessions)), "events_sent": float(sent)})
@@ -196,7 +195,7 @@ class ReplayService(Service):
         except Refused as exc:
             await _respond(msg, exc.reply())
             return
-        except Exception as exc:  # noqa: BLE001 - a bug or a lost connection: the client gets an answer
+        except Exception as exc:
             self.log.exception("start request failed")
             await _respond(msg, ErrorReply(code=codes.INTERNAL, message=f"start failed: {exc!r}"))
             return
@@ -231,5 +230,5 @@ async def _respond(msg: Any, reply: Any) -> None:
 async def _unsubscribe(sub: Any) -> None:
     try:
         await sub.unsubscribe()
-    except Exception:  # noqa: BLE001, S110 - the connection may be closed already
+    except Exception:
         pass

@@ -139,7 +139,7 @@ class Session:
             self.reason = self.reason or "cancelled"
         except RequestError as exc:
             self.state, self.reason = "failed", f"history: {exc.message}"
-        except Exception as exc:  # noqa: BLE001 - reported in the end marker and the status
+        except Exception as exc:
             log.exception("session %s failed", self.id)
             self.state, self.reason = "failed", repr(exc)
         finally:
@@ -149,14 +149,14 @@ class Session:
         marker = PlaybackEnd(session=self.id, state=self.state, sent=self.sent, reason=self.reason, ts=time.time_ns())
         try:
             await asyncio.wait_for(self.sink.end(marker), 10.0)
-        except Exception as exc:  # noqa: BLE001 - the receiver went away: nothing to tell it
+        except Exception as exc:
             log.info("session %s: end marker not delivered: %r", self.id, exc)
         if self._status_task is not None:
             self._status_task.cancel()
         if self._publish_status is not None:
             try:
                 await self._publish_status(self.status())
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.info("session %s: last status not sent: %r", self.id, exc)
         log.info("session %s %s: %d events%s", self.id, self.state, self.sent, f" ({self.reason})" if self.reason else "")
         self.done.set()
@@ -265,7 +265,7 @@ class Session:
         try:
             assert self._publish_status is not None
             await self._publish_status(self.status())
-        except Exception as exc:  # noqa: BLE001 - progress is best effort
+        except Exception as exc:
             log.debug("status of %s not sent: %r", self.id, exc)
 
     async def _status_loop(self) -> None:

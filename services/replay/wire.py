@@ -147,8 +147,8 @@ class NatsSink(Sink):
                 await _publish_frame(nc, frame)
             return
         nc.stats["out_msgs"] += len(frames)
-        await send(b"".join(frames))  # noqa: SLF001 - nats-py's own publish path, many frames at once
-        await nc._flush_pending()  # noqa: SLF001
+        await send(b"".join(frames))
+        await nc._flush_pending()
         self.sent += len(frames)
 
     async def end(self, marker: PlaybackEnd) -> None:

@@ -12,8 +12,18 @@ from pathlib import Path
 
 from marketbus.runtime.http import port_is_free
 
-from .uptree import (MARKETBUS, SANDBOX_BASE, expected_children, free_offset, names, start_up, stop,
-                     up_env, wait_for_tree, wait_gone)
+from .uptree import (
+    MARKETBUS,
+    SANDBOX_BASE,
+    expected_children,
+    free_offset,
+    names,
+    start_up,
+    stop,
+    up_env,
+    wait_for_tree,
+    wait_gone,
+)
 
 
 def _clean_start(data_dir: Path, env: dict[str, str]) -> None:

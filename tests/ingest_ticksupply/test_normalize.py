@@ -21,7 +21,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TS = 1_800_000_000_000_000_000
 
 
-def load(name: str):  # noqa: ANN201
+def load(name: str):
     return json.loads((FIXTURES / name).read_text())
 
 

@@ -253,7 +253,7 @@ def test_help_documents_the_exit_codes() -> None:
     assert "Exit codes: 0 ok, 1 refused or failed (by the server), 2 usage or connection error." in result.output
 
 
-async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_count(nats_url: str, js) -> None:  # noqa: ANN001
+async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_count(nats_url: str, js) -> None:
     from marketbus.contracts.reference import Unit
 
     for code, factor in (("TON", "1000"), ("USWSBS", "27.2155"), ("KILO", "1")):

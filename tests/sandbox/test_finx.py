@@ -462,7 +462,7 @@ async def test_reboot_refuses_then_recovers(sb: SandboxRunner, http: httpx.Async
                 reply = await call(ws2, {"functionName": "authenticate"})
                 if refused:
                     break
-        except (OSError, ConnectionClosed, websockets.InvalidStatus, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ConnectionClosed, websockets.InvalidStatus):
             refused = True
         await asyncio.sleep(0.05)
     assert refused and reply == {"authenticated": True}

@@ -11,8 +11,16 @@ import httpx
 import pytest
 import requests
 from ticksupply import (
-    APIError, AsyncClient, AuthenticationError, Client, ConflictError, InvalidArgumentError, NotFoundError,
-    PaymentRequiredError, PermissionDeniedError, RateLimitError,
+    APIError,
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    RateLimitError,
 )
 from ticksupply.models import ExportStatus, SubscriptionStatus
 

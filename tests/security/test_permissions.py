@@ -6,7 +6,6 @@ One assertion per case. Widening any right in marketbus.security.identities make
 
 from __future__ import annotations
 
-
 import nats
 import pytest
 
@@ -94,7 +93,7 @@ async def test_identity_is_denied(bus: SecureBus, who: str, action: str, subject
     assert denied, f"{who} may {action} {subject}"
 
 
-async def test_a_wrong_key_is_not_let_in(bus: SecureBus, tmp_path) -> None:  # noqa: ANN001
+async def test_a_wrong_key_is_not_let_in(bus: SecureBus, tmp_path) -> None:
     from marketbus.security.credentials import new_seed, write_private
 
     seed = tmp_path / "intruder.nk"

@@ -208,7 +208,7 @@ def _http_error(resp: Any, job_id: str) -> RequestError:
     try:
         err = resp.json()["error"]
         message, code = err["message"], err.get("code")
-    except Exception:  # noqa: BLE001 - not the API's error shape: show the body
+    except Exception:
         message, code = resp.text[:200], None
     if resp.status_code == 401:
         return RequestError(codes.BAD_REQUEST, f"the export API refused the key ({message})")

@@ -34,8 +34,16 @@ import msgspec
 from marketbus.contracts import codec, streams, subjects
 from marketbus.contracts import errors as codes
 from marketbus.contracts.orders import (
-    TERMINAL_STATES, CancelOrders, CommandAck, OrderCommand, OrderDuration, OrderSide, OrderType, PlaceOrder,
-    RouterControl, UpdateOrder,
+    TERMINAL_STATES,
+    CancelOrders,
+    CommandAck,
+    OrderCommand,
+    OrderDuration,
+    OrderSide,
+    OrderType,
+    PlaceOrder,
+    RouterControl,
+    UpdateOrder,
 )
 
 from .errors import RequestError, decode_reply, request
@@ -299,7 +307,7 @@ class OrderClient:
             for sub in subs:
                 try:
                     await sub.unsubscribe()
-                except Exception:  # noqa: BLE001, S110 - the connection may be closed already
+                except Exception:
                     pass
 
 

@@ -29,7 +29,13 @@ import msgspec
 from marketbus.contracts import codec, subjects
 from marketbus.contracts import errors as codes
 from marketbus.contracts.replay import (
-    ENDED_STATES, PlaybackControl, PlaybackEnd, PlaybackSession, PlaybackStart, PlaybackStatus, parse_speed,
+    ENDED_STATES,
+    PlaybackControl,
+    PlaybackEnd,
+    PlaybackSession,
+    PlaybackStart,
+    PlaybackStatus,
+    parse_speed,
 )
 
 from .errors import RequestError, decode_reply, request

@@ -151,7 +151,7 @@ async def bind_consumer(js: JetStreamContext, spec: ConsumerSpec, *, retry_s: fl
             pass
         try:
             return await ensure_consumer(js, spec)
-        except Exception as exc:  # noqa: BLE001 - refused (no right to create it), or no stream yet
+        except Exception as exc:
             if not said:
                 log.warning("consumer %s on %s not provisioned (%s): run `marketbus provision`; waiting",
                             spec.durable, spec.stream, type(exc).__name__)

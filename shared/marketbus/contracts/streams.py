@@ -178,7 +178,7 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 
     return False
 
 
-async def create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:  # noqa: ANN401 - nats KeyValue
+async def create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:
     """Provisioning: the bucket, created when missing."""
     try:
         return await js.key_value(spec.name)
@@ -186,7 +186,7 @@ async def create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 
         return await js.create_key_value(spec.config(replicas))
 
 
-async def create_object_store(js: JetStreamContext, spec: ObjectStoreSpec, replicas: int = 1) -> Any:  # noqa: ANN401
+async def create_object_store(js: JetStreamContext, spec: ObjectStoreSpec, replicas: int = 1) -> Any:
     """Provisioning: the object store, created when missing."""
     try:
         return await js.object_store(spec.name)
@@ -206,12 +206,12 @@ async def bind_when_provisioned(what: str, bind: Callable[[], Awaitable[T]],
         await asyncio.sleep(retry_s)
 
 
-async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:  # noqa: ANN401, ARG001
+async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:
     """Bind the KV bucket, waiting until provisioning created it (``replicas`` is provisioning's)."""
     return await bind_when_provisioned(f"KV bucket {spec.name}", lambda: js.key_value(spec.name))
 
 
-async def bind_object_store(js: JetStreamContext, name: str) -> Any:  # noqa: ANN401
+async def bind_object_store(js: JetStreamContext, name: str) -> Any:
     """Bind the object store ``name``, waiting until provisioning created it."""
     return await bind_when_provisioned(f"object store {name}", lambda: js.object_store(name))
 

@@ -156,7 +156,7 @@ class Ingestor(Service):
     async def _handle_replay(self, body: bytes) -> ReplayReply:
         try:
             request = codec.decode_as(body, ReplayRequest)
-        except Exception as exc:  # noqa: BLE001 - whatever the payload: an error reply, never no reply
+        except Exception as exc:
             return ReplayReply(request_id="", accepted=False, reason=f"bad replay request: {exc}"[:1000])
         if request.source != self.source:
             return ReplayReply(request_id=request.request_id, accepted=False, reason=f"this is the {self.source} ingestor")
@@ -166,7 +166,7 @@ class Ingestor(Service):
             count = await self.replay(request)
         except ReplayUnsupported as exc:
             return ReplayReply(request_id=request.request_id, accepted=False, reason=str(exc))
-        except Exception as exc:  # noqa: BLE001 - the vendor failed: say so to the caller
+        except Exception as exc:
             self.log.warning("replay %s failed: %r", request.request_id, exc)
             return ReplayReply(request_id=request.request_id, accepted=False, reason=f"replay failed: {exc!r}")
         return ReplayReply(request_id=request.request_id, accepted=True, events=count)
@@ -242,7 +242,7 @@ class Ingestor(Service):
         self.metrics.malformed.labels(self.source, channel).inc()
         try:
             await self.dead_letter(self.source, reason, payload, subject=channel)
-        except Exception as exc:  # noqa: BLE001 - the bus is down: the log line must do
+        except Exception as exc:
             self.log.error("could not dead-letter a malformed %s payload: %r", channel, exc)
 
     @staticmethod
