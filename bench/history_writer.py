@@ -275,7 +275,7 @@ async def main() -> None:
             pg_rows = trades(args.pg_rows, "PGSYM")
             await publish(server.url, pg_rows, 2_000)
             prefix = f"bench{os.getpid()}_"
-            rate, writer = await run_writer(server.url, "postgres", tmp / "pg", len(pg_rows), args.pg_dsn, prefix)
+            rate, _writer = await run_writer(server.url, "postgres", tmp / "pg", len(pg_rows), args.pg_dsn, prefix)
             # reference: raw COPY of the same rows into a plain table
             cols = [c for c in table.column_names]
             await con.execute(f'DROP TABLE IF EXISTS "{prefix}raw"')

@@ -94,7 +94,7 @@ def corpus(n: int) -> list[dict[str, Any]]:
     t_ms = 1_764_547_200_000  # 2025-12-01
     for i in range(n):
         sym = names[rng.randrange(len(names))]
-        start, tick, lot, step = SYMBOLS[sym]
+        _start, tick, lot, step = SYMBOLS[sym]
         price = max(tick, state[sym] + tick * round(rng.gauss(0, step)))
         state[sym] = price
         qty = lot * rng.randint(1, 200_000)

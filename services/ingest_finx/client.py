@@ -24,6 +24,7 @@ from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.settings import Secret
 
 from . import normalize
+import contextlib
 
 log = logging.getLogger("marketbus.ingest_finx.client")
 _encode = msgspec.json.Encoder().encode
@@ -143,10 +144,8 @@ class TickPlantClient:
     async def _drop(self) -> None:
         ws, self._ws = self._ws, None
         if ws is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 1)
-            except Exception:
-                pass
 
     async def close(self) -> None:
         await self._drop()

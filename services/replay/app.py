@@ -30,6 +30,7 @@ from .session import Session, SessionError
 from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
+import contextlib
 
 
 class ReplayMetrics(ServiceMetrics):
@@ -87,10 +88,8 @@ class ReplayService(Service):
         waits = [s.wait() for s in list(self.sessions.values())]
         if waits:
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 15.0)
-        try:
+        with contextlib.suppress(Exception):
             await self._start_sub.unsubscribe()
-        except Exception:
-            pass
 
     def health(self) -> dict[str, Any]:
         return {"sessions": {sid: msgspec.structs.asdict(s.status()) for sid, s in self.sessions.items()}}
@@ -228,7 +227,5 @@ async def _respond(msg: Any, reply: Any) -> None:
 
 
 async def _unsubscribe(sub: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):
         await sub.unsubscribe()
-    except Exception:
-        pass

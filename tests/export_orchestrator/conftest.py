@@ -36,7 +36,7 @@ S = 1_000_000_000
 
 def make_trades(source: str, venue: str, symbol: str, times: list[int], *, replay: bool = False, seed: int = 0) -> list[Trade]:
     out = []
-    for i, ts in enumerate(times):
+    for _i, ts in enumerate(times):
         n = ts // S + seed
         out.append(Trade(
             id=event_id(source, "trade", venue, symbol, ts), source=source, venue=venue, symbol=symbol,

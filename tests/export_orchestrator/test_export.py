@@ -56,7 +56,7 @@ async def test_round_trip_csv_and_parquet(harness: Harness) -> None:
     assert len(done.artifacts) == 4  # 3000 BTC rows -> 2 files of 1500; 2000 ETH -> 1500 + 500
     assert all(a.rows <= 1500 for a in done.artifacts)
 
-    body, files = await download_all(orch.api_url, job.job_id)
+    _body, files = await download_all(orch.api_url, job.job_id)
     tables = []
     for art in done.artifacts:
         data = files[art.filename]

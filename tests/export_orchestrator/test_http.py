@@ -64,7 +64,7 @@ async def test_official_ticksupply_client_flow(harness: Harness) -> None:
             files = [(a, httpx.get(a.url).content) for a in dl.artifacts]
             return job, dl, files
 
-    job, dl, files = await asyncio.to_thread(flow)
+    _job, dl, files = await asyncio.to_thread(flow)
     assert dl.count == len(dl.artifacts) >= 1 and dl.total_bytes == sum(a.bytes for a in dl.artifacts)
     tables = []
     for art, data in files:
@@ -108,7 +108,7 @@ async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_pat
 
 
 async def test_signed_urls_refuse_tampering_and_expiry(harness: Harness) -> None:
-    orch, btc, _ = await _setup(harness)
+    orch, _btc, _ = await _setup(harness)
     headers = {"X-Api-Key": API_KEY}
     async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
         ds = (await client.get("/v1/datastreams", params={"instrument": "BTCUSDT"}, headers=headers)).json()["items"][0]

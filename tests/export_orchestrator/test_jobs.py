@@ -140,7 +140,7 @@ async def test_two_orchestrators_share_the_queue_and_cancel(harness: Harness) ->
     await harness.start_writer()
     await harness.start_orchestrator(throttle_rows_per_s=5000, read_batch_rows=500, workers=1)
     await harness.start_orchestrator(throttle_rows_per_s=5000, read_batch_rows=500, workers=1)
-    trades, req = await _slow_job(harness, 6000)
+    _trades, req = await _slow_job(harness, 6000)
     jobs = []
     for _ in range(4):
         r = ExportRequest(idempotency_key=str(uuid.uuid4()), selector=req.selector, start_ns=req.start_ns,

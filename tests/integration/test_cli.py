@@ -130,7 +130,7 @@ async def test_tail_json_shows_json_that_is_not_a_contract_message(nats_url: str
 
 
 async def test_tail_refuses_a_bad_subject_in_one_line(nats_url: str) -> None:
-    code, out, err = await run_cli("tail", "md..>", env={"NATS_URL": nats_url})
+    code, _out, err = await run_cli("tail", "md..>", env={"NATS_URL": nats_url})
     assert code == 2
     assert err.strip().splitlines() == [
         "error: bad subject 'md..>': has an empty token (two dots in a row, or a dot at an end); "

@@ -86,7 +86,7 @@ def _playback_cases(who: str) -> list[tuple[str, str, str]]:
     return cases
 
 
-@pytest.mark.parametrize(("who", "action", "subject"), _cases(), ids=lambda v: str(v))
+@pytest.mark.parametrize(("who", "action", "subject"), _cases(), ids=str)
 async def test_identity_is_denied(bus: SecureBus, who: str, action: str, subject: str) -> None:
     probe = await bus.connect(who)
     denied = await (probe.publish_denied(subject) if action == "pub" else probe.subscribe_denied(subject))

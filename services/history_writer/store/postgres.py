@@ -75,7 +75,7 @@ class PostgresStore(HistoryStore):
         cols = [(schema.column_of[name], ck) for name, ck, _ in schema.fields]
         if kind == "feed_status":
             cols.append(("ts_event", "int"))
-        return cols + [("_stream", "str"), ("_seq", "int"), ("_idx", "int")]
+        return [*cols, ("_stream", "str"), ("_seq", "int"), ("_idx", "int")]
 
     async def open(self) -> None:
         """Connect and create the tables; raises if PostgreSQL is unreachable (the writer retries:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import contextlib
 
 
 class FaultSwitches(msgspec.Struct, kw_only=True):
@@ -131,10 +132,8 @@ class FaultInjector:
         sockets = list(self._sockets)
         self._sockets.clear()
         for ws in sockets:
-            try:
+            with contextlib.suppress(Exception):
                 await ws.close(code=1012)
-            except Exception:
-                pass
         self._count("drops")
         return len(sockets)
 

@@ -47,6 +47,7 @@ from marketbus.contracts.orders import (
 )
 
 from .errors import RequestError, decode_reply, request
+import contextlib
 
 SERVER = "order router"
 ControlAction = Literal["halt", "resume", "status"]
@@ -305,10 +306,8 @@ class OrderClient:
                 yield msg.subject, event
         finally:
             for sub in subs:
-                try:
+                with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-                except Exception:
-                    pass
 
 
 # --- function forms (nc first) -------------------------------------------------------------

@@ -26,6 +26,7 @@ from nats.aio.client import Client as NatsClient
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import Event, MarketEvent
 from marketbus.runtime import natsprivate
+import contextlib
 
 
 class PublishError(RuntimeError):
@@ -326,10 +327,8 @@ class JetStreamPublisher:
             self._pending.pop(token, None)
             self._fail(pending, PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload"))
             return future
-        try:
+        with contextlib.suppress(Exception):
             await self._send(token, pending)
-        except Exception:
-            pass
         return future
 
     async def publish_event(self, event: Event, subject: str | None = None) -> asyncio.Future[PubAck]:
