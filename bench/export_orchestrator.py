@@ -34,7 +34,7 @@ from services.export_orchestrator.writer import SplitWriter  # noqa: E402
 from services.history_writer.schema import SCHEMAS, Decoded  # noqa: E402
 from services.history_writer.store.iceberg import IcebergStore  # noqa: E402
 
-N = int(os.environ.get("BENCH_EXPORT_ROWS", 1_000_000))
+N = int(os.environ.get("BENCH_EXPORT_ROWS", "1000000"))
 T0 = 1_700_000_000_000_000_000
 
 

@@ -12,6 +12,7 @@ logged redacted (:attr:`TickPlantClient.safe_url`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +25,6 @@ from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.settings import Secret
 
 from . import normalize
-import contextlib
 
 log = logging.getLogger("marketbus.ingest_finx.client")
 _encode = msgspec.json.Encoder().encode

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from functools import lru_cache
 from hashlib import blake2b
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -167,7 +167,7 @@ class VNews(msgspec.Struct, tag_field="code", tag="newsArticle", gc=False):
     metadata: NewsMeta | None = None
 
 
-Push = Union[VMarketPrice, VOrderBook, VCashPrice, VIndexPrice, VNews]
+Push = VMarketPrice | VOrderBook | VCashPrice | VIndexPrice | VNews
 
 
 class Frame(msgspec.Struct, gc=False):

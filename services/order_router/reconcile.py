@@ -154,13 +154,12 @@ class Reconciler:
             # a cancel_pending record is re-examined as its wait for the cancel runs out
             seen = (rec.seq, row.get("status"), row.get("quantity"), row.get("orig_quantity"), row.get("price"),
                     row.get("average_price"))
-            if last_rows.get(key) != seen or rec.state == "cancel_pending":
-                if await book.adopt(rec, row):
-                    moved += 1
-                    if moved % 8 == 0:
-                        # a burst of transitions (each a KV write and an event) is spread out, so a
-                        # command arriving meanwhile does not queue behind all of them
-                        await asyncio.sleep(0.001)
+            if (last_rows.get(key) != seen or rec.state == "cancel_pending") and await book.adopt(rec, row):
+                moved += 1
+                if moved % 8 == 0:
+                    # a burst of transitions (each a KV write and an event) is spread out, so a
+                    # command arriving meanwhile does not queue behind all of them
+                    await asyncio.sleep(0.001)
             self._last_rows[key] = (rec.seq, *seen[1:])
         if missing:
             await self._settle_missing(missing)

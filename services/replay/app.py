@@ -10,6 +10,7 @@ events come from in source.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from typing import Any, ClassVar
 
@@ -30,7 +31,6 @@ from .session import Session, SessionError
 from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
-import contextlib
 
 
 class ReplayMetrics(ServiceMetrics):
@@ -56,6 +56,7 @@ class ReplayService(Service):
         self.source: EventSource | None = None  # set at start (tests and the integrator may swap it)
         self._opening = 0  # start requests being checked: they hold a slot of the limit
         self._sent_by_ended = 0
+        self._unsubscribing: set[asyncio.Task[None]] = set()  # held so they are not collected mid-flight
 
     async def on_start(self) -> None:
         s = self.settings
@@ -172,7 +173,9 @@ class ReplayService(Service):
         self.sessions.pop(session.id, None)
         sub = self._control_subs.pop(session.id, None)
         if sub is not None:
-            asyncio.ensure_future(_unsubscribe(sub))
+            task = asyncio.ensure_future(_unsubscribe(sub))
+            self._unsubscribing.add(task)
+            task.add_done_callback(self._unsubscribing.discard)
         self.metrics.sessions.set(len(self.sessions))
         self.metrics.events.inc(session.sent)
         self._sent_by_ended += session.sent

@@ -72,6 +72,7 @@ class Session:
             self._running.set()
         self._task: asyncio.Task[None] | None = None
         self._status_task: asyncio.Task[None] | None = None
+        self._status_sends: set[asyncio.Task[None]] = set()  # held so they are not collected mid-flight
         self._rate_mark = (0, time.monotonic())
         self.done = asyncio.Event()
 
@@ -259,7 +260,9 @@ class Session:
     # --- status -----------------------------------------------------------------------------------
     def _status_now(self) -> None:
         if self._publish_status is not None:
-            asyncio.ensure_future(self._safe_status())
+            task = asyncio.ensure_future(self._safe_status())
+            self._status_sends.add(task)
+            task.add_done_callback(self._status_sends.discard)
 
     async def _safe_status(self) -> None:
         try:

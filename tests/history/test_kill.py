@@ -115,8 +115,8 @@ async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_ur
                 await publisher
                 second_port = free_port()
                 second = _spawn(env, log, second_port)
-                await wait_for(lambda: _consuming(port), 30, interval=0.2, what="the last writer consuming")
-                await wait_for(lambda: _consuming(second_port), 30, interval=0.2, what="the second writer consuming")
+                await wait_for(lambda: _consuming(port), 30, interval=0.2, what="the last writer consuming")  # noqa: B023 (called within this iteration)
+                await wait_for(lambda: _consuming(second_port), 30, interval=0.2, what="the second writer consuming")  # noqa: B023 (called within this iteration)
                 pub = await JetStreamPublisher(nc).start()
                 for e in events[total - tail:]:
                     await pub.publish_event(e)

@@ -9,13 +9,13 @@ and register their sockets so drops and reboots can close them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-import contextlib
 
 
 class FaultSwitches(msgspec.Struct, kw_only=True):

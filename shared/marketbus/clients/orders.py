@@ -21,6 +21,7 @@ lifecycle events, fills, positions and balances arrive on ``orders.evt|fill|posi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -47,7 +48,6 @@ from marketbus.contracts.orders import (
 )
 
 from .errors import RequestError, decode_reply, request
-import contextlib
 
 SERVER = "order router"
 ControlAction = Literal["halt", "resume", "status"]

@@ -36,7 +36,7 @@ what a broken contract invariant gives), invalid UTF-8 inside a string, nesting 
 :func:`decode` and :func:`decode_as` raise only ``msgspec.DecodeError`` (or its subclass
 ``ValidationError``); decoders used directly raise any of these."""
 
-MarketData = Union[MARKET_TYPES + REFERENCE_TYPES]  # type: ignore[valid-type]
+MarketData = Union[MARKET_TYPES + REFERENCE_TYPES]  # type: ignore[valid-type]  # noqa: UP007 (a union of a tuple built at run time)
 
 
 class Batch(Event, frozen=True, kw_only=True, tag="batch"):
@@ -58,7 +58,7 @@ STATUS_TYPES = (FeedStatus, ServiceHeartbeat, DeadLetter)
 ALL_TYPES: tuple[type[Event], ...] = (
     MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES + PLAYBACK_TYPES
 )
-AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]
+AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]  # noqa: UP007 (a union of a tuple built at run time)
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyEvent)

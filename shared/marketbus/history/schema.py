@@ -242,7 +242,7 @@ SCHEMAS: dict[str, KindSchema] = {s.kind: s for s in (KindSchema(t) for t in MAR
 KINDS = tuple(SCHEMAS)
 
 # one decoder for any row (single event), and for a batch envelope of rows
-_RowUnion = Union[tuple(s.row_type for s in SCHEMAS.values())]  # type: ignore[misc]
+_RowUnion = Union[tuple(s.row_type for s in SCHEMAS.values())]  # type: ignore[misc]  # noqa: UP007 (built at run time)
 
 
 class BatchRow(msgspec.Struct, kw_only=True, tag_field="type", tag="batch"):
@@ -255,7 +255,7 @@ class BatchRow(msgspec.Struct, kw_only=True, tag_field="type", tag="batch"):
     events: list[_RowUnion]  # type: ignore[valid-type]
 
 
-_row_decoder = msgspec.json.Decoder(Union[_RowUnion, BatchRow])  # type: ignore[arg-type]
+_row_decoder = msgspec.json.Decoder(Union[_RowUnion, BatchRow])  # type: ignore[arg-type]  # noqa: UP007 (run-time union)
 
 
 class Message(msgspec.Struct, gc=False):

@@ -16,6 +16,7 @@ a caller that commits a cursor after ``flush()`` never commits past a lost event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import Any
@@ -26,7 +27,6 @@ from nats.aio.client import Client as NatsClient
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.base import Event, MarketEvent
 from marketbus.runtime import natsprivate
-import contextlib
 
 
 class PublishError(RuntimeError):
