@@ -45,7 +45,7 @@ def _decoded(body: bytes, kind: type) -> tuple[Any, bytes | None]:
 
 class HistoryWriter(Service):
     name: ClassVar[str] = "history_writer"
-    settings_cls: ClassVar[type[HistoryWriterSettings]] = HistoryWriterSettings  # type: ignore[assignment]
+    settings_cls: ClassVar[type[HistoryWriterSettings]] = HistoryWriterSettings
     metrics_cls = HistoryMetrics
     settings: HistoryWriterSettings
     metrics: HistoryMetrics

@@ -45,7 +45,7 @@ class ReplayMetrics(ServiceMetrics):
 
 class ReplayService(Service):
     name: ClassVar[str] = "replay"
-    settings_cls: ClassVar[type[ReplaySettings]] = ReplaySettings  # type: ignore[assignment]
+    settings_cls: ClassVar[type[ReplaySettings]] = ReplaySettings
     metrics_cls = ReplayMetrics
     settings: ReplaySettings
     metrics: ReplayMetrics

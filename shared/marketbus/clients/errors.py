@@ -38,7 +38,7 @@ def decode_reply(data: bytes, expected: type[T]) -> T:
     """``data`` decoded as ``expected``; an :class:`ErrorReply` (or an undecodable reply) raises
     :class:`RequestError`. ``expected`` must be a tagged contract type (an ``Event``)."""
     try:
-        reply = codec.decode_as(data, expected | ErrorReply)  # type: ignore[operator]  # a tagged union
+        reply = codec.decode_as(data, expected | ErrorReply)  # a tagged union
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise RequestError(codes.INTERNAL, f"unexpected reply ({exc}): {bytes(data[:200])!r}") from None
     if isinstance(reply, ErrorReply):

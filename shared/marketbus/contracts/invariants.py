@@ -290,7 +290,7 @@ class _Bad(Exception):
     """Raised inside the generated checks; turned into an InvariantError naming the field."""
 
 
-class Checked(msgspec.Struct):
+class Checked(msgspec.Struct, frozen=True):  # every contract is frozen (and type checkers need the base to say so)
     """Base of every contract struct: subclasses get their invariant checks installed."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

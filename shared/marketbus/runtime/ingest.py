@@ -182,7 +182,7 @@ class Ingestor(Service):
         cls = type(event)
         children = self._metric_children.get(cls)
         if children is None:  # labels() costs more than the increment: resolve once per kind
-            kind = cls.__struct_config__.tag  # type: ignore[attr-defined]
+            kind = cls.__struct_config__.tag
             children = self._metric_children[cls] = (
                 self.metrics.events_out.labels(self.source, kind), self.metrics.event_lag.labels(self.source, kind),
                 cls in MARKET_TYPES,
