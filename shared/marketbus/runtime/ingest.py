@@ -39,7 +39,8 @@ class IngestSettings(ServiceSettings, kw_only=True):
 
 
 async def _raw_body(msg: Any) -> bytes:
-    return msg.body
+    body: bytes = msg.body
+    return body
 
 
 class ReplayUnsupported(Exception):
@@ -125,7 +126,7 @@ class Ingestor(Service):
         them itself (``resends_failed_publishes``)."""
         assert self.publisher is not None
         publisher = self.publisher
-        feed = dict(venue=NO_VENUE, symbol=NO_VENUE, feed=f"{self.source}/publishing")
+        feed: dict[str, Any] = dict(venue=NO_VENUE, symbol=NO_VENUE, feed=f"{self.source}/publishing")
         seen: str | None = None
         since_ns, failed_before = 0, 0
         while True:
