@@ -112,7 +112,8 @@ class ContractSchema:
                 return [inline(value) for value in node]
             return node
 
-        return inline(schema)
+        inlined: dict[str, Any] = inline(schema)
+        return inlined
 
 
 if TYPE_CHECKING:

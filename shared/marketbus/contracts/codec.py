@@ -126,7 +126,7 @@ def schema_version_of(headers: dict[str, str] | None) -> int:
 
 
 def headers_for(event: Event, msg_id: str | None = None) -> dict[str, str]:
-    headers = {HEADER_SCHEMA: str(SCHEMA_VERSION), HEADER_TYPE: type(event).__struct_config__.tag}
+    headers = {HEADER_SCHEMA: str(SCHEMA_VERSION), HEADER_TYPE: str(type(event).__struct_config__.tag)}
     mid = msg_id if msg_id is not None else getattr(event, "id", None)
     if mid:
         headers[HEADER_MSG_ID] = mid
@@ -138,7 +138,7 @@ def make_batch(events: list[MarketEvent], replay: bool | None = None) -> Batch:
     if not events:
         raise ValueError("a batch needs at least one event")
     first = events[0]
-    kind = type(first).__struct_config__.tag
+    kind = str(type(first).__struct_config__.tag)
     for e in events:
         if type(e) is not type(first) or e.symbol != first.symbol or e.venue != first.venue or e.source != first.source:
             raise ValueError("a batch holds events of one kind and one instrument")

@@ -17,6 +17,7 @@ export.create...) are deliberately outside every stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -220,9 +221,9 @@ async def wait_provisioned(js: JetStreamContext, streams: tuple[StreamSpec, ...]
                            buckets: tuple[BucketSpec, ...] = ()) -> None:
     """Return once every stream and bucket listed exists (a service's start-up check)."""
     for spec in streams:
-        await bind_when_provisioned(f"stream {spec.name}", lambda spec=spec: js.stream_info(spec.name))
+        await bind_when_provisioned(f"stream {spec.name}", functools.partial(js.stream_info, spec.name))
     for bucket in buckets:
-        await bind_when_provisioned(f"KV bucket {bucket.name}", lambda bucket=bucket: js.key_value(bucket.name))
+        await bind_when_provisioned(f"KV bucket {bucket.name}", functools.partial(js.key_value, bucket.name))
 
 
 async def ensure_all(js: JetStreamContext, replicas: int = 1) -> None:

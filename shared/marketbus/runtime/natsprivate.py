@@ -129,7 +129,8 @@ class RawInboxClient(Client):
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         handler = self._raw_handlers.get(sid)
         if handler is None:
-            await super()._process_msg(sid, subject, reply, data, headers)
+            # nats-py annotates headers as bytes but passes None for a message without any
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
         handler(subject, reply, data, headers)
 
