@@ -166,7 +166,7 @@ class FinxIngestor(Ingestor):
 
     # --- the session loop -------------------------------------------------------------------------
     async def _run(self) -> None:
-        session_feed = dict(venue=NO_VENUE, symbol=NO_VENUE, feed="finx/session")
+        session_feed: dict[str, Any] = dict(venue=NO_VENUE, symbol=NO_VENUE, feed="finx/session")
         while True:
             async def failed(exc: BaseException) -> None:
                 self.metrics.reconnects.labels(self.source).inc()

@@ -30,7 +30,7 @@ log = logging.getLogger("marketbus.ingest_finx.client")
 _encode = msgspec.json.Encoder().encode
 
 
-class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
     """The websockets library logs the request line (with the key in the path) at DEBUG."""
 
     def __init__(self, logger: logging.Logger, secret: str) -> None:

@@ -26,8 +26,8 @@ from marketbus.contracts.reference import REFERENCE_TYPES
 from marketbus.contracts.replay import PlaybackEnd
 
 NAMESPACE: dict[str, str] = {
-    **{t.__struct_config__.tag: subjects.MD for t in MARKET_TYPES},
-    **{t.__struct_config__.tag: subjects.REF for t in REFERENCE_TYPES},
+    **{str(t.__struct_config__.tag): subjects.MD for t in MARKET_TYPES},
+    **{str(t.__struct_config__.tag): subjects.REF for t in REFERENCE_TYPES},
 }
 """Kinds a session replays and their namespace; other stored kinds (``feed_status``) are skipped."""
 
