@@ -10,10 +10,11 @@ UV_VERSION := 0.13.8
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 3  # pytest-xdist workers: most tests wait on servers and subprocesses, not on the CPU
 
-.PHONY: help venv run test test-fast chaos bench lock dist schemas secrets up down clean
+.PHONY: help venv run lint test test-fast chaos bench lock dist schemas secrets up down clean
 
 help:
 	@echo "make run     - the whole system on embedded defaults (NATS, sandboxes, services); Ctrl-C stops"
+	@echo "make lint    - ruff (lint rules only, no reformatting) and mypy (strict on shared/marketbus); CI runs it first"
 	@echo "make test    - the test suite (real NATS, sandboxes, PostgreSQL when reachable)"
 	@echo "make chaos   - the chaos soak: kill -9 ingestors, the writer and nats-server (also on a 3-node cluster)"
 	@echo "make bench   - benchmarks; results go to bench/RESULTS.md"
@@ -34,6 +35,11 @@ $(STAMP): pyproject.toml requirements-dev.lock requirements-nodeps.txt
 
 run: venv
 	$(BIN)/marketbus up
+
+# configuration in pyproject.toml ([tool.ruff], [tool.mypy])
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: venv
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
@@ -71,4 +77,4 @@ down:
 	docker compose down
 
 clean:
-	rm -rf $(VENV) .marketbus .pytest_cache
+	rm -rf $(VENV) .marketbus .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,7 @@ from marketbus.contracts.ids import event_id
 from marketbus.contracts.market import Trade
 
 
-def rate(fn, n: int) -> float:  # noqa: ANN001
+def rate(fn, n: int) -> float:
     best = 0.0
     for _ in range(3):
         start = time.perf_counter()
@@ -53,7 +53,7 @@ class FloorTrade(UncheckedTrade, frozen=True, kw_only=True, tag_field="type", ta
         pass
 
 
-def interleaved_rates(fns: list, n: int, rounds: int = 15) -> list[float]:  # noqa: ANN001
+def interleaved_rates(fns: list, n: int, rounds: int = 15) -> list[float]:
     """Best rate of each function over ``rounds`` short interleaved runs: on a shared host the
     load changes between runs, and both sides of a ratio must see the same."""
     best = [float("inf")] * len(fns)
@@ -71,9 +71,9 @@ def main() -> list[str]:
         ts_event=1_700_000_000_123_000_000, ts_recv=1_700_000_000_124_000_000,
         price=Decimal("21865.01"), size=Decimal("0.015"), side="buy", trade_id="123456",
     )
-    encode = codec._encoder.encode  # noqa: SLF001 - the bound encoder is what encode() calls
+    encode = codec._encoder.encode
     decode_trade = codec.decoder_for(Trade).decode
-    decode_any = codec._decoder.decode  # noqa: SLF001
+    decode_any = codec._decoder.decode
 
     def typed(n: int) -> None:
         for _ in range(n):

@@ -28,13 +28,13 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
+from marketbus.history.lakehouse import LakehouseSettings  # noqa: E402
 from services.export_orchestrator.history_source import HistorySource  # noqa: E402
 from services.export_orchestrator.writer import SplitWriter  # noqa: E402
 from services.history_writer.schema import SCHEMAS, Decoded  # noqa: E402
-from marketbus.history.lakehouse import LakehouseSettings  # noqa: E402
 from services.history_writer.store.iceberg import IcebergStore  # noqa: E402
 
-N = int(os.environ.get("BENCH_EXPORT_ROWS", 1_000_000))
+N = int(os.environ.get("BENCH_EXPORT_ROWS", "1000000"))
 T0 = 1_700_000_000_000_000_000
 
 
@@ -70,7 +70,7 @@ async def data_path(store: IcebergStore, work: Path, fmt: str) -> tuple[float, i
     return N / dt, files[0].bytes
 
 
-def store_selector():  # noqa: ANN201
+def store_selector():
     from marketbus.contracts.jobs import StreamSelector
 
     return StreamSelector(kind="trade", source="bench")

@@ -32,7 +32,7 @@ import nats  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig  # noqa: E402
 
-from marketbus.contracts import Trade, codec, event_id  # noqa: E402
+from marketbus.contracts import Trade, event_id  # noqa: E402
 from marketbus.contracts.streams import ensure_all  # noqa: E402
 from marketbus.runtime.http import free_port  # noqa: E402
 from marketbus.runtime.natsserver import NatsServer  # noqa: E402
@@ -90,7 +90,7 @@ async def raw_pull_rate(url: str, count: int) -> float:
     wake = asyncio.Event()
     inbox = nc.new_inbox()
 
-    async def cb(msg):  # noqa: ANN001, ANN202
+    async def cb(msg):
         nonlocal got
         if not msg.reply:  # status: request ended (408 expired / 409 max bytes)
             if msg.headers and msg.headers.get("Status") in ("408", "409") and reqs:
@@ -275,7 +275,7 @@ async def main() -> None:
             pg_rows = trades(args.pg_rows, "PGSYM")
             await publish(server.url, pg_rows, 2_000)
             prefix = f"bench{os.getpid()}_"
-            rate, writer = await run_writer(server.url, "postgres", tmp / "pg", len(pg_rows), args.pg_dsn, prefix)
+            rate, _writer = await run_writer(server.url, "postgres", tmp / "pg", len(pg_rows), args.pg_dsn, prefix)
             # reference: raw COPY of the same rows into a plain table
             cols = [c for c in table.column_names]
             await con.execute(f'DROP TABLE IF EXISTS "{prefix}raw"')
@@ -296,7 +296,7 @@ async def main() -> None:
             await pgs.close()
             await con.execute(f'DROP TABLE IF EXISTS "{prefix}raw"')
             await con.close()
-        except (OSError, asyncio.TimeoutError, ImportError) as exc:
+        except (TimeoutError, OSError, ImportError) as exc:
             print(f"(PostgreSQL skipped: {exc!r})", file=sys.stderr)
         await nc.close()
     finally:

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 import websockets
 
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
 from common import start_sandbox, wait_ready  # noqa: E402
+
 from marketbus.contracts import codec  # noqa: E402
 from marketbus.contracts.streams import ensure_all  # noqa: E402
 from marketbus.runtime.natsserver import NatsServer  # noqa: E402

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
 from common import start_sandbox, wait_ready  # noqa: E402
+
 from marketbus.contracts import codec, streams, subjects  # noqa: E402
 from marketbus.runtime.http import free_port  # noqa: E402
 from marketbus.runtime.loop import run  # noqa: E402

@@ -94,7 +94,7 @@ def corpus(n: int) -> list[dict[str, Any]]:
     t_ms = 1_764_547_200_000  # 2025-12-01
     for i in range(n):
         sym = names[rng.randrange(len(names))]
-        start, tick, lot, step = SYMBOLS[sym]
+        _start, tick, lot, step = SYMBOLS[sym]
         price = max(tick, state[sym] + tick * round(rng.gauss(0, step)))
         state[sym] = price
         qty = lot * rng.randint(1, 200_000)
@@ -193,7 +193,7 @@ class Wire:
 
     def __init__(self) -> None:
         self.subjects: dict[tuple[type, str, str], str] = {}
-        self.encode = codec._encoder.encode  # noqa: SLF001 - the codec's own encoder, as publish_group binds it
+        self.encode = codec._encoder.encode
         self.bytes = 0
 
     def send(self, events: list[Any]) -> None:

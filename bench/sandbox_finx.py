@@ -16,8 +16,7 @@ import time
 
 import httpx
 import websockets
-
-from common import start_sandbox, wait_ready  # noqa: E402
+from common import start_sandbox, wait_ready
 
 KEY = "public"
 START = 1_655_251_200_000  # 2022-06-15T00:00:00Z in ms

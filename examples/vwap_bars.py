@@ -52,7 +52,7 @@ class VwapBar(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _OpenBar:
-    __slots__ = ("start_ns", "open", "high", "low", "close", "volume", "notional", "trades")
+    __slots__ = ("close", "high", "low", "notional", "open", "start_ns", "trades", "volume")
 
     def __init__(self, start_ns: int, trade: Trade) -> None:
         self.start_ns = start_ns

@@ -53,7 +53,7 @@ def _docker_available() -> bool:
 
         docker.from_env().ping()
         return True
-    except Exception:  # noqa: BLE001 - no engine
+    except Exception:
         return False
 
 
@@ -130,7 +130,7 @@ async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
 
 
 @pytest_asyncio.fixture
-async def js(nc: nats.NATS):  # noqa: ANN201
+async def js(nc: nats.NATS):
     from marketbus.contracts.streams import ensure_all
 
     ctx = nc.jetstream()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):  # noqa: ANN001, ANN201
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     """Poll ``predicate`` (sync or async) until truthy; fail with ``what`` after ``timeout``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -73,7 +73,7 @@ def _error(exc: Exception) -> bytes:
 
 class ExportOrchestrator(Service):
     name: ClassVar[str] = "export_orchestrator"
-    settings_cls: ClassVar[type[ExportSettings]] = ExportSettings  # type: ignore[assignment]
+    settings_cls: ClassVar[type[ExportSettings]] = ExportSettings
     settings: ExportSettings
 
     def setup(self) -> None:

@@ -90,9 +90,9 @@ async def request_replay(nc: Any, hole: Hole, request_id: str, timeout: float) -
     try:
         msg = await nc.request(subjects.replay(hole.source), codec.encode(req), timeout=timeout,
                                headers=codec.headers_for(req, msg_id=request_id))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return ReplayOutcome(hole=hole, reason=f"no replay reply from {hole.source} within {timeout}s")
-    except Exception as exc:  # noqa: BLE001 - NoRespondersError: this source cannot replay
+    except Exception as exc:
         return ReplayOutcome(hole=hole, reason=f"{hole.source} cannot replay ({type(exc).__name__})")
     try:
         reply = codec.decode_as(msg.data, ReplayReply)

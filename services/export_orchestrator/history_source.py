@@ -78,7 +78,7 @@ class HistorySource:
             self.reader = HistoryReader(lake)
             try:
                 await asyncio.to_thread(lambda: self.reader.tables.catalog)  # type: ignore[union-attr]
-            except Exception as exc:  # noqa: BLE001 - reported by every read until it is reachable
+            except Exception as exc:
                 log.warning("history catalog not reachable yet: %r", exc)
 
     async def close(self) -> None:
@@ -100,7 +100,7 @@ class HistorySource:
         try:
             runs = await asyncio.to_thread(reader.coverage_rows, sel, start_ns, end_ns, DEFAULT_MAX_GAP_NS)
             statuses = await asyncio.to_thread(self._statuses, reader, sel)
-        except Exception as exc:  # noqa: BLE001 - catalog or object store unreachable
+        except Exception as exc:
             raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
         return [c for c in build_coverage(runs, statuses, sel, start_ns, end_ns) if c.kind != FEED_STATUS]
 

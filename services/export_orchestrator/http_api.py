@@ -44,15 +44,14 @@ from starlette.routing import Mount, Route
 
 from marketbus.contracts.jobs import ExportRequest, StreamSelector
 from marketbus.contracts.subjects import denormalize_symbol
+from marketbus.runtime.ratelimit import RateLimiter
+from marketbus.runtime.tsapi import ApiError, error_response, int_param, iso, json_body, parse_ns
 
 from .artifacts import ArtifactNotFound, ArtifactStore
 from .history_source import MAX_NS, HistorySource, HistoryUnavailable, StreamKey
 from .jobs import Conflict, InvalidRequest, JobError, JobManager, JobRecord, NotFound, Overloaded, artifact_id
 from .settings import ExportSettings
 from .signing import UrlSigner
-
-from marketbus.runtime.ratelimit import RateLimiter
-from marketbus.runtime.tsapi import ApiError, error_response, int_param, iso, json_body, parse_ns
 
 CATALOG_LIMITS = (100, 1000)
 ACCOUNT_LIMITS = (50, 100)

@@ -18,7 +18,14 @@ from typing import Any
 import msgspec
 
 from .job_records import (
-    KEY_PREFIX, RECORD_DECODER, JobRecord, JobStore, NotClaimable, NotFound, now_ns, replace_job,
+    KEY_PREFIX,
+    RECORD_DECODER,
+    JobRecord,
+    JobStore,
+    NotClaimable,
+    NotFound,
+    now_ns,
+    replace_job,
 )
 from .job_status import JobStatus
 
@@ -52,7 +59,7 @@ class JobQueue:
                 while True:
                     try:
                         entry = await watcher.updates(timeout=30)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     if entry is None:
                         self.wake()
@@ -68,7 +75,7 @@ class JobQueue:
                             self.wake()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - reconnects etc.: watch again
+            except Exception as exc:
                 log.warning("job watcher failed (%r); restarting it", exc)
                 await asyncio.sleep(1.0)
 
@@ -95,7 +102,7 @@ class JobQueue:
                         break
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - e.g. NATS unavailable: retry after a pause
+            except Exception as exc:
                 log.warning("export worker %s: %r", name, exc)
                 await asyncio.sleep(self.settings.scan_interval_s)
             if not ran:

@@ -29,7 +29,16 @@ from .artifacts import ArtifactStore
 from .gaps import all_holes, clip_coverage, fill_gaps
 from .history_source import HistorySource, Position, kind_columns
 from .job_records import (
-    Checkpoint, JobCancelled, JobError, JobRecord, JobStore, LeaseLost, NotFound, artifact_id, now_ns, replace_job,
+    Checkpoint,
+    JobCancelled,
+    JobError,
+    JobRecord,
+    JobStore,
+    LeaseLost,
+    NotFound,
+    artifact_id,
+    now_ns,
+    replace_job,
 )
 from .job_status import JobStatus
 from .writer import MANIFEST_NAME, MANIFEST_VERSION, FileResult, SplitWriter, name_part
@@ -77,7 +86,7 @@ class JobRunner:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(self._release(job_id, name))
             raise
-        except Exception as exc:  # noqa: BLE001 - the job fails with the reason
+        except Exception as exc:
             log.warning("export %s failed: %r", job_id, exc, exc_info=not isinstance(exc, JobError))
             with contextlib.suppress(LeaseLost, NotFound):
                 await self._finish(job_id, name, "failed", str(exc) or type(exc).__name__)
@@ -114,7 +123,7 @@ class JobRunner:
                 await self._save(job_id, name, lambda r: r, check_cancel=False)
             except LeaseLost:
                 return
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("lease renewal of %s failed: %r", job_id, exc)
 
     async def _release(self, job_id: str, name: str) -> None:
@@ -254,8 +263,8 @@ class JobRunner:
                 def change(r: JobRecord, res: FileResult = res, pos: Position = pos) -> JobRecord:
                     r = msgspec.structs.replace(r, files=[*r.files, res], checkpoint=Checkpoint(
                         phase="export", position=pos, next_index=dict(next_index), kind_rows=dict(kind_rows)))
-                    return replace_job(r, rows=done_rows, bytes=done_bytes,
-                                        percent=round(min(99.0, 100.0 * done_rows / expected_rows()), 1))
+                    return replace_job(r, rows=done_rows, bytes=done_bytes,  # noqa: B023 (called within this iteration)
+                                        percent=round(min(99.0, 100.0 * done_rows / expected_rows()), 1))  # noqa: B023 (called within this iteration)
 
                 state["record"] = await self._save(job_id, name, change)
                 await self.status.publish(state["record"])

@@ -38,8 +38,22 @@ from .artifacts import ArtifactStore
 from .history_source import HistorySource
 from .job_queue import JobQueue
 from .job_records import (
-    KEY_PREFIX, TERMINAL, Checkpoint, Conflict, InvalidRequest, JobError, JobRecord, JobStore, NotFound, Overloaded,
-    artifact_id, fingerprint, job_id_for, now_ns, replace_job, validate,
+    KEY_PREFIX,
+    TERMINAL,
+    Checkpoint,
+    Conflict,
+    InvalidRequest,
+    JobError,
+    JobRecord,
+    JobStore,
+    NotFound,
+    Overloaded,
+    artifact_id,
+    fingerprint,
+    job_id_for,
+    now_ns,
+    replace_job,
+    validate,
 )
 from .job_runner import JobRunner, filenames_of
 from .job_status import JobStatus

@@ -175,7 +175,7 @@ class SplitWriter:
                 self._first = batch.column("ts_event")[offset].as_py()
             if order_cols is not None:
                 i = offset + take - 1
-                self._last_key = tuple(c[i].as_py() for c in order_cols)  # type: ignore[assignment]
+                self._last_key = tuple(c[i].as_py() for c in order_cols)
             self._rows += take
             offset += take
             if self._rows >= self.max_rows or self._file.tell() >= self.max_bytes:
@@ -194,7 +194,7 @@ class SplitWriter:
                 self._writer.close()
             if self._file is not None:
                 self._file.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if self._path is not None:
             self._path.unlink(missing_ok=True)

@@ -13,17 +13,18 @@ import time
 from typing import Any, ClassVar
 
 from faststream.nats import NatsMessage
+
 from marketbus.contracts import codec, subjects
+from marketbus.contracts.consumers import HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ConsumerSpec
 from marketbus.contracts.errors import BAD_REQUEST, ErrorReply
 from marketbus.contracts.jobs import CoverageQuery, HistoryQuery
-from marketbus.contracts.consumers import HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ConsumerSpec
 from marketbus.runtime.service import Service
 
 from .consumer import StreamIntake
-from .metrics import HistoryMetrics
 from .coverage import DEFAULT_MAX_GAP_NS, NS
-from .query import serve_coverage, serve_query
 from .intake_client import IntakeClient
+from .metrics import HistoryMetrics
+from .query import serve_coverage, serve_query
 from .schema import warm_up
 from .settings import HistoryWriterSettings
 from .store import HistoryStore, open_store
@@ -38,13 +39,13 @@ def _decoded(body: bytes, kind: type) -> tuple[Any, bytes | None]:
     a ``bad_request`` error reply, the one error shape of the bus."""
     try:
         return codec.decode_as(body, kind), None
-    except Exception as exc:  # noqa: BLE001 - whatever the payload: answered, never raised
+    except Exception as exc:
         return None, codec.encode(ErrorReply(code=BAD_REQUEST, message=f"bad request: {exc}"[:1000]))
 
 
 class HistoryWriter(Service):
     name: ClassVar[str] = "history_writer"
-    settings_cls: ClassVar[type[HistoryWriterSettings]] = HistoryWriterSettings  # type: ignore[assignment]
+    settings_cls: ClassVar[type[HistoryWriterSettings]] = HistoryWriterSettings
     metrics_cls = HistoryMetrics
     settings: HistoryWriterSettings
     metrics: HistoryMetrics
@@ -109,7 +110,7 @@ class HistoryWriter(Service):
         try:
             # also initialises pyarrow's compute registry (first-call cost) before messages arrive
             await asyncio.gather(self.store.open(), asyncio.to_thread(warm_up))
-        except Exception as exc:  # noqa: BLE001 - any failure to open: logged, retried
+        except Exception as exc:
             delay = min(self.settings.store_retry_max_s, 0.25 * 2 ** (attempt + 1))
             self.store_failed(f"cannot open the {self.store.backend} store: {type(exc).__name__}: {exc}")
             self.log.warning("cannot open the %s store (%s: %s): retry %d in %.1f s", self.store.backend,
@@ -180,7 +181,7 @@ class HistoryWriter(Service):
                     removed = await self.apply_retention()
                     if removed:
                         self.log.info("retention removed %d partitions/rows", removed)
-            except Exception as exc:  # noqa: BLE001 - maintenance is retried next time
+            except Exception as exc:
                 self.log.warning("maintenance failed: %r", exc)
 
     async def apply_retention(self, now_ns: int | None = None) -> int:
@@ -198,7 +199,7 @@ class HistoryWriter(Service):
             },
         }
 
-    def heartbeat(self):  # noqa: ANN201 - counters in the heartbeat, per stream
+    def heartbeat(self):
         hb = super().heartbeat()
         counters = {}
         for i in self.intakes:

@@ -259,7 +259,7 @@ class StreamIntake:
             while not backlog and len(requests) < 2:
                 try:
                     await self.nc.publish(requests.subject, request, reply=requests.inbox)
-                except Exception:  # noqa: BLE001 - disconnected: retried below
+                except Exception:
                     break
                 requests.sent(self.pull_batch)
             self._pull_wake.clear()
@@ -301,7 +301,7 @@ class StreamIntake:
         self._held.add(held)
         try:
             await self.flush(batch, held)
-        except Exception as exc:  # noqa: BLE001 - e.g. NATS down while acking: redelivered after ack_wait
+        except Exception as exc:
             self.svc.log.error("flush of %d %s messages failed: %r (will be redelivered)", len(batch), self.stream, exc)
             self.svc.metrics.flush_errors.labels(self.stream).inc()
             await asyncio.sleep(1.0)

@@ -45,7 +45,7 @@ def open_gaps(statuses: Iterable[Any]) -> list[tuple[tuple[str, str, str, str | 
 
 def _applies(key: tuple[str, str, str, str | None], kind: str, source: str, venue: str, symbol: str) -> bool:
     s, v, y, k = key
-    return (s == source and (v == NO_VENUE or v == venue) and (y == NO_VENUE or y == symbol)
+    return (s == source and (v in (NO_VENUE, venue)) and (y in (NO_VENUE, symbol))
             and (k is None or k == kind))
 
 

@@ -14,7 +14,11 @@ import msgspec
 
 from marketbus.clients.errors import RequestError
 from marketbus.clients.history import (  # noqa: F401 - the client half, re-exported for existing callers
-    make_query, query_chunks, query_events, query_pages, request_coverage,
+    make_query,
+    query_chunks,
+    query_events,
+    query_pages,
+    request_coverage,
 )
 from marketbus.contracts import errors as codes
 from marketbus.contracts.errors import ErrorReply
@@ -55,7 +59,7 @@ async def serve_query(store: HistoryStore, query: HistoryQuery, *, max_rows: int
             size += len(data) + 1
             n += 1
             last_cursor = cursor
-    except Exception as exc:  # noqa: BLE001 - reported to the client: the valid events, then the error
+    except Exception as exc:
         if events:
             yield HistoryChunk(events=events, last=False)
         yield ErrorReply(code=codes.UNAVAILABLE, message=f"query failed: {exc!r}")
@@ -67,6 +71,6 @@ async def serve_coverage(store: HistoryStore, query: CoverageQuery,
                          max_gap_ns: dict[str, int] | None = None) -> CoverageReply | ErrorReply:
     try:
         streams = await store.coverage(Selector.of(query.selector), query.start_ns, query.end_ns, max_gap_ns)
-    except Exception as exc:  # noqa: BLE001 - reported to the client
+    except Exception as exc:
         return ErrorReply(code=codes.UNAVAILABLE, message=f"coverage failed: {exc!r}")
     return CoverageReply(streams=streams)

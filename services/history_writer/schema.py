@@ -3,8 +3,17 @@ the writer, the readers and the export orchestrator all use it. Re-exported here
 writer's modules."""
 
 from marketbus.history.schema import (
-    FEED_STATUS, KINDS, ORDER_COLUMNS, SCHEMAS, STORAGE_COLUMNS, BatchRow, Decoded, KindSchema, Message,
-    decode_messages, warm_up,
+    FEED_STATUS,
+    KINDS,
+    ORDER_COLUMNS,
+    SCHEMAS,
+    STORAGE_COLUMNS,
+    BatchRow,
+    Decoded,
+    KindSchema,
+    Message,
+    decode_messages,
+    warm_up,
 )
 
 __all__ = ["FEED_STATUS", "KINDS", "ORDER_COLUMNS", "SCHEMAS", "STORAGE_COLUMNS", "BatchRow", "Decoded", "KindSchema",

@@ -139,6 +139,6 @@ class DigitexIngestor(Ingestor):
                 await self._set_connected(False, str(exc))
             except ClientError as exc:
                 self.log.error("%s %s refused: %s", poll.__name__, state.code, exc)
-            except Exception as exc:  # noqa: BLE001 - e.g. the bus is down: keep polling
+            except Exception as exc:
                 self.log.error("%s %s failed: %r", poll.__name__, state.code, exc)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))

@@ -166,7 +166,7 @@ class FinxIngestor(Ingestor):
 
     # --- the session loop -------------------------------------------------------------------------
     async def _run(self) -> None:
-        session_feed = dict(venue=NO_VENUE, symbol=NO_VENUE, feed="finx/session")
+        session_feed: dict[str, Any] = dict(venue=NO_VENUE, symbol=NO_VENUE, feed="finx/session")
         while True:
             async def failed(exc: BaseException) -> None:
                 self.metrics.reconnects.labels(self.source).inc()
@@ -370,7 +370,7 @@ class FinxIngestor(Ingestor):
             chosen = [t for t in page.ticks if t.ts_event < request.end_ns and (venue is None or t.venue == venue)]
             if chosen:
                 total += await self.emit_batch(chosen, replay=True)
-            if not page.full or page.cursor == cursor and page.boundary == boundary:
+            if not page.full or (page.cursor == cursor and page.boundary == boundary):
                 break
             cursor, boundary = page.cursor, page.boundary
         await self.flush()

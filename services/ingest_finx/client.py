@@ -12,6 +12,7 @@ logged redacted (:attr:`TickPlantClient.safe_url`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +30,7 @@ log = logging.getLogger("marketbus.ingest_finx.client")
 _encode = msgspec.json.Encoder().encode
 
 
-class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
     """The websockets library logs the request line (with the key in the path) at DEBUG."""
 
     def __init__(self, logger: logging.Logger, secret: str) -> None:
@@ -89,7 +90,7 @@ class TickPlantClient:
         except normalize.Malformed as exc:
             await self.close()
             raise SessionLost(f"authentication reply is malformed: {exc}") from None
-        except normalize.VendorError as exc:
+        except normalize.VendorError:
             await self.close()
             raise
         if not isinstance(obj, dict) or obj.get("authenticated") is False:
@@ -143,10 +144,8 @@ class TickPlantClient:
     async def _drop(self) -> None:
         ws, self._ws = self._ws, None
         if ws is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 1)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
 
     async def close(self) -> None:
         await self._drop()

@@ -319,7 +319,7 @@ def _iso_ns(text: Any) -> int | None:
     except ValueError:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     ns = int(when.timestamp()) * NS_PER_S + when.microsecond * 1000
     return ns if 0 <= ns <= MAX_TS_NS else None
 

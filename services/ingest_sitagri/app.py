@@ -99,7 +99,7 @@ class SitagriIngestor(Ingestor):
         self.spawn(self.client.keeper.run(), "keepalive")
         self.spawn(self.catalog.loop(), "reference")
         self.spawn(self.live.loop(), "live")
-        if s.history_start and s.history_quotes or s.expired:
+        if (s.history_start and s.history_quotes) or s.expired:
             self.spawn(self.backfill.startup_history(), "history")
         if s.news_lookback_s > 0 and s.news_sources:
             self.spawn(self.backfill.startup_news(), "news")

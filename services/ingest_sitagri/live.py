@@ -76,7 +76,7 @@ class SitagriLive:
             kind = type(event)
             counters = self._live_metrics.get(kind)
             if counters is None:
-                tag = kind.__struct_config__.tag  # type: ignore[attr-defined]
+                tag = kind.__struct_config__.tag
                 counters = self._live_metrics[kind] = (ing.metrics.events_out.labels(ing.source, tag),
                                                        ing.metrics.event_lag.labels(ing.source, tag))
             counters[0].inc()

@@ -92,7 +92,7 @@ class WsNetbus:
             if status == 401:
                 self.keeper.expired(token)
             raise NetbusRefused(f"websocket refused: {type(exc).__name__}{f' {status}' if status else ''}") from None
-        except (OSError, InvalidURI, TimeoutError, asyncio.TimeoutError) as exc:
+        except (OSError, InvalidURI, TimeoutError) as exc:
             raise NetbusRefused(f"websocket connect failed: {type(exc).__name__}") from None
         if ws.subprotocol != token:
             await ws.close()
@@ -181,7 +181,7 @@ class WsNetbus:
             self.closed_reason = f"closed by the server ({ws.close_code})"
         except ConnectionClosed as exc:
             self.closed_reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not hang the feed: reconnect
+        except Exception as exc:
             log.exception("netbus reader failed")
             self.closed_reason = f"reader failed: {exc!r}"
         finally:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from functools import lru_cache
 from hashlib import blake2b
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -32,10 +32,23 @@ from marketbus.contracts.codec import DECODE_ERRORS
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.invariants import MAX_TOKEN, MAX_TS_NS, decimal_in_bounds
 from marketbus.contracts.market import (
-    Bar, BookLevel, BookSnapshot, CashDelivery, CashPrice, IndexPrice, MarketPrice, News,
+    Bar,
+    BookLevel,
+    BookSnapshot,
+    CashDelivery,
+    CashPrice,
+    IndexPrice,
+    MarketPrice,
+    News,
 )
 from marketbus.contracts.reference import (
-    GeoSite, Incoterm, Instrument, InstrumentClass, ProductCategory, Unit, Venue,
+    GeoSite,
+    Incoterm,
+    Instrument,
+    InstrumentClass,
+    ProductCategory,
+    Unit,
+    Venue,
 )
 from marketbus.contracts.subjects import normalize_symbol
 
@@ -73,16 +86,16 @@ class Point(msgspec.Struct, gc=False):
     date: Decimal | None = None
     value: Decimal | None = None
     volume: Decimal | None = None
-    totalVolume: Decimal | None = None  # noqa: N815 - the vendor's names
-    globalVolume: Decimal | None = None  # noqa: N815
+    totalVolume: Decimal | None = None
+    globalVolume: Decimal | None = None
     orders: int | None = None
-    openInterest: Decimal | None = None  # noqa: N815
+    openInterest: Decimal | None = None
 
 
 class Stats(msgspec.Struct, gc=False):
     perf: Decimal | None = None
-    relPerf: Decimal | None = None  # noqa: N815
-    openInterest: Decimal | None = None  # noqa: N815
+    relPerf: Decimal | None = None
+    openInterest: Decimal | None = None
 
 
 class VMarketPrice(msgspec.Struct, tag_field="code", tag="marketPrice", gc=False):
@@ -91,12 +104,12 @@ class VMarketPrice(msgspec.Struct, tag_field="code", tag="marketPrice", gc=False
     last: Point | None = None
     stats: Stats | None = None
     first: Point | None = None
-    previousLast: Point | None = None  # noqa: N815
+    previousLast: Point | None = None
     settlement: Point | None = None
     high: Point | None = None
     low: Point | None = None
-    high1Y: Point | None = None  # noqa: N815
-    low1Y: Point | None = None  # noqa: N815
+    high1Y: Point | None = None
+    low1Y: Point | None = None
     ask: Point | None = None
     bid: Point | None = None
 
@@ -132,12 +145,12 @@ class VIndexPrice(msgspec.Struct, tag_field="code", tag="indexPrice", gc=False):
     date: Decimal | None = None
     value: Decimal | None = None
     volume: Decimal | None = None
-    standardDeviation: Decimal | None = None  # noqa: N815
+    standardDeviation: Decimal | None = None
 
 
 class NewsMeta(msgspec.Struct, gc=False):
-    dayTendency: int | None = None  # noqa: N815
-    shortTermTendency: int | None = None  # noqa: N815
+    dayTendency: int | None = None
+    shortTermTendency: int | None = None
 
 
 class VNews(msgspec.Struct, tag_field="code", tag="newsArticle", gc=False):
@@ -146,15 +159,15 @@ class VNews(msgspec.Struct, tag_field="code", tag="newsArticle", gc=False):
     source: str = ""
     lang: str = ""
     copyright: str | None = None
-    publicationDate: Decimal | None = None  # noqa: N815
-    modificationDate: Decimal | None = None  # noqa: N815
+    publicationDate: Decimal | None = None
+    modificationDate: Decimal | None = None
     snippet: str | None = None
     content: str | None = None
     words: int | None = None
     metadata: NewsMeta | None = None
 
 
-Push = Union[VMarketPrice, VOrderBook, VCashPrice, VIndexPrice, VNews]
+Push = VMarketPrice | VOrderBook | VCashPrice | VIndexPrice | VNews
 
 
 class Frame(msgspec.Struct, gc=False):
@@ -174,7 +187,7 @@ class HistEntry(msgspec.Struct, gc=False):
     deliveries: list[VCashDelivery] | None = None
     value: Decimal | None = None
     volume: Decimal | None = None
-    standardDeviation: Decimal | None = None  # noqa: N815
+    standardDeviation: Decimal | None = None
 
 
 class HistRange(msgspec.Struct, gc=False):
@@ -754,8 +767,28 @@ def product_category(item: dict[str, Any], texts: Texts, ts: int) -> ProductCate
         description=texts.desc(item), products=[_code_of(p) or "" for p in item.get("products", [])])
 
 __all__ = [
-    "Frame", "HistEntry", "Malformed", "Push", "SOURCE", "VHistory", "VMarketPrice", "VNews", "cash_price",
-    "decode_frame", "decode_history", "decode_push", "entry_key", "generic_decoder", "history_event",
-    "index_price", "market_price", "news", "news_id", "order_book", "push", "quote_key", "split_updates",
+    "SOURCE",
+    "Frame",
+    "HistEntry",
+    "Malformed",
+    "Push",
+    "VHistory",
+    "VMarketPrice",
+    "VNews",
+    "cash_price",
+    "decode_frame",
+    "decode_history",
+    "decode_push",
+    "entry_key",
+    "generic_decoder",
+    "history_event",
+    "index_price",
+    "market_price",
+    "news",
+    "news_id",
+    "order_book",
+    "push",
+    "quote_key",
+    "split_updates",
     "to_ns",
 ]

@@ -133,7 +133,7 @@ class TickSupplyIngestor(Ingestor):
                 await self.feed_status("disconnected", detail=f"{what}: {exc}")
         except BUS_ERRORS as exc:  # NATS down or no stream leader: one line (the health says more)
             self.log.warning("%s failed: the bus: %r", what, exc)
-        except Exception as exc:  # noqa: BLE001 - a loop must survive anything and retry
+        except Exception as exc:
             self.log.warning("%s failed: %r", what, exc, exc_info=exc)
         await backoff.sleep()
         return False
@@ -153,7 +153,7 @@ class TickSupplyIngestor(Ingestor):
                                                kind=KIND_OF_STREAM.get(ds.stream_type), **kw)
             self.metrics.feed_state.labels(self.source, f"{self.source}/{ds.venue}/{ds.symbol}" if ds else "api").set(
                 1 if state in ("connected", "resynced") else 0)
-        except Exception as exc:  # noqa: BLE001 - status is best effort
+        except Exception as exc:
             self.log.warning("could not publish feed status: %r", exc)
 
     # --- main: resolve datastreams, keep subscriptions, run the export loops ---------------------

@@ -78,7 +78,7 @@ class TickSupplyCatalog:
         wanted = {e.lower() for e in ing.settings.catalog_exchanges}
         codes = []
         for exchange in exchanges:
-            venue = await ing.frames.normalize("exchanges", lambda: msgspec.json.encode(exchange),
+            venue = await ing.frames.normalize("exchanges", lambda: msgspec.json.encode(exchange),  # noqa: B023 (called within this iteration)
                                                normalize.venue_event, exchange, ts)
             if venue is None or (wanted and venue.venue not in wanted):
                 continue
@@ -98,7 +98,7 @@ class TickSupplyCatalog:
                 ing.metrics.frames_in.labels(ing.source, "instruments").inc()
                 for item in page:
                     inst = await ing.frames.normalize(
-                        "instruments", lambda: msgspec.json.encode(item), normalize.instrument_event, code, item,
+                        "instruments", lambda: msgspec.json.encode(item), normalize.instrument_event, code, item,  # noqa: B023 (called within this iteration)
                         by_instrument.get(item.get("symbol") if isinstance(item, dict) else None, []), ts)
                     if inst is not None:
                         futures.append(await ing.emit(inst))

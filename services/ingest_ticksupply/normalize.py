@@ -27,10 +27,10 @@ from __future__ import annotations
 import csv
 import gzip
 import zlib
+from collections.abc import Iterator
 from decimal import Decimal
 from hashlib import blake2b
 from operator import attrgetter
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import msgspec
@@ -38,7 +38,11 @@ import msgspec
 from marketbus.contracts.codec import DECODE_ERRORS
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.invariants import (
-    DECIMAL_CONTEXT, MAX_LABEL, MAX_TS_NS, InvariantError, decimal_in_bounds,
+    DECIMAL_CONTEXT,
+    MAX_LABEL,
+    MAX_TS_NS,
+    InvariantError,
+    decimal_in_bounds,
 )
 from marketbus.contracts.market import Quote, Trade
 from marketbus.contracts.reference import Instrument, InstrumentClass, Venue

@@ -5,6 +5,7 @@ mark is kept next to the progress)."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Any
 
@@ -68,7 +69,7 @@ class TickSupplySubscriptions:
         reported = self._holes_reported_until.get(ds.datastream_id)
         if reported is None:  # persisted, so a restart does not report the same holes again
             reported = self._holes_reported_until[ds.datastream_id] = await ing.store.get_mark(ds.datastream_id, "holes")
-        for (_, end), (next_start, _) in zip(bounds, bounds[1:]):
+        for (_, end), (next_start, _) in itertools.pairwise(bounds):
             if end is not None and next_start > end and next_start > reported:
                 await ing.feed_status("gap", ds, detail="the subscription was paused: TickSupply collected nothing",
                                       gap=(end, next_start))

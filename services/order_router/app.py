@@ -34,6 +34,7 @@ from .state import StateStore
 from .tracking import OrderBook
 from .validation import ExchangeMeta, Limits
 
+
 async def _raw_body(msg: Any) -> bytes:
     """The request as bytes (FastStream's own decoding would choke on hostile JSON before us)."""
     return msg.body

@@ -15,7 +15,6 @@ places/s where httpx's pool sends ~900 (bench/order_router.py keeps both figures
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -147,7 +146,7 @@ class DigitexClient:
                 status = response.status
                 raw = await response.read()
                 reply_headers = response.headers
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self._observe(path, "timeout", started)
             raise OutcomeUnknown(f"{method} {path}: timed out") from exc
         except aiohttp.ClientError as exc:
@@ -225,7 +224,7 @@ class DigitexClient:
         return await self.get("order_book/", market_id=market_id)
 
     # --- writes (never retried here) ---------------------------------------------------------
-    async def place(self, *, client_id: str, market_id: int, side: int, type: int, duration: int,  # noqa: A002
+    async def place(self, *, client_id: str, market_id: int, side: int, type: int, duration: int,
                     leverage: int, quantity: Decimal, price: Decimal) -> dict[str, Any]:
         return await self._request("POST", "trader/order/", body={
             "client_id": client_id, "market_id": market_id, "side": side, "type": type, "duration": duration,
@@ -239,7 +238,7 @@ class DigitexClient:
             body["orders_client_ids"] = client_ids
         return await self._request("POST", "trader/order/cancel/", body=body)
 
-    async def update(self, *, client_id: str, market_id: int, side: int, type: int, duration: int,  # noqa: A002
+    async def update(self, *, client_id: str, market_id: int, side: int, type: int, duration: int,
                      leverage: int, quantity: Decimal, price: Decimal) -> dict[str, Any]:
         return await self._request("POST", "trader/order/update/", body={
             "client_id": client_id, "market_id": market_id, "side": side, "type": type, "duration": duration,

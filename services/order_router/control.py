@@ -58,14 +58,14 @@ class KillSwitch:
         """A kill switch request; anything wrong with it is an error reply, never an exception."""
         try:
             ctl = codec.decode_as(body, RouterControl)
-        except Exception as exc:  # noqa: BLE001 - whatever the payload: refused with the reason
+        except Exception as exc:
             return ErrorReply(code=BAD_REQUEST, message=f"bad control message: {exc}"[:1000])
         if ctl.reason is not None and len(ctl.reason) > MAX_CONTROL_REASON:
             return ErrorReply(code=BAD_REQUEST,
                               message=f"bad control message: reason longer than {MAX_CONTROL_REASON} characters")
         try:
             return await self._control(ctl)
-        except Exception as exc:  # noqa: BLE001 - e.g. the KV unavailable: the caller learns it
+        except Exception as exc:
             self.log.error("control %s failed: %r", ctl.action, exc)
             return ErrorReply(code=UNAVAILABLE, message=f"control failed: {exc!r}"[:1000])
 
@@ -96,6 +96,6 @@ class KillSwitch:
                     self.state = msgspec.json.decode(entry.value, type=ControlState)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.warning("control watch: %r", exc)
                 await asyncio.sleep(1)

@@ -93,7 +93,7 @@ class ExchangeOrders:
         info = self.book.meta.markets[market]
         try:
             book = await self.client.order_book(info.id)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.log.warning("no reference price for %s: %r", market, exc)
             return cached[0] if cached else None
         bids, asks = book.get("bids") or [], book.get("asks") or []
@@ -130,7 +130,7 @@ class ExchangeOrders:
                 try:
                     rows = [r for r in await self.client.order_status(rec.client_id)
                             if int(r.get("market_id", -1)) == rec.market_id]
-                except Exception as exc:  # noqa: BLE001 - cannot tell yet: ask again
+                except Exception as exc:
                     self.log.info("order_status %s: %r", rec.client_id, exc)
                     await asyncio.sleep(s.unknown_poll_s * 2)
                     continue

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -29,7 +29,7 @@ from .state import OrderRecord, command_key
 from .tracking import OrderBook
 from .validation import MAX_COMMAND_ID, identifier_problem
 
-Command = Union[PlaceOrder, CancelOrders, UpdateOrder]
+Command = PlaceOrder | CancelOrders | UpdateOrder
 _json = msgspec.json.Encoder(decimal_format="string")
 _KINDS = {PlaceOrder: "place", CancelOrders: "cancel", UpdateOrder: "update"}
 
@@ -94,7 +94,7 @@ class CommandIntake:
         try:
             cmd = codec.decode_as(msg.data, Command, codec.schema_version_of(headers))
             problem = identifier_problem(cmd)
-        except Exception as exc:  # noqa: BLE001 - whatever the payload, it is refused, never retried
+        except Exception as exc:
             problem = f"undecodable command: {exc}"[:1000]
         if problem:
             self._count_command(cmd, "undecodable")

@@ -69,14 +69,14 @@ class Reconciler:
                 # reads every open order: with thousands open, a sync takes a while, and the pause
                 # grows with it (the REST budget and the loop's time go to commands first)
                 await asyncio.sleep(min(max(self.settings.min_sync_gap_s, 3 * self.last_sync_s), interval))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             book.woken.clear()
             try:
                 started = time.monotonic()
                 await self.sync()
                 self.last_sync_s = time.monotonic() - started
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
+            except Exception as exc:
                 self.log.warning("sync failed: %r", exc)
                 await asyncio.sleep(0.5)
 
@@ -85,7 +85,7 @@ class Reconciler:
             await asyncio.sleep(self.settings.reconcile_interval_s)
             try:
                 await self.reconcile()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.warning("reconcile failed: %r", exc)
 
     # --- reconcile ------------------------------------------------------------------------------
@@ -154,13 +154,12 @@ class Reconciler:
             # a cancel_pending record is re-examined as its wait for the cancel runs out
             seen = (rec.seq, row.get("status"), row.get("quantity"), row.get("orig_quantity"), row.get("price"),
                     row.get("average_price"))
-            if last_rows.get(key) != seen or rec.state == "cancel_pending":
-                if await book.adopt(rec, row):
-                    moved += 1
-                    if moved % 8 == 0:
-                        # a burst of transitions (each a KV write and an event) is spread out, so a
-                        # command arriving meanwhile does not queue behind all of them
-                        await asyncio.sleep(0.001)
+            if (last_rows.get(key) != seen or rec.state == "cancel_pending") and await book.adopt(rec, row):
+                moved += 1
+                if moved % 8 == 0:
+                    # a burst of transitions (each a KV write and an event) is spread out, so a
+                    # command arriving meanwhile does not queue behind all of them
+                    await asyncio.sleep(0.001)
             self._last_rows[key] = (rec.seq, *seen[1:])
         if missing:
             await self._settle_missing(missing)

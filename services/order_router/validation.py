@@ -224,7 +224,7 @@ def validate_cancel(cmd: CancelOrders, meta: ExchangeMeta) -> str | None:
 def check_reduce_only(side: str, quantity: Decimal, position: Decimal, pending_reduce: Decimal) -> str | None:
     """``position`` is signed (> 0 long); ``pending_reduce`` is what other open reduce-only orders
     on the same side already take off."""
-    if side == "sell" and position <= 0 or side == "buy" and position >= 0:
+    if (side == "sell" and position <= 0) or (side == "buy" and position >= 0):
         return "reduce-only order would open or increase a position"
     if quantity + pending_reduce > abs(position):
         return f"reduce-only quantity {quantity} exceeds the position left to reduce ({abs(position) - pending_reduce})"

@@ -10,6 +10,7 @@ events come from in source.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from typing import Any, ClassVar
 
@@ -21,13 +22,12 @@ from marketbus.clients.selectors import check_kind
 from marketbus.contracts import codec, subjects
 from marketbus.contracts import errors as codes
 from marketbus.contracts.errors import ErrorReply
-from marketbus.contracts.replay import PlaybackControl, PlaybackSession, PlaybackStart, PlaybackStatus
+from marketbus.contracts.replay import PlaybackControl, PlaybackSession, PlaybackStart, PlaybackStatus, parse_speed
 from marketbus.runtime.metrics import ServiceMetrics
 from marketbus.runtime.service import Service
 
-from marketbus.contracts.replay import parse_speed
-from .session import Session, SessionError
 from .refusal import Refused
+from .session import Session, SessionError
 from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
@@ -45,7 +45,7 @@ class ReplayMetrics(ServiceMetrics):
 
 class ReplayService(Service):
     name: ClassVar[str] = "replay"
-    settings_cls: ClassVar[type[ReplaySettings]] = ReplaySettings  # type: ignore[assignment]
+    settings_cls: ClassVar[type[ReplaySettings]] = ReplaySettings
     metrics_cls = ReplayMetrics
     settings: ReplaySettings
     metrics: ReplayMetrics
@@ -56,6 +56,7 @@ class ReplayService(Service):
         self.source: EventSource | None = None  # set at start (tests and the integrator may swap it)
         self._opening = 0  # start requests being checked: they hold a slot of the limit
         self._sent_by_ended = 0
+        self._unsubscribing: set[asyncio.Task[None]] = set()  # held so they are not collected mid-flight
 
     async def on_start(self) -> None:
         s = self.settings
@@ -74,7 +75,7 @@ class ReplayService(Service):
             return nats_source
         try:
             source = await asyncio.to_thread(open_table_source, str(s.history_path), chunk_rows=s.chunk_rows)
-        except Exception as exc:  # noqa: BLE001 - "auto" falls back; "tables" was asked for explicitly
+        except Exception as exc:
             if s.history_read == "tables":
                 raise
             self.log.warning("history tables not reachable (%r): history read over NATS", exc)
@@ -88,15 +89,13 @@ class ReplayService(Service):
         waits = [s.wait() for s in list(self.sessions.values())]
         if waits:
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 15.0)
-        try:
+        with contextlib.suppress(Exception):
             await self._start_sub.unsubscribe()
-        except Exception:  # noqa: BLE001, S110 - the connection may be gone already
-            pass
 
     def health(self) -> dict[str, Any]:
         return {"sessions": {sid: msgspec.structs.asdict(s.status()) for sid, s in self.sessions.items()}}
 
-    def heartbeat(self):  # noqa: ANN201 - sessions running and events sent, in the heartbeat
+    def heartbeat(self):
         hb = super().heartbeat()
         sent = self._sent_by_ended + sum(s.sent for s in self.sessions.values())
         return msgspec.structs.replace(hb, counters={"sessions": float(len(self.sessions)), "events_sent": float(sent)})
@@ -174,7 +173,9 @@ class ReplayService(Service):
         self.sessions.pop(session.id, None)
         sub = self._control_subs.pop(session.id, None)
         if sub is not None:
-            asyncio.ensure_future(_unsubscribe(sub))
+            task = asyncio.ensure_future(_unsubscribe(sub))
+            self._unsubscribing.add(task)
+            task.add_done_callback(self._unsubscribing.discard)
         self.metrics.sessions.set(len(self.sessions))
         self.metrics.events.inc(session.sent)
         self._sent_by_ended += session.sent
@@ -196,7 +197,7 @@ class ReplayService(Service):
         except Refused as exc:
             await _respond(msg, exc.reply())
             return
-        except Exception as exc:  # noqa: BLE001 - a bug or a lost connection: the client gets an answer
+        except Exception as exc:
             self.log.exception("start request failed")
             await _respond(msg, ErrorReply(code=codes.INTERNAL, message=f"start failed: {exc!r}"))
             return
@@ -229,7 +230,5 @@ async def _respond(msg: Any, reply: Any) -> None:
 
 
 async def _unsubscribe(sub: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):
         await sub.unsubscribe()
-    except Exception:  # noqa: BLE001, S110 - the connection may be closed already
-        pass

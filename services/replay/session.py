@@ -72,6 +72,7 @@ class Session:
             self._running.set()
         self._task: asyncio.Task[None] | None = None
         self._status_task: asyncio.Task[None] | None = None
+        self._status_sends: set[asyncio.Task[None]] = set()  # held so they are not collected mid-flight
         self._rate_mark = (0, time.monotonic())
         self.done = asyncio.Event()
 
@@ -139,7 +140,7 @@ class Session:
             self.reason = self.reason or "cancelled"
         except RequestError as exc:
             self.state, self.reason = "failed", f"history: {exc.message}"
-        except Exception as exc:  # noqa: BLE001 - reported in the end marker and the status
+        except Exception as exc:
             log.exception("session %s failed", self.id)
             self.state, self.reason = "failed", repr(exc)
         finally:
@@ -149,14 +150,14 @@ class Session:
         marker = PlaybackEnd(session=self.id, state=self.state, sent=self.sent, reason=self.reason, ts=time.time_ns())
         try:
             await asyncio.wait_for(self.sink.end(marker), 10.0)
-        except Exception as exc:  # noqa: BLE001 - the receiver went away: nothing to tell it
+        except Exception as exc:
             log.info("session %s: end marker not delivered: %r", self.id, exc)
         if self._status_task is not None:
             self._status_task.cancel()
         if self._publish_status is not None:
             try:
                 await self._publish_status(self.status())
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.info("session %s: last status not sent: %r", self.id, exc)
         log.info("session %s %s: %d events%s", self.id, self.state, self.sent, f" ({self.reason})" if self.reason else "")
         self.done.set()
@@ -259,13 +260,15 @@ class Session:
     # --- status -----------------------------------------------------------------------------------
     def _status_now(self) -> None:
         if self._publish_status is not None:
-            asyncio.ensure_future(self._safe_status())
+            task = asyncio.ensure_future(self._safe_status())
+            self._status_sends.add(task)
+            task.add_done_callback(self._status_sends.discard)
 
     async def _safe_status(self) -> None:
         try:
             assert self._publish_status is not None
             await self._publish_status(self.status())
-        except Exception as exc:  # noqa: BLE001 - progress is best effort
+        except Exception as exc:
             log.debug("status of %s not sent: %r", self.id, exc)
 
     async def _status_loop(self) -> None:

@@ -88,7 +88,7 @@ class TableSource:
     async def _run(self, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, *args, **kw)
-        except Exception as exc:  # noqa: BLE001 - catalog or object store unreachable, corrupt file
+        except Exception as exc:
             raise RequestError(codes.UNAVAILABLE, f"history tables unreadable: {exc!r}") from None
 
     async def count(self, selector: StreamSelector, start_ns: int, end_ns: int) -> int:

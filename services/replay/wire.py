@@ -26,8 +26,8 @@ from marketbus.contracts.reference import REFERENCE_TYPES
 from marketbus.contracts.replay import PlaybackEnd
 
 NAMESPACE: dict[str, str] = {
-    **{t.__struct_config__.tag: subjects.MD for t in MARKET_TYPES},
-    **{t.__struct_config__.tag: subjects.REF for t in REFERENCE_TYPES},
+    **{str(t.__struct_config__.tag): subjects.MD for t in MARKET_TYPES},
+    **{str(t.__struct_config__.tag): subjects.REF for t in REFERENCE_TYPES},
 }
 """Kinds a session replays and their namespace; other stored kinds (``feed_status``) are skipped."""
 
@@ -147,8 +147,8 @@ class NatsSink(Sink):
                 await _publish_frame(nc, frame)
             return
         nc.stats["out_msgs"] += len(frames)
-        await send(b"".join(frames))  # noqa: SLF001 - nats-py's own publish path, many frames at once
-        await nc._flush_pending()  # noqa: SLF001
+        await send(b"".join(frames))
+        await nc._flush_pending()
         self.sent += len(frames)
 
     async def end(self, marker: PlaybackEnd) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -112,7 +112,8 @@ class ContractSchema:
                 return [inline(value) for value in node]
             return node
 
-        return inline(schema)
+        inlined: dict[str, Any] = inline(schema)
+        return inlined
 
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ def durable_config(
                             max_deliver=max_deliver)
     if start_time is not None:
         config.deliver_policy = DeliverPolicy.BY_START_TIME
-        config.opt_start_time = start_time if start_time.tzinfo else start_time.replace(tzinfo=timezone.utc)
+        config.opt_start_time = start_time if start_time.tzinfo else start_time.replace(tzinfo=UTC)
     else:
         config.deliver_policy = _DELIVER[deliver]
     return config
@@ -235,6 +236,17 @@ def durable_subscriber(
 
 
 __all__ = [
-    "ConsumerSettings", "ContractSchema", "consumer_settings", "Deliver", "Events", "Typed", "consumer_broker", "decode_event",
-    "decode_events", "durable_config", "durable_subscriber", "stream_for", "stream_spec_for",
+    "ConsumerSettings",
+    "ContractSchema",
+    "Deliver",
+    "Events",
+    "Typed",
+    "consumer_broker",
+    "consumer_settings",
+    "decode_event",
+    "decode_events",
+    "durable_config",
+    "durable_subscriber",
+    "stream_for",
+    "stream_spec_for",
 ]

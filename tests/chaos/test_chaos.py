@@ -31,8 +31,18 @@ from marketbus.history.lakehouse import LakehouseSettings
 from marketbus.history.reader import HistoryReader
 from marketbus.history.selector import Selector
 from services.ingest_finx import normalize as finx
-from tests.e2e.uptree import (children_of, expected_children, free_offset, names, start_up, stop, tree_of,
-                              up_env, wait_for_tree, wait_gone)
+from tests.e2e.uptree import (
+    children_of,
+    expected_children,
+    free_offset,
+    names,
+    start_up,
+    stop,
+    tree_of,
+    up_env,
+    wait_for_tree,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
 

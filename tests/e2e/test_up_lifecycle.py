@@ -14,8 +14,18 @@ import pytest
 
 from marketbus.runtime.http import port_is_free
 
-from .uptree import (MARKETBUS, SANDBOX_BASE, expected_children, free_offset, names, start_up, stop,
-                     up_env, wait_for_tree, wait_gone)
+from .uptree import (
+    MARKETBUS,
+    SANDBOX_BASE,
+    expected_children,
+    free_offset,
+    names,
+    start_up,
+    stop,
+    up_env,
+    wait_for_tree,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
 

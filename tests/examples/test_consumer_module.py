@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ def test_durable_config_replays_from_a_point_in_time() -> None:
     start = datetime(2026, 1, 1, 12, 0)
     config = durable_config("mine", start_time=start)
     assert config.deliver_policy is DeliverPolicy.BY_START_TIME
-    assert config.opt_start_time == start.replace(tzinfo=timezone.utc)
+    assert config.opt_start_time == start.replace(tzinfo=UTC)
     assert durable_config("mine", deliver="new").deliver_policy is DeliverPolicy.NEW
     assert config.max_deliver == 20 and config.ack_wait == 30.0
 

@@ -16,7 +16,7 @@ from marketbus.faststream import ConsumerSettings, Events, consumer_broker, dura
 from .conftest import trade
 
 
-async def _until(condition, timeout: float = 15.0) -> None:  # noqa: ANN001
+async def _until(condition, timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)
@@ -56,7 +56,7 @@ async def test_a_failed_handler_gets_the_message_again_then_it_is_acknowledged(n
     assert info.num_redelivered == 0 and info.ack_floor.stream_seq == info.delivered.stream_seq
 
 
-def _instance(name: str, nats_url: str, symbol: str, durable: str, into: list[str]):  # noqa: ANN202
+def _instance(name: str, nats_url: str, symbol: str, durable: str, into: list[str]):
     """One consumer app instance; every instance shares ``durable``."""
     broker = consumer_broker(f"shared-{name}", ConsumerSettings(nats_url=nats_url))
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import nats
 import pytest
@@ -43,7 +43,7 @@ async def test_node_consumer_prints_every_event_with_its_subject(nats_url: str, 
             await js.publish(subject, codec.encode(event), headers=codec.headers_for(event))
         await js.publish(subject, b"{not json")  # logged and terminated: the consumer goes on
         await js.publish(subject, codec.encode(trade(4, "1", "1", 4, symbol)))
-        since = (datetime.now(timezone.utc) - timedelta(seconds=10)).isoformat()
+        since = (datetime.now(UTC) - timedelta(seconds=10)).isoformat()
         proc = await asyncio.create_subprocess_exec(
             node, "consumer.js", f"md.trade.*.*.{symbol}", cwd=NODE_DIR,
             env={**os.environ, "NATS_URL": nats_url, "MARKETBUS_DURABLE": f"node_{symbol.lower()}",

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -28,7 +28,7 @@ async def _bus(nats_url: str) -> tuple[nats.NATS, object]:
     return nc, js
 
 
-async def _publish(js, subject: str, event) -> None:  # noqa: ANN001
+async def _publish(js, subject: str, event) -> None:
     await js.publish(subject, codec.encode(event), headers=codec.headers_for(event))
 
 
@@ -36,7 +36,7 @@ async def _collect(nc: nats.NATS, subject: str, n: int, timeout: float = 15.0) -
     got: list[dict] = []
     done = asyncio.Event()
 
-    async def on_msg(msg) -> None:  # noqa: ANN001
+    async def on_msg(msg) -> None:
         got.append(json.loads(msg.data))
         if len(got) >= n:
             done.set()
@@ -50,7 +50,7 @@ async def _collect(nc: nats.NATS, subject: str, n: int, timeout: float = 15.0) -
 
 
 def _since(seconds: float = 1.0) -> str:
-    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat()
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
 
 
 async def test_vwap_bars_on_real_nats_with_a_durable_on_stream_md(nats_url: str, tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ EXPECTED_CHANNELS = {
 def test_faststream_docs_gen_documents_every_example(tmp_path: Path) -> None:
     """``faststream docs gen examples.<name>:app`` (the three run at once: each imports for seconds)."""
     runs = {
-        name: subprocess.Popen(  # noqa: S603 - the faststream CLI on our own app
+        name: subprocess.Popen(
             [sys.executable, "-m", "faststream", "docs", "gen", f"examples.{name}:app", "--out",
              str(tmp_path / f"{name}.json")],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -36,7 +36,7 @@ S = 1_000_000_000
 
 def make_trades(source: str, venue: str, symbol: str, times: list[int], *, replay: bool = False, seed: int = 0) -> list[Trade]:
     out = []
-    for i, ts in enumerate(times):
+    for _i, ts in enumerate(times):
         n = ts // S + seed
         out.append(Trade(
             id=event_id(source, "trade", venue, symbol, ts), source=source, venue=venue, symbol=symbol,
@@ -179,8 +179,19 @@ def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
     return sorted(out)
 
 
-__all__ = ["API_KEY", "Harness", "S", "T0", "download_all", "make_trades", "publish", "read_artifact", "table_rows",
-           "trade_rows", "wait_for"]
+__all__ = [
+    "API_KEY",
+    "T0",
+    "Harness",
+    "S",
+    "download_all",
+    "make_trades",
+    "publish",
+    "read_artifact",
+    "table_rows",
+    "trade_rows",
+    "wait_for",
+]
 
 
 async def export_three_files(harness: Harness, source: str, symbol: str, fmt: str) -> tuple[list[Trade], ExportJob]:

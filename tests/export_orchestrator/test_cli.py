@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from marketbus.cli.main import app
 from marketbus.runtime.natsserver import NatsServer
 
-from .conftest import API_KEY, S, T0, Harness, make_trades, publish, read_artifact, table_rows, trade_rows
+from .conftest import API_KEY, T0, Harness, S, make_trades, publish, read_artifact, table_rows, trade_rows
 
 
 async def test_cli_create_wait_status_download(harness: Harness, tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ async def test_cli_create_wait_status_download(harness: Harness, tmp_path: Path)
     env = {"NATS_URL": harness.url, "MARKETBUS_EXPORT_API_URL": orch.api_url, "MARKETBUS_EXPORT_API_KEY": API_KEY,
            "COLUMNS": "200"}
 
-    def cli(*args: str):  # noqa: ANN202
+    def cli(*args: str):
         return asyncio.to_thread(runner.invoke, app, ["export", *args], env=env)
 
     res = await cli("create", "trade.clisrc.*.*", "--start", str(T0), "--end", "2023-11-14T23:00:00Z",

@@ -15,7 +15,16 @@ from marketbus.contracts import codec, subjects
 from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
 
 from .conftest import (
-    S, T0, Harness, download_all, export_three_files, make_trades, publish, read_artifact, stored_names, table_rows,
+    T0,
+    Harness,
+    S,
+    download_all,
+    export_three_files,
+    make_trades,
+    publish,
+    read_artifact,
+    stored_names,
+    table_rows,
     trade_rows,
 )
 
@@ -30,7 +39,7 @@ async def test_round_trip_csv_and_parquet(harness: Harness) -> None:
     await harness.wait_stored("trade.*.*.*", 5050)
 
     statuses: list[ExportJob] = []
-    async def collect(msg) -> None:  # noqa: ANN001
+    async def collect(msg) -> None:
         statuses.append(codec.decode_as(msg.data, ExportJob))
 
     sub = await harness.nc.subscribe(subjects.ALL_EXPORT_STATUS, cb=collect)
@@ -47,7 +56,7 @@ async def test_round_trip_csv_and_parquet(harness: Harness) -> None:
     assert len(done.artifacts) == 4  # 3000 BTC rows -> 2 files of 1500; 2000 ETH -> 1500 + 500
     assert all(a.rows <= 1500 for a in done.artifacts)
 
-    body, files = await download_all(orch.api_url, job.job_id)
+    _body, files = await download_all(orch.api_url, job.job_id)
     tables = []
     for art in done.artifacts:
         data = files[art.filename]

@@ -19,12 +19,12 @@ import pyarrow.csv as pcsv
 import pytest
 import ticksupply
 
-from .conftest import API_KEY, S, Harness, download_all, make_trades, publish, read_artifact, table_rows, trade_rows
+from .conftest import API_KEY, Harness, S, download_all, make_trades, publish, read_artifact, table_rows, trade_rows
 
 NOW = time.time_ns() // S * S
 
 
-async def _setup(harness: Harness, **kw: Any):  # noqa: ANN202
+async def _setup(harness: Harness, **kw: Any):
     await harness.start_writer()
     orch = await harness.start_orchestrator(**kw)
     btc = make_trades("ticksupply", "binance", "BTCUSDT", [NOW - 1800 * S + i * S // 4 for i in range(4000)])
@@ -64,7 +64,7 @@ async def test_official_ticksupply_client_flow(harness: Harness) -> None:
             files = [(a, httpx.get(a.url).content) for a in dl.artifacts]
             return job, dl, files
 
-    job, dl, files = await asyncio.to_thread(flow)
+    _job, dl, files = await asyncio.to_thread(flow)
     assert dl.count == len(dl.artifacts) >= 1 and dl.total_bytes == sum(a.bytes for a in dl.artifacts)
     tables = []
     for art, data in files:
@@ -89,7 +89,7 @@ async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_pat
     monkeypatch.setenv("TICKSUPPLY_API_KEY", API_KEY)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"__name__": "seed_example"}
-    exec(compile(_seed_workflow_source(), "seed_workflow", "exec"), namespace)  # noqa: S102
+    exec(compile(_seed_workflow_source(), "seed_workflow", "exec"), namespace)
     namespace["BASE_URL"] = orch.api_url  # the only change: base URL (and the key, from the env)
 
     real_sleep = time.sleep
@@ -108,7 +108,7 @@ async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_pat
 
 
 async def test_signed_urls_refuse_tampering_and_expiry(harness: Harness) -> None:
-    orch, btc, _ = await _setup(harness)
+    orch, _btc, _ = await _setup(harness)
     headers = {"X-Api-Key": API_KEY}
     async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
         ds = (await client.get("/v1/datastreams", params={"instrument": "BTCUSDT"}, headers=headers)).json()["items"][0]
@@ -208,7 +208,7 @@ async def test_signed_urls_refuse_another_key_and_the_key_stays_off_the_bus(harn
     kv = await harness.nc.jetstream().key_value(EXPORT_JOBS.name)
     try:
         keys = await kv.keys()
-    except Exception:  # noqa: BLE001 - nats-py raises when the bucket has no keys at all
+    except Exception:
         keys = []
     async with httpx.AsyncClient(timeout=10) as client:
         async def status(url: str) -> int:

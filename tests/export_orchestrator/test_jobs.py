@@ -10,7 +10,18 @@ from marketbus.contracts.jobs import ExportRequest, ReplayReply, ReplayRequest, 
 from marketbus.runtime.publisher import JetStreamPublisher
 from services.export_orchestrator.jobs import JobStore
 
-from .conftest import S, T0, Harness, download_all, make_trades, publish, read_artifact, table_rows, trade_rows, wait_for
+from .conftest import (
+    T0,
+    Harness,
+    S,
+    download_all,
+    make_trades,
+    publish,
+    read_artifact,
+    table_rows,
+    trade_rows,
+    wait_for,
+)
 
 MIN = 60 * S
 
@@ -32,7 +43,7 @@ async def test_gap_is_replayed_before_export(harness: Harness) -> None:
     requests: list[ReplayRequest] = []
     pub = await JetStreamPublisher(harness.nc).start()
 
-    async def on_replay(msg) -> None:  # noqa: ANN001
+    async def on_replay(msg) -> None:
         req = codec.decode_as(msg.data, ReplayRequest)
         requests.append(req)
         events = [t for t in make_trades(req.source, req.venue, req.symbol, grid, replay=True)
@@ -129,7 +140,7 @@ async def test_two_orchestrators_share_the_queue_and_cancel(harness: Harness) ->
     await harness.start_writer()
     await harness.start_orchestrator(throttle_rows_per_s=5000, read_batch_rows=500, workers=1)
     await harness.start_orchestrator(throttle_rows_per_s=5000, read_batch_rows=500, workers=1)
-    trades, req = await _slow_job(harness, 6000)
+    _trades, req = await _slow_job(harness, 6000)
     jobs = []
     for _ in range(4):
         r = ExportRequest(idempotency_key=str(uuid.uuid4()), selector=req.selector, start_ns=req.start_ns,

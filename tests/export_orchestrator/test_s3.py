@@ -17,7 +17,7 @@ from tests.history.seaweedfs import SeaweedFS, lakehouse_env, seaweedfs  # noqa:
 from .conftest import Harness, download_all, export_three_files, read_artifact, stored_names, table_rows, trade_rows
 
 
-async def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(seaweedfs: SeaweedFS, tmp_path: Path) -> None:  # noqa: F811
+async def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     bucket = seaweedfs.bucket("exports")
     store = S3ArtifactStore(seaweedfs.endpoint, bucket, seaweedfs.access_key, seaweedfs.secret_key)
     await store.open()
@@ -45,7 +45,7 @@ async def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(seawee
         await forged.close()
 
 
-async def test_export_from_the_lakehouse_on_another_data_dir_to_s3(harness: Harness, seaweedfs: SeaweedFS,  # noqa: F811
+async def test_export_from_the_lakehouse_on_another_data_dir_to_s3(harness: Harness, seaweedfs: SeaweedFS,
                                                                    pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import uuid
 

@@ -28,7 +28,7 @@ class SeaweedFS:
         self.endpoint, self.proc, self.log = endpoint, proc, log
         self.access_key, self.secret_key, self.region = ACCESS_KEY, SECRET_KEY, REGION
 
-    def client(self, secret: str | None = None):  # noqa: ANN201 - a boto3 S3 client
+    def client(self, secret: str | None = None):
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY,
@@ -68,7 +68,7 @@ def start_seaweedfs(base: Path) -> SeaweedFS:
             if httpx.get(endpoint, timeout=1).status_code in (200, 403):
                 server.client().list_buckets()  # the filer answers too
                 return server
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             pass
         if time.monotonic() > deadline:
             proc.kill()

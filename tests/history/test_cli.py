@@ -35,11 +35,11 @@ def test_parse_time() -> None:
         parse_time("yesterday")
 
 
-def invoke(args: list[str]):  # noqa: ANN201
+def invoke(args: list[str]):
     return asyncio.to_thread(CliRunner().invoke, app, args, env={"COLUMNS": "200"})
 
 
-async def test_history_cli_query_table_files_json_and_coverage(nc, js, nats_url, tmp_path) -> None:  # noqa: ANN001
+async def test_history_cli_query_table_files_json_and_coverage(nc, js, nats_url, tmp_path) -> None:
     sym = unique_symbol("C")
     durable = f"c{uuid.uuid4().hex[:8]}"
     writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(tmp_path / "h"), None, durable))
@@ -89,7 +89,7 @@ async def test_history_cli_query_table_files_json_and_coverage(nc, js, nats_url,
         assert {e["subject"] for e in lines} == {f"md.trade.finx.CB.{sym}"}
         assert lines[-1]["price"] == "41060" and lines[-1]["size"] == "0" and lines[0]["size"] == "0.001"
 
-        res = await invoke(["history", "query", f"md.trade.finx.>", "--json", "--limit", "3", "--nats-url", nats_url])
+        res = await invoke(["history", "query", "md.trade.finx.>", "--json", "--limit", "3", "--nats-url", nats_url])
         assert res.exit_code == 0 and len(res.stdout.splitlines()) == 3
 
         res = await invoke(["history", "coverage", f"trade.*.*.{sym}", "--start", str(T0), "--nats-url", nats_url])

@@ -50,12 +50,11 @@ def small_disk() -> Iterator[Path]:
 def _fill(path: Path) -> None:
     """Write ``path`` until the file system is full."""
     chunk = b"\0" * 65536
-    with open(path, "wb") as fh:
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
+    with open(path, "wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
     with contextlib.suppress(OSError), open(path.with_suffix(".tail"), "wb") as fh:  # the last bytes too
         while True:
             fh.write(b"\0" * 512)
@@ -63,7 +62,7 @@ def _fill(path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-async def test_a_full_disk_stops_acking_and_resumes_when_space_returns(nc, js, nats_url, small_disk) -> None:  # noqa: ANN001
+async def test_a_full_disk_stops_acking_and_resumes_when_space_returns(nc, js, nats_url, small_disk) -> None:
     sym = unique_symbol("D")
     durable = f"d{uuid.uuid4().hex[:8]}"
     first = [trade(sym, i) for i in range(100)]

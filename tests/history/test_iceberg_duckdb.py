@@ -62,8 +62,8 @@ def duckdb_reference() -> tuple[str, list[str]]:
     return str(target), exts
 
 
-async def test_duckdb_iceberg_scan_returns_what_the_query_api_returns(nc, js, nats_url, tmp_path,  # noqa: ANN001
-                                                                      duckdb_reference) -> None:  # noqa: ANN001
+async def test_duckdb_iceberg_scan_returns_what_the_query_api_returns(nc, js, nats_url, tmp_path,
+                                                                      duckdb_reference) -> None:
     sym, other = unique_symbol("D"), unique_symbol("O")
     durable = f"d{uuid.uuid4().hex[:8]}"
     writer = HistoryWriter(**writer_overrides(nats_url, "iceberg", str(tmp_path / "h"), None, durable))

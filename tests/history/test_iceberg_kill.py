@@ -52,7 +52,7 @@ def _settings(env: dict[str, str], data_dir: Path) -> LakehouseSettings:
 
 
 @pytest.mark.parametrize("config", ["embedded", "seaweedfs_pg"])
-async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp_path, config, request) -> None:  # noqa: ANN001
+async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp_path, config, request) -> None:
     sym = unique_symbol("I")
     durable = f"i{uuid.uuid4().hex[:8]}"
     data_dir = tmp_path / "history"  # the embedded catalog and warehouse, shared by both writers
@@ -137,5 +137,5 @@ async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp
         for proc in procs:
             try:
                 await asyncio.wait_for(asyncio.to_thread(proc.wait), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()

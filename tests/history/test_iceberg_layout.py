@@ -15,7 +15,6 @@ from marketbus.history.schema import SCHEMAS
 
 from .common import T0, trade
 
-
 _LARGEST = "999999999999999999.999999999999999999"  # the contract's |x| < 1e18 at the layout's 18 places
 
 

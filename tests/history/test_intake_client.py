@@ -11,7 +11,7 @@ from tests.helpers import wait_for
 
 
 @pytest.mark.parametrize("fast", [True, False])
-async def test_raw_subscription_delivers_bytes_and_headers(nats_url, monkeypatch, fast) -> None:  # noqa: ANN001
+async def test_raw_subscription_delivers_bytes_and_headers(nats_url, monkeypatch, fast) -> None:
     monkeypatch.setattr(natsprivate, "AVAILABLE", fast and natsprivate.AVAILABLE)
     client = IntakeClient()
     await client.connect(servers=[nats_url])
@@ -21,7 +21,7 @@ async def test_raw_subscription_delivers_bytes_and_headers(nats_url, monkeypatch
         await client.subscribe_raw(inbox, lambda *a: got.append(a))
         other: list[bytes] = []
 
-        async def cb(msg) -> None:  # noqa: ANN001 - ordinary subscriptions keep working
+        async def cb(msg) -> None:
             other.append(msg.data)
 
         await client.subscribe(inbox + ".x", cb=cb)

@@ -64,7 +64,7 @@ async def _stored_ids(writer: HistoryWriter, sym: str) -> set[str]:
     return set(tables["trade"].column("id").to_pylist()) if "trade" in tables else set()
 
 
-async def _run_batch(nc, js, nats_url, tmp_path, backend, dsn, bad: dict[int, dict[str, str]]) -> None:  # noqa: ANN001
+async def _run_batch(nc, js, nats_url, tmp_path, backend, dsn, bad: dict[int, dict[str, str]]) -> None:
     sym = unique_symbol("I")
     durable = f"i{uuid.uuid4().hex[:8]}"
     good = [trade(sym, i) for i in range(40) if i not in bad]
@@ -113,19 +113,19 @@ async def _has(writer: HistoryWriter, sym: str, ids: set[str]) -> bool:
     return await _stored_ids(writer, sym) == ids
 
 
-async def test_an_out_of_range_timestamp_is_dead_lettered_and_its_batch_stored(nc, js, nats_url, tmp_path,  # noqa: ANN001
+async def test_an_out_of_range_timestamp_is_dead_lettered_and_its_batch_stored(nc, js, nats_url, tmp_path,
                                                                               backend, dsn) -> None:
     """ts_event beyond int64 (raw JSON, as anyone publishing on md.> can send it)."""
     await _run_batch(nc, js, nats_url, tmp_path, backend, dsn, {7: {"ts_event": str(2**63 + 5)},
                                                                  23: {"ts_recv": str(2**64 + 1)}})
 
 
-async def test_a_value_postgres_refuses_is_dead_lettered_and_its_batch_stored(nc, js, nats_url, tmp_path, pg_dsn) -> None:  # noqa: ANN001
+async def test_a_value_postgres_refuses_is_dead_lettered_and_its_batch_stored(nc, js, nats_url, tmp_path, pg_dsn) -> None:
     """A well-formed event PostgreSQL refuses to store (a NUL character in a text column): only it fails."""
     await _run_batch(nc, js, nats_url, tmp_path, "postgres", pg_dsn, {11: {"trade_id": '"11\\u0000"'}})
 
 
-async def test_values_the_contracts_refuse_are_dead_lettered_not_stored(nc, js, nats_url, tmp_path) -> None:  # noqa: ANN001
+async def test_values_the_contracts_refuse_are_dead_lettered_not_stored(nc, js, nats_url, tmp_path) -> None:
     """Prices the Trade contract refuses (0, -1, -0, 1e30, a 30-digit integer part, a negative
     ts_event), mixed into a batch of good trades, on the default (Iceberg) store: the writer's
     fast Arrow path must not store what ``codec.decode`` refuses."""

@@ -50,7 +50,7 @@ async def _consuming(port: int) -> bool:
 
 
 @pytest.mark.parametrize("backend", ["parquet", "postgres"])
-async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_url, tmp_path, backend, request,  # noqa: ANN001
+async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_url, tmp_path, backend, request,
                                                                  record_property) -> None:
     dsn = request.getfixturevalue("pg_dsn") if backend == "postgres" else None
     sym = unique_symbol("K")
@@ -115,8 +115,8 @@ async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_ur
                 await publisher
                 second_port = free_port()
                 second = _spawn(env, log, second_port)
-                await wait_for(lambda: _consuming(port), 30, interval=0.2, what="the last writer consuming")
-                await wait_for(lambda: _consuming(second_port), 30, interval=0.2, what="the second writer consuming")
+                await wait_for(lambda: _consuming(port), 30, interval=0.2, what="the last writer consuming")  # noqa: B023 (called within this iteration)
+                await wait_for(lambda: _consuming(second_port), 30, interval=0.2, what="the second writer consuming")  # noqa: B023 (called within this iteration)
                 pub = await JetStreamPublisher(nc).start()
                 for e in events[total - tail:]:
                     await pub.publish_event(e)
@@ -159,12 +159,12 @@ async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_ur
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.to_thread(proc.wait), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
         if isinstance(store, PostgresStore):
             await store.drop_all()
         await store.close()
 
 
-async def _at_least(fn, n: int) -> bool:  # noqa: ANN001
+async def _at_least(fn, n: int) -> bool:
     return await fn() >= n

@@ -43,7 +43,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
         pg.cleanup()
 
 
-async def _publish(nc, events) -> None:  # noqa: ANN001
+async def _publish(nc, events) -> None:
     pub = await JetStreamPublisher(nc).start()
     for e in events:
         await pub.publish_event(e)
@@ -67,7 +67,7 @@ async def _healthy(writer: HistoryWriter) -> bool:
 
 
 @pytest.mark.timeout(120)
-async def test_postgres_down_at_start_and_mid_run_loses_nothing(nc, js, nats_url, tmp_path, private_pg, caplog) -> None:  # noqa: ANN001
+async def test_postgres_down_at_start_and_mid_run_loses_nothing(nc, js, nats_url, tmp_path, private_pg, caplog) -> None:
     caplog.set_level(logging.INFO, logger="marketbus.history_writer")
     sym = unique_symbol("O")
     durable = f"o{uuid.uuid4().hex[:8]}"
@@ -112,7 +112,7 @@ async def test_postgres_down_at_start_and_mid_run_loses_nothing(nc, js, nats_url
 async def _ids(writer: HistoryWriter, sym: str) -> list[str]:
     try:
         tables = await writer.store.read_table(Selector(kind="trade", symbol=sym), 0, 2**63 - 1, columns=["id"])
-    except Exception:  # noqa: BLE001 - the store is down: nothing readable yet
+    except Exception:
         return []
     return tables["trade"].column("id").to_pylist() if "trade" in tables else []
 
@@ -121,7 +121,7 @@ async def _stored(writer: HistoryWriter, sym: str, n: int) -> bool:
     return len(await _ids(writer, sym)) == n
 
 
-async def test_a_table_dropped_under_the_writer_delays_but_loses_nothing(nc, js, nats_url, tmp_path, pg_dsn) -> None:  # noqa: ANN001
+async def test_a_table_dropped_under_the_writer_delays_but_loses_nothing(nc, js, nats_url, tmp_path, pg_dsn) -> None:
     """Not an outage, not bad data (the table is gone): the batch goes back with the back-off
     (not split message by message, not dead-lettered), /healthz says why, and it is stored once
     the table is back."""

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from marketbus.contracts import (
-    BookLevel, BookSnapshot, DeadLetter, FeedStatus, Instrument, codec, event_id, subjects,
+    BookLevel,
+    BookSnapshot,
+    DeadLetter,
+    FeedStatus,
+    Instrument,
+    codec,
+    event_id,
+    subjects,
 )
 from marketbus.runtime.publisher import JetStreamPublisher
 from services.history_writer.app import HistoryWriter
@@ -50,7 +57,7 @@ async def _fresh_pg(dsn: str | None, durable: str) -> None:
         await store.close()
 
 
-async def _publish(nc, events, batch=None):  # noqa: ANN001, ANN202
+async def _publish(nc, events, batch=None):
     pub = await JetStreamPublisher(nc).start()
     for e in events:
         await pub.publish_event(e)
@@ -64,7 +71,7 @@ async def _count(read: Any) -> int:
     return len(await read())
 
 
-async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path, backend, dsn) -> None:  # noqa: ANN001
+async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path, backend, dsn) -> None:
     sym = unique_symbol("E")
     durable = f"t{uuid.uuid4().hex[:8]}"
     singles = [trade(sym, i) for i in range(300)]
@@ -144,11 +151,11 @@ async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path,
         await dlq.unsubscribe()
 
 
-async def stored_eq(fn, n: int) -> bool:  # noqa: ANN001
+async def stored_eq(fn, n: int) -> bool:
     return await fn() == n
 
 
-async def test_bad_query_gets_an_error_chunk(nc, nats_url, tmp_path) -> None:  # noqa: ANN001
+async def test_bad_query_gets_an_error_chunk(nc, nats_url, tmp_path) -> None:
     durable = f"t{uuid.uuid4().hex[:8]}"
     writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(tmp_path / "h"), None, durable))
     await writer.start()
@@ -160,7 +167,7 @@ async def test_bad_query_gets_an_error_chunk(nc, nats_url, tmp_path) -> None:  #
         await writer.stop()
 
 
-async def test_two_writers_split_the_work_and_store_nothing_twice(nc, js, nats_url, tmp_path, backend, dsn) -> None:  # noqa: ANN001
+async def test_two_writers_split_the_work_and_store_nothing_twice(nc, js, nats_url, tmp_path, backend, dsn) -> None:
     sym = unique_symbol("W")
     durable = f"t{uuid.uuid4().hex[:8]}"
     over = writer_overrides(nats_url, backend, str(tmp_path / "shared"), dsn, durable, pull_batch=100, batch_max_msgs=300)
@@ -191,7 +198,7 @@ async def test_two_writers_split_the_work_and_store_nothing_twice(nc, js, nats_u
         await b.stop()
 
 
-async def test_retention_and_compaction_parquet(tmp_path) -> None:  # noqa: ANN001
+async def test_retention_and_compaction_parquet(tmp_path) -> None:
     from services.history_writer.schema import Message, decode_messages
     from services.history_writer.store.parquet import ParquetStore
 
@@ -218,7 +225,7 @@ async def test_retention_and_compaction_parquet(tmp_path) -> None:  # noqa: ANN0
     assert (await store.read_table(Selector(symbol=sym), T0, 2**62))["trade"].num_rows == 50
 
 
-async def test_no_writer_running_is_reported(nats_server) -> None:  # noqa: ANN001
+async def test_no_writer_running_is_reported(nats_server) -> None:
     import nats
 
     client = await nats.connect(nats_server.url)
@@ -231,7 +238,7 @@ async def test_no_writer_running_is_reported(nats_server) -> None:  # noqa: ANN0
         await client.close()
 
 
-async def test_parquet_repairs_what_a_killed_writer_left(tmp_path) -> None:  # noqa: ANN001
+async def test_parquet_repairs_what_a_killed_writer_left(tmp_path) -> None:
     """A crash mid-flush: the intent is rolled forward (all files of the flush appear), orphan
     tmp files without an intent are deleted, and the stored sequences are known again."""
     import json
@@ -269,7 +276,7 @@ async def test_parquet_repairs_what_a_killed_writer_left(tmp_path) -> None:  # n
     assert ids == [e.id for e in events]
 
 
-async def test_postgres_keeps_awkward_text_exactly(pg_dsn) -> None:  # noqa: ANN001
+async def test_postgres_keeps_awkward_text_exactly(pg_dsn) -> None:
     """The PostgreSQL store loads rows as CSV: quotes, commas, newlines, backslashes, ``\\.``,
     unicode and empty strings come back exactly, an absent optional value stays NULL, nested
     book levels stay equal; and a redelivered batch (primary key hit) goes through ON CONFLICT."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from typing import Any
 
@@ -16,7 +15,7 @@ async def read_stream(js: Any, subject: str, limit: int = 2_000_000) -> list[Any
     """Every message stored on ``subject`` (wildcards allowed), decoded, in stream order."""
     try:
         info = await js.find_stream_name_by_subject(subject)
-    except Exception:  # noqa: BLE001 - nothing there
+    except Exception:
         return []
     sub = await js.pull_subscribe(subject, stream=info, config=ConsumerConfig(
         deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))  # no ack-pending cap
@@ -25,7 +24,7 @@ async def read_stream(js: Any, subject: str, limit: int = 2_000_000) -> list[Any
         while len(out) < limit:
             try:
                 msgs = await sub.fetch(2000, timeout=0.5)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 break
             for msg in msgs:
                 out.append(codec.decode(msg.data))

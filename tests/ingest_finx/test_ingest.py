@@ -261,7 +261,7 @@ async def test_losing_the_md_stream_leader_blocks_the_session_then_back_fills_wi
         try:
             await ensure_all(js, replicas=3)
             return True
-        except Exception:  # noqa: BLE001 - the meta leader is still being elected
+        except Exception:
             return False
 
     await wait_for(ready, timeout=30, interval=0.5, what="JetStream cluster ready")

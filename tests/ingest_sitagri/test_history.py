@@ -63,29 +63,28 @@ async def test_backfill_pages_across_the_cap(nats_url: str, bus: Collector) -> N
 
 
 async def test_replay_request_and_batches(nats_url: str, bus: Collector) -> None:
-    async with sandbox() as sb:
-        async with ingestor(nats_url, sb) as ing:
-            result = await ing.ready(timeout=10)
-            now = time.time_ns() // NS * NS - 3 * NS
-            quote = f"{EMA}/deliveries/EMAC03"
-            req = ReplayRequest(request_id="r1", source="sitagri", venue="EURONEX", symbol="EMAC03",
-                                kind="market_price", start_ns=now - 30 * NS, end_ns=now)
-            nc = await nats.connect(nats_url)
-            try:
-                msg = await nc.request(replay("sitagri"), codec.encode(req), timeout=20)
-                reply = codec.decode_as(msg.data, ReplayReply)
-                bad = codec.decode_as((await nc.request(replay("sitagri"), codec.encode(msgspec.structs.replace(
-                    req, symbol="NOPE")), timeout=10)).data, ReplayReply)
-            finally:
-                await nc.close()
-            want = await expected_ids(sb, quote, now - 30 * NS, now - 1)
-            assert reply.accepted and reply.events == len(want) == 300
-            assert not bad.accepted and "unknown" in (bad.reason or "")
-            await wait_for(lambda: {e.id for e in bus.of(MarketPrice, symbol="EMAC03")} == want, what="replayed")
+    async with sandbox() as sb, ingestor(nats_url, sb) as ing:
+        result = await ing.ready(timeout=10)
+        now = time.time_ns() // NS * NS - 3 * NS
+        quote = f"{EMA}/deliveries/EMAC03"
+        req = ReplayRequest(request_id="r1", source="sitagri", venue="EURONEX", symbol="EMAC03",
+                            kind="market_price", start_ns=now - 30 * NS, end_ns=now)
+        nc = await nats.connect(nats_url)
+        try:
+            msg = await nc.request(replay("sitagri"), codec.encode(req), timeout=20)
+            reply = codec.decode_as(msg.data, ReplayReply)
+            bad = codec.decode_as((await nc.request(replay("sitagri"), codec.encode(msgspec.structs.replace(
+                req, symbol="NOPE")), timeout=10)).data, ReplayReply)
+        finally:
+            await nc.close()
+        want = await expected_ids(sb, quote, now - 30 * NS, now - 1)
+        assert reply.accepted and reply.events == len(want) == 300
+        assert not bad.accepted and "unknown" in (bad.reason or "")
+        await wait_for(lambda: {e.id for e in bus.of(MarketPrice, symbol="EMAC03")} == want, what="replayed")
 
-            # a batch longer than the cap is split into POSTs of <= 250, results in order
-            refs = [f"{q}/price" for q in list(result.quotes)[:600]]
-            before = ing.client.batches
-            prices = await ing.client.batch(refs)
-            assert ing.client.batches - before == -(-len(refs) // 250)
-            assert [p["quote"] for p in prices] == [r[:-6] for r in refs]
+        # a batch longer than the cap is split into POSTs of <= 250, results in order
+        refs = [f"{q}/price" for q in list(result.quotes)[:600]]
+        before = ing.client.batches
+        prices = await ing.client.batch(refs)
+        assert ing.client.batches - before == -(-len(refs) // 250)
+        assert [p["quote"] for p in prices] == [r[:-6] for r in refs]

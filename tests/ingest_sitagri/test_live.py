@@ -8,12 +8,12 @@ from decimal import Decimal
 import msgspec
 import nats
 
+from marketbus.contracts import subjects
+from marketbus.contracts.jobs import PublishReply
 from marketbus.contracts.market import CashPrice, IndexPrice, MarketPrice, News
 from marketbus.contracts.reference import Instrument, InstrumentClass, Unit, Venue
 from marketbus.contracts.units import convert
 from services.ingest_sitagri import normalize
-from marketbus.contracts import subjects
-from marketbus.contracts.jobs import PublishReply
 from tests.helpers import wait_for
 
 from .conftest import Collector, admin, ingestor, sandbox

@@ -23,7 +23,7 @@ def ids_of(bus: Collector, symbol: str) -> Counter[str]:
     return Counter(e.id for e in bus.of(MarketPrice, symbol=symbol))
 
 
-async def expected_ids(sb, quote: str, lo_ns: int, hi_ns: int) -> set[str]:  # noqa: ANN001
+async def expected_ids(sb, quote: str, lo_ns: int, hi_ns: int) -> set[str]:
     ticks = await admin(sb, "GET", "/sitagri/ticks", quote=quote, start=lo_ns / 1e9 - 0.001, end=hi_ns / 1e9 + 0.001)
     out = set()
     for t in ticks:

@@ -84,7 +84,7 @@ async def progress(js: Any, ds: int = DS) -> DatastreamProgress:
     kv = await js.key_value("ingest_state")
     try:
         entry = await kv.get(f"ticksupply.default.ds.{ds}")
-    except Exception:  # noqa: BLE001 - not written yet
+    except Exception:
         return DatastreamProgress(datastream_id=ds)
     return msgspec.json.decode(entry.value, type=DatastreamProgress)
 
@@ -99,7 +99,7 @@ async def read_stream(js: Any, stream: str, subject: str) -> list[Any]:
         while True:
             try:
                 msgs = await sub.fetch(1000, timeout=0.3)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 break  # nothing more on this subject
             out.extend(codec.decode(m.data) for m in msgs)
             if msgs[-1].metadata.sequence.stream >= last or msgs[-1].metadata.num_pending == 0:

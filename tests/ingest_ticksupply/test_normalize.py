@@ -21,7 +21,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TS = 1_800_000_000_000_000_000
 
 
-def load(name: str):  # noqa: ANN201
+def load(name: str):
     return json.loads((FIXTURES / name).read_text())
 
 
@@ -95,7 +95,7 @@ def test_bad_rows_are_reported_and_good_rows_kept(truth: dict) -> None:
     text = gzip.decompress((FIXTURES / "trades_coinbase_BTC-USD.csv.gz").read_bytes()).decode().splitlines()
     text[3] = text[3].replace(",", ",oops,", 1)  # an extra field
     text[5] = text[5].replace(text[5].split(",")[3], "12,5x")  # a bad price
-    text[7] = ",".join(text[7].split(",")[:3] + ["NaN"] + text[7].split(",")[4:])
+    text[7] = ",".join([*text[7].split(",")[:3], "NaN", *text[7].split(",")[4:]])
     text.insert(9, "")  # a blank line is not a row
     data = gzip.compress(("\n".join(text) + "\n").encode())
     parsed = normalize.parse_artifact(data)

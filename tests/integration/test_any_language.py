@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import jsonschema
 import nats
 
-from marketbus.contracts import codec, schema
+from marketbus.contracts import schema
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.market import BookLevel, BookSnapshot, Trade
 from marketbus.contracts.reference import Instrument
@@ -47,7 +47,7 @@ async def read_raw_messages(url: str, subject: str, want: int, ready: asyncio.Ev
     return out
 
 
-async def test_messages_read_off_the_wire_validate_against_the_published_json_schema(nats_url: str, js) -> None:  # noqa: ANN001
+async def test_messages_read_off_the_wire_validate_against_the_published_json_schema(nats_url: str, js) -> None:
     now = 1_700_000_000_000_000_000
     events = [
         Trade(id=event_id("x", "trade", 1), source="polyglot", venue="V", symbol="BTC-USD", ts_event=now, ts_recv=now,

@@ -130,7 +130,7 @@ async def test_tail_json_shows_json_that_is_not_a_contract_message(nats_url: str
 
 
 async def test_tail_refuses_a_bad_subject_in_one_line(nats_url: str) -> None:
-    code, out, err = await run_cli("tail", "md..>", env={"NATS_URL": nats_url})
+    code, _out, err = await run_cli("tail", "md..>", env={"NATS_URL": nats_url})
     assert code == 2
     assert err.strip().splitlines() == [
         "error: bad subject 'md..>': has an empty token (two dots in a row, or a dot at an end); "
@@ -253,7 +253,7 @@ def test_help_documents_the_exit_codes() -> None:
     assert "Exit codes: 0 ok, 1 refused or failed (by the server), 2 usage or connection error." in result.output
 
 
-async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_count(nats_url: str, js) -> None:  # noqa: ANN001
+async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_count(nats_url: str, js) -> None:
     from marketbus.contracts.reference import Unit
 
     for code, factor in (("TON", "1000"), ("USWSBS", "27.2155"), ("KILO", "1")):

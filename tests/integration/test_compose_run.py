@@ -320,7 +320,7 @@ class LocalCompose:
         for target in [t for t in container.paths if t.startswith("/run/secrets/")]:  # a DSN names compose hosts
             place = container.paths[target]
             place.write_text(self.rewrite(container, place.read_text(), own_ports=False))
-        for target, host in bind_files:  # config files: copied with container paths and ports rewritten
+        for target, _host in bind_files:  # config files: copied with container paths and ports rewritten
             place = container.root / target.lstrip("/")
             place.parent.mkdir(parents=True, exist_ok=True)
             container.paths[target] = place

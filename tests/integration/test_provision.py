@@ -20,7 +20,7 @@ from marketbus.runtime.service import Service
 
 
 @pytest.fixture
-def bare_server(tmp_path: Path):  # noqa: ANN201
+def bare_server(tmp_path: Path):
     """A nats-server nobody has provisioned."""
     server = NatsServer(data_dir=tmp_path / "nats", port=free_port()).start()
     try:

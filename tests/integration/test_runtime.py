@@ -70,7 +70,7 @@ async def test_streams_and_buckets_are_created_idempotently_by_concurrent_servic
 
 
 @pytest.mark.cluster
-async def test_streams_are_replicated_on_a_cluster(nats_cluster) -> None:  # noqa: ANN001
+async def test_streams_are_replicated_on_a_cluster(nats_cluster) -> None:
     nc = await nats.connect(nats_cluster.urls)
     try:
         js = nc.jetstream()
@@ -79,7 +79,7 @@ async def test_streams_are_replicated_on_a_cluster(nats_cluster) -> None:  # noq
             try:
                 await ensure_all(js, replicas=3)
                 return True
-            except Exception:  # noqa: BLE001 - the meta leader is still being elected
+            except Exception:
                 return False
 
         await wait_for(ready, timeout=30, interval=0.5, what="JetStream cluster ready")
@@ -92,7 +92,7 @@ async def test_streams_are_replicated_on_a_cluster(nats_cluster) -> None:  # noq
         await nc.close()
 
 
-async def test_pipelined_publisher_deduplicates_by_event_id(nats_url: str, js) -> None:  # noqa: ANN001
+async def test_pipelined_publisher_deduplicates_by_event_id(nats_url: str, js) -> None:
     nc = await nats.connect(nats_url)
     publisher = await JetStreamPublisher(nc).start()
     try:
@@ -112,7 +112,7 @@ async def test_pipelined_publisher_deduplicates_by_event_id(nats_url: str, js) -
         await nc.close()
 
 
-async def test_publisher_reports_subjects_no_stream_captures(nats_url: str, js) -> None:  # noqa: ANN001
+async def test_publisher_reports_subjects_no_stream_captures(nats_url: str, js) -> None:
     nc = await nats.connect(nats_url)
     # "no responders" is also what a cluster answers while a stream has no leader: retried for
     # retry_for_s, then reported
@@ -136,7 +136,7 @@ async def test_service_health_metrics_heartbeat_status_and_dead_letters(nats_url
     nc = await nats.connect(nats_url)
     heartbeats: list[ServiceHeartbeat] = []
 
-    async def on_hb(msg) -> None:  # noqa: ANN001
+    async def on_hb(msg) -> None:
         heartbeats.append(codec.decode(msg.data))
 
     await nc.subscribe(subjects.heartbeat("probe"), cb=on_hb)
@@ -181,7 +181,7 @@ async def test_service_refuses_bad_configuration_naming_the_variable(monkeypatch
         Probe()
 
 
-async def test_batches_larger_than_the_max_payload_are_split(nats_url: str, js) -> None:  # noqa: ANN001
+async def test_batches_larger_than_the_max_payload_are_split(nats_url: str, js) -> None:
     nc = await nats.connect(nats_url)
     publisher = await JetStreamPublisher(nc).start()
     try:
@@ -201,7 +201,7 @@ async def test_batches_larger_than_the_max_payload_are_split(nats_url: str, js) 
         await nc.close()
 
 
-async def test_publish_group_acks_every_event_once(nats_url: str, js) -> None:  # noqa: ANN001
+async def test_publish_group_acks_every_event_once(nats_url: str, js) -> None:
     nc = await nats.connect(nats_url)
     publisher = await JetStreamPublisher(nc, max_inflight=500).start()  # more events than slots
     try:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
 
@@ -18,7 +17,7 @@ MONITORING = ROOT / "deploy" / "monitoring"
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        result = subprocess.run(["sh", str(ROOT / "tools" / "install_prometheus.sh")],  # noqa: S603, S607
+        result = subprocess.run(["sh", str(ROOT / "tools" / "install_prometheus.sh")],
                                 capture_output=True, text=True, timeout=600, check=False)
         path = shutil.which(name)
         if path is None:

@@ -25,7 +25,7 @@ from .conftest import MONITORING, ROOT
 @contextlib.contextmanager
 def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env},  # noqa: S603 - our own programs
+        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env},
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         yield proc

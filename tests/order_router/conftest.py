@@ -111,4 +111,4 @@ async def env(nats_server: Any) -> AsyncIterator[Env]:
             await asyncio.sleep(0)
 
 
-__all__ = ["Env", "Bus", "FAST", "subjects"]
+__all__ = ["FAST", "Bus", "Env", "subjects"]

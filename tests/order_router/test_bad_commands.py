@@ -60,7 +60,7 @@ async def _send_raw(env: Any, cmd: Any, **fields: Any) -> CommandAck:
     return codec.decode_as(reply.data, CommandAck)
 
 
-async def test_a_quantity_beyond_decimal_precision_is_rejected_with_a_reason(env) -> None:  # noqa: ANN001
+async def test_a_quantity_beyond_decimal_precision_is_rejected_with_a_reason(env) -> None:
     """quantity 1e30: the lot-size check used to raise InvalidOperation, and the command was nak'd
     for ever. The contract now refuses it on the wire (dead-lettered, refused by its command id);
     1e-30, which the contract allows, is refused by the lot-size check with a rejected order."""
@@ -84,7 +84,7 @@ async def test_a_quantity_beyond_decimal_precision_is_rejected_with_a_reason(env
     await _still_routes(env)
 
 
-async def test_an_oversized_client_id_is_refused_and_the_router_stays_connected(env) -> None:  # noqa: ANN001
+async def test_an_oversized_client_id_is_refused_and_the_router_stays_connected(env) -> None:
     """A 10 KB client_id used to become a KV key: nats-server closed the router's connection."""
     router = await env.router()
     letters = await _letters(env)
@@ -103,7 +103,7 @@ async def test_an_oversized_client_id_is_refused_and_the_router_stays_connected(
     await _still_routes(env)
 
 
-async def test_undecodable_commands_are_dead_lettered_at_once(env) -> None:  # noqa: ANN001
+async def test_undecodable_commands_are_dead_lettered_at_once(env) -> None:
     router = await env.router()
     letters = await _letters(env)
     js = env.nc.jetstream()
@@ -118,7 +118,7 @@ async def test_undecodable_commands_are_dead_lettered_at_once(env) -> None:  # n
     await _still_routes(env)
 
 
-async def test_a_command_that_keeps_failing_is_refused_and_dead_lettered_after_its_last_delivery(env) -> None:  # noqa: ANN001
+async def test_a_command_that_keeps_failing_is_refused_and_dead_lettered_after_its_last_delivery(env) -> None:
     """The idempotency bucket is gone (every execution raises): retried with back-off, then
     refused (CommandAck and rejected order event) and dead-lettered; the queue moves on."""
     router = await env.router(max_deliver=2)

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from services.order_router import requests as rq
 from services.order_router.risk import RiskEngine, RiskLimits
 from services.order_router.state import OpenOrders, OrderRecord, can_transition
-from services.order_router.validation import MarketInfo
-from services.order_router.validation import ExchangeMeta, Limits, MetaError, validate_order
+from services.order_router.validation import ExchangeMeta, Limits, MarketInfo, MetaError, validate_order
 
 MARKET = {"id": 7, "code": "FS:XBTUSD", "market_type": 1, "tick_size": "0.5", "tick_price": "0.005",
           "lot_size": "1", "quote_currency": {"code": "USD"}, "contract_currency": {"code": "USDC"}}

@@ -19,8 +19,8 @@ from marketbus.runtime.publisher import JetStreamPublisher
 from services.history_writer.app import HistoryWriter
 from services.history_writer.store.base import Selector
 from services.replay.app import ReplayService
-from tests.history.common import writer_overrides
 from tests.helpers import wait_for
+from tests.history.common import writer_overrides
 
 T0 = 1_763_700_000_000_000_000  # 2025-11-21T04:40:00Z
 MS = 1_000_000

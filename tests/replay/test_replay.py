@@ -177,7 +177,7 @@ async def test_session_limit_control_and_cleanup(stack: Stack) -> None:
     js = stack.nc.jetstream()
     streams_before = sorted(s.config.name for s in await js.streams_info())
     consumers_before = (await js.stream_info("MD")).state.consumer_count
-    subs_before = len(stack.replay.nc._subs)  # noqa: SLF001 - what the service holds on the server
+    subs_before = len(stack.replay.nc._subs)
 
     client = PlaybackClient(stack.nc)
     limit = stack.replay.settings.max_sessions
@@ -226,7 +226,7 @@ async def test_session_limit_control_and_cleanup(stack: Stack) -> None:
     await s1.unsubscribe()
     await s2.unsubscribe()
     # nothing left on the server: no stream, no consumer, no subscription of the service
-    await wait_for(lambda: len(stack.replay.nc._subs) == subs_before, timeout=5, what="subscriptions released")  # noqa: SLF001
+    await wait_for(lambda: len(stack.replay.nc._subs) == subs_before, timeout=5, what="subscriptions released")
     assert sorted(s.config.name for s in await js.streams_info()) == streams_before
     assert (await js.stream_info("MD")).state.consumer_count == consumers_before
     # the heartbeat says it too: no session running, events sent so far

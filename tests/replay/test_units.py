@@ -69,7 +69,7 @@ def test_wire_form_is_the_live_publishers() -> None:
     assert live_subject(decode_head(b'{"type":"feed_status","id":"x"}')) is None  # not replayed
 
 
-async def test_the_history_source_follows_the_writer_backend_and_the_setting(tmp_path) -> None:  # noqa: ANN001
+async def test_the_history_source_follows_the_writer_backend_and_the_setting(tmp_path) -> None:
     """auto: the tables with the Iceberg backend, the NATS query with PostgreSQL (or Parquet);
     an explicit setting wins."""
     from services.replay.app import ReplayService

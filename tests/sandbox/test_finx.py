@@ -347,7 +347,7 @@ async def test_rest_options_time_slice(sb: SandboxRunner, http: httpx.AsyncClien
     for rec in records:
         assert fields <= rec.keys()
         assert abs(rec["timestamp"] - target * 1000) <= 15_000
-        underlying, expiry, strike, kind = rec["instrument_name"].split("-")
+        underlying, _expiry, strike, kind = rec["instrument_name"].split("-")
         assert underlying == "BTC" and kind in "CP" and float(strike) > 0
         assert (0 <= rec["delta"] <= 1) if kind == "C" else (-1 <= rec["delta"] <= 0)
     assert any(r["underlying_index"].startswith("SYN.") for r in records)
@@ -462,7 +462,7 @@ async def test_reboot_refuses_then_recovers(sb: SandboxRunner, http: httpx.Async
                 reply = await call(ws2, {"functionName": "authenticate"})
                 if refused:
                     break
-        except (OSError, ConnectionClosed, websockets.InvalidStatus, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ConnectionClosed, websockets.InvalidStatus):
             refused = True
         await asyncio.sleep(0.05)
     assert refused and reply == {"authenticated": True}

@@ -248,10 +248,9 @@ async def test_cash_and_index_prices(http: httpx.AsyncClient) -> None:
 
 
 async def test_whole_cache_is_gzipped(http: httpx.AsyncClient, sb: SandboxRunner) -> None:
-    async with httpx.AsyncClient(base_url=sb.url, headers=HEADERS) as raw:
-        async with raw.stream("GET", "/api") as r:
-            assert r.headers.get("content-encoding") == "gzip"
-            cache = json.loads(gzip.decompress(b"".join([c async for c in r.aiter_raw()])))
+    async with httpx.AsyncClient(base_url=sb.url, headers=HEADERS) as raw, raw.stream("GET", "/api") as r:
+        assert r.headers.get("content-encoding") == "gzip"
+        cache = json.loads(gzip.decompress(b"".join([c async for c in r.aiter_raw()])))
     data = cache["data"]
     assert data["/market/sources/EURONEX"]["orderBook"] is True
     assert f"{EMA}/deliveries/EMAC01" in data and EURUSDSP in data and "/l10n/market/RATES_SRC" in data

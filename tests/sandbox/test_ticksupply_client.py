@@ -11,8 +11,16 @@ import httpx
 import pytest
 import requests
 from ticksupply import (
-    APIError, AsyncClient, AuthenticationError, Client, ConflictError, InvalidArgumentError, NotFoundError,
-    PaymentRequiredError, PermissionDeniedError, RateLimitError,
+    APIError,
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    RateLimitError,
 )
 from ticksupply.models import ExportStatus, SubscriptionStatus
 
@@ -97,7 +105,7 @@ async def test_catalog_subscriptions_availability_billing(sb: SandboxRunner) -> 
     await in_thread(scenario)
 
 
-async def test_exports_and_schemas(sb: SandboxRunner, http: httpx.AsyncClient) -> None:  # noqa: F811
+async def test_exports_and_schemas(sb: SandboxRunner, http: httpx.AsyncClient) -> None:
     start = time.time_ns() // HOUR_NS * HOUR_NS - 7 * HOUR_NS
     await http.post("/_sandbox/ticksupply/backfill", json={"datastream_id": 101, "start_ns": start,
                                                            "end_ns": start + 2 * 10**9})
@@ -182,7 +190,7 @@ async def test_exports_and_schemas(sb: SandboxRunner, http: httpx.AsyncClient) -
     await in_thread(scenario)
 
 
-async def test_client_retries_and_error_mapping(sb: SandboxRunner, http: httpx.AsyncClient) -> None:  # noqa: F811
+async def test_client_retries_and_error_mapping(sb: SandboxRunner, http: httpx.AsyncClient) -> None:
     await http.post("/_sandbox/faults", json={"rate_limit_next": 1, "retry_after_s": 2})
     with pytest.raises(RateLimitError) as err:
         await in_thread(client(sb).exchanges.list)

@@ -40,7 +40,7 @@ def _jwt(issuer: nkeys.KeyPair, subject: str, name: str, nats_claims: dict) -> s
 
 
 @pytest.fixture
-def operator_mode(tmp_path: Path):  # noqa: ANN201
+def operator_mode(tmp_path: Path):
     operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
     account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
     user = _keypair(nkeys.PREFIX_BYTE_USER)
@@ -65,7 +65,7 @@ def operator_mode(tmp_path: Path):  # noqa: ANN201
         server.cleanup()
 
 
-async def test_a_creds_file_connects_with_the_rights_of_its_jwt(operator_mode) -> None:  # noqa: ANN001
+async def test_a_creds_file_connects_with_the_rights_of_its_jwt(operator_mode) -> None:
     server, creds = operator_mode
     settings = load_settings(BusSettings, env={"NATS_URL": server.url, "NATS_CREDS_FILE": str(creds),
                                                "NATS_INBOX_PREFIX": "_INBOX.reader"})

@@ -6,7 +6,6 @@ One assertion per case. Widening any right in marketbus.security.identities make
 
 from __future__ import annotations
 
-
 import nats
 import pytest
 
@@ -103,14 +102,14 @@ def _playback_cases(who: str) -> list[tuple[str, str, str]]:
     return cases
 
 
-@pytest.mark.parametrize(("who", "action", "subject"), _cases(), ids=lambda v: str(v))
+@pytest.mark.parametrize(("who", "action", "subject"), _cases(), ids=str)
 async def test_identity_is_denied(bus: SecureBus, who: str, action: str, subject: str) -> None:
     probe = await bus.connect(who)
     denied = await (probe.publish_denied(subject) if action == "pub" else probe.subscribe_denied(subject))
     assert denied, f"{who} may {action} {subject}"
 
 
-async def test_a_wrong_key_is_not_let_in(bus: SecureBus, tmp_path) -> None:  # noqa: ANN001
+async def test_a_wrong_key_is_not_let_in(bus: SecureBus, tmp_path) -> None:
     from marketbus.security.credentials import new_seed, write_private
 
     seed = tmp_path / "intruder.nk"

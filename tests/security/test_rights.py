@@ -65,7 +65,7 @@ async def test_the_export_orchestrator_uses_its_bucket_and_object_store(bus: Sec
     assert (data, ack.stream, (await kv.get("job.x")).value) == (b"a,b\n", "EXPORTS", b"{}")
 
 
-async def test_services_answer_requests_only_on_the_reply_subject(tmp_path) -> None:  # noqa: ANN001
+async def test_services_answer_requests_only_on_the_reply_subject(tmp_path) -> None:
     from .conftest import provision_as_admin, start_secure
 
     bus = start_secure(tmp_path)  # a server of its own: reply permissions are tracked per connection
@@ -73,7 +73,7 @@ async def test_services_answer_requests_only_on_the_reply_subject(tmp_path) -> N
     writer = (await bus.connect("history_writer")).nc
     reader = await bus.connect("reader")
 
-    async def answer(msg) -> None:  # noqa: ANN001
+    async def answer(msg) -> None:
         for i in range(3):  # a history query streams several chunks to one reply subject
             await writer.publish(msg.reply, str(i).encode())
 
@@ -109,7 +109,7 @@ async def test_the_reader_consumes_durably_and_sees_heartbeats(bus: SecureBus) -
         True, "status.ingest_finx.heartbeat")
 
 
-async def test_the_replay_service_answers_playback_requests_and_publishes_outputs_a_reader_sees(tmp_path) -> None:  # noqa: ANN001
+async def test_the_replay_service_answers_playback_requests_and_publishes_outputs_a_reader_sees(tmp_path) -> None:
     from .conftest import provision_as_admin, start_secure
 
     bus = start_secure(tmp_path)  # a server of its own: reply permissions are tracked per connection
@@ -120,17 +120,17 @@ async def test_the_replay_service_answers_playback_requests_and_publishes_output
     operator = (await bus.connect("operator")).nc
     session = "s0123456789ab"
 
-    async def history(msg) -> None:  # noqa: ANN001
+    async def history(msg) -> None:
         await writer.publish(msg.reply, b"rows")
 
-    async def start(msg) -> None:  # noqa: ANN001 - the service asks the history first, then answers
+    async def start(msg) -> None:
         rows = (await replay.request("history.query", b"{}", timeout=5)).data
         await msg.respond(rows + b":" + session.encode())
         for subject in (f"replay.{session}.md.trade.finx.deribit.BTC-USD", f"replay.{session}.ref.instrument.finx.deribit.BTC-USD",
                         f"replay.{session}.status", f"replay.{session}.end"):
             await replay.publish(subject, b"{}")
 
-    async def control(msg) -> None:  # noqa: ANN001
+    async def control(msg) -> None:
         await msg.respond(b"paused")
 
     await writer.subscribe("history.query", cb=history)

@@ -34,7 +34,7 @@ SECRETS = {
 }
 
 
-async def _wait(predicate: Any, timeout: float = 20.0) -> None:  # noqa: ANN401
+async def _wait(predicate: Any, timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
@@ -56,7 +56,7 @@ async def test_no_secret_in_logs_events_heartbeats_dead_letters_or_metrics(bus: 
     seen: list[tuple[str, bytes, dict[str, str]]] = []
     admin = (await bus.connect("admin")).nc
 
-    async def record(msg: Any) -> None:  # noqa: ANN401
+    async def record(msg: Any) -> None:
         seen.append((msg.subject, msg.data, dict(msg.headers or {})))
 
     await admin.subscribe(">", cb=record)
@@ -108,4 +108,4 @@ async def test_no_secret_in_logs_events_heartbeats_dead_letters_or_metrics(bus: 
     }
     leaks = {place: [name for name, value in secrets.items() if value in body] for place, body in places.items()}
     assert api.status_code == 200 and all(places.values()), {k: len(v) for k, v in places.items()}
-    assert leaks == dict.fromkeys(places, []), leaks
+    assert leaks == {place: [] for place in places}, leaks

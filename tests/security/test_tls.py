@@ -44,7 +44,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def tls_server(tmp_path: Path):  # noqa: ANN201
+def tls_server(tmp_path: Path):
     cert, key = self_signed(tmp_path)
     server = NatsServer(data_dir=tmp_path / "nats", port=free_port(),
                         extra_args=["--tls", "--tlscert", str(cert), "--tlskey", str(key)]).start()
@@ -54,7 +54,7 @@ def tls_server(tmp_path: Path):  # noqa: ANN201
         server.cleanup()
 
 
-def test_the_cli_connects_with_tls_ca_and_refuses_an_unknown_certificate(tls_server) -> None:  # noqa: ANN001
+def test_the_cli_connects_with_tls_ca_and_refuses_an_unknown_certificate(tls_server) -> None:
     server, cert = tls_server
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")} | {"NATS_URL": server.url}
     trusted = subprocess.run([MARKETBUS, "--tls-ca", str(cert), "provision"], env=env, capture_output=True,
@@ -65,7 +65,7 @@ def test_the_cli_connects_with_tls_ca_and_refuses_an_unknown_certificate(tls_ser
         trusted.stdout + trusted.stderr)
 
 
-async def test_a_service_connects_with_nats_tls_ca_file(tls_server) -> None:  # noqa: ANN001
+async def test_a_service_connects_with_nats_tls_ca_file(tls_server) -> None:
     server, cert = tls_server
     settings = load_settings(BusSettings, env={"NATS_URL": server.url, "NATS_TLS_CA_FILE": str(cert)})
     nc = await nats.connect(**settings.connect_options("tls-test"))

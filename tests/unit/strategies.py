@@ -23,7 +23,7 @@ def for_type(tp: Any) -> st.SearchStrategy[Any]:
     return _for_info(mi.type_info(tp))
 
 
-def _for_info(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one branch per kind
+def _for_info(info: mi.Type) -> st.SearchStrategy[Any]:
     if isinstance(info, mi.Metadata):
         extra = info.extra_json_schema or {}
         if "pattern" in extra and isinstance(info.type, mi.StrType):

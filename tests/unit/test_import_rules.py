@@ -92,7 +92,7 @@ def test_a_service_imports_only_marketbus_third_party_and_itself() -> None:
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
                 continue
             other = service_of(name)
-            if other is None or other == own or own is None and module == "services":
+            if other is None or other == own or (own is None and module == "services"):
                 continue
             if (module, other) in ALLOWED:
                 continue
@@ -104,7 +104,7 @@ def test_every_allow_list_entry_is_still_needed() -> None:
     """An allow-list entry whose import is gone must be removed with it."""
     seen = {(module, service_of(name)) for module, path in modules(SERVICES_DIR, ROOT)
             for _, name in imported_names(path, module)}
-    assert ALLOWED <= seen, f"remove from ALLOWED: {sorted(ALLOWED - seen)}"
+    assert seen >= ALLOWED, f"remove from ALLOWED: {sorted(ALLOWED - seen)}"
 
 
 # Run in a fresh interpreter: for each service, hide it (a meta-path finder refuses it), forget
@@ -149,7 +149,7 @@ def test_deleting_any_one_service_leaves_every_other_service_importable() -> Non
     allowed_files: dict[str, list[str]] = {}
     for importer, imported in ALLOWED:
         allowed_files.setdefault(imported.split(".")[1], []).append(importer.replace(".", "/") + ".py")
-    proc = subprocess.run(  # noqa: S603 - our own interpreter and script
+    proc = subprocess.run(
         [sys.executable, "-c", _HIDE_AND_IMPORT, json.dumps([SERVICES, mods, allowed_files])],
         capture_output=True, text=True, cwd=ROOT, timeout=180, check=False,
     )
@@ -168,7 +168,7 @@ def test_the_names_the_dev_harness_runs_exist() -> None:
     for _, module in SERVICES:
         assert importlib.util.find_spec(f"{module}.__main__") is not None, module
     assert importlib.util.find_spec(f"{SANDBOX_MODULE}.__main__") is not None
-    assert SANDBOX_PORTS == {name: port for name, (_, port) in SANDBOXES.items()}
+    assert {name: port for name, (_, port) in SANDBOXES.items()} == SANDBOX_PORTS
 
 
 def import_graph() -> dict[str, set[str]]:

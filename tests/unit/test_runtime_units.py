@@ -41,7 +41,7 @@ def test_missing_and_bad_values_name_the_variable() -> None:
         load_settings(DemoSettings, {"DEMO_API_KEY": "x", "DEMO_PORT": "http"})
 
 
-def test_secrets_never_show_in_repr_and_can_come_from_files(tmp_path) -> None:  # noqa: ANN001
+def test_secrets_never_show_in_repr_and_can_come_from_files(tmp_path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("s3cr3t-from-file\n")
     s = load_settings(DemoSettings, {"DEMO_API_KEY_FILE": str(key_file)})

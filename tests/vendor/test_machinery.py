@@ -32,7 +32,7 @@ from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow, window_saf
 from marketbus.vendor.timeparse import epoch_ns, iso_ns, time_or_offset_ns
 from tests.ingest_finx.bus import events_of, read_stream
 
-NOW = dt.datetime(2026, 12, 1, 6, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 12, 1, 6, 0, 0, tzinfo=dt.UTC)
 KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 
 
@@ -87,7 +87,7 @@ async def test_http_layer_retries_waits_and_refuses(script: tuple[Script, str]) 
     http = VendorHttp(url, RateLimiter(1000, 1000), backoff=Backoff(0.01, 0.02), max_attempts=3,
                       on_error=errors.append)
     try:
-        date = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+        date = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).strftime("%a, %d %b %Y %H:%M:%S GMT")
         s.plans["/limited"] = [(429, {"Retry-After": date}), (200, {})]
         began = time.monotonic()
         assert (await http.send("GET", "/limited")).content == b"/limited 200"

@@ -121,10 +121,8 @@ class HistoryStore(abc.ABC):
             return out
 
         lists = [await one(k) for k in kinds]
-        n = 0
-        for item in heapq.merge(*lists, key=lambda x: x[0]):
+        for n, item in enumerate(heapq.merge(*lists, key=lambda x: x[0]), start=1):
             yield item
-            n += 1
             if limit is not None and n >= limit:
                 return
 

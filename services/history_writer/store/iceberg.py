@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute
 
 from marketbus.history import maintenance
 from marketbus.history.lakehouse import STREAM_KINDS, LakehouseSettings
@@ -61,7 +61,7 @@ class AckFloors:
         self._asked[stream] = now
         try:
             info = await self.nc.jetstream().consumer_info(stream, durable)
-        except Exception as exc:  # noqa: BLE001 - asked again next time
+        except Exception as exc:
             log.debug("consumer info %s/%s: %r", stream, durable, exc)
             return None
         return info.ack_floor.stream_seq if info.ack_floor else 0

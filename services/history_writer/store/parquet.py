@@ -64,7 +64,7 @@ _HOST = socket.gethostname().replace(".", "_").replace("-", "_")
 
 
 def _day(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%d")
 
 
 def _pid_alive(pid: int) -> bool:

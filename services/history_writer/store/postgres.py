@@ -75,7 +75,7 @@ class PostgresStore(HistoryStore):
         cols = [(schema.column_of[name], ck) for name, ck, _ in schema.fields]
         if kind == "feed_status":
             cols.append(("ts_event", "int"))
-        return cols + [("_stream", "str"), ("_seq", "int"), ("_idx", "int")]
+        return [*cols, ("_stream", "str"), ("_seq", "int"), ("_idx", "int")]
 
     async def open(self) -> None:
         """Connect and create the tables; raises if PostgreSQL is unreachable (the writer retries:
@@ -124,7 +124,7 @@ class PostgresStore(HistoryStore):
             pool, self.pool = self.pool, None
             try:  # a connection still busy (a write being cancelled) must not hold the stop up
                 await asyncio.wait_for(pool.close(), timeout=5.0)
-            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()
 
     async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:

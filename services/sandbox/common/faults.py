@@ -9,6 +9,7 @@ and register their sockets so drops and reboots can close them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -131,10 +132,8 @@ class FaultInjector:
         sockets = list(self._sockets)
         self._sockets.clear()
         for ws in sockets:
-            try:
+            with contextlib.suppress(Exception):
                 await ws.close(code=1012)
-            except Exception:  # noqa: BLE001 - the socket may already be gone
-                pass
         self._count("drops")
         return len(sockets)
 

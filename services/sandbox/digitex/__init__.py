@@ -28,7 +28,7 @@ SANDBOX = SandboxSpec(
     name="digitex",
     default_port=8703,
     settings_cls=DigitexSettings,
-    build=build,  # type: ignore[arg-type]
+    build=build,
     error_body=error_body,
     description="Digitex bot REST API: markets, book, trades, OHLCV, balances, positions, orders",
 )

@@ -296,7 +296,7 @@ class Engine:
         fills = 0
         for k in range(start, upto + 1):
             price = state.price(k)
-            for book, crosses in ((buys, lambda o: o.price >= price), (sells, lambda o: o.price <= price)):
+            for book, crosses in ((buys, lambda o: o.price >= price), (sells, lambda o: o.price <= price)):  # noqa: B023 (called within this iteration)
                 budget = state.size(k)
                 for acct, order in book:
                     if budget <= 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from .market import MarketState, d18
@@ -54,7 +54,7 @@ class Resolution:
             return day // self.count * self.count * DAY_MIN * MINUTE_US
         if self.unit == "W":  # 1970-01-01 was a Thursday: Mondays are day -3 + 7n
             return ((day + 3) // (7 * self.count) * 7 * self.count - 3) * DAY_MIN * MINUTE_US
-        dt = datetime.fromtimestamp(ts_us / 1e6, tz=timezone.utc)
+        dt = datetime.fromtimestamp(ts_us / 1e6, tz=UTC)
         months = (dt.year - 1970) * 12 + dt.month - 1
         months = months // self.count * self.count
         return calendar.timegm((1970 + months // 12, months % 12 + 1, 1, 0, 0, 0)) * 1_000_000

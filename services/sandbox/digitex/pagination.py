@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TypeVar
 from urllib.parse import parse_qs, urlencode
 
@@ -22,7 +22,7 @@ class InvalidCursor(ValueError):
 
 
 def _position(ts_us: int) -> str:
-    return str(datetime.fromtimestamp(ts_us // 1_000_000, tz=timezone.utc).replace(microsecond=ts_us % 1_000_000))
+    return str(datetime.fromtimestamp(ts_us // 1_000_000, tz=UTC).replace(microsecond=ts_us % 1_000_000))
 
 
 def _parse_position(text: str) -> int:

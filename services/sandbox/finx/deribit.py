@@ -16,7 +16,7 @@ from services.sandbox.common.tape import stable_hash, unit
 from .data import MS, NS_PER_S, FinxMarket, pair_base_price
 
 UNDERLYINGS = {"BTC": 1000, "ETH": 50, "SOL": 2}  # underlying -> strike step (USD)
-_MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+_MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 _EXPIRY_HOUR = 8  # Deribit options expire at 08:00 UTC
 _N_EXPIRIES = 4
 _STRIKES_EACH_SIDE = 3
@@ -32,7 +32,7 @@ def _expiries(as_of: dt.datetime) -> list[dt.datetime]:
     first = day + dt.timedelta(days=(4 - day.weekday()) % 7)
     out = []
     for week in range(_N_EXPIRIES + 1):
-        expiry = dt.datetime.combine(first + dt.timedelta(weeks=week), dt.time(_EXPIRY_HOUR), dt.timezone.utc)
+        expiry = dt.datetime.combine(first + dt.timedelta(weeks=week), dt.time(_EXPIRY_HOUR), dt.UTC)
         if expiry > as_of:
             out.append(expiry)
     return out[:_N_EXPIRIES]
@@ -56,7 +56,7 @@ def _strikes(spot: float, step: int) -> list[int]:
 
 
 def _contracts(market: FinxMarket, underlying: str, at_ns: int) -> list[dict[str, Any]]:
-    as_of = dt.datetime.fromtimestamp(at_ns / NS_PER_S, dt.timezone.utc)
+    as_of = dt.datetime.fromtimestamp(at_ns / NS_PER_S, dt.UTC)
     spot = _spot(market, underlying, at_ns)
     out = []
     for expiry in _expiries(as_of):

@@ -58,8 +58,8 @@ class ArticleBody(msgspec.Struct, kw_only=True):
     title: str
     snippet: str = ""
     content: str = ""
-    publicationDate: int  # noqa: N815 - the vendor's field name
-    modificationDate: int | None = None  # noqa: N815
+    publicationDate: int
+    modificationDate: int | None = None
 
 
 @dataclass

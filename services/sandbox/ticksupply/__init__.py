@@ -44,7 +44,7 @@ SANDBOX = SandboxSpec(
     default_port=8702,
     settings_cls=TickSupplySettings,
     build=build,
-    error_body=lambda status, code, message: error_body(status, code, message),
+    error_body=error_body,
     description="TickSupply REST API (/v1): catalog, subscriptions, exports, availability, billing, schemas",
 )
 

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +19,19 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.sandbox.common.base import json_response
-
 from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.tsapi import (  # noqa: F401 - re-exported for the sandbox modules
-    STATUS_CODES, ApiError, error_body, error_response, int_param, iso, json_body, new_request_id, parse_ns,
+    STATUS_CODES,
+    ApiError,
+    error_body,
+    error_response,
+    int_param,
+    iso,
+    json_body,
+    new_request_id,
+    parse_ns,
 )
+from services.sandbox.common.base import json_response
 
 T = TypeVar("T")
 

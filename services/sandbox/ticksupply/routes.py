@@ -19,12 +19,32 @@ from services.sandbox.common.base import json_response
 from services.sandbox.common.faults import FaultInjector
 
 from .api import (
-    ACCOUNT_LIMITS, CATALOG_LIMITS, ApiError, Gate, GateMiddleware, IdempotencyStore, Pager, error_response, int_param, iso,
-    json_body, new_request_id, now_ns, parse_ns,
+    ACCOUNT_LIMITS,
+    CATALOG_LIMITS,
+    ApiError,
+    Gate,
+    GateMiddleware,
+    IdempotencyStore,
+    Pager,
+    error_response,
+    int_param,
+    iso,
+    json_body,
+    new_request_id,
+    now_ns,
+    parse_ns,
 )
 from .catalog import Catalog, Datastream
 from .exports import ExportFaults, ExportJob, ExportTiming, UrlSigner, export_rows, run_export
-from .schemas import BUILT_IN_NAMES, CATEGORIES, STREAM_CATEGORY, CompiledSchema, compile_built_in, compile_custom, parse_content
+from .schemas import (
+    BUILT_IN_NAMES,
+    CATEGORIES,
+    STREAM_CATEGORY,
+    CompiledSchema,
+    compile_built_in,
+    compile_custom,
+    parse_content,
+)
 from .settings import TickSupplySettings
 from .store import Account, SchemaRecord, Store
 

@@ -130,7 +130,7 @@ async def connect(url: str | None) -> nats.NATS:
     try:
         return await nats.connect(servers, connect_timeout=3, max_reconnect_attempts=2, allow_reconnect=False,
                                   error_cb=_quiet, **options)
-    except Exception as exc:  # noqa: BLE001 - say what failed, not a traceback
+    except Exception as exc:
         where = f" (recorded in {data_dir() / URL_FILE} by `marketbus up`: is it still running?)" \
             if not url and not os.environ.get("NATS_URL") and recorded_url() else ""
         raise typer.BadParameter(f"cannot connect to NATS at {target} as {who}: {exc!r}{where}") from None

@@ -51,7 +51,7 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     except ValueError:
         raise ValueError(f"not a time: {text!r} (ISO 8601, ns since the epoch, 'now' or -<N>[smhd])") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
@@ -66,7 +66,7 @@ def parse_range(start: str, end: str) -> tuple[int, int]:
 def _iso(ns: int | None) -> str:
     if ns is None:
         return ""
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 _SKIP = {"type", "id", "source", "venue", "symbol", "ts_event", "ts_recv", "replay"}
@@ -103,7 +103,7 @@ def _write(out: Path, rows: list[dict[str, Any]]) -> None:
 def _subject_of(event: Any) -> str | None:
     try:
         return subjects.for_event(event)
-    except Exception:  # noqa: BLE001 - feed_status rows have no md/ref subject
+    except Exception:
         return None
 
 

@@ -87,7 +87,8 @@ def credentials(
 @app.command()
 def up(
     data_dir: Path = typer.Option(
-        Path(os.environ.get("MARKETBUS_DATA_DIR", ".marketbus")), "--data-dir", help="NATS data, the local store, logs",
+        Path(os.environ.get("MARKETBUS_DATA_DIR", ".marketbus")),  # noqa: B008 (read once, shown in --help)
+        "--data-dir", help="NATS data, the local store, logs",
     ),
     sandboxes: bool = typer.Option(True, "--sandboxes/--no-sandboxes", help="start the four vendor sandboxes"),
     duration: float = typer.Option(0, "--duration", help="stop after this many seconds (0 = until Ctrl-C)"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 
@@ -30,7 +29,7 @@ async def fetch_heartbeats(url: str | None, max_age_s: float = 60.0) -> dict[str
         while True:
             try:
                 msg = await sub.next_msg(timeout=0.5)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 break
             hb = codec.decode(msg.data)
             if isinstance(hb, ServiceHeartbeat) and now - hb.ts < max_age_s * 1e9:
@@ -38,7 +37,7 @@ async def fetch_heartbeats(url: str | None, max_age_s: float = 60.0) -> dict[str
             if msg.metadata.num_pending == 0:  # caught up; live heartbeats would never end the loop
                 break
         await sub.unsubscribe()
-    except Exception:  # noqa: BLE001 - no STATUS stream yet: nothing has reported
+    except Exception:
         pass
     finally:
         await nc.drain()

@@ -145,7 +145,7 @@ async def reconnect(url: str | None, reconnect_s: float) -> Any:
     while True:
         try:
             nc = await connect(url)
-        except Exception:  # noqa: BLE001 - still down: retry until the deadline
+        except Exception:
             if time.monotonic() >= deadline:
                 raise ConnectionError(f"lost the connection to NATS at {target} and could not reconnect "
                                       f"within {reconnect_s:g}s") from None

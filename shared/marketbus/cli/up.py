@@ -48,7 +48,6 @@ from .common import CREDENTIALS_DIR, URL_FILE
 from .services import SANDBOX_MODULE, SANDBOX_PORTS, existing_services
 from .statusview import render
 
-
 LOCK_FILE = "up.lock"
 STORE_LOCK_FILE = "store.lock"
 PORT_OFFSET_ENV = "MARKETBUS_UP_PORT_OFFSET"
@@ -183,7 +182,7 @@ class SupervisedNatsServer(NatsServer):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / f"nats-server-{self.port}.log"
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+            self.proc = subprocess.Popen(
                 self._args(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_die_with_parent(),  # noqa: PLW1509 - a prctl call, no locks taken
                 pass_fds=self.keep_fds,
@@ -213,7 +212,7 @@ class Child:
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+            self.proc = subprocess.Popen(
                 self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
                 preexec_fn=_die_with_parent(),  # noqa: PLW1509 - a prctl call, no locks taken
                 pass_fds=self.keep_fds,
@@ -407,7 +406,7 @@ async def _run_locked(data_dir: Path, data_lock: DirLock, sandboxes: bool, durat
         console.print(f"auth on: one nkey identity per service, seeds in {store.directory} (0600)")
     try:
         await provision_embedded(nats_url, store, console)
-    except Exception as exc:  # noqa: BLE001 - an external server may be provisioned by its operator
+    except Exception as exc:
         if server is not None:  # our own server: nothing can run without provisioning
             (data_dir / URL_FILE).unlink(missing_ok=True)
             server.stop()

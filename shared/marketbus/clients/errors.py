@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, TypeVar
 
 import msgspec
@@ -39,7 +38,7 @@ def decode_reply(data: bytes, expected: type[T]) -> T:
     """``data`` decoded as ``expected``; an :class:`ErrorReply` (or an undecodable reply) raises
     :class:`RequestError`. ``expected`` must be a tagged contract type (an ``Event``)."""
     try:
-        reply = codec.decode_as(data, expected | ErrorReply)  # type: ignore[operator]  # a tagged union
+        reply = codec.decode_as(data, expected | ErrorReply)  # a tagged union
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise RequestError(codes.INTERNAL, f"unexpected reply ({exc}): {bytes(data[:200])!r}") from None
     if isinstance(reply, ErrorReply):
@@ -65,6 +64,6 @@ async def request(nc: Any, subject: str, payload: bytes, *, timeout: float, what
         msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except NoRespondersError:
         raise RequestError(codes.NO_RESPONDERS, f"no {what} is running (no responders on {subject})") from None
-    except (asyncio.TimeoutError, NatsTimeoutError):
+    except (TimeoutError, NatsTimeoutError):
         raise RequestError(codes.TIMEOUT, f"no reply from the {what} on {subject} within {timeout:g}s") from None
     return msg.data  # type: ignore[no-any-return]

@@ -27,7 +27,7 @@ import builtins
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ class ExportClient:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise RequestError(codes.INTERNAL, f"unexpected reply to {subjects.EXPORT_LIST}: {exc}") from None
 
-    async def follow(self, job_id: str, *, poll_s: float = 2.0) -> AsyncIterator[ExportJob]:
+    async def follow(self, job_id: str, *, poll_s: float = 2.0) -> AsyncGenerator[ExportJob, None]:
         """The job as it changes (progress events, and a poll every ``poll_s`` in case events are
         missed), starting with its current state and ending with its terminal state."""
         latest: ExportJob | None = None
@@ -208,7 +208,7 @@ def _http_error(resp: Any, job_id: str) -> RequestError:
     try:
         err = resp.json()["error"]
         message, code = err["message"], err.get("code")
-    except Exception:  # noqa: BLE001 - not the API's error shape: show the body
+    except Exception:
         message, code = resp.text[:200], None
     if resp.status_code == 401:
         return RequestError(codes.BAD_REQUEST, f"the export API refused the key ({message})")

@@ -21,6 +21,7 @@ lifecycle events, fills, positions and balances arrive on ``orders.evt|fill|posi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -34,8 +35,16 @@ import msgspec
 from marketbus.contracts import codec, streams, subjects
 from marketbus.contracts import errors as codes
 from marketbus.contracts.orders import (
-    TERMINAL_STATES, CancelOrders, CommandAck, OrderCommand, OrderDuration, OrderSide, OrderType, PlaceOrder,
-    RouterControl, UpdateOrder,
+    TERMINAL_STATES,
+    CancelOrders,
+    CommandAck,
+    OrderCommand,
+    OrderDuration,
+    OrderSide,
+    OrderType,
+    PlaceOrder,
+    RouterControl,
+    UpdateOrder,
 )
 
 from .errors import RequestError, decode_reply, request
@@ -297,10 +306,8 @@ class OrderClient:
                 yield msg.subject, event
         finally:
             for sub in subs:
-                try:
+                with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-                except Exception:  # noqa: BLE001, S110 - the connection may be closed already
-                    pass
 
 
 # --- function forms (nc first) -------------------------------------------------------------

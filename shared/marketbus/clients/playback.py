@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import msgspec
@@ -29,7 +29,13 @@ import msgspec
 from marketbus.contracts import codec, subjects
 from marketbus.contracts import errors as codes
 from marketbus.contracts.replay import (
-    ENDED_STATES, PlaybackControl, PlaybackEnd, PlaybackSession, PlaybackStart, PlaybackStatus, parse_speed,
+    ENDED_STATES,
+    PlaybackControl,
+    PlaybackEnd,
+    PlaybackSession,
+    PlaybackStart,
+    PlaybackStatus,
+    parse_speed,
 )
 
 from .errors import RequestError, decode_reply, request
@@ -77,7 +83,7 @@ class PlaybackClient:
     async def status(self, session: str) -> PlaybackStatus:
         return await self.control(session, "status")
 
-    async def follow(self, session: PlaybackSession, *, resume: bool = False) -> AsyncIterator[PlaybackStatus]:
+    async def follow(self, session: PlaybackSession, *, resume: bool = False) -> AsyncGenerator[PlaybackStatus, None]:
         """The session's status events until (and including) the one of its end. ``resume``: resume
         the session once subscribed (start it with ``hold=True`` to see it from its first event)."""
         queue: asyncio.Queue[PlaybackStatus] = asyncio.Queue()

@@ -15,7 +15,7 @@ from marketbus.contracts.market import MARKET_TYPES
 from marketbus.contracts.reference import REFERENCE_TYPES
 from marketbus.contracts.status import FeedStatus
 
-KINDS: tuple[str, ...] = tuple(t.__struct_config__.tag for t in (*MARKET_TYPES, *REFERENCE_TYPES, FeedStatus))
+KINDS: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in (*MARKET_TYPES, *REFERENCE_TYPES, FeedStatus))
 """Every kind stored in history: market and reference event types, and ``feed_status``."""
 
 _NAMESPACES = ("md", "ref")

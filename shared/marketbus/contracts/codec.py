@@ -36,7 +36,7 @@ what a broken contract invariant gives), invalid UTF-8 inside a string, nesting 
 :func:`decode` and :func:`decode_as` raise only ``msgspec.DecodeError`` (or its subclass
 ``ValidationError``); decoders used directly raise any of these."""
 
-MarketData = Union[MARKET_TYPES + REFERENCE_TYPES]  # type: ignore[valid-type]
+MarketData = Union[MARKET_TYPES + REFERENCE_TYPES]  # type: ignore[valid-type]  # noqa: UP007 (a union of a tuple built at run time)
 
 
 class Batch(Event, frozen=True, kw_only=True, tag="batch"):
@@ -58,7 +58,7 @@ STATUS_TYPES = (FeedStatus, ServiceHeartbeat, DeadLetter)
 ALL_TYPES: tuple[type[Event], ...] = (
     MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES + PLAYBACK_TYPES
 )
-AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]
+AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]  # noqa: UP007 (a union of a tuple built at run time)
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyEvent)
@@ -126,7 +126,7 @@ def schema_version_of(headers: dict[str, str] | None) -> int:
 
 
 def headers_for(event: Event, msg_id: str | None = None) -> dict[str, str]:
-    headers = {HEADER_SCHEMA: str(SCHEMA_VERSION), HEADER_TYPE: type(event).__struct_config__.tag}  # type: ignore[attr-defined]
+    headers = {HEADER_SCHEMA: str(SCHEMA_VERSION), HEADER_TYPE: str(type(event).__struct_config__.tag)}
     mid = msg_id if msg_id is not None else getattr(event, "id", None)
     if mid:
         headers[HEADER_MSG_ID] = mid
@@ -138,7 +138,7 @@ def make_batch(events: list[MarketEvent], replay: bool | None = None) -> Batch:
     if not events:
         raise ValueError("a batch needs at least one event")
     first = events[0]
-    kind = type(first).__struct_config__.tag  # type: ignore[attr-defined]
+    kind = str(type(first).__struct_config__.tag)
     for e in events:
         if type(e) is not type(first) or e.symbol != first.symbol or e.venue != first.venue or e.source != first.source:
             raise ValueError("a batch holds events of one kind and one instrument")

@@ -112,7 +112,7 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> ConsumerI
     spec's redelivery policy; safe to call from several instances at once. Returns its info."""
     wanted = spec.config()
     try:
-        info = await js.consumer_info(spec.stream, spec.durable)
+        info: ConsumerInfo = await js.consumer_info(spec.stream, spec.durable)
     except NotFoundError:
         try:
             info = await js.add_consumer(spec.stream, wanted)
@@ -120,7 +120,8 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> ConsumerI
             return info
         except BadRequestError:
             # another instance created it between our two calls
-            return await js.consumer_info(spec.stream, spec.durable)
+            raced: ConsumerInfo = await js.consumer_info(spec.stream, spec.durable)
+            return raced
     changed = _differs(info.config, wanted)
     if changed:
         # an older release made it with another policy (e.g. ack_wait 60 s, unbounded deliveries)
@@ -146,12 +147,13 @@ async def bind_consumer(js: JetStreamContext, spec: ConsumerSpec, *, retry_s: fl
     said = False
     while True:
         try:
-            return await js.consumer_info(spec.stream, spec.durable)
+            found: ConsumerInfo = await js.consumer_info(spec.stream, spec.durable)
+            return found
         except NotFoundError:
             pass
         try:
             return await ensure_consumer(js, spec)
-        except Exception as exc:  # noqa: BLE001 - refused (no right to create it), or no stream yet
+        except Exception as exc:
             if not said:
                 log.warning("consumer %s on %s not provisioned (%s): run `marketbus provision`; waiting",
                             spec.durable, spec.stream, type(exc).__name__)

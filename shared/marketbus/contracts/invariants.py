@@ -281,7 +281,7 @@ def install_checks(cls: type) -> None:
         "    except Exception as exc:",
         "        raise _fail(_cls_name, f, _describe.get(f, 'is invalid'), v, exc) from None",
     ])
-    exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)  # noqa: S102 - generated from the rules above
+    exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)
     names["__post_init__"].source = source  # what was generated, for reading
     cls.__post_init__ = names["__post_init__"]  # type: ignore[attr-defined]
 
@@ -290,7 +290,7 @@ class _Bad(Exception):
     """Raised inside the generated checks; turned into an InvariantError naming the field."""
 
 
-class Checked(msgspec.Struct):
+class Checked(msgspec.Struct, frozen=True):  # every contract is frozen (and type checkers need the base to say so)
     """Base of every contract struct: subclasses get their invariant checks installed."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -17,6 +17,7 @@ export.create...) are deliberately outside every stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -178,7 +179,7 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 
     return False
 
 
-async def create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:  # noqa: ANN401 - nats KeyValue
+async def create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:
     """Provisioning: the bucket, created when missing."""
     try:
         return await js.key_value(spec.name)
@@ -186,7 +187,7 @@ async def create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 
         return await js.create_key_value(spec.config(replicas))
 
 
-async def create_object_store(js: JetStreamContext, spec: ObjectStoreSpec, replicas: int = 1) -> Any:  # noqa: ANN401
+async def create_object_store(js: JetStreamContext, spec: ObjectStoreSpec, replicas: int = 1) -> Any:
     """Provisioning: the object store, created when missing."""
     try:
         return await js.object_store(spec.name)
@@ -206,12 +207,12 @@ async def bind_when_provisioned(what: str, bind: Callable[[], Awaitable[T]],
         await asyncio.sleep(retry_s)
 
 
-async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:  # noqa: ANN401, ARG001
+async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:
     """Bind the KV bucket, waiting until provisioning created it (``replicas`` is provisioning's)."""
     return await bind_when_provisioned(f"KV bucket {spec.name}", lambda: js.key_value(spec.name))
 
 
-async def bind_object_store(js: JetStreamContext, name: str) -> Any:  # noqa: ANN401
+async def bind_object_store(js: JetStreamContext, name: str) -> Any:
     """Bind the object store ``name``, waiting until provisioning created it."""
     return await bind_when_provisioned(f"object store {name}", lambda: js.object_store(name))
 
@@ -220,9 +221,9 @@ async def wait_provisioned(js: JetStreamContext, streams: tuple[StreamSpec, ...]
                            buckets: tuple[BucketSpec, ...] = ()) -> None:
     """Return once every stream and bucket listed exists (a service's start-up check)."""
     for spec in streams:
-        await bind_when_provisioned(f"stream {spec.name}", lambda spec=spec: js.stream_info(spec.name))
+        await bind_when_provisioned(f"stream {spec.name}", functools.partial(js.stream_info, spec.name))
     for bucket in buckets:
-        await bind_when_provisioned(f"KV bucket {bucket.name}", lambda bucket=bucket: js.key_value(bucket.name))
+        await bind_when_provisioned(f"KV bucket {bucket.name}", functools.partial(js.key_value, bucket.name))
 
 
 async def ensure_all(js: JetStreamContext, replicas: int = 1) -> None:

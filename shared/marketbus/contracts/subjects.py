@@ -108,7 +108,7 @@ def _namespace(event_type: type) -> str:
 def kind_of(event_or_type: object) -> str:
     """The kind token of an event (its ``type`` tag): ``trade``, ``book``, ``instrument``..."""
     cls = event_or_type if isinstance(event_or_type, type) else type(event_or_type)
-    return cls.__struct_config__.tag  # type: ignore[attr-defined]
+    return str(cls.__struct_config__.tag)  # type: ignore[attr-defined]  # cls is a contract (Struct) type
 
 
 def for_event(event: MarketEvent) -> str:

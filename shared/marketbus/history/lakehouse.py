@@ -40,7 +40,13 @@ from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import BucketTransform, DayTransform, IdentityTransform
 from pyiceberg.types import (
-    BooleanType, DecimalType, IntegerType, LongType, NestedField, StringType, TimestamptzType,
+    BooleanType,
+    DecimalType,
+    IntegerType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
 )
 
 from marketbus.runtime.settings import Secret, Settings, load_settings

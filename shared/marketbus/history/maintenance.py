@@ -176,6 +176,6 @@ def maintain(tables: Tables, kinds: Iterable[str], floors: dict[str, int], *, mi
             report.files_merged += compact_table(table, min_files)
             report.snapshots_expired += expire_snapshots(table, floors, snapshot_min_age_s)
             report.orphans_removed += remove_orphans(table, orphan_age_s)
-        except Exception as exc:  # noqa: BLE001 - one table's failure must not stop the others
+        except Exception as exc:
             log.warning("maintenance of %s failed: %r", kind, exc)
     return report

@@ -41,6 +41,7 @@ def migrate(source: LakehouseSettings, target: LakehouseSettings,
             continue
         sel = Selector(kind=kind)
         table = target_reader.tables.get(kind, create=True)
+        assert table is not None  # create=True makes the table when it is missing
         layout = LAYOUTS[kind]
         for day in reader.days(kind, sel, 0, MAX_NS):
             lo, hi = day, day + 86_400 * 10**9

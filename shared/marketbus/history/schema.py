@@ -135,7 +135,7 @@ class KindSchema:
 
     def __init__(self, event_type: type[Event]) -> None:
         self.event_type = event_type
-        self.kind: str = event_type.__struct_config__.tag  # type: ignore[attr-defined]
+        self.kind: str = event_type.__struct_config__.tag
         self.stream = "STATUS" if event_type is FeedStatus else ("MD" if event_type in MARKET_TYPES else "REF")
         self.fields: list[tuple[str, str, bool]] = []  # (event field, column kind, required)
         row_fields: list[Any] = []
@@ -145,7 +145,7 @@ class KindSchema:
             self.fields.append((f.name, ck, f.required))
             rt = _ROW_TYPES[ck]
             if optional:
-                rt = rt | None  # type: ignore[operator]
+                rt = rt | None
             if f.required:
                 row_fields.append((f.name, rt))
             else:
@@ -242,7 +242,7 @@ SCHEMAS: dict[str, KindSchema] = {s.kind: s for s in (KindSchema(t) for t in MAR
 KINDS = tuple(SCHEMAS)
 
 # one decoder for any row (single event), and for a batch envelope of rows
-_RowUnion = Union[tuple(s.row_type for s in SCHEMAS.values())]  # type: ignore[misc]
+_RowUnion = Union[tuple(s.row_type for s in SCHEMAS.values())]  # noqa: UP007 (built at run time)
 
 
 class BatchRow(msgspec.Struct, kw_only=True, tag_field="type", tag="batch"):
@@ -255,7 +255,7 @@ class BatchRow(msgspec.Struct, kw_only=True, tag_field="type", tag="batch"):
     events: list[_RowUnion]  # type: ignore[valid-type]
 
 
-_row_decoder = msgspec.json.Decoder(Union[_RowUnion, BatchRow])  # type: ignore[arg-type]
+_row_decoder = msgspec.json.Decoder(Union[_RowUnion, BatchRow])  # noqa: UP007 (run-time union)
 
 
 class Message(msgspec.Struct, gc=False):
@@ -392,7 +392,7 @@ def _strict(msgs: list[Message], out: dict[str, list[tuple[Any, int, int]]], bad
             for i, e in enumerate(obj.events):
                 out.setdefault(obj.kind, []).append((e, m.seq, i))
         else:
-            kind = type(obj).__struct_config__.tag  # type: ignore[attr-defined]
+            kind = type(obj).__struct_config__.tag
             out.setdefault(kind, []).append((obj, m.seq, 0))
 
 

@@ -64,5 +64,5 @@ class Cursor(NamedTuple):
         try:
             ts, stream, seq, idx = msgspec.json.decode(base64.urlsafe_b64decode(text.encode()))
             return cls(int(ts), str(stream), int(seq), int(idx))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ValueError(f"invalid cursor {text!r}") from exc

@@ -227,7 +227,7 @@ class HistoryTableWriter:
         try:
             self.expired += expire_snapshots(table, dict(self.floors), min_age_s=self.snapshot_min_age_s, keep_last=4,
                                             refresh=False)
-        except Exception as exc:  # noqa: BLE001 - retried after the next commit
+        except Exception as exc:
             log.debug("snapshot expiry of %s failed: %r", kind, exc)
 
 

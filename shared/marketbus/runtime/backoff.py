@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+
 class Backoff:
     """``delay = random(0, min(max_s, initial_s * factor**attempt))`` (AWS "full jitter"),
     never below ``min_s``. ``reset()`` after a success."""

@@ -64,7 +64,7 @@ class AsgiServer:
         config = uvicorn.Config(self.app, host=self.host, port=self.port, **self._options)
         self._server = uvicorn.Server(config)
         # uvicorn installs signal handlers in serve(); the owner of the process handles signals.
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server.install_signal_handlers = lambda: None
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"http:{self.port}")
         while not self._server.started:
             if self._task.done():

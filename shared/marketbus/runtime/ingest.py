@@ -39,7 +39,8 @@ class IngestSettings(ServiceSettings, kw_only=True):
 
 
 async def _raw_body(msg: Any) -> bytes:
-    return msg.body
+    body: bytes = msg.body
+    return body
 
 
 class ReplayUnsupported(Exception):
@@ -125,7 +126,7 @@ class Ingestor(Service):
         them itself (``resends_failed_publishes``)."""
         assert self.publisher is not None
         publisher = self.publisher
-        feed = dict(venue=NO_VENUE, symbol=NO_VENUE, feed=f"{self.source}/publishing")
+        feed: dict[str, Any] = dict(venue=NO_VENUE, symbol=NO_VENUE, feed=f"{self.source}/publishing")
         seen: str | None = None
         since_ns, failed_before = 0, 0
         while True:
@@ -156,7 +157,7 @@ class Ingestor(Service):
     async def _handle_replay(self, body: bytes) -> ReplayReply:
         try:
             request = codec.decode_as(body, ReplayRequest)
-        except Exception as exc:  # noqa: BLE001 - whatever the payload: an error reply, never no reply
+        except Exception as exc:
             return ReplayReply(request_id="", accepted=False, reason=f"bad replay request: {exc}"[:1000])
         if request.source != self.source:
             return ReplayReply(request_id=request.request_id, accepted=False, reason=f"this is the {self.source} ingestor")
@@ -166,7 +167,7 @@ class Ingestor(Service):
             count = await self.replay(request)
         except ReplayUnsupported as exc:
             return ReplayReply(request_id=request.request_id, accepted=False, reason=str(exc))
-        except Exception as exc:  # noqa: BLE001 - the vendor failed: say so to the caller
+        except Exception as exc:
             self.log.warning("replay %s failed: %r", request.request_id, exc)
             return ReplayReply(request_id=request.request_id, accepted=False, reason=f"replay failed: {exc!r}")
         return ReplayReply(request_id=request.request_id, accepted=True, events=count)
@@ -182,7 +183,7 @@ class Ingestor(Service):
         cls = type(event)
         children = self._metric_children.get(cls)
         if children is None:  # labels() costs more than the increment: resolve once per kind
-            kind = cls.__struct_config__.tag  # type: ignore[attr-defined]
+            kind = cls.__struct_config__.tag
             children = self._metric_children[cls] = (
                 self.metrics.events_out.labels(self.source, kind), self.metrics.event_lag.labels(self.source, kind),
                 cls in MARKET_TYPES,
@@ -242,7 +243,7 @@ class Ingestor(Service):
         self.metrics.malformed.labels(self.source, channel).inc()
         try:
             await self.dead_letter(self.source, reason, payload, subject=channel)
-        except Exception as exc:  # noqa: BLE001 - the bus is down: the log line must do
+        except Exception as exc:
             self.log.error("could not dead-letter a malformed %s payload: %r", channel, exc)
 
     @staticmethod

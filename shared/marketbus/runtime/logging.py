@@ -36,7 +36,7 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
         if not isinstance(value, (str, int, float, bool, type(None), dict, list)):
             try:
                 value = repr(value)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 value = f"<unprintable {type(value).__name__}>"
         out[key] = value
     return out

@@ -100,7 +100,7 @@ class NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / f"nats-server-{self.port}.log"
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+            self.proc = subprocess.Popen(
                 self._args(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         _wait_for_port(self.host, self.port, self.proc, timeout, log)

@@ -55,7 +55,7 @@ async def provision(js: JetStreamContext, replicas: int = 1) -> ProvisionReport:
     return report
 
 
-async def provision_server(settings: BusSettings, **connect: Any) -> ProvisionReport:  # noqa: ANN401
+async def provision_server(settings: BusSettings, **connect: Any) -> ProvisionReport:
     """Connect with ``settings`` (an admin identity) and provision."""
     nc = await nats.connect(**{**settings.connect_options("marketbus-provision"), "max_reconnect_attempts": 2,
                                "allow_reconnect": False, **connect})
@@ -65,7 +65,7 @@ async def provision_server(settings: BusSettings, **connect: Any) -> ProvisionRe
         await nc.drain()
 
 
-async def provision_url(url: str, replicas: int = 1, **connect: Any) -> ProvisionReport:  # noqa: ANN401
+async def provision_url(url: str, replicas: int = 1, **connect: Any) -> ProvisionReport:
     """Provision the server at ``url`` (benchmarks and tools on their own unauthenticated servers)."""
     nc = await nats.connect(url.split(","), **connect)
     try:

@@ -16,6 +16,7 @@ a caller that commits a cursor after ``flush()`` never commits past a lost event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import Any
@@ -51,7 +52,7 @@ LATENCY_SAMPLE_EVERY = 16
 class _Group:
     """Messages acknowledged together: one future for all of them (no future per message)."""
 
-    __slots__ = ("remaining", "future", "last_ack")
+    __slots__ = ("future", "last_ack", "remaining")
 
     def __init__(self, n: int, future: asyncio.Future[PubAck]) -> None:
         self.remaining = n
@@ -70,8 +71,19 @@ class _Group:
 
 
 class _Pending:
-    __slots__ = ("subject", "payload", "headers", "header_block", "future", "group", "sent_at", "attempts",
-                 "first_sent_at", "retry_at", "last_error")
+    __slots__ = (
+        "attempts",
+        "first_sent_at",
+        "future",
+        "group",
+        "header_block",
+        "headers",
+        "last_error",
+        "payload",
+        "retry_at",
+        "sent_at",
+        "subject",
+    )
 
     def __init__(self, subject: str, payload: bytes, headers: dict[str, str] | None, future: asyncio.Future[PubAck],
                  header_block: bytes | None = None, group: _Group | None = None) -> None:
@@ -216,7 +228,7 @@ class JetStreamPublisher:
         if len(self._pending) >= self.max_inflight:
             self._room.clear()
         ceiling = min(2.0, 0.1 * 2 ** min(pending.attempts, 5))
-        pending.retry_at = now + random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+        pending.retry_at = now + random.uniform(ceiling / 2, ceiling)
         pending.last_error = reason
         self._blocked(reason)
 
@@ -296,7 +308,7 @@ class JetStreamPublisher:
                 self.retries += 1
                 try:
                     await self._send(token, pending)
-                except Exception:  # noqa: BLE001 - disconnected: next sweep retries
+                except Exception:
                     pending.sent_at = now
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None,
@@ -315,10 +327,8 @@ class JetStreamPublisher:
             self._pending.pop(token, None)
             self._fail(pending, PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload"))
             return future
-        try:
+        with contextlib.suppress(Exception):
             await self._send(token, pending)
-        except Exception:  # noqa: BLE001 - the sweeper re-sends it once reconnected
-            pass
         return future
 
     async def publish_event(self, event: Event, subject: str | None = None) -> asyncio.Future[PubAck]:
@@ -337,7 +347,7 @@ class JetStreamPublisher:
             future.set_result(PubAck())
             return future
         group = _Group(len(events), future)
-        encode = codec._encoder.encode  # noqa: SLF001 - the codec's own encoder, bound once
+        encode = codec._encoder.encode
         subject_of: dict[tuple[type, str, str], str] = {}
         for event in events:
             key = (type(event), event.venue, event.symbol)

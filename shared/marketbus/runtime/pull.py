@@ -103,7 +103,7 @@ class MaxDeliveriesWatch:
                       f"{self.spec.stream} seq {seq}")
             await self.on_dropped(stored.subject or "", stored.data or b"", reason)
             self.dropped += 1
-        except Exception as exc:  # noqa: BLE001 - e.g. the message expired meanwhile: logged
+        except Exception as exc:
             log.error("could not dead-letter a message the server gave up on (%s): %r", msg.data[:200], exc)
 
 
@@ -260,7 +260,7 @@ class PullConsumer:
         """The handler raised: redeliver after the back-off, or dead-letter on the last delivery."""
         try:
             delivered = msg.metadata.num_delivered
-        except Exception:  # noqa: BLE001 - not a JetStream ack subject: nothing to settle
+        except Exception:
             return
         spec = self.spec
         try:
@@ -275,7 +275,7 @@ class PullConsumer:
                 log.error("terminating a message of %s: %s", msg.subject, reason)
             self.dead_lettered += 1
             await msg.term()
-        except Exception as settle_exc:  # noqa: BLE001 - unsettled: the ack wait brings it back
+        except Exception as settle_exc:
             log.warning("could not settle a failed message of %s: %r", msg.subject, settle_exc)
 
     async def _progress_loop(self) -> None:
@@ -309,7 +309,7 @@ class PullConsumer:
                 try:
                     await self.nc.publish(requests.subject, requests.body(free), reply=requests.inbox)
                     requests.sent(free)
-                except Exception:  # noqa: BLE001 - disconnected: asked again once it reconnects
+                except Exception:
                     await asyncio.sleep(0.2)
                     continue
             self._wake.clear()

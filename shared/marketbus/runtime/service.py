@@ -75,7 +75,7 @@ FEED_STATES: frozenset[str] = frozenset(get_args(FeedState))
 
 
 class _Feed:
-    __slots__ = ("state", "total", "last_ts", "rate", "_mark_total", "_mark_time")
+    __slots__ = ("_mark_time", "_mark_total", "last_ts", "rate", "state", "total")
 
     def __init__(self) -> None:
         self.state: FeedState | None = None  # unknown until first reported

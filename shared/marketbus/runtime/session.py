@@ -98,7 +98,7 @@ class SessionKeeper:
                 await self._ping(token)
                 self.pings += 1
                 self.touch()
-            except Exception as exc:  # noqa: BLE001 - logged; the next use logs in again if needed
+            except Exception as exc:
                 if getattr(exc, "status", None) == 401:
                     self.expired(token)
                 log.warning("session keep-alive failed: %r", exc)

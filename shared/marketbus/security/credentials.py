@@ -29,11 +29,13 @@ KEYS_ENV = "nats-keys.env"  # MARKETBUS_NKEY_<NAME>=<public key>: the environmen
 
 def new_seed() -> str:
     """A fresh user nkey seed (``SU...``)."""
-    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    seed: bytes = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    return seed.decode()
 
 
 def public_key(seed: str) -> str:
-    return nkeys.from_seed(seed.strip().encode()).public_key.decode()
+    key: bytes = nkeys.from_seed(seed.strip().encode()).public_key
+    return key.decode()
 
 
 def write_private(path: Path, text: str) -> None:

@@ -17,9 +17,15 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
+from marketbus.contracts.status import FeedState
+
 
 class FeedStatusPublisher(Protocol):
-    async def publish_feed_status(self, source: str, state: Any, **kwargs: Any) -> None: ...
+    async def publish_feed_status(
+        self, source: str, state: FeedState, *, venue: str = ..., symbol: str = ...,
+        kind: str | None = ..., detail: str | None = ..., gap: tuple[int, int] | None = ...,
+        feed: str | None = ...,
+    ) -> None: ...
 
 
 class GapTracker:

@@ -13,7 +13,7 @@ import datetime as dt
 import re
 from decimal import Decimal, InvalidOperation
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _FRACTION = re.compile(r"^(?P<whole>[^.,]+)[.,](?P<frac>\d+)(?P<zone>Z|z|[+-]\d{2}(?::?\d{2})?)?$")
 _UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
@@ -33,7 +33,7 @@ def iso_ns(text: str) -> int:
         text = text[:-1] + "+00:00"
     when = dt.datetime.fromisoformat(text)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     whole_us = (when - _EPOCH) // dt.timedelta(microseconds=1)
     return whole_us * 1000 + nanos
 
