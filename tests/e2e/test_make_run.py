@@ -44,7 +44,7 @@ async def _announced_urls(data_dir: Path, names: set[str], timeout: float = 15.0
     urls: dict[str, str] = {}
     every = asyncio.Event()
 
-    async def on_heartbeat(msg) -> None:  # noqa: ANN001
+    async def on_heartbeat(msg) -> None:
         event = codec.decode(msg.data, codec.schema_version_of(msg.headers))
         if isinstance(event, ServiceHeartbeat) and event.http_url:
             urls[event.service] = event.http_url
@@ -71,7 +71,7 @@ def _prometheus_sees_every_service(prometheus_bin: str, urls: dict[str, str], tm
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     log = (tmp_path / "prometheus.log").open("wb")
-    prometheus = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",  # noqa: S603
+    prometheus = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
                                    f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
                                   stdout=log, stderr=subprocess.STDOUT)
 
