@@ -18,10 +18,10 @@ from marketbus.contracts import codec, subjects
 from marketbus.contracts.consumers import HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ConsumerSpec
 from marketbus.contracts.errors import BAD_REQUEST, ErrorReply
 from marketbus.contracts.jobs import CoverageQuery, HistoryQuery
+from marketbus.history.coverage import DEFAULT_MAX_GAP_NS, NS
 from marketbus.runtime.service import Service
 
 from .consumer import StreamIntake
-from .coverage import DEFAULT_MAX_GAP_NS, NS
 from .intake_client import IntakeClient
 from .metrics import HistoryMetrics
 from .query import serve_coverage, serve_query

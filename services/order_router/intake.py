@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 
+from marketbus.clients.orders import command_key
 from marketbus.contracts import codec
 from marketbus.contracts.consumers import ConsumerSpec
 from marketbus.contracts.orders import CancelOrders, CommandAck, PlaceOrder, UpdateOrder
@@ -25,7 +26,7 @@ from marketbus.contracts.orders import CancelOrders, CommandAck, PlaceOrder, Upd
 from .commands import OrderCommands
 from .metrics import RouterMetrics
 from .requests import REPLY_HEADER
-from .state import OrderRecord, command_key
+from .state import OrderRecord
 from .tracking import OrderBook
 from .validation import MAX_COMMAND_ID, identifier_problem
 

@@ -14,16 +14,15 @@ the entry's revision (compare-and-set), so two router instances never overwrite 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator, MutableMapping
 from decimal import Decimal
-from hashlib import blake2b
 from typing import Any
 
 import msgspec
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
+from marketbus.clients.orders import order_key  # the KV layout, shared with the client
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.orders import TERMINAL_STATES, OrderEvent
 
@@ -96,23 +95,6 @@ def event_for(record: OrderRecord, ts_event: int | None = None) -> OrderEvent:
         filled_quantity=record.filled_quantity, average_price=record.average_price, leverage=record.leverage,
         command_id=record.command_id, ts_event=ts_event or now, ts_recv=now,
     )
-
-
-_KEY_OK = re.compile(r"[-/_=.a-zA-Z0-9]+")
-
-
-def _token(text: str) -> str:
-    if _KEY_OK.fullmatch(text) and ".." not in text and not text.startswith(".") and not text.endswith("."):
-        return text.replace(".", "_")
-    return "h" + blake2b(text.encode(), digest_size=12).hexdigest()
-
-
-def order_key(market: str, client_id: str) -> str:
-    return f"o.{_token(market)}.{_token(client_id)}"
-
-
-def command_key(command_id: str) -> str:
-    return "c." + _token(command_id)
 
 
 _rec_enc = msgspec.json.Encoder(decimal_format="string")

@@ -102,11 +102,12 @@ async def test_order_commands_without_a_router_say_so(nats_server: NatsServer,
 
 
 def test_the_client_reads_the_routers_kv_layout() -> None:
-    """The client's copy of the router's key scheme and record type agree with the router's."""
+    """The router keeps its records under the client's key scheme (one definition), and the
+    client's read-only record type decodes what the router writes."""
+    assert router_state.order_key is client_orders.order_key
     for market, client_id in (("FS-BTCUSD", "c1"), ("FS.X", "a.b"), ("FS-BTCUSD", "x" * 300), ("M", "ü id")):
-        assert client_orders.order_key(market, client_id) == router_state.order_key(market, client_id)
-    for command_id in ("place-c1", "a..b", "é"):
-        assert client_orders.command_key(command_id) == router_state.command_key(command_id)
+        key = client_orders.order_key(market, client_id)
+        assert all(c.isascii() and (c.isalnum() or c in "-/_=.") for c in key), key  # a legal KV key
     record = router_state.OrderRecord(client_id="c1", market="FS-BTCUSD", market_id=1, side="buy", order_type="limit",
                                       duration="GTC", quantity=client_orders.to_decimal("q", "2"), state="accepted")
     mine = msgspec.json.decode(msgspec.json.encode(record), type=client_orders.OrderRecord)
