@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +27,15 @@ from marketbus.history.writer import HistoryTableWriter
 
 from ..schema import KINDS, Decoded
 from .base import Cursor, HistoryStore, Selector, WriteResult
+
+# pyiceberg's catalog, table and metadata objects are not thread-safe (a commit running next to a
+# lookup of the same table raised "dictionary changed size during iteration"): every table
+# operation of this process runs on one thread, in order.
+_ICEBERG_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iceberg")
+
+
+async def _on_iceberg_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(_ICEBERG_THREAD, functools.partial(fn, *args, **kwargs))
 
 log = logging.getLogger("marketbus.history_writer.iceberg")
 
@@ -76,7 +87,7 @@ class IcebergStore(HistoryStore):
         self.settings = settings
         self.ack_floors = ack_floors
         self.writer = HistoryTableWriter(settings, writer_id or uuid.uuid4().hex[:12])
-        self.reader = HistoryReader(settings, self.writer.tables)
+        self.reader = HistoryReader(settings, self.writer.tables, run_sync=_on_iceberg_thread)
         self.compact_min_files = compact_min_files
         self.snapshot_min_age_s = snapshot_min_age_s
         self.orphan_age_s = orphan_age_s
@@ -86,7 +97,7 @@ class IcebergStore(HistoryStore):
         self._redelivered_at: dict[str, list[tuple[float, int]]] = {}
 
     async def open(self) -> None:
-        await asyncio.to_thread(lambda: self.writer.tables.catalog)
+        await _on_iceberg_thread(lambda: self.writer.tables.catalog)
         if self.ack_floors is not None:
             await self.ack_floors.start()
 
@@ -111,7 +122,7 @@ class IcebergStore(HistoryStore):
                     pending.discard(seq)
 
     async def stored_seqs(self, stream: str, seqs: Sequence[int]) -> set[int]:
-        stored = await asyncio.to_thread(self.writer.stored, stream, STREAM_KINDS.get(stream, ()), seqs)
+        stored = await _on_iceberg_thread(self.writer.stored, stream, STREAM_KINDS.get(stream, ()), seqs)
         fresh = [s for s in seqs if s not in stored]
         self._redelivered.setdefault(stream, set()).update(fresh)
         now = time.monotonic()
@@ -143,11 +154,11 @@ class IcebergStore(HistoryStore):
                 result.files += 1 if stored else 0
             return result
 
-        return await asyncio.to_thread(commit)
+        return await _on_iceberg_thread(commit)
 
     # --- maintenance -------------------------------------------------------------------------
     async def compact(self) -> int:
-        report = await asyncio.to_thread(
+        report = await _on_iceberg_thread(
             maintenance.maintain, self.writer.tables, KINDS, dict(self.writer.floors),
             min_files=self.compact_min_files, snapshot_min_age_s=self.snapshot_min_age_s,
             orphan_age_s=self.orphan_age_s)
@@ -163,7 +174,7 @@ class IcebergStore(HistoryStore):
                     removed += maintenance.apply_retention(table, days, now_ns)
             return removed
 
-        return await asyncio.to_thread(run)
+        return await _on_iceberg_thread(run)
 
     # --- reads -------------------------------------------------------------------------------
     async def read_batches(
@@ -176,7 +187,7 @@ class IcebergStore(HistoryStore):
 
     async def coverage_rows(self, selector: Selector, start_ns: int, end_ns: int,
                             max_gap_ns: dict[str, int]) -> list[tuple[str, str, str, str, int, int, int]]:
-        return await asyncio.to_thread(self.reader.coverage_rows, selector, start_ns, end_ns, max_gap_ns)
+        return await _on_iceberg_thread(self.reader.coverage_rows, selector, start_ns, end_ns, max_gap_ns)
 
     def health(self) -> dict[str, Any]:
         return {"commits": self.writer.commits, "commit_retries": self.writer.retries}

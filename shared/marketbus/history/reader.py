@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import fnmatch
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,9 +31,13 @@ _WILDCARD = re.compile(r"[*?\[]")
 class HistoryReader:
     """Reads the kind tables of one catalog."""
 
-    def __init__(self, settings: LakehouseSettings, tables: Tables | None = None) -> None:
+    def __init__(self, settings: LakehouseSettings, tables: Tables | None = None,
+                 run_sync: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.settings = settings
         self.tables = tables or Tables(settings)
+        # how async reads run the sync ones: a thread of their own by default; a writer sharing
+        # its ``tables`` passes its own single table thread (pyiceberg objects are not thread-safe)
+        self.run_sync: Callable[..., Awaitable[Any]] = run_sync or asyncio.to_thread
 
     # --- sync reads (run them in a thread from async code) -------------------------------------
     def read_kind(self, kind: str, selector: Selector, start_ns: int, end_ns: int, *,
@@ -112,7 +116,7 @@ class HistoryReader:
                            limit: int | None = None, batch_rows: int = 65_536,
                            columns: Sequence[str] | None = None) -> AsyncIterator[tuple[str, pa.RecordBatch]]:
         for kind in selector.kinds():
-            table = await asyncio.to_thread(self.read_kind, kind, selector, start_ns, end_ns, after=after,
+            table = await self.run_sync(self.read_kind, kind, selector, start_ns, end_ns, after=after,
                                             limit=limit, columns=columns)
             for batch in table.combine_chunks().to_batches(max_chunksize=batch_rows):
                 if batch.num_rows:
