@@ -76,7 +76,9 @@ def _prometheus_sees_every_service(prometheus_bin: str, urls: dict[str, str], tm
                                   stdout=log, stderr=subprocess.STDOUT)
 
     def query(promql: str) -> list[dict]:
-        reply = httpx.get(f"{api}/api/v1/query", params={"query": promql}, timeout=5).json()
+        response = httpx.get(f"{api}/api/v1/query", params={"query": promql}, timeout=5)
+        response.raise_for_status()  # 503 "Service Unavailable" until Prometheus is ready: polled again
+        reply = response.json()
         assert reply["status"] == "success", reply
         return reply["data"]["result"]
 
