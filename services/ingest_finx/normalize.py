@@ -348,6 +348,11 @@ def currency(obj: Any, ts_recv: int) -> Currency:
         raise Malformed(str(exc)) from None
 
 
+def reference(frame: str | bytes, ts_recv: int) -> Currency:
+    """A referenceData reply frame -> Currency; raises Malformed, or VendorError on an error frame."""
+    return currency(decode(frame), ts_recv)
+
+
 def instrument(pair: str, currencies: dict[str, Currency], ts_recv: int) -> Instrument:
     """A configured pair -> Instrument (``ref.instrument.finx._.<BASE-QUOTE>``), enriched with the
     reference data of its two legs."""
