@@ -35,8 +35,10 @@ class TickSupplySubscriptions:
         paused = set(ing.settings.paused_datastreams)
         for ds_id, ds in ing.datastreams.items():
             want = "paused" if ds_id in paused else "active"
-            sub = live.get(ds_id)
-            if sub is None:
+            found = live.get(ds_id)
+            if found is not None:
+                sub = found
+            else:
                 try:
                     sub = await ing.api.create_subscription(ds_id, idempotency_key=str(uuid.uuid4()))
                 except Conflict:  # created meanwhile (another instance): take it from the list
