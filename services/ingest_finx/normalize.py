@@ -158,28 +158,26 @@ def _token_of(text: str, what: str) -> str:
     return token
 
 
+def _cached_token(cache: dict[str, str], text: str, what: str) -> str:
+    token = cache.get(text)
+    if token is None:
+        token = _token_of(text, what)
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[text] = token
+    return token
+
+
 def symbol_of(pair: str) -> str:
-    sym = _SYMBOLS.get(pair)
-    if sym is None:
-        if not isinstance(pair, str) or not pair or ":" not in pair:
-            raise Malformed(f"bad pair {pair!r}")
-        sym = _token_of(pair, "pair")
-        if len(_SYMBOLS) > 10_000:
-            _SYMBOLS.clear()
-        _SYMBOLS[pair] = sym
-    return sym
+    if not isinstance(pair, str) or not pair or ":" not in pair:
+        raise Malformed(f"bad pair {pair!r}")
+    return _cached_token(_SYMBOLS, pair, "pair")
 
 
 def venue_of(exchange: str) -> str:
-    venue = _VENUES.get(exchange)
-    if venue is None:
-        if not isinstance(exchange, str) or not exchange:
-            raise Malformed("empty exchange")
-        venue = _token_of(exchange, "exchange")
-        if len(_VENUES) > 10_000:
-            _VENUES.clear()
-        _VENUES[exchange] = venue
-    return venue
+    if not isinstance(exchange, str) or not exchange:
+        raise Malformed("empty exchange")
+    return _cached_token(_VENUES, exchange, "exchange")
 
 
 def price_of(text: str) -> Decimal:
