@@ -33,6 +33,10 @@ from .parts import SitagriHost
 
 NS = 1_000_000_000
 FEED = "sitagri/netbus"
+# A session ends on these (BUS_ERRORS: a back-fill could not publish; the gap stays open and is
+# back-filled again on the next session). Named tuples: mypy cannot type ``except (A, *B)``.
+SESSION_ERRORS: tuple[type[BaseException], ...] = (NetbusClosed, Unavailable, SessionExpired, VendorError, *BUS_ERRORS)
+POLL_ERRORS: tuple[type[BaseException], ...] = (Unavailable, VendorError, *BUS_ERRORS)
 
 
 class SitagriLive:
@@ -118,9 +122,7 @@ class SitagriLive:
                     continue
                 await backoff.sleep()
                 continue
-            except (NetbusClosed, Unavailable, SessionExpired, VendorError, *BUS_ERRORS) as exc:
-                # BUS_ERRORS: a back-fill could not publish; the gap stays open and is back-filled
-                # again on the next session
+            except SESSION_ERRORS as exc:
                 ing.metrics.reconnects.labels(ing.source).inc()
                 if lost_at is None:
                     lost_at = self.lost()
@@ -257,7 +259,7 @@ class SitagriLive:
                 continue
             try:
                 raws = await ing.client.batch_raw([f"{q}/orderBook" for q in quotes], channel="orderbook")
-            except (Unavailable, VendorError, *BUS_ERRORS) as exc:
+            except POLL_ERRORS as exc:
                 ing.log.warning("order book poll failed: %r", exc)
                 continue
             for raw in raws:
