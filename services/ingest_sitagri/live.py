@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.base import NO_VENUE, MarketEvent
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import BUS_ERRORS
 from marketbus.runtime.tasks import cancel_and_wait
@@ -33,10 +34,13 @@ from .parts import SitagriHost
 
 NS = 1_000_000_000
 FEED = "sitagri/netbus"
+PUBLISHING_FEED = "sitagri/publishing"
+NEWS = ""  # the key of news pushes in the unpublished ranges (price pushes: their quote)
 # A session ends on these (BUS_ERRORS: a back-fill could not publish; the gap stays open and is
 # back-filled again on the next session). Named tuples: mypy cannot type ``except (A, *B)``.
 SESSION_ERRORS: tuple[type[BaseException], ...] = (NetbusClosed, Unavailable, SessionExpired, VendorError, *BUS_ERRORS)
 POLL_ERRORS: tuple[type[BaseException], ...] = (Unavailable, VendorError, *BUS_ERRORS)
+BACKFILL_ERRORS: tuple[type[BaseException], ...] = (*POLL_ERRORS, normalize.Malformed, hist.HistoryStuck)
 
 
 class SitagriLive:
@@ -54,6 +58,16 @@ class SitagriLive:
         self._first_live: dict[str, int] | None = None  # quote ref -> first price after a reconnect
         self._frames = ingestor.metrics.frames_in.labels(ingestor.source, "netbus")
         self._live_metrics: dict[type, tuple[Any, Any]] = {}
+        # Live pushes whose publishing is not settled yet: (ack future, event id, quote or NEWS,
+        # ts_event). One the publisher gives up on (the bus down for longer than publish_retry_s)
+        # is forgotten by the recent ids, and its time joins the range of its quote to back-fill
+        # from history once the bus is back (``publish_gap_loop``).
+        self._sent: deque[tuple[asyncio.Future[Any], str, str, int]] = deque()
+        self.unpublished: dict[str, tuple[int, int]] = {}  # quote or NEWS -> (first, last) ts_event
+        self.unpublished_count = 0
+        self.publish_gaps_filled = 0
+        self.pub_gap = GapTracker(ingestor, ingestor.source, venue=NO_VENUE, symbol=NO_VENUE, kind="market_price",
+                                  feed=PUBLISHING_FEED)
 
     def _count_frame(self) -> None:
         self._frames.inc()
@@ -76,7 +90,9 @@ class SitagriLive:
         if ing.recent.add(event.id):
             # the hot path: the pipelined publisher directly, with cached metric children
             # (Ingestor.emit looks the labelled metrics up for every event)
-            await ing.publisher.publish_event(event)  # type: ignore[union-attr]
+            future = await ing.publisher.publish_event(event)  # type: ignore[union-attr]
+            if type(obj) is not normalize.VOrderBook:  # a book is a snapshot: the next one replaces it
+                self._sent.append((future, event.id, NEWS if quote is None else quote, event.ts_event))
             kind = type(event)
             counters = self._live_metrics.get(kind)
             if counters is None:
@@ -247,6 +263,96 @@ class SitagriLive:
         await self.gap.resynced(f"{total} events back-filled")
         ing.feeds.set_state(FEED, "connected")
         return total
+
+    # --- live pushes the bus did not take -------------------------------------------------------
+    def sweep_sent(self) -> int:
+        """Settle the sent pushes whose ack came or failed; the failed ones join ``unpublished``."""
+        sent, failed = self._sent, 0
+        while sent:
+            future, event_id, key, ts = sent[0]
+            if not future.done():
+                break
+            sent.popleft()
+            if future.cancelled() or future.exception() is not None:
+                self.ing.recent.discard(event_id)  # the back-fill must publish it
+                lo, hi = self.unpublished.get(key, (ts, ts))
+                self.unpublished[key] = (min(lo, ts), max(hi, ts))
+                failed += 1
+        self.unpublished_count += failed
+        return failed
+
+    def _bus_ok(self) -> bool:
+        publisher = self.ing.publisher
+        return publisher is not None and publisher.blocked is None and bool(self.ing.nc.is_connected)
+
+    async def publish_gap_loop(self, every_s: float = 0.5) -> None:
+        """Live pushes given up on (an outage longer than ``publish_retry_s``) are a ``gap`` of the
+        ``sitagri/publishing`` feed, back-filled from history once the bus takes messages again
+        (for a second), then ``resynced``. A back-fill that fails is tried again."""
+        ing = self.ing
+        backoff = Backoff(ing.settings.reconnect_initial_s, max(1.0, ing.settings.reconnect_max_s))
+        ok_since: float | None = None
+        while True:
+            await asyncio.sleep(every_s)
+            if self.sweep_sent():
+                self.pub_gap.interrupted(min(lo for lo, _ in self.unpublished.values()))
+            if not self._bus_ok():
+                ok_since = None
+                continue
+            ok_since = ok_since or time.monotonic()
+            if not self.unpublished or time.monotonic() - ok_since < 1.0:
+                continue
+            try:
+                await self.backfill_unpublished()
+                backoff.reset()
+            except BACKFILL_ERRORS as exc:
+                ing.log.warning("back-fill of the unpublished live pushes failed (tried again): %r", exc)
+                await backoff.sleep()
+
+    async def backfill_unpublished(self) -> int:
+        """Report the unpublished ranges as a gap, publish their history (what the recent ids do
+        not hold: the failed pushes, and anything else missed), then ``resynced``. The ranges are
+        dropped only once the back-fill is acked."""
+        ing = self.ing
+        # the publisher keeps the give-up error of the live pushes for its next flush(): they are
+        # handled here (a later flush, e.g. a reconnect's back-fill, must not end its session)
+        with contextlib.suppress(*BUS_ERRORS):
+            await ing.flush()
+        ranges = dict(self.unpublished)
+        start = min(lo for lo, _ in ranges.values())
+        end = max(hi for _, hi in ranges.values())
+        count = self.unpublished_count
+        await self.pub_gap.report(start, end_ns=end, detail=(
+            f"{count} live pushes could not be published (bus down > {ing.settings.publish_retry_s:.0f}s): "
+            "back-filling from history"))
+        assert ing.crawl is not None
+        events: list[MarketEvent] = []
+        for key, (lo, hi) in ranges.items():
+            if key == NEWS:
+                for source in ing.settings.news_sources:
+                    await ing.backfill.search_news(source, lo // NS, hi // NS + 1, sink=events)
+                continue
+            meta = ing.crawl.quotes.get(key)
+            resolution = "MINUTE" if meta is not None and meta.kind == "currency" else "TICK"
+            await ing.backfill.history(key, lo, hi, resolution, dedupe=True, sink=events)
+        recent = ing.recent
+        fresh = list({e.id: e for e in events if e.id not in recent}.values())
+        # One message per event, Nats-Msg-Id = event id like the live push: a push the publisher
+        # gave up on may still have been stored (its ack lost, or sent on reconnect from the
+        # client's buffer); the stream's duplicate window drops it then.
+        ack = await ing.emit_group(fresh) if fresh else None
+        if ack is not None:
+            await ack  # raises if the bus failed again: the ranges stay, tried again
+        for event in fresh:
+            recent.add(event.id)
+        for key, rng in ranges.items():  # ranges grown meanwhile stay (their new part is re-read)
+            if self.unpublished.get(key) == rng:
+                del self.unpublished[key]
+        self.unpublished_count -= count
+        self.publish_gaps_filled += 1
+        await self.pub_gap.resynced(f"{len(fresh)} events back-filled")
+        ing.log.info("back-filled %d events of %d unpublished live pushes", len(fresh), count)
+        return len(fresh)
 
     # --- order books ------------------------------------------------------------------------------
     async def order_book_loop(self) -> None:

@@ -5,7 +5,7 @@ the ingestor that owns them: :class:`SitagriHost`, a narrow view, so no part imp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from marketbus.contracts.base import MarketEvent
 from marketbus.runtime.ingest import IngestHost
@@ -21,8 +21,9 @@ class GapBackfill(Protocol):
     """What the live part asks of the backfill part to fill a gap (:class:`~.backfill.SitagriBackfill`)."""
 
     async def history(self, quote_ref: str, start_ns: int, end_ns: int, resolution: str, *,
-                      dedupe: bool) -> int: ...
-    async def search_news(self, source: str, start_s: int, end_s: int, *, dedupe: bool = True) -> int: ...
+                      dedupe: bool, sink: list[MarketEvent] | None = None) -> int: ...
+    async def search_news(self, source: str, start_s: int, end_s: int, *, dedupe: bool = True,
+                          sink: list[MarketEvent] | None = None) -> int: ...
 
 
 class SitagriHost(IngestHost, Protocol):
@@ -43,4 +44,5 @@ class SitagriHost(IngestHost, Protocol):
 
     async def ready(self, timeout: float | None = None) -> CrawlResult: ...
     async def emit_new(self, event: MarketEvent) -> bool: ...
+    async def emit_group(self, events: Sequence[MarketEvent]) -> Any: ...
     async def emit_batch_new(self, events: Sequence[MarketEvent]) -> int: ...
