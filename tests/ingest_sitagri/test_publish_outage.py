@@ -18,8 +18,8 @@ from dataclasses import replace
 import nats
 
 from marketbus.contracts.market import MarketPrice
-from marketbus.contracts.streams import MARKET_DATA
 from marketbus.contracts.status import FeedStatus
+from marketbus.contracts.streams import MARKET_DATA
 from marketbus.history.coverage import open_gaps
 from marketbus.runtime.natsserver import NatsServer
 from tests.helpers import wait_for
