@@ -4,7 +4,11 @@ sources; pushes -> MarketPrice / BookSnapshot / CashPrice / IndexPrice / News.
 
 A lost socket (maintenance reboot) is reconnected with back-off, every listener registered again,
 and the missed range back-filled from the history endpoints (a
-:class:`~marketbus.vendor.gaps.GapTracker`: ``gap`` then ``resynced``). Long polling
+:class:`~marketbus.vendor.gaps.GapTracker`: ``gap`` then ``resynced``). Live pushes the bus did
+not take (an outage longer than ``publish_retry_s``) are back-filled the same way once it takes
+messages again (``publish_gap_loop``). Where each quote is safely published up to (acked, no gap
+open before it) is kept in the ``ingest_state`` bucket (``sitagri.live.<venue>.<symbol>``): a
+restarted ingestor (a crash, kill -9) back-fills from there, up to a day back. Long polling
 ``GET /api/netbus`` takes over when configured, and automatically after repeated failed
 websocket connects; the websocket is tried again every ``ws_retry_s``. Order books of quotes that
 have them are polled every ``order_book_interval_s``."""
@@ -21,6 +25,7 @@ from typing import Any
 import msgspec
 
 from marketbus.contracts.base import NO_VENUE, MarketEvent
+from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import BUS_ERRORS
 from marketbus.runtime.tasks import cancel_and_wait
@@ -36,6 +41,8 @@ NS = 1_000_000_000
 FEED = "sitagri/netbus"
 PUBLISHING_FEED = "sitagri/publishing"
 NEWS = ""  # the key of news pushes in the unpublished ranges (price pushes: their quote)
+RESUME_MAX_NS = 86_400 * NS  # a restart back-fills at most this far back
+SAVE_EVERY_S = 1.0  # resume points are written this often (when they moved)
 # A session ends on these (BUS_ERRORS: a back-fill could not publish; the gap stays open and is
 # back-filled again on the next session). Named tuples: mypy cannot type ``except (A, *B)``.
 SESSION_ERRORS: tuple[type[BaseException], ...] = (NetbusClosed, Unavailable, SessionExpired, VendorError, *BUS_ERRORS)
@@ -66,6 +73,10 @@ class SitagriLive:
         self.unpublished: dict[str, tuple[int, int]] = {}  # quote or NEWS -> (first, last) ts_event
         self.unpublished_count = 0
         self.publish_gaps_filled = 0
+        self.acked_ts: dict[str, int] = {}  # quote -> newest live price the stream acked
+        self.netbus_gap_open = False  # the feed was lost and the gap is not back-filled yet
+        self._saved: dict[str, int] = {}
+        self.kv: Any = None
         self.pub_gap = GapTracker(ingestor, ingestor.source, venue=NO_VENUE, symbol=NO_VENUE, kind="market_price",
                                   feed=PUBLISHING_FEED)
 
@@ -112,7 +123,7 @@ class SitagriLive:
         mode = "longpoll" if s.transport == "longpoll" else "websocket"
         ws_failures = 0
         backoff = Backoff(s.reconnect_initial_s, s.reconnect_max_s)
-        lost_at: int | None = None
+        lost_at: int | None = await self.resume() if s.gap_backfill else None
         while True:
             try:
                 if mode == "websocket":
@@ -154,11 +165,73 @@ class SitagriLive:
 
     def lost(self) -> int:
         """The feed is lost now: remember where every quote was (the gap starts there)."""
-        self._gap_from = dict(self.last_ts)
+        if not self.netbus_gap_open:  # a loss during a loss: the first one's starting points hold
+            self._gap_from = dict(self.last_ts)
+        self.netbus_gap_open = True
         self._first_live = {}
         now = self.ing.now_ns()
         self.gap.interrupted(now)
         return now
+
+    # --- resume points (a restart back-fills what it missed) ---------------------------------------
+    def _resume_key(self, quote: str) -> str | None:
+        crawl = self.ing.crawl
+        meta = crawl.quotes.get(quote) if crawl is not None else None
+        return None if meta is None else f"sitagri.live.{meta.venue}.{meta.symbol}"
+
+    def resume_points(self) -> dict[str, int]:
+        """Per quote, the time up to which everything is published: its newest acked price, or
+        less while a gap before it is open (a lost feed, pushes the bus did not take)."""
+        out = {}
+        lost_at = self.gap.since_ns or (self.gap.open_gap[0] if self.gap.open_gap else None)
+        for quote, ts in self.acked_ts.items():
+            point = ts
+            if self.netbus_gap_open:
+                point = min(point, self._gap_from.get(quote, lost_at if lost_at is not None else point))
+            if quote in self.unpublished:
+                point = min(point, self.unpublished[quote][0] - 1)
+            out[quote] = point
+        return out
+
+    async def save_resume_points(self) -> None:
+        if self.kv is None:
+            return
+        for quote, point in self.resume_points().items():
+            key = self._resume_key(quote)
+            if key is None or self._saved.get(quote) == point:
+                continue
+            await self.kv.put(key, str(point).encode())
+            self._saved[quote] = point
+
+    async def resume(self) -> int | None:
+        """At start-up: where the previous run left each live quote (the ``ingest_state`` bucket).
+        Found ones become a feed loss of this session (back-filled once connected): the time of
+        the oldest (at most a day ago), else None (a first run)."""
+        ing = self.ing
+        self.kv = await ensure_bucket(ing.js, INGEST_STATE, ing.settings.stream_replicas)
+        now = ing.now_ns()
+        points: dict[str, int] = {}
+        for quote in self.live_quotes:
+            key = self._resume_key(quote)
+            if key is None:
+                continue
+            try:
+                entry = await self.kv.get(key)
+                points[quote] = max(int(entry.value), now - RESUME_MAX_NS)
+            except Exception:
+                continue
+        if not points:
+            return None
+        lost_at = min(points.values())
+        self.acked_ts.update(points)  # the saved points do not go back until newer prices are acked
+        self._saved.update(points)
+        self.last_ts.update(points)
+        self._gap_from = dict(points)
+        self.netbus_gap_open = True
+        self._first_live = {}
+        self.gap.interrupted(lost_at)
+        ing.log.info("resuming %d quotes from the previous run (oldest %.1fs ago)", len(points), (now - lost_at) / NS)
+        return lost_at
 
     async def connected(self, transport: str, replies: list[Any], refs: list[str], lost_at: int | None) -> None:
         ing = self.ing
@@ -246,20 +319,24 @@ class SitagriLive:
         self.gap.interrupted(lost_at)
         await self.gap.report(min([lost_at, *starts.values()]), end_ns=max(newest, lost_at),
                               detail="back-filling from history")
-        total = 0
         assert ing.crawl is not None
+        events: list[MarketEvent] = []
         for quote in self.live_quotes:
             meta = ing.crawl.quotes.get(quote)
             resolution = "MINUTE" if meta is not None and meta.kind == "currency" else "TICK"
+            page: list[MarketEvent] = []
             try:
-                total += await ing.backfill.history(quote, starts[quote], ends[quote], resolution, dedupe=True)
+                await ing.backfill.history(quote, starts[quote], ends[quote], resolution, dedupe=True, sink=page)
             except (VendorError, normalize.Malformed, hist.HistoryStuck) as exc:
                 ing.log.warning("gap back-fill of %s failed: %r", quote, exc)
+            known = self._gap_from.get(quote)  # published (acked before a restart): not again
+            events.extend(e for e in page if known is None or e.ts_event > known)
         for source in ing.settings.news_sources:
             with contextlib.suppress(VendorError, normalize.Malformed):
-                total += await ing.backfill.search_news(source, lost_at // NS, now // NS + 1, dedupe=True)
-        await ing.flush()
+                await ing.backfill.search_news(source, lost_at // NS, now // NS + 1, dedupe=True, sink=events)
+        total = await self._publish_fresh(events)
         self.gaps_filled += 1
+        self.netbus_gap_open = False
         await self.gap.resynced(f"{total} events back-filled")
         ing.feeds.set_state(FEED, "connected")
         return total
@@ -273,7 +350,10 @@ class SitagriLive:
             if not future.done():
                 break
             sent.popleft()
-            if future.cancelled() or future.exception() is not None:
+            if not future.cancelled() and future.exception() is None:
+                if key != NEWS and ts > self.acked_ts.get(key, 0):
+                    self.acked_ts[key] = ts
+            else:
                 self.ing.recent.discard(event_id)  # the back-fill must publish it
                 lo, hi = self.unpublished.get(key, (ts, ts))
                 self.unpublished[key] = (min(lo, ts), max(hi, ts))
@@ -292,6 +372,7 @@ class SitagriLive:
         ing = self.ing
         backoff = Backoff(ing.settings.reconnect_initial_s, max(1.0, ing.settings.reconnect_max_s))
         ok_since: float | None = None
+        saved_at = 0.0
         while True:
             await asyncio.sleep(every_s)
             if self.sweep_sent():
@@ -299,6 +380,12 @@ class SitagriLive:
             if not self._bus_ok():
                 ok_since = None
                 continue
+            if time.monotonic() - saved_at >= SAVE_EVERY_S:
+                saved_at = time.monotonic()
+                try:
+                    await self.save_resume_points()
+                except Exception as exc:
+                    ing.log.warning("could not save the live resume points: %r", exc)
             ok_since = ok_since or time.monotonic()
             if not self.unpublished or time.monotonic() - ok_since < 1.0:
                 continue
@@ -335,23 +422,31 @@ class SitagriLive:
             meta = ing.crawl.quotes.get(key)
             resolution = "MINUTE" if meta is not None and meta.kind == "currency" else "TICK"
             await ing.backfill.history(key, lo, hi, resolution, dedupe=True, sink=events)
-        recent = ing.recent
-        fresh = list({e.id: e for e in events if e.id not in recent}.values())
-        # One message per event, Nats-Msg-Id = event id like the live push: a push the publisher
-        # gave up on may still have been stored (its ack lost, or sent on reconnect from the
-        # client's buffer); the stream's duplicate window drops it then.
-        ack = await ing.emit_group(fresh) if fresh else None
-        if ack is not None:
-            await ack  # raises if the bus failed again: the ranges stay, tried again
-        for event in fresh:
-            recent.add(event.id)
+        fresh = await self._publish_fresh(events)  # raises if the bus failed again: tried again
         for key, rng in ranges.items():  # ranges grown meanwhile stay (their new part is re-read)
             if self.unpublished.get(key) == rng:
                 del self.unpublished[key]
         self.unpublished_count -= count
         self.publish_gaps_filled += 1
-        await self.pub_gap.resynced(f"{len(fresh)} events back-filled")
-        ing.log.info("back-filled %d events of %d unpublished live pushes", len(fresh), count)
+        await self.pub_gap.resynced(f"{fresh} events back-filled")
+        ing.log.info("back-filled %d events of %d unpublished live pushes", fresh, count)
+        return fresh
+
+    async def _publish_fresh(self, events: list[MarketEvent]) -> int:
+        """Publish the back-filled events the recent ids do not hold, and wait for their acks;
+        only then are they recorded as seen (a failed back-fill is repeated in full).
+
+        One message per event, Nats-Msg-Id = event id like the live push: a push the publisher
+        gave up on may still have been stored (its ack lost, or sent on reconnect from the
+        client's buffer), and a restart re-reads from its last saved point; the stream's
+        duplicate window drops those."""
+        recent = self.ing.recent
+        fresh = list({e.id: e for e in events if e.id not in recent}.values())
+        if not fresh:
+            return 0
+        await (await self.ing.emit_group(fresh))
+        for event in fresh:
+            recent.add(event.id)
         return len(fresh)
 
     # --- order books ------------------------------------------------------------------------------
