@@ -7,7 +7,8 @@ and the missed range back-filled from the history endpoints (a
 :class:`~marketbus.vendor.gaps.GapTracker`: ``gap`` then ``resynced``). Live pushes the bus did
 not take (an outage longer than ``publish_retry_s``) are back-filled the same way once it takes
 messages again (``publish_gap_loop``). Where each quote is safely published up to (acked, no gap
-open before it) is kept in the ``ingest_state`` bucket (``sitagri.live.<venue>.<symbol>``): a
+open before it) is kept in the ``ingest_state`` bucket (a :class:`~marketbus.vendor.cursor.CursorStore`,
+keys ``sitagri.live.<venue>.<symbol>``): a
 restarted ingestor (a crash, kill -9) back-fills from there, up to a day back. Long polling
 ``GET /api/netbus`` takes over when configured, and automatically after repeated failed
 websocket connects; the websocket is tried again every ``ws_retry_s``. Order books of quotes that
@@ -29,6 +30,7 @@ from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import BUS_ERRORS
 from marketbus.runtime.tasks import cancel_and_wait
+from marketbus.vendor.cursor import CursorStore
 from marketbus.vendor.gaps import GapTracker
 
 from . import history as hist
@@ -76,7 +78,7 @@ class SitagriLive:
         self.acked_ts: dict[str, int] = {}  # quote -> newest live price the stream acked
         self.netbus_gap_open = False  # the feed was lost and the gap is not back-filled yet
         self._saved: dict[str, int] = {}
-        self.kv: Any = None
+        self.cursors: CursorStore[int] | None = None
         self.pub_gap = GapTracker(ingestor, ingestor.source, venue=NO_VENUE, symbol=NO_VENUE, kind="market_price",
                                   feed=PUBLISHING_FEED)
 
@@ -174,10 +176,10 @@ class SitagriLive:
         return now
 
     # --- resume points (a restart back-fills what it missed) ---------------------------------------
-    def _resume_key(self, quote: str) -> str | None:
+    def _resume_key(self, quote: str) -> tuple[str, str] | None:
         crawl = self.ing.crawl
         meta = crawl.quotes.get(quote) if crawl is not None else None
-        return None if meta is None else f"sitagri.live.{meta.venue}.{meta.symbol}"
+        return None if meta is None else (meta.venue, meta.symbol)
 
     def resume_points(self) -> dict[str, int]:
         """Per quote, the time up to which everything is published: its newest acked price, or
@@ -194,13 +196,13 @@ class SitagriLive:
         return out
 
     async def save_resume_points(self) -> None:
-        if self.kv is None:
+        if self.cursors is None:
             return
         for quote, point in self.resume_points().items():
             key = self._resume_key(quote)
             if key is None or self._saved.get(quote) == point:
                 continue
-            await self.kv.put(key, str(point).encode())
+            await self.cursors.put(key, point)
             self._saved[quote] = point
 
     async def resume(self) -> int | None:
@@ -208,18 +210,15 @@ class SitagriLive:
         Found ones become a feed loss of this session (back-filled once connected): the time of
         the oldest (at most a day ago), else None (a first run)."""
         ing = self.ing
-        self.kv = await ensure_bucket(ing.js, INGEST_STATE, ing.settings.stream_replicas)
+        kv = await ensure_bucket(ing.js, INGEST_STATE, ing.settings.stream_replicas)
+        self.cursors = CursorStore(kv, ing.source, "live", int)
         now = ing.now_ns()
         points: dict[str, int] = {}
         for quote in self.live_quotes:
             key = self._resume_key(quote)
-            if key is None:
-                continue
-            try:
-                entry = await self.kv.get(key)
-                points[quote] = max(int(entry.value), now - RESUME_MAX_NS)
-            except Exception:
-                continue
+            point = await self.cursors.get(key) if key is not None else None
+            if point is not None:  # else a new quote (or an unreadable value): no resume
+                points[quote] = max(point, now - RESUME_MAX_NS)
         if not points:
             return None
         lost_at = min(points.values())

@@ -13,13 +13,16 @@ pushes are really lost: only the back-fill brings them.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
+from typing import Any
 
 import nats
+import pytest
 
 from marketbus.contracts.market import MarketPrice
 from marketbus.contracts.status import FeedStatus
-from marketbus.contracts.streams import MARKET_DATA
+from marketbus.contracts.streams import INGEST_STATE, MARKET_DATA
 from marketbus.history.coverage import open_gaps
 from marketbus.runtime.natsserver import NatsServer
 from tests.helpers import wait_for
@@ -82,3 +85,65 @@ async def test_pushes_given_up_during_a_nats_outage_are_back_filled(nats_server:
         assert gap.gap_start is not None and gap.gap_end is not None and gap.gap_end - gap.gap_start >= 400_000_000
     assert open_gaps(statuses) == []
 
+
+
+@pytest.mark.cluster
+async def test_losing_the_md_stream_leader_loses_no_live_push(nats_cluster: Any) -> None:
+    """A 3-node R3 cluster: the MD stream's leader is killed -9 while the sandbox pushes. Pushes
+    published while no leader answers are retried, and (``publish_retry_s`` shorter than the
+    election here) the ones given up on are back-filled: the stream holds every tick once."""
+    from marketbus.contracts.streams import ensure_all
+
+    nc = await nats.connect(nats_cluster.urls)
+    js = nc.jetstream()
+
+    async def ready() -> bool:
+        try:
+            await ensure_all(js, replicas=3)
+            return True
+        except Exception:
+            return False
+
+    await wait_for(ready, timeout=30, interval=0.5, what="JetStream cluster ready")
+    killed = None
+    try:
+        async with sandbox(rate=20.0, news_interval=600.0) as sb:
+            # this test's resume points only (the bucket is shared by the cluster's tests)
+            with contextlib.suppress(Exception):
+                kv = await js.key_value(INGEST_STATE.name)
+                for key in await kv.keys():
+                    if key.startswith("sitagri.live."):
+                        await kv.purge(key)
+            ing = ingestor(nats_cluster.url, sb, quotes=[C01], transport="websocket", publish_retry_s=1.0,
+                           stream_replicas=3)
+            async with ing:
+                live = ing.live
+                await wait_for(lambda: live.pushes >= 20, 20, what="live prices")
+                started = ing.started_ts
+                leader = (await js.stream_info("MD")).cluster.leader
+                killed = next(n for n in nats_cluster.nodes if n.name == leader)
+                killed.kill()
+                at_kill = live.pushes
+                await wait_for(lambda: live.pushes > at_kill + 60, 30, what="pushes during the election")
+                killed.start()
+                killed = None
+                if live.unpublished_count:
+                    await wait_for(lambda: live.publish_gaps_filled >= 1 and not live.unpublished, 40, interval=0.2,
+                                   what="the given-up pushes back-filled")
+                resumed = live.pushes
+                await wait_for(lambda: live.pushes > resumed + 20, 20, what="live prices after")
+                await wait_for(lambda: not ing.health_problems(), 20, what="healthy again")
+                await ing.flush()
+                assert ing.exit_code == 0
+            stored = [e for e in events_of(await read_stream(js, "md.market_price.sitagri.EURONEX.EMAC01"))
+                      if isinstance(e, MarketPrice) and e.ts_recv >= started]
+            lo, hi = min(e.ts_event for e in stored), max(e.ts_event for e in stored)
+            want = await expected_ids(sb, C01, lo, hi)
+    finally:
+        if killed is not None:
+            killed.start()
+        await nc.close()
+    assert not duplicates(stored)
+    got = {e.id for e in stored}
+    assert want - got == set(), f"{len(want - got)} ticks the sandbox emitted are not in the stream"
+    assert got <= want
