@@ -48,6 +48,8 @@ class SitagriIngestor(Ingestor):
     source: ClassVar[str] = "sitagri"
     settings_cls = SitagriIngestSettings
     settings: SitagriIngestSettings
+    # live pushes the publisher gives up on are back-filled from history (SitagriLive.publish_gap_loop)
+    resends_failed_publishes = True
 
     def build(self) -> None:
         self.frames = FrameGuard(self, normalize.Malformed)
@@ -99,6 +101,7 @@ class SitagriIngestor(Ingestor):
         self.spawn(self.client.keeper.run(), "keepalive")
         self.spawn(self.catalog.loop(), "reference")
         self.spawn(self.live.loop(), "live")
+        self.spawn(self.live.publish_gap_loop(), "publish-gaps")
         if (s.history_start and s.history_quotes) or s.expired:
             self.spawn(self.backfill.startup_history(), "history")
         if s.news_lookback_s > 0 and s.news_sources:

@@ -30,7 +30,9 @@ class SitagriBackfill:
 
     async def history(self, quote_ref: str, start_ns: int, end_ns: int, resolution: str, *, dedupe: bool,
                       expired: tuple[str, int, int] | None = None, shift_s: int = 0,
-                      stats: hist.PagingStats | None = None) -> int:
+                      stats: hist.PagingStats | None = None, sink: list[MarketEvent] | None = None) -> int:
+        """Publish the history of a quote in [start, end] (``dedupe``: what is not in the recent
+        ids), or with ``sink`` collect its events there, unpublished (and not recorded as seen)."""
         ing, s = self.ing, self.ing.settings
         if expired is not None:
             cls_ref, year, month = expired
@@ -55,7 +57,10 @@ class SitagriBackfill:
                     page.quality, entry, page.resolution, ts_recv, True)
                 if event is not None:
                     events.append(event)
-            if dedupe:
+            if sink is not None:
+                sink.extend(events)
+                total += len(events)
+            elif dedupe:
                 total += await ing.emit_batch_new(events)
             elif events:
                 total += await ing.emit_batch(events, replay=True)
@@ -104,8 +109,10 @@ class SitagriBackfill:
 
     # --- news -------------------------------------------------------------------------------------
     async def search_news(self, source: str, start_s: int, end_s: int, langs: Sequence[str] | None = None,
-                          keyword: str | None = None, *, dedupe: bool = True, replay: bool = True) -> int:
-        """Articles of a source in [start, end] (languages, keyword) -> News events."""
+                          keyword: str | None = None, *, dedupe: bool = True, replay: bool = True,
+                          sink: list[MarketEvent] | None = None) -> int:
+        """Articles of a source in [start, end] (languages, keyword) -> News events (published, or
+        with ``sink`` collected there, unpublished)."""
         ing, s = self.ing, self.ing.settings
         body = await ing.client.search_news(source, start_s, end_s, s.news_langs if langs is None else langs,
                                             s.news_keyword if keyword is None else keyword)
@@ -130,6 +137,9 @@ class SitagriBackfill:
             if event is not None:
                 events.append(event)
         events.sort(key=lambda e: e.ts_event)
+        if sink is not None:
+            sink.extend(events)
+            return len(events)
         if dedupe:
             return await ing.emit_batch_new(events)
         return await ing.emit_batch(events, replay=True) if events else 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -182,14 +183,14 @@ class _Crawl:
         t, ts, data = self.texts, self.ts, {k: v["data"] for k, v in self.roots.items()}
         self.order_book = {s["code"]: bool(s.get("orderBook")) for s in self.sources}
         for s in self.sources:
-            self.add(lambda s=s: normalize.market_venue(s, t, ts), f"/market/sources/{s['code']}", s)
+            self.add(partial(normalize.market_venue, s, t, ts), f"/market/sources/{s['code']}", s)
         makers: dict[str, Callable[..., Any]] = {
             "/news/sources": normalize.news_venue, "/market/units": normalize.unit,
             "/market/geoSites": normalize.geo_site, "/market/incoterms": normalize.incoterm,
             "/market/prodcats": normalize.product_category}
         for root, make in makers.items():
             for x in data[root]:
-                self.add(lambda x=x, make=make: make(x, t, ts), root, x)
+                self.add(partial(make, x, t, ts), root, x)
 
     def build_classes(self) -> None:
         for ref, (_src, kind, item) in self.items.items():
@@ -198,13 +199,13 @@ class _Crawl:
             elif kind == "option":
                 self.option(ref, item)
             elif kind == "currency":
-                self.add(lambda r=ref, i=item: normalize.currency_class(r, i, self.ts), ref, item)
+                self.add(partial(normalize.currency_class, ref, item, self.ts), ref, item)
                 terms = [f"{ref}/terms/{x['code']}" for x in item.get("terms") or [] if isinstance(x, dict)]
                 for q in terms:
                     self.quote(q, "currency", item.get("to"))
                 self.out.members[ref] = terms
             else:
-                self.add(lambda r=ref, k=kind, i=item: normalize.simple_quote(r, k, i, self.texts, self.ts), ref, item)
+                self.add(partial(normalize.simple_quote, ref, kind, item, self.texts, self.ts), ref, item)
                 self.quote(ref, kind, item.get("currency"))
 
     def future(self, ref: str, item: dict[str, Any]) -> None:
@@ -228,12 +229,12 @@ class _Crawl:
                  make: Callable[..., Any]) -> list[tuple[str, dict[str, Any]]]:
         """The fetched children (deliveries, option series) of a class item, each normalized with
         ``make(ref, child, item, texts, ts)``; a missing one is a problem."""
-        found = []
+        found: list[tuple[str, dict[str, Any]]] = []
         for cref in item.get(key, []):
-            child = self.child_items.get(cref)
+            child: Any = self.child_items.get(cref)
             if _is_error(child):
                 self.problem(cref, child, f"{what} not found")
                 continue
-            self.add(lambda r=cref, c=child: make(r, c, item, self.texts, self.ts), cref, child)
+            self.add(partial(make, cref, child, item, self.texts, self.ts), cref, child)
             found.append((cref, child))
         return found

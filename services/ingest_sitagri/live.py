@@ -4,7 +4,12 @@ sources; pushes -> MarketPrice / BookSnapshot / CashPrice / IndexPrice / News.
 
 A lost socket (maintenance reboot) is reconnected with back-off, every listener registered again,
 and the missed range back-filled from the history endpoints (a
-:class:`~marketbus.vendor.gaps.GapTracker`: ``gap`` then ``resynced``). Long polling
+:class:`~marketbus.vendor.gaps.GapTracker`: ``gap`` then ``resynced``). Live pushes the bus did
+not take (an outage longer than ``publish_retry_s``) are back-filled the same way once it takes
+messages again (``publish_gap_loop``). Where each quote is safely published up to (acked, no gap
+open before it) is kept in the ``ingest_state`` bucket (a :class:`~marketbus.vendor.cursor.CursorStore`,
+keys ``sitagri.live.<venue>.<symbol>``): a
+restarted ingestor (a crash, kill -9) back-fills from there, up to a day back. Long polling
 ``GET /api/netbus`` takes over when configured, and automatically after repeated failed
 websocket connects; the websocket is tried again every ``ws_retry_s``. Order books of quotes that
 have them are polled every ``order_book_interval_s``."""
@@ -14,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.base import NO_VENUE, MarketEvent
+from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import BUS_ERRORS
 from marketbus.runtime.tasks import cancel_and_wait
+from marketbus.vendor.cursor import CursorStore
 from marketbus.vendor.gaps import GapTracker
 
 from . import history as hist
@@ -33,6 +41,15 @@ from .parts import SitagriHost
 
 NS = 1_000_000_000
 FEED = "sitagri/netbus"
+PUBLISHING_FEED = "sitagri/publishing"
+NEWS = ""  # the key of news pushes in the unpublished ranges (price pushes: their quote)
+RESUME_MAX_NS = 86_400 * NS  # a restart back-fills at most this far back
+SAVE_EVERY_S = 1.0  # resume points are written this often (when they moved)
+# A session ends on these (BUS_ERRORS: a back-fill could not publish; the gap stays open and is
+# back-filled again on the next session). Named tuples: mypy cannot type ``except (A, *B)``.
+SESSION_ERRORS: tuple[type[BaseException], ...] = (NetbusClosed, Unavailable, SessionExpired, VendorError, *BUS_ERRORS)
+POLL_ERRORS: tuple[type[BaseException], ...] = (Unavailable, VendorError, *BUS_ERRORS)
+BACKFILL_ERRORS: tuple[type[BaseException], ...] = (*POLL_ERRORS, normalize.Malformed, hist.HistoryStuck)
 
 
 class SitagriLive:
@@ -50,6 +67,20 @@ class SitagriLive:
         self._first_live: dict[str, int] | None = None  # quote ref -> first price after a reconnect
         self._frames = ingestor.metrics.frames_in.labels(ingestor.source, "netbus")
         self._live_metrics: dict[type, tuple[Any, Any]] = {}
+        # Live pushes whose publishing is not settled yet: (ack future, event id, quote or NEWS,
+        # ts_event). One the publisher gives up on (the bus down for longer than publish_retry_s)
+        # is forgotten by the recent ids, and its time joins the range of its quote to back-fill
+        # from history once the bus is back (``publish_gap_loop``).
+        self._sent: deque[tuple[asyncio.Future[Any], str, str, int]] = deque()
+        self.unpublished: dict[str, tuple[int, int]] = {}  # quote or NEWS -> (first, last) ts_event
+        self.unpublished_count = 0
+        self.publish_gaps_filled = 0
+        self.acked_ts: dict[str, int] = {}  # quote -> newest live price the stream acked
+        self.netbus_gap_open = False  # the feed was lost and the gap is not back-filled yet
+        self._saved: dict[str, int] = {}
+        self.cursors: CursorStore[int] | None = None
+        self.pub_gap = GapTracker(ingestor, ingestor.source, venue=NO_VENUE, symbol=NO_VENUE, kind="market_price",
+                                  feed=PUBLISHING_FEED)
 
     def _count_frame(self) -> None:
         self._frames.inc()
@@ -72,7 +103,9 @@ class SitagriLive:
         if ing.recent.add(event.id):
             # the hot path: the pipelined publisher directly, with cached metric children
             # (Ingestor.emit looks the labelled metrics up for every event)
-            await ing.publisher.publish_event(event)  # type: ignore[union-attr]
+            future = await ing.publisher.publish_event(event)  # type: ignore[union-attr]
+            if type(obj) is not normalize.VOrderBook:  # a book is a snapshot: the next one replaces it
+                self._sent.append((future, event.id, NEWS if quote is None else quote, event.ts_event))
             kind = type(event)
             counters = self._live_metrics.get(kind)
             if counters is None:
@@ -92,7 +125,7 @@ class SitagriLive:
         mode = "longpoll" if s.transport == "longpoll" else "websocket"
         ws_failures = 0
         backoff = Backoff(s.reconnect_initial_s, s.reconnect_max_s)
-        lost_at: int | None = None
+        lost_at: int | None = await self.resume() if s.gap_backfill else None
         while True:
             try:
                 if mode == "websocket":
@@ -118,9 +151,7 @@ class SitagriLive:
                     continue
                 await backoff.sleep()
                 continue
-            except (NetbusClosed, Unavailable, SessionExpired, VendorError, *BUS_ERRORS) as exc:
-                # BUS_ERRORS: a back-fill could not publish; the gap stays open and is back-filled
-                # again on the next session
+            except SESSION_ERRORS as exc:
                 ing.metrics.reconnects.labels(ing.source).inc()
                 if lost_at is None:
                     lost_at = self.lost()
@@ -136,11 +167,70 @@ class SitagriLive:
 
     def lost(self) -> int:
         """The feed is lost now: remember where every quote was (the gap starts there)."""
-        self._gap_from = dict(self.last_ts)
+        if not self.netbus_gap_open:  # a loss during a loss: the first one's starting points hold
+            self._gap_from = dict(self.last_ts)
+        self.netbus_gap_open = True
         self._first_live = {}
         now = self.ing.now_ns()
         self.gap.interrupted(now)
         return now
+
+    # --- resume points (a restart back-fills what it missed) ---------------------------------------
+    def _resume_key(self, quote: str) -> tuple[str, str] | None:
+        crawl = self.ing.crawl
+        meta = crawl.quotes.get(quote) if crawl is not None else None
+        return None if meta is None else (meta.venue, meta.symbol)
+
+    def resume_points(self) -> dict[str, int]:
+        """Per quote, the time up to which everything is published: its newest acked price, or
+        less while a gap before it is open (a lost feed, pushes the bus did not take)."""
+        out = {}
+        lost_at = self.gap.since_ns or (self.gap.open_gap[0] if self.gap.open_gap else None)
+        for quote, ts in self.acked_ts.items():
+            point = ts
+            if self.netbus_gap_open:
+                point = min(point, self._gap_from.get(quote, lost_at if lost_at is not None else point))
+            if quote in self.unpublished:
+                point = min(point, self.unpublished[quote][0] - 1)
+            out[quote] = point
+        return out
+
+    async def save_resume_points(self) -> None:
+        if self.cursors is None:
+            return
+        for quote, point in self.resume_points().items():
+            key = self._resume_key(quote)
+            if key is None or self._saved.get(quote) == point:
+                continue
+            await self.cursors.put(key, point)
+            self._saved[quote] = point
+
+    async def resume(self) -> int | None:
+        """At start-up: where the previous run left each live quote (the ``ingest_state`` bucket).
+        Found ones become a feed loss of this session (back-filled once connected): the time of
+        the oldest (at most a day ago), else None (a first run)."""
+        ing = self.ing
+        kv = await ensure_bucket(ing.js, INGEST_STATE, ing.settings.stream_replicas)
+        self.cursors = CursorStore(kv, ing.source, "live", int)
+        now = ing.now_ns()
+        points: dict[str, int] = {}
+        for quote in self.live_quotes:
+            key = self._resume_key(quote)
+            point = await self.cursors.get(key) if key is not None else None
+            if point is not None:  # else a new quote (or an unreadable value): no resume
+                points[quote] = max(point, now - RESUME_MAX_NS)
+        if not points:
+            return None
+        lost_at = min(points.values())
+        self.acked_ts.update(points)  # the saved points do not go back until newer prices are acked
+        self._saved.update(points)
+        self.last_ts.update(points)
+        self._gap_from = dict(points)
+        self.netbus_gap_open = True
+        self._first_live = {}
+        self.gap.interrupted(lost_at)
+        ing.log.info("resuming %d quotes from the previous run (oldest %.1fs ago)", len(points), (now - lost_at) / NS)
+        return lost_at
 
     async def connected(self, transport: str, replies: list[Any], refs: list[str], lost_at: int | None) -> None:
         ing = self.ing
@@ -228,23 +318,135 @@ class SitagriLive:
         self.gap.interrupted(lost_at)
         await self.gap.report(min([lost_at, *starts.values()]), end_ns=max(newest, lost_at),
                               detail="back-filling from history")
-        total = 0
         assert ing.crawl is not None
+        events: list[MarketEvent] = []
         for quote in self.live_quotes:
             meta = ing.crawl.quotes.get(quote)
             resolution = "MINUTE" if meta is not None and meta.kind == "currency" else "TICK"
+            page: list[MarketEvent] = []
             try:
-                total += await ing.backfill.history(quote, starts[quote], ends[quote], resolution, dedupe=True)
+                await ing.backfill.history(quote, starts[quote], ends[quote], resolution, dedupe=True, sink=page)
             except (VendorError, normalize.Malformed, hist.HistoryStuck) as exc:
                 ing.log.warning("gap back-fill of %s failed: %r", quote, exc)
+            known = self._gap_from.get(quote)  # published (acked before a restart): not again
+            events.extend(e for e in page if known is None or e.ts_event > known)
         for source in ing.settings.news_sources:
             with contextlib.suppress(VendorError, normalize.Malformed):
-                total += await ing.backfill.search_news(source, lost_at // NS, now // NS + 1, dedupe=True)
-        await ing.flush()
+                await ing.backfill.search_news(source, lost_at // NS, now // NS + 1, dedupe=True, sink=events)
+        total = await self._publish_fresh(events)
         self.gaps_filled += 1
+        self.netbus_gap_open = False
         await self.gap.resynced(f"{total} events back-filled")
         ing.feeds.set_state(FEED, "connected")
         return total
+
+    # --- live pushes the bus did not take -------------------------------------------------------
+    def sweep_sent(self) -> int:
+        """Settle the sent pushes whose ack came or failed; the failed ones join ``unpublished``."""
+        sent, failed = self._sent, 0
+        while sent:
+            future, event_id, key, ts = sent[0]
+            if not future.done():
+                break
+            sent.popleft()
+            if not future.cancelled() and future.exception() is None:
+                if key != NEWS and ts > self.acked_ts.get(key, 0):
+                    self.acked_ts[key] = ts
+            else:
+                self.ing.recent.discard(event_id)  # the back-fill must publish it
+                lo, hi = self.unpublished.get(key, (ts, ts))
+                self.unpublished[key] = (min(lo, ts), max(hi, ts))
+                failed += 1
+        self.unpublished_count += failed
+        return failed
+
+    def _bus_ok(self) -> bool:
+        publisher = self.ing.publisher
+        return publisher is not None and publisher.blocked is None and bool(self.ing.nc.is_connected)
+
+    async def publish_gap_loop(self, every_s: float = 0.5) -> None:
+        """Live pushes given up on (an outage longer than ``publish_retry_s``) are a ``gap`` of the
+        ``sitagri/publishing`` feed, back-filled from history once the bus takes messages again
+        (for a second), then ``resynced``. A back-fill that fails is tried again."""
+        ing = self.ing
+        backoff = Backoff(ing.settings.reconnect_initial_s, max(1.0, ing.settings.reconnect_max_s))
+        ok_since: float | None = None
+        saved_at = 0.0
+        while True:
+            await asyncio.sleep(every_s)
+            if self.sweep_sent():
+                self.pub_gap.interrupted(min(lo for lo, _ in self.unpublished.values()))
+            if not self._bus_ok():
+                ok_since = None
+                continue
+            if time.monotonic() - saved_at >= SAVE_EVERY_S:
+                saved_at = time.monotonic()
+                try:
+                    await self.save_resume_points()
+                except Exception as exc:
+                    ing.log.warning("could not save the live resume points: %r", exc)
+            ok_since = ok_since or time.monotonic()
+            if not self.unpublished or time.monotonic() - ok_since < 1.0:
+                continue
+            try:
+                await self.backfill_unpublished()
+                backoff.reset()
+            except BACKFILL_ERRORS as exc:
+                ing.log.warning("back-fill of the unpublished live pushes failed (tried again): %r", exc)
+                await backoff.sleep()
+
+    async def backfill_unpublished(self) -> int:
+        """Report the unpublished ranges as a gap, publish their history (what the recent ids do
+        not hold: the failed pushes, and anything else missed), then ``resynced``. The ranges are
+        dropped only once the back-fill is acked."""
+        ing = self.ing
+        # the publisher keeps the give-up error of the live pushes for its next flush(): they are
+        # handled here (a later flush, e.g. a reconnect's back-fill, must not end its session)
+        with contextlib.suppress(*BUS_ERRORS):
+            await ing.flush()
+        ranges = dict(self.unpublished)
+        start = min(lo for lo, _ in ranges.values())
+        end = max(hi for _, hi in ranges.values())
+        count = self.unpublished_count
+        await self.pub_gap.report(start, end_ns=end, detail=(
+            f"{count} live pushes could not be published (bus down > {ing.settings.publish_retry_s:.0f}s): "
+            "back-filling from history"))
+        assert ing.crawl is not None
+        events: list[MarketEvent] = []
+        for key, (lo, hi) in ranges.items():
+            if key == NEWS:
+                for source in ing.settings.news_sources:
+                    await ing.backfill.search_news(source, lo // NS, hi // NS + 1, sink=events)
+                continue
+            meta = ing.crawl.quotes.get(key)
+            resolution = "MINUTE" if meta is not None and meta.kind == "currency" else "TICK"
+            await ing.backfill.history(key, lo, hi, resolution, dedupe=True, sink=events)
+        fresh = await self._publish_fresh(events)  # raises if the bus failed again: tried again
+        for key, rng in ranges.items():  # ranges grown meanwhile stay (their new part is re-read)
+            if self.unpublished.get(key) == rng:
+                del self.unpublished[key]
+        self.unpublished_count -= count
+        self.publish_gaps_filled += 1
+        await self.pub_gap.resynced(f"{fresh} events back-filled")
+        ing.log.info("back-filled %d events of %d unpublished live pushes", fresh, count)
+        return fresh
+
+    async def _publish_fresh(self, events: list[MarketEvent]) -> int:
+        """Publish the back-filled events the recent ids do not hold, and wait for their acks;
+        only then are they recorded as seen (a failed back-fill is repeated in full).
+
+        One message per event, Nats-Msg-Id = event id like the live push: a push the publisher
+        gave up on may still have been stored (its ack lost, or sent on reconnect from the
+        client's buffer), and a restart re-reads from its last saved point; the stream's
+        duplicate window drops those."""
+        recent = self.ing.recent
+        fresh = list({e.id: e for e in events if e.id not in recent}.values())
+        if not fresh:
+            return 0
+        await (await self.ing.emit_group(fresh))
+        for event in fresh:
+            recent.add(event.id)
+        return len(fresh)
 
     # --- order books ------------------------------------------------------------------------------
     async def order_book_loop(self) -> None:
@@ -257,7 +459,7 @@ class SitagriLive:
                 continue
             try:
                 raws = await ing.client.batch_raw([f"{q}/orderBook" for q in quotes], channel="orderbook")
-            except (Unavailable, VendorError, *BUS_ERRORS) as exc:
+            except POLL_ERRORS as exc:
                 ing.log.warning("order book poll failed: %r", exc)
                 continue
             for raw in raws:

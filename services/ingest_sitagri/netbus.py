@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.typing import Subprotocol
 
 from marketbus.runtime.tasks import cancel_and_wait
 from marketbus.vendor.frames import FrameGuard
@@ -84,7 +85,7 @@ class WsNetbus:
         token = await self.keeper.get()
         try:
             ws = await websockets.connect(
-                self.url, subprotocols=[token], max_size=None, open_timeout=self.open_timeout_s,
+                self.url, subprotocols=[Subprotocol(token)], max_size=None, open_timeout=self.open_timeout_s,
                 ping_interval=None, close_timeout=1, compression=None, max_queue=None,
             )
         except InvalidHandshake as exc:

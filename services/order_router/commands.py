@@ -103,8 +103,9 @@ class OrderCommands:
                           reason=f"client_id {cmd.client_id} is already used in {cmd.market}")
 
     async def cancel(self, cmd: CancelOrders) -> CommandAck:
-        assert self.book.meta is not None
-        reason = safely(lambda: validate_cancel(cmd, self.book.meta))
+        meta = self.book.meta
+        assert meta is not None
+        reason = safely(lambda: validate_cancel(cmd, meta))
         if reason:
             return CommandAck(command_id=cmd.command_id, accepted=False, reason=reason, client_ids=list(cmd.client_ids))
         wanted = set(cmd.client_ids)
@@ -117,7 +118,7 @@ class OrderCommands:
                         self.book.adopt_record(rec)
         targets = [r for r in self.book.open_records()
                    if (cmd.market is None or r.market == cmd.market) and (not wanted or r.client_id in wanted)]
-        market_id = self.book.meta.markets[cmd.market].id if cmd.market else None
+        market_id = meta.markets[cmd.market].id if cmd.market else None
         await self.exchange.cancel_targets(targets, market_id, sorted(wanted) if wanted else None, cmd.command_id)
         ids = sorted({r.client_id for r in targets} | wanted)
         return CommandAck(command_id=cmd.command_id, accepted=True, client_ids=ids)

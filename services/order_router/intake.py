@@ -32,7 +32,7 @@ from .validation import MAX_COMMAND_ID, identifier_problem
 
 Command = PlaceOrder | CancelOrders | UpdateOrder
 _json = msgspec.json.Encoder(decimal_format="string")
-_KINDS = {PlaceOrder: "place", CancelOrders: "cancel", UpdateOrder: "update"}
+_KINDS: dict[type, str] = {PlaceOrder: "place", CancelOrders: "cancel", UpdateOrder: "update"}
 
 
 class _CommandIdOnly(msgspec.Struct):

@@ -187,6 +187,7 @@ class Reconciler:
         """Working orders that left the open list: their final state from history/status."""
         book = self.book
         found: dict[tuple[int, str], dict[str, Any]] = {}
+        row: dict[str, Any] | None
         if len(missing) > 3:
             since = min((m.exchange_ts_us or m.created_ns // 1000) for m in missing) - 5_000_000
             for row in await self.client.order_history(created_at_from=since):
@@ -272,7 +273,7 @@ class Reconciler:
             book.positions[info.symbol] = signed
             if row.get("mark_price"):
                 book.ref_prices[info.symbol] = (Decimal(str(row["mark_price"])), time.monotonic())
-            ident = (signed, row.get("entry_price"), row.get("leverage"))
+            ident: tuple[Any, ...] = (signed, row.get("entry_price"), row.get("leverage"))
             if self.last_positions.get(info.symbol) != ident:
                 self.last_positions[info.symbol] = ident
                 await book.publish_position(row, info.symbol)

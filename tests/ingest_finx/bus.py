@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from marketbus.contracts import codec
 
 
 async def read_stream(js: Any, subject: str, limit: int = 2_000_000) -> list[Any]:
     """Every message stored on ``subject`` (wildcards allowed), decoded, in stream order."""
-    try:
-        info = await js.find_stream_name_by_subject(subject)
-    except Exception:
+    for _ in range(20):  # a cluster that just lost a node may answer with a timeout for a while
+        try:
+            info = await js.find_stream_name_by_subject(subject)
+            break
+        except NotFoundError:
+            return []
+        except Exception:
+            await asyncio.sleep(0.5)
+    else:
         return []
     sub = await js.pull_subscribe(subject, stream=info, config=ConsumerConfig(
         deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))  # no ack-pending cap

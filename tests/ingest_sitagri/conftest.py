@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from marketbus.contracts import codec
+from marketbus.contracts.streams import INGEST_STATE
 from services.ingest_sitagri.app import SitagriIngestor
 from services.sandbox.common.base import SandboxRunner
 from services.sandbox.registry import load_spec
@@ -47,6 +49,21 @@ class Collector:
 
     def duplicates(self, kind: type) -> list[str]:
         return [i for i, n in Counter(e.id for e in self.events if isinstance(e, kind)).items() if n > 1]
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _no_resume_points(nats_url: str) -> None:
+    """Each test's ingestor starts afresh: a restarted ingestor resumes its quotes from the points
+    the previous run saved (ingest_state ``sitagri.live.*``), and the session's NATS is shared."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(INGEST_STATE.name)
+        with contextlib.suppress(Exception):  # no keys yet
+            for key in await kv.keys():  # (nats-py's filters match substrings, not subjects)
+                if key.startswith("sitagri.live."):
+                    await kv.purge(key)
+    finally:
+        await nc.close()
 
 
 @pytest_asyncio.fixture

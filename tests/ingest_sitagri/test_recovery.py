@@ -3,13 +3,16 @@ long polling and back, session expiry -> new login, malformed pushes dead-letter
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from decimal import Decimal
 
 import msgspec
+import nats
 
 from marketbus.contracts.market import MarketPrice
-from marketbus.contracts.status import DeadLetter
+from marketbus.contracts.status import DeadLetter, FeedStatus
+from marketbus.history.coverage import open_gaps
 from services.ingest_sitagri import normalize
 from tests.helpers import wait_for
 
@@ -116,3 +119,39 @@ async def test_malformed_push_is_dead_lettered(nats_url: str, bus: Collector) ->
             await wait_for(lambda: len(bus.dead) >= 2, what="dead letters")
         assert all(isinstance(d, DeadLetter) and d.source == "sitagri" for d in bus.dead)
         assert b"somethingNew" in bus.dead[1].payload
+
+
+async def test_a_restarted_ingestor_back_fills_from_where_the_last_one_stopped(nats_url: str) -> None:
+    """The ingestor is gone for a few seconds (a crash, a deploy) while the vendor ticks on: the
+    next one resumes each quote from the point the last one saved, back-fills the hole from
+    history (gap -> resynced) and the stream holds every tick once."""
+    from tests.ingest_finx.bus import duplicates, events_of, read_stream
+
+    async with sandbox(rate=20.0, news_interval=600.0) as sb:
+        async with ingestor(nats_url, sb, quotes=[C01], transport="websocket") as first:
+            await wait_for(lambda: first.live.pushes >= 20 and first.live.resume_points(), 20, what="live prices")
+            await asyncio.sleep(1.5)  # the resume point is saved (every second)
+        await asyncio.sleep(3.0)  # no ingestor: ~60 ticks nobody receives
+        async with ingestor(nats_url, sb, quotes=[C01], transport="websocket") as second:
+            await wait_for(lambda: second.gaps_filled == 1, 20, what="the hole back-filled")
+            resumed = second.live.pushes
+            await wait_for(lambda: second.live.pushes > resumed + 10, 20, what="live prices after the restart")
+            await second.flush()
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            stored = [e for e in events_of(await read_stream(js, "md.market_price.sitagri.EURONEX.EMAC01"))
+                      if isinstance(e, MarketPrice) and e.ts_recv >= first.started_ts]
+            statuses = [s for s in events_of(await read_stream(js, "status.ingest_sitagri.feed.>"))
+                        if isinstance(s, FeedStatus) and s.ts >= first.started_ts]
+        finally:
+            await nc.close()
+        lo, hi = min(e.ts_event for e in stored), max(e.ts_event for e in stored)
+        want = await expected_ids(sb, C01, lo, hi)
+    got = Counter(e.id for e in stored)
+    assert not duplicates(stored), [i for i, n in got.items() if n > 1]
+    assert set(got) == want, f"{len(want - set(got))} missing, {len(set(got) - want)} unexpected"
+    assert hi - lo >= 5_000_000_000
+    states = [s.state for s in statuses if s.state in ("gap", "resynced")]
+    assert states == ["gap", "resynced"], states
+    assert open_gaps(statuses) == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import uvicorn
@@ -17,7 +17,8 @@ import uvicorn
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -32,6 +33,16 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+class _Server(uvicorn.Server):
+    """An uvicorn server that leaves the process's signals alone: ``Server.serve`` replaces the
+    SIGINT/SIGTERM handlers (``signal.signal``) while it runs, so a service's own handlers (its
+    graceful stop) were not called until the HTTP server had stopped first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class AsgiServer:
     """An uvicorn server running as a task of the current event loop."""
 
@@ -39,7 +50,7 @@ class AsgiServer:
         self.app = app
         self.host = host
         self.requested_port = port
-        options = {"log_level": "warning", "lifespan": "on", "ws_ping_interval": None, "access_log": False}
+        options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "ws_ping_interval": None, "access_log": False}
         options.update(uvicorn_options)
         self._options = options
         self._server: uvicorn.Server | None = None
@@ -62,9 +73,8 @@ class AsgiServer:
         sock.bind((self.host, self.requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, host=self.host, port=self.port, **self._options)
-        self._server = uvicorn.Server(config)
-        # uvicorn installs signal handlers in serve(); the owner of the process handles signals.
-        self._server.install_signal_handlers = lambda: None
+        # uvicorn would install signal handlers in serve(); the owner of the process handles them.
+        self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"http:{self.port}")
         while not self._server.started:
             if self._task.done():

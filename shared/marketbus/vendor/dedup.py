@@ -60,6 +60,10 @@ class RecentIds:
         self._expire(self._clock())
         return key in self._seen
 
+    def discard(self, key: Hashable) -> None:
+        """Forget ``key`` (it was not delivered after all: seen again, it is new)."""
+        self._seen.pop(key, None)
+
     def fresh(self, items: Iterable[T], key: Callable[[T], Hashable]) -> list[T]:
         """The items whose key is new, in order (and records them)."""
         return [item for item in items if self.add(key(item))]
