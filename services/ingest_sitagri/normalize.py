@@ -287,6 +287,23 @@ def price_id(kind: str, quote: str, ts_ns: int) -> str:
     return event_id(SOURCE, kind, quote, ts_ns)
 
 
+def canonical(value: Decimal | None) -> str:
+    """A decimal's canonical text: no exponent, no trailing zeros, no sign on zero (``1.5E+2``,
+    ``150.0`` and ``150`` are all ``150``); ``None`` for a missing value."""
+    if value is None:
+        return "None"
+    if not value:
+        return "0"
+    return format(value.normalize(), "f")
+
+
+def nolast_price_id(quote: str, ts_ns: int, ask: Decimal | None, bid: Decimal | None) -> str:
+    """The id of a market price without a trade yet (no ``last.date``): the quote, the newest
+    date of its sides and the ask and bid values, as canonical text, so the same prices written
+    differently by the vendor (``152.250``, ``1.5225E+2``) are the same event."""
+    return event_id(SOURCE, "market_price", quote, f"nolast:{ts_ns}:{canonical(ask)}:{canonical(bid)}")
+
+
 def news_id(source: str, article_id: int | str) -> str:
     return event_id(SOURCE, "news", source, article_id)
 
@@ -324,7 +341,7 @@ def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
         # no trade yet: the newest date of the quote's sides names it
         dates = [to_ns(x.date) for x in (p.ask, p.bid, p.settlement) if x is not None and x.date is not None]
         ts = max(dates) if dates else ts_recv
-        eid = price_id("market_price", p.quote, f"nolast:{ts}:{_val(p.ask)}:{_val(p.bid)}")
+        eid = nolast_price_id(p.quote, ts, _val(p.ask), _val(p.bid))
     ask, bid, settle, stats, first, prev, high, low = p.ask, p.bid, p.settlement, p.stats, p.first, p.previousLast, p.high, p.low
     high_1y, low_1y = p.high1Y, p.low1Y
     return MarketPrice(
@@ -786,6 +803,7 @@ __all__ = [
     "market_price",
     "news",
     "news_id",
+    "nolast_price_id",
     "order_book",
     "push",
     "quote_key",

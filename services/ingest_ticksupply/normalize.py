@@ -323,6 +323,7 @@ def _parse_lines(lines: list[bytes], index: list[int], row_type: type, first_lin
             bad.append(BadRow(n, raw, f"expected {max(index) + 1} fields, got {len(fields)}"))
             continue
         values = [fields[i] if i >= 0 else "0" for i in index]
+        row: Any
         try:
             row = msgspec.convert(values, row_type, strict=False)
         except msgspec.ValidationError as exc:
@@ -374,6 +375,8 @@ def quotes(ds: DatastreamRef, rows: list[BookRow], ts_recv: int, replay: bool = 
             return
         bid, ask = pending.get("bid"), pending.get("ask")
         first = bid or ask
+        if first is None:  # an update id without a row: nothing to quote
+            return
         out.append(Quote(
             id=event_id(SOURCE, "quote", ds.datastream_id, current), source=SOURCE, venue=venue, symbol=symbol,
             ts_event=first.exchange_ts_ns, ts_recv=ts_recv, replay=replay,

@@ -165,3 +165,25 @@ def test_a_market_price_id_is_the_documented_event_id() -> None:
         event = n.push(n.decode_push(raw), 1)
         assert event.id == event_id("sitagri", "market_price", quote, event.ts_event)
         assert event.ts_event == int(Decimal(date) * NS) and event.quality == "realtime"
+
+
+def test_a_market_price_without_last_has_one_id_whatever_the_decimal_text() -> None:
+    """No trade yet: the id is the quote, the newest side date and the ask/bid values as
+    canonical text (it used to pass that text where ``price_id`` takes an int date, and the
+    vendor's rendering of the same value gave different ids)."""
+    from marketbus.contracts.ids import event_id
+
+    quote = "/market/sources/EURONEX/future/EMA/deliveries/EMAX01"
+
+    def event(ask: str, bid: str) -> MarketPrice:
+        raw = ('{"code":"marketPrice","quote":"%s","ask":{"date":1700000000,"value":%s},'
+               '"bid":{"date":1699999999,"value":%s}}' % (quote, ask, bid)).encode()
+        return n.push(n.decode_push(raw), 1)
+
+    first = event("152.25", "150")
+    assert first.id == event_id("sitagri", "market_price", quote, f"nolast:{1700000000 * NS}:152.25:150")
+    assert first.ts_event == 1700000000 * NS and first.last is None and first.last_ts is None
+    assert event("152.250", "1.5E+2").id == first.id == event("1.5225e2", "150.000").id
+    assert event("152.5", "150").id != first.id
+    assert event("0.0", "-0").id == event("0", "0").id != first.id
+    assert n.nolast_price_id(quote, 5, None, Decimal("1E+1")) == event_id("sitagri", "market_price", quote, "nolast:5:None:10")
