@@ -187,3 +187,21 @@ def test_a_market_price_without_last_has_one_id_whatever_the_decimal_text() -> N
     assert event("152.5", "150").id != first.id
     assert event("0.0", "-0").id == event("0", "0").id != first.id
     assert n.nolast_price_id(quote, 5, None, Decimal("1E+1")) == event_id("sitagri", "market_price", quote, "nolast:5:None:10")
+
+
+@pytest.mark.parametrize("text", ["0", "1700000000", "1700000000.5", "1700000000.123456789", "1700000000.1234567891",
+                                  "1.7e9", "9223372035.999999999", "9223372036.854775807", '"1700000000.25"'])
+def test_a_live_date_in_ns_is_the_exact_value(text: str) -> None:
+    """The live path turns a plain date into ns from its digits: the same ns as ``to_ns`` of the
+    exact decimal, other forms go through it."""
+    value = Decimal(text.strip('"'))
+    assert n.raw_ns(msgspec.Raw(text.encode())) == n.to_ns(value)
+
+
+@pytest.mark.parametrize("text", ["-1", "9223372037", "1e30", '"NaN"', "true", '"x"', "[1]"])
+def test_a_live_date_out_of_range_or_not_a_number_is_malformed(text: str) -> None:
+    raw = ('{"code":"marketPrice","quote":"/market/sources/EURONEX/future/EMA/deliveries/EMAX01",'
+           '"last":{"date":%s,"value":1}}' % text).encode()
+    with pytest.raises(n.Malformed):
+        n.push(n.decode_push(raw), 1)
+    assert n.raw_ns(msgspec.Raw(b"null")) is None
