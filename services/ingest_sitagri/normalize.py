@@ -314,6 +314,22 @@ def raw_ns(raw: msgspec.Raw) -> int | None:
     return None if value is None else to_ns(value)
 
 
+def _check_dates(*points: LivePoint | None) -> None:
+    """The dates a push carries but its event does not use are checked as the decoder checked
+    them before they were kept raw: a number, a decimal string or null (:class:`Malformed` else)."""
+    for point in points:
+        if point is None:
+            continue
+        text = bytes(point.date)
+        whole, dot, frac = text.partition(b".")
+        if whole.isdigit() and (not dot or frac.isdigit()):
+            continue
+        try:
+            _date_decoder.decode(text)
+        except DECODE_ERRORS as exc:
+            raise Malformed(f"bad date {text[:40]!r}: {exc}") from None
+
+
 def _ns(seconds: Decimal | None) -> int | None:
     return None if seconds is None else to_ns(seconds)
 
@@ -377,11 +393,13 @@ def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
         h = _market_price_hasher(p.quote).copy()
         h.update(b"%d" % ts)
         eid = h.hexdigest()
+        _check_dates(p.ask, p.bid, p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
     else:
         # no trade yet: the newest date of the quote's sides names it
         dates = [d for d in (raw_ns(x.date) for x in (p.ask, p.bid, p.settlement) if x is not None) if d is not None]
         ts = max(dates) if dates else ts_recv
         eid = nolast_price_id(p.quote, ts, _val(p.ask), _val(p.bid))
+        _check_dates(p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
     ask, bid, settle, stats, first, prev, high, low = p.ask, p.bid, p.settlement, p.stats, p.first, p.previousLast, p.high, p.low
     high_1y, low_1y = p.high1Y, p.low1Y
     return MarketPrice(

@@ -205,3 +205,15 @@ def test_a_live_date_out_of_range_or_not_a_number_is_malformed(text: str) -> Non
     with pytest.raises(n.Malformed):
         n.push(n.decode_push(raw), 1)
     assert n.raw_ns(msgspec.Raw(b"null")) is None
+
+
+@pytest.mark.parametrize("point", ["ask", "bid", "first", "high", "low1Y"])
+def test_a_bad_date_in_a_point_the_event_does_not_use_still_refuses_the_push(point: str) -> None:
+    """Dates are kept raw until used; one that is not a number, a decimal string or null is still
+    a malformed push, as when the decoder read every date."""
+    quote = "/market/sources/EURONEX/future/EMA/deliveries/EMAX01"
+    good = '{"code":"marketPrice","quote":"%s","last":{"date":1700000000,"value":1},"%s":{"date":%s,"value":2}}'
+    assert n.push(n.decode_push((good % (quote, point, '"1700000000.5"')).encode()), 1).last == 1
+    for bad in ('"x"', "true", "[1]", "{}"):
+        with pytest.raises(n.Malformed, match="bad date"):
+            n.push(n.decode_push((good % (quote, point, bad)).encode()), 1)
