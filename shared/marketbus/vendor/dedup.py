@@ -13,6 +13,7 @@ new: choose the bounds to cover the vendor's overlap (a poll's depth, a back-fil
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import TypeVar
 
@@ -25,7 +26,10 @@ class RecentIds:
         self.max_ids = max_ids
         self.max_age_s = max_age_s
         self._clock = clock
-        self._seen: dict[Hashable, float] = {}  # insertion order = age order (ids are never re-added)
+        # insertion order = age order (ids are never re-added). An OrderedDict, not a dict: the
+        # oldest of a dict whose front was deleted over and over is found by skipping every
+        # deleted slot (O(n) per add once full); an OrderedDict's is O(1)
+        self._seen: OrderedDict[Hashable, float] = OrderedDict()
 
     def __len__(self) -> int:
         self._expire(self._clock())
