@@ -137,7 +137,7 @@ class WMarket(msgspec.Struct):
     funding: str | None = None
 
 
-class WTrade(msgspec.Struct):
+class WTrade(msgspec.Struct, gc=False):
     trade_id: int
     timestamp: int
     price: str
@@ -146,7 +146,7 @@ class WTrade(msgspec.Struct):
     quote_volume: str | None = None
 
 
-class WRecentTrades(msgspec.Struct):
+class WRecentTrades(msgspec.Struct, gc=False):
     market_id: int
     recent_trades: list[WTrade]
     timestamp: int | None = None
@@ -330,7 +330,8 @@ def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, a
     bad: list[tuple[Any, str]] = []
     market_id = page.market_id
     # one Trade per row, the per-page constants hoisted (the hot path: ~1000 rows a page)
-    hasher, cached, sides, append = _id_hasher(market_id), _DECIMALS.get, SIDES.get, out.append
+    hasher, decimals, sides, append = _id_hasher(market_id), _DECIMALS, SIDES.get, out.append
+    cached = decimals.get
     for w in rows:
         tid = str(w.trade_id)
         h = hasher.copy()
@@ -349,11 +350,15 @@ def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, a
             bad.append((msgspec.structs.asdict(w), f"bad trade {w.trade_id}: {exc}"))
             continue
         append(trade)
-        # the contract has checked them: the cache holds only decimals within the bounds (dec's rule)
-        if price is None:
-            _remember(w.price, trade.price)
-        if size is None:
-            _remember(w.base_volume, trade.size)
+        # the contract has checked them: the cache holds only decimals within the bounds (dec's
+        # rule); _remember, inlined
+        if price is None or size is None:
+            if len(decimals) >= _DECIMALS_MAX:
+                decimals.clear()
+            if price is None:
+                decimals[w.price] = trade.price
+            if size is None:
+                decimals[w.base_volume] = trade.size
     return out, bad, oldest
 
 

@@ -98,20 +98,37 @@ class Stats(msgspec.Struct, gc=False):
     openInterest: Decimal | None = None
 
 
+_NULL = msgspec.Raw(b"null")
+
+
+class LivePoint(msgspec.Struct, gc=False):
+    """A point of a live marketPrice push. Its date stays the raw JSON text (most of a push's
+    dates are never read, and the one that names the event is turned into ns from its digits,
+    not through a Decimal: :func:`raw_ns`); ``null`` or absent is ``_NULL``."""
+
+    date: msgspec.Raw = _NULL
+    value: Decimal | None = None
+    volume: Decimal | None = None
+    totalVolume: Decimal | None = None
+    globalVolume: Decimal | None = None
+    orders: int | None = None
+    openInterest: Decimal | None = None
+
+
 class VMarketPrice(msgspec.Struct, tag_field="code", tag="marketPrice", gc=False):
     quote: str
     quality: str = ""
-    last: Point | None = None
+    last: LivePoint | None = None
     stats: Stats | None = None
-    first: Point | None = None
-    previousLast: Point | None = None
-    settlement: Point | None = None
-    high: Point | None = None
-    low: Point | None = None
-    high1Y: Point | None = None
-    low1Y: Point | None = None
-    ask: Point | None = None
-    bid: Point | None = None
+    first: LivePoint | None = None
+    previousLast: LivePoint | None = None
+    settlement: LivePoint | None = None
+    high: LivePoint | None = None
+    low: LivePoint | None = None
+    high1Y: LivePoint | None = None
+    low1Y: LivePoint | None = None
+    ask: LivePoint | None = None
+    bid: LivePoint | None = None
 
 
 class BookRow(msgspec.Struct, gc=False):
@@ -275,6 +292,44 @@ def to_ns(seconds: Decimal) -> int:
     return int(seconds * _NS_D)
 
 
+_date_decoder = msgspec.json.Decoder(Decimal | None)
+_MAX_WHOLE = MAX_TS_NS // NS
+
+
+def raw_ns(raw: msgspec.Raw) -> int | None:
+    """A raw JSON date (unix seconds) -> int ns, None for ``null``: :func:`to_ns` of its exact
+    value, computed from the digits when it is plain (``1764547200`` or ``1764547200.123``);
+    anything else (an exponent, a string, more than 9 decimals, out of range) goes through
+    ``Decimal`` and :func:`to_ns`, with their refusals."""
+    text = bytes(raw)
+    whole, dot, frac = text.partition(b".")
+    if whole.isdigit() and len(whole) < 11 and (not dot or (frac.isdigit() and len(frac) <= 9)):
+        seconds = int(whole)
+        if seconds < _MAX_WHOLE:
+            return seconds * NS + int(frac.ljust(9, b"0")) if dot else seconds * NS
+    try:
+        value = _date_decoder.decode(text)
+    except DECODE_ERRORS as exc:
+        raise Malformed(f"bad date {text[:40]!r}: {exc}") from None
+    return None if value is None else to_ns(value)
+
+
+def _check_dates(*points: LivePoint | None) -> None:
+    """The dates a push carries but its event does not use are checked as the decoder checked
+    them before they were kept raw: a number, a decimal string or null (:class:`Malformed` else)."""
+    for point in points:
+        if point is None:
+            continue
+        text = bytes(point.date)
+        whole, dot, frac = text.partition(b".")
+        if whole.isdigit() and (not dot or frac.isdigit()):
+            continue
+        try:
+            _date_decoder.decode(text)
+        except DECODE_ERRORS as exc:
+            raise Malformed(f"bad date {text[:40]!r}: {exc}") from None
+
+
 def _ns(seconds: Decimal | None) -> int | None:
     return None if seconds is None else to_ns(seconds)
 
@@ -287,6 +342,23 @@ def price_id(kind: str, quote: str, ts_ns: int) -> str:
     return event_id(SOURCE, kind, quote, ts_ns)
 
 
+def canonical(value: Decimal | None) -> str:
+    """A decimal's canonical text: no exponent, no trailing zeros, no sign on zero (``1.5E+2``,
+    ``150.0`` and ``150`` are all ``150``); ``None`` for a missing value."""
+    if value is None:
+        return "None"
+    if not value:
+        return "0"
+    return format(value.normalize(), "f")
+
+
+def nolast_price_id(quote: str, ts_ns: int, ask: Decimal | None, bid: Decimal | None) -> str:
+    """The id of a market price without a trade yet (no ``last.date``): the quote, the newest
+    date of its sides and the ask and bid values, as canonical text, so the same prices written
+    differently by the vendor (``152.250``, ``1.5225E+2``) are the same event."""
+    return event_id(SOURCE, "market_price", quote, f"nolast:{ts_ns}:{canonical(ask)}:{canonical(bid)}")
+
+
 def news_id(source: str, article_id: int | str) -> str:
     return event_id(SOURCE, "news", source, article_id)
 
@@ -295,7 +367,7 @@ def _digest(*parts: object) -> str:
     return blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
 
-def _val(p: Point | None) -> Decimal | None:
+def _val(p: Point | LivePoint | None) -> Decimal | None:
     return None if p is None else p.value
 
 
@@ -314,24 +386,27 @@ def market_price(p: VMarketPrice, ts_recv: int, replay: bool = False) -> MarketP
 def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
     venue, symbol = quote_key(p.quote)
     last = p.last
-    if last is not None and last.date is not None:
-        ts = to_ns(last.date)
+    last_ts = None if last is None else raw_ns(last.date)
+    if last_ts is not None:
+        ts = last_ts
         # price_id("market_price", quote, ts), inlined: the same text, the same hash
         h = _market_price_hasher(p.quote).copy()
-        h.update(str(ts).encode())
+        h.update(b"%d" % ts)
         eid = h.hexdigest()
+        _check_dates(p.ask, p.bid, p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
     else:
         # no trade yet: the newest date of the quote's sides names it
-        dates = [to_ns(x.date) for x in (p.ask, p.bid, p.settlement) if x is not None and x.date is not None]
+        dates = [d for d in (raw_ns(x.date) for x in (p.ask, p.bid, p.settlement) if x is not None) if d is not None]
         ts = max(dates) if dates else ts_recv
-        eid = price_id("market_price", p.quote, f"nolast:{ts}:{_val(p.ask)}:{_val(p.bid)}")
+        eid = nolast_price_id(p.quote, ts, _val(p.ask), _val(p.bid))
+        _check_dates(p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
     ask, bid, settle, stats, first, prev, high, low = p.ask, p.bid, p.settlement, p.stats, p.first, p.previousLast, p.high, p.low
     high_1y, low_1y = p.high1Y, p.low1Y
     return MarketPrice(
         id=eid, source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
         quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]
         last=last.value if last is not None else None,
-        last_ts=ts if last is not None and last.date is not None else None,
+        last_ts=last_ts,
         last_volume=last.volume if last is not None else None,
         total_volume=last.totalVolume if last is not None else None,
         orders=last.orders if last is not None else None,
@@ -342,7 +417,7 @@ def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
         high_1y=high_1y.value if high_1y is not None else None,
         low_1y=low_1y.value if low_1y is not None else None,
         settlement=settle.value if settle is not None else None,
-        settlement_ts=_ns(settle.date) if settle is not None else None,
+        settlement_ts=raw_ns(settle.date) if settle is not None else None,
         open_interest=settle.openInterest if settle is not None else None,
         bid=bid.value if bid is not None else None,
         bid_size=(bid.volume if bid.volume is not None else bid.globalVolume) if bid is not None else None,
@@ -786,6 +861,7 @@ __all__ = [
     "market_price",
     "news",
     "news_id",
+    "nolast_price_id",
     "order_book",
     "push",
     "quote_key",

@@ -323,6 +323,7 @@ def _parse_lines(lines: list[bytes], index: list[int], row_type: type, first_lin
             bad.append(BadRow(n, raw, f"expected {max(index) + 1} fields, got {len(fields)}"))
             continue
         values = [fields[i] if i >= 0 else "0" for i in index]
+        row: Any
         try:
             row = msgspec.convert(values, row_type, strict=False)
         except msgspec.ValidationError as exc:
@@ -344,13 +345,19 @@ def trade_event_id(ds: DatastreamRef, row: TradeRow) -> str:
                     row.quantity, row.side)
 
 
+def _hex_of(head: Any, tail: str) -> str:
+    h = head.copy()
+    h.update(tail.encode())
+    return str(h.hexdigest())
+
+
 def trades(ds: DatastreamRef, rows: list[TradeRow], ts_recv: int, replay: bool = False) -> list[Trade]:
     """Trade events of parsed rows (file order). The hot path: plain comprehensions."""
     venue, symbol = ds.venue, ds.symbol
     # event_id(SOURCE, "trade", ds_id, trade_id), inlined: the same text, the same hash
-    prefix = "\x1f".join((SOURCE, "trade", str(ds.datastream_id), "")).encode()
-    ids = [blake2b(prefix + r.trade_id.encode(), digest_size=12).hexdigest() if r.trade_id else trade_event_id(ds, r)
-           for r in rows]
+    # (a hasher fed with the constant head once, copied per row: cheaper than a new one per row)
+    head = blake2b("\x1f".join((SOURCE, "trade", str(ds.datastream_id), "")).encode(), digest_size=12)
+    ids = [_hex_of(head, r.trade_id) if r.trade_id else trade_event_id(ds, r) for r in rows]
     if {r.side for r in rows} <= {"buy", "sell"}:
         sides = [r.side for r in rows]
     else:
@@ -374,6 +381,8 @@ def quotes(ds: DatastreamRef, rows: list[BookRow], ts_recv: int, replay: bool = 
             return
         bid, ask = pending.get("bid"), pending.get("ask")
         first = bid or ask
+        if first is None:  # an update id without a row: nothing to quote
+            return
         out.append(Quote(
             id=event_id(SOURCE, "quote", ds.datastream_id, current), source=SOURCE, venue=venue, symbol=symbol,
             ts_event=first.exchange_ts_ns, ts_recv=ts_recv, replay=replay,

@@ -165,3 +165,55 @@ def test_a_market_price_id_is_the_documented_event_id() -> None:
         event = n.push(n.decode_push(raw), 1)
         assert event.id == event_id("sitagri", "market_price", quote, event.ts_event)
         assert event.ts_event == int(Decimal(date) * NS) and event.quality == "realtime"
+
+
+def test_a_market_price_without_last_has_one_id_whatever_the_decimal_text() -> None:
+    """No trade yet: the id is the quote, the newest side date and the ask/bid values as
+    canonical text (it used to pass that text where ``price_id`` takes an int date, and the
+    vendor's rendering of the same value gave different ids)."""
+    from marketbus.contracts.ids import event_id
+
+    quote = "/market/sources/EURONEX/future/EMA/deliveries/EMAX01"
+
+    def event(ask: str, bid: str) -> MarketPrice:
+        raw = ('{"code":"marketPrice","quote":"%s","ask":{"date":1700000000,"value":%s},'
+               '"bid":{"date":1699999999,"value":%s}}' % (quote, ask, bid)).encode()
+        return n.push(n.decode_push(raw), 1)
+
+    first = event("152.25", "150")
+    assert first.id == event_id("sitagri", "market_price", quote, f"nolast:{1700000000 * NS}:152.25:150")
+    assert first.ts_event == 1700000000 * NS and first.last is None and first.last_ts is None
+    assert event("152.250", "1.5E+2").id == first.id == event("1.5225e2", "150.000").id
+    assert event("152.5", "150").id != first.id
+    assert event("0.0", "-0").id == event("0", "0").id != first.id
+    assert n.nolast_price_id(quote, 5, None, Decimal("1E+1")) == event_id("sitagri", "market_price", quote, "nolast:5:None:10")
+
+
+@pytest.mark.parametrize("text", ["0", "1700000000", "1700000000.5", "1700000000.123456789", "1700000000.1234567891",
+                                  "1.7e9", "9223372035.999999999", "9223372036.854775807", '"1700000000.25"'])
+def test_a_live_date_in_ns_is_the_exact_value(text: str) -> None:
+    """The live path turns a plain date into ns from its digits: the same ns as ``to_ns`` of the
+    exact decimal, other forms go through it."""
+    value = Decimal(text.strip('"'))
+    assert n.raw_ns(msgspec.Raw(text.encode())) == n.to_ns(value)
+
+
+@pytest.mark.parametrize("text", ["-1", "9223372037", "1e30", '"NaN"', "true", '"x"', "[1]"])
+def test_a_live_date_out_of_range_or_not_a_number_is_malformed(text: str) -> None:
+    raw = ('{"code":"marketPrice","quote":"/market/sources/EURONEX/future/EMA/deliveries/EMAX01",'
+           '"last":{"date":%s,"value":1}}' % text).encode()
+    with pytest.raises(n.Malformed):
+        n.push(n.decode_push(raw), 1)
+    assert n.raw_ns(msgspec.Raw(b"null")) is None
+
+
+@pytest.mark.parametrize("point", ["ask", "bid", "first", "high", "low1Y"])
+def test_a_bad_date_in_a_point_the_event_does_not_use_still_refuses_the_push(point: str) -> None:
+    """Dates are kept raw until used; one that is not a number, a decimal string or null is still
+    a malformed push, as when the decoder read every date."""
+    quote = "/market/sources/EURONEX/future/EMA/deliveries/EMAX01"
+    good = '{"code":"marketPrice","quote":"%s","last":{"date":1700000000,"value":1},"%s":{"date":%s,"value":2}}'
+    assert n.push(n.decode_push((good % (quote, point, '"1700000000.5"')).encode()), 1).last == 1
+    for bad in ('"x"', "true", "[1]", "{}"):
+        with pytest.raises(n.Malformed, match="bad date"):
+            n.push(n.decode_push((good % (quote, point, bad)).encode()), 1)

@@ -213,6 +213,16 @@ def test_recent_ids_are_bounded_by_count_and_age() -> None:
     assert 4 not in seen and len(seen) == 0  # over the age
 
 
+def test_recent_ids_at_their_bound_forget_exactly_the_oldest() -> None:
+    """Many evictions in a row (the state an ingestor is in after its first ``max_ids`` events):
+    the newest ``max_ids`` stay, every older one is new again."""
+    seen = RecentIds(max_ids=1000, max_age_s=3600)
+    assert all(seen.add(i) for i in range(20_000))
+    assert len(seen) == 1000
+    assert not any(seen.add(i) for i in range(19_000, 20_000))
+    assert seen.add(18_999) and len(seen) == 1000 and 19_000 not in seen
+
+
 # --- gap tracking and malformed frames on a real service --------------------------------------------
 class Probe(Ingestor):
     name: ClassVar[str] = "vendor_probe"

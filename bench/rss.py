@@ -1,0 +1,108 @@
+"""Memory flat? RSS of each ingestor's event path after 1M and 10M events (issue #16).
+
+Each vendor runs in its own fresh process: the main event path of ``bench/peer_cryptofeed.py``
+(wire bytes -> normalizer -> contract event -> subject + ``codec`` encode + header block) over
+its corpus again and again, with the per-event state the ingestor keeps: Sitagri's
+``RecentIds`` with the bounds ``services/ingest_sitagri/app.py`` gives it (every event offered
+to it, as the app does). RSS (``/proc/self/statm``) is read after warm-up (100k events), at 1M
+and at 10M. The reference, same run: a bare msgspec loop (Binance frame -> Struct -> JSON) in
+its own process, which holds no state.
+
+What repeats and what does not: Sitagri's dates (hence its ids) are shifted on every pass over
+the corpus, so each of its events is new to ``RecentIds``; the other vendors' passes repeat the
+same trades (their normalizers keep no per-id state; their caches of prices, ids' prefixes and
+tokens are bounded by count, see bench/RESULTS.md). Not covered: the NATS client's buffers and
+the order router (see RESULTS.md).
+
+Run: ``.venv/bin/python bench/rss.py [--events 10000000] [--vendors digitex,finx,sitagri,ticksupply]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "shared"), str(HERE)]
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE / 2**20
+
+
+def child(vendor: str, events: int, marks: list[int]) -> None:
+    import peer_cryptofeed as pc
+
+    trades = pc.corpus(100_000)
+    wire = pc.Wire()
+    if vendor == "sitagri":
+        from services.ingest_sitagri import normalize as sg
+        from services.ingest_sitagri.app import RecentIds
+
+        pushes = pc.sitagri_pushes(trades)
+        recent = RecentIds(max_ids=1_000_000, max_age_s=86_400.0)  # the app's bounds
+        decode, push, send, add = sg.decode_push, sg.push, wire.send, recent.add
+        ts = time.time_ns()
+
+        def one_pass(k: int) -> int:
+            # shift every date of the pass (1e6 s per pass): new ids for RecentIds
+            old, new = b":1764", b":%d" % (1764 + k)
+            for raw in pushes:
+                event = push(decode(raw.replace(old, new)), ts)
+                if add(event.id):
+                    send([event])
+            return len(pushes)
+    else:
+        fn, data = {"digitex": (pc.digitex_single, pc.digitex_pages), "finx": (pc.finx_single, pc.finx_frames),
+                    "ticksupply": (pc.ticksupply_single, pc.ticksupply_artifacts),
+                    "bare": (pc.bare_msgspec(pc._BareFrame), lambda t: [f.encode() for f in pc.binance_frames(t)])}[vendor]
+        payload = data(trades)
+
+        def one_pass(k: int) -> int:
+            return fn(payload, wire)
+    del trades
+    done, k, pending = 0, 0, sorted(set(marks))
+    began = time.perf_counter()
+    while pending:
+        done += one_pass(k)
+        k += 1
+        while pending and done >= pending[0]:
+            print(f"{pending.pop(0)} {rss_mb():.1f} {done / (time.perf_counter() - began):.0f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--vendors", default="digitex,finx,sitagri,ticksupply")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    marks = [100_000, min(1_000_000, args.events), args.events]
+    if args.child:
+        child(args.child, args.events, marks)
+        return
+    print("| path (own process) | RSS after warm-up (100k events) | at 1M | at 10M (or --events) | growth 1M -> end | "
+          "events/s | reference: bare msgspec loop, same run |")
+    print("|---|---|---|---|---|---|---|")
+    results = {}
+    for vendor in ["bare", *args.vendors.split(",")]:
+        out = subprocess.run([sys.executable, __file__, "--child", vendor, "--events", str(args.events)],
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+        rows = [line.split() for line in out if line.strip()]
+        results[vendor] = {int(m): (float(r), float(rate)) for m, r, rate in rows}
+    bare = results.pop("bare")
+    for vendor, at in results.items():
+        warm, one, end = (at[m][0] for m in marks)
+        b_warm, b_one, b_end = (bare[m][0] for m in marks)
+        print(f"| {vendor} | {warm:.1f} MB | {one:.1f} MB | {end:.1f} MB | {end - one:+.1f} MB ({(end - one) / one:+.0%}) "
+              f"| {at[marks[-1]][1]:,.0f} | {b_warm:.1f} / {b_one:.1f} / {b_end:.1f} MB |")
+
+
+if __name__ == "__main__":
+    main()
