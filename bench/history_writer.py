@@ -217,9 +217,8 @@ async def main() -> None:
 
         phase("raw pyarrow")
         # raw pyarrow write of the same rows
-        from services.history_writer.store.base import Selector
-
         from marketbus.history.lakehouse import LakehouseSettings
+        from services.history_writer.store.base import Selector
         from services.history_writer.store.iceberg import IcebergStore
 
         store = IcebergStore(LakehouseSettings(history_dir=str(tmp / "h2")))

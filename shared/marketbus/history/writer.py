@@ -167,6 +167,7 @@ class HistoryTableWriter:
         total = rows.num_rows
         rows = _first_per_id(rows)
         table = self.tables.get(kind, create=True)
+        assert table is not None  # create=True
         ledger = self.ledger(kind)
 
         def write_files(rows: pa.Table) -> list[Any]:
@@ -182,6 +183,8 @@ class HistoryTableWriter:
         if rows.num_rows == 0:
             return 0, total
         files: list[Any] | None = write_files(rows)
+        # ValueError: pyiceberg found the metadata moved on under this commit
+        conflicts: tuple[type[BaseException], ...] = (CommitFailedException, ValueError, *_transient_errors())
         with self.lock(kind):
             check = set(recheck or ())
             for attempt in range(self.max_retries):
@@ -202,8 +205,7 @@ class HistoryTableWriter:
                         with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
                             for f in files:
                                 append.append_data_file(f)
-                except (CommitFailedException, ValueError, *_transient_errors()) as exc:
-                    # ValueError: pyiceberg found the metadata moved on under this commit
+                except conflicts as exc:
                     self.retries += 1
                     log.debug("commit of %s conflicted (%r): refresh and retry", kind, exc)
                     time.sleep(random.uniform(0.0, min(0.05, 0.002 * (attempt + 1))))
@@ -244,11 +246,14 @@ def _chain_intact(table: Any, base_id: int | None) -> bool:
 
 def _seqs_in_table(table: Any, stream: str, seqs: set[int]) -> set[int]:
     """Which of ``seqs`` have rows in the table's current snapshot (pruned by ``_seq`` stats)."""
-    from pyiceberg.expressions import And, EqualTo, In
+    from pyiceberg.expressions import And, EqualTo, In, Reference
+    from pyiceberg.expressions.literals import literal
 
     if table.current_snapshot() is None or not seqs:
         return set()
-    found = table.scan(row_filter=And(EqualTo("_stream", stream), In("_seq", set(seqs))),
+    row_filter = And(EqualTo(term=Reference("_stream"), value=literal(stream)),
+                     In(term=Reference("_seq"), values={literal(s) for s in seqs}))
+    found = table.scan(row_filter=row_filter,
                        selected_fields=("_seq",)).to_arrow()
     return set(pc.unique(found.column("_seq")).to_pylist()) if found.num_rows else set()
 
