@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .datafiles import write_data_files
 from .lakehouse import LAYOUTS, LakehouseSettings, Tables
 from .maintenance import expire_snapshots
 from .snapshot_props import SEQS_PROP, STREAM_PROP, WRITER_PROP, decode_ranges, encode_ranges
@@ -161,7 +162,6 @@ class HistoryTableWriter:
         expired already (acked): for these the table's rows are checked, on the very snapshot
         the commit builds on, so whichever commits second drops them."""
         from pyiceberg.exceptions import CommitFailedException
-        from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
         layout = LAYOUTS[kind]
         total = rows.num_rows
@@ -171,9 +171,9 @@ class HistoryTableWriter:
         ledger = self.ledger(kind)
 
         def write_files(rows: pa.Table) -> list[Any]:
-            data = layout.to_table(rows)
-            data = data.take(pc.sort_indices(data, [("symbol", "ascending"), ("ts_event_ns", "ascending")]))
-            return list(_dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io))
+            # one file per partition (day x symbol bucket), rows sorted by symbol and time
+            return write_data_files(table, layout.to_table(rows), ["symbol", "ts_event_ns"],
+                                    layout.kind_schema.literals)
 
         # the data files are written before taking the table's lock, so concurrent flushes write
         # Parquet in parallel; only the check and the commit are serialized
