@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.table import Transaction
+from pyiceberg.table.metadata import TableMetadata
 
 from .datafiles import write_data_files
 from .lakehouse import LAYOUTS, LakehouseSettings, Tables
@@ -101,6 +103,23 @@ class SeqLedger:
 
 class CommitConflict(RuntimeError):
     pass
+
+
+class _Transaction(Transaction):
+    """pyiceberg's transaction rebuilds the table metadata, with a deep copy, on every access of
+    ``table_metadata`` (about 15 per append: most of a commit's time, growing with the
+    metadata). The metadata objects are frozen, so one copy per state of the staged updates
+    serves them all."""
+
+    _cache: tuple[Any, Any, TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        cache = self._cache
+        if cache is None or cache[0] is not self._table.metadata or cache[1] is not self._updates:
+            cache = (self._table.metadata, self._updates, super().table_metadata)
+            self._cache = cache
+        return cache[2]
 
 
 class HistoryTableWriter:
@@ -201,7 +220,7 @@ class HistoryTableWriter:
                 props = {STREAM_PROP: stream, SEQS_PROP: encode_ranges(seqs), WRITER_PROP: self.writer_id}
                 base = table.current_snapshot()
                 try:
-                    with table.transaction() as tx:
+                    with _Transaction(table) as tx:
                         with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
                             for f in files:
                                 append.append_data_file(f)
