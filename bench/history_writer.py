@@ -1,13 +1,12 @@
 """History writer benchmarks (one run, < 60 s): prints markdown table rows.
 
-- embedded store (``--backend iceberg``, the default: Iceberg tables, SQLite catalog, local
-  warehouse; or ``parquet``, the legacy files) from single-event messages (10 and 10,000
+- embedded store (Iceberg tables, SQLite catalog, local warehouse) from single-event messages (10 and 10,000
   symbols), and from batch envelopes; reference: the raw nats-py pull rate of the same messages
   (callback subscription, big pull batches, no processing) and a raw pyarrow Parquet write of the
   same rows;
 - PostgreSQL (asyncpg COPY) from batch envelopes; reference: a raw asyncpg COPY of the same rows;
 - a query of 1M trades of one symbol and day through the store read API (Arrow);
-  reference: DuckDB (parquet) or pyarrow (iceberg) reading the same files without ordering.
+  reference: pyarrow reading the same files without ordering.
 
 Run: ``.venv/bin/python bench/history_writer.py [--pg-dsn DSN] [--singles N] [--batched N]``.
 """
@@ -137,7 +136,7 @@ async def run_writer(url: str, backend: str, data_dir: Path, expected_rows: int,
 
     over = dict(nats_url=url, backend=backend, data_dir=str(data_dir), durable=f"bench{time.time_ns() % 10**9}",
                 http_port=0, pull_batch=10_000, batch_max_msgs=20_000, batch_max_wait_s=0.25,
-                compact_interval_s=3600.0, fsync=os.environ.get("FSYNC","1")=="1", query_queue=f"bench{os.getpid()}", pg_table_prefix=prefix, log_level="WARNING")
+                compact_interval_s=3600.0, query_queue=f"bench{os.getpid()}", pg_table_prefix=prefix, log_level="WARNING")
     if dsn:
         over["pg_dsn"] = dsn
     if backend == "postgres":
@@ -168,7 +167,7 @@ async def main() -> None:
     ap.add_argument("--singles", type=int, default=200_000)
     ap.add_argument("--batched", type=int, default=1_000_000)
     ap.add_argument("--pg-rows", type=int, default=300_000)
-    ap.add_argument("--backend", default="iceberg", choices=["iceberg", "parquet"])
+    ap.add_argument("--backend", default="iceberg", choices=["iceberg"])
     ap.add_argument("--symbols-events", type=int, default=100_000)
     ap.add_argument("--pg-dsn", default=os.environ.get("MARKETBUS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     args = ap.parse_args()
@@ -218,17 +217,11 @@ async def main() -> None:
 
         phase("raw pyarrow")
         # raw pyarrow write of the same rows
+        from marketbus.history.lakehouse import LakehouseSettings
         from services.history_writer.store.base import Selector
+        from services.history_writer.store.iceberg import IcebergStore
 
-        if args.backend == "iceberg":
-            from marketbus.history.lakehouse import LakehouseSettings
-            from services.history_writer.store.iceberg import IcebergStore
-
-            store = IcebergStore(LakehouseSettings(history_dir=str(tmp / "h2")))
-        else:
-            from services.history_writer.store.parquet import ParquetStore
-
-            store = ParquetStore(tmp / "h2")
+        store = IcebergStore(LakehouseSettings(history_dir=str(tmp / "h2")))
         await store.open()
         day = Selector(kind="trade", symbol="BATCHED")
         table = (await store.read_table(day, DAY0, DAY0 + 86_400 * 10**9))["trade"]
@@ -244,23 +237,14 @@ async def main() -> None:
         tables = await store.read_table(day, DAY0, DAY0 + 86_400 * 10**9)
         q = time.perf_counter() - t0
         n = tables["trade"].num_rows
-        if args.backend == "iceberg":
-            from pyiceberg.expressions import EqualTo
+        from pyiceberg.expressions import EqualTo
 
-            itable = store.writer.tables.get("trade", refresh=True)
-            files = [t.file.file_path for t in itable.scan(row_filter=EqualTo("symbol", "BATCHED")).plan_files()]
-            t0 = time.perf_counter()
-            pq.read_table([f.removeprefix("file://") for f in files])
-            qref = time.perf_counter() - t0
-            ref_name = "pyarrow read of its files"
-        else:
-            import duckdb
-
-            files = store.files_for(day, DAY0, DAY0 + 86_400 * 10**9)["trade"]
-            t0 = time.perf_counter()
-            duckdb.connect().sql("SELECT * FROM read_parquet($f)", params={"f": files}).to_arrow_table()
-            qref = time.perf_counter() - t0
-            ref_name = "DuckDB unordered scan"
+        itable = store.writer.tables.get("trade", refresh=True)
+        files = [t.file.file_path for t in itable.scan(row_filter=EqualTo("symbol", "BATCHED")).plan_files()]
+        t0 = time.perf_counter()
+        pq.read_table([f.removeprefix("file://") for f in files])
+        qref = time.perf_counter() - t0
+        ref_name = "pyarrow read of its files"
         row(f"query {n:,} trades, 1 symbol/day, ordered (Arrow)", f"{q:.3f} s", "< 1 s", f"{ref_name} {qref:.3f} s",
             f"{q / qref:.2f}")
         await store.close()

@@ -84,13 +84,19 @@ class IntakeHost(Protocol):
 
     settings: HistoryWriterSettings
     metrics: HistoryMetrics
-    log: logging.Logger | logging.LoggerAdapter[Any]
     feeds: FeedTracker
     store: HistoryStore
-    js: Any  # JetStreamContext: consumer info and creation
-    nc: Any  # the service's connection: max-deliveries advisories
     intake_nc: IntakeClient  # the intake connection: pull requests, replies, acks
     publisher: JetStreamPublisher | None
+
+    @property
+    def log(self) -> logging.Logger | logging.LoggerAdapter[Any]: ...
+
+    @property
+    def js(self) -> Any: ...  # JetStreamContext: consumer info and creation
+
+    @property
+    def nc(self) -> Any: ...  # the service's connection: max-deliveries advisories
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
 

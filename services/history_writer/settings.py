@@ -16,8 +16,8 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
     http_port: int = 9101  # /healthz and /metrics: a fixed port per service (README, Monitoring); 0 = any free
 
     # iceberg: Apache Iceberg tables, catalog/warehouse from MARKETBUS_LAKEHOUSE_* (default: SQLite
-    # catalog + warehouse under data_dir); postgres: rows in PostgreSQL; parquet: legacy files
-    backend: Literal["iceberg", "parquet", "postgres"] = "iceberg"
+    # catalog + warehouse under data_dir); postgres: rows in PostgreSQL
+    backend: Literal["iceberg", "postgres"] = "iceberg"
     data_dir: str = ""  # embedded history; default $MARKETBUS_DATA_DIR/history, else .marketbus/history
     pg_dsn: Secret = Secret("postgresql://postgres@127.0.0.1:5432/marketbus")
     pg_table_prefix: str = "history_"
@@ -40,11 +40,8 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
 
     debug_ack_delay_s: float = 0.0  # fault injection (tests): hold acks after each durable write
 
-    fsync: bool = True
-    compression: str = "zstd"
     compact_interval_s: float = 60.0
     compact_min_files: int = 8
-    dedupe_max_ids: int = 5_000_000  # event ids kept in memory for de-duplication (parquet)
 
     retention_days: dict[str, float] = {}  # e.g. {"trade": 30, "book": 7}; absent = keep forever
     retention_interval_s: float = 3600.0

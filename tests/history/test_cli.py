@@ -42,7 +42,7 @@ def invoke(args: list[str]):
 async def test_history_cli_query_table_files_json_and_coverage(nc, js, nats_url, tmp_path) -> None:
     sym = unique_symbol("C")
     durable = f"c{uuid.uuid4().hex[:8]}"
-    writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(tmp_path / "h"), None, durable))
+    writer = HistoryWriter(**writer_overrides(nats_url, "iceberg", str(tmp_path / "h"), None, durable))
     await writer.start()
     try:
         events = [trade(sym, i) for i in range(N)]

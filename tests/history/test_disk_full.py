@@ -1,4 +1,4 @@
-"""A full disk under the data dir: the Parquet writer stops acking (the batch is kept with +WPI,
+"""A full disk under the data dir: the writer stops acking (the batch is kept with +WPI,
 not redelivered), /healthz says 503 with the reason, and everything is stored once space
 returns: nothing lost, nothing twice. The data dir is a small tmpfs mounted for the test
 (needs root; skipped elsewhere)."""
@@ -67,7 +67,7 @@ async def test_a_full_disk_stops_acking_and_resumes_when_space_returns(nc, js, n
     durable = f"d{uuid.uuid4().hex[:8]}"
     first = [trade(sym, i) for i in range(100)]
     second = [trade(sym, i) for i in range(100, 400)]
-    writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(small_disk / "history"), None, durable,
+    writer = HistoryWriter(**writer_overrides(nats_url, "iceberg", str(small_disk / "history"), None, durable,
                                               ack_wait_s=1.0, store_retry_max_s=1.0))
     await writer.start()
     filler = small_disk / "filler"

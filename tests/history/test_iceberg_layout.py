@@ -52,3 +52,63 @@ def test_a_decimal_beyond_18_places_is_refused_not_rounded() -> None:
     rows = SCHEMAS["trade"].rows_to_table([event], "MD", [8], [0])
     with pytest.raises(ValueError, match="decimal"):
         LAYOUTS["trade"].to_table(rows)
+
+
+def test_an_append_writes_one_sorted_file_per_partition_with_exact_statistics(tmp_path) -> None:
+    """Rows over 3 days and 40 symbols in one append: one data file per (day, symbol bucket)
+    partition touched, each holding exactly that partition's rows sorted by (symbol, ts_event),
+    readable by pyarrow with the table's schema, its footer statistics the real min/max, the
+    low-cardinality strings dictionary-encoded and the ids not; a scan pruned to one symbol and
+    one day returns exactly its rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan, Reference
+    from pyiceberg.expressions.literals import literal
+    from pyiceberg.transforms import BucketTransform, DayTransform
+    from pyiceberg.types import StringType, TimestamptzType
+
+    from marketbus.history.lakehouse import LakehouseSettings
+    from marketbus.history.writer import HistoryTableWriter
+
+    day_ns = 86_400 * 10**9
+    events = [trade(f"P{i % 40}", i, ts=T0 + (i % 3) * day_ns + i * 1000) for i in range(3000)]
+    rows = SCHEMAS["trade"].rows_to_table(events, "MD", list(range(1, 3001)), [0] * 3000)
+    writer = HistoryTableWriter(LakehouseSettings(history_dir=str(tmp_path)), "w")
+    assert writer.append("trade", "MD", rows.take(pa.array(list(reversed(range(3000)))))) == (3000, 0)
+    table = writer.tables.get("trade")
+    files = [task.file for task in table.scan().plan_files()]
+    day = DayTransform().pyarrow_transform(TimestamptzType())
+    bucket = BucketTransform(16).pyarrow_transform(StringType())
+    schema = table.schema().as_arrow()
+    partitions = set()
+    for file in files:
+        with table.io.new_input(file.file_path).open() as f:
+            data = pq.read_table(f, schema=schema)
+        assert data.num_rows == file.record_count
+        days, buckets = set(day(data.column("ts_event")).to_pylist()), set(bucket(data.column("symbol")).to_pylist())
+        assert (days, buckets) == ({file.partition[0]}, {file.partition[1]}), file.file_path  # one partition
+        keys = list(zip(data.column("symbol").to_pylist(), data.column("ts_event_ns").to_pylist()))
+        assert keys == sorted(keys)
+        partitions.add((file.partition[0], file.partition[1]))
+        with table.io.new_input(file.file_path).open() as f:
+            meta = pq.ParquetFile(f).metadata
+        columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)}
+        assert "RLE_DICTIONARY" in columns["symbol"].encodings and "RLE_DICTIONARY" not in columns["id"].encodings
+        field_id = table.schema().find_field("ts_event_ns").field_id
+        low, high = pc.min_max(data.column("ts_event_ns")).values()
+        from pyiceberg.conversions import from_bytes
+        from pyiceberg.types import LongType
+
+        assert from_bytes(LongType(), file.lower_bounds[field_id]) == low.as_py()
+        assert from_bytes(LongType(), file.upper_bounds[field_id]) == high.as_py()
+    expected = {(d, b) for d, b in zip(day(pc.cast(pc.cast(rows.column("ts_event"), pa.timestamp("ns", tz="UTC")),
+                                                    pa.timestamp("us", tz="UTC"))).to_pylist(),
+                                        bucket(rows.column("symbol")).to_pylist(), strict=True)}
+    assert partitions == expected and len(files) == len(expected)
+    start = T0 // day_ns * day_ns + day_ns
+    one = table.scan(row_filter=And(EqualTo(term=Reference("symbol"), value=literal("P7")),
+                                    And(GreaterThanOrEqual(term=Reference("ts_event_ns"), value=literal(start)),
+                                        LessThan(term=Reference("ts_event_ns"), value=literal(start + day_ns)))))
+    assert len(list(one.plan_files())) == 1  # pruned to one file of all
+    got = sorted(one.to_arrow().column("id").to_pylist())
+    assert got == sorted(e.id for e in events if e.symbol == "P7" and start <= e.ts_event < start + day_ns) and got

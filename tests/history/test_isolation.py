@@ -27,7 +27,7 @@ def nats_url(nats_server: NatsServer) -> str:
     return nats_server.url
 
 
-@pytest.fixture(params=["parquet", "postgres"])
+@pytest.fixture(params=["iceberg", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -1,6 +1,7 @@
 """Exactly once under kill -9: the writer process (``python -m services.history_writer``) is
 SIGKILLed again and again while a publisher runs; afterwards the stored ids are exactly the
-published ids (no loss, no duplicate), on both backends. With the default ack wait (no
+published ids (no loss, no duplicate), on both backends (Iceberg tables, embedded configuration,
+and PostgreSQL; two writers sharing the durable consumer: test_iceberg_kill.py). With the default ack wait (no
 shortened setting), everything the last killed writer held is stored by its successor within
 10 s of the kill."""
 
@@ -19,10 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from marketbus.history.lakehouse import LakehouseSettings
 from marketbus.runtime.http import free_port
 from marketbus.runtime.publisher import JetStreamPublisher
 from services.history_writer.store.base import Selector
-from services.history_writer.store.parquet import ParquetStore
+from services.history_writer.store.iceberg import IcebergStore
 from services.history_writer.store.postgres import PostgresStore
 from tests.helpers import wait_for
 
@@ -49,7 +51,7 @@ async def _consuming(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("backend", ["parquet", "postgres"])
+@pytest.mark.parametrize("backend", ["iceberg", "postgres"])
 async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_url, tmp_path, backend, request,
                                                                  record_property) -> None:
     dsn = request.getfixturevalue("pg_dsn") if backend == "postgres" else None
@@ -75,7 +77,12 @@ async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_ur
     })
     if dsn:
         env["MARKETBUS_HISTORY_WRITER_PG_DSN"] = dsn
-    store = ParquetStore(data_dir, fsync=False) if backend == "parquet" else PostgresStore(dsn, table_prefix=prefix)  # type: ignore[arg-type]
+    store: IcebergStore | PostgresStore
+    if backend == "iceberg":  # reads the tables through the embedded catalog, as any reader does
+        store = IcebergStore(LakehouseSettings.from_env(data_dir))
+    else:
+        assert dsn is not None
+        store = PostgresStore(dsn, table_prefix=prefix)
     await store.open()  # creates the tables up front (PG) so the check below can read at any time
 
     total = 12_000

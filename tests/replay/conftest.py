@@ -43,15 +43,16 @@ class Stack:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(nats_url: str, tmp_path_factory: Any) -> AsyncIterator[Stack]:
+async def stack(nats_url: str, tmp_path_factory: Any, pg_dsn: str) -> AsyncIterator[Stack]:
     durable = f"r{uuid.uuid4().hex[:8]}"
     nc = await nats.connect(nats_url)
     await ensure_all(nc.jetstream())
-    writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(tmp_path_factory.mktemp("history")), None, durable))
+    # the PostgreSQL backend (numeric keeps a decimal's text, trailing zeros included): replay reads it over NATS
+    writer = HistoryWriter(**writer_overrides(nats_url, "postgres", str(tmp_path_factory.mktemp("history")), pg_dsn, durable))
     await writer.start()
     replay = ReplayService(nats_url=nats_url, http_port=0, heartbeat_interval_s=1.0, queue=durable, max_sessions=4,
                            status_interval_s=0.2, history_timeout_s=10.0,
-                           history_read="nats")  # the parquet backend: the query over NATS
+                           history_read="nats")
     await replay.start()
     publisher = await JetStreamPublisher(nc).start()
     try:
@@ -59,6 +60,7 @@ async def stack(nats_url: str, tmp_path_factory: Any) -> AsyncIterator[Stack]:
     finally:
         await publisher.close()
         await replay.stop()
+        await writer.store.drop_all()  # type: ignore[attr-defined]
         await writer.stop()
         await nc.drain()
 

@@ -5,7 +5,7 @@ yield the very same bytes for the same range.
 
 Iceberg stores prices and sizes as ``decimal(38, 18)`` and gives back their shortest text
 (``"100.50"`` comes back ``"100.5"``, whichever source reads it): the live comparison here uses
-decimals published in that shortest form; the parquet stack (conftest) covers trailing zeros."""
+decimals published in that shortest form; the PostgreSQL stack (conftest) covers trailing zeros."""
 
 from __future__ import annotations
 

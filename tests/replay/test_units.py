@@ -70,7 +70,7 @@ def test_wire_form_is_the_live_publishers() -> None:
 
 
 async def test_the_history_source_follows_the_writer_backend_and_the_setting(tmp_path) -> None:
-    """auto: the tables with the Iceberg backend, the NATS query with PostgreSQL (or Parquet);
+    """auto: the tables with the Iceberg backend, the NATS query with PostgreSQL;
     an explicit setting wins."""
     from services.replay.app import ReplayService
     from services.replay.source import HistorySource, TableSource

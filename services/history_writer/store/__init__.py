@@ -1,5 +1,5 @@
 """History stores behind one interface: Apache Iceberg tables (default; embedded SQLite catalog or
-PostgreSQL catalog + S3 warehouse), PostgreSQL rows, and the legacy embedded Parquet files."""
+PostgreSQL catalog + S3 warehouse) and PostgreSQL rows."""
 
 from __future__ import annotations
 
@@ -20,19 +20,12 @@ def open_store(settings: HistoryWriterSettings, writer_id: str | None = None) ->
 
         timescale = {"auto": None, "on": True, "off": False}[settings.timescale]
         return PostgresStore(settings.pg_dsn.get(), table_prefix=settings.pg_table_prefix, timescale=timescale)
-    if settings.backend == "iceberg":
-        from marketbus.history.lakehouse import LakehouseSettings
+    from marketbus.history.lakehouse import LakehouseSettings
 
-        from .iceberg import AckFloors, IcebergStore
+    from .iceberg import AckFloors, IcebergStore
 
-        d = settings.durable  # the intake's durable consumers (consumer.py / app.py)
-        floors = AckFloors(settings.connect_options("history_writer-floors"),
-                           {"MD": f"{d}_md", "REF": f"{d}_ref", "STATUS": f"{d}_status"})
-        return IcebergStore(LakehouseSettings.from_env(settings.history_dir()), writer_id=writer_id,
-                            compact_min_files=settings.compact_min_files, ack_floors=floors)
-    from .parquet import ParquetStore
-
-    return ParquetStore(
-        settings.history_dir(), fsync=settings.fsync, compression=settings.compression,
-        dedupe_max_ids=settings.dedupe_max_ids, compact_min_files=settings.compact_min_files, writer_id=writer_id,
-    )
+    d = settings.durable  # the intake's durable consumers (consumer.py / app.py)
+    floors = AckFloors(settings.connect_options("history_writer-floors"),
+                       {"MD": f"{d}_md", "REF": f"{d}_ref", "STATUS": f"{d}_status"})
+    return IcebergStore(LakehouseSettings.from_env(settings.history_dir()), writer_id=writer_id,
+                        compact_min_files=settings.compact_min_files, ack_floors=floors)

@@ -147,7 +147,7 @@ class IcebergStore(HistoryStore):
                     seqs = set(pa.compute.unique(rows.column("_seq")).to_pylist())
                     recheck = seqs & redelivered
                 stored, skipped = self.writer.append(kind, stream, rows, recheck)
-                if recheck:
+                if recheck and redelivered:
                     redelivered.difference_update(recheck)
                 result.rows += stored
                 result.duplicates += skipped

@@ -28,6 +28,7 @@ Columns (what a data engineer expects):
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -59,6 +60,8 @@ _ICEBERG = {"int": LongType(), "bool": BooleanType(), "str": StringType(), "deci
             "json": StringType()}
 _ARROW = {"int": pa.int64(), "bool": pa.bool_(), "str": pa.string(), "decimal": DECIMAL, "json": pa.string()}
 TS = pa.timestamp("us", tz="UTC")
+
+log = logging.getLogger("marketbus.history.lakehouse")
 
 
 class LakehouseSettings(Settings, kw_only=True):
@@ -123,6 +126,12 @@ class LakehouseSettings(Settings, kw_only=True):
         props["s3.force-virtual-addressing"] = "false"
         return props
 
+    def warehouse_bucket(self) -> str | None:
+        """The bucket of an S3 warehouse of the SQL catalog (a REST catalog manages its own)."""
+        if self.catalog != "sql" or not self.warehouse.startswith(("s3://", "s3a://")):
+            return None
+        return self.warehouse.split("://", 1)[1].split("/", 1)[0] or None
+
     @property
     def embedded(self) -> bool:
         return self.catalog == "sql" and not self.catalog_uri and not self.warehouse
@@ -142,6 +151,7 @@ def open_catalog(settings: LakehouseSettings) -> Any:
     with _catalogs_lock:
         catalog = _catalogs.get(key)
         if catalog is None:
+            ensure_bucket(settings)
             catalog = load_catalog(settings.catalog_name, **props)
             try:
                 catalog.create_namespace_if_not_exists(settings.namespace)
@@ -149,6 +159,34 @@ def open_catalog(settings: LakehouseSettings) -> Any:
                 pass
             _catalogs[key] = catalog
         return catalog
+
+
+def ensure_bucket(settings: LakehouseSettings) -> bool:
+    """Create the S3 warehouse's bucket when it is missing (a new SeaweedFS or MinIO starts
+    empty): whoever opens the catalog first creates it, nothing else has to. Best effort: keys
+    that may not create buckets (a reader's) only log it; a bucket that is really missing then
+    fails the first write with the store's own error. True when it was created here."""
+    bucket = settings.warehouse_bucket()
+    if bucket is None:
+        return False
+    from pyarrow import fs
+
+    options: dict[str, Any] = {"region": settings.s3_region, "allow_bucket_creation": True}
+    if settings.s3_endpoint:
+        options["endpoint_override"] = settings.s3_endpoint
+    if settings.s3_access_key:
+        options["access_key"] = settings.s3_access_key.get()
+        options["secret_key"] = settings.s3_secret_key.get()
+    try:
+        s3 = fs.S3FileSystem(**options)
+        if s3.get_file_info(bucket).type != fs.FileType.NotFound:
+            return False
+        s3.create_dir(bucket)  # an existing bucket (another process was first) is no error
+    except OSError as exc:
+        log.warning("the warehouse bucket %s: cannot create it (%s)", bucket, exc)
+        return False
+    log.info("created the warehouse bucket %s", bucket)
+    return True
 
 
 class TableLayout:

@@ -156,13 +156,14 @@ def _path(location: str) -> str:
 
 def apply_retention(table: Any, days: float, now_ns: int) -> int:
     """Delete the day partitions entirely older than ``days``; returns 1 if something went."""
-    from pyiceberg.expressions import LessThan
+    from pyiceberg.expressions import LessThan, Reference
+    from pyiceberg.expressions.literals import literal
 
     cutoff_ns = (now_ns - int(days * DAY_NS)) // DAY_NS * DAY_NS  # whole days only: metadata-only delete
     cutoff = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=cutoff_ns // 1000)
     table.refresh()
     before = table.current_snapshot()
-    table.delete(LessThan("ts_event", cutoff.isoformat()), snapshot_properties={"marketbus.op": "retention"})
+    table.delete(LessThan(term=Reference("ts_event"), value=literal(cutoff.isoformat())), snapshot_properties={"marketbus.op": "retention"})
     return int(table.current_snapshot() is not None and before is not None
                and table.current_snapshot().snapshot_id != before.snapshot_id)
 

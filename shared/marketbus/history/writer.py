@@ -34,7 +34,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.table import Transaction
+from pyiceberg.table.metadata import TableMetadata
 
+from .datafiles import write_data_files
 from .lakehouse import LAYOUTS, LakehouseSettings, Tables
 from .maintenance import expire_snapshots
 from .snapshot_props import SEQS_PROP, STREAM_PROP, WRITER_PROP, decode_ranges, encode_ranges
@@ -102,6 +105,23 @@ class CommitConflict(RuntimeError):
     pass
 
 
+class _Transaction(Transaction):
+    """pyiceberg's transaction rebuilds the table metadata, with a deep copy, on every access of
+    ``table_metadata`` (about 15 per append: most of a commit's time, growing with the
+    metadata). The metadata objects are frozen, so one copy per state of the staged updates
+    serves them all."""
+
+    _cache: tuple[Any, Any, TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        cache = self._cache
+        if cache is None or cache[0] is not self._table.metadata or cache[1] is not self._updates:
+            cache = (self._table.metadata, self._updates, super().table_metadata)
+            self._cache = cache
+        return cache[2]
+
+
 class HistoryTableWriter:
     """Appends storage rows (``schema.KindSchema.schema`` tables) to the kind tables."""
 
@@ -161,18 +181,18 @@ class HistoryTableWriter:
         expired already (acked): for these the table's rows are checked, on the very snapshot
         the commit builds on, so whichever commits second drops them."""
         from pyiceberg.exceptions import CommitFailedException
-        from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
         layout = LAYOUTS[kind]
         total = rows.num_rows
         rows = _first_per_id(rows)
         table = self.tables.get(kind, create=True)
+        assert table is not None  # create=True
         ledger = self.ledger(kind)
 
         def write_files(rows: pa.Table) -> list[Any]:
-            data = layout.to_table(rows)
-            data = data.take(pc.sort_indices(data, [("symbol", "ascending"), ("ts_event_ns", "ascending")]))
-            return list(_dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io))
+            # one file per partition (day x symbol bucket), rows sorted by symbol and time
+            return write_data_files(table, layout.to_table(rows), ["symbol", "ts_event_ns"],
+                                    layout.kind_schema.literals)
 
         # the data files are written before taking the table's lock, so concurrent flushes write
         # Parquet in parallel; only the check and the commit are serialized
@@ -182,6 +202,8 @@ class HistoryTableWriter:
         if rows.num_rows == 0:
             return 0, total
         files: list[Any] | None = write_files(rows)
+        # ValueError: pyiceberg found the metadata moved on under this commit
+        conflicts: tuple[type[BaseException], ...] = (CommitFailedException, ValueError, *_transient_errors())
         with self.lock(kind):
             check = set(recheck or ())
             for attempt in range(self.max_retries):
@@ -198,12 +220,11 @@ class HistoryTableWriter:
                 props = {STREAM_PROP: stream, SEQS_PROP: encode_ranges(seqs), WRITER_PROP: self.writer_id}
                 base = table.current_snapshot()
                 try:
-                    with table.transaction() as tx:
+                    with _Transaction(table) as tx:
                         with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
                             for f in files:
                                 append.append_data_file(f)
-                except (CommitFailedException, ValueError, *_transient_errors()) as exc:
-                    # ValueError: pyiceberg found the metadata moved on under this commit
+                except conflicts as exc:
                     self.retries += 1
                     log.debug("commit of %s conflicted (%r): refresh and retry", kind, exc)
                     time.sleep(random.uniform(0.0, min(0.05, 0.002 * (attempt + 1))))
@@ -244,11 +265,14 @@ def _chain_intact(table: Any, base_id: int | None) -> bool:
 
 def _seqs_in_table(table: Any, stream: str, seqs: set[int]) -> set[int]:
     """Which of ``seqs`` have rows in the table's current snapshot (pruned by ``_seq`` stats)."""
-    from pyiceberg.expressions import And, EqualTo, In
+    from pyiceberg.expressions import And, EqualTo, In, Reference
+    from pyiceberg.expressions.literals import literal
 
     if table.current_snapshot() is None or not seqs:
         return set()
-    found = table.scan(row_filter=And(EqualTo("_stream", stream), In("_seq", set(seqs))),
+    row_filter = And(EqualTo(term=Reference("_stream"), value=literal(stream)),
+                     In(term=Reference("_seq"), values={literal(s) for s in seqs}))
+    found = table.scan(row_filter=row_filter,
                        selected_fields=("_seq",)).to_arrow()
     return set(pc.unique(found.column("_seq")).to_pylist()) if found.num_rows else set()
 

@@ -121,6 +121,9 @@ def keys_env(keys: dict[str, str]) -> str:
     return "".join(f"{_var(name)}={key}\n" for name, key in keys.items())
 
 
+LAKEHOUSE_S3_ACCESS_KEY = "marketbus"  # the compose lakehouse profile's S3 identity (its secret is random)
+
+
 def compose_secrets(directory: Path) -> list[Path]:
     """The other secrets docker compose reads from files (random; existing files kept)."""
     import secrets as random
@@ -129,12 +132,25 @@ def compose_secrets(directory: Path) -> list[Path]:
     pg_password = directory / "postgres_password"
     if not pg_password.exists():
         write_private(pg_password, random.token_urlsafe(24))
+    # the lakehouse profile: the Iceberg catalog's PostgreSQL and SeaweedFS's S3 identity
+    catalog_password = directory / "lakehouse_catalog_password"
+    if not catalog_password.exists():
+        write_private(catalog_password, random.token_urlsafe(24))
+    s3_secret = directory / "lakehouse_s3_secret_key"
+    if not s3_secret.exists():
+        write_private(s3_secret, random.token_urlsafe(30))
+    s3_config = {"identities": [{
+        "name": "marketbus", "credentials": [{"accessKey": LAKEHOUSE_S3_ACCESS_KEY, "secretKey": s3_secret.read_text().strip()}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
     wanted = {
         "history_pg_dsn": f"postgresql://marketbus:{pg_password.read_text().strip()}@postgres:5432/marketbus",
         "export_api_key": "mb_export_" + random.token_urlsafe(24),
         "export_signing_secret": random.token_hex(32),
+        "lakehouse_catalog_uri": "postgresql+psycopg2://lakehouse:"
+                                 f"{catalog_password.read_text().strip()}@lakehouse-catalog:5432/lakehouse",
+        "lakehouse_s3_config": json.dumps(s3_config),  # SeaweedFS's -s3.config
     }
-    written = [pg_password]
+    written = [pg_password, catalog_password, s3_secret]
     for name, value in wanted.items():
         path = directory / name
         if not path.exists():
