@@ -40,7 +40,7 @@ import re
 import types
 import typing
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -84,11 +84,19 @@ class Rule:
     ``test`` is a Python expression over ``v`` (the value), true when the value is good (it may
     also raise when it is bad); ``fast`` a cheaper expression that is true only for good values
     (false or raising sends the event to ``test``, field by field); ``names`` what both use;
-    ``describe`` the message of a refusal.
+    ``describe`` the message of a refusal. ``in_c``: the field's ``msgspec`` type and ``Meta`` say
+    all of it, so msgspec checks it in C when decoding and the rule runs only when an event is
+    built in Python (where msgspec checks nothing); ``build``: the part of ``test`` that ``fast``
+    leaves to msgspec's decoding (a type, a length), checked on built events only; ``canonical``:
+    a decimal field, which built events carry in :func:`canonical_decimal` form.
     """
 
-    def __init__(self, name: str, describe: str, test: str, fast: str | None = None, **names: Any) -> None:
+    def __init__(self, name: str, describe: str, test: str, fast: str | None = None, *, in_c: bool = False,
+                 build: str | None = None, canonical: bool = False, **names: Any) -> None:
         self.name, self.describe, self.test, self.fast, self.names = name, describe, test, fast or test, names
+        self.in_c = in_c
+        self.build = build  # what msgspec checks when decoding but ``fast`` leaves out (built events only)
+        self.canonical = canonical  # a decimal: built events carry its canonical form (canonical_decimal)
 
     def __repr__(self) -> str:
         return f"Rule({self.name})"
@@ -121,27 +129,30 @@ _DEC_NAMES = {"_Decimal": Decimal, "_fit": DECIMAL_CONTEXT.plus, "_ZERO": Decima
 # ``_fit(v)`` raises for a finite value out of the bounds and returns it (``is not None``: a zero
 # is falsy). Only a Decimal has ``is_finite``; the comparisons raise InvalidOperation for a NaN.
 _FITS = "_fit(v) is not None"
+_IS_DECIMAL = "v.__class__ is _Decimal"
 
 NANOS = Rule("nanos", f"must be int ns in [{MIN_TS_NS}, {MAX_TS_NS}] (1970..2262)",
-             "v.__class__ is int and _MIN_TS <= v <= _MAX_TS", _MIN_TS=MIN_TS_NS, _MAX_TS=MAX_TS_NS)
-INT64 = Rule("int64", "must be an int64", "v.__class__ is int and _MIN64 <= v <= _MAX64",
+             "v.__class__ is int and _MIN_TS <= v <= _MAX_TS", in_c=True, _MIN_TS=MIN_TS_NS, _MAX_TS=MAX_TS_NS)
+INT64 = Rule("int64", "must be an int64", "v.__class__ is int and _MIN64 <= v <= _MAX64", in_c=True,
              _MIN64=MIN_INT64, _MAX64=MAX_INT64)
-COUNT = Rule("count", "must be an int in [0, 2**63 - 1]", "v.__class__ is int and 0 <= v <= _MAX64", _MAX64=MAX_INT64)
+COUNT = Rule("count", "must be an int in [0, 2**63 - 1]", "v.__class__ is int and 0 <= v <= _MAX64", in_c=True,
+              _MAX64=MAX_INT64)
 POSITIVE = Rule("positive", f"must be a decimal > 0 ({_DEC_BOUNDS})",
                 f"v.__class__ is _Decimal and _ZERO < v < _HI and {_FITS}",
-                "not v.is_signed() and v.is_finite() and _fit(v)", **_DEC_NAMES)
+                # a NaN raises in the comparison, an infinity fails it, _fit raises out of bounds
+                "_ZERO < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
 NON_NEGATIVE = Rule("non_negative", f"must be a decimal >= 0, not -0 ({_DEC_BOUNDS})",
                     f"v.__class__ is _Decimal and not v.is_signed() and v < _HI and {_FITS}",
-                    f"not v.is_signed() and v.is_finite() and {_FITS}", **_DEC_NAMES)
+                    "not v.is_signed() and _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
 SIGNED = Rule("signed", f"must be a decimal ({_DEC_BOUNDS})", f"v.__class__ is _Decimal and -_HI < v < _HI and {_FITS}",
-              f"v.is_finite() and {_FITS}", **_DEC_NAMES)
+              "-_HI < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
 TOKEN = Rule("token", f"must be 1..{MAX_TOKEN} characters of {TOKEN_CHARS} (one subject token)",
              "_is_token(v)", "v in _tokens", _tokens=_token_cache, _is_token=_is_token)
 SELECTOR = Rule("selector", f"must be 1..{MAX_TOKEN} characters of {SELECTOR_CHARS} (a token or an fnmatch pattern)",
                 "_is_selector(v)", "v in _selectors", _selectors=_selector_cache, _is_selector=_is_selector)
 ID = Rule("id", f"must be 1..{MAX_ID} characters of {ID_CHARS}", "v.__class__ is str and _id(v) is not None",
           # bytes.isalnum is ASCII-only, and much faster than str.isalnum (Unicode-aware)
-          "len(v) <= _MAX_ID and v.encode().isalnum()", _MAX_ID=MAX_ID, _id=_ID_RE.fullmatch)
+          "v.encode().isalnum()", build="len(v) <= _MAX_ID", _MAX_ID=MAX_ID, _id=_ID_RE.fullmatch)
 CLIENT_ID = Rule("client_id", f"must be 1..{MAX_CLIENT_ID} characters of {ID_CHARS}",
                  "v.__class__ is str and _client_id(v) is not None", _client_id=_CLIENT_ID_RE.fullmatch)
 
@@ -157,7 +168,7 @@ def decimal_in_bounds(value: Decimal) -> bool:
 
 def _text_rule(limit: int) -> Rule:
     return Rule(f"text{limit}", f"must be a string of at most {limit} characters",
-                "v.__class__ is str and len(v) <= _limit", _limit=limit)
+                "v.__class__ is str and len(v) <= _limit", in_c=True, _limit=limit)
 
 
 LABEL, TEXT = _text_rule(MAX_LABEL), _text_rule(MAX_TEXT)
@@ -231,67 +242,189 @@ def _fail(cls_name: str, field: str, describe: str, value: Any, exc: BaseExcepti
     return InvariantError(f"{cls_name}.{field}: {describe}, got {text}{why}")
 
 
-def install_checks(cls: type) -> None:
-    """Give ``cls`` a ``__post_init__`` that checks every field annotated with a :class:`Rule`
-    (and every ``Literal`` field).
+# --- canonical decimals ------------------------------------------------------------------------------
+_ONE = Decimal(1)
+_CANON_ZERO = Decimal(0)
+_normalize = DECIMAL_CONTEXT.normalize
 
-    It runs for every decoded message, so it is generated code: one boolean expression of every
-    field's ``fast`` test (about 20 ns a field). Only when it is not true does the field-by-field
-    ``test`` run, which raises :class:`InvariantError` naming the first bad field.
+
+def canonical_decimal(value: Decimal) -> Decimal:
+    """The canonical form of a contract decimal: the one every event built in Python carries, so
+    the text marketbus publishes is a function of the value alone (see :data:`CANONICAL_DECIMAL`).
+
+    ``Decimal("100.50")`` -> ``Decimal("100.5")``, ``Decimal("1E+2")`` -> ``Decimal("100")``,
+    ``Decimal("-0.00")`` -> ``Decimal("0")``; ``value`` itself when it is canonical already.
+    ``value`` must be a finite decimal within the contract bounds (raises ``ArithmeticError``
+    otherwise).
+    """
+    text = str(value)
+    # the text of a canonical value never ends with a 0 after a point, never shows an exponent with
+    # a sign "+" nor a mantissa ending with 0 ("1.0E-7", "0E-8"), and is "0" for zero: only texts
+    # that could break one of these rules go on
+    if text[-1] != "0" and "+" not in text and "0E" not in text:
+        return value
+    if not value:
+        return _CANON_ZERO
+    reduced = _normalize(value)
+    if reduced.as_tuple().exponent > 0:  # type: ignore[operator]  # an integer: no exponent ("1E+2" -> "100")
+        reduced = reduced.quantize(_ONE, context=DECIMAL_CONTEXT)
+    return value if str(reduced) == text else reduced
+
+
+CANONICAL_DECIMAL = (
+    "The canonical text of a decimal: Python's str() of the reduced value with no positive exponent, "
+    "which is plain notation without trailing zeros ('100.5', '100', '0.015', '0' for zero and for -0) for every "
+    "|x| >= 1e-6, and the scientific form of the reduced value ('1E-7', '1.5E-8') below."
+)
+"""What :func:`canonical_decimal` gives, in words (schemas and docs)."""
+
+
+def canonical_decimal_text(text: str) -> str:
+    """The canonical text of any exact decimal text (``"100.50"`` -> ``"100.5"``,
+    ``"0.0000001"`` -> ``"1E-7"``): how a reader of stored values (a ``numeric`` column, a
+    ``decimal(38, 18)`` one) gives back the text marketbus published."""
+    value = Decimal(text)
+    if not value.is_finite():
+        return text
+    if not value:
+        return "0"
+    reduced = value.normalize(_TEXT_CONTEXT)
+    if reduced.as_tuple().exponent > 0:  # type: ignore[operator]
+        reduced = reduced.quantize(_ONE, context=_TEXT_CONTEXT)
+    return str(reduced)
+
+
+_TEXT_CONTEXT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999)
+
+
+# --- the generated checks ----------------------------------------------------------------------------
+def install_checks(cls: type) -> None:
+    """Give ``cls`` its checks of every field annotated with a :class:`Rule` (and every
+    ``Literal`` field), in two generated functions:
+
+    - ``__post_init__``: what msgspec cannot check while decoding (charsets, decimals); msgspec
+      runs it after decoding and after ``__init__``. It is one boolean expression of the fields'
+      ``fast`` tests (about 20 ns a field): it runs for every decoded message.
+    - ``__build_check__``: what msgspec checks in C while decoding but not when an event is built in
+      Python (types, integer bounds, lengths, literals), and the canonical form of the decimals
+      (:func:`canonical_decimal`); :class:`CheckedMeta` runs it after ``__init__`` only.
+
+    When a fast expression is not true, the field-by-field ``test`` of every field runs, which
+    raises :class:`InvariantError` naming the first bad field.
     """
     hints = typing.get_type_hints(cls, include_extras=True)
-    names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad}
-    fast: list[str] = []
+    names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad, "_canon": canonical_decimal,
+                             "_set": msgspec.structs.force_setattr}
+    decode_fast: list[str] = []
+    build_fast: list[str] = []
+    canon: list[str] = []
     slow: list[str] = []
     describe: dict[str, str] = {}
     for field in (name for name in hints if not name.startswith("__")):
         rule, optional, many, literal = _rule_of(hints[field])
         if rule is None and literal is None:
             continue
+        value = f"self.{field}"
         if rule is not None:
             names.update(rule.names)
             test, quick, describe[field] = rule.test, rule.fast, rule.describe
+            in_c, build = rule.in_c, rule.build
         else:
             key = f"_lit_{field}"
             names[key] = literal
             test = quick = f"v in {key}"
             describe[field] = f"must be one of {sorted(map(str, literal))}"
-        value = f"self.{field}"
-        if many:
-            fast.append(f"all({quick} for v in {value} or ())")
-        else:
-            inline = _V.sub(value, quick)
-            fast.append(f"({value} is None or {inline})" if optional else f"({inline})")
+            in_c, build = True, None
+
+        def expr(e: str, many: bool = many, optional: bool = optional, value: str = value) -> str:
+            if many:
+                return f"all({e} for v in {value} or ())"
+            inline = _V.sub(value, e)
+            return f"({value} is None or {inline})" if optional else f"({inline})"
+
+        (build_fast if in_c else decode_fast).append(expr(quick))
+        if build is not None:
+            build_fast.append(expr(build))
+        if rule is not None and rule.canonical:
+            if many:
+                canon += [f"if {value}:", f"    _set(self, {field!r}, [_canon(v) for v in {value}])"]
+            else:
+                canon += [f"v = {value}", *(["if v is not None:"] if optional else ["if True:"]),
+                          "    c = _canon(v)", "    if c is not v:", f"        _set(self, {field!r}, c)"]
         slow.append(f"f = {field!r}")
         loop = f"for v in {value} or ():" if many else f"for v in ({value},):"
-        slow += [loop, *([ "    if v is None: continue"] if optional else []), f"    if not ({test}): raise _Bad"]
-    if not fast:
+        slow += [loop, *(["    if v is None: continue"] if optional else []), f"    if not ({test}): raise _Bad"]
+    if not slow:
         return
     names["_describe"] = describe
-    source = "\n".join([
-        "def __post_init__(self):",
-        "    try:",
-        f"        if {' and '.join(fast)}:",
-        "            return",
-        "    except Exception:",
-        "        pass",
+    explain = "\n".join([
+        "def _explain(self):",
         "    f = v = None",
         "    try:",
         *[f"        {line}" for line in slow],
         "    except Exception as exc:",
         "        raise _fail(_cls_name, f, _describe.get(f, 'is invalid'), v, exc) from None",
     ])
-    exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)
-    names["__post_init__"].source = source  # what was generated, for reading
-    cls.__post_init__ = names["__post_init__"]  # type: ignore[attr-defined]
+    post_init = "\n".join([
+        "def __post_init__(self):",
+        "    try:",
+        f"        if {' and '.join(decode_fast)}:",
+        "            return",
+        "    except Exception:",
+        "        pass",
+        "    _explain(self)",
+    ]) if decode_fast else None
+    build_check = "\n".join([
+        "def __build_check__(self):",
+        "    try:",
+        f"        ok = {' and '.join(build_fast) or 'True'}",
+        "    except Exception:",
+        "        ok = False",
+        "    if not ok:",
+        "        _explain(self)",
+        *[f"    {line}" for line in canon],
+    ])
+    for source in (explain, post_init, build_check):
+        if source is not None:
+            exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)
+    names["_explain"].source = explain
+    names["__build_check__"].source = build_check
+    cls.__build_check__ = staticmethod(names["__build_check__"])  # type: ignore[attr-defined]
+    if post_init is not None:
+        names["__post_init__"].source = post_init  # what was generated, for reading
+        cls.__post_init__ = names["__post_init__"]  # type: ignore[attr-defined]
+    elif "__post_init__" in cls.__dict__ or any("__post_init__" in b.__dict__ for b in cls.__mro__[1:]):
+        cls.__post_init__ = _no_post_init  # type: ignore[attr-defined]  # a base's checks are not this class's
+
+
+def _no_post_init(self: Any) -> None:
+    return None
 
 
 class _Bad(Exception):
     """Raised inside the generated checks; turned into an InvariantError naming the field."""
 
 
-class Checked(msgspec.Struct, frozen=True):  # every contract is frozen (and type checkers need the base to say so)
+class CheckedMeta(msgspec.StructMeta):
+    """Runs a contract's ``__build_check__`` on every event built in Python (after msgspec's
+    ``__init__`` and ``__post_init__``); decoding does not go through here (msgspec checks the
+    types, bounds and literals itself, in C)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        obj = _struct_call(cls, *args, **kwargs)
+        check = cls.__build_check__  # type: ignore[attr-defined]
+        if check is not None:
+            check(obj)
+        return obj
+
+
+_struct_call = msgspec.StructMeta.__call__
+
+
+class Checked(msgspec.Struct, frozen=True, metaclass=CheckedMeta):  # every contract is frozen (and type checkers need the base to say so)
     """Base of every contract struct: subclasses get their invariant checks installed."""
+
+    __build_check__: ClassVar[Any] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

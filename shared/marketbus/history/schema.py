@@ -179,6 +179,7 @@ class KindSchema:
         ])
         self._defaults = {name: (f.default if f.default is not msgspec.NODEFAULT else None)
                           for f in msgspec.structs.fields(event_type) for name in [f.name]}
+        self._nested_decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         # what the fast path checks itself (Arrow reads any string, any int64): the contract's
         # invariants of each flat field, as vectorized checks, and the literal values
         self.decimals = [name for name, ck, _ in self.fields if ck == "decimal"]
@@ -215,27 +216,124 @@ class KindSchema:
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def table_to_json(self, table: pa.Table) -> list[bytes]:
-        """Arrow rows of this kind -> the events' JSON, as they were published."""
-        enc = msgspec.json.encode
-        out = []
-        names = [n for n, _, _ in self.fields]
-        cols = [table.column(self.column_of[n]).to_pylist() if self.column_of[n] in table.column_names else [self._defaults.get(n)] * table.num_rows
-                for n in names]
-        json_idx = [i for i, (_, ck, _) in enumerate(self.fields) if ck == "json"]
-        row_type = self.row_type
-        for values in zip(*cols):
-            if json_idx:
-                values = list(values)
-                for i in json_idx:
-                    if values[i] is not None:
-                        values[i] = msgspec.Raw(values[i].encode())
-            out.append(enc(row_type(**dict(zip(names, values)))))
-        return out
+        """Arrow rows of this kind -> the events' JSON, byte for byte as marketbus published them.
+
+        Column-wise (no Python object per row but the resulting ``bytes``): each field's JSON text
+        is made for the whole column (integers and booleans cast, strings quoted, decimals in the
+        canonical text of the contracts, nested values verbatim) and the columns are joined. A
+        value Arrow cannot render as msgspec does (a string needing escapes, a nested value that
+        PostgreSQL's ``jsonb`` reformatted) is rendered by msgspec, for those rows only.
+        """
+        n = table.num_rows
+        if n == 0:
+            return []
+        parts: list[Any] = []
+        text = '{"type":' + msgspec.json.encode(self.kind).decode()
+        names = set(table.column_names)
+        for name, ck, _ in self.fields:
+            text += f',"{name}":'
+            column = self.column_of[name]
+            if column not in names:  # a column the table does not have yet: the contract's default
+                text += self._default_json(name, ck)
+                continue
+            parts.append(text)
+            text = ""
+            parts.append(self._json_column(name, ck, _combined(table.column(column))))
+        parts.append(text + "}")
+        joined = pc.binary_join_element_wise(*parts, "")
+        return joined.cast(pa.binary()).to_pylist()  # type: ignore[no-any-return]
+
+    def _default_json(self, name: str, ck: str) -> str:
+        default = self._defaults.get(name)
+        if ck == "decimal" and isinstance(default, Decimal):
+            return '"' + str(invariants.canonical_decimal(default)) + '"'
+        if ck == "json" and default is None:
+            factory = next(f.default_factory for f in msgspec.structs.fields(self.event_type) if f.name == name)
+            default = None if factory is msgspec.NODEFAULT else factory()
+        return codec.encode_value(default).decode()
+
+    def _json_column(self, name: str, ck: str, col: pa.Array) -> pa.Array:
+        """One field's JSON text for every row (``null`` for a null)."""
+        if ck == "int":
+            out = pc.cast(col, pa.string())
+        elif ck == "bool":
+            out = pc.if_else(col, "true", "false")
+        elif ck == "decimal":
+            out = _quote(canonical_decimal_column(col if pa.types.is_string(col.type) else pc.cast(col, pa.string())))
+        elif ck == "str":
+            out = _quote(col)
+            escape = pc.fill_null(pc.match_substring_regex(col, _NEEDS_ESCAPE), False)
+            if pc.any(escape).as_py():
+                fixed = [msgspec.json.encode(v).decode() for v in col.filter(escape).to_pylist()]
+                out = pc.replace_with_mask(out, escape, pa.array(fixed, pa.string()))
+        else:
+            out = self._nested_json(name, col)
+        return pc.fill_null(out, "null") if out.null_count else out
+
+    def _nested_json(self, name: str, col: pa.Array) -> pa.Array:
+        """Nested values are stored as the JSON text that was published (Iceberg, Parquet); a
+        ``jsonb`` column (PostgreSQL) gives them back reformatted (spaces, keys reordered): those
+        are decoded as the contract's type and encoded again, which is the published text."""
+        col = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+        spaced = pc.fill_null(pc.match_substring_regex(col, r"[,:] "), False)
+        if not pc.any(spaced).as_py():
+            return col
+        dec = self._nested_decoder(name)
+        fixed = [codec.encode_value(dec.decode(v)).decode() for v in col.filter(spaced).to_pylist()]
+        return pc.replace_with_mask(col, spaced, pa.array(fixed, pa.string()))
+
+    def _nested_decoder(self, name: str) -> msgspec.json.Decoder[Any]:
+        dec = self._nested_decoders.get(name)
+        if dec is None:
+            tp = next(f.type for f in msgspec.structs.fields(self.event_type) if f.name == name)
+            dec = self._nested_decoders[name] = msgspec.json.Decoder(tp)
+        return dec
 
     def table_to_events(self, table: pa.Table) -> list[Any]:
         """Arrow rows of this kind -> contract events."""
         dec = codec.decoder_for(self.event_type)
         return [dec.decode(b) for b in self.table_to_json(table)]
+
+
+_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'  # what msgspec escapes in a string (anything else goes out as is)
+# the canonical decimal text (invariants.canonical_decimal): plain for |x| >= 1e-6 without trailing
+# zeros, "0" for zero; the reduced scientific form below 1e-6
+_CANONICAL_DECIMAL = (r"^(0|-?[1-9][0-9]*(\.[0-9]*[1-9])?|-?0\.0{0,5}[1-9]([0-9]*[1-9])?"
+                      r"|-?[1-9](\.[0-9]*[1-9])?E-([7-9]|[1-9][0-9]+))$")
+_ZERO_TEXT = r"^[-+]?0+(\.0*)?([eE][-+]?[0-9]+)?$"
+
+
+def _combined(col: Any) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _quote(col: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise('"', col, '"', "")
+
+
+def canonical_decimal_column(col: Any) -> pa.Array:
+    """Exact decimal texts (a string column: what was published, ``numeric::text``, Arrow's
+    rendering of a ``decimal(38, 18)``) -> their canonical text
+    (:func:`marketbus.contracts.invariants.canonical_decimal`), column-wise: trailing zeros after a
+    point trimmed, zeros made ``"0"``; the few texts still not canonical (scientific forms, values
+    below 1e-6) are converted one by one."""
+    text = _combined(col)
+    if text.type != pa.string():
+        text = pc.cast(text, pa.string())
+    if len(text) == 0:
+        return text
+    pointed = pc.and_(pc.match_substring(text, "."), pc.invert(pc.match_substring(text, "E")))
+    if pc.any(pointed).as_py():
+        trimmed = pc.utf8_rtrim(pc.utf8_rtrim(text, characters="0"), characters=".")
+        text = pc.if_else(pointed, trimmed, text)
+    zero = pc.match_substring_regex(text, _ZERO_TEXT)
+    if pc.any(zero).as_py():
+        text = pc.if_else(zero, "0", text)
+    odd = pc.fill_null(pc.invert(pc.match_substring_regex(text, _CANONICAL_DECIMAL)), False)
+    if pc.any(odd).as_py():
+        fixed = [invariants.canonical_decimal_text(v) for v in text.filter(odd).to_pylist()]
+        text = pc.replace_with_mask(text, odd, pa.array(fixed, pa.string()))
+    return text
 
 
 SCHEMAS: dict[str, KindSchema] = {s.kind: s for s in (KindSchema(t) for t in MARKET_TYPES + REFERENCE_TYPES + (FeedStatus,))}
