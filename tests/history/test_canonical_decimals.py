@@ -122,3 +122,10 @@ def test_events_of_a_table_without_a_newer_column_get_its_default() -> None:
     rows = SCHEMAS["trade"].rows_to_table([trade], "MD", [1], [0]).drop_columns(["side", "trade_id"])
     assert SCHEMAS["trade"].table_to_json(rows) == [codec.encode(trade)]
     assert msgspec.json.decode(SCHEMAS["trade"].table_to_json(rows)[0])["side"] == "unknown"
+
+
+def test_decimal_columns_render_canonically_column_wise() -> None:
+    values = [Decimal(v) for v in ("1E-10", "1.5E-10", "0", "100.5", "1E-18", "0.000001", "1E-7", "-1E-10", "1E+3",
+                                   "-0.000000100000")] + [None]
+    column = canonical_decimal_column(pa.array(values, pa.decimal128(38, 18)))
+    assert column.to_pylist() == [None if v is None else str(canonical_decimal(v)) for v in values]

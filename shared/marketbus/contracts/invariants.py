@@ -124,7 +124,7 @@ def _is_selector(v: Any) -> bool:
 
 _DEC_BOUNDS = (f"finite, |x| < 1e{DECIMAL_MAX_ADJUSTED + 1}, at most {DECIMAL_MAX_DIGITS} digits, "
                f"no non-zero |x| < 1e{DECIMAL_MIN_ADJUSTED}")
-_DEC_NAMES = {"_Decimal": Decimal, "_fit": DECIMAL_CONTEXT.plus, "_ZERO": Decimal(0),
+_DEC_NAMES: dict[str, Any] = {"_Decimal": Decimal, "_fit": DECIMAL_CONTEXT.plus, "_ZERO": Decimal(0),
               "_HI": Decimal(10) ** (DECIMAL_MAX_ADJUSTED + 1)}
 # ``_fit(v)`` raises for a finite value out of the bounds and returns it (``is not None``: a zero
 # is falsy). Only a Decimal has ``is_finite``; the comparisons raise InvalidOperation for a NaN.

@@ -246,7 +246,7 @@ class TableLayout:
 def decimal_text(col: Any) -> Any:
     """decimal(38, 18) -> the contracts' canonical decimal text (``1.500000000000000000`` -> ``1.5``,
     ``0E-18`` -> ``0``, ``1E-7`` for 0.0000001): the text marketbus published."""
-    return canonical_decimal_column(pc.cast(col, pa.string()))
+    return canonical_decimal_column(col)
 
 
 LAYOUTS: dict[str, TableLayout] = {kind: TableLayout(s) for kind, s in SCHEMAS.items()}
