@@ -5,10 +5,13 @@ A field's type says what a consumer may rely on: ``ts_event: Nanos``, ``price: P
 
 - the ``msgspec.Meta`` part (numeric bounds, lengths) is checked by msgspec while decoding, in C,
   and documents the field in the JSON Schemas (``make schemas``);
-- the :class:`Rule` part is checked by a ``__post_init__`` generated for each class (see
-  :func:`install_checks`); msgspec runs ``__post_init__`` after decoding as well as after
-  ``__init__``, so an event built in Python is checked too (msgspec checks no types on
-  ``__init__``). It covers what ``Meta`` cannot express (decimals, charsets, literals).
+- the :class:`Rule` part is checked by code generated for each class (see
+  :func:`install_checks`): a ``__post_init__`` (msgspec runs it after decoding as well as after
+  ``__init__``) for what ``Meta`` cannot express (decimals, charsets), and a ``__build_check__``
+  that :class:`CheckedMeta` runs on events built in Python only, for what msgspec checks in C
+  when decoding but not on ``__init__`` (types, integer bounds, lengths, literals). Built events
+  carry their decimals in canonical form (:func:`canonical_decimal`), so the codec's text of a
+  decimal depends on its value alone.
 
 A violation raises :class:`InvariantError` (a ``ValueError``) naming the class and the field,
 e.g. ``Trade.price: must be a decimal > 0, got Decimal('-1')``; while decoding, msgspec turns it
@@ -175,7 +178,9 @@ LABEL, TEXT = _text_rule(MAX_LABEL), _text_rule(MAX_TEXT)
 
 
 def _decimal_meta(rule: Rule, sign: str) -> msgspec.Meta:
-    return msgspec.Meta(description=f"A decimal string {sign}: {_DEC_BOUNDS}.", extra_json_schema={"x-invariant": rule.name})
+    return msgspec.Meta(description=f"A decimal string {sign}: {_DEC_BOUNDS}. marketbus publishes it in canonical text: "
+                                    "plain, no trailing zeros, '0' for zero; the reduced scientific form ('1E-7') "
+                                    "below 1e-6.", extra_json_schema={"x-invariant": rule.name})
 
 
 # --- the field types ---------------------------------------------------------------------------------

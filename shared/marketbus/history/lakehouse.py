@@ -225,7 +225,7 @@ class TableLayout:
         return out
 
     def to_rows(self, table: pa.Table, storage_columns: list[str]) -> pa.Table:
-        """Table rows -> storage columns (int ns times, the decimal's shortest exact text)."""
+        """Table rows -> storage columns (int ns times, the decimal's canonical text)."""
         schema = self.kind_schema.schema
         arrays, fields = [], []
         for c in storage_columns:

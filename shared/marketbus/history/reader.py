@@ -3,7 +3,8 @@ export orchestrator use. No locks and no writer involved: every read is one Iceb
 (snapshot isolation), so it sees whole commits only, whatever the writers are doing.
 
 Rows come back as storage rows (``marketbus.history.schema``: ``ts_event`` in int ns, decimals
-as their exact text) in the history order ``(ts_event, _stream, _seq, _idx)``.
+as their canonical text, see ``schema.canonical_decimal_column``) in the history order
+``(ts_event, _stream, _seq, _idx)``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Every stored row has the event's own fields plus three storage columns:
   sequence) and ``_idx`` (position of the event in a batch envelope, 0 for a single event).
   ``(ts_event, _stream, _seq, _idx)`` is the total order of the history (queries, cursors).
 
-Column types: ``Decimal`` -> string (the vendor's exact decimal text; cast in DuckDB/SQL as
+Column types: ``Decimal`` -> string (the exact decimal text as published, canonical; cast in DuckDB/SQL as
 needed, PostgreSQL stores ``numeric``), ``int`` -> int64, ``bool`` -> bool, ``str``/``Literal``
 -> string, nested values (book levels, deliveries, dicts, lists) -> JSON text.
 
