@@ -55,10 +55,11 @@ def test_decimals_keep_the_vendor_exact_value_in_canonical_text() -> None:
     assert codec.decode(data).size == Decimal("0.00100000")
 
 
-def test_a_decoded_foreign_message_keeps_its_decimal_text() -> None:
-    foreign = codec.encode(trade(1)).replace(b'"size":"0.001"', b'"size":"0.00100"')
+def test_a_decoded_foreign_message_gets_canonical_decimals() -> None:
+    canonical = codec.encode(trade(1))
+    foreign = canonical.replace(b'"size":"0.001"', b'"size":"0.00100"')
     event = codec.decode(foreign)
-    assert event.size == Decimal("0.001") and codec.encode(event) == foreign  # value equality, text kept
+    assert event.size == Decimal("0.001") and codec.encode(event) == canonical  # equal value, canonical text
 
 
 def test_batch_envelope_yields_the_same_events_as_single_messages() -> None:

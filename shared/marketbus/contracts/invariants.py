@@ -5,13 +5,12 @@ A field's type says what a consumer may rely on: ``ts_event: Nanos``, ``price: P
 
 - the ``msgspec.Meta`` part (numeric bounds, lengths) is checked by msgspec while decoding, in C,
   and documents the field in the JSON Schemas (``make schemas``);
-- the :class:`Rule` part is checked by code generated for each class (see
-  :func:`install_checks`): a ``__post_init__`` (msgspec runs it after decoding as well as after
-  ``__init__``) for what ``Meta`` cannot express (decimals, charsets), and a ``__build_check__``
-  that :class:`CheckedMeta` runs on events built in Python only, for what msgspec checks in C
-  when decoding but not on ``__init__`` (types, integer bounds, lengths, literals). Built events
-  carry their decimals in canonical form (:func:`canonical_decimal`), so the codec's text of a
-  decimal depends on its value alone.
+- the :class:`Rule` part is checked by a ``__post_init__`` generated for each class (see
+  :func:`install_checks`); msgspec runs ``__post_init__`` after decoding as well as after
+  ``__init__``, so an event built in Python is checked too (msgspec checks no types on
+  ``__init__``). It covers what ``Meta`` cannot express (decimals, charsets, literals), and it
+  gives every event, built or decoded, its decimals in canonical form (:func:`canonical_decimal`),
+  so the codec's text of a decimal depends on its value alone.
 
 A violation raises :class:`InvariantError` (a ``ValueError``) naming the class and the field,
 e.g. ``Trade.price: must be a decimal > 0, got Decimal('-1')``; while decoding, msgspec turns it
@@ -43,7 +42,7 @@ import re
 import types
 import typing
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 import msgspec
 
@@ -253,8 +252,12 @@ _CANON_ZERO = Decimal(0)
 _normalize = DECIMAL_CONTEXT.normalize
 
 
+_CANONICAL_FAST = '((s := str(v))[-1] != "0" and "+" not in s and "0E" not in s)'
+"""True only for a canonical decimal (the test of :func:`canonical_decimal`, inlined)."""
+
+
 def canonical_decimal(value: Decimal) -> Decimal:
-    """The canonical form of a contract decimal: the one every event built in Python carries, so
+    """The canonical form of a contract decimal: the one every contract event carries (built or decoded), so
     the text marketbus publishes is a function of the value alone (see :data:`CANONICAL_DECIMAL`).
 
     ``Decimal("100.50")`` -> ``Decimal("100.5")``, ``Decimal("1E+2")`` -> ``Decimal("100")``,
@@ -271,9 +274,10 @@ def canonical_decimal(value: Decimal) -> Decimal:
     if not value:
         return _CANON_ZERO
     reduced = _normalize(value)
-    if reduced.as_tuple().exponent > 0:  # type: ignore[operator]  # an integer: no exponent ("1E+2" -> "100")
-        reduced = reduced.quantize(_ONE, context=DECIMAL_CONTEXT)
-    return value if str(reduced) == text else reduced
+    out = str(reduced)
+    if "E+" in out:  # an integer: no exponent ("1E+2" -> "100")
+        return reduced.quantize(_ONE, context=DECIMAL_CONTEXT)
+    return value if out == text else reduced
 
 
 CANONICAL_DECIMAL = (
@@ -304,18 +308,14 @@ _TEXT_CONTEXT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999)
 
 # --- the generated checks ----------------------------------------------------------------------------
 def install_checks(cls: type) -> None:
-    """Give ``cls`` its checks of every field annotated with a :class:`Rule` (and every
-    ``Literal`` field), in two generated functions:
+    """Give ``cls`` a ``__post_init__`` that checks every field annotated with a :class:`Rule` (and
+    every ``Literal`` field) and makes its decimals canonical.
 
-    - ``__post_init__``: what msgspec cannot check while decoding (charsets, decimals); msgspec
-      runs it after decoding and after ``__init__``. It is one boolean expression of the fields'
-      ``fast`` tests (about 20 ns a field): it runs for every decoded message.
-    - ``__build_check__``: what msgspec checks in C while decoding but not when an event is built in
-      Python (types, integer bounds, lengths, literals), and the canonical form of the decimals
-      (:func:`canonical_decimal`); :class:`CheckedMeta` runs it after ``__init__`` only.
-
-    When a fast expression is not true, the field-by-field ``test`` of every field runs, which
-    raises :class:`InvariantError` naming the first bad field.
+    It runs for every decoded message, so it is generated code: one boolean expression of every
+    field's ``fast`` test (about 20 ns a field), the ones msgspec cannot check in C first, then
+    whether each decimal is canonical already. Only when it is not true does the field-by-field
+    ``test`` run, which raises :class:`InvariantError` naming the first bad field; a good event
+    then gets the canonical form of its decimals.
     """
     hints = typing.get_type_hints(cls, include_extras=True)
     names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad, "_canon": canonical_decimal,
@@ -323,6 +323,7 @@ def install_checks(cls: type) -> None:
     decode_fast: list[str] = []
     build_fast: list[str] = []
     canon: list[str] = []
+    canon_fast: list[str] = []
     slow: list[str] = []
     describe: dict[str, str] = {}
     for field in (name for name in hints if not name.startswith("__")):
@@ -351,6 +352,7 @@ def install_checks(cls: type) -> None:
         if build is not None:
             build_fast.append(expr(build))
         if rule is not None and rule.canonical:
+            canon_fast.append(f"all(_canon(v) is v for v in {value} or ())" if many else expr(_CANONICAL_FAST))
             if many:
                 canon += [f"if {value}:", f"    _set(self, {field!r}, [_canon(v) for v in {value}])"]
             else:
@@ -370,66 +372,32 @@ def install_checks(cls: type) -> None:
         "    except Exception as exc:",
         "        raise _fail(_cls_name, f, _describe.get(f, 'is invalid'), v, exc) from None",
     ])
+    # the checks msgspec leaves to Python when decoding first, then those it does in C (types,
+    # bounds, literals: for built events), then whether the decimals are canonical
+    fast = decode_fast + build_fast
     post_init = "\n".join([
         "def __post_init__(self):",
         "    try:",
-        f"        if {' and '.join(decode_fast)}:",
-        "            return",
-        "    except Exception:",
-        "        pass",
-        "    _explain(self)",
-    ]) if decode_fast else None
-    build_check = "\n".join([
-        "def __build_check__(self):",
-        "    try:",
-        f"        ok = {' and '.join(build_fast) or 'True'}",
+        f"        ok = {' and '.join(fast) or 'True'}",
         "    except Exception:",
         "        ok = False",
         "    if not ok:",
         "        _explain(self)",
-        *[f"    {line}" for line in canon],
+        *([f"    if not ({' and '.join(canon_fast)}):", *[f"        {line}" for line in canon]] if canon else []),
     ])
-    for source in (explain, post_init, build_check):
-        if source is not None:
-            exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)
+    for source in (explain, post_init):
+        exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)
     names["_explain"].source = explain
-    names["__build_check__"].source = build_check
-    cls.__build_check__ = staticmethod(names["__build_check__"])  # type: ignore[attr-defined]
-    if post_init is not None:
-        names["__post_init__"].source = post_init  # what was generated, for reading
-        cls.__post_init__ = names["__post_init__"]  # type: ignore[attr-defined]
-    elif "__post_init__" in cls.__dict__ or any("__post_init__" in b.__dict__ for b in cls.__mro__[1:]):
-        cls.__post_init__ = _no_post_init  # type: ignore[attr-defined]  # a base's checks are not this class's
-
-
-def _no_post_init(self: Any) -> None:
-    return None
+    names["__post_init__"].source = post_init  # what was generated, for reading
+    cls.__post_init__ = names["__post_init__"]  # type: ignore[attr-defined]
 
 
 class _Bad(Exception):
     """Raised inside the generated checks; turned into an InvariantError naming the field."""
 
 
-class CheckedMeta(msgspec.StructMeta):
-    """Runs a contract's ``__build_check__`` on every event built in Python (after msgspec's
-    ``__init__`` and ``__post_init__``); decoding does not go through here (msgspec checks the
-    types, bounds and literals itself, in C)."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        obj = _struct_call(cls, *args, **kwargs)
-        check = cls.__build_check__  # type: ignore[attr-defined]
-        if check is not None:
-            check(obj)
-        return obj
-
-
-_struct_call = msgspec.StructMeta.__call__
-
-
-class Checked(msgspec.Struct, frozen=True, metaclass=CheckedMeta):  # every contract is frozen (and type checkers need the base to say so)
+class Checked(msgspec.Struct, frozen=True):  # every contract is frozen (and type checkers need the base to say so)
     """Base of every contract struct: subclasses get their invariant checks installed."""
-
-    __build_check__: ClassVar[Any] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
