@@ -188,8 +188,8 @@ class Session:
 
     async def _play(self, snapshot: list[Item], refs: list[tuple[int, Item]]) -> None:
         sink = self.sink
-        for head, subject, payload in snapshot:  # before the first event, outside the schedule
-            sink.add(head, subject, payload)
+        for first_head, first_subject, payload in snapshot:  # before the first event, outside the schedule
+            sink.add(first_head, first_subject, payload)
         self.sent += len(snapshot)
         await sink.flush()
         r = 0
@@ -208,14 +208,14 @@ class Session:
             items: list[Item] = []
             for raw in chunk:
                 head = decode_head(raw)
-                subject = live_subject(head)
-                if subject is None:
+                live = live_subject(head)
+                if live is None:
                     self.skipped += 1
                     continue
                 while r < len(refs) and refs[r][0] < head.ts_event:
                     items.append(refs[r][1])
                     r += 1
-                items.append((head, subject, raw))
+                items.append((head, live, raw))
             await self._send(items)
         await self._send([item for _, item in refs[r:]])
         await sink.flush()

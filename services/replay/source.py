@@ -129,11 +129,11 @@ class TableSource:
                 tables.append((ksel.kind, table))
         if len(tables) == 1:
             kind, table = tables[0]
-            return SCHEMAS[kind].table_to_json(table)  # read_kind returns it sorted already
+            return SCHEMAS[kind].table_to_json(table, canonical_decimals=True)  # read_kind: sorted, canonical
         payloads: list[bytes] = []
         keys = []
         for kind, table in tables:
-            payloads += SCHEMAS[kind].table_to_json(table)
+            payloads += SCHEMAS[kind].table_to_json(table, canonical_decimals=True)
             keys.append(table.select(list(ORDER_COLUMNS)).cast(_ORDER_SCHEMA))
         if not keys:
             return []

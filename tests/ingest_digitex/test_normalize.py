@@ -10,6 +10,7 @@ import pytest
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
+from marketbus.contracts.invariants import canonical_decimal
 from services.ingest_digitex import normalize
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -53,10 +54,10 @@ def test_recent_trades_oldest_first_with_vendor_ids() -> None:
     for t in trades:
         w = wire[int(t.trade_id)]
         assert t.price == Decimal(w["price"]) and t.size == Decimal(w["base_volume"])
-        # the vendor's exact decimal (digits and exponent: trailing zeros kept), on the bus too
-        exact = Decimal(w["price"]).as_tuple()
-        assert t.price.as_tuple() == exact and t.size.as_tuple() == Decimal(w["base_volume"]).as_tuple()
-        assert Decimal(msgspec.json.decode(codec.encode(t))["price"]).as_tuple() == exact
+        # the vendor's exact decimal, in the contracts' canonical text (trailing zeros dropped), on the bus too
+        exact = str(canonical_decimal(Decimal(w["price"])))
+        assert str(t.price) == exact and str(t.size) == str(canonical_decimal(Decimal(w["base_volume"])))
+        assert msgspec.json.decode(codec.encode(t))["price"] == exact
         assert t.ts_event == w["timestamp"] * 1000
         assert t.side == {1: "buy", 2: "sell"}[w["side"]]
         assert t.id == event_id("digitex", "trade", 1, w["trade_id"])

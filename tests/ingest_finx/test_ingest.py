@@ -7,6 +7,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import nats
 import pytest
 
 from marketbus.contracts import codec, subjects
+from marketbus.contracts.invariants import canonical_decimal
 from marketbus.contracts.jobs import ReplayReply, ReplayRequest
 from marketbus.contracts.market import Tick
 from marketbus.contracts.reference import Currency, Instrument
@@ -77,7 +79,7 @@ async def check_complete(js: Any, sb: SandboxRunner, start_ns: int, end_ns: int)
     assert set(got) == set(expected)
     for event_id, row in expected.items():
         e = got[event_id]
-        assert (e.ts_event, e.venue, str(e.price), e.symbol) == (row["ts_ns"], row["exchange"], row["price"], "BTC-USD")
+        assert (e.ts_event, e.venue, str(e.price), e.symbol) == (row["ts_ns"], row["exchange"], str(canonical_decimal(Decimal(row["price"]))), "BTC-USD")
     assert len(expected) > 50
     return events
 

@@ -12,6 +12,7 @@ import pytest
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
+from marketbus.contracts.invariants import canonical_decimal
 from marketbus.contracts.market import Quote, Trade
 from marketbus.contracts.reference import Instrument, InstrumentClass, Venue
 from services.ingest_ticksupply import normalize
@@ -81,14 +82,14 @@ def test_trade_artifact_matches_the_sandbox_ground_truth(truth: dict) -> None:
         assert trade.ts_event == int(ts) and trade.ts_recv == TS
         assert trade.trade_id == trade_id and trade.side == side
         # exact: the vendor's digits and exponent (str() may print 0.00000007 as 7E-8, the same value)
-        assert trade.price.as_tuple() == Decimal(price).as_tuple()
-        assert trade.size.as_tuple() == Decimal(qty).as_tuple()
+        assert str(trade.price) == str(canonical_decimal(Decimal(price)))
+        assert str(trade.size) == str(canonical_decimal(Decimal(qty)))
         assert trade.id == event_id("ticksupply", "trade", ds.datastream_id, trade_id)
         assert (trade.venue, trade.symbol, trade.source) == ("coinbase", "BTC~2DUSD", "ticksupply")
     # the wire form keeps the decimal strings
     wire = json.loads(codec.encode(trades[0]))
-    assert Decimal(wire["price"]).as_tuple() == Decimal(truth["rows"][0][3]).as_tuple()
-    assert Decimal(wire["size"]).as_tuple() == Decimal(truth["rows"][0][4]).as_tuple()
+    assert wire["price"] == str(canonical_decimal(Decimal(truth["rows"][0][3])))
+    assert wire["size"] == str(canonical_decimal(Decimal(truth["rows"][0][4])))
 
 
 def test_bad_rows_are_reported_and_good_rows_kept(truth: dict) -> None:

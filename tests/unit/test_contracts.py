@@ -47,11 +47,19 @@ def trade(i: int, symbol: str = "BTC-USD") -> Trade:
     )
 
 
-def test_decimals_keep_the_vendor_exact_value() -> None:
+def test_decimals_keep_the_vendor_exact_value_in_canonical_text() -> None:
     data = codec.encode(trade(1))
     assert b'"price":"21865.010000000002"' in data
-    assert b'"size":"0.00100000"' in data
+    assert b'"size":"0.001"' in data  # built from "0.00100000": the same value, its canonical text
     assert codec.decode(data).price == Decimal("21865.010000000002")
+    assert codec.decode(data).size == Decimal("0.00100000")
+
+
+def test_a_decoded_foreign_message_gets_canonical_decimals() -> None:
+    canonical = codec.encode(trade(1))
+    foreign = canonical.replace(b'"size":"0.001"', b'"size":"0.00100"')
+    event = codec.decode(foreign)
+    assert event.size == Decimal("0.001") and codec.encode(event) == canonical  # equal value, canonical text
 
 
 def test_batch_envelope_yields_the_same_events_as_single_messages() -> None:
@@ -84,7 +92,7 @@ def test_older_schema_versions_are_upgraded_before_decoding(monkeypatch: pytest.
 
     monkeypatch.setitem(codec.UPGRADERS, 0, v0_to_v1)
     old = msgspec.json.encode({**msgspec.to_builtins(trade(1)), "qty": "2"})
-    old = old.replace(b'"size":"0.00100000",', b"")
+    old = old.replace(b'"size":"0.001",', b"")
     assert codec.decode(old, schema_version=0).size == Decimal("2")
     with pytest.raises(msgspec.ValidationError):
         codec.decode(old)  # without the upgrade the old form is refused, not silently misread

@@ -2,7 +2,9 @@
 
 Events are frozen, keyword-only msgspec Structs tagged with ``type`` so that one decoder
 decodes any message of the bus. Timestamps are int nanoseconds since the Unix epoch (UTC).
-Prices and sizes are ``Decimal`` (encoded as JSON strings): the vendor's exact value.
+Prices and sizes are ``Decimal`` (encoded as JSON strings): the vendor's exact value, in the canonical
+decimal text (``invariants.canonical_decimal``: "100.50" goes out "100.5"), so history and replay
+give back the published bytes.
 Every field type states an invariant checked when an event is built and when it is decoded
 (see :mod:`marketbus.contracts.invariants`).
 """

@@ -1,5 +1,15 @@
 """Wire format: JSON via msgspec, one tagged union for every message type, batch envelopes.
 
+Decimals go out as JSON strings in their canonical text (``invariants.canonical_decimal``):
+every contract event (built or decoded) carries its decimals in canonical form, and msgspec writes a
+decimal as ``str()`` of it, so the text is a function of the value alone: ``"100.5"`` whatever the
+vendor wrote (``"100.50"``, ``"1.005E+2"``). A reader of stored decimals (Iceberg ``decimal(38, 18)``,
+PostgreSQL ``numeric``) renders them in the same canonical text
+(``marketbus.history.schema.canonical_decimal_column``), so history and replay give back, byte for
+byte, what marketbus published. A message from another publisher with decimals in another text
+(``"100.50"``) decodes to the same values; stored, replayed or re-encoded, its decimals come back
+canonical: equal in value, not necessarily in bytes.
+
 Headers on every message: ``Nats-Msg-Id`` (the event id, JetStream de-duplication),
 ``Marketbus-Schema`` (schema version) and ``Marketbus-Type`` (the ``type`` tag, so a consumer
 can route without decoding). Messages written by an older schema version are upgraded by the
@@ -70,6 +80,11 @@ UPGRADERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 def encode(event: Event) -> bytes:
     return _encoder.encode(event)
+
+
+def encode_value(value: Any) -> bytes:
+    """Any value (a nested struct, a list of them, a default) as the codec writes it inside an event."""
+    return _encoder.encode(value)
 
 
 def encode_many(events: Iterable[Event]) -> list[bytes]:

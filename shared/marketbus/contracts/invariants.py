@@ -8,7 +8,9 @@ A field's type says what a consumer may rely on: ``ts_event: Nanos``, ``price: P
 - the :class:`Rule` part is checked by a ``__post_init__`` generated for each class (see
   :func:`install_checks`); msgspec runs ``__post_init__`` after decoding as well as after
   ``__init__``, so an event built in Python is checked too (msgspec checks no types on
-  ``__init__``). It covers what ``Meta`` cannot express (decimals, charsets, literals).
+  ``__init__``). It covers what ``Meta`` cannot express (decimals, charsets, literals), and it
+  gives every event, built or decoded, its decimals in canonical form (:func:`canonical_decimal`),
+  so the codec's text of a decimal depends on its value alone.
 
 A violation raises :class:`InvariantError` (a ``ValueError``) naming the class and the field,
 e.g. ``Trade.price: must be a decimal > 0, got Decimal('-1')``; while decoding, msgspec turns it
@@ -84,11 +86,19 @@ class Rule:
     ``test`` is a Python expression over ``v`` (the value), true when the value is good (it may
     also raise when it is bad); ``fast`` a cheaper expression that is true only for good values
     (false or raising sends the event to ``test``, field by field); ``names`` what both use;
-    ``describe`` the message of a refusal.
+    ``describe`` the message of a refusal. ``in_c``: the field's ``msgspec`` type and ``Meta`` say
+    all of it, so msgspec checks it in C when decoding and the rule runs only when an event is
+    built in Python (where msgspec checks nothing); ``build``: the part of ``test`` that ``fast``
+    leaves to msgspec's decoding (a type, a length), checked on built events only; ``canonical``:
+    a decimal field, which built events carry in :func:`canonical_decimal` form.
     """
 
-    def __init__(self, name: str, describe: str, test: str, fast: str | None = None, **names: Any) -> None:
+    def __init__(self, name: str, describe: str, test: str, fast: str | None = None, *, in_c: bool = False,
+                 build: str | None = None, canonical: bool = False, **names: Any) -> None:
         self.name, self.describe, self.test, self.fast, self.names = name, describe, test, fast or test, names
+        self.in_c = in_c
+        self.build = build  # what msgspec checks when decoding but ``fast`` leaves out (built events only)
+        self.canonical = canonical  # a decimal: built events carry its canonical form (canonical_decimal)
 
     def __repr__(self) -> str:
         return f"Rule({self.name})"
@@ -116,32 +126,35 @@ def _is_selector(v: Any) -> bool:
 
 _DEC_BOUNDS = (f"finite, |x| < 1e{DECIMAL_MAX_ADJUSTED + 1}, at most {DECIMAL_MAX_DIGITS} digits, "
                f"no non-zero |x| < 1e{DECIMAL_MIN_ADJUSTED}")
-_DEC_NAMES = {"_Decimal": Decimal, "_fit": DECIMAL_CONTEXT.plus, "_ZERO": Decimal(0),
+_DEC_NAMES: dict[str, Any] = {"_Decimal": Decimal, "_fit": DECIMAL_CONTEXT.plus, "_ZERO": Decimal(0),
               "_HI": Decimal(10) ** (DECIMAL_MAX_ADJUSTED + 1)}
 # ``_fit(v)`` raises for a finite value out of the bounds and returns it (``is not None``: a zero
 # is falsy). Only a Decimal has ``is_finite``; the comparisons raise InvalidOperation for a NaN.
 _FITS = "_fit(v) is not None"
+_IS_DECIMAL = "v.__class__ is _Decimal"
 
 NANOS = Rule("nanos", f"must be int ns in [{MIN_TS_NS}, {MAX_TS_NS}] (1970..2262)",
-             "v.__class__ is int and _MIN_TS <= v <= _MAX_TS", _MIN_TS=MIN_TS_NS, _MAX_TS=MAX_TS_NS)
-INT64 = Rule("int64", "must be an int64", "v.__class__ is int and _MIN64 <= v <= _MAX64",
+             "v.__class__ is int and _MIN_TS <= v <= _MAX_TS", in_c=True, _MIN_TS=MIN_TS_NS, _MAX_TS=MAX_TS_NS)
+INT64 = Rule("int64", "must be an int64", "v.__class__ is int and _MIN64 <= v <= _MAX64", in_c=True,
              _MIN64=MIN_INT64, _MAX64=MAX_INT64)
-COUNT = Rule("count", "must be an int in [0, 2**63 - 1]", "v.__class__ is int and 0 <= v <= _MAX64", _MAX64=MAX_INT64)
+COUNT = Rule("count", "must be an int in [0, 2**63 - 1]", "v.__class__ is int and 0 <= v <= _MAX64", in_c=True,
+              _MAX64=MAX_INT64)
 POSITIVE = Rule("positive", f"must be a decimal > 0 ({_DEC_BOUNDS})",
                 f"v.__class__ is _Decimal and _ZERO < v < _HI and {_FITS}",
-                "not v.is_signed() and v.is_finite() and _fit(v)", **_DEC_NAMES)
+                # a NaN raises in the comparison, an infinity fails it, _fit raises out of bounds
+                "_ZERO < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
 NON_NEGATIVE = Rule("non_negative", f"must be a decimal >= 0, not -0 ({_DEC_BOUNDS})",
                     f"v.__class__ is _Decimal and not v.is_signed() and v < _HI and {_FITS}",
-                    f"not v.is_signed() and v.is_finite() and {_FITS}", **_DEC_NAMES)
+                    "not v.is_signed() and _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
 SIGNED = Rule("signed", f"must be a decimal ({_DEC_BOUNDS})", f"v.__class__ is _Decimal and -_HI < v < _HI and {_FITS}",
-              f"v.is_finite() and {_FITS}", **_DEC_NAMES)
+              "-_HI < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
 TOKEN = Rule("token", f"must be 1..{MAX_TOKEN} characters of {TOKEN_CHARS} (one subject token)",
              "_is_token(v)", "v in _tokens", _tokens=_token_cache, _is_token=_is_token)
 SELECTOR = Rule("selector", f"must be 1..{MAX_TOKEN} characters of {SELECTOR_CHARS} (a token or an fnmatch pattern)",
                 "_is_selector(v)", "v in _selectors", _selectors=_selector_cache, _is_selector=_is_selector)
 ID = Rule("id", f"must be 1..{MAX_ID} characters of {ID_CHARS}", "v.__class__ is str and _id(v) is not None",
           # bytes.isalnum is ASCII-only, and much faster than str.isalnum (Unicode-aware)
-          "len(v) <= _MAX_ID and v.encode().isalnum()", _MAX_ID=MAX_ID, _id=_ID_RE.fullmatch)
+          "v.encode().isalnum()", build="len(v) <= _MAX_ID", _MAX_ID=MAX_ID, _id=_ID_RE.fullmatch)
 CLIENT_ID = Rule("client_id", f"must be 1..{MAX_CLIENT_ID} characters of {ID_CHARS}",
                  "v.__class__ is str and _client_id(v) is not None", _client_id=_CLIENT_ID_RE.fullmatch)
 
@@ -157,14 +170,16 @@ def decimal_in_bounds(value: Decimal) -> bool:
 
 def _text_rule(limit: int) -> Rule:
     return Rule(f"text{limit}", f"must be a string of at most {limit} characters",
-                "v.__class__ is str and len(v) <= _limit", _limit=limit)
+                "v.__class__ is str and len(v) <= _limit", in_c=True, _limit=limit)
 
 
 LABEL, TEXT = _text_rule(MAX_LABEL), _text_rule(MAX_TEXT)
 
 
 def _decimal_meta(rule: Rule, sign: str) -> msgspec.Meta:
-    return msgspec.Meta(description=f"A decimal string {sign}: {_DEC_BOUNDS}.", extra_json_schema={"x-invariant": rule.name})
+    return msgspec.Meta(description=f"A decimal string {sign}: {_DEC_BOUNDS}. marketbus publishes it in canonical text: "
+                                    "plain, no trailing zeros, '0' for zero; the reduced scientific form ('1E-7') "
+                                    "below 1e-6.", extra_json_schema={"x-invariant": rule.name})
 
 
 # --- the field types ---------------------------------------------------------------------------------
@@ -231,58 +246,149 @@ def _fail(cls_name: str, field: str, describe: str, value: Any, exc: BaseExcepti
     return InvariantError(f"{cls_name}.{field}: {describe}, got {text}{why}")
 
 
+# --- canonical decimals ------------------------------------------------------------------------------
+_ONE = Decimal(1)
+_CANON_ZERO = Decimal(0)
+_normalize = DECIMAL_CONTEXT.normalize
+
+
+_CANONICAL_FAST = '((s := str(v))[-1] != "0" and "+" not in s and "0E" not in s)'
+"""True only for a canonical decimal (the test of :func:`canonical_decimal`, inlined)."""
+
+
+def canonical_decimal(value: Decimal) -> Decimal:
+    """The canonical form of a contract decimal: the one every contract event carries (built or decoded), so
+    the text marketbus publishes is a function of the value alone (see :data:`CANONICAL_DECIMAL`).
+
+    ``Decimal("100.50")`` -> ``Decimal("100.5")``, ``Decimal("1E+2")`` -> ``Decimal("100")``,
+    ``Decimal("-0.00")`` -> ``Decimal("0")``; ``value`` itself when it is canonical already.
+    ``value`` must be a finite decimal within the contract bounds (raises ``ArithmeticError``
+    otherwise).
+    """
+    text = str(value)
+    # the text of a canonical value never ends with a 0 after a point, never shows an exponent with
+    # a sign "+" nor a mantissa ending with 0 ("1.0E-7", "0E-8"), and is "0" for zero: only texts
+    # that could break one of these rules go on
+    if text[-1] != "0" and "+" not in text and "0E" not in text:
+        return value
+    if not value:
+        return _CANON_ZERO
+    reduced = _normalize(value)
+    out = str(reduced)
+    if "E+" in out:  # an integer: no exponent ("1E+2" -> "100")
+        return reduced.quantize(_ONE, context=DECIMAL_CONTEXT)
+    return value if out == text else reduced
+
+
+CANONICAL_DECIMAL = (
+    "The canonical text of a decimal: Python's str() of the reduced value with no positive exponent, "
+    "which is plain notation without trailing zeros ('100.5', '100', '0.015', '0' for zero and for -0) for every "
+    "|x| >= 1e-6, and the scientific form of the reduced value ('1E-7', '1.5E-8') below."
+)
+"""What :func:`canonical_decimal` gives, in words (schemas and docs)."""
+
+
+def canonical_decimal_text(text: str) -> str:
+    """The canonical text of any exact decimal text (``"100.50"`` -> ``"100.5"``,
+    ``"0.0000001"`` -> ``"1E-7"``): how a reader of stored values (a ``numeric`` column, a
+    ``decimal(38, 18)`` one) gives back the text marketbus published."""
+    value = Decimal(text)
+    if not value.is_finite():
+        return text
+    if not value:
+        return "0"
+    reduced = value.normalize(_TEXT_CONTEXT)
+    if reduced.as_tuple().exponent > 0:  # type: ignore[operator]
+        reduced = reduced.quantize(_ONE, context=_TEXT_CONTEXT)
+    return str(reduced)
+
+
+_TEXT_CONTEXT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999)
+
+
+# --- the generated checks ----------------------------------------------------------------------------
 def install_checks(cls: type) -> None:
-    """Give ``cls`` a ``__post_init__`` that checks every field annotated with a :class:`Rule`
-    (and every ``Literal`` field).
+    """Give ``cls`` a ``__post_init__`` that checks every field annotated with a :class:`Rule` (and
+    every ``Literal`` field) and makes its decimals canonical.
 
     It runs for every decoded message, so it is generated code: one boolean expression of every
-    field's ``fast`` test (about 20 ns a field). Only when it is not true does the field-by-field
-    ``test`` run, which raises :class:`InvariantError` naming the first bad field.
+    field's ``fast`` test (about 20 ns a field), the ones msgspec cannot check in C first, then
+    whether each decimal is canonical already. Only when it is not true does the field-by-field
+    ``test`` run, which raises :class:`InvariantError` naming the first bad field; a good event
+    then gets the canonical form of its decimals.
     """
     hints = typing.get_type_hints(cls, include_extras=True)
-    names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad}
-    fast: list[str] = []
+    names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad, "_canon": canonical_decimal,
+                             "_set": msgspec.structs.force_setattr}
+    decode_fast: list[str] = []
+    build_fast: list[str] = []
+    canon: list[str] = []
+    canon_fast: list[str] = []
     slow: list[str] = []
     describe: dict[str, str] = {}
     for field in (name for name in hints if not name.startswith("__")):
         rule, optional, many, literal = _rule_of(hints[field])
         if rule is None and literal is None:
             continue
+        value = f"self.{field}"
         if rule is not None:
             names.update(rule.names)
             test, quick, describe[field] = rule.test, rule.fast, rule.describe
+            in_c, build = rule.in_c, rule.build
         else:
             key = f"_lit_{field}"
             names[key] = literal
             test = quick = f"v in {key}"
             describe[field] = f"must be one of {sorted(map(str, literal))}"
-        value = f"self.{field}"
-        if many:
-            fast.append(f"all({quick} for v in {value} or ())")
-        else:
-            inline = _V.sub(value, quick)
-            fast.append(f"({value} is None or {inline})" if optional else f"({inline})")
+            in_c, build = True, None
+
+        def expr(e: str, many: bool = many, optional: bool = optional, value: str = value) -> str:
+            if many:
+                return f"all({e} for v in {value} or ())"
+            inline = _V.sub(value, e)
+            return f"({value} is None or {inline})" if optional else f"({inline})"
+
+        (build_fast if in_c else decode_fast).append(expr(quick))
+        if build is not None:
+            build_fast.append(expr(build))
+        if rule is not None and rule.canonical:
+            canon_fast.append(f"all(_canon(v) is v for v in {value} or ())" if many else expr(_CANONICAL_FAST))
+            if many:
+                canon += [f"if {value}:", f"    _set(self, {field!r}, [_canon(v) for v in {value}])"]
+            else:
+                canon += [f"v = {value}", *(["if v is not None:"] if optional else ["if True:"]),
+                          "    c = _canon(v)", "    if c is not v:", f"        _set(self, {field!r}, c)"]
         slow.append(f"f = {field!r}")
         loop = f"for v in {value} or ():" if many else f"for v in ({value},):"
-        slow += [loop, *([ "    if v is None: continue"] if optional else []), f"    if not ({test}): raise _Bad"]
-    if not fast:
+        slow += [loop, *(["    if v is None: continue"] if optional else []), f"    if not ({test}): raise _Bad"]
+    if not slow:
         return
     names["_describe"] = describe
-    source = "\n".join([
-        "def __post_init__(self):",
-        "    try:",
-        f"        if {' and '.join(fast)}:",
-        "            return",
-        "    except Exception:",
-        "        pass",
+    explain = "\n".join([
+        "def _explain(self):",
         "    f = v = None",
         "    try:",
         *[f"        {line}" for line in slow],
         "    except Exception as exc:",
         "        raise _fail(_cls_name, f, _describe.get(f, 'is invalid'), v, exc) from None",
     ])
-    exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)
-    names["__post_init__"].source = source  # what was generated, for reading
+    # the checks msgspec leaves to Python when decoding first, then those it does in C (types,
+    # bounds, literals: for built events), then whether the decimals are canonical
+    fast = decode_fast + build_fast
+    post_init = "\n".join([
+        "def __post_init__(self):",
+        "    try:",
+        f"        ok = {' and '.join(fast) or 'True'}",
+        "    except Exception:",
+        "        ok = False",
+        "    if not ok:",
+        "        _explain(self)",
+        *([f"    if not ({' and '.join(canon_fast)}):", *[f"        {line}" for line in canon]] if canon else []),
+    ])
+    for source in (explain, post_init):
+        exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)
+    names["_explain"].source = explain
+    names["__post_init__"].source = post_init  # what was generated, for reading
     cls.__post_init__ = names["__post_init__"]  # type: ignore[attr-defined]
 
 

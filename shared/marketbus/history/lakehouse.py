@@ -52,7 +52,7 @@ from pyiceberg.types import (
 
 from marketbus.runtime.settings import Secret, Settings, load_settings
 
-from .schema import SCHEMAS, KindSchema
+from .schema import SCHEMAS, KindSchema, canonical_decimal_column
 
 DECIMAL = pa.decimal128(38, 18)
 TIME_COLUMNS = ("ts_event", "ts_recv")  # int ns in the contracts: timestamptz + <name>_ns here
@@ -263,7 +263,7 @@ class TableLayout:
         return out
 
     def to_rows(self, table: pa.Table, storage_columns: list[str]) -> pa.Table:
-        """Table rows -> storage columns (int ns times, the decimal's shortest exact text)."""
+        """Table rows -> storage columns (int ns times, the decimal's canonical text)."""
         schema = self.kind_schema.schema
         arrays, fields = [], []
         for c in storage_columns:
@@ -282,17 +282,9 @@ class TableLayout:
 
 
 def decimal_text(col: Any) -> Any:
-    """decimal(38, 18) -> text without trailing zeros (``1.500000000000000000`` -> ``1.5``)."""
-    text = pc.cast(col, pa.string())  # 18 decimals: trim zeros, then a bare point
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    sci = pc.fill_null(pc.match_substring(text, "E"), False)  # |value| < 1e-6 and zero: "1E-18", "0E-18"
-    if pc.any(sci).as_py():
-        from decimal import Decimal
-
-        fixed = [format(Decimal(v), "f") for v in text.filter(sci).to_pylist()]
-        text = pc.replace_with_mask(text, sci, pa.array(fixed, pa.string()))
-    return pc.utf8_rtrim(pc.utf8_rtrim(text, characters="0"), characters=".")
+    """decimal(38, 18) -> the contracts' canonical decimal text (``1.500000000000000000`` -> ``1.5``,
+    ``0E-18`` -> ``0``, ``1E-7`` for 0.0000001): the text marketbus published."""
+    return canonical_decimal_column(col)
 
 
 LAYOUTS: dict[str, TableLayout] = {kind: TableLayout(s) for kind, s in SCHEMAS.items()}

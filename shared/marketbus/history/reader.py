@@ -3,7 +3,8 @@ export orchestrator use. No locks and no writer involved: every read is one Iceb
 (snapshot isolation), so it sees whole commits only, whatever the writers are doing.
 
 Rows come back as storage rows (``marketbus.history.schema``: ``ts_event`` in int ns, decimals
-as their exact text) in the history order ``(ts_event, _stream, _seq, _idx)``.
+as their canonical text, see ``schema.canonical_decimal_column``) in the history order
+``(ts_event, _stream, _seq, _idx)``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysTrue, And, EqualTo, GreaterThanOrEqual, LessThan
+from pyiceberg import expressions as ice
 
 from .lakehouse import LAYOUTS, LakehouseSettings, Tables
 from .schema import ORDER_COLUMNS, SCHEMAS
 from .selector import Cursor, Selector
 
 MAX_NS = 2**63 - 1
+# pyiceberg's predicates take (term, literal); its annotations only know the pydantic fields
+_GE: Any = ice.GreaterThanOrEqual
+_LT: Any = ice.LessThan
+_EQ: Any = ice.EqualTo
 _WILDCARD = re.compile(r"[*?\[]")
 
 
@@ -59,12 +64,14 @@ class HistoryReader:
         data = scan.to_arrow()
         if data.num_rows == 0:
             return _empty(kind, wanted)
-        rows = layout.to_rows(data, need)
-        rows = rows.filter(_mask(rows, selector, lo, end_ns, after))
-        rows = rows.take(pc.sort_indices(rows, [(c, "ascending") for c in ORDER_COLUMNS]))
+        mask = _mask(data, selector, lo, end_ns, after)
+        if not pc.all(mask).as_py():
+            data = data.filter(mask)
+        data = _in_history_order(data)
         if limit is not None:
-            rows = rows.slice(0, limit)
-        return rows.select(wanted)
+            data = data.slice(0, limit)
+        # the storage columns (int ns times, canonical decimal text) of the selected rows only
+        return layout.to_rows(data, wanted)
 
     def coverage_rows(self, selector: Selector, start_ns: int, end_ns: int,
                       max_gap_ns: dict[str, int]) -> list[tuple[str, str, str, str, int, int, int]]:
@@ -130,15 +137,15 @@ def _empty(kind: str, columns: list[str]) -> pa.Table:
 
 def _row_filter(selector: Selector, lo_ns: int, hi_ns: int) -> Any:
     """Partition/file pruning: the time range (µs, widened to whole µs) and exact selector parts."""
-    expr: Any = AlwaysTrue()
+    expr: Any = ice.AlwaysTrue()
     if lo_ns > 0:
-        expr = And(expr, GreaterThanOrEqual("ts_event", _iso(lo_ns // 1000)))
+        expr = ice.And(expr, _GE("ts_event", _iso(lo_ns // 1000)))
     if hi_ns < MAX_NS:
-        expr = And(expr, LessThan("ts_event", _iso(-(-hi_ns // 1000))))
+        expr = ice.And(expr, _LT("ts_event", _iso(-(-hi_ns // 1000))))
     for part in ("source", "venue", "symbol"):
         pattern = getattr(selector, part)
         if pattern != "*" and not _WILDCARD.search(pattern):
-            expr = And(expr, EqualTo(part, pattern))
+            expr = ice.And(expr, _EQ(part, pattern))
     return expr
 
 
@@ -147,8 +154,31 @@ def _iso(us: int) -> str:
     return t.isoformat()
 
 
+def _in_history_order(data: pa.Table) -> pa.Table:
+    """The rows sorted by ``(ts_event, _stream, _seq, _idx)``; as they are when they are already
+    (one symbol's files are sorted by ``ts_event``: the sort is then skipped)."""
+    if data.num_rows < 2:
+        return data
+    ts = data.column("ts_event_ns").to_numpy()
+    seq = data.column("_seq").to_numpy()
+    idx = data.column("_idx").to_numpy()
+    same_ts = ts[1:] == ts[:-1]
+    if np.all(ts[1:] >= ts[:-1]):
+        if not same_ts.any():
+            return data
+        stream = data.column("_stream")
+        if pc.count_distinct(stream).as_py() == 1:
+            ahead = (seq[1:] > seq[:-1]) | ((seq[1:] == seq[:-1]) & (idx[1:] > idx[:-1]))
+            if np.all(ahead | ~same_ts):
+                return data
+    order = pc.sort_indices(data, [("ts_event_ns", "ascending"), ("_stream", "ascending"), ("_seq", "ascending"),
+                                   ("_idx", "ascending")])
+    return data.take(order)
+
+
 def _mask(rows: pa.Table, selector: Selector, lo: int, hi: int, after: Cursor | None) -> pa.Array:
-    ts = rows.column("ts_event")
+    """Which table rows (``ts_event_ns``: the exact ns) are selected."""
+    ts = rows.column("ts_event_ns")
     mask = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
     for part in ("source", "venue", "symbol"):
         pattern = getattr(selector, part)

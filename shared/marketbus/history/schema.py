@@ -6,7 +6,7 @@ Every stored row has the event's own fields plus three storage columns:
   sequence) and ``_idx`` (position of the event in a batch envelope, 0 for a single event).
   ``(ts_event, _stream, _seq, _idx)`` is the total order of the history (queries, cursors).
 
-Column types: ``Decimal`` -> string (the vendor's exact decimal text; cast in DuckDB/SQL as
+Column types: ``Decimal`` -> string (the exact decimal text as published, canonical; cast in DuckDB/SQL as
 needed, PostgreSQL stores ``numeric``), ``int`` -> int64, ``bool`` -> bool, ``str``/``Literal``
 -> string, nested values (book levels, deliveries, dicts, lists) -> JSON text.
 
@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from marketbus.contracts import codec, invariants
-from marketbus.contracts.base import Event
+from marketbus.contracts.base import Event, MarketEvent
 from marketbus.contracts.market import MARKET_TYPES
 from marketbus.contracts.reference import REFERENCE_TYPES
 from marketbus.contracts.status import FeedStatus
@@ -59,6 +59,11 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
         if len(args) == 1 and len(typing.get_args(tp)) == 2:
             return True, args[0]
     return False, tp
+
+
+def _raw_factory(factory: Any) -> Callable[[], msgspec.Raw]:
+    """A default factory of a nested value, made into its JSON (a row struct holds nested values raw)."""
+    return lambda: msgspec.Raw(msgspec.json.encode(factory()))
 
 
 def _column_kind(tp: Any) -> str:
@@ -135,7 +140,7 @@ class KindSchema:
 
     def __init__(self, event_type: type[Event]) -> None:
         self.event_type = event_type
-        self.kind: str = event_type.__struct_config__.tag
+        self.kind: str = str(event_type.__struct_config__.tag)
         self.stream = "STATUS" if event_type is FeedStatus else ("MD" if event_type in MARKET_TYPES else "REF")
         self.fields: list[tuple[str, str, bool]] = []  # (event field, column kind, required)
         row_fields: list[Any] = []
@@ -143,7 +148,7 @@ class KindSchema:
             ck = _column_kind(f.type)
             optional, _ = _is_optional(f.type)
             self.fields.append((f.name, ck, f.required))
-            rt = _ROW_TYPES[ck]
+            rt: Any = _ROW_TYPES[ck]
             if optional:
                 rt = rt | None
             if f.required:
@@ -153,7 +158,7 @@ class KindSchema:
                 if ck == "decimal" and isinstance(default, Decimal):
                     default = str(default)
                 if ck == "json" and default is not None and not isinstance(default, msgspec.Raw):
-                    default = msgspec.field(default_factory=lambda d=f.default_factory: msgspec.Raw(msgspec.json.encode(d())))
+                    default = msgspec.field(default_factory=_raw_factory(f.default_factory))
                 row_fields.append((f.name, rt, default))
         # the row struct mirrors the contract: same tag, same field order, so encoding it gives
         # the same JSON as the contract event (Decimal text kept, nested values kept verbatim)
@@ -179,9 +184,12 @@ class KindSchema:
         ])
         self._defaults = {name: (f.default if f.default is not msgspec.NODEFAULT else None)
                           for f in msgspec.structs.fields(event_type) for name in [f.name]}
+        self._nested_decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         # what the fast path checks itself (Arrow reads any string, any int64): the contract's
         # invariants of each flat field, as vectorized checks, and the literal values
         self.decimals = [name for name, ck, _ in self.fields if ck == "decimal"]
+        # string fields whose invariant leaves nothing JSON must escape (a charset, a literal)
+        self._safe_text: set[str] = set()
         self.literals: dict[str, pa.Array] = {}
         self.checks: list[tuple[str, ArrowCheck]] = []
         hints = typing.get_type_hints(event_type, include_extras=True)
@@ -189,7 +197,11 @@ class KindSchema:
             rule, _, many, literal = invariants.rule_of(hints[name])
             if literal is not None:
                 self.literals[name] = pa.array([str(v) for v in literal], pa.string())
+                if all(msgspec.json.encode(str(v)) == b'"' + str(v).encode() + b'"' for v in literal):
+                    self._safe_text.add(name)
             elif rule is not None and not many and ck != "json":
+                if rule.name in _CHARSET_RULES:
+                    self._safe_text.add(name)
                 check = ARROW_CHECKS[rule.name]
                 if check is not None:
                     self.checks.append((name, check))
@@ -214,23 +226,81 @@ class KindSchema:
         arrays.append(pa.array(idxs, pa.int32()))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
-    def table_to_json(self, table: pa.Table) -> list[bytes]:
-        """Arrow rows of this kind -> the events' JSON, as they were published."""
-        enc = msgspec.json.encode
-        out = []
-        names = [n for n, _, _ in self.fields]
-        cols = [table.column(self.column_of[n]).to_pylist() if self.column_of[n] in table.column_names else [self._defaults.get(n)] * table.num_rows
-                for n in names]
-        json_idx = [i for i, (_, ck, _) in enumerate(self.fields) if ck == "json"]
-        row_type = self.row_type
-        for values in zip(*cols):
-            if json_idx:
-                values = list(values)
-                for i in json_idx:
-                    if values[i] is not None:
-                        values[i] = msgspec.Raw(values[i].encode())
-            out.append(enc(row_type(**dict(zip(names, values)))))
-        return out
+    def table_to_json(self, table: pa.Table, *, canonical_decimals: bool = False) -> list[bytes]:
+        """Arrow rows of this kind -> the events' JSON, byte for byte as marketbus published them.
+
+        Column-wise (no Python object per row but the resulting ``bytes``): each field's JSON text
+        is made for the whole column (integers and booleans cast, strings quoted, decimals in the
+        canonical text of the contracts, nested values verbatim) and the columns are joined. A
+        value Arrow cannot render as msgspec does (a string needing escapes, a nested value that
+        PostgreSQL's ``jsonb`` reformatted) is rendered by msgspec, for those rows only.
+        ``canonical_decimals``: the decimal columns hold canonical text already (what
+        ``HistoryReader`` returns), so they are quoted as they are.
+        """
+        n = table.num_rows
+        if n == 0:
+            return []
+        parts: list[Any] = []
+        text = '{"type":' + msgspec.json.encode(self.kind).decode()
+        names = set(table.column_names)
+        for name, ck, _ in self.fields:
+            text += f',"{name}":'
+            column = self.column_of[name]
+            if column not in names:  # a column the table does not have yet: the contract's default
+                text += self._default_json(name, ck)
+                continue
+            parts.append(text)
+            text = ""
+            parts.append(self._json_column(name, ck, _combined(table.column(column)), canonical_decimals))
+        parts.append(text + "}")
+        joined = pc.binary_join_element_wise(*parts, "")
+        return joined.cast(pa.binary()).to_pylist()  # type: ignore[no-any-return]
+
+    def _default_json(self, name: str, ck: str) -> str:
+        default = self._defaults.get(name)
+        if ck == "decimal" and isinstance(default, Decimal):
+            return '"' + str(invariants.canonical_decimal(default)) + '"'
+        if ck == "json" and default is None:
+            factory = next(f.default_factory for f in msgspec.structs.fields(self.event_type) if f.name == name)
+            default = None if factory is msgspec.NODEFAULT else factory()
+        return codec.encode_value(default).decode()
+
+    def _json_column(self, name: str, ck: str, col: pa.Array, canonical_decimals: bool = False) -> pa.Array:
+        """One field's JSON text for every row (``null`` for a null)."""
+        if ck == "int":
+            out = pc.cast(col, pa.string())
+        elif ck == "bool":
+            out = pc.if_else(col, "true", "false")
+        elif ck == "decimal":
+            out = _quote(col if canonical_decimals and pa.types.is_string(col.type) else canonical_decimal_column(col))
+        elif ck == "str":
+            out = _quote(col)
+            escape = None if name in self._safe_text else pc.fill_null(pc.match_substring_regex(col, _NEEDS_ESCAPE), False)
+            if escape is not None and pc.any(escape).as_py():
+                fixed = [msgspec.json.encode(v).decode() for v in col.filter(escape).to_pylist()]
+                out = pc.replace_with_mask(out, escape, pa.array(fixed, pa.string()))
+        else:
+            out = self._nested_json(name, col)
+        return pc.fill_null(out, "null") if out.null_count else out
+
+    def _nested_json(self, name: str, col: pa.Array) -> pa.Array:
+        """Nested values are stored as the JSON text that was published (Iceberg, Parquet); a
+        ``jsonb`` column (PostgreSQL) gives them back reformatted (spaces, keys reordered): those
+        are decoded as the contract's type and encoded again, which is the published text."""
+        col = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+        spaced = pc.fill_null(pc.match_substring_regex(col, r"[,:] "), False)
+        if not pc.any(spaced).as_py():
+            return col
+        dec = self._nested_decoder(name)
+        fixed = [codec.encode_value(dec.decode(v)).decode() for v in col.filter(spaced).to_pylist()]
+        return pc.replace_with_mask(col, spaced, pa.array(fixed, pa.string()))
+
+    def _nested_decoder(self, name: str) -> msgspec.json.Decoder[Any]:
+        dec = self._nested_decoders.get(name)
+        if dec is None:
+            tp = next(f.type for f in msgspec.structs.fields(self.event_type) if f.name == name)
+            dec = self._nested_decoders[name] = msgspec.json.Decoder(tp)
+        return dec
 
     def table_to_events(self, table: pa.Table) -> list[Any]:
         """Arrow rows of this kind -> contract events."""
@@ -238,11 +308,81 @@ class KindSchema:
         return [dec.decode(b) for b in self.table_to_json(table)]
 
 
+_CHARSET_RULES = {invariants.TOKEN.name, invariants.SELECTOR.name, invariants.ID.name, invariants.CLIENT_ID.name}
+_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'  # what msgspec escapes in a string (anything else goes out as is)
+# the canonical decimal text (invariants.canonical_decimal): plain for |x| >= 1e-6 without trailing
+# zeros, "0" for zero; the reduced scientific form below 1e-6
+_CANONICAL_DECIMAL = (r"^(0|-?[1-9][0-9]*(\.[0-9]*[1-9])?|-?0\.0{0,5}[1-9]([0-9]*[1-9])?"
+                      r"|-?[1-9](\.[0-9]*[1-9])?E-([7-9]|[1-9][0-9]+))$")
+_ZERO_TEXT = r"^[-+]?0+(\.0*)?([eE][-+]?[0-9]+)?$"
+
+
+def _combined(col: Any) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _quote(col: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise('"', col, '"', "")
+
+
+def canonical_decimal_column(col: Any) -> pa.Array:
+    """Exact decimal texts (a string column: what was published, ``numeric::text``, Arrow's
+    rendering of a ``decimal(38, 18)``) -> their canonical text
+    (:func:`marketbus.contracts.invariants.canonical_decimal`), column-wise: trailing zeros after a
+    point trimmed, zeros made ``"0"``; the few texts still not canonical (scientific forms, values
+    below 1e-6) are converted one by one."""
+    text = _combined(col)
+    if pa.types.is_decimal(text.type):
+        return _decimal_type_text(text)
+    if text.type != pa.string():
+        text = pc.cast(text, pa.string())
+    if len(text) == 0:
+        return text
+    pointed = pc.and_(pc.match_substring(text, "."), pc.invert(pc.match_substring(text, "E")))
+    if pc.any(pointed).as_py():
+        trimmed = pc.utf8_rtrim(pc.utf8_rtrim(text, characters="0"), characters=".")
+        text = pc.if_else(pointed, trimmed, text)
+    zero = pc.match_substring_regex(text, _ZERO_TEXT)
+    if pc.any(zero).as_py():
+        text = pc.if_else(zero, "0", text)
+    odd = pc.fill_null(pc.invert(pc.match_substring_regex(text, _CANONICAL_DECIMAL)), False)
+    if pc.any(odd).as_py():
+        fixed = [invariants.canonical_decimal_text(v) for v in text.filter(odd).to_pylist()]
+        text = pc.replace_with_mask(text, odd, pa.array(fixed, pa.string()))
+    return text
+
+
+def _decimal_type_text(col: pa.Array) -> pa.Array:
+    """A decimal column (e.g. ``decimal(38, 18)``) -> canonical text. Arrow renders it with every
+    decimal place (``100.500000000000000000``), or in scientific form below 1e-6 and for zero
+    (``1.00000000000E-7``, ``0E-18``): the first are trimmed column-wise, zeros made ``"0"``, the
+    few others converted one by one."""
+    raw = pc.cast(col, pa.string())
+    if len(raw) == 0:
+        return raw
+    sci = pc.fill_null(pc.match_substring(raw, "E"), False)
+    any_sci = pc.any(sci).as_py()
+    text = raw
+    if col.type.scale > 0:
+        text = pc.utf8_rtrim(pc.utf8_rtrim(raw, characters="0"), characters=".")
+        if any_sci:
+            text = pc.if_else(sci, raw, text)
+    zero = pc.fill_null(pc.equal(col, pa.scalar(0, col.type)), False)
+    if pc.any(zero).as_py():
+        text = pc.if_else(zero, "0", text)
+        sci = pc.and_(sci, pc.invert(zero))
+        any_sci = pc.any(sci).as_py()
+    if any_sci:
+        fixed = [invariants.canonical_decimal_text(v) for v in raw.filter(sci).to_pylist()]
+        text = pc.replace_with_mask(text, sci, pa.array(fixed, pa.string()))
+    return text
+
+
 SCHEMAS: dict[str, KindSchema] = {s.kind: s for s in (KindSchema(t) for t in MARKET_TYPES + REFERENCE_TYPES + (FeedStatus,))}
 KINDS = tuple(SCHEMAS)
 
 # one decoder for any row (single event), and for a batch envelope of rows
-_RowUnion = Union[tuple(s.row_type for s in SCHEMAS.values())]  # noqa: UP007 (built at run time)
+_RowUnion: Any = Union[tuple(s.row_type for s in SCHEMAS.values())]  # noqa: UP007 (built at run time)
 
 
 class BatchRow(msgspec.Struct, kw_only=True, tag_field="type", tag="batch"):
@@ -252,7 +392,7 @@ class BatchRow(msgspec.Struct, kw_only=True, tag_field="type", tag="batch"):
     venue: str
     symbol: str
     replay: bool = False
-    events: list[_RowUnion]  # type: ignore[valid-type]
+    events: list[_RowUnion]
 
 
 _row_decoder = msgspec.json.Decoder(Union[_RowUnion, BatchRow])  # noqa: UP007 (run-time union)
@@ -385,7 +525,7 @@ def _strict(msgs: list[Message], out: dict[str, list[tuple[Any, int, int]]], bad
             bad.append((m, f"undecodable: {exc}"))
             continue
         if isinstance(obj, BatchRow):
-            kind_ok = all(type(e).__struct_config__.tag == obj.kind for e in obj.events)  # type: ignore[attr-defined]
+            kind_ok = all(type(e).__struct_config__.tag == obj.kind for e in obj.events)
             if not kind_ok:
                 bad.append((m, "undecodable: batch holds events of another kind"))
                 continue
@@ -442,7 +582,7 @@ def warm_up() -> None:
     """
     from marketbus.contracts.market import Trade
 
-    trades = [Trade(id=f"warmup{i}", source="warmup", venue="X", symbol="W", ts_event=i, ts_recv=i,
+    trades: list[MarketEvent] = [Trade(id=f"warmup{i}", source="warmup", venue="X", symbol="W", ts_event=i, ts_recv=i,
                     price=Decimal("1"), size=Decimal("1"), side="buy", trade_id=str(i)) for i in range(2)]
     msgs = [Message("MD", 1, "md.trade.warmup.X.W", codec.encode(trades[0]), "trade"),
             Message("MD", 2, "md.trade.warmup.X.W", codec.encode(codec.make_batch(trades)), "batch")]
