@@ -6,8 +6,7 @@ A lost socket (maintenance reboot) is reconnected with back-off, every listener 
 and the missed range back-filled from the history endpoints (a
 :class:`~marketbus.vendor.gaps.GapTracker`: ``gap`` then ``resynced``). Long polling
 ``GET /api/netbus`` takes over when configured, and automatically after repeated failed
-websocket connects; the websocket is tried again every ``ws_retry_s``. Order books of quotes that
-have them are polled every ``order_book_interval_s``."""
+websocket connects; the websocket is tried again every ``ws_retry_s``. Order books: :mod:`.books`."""
 
 from __future__ import annotations
 
@@ -245,23 +244,6 @@ class SitagriLive:
         await self.gap.resynced(f"{total} events back-filled")
         ing.feeds.set_state(FEED, "connected")
         return total
-
-    # --- order books ------------------------------------------------------------------------------
-    async def order_book_loop(self) -> None:
-        ing = self.ing
-        result = await ing.ready()
-        while True:
-            await asyncio.sleep(ing.settings.order_book_interval_s)
-            quotes = [q for q in self.live_quotes if (m := result.quotes.get(q)) and m.order_book]
-            if not quotes:
-                continue
-            try:
-                raws = await ing.client.batch_raw([f"{q}/orderBook" for q in quotes], channel="orderbook")
-            except (Unavailable, VendorError, *BUS_ERRORS) as exc:
-                ing.log.warning("order book poll failed: %r", exc)
-                continue
-            for raw in raws:
-                await self.on_push(raw)
 
 
 def _decode_push(raw: msgspec.Raw, ts_recv: int) -> tuple[Any, Any]:

@@ -61,6 +61,7 @@ class SitagriIngestSettings(IngestSettings, kw_only=True):
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 60.0  # the vendor: "wait a minute" after a maintenance reboot
     order_book_interval_s: float = 0.0  # poll order books of listened quotes (batch) this often; 0 = off
+    book_snapshot_interval_s: float = 60.0  # a full order book snapshot this often (deltas in between)
     gap_backfill: bool = True  # back-fill the missed range from history after a reconnect
 
     # --- history ------------------------------------------------------------------------------

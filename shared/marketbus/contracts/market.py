@@ -53,7 +53,12 @@ class BookLevel(Checked, frozen=True, array_like=True):
 
 
 class BookSnapshot(MarketEvent, frozen=True, kw_only=True, tag="book"):
-    """A full L2 order book: bids best (highest) first, asks best (lowest) first."""
+    """A full L2 order book: bids best (highest) first, asks best (lowest) first.
+
+    ``sequence`` (set by the ingestors that publish deltas, see :mod:`marketbus.books`) is the
+    per-book sequence of the state this snapshot shows: the deltas that follow it start from it
+    (``prev_sequence`` = this ``sequence``), and a periodic snapshot repeats the sequence of the
+    delta that led to the same state, so a consumer in sync can check its book against it."""
 
     bids: list[BookLevel]
     asks: list[BookLevel]
@@ -62,15 +67,22 @@ class BookSnapshot(MarketEvent, frozen=True, kw_only=True, tag="book"):
 
 
 class BookChange(Checked, frozen=True, array_like=True):
-    """``[side, price, size]``: size 0 deletes the level."""
+    """``[side, price, size, orders]``: the level's new size and order count (a new or changed
+    level); size 0 deletes the level (``orders`` then absent). ``orders`` may be left out on the wire."""
 
     side: Literal["bid", "ask"]
     price: Price
     size: Size
+    orders: Count | None = None
 
 
 class BookDelta(MarketEvent, frozen=True, kw_only=True, tag="book_delta"):
-    """Incremental L2 changes, applied in ``sequence`` order on top of a snapshot."""
+    """Incremental L2 changes, applied in ``sequence`` order on top of a snapshot.
+
+    ``prev_sequence`` is the sequence of the book state the changes apply to, ``sequence`` the
+    state they lead to (``prev_sequence + 1`` from marketbus's ingestors). A delta whose
+    ``prev_sequence`` is not the consumer's current sequence means a delta was missed: the
+    consumer waits for the next snapshot (:class:`marketbus.books.BookBuilder` does this)."""
 
     changes: list[BookChange]
     sequence: Int64 | None = None
