@@ -21,6 +21,7 @@ from .client import Unavailable, VendorError
 from .parts import SitagriHost
 
 CHANNEL = "orderbook"
+POLL_ERRORS: tuple[type[BaseException], ...] = (Unavailable, VendorError, *BUS_ERRORS)
 
 
 def decode_book(raw: msgspec.Raw, ts_recv: int) -> BookSnapshot:
@@ -51,7 +52,7 @@ class SitagriBooks:
         ing = self.ing
         try:
             raws = await ing.client.batch_raw([f"{q}/orderBook" for q in quotes], channel=CHANNEL)
-        except (Unavailable, VendorError, *BUS_ERRORS) as exc:
+        except POLL_ERRORS as exc:
             ing.log.warning("order book poll failed: %r", exc)
             self.deltas.resync()  # observations missed: the next ones are snapshots
             return

@@ -14,10 +14,10 @@ import msgspec
 import nats
 import pytest
 
+from marketbus.books import BookBuilder
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ReplayReply, ReplayRequest
-from marketbus.books import BookBuilder
 from marketbus.contracts.market import Bar, BookDelta, BookSnapshot, Trade
 from marketbus.contracts.reference import Currency, Instrument, Venue
 from marketbus.contracts.status import DeadLetter, FeedStatus
