@@ -6,6 +6,7 @@ dead-lettered while the good ones are stored."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from decimal import Decimal
@@ -13,6 +14,7 @@ from decimal import Decimal
 import pytest
 
 from marketbus.books import BookDeltas, book_at
+from marketbus.cli.output import plain
 from marketbus.clients import HistoryClient
 from marketbus.contracts import BookLevel, BookSnapshot, DeadLetter, codec, subjects
 from marketbus.contracts.market import BookDelta
@@ -22,6 +24,7 @@ from services.history_writer.store.base import Selector
 from tests.helpers import wait_for
 
 from .common import SEC, T0, unique_symbol, writer_overrides
+from .test_cli import invoke
 from .test_writer import _drop_pg, _fresh_pg
 
 
@@ -111,6 +114,24 @@ async def test_book_at_a_point_in_time_from_the_history(nc, js, nats_url, tmp_pa
                                   lookback_ns=5 * SEC)
             assert built.synced and built.bids() == books[k].bids and built.asks() == books[k].asks, k
         assert not (await book_at(history, "digitex", "DIGITEX", sym, T0 - 1)).synced
+
+        # the CLI: `marketbus history book source.venue.symbol --at TIME`
+        k = 33
+        at = str(books[k].ts_event + SEC // 2)
+        res = await invoke(["history", "book", f"digitex.DIGITEX.{sym}", "--at", at, "--json", "--nats-url", nats_url])
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.stdout)
+        assert got["bids"] == [[plain(lv.price), plain(lv.size), lv.orders] for lv in books[k].bids]
+        assert got["asks"] == [[plain(lv.price), plain(lv.size), lv.orders] for lv in books[k].asks]
+        res = await invoke(["history", "book", f"digitex.DIGITEX.{sym}", "--at", at, "--depth", "3",
+                            "--nats-url", nats_url])
+        assert res.exit_code == 0, res.output
+        assert f"{plain(books[k].bids[0].price)} │ {plain(books[k].asks[0].price)}" in res.output
+        assert f"│ {plain(books[k].bids[2].price)} │" in res.output and f"│ {plain(books[k].bids[3].price)} │" not in res.output
+        res = await invoke(["history", "book", f"digitex.DIGITEX.{sym}", "--at", str(T0 - 1), "--nats-url", nats_url])
+        assert res.exit_code == 1 and res.stderr.startswith(f"error: no book of digitex.DIGITEX.{sym} at ")
+        res = await invoke(["history", "book", "digitex.*", "--nats-url", nats_url])
+        assert res.exit_code == 2 and "write the book as source.venue.symbol" in res.stderr
     finally:
         await _drop_pg(writer)
         await writer.stop()
