@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from operator import gt, lt
+from operator import attrgetter, gt, lt
 from typing import Any
 
 import msgspec.structs
@@ -35,6 +35,7 @@ from marketbus.contracts.ids import event_id
 from marketbus.contracts.market import BookChange, BookDelta, BookLevel, BookSnapshot
 
 ZERO = Decimal(0)
+PRICE, SIZE = attrgetter("price"), attrgetter("size")
 Key = tuple[str, str]  # (venue, symbol)
 
 REASONS = ("first", "resync", "periodic", "unordered", "zero_size")
@@ -54,7 +55,7 @@ class Side:
 
     def __init__(self, levels: list[BookLevel]) -> None:
         self.levels = levels
-        self.prices = [lv.price for lv in levels]
+        self.prices = list(map(PRICE, levels))
 
 
 def diff_side(side: str, old: Side, levels: list[BookLevel], better: Callable[[Any, Any], bool],
@@ -62,11 +63,14 @@ def diff_side(side: str, old: Side, levels: list[BookLevel], better: Callable[[A
     """Append the changes of one side (``side`` is ``bid`` or ``ask``) from ``old`` to ``levels``
     to ``out``; returns the new side, or None when no delta can say it exactly (not strictly
     ordered by ``better``, or a changed level of size 0)."""
-    prices = [lv.price for lv in levels]
+    prices = list(map(PRICE, levels))
     n = len(out)
     if prices == old.prices:  # the usual case: the same ladder, some sizes changed
-        out.extend([BookChange(side, lv.price, lv.size, lv.orders)  # type: ignore[arg-type]
-                    for lv, was in zip(levels, old.levels, strict=True) if lv != was])
+        changed = [lv for lv, was in zip(levels, old.levels) if lv != was]  # same length: same prices
+        if changed and not all(map(SIZE, changed)):
+            return None
+        change = BookChange
+        out.extend([change(side, lv.price, lv.size, lv.orders) for lv in changed])  # type: ignore[arg-type]
     else:
         if not ordered(prices, better):
             return None
@@ -77,11 +81,6 @@ def diff_side(side: str, old: Side, levels: list[BookLevel], better: Callable[[A
         out.extend([BookChange(side, p, ZERO) for p in old.prices if p not in kept])  # type: ignore[arg-type]
         if len(out) > n and any(not c.size for c in out[n:] if c.price in kept):
             return None
-        new = Side.__new__(Side)
-        new.levels, new.prices = levels, prices
-        return new
-    if len(out) > n and not all(c.size for c in out[n:]):
-        return None
     new = Side.__new__(Side)
     new.levels, new.prices = levels, prices
     return new
