@@ -167,3 +167,16 @@ def test_rebuild_at_a_point_in_time() -> None:
         assert built.synced and built.bids() == books[k].bids and built.asks() == books[k].asks, k
     assert not rebuild(events, books[0].ts_event - 1).synced  # before the first snapshot: no book
     assert rebuild(events, books[-1].ts_event).snapshot(books[-1]).bids == books[-1].bids
+
+
+def test_change_of_is_the_checked_constructor_without_the_second_check() -> None:
+    from marketbus.contracts.market import change_of
+
+    for level in (BookLevel(D("0.5"), D("0"), None), BookLevel(D("41060.000"), D("1e-8"), 7)):
+        for side in ("bid", "ask"):
+            made = change_of(side, level)
+            assert made == BookChange(side, level.price, level.size, level.orders)
+            assert codec.encode(made) == codec.encode(BookChange(side, level.price, level.size, level.orders))  # type: ignore[arg-type]
+    assert change_of("bid", BookLevel(D(1), D(2))) is not change_of("bid", BookLevel(D(1), D(2)))
+    with pytest.raises(KeyError):
+        change_of("middle", BookLevel(D(1), D(2)))  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec.structs
 
 from marketbus.contracts.ids import event_id
-from marketbus.contracts.market import BookChange, BookDelta, BookLevel, BookSnapshot
+from marketbus.contracts.market import BookChange, BookDelta, BookLevel, BookSnapshot, change_of
 
 ZERO = Decimal(0)
 PRICE, SIZE = attrgetter("price"), attrgetter("size")
@@ -69,14 +69,12 @@ def diff_side(side: str, old: Side, levels: list[BookLevel], better: Callable[[A
         changed = [lv for lv, was in zip(levels, old.levels) if lv != was]  # same length: same prices
         if changed and not all(map(SIZE, changed)):
             return None
-        change = BookChange
-        out.extend([change(side, lv.price, lv.size, lv.orders) for lv in changed])  # type: ignore[arg-type]
+        out.extend([change_of(side, lv) for lv in changed])  # type: ignore[arg-type]
     else:
         if not ordered(prices, better):
             return None
         get = dict(zip(old.prices, old.levels, strict=True)).get
-        out.extend([BookChange(side, lv.price, lv.size, lv.orders)  # type: ignore[arg-type]
-                    for lv in levels if get(lv.price) != lv])
+        out.extend([change_of(side, lv) for lv in levels if get(lv.price) != lv])  # type: ignore[arg-type]
         kept = set(prices)
         out.extend([BookChange(side, p, ZERO) for p in old.prices if p not in kept])  # type: ignore[arg-type]
         if len(out) > n and any(not c.size for c in out[n:] if c.price in kept):

@@ -8,7 +8,11 @@ Sitagri quotes spreads, basis and premiums, which are negative at times.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Literal
+
+from msgspec.structs import force_setattr
 
 from .base import MarketEvent
 from .invariants import Amount, Checked, Count, Int64, Label, Nanos, Price, Size, Text
@@ -74,6 +78,22 @@ class BookChange(Checked, frozen=True, array_like=True):
     price: Price
     size: Size
     orders: Count | None = None
+
+
+_CHANGE_OF: dict[str, Callable[[], BookChange]] = {}  # side -> a copier of a template change
+
+
+def change_of(side: Literal["bid", "ask"], level: BookLevel) -> BookChange:
+    """``BookChange(side, level.price, level.size, level.orders)`` without checking the values
+    again: they are a :class:`BookLevel`'s, checked when it was built or decoded, and a
+    BookChange's price, size and orders have the same invariants (``side`` is one of the two
+    literals: anything else raises ``KeyError``). The delta computation's hot path
+    (:mod:`marketbus.books`), about twice as fast as the checked constructor."""
+    change = _CHANGE_OF[side]()
+    force_setattr(change, "price", level.price)
+    force_setattr(change, "size", level.size)
+    force_setattr(change, "orders", level.orders)
+    return change
 
 
 class BookDelta(MarketEvent, frozen=True, kw_only=True, tag="book_delta"):
@@ -164,5 +184,8 @@ class News(MarketEvent, frozen=True, kw_only=True, tag="news"):
     day_tendency: Int64 | None = None  # 0 bearish .. 11 bullish
     short_term_tendency: Int64 | None = None
 
+
+_CHANGE_OF.update({side: BookChange(side, Decimal(1), Decimal(1)).__copy__  # type: ignore[attr-defined]
+                   for side in ("bid", "ask")})
 
 MARKET_TYPES = (Trade, Tick, Quote, BookSnapshot, BookDelta, Bar, MarketPrice, CashPrice, IndexPrice, News)
