@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SETTLE_S = 10
-ORDER = ["contracts", "sandbox_finx", "sandbox_ticksupply", "sandbox_digitex", "sandbox_sitagri", "ingest_finx",
+ORDER = ["contracts", "books", "sandbox_finx", "sandbox_ticksupply", "sandbox_digitex", "sandbox_sitagri", "ingest_finx",
          "ingest_ticksupply", "ingest_digitex", "ingest_sitagri", "peer_cryptofeed", "history_writer", "order_router",
          "export_orchestrator", "replay", "postgres_store", "rss", "e2e_latency"]
 

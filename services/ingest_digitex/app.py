@@ -3,8 +3,10 @@
 - session: :class:`~.client.DigitexClient` (declared endpoints, the shared Digitex limiter);
 - catalog: :class:`~.catalog.DigitexCatalog` (``markets/``, ``currency/``, ``exchange_info/`` ->
   ``ref.*``; the advertised limits tighten the pacing);
-- live: :class:`~.live.DigitexLive` (``order_book/`` -> BookSnapshot, an unchanged book is not
-  re-published; ``recent_trades/`` -> Trade, ids from market + trade_id, gap/resynced reported);
+- live: :class:`~.live.DigitexLive` (``recent_trades/`` -> Trade, ids from market + trade_id,
+  gap/resynced reported);
+- books: :class:`~.books.DigitexBooks` (``order_book/`` -> a BookSnapshot, then BookDeltas with a
+  per-book sequence, a periodic snapshot and one after a failed poll; :mod:`marketbus.books`);
 - backfill: :class:`~.backfill.DigitexBackfill` (OHLCV bars per resolution; ``replay.digitex``).
 
 Cursors (last trade id, last bar start) live in the ``ingest_state`` KV bucket
@@ -31,6 +33,7 @@ from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow
 
 from . import normalize
 from .backfill import DigitexBackfill
+from .books import DigitexBooks
 from .catalog import DigitexCatalog
 from .client import ClientError, DigitexClient, Unavailable
 from .live import DigitexLive
@@ -56,6 +59,7 @@ class DigitexIngestor(Ingestor):
         self.frames = FrameGuard(self, normalize.Malformed)
         self.catalog = DigitexCatalog(self)
         self.live = DigitexLive(self)
+        self.books = DigitexBooks(self)
         self.backfill = DigitexBackfill(self)
         self.trade_cursors: CursorStore[TradeCursor] = CursorStore(None, self.source, "trades", TradeCursor)
         self.bar_cursors: CursorStore[dict[str, int]] = CursorStore(None, self.source, "bars", dict[str, int])
@@ -78,7 +82,8 @@ class DigitexIngestor(Ingestor):
     def health(self) -> dict[str, Any]:
         return {"vendor_url": self.client.base_url, "vendor_calls": self.client.calls,
                 "rate_limited": self.client.rate_limited,
-                "markets": {m.code: {"last_trade_id": m.last_trade_id, "bars": m.bar_cursor} for m in self.markets.values()}}
+                "markets": {m.code: {"last_trade_id": m.last_trade_id, "bars": m.bar_cursor} for m in self.markets.values()},
+                "books": self.books.deltas.health()}
 
     # --- start / stop ---------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -98,7 +103,7 @@ class DigitexIngestor(Ingestor):
             await self.live.load(state)
             await self.backfill.load(state)
             self.spawn(self._loop(self.live.poll_trades, state, s.trades_interval_s), f"trades:{state.code}")
-            self.spawn(self._loop(self.live.poll_book, state, s.book_interval_s), f"book:{state.code}")
+            self.spawn(self._loop(self.books.poll, state, s.book_interval_s), f"book:{state.code}")
             for res in s.resolutions:
                 self.spawn(self._loop(self.backfill.poll_bars, state, s.bars_interval_s, res), f"bars:{state.code}:{res}")
         self.spawn(self.catalog.refresh_forever(), "reference")

@@ -1,5 +1,5 @@
-"""The Digitex live feeds: ``recent_trades/`` -> Trade and ``order_book/`` -> BookSnapshot, polled
-per market. Trade cursors (last id, its time) are saved once acked; an API outage becomes a
+"""The Digitex live trades: ``recent_trades/`` -> Trade, polled per market (order books:
+:mod:`.books`). Trade cursors (last id, its time) are saved once acked; an API outage becomes a
 ``gap`` then ``resynced`` once ``recent_trades`` covered it, and ids beyond its depth a gap that
 stays (bars from OHLCV still cover the range)."""
 
@@ -59,13 +59,3 @@ class DigitexLive:
             await ing.trade_cursors.put(state.symbol, TradeCursor(new_id, new_ts))
             state.last_trade_id, state.last_trade_ts = new_id, new_ts
         await tracker.resynced("back-filled from recent_trades")
-
-    async def poll_book(self, state: MarketState) -> None:
-        ing = self.ing
-        raw = await ing.client.get("order_book", market_id=state.market_id)
-        book = await ing.frames.normalize("order_book", raw, normalize.order_book, raw, state.symbol, ing.venue,
-                                          ing.now_ns())
-        if book is None or book.id == state.last_book_id:
-            return  # malformed, or unchanged
-        state.last_book_id = book.id
-        await ing.emit(book)

@@ -26,7 +26,6 @@ class MarketState:
     symbol: str
     last_trade_id: int | None = None
     last_trade_ts: int | None = None
-    last_book_id: str | None = None
     bar_cursor: dict[str, int] = field(default_factory=dict)  # resolution -> last published bar start (µs)
 
 

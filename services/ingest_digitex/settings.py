@@ -21,6 +21,7 @@ class DigitexIngestSettings(IngestSettings, kw_only=True):
     token: Secret = Secret("")  # Authorization: Token <token>; public market data works without
     markets: list[str] = []  # market codes (FS:BTCUSD) or ids; empty = every listed market
     book_interval_s: float = 3.0
+    book_snapshot_interval_s: float = 60.0  # a full book snapshot this often (deltas in between)
     trades_interval_s: float = 1.0
     bars_interval_s: float = 30.0
     resolutions: list[str] = msgspec.field(default_factory=lambda: ["1"])  # OHLCV resolutions (1, 5, 60, 1D...)
@@ -38,7 +39,7 @@ class DigitexIngestSettings(IngestSettings, kw_only=True):
         p = self.env_prefix
         if not self.base_url.startswith(("http://", "https://")):
             raise SettingsError(f"{p}BASE_URL={self.base_url!r} is invalid: must start with http:// or https://")
-        for name in ("book_interval_s", "trades_interval_s", "bars_interval_s", "request_timeout_s",
+        for name in ("book_interval_s", "book_snapshot_interval_s", "trades_interval_s", "bars_interval_s", "request_timeout_s",
                      "retry_initial_s", "retry_max_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{p}{name.upper()}={getattr(self, name)!r} is invalid: must be > 0")

@@ -4,7 +4,7 @@
   :class:`~marketbus.vendor.http.VendorHttp`);
 - catalog: :class:`~.catalog.SitagriCatalog` (the reference tree, :mod:`.crawl`);
 - live: :class:`~.live.SitagriLive` (netbus websocket / long polling pushes, gap back-fill,
-  order books);
+  order books: :class:`~.books.SitagriBooks`, snapshot + deltas, :mod:`marketbus.books`);
 - backfill: :class:`~.backfill.SitagriBackfill` (history, expired futures, news search, replay).
 
 News publishing: ``sitagri.news.publish`` (request/reply) publishes an article to a writable
@@ -33,6 +33,7 @@ from marketbus.vendor.frames import FrameGuard
 
 from . import normalize
 from .backfill import SitagriBackfill
+from .books import SitagriBooks
 from .catalog import SitagriCatalog
 from .client import SitagriClient, Unavailable, VendorError
 from .crawl import CrawlResult
@@ -62,6 +63,7 @@ class SitagriIngestor(Ingestor):
         )
         self.catalog = SitagriCatalog(self)
         self.live = SitagriLive(self)
+        self.books = SitagriBooks(self, lambda: self.live.live_quotes)
         self.backfill = SitagriBackfill(self)
 
         @self.broker.subscriber(subjects.SITAGRI_NEWS_PUBLISH, queue="sitagri-news-publish")
@@ -94,6 +96,7 @@ class SitagriIngestor(Ingestor):
             "ws_connected": bool(ws and ws.connected), "live_quotes": len(self.live_quotes),
             "reference_items": len(self.crawl.events) if self.crawl else 0, "logins": self.client.keeper.logins,
             "keepalives": self.client.keeper.pings, "gaps_filled": self.gaps_filled,
+            "books": self.books.deltas.health(),
         }
 
     async def on_start(self) -> None:
@@ -107,7 +110,7 @@ class SitagriIngestor(Ingestor):
         if s.news_lookback_s > 0 and s.news_sources:
             self.spawn(self.backfill.startup_news(), "news")
         if s.order_book_interval_s > 0:
-            self.spawn(self.live.order_book_loop(), "orderbooks")
+            self.spawn(self.books.loop(), "orderbooks")
 
     async def on_stop(self) -> None:
         if self.live.ws is not None:

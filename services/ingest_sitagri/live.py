@@ -11,8 +11,7 @@ open before it) is kept in the ``ingest_state`` bucket (a :class:`~marketbus.ven
 keys ``sitagri.live.<venue>.<symbol>``): a
 restarted ingestor (a crash, kill -9) back-fills from there, up to a day back. Long polling
 ``GET /api/netbus`` takes over when configured, and automatically after repeated failed
-websocket connects; the websocket is tried again every ``ws_retry_s``. Order books of quotes that
-have them are polled every ``order_book_interval_s``."""
+websocket connects; the websocket is tried again every ``ws_retry_s``. Order books: :mod:`.books`."""
 
 from __future__ import annotations
 
@@ -447,23 +446,6 @@ class SitagriLive:
         for event in fresh:
             recent.add(event.id)
         return len(fresh)
-
-    # --- order books ------------------------------------------------------------------------------
-    async def order_book_loop(self) -> None:
-        ing = self.ing
-        result = await ing.ready()
-        while True:
-            await asyncio.sleep(ing.settings.order_book_interval_s)
-            quotes = [q for q in self.live_quotes if (m := result.quotes.get(q)) and m.order_book]
-            if not quotes:
-                continue
-            try:
-                raws = await ing.client.batch_raw([f"{q}/orderBook" for q in quotes], channel="orderbook")
-            except POLL_ERRORS as exc:
-                ing.log.warning("order book poll failed: %r", exc)
-                continue
-            for raw in raws:
-                await self.on_push(raw)
 
 
 def _decode_push(raw: msgspec.Raw, ts_recv: int) -> tuple[Any, Any]:

@@ -61,6 +61,7 @@ class SitagriIngestSettings(IngestSettings, kw_only=True):
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 60.0  # the vendor: "wait a minute" after a maintenance reboot
     order_book_interval_s: float = 0.0  # poll order books of listened quotes (batch) this often; 0 = off
+    book_snapshot_interval_s: float = 60.0  # a full order book snapshot this often (deltas in between)
     gap_backfill: bool = True  # back-fill the missed range from history after a reconnect
 
     # --- history ------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ class SitagriIngestSettings(IngestSettings, kw_only=True):
         if not self.token and not (self.login and self.password):
             problems.append(f"{p}TOKEN or {p}LOGIN and {p}PASSWORD must be set")
         for name in ("request_timeout_s", "requests_per_s", "ws_retry_s", "register_timeout_s",
-                     "reconnect_initial_s", "reconnect_max_s", "ref_refresh_s"):
+                     "reconnect_initial_s", "reconnect_max_s", "ref_refresh_s", "book_snapshot_interval_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{p}{name.upper()} must be > 0")
         if not 1 <= self.batch_size <= 250:

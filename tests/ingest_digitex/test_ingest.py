@@ -14,10 +14,11 @@ import msgspec
 import nats
 import pytest
 
+from marketbus.books import BookBuilder
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ReplayReply, ReplayRequest
-from marketbus.contracts.market import Bar, BookSnapshot, Trade
+from marketbus.contracts.market import Bar, BookDelta, BookSnapshot, Trade
 from marketbus.contracts.reference import Currency, Instrument, Venue
 from marketbus.contracts.status import DeadLetter, FeedStatus
 from marketbus.runtime.natsserver import NatsServer
@@ -91,14 +92,17 @@ async def test_events_carry_the_sandbox_values(nats_server: NatsServer, sb: Sand
         await wait_for(lambda: state.last_trade_id >= first + 130 and len(state.bar_cursor) == 1, 15, what="trades and bars")
         await ing.flush()
         await check_trades(js, sb, first, state.last_trade_id)
-        # books: the sandbox's book at that tick
-        books = [e for e in events_of(await read_stream(js, "md.book.digitex.>")) if isinstance(e, BookSnapshot)]
-        assert len(books) >= 2 and duplicates(books) == []
+        # books: a snapshot then deltas; the book they build is the sandbox's book at each tick
         market = api.markets[1]
-        for book in books:
-            bids, asks = market.book(market.tape.index_at_or_before(book.ts_event))
-            assert [(lv.price, lv.size) for lv in book.bids] == bids
-            assert [(lv.price, lv.size) for lv in book.asks] == asks
+        books = [e for e in events_of(await read_stream(js, "md.*.digitex.>")) if isinstance(e, BookSnapshot | BookDelta)]
+        assert isinstance(books[0], BookSnapshot) and duplicates(books) == []
+        assert sum(isinstance(e, BookDelta) for e in books) >= 2
+        builder = BookBuilder()
+        for event in books:
+            assert builder.apply(event) in ("snapshot", "delta", "checked")
+            bids, asks = market.book(market.tape.index_at_or_before(event.ts_event))
+            assert [(lv.price, lv.size) for lv in builder.bids()] == bids
+            assert [(lv.price, lv.size) for lv in builder.asks()] == asks
         # bars: finished one-minute bars, equal to the tape aggregated
         bars = [e for e in events_of(await read_stream(js, "md.bar.digitex.>")) if isinstance(e, Bar)]
         assert len(bars) >= 4 and duplicates(bars) == []
@@ -239,3 +243,67 @@ async def test_an_unknown_configured_market_stops_start_up(nats_server: NatsServ
     with pytest.raises(SettingsError, match="unknown market"):
         await ing.start()
     await ing.stop()
+
+
+async def read_books(js: Any) -> list[Any]:
+    return [e for e in events_of(await read_stream(js, "md.*.digitex.>"))
+            if isinstance(e, BookSnapshot | BookDelta) and e.symbol == SYMBOL]
+
+
+async def test_books_are_a_snapshot_then_deltas_and_rebuild_every_later_snapshot(
+        nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+    """The real ingestor against the sandbox: a book built from the first snapshot and the deltas
+    equals every later snapshot (periodic, after an outage, after a restart) and the sandbox's book;
+    a dropped delta is detected; an outage and a restart each start again with a snapshot."""
+    js = bus.jetstream()
+    market = sb.vendor_app.state.api.markets[1]
+    fast = dict(book_interval_s=0.1, book_snapshot_interval_s=1.0, trades_interval_s=5.0, bars_interval_s=60.0)
+    async with make(nats_server, sb, **fast) as ing, httpx.AsyncClient(base_url=sb.url) as http:
+        counts = ing.books.deltas.counts
+        await wait_for(lambda: counts["periodic"] >= 2 and counts["delta"] >= 10, 15, what="deltas and 2 periodic snapshots")
+        await http.post("/_sandbox/digitex/faults", json={"maintenance": True})
+        await wait_for(lambda: ing._connected is False, 10, what="the outage")
+        await http.post("/_sandbox/digitex/faults", json={"maintenance": False})
+        await wait_for(lambda: counts["resync"] >= 1 and ing._connected, 15, what="a snapshot after the outage")
+        mark = counts["delta"]
+        await wait_for(lambda: counts["delta"] >= mark + 3, 10, what="deltas after the outage")
+        await ing.flush()
+        first_run_seq = ing.books.deltas.sequence(("DIGITEX", SYMBOL))
+    async with make(nats_server, sb, **fast) as again:
+        await wait_for(lambda: again.books.deltas.counts["delta"] >= 3, 10, what="deltas after a restart")
+        await again.flush()
+    events = await read_books(js)
+    assert duplicates(events) == []
+    snapshots = [e for e in events if isinstance(e, BookSnapshot)]
+    deltas = [e for e in events if isinstance(e, BookDelta)]
+    assert len(snapshots) >= 5 and len(deltas) >= 16
+    builder = BookBuilder()
+    outcomes = []
+    for event in events:
+        if isinstance(event, BookSnapshot) and builder.synced:
+            assert (builder.sequence or 0) <= (event.sequence or 0)
+            if event.sequence == builder.sequence:  # a periodic snapshot: the built book must equal it
+                assert builder.bids() == event.bids and builder.asks() == event.asks
+        outcomes.append(builder.apply(event))
+        bids, asks = market.book(market.tape.index_at_or_before(event.ts_event))
+        assert [(lv.price, lv.size) for lv in builder.bids()] == bids
+        assert [(lv.price, lv.size) for lv in builder.asks()] == asks
+    assert outcomes[0] == "snapshot" and outcomes.count("checked") >= 2
+    assert outcomes.count("snapshot") >= 3  # the first, after the outage, after the restart
+    assert builder.gaps == builder.bad == builder.mismatches == 0
+    restart = next(e for e in snapshots if (e.sequence or 0) > (first_run_seq or 0))
+    assert first_run_seq is not None and restart.sequence is not None and restart.sequence > first_run_seq
+    # every delta follows the state before it (a snapshot may start a higher sequence); a dropped
+    # delta is detected, and the next snapshot resyncs
+    current = None
+    for event in events:
+        if isinstance(event, BookDelta):
+            assert event.prev_sequence == current and event.sequence == (current or 0) + 1
+        else:
+            assert current is None or (event.sequence or 0) >= current
+        current = event.sequence
+    victim = deltas[3]
+    lossy = BookBuilder()
+    seen = [lossy.apply(e) for e in events if e is not victim]
+    assert "gap" in seen and lossy.gaps == 1 and lossy.synced
+    assert lossy.bids() == builder.bids() and lossy.asks() == builder.asks()

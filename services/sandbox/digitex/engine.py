@@ -342,7 +342,7 @@ class Engine:
         return acct.balances.get(code, ZERO) - used
 
     def balances(self, acct: Account) -> list[dict[str, object]]:
-        out = []
+        out: list[dict[str, object]] = []
         for code, currency in CURRENCIES.items():
             trading = acct.balances.get(code, ZERO)
             out.append({"currency": currency.wire(), "main_balance": d18(0), "trading_balance": d18(trading),

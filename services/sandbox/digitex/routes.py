@@ -132,7 +132,7 @@ class DigitexApi:
 
     def order_meta(self) -> dict[str, object]:
         market, limit = self.types
-        meta = {
+        meta: dict[str, object] = {
             "type": {"MARKET": market, "LIMIT": limit},
             "side": {"BUY": 1, "SELL": 2},
             "position": {"UNDEFINED": 0, "LONG": 1, "SHORT": 2},

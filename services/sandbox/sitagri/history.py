@@ -93,7 +93,7 @@ def history(market: Market, info: QuoteInfo, start: int, end: int, res_text: str
 def _ticks(market: Market, info: QuoteInfo, lo: int, hi: int, desc: bool, cap: int, shift: int) -> list[Any]:
     k0, k1 = market.live_range(info, lo * NS, hi * NS)
     ks = range(k1, k0 - 1, -1) if desc else range(k0, k1 + 1)
-    out = []
+    out: list[Any] = []
     for k in ks:
         if len(out) >= cap:
             break
@@ -107,7 +107,7 @@ def _bars(market: Market, info: QuoteInfo, lo: int, hi: int, res: str | int, des
     n_buckets = max(1, (hi - lo) // (res * 60 if isinstance(res, int) else {"WEEK": WEEK, "MONTH": 2_592_000}.get(
         str(res), FIXED.get(str(res), 60))) + 1)
     per_bar = max(0, min(EXACT_BAR, EVAL_BUDGET // min(n_buckets, cap) - 2))
-    out = []
+    out: list[Any] = []
     for b0, b1 in buckets(lo, hi, res, desc):
         if len(out) >= cap:
             break

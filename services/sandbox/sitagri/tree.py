@@ -177,7 +177,8 @@ class FutureClass:
     def deliveries_after(self, ts: int, count: int) -> list[QuoteInfo]:
         """The next ``count`` deliveries whose last trading date is after ``ts``."""
         day = dt.datetime.fromtimestamp(ts, dt.UTC)
-        year, month, out = day.year, day.month, []
+        year, month = day.year, day.month
+        out: list[QuoteInfo] = []
         while len(out) < count:
             if MONTH_LETTERS[month - 1] in self.spec.months:
                 info = self.delivery(year, month)

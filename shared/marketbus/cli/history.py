@@ -21,7 +21,18 @@ from marketbus.clients.selectors import parse_selector, selector_text
 from marketbus.contracts import codec, subjects
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, fail, handled, json_line, plain_builtins, print_table, progress_console, run
+from .output import (
+    EXIT_CODES_HELP,
+    REFUSED,
+    fail,
+    handled,
+    json_line,
+    plain,
+    plain_builtins,
+    print_table,
+    progress_console,
+    run,
+)
 
 app = typer.Typer(help="Query the stored history (history writer over NATS).", no_args_is_help=True,
                   epilog=EXIT_CODES_HELP)
@@ -207,3 +218,63 @@ def coverage_cmd(
         start_ns, end_ns = parse_range(start, end)
     raise typer.Exit(run(run_coverage(nats_url, selector, start_ns, end_ns, as_json, timeout)))
 
+
+
+def _book_parts(text: str) -> tuple[str, str, str]:
+    parts = text.removeprefix("md.book.").removeprefix("book.").split(".")
+    if len(parts) != 3 or not all(parts) or any(c in p for p in parts for c in "*?[>"):
+        raise ValueError(f"{text!r}: write the book as source.venue.symbol, e.g. digitex.DIGITEX.FS-BTCUSD")
+    return parts[0], parts[1], parts[2]
+
+
+async def run_book(url: str | None, book: str, at_ns: int, depth: int, lookback_ns: int, as_json: bool,
+                   timeout: float) -> int:
+    from marketbus.books import book_at
+
+    source, venue, symbol = _book_parts(book)
+    nc = await connect(url)
+    try:
+        builder = await book_at(HistoryClient(nc, timeout=timeout), source, venue, symbol, at_ns, lookback_ns=lookback_ns)
+    finally:
+        await nc.close()
+    if not builder.synced:
+        fail(f"no book of {source}.{venue}.{symbol} at {_iso(at_ns)}: no snapshot stored before that time"
+             + (" (or a delta after it is missing)" if builder.gaps or builder.bad else ""), REFUSED)
+    bids, asks = builder.bids()[:depth or None], builder.asks()[:depth or None]
+    if as_json:
+        json_line({"source": source, "venue": venue, "symbol": symbol, "at": at_ns, "ts_event": builder.ts_event,
+                   "sequence": builder.sequence, "bids": plain_builtins(bids), "asks": plain_builtins(asks)})
+        return 0
+    table = Table(title=f"book {source}.{venue}.{symbol} at {_iso(at_ns)} (sequence {builder.sequence}, "
+                        f"last change {_iso(builder.ts_event)})")
+    for col in ("bid orders", "bid size", "bid", "ask", "ask size", "ask orders"):
+        table.add_column(col, justify="right")
+    for i in range(max(len(bids), len(asks))):
+        b = bids[i] if i < len(bids) else None
+        a = asks[i] if i < len(asks) else None
+        table.add_row("" if b is None or b.orders is None else str(b.orders), "" if b is None else plain(b.size),
+                      "" if b is None else plain(b.price), "" if a is None else plain(a.price),
+                      "" if a is None else plain(a.size), "" if a is None or a.orders is None else str(a.orders))
+    print_table(table, console)
+    return 0
+
+
+@app.command("book")
+def book_cmd(
+    book: str = typer.Argument(..., help="source.venue.symbol, e.g. digitex.DIGITEX.FS-BTCUSD"),
+    at: str = typer.Option("now", "--at", help="ISO time (UTC if no zone), ns since the epoch, or -<N>[smhd] before now"),
+    depth: int = typer.Option(0, "--depth", help="levels a side to show (0 = all)"),
+    lookback: float = typer.Option(600.0, "--lookback", help="seconds searched back for a snapshot first (doubled "
+                                                             "until one is found, up to 7 days)"),
+    as_json: bool = typer.Option(False, "--json", help="the book as one JSON line"),
+    timeout: float = typer.Option(30.0, "--timeout", help="seconds to wait for each chunk"),
+    nats_url: str = NatsUrlOption,
+) -> None:
+    """The order book at a point in time, rebuilt from the stored snapshots and deltas."""
+    if depth < 0 or lookback <= 0:
+        fail("--depth must be >= 0 and --lookback > 0")
+    with handled():
+        at_ns = parse_time(at)
+        at_ns = at_ns - 1 if at.strip() in ("now", "") else at_ns
+        _book_parts(book)
+    raise typer.Exit(run(run_book(nats_url, book, at_ns, depth, int(lookback * 1e9), as_json, timeout)))

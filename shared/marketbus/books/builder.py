@@ -1,0 +1,143 @@
+"""The consumer side: :class:`BookBuilder` keeps one L2 book up to date from its snapshots and
+deltas (``md.book.*`` and ``md.book_delta.*``), and :class:`BookBuilders` one per book.
+
+States: ``waiting`` (no snapshot yet, or out of sync: deltas are ignored until the next
+snapshot) and ``synced``. A delta whose ``prev_sequence`` is not the builder's ``sequence`` is a
+**gap** (a missed delta): counted, and the builder waits for the next snapshot. A delta or
+snapshot older than the book (a duplicate, a late message) is ignored. A snapshot carrying the
+book's own sequence is compared with it: a difference is counted (``mismatches``) and the snapshot
+replaces the book. A delta that cannot apply (it removes a level the book does not have, or has no
+sequence) is counted as ``bad`` and the builder waits for a snapshot: it never raises on content.
+
+    builder = BookBuilder()
+    for event in events:             # decoded BookSnapshot / BookDelta of one book, in order
+        builder.apply(event)
+    if builder.synced:
+        bids, asks = builder.bids(), builder.asks()   # best first
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from marketbus.contracts.market import BookDelta, BookLevel, BookSnapshot
+
+State = Literal["waiting", "synced"]
+Outcome = Literal["snapshot", "delta", "checked", "mismatch", "stale", "gap", "bad", "waiting"]
+
+
+class BookBuilder:
+    """One book from its snapshots and deltas (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.state: State = "waiting"
+        self.sequence: int | None = None
+        self.ts_event: int | None = None
+        self._bids: dict[Decimal, BookLevel] = {}
+        self._asks: dict[Decimal, BookLevel] = {}
+        self.gaps = 0
+        self.bad = 0
+        self.mismatches = 0
+        self.checked = 0
+        self.snapshots = 0
+        self.deltas = 0
+
+    @property
+    def synced(self) -> bool:
+        return self.state == "synced"
+
+    def bids(self) -> list[BookLevel]:
+        """Bid levels, best (highest) first."""
+        return [self._bids[p] for p in sorted(self._bids, reverse=True)]
+
+    def asks(self) -> list[BookLevel]:
+        """Ask levels, best (lowest) first."""
+        return [self._asks[p] for p in sorted(self._asks)]
+
+    def matches(self, snapshot: BookSnapshot) -> bool:
+        """The book has exactly the snapshot's levels (prices, sizes, orders)."""
+        return self.bids() == list(snapshot.bids) and self.asks() == list(snapshot.asks)
+
+    def apply(self, event: BookSnapshot | BookDelta) -> Outcome:
+        if isinstance(event, BookSnapshot):
+            return self._snapshot(event)
+        return self._delta(event)
+
+    def _snapshot(self, book: BookSnapshot) -> Outcome:
+        seq = book.sequence
+        if self.synced and seq is not None and self.sequence is not None:
+            if seq < self.sequence:
+                return "stale"
+            if seq == self.sequence:
+                self.checked += 1
+                if self.matches(book):
+                    self.ts_event = max(self.ts_event or 0, book.ts_event)
+                    return "checked"
+                self.mismatches += 1
+                self._reset(book)
+                return "mismatch"
+        self._reset(book)
+        return "snapshot"
+
+    def _reset(self, book: BookSnapshot) -> None:
+        self._bids = {lv.price: lv for lv in book.bids}
+        self._asks = {lv.price: lv for lv in book.asks}
+        self.sequence, self.ts_event, self.state = book.sequence, book.ts_event, "synced"
+        self.snapshots += 1
+
+    def _delta(self, delta: BookDelta) -> Outcome:
+        if not self.synced:
+            return "waiting"
+        if delta.sequence is None or delta.prev_sequence is None or self.sequence is None:
+            return self._bad()
+        if delta.sequence <= self.sequence:
+            return "stale"
+        if delta.prev_sequence != self.sequence:
+            self.gaps += 1
+            self.state = "waiting"
+            return "gap"
+        bids, asks = dict(self._bids), dict(self._asks)  # applied whole or not at all
+        for change in delta.changes:
+            side = bids if change.side == "bid" else asks
+            if change.size:
+                side[change.price] = BookLevel(change.price, change.size, change.orders)
+            elif side.pop(change.price, None) is None:
+                return self._bad()
+        self._bids, self._asks = bids, asks
+        self.sequence, self.ts_event = delta.sequence, delta.ts_event
+        self.deltas += 1
+        return "delta"
+
+    def _bad(self) -> Outcome:
+        self.bad += 1
+        self.state = "waiting"
+        return "bad"
+
+    def snapshot(self, template: BookSnapshot | BookDelta) -> BookSnapshot:
+        """The current book as a BookSnapshot, with ``template``'s identity fields."""
+        return BookSnapshot(id=template.id, source=template.source, venue=template.venue, symbol=template.symbol,
+                            ts_event=self.ts_event or template.ts_event, ts_recv=template.ts_recv,
+                            bids=self.bids(), asks=self.asks(), sequence=self.sequence)
+
+
+BookKey = tuple[str, str, str]  # (source, venue, symbol)
+
+
+class BookBuilders:
+    """A :class:`BookBuilder` per book, fed any mix of market events (others are ignored)."""
+
+    def __init__(self) -> None:
+        self.books: dict[BookKey, BookBuilder] = {}
+
+    def apply(self, event: object) -> Outcome | None:
+        if not isinstance(event, BookSnapshot | BookDelta):
+            return None
+        key = (event.source, event.venue, event.symbol)
+        builder = self.books.get(key)
+        if builder is None:
+            builder = self.books[key] = BookBuilder()
+        return builder.apply(event)
+
+    def get(self, source: str, venue: str, symbol: str) -> BookBuilder | None:
+        return self.books.get((source, venue, symbol))
