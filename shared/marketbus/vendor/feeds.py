@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from faststream.nats import NatsBroker
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -137,8 +138,9 @@ class FeedControl:
         self.active_gauge = Gauge("marketbus_feeds_collecting", "feeds being collected", ["source"], registry=r)
 
         # registered now (FastStream subscribers are declared before the broker starts)
-        @ingestor.broker.subscriber(contract.control(self.vendor), queue=f"feeds-{self.vendor}",
-                                    decoder=_raw_body)
+        broker: NatsBroker = ingestor.broker
+
+        @broker.subscriber(contract.control(self.vendor), queue=f"feeds-{self.vendor}", decoder=_raw_body)
         async def on_command(body: bytes) -> bytes:
             return await self.handle(body)
 
