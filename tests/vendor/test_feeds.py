@@ -200,3 +200,46 @@ async def test_client_watch_sees_changes(nats_server: Any) -> None:
                 await task
     finally:
         await nc.close()
+
+
+async def test_cli_feed_list_add_pause_resume_remove(nats_server: Any) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from marketbus.cli.main import app
+
+    async def cli(*args: str) -> Any:
+        return await asyncio.to_thread(CliRunner().invoke, app, ["feed", *args, "--nats-url", nats_server.url],
+                                       env={"COLUMNS": "250"})
+
+    async with Probe(nats_url=nats_server.url, heartbeat_interval_s=60) as probe:
+        await probe.feed_control.start([Seed("FS:BTCUSD")])
+        added = await cli("add", "digitex", "FS:ETHUSD")
+        assert added.exit_code == 0 and "FS:ETHUSD" in added.output and "active" in added.output, added.output
+        await until(lambda: "FS:ETHUSD" in probe.collecting)
+
+        refused = await cli("add", "digitex", "FS:NOPE")
+        assert refused.exit_code == 1, refused.output
+        lines = refused.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: unknown instrument 'FS:NOPE'"), refused.output
+
+        assert (await cli("pause", "digitex", "FS:BTCUSD")).exit_code == 0
+        await until(lambda: probe.collecting == ["FS:ETHUSD"])
+        listed = await cli("list", "digitex")
+        assert listed.exit_code == 0 and "paused" in listed.output and "FS-ETHUSD" in listed.output
+        as_json = [json.loads(line) for line in (await cli("list", "--json")).stdout.splitlines()]
+        assert {(f["instrument"], f["state"]) for f in as_json} == {("FS:BTCUSD", "paused"), ("FS:ETHUSD", "active")}
+        assert all(f["type"] == "feed" and f["periods"] for f in as_json)
+
+        assert (await cli("resume", "digitex", "FS:BTCUSD")).exit_code == 0
+        assert (await cli("remove", "digitex", "FS:ETHUSD")).exit_code == 0
+        await until(lambda: probe.collecting == ["FS:BTCUSD"])
+        assert "FS:ETHUSD" not in (await cli("list")).output
+        assert "removed" in (await cli("list", "--all")).output
+        missing = await cli("pause", "digitex", "FS:LTCUSD")
+        assert missing.exit_code == 1 and "no feed" in missing.output
+        nobody = await cli("add", "finx", "BTC:USD", "--timeout", "2")  # no finx ingestor: nobody validates
+        assert nobody.exit_code == 2 and "finx ingestor" in nobody.output, nobody.output
+        bad_vendor = await cli("add", "acme", "X")
+        assert bad_vendor.exit_code == 2 and "unknown vendor" in bad_vendor.output
