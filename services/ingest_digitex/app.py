@@ -30,6 +30,7 @@ from marketbus.contracts.market import Trade
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor
+from marketbus.runtime.tasks import cancel_and_wait
 from marketbus.vendor.cursor import CursorStore
 from marketbus.vendor.feeds import CatalogUnavailable, FeedControl, Resolved, Seed
 from marketbus.vendor.frames import FrameGuard
@@ -130,10 +131,7 @@ class DigitexIngestor(Ingestor):
         self._market_tasks[feed.instrument] = tasks
 
     async def _unfollow(self, feed: Feed) -> None:
-        tasks = self._market_tasks.pop(feed.instrument, [])
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._market_tasks.pop(feed.instrument, []))
         self.catalog.unfollow(feed.instrument)
 
     async def stop(self) -> None:
