@@ -53,6 +53,23 @@ class Flow:
             await asyncio.sleep(0.05)
         return time.monotonic() - began
 
+    async def flowing_any(self, match: Any, timeout: float = 10.0) -> Any:
+        """The first subject matching ``match`` that arrives from now on (and how long it took:
+        ``flowing_any(...)`` returns the subject; see :meth:`flowing` for seconds)."""
+        began = time.monotonic()
+        while True:
+            for t, s in self.seen:
+                if t >= began and match(s):
+                    return s
+            if time.monotonic() - began > timeout:
+                raise AssertionError(f"nothing matching within {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def quiet_any(self, match: Any, for_s: float = 1.5) -> int:
+        began = time.monotonic()
+        await asyncio.sleep(for_s)
+        return sum(1 for t, s in self.seen if t >= began and match(s))
+
     async def state(self, key: str, state: str, timeout: float = 10.0) -> None:
         began = time.monotonic()
         while (key, state) not in self.states:
