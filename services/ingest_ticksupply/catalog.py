@@ -117,9 +117,10 @@ class TickSupplyCatalog:
             async for page in ing.api.instrument_pages(code):
                 ing.metrics.frames_in.labels(ing.source, "instruments").inc()
                 for item in page:
+                    symbol = item.get("symbol") if isinstance(item, dict) else None
                     inst = await ing.frames.normalize(
                         "instruments", lambda: msgspec.json.encode(item), normalize.instrument_event, code, item,  # noqa: B023 (called within this iteration)
-                        by_instrument.get(item.get("symbol") if isinstance(item, dict) else None, []), ts)
+                        by_instrument.get(symbol, []) if isinstance(symbol, str) else [], ts)
                     if inst is not None:
                         futures.append(await ing.emit(inst))
         await ing.acked(futures)

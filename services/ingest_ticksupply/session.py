@@ -33,8 +33,10 @@ class TickSupplySubscriptions:
             if isinstance(sub, dict) and sub.get("status") != "deleted" and sub.get("datastream_id") not in live:
                 live[sub["datastream_id"]] = sub
         for ds_id, (ds, want) in ing.subscription_targets().items():  # feed control's feeds
-            sub = live.get(ds_id)
-            if sub is None:
+            found = live.get(ds_id)
+            if found is not None:
+                sub = found
+            else:
                 try:
                     sub = await ing.api.create_subscription(ds_id, idempotency_key=str(uuid.uuid4()))
                 except Conflict:  # created meanwhile (another instance): take it from the list
