@@ -24,6 +24,7 @@ from typing import Any, Union
 import msgspec
 
 from .base import SCHEMA_VERSION, Event, MarketEvent
+from .feeds import FEED_TYPES
 from .ids import event_id
 from .invariants import Id, Token
 from .jobs import JOB_TYPES
@@ -66,7 +67,7 @@ class Batch(Event, frozen=True, kw_only=True, tag="batch"):
 
 STATUS_TYPES = (FeedStatus, ServiceHeartbeat, DeadLetter)
 ALL_TYPES: tuple[type[Event], ...] = (
-    MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES + PLAYBACK_TYPES
+    MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES + PLAYBACK_TYPES + FEED_TYPES
 )
 AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]  # noqa: UP007 (a union of a tuple built at run time)
 
