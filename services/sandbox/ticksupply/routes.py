@@ -323,7 +323,8 @@ class TickSupplyApi:
             r.name == name and r.category == category for r in account.schemas.values())
         if taken:
             raise ApiError(409, f"A schema named {name!r} already exists for {category}", {"name": name})
-        rec = SchemaRecord(self.store.new_id("sch"), name, category, False, now_ns(), [content])
+        rec = SchemaRecord(id=self.store.new_id("sch"), name=name, category=category, is_built_in=False,
+                           created_ns=now_ns(), versions=[content])
         account.schemas[rec.id] = rec
         return json_response(rec.wire(), 201)
 
