@@ -30,6 +30,7 @@ log = logging.getLogger("marketbus.export_orchestrator.history")
 
 DAY_NS = 86_400 * 1_000_000_000
 MAX_NS = 2**63 - 1
+MARKET_KINDS = frozenset(k for k in KINDS if SCHEMAS[k].stream == "MD")
 EXPORTABLE_KINDS = tuple(sorted(k for k in KINDS if k != FEED_STATUS))
 
 
@@ -114,6 +115,25 @@ class HistorySource:
         sel = to_selector(selector) if selector is not None else Selector()
         rows = await asyncio.to_thread(self._reader().streams, sel)
         return [StreamKey(*r) for r in rows if r[0] != FEED_STATUS]
+
+    async def market_streams(self) -> list[StreamKey]:
+        """The stored market data streams (no reference data, no feed status): the datastreams."""
+        return [k for k in await self.streams() if k.kind in MARKET_KINDS]
+
+    async def instruments(self, venue: str) -> dict[str, dict[str, Any]]:
+        """The latest stored ``Instrument`` reference event of each symbol of ``venue``:
+        symbol -> {base, quote, instrument_type} (reference data the ingestors publish)."""
+        reader = self._reader()
+        sel = Selector(kind="instrument", venue=venue)
+        try:
+            table = await asyncio.to_thread(reader.read_kind, "instrument", sel, 0, MAX_NS,
+                                            columns=["symbol", "base", "quote", "instrument_type"])
+        except Exception as exc:
+            raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
+        out: dict[str, dict[str, Any]] = {}
+        for row in table.select(["symbol", "base", "quote", "instrument_type"]).to_pylist():  # history order
+            out[row["symbol"]] = row
+        return out
 
     # --- data -------------------------------------------------------------------------------------
     async def batches(self, selector: StreamSelector | Selector, start_ns: int, end_ns: int, *,
