@@ -13,6 +13,7 @@ the contracts::
     coverage = await history.coverage("trade.*.*.*")
     ack = await OrderClient(nc).place("FS-BTCUSD", "buy", "1", price="20000")  # CommandAck
     job = await ExportClient(nc).create(request)                               # ExportJob
+    reply = await FeedClient(nc).add("digitex", "FS:ETHUSD")                  # FeedReply (feed control)
     reply = await ReplayClient(nc).replay("finx", "_", "BTC-USD", "tick", start_ns, end_ns)  # ReplayReply
     async for msg in PlaybackClient(nc).play("trade.*.*.*", start_ns, end_ns, speed="1x"):  # history played back
         ...
@@ -26,11 +27,12 @@ before anything is sent.
 
 from .errors import RequestError
 from .exports import ExportClient
+from .feeds import FeedClient
 from .history import HistoryClient
 from .orders import OrderClient, OrderRecord
 from .playback import PlaybackClient
 from .replay import ReplayClient
 from .selectors import SelectorError, parse_selector
 
-__all__ = ["ExportClient", "HistoryClient", "OrderClient", "OrderRecord", "PlaybackClient", "ReplayClient", "RequestError",
+__all__ = ["ExportClient", "FeedClient", "HistoryClient", "OrderClient", "OrderRecord", "PlaybackClient", "ReplayClient", "RequestError",
            "SelectorError", "parse_selector"]

@@ -7,7 +7,7 @@ violation is an :class:`InvariantError` (a ``ValueError``) when building, a
 ``msgspec.ValidationError`` when decoding, both naming the field.
 """
 
-from . import codec, ids, invariants, streams, subjects, units
+from . import codec, feeds, ids, invariants, streams, subjects, units
 from .base import NO_VENUE, SCHEMA_VERSION, Event, MarketEvent
 from .codec import Batch, decode, decode_events, encode, headers_for, iter_events, make_batch
 from .ids import event_id

@@ -16,6 +16,7 @@ import msgspec
 from .base import SCHEMA_VERSION, Event, MarketEvent
 from .ids import event_id
 from .invariants import Id, Token
+from .feeds import FEED_TYPES
 from .jobs import JOB_TYPES
 from .market import MARKET_TYPES
 from .orders import ORDER_TYPES
@@ -56,7 +57,7 @@ class Batch(Event, frozen=True, kw_only=True, tag="batch"):
 
 STATUS_TYPES = (FeedStatus, ServiceHeartbeat, DeadLetter)
 ALL_TYPES: tuple[type[Event], ...] = (
-    MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES + PLAYBACK_TYPES
+    MARKET_TYPES + REFERENCE_TYPES + (Batch,) + STATUS_TYPES + ORDER_TYPES + JOB_TYPES + PLAYBACK_TYPES + FEED_TYPES
 )
 AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]  # noqa: UP007 (a union of a tuple built at run time)
 

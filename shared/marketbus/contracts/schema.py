@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from . import jobs, market, orders, reference, replay, status
+from . import feeds, jobs, market, orders, reference, replay, status
 from .base import SCHEMA_VERSION
 from .codec import ALL_TYPES, HEADER_MSG_ID, HEADER_REPLY_TO, HEADER_SCHEMA, HEADER_TYPE, Batch
 
@@ -65,7 +65,8 @@ CHANNELS: list[Channel] = [
         for t in reference.REFERENCE_TYPES
     ],
     Channel("status-feed", "status.{service}.feed.{source}.{venue}.{symbol}", (status.FeedStatus,),
-            "Feed state changes: connected, disconnected, gap, resynced, stale (stream STATUS)."),
+            "Feed state changes: connected, disconnected, gap, resynced, stale; subscribed, unsubscribed, "
+            "paused when an ingestor applies a feed-control change (stream STATUS)."),
     Channel("status-heartbeat", "status.{service}.heartbeat", (status.ServiceHeartbeat,),
             "Every service, every few seconds (stream STATUS)."),
     Channel("dead-letters", "dlq.{service}.{source}", (status.DeadLetter,),
@@ -113,6 +114,9 @@ CHANNELS: list[Channel] = [
             "Export job state and progress (stream EXPORTS)."),
     Channel("sitagri-news-publish", "sitagri.news.publish", (jobs.PublishArticle,),
             "Publish an article to a writable Sitagri news source.", action="receive", reply=(jobs.PublishReply,)),
+    Channel("feed-control", "feeds.ctl.{vendor}", (feeds.FeedCommand,),
+            "Add, remove, pause or resume a feed of a vendor (its ingestor validates against the vendor's "
+            "catalog and updates KV bucket feeds).", action="receive", reply=(feeds.FeedReply, ERROR_REPLY)),
 ]
 
 PARAMETERS = {
@@ -125,6 +129,7 @@ PARAMETERS = {
     "currency": "the balance's currency",
     "job_id": "the export job's id",
     "session": "the playback session's id (s + 12 hex digits)",
+    "vendor": "the vendor whose feeds change: finx, ticksupply, digitex, sitagri",
 }
 
 def json_schemas(ref_template: str = REF_TEMPLATE) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -10,7 +10,10 @@ from .invariants import Checked, Count, Id, Label, Nanos, Text, Token
 
 # "blocked": the vendor is reachable but what it sends cannot be published (the bus or the stream's
 # leader is down); the ingestor back-fills what it missed once publishing works again.
-FeedState = Literal["connected", "disconnected", "gap", "resynced", "stale", "blocked"]
+# "subscribed" / "unsubscribed" / "paused": an ingestor applied a change of its feed set (feed
+# control, see marketbus.contracts.feeds).
+FeedState = Literal["connected", "disconnected", "gap", "resynced", "stale", "blocked",
+                    "subscribed", "unsubscribed", "paused"]
 
 
 class FeedStatus(Event, frozen=True, kw_only=True, tag="feed_status"):

@@ -124,7 +124,11 @@ ORDER_STATE = BucketSpec("orders_state", "order router: order state by market/cl
 ROUTER_CONTROL = BucketSpec("orders_control", "order router kill switch state")
 EXPORT_JOBS = BucketSpec("export_jobs", "export jobs by id, and idempotency keys", history=5)
 
-BUCKETS: tuple[BucketSpec, ...] = (INGEST_STATE, ORDER_IDEMPOTENCY, ORDER_STATE, ROUTER_CONTROL, EXPORT_JOBS)
+# feed control: the instruments each ingestor collects (marketbus.contracts.feeds); a few
+# revisions kept per feed for the record of changes
+FEEDS = BucketSpec("feeds", "feed control: the instruments each ingestor collects, by vendor", history=5)
+
+BUCKETS: tuple[BucketSpec, ...] = (INGEST_STATE, ORDER_IDEMPOTENCY, ORDER_STATE, ROUTER_CONTROL, EXPORT_JOBS, FEEDS)
 
 
 @dataclass(frozen=True)
