@@ -31,6 +31,7 @@ log = logging.getLogger("marketbus.export_orchestrator.history")
 DAY_NS = 86_400 * 1_000_000_000
 MAX_NS = 2**63 - 1
 MARKET_KINDS = frozenset(k for k in KINDS if SCHEMAS[k].stream == "MD")
+INSTRUMENT_COLUMNS = ["source", "symbol", "base", "quote", "instrument_type", "vendor_symbol", "attributes"]
 EXPORTABLE_KINDS = tuple(sorted(k for k in KINDS if k != FEED_STATUS))
 
 
@@ -122,16 +123,20 @@ class HistorySource:
 
     async def instruments(self, venue: str) -> dict[str, dict[str, Any]]:
         """The latest stored ``Instrument`` reference event of each symbol of ``venue``:
-        symbol -> {base, quote, instrument_type} (reference data the ingestors publish)."""
+        symbol -> {source, base, quote, instrument_type, vendor_symbol, attributes} (the reference
+        data the ingestors publish)."""
         reader = self._reader()
         sel = Selector(kind="instrument", venue=venue)
         try:
-            table = await asyncio.to_thread(reader.read_kind, "instrument", sel, 0, MAX_NS,
-                                            columns=["symbol", "base", "quote", "instrument_type"])
+            table = await asyncio.to_thread(reader.read_kind, "instrument", sel, 0, MAX_NS, columns=INSTRUMENT_COLUMNS)
         except Exception as exc:
             raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
         out: dict[str, dict[str, Any]] = {}
-        for row in table.select(["symbol", "base", "quote", "instrument_type"]).to_pylist():  # history order
+        for row in table.select(INSTRUMENT_COLUMNS).to_pylist():  # history order: the latest wins
+            try:
+                row["attributes"] = msgspec.json.decode(row["attributes"]) if row["attributes"] else {}
+            except msgspec.DecodeError:
+                row["attributes"] = {}
             out[row["symbol"]] = row
         return out
 

@@ -185,7 +185,9 @@ EXPORT_ORCHESTRATOR = Identity(
     name="export_orchestrator", description="export jobs from history to files; TickSupply-shaped HTTP API",
     publish=("export.status.>", "replay.*", "history.query", "history.coverage",
              *_own_status("export_orchestrator"), *stream_info(EXPORTS, STATUS, DLQ),
-             *kv_write(streams.EXPORT_JOBS.name), *object_store_write(streams.EXPORT_ARTIFACTS.name)),
+             *kv_write(streams.EXPORT_JOBS.name), *object_store_write(streams.EXPORT_ARTIFACTS.name),
+             # TickSupply subscriptions are feeds: read the feeds bucket, ask the ingestors for changes
+             "feeds.ctl.*", *kv_read("feeds")),
     subscribe=("export.create", "export.get", "export.cancel", "export.list", *_inbox("export_orchestrator")),
     allow_responses=True,
 )
