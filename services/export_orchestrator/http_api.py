@@ -31,7 +31,7 @@ import hmac
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import msgspec
@@ -91,7 +91,7 @@ class _Gate:
             return
         request_id = f"req_{uuid.uuid4().hex}"
 
-        async def stamped(message: dict[str, Any]) -> None:
+        async def stamped(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":  # exactly one request id per response
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
@@ -227,12 +227,12 @@ class ExportApi:
             raise ApiError(404, f"Exchange {exchange!r} not found")
         q = request.query_params
         refs = await self.history.instruments(exchange)
-        items = []
+        items: list[dict[str, Any]] = []
         for symbol in sorted({k.symbol for k in streams}):
             ref = refs.get(symbol) or {}
-            kind = ref.get("instrument_type")
+            kind = str(ref.get("instrument_type") or "")
             items.append({"symbol": denormalize_symbol(symbol), "base": ref.get("base"), "quote": ref.get("quote"),
-                          "instrument_type": INSTRUMENT_TYPES.get(kind, kind)})
+                          "instrument_type": INSTRUMENT_TYPES.get(kind, kind) or None})
         search = (q.get("search") or "").upper()
         wanted = {f: (q.get(f) or "").upper() for f in ("base", "quote", "instrument_type")}
         items = [i for i in items if (not search or search in i["symbol"].upper())

@@ -104,7 +104,7 @@ def records(ds: Datastream, start_ns: int, end_ns: int) -> Iterator[Record]:
             yield Record(tick, coll, "ask", _ask(ds, tick), _ask_size(ds, tick))
 
 
-ColumnFn = Callable[[Datastream, Record], str]
+ColumnFn = Callable[[Datastream, Any], str]  # a Record, or a Record with its native message
 
 _FIELDS: dict[str, ColumnFn] = {
     "exchange_ts_ns": lambda ds, r: str(r.tick.ts_ns),
