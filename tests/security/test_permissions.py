@@ -60,6 +60,7 @@ def _cases() -> list[tuple[str, str, str]]:
             cases.append((who, "pub", "$JS.API.CONSUMER.CREATE.MD.history_writer_md"))
             cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.ORDERS_CMD.order_router"))
         cases += _playback_cases(who)
+        cases += _feed_cases(who)
     cases += _monitor_cases()
     return cases
 
@@ -77,6 +78,28 @@ def _monitor_cases() -> list[tuple[str, str, str]]:
             "dlq.bus_exporter.x", "$KV.export_jobs.job.x")
     subs = ("md.>", "ref.>", "dlq.>", "history.query", "export.create", "$KV.>", "_INBOX.reader.>")
     return [(who, "pub", s) for s in pubs] + [(who, "sub", s) for s in subs]
+
+
+def _feed_cases(who: str) -> list[tuple[str, str, str]]:
+    """Feed control: an ingestor touches its own vendor's feed keys only and answers its own
+    vendor's requests; only the ingestors write the bucket; reader and monitor change nothing."""
+    cases: list[tuple[str, str, str]] = []
+    if who != "ingest_digitex":
+        cases += [(who, "pub", "$KV.feeds.digitex.FS=3ABTCUSD"), (who, "pub", "$KV.feeds.digitex._seeded"),
+                  (who, "sub", "feeds.ctl.digitex")]
+    if who.startswith("ingest_") and who != "ingest_digitex":  # another vendor's feeds, even reading
+        cases += [(who, "pub", "$JS.API.DIRECT.GET.KV_feeds.$KV.feeds.digitex.FS=3ABTCUSD"),
+                  (who, "pub", "$JS.API.CONSUMER.CREATE.KV_feeds.c1.$KV.feeds.digitex.>"),
+                  (who, "pub", "$JS.API.CONSUMER.CREATE.KV_feeds.c1.$KV.feeds.>"),
+                  (who, "pub", "$JS.API.CONSUMER.CREATE.KV_feeds"),  # unfiltered
+                  (who, "pub", "$JS.API.STREAM.MSG.GET.KV_feeds"),
+                  (who, "pub", "feeds.ctl.digitex")]
+    if who in ("reader", "monitor", "history_writer", "replay", "order_router"):
+        cases += [(who, "pub", f"feeds.ctl.{source}") for source in SOURCES]
+    if who in ("monitor", "history_writer", "replay", "order_router"):
+        cases += [(who, "pub", "$JS.API.DIRECT.GET.KV_feeds.$KV.feeds.digitex.FS=3ABTCUSD"),
+                  (who, "pub", "$JS.API.STREAM.INFO.KV_feeds")]
+    return cases
 
 
 PLAYBACK_EVENT = "replay.s0123456789ab.md.trade.finx.deribit.BTC-USD"

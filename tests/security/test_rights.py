@@ -65,6 +65,28 @@ async def test_the_export_orchestrator_uses_its_bucket_and_object_store(bus: Sec
     assert (data, ack.stream, (await kv.get("job.x")).value) == (b"a,b\n", "EXPORTS", b"{}")
 
 
+async def test_an_ingestor_controls_its_own_feeds_and_the_operator_changes_them(bus: SecureBus) -> None:
+    """The ingestor (its own identity) seeds, watches and answers for its vendor's feeds; the
+    operator (the CLI) lists and changes them; the reader lists them."""
+    from marketbus.clients import FeedClient
+    from marketbus.vendor.feeds import Seed
+    from tests.vendor.test_feeds import Probe, until
+
+    async with Probe(heartbeat_interval_s=60, **bus.service_settings("ingest_digitex")) as probe:
+        await probe.feed_control.start([Seed("FS:BTCUSD")])
+        operator = FeedClient((await bus.connect("operator")).nc, timeout=5, by="cli")
+        await operator.add("digitex", "FS:ETHUSD")
+        await until(lambda: "FS:ETHUSD" in probe.collecting)
+        await operator.pause("digitex", "FS:BTCUSD")
+        await until(lambda: probe.collecting == ["FS:ETHUSD"])
+        reader = FeedClient((await bus.connect("reader")).nc, timeout=5)
+        listed = {f.instrument: f.state for f in await reader.list("digitex")}
+        orchestrator = FeedClient((await bus.connect("export_orchestrator")).nc, timeout=5)
+        await orchestrator.resume("digitex", "FS:BTCUSD")
+        await until(lambda: sorted(probe.collecting) == ["FS:BTCUSD", "FS:ETHUSD"])
+    assert listed == {"FS:BTCUSD": "paused", "FS:ETHUSD": "active"}
+
+
 async def test_services_answer_requests_only_on_the_reply_subject(tmp_path) -> None:
     from .conftest import provision_as_admin, start_secure
 

@@ -133,7 +133,8 @@ def sandbox(name: str = typer.Argument("all", help="finx | ticksupply | digitex 
 
 
 # Commands added by later services live in their own modules (history, export, order).
-for _module, _name in (("history", "history"), ("export", "export"), ("order", "order"), ("replay", "replay")):
+for _module, _name in (("history", "history"), ("export", "export"), ("order", "order"), ("replay", "replay"),
+                      ("feed", "feed")):
     try:
         _sub = importlib.import_module(f"marketbus.cli.{_module}")
     except ModuleNotFoundError as _exc:

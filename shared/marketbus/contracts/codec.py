@@ -14,9 +14,9 @@ from typing import Any, Union
 import msgspec
 
 from .base import SCHEMA_VERSION, Event, MarketEvent
+from .feeds import FEED_TYPES
 from .ids import event_id
 from .invariants import Id, Token
-from .feeds import FEED_TYPES
 from .jobs import JOB_TYPES
 from .market import MARKET_TYPES
 from .orders import ORDER_TYPES

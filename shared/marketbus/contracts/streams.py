@@ -110,11 +110,14 @@ class BucketSpec:
     history: int = 1
     ttl_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+    # direct gets ($JS.API.DIRECT.GET.<stream>.<subject>): the key is in the subject, so a
+    # permission can allow some keys only (a STREAM.MSG.GET carries it in its payload)
+    direct: bool = False
 
     def config(self, replicas: int = 1) -> KeyValueConfig:
         return KeyValueConfig(
             bucket=self.name, description=self.description, history=self.history,
-            ttl=self.ttl_s or None, replicas=replicas, storage=StorageType.FILE,
+            ttl=self.ttl_s or None, replicas=replicas, storage=StorageType.FILE, direct=self.direct or None,
         )
 
 
@@ -126,7 +129,8 @@ EXPORT_JOBS = BucketSpec("export_jobs", "export jobs by id, and idempotency keys
 
 # feed control: the instruments each ingestor collects (marketbus.contracts.feeds); a few
 # revisions kept per feed for the record of changes
-FEEDS = BucketSpec("feeds", "feed control: the instruments each ingestor collects, by vendor", history=5)
+FEEDS = BucketSpec("feeds", "feed control: the instruments each ingestor collects, by vendor", history=5,
+                   direct=True)
 
 BUCKETS: tuple[BucketSpec, ...] = (INGEST_STATE, ORDER_IDEMPOTENCY, ORDER_STATE, ROUTER_CONTROL, EXPORT_JOBS, FEEDS)
 

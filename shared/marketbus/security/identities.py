@@ -17,7 +17,10 @@ denied. Rules of the model:
 - A service publishes ``status.<its name>.>`` and ``dlq.<its name>.>`` only.
 - Order commands: only ``operator`` publishes them; only ``order_router`` consumes them. Order
   events and state are readable by the router and the operator only.
-- ``reader`` (users' own consumers, dashboards) reads market/reference data, status and export
+- Feed control (bucket ``feeds``): an ingestor reads, watches and writes its own vendor's keys
+  only and answers ``feeds.ctl.<its vendor>``; the operator (the CLI) and the export orchestrator
+  (TickSupply-compatible subscriptions) send feed requests; the reader reads the bucket.
+- ``reader`` (users' own consumers, dashboards) reads market/reference data, status, the feed set and export
   progress, and may create its own JetStream consumers on those streams, never touch a
   service's durable consumer.
 - ``monitor`` (the bus exporter) reads JetStream information only (streams, consumers, the
@@ -29,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from marketbus.contracts import consumers as consumer_decls
+from marketbus.contracts import feeds as feed_contract
 from marketbus.contracts import streams
 from marketbus.runtime.pull import MAX_DELIVERIES_ADVISORY
 
@@ -102,6 +106,17 @@ def kv_write(bucket: str, keys: str = ">") -> tuple[str, ...]:
     return (*kv_read(bucket), f"$KV.{bucket}.{keys}")
 
 
+def kv_keys(bucket: str, keys: str) -> tuple[str, ...]:
+    """Read, watch and write only the keys matching ``keys`` of the bucket: get (direct get by
+    subject), watch (a named pull consumer whose create subject carries the filter, see
+    ``marketbus.vendor.feeds.VendorKeys``; nats-py's own ``kv.watch`` creates an unnamed consumer
+    that cannot be limited to some keys) and put/create/update."""
+    stream, keyed = f"KV_{bucket}", f"$KV.{bucket}.{keys}"
+    return (*stream_info(stream), f"{API}.DIRECT.GET.{stream}.{keyed}", f"{API}.CONSUMER.CREATE.{stream}.*.{keyed}",
+            f"{API}.CONSUMER.MSG.NEXT.{stream}.*", f"{API}.CONSUMER.INFO.{stream}.*",
+            f"{API}.CONSUMER.DELETE.{stream}.*", keyed)
+
+
 def object_store_write(bucket: str) -> tuple[str, ...]:
     stream = f"OBJ_{bucket}"
     # deleting an object purges its chunks: purge of this one store's stream, nothing else
@@ -150,9 +165,11 @@ def _ingestor(service: str, source: str, *, extra_subscribe: tuple[str, ...] = (
         name=service, description=f"the {source} ingestor",
         publish=(f"md.*.{source}.>", f"ref.*.{source}.>", *_own_status(service),
                  # the shared progress bucket: its own keys only (<source>.<...>)
-                 *stream_info(MD, REF, STATUS, DLQ), *kv_write(streams.INGEST_STATE.name, f"{source}.>")),
-        subscribe=(f"replay.{source}", *extra_subscribe, *_inbox(service)),
-        allow_responses=True,  # replay.<source> requests
+                 *stream_info(MD, REF, STATUS, DLQ), *kv_write(streams.INGEST_STATE.name, f"{source}.>"),
+                 # feed control: its own vendor's feeds only (read, watch, seed, change on request)
+                 *kv_keys(streams.FEEDS.name, f"{source}.>")),
+        subscribe=(f"replay.{source}", feed_contract.control(source), *extra_subscribe, *_inbox(service)),
+        allow_responses=True,  # replay.<source> and feeds.ctl.<source> requests
     )
 
 
@@ -186,8 +203,8 @@ EXPORT_ORCHESTRATOR = Identity(
     publish=("export.status.>", "replay.*", "history.query", "history.coverage",
              *_own_status("export_orchestrator"), *stream_info(EXPORTS, STATUS, DLQ),
              *kv_write(streams.EXPORT_JOBS.name), *object_store_write(streams.EXPORT_ARTIFACTS.name),
-             # TickSupply subscriptions are feeds: read the feeds bucket, ask the ingestors for changes
-             "feeds.ctl.*", *kv_read("feeds")),
+             # its TickSupply-compatible subscriptions are feeds: read them, change them by request
+             feed_contract.ALL_CONTROL, *kv_read(streams.FEEDS.name)),
     subscribe=("export.create", "export.get", "export.cancel", "export.list", *_inbox("export_orchestrator")),
     allow_responses=True,
 )
@@ -209,7 +226,7 @@ READER = Identity(
     name="reader",
     description="read-only: users' consumers and dashboards (md, ref, status, export progress, playbacks)",
     publish=("history.query", "history.coverage", "export.get", "export.list", *PLAYBACK_REQUESTS,
-             *_user_consumers(MD, REF, STATUS, EXPORTS)),
+             *_user_consumers(MD, REF, STATUS, EXPORTS), *kv_read(streams.FEEDS.name)),
     # replay.*.> (3+ tokens) is a playback's output, never an ingestor's replay.<source> request
     subscribe=("md.>", "ref.>", "status.>", "export.status.>", "replay.*.>", *_inbox("reader")),
     publish_deny=_service_durables_deny(),
@@ -218,7 +235,7 @@ READER = Identity(
 OPERATOR = Identity(
     name="operator", description="the CLI: what reader does, plus order commands, exports, news publishing, dead letters",
     publish=(*READER.publish, "export.create", "export.cancel", "orders.cmd.digitex.>", "orders.ctl.digitex",
-             "sitagri.news.publish",
+             "sitagri.news.publish", feed_contract.ALL_CONTROL,
              *_user_consumers(ORDERS_EVT, DLQ), *stream_info(ORDERS_CMD),
              *kv_read(streams.ORDER_STATE.name), *kv_read(streams.ORDER_IDEMPOTENCY.name),
              *kv_read(streams.ROUTER_CONTROL.name)),

@@ -1,0 +1,416 @@
+"""Feed control, the ingestor's side (see :mod:`marketbus.contracts.feeds`).
+
+One :class:`FeedControl` per ingestor, built in ``build()`` (it registers the ``feeds.ctl.<vendor>``
+responder) and started in ``on_start()`` once the vendor's catalog can answer:
+
+    self.feed_control = FeedControl(self, resolve=self._resolve, subscribe=self._subscribe,
+                                    unsubscribe=self._unsubscribe)
+    ...
+    await self.feed_control.start(seed=[Seed("FS:BTCUSD"), ...])
+
+- ``resolve(instrument)`` looks the instrument up in the vendor's catalog: a :class:`Resolved`
+  (venue, symbol, kind, name), None when the catalog does not list it (the request is refused
+  with ``bad_request``), or raises :class:`CatalogUnavailable` (``unavailable``).
+- ``subscribe(feed)`` / ``unsubscribe(feed)`` start and stop collecting one feed; they are called
+  by one task, in the order the changes happened, whenever the active set changes (the KV
+  bucket is watched: a change made by any replica, the CLI or an operator's ``nats kv put``
+  applies within a second or so). After each one a FeedStatus ``subscribed`` /
+  ``unsubscribed`` / ``paused`` is published.
+- Seeding: when the bucket holds no seed marker for the vendor, the ``seed`` entries (the env
+  settings) are written (never over an existing feed) and the marker set: from then on the
+  bucket, not the env, says what is collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from faststream.nats import NatsBroker
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from prometheus_client import Counter, Gauge
+
+from marketbus.contracts import codec
+from marketbus.contracts import errors as codes
+from marketbus.contracts import feeds as contract
+from marketbus.contracts.errors import ErrorReply
+from marketbus.contracts.feeds import Feed, FeedCommand, FeedReply, Period
+from marketbus.contracts.streams import FEEDS, ensure_bucket
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the vendor's catalog says of an instrument."""
+
+    venue: str
+    symbol: str
+    kind: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One instrument of the env settings (``paused``: seeded paused)."""
+
+    instrument: str
+    paused: bool = False
+
+
+class CatalogUnavailable(Exception):
+    """The vendor's catalog cannot be read right now."""
+
+
+class Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+Resolver = Callable[[str], Awaitable[Resolved | None]]
+Hook = Callable[[Feed], Awaitable[None]]
+
+CAS_ATTEMPTS = 8
+WATCH_POLL_S = 0.5  # a change applies within about this long
+WATCH_RETRY_S = 2.0
+
+
+def transition(current: Feed | None, op: str, instrument: str, vendor: str, resolved: Resolved | None,
+               now_ns: int, by: str) -> tuple[Feed, bool]:
+    """The feed after ``op`` (and whether it changed); raises :class:`Refused`. ``resolved`` is
+    needed for ``add`` only."""
+    key = contract.feed_key(vendor, instrument)
+    if op == "add":
+        if current is not None and current.state == "active":
+            return current, False
+        assert resolved is not None
+        periods = [*(current.periods if current else ()), Period(now_ns, None)]
+        return Feed(key=key, vendor=vendor, instrument=instrument, venue=resolved.venue,  # type: ignore[arg-type]
+                    symbol=resolved.symbol, kind=resolved.kind, name=resolved.name, state="active",
+                    periods=periods, created_ts=current.created_ts if current else now_ns,
+                    updated_ts=now_ns, updated_by=by), True
+    if current is None or current.state == "removed":
+        if op == "remove" and current is not None:
+            return current, False
+        raise Refused(codes.NOT_FOUND, f"no feed {vendor} {instrument} (add it first)")
+    if op == "resume":
+        if current.state == "active":
+            return current, False
+        return msgspec.structs.replace(current, state="active", periods=[*current.periods, Period(now_ns, None)],
+                                       updated_ts=now_ns, updated_by=by), True
+    if op in ("pause", "remove"):
+        target = "paused" if op == "pause" else "removed"
+        if current.state == target:
+            return current, False
+        periods = list(current.periods)
+        if periods and periods[-1].end_ns is None:
+            periods[-1] = Period(periods[-1].start_ns, max(now_ns, periods[-1].start_ns))
+        return msgspec.structs.replace(current, state=target, periods=periods, updated_ts=now_ns,
+                                       updated_by=by), True
+    raise Refused(codes.BAD_REQUEST, f"unknown operation {op!r}: one of {', '.join(contract.FEED_OPS)}")
+
+
+class FeedControl:
+    """The desired feed set of one ingestor, from the KV bucket, applied through two hooks."""
+
+    def __init__(self, ingestor: Any, *, resolve: Resolver, subscribe: Hook, unsubscribe: Hook,
+                 vendor: str | None = None) -> None:
+        self.ing = ingestor
+        self.vendor = contract.check_vendor(vendor or ingestor.source)
+        self.resolve = resolve
+        self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
+        self.kv: Any = None
+        self.feeds: dict[str, Feed] = {}  # key -> latest record (every state)
+        self.applied: dict[str, Feed] = {}  # key -> the feed being collected
+        self._ready = asyncio.Event()
+        self._changed = asyncio.Event()
+        r = ingestor.metrics.registry
+        self.requests = Counter("marketbus_feed_control_requests", "feed-control requests answered",
+                                ["source", "op", "outcome"], registry=r)
+        self.active_gauge = Gauge("marketbus_feeds_collecting", "feeds being collected", ["source"], registry=r)
+
+        # registered now (FastStream subscribers are declared before the broker starts)
+        broker: NatsBroker = ingestor.broker
+
+        @broker.subscriber(contract.control(self.vendor), queue=f"feeds-{self.vendor}", decoder=_raw_body)
+        async def on_command(body: bytes) -> bytes:
+            return await self.handle(body)
+
+    # --- reads ---------------------------------------------------------------------------------
+    def active(self) -> list[Feed]:
+        """The feeds being collected, by key."""
+        return [self.applied[k] for k in sorted(self.applied)]
+
+    def instruments(self) -> list[str]:
+        return [f.instrument for f in self.active()]
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    # --- start ---------------------------------------------------------------------------------
+    async def start(self, seed: Sequence[Seed] = ()) -> None:
+        """Bind the bucket, seed it once from the env settings, then watch it (a task of the
+        ingestor) and apply the initial set before returning."""
+        self.kv = await ensure_bucket(self.ing.js, FEEDS, self.ing.settings.stream_replicas)
+        await self._seed(seed)
+        self.feeds = await self._read_all()
+        self._changed.set()
+        self.ing.spawn(self._apply_forever(), "feeds-apply")
+        self.ing.spawn(self._watch(), "feeds-watch")
+        await self._ready.wait()
+
+    async def _read_all(self) -> dict[str, Feed]:
+        """Every record of the vendor now (a fresh consumer, closed after)."""
+        watch = VendorKeys(self.ing.js, self.vendor)
+        try:
+            await watch.open()
+            return {f.key: f for f in (self._decode(e) for e in await watch.drain()) if f is not None}
+        finally:
+            await watch.close()
+
+    async def _watch(self) -> None:
+        """Follow the vendor's keys; after any failure (the bus restarted, the consumer was
+        lost) start again from the whole current set, so nothing is missed."""
+        while True:
+            watch = VendorKeys(self.ing.js, self.vendor)
+            try:
+                await watch.open()
+                fresh: dict[str, Feed] = {}
+                for entry in await watch.drain():
+                    feed = self._decode(entry)
+                    if feed is not None:
+                        fresh[feed.key] = feed
+                self.feeds = fresh
+                self._changed.set()
+                while True:
+                    for entry in await watch.next_changes():
+                        feed = self._decode(entry)
+                        if feed is not None:
+                            self.feeds[feed.key] = feed
+                        elif entry.deleted:  # an operator deleted the key: stop collecting it
+                            self.feeds.pop(entry.key, None)
+                        self._changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.ing.log.warning("watching the feeds of %s failed (%r): again in %.0fs", self.vendor, exc,
+                                     WATCH_RETRY_S)
+            finally:
+                await watch.close()
+            await asyncio.sleep(WATCH_RETRY_S)
+
+    async def _seed(self, seed: Sequence[Seed]) -> None:
+        marker = contract.seed_key(self.vendor)
+        with contextlib.suppress(KeyNotFoundError, NotFoundError):
+            await self.kv.get(marker)
+            return  # seeded before: the bucket rules
+        now = time.time_ns()
+        for item in seed:
+            try:
+                resolved = await self.resolve(item.instrument)
+            except CatalogUnavailable as exc:
+                raise CatalogUnavailable(f"cannot seed feeds: {exc}") from exc
+            if resolved is None:
+                self.ing.log.error("feed seed %s %s: the vendor's catalog does not list it; not added",
+                                   self.vendor, item.instrument)
+                continue
+            feed, _ = transition(None, "add", item.instrument, self.vendor, resolved, now, "seed")
+            if item.paused:
+                feed, _ = transition(feed, "pause", item.instrument, self.vendor, None, now, "seed")
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self.kv.create(feed.key, codec.encode(feed))
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self.kv.create(marker, msgspec.json.encode({"ts": now, "feeds": [s.instrument for s in seed]}))
+        self.ing.log.info("feeds of %s seeded from the settings: %s", self.vendor,
+                          ", ".join(s.instrument for s in seed) or "none")
+
+    def _decode(self, entry: Any) -> Feed | None:
+        if getattr(entry, "deleted", False) or not entry.value or entry.key.partition(".")[2].startswith("_"):
+            return None
+        try:
+            feed = codec.decode_as(entry.value, Feed)
+        except msgspec.DecodeError as exc:
+            self.ing.log.error("feed %s: undecodable record ignored (%s)", entry.key, exc)
+            return None
+        if feed.key != entry.key or feed.vendor != self.vendor:
+            self.ing.log.error("feed %s: its record says key %s vendor %s; ignored", entry.key, feed.key, feed.vendor)
+            return None
+        return feed  # type: ignore[no-any-return]
+
+    async def _apply_forever(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self.apply()
+            self._ready.set()
+
+    async def apply(self) -> None:
+        """Make the collected set the active set of the bucket (unsubscribe first, then subscribe)."""
+        wanted = {k: f for k, f in self.feeds.items() if f.state == "active"}
+        for key in sorted(set(self.applied) - set(wanted)):
+            old = self.applied.pop(key)
+            latest = self.feeds.get(key)
+            state = "paused" if latest is not None and latest.state == "paused" else "unsubscribed"
+            try:
+                await self._unsubscribe(old)
+            except Exception as exc:  # a hook must not stop the others
+                self.ing.log.error("feed %s: stopping it failed: %r", key, exc)
+            await self._status(old, state)
+        for key in sorted(wanted):
+            feed = wanted[key]
+            if key in self.applied:
+                self.applied[key] = feed
+                continue
+            try:
+                await self._subscribe(feed)
+            except Exception as exc:
+                self.ing.log.error("feed %s: starting it failed: %r", key, exc)
+                continue
+            self.applied[key] = feed
+            await self._status(feed, "subscribed")
+        self.active_gauge.labels(self.vendor).set(len(self.applied))
+
+    async def _status(self, feed: Feed, state: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.ing.publish_feed_status(self.vendor, state, venue=feed.venue, symbol=feed.symbol,
+                                               kind=feed.kind, detail=f"feed {feed.key}", feed=f"feed:{feed.key}")
+
+    # --- the request/reply API -----------------------------------------------------------------
+    async def handle(self, body: bytes) -> bytes:
+        op = "?"
+        try:
+            try:
+                cmd = codec.decode_as(body, FeedCommand)
+            except msgspec.DecodeError as exc:
+                await self.ing.dead_letter(self.vendor, f"bad feed command: {exc}", body,
+                                           contract.control(self.vendor))
+                raise Refused(codes.BAD_REQUEST, f"bad feed command: {exc}") from None
+            op = cmd.op
+            if cmd.vendor != self.vendor:
+                raise Refused(codes.BAD_REQUEST, f"this is the {self.vendor} ingestor, not {cmd.vendor}'s")
+            feed, changed = await self.change(cmd.op, cmd.instrument, cmd.by or "api")
+        except Refused as exc:
+            self.requests.labels(self.vendor, op, exc.code).inc()
+            return codec.encode(ErrorReply(code=exc.code, message=exc.message))
+        except Exception as exc:
+            self.ing.log.error("feed command failed: %r", exc)
+            self.requests.labels(self.vendor, op, codes.INTERNAL).inc()
+            return codec.encode(ErrorReply(code=codes.INTERNAL, message=f"feed command failed: {exc!r}"[:500]))
+        self.requests.labels(self.vendor, op, "ok").inc()
+        return codec.encode(FeedReply(feed=feed, changed=changed))
+
+    async def change(self, op: str, instrument: str, by: str) -> tuple[Feed, bool]:
+        """Apply ``op`` to the bucket (compare-and-set, retried on a concurrent change)."""
+        if self.kv is None:
+            raise Refused(codes.UNAVAILABLE, f"the {self.vendor} ingestor is starting: retry shortly")
+        try:
+            key = contract.feed_key(self.vendor, instrument)
+        except ValueError as exc:
+            raise Refused(codes.BAD_REQUEST, str(exc)) from None
+        resolved: Resolved | None = None
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                entry = await self.kv.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                entry = None
+            current = self._decode(entry) if entry is not None else None
+            if op == "add" and resolved is None and (current is None or current.state != "active"):
+                try:
+                    resolved = await self.resolve(instrument)
+                except CatalogUnavailable as exc:
+                    raise Refused(codes.UNAVAILABLE, f"the {self.vendor} catalog is unavailable: {exc}") from None
+                if resolved is None:
+                    raise Refused(codes.BAD_REQUEST,
+                                  f"unknown instrument {instrument!r}: the {self.vendor} catalog does not list it")
+            feed, changed = transition(current, op, instrument, self.vendor, resolved, time.time_ns(), by)
+            if not changed:
+                return feed, False
+            try:
+                if entry is None:
+                    await self.kv.create(key, codec.encode(feed))
+                else:
+                    await self.kv.update(key, codec.encode(feed), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            self.ing.log.info("feed %s %s by %s", key, op, by)
+            return feed, True
+        raise Refused(codes.CONFLICT, f"feed {key} is changing concurrently: retry")
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    key: str
+    value: bytes
+    revision: int
+    deleted: bool
+
+
+class VendorKeys:
+    """The last value of each key ``<vendor>.>`` of the feeds bucket, then every change: a named
+    ephemeral pull consumer filtered on those keys. Its name in the create subject
+    (``$JS.API.CONSUMER.CREATE.KV_feeds.<name>.$KV.feeds.<vendor>.>``) is what lets the ingestor's
+    permissions allow its own vendor's keys only (nats-py's ``kv.watch`` creates an unnamed
+    consumer whose subject carries no filter)."""
+
+    def __init__(self, js: Any, vendor: str, *, poll_s: float = WATCH_POLL_S) -> None:
+        self.js = js
+        self.vendor = vendor
+        self.poll_s = poll_s
+        self.prefix = f"$KV.{FEEDS.name}."
+        self.sub: Any = None
+
+    async def open(self) -> None:
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True, num_replicas=1,
+        )
+        self.sub = await self.js.pull_subscribe(f"{self.prefix}{contract.vendor_filter(self.vendor)}", durable=None,
+                                                stream=f"KV_{FEEDS.name}", config=config)
+
+    async def _fetch(self, timeout: float) -> list[KeyEntry]:
+        try:
+            msgs = await self.sub.fetch(batch=256, timeout=timeout)
+        except (TimeoutError, NatsTimeoutError):
+            return []
+        out = []
+        for msg in msgs:
+            op = (msg.headers or {}).get("KV-Operation")
+            out.append(KeyEntry(msg.subject[len(self.prefix):], msg.data, msg.metadata.sequence.stream,
+                                op in ("DEL", "PURGE")))
+        return out
+
+    async def drain(self) -> list[KeyEntry]:
+        """What the consumer holds now (the current value of every key)."""
+        info = await self.sub.consumer_info()
+        pending = info.num_pending
+        out: list[KeyEntry] = []
+        while pending > 0:
+            got = await self._fetch(self.poll_s)
+            if not got:
+                break
+            out += got
+            pending -= len(got)
+        return out
+
+    async def next_changes(self) -> list[KeyEntry]:
+        """The changes that arrive within ``poll_s`` (often none)."""
+        return await self._fetch(self.poll_s)
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            self.sub = None
+
+
+async def _raw_body(msg: Any) -> bytes:
+    body = msg.body
+    return bytes(body) if body is not None else b""
