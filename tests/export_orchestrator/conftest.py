@@ -30,7 +30,7 @@ from services.export_orchestrator.app import ExportOrchestrator
 from services.history_writer.app import HistoryWriter
 from tests.helpers import wait_for
 
-from .feed_ingestor import FeedIngestor
+from .feed_ingestor import FeedIngestor, start_feed_ingestor
 
 API_KEY = "test_export_key"
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
@@ -71,6 +71,7 @@ class Harness:
         self.nc: nats.NATS | None = None
         self.writer: HistoryWriter | None = None
         self.orchestrators: list[ExportOrchestrator] = []
+        self.services: list[Any] = []
 
     def settings(self, **kw: Any) -> dict[str, Any]:
         base = dict(nats_url=self.url, data_dir=str(self.tmp), history_dir=str(self.tmp / "history"), http_port=0,
@@ -133,6 +134,9 @@ async def harness(nats_server: Any, tmp_path: Path) -> AsyncIterator[Harness]:
     try:
         yield h
     finally:
+        for service in h.services:
+            with contextlib.suppress(Exception):
+                await service.stop()
         for orch in list(h.orchestrators):
             with contextlib.suppress(Exception):
                 await orch.stop()
@@ -167,7 +171,9 @@ async def ticksupply_reference(harness: Harness, venue: str = "binance") -> Feed
     await publish(harness.nc, events)
     await harness.wait_stored("instrument.ticksupply.*.*", len(TS_INSTRUMENTS))
     catalog = {ds: (venue, symbol, "trade") for symbol, (ds, *_rest) in TS_INSTRUMENTS.items()}
-    return await FeedIngestor(harness.nc, "ticksupply", catalog).start()
+    ingestor = await start_feed_ingestor(harness.url, catalog)
+    harness.services.append(ingestor)
+    return ingestor
 
 
 def read_artifact(filename: str, data: bytes) -> pa.Table:

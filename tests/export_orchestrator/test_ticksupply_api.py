@@ -34,7 +34,8 @@ from marketbus.runtime.tsapi_schemas import BUILT_IN_COLUMNS, CSV_TYPES
 from services.sandbox.common.base import SandboxRunner
 from services.sandbox.registry import load_spec
 
-from .conftest import API_KEY, TS_INSTRUMENTS, Harness, S, make_trades, publish, ticksupply_reference
+from .conftest import API_KEY, TS_INSTRUMENTS, Harness, S, make_trades, publish, ticksupply_reference, wait_for
+from .feed_ingestor import FeedIngestor
 
 NOW = time.time_ns() // S * S
 HOUR_NS = 3600 * S
@@ -179,19 +180,19 @@ async def test_raw_and_normalized_csv_are_the_sandbox_csv(harness: Harness) -> N
     assert got["marketbus"].split("\n", 1)[0].replace('"', "").split(",")[:5] == ["id", "source", "venue", "symbol", "ts_event"]
 
 
-async def _setup(harness: Harness) -> tuple[Any, dict[str, list[Trade]]]:
+async def _setup(harness: Harness) -> tuple[Any, dict[str, list[Trade]], FeedIngestor]:
     await harness.start_writer()
     orch = await harness.start_orchestrator()
     trades = {sym: make_trades("ticksupply", "binance", sym, [NOW - 1800 * S + i * S for i in range(n)])
               for sym, n in (("BTCUSDT", 300), ("ETHUSDT", 40), ("BTCUSD_PERP", 20))}
     await publish(harness.nc, [t for ts in trades.values() for t in ts])
     await harness.wait_stored("trade.ticksupply.*.*", 360)
-    await ticksupply_reference(harness)
-    return orch, trades
+    ingestor = await ticksupply_reference(harness)
+    return orch, trades, ingestor
 
 
 async def test_official_client_whole_surface(harness: Harness) -> None:
-    orch, trades = await _setup(harness)
+    orch, trades, ingestor = await _setup(harness)
     feeds = FeedClient(harness.nc)
 
     def catalog(client: ticksupply.Client) -> dict[str, int]:
@@ -339,6 +340,14 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
     feed = await feeds.get("ticksupply", TS_INSTRUMENTS["BTCUSDT"][0])
     assert feed.state == "active" and len(feed.periods) == 3 and feed.periods[1].end_ns is not None
     assert (await feeds.get("ticksupply", TS_INSTRUMENTS["ETHUSDT"][0])).state == "active"
+    # and the ingestor started and stopped collecting accordingly
+    btc, eth = TS_INSTRUMENTS["BTCUSDT"][0], TS_INSTRUMENTS["ETHUSDT"][0]
+
+    async def applied() -> bool:
+        return sorted(ingestor.collecting) == [btc, eth]
+
+    await wait_for(applied, timeout=10, what="the ingestor collects BTCUSDT and ETHUSDT")
+    assert [op for op, i in ingestor.hooks if i == btc] == ["subscribe", "unsubscribe"] * 2 + ["subscribe"]
 
 
 async def test_one_request_id_per_response(harness: Harness) -> None:
