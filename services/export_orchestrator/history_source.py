@@ -20,6 +20,7 @@ import msgspec
 import pyarrow as pa
 
 from marketbus.contracts.jobs import StreamCoverage, StreamSelector
+from marketbus.contracts.subjects import normalize_symbol
 from marketbus.history.coverage import DEFAULT_MAX_GAP_NS, build_coverage
 from marketbus.history.lakehouse import LakehouseSettings
 from marketbus.history.reader import HistoryReader
@@ -139,6 +140,30 @@ class HistorySource:
                 row["attributes"] = {}
             out[row["symbol"]] = row
         return out
+
+    async def vendor_datastreams(self) -> list[StreamKey]:
+        """The streams a vendor's catalog offers, from the stored reference data: TickSupply's
+        datastreams (``InstrumentClass`` ``datastream`` events, JSON wire format): a trade stream
+        is collected as ``trade``, a depth stream as ``quote`` (top of book)."""
+        reader = self._reader()
+        sel = Selector(kind="instrument_class", source="ticksupply")
+        try:
+            table = await asyncio.to_thread(reader.read_kind, "instrument_class", sel, 0, MAX_NS,
+                                            columns=["venue", "class_type", "attributes"])
+        except Exception as exc:
+            raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
+        out: set[StreamKey] = set()
+        for row in table.select(["venue", "class_type", "attributes"]).to_pylist():
+            if row["class_type"] != "datastream" or not row["attributes"]:
+                continue
+            try:
+                attrs = msgspec.json.decode(row["attributes"])
+            except msgspec.DecodeError:
+                continue
+            kind = {"trade": "trade", "depth": "quote"}.get(attrs.get("stream_type"))
+            if kind and attrs.get("wire_format") == "json" and attrs.get("instrument"):
+                out.add(StreamKey(kind, "ticksupply", row["venue"], normalize_symbol(attrs["instrument"])))
+        return sorted(out)
 
     # --- data -------------------------------------------------------------------------------------
     async def batches(self, selector: StreamSelector | Selector, start_ns: int, end_ns: int, *,

@@ -180,10 +180,11 @@ class ExportApi:
 
     # --- catalog --------------------------------------------------------------------------------
     async def _streams(self) -> list[StreamKey]:
-        """The datastreams: the stored market data streams and the streams of the feeds."""
+        """The datastreams: the stored market data streams, the streams of the feeds and the
+        streams the vendors' catalogs offer (what a subscription can start collecting)."""
         stored = await self.history.market_streams()
         feeds = {k for f in await self.subs.feeds() for k in self.subs.streams_of(f, stored)}
-        return sorted(set(stored) | feeds)
+        return sorted(set(stored) | feeds | set(await self.history.vendor_datastreams()))
 
     @staticmethod
     def ds_wire(k: StreamKey) -> dict[str, Any]:

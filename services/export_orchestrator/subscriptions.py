@@ -31,7 +31,7 @@ from .history_source import HistorySource, StreamKey
 
 STATUS = {"active": "active", "paused": "paused", "removed": "deleted"}
 # marketbus kind -> TickSupply stream type (the datastream id of a TickSupply instrument per stream type)
-TICKSUPPLY_STREAM_TYPE = {"trade": "trade", "book": "depth", "book_delta": "depth"}
+TICKSUPPLY_STREAM_TYPE = {"trade": "trade", "quote": "depth"}
 
 _ERRORS = {"bad_request": 400, "not_found": 404, "conflict": 409}
 

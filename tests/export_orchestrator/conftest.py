@@ -148,8 +148,9 @@ async def harness(nats_server: Any, tmp_path: Path) -> AsyncIterator[Harness]:
 
 
 # TickSupply instruments of the tests: symbol -> (vendor datastream id, type, base, quote)
+# (SOLUSDT is in the catalog only: never collected, nothing stored)
 TS_INSTRUMENTS = {"BTCUSDT": ("101", "spot", "BTC", "USDT"), "ETHUSDT": ("102", "spot", "ETH", "USDT"),
-                  "BTCUSD_PERP": ("103", "perpetual", "BTC", "USD")}
+                  "BTCUSD_PERP": ("103", "perpetual", "BTC", "USD"), "SOLUSDT": ("104", "spot", "SOL", "USDT")}
 
 
 async def ticksupply_reference(harness: Harness, venue: str = "binance") -> FeedIngestor:
@@ -167,7 +168,9 @@ async def ticksupply_reference(harness: Harness, venue: str = "binance") -> Feed
         events.append(InstrumentClass(
             id=event_id("ticksupply", "datastream", ds), source="ticksupply", venue=venue,
             symbol=subjects.normalize_symbol(vendor), ts_event=ts, ts_recv=ts, class_type="datastream",
-            vendor_symbol=vendor, vendor_ref=ds, attributes={"datastream_id": ds, "stream_type": "trade"}))
+            vendor_symbol=vendor, vendor_ref=ds, attributes={"datastream_id": ds, "stream_type": "trade",
+                                                             "wire_format": "json", "exchange": venue,
+                                                             "instrument": symbol}))
     await publish(harness.nc, events)
     await harness.wait_stored("instrument.ticksupply.*.*", len(TS_INSTRUMENTS))
     catalog = {ds: (venue, symbol, "trade") for symbol, (ds, *_rest) in TS_INSTRUMENTS.items()}

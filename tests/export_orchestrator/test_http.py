@@ -174,9 +174,9 @@ async def test_auth_paging_rate_limit(harness: Harness) -> None:
         assert (await client.get("/v1/datastreams", headers={"X-Api-Key": "wrong"})).status_code == 401
         h = {"X-Api-Key": API_KEY}
         first = (await client.get("/v1/datastreams", params={"limit": 1}, headers=h)).json()
-        assert first["total"] == 2 and len(first["items"]) == 1 and first["next_page_token"]
-        second = (await client.get("/v1/datastreams", params={"limit": 1, "page_token": first["next_page_token"]}, headers=h)).json()
-        assert second["next_page_token"] is None and second["items"][0] != first["items"][0]
+        assert first["total"] == 4 and len(first["items"]) == 1 and first["next_page_token"]
+        second = (await client.get("/v1/datastreams", params={"limit": 3, "page_token": first["next_page_token"]}, headers=h)).json()
+        assert second["next_page_token"] is None and len(second["items"]) == 3 and first["items"][0] not in second["items"]
         bad = await client.get("/v1/datastreams", params={"limit": 1, "page_token": "x" + first["next_page_token"]}, headers=h)
         assert bad.status_code == 400
         codes = [(await client.get("/v1/exchanges", headers=h)) for _ in range(10)]

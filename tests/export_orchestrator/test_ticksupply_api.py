@@ -198,20 +198,20 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
     def catalog(client: ticksupply.Client) -> dict[str, int]:
         assert [e.code for e in client.exchanges.list()] == ["binance"]
         page = client.exchanges.list_instruments("binance")
-        assert page.total == 3 and not page.has_next
+        assert page.total == 4 and not page.has_next  # SOLUSDT: in the vendor's catalog, not collected yet
         got = {i.symbol: (i.instrument_type, i.base, i.quote) for i in page.items}
         assert got == {s: ("perpetual" if k == "perpetual" else "spot", b, q) for s, (_d, k, b, q) in TS_INSTRUMENTS.items()}
         assert [i.symbol for i in client.exchanges.list_instruments("binance", base="ETH").items] == ["ETHUSDT"]
         assert [i.symbol for i in client.exchanges.list_instruments("binance", instrument_type="perpetual").items] == [
             "BTCUSD_PERP"]
         assert sorted(i.symbol for i in client.exchanges.list_instruments("binance", quote="USDT").items) == [
-            "BTCUSDT", "ETHUSDT"]
+            "BTCUSDT", "ETHUSDT", "SOLUSDT"]
         assert [i.symbol for i in client.exchanges.list_instruments("binance", search="eth").items] == ["ETHUSDT"]
-        first = client.exchanges.list_instruments("binance", limit=2)
-        rest = client.exchanges.list_instruments("binance", limit=2, page_token=first.next_page_token)
-        assert len(first.items) == 2 and len(rest.items) == 1 and not rest.has_next
+        first = client.exchanges.list_instruments("binance", limit=3)
+        rest = client.exchanges.list_instruments("binance", limit=3, page_token=first.next_page_token)
+        assert len(first.items) == 3 and len(rest.items) == 1 and not rest.has_next
         streams = client.datastreams.list()
-        assert streams.total == 3 and {d.stream_type for d in streams.items} == {"trade"}  # no reference streams
+        assert streams.total == 4 and {d.stream_type for d in streams.items} == {"trade"}  # no reference streams
         assert all(":" not in d.instrument for d in streams.items)
         ids = {d.instrument: d.datastream_id for d in streams.items}
         one = client.exchanges.list_datastreams("binance", "ETHUSDT", stream_type="trade")
@@ -248,6 +248,10 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
         assert len(spans) == 2 and spans[1].ended_at is None and spans[1].started_at >= spans[0].ended_at
         with pytest.raises(NotFoundError):
             client.subscriptions.get("sub_" + "0" * 32)
+        # a datastream never collected: subscribing starts collecting it
+        sol = client.subscriptions.create(datastream_id=ids["SOLUSDT"])
+        assert sol.status == SubscriptionStatus.ACTIVE and sol.datastream.instrument == "SOLUSDT"
+        assert len(list(client.subscriptions.list_all(limit=1))) == 2
         return created, paused_export
 
     def deleted(client: ticksupply.Client, ids: dict[str, int], sub_id: str) -> None:
@@ -344,9 +348,9 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
     btc, eth = TS_INSTRUMENTS["BTCUSDT"][0], TS_INSTRUMENTS["ETHUSDT"][0]
 
     async def applied() -> bool:
-        return sorted(ingestor.collecting) == [btc, eth]
+        return sorted(ingestor.collecting) == [btc, eth, TS_INSTRUMENTS["SOLUSDT"][0]]
 
-    await wait_for(applied, timeout=10, what="the ingestor collects BTCUSDT and ETHUSDT")
+    await wait_for(applied, timeout=10, what="the ingestor collects BTCUSDT, ETHUSDT and SOLUSDT")
     assert [op for op, i in ingestor.hooks if i == btc] == ["subscribe", "unsubscribe"] * 2 + ["subscribe"]
 
 
