@@ -1,22 +1,31 @@
-"""The TickSupply-shaped HTTP API over marketbus's own history.
+"""The TickSupply-compatible HTTP API over marketbus's own data.
 
-Same paths, shapes, errors and conventions as TickSupply (see ../shared/vendors/ticksupply.md),
-so the official ``ticksupply`` client and the vendor's ``requests`` examples work unchanged
-with only the base URL and the key changed:
+Same paths, shapes, errors and conventions as TickSupply, so the official ``ticksupply`` client
+and the vendor's ``requests`` workflow work unchanged with only the base URL and the key changed:
 
-- ``X-Api-Key`` on every ``/v1`` call (401 ``unauthenticated``), ``X-Request-Id`` on every reply;
+- ``X-Api-Key`` on every ``/v1`` call (401 ``unauthenticated``), exactly one ``X-Request-Id`` on
+  every reply (errors included);
 - errors ``{"error": {"code", "message", "details"}}``; 429 ``rate_limited`` + ``Retry-After``
   beyond the per-key rate or when too many jobs are queued;
 - cursor pages ``{items, total, limit, next_page_token}`` (signed opaque tokens);
-- ``Idempotency-Key`` on mutating calls (an export's id derives from it: a retry returns the
-  same job; the same key with another request is 409 ``already_exists``).
+- ``Idempotency-Key`` on exports (an export's id derives from it: a retry returns the same job;
+  the same key with another request is 409 ``already_exists``).
 
-Datastreams are the stored streams: ``exchange`` = venue, ``instrument`` = the vendor symbol,
-``stream_type`` = event kind, plus ``source``/``venue``/``symbol``/``kind``; ``datastream_id``
-is a stable integer derived from (kind, source, venue, symbol). Exports may also name a
-``selector`` (wildcards) instead of a ``datastream_id``, a ``format`` (``csv`` = ``csv.gz``,
-or ``parquet``) and ``columns``. Subscriptions exist for compatibility: marketbus keeps all
-history, so a subscription is always ``active`` and exports never need one.
+Datastreams: the stored market data streams, the feeds' streams and the vendors' catalog streams
+(reference data never is one): ``exchange`` = venue, ``instrument`` = the vendor symbol,
+``stream_type`` = event kind, plus ``source``/``venue``/``symbol``/``kind``; ``datastream_id`` is a
+stable integer derived from (kind, source, venue, symbol). Instruments carry base/quote/type from
+the stored ``Instrument`` reference events.
+
+Subscriptions are marketbus feeds (:mod:`.subscriptions`): create/pause/resume/delete change
+collection through the vendor's ingestor; status, ``created_at`` and spans are the feed's; an
+export of a datastream whose subscription was deleted is 403, as with TickSupply.
+
+Exports: ``schema`` ``raw`` (default for trades) / ``normalized`` / ``sch_...`` / an inline column
+spec give TickSupply's CSV (:mod:`.layouts`), ``marketbus`` the event's own columns; export schemas
+(built-in and custom, :mod:`.export_schemas`) are served. marketbus extensions: a ``selector``
+(wildcards) instead of a ``datastream_id``, ``format`` (``csv`` = ``csv.gz``, or ``parquet``),
+``columns``, ``fill_gaps``, ``max_rows_per_file``.
 
 Downloads: ``GET /v1/exports/{id}/download`` gives HMAC-signed URLs ``/artifacts/<job>/<file>``
 that expire (``url_ttl_s``); a tampered or expired URL is 403 and only the job's own artifacts
