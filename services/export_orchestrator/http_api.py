@@ -60,6 +60,7 @@ from marketbus.runtime.tsapi_schemas import BUILT_IN_NAMES, CATEGORIES, Content,
 from .artifacts import ArtifactNotFound, ArtifactStore
 from .export_schemas import SchemaStore, new_schema_id
 from .history_source import MAX_NS, HistorySource, HistoryUnavailable, StreamKey
+from .idempotency import Idempotency
 from .jobs import Conflict, InvalidRequest, JobError, JobManager, JobRecord, NotFound, Overloaded, artifact_id
 from .layouts import BUILT_IN_KINDS, MARKETBUS, TICKSUPPLY_LAYOUTS, category_of
 from .settings import ExportSettings
@@ -124,6 +125,7 @@ class ExportApi:
         self.settings = settings
         self.schemas = schemas
         self.subs = subscriptions
+        self.idem = Idempotency(schemas.kv)
         self.jobs = jobs
         self.history = history
         self.artifacts = artifacts
@@ -593,6 +595,7 @@ class ExportApi:
 
     # --- app --------------------------------------------------------------------------------------
     def app(self) -> Starlette:
+        once = self.idem.wrap  # Idempotency-Key on the mutating calls (exports have their own)
         v1 = [
             Route("/exchanges", self.exchanges),
             Route("/exchanges/{exchange}/instruments", self.instruments),
@@ -601,22 +604,22 @@ class ExportApi:
             Route("/availability", self.availability),
             Route("/billing/summary", self.billing),
             Route("/subscriptions", self.list_subscriptions, methods=["GET"]),
-            Route("/subscriptions", self.create_subscription, methods=["POST"]),
+            Route("/subscriptions", once(self.create_subscription), methods=["POST"]),
             Route("/subscriptions/{id}", self.get_subscription, methods=["GET"]),
-            Route("/subscriptions/{id}", self.delete_subscription, methods=["DELETE"]),
-            Route("/subscriptions/{id}/pause", self.pause_subscription, methods=["POST"]),
-            Route("/subscriptions/{id}/resume", self.resume_subscription, methods=["POST"]),
+            Route("/subscriptions/{id}", once(self.delete_subscription), methods=["DELETE"]),
+            Route("/subscriptions/{id}/pause", once(self.pause_subscription), methods=["POST"]),
+            Route("/subscriptions/{id}/resume", once(self.resume_subscription), methods=["POST"]),
             Route("/subscriptions/{id}/spans", self.spans),
             Route("/export-schemas", self.list_schemas, methods=["GET"]),
-            Route("/export-schemas", self.create_schema, methods=["POST"]),
+            Route("/export-schemas", once(self.create_schema), methods=["POST"]),
             Route("/export-schemas/{id}", self.get_schema, methods=["GET"]),
             Route("/export-schemas/{id}", self.update_schema, methods=["PUT"]),
-            Route("/export-schemas/{id}", self.delete_schema, methods=["DELETE"]),
-            Route("/export-schemas/{id}/draft", self.create_draft, methods=["POST"]),
+            Route("/export-schemas/{id}", once(self.delete_schema), methods=["DELETE"]),
+            Route("/export-schemas/{id}/draft", once(self.create_draft), methods=["POST"]),
             Route("/export-schemas/{id}/draft", self.get_draft, methods=["GET"]),
             Route("/export-schemas/{id}/draft", self.update_draft, methods=["PUT"]),
-            Route("/export-schemas/{id}/draft", self.discard_draft, methods=["DELETE"]),
-            Route("/export-schemas/{id}/publish", self.publish_schema, methods=["POST"]),
+            Route("/export-schemas/{id}/draft", once(self.discard_draft), methods=["DELETE"]),
+            Route("/export-schemas/{id}/publish", once(self.publish_schema), methods=["POST"]),
             Route("/exports", self.list_exports, methods=["GET"]),
             Route("/exports", self.create_export, methods=["POST"]),
             Route("/exports/{id}", self.get_export, methods=["GET"]),

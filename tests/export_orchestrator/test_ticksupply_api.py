@@ -223,8 +223,13 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
 
     def subscriptions(client: ticksupply.Client, ids: dict[str, int]) -> Any:
         assert list(client.subscriptions.list_all()) == []  # no feed yet: no subscription (not every datastream)
-        created = client.subscriptions.create(datastream_id=ids["BTCUSDT"], idempotency_key=str(uuid.uuid4()))
+        key = str(uuid.uuid4())
+        created = client.subscriptions.create(datastream_id=ids["BTCUSDT"], idempotency_key=key)
         assert created.status == SubscriptionStatus.ACTIVE and created.spans == []
+        # a retry with the same Idempotency-Key replays the reply; the key on another request is 409
+        assert client.subscriptions.create(datastream_id=ids["BTCUSDT"], idempotency_key=key).id == created.id
+        with pytest.raises(ConflictError):
+            client.subscriptions.create(datastream_id=ids["ETHUSDT"], idempotency_key=key)
         with pytest.raises(ConflictError):
             client.subscriptions.create(datastream_id=ids["BTCUSDT"])
         sub = client.subscriptions.get(created.id)
