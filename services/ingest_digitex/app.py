@@ -7,6 +7,10 @@
   re-published; ``recent_trades/`` -> Trade, ids from market + trade_id, gap/resynced reported);
 - backfill: :class:`~.backfill.DigitexBackfill` (OHLCV bars per resolution; ``replay.digitex``).
 
+Which markets are followed is feed control's (:mod:`marketbus.vendor.feeds`): the ``feeds`` KV
+bucket, seeded once from ``MARKETS``, changed at runtime (``marketbus feed add digitex FS:ETHUSD``);
+each followed market gets its poll loops, removed when it is paused or removed.
+
 Cursors (last trade id, last bar start) live in the ``ingest_state`` KV bucket
 (:class:`~marketbus.vendor.cursor.CursorStore`) and are saved once the events before them are
 acked: a restart resumes without duplicates or holes.
@@ -20,12 +24,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.feeds import Feed
 from marketbus.contracts.jobs import ReplayRequest
 from marketbus.contracts.market import Trade
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor
+from marketbus.runtime.tasks import cancel_and_wait
 from marketbus.vendor.cursor import CursorStore
+from marketbus.vendor.feeds import CatalogUnavailable, FeedControl, Resolved, Seed
 from marketbus.vendor.frames import FrameGuard
 from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow
 
@@ -57,6 +64,9 @@ class DigitexIngestor(Ingestor):
         self.catalog = DigitexCatalog(self)
         self.live = DigitexLive(self)
         self.backfill = DigitexBackfill(self)
+        self.feed_control = FeedControl(self, resolve=self._resolve_feed, subscribe=self._follow,
+                                        unsubscribe=self._unfollow)
+        self._market_tasks: dict[str, list[asyncio.Task[Any]]] = {}
         self.trade_cursors: CursorStore[TradeCursor] = CursorStore(None, self.source, "trades", TradeCursor)
         self.bar_cursors: CursorStore[dict[str, int]] = CursorStore(None, self.source, "bars", dict[str, int])
         self._connected: bool | None = None
@@ -93,15 +103,36 @@ class DigitexIngestor(Ingestor):
                 await self._set_connected(False, str(exc))
                 await asyncio.sleep(self.settings.retry_max_s / 4)
         await self._set_connected(True)
-        s = self.settings
-        for state in self.markets.values():
-            await self.live.load(state)
-            await self.backfill.load(state)
-            self.spawn(self._loop(self.live.poll_trades, state, s.trades_interval_s), f"trades:{state.code}")
-            self.spawn(self._loop(self.live.poll_book, state, s.book_interval_s), f"book:{state.code}")
-            for res in s.resolutions:
-                self.spawn(self._loop(self.backfill.poll_bars, state, s.bars_interval_s, res), f"bars:{state.code}:{res}")
+        await self.feed_control.start([Seed(code) for code in self.catalog.seed_codes()])
         self.spawn(self.catalog.refresh_forever(), "reference")
+
+    # --- feed control: the followed markets -------------------------------------------------------
+    async def _resolve_feed(self, code: str) -> Resolved | None:
+        if not self.catalog.listed:
+            raise CatalogUnavailable("markets/ not loaded yet")
+        listed = self.catalog.listed.get(code)
+        if listed is None:
+            return None
+        instrument, _ = listed
+        return Resolved(self.venue, instrument.symbol, None, instrument.name)
+
+    async def _follow(self, feed: Feed) -> None:
+        state = await self.catalog.follow(feed.instrument)
+        if state is None:
+            raise ValueError(f"market {feed.instrument} is no longer listed")
+        s = self.settings
+        await self.live.load(state)
+        await self.backfill.load(state)
+        tasks = [self.spawn(self._loop(self.live.poll_trades, state, s.trades_interval_s), f"trades:{state.code}"),
+                 self.spawn(self._loop(self.live.poll_book, state, s.book_interval_s), f"book:{state.code}")]
+        for res in s.resolutions:
+            tasks.append(self.spawn(self._loop(self.backfill.poll_bars, state, s.bars_interval_s, res),
+                                    f"bars:{state.code}:{res}"))
+        self._market_tasks[feed.instrument] = tasks
+
+    async def _unfollow(self, feed: Feed) -> None:
+        await cancel_and_wait(self._market_tasks.pop(feed.instrument, []))
+        self.catalog.unfollow(feed.instrument)
 
     async def stop(self) -> None:
         await super().stop()  # the poll loops are cancelled first, then the HTTP client closes

@@ -1,11 +1,13 @@
 """The Digitex catalog: ``exchange_info/``, ``currency/`` and ``markets/`` -> reference events,
-the markets to follow, and the advertised rate limits (which tighten the shared limiter)."""
+every listed market (what feed control validates against; the followed ones are added with
+:meth:`DigitexCatalog.follow`), and the advertised rate limits (which tighten the shared limiter)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from marketbus.contracts.reference import Instrument
 from marketbus.runtime.settings import SettingsError
 from marketbus.vendor.limits import RateWindow
 
@@ -19,6 +21,8 @@ class DigitexCatalog:
         self.ing = ingestor
         self.markets: dict[int, MarketState] = {}
         self.by_symbol: dict[str, MarketState] = {}
+        self.listed: dict[str, tuple[Instrument, normalize.WMarket]] = {}  # every listed market, by code
+        self.checked_settings = False
         self.refresh_at = 0.0
 
     async def load(self) -> None:
@@ -40,25 +44,47 @@ class DigitexCatalog:
         listed = await ing.frames.normalize("markets", raw, lambda: (normalize.markets(raw, ing.venue, now),
                                                                      normalize.market_defs(raw)))
         if listed is None:
-            if not self.markets:
+            if not self.listed:
                 raise Unavailable("markets/ is malformed")
             return
         instruments, defs = listed
-        wanted = {m.strip().upper() for m in s.markets}
-        chosen = [(i, d) for i, d in zip(instruments, defs, strict=True)
-                  if not wanted or d.code.upper() in wanted or str(d.id) in wanted]
-        if wanted and not self.markets:
-            found = {d.code.upper() for _, d in chosen} | {str(d.id) for _, d in chosen}
+        self.listed = {d.code: (i, d) for i, d in zip(instruments, defs, strict=True)}
+        if not self.checked_settings:  # MARKETS (the feed seed) must name listed markets
+            wanted = {m.strip().upper() for m in s.markets}
+            found = {d.code.upper() for d in defs} | {str(d.id) for d in defs}
             missing = sorted(wanted - found)
             if missing:
                 raise SettingsError(f"{s.env_prefix}MARKETS: unknown market(s) {missing}; "
                                     f"listed: {[d.code for d in defs]}")
-        for instrument, d in chosen:
-            await ing.emit(instrument)
-            if d.id not in self.markets:
-                state = MarketState(d.id, d.code, instrument.symbol)
-                self.markets[d.id] = state
-                self.by_symbol[state.symbol] = state
+            self.checked_settings = True
+        for state in list(self.markets.values()):  # the followed markets' reference data, refreshed
+            if state.code in self.listed:
+                await ing.emit(self.listed[state.code][0])
+
+    def seed_codes(self) -> list[str]:
+        """The markets of the MARKETS setting as listed codes (every listed market when empty)."""
+        wanted = {m.strip().upper() for m in self.ing.settings.markets}
+        return [code for code, (_, d) in self.listed.items()
+                if not wanted or code.upper() in wanted or str(d.id) in wanted]
+
+    async def follow(self, code: str) -> MarketState | None:
+        """Start following a listed market (feed control): its reference data, its state."""
+        if code not in self.listed:
+            return None
+        instrument, d = self.listed[code]
+        await self.ing.emit(instrument)
+        state = self.markets.get(d.id)
+        if state is None:
+            state = MarketState(d.id, d.code, instrument.symbol)
+            self.markets[d.id] = state
+            self.by_symbol[state.symbol] = state
+        return state
+
+    def unfollow(self, code: str) -> None:
+        for market_id, state in list(self.markets.items()):
+            if state.code == code:
+                del self.markets[market_id]
+                self.by_symbol.pop(state.symbol, None)
 
     def apply_limits(self, limits: dict[str, int]) -> None:
         """The vendor's advertised windows: they tighten the shared limiter, never loosen it."""

@@ -53,7 +53,7 @@ class VendorError(Exception):
         return "key" in str(self).lower() or (isinstance(self.payload, dict) and self.payload.get("authenticated") is False)
 
 
-class Row(msgspec.Struct):
+class Row(msgspec.Struct, gc=False):
     """A tick row as sent (snap rows also carry ``unix_time``, ignored: ``date``+``time`` rule)."""
 
     pair: str
@@ -89,24 +89,24 @@ def day_ns(date_text: str) -> int:
     return ns
 
 
-_SECONDS: dict[str, int] = {}
+_SECONDS: dict[str, int] = {}  # "HH:MM:SS." (a valid second and its point) -> ns since midnight
+_MSZ = {f"{ms:03d}Z": ms * 1_000_000 for ms in range(1000)}  # the wire's "fffZ" tail -> ns
 
 
 def clock_ns(text: str) -> int:
     """``HH:MM:SS[.fff]Z`` (or ``HH:MM[:SS]``) -> ns since midnight."""
-    # Fast path, the wire's own form "21:27:40.453Z": the second is cached, the ms parsed.
-    if len(text) == 13 and text[8] == "." and text[12] == "Z":
-        sod = _SECONDS.get(text[:8])
-        ms = text[9:12]
-        digits = ms.isascii() and ms.isdigit()  # "²³⁴".isdigit() too, but int() refuses it
-        if sod is not None and digits:
-            return sod + int(ms) * 1_000_000
-        if digits:
+    # Fast path, the wire's own form "21:27:40.453Z": the second "21:27:40." is cached once valid,
+    # and the "453Z" tail read from a table of the 1000 valid ones (ASCII digits only).
+    sod, ms = _SECONDS.get(text[:9]), _MSZ.get(text[9:])
+    if ms is not None:
+        if sod is not None:
+            return sod + ms
+        if text[8:9] == ".":
             sod = _slow_clock_ns(text[:8])
             if len(_SECONDS) > 100_000:
                 _SECONDS.clear()
-            _SECONDS[text[:8]] = sod
-            return sod + int(ms) * 1_000_000
+            _SECONDS[text[:9]] = sod
+            return sod + ms
     return _slow_clock_ns(text)
 
 
@@ -193,42 +193,52 @@ def price_of(text: str) -> Decimal:
 
 
 def tick_id(pair: str, exchange: str, ts_ns: int, price_text: str) -> str:
-    """``event_id("finx", "tick", pair, exchange, ts_ns, price_text)``, inlined (hot path)."""
-    h = _id_hasher(pair, exchange).copy()
+    """``event_id("finx", "tick", pair, exchange, ts_ns, price_text)``, computed from a hasher fed
+    once per instrument with the constant head of the text (the hot path copies it)."""
+    h = _instrument(pair, exchange)[2].copy()
     h.update(f"{ts_ns}\x1f{price_text}".encode())
     return h.hexdigest()
 
 
-_ID_HASHERS: dict[tuple[str, str], Any] = {}
+# (exchange, pair) -> (venue, symbol, hasher fed with "finx\x1ftick\x1f<pair>\x1f<exchange>\x1f", the
+# head of the text ``event_id`` hashes: copying it and adding the rest costs less than hashing it all)
+_INSTRUMENTS: dict[tuple[str, str], tuple[str, str, Any]] = {}
 
 
-def _id_hasher(pair: str, exchange: str) -> Any:
-    """A hasher fed with the constant head of an instrument's tick ids' text (the same text as
-    ``event_id``): copying it and adding the rest costs less than hashing the whole text."""
-    hasher = _ID_HASHERS.get((pair, exchange))
-    if hasher is None:
-        if len(_ID_HASHERS) > 10_000:
-            _ID_HASHERS.clear()
-        hasher = _ID_HASHERS[(pair, exchange)] = blake2b(f"finx\x1ftick\x1f{pair}\x1f{exchange}\x1f".encode(),
-                                                         digest_size=12)
-    return hasher
+def _instrument(pair: str, exchange: str) -> tuple[str, str, Any]:
+    inst = _INSTRUMENTS.get((exchange, pair))
+    if inst is None:
+        venue, symbol = venue_of(exchange), symbol_of(pair)  # their errors, in this order
+        if len(_INSTRUMENTS) > 10_000:
+            _INSTRUMENTS.clear()
+        inst = _INSTRUMENTS[(exchange, pair)] = (
+            venue, symbol, blake2b(f"finx\x1ftick\x1f{pair}\x1f{exchange}\x1f".encode(), digest_size=12))
+    return inst
 
 
 def tick(row: Row, ts_recv: int, replay: bool = False) -> Tick:
-    """One tick row -> Tick (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``). The hot path: the
-    caches of days, venues and symbols read inline (a call only for a new value)."""
-    pair, exchange, text = row.pair, row.exchange, row.price
-    day = _DAYS.get(row.date)
-    ts = (day_ns(row.date) if day is None else day) + clock_ns(row.time)
-    venue, symbol = _VENUES.get(exchange), _SYMBOLS.get(pair)
+    """One tick row -> Tick (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``). The hot path: the caches
+    of days, seconds and instruments (venue, symbol, id hasher) are read inline, a function is
+    called only for a value not seen yet; the price's bounds are the contract's own check."""
+    text, clock = row.price, row.time
+    day, sod, ms = _DAYS.get(row.date), _SECONDS.get(clock[:9]), _MSZ.get(clock[9:])
+    if day is None or sod is None or ms is None:
+        ts = day_ns(row.date) + clock_ns(clock)
+    else:
+        ts = day + sod + ms
+    inst = _INSTRUMENTS.get((row.exchange, row.pair))
+    venue, symbol, hasher = _instrument(row.pair, row.exchange) if inst is None else inst
+    h = hasher.copy()
+    h.update(f"{ts}\x1f{text}".encode())
     try:
-        return Tick(
-            id=tick_id(pair, exchange, ts, text),
-            source=SOURCE, venue=venue_of(exchange) if venue is None else venue,
-            symbol=symbol_of(pair) if symbol is None else symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
-            price=price_of(text),
-        )
-    except InvariantError as exc:  # e.g. a price of 1e30
+        price = Decimal(text)
+    except (InvalidOperation, TypeError):
+        raise Malformed(f"bad price {text!r}") from None
+    try:
+        return Tick(id=h.hexdigest(), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv,
+                    replay=replay, price=price)
+    except InvariantError as exc:  # a price <= 0 or NaN (its own reason), or e.g. of 1e30
+        price_of(text)
         raise Malformed(str(exc)) from None
 
 
@@ -298,9 +308,10 @@ def history(frame: str | bytes, ts_recv: int, replay: bool = True) -> tuple[list
     """A tickHistory page -> (ticks sorted by time then exchange, [(bad row, reason)])."""
     rows, bad = history_rows(frame)
     ticks: list[Tick] = []
+    append, make = ticks.append, tick
     for row in rows:
         try:
-            ticks.append(tick(row, ts_recv, replay))
+            append(make(row, ts_recv, replay))
         except Malformed as exc:
             bad.append((msgspec.structs.asdict(row), f"bad history row: {exc}"))
     ticks.sort(key=_order)
@@ -346,6 +357,11 @@ def currency(obj: Any, ts_recv: int) -> Currency:
         )
     except InvariantError as exc:  # e.g. a name of a megabyte
         raise Malformed(str(exc)) from None
+
+
+def reference(frame: str | bytes, ts_recv: int) -> Currency:
+    """A referenceData reply frame -> Currency; raises Malformed, or VendorError on an error frame."""
+    return currency(decode(frame), ts_recv)
 
 
 def instrument(pair: str, currencies: dict[str, Currency], ts_recv: int) -> Instrument:

@@ -7,6 +7,11 @@
   order books);
 - backfill: :class:`~.backfill.SitagriBackfill` (history, expired futures, news search, replay).
 
+Feed control (:mod:`marketbus.vendor.feeds`): the quotes listened to are the ``feeds`` KV
+bucket's (a quote or a whole class per feed), seeded once from ``QUOTES``, changed at runtime
+(``marketbus feed add sitagri /market/sources/EURONEX/future/EMA``): listeners are registered and
+unregistered on the live session.
+
 News publishing: ``sitagri.news.publish`` (request/reply) publishes an article to a writable
 source and replies with its id.
 
@@ -26,9 +31,12 @@ from faststream.nats import NatsMessage
 
 from marketbus.contracts import subjects
 from marketbus.contracts.base import MarketEvent
+from marketbus.contracts.feeds import Feed
 from marketbus.contracts.jobs import PublishArticle, PublishReply, ReplayRequest
+from marketbus.contracts.subjects import normalize_symbol
 from marketbus.runtime.ingest import Ingestor
 from marketbus.vendor.dedup import RecentIds
+from marketbus.vendor.feeds import CatalogUnavailable, FeedControl, Resolved, Seed
 from marketbus.vendor.frames import FrameGuard
 
 from . import normalize
@@ -61,6 +69,8 @@ class SitagriIngestor(Ingestor):
         self.catalog = SitagriCatalog(self)
         self.live = SitagriLive(self)
         self.backfill = SitagriBackfill(self)
+        self.feed_control = FeedControl(self, resolve=self._resolve_feed, subscribe=self._listen,
+                                        unsubscribe=self._unlisten)
 
         @self.broker.subscriber(subjects.SITAGRI_NEWS_PUBLISH, queue="sitagri-news-publish")
         async def on_publish(msg: NatsMessage) -> bytes:
@@ -98,7 +108,7 @@ class SitagriIngestor(Ingestor):
         s = self.settings
         self.spawn(self.client.keeper.run(), "keepalive")
         self.spawn(self.catalog.loop(), "reference")
-        self.spawn(self.live.loop(), "live")
+        self.spawn(self._start_live(), "feeds")
         if (s.history_start and s.history_quotes) or s.expired:
             self.spawn(self.backfill.startup_history(), "history")
         if s.news_lookback_s > 0 and s.news_sources:
@@ -110,6 +120,35 @@ class SitagriIngestor(Ingestor):
         if self.live.ws is not None:
             await self.live.ws.close()
         await self.client.close()
+
+    # --- feed control: the quotes listened to --------------------------------------------------------
+    async def _start_live(self) -> None:
+        await self.ready()  # feeds are validated against the reference tree
+        await self.feed_control.start([Seed(q.rstrip("/")) for q in dict.fromkeys(self.settings.quotes)])
+        self.spawn(self.live.loop(), "live")
+
+    async def _resolve_feed(self, ref: str) -> Resolved | None:
+        result = self.catalog.result
+        if result is None:
+            raise CatalogUnavailable("the reference tree is not crawled yet")
+        if ref in result.quotes:
+            q = result.quotes[ref]
+            return Resolved(q.venue, q.symbol, None, f"{q.kind} {ref}")
+        members = [result.quotes[m] for m in result.expand([ref]) if m in result.quotes] if ref in result.members else []
+        if not members:
+            return None
+        return Resolved(members[0].venue, normalize_symbol(ref.rsplit("/", 1)[-1]), None,
+                        f"{len(members)} quotes of {ref}")
+
+    def _quotes_of(self, feeds: list[Feed]) -> list[str]:
+        result = self.catalog.result
+        return result.expand([f.instrument for f in feeds]) if result is not None else []
+
+    async def _listen(self, feed: Feed) -> None:
+        await self.live.set_quotes(self._quotes_of([*self.feed_control.active(), feed]))
+
+    async def _unlisten(self, feed: Feed) -> None:
+        await self.live.set_quotes(self._quotes_of(self.feed_control.active()))
 
     async def ready(self, timeout: float | None = None) -> CrawlResult:
         """The first reference crawl (waits for it)."""

@@ -7,7 +7,8 @@ history, news search and publishing.
   ``margin`` seconds before the idle timeout when nothing else touched the session.
 - Batches: ``POST /api`` with a JSON array of references (at most ``batch_size``, 250 by default)
   returns the results in the same order; :meth:`SitagriClient.batch` splits longer lists.
-- Pacing, 429/5xx/network retries with back-off: the vendor HTTP layer
+- Pacing on the declared window (:data:`marketbus.vendor.limits.SITAGRI`, one limiter per host and
+  process), 429/5xx/network retries with back-off: the vendor HTTP layer
   (:class:`marketbus.vendor.http.VendorHttp`).
 """
 
@@ -22,11 +23,11 @@ import httpx
 import msgspec
 
 from marketbus.runtime.backoff import Backoff
-from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.session import SessionKeeper
 from marketbus.runtime.settings import Secret
 from marketbus.vendor.http import Refused, VendorHttp
 from marketbus.vendor.http import Unavailable as HttpUnavailable
+from marketbus.vendor.limits import SITAGRI, LimiterHold, per_second
 
 from .normalize import generic_decoder
 
@@ -76,7 +77,10 @@ class SitagriClient:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.batch_size = batch_size
-        self.limiter = RateLimiter(requests_per_s, max(1.0, requests_per_s))
+        # the declared window (SITAGRI, or requests_per_s from the settings) on the process's one
+        # limiter of this host (vendor.limits): no sliding second passes more
+        self.limit = LimiterHold(SITAGRI.with_limits(per_second(requests_per_s)), self.base_url)
+        self.limiter = self.limit.limiter
         self.backoff = backoff or Backoff(0.2, 5.0)
         self.on_call = on_call
         self.http = VendorHttp(self.base_url, self.limiter, headers=HEADERS, timeout_s=timeout_s,
@@ -99,6 +103,7 @@ class SitagriClient:
 
     async def close(self) -> None:
         await self.http.close()
+        self.limit.release()
 
     # --- session ------------------------------------------------------------------------------
     async def _login(self) -> tuple[str, float | None]:

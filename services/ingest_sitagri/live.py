@@ -42,6 +42,7 @@ class SitagriLive:
         self.last_ts: dict[str, int] = {}  # quote ref -> ts of its newest published price
         self.transport = "none"
         self.ws: WsNetbus | None = None
+        self.lp: LongPollNetbus | None = None  # the long-polling session, while there is one
         self.gaps_filled = 0
         self.pushes = 0
         self.gap = GapTracker(ingestor, ingestor.source, venue=NO_VENUE, symbol=NO_VENUE, kind="market_price",
@@ -86,14 +87,13 @@ class SitagriLive:
     # --- the session loop -------------------------------------------------------------------------
     async def loop(self) -> None:
         ing, s = self.ing, self.ing.settings
-        result = await ing.ready()
-        self.live_quotes = result.expand(s.quotes)
-        refs = register_refs(self.live_quotes, s.news_sources)
+        await ing.ready()
         mode = "longpoll" if s.transport == "longpoll" else "websocket"
         ws_failures = 0
         backoff = Backoff(s.reconnect_initial_s, s.reconnect_max_s)
         lost_at: int | None = None
         while True:
+            refs = register_refs(self.live_quotes, s.news_sources)  # feed control may have changed them
             try:
                 if mode == "websocket":
                     await self.ws_session(refs, lost_at)
@@ -133,6 +133,25 @@ class SitagriLive:
             else:
                 backoff.reset()
             lost_at = None
+
+    async def set_quotes(self, quotes: list[str]) -> None:
+        """Feed control: listen to ``quotes`` from now on; the difference is registered (and
+        unregistered) on the current session at once, the next session registers them all."""
+        added = [q for q in quotes if q not in self.live_quotes]
+        removed = [q for q in self.live_quotes if q not in quotes]
+        self.live_quotes = list(quotes)
+        session = self.ws if self.ws is not None and self.ws.connected else self.lp
+        if session is None:
+            return
+        try:  # a session closing meanwhile is fine: the next one registers self.live_quotes
+            if removed:
+                await session.register(register_refs(removed, (), unregister=True))
+            if added:
+                refs = register_refs(added, ())
+                for ref in failed_registrations(refs, await session.register(refs)):
+                    self.ing.log.warning("listener %s refused", ref)
+        except (NetbusClosed, Unavailable, SessionExpired, VendorError, TimeoutError) as exc:
+            self.ing.log.warning("listeners not changed on the closing session (%r): the next one will", exc)
 
     def lost(self) -> int:
         """The feed is lost now: remember where every quote was (the gap starts there)."""
@@ -174,7 +193,7 @@ class SitagriLive:
     async def longpoll_session(self, refs: list[str], lost_at: int | None) -> bool:
         """Long polling until it fails (raises) or, in auto mode, the websocket works again (True)."""
         ing, s = self.ing, self.ing.settings
-        lp = LongPollNetbus(ing.client, self.on_push, ing.frames, on_frame=self._count_frame)
+        lp = self.lp = LongPollNetbus(ing.client, self.on_push, ing.frames, on_frame=self._count_frame)
         replies = await lp.register(refs)
         await self.connected("longpoll", replies, refs, lost_at)
 
@@ -199,6 +218,7 @@ class SitagriLive:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.lp = None
             await cancel_and_wait(tasks)
         if tasks[0] in done:
             exc = tasks[0].exception()

@@ -1,8 +1,11 @@
 """TickSupply ingestor, built from the vendor machinery's parts (:mod:`marketbus.vendor`):
 
 - session: :class:`~.client.TickSupplyClient` (on :class:`~marketbus.vendor.http.VendorHttp`) and
-  :class:`~.session.TickSupplySubscriptions` (every configured datastream subscribed in the
-  desired state; spans -> feed status);
+  :class:`~.session.TickSupplySubscriptions` (the datastream of every feed subscribed in the feed's
+  state: active, or paused for a paused or removed feed; spans -> feed status);
+- feed control (:mod:`marketbus.vendor.feeds`): the datastreams collected are the ``feeds`` KV
+  bucket's, seeded once from ``DATASTREAMS`` / ``PAUSED_DATASTREAMS``, changed at runtime
+  (``marketbus feed add ticksupply 104``): a feed's export loop starts and stops with it;
 - catalog: :class:`~.catalog.TickSupplyCatalog` (exchanges, instruments, datastreams -> ``ref.*``);
 - live: :class:`~.live.TickSupplyExports` (one rolling-export loop per datastream) and
   :class:`~.live.ArtifactPublisher` (artifacts -> trades, acked before progress is recorded);
@@ -15,21 +18,25 @@ Progress lives in the ``ingest_state`` KV bucket (:mod:`.progress`, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import msgspec
 
+from marketbus.contracts import errors as codes
+from marketbus.contracts.feeds import Feed
 from marketbus.contracts.jobs import ReplayRequest
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import BUS_ERRORS, Ingestor
 from marketbus.runtime.tasks import cancel_and_wait
+from marketbus.vendor.feeds import CatalogUnavailable, FeedControl, Refused, Resolved, Seed
 from marketbus.vendor.frames import FrameGuard
 
 from .backfill import KIND_OF_STREAM, TickSupplyBackfill
-from .catalog import TickSupplyCatalog
+from .catalog import SUPPORTED_STREAM_TYPES, TickSupplyCatalog
 from .client import MalformedReply, RetriesExhausted, TickSupplyClient, TickSupplyError
 from .live import MAX_DEAD_LETTER_BYTES, ArtifactPublisher, TickSupplyExports
 from .normalize import DatastreamRef, MalformedPayload
@@ -54,6 +61,9 @@ class TickSupplyIngestor(Ingestor):
         self.artifacts = ArtifactPublisher(self)
         self.backfill = TickSupplyBackfill(self)
         self._ds_tasks: dict[int, asyncio.Task[Any]] = {}
+        self.feed_control = FeedControl(self, resolve=self._resolve_feed, subscribe=self._collect,
+                                        unsubscribe=self._uncollect)
+        self._reconcile_now = asyncio.Event()
         self._reported_feeds: set[str] = set()
         self.ready = asyncio.Event()  # set once subscriptions are reconciled and the export loops run
 
@@ -159,17 +169,83 @@ class TickSupplyIngestor(Ingestor):
     # --- main: resolve datastreams, keep subscriptions, run the export loops ---------------------
     async def _main_loop(self) -> None:
         backoff = Backoff(0.5, 30.0)
-        while not await self.guarded("resolving datastreams", self.catalog.resolve_datastreams, backoff):
+        seed: dict[int, DatastreamRef] = {}
+
+        async def resolve_seed() -> None:
+            seed.update(await self.catalog.resolve_datastreams())
+
+        while not await self.guarded("resolving datastreams", resolve_seed, backoff):
+            pass
+        paused = set(self.settings.paused_datastreams)
+        seeds = [Seed(str(ds_id), paused=ds_id in paused) for ds_id in seed]
+        while not await self.guarded("starting feed control", lambda: self.feed_control.start(seeds), backoff):
+            pass
+        while not await self.guarded("looking up the feeds' datastreams", self._lookup_feeds, backoff):
             pass
         while not await self.guarded("reconciling subscriptions", self.session.reconcile, backoff):
             pass
         await self.feed_status("connected", detail="catalog and subscriptions in sync")
-        for ds_id, ds in self.datastreams.items():
-            self._ds_tasks[ds_id] = self.spawn(self.exports.loop(ds), f"export-{ds_id}")
         self.ready.set()
         while True:
-            await asyncio.sleep(self.settings.subscription_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_now.wait(), self.settings.subscription_interval_s)
+            self._reconcile_now.clear()
+            await self._lookup_feeds()
             await self.guarded("reconciling subscriptions", self.session.reconcile, backoff)
+
+    # --- feed control: the datastreams collected ----------------------------------------------------
+    def subscription_targets(self) -> dict[int, tuple[DatastreamRef, str]]:
+        """Every feed's datastream and the state its vendor subscription should have."""
+        out: dict[int, tuple[DatastreamRef, str]] = {}
+        for feed in self.feed_control.feeds.values():
+            ds = self.catalog.refs.get(int(feed.instrument))
+            if ds is not None:
+                out[ds.datastream_id] = (ds, "active" if feed.state == "active" else "paused")
+        return out
+
+    async def _lookup_feeds(self) -> None:
+        for feed in list(self.feed_control.feeds.values()):
+            if feed.state != "removed" and int(feed.instrument) not in self.catalog.refs:
+                await self.catalog.lookup(int(feed.instrument))
+
+    async def _resolve_feed(self, instrument: str) -> Resolved | None:
+        if not instrument.isdigit() or instrument != str(int(instrument)) or int(instrument) <= 0:
+            return None  # a datastream id, as the catalog writes it
+        try:
+            ds = await self.catalog.lookup(int(instrument))
+        except (RetriesExhausted, TickSupplyError, MalformedReply) as exc:
+            raise CatalogUnavailable(str(exc)) from None
+        if ds is None:
+            return None
+        if ds.stream_type not in SUPPORTED_STREAM_TYPES:
+            raise Refused(codes.BAD_REQUEST, f"datastream {ds.datastream_id} is a {ds.stream_type} stream, "
+                          "which this ingestor does not read")
+        for feed in self.feed_control.feeds.values():
+            twin = self.catalog.refs.get(int(feed.instrument))
+            if (feed.state != "removed" and twin is not None and twin.datastream_id != ds.datastream_id
+                    and (twin.exchange, twin.instrument, twin.stream_type) == (ds.exchange, ds.instrument, ds.stream_type)):
+                raise Refused(codes.BAD_REQUEST, f"datastream {ds.datastream_id} ({ds.wire_format}) carries the same "
+                              f"{ds.exchange} {ds.instrument} {ds.stream_type} as feed {twin.datastream_id} "
+                              f"({twin.wire_format}): it would publish every event twice")
+        return Resolved(ds.venue, ds.symbol, KIND_OF_STREAM.get(ds.stream_type),
+                        f"{ds.exchange} {ds.instrument} {ds.stream_type} ({ds.wire_format})")
+
+    async def _collect(self, feed: Feed) -> None:
+        ds_id = int(feed.instrument)
+        ds = self.catalog.refs.get(ds_id) or await self.catalog.lookup(ds_id)
+        if ds is None:
+            raise ValueError(f"datastream {ds_id} is no longer in the catalog")
+        self.catalog.datastreams[ds_id] = ds
+        self._ds_tasks[ds_id] = self.spawn(self.exports.loop(ds), f"export-{ds_id}")
+        self._reconcile_now.set()  # its subscription active at the vendor
+
+    async def _uncollect(self, feed: Feed) -> None:
+        ds_id = int(feed.instrument)
+        task = self._ds_tasks.pop(ds_id, None)
+        if task is not None:
+            await cancel_and_wait([task])
+        self.catalog.datastreams.pop(ds_id, None)
+        self._reconcile_now.set()  # its subscription paused at the vendor
 
     async def sync_catalog(self) -> int:
         return await self.catalog.sync()

@@ -23,7 +23,8 @@ SUPPORTED_STREAM_TYPES = ("trade", "depth")
 class TickSupplyCatalog:
     def __init__(self, ingestor: TickSupplyHost) -> None:
         self.ing = ingestor
-        self.datastreams: dict[int, DatastreamRef] = {}
+        self.datastreams: dict[int, DatastreamRef] = {}  # the ones collected (feed control's active feeds)
+        self.refs: dict[int, DatastreamRef] = {}  # every datastream looked up, by id
 
     async def loop(self) -> None:
         ing = self.ing
@@ -38,8 +39,26 @@ class TickSupplyCatalog:
         return await self.ing.frames.normalize("datastreams", lambda: msgspec.json.encode(item),
                                                normalize.datastream_ref, item)
 
-    async def resolve_datastreams(self) -> None:
+    async def lookup(self, ds_id: int) -> DatastreamRef | None:
+        """A datastream of the vendor's catalog (feed control's validation), None when not listed."""
+        if ds_id in self.refs:
+            return self.refs[ds_id]
         ing = self.ing
+        async for page in ing.api.datastream_pages():
+            ing.metrics.frames_in.labels(ing.source, "datastreams").inc()
+            for item in page:
+                if isinstance(item, dict) and item.get("datastream_id") == ds_id:
+                    ds = await self._datastream(item)
+                    if ds is not None:
+                        self.refs[ds_id] = ds
+                    return ds
+        return None
+
+    async def resolve_datastreams(self) -> dict[int, DatastreamRef]:
+        """The configured DATASTREAMS (the feed seed) found in the catalog and readable, one of
+        each set of twins."""
+        ing = self.ing
+        chosen: dict[int, DatastreamRef] = {}
         wanted = set(ing.settings.datastreams)
         found: dict[int, DatastreamRef] = {}
         async for page in ing.api.datastream_pages():
@@ -64,7 +83,8 @@ class TickSupplyCatalog:
                               ds.wire_format, ds.exchange, ds.instrument, ds.stream_type, twin.datastream_id)
             else:
                 covered[(ds.exchange, ds.instrument, ds.stream_type)] = ds
-                self.datastreams[ds_id] = ds
+                chosen[ds_id] = self.refs[ds_id] = ds
+        return chosen
 
     async def sync(self) -> int:
         """Publish the catalog as reference events; returns how many were published."""
@@ -97,9 +117,10 @@ class TickSupplyCatalog:
             async for page in ing.api.instrument_pages(code):
                 ing.metrics.frames_in.labels(ing.source, "instruments").inc()
                 for item in page:
+                    symbol = item.get("symbol") if isinstance(item, dict) else None
                     inst = await ing.frames.normalize(
                         "instruments", lambda: msgspec.json.encode(item), normalize.instrument_event, code, item,  # noqa: B023 (called within this iteration)
-                        by_instrument.get(item.get("symbol") if isinstance(item, dict) else None, []), ts)
+                        by_instrument.get(symbol, []) if isinstance(symbol, str) else [], ts)
                     if inst is not None:
                         futures.append(await ing.emit(inst))
         await ing.acked(futures)

@@ -1,7 +1,8 @@
 """Async TickSupply REST client on the vendor HTTP layer (:class:`marketbus.vendor.http.VendorHttp`):
 auth, pacing, retries, idempotency keys, pages, artifacts.
 
-- Every call carries ``X-Api-Key`` (a :class:`Secret`, never logged) and is paced by a token bucket.
+- Every call carries ``X-Api-Key`` (a :class:`Secret`, never logged) and is paced by the declared
+  window (:data:`marketbus.vendor.limits.TICKSUPPLY`; one limiter per host and process).
 - ``429 rate_limited``: the bucket is drained for ``Retry-After`` seconds and the call is retried
   after at least that long (up to ``max_rate_limited_retries`` times).
 - ``5xx``, network errors and timeouts are retried with exponential back-off (``max_retries``).
@@ -26,9 +27,9 @@ import httpx
 import msgspec
 
 from marketbus.runtime.backoff import Backoff
-from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.settings import Secret
 from marketbus.vendor.http import Refused, Unavailable, VendorHttp, parse_retry_after
+from marketbus.vendor.limits import TICKSUPPLY, LimiterHold, per_second
 
 
 class TickSupplyError(Exception):
@@ -115,8 +116,11 @@ class TickSupplyClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key = api_key
-        # our own pacing (TickSupply declares no window; it answers 429 + Retry-After beyond its limit)
-        self.limiter = RateLimiter(requests_per_s, burst=max(1.0, requests_per_s))
+        # The declared window (TICKSUPPLY, or requests_per_s from the settings), on the process's one
+        # limiter of this host (vendor.limits): no sliding second passes more; beyond its own limit
+        # the vendor answers 429 + Retry-After, which drains the limiter for every caller.
+        self.limit = LimiterHold(TICKSUPPLY.with_limits(per_second(requests_per_s)), self.base_url)
+        self.limiter = self.limit.limiter
         self.on_error = on_error or (lambda kind: None)
         headers = {"Accept": "application/json", "Content-Type": "application/json",
                    "User-Agent": "marketbus-ingest-ticksupply"}
@@ -131,6 +135,7 @@ class TickSupplyClient:
 
     async def aclose(self) -> None:
         await self.http.close()
+        self.limit.release()
 
     async def __aenter__(self) -> TickSupplyClient:
         return self

@@ -1,4 +1,4 @@
-"""The TickSupply session: every configured datastream has a subscription in the desired state
+"""The TickSupply session: every datastream of a feed has a subscription in the feed's state
 (created with an Idempotency-Key, paused/resumed per config); its spans become feed status events
 (active -> connected, paused -> disconnected, a hole between spans -> gap, reported once: the
 mark is kept next to the progress)."""
@@ -32,11 +32,11 @@ class TickSupplySubscriptions:
         for sub in subs:  # newest first
             if isinstance(sub, dict) and sub.get("status") != "deleted" and sub.get("datastream_id") not in live:
                 live[sub["datastream_id"]] = sub
-        paused = set(ing.settings.paused_datastreams)
-        for ds_id, ds in ing.datastreams.items():
-            want = "paused" if ds_id in paused else "active"
-            sub = live.get(ds_id)
-            if sub is None:
+        for ds_id, (ds, want) in ing.subscription_targets().items():  # feed control's feeds
+            found = live.get(ds_id)
+            if found is not None:
+                sub = found
+            else:
                 try:
                     sub = await ing.api.create_subscription(ds_id, idempotency_key=str(uuid.uuid4()))
                 except Conflict:  # created meanwhile (another instance): take it from the list

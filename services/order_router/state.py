@@ -22,9 +22,9 @@ from typing import Any
 import msgspec
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
-from marketbus.clients.orders import order_key  # the KV layout, shared with the client
+from marketbus.clients.orders import OrderRecord, order_key  # the KV record and layout, shared with the client
 from marketbus.contracts.ids import event_id
-from marketbus.contracts.orders import TERMINAL_STATES, OrderEvent
+from marketbus.contracts.orders import OrderEvent
 
 WORKING_STATES = frozenset({"submitted", "accepted", "partially_filled", "cancel_pending"})
 
@@ -46,39 +46,6 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 class TransitionError(ValueError):
     pass
-
-
-class OrderRecord(msgspec.Struct, kw_only=True, gc=False):  # scalars only: no cycles to collect
-    client_id: str
-    market: str
-    market_id: int
-    side: str
-    order_type: str
-    duration: str
-    quantity: Decimal  # original quantity
-    price: Decimal | None = None
-    leverage: int = 1
-    reduce_only: bool = False
-    state: str = "pending_submit"
-    seq: int = 0
-    filled_quantity: Decimal = Decimal(0)
-    average_price: Decimal | None = None
-    command_id: str | None = None
-    reason: str | None = None
-    submit_attempts: int = 0
-    created_ns: int = 0
-    updated_ns: int = 0
-    exchange_ts_us: int | None = None
-    fills_attributed: Decimal = Decimal(0)  # quantity of trade_history fills tied to this order
-    owner: str = ""  # the router instance that last wrote it
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @property
-    def remaining(self) -> Decimal:
-        return max(Decimal(0), self.quantity - self.filled_quantity)
 
 
 def can_transition(current: str, new: str) -> bool:

@@ -10,8 +10,10 @@ import httpx
 import nats
 import pytest
 import pytest_asyncio
+from nats.js.errors import NoKeysError
 
 from marketbus.contracts import codec
+from marketbus.contracts import feeds as feed_contract
 from services.ingest_sitagri.app import SitagriIngestor
 from services.sandbox.common.base import SandboxRunner
 from services.sandbox.registry import load_spec
@@ -60,6 +62,24 @@ async def bus(nats_url: str) -> AsyncIterator[Collector]:
     finally:
         for sub in subs:
             await sub.unsubscribe()
+        await nc.close()
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _fresh_sitagri_feeds(nats_url: str) -> None:
+    """These tests share one bus: each starts with no sitagri feed (its ingestor's QUOTES seed them
+    again, as on a new deployment), instead of the set the previous test left in the bucket."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(feed_contract.BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        for key in keys:
+            if key.startswith("sitagri."):
+                await kv.purge(key)
+    finally:
         await nc.close()
 
 

@@ -136,8 +136,10 @@ def command_key(command_id: str) -> str:
     return "c." + _token(command_id)
 
 
-class OrderRecord(msgspec.Struct, kw_only=True):
-    """An order as the router keeps it (a value of the ``orders_state`` bucket)."""
+class OrderRecord(msgspec.Struct, kw_only=True, gc=False):  # scalars only: no cycles to collect
+    """An order as the router keeps it: the value of its ``orders_state`` key (:func:`order_key`).
+    The router writes it (``services.order_router.state``), clients read it; the fields after
+    ``reason`` are the router's own bookkeeping."""
 
     client_id: str
     market: str
@@ -155,12 +157,20 @@ class OrderRecord(msgspec.Struct, kw_only=True):
     average_price: Decimal | None = None
     command_id: str | None = None
     reason: str | None = None
+    submit_attempts: int = 0
     created_ns: int = 0
     updated_ns: int = 0
+    exchange_ts_us: int | None = None
+    fills_attributed: Decimal = Decimal(0)  # quantity of trade_history fills tied to this order
+    owner: str = ""  # the router instance that last wrote it
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(Decimal(0), self.quantity - self.filled_quantity)
 
 
 _record_decoder = msgspec.json.Decoder(OrderRecord)

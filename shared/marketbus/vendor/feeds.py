@@ -10,9 +10,11 @@ responder) and started in ``on_start()`` once the vendor's catalog can answer:
 
 - ``resolve(instrument)`` looks the instrument up in the vendor's catalog: a :class:`Resolved`
   (venue, symbol, kind, name), None when the catalog does not list it (the request is refused
-  with ``bad_request``), or raises :class:`CatalogUnavailable` (``unavailable``).
+  with ``bad_request``), or raises :class:`CatalogUnavailable` (``unavailable``) or
+  :class:`Refused` (its own code and message: e.g. a stream type the ingestor cannot read).
 - ``subscribe(feed)`` / ``unsubscribe(feed)`` start and stop collecting one feed; they are called
-  by one task, in the order the changes happened, whenever the active set changes (the KV
+  by one task, in the order the changes happened (a failed start is tried again every few
+  seconds), whenever the active set changes (the KV
   bucket is watched: a change made by any replica, the CLI or an operator's ``nats kv put``
   applies within a second or so). After each one a FeedStatus ``subscribed`` /
   ``unsubscribed`` / ``paused`` is published.
@@ -80,6 +82,8 @@ Hook = Callable[[Feed], Awaitable[None]]
 CAS_ATTEMPTS = 8
 WATCH_POLL_S = 0.5  # a change applies within about this long
 WATCH_RETRY_S = 2.0
+STARTING_WAIT_S = 5.0  # a request while the ingestor starts waits this long for it
+APPLY_RETRY_S = 5.0  # a feed whose start failed is tried again this often
 
 
 def transition(current: Feed | None, op: str, instrument: str, vendor: str, resolved: Resolved | None,
@@ -132,6 +136,7 @@ class FeedControl:
         self.applied: dict[str, Feed] = {}  # key -> the feed being collected
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
+        self._failed = False
         r = ingestor.metrics.registry
         self.requests = Counter("marketbus_feed_control_requests", "feed-control requests answered",
                                 ["source", "op", "outcome"], registry=r)
@@ -218,6 +223,9 @@ class FeedControl:
                 resolved = await self.resolve(item.instrument)
             except CatalogUnavailable as exc:
                 raise CatalogUnavailable(f"cannot seed feeds: {exc}") from exc
+            except Refused as exc:
+                self.ing.log.error("feed seed %s %s refused: %s", self.vendor, item.instrument, exc.message)
+                continue
             if resolved is None:
                 self.ing.log.error("feed seed %s %s: the vendor's catalog does not list it; not added",
                                    self.vendor, item.instrument)
@@ -247,7 +255,9 @@ class FeedControl:
 
     async def _apply_forever(self) -> None:
         while True:
-            await self._changed.wait()
+            # a hook that failed (the vendor down) is tried again a little later
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), APPLY_RETRY_S if self._failed else None)
             self._changed.clear()
             await self.apply()
             self._ready.set()
@@ -255,6 +265,7 @@ class FeedControl:
     async def apply(self) -> None:
         """Make the collected set the active set of the bucket (unsubscribe first, then subscribe)."""
         wanted = {k: f for k, f in self.feeds.items() if f.state == "active"}
+        self._failed = False
         for key in sorted(set(self.applied) - set(wanted)):
             old = self.applied.pop(key)
             latest = self.feeds.get(key)
@@ -272,7 +283,8 @@ class FeedControl:
             try:
                 await self._subscribe(feed)
             except Exception as exc:
-                self.ing.log.error("feed %s: starting it failed: %r", key, exc)
+                self.ing.log.error("feed %s: starting it failed (again in %.0fs): %r", key, APPLY_RETRY_S, exc)
+                self._failed = True
                 continue
             self.applied[key] = feed
             await self._status(feed, "subscribed")
@@ -309,6 +321,9 @@ class FeedControl:
 
     async def change(self, op: str, instrument: str, by: str) -> tuple[Feed, bool]:
         """Apply ``op`` to the bucket (compare-and-set, retried on a concurrent change)."""
+        if self.kv is None:  # starting: wait a little for the bucket (and the catalog) rather than refuse
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), STARTING_WAIT_S)
         if self.kv is None:
             raise Refused(codes.UNAVAILABLE, f"the {self.vendor} ingestor is starting: retry shortly")
         try:

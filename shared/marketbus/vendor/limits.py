@@ -38,6 +38,17 @@ class VendorSpec:
         return VendorSpec(self.source, self.base_url, tuple(windows), self.endpoints, self.doc_url)
 
 
+def per_second(rate: float) -> RateWindow:
+    """A rate setting (calls per second, e.g. ``requests_per_s``) as a window: ``rate`` calls per
+    second when it is at least 1 (rounded down: never more than asked), else one call per
+    ``1 / rate`` seconds."""
+    if rate <= 0:
+        raise ValueError("a rate must be > 0")
+    if rate >= 1:
+        return RateWindow(int(rate), 1.0)
+    return RateWindow(1, 1.0 / rate)
+
+
 def window_safe_limiter(windows: tuple[RateWindow, ...] | list[RateWindow]) -> MultiWindowLimiter:
     """A token bucket of rate r and burst b lets b + r*T calls through in a window of T seconds:
     with rate = burst = the limit, a full bucket plus refill passes *twice* the limit in one

@@ -1,0 +1,63 @@
+"""Feed control on the Sitagri ingestor: quotes (and whole classes) added, paused and removed at
+runtime register and unregister their listeners on the live session, so what flows changes within
+seconds; the set survives a restart; an unknown reference is refused. The Sitagri sandbox and a
+real nats-server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from marketbus.clients import FeedClient, RequestError
+from marketbus.contracts import feeds as contract
+from tests.vendor.feedflow import Flow
+
+from .conftest import ingestor, sandbox
+
+SPOT = "/market/sources/FOREX/currency/EURUSD/terms/EURUSDSP"
+CASH = "/market/sources/SITCASHFR/cash/FRA18EXWAUB"
+EMA = "/market/sources/EURONEX/future/EMA"  # a class: every delivery
+
+
+@pytest.mark.parametrize("transport", ["websocket", "longpoll"])
+async def test_quotes_change_at_runtime_and_survive_a_restart(nats_url: str, transport: str) -> None:
+    import nats
+
+    nc = await nats.connect(nats_url)
+    feeds = FeedClient(nc, timeout=10, by="test")
+    try:
+        async with sandbox() as sb, Flow(nc, "sitagri") as flow:
+            async with ingestor(nats_url, sb, quotes=[SPOT], transport=transport) as ing:
+                await ing.ready(30)
+                spot = await flow.flowing_any(lambda s: s.startswith("md.market_price.sitagri.FOREX."), 20)
+                reply = await feeds.add("sitagri", CASH)
+                cash_subject = f"sitagri.{reply.feed.venue}.{reply.feed.symbol}"
+                await flow.state(contract.feed_key("sitagri", CASH), "subscribed")
+                began = time.monotonic()
+                await flow.flowing_any(lambda s: s.endswith(cash_subject), 20)
+                assert time.monotonic() - began < 15
+
+                ema = await feeds.add("sitagri", EMA)
+                assert ema.feed.venue == "EURONEX" and "quotes of" in (ema.feed.name or "")
+                await flow.flowing_any(lambda s: ".sitagri.EURONEX." in s, 20)
+
+                with pytest.raises(RequestError) as err:
+                    await feeds.add("sitagri", "/market/sources/NOPE/future/XXX")
+                assert err.value.code == "bad_request" and "NOPE" in err.value.message
+
+                await feeds.remove("sitagri", SPOT)
+                await flow.state(contract.feed_key("sitagri", SPOT), "unsubscribed")
+                assert await flow.quiet_any(lambda s: s == spot, 2.0) == 0
+                await feeds.pause("sitagri", EMA)
+                await flow.state(contract.feed_key("sitagri", EMA), "paused")
+                assert await flow.quiet_any(lambda s: ".sitagri.EURONEX." in s, 2.0) == 0
+                assert not any(q.startswith(EMA) or q == SPOT for q in ing.live_quotes)
+
+            # a restart keeps the bucket's set (CASH only), not QUOTES (SPOT)
+            async with ingestor(nats_url, sb, quotes=[SPOT], transport=transport) as ing:
+                await ing.ready(30)
+                await flow.flowing_any(lambda s: s.endswith(cash_subject), 20)
+                assert ing.live_quotes == [CASH]
+    finally:
+        await nc.close()
