@@ -479,7 +479,7 @@ class ExportApi:
             "status": "deleted" if r.deleted else STATUS[r.state], "reason": r.job.reason,
             "created_at": iso(r.job.created_ts), "started_at": iso(r.started_ts), "finished_at": iso(r.finished_ts),
             "rows": r.job.rows, "bytes": r.job.bytes, "percent": r.job.percent, "complete": r.complete,
-            "selector": msgspec.to_builtins(sel), "artifact_count": len(r.job.artifacts),
+            "selector": msgspec.to_builtins(sel), "artifact_count": len(r.job.artifacts), "schema": req.schema,
         }
 
     async def _job(self, request: Request) -> JobRecord:
