@@ -345,6 +345,7 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
             exports(client, ids, paused_export)
 
     await asyncio.to_thread(run)
+    await _async_client_surface(orch)
     # the subscriptions were the feeds: the BTCUSDT feed went through active, paused, active, removed, active
     feed = await feeds.get("ticksupply", TS_INSTRUMENTS["BTCUSDT"][0])
     assert feed.state == "active" and len(feed.periods) == 3 and feed.periods[1].end_ns is not None
@@ -357,6 +358,54 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
 
     await wait_for(applied, timeout=10, what="the ingestor collects BTCUSDT, ETHUSDT and SOLUSDT")
     assert [op for op, i in ingestor.hooks if i == btc] == ["subscribe", "unsubscribe"] * 2 + ["subscribe"]
+
+
+async def _async_client_surface(orch: Any) -> None:
+    """The official AsyncClient: the same resources and methods, on the same server."""
+    async with ticksupply.AsyncClient(api_key=API_KEY, base_url=f"{orch.api_url}/v1", max_retries=0) as client:
+        assert [e.code for e in await client.exchanges.list()] == ["binance"]
+        perp = (await client.exchanges.list_instruments("binance", instrument_type="perpetual")).items
+        assert [i.symbol for i in perp] == ["BTCUSD_PERP"]
+        ds = (await client.exchanges.list_datastreams("binance", "BTCUSD_PERP")).items[0]
+        assert (await client.datastreams.list(instrument="BTCUSD_PERP")).items == [ds]
+        assert sum(r.rows_estimate for r in (await client.availability.get(ds.datastream_id)).ranges) == 20
+        assert (await client.billing.get_summary()).plan_code
+        sub = await client.subscriptions.create(datastream_id=ds.datastream_id, idempotency_key=str(uuid.uuid4()))
+        assert sub.id in [s.id async for s in client.subscriptions.list_all()]
+        assert (await client.subscriptions.list()).total == 4
+        await client.subscriptions.pause(sub.id)
+        assert (await client.subscriptions.get(sub.id)).status == SubscriptionStatus.PAUSED
+        await client.subscriptions.resume(sub.id)
+        assert len(await client.subscriptions.list_spans(sub.id)) == 2
+        job = await client.exports.create(ds.datastream_id, NOW - HOUR_NS, NOW, schema="normalized")
+        assert job.id in [j.id async for j in client.exports.list_all()]
+        assert (await client.exports.list(limit=1)).total >= 1
+        while (job := await client.exports.get(job.id)).status.value in ("queued", "running"):
+            await asyncio.sleep(0.05)
+        dl = await client.exports.get_download(job.id)
+        async with httpx.AsyncClient() as plain:
+            text = gzip.decompress((await plain.get(dl.artifacts[0].url)).content).decode()
+        assert len(parse_ticksupply_csv(text, BUILT_IN_COLUMNS[("trade", "normalized")])) == 20
+        await client.exports.cancel(job.id)
+        await client.exports.delete(job.id)
+        await client.subscriptions.delete(sub.id)
+        with pytest.raises(PermissionDeniedError):
+            await client.exports.create(ds.datastream_id, NOW - HOUR_NS, NOW)
+        schemas = await client.export_schemas.list()
+        mine = await client.export_schemas.create("async", "trade", [
+            {"output_column": "t", "meta": {"value": "collection_timestamp_ns", "format": "iso8601"}}])
+        assert len(await client.export_schemas.list()) == len(schemas) + 1
+        assert (await client.export_schemas.get(mine.id)).version == 1
+        assert (await client.export_schemas.update(mine.id, mine.columns)).version == 2
+        await client.export_schemas.create_draft(mine.id)
+        await client.export_schemas.update_draft(mine.id, mine.columns)
+        assert (await client.export_schemas.get_draft(mine.id)).has_draft
+        assert (await client.export_schemas.publish_draft(mine.id)).version == 3
+        await client.export_schemas.create_draft(mine.id)
+        await client.export_schemas.discard_draft(mine.id)
+        await client.export_schemas.delete(mine.id)
+        with pytest.raises(NotFoundError):
+            await client.export_schemas.get(mine.id)
 
 
 async def test_one_request_id_per_response(harness: Harness) -> None:
