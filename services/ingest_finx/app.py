@@ -10,25 +10,35 @@
 - backfill: :class:`~.backfill.FinxBackfill` (``tickHistory`` pages from a cursor as batch envelopes,
   ``replay=True``; the cursor saved once acked; ``replay.finx``).
 
+Feed control (:mod:`marketbus.vendor.feeds`): the pairs collected are the ``feeds`` KV bucket's,
+seeded once from ``PAIRS``, changed at runtime (``marketbus feed add finx ETH:USD``, validated
+against FinX's ``observations/pairs``): a pair's snaps and history pages start and stop with its
+feed (the one session serves them all in turn).
+
 Cursors live in the ``ingest_state`` KV bucket (:class:`~marketbus.vendor.cursor.CursorStore`):
 a restart or a lost session resumes where it stopped, with no duplicate and no hole.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any, ClassVar
 
+from marketbus.contracts.base import NO_VENUE
+from marketbus.contracts.feeds import Feed
 from marketbus.contracts.jobs import ReplayRequest
 from marketbus.contracts.reference import Currency
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
 from marketbus.runtime.ingest import Ingestor
 from marketbus.vendor.cursor import CursorStore
+from marketbus.vendor.feeds import CatalogUnavailable, FeedControl, Resolved, Seed
 from marketbus.vendor.frames import FrameGuard
 
 from . import normalize
 from .backfill import FinxBackfill
-from .catalog import FinxCatalog
+from .catalog import FinxCatalog, PairsUnavailable
 from .client import TickPlantClient
 from .live import FinxLive
 from .parts import Cursor, Outbox, PairState
@@ -56,6 +66,8 @@ class FinxIngestor(Ingestor):
         self.live = FinxLive(self)
         self.backfill = FinxBackfill(self, between_pages=self.live.maybe_snap)
         self.session = FinxSession(self, self.catalog, self.live, self.backfill)
+        self.feed_control = FeedControl(self, resolve=self._resolve_feed, subscribe=self._collect,
+                                        unsubscribe=self._uncollect)
 
     @property
     def sessions(self) -> int:
@@ -85,8 +97,51 @@ class FinxIngestor(Ingestor):
     # --- start / stop ---------------------------------------------------------------------------
     async def on_start(self) -> None:
         self.cursors.kv = await ensure_bucket(self.js, INGEST_STATE, self.settings.stream_replicas)
-        await self.backfill.load()
-        self.spawn(self.session.run(), "session")
+        try:
+            await self.feed_control.start(self._seeds())
+        except CatalogUnavailable as exc:  # a first start cannot seed before FinX lists its pairs
+            self.log.warning("%s: retrying", exc)
+            self.spawn(self._start_feeds(), "feeds")
+        self.spawn(self.session.run(), "session")  # it serves the pairs there are (none until feeds start)
+
+    # --- feed control: the pairs collected ------------------------------------------------------
+    def _seeds(self) -> list[Seed]:
+        return [Seed(pair) for pair in dict.fromkeys(p.upper() for p in self.settings.pairs)]
+
+    async def _start_feeds(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconnect_max_s)
+            try:
+                await self.feed_control.start(self._seeds())
+                return
+            except CatalogUnavailable as exc:
+                self.log.warning("%s: retrying", exc)
+
+    async def _resolve_feed(self, pair: str) -> Resolved | None:
+        if pair != pair.upper() or pair.count(":") != 1 or not all(pair.split(":")):
+            return None  # FinX writes pairs BASE:QUOTE, upper case
+        try:
+            if not await self.catalog.listed(pair):
+                return None
+        except PairsUnavailable as exc:
+            raise CatalogUnavailable(str(exc)) from None
+        return Resolved(NO_VENUE, normalize.symbol_of(pair), "tick", pair)
+
+    async def _collect(self, feed: Feed) -> None:
+        state = await self.backfill.pair_state(feed.instrument)
+        self.pairs = {**self.pairs, feed.instrument: state}  # a new dict: the session iterates the old one
+        if self.session.sessions:  # the session's catalog load covered the pairs at start
+            with contextlib.suppress(normalize.Malformed):
+                await self.emit(normalize.instrument(feed.instrument, self.catalog.currencies, self.now_ns()))
+
+    async def _uncollect(self, feed: Feed) -> None:
+        state = self.pairs.get(feed.instrument)
+        if state is None:
+            return
+        state.active = False  # from now on nothing of it is published
+        with contextlib.suppress(Exception):  # keep its cursor: a resume goes on from there
+            await self.backfill.commit(force=True)
+        self.pairs = {k: v for k, v in self.pairs.items() if k != feed.instrument}
 
     async def on_stop(self) -> None:
         await self.client.close()

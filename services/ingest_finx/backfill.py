@@ -31,23 +31,21 @@ class FinxBackfill:
         self.between_pages = between_pages  # the live snaps keep their pace during a long catch-up
         self.commit_at = 0.0
 
-    async def load(self) -> None:
-        """One :class:`PairState` per configured pair, from its saved cursor (a restart: what came
-        since is a gap until back-filled) or the configured start."""
+    async def pair_state(self, pair: str) -> PairState:
+        """The :class:`PairState` of a pair feed control starts, from its saved cursor (a restart:
+        what came since is a gap until back-filled) or the configured start."""
         ing = self.ing
         now = ing.now_ns()
-        start = ing.settings.history_start_ns(now)
-        for pair in dict.fromkeys(p.upper() for p in ing.settings.pairs):
-            state = PairState(pair, normalize.symbol_of(pair), start)
-            state.tracker = GapTracker(ing, ing.source, venue=NO_VENUE, symbol=state.symbol, kind="tick")
-            saved = await ing.cursors.get(state.symbol)
-            if saved is not None:
-                state.cursor, state.boundary = saved.ts_ns, set(saved.boundary)
-                state.committed = (saved.ts_ns, frozenset(saved.boundary))
-                # A restart: everything since the saved cursor is missing until back-filled.
-                state.tracker.interrupted(now)
-            state.origin = state.cursor
-            ing.pairs[pair] = state
+        state = PairState(pair, normalize.symbol_of(pair), ing.settings.history_start_ns(now))
+        state.tracker = GapTracker(ing, ing.source, venue=NO_VENUE, symbol=state.symbol, kind="tick")
+        saved = await ing.cursors.get(state.symbol)
+        if saved is not None:
+            state.cursor, state.boundary = saved.ts_ns, set(saved.boundary)
+            state.committed = (saved.ts_ns, frozenset(saved.boundary))
+            # A restart: everything since the saved cursor is missing until back-filled.
+            state.tracker.interrupted(now)
+        state.origin = state.cursor
+        return state
 
     async def commit(self, force: bool = False) -> None:
         """Persist cursors whose events are all acked (flush first)."""
@@ -109,6 +107,8 @@ class FinxBackfill:
             await self.between_pages()
             asked_at = ing.now_ns()
             page = await self.page(state.pair, state.symbol, state.cursor, state.boundary)
+            if not state.active:  # feed control stopped it meanwhile
+                return
             if page.stuck:
                 await ing.publish_feed_status(
                     ing.source, "gap", symbol=state.symbol, kind="tick", gap=(state.cursor, page.cursor),

@@ -41,7 +41,7 @@ class FinxLive:
         state.last_snap_id = tick.id
         if tick.ts_event < state.cursor or (tick.ts_event == state.cursor and tick.id in state.boundary):
             return  # the history already published it
-        if tick.id in state.snap_ids:
+        if tick.id in state.snap_ids or not state.active:
             return
         state.snap_ids[tick.id] = tick.ts_event
         ing.outbox.add([tick], None, [await ing.emit(tick)])

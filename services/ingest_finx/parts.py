@@ -42,6 +42,7 @@ class PairState:
     snap_ids: dict[str, int] = field(default_factory=dict)  # published by a snap, ahead of the cursor
     committed: tuple[int, frozenset[str]] | None = None
     tracker: GapTracker | None = None  # the history's gap: interrupted -> gap -> resynced
+    active: bool = True  # False once feed control stopped the pair: nothing more of it is published
 
     @property
     def gap(self) -> tuple[int, int] | None:

@@ -19,6 +19,9 @@ class FinxIngestSettings(IngestSettings, kw_only=True):
     # TickPlant websocket base; the key is appended as /streamer/<api_key> (never logged).
     ws_url: str = "ws://127.0.0.1:8701"
     api_key: Secret = Secret("public")
+    # REST base (``observations/pairs``: the pairs feed control validates against); empty: the
+    # WS_URL's host over http(s) + /backend
+    rest_url: str = ""
     pairs: list[str] = msgspec.field(default_factory=lambda: ["BTC:USD"])
     tickers: list[str] = msgspec.field(default_factory=lambda: ["BTC", "USD"])
     snap_interval_s: float = 1.0  # tickSnap poll period per pair
@@ -40,6 +43,8 @@ class FinxIngestSettings(IngestSettings, kw_only=True):
             raise SettingsError(f"{p}WS_URL={self.ws_url!r} is invalid: must start with ws:// or wss://")
         if not self.api_key:
             raise SettingsError(f"{p}API_KEY is required")
+        if self.rest_url and not self.rest_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{p}REST_URL={self.rest_url!r} is invalid: must start with http:// or https://")
         if not self.pairs:
             raise SettingsError(f"{p}PAIRS must list at least one pair (e.g. BTC:USD)")
         for pair in self.pairs:
@@ -53,6 +58,13 @@ class FinxIngestSettings(IngestSettings, kw_only=True):
         if self.history_page_rows < 2:
             raise SettingsError(f"{p}HISTORY_PAGE_ROWS must be >= 2")
         self.history_start_ns(0)
+
+    def rest_base(self) -> str:
+        if self.rest_url:
+            return self.rest_url.rstrip("/")
+        scheme, rest = self.ws_url.split("://", 1)
+        host = rest.split("/", 1)[0]
+        return f"{'https' if scheme == 'wss' else 'http'}://{host}/backend"
 
     def history_start_ns(self, now_ns: int) -> int:
         try:
