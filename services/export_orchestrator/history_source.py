@@ -32,7 +32,8 @@ log = logging.getLogger("marketbus.export_orchestrator.history")
 DAY_NS = 86_400 * 1_000_000_000
 MAX_NS = 2**63 - 1
 MARKET_KINDS = frozenset(k for k in KINDS if SCHEMAS[k].stream == "MD")
-INSTRUMENT_COLUMNS = ["source", "symbol", "base", "quote", "instrument_type", "vendor_symbol", "attributes"]
+INSTRUMENT_COLUMNS = ["source", "symbol", "base", "quote", "instrument_type", "vendor_symbol", "vendor_ref",
+                      "attributes"]
 EXPORTABLE_KINDS = tuple(sorted(k for k in KINDS if k != FEED_STATUS))
 
 

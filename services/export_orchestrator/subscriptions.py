@@ -11,8 +11,9 @@ A feed's datastreams: its own kind when it has one, else the kinds stored for it
 (``trade`` when none is stored yet).
 
 The vendor instrument a new feed is added with comes from the stored reference data: TickSupply's
-datastream id (``attributes["datastream.<stream type>.json"]`` of the ``Instrument``), else the
-instrument's ``vendor_symbol``, else the symbol itself.
+datastream id (``attributes["datastream.<stream type>.json"]`` of the ``Instrument``), Sitagri's
+quote reference (``vendor_ref``), else the instrument's ``vendor_symbol`` (Digitex's market code,
+FinX's pair), else the symbol itself.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ class Subscriptions:
             ds = attributes.get(f"datastream.{stream_type}.json")
             if ds:
                 return str(ds)
+            if stream.source == "sitagri" and ref.get("vendor_ref"):  # a Sitagri feed is a quote reference
+                return str(ref["vendor_ref"])
             if ref.get("vendor_symbol"):
                 return str(ref["vendor_symbol"])
         return denormalize_symbol(stream.symbol)
