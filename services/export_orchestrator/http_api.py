@@ -434,13 +434,13 @@ class ExportApi:
         await self.schemas.put(request.state.owner, rec)
         return _json(rec.wire())
 
-    async def _layout(self, owner: str, ref: Any, kind: str | None) -> tuple[str, dict[str, Any] | None]:
+    async def _layout(self, owner: str, ref: Any, kind: str | None) -> tuple[str, str | None]:
         """An export's ``schema`` -> (layout name, custom column spec). The default is TickSupply's
         ``raw`` for a trade datastream, marketbus's own columns otherwise."""
         if ref is None:
             return ("raw" if kind in BUILT_IN_KINDS else MARKETBUS), None
         if isinstance(ref, dict):
-            return "custom", msgspec.to_builtins(self._content(ref))
+            return "custom", msgspec.json.encode(self._content(ref)).decode()
         if not isinstance(ref, str):
             raise ApiError(400, "schema must be a name, a schema id or a column spec", {"field": "schema"})
         if ref.startswith("sch_"):
@@ -455,7 +455,7 @@ class ExportApi:
             elif not rec.versions:
                 raise ApiError(400, f"Schema {ref} has no published version", {"field": "schema"})
             else:
-                return "custom", msgspec.to_builtins(self._content(rec.versions[-1]))
+                return "custom", msgspec.json.encode(self._content(rec.versions[-1])).decode()
         if ref in TICKSUPPLY_LAYOUTS:
             if kind is not None and kind not in BUILT_IN_KINDS:
                 raise ApiError(400, f"The {ref} schema is defined for trade datastreams; use schema {MARKETBUS!r}",

@@ -134,7 +134,7 @@ def custom(content: Content, kind: str, venue: str) -> Layout:
     return layout
 
 
-def layout_for(schema: str, spec: dict[str, Any] | None, kind: str, venue: str) -> Layout | None:
+def layout_for(schema: str, spec: str | None, kind: str, venue: str) -> Layout | None:
     """The layout of an export's ``schema`` for ``kind`` (None = marketbus's own columns)."""
     if schema == MARKETBUS:
         return None

@@ -12,7 +12,7 @@ exports (export orchestrator).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -104,9 +104,9 @@ class ExportRequest(Event, frozen=True, kw_only=True, tag="export_request"):
     fill_gaps: bool = True
     max_rows_per_file: Count = 1_000_000
     # column layout: "marketbus" (the event's own fields), TickSupply's built-in "raw" or
-    # "normalized", or "custom" (a TickSupply column spec in ``schema_spec``)
+    # "normalized", or "custom" (a TickSupply column spec, as JSON text, in ``schema_spec``)
     schema: Literal["marketbus", "raw", "normalized", "custom"] = "marketbus"
-    schema_spec: dict[str, Any] | None = None
+    schema_spec: str | None = None
 
 
 class Artifact(Checked, frozen=True, kw_only=True):

@@ -94,10 +94,13 @@ DATA_TYPES = ("f64", "i64", "string", "bool")
 
 
 def parse_content(body: Any) -> Content:
-    """Validate schema content (columns/unfold/derive); raises ValueError with a readable reason."""
+    """Validate schema content (columns/unfold/derive; or its JSON text); raises ValueError with a
+    readable reason."""
     try:
+        if isinstance(body, (str, bytes)):
+            body = msgspec.json.decode(body)
         content = msgspec.convert(body, Content)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValueError(str(exc)) from None
     if not content.columns:
         raise ValueError("columns must not be empty")
