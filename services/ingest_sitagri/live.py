@@ -39,6 +39,7 @@ class SitagriLive:
     def __init__(self, ingestor: SitagriHost) -> None:
         self.ing = ingestor
         self.live_quotes: list[str] = []
+        self.listening: frozenset[str] = frozenset()  # live_quotes, for the hot path
         self.last_ts: dict[str, int] = {}  # quote ref -> ts of its newest published price
         self.transport = "none"
         self.ws: WsNetbus | None = None
@@ -64,6 +65,8 @@ class SitagriLive:
         obj, event = decoded
         self.pushes += 1
         quote = getattr(obj, "quote", None)
+        if quote is not None and quote not in self.listening:
+            return  # sent before its listener was unregistered (feed control; long polling queues them)
         if quote is not None and type(obj) is not normalize.VOrderBook:
             if event.ts_event > self.last_ts.get(quote, 0):
                 self.last_ts[quote] = event.ts_event
@@ -140,6 +143,7 @@ class SitagriLive:
         added = [q for q in quotes if q not in self.live_quotes]
         removed = [q for q in self.live_quotes if q not in quotes]
         self.live_quotes = list(quotes)
+        self.listening = frozenset(quotes)
         session = self.ws if self.ws is not None and self.ws.connected else self.lp
         if session is None:
             return

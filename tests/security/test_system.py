@@ -4,6 +4,7 @@ is accepted, and no permission was ever refused. Binds the sandbox ports 8701-87
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -57,6 +58,12 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
         router = _cli(cli_env, "order", "status")
         tail = _cli(cli_env, "tail", "ref.>", "--last", "-n", "1", "--json")
         status = _cli(cli_env, "status", "--json")
+        # feed control through every ingestor, as the operator
+        feed_changes = [_cli(cli_env, "feed", *args) for args in (
+            ("add", "finx", "ETH:USD"), ("add", "ticksupply", "104"), ("pause", "digitex", "FS:ETHUSD"),
+            ("remove", "sitagri", "/market/sources/SITSISALMONI/index/SISALMONI"))]
+        feed_refused = _cli(cli_env, "feed", "add", "digitex", "FS:NOPE")
+        feeds = _cli(cli_env, "feed", "list", "--all", "--json")
         anonymous = _cli(env | {"NATS_URL": url,
                                 "MARKETBUS_DATA_DIR": str(tmp_path / "elsewhere")}, "status")
         up.send_signal(signal.SIGINT)  # Ctrl-C: everything stops cleanly
@@ -75,6 +82,14 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
     for name, result in (("order list", listed), ("order status", router), ("tail --last", tail), ("status", status)):
         assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
     assert "FS-BTCUSD" in listed.stdout and tail.stdout.strip() and "ingest_finx" in status.stdout
+    for result in feed_changes:
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert feed_refused.returncode == 1 and "unknown instrument 'FS:NOPE'" in feed_refused.stderr
+    states = {(f["vendor"], f["instrument"]): f["state"] for f in map(json.loads, feeds.stdout.splitlines())}
+    assert {states[("finx", "ETH:USD")], states[("ticksupply", "104")]} == {"active"}
+    assert states[("digitex", "FS:ETHUSD")] == "paused"
+    assert states[("sitagri", "/market/sources/SITSISALMONI/index/SISALMONI")] == "removed"
+    assert states[("finx", "BTC:USD")] == states[("ticksupply", "101")] == "active"  # seeded from the settings
     assert anonymous.returncode != 0 and "AuthorizationViolation" in re.sub(r"[\s│]", "", anonymous.stderr)
     for name, _module in existing_services():
         assert f"started {name}" in out

@@ -8,7 +8,8 @@ from rich.table import Table
 
 from marketbus.contracts.status import ServiceHeartbeat
 
-STATE_STYLE = {"connected": "green", "resynced": "green", "gap": "yellow", "stale": "yellow", "disconnected": "red"}
+STATE_STYLE = {"connected": "green", "resynced": "green", "gap": "yellow", "stale": "yellow", "disconnected": "red",
+               "subscribed": "green", "paused": "dim", "unsubscribed": "dim"}
 
 
 def _age(ts_ns: int | None, now_ns: int) -> str:

@@ -120,13 +120,17 @@ class FeedTracker:
         feed = self.feeds.get(name)
         return feed.state if feed else None
 
+    def forget(self, name: str) -> None:
+        """A feed no longer collected (feed control removed it): out of the heartbeats."""
+        self.feeds.pop(name, None)
+
     def snapshot(self) -> list[FeedHealth]:
         now = time.monotonic()
         out = []
         for name, feed in sorted(self.feeds.items()):
             feed.roll(now)
             state = feed.state
-            if state is None:  # a data feed without a state of its own: live while events flow
+            if state is None or state == "subscribed":  # a data feed without a state of its own: live while events flow
                 fresh = feed.last_ts is not None and time.time_ns() - feed.last_ts < STALE_AFTER_NS
                 state = "connected" if fresh else "stale"
             out.append(FeedHealth(feed=name, state=state, events_total=feed.total,

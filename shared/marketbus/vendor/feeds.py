@@ -291,9 +291,13 @@ class FeedControl:
         self.active_gauge.labels(self.vendor).set(len(self.applied))
 
     async def _status(self, feed: Feed, state: str) -> None:
+        """Published under the feed name of the data feed (``<vendor>/<venue>/<symbol>``): a
+        paused feed shows ``paused`` in the heartbeats (not ``stale``), a removed one leaves them."""
         with contextlib.suppress(Exception):
             await self.ing.publish_feed_status(self.vendor, state, venue=feed.venue, symbol=feed.symbol,
-                                               kind=feed.kind, detail=f"feed {feed.key}", feed=f"feed:{feed.key}")
+                                               kind=feed.kind, detail=f"feed {feed.key}")
+        if state == "unsubscribed":
+            self.ing.feeds.forget(f"{self.vendor}/{feed.venue}/{feed.symbol}")
 
     # --- the request/reply API -----------------------------------------------------------------
     async def handle(self, body: bytes) -> bytes:
