@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
 from marketbus.history.lakehouse import LakehouseSettings  # noqa: E402
 from services.export_orchestrator.history_source import HistorySource  # noqa: E402
+from services.export_orchestrator.layouts import layout_for  # noqa: E402
 from services.export_orchestrator.writer import SplitWriter  # noqa: E402
 from services.history_writer.schema import SCHEMAS, Decoded  # noqa: E402
 from services.history_writer.store.iceberg import IcebergStore  # noqa: E402
@@ -56,9 +57,10 @@ def trade_table(n: int) -> pa.Table:
     return pa.Table.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
 
 
-async def data_path(store: IcebergStore, work: Path, fmt: str) -> tuple[float, int]:
+async def data_path(store: IcebergStore, work: Path, fmt: str, schema: str = "marketbus") -> tuple[float, int]:
     src = HistorySource(None, None, store.reader)  # reads the tables through the catalog
-    w = SplitWriter(work / fmt.replace(".", "_"), fmt, "trade-bench", "trade", None, 10**9, 1 << 40)
+    w = SplitWriter(work / f"{fmt.replace('.', '_')}_{schema}", fmt, "trade-bench", "trade", None, 10**9, 1 << 40,
+                    layout=layout_for(schema, None, "trade", "XCHG"))
     rows = 0
     t = time.perf_counter()
     async for _, batch in src.batches(store_selector(), T0, T0 + 10**18):
@@ -147,6 +149,9 @@ async def main() -> None:
         # best of two runs (the machine is shared; the first run also warms the page cache)
         pq_rate, pq_bytes = max([await data_path(store, tmp / f"work{i}", "parquet") for i in range(2)])
         csv_rate, csv_bytes = max([await data_path(store, tmp / f"work{i}", "csv.gz") for i in range(2)])
+        # the TickSupply API's layouts (issue #19), against marketbus's own CSV of the same run
+        raw_rate, raw_bytes = max([await data_path(store, tmp / f"work{i}", "csv.gz", "raw") for i in range(2)])
+        norm_rate, norm_bytes = max([await data_path(store, tmp / f"work{i}", "csv.gz", "normalized") for i in range(2)])
         e2e_pq = await end_to_end(tmp, "parquet")
         e2e_csv = await end_to_end(tmp, "csv.gz")
 
@@ -156,6 +161,10 @@ async def main() -> None:
           f"| pyarrow write of the in-memory table {ref_pq:,.0f} rows/s | {pq_rate / 1e6:.2f}x |")
     print(f"| store -> CSV.gz, data path | {csv_rate:,.0f} rows/s ({csv_bytes / N:.1f} B/row) | >= 300,000 rows/s "
           f"| pyarrow CSV + zlib-1 of the in-memory table {ref_csv:,.0f} rows/s | {csv_rate / 3e5:.2f}x |")
+    print(f"| store -> CSV.gz, TickSupply raw layout | {raw_rate:,.0f} rows/s ({raw_bytes / N:.1f} B/row) | >= 300,000 rows/s "
+          f"| marketbus layout, same run {csv_rate:,.0f} rows/s | {raw_rate / 3e5:.2f}x |")
+    print(f"| store -> CSV.gz, TickSupply normalized layout | {norm_rate:,.0f} rows/s ({norm_bytes / N:.1f} B/row) "
+          f"| >= 300,000 rows/s | marketbus layout, same run {csv_rate:,.0f} rows/s | {norm_rate / 3e5:.2f}x |")
     print(f"| export job end to end, Parquet | {e2e_pq:,.0f} rows/s | >= 1,000,000 rows/s | table read alone {read:,.0f} rows/s "
           f"| {e2e_pq / 1e6:.2f}x |")
     print(f"| export job end to end, CSV.gz | {e2e_csv:,.0f} rows/s | >= 300,000 rows/s | table read alone {read:,.0f} rows/s "

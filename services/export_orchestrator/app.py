@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import msgspec
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from marketbus.clients.feeds import FeedClient
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.errors import NOT_FOUND, ErrorReply, code_for_http_status
 from marketbus.contracts.jobs import ExportRequest
@@ -30,11 +31,13 @@ from marketbus.runtime.logging import register_secret
 from marketbus.runtime.service import Service
 
 from .artifacts import ArtifactStore, make_store
+from .export_schemas import SchemaStore
 from .history_source import HistorySource
 from .http_api import ExportApi
 from .jobs import JobError, JobManager
 from .settings import ExportSettings
 from .signing import UrlSigner, load_signing_key
+from .subscriptions import Subscriptions
 
 QUEUE = "export_orchestrator"
 SECRET_KEY = "config.signing_secret"
@@ -144,7 +147,8 @@ class ExportOrchestrator(Service):
         self.jobs = JobManager(s, self.nc, kv, self.history, self.artifacts, self.instance)
         await self.jobs.start()
         if s.api_port >= 0:
-            api = ExportApi(s, self.jobs, self.history, self.artifacts, self.signer)
+            api = ExportApi(s, self.jobs, self.history, self.artifacts, self.signer, SchemaStore(kv),
+                            Subscriptions(FeedClient(self.nc, by="export_api"), self.history))
             self.api = AsgiServer(api.app(), s.api_host, s.api_port, lifespan="off")
             await self.api.start()
             self.log.info("export API on %s/v1", self.api.url)

@@ -20,6 +20,7 @@ import msgspec
 import pyarrow as pa
 
 from marketbus.contracts.jobs import StreamCoverage, StreamSelector
+from marketbus.contracts.subjects import normalize_symbol
 from marketbus.history.coverage import DEFAULT_MAX_GAP_NS, build_coverage
 from marketbus.history.lakehouse import LakehouseSettings
 from marketbus.history.reader import HistoryReader
@@ -30,6 +31,9 @@ log = logging.getLogger("marketbus.export_orchestrator.history")
 
 DAY_NS = 86_400 * 1_000_000_000
 MAX_NS = 2**63 - 1
+MARKET_KINDS = frozenset(k for k in KINDS if SCHEMAS[k].stream == "MD")
+INSTRUMENT_COLUMNS = ["source", "symbol", "base", "quote", "instrument_type", "vendor_symbol", "vendor_ref",
+                      "attributes"]
 EXPORTABLE_KINDS = tuple(sorted(k for k in KINDS if k != FEED_STATUS))
 
 
@@ -114,6 +118,53 @@ class HistorySource:
         sel = to_selector(selector) if selector is not None else Selector()
         rows = await asyncio.to_thread(self._reader().streams, sel)
         return [StreamKey(*r) for r in rows if r[0] != FEED_STATUS]
+
+    async def market_streams(self) -> list[StreamKey]:
+        """The stored market data streams (no reference data, no feed status): the datastreams."""
+        return [k for k in await self.streams() if k.kind in MARKET_KINDS]
+
+    async def instruments(self, venue: str) -> dict[str, dict[str, Any]]:
+        """The latest stored ``Instrument`` reference event of each symbol of ``venue``:
+        symbol -> {source, base, quote, instrument_type, vendor_symbol, attributes} (the reference
+        data the ingestors publish)."""
+        reader = self._reader()
+        sel = Selector(kind="instrument", venue=venue)
+        try:
+            table = await asyncio.to_thread(reader.read_kind, "instrument", sel, 0, MAX_NS, columns=INSTRUMENT_COLUMNS)
+        except Exception as exc:
+            raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
+        out: dict[str, dict[str, Any]] = {}
+        for row in table.select(INSTRUMENT_COLUMNS).to_pylist():  # history order: the latest wins
+            try:
+                row["attributes"] = msgspec.json.decode(row["attributes"]) if row["attributes"] else {}
+            except msgspec.DecodeError:
+                row["attributes"] = {}
+            out[row["symbol"]] = row
+        return out
+
+    async def vendor_datastreams(self) -> list[StreamKey]:
+        """The streams a vendor's catalog offers, from the stored reference data: TickSupply's
+        datastreams (``InstrumentClass`` ``datastream`` events, JSON wire format): a trade stream
+        is collected as ``trade``, a depth stream as ``quote`` (top of book)."""
+        reader = self._reader()
+        sel = Selector(kind="instrument_class", source="ticksupply")
+        try:
+            table = await asyncio.to_thread(reader.read_kind, "instrument_class", sel, 0, MAX_NS,
+                                            columns=["venue", "class_type", "attributes"])
+        except Exception as exc:
+            raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
+        out: set[StreamKey] = set()
+        for row in table.select(["venue", "class_type", "attributes"]).to_pylist():
+            if row["class_type"] != "datastream" or not row["attributes"]:
+                continue
+            try:
+                attrs = msgspec.json.decode(row["attributes"])
+            except msgspec.DecodeError:
+                continue
+            kind = {"trade": "trade", "depth": "quote"}.get(attrs.get("stream_type"))
+            if kind and attrs.get("wire_format") == "json" and attrs.get("instrument"):
+                out.add(StreamKey(kind, "ticksupply", row["venue"], normalize_symbol(attrs["instrument"])))
+        return sorted(out)
 
     # --- data -------------------------------------------------------------------------------------
     async def batches(self, selector: StreamSelector | Selector, start_ns: int, end_ns: int, *,

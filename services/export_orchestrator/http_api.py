@@ -1,22 +1,31 @@
-"""The TickSupply-shaped HTTP API over marketbus's own history.
+"""The TickSupply-compatible HTTP API over marketbus's own data.
 
-Same paths, shapes, errors and conventions as TickSupply (see ../shared/vendors/ticksupply.md),
-so the official ``ticksupply`` client and the vendor's ``requests`` examples work unchanged
-with only the base URL and the key changed:
+Same paths, shapes, errors and conventions as TickSupply, so the official ``ticksupply`` client
+and the vendor's ``requests`` workflow work unchanged with only the base URL and the key changed:
 
-- ``X-Api-Key`` on every ``/v1`` call (401 ``unauthenticated``), ``X-Request-Id`` on every reply;
+- ``X-Api-Key`` on every ``/v1`` call (401 ``unauthenticated``), exactly one ``X-Request-Id`` on
+  every reply (errors included);
 - errors ``{"error": {"code", "message", "details"}}``; 429 ``rate_limited`` + ``Retry-After``
   beyond the per-key rate or when too many jobs are queued;
 - cursor pages ``{items, total, limit, next_page_token}`` (signed opaque tokens);
-- ``Idempotency-Key`` on mutating calls (an export's id derives from it: a retry returns the
-  same job; the same key with another request is 409 ``already_exists``).
+- ``Idempotency-Key`` on exports (an export's id derives from it: a retry returns the same job;
+  the same key with another request is 409 ``already_exists``).
 
-Datastreams are the stored streams: ``exchange`` = venue, ``instrument`` = the vendor symbol,
-``stream_type`` = event kind, plus ``source``/``venue``/``symbol``/``kind``; ``datastream_id``
-is a stable integer derived from (kind, source, venue, symbol). Exports may also name a
-``selector`` (wildcards) instead of a ``datastream_id``, a ``format`` (``csv`` = ``csv.gz``,
-or ``parquet``) and ``columns``. Subscriptions exist for compatibility: marketbus keeps all
-history, so a subscription is always ``active`` and exports never need one.
+Datastreams: the stored market data streams, the feeds' streams and the vendors' catalog streams
+(reference data never is one): ``exchange`` = venue, ``instrument`` = the vendor symbol,
+``stream_type`` = event kind, plus ``source``/``venue``/``symbol``/``kind``; ``datastream_id`` is a
+stable integer derived from (kind, source, venue, symbol). Instruments carry base/quote/type from
+the stored ``Instrument`` reference events.
+
+Subscriptions are marketbus feeds (:mod:`.subscriptions`): create/pause/resume/delete change
+collection through the vendor's ingestor; status, ``created_at`` and spans are the feed's; an
+export of a datastream whose subscription was deleted is 403, as with TickSupply.
+
+Exports: ``schema`` ``raw`` (default for trades) / ``normalized`` / ``sch_...`` / an inline column
+spec give TickSupply's CSV (:mod:`.layouts`), ``marketbus`` the event's own columns; export schemas
+(built-in and custom, :mod:`.export_schemas`) are served. marketbus extensions: a ``selector``
+(wildcards) instead of a ``datastream_id``, ``format`` (``csv`` = ``csv.gz``, or ``parquet``),
+``columns``, ``fill_gaps``, ``max_rows_per_file``.
 
 Downloads: ``GET /v1/exports/{id}/download`` gives HMAC-signed URLs ``/artifacts/<job>/<file>``
 that expire (``url_ttl_s``); a tampered or expired URL is 403 and only the job's own artifacts
@@ -31,7 +40,7 @@ import hmac
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import msgspec
@@ -46,15 +55,22 @@ from marketbus.contracts.jobs import ExportRequest, StreamSelector
 from marketbus.contracts.subjects import denormalize_symbol
 from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.tsapi import ApiError, error_response, int_param, iso, json_body, parse_ns
+from marketbus.runtime.tsapi_schemas import BUILT_IN_NAMES, CATEGORIES, Content, SchemaRecord, parse_content
 
 from .artifacts import ArtifactNotFound, ArtifactStore
+from .export_schemas import SchemaStore, new_schema_id
 from .history_source import MAX_NS, HistorySource, HistoryUnavailable, StreamKey
+from .idempotency import Idempotency
 from .jobs import Conflict, InvalidRequest, JobError, JobManager, JobRecord, NotFound, Overloaded, artifact_id
+from .layouts import BUILT_IN_KINDS, MARKETBUS, TICKSUPPLY_LAYOUTS, category_of
 from .settings import ExportSettings
 from .signing import UrlSigner
+from .subscriptions import Subscription, Subscriptions
 
 CATALOG_LIMITS = (100, 1000)
 ACCOUNT_LIMITS = (50, 100)
+# marketbus instrument types -> TickSupply's (spot | perpetual | futures | option)
+INSTRUMENT_TYPES = {"future": "futures", "continuous_future": "futures"}
 STATUS = {"queued": "queued", "running": "running", "succeeded": "succeeded", "failed": "failed", "cancelled": "canceled"}
 
 
@@ -85,9 +101,10 @@ class _Gate:
             return
         request_id = f"req_{uuid.uuid4().hex}"
 
-        async def stamped(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+        async def stamped(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":  # exactly one request id per response
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
             await send(message)
 
         if scope["path"].startswith("/v1"):
@@ -104,8 +121,11 @@ class ExportApi:
     source for the catalog, the artifact store for downloads, the URL signer), not the service."""
 
     def __init__(self, settings: ExportSettings, jobs: JobManager, history: HistorySource, artifacts: ArtifactStore,
-                 signer: UrlSigner) -> None:
+                 signer: UrlSigner, schemas: SchemaStore, subscriptions: Subscriptions) -> None:
         self.settings = settings
+        self.schemas = schemas
+        self.subs = subscriptions
+        self.idem = Idempotency(schemas.kv)
         self.jobs = jobs
         self.history = history
         self.artifacts = artifacts
@@ -171,7 +191,11 @@ class ExportApi:
 
     # --- catalog --------------------------------------------------------------------------------
     async def _streams(self) -> list[StreamKey]:
-        return await self.history.streams()
+        """The datastreams: the stored market data streams, the streams of the feeds and the
+        streams the vendors' catalogs offer (what a subscription can start collecting)."""
+        stored = await self.history.market_streams()
+        feeds = {k for f in await self.subs.feeds() for k in self.subs.streams_of(f, stored)}
+        return sorted(set(stored) | feeds | set(await self.history.vendor_datastreams()))
 
     @staticmethod
     def ds_wire(k: StreamKey) -> dict[str, Any]:
@@ -214,11 +238,18 @@ class ExportApi:
         if not streams:
             raise ApiError(404, f"Exchange {exchange!r} not found")
         q = request.query_params
+        refs = await self.history.instruments(exchange)
+        items: list[dict[str, Any]] = []
+        for symbol in sorted({k.symbol for k in streams}):
+            ref = refs.get(symbol) or {}
+            kind = str(ref.get("instrument_type") or "")
+            items.append({"symbol": denormalize_symbol(symbol), "base": ref.get("base"), "quote": ref.get("quote"),
+                          "instrument_type": INSTRUMENT_TYPES.get(kind, kind) or None})
         search = (q.get("search") or "").upper()
-        symbols = sorted({denormalize_symbol(k.symbol) for k in streams})
-        items = [s for s in symbols if not search or search in s.upper()]
-        return self.page(request, items, lambda s: s, CATALOG_LIMITS,
-                         lambda s: {"symbol": s, "base": None, "quote": None, "instrument_type": None})
+        wanted = {f: (q.get(f) or "").upper() for f in ("base", "quote", "instrument_type")}
+        items = [i for i in items if (not search or search in i["symbol"].upper())
+                 and all(not v or (i[f] or "").upper() == v for f, v in wanted.items())]
+        return self.page(request, items, lambda i: i["symbol"], CATALOG_LIMITS, lambda i: i)
 
     async def instrument_datastreams(self, request: Request) -> Response:
         q = request.query_params
@@ -250,40 +281,190 @@ class ExportApi:
         return _json({"access_status": "ACTIVE", "plan_code": "pro", "current_period_end": None,
                       "usage": {"extra_stream_minutes_total": 0, "export_gb_total": "0", "export_gb_extra": 0}})
 
-    # --- subscriptions (compatibility: history is always collected) ------------------------------
-    def _sub_wire(self, owner: str, k: StreamKey, created: int | None = None) -> dict[str, Any]:
-        ds = datastream_id(k)
-        sub_id = "sub_" + hashlib.sha256(f"{owner}:{ds}".encode()).hexdigest()[:32]
-        at = iso(created or time.time_ns())
-        return {"id": sub_id, "datastream_id": ds, "status": "active", "created_at": at, "datastream": self.ds_wire(k),
-                "spans": [{"id": "spn_" + sub_id[4:], "started_at": at, "ended_at": None}]}
+    # --- subscriptions: marketbus feeds (see .subscriptions) ----------------------------------------
+    def _sub_wire(self, sub: Subscription, spans: bool = True) -> dict[str, Any]:
+        # the superset: GET validates the datastream_id form, create the datastream + spans form
+        return {"id": sub.id, "datastream_id": datastream_id(sub.stream), "status": sub.status,
+                "created_at": iso(sub.feed.created_ts), "datastream": self.ds_wire(sub.stream),
+                "spans": sub.spans() if spans else []}
+
+    async def _all_subs(self) -> list[Subscription]:
+        return await self.subs.all(await self.history.market_streams())
+
+    async def _sub(self, request: Request) -> Subscription:
+        sub_id = request.path_params["id"]
+        for sub in await self._all_subs():
+            if sub.id == sub_id:
+                return sub
+        raise ApiError(404, "Subscription not found", {"id": sub_id})
 
     async def create_subscription(self, request: Request) -> Response:
         body = await json_body(request)
         k = await self.stream_by_id(body.get("datastream_id"))
-        return _json(self._sub_wire(request.state.owner, k) | {"spans": []}, 201)
-
-    async def _sub(self, request: Request) -> tuple[StreamKey, dict[str, Any]]:
-        sub_id = request.path_params["id"]
-        for k in await self._streams():
-            wire = self._sub_wire(request.state.owner, k)
-            if wire["id"] == sub_id:
-                return k, wire
-        raise ApiError(404, "Subscription not found", {"id": sub_id})
+        sub = await self.subs.create(k)
+        return _json(self._sub_wire(sub, spans=False), 201)  # TickSupply: spans are [] on create
 
     async def list_subscriptions(self, request: Request) -> Response:
-        return self.page(request, await self._streams(), datastream_id, ACCOUNT_LIMITS,
-                         lambda k: self._sub_wire(request.state.owner, k))
+        subs = await self._all_subs()  # newest first, as TickSupply lists them
+        return self.page(request, subs, lambda s: (-s.feed.created_ts, s.id), ACCOUNT_LIMITS, self._sub_wire)
 
     async def get_subscription(self, request: Request) -> Response:
-        return _json((await self._sub(request))[1])
+        return _json(self._sub_wire(await self._sub(request)))
 
-    async def sub_noop(self, request: Request) -> Response:
-        await self._sub(request)
+    async def pause_subscription(self, request: Request) -> Response:
+        sub = await self._sub(request)
+        if sub.status == "deleted":
+            raise ApiError(409, "Subscription is deleted", {"id": sub.id, "status": sub.status})
+        if sub.status == "active":
+            await self.subs.command("pause", sub.feed)
+        return Response(status_code=204)
+
+    async def resume_subscription(self, request: Request) -> Response:
+        sub = await self._sub(request)
+        if sub.status == "deleted":
+            raise ApiError(409, "A deleted subscription cannot be resumed; create a new one",
+                           {"id": sub.id, "status": sub.status})
+        if sub.status == "paused":
+            await self.subs.command("resume", sub.feed)
+        return Response(status_code=204)
+
+    async def delete_subscription(self, request: Request) -> Response:
+        sub = await self._sub(request)
+        if sub.status != "deleted":
+            await self.subs.command("remove", sub.feed)
         return Response(status_code=204)
 
     async def spans(self, request: Request) -> Response:
-        return _json((await self._sub(request))[1]["spans"])
+        return _json((await self._sub(request)).spans())
+
+    # --- export schemas ---------------------------------------------------------------------------
+    async def _schema(self, request: Request) -> SchemaRecord:
+        rec = await self.schemas.get(request.state.owner, request.path_params["id"])
+        if rec is None:
+            raise ApiError(404, "Export schema not found", {"id": request.path_params["id"]})
+        return rec
+
+    async def _own_schema(self, request: Request) -> SchemaRecord:
+        rec = await self._schema(request)
+        if rec.is_built_in:
+            raise ApiError(403, "Built-in schemas cannot be modified or deleted", {"id": rec.id})
+        return rec
+
+    @staticmethod
+    def _content(body: Any) -> Content:
+        if isinstance(body, dict):
+            body = {k: v for k, v in body.items() if k in ("columns", "unfold", "derive")}
+        try:
+            return parse_content(body)
+        except ValueError as exc:
+            raise ApiError(400, f"Invalid schema content: {exc}") from None
+
+    async def list_schemas(self, request: Request) -> Response:
+        return _json([r.list_item() for r in await self.schemas.all(request.state.owner)])
+
+    async def create_schema(self, request: Request) -> Response:
+        body = await json_body(request)
+        name, category = body.get("name"), body.get("stream_category")
+        if not isinstance(name, str) or not name.strip():
+            raise ApiError(400, "name is required", {"field": "name"})
+        if category not in CATEGORIES:
+            raise ApiError(400, f"stream_category must be one of {', '.join(CATEGORIES)}", {"field": "stream_category"})
+        content = self._content(body)
+        owner = request.state.owner
+        taken = name in (*BUILT_IN_NAMES, MARKETBUS) or any(
+            r.name == name and r.category == category for r in await self.schemas.own(owner))
+        if taken:
+            raise ApiError(409, f"A schema named {name!r} already exists for {category}", {"name": name})
+        rec = SchemaRecord(id=new_schema_id(), name=name, category=category, is_built_in=False,
+                           created_ns=time.time_ns(), versions=[content])
+        await self.schemas.put(owner, rec)
+        return _json(rec.wire(), 201)
+
+    async def get_schema(self, request: Request) -> Response:
+        return _json((await self._schema(request)).wire())
+
+    async def update_schema(self, request: Request) -> Response:
+        rec = await self._own_schema(request)
+        rec.versions.append(self._content(await json_body(request)))
+        rec.draft = None
+        await self.schemas.put(request.state.owner, rec)
+        return _json(rec.wire())
+
+    async def delete_schema(self, request: Request) -> Response:
+        rec = await self._own_schema(request)
+        await self.schemas.delete(request.state.owner, rec.id)
+        return Response(status_code=204)
+
+    @staticmethod
+    def _draft(rec: SchemaRecord) -> Content:
+        if rec.draft is None:
+            raise ApiError(404, "No draft exists for this schema", {"id": rec.id})
+        return rec.draft
+
+    async def create_draft(self, request: Request) -> Response:
+        rec = await self._own_schema(request)
+        raw = await request.body()
+        rec.draft = (self._content(rec.versions[-1]) if raw.strip() in (b"", b"null")
+                     else self._content(await json_body(request)))
+        await self.schemas.put(request.state.owner, rec)
+        return _json(rec.wire(rec.draft), 201)
+
+    async def get_draft(self, request: Request) -> Response:
+        rec = await self._own_schema(request)
+        return _json(rec.wire(self._draft(rec)))
+
+    async def update_draft(self, request: Request) -> Response:
+        rec = await self._own_schema(request)
+        self._draft(rec)
+        rec.draft = self._content(await json_body(request))
+        await self.schemas.put(request.state.owner, rec)
+        return _json(rec.wire(rec.draft))
+
+    async def discard_draft(self, request: Request) -> Response:
+        rec = await self._own_schema(request)
+        self._draft(rec)
+        rec.draft = None
+        await self.schemas.put(request.state.owner, rec)
+        return Response(status_code=204)
+
+    async def publish_schema(self, request: Request) -> Response:
+        rec = await self._own_schema(request)
+        rec.versions.append(self._draft(rec))
+        rec.draft = None
+        await self.schemas.put(request.state.owner, rec)
+        return _json(rec.wire())
+
+    async def _layout(self, owner: str, ref: Any, kind: str | None) -> tuple[str, str | None]:
+        """An export's ``schema`` -> (layout name, custom column spec). The default is TickSupply's
+        ``raw`` for a trade datastream, marketbus's own columns otherwise."""
+        if ref is None:
+            return ("raw" if kind in BUILT_IN_KINDS else MARKETBUS), None
+        if isinstance(ref, dict):
+            return "custom", msgspec.json.encode(self._content(ref)).decode()
+        if not isinstance(ref, str):
+            raise ApiError(400, "schema must be a name, a schema id or a column spec", {"field": "schema"})
+        if ref.startswith("sch_"):
+            rec = await self.schemas.get(owner, ref)
+            if rec is None:
+                raise ApiError(400, f"Unknown schema {ref!r}", {"field": "schema"})
+            if kind is not None and rec.category != category_of(kind):
+                raise ApiError(400, f"Schema {ref} is for {rec.category}, the datastream is {category_of(kind)}",
+                               {"field": "schema"})
+            if rec.is_built_in:
+                ref = rec.name
+            elif not rec.versions:
+                raise ApiError(400, f"Schema {ref} has no published version", {"field": "schema"})
+            else:
+                return "custom", msgspec.json.encode(self._content(rec.versions[-1])).decode()
+        if ref in TICKSUPPLY_LAYOUTS:
+            if kind is not None and kind not in BUILT_IN_KINDS:
+                raise ApiError(400, f"The {ref} schema is defined for trade datastreams; use schema {MARKETBUS!r}",
+                               {"field": "schema"})
+            return ref, None
+        if ref == MARKETBUS:
+            return ref, None
+        raise ApiError(400, f"Unknown schema {ref!r}: raw, normalized, {MARKETBUS}, a schema id or a column spec",
+                       {"field": "schema"})
 
     # --- exports --------------------------------------------------------------------------------
     def job_wire(self, r: JobRecord) -> dict[str, Any]:
@@ -298,7 +479,7 @@ class ExportApi:
             "status": "deleted" if r.deleted else STATUS[r.state], "reason": r.job.reason,
             "created_at": iso(r.job.created_ts), "started_at": iso(r.started_ts), "finished_at": iso(r.finished_ts),
             "rows": r.job.rows, "bytes": r.job.bytes, "percent": r.job.percent, "complete": r.complete,
-            "selector": msgspec.to_builtins(sel), "artifact_count": len(r.job.artifacts),
+            "selector": msgspec.to_builtins(sel), "artifact_count": len(r.job.artifacts), "schema": req.schema,
         }
 
     async def _job(self, request: Request) -> JobRecord:
@@ -321,19 +502,23 @@ class ExportApi:
         formats = {"csv": "csv.gz", "csv.gz": "csv.gz", "parquet": "parquet"}
         if fmt not in formats:
             raise ApiError(400, f"Unsupported format {fmt!r} (csv, csv.gz or parquet)", {"field": "format"})
-        schema = body.get("schema")
-        if schema not in (None, "raw", "normalized"):
-            raise ApiError(400, f"Unsupported schema {schema!r}: use columns", {"field": "schema"})
         ds_id = None
+        owner = request.state.owner
         if body.get("selector") is not None:
             try:
                 selector = msgspec.convert(body["selector"], StreamSelector)
             except msgspec.ValidationError as exc:
                 raise ApiError(400, f"Invalid selector: {exc}", {"field": "selector"}) from None
+            schema, spec = await self._layout(owner, body.get("schema", MARKETBUS), None)
         else:
             k = await self.stream_by_id(body.get("datastream_id"))
             ds_id = datastream_id(k)
             selector = StreamSelector(kind=k.kind, source=k.source, venue=k.venue, symbol=k.symbol)
+            schema, spec = await self._layout(owner, body.get("schema"), k.kind)
+            sub = await self.subs.of_stream(k)
+            if sub is not None and sub.status == "deleted":  # as TickSupply: until subscribed again
+                raise ApiError(403, "The subscription to this datastream was deleted; subscribe again to export "
+                               "new data", {"datastream_id": ds_id})
         key = request.headers.get("idempotency-key") or f"auto-{uuid.uuid4().hex}"
         extra: dict[str, Any] = {}
         for name, typ in (("columns", list), ("fill_gaps", bool), ("max_rows_per_file", int)):
@@ -343,7 +528,7 @@ class ExportApi:
                 extra[name] = body[name]
         try:
             req = ExportRequest(idempotency_key=key, selector=selector, start_ns=start, end_ns=end,
-                                format=formats[fmt], **extra)  # type: ignore[arg-type]
+                                format=formats[fmt], schema=schema, schema_spec=spec, **extra)  # type: ignore[arg-type]
             record, _ = await self.jobs.submit(req, owner=request.state.owner, datastream_id=ds_id)
         except Overloaded as exc:
             raise ApiError(429, str(exc), {}, {"retry-after": "5"}) from None
@@ -410,6 +595,7 @@ class ExportApi:
 
     # --- app --------------------------------------------------------------------------------------
     def app(self) -> Starlette:
+        once = self.idem.wrap  # Idempotency-Key on the mutating calls (exports have their own)
         v1 = [
             Route("/exchanges", self.exchanges),
             Route("/exchanges/{exchange}/instruments", self.instruments),
@@ -418,12 +604,22 @@ class ExportApi:
             Route("/availability", self.availability),
             Route("/billing/summary", self.billing),
             Route("/subscriptions", self.list_subscriptions, methods=["GET"]),
-            Route("/subscriptions", self.create_subscription, methods=["POST"]),
+            Route("/subscriptions", once(self.create_subscription), methods=["POST"]),
             Route("/subscriptions/{id}", self.get_subscription, methods=["GET"]),
-            Route("/subscriptions/{id}", self.sub_noop, methods=["DELETE"]),
-            Route("/subscriptions/{id}/pause", self.sub_noop, methods=["POST"]),
-            Route("/subscriptions/{id}/resume", self.sub_noop, methods=["POST"]),
+            Route("/subscriptions/{id}", once(self.delete_subscription), methods=["DELETE"]),
+            Route("/subscriptions/{id}/pause", once(self.pause_subscription), methods=["POST"]),
+            Route("/subscriptions/{id}/resume", once(self.resume_subscription), methods=["POST"]),
             Route("/subscriptions/{id}/spans", self.spans),
+            Route("/export-schemas", self.list_schemas, methods=["GET"]),
+            Route("/export-schemas", once(self.create_schema), methods=["POST"]),
+            Route("/export-schemas/{id}", self.get_schema, methods=["GET"]),
+            Route("/export-schemas/{id}", self.update_schema, methods=["PUT"]),
+            Route("/export-schemas/{id}", once(self.delete_schema), methods=["DELETE"]),
+            Route("/export-schemas/{id}/draft", once(self.create_draft), methods=["POST"]),
+            Route("/export-schemas/{id}/draft", self.get_draft, methods=["GET"]),
+            Route("/export-schemas/{id}/draft", self.update_draft, methods=["PUT"]),
+            Route("/export-schemas/{id}/draft", once(self.discard_draft), methods=["DELETE"]),
+            Route("/export-schemas/{id}/publish", once(self.publish_schema), methods=["POST"]),
             Route("/exports", self.list_exports, methods=["GET"]),
             Route("/exports", self.create_export, methods=["POST"]),
             Route("/exports/{id}", self.get_export, methods=["GET"]),

@@ -24,9 +24,11 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from marketbus.contracts import codec
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ExportJob, ExportRequest
+from marketbus.runtime.tsapi_schemas import parse_content
 
 from .gaps import ReplayOutcome
 from .history_source import Position, kind_columns, kinds_of
+from .layouts import BUILT_IN_KINDS, MARKETBUS, TICKSUPPLY_LAYOUTS
 from .writer import FileResult
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -128,6 +130,14 @@ def validate(request: ExportRequest) -> None:
     kinds = kinds_of(request.selector)
     if not kinds:
         raise InvalidRequest(f"no event kind matches {request.selector.kind!r}")
+    if request.schema in TICKSUPPLY_LAYOUTS and any(k not in BUILT_IN_KINDS for k in kinds):
+        raise InvalidRequest(f"the {request.schema} schema is defined for {', '.join(BUILT_IN_KINDS)} only; "
+                             f"the selector matches {kinds} (use schema {MARKETBUS!r} or select kind trade)")
+    if request.schema == "custom":
+        try:
+            parse_content(request.schema_spec)
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid schema_spec: {exc}") from None
     if request.columns is not None:
         if not request.columns:
             raise InvalidRequest("columns must not be empty")

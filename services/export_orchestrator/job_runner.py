@@ -41,6 +41,7 @@ from .job_records import (
     replace_job,
 )
 from .job_status import JobStatus
+from .layouts import layout_columns, layout_for
 from .writer import MANIFEST_NAME, MANIFEST_VERSION, FileResult, SplitWriter, name_part
 
 log = logging.getLogger("marketbus.export_orchestrator.jobs")
@@ -247,7 +248,8 @@ class JobRunner:
                 w = writers[kind] = SplitWriter(
                     work, req.format, f"{name_part(kind)}-{prefix_base}", kind, cols,
                     req.max_rows_per_file, s.max_bytes_per_file, next_index=next_index.get(kind, 1),
-                    parquet_level=s.parquet_compression_level, csv_level=s.csv_compression_level)
+                    parquet_level=s.parquet_compression_level, csv_level=s.csv_compression_level,
+                    layout=layout_for(req.schema, req.schema_spec, kind, sel.venue))
             return w
 
         async def commit(w: SplitWriter, results: list[FileResult]) -> None:
@@ -325,8 +327,8 @@ class JobRunner:
             "format": req.format,
             "compression": "zstd" if req.format == "parquet" else "gzip",
             "decimals": "exact decimal text of the vendor (strings)",
-            "columns": {k: ([c for c in req.columns if c in kind_columns(k)] if req.columns else kind_columns(k))
-                        for k in kinds},
+            "schema": req.schema,
+            "columns": {k: layout_columns(req, k) for k in kinds},
             "rows": sum(f.rows for f in record.files),
             "bytes": sum(f.bytes for f in record.files),
             "artifacts": [{"id": artifact_id(record.id, f.filename), **msgspec.to_builtins(f)} for f in record.files],

@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ import msgspec
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+
+from .layouts import csv_text
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -65,7 +67,7 @@ class SplitWriter:
 
     def __init__(self, work_dir: Path, fmt: str, prefix: str, kind: str, columns: Sequence[str] | None,
                  max_rows: int, max_bytes: int, *, next_index: int = 1, parquet_level: int = 1,
-                 csv_level: int = 1) -> None:
+                 csv_level: int = 1, layout: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None) -> None:
         if fmt not in EXTENSIONS:
             raise ValueError(f"unknown format {fmt!r}")
         self.work_dir = work_dir
@@ -78,6 +80,7 @@ class SplitWriter:
         self.index = next_index
         self.parquet_level = parquet_level
         self.csv_level = csv_level
+        self.layout = layout  # a TickSupply layout: replaces the columns, CSV quoted as TickSupply does
         self._file: Any = None
         self._sink: Any = None
         self._writer: Any = None
@@ -151,8 +154,10 @@ class SplitWriter:
         if n == 0:
             return done
         order_cols = [batch.column(c) for c in ORDER_COLUMNS] if all(c in batch.schema.names for c in ORDER_COLUMNS) else None
-        cols = self.columns or default_columns(batch.schema)
-        out = batch.select(cols)
+        if self.layout is not None:
+            out = self.layout(batch)
+        else:
+            out = batch.select(self.columns or default_columns(batch.schema))
         if self._out_schema is None:
             self._out_schema = out.schema
         elif out.schema != self._out_schema:
@@ -166,6 +171,9 @@ class SplitWriter:
             piece = out.slice(offset, take)
             if self.fmt == "parquet":
                 self._writer.write_batch(piece, row_group_size=take)
+            elif self.layout is not None:
+                self._file.write(self._sink.compress(csv_text(piece, self._header)))
+                self._header = False
             else:
                 buf = pa.BufferOutputStream()
                 pcsv.write_csv(piece, buf, pcsv.WriteOptions(include_header=self._header, batch_size=8192))

@@ -19,15 +19,19 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest_asyncio
 
+from marketbus.clients.errors import RequestError
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
 from marketbus.contracts.market import Trade
+from marketbus.contracts.reference import Instrument, InstrumentClass
 from marketbus.runtime.publisher import JetStreamPublisher
 from marketbus.runtime.settings import Secret
 from services.export_orchestrator.app import ExportOrchestrator
 from services.history_writer.app import HistoryWriter
 from tests.helpers import wait_for
+
+from .feed_ingestor import FeedIngestor, start_feed_ingestor
 
 API_KEY = "test_export_key"
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
@@ -68,6 +72,7 @@ class Harness:
         self.nc: nats.NATS | None = None
         self.writer: HistoryWriter | None = None
         self.orchestrators: list[ExportOrchestrator] = []
+        self.services: list[Any] = []
 
     def settings(self, **kw: Any) -> dict[str, Any]:
         base = dict(nats_url=self.url, data_dir=str(self.tmp), history_dir=str(self.tmp / "history"), http_port=0,
@@ -100,7 +105,12 @@ class Harness:
 
     async def wait_stored(self, selector: str, n: int, timeout: float = 20.0) -> None:
         async def ok() -> bool:
-            return await self.stored_rows(selector) >= n
+            try:
+                return await self.stored_rows(selector) >= n
+            except RequestError as exc:  # a writer busy on a loaded host: ask again until the deadline
+                if exc.code != "timeout":
+                    raise
+                return False
 
         await wait_for(ok, timeout=timeout, what=f"{n} rows of {selector} stored")
 
@@ -130,6 +140,9 @@ async def harness(nats_server: Any, tmp_path: Path) -> AsyncIterator[Harness]:
     try:
         yield h
     finally:
+        for service in h.services:
+            with contextlib.suppress(Exception):
+                await service.stop()
         for orch in list(h.orchestrators):
             with contextlib.suppress(Exception):
                 await orch.stop()
@@ -138,6 +151,38 @@ async def harness(nats_server: Any, tmp_path: Path) -> AsyncIterator[Harness]:
                 await h.writer.stop()
         with contextlib.suppress(Exception):
             await h.nc.drain()
+
+
+# TickSupply instruments of the tests: symbol -> (vendor datastream id, type, base, quote)
+# (SOLUSDT is in the catalog only: never collected, nothing stored)
+TS_INSTRUMENTS = {"BTCUSDT": ("101", "spot", "BTC", "USDT"), "ETHUSDT": ("102", "spot", "ETH", "USDT"),
+                  "BTCUSD_PERP": ("103", "perpetual", "BTC", "USD"), "SOLUSDT": ("104", "spot", "SOL", "USDT")}
+
+
+async def ticksupply_reference(harness: Harness, venue: str = "binance") -> FeedIngestor:
+    """The reference data the TickSupply ingestor publishes for binance (Instrument events with
+    base/quote/type and the datastream ids, and a datastream InstrumentClass), and the ingestor's
+    side of feed control for those datastreams."""
+    ts = T0
+    events: list[Any] = []
+    for symbol, (ds, kind, base, quote) in TS_INSTRUMENTS.items():
+        events.append(Instrument(
+            id=event_id("ticksupply", "instrument", venue, symbol), source="ticksupply", venue=venue, symbol=symbol,
+            ts_event=ts, ts_recv=ts, instrument_type=kind, vendor_symbol=symbol, base=base, quote=quote,  # type: ignore[arg-type]
+            attributes={"datastream.trade.json": ds}))
+        vendor = f"{symbol}:trade:json"
+        events.append(InstrumentClass(
+            id=event_id("ticksupply", "datastream", ds), source="ticksupply", venue=venue,
+            symbol=subjects.normalize_symbol(vendor), ts_event=ts, ts_recv=ts, class_type="datastream",
+            vendor_symbol=vendor, vendor_ref=ds, attributes={"datastream_id": ds, "stream_type": "trade",
+                                                             "wire_format": "json", "exchange": venue,
+                                                             "instrument": symbol}))
+    await publish(harness.nc, events)
+    await harness.wait_stored("instrument.ticksupply.*.*", len(TS_INSTRUMENTS))
+    catalog = {ds: (venue, symbol, "trade") for symbol, (ds, *_rest) in TS_INSTRUMENTS.items()}
+    ingestor = await start_feed_ingestor(harness.url, catalog)
+    harness.services.append(ingestor)
+    return ingestor
 
 
 def read_artifact(filename: str, data: bytes) -> pa.Table:
@@ -171,6 +216,23 @@ def trade_rows(trades: list[Trade]) -> list[tuple[str, ...]]:
     return sorted((t.id, t.source, t.venue, t.symbol, str(t.ts_event), exact(t.price), exact(t.size), t.side) for t in trades)
 
 
+def raw_rows(trades: list[Trade]) -> list[tuple[str, ...]]:
+    """The rows of TickSupply's raw trade layout (exchange_ts_ns, collection_ts_ns, trade_id, price,
+    quantity, side) for these trades, decimals compared by value."""
+    return sorted((str(t.ts_event), str(t.ts_recv), t.trade_id or "", exact(t.price), exact(t.size), t.side)
+                  for t in trades)
+
+
+def raw_table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
+    out = []
+    names = ("exchange_ts_ns", "collection_ts_ns", "trade_id", "price", "quantity", "side")
+    for t in tables:
+        assert tuple(t.column_names) == names
+        cols = [t.column(c).to_pylist() for c in names]
+        out.extend(tuple(exact(v) if i in (3, 4) else str(v) for i, v in enumerate(row)) for row in zip(*cols))
+    return sorted(out)
+
+
 def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
     out = []
     for t in tables:
@@ -182,13 +244,17 @@ def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
 __all__ = [
     "API_KEY",
     "T0",
+    "TS_INSTRUMENTS",
     "Harness",
     "S",
     "download_all",
     "make_trades",
     "publish",
+    "raw_rows",
+    "raw_table_rows",
     "read_artifact",
     "table_rows",
+    "ticksupply_reference",
     "trade_rows",
     "wait_for",
 ]

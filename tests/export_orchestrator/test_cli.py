@@ -68,6 +68,17 @@ async def test_cli_create_wait_status_download(harness: Harness, tmp_path: Path)
     assert res.exit_code == 1 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
     res = await cli("cancel", job_id, "--json")  # a finished job stays as it is
     assert json.loads(res.stdout)["state"] == "succeeded"
+    # TickSupply's raw trade columns, over the bus too; refused for kinds that have no such layout
+    res = await cli("create", "trade.clisrc.*.*", "--start", str(T0), "--end", "2023-11-14T23:00:00Z", "--format",
+                    "csv.gz", "--no-fill-gaps", "--schema", "raw", "--wait", "--json")
+    raw_job = json.loads(res.stdout.splitlines()[-1])
+    assert res.exit_code == 0 and raw_job["state"] == "succeeded", res.output
+    res = await cli("download", raw_job["job_id"], "--out", str(tmp_path / "raw"))
+    data = (tmp_path / "raw" / raw_job["artifacts"][0]["filename"]).read_bytes()
+    assert read_artifact("x.csv.gz", data).column_names == ["exchange_ts_ns", "collection_ts_ns", "trade_id", "price",
+                                                            "quantity", "side"]
+    res = await cli("create", "quote.clisrc.*.*", "--start", str(T0), "--schema", "normalized")
+    assert res.exit_code == 1 and "normalized schema is defined for trade" in res.stderr, res.output
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -76,6 +87,7 @@ async def test_cli_create_wait_status_download(harness: Harness, tmp_path: Path)
     (["create", "trade", "--start", "-1h", "--end", "-2h"], "error: --end (-2h) is before --start (-1h)"),
     (["create", "trade", "--start", "soon"], "error: not a time: 'soon'"),
     (["create", "trade", "--start", "-1h", "--format", "xlsx"], "error: --format xlsx: use parquet or csv.gz"),
+    (["create", "trade", "--start", "-1h", "--schema", "wide"], "error: --schema wide: use marketbus, raw or normalized"),
 ])
 async def test_export_user_mistakes_are_one_line_errors_with_exit_2(args: list[str], message: str,
                                                                     nats_server: NatsServer) -> None:

@@ -19,7 +19,18 @@ import pyarrow.csv as pcsv
 import pytest
 import ticksupply
 
-from .conftest import API_KEY, Harness, S, download_all, make_trades, publish, read_artifact, table_rows, trade_rows
+from .conftest import (
+    API_KEY,
+    Harness,
+    S,
+    download_all,
+    make_trades,
+    publish,
+    raw_rows,
+    raw_table_rows,
+    read_artifact,
+    ticksupply_reference,
+)
 
 NOW = time.time_ns() // S * S
 
@@ -31,6 +42,7 @@ async def _setup(harness: Harness, **kw: Any):
     eth = make_trades("ticksupply", "binance", "ETHUSDT", [NOW - 1800 * S + i * S for i in range(100)])
     await publish(harness.nc, btc + eth)
     await harness.wait_stored("trade.ticksupply.*.*", 4100)
+    await ticksupply_reference(harness)
     return orch, btc, eth
 
 
@@ -70,20 +82,17 @@ async def test_official_ticksupply_client_flow(harness: Harness) -> None:
     for art, data in files:
         assert len(data) == art.bytes
         tables.append(read_artifact(art.filename, data))
-    assert table_rows(tables) == trade_rows(btc)
+    assert raw_table_rows(tables) == raw_rows(btc)  # TickSupply's raw trade columns, the default
 
 
-SEED = Path("/work/shared/seeds/001_cc5461a384af1b8c.txt")
+WORKFLOW = Path(__file__).parent / "data" / "ticksupply_workflow.py.txt"
 
 
 def _seed_workflow_source() -> str:
-    """The vendor's "Complete workflow example", verbatim, from the seed page."""
-    text = SEED.read_text()
-    start = text.index("#!/usr/bin/env python3")
-    return text[start:].replace('if __name__ == "__main__":\n    main()', "")
+    """The TickSupply docs' "Complete workflow example" (their Python Examples page), verbatim."""
+    return WORKFLOW.read_text().replace('if __name__ == "__main__":\n    main()', "")
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="seed documents not available")
 async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     orch, btc, _ = await _setup(harness)
     monkeypatch.setenv("TICKSUPPLY_API_KEY", API_KEY)
@@ -100,11 +109,16 @@ async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_pat
     tables = []
     for f in files:
         text = gzip.decompress(f.read_bytes())
-        header = text.split(b"\n", 1)[0].decode().replace('"', "").split(",")
+        assert text.startswith(b"exchange_ts_ns,collection_ts_ns,trade_id,price,quantity,side\n") and b'"' not in text
         tables.append(pcsv.read_csv(io.BytesIO(text), convert_options=pcsv.ConvertOptions(
-            column_types={c: pa.string() for c in header})))
-    # the workflow exported the last hour of BTCUSDT trades
-    assert table_rows(tables) == trade_rows(btc)
+            column_types={c: pa.string() for c in text.split(b"\n", 1)[0].decode().split(",")})))
+    # the workflow exported the last hour of BTCUSDT trades, in TickSupply's raw layout
+    assert raw_table_rows(tables) == raw_rows(btc)
+    # its subscription is the BTCUSDT feed, collecting
+    from marketbus.clients.feeds import FeedClient
+
+    feed = await FeedClient(harness.nc).get("ticksupply", "101")
+    assert feed.state == "active" and feed.open_period is not None
 
 
 async def test_signed_urls_refuse_tampering_and_expiry(harness: Harness) -> None:
@@ -160,9 +174,9 @@ async def test_auth_paging_rate_limit(harness: Harness) -> None:
         assert (await client.get("/v1/datastreams", headers={"X-Api-Key": "wrong"})).status_code == 401
         h = {"X-Api-Key": API_KEY}
         first = (await client.get("/v1/datastreams", params={"limit": 1}, headers=h)).json()
-        assert first["total"] == 2 and len(first["items"]) == 1 and first["next_page_token"]
-        second = (await client.get("/v1/datastreams", params={"limit": 1, "page_token": first["next_page_token"]}, headers=h)).json()
-        assert second["next_page_token"] is None and second["items"][0] != first["items"][0]
+        assert first["total"] == 4 and len(first["items"]) == 1 and first["next_page_token"]
+        second = (await client.get("/v1/datastreams", params={"limit": 3, "page_token": first["next_page_token"]}, headers=h)).json()
+        assert second["next_page_token"] is None and len(second["items"]) == 3 and first["items"][0] not in second["items"]
         bad = await client.get("/v1/datastreams", params={"limit": 1, "page_token": "x" + first["next_page_token"]}, headers=h)
         assert bad.status_code == 400
         codes = [(await client.get("/v1/exchanges", headers=h)) for _ in range(10)]

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -79,7 +79,7 @@ class GateMiddleware:
             return
         request_id = new_request_id()
 
-        async def stamped(message: dict[str, Any]) -> None:
+        async def stamped(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):

@@ -180,7 +180,7 @@ class TickSupplyApi:
                 raise ApiError(400, f"Schema {ref} has no published version", {"field": "schema"})
             if rec.is_built_in:
                 return compile_built_in(category, rec.name)
-            return compile_custom(rec.versions[-1])  # type: ignore[arg-type]
+            return compile_custom(rec.versions[-1])
         try:
             return compile_custom(parse_content(ref))
         except ValueError as exc:
@@ -323,7 +323,8 @@ class TickSupplyApi:
             r.name == name and r.category == category for r in account.schemas.values())
         if taken:
             raise ApiError(409, f"A schema named {name!r} already exists for {category}", {"name": name})
-        rec = SchemaRecord(self.store.new_id("sch"), name, category, False, now_ns(), [content])
+        rec = SchemaRecord(id=self.store.new_id("sch"), name=name, category=category, is_built_in=False,
+                           created_ns=now_ns(), versions=[content])
         account.schemas[rec.id] = rec
         return json_response(rec.wire(), 201)
 
@@ -350,7 +351,7 @@ class TickSupplyApi:
         rec = self._own_schema(request)
         raw = await request.body()
         if raw.strip() in (b"", b"null"):
-            rec.draft = rec.versions[-1]  # type: ignore[assignment]
+            rec.draft = rec.versions[-1]
         else:
             rec.draft = await self._content(request)
         return json_response(rec.wire(rec.draft), 201)
@@ -392,7 +393,7 @@ class TickSupplyApi:
             ranges = [(max(lo, start), min(hi, end)) for lo, hi in spans if lo < end and hi > start]
         schema = compile_built_in(STREAM_CATEGORY[ds.stream_type], request.query_params.get("schema", "raw"))
         limit = int_param(request, "limit", 100_000)
-        rows = []
+        rows: list[list[str]] = []
         for row in export_rows(ds, schema, ranges):
             if len(rows) >= limit:
                 break

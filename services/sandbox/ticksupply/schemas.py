@@ -21,81 +21,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from marketbus.runtime.tsapi_schemas import (  # noqa: F401 - re-exported for the sandbox modules
+    BUILT_IN_COLUMNS,
+    BUILT_IN_NAMES,
+    CATEGORIES,
+    Column,
+    Content,
+    Extractor,
+    JsonPath,
+    Meta,
+    Unfold,
+    built_in_spec,
+    iso_ns,
+    parse_content,
+)
 from services.sandbox.common.tape import Tick
 
 from .catalog import Datastream, tick_decimal
 
 STREAM_CATEGORY = {"trade": "trade", "depth": "book_update"}
-CATEGORIES = ("trade", "orderbook", "book_update", "quote", "kline", "ticker", "liquidation")
-BUILT_IN_NAMES = ("raw", "normalized")
-
-
-# --- wire structs (validation of user input) ---------------------------------------------------
-class Meta(msgspec.Struct, forbid_unknown_fields=True):
-    value: Literal["collection_timestamp_ns"]
-    format: Literal["ns", "us", "ms", "s", "iso8601"] = "ns"
-
-
-class JsonPath(msgspec.Struct):
-    path: str
-    type: str
-
-
-class Extractor(msgspec.Struct, omit_defaults=True):
-    json: JsonPath | None = None
-    transform: str | None = None
-
-
-class Column(msgspec.Struct, omit_defaults=True):
-    output_column: str
-    meta: Meta | None = None
-    data: dict[str, Extractor] | None = None
-
-
-class Unfold(msgspec.Struct):
-    path: str
-
-
-class Content(msgspec.Struct, omit_defaults=True):
-    columns: list[Column]
-    unfold: dict[str, Unfold] | None = None
-    derive: dict[str, list[dict[str, Any]]] | None = None
-
-
-_TYPES = ("f64", "i64", "string", "bool")
-
-
-def parse_content(body: Any) -> Content:
-    """Validate schema content (columns/unfold/derive); raises ValueError with a readable reason."""
-    try:
-        content = msgspec.convert(body, Content)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc)) from None
-    if not content.columns:
-        raise ValueError("columns must not be empty")
-    for col in content.columns:
-        if (col.meta is None) == (col.data is None):
-            raise ValueError(f"column {col.output_column!r}: set exactly one of meta or data")
-        for exchange, ex in (col.data or {}).items():
-            if ex.json is None:
-                raise ValueError(f"column {col.output_column!r}: data.{exchange}.json is required")
-            kind = ex.json.type
-            if kind not in _TYPES and not (kind.startswith("decimal(") and kind.endswith(")") and kind[8:-1].isdigit()):
-                raise ValueError(f"column {col.output_column!r}: unknown type {kind!r}")
-    return content
 
 
 # --- native exchange messages, what custom ``data`` paths address -------------------------------
-def _iso_ns(ns: int) -> str:
-    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
-
-
 def _side(tick: Tick) -> str:
     return "buy" if tick.side == 1 else "sell"
 
@@ -111,11 +63,11 @@ def native_message(ds: Datastream, tick: Tick) -> dict[str, Any]:
             "e": "trade", "E": ms, "s": ds.symbol, "t": tick.index, "p": price, "q": qty, "T": ms, "m": tick.side == 2}}
     if ds.exchange == "coinbase":
         return {"type": "match", "trade_id": tick.index, "product_id": ds.symbol, "price": price, "size": qty,
-                "side": _side(tick), "time": _iso_ns(tick.ts_ns)[:26] + "Z"}
+                "side": _side(tick), "time": iso_ns(tick.ts_ns)[:26] + "Z"}
     inst = ds.instrument
     return {"channel": "trade", "type": "update", "data": [{
         "symbol": f"{inst.base}/{inst.quote}", "side": _side(tick), "price": tick.price, "qty": tick.size,
-        "ord_type": "market", "trade_id": tick.index, "timestamp": _iso_ns(tick.ts_ns)[:26] + "Z"}]}
+        "ord_type": "market", "trade_id": tick.index, "timestamp": iso_ns(tick.ts_ns)[:26] + "Z"}]}
 
 
 def _bid(ds: Datastream, tick: Tick) -> Decimal:
@@ -152,13 +104,13 @@ def records(ds: Datastream, start_ns: int, end_ns: int) -> Iterator[Record]:
             yield Record(tick, coll, "ask", _ask(ds, tick), _ask_size(ds, tick))
 
 
-ColumnFn = Callable[[Datastream, Record], str]
+ColumnFn = Callable[[Datastream, Any], str]  # a Record, or a Record with its native message
 
 _FIELDS: dict[str, ColumnFn] = {
     "exchange_ts_ns": lambda ds, r: str(r.tick.ts_ns),
     "collection_ts_ns": lambda ds, r: str(r.collection_ts),
-    "exchange_time": lambda ds, r: _iso_ns(r.tick.ts_ns),
-    "collection_time": lambda ds, r: _iso_ns(r.collection_ts),
+    "exchange_time": lambda ds, r: iso_ns(r.tick.ts_ns),
+    "collection_time": lambda ds, r: iso_ns(r.collection_ts),
     "trade_id": lambda ds, r: str(r.tick.index),
     "update_id": lambda ds, r: str(r.tick.index),
     "price": lambda ds, r: tick_decimal(r.price),
@@ -167,46 +119,6 @@ _FIELDS: dict[str, ColumnFn] = {
     "exchange": lambda ds, r: ds.exchange,
     "instrument": lambda ds, r: ds.symbol,
 }
-
-BUILT_IN_COLUMNS: dict[tuple[str, str], list[str]] = {
-    ("trade", "raw"): ["exchange_ts_ns", "collection_ts_ns", "trade_id", "price", "quantity", "side"],
-    ("trade", "normalized"): ["exchange", "instrument", "exchange_time", "collection_time", "trade_id", "price",
-                              "quantity", "side"],
-    ("book_update", "raw"): ["exchange_ts_ns", "collection_ts_ns", "update_id", "side", "price", "quantity"],
-    ("book_update", "normalized"): ["exchange", "instrument", "exchange_time", "collection_time", "update_id",
-                                    "side", "price", "quantity"],
-}
-
-# How the built-in columns map onto native messages, as shown by GET /export-schemas/{id}.
-_NATIVE_PATHS: dict[str, dict[str, tuple[str, str]]] = {
-    "trade_id": {"binance": ("data.t", "i64"), "coinbase": ("trade_id", "i64"), "kraken": ("data.trade_id", "i64")},
-    "price": {"binance": ("data.p", "decimal(18)"), "coinbase": ("price", "decimal(18)"),
-              "kraken": ("data.price", "decimal(18)")},
-    "quantity": {"binance": ("data.q", "decimal(18)"), "coinbase": ("size", "decimal(18)"),
-                 "kraken": ("data.qty", "decimal(18)")},
-    "side": {"binance": ("data.m", "bool"), "coinbase": ("side", "string"), "kraken": ("data.side", "string")},
-    "exchange_ts_ns": {"binance": ("data.T", "i64"), "coinbase": ("time", "string"),
-                       "kraken": ("data.timestamp", "string")},
-}
-
-
-def built_in_spec(category: str, name: str) -> dict[str, Any]:
-    """Column specs of a built-in schema, in the API's Column shape."""
-    columns: list[dict[str, Any]] = []
-    for out in BUILT_IN_COLUMNS[(category, name)]:
-        if out.startswith("collection_"):
-            fmt = "ns" if out.endswith("_ns") else "iso8601"
-            columns.append({"output_column": out, "meta": {"value": "collection_timestamp_ns", "format": fmt}})
-            continue
-        paths = _NATIVE_PATHS.get(out.replace("update_id", "trade_id").replace("exchange_time", "exchange_ts_ns"),
-                                  {"binance": (out, "string"), "coinbase": (out, "string"), "kraken": (out, "string")})
-        columns.append({"output_column": out,
-                        "data": {ex: {"json": {"path": p, "type": t}} for ex, (p, t) in paths.items()}})
-    spec: dict[str, Any] = {"columns": columns}
-    if category == "trade":
-        spec["unfold"] = {"kraken": {"path": "data"}}
-    return spec
-
 
 # --- compiled schema ---------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -286,7 +198,7 @@ def _convert(value: Any, kind: str) -> str:
 def _meta_fn(fmt: str) -> ColumnFn:
     divisors = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
     if fmt == "iso8601":
-        return lambda ds, r: _iso_ns(r.collection_ts)
+        return lambda ds, r: iso_ns(r.collection_ts)
     div = divisors[fmt]
     return lambda ds, r: str(r.collection_ts // div)
 

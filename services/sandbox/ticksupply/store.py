@@ -11,13 +11,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
+from marketbus.runtime.tsapi_schemas import SchemaRecord, built_in_records
 
 from .api import ApiError, iso, now_ns
 from .catalog import Catalog, Datastream
-from .schemas import BUILT_IN_COLUMNS, Content, built_in_spec
-
-ORIGIN_NS = 1_704_067_200_000_000_000  # 2024-01-01: creation time shown for the built-in schemas
 
 
 def now_us_ns() -> int:
@@ -62,29 +59,6 @@ class Subscription:
 
 
 @dataclass
-class SchemaRecord:
-    id: str
-    name: str
-    category: str
-    is_built_in: bool
-    created_ns: int
-    versions: list[Content | dict[str, Any]] = field(default_factory=list)  # built-ins hold their spec dict
-    draft: Content | None = None
-
-    def _base(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "stream_category": self.category, "is_built_in": self.is_built_in,
-                "created_at": iso(self.created_ns), "version": len(self.versions), "has_draft": self.draft is not None}
-
-    def list_item(self) -> dict[str, Any]:
-        return self._base()
-
-    def wire(self, content: Content | dict[str, Any] | None = None) -> dict[str, Any]:
-        content = content if content is not None else (self.versions[-1] if self.versions else None)
-        body = msgspec.to_builtins(content) if content is not None else {"columns": []}
-        return self._base() | body
-
-
-@dataclass
 class Account:
     key: str
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
@@ -108,10 +82,7 @@ class Store:
         self.accounts = {key: Account(key) for key in api_keys}
         self._rng = random.Random(seed)
         self._seq = itertools.count(1)
-        self.built_in_schemas: dict[str, SchemaRecord] = {}
-        for category, name in BUILT_IN_COLUMNS:
-            rec = SchemaRecord(self.new_id("sch"), name, category, True, ORIGIN_NS, [built_in_spec(category, name)])
-            self.built_in_schemas[rec.id] = rec
+        self.built_in_schemas = {r.id: r for r in built_in_records(lambda _category, _name: self.new_id("sch"))}
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{self._rng.getrandbits(128):032x}"

@@ -104,6 +104,8 @@ def create(
     end: str = typer.Option("now", "--end", help="ns, ISO 8601, 'now' or relative (-5m)"),
     fmt: str = typer.Option("parquet", "--format", "-f", help="parquet | csv.gz"),
     columns: str = typer.Option("", "--columns", help="comma-separated columns (default: every field)"),
+    schema: str = typer.Option("marketbus", "--schema", help="marketbus (the event's fields) | raw | normalized "
+                               "(TickSupply's trade CSV columns)"),
     fill_gaps: bool = typer.Option(True, "--fill-gaps/--no-fill-gaps", help="ask the ingestors to replay holes first"),
     max_rows_per_file: int = typer.Option(1_000_000, "--max-rows-per-file"),
     key: str = typer.Option("", "--idempotency-key", help="default: a new random key"),
@@ -114,6 +116,8 @@ def create(
     """Create an export job (idempotent per --idempotency-key); prints its id."""
     if fmt not in ("parquet", "csv.gz"):
         fail(f"--format {fmt}: use parquet or csv.gz")
+    if schema not in ("marketbus", "raw", "normalized"):
+        fail(f"--schema {schema}: use marketbus, raw or normalized")
     with handled():
         start_ns, end_ns = parse_time(start), parse_time(end)
         if end_ns < start_ns:
@@ -122,7 +126,7 @@ def create(
             idempotency_key=key or str(uuid.uuid4()), selector=parse_selector(selector), start_ns=start_ns,
             end_ns=end_ns, format=fmt,  # type: ignore[arg-type]  # checked above
             columns=[c.strip() for c in columns.split(",") if c.strip()] or None, fill_gaps=fill_gaps,
-            max_rows_per_file=max_rows_per_file,
+            max_rows_per_file=max_rows_per_file, schema=schema,  # type: ignore[arg-type]  # checked above
         )
     job = run(_call(nats_url, "create", request))
     if as_json:

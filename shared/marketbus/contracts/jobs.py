@@ -103,6 +103,10 @@ class ExportRequest(Event, frozen=True, kw_only=True, tag="export_request"):
     columns: list[Label] | None = None
     fill_gaps: bool = True
     max_rows_per_file: Count = 1_000_000
+    # column layout: "marketbus" (the event's own fields), TickSupply's built-in "raw" or
+    # "normalized", or "custom" (a TickSupply column spec, as JSON text, in ``schema_spec``)
+    schema: Literal["marketbus", "raw", "normalized", "custom"] = "marketbus"
+    schema_spec: str | None = None
 
 
 class Artifact(Checked, frozen=True, kw_only=True):

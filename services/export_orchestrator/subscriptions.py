@@ -1,0 +1,139 @@
+"""TickSupply subscriptions over marketbus feeds (``marketbus.clients.feeds``).
+
+A subscription is the feed that collects a datastream: ``create`` adds the feed (the vendor's
+ingestor validates the instrument and starts collecting), ``pause``/``resume`` pause and resume
+collection, ``delete`` removes the feed (collection stops; the record and its periods stay).
+Status: feed ``active`` -> ``active``, ``paused`` -> ``paused``, ``removed`` -> ``deleted``;
+``created_at`` is the feed's creation time; the spans are the feed's recorded collection periods.
+
+Ids are stable: ``sub_`` + 32 hex of (feed key, kind); ``spn_`` + 32 hex of (subscription, start).
+A feed's datastreams: its own kind when it has one, else the kinds stored for its venue/symbol
+(``trade`` when none is stored yet).
+
+The vendor instrument a new feed is added with comes from the stored reference data: TickSupply's
+datastream id (``attributes["datastream.<stream type>.json"]`` of the ``Instrument``), Sitagri's
+quote reference (``vendor_ref``), else the instrument's ``vendor_symbol`` (Digitex's market code,
+FinX's pair), else the symbol itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from marketbus.clients.errors import RequestError
+from marketbus.clients.feeds import FeedClient
+from marketbus.contracts.feeds import VENDORS, Feed
+from marketbus.contracts.subjects import denormalize_symbol
+from marketbus.runtime.tsapi import ApiError, iso
+
+from .history_source import HistorySource, StreamKey
+
+STATUS = {"active": "active", "paused": "paused", "removed": "deleted"}
+# marketbus kind -> TickSupply stream type (the datastream id of a TickSupply instrument per stream type)
+TICKSUPPLY_STREAM_TYPE = {"trade": "trade", "quote": "depth"}
+
+_ERRORS = {"bad_request": 400, "not_found": 404, "conflict": 409}
+
+
+def _hex(*parts: Any) -> str:
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
+
+
+def sub_id(feed: Feed, kind: str) -> str:
+    return "sub_" + _hex(feed.key, kind)
+
+
+def api_error(exc: RequestError) -> ApiError:
+    status = _ERRORS.get(exc.code, 503)
+    headers = {"retry-after": "5"} if status == 503 else None
+    return ApiError(status, exc.message, {"reason": exc.code, **exc.details}, headers)
+
+
+class Subscription:
+    def __init__(self, feed: Feed, stream: StreamKey) -> None:
+        self.feed = feed
+        self.stream = stream
+        self.id = sub_id(feed, stream.kind)
+
+    @property
+    def status(self) -> str:
+        return STATUS[self.feed.state]
+
+    def spans(self) -> list[dict[str, Any]]:
+        return [{"id": "spn_" + _hex(self.id, p.start_ns), "started_at": iso(p.start_ns),
+                 "ended_at": iso(p.end_ns) if p.end_ns is not None else None} for p in self.feed.periods]
+
+    def ranges(self, until_ns: int) -> list[tuple[int, int]]:
+        out = []
+        for p in self.feed.periods:
+            end = until_ns if p.end_ns is None else min(p.end_ns, until_ns)
+            if end > p.start_ns:
+                out.append((p.start_ns, end))
+        return out
+
+
+class Subscriptions:
+    def __init__(self, feeds: FeedClient, history: HistorySource) -> None:
+        self.client = feeds
+        self.history = history
+
+    async def feeds(self) -> list[Feed]:
+        try:
+            return await self.client.list(include_removed=True)
+        except RequestError as exc:
+            if exc.code == "unavailable":  # no feeds bucket: nothing is under feed control
+                return []
+            raise api_error(exc) from None
+
+    @staticmethod
+    def streams_of(feed: Feed, stored: Iterable[StreamKey]) -> list[StreamKey]:
+        if feed.kind:
+            return [StreamKey(feed.kind, feed.vendor, feed.venue, feed.symbol)]
+        kinds = sorted({k.kind for k in stored if (k.source, k.venue, k.symbol) == (feed.vendor, feed.venue, feed.symbol)})
+        return [StreamKey(kind, feed.vendor, feed.venue, feed.symbol) for kind in kinds or ["trade"]]
+
+    async def all(self, stored: list[StreamKey]) -> list[Subscription]:
+        return [Subscription(f, k) for f in await self.feeds() for k in self.streams_of(f, stored)]
+
+    async def of_stream(self, stream: StreamKey) -> Subscription | None:
+        for feed in await self.feeds():
+            if (feed.vendor, feed.venue, feed.symbol) == stream[1:] and feed.kind in (None, stream.kind):
+                return Subscription(feed, stream)
+        return None
+
+    async def instrument_of(self, stream: StreamKey) -> str:
+        refs = await self.history.instruments(stream.venue)
+        ref = refs.get(stream.symbol)
+        if ref is not None and ref.get("source") in (None, stream.source):
+            attributes = dict(ref.get("attributes") or [])
+            stream_type = TICKSUPPLY_STREAM_TYPE.get(stream.kind, stream.kind)
+            ds = attributes.get(f"datastream.{stream_type}.json")
+            if ds:
+                return str(ds)
+            if stream.source == "sitagri" and ref.get("vendor_ref"):  # a Sitagri feed is a quote reference
+                return str(ref["vendor_ref"])
+            if ref.get("vendor_symbol"):
+                return str(ref["vendor_symbol"])
+        return denormalize_symbol(stream.symbol)
+
+    async def command(self, op: str, feed: Feed) -> Feed:
+        try:
+            return (await self.client.command(op, feed.vendor, feed.instrument)).feed
+        except RequestError as exc:
+            raise api_error(exc) from None
+
+    async def create(self, stream: StreamKey) -> Subscription:
+        if stream.source not in VENDORS:
+            raise ApiError(400, f"{stream.source} datastreams are not collected by a marketbus ingestor",
+                           {"field": "datastream_id"})
+        existing = await self.of_stream(stream)
+        if existing is not None and existing.status != "deleted":
+            raise ApiError(409, "A subscription to this datastream already exists", {"id": existing.id})
+        instrument = existing.feed.instrument if existing is not None else await self.instrument_of(stream)
+        try:
+            feed = (await self.client.add(stream.source, instrument)).feed
+        except RequestError as exc:
+            raise api_error(exc) from None
+        return Subscription(feed, stream)

@@ -1,0 +1,177 @@
+"""TickSupply export schemas on the wire, shared by the two servers that speak the TickSupply API
+(the TickSupply sandbox and the export orchestrator's TickSupply-compatible API).
+
+* the built-in schemas and their CSV column layouts (``raw`` is the default of an export):
+
+  - trade ``raw``: ``exchange_ts_ns, collection_ts_ns, trade_id, price, quantity, side``;
+  - trade ``normalized``: ``exchange, instrument, exchange_time, collection_time, trade_id, price,
+    quantity, side``;
+  - book_update ``raw``: ``exchange_ts_ns, collection_ts_ns, update_id, side, price, quantity``;
+  - book_update ``normalized``: ``exchange, instrument, exchange_time, collection_time, update_id,
+    side, price, quantity``;
+
+* :data:`CSV_TYPES`, how each built-in column is written: ns integers, ISO 8601 UTC with nine
+  fraction digits and ``Z``, exact decimal text, ``buy``/``sell`` (trades) or ``bid``/``ask``;
+* the column spec structs of custom schemas (``columns``/``unfold``/``derive``) and their validation;
+* the built-in schemas' column specs as ``GET /export-schemas/{id}`` shows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from .tsapi import iso
+
+CATEGORIES = ("trade", "orderbook", "book_update", "quote", "kline", "ticker", "liquidation")
+BUILT_IN_NAMES = ("raw", "normalized")
+ORIGIN_NS = 1_704_067_200_000_000_000  # 2024-01-01: creation time shown for the built-in schemas
+
+BUILT_IN_COLUMNS: dict[tuple[str, str], list[str]] = {
+    ("trade", "raw"): ["exchange_ts_ns", "collection_ts_ns", "trade_id", "price", "quantity", "side"],
+    ("trade", "normalized"): ["exchange", "instrument", "exchange_time", "collection_time", "trade_id", "price",
+                              "quantity", "side"],
+    ("book_update", "raw"): ["exchange_ts_ns", "collection_ts_ns", "update_id", "side", "price", "quantity"],
+    ("book_update", "normalized"): ["exchange", "instrument", "exchange_time", "collection_time", "update_id",
+                                    "side", "price", "quantity"],
+}
+
+# What each built-in CSV column holds: "i64" (integer), "iso8601" (UTC, nine fraction digits, Z),
+# "decimal" (exact decimal text, no exponent), "side" (buy/sell or bid/ask), "string".
+CSV_TYPES: dict[str, str] = {
+    "exchange_ts_ns": "i64", "collection_ts_ns": "i64", "exchange_time": "iso8601", "collection_time": "iso8601",
+    "trade_id": "i64", "update_id": "i64", "price": "decimal", "quantity": "decimal", "side": "side",
+    "exchange": "string", "instrument": "string",
+}
+
+
+def iso_ns(ns: int) -> str:
+    """``2024-01-01T00:00:00.123456789Z``: how the built-in schemas write exchange/collection times."""
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
+
+
+def built_in_id(category: str, name: str) -> str:
+    """A built-in schema's id: the same in every process (``sch_`` + 32 hex)."""
+    return "sch_" + hashlib.sha256(f"built-in/{category}/{name}".encode()).hexdigest()[:32]
+
+
+# --- wire structs (validation of user input) ---------------------------------------------------
+class Meta(msgspec.Struct, forbid_unknown_fields=True):
+    value: Literal["collection_timestamp_ns"]
+    format: Literal["ns", "us", "ms", "s", "iso8601"] = "ns"
+
+
+class JsonPath(msgspec.Struct):
+    path: str
+    type: str
+
+
+class Extractor(msgspec.Struct, omit_defaults=True):
+    json: JsonPath | None = None
+    transform: str | None = None
+
+
+class Column(msgspec.Struct, omit_defaults=True):
+    output_column: str
+    meta: Meta | None = None
+    data: dict[str, Extractor] | None = None
+
+
+class Unfold(msgspec.Struct):
+    path: str
+
+
+class Content(msgspec.Struct, omit_defaults=True):
+    columns: list[Column]
+    unfold: dict[str, Unfold] | None = None
+    derive: dict[str, list[dict[str, Any]]] | None = None
+
+
+DATA_TYPES = ("f64", "i64", "string", "bool")
+
+
+def parse_content(body: Any) -> Content:
+    """Validate schema content (columns/unfold/derive; or its JSON text); raises ValueError with a
+    readable reason."""
+    try:
+        if isinstance(body, (str, bytes)):
+            body = msgspec.json.decode(body)
+        content = msgspec.convert(body, Content)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    if not content.columns:
+        raise ValueError("columns must not be empty")
+    for col in content.columns:
+        if (col.meta is None) == (col.data is None):
+            raise ValueError(f"column {col.output_column!r}: set exactly one of meta or data")
+        for exchange, ex in (col.data or {}).items():
+            if ex.json is None:
+                raise ValueError(f"column {col.output_column!r}: data.{exchange}.json is required")
+            kind = ex.json.type
+            if kind not in DATA_TYPES and not (kind.startswith("decimal(") and kind.endswith(")") and kind[8:-1].isdigit()):
+                raise ValueError(f"column {col.output_column!r}: unknown type {kind!r}")
+    return content
+
+
+# How the built-in columns map onto the exchanges' native messages, as GET /export-schemas/{id} shows.
+NATIVE_PATHS: dict[str, dict[str, tuple[str, str]]] = {
+    "trade_id": {"binance": ("data.t", "i64"), "coinbase": ("trade_id", "i64"), "kraken": ("data.trade_id", "i64")},
+    "price": {"binance": ("data.p", "decimal(18)"), "coinbase": ("price", "decimal(18)"),
+              "kraken": ("data.price", "decimal(18)")},
+    "quantity": {"binance": ("data.q", "decimal(18)"), "coinbase": ("size", "decimal(18)"),
+                 "kraken": ("data.qty", "decimal(18)")},
+    "side": {"binance": ("data.m", "bool"), "coinbase": ("side", "string"), "kraken": ("data.side", "string")},
+    "exchange_ts_ns": {"binance": ("data.T", "i64"), "coinbase": ("time", "string"),
+                       "kraken": ("data.timestamp", "string")},
+}
+
+
+def built_in_spec(category: str, name: str) -> dict[str, Any]:
+    """Column specs of a built-in schema, in the API's Column shape."""
+    columns: list[dict[str, Any]] = []
+    for out in BUILT_IN_COLUMNS[(category, name)]:
+        if out.startswith("collection_"):
+            fmt = "ns" if out.endswith("_ns") else "iso8601"
+            columns.append({"output_column": out, "meta": {"value": "collection_timestamp_ns", "format": fmt}})
+            continue
+        paths = NATIVE_PATHS.get(out.replace("update_id", "trade_id").replace("exchange_time", "exchange_ts_ns"),
+                                 {"binance": (out, "string"), "coinbase": (out, "string"), "kraken": (out, "string")})
+        columns.append({"output_column": out,
+                        "data": {ex: {"json": {"path": p, "type": t}} for ex, (p, t) in paths.items()}})
+    spec: dict[str, Any] = {"columns": columns}
+    if category == "trade":
+        spec["unfold"] = {"kraken": {"path": "data"}}
+    return spec
+
+
+class SchemaRecord(msgspec.Struct, kw_only=True):
+    """An export schema of an account (or a built-in one): its published versions and its draft."""
+
+    id: str
+    name: str
+    category: str
+    is_built_in: bool
+    created_ns: int
+    versions: list[Any] = []  # Content of custom schemas; built-ins hold their spec dict
+    draft: Content | None = None
+
+    def _base(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "stream_category": self.category, "is_built_in": self.is_built_in,
+                "created_at": iso(self.created_ns), "version": len(self.versions), "has_draft": self.draft is not None}
+
+    def list_item(self) -> dict[str, Any]:
+        return self._base()
+
+    def wire(self, content: Any = None) -> dict[str, Any]:
+        content = content if content is not None else (self.versions[-1] if self.versions else None)
+        body = msgspec.to_builtins(content) if content is not None else {"columns": []}
+        return self._base() | body
+
+
+def built_in_records(ids: Any = built_in_id) -> list[SchemaRecord]:
+    """The built-in schemas, one per (category, name); ``ids(category, name)`` names them."""
+    return [SchemaRecord(id=ids(category, name), name=name, category=category, is_built_in=True, created_ns=ORIGIN_NS,
+                         versions=[built_in_spec(category, name)]) for category, name in BUILT_IN_COLUMNS]
