@@ -14,8 +14,8 @@ import pytest_asyncio
 from nats.js.errors import NoKeysError
 
 from marketbus.contracts import codec
-from marketbus.contracts.streams import INGEST_STATE
 from marketbus.contracts import feeds as feed_contract
+from marketbus.contracts.streams import INGEST_STATE
 from services.ingest_sitagri.app import SitagriIngestor
 from services.sandbox.common.base import SandboxRunner
 from services.sandbox.registry import load_spec
