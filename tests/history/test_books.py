@@ -28,7 +28,7 @@ from .test_cli import invoke
 from .test_writer import _drop_pg, _fresh_pg
 
 
-@pytest.fixture(params=["parquet", "postgres"])
+@pytest.fixture(params=["iceberg", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -39,7 +39,7 @@ async def test_a_reference_value_superseded_before_or_while_pulled_leaves_the_ne
     durable = f"r{uuid.uuid4().hex[:8]}"
     dlq = await nc.subscribe("dlq.history_writer.>")
     # a long batch wait and held acks: v1 of `during` is pulled and held while v2 replaces it
-    writer = HistoryWriter(**writer_overrides(nats_url, "parquet", str(tmp_path / "h"), None, durable,
+    writer = HistoryWriter(**writer_overrides(nats_url, "iceberg", str(tmp_path / "h"), None, durable,
                                               batch_max_wait_s=1.0, debug_ack_delay_s=0.5))
     await writer.start()
     try:
