@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
+from nats.js.api import DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from marketbus.contracts import codec
@@ -60,20 +61,39 @@ class FeedClient:
     async def list(self, vendor: str | None = None, *, include_removed: bool = False) -> builtins.list[Feed]:
         """The feeds of ``vendor`` (every vendor when None), by key; removed ones only when asked."""
         vendors = [contract.check_vendor(vendor)] if vendor else list(contract.VENDORS)
-        kv = await self.bucket()
+        await self.bucket()
         out: builtins.list[Feed] = []
         for v in vendors:
-            watcher = await kv.watch(contract.vendor_filter(v), ignore_deletes=True)
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    feed = _feed_of(entry)
-                    if feed is not None and (include_removed or feed.state != "removed"):
-                        out.append(feed)
-            finally:
-                await watcher.stop()
+            for entry in await self._latest(contract.vendor_filter(v)):
+                feed = _feed_of(entry)
+                if feed is not None and (include_removed or feed.state != "removed"):
+                    out.append(feed)
         return sorted(out, key=lambda f: f.key)
+
+    async def _latest(self, key_filter: str) -> builtins.list[_Entry]:
+        """The last value of every key matching ``key_filter``.
+
+        Not ``KeyValue.watch``: nats-py ends a watch's initial values when the *client* has counted
+        no delivered message yet, so under load (messages delivered, callback not yet run) it can
+        end empty. Here the end is the server's count: the consumer's own delivered/pending
+        numbers, then each message's ``num_pending``."""
+        js = self.nc.jetstream()
+        sub = await js.subscribe(f"$KV.{contract.BUCKET}.{key_filter}", stream=f"KV_{contract.BUCKET}",
+                                 ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                                 inactive_threshold=60)
+        try:
+            info = await sub.consumer_info()
+            if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+                return []
+            entries: builtins.list[_Entry] = []
+            while True:
+                msg = await sub.next_msg(timeout=self.timeout)
+                key = msg.subject[len(f"$KV.{contract.BUCKET}."):]
+                entries.append(_Entry(key, msg.data))
+                if not msg.metadata.num_pending:
+                    return entries
+        finally:
+            await sub.unsubscribe()
 
     async def get(self, vendor: str, instrument: str) -> Feed:
         """The feed, or RequestError ``not_found``."""
@@ -129,6 +149,11 @@ class FeedClient:
 
     async def resume(self, vendor: str, instrument: str) -> FeedReply:
         return await self.command("resume", vendor, instrument)
+
+
+class _Entry(NamedTuple):
+    key: str
+    value: bytes
 
 
 def _feed_of(entry: Any) -> Feed | None:
