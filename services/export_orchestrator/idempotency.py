@@ -17,6 +17,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from marketbus.runtime.http import request_fingerprint
 from marketbus.runtime.tsapi import ApiError, error_response
 
 PREFIX = "idem."
@@ -45,12 +46,7 @@ class Idempotency:
             if not idem_key:
                 return await handler(request)
             raw = await request.body()
-            try:
-                canonical = msgspec.json.encode(msgspec.json.decode(raw), order="sorted") if raw.strip() else b""
-            except msgspec.DecodeError:
-                canonical = raw
-            fingerprint = hashlib.sha256(
-                request.method.encode() + b" " + request.url.path.encode() + b"\n" + canonical).hexdigest()
+            fingerprint = request_fingerprint(request.method, request.url.path, raw)
             slot = f"{PREFIX}{request.state.owner}.{hashlib.sha256(idem_key.encode()).hexdigest()[:32]}"
             saved = await self._get(slot)
             if saved is not None and saved.expires > time.time():

@@ -19,6 +19,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from marketbus.runtime.http import request_fingerprint
 from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.tsapi import (  # noqa: F401 - re-exported for the sandbox modules
     STATUS_CODES,
@@ -176,12 +177,7 @@ class IdempotencyStore:
             if not idem_key:
                 return await handler(request)
             raw = await request.body()
-            try:
-                canonical = msgspec.json.encode(msgspec.json.decode(raw), order="sorted") if raw.strip() else b""
-            except msgspec.DecodeError:
-                canonical = raw
-            fingerprint = hashlib.sha256(
-                request.method.encode() + b" " + request.url.path.encode() + b"\n" + canonical).hexdigest()
+            fingerprint = request_fingerprint(request.method, request.url.path, raw)
             slot = (request.state.api_key, idem_key)
             now = time.monotonic()
             self._expire(now)

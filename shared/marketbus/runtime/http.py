@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgspec
 import uvicorn
 
 
@@ -112,3 +114,13 @@ async def serve_asgi(app: Any, host: str = "127.0.0.1", port: int = 0, **options
         yield server
     finally:
         await server.stop()
+
+
+def request_fingerprint(method: str, path: str, body: bytes) -> str:
+    """What an Idempotency-Key is bound to: method, path and the body (JSON key order ignored).
+    A second request with the same key and another fingerprint is a different request (409)."""
+    try:
+        canonical = msgspec.json.encode(msgspec.json.decode(body), order="sorted") if body.strip() else b""
+    except msgspec.DecodeError:
+        canonical = body
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
