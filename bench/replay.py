@@ -3,7 +3,7 @@
 - ``max`` playback of 1,000,000 stored trades delivered to a plain core-NATS subscriber (events/s,
   first message to end marker), twice: the service reading the history tables in-process (its
   default with the Iceberg backend) and reading through the history query over NATS
-  (``MARKETBUS_REPLAY_HISTORY_READ=nats``, the PostgreSQL/Parquet path); references: the read
+  (``MARKETBUS_REPLAY_HISTORY_READ=nats``, the PostgreSQL path); references: the read
   rates of the same data in the same run (``TableSource`` in this process, ``HistoryClient.pages``
   over NATS), nothing published.
 - 1x pacing at 5,000 events/s (25,000 trades 200 us apart, 5 s): per event, arrival time at

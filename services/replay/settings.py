@@ -22,7 +22,7 @@ class ReplaySettings(ServiceSettings, kw_only=True):
 
     # where events are read: "tables" (the history tables in-process, MARKETBUS_LAKEHOUSE_* like
     # the export orchestrator), "nats" (the history writer's query), "auto": the tables when the
-    # writer stores Iceberg tables and their catalog opens, else NATS (PostgreSQL/Parquet backends)
+    # writer stores Iceberg tables and their catalog opens, else NATS (the PostgreSQL backend)
     history_read: Literal["auto", "tables", "nats"] = "auto"
     history_backend: str = "iceberg"  # the history writer's backend (MARKETBUS_HISTORY_WRITER_BACKEND)
     data_dir: str = ".marketbus"

@@ -6,7 +6,7 @@
   under ``<data dir>/history``). The fast path: no request/reply, no JSON crossing the bus twice.
 - :class:`HistorySource` reads through the history writer's query protocol over NATS
   (``marketbus.clients.HistoryClient``): what works with every history backend (PostgreSQL,
-  Parquet) and from a host that cannot reach the warehouse.
+  the PostgreSQL backend) and from a host that cannot reach the warehouse.
 
 Both yield each selected event's published JSON in history order ``(ts_event, stream, seq, idx)``,
 in chunks; both make the JSON with ``KindSchema.table_to_json`` (the history writer answers a
