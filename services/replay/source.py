@@ -5,8 +5,8 @@
   writer and the export orchestrator (``MARKETBUS_LAKEHOUSE_*``, by default the embedded catalog
   under ``<data dir>/history``). The fast path: no request/reply, no JSON crossing the bus twice.
 - :class:`HistorySource` reads through the history writer's query protocol over NATS
-  (``marketbus.clients.HistoryClient``): what works with every history backend (PostgreSQL,
-  the PostgreSQL backend) and from a host that cannot reach the warehouse.
+  (``marketbus.clients.HistoryClient``): what works with every history backend (Iceberg
+  and PostgreSQL) and from a host that cannot reach the warehouse.
 
 Both yield each selected event's published JSON in history order ``(ts_event, stream, seq, idx)``,
 in chunks; both make the JSON with ``KindSchema.table_to_json`` (the history writer answers a
