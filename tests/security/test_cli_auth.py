@@ -36,3 +36,22 @@ def test_explicit_credentials_win_and_a_wrong_password_is_refused(bus: SecureBus
     result = runner.invoke(app, ["--user", "nobody", "--password", "wrong", "provision"],
                            env=_env(MARKETBUS_DATA_DIR=str(bus.store.directory.parent), NATS_URL=bus.url))
     assert result.exit_code != 0 and "AuthorizationViolation" in re.sub(r"[\s│]", "", result.output), result.output
+
+
+def test_user_and_password_by_flag_or_environment_connect(tmp_path: Path) -> None:
+    """``--user/--password`` and ``NATS_USER``/``NATS_PASSWORD`` against a server with password users."""
+    from marketbus.runtime.http import free_port
+    from marketbus.runtime.natsserver import NatsServer
+
+    conf = tmp_path / "users.conf"
+    conf.write_text('authorization { users: [ {user: "alice", password: "alice-pw-1"} ] }\n')
+    server = NatsServer(data_dir=tmp_path / "nats", port=free_port(), config_file=conf).start()
+    env = _env(MARKETBUS_DATA_DIR=str(tmp_path / "no-data-dir"), NATS_URL=server.url)
+    try:
+        flags = runner.invoke(app, ["--user", "alice", "--password", "alice-pw-1", "provision"], env=env)
+        by_env = runner.invoke(app, ["provision"], env=env | {"NATS_USER": "alice", "NATS_PASSWORD": "alice-pw-1"})
+        anonymous = runner.invoke(app, ["provision"], env=env)
+    finally:
+        server.cleanup()
+    assert (flags.exit_code, "7 streams" in flags.output, by_env.exit_code, "7 streams" in by_env.output,
+            anonymous.exit_code != 0) == (0, True, 0, True, True), flags.output + by_env.output

@@ -39,26 +39,45 @@ def _jwt(issuer: nkeys.KeyPair, subject: str, name: str, nats_claims: dict) -> s
     return f"{head}.{body}.{_b64(issuer.sign(f'{head}.{body}'.encode()))}"
 
 
-@pytest.fixture
-def operator_mode(tmp_path: Path):
+def operator_mode_server(tmp_path: Path, *, jetstream: bool = False,
+                         rights: dict | None = None) -> tuple[NatsServer, Path]:
+    """An operator-mode nats-server (operator and account JWTs preloaded) and a creds file of a
+    user of that account whose JWT grants ``rights`` (pub/sub allow lists; None: everything)."""
     operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
     account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
     user = _keypair(nkeys.PREFIX_BYTE_USER)
     op_jwt = _jwt(operator, operator.public_key.decode(), "marketbus", {"type": "operator"})
     acc_pub = account.public_key.decode()
-    acc_jwt = _jwt(operator, acc_pub, "MARKETBUS", {
-        "type": "account", "limits": {"subs": -1, "conn": -1, "leaf": -1, "imports": -1, "exports": -1,
-                                      "data": -1, "payload": -1, "wildcards": True}})
+    limits = {"subs": -1, "conn": -1, "leaf": -1, "imports": -1, "exports": -1, "data": -1, "payload": -1,
+              "wildcards": True}
+    if jetstream:  # JetStream for the account: unlimited storage, streams and consumers
+        limits |= {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    acc_jwt = _jwt(operator, acc_pub, "MARKETBUS", {"type": "account", "limits": limits})
     user_jwt = _jwt(account, user.public_key.decode(), "reader", {
-        "type": "user", "pub": {"allow": ["md.>"]}, "sub": {"allow": ["md.>", "_INBOX.reader.>"]},
-        "subs": -1, "data": -1, "payload": -1})
+        "type": "user", **(rights or {}), "subs": -1, "data": -1, "payload": -1})
+    preload = {acc_pub: acc_jwt}
+    system = ""
+    if jetstream:  # JetStream needs the server's system account
+        sys_key = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+        sys_pub = sys_key.public_key.decode()
+        preload[sys_pub] = _jwt(operator, sys_pub, "SYS", {"type": "account", "limits": {
+            "subs": -1, "conn": -1, "leaf": -1, "imports": -1, "exports": -1, "data": -1, "payload": -1}})
+        system = f"system_account: {sys_pub}\n"
     conf = tmp_path / "operator.conf"
-    conf.write_text(f'operator: "{op_jwt}"\nresolver: MEMORY\nresolver_preload: {{\n  {acc_pub}: "{acc_jwt}"\n}}\n')
+    conf.write_text(f'operator: "{op_jwt}"\n{system}resolver: MEMORY\nresolver_preload: {{\n'
+                    + "".join(f'  {k}: "{v}"\n' for k, v in preload.items()) + "}\n")
     creds = tmp_path / "reader.creds"
     creds.write_text(f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
                      f"-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n------END USER NKEY SEED------\n")
     creds.chmod(0o600)
-    server = NatsServer(data_dir=tmp_path / "nats", port=free_port(), jetstream=False, config_file=conf).start()
+    server = NatsServer(data_dir=tmp_path / "nats", port=free_port(), jetstream=jetstream, config_file=conf).start()
+    return server, creds
+
+
+@pytest.fixture
+def operator_mode(tmp_path: Path):
+    server, creds = operator_mode_server(tmp_path, rights={
+        "pub": {"allow": ["md.>"]}, "sub": {"allow": ["md.>", "_INBOX.reader.>"]}})
     try:
         yield server, creds
     finally:
@@ -87,3 +106,23 @@ async def test_a_creds_file_connects_with_the_rights_of_its_jwt(operator_mode) -
     finally:
         await nc.close()
     assert (got, any("orders.cmd.digitex.x" in e for e in errors)) == (b"hello", True)
+
+
+def test_the_cli_connects_with_creds_and_nats_creds_file(tmp_path: Path) -> None:
+    """``marketbus --creds <file>`` and ``NATS_CREDS_FILE`` (JetStream on the JWT's account)."""
+    import subprocess
+    import sys
+
+    server, creds = operator_mode_server(tmp_path, jetstream=True)
+    marketbus = str(Path(sys.executable).parent / "marketbus")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")} | {
+        "NATS_URL": server.url, "MARKETBUS_DATA_DIR": str(tmp_path / "no-data-dir")}
+    try:
+        flag, by_env, without = (
+            subprocess.run([marketbus, *args, "provision"], env=env | extra, capture_output=True, text=True,
+                           timeout=60, check=False)
+            for args, extra in ((["--creds", str(creds)], {}), ([], {"NATS_CREDS_FILE": str(creds)}), ([], {})))
+    finally:
+        server.cleanup()
+    assert (flag.returncode, "7 streams" in flag.stdout, by_env.returncode, "7 streams" in by_env.stdout,
+            without.returncode != 0) == (0, True, 0, True, True), flag.stdout + flag.stderr + by_env.stderr

@@ -9,13 +9,15 @@ from __future__ import annotations
 import nats
 import pytest
 
-from marketbus.security.identities import IDENTITIES
+from marketbus.contracts.consumers import CONSUMERS
+from marketbus.security.identities import IDENTITIES, SERVICE_IDENTITIES
 
 from .conftest import SecureBus
 
 pytestmark = pytest.mark.timeout(120)
 
 NON_ADMIN = [i.name for i in IDENTITIES if not i.admin]
+SERVICES = [i.name for i in SERVICE_IDENTITIES] + ["bus_exporter"]
 
 
 def _cases() -> list[tuple[str, str, str]]:
@@ -27,30 +29,54 @@ def _cases() -> list[tuple[str, str, str]]:
             cases.append((who, "pub", f"$JS.API.STREAM.DELETE.{stream}"))
         cases.append((who, "pub", "$JS.API.STREAM.CREATE.EVIL"))
         cases.append((who, "pub", "$JS.API.STREAM.UPDATE.MD"))
-        for stream, durable in (("MD", "history_writer_md"), ("ORDERS_CMD", "order_router")):
-            cases.append((who, "pub", f"$JS.API.CONSUMER.DELETE.{stream}.{durable}"))
+        for spec in CONSUMERS:  # every service's durable consumer: nobody deletes or redefines one
+            cases.append((who, "pub", f"$JS.API.CONSUMER.DELETE.{spec.stream}.{spec.durable}"))
+            cases.append((who, "pub", f"$JS.API.CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}"))
+        # order commands are read by the router's durable only (a work queue nobody else reads)
+        cases += [(who, "pub", s) for s in ("$JS.API.CONSUMER.CREATE.ORDERS_CMD", "$JS.API.DIRECT.GET.ORDERS_CMD",
+                                            "$JS.API.STREAM.MSG.GET.ORDERS_CMD")]
+        cases.append((who, "sub", "orders.cmd.>"))
+        if who != "order_router":
+            cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.ORDERS_CMD.order_router"))
         if who != "operator":
             cases.append((who, "pub", "orders.cmd.digitex.FS-BTCUSD"))
             cases.append((who, "pub", "orders.ctl.digitex"))
             cases.append((who, "sub", "orders.evt.>"))
             cases.append((who, "sub", "orders.fill.>"))
+            cases.append((who, "sub", "orders.position.>"))
+            cases.append((who, "sub", "orders.balance.>"))
+            # nor from the ORDERS_EVT stream (a consumer of one's own, a message read)
+            cases += [(who, "pub", s) for s in ("$JS.API.CONSUMER.CREATE.ORDERS_EVT",
+                                                "$JS.API.CONSUMER.CREATE.ORDERS_EVT.mine.orders.evt.>",
+                                                "$JS.API.CONSUMER.DURABLE.CREATE.ORDERS_EVT.mine",
+                                                "$JS.API.DIRECT.GET.ORDERS_EVT", "$JS.API.STREAM.MSG.GET.ORDERS_EVT")]
         if who not in ("operator", "order_router"):
             cases.append((who, "pub", "$JS.API.STREAM.INFO.KV_orders_state"))
             cases.append((who, "pub", "$JS.API.DIRECT.GET.KV_orders_state.$KV.orders_state.x"))
             cases.append((who, "pub", "$KV.orders_state.x"))
+            for bucket in ("orders_idempotency", "orders_control"):  # the router's other state
+                cases.append((who, "pub", f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.x"))
+                cases.append((who, "pub", f"$JS.API.CONSUMER.CREATE.KV_{bucket}"))
+                cases.append((who, "sub", f"$KV.{bucket}.>"))
         if who != "order_router":
-            cases.append((who, "pub", "status.order_router.heartbeat"))
             cases.append((who, "pub", "orders.evt.digitex.FS-BTCUSD.x"))
         else:
-            cases.append((who, "pub", "status.ingest_finx.heartbeat"))
             cases.append((who, "pub", "orders.cmd.digitex.FS-BTCUSD"))
+        own = "bus_exporter" if who == "monitor" else who  # the monitor identity is the bus exporter service
+        for service in SERVICES:  # another service's status: its heartbeat, its feed status, its dead letters
+            if service != own:
+                cases.append((who, "pub", f"status.{service}.heartbeat"))
+                cases.append((who, "pub", f"status.{service}.feed.x"))
+                cases.append((who, "pub", f"dlq.{service}.x"))
         if who != "ingest_finx":
             cases.append((who, "pub", "md.trade.finx.deribit.BTC-USD"))
             cases.append((who, "pub", "$KV.ingest_state.finx.history.BTC-USD"))  # another's cursor
             cases.append((who, "pub", "dlq.ingest_finx.finx"))
         cases.append((who, "sub", "_INBOX.>"))
-        other = "operator" if who != "operator" else "reader"
-        cases.append((who, "sub", f"_INBOX.{other}.>"))
+        for other in IDENTITIES:  # every other identity's replies, admin's included
+            if other.name != who:
+                cases.append((who, "sub", f"{other.inbox_prefix}.>"))
+                cases.append((who, "sub", f"{other.inbox_prefix}.x"))
         if who != "export_orchestrator":  # the export job bucket (where the signing key used to be)
             cases.append((who, "pub", "$JS.API.DIRECT.GET.KV_export_jobs.$KV.export_jobs.config.signing_secret"))
             cases.append((who, "pub", "$JS.API.STREAM.MSG.GET.KV_export_jobs"))

@@ -105,6 +105,8 @@ async def test_no_secret_in_logs_events_heartbeats_dead_letters_or_metrics(bus: 
         "heartbeats": text([m for m in seen if m[0].endswith(".heartbeat")]),
         "dead letters": text([m for m in seen if m[0].startswith("dlq.")]),
         "metrics": metrics,
+        # and nothing anywhere on the bus (every subject, KV puts included): the signing key never travels
+        "the bus": text(seen),
     }
     leaks = {place: [name for name, value in secrets.items() if value in body] for place, body in places.items()}
     assert api.status_code == 200 and all(places.values()), {k: len(v) for k, v in places.items()}

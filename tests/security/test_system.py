@@ -36,7 +36,9 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_") and k != "MARKETBUS_DATA_DIR"}
     env["COLUMNS"] = "220"
     data_dir = tmp_path / "mb"
-    up = subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), "--duration", "120"],
+    # --duration: only a safety net (the test stops it with Ctrl-C); on a loaded machine the steps
+    # below take minutes, and `up` must not end (and remove nats.url) before the last CLI call
+    up = subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), "--duration", "600"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cli_env = env | {"MARKETBUS_DATA_DIR": str(data_dir)}
     try:

@@ -73,3 +73,24 @@ async def test_a_service_connects_with_nats_tls_ca_file(tls_server) -> None:
         assert nc.is_connected and nc.connected_url.scheme in ("nats", "tls")
     finally:
         await nc.close()
+
+
+def test_the_cli_presents_a_client_certificate_to_a_server_that_requires_one(tmp_path: Path) -> None:
+    """Mutual TLS: ``--tls-cert/--tls-key`` (and ``NATS_TLS_CERT_FILE``/``NATS_TLS_KEY_FILE``)."""
+    cert, key = self_signed(tmp_path)
+    server = NatsServer(data_dir=tmp_path / "nats", port=free_port(), extra_args=[
+        "--tlsverify", "--tlscert", str(cert), "--tlskey", str(key), "--tlscacert", str(cert)]).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")} | {"NATS_URL": server.url}
+
+    def run(args: list[str], extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([MARKETBUS, "--tls-ca", str(cert), *args, "provision"], env=env | extra,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    try:
+        flags = run(["--tls-cert", str(cert), "--tls-key", str(key)], {})
+        by_env = run([], {"NATS_TLS_CERT_FILE": str(cert), "NATS_TLS_KEY_FILE": str(key)})
+        no_client_cert = run([], {})
+    finally:
+        server.cleanup()
+    assert (flags.returncode, "7 streams" in flags.stdout, by_env.returncode, no_client_cert.returncode != 0) == (
+        0, True, 0, True), flags.stdout + flags.stderr + by_env.stderr
