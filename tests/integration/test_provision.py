@@ -33,6 +33,7 @@ async def test_provision_creates_everything_with_retention_from_the_environment(
         bare_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MARKETBUS_STREAM_MD_MAX_BYTES", "123456789")
     monkeypatch.setenv("MARKETBUS_STREAM_MD_MAX_AGE", str(2 * DAY))
+    monkeypatch.setenv("MARKETBUS_STREAM_OBJ_EXPORT_ARTIFACTS_MAX_BYTES", "987654321")
     nc = await nats.connect(bare_server.url)
     try:
         js = nc.jetstream()
@@ -41,12 +42,20 @@ async def test_provision_creates_everything_with_retention_from_the_environment(
         names = {info.config.name for info in await js.streams_info()}
         md = (await js.stream_info("MD")).config
         dlq = (await js.stream_info("DLQ")).config
+        artifacts = (await js.stream_info("OBJ_export_artifacts")).config
         consumers = [await js.consumer_info(c.stream, c.durable) for c in CONSUMERS]
     finally:
         await nc.close()
     expected = {s.name for s in STREAMS} | {f"KV_{b.name}" for b in BUCKETS} | {f"OBJ_{o.name}" for o in OBJECT_STORES}
-    assert (names >= expected, md.max_bytes, md.max_age, dlq.max_bytes > 0, len(consumers)) == (
-        True, 123456789, 2 * DAY, True, len(CONSUMERS))
+    assert (names >= expected, md.max_bytes, md.max_age, dlq.max_bytes > 0, artifacts.max_bytes, len(consumers)) == (
+        True, 123456789, 2 * DAY, True, 987654321, len(CONSUMERS))
+
+
+def test_every_stream_and_object_store_is_size_capped_by_default() -> None:
+    """The defaults bound disk use: no declared stream or object store grows without limit."""
+    uncapped = [s.name for s in STREAMS if s.with_env({}).max_bytes <= 0]
+    uncapped += [f"OBJ_{o.name}" for o in OBJECT_STORES if o.with_env({}).max_bytes <= 0]
+    assert uncapped == []
 
 
 async def test_an_operators_change_to_a_stream_is_kept_and_logged(nats_server: NatsServer,

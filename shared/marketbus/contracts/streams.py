@@ -76,8 +76,9 @@ class StreamSpec:
         )
 
 
-# Defaults bound disk use: the whole set stays under ~33 GB (MD, the big one, ~10 MB/min under
-# `make run`, is capped at 20 GB: about 1.5 days of the sandboxes, older data is dropped first).
+# Defaults bound disk use: the streams stay under ~31 GB, ~41 GB with the export object store
+# (MD, the big one, ~10 MB/min under `make run`, is capped at 20 GB: about 1.5 days of the
+# sandboxes, older data is dropped first).
 MARKET_DATA = StreamSpec("MD", ("md.>",), "normalized market data events (single and batch)", max_bytes=20 * GB)
 REFERENCE = StreamSpec(
     "REF", ("ref.>",), "reference data, last value per subject", max_age_s=0, max_msgs_per_subject=1,
@@ -141,12 +142,28 @@ class ObjectStoreSpec:
     description: str
     max_bytes: int = -1
 
+    @property
+    def env_var(self) -> str:
+        """``MARKETBUS_STREAM_OBJ_<NAME>_MAX_BYTES``: the size cap of the store's stream ``OBJ_<name>``."""
+        return f"MARKETBUS_STREAM_OBJ_{self.name.upper()}_MAX_BYTES"
+
+    def with_env(self, env: Mapping[str, str] | None = None) -> ObjectStoreSpec:
+        """This spec with the size cap an operator configured (bytes, -1 = unlimited)."""
+        value = (os.environ if env is None else env).get(self.env_var)
+        try:
+            return ObjectStoreSpec(self.name, self.description, int(value) if value else self.max_bytes)
+        except ValueError:
+            raise ValueError(f"{self.env_var} must be a number of bytes, got {value!r}") from None
+
     def config(self, replicas: int = 1) -> ObjectStoreConfig:
         return ObjectStoreConfig(bucket=self.name, description=self.description, storage=StorageType.FILE,
                                  replicas=replicas, max_bytes=self.max_bytes)
 
 
-EXPORT_ARTIFACTS = ObjectStoreSpec("export_artifacts", "export artifacts (artifact_store=nats)")
+# Bounded like the streams: a full store refuses new artifacts (an object store discards new
+# messages, never old ones), so an export fails with an error instead of filling the disk.
+# Artifacts go with their job after MARKETBUS_EXPORT_JOB_RETENTION_DAYS.
+EXPORT_ARTIFACTS = ObjectStoreSpec("export_artifacts", "export artifacts (artifact_store=nats)", max_bytes=10 * GB)
 OBJECT_STORES: tuple[ObjectStoreSpec, ...] = (EXPORT_ARTIFACTS,)
 
 # how often a service re-checks for what provisioning has not created yet
@@ -200,7 +217,7 @@ async def create_object_store(js: JetStreamContext, spec: ObjectStoreSpec, repli
     try:
         return await js.object_store(spec.name)
     except (BucketNotFoundError, NotFoundError):
-        return await js.create_object_store(spec.name, spec.config(replicas))
+        return await js.create_object_store(spec.name, spec.with_env().config(replicas))
 
 
 async def bind_when_provisioned(what: str, bind: Callable[[], Awaitable[T]],
