@@ -33,11 +33,11 @@ def _cases() -> list[tuple[str, str, str]]:
             cases.append((who, "pub", f"$JS.API.CONSUMER.DELETE.{spec.stream}.{spec.durable}"))
             cases.append((who, "pub", f"$JS.API.CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}"))
         # order commands are read by the router's durable only (a work queue nobody else reads)
-        cases += [(who, "pub", s) for s in ("$JS.API.CONSUMER.CREATE.ORDERS_CMD", "$JS.API.DIRECT.GET.ORDERS_CMD",
-                                            "$JS.API.STREAM.MSG.GET.ORDERS_CMD")]
+        cases += [(who, "pub", s) for s in ("$JS.API.CONSUMER.CREATE.ORDERS_CMD", "$JS.API.DIRECT.GET.ORDERS_CMD")]
         cases.append((who, "sub", "orders.cmd.>"))
-        if who != "order_router":
+        if who != "order_router":  # the router reads back a command it gave up on, to dead-letter it
             cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.ORDERS_CMD.order_router"))
+            cases.append((who, "pub", "$JS.API.STREAM.MSG.GET.ORDERS_CMD"))
         if who != "operator":
             cases.append((who, "pub", "orders.cmd.digitex.FS-BTCUSD"))
             cases.append((who, "pub", "orders.ctl.digitex"))
