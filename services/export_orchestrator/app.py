@@ -147,7 +147,7 @@ class ExportOrchestrator(Service):
         self.jobs = JobManager(s, self.nc, kv, self.history, self.artifacts, self.instance)
         await self.jobs.start()
         if s.api_port >= 0:
-            api = ExportApi(s, self.jobs, self.history, self.artifacts, self.signer, SchemaStore(kv),
+            api = ExportApi(s, self.jobs, self.history, self.artifacts, self.signer, SchemaStore(kv, self.js),
                             Subscriptions(FeedClient(self.nc, by="export_api"), self.history))
             self.api = AsgiServer(api.app(), s.api_host, s.api_port, lifespan="off")
             await self.api.start()

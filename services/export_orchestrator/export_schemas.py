@@ -11,8 +11,10 @@ import uuid
 from typing import Any
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from marketbus.contracts.streams import EXPORT_JOBS
+from marketbus.runtime import kv as kv_snapshot
 from marketbus.runtime.tsapi_schemas import SchemaRecord, built_in_records
 
 PREFIX = "schema."
@@ -27,8 +29,9 @@ def new_schema_id() -> str:
 
 
 class SchemaStore:
-    def __init__(self, kv: Any) -> None:
-        self.kv = kv
+    def __init__(self, kv: Any, js: Any = None) -> None:
+        self.kv = kv  # the export_jobs bucket
+        self.js = js  # its JetStream context: :meth:`own` reads the bucket through it
 
     @staticmethod
     def _key(owner: str, schema_id: str) -> str:
@@ -46,15 +49,12 @@ class SchemaStore:
         return None if entry.value is None else _DECODER.decode(entry.value)
 
     async def own(self, owner: str) -> list[SchemaRecord]:
-        try:
-            keys = [k for k in await self.kv.keys() if k.startswith(f"{PREFIX}{owner}.")]
-        except (NoKeysError, NotFoundError):
-            return []
-        out = []
-        for key in keys:
-            rec = await self.get(owner, key.rsplit(".", 1)[1])
-            if rec is not None:
-                out.append(rec)
+        """The owner's schemas (a complete read: not nats-py's ``kv.keys()``, see marketbus.runtime.kv)."""
+        if self.js is None:
+            raise TypeError("SchemaStore.own needs the JetStream context: SchemaStore(kv, js)")
+        # every schema key, then the owner's by prefix: an owner is never put into a subject filter
+        entries = await kv_snapshot.latest(self.js, EXPORT_JOBS.name, PREFIX + ">")
+        out = [_DECODER.decode(e.value) for e in entries if e.value and e.key.startswith(f"{PREFIX}{owner}.")]
         return sorted(out, key=lambda r: (r.created_ns, r.id))
 
     async def all(self, owner: str) -> list[SchemaRecord]:

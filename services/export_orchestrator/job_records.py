@@ -19,11 +19,13 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from marketbus.contracts import codec
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ExportJob, ExportRequest
+from marketbus.contracts.streams import EXPORT_JOBS
+from marketbus.runtime import kv as kv_snapshot
 from marketbus.runtime.tsapi_schemas import parse_content
 
 from .gaps import ReplayOutcome
@@ -150,8 +152,9 @@ def validate(request: ExportRequest) -> None:
 class JobStore:
     """The KV bucket: CAS reads and writes of job records."""
 
-    def __init__(self, kv: Any) -> None:
+    def __init__(self, kv: Any, js: Any = None) -> None:
         self.kv = kv
+        self.js = js  # the JetStream context of ``kv``: :meth:`all` reads the bucket through it
 
     async def get(self, job_id: str) -> tuple[int, JobRecord] | None:
         if not _JOB_ID.fullmatch(job_id):
@@ -201,16 +204,11 @@ class JobStore:
             await self.kv.delete(KEY_PREFIX + job_id)
 
     async def all(self) -> list[JobRecord]:
-        try:
-            keys = [k for k in await self.kv.keys() if k.startswith(KEY_PREFIX)]
-        except (NoKeysError, NotFoundError):
-            return []
-        out = []
-        for key in keys:
-            got = await self.get(key[len(KEY_PREFIX):])
-            if got is not None:
-                out.append(got[1])
-        return out
+        """Every job record (a complete read: not nats-py's ``kv.keys()``, see marketbus.runtime.kv)."""
+        if self.js is None:
+            raise TypeError("JobStore.all needs the JetStream context: JobStore(kv, js)")
+        entries = await kv_snapshot.latest(self.js, EXPORT_JOBS.name, KEY_PREFIX + ">")
+        return [RECORD_DECODER.decode(entry.value) for entry in entries if entry.value]
 
 
 def now_ns() -> int:

@@ -75,7 +75,7 @@ class JobManager:
     def __init__(self, settings: Any, nc: Any, kv: Any, history: HistorySource, artifacts: ArtifactStore,
                  instance: str) -> None:
         self.settings = settings
-        self.store = JobStore(kv)
+        self.store = JobStore(kv, nc.jetstream())
         self.artifacts = artifacts
         self.instance = instance
         self.status = JobStatus(nc.jetstream())

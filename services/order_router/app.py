@@ -79,7 +79,7 @@ class OrderRouter(Service):
         self.intake.idem_kv = await streams.ensure_bucket(self.js, streams.ORDER_IDEMPOTENCY, s.stream_replicas)
         self.state_kv = await streams.ensure_bucket(self.js, streams.ORDER_STATE, s.stream_replicas)
         await self.kill_switch.load(await streams.ensure_bucket(self.js, streams.ROUTER_CONTROL, s.stream_replicas))
-        self.store = self.book.store = StateStore(self.state_kv, self.instance)
+        self.store = self.book.store = StateStore(self.state_kv, self.instance, self.js)
         self.meta = self.book.meta = ExchangeMeta.from_exchange_info(await self.client.exchange_info())
         self.log.info("digitex: %d markets, order types %s", len(self.meta.markets), self.meta.type)
         await self.reconciler.reconcile(startup=True)

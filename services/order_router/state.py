@@ -20,11 +20,13 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from marketbus.clients.orders import OrderRecord, order_key  # the KV record and layout, shared with the client
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.orders import OrderEvent
+from marketbus.contracts.streams import ORDER_STATE
+from marketbus.runtime import kv as kv_snapshot
 
 WORKING_STATES = frozenset({"submitted", "accepted", "partially_filled", "cancel_pending"})
 
@@ -71,8 +73,9 @@ _rec_dec = msgspec.json.Decoder(OrderRecord)
 class StateStore:
     """Order records in KV, with each record's last known revision for compare-and-set."""
 
-    def __init__(self, kv: Any, owner: str) -> None:
+    def __init__(self, kv: Any, owner: str, js: Any = None) -> None:
         self.kv = kv
+        self.js = js  # the JetStream context of ``kv``: :meth:`all` reads the bucket through it
         self.owner = owner
         self.revisions: dict[str, int] = {}
 
@@ -112,20 +115,14 @@ class StateStore:
         return True
 
     async def all(self) -> list[OrderRecord]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
+        """Every order record, with its revision (a complete read: at start the router recovers its
+        open orders from this, so not nats-py's ``kv.keys()``, see marketbus.runtime.kv)."""
+        if self.js is None:
+            raise TypeError("StateStore.all needs the JetStream context: StateStore(kv, owner, js)")
         out = []
-        for key in keys:
-            if not key.startswith("o."):
-                continue
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                continue
+        for entry in await kv_snapshot.latest(self.js, ORDER_STATE.name, "o.>"):
             if entry.value:
-                self.revisions[key] = entry.revision
+                self.revisions[entry.key] = entry.revision
                 out.append(_rec_dec.decode(entry.value))
         return out
 

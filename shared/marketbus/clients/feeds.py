@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
-from nats.js.api import DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from marketbus.contracts import codec
 from marketbus.contracts import errors as codes
 from marketbus.contracts import feeds as contract
 from marketbus.contracts.feeds import Feed, FeedCommand, FeedReply
+from marketbus.runtime import kv as kv_snapshot
+from marketbus.runtime.kv import KvEntry
 
 from .errors import RequestError, decode_reply, request
 
@@ -70,30 +71,10 @@ class FeedClient:
                     out.append(feed)
         return sorted(out, key=lambda f: f.key)
 
-    async def _latest(self, key_filter: str) -> builtins.list[_Entry]:
-        """The last value of every key matching ``key_filter``.
-
-        Not ``KeyValue.watch``: nats-py ends a watch's initial values when the *client* has counted
-        no delivered message yet, so under load (messages delivered, callback not yet run) it can
-        end empty. Here the end is the server's count: the consumer's own delivered/pending
-        numbers, then each message's ``num_pending``."""
-        js = self.nc.jetstream()
-        sub = await js.subscribe(f"$KV.{contract.BUCKET}.{key_filter}", stream=f"KV_{contract.BUCKET}",
-                                 ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                                 inactive_threshold=60)
-        try:
-            info = await sub.consumer_info()
-            if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
-                return []
-            entries: builtins.list[_Entry] = []
-            while True:
-                msg = await sub.next_msg(timeout=self.timeout)
-                key = msg.subject[len(f"$KV.{contract.BUCKET}."):]
-                entries.append(_Entry(key, msg.data))
-                if not msg.metadata.num_pending:
-                    return entries
-        finally:
-            await sub.unsubscribe()
+    async def _latest(self, key_filter: str) -> builtins.list[KvEntry]:
+        """The last value of every key matching ``key_filter`` (a complete read: not
+        ``KeyValue.watch``, whose initial values can end early, see marketbus.runtime.kv)."""
+        return await kv_snapshot.latest(self.nc.jetstream(), contract.BUCKET, key_filter, timeout=self.timeout)
 
     async def get(self, vendor: str, instrument: str) -> Feed:
         """The feed, or RequestError ``not_found``."""
@@ -149,11 +130,6 @@ class FeedClient:
 
     async def resume(self, vendor: str, instrument: str) -> FeedReply:
         return await self.command("resume", vendor, instrument)
-
-
-class _Entry(NamedTuple):
-    key: str
-    value: bytes
 
 
 def _feed_of(entry: Any) -> Feed | None:

@@ -46,6 +46,7 @@ from marketbus.contracts.orders import (
     RouterControl,
     UpdateOrder,
 )
+from marketbus.runtime import kv as kv_snapshot
 
 from .errors import RequestError, decode_reply, request
 
@@ -269,25 +270,16 @@ class OrderClient:
 
     async def records(self, *, market: str | None = None, include_terminal: bool = False) -> list[OrderRecord]:
         """The router's orders (open ones unless ``include_terminal``), oldest first."""
-        from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+        from nats.js.errors import BucketNotFoundError
 
         try:
-            kv = await self.nc.jetstream().key_value(streams.ORDER_STATE.name)
+            await self.nc.jetstream().key_value(streams.ORDER_STATE.name)
         except BucketNotFoundError:
             raise RequestError(codes.NO_RESPONDERS, f"no {streams.ORDER_STATE.name} bucket on this server: is it the "
                                                     f"one the {SERVER} uses?") from None
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
         out = []
-        for key in keys:
-            if not key.startswith("o."):
-                continue
-            try:
-                entry = await kv.get(key)
-            except KeyNotFoundError:
-                continue
+        # a complete read (not nats-py's kv.keys(), which can end short: see marketbus.runtime.kv)
+        for entry in await kv_snapshot.latest(self.nc.jetstream(), streams.ORDER_STATE.name, "o.>"):
             if not entry.value:
                 continue
             record = _record_decoder.decode(entry.value)
