@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -11,11 +10,11 @@ import httpx
 import nats
 import pytest
 import pytest_asyncio
-from nats.js.errors import NoKeysError
 
 from marketbus.contracts import codec
 from marketbus.contracts import feeds as feed_contract
 from marketbus.contracts.streams import INGEST_STATE
+from marketbus.runtime import kv as kv_snapshot
 from services.ingest_sitagri.app import SitagriIngestor
 from services.sandbox.common.base import SandboxRunner
 from services.sandbox.registry import load_spec
@@ -60,10 +59,10 @@ async def _no_resume_points(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:
         kv = await nc.jetstream().key_value(INGEST_STATE.name)
-        with contextlib.suppress(Exception):  # no keys yet
-            for key in await kv.keys():  # (nats-py's filters match substrings, not subjects)
-                if key.startswith("sitagri.live."):
-                    await kv.purge(key)
+        # a complete read (nats-py's kv.keys() can end short); delete, not purge: the shared
+        # bucket refuses rollup headers (marketbus.contracts.streams.BucketSpec.rollups)
+        for key in await kv_snapshot.keys(nc.jetstream(), INGEST_STATE.name, "sitagri.live.>"):
+            await kv.delete(key)
     finally:
         await nc.close()
 
@@ -89,13 +88,8 @@ async def _fresh_sitagri_feeds(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:
         kv = await nc.jetstream().key_value(feed_contract.BUCKET)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            keys = []
-        for key in keys:
-            if key.startswith("sitagri."):
-                await kv.purge(key)
+        for key in await kv_snapshot.keys(nc.jetstream(), feed_contract.BUCKET, "sitagri.>"):
+            await kv.delete(key)  # not purge: the feeds bucket refuses rollup headers
     finally:
         await nc.close()
 

@@ -13,7 +13,6 @@ pushes are really lost: only the back-fill brings them.)"""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +23,7 @@ from marketbus.contracts.market import MarketPrice
 from marketbus.contracts.status import FeedStatus
 from marketbus.contracts.streams import INGEST_STATE, MARKET_DATA
 from marketbus.history.coverage import open_gaps
+from marketbus.runtime import kv as kv_snapshot
 from marketbus.runtime.natsserver import NatsServer
 from tests.helpers import wait_for
 from tests.ingest_finx.bus import duplicates, events_of, read_stream
@@ -109,11 +109,9 @@ async def test_losing_the_md_stream_leader_loses_no_live_push(nats_cluster: Any)
     try:
         async with sandbox(rate=20.0, news_interval=600.0) as sb:
             # this test's resume points only (the bucket is shared by the cluster's tests)
-            with contextlib.suppress(Exception):
-                kv = await js.key_value(INGEST_STATE.name)
-                for key in await kv.keys():
-                    if key.startswith("sitagri.live."):
-                        await kv.purge(key)
+            kv = await js.key_value(INGEST_STATE.name)
+            for key in await kv_snapshot.keys(js, INGEST_STATE.name, "sitagri.live.>"):
+                await kv.delete(key)  # not purge: the shared bucket refuses rollup headers
             ing = ingestor(nats_cluster.url, sb, quotes=[C01], transport="websocket", publish_retry_s=1.0,
                            stream_replicas=3)
             async with ing:

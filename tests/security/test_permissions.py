@@ -170,3 +170,21 @@ async def test_a_wrong_key_is_not_let_in(bus: SecureBus, tmp_path) -> None:
 async def test_anonymous_clients_are_not_let_in(bus: SecureBus) -> None:
     with pytest.raises(Exception, match="(?i)authorization"):
         await nats.connect(bus.url, max_reconnect_attempts=0, allow_reconnect=False)
+
+
+@pytest.mark.parametrize(("bucket", "own_key", "other_key"), [
+    ("ingest_state", "finx.rollup", "digitex.cursor.rollup"),
+    ("feeds", "finx.ROLLUP", "digitex.ROLLUP"),
+])
+async def test_an_ingestor_cannot_wipe_a_shared_bucket_with_a_rollup(bus: SecureBus, bucket: str, own_key: str,
+                                                                     other_key: str) -> None:
+    """A write to its own key with ``Nats-Rollup: all`` would purge every other identity's keys
+    of the bucket: the shared buckets refuse rollup headers."""
+    from nats.js.errors import APIError
+
+    admin = (await bus.connect("admin")).nc
+    await (await admin.jetstream().key_value(bucket)).put(other_key, b"theirs")
+    finx = (await bus.connect("ingest_finx")).nc
+    with pytest.raises(APIError):
+        await finx.jetstream().publish(f"$KV.{bucket}.{own_key}", b"", headers={"Nats-Rollup": "all"}, timeout=5)
+    assert (await (await admin.jetstream().key_value(bucket)).get(other_key)).value == b"theirs"

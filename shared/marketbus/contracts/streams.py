@@ -114,6 +114,10 @@ class BucketSpec:
     # direct gets ($JS.API.DIRECT.GET.<stream>.<subject>): the key is in the subject, so a
     # permission can allow some keys only (a STREAM.MSG.GET carries it in its payload)
     direct: bool = False
+    # rollup headers (``Nats-Rollup: all`` purges the whole bucket in one publish). Off for a bucket
+    # several identities write, each to its own keys only: one of them must not be able to wipe the
+    # others' keys. (``kv.purge`` needs them; ``kv.delete`` does not.)
+    rollups: bool = True
 
     def config(self, replicas: int = 1) -> KeyValueConfig:
         return KeyValueConfig(
@@ -122,7 +126,7 @@ class BucketSpec:
         )
 
 
-INGEST_STATE = BucketSpec("ingest_state", "ingestor progress: cursors, export windows, backfill marks")
+INGEST_STATE = BucketSpec("ingest_state", "ingestor progress: cursors, export windows, backfill marks", rollups=False)
 ORDER_IDEMPOTENCY = BucketSpec("orders_idempotency", "order command id -> outcome", ttl_s=7 * DAY)
 ORDER_STATE = BucketSpec("orders_state", "order router: order state by market/client id")
 ROUTER_CONTROL = BucketSpec("orders_control", "order router kill switch state")
@@ -131,7 +135,7 @@ EXPORT_JOBS = BucketSpec("export_jobs", "export jobs by id, and idempotency keys
 # feed control: the instruments each ingestor collects (marketbus.contracts.feeds); a few
 # revisions kept per feed for the record of changes
 FEEDS = BucketSpec("feeds", "feed control: the instruments each ingestor collects, by vendor", history=5,
-                   direct=True)
+                   direct=True, rollups=False)
 
 BUCKETS: tuple[BucketSpec, ...] = (INGEST_STATE, ORDER_IDEMPOTENCY, ORDER_STATE, ROUTER_CONTROL, EXPORT_JOBS, FEEDS)
 
@@ -205,11 +209,19 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 
 
 
 async def create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:
-    """Provisioning: the bucket, created when missing."""
+    """Provisioning: the bucket, created when missing; a bucket declared without rollups has
+    them turned off (also on one an older release created: a permission, not a tuning)."""
     try:
-        return await js.key_value(spec.name)
+        kv = await js.key_value(spec.name)
     except (NotFoundError, BadRequestError):
-        return await js.create_key_value(spec.config(replicas))
+        kv = await js.create_key_value(spec.config(replicas))  # nats-py always allows rollups here
+    if not spec.rollups:
+        config = (await js.stream_info(f"KV_{spec.name}")).config
+        if config.allow_rollup_hdrs:
+            config.allow_rollup_hdrs = False
+            await js.update_stream(config)
+            log.info("bucket %s: rollup headers turned off", spec.name)
+    return kv
 
 
 async def create_object_store(js: JetStreamContext, spec: ObjectStoreSpec, replicas: int = 1) -> Any:
@@ -253,7 +265,8 @@ async def wait_provisioned(js: JetStreamContext, streams: tuple[StreamSpec, ...]
 
 async def ensure_all(js: JetStreamContext, replicas: int = 1) -> None:
     """Provisioning: create every declared stream, bucket and object store that does not exist
-    yet (safe to call concurrently; an existing one is never changed)."""
+    yet (safe to call concurrently; an existing one is never changed, except that a shared
+    bucket declared without rollups has them turned off)."""
     for spec in STREAMS:
         await ensure_stream(js, spec, replicas)
     for bucket in BUCKETS:
