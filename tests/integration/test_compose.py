@@ -148,14 +148,16 @@ def test_the_static_config_is_valid_for_nats_server(tmp_path: Path, config: str)
     import subprocess
 
     from marketbus.runtime.natsserver import nats_server_binary
-    from marketbus.security.credentials import CredentialStore
+    from marketbus.security.credentials import CLUSTER_ENV, CredentialStore, compose_secrets
 
     store = CredentialStore(tmp_path / "secrets")
     store.ensure()
+    compose_secrets(store.directory)
     for name in (config, "auth.conf"):
         shutil.copy(ROOT / "deploy/nats" / name, tmp_path / name)
     env = dict(os.environ, SERVER_NAME="n1")
-    env.update(line.split("=", 1) for line in (store.directory / "nats-keys.env").read_text().splitlines())
+    for env_file in ("nats-keys.env", CLUSTER_ENV):
+        env.update(line.split("=", 1) for line in (store.directory / env_file).read_text().splitlines())
     result = subprocess.run([nats_server_binary(), "-c", str(tmp_path / config), "-t"], env=env,
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

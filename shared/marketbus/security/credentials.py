@@ -122,6 +122,16 @@ def keys_env(keys: dict[str, str]) -> str:
 
 
 LAKEHOUSE_S3_ACCESS_KEY = "marketbus"  # the compose lakehouse profile's S3 identity (its secret is random)
+CLUSTER_NODES = ("n1", "n2", "n3")  # deploy/nats/cluster.conf's nodes
+CLUSTER_ENV = "nats-cluster.env"  # the route password of deploy/nats/cluster.conf (a secret)
+
+
+def cluster_env(route_password: str, nodes: Iterable[str] = CLUSTER_NODES, port: int = 6222) -> str:
+    """The environment of deploy/nats/cluster.conf's route authentication: the password and each
+    route's URL with it (nats-server substitutes whole values only, not parts of a string)."""
+    lines = [f"MARKETBUS_ROUTE_PASSWORD={route_password}"]
+    lines += [f"MARKETBUS_ROUTE_{node.upper()}=nats-route://route:{route_password}@{node}:{port}" for node in nodes]
+    return "\n".join(lines) + "\n"
 
 
 def compose_secrets(directory: Path) -> list[Path]:
@@ -136,6 +146,9 @@ def compose_secrets(directory: Path) -> list[Path]:
     catalog_password = directory / "lakehouse_catalog_password"
     if not catalog_password.exists():
         write_private(catalog_password, random.token_urlsafe(24))
+    route_password = directory / "nats_route_password"  # deploy/nats/cluster.conf's routes
+    if not route_password.exists():
+        write_private(route_password, random.token_urlsafe(24))
     s3_secret = directory / "lakehouse_s3_secret_key"
     if not s3_secret.exists():
         write_private(s3_secret, random.token_urlsafe(30))
@@ -149,8 +162,9 @@ def compose_secrets(directory: Path) -> list[Path]:
         "lakehouse_catalog_uri": "postgresql+psycopg2://lakehouse:"
                                  f"{catalog_password.read_text().strip()}@lakehouse-catalog:5432/lakehouse",
         "lakehouse_s3_config": json.dumps(s3_config),  # SeaweedFS's -s3.config
+        CLUSTER_ENV: cluster_env(route_password.read_text().strip()),
     }
-    written = [pg_password, catalog_password, s3_secret]
+    written = [pg_password, catalog_password, route_password, s3_secret]
     for name, value in wanted.items():
         path = directory / name
         if not path.exists():
