@@ -32,6 +32,8 @@ def _cases() -> list[tuple[str, str, str]]:
         for spec in CONSUMERS:  # every service's durable consumer: nobody deletes or redefines one
             cases.append((who, "pub", f"$JS.API.CONSUMER.DELETE.{spec.stream}.{spec.durable}"))
             cases.append((who, "pub", f"$JS.API.CONSUMER.DURABLE.CREATE.{spec.stream}.{spec.durable}"))
+            if not spec.durable.startswith(who):  # acking its message: the service would never get it again
+                cases.append((who, "pub", f"$JS.ACK.{spec.stream}.{spec.durable}.1.5.7.1700000000000000000.0"))
         # order commands are read by the router's durable only (a work queue nobody else reads)
         cases += [(who, "pub", s) for s in ("$JS.API.CONSUMER.CREATE.ORDERS_CMD", "$JS.API.DIRECT.GET.ORDERS_CMD")]
         cases.append((who, "sub", "orders.cmd.>"))
