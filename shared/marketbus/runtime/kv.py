@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 from nats.js.api import DeliverPolicy
 
 DELETED = ("DEL", "PURGE")  # the KV-Operation header of a deleted or purged key
+# nats-server 2.11+ places its own delete markers (a key's TTL, max age) with this header instead
+MARKER_REASON = "Nats-Marker-Reason"
 
 
 class KvEntry(NamedTuple):
@@ -41,7 +43,8 @@ async def latest(js: Any, bucket: str, key_filter: str = ">", *, timeout: float 
         out: list[KvEntry] = []
         while True:
             msg = await sub.next_msg(timeout=timeout)
-            if (msg.headers or {}).get("KV-Operation") not in DELETED:
+            headers = msg.headers or {}
+            if headers.get("KV-Operation") not in DELETED and MARKER_REASON not in headers:
                 out.append(KvEntry(msg.subject[len(prefix):], msg.data, msg.metadata.sequence.stream))
             if not msg.metadata.num_pending:
                 return out
