@@ -111,3 +111,48 @@ async def test_no_secret_in_logs_events_heartbeats_dead_letters_or_metrics(bus: 
     leaks = {place: [name for name, value in secrets.items() if value in body] for place, body in places.items()}
     assert api.status_code == 200 and all(places.values()), {k: len(v) for k, v in places.items()}
     assert leaks == {place: [] for place in places}, leaks
+
+
+async def test_an_ingestors_vendor_key_stays_out_when_its_vendor_is_unreachable(bus: SecureBus) -> None:
+    """The FinX key travels in the websocket URL and a REST query: what its connection failures
+    leave (logs, anything on the bus: heartbeats, feed status, dead letters; metrics) must still
+    not carry it."""
+    from marketbus.runtime.http import free_port
+    from services.ingest_finx.app import FinxIngestor
+
+    key = "finx-key-SECRET-6"
+    log_text = io.StringIO()
+    handler = logging.StreamHandler(log_text)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    seen: list[tuple[str, bytes]] = []
+    admin = (await bus.connect("admin")).nc
+
+    async def record(msg: Any) -> None:
+        seen.append((msg.subject, msg.data))
+
+    await admin.subscribe(">", cb=record)
+    closed = f"127.0.0.1:{free_port()}"  # nobody listens: every connection fails
+    ing = FinxIngestor(**bus.service_settings("ingest_finx"), api_key=key, ws_url=f"ws://{closed}",
+                       rest_url=f"http://{closed}", http_port=0, heartbeat_interval_s=0.2,
+                       reconnect_initial_s=0.05, reconnect_max_s=0.2, request_timeout_s=1.0)
+    try:
+        await ing.start()
+        # failed connections (logged; a feed status once the feed is known), heartbeats after them
+        await _wait(lambda: log_text.getvalue().count("cannot connect") >= 3)
+        count = len(seen)
+        await _wait(lambda: any(s == "status.ingest_finx.heartbeat" for s, _ in seen[count:]))
+        async with httpx.AsyncClient(timeout=10) as client:
+            metrics = (await client.get(f"{ing.http_url}/metrics")).text
+    finally:
+        await ing.stop()
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    bus_text = "\n".join(f"{s} {d.decode('utf-8', 'replace')}" for s, d in seen)
+    places = {"logs": log_text.getvalue(), "the bus": bus_text, "metrics": metrics}
+    assert all(places.values()) and "cannot connect" in log_text.getvalue() + bus_text, {
+        k: v[-500:] for k, v in places.items()}
+    assert {place: key in body for place, body in places.items()} == dict.fromkeys(places, False)
