@@ -202,6 +202,32 @@ async def test_client_watch_sees_changes(nats_server: Any) -> None:
         await nc.close()
 
 
+async def test_client_watch_of_changes_only_yields_no_current_feed(nats_server: Any) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with Probe(nats_url=nats_server.url, heartbeat_interval_s=60) as probe:
+            await probe.feed_control.start([Seed("FS:BTCUSD"), Seed("FS:LTCUSD")])
+            client = FeedClient(nc, timeout=5)
+            seen: list[tuple[str, str]] = []
+
+            async def follow() -> None:
+                async for feed in client.watch("digitex", initial=False):
+                    seen.append((feed.instrument, feed.state))
+
+            task = asyncio.create_task(follow())
+            await asyncio.sleep(0.5)  # the watch is set up; what the bucket holds is not a change
+            await client.pause("digitex", "FS:LTCUSD")
+            await until(lambda: ("FS:LTCUSD", "paused") in seen)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        await nc.close()
+    # the feeds as they were when the watch began are not changes (the ingestor may still rewrite
+    # a record later: that one is a change)
+    assert ("FS:LTCUSD", "active") not in seen and ("FS:LTCUSD", "paused") in seen, seen
+
+
 async def test_cli_feed_list_add_pause_resume_remove(nats_server: Any) -> None:
     import json
 

@@ -93,15 +93,17 @@ class FeedClient:
         """Every feed as it changes (first the current ones when ``initial``), until cancelled."""
         kv = await self.bucket()
         pattern = contract.vendor_filter(vendor) if vendor else ">"
+        # changes only: what the bucket holds now ends at its last sequence, read before the watch
+        # starts (not the watch's end marker, which can come before values already delivered:
+        # see marketbus.runtime.kv)
+        now = 0 if initial else (await self.nc.jetstream().stream_info(f"KV_{contract.BUCKET}")).state.last_seq
         watcher = await kv.watch(pattern, ignore_deletes=True)
-        seen_end = False
         try:
             async for entry in watcher:
-                if entry is None:
-                    seen_end = True
+                if entry is None or entry.revision <= now:
                     continue
                 feed = _feed_of(entry)
-                if feed is not None and (initial or seen_end):
+                if feed is not None:
                     yield feed
         finally:
             await watcher.stop()
