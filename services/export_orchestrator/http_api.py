@@ -458,7 +458,8 @@ class ExportApi:
                 return "custom", msgspec.json.encode(self._content(rec.versions[-1])).decode()
         if ref in TICKSUPPLY_LAYOUTS:
             if kind is not None and kind not in BUILT_IN_KINDS:
-                raise ApiError(400, f"The {ref} schema is defined for trade datastreams; use schema {MARKETBUS!r}",
+                raise ApiError(400, f"The {ref} schema is defined for trade and quote (depth) datastreams; use schema "
+                               f"{MARKETBUS!r}",
                                {"field": "schema"})
             return ref, None
         if ref == MARKETBUS:

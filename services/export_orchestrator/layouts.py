@@ -4,7 +4,8 @@
 - ``marketbus``: the event's own fields (``id, source, venue, symbol, ts_event, ...``), what the NATS
   export API and the CLI write;
 - ``raw`` (the default of the TickSupply-compatible HTTP API) and ``normalized``: exactly the
-  TickSupply built-in trade layouts (:mod:`marketbus.runtime.tsapi_schemas`): ns integers,
+  TickSupply built-in trade layouts, and for quotes (TickSupply's depth streams) the built-in
+  ``book_update`` layouts, a ``bid`` row then an ``ask`` row per quote (:mod:`marketbus.runtime.tsapi_schemas`): ns integers,
   ISO 8601 with nine fraction digits, exact decimal text, ``buy``/``sell`` (an ``unknown`` aggressor
   side is written empty), and CSV quoted only where a value needs it, as TickSupply writes it;
 - ``custom``: a TickSupply column spec over marketbus's events: ``meta`` columns are the collection
@@ -33,10 +34,11 @@ MARKETBUS = "marketbus"
 TICKSUPPLY_LAYOUTS = ("raw", "normalized")
 LAYOUTS = (MARKETBUS, *TICKSUPPLY_LAYOUTS, "custom")
 # marketbus kinds -> TickSupply stream categories
-CATEGORY = {"trade": "trade", "book": "orderbook", "book_delta": "book_update", "quote": "quote", "bar": "kline",
+# (a quote is top of book: TickSupply's depth stream, category book_update)
+CATEGORY = {"trade": "trade", "book": "orderbook", "book_delta": "book_update", "quote": "book_update", "bar": "kline",
             "tick": "ticker", "market_price": "ticker", "index_price": "ticker", "cash_price": "ticker", "news": "ticker"}
 # kinds that have the built-in TickSupply layouts
-BUILT_IN_KINDS = ("trade",)
+BUILT_IN_KINDS = ("trade", "quote")
 
 Layout = Callable[[pa.RecordBatch], pa.RecordBatch]
 
@@ -83,13 +85,53 @@ _TRADE_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
 }
 
 
+def update_ids(ids: pa.Array) -> pa.Array:
+    """A quote's ``update_id``: an i64 from its event id (the first 15 hex digits, 60 bits),
+    stable across exports and the same on its bid and ask rows (marketbus quotes keep the vendor's
+    update id only inside their event id)."""
+    return pa.array([int(i[:15], 16) for i in ids.to_pylist()], pa.int64())
+
+
+def quote_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Top-of-book quotes as TickSupply's depth (``book_update``) rows: per quote a ``bid`` row
+    (bid price and size) then an ``ask`` row (ask price and size); a side without a price has no
+    row. Columns: the quote's own plus ``update_id``, ``side``, ``price``, ``quantity``."""
+    n = batch.num_rows
+    take = pa.array([i // 2 for i in range(2 * n)], pa.int64())
+    rows = batch.take(take)
+    is_bid = pa.array([i % 2 == 0 for i in range(2 * n)], pa.bool_())
+    price = pc.if_else(is_bid, rows.column("bid_price"), rows.column("ask_price"))
+    quantity = pc.if_else(is_bid, rows.column("bid_size"), rows.column("ask_size"))
+    side = pc.if_else(is_bid, pa.scalar("bid"), pa.scalar("ask"))
+    out = pa.RecordBatch.from_arrays(
+        [*rows.columns, update_ids(rows.column("id")), side, price, quantity],
+        names=[*rows.schema.names, "update_id", "side", "price", "quantity"])
+    return out.filter(pc.is_valid(price))
+
+
+_BOOK_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
+    **_TRADE_COLUMNS,
+    "update_id": lambda b: b.column("update_id"),
+    "side": lambda b: b.column("side"),
+    "quantity": lambda b: b.column("quantity"),
+}
+
+# kind -> (rows of TickSupply's stream, the built-in columns): quotes are TickSupply's depth rows
+_ROWS: dict[str, Callable[[pa.RecordBatch], pa.RecordBatch]] = {"quote": quote_rows}
+_COLUMNS = {"trade": _TRADE_COLUMNS, "quote": _BOOK_COLUMNS}
+
+
 def built_in(name: str, kind: str) -> Layout:
     if kind not in BUILT_IN_KINDS:
-        raise ValueError(f"the {name} schema is defined for trade datastreams; use schema {MARKETBUS!r} for {kind}")
+        raise ValueError(f"the {name} schema is defined for trade and quote (depth) datastreams; use schema "
+                         f"{MARKETBUS!r} for {kind}")
     header = BUILT_IN_COLUMNS[(category_of(kind), name)]
-    fns = [_TRADE_COLUMNS[h] for h in header]
+    fns = [_COLUMNS[kind][h] for h in header]
+    rows = _ROWS.get(kind)
 
     def layout(batch: pa.RecordBatch) -> pa.RecordBatch:
+        if rows is not None:
+            batch = rows(batch)
         return pa.RecordBatch.from_arrays([fn(batch) for fn in fns], names=header)
 
     return layout

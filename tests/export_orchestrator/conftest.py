@@ -201,6 +201,16 @@ async def backdate_feed(nc: Any, instrument: str, start_ns: int, vendor: str = "
     await kv.update(key, codec.encode(msgspec.structs.replace(feed, periods=periods)), last=entry.revision)
 
 
+async def set_periods(nc: Any, instrument: str, periods: list[tuple[int, int | None]], vendor: str = "ticksupply") -> None:
+    """The feed's collection periods are exactly ``periods`` (test setup of known spans)."""
+    kv = await nc.jetstream().key_value(feeds_contract.BUCKET)
+    key = feeds_contract.feed_key(vendor, instrument)
+    entry = await kv.get(key)
+    feed = codec.decode_as(entry.value, feeds_contract.Feed)
+    new = [feeds_contract.Period(lo, hi) for lo, hi in periods]
+    await kv.update(key, codec.encode(msgspec.structs.replace(feed, periods=new)), last=entry.revision)
+
+
 def backdate_from_thread(loop: asyncio.AbstractEventLoop, nc: Any, instrument: str, start_ns: int) -> None:
     """:func:`backdate_feed` from a test's client thread (the sync ``ticksupply`` client runs in one)."""
     asyncio.run_coroutine_threadsafe(backdate_feed(nc, instrument, start_ns), loop).result(timeout=10)
@@ -267,6 +277,7 @@ __all__ = [
     "T0",
     "backdate_feed",
     "backdate_from_thread",
+    "set_periods",
     "TS_INSTRUMENTS",
     "Harness",
     "S",
