@@ -62,7 +62,7 @@ from .export_schemas import SchemaStore, new_schema_id
 from .history_source import MAX_NS, HistorySource, HistoryUnavailable, StreamKey
 from .idempotency import Idempotency
 from .jobs import Conflict, InvalidRequest, JobError, JobManager, JobRecord, NotFound, Overloaded, artifact_id
-from .layouts import BUILT_IN_KINDS, MARKETBUS, TICKSUPPLY_LAYOUTS, category_of
+from .layouts import BUILT_IN_KINDS, MARKETBUS, TICKSUPPLY_LAYOUTS, category_of, check_transforms
 from .settings import ExportSettings
 from .signing import UrlSigner
 from .subscriptions import Subscription, Subscriptions
@@ -355,9 +355,11 @@ class ExportApi:
         if isinstance(body, dict):
             body = {k: v for k, v in body.items() if k in ("columns", "unfold", "derive")}
         try:
-            return parse_content(body)
+            content = parse_content(body)
+            check_transforms(content)
         except ValueError as exc:
             raise ApiError(400, f"Invalid schema content: {exc}") from None
+        return content
 
     async def list_schemas(self, request: Request) -> Response:
         return _json([r.list_item() for r in await self.schemas.all(request.state.owner)])

@@ -8,20 +8,27 @@
   ``book_update`` layouts, a ``bid`` row then an ``ask`` row per quote (:mod:`marketbus.runtime.tsapi_schemas`): ns integers,
   ISO 8601 with nine fraction digits, exact decimal text, ``buy``/``sell`` (an ``unknown`` aggressor
   side is written empty), and CSV quoted only where a value needs it, as TickSupply writes it;
-- ``custom``: a TickSupply column spec over marketbus's events: ``meta`` columns are the collection
-  time (``ts_recv``) in the asked unit, ``data`` columns read the event field named by the ``json.path``
-  of the column's extractor for the datastream's exchange (the venue; ``*`` matches any), converted
-  to its ``type``; a path that names no field is written empty. ``unfold``/``derive``/``transform``
-  are stored and echoed but not evaluated (marketbus events are flat).
+- ``custom``: a TickSupply column spec over marketbus's events (an event's fields are the
+  "message"; nested values such as book levels, kept as JSON text, are read as JSON): ``meta``
+  columns are the collection time (``ts_recv``) in the asked unit, ``data`` columns read the dot
+  path ``json.path`` of the column's extractor for the datastream's exchange (the venue; ``*``
+  matches any), converted to its ``type``; a path that names nothing is written empty. As the
+  vendor's docs specify: ``derive`` (``tagged_concat``) synthesises a field before extraction,
+  ``unfold`` expands the array at its path (a derived field too) into one row per element, and a
+  column's ``transform`` (an SQL expression over ``{v}``, DuckDB's SQL, sandboxed: no file,
+  network or extension access) maps the extracted values.
 
 A layout is a function from a history batch (all event fields) to the batch that is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -150,28 +157,201 @@ def _convert(col: pa.Array, kind: str) -> pa.Array:
     return _text(col)
 
 
-def custom(content: Content, kind: str, venue: str) -> Layout:
-    def layout(batch: pa.RecordBatch) -> pa.RecordBatch:
-        names, arrays = [], []
-        for col in content.columns:
-            names.append(col.output_column)
-            if col.meta is not None:
-                recv = batch.column("ts_recv")
-                fmt = col.meta.format
-                arrays.append(_iso(recv) if fmt == "iso8601" else pc.divide(recv, _DIV[fmt]))
-                continue
-            data = col.data or {}
-            ex = data.get(venue) or data.get("*")
-            path = ex.json.path if ex is not None and ex.json is not None else None
-            if path is None or path not in batch.schema.names:
-                arrays.append(pa.nulls(batch.num_rows, pa.string()))
-                continue
-            assert ex is not None and ex.json is not None
+def _per_exchange(rules: dict[str, Any] | None, venue: str) -> Any:
+    """A schema's rule for the datastream's exchange (the venue; ``*`` matches any)."""
+    if not rules:
+        return None
+    return rules.get(venue) if venue in rules else rules.get("*")
+
+
+def _get(obj: Any, path: str) -> Any:
+    """A dot path into a message (list elements by index). Nested values marketbus history keeps
+    as JSON text (book levels, dicts) are read as the JSON they hold."""
+    for part in path.split("."):
+        if isinstance(obj, str) and obj[:1] in ("[", "{"):
             try:
-                arrays.append(_convert(batch.column(path), ex.json.type))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                arrays.append(_text(batch.column(path)))
-        return pa.RecordBatch.from_arrays(arrays, names=names)
+                obj = json.loads(obj)
+            except ValueError:
+                return None
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return None
+        if obj is None:
+            return None
+    if isinstance(obj, str) and obj[:1] in ("[", "{"):
+        with contextlib.suppress(ValueError):
+            return json.loads(obj)
+    return obj
+
+
+def derived(message: dict[str, Any], rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """``derive``: each rule's synthetic ``field`` added to the message. ``tagged_concat``: the
+    arrays at ``arrays[].path`` concatenated in order, each element wrapped as
+    ``{tag_field: tag, value_field: element}`` (how TickSupply merges ``bids`` and ``asks``)."""
+    for rule in rules:
+        out: list[dict[str, Any]] = []
+        for source in rule["arrays"]:
+            values = _get(message, source["path"])
+            if isinstance(values, list):
+                out.extend({rule["tag_field"]: source["tag"], rule["value_field"]: v} for v in values)
+        message[rule["field"]] = out
+    return message
+
+
+def unfolded(message: dict[str, Any], path: str | None) -> list[dict[str, Any]]:
+    """``unfold``: one message per element of the array at ``path``, the element in the array's
+    place (a message without that array stays one row, as TickSupply's sandbox does)."""
+    array = _get(message, path) if path else None
+    if not path or not isinstance(array, list):
+        return [message]
+    head, _, last = path.rpartition(".")
+    out = []
+    for element in array:
+        copy = json.loads(json.dumps(message, default=str))  # deep copy; messages are small
+        parent = _get(copy, head) if head else copy
+        if isinstance(parent, dict):
+            parent[last] = element
+        out.append(copy)
+    return out
+
+
+def _value_text(value: Any, kind: str) -> str | None:
+    """An extracted value as its CSV text for the column's ``type`` (None = empty)."""
+    if value is None:
+        return None
+    if kind == "bool":
+        return "true" if value is True or value == "true" else "false"
+    try:
+        if kind == "i64":
+            return str(int(value))
+        if kind == "f64":
+            return repr(float(value))
+        if kind.startswith("decimal("):
+            scale = int(kind[8:-1])
+            number = Decimal(str(value))
+            exponent = number.as_tuple().exponent
+            if isinstance(exponent, int) and -exponent > scale:
+                number = number.quantize(Decimal(1).scaleb(-scale))
+            return format(number, "f")
+    except (ValueError, ArithmeticError):
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)
+
+
+_SQL_TYPES = {"i64": "BIGINT", "f64": "DOUBLE", "bool": "BOOLEAN", "string": "VARCHAR"}
+
+
+def _sql_type(kind: str) -> str:
+    return f"DECIMAL(38, {min(int(kind[8:-1]), 38)})" if kind.startswith("decimal(") else _SQL_TYPES.get(kind, "VARCHAR")
+
+
+def _sql(transform: str, kind: str) -> str:
+    """The query of a ``transform`` over table ``t`` (``i`` row order, ``v`` the value as text):
+    ``{v}`` is the extracted value typed as the column's ``type``."""
+    if ";" in transform:
+        raise ValueError("a transform is one SQL expression (no ';')")
+    v = f"CAST(NULLIF(v, '') AS {_sql_type(kind)})"
+    return f"SELECT CAST(({transform.replace('{v}', v)}) AS VARCHAR) AS out FROM t ORDER BY i"
+
+
+def _duckdb() -> Any:
+    """An in-memory DuckDB that reaches no file, network or extension: a transform is user input."""
+    import duckdb
+
+    return duckdb.connect(config={"enable_external_access": False, "autoinstall_known_extensions": False,
+                                  "autoload_known_extensions": False, "lock_configuration": True})
+
+
+def transformed(values: pa.Array, transform: str, kind: str, con: Any = None) -> pa.Array:
+    """``transform``: the SQL expression applied to every value (DuckDB's SQL)."""
+    con = con or _duckdb()
+    table = pa.table({"i": pa.array(range(len(values)), pa.int64()), "v": pc.cast(values, pa.string())})
+    con.register("t", table)
+    try:
+        out = con.execute(_sql(transform, kind)).to_arrow_table().column("out")
+    finally:
+        con.unregister("t")
+    return out.combine_chunks()
+
+
+def check_transforms(content: Content) -> None:
+    """Compile every ``transform`` once (ValueError with DuckDB's reason when one is not valid SQL)."""
+    con = None
+    for col in content.columns:
+        for exchange, ex in (col.data or {}).items():
+            if ex.transform is None or ex.json is None:
+                continue
+            con = con or _duckdb()
+            try:
+                transformed(pa.array([None], pa.string()), ex.transform, ex.json.type, con)
+            except Exception as exc:  # duckdb's errors have no common base besides Exception
+                raise ValueError(f"column {col.output_column!r}: data.{exchange}.transform: {exc}") from None
+
+
+def custom(content: Content, kind: str, venue: str) -> Layout:
+    """A TickSupply column spec over marketbus's events (the event's fields are the message).
+
+    Without ``unfold``/``derive`` and with top-level paths the columns are read column-wise;
+    otherwise message by message: ``derive`` adds its fields, ``unfold`` makes one row per element,
+    then each column reads its dot path. A ``transform`` then maps each column's values (SQL)."""
+    unfold = _per_exchange(content.unfold, venue)
+    unfold_path = unfold.path if unfold is not None else None
+    rules = _per_exchange(content.derive, venue) or []
+    extractors = [None if col.meta is not None else _per_exchange(col.data, venue) for col in content.columns]
+    nested = bool(unfold_path or rules) or any(
+        ex is not None and ex.json is not None and "." in ex.json.path for ex in extractors)
+
+    def columnwise(batch: pa.RecordBatch) -> tuple[list[pa.Array], pa.Array]:
+        arrays = []
+        for col, ex in zip(content.columns, extractors):
+            path = ex.json.path if ex is not None and ex.json is not None else None
+            if col.meta is not None:
+                arrays.append(batch.column("ts_recv"))
+            elif path is None or path not in batch.schema.names:
+                arrays.append(pa.nulls(batch.num_rows, pa.string()))
+            else:
+                assert ex is not None and ex.json is not None
+                try:
+                    arrays.append(_convert(batch.column(path), ex.json.type))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    arrays.append(_text(batch.column(path)))
+        return arrays, batch.column("ts_recv")
+
+    def messagewise(batch: pa.RecordBatch) -> tuple[list[pa.Array], pa.Array]:
+        recv: list[int] = []
+        cells: list[list[str | None]] = [[] for _ in content.columns]
+        for row in batch.to_pylist():
+            for message in unfolded(derived(row, rules) if rules else row, unfold_path):
+                recv.append(row["ts_recv"])
+                for cell, col, ex in zip(cells, content.columns, extractors):
+                    if col.meta is not None or ex is None or ex.json is None:
+                        cell.append(None)
+                    else:
+                        cell.append(_value_text(_get(message, ex.json.path), ex.json.type))
+        recv_array = pa.array(recv, pa.int64())
+        arrays = [recv_array if col.meta is not None else pa.array(cell, pa.string())
+                  for cell, col in zip(cells, content.columns)]
+        return arrays, recv_array
+
+    def layout(batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays, recv = (messagewise if nested else columnwise)(batch)
+        con = None
+        out = []
+        for array, col, ex in zip(arrays, content.columns, extractors):
+            if col.meta is not None:
+                fmt = col.meta.format
+                out.append(_iso(recv) if fmt == "iso8601" else pc.divide(recv, _DIV[fmt]))
+            elif ex is not None and ex.transform is not None and ex.json is not None:
+                con = con or _duckdb()
+                out.append(transformed(array, ex.transform, ex.json.type, con))
+            else:
+                out.append(array)
+        return pa.RecordBatch.from_arrays(out, names=[c.output_column for c in content.columns])
 
     return layout
 

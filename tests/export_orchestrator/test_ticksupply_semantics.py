@@ -261,3 +261,91 @@ async def test_official_client_sees_the_same_subscription_rules(harness: Harness
             assert {s.id for s in client.subscriptions.list_all()} == {sub.id, again.id}
 
     await asyncio.to_thread(flow)
+
+
+async def test_custom_schema_derive_unfold_and_transform_are_applied(harness: Harness) -> None:
+    """As the vendor's docs specify: ``derive`` (tagged_concat) merges the bid and ask levels of a
+    book into one tagged array, ``unfold`` makes one row per element of it, ``transform`` maps an
+    extracted value with an SQL expression over ``{v}``; through HTTP and the official client."""
+    from marketbus.contracts.market import BookLevel, BookSnapshot
+
+    base = NOW - 1800 * S
+    await harness.start_writer()
+    orch = await harness.start_orchestrator()
+    books = [BookSnapshot(id=event_id("ticksupply", "book", "BTCUSDT", i), source="ticksupply", venue="binance",
+                          symbol="BTCUSDT", ts_event=base + i * S, ts_recv=base + i * S + 1000,
+                          bids=[BookLevel(Decimal(f"100.{i}"), Decimal("1.5")), BookLevel(Decimal("99"), Decimal("2"))],
+                          asks=[BookLevel(Decimal(f"101.{i}"), Decimal("0.25"))]) for i in range(5)]
+    trades = make_trades("ticksupply", "binance", "BTCUSDT", [base + i * S for i in range(5)])
+    await publish(harness.nc, [*books, *trades])
+    await harness.wait_stored("book.ticksupply.*.*", len(books))
+    await harness.wait_stored("trade.ticksupply.*.*", len(trades))
+    await publish(harness.nc, [Instrument(
+        id=event_id("ticksupply", "instrument", "binance", "BTCUSDT"), source="ticksupply", venue="binance",
+        symbol="BTCUSDT", ts_event=T0, ts_recv=T0, instrument_type="spot", vendor_symbol="BTCUSDT", base="BTC",
+        quote="USDT", attributes={"datastream.trade.json": "101", "datastream.book.json": "105"})])
+    await harness.wait_stored("instrument.ticksupply.*.*", 1)
+    harness.services.append(await start_feed_ingestor(harness.url, {
+        "101": ("binance", "BTCUSDT", "trade"), "105": ("binance", "BTCUSDT", "book")}))
+    book_spec = {
+        "derive": {"binance": [{"field": "levels", "op": "tagged_concat", "tag_field": "side", "value_field": "level",
+                                "arrays": [{"path": "bids", "tag": "bid"}, {"path": "asks", "tag": "ask"}]}]},
+        "unfold": {"binance": {"path": "levels"}},
+        "columns": [
+            {"output_column": "t", "meta": {"value": "collection_timestamp_ns", "format": "ns"}},
+            {"output_column": "side", "data": {"binance": {"json": {"path": "levels.side", "type": "string"}}}},
+            {"output_column": "price", "data": {"binance": {"json": {"path": "levels.level.0", "type": "decimal(8)"}}}},
+            {"output_column": "cents", "data": {"binance": {"json": {"path": "levels.level.0", "type": "decimal(8)"},
+                                                            "transform": "CAST({v} * 100 AS BIGINT)"}}},
+            {"output_column": "qty", "data": {"*": {"json": {"path": "levels.level.1", "type": "f64"}}}}]}
+    async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
+        streams = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"]
+        ids = {s["stream_type"]: s["datastream_id"] for s in streams}
+        for kind in ("book", "trade"):
+            assert (await http.post("/v1/subscriptions", json={"datastream_id": ids[kind]})).status_code == 201
+        await backdate_feed(harness.nc, "105", base - HOUR_NS)
+        await backdate_feed(harness.nc, "101", base - HOUR_NS)
+        # a transform that is not SQL, or a derive rule of an unknown op, is refused when stored
+        bad = await http.post("/v1/export-schemas", json={"name": "bad", "stream_category": "orderbook", "columns": [
+            {"output_column": "x", "data": {"*": {"json": {"path": "p", "type": "string"}, "transform": "{v} +* )"}}}]})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_argument"
+        bad = await http.post("/v1/export-schemas", json={"name": "bad", "stream_category": "orderbook", **book_spec,
+                                                          "derive": {"binance": [{"field": "x", "op": "zip"}]}})
+        assert bad.status_code == 400
+        created = await http.post("/v1/export-schemas", json={"name": "levels", "stream_category": "orderbook",
+                                                              **book_spec})
+        assert created.status_code == 201, created.text
+        assert created.json()["derive"] == book_spec["derive"] and created.json()["unfold"] == book_spec["unfold"]
+        text = await _export_csv(http, {"datastream_id": ids["book"], "start_time": str(base),
+                                        "end_time": str(base + 10 * S), "schema": created.json()["id"]})
+    rows = _rows(text)
+    assert rows[0] == ["t", "side", "price", "cents", "qty"]
+    want = []
+    for i, b in enumerate(books):
+        for side, level in [("bid", lv) for lv in b.bids] + [("ask", lv) for lv in b.asks]:
+            want.append([str(b.ts_recv), side, Decimal(level.price), int(level.price * 100), float(level.size)])
+    assert [[r[0], r[1], Decimal(r[2]), int(r[3]), float(r[4])] for r in rows[1:]] == want
+    assert len(rows) == 1 + 3 * len(books)
+
+    def client_flow() -> list[list[str]]:
+        with ticksupply.Client(api_key=API_KEY, base_url=f"{orch.api_url}/v1", max_retries=0, timeout=30) as client:
+            job = client.exports.create(ids["trade"], base, base + 10 * S, schema={"columns": [
+                {"output_column": "tid", "data": {"binance": {"json": {"path": "trade_id", "type": "i64"},
+                                                              "transform": "{v} + 1000"}}},
+                {"output_column": "px", "data": {"binance": {"json": {"path": "price", "type": "decimal(2)"},
+                                                             "transform": "round({v})"}}},
+                {"output_column": "side", "data": {"binance": {"json": {"path": "side", "type": "string"},
+                                                               "transform": "upper({v})"}}}]})
+            deadline = time.monotonic() + 30
+            while (job := client.exports.get(job.id)).status.value in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert job.status.value == "succeeded", job.reason
+            dl = client.exports.get_download(job.id)
+            return _rows(gzip.decompress(httpx.get(dl.artifacts[0].url).content).decode())
+
+    got = await asyncio.to_thread(client_flow)
+    assert got[0] == ["tid", "px", "side"]
+    assert [[int(r[0]), Decimal(r[1]), r[2]] for r in got[1:]] == [
+        [int(t.trade_id or 0) + 1000, Decimal(t.price).quantize(Decimal("0.01")).to_integral_value(rounding="ROUND_HALF_UP"),
+         t.side.upper()] for t in trades]
