@@ -273,7 +273,7 @@ def transformed(values: pa.Array, transform: str, kind: str, con: Any = None) ->
     table = pa.table({"i": pa.array(range(len(values)), pa.int64()), "v": pc.cast(values, pa.string())})
     con.register("t", table)
     try:
-        out = con.execute(_sql(transform, kind)).to_arrow_table().column("out")
+        out = con.sql(_sql(transform, kind)).to_arrow_table().column("out")
     finally:
         con.unregister("t")
     return out.combine_chunks()
