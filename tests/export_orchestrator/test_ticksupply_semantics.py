@@ -321,7 +321,7 @@ async def test_custom_schema_derive_unfold_and_transform_are_applied(harness: Ha
     rows = _rows(text)
     assert rows[0] == ["t", "side", "price", "cents", "qty"]
     want = []
-    for i, b in enumerate(books):
+    for b in books:
         for side, level in [("bid", lv) for lv in b.bids] + [("ask", lv) for lv in b.asks]:
             want.append([str(b.ts_recv), side, Decimal(level.price), int(level.price * 100), float(level.size)])
     assert [[r[0], r[1], Decimal(r[2]), int(r[3]), float(r[4])] for r in rows[1:]] == want
