@@ -18,8 +18,10 @@ stable integer derived from (kind, source, venue, symbol). Instruments carry bas
 the stored ``Instrument`` reference events.
 
 Subscriptions are marketbus feeds (:mod:`.subscriptions`): create/pause/resume/delete change
-collection through the vendor's ingestor; status, ``created_at`` and spans are the feed's; an
-export of a datastream whose subscription was deleted is 403, as with TickSupply.
+collection through the vendor's ingestor; status, ``created_at`` and spans are the feed's (a
+subscribe after a delete is a new subscription: new id, new span). As with TickSupply, an export
+of a datastream needs an active or paused subscription (403 otherwise) and covers only its spans
+(``JobRecord.ranges``); ``selector`` exports (a marketbus extension) are not clipped.
 
 Exports: ``schema`` ``raw`` (default for trades) / ``normalized`` / ``sch_...`` / an inline column
 spec give TickSupply's CSV (:mod:`.layouts`), ``marketbus`` the event's own columns; export schemas
@@ -460,7 +462,7 @@ class ExportApi:
                 return "custom", msgspec.json.encode(self._content(rec.versions[-1])).decode()
         if ref in TICKSUPPLY_LAYOUTS:
             if kind is not None and kind not in BUILT_IN_KINDS:
-                raise ApiError(400, f"The {ref} schema is defined for trade and quote (depth) datastreams; use schema "
+                raise ApiError(400, f"The {ref} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
                                f"{MARKETBUS!r}",
                                {"field": "schema"})
             return ref, None

@@ -5,7 +5,8 @@
   export API and the CLI write;
 - ``raw`` (the default of the TickSupply-compatible HTTP API) and ``normalized``: exactly the
   TickSupply built-in trade layouts, and for quotes (TickSupply's depth streams) the built-in
-  ``book_update`` layouts, a ``bid`` row then an ``ask`` row per quote (:mod:`marketbus.runtime.tsapi_schemas`): ns integers,
+  ``book_update`` layouts, a ``bid`` row then an ``ask`` row per quote, and for book deltas the
+  same layouts, one row per changed level (``update_id`` = the delta's sequence) (:mod:`marketbus.runtime.tsapi_schemas`): ns integers,
   ISO 8601 with nine fraction digits, exact decimal text, ``buy``/``sell`` (an ``unknown`` aggressor
   side is written empty), and CSV quoted only where a value needs it, as TickSupply writes it;
 - ``custom``: a TickSupply column spec over marketbus's events (an event's fields are the
@@ -45,7 +46,7 @@ LAYOUTS = (MARKETBUS, *TICKSUPPLY_LAYOUTS, "custom")
 CATEGORY = {"trade": "trade", "book": "orderbook", "book_delta": "book_update", "quote": "book_update", "bar": "kline",
             "tick": "ticker", "market_price": "ticker", "index_price": "ticker", "cash_price": "ticker", "news": "ticker"}
 # kinds that have the built-in TickSupply layouts
-BUILT_IN_KINDS = ("trade", "quote")
+BUILT_IN_KINDS = ("trade", "quote", "book_delta")
 
 Layout = Callable[[pa.RecordBatch], pa.RecordBatch]
 
@@ -116,6 +117,33 @@ def quote_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
     return out.filter(pc.is_valid(price))
 
 
+def delta_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Book deltas as TickSupply's ``book_update`` rows: one row per changed level, in the
+    delta's order (``side`` bid/ask, the level's ``price`` and new ``quantity``, 0 = removed);
+    ``update_id`` is the delta's ``sequence`` (the event-id number when it has none)."""
+    index: list[int] = []
+    sides: list[str] = []
+    prices: list[str] = []
+    sizes: list[str] = []
+    for i, changes in enumerate(batch.column("changes").to_pylist()):
+        if isinstance(changes, str):
+            changes = json.loads(changes)
+        for change in changes or []:
+            side, price, size = ((change["side"], change["price"], change["size"]) if isinstance(change, dict)
+                                 else change[:3])
+            index.append(i)
+            sides.append(side)
+            prices.append(format(Decimal(str(price)), "f"))
+            sizes.append(format(Decimal(str(size)), "f"))
+    rows = batch.take(pa.array(index, pa.int64()))
+    sequence = pc.cast(rows.column("sequence"), pa.int64())
+    update = pc.if_else(pc.is_valid(sequence), sequence, update_ids(rows.column("id")))
+    return pa.RecordBatch.from_arrays(
+        [*rows.columns, update, pa.array(sides, pa.string()), pa.array(prices, pa.string()),
+         pa.array(sizes, pa.string())],
+        names=[*rows.schema.names, "update_id", "side", "price", "quantity"])
+
+
 _BOOK_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
     **_TRADE_COLUMNS,
     "update_id": lambda b: b.column("update_id"),
@@ -124,13 +152,13 @@ _BOOK_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
 }
 
 # kind -> (rows of TickSupply's stream, the built-in columns): quotes are TickSupply's depth rows
-_ROWS: dict[str, Callable[[pa.RecordBatch], pa.RecordBatch]] = {"quote": quote_rows}
-_COLUMNS = {"trade": _TRADE_COLUMNS, "quote": _BOOK_COLUMNS}
+_ROWS: dict[str, Callable[[pa.RecordBatch], pa.RecordBatch]] = {"quote": quote_rows, "book_delta": delta_rows}
+_COLUMNS = {"trade": _TRADE_COLUMNS, "quote": _BOOK_COLUMNS, "book_delta": _BOOK_COLUMNS}
 
 
 def built_in(name: str, kind: str) -> Layout:
     if kind not in BUILT_IN_KINDS:
-        raise ValueError(f"the {name} schema is defined for trade and quote (depth) datastreams; use schema "
+        raise ValueError(f"the {name} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
                          f"{MARKETBUS!r} for {kind}")
     header = BUILT_IN_COLUMNS[(category_of(kind), name)]
     fns = [_COLUMNS[kind][h] for h in header]

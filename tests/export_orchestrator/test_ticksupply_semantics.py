@@ -349,3 +349,40 @@ async def test_custom_schema_derive_unfold_and_transform_are_applied(harness: Ha
     assert [[int(r[0]), Decimal(r[1]), r[2]] for r in got[1:]] == [
         [int(t.trade_id or 0) + 1000, Decimal(t.price).quantize(Decimal("0.01")).to_integral_value(rounding="ROUND_HALF_UP"),
          t.side.upper()] for t in trades]
+
+
+async def test_book_deltas_export_the_book_update_layouts(harness: Harness) -> None:
+    """Book deltas have TickSupply's ``book_update`` columns too: one row per changed level, the
+    delta's sequence as ``update_id``, parsed by TickSupply's column spec."""
+    from marketbus.contracts.market import BookChange, BookDelta
+
+    base = NOW - 1800 * S
+    await harness.start_writer()
+    orch = await harness.start_orchestrator()
+    deltas = [BookDelta(id=event_id("ticksupply", "book_delta", "BTCUSDT", i), source="ticksupply", venue="binance",
+                        symbol="BTCUSDT", ts_event=base + i * S, ts_recv=base + i * S + 500, sequence=10 + i,
+                        prev_sequence=9 + i, changes=[BookChange("bid", Decimal(f"100.{i}5"), Decimal("1.25")),
+                                                      BookChange("ask", Decimal("101"), Decimal("0"))])
+              for i in range(4)]
+    await publish(harness.nc, deltas)
+    await harness.wait_stored("book_delta.ticksupply.*.*", len(deltas))
+    await publish(harness.nc, [Instrument(
+        id=event_id("ticksupply", "instrument", "binance", "BTCUSDT"), source="ticksupply", venue="binance",
+        symbol="BTCUSDT", ts_event=T0, ts_recv=T0, instrument_type="spot", vendor_symbol="BTCUSDT", base="BTC",
+        quote="USDT", attributes={"datastream.book_delta.json": "106"})])
+    await harness.wait_stored("instrument.ticksupply.*.*", 1)
+    harness.services.append(await start_feed_ingestor(harness.url, {"106": ("binance", "BTCUSDT", "book_delta")}))
+    async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
+        ds_id = (await http.get("/v1/datastreams", params={"stream_type": "book_delta"})).json()["items"][0]["datastream_id"]
+        assert (await http.post("/v1/subscriptions", json={"datastream_id": ds_id})).status_code == 201
+        await backdate_feed(harness.nc, "106", base - HOUR_NS)
+        body = {"datastream_id": ds_id, "start_time": str(base), "end_time": str(base + 10 * S)}
+        raw, norm = await _export_csv(http, body), await _export_csv(http, body | {"schema": "normalized"})
+    raw_rows, norm_rows = _rows(raw), _rows(norm)
+    assert raw_rows[0] == BUILT_IN_COLUMNS[("book_update", "raw")]
+    assert norm_rows[0] == BUILT_IN_COLUMNS[("book_update", "normalized")]
+    want = [[str(d.ts_event), str(d.ts_recv), str(d.sequence), c.side, Decimal(c.price), Decimal(c.size)]
+            for d in deltas for c in d.changes]
+    assert [[*r[:4], Decimal(r[4]), Decimal(r[5])] for r in raw_rows[1:]] == want
+    assert [r[:2] for r in norm_rows[1:]] == [["binance", "BTCUSDT"]] * len(want)
+    assert [[r[4], r[5], Decimal(r[6]), Decimal(r[7])] for r in norm_rows[1:]] == [w[2:] for w in want]
