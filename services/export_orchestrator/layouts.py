@@ -32,6 +32,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -93,10 +94,29 @@ _TRADE_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
 }
 
 
+def _with_columns(rows: pa.RecordBatch, extra: dict[str, pa.Array]) -> pa.RecordBatch:
+    """``rows`` plus ``extra`` (an event field of the same name is replaced)."""
+    kept = [n for n in rows.schema.names if n not in extra]
+    return pa.RecordBatch.from_arrays([*(rows.column(n) for n in kept), *extra.values()], names=[*kept, *extra])
+
+
+_HEX = np.full(256, -1, np.int8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
 def update_ids(ids: pa.Array) -> pa.Array:
     """A quote's ``update_id``: an i64 from its event id (the first 15 hex digits, 60 bits),
     stable across exports and the same on its bid and ask rows (marketbus quotes keep the vendor's
     update id only inside their event id)."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if ids.type == pa.string() and len(ids) and ids.null_count == 0 and pc.all(pc.equal(pc.binary_length(ids), 24)).as_py():
+        # vectorised: the ids' UTF-8 bytes as an (n, 24) matrix, 15 hex digits -> one int64
+        offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset:ids.offset + len(ids) + 1]
+        data = np.frombuffer(ids.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(len(ids), 24)[:, :15]
+        digits = _HEX[data].astype(np.int64)
+        if (digits >= 0).all():
+            return pa.array(digits @ (16 ** np.arange(14, -1, -1, dtype=np.int64)), pa.int64())
     return pa.array([int(i[:15], 16) for i in ids.to_pylist()], pa.int64())
 
 
@@ -105,15 +125,13 @@ def quote_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
     (bid price and size) then an ``ask`` row (ask price and size); a side without a price has no
     row. Columns: the quote's own plus ``update_id``, ``side``, ``price``, ``quantity``."""
     n = batch.num_rows
-    take = pa.array([i // 2 for i in range(2 * n)], pa.int64())
-    rows = batch.take(take)
-    is_bid = pa.array([i % 2 == 0 for i in range(2 * n)], pa.bool_())
+    rows = batch.take(pa.array(np.repeat(np.arange(n, dtype=np.int64), 2)))
+    is_bid = pa.array(np.tile(np.array([True, False]), n))
     price = pc.if_else(is_bid, rows.column("bid_price"), rows.column("ask_price"))
     quantity = pc.if_else(is_bid, rows.column("bid_size"), rows.column("ask_size"))
     side = pc.if_else(is_bid, pa.scalar("bid"), pa.scalar("ask"))
-    out = pa.RecordBatch.from_arrays(
-        [*rows.columns, update_ids(rows.column("id")), side, price, quantity],
-        names=[*rows.schema.names, "update_id", "side", "price", "quantity"])
+    out = _with_columns(rows, {"update_id": update_ids(rows.column("id")), "side": side, "price": price,
+                               "quantity": quantity})
     return out.filter(pc.is_valid(price))
 
 
@@ -138,10 +156,8 @@ def delta_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
     rows = batch.take(pa.array(index, pa.int64()))
     sequence = pc.cast(rows.column("sequence"), pa.int64())
     update = pc.if_else(pc.is_valid(sequence), sequence, update_ids(rows.column("id")))
-    return pa.RecordBatch.from_arrays(
-        [*rows.columns, update, pa.array(sides, pa.string()), pa.array(prices, pa.string()),
-         pa.array(sizes, pa.string())],
-        names=[*rows.schema.names, "update_id", "side", "price", "quantity"])
+    return _with_columns(rows, {"update_id": update, "side": pa.array(sides, pa.string()),
+                                "price": pa.array(prices, pa.string()), "quantity": pa.array(sizes, pa.string())})
 
 
 _BOOK_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
