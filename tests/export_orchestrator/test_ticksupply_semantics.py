@@ -329,6 +329,18 @@ async def test_custom_schema_derive_unfold_and_transform_are_applied(harness: Ha
 
     def client_flow() -> list[list[str]]:
         with ticksupply.Client(api_key=API_KEY, base_url=f"{orch.api_url}/v1", max_retries=0, timeout=30) as client:
+            # the same book schema made with the official client: the same rows
+            mine = client.export_schemas.create("levels2", "orderbook", book_spec["columns"],
+                                                unfold=book_spec["unfold"], derive=book_spec["derive"])
+            assert mine.unfold is not None and mine.derive is not None
+            job = client.exports.create(ids["book"], base, base + 10 * S, schema=mine.id)
+            deadline = time.monotonic() + 30
+            while (job := client.exports.get(job.id)).status.value in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert job.status.value == "succeeded", job.reason
+            dl = client.exports.get_download(job.id)
+            assert gzip.decompress(httpx.get(dl.artifacts[0].url).content).decode() == text
             job = client.exports.create(ids["trade"], base, base + 10 * S, schema={"columns": [
                 {"output_column": "tid", "data": {"binance": {"json": {"path": "trade_id", "type": "i64"},
                                                               "transform": "{v} + 1000"}}},
