@@ -148,7 +148,7 @@ class ExportOrchestrator(Service):
         await self.jobs.start()
         if s.api_port >= 0:
             api = ExportApi(s, self.jobs, self.history, self.artifacts, self.signer, SchemaStore(kv, self.js),
-                            Subscriptions(FeedClient(self.nc, by="export_api"), self.history))
+                            Subscriptions(FeedClient(self.nc, by="export_api"), self.history, kv))
             self.api = AsgiServer(api.app(), s.api_host, s.api_port, lifespan="off")
             await self.api.start()
             self.log.info("export API on %s/v1", self.api.url)

@@ -18,8 +18,10 @@ stable integer derived from (kind, source, venue, symbol). Instruments carry bas
 the stored ``Instrument`` reference events.
 
 Subscriptions are marketbus feeds (:mod:`.subscriptions`): create/pause/resume/delete change
-collection through the vendor's ingestor; status, ``created_at`` and spans are the feed's; an
-export of a datastream whose subscription was deleted is 403, as with TickSupply.
+collection through the vendor's ingestor; status, ``created_at`` and spans are the feed's (a
+subscribe after a delete is a new subscription: new id, new span). As with TickSupply, an export
+of a datastream needs an active or paused subscription (403 otherwise) and covers only its spans
+(``JobRecord.ranges``); ``selector`` exports (a marketbus extension) are not clipped.
 
 Exports: ``schema`` ``raw`` (default for trades) / ``normalized`` / ``sch_...`` / an inline column
 spec give TickSupply's CSV (:mod:`.layouts`), ``marketbus`` the event's own columns; export schemas
@@ -62,7 +64,7 @@ from .export_schemas import SchemaStore, new_schema_id
 from .history_source import MAX_NS, HistorySource, HistoryUnavailable, StreamKey
 from .idempotency import Idempotency
 from .jobs import Conflict, InvalidRequest, JobError, JobManager, JobRecord, NotFound, Overloaded, artifact_id
-from .layouts import BUILT_IN_KINDS, MARKETBUS, TICKSUPPLY_LAYOUTS, category_of
+from .layouts import BUILT_IN_KINDS, MARKETBUS, TICKSUPPLY_LAYOUTS, category_of, check_transforms
 from .settings import ExportSettings
 from .signing import UrlSigner
 from .subscriptions import Subscription, Subscriptions
@@ -285,7 +287,7 @@ class ExportApi:
     def _sub_wire(self, sub: Subscription, spans: bool = True) -> dict[str, Any]:
         # the superset: GET validates the datastream_id form, create the datastream + spans form
         return {"id": sub.id, "datastream_id": datastream_id(sub.stream), "status": sub.status,
-                "created_at": iso(sub.feed.created_ts), "datastream": self.ds_wire(sub.stream),
+                "created_at": iso(sub.created_ns), "datastream": self.ds_wire(sub.stream),
                 "spans": sub.spans() if spans else []}
 
     async def _all_subs(self) -> list[Subscription]:
@@ -306,7 +308,7 @@ class ExportApi:
 
     async def list_subscriptions(self, request: Request) -> Response:
         subs = await self._all_subs()  # newest first, as TickSupply lists them
-        return self.page(request, subs, lambda s: (-s.feed.created_ts, s.id), ACCOUNT_LIMITS, self._sub_wire)
+        return self.page(request, subs, lambda s: (-s.created_ns, s.id), ACCOUNT_LIMITS, self._sub_wire)
 
     async def get_subscription(self, request: Request) -> Response:
         return _json(self._sub_wire(await self._sub(request)))
@@ -355,9 +357,11 @@ class ExportApi:
         if isinstance(body, dict):
             body = {k: v for k, v in body.items() if k in ("columns", "unfold", "derive")}
         try:
-            return parse_content(body)
+            content = parse_content(body)
+            check_transforms(content)
         except ValueError as exc:
             raise ApiError(400, f"Invalid schema content: {exc}") from None
+        return content
 
     async def list_schemas(self, request: Request) -> Response:
         return _json([r.list_item() for r in await self.schemas.all(request.state.owner)])
@@ -458,7 +462,8 @@ class ExportApi:
                 return "custom", msgspec.json.encode(self._content(rec.versions[-1])).decode()
         if ref in TICKSUPPLY_LAYOUTS:
             if kind is not None and kind not in BUILT_IN_KINDS:
-                raise ApiError(400, f"The {ref} schema is defined for trade datastreams; use schema {MARKETBUS!r}",
+                raise ApiError(400, f"The {ref} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
+                               f"{MARKETBUS!r}",
                                {"field": "schema"})
             return ref, None
         if ref == MARKETBUS:
@@ -503,6 +508,7 @@ class ExportApi:
         if fmt not in formats:
             raise ApiError(400, f"Unsupported format {fmt!r} (csv, csv.gz or parquet)", {"field": "format"})
         ds_id = None
+        ranges: list[tuple[int, int]] | None = None
         owner = request.state.owner
         if body.get("selector") is not None:
             try:
@@ -515,10 +521,15 @@ class ExportApi:
             ds_id = datastream_id(k)
             selector = StreamSelector(kind=k.kind, source=k.source, venue=k.venue, symbol=k.symbol)
             schema, spec = await self._layout(owner, body.get("schema"), k.kind)
+            # as TickSupply: an export needs an active or paused subscription (403 otherwise, also
+            # after a delete until subscribed again), and covers only its spans, the open one
+            # clipped at this moment (data not collected yet is not in it)
             sub = await self.subs.of_stream(k)
-            if sub is not None and sub.status == "deleted":  # as TickSupply: until subscribed again
-                raise ApiError(403, "The subscription to this datastream was deleted; subscribe again to export "
-                               "new data", {"datastream_id": ds_id})
+            if sub is None or sub.status == "deleted":
+                message = ("No subscription to this datastream" if sub is None else
+                           "The subscription to this datastream was deleted; subscribe again to export new data")
+                raise ApiError(403, message, {"datastream_id": ds_id})
+            ranges = [(max(lo, start), min(hi, end)) for lo, hi in sub.ranges(time.time_ns()) if lo < end and hi > start]
         key = request.headers.get("idempotency-key") or f"auto-{uuid.uuid4().hex}"
         extra: dict[str, Any] = {}
         for name, typ in (("columns", list), ("fill_gaps", bool), ("max_rows_per_file", int)):
@@ -529,7 +540,7 @@ class ExportApi:
         try:
             req = ExportRequest(idempotency_key=key, selector=selector, start_ns=start, end_ns=end,
                                 format=formats[fmt], schema=schema, schema_spec=spec, **extra)  # type: ignore[arg-type]
-            record, _ = await self.jobs.submit(req, owner=request.state.owner, datastream_id=ds_id)
+            record, _ = await self.jobs.submit(req, owner=request.state.owner, datastream_id=ds_id, ranges=ranges)
         except Overloaded as exc:
             raise ApiError(429, str(exc), {}, {"retry-after": "5"}) from None
         except Conflict as exc:

@@ -49,6 +49,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     job: ExportJob
     owner: str = ""  # hash of the API key that created it ("" = over NATS)
     datastream_id: int | None = None
+    # TickSupply API exports: the subscription's spans within [start_ns, end_ns) when the job was
+    # created; only events whose ts_event falls in one are exported (None = not clipped)
+    ranges: list[tuple[int, int]] | None = None
     fingerprint: str = ""
     lease_owner: str | None = None
     lease_until: float = 0.0

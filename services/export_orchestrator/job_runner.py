@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from marketbus.contracts.base import SCHEMA_VERSION
 from marketbus.contracts.jobs import Artifact, ExportJob, StreamCoverage
@@ -46,6 +48,24 @@ from .writer import MANIFEST_NAME, MANIFEST_VERSION, FileResult, SplitWriter, na
 
 log = logging.getLogger("marketbus.export_orchestrator.jobs")
 _enc = msgspec.json.Encoder(decimal_format="string")
+
+
+NO_DATA = "no data collected for this datastream in the requested time range"
+
+
+def clip_to_ranges(batch: pa.RecordBatch, ranges: list[tuple[int, int]]) -> pa.RecordBatch:
+    """The rows whose ``ts_event`` falls in one of the ``[from, to)`` ranges (a subscription's
+    spans: TickSupply exports only what was collected while the subscription was active)."""
+    if "ts_event" not in batch.schema.names:
+        return batch
+    ts = batch.column("ts_event")
+    mask = None
+    for lo, hi in ranges:
+        inside = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
+        mask = inside if mask is None else pc.or_(mask, inside)
+    if mask is None:
+        return batch.slice(0, 0)
+    return batch.filter(mask)
 
 
 def filenames_of(record: JobRecord) -> list[str]:
@@ -275,6 +295,10 @@ class JobRunner:
         try:
             async for kind, batch in self.history.batches(sel, req.start_ns, req.end_ns, columns=req.columns,
                                                           resume=cp.position, batch_rows=s.read_batch_rows):
+                if record.ranges is not None:
+                    batch = clip_to_ranges(batch, record.ranges)
+                    if batch.num_rows == 0:
+                        continue
                 if current is not None and kind != current:
                     w = writers[current]
                     await commit(w, await asyncio.to_thread(w.finish))
@@ -305,6 +329,9 @@ class JobRunner:
             for w in writers.values():
                 w.abort()
             raise
+
+        if record.ranges is not None and done_rows == 0:  # as TickSupply: nothing collected, nothing to export
+            raise JobError(NO_DATA)
 
         def to_finalize(r: JobRecord) -> JobRecord:
             return msgspec.structs.replace(r, checkpoint=msgspec.structs.replace(r.checkpoint, phase="finalize"))

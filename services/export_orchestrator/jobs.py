@@ -116,8 +116,11 @@ class JobManager:
         await self.status.publish(record)
 
     # --- API ------------------------------------------------------------------------------------
-    async def submit(self, request: ExportRequest, *, owner: str = "", datastream_id: int | None = None) -> tuple[JobRecord, bool]:
-        """Create a job (or return the one this idempotency key already made)."""
+    async def submit(self, request: ExportRequest, *, owner: str = "", datastream_id: int | None = None,
+                     ranges: list[tuple[int, int]] | None = None) -> tuple[JobRecord, bool]:
+        """Create a job (or return the one this idempotency key already made). ``ranges``: the
+        ``[from, to)`` event-time ranges the export is clipped to (a subscription's spans), None =
+        the whole ``[start_ns, end_ns)``."""
         if not request.idempotency_key:
             raise InvalidRequest("idempotency_key is required")
         job_id = job_id_for(owner, request.idempotency_key)
@@ -133,7 +136,7 @@ class JobManager:
             request = msgspec.structs.replace(request, max_rows_per_file=self.settings.max_rows_per_file)
         now = now_ns()
         job = ExportJob(job_id=job_id, request=request, state="queued", created_ts=now, updated_ts=now)
-        record = JobRecord(job=job, owner=owner, datastream_id=datastream_id, fingerprint=fp)
+        record = JobRecord(job=job, owner=owner, datastream_id=datastream_id, fingerprint=fp, ranges=ranges)
         created, record = await self.store.create(record)
         if not created:
             return self._same(record, fp), False

@@ -4,25 +4,35 @@
 - ``marketbus``: the event's own fields (``id, source, venue, symbol, ts_event, ...``), what the NATS
   export API and the CLI write;
 - ``raw`` (the default of the TickSupply-compatible HTTP API) and ``normalized``: exactly the
-  TickSupply built-in trade layouts (:mod:`marketbus.runtime.tsapi_schemas`): ns integers,
+  TickSupply built-in trade layouts, and for quotes (TickSupply's depth streams) the built-in
+  ``book_update`` layouts, a ``bid`` row then an ``ask`` row per quote, and for book deltas the
+  same layouts, one row per changed level (``update_id`` = the delta's sequence) (:mod:`marketbus.runtime.tsapi_schemas`): ns integers,
   ISO 8601 with nine fraction digits, exact decimal text, ``buy``/``sell`` (an ``unknown`` aggressor
   side is written empty), and CSV quoted only where a value needs it, as TickSupply writes it;
-- ``custom``: a TickSupply column spec over marketbus's events: ``meta`` columns are the collection
-  time (``ts_recv``) in the asked unit, ``data`` columns read the event field named by the ``json.path``
-  of the column's extractor for the datastream's exchange (the venue; ``*`` matches any), converted
-  to its ``type``; a path that names no field is written empty. ``unfold``/``derive``/``transform``
-  are stored and echoed but not evaluated (marketbus events are flat).
+- ``custom``: a TickSupply column spec over marketbus's events (an event's fields are the
+  "message"; nested values such as book levels, kept as JSON text, are read as JSON): ``meta``
+  columns are the collection time (``ts_recv``) in the asked unit, ``data`` columns read the dot
+  path ``json.path`` of the column's extractor for the datastream's exchange (the venue; ``*``
+  matches any), converted to its ``type``; a path that names nothing is written empty. As the
+  vendor's docs specify: ``derive`` (``tagged_concat``) synthesises a field before extraction,
+  ``unfold`` expands the array at its path (a derived field too) into one row per element, and a
+  column's ``transform`` (an SQL expression over ``{v}``, DuckDB's SQL, sandboxed: no file,
+  network or extension access) maps the extracted values.
 
 A layout is a function from a history batch (all event fields) to the batch that is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,10 +43,11 @@ MARKETBUS = "marketbus"
 TICKSUPPLY_LAYOUTS = ("raw", "normalized")
 LAYOUTS = (MARKETBUS, *TICKSUPPLY_LAYOUTS, "custom")
 # marketbus kinds -> TickSupply stream categories
-CATEGORY = {"trade": "trade", "book": "orderbook", "book_delta": "book_update", "quote": "quote", "bar": "kline",
+# (a quote is top of book: TickSupply's depth stream, category book_update)
+CATEGORY = {"trade": "trade", "book": "orderbook", "book_delta": "book_update", "quote": "book_update", "bar": "kline",
             "tick": "ticker", "market_price": "ticker", "index_price": "ticker", "cash_price": "ticker", "news": "ticker"}
 # kinds that have the built-in TickSupply layouts
-BUILT_IN_KINDS = ("trade",)
+BUILT_IN_KINDS = ("trade", "quote", "book_delta")
 
 Layout = Callable[[pa.RecordBatch], pa.RecordBatch]
 
@@ -83,13 +94,95 @@ _TRADE_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
 }
 
 
+def _with_columns(rows: pa.RecordBatch, extra: dict[str, pa.Array]) -> pa.RecordBatch:
+    """``rows`` plus ``extra`` (an event field of the same name is replaced)."""
+    kept = [n for n in rows.schema.names if n not in extra]
+    return pa.RecordBatch.from_arrays([*(rows.column(n) for n in kept), *extra.values()], names=[*kept, *extra])
+
+
+_HEX = np.full(256, -1, np.int8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
+def update_ids(ids: pa.Array) -> pa.Array:
+    """A quote's ``update_id``: an i64 from its event id (the first 15 hex digits, 60 bits),
+    stable across exports and the same on its bid and ask rows (marketbus quotes keep the vendor's
+    update id only inside their event id)."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if ids.type == pa.string() and len(ids) and ids.null_count == 0 and pc.all(pc.equal(pc.binary_length(ids), 24)).as_py():
+        # vectorised: the ids' UTF-8 bytes as an (n, 24) matrix, 15 hex digits -> one int64
+        offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset:ids.offset + len(ids) + 1]
+        data = np.frombuffer(ids.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(len(ids), 24)[:, :15]
+        digits = _HEX[data].astype(np.int64)
+        if (digits >= 0).all():
+            return pa.array(digits @ (16 ** np.arange(14, -1, -1, dtype=np.int64)), pa.int64())
+    return pa.array([int(i[:15], 16) for i in ids.to_pylist()], pa.int64())
+
+
+def quote_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Top-of-book quotes as TickSupply's depth (``book_update``) rows: per quote a ``bid`` row
+    (bid price and size) then an ``ask`` row (ask price and size); a side without a price has no
+    row. Columns: the quote's own plus ``update_id``, ``side``, ``price``, ``quantity``."""
+    n = batch.num_rows
+    rows = batch.take(pa.array(np.repeat(np.arange(n, dtype=np.int64), 2)))
+    is_bid = pa.array(np.tile(np.array([True, False]), n))
+    price = pc.if_else(is_bid, rows.column("bid_price"), rows.column("ask_price"))
+    quantity = pc.if_else(is_bid, rows.column("bid_size"), rows.column("ask_size"))
+    side = pc.if_else(is_bid, pa.scalar("bid"), pa.scalar("ask"))
+    out = _with_columns(rows, {"update_id": update_ids(rows.column("id")), "side": side, "price": price,
+                               "quantity": quantity})
+    return out.filter(pc.is_valid(price))
+
+
+def delta_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Book deltas as TickSupply's ``book_update`` rows: one row per changed level, in the
+    delta's order (``side`` bid/ask, the level's ``price`` and new ``quantity``, 0 = removed);
+    ``update_id`` is the delta's ``sequence`` (the event-id number when it has none)."""
+    index: list[int] = []
+    sides: list[str] = []
+    prices: list[str] = []
+    sizes: list[str] = []
+    for i, changes in enumerate(batch.column("changes").to_pylist()):
+        if isinstance(changes, str):
+            changes = json.loads(changes)
+        for change in changes or []:
+            side, price, size = ((change["side"], change["price"], change["size"]) if isinstance(change, dict)
+                                 else change[:3])
+            index.append(i)
+            sides.append(side)
+            prices.append(format(Decimal(str(price)), "f"))
+            sizes.append(format(Decimal(str(size)), "f"))
+    rows = batch.take(pa.array(index, pa.int64()))
+    sequence = pc.cast(rows.column("sequence"), pa.int64())
+    update = pc.if_else(pc.is_valid(sequence), sequence, update_ids(rows.column("id")))
+    return _with_columns(rows, {"update_id": update, "side": pa.array(sides, pa.string()),
+                                "price": pa.array(prices, pa.string()), "quantity": pa.array(sizes, pa.string())})
+
+
+_BOOK_COLUMNS: dict[str, Callable[[pa.RecordBatch], pa.Array]] = {
+    **_TRADE_COLUMNS,
+    "update_id": lambda b: b.column("update_id"),
+    "side": lambda b: b.column("side"),
+    "quantity": lambda b: b.column("quantity"),
+}
+
+# kind -> (rows of TickSupply's stream, the built-in columns): quotes are TickSupply's depth rows
+_ROWS: dict[str, Callable[[pa.RecordBatch], pa.RecordBatch]] = {"quote": quote_rows, "book_delta": delta_rows}
+_COLUMNS = {"trade": _TRADE_COLUMNS, "quote": _BOOK_COLUMNS, "book_delta": _BOOK_COLUMNS}
+
+
 def built_in(name: str, kind: str) -> Layout:
     if kind not in BUILT_IN_KINDS:
-        raise ValueError(f"the {name} schema is defined for trade datastreams; use schema {MARKETBUS!r} for {kind}")
+        raise ValueError(f"the {name} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
+                         f"{MARKETBUS!r} for {kind}")
     header = BUILT_IN_COLUMNS[(category_of(kind), name)]
-    fns = [_TRADE_COLUMNS[h] for h in header]
+    fns = [_COLUMNS[kind][h] for h in header]
+    rows = _ROWS.get(kind)
 
     def layout(batch: pa.RecordBatch) -> pa.RecordBatch:
+        if rows is not None:
+            batch = rows(batch)
         return pa.RecordBatch.from_arrays([fn(batch) for fn in fns], names=header)
 
     return layout
@@ -108,28 +201,201 @@ def _convert(col: pa.Array, kind: str) -> pa.Array:
     return _text(col)
 
 
-def custom(content: Content, kind: str, venue: str) -> Layout:
-    def layout(batch: pa.RecordBatch) -> pa.RecordBatch:
-        names, arrays = [], []
-        for col in content.columns:
-            names.append(col.output_column)
-            if col.meta is not None:
-                recv = batch.column("ts_recv")
-                fmt = col.meta.format
-                arrays.append(_iso(recv) if fmt == "iso8601" else pc.divide(recv, _DIV[fmt]))
-                continue
-            data = col.data or {}
-            ex = data.get(venue) or data.get("*")
-            path = ex.json.path if ex is not None and ex.json is not None else None
-            if path is None or path not in batch.schema.names:
-                arrays.append(pa.nulls(batch.num_rows, pa.string()))
-                continue
-            assert ex is not None and ex.json is not None
+def _per_exchange(rules: dict[str, Any] | None, venue: str) -> Any:
+    """A schema's rule for the datastream's exchange (the venue; ``*`` matches any)."""
+    if not rules:
+        return None
+    return rules.get(venue) if venue in rules else rules.get("*")
+
+
+def _get(obj: Any, path: str) -> Any:
+    """A dot path into a message (list elements by index). Nested values marketbus history keeps
+    as JSON text (book levels, dicts) are read as the JSON they hold."""
+    for part in path.split("."):
+        if isinstance(obj, str) and obj[:1] in ("[", "{"):
             try:
-                arrays.append(_convert(batch.column(path), ex.json.type))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                arrays.append(_text(batch.column(path)))
-        return pa.RecordBatch.from_arrays(arrays, names=names)
+                obj = json.loads(obj)
+            except ValueError:
+                return None
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return None
+        if obj is None:
+            return None
+    if isinstance(obj, str) and obj[:1] in ("[", "{"):
+        with contextlib.suppress(ValueError):
+            return json.loads(obj)
+    return obj
+
+
+def derived(message: dict[str, Any], rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """``derive``: each rule's synthetic ``field`` added to the message. ``tagged_concat``: the
+    arrays at ``arrays[].path`` concatenated in order, each element wrapped as
+    ``{tag_field: tag, value_field: element}`` (how TickSupply merges ``bids`` and ``asks``)."""
+    for rule in rules:
+        out: list[dict[str, Any]] = []
+        for source in rule["arrays"]:
+            values = _get(message, source["path"])
+            if isinstance(values, list):
+                out.extend({rule["tag_field"]: source["tag"], rule["value_field"]: v} for v in values)
+        message[rule["field"]] = out
+    return message
+
+
+def unfolded(message: dict[str, Any], path: str | None) -> list[dict[str, Any]]:
+    """``unfold``: one message per element of the array at ``path``, the element in the array's
+    place (a message without that array stays one row, as TickSupply's sandbox does)."""
+    array = _get(message, path) if path else None
+    if not path or not isinstance(array, list):
+        return [message]
+    head, _, last = path.rpartition(".")
+    out = []
+    for element in array:
+        copy = json.loads(json.dumps(message, default=str))  # deep copy; messages are small
+        parent = _get(copy, head) if head else copy
+        if isinstance(parent, dict):
+            parent[last] = element
+        out.append(copy)
+    return out
+
+
+def _value_text(value: Any, kind: str) -> str | None:
+    """An extracted value as its CSV text for the column's ``type`` (None = empty)."""
+    if value is None:
+        return None
+    if kind == "bool":
+        return "true" if value is True or value == "true" else "false"
+    try:
+        if kind == "i64":
+            return str(int(value))
+        if kind == "f64":
+            return repr(float(value))
+        if kind.startswith("decimal("):
+            scale = int(kind[8:-1])
+            number = Decimal(str(value))
+            exponent = number.as_tuple().exponent
+            if isinstance(exponent, int) and -exponent > scale:
+                number = number.quantize(Decimal(1).scaleb(-scale))
+            return format(number, "f")
+    except (ValueError, ArithmeticError):
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)
+
+
+_SQL_TYPES = {"i64": "BIGINT", "f64": "DOUBLE", "bool": "BOOLEAN", "string": "VARCHAR"}
+
+
+def _sql_type(kind: str) -> str:
+    return f"DECIMAL(38, {min(int(kind[8:-1]), 38)})" if kind.startswith("decimal(") else _SQL_TYPES.get(kind, "VARCHAR")
+
+
+def _sql(transform: str, kind: str) -> str:
+    """The query of a ``transform`` over table ``t`` (``i`` row order, ``v`` the value as text):
+    ``{v}`` is the extracted value typed as the column's ``type``."""
+    if ";" in transform:
+        raise ValueError("a transform is one SQL expression (no ';')")
+    v = f"CAST(NULLIF(v, '') AS {_sql_type(kind)})"
+    return f"SELECT CAST(({transform.replace('{v}', v)}) AS VARCHAR) AS out FROM t ORDER BY i"
+
+
+def _duckdb() -> Any:
+    """An in-memory DuckDB that reaches no file, network or extension: a transform is user input."""
+    import duckdb
+
+    return duckdb.connect(config={"enable_external_access": False, "autoinstall_known_extensions": False,
+                                  "autoload_known_extensions": False, "lock_configuration": True})
+
+
+def transformed(values: pa.Array, transform: str, kind: str, con: Any = None) -> pa.Array:
+    """``transform``: the SQL expression applied to every value (DuckDB's SQL)."""
+    con = con or _duckdb()
+    table = pa.table({"i": pa.array(range(len(values)), pa.int64()), "v": pc.cast(values, pa.string())})
+    con.register("t", table)
+    try:
+        out = con.sql(_sql(transform, kind)).to_arrow_table().column("out")
+    finally:
+        con.unregister("t")
+    return out.combine_chunks()
+
+
+def check_transforms(content: Content) -> None:
+    """Compile every ``transform`` once (ValueError with DuckDB's reason when one is not valid SQL)."""
+    con = None
+    for col in content.columns:
+        for exchange, ex in (col.data or {}).items():
+            if ex.transform is None or ex.json is None:
+                continue
+            con = con or _duckdb()
+            try:
+                transformed(pa.array([None], pa.string()), ex.transform, ex.json.type, con)
+            except Exception as exc:  # duckdb's errors have no common base besides Exception
+                raise ValueError(f"column {col.output_column!r}: data.{exchange}.transform: {exc}") from None
+
+
+def custom(content: Content, kind: str, venue: str) -> Layout:
+    """A TickSupply column spec over marketbus's events (the event's fields are the message).
+
+    Without ``unfold``/``derive`` and with top-level paths the columns are read column-wise;
+    otherwise message by message: ``derive`` adds its fields, ``unfold`` makes one row per element,
+    then each column reads its dot path. A ``transform`` then maps each column's values (SQL)."""
+    unfold = _per_exchange(content.unfold, venue)
+    unfold_path = unfold.path if unfold is not None else None
+    rules = _per_exchange(content.derive, venue) or []
+    extractors = [None if col.meta is not None else _per_exchange(col.data, venue) for col in content.columns]
+    nested = bool(unfold_path or rules) or any(
+        ex is not None and ex.json is not None and "." in ex.json.path for ex in extractors)
+
+    def columnwise(batch: pa.RecordBatch) -> tuple[list[pa.Array], pa.Array]:
+        arrays = []
+        for col, ex in zip(content.columns, extractors):
+            path = ex.json.path if ex is not None and ex.json is not None else None
+            if col.meta is not None:
+                arrays.append(batch.column("ts_recv"))
+            elif path is None or path not in batch.schema.names:
+                arrays.append(pa.nulls(batch.num_rows, pa.string()))
+            else:
+                assert ex is not None and ex.json is not None
+                try:
+                    arrays.append(_convert(batch.column(path), ex.json.type))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    arrays.append(_text(batch.column(path)))
+        return arrays, batch.column("ts_recv")
+
+    def messagewise(batch: pa.RecordBatch) -> tuple[list[pa.Array], pa.Array]:
+        recv: list[int] = []
+        cells: list[list[str | None]] = [[] for _ in content.columns]
+        for row in batch.to_pylist():
+            for message in unfolded(derived(row, rules) if rules else row, unfold_path):
+                recv.append(row["ts_recv"])
+                for cell, col, ex in zip(cells, content.columns, extractors):
+                    if col.meta is not None or ex is None or ex.json is None:
+                        cell.append(None)
+                    else:
+                        cell.append(_value_text(_get(message, ex.json.path), ex.json.type))
+        recv_array = pa.array(recv, pa.int64())
+        arrays = [recv_array if col.meta is not None else pa.array(cell, pa.string())
+                  for cell, col in zip(cells, content.columns)]
+        return arrays, recv_array
+
+    def layout(batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays, recv = (messagewise if nested else columnwise)(batch)
+        con = None
+        out = []
+        for array, col, ex in zip(arrays, content.columns, extractors):
+            if col.meta is not None:
+                fmt = col.meta.format
+                out.append(_iso(recv) if fmt == "iso8601" else pc.divide(recv, _DIV[fmt]))
+            elif ex is not None and ex.transform is not None and ex.json is not None:
+                con = con or _duckdb()
+                out.append(transformed(array, ex.transform, ex.json.type, con))
+            else:
+                out.append(array)
+        return pa.RecordBatch.from_arrays(out, names=[c.output_column for c in content.columns])
 
     return layout
 

@@ -6,7 +6,15 @@ collection, ``delete`` removes the feed (collection stops; the record and its pe
 Status: feed ``active`` -> ``active``, ``paused`` -> ``paused``, ``removed`` -> ``deleted``;
 ``created_at`` is the feed's creation time; the spans are the feed's recorded collection periods.
 
-Ids are stable: ``sub_`` + 32 hex of (feed key, kind); ``spn_`` + 32 hex of (subscription, start).
+A subscription is one *generation* of a feed: a feed removed (subscription deleted) and added
+again through the API is a new subscription, as with TickSupply: a new id, ``created_at`` the
+moment of the new create, and only the periods from its own start on as spans (the deleted one
+keeps its id, its spans and status ``deleted``, and stays listed). The start of each later
+generation is kept in the export jobs' KV bucket (``subgen.<hash of the feed key>``); a feed
+removed and added again outside the API (the CLI) continues its current subscription.
+
+Ids are stable: ``sub_`` + 32 hex of (feed key, kind) for a feed's first subscription, of (feed
+key, kind, start) for a later one; ``spn_`` + 32 hex of (subscription, start).
 A feed's datastreams: its own kind when it has one, else the kinds stored for its venue/symbol
 (``trade`` when none is stored yet).
 
@@ -18,9 +26,13 @@ FinX's pair), else the symbol itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable
 from typing import Any
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from marketbus.clients.errors import RequestError
 from marketbus.clients.feeds import FeedClient
@@ -45,6 +57,24 @@ def sub_id(feed: Feed, kind: str) -> str:
     return "sub_" + _hex(feed.key, kind)
 
 
+GEN_PREFIX = "subgen."
+
+
+class Generation(msgspec.Struct, frozen=True, array_like=True):
+    """A subscription created on a feed whose earlier subscription was deleted: when it was
+    created and the start of its first collection period."""
+
+    created_ns: int
+    start_ns: int
+
+
+_GENS = msgspec.json.Decoder(list[Generation])
+
+
+def gen_key(feed: Feed) -> str:
+    return GEN_PREFIX + _hex(feed.key)
+
+
 def api_error(exc: RequestError) -> ApiError:
     status = _ERRORS.get(exc.code, 503)
     headers = {"retry-after": "5"} if status == 503 else None
@@ -52,22 +82,33 @@ def api_error(exc: RequestError) -> ApiError:
 
 
 class Subscription:
-    def __init__(self, feed: Feed, stream: StreamKey) -> None:
+    """One generation of a feed for one datastream: the feed's periods from ``gen.start_ns`` on
+    (all of them for the first generation) up to the next generation's start (``next_start``:
+    then this subscription was deleted and replaced)."""
+
+    def __init__(self, feed: Feed, stream: StreamKey, gen: Generation | None = None,
+                 next_start: int | None = None) -> None:
         self.feed = feed
         self.stream = stream
-        self.id = sub_id(feed, stream.kind)
+        self.id = sub_id(feed, stream.kind) if gen is None else "sub_" + _hex(feed.key, stream.kind, gen.start_ns)
+        self.created_ns = feed.created_ts if gen is None else gen.created_ns
+        self.first = None if gen is None else gen.start_ns
+        self.next_start = next_start
+        self.periods = [p for p in feed.periods if (self.first is None or p.start_ns >= self.first)
+                        and (next_start is None or p.start_ns < next_start)]
 
     @property
     def status(self) -> str:
-        return STATUS[self.feed.state]
+        return "deleted" if self.next_start is not None else STATUS[self.feed.state]
 
     def spans(self) -> list[dict[str, Any]]:
         return [{"id": "spn_" + _hex(self.id, p.start_ns), "started_at": iso(p.start_ns),
-                 "ended_at": iso(p.end_ns) if p.end_ns is not None else None} for p in self.feed.periods]
+                 "ended_at": iso(p.end_ns) if p.end_ns is not None else None} for p in self.periods]
 
     def ranges(self, until_ns: int) -> list[tuple[int, int]]:
+        """Collected ``[from, to)`` ranges: the spans, an open one clipped at ``until_ns``."""
         out = []
-        for p in self.feed.periods:
+        for p in self.periods:
             end = until_ns if p.end_ns is None else min(p.end_ns, until_ns)
             if end > p.start_ns:
                 out.append((p.start_ns, end))
@@ -75,9 +116,35 @@ class Subscription:
 
 
 class Subscriptions:
-    def __init__(self, feeds: FeedClient, history: HistorySource) -> None:
+    def __init__(self, feeds: FeedClient, history: HistorySource, kv: Any = None) -> None:
         self.client = feeds
         self.history = history
+        self.kv = kv  # the export jobs' bucket: generation starts (None: one generation per feed)
+
+    async def generations(self, feed: Feed) -> list[Generation]:
+        if self.kv is None:
+            return []
+        try:
+            entry = await self.kv.get(gen_key(feed))
+        except (KeyNotFoundError, NotFoundError):
+            return []
+        return [] if not entry.value else _GENS.decode(entry.value)
+
+    async def _add_generation(self, feed: Feed, gen: Generation) -> None:
+        if self.kv is None:
+            return
+        gens = [*(await self.generations(feed)), gen]
+        with contextlib.suppress(Exception):  # best effort: without it the feed keeps one subscription
+            await self.kv.put(gen_key(feed), msgspec.json.encode(gens))
+
+    async def of_feed(self, feed: Feed, stream: StreamKey) -> list[Subscription]:
+        """Every subscription (generation) of ``feed`` for ``stream``, oldest first."""
+        gens = await self.generations(feed)
+        starts = [g.start_ns for g in gens]
+        subs = [Subscription(feed, stream, None, starts[0] if starts else None)]
+        for i, g in enumerate(gens):
+            subs.append(Subscription(feed, stream, g, starts[i + 1] if i + 1 < len(starts) else None))
+        return subs
 
     async def feeds(self) -> list[Feed]:
         try:
@@ -95,12 +162,14 @@ class Subscriptions:
         return [StreamKey(kind, feed.vendor, feed.venue, feed.symbol) for kind in kinds or ["trade"]]
 
     async def all(self, stored: list[StreamKey]) -> list[Subscription]:
-        return [Subscription(f, k) for f in await self.feeds() for k in self.streams_of(f, stored)]
+        return [s for f in await self.feeds() for k in self.streams_of(f, stored) for s in await self.of_feed(f, k)]
 
     async def of_stream(self, stream: StreamKey) -> Subscription | None:
+        """The datastream's current subscription (its feed's latest generation), None if the
+        datastream was never under feed control."""
         for feed in await self.feeds():
             if (feed.vendor, feed.venue, feed.symbol) == stream[1:] and feed.kind in (None, stream.kind):
-                return Subscription(feed, stream)
+                return (await self.of_feed(feed, stream))[-1]
         return None
 
     async def instrument_of(self, stream: StreamKey) -> str:
@@ -136,4 +205,9 @@ class Subscriptions:
             feed = (await self.client.add(stream.source, instrument)).feed
         except RequestError as exc:
             raise api_error(exc) from None
-        return Subscription(feed, stream)
+        if existing is None or not feed.periods:
+            return Subscription(feed, stream)
+        # the earlier subscription was deleted: this is a new one, from the period just opened
+        gen = Generation(feed.updated_ts, feed.periods[-1].start_ns)
+        await self._add_generation(feed, gen)
+        return Subscription(feed, stream, gen)

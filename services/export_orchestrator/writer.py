@@ -163,11 +163,15 @@ class SplitWriter:
         elif out.schema != self._out_schema:
             out = pa.RecordBatch.from_arrays([out.column(i).cast(f.type) for i, f in enumerate(self._out_schema)],
                                              schema=self._out_schema)
+        total = out.num_rows
+        # a layout that makes another number of rows than events (a quote's bid and ask rows): the
+        # batch's rows go whole into one file, so a resume position (an event) never splits them
+        whole = total != n
         offset = 0
-        while offset < n:
+        while offset < total:
             if self._writer is None:
                 self._open(out.schema, out)
-            take = min(n - offset, self.max_rows - self._rows)
+            take = total - offset if whole else min(total - offset, self.max_rows - self._rows)
             piece = out.slice(offset, take)
             if self.fmt == "parquet":
                 self._writer.write_batch(piece, row_group_size=take)
@@ -180,9 +184,9 @@ class SplitWriter:
                 self._header = False
                 self._file.write(self._sink.compress(buf.getvalue()))
             if self._first is None and "ts_event" in batch.schema.names:
-                self._first = batch.column("ts_event")[offset].as_py()
+                self._first = batch.column("ts_event")[0 if whole else offset].as_py()
             if order_cols is not None:
-                i = offset + take - 1
+                i = n - 1 if whole else offset + take - 1
                 self._last_key = tuple(c[i].as_py() for c in order_cols)
             self._rows += take
             offset += take

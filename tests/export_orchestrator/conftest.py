@@ -3,6 +3,7 @@ helpers to publish events, wait for jobs and download their artifacts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import io
@@ -21,6 +22,7 @@ import pytest_asyncio
 
 from marketbus.clients.errors import RequestError
 from marketbus.contracts import codec, subjects
+from marketbus.contracts import feeds as feeds_contract
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
 from marketbus.contracts.market import Trade
@@ -185,6 +187,35 @@ async def ticksupply_reference(harness: Harness, venue: str = "binance") -> Feed
     return ingestor
 
 
+async def backdate_feed(nc: Any, instrument: str, start_ns: int, vendor: str = "ticksupply") -> None:
+    """The feed's first collection period started at ``start_ns`` (as the TickSupply sandbox's
+    ``/_sandbox/ticksupply/backfill``): the trades the tests publish lie in the past, and an export
+    covers only what was collected while the subscription was active. Written straight into the
+    ``feeds`` bucket, compare-and-set, as an ingestor that had been collecting since then would have."""
+    kv = await nc.jetstream().key_value(feeds_contract.BUCKET)
+    key = feeds_contract.feed_key(vendor, instrument)
+    entry = await kv.get(key)
+    feed = codec.decode_as(entry.value, feeds_contract.Feed)
+    first = feed.periods[0]
+    periods = [feeds_contract.Period(start_ns, first.end_ns), *feed.periods[1:]]
+    await kv.update(key, codec.encode(msgspec.structs.replace(feed, periods=periods)), last=entry.revision)
+
+
+async def set_periods(nc: Any, instrument: str, periods: list[tuple[int, int | None]], vendor: str = "ticksupply") -> None:
+    """The feed's collection periods are exactly ``periods`` (test setup of known spans)."""
+    kv = await nc.jetstream().key_value(feeds_contract.BUCKET)
+    key = feeds_contract.feed_key(vendor, instrument)
+    entry = await kv.get(key)
+    feed = codec.decode_as(entry.value, feeds_contract.Feed)
+    new = [feeds_contract.Period(lo, hi) for lo, hi in periods]
+    await kv.update(key, codec.encode(msgspec.structs.replace(feed, periods=new)), last=entry.revision)
+
+
+def backdate_from_thread(loop: asyncio.AbstractEventLoop, nc: Any, instrument: str, start_ns: int) -> None:
+    """:func:`backdate_feed` from a test's client thread (the sync ``ticksupply`` client runs in one)."""
+    asyncio.run_coroutine_threadsafe(backdate_feed(nc, instrument, start_ns), loop).result(timeout=10)
+
+
 def read_artifact(filename: str, data: bytes) -> pa.Table:
     if filename.endswith(".parquet"):
         return pq.read_table(io.BytesIO(data))
@@ -247,12 +278,15 @@ __all__ = [
     "TS_INSTRUMENTS",
     "Harness",
     "S",
+    "backdate_feed",
+    "backdate_from_thread",
     "download_all",
     "make_trades",
     "publish",
     "raw_rows",
     "raw_table_rows",
     "read_artifact",
+    "set_periods",
     "table_rows",
     "ticksupply_reference",
     "trade_rows",

@@ -77,7 +77,8 @@ async def test_cli_create_wait_status_download(harness: Harness, tmp_path: Path)
     data = (tmp_path / "raw" / raw_job["artifacts"][0]["filename"]).read_bytes()
     assert read_artifact("x.csv.gz", data).column_names == ["exchange_ts_ns", "collection_ts_ns", "trade_id", "price",
                                                             "quantity", "side"]
-    res = await cli("create", "quote.clisrc.*.*", "--start", str(T0), "--schema", "normalized")
+    # (quotes have them too: TickSupply's depth layout; books do not)
+    res = await cli("create", "book.clisrc.*.*", "--start", str(T0), "--schema", "normalized")
     assert res.exit_code == 1 and "normalized schema is defined for trade" in res.stderr, res.output
 
 

@@ -21,8 +21,11 @@ import ticksupply
 
 from .conftest import (
     API_KEY,
+    TS_INSTRUMENTS,
     Harness,
     S,
+    backdate_feed,
+    backdate_from_thread,
     download_all,
     make_trades,
     publish,
@@ -35,7 +38,7 @@ from .conftest import (
 NOW = time.time_ns() // S * S
 
 
-async def _setup(harness: Harness, **kw: Any):
+async def _setup(harness: Harness, subscribe: bool = False, **kw: Any):
     await harness.start_writer()
     orch = await harness.start_orchestrator(**kw)
     btc = make_trades("ticksupply", "binance", "BTCUSDT", [NOW - 1800 * S + i * S // 4 for i in range(4000)])
@@ -43,11 +46,18 @@ async def _setup(harness: Harness, **kw: Any):
     await publish(harness.nc, btc + eth)
     await harness.wait_stored("trade.ticksupply.*.*", 4100)
     await ticksupply_reference(harness)
+    if subscribe:  # exports need a subscription whose spans hold the trades (collected since NOW - 2 h)
+        async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as client:
+            ds = (await client.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"][0]
+            r = await client.post("/v1/subscriptions", json={"datastream_id": ds["datastream_id"]})
+            assert r.status_code == 201, r.text
+        await backdate_feed(harness.nc, TS_INSTRUMENTS["BTCUSDT"][0], NOW - 7200 * S)
     return orch, btc, eth
 
 
 async def test_official_ticksupply_client_flow(harness: Harness) -> None:
     orch, btc, _ = await _setup(harness)
+    loop = asyncio.get_running_loop()
 
     def flow() -> tuple[Any, Any, list[tuple[Any, bytes]]]:
         with ticksupply.Client(api_key=API_KEY, base_url=f"{orch.api_url}/v1", max_retries=0) as client:
@@ -62,6 +72,7 @@ async def test_official_ticksupply_client_flow(harness: Harness) -> None:
             assert sum(r.rows_estimate for r in avail.ranges) == 4000
             sub = client.subscriptions.create(datastream_id=ds.datastream_id, idempotency_key=str(uuid.uuid4()))
             assert sub.status == "active"
+            backdate_from_thread(loop, harness.nc, TS_INSTRUMENTS["BTCUSDT"][0], NOW - 7200 * S)
             key = str(uuid.uuid4())
             job = client.exports.create(ds.datastream_id, NOW - 3600 * S, NOW, idempotency_key=key)
             assert client.exports.create(ds.datastream_id, NOW - 3600 * S, NOW, idempotency_key=key).id == job.id
@@ -100,6 +111,17 @@ async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_pat
     namespace: dict[str, Any] = {"__name__": "seed_example"}
     exec(compile(_seed_workflow_source(), "seed_workflow", "exec"), namespace)
     namespace["BASE_URL"] = orch.api_url  # the only change: base URL (and the key, from the env)
+    loop = asyncio.get_running_loop()
+    api_request = namespace["api_request"]
+
+    def collected_since_two_hours(method: str, path: str, **kwargs: Any) -> Any:
+        # the subscription's feed has been collecting for two hours (the trades lie in the past)
+        reply = api_request(method, path, **kwargs)
+        if (method, path) == ("POST", "/v1/subscriptions"):
+            backdate_from_thread(loop, harness.nc, TS_INSTRUMENTS["BTCUSDT"][0], NOW - 7200 * S)
+        return reply
+
+    namespace["api_request"] = collected_since_two_hours
 
     real_sleep = time.sleep
     namespace["time"] = type("T", (), {"time": staticmethod(time.time), "sleep": staticmethod(lambda s: real_sleep(min(s, 0.2)))})
@@ -122,7 +144,7 @@ async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_pat
 
 
 async def test_signed_urls_refuse_tampering_and_expiry(harness: Harness) -> None:
-    orch, _btc, _ = await _setup(harness)
+    orch, _btc, _ = await _setup(harness, subscribe=True)
     headers = {"X-Api-Key": API_KEY}
     async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
         ds = (await client.get("/v1/datastreams", params={"instrument": "BTCUSDT"}, headers=headers)).json()["items"][0]
@@ -186,7 +208,7 @@ async def test_auth_paging_rate_limit(harness: Harness) -> None:
 
 
 async def test_overload_answers_429_and_cancel_over_http(harness: Harness) -> None:
-    orch, _, _ = await _setup(harness, max_queued_jobs=1, workers=0)  # no worker: jobs stay queued
+    orch, _, _ = await _setup(harness, subscribe=True, max_queued_jobs=1, workers=0)  # no worker: jobs stay queued
     h = {"X-Api-Key": API_KEY}
     async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
         ds = (await client.get("/v1/datastreams", params={"instrument": "BTCUSDT"}, headers=h)).json()["items"][0]

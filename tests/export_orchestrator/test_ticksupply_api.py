@@ -34,7 +34,18 @@ from marketbus.runtime.tsapi_schemas import BUILT_IN_COLUMNS, CSV_TYPES
 from services.sandbox.common.base import SandboxRunner
 from services.sandbox.registry import load_spec
 
-from .conftest import API_KEY, TS_INSTRUMENTS, Harness, S, make_trades, publish, ticksupply_reference, wait_for
+from .conftest import (
+    API_KEY,
+    TS_INSTRUMENTS,
+    Harness,
+    S,
+    backdate_feed,
+    backdate_from_thread,
+    make_trades,
+    publish,
+    ticksupply_reference,
+    wait_for,
+)
 from .feed_ingestor import FeedIngestor
 
 NOW = time.time_ns() // S * S
@@ -147,9 +158,13 @@ async def test_raw_and_normalized_csv_are_the_sandbox_csv(harness: Harness) -> N
     await harness.wait_stored("trade.ticksupply.*.*", len(trades))
     await ticksupply_reference(harness)
 
+    loop = asyncio.get_running_loop()
+
     def flow() -> dict[str, str]:
         with _client(orch) as client:
             ds = client.datastreams.list(exchange="binance", instrument="BTCUSDT", stream_type="trade").items[0]
+            client.subscriptions.create(datastream_id=ds.datastream_id)  # collecting since an hour before `start`
+            backdate_from_thread(loop, harness.nc, TS_INSTRUMENTS["BTCUSDT"][0], start - HOUR_NS)
             got = {}
             for schema in (None, "raw", "normalized", "marketbus"):
                 job = client.exports.create(ds.datastream_id, start, end, schema=schema)
@@ -226,6 +241,7 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
         key = str(uuid.uuid4())
         created = client.subscriptions.create(datastream_id=ids["BTCUSDT"], idempotency_key=key)
         assert created.status == SubscriptionStatus.ACTIVE and created.spans == []
+        backdate_from_thread(loop, harness.nc, TS_INSTRUMENTS["BTCUSDT"][0], NOW - 2 * HOUR_NS)  # the trades are past
         # a retry with the same Idempotency-Key replays the reply; the key on another request is 409
         assert client.subscriptions.create(datastream_id=ids["BTCUSDT"], idempotency_key=key).id == created.id
         with pytest.raises(ConflictError):
@@ -306,6 +322,7 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
         with pytest.raises(NotFoundError):
             client.export_schemas.publish_draft(custom.id)
         client.subscriptions.create(datastream_id=ids["ETHUSDT"])
+        backdate_from_thread(loop, harness.nc, TS_INSTRUMENTS["ETHUSDT"][0], NOW - 2 * HOUR_NS)
         by_id = _wait_export(client, client.exports.create(ids["ETHUSDT"], NOW - HOUR_NS, NOW, schema=custom.id).id)
         text = _download(client, by_id.id)
         rows = list(csv.reader(io.StringIO(text)))
@@ -336,6 +353,8 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
         client.exports.delete(job.id, idempotency_key=str(uuid.uuid4()))
         assert client.exports.get(job.id).status.value == "deleted"
 
+    loop = asyncio.get_running_loop()
+
     def run() -> None:
         with _client(orch) as client:
             ids = catalog(client)
@@ -345,7 +364,7 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
             exports(client, ids, paused_export)
 
     await asyncio.to_thread(run)
-    await _async_client_surface(orch)
+    await _async_client_surface(orch, harness.nc)
     # the subscriptions were the feeds: the BTCUSDT feed went through active, paused, active, removed, active
     feed = await feeds.get("ticksupply", TS_INSTRUMENTS["BTCUSDT"][0])
     assert feed.state == "active" and len(feed.periods) == 3 and feed.periods[1].end_ns is not None
@@ -360,7 +379,7 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
     assert [op for op, i in ingestor.hooks if i == btc] == ["subscribe", "unsubscribe"] * 2 + ["subscribe"]
 
 
-async def _async_client_surface(orch: Any) -> None:
+async def _async_client_surface(orch: Any, nc: Any) -> None:
     """The official AsyncClient: the same resources and methods, on the same server."""
     async with ticksupply.AsyncClient(api_key=API_KEY, base_url=f"{orch.api_url}/v1", max_retries=0) as client:
         assert [e.code for e in await client.exchanges.list()] == ["binance"]
@@ -371,8 +390,10 @@ async def _async_client_surface(orch: Any) -> None:
         assert sum(r.rows_estimate for r in (await client.availability.get(ds.datastream_id)).ranges) == 20
         assert (await client.billing.get_summary()).plan_code
         sub = await client.subscriptions.create(datastream_id=ds.datastream_id, idempotency_key=str(uuid.uuid4()))
+        await backdate_feed(nc, TS_INSTRUMENTS["BTCUSD_PERP"][0], NOW - 2 * HOUR_NS)
         assert sub.id in [s.id async for s in client.subscriptions.list_all()]
-        assert (await client.subscriptions.list()).total == 4
+        # BTCUSDT's deleted subscription and the new one after it, SOLUSDT, ETHUSDT, BTCUSD_PERP
+        assert (await client.subscriptions.list()).total == 5
         await client.subscriptions.pause(sub.id)
         assert (await client.subscriptions.get(sub.id)).status == SubscriptionStatus.PAUSED
         await client.subscriptions.resume(sub.id)

@@ -113,6 +113,19 @@ def parse_content(body: Any) -> Content:
             kind = ex.json.type
             if kind not in DATA_TYPES and not (kind.startswith("decimal(") and kind.endswith(")") and kind[8:-1].isdigit()):
                 raise ValueError(f"column {col.output_column!r}: unknown type {kind!r}")
+    for exchange, rules in (content.derive or {}).items():
+        for rule in rules:
+            where = f"derive.{exchange}"
+            if rule.get("op") != "tagged_concat":
+                raise ValueError(f"{where}: op must be 'tagged_concat'")
+            for name in ("field", "tag_field", "value_field"):
+                if not isinstance(rule.get(name), str) or not rule[name]:
+                    raise ValueError(f"{where}: {name} (a name) is required")
+            arrays = rule.get("arrays")
+            if not isinstance(arrays, list) or not arrays or not all(
+                    isinstance(a, dict) and isinstance(a.get("path"), str) and isinstance(a.get("tag"), str)
+                    for a in arrays):
+                raise ValueError(f"{where}: arrays must be a non-empty list of {{path, tag}}")
     return content
 
 
