@@ -557,6 +557,25 @@ def test_every_running_service_has_a_healthcheck_and_rotated_json_logs() -> None
                 assert "json" in [v for k, v in spec["environment"].items() if k.endswith("_LOG_FORMAT")], name
 
 
+def test_every_service_restarts_rotates_its_logs_has_limits_and_waits_on_health() -> None:
+    """Compose for operators (#17), on every service of every profile, ours and third-party alike:
+    a restart policy, rotated logs, resource limits, and each dependency waited for by its health
+    (a one-shot job by its successful completion), never merely by its start."""
+    project = Project.load(ROOT / "docker-compose.yml", compose_env())
+    one_shot = {name for name, spec in project.services.items() if spec.get("restart") in ("no", "on-failure")}
+    for name, spec in project.services.items():
+        assert spec.get("restart") in ("unless-stopped", "always", "on-failure"), f"{name}: restart {spec.get('restart')}"
+        options = spec["logging"]["options"]
+        assert options["max-size"] and options["max-file"], name
+        if name not in one_shot:
+            assert spec["deploy"]["resources"]["limits"]["memory"], name
+            assert spec["deploy"]["resources"]["limits"]["cpus"], name
+        for dependency, how in (spec.get("depends_on") or {}).items():
+            wanted = "service_completed_successfully" if dependency in one_shot else "service_healthy"
+            assert how["condition"] == wanted, f"{name} -> {dependency}: {how}"
+            assert dependency in one_shot or "healthcheck" in project.services[dependency], dependency
+
+
 def default_profiles() -> set[str]:
     return set(filter(None, compose_env().get("COMPOSE_PROFILES", "").split(",")))
 
