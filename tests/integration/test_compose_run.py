@@ -596,6 +596,28 @@ def prometheus_targets(stack: LocalCompose) -> dict[str, str]:
     return {t["labels"].get("service", t["labels"]["job"]): t["health"] for t in targets}
 
 
+def export_and_order(stack: LocalCompose, fmt: str) -> None:
+    """The rest of the e2e flow through a running stack: an export of the stored trades succeeds
+    with rows, and an order is accepted and shows up in the router's book."""
+    export = cli(stack, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", fmt,
+                 "--no-fill-gaps", "--wait", "--json", timeout=90)
+    assert export.returncode == 0, export.stdout + export.stderr + stack.containers["export_orchestrator"].log_tail(10)
+    final = json.loads([line for line in export.stdout.splitlines() if line.startswith("{")][-1])
+    assert final["state"] in ("succeeded", "completed", "done"), final
+    assert final["rows"] > 0
+
+    order = cli(stack, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000", "--json")
+    assert order.returncode == 0, order.stdout + order.stderr
+    assert json.loads(order.stdout.splitlines()[-1])["accepted"] is True
+
+    def open_order() -> list[dict[str, Any]]:
+        listed = cli(stack, "order", "list", "--json")
+        return [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+
+    orders = until(open_order, 30, "the order in the router's book")
+    assert orders[0]["market"] == "FS-BTCUSD", orders
+
+
 @pytest.mark.timeout(360)  # the start budget, then the flow; ~30 s on an idle machine
 def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
     """`docker compose --profile monitoring up` with .env's profiles (sandbox): every service
@@ -622,23 +644,7 @@ def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
                                  f"ingest_digitex:\n{digitex.log_tail(10)}") from None
         assert rows[0]["subject"].startswith("md.trade.digitex.")
 
-        export = cli(stack, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", "csv.gz",
-                     "--no-fill-gaps", "--wait", "--json", timeout=90)
-        assert export.returncode == 0, export.stdout + export.stderr
-        final = json.loads([line for line in export.stdout.splitlines() if line.startswith("{")][-1])
-        assert final["state"] in ("succeeded", "completed", "done"), final
-        assert final["rows"] > 0
-
-        order = cli(stack, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000", "--json")
-        assert order.returncode == 0, order.stdout + order.stderr
-        assert json.loads(order.stdout.splitlines()[-1])["accepted"] is True
-
-        def open_order() -> list[dict[str, Any]]:
-            listed = cli(stack, "order", "list", "--json")
-            return [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
-
-        orders = until(open_order, 30, "the order in the router's book")
-        assert orders[0]["market"] == "FS-BTCUSD", orders
+        export_and_order(stack, "csv.gz")
 
         expected = {*(name for name in stack.services if name.startswith(("ingest_", "history_", "order_", "export_"))),
                     "bus_exporter"}
@@ -651,7 +657,8 @@ def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
 @pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL's binaries are not installed")
 def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -> None:
     """`--profile postgres` with MARKETBUS_HISTORY_WRITER_BACKEND=postgres (README): the writer
-    waits for the database, connects with the DSN secret and serves history from it."""
+    waits for the database, connects with the DSN secret and serves history from it; an export
+    and an order go through the stack."""
     with compose_up(tmp_path, default_profiles() | {"postgres"}, MARKETBUS_HISTORY_WRITER_BACKEND="postgres") as stack:
         def history_rows() -> list[str]:
             result = cli(stack, "history", "query", "trade.digitex.*.*", "--start", "-10m", "--limit", "5", "--json")
@@ -664,6 +671,7 @@ def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -
             env={"PGPASSWORD": (stack.secrets_dir / "postgres_password").read_text().strip(), "PATH": os.environ["PATH"]},
             capture_output=True, text=True, timeout=30, check=False)
         assert tables.returncode == 0 and "history_" in tables.stdout, tables.stdout + tables.stderr
+        export_and_order(stack, "parquet")  # the export reads history from that PostgreSQL
 
 
 @pytest.mark.timeout(360)
@@ -698,11 +706,7 @@ def test_the_lakehouse_profile_keeps_history_in_seaweedfs_and_the_postgresql_cat
         assert listed.get("KeyCount", 0) > 0, listed
         assert not (stack.volumes["history-data"] / "history" / "catalog.db").exists()  # nothing embedded
 
-        export = cli(stack, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", "parquet",
-                     "--no-fill-gaps", "--wait", "--json", timeout=90)
-        assert export.returncode == 0, export.stdout + export.stderr + stack.containers["export_orchestrator"].log_tail(10)
-        final = json.loads([line for line in export.stdout.splitlines() if line.startswith("{")][-1])
-        assert final["rows"] > 0, final
+        export_and_order(stack, "parquet")  # the export reads history through the catalog
 
         replay = stack.containers["replay"]
         assert "history read from the history tables" in replay.log.read_text(), replay.log_tail(10)
