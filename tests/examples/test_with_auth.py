@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -98,3 +101,46 @@ async def test_the_node_consumer_connects_with_an_nkey_seed(made_run: tuple[Secu
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert [json.loads(line)["price"] for line in out.decode().splitlines()] == ["1.5", "2.5"]
+
+
+def _guide_consumer() -> str:
+    """The first consumer of docs/consumers.md (section 2), as a reader copies it."""
+    text = (ROOT / "docs" / "consumers.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (code,) = [b for b in blocks if "app = FastStream(broker)" in b][:1]
+    return code
+
+
+async def test_the_guides_first_consumer_runs_against_make_run(made_run: tuple[SecureBus, Path], tmp_path: Path) -> None:
+    """docs/consumers.md, sections 1-2: my_consumer.py written as shown, `faststream docs gen` and
+    `faststream run my_consumer:app` from its own directory, the bus found through the data dir."""
+    bus, data_dir = made_run
+    (tmp_path / "my_consumer.py").write_text(_guide_consumer())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MARKETBUS_"))}
+    env["MARKETBUS_DATA_DIR"] = str(data_dir)
+    docs = subprocess.run([sys.executable, "-m", "faststream", "docs", "gen", "my_consumer:app", "--out", "doc.json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert docs.returncode == 0, docs.stdout + docs.stderr
+    doc = json.loads((tmp_path / "doc.json").read_text())
+    assert {c["address"] for c in doc["channels"].values()} == {"md.trade.>"}
+
+    symbol = f"GUIDE{uuid.uuid4().hex[:6].upper()}"
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "faststream", "run", "my_consumer:app"], cwd=tmp_path,
+                                env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(200):  # deliver="new": publish once the durable exists
+            if "started successfully" in log.read_text() or proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        for _ in range(100):
+            await _publish_trades(bus, f"md.trade.digitex._.{symbol}", [trade(1, "42.5", "3", 1, symbol)])
+            await asyncio.sleep(0.2)
+            if f"digitex {symbol} 42.5 3" in log.read_text() or proc.poll() is not None:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert f"digitex {symbol} 42.5 3" in log.read_text(), log.read_text()[-3000:]
