@@ -15,11 +15,11 @@ from rich.console import Console
 
 from . import common
 from .common import NatsUrlOption
-from .output import EXIT_CODES_HELP, json_line, run
+from .output import EXIT_CODES_HELP, OneLineErrors, json_line, run
 from .services import SANDBOX_MODULE
 
 app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=True,
-                  epilog=EXIT_CODES_HELP)
+                  epilog=EXIT_CODES_HELP, cls=OneLineErrors)
 console = Console()
 
 
