@@ -103,7 +103,7 @@ class OneLineErrors(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         argv = list(sys.argv[1:] if args is None else args)
         try:
-            return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as exc:  # Click's exceptions (Typer vendors Click) derive from it
             if type(exc).__name__ == "NoArgsIsHelpError":  # Typer's own help screen, as before
                 return super().main(argv, prog_name, complete_var, standalone_mode=True, **extra)
@@ -116,6 +116,8 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             sys.stderr.write("error: aborted\n")
             sys.exit(1)
+        # what standalone mode does: typer.Exit(code) comes back as its code, a finished command as None
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def exit_code_for(error: RequestError) -> int:
