@@ -8,10 +8,15 @@
 // resumes after the last acknowledged message. Every process started with the same durable shares
 // the work. REPLAY_FROM=<ISO time> makes a *new* durable start at that time; otherwise it starts
 // with new messages. MAX_EVENTS=<n> exits after n events (tests, scripts).
-// Settings: NATS_URL (comma-separated for a cluster), NATS_USER/NATS_PASSWORD or NATS_TOKEN.
+// Settings: NATS_URL (comma-separated for a cluster); NATS_NKEY_SEED_FILE (an nkey seed, e.g. the
+// `consumer.nk` or `reader.nk` that `make run` writes to .marketbus/credentials: auth is on), or
+// NATS_USER/NATS_PASSWORD, or NATS_TOKEN. With a seed, replies come on _INBOX.<identity> (the
+// seed file's name), the only inbox the identity may read; NATS_INBOX_PREFIX overrides it.
 "use strict";
 
-const { connect, AckPolicy, DeliverPolicy } = require("nats");
+const fs = require("fs");
+const path = require("path");
+const { connect, nkeyAuthenticator, AckPolicy, DeliverPolicy } = require("nats");
 
 const STREAM = "MD"; // every md.> subject lives in stream MD (marketbus provisions it)
 
@@ -48,6 +53,22 @@ async function ensureDurable(jsm, durable, filter, replayFrom) {
   return jsm.consumers.add(STREAM, config);
 }
 
+// Connection options for the credentials in the environment (marketbus identities are nkey users).
+function auth(env) {
+  const options = {};
+  if (env.NATS_NKEY_SEED_FILE) {
+    const seed = fs.readFileSync(env.NATS_NKEY_SEED_FILE, "utf8").trim();
+    options.authenticator = nkeyAuthenticator(new TextEncoder().encode(seed));
+    options.inboxPrefix = `_INBOX.${path.basename(env.NATS_NKEY_SEED_FILE).replace(/\.nk$/, "")}`;
+  } else if (env.NATS_USER) {
+    Object.assign(options, { user: env.NATS_USER, pass: env.NATS_PASSWORD });
+  } else if (env.NATS_TOKEN) {
+    options.token = env.NATS_TOKEN;
+  }
+  if (env.NATS_INBOX_PREFIX) options.inboxPrefix = env.NATS_INBOX_PREFIX;
+  return options;
+}
+
 async function main() {
   const filter = process.argv[2] || "md.>";
   if (!filter.startsWith("md.")) throw new Error(`${filter}: this example reads stream MD (subjects md.>)`);
@@ -55,8 +76,8 @@ async function main() {
   const maxEvents = Number(process.env.MAX_EVENTS || 0);
   const nc = await connect({
     servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","),
-    user: process.env.NATS_USER, pass: process.env.NATS_PASSWORD, token: process.env.NATS_TOKEN,
     name: `marketbus-node-${durable}`,
+    ...auth(process.env),
   });
   await ensureDurable(await nc.jetstreamManager(), durable, filter, process.env.REPLAY_FROM);
   const consumer = await nc.jetstream().consumers.get(STREAM, durable);

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -42,7 +43,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter
 from pydantic_core import core_schema
 
-from marketbus.cli.common import recorded_url
+from marketbus.cli.common import CREDENTIALS_DIR, data_dir, recorded_url
 from marketbus.contracts import codec
 from marketbus.contracts.streams import STREAMS, StreamSpec
 from marketbus.runtime.broker import BusSettings, make_broker
@@ -59,21 +60,32 @@ UNDECODABLE = Counter(
 class ConsumerSettings(BusSettings, kw_only=True):
     """A consumer's connection settings: ``MARKETBUS_CONSUMER_NATS_URL``, or the deployment-wide
     ``NATS_URL`` / ``NATS_USER`` / ``NATS_PASSWORD`` / ``NATS_TOKEN`` / ``NATS_CREDS_FILE`` /
-    ``NATS_TLS_*`` every service reads."""
+    ``NATS_NKEY_SEED_FILE`` / ``NATS_TLS_*`` every service reads."""
 
     env_prefix: ClassVar[str] = "MARKETBUS_CONSUMER_"
+
+
+IDENTITY_ENV = "MARKETBUS_CONSUMER_IDENTITY"
+_CREDENTIAL_VARS = ("NATS_USER", "NATS_TOKEN", "NATS_CREDS_FILE", "NATS_NKEY_SEED_FILE")
 
 
 def consumer_settings(env: Mapping[str, str] | None = None) -> ConsumerSettings:
     """:class:`ConsumerSettings` from the environment. Without a NATS URL there, the one
     ``marketbus up`` (``make run``) recorded in ``.marketbus/nats.url`` (it takes another port
-    when 4222 is busy), else ``nats://127.0.0.1:4222``."""
+    when 4222 is busy), else ``nats://127.0.0.1:4222``. Without credentials there, the nkey seed
+    ``marketbus up`` generated for the ``consumer`` identity (``.marketbus/credentials/consumer.nk``;
+    ``MARKETBUS_CONSUMER_IDENTITY=reader`` for the read-only one): `make run` has auth on."""
     env = os.environ if env is None else env
     overrides: dict[str, Any] = {}
     if not any(env.get(var) for var in (f"{ConsumerSettings.env_prefix}NATS_URL", "NATS_URL")):
         recorded = recorded_url()
         if recorded:
             overrides["nats_url"] = recorded
+    if not any(env.get(var) or env.get(ConsumerSettings.env_prefix + var) for var in _CREDENTIAL_VARS):
+        identity = env.get(IDENTITY_ENV) or "consumer"
+        seed = data_dir() / CREDENTIALS_DIR / f"{identity}.nk"
+        if seed.exists():  # the inbox prefix follows from the file name (_INBOX.<identity>)
+            overrides["nats_nkey_seed_file"] = str(seed)
     return load_settings(ConsumerSettings, env, **overrides)
 
 
@@ -82,7 +94,14 @@ def consumer_broker(name: str, settings: BusSettings | None = None, **extra: Any
     else from the environment: :func:`consumer_settings`), validating handler arguments with msgspec."""
     settings = settings if settings is not None else consumer_settings()
     extra.setdefault("serializer", MsgSpecSerializer())
-    return make_broker(settings, name, **extra)
+    broker = make_broker(settings, name, **extra)
+    _INBOX_PREFIXES[broker] = settings.inbox_prefix
+    return broker
+
+
+# FastStream's pull subscriptions take their reply inbox from the subscriber (default ``_INBOX.``),
+# not from the connection; an identity may read only its own ``_INBOX.<identity>.>``.
+_INBOX_PREFIXES: weakref.WeakKeyDictionary[NatsBroker, str] = weakref.WeakKeyDictionary()
 
 
 # -- typed handler arguments -------------------------------------------------------------------
@@ -224,8 +243,12 @@ def durable_subscriber(
     Every instance started with the same ``durable`` shares one consumer: each message goes to one
     of them (scale out by starting more). A message is acknowledged when the handler returns;
     if it raises, ``AckPolicy.NACK_ON_ERROR`` has JetStream deliver it again (at least once).
-    Handlers receive :data:`Events` (``decode_events``) unless another decoder is given.
+    Handlers receive :data:`Events` (``decode_events``) unless another decoder is given. The
+    pull requests' reply inbox is the broker identity's own (``_INBOX.<identity>.``: with auth on,
+    the only one it may read).
     """
+    if broker in _INBOX_PREFIXES:
+        kwargs.setdefault("inbox_prefix", f"{_INBOX_PREFIXES[broker]}.".encode())
     return broker.subscriber(
         subject, stream=stream_for(subject), durable=durable,
         config=durable_config(durable, deliver=deliver, start_time=start_time, ack_wait_s=ack_wait_s,

@@ -40,12 +40,15 @@ def book(i: int, bid: str, ask: str) -> BookSnapshot:
 
 
 @contextlib.contextmanager
-def running_app(target: str, env: dict[str, str], log: Path, timeout: float = 20.0) -> Iterator[subprocess.Popen[bytes]]:
-    """``faststream run <target>`` as a user runs it, from the repository root; yields once the app
-    logs that it started, stops it with SIGTERM (the app's shutdown hooks run)."""
+def running_app(target: str, env: dict[str, str], log: Path, timeout: float = 20.0,
+                unset: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
+    """``faststream run <target>`` as a user runs it, from the repository root, without the
+    variables ``unset``; yields once the app logs that it started, stops it with SIGTERM (the app's
+    shutdown hooks run)."""
+    child_env = {k: v for k, v in {**os.environ, **env}.items() if k not in unset}
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "faststream", "run", target],
-                                cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=ROOT, env=child_env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while "started successfully" not in log.read_text():

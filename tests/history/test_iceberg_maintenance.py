@@ -4,6 +4,7 @@ removal (``marketbus history compact``), retention by whole day partitions, and
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def test_compact_expire_orphans_and_retention(tmp_path: Path) -> None:
     assert len(files_after) == len(partitions) < files_before  # one file per partition
     assert _rows(reader) == before  # the same rows, exactly
     assert len(table.metadata.snapshots) < 12 and not stray.exists()
+    again = CliRunner().invoke(app, ["history", "compact", "--history-dir", str(tmp_path / "h"), "--json"])
+    assert again.exit_code == 0, again.output
+    (report,) = [json.loads(line) for line in again.stdout.splitlines()]  # --json: one object on one line
+    assert report["files_merged"] == 0 and report["partitions_dropped"] == 0  # nothing left to compact
     # what is left on disk is exactly what the metadata references (old files were orphans)
     from marketbus.history.maintenance import referenced_files
 
@@ -96,6 +101,8 @@ def test_migrate_embedded_into_postgres_and_seaweedfs(tmp_path: Path, seaweedfs:
     assert not target.embedded
     assert _rows(HistoryReader(target)) == _rows(HistoryReader(source))
     assert len(_rows(HistoryReader(target))) == len(events)
-    again = runner.invoke(app, ["history", "migrate", "--from-dir", str(tmp_path / "embedded")])
+    again = runner.invoke(app, ["history", "migrate", "--from-dir", str(tmp_path / "embedded"), "--json"])
     assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout.splitlines()[-1])  # --json: progress and the report, one object per line
+    assert sum(report["rows"].values()) == 0 and report["skipped"] == len(events)
     assert len(_rows(HistoryReader(target))) == len(events)  # nothing twice

@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import nats
+import pytest
 from typer.testing import CliRunner
 
 from marketbus.cli.main import app
@@ -245,6 +246,28 @@ async def test_cli_says_clearly_when_nats_is_unreachable() -> None:
     code, _, err = await run_cli("tail", "md.>", env={"NATS_URL": "nats://127.0.0.1:1"})
     assert code == 2
     assert "cannot connect to NATS at nats://127.0.0.1:1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nosuch"], "error: No such command 'nosuch'; see `marketbus --help`"),
+    (["history", "query", "trade", "--limit", "abc"],
+     "error: Invalid value for '--limit' / '-n': Input should be a valid integer"),
+    (["order", "place", "FS-BTCUSD", "sell", "-1", "--price", "1"],
+     "error: No such option: -1; see `marketbus order place --help`"),
+    (["order", "place"], "error: Missing argument 'market'; see `marketbus order place --help`"),
+    (["tail", "md.>", "--count", "x"], "error: Invalid value for '--count'"),
+])
+def test_usage_mistakes_click_finds_are_one_line_errors_with_exit_2(args: list[str], message: str) -> None:
+    """What the parser refuses before a command runs reads like the commands' own errors."""
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200", "NATS_URL": "nats://127.0.0.1:1"}, prog_name="marketbus")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.output and "╭" not in result.output
+
+
+def test_a_group_without_a_command_still_prints_its_help() -> None:
+    result = CliRunner().invoke(app, ["order"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "place" in result.output and "Usage" in result.output
 
 
 def test_help_documents_the_exit_codes() -> None:

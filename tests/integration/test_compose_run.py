@@ -557,6 +557,25 @@ def test_every_running_service_has_a_healthcheck_and_rotated_json_logs() -> None
                 assert "json" in [v for k, v in spec["environment"].items() if k.endswith("_LOG_FORMAT")], name
 
 
+def test_every_service_restarts_rotates_its_logs_has_limits_and_waits_on_health() -> None:
+    """Compose for operators (#17), on every service of every profile, ours and third-party alike:
+    a restart policy, rotated logs, resource limits, and each dependency waited for by its health
+    (a one-shot job by its successful completion), never merely by its start."""
+    project = Project.load(ROOT / "docker-compose.yml", compose_env())
+    one_shot = {name for name, spec in project.services.items() if spec.get("restart") in ("no", "on-failure")}
+    for name, spec in project.services.items():
+        assert spec.get("restart") in ("unless-stopped", "always", "on-failure"), f"{name}: restart {spec.get('restart')}"
+        options = spec["logging"]["options"]
+        assert options["max-size"] and options["max-file"], name
+        if name not in one_shot:
+            assert spec["deploy"]["resources"]["limits"]["memory"], name
+            assert spec["deploy"]["resources"]["limits"]["cpus"], name
+        for dependency, how in (spec.get("depends_on") or {}).items():
+            wanted = "service_completed_successfully" if dependency in one_shot else "service_healthy"
+            assert how["condition"] == wanted, f"{name} -> {dependency}: {how}"
+            assert dependency in one_shot or "healthcheck" in project.services[dependency], dependency
+
+
 def default_profiles() -> set[str]:
     return set(filter(None, compose_env().get("COMPOSE_PROFILES", "").split(",")))
 
@@ -575,6 +594,37 @@ def prometheus_targets(stack: LocalCompose) -> dict[str, str]:
     with urllib.request.urlopen(url, timeout=5) as response:
         targets = json.load(response)["data"]["activeTargets"]
     return {t["labels"].get("service", t["labels"]["job"]): t["health"] for t in targets}
+
+
+def export_and_order(stack: LocalCompose, fmt: str) -> None:
+    """The rest of the e2e flow through a running stack: an export of the stored trades succeeds
+    with rows, and an order is accepted and shows up in the router's book."""
+    final = export_stored_trades(stack, fmt)
+    assert final["rows"] > 0
+    place_an_order(stack)
+
+
+def export_stored_trades(stack: LocalCompose, fmt: str) -> dict[str, Any]:
+    """``export create --wait`` of the last 10 minutes of Digitex trades: the final job (succeeded)."""
+    export = cli(stack, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", fmt,
+                 "--no-fill-gaps", "--wait", "--json", timeout=90)
+    assert export.returncode == 0, export.stdout + export.stderr + stack.containers["export_orchestrator"].log_tail(10)
+    final: dict[str, Any] = json.loads([line for line in export.stdout.splitlines() if line.startswith("{")][-1])
+    assert final["state"] in ("succeeded", "completed", "done"), final
+    return final
+
+
+def place_an_order(stack: LocalCompose) -> None:
+    order = cli(stack, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000", "--json")
+    assert order.returncode == 0, order.stdout + order.stderr
+    assert json.loads(order.stdout.splitlines()[-1])["accepted"] is True
+
+    def open_order() -> list[dict[str, Any]]:
+        listed = cli(stack, "order", "list", "--json")
+        return [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+
+    orders = until(open_order, 30, "the order in the router's book")
+    assert orders[0]["market"] == "FS-BTCUSD", orders
 
 
 @pytest.mark.timeout(360)  # the start budget, then the flow; ~30 s on an idle machine
@@ -603,26 +653,10 @@ def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
                                  f"ingest_digitex:\n{digitex.log_tail(10)}") from None
         assert rows[0]["subject"].startswith("md.trade.digitex.")
 
-        export = cli(stack, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", "csv.gz",
-                     "--no-fill-gaps", "--wait", "--json", timeout=90)
-        assert export.returncode == 0, export.stdout + export.stderr
-        final = json.loads([line for line in export.stdout.splitlines() if line.startswith("{")][-1])
-        assert final["state"] in ("succeeded", "completed", "done"), final
-        assert final["rows"] > 0
-
-        order = cli(stack, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000", "--json")
-        assert order.returncode == 0, order.stdout + order.stderr
-        assert json.loads(order.stdout.splitlines()[-1])["accepted"] is True
-
-        def open_order() -> list[dict[str, Any]]:
-            listed = cli(stack, "order", "list", "--json")
-            return [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
-
-        orders = until(open_order, 30, "the order in the router's book")
-        assert orders[0]["market"] == "FS-BTCUSD", orders
+        export_and_order(stack, "csv.gz")
 
         expected = {*(name for name in stack.services if name.startswith(("ingest_", "history_", "order_", "export_"))),
-                    "bus_exporter"}
+                    "replay", "bus_exporter"}
         targets = until(lambda: (t := prometheus_targets(stack)) and set(t.values()) == {"up"} and t, 45,
                         "every Prometheus target up")
         assert set(targets) == expected, targets
@@ -632,7 +666,8 @@ def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
 @pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL's binaries are not installed")
 def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -> None:
     """`--profile postgres` with MARKETBUS_HISTORY_WRITER_BACKEND=postgres (README): the writer
-    waits for the database, connects with the DSN secret and serves history from it."""
+    waits for the database, connects with the DSN secret and serves history from it; an order
+    goes through the stack; an export of that history has rows (xfail until it does)."""
     with compose_up(tmp_path, default_profiles() | {"postgres"}, MARKETBUS_HISTORY_WRITER_BACKEND="postgres") as stack:
         def history_rows() -> list[str]:
             result = cli(stack, "history", "query", "trade.digitex.*.*", "--start", "-10m", "--limit", "5", "--json")
@@ -645,6 +680,11 @@ def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -
             env={"PGPASSWORD": (stack.secrets_dir / "postgres_password").read_text().strip(), "PATH": os.environ["PATH"]},
             capture_output=True, text=True, timeout=30, check=False)
         assert tables.returncode == 0 and "history_" in tables.stdout, tables.stdout + tables.stderr
+        place_an_order(stack)
+        final = export_stored_trades(stack, "parquet")
+        if final["rows"] == 0:  # a known gap, kept visible: the test passes once exports read PostgreSQL
+            pytest.xfail("the export orchestrator reads history from the Iceberg tables only: with the writer's "
+                         "PostgreSQL backend an export succeeds with 0 rows")
 
 
 @pytest.mark.timeout(360)
@@ -679,11 +719,7 @@ def test_the_lakehouse_profile_keeps_history_in_seaweedfs_and_the_postgresql_cat
         assert listed.get("KeyCount", 0) > 0, listed
         assert not (stack.volumes["history-data"] / "history" / "catalog.db").exists()  # nothing embedded
 
-        export = cli(stack, "export", "create", "trade.digitex.*.*", "--start", "-10m", "--format", "parquet",
-                     "--no-fill-gaps", "--wait", "--json", timeout=90)
-        assert export.returncode == 0, export.stdout + export.stderr + stack.containers["export_orchestrator"].log_tail(10)
-        final = json.loads([line for line in export.stdout.splitlines() if line.startswith("{")][-1])
-        assert final["rows"] > 0, final
+        export_and_order(stack, "parquet")  # the export reads history through the catalog
 
         replay = stack.containers["replay"]
         assert "history read from the history tables" in replay.log.read_text(), replay.log_tail(10)

@@ -78,3 +78,38 @@ async def test_bus_exporter_reports_lag_feeds_and_exports(nats_url: str) -> None
     assert samples[("marketbus_export_jobs_finished_total", frozenset({("state", "succeeded")}))] == 1
     assert samples[("marketbus_export_rows_total", frozenset())] == 1200
     assert samples[("marketbus_disk_total_bytes", frozenset({("path", "/")}))] > 0
+
+
+async def test_bus_exporter_re_exports_nats_servers_monitoring_endpoint(tmp_path) -> None:
+    """nats-server's /varz (JSON) becomes Prometheus gauges; an endpoint that does not answer is up=0."""
+    from prometheus_client import CollectorRegistry
+
+    from marketbus.contracts.streams import ensure_all
+    from marketbus.runtime.consumer_lag import ServerVarz
+    from marketbus.runtime.http import free_port
+    from marketbus.runtime.natsserver import NatsServer
+
+    monitor = free_port()
+    server = NatsServer(data_dir=tmp_path / "nats", port=free_port(), monitor_port=monitor).start()
+    nc = await nats.connect(server.url)
+    try:
+        await ensure_all(nc.jetstream())
+        exporter = BusExporter(nats_url=server.url, http_port=0, poll_interval_s=0.2,
+                               nats_monitor_url=f"http://127.0.0.1:{monitor}")
+        await exporter.start()
+        try:
+            async with httpx.AsyncClient() as client:
+                samples = _samples((await client.get(f"{exporter.http_url}/metrics")).text)
+        finally:
+            await exporter.stop()
+    finally:
+        await nc.drain()
+        server.cleanup()
+    assert samples[("marketbus_nats_server_up", frozenset())] == 1
+    assert samples[("marketbus_nats_server_connections", frozenset())] >= 2  # this test and the exporter
+    assert samples[("marketbus_nats_server_memory_bytes", frozenset())] > 0
+    assert samples[("marketbus_nats_server_in_messages", frozenset())] > 0
+
+    registry = CollectorRegistry()
+    await ServerVarz(f"http://127.0.0.1:{free_port()}", registry).poll()  # nobody listens there
+    assert registry.get_sample_value("marketbus_nats_server_up") == 0

@@ -27,6 +27,7 @@ SERVICES = {
     "ingest_sitagri": "services.ingest_sitagri.settings:SitagriIngestSettings",
     "order_router": "services.order_router.settings:OrderRouterSettings",
     "export_orchestrator": "services.export_orchestrator.settings:ExportSettings",
+    "replay": "services.replay.settings:ReplaySettings",
 }
 
 

@@ -3,6 +3,7 @@ credentials."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def test_the_cli_uses_the_data_dirs_admin_identity_to_provision(bus: SecureBus) 
     data_dir = bus.store.directory.parent  # <data dir>/credentials holds the seeds
     result = runner.invoke(app, ["provision"], env=_env(MARKETBUS_DATA_DIR=str(data_dir), NATS_URL=bus.url))
     assert (result.exit_code, "7 streams" in result.output) == (0, True), result.output
+    result = runner.invoke(app, ["provision", "--json"], env=_env(MARKETBUS_DATA_DIR=str(data_dir), NATS_URL=bus.url))
+    assert result.exit_code == 0, result.output
+    (report,) = [json.loads(line) for line in result.stdout.splitlines()]  # one object, on one line
+    assert "MD" in report["streams"] and len(report["streams"]) == 7 and report["consumers"]
 
 
 def test_explicit_credentials_win_and_a_wrong_password_is_refused(bus: SecureBus) -> None:

@@ -83,10 +83,13 @@ def _cases() -> list[tuple[str, str, str]]:
             cases.append((who, "pub", "$JS.API.DIRECT.GET.KV_export_jobs.$KV.export_jobs.config.signing_secret"))
             cases.append((who, "pub", "$JS.API.STREAM.MSG.GET.KV_export_jobs"))
             cases.append((who, "sub", "$KV.export_jobs.>"))
-        if who in ("reader", "operator"):
+        if who in ("reader", "consumer", "operator"):
             cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.MD.history_writer_md"))
             cases.append((who, "pub", "$JS.API.CONSUMER.CREATE.MD.history_writer_md"))
             cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.ORDERS_CMD.order_router"))
+        if who == "consumer":  # derived events only: never a marketbus namespace, never a command
+            cases += [(who, "pub", s) for s in ("md.bar.mine.x.y", "ref.instrument.mine.x.y", "status.consumer.heartbeat",
+                                                  "export.create", "orders.cmd.digitex.FS-BTCUSD", "analyticsx")]
         cases += _playback_cases(who)
         cases += _feed_cases(who)
     cases += _monitor_cases()
@@ -122,7 +125,7 @@ def _feed_cases(who: str) -> list[tuple[str, str, str]]:
                   (who, "pub", "$JS.API.CONSUMER.CREATE.KV_feeds"),  # unfiltered
                   (who, "pub", "$JS.API.STREAM.MSG.GET.KV_feeds"),
                   (who, "pub", "feeds.ctl.digitex")]
-    if who in ("reader", "monitor", "history_writer", "replay", "order_router"):
+    if who in ("reader", "consumer", "monitor", "history_writer", "replay", "order_router"):
         cases += [(who, "pub", f"feeds.ctl.{source}") for source in SOURCES]
     if who in ("monitor", "history_writer", "replay", "order_router"):
         cases += [(who, "pub", "$JS.API.DIRECT.GET.KV_feeds.$KV.feeds.digitex.FS=3ABTCUSD"),
@@ -148,7 +151,7 @@ def _playback_cases(who: str) -> list[tuple[str, str, str]]:
         cases += [(who, "sub", "replay.finx"), (who, "sub", "history.query"), (who, "pub", "history.replay.start"),
                   (who, "pub", "replay.finx.x"), (who, "pub", "status.history_writer.heartbeat"),
                   (who, "pub", "dlq.history_writer.x"), (who, "sub", "md.>")]
-    if who in ("reader", "operator"):  # users watch playbacks, never an ingestor's requests
+    if who in ("reader", "consumer", "operator"):  # users watch playbacks, never an ingestor's requests
         cases += [(who, "sub", f"replay.{source}") for source in SOURCES]
     return cases
 

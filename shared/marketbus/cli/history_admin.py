@@ -12,8 +12,10 @@ import typer
 from rich.console import Console
 
 from .history import app
+from .output import json_line
 
 console = Console()
+JsonOpt = typer.Option(False, "--json", help="the report as one JSON object on one line")
 HistoryDirOpt = typer.Option("", "--history-dir", help="embedded catalog and warehouse (default $MARKETBUS_DATA_DIR/history)")
 
 
@@ -33,12 +35,16 @@ def compact(
                                        help="expire snapshots older than this (s); writers keep theirs fewer"),
     orphan_age: float = typer.Option(3600.0, "--orphan-age", help="delete unreferenced files older than this (s)"),
     retention: str = typer.Option("", "--retention", help="days to keep per kind, e.g. 'trade=30,book=7,default=365'"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Compact small files per partition, expire old snapshots, remove orphan files, and apply
     retention (whole day partitions)."""
     report = run_compact(history_dir or None, min_files=min_files, snapshot_age_s=snapshot_age,
                          orphan_age_s=orphan_age, retention=_parse_days(retention))
-    console.print(report)
+    if as_json:
+        json_line(report)
+    else:
+        console.print(report)
 
 
 def run_compact(history_dir: str | None, *, min_files: int = 8, snapshot_age_s: float = 86_400.0,
@@ -64,6 +70,7 @@ def run_compact(history_dir: str | None, *, min_files: int = 8, snapshot_age_s: 
 @app.command("migrate")
 def migrate(
     from_dir: str = typer.Option(..., "--from-dir", help="history dir of the embedded catalog and warehouse to copy"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Copy an embedded history (SQLite catalog + local warehouse under --from-dir) into the
     lakehouse configured by MARKETBUS_LAKEHOUSE_* (PostgreSQL/REST catalog, S3 warehouse).
@@ -75,5 +82,9 @@ def migrate(
     target = LakehouseSettings.from_env()
     if target.embedded and target.base_dir().resolve() == source.base_dir().resolve():
         raise typer.BadParameter("the target is the source: set MARKETBUS_LAKEHOUSE_CATALOG_URI and _WAREHOUSE")
-    report = run(source, target, progress=lambda kind, n: console.print(f"{kind}: +{n} rows"))
-    console.print(report)
+    if as_json:  # progress as one object per line, then the report
+        report = run(source, target, progress=lambda kind, n: json_line({"kind": kind, "rows_added": n}))
+        json_line(report)
+    else:
+        report = run(source, target, progress=lambda kind, n: console.print(f"{kind}: +{n} rows"))
+        console.print(report)

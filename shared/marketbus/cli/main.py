@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from . import common
 from .common import NatsUrlOption
-from .output import EXIT_CODES_HELP, run
+from .output import EXIT_CODES_HELP, OneLineErrors, json_line, run
 from .services import SANDBOX_MODULE
 
 app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=True,
-                  epilog=EXIT_CODES_HELP)
+                  epilog=EXIT_CODES_HELP, cls=OneLineErrors)
 console = Console()
 
 
@@ -42,6 +44,7 @@ def provision(
     nats_url: str = NatsUrlOption,
     replicas: int = typer.Option(None, "--replicas", envvar="MARKETBUS_STREAM_REPLICAS",
                                  help="stream replicas (1 on one machine, 3 in a cluster)"),
+    as_json: bool = typer.Option(False, "--json", help="what exists now, as one JSON object on one line"),
 ) -> None:
     """Create the streams, KV buckets, object stores and durable consumers (as an admin identity).
 
@@ -55,14 +58,18 @@ def provision(
     if not (common.AUTH.user or common.AUTH.creds or common.AUTH.nkey) and not os.environ.get("MARKETBUS_CLI_IDENTITY"):
         os.environ["MARKETBUS_CLI_IDENTITY"] = "admin"  # the data dir's admin identity, when there is one
 
-    async def go() -> str:
+    async def go() -> Any:
         nc = await common.connect(nats_url)
         try:
-            return (await run_provision(nc.jetstream(), replicas or 1)).summary()
+            return await run_provision(nc.jetstream(), replicas or 1)
         finally:
             await nc.drain()
 
-    console.print(asyncio.run(go()))
+    report = asyncio.run(go())
+    if as_json:
+        json_line(dataclasses.asdict(report))
+    else:
+        console.print(report.summary())
 
 
 @app.command()

@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from marketbus.clients import RequestError
 from marketbus.contracts import errors as codes
@@ -87,6 +88,36 @@ def fail(message: str, code: int = USAGE) -> NoReturn:
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
+
+
+class OneLineErrors(TyperGroup):
+    """The top-level command group: a usage mistake Click detects itself (an unknown command or
+    option, a missing argument, ``--limit abc``) is one line on stderr, ``error: <what>; see
+    `<command> --help```, with exit code 2, like the mistakes the commands check (:func:`fail`).
+    Running a group without a command still prints its help."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        extra["windows_expand_args"] = windows_expand_args
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # Click's exceptions (Typer vendors Click) derive from it
+            if type(exc).__name__ == "NoArgsIsHelpError":  # Typer's own help screen, as before
+                return super().main(argv, prog_name, complete_var, standalone_mode=True, **extra)
+            ctx = getattr(exc, "ctx", None)
+            where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            sys.stderr.write(f"error: {message}{where}\n")
+            sys.stderr.flush()
+            sys.exit(getattr(exc, "exit_code", USAGE))
+        except typer.Abort:
+            sys.stderr.write("error: aborted\n")
+            sys.exit(1)
+        # what standalone mode does: typer.Exit(code) comes back as its code, a finished command as None
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def exit_code_for(error: RequestError) -> int:

@@ -8,6 +8,9 @@ same facts through the JetStream API and the bus itself:
   (messages the durable has not been delivered yet: the lag), ``..._ack_pending``,
   ``..._redelivered``, ``marketbus_jetstream_stream_messages`` / ``_bytes`` and the account's
   storage use and limit (the JetStream "disk").
+- :class:`ServerVarz` reads nats-server's own monitoring endpoint (``<url>/varz``, JSON) when
+  ``MARKETBUS_BUS_EXPORTER_NATS_MONITOR_URL`` is set (compose: ``http://nats:8222``) and re-exports
+  it: ``marketbus_nats_server_up``, connections, slow consumers, memory, messages in/out.
 - :class:`BusWatch` listens to ``status.>`` and ``export.status.>``: every ingestor's feeds from its
   heartbeats (events/s, age of the last event, state), the feed-status events (gap, stale...)
   counted, and finished export jobs.
@@ -238,11 +241,50 @@ class BusWatch:
 # -- the exporter: python -m marketbus.runtime.consumer_lag ----------------------------------------
 
 
+class ServerVarz:
+    """nats-server's monitoring endpoint (``/varz``: JSON Prometheus cannot scrape) as gauges.
+    ``marketbus_nats_server_up`` is 0 while the endpoint does not answer; the other gauges keep
+    their last values then."""
+
+    FIELDS: ClassVar[dict[str, tuple[str, str]]] = {
+        "connections": ("marketbus_nats_server_connections", "client connections (varz.connections)"),
+        "slow_consumers": ("marketbus_nats_server_slow_consumers", "clients too slow to read what they get"),
+        "mem": ("marketbus_nats_server_memory_bytes", "resident memory of nats-server (varz.mem)"),
+        "in_msgs": ("marketbus_nats_server_in_messages", "messages received since the server started"),
+        "out_msgs": ("marketbus_nats_server_out_messages", "messages sent since the server started"),
+        "subscriptions": ("marketbus_nats_server_subscriptions", "subscriptions (varz.subscriptions)"),
+    }
+
+    def __init__(self, url: str, registry: CollectorRegistry) -> None:
+        self.url = url.rstrip("/") + "/varz"
+        self.up = Gauge("marketbus_nats_server_up", "1 when nats-server's monitoring endpoint answered the last poll",
+                        registry=registry)
+        self.gauges = {key: Gauge(name, doc, registry=registry) for key, (name, doc) in self.FIELDS.items()}
+
+    async def poll(self) -> None:
+        import httpx  # only when configured
+
+        try:
+            async with httpx.AsyncClient(timeout=3.0) as client:
+                response = await client.get(self.url)
+                response.raise_for_status()
+                varz = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("nats-server monitoring endpoint %s: %r", self.url, exc)
+            self.up.set(0)
+            return
+        for key, gauge in self.gauges.items():
+            if isinstance(varz.get(key), int | float):
+                gauge.set(varz[key])
+        self.up.set(1)
+
+
 class BusExporterSettings(ServiceSettings, kw_only=True):
     env_prefix: ClassVar[str] = "MARKETBUS_BUS_EXPORTER_"
     http_port: int = 9108  # /metrics of the bus (README, Monitoring); 0 = any free
     poll_interval_s: float = 5.0
     disk_paths: list[str] = []  # data directories whose free space to report (the nats store...)
+    nats_monitor_url: str = ""  # nats-server's monitoring endpoint (http://nats:8222); empty = not read
 
 
 class BusExporter(Service):
@@ -260,6 +302,15 @@ class BusExporter(Service):
         self.bus_watch = BusWatch(self.nc, registry)
         await self.bus_watch.start()
         self.spawn(self._refresh_ages(), "feed-ages")
+        if self.settings.nats_monitor_url:
+            self.varz = ServerVarz(self.settings.nats_monitor_url, registry)
+            await self.varz.poll()
+            self.spawn(self._poll_varz(), "nats-varz")
+
+    async def _poll_varz(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            await self.varz.poll()
 
     async def _refresh_ages(self) -> None:
         while True:  # a feed whose heartbeats stopped keeps ageing

@@ -23,6 +23,9 @@ denied. Rules of the model:
 - ``reader`` (users' own consumers, dashboards) reads market/reference data, status, the feed set and export
   progress, and may create its own JetStream consumers on those streams, never touch a
   service's durable consumer.
+- ``consumer`` (users' consumers that derive events, ``marketbus.faststream``'s default identity):
+  what ``reader`` may, plus publishing and reading their own events under the namespaces for
+  derived events (:data:`DERIVED_NAMESPACES`), never under a marketbus namespace.
 - ``monitor`` (the bus exporter) reads JetStream information only (streams, consumers, the
   account: consumer lag) and the status / export-progress events; no payload of a stream.
 """
@@ -232,6 +235,19 @@ READER = Identity(
     publish_deny=_service_durables_deny(),
 )
 
+# Users' own derived events (bars, alerts, signals...): outside every marketbus namespace, so a
+# consumer can never forge market data, status or commands. Add a namespace here, then regenerate
+# the server authorization (`marketbus credentials`, deploy/nats/auth.conf).
+DERIVED_NAMESPACES: tuple[str, ...] = ("analytics.>", "alerts.>", "signals.>")
+
+CONSUMER = Identity(
+    name="consumer",
+    description="users' consumers: what reader may, plus their own derived events (analytics.>, alerts.>, signals.>)",
+    publish=(*READER.publish, *DERIVED_NAMESPACES),
+    subscribe=(*READER.subscribe[:-1], *DERIVED_NAMESPACES, *_inbox("consumer")),
+    publish_deny=_service_durables_deny(),
+)
+
 OPERATOR = Identity(
     name="operator", description="the CLI: what reader does, plus order commands, exports, news publishing, dead letters",
     publish=(*READER.publish, "export.create", "export.cancel", "orders.cmd.digitex.>", "orders.ctl.digitex",
@@ -271,7 +287,7 @@ SERVICE_IDENTITIES: tuple[Identity, ...] = (
     EXPORT_ORCHESTRATOR,
     REPLAY,
 )
-IDENTITIES: tuple[Identity, ...] = (*SERVICE_IDENTITIES, READER, OPERATOR, MONITOR, ADMIN)
+IDENTITIES: tuple[Identity, ...] = (*SERVICE_IDENTITIES, READER, CONSUMER, OPERATOR, MONITOR, ADMIN)
 BY_NAME: dict[str, Identity] = {i.name: i for i in IDENTITIES}
 
 
