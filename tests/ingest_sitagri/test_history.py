@@ -51,14 +51,17 @@ async def test_backfill_pages_across_the_cap(nats_url: str, bus: Collector) -> N
             # an expired delivery through the expired route, shifted by one hour
             year = time.gmtime().tm_year - 1
             ing.settings.expired_shift_s = -3600
-            n = await ing.backfill_expired(f"EURONEX/EMA/{year}/11", (now - 400 * 86400 * NS), now, "DAY")
+            # the delivery stopped trading on 5 November at 12:00 UTC: ask from 60 days before that (a
+            # window relative to today would shrink as the calendar moves on)
+            last_day = time.struct_time((year, 11, 5, 12, 0, 0, 0, 0, 0))
+            last_ns = int(__import__("calendar").timegm(last_day)) * NS
+            n = await ing.backfill_expired(f"EURONEX/EMA/{year}/11", last_ns - 60 * 86400 * NS, now, "DAY")
             assert n >= 10  # the daily bars of its last weeks of trading
             code = f"EMAX{year % 100:02d}"
             await wait_for(lambda: len(bus.of(Bar, symbol=code)) >= n, what="expired bars")
             bars = bus.of(Bar, symbol=code)
             assert all(b.interval == "1d" and b.low <= b.close <= b.high for b in bars)
-            # the delivery stopped trading on 5 November at 12:00 UTC; SHIFT moved every time 1 h back
-            last_day = time.struct_time((year, 11, 5, 12, 0, 0, 0, 0, 0))
+            # SHIFT moved every time 1 h back
             assert max(b.ts_event for b in bars) <= (int(__import__("calendar").timegm(last_day)) - 3600) * NS
 
 
