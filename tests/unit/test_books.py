@@ -180,3 +180,25 @@ def test_change_of_is_the_checked_constructor_without_the_second_check() -> None
     assert change_of("bid", BookLevel(D(1), D(2))) is not change_of("bid", BookLevel(D(1), D(2)))
     with pytest.raises(KeyError):
         change_of("middle", BookLevel(D(1), D(2)))  # type: ignore[arg-type]
+
+
+def test_a_delta_that_cannot_apply_leaves_the_book_as_it_was() -> None:
+    """The builder applies a delta in place and undoes it when a later change cannot apply: a
+    level added, changed and removed again before the bad change are all rolled back."""
+    builder = BookBuilder()
+    base = msgspec.structs.replace(snap(0, [("10", "1", 2), ("9", "4", None)], [("11", "1", None)]), sequence=1)
+    assert builder.apply(base) == "snapshot"
+    assert builder.best_bid() == base.bids[0] and builder.best_ask() == base.asks[0]
+    bad = BookDelta(id="d", source="digitex", venue="V", symbol="X", ts_event=2, ts_recv=2, sequence=2, prev_sequence=1,
+                    changes=[BookChange("bid", D(12), D(5)), BookChange("bid", D(10), D(3), 1),
+                             BookChange("bid", D(9), D(0)), BookChange("bid", D(12), D(0)),
+                             BookChange("ask", D(99), D(0))])
+    assert builder.apply(bad) == "bad" and not builder.synced
+    assert builder.bids() == base.bids and builder.asks() == base.asks and builder.sequence == 1
+    assert builder.apply(msgspec.structs.replace(base, sequence=3)) == "snapshot"
+    good = msgspec.structs.replace(bad, sequence=4, prev_sequence=3, changes=bad.changes[:3])
+    assert builder.apply(good) == "delta"
+    assert builder.bids() == [BookLevel(D(12), D(5)), BookLevel(D(10), D(3), 1)]
+    assert builder.best_bid() == BookLevel(D(12), D(5))
+    empty = BookBuilder()
+    assert empty.best_bid() is None and empty.best_ask() is None

@@ -21,9 +21,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
+from msgspec.structs import force_setattr
+
 from marketbus.contracts.market import BookDelta, BookLevel, BookSnapshot
 
 State = Literal["waiting", "synced"]
+_LEVEL = BookLevel(Decimal(1), Decimal(1))  # the template of the levels a delta sets
 Outcome = Literal["snapshot", "delta", "checked", "mismatch", "stale", "gap", "bad", "waiting"]
 
 
@@ -54,6 +57,14 @@ class BookBuilder:
     def asks(self) -> list[BookLevel]:
         """Ask levels, best (lowest) first."""
         return [self._asks[p] for p in sorted(self._asks)]
+
+    def best_bid(self) -> BookLevel | None:
+        """The highest bid (None when the side is empty), without sorting the side."""
+        return self._bids[max(self._bids)] if self._bids else None
+
+    def best_ask(self) -> BookLevel | None:
+        """The lowest ask (None when the side is empty), without sorting the side."""
+        return self._asks[min(self._asks)] if self._asks else None
 
     def matches(self, snapshot: BookSnapshot) -> bool:
         """The book has exactly the snapshot's levels (prices, sizes, orders)."""
@@ -97,14 +108,32 @@ class BookBuilder:
             self.gaps += 1
             self.state = "waiting"
             return "gap"
-        bids, asks = dict(self._bids), dict(self._asks)  # applied whole or not at all
+        # applied in place, whole or not at all: what each change replaced is kept to undo the
+        # delta when a later change cannot apply (cheaper than copying both sides per delta)
+        bids, asks = self._bids, self._asks
+        undo: list[tuple[dict[Decimal, BookLevel], Decimal, BookLevel | None]] = []
+        copy, set_ = _LEVEL.__copy__, force_setattr
         for change in delta.changes:
             side = bids if change.side == "bid" else asks
+            price = change.price
             if change.size:
-                side[change.price] = BookLevel(change.price, change.size, change.orders)
-            elif side.pop(change.price, None) is None:
-                return self._bad()
-        self._bids, self._asks = bids, asks
+                # an unchecked copy: the values are a checked BookChange's (the same invariants)
+                level = copy()
+                set_(level, "price", price)
+                set_(level, "size", change.size)
+                set_(level, "orders", change.orders)
+                undo.append((side, price, side.get(price)))
+                side[price] = level
+            else:
+                was = side.pop(price, None)
+                if was is None:
+                    for side, price, level in reversed(undo):
+                        if level is None:
+                            del side[price]
+                        else:
+                            side[price] = level
+                    return self._bad()
+                undo.append((side, price, was))
         self.sequence, self.ts_event = delta.sequence, delta.ts_event
         self.deltas += 1
         return "delta"
