@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from marketbus.books import BookDeltas
+from marketbus.books import BookDeltas, register_deltas
 from marketbus.contracts.market import BookSnapshot
 from marketbus.runtime.ingest import BUS_ERRORS
 
@@ -37,6 +37,7 @@ class SitagriBooks:
         self.ing = ingestor
         self.quotes = quotes  # the listened quotes (refs)
         self.deltas = BookDeltas(ingestor.source, snapshot_interval_s=ingestor.settings.book_snapshot_interval_s)
+        register_deltas(ingestor.metrics.registry, self.deltas)  # per-book snapshots, deltas, resyncs
         self.polls = 0
 
     async def loop(self) -> None:

@@ -18,6 +18,7 @@ sequence) is counted as ``bad`` and the builder waits for a snapshot: it never r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Literal
 
@@ -26,7 +27,7 @@ from msgspec.structs import force_setattr
 from marketbus.contracts.market import BookDelta, BookLevel, BookSnapshot
 
 State = Literal["waiting", "synced"]
-_LEVEL = BookLevel(Decimal(1), Decimal(1))  # the template of the levels a delta sets
+_NEW_LEVEL: Callable[[], BookLevel] = BookLevel(Decimal(1), Decimal(1)).__copy__  # type: ignore[attr-defined]
 Outcome = Literal["snapshot", "delta", "checked", "mismatch", "stale", "gap", "bad", "waiting"]
 
 
@@ -45,6 +46,9 @@ class BookBuilder:
         self.checked = 0
         self.snapshots = 0
         self.deltas = 0
+        self.stale = 0  # duplicates and late messages, ignored
+        self.ignored = 0  # deltas ignored while waiting for a snapshot
+        self.resyncs = 0  # snapshots that brought the book back in sync after a gap or a bad delta
 
     @property
     def synced(self) -> bool:
@@ -79,6 +83,7 @@ class BookBuilder:
         seq = book.sequence
         if self.synced and seq is not None and self.sequence is not None:
             if seq < self.sequence:
+                self.stale += 1
                 return "stale"
             if seq == self.sequence:
                 self.checked += 1
@@ -88,6 +93,8 @@ class BookBuilder:
                 self.mismatches += 1
                 self._reset(book)
                 return "mismatch"
+        if self.state == "waiting" and self.snapshots:
+            self.resyncs += 1
         self._reset(book)
         return "snapshot"
 
@@ -99,10 +106,12 @@ class BookBuilder:
 
     def _delta(self, delta: BookDelta) -> Outcome:
         if not self.synced:
+            self.ignored += 1
             return "waiting"
         if delta.sequence is None or delta.prev_sequence is None or self.sequence is None:
             return self._bad()
         if delta.sequence <= self.sequence:
+            self.stale += 1
             return "stale"
         if delta.prev_sequence != self.sequence:
             self.gaps += 1
@@ -112,7 +121,7 @@ class BookBuilder:
         # delta when a later change cannot apply (cheaper than copying both sides per delta)
         bids, asks = self._bids, self._asks
         undo: list[tuple[dict[Decimal, BookLevel], Decimal, BookLevel | None]] = []
-        copy, set_ = _LEVEL.__copy__, force_setattr
+        copy, set_ = _NEW_LEVEL, force_setattr
         for change in delta.changes:
             side = bids if change.side == "bid" else asks
             price = change.price
@@ -127,11 +136,11 @@ class BookBuilder:
             else:
                 was = side.pop(price, None)
                 if was is None:
-                    for side, price, level in reversed(undo):
-                        if level is None:
-                            del side[price]
+                    for changed, at, before in reversed(undo):
+                        if before is None:
+                            del changed[at]
                         else:
-                            side[price] = level
+                            changed[at] = before
                     return self._bad()
                 undo.append((side, price, was))
         self.sequence, self.ts_event = delta.sequence, delta.ts_event

@@ -62,7 +62,8 @@ class Side:
 # The hot path builds its BookChanges by copying a template and setting the three fields (what
 # ``change_of`` does), inlined in the loop: a Python call per level is a third of the per-level
 # cost when every level changes. The values are a checked BookLevel's (see ``change_of``).
-_TEMPLATE = {side: BookChange(side, Decimal(1), Decimal(1)) for side in ("bid", "ask")}  # type: ignore[arg-type]
+_COPY: dict[str, Callable[[], BookChange]] = {  # side -> a copier of a template change
+    side: BookChange(side, Decimal(1), Decimal(1)).__copy__ for side in ("bid", "ask")}  # type: ignore[attr-defined]
 
 
 def diff_side(side: str, old: Side, levels: list[BookLevel], better: Callable[[Any, Any], bool],
@@ -76,7 +77,7 @@ def diff_side(side: str, old: Side, levels: list[BookLevel], better: Callable[[A
         # the usual case: the same ladder, some sizes changed. One pass compares the levels
         # (struct equality, in C) and builds a change for each changed one; a changed price means
         # another ladder (the general path below). The prices of a same ladder are the old ones.
-        copy, set_ = _TEMPLATE[side].__copy__, force_setattr
+        copy, set_ = _COPY[side], force_setattr
         append = out.append
         for lv, was in zip(levels, was_levels):
             if lv != was:
@@ -123,6 +124,10 @@ class BookState:
     snapshot_seq: int = -1  # sequence of the last snapshot
     synced: bool = False  # False: the next observation is published as a snapshot, for ``pending``
     pending: str = "first"
+    # what :mod:`marketbus.books.metrics` exports per book
+    deltas: int = 0
+    resyncs: int = 0  # times the book lost sync (a failed poll or publish, a reconnect)
+    snapshots: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
 
 
 class BookDeltas:
@@ -145,6 +150,8 @@ class BookDeltas:
         """The next observation of ``key`` (of every book when None) is published as a snapshot."""
         for k, state in self.books.items():
             if key is None or k == key:
+                if state.synced:  # counted once per loss of sync, not per failed attempt after it
+                    state.resyncs += 1
                 state.synced, state.pending = False, "resync"
 
     def sequence(self, key: Key) -> int | None:
@@ -175,6 +182,7 @@ class BookDeltas:
         prev = state.sequence
         state.sequence = seq = prev + 1
         self.counts["delta"] += 1
+        state.deltas += 1
         delta = BookDelta(id=event_id(self.source, "book_delta", book.venue, book.symbol, seq), source=book.source,
                           venue=book.venue, symbol=book.symbol, ts_event=book.ts_event, ts_recv=book.ts_recv,
                           replay=book.replay, changes=changes, sequence=seq, prev_sequence=prev)
@@ -191,6 +199,7 @@ class BookDeltas:
             state.pending = "unordered"
         state.snapshot_at, state.snapshot_seq = self.clock(), state.sequence
         self.counts[reason] += 1
+        state.snapshots[reason] += 1
         return msgspec.structs.replace(
             book, id=event_id(self.source, "book", book.venue, book.symbol, state.sequence, book.ts_recv),
             sequence=state.sequence)
@@ -210,5 +219,5 @@ class BookDeltas:
 
     def health(self) -> dict[str, Any]:
         return {"counts": dict(self.counts),
-                "books": {f"{v}/{s}": {"sequence": st.sequence, "synced": st.synced}
+                "books": {f"{v}/{s}": {"sequence": st.sequence, "synced": st.synced, "resyncs": st.resyncs}
                           for (v, s), st in self.books.items()}}
