@@ -2,7 +2,18 @@
 whose source has order books, polled in one batch every ``order_book_interval_s``; each observed
 book is handed to :class:`marketbus.books.BookDeltas` (a snapshot first and every
 ``book_snapshot_interval_s``, deltas with a per-book sequence in between). A failed poll or
-publish makes the next observation of the books a snapshot."""
+publish makes the next observation of the books a snapshot.
+
+**Why polled, not pushed.** Sitagri pushes nothing for depth: its netbus (the ``/api/netbus``
+WebSocket and its long-polling twin) has listeners for prices (``{quoteRef}/price/register``,
+pushing marketPrice/cashPrice/indexPrice objects) and for news
+(``/news/sources/{SRC}/article/register``) only; an order book exists solely as the request
+``{quoteRef}/orderBook`` (Sitagri API documentation: "Websocket /api/netbus" and the reference
+grammar table; the sandbox in ``services/sandbox/sitagri/api.py`` serves exactly these, and
+answers ``.../orderBook/register`` as an unknown reference). So the books are observed by
+polling, and the deltas are computed from successive polls (:class:`marketbus.books.BookDeltas`).
+A pushed price does not say the book changed (a quote's last/bid/ask move independently of its
+depth rows), so it cannot trigger a poll either."""
 
 from __future__ import annotations
 
