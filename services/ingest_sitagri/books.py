@@ -12,8 +12,8 @@ pushing marketPrice/cashPrice/indexPrice objects) and for news
 grammar table; the sandbox in ``services/sandbox/sitagri/api.py`` serves exactly these, and
 answers ``.../orderBook/register`` as an unknown reference). So the books are observed by
 polling, and the deltas are computed from successive polls (:class:`marketbus.books.BookDeltas`).
-A pushed price does not say the book changed (a quote's last/bid/ask move independently of its
-depth rows), so it cannot trigger a poll either."""
+(A pushed price whose bid/ask moved hints that the top of the book moved, but the depth rows
+still have to be requested: the periodic batch poll does that for every listened quote at once.)"""
 
 from __future__ import annotations
 
