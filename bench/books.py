@@ -73,64 +73,72 @@ def load_at(rev: str) -> tuple[Any, Any]:
     return mods["delta"].BookDeltas, mods["builder"].BookBuilder
 
 
-def measure(stream: list[BookSnapshot], rounds: int = 9, deltas_cls: Any = BookDeltas,
-            builder_cls: Any = BookBuilder) -> tuple[float, float, float, int, float]:
-    """(deltas/s, deltas+encode/s, snapshot encode/s, events per update, builder applies/s) for
-    one stream."""
+def _time(run: Any) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def measure(stream: list[BookSnapshot], versions: list[tuple[Any, Any]], rounds: int = 9,
+            ) -> tuple[float, list[tuple[float, float, int, float]]]:
+    """The snapshot encode reference (updates/s) and, per version ``(BookDeltas, BookBuilder)``,
+    (deltas/s, deltas+encode/s, deltas per stream, builder applies/s) for one stream. Every round
+    runs the reference and every version in turn (interleaved: a change of host load hits all)."""
     encode = codec.encode
-    best = [float("inf")] * 4
-    events = 0
-    published: list[Any] = []
-    for _ in range(rounds):
-        deltas = deltas_cls("digitex", snapshot_interval_s=1e12)
-        update = deltas.update
+    reference = float("inf")
+    best = [[float("inf")] * 3 for _ in versions]
+    events = [0] * len(versions)
+    published: list[list[Any]] = []
+    for deltas_cls, _ in versions:  # the events a consumer applies: the first snapshot, then the deltas
+        update = deltas_cls("digitex", snapshot_interval_s=1e12).update
+        published.append([event for book in stream for event in update(book)])
+
+    def compute(deltas_cls: Any) -> None:
+        update = deltas_cls("digitex", snapshot_interval_s=1e12).update
         update(stream[0])
-        start = time.perf_counter()
         for book in stream:
             update(book)
-        best[0] = min(best[0], time.perf_counter() - start)
 
+    def compute_encode(deltas_cls: Any, i: int) -> None:
         deltas = deltas_cls("digitex", snapshot_interval_s=1e12)
         update = deltas.update
         update(stream[0])
-        start = time.perf_counter()
         for book in stream:
             for event in update(book):
                 encode(event)
-        best[1] = min(best[1], time.perf_counter() - start)
-        events = deltas.counts["delta"]
+        events[i] = deltas.counts["delta"]
 
-        start = time.perf_counter()
+    def snapshots() -> None:
         for book in stream:
             encode(book)
-        best[2] = min(best[2], time.perf_counter() - start)
 
-        if not published:  # the events a consumer applies: the first snapshot, then the deltas
-            update = deltas_cls("digitex", snapshot_interval_s=1e12).update
-            for book in stream:
-                published += update(book)
+    def build(builder_cls: Any, i: int) -> None:
         builder = builder_cls()
         apply = builder.apply
-        start = time.perf_counter()
-        for event in published:
+        for event in published[i]:
             apply(event)
-        best[3] = min(best[3], time.perf_counter() - start)
         assert builder.synced, "the builder lost the book"
+
+    for _ in range(rounds):
+        reference = min(reference, _time(snapshots))
+        for i, (deltas_cls, builder_cls) in enumerate(versions):
+            best[i][0] = min(best[i][0], _time(lambda: compute(deltas_cls)))  # noqa: B023 - called at once
+            best[i][1] = min(best[i][1], _time(lambda: compute_encode(deltas_cls, i)))  # noqa: B023
+            best[i][2] = min(best[i][2], _time(lambda: build(builder_cls, i)))  # noqa: B023
     n = len(stream)
-    return n / best[0], n / best[1], n / best[2], events, (len(published) - 1) / best[3]
+    return n / reference, [(n / b[0], n / b[1], events[i], (len(published[i]) - 1) / b[2])
+                           for i, b in enumerate(best)]
 
 
 def main(against: str | None = None) -> list[str]:
     header = "| benchmark (20 levels a side, one core) | result | target | reference: full snapshot encode (same run) | ratio |"
     rows = [header, "|---|---|---|---|---|"]
-    before = load_at(against) if against else None
+    versions = [("", (BookDeltas, BookBuilder))]
+    if against:
+        versions.append((f" [at {against}]", load_at(against)))
     for name, every in (("typical", False), ("every level changes", True)):
-        stream = books(every)
-        for label, classes in (("", (BookDeltas, BookBuilder)), (f" [at {against}]", before)):
-            if classes is None:
-                continue
-            compute, with_encode, snapshot, deltas, applied = measure(stream, deltas_cls=classes[0],
-                                                                     builder_cls=classes[1])
+        snapshot, results = measure(books(every), [classes for _, classes in versions])
+        for (label, _), (compute, with_encode, deltas, applied) in zip(versions, results, strict=True):
             rows.append(f"| books: delta computation, {name}{label} | {compute:,.0f} updates/s | >= {TARGET:,}/s | "
                         f"{snapshot:,.0f}/s | x{compute / snapshot:.2f} |")
             rows.append(f"| books: delta computation + encode, {name} ({deltas:,} deltas){label} | {with_encode:,.0f} "
