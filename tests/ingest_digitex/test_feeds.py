@@ -93,6 +93,11 @@ async def test_collection_periods_follow_the_data_flow(nats_server: NatsServer, 
     try:
         async with make(nats_server, sb, markets=[BTC], **fast) as ing, httpx.AsyncClient(base_url=sb.url) as http:
             first = await settled(1, True)
+            # the flow record is refreshed every few seconds, not rewritten in a loop by its own watch
+            kv = await nc.jetstream().key_value(contract.BUCKET)
+            before = (await kv.get(flow_key("digitex"))).revision
+            await asyncio.sleep(1.0)
+            assert (await kv.get(flow_key("digitex"))).revision - before <= 2
             await http.post("/_sandbox/digitex/faults", json={"maintenance": True})
             await wait_for(lambda: ing._connected is False, 10, what="the outage")
             down = await settled(1, False)
@@ -108,8 +113,6 @@ async def test_collection_periods_follow_the_data_flow(nats_server: NatsServer, 
             await settled(3, True)  # a start opens one
 
         # a crash: an instance whose entry stopped being refreshed a minute ago left a period open
-        js = nc.jetstream()
-        kv = await js.key_value(contract.BUCKET)
         now = time.time_ns()
         crashed_start, crashed_seen = now - 120 * 10**9, now - 60 * 10**9
         record = await feeds.get("digitex", BTC)

@@ -309,7 +309,11 @@ class FeedControl:
         raise Refused(codes.CONFLICT, f"the flow record {key} is changing concurrently")
 
     async def _update_period(self, key: str, open_: bool, now_ns: int, *, close_at: int | None = None) -> None:
-        """Open or close the feed's last period in the bucket (compare-and-set, retried)."""
+        """Open or close the feed's last period in the bucket (compare-and-set, retried); nothing
+        to do by the watched copy: no request (the periodic refresh runs over every feed)."""
+        cached = self.feeds.get(key)
+        if cached is None or set_period(cached, open_, now_ns, close_at=close_at) is None:
+            return
         for _ in range(CAS_ATTEMPTS):
             try:
                 entry = await self.kv.get(key)
@@ -361,6 +365,8 @@ class FeedControl:
                             self.feeds[feed.key] = feed
                         elif entry.deleted:  # an operator deleted the key: stop collecting it
                             self.feeds.pop(entry.key, None)
+                        else:  # a marker (the flow record, refreshed every few seconds) or unreadable
+                            continue
                         self._changed.set()
             except asyncio.CancelledError:
                 raise
