@@ -221,7 +221,8 @@ class FeedControl:
         self.ing.spawn(self._apply_forever(), "feeds-apply")
         self.ing.spawn(self._watch(), "feeds-watch")
         await self._ready.wait()
-        await self.sync_periods()  # the periods a dead predecessor left open close, ours open
+        # first thing (not awaited: the start does not wait for it): the periods a dead
+        # predecessor left open close, ours open
         self.ing.spawn(self._flow_forever(), "feeds-flow")
 
     # --- periods follow the data flow -----------------------------------------------------------
@@ -248,13 +249,13 @@ class FeedControl:
 
     async def _flow_forever(self) -> None:
         while True:
-            await asyncio.sleep(FLOW_EVERY_S)
             try:
                 await self.sync_periods()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.ing.log.warning("feeds of %s: the flow record could not be refreshed: %r", self.vendor, exc)
+            await asyncio.sleep(FLOW_EVERY_S)
 
     async def sync_periods(self) -> None:
         """Refresh this instance's flow entry, then open or close the active feeds' periods."""
