@@ -1,30 +1,42 @@
 """A spread monitor that raises its own events: quotes and books in, alerts out.
 
-Consumes top-of-book quotes (``md.quote.>``) and order-book snapshots (``md.book.>``) through
-JetStream durables on stream MD, computes the bid/ask spread in basis points of the mid price and,
-when it crosses ``SPREAD_ALERT_BPS``, publishes a :class:`SpreadAlert` on
+Consumes top-of-book quotes (``md.quote.>``) and order books as snapshot + deltas
+(``md.book.>`` and ``md.book_delta.>``, one durable with both filters, so the two arrive in the
+order they were published) through JetStream durables on stream MD. The books are kept by
+:class:`marketbus.books.BookBuilders`: every delta moves the best bid/ask, not only the periodic
+snapshots; a missed delta (a gap) is detected and the book waits for the next snapshot (no
+alert is judged on a book out of sync). The bid/ask spread is computed in basis points of the mid
+price and, when it crosses ``SPREAD_ALERT_BPS``, a :class:`SpreadAlert` is published on
 ``alerts.spread.<source>.<venue>.<symbol>`` — its own subject, outside ``md.>`` and every
 marketbus stream (plain NATS: subscribe to ``alerts.>`` to get them). One alert when the spread
 widens past the threshold, one when it comes back ("cleared"); nothing while it stays on one side.
 
     NATS_URL=nats://127.0.0.1:4222 faststream run examples.spread_alerts:app
 
-Settings (env): ``SPREAD_ALERT_BPS`` (50), ``SPREAD_DURABLE`` (``spread_alerts``),
-``SPREAD_REPLAY_FROM`` (ISO time).
+Settings (env): ``SPREAD_ALERT_BPS`` (50), ``SPREAD_DURABLE`` (``spread_alerts``; the durables
+are ``<durable>_quote`` and ``<durable>_books``), ``SPREAD_REPLAY_FROM`` (ISO time),
+``SPREAD_METRICS_PORT`` (unset: no HTTP; ``0``: any free port, logged) for ``/metrics``: the
+books' gaps, resyncs and outcomes (:mod:`marketbus.books.metrics`, ``consumer="spread_alerts"``).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar, Literal
 
 import msgspec
+import prometheus_client
 from faststream import FastStream
 
-from marketbus.contracts.market import BookSnapshot, Quote
+from marketbus.books import BookBuilders, register_builders
+from marketbus.contracts.market import BookDelta, BookSnapshot, Quote
 from marketbus.faststream import Events, consumer_broker, durable_subscriber
+from marketbus.runtime.http import AsgiServer
 from marketbus.runtime.settings import Settings, load_settings
+
+log = logging.getLogger("spread_alerts")
 
 
 class SpreadSettings(Settings, kw_only=True):
@@ -32,6 +44,8 @@ class SpreadSettings(Settings, kw_only=True):
     alert_bps: Decimal = Decimal(50)
     durable: str = "spread_alerts"
     replay_from: str = ""
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 class SpreadAlert(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,9 +88,27 @@ settings = load_settings(SpreadSettings)
 broker = consumer_broker("spread-alerts")
 app = FastStream(broker)
 watch = SpreadWatch(settings.alert_bps)
+books = BookBuilders()
+register_builders(prometheus_client.REGISTRY, books, "spread_alerts")
 alerts = broker.publisher("alerts.spread", title="alerts.spread.<source>.<venue>.<symbol>",
                           description="spread crossed the threshold (wide) or came back (cleared)")
 start_time = datetime.fromisoformat(settings.replay_from) if settings.replay_from else None
+metrics_server: AsgiServer | None = None
+
+
+@app.on_startup
+async def serve_metrics() -> None:
+    global metrics_server
+    if settings.metrics_port is not None:
+        metrics_server = await AsgiServer(prometheus_client.make_asgi_app(), settings.metrics_host,
+                                          settings.metrics_port, lifespan="off").start()
+        log.info("spread_alerts metrics on %s/metrics", metrics_server.url)
+
+
+@app.after_shutdown
+async def stop_metrics() -> None:
+    if metrics_server is not None:
+        await metrics_server.stop()
 
 
 async def _emit(alert: SpreadAlert | None) -> None:
@@ -91,9 +123,15 @@ async def on_quotes(quotes: Events[Quote]) -> None:
         await _emit(watch.check(q.source, q.venue, q.symbol, q.ts_event, q.bid_price, q.ask_price))
 
 
-@durable_subscriber(broker, "md.book.>", f"{settings.durable}_book", deliver="new", start_time=start_time)
-async def on_books(books: Events[BookSnapshot]) -> None:
-    for b in books:
-        bid = b.bids[0].price if b.bids else None
-        ask = b.asks[0].price if b.asks else None
-        await _emit(watch.check(b.source, b.venue, b.symbol, b.ts_event, bid, ask))
+@durable_subscriber(broker, ["md.book.>", "md.book_delta.>"], f"{settings.durable}_books", deliver="new",
+                    start_time=start_time)
+async def on_books(events: Events[BookSnapshot | BookDelta]) -> None:
+    for event in events:
+        outcome = books.apply(event)
+        if outcome not in ("snapshot", "delta", "mismatch"):
+            continue  # nothing moved (a check, a duplicate) or the book is out of sync (a gap: waiting)
+        book = books.get(event.source, event.venue, event.symbol)
+        assert book is not None and book.synced
+        bid, ask = book.best_bid(), book.best_ask()
+        await _emit(watch.check(event.source, event.venue, event.symbol, event.ts_event,
+                                bid.price if bid else None, ask.price if ask else None))

@@ -161,6 +161,7 @@ class DigitexIngestor(Ingestor):
         self.metrics.feed_state.labels(self.source, "api").set(1 if ok else 0)
         await self.publish_feed_status(self.source, "connected" if ok else "disconnected", detail=detail,
                                        venue=NO_VENUE, symbol=NO_VENUE, feed="digitex/api")
+        await self.session_flowing(ok)
 
     async def _loop(self, poll: Callable[..., Awaitable[None]], state: MarketState, interval: float,
                     *args: Any) -> None:

@@ -5,7 +5,7 @@ poll or publish makes the next observation a snapshot (a consumer may have misse
 
 from __future__ import annotations
 
-from marketbus.books import BookDeltas
+from marketbus.books import BookDeltas, register_deltas
 
 from . import normalize
 from .parts import DigitexHost, MarketState
@@ -15,6 +15,7 @@ class DigitexBooks:
     def __init__(self, ingestor: DigitexHost) -> None:
         self.ing = ingestor
         self.deltas = BookDeltas(ingestor.source, snapshot_interval_s=ingestor.settings.book_snapshot_interval_s)
+        register_deltas(ingestor.metrics.registry, self.deltas)  # per-book snapshots, deltas, resyncs
 
     async def poll(self, state: MarketState) -> None:
         ing = self.ing

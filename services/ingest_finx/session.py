@@ -48,6 +48,7 @@ class FinxSession:
             self.sessions += 1
             ing.metrics.feed_state.labels(ing.source, "session").set(1)
             await ing.publish_feed_status(ing.source, "connected", detail=client.safe_url, **_SESSION_FEED)
+            await ing.session_flowing(True)
             ended: Literal["disconnected", "blocked"] = "disconnected"
             try:
                 await self.session()
@@ -65,6 +66,8 @@ class FinxSession:
             lost_at = ing.now_ns()
             with contextlib.suppress(*BUS_ERRORS):
                 await ing.publish_feed_status(ing.source, ended, detail=reason, **_SESSION_FEED)
+            with contextlib.suppress(*BUS_ERRORS):
+                await ing.session_flowing(False)
             for state in ing.pairs.values():
                 # Whatever happened from the cursor on is missing until the back-fill catches up.
                 assert state.tracker is not None

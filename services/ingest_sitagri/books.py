@@ -2,7 +2,18 @@
 whose source has order books, polled in one batch every ``order_book_interval_s``; each observed
 book is handed to :class:`marketbus.books.BookDeltas` (a snapshot first and every
 ``book_snapshot_interval_s``, deltas with a per-book sequence in between). A failed poll or
-publish makes the next observation of the books a snapshot."""
+publish makes the next observation of the books a snapshot.
+
+**Why polled, not pushed.** Sitagri pushes nothing for depth: its netbus (the ``/api/netbus``
+WebSocket and its long-polling twin) has listeners for prices (``{quoteRef}/price/register``,
+pushing marketPrice/cashPrice/indexPrice objects) and for news
+(``/news/sources/{SRC}/article/register``) only; an order book exists solely as the request
+``{quoteRef}/orderBook`` (Sitagri API documentation: "Websocket /api/netbus" and the reference
+grammar table; the sandbox in ``services/sandbox/sitagri/api.py`` serves exactly these, and
+answers ``.../orderBook/register`` as an unknown reference). So the books are observed by
+polling, and the deltas are computed from successive polls (:class:`marketbus.books.BookDeltas`).
+(A pushed price whose bid/ask moved hints that the top of the book moved, but the depth rows
+still have to be requested: the periodic batch poll does that for every listened quote at once.)"""
 
 from __future__ import annotations
 
@@ -12,7 +23,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from marketbus.books import BookDeltas
+from marketbus.books import BookDeltas, register_deltas
 from marketbus.contracts.market import BookSnapshot
 from marketbus.runtime.ingest import BUS_ERRORS
 
@@ -37,6 +48,7 @@ class SitagriBooks:
         self.ing = ingestor
         self.quotes = quotes  # the listened quotes (refs)
         self.deltas = BookDeltas(ingestor.source, snapshot_interval_s=ingestor.settings.book_snapshot_interval_s)
+        register_deltas(ingestor.metrics.registry, self.deltas)  # per-book snapshots, deltas, resyncs
         self.polls = 0
 
     async def loop(self) -> None:

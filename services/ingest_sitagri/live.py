@@ -159,6 +159,7 @@ class SitagriLive:
                     lost_at = self.lost()
                 ing.metrics.feed_state.labels(ing.source, "netbus").set(0)
                 await ing.publish_feed_status(ing.source, "disconnected", detail=f"{self.transport}: {exc}", feed=FEED)
+                await ing.session_flowing(False)
                 if mode == "longpoll" and s.transport == "auto":
                     mode, ws_failures = "websocket", 0  # after an outage, try the websocket first
                 await backoff.sleep()
@@ -261,6 +262,7 @@ class SitagriLive:
         bad = failed_registrations(refs, replies)
         detail = f"{transport}, {len(refs) - len(bad)}/{len(refs)} listeners"
         await ing.publish_feed_status(ing.source, "connected", detail=detail, feed=FEED)
+        await ing.session_flowing(True)
         for ref, reply in zip(refs, replies, strict=False):
             if ref in bad:
                 ing.log.warning("listener %s refused: %s", ref, reply)

@@ -158,6 +158,8 @@ class TickSupplyIngestor(Ingestor):
         try:
             if ds is None:
                 await self.publish_feed_status(self.source, state, **kw)
+                if state in ("connected", "disconnected"):  # the session: the feeds' periods follow
+                    await self.session_flowing(state == "connected")
             else:
                 await self.publish_feed_status(self.source, state, venue=ds.venue, symbol=ds.symbol,
                                                kind=KIND_OF_STREAM.get(ds.stream_type), **kw)

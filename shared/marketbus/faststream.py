@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -234,9 +234,10 @@ def durable_config(
 
 
 def durable_subscriber(
-    broker: NatsBroker, subject: str, durable: str, *, deliver: Deliver = "all", start_time: datetime | None = None,
-    batch_size: int = 256, fetch_timeout_s: float = 1.0, ack_wait_s: float = 30.0, max_deliver: int = 20,
-    ack_policy: AckPolicy = AckPolicy.NACK_ON_ERROR, decoder: Callable[..., Any] = decode_events, **kwargs: Any,
+    broker: NatsBroker, subject: str | Sequence[str], durable: str, *, deliver: Deliver = "all",
+    start_time: datetime | None = None, batch_size: int = 256, fetch_timeout_s: float = 1.0, ack_wait_s: float = 30.0,
+    max_deliver: int = 20, ack_policy: AckPolicy = AckPolicy.NACK_ON_ERROR,
+    decoder: Callable[..., Any] = decode_events, **kwargs: Any,
 ) -> Any:
     """``@broker.subscriber`` for a JetStream durable pull consumer on the stream holding ``subject``.
 
@@ -246,13 +247,25 @@ def durable_subscriber(
     Handlers receive :data:`Events` (``decode_events``) unless another decoder is given. The
     pull requests' reply inbox is the broker identity's own (``_INBOX.<identity>.``: with auth on,
     the only one it may read).
+
+    ``subject`` may be several subjects of one stream (``["md.book.>", "md.book_delta.>"]``):
+    one consumer with those filter subjects (NATS 2.10+) delivers their messages in the order the
+    stream stored them, which two consumers cannot (a book's deltas must follow its snapshot).
     """
     if broker in _INBOX_PREFIXES:
         kwargs.setdefault("inbox_prefix", f"{_INBOX_PREFIXES[broker]}.".encode())
+    subjects = [subject] if isinstance(subject, str) else list(subject)
+    if not subjects:
+        raise ValueError("a durable subscriber needs a subject")
+    stream = stream_for(subjects[0])
+    if any(stream_spec_for(s).name != stream.name for s in subjects[1:]):
+        raise ValueError(f"one durable reads one stream: {subjects} are not all in {stream.name}")
+    config = durable_config(durable, deliver=deliver, start_time=start_time, ack_wait_s=ack_wait_s,
+                            max_deliver=max_deliver)
+    if len(subjects) > 1:
+        config.filter_subjects = subjects  # no filter_subject: JetStream takes one or the other
     return broker.subscriber(
-        subject, stream=stream_for(subject), durable=durable,
-        config=durable_config(durable, deliver=deliver, start_time=start_time, ack_wait_s=ack_wait_s,
-                              max_deliver=max_deliver),
+        subjects[0] if len(subjects) == 1 else "", stream=stream, durable=durable, config=config,
         pull_sub=PullSub(batch_size=batch_size, timeout=fetch_timeout_s), decoder=decoder,
         ack_policy=ack_policy, **kwargs,
     )

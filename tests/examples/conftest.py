@@ -32,9 +32,9 @@ def quote(i: int, bid: str, ask: str) -> Quote:
                  bid_price=Decimal(bid), ask_price=Decimal(ask))
 
 
-def book(i: int, bid: str, ask: str) -> BookSnapshot:
+def book(i: int, bid: str, ask: str, symbol: str = "FS-BTCUSD") -> BookSnapshot:
     ts = T0 + i * NS
-    return BookSnapshot(id=f"b-{i}", source="digitex", venue="_", symbol="FS-BTCUSD", ts_event=ts, ts_recv=ts,
+    return BookSnapshot(id=f"b-{i}", source="digitex", venue="_", symbol=symbol, ts_event=ts, ts_recv=ts,
                         bids=[BookLevel(price=Decimal(bid), size=Decimal(1))],
                         asks=[BookLevel(price=Decimal(ask), size=Decimal(1))])
 

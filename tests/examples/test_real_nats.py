@@ -12,13 +12,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
 import nats
 import pytest
 
+from marketbus.books import BookDeltas
 from marketbus.contracts import codec
 from marketbus.contracts.streams import MARKET_DATA, ensure_all
+from marketbus.runtime.http import free_port
 
-from .conftest import ROOT, quote, running_app, trade
+from .conftest import ROOT, book, quote, running_app, trade
 
 
 async def _bus(nats_url: str) -> tuple[nats.NATS, object]:
@@ -83,16 +86,42 @@ async def test_vwap_bars_on_real_nats_with_a_durable_on_stream_md(nats_url: str,
 async def test_spread_alerts_on_real_nats_publish_outside_the_streams(nats_url: str, tmp_path: Path) -> None:
     nc, js = await _bus(nats_url)
     durable = f"spread_{uuid.uuid4().hex[:6]}"
+    symbol = f"SPR{uuid.uuid4().hex[:6].upper()}"
+    port = free_port()
     try:
-        env = {"NATS_URL": nats_url, "SPREAD_DURABLE": durable, "SPREAD_ALERT_BPS": "25"}
+        env = {"NATS_URL": nats_url, "SPREAD_DURABLE": durable, "SPREAD_ALERT_BPS": "25",
+               "SPREAD_METRICS_PORT": str(port)}
         with running_app("examples.spread_alerts:app", env, tmp_path / "spread.log"):
             collecting = asyncio.create_task(_collect(nc, "alerts.>", 2))
             await asyncio.sleep(0.2)
             for i, (bid, ask) in enumerate([("100", "100.1"), ("100", "101"), ("100", "100.2")]):
                 await _publish(js, "md.quote.ticksupply.BINANCE.ETH-USD", quote(i, bid, ask))
             alerts = await collecting
+            # a book as snapshot + deltas, as the ingestors publish it: the deltas move the spread;
+            # a missed delta is a gap (no alert on the book out of sync) until the next snapshot
+            collecting = asyncio.create_task(_collect(nc, f"alerts.spread.digitex._.{symbol}", 3))
+            await asyncio.sleep(0.2)
+            producer = BookDeltas("digitex")
+            for i, ask, publish in [(1, "20010", True), (2, "20200", True), (3, "20020", True), (4, "20300", False),
+                                    (5, "20310", True), (6, "resync", True), (7, "20300", True)]:
+                if ask == "resync":
+                    producer.resync()
+                    continue
+                for event in producer.update(book(i, "20000", ask, symbol)):
+                    if publish:
+                        await _publish(js, f"md.{type(event).__struct_config__.tag}.digitex._.{symbol}", event)
+            book_alerts = await collecting
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            info = await js.consumer_info("MD", f"{durable}_books")
         assert [(a["state"], a["spread_bps"], a["threshold_bps"]) for a in alerts] == [
             ("wide", "99.50", "25"), ("cleared", "19.98", "25")]
+        assert [(a["state"], a["ask"]) for a in book_alerts] == [("wide", "20200"), ("cleared", "20020"),
+                                                                 ("wide", "20300")]
+        labels = f'consumer="spread_alerts",source="digitex",symbol="{symbol}",venue="_"'
+        assert f"marketbus_book_builder_gaps_total{{{labels}}} 1.0" in metrics
+        assert f"marketbus_book_builder_resyncs_total{{{labels}}} 1.0" in metrics
+        assert sorted(info.config.filter_subjects or []) == ["md.book.>", "md.book_delta.>"]
         with pytest.raises(nats.js.errors.NotFoundError):  # alerts are plain NATS, in no stream
             await js.find_stream_name_by_subject("alerts.spread.ticksupply.BINANCE.ETH-USD")
     finally:
@@ -130,7 +159,7 @@ async def test_trades_to_db_on_real_nats_replays_from_a_point_in_time(
 
 EXPECTED_CHANNELS = {
     "vwap_bars": {"md.trade.>", "analytics.vwap"},
-    "spread_alerts": {"md.quote.>", "md.book.>", "alerts.spread"},
+    "spread_alerts": {"md.quote.>", "md.book.>", "md.book_delta.>", "alerts.spread"},
     "trades_to_db": {"md.trade.>"},
 }
 

@@ -63,6 +63,48 @@ async def test_spread_alerts_raise_and_clear_once() -> None:
     ]
 
 
+async def test_spread_alerts_follow_book_deltas_and_wait_out_a_gap() -> None:
+    """Books as snapshot + deltas: each delta moves the spread (no periodic snapshot needed); a
+    missed delta is a gap, the book waits for the next snapshot (no alert on a book out of sync),
+    and the gap and the resync are on the app's metrics."""
+    import prometheus_client
+
+    from examples import spread_alerts
+    from marketbus.books import BookDeltas
+
+    spread_alerts.watch.wide.clear()
+    spread_alerts.books.books.clear()
+    producer = BookDeltas("digitex")
+    alerts = _capture(spread_alerts.broker, "alerts.spread.>")
+    async with TestNatsBroker(spread_alerts.broker) as br:
+        async def observe(i: int, ask: str, *, drop: bool = False) -> list[str]:
+            events = producer.update(book(i, "20000", ask))
+            kinds = [type(e).__struct_config__.tag for e in events]
+            if not drop:
+                for event, kind in zip(events, kinds, strict=True):
+                    await br.publish(codec.encode(event), f"md.{kind}.digitex._.FS-BTCUSD")
+            return kinds
+
+        assert await observe(1, "20010") == ["book"]  # 5 bps
+        assert await observe(2, "20200") == ["book_delta"]  # 99.5 bps: wide
+        assert await observe(3, "20020") == ["book_delta"]  # 10 bps: cleared
+        await observe(4, "20300", drop=True)  # missed
+        assert await observe(5, "20310") == ["book_delta"]  # a gap: the book waits, no alert
+        assert len(alerts) == 2
+        producer.resync()
+        assert await observe(6, "20300") == ["book"]  # back in sync: wide
+    assert [(a["state"], a["symbol"], a["spread_bps"], a["ask"]) for a in alerts] == [
+        ("wide", "FS-BTCUSD", "99.50", "20200"), ("cleared", "FS-BTCUSD", "10.00", "20020"),
+        ("wide", "FS-BTCUSD", "148.88", "20300")]
+    built = spread_alerts.books.get("digitex", "_", "FS-BTCUSD")
+    assert built is not None and built.gaps == 1 and built.deltas == 2 and built.synced
+    labels = {"consumer": "spread_alerts", "source": "digitex", "venue": "_", "symbol": "FS-BTCUSD"}
+    registry = prometheus_client.REGISTRY
+    assert registry.get_sample_value("marketbus_book_builder_gaps_total", labels) == 1
+    assert registry.get_sample_value("marketbus_book_builder_resyncs_total", labels) == 1
+    assert registry.get_sample_value("marketbus_book_builder_events_total", {**labels, "outcome": "waiting"}) == 0
+
+
 async def test_trades_to_db_inserts_each_trade_once(pg_dsn: str) -> None:
     import asyncpg
     from faststream import TestApp

@@ -26,7 +26,7 @@ from marketbus.runtime.settings import SettingsError
 from services.ingest_digitex.app import DigitexIngestor
 from services.sandbox.common.base import SandboxRunner
 from services.sandbox.registry import load_spec
-from tests.helpers import wait_for
+from tests.helpers import per_book, scrape, wait_for
 from tests.ingest_finx.bus import duplicates, events_of, read_stream
 
 MARKET = "FS:BTCUSD"
@@ -267,6 +267,14 @@ async def test_books_are_a_snapshot_then_deltas_and_rebuild_every_later_snapshot
         await wait_for(lambda: counts["resync"] >= 1 and ing._connected, 15, what="a snapshot after the outage")
         mark = counts["delta"]
         await wait_for(lambda: counts["delta"] >= mark + 3, 10, what="deltas after the outage")
+        # the book's counts are on /metrics: it lost sync in the outage, was resent whole
+        samples = await scrape(ing.http_url)
+        book = ("DIGITEX", SYMBOL)
+        assert per_book(samples, "marketbus_book_resyncs_total", source="digitex")[book] >= 1
+        assert per_book(samples, "marketbus_book_snapshots_total", source="digitex", reason="resync")[book] >= 1
+        assert per_book(samples, "marketbus_book_snapshots_total", source="digitex", reason="periodic")[book] >= 2
+        assert per_book(samples, "marketbus_book_deltas_total", source="digitex")[book] >= mark + 3
+        assert 0 < per_book(samples, "marketbus_book_sequence", source="digitex")[book] <= (ing.books.deltas.sequence(book) or 0)
         await ing.flush()
         first_run_seq = ing.books.deltas.sequence(("DIGITEX", SYMBOL))
     async with make(nats_server, sb, **fast) as again:

@@ -8,7 +8,7 @@ import httpx
 from marketbus.books import BookBuilders
 from marketbus.contracts.market import BookDelta, BookSnapshot
 from services.sandbox.common.base import SandboxRunner
-from tests.helpers import wait_for
+from tests.helpers import per_book, scrape, wait_for
 
 from .conftest import Collector, ingestor, sandbox
 
@@ -33,6 +33,20 @@ async def test_order_books_are_a_snapshot_then_deltas(nats_url: str, bus: Collec
             await faults(sb, error_next=2)
             await wait_for(lambda: counts["resync"] >= 4 and ing.books.polls > mark + 2, timeout=10,
                            what="snapshots after a failed poll")
+            # the per-book counts are on /metrics: each book lost sync once and was resent whole
+            await wait_for(lambda: all(st.synced for st in ing.books.deltas.books.values()), timeout=10,
+                           what="every book in sync again")
+            samples = await scrape(ing.http_url)
+            resyncs = per_book(samples, "marketbus_book_resyncs_total", source="sitagri")
+            assert len(resyncs) >= 4 and set(resyncs) == set(ing.books.deltas.books)
+            assert all(v >= 1 for v in resyncs.values()), resyncs
+            after = per_book(samples, "marketbus_book_snapshots_total", source="sitagri", reason="resync")
+            assert all(after[book] >= 1 for book in resyncs), after
+            first = per_book(samples, "marketbus_book_snapshots_total", source="sitagri", reason="first")
+            assert set(first.values()) == {1.0}
+            deltas = per_book(samples, "marketbus_book_deltas_total", source="sitagri")
+            assert sum(deltas.values()) <= counts["delta"] and all(v >= 1 for v in deltas.values())
+            assert set(per_book(samples, "marketbus_book_synced", source="sitagri").values()) == {1.0}
             await ing.flush()
         events = [e for e in bus.events if isinstance(e, BookSnapshot | BookDelta)]
         books = {(e.venue, e.symbol) for e in events}

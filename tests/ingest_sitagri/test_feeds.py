@@ -18,6 +18,7 @@ from .conftest import ingestor, sandbox
 SPOT = "/market/sources/FOREX/currency/EURUSD/terms/EURUSDSP"
 CASH = "/market/sources/SITCASHFR/cash/FRA18EXWAUB"
 EMA = "/market/sources/EURONEX/future/EMA"  # a class: every delivery
+C01 = f"{EMA}/deliveries/EMAC01"
 
 
 @pytest.mark.parametrize("transport", ["websocket", "longpoll"])
@@ -59,5 +60,44 @@ async def test_quotes_change_at_runtime_and_survive_a_restart(nats_url: str, tra
                 await ing.ready(30)
                 await flow.flowing_any(lambda s: s.endswith(cash_subject), 20)
                 assert ing.live_quotes == [CASH]
+    finally:
+        await nc.close()
+
+
+async def test_a_netbus_outage_and_a_stop_close_the_collection_period(nats_url: str) -> None:
+    """The period of a collected quote is open while its data flows: a maintenance reboot of the
+    vendor (the netbus dropped) closes it, the reconnect opens another, stopping the ingestor
+    closes that one; the feed stays active (the next start collects it again)."""
+    import nats
+
+    from tests.helpers import wait_for
+
+    from .conftest import admin
+
+    nc = await nats.connect(nats_url)
+    feeds = FeedClient(nc, timeout=5, by="test")
+
+    async def settled(n: int, open_: bool) -> list[contract.Period]:
+        async def ok() -> bool:
+            try:
+                got = (await feeds.get("sitagri", C01)).periods
+            except RequestError:  # not seeded yet (the ingestor seeds its feeds once it started)
+                return False
+            return len(got) == n and (got[-1].end_ns is None) == open_
+        await wait_for(ok, 15, what=f"{n} periods, the last {'open' if open_ else 'closed'}")
+        return list((await feeds.get("sitagri", C01)).periods)
+
+    try:
+        async with sandbox(rate=20.0) as sb:
+            async with ingestor(nats_url, sb, quotes=[C01], transport="websocket") as ing:
+                first = await settled(1, True)
+                await admin(sb, "POST", "/reboot", seconds=1.5)
+                await wait_for(lambda: ing.feeds.state("sitagri/netbus") == "disconnected", what="the drop")
+                back = await settled(2, True)  # closed at the drop, opened at the reconnect
+                assert back[0].start_ns == first[0].start_ns and back[0].end_ns is not None
+                assert back[1].start_ns - back[0].end_ns >= 1_000_000_000  # the outage is no period
+            stopped = time.time_ns()
+            closed = await settled(2, False)
+            assert (closed[1].end_ns or 0) <= stopped and (await feeds.get("sitagri", C01)).state == "active"
     finally:
         await nc.close()

@@ -180,3 +180,86 @@ def test_change_of_is_the_checked_constructor_without_the_second_check() -> None
     assert change_of("bid", BookLevel(D(1), D(2))) is not change_of("bid", BookLevel(D(1), D(2)))
     with pytest.raises(KeyError):
         change_of("middle", BookLevel(D(1), D(2)))  # type: ignore[arg-type]
+
+
+def test_a_delta_that_cannot_apply_leaves_the_book_as_it_was() -> None:
+    """The builder applies a delta in place and undoes it when a later change cannot apply: a
+    level added, changed and removed again before the bad change are all rolled back."""
+    builder = BookBuilder()
+    base = msgspec.structs.replace(snap(0, [("10", "1", 2), ("9", "4", None)], [("11", "1", None)]), sequence=1)
+    assert builder.apply(base) == "snapshot"
+    assert builder.best_bid() == base.bids[0] and builder.best_ask() == base.asks[0]
+    bad = BookDelta(id="d", source="digitex", venue="V", symbol="X", ts_event=2, ts_recv=2, sequence=2, prev_sequence=1,
+                    changes=[BookChange("bid", D(12), D(5)), BookChange("bid", D(10), D(3), 1),
+                             BookChange("bid", D(9), D(0)), BookChange("bid", D(12), D(0)),
+                             BookChange("ask", D(99), D(0))])
+    assert builder.apply(bad) == "bad" and not builder.synced
+    assert builder.bids() == base.bids and builder.asks() == base.asks and builder.sequence == 1
+    assert builder.apply(msgspec.structs.replace(base, sequence=3)) == "snapshot"
+    good = msgspec.structs.replace(bad, sequence=4, prev_sequence=3, changes=bad.changes[:3])
+    assert builder.apply(good) == "delta"
+    assert builder.bids() == [BookLevel(D(12), D(5)), BookLevel(D(10), D(3), 1)]
+    assert builder.best_bid() == BookLevel(D(12), D(5))
+    empty = BookBuilder()
+    assert empty.best_bid() is None and empty.best_ask() is None
+
+
+def test_book_metrics_are_per_book_with_bounded_cardinality() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from marketbus.books import register_builders, register_deltas
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = generate_latest(registry).decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    registry = CollectorRegistry()
+    deltas = BookDeltas("digitex", snapshot_interval_s=1e12)
+    builders = BookBuilders()
+    register_deltas(registry, deltas, max_books=2)
+    register_builders(registry, builders, "test", max_books=2)
+    for i, symbol in enumerate(("A", "B", "C", "D")):
+        for step in range(3):
+            for event in deltas.update(snap(step, [("10", str(step + 1), None)], [("11", "1", None)], symbol=symbol)):
+                if not (symbol == "B" and step == 1 and isinstance(event, BookDelta)):  # B misses a delta
+                    builders.apply(event)
+        if i == 0:
+            deltas.resync(("V", "A"))
+            deltas.resync(("V", "A"))  # one loss of sync, however many failed attempts
+    got = samples(registry)
+
+    def value(name: str, **labels: str) -> float:
+        return got[(name, frozenset(labels.items()))]
+
+    book = {"source": "digitex", "venue": "V"}
+    assert value("marketbus_book_deltas_total", **book, symbol="A") == 2
+    assert value("marketbus_book_resyncs_total", **book, symbol="A") == 1
+    assert value("marketbus_book_resyncs_total", **book, symbol="B") == 0
+    assert value("marketbus_book_snapshots_total", **book, symbol="A", reason="first") == 1
+    # C and D share the "_other" labels: their sums, and no gauge (a sum of sequences means nothing)
+    other = {"source": "digitex", "venue": "_other", "symbol": "_other"}
+    assert value("marketbus_book_deltas_total", **other) == 4
+    assert value("marketbus_book_snapshots_total", **other, reason="first") == 2
+    assert ("marketbus_book_sequence", frozenset(other.items())) not in got
+    assert value("marketbus_book_sequence", **book, symbol="B") == deltas.sequence(("V", "B"))
+    assert {labels for name, labels in got if name == "marketbus_book_deltas_total"} == {
+        frozenset({**book, "symbol": s}.items()) for s in ("A", "B")} | {frozenset(other.items())}
+    # the consumer side: B's missed delta is a gap, and B waits for a snapshot
+    mine = {"consumer": "test", "source": "digitex", "venue": "V"}
+    assert value("marketbus_book_builder_gaps_total", **mine, symbol="B") == 1
+    assert value("marketbus_book_builder_gaps_total", **mine, symbol="A") == 0
+    assert value("marketbus_book_builder_events_total", **mine, symbol="B", outcome="gap") == 1
+    assert value("marketbus_book_builder_events_total", **mine, symbol="A", outcome="delta") == 2
+    assert value("marketbus_book_builder_synced", **mine, symbol="B") == 0
+    assert value("marketbus_book_builder_synced", **mine, symbol="A") == 1
+    assert value("marketbus_book_builder_events_total", consumer="test", source="digitex", venue="_other",
+                 symbol="_other", outcome="delta") == 4
+    # a snapshot brings B back: a resync
+    builders.apply(deltas.update(snap(9, [("10", "9", None)], [("11", "1", None)], symbol="B"))[0])
+    deltas.resync(("V", "B"))
+    builders.apply(deltas.update(snap(10, [("10", "9", None)], [("11", "1", None)], symbol="B"))[0])
+    got = samples(registry)
+    assert value("marketbus_book_builder_resyncs_total", **mine, symbol="B") == 1
+    assert value("marketbus_book_builder_synced", **mine, symbol="B") == 1

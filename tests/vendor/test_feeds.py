@@ -70,6 +70,26 @@ def test_transitions_record_periods() -> None:
         transition(None, "pause", "FS:XXX", "digitex", None, 1, "cli")
 
 
+def test_the_data_flow_opens_and_closes_an_active_feeds_period() -> None:
+    from marketbus.vendor.feeds import flow_key, set_period
+
+    r = CATALOG["FS:BTCUSD"]
+    feed, _ = transition(None, "add", "FS:BTCUSD", "digitex", r, 10, "cli")
+    assert set_period(feed, True, 15) is None  # already open
+    down = set_period(feed, False, 20)
+    assert down is not None and down.periods == [Period(10, 20)] and down.state == "active"
+    assert set_period(down, False, 21) is None
+    up = set_period(down, True, 30)
+    assert up is not None and up.periods == [Period(10, 20), Period(30, None)]
+    crashed = set_period(up, False, 99, close_at=25)  # a last refresh before the start: never a negative period
+    assert crashed is not None and crashed.periods[-1] == Period(30, 30)
+    paused, _ = transition(up, "pause", "FS:BTCUSD", "digitex", None, 40, "cli")
+    assert set_period(paused, True, 50) is None  # the commands decide the periods of a paused feed
+    assert flow_key("digitex") == "digitex._flow"
+    with pytest.raises(ValueError):
+        contract.parse_key(flow_key("digitex"))  # a marker, never a feed
+
+
 # --- on a real bus ---------------------------------------------------------------------------------
 class Probe(Ingestor):
     name: ClassVar[str] = "ingest_digitex"  # the status subjects of the vendor's ingestor

@@ -18,12 +18,16 @@ sequence) is counted as ``bad`` and the builder waits for a snapshot: it never r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Literal
+
+from msgspec.structs import force_setattr
 
 from marketbus.contracts.market import BookDelta, BookLevel, BookSnapshot
 
 State = Literal["waiting", "synced"]
+_NEW_LEVEL: Callable[[], BookLevel] = BookLevel(Decimal(1), Decimal(1)).__copy__  # type: ignore[attr-defined]
 Outcome = Literal["snapshot", "delta", "checked", "mismatch", "stale", "gap", "bad", "waiting"]
 
 
@@ -42,6 +46,9 @@ class BookBuilder:
         self.checked = 0
         self.snapshots = 0
         self.deltas = 0
+        self.stale = 0  # duplicates and late messages, ignored
+        self.ignored = 0  # deltas ignored while waiting for a snapshot
+        self.resyncs = 0  # snapshots that brought the book back in sync after a gap or a bad delta
 
     @property
     def synced(self) -> bool:
@@ -54,6 +61,14 @@ class BookBuilder:
     def asks(self) -> list[BookLevel]:
         """Ask levels, best (lowest) first."""
         return [self._asks[p] for p in sorted(self._asks)]
+
+    def best_bid(self) -> BookLevel | None:
+        """The highest bid (None when the side is empty), without sorting the side."""
+        return self._bids[max(self._bids)] if self._bids else None
+
+    def best_ask(self) -> BookLevel | None:
+        """The lowest ask (None when the side is empty), without sorting the side."""
+        return self._asks[min(self._asks)] if self._asks else None
 
     def matches(self, snapshot: BookSnapshot) -> bool:
         """The book has exactly the snapshot's levels (prices, sizes, orders)."""
@@ -68,6 +83,7 @@ class BookBuilder:
         seq = book.sequence
         if self.synced and seq is not None and self.sequence is not None:
             if seq < self.sequence:
+                self.stale += 1
                 return "stale"
             if seq == self.sequence:
                 self.checked += 1
@@ -77,6 +93,8 @@ class BookBuilder:
                 self.mismatches += 1
                 self._reset(book)
                 return "mismatch"
+        if self.state == "waiting" and self.snapshots:
+            self.resyncs += 1
         self._reset(book)
         return "snapshot"
 
@@ -88,23 +106,43 @@ class BookBuilder:
 
     def _delta(self, delta: BookDelta) -> Outcome:
         if not self.synced:
+            self.ignored += 1
             return "waiting"
         if delta.sequence is None or delta.prev_sequence is None or self.sequence is None:
             return self._bad()
         if delta.sequence <= self.sequence:
+            self.stale += 1
             return "stale"
         if delta.prev_sequence != self.sequence:
             self.gaps += 1
             self.state = "waiting"
             return "gap"
-        bids, asks = dict(self._bids), dict(self._asks)  # applied whole or not at all
+        # applied in place, whole or not at all: what each change replaced is kept to undo the
+        # delta when a later change cannot apply (cheaper than copying both sides per delta)
+        bids, asks = self._bids, self._asks
+        undo: list[tuple[dict[Decimal, BookLevel], Decimal, BookLevel | None]] = []
+        copy, set_ = _NEW_LEVEL, force_setattr
         for change in delta.changes:
             side = bids if change.side == "bid" else asks
+            price = change.price
             if change.size:
-                side[change.price] = BookLevel(change.price, change.size, change.orders)
-            elif side.pop(change.price, None) is None:
-                return self._bad()
-        self._bids, self._asks = bids, asks
+                # an unchecked copy: the values are a checked BookChange's (the same invariants)
+                level = copy()
+                set_(level, "price", price)
+                set_(level, "size", change.size)
+                set_(level, "orders", change.orders)
+                undo.append((side, price, side.get(price)))
+                side[price] = level
+            else:
+                was = side.pop(price, None)
+                if was is None:
+                    for changed, at, before in reversed(undo):
+                        if before is None:
+                            del changed[at]
+                        else:
+                            changed[at] = before
+                    return self._bad()
+                undo.append((side, price, was))
         self.sequence, self.ts_event = delta.sequence, delta.ts_event
         self.deltas += 1
         return "delta"

@@ -30,12 +30,13 @@ from operator import attrgetter, gt, lt
 from typing import Any
 
 import msgspec.structs
+from msgspec.structs import force_setattr
 
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.market import BookChange, BookDelta, BookLevel, BookSnapshot, change_of
 
 ZERO = Decimal(0)
-PRICE, SIZE = attrgetter("price"), attrgetter("size")
+PRICE = attrgetter("price")
 Key = tuple[str, str]  # (venue, symbol)
 
 REASONS = ("first", "resync", "periodic", "unordered", "zero_size")
@@ -58,27 +59,55 @@ class Side:
         self.prices = list(map(PRICE, levels))
 
 
+# The hot path builds its BookChanges by copying a template and setting the three fields (what
+# ``change_of`` does), inlined in the loop: a Python call per level is a third of the per-level
+# cost when every level changes. The values are a checked BookLevel's (see ``change_of``).
+_COPY: dict[str, Callable[[], BookChange]] = {  # side -> a copier of a template change
+    side: BookChange(side, Decimal(1), Decimal(1)).__copy__ for side in ("bid", "ask")}  # type: ignore[attr-defined]
+
+
 def diff_side(side: str, old: Side, levels: list[BookLevel], better: Callable[[Any, Any], bool],
               out: list[BookChange]) -> Side | None:
     """Append the changes of one side (``side`` is ``bid`` or ``ask``) from ``old`` to ``levels``
     to ``out``; returns the new side, or None when no delta can say it exactly (not strictly
     ordered by ``better``, or a changed level of size 0)."""
-    prices = list(map(PRICE, levels))
     n = len(out)
-    if prices == old.prices:  # the usual case: the same ladder, some sizes changed
-        changed = [lv for lv, was in zip(levels, old.levels) if lv != was]  # same length: same prices
-        if changed and not all(map(SIZE, changed)):
-            return None
-        out.extend([change_of(side, lv) for lv in changed])  # type: ignore[arg-type]
-    else:
-        if not ordered(prices, better):
-            return None
-        get = dict(zip(old.prices, old.levels, strict=True)).get
-        out.extend([change_of(side, lv) for lv in levels if get(lv.price) != lv])  # type: ignore[arg-type]
-        kept = set(prices)
-        out.extend([BookChange(side, p, ZERO) for p in old.prices if p not in kept])  # type: ignore[arg-type]
-        if len(out) > n and any(not c.size for c in out[n:] if c.price in kept):
-            return None
+    was_levels = old.levels
+    if len(levels) == len(was_levels):
+        # the usual case: the same ladder, some sizes changed. One pass compares the levels
+        # (struct equality, in C) and builds a change for each changed one; a changed price means
+        # another ladder (the general path below). The prices of a same ladder are the old ones.
+        copy, set_ = _COPY[side], force_setattr
+        append = out.append
+        for lv, was in zip(levels, was_levels):
+            if lv != was:
+                price = lv.price
+                if price != was.price:
+                    del out[n:]
+                    break
+                size = lv.size
+                if not size:
+                    del out[n:]
+                    return None
+                change = copy()
+                set_(change, "price", price)
+                set_(change, "size", size)
+                set_(change, "orders", lv.orders)
+                append(change)
+        else:
+            new = Side.__new__(Side)
+            new.levels, new.prices = levels, old.prices
+            return new
+    prices = list(map(PRICE, levels))
+    if not ordered(prices, better):
+        return None
+    get = dict(zip(old.prices, old.levels, strict=True)).get
+    out.extend([change_of(side, lv) for lv in levels if get(lv.price) != lv])  # type: ignore[arg-type]
+    kept = set(prices)
+    out.extend([BookChange(side, p, ZERO) for p in old.prices if p not in kept])  # type: ignore[arg-type]
+    if len(out) > n and any(not c.size for c in out[n:] if c.price in kept):
+        del out[n:]
+        return None
     new = Side.__new__(Side)
     new.levels, new.prices = levels, prices
     return new
@@ -95,6 +124,10 @@ class BookState:
     snapshot_seq: int = -1  # sequence of the last snapshot
     synced: bool = False  # False: the next observation is published as a snapshot, for ``pending``
     pending: str = "first"
+    # what :mod:`marketbus.books.metrics` exports per book
+    deltas: int = 0
+    resyncs: int = 0  # times the book lost sync (a failed poll or publish, a reconnect)
+    snapshots: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
 
 
 class BookDeltas:
@@ -117,6 +150,8 @@ class BookDeltas:
         """The next observation of ``key`` (of every book when None) is published as a snapshot."""
         for k, state in self.books.items():
             if key is None or k == key:
+                if state.synced:  # counted once per loss of sync, not per failed attempt after it
+                    state.resyncs += 1
                 state.synced, state.pending = False, "resync"
 
     def sequence(self, key: Key) -> int | None:
@@ -147,6 +182,7 @@ class BookDeltas:
         prev = state.sequence
         state.sequence = seq = prev + 1
         self.counts["delta"] += 1
+        state.deltas += 1
         delta = BookDelta(id=event_id(self.source, "book_delta", book.venue, book.symbol, seq), source=book.source,
                           venue=book.venue, symbol=book.symbol, ts_event=book.ts_event, ts_recv=book.ts_recv,
                           replay=book.replay, changes=changes, sequence=seq, prev_sequence=prev)
@@ -163,6 +199,7 @@ class BookDeltas:
             state.pending = "unordered"
         state.snapshot_at, state.snapshot_seq = self.clock(), state.sequence
         self.counts[reason] += 1
+        state.snapshots[reason] += 1
         return msgspec.structs.replace(
             book, id=event_id(self.source, "book", book.venue, book.symbol, state.sequence, book.ts_recv),
             sequence=state.sequence)
@@ -182,5 +219,5 @@ class BookDeltas:
 
     def health(self) -> dict[str, Any]:
         return {"counts": dict(self.counts),
-                "books": {f"{v}/{s}": {"sequence": st.sequence, "synced": st.synced}
+                "books": {f"{v}/{s}": {"sequence": st.sequence, "synced": st.synced, "resyncs": st.resyncs}
                           for (v, s), st in self.books.items()}}

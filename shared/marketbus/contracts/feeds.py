@@ -21,9 +21,12 @@ The desired set is a JetStream KV bucket (:data:`BUCKET`, ``feeds``; created by
   instruments it was configured with) into the bucket and writes the marker :func:`seed_key`;
   from then on the bucket rules: a restart keeps the set in the bucket, not the env.
 - **Periods**: each feed records its collection periods ([start, stop) ns; an open period has
-  ``end_ns`` None): ``add``/``resume`` open one, ``pause``/``remove`` close it. They are the
-  "spans" of the TickSupply-compatible API. A removed feed keeps its record (state ``removed``)
-  so its past periods stay known; adding it again reopens it.
+  ``end_ns`` None): ``add``/``resume`` open one, ``pause``/``remove`` close it, and they follow
+  the data flow of an active feed: closed while no instance of the ingestor collects it (stopped,
+  crashed, or its vendor session down), opened when one does again (the ingestor keeps the
+  marker record ``<vendor>._flow``; see :mod:`marketbus.vendor.feeds`). They are the "spans" of
+  the TickSupply-compatible API. A removed feed keeps its record (state ``removed``) so its past
+  periods stay known; adding it again reopens it.
 
 Instruments are the vendor's own identifiers: Digitex a market code (``FS:BTCUSD``), TickSupply
 a datastream id (``101``), Sitagri a quote reference (``/market/sources/EURONEX/future/EMA``), FinX

@@ -80,6 +80,7 @@ class IngestHost(Protocol):
         feed: str | None = None,
     ) -> None: ...
     async def malformed(self, channel: str, payload: bytes | str, reason: str) -> None: ...
+    async def session_flowing(self, flowing: bool) -> None: ...
 
 
 class Ingestor(Service):
@@ -117,6 +118,21 @@ class Ingestor(Service):
         await super().start()
         self.spawn(self._watch_publishing(), "publishing-watch")
         return self
+
+    async def session_flowing(self, flowing: bool) -> None:
+        """The vendor session delivers data (connected) or not (down, in maintenance): the
+        feeds' collection periods follow (:meth:`marketbus.vendor.feeds.FeedControl.set_flowing`)."""
+        control = getattr(self, "feed_control", None)
+        if control is not None:
+            await control.set_flowing(flowing)
+
+    async def stop(self) -> None:
+        # first, while NATS is up: the feeds' collection periods close (marketbus.vendor.feeds)
+        control = getattr(self, "feed_control", None)
+        if control is not None:
+            with contextlib.suppress(Exception):
+                await control.stop()
+        await super().stop()
 
     async def _watch_publishing(self, every_s: float = 0.5) -> None:
         """Report publishing that is stuck for a second or more (no stream leader, NATS down) as

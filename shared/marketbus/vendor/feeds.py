@@ -21,6 +21,16 @@ responder) and started in ``on_start()`` once the vendor's catalog can answer:
 - Seeding: when the bucket holds no seed marker for the vendor, the ``seed`` entries (the env
   settings) are written (never over an existing feed) and the marker set: from then on the
   bucket, not the env, says what is collected.
+- **Periods follow the data flow**, not only the commands: a command opens (``add``/``resume``)
+  or closes (``pause``/``remove``) a period, and besides, an active feed's period is closed when
+  no instance of the ingestor collects it (the ingestor stopped, or its vendor session is down:
+  the ingestor calls :meth:`FeedControl.set_flowing`) and opened again when one does. Each
+  running instance keeps an entry ``{ts, flowing}`` in the vendor's flow record (key
+  ``<vendor>._flow``), refreshed every :data:`FLOW_EVERY_S`; an entry older than
+  :data:`FLOW_STALE_S` is a dead instance's. A clean stop removes its entry and closes the
+  periods (unless another instance still collects); after a crash, the next start closes the
+  periods left open at the dead instance's last refresh (so the downtime is no period), then
+  opens new ones. A crash and restart within :data:`FLOW_STALE_S` is not seen as a gap.
 """
 
 from __future__ import annotations
@@ -84,6 +94,40 @@ WATCH_POLL_S = 0.5  # a change applies within about this long
 WATCH_RETRY_S = 2.0
 STARTING_WAIT_S = 5.0  # a request while the ingestor starts waits this long for it
 APPLY_RETRY_S = 5.0  # a feed whose start failed is tried again this often
+FLOW_EVERY_S = 5.0  # each instance refreshes its entry of the flow record this often
+FLOW_STALE_S = 3 * FLOW_EVERY_S  # an entry older than this is a dead instance's
+FLOW_MARKER = "_flow"
+
+
+class FlowEntry(msgspec.Struct, frozen=True):
+    """One instance's entry in the flow record: when it last wrote, and whether its data flows."""
+
+    ts: int
+    flowing: bool
+
+
+FlowTable = dict[str, FlowEntry]
+_FLOW_DECODER = msgspec.json.Decoder(FlowTable)
+
+
+def flow_key(vendor: str) -> str:
+    """The key of ``vendor``'s flow record (a marker key: never a feed's)."""
+    return f"{contract.check_vendor(vendor)}.{FLOW_MARKER}"
+
+
+def set_period(feed: Feed, open_: bool, now_ns: int, *, close_at: int | None = None) -> Feed | None:
+    """``feed`` with its last period opened (at ``now_ns``) or closed (at ``close_at``, else
+    ``now_ns``; never before the period's start), or None when it already is so. Only for an
+    active feed: the commands decide the periods of the others."""
+    if feed.state != "active" or (feed.open_period is not None) == open_:
+        return None
+    periods = list(feed.periods)
+    if open_:
+        periods.append(Period(now_ns, None))
+    else:
+        start = periods[-1].start_ns
+        periods[-1] = Period(start, max(start, close_at if close_at is not None else now_ns))
+    return msgspec.structs.replace(feed, periods=periods)
 
 
 def transition(current: Feed | None, op: str, instrument: str, vendor: str, resolved: Resolved | None,
@@ -137,6 +181,12 @@ class FeedControl:
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._failed = False
+        self.flowing = True  # the vendor session delivers data (set_flowing)
+        self.instance: str = getattr(ingestor, "instance", "") or f"{id(self):x}"
+        self._started_ns = time.time_ns()
+        self._dead_seen_ns: int | None = None  # the last refresh of instances found dead at start
+        self._flow_lock = asyncio.Lock()
+        self._leaving = False
         r = ingestor.metrics.registry
         self.requests = Counter("marketbus_feed_control_requests", "feed-control requests answered",
                                 ["source", "op", "outcome"], registry=r)
@@ -171,6 +221,120 @@ class FeedControl:
         self.ing.spawn(self._apply_forever(), "feeds-apply")
         self.ing.spawn(self._watch(), "feeds-watch")
         await self._ready.wait()
+        # first thing (not awaited: the start does not wait for it): the periods a dead
+        # predecessor left open close, ours open
+        self.ing.spawn(self._flow_forever(), "feeds-flow")
+
+    # --- periods follow the data flow -----------------------------------------------------------
+    async def set_flowing(self, flowing: bool) -> None:
+        """The vendor session delivers data (True) or not (False): the periods follow (see the
+        module doc). Safe to call before :meth:`start` and repeatedly."""
+        if flowing == self.flowing:
+            return
+        self.flowing = flowing
+        if self.kv is not None:
+            with contextlib.suppress(Exception):  # the periodic refresh tries again
+                await self.sync_periods()
+
+    async def stop(self) -> None:
+        """A clean stop: this instance's flow entry goes, and the periods close (unless another
+        instance still collects). Called by the ingestor's ``stop`` while NATS is up."""
+        if self.kv is None or self._leaving:
+            return
+        self._leaving = True
+        try:
+            await self.sync_periods()
+        except Exception as exc:
+            self.ing.log.warning("feeds of %s: closing the periods at stop failed: %r", self.vendor, exc)
+
+    async def _flow_forever(self) -> None:
+        while True:
+            try:
+                await self.sync_periods()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.ing.log.warning("feeds of %s: the flow record could not be refreshed: %r", self.vendor, exc)
+            await asyncio.sleep(FLOW_EVERY_S)
+
+    async def sync_periods(self) -> None:
+        """Refresh this instance's flow entry, then open or close the active feeds' periods."""
+        async with self._flow_lock:
+            others_flowing = await self._write_flow()
+            now = time.time_ns()
+            mine = self.flowing and not self._leaving
+            for key in sorted(self.feeds):
+                feed = self.feeds[key]
+                if feed.state != "active":
+                    continue
+                want = others_flowing or mine
+                dead = self._dead_seen_ns
+                dangling = feed.open_period is not None and feed.open_period.start_ns < self._started_ns
+                if want and dangling and not others_flowing and dead is not None and dead < self._started_ns:
+                    # left open by a dead instance: it ended at its last refresh, ours began at our start
+                    await self._update_period(key, False, now, close_at=dead)
+                    await self._update_period(key, True, self._started_ns)
+                    continue
+                await self._update_period(key, want, now)
+            self._dead_seen_ns = None
+
+    async def _write_flow(self) -> bool:
+        """Write this instance's entry (remove it when leaving), drop dead instances' entries;
+        whether another live instance's data flows. Remembers the last refresh of the dead."""
+        key = flow_key(self.vendor)
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                entry = await self.kv.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                entry = None
+            table: FlowTable = {}
+            if entry is not None and entry.value:
+                with contextlib.suppress(msgspec.DecodeError):
+                    table = _FLOW_DECODER.decode(entry.value)
+            now = time.time_ns()
+            live = {k: e for k, e in table.items() if k != self.instance and now - e.ts <= FLOW_STALE_S * 1e9}
+            dead = [e.ts for k, e in table.items() if k != self.instance and k not in live]
+            if dead:
+                self._dead_seen_ns = max(dead)
+            if not self._leaving:
+                live[self.instance] = FlowEntry(now, self.flowing)
+            try:
+                data = msgspec.json.encode(live)
+                if entry is None:
+                    await self.kv.create(key, data)
+                else:
+                    await self.kv.update(key, data, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            return any(e.flowing for k, e in live.items() if k != self.instance)
+        raise Refused(codes.CONFLICT, f"the flow record {key} is changing concurrently")
+
+    async def _update_period(self, key: str, open_: bool, now_ns: int, *, close_at: int | None = None) -> None:
+        """Open or close the feed's last period in the bucket (compare-and-set, retried); nothing
+        to do by the watched copy: no request (the periodic refresh runs over every feed)."""
+        cached = self.feeds.get(key)
+        if cached is None or set_period(cached, open_, now_ns, close_at=close_at) is None:
+            return
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                entry = await self.kv.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                return
+            current = self._decode(entry)
+            if current is None:
+                return
+            feed = set_period(current, open_, now_ns, close_at=close_at)
+            if feed is None:
+                self.feeds[key] = current
+                return
+            try:
+                await self.kv.update(key, codec.encode(feed), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            self.feeds[key] = feed
+            self.ing.log.info("feed %s: period %s (%s)", key, "opened" if open_ else "closed",
+                              "stopping" if self._leaving else "data flows" if open_ else "no data flows")
+            return
 
     async def _read_all(self) -> dict[str, Feed]:
         """Every record of the vendor now (a fresh consumer, closed after)."""
@@ -202,6 +366,8 @@ class FeedControl:
                             self.feeds[feed.key] = feed
                         elif entry.deleted:  # an operator deleted the key: stop collecting it
                             self.feeds.pop(entry.key, None)
+                        else:  # a marker (the flow record, refreshed every few seconds) or unreadable
+                            continue
                         self._changed.set()
             except asyncio.CancelledError:
                 raise
@@ -261,6 +427,9 @@ class FeedControl:
             self._changed.clear()
             await self.apply()
             self._ready.set()
+            if self.kv is not None and not self._leaving:
+                with contextlib.suppress(Exception):  # the periodic refresh tries again
+                    await self.sync_periods()
 
     async def apply(self) -> None:
         """Make the collected set the active set of the bucket (unsubscribe first, then subscribe)."""
