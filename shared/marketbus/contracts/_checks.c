@@ -53,7 +53,7 @@ typedef struct {
     Py_ssize_t offset;
     int kind, optional, many, canonical, sign;
     long long lo, hi;
-    unsigned char table[128];
+    unsigned char table[256]; /* 1 for the bytes of a charset (ASCII only) */
     PyObject *extra; /* literal set, or Python predicate */
 } Field;
 
@@ -120,14 +120,15 @@ value_ok(const Field *f, PyObject *v)
     case KIND_TEXT:
         return PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) <= f->hi;
     case KIND_CHARS: {
-        if (!PyUnicode_CheckExact(v) || PyUnicode_READY(v) < 0) { PyErr_Clear(); return 0; }
+        /* every string msgspec decodes, and every ASCII one Python builds, is compact ASCII: its
+         * characters follow the header; any other string is not made of the (ASCII) charset */
+        if (!PyUnicode_CheckExact(v) || !PyUnicode_IS_COMPACT_ASCII(v)) return 0;
         Py_ssize_t n = PyUnicode_GET_LENGTH(v);
-        if (n < f->lo || n > f->hi || PyUnicode_KIND(v) != PyUnicode_1BYTE_KIND) return 0;
-        const Py_UCS1 *s = PyUnicode_1BYTE_DATA(v);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (s[i] >= 128 || !f->table[s[i]]) return 0;
-        }
-        return 1;
+        if (n < f->lo || n > f->hi) return 0;
+        const Py_UCS1 *s = (const Py_UCS1 *)((PyASCIIObject *)v + 1);
+        unsigned char ok = 1;
+        for (Py_ssize_t i = 0; i < n; i++) ok &= f->table[s[i]]; /* no branch: ids are short */
+        return ok;
     }
     case KIND_DECIMAL:
         return decimal_ok(v, f->sign);
@@ -154,7 +155,7 @@ slot(PyObject *self, const Field *f)
     return *(PyObject **)((char *)self + f->offset);
 }
 
-static int
+static inline int
 field_ok(const Field *f, PyObject *v)
 {
     if (v == NULL) return 0;
@@ -170,7 +171,7 @@ field_ok(const Field *f, PyObject *v)
     return value_ok(f, v);
 }
 
-static int
+static inline int
 field_canonical(const Field *f, PyObject *v)
 {
     if (f->many) {
