@@ -467,7 +467,7 @@ def compiled_checks() -> bool:
 
 
 try:
-    from . import _checks
+    import marketbus.contracts._checks as _checks  # a module of the package, not the package's __init__
 except ImportError:  # not built (the `make dist` wheel): the generated Python checks alone
     _checks = None  # type: ignore[assignment]
 _SIGNS = {} if _checks is None else {"positive": _checks.SIGN_POSITIVE, "non_negative": _checks.SIGN_NON_NEGATIVE,
