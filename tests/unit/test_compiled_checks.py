@@ -6,6 +6,8 @@ tests/unit/test_invariants.py runs its cases on both; these are the property tes
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -156,3 +158,25 @@ def test_both_name_the_field_and_the_rule() -> None:
         for _ in using_checks(implementation):
             with pytest.raises(invariants.InvariantError, match=r"Trade\.price: must be a decimal > 0"):
                 Trade(**bad)
+
+
+def test_without_the_extension_the_python_checks_run_alone() -> None:
+    # what a `make dist` wheel (no extension) or an install without a C compiler runs
+    script = """
+import sys
+sys.modules["marketbus.contracts._checks"] = None  # the import fails as when it is not built
+from decimal import Decimal
+from marketbus.contracts import codec, invariants
+from marketbus.contracts.market import Trade
+assert not invariants.compiled_checks() and type(Trade.__dict__["__post_init__"]).__name__ == "function"
+good = dict(id="a1", source="finx", venue="X", symbol="BTC-USD", ts_event=1, ts_recv=2, price=Decimal("1.50"),
+            size=Decimal(0))
+assert str(Trade(**good).price) == "1.5" and codec.decode(codec.encode(Trade(**good))) == Trade(**good)
+try:
+    Trade(**{**good, "price": Decimal(-1)})
+except invariants.InvariantError as exc:
+    print(exc)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("Trade.price: must be a decimal > 0"), run.stdout

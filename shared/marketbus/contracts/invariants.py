@@ -344,7 +344,7 @@ def install_checks(cls: type) -> None:
     canon_fast: list[str] = []
     slow: list[str] = []
     describe: dict[str, str] = {}
-    kernels: list[tuple[Any, ...]] | None = []  # the compiled plan's fields; None: a rule it cannot run
+    kernels: list[tuple[Any, ...]] | None = [] if _checks is not None else None  # the compiled plan's fields
     for field in (name for name in hints if not name.startswith("__")):
         rule, optional, many, literal = _rule_of(hints[field])
         if rule is None and literal is None:
