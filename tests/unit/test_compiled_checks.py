@@ -145,6 +145,16 @@ def test_the_compiled_decimal_tests_are_the_python_ones(value: Decimal) -> None:
         assert CHECKS.is_canonical(value) == (text[-1] != "0" and "+" not in text and "0E" not in text), value
 
 
+@settings(max_examples=600, deadline=None)
+@given(value=decimals)
+def test_the_compiled_canonical_decimal_is_the_python_one(value: Decimal) -> None:
+    assert CHECKS is not None
+    if not CHECKS.decimal_fits(value, CHECKS.SIGN_SIGNED):  # canonical_decimal's domain: contract decimals
+        return
+    compiled, python = CHECKS.canonical_decimal(value), invariants.canonical_decimal(value)
+    assert repr(compiled) == repr(python) and (compiled is value) == (python is value), value
+
+
 def test_a_foreign_object_and_a_direct_call_go_through_the_python_checks() -> None:
     trade = Trade(**GOOD[Trade])
     assert trade.__post_init__() is None  # type: ignore[attr-defined]

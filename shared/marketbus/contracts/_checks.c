@@ -65,6 +65,7 @@ typedef struct {
     PyObject *canonize; /* canonize(self): gives the decimals their canonical form; None: no decimal */
     PyObject *fallback; /* the pure-Python __post_init__ (used when disabled or for a foreign object) */
     Py_ssize_t nfields;
+    int many_decimals; /* a field is a list of decimals: canonize in Python */
     Field *fields;
 } Plan;
 
@@ -103,6 +104,37 @@ decimal_canonical(PyObject *v)
     Py_ssize_t adjusted = d->exp + d->digits - 1;
     if (adjusted < -6 && (-adjusted) % 10 == 0) return 0; /* scientific form: "...E-10" */
     return 1;
+}
+
+/* invariants.canonical_decimal of a finite decimal within the bounds that is not canonical by
+ * decimal_canonical (its quick test): zero -> the canonical zero; else the reduced value
+ * (DECIMAL_CONTEXT.normalize), as an integer when its exponent is positive, or the value itself
+ * when reducing changes nothing (its text is then the reduced one). A new reference. */
+static PyObject *canon_zero = NULL, *canon_normalize = NULL, *canon_integral = NULL;
+
+static PyObject *
+canonical(PyObject *v)
+{
+    const mpd_view *d = &((DecView *)v)->dec;
+    if (d->data[d->len - 1] == 0) return Py_NewRef(canon_zero);
+    PyObject *reduced = PyObject_CallOneArg(canon_normalize, v);
+    if (reduced == NULL) return NULL;
+    if (Py_TYPE(reduced) != decimal_type) { /* not expected: the Python function says what it is */
+        Py_DECREF(reduced);
+        PyErr_SetString(PyExc_TypeError, "DECIMAL_CONTEXT.normalize returned no Decimal");
+        return NULL;
+    }
+    const mpd_view *r = &((DecView *)reduced)->dec;
+    if (r->exp > 0) {
+        PyObject *integral = PyObject_CallOneArg(canon_integral, reduced);
+        Py_DECREF(reduced);
+        return integral;
+    }
+    if (r->exp == d->exp && r->digits == d->digits && (r->flags & MPD_NEG) == (d->flags & MPD_NEG)) {
+        Py_DECREF(reduced);
+        return Py_NewRef(v);
+    }
+    return reduced;
 }
 
 static inline int
@@ -216,7 +248,14 @@ plan_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
     if (p->canonize != Py_None) {
         for (Py_ssize_t i = 0; i < p->nfields; i++) {
             const Field *f = &p->fields[i];
-            if (f->canonical && !field_canonical(f, slot(self, f))) return call_python(p->canonize, self);
+            PyObject *v = slot(self, f);
+            if (!f->canonical || field_canonical(f, v)) continue;
+            /* a list of decimals: the generated Python replaces every such list (the class has none today) */
+            if (p->many_decimals || canon_normalize == NULL) return call_python(p->canonize, self);
+            PyObject *c = canonical(v);
+            if (c == NULL) return NULL;
+            if (c == v) { Py_DECREF(c); continue; }
+            Py_XSETREF(*(PyObject **)((char *)self + f->offset), c); /* msgspec's force_setattr */
         }
     }
     Py_RETURN_NONE;
@@ -345,6 +384,7 @@ plan_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             PyErr_Format(PyExc_ValueError, "unknown kind %d", f->kind);
             goto error;
         }
+        if (f->canonical && f->many) p->many_decimals = 1;
         if (f->canonical && f->kind != KIND_DECIMAL) {
             PyErr_SetString(PyExc_ValueError, "only a decimal is made canonical");
             goto error;
@@ -423,6 +463,36 @@ configure_decimal(PyObject *module, PyObject *args)
 }
 
 static PyObject *
+configure_canonical(PyObject *module, PyObject *args)
+{
+    PyObject *zero, *normalize, *integral;
+    if (!PyArg_ParseTuple(args, "OOO", &zero, &normalize, &integral)) return NULL;
+    if (decimal_type == NULL || Py_TYPE(zero) != decimal_type || !PyCallable_Check(normalize) ||
+        !PyCallable_Check(integral)) {
+        PyErr_SetString(PyExc_TypeError, "configure_canonical(zero Decimal, normalize, integral) after configure_decimal");
+        return NULL;
+    }
+    Py_XSETREF(canon_zero, Py_NewRef(zero));
+    Py_XSETREF(canon_normalize, Py_NewRef(normalize));
+    Py_XSETREF(canon_integral, Py_NewRef(integral));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+canonical_decimal(PyObject *module, PyObject *v)
+{
+    if (decimal_type == NULL || canon_normalize == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_canonical first");
+        return NULL;
+    }
+    if (!decimal_ok(v, SIGN_SIGNED)) {
+        PyErr_SetString(PyExc_ValueError, "a finite decimal within the contract bounds");
+        return NULL;
+    }
+    return decimal_canonical(v) ? Py_NewRef(v) : canonical(v);
+}
+
+static PyObject *
 set_enabled(PyObject *module, PyObject *arg)
 {
     int was = enabled, t = PyObject_IsTrue(arg);
@@ -451,6 +521,9 @@ decimal_fits(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
     {"configure_decimal", configure_decimal, METH_VARARGS,
      "configure_decimal(Decimal, max_digits, max_adjusted, min_adjusted) -> whether decimals are read in C"},
+    {"configure_canonical", configure_canonical, METH_VARARGS,
+     "configure_canonical(zero, normalize, integral): what canonical_decimal uses (invariants.py)"},
+    {"canonical_decimal", canonical_decimal, METH_O, "invariants.canonical_decimal, compiled (for the tests)"},
     {"set_enabled", set_enabled, METH_O, "set_enabled(flag) -> the previous flag; False: every Plan runs its fallback"},
     {"is_canonical", is_canonical, METH_O, "whether a decimal passes the canonical test (for the tests)"},
     {"decimal_fits", decimal_fits, METH_VARARGS, "decimal_fits(v, sign): the decimal accept test (for the tests)"},

@@ -475,6 +475,8 @@ _SIGNS = {} if _checks is None else {"positive": _checks.SIGN_POSITIVE, "non_neg
 # the compiled checks read a Decimal in place: only when its layout is the one they know
 _DECIMALS_IN_C = _checks is not None and _checks.configure_decimal(
     Decimal, DECIMAL_MAX_DIGITS, DECIMAL_MAX_ADJUSTED, DECIMAL_MIN_ADJUSTED)
+if _DECIMALS_IN_C:  # canonical_decimal's steps, for the compiled one
+    _checks.configure_canonical(_CANON_ZERO, _normalize, lambda reduced: reduced.quantize(_ONE, context=DECIMAL_CONTEXT))
 if _checks is not None and os.environ.get("MARKETBUS_PYTHON_CHECKS", "") not in ("", "0"):
     _checks.set_enabled(False)
 
