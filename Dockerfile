@@ -5,11 +5,13 @@
 
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
+# a C compiler for the contract checks' extension (setup.py); the runtime stage gets only the built venv
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir uv==0.13.8 && uv venv /opt/venv
 WORKDIR /src
 COPY requirements.lock ./
 RUN uv pip install --python /opt/venv/bin/python --no-cache -r requirements.lock
-COPY pyproject.toml ./
+COPY pyproject.toml setup.py ./
 COPY shared ./shared
 COPY services ./services
 RUN uv pip install --python /opt/venv/bin/python --no-cache --no-deps .

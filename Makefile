@@ -25,7 +25,8 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-dev.lock requirements-nodeps.txt
+# setup.py compiles the contract checks' C extension (shared/marketbus/contracts/_checks.c) in place
+$(STAMP): pyproject.toml setup.py shared/marketbus/contracts/_checks.c requirements-dev.lock requirements-nodeps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c 'import sys; assert sys.version_info >= (3, 11), "marketbus needs Python 3.11+"'
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)

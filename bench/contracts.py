@@ -4,7 +4,10 @@ Targets (issue #2): >= 1M events/s encode+decode through the contracts; >= 1M/s 
 build+parse. Reference measured in the same run: stdlib json on the same trade as a dict.
 Issue #12: the cost of the contract invariants (``contracts/invariants.py``): the validated
 trade round trip against the same round trip through an equivalent Struct without constraints
-nor ``__post_init__``, measured interleaved in the same run (target ratio >= 0.8).
+nor ``__post_init__``, measured interleaved in the same run (target ratio >= 0.8), with the
+compiled checks (``contracts/_checks.c``, when built) and with the generated Python ones (their
+fallback, switched with ``invariants.set_compiled_checks``), plus the cost of building a Trade
+in Python both ways (vendor decimal text canonical already, or not: "0.01500000").
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from decimal import Decimal
 
 import msgspec
 
-from marketbus.contracts import codec, subjects
+from marketbus.contracts import codec, invariants, subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.market import Trade
 
@@ -55,7 +58,8 @@ class FloorTrade(UncheckedTrade, frozen=True, kw_only=True, tag_field="type", ta
 
 def interleaved_rates(fns: list, n: int, rounds: int = 15) -> list[float]:
     """Best rate of each function over ``rounds`` short interleaved runs: on a shared host the
-    load changes between runs, and both sides of a ratio must see the same."""
+    load changes between runs, and both sides of a ratio must see the same. The shorter the runs
+    (a few ms) and the more of them, the likelier each function gets a quiet slice of a core."""
     best = [float("inf")] * len(fns)
     for _ in range(rounds):
         for i, fn in enumerate(fns):
@@ -113,7 +117,40 @@ def main() -> list[str]:
         for _ in range(n):
             decode_floor(encode(floor))
 
-    validated_rate, unvalidated_rate, floor_rate = interleaved_rates([typed, unvalidated, empty_hook], 20_000)
+    compiled = invariants.compiled_checks()
+
+    def python_checks(n: int) -> None:  # the same as ``typed``, with the generated Python checks
+        previous = invariants.set_compiled_checks(False) if compiled else False
+        try:
+            typed(n)
+        finally:
+            if compiled:
+                invariants.set_compiled_checks(previous)
+
+    validated_rate, unvalidated_rate, floor_rate, python_rate = interleaved_rates(
+        [typed, unvalidated, empty_hook, python_checks], 2_000, rounds=300)
+
+    fields = msgspec.structs.asdict(trade)
+
+    def build(size: Decimal, python: bool):
+        def run(n: int) -> None:
+            previous = invariants.set_compiled_checks(False) if python and compiled else False
+            try:
+                for _ in range(n):
+                    Trade(**{**fields, "size": size})
+            finally:
+                if python and compiled:
+                    invariants.set_compiled_checks(previous)
+        return run
+
+    def build_unchecked(n: int) -> None:
+        for _ in range(n):
+            UncheckedTrade(**fields)
+
+    build_rates = interleaved_rates([build(Decimal("0.015"), False), build(Decimal("0.015"), True),
+                                     build(Decimal("0.01500000"), False), build(Decimal("0.01500000"), True),
+                                     build_unchecked], 2_000, rounds=150)
+    ns = [1e9 / r for r in build_rates]
 
     n = 300_000
     typed_rate, union_rate, std_rate = rate(typed, n), rate(union, n), rate(stdlib, n // 3)
@@ -123,6 +160,9 @@ def main() -> list[str]:
         f"| contracts: trade encode+decode (any-event decoder) | {union_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{union_rate / std_rate:.1f} |",
         f"| contracts: validated trade encode+decode vs no validation | {validated_rate:,.0f}/s | ratio >= 0.8 | unvalidated {unvalidated_rate:,.0f}/s | x{validated_rate / unvalidated_rate:.2f} |",
         f"| contracts: the same round trip with an empty __post_init__ (the floor of any Python check) | {floor_rate:,.0f}/s | - | unvalidated {unvalidated_rate:,.0f}/s | x{floor_rate / unvalidated_rate:.2f} |",
+        f"| contracts: validated round trip, generated Python checks (compiled checks {'on' if compiled else 'NOT BUILT'} in the first row) | {python_rate:,.0f}/s | - | unvalidated {unvalidated_rate:,.0f}/s | x{python_rate / unvalidated_rate:.2f} |",
+        f"| contracts: Trade(...) build, canonical decimals: compiled / Python checks / no checks | {ns[0]:,.0f} ns / {ns[1]:,.0f} ns / {ns[4]:,.0f} ns | - | Python checks | x{ns[1] / ns[0]:.2f} faster |",
+        f"| contracts: Trade(...) build, size 0.01500000 (made canonical): compiled / Python checks | {ns[2]:,.0f} ns / {ns[3]:,.0f} ns | - | Python checks | x{ns[3] / ns[2]:.2f} faster |",
         f"| contracts: subject build+parse | {subj_rate:,.0f}/s | >= 1,000,000/s | | |",
         f"| contracts: symbol normalize+denormalize (BTC:USD) | {sym_rate:,.0f}/s | | | |",
     ]

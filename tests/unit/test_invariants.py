@@ -1,16 +1,20 @@
 """Contract invariants (issue #12): each one is refused both when an event is built in Python and
 when it is decoded from JSON, with a message naming the field; what a market legitimately has
-(negative spreads and basis, zero sizes) is accepted."""
+(negative spreads and basis, zero sizes) is accepted.
+
+Every test runs twice: on the compiled checks (``contracts/_checks.c``, what ``make venv`` builds
+and the services run) and on the generated Python ones (their fallback when it is not built)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 import pytest
 
-from marketbus.contracts import codec
+from marketbus.contracts import codec, invariants
 from marketbus.contracts.invariants import MAX_TS_NS, InvariantError
 from marketbus.contracts.market import Bar, BookLevel, BookSnapshot, CashDelivery, CashPrice, MarketPrice, Trade
 from marketbus.contracts.orders import CancelOrders, PlaceOrder
@@ -29,6 +33,30 @@ GOOD: dict[type, dict[str, Any]] = {
     FeedStatus: dict(id="abc", service="ingest_finx", source="finx", venue="_", symbol="_", state="connected",
                      ts=1_700_000_000_000_000_000),
 }
+
+
+
+@pytest.fixture(params=["compiled", "python"], autouse=True)
+def checks(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The implementation of the checks the test runs on."""
+    yield from using_checks(request.param)
+
+
+def using_checks(implementation: str) -> Iterator[str]:
+    """Run the contract classes on ``implementation`` ("compiled" or "python") while iterating."""
+    if implementation == "compiled":
+        assert type(Trade.__dict__["__post_init__"]).__name__ == "Plan", (
+            "the compiled checks (marketbus.contracts._checks) are not built: `make venv` builds them")
+    elif not invariants.compiled_checks():  # not built: the Python checks are all there is
+        yield implementation
+        return
+    previous = invariants.set_compiled_checks(implementation == "compiled")
+    try:
+        assert invariants.compiled_checks() == (implementation == "compiled")
+        yield implementation
+    finally:
+        invariants.set_compiled_checks(previous)
+
 
 # (type, field, a bad value as built in Python, the same as it would be on the wire)
 BAD: list[tuple[type, str, Any, Any]] = [

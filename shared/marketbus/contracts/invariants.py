@@ -10,7 +10,10 @@ A field's type says what a consumer may rely on: ``ts_event: Nanos``, ``price: P
   ``__init__``, so an event built in Python is checked too (msgspec checks no types on
   ``__init__``). It covers what ``Meta`` cannot express (decimals, charsets, literals), and it
   gives every event, built or decoded, its decimals in canonical form (:func:`canonical_decimal`),
-  so the codec's text of a decimal depends on its value alone.
+  so the codec's text of a decimal depends on its value alone. Where the C extension
+  ``_checks`` is built (``make venv``, the Docker image), that ``__post_init__`` is compiled: the
+  same checks, same messages, about a tenth of the cost (issue #12: validation costs < 20% of
+  a trade's encode+decode); the generated Python stays the fallback (the ``make dist`` wheel).
 
 A violation raises :class:`InvariantError` (a ``ValueError``) naming the class and the field,
 e.g. ``Trade.price: must be a decimal > 0, got Decimal('-1')``; while decoding, msgspec turns it
@@ -38,6 +41,7 @@ Bounds (documented in the schemas too):
 from __future__ import annotations
 
 import decimal
+import os
 import re
 import types
 import typing
@@ -90,15 +94,20 @@ class Rule:
     all of it, so msgspec checks it in C when decoding and the rule runs only when an event is
     built in Python (where msgspec checks nothing); ``build``: the part of ``test`` that ``fast``
     leaves to msgspec's decoding (a type, a length), checked on built events only; ``canonical``:
-    a decimal field, which built events carry in :func:`canonical_decimal` form.
+    a decimal field, which built events carry in :func:`canonical_decimal` form. ``kernel``: the
+    same test as the compiled checks run it (see :func:`install_checks`): ``("int", lo, hi)``,
+    ``("text", limit)``, ``("chars", charset, min, max)``, ``("decimal", sign rule)``; a rule
+    without one runs its ``fast`` (and ``build``) expressions there, as a Python function.
     """
 
     def __init__(self, name: str, describe: str, test: str, fast: str | None = None, *, in_c: bool = False,
-                 build: str | None = None, canonical: bool = False, **names: Any) -> None:
+                 build: str | None = None, canonical: bool = False, kernel: tuple[Any, ...] | None = None,
+                 **names: Any) -> None:
         self.name, self.describe, self.test, self.fast, self.names = name, describe, test, fast or test, names
         self.in_c = in_c
         self.build = build  # what msgspec checks when decoding but ``fast`` leaves out (built events only)
         self.canonical = canonical  # a decimal: built events carry its canonical form (canonical_decimal)
+        self.kernel = kernel
 
     def __repr__(self) -> str:
         return f"Rule({self.name})"
@@ -134,29 +143,35 @@ _FITS = "_fit(v) is not None"
 _IS_DECIMAL = "v.__class__ is _Decimal"
 
 NANOS = Rule("nanos", f"must be int ns in [{MIN_TS_NS}, {MAX_TS_NS}] (1970..2262)",
-             "v.__class__ is int and _MIN_TS <= v <= _MAX_TS", in_c=True, _MIN_TS=MIN_TS_NS, _MAX_TS=MAX_TS_NS)
+             "v.__class__ is int and _MIN_TS <= v <= _MAX_TS", in_c=True, kernel=("int", MIN_TS_NS, MAX_TS_NS),
+             _MIN_TS=MIN_TS_NS, _MAX_TS=MAX_TS_NS)
 INT64 = Rule("int64", "must be an int64", "v.__class__ is int and _MIN64 <= v <= _MAX64", in_c=True,
-             _MIN64=MIN_INT64, _MAX64=MAX_INT64)
+             kernel=("int", MIN_INT64, MAX_INT64), _MIN64=MIN_INT64, _MAX64=MAX_INT64)
 COUNT = Rule("count", "must be an int in [0, 2**63 - 1]", "v.__class__ is int and 0 <= v <= _MAX64", in_c=True,
-              _MAX64=MAX_INT64)
+              kernel=("int", 0, MAX_INT64), _MAX64=MAX_INT64)
 POSITIVE = Rule("positive", f"must be a decimal > 0 ({_DEC_BOUNDS})",
                 f"v.__class__ is _Decimal and _ZERO < v < _HI and {_FITS}",
                 # a NaN raises in the comparison, an infinity fails it, _fit raises out of bounds
-                "_ZERO < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
+                "_ZERO < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, kernel=("decimal", "positive"), **_DEC_NAMES)
 NON_NEGATIVE = Rule("non_negative", f"must be a decimal >= 0, not -0 ({_DEC_BOUNDS})",
                     f"v.__class__ is _Decimal and not v.is_signed() and v < _HI and {_FITS}",
-                    "not v.is_signed() and _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
+                    "not v.is_signed() and _fit(v) < _HI", build=_IS_DECIMAL, canonical=True,
+                    kernel=("decimal", "non_negative"), **_DEC_NAMES)
 SIGNED = Rule("signed", f"must be a decimal ({_DEC_BOUNDS})", f"v.__class__ is _Decimal and -_HI < v < _HI and {_FITS}",
-              "-_HI < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, **_DEC_NAMES)
+              "-_HI < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, kernel=("decimal", "signed"), **_DEC_NAMES)
 TOKEN = Rule("token", f"must be 1..{MAX_TOKEN} characters of {TOKEN_CHARS} (one subject token)",
-             "_is_token(v)", "v in _tokens", _tokens=_token_cache, _is_token=_is_token)
+             "_is_token(v)", "v in _tokens", kernel=("chars", TOKEN_CHARS, 1, MAX_TOKEN), _tokens=_token_cache,
+             _is_token=_is_token)
 SELECTOR = Rule("selector", f"must be 1..{MAX_TOKEN} characters of {SELECTOR_CHARS} (a token or an fnmatch pattern)",
-                "_is_selector(v)", "v in _selectors", _selectors=_selector_cache, _is_selector=_is_selector)
+                "_is_selector(v)", "v in _selectors", kernel=("chars", SELECTOR_CHARS, 1, MAX_TOKEN),
+                _selectors=_selector_cache, _is_selector=_is_selector)
 ID = Rule("id", f"must be 1..{MAX_ID} characters of {ID_CHARS}", "v.__class__ is str and _id(v) is not None",
           # bytes.isalnum is ASCII-only, and much faster than str.isalnum (Unicode-aware)
-          "v.encode().isalnum()", build="len(v) <= _MAX_ID", _MAX_ID=MAX_ID, _id=_ID_RE.fullmatch)
+          "v.encode().isalnum()", build="len(v) <= _MAX_ID", kernel=("chars", ID_CHARS, 1, MAX_ID), _MAX_ID=MAX_ID,
+          _id=_ID_RE.fullmatch)
 CLIENT_ID = Rule("client_id", f"must be 1..{MAX_CLIENT_ID} characters of {ID_CHARS}",
-                 "v.__class__ is str and _client_id(v) is not None", _client_id=_CLIENT_ID_RE.fullmatch)
+                 "v.__class__ is str and _client_id(v) is not None", kernel=("chars", ID_CHARS, 1, MAX_CLIENT_ID),
+                 _client_id=_CLIENT_ID_RE.fullmatch)
 
 
 def decimal_in_bounds(value: Decimal) -> bool:
@@ -170,7 +185,7 @@ def decimal_in_bounds(value: Decimal) -> bool:
 
 def _text_rule(limit: int) -> Rule:
     return Rule(f"text{limit}", f"must be a string of at most {limit} characters",
-                "v.__class__ is str and len(v) <= _limit", in_c=True, _limit=limit)
+                "v.__class__ is str and len(v) <= _limit", in_c=True, kernel=("text", limit), _limit=limit)
 
 
 LABEL, TEXT = _text_rule(MAX_LABEL), _text_rule(MAX_TEXT)
@@ -316,6 +331,12 @@ def install_checks(cls: type) -> None:
     whether each decimal is canonical already. Only when it is not true does the field-by-field
     ``test`` run, which raises :class:`InvariantError` naming the first bad field; a good event
     then gets the canonical form of its decimals.
+
+    When the C extension ``_checks`` is built (``make venv``, the Docker image), the class gets a
+    compiled ``__post_init__`` instead (a ``_checks.Plan``: about 10x cheaper, see
+    bench/RESULTS.md), which runs each field's ``Rule.kernel``. It only accepts: a value it does
+    not accept, and a decimal it does not see as canonical, go to the same generated Python
+    (``_explain``, ``_canonize``), so the errors and the results are those of the Python path.
     """
     hints = typing.get_type_hints(cls, include_extras=True)
     names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad, "_canon": canonical_decimal,
@@ -326,6 +347,7 @@ def install_checks(cls: type) -> None:
     canon_fast: list[str] = []
     slow: list[str] = []
     describe: dict[str, str] = {}
+    kernels: list[tuple[Any, ...]] | None = [] if _checks is not None else None  # the compiled plan's fields
     for field in (name for name in hints if not name.startswith("__")):
         rule, optional, many, literal = _rule_of(hints[field])
         if rule is None and literal is None:
@@ -358,6 +380,8 @@ def install_checks(cls: type) -> None:
             else:
                 canon += [f"v = {value}", *(["if v is not None:"] if optional else ["if True:"]),
                           "    c = _canon(v)", "    if c is not v:", f"        _set(self, {field!r}, c)"]
+        if kernels is not None:
+            kernels.append(_kernel_of(field, rule, literal, optional, many, quick, build))
         slow.append(f"f = {field!r}")
         loop = f"for v in {value} or ():" if many else f"for v in ({value},):"
         slow += [loop, *(["    if v is None: continue"] if optional else []), f"    if not ({test}): raise _Bad"]
@@ -385,11 +409,79 @@ def install_checks(cls: type) -> None:
         "        _explain(self)",
         *([f"    if not ({' and '.join(canon_fast)}):", *[f"        {line}" for line in canon]] if canon else []),
     ])
-    for source in (explain, post_init):
+    canonize = "\n".join(["def _canonize(self):", *[f"    {line}" for line in canon or ["pass"]]])
+    for source in (explain, post_init, canonize):
         exec(compile(source, f"<invariants of {cls.__qualname__}>", "exec"), names)
     names["_explain"].source = explain
     names["__post_init__"].source = post_init  # what was generated, for reading
     cls.__post_init__ = names["__post_init__"]  # type: ignore[attr-defined]
+    if _checks is not None and kernels is not None and (_DECIMALS_IN_C or not canon):
+        cls.__post_init__ = _checks.Plan(  # type: ignore[attr-defined]
+            cls, kernels, names["_explain"], names["_canonize"] if canon else None, names["__post_init__"])
+
+
+def _kernel_of(field: str, rule: Rule | None, literal: Any, optional: bool, many: bool, fast: str,
+               build: str | None) -> tuple[Any, ...]:
+    """A field of a compiled plan: ``(name, kind, optional, many, canonical, lo, hi, extra)``."""
+    assert _checks is not None
+    head = (field, optional, many, rule is not None and rule.canonical)
+
+    def entry(kind: int, lo: int = 0, hi: int = 0, extra: Any = None) -> tuple[Any, ...]:
+        return (head[0], kind, *head[1:], lo, hi, extra)
+
+    kernel = rule.kernel if rule is not None else ("literal", literal)
+    match kernel:
+        case ("int", lo, hi):
+            return entry(_checks.KIND_INT, lo, hi)
+        case ("text", limit):
+            return entry(_checks.KIND_TEXT, 0, limit)
+        case ("chars", chars, least, most):
+            return entry(_checks.KIND_CHARS, least, most, _charset(chars))
+        case ("decimal", sign):
+            return entry(_checks.KIND_DECIMAL, extra=_SIGNS[sign])
+        case ("literal", values):
+            return entry(_checks.KIND_LITERAL, extra=values)
+    assert rule is not None
+    source = f"lambda v: ({fast}) and ({build})" if build else f"lambda v: ({fast})"
+    return entry(_checks.KIND_PYTHON, extra=eval(source, dict(rule.names)))
+
+
+def _charset(pattern: str) -> str:
+    """The ASCII characters a regex character class (``TOKEN_CHARS``...) matches: no other does."""
+    return "".join(c for c in map(chr, range(128)) if re.fullmatch(pattern, c))
+
+
+def set_compiled_checks(enabled: bool) -> bool:
+    """Run the compiled checks (True, the default when built) or the generated Python ones in every
+    class; returns the previous setting. ``MARKETBUS_PYTHON_CHECKS=1`` in the environment starts
+    with the Python ones. Raises ``RuntimeError`` when the extension is not built."""
+    if _checks is None:
+        raise RuntimeError("marketbus.contracts._checks is not built (pip install -e . builds it)")
+    return _checks.set_enabled(enabled)
+
+
+def compiled_checks() -> bool:
+    """Whether the contract classes run the compiled checks (the extension is built and enabled)."""
+    if _checks is None:
+        return False
+    previous = _checks.set_enabled(True)
+    _checks.set_enabled(previous)
+    return previous
+
+
+try:
+    import marketbus.contracts._checks as _checks  # a module of the package, not the package's __init__
+except ImportError:  # not built (the `make dist` wheel): the generated Python checks alone
+    _checks = None  # type: ignore[assignment]
+_SIGNS = {} if _checks is None else {"positive": _checks.SIGN_POSITIVE, "non_negative": _checks.SIGN_NON_NEGATIVE,
+                                     "signed": _checks.SIGN_SIGNED}
+# the compiled checks read a Decimal in place: only when its layout is the one they know
+_DECIMALS_IN_C = _checks is not None and _checks.configure_decimal(
+    Decimal, DECIMAL_MAX_DIGITS, DECIMAL_MAX_ADJUSTED, DECIMAL_MIN_ADJUSTED)
+if _DECIMALS_IN_C:  # canonical_decimal's steps, for the compiled one
+    _checks.configure_canonical(_CANON_ZERO, _normalize, lambda reduced: reduced.quantize(_ONE, context=DECIMAL_CONTEXT))
+if _checks is not None and os.environ.get("MARKETBUS_PYTHON_CHECKS", "") not in ("", "0"):
+    _checks.set_enabled(False)
 
 
 class _Bad(Exception):
