@@ -48,7 +48,13 @@ from .crawl import CrawlResult
 from .live import SitagriLive
 from .settings import SitagriIngestSettings
 
-__all__ = ["RecentIds", "SitagriIngestor"]
+__all__ = ["RecentIds", "SitagriIngestor", "recent_ids"]
+
+
+def recent_ids() -> RecentIds:
+    """The ingestor's de-duplication state: a million event ids, a day; the ids kept as ints
+    (``hex_key``: ~85 MB at the bound, where their text took ~116 MB)."""
+    return RecentIds(max_ids=1_000_000, max_age_s=86_400.0, compact=hex_key)
 
 NS = 1_000_000_000
 
@@ -62,8 +68,7 @@ class SitagriIngestor(Ingestor):
 
     def build(self) -> None:
         self.frames = FrameGuard(self, normalize.Malformed)
-        # event ids kept as ints (hex_key): ~90 bytes an id, ~90 MB at the bound
-        self.recent = RecentIds(max_ids=1_000_000, max_age_s=86_400.0, compact=hex_key)
+        self.recent = recent_ids()
         s = self.settings
         self.client = SitagriClient(
             s.base_url, s.token, login=s.login, password=s.password, login_path=s.login_path,

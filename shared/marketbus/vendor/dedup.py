@@ -13,8 +13,8 @@ one slice longer than ``max_age_s``, never shorter.
 
 Memory: the state is a set and a deque of the same key objects plus 256 age slices, no per-id
 time. With ``compact=hex_key`` an event id (24 lowercase hex characters, ``ids.event_id``) is
-kept as an int (40 bytes) instead of its text (73): about 90 bytes an id in all, where a dict of
-id -> time took ~180 (``bench/rss.py``).
+kept as an int (40 bytes) instead of its text (73): a million ids take ~85 MB of RSS, where a
+dict of id text -> time took ~116 MB (``bench/RESULTS.md``, issue #16).
 """
 
 from __future__ import annotations
