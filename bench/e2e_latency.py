@@ -80,6 +80,12 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--bare-publish", action="store_true",
+                    help="diagnosis: the marketbus path publishes with nats-py, not JetStreamPublisher")
+    ap.add_argument("--no-fast-path", action="store_true",
+                    help="diagnosis: JetStreamPublisher on nats-py's public publish (no pre-built HPUB frames)")
+    ap.add_argument("--yield-each", action="store_true",
+                    help="diagnosis: when the pacing is late, yield to the event loop between events anyway")
     ap.add_argument("--no-gc", action="store_true", help="diagnosis: the cyclic GC off while the paths run")
     ap.add_argument("--mode", choices=("interleave", "alternate"), default="interleave",
                     help="interleave: one paced stream, events alternating between the paths (default); "
@@ -121,6 +127,22 @@ async def main() -> None:
         assert sub.stdout.readline().strip() == "ready"
         nc = await nats.connect(server.url)
         pub = await JetStreamPublisher(nc).start()
+        if args.no_fast_path:
+            from marketbus.runtime import natsprivate
+
+            natsprivate.AVAILABLE = False
+        # when the client's flusher hands the bytes to the socket (nats-py writes its pending
+        # buffer with one writelines per flush): splits "publish returned -> on the wire" from
+        # "on the wire -> subscriber" (server, subscriber process, host)
+        writes: list[int] = []
+        transport = nc._transport
+        writelines = transport.writelines
+
+        def traced_writelines(data: object) -> None:
+            writes.append(time.time_ns())
+            writelines(data)
+
+        transport.writelines = traced_writelines
         acks = 0
 
         async def on_ack(_msg: object) -> None:
@@ -131,6 +153,8 @@ async def main() -> None:
         decode, push, publish_event = sg.decode_push, sg.push, pub.publish_event
         sent: dict[str, tuple[str, int, int, int]] = {}  # id -> (path, due ns, frame ns, publish returned ns)
         interval = 1e9 / args.rate
+        queued_at: dict[str, int] = {}
+        busy: dict[str, list[float]] = {}  # alternate mode: the process's CPU share during each round
         normalized: dict[str, int] = {}  # id -> when the normalizer returned (the marketbus path)
 
         async def run(paths: tuple[str, ...], first: int, count: int) -> None:
@@ -144,17 +168,24 @@ async def main() -> None:
                 now = time.time_ns()
                 if now < due:
                     await asyncio.sleep((due - now) / 1e9)
+                elif args.yield_each:
+                    await asyncio.sleep(0)  # late: still one loop turn per event (the flusher's)
                 frame_ns = time.time_ns()
                 if path == "marketbus":
                     event = push(decode(pushes[i]), frame_ns)
                     normalized[event.id] = time.time_ns()
-                    await publish_event(event)
+                    if args.bare_publish:  # diagnosis: the normalizer's event, published without JetStreamPublisher
+                        await nc.publish(subjects.for_event(event), codec.encode(event), reply=f"_INBOX.e2eref.m{i}",
+                                         headers=codec.headers_for(event))
+                    else:
+                        await publish_event(event)
                     mid = event.id
                 else:
                     subject, payload, headers = ref_msgs[i]
                     await nc.publish(subject, payload, reply=f"_INBOX.e2eref.{i}", headers=headers)
                     mid = headers["Nats-Msg-Id"]
                 sent[mid] = (path, due, frame_ns, time.time_ns())
+                queued_at[mid] = len(writes)  # its bytes go out with the next write
             await asyncio.sleep(0.2)
 
         # GC pauses while the paths run (the process's own, not the host's)
@@ -177,9 +208,13 @@ async def main() -> None:
             # one paced stream, events alternating between the paths: both see the same host
             await run(("marketbus", "reference"), first, 2 * per_path * args.rounds)
         else:
-            for _ in range(args.rounds):
-                for path in ("marketbus", "reference"):
+            for r in range(args.rounds):
+                # ABBA order (marketbus first in even rounds, the reference in odd ones): a trend
+                # of the host's load, or the first round's start-up, does not fall on one path
+                for path in ("marketbus", "reference") if r % 2 == 0 else ("reference", "marketbus"):
+                    cpu, wall = time.process_time(), time.perf_counter()
                     await run((path,), first, per_path)
+                    busy.setdefault(path, []).append((time.process_time() - cpu) / (time.perf_counter() - wall))
                     first += per_path
         gc.callbacks.remove(on_gc)
         gc.enable()
@@ -195,7 +230,7 @@ async def main() -> None:
 
         shutil.rmtree(tmp, ignore_errors=True)
     split: dict[str, list[float]] = {"normalize": [], "publish": []}
-    lat: dict[str, dict[str, list[float]]] = {p: {"frame": [], "due": [], "inproc": []} for p in ("marketbus", "reference")}
+    lat: dict[str, dict[str, list[float]]] = {p: {"frame": [], "due": [], "inproc": [], "to_wire": [], "after_wire": []} for p in ("marketbus", "reference")}
     for line in out.splitlines():
         mid, recv = line.split()
         if mid in sent:
@@ -203,6 +238,10 @@ async def main() -> None:
             lat[path]["frame"].append((int(recv) - frame_ns) / 1e6)
             lat[path]["due"].append((int(recv) - due) / 1e6)
             lat[path]["inproc"].append((returned - frame_ns) / 1e6)
+            k = queued_at[mid]
+            if k < len(writes):
+                lat[path]["to_wire"].append((writes[k] - returned) / 1e6)
+                lat[path]["after_wire"].append((int(recv) - writes[k]) / 1e6)
             if mid in normalized:
                 split["normalize"].append((normalized[mid] - frame_ns) / 1e6)
                 split["publish"].append((returned - normalized[mid]) / 1e6)
@@ -221,13 +260,19 @@ async def main() -> None:
     for label, v in (("marketbus: frame -> publish call returned", lat["marketbus"]["inproc"]),
                      ("  of which the normalizer", split["normalize"]),
                      ("  of which publish_event", split["publish"]),
-                     ("reference: frame -> publish call returned", lat["reference"]["inproc"])):
+                     ("reference: frame -> publish call returned", lat["reference"]["inproc"]),
+                     ("marketbus: publish returned -> socket write", lat["marketbus"]["to_wire"]),
+                     ("reference: publish returned -> socket write", lat["reference"]["to_wire"]),
+                     ("marketbus: socket write -> subscriber", lat["marketbus"]["after_wire"]),
+                     ("reference: socket write -> subscriber", lat["reference"]["after_wire"])):
         print(f"in-process, {label}, ms: p50 {statistics.median(v):.3f} p99 {pct(v, 0.99):.3f} "
               f"max {max(v):.3f}; over 1 ms: {sum(x > 1 for x in v) / len(v):.2%}")
     for gen in (1, 2):
         d = [ns / 1e6 for g, ns in pauses if g == gen]
         if d:
             print(f"GC generation {gen} collections during the paths: {len(d)}, max {max(d):.2f} ms, total {sum(d):.1f} ms")
+    for path, shares in busy.items():
+        print(f"CPU of this process during the {path} rounds: " + ", ".join(f"{x:.0%}" for x in shares))
     print(f"mode {args.mode}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
