@@ -10,11 +10,20 @@ its ``Nats-Msg-Id``), and in this process, paced at ``--rate`` events/s:
   JetStream publish with its ack), as the ingestor does;
 - **reference** (same run, same rate, other events of the same corpus): a bare pipelined
   JetStream publish of the already encoded payload with nats-py (``nc.publish`` with an ack
-  inbox and a ``Nats-Msg-Id`` header), nothing else.
+  inbox and the same headers, ``codec.headers_for``: the same bytes on the wire, so the plain
+  subscriber, which parses every header, has the same work for both), nothing else.
 
 Latency is measured two ways: from the moment the frame is taken (``ts_recv``, the event's own
 receive time) and from the frame's scheduled time (due time on the rate's grid: it adds the
-pacing's lateness, which is the machine's). Rounds alternate marketbus and reference.
+pacing's lateness, which is the machine's).
+
+The two paths share one paced stream at ``--rate``, events alternating between them (``--mode
+interleave``, the default), so both see the same host at the same moment. On this shared 2-core
+host, rounds of several seconds per path (``--mode alternate``, the earlier design) measured the
+load's swings, not the paths: the p99 ratio came out anywhere from 0.21 to 9.6 across runs.
+It also prints each path's in-process time (frame -> publish call returned; the marketbus path
+split into normalizer and ``publish_event``), with the share of events over 1 ms, and the
+process's own GC collections while the paths run (``--no-gc`` turns the GC off, a diagnosis).
 
 Run: ``.venv/bin/python bench/e2e_latency.py [--rate 5000] [--seconds 5] [--rounds 2]``.
 """
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import subprocess
 import sys
@@ -70,6 +80,16 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--bare-publish", action="store_true",
+                    help="diagnosis: the marketbus path publishes with nats-py, not JetStreamPublisher")
+    ap.add_argument("--no-fast-path", action="store_true",
+                    help="diagnosis: JetStreamPublisher on nats-py's public publish (no pre-built HPUB frames)")
+    ap.add_argument("--yield-each", action="store_true",
+                    help="diagnosis: when the pacing is late, yield to the event loop between events anyway")
+    ap.add_argument("--no-gc", action="store_true", help="diagnosis: the cyclic GC off while the paths run")
+    ap.add_argument("--mode", choices=("interleave", "alternate"), default="interleave",
+                    help="interleave: one paced stream, events alternating between the paths (default); "
+                         "alternate: rounds of --seconds per path")
     args = ap.parse_args()
 
     import nats
@@ -87,7 +107,8 @@ async def main() -> None:
     pushes = pc.sitagri_pushes(pc.corpus(n_total))
     # the reference's payloads: the same kind of events, encoded before the clock starts
     ref_events = [sg.push(sg.decode_push(raw), time.time_ns()) for raw in pushes]
-    ref_msgs = [(subjects.for_event(e), codec.encode(e), {"Nats-Msg-Id": e.id}) for e in ref_events]
+    # the same bytes as the marketbus path sends (its three headers too: the subscriber parses them)
+    ref_msgs = [(subjects.for_event(e), codec.encode(e), codec.headers_for(e)) for e in ref_events]
     del ref_events
     # the corpus (100k+ tuples and dicts) is the benchmark's, not the path's: out of the GC's
     # sight, or each full collection walks it and its pause lands on whichever path runs then
@@ -106,6 +127,22 @@ async def main() -> None:
         assert sub.stdout.readline().strip() == "ready"
         nc = await nats.connect(server.url)
         pub = await JetStreamPublisher(nc).start()
+        if args.no_fast_path:
+            from marketbus.runtime import natsprivate
+
+            natsprivate.AVAILABLE = False
+        # when the client's flusher hands the bytes to the socket (nats-py writes its pending
+        # buffer with one writelines per flush): splits "publish returned -> on the wire" from
+        # "on the wire -> subscriber" (server, subscriber process, host)
+        writes: list[int] = []
+        transport = nc._transport
+        writelines = transport.writelines
+
+        def traced_writelines(data: object) -> None:
+            writes.append(time.time_ns())
+            writelines(data)
+
+        transport.writelines = traced_writelines
         acks = 0
 
         async def on_ack(_msg: object) -> None:
@@ -114,36 +151,73 @@ async def main() -> None:
 
         await nc.subscribe("_INBOX.e2eref.>", cb=on_ack)
         decode, push, publish_event = sg.decode_push, sg.push, pub.publish_event
-        sent: dict[str, tuple[str, int, int]] = {}  # id -> (path, due ns, frame ns)
+        sent: dict[str, tuple[str, int, int, int]] = {}  # id -> (path, due ns, frame ns, publish returned ns)
         interval = 1e9 / args.rate
+        queued_at: dict[str, int] = {}
+        busy: dict[str, list[float]] = {}  # alternate mode: the process's CPU share during each round
+        normalized: dict[str, int] = {}  # id -> when the normalizer returned (the marketbus path)
 
-        async def run(path: str, first: int, count: int) -> None:
+        async def run(paths: tuple[str, ...], first: int, count: int) -> None:
+            """``count`` events from ``first``, one every ``interval``, event k on ``paths[k % len]``."""
             t0 = time.time_ns() + 20_000_000
+            n_paths = len(paths)
             for k in range(count):
                 i = first + k
+                path = paths[k % n_paths]
                 due = t0 + int(k * interval)
                 now = time.time_ns()
                 if now < due:
                     await asyncio.sleep((due - now) / 1e9)
+                elif args.yield_each:
+                    await asyncio.sleep(0)  # late: still one loop turn per event (the flusher's)
                 frame_ns = time.time_ns()
                 if path == "marketbus":
                     event = push(decode(pushes[i]), frame_ns)
-                    sent[event.id] = (path, due, frame_ns)
-                    await publish_event(event)
+                    normalized[event.id] = time.time_ns()
+                    if args.bare_publish:  # diagnosis: the normalizer's event, published without JetStreamPublisher
+                        await nc.publish(subjects.for_event(event), codec.encode(event), reply=f"_INBOX.e2eref.m{i}",
+                                         headers=codec.headers_for(event))
+                    else:
+                        await publish_event(event)
+                    mid = event.id
                 else:
                     subject, payload, headers = ref_msgs[i]
-                    sent[headers["Nats-Msg-Id"]] = (path, due, frame_ns)
                     await nc.publish(subject, payload, reply=f"_INBOX.e2eref.{i}", headers=headers)
+                    mid = headers["Nats-Msg-Id"]
+                sent[mid] = (path, due, frame_ns, time.time_ns())
+                queued_at[mid] = len(writes)  # its bytes go out with the next write
             await asyncio.sleep(0.2)
 
-        await run("marketbus", 0, warm)
-        await run("reference", warm, warm)
+        # GC pauses while the paths run (the process's own, not the host's)
+        pauses: list[tuple[int, int]] = []  # (generation, duration ns)
+        gc_start = [0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_start[0] = time.perf_counter_ns()
+            elif info["generation"] >= 1:
+                pauses.append((info["generation"], time.perf_counter_ns() - gc_start[0]))
+
+        await run(("marketbus", "reference"), 0, 2 * warm)
         sent.clear()
+        gc.callbacks.append(on_gc)
+        if args.no_gc:
+            gc.disable()
         first = 2 * warm
-        for _ in range(args.rounds):
-            for path in ("marketbus", "reference"):
-                await run(path, first, per_path)
-                first += per_path
+        if args.mode == "interleave":
+            # one paced stream, events alternating between the paths: both see the same host
+            await run(("marketbus", "reference"), first, 2 * per_path * args.rounds)
+        else:
+            for r in range(args.rounds):
+                # ABBA order (marketbus first in even rounds, the reference in odd ones): a trend
+                # of the host's load, or the first round's start-up, does not fall on one path
+                for path in ("marketbus", "reference") if r % 2 == 0 else ("reference", "marketbus"):
+                    cpu, wall = time.process_time(), time.perf_counter()
+                    await run((path,), first, per_path)
+                    busy.setdefault(path, []).append((time.process_time() - cpu) / (time.perf_counter() - wall))
+                    first += per_path
+        gc.callbacks.remove(on_gc)
+        gc.enable()
         await pub.flush()
         out, _ = sub.communicate(timeout=120)
         await pub.close()
@@ -155,13 +229,22 @@ async def main() -> None:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    lat: dict[str, dict[str, list[float]]] = {p: {"frame": [], "due": []} for p in ("marketbus", "reference")}
+    split: dict[str, list[float]] = {"normalize": [], "publish": []}
+    lat: dict[str, dict[str, list[float]]] = {p: {"frame": [], "due": [], "inproc": [], "to_wire": [], "after_wire": []} for p in ("marketbus", "reference")}
     for line in out.splitlines():
         mid, recv = line.split()
         if mid in sent:
-            path, due, frame_ns = sent[mid]
+            path, due, frame_ns, returned = sent[mid]
             lat[path]["frame"].append((int(recv) - frame_ns) / 1e6)
             lat[path]["due"].append((int(recv) - due) / 1e6)
+            lat[path]["inproc"].append((returned - frame_ns) / 1e6)
+            k = queued_at[mid]
+            if k < len(writes):
+                lat[path]["to_wire"].append((writes[k] - returned) / 1e6)
+                lat[path]["after_wire"].append((int(recv) - writes[k]) / 1e6)
+            if mid in normalized:
+                split["normalize"].append((normalized[mid] - frame_ns) / 1e6)
+                split["publish"].append((returned - normalized[mid]) / 1e6)
     got = {p: len(v["frame"]) for p, v in lat.items()}
     print("| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered | p99 ratio to the reference |")
     print("|---|---|---|---|---|---|---|")
@@ -174,6 +257,23 @@ async def main() -> None:
             print(f"| {label}, {since}, {args.rate:,} ev/s | {statistics.median(v):.2f} | {pct(v, 0.99):.2f} | "
                   f"{pct(v, 0.999):.2f} | {max(v):.2f} | {got[path]:,}/{per_path * args.rounds:,} | {ratio} |")
     print(f"| (reference acks received: {acks:,}) | | | | | | |")
+    for label, v in (("marketbus: frame -> publish call returned", lat["marketbus"]["inproc"]),
+                     ("  of which the normalizer", split["normalize"]),
+                     ("  of which publish_event", split["publish"]),
+                     ("reference: frame -> publish call returned", lat["reference"]["inproc"]),
+                     ("marketbus: publish returned -> socket write", lat["marketbus"]["to_wire"]),
+                     ("reference: publish returned -> socket write", lat["reference"]["to_wire"]),
+                     ("marketbus: socket write -> subscriber", lat["marketbus"]["after_wire"]),
+                     ("reference: socket write -> subscriber", lat["reference"]["after_wire"])):
+        print(f"in-process, {label}, ms: p50 {statistics.median(v):.3f} p99 {pct(v, 0.99):.3f} "
+              f"max {max(v):.3f}; over 1 ms: {sum(x > 1 for x in v) / len(v):.2%}")
+    for gen in (1, 2):
+        d = [ns / 1e6 for g, ns in pauses if g == gen]
+        if d:
+            print(f"GC generation {gen} collections during the paths: {len(d)}, max {max(d):.2f} ms, total {sum(d):.1f} ms")
+    for path, shares in busy.items():
+        print(f"CPU of this process during the {path} rounds: " + ", ".join(f"{x:.0%}" for x in shares))
+    print(f"mode {args.mode}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

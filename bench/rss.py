@@ -3,7 +3,7 @@
 Each vendor runs in its own fresh process: the main event path of ``bench/peer_cryptofeed.py``
 (wire bytes -> normalizer -> contract event -> subject + ``codec`` encode + header block) over
 its corpus again and again, with the per-event state the ingestor keeps: Sitagri's
-``RecentIds`` with the bounds ``services/ingest_sitagri/app.py`` gives it (every event offered
+``RecentIds`` as ``services/ingest_sitagri/app.py`` makes it (``recent_ids()``) (every event offered
 to it, as the app does). RSS (``/proc/self/statm``) is read after warm-up (100k events), at 1M
 and at 10M. The reference, same run: a bare msgspec loop (Binance frame -> Struct -> JSON) in
 its own process, which holds no state.
@@ -44,10 +44,10 @@ def child(vendor: str, events: int, marks: list[int]) -> None:
     wire = pc.Wire()
     if vendor == "sitagri":
         from services.ingest_sitagri import normalize as sg
-        from services.ingest_sitagri.app import RecentIds
+        from services.ingest_sitagri.app import recent_ids
 
         pushes = pc.sitagri_pushes(trades)
-        recent = RecentIds(max_ids=1_000_000, max_age_s=86_400.0)  # the app's bounds
+        recent = recent_ids()  # the app's
         decode, push, send, add = sg.decode_push, sg.push, wire.send, recent.add
         ts = time.time_ns()
 

@@ -314,11 +314,13 @@ def raw_ns(raw: msgspec.Raw) -> int | None:
     return None if value is None else to_ns(value)
 
 
-def _check_dates(*points: LivePoint | None) -> None:
+def _check_dates(known: msgspec.Raw, *points: LivePoint | None) -> None:
     """The dates a push carries but its event does not use are checked as the decoder checked
-    them before they were kept raw: a number, a decimal string or null (:class:`Malformed` else)."""
+    them before they were kept raw: a number, a decimal string or null (:class:`Malformed` else).
+    A date with the same text as ``known`` (one already read, e.g. ``last.date``: a live push's
+    sides usually carry it) needs no second look."""
     for point in points:
-        if point is None:
+        if point is None or point.date == known:
             continue
         text = bytes(point.date)
         whole, dot, frac = text.partition(b".")
@@ -393,15 +395,26 @@ def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
         h = _market_price_hasher(p.quote).copy()
         h.update(b"%d" % ts)
         eid = h.hexdigest()
-        _check_dates(p.ask, p.bid, p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
+        _check_dates(last.date, p.ask, p.bid, p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)  # type: ignore[union-attr]
     else:
         # no trade yet: the newest date of the quote's sides names it
         dates = [d for d in (raw_ns(x.date) for x in (p.ask, p.bid, p.settlement) if x is not None) if d is not None]
         ts = max(dates) if dates else ts_recv
         eid = nolast_price_id(p.quote, ts, _val(p.ask), _val(p.bid))
-        _check_dates(p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
+        _check_dates(_NULL, p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
     ask, bid, settle, stats, first, prev, high, low = p.ask, p.bid, p.settlement, p.stats, p.first, p.previousLast, p.high, p.low
     high_1y, low_1y = p.high1Y, p.low1Y
+    if last is not None and ask is not None and bid is not None and settle is None and stats is None \
+            and first is None and prev is None and high is None and low is None and high_1y is None and low_1y is None:
+        # a live tick's usual shape (last, ask, bid): the absent fields keep their defaults
+        # (None), 11 keywords fewer to pass (each costs msgspec ~35 ns). The same event as below.
+        return MarketPrice(
+            id=eid, source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
+            quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]
+            last=last.value, last_ts=last_ts, last_volume=last.volume, total_volume=last.totalVolume,
+            orders=last.orders, bid=bid.value, bid_size=bid.volume if bid.volume is not None else bid.globalVolume,
+            ask=ask.value, ask_size=ask.volume if ask.volume is not None else ask.globalVolume,
+        )
     return MarketPrice(
         id=eid, source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
         quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]

@@ -217,3 +217,27 @@ def test_a_bad_date_in_a_point_the_event_does_not_use_still_refuses_the_push(poi
     for bad in ('"x"', "true", "[1]", "{}"):
         with pytest.raises(n.Malformed, match="bad date"):
             n.push(n.decode_push((good % (quote, point, bad)).encode()), 1)
+
+
+def test_a_live_tick_with_last_ask_and_bid_is_the_event_of_every_field() -> None:
+    """A push with only last, ask and bid takes a shorter constructor call (fewer keywords): its
+    event is the one built with every field, and adding any other point takes the general path
+    with the same common fields. Sides equal to ``last.date`` are checked once, not skipped:
+    a bad date on a side still refuses the push."""
+    quote = "/market/sources/EURONEX/future/EMA/deliveries/EMAX01"
+    tick = ('{"code":"marketPrice","quote":"%s","quality":"DELAYED","last":{"date":1700000000.5,"value":152.25,'
+            '"volume":3,"totalVolume":40,"orders":2},"ask":{"date":1700000000.5,"value":152.5,"globalVolume":7},'
+            '"bid":{"date":1700000000.5,"value":152,"volume":1}%s}')
+    event = n.push(n.decode_push((tick % (quote, "")).encode()), 9)
+    venue, symbol = n.quote_key(quote)
+    assert event == MarketPrice(
+        id=event.id, source="sitagri", venue=venue, symbol=symbol, ts_event=1700000000500000000, ts_recv=9,
+        replay=False, quality="delayed", last=Decimal("152.25"), last_ts=1700000000500000000,
+        last_volume=Decimal(3), total_volume=Decimal(40), orders=2, first=None, previous_last=None, high=None,
+        low=None, high_1y=None, low_1y=None, settlement=None, settlement_ts=None, open_interest=None,
+        bid=Decimal(152), bid_size=Decimal(1), ask=Decimal("152.5"), ask_size=Decimal(7), perf=None, rel_perf=None)
+    with_high = n.push(n.decode_push((tick % (quote, ',"high":{"date":1700000000,"value":153}')).encode()), 9)
+    assert msgspec.structs.replace(with_high, high=None) == event
+    with pytest.raises(n.Malformed, match="bad date"):
+        bad = (tick % (quote, "")).replace('"bid":{"date":1700000000.5', '"bid":{"date":"x"')
+        n.push(n.decode_push(bad.encode()), 9)

@@ -112,6 +112,38 @@ async def test_pipelined_publisher_deduplicates_by_event_id(nats_url: str, js) -
         await nc.close()
 
 
+async def test_a_burst_without_event_loop_turns_reaches_subscribers_before_it_ends(nats_url: str, js) -> None:
+    """A caller publishing a long burst back to back (frames that were late, handled one after
+    the other, each costing CPU): its first messages reach a subscriber while the burst still
+    runs, instead of waiting on the client for the whole burst (the publisher gives the event
+    loop a turn when its flush has waited for more than MAX_WRITE_DELAY_S)."""
+    nc, sub_nc = await nats.connect(nats_url), await nats.connect(nats_url)
+    publisher = await JetStreamPublisher(nc).start()
+    received: list[int] = []
+    sent = 0
+
+    async def on_msg(_msg: object) -> None:
+        received.append(sent)  # how many had been published when this one arrived
+
+    await sub_nc.subscribe("md.trade.test.RUNTIME.BURST", cb=on_msg)
+    await sub_nc.flush()
+    try:
+        loop = asyncio.get_running_loop()
+        for i in range(400):
+            end = loop.time() + 0.0002  # the normalizer's work for one frame, without a loop turn
+            while loop.time() < end:
+                pass
+            await publisher.publish_event(trade(i, symbol="BURST"))
+            sent += 1
+        await publisher.flush()
+        await wait_for(lambda: len(received) == 400, what="the burst at the subscriber")
+        assert received[0] < 400, "the first message arrived only after the whole burst was published"
+    finally:
+        await publisher.close()
+        await sub_nc.close()
+        await nc.close()
+
+
 async def test_publisher_reports_subjects_no_stream_captures(nats_url: str, js) -> None:
     nc = await nats.connect(nats_url)
     # "no responders" is also what a cluster answers while a stream has no leader: retried for

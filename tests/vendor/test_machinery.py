@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from marketbus.contracts.ids import event_id
 from marketbus.contracts.status import FeedStatus
 from marketbus.contracts.streams import INGEST_STATE, ensure_bucket
 from marketbus.runtime.backoff import Backoff
@@ -24,7 +25,7 @@ from marketbus.runtime.http import AsgiServer
 from marketbus.runtime.ingest import Ingestor
 from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.vendor.cursor import CursorStore, kv_key, kv_token, kv_token_decode
-from marketbus.vendor.dedup import RecentIds
+from marketbus.vendor.dedup import RecentIds, hex_key
 from marketbus.vendor.frames import FrameGuard
 from marketbus.vendor.gaps import GapTracker
 from marketbus.vendor.http import Outcome, Refused, Unavailable, VendorHttp, classify, parse_retry_after
@@ -221,6 +222,64 @@ def test_recent_ids_at_their_bound_forget_exactly_the_oldest() -> None:
     assert len(seen) == 1000
     assert not any(seen.add(i) for i in range(19_000, 20_000))
     assert seen.add(18_999) and len(seen) == 1000 and 19_000 not in seen
+
+
+def test_recent_ids_remember_for_at_least_their_age_and_at_most_one_slice_more() -> None:
+    clock = [0.0]
+    seen = RecentIds(max_ids=100, max_age_s=256, clock=lambda: clock[0])  # slices of 1 s
+    seen.add("a")
+    clock[0] = 0.5
+    seen.add("b")
+    clock[0] = 256.4
+    assert not seen.add("a") and not seen.add("b")  # 256.4 s old: within max_age_s + one slice
+    clock[0] = 257.6
+    assert seen.add("a") and seen.add("b")  # both beyond it: new again
+    clock[0] = 300.0
+    assert not seen.add("b") and "a" in seen
+
+
+def test_recent_ids_discarded_then_added_again_outlive_the_old_entry() -> None:
+    """``discard`` (an event not delivered) then a new ``add``: when the first entry ages out,
+    the key stays remembered for the second, and goes with it."""
+    clock = [0.0]
+    seen = RecentIds(max_ids=10, max_age_s=256, clock=lambda: clock[0])
+    seen.add("x")
+    seen.discard("x")
+    assert "x" not in seen
+    clock[0] = 100.0
+    assert seen.add("x")
+    clock[0] = 258.0  # the first entry is beyond the age, the second is not
+    assert "x" in seen and not seen.add("x") and len(seen) == 1
+    clock[0] = 358.0
+    assert "x" not in seen and len(seen) == 0 and seen.add("x")
+
+
+def test_compact_hex_keys_are_the_same_ids_and_no_two_collide() -> None:
+    ids = [event_id("sitagri", "market_price", "/market/sources/X/spot/A/deliveries/A", i) for i in range(1000)]
+    seen = RecentIds(compact=hex_key)
+    assert all(seen.add(i) for i in ids) and not any(seen.add(i) for i in ids)
+    assert ids[5] in seen and event_id("sitagri", "news", "AFP", 1) not in seen
+    packed = {hex_key(t) for t in ("ab", "0ab", "00ab", "AB", "aB", "a_b", "+ab", " ab", "xyz", "12", "012", "")}
+    assert len(packed) == 12  # leading zeros, case, signs, underscores and spaces all stay distinct
+    assert hex_key("AB") == "AB" and hex_key("xyz") == "xyz" and hex_key(7) == 7
+
+
+def test_recent_ids_at_a_million_cost_under_100_bytes_an_id() -> None:
+    """The bound of the Sitagri ingestor (a million event ids), measured with tracemalloc on
+    100k ids that only the RecentIds holds, as in the app (a dict of id text -> time took ~145
+    bytes an id)."""
+    import tracemalloc
+
+    seen = RecentIds(compact=hex_key)
+    tracemalloc.start()
+    try:
+        for i in range(100_000):
+            seen.add(event_id("sitagri", "market_price", "q", i))
+        size, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(seen) == 100_000
+    assert size / 100_000 < 100, f"{size / 100_000:.0f} bytes an id"
 
 
 # --- gap tracking and malformed frames on a real service --------------------------------------------

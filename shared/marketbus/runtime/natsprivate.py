@@ -95,6 +95,12 @@ async def write_frame(nc: Client, frame: bytes) -> None:
     await nc._send_command(frame)
 
 
+def flush_queued(nc: Client) -> bool:
+    """Is a flush of ``nc`` queued that its flusher task has not run yet? (Only when
+    :func:`fast_path`.)"""
+    return nc._flush_queue is not None and not nc._flush_queue.empty()
+
+
 async def flush(nc: Client, only_if_idle: bool = False) -> None:
     """Have ``nc``'s flusher write the pending buffer; with ``only_if_idle``, only when no flush
     is queued already (a burst of frames then goes out in one write)."""

@@ -47,6 +47,10 @@ class PubAck(msgspec.Struct):
 
 _ack_decoder = msgspec.json.Decoder(PubAck)
 LATENCY_SAMPLE_EVERY = 16
+# Longest a published message waits, within a burst that gives the event loop no turn, before the
+# publisher yields one so the client's flusher writes it (bench/RESULTS.md, issue #16: without it,
+# publish -> socket write p50 0.11-0.72 ms against 0.03-0.28 ms for a bare nats-py publish).
+MAX_WRITE_DELAY_S = 0.0005
 
 
 class _Group:
@@ -159,6 +163,7 @@ class JetStreamPublisher:
         self.retries = 0
         self.failed = 0  # messages given up on (their futures failed)
         self._acks = 0
+        self._flush_kicked_at = 0.0  # when the client's flusher was last asked to write
         self._unreported: PublishError | None = None  # a message failed since the last flush()
         self._blocked_since: float | None = None
         self._blocked_reason = ""
@@ -277,7 +282,20 @@ class JetStreamPublisher:
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
         await natsprivate.write_frame(nc, cmd)  # nats-py's own publish path, minus header encoding
-        await natsprivate.flush(nc, only_if_idle=True)
+        if not natsprivate.flush_queued(nc):
+            await natsprivate.flush(nc)
+            self._flush_kicked_at = pending.sent_at
+        elif pending.sent_at - self._flush_kicked_at > MAX_WRITE_DELAY_S:
+            # The flusher was kicked but has not run: the caller publishes a burst without giving
+            # the event loop a turn (e.g. frames that were late, handled back to back), and each
+            # message would wait on the socket for the rest of the burst to be normalized and
+            # encoded. One turn lets the flusher write what is queued.
+            # (At most one turn per MAX_WRITE_DELAY_S: a flusher held up by the socket's back
+            # pressure does not cost a turn per message.)
+            await asyncio.sleep(0)
+            self._flush_kicked_at = time.monotonic()
+            if not natsprivate.flush_queued(nc):
+                await natsprivate.flush(nc)
 
     async def _sweep(self) -> None:
         """Re-send messages whose ack did not come in time, and those a transient failure sent
