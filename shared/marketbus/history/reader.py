@@ -159,6 +159,7 @@ def _in_history_order(data: pa.Table) -> pa.Table:
     (one symbol's files are sorted by ``ts_event``: the sort is then skipped)."""
     if data.num_rows < 2:
         return data
+    data = _chunks_in_time_order(data)
     ts = data.column("ts_event_ns").to_numpy()
     seq = data.column("_seq").to_numpy()
     idx = data.column("_idx").to_numpy()
@@ -174,6 +175,21 @@ def _in_history_order(data: pa.Table) -> pa.Table:
     order = pc.sort_indices(data, [("ts_event_ns", "ascending"), ("_stream", "ascending"), ("_seq", "ascending"),
                                    ("_idx", "ascending")])
     return data.take(order)
+
+
+def _chunks_in_time_order(data: pa.Table) -> pa.Table:
+    """The table's record batches (one or more per data file, each file sorted by time) put in
+    the order of their first ``ts_event``: when the files do not overlap in time (one symbol's
+    appends, in order) the rows are then in order without a sort (a 4-key sort of 1M rows takes
+    ~0.2 s, this ~1 ms). Overlapping batches are left to the sort."""
+    batches = [b for b in data.to_batches() if b.num_rows]
+    if len(batches) < 2:
+        return data
+    firsts = np.array([b.column("ts_event_ns")[0].as_py() for b in batches], np.int64)
+    order = np.argsort(firsts, kind="stable")
+    if np.all(order[1:] > order[:-1]):
+        return data
+    return pa.Table.from_batches([batches[i] for i in order], schema=data.schema)
 
 
 def _mask(rows: pa.Table, selector: Selector, lo: int, hi: int, after: Cursor | None) -> pa.Array:
