@@ -252,7 +252,7 @@ def main() -> None:
 
             server = start_seaweedfs(tmp / "weed")
             try:
-                env = lakehouse_env(server, "", "bench")
+                env = lakehouse_env(server, "postgresql://unused", "bench")
                 env.pop("MARKETBUS_LAKEHOUSE_CATALOG_URI")  # the SQLite catalog: the warehouse is what is compared
                 os.environ.update(env)
                 s3 = LakehouseSettings.from_env(tmp / "s3")
