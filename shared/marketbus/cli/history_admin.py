@@ -6,6 +6,7 @@ tables, straight through their catalog (no writer needed). The catalog and wareh
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -69,17 +70,37 @@ def run_compact(history_dir: str | None, *, min_files: int = 8, snapshot_age_s: 
 
 @app.command("migrate")
 def migrate(
-    from_dir: str = typer.Option(..., "--from-dir", help="history dir of the embedded catalog and warehouse to copy"),
+    from_dir: str = typer.Option("", "--from-dir", help="history dir of the embedded catalog and warehouse to copy"),
+    from_parquet: str = typer.Option("", "--from-parquet",
+                                     help="data dir of the former embedded Parquet store (kind=*/source=*/...)"),
+    history_dir: str = HistoryDirOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Copy an embedded history (SQLite catalog + local warehouse under --from-dir) into the
-    lakehouse configured by MARKETBUS_LAKEHOUSE_* (PostgreSQL/REST catalog, S3 warehouse).
+    lakehouse configured by MARKETBUS_LAKEHOUSE_* (PostgreSQL/REST catalog, S3 warehouse); or
+    bring the data dir of the former Parquet store (--from-parquet) into the history tables
+    (the lakehouse of MARKETBUS_LAKEHOUSE_*, by default the embedded one under --history-dir).
     Safe to run again: rows already copied are skipped."""
     from marketbus.history.lakehouse import LakehouseSettings
     from marketbus.history.migrate import migrate as run
+    from marketbus.history.migrate import migrate_parquet
 
+    if bool(from_dir) == bool(from_parquet):
+        raise typer.BadParameter("give one of --from-dir and --from-parquet")
+    target = LakehouseSettings.from_env(history_dir or None)
+    if from_parquet:
+        if not Path(from_parquet).is_dir():
+            raise typer.BadParameter(f"{from_parquet}: not a directory")
+        if as_json:  # progress as one object per line, then the report
+            report = migrate_parquet(from_parquet, target, progress=lambda kind, day, n, skipped: json_line(
+                {"kind": kind, "day": day, "rows_added": n, "rows_skipped": skipped}))
+            json_line(report)
+        else:
+            report = migrate_parquet(from_parquet, target, progress=lambda kind, day, n, skipped: console.print(
+                f"{kind} {day}: +{n} rows" + (f" ({skipped} already there)" if skipped else "")))
+            console.print(report)
+        return
     source = LakehouseSettings(history_dir=from_dir)
-    target = LakehouseSettings.from_env()
     if target.embedded and target.base_dir().resolve() == source.base_dir().resolve():
         raise typer.BadParameter("the target is the source: set MARKETBUS_LAKEHOUSE_CATALOG_URI and _WAREHOUSE")
     if as_json:  # progress as one object per line, then the report

