@@ -13,11 +13,11 @@ import uuid
 from typing import Any
 
 import pytest
-from services.export_orchestrator.history_source import StreamKey
-from services.export_orchestrator.subscriptions import Subscriptions, new_generation
 
 from marketbus.contracts.feeds import Feed, Period
 from marketbus.vendor.feeds import Resolved, set_period, transition
+from services.export_orchestrator.history_source import StreamKey
+from services.export_orchestrator.subscriptions import Subscriptions, new_generation
 
 STREAM = StreamKey("trade", "ticksupply", "binance", "ETHUSDT")
 RESOLVED = Resolved("binance", "ETHUSDT", "trade")
