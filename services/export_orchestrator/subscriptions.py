@@ -36,7 +36,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from marketbus.clients.errors import RequestError
 from marketbus.clients.feeds import FeedClient
-from marketbus.contracts.feeds import VENDORS, Feed
+from marketbus.contracts.feeds import VENDORS, Feed, Period
 from marketbus.contracts.subjects import denormalize_symbol
 from marketbus.runtime.tsapi import ApiError, iso
 
@@ -71,6 +71,13 @@ class Generation(msgspec.Struct, frozen=True, array_like=True):
 _GENS = msgspec.json.Decoder(list[Generation])
 
 
+def new_generation(added: Feed) -> Generation:
+    """The generation a re-subscribe starts: ``added`` is the feed as the ``add`` wrote it, and the
+    generation starts at that moment (its ``updated_ts``), not at whatever period is last in the
+    record: the data flow may open or close periods around the add."""
+    return Generation(added.updated_ts, added.updated_ts)
+
+
 def gen_key(feed: Feed) -> str:
     return GEN_PREFIX + _hex(feed.key)
 
@@ -82,9 +89,17 @@ def api_error(exc: RequestError) -> ApiError:
 
 
 class Subscription:
-    """One generation of a feed for one datastream: the feed's periods from ``gen.start_ns`` on
-    (all of them for the first generation) up to the next generation's start (``next_start``:
-    then this subscription was deleted and replaced)."""
+    """One generation of a feed for one datastream: the feed's periods, clipped to the
+    generation's time window ``[gen.start_ns, next_start)`` (from the first period for the first
+    generation; open-ended for the current one; ``next_start`` set: this subscription was deleted
+    and replaced at that moment).
+
+    The attribution goes by time only, so it holds in any order of events: a period (or the part
+    of one) before a re-subscribe belongs to the older generation, after it to the newer one, and
+    a period the data flow opens later (the vendor session back, an ingestor restarted) to the
+    generation current at its start. A delete closes the open period and a removed feed gets no
+    flow periods, so in practice periods do not straddle a re-subscribe; the clip makes sure one
+    that does (an operator's edit, a period reconciled after a crash) is never counted twice."""
 
     def __init__(self, feed: Feed, stream: StreamKey, gen: Generation | None = None,
                  next_start: int | None = None) -> None:
@@ -94,8 +109,7 @@ class Subscription:
         self.created_ns = feed.created_ts if gen is None else gen.created_ns
         self.first = None if gen is None else gen.start_ns
         self.next_start = next_start
-        self.periods = [p for p in feed.periods if (self.first is None or p.start_ns >= self.first)
-                        and (next_start is None or p.start_ns < next_start)]
+        self.periods = clip_periods(feed.periods, self.first, next_start)
 
     @property
     def status(self) -> str:
@@ -113,6 +127,22 @@ class Subscription:
             if end > p.start_ns:
                 out.append((p.start_ns, end))
         return out
+
+
+def clip_periods(periods: Iterable[Period], lo: int | None, hi: int | None) -> list[Period]:
+    """The parts of ``periods`` inside ``[lo, hi)`` (None: unbounded), in order. A period that
+    starts inside the window is kept even when empty (a period opened and closed at once); one
+    still open at ``hi`` ends there (its generation was replaced then)."""
+    out = []
+    for p in periods:
+        start = p.start_ns if lo is None else max(p.start_ns, lo)
+        end = p.end_ns if hi is None or (p.end_ns is not None and p.end_ns <= hi) else hi
+        if hi is not None and start >= hi:
+            continue
+        if end is not None and (end < start or (end == start and p.start_ns < start)):
+            continue  # wholly before the window (an empty period is kept only if it starts in it)
+        out.append(p if (start, end) == (p.start_ns, p.end_ns) else Period(start, end))
+    return out
 
 
 class Subscriptions:
@@ -202,12 +232,18 @@ class Subscriptions:
             raise ApiError(409, "A subscription to this datastream already exists", {"id": existing.id})
         instrument = existing.feed.instrument if existing is not None else await self.instrument_of(stream)
         try:
-            feed = (await self.client.add(stream.source, instrument)).feed
+            reply = await self.client.add(stream.source, instrument)
         except RequestError as exc:
             raise api_error(exc) from None
-        if existing is None or not feed.periods:
+        feed = reply.feed
+        if existing is None:
             return Subscription(feed, stream)
-        # the earlier subscription was deleted: this is a new one, from the period just opened
-        gen = Generation(feed.updated_ts, feed.periods[-1].start_ns)
+        if not reply.changed:  # a concurrent create added it first: that one is the subscription
+            raise ApiError(409, "A subscription to this datastream already exists",
+                           {"id": (await self.of_feed(feed, stream))[-1].id})
+        # the earlier subscription was deleted: this is a new one, from the moment of this add (the
+        # record's update time; the add's own period starts then too). Whatever the flow opens or
+        # closes around it, the periods after this moment are the new subscription's.
+        gen = new_generation(feed)
         await self._add_generation(feed, gen)
         return Subscription(feed, stream, gen)

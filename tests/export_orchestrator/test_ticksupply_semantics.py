@@ -163,7 +163,7 @@ async def test_depth_raw_and_normalized_are_the_sandbox_csv(harness: Harness) ->
 
 
 async def test_export_needs_a_subscription_and_covers_only_its_spans(harness: Harness) -> None:
-    base = NOW - 1800 * S
+    base = NOW // HOUR_NS * HOUR_NS - HOUR_NS + 60 * S  # [base, base+400 s) inside one hour: one artifact
     start, end = base, base + 400 * S
     _, sandbox_refusal = await _sandbox_depth(start, end)
     await harness.start_writer()
@@ -239,8 +239,11 @@ async def test_official_client_sees_the_same_subscription_rules(harness: Harness
             with pytest.raises(PermissionDeniedError):  # never subscribed
                 client.exports.create(ds.datastream_id, base, base + 100 * S)
             sub = client.subscriptions.create(datastream_id=ds.datastream_id, idempotency_key=str(uuid.uuid4()))
+            # a collected past, and the period the create opened still open: an active feed whose
+            # data flows always has one (without it the ingestor's flow refresh would open one)
+            opened = time.time_ns() // 1000 * 1000  # the API's times are in microseconds
             asyncio.run_coroutine_threadsafe(
-                set_periods(harness.nc, "102", [(base + 20 * S, base + 50 * S)]), loop).result(timeout=10)
+                set_periods(harness.nc, "102", [(base + 20 * S, base + 50 * S), (opened, None)]), loop).result(timeout=10)
             job = client.exports.create(ds.datastream_id, base, base + 100 * S)
             deadline = time.monotonic() + 30
             while (job := client.exports.get(job.id)).status.value in ("queued", "running"):
@@ -256,7 +259,11 @@ async def test_official_client_sees_the_same_subscription_rules(harness: Harness
             again = client.subscriptions.create(datastream_id=ds.datastream_id)
             assert again.id != sub.id and again.status == SubscriptionStatus.ACTIVE and again.spans == []
             assert len(client.subscriptions.list_spans(again.id)) == 1
-            assert len(client.subscriptions.list_spans(sub.id)) == 1
+            # the deleted subscription keeps its own spans (the open one closed by the delete), none of the new one's
+            old_spans = client.subscriptions.list_spans(sub.id)
+            assert [round(s.started_at.timestamp() * 1e6) for s in old_spans] == [(base + 20 * S) // 1000, opened // 1000]
+            assert all(s.ended_at is not None and s.ended_at <= again.created_at for s in old_spans)
+            assert client.subscriptions.list_spans(again.id)[0].started_at >= again.created_at
             assert client.subscriptions.get(sub.id).status == SubscriptionStatus.DELETED
             assert {s.id for s in client.subscriptions.list_all()} == {sub.id, again.id}
 
