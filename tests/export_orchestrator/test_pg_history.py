@@ -11,13 +11,28 @@ import asyncpg
 import msgspec
 import pyarrow as pa
 
+from marketbus.contracts import subjects
+from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ExportRequest, StreamSelector
+from marketbus.contracts.reference import Instrument, InstrumentClass
 from marketbus.runtime.settings import Secret
-from services.export_orchestrator.history_source import HistorySource, Position
+from services.export_orchestrator.history_source import HistorySource, Position, StreamKey
 from services.export_orchestrator.settings import ExportSettings
 from services.history_writer.app import HistoryWriter
 
-from .conftest import T0, Harness, S, download_all, exact, make_trades, publish, read_artifact, table_rows, trade_rows
+from .conftest import (
+    T0,
+    TS_INSTRUMENTS,
+    Harness,
+    S,
+    download_all,
+    exact,
+    make_trades,
+    publish,
+    read_artifact,
+    table_rows,
+    trade_rows,
+)
 
 
 async def start_pg_writer(harness: Harness, dsn: str, prefix: str) -> None:
@@ -98,3 +113,39 @@ async def test_a_resumed_read_continues_strictly_after_its_position(harness: Har
         assert rest.column("id").to_pylist() == everything.column("id").to_pylist()[150:]
     finally:
         await source.close()
+
+
+async def test_the_ticksupply_catalog_comes_from_the_reference_data_in_postgresql(harness: Harness, pg_dsn: str) -> None:
+    """What the TickSupply-shaped API lists (instruments, datastreams, availability) from history
+    kept in PostgreSQL: the stored reference data and market streams."""
+    prefix = f"hx_{uuid.uuid4().hex[:8]}_"
+    await start_pg_writer(harness, pg_dsn, prefix)
+    orch = await harness.start_orchestrator(history_backend="postgres", history_pg_dsn=Secret(pg_dsn),
+                                            history_pg_table_prefix=prefix)
+    refs: list[Any] = []
+    for symbol, (ds, kind, base, quote) in TS_INSTRUMENTS.items():
+        refs.append(Instrument(
+            id=event_id("ticksupply", "instrument", "binance", symbol), source="ticksupply", venue="binance",
+            symbol=symbol, ts_event=T0, ts_recv=T0, instrument_type=kind, vendor_symbol=symbol, base=base,  # type: ignore[arg-type]
+            quote=quote, attributes={"datastream.trade.json": ds}))
+        vendor = f"{symbol}:trade:json"
+        refs.append(InstrumentClass(
+            id=event_id("ticksupply", "datastream", ds), source="ticksupply", venue="binance",
+            symbol=subjects.normalize_symbol(vendor), ts_event=T0, ts_recv=T0, class_type="datastream",
+            vendor_symbol=vendor, vendor_ref=ds, attributes={"stream_type": "trade", "wire_format": "json",
+                                                             "instrument": symbol}))
+    trades = make_trades("ticksupply", "binance", "BTCUSDT", [T0 + i * S for i in range(20)])
+    await publish(harness.nc, refs + trades)
+    await harness.wait_stored("instrument.ticksupply.*.*", len(TS_INSTRUMENTS))
+    await harness.wait_stored("trade.ticksupply.*.*", 20)
+    history = orch.history
+    assert history is not None
+
+    instruments = await history.instruments("binance")
+    assert {s: (r["base"], r["quote"], r["instrument_type"], r["attributes"]) for s, r in instruments.items()} == {
+        s: (base, quote, kind, {"datastream.trade.json": ds}) for s, (ds, kind, base, quote) in TS_INSTRUMENTS.items()}
+    assert await history.vendor_datastreams() == sorted(
+        StreamKey("trade", "ticksupply", "binance", subjects.normalize_symbol(s)) for s in TS_INSTRUMENTS)
+    assert await history.market_streams() == [StreamKey("trade", "ticksupply", "binance", "BTCUSDT")]
+    [cov] = await history.coverage(StreamSelector(kind="trade", source="ticksupply"), T0, T0 + 60 * S)
+    assert (cov.rows, cov.covered[0].start_ns, cov.covered[-1].end_ns) == (20, T0, T0 + 19 * S)
