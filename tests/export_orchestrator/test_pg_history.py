@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,7 @@ from marketbus.contracts import subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ExportRequest, StreamSelector
 from marketbus.contracts.reference import Instrument, InstrumentClass
-from marketbus.runtime.settings import Secret
+from marketbus.runtime.settings import Secret, load_settings
 from services.export_orchestrator.history_source import HistorySource, Position, StreamKey
 from services.export_orchestrator.settings import ExportSettings
 from services.history_writer.app import HistoryWriter
@@ -149,3 +150,17 @@ async def test_the_ticksupply_catalog_comes_from_the_reference_data_in_postgresq
     assert await history.market_streams() == [StreamKey("trade", "ticksupply", "binance", "BTCUSDT")]
     [cov] = await history.coverage(StreamSelector(kind="trade", source="ticksupply"), T0, T0 + 60 * S)
     assert (cov.rows, cov.covered[0].start_ns, cov.covered[-1].end_ns) == (20, T0, T0 + 19 * S)
+
+
+def test_the_writer_environment_points_the_reads_at_its_database(tmp_path: Path) -> None:
+    """One environment configures both: the writer's backend and DSN (a secret file) are the
+    orchestrator's defaults; its own ``MARKETBUS_EXPORT_HISTORY_*`` win."""
+    (tmp_path / "dsn").write_text("postgresql://marketbus:pw@postgres:5432/marketbus\n")
+    env = {"MARKETBUS_HISTORY_WRITER_BACKEND": "postgres", "MARKETBUS_HISTORY_WRITER_PG_DSN_FILE": str(tmp_path / "dsn"),
+           "MARKETBUS_HISTORY_WRITER_PG_TABLE_PREFIX": "h_"}
+    s = load_settings(ExportSettings, env)
+    assert (s.history_backend, s.history_pg_dsn.get(), s.history_pg_table_prefix) == (
+        "postgres", "postgresql://marketbus:pw@postgres:5432/marketbus", "h_")
+    own = load_settings(ExportSettings, {**env, "MARKETBUS_EXPORT_HISTORY_BACKEND": "iceberg"})
+    assert own.history_backend == "iceberg"
+    assert load_settings(ExportSettings, {}).history_backend == "iceberg"
