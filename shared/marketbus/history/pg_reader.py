@@ -11,18 +11,22 @@ Rows come back as :class:`marketbus.history.reader.HistoryReader` gives them: st
 ``(ts_event, _stream, _seq, _idx)``, the requested columns first, then the order columns. A
 kind whose table does not exist yet (no writer has opened the database) reads as empty.
 
-Every read of a kind is one read-only transaction over a server-side cursor: memory stays
-bounded by ``batch_rows`` however long the range, and the reader needs ``SELECT`` only (a
-read-only database role is enough).
+Every read of a kind is one read-only transaction streaming ``COPY (SELECT ...) TO STDOUT``
+into Arrow's CSV reader: memory stays bounded however long the range, and the reader needs
+``SELECT`` only (a read-only database role is enough).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 import pyarrow as pa
+import pyarrow.csv as pcsv
 
 from .schema import ORDER_COLUMNS, SCHEMAS, canonical_decimal_column
 from .selector import Cursor, Selector
@@ -135,6 +139,10 @@ class PgHistoryReader:
     async def _read(self, kind: str, selector: Selector, start_ns: int, end_ns: int, *, after: Cursor | None,
                     limit: int | None, columns: Sequence[str] | None,
                     batch_rows: int = 65_536) -> AsyncIterator[pa.RecordBatch]:
+        """The rows as ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` parsed by Arrow's CSV reader:
+        no Python object per value (3x the rows/s of building arrays from records). The COPY
+        writes into a pipe that a thread parses block by block, so memory stays bounded and a
+        slow consumer holds the COPY back (the pipe fills)."""
         cols = self._selected(kind, columns)
         lo = start_ns if after is None else max(start_ns, after.ts_event)
         if lo >= end_ns or (limit is not None and limit <= 0):
@@ -146,21 +154,60 @@ class PgHistoryReader:
             sql += f" LIMIT {int(limit)}"
         schema = _schema_of(kind, cols)
         decimals = [i for i, (_, ck) in enumerate(cols) if ck == "decimal"]
-        async with self._pool().acquire() as con, con.transaction(readonly=True):
+        rfd, wfd = os.pipe()
+        sink = os.fdopen(wfd, "wb")
+        source = os.fdopen(rfd, "rb", buffering=0)  # unbuffered: closing it never waits on a reading thread
+
+        async def copy() -> None:
             try:
-                cur = await con.cursor(sql, *args)
+                async with self._pool().acquire() as con, con.transaction(readonly=True):
+                    # a file: asyncpg writes it in a thread (which blocks while the pipe is full)
+                    await con.copy_from_query(sql, *args, output=sink, format="csv")
+            finally:
+                with contextlib.suppress(OSError):  # EOF for the parser, also on error or cancel
+                    await asyncio.to_thread(sink.close)
+
+        def convert(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+            """Parsed blocks (their size is what the pipe held) -> one batch, canonical decimals."""
+            batch = pa.Table.from_batches(batches, schema=batches[0].schema).combine_chunks().to_batches()[0]
+            arrays = list(batch.columns)
+            for i in decimals:  # numeric::text keeps the stored scale: the canonical text, as Iceberg's
+                arrays[i] = canonical_decimal_column(arrays[i])
+            return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+        task = asyncio.ensure_future(copy())
+        try:
+            reader = await asyncio.to_thread(_csv_reader, source, schema)
+            pending: list[pa.RecordBatch] = []  # parsed, not given yet
+            rows = 0
+            while reader is not None:
+                batch = await asyncio.to_thread(_next_batch, reader)
+                if batch is None:
+                    break
+                if not batch.num_rows:
+                    continue
+                # batches of batch_rows; the rows of the last block parsed are always held back:
+                # a COPY failing mid-way leaves a cut last row, given only once the COPY ended well
+                while rows >= batch_rows:
+                    table = pa.Table.from_batches(pending)
+                    yield convert(table.slice(0, batch_rows).to_batches())
+                    pending, rows = table.slice(batch_rows).to_batches(), rows - batch_rows
+                pending.append(batch)
+                rows += batch.num_rows
+            try:
+                await task
             except asyncpg.UndefinedTableError:  # no writer has created it yet: nothing stored
                 return
-            while True:
-                rows = await cur.fetch(batch_rows)
-                if not rows:
-                    break
-                arrays = [pa.array([r[i] for r in rows], schema.field(i).type) for i in range(len(cols))]
-                for i in decimals:  # numeric::text keeps the stored scale: the canonical text, as Iceberg's
-                    arrays[i] = canonical_decimal_column(arrays[i])
-                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
-                if len(rows) < batch_rows:
-                    break
+            if rows:
+                table = pa.Table.from_batches(pending)
+                for at in range(0, rows, batch_rows):
+                    yield convert(table.slice(at, batch_rows).to_batches())
+        finally:
+            if not task.done():
+                task.cancel()
+            source.close()  # a COPY still writing gets EPIPE instead of waiting on a full pipe
+            with contextlib.suppress(BaseException):
+                await task
 
     # --- what is stored --------------------------------------------------------------------------
     async def coverage_rows(self, selector: Selector, start_ns: int, end_ns: int,
@@ -209,6 +256,31 @@ class PgHistoryReader:
                     continue
                 out.update((kind, r[0], r[1], r[2]) for r in rows if selector.match(r[0], r[1], r[2]))
         return sorted(out)
+
+
+def _csv_reader(source: Any, schema: pa.Schema) -> pcsv.CSVStreamingReader | None:
+    """Arrow's streaming CSV reader with PostgreSQL's CSV rules: an unquoted empty field is NULL, a
+    quoted one an empty string; booleans are ``t``/``f``; values may hold newlines. None when the
+    COPY gave nothing (no rows, or it failed: the COPY task says which)."""
+    try:
+        return pcsv.open_csv(
+            source,
+            read_options=pcsv.ReadOptions(column_names=schema.names, block_size=1 << 20),
+            parse_options=pcsv.ParseOptions(newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(column_types=schema, null_values=[""], strings_can_be_null=True,
+                                                quoted_strings_can_be_null=False, true_values=["t"],
+                                                false_values=["f"]))
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return None
+        raise
+
+
+def _next_batch(reader: pcsv.CSVStreamingReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
 
 
 def _schema_of(kind: str, cols: list[tuple[str, str]]) -> pa.Schema:
