@@ -3,6 +3,7 @@ configured like the writer, reads the same tables, and the files hold exactly th
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +17,8 @@ from marketbus.contracts import subjects
 from marketbus.contracts.ids import event_id
 from marketbus.contracts.jobs import ExportRequest, StreamSelector
 from marketbus.contracts.reference import Instrument, InstrumentClass
+from marketbus.history.pg_reader import PgHistoryReader
+from marketbus.history.selector import Selector
 from marketbus.runtime.settings import Secret, load_settings
 from services.export_orchestrator.history_source import HistorySource, Position, StreamKey
 from services.export_orchestrator.settings import ExportSettings
@@ -164,3 +167,28 @@ def test_the_writer_environment_points_the_reads_at_its_database(tmp_path: Path)
     own = load_settings(ExportSettings, {**env, "MARKETBUS_EXPORT_HISTORY_BACKEND": "iceberg"})
     assert own.history_backend == "iceberg"
     assert load_settings(ExportSettings, {}).history_backend == "iceberg"
+
+
+async def test_a_read_given_up_early_frees_its_connection(harness: Harness, pg_dsn: str) -> None:
+    """A job cancelled after its first batch (the COPY still has megabytes to send, the pipe is
+    full): its connection comes back; a table no writer has created reads as empty."""
+    prefix = f"hx_{uuid.uuid4().hex[:8]}_"
+    await start_pg_writer(harness, pg_dsn, prefix)
+    trades = make_trades("pgbig", "XCHG", "BTC-USD", [T0 + i * S // 100 for i in range(30_000)])
+    await publish(harness.nc, trades)
+    await harness.wait_stored("trade.pgbig.*.*", len(trades))
+    reader = PgHistoryReader(pg_dsn, table_prefix=prefix, pool_size=1)  # one connection: a leak would hang
+    await reader.open()
+    try:
+        for _ in range(2):
+            gen = reader.read_batches(Selector(kind="trade", source="pgbig"), 0, 2**63 - 1, batch_rows=100)
+            kind, first = await asyncio.wait_for(gen.__anext__(), 10)
+            assert (kind, first.num_rows) == ("trade", 100)
+            await asyncio.wait_for(gen.aclose(), 10)
+        whole = await asyncio.wait_for(reader.read_kind("trade", Selector(source="pgbig"), 0, 2**63 - 1), 20)
+        assert whole.column("id").to_pylist() == [t.id for t in trades]  # all of them, in the history order
+        missing = PgHistoryReader(table_prefix=f"none_{prefix}", pool=reader.pool)
+        assert (await missing.read_kind("trade", Selector(), 0, 2**63 - 1)).num_rows == 0
+        assert await missing.streams(Selector()) == []
+    finally:
+        await reader.close()
