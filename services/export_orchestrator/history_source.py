@@ -1,12 +1,17 @@
-"""The ONE adapter through which the export orchestrator reads history: the history tables
-(Apache Iceberg) through their catalog, with ``marketbus.history``'s reader. Nothing of the
-history writer is imported and no lock is taken: every read is one table snapshot, so the
-orchestrator runs on any host that reaches the catalog and the warehouse (``MARKETBUS_LAKEHOUSE_*``;
-by default the embedded SQLite catalog under ``<history dir>``, the writer's default).
+"""The ONE adapter through which the export orchestrator reads history, from wherever the history
+writer keeps it (``history_backend``, by default the writer's own ``MARKETBUS_HISTORY_WRITER_BACKEND``):
 
-Rows come per kind (kinds in name order), each kind in the history order
-``(ts_event, _stream, _seq, _idx)``, read one UTC day at a time so memory stays bounded. A read can
-resume strictly after a position (:class:`Position`), which is what a resumed job does.
+- ``iceberg``: the history tables (Apache Iceberg) through their catalog, with
+  ``marketbus.history``'s :class:`HistoryReader`. No lock is taken: every read is one table
+  snapshot, so the orchestrator runs on any host that reaches the catalog and the warehouse
+  (``MARKETBUS_LAKEHOUSE_*``; by default the embedded SQLite catalog under ``<history dir>``);
+- ``postgres``: the writer's PostgreSQL tables, with :class:`PgHistoryReader` (the reads the
+  writer's own query API makes), through ``history_pg_dsn`` (``SELECT`` is all it needs).
+
+Nothing of the history writer is imported. Rows come per kind (kinds in name order), each kind in
+the history order ``(ts_event, _stream, _seq, _idx)``; from Iceberg one UTC day at a time, from
+PostgreSQL through a server-side cursor, so memory stays bounded either way. A read can resume
+strictly after a position (:class:`Position`), which is what a resumed job does.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from marketbus.contracts.jobs import StreamCoverage, StreamSelector
 from marketbus.contracts.subjects import normalize_symbol
 from marketbus.history.coverage import DEFAULT_MAX_GAP_NS, build_coverage
 from marketbus.history.lakehouse import LakehouseSettings
+from marketbus.history.pg_reader import PgHistoryReader
 from marketbus.history.reader import HistoryReader
 from marketbus.history.schema import FEED_STATUS, KINDS, SCHEMAS
 from marketbus.history.selector import Cursor, Selector
@@ -70,53 +76,72 @@ def kind_columns(kind: str) -> list[str]:
 
 
 class HistorySource:
-    def __init__(self, settings: Any, nc: Any = None, reader: HistoryReader | None = None) -> None:
+    def __init__(self, settings: Any, nc: Any = None, reader: HistoryReader | PgHistoryReader | None = None) -> None:
         self.settings = settings
         self.nc = nc
         self.reader = reader
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
-        if self.reader is None:
-            lake = LakehouseSettings.from_env(self.settings.history_path)
-            self.reader = HistoryReader(lake)
-            try:
-                await asyncio.to_thread(lambda: self.reader.tables.catalog)  # type: ignore[union-attr]
-            except Exception as exc:
-                log.warning("history catalog not reachable yet: %r", exc)
+        if self.reader is not None:
+            return
+        if getattr(self.settings, "history_backend", "iceberg") == "postgres":
+            pg = PgHistoryReader(self.settings.history_pg_dsn.get(), table_prefix=self.settings.history_pg_table_prefix)
+            await pg.open()  # lazy connections: an unreachable database shows in the reads, not here
+            self.reader = pg
+            return
+        lake = LakehouseSettings.from_env(self.settings.history_path)
+        reader = self.reader = HistoryReader(lake)
+        try:
+            await asyncio.to_thread(lambda: reader.tables.catalog)
+        except Exception as exc:
+            log.warning("history catalog not reachable yet: %r", exc)
 
     async def close(self) -> None:
-        self.reader = None
+        reader, self.reader = self.reader, None
+        if isinstance(reader, PgHistoryReader):
+            await reader.close()
 
     @property
     def mode(self) -> str:
-        return "iceberg"
+        return "postgres" if isinstance(self.reader, PgHistoryReader) else "iceberg"
 
-    def _reader(self) -> HistoryReader:
+    def _reader(self) -> HistoryReader | PgHistoryReader:
         if self.reader is None:
             raise HistoryUnavailable("history source not opened")
         return self.reader
+
+    async def _read_kind(self, kind: str, selector: Selector, start_ns: int, end_ns: int, *,
+                         after: Cursor | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+        """One kind's rows as one table, from either reader (Iceberg's in a thread)."""
+        reader = self._reader()
+        if isinstance(reader, PgHistoryReader):
+            return await reader.read_kind(kind, selector, start_ns, end_ns, after=after, columns=columns)
+        return await asyncio.to_thread(reader.read_kind, kind, selector, start_ns, end_ns, after=after, columns=columns)
 
     # --- coverage and the catalog ---------------------------------------------------------------
     async def coverage(self, selector: StreamSelector | Selector, start_ns: int, end_ns: int) -> list[StreamCoverage]:
         sel = to_selector(selector)
         reader = self._reader()
         try:
-            runs = await asyncio.to_thread(reader.coverage_rows, sel, start_ns, end_ns, DEFAULT_MAX_GAP_NS)
-            statuses = await asyncio.to_thread(self._statuses, reader, sel)
+            if isinstance(reader, PgHistoryReader):
+                runs = await reader.coverage_rows(sel, start_ns, end_ns, DEFAULT_MAX_GAP_NS)
+            else:
+                runs = await asyncio.to_thread(reader.coverage_rows, sel, start_ns, end_ns, DEFAULT_MAX_GAP_NS)
+            table = await self._read_kind(FEED_STATUS, Selector(kind=FEED_STATUS, source=sel.source), 0, MAX_NS)
+            statuses = SCHEMAS[FEED_STATUS].table_to_events(table) if table.num_rows else []
         except Exception as exc:
             raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
         return [c for c in build_coverage(runs, statuses, sel, start_ns, end_ns) if c.kind != FEED_STATUS]
 
-    @staticmethod
-    def _statuses(reader: HistoryReader, sel: Selector) -> list[Any]:
-        table = reader.read_kind(FEED_STATUS, Selector(kind=FEED_STATUS, source=sel.source), 0, MAX_NS)
-        return SCHEMAS[FEED_STATUS].table_to_events(table) if table.num_rows else []
-
     async def streams(self, selector: StreamSelector | Selector | None = None) -> list[StreamKey]:
         """The stored streams (kind, source, venue, symbol), sorted."""
         sel = to_selector(selector) if selector is not None else Selector()
-        rows = await asyncio.to_thread(self._reader().streams, sel)
+        reader = self._reader()
+        if isinstance(reader, PgHistoryReader):
+            rows = await reader.streams(sel)
+        else:
+            rows = await asyncio.to_thread(reader.streams, sel)
         return [StreamKey(*r) for r in rows if r[0] != FEED_STATUS]
 
     async def market_streams(self) -> list[StreamKey]:
@@ -127,10 +152,9 @@ class HistorySource:
         """The latest stored ``Instrument`` reference event of each symbol of ``venue``:
         symbol -> {source, base, quote, instrument_type, vendor_symbol, attributes} (the reference
         data the ingestors publish)."""
-        reader = self._reader()
         sel = Selector(kind="instrument", venue=venue)
         try:
-            table = await asyncio.to_thread(reader.read_kind, "instrument", sel, 0, MAX_NS, columns=INSTRUMENT_COLUMNS)
+            table = await self._read_kind("instrument", sel, 0, MAX_NS, columns=INSTRUMENT_COLUMNS)
         except Exception as exc:
             raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
         out: dict[str, dict[str, Any]] = {}
@@ -146,11 +170,9 @@ class HistorySource:
         """The streams a vendor's catalog offers, from the stored reference data: TickSupply's
         datastreams (``InstrumentClass`` ``datastream`` events, JSON wire format): a trade stream
         is collected as ``trade``, a depth stream as ``quote`` (top of book)."""
-        reader = self._reader()
         sel = Selector(kind="instrument_class", source="ticksupply")
         try:
-            table = await asyncio.to_thread(reader.read_kind, "instrument_class", sel, 0, MAX_NS,
-                                            columns=["venue", "class_type", "attributes"])
+            table = await self._read_kind("instrument_class", sel, 0, MAX_NS, columns=["venue", "class_type", "attributes"])
         except Exception as exc:
             raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
         out: set[StreamKey] = set()
@@ -185,6 +207,11 @@ class HistorySource:
                 cols = [c for c in columns if c in known]
             r = resume if (resume is not None and resume.kind == kind) else None
             after = Cursor(*r.key) if (r is not None and r.key is not None) else None
+            if isinstance(reader, PgHistoryReader):  # one server-side cursor: bounded memory, no day windows
+                async for _, batch in reader.read_batches(ksel, start_ns, end_ns, after=after, columns=cols,
+                                                          batch_rows=batch_rows):
+                    yield kind, batch
+                continue
             lo = start_ns if after is None else max(start_ns, after.ts_event)
             days = await asyncio.to_thread(reader.days, kind, ksel, lo, end_ns) if window_ns > 0 else []
             windows = [(max(lo, d), min(end_ns, d + DAY_NS)) for d in days] if days else [(lo, end_ns)]

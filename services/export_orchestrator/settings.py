@@ -2,7 +2,9 @@
 
 Defaults point at the embedded setup: NATS at nats://127.0.0.1:4222, the history tables the
 history writer keeps under ``$MARKETBUS_DATA_DIR/history`` (Iceberg, SQLite catalog; set
-``MARKETBUS_LAKEHOUSE_*`` for a PostgreSQL/REST catalog and an S3 warehouse), artifacts under
+``MARKETBUS_LAKEHOUSE_*`` for a PostgreSQL/REST catalog and an S3 warehouse; with the writer's
+PostgreSQL backend, ``MARKETBUS_HISTORY_WRITER_BACKEND=postgres`` and its ``..._PG_DSN`` (or
+``MARKETBUS_EXPORT_HISTORY_*``) point the reads at its tables), artifacts under
 ``$MARKETBUS_DATA_DIR/exports``, and the TickSupply-shaped HTTP API on port 8710.
 """
 
@@ -25,13 +27,21 @@ class ExportSettings(ServiceSettings, kw_only=True):
         "data_dir": ("MARKETBUS_DATA_DIR",),
         # the history writer's own setting, so one environment configures both
         "history_dir": ("MARKETBUS_HISTORY_WRITER_DATA_DIR",),
+        # where the writer keeps history: the same variables choose where we read it
+        "history_backend": ("MARKETBUS_HISTORY_WRITER_BACKEND",),
+        "history_pg_dsn": ("MARKETBUS_HISTORY_WRITER_PG_DSN",),
+        "history_pg_table_prefix": ("MARKETBUS_HISTORY_WRITER_PG_TABLE_PREFIX",),
     }
 
     data_dir: str = ".marketbus"
 
-    # --- history (what we read): the Iceberg tables through their catalog ------------------------
-    # (MARKETBUS_LAKEHOUSE_*; the embedded catalog and warehouse live under history_dir)
+    # --- history (what we read): where the history writer stores it ---------------------------
+    # iceberg: the tables through their catalog (MARKETBUS_LAKEHOUSE_*; the embedded catalog and
+    # warehouse live under history_dir); postgres: the writer's PostgreSQL tables (only SELECT needed)
+    history_backend: Literal["iceberg", "postgres"] = "iceberg"
     history_dir: str = ""  # default <data_dir>/history
+    history_pg_dsn: Secret = Secret("postgresql://postgres@127.0.0.1:5432/marketbus")  # the writer's default
+    history_pg_table_prefix: str = "history_"
 
     # --- artifacts (what we write) --------------------------------------------------------------
     artifact_store: Literal["local", "nats", "s3"] = "local"

@@ -136,6 +136,9 @@ def test_postgres_and_the_export_api_take_their_secrets_from_files(compose: dict
     export = compose["services"]["export_orchestrator"]["environment"]
     assert export["MARKETBUS_EXPORT_API_KEYS_FILE"] == "/run/secrets/export_api_key"
     assert export["MARKETBUS_EXPORT_SIGNING_SECRET_FILE"] == "/run/secrets/export_signing_secret"
+    # exports read history where the writer keeps it: with the postgres backend, through the same DSN
+    assert export["MARKETBUS_EXPORT_HISTORY_PG_DSN_FILE"] == "/run/secrets/history_pg_dsn"
+    assert export["MARKETBUS_EXPORT_HISTORY_BACKEND"] == writer["MARKETBUS_HISTORY_WRITER_BACKEND"]
     text = (ROOT / "docker-compose.yml").read_text()
     assert "mb_export_dev_key" not in text and "trust" not in text
 

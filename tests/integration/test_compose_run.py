@@ -667,7 +667,8 @@ def test_compose_runs_the_whole_flow(tmp_path: Path) -> None:
 def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -> None:
     """`--profile postgres` with MARKETBUS_HISTORY_WRITER_BACKEND=postgres (README): the writer
     waits for the database, connects with the DSN secret and serves history from it; an order
-    goes through the stack; an export of that history has rows (xfail until it does)."""
+    goes through the stack; an export of that history (the export orchestrator reads the same
+    database, with the DSN secret) has rows."""
     with compose_up(tmp_path, default_profiles() | {"postgres"}, MARKETBUS_HISTORY_WRITER_BACKEND="postgres") as stack:
         def history_rows() -> list[str]:
             result = cli(stack, "history", "query", "trade.digitex.*.*", "--start", "-10m", "--limit", "5", "--json")
@@ -681,10 +682,10 @@ def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -
             capture_output=True, text=True, timeout=30, check=False)
         assert tables.returncode == 0 and "history_" in tables.stdout, tables.stdout + tables.stderr
         place_an_order(stack)
-        final = export_stored_trades(stack, "parquet")
-        if final["rows"] == 0:  # a known gap, kept visible: the test passes once exports read PostgreSQL
-            pytest.xfail("the export orchestrator reads history from the Iceberg tables only: with the writer's "
-                         "PostgreSQL backend an export succeeds with 0 rows")
+        final = export_stored_trades(stack, "parquet")  # the export orchestrator reads the same PostgreSQL
+        assert final["rows"] > 0, final
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{stack.published[9107]}/healthz", timeout=5).read())
+        assert health["history"] == "postgres", health
 
 
 @pytest.mark.timeout(360)

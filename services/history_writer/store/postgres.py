@@ -1,5 +1,9 @@
 """PostgreSQL store (asyncpg): one typed table per event kind, loaded with COPY.
 
+The table layout and every read (rows in history order, coverage) are
+``marketbus.history.pg_reader``'s, the ones the export orchestrator reads through; this module
+creates the tables, writes and applies retention.
+
 - Tables ``<prefix><kind>`` (default ``history_trade``...): the kind's columns (``numeric`` for
   decimals, ``jsonb`` for nested values, ``bigint`` ns timestamps) plus ``_stream``, ``_seq``,
   ``_idx``; primary key ``(id, ts_event)``; index ``(source, venue, symbol, ts_event)``.
@@ -20,25 +24,21 @@ import contextlib
 import io
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import asyncpg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from marketbus.history.pg_reader import PG_TYPES, PgHistoryReader, table_columns
+
 from ..schema import SCHEMAS, Decoded
 from .base import Cursor, HistoryStore, Selector, WriteResult
 
 log = logging.getLogger("marketbus.history_writer.postgres")
 
-_PG = {"int": "bigint", "bool": "boolean", "str": "text", "decimal": "numeric", "json": "jsonb"}
 _STAGE = {"int": "bigint", "bool": "boolean", "str": "text", "decimal": "text", "json": "text"}
 DAY_NS = 86_400 * 1_000_000_000
-
-
-def _like(pattern: str) -> str:
-    return pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%").replace("?", "_")
 
 
 def _csv(table: pa.Table, names: list[str]) -> io.BytesIO:
@@ -71,11 +71,7 @@ class PostgresStore(HistoryStore):
         return f"{self.prefix}{kind}"
 
     def _columns(self, kind: str) -> list[tuple[str, str]]:
-        schema = SCHEMAS[kind]
-        cols = [(schema.column_of[name], ck) for name, ck, _ in schema.fields]
-        if kind == "feed_status":
-            cols.append(("ts_event", "int"))
-        return [*cols, ("_stream", "str"), ("_seq", "int"), ("_idx", "int")]
+        return table_columns(kind)
 
     async def open(self) -> None:
         """Connect and create the tables; raises if PostgreSQL is unreachable (the writer retries:
@@ -105,7 +101,7 @@ class PostgresStore(HistoryStore):
             await con.execute("SELECT pg_advisory_lock(hashtext('marketbus_history_schema'))")
             try:
                 for kind in SCHEMAS:
-                    cols = ", ".join(f'"{c}" {_PG[ck]}' for c, ck in self._columns(kind))
+                    cols = ", ".join(f'"{c}" {PG_TYPES[ck]}' for c, ck in self._columns(kind))
                     t = self.table(kind)
                     await con.execute(f'CREATE TABLE IF NOT EXISTS "{t}" ({cols}, PRIMARY KEY (id, ts_event))')
                     await con.execute(f'CREATE INDEX IF NOT EXISTS "{t}_stream_ts" ON "{t}" (symbol, source, venue, ts_event)')
@@ -159,7 +155,7 @@ class PostgresStore(HistoryStore):
                     + ", ".join(f'"{c}" {_STAGE[ck]}' for c, ck in cols) + ") ON COMMIT DELETE ROWS")
                 data.seek(0)
                 await con.copy_to_table(stage, source=data, columns=names, format="csv")
-                casts = ", ".join(f'"{c}"::{_PG[ck]}' if ck in ("decimal", "json") else f'"{c}"' for c, ck in cols)
+                casts = ", ".join(f'"{c}"::{PG_TYPES[ck]}' if ck in ("decimal", "json") else f'"{c}"' for c, ck in cols)
                 quoted = ", ".join(f'"{c}"' for c in names)
                 status = await con.execute(
                     f'INSERT INTO "{self.table(kind)}" ({quoted}) SELECT {casts} FROM "{stage}" ON CONFLICT DO NOTHING')
@@ -175,75 +171,21 @@ class PostgresStore(HistoryStore):
         self.rows_written += result.rows
         return result
 
-    # --- reading ----------------------------------------------------------------------------
-    def _where(self, selector: Selector, start_ns: int, end_ns: int, after: Cursor | None) -> tuple[str, list[Any]]:
-        clauses = ["ts_event >= $1", "ts_event < $2"]
-        args: list[Any] = [start_ns, end_ns]
-        for col in ("source", "venue", "symbol"):
-            pat = getattr(selector, col)
-            if pat == "*":
-                continue
-            args.append(_like(pat) if any(ch in pat for ch in "*?") else pat)
-            clauses.append(f'"{col}" {"LIKE" if any(ch in pat for ch in "*?") else "="} ${len(args)}')
-        if after is not None:
-            args += [after.ts_event, after.stream, after.seq, after.idx]
-            n = len(args)
-            clauses.append(f"(ts_event, _stream, _seq, _idx) > (${n - 3}, ${n - 2}, ${n - 1}, ${n})")
-        return " AND ".join(clauses), args
-
-    async def read_batches(
+    # --- reading: marketbus.history.pg_reader (the export orchestrator reads through it too) ---
+    def read_batches(
         self, selector: Selector, start_ns: int, end_ns: int, *, after: Cursor | None = None,
         limit: int | None = None, batch_rows: int = 65_536, columns: Sequence[str] | None = None,
     ) -> AsyncIterator[tuple[str, pa.RecordBatch]]:
-        assert self.pool is not None
-        for kind in selector.kinds():
-            schema = SCHEMAS[kind].schema
-            cols = self._columns(kind)
-            if columns:
-                wanted = set(columns) | {"ts_event", "_stream", "_seq", "_idx"}
-                cols = [(c, ck) for c, ck in cols if c in wanted]
-            select = ", ".join(f'"{c}"::text' if ck in ("decimal", "json") else f'"{c}"' for c, ck in cols)
-            where, args = self._where(selector, start_ns, end_ns, after)
-            sql = f'SELECT {select} FROM "{self.table(kind)}" WHERE {where} ORDER BY ts_event, _stream, _seq, _idx'
-            if limit is not None:
-                sql += f" LIMIT {int(limit)}"
-            out_schema = pa.schema([schema.field(c) for c, _ in cols])
-            async with self.pool.acquire() as con, con.transaction():
-                cur = await con.cursor(sql, *args)
-                while True:
-                    rows = await cur.fetch(batch_rows)
-                    if not rows:
-                        break
-                    arrays = [pa.array([r[i] for r in rows], out_schema.field(i).type) for i in range(len(cols))]
-                    yield kind, pa.RecordBatch.from_arrays(arrays, schema=out_schema)
-                    if len(rows) < batch_rows:
-                        break
+        return self._reader().read_batches(selector, start_ns, end_ns, after=after, limit=limit,
+                                           batch_rows=batch_rows, columns=columns)
 
     async def coverage_rows(self, selector: Selector, start_ns: int, end_ns: int,
                             max_gap_ns: dict[str, int]) -> list[tuple[str, str, str, str, int, int, int]]:
+        return await self._reader().coverage_rows(selector, start_ns, end_ns, max_gap_ns)
+
+    def _reader(self) -> PgHistoryReader:
         assert self.pool is not None
-        out = []
-        async with self.pool.acquire() as con:
-            for kind in selector.kinds():
-                if kind == "feed_status":
-                    continue
-                gap = max_gap_ns.get(kind, max_gap_ns.get("default", 300 * 1_000_000_000))
-                where, args = self._where(selector, start_ns, end_ns, None)
-                sql = f"""
-                WITH t AS (
-                  SELECT source, venue, symbol, ts_event,
-                         ts_event - LAG(ts_event) OVER (PARTITION BY source, venue, symbol ORDER BY ts_event) AS d
-                  FROM "{self.table(kind)}" WHERE {where}),
-                g AS (
-                  SELECT *, SUM(CASE WHEN d IS NULL OR d > {int(gap)} THEN 1 ELSE 0 END)
-                         OVER (PARTITION BY source, venue, symbol ORDER BY ts_event ROWS UNBOUNDED PRECEDING) AS grp
-                  FROM t)
-                SELECT source, venue, symbol, MIN(ts_event), MAX(ts_event), COUNT(*)
-                FROM g GROUP BY source, venue, symbol, grp ORDER BY source, venue, symbol, MIN(ts_event)"""
-                for r in await con.fetch(sql, *args):
-                    if selector.match(r[0], r[1], r[2]):
-                        out.append((kind, r[0], r[1], r[2], r[3], r[4], r[5]))
-        return out
+        return PgHistoryReader(table_prefix=self.prefix, pool=self.pool)
 
     # --- maintenance ------------------------------------------------------------------------
     async def apply_retention(self, days_by_kind: dict[str, float], now_ns: int) -> int:
