@@ -89,10 +89,11 @@ async def test_a_netbus_outage_and_a_stop_close_the_collection_period(nats_url: 
 
     try:
         async with sandbox(rate=20.0) as sb:
-            async with ingestor(nats_url, sb, quotes=[C01], transport="websocket") as ing:
+            async with ingestor(nats_url, sb, quotes=[C01], transport="websocket"):
                 first = await settled(1, True)
                 await admin(sb, "POST", "/reboot", seconds=1.5)
-                await wait_for(lambda: ing.feeds.state("sitagri/netbus") == "disconnected", what="the drop")
+                # no wait for the "disconnected" state: on a loaded host the drop and the reconnect can
+                # both fall between two looks at it; the two periods are what shows the drop
                 back = await settled(2, True)  # closed at the drop, opened at the reconnect
                 assert back[0].start_ns == first[0].start_ns and back[0].end_ns is not None
                 assert back[1].start_ns - back[0].end_ns >= 1_000_000_000  # the outage is no period
