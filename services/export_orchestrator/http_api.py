@@ -21,7 +21,10 @@ Subscriptions are marketbus feeds (:mod:`.subscriptions`): create/pause/resume/d
 collection through the vendor's ingestor; status, ``created_at`` and spans are the feed's (a
 subscribe after a delete is a new subscription: new id, new span). As with TickSupply, an export
 of a datastream needs an active or paused subscription (403 otherwise) and covers only its spans
-(``JobRecord.ranges``); ``selector`` exports (a marketbus extension) are not clipped.
+(``JobRecord.ranges``); availability lists the same spans. ``selector`` exports (a marketbus
+extension) need no subscription and are not clipped: they are the bus's ``ExportRequest`` over
+HTTP, an export of marketbus's own history (wildcards over many streams, streams no feed controls,
+data stored before or between a feed's periods), not of a TickSupply datastream (README).
 
 Exports: ``schema`` ``raw`` (default for trades) / ``normalized`` / ``sch_...`` / an inline column
 spec give TickSupply's CSV (:mod:`.layouts`), ``marketbus`` the event's own columns; export schemas

@@ -477,3 +477,35 @@ async def test_catalog_and_availability_say_what_the_sandbox_says(harness: Harne
         assert (theirs["from"], theirs["to"]) == (got[0]["from"], got[0]["to"]) and set(theirs) == set(got[0])
         assert (await http.delete(f"/v1/subscriptions/{r.json()['id']}")).status_code == 204
         assert await availability() == ref["deleted"]["ranges"] == []
+
+
+async def test_selector_exports_read_the_whole_history_unclipped(harness: Harness) -> None:
+    """A ``selector`` export (the marketbus extension) is an export of marketbus's own history, as
+    ``ExportRequest`` over the bus is: every stored event of the matching streams in the range,
+    with or without a subscription and outside its spans, while the same range asked by
+    ``datastream_id`` is refused without one and clipped to the spans with one."""
+    base = NOW // HOUR_NS * HOUR_NS - HOUR_NS + 60 * S  # [base, base+400 s) inside one hour: one artifact
+    start, end = base, base + 400 * S
+    await harness.start_writer()
+    orch = await harness.start_orchestrator()
+    trades = make_trades("ticksupply", "binance", "BTCUSDT", [base + i * S for i in range(600)])
+    await publish(harness.nc, trades)
+    await harness.wait_stored("trade.ticksupply.*.*", len(trades))
+    await ticksupply_reference(harness)
+    window = {"start_time": str(start), "end_time": str(end)}
+    by_selector = window | {"selector": {"kind": "trade", "source": "ticksupply", "symbol": "BTCUSDT"}}
+    in_range = [t.ts_event for t in trades if start <= t.ts_event < end]
+    async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
+        ds_id = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"][0]["datastream_id"]
+        assert (await http.post("/v1/exports", json=window | {"datastream_id": ds_id})).status_code == 403
+        # never subscribed: the selector export has every stored trade in the range
+        text = await _export_csv(http, by_selector)
+        assert [int(r[4]) for r in _rows(text)[1:]] == in_range and _rows(text)[0][4] == "ts_event"
+        # subscribed with spans: the datastream export is clipped to them, the selector one is not
+        r = await http.post("/v1/subscriptions", json={"datastream_id": ds_id})
+        assert r.status_code == 201
+        await set_periods(harness.nc, "101", [(base + 100 * S, base + 200 * S)])
+        clipped = await _export_csv(http, window | {"datastream_id": ds_id})
+        assert [int(r[0]) for r in _rows(clipped)[1:]] == [t for t in in_range if t < base + 200 * S and t >= base + 100 * S]
+        whole = await _export_csv(http, by_selector)
+        assert [int(r[4]) for r in _rows(whole)[1:]] == in_range
