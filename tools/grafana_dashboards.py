@@ -41,7 +41,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any
 
 
 def feeds() -> dict[str, Any]:
-    return dashboard("marketbus-feeds", "marketbus / feeds", "Vendor feeds: event rate, lag, state, gaps", [
+    return dashboard("marketbus-feeds", "marketbus / feeds", "Vendor feeds: event rate, lag, state, gaps; books (snapshots, deltas, sync)", [
         panel("Events published per second, by source and kind",
               {"{{source}} {{kind}}": "sum by (source, kind) (rate(marketbus_ingest_events_total[1m]))"}, "ops"),
         panel("Event lag p95 (ts_recv - ts_event), by source",
@@ -64,6 +64,28 @@ def feeds() -> dict[str, Any]:
                "dead-lettered {{service}}": "sum by (service) (rate(marketbus_dead_letters_total[5m]))"}, "ops"),
         panel("Per-feed event rate (heartbeats)",
               {"{{service}} {{feed}}": "topk(20, marketbus_feed_events_per_second)"}, "ops"),
+        # books as snapshot + deltas (marketbus.books.metrics): the ingestors that publish them...
+        panel("Book snapshots (by reason) and deltas published per second",
+              {"snapshot {{source}} {{reason}}": "sum by (source, reason) (rate(marketbus_book_snapshots_total[5m]))",
+               "delta {{source}}": "sum by (source) (rate(marketbus_book_deltas_total[5m]))"}, "ops",
+              description="Snapshots by reason (first, resync, periodic, ...); mostly deltas in steady state."),
+        panel("Books out of sync (publisher and consumers' builders)",
+              {"published {{source}} {{venue}} {{symbol}}": "marketbus_book_synced == 0",
+               "{{consumer}} {{source}} {{venue}} {{symbol}}": "marketbus_book_builder_synced == 0"}, kind="table",
+              description="A publisher's book out of sync sends a snapshot next; a builder waits for one."),
+        panel("Book resyncs and sequence gaps (per 10 min)",
+              {"publisher resyncs {{source}}": "sum by (source) (increase(marketbus_book_resyncs_total[10m]))",
+               "builder gaps {{consumer}} {{source}}":
+                   "sum by (consumer, source) (increase(marketbus_book_builder_gaps_total[10m]))",
+               "builder resyncs {{consumer}} {{source}}":
+                   "sum by (consumer, source) (increase(marketbus_book_builder_resyncs_total[10m]))"}),
+        # ...and the consumers that rebuild them (BookBuilders)
+        panel("Book builder events per second, by outcome",
+              {"{{consumer}} {{outcome}}":
+                   "sum by (consumer, outcome) (rate(marketbus_book_builder_events_total[5m]))"}, "ops",
+              description="mismatch, gap, bad or stale events mean a book a consumer cannot trust."),
+        panel("Book sequence advance per second (top 20 books)",
+              {"{{source}} {{venue}} {{symbol}}": "topk(20, deriv(marketbus_book_sequence[5m]))"}, "ops"),
     ])
 
 

@@ -21,7 +21,10 @@ Subscriptions are marketbus feeds (:mod:`.subscriptions`): create/pause/resume/d
 collection through the vendor's ingestor; status, ``created_at`` and spans are the feed's (a
 subscribe after a delete is a new subscription: new id, new span). As with TickSupply, an export
 of a datastream needs an active or paused subscription (403 otherwise) and covers only its spans
-(``JobRecord.ranges``); ``selector`` exports (a marketbus extension) are not clipped.
+(``JobRecord.ranges``); availability lists the same spans. ``selector`` exports (a marketbus
+extension) need no subscription and are not clipped: they are the bus's ``ExportRequest`` over
+HTTP, an export of marketbus's own history (wildcards over many streams, streams no feed controls,
+data stored before or between a feed's periods), not of a TickSupply datastream (README).
 
 Exports: ``schema`` ``raw`` (default for trades) / ``normalized`` / ``sch_...`` / an inline column
 spec give TickSupply's CSV (:mod:`.layouts`), ``marketbus`` the event's own columns; export schemas
@@ -61,13 +64,13 @@ from marketbus.runtime.tsapi_schemas import BUILT_IN_NAMES, CATEGORIES, Content,
 
 from .artifacts import ArtifactNotFound, ArtifactStore
 from .export_schemas import SchemaStore, new_schema_id
-from .history_source import MAX_NS, HistorySource, HistoryUnavailable, StreamKey
+from .history_source import HistorySource, HistoryUnavailable, StreamKey
 from .idempotency import Idempotency
 from .jobs import Conflict, InvalidRequest, JobError, JobManager, JobRecord, NotFound, Overloaded, artifact_id
 from .layouts import BUILT_IN_KINDS, MARKETBUS, TICKSUPPLY_LAYOUTS, category_of, check_transforms
 from .settings import ExportSettings
 from .signing import UrlSigner
-from .subscriptions import Subscription, Subscriptions
+from .subscriptions import TICKSUPPLY_STREAM_TYPE, Subscription, Subscriptions
 
 CATALOG_LIMITS = (100, 1000)
 ACCOUNT_LIMITS = (50, 100)
@@ -84,6 +87,11 @@ def datastream_id(key: StreamKey | Sequence[str]) -> int:
     """Stable across processes and restarts: 48 bits of a hash of kind/source/venue/symbol."""
     digest = hashlib.blake2b("\x1f".join(key).encode(), digest_size=6).digest()
     return int.from_bytes(digest, "big") or 1
+
+
+def ticksupply_stream_type(kind: str) -> str:
+    """A datastream's ``stream_type`` as TickSupply names it (quotes are its ``depth``), else the kind."""
+    return TICKSUPPLY_STREAM_TYPE.get(kind, kind)
 
 
 def owner_of(api_key: str) -> str:
@@ -202,7 +210,7 @@ class ExportApi:
     @staticmethod
     def ds_wire(k: StreamKey) -> dict[str, Any]:
         return {"datastream_id": datastream_id(k), "exchange": k.venue, "instrument": denormalize_symbol(k.symbol),
-                "stream_type": k.kind, "wire_format": "json", "source": k.source, "venue": k.venue,
+                "stream_type": ticksupply_stream_type(k.kind), "wire_format": "json", "source": k.source, "venue": k.venue,
                 "symbol": k.symbol, "kind": k.kind}
 
     async def _find(self, exchange: str | None = None, instrument: str | None = None, stream_type: str | None = None,
@@ -213,7 +221,7 @@ class ExportApi:
                 continue
             if instrument and instrument not in (k.symbol, denormalize_symbol(k.symbol)):
                 continue
-            if stream_type and stream_type != k.kind:
+            if stream_type and stream_type not in (k.kind, ticksupply_stream_type(k.kind)):
                 continue
             if wire_format and wire_format != "json":
                 continue
@@ -266,18 +274,20 @@ class ExportApi:
         return self.page(request, streams, datastream_id, CATALOG_LIMITS, self.ds_wire)
 
     async def availability(self, request: Request) -> Response:
+        """As TickSupply: the ranges are the live (active or paused) subscription's spans, the open
+        one clipped at this moment (:meth:`Subscription.ranges`, as an export is clipped), each with
+        the rows stored in it; no range without a live subscription (never subscribed, deleted)."""
         k = await self.stream_by_id(int_param(request, "datastream_id"))
+        now = time.time_ns()
+        sub = await self.subs.of_stream(k)
+        live = sub is not None and sub.status != "deleted"
         sel = StreamSelector(kind=k.kind, source=k.source, venue=k.venue, symbol=k.symbol)
-        cov = await self.history.coverage(sel, 0, MAX_NS)
         ranges = []
-        for c in cov:
-            if (c.kind, c.source, c.venue, c.symbol) != tuple(k):
-                continue
-            total_span = sum(max(1, r.end_ns - r.start_ns) for r in c.covered) or 1
-            for r in c.covered:
-                share = max(1, r.end_ns - r.start_ns) / total_span
-                ranges.append({"from": r.start_ns, "to": r.end_ns, "rows_estimate": round(c.rows * share)})
-        return _json({"datastream": self.ds_wire(k), "ranges": ranges, "updated_at": iso(time.time_ns())})
+        for lo, hi in sub.ranges(now) if sub is not None and live else []:
+            rows = sum(c.rows for c in await self.history.coverage(sel, lo, hi)
+                       if (c.kind, c.source, c.venue, c.symbol) == tuple(k))
+            ranges.append({"from": lo, "to": hi, "rows_estimate": rows})
+        return _json({"datastream": self.ds_wire(k), "ranges": ranges, "updated_at": iso(now)})
 
     async def billing(self, request: Request) -> Response:
         return _json({"access_status": "ACTIVE", "plan_code": "pro", "current_period_end": None,
@@ -529,7 +539,7 @@ class ExportApi:
                 message = ("No subscription to this datastream" if sub is None else
                            "The subscription to this datastream was deleted; subscribe again to export new data")
                 raise ApiError(403, message, {"datastream_id": ds_id})
-            ranges = [(max(lo, start), min(hi, end)) for lo, hi in sub.ranges(time.time_ns()) if lo < end and hi > start]
+            ranges = sub.ranges(time.time_ns(), start, end)
         key = request.headers.get("idempotency-key") or f"auto-{uuid.uuid4().hex}"
         extra: dict[str, Any] = {}
         for name, typ in (("columns", list), ("fill_gaps", bool), ("max_rows_per_file", int)):

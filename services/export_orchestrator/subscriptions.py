@@ -119,13 +119,16 @@ class Subscription:
         return [{"id": "spn_" + _hex(self.id, p.start_ns), "started_at": iso(p.start_ns),
                  "ended_at": iso(p.end_ns) if p.end_ns is not None else None} for p in self.periods]
 
-    def ranges(self, until_ns: int) -> list[tuple[int, int]]:
-        """Collected ``[from, to)`` ranges: the spans, an open one clipped at ``until_ns``."""
+    def ranges(self, until_ns: int, start_ns: int = 0, end_ns: int | None = None) -> list[tuple[int, int]]:
+        """Collected ``[from, to)`` ranges: the spans, an open one clipped at ``until_ns`` (data
+        not collected yet is in none), each clipped to ``[start_ns, end_ns)`` (a request's window).
+        What an export of the datastream covers and what its availability lists."""
+        hi = until_ns if end_ns is None else min(until_ns, end_ns)
         out = []
         for p in self.periods:
-            end = until_ns if p.end_ns is None else min(p.end_ns, until_ns)
-            if end > p.start_ns:
-                out.append((p.start_ns, end))
+            lo, end = max(p.start_ns, start_ns), hi if p.end_ns is None else min(p.end_ns, hi)
+            if end > lo:
+                out.append((lo, end))
         return out
 
 

@@ -67,12 +67,14 @@ async def test_official_ticksupply_client_flow(harness: Harness) -> None:
             assert page.total == 1
             ds = page.items[0]
             assert (ds.exchange, ds.instrument, ds.stream_type) == ("binance", "BTCUSDT", "trade")
-            avail = client.availability.get(datastream_id=ds.datastream_id)
-            assert avail.ranges and avail.ranges[0].from_ns == btc[0].ts_event and avail.ranges[-1].to_ns == btc[-1].ts_event
-            assert sum(r.rows_estimate for r in avail.ranges) == 4000
+            # as TickSupply: nothing is available without a subscription, then its span (collecting
+            # since NOW - 2 h, open: up to now) with the rows stored in it
+            assert client.availability.get(datastream_id=ds.datastream_id).ranges == []
             sub = client.subscriptions.create(datastream_id=ds.datastream_id, idempotency_key=str(uuid.uuid4()))
             assert sub.status == "active"
             backdate_from_thread(loop, harness.nc, TS_INSTRUMENTS["BTCUSDT"][0], NOW - 7200 * S)
+            [span] = client.availability.get(datastream_id=ds.datastream_id).ranges
+            assert span.from_ns == NOW - 7200 * S and span.to_ns > btc[-1].ts_event and span.rows_estimate == 4000
             key = str(uuid.uuid4())
             job = client.exports.create(ds.datastream_id, NOW - 3600 * S, NOW, idempotency_key=key)
             assert client.exports.create(ds.datastream_id, NOW - 3600 * S, NOW, idempotency_key=key).id == job.id

@@ -231,8 +231,8 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
         ids = {d.instrument: d.datastream_id for d in streams.items}
         one = client.exchanges.list_datastreams("binance", "ETHUSDT", stream_type="trade")
         assert [d.datastream_id for d in one.items] == [ids["ETHUSDT"]]
-        avail = client.availability.get(datastream_id=ids["ETHUSDT"])
-        assert sum(r.rows_estimate for r in avail.ranges) == 40
+        # not subscribed: nothing available (as TickSupply), whatever history holds (see schemas())
+        assert client.availability.get(datastream_id=ids["ETHUSDT"]).ranges == []
         assert client.billing.get_summary().access_status.value == "ACTIVE"
         return ids
 
@@ -323,6 +323,8 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
             client.export_schemas.publish_draft(custom.id)
         client.subscriptions.create(datastream_id=ids["ETHUSDT"])
         backdate_from_thread(loop, harness.nc, TS_INSTRUMENTS["ETHUSDT"][0], NOW - 2 * HOUR_NS)
+        # subscribed: its span, with the 40 stored trades in it
+        assert sum(r.rows_estimate for r in client.availability.get(datastream_id=ids["ETHUSDT"]).ranges) == 40
         by_id = _wait_export(client, client.exports.create(ids["ETHUSDT"], NOW - HOUR_NS, NOW, schema=custom.id).id)
         text = _download(client, by_id.id)
         rows = list(csv.reader(io.StringIO(text)))
@@ -387,10 +389,11 @@ async def _async_client_surface(orch: Any, nc: Any) -> None:
         assert [i.symbol for i in perp] == ["BTCUSD_PERP"]
         ds = (await client.exchanges.list_datastreams("binance", "BTCUSD_PERP")).items[0]
         assert (await client.datastreams.list(instrument="BTCUSD_PERP")).items == [ds]
-        assert sum(r.rows_estimate for r in (await client.availability.get(ds.datastream_id)).ranges) == 20
+        assert (await client.availability.get(ds.datastream_id)).ranges == []  # not subscribed yet
         assert (await client.billing.get_summary()).plan_code
         sub = await client.subscriptions.create(datastream_id=ds.datastream_id, idempotency_key=str(uuid.uuid4()))
         await backdate_feed(nc, TS_INSTRUMENTS["BTCUSD_PERP"][0], NOW - 2 * HOUR_NS)
+        assert sum(r.rows_estimate for r in (await client.availability.get(ds.datastream_id)).ranges) == 20
         assert sub.id in [s.id async for s in client.subscriptions.list_all()]
         # BTCUSDT's deleted subscription and the new one after it, SOLUSDT, ETHUSDT, BTCUSD_PERP
         assert (await client.subscriptions.list()).total == 5

@@ -135,7 +135,7 @@ async def test_depth_raw_and_normalized_are_the_sandbox_csv(harness: Harness) ->
     await harness.wait_stored("quote.ticksupply.*.*", len(quotes))
     await _depth_reference(harness)
     async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
-        ds = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT", "stream_type": "quote"})).json()
+        ds = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT", "stream_type": "depth"})).json()
         ds_id = ds["items"][0]["datastream_id"]
         assert (await http.post("/v1/subscriptions", json={"datastream_id": ds_id})).status_code == 201
         await backdate_feed(harness.nc, str(DEPTH_DS), start - HOUR_NS)
@@ -405,3 +405,107 @@ async def test_book_deltas_export_the_book_update_layouts(harness: Harness) -> N
     assert [[*r[:4], Decimal(r[4]), Decimal(r[5])] for r in raw_rows[1:]] == want
     assert [r[:2] for r in norm_rows[1:]] == [["binance", "BTCUSDT"]] * len(want)
     assert [[r[4], r[5], Decimal(r[6]), Decimal(r[7])] for r in norm_rows[1:]] == [w[2:] for w in want]
+
+
+async def _sandbox_catalog_and_availability(lo: int, hi: int) -> dict[str, Any]:
+    """The sandbox's BTCUSDT datastreams, and its availability of the trade datastream (101) never
+    subscribed, subscribed with one span ``[lo, hi)`` (paused since) and deleted."""
+    async with SandboxRunner(load_spec("ticksupply"), port=0, requests_per_s=0) as sb:
+        async with httpx.AsyncClient(base_url=sb.url, headers={"X-Api-Key": SANDBOX_KEY}, timeout=10) as http:
+            # the JSON ones: marketbus collects JSON datastreams only (the sandbox also offers SBE)
+            listed = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT", "wire_format": "json"})
+                      ).json()["items"]
+            avail = {"never": (await http.get("/v1/availability", params={"datastream_id": 101})).json()}
+            r = await http.post("/_sandbox/ticksupply/backfill", json={"api_key": SANDBOX_KEY, "datastream_id": 101,
+                                                                        "start_ns": lo, "end_ns": hi})
+            assert r.status_code == 200, r.text
+            avail["subscribed"] = (await http.get("/v1/availability", params={"datastream_id": 101})).json()
+            assert (await http.delete(f"/v1/subscriptions/{r.json()['id']}")).status_code == 204
+            avail["deleted"] = (await http.get("/v1/availability", params={"datastream_id": 101})).json()
+    return {"listed": listed, **avail}
+
+
+async def test_catalog_and_availability_say_what_the_sandbox_says(harness: Harness) -> None:
+    """The same instrument lists the same datastreams (a quote stream is TickSupply's ``depth``),
+    and availability is clipped to the live subscription's spans as the sandbox clips it: nothing
+    before a subscribe or after a delete, the spans (the open one up to now) with the rows stored
+    in them while subscribed, whatever else history holds."""
+    base = NOW - HOUR_NS
+    spans: list[tuple[int, int | None]] = [(base + 100 * S, base + 200 * S), (base + 300 * S, None)]
+    ref = await _sandbox_catalog_and_availability(base + 100 * S, base + 200 * S)
+    await harness.start_writer()
+    orch = await harness.start_orchestrator()
+    trades = make_trades("ticksupply", "binance", "BTCUSDT", [base + i * S for i in range(600)])
+    quotes = [Quote(id=event_id("ticksupply", "quote", DEPTH_DS, i), source="ticksupply", venue="binance",
+                    symbol="BTCUSDT", ts_event=base + i * S, ts_recv=base + i * S, bid_price=Decimal(100),
+                    bid_size=Decimal(1), ask_price=Decimal(101), ask_size=Decimal(1)) for i in range(10)]
+    await publish(harness.nc, [*trades, *quotes])
+    await harness.wait_stored("trade.ticksupply.*.*", len(trades))
+    await harness.wait_stored("quote.ticksupply.*.*", len(quotes))
+    await _depth_reference(harness)
+
+    def shape(ds: dict[str, Any]) -> tuple[str, str, str, str]:
+        return ds["exchange"], ds["instrument"], ds["stream_type"], ds["wire_format"]
+
+    async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
+        listed = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"]
+        assert sorted(map(shape, listed)) == sorted(map(shape, ref["listed"])) == [
+            ("binance", "BTCUSDT", "depth", "json"), ("binance", "BTCUSDT", "trade", "json")]
+        # the stream_type filter takes TickSupply's name (and marketbus's kind)
+        for name in ("depth", "quote"):
+            found = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT", "stream_type": name})).json()
+            assert [(d["stream_type"], d["kind"]) for d in found["items"]] == [("depth", "quote")]
+        ds_id = next(d["datastream_id"] for d in listed if d["stream_type"] == "trade")
+
+        async def availability() -> list[dict[str, Any]]:
+            r = await http.get("/v1/availability", params={"datastream_id": ds_id})
+            assert r.status_code == 200, r.text
+            assert r.json()["datastream"]["datastream_id"] == ds_id
+            ranges: list[dict[str, Any]] = r.json()["ranges"]
+            return ranges
+
+        assert await availability() == ref["never"]["ranges"] == []  # 600 trades stored, never subscribed
+        r = await http.post("/v1/subscriptions", json={"datastream_id": ds_id})
+        assert r.status_code == 201
+        await set_periods(harness.nc, "101", spans)
+        before = time.time_ns()
+        got = await availability()
+        assert [(g["from"], g["rows_estimate"]) for g in got] == [(base + 100 * S, 100), (base + 300 * S, 300)]
+        assert got[0]["to"] == base + 200 * S and got[1]["to"] >= before  # the open span: up to now
+        # the sandbox's ranges are its span the same way, with the same fields
+        [theirs] = ref["subscribed"]["ranges"]
+        assert (theirs["from"], theirs["to"]) == (got[0]["from"], got[0]["to"]) and set(theirs) == set(got[0])
+        assert (await http.delete(f"/v1/subscriptions/{r.json()['id']}")).status_code == 204
+        assert await availability() == ref["deleted"]["ranges"] == []
+
+
+async def test_selector_exports_read_the_whole_history_unclipped(harness: Harness) -> None:
+    """A ``selector`` export (the marketbus extension) is an export of marketbus's own history, as
+    ``ExportRequest`` over the bus is: every stored event of the matching streams in the range,
+    with or without a subscription and outside its spans, while the same range asked by
+    ``datastream_id`` is refused without one and clipped to the spans with one."""
+    base = NOW // HOUR_NS * HOUR_NS - HOUR_NS + 60 * S  # [base, base+400 s) inside one hour: one artifact
+    start, end = base, base + 400 * S
+    await harness.start_writer()
+    orch = await harness.start_orchestrator()
+    trades = make_trades("ticksupply", "binance", "BTCUSDT", [base + i * S for i in range(600)])
+    await publish(harness.nc, trades)
+    await harness.wait_stored("trade.ticksupply.*.*", len(trades))
+    await ticksupply_reference(harness)
+    window = {"start_time": str(start), "end_time": str(end)}
+    by_selector = window | {"selector": {"kind": "trade", "source": "ticksupply", "symbol": "BTCUSDT"}}
+    in_range = [t.ts_event for t in trades if start <= t.ts_event < end]
+    async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
+        ds_id = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"][0]["datastream_id"]
+        assert (await http.post("/v1/exports", json=window | {"datastream_id": ds_id})).status_code == 403
+        # never subscribed: the selector export has every stored trade in the range
+        text = await _export_csv(http, by_selector)
+        assert [int(r[4]) for r in _rows(text)[1:]] == in_range and _rows(text)[0][4] == "ts_event"
+        # subscribed with spans: the datastream export is clipped to them, the selector one is not
+        r = await http.post("/v1/subscriptions", json={"datastream_id": ds_id})
+        assert r.status_code == 201
+        await set_periods(harness.nc, "101", [(base + 100 * S, base + 200 * S)])
+        clipped = await _export_csv(http, window | {"datastream_id": ds_id})
+        assert [int(r[0]) for r in _rows(clipped)[1:]] == [t for t in in_range if t < base + 200 * S and t >= base + 100 * S]
+        whole = await _export_csv(http, by_selector)
+        assert [int(r[4]) for r in _rows(whole)[1:]] == in_range

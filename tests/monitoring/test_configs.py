@@ -91,6 +91,23 @@ def test_alerts_and_dashboards_only_use_metrics_the_code_exports() -> None:
     assert not missing, f"not exported by any service or marketbus module: {sorted(missing)}"
 
 
+def _dashboard_metrics() -> set[str]:
+    used: set[str] = set()
+    for path in (MONITORING / "grafana" / "dashboards").glob("*.json"):
+        for p in json.loads(path.read_text())["panels"]:
+            for target in p["targets"]:
+                used.update(re.sub(r"_(total|bucket|count|sum)$", "", n) for n in re.findall(r"marketbus_[a-z_]+", target["expr"]))
+    return used
+
+
+def test_every_book_metric_is_on_a_dashboard() -> None:
+    """The books' producer and consumer metrics (snapshots, deltas, resyncs, sequence, sync, the
+    builders' gaps and outcomes) each have a panel."""
+    book = set(re.findall(r'"(marketbus_book_[a-z_]+)"', (ROOT / "shared/marketbus/books/metrics.py").read_text()))
+    assert len(book) == 9 and {"marketbus_book_deltas", "marketbus_book_builder_gaps"} <= book
+    assert book - _dashboard_metrics() == set()
+
+
 def test_compose_monitoring_profile_is_valid_and_mounts_existing_files() -> None:
     compose_file = ROOT / "deploy" / "compose" / "monitoring.yml"
     doc = yaml.safe_load(compose_file.read_text())

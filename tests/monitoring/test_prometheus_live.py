@@ -82,7 +82,8 @@ def test_prometheus_scrapes_the_services_and_the_consumer_lag(
                     "MARKETBUS_BUS_EXPORTER_POLL_INTERVAL_S": "0.5"}
     export_env = {"NATS_URL": nats_url, "MARKETBUS_EXPORT_HTTP_PORT": str(ports["export_orchestrator"]),
                   "MARKETBUS_EXPORT_API_PORT": str(free_port()), "MARKETBUS_EXPORT_DATA_DIR": str(tmp_path / "export"),
-                  "MARKETBUS_EXPORT_HISTORY_DIR": str(tmp_path / "history")}
+                  # reads the history the writer keeps (there is no "nats" history backend any more)
+                  "MARKETBUS_EXPORT_HISTORY_BACKEND": "iceberg", "MARKETBUS_EXPORT_HISTORY_DIR": str(tmp_path / "history")}
     web = free_port()
     api = f"http://127.0.0.1:{web}"
     config = _config_for(ports, tmp_path / "prometheus.yml")
