@@ -51,6 +51,9 @@ async def _consuming(port: int) -> bool:
         return False
 
 
+# whole_system: one heavy test at a time across the xdist workers; it measures the 10 s bound of
+# issue #12, which a host running a whole system beside it at load 15+ cannot hold
+@pytest.mark.whole_system
 @pytest.mark.parametrize("backend", ["iceberg", "postgres"])
 async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_url, tmp_path, backend, request,
                                                                  record_property) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from marketbus.contracts import codec
 
@@ -28,12 +28,19 @@ async def read_stream(js: Any, subject: str, limit: int = 2_000_000) -> list[Any
     sub = await js.pull_subscribe(subject, stream=info, config=ConsumerConfig(
         deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE))  # no ack-pending cap
     out: list[Any] = []
+    unavailable = 0
     try:
         while len(out) < limit:
             try:
                 msgs = await sub.fetch(2000, timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
                 break
+            except ServiceUnavailableError:  # a cluster electing a leader answers 503 for a while
+                unavailable += 1
+                if unavailable > 40:
+                    raise
+                await asyncio.sleep(0.25)
+                continue
             for msg in msgs:
                 out.append(codec.decode(msg.data))
             if msgs and msgs[-1].metadata.num_pending == 0:

@@ -24,9 +24,12 @@ def _app() -> Starlette:
 
 
 async def test_a_running_server_keeps_the_process_signal_handlers() -> None:
+    loop = asyncio.get_running_loop()
+    # the event loop is the session's: a test before this one may have left its own SIGTERM
+    # handler on it, which the remove_signal_handler below would take away from under "before"
+    loop.remove_signal_handler(signal.SIGTERM)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     got: list[int] = []
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, got.append, int(signal.SIGTERM))
     try:
         async with AsgiServer(_app()) as server:
