@@ -257,12 +257,20 @@ async def main() -> None:
             await publish(nc, paced)
             del bulk
             common = {"NATS_URL": server.url, "MARKETBUS_DATA_DIR": str(tmp / "data")}
-            procs.append(service("services.history_writer", common | {"MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h")},
-                                 tmp / "writer.log"))
+            procs.append(
+                service(
+                    "services.history_writer",
+                    common | {"MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h")},
+                    tmp / "writer.log",
+                )
+            )
             phase("history writer stores them")
             await wait_stored(nc, "trade.bench.X.BULK", args.events)
             await wait_stored(nc, "trade.bench.X.PACED", args.paced)
-            replay_env = common | {"MARKETBUS_REPLAY_HTTP_PORT": "0", "MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h")}
+            replay_env = common | {
+                "MARKETBUS_REPLAY_HTTP_PORT": "0",
+                "MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h"),
+            }
             procs.append(service("services.replay", replay_env, tmp / "replay.log"))
             await asyncio.sleep(3)  # the replay service connects
 

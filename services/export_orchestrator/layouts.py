@@ -44,8 +44,18 @@ TICKSUPPLY_LAYOUTS = ("raw", "normalized")
 LAYOUTS = (MARKETBUS, *TICKSUPPLY_LAYOUTS, "custom")
 # marketbus kinds -> TickSupply stream categories
 # (a quote is top of book: TickSupply's depth stream, category book_update)
-CATEGORY = {"trade": "trade", "book": "orderbook", "book_delta": "book_update", "quote": "book_update", "bar": "kline",
-            "tick": "ticker", "market_price": "ticker", "index_price": "ticker", "cash_price": "ticker", "news": "ticker"}
+CATEGORY = {
+    "trade": "trade",
+    "book": "orderbook",
+    "book_delta": "book_update",
+    "quote": "book_update",
+    "bar": "kline",
+    "tick": "ticker",
+    "market_price": "ticker",
+    "index_price": "ticker",
+    "cash_price": "ticker",
+    "news": "ticker",
+}
 # kinds that have the built-in TickSupply layouts
 BUILT_IN_KINDS = ("trade", "quote", "book_delta")
 
@@ -174,8 +184,10 @@ _COLUMNS = {"trade": _TRADE_COLUMNS, "quote": _BOOK_COLUMNS, "book_delta": _BOOK
 
 def built_in(name: str, kind: str) -> Layout:
     if kind not in BUILT_IN_KINDS:
-        raise ValueError(f"the {name} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
-                         f"{MARKETBUS!r} for {kind}")
+        raise ValueError(
+            f"the {name} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
+            f"{MARKETBUS!r} for {kind}"
+        )
     header = BUILT_IN_COLUMNS[(category_of(kind), name)]
     fns = [_COLUMNS[kind][h] for h in header]
     rows = _ROWS.get(kind)
@@ -291,7 +303,9 @@ _SQL_TYPES = {"i64": "BIGINT", "f64": "DOUBLE", "bool": "BOOLEAN", "string": "VA
 
 
 def _sql_type(kind: str) -> str:
-    return f"DECIMAL(38, {min(int(kind[8:-1]), 38)})" if kind.startswith("decimal(") else _SQL_TYPES.get(kind, "VARCHAR")
+    return (
+        f"DECIMAL(38, {min(int(kind[8:-1]), 38)})" if kind.startswith("decimal(") else _SQL_TYPES.get(kind, "VARCHAR")
+    )
 
 
 def _sql(transform: str, kind: str) -> str:

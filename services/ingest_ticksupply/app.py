@@ -103,7 +103,9 @@ class TickSupplyIngestor(Ingestor):
 
     def health(self) -> dict[str, Any]:
         return {
-            "datastreams": {str(k): f"{v.exchange}/{v.instrument}/{v.stream_type}" for k, v in self.datastreams.items()},
+            "datastreams": {
+                str(k): f"{v.exchange}/{v.instrument}/{v.stream_type}" for k, v in self.datastreams.items()
+            },
             "subscriptions": {str(k): v.get("status") for k, v in self.subscriptions.items()},
             "exports_created": self.exports_created,
             "rate_limited": self.client.rate_limited_total if self.client else 0,

@@ -222,7 +222,9 @@ def read_artifact(filename: str, data: bytes) -> pa.Table:
     text = gzip.decompress(data)
     # every column as text: decimals must come back exactly as published
     header = text.split(b"\n", 1)[0].decode().replace('"', "").split(",")
-    return pcsv.read_csv(io.BytesIO(text), convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header}))
+    return pcsv.read_csv(
+        io.BytesIO(text), convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header})
+    )
 
 
 async def download_all(api_url: str, job_id: str, key: str = API_KEY) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -244,7 +246,9 @@ def exact(value: Any) -> str:
 
 
 def trade_rows(trades: list[Trade]) -> list[tuple[str, ...]]:
-    return sorted((t.id, t.source, t.venue, t.symbol, str(t.ts_event), exact(t.price), exact(t.size), t.side) for t in trades)
+    return sorted(
+        (t.id, t.source, t.venue, t.symbol, str(t.ts_event), exact(t.price), exact(t.size), t.side) for t in trades
+    )
 
 
 def raw_rows(trades: list[Trade]) -> list[tuple[str, ...]]:
@@ -267,7 +271,9 @@ def raw_table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
 def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
     out = []
     for t in tables:
-        cols = [t.column(c).to_pylist() for c in ("id", "source", "venue", "symbol", "ts_event", "price", "size", "side")]
+        cols = [
+            t.column(c).to_pylist() for c in ("id", "source", "venue", "symbol", "ts_event", "price", "size", "side")
+        ]
         out.extend(tuple(exact(v) if i in (5, 6) else str(v) for i, v in enumerate(row)) for row in zip(*cols))
     return sorted(out)
 

@@ -24,7 +24,9 @@ def _with(event: Any, **values: Any) -> Any:
 
 
 def _market_price(i: int) -> MarketPrice:
-    return MarketPrice(id=f"layout-mp-{i}", source="sitagri", venue="MATIF", symbol="EBM", ts_event=T0 + i, ts_recv=T0 + i + 7)
+    return MarketPrice(
+        id=f"layout-mp-{i}", source="sitagri", venue="MATIF", symbol="EBM", ts_event=T0 + i, ts_recv=T0 + i + 7
+    )
 
 
 # a trade's price is > 0; a market price's ``last`` is signed (it may be 0 or negative, e.g. a spread)
@@ -93,7 +95,9 @@ def test_an_append_writes_one_sorted_file_per_partition_with_exact_statistics(tm
         partitions.add((file.partition[0], file.partition[1]))
         with table.io.new_input(file.file_path).open() as f:
             meta = pq.ParquetFile(f).metadata
-        columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)}
+        columns = {
+            meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)
+        }
         assert "RLE_DICTIONARY" in columns["symbol"].encodings and "RLE_DICTIONARY" not in columns["id"].encodings
         field_id = table.schema().find_field("ts_event_ns").field_id
         low, high = pc.min_max(data.column("ts_event_ns")).values()

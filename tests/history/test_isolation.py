@@ -93,7 +93,9 @@ async def _run_batch(nc, js, nats_url, tmp_path, backend, dsn, bad: dict[int, di
         await wait_for(lambda: _has(writer, sym, {e.id for e in good}), 10, what="the good events stored")
         assert await _stored_ids(writer, sym) == {e.id for e in good}
         # the payloads break the contracts: read them as the raw JSON they are
-        assert sorted(msgspec.json.decode(letter.payload)["id"] for letter in letters) == sorted(trade(sym, i).id for i in bad)
+        assert sorted(msgspec.json.decode(letter.payload)["id"] for letter in letters) == sorted(
+            trade(sym, i).id for i in bad
+        )
         for letter in letters:
             assert letter.reason.startswith(("not storable:", "undecodable:")), letter.reason
             assert letter.subject is not None and letter.subject.startswith("md.trade.")

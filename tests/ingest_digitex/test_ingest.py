@@ -89,12 +89,16 @@ async def test_events_carry_the_sandbox_values(nats_server: NatsServer, sb: Sand
         state = ing.by_symbol[SYMBOL]
         await wait_for(lambda: state.last_trade_id is not None, 10, what="first trades")
         first = state.last_trade_id - 99  # the first poll takes max_trades=100 trades
-        await wait_for(lambda: state.last_trade_id >= first + 130 and len(state.bar_cursor) == 1, 15, what="trades and bars")
+        await wait_for(
+            lambda: state.last_trade_id >= first + 130 and len(state.bar_cursor) == 1, 15, what="trades and bars"
+        )
         await ing.flush()
         await check_trades(js, sb, first, state.last_trade_id)
         # books: a snapshot then deltas; the book they build is the sandbox's book at each tick
         market = api.markets[1]
-        books = [e for e in events_of(await read_stream(js, "md.*.digitex.>")) if isinstance(e, BookSnapshot | BookDelta)]
+        books = [
+            e for e in events_of(await read_stream(js, "md.*.digitex.>")) if isinstance(e, BookSnapshot | BookDelta)
+        ]
         assert isinstance(books[0], BookSnapshot) and duplicates(books) == []
         assert sum(isinstance(e, BookDelta) for e in books) >= 2
         builder = BookBuilder()
@@ -143,11 +147,17 @@ async def test_a_429_storm_and_an_outage_end_with_no_duplicate_and_no_missing_tr
         await ing.flush()
         await check_trades(js, sb, first, state.last_trade_id)
         assert ing.metrics.vendor_errors.labels("digitex", "rate_limited")._value.get() >= 10
-        statuses = [s for s in events_of(await read_stream(js, "status.ingest_digitex.feed.>")) if isinstance(s, FeedStatus)]
+        statuses = [
+            s for s in events_of(await read_stream(js, "status.ingest_digitex.feed.>")) if isinstance(s, FeedStatus)
+        ]
         assert [s.state for s in statuses if s.symbol == "_"][-2:] == ["disconnected", "connected"]
         gaps = [s for s in statuses if s.state == "gap" and s.symbol == SYMBOL]
         resynced = [s for s in statuses if s.state == "resynced" and s.symbol == SYMBOL]
-        assert gaps and resynced and (resynced[-1].gap_start, resynced[-1].gap_end) == (gaps[-1].gap_start, gaps[-1].gap_end)
+        assert (
+            gaps
+            and resynced
+            and (resynced[-1].gap_start, resynced[-1].gap_end) == (gaps[-1].gap_start, gaps[-1].gap_end)
+        )
 
 
 async def test_pacing_stays_within_the_enforced_limits(nats_server: NatsServer, sb: SandboxRunner) -> None:
@@ -260,7 +270,9 @@ async def test_books_are_a_snapshot_then_deltas_and_rebuild_every_later_snapshot
     fast = dict(book_interval_s=0.1, book_snapshot_interval_s=1.0, trades_interval_s=5.0, bars_interval_s=60.0)
     async with make(nats_server, sb, **fast) as ing, httpx.AsyncClient(base_url=sb.url) as http:
         counts = ing.books.deltas.counts
-        await wait_for(lambda: counts["periodic"] >= 2 and counts["delta"] >= 10, 15, what="deltas and 2 periodic snapshots")
+        await wait_for(
+            lambda: counts["periodic"] >= 2 and counts["delta"] >= 10, 15, what="deltas and 2 periodic snapshots"
+        )
         await http.post("/_sandbox/digitex/faults", json={"maintenance": True})
         await wait_for(lambda: ing._connected is False, 10, what="the outage")
         await http.post("/_sandbox/digitex/faults", json={"maintenance": False})
@@ -274,7 +286,11 @@ async def test_books_are_a_snapshot_then_deltas_and_rebuild_every_later_snapshot
         assert per_book(samples, "marketbus_book_snapshots_total", source="digitex", reason="resync")[book] >= 1
         assert per_book(samples, "marketbus_book_snapshots_total", source="digitex", reason="periodic")[book] >= 2
         assert per_book(samples, "marketbus_book_deltas_total", source="digitex")[book] >= mark + 3
-        assert 0 < per_book(samples, "marketbus_book_sequence", source="digitex")[book] <= (ing.books.deltas.sequence(book) or 0)
+        assert (
+            0
+            < per_book(samples, "marketbus_book_sequence", source="digitex")[book]
+            <= (ing.books.deltas.sequence(book) or 0)
+        )
         await ing.flush()
         first_run_seq = ing.books.deltas.sequence(("DIGITEX", SYMBOL))
     async with make(nats_server, sb, **fast) as again:

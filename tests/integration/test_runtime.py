@@ -194,7 +194,11 @@ async def test_service_health_metrics_heartbeat_status_and_dead_letters(nats_url
         js = nc.jetstream()
         dlq = await js.get_last_msg("DLQ", subjects.dead_letter("probe", "test"))
         letter = codec.decode(dlq.data)
-        assert isinstance(letter, DeadLetter) and letter.payload == b"\x00{garbage" and letter.reason.startswith("not json")
+        assert (
+            isinstance(letter, DeadLetter)
+            and letter.payload == b"\x00{garbage"
+            and letter.reason.startswith("not json")
+        )
         gap = codec.decode((await js.get_last_msg("STATUS", subjects.feed_status("probe", "test", "V", "S"))).data)
         assert isinstance(gap, FeedStatus) and (gap.state, gap.gap_start, gap.gap_end) == ("gap", 10, 20)
     finally:

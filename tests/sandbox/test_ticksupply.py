@@ -157,7 +157,9 @@ async def test_seed_subscription_lifecycle_and_pagination(sb: SandboxRunner, htt
     await in_thread(api, "POST", f"/v1/subscriptions/{sub_id}/resume")  # idempotent
     spans = await in_thread(api, "GET", f"/v1/subscriptions/{sub_id}/spans")
     assert len(spans) == 2 and spans[1]["ended_at"] is None and spans[1]["started_at"] >= spans[0]["ended_at"]
-    await in_thread(lambda: api("DELETE", f"/v1/subscriptions/{sub_id}", headers={"Idempotency-Key": str(uuid.uuid4())}))
+    await in_thread(
+        lambda: api("DELETE", f"/v1/subscriptions/{sub_id}", headers={"Idempotency-Key": str(uuid.uuid4())})
+    )
     assert (await in_thread(api, "GET", f"/v1/subscriptions/{sub_id}"))["status"] == "deleted"
     with pytest.raises(requests.HTTPError) as err:
         await in_thread(api, "POST", f"/v1/subscriptions/{sub_id}/resume")

@@ -104,7 +104,9 @@ class PostgresStore(HistoryStore):
                     cols = ", ".join(f'"{c}" {PG_TYPES[ck]}' for c, ck in self._columns(kind))
                     t = self.table(kind)
                     await con.execute(f'CREATE TABLE IF NOT EXISTS "{t}" ({cols}, PRIMARY KEY (id, ts_event))')
-                    await con.execute(f'CREATE INDEX IF NOT EXISTS "{t}_stream_ts" ON "{t}" (symbol, source, venue, ts_event)')
+                    await con.execute(
+                        f'CREATE INDEX IF NOT EXISTS "{t}_stream_ts" ON "{t}" (symbol, source, venue, ts_event)'
+                    )
                     await con.execute(f'CREATE INDEX IF NOT EXISTS "{t}_ts" ON "{t}" (ts_event)')
                     if self.timescale:
                         await con.execute(
@@ -167,7 +169,11 @@ class PostgresStore(HistoryStore):
                 await con.execute(
                     f'INSERT INTO "{self.prefix}progress" (stream, high_seq, rows) VALUES ($1, $2, $3) '
                     f'ON CONFLICT (stream) DO UPDATE SET high_seq = GREATEST("{self.prefix}progress".high_seq, EXCLUDED.high_seq), '
-                    f'rows = "{self.prefix}progress".rows + EXCLUDED.rows', stream, high, result.rows)
+                    f'rows = "{self.prefix}progress".rows + EXCLUDED.rows',
+                    stream,
+                    high,
+                    result.rows,
+                )
         self.rows_written += result.rows
         return result
 
@@ -198,7 +204,9 @@ class PostgresStore(HistoryStore):
                 cutoff = now_ns - int(days * DAY_NS)
                 if self.timescale:
                     with contextlib.suppress(asyncpg.PostgresError):
-                        await con.execute(f"SELECT drop_chunks('\"{self.table(kind)}\"', older_than => {cutoff}::bigint)")
+                        await con.execute(
+                            f"SELECT drop_chunks('\"{self.table(kind)}\"', older_than => {cutoff}::bigint)"
+                        )
                 status = await con.execute(f'DELETE FROM "{self.table(kind)}" WHERE ts_event < $1', cutoff)
                 removed += int(status.split()[-1])
         return removed

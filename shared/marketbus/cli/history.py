@@ -234,7 +234,9 @@ async def run_book(url: str | None, book: str, at_ns: int, depth: int, lookback_
     source, venue, symbol = _book_parts(book)
     nc = await connect(url)
     try:
-        builder = await book_at(HistoryClient(nc, timeout=timeout), source, venue, symbol, at_ns, lookback_ns=lookback_ns)
+        builder = await book_at(
+            HistoryClient(nc, timeout=timeout), source, venue, symbol, at_ns, lookback_ns=lookback_ns
+        )
     finally:
         await nc.close()
     if not builder.synced:

@@ -118,7 +118,10 @@ def tail(
     """Decode and pretty-print the events on SUBJECT (reconnects when the server restarts)."""
     from .tail import run_tail
 
-    run(run_tail(nats_url, subject, as_json, count or None, console, last=last, reconnect_s=reconnect_s), interrupt_ok=True)
+    run(
+        run_tail(nats_url, subject, as_json, count or None, console, last=last, reconnect_s=reconnect_s),
+        interrupt_ok=True,
+    )
 
 
 @app.command()

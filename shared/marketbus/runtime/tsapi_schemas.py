@@ -50,7 +50,9 @@ CSV_TYPES: dict[str, str] = {
 
 def iso_ns(ns: int) -> str:
     """``2024-01-01T00:00:00.123456789Z``: how the built-in schemas write exchange/collection times."""
-    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
+    return (
+        datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
+    )
 
 
 def built_in_id(category: str, name: str) -> str:
