@@ -131,7 +131,9 @@ async def raw_pull_rate(url: str, count: int) -> float:
     return count / elapsed
 
 
-async def run_writer(url: str, backend: str, data_dir: Path, expected_rows: int, dsn: str | None, prefix: str) -> tuple[float, object]:
+async def run_writer(
+    url: str, backend: str, data_dir: Path, expected_rows: int, dsn: str | None, prefix: str
+) -> tuple[float, object]:
     from services.history_writer.app import HistoryWriter
 
     over = dict(

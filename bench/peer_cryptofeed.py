@@ -450,7 +450,8 @@ def main() -> None:
         "bare msgspec, Decimal fields (Binance frame -> Struct -> JSON)": (bare_msgspec(_BareFrame), raw_frames),
         "bare msgspec, decimals kept as text": (bare_msgspec(_BareFrameText), raw_frames),
     }
-    for fn, payload in (*singles.values(), *batches.values(), *references.values()):  # warm the caches and the code once
+    # warm the caches and the code once
+    for fn, payload in (*singles.values(), *batches.values(), *references.values()):
         fn(payload, Wire())
 
     peer = Peer(binance_frames(trades), ROOT / ".bench-venv" / "peer-data")

@@ -211,7 +211,9 @@ class MemorySource:
             yield self.payloads[i:i + 5000]
 
 
-async def paced_playback(nc: nats.NATS, url: str, selector: str, prefix: str) -> tuple[tuple[float, float, float], int, float]:
+async def paced_playback(
+    nc: nats.NATS, url: str, selector: str, prefix: str
+) -> tuple[tuple[float, float, float], int, float]:
     """1x playback to the plain subscriber (timing arrivals): ((p50, p99, max) error ms, count,
     the lag p99 the service reported in its last status)."""
     counter = subprocess.Popen([sys.executable, __file__, "--pace-sub", url, subjects.playback_filter(prefix, "md.>"),

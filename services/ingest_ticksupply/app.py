@@ -226,8 +226,12 @@ class TickSupplyIngestor(Ingestor):
                           "which this ingestor does not read")
         for feed in self.feed_control.feeds.values():
             twin = self.catalog.refs.get(int(feed.instrument))
-            if (feed.state != "removed" and twin is not None and twin.datastream_id != ds.datastream_id
-                    and (twin.exchange, twin.instrument, twin.stream_type) == (ds.exchange, ds.instrument, ds.stream_type)):
+            if (
+                feed.state != "removed"
+                and twin is not None
+                and twin.datastream_id != ds.datastream_id
+                and (twin.exchange, twin.instrument, twin.stream_type) == (ds.exchange, ds.instrument, ds.stream_type)
+            ):
                 raise Refused(codes.BAD_REQUEST, f"datastream {ds.datastream_id} ({ds.wire_format}) carries the same "
                               f"{ds.exchange} {ds.instrument} {ds.stream_type} as feed {twin.datastream_id} "
                               f"({twin.wire_format}): it would publish every event twice")

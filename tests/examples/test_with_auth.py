@@ -118,7 +118,9 @@ def _guide_consumer() -> str:
     return code
 
 
-async def test_the_guides_first_consumer_runs_against_make_run(made_run: tuple[SecureBus, Path], tmp_path: Path) -> None:
+async def test_the_guides_first_consumer_runs_against_make_run(
+    made_run: tuple[SecureBus, Path], tmp_path: Path
+) -> None:
     """docs/consumers.md, sections 1-2: my_consumer.py written as shown, `faststream docs gen` and
     `faststream run my_consumer:app` from its own directory, the bus found through the data dir."""
     bus, data_dir = made_run

@@ -40,7 +40,9 @@ T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 S = 1_000_000_000
 
 
-def make_trades(source: str, venue: str, symbol: str, times: list[int], *, replay: bool = False, seed: int = 0) -> list[Trade]:
+def make_trades(
+    source: str, venue: str, symbol: str, times: list[int], *, replay: bool = False, seed: int = 0
+) -> list[Trade]:
     out = []
     for _i, ts in enumerate(times):
         n = ts // S + seed
@@ -201,7 +203,9 @@ async def backdate_feed(nc: Any, instrument: str, start_ns: int, vendor: str = "
     await kv.update(key, codec.encode(msgspec.structs.replace(feed, periods=periods)), last=entry.revision)
 
 
-async def set_periods(nc: Any, instrument: str, periods: list[tuple[int, int | None]], vendor: str = "ticksupply") -> None:
+async def set_periods(
+    nc: Any, instrument: str, periods: list[tuple[int, int | None]], vendor: str = "ticksupply"
+) -> None:
     """The feed's collection periods are exactly ``periods`` (test setup of known spans)."""
     kv = await nc.jetstream().key_value(feeds_contract.BUCKET)
     key = feeds_contract.feed_key(vendor, instrument)

@@ -106,7 +106,9 @@ def _seed_workflow_source() -> str:
     return WORKFLOW.read_text().replace('if __name__ == "__main__":\n    main()', "")
 
 
-async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_vendor_requests_examples_work_unchanged(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     orch, btc, _ = await _setup(harness)
     monkeypatch.setenv("TICKSUPPLY_API_KEY", API_KEY)
     monkeypatch.chdir(tmp_path)
@@ -191,7 +193,12 @@ async def test_signed_urls_refuse_tampering_and_expiry(harness: Harness) -> None
         # nothing outside the artifact store, even with a valid signature for the name
         secret_file = Path(orch.settings.artifact_path) / job_id / "notes.txt"
         secret_file.write_text("not an artifact")
-        for job, name in ((job_id, "notes.txt"), ("..", "etc"), (job_id, "..%2F..%2Fhistory"), ("other", art["filename"])):
+        for job, name in (
+            (job_id, "notes.txt"),
+            ("..", "etc"),
+            (job_id, "..%2F..%2Fhistory"),
+            ("other", art["filename"]),
+        ):
             signed = urlsplit(orch.signer.url(orch.api_url, job, name))
             assert (await client.get(f"{signed.path}?{signed.query}")).status_code in (403, 404), (job, name)
         # after delete the URL stops working

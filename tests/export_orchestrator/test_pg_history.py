@@ -126,7 +126,9 @@ async def test_a_resumed_read_continues_strictly_after_its_position(harness: Har
         await source.close()
 
 
-async def test_the_ticksupply_catalog_comes_from_the_reference_data_in_postgresql(harness: Harness, pg_dsn: str) -> None:
+async def test_the_ticksupply_catalog_comes_from_the_reference_data_in_postgresql(
+    harness: Harness, pg_dsn: str
+) -> None:
     """What the TickSupply-shaped API lists (instruments, datastreams, availability) from history
     kept in PostgreSQL: the stored reference data and market streams."""
     prefix = f"hx_{uuid.uuid4().hex[:8]}_"

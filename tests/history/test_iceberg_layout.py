@@ -30,11 +30,19 @@ def _market_price(i: int) -> MarketPrice:
 
 
 # a trade's price is > 0; a market price's ``last`` is signed (it may be 0 or negative, e.g. a spread)
-@pytest.mark.parametrize(("kind", "field", "value"), [
-    ("trade", "price", "100.25"), ("trade", "price", "0.0010"), ("trade", "price", "1E-18"), ("trade", "price", _LARGEST),
-    ("market_price", "last", "0"), ("market_price", "last", "-0.0000001"), ("market_price", "last", f"-{_LARGEST}"),
-    ("market_price", "last", "-1E-18"),
-])
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        ("trade", "price", "100.25"),
+        ("trade", "price", "0.0010"),
+        ("trade", "price", "1E-18"),
+        ("trade", "price", _LARGEST),
+        ("market_price", "last", "0"),
+        ("market_price", "last", "-0.0000001"),
+        ("market_price", "last", f"-{_LARGEST}"),
+        ("market_price", "last", "-1E-18"),
+    ],
+)
 def test_decimals_and_times_round_trip_exactly(kind: str, field: str, value: str) -> None:
     event = _with(trade("LAYOUT", 1) if kind == "trade" else _market_price(1), **{field: Decimal(value)})
     rows = SCHEMAS[kind].rows_to_table([event], "MD", [7], [0])

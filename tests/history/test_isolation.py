@@ -122,7 +122,9 @@ async def test_an_out_of_range_timestamp_is_dead_lettered_and_its_batch_stored(n
                                                                  23: {"ts_recv": str(2**64 + 1)}})
 
 
-async def test_a_value_postgres_refuses_is_dead_lettered_and_its_batch_stored(nc, js, nats_url, tmp_path, pg_dsn) -> None:
+async def test_a_value_postgres_refuses_is_dead_lettered_and_its_batch_stored(
+    nc, js, nats_url, tmp_path, pg_dsn
+) -> None:
     """A well-formed event PostgreSQL refuses to store (a NUL character in a text column): only it fails."""
     await _run_batch(nc, js, nats_url, tmp_path, "postgres", pg_dsn, {11: {"trade_id": '"11\\u0000"'}})
 

@@ -164,7 +164,9 @@ async def test_pacing_stays_within_the_enforced_limits(nats_server: NatsServer, 
     async with httpx.AsyncClient(base_url=sb.url) as http:
         await http.post("/_sandbox/digitex/faults", json={"rate_limit_enabled": True})
     # every market, polled far faster than 50/s allows: the limiter must hold the pace
-    async with make(nats_server, sb, markets=[], trades_interval_s=0.01, book_interval_s=0.01, rate_per_minute=5000) as ing:
+    async with make(
+        nats_server, sb, markets=[], trades_interval_s=0.01, book_interval_s=0.01, rate_per_minute=5000
+    ) as ing:
         began = ing.client.calls
         await wait_for(lambda: ing.client.calls - began >= 60, 10, what="60 calls")
         assert ing.client.rate_limited == 0
@@ -217,7 +219,9 @@ async def test_replay_bars_and_recent_trades_and_refusals(nats_server: NatsServe
         return codec.decode_as(msg.data, ReplayReply)
 
     js = bus.jetstream()
-    async with make(nats_server, sb, trades_interval_s=5, book_interval_s=5, bars_interval_s=60, bars_backfill_s=60) as ing:
+    async with make(
+        nats_server, sb, trades_interval_s=5, book_interval_s=5, bars_interval_s=60, bars_backfill_s=60
+    ) as ing:
         await wait_for(lambda: ing.by_symbol.get(SYMBOL) is not None, 10, what="markets")
         now = time.time_ns()
         minute = 60_000_000_000
@@ -239,10 +243,16 @@ async def test_replay_bars_and_recent_trades_and_refusals(nats_server: NatsServe
         assert not reply.accepted and "unknown digitex market" in (reply.reason or "")
 
 
-@pytest.mark.parametrize("overrides, var", [
-    ({"base_url": "ftp://x"}, "BASE_URL"), ({"resolutions": ["7X"]}, "RESOLUTIONS"), ({"max_trades": 5000}, "MAX_TRADES"),
-    ({"trades_interval_s": 0}, "TRADES_INTERVAL_S"), ({"venue": "a.b"}, "VENUE"),
-])
+@pytest.mark.parametrize(
+    "overrides, var",
+    [
+        ({"base_url": "ftp://x"}, "BASE_URL"),
+        ({"resolutions": ["7X"]}, "RESOLUTIONS"),
+        ({"max_trades": 5000}, "MAX_TRADES"),
+        ({"trades_interval_s": 0}, "TRADES_INTERVAL_S"),
+        ({"venue": "a.b"}, "VENUE"),
+    ],
+)
 def test_configuration_is_validated_at_start_up(overrides: dict[str, Any], var: str) -> None:
     with pytest.raises(SettingsError, match=f"MARKETBUS_INGEST_DIGITEX_{var}"):
         DigitexIngestor(nats_url="nats://127.0.0.1:1", **overrides)

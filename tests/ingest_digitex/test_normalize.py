@@ -106,8 +106,22 @@ def test_ohlcv_bars() -> None:
     assert subjects.for_event(bars[0]) == "md.bar.digitex.DIGITEX.FS-BTCUSD"
 
 
-@pytest.mark.parametrize("res, interval", [("1", "1m"), ("5", "5m"), ("60", "1h"), ("1440", "1d"), ("D", "1d"),
-                                           ("1D", "1d"), ("1W", "1w"), ("1M", "1mo"), ("", None), ("x", None), ("0", None)])
+@pytest.mark.parametrize(
+    "res, interval",
+    [
+        ("1", "1m"),
+        ("5", "5m"),
+        ("60", "1h"),
+        ("1440", "1d"),
+        ("D", "1d"),
+        ("1D", "1d"),
+        ("1W", "1w"),
+        ("1M", "1mo"),
+        ("", None),
+        ("x", None),
+        ("0", None),
+    ],
+)
 def test_resolutions(res: str, interval: str | None) -> None:
     assert normalize.interval_of(res) == interval
 

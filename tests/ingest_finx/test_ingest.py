@@ -91,7 +91,9 @@ async def check_complete(js: Any, sb: SandboxRunner, start_ns: int, end_ns: int)
     return events
 
 
-async def test_ticks_and_reference_carry_the_sandbox_values(nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+async def test_ticks_and_reference_carry_the_sandbox_values(
+    nats_server: NatsServer, sb: SandboxRunner, bus: Any
+) -> None:
     js = bus.jetstream()
     async with make(nats_server, sb) as ing:
         state = ing.pairs[PAIR]
@@ -118,7 +120,9 @@ async def test_ticks_and_reference_carry_the_sandbox_values(nats_server: NatsSer
         assert ing.metrics.events_out.labels("finx", "tick")._value.get() >= len(events)
 
 
-async def test_connection_drops_end_with_no_duplicate_and_no_hole(nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+async def test_connection_drops_end_with_no_duplicate_and_no_hole(
+    nats_server: NatsServer, sb: SandboxRunner, bus: Any
+) -> None:
     js = bus.jetstream()
     async with make(nats_server, sb) as ing, httpx.AsyncClient(base_url=sb.url) as http:
         state = ing.pairs[PAIR]
@@ -148,7 +152,9 @@ async def test_connection_drops_end_with_no_duplicate_and_no_hole(nats_server: N
         assert ing.metrics.reconnects.labels("finx")._value.get() >= 3
 
 
-async def test_malformed_frames_are_dead_lettered_and_nothing_is_lost(nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+async def test_malformed_frames_are_dead_lettered_and_nothing_is_lost(
+    nats_server: NatsServer, sb: SandboxRunner, bus: Any
+) -> None:
     js = bus.jetstream()
     async with make(nats_server, sb) as ing, httpx.AsyncClient(base_url=sb.url) as http:
         state = ing.pairs[PAIR]
@@ -204,7 +210,9 @@ def msgspec_cursor(entry: Any) -> int:
     return msgspec.json.decode(entry.value)["ts_ns"]
 
 
-async def test_replay_publishes_the_range_as_replay_batches(nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+async def test_replay_publishes_the_range_as_replay_batches(
+    nats_server: NatsServer, sb: SandboxRunner, bus: Any
+) -> None:
     js = bus.jetstream()
     start = normalize.wire_ts("2022-06-15", "00:00")
     end = start + 12_000_000_000  # 12 s: 720 ticks, 8 pages
@@ -240,7 +248,9 @@ async def test_replay_publishes_the_range_as_replay_batches(nats_server: NatsSer
         assert not reply.accepted and "ticks only" in (reply.reason or "")
 
 
-async def test_the_api_key_is_never_logged(nats_server: NatsServer, sb: SandboxRunner, caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_api_key_is_never_logged(
+    nats_server: NatsServer, sb: SandboxRunner, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     async with make(nats_server, sb) as ing:
         await wait_for(lambda: ing.pairs[PAIR].cursor > ing.pairs[PAIR].origin, 10, what="progress")

@@ -133,7 +133,9 @@ async def caught_up(js: Any, until_ns: int, ds: int = DS) -> DatastreamProgress 
 
 
 # --------------------------------------------------------------------------------------------------
-async def test_rolling_exports_catalog_subscriptions_and_replay(nats_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+async def test_rolling_exports_catalog_subscriptions_and_replay(
+    nats_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     async with sandbox() as sb:
         start = await backfill(sb, DS, 90)  # 90 minutes of history: at least two hourly artifacts
@@ -258,7 +260,9 @@ async def test_retry_after_is_honoured() -> None:
         assert elapsed >= 2.0  # waited Retry-After (1 s) after each 429
 
 
-async def test_malformed_rows_artifacts_and_replies_are_dead_lettered(nats_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_malformed_rows_artifacts_and_replies_are_dead_lettered(
+    nats_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     corrupted: list[bytes] = []
     lost: list[list[str]] = []  # rows of the artifact replaced by garbage
     real_build = sandbox_exports.build_artifacts

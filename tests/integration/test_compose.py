@@ -278,7 +278,12 @@ def test_every_service_that_reads_history_gets_the_lakehouse_settings(compose: d
         }, name
         for dep in ("seaweedfs", "lakehouse-catalog"):
             assert service["depends_on"][dep] == {"condition": "service_healthy", "required": False}, name
-    for name in ("lakehouse_catalog_uri", "lakehouse_s3_secret_key", "lakehouse_s3_config", "lakehouse_catalog_password"):
+    for name in (
+        "lakehouse_catalog_uri",
+        "lakehouse_s3_secret_key",
+        "lakehouse_s3_config",
+        "lakehouse_catalog_password",
+    ):
         assert name in secrets, f"secret {name} is not declared"
 
 

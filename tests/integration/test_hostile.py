@@ -220,7 +220,11 @@ async def _history_families(nc: Any, js: Any, bus: Bus, writer: HistoryWriter, m
                      kind="trade", state="gap", gap_start=T0, gap_end=T0 + 10, ts=T0 + 20)
     status_subject = subjects.feed_status("ingest_finx", "finx", "CB", sym)
     gap_data = codec.encode(gap)
-    for payload in (BAD_UTF8, mutate(gap_data, "state", "gap", '"exploded"'), mutate(gap_data, "gap_start", T0, str(2**64))):
+    for payload in (
+        BAD_UTF8,
+        mutate(gap_data, "state", "gap", '"exploded"'),
+        mutate(gap_data, "gap_start", T0, str(2**64)),
+    ):
         dead(payload, {codec.HEADER_TYPE: "feed_status"}, status_subject)
 
     goods = [trade(sym, i) for i in range(50)]

@@ -372,7 +372,9 @@ async def test_session_keeper_survives_a_vendor_that_refuses_logins_for_a_while(
         task.cancel()
 
 
-async def test_an_ingestor_reports_blocked_publishing_and_the_gap_of_what_it_gave_up_on(nats_server: NatsServer) -> None:
+async def test_an_ingestor_reports_blocked_publishing_and_the_gap_of_what_it_gave_up_on(
+    nats_server: NatsServer,
+) -> None:
     from marketbus.runtime.ingest import Ingestor
 
     class ProbeIngestor(Ingestor):

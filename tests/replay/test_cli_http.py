@@ -96,7 +96,9 @@ async def test_http_ndjson_and_websocket_carry_the_bus_json(stack: Stack) -> Non
         refusal = json.loads(await ws.recv())
     assert refusal["type"] == "error_reply" and refusal["code"] == "bad_request"
     # a client that goes away ends its session
-    async with websockets.connect(url.replace("http://", "ws://") + f"/replay/ws?{httpx.QueryParams({**params, 'speed': '1x'})}") as ws:
+    async with websockets.connect(
+        url.replace("http://", "ws://") + f"/replay/ws?{httpx.QueryParams({**params, 'speed': '1x'})}"
+    ) as ws:
         await ws.recv()
     for _ in range(100):
         if not stack.replay.sessions:

@@ -42,7 +42,9 @@ def as_single_messages(recorded: list[tuple[str, bytes, dict[str, str]]]) -> lis
     return out
 
 
-async def play(stack: Stack, selector: str, start: int, end: int, **kw: Any) -> list[tuple[str, bytes, dict[str, str], float]]:
+async def play(
+    stack: Stack, selector: str, start: int, end: int, **kw: Any
+) -> list[tuple[str, bytes, dict[str, str], float]]:
     got = []
     prefix = None
     async for msg in PlaybackClient(stack.nc).play(selector, start, end, **kw):

@@ -280,7 +280,9 @@ async def test_key_revoked_mid_session(sb: SandboxRunner, http: httpx.AsyncClien
 
 
 # --- REST --------------------------------------------------------------------------------------
-async def test_rest_snap_with_raw_colon_and_time_target(sb: SandboxRunner, http: httpx.AsyncClient, market: FinxMarket) -> None:
+async def test_rest_snap_with_raw_colon_and_time_target(
+    sb: SandboxRunner, http: httpx.AsyncClient, market: FinxMarket
+) -> None:
     target = START_NS // 10**9 + 3600
     resp = await http.get(
         f"/backend/observations/tick/snap?APIKey={KEY}&pair=BTC:USD&unixTimeTarget={target}&timeTargetWidthSeconds=10"
@@ -366,7 +368,9 @@ async def test_rest_options_time_slice(sb: SandboxRunner, http: httpx.AsyncClien
 
 
 # --- ground truth ------------------------------------------------------------------------------
-async def test_admin_ground_truth_matches_helper(sb: SandboxRunner, http: httpx.AsyncClient, market: FinxMarket) -> None:
+async def test_admin_ground_truth_matches_helper(
+    sb: SandboxRunner, http: httpx.AsyncClient, market: FinxMarket
+) -> None:
     start, end = START_NS, START_NS + 2 * 10**9
     body = (await http.get("/_sandbox/finx/ticks", params={"pair": "BTC:USD", "start_ns": start, "end_ns": end})).json()
     truth = market.ticks("BTC:USD", start, end)

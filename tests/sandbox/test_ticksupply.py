@@ -313,7 +313,9 @@ async def backfill(http: httpx.AsyncClient, ds_id: int, start_ns: int, end_ns: i
     return r.json()
 
 
-async def create_export(http: httpx.AsyncClient, ds_id: int, start: int | str, end: int | str, **extra: Any) -> httpx.Response:
+async def create_export(
+    http: httpx.AsyncClient, ds_id: int, start: int | str, end: int | str, **extra: Any
+) -> httpx.Response:
     return await http.post("/v1/exports", json={"datastream_id": ds_id, "start_time": str(start),
                                                 "end_time": str(end), **extra})
 

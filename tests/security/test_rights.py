@@ -153,8 +153,12 @@ async def test_the_replay_service_answers_playback_requests_and_publishes_output
     async def start(msg) -> None:
         rows = (await replay.request("history.query", b"{}", timeout=5)).data
         await msg.respond(rows + b":" + session.encode())
-        for subject in (f"replay.{session}.md.trade.finx.deribit.BTC-USD", f"replay.{session}.ref.instrument.finx.deribit.BTC-USD",
-                        f"replay.{session}.status", f"replay.{session}.end"):
+        for subject in (
+            f"replay.{session}.md.trade.finx.deribit.BTC-USD",
+            f"replay.{session}.ref.instrument.finx.deribit.BTC-USD",
+            f"replay.{session}.status",
+            f"replay.{session}.end",
+        ):
             await replay.publish(subject, b"{}")
 
     async def control(msg) -> None:

@@ -58,7 +58,9 @@ def _csv(table: pa.Table, names: list[str]) -> io.BytesIO:
 class PostgresStore(HistoryStore):
     backend = "postgres"
 
-    def __init__(self, dsn: str, *, table_prefix: str = "history_", pool_size: int = 4, timescale: bool | None = None) -> None:
+    def __init__(
+        self, dsn: str, *, table_prefix: str = "history_", pool_size: int = 4, timescale: bool | None = None
+    ) -> None:
         self.dsn = dsn
         self.prefix = table_prefix
         self.pool_size = pool_size

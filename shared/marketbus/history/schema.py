@@ -433,7 +433,10 @@ def _validate(table: pa.Table, schema: KindSchema, batch: bool) -> str | None:
         return None
     types_col = table.column("type")
     if batch:
-        if pc.any(pc.not_equal(types_col, "batch")).as_py() or pc.any(pc.not_equal(table.column("kind"), schema.kind)).as_py():
+        if (
+            pc.any(pc.not_equal(types_col, "batch")).as_py()
+            or pc.any(pc.not_equal(table.column("kind"), schema.kind)).as_py()
+        ):
             return "batch of another kind"
     elif pc.any(pc.not_equal(types_col, schema.kind)).as_py() or types_col.null_count:
         return "type tag mismatch"

@@ -113,7 +113,9 @@ def parse_content(body: Any) -> Content:
             if ex.json is None:
                 raise ValueError(f"column {col.output_column!r}: data.{exchange}.json is required")
             kind = ex.json.type
-            if kind not in DATA_TYPES and not (kind.startswith("decimal(") and kind.endswith(")") and kind[8:-1].isdigit()):
+            if kind not in DATA_TYPES and not (
+                kind.startswith("decimal(") and kind.endswith(")") and kind[8:-1].isdigit()
+            ):
                 raise ValueError(f"column {col.output_column!r}: unknown type {kind!r}")
     for exchange, rules in (content.derive or {}).items():
         for rule in rules:
