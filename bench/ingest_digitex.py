@@ -112,7 +112,8 @@ async def main(seconds: float) -> None:
     print("| figure | measured | target | reference (raw nats-py pipelined, same run) | ratio |")
     print("|---|---|---|---|---|")
     print(
-        f"| ingest_digitex single trades (normalize + emit_trades + ack, one message per trade), {n_single:,} trades | {single:,.0f} ev/s "
+        f"| ingest_digitex single trades (normalize + emit_trades + ack, one message per trade), {n_single:,} trades | "
+        f"{single:,.0f} ev/s "
         f"| >= 50,000 ev/s | {raw:,.0f} msg/s | {single / raw:.2f} |"
     )
     print(f"| ingest_digitex single trades via the generic Ingestor.emit per trade, {n_generic:,} trades "

@@ -113,7 +113,8 @@ async def main() -> None:
         await con.close()
     pairs = [s / r for s, r in zip(store_rates, same_rates)]
     print(
-        "| figure | measured (best round) | target | reference (same run, best round) | ratio (best/best; per round min / median / max) |"
+        "| figure | measured (best round) | target | reference (same run, best round) | ratio (best/best; per round "
+        "min / median / max) |"
     )
     print("|---|---|---|---|---|")
     print(f"| PostgreSQL store.write, {args.rows:,} trade rows in flushes of {args.flush:,} (COPY csv built by Arrow) "

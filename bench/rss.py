@@ -104,7 +104,8 @@ def main() -> None:
         warm, one, end = (at[m][0] for m in marks)
         b_warm, b_one, b_end = (bare[m][0] for m in marks)
         print(
-            f"| {vendor} | {warm:.1f} MB | {one:.1f} MB | {end:.1f} MB | {end - one:+.1f} MB ({(end - one) / one:+.0%}) "
+            f"| {vendor} | {warm:.1f} MB | {one:.1f} MB | {end:.1f} MB | {end - one:+.1f} MB "
+            f"({(end - one) / one:+.0%}) "
             f"| {at[marks[-1]][1]:,.0f} | {b_warm:.1f} / {b_one:.1f} / {b_end:.1f} MB |"
         )
 

@@ -75,7 +75,8 @@ async def main(seconds: float) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     print(
-        f"| sandbox finx (1 client) | tickHistory {history:,.0f} rows/s | ws tickSnap {snaps:,.0f}/s | REST snap {rest:,.0f}/s |"
+        f"| sandbox finx (1 client) | tickHistory {history:,.0f} rows/s | ws tickSnap {snaps:,.0f}/s | REST snap "
+        f"{rest:,.0f}/s |"
     )
 
 

@@ -62,7 +62,8 @@ def feeds() -> dict[str, Any]:
             panel(
                 "Feeds not live (stale or disconnected)",
                 {
-                    "{{service}} {{feed}}": 'max by (service, feed) (marketbus_feed_state{state=~"stale|disconnected"}) == 1'
+                    "{{service}} {{feed}}": 'max by (service, feed) '
+                                            '(marketbus_feed_state{state=~"stale|disconnected"}) == 1'
                 },
                 kind="table",
             ),
@@ -82,7 +83,8 @@ def feeds() -> dict[str, Any]:
                 "Vendor connection, errors and reconnects",
                 {
                     "connected {{source}} {{feed}}": "marketbus_ingest_feed_connected",
-                    "errors/s {{source}} {{kind}}": "sum by (source, kind) (rate(marketbus_ingest_vendor_errors_total[5m]))",
+                    "errors/s {{source}} {{kind}}": "sum by (source, kind) "
+                                                    "(rate(marketbus_ingest_vendor_errors_total[5m]))",
                     "reconnects/s {{source}}": "sum by (source) (rate(marketbus_ingest_reconnects_total[5m]))",
                 },
             ),
@@ -103,7 +105,8 @@ def feeds() -> dict[str, Any]:
             panel(
                 "Book snapshots (by reason) and deltas published per second",
                 {
-                    "snapshot {{source}} {{reason}}": "sum by (source, reason) (rate(marketbus_book_snapshots_total[5m]))",
+                    "snapshot {{source}} {{reason}}": "sum by (source, reason) "
+                                                      "(rate(marketbus_book_snapshots_total[5m]))",
                     "delta {{source}}": "sum by (source) (rate(marketbus_book_deltas_total[5m]))",
                 },
                 "ops",
@@ -122,15 +125,18 @@ def feeds() -> dict[str, Any]:
                 "Book resyncs and sequence gaps (per 10 min)",
                 {
                     "publisher resyncs {{source}}": "sum by (source) (increase(marketbus_book_resyncs_total[10m]))",
-                    "builder gaps {{consumer}} {{source}}": "sum by (consumer, source) (increase(marketbus_book_builder_gaps_total[10m]))",
-                    "builder resyncs {{consumer}} {{source}}": "sum by (consumer, source) (increase(marketbus_book_builder_resyncs_total[10m]))",
+                    "builder gaps {{consumer}} {{source}}": "sum by (consumer, source) "
+                                                            "(increase(marketbus_book_builder_gaps_total[10m]))",
+                    "builder resyncs {{consumer}} {{source}}": "sum by (consumer, source) "
+                                                               "(increase(marketbus_book_builder_resyncs_total[10m]))",
                 },
             ),
             # ...and the consumers that rebuild them (BookBuilders)
             panel(
                 "Book builder events per second, by outcome",
                 {
-                    "{{consumer}} {{outcome}}": "sum by (consumer, outcome) (rate(marketbus_book_builder_events_total[5m]))"
+                    "{{consumer}} {{outcome}}": "sum by (consumer, outcome) "
+                                                "(rate(marketbus_book_builder_events_total[5m]))"
                 },
                 "ops",
                 description="mismatch, gap, bad or stale events mean a book a consumer cannot trust.",
@@ -158,8 +164,10 @@ def history() -> dict[str, Any]:
             panel(
                 "Commit latency (decode + write + ack of a batch)",
                 {
-                    "p50 {{stream}}": "histogram_quantile(0.5, sum by (stream, le) (rate(marketbus_history_flush_seconds_bucket[5m])))",
-                    "p99 {{stream}}": "histogram_quantile(0.99, sum by (stream, le) (rate(marketbus_history_flush_seconds_bucket[5m])))",
+                    "p50 {{stream}}": "histogram_quantile(0.5, sum by (stream, le) "
+                                      "(rate(marketbus_history_flush_seconds_bucket[5m])))",
+                    "p99 {{stream}}": "histogram_quantile(0.99, sum by (stream, le) "
+                                      "(rate(marketbus_history_flush_seconds_bucket[5m])))",
                 },
                 "s",
             ),

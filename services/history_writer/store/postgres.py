@@ -170,7 +170,8 @@ class PostgresStore(HistoryStore):
             if high:
                 await con.execute(
                     f'INSERT INTO "{self.prefix}progress" (stream, high_seq, rows) VALUES ($1, $2, $3) '
-                    f'ON CONFLICT (stream) DO UPDATE SET high_seq = GREATEST("{self.prefix}progress".high_seq, EXCLUDED.high_seq), '
+                    f'ON CONFLICT (stream) DO UPDATE SET high_seq = GREATEST("{self.prefix}progress".high_seq, '
+                    f'EXCLUDED.high_seq), '
                     f'rows = "{self.prefix}progress".rows + EXCLUDED.rows',
                     stream,
                     high,
