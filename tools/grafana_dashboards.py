@@ -178,8 +178,12 @@ def history() -> dict[str, Any]:
             panel(
                 "Unacknowledged and redelivered",
                 {
-                    "ack pending {{consumer}}": 'marketbus_jetstream_consumer_ack_pending{consumer=~"history_writer.*"}',
-                    "redelivered {{consumer}}": 'marketbus_jetstream_consumer_redelivered{consumer=~"history_writer.*"}',
+                    "ack pending {{consumer}}": (
+                        'marketbus_jetstream_consumer_ack_pending{consumer=~"history_writer.*"}'
+                    ),
+                    "redelivered {{consumer}}": (
+                        'marketbus_jetstream_consumer_redelivered{consumer=~"history_writer.*"}'
+                    ),
                 },
             ),
             panel(

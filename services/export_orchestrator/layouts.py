@@ -20,7 +20,7 @@
   network or extension access) maps the extracted values.
 
 A layout is a function from a history batch (all event fields) to the batch that is written.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -120,7 +120,12 @@ def update_ids(ids: pa.Array) -> pa.Array:
     stable across exports and the same on its bid and ask rows (marketbus quotes keep the vendor's
     update id only inside their event id)."""
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    if ids.type == pa.string() and len(ids) and ids.null_count == 0 and pc.all(pc.equal(pc.binary_length(ids), 24)).as_py():
+    if (
+        ids.type == pa.string()
+        and len(ids)
+        and ids.null_count == 0
+        and pc.all(pc.equal(pc.binary_length(ids), 24)).as_py()
+    ):
         # vectorised: the ids' UTF-8 bytes as an (n, 24) matrix, 15 hex digits -> one int64
         offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset:ids.offset + len(ids) + 1]
         data = np.frombuffer(ids.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(len(ids), 24)[:, :15]

@@ -23,7 +23,7 @@ from .common import trade, unique_symbol, writer_overrides
 
 @pytest.fixture
 def nats_url(nats_server: NatsServer) -> str:
-    """A private nats-server per test: the poison messages stay out of the session's MD stream (other tests' writers read it all)."""
+    """A private nats-server per test: the poison messages stay out of the session's MD stream (other tests' writers read it all)."""  # noqa: E501
     return nats_server.url
 
 

@@ -392,7 +392,7 @@ if [ ! -s {data}/PG_VERSION ]; then
   {as_pg} {PG_BIN}/pg_ctl -D {data} -m fast -w stop >/dev/null
 fi
 exec {as_pg} {PG_BIN}/postgres -D {data} -p {port} -c listen_addresses=127.0.0.1 -k {data}
-"""
+"""  # noqa: E501 (the shell script runs as written)
         return ["sh", "-c", script]
 
     def start(self, name: str) -> Container:

@@ -15,7 +15,7 @@ creates the tables, writes and applies retention.
   tables; plus the high-water mark of the stream sequence in ``<prefix>progress``; the messages are acked after COMMIT. A
   redelivered message's rows conflict on their ids and are skipped; a crash before COMMIT
   leaves nothing.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ Both are derived from the stored data itself, so they are exactly as durable as 
   ``[gap_start, gap_end]`` for its feed (``venue``/``symbol`` ``_`` = every stream of the
   source, ``kind`` None = every kind); a later ``resynced`` event of the same feed closes the
   gaps it overlaps (or all open gaps of the feed when it carries no range).
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
