@@ -249,8 +249,8 @@ async def main() -> None:
                 split["publish"].append((returned - normalized[mid]) / 1e6)
     got = {p: len(v["frame"]) for p, v in lat.items()}
     print(
-        "| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered | p99 ratio to the "
-        "reference |"
+        "| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered "
+        "| p99 ratio to the reference |"
     )
     print("|---|---|---|---|---|---|---|")
     ref99 = {k: pct(lat["reference"][k], 0.99) for k in ("frame", "due")}
@@ -276,8 +276,8 @@ async def main() -> None:
         d = [ns / 1e6 for g, ns in pauses if g == gen]
         if d:
             print(
-                f"GC generation {gen} collections during the paths: {len(d)}, max {max(d):.2f} ms, total {sum(d):.1f} "
-                f"ms"
+                f"GC generation {gen} collections during the paths: {len(d)}, max {max(d):.2f} ms, "
+                f"total {sum(d):.1f} ms"
             )
     for path, shares in busy.items():
         print(f"CPU of this process during the {path} rounds: " + ", ".join(f"{x:.0%}" for x in shares))

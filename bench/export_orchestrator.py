@@ -176,20 +176,17 @@ async def main() -> None:
           f"| pyarrow CSV + zlib-1 of the in-memory table {ref_csv:,.0f} rows/s | {csv_rate / 3e5:.2f}x |")
     print(
         f"| store -> CSV.gz, TickSupply raw layout | {raw_rate:,.0f} rows/s ({raw_bytes / N:.1f} B/row) | >= 300,000 "
-        f"rows/s "
-        f"| marketbus layout, same run {csv_rate:,.0f} rows/s | {raw_rate / 3e5:.2f}x |"
+        f"rows/s | marketbus layout, same run {csv_rate:,.0f} rows/s | {raw_rate / 3e5:.2f}x |"
     )
     print(f"| store -> CSV.gz, TickSupply normalized layout | {norm_rate:,.0f} rows/s ({norm_bytes / N:.1f} B/row) "
           f"| >= 300,000 rows/s | marketbus layout, same run {csv_rate:,.0f} rows/s | {norm_rate / 3e5:.2f}x |")
     print(
         f"| export job end to end, Parquet | {e2e_pq:,.0f} rows/s | >= 1,000,000 rows/s | table read alone {read:,.0f} "
-        f"rows/s "
-        f"| {e2e_pq / 1e6:.2f}x |"
+        f"rows/s | {e2e_pq / 1e6:.2f}x |"
     )
     print(
         f"| export job end to end, CSV.gz | {e2e_csv:,.0f} rows/s | >= 300,000 rows/s | table read alone {read:,.0f} "
-        f"rows/s "
-        f"| {e2e_csv / 3e5:.2f}x |"
+        f"rows/s | {e2e_csv / 3e5:.2f}x |"
     )
 
 

@@ -178,13 +178,11 @@ async def main(pages: int) -> None:
     print("|---|---|---|---|---|")
     print(
         f"| ingest_finx single events (normalize + emit + ack), {n_single:,} ticks | {single:,.0f} ev/s | >= 50,000 "
-        f"ev/s "
-        f"| {raw:,.0f} msg/s | {single / raw:.2f} |"
+        f"ev/s | {raw:,.0f} msg/s | {single / raw:.2f} |"
     )
     print(
         f"| ingest_finx history pages as batches (normalize + emit_batch + ack), {n_batch:,} ticks | {batched:,.0f} "
-        f"ev/s "
-        f"| >= 300,000 ev/s | {raw:,.0f} msg/s | {batched / raw:.2f} |"
+        f"ev/s | >= 300,000 ev/s | {raw:,.0f} msg/s | {batched / raw:.2f} |"
     )
     print(f"| ingest_finx end to end from the sandbox (ws back-fill, 3 s) | {e2e:,.0f} ev/s | sandbox-bound "
           f"| sandbox tickHistory alone {fetch_rate:,.0f} rows/s | {e2e / fetch_rate:.2f} |")

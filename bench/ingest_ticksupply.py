@@ -134,8 +134,8 @@ async def main() -> None:
     med = statistics.median
     print(
         f"<!-- {len(artifacts)} artifacts, {rows} rows, {len(payload)}-byte trade payload; best of {ROUNDS} rounds; "
-        f"medians: raw {med(raws):,.0f} msgs/s, single {med(singles):,.0f} events/s, batch {med(batches):,.0f} "
-        f"events/s -->"
+        f"medians: raw {med(raws):,.0f} msgs/s, single {med(singles):,.0f} events/s, "
+        f"batch {med(batches):,.0f} events/s -->"
     )
     print("| figure | target | reference (raw nats-py pipelined JetStream publish, same run) | ratio |")
     print("|---|---|---|---|")
