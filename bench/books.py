@@ -131,7 +131,10 @@ def measure(stream: list[BookSnapshot], versions: list[tuple[Any, Any]], rounds:
 
 
 def main(against: str | None = None) -> list[str]:
-    header = "| benchmark (20 levels a side, one core) | result | target | reference: full snapshot encode (same run) | ratio |"
+    header = (
+        "| benchmark (20 levels a side, one core) | result | target | reference: full snapshot encode (same run) "
+        "| ratio |"
+    )
     rows = [header, "|---|---|---|---|---|"]
     versions = [("", (BookDeltas, BookBuilder))]
     if against:

@@ -156,13 +156,21 @@ def main() -> list[str]:
     typed_rate, union_rate, std_rate = rate(typed, n), rate(union, n), rate(stdlib, n // 3)
     subj_rate, sym_rate = rate(subject_roundtrip, n), rate(symbol_roundtrip, n)
     return [
-        f"| contracts: trade encode+decode (typed decoder) | {typed_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{typed_rate / std_rate:.1f} |",
-        f"| contracts: trade encode+decode (any-event decoder) | {union_rate:,.0f}/s | >= 1,000,000/s | stdlib json {std_rate:,.0f}/s | x{union_rate / std_rate:.1f} |",
-        f"| contracts: validated trade encode+decode vs no validation | {validated_rate:,.0f}/s | ratio >= 0.8 | unvalidated {unvalidated_rate:,.0f}/s | x{validated_rate / unvalidated_rate:.2f} |",
-        f"| contracts: the same round trip with an empty __post_init__ (the floor of any Python check) | {floor_rate:,.0f}/s | - | unvalidated {unvalidated_rate:,.0f}/s | x{floor_rate / unvalidated_rate:.2f} |",
-        f"| contracts: validated round trip, generated Python checks (compiled checks {'on' if compiled else 'NOT BUILT'} in the first row) | {python_rate:,.0f}/s | - | unvalidated {unvalidated_rate:,.0f}/s | x{python_rate / unvalidated_rate:.2f} |",
-        f"| contracts: Trade(...) build, canonical decimals: compiled / Python checks / no checks | {ns[0]:,.0f} ns / {ns[1]:,.0f} ns / {ns[4]:,.0f} ns | - | Python checks | x{ns[1] / ns[0]:.2f} faster |",
-        f"| contracts: Trade(...) build, size 0.01500000 (made canonical): compiled / Python checks | {ns[2]:,.0f} ns / {ns[3]:,.0f} ns | - | Python checks | x{ns[3] / ns[2]:.2f} faster |",
+        f"| contracts: trade encode+decode (typed decoder) | {typed_rate:,.0f}/s | >= 1,000,000/s | stdlib json "
+        f"{std_rate:,.0f}/s | x{typed_rate / std_rate:.1f} |",
+        f"| contracts: trade encode+decode (any-event decoder) | {union_rate:,.0f}/s | >= 1,000,000/s | stdlib json "
+        f"{std_rate:,.0f}/s | x{union_rate / std_rate:.1f} |",
+        f"| contracts: validated trade encode+decode vs no validation | {validated_rate:,.0f}/s | ratio >= 0.8 | "
+        f"unvalidated {unvalidated_rate:,.0f}/s | x{validated_rate / unvalidated_rate:.2f} |",
+        f"| contracts: the same round trip with an empty __post_init__ (the floor of any Python check) | "
+        f"{floor_rate:,.0f}/s | - | unvalidated {unvalidated_rate:,.0f}/s | x{floor_rate / unvalidated_rate:.2f} |",
+        f"| contracts: validated round trip, generated Python checks (compiled checks "
+        f"{'on' if compiled else 'NOT BUILT'} in the first row) | {python_rate:,.0f}/s | - | unvalidated "
+        f"{unvalidated_rate:,.0f}/s | x{python_rate / unvalidated_rate:.2f} |",
+        f"| contracts: Trade(...) build, canonical decimals: compiled / Python checks / no checks | {ns[0]:,.0f} ns / "
+        f"{ns[1]:,.0f} ns / {ns[4]:,.0f} ns | - | Python checks | x{ns[1] / ns[0]:.2f} faster |",
+        f"| contracts: Trade(...) build, size 0.01500000 (made canonical): compiled / Python checks | {ns[2]:,.0f} ns "
+        f"/ {ns[3]:,.0f} ns | - | Python checks | x{ns[3] / ns[2]:.2f} faster |",
         f"| contracts: subject build+parse | {subj_rate:,.0f}/s | >= 1,000,000/s | | |",
         f"| contracts: symbol normalize+denormalize (BTC:USD) | {sym_rate:,.0f}/s | | | |",
     ]

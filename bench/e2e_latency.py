@@ -230,7 +230,9 @@ async def main() -> None:
 
         shutil.rmtree(tmp, ignore_errors=True)
     split: dict[str, list[float]] = {"normalize": [], "publish": []}
-    lat: dict[str, dict[str, list[float]]] = {p: {"frame": [], "due": [], "inproc": [], "to_wire": [], "after_wire": []} for p in ("marketbus", "reference")}
+    lat: dict[str, dict[str, list[float]]] = {
+        p: {"frame": [], "due": [], "inproc": [], "to_wire": [], "after_wire": []} for p in ("marketbus", "reference")
+    }
     for line in out.splitlines():
         mid, recv = line.split()
         if mid in sent:
@@ -246,7 +248,10 @@ async def main() -> None:
                 split["normalize"].append((normalized[mid] - frame_ns) / 1e6)
                 split["publish"].append((returned - normalized[mid]) / 1e6)
     got = {p: len(v["frame"]) for p, v in lat.items()}
-    print("| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered | p99 ratio to the reference |")
+    print(
+        "| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered "
+        "| p99 ratio to the reference |"
+    )
     print("|---|---|---|---|---|---|---|")
     ref99 = {k: pct(lat["reference"][k], 0.99) for k in ("frame", "due")}
     for path, label in (("marketbus", "marketbus: Sitagri push -> normalize -> JetStreamPublisher"),
@@ -270,7 +275,10 @@ async def main() -> None:
     for gen in (1, 2):
         d = [ns / 1e6 for g, ns in pauses if g == gen]
         if d:
-            print(f"GC generation {gen} collections during the paths: {len(d)}, max {max(d):.2f} ms, total {sum(d):.1f} ms")
+            print(
+                f"GC generation {gen} collections during the paths: {len(d)}, max {max(d):.2f} ms, "
+                f"total {sum(d):.1f} ms"
+            )
     for path, shares in busy.items():
         print(f"CPU of this process during the {path} rounds: " + ", ".join(f"{x:.0%}" for x in shares))
     print(f"mode {args.mode}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -48,11 +48,20 @@ def trade_table(n: int) -> pa.Table:
     size = pa.array([f"0.{v:08d}" for v in rng.integers(1, 10**8, n).tolist()])
     ids = pa.array([f"{v:024x}" for v in rng.integers(0, 2**62, n).tolist()])
     cols = {
-        "id": ids, "source": pa.array(["bench"] * n), "venue": pa.array(["XCHG"] * n), "symbol": pa.array(["BTC-USD"] * n),
-        "ts_event": pa.array(ts), "ts_recv": pa.array(ts + 1000), "replay": pa.array(np.zeros(n, bool)),
-        "price": price, "size": size, "side": pa.array(np.where(cents % 2 == 0, "buy", "sell")),
-        "trade_id": pa.array(np.arange(n).astype(str)), "_stream": pa.array(["MD"] * n),
-        "_seq": pa.array(np.arange(1, n + 1, dtype=np.int64)), "_idx": pa.array(np.zeros(n, np.int32)),
+        "id": ids,
+        "source": pa.array(["bench"] * n),
+        "venue": pa.array(["XCHG"] * n),
+        "symbol": pa.array(["BTC-USD"] * n),
+        "ts_event": pa.array(ts),
+        "ts_recv": pa.array(ts + 1000),
+        "replay": pa.array(np.zeros(n, bool)),
+        "price": price,
+        "size": size,
+        "side": pa.array(np.where(cents % 2 == 0, "buy", "sell")),
+        "trade_id": pa.array(np.arange(n).astype(str)),
+        "_stream": pa.array(["MD"] * n),
+        "_seq": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+        "_idx": pa.array(np.zeros(n, np.int32)),
     }
     return pa.Table.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
 
@@ -151,24 +160,34 @@ async def main() -> None:
         csv_rate, csv_bytes = max([await data_path(store, tmp / f"work{i}", "csv.gz") for i in range(2)])
         # the TickSupply API's layouts (issue #19), against marketbus's own CSV of the same run
         raw_rate, raw_bytes = max([await data_path(store, tmp / f"work{i}", "csv.gz", "raw") for i in range(2)])
-        norm_rate, norm_bytes = max([await data_path(store, tmp / f"work{i}", "csv.gz", "normalized") for i in range(2)])
+        norm_rate, norm_bytes = max(
+            [await data_path(store, tmp / f"work{i}", "csv.gz", "normalized") for i in range(2)]
+        )
         e2e_pq = await end_to_end(tmp, "parquet")
         e2e_csv = await end_to_end(tmp, "csv.gz")
 
     print(f"| figure ({N:,} trade rows) | measured | target | reference (same run) | ratio to target |")
     print("|---|---|---|---|---|")
-    print(f"| store -> Parquet zstd, data path | {pq_rate:,.0f} rows/s ({pq_bytes / N:.1f} B/row) | >= 1,000,000 rows/s "
-          f"| pyarrow write of the in-memory table {ref_pq:,.0f} rows/s | {pq_rate / 1e6:.2f}x |")
+    print(
+        f"| store -> Parquet zstd, data path | {pq_rate:,.0f} rows/s ({pq_bytes / N:.1f} B/row) | >= 1,000,000 rows/s "
+        f"| pyarrow write of the in-memory table {ref_pq:,.0f} rows/s | {pq_rate / 1e6:.2f}x |"
+    )
     print(f"| store -> CSV.gz, data path | {csv_rate:,.0f} rows/s ({csv_bytes / N:.1f} B/row) | >= 300,000 rows/s "
           f"| pyarrow CSV + zlib-1 of the in-memory table {ref_csv:,.0f} rows/s | {csv_rate / 3e5:.2f}x |")
-    print(f"| store -> CSV.gz, TickSupply raw layout | {raw_rate:,.0f} rows/s ({raw_bytes / N:.1f} B/row) | >= 300,000 rows/s "
-          f"| marketbus layout, same run {csv_rate:,.0f} rows/s | {raw_rate / 3e5:.2f}x |")
+    print(
+        f"| store -> CSV.gz, TickSupply raw layout | {raw_rate:,.0f} rows/s ({raw_bytes / N:.1f} B/row) | >= 300,000 "
+        f"rows/s | marketbus layout, same run {csv_rate:,.0f} rows/s | {raw_rate / 3e5:.2f}x |"
+    )
     print(f"| store -> CSV.gz, TickSupply normalized layout | {norm_rate:,.0f} rows/s ({norm_bytes / N:.1f} B/row) "
           f"| >= 300,000 rows/s | marketbus layout, same run {csv_rate:,.0f} rows/s | {norm_rate / 3e5:.2f}x |")
-    print(f"| export job end to end, Parquet | {e2e_pq:,.0f} rows/s | >= 1,000,000 rows/s | table read alone {read:,.0f} rows/s "
-          f"| {e2e_pq / 1e6:.2f}x |")
-    print(f"| export job end to end, CSV.gz | {e2e_csv:,.0f} rows/s | >= 300,000 rows/s | table read alone {read:,.0f} rows/s "
-          f"| {e2e_csv / 3e5:.2f}x |")
+    print(
+        f"| export job end to end, Parquet | {e2e_pq:,.0f} rows/s | >= 1,000,000 rows/s | table read alone {read:,.0f} "
+        f"rows/s | {e2e_pq / 1e6:.2f}x |"
+    )
+    print(
+        f"| export job end to end, CSV.gz | {e2e_csv:,.0f} rows/s | >= 300,000 rows/s | table read alone {read:,.0f} "
+        f"rows/s | {e2e_csv / 3e5:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -227,10 +227,18 @@ def main() -> None:
         row(f"batch envelopes decoded + appended, {args.events:,} events, local warehouse", f"{rate:,.0f} ev/s",
             f"decoding: {decode_share:.0%} of the time", "-")
         half, full = rss_at.values()
-        row("RSS growth while appending (the encoded messages excluded)", f"+{full:,.0f} MB after {args.events:,} events",
-            f"+{half:,.0f} MB after {args.events // 2:,}", f"{full / max(half, 1):.2f}")
-        row("peak RSS of the process (ru_maxrss; holds the encoded messages too)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB",
-            f"RSS before: {rss0:,.0f} MB", "-")
+        row(
+            "RSS growth while appending (the encoded messages excluded)",
+            f"+{full:,.0f} MB after {args.events:,} events",
+            f"+{half:,.0f} MB after {args.events // 2:,}",
+            f"{full / max(half, 1):.2f}",
+        )
+        row(
+            "peak RSS of the process (ru_maxrss; holds the encoded messages too)",
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB",
+            f"RSS before: {rss0:,.0f} MB",
+            "-",
+        )
 
         # 2. query: HistoryReader vs DuckDB iceberg_scan vs pyarrow reading the data files
         reader = HistoryReader(local)

@@ -131,12 +131,25 @@ async def raw_pull_rate(url: str, count: int) -> float:
     return count / elapsed
 
 
-async def run_writer(url: str, backend: str, data_dir: Path, expected_rows: int, dsn: str | None, prefix: str) -> tuple[float, object]:
+async def run_writer(
+    url: str, backend: str, data_dir: Path, expected_rows: int, dsn: str | None, prefix: str
+) -> tuple[float, object]:
     from services.history_writer.app import HistoryWriter
 
-    over = dict(nats_url=url, backend=backend, data_dir=str(data_dir), durable=f"bench{time.time_ns() % 10**9}",
-                http_port=0, pull_batch=10_000, batch_max_msgs=20_000, batch_max_wait_s=0.25,
-                compact_interval_s=3600.0, query_queue=f"bench{os.getpid()}", pg_table_prefix=prefix, log_level="WARNING")
+    over = dict(
+        nats_url=url,
+        backend=backend,
+        data_dir=str(data_dir),
+        durable=f"bench{time.time_ns() % 10**9}",
+        http_port=0,
+        pull_batch=10_000,
+        batch_max_msgs=20_000,
+        batch_max_wait_s=0.25,
+        compact_interval_s=3600.0,
+        query_queue=f"bench{os.getpid()}",
+        pg_table_prefix=prefix,
+        log_level="WARNING",
+    )
     if dsn:
         over["pg_dsn"] = dsn
     if backend == "postgres":
@@ -228,8 +241,13 @@ async def main() -> None:
         t0 = time.perf_counter()
         pq.write_table(table, tmp / "raw.parquet", compression="zstd")
         raw_write = table.num_rows / (time.perf_counter() - t0)
-        row("  vs raw pyarrow write of the same rows", f"{rate:,.0f} ev/s", "-", f"pq.write_table {raw_write:,.0f} rows/s",
-            f"{rate / raw_write:.2f}")
+        row(
+            "  vs raw pyarrow write of the same rows",
+            f"{rate:,.0f} ev/s",
+            "-",
+            f"pq.write_table {raw_write:,.0f} rows/s",
+            f"{rate / raw_write:.2f}",
+        )
 
         phase("3. query")
         # 3. query: 1M trades of one symbol and day
@@ -266,12 +284,19 @@ async def main() -> None:
             await con.execute(f'CREATE TABLE "{prefix}raw" (LIKE "{prefix}trade")')
             sub = table.slice(0, len(pg_rows))
             records = list(zip(*(sub.column(c).to_pylist() for c in cols)))
-            records = [tuple(Decimal(v) if cols[i] in ("price", "size") else v for i, v in enumerate(r)) for r in records]
+            records = [
+                tuple(Decimal(v) if cols[i] in ("price", "size") else v for i, v in enumerate(r)) for r in records
+            ]
             t0 = time.perf_counter()
             await con.copy_records_to_table(f"{prefix}raw", records=records, columns=cols)
             raw_copy = len(records) / (time.perf_counter() - t0)
-            row("postgres store, batch msgs (COPY csv; ON CONFLICT only on redelivery)", f"{rate:,.0f} rows/s", ">= 100,000 rows/s",
-                f"raw asyncpg COPY {raw_copy:,.0f} rows/s", f"{rate / raw_copy:.2f}")
+            row(
+                "postgres store, batch msgs (COPY csv; ON CONFLICT only on redelivery)",
+                f"{rate:,.0f} rows/s",
+                ">= 100,000 rows/s",
+                f"raw asyncpg COPY {raw_copy:,.0f} rows/s",
+                f"{rate / raw_copy:.2f}",
+            )
             from services.history_writer.store.postgres import PostgresStore
 
             pgs = PostgresStore(args.pg_dsn, table_prefix=prefix)

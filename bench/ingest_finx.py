@@ -101,7 +101,11 @@ async def fetch_pages(ws_url: str, pages: int) -> list[str]:
         await ws.recv()
         for i in range(pages):
             date, clock = normalize.request_date_time(START_NS + i * 2_000_000_000)
-            await ws.send(json.dumps({"APIKey": KEY, "functionName": "tickHistory", "pair": "BTC:USD", "date": date, "time": clock}))
+            await ws.send(
+                json.dumps(
+                    {"APIKey": KEY, "functionName": "tickHistory", "pair": "BTC:USD", "date": date, "time": clock}
+                )
+            )
             frames.append(await ws.recv())
     return frames
 
@@ -172,10 +176,14 @@ async def main(pages: int) -> None:
         proc.wait(timeout=10)
     print("| figure | measured | target | reference (raw nats-py pipelined, same run) | ratio |")
     print("|---|---|---|---|---|")
-    print(f"| ingest_finx single events (normalize + emit + ack), {n_single:,} ticks | {single:,.0f} ev/s | >= 50,000 ev/s "
-          f"| {raw:,.0f} msg/s | {single / raw:.2f} |")
-    print(f"| ingest_finx history pages as batches (normalize + emit_batch + ack), {n_batch:,} ticks | {batched:,.0f} ev/s "
-          f"| >= 300,000 ev/s | {raw:,.0f} msg/s | {batched / raw:.2f} |")
+    print(
+        f"| ingest_finx single events (normalize + emit + ack), {n_single:,} ticks | {single:,.0f} ev/s | >= 50,000 "
+        f"ev/s | {raw:,.0f} msg/s | {single / raw:.2f} |"
+    )
+    print(
+        f"| ingest_finx history pages as batches (normalize + emit_batch + ack), {n_batch:,} ticks | {batched:,.0f} "
+        f"ev/s | >= 300,000 ev/s | {raw:,.0f} msg/s | {batched / raw:.2f} |"
+    )
     print(f"| ingest_finx end to end from the sandbox (ws back-fill, 3 s) | {e2e:,.0f} ev/s | sandbox-bound "
           f"| sandbox tickHistory alone {fetch_rate:,.0f} rows/s | {e2e / fetch_rate:.2f} |")
 

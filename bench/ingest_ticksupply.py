@@ -51,7 +51,9 @@ async def fetch_artifacts(sb: SandboxRunner) -> list[bytes]:
     start = (time.time_ns() - MINUTES * 60_000_000_000) // 1000 * 1000
     end = start + MINUTES * 60_000_000_000
     async with httpx.AsyncClient(base_url=sb.url, headers={"X-Api-Key": KEY}, timeout=60) as http:
-        r = await http.post("/_sandbox/ticksupply/backfill", json={"datastream_id": DS, "start_ns": start, "end_ns": end})
+        r = await http.post(
+            "/_sandbox/ticksupply/backfill", json={"datastream_id": DS, "start_ns": start, "end_ns": end}
+        )
         r.raise_for_status()
         job = (await http.post("/v1/exports", json={"datastream_id": DS, "start_time": str(start),
                                                     "end_time": str(end)})).json()
@@ -130,8 +132,11 @@ async def main() -> None:
             server.cleanup()
     ref, single, batch = max(raws), max(singles), max(batches)
     med = statistics.median
-    print(f"<!-- {len(artifacts)} artifacts, {rows} rows, {len(payload)}-byte trade payload; best of {ROUNDS} rounds; "
-          f"medians: raw {med(raws):,.0f} msgs/s, single {med(singles):,.0f} events/s, batch {med(batches):,.0f} events/s -->")
+    print(
+        f"<!-- {len(artifacts)} artifacts, {rows} rows, {len(payload)}-byte trade payload; best of {ROUNDS} rounds; "
+        f"medians: raw {med(raws):,.0f} msgs/s, single {med(singles):,.0f} events/s, "
+        f"batch {med(batches):,.0f} events/s -->"
+    )
     print("| figure | target | reference (raw nats-py pipelined JetStream publish, same run) | ratio |")
     print("|---|---|---|---|")
     print(f"| ticksupply artifact -> acked publish, single events: {single:,.0f} events/s "

@@ -446,9 +446,12 @@ def main() -> None:
                "Sitagri pushes, 1000 per envelope": (sitagri_batch, data["sitagri"]),
                "TickSupply CSV artifacts": (ticksupply_batch, data["ticksupply"])}
     raw_frames = [f.encode() for f in binance_frames(trades)]
-    references = {"bare msgspec, Decimal fields (Binance frame -> Struct -> JSON)": (bare_msgspec(_BareFrame), raw_frames),
-                  "bare msgspec, decimals kept as text": (bare_msgspec(_BareFrameText), raw_frames)}
-    for fn, payload in (*singles.values(), *batches.values(), *references.values()):  # warm the caches and the code once
+    references = {
+        "bare msgspec, Decimal fields (Binance frame -> Struct -> JSON)": (bare_msgspec(_BareFrame), raw_frames),
+        "bare msgspec, decimals kept as text": (bare_msgspec(_BareFrameText), raw_frames),
+    }
+    # warm the caches and the code once
+    for fn, payload in (*singles.values(), *batches.values(), *references.values()):
         fn(payload, Wire())
 
     peer = Peer(binance_frames(trades), ROOT / ".bench-venv" / "peer-data")
@@ -466,17 +469,23 @@ def main() -> None:
     finally:
         peer.close()
 
-    print("| path (wire bytes -> event -> subject + encode + headers) | marketbus median | cryptofeed median (its paired "
-          "rounds) | ratio per paired round min / median / max; ratio of the best rounds | target |")
+    print(
+        "| path (wire bytes -> event -> subject + encode + headers) | marketbus median | cryptofeed median (its paired "
+        "rounds) | ratio per paired round min / median / max; ratio of the best rounds | target |"
+    )
     print("|---|---|---|---|---|")
     targets = {**dict.fromkeys(singles, ">= 2.0"), **dict.fromkeys(batches, ">= 300,000 ev/s"),
                **dict.fromkeys(references, "(a ceiling)")}
     for name in paths:
         ratios = [m / c for m, c in zip(rates[name], cf_rates[name])]
-        label = f"{name} as batch envelopes" if name in batches else f"reference: {name}" if name in references else name
-        print(f"| {label} | {statistics.median(rates[name]):,.0f} ev/s | {statistics.median(cf_rates[name]):,.0f} msg/s "
-              f"| {min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}; "
-              f"{max(rates[name]) / max(cf_rates[name]):.2f} | {targets[name]} |")
+        label = (
+            f"{name} as batch envelopes" if name in batches else f"reference: {name}" if name in references else name
+        )
+        print(
+            f"| {label} | {statistics.median(rates[name]):,.0f} ev/s | {statistics.median(cf_rates[name]):,.0f} msg/s "
+            f"| {min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}; "
+            f"{max(rates[name]) / max(cf_rates[name]):.2f} | {targets[name]} |"
+        )
     digest = hashlib.sha256("".join(f"{t['p']}{t['q']}" for t in trades).encode()).hexdigest()[:12]
     print(f"| corpus: {len(trades):,} Binance aggTrades over {len(SYMBOLS)} symbols, {distinct:,} distinct prices "
           f"(seed {SEED}, digest {digest}); {args.rounds} alternating rounds; cryptofeed {peer.version} in its own "

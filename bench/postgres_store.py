@@ -112,7 +112,10 @@ async def main() -> None:
         await store.close()
         await con.close()
     pairs = [s / r for s, r in zip(store_rates, same_rates)]
-    print("| figure | measured (best round) | target | reference (same run, best round) | ratio (best/best; per round min / median / max) |")
+    print(
+        "| figure | measured (best round) | target | reference (same run, best round) | ratio (best/best; per round "
+        "min / median / max) |"
+    )
     print("|---|---|---|---|---|")
     print(f"| PostgreSQL store.write, {args.rows:,} trade rows in flushes of {args.flush:,} (COPY csv built by Arrow) "
           f"| {max(store_rates):,.0f} rows/s | >= 0.5 of raw COPY | raw asyncpg COPY of the same records into a table "

@@ -211,7 +211,9 @@ class MemorySource:
             yield self.payloads[i:i + 5000]
 
 
-async def paced_playback(nc: nats.NATS, url: str, selector: str, prefix: str) -> tuple[tuple[float, float, float], int, float]:
+async def paced_playback(
+    nc: nats.NATS, url: str, selector: str, prefix: str
+) -> tuple[tuple[float, float, float], int, float]:
     """1x playback to the plain subscriber (timing arrivals): ((p50, p99, max) error ms, count,
     the lag p99 the service reported in its last status)."""
     counter = subprocess.Popen([sys.executable, __file__, "--pace-sub", url, subjects.playback_filter(prefix, "md.>"),
@@ -257,12 +259,20 @@ async def main() -> None:
             await publish(nc, paced)
             del bulk
             common = {"NATS_URL": server.url, "MARKETBUS_DATA_DIR": str(tmp / "data")}
-            procs.append(service("services.history_writer", common | {"MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h")},
-                                 tmp / "writer.log"))
+            procs.append(
+                service(
+                    "services.history_writer",
+                    common | {"MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h")},
+                    tmp / "writer.log",
+                )
+            )
             phase("history writer stores them")
             await wait_stored(nc, "trade.bench.X.BULK", args.events)
             await wait_stored(nc, "trade.bench.X.PACED", args.paced)
-            replay_env = common | {"MARKETBUS_REPLAY_HTTP_PORT": "0", "MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h")}
+            replay_env = common | {
+                "MARKETBUS_REPLAY_HTTP_PORT": "0",
+                "MARKETBUS_HISTORY_WRITER_DATA_DIR": str(tmp / "h"),
+            }
             procs.append(service("services.replay", replay_env, tmp / "replay.log"))
             await asyncio.sleep(3)  # the replay service connects
 

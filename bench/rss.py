@@ -60,9 +60,12 @@ def child(vendor: str, events: int, marks: list[int]) -> None:
                     send([event])
             return len(pushes)
     else:
-        fn, data = {"digitex": (pc.digitex_single, pc.digitex_pages), "finx": (pc.finx_single, pc.finx_frames),
-                    "ticksupply": (pc.ticksupply_single, pc.ticksupply_artifacts),
-                    "bare": (pc.bare_msgspec(pc._BareFrame), lambda t: [f.encode() for f in pc.binance_frames(t)])}[vendor]
+        fn, data = {
+            "digitex": (pc.digitex_single, pc.digitex_pages),
+            "finx": (pc.finx_single, pc.finx_frames),
+            "ticksupply": (pc.ticksupply_single, pc.ticksupply_artifacts),
+            "bare": (pc.bare_msgspec(pc._BareFrame), lambda t: [f.encode() for f in pc.binance_frames(t)]),
+        }[vendor]
         payload = data(trades)
 
         def one_pass(k: int) -> int:
@@ -100,8 +103,11 @@ def main() -> None:
     for vendor, at in results.items():
         warm, one, end = (at[m][0] for m in marks)
         b_warm, b_one, b_end = (bare[m][0] for m in marks)
-        print(f"| {vendor} | {warm:.1f} MB | {one:.1f} MB | {end:.1f} MB | {end - one:+.1f} MB ({(end - one) / one:+.0%}) "
-              f"| {at[marks[-1]][1]:,.0f} | {b_warm:.1f} / {b_one:.1f} / {b_end:.1f} MB |")
+        print(
+            f"| {vendor} | {warm:.1f} MB | {one:.1f} MB | {end:.1f} MB | {end - one:+.1f} MB "
+            f"({(end - one) / one:+.0%}) "
+            f"| {at[marks[-1]][1]:,.0f} | {b_warm:.1f} / {b_one:.1f} / {b_end:.1f} MB |"
+        )
 
 
 if __name__ == "__main__":

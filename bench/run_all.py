@@ -14,9 +14,26 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SETTLE_S = 10
-ORDER = ["contracts", "books", "sandbox_finx", "sandbox_ticksupply", "sandbox_digitex", "sandbox_sitagri", "ingest_finx",
-         "ingest_ticksupply", "ingest_digitex", "ingest_sitagri", "peer_cryptofeed", "history_writer", "order_router",
-         "export_orchestrator", "replay", "postgres_store", "rss", "e2e_latency"]
+ORDER = [
+    "contracts",
+    "books",
+    "sandbox_finx",
+    "sandbox_ticksupply",
+    "sandbox_digitex",
+    "sandbox_sitagri",
+    "ingest_finx",
+    "ingest_ticksupply",
+    "ingest_digitex",
+    "ingest_sitagri",
+    "peer_cryptofeed",
+    "history_writer",
+    "order_router",
+    "export_orchestrator",
+    "replay",
+    "postgres_store",
+    "rss",
+    "e2e_latency",
+]
 
 
 def machine() -> str:
@@ -28,7 +45,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return (
+        f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def main(names: list[str]) -> int:
@@ -48,7 +67,10 @@ def main(names: list[str]) -> int:
         if proc.returncode != 0:
             failed += 1
             print(proc.stderr[-3000:], file=sys.stderr)
-        sections.append(f"### {script.stem} ({time.monotonic() - started:.0f} s{'' if proc.returncode == 0 else ', FAILED'})\n\n" + "\n".join(rows))
+        sections.append(
+            f"### {script.stem} ({time.monotonic() - started:.0f} s{'' if proc.returncode == 0 else ', FAILED'})\n\n"
+            + "\n".join(rows)
+        )
     header = (
         "# Benchmark results\n\n"
         f"Measured by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}.\n"

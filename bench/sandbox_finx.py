@@ -31,7 +31,11 @@ async def history_rows_per_s(ws_url: str, seconds: float) -> float:
             ms = START + page * 1000
             date = time.strftime("%Y-%m-%d", time.gmtime(ms // 1000))
             clock = time.strftime("%H:%M:%S", time.gmtime(ms // 1000))
-            await ws.send(json.dumps({"APIKey": KEY, "functionName": "tickHistory", "pair": "BTC:USD", "date": date, "time": clock}))
+            await ws.send(
+                json.dumps(
+                    {"APIKey": KEY, "functionName": "tickHistory", "pair": "BTC:USD", "date": date, "time": clock}
+                )
+            )
             rows += len(json.loads(await ws.recv()))
             page += 1
         return rows / (time.perf_counter() - began)
@@ -70,7 +74,10 @@ async def main(seconds: float) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    print(f"| sandbox finx (1 client) | tickHistory {history:,.0f} rows/s | ws tickSnap {snaps:,.0f}/s | REST snap {rest:,.0f}/s |")
+    print(
+        f"| sandbox finx (1 client) | tickHistory {history:,.0f} rows/s | ws tickSnap {snaps:,.0f}/s | REST snap "
+        f"{rest:,.0f}/s |"
+    )
 
 
 if __name__ == "__main__":

@@ -101,8 +101,13 @@ bars_out = broker.publisher("analytics.vwap", title="analytics.vwap.<source>.<ve
                             description="closed VWAP bars (this example's own contract)")
 
 
-@durable_subscriber(broker, "md.trade.>", settings.durable,
-                    deliver="new", start_time=datetime.fromisoformat(settings.replay_from) if settings.replay_from else None)
+@durable_subscriber(
+    broker,
+    "md.trade.>",
+    settings.durable,
+    deliver="new",
+    start_time=datetime.fromisoformat(settings.replay_from) if settings.replay_from else None,
+)
 async def on_trades(trades: Events[Trade]) -> None:
     """Every trade of every source; a batch envelope arrives as many trades in one call."""
     for trade in trades:

@@ -41,74 +41,166 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any
 
 
 def feeds() -> dict[str, Any]:
-    return dashboard("marketbus-feeds", "marketbus / feeds", "Vendor feeds: event rate, lag, state, gaps; books (snapshots, deltas, sync)", [
-        panel("Events published per second, by source and kind",
-              {"{{source}} {{kind}}": "sum by (source, kind) (rate(marketbus_ingest_events_total[1m]))"}, "ops"),
-        panel("Event lag p95 (ts_recv - ts_event), by source",
-              {"{{source}}": "histogram_quantile(0.95, sum by (source, le) "
-                             "(rate(marketbus_ingest_event_lag_seconds_bucket[5m])))"}, "s"),
-        panel("Feeds not live (stale or disconnected)",
-              {"{{service}} {{feed}}": 'max by (service, feed) (marketbus_feed_state{state=~"stale|disconnected"}) == 1'},
-              kind="table"),
-        panel("Age of each feed's last event",
-              {"{{service}} {{feed}}": "topk(20, marketbus_feed_last_event_age_seconds)"}, "s"),
-        panel("Gaps and resyncs (feed-status events per 10 min)",
-              {"{{service}} {{state}}": 'sum by (service, state) '
-                                        '(increase(marketbus_feed_status_events_total{state=~"gap|resynced|stale"}[10m]))'}),
-        panel("Vendor connection, errors and reconnects",
-              {"connected {{source}} {{feed}}": "marketbus_ingest_feed_connected",
-               "errors/s {{source}} {{kind}}": "sum by (source, kind) (rate(marketbus_ingest_vendor_errors_total[5m]))",
-               "reconnects/s {{source}}": "sum by (source) (rate(marketbus_ingest_reconnects_total[5m]))"}),
-        panel("Malformed vendor payloads and dead letters per second",
-              {"malformed {{source}}": "sum by (source) (rate(marketbus_ingest_malformed_total[5m]))",
-               "dead-lettered {{service}}": "sum by (service) (rate(marketbus_dead_letters_total[5m]))"}, "ops"),
-        panel("Per-feed event rate (heartbeats)",
-              {"{{service}} {{feed}}": "topk(20, marketbus_feed_events_per_second)"}, "ops"),
-        # books as snapshot + deltas (marketbus.books.metrics): the ingestors that publish them...
-        panel("Book snapshots (by reason) and deltas published per second",
-              {"snapshot {{source}} {{reason}}": "sum by (source, reason) (rate(marketbus_book_snapshots_total[5m]))",
-               "delta {{source}}": "sum by (source) (rate(marketbus_book_deltas_total[5m]))"}, "ops",
-              description="Snapshots by reason (first, resync, periodic, ...); mostly deltas in steady state."),
-        panel("Books out of sync (publisher and consumers' builders)",
-              {"published {{source}} {{venue}} {{symbol}}": "marketbus_book_synced == 0",
-               "{{consumer}} {{source}} {{venue}} {{symbol}}": "marketbus_book_builder_synced == 0"}, kind="table",
-              description="A publisher's book out of sync sends a snapshot next; a builder waits for one."),
-        panel("Book resyncs and sequence gaps (per 10 min)",
-              {"publisher resyncs {{source}}": "sum by (source) (increase(marketbus_book_resyncs_total[10m]))",
-               "builder gaps {{consumer}} {{source}}":
-                   "sum by (consumer, source) (increase(marketbus_book_builder_gaps_total[10m]))",
-               "builder resyncs {{consumer}} {{source}}":
-                   "sum by (consumer, source) (increase(marketbus_book_builder_resyncs_total[10m]))"}),
-        # ...and the consumers that rebuild them (BookBuilders)
-        panel("Book builder events per second, by outcome",
-              {"{{consumer}} {{outcome}}":
-                   "sum by (consumer, outcome) (rate(marketbus_book_builder_events_total[5m]))"}, "ops",
-              description="mismatch, gap, bad or stale events mean a book a consumer cannot trust."),
-        panel("Book sequence advance per second (top 20 books)",
-              {"{{source}} {{venue}} {{symbol}}": "topk(20, deriv(marketbus_book_sequence[5m]))"}, "ops"),
-    ])
+    return dashboard(
+        "marketbus-feeds",
+        "marketbus / feeds",
+        "Vendor feeds: event rate, lag, state, gaps; books (snapshots, deltas, sync)",
+        [
+            panel(
+                "Events published per second, by source and kind",
+                {"{{source}} {{kind}}": "sum by (source, kind) (rate(marketbus_ingest_events_total[1m]))"},
+                "ops",
+            ),
+            panel(
+                "Event lag p95 (ts_recv - ts_event), by source",
+                {
+                    "{{source}}": "histogram_quantile(0.95, sum by (source, le) "
+                    "(rate(marketbus_ingest_event_lag_seconds_bucket[5m])))"
+                },
+                "s",
+            ),
+            panel(
+                "Feeds not live (stale or disconnected)",
+                {
+                    "{{service}} {{feed}}": 'max by (service, feed) '
+                                            '(marketbus_feed_state{state=~"stale|disconnected"}) == 1'
+                },
+                kind="table",
+            ),
+            panel(
+                "Age of each feed's last event",
+                {"{{service}} {{feed}}": "topk(20, marketbus_feed_last_event_age_seconds)"},
+                "s",
+            ),
+            panel(
+                "Gaps and resyncs (feed-status events per 10 min)",
+                {
+                    "{{service}} {{state}}": "sum by (service, state) "
+                    '(increase(marketbus_feed_status_events_total{state=~"gap|resynced|stale"}[10m]))'
+                },
+            ),
+            panel(
+                "Vendor connection, errors and reconnects",
+                {
+                    "connected {{source}} {{feed}}": "marketbus_ingest_feed_connected",
+                    "errors/s {{source}} {{kind}}": "sum by (source, kind) "
+                                                    "(rate(marketbus_ingest_vendor_errors_total[5m]))",
+                    "reconnects/s {{source}}": "sum by (source) (rate(marketbus_ingest_reconnects_total[5m]))",
+                },
+            ),
+            panel(
+                "Malformed vendor payloads and dead letters per second",
+                {
+                    "malformed {{source}}": "sum by (source) (rate(marketbus_ingest_malformed_total[5m]))",
+                    "dead-lettered {{service}}": "sum by (service) (rate(marketbus_dead_letters_total[5m]))",
+                },
+                "ops",
+            ),
+            panel(
+                "Per-feed event rate (heartbeats)",
+                {"{{service}} {{feed}}": "topk(20, marketbus_feed_events_per_second)"},
+                "ops",
+            ),
+            # books as snapshot + deltas (marketbus.books.metrics): the ingestors that publish them...
+            panel(
+                "Book snapshots (by reason) and deltas published per second",
+                {
+                    "snapshot {{source}} {{reason}}": "sum by (source, reason) "
+                                                      "(rate(marketbus_book_snapshots_total[5m]))",
+                    "delta {{source}}": "sum by (source) (rate(marketbus_book_deltas_total[5m]))",
+                },
+                "ops",
+                description="Snapshots by reason (first, resync, periodic, ...); mostly deltas in steady state.",
+            ),
+            panel(
+                "Books out of sync (publisher and consumers' builders)",
+                {
+                    "published {{source}} {{venue}} {{symbol}}": "marketbus_book_synced == 0",
+                    "{{consumer}} {{source}} {{venue}} {{symbol}}": "marketbus_book_builder_synced == 0",
+                },
+                kind="table",
+                description="A publisher's book out of sync sends a snapshot next; a builder waits for one.",
+            ),
+            panel(
+                "Book resyncs and sequence gaps (per 10 min)",
+                {
+                    "publisher resyncs {{source}}": "sum by (source) (increase(marketbus_book_resyncs_total[10m]))",
+                    "builder gaps {{consumer}} {{source}}": "sum by (consumer, source) "
+                                                            "(increase(marketbus_book_builder_gaps_total[10m]))",
+                    "builder resyncs {{consumer}} {{source}}": "sum by (consumer, source) "
+                                                               "(increase(marketbus_book_builder_resyncs_total[10m]))",
+                },
+            ),
+            # ...and the consumers that rebuild them (BookBuilders)
+            panel(
+                "Book builder events per second, by outcome",
+                {
+                    "{{consumer}} {{outcome}}": "sum by (consumer, outcome) "
+                                                "(rate(marketbus_book_builder_events_total[5m]))"
+                },
+                "ops",
+                description="mismatch, gap, bad or stale events mean a book a consumer cannot trust.",
+            ),
+            panel(
+                "Book sequence advance per second (top 20 books)",
+                {"{{source}} {{venue}} {{symbol}}": "topk(20, deriv(marketbus_book_sequence[5m]))"},
+                "ops",
+            ),
+        ],
+    )
 
 
 def history() -> dict[str, Any]:
-    return dashboard("marketbus-history", "marketbus / history writer",
-                     "Persistence of md/ref/status events: throughput, commit latency, consumer lag", [
-        panel("Rows stored per second, by stream",
-              {"{{stream}}": "sum by (stream) (rate(marketbus_history_events_stored_total[1m]))"}, "ops"),
-        panel("Commit latency (decode + write + ack of a batch)",
-              {"p50 {{stream}}": "histogram_quantile(0.5, sum by (stream, le) (rate(marketbus_history_flush_seconds_bucket[5m])))",
-               "p99 {{stream}}": "histogram_quantile(0.99, sum by (stream, le) (rate(marketbus_history_flush_seconds_bucket[5m])))"},
-              "s"),
-        panel("Consumer lag: messages not yet delivered to the writer's durables",
-              {"{{stream}} {{consumer}}": 'marketbus_jetstream_consumer_pending{consumer=~"history_writer.*"}'}),
-        panel("Unacknowledged and redelivered",
-              {"ack pending {{consumer}}": 'marketbus_jetstream_consumer_ack_pending{consumer=~"history_writer.*"}',
-               "redelivered {{consumer}}": 'marketbus_jetstream_consumer_redelivered{consumer=~"history_writer.*"}'}),
-        panel("Duplicates skipped and flush errors per second",
-              {"duplicates {{stream}}": "sum by (stream) (rate(marketbus_history_duplicates_total[5m]))",
-               "flush errors {{stream}}": "sum by (stream) (rate(marketbus_history_flush_errors_total[5m]))"}, "ops"),
-        panel("Queries served per second",
-              {"{{kind}}": "sum by (kind) (rate(marketbus_history_queries_total[5m]))"}, "ops"),
-    ])
+    return dashboard(
+        "marketbus-history",
+        "marketbus / history writer",
+        "Persistence of md/ref/status events: throughput, commit latency, consumer lag",
+        [
+            panel(
+                "Rows stored per second, by stream",
+                {"{{stream}}": "sum by (stream) (rate(marketbus_history_events_stored_total[1m]))"},
+                "ops",
+            ),
+            panel(
+                "Commit latency (decode + write + ack of a batch)",
+                {
+                    "p50 {{stream}}": "histogram_quantile(0.5, sum by (stream, le) "
+                                      "(rate(marketbus_history_flush_seconds_bucket[5m])))",
+                    "p99 {{stream}}": "histogram_quantile(0.99, sum by (stream, le) "
+                                      "(rate(marketbus_history_flush_seconds_bucket[5m])))",
+                },
+                "s",
+            ),
+            panel(
+                "Consumer lag: messages not yet delivered to the writer's durables",
+                {"{{stream}} {{consumer}}": 'marketbus_jetstream_consumer_pending{consumer=~"history_writer.*"}'},
+            ),
+            panel(
+                "Unacknowledged and redelivered",
+                {
+                    "ack pending {{consumer}}": (
+                        'marketbus_jetstream_consumer_ack_pending{consumer=~"history_writer.*"}'
+                    ),
+                    "redelivered {{consumer}}": (
+                        'marketbus_jetstream_consumer_redelivered{consumer=~"history_writer.*"}'
+                    ),
+                },
+            ),
+            panel(
+                "Duplicates skipped and flush errors per second",
+                {
+                    "duplicates {{stream}}": "sum by (stream) (rate(marketbus_history_duplicates_total[5m]))",
+                    "flush errors {{stream}}": "sum by (stream) (rate(marketbus_history_flush_errors_total[5m]))",
+                },
+                "ops",
+            ),
+            panel(
+                "Queries served per second",
+                {"{{kind}}": "sum by (kind) (rate(marketbus_history_queries_total[5m]))"},
+                "ops",
+            ),
+        ],
+    )
 
 
 def exports() -> dict[str, Any]:

@@ -214,7 +214,9 @@ class S3ArtifactStore(ArtifactStore):
         host = urlsplit(self.endpoint).netloc
         headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
         signed = ";".join(sorted(headers))
-        canonical = "\n".join([method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload_hash])
+        canonical = "\n".join(
+            [method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload_hash]
+        )
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
         k = f"AWS4{self.secret_key}".encode()

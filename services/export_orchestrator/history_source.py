@@ -172,7 +172,9 @@ class HistorySource:
         is collected as ``trade``, a depth stream as ``quote`` (top of book)."""
         sel = Selector(kind="instrument_class", source="ticksupply")
         try:
-            table = await self._read_kind("instrument_class", sel, 0, MAX_NS, columns=["venue", "class_type", "attributes"])
+            table = await self._read_kind(
+                "instrument_class", sel, 0, MAX_NS, columns=["venue", "class_type", "attributes"]
+            )
         except Exception as exc:
             raise HistoryUnavailable(f"history tables unreadable: {exc!r}") from None
         out: set[StreamKey] = set()

@@ -76,7 +76,13 @@ CATALOG_LIMITS = (100, 1000)
 ACCOUNT_LIMITS = (50, 100)
 # marketbus instrument types -> TickSupply's (spot | perpetual | futures | option)
 INSTRUMENT_TYPES = {"future": "futures", "continuous_future": "futures"}
-STATUS = {"queued": "queued", "running": "running", "succeeded": "succeeded", "failed": "failed", "cancelled": "canceled"}
+STATUS = {
+    "queued": "queued",
+    "running": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "cancelled": "canceled",
+}
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -158,7 +164,9 @@ class ExportApi:
             if owner is None:
                 raise ApiError(401, "Invalid API key")
         if self.settings.requests_per_s > 0:
-            bucket = self.buckets.setdefault(owner, RateLimiter(self.settings.requests_per_s, max(1, self.settings.burst)))
+            bucket = self.buckets.setdefault(
+                owner, RateLimiter(self.settings.requests_per_s, max(1, self.settings.burst))
+            )
             wait = bucket.take()
             if wait > 0:
                 retry = max(1, math.ceil(wait))
@@ -209,9 +217,17 @@ class ExportApi:
 
     @staticmethod
     def ds_wire(k: StreamKey) -> dict[str, Any]:
-        return {"datastream_id": datastream_id(k), "exchange": k.venue, "instrument": denormalize_symbol(k.symbol),
-                "stream_type": ticksupply_stream_type(k.kind), "wire_format": "json", "source": k.source, "venue": k.venue,
-                "symbol": k.symbol, "kind": k.kind}
+        return {
+            "datastream_id": datastream_id(k),
+            "exchange": k.venue,
+            "instrument": denormalize_symbol(k.symbol),
+            "stream_type": ticksupply_stream_type(k.kind),
+            "wire_format": "json",
+            "source": k.source,
+            "venue": k.venue,
+            "symbol": k.symbol,
+            "kind": k.kind,
+        }
 
     async def _find(self, exchange: str | None = None, instrument: str | None = None, stream_type: str | None = None,
                     wire_format: str | None = None, source: str | None = None) -> list[StreamKey]:
@@ -472,9 +488,12 @@ class ExportApi:
                 return "custom", msgspec.json.encode(self._content(rec.versions[-1])).decode()
         if ref in TICKSUPPLY_LAYOUTS:
             if kind is not None and kind not in BUILT_IN_KINDS:
-                raise ApiError(400, f"The {ref} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
-                               f"{MARKETBUS!r}",
-                               {"field": "schema"})
+                raise ApiError(
+                    400,
+                    f"The {ref} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
+                    f"{MARKETBUS!r}",
+                    {"field": "schema"},
+                )
             return ref, None
         if ref == MARKETBUS:
             return ref, None
@@ -579,7 +598,9 @@ class ExportApi:
         record = await self._job(request)
         if record.deleted or record.state != "succeeded":
             status = "deleted" if record.deleted else STATUS[record.state]
-            raise ApiError(409, f"Export is {status}; downloads need status succeeded", {"id": record.id, "status": status})
+            raise ApiError(
+                409, f"Export is {status}; downloads need status succeeded", {"id": record.id, "status": status}
+            )
         base = self.base_url(request)
         arts = [{"id": a.id, "url": self.signer.url(base, record.id, a.filename), "bytes": a.bytes,
                  "filename": a.filename, "rows": a.rows, "sha256": a.sha256} for a in record.job.artifacts]

@@ -134,5 +134,11 @@ class JobQueue:
         if record.state != "running":
             return None
         if record.attempts > 1:
-            log.info("export %s resumed by %s (attempt %d, %d file(s) done)", job_id, name, record.attempts, len(record.files))
+            log.info(
+                "export %s resumed by %s (attempt %d, %d file(s) done)",
+                job_id,
+                name,
+                record.attempts,
+                len(record.files),
+            )
         return record

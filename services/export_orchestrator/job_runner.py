@@ -160,13 +160,17 @@ class JobRunner:
 
     async def _finish(self, job_id: str, name: str, state: str, reason: str | None, **changes: Any) -> JobRecord:
         def change(r: JobRecord) -> JobRecord:
-            r = msgspec.structs.replace(r, finished_ts=now_ns(), **{k: v for k, v in changes.items() if k in JobRecord.__struct_fields__})
+            r = msgspec.structs.replace(
+                r, finished_ts=now_ns(), **{k: v for k, v in changes.items() if k in JobRecord.__struct_fields__}
+            )
             job_changes = {k: v for k, v in changes.items() if k in ExportJob.__struct_fields__}
             return replace_job(r, state=state, reason=reason, **job_changes)
 
         record = await self._save(job_id, name, change, check_cancel=False)
         # the lease is no longer needed
-        record = await self.store.mutate(job_id, lambda r: msgspec.structs.replace(r, lease_owner=None, lease_until=0.0))
+        record = await self.store.mutate(
+            job_id, lambda r: msgspec.structs.replace(r, lease_owner=None, lease_until=0.0)
+        )
         self.cache[job_id] = record
         await self.status.publish(record)
         return record
@@ -314,7 +318,9 @@ class JobRunner:
                     in_flight = done_rows + w._rows
 
                     def progress(r: JobRecord, n: int = in_flight) -> JobRecord:
-                        return replace_job(r, rows=n, bytes=done_bytes, percent=round(min(99.0, 100.0 * n / expected_rows()), 1))
+                        return replace_job(
+                            r, rows=n, bytes=done_bytes, percent=round(min(99.0, 100.0 * n / expected_rows()), 1)
+                        )
 
                     state["record"] = await self._save(job_id, name, progress)
                     await self.status.publish(state["record"])

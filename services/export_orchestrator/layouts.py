@@ -20,7 +20,7 @@
   network or extension access) maps the extracted values.
 
 A layout is a function from a history batch (all event fields) to the batch that is written.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -44,8 +44,18 @@ TICKSUPPLY_LAYOUTS = ("raw", "normalized")
 LAYOUTS = (MARKETBUS, *TICKSUPPLY_LAYOUTS, "custom")
 # marketbus kinds -> TickSupply stream categories
 # (a quote is top of book: TickSupply's depth stream, category book_update)
-CATEGORY = {"trade": "trade", "book": "orderbook", "book_delta": "book_update", "quote": "book_update", "bar": "kline",
-            "tick": "ticker", "market_price": "ticker", "index_price": "ticker", "cash_price": "ticker", "news": "ticker"}
+CATEGORY = {
+    "trade": "trade",
+    "book": "orderbook",
+    "book_delta": "book_update",
+    "quote": "book_update",
+    "bar": "kline",
+    "tick": "ticker",
+    "market_price": "ticker",
+    "index_price": "ticker",
+    "cash_price": "ticker",
+    "news": "ticker",
+}
 # kinds that have the built-in TickSupply layouts
 BUILT_IN_KINDS = ("trade", "quote", "book_delta")
 
@@ -110,7 +120,12 @@ def update_ids(ids: pa.Array) -> pa.Array:
     stable across exports and the same on its bid and ask rows (marketbus quotes keep the vendor's
     update id only inside their event id)."""
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    if ids.type == pa.string() and len(ids) and ids.null_count == 0 and pc.all(pc.equal(pc.binary_length(ids), 24)).as_py():
+    if (
+        ids.type == pa.string()
+        and len(ids)
+        and ids.null_count == 0
+        and pc.all(pc.equal(pc.binary_length(ids), 24)).as_py()
+    ):
         # vectorised: the ids' UTF-8 bytes as an (n, 24) matrix, 15 hex digits -> one int64
         offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset:ids.offset + len(ids) + 1]
         data = np.frombuffer(ids.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(len(ids), 24)[:, :15]
@@ -174,8 +189,10 @@ _COLUMNS = {"trade": _TRADE_COLUMNS, "quote": _BOOK_COLUMNS, "book_delta": _BOOK
 
 def built_in(name: str, kind: str) -> Layout:
     if kind not in BUILT_IN_KINDS:
-        raise ValueError(f"the {name} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
-                         f"{MARKETBUS!r} for {kind}")
+        raise ValueError(
+            f"the {name} schema is defined for trade, quote (depth) and book_delta datastreams; use schema "
+            f"{MARKETBUS!r} for {kind}"
+        )
     header = BUILT_IN_COLUMNS[(category_of(kind), name)]
     fns = [_COLUMNS[kind][h] for h in header]
     rows = _ROWS.get(kind)
@@ -291,7 +308,9 @@ _SQL_TYPES = {"i64": "BIGINT", "f64": "DOUBLE", "bool": "BOOLEAN", "string": "VA
 
 
 def _sql_type(kind: str) -> str:
-    return f"DECIMAL(38, {min(int(kind[8:-1]), 38)})" if kind.startswith("decimal(") else _SQL_TYPES.get(kind, "VARCHAR")
+    return (
+        f"DECIMAL(38, {min(int(kind[8:-1]), 38)})" if kind.startswith("decimal(") else _SQL_TYPES.get(kind, "VARCHAR")
+    )
 
 
 def _sql(transform: str, kind: str) -> str:

@@ -72,7 +72,8 @@ class ExportSettings(ServiceSettings, kw_only=True):
     fill_gaps: bool = True  # requests can turn it off per job
     replay_timeout_s: float = 10.0  # waiting for an ingestor's ReplayReply
     replay_wait_s: float = 60.0  # waiting for the replayed rows to show up in the coverage
-    min_gap_ns: int = 300_000_000_000  # uncovered range start/end shorter than this is not a hole (writer default spacing)
+    # uncovered range start/end shorter than this is not a hole (writer default spacing)
+    min_gap_ns: int = 300_000_000_000
 
     # --- HTTP API (TickSupply shape) ------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -191,7 +191,9 @@ class Subscriptions:
     def streams_of(feed: Feed, stored: Iterable[StreamKey]) -> list[StreamKey]:
         if feed.kind:
             return [StreamKey(feed.kind, feed.vendor, feed.venue, feed.symbol)]
-        kinds = sorted({k.kind for k in stored if (k.source, k.venue, k.symbol) == (feed.vendor, feed.venue, feed.symbol)})
+        kinds = sorted(
+            {k.kind for k in stored if (k.source, k.venue, k.symbol) == (feed.vendor, feed.venue, feed.symbol)}
+        )
         return [StreamKey(kind, feed.vendor, feed.venue, feed.symbol) for kind in kinds or ["trade"]]
 
     async def all(self, stored: list[StreamKey]) -> list[Subscription]:

@@ -99,8 +99,14 @@ class SplitWriter:
         self._path = self.work_dir / self.filename
         self._file = pa.OSFile(str(self._path), "wb")
         if self.fmt == "parquet":
-            self._writer = pq.ParquetWriter(self._file, schema, compression="zstd", compression_level=self.parquet_level,
-                                            write_statistics=True, use_dictionary=self._dictionary_columns(first))
+            self._writer = pq.ParquetWriter(
+                self._file,
+                schema,
+                compression="zstd",
+                compression_level=self.parquet_level,
+                write_statistics=True,
+                use_dictionary=self._dictionary_columns(first),
+            )
         else:
             # one gzip member, compressed by zlib (releases the GIL) at a configurable level
             self._sink = zlib.compressobj(self.csv_level, zlib.DEFLATED, 31)
@@ -153,7 +159,9 @@ class SplitWriter:
         n = batch.num_rows
         if n == 0:
             return done
-        order_cols = [batch.column(c) for c in ORDER_COLUMNS] if all(c in batch.schema.names for c in ORDER_COLUMNS) else None
+        order_cols = (
+            [batch.column(c) for c in ORDER_COLUMNS] if all(c in batch.schema.names for c in ORDER_COLUMNS) else None
+        )
         if self.layout is not None:
             out = self.layout(batch)
         else:

@@ -355,8 +355,15 @@ class StreamIntake:
                 attempt += 1
                 delay = min(svc.settings.store_retry_max_s, 0.25 * 2 ** attempt)
                 svc.store_failed(f"store unavailable: {type(exc).__name__}: {exc}")
-                svc.log.warning("store unavailable (%s: %s): %d %s messages kept, retry %d in %.1f s", type(exc).__name__,
-                                exc, len(held.items), self.stream, attempt, delay)
+                svc.log.warning(
+                    "store unavailable (%s: %s): %d %s messages kept, retry %d in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    len(held.items),
+                    self.stream,
+                    attempt,
+                    delay,
+                )
                 svc.feeds.set_state(self.feed_name, "disconnected")
                 svc.metrics.flush_errors.labels(self.stream).inc()
                 await asyncio.sleep(delay)
@@ -441,7 +448,11 @@ class StreamIntake:
         svc = self.svc
         for m, reason in letters:
             parts = m.subject.split(".")
-            source = parts[2] if len(parts) > 2 and parts[0] in ("md", "ref") else (parts[3] if len(parts) > 3 else "unknown")
+            source = (
+                parts[2]
+                if len(parts) > 2 and parts[0] in ("md", "ref")
+                else (parts[3] if len(parts) > 3 else "unknown")
+            )
             payload, why = fit_for_dead_letter(m.data, reason, self.nc.max_payload)
             await self._settle(svc.dead_letter(source, why, payload, m.subject))
         if svc.publisher is not None:

@@ -90,10 +90,15 @@ class DigitexIngestor(Ingestor):
         self.metrics.frames_in.labels(self.source, channel).inc()
 
     def health(self) -> dict[str, Any]:
-        return {"vendor_url": self.client.base_url, "vendor_calls": self.client.calls,
-                "rate_limited": self.client.rate_limited,
-                "markets": {m.code: {"last_trade_id": m.last_trade_id, "bars": m.bar_cursor} for m in self.markets.values()},
-                "books": self.books.deltas.health()}
+        return {
+            "vendor_url": self.client.base_url,
+            "vendor_calls": self.client.calls,
+            "rate_limited": self.client.rate_limited,
+            "markets": {
+                m.code: {"last_trade_id": m.last_trade_id, "bars": m.bar_cursor} for m in self.markets.values()
+            },
+            "books": self.books.deltas.health(),
+        }
 
     # --- start / stop ---------------------------------------------------------------------------
     async def on_start(self) -> None:

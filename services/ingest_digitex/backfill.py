@@ -52,7 +52,9 @@ class DigitexBackfill:
             start = cursor + 1 if cursor is not None else (ing.now_ns() // US) - int(ing.settings.bars_backfill_s * 1e6)
             bars, server_us, more, to_us = await self.fetch_bars(state, res, start, None, replay=False)
             now_us = server_us or ing.now_ns() // US
-            done = [b for b in bars if b.ts_event // US + length <= now_us and (cursor is None or b.ts_event // US > cursor)]
+            done = [
+                b for b in bars if b.ts_event // US + length <= now_us and (cursor is None or b.ts_event // US > cursor)
+            ]
             for bar in done:
                 await ing.emit(bar)
             if done:

@@ -256,7 +256,9 @@ def market_defs(payload: bytes | str) -> list[WMarket]:
     return _decode(payload, list[WMarket], "market list")
 
 
-def exchange_info(payload: bytes | str, venue: str, ts_recv: int) -> tuple[Venue, list[Currency], list[Instrument], dict[str, int]]:
+def exchange_info(
+    payload: bytes | str, venue: str, ts_recv: int
+) -> tuple[Venue, list[Currency], list[Instrument], dict[str, int]]:
     """``exchange_info/`` -> the Venue, its currencies and markets, and the advertised rate limits."""
     info: WExchangeInfo = _decode(payload, WExchangeInfo, "exchange_info")
     limits = {r.interval.upper(): r.limit for r in info.rate_limits}

@@ -39,8 +39,15 @@ class DigitexIngestSettings(IngestSettings, kw_only=True):
         p = self.env_prefix
         if not self.base_url.startswith(("http://", "https://")):
             raise SettingsError(f"{p}BASE_URL={self.base_url!r} is invalid: must start with http:// or https://")
-        for name in ("book_interval_s", "book_snapshot_interval_s", "trades_interval_s", "bars_interval_s", "request_timeout_s",
-                     "retry_initial_s", "retry_max_s"):
+        for name in (
+            "book_interval_s",
+            "book_snapshot_interval_s",
+            "trades_interval_s",
+            "bars_interval_s",
+            "request_timeout_s",
+            "retry_initial_s",
+            "retry_max_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{p}{name.upper()}={getattr(self, name)!r} is invalid: must be > 0")
         if not 1 <= self.max_trades <= 1000:

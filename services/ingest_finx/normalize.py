@@ -50,7 +50,9 @@ class VendorError(Exception):
 
     @property
     def auth(self) -> bool:
-        return "key" in str(self).lower() or (isinstance(self.payload, dict) and self.payload.get("authenticated") is False)
+        return "key" in str(self).lower() or (
+            isinstance(self.payload, dict) and self.payload.get("authenticated") is False
+        )
 
 
 class Row(msgspec.Struct, gc=False):

@@ -52,7 +52,13 @@ class FinxIngestSettings(IngestSettings, kw_only=True):
             if not sep or not base or not quote:
                 raise SettingsError(f"{p}PAIRS: {pair!r} is not a BASE:QUOTE pair")
             normalize_symbol(pair)
-        for name in ("snap_interval_s", "history_interval_s", "request_timeout_s", "reconnect_initial_s", "reconnect_max_s"):
+        for name in (
+            "snap_interval_s",
+            "history_interval_s",
+            "request_timeout_s",
+            "reconnect_initial_s",
+            "reconnect_max_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{p}{name.upper()}={getattr(self, name)!r} is invalid: must be > 0")
         if self.history_page_rows < 2:

@@ -146,7 +146,9 @@ class SitagriIngestor(Ingestor):
         if ref in result.quotes:
             q = result.quotes[ref]
             return Resolved(q.venue, q.symbol, None, f"{q.kind} {ref}")
-        members = [result.quotes[m] for m in result.expand([ref]) if m in result.quotes] if ref in result.members else []
+        members = (
+            [result.quotes[m] for m in result.expand([ref]) if m in result.quotes] if ref in result.members else []
+        )
         if not members:
             return None
         return Resolved(members[0].venue, normalize_symbol(ref.rsplit("/", 1)[-1]), None,

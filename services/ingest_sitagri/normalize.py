@@ -402,7 +402,16 @@ def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
         ts = max(dates) if dates else ts_recv
         eid = nolast_price_id(p.quote, ts, _val(p.ask), _val(p.bid))
         _check_dates(_NULL, p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
-    ask, bid, settle, stats, first, prev, high, low = p.ask, p.bid, p.settlement, p.stats, p.first, p.previousLast, p.high, p.low
+    ask, bid, settle, stats, first, prev, high, low = (
+        p.ask,
+        p.bid,
+        p.settlement,
+        p.stats,
+        p.first,
+        p.previousLast,
+        p.high,
+        p.low,
+    )
     high_1y, low_1y = p.high1Y, p.low1Y
     if last is not None and ask is not None and bid is not None and settle is None and stats is None \
             and first is None and prev is None and high is None and low is None and high_1y is None and low_1y is None:

@@ -95,7 +95,9 @@ class SitagriIngestSettings(IngestSettings, kw_only=True):
         if self.history_cap < 2:
             problems.append(f"{p}HISTORY_CAP must be >= 2")
         res = self.history_resolution
-        if res not in ("TICK", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH") and not (res.isdigit() and 1 <= int(res) <= 1440):
+        if res not in ("TICK", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH") and not (
+            res.isdigit() and 1 <= int(res) <= 1440
+        ):
             problems.append(f"{p}HISTORY_RESOLUTION={res!r} is not TICK/MINUTE/HOUR/DAY/WEEK/MONTH or 1..1440")
         for ref in [*self.quotes, *self.history_quotes]:
             if not ref.startswith("/market/sources/"):

@@ -103,7 +103,9 @@ class TickSupplyIngestor(Ingestor):
 
     def health(self) -> dict[str, Any]:
         return {
-            "datastreams": {str(k): f"{v.exchange}/{v.instrument}/{v.stream_type}" for k, v in self.datastreams.items()},
+            "datastreams": {
+                str(k): f"{v.exchange}/{v.instrument}/{v.stream_type}" for k, v in self.datastreams.items()
+            },
             "subscriptions": {str(k): v.get("status") for k, v in self.subscriptions.items()},
             "exports_created": self.exports_created,
             "rate_limited": self.client.rate_limited_total if self.client else 0,
@@ -224,8 +226,12 @@ class TickSupplyIngestor(Ingestor):
                           "which this ingestor does not read")
         for feed in self.feed_control.feeds.values():
             twin = self.catalog.refs.get(int(feed.instrument))
-            if (feed.state != "removed" and twin is not None and twin.datastream_id != ds.datastream_id
-                    and (twin.exchange, twin.instrument, twin.stream_type) == (ds.exchange, ds.instrument, ds.stream_type)):
+            if (
+                feed.state != "removed"
+                and twin is not None
+                and twin.datastream_id != ds.datastream_id
+                and (twin.exchange, twin.instrument, twin.stream_type) == (ds.exchange, ds.instrument, ds.stream_type)
+            ):
                 raise Refused(codes.BAD_REQUEST, f"datastream {ds.datastream_id} ({ds.wire_format}) carries the same "
                               f"{ds.exchange} {ds.instrument} {ds.stream_type} as feed {twin.datastream_id} "
                               f"({twin.wire_format}): it would publish every event twice")

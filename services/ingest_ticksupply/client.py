@@ -232,7 +232,9 @@ class TickSupplyClient:
         return await self.request("GET", "/availability", params={"datastream_id": datastream_id})
 
     # --- exports ------------------------------------------------------------------------------
-    async def create_export(self, datastream_id: int, start_ns: int, end_ns: int, idempotency_key: str) -> dict[str, Any]:
+    async def create_export(
+        self, datastream_id: int, start_ns: int, end_ns: int, idempotency_key: str
+    ) -> dict[str, Any]:
         body = {"datastream_id": datastream_id, "start_time": str(start_ns), "end_time": str(end_ns), "schema": "raw"}
         return await self.request("POST", "/exports", body=body, idempotency_key=idempotency_key, mutating=True)
 

@@ -245,7 +245,9 @@ def parse_artifact(data: bytes, stream_type: str = "trade") -> ParsedArtifact:
     return ParsedArtifact(rows, bad, total)
 
 
-def iter_artifact(data: bytes, stream_type: str = "trade", slice_bytes: int | None = 8 << 20) -> Iterator[ParsedArtifact]:
+def iter_artifact(
+    data: bytes, stream_type: str = "trade", slice_bytes: int | None = 8 << 20
+) -> Iterator[ParsedArtifact]:
     """Parse an artifact slice by slice (``slice_bytes`` of CSV text each, cut at line ends), so a
     large artifact never holds all its rows, let alone all its events, at once. Line numbers in
     :class:`BadRow` count from the top of the file. The same bytes always give the same slices."""

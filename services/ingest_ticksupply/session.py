@@ -68,7 +68,9 @@ class TickSupplySubscriptions:
         bounds.sort()
         reported = self._holes_reported_until.get(ds.datastream_id)
         if reported is None:  # persisted, so a restart does not report the same holes again
-            reported = self._holes_reported_until[ds.datastream_id] = await ing.store.get_mark(ds.datastream_id, "holes")
+            reported = self._holes_reported_until[ds.datastream_id] = await ing.store.get_mark(
+                ds.datastream_id, "holes"
+            )
         for (_, end), (next_start, _) in itertools.pairwise(bounds):
             if end is not None and next_start > end and next_start > reported:
                 await ing.feed_status("gap", ds, detail="the subscription was paused: TickSupply collected nothing",

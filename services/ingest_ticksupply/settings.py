@@ -31,7 +31,8 @@ class TickSupplySettings(IngestSettings, kw_only=True):
     max_rate_limited_retries: int = 100  # per call, for 429s (each waits Retry-After)
 
     # what to ingest
-    datastreams: list[int] = msgspec.field(default_factory=lambda: [101])  # datastream ids kept subscribed and ingested (101 = binance BTCUSDT trades)
+    # datastream ids kept subscribed and ingested (101 = binance BTCUSDT trades)
+    datastreams: list[int] = msgspec.field(default_factory=lambda: [101])
     paused_datastreams: list[int] = []  # of those, the ones whose subscription is kept paused
     catalog_exchanges: list[str] = []  # exchanges whose catalog is synced; empty = all
     catalog_interval_s: float = 3600.0  # 0 = sync once at start-up

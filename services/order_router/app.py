@@ -87,9 +87,15 @@ class OrderRouter(Service):
         # each command is handled as it arrives (a fetch would hold it until the batch fills); the
         # consumer's policy: +WPI during long exchange calls, a failing command retried with
         # back-off, then dead-lettered and terminated
-        self._pull = PullConsumer.of(self.nc, self.consumer_spec, self.intake.handle_message, max_messages=s.max_inflight,
-                                     on_error=self._command_failed, dead_letter=self._dead_letter_command,
-                                     on_dropped=self._dead_letter_dropped)
+        self._pull = PullConsumer.of(
+            self.nc,
+            self.consumer_spec,
+            self.intake.handle_message,
+            max_messages=s.max_inflight,
+            on_error=self._command_failed,
+            dead_letter=self._dead_letter_command,
+            on_dropped=self._dead_letter_dropped,
+        )
         await self._pull.start()
         self.spawn(self.kill_switch.watch(), "control")
         self.spawn(self.reconciler.track_loop(), "track")
@@ -126,8 +132,12 @@ class OrderRouter(Service):
         await self.client.close()
 
     def health(self) -> dict[str, Any]:
-        return {"halted": self.control.halted, "open_orders": len(self.orders), "commands": self.intake.commands_handled,
-                "markets": len(self.meta.markets) if self.meta else 0}
+        return {
+            "halted": self.control.halted,
+            "open_orders": len(self.orders),
+            "commands": self.intake.commands_handled,
+            "markets": len(self.meta.markets) if self.meta else 0,
+        }
 
     # --- helpers ----------------------------------------------------------------------------------
     def _exchange_observed(self, path: str, outcome: str, seconds: float) -> None:

@@ -208,11 +208,19 @@ class DigitexClient:
     async def open_orders(self, market_id: int | None = None) -> list[dict[str, Any]]:
         return await self.get_paged("orders/", market_id=market_id, page_size=1000)
 
-    async def order_history(self, created_at_from: int | None = None, market_id: int | None = None) -> list[dict[str, Any]]:
-        return await self.get_paged("order_history/", created_at_from=created_at_from, market_id=market_id, page_size=1000)
+    async def order_history(
+        self, created_at_from: int | None = None, market_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.get_paged(
+            "order_history/", created_at_from=created_at_from, market_id=market_id, page_size=1000
+        )
 
-    async def trade_history(self, traded_at_from: int | None = None, market_id: int | None = None) -> list[dict[str, Any]]:
-        return await self.get_paged("trade_history/", traded_at_from=traded_at_from, market_id=market_id, page_size=1000)
+    async def trade_history(
+        self, traded_at_from: int | None = None, market_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.get_paged(
+            "trade_history/", traded_at_from=traded_at_from, market_id=market_id, page_size=1000
+        )
 
     async def positions(self) -> list[dict[str, Any]]:
         return await self.get("position/") or []

@@ -143,8 +143,11 @@ class ReplayService(Service):
             raise self._refuse(codes.UNAVAILABLE, f"history is not available: {exc.message}") from None
         if expected == 0:
             sel = request.selector
-            raise self._refuse(codes.NOT_FOUND, f"no stored events for {sel.kind}.{sel.source}.{sel.venue}.{sel.symbol} "
-                                                f"in [{request.start_ns}, {request.end_ns})")
+            raise self._refuse(
+                codes.NOT_FOUND,
+                f"no stored events for {sel.kind}.{sel.source}.{sel.venue}.{sel.symbol} "
+                f"in [{request.start_ns}, {request.end_ns})",
+            )
         sink: Sink = sink_for(prefix)
         s = self.settings
         session = Session(session_id, request, speed=speed, prefix=prefix, sink=sink, source=self.source,

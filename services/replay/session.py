@@ -159,7 +159,9 @@ class Session:
                 await self._publish_status(self.status())
             except Exception as exc:
                 log.info("session %s: last status not sent: %r", self.id, exc)
-        log.info("session %s %s: %d events%s", self.id, self.state, self.sent, f" ({self.reason})" if self.reason else "")
+        log.info(
+            "session %s %s: %d events%s", self.id, self.state, self.sent, f" ({self.reason})" if self.reason else ""
+        )
         self.done.set()
         if self._on_end is not None:
             self._on_end(self)

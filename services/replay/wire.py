@@ -154,7 +154,9 @@ class NatsSink(Sink):
     async def end(self, marker: PlaybackEnd) -> None:
         await self.flush()
         with contextlib.suppress(Exception):
-            await self.nc.publish(subjects.playback_end(self.prefix), codec.encode(marker), headers=codec.headers_for(marker))
+            await self.nc.publish(
+                subjects.playback_end(self.prefix), codec.encode(marker), headers=codec.headers_for(marker)
+            )
             await self.nc.flush(timeout=5)
 
 

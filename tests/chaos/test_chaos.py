@@ -177,7 +177,9 @@ async def sitagri_truth(sandbox: str, start_ns: int, end_ns: int) -> set[str]:
     return out
 
 
-async def stored_ids(reader: HistoryReader, kind: str, source: str, symbol: str, start_ns: int, end_ns: int) -> list[str]:
+async def stored_ids(
+    reader: HistoryReader, kind: str, source: str, symbol: str, start_ns: int, end_ns: int
+) -> list[str]:
     """The ids the history holds, read through its tables (the writer's default Iceberg store)."""
     selector = Selector(kind=kind, source=source, symbol=symbol)
     table = await asyncio.to_thread(reader.read_kind, kind, selector, start_ns, end_ns, columns=["id"])

@@ -71,9 +71,16 @@ def _prometheus_sees_every_service(prometheus_bin: str, urls: dict[str, str], tm
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     log = (tmp_path / "prometheus.log").open("wb")
-    prometheus = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                  stdout=log, stderr=subprocess.STDOUT)
+    prometheus = subprocess.Popen(
+        [
+            prometheus_bin,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
     def query(promql: str) -> list[dict]:
         response = httpx.get(f"{api}/api/v1/query", params={"query": promql}, timeout=5)

@@ -96,8 +96,15 @@ async def test_the_node_consumer_connects_with_an_nkey_seed(made_run: tuple[Secu
     env.update(NATS_URL=bus.url, NATS_NKEY_SEED_FILE=str(data_dir / "credentials" / "consumer.nk"),
                MARKETBUS_DURABLE=f"node_{symbol.lower()}", MAX_EVENTS="2",
                REPLAY_FROM=(datetime.now(UTC) - timedelta(seconds=30)).isoformat())
-    proc = await asyncio.create_subprocess_exec(node, "consumer.js", f"md.trade.*.*.{symbol}", cwd=ROOT / "examples" / "node",
-                                                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        "consumer.js",
+        f"md.trade.*.*.{symbol}",
+        cwd=ROOT / "examples" / "node",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert [json.loads(line)["price"] for line in out.decode().splitlines()] == ["1.5", "2.5"]
@@ -111,7 +118,9 @@ def _guide_consumer() -> str:
     return code
 
 
-async def test_the_guides_first_consumer_runs_against_make_run(made_run: tuple[SecureBus, Path], tmp_path: Path) -> None:
+async def test_the_guides_first_consumer_runs_against_make_run(
+    made_run: tuple[SecureBus, Path], tmp_path: Path
+) -> None:
     """docs/consumers.md, sections 1-2: my_consumer.py written as shown, `faststream docs gen` and
     `faststream run my_consumer:app` from its own directory, the bus found through the data dir."""
     bus, data_dir = made_run

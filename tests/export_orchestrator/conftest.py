@@ -40,7 +40,9 @@ T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z
 S = 1_000_000_000
 
 
-def make_trades(source: str, venue: str, symbol: str, times: list[int], *, replay: bool = False, seed: int = 0) -> list[Trade]:
+def make_trades(
+    source: str, venue: str, symbol: str, times: list[int], *, replay: bool = False, seed: int = 0
+) -> list[Trade]:
     out = []
     for _i, ts in enumerate(times):
         n = ts // S + seed
@@ -201,7 +203,9 @@ async def backdate_feed(nc: Any, instrument: str, start_ns: int, vendor: str = "
     await kv.update(key, codec.encode(msgspec.structs.replace(feed, periods=periods)), last=entry.revision)
 
 
-async def set_periods(nc: Any, instrument: str, periods: list[tuple[int, int | None]], vendor: str = "ticksupply") -> None:
+async def set_periods(
+    nc: Any, instrument: str, periods: list[tuple[int, int | None]], vendor: str = "ticksupply"
+) -> None:
     """The feed's collection periods are exactly ``periods`` (test setup of known spans)."""
     kv = await nc.jetstream().key_value(feeds_contract.BUCKET)
     key = feeds_contract.feed_key(vendor, instrument)
@@ -222,7 +226,9 @@ def read_artifact(filename: str, data: bytes) -> pa.Table:
     text = gzip.decompress(data)
     # every column as text: decimals must come back exactly as published
     header = text.split(b"\n", 1)[0].decode().replace('"', "").split(",")
-    return pcsv.read_csv(io.BytesIO(text), convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header}))
+    return pcsv.read_csv(
+        io.BytesIO(text), convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in header})
+    )
 
 
 async def download_all(api_url: str, job_id: str, key: str = API_KEY) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -244,7 +250,9 @@ def exact(value: Any) -> str:
 
 
 def trade_rows(trades: list[Trade]) -> list[tuple[str, ...]]:
-    return sorted((t.id, t.source, t.venue, t.symbol, str(t.ts_event), exact(t.price), exact(t.size), t.side) for t in trades)
+    return sorted(
+        (t.id, t.source, t.venue, t.symbol, str(t.ts_event), exact(t.price), exact(t.size), t.side) for t in trades
+    )
 
 
 def raw_rows(trades: list[Trade]) -> list[tuple[str, ...]]:
@@ -267,7 +275,9 @@ def raw_table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
 def table_rows(tables: list[pa.Table]) -> list[tuple[str, ...]]:
     out = []
     for t in tables:
-        cols = [t.column(c).to_pylist() for c in ("id", "source", "venue", "symbol", "ts_event", "price", "size", "side")]
+        cols = [
+            t.column(c).to_pylist() for c in ("id", "source", "venue", "symbol", "ts_event", "price", "size", "side")
+        ]
         out.extend(tuple(exact(v) if i in (5, 6) else str(v) for i, v in enumerate(row)) for row in zip(*cols))
     return sorted(out)
 

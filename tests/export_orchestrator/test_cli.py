@@ -82,16 +82,23 @@ async def test_cli_create_wait_status_download(harness: Harness, tmp_path: Path)
     assert res.exit_code == 1 and "normalized schema is defined for trade" in res.stderr, res.output
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["create", "trdae.finx", "--start", "-1h"], "error: unknown kind 'trdae'; kinds: trade,"),
-    (["create", "trade.a.b.c.d", "--start", "-1h"], "error: 'trade.a.b.c.d' has 5 parts"),
-    (["create", "trade", "--start", "-1h", "--end", "-2h"], "error: --end (-2h) is before --start (-1h)"),
-    (["create", "trade", "--start", "soon"], "error: not a time: 'soon'"),
-    (["create", "trade", "--start", "-1h", "--format", "xlsx"], "error: --format xlsx: use parquet or csv.gz"),
-    (["create", "trade", "--start", "-1h", "--schema", "wide"], "error: --schema wide: use marketbus, raw or normalized"),
-])
-async def test_export_user_mistakes_are_one_line_errors_with_exit_2(args: list[str], message: str,
-                                                                    nats_server: NatsServer) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["create", "trdae.finx", "--start", "-1h"], "error: unknown kind 'trdae'; kinds: trade,"),
+        (["create", "trade.a.b.c.d", "--start", "-1h"], "error: 'trade.a.b.c.d' has 5 parts"),
+        (["create", "trade", "--start", "-1h", "--end", "-2h"], "error: --end (-2h) is before --start (-1h)"),
+        (["create", "trade", "--start", "soon"], "error: not a time: 'soon'"),
+        (["create", "trade", "--start", "-1h", "--format", "xlsx"], "error: --format xlsx: use parquet or csv.gz"),
+        (
+            ["create", "trade", "--start", "-1h", "--schema", "wide"],
+            "error: --schema wide: use marketbus, raw or normalized",
+        ),
+    ],
+)
+async def test_export_user_mistakes_are_one_line_errors_with_exit_2(
+    args: list[str], message: str, nats_server: NatsServer
+) -> None:
     res = await asyncio.to_thread(CliRunner().invoke, app, ["export", *args], env={"NATS_URL": nats_server.url})
     assert res.exit_code == 2, res.output
     assert res.stderr.startswith(message) and res.stderr.count("\n") == 1, res.stderr

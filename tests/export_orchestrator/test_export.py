@@ -77,9 +77,15 @@ async def test_round_trip_csv_and_parquet(harness: Harness) -> None:
     await sub.unsubscribe()
 
     # parquet, a sub-range, chosen columns
-    req2 = ExportRequest(idempotency_key=str(uuid.uuid4()), selector=StreamSelector(kind="trade", source="testsrc", symbol="BTC-USD"),
-                         start_ns=T0 + 10 * S, end_ns=T0 + 20 * S, format="parquet", columns=["ts_event", "price", "size", "id"],
-                         fill_gaps=False)
+    req2 = ExportRequest(
+        idempotency_key=str(uuid.uuid4()),
+        selector=StreamSelector(kind="trade", source="testsrc", symbol="BTC-USD"),
+        start_ns=T0 + 10 * S,
+        end_ns=T0 + 20 * S,
+        format="parquet",
+        columns=["ts_event", "price", "size", "id"],
+        fill_gaps=False,
+    )
     job2 = await harness.wait_state((await harness.create(req2)).job_id)
     assert job2.state == "succeeded", job2.reason
     _, files2 = await download_all(orch.api_url, job2.job_id)

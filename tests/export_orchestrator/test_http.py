@@ -106,7 +106,9 @@ def _seed_workflow_source() -> str:
     return WORKFLOW.read_text().replace('if __name__ == "__main__":\n    main()', "")
 
 
-async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_vendor_requests_examples_work_unchanged(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     orch, btc, _ = await _setup(harness)
     monkeypatch.setenv("TICKSUPPLY_API_KEY", API_KEY)
     monkeypatch.chdir(tmp_path)
@@ -126,7 +128,9 @@ async def test_vendor_requests_examples_work_unchanged(harness: Harness, tmp_pat
     namespace["api_request"] = collected_since_two_hours
 
     real_sleep = time.sleep
-    namespace["time"] = type("T", (), {"time": staticmethod(time.time), "sleep": staticmethod(lambda s: real_sleep(min(s, 0.2)))})
+    namespace["time"] = type(
+        "T", (), {"time": staticmethod(time.time), "sleep": staticmethod(lambda s: real_sleep(min(s, 0.2)))}
+    )
     await asyncio.to_thread(namespace["main"])
     files = sorted(tmp_path.glob("*.csv.gz"))
     assert files
@@ -150,8 +154,16 @@ async def test_signed_urls_refuse_tampering_and_expiry(harness: Harness) -> None
     headers = {"X-Api-Key": API_KEY}
     async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
         ds = (await client.get("/v1/datastreams", params={"instrument": "BTCUSDT"}, headers=headers)).json()["items"][0]
-        resp = await client.post("/v1/exports", headers=headers, json={
-            "datastream_id": ds["datastream_id"], "start_time": str(NOW - 3600 * S), "end_time": str(NOW), "format": "parquet"})
+        resp = await client.post(
+            "/v1/exports",
+            headers=headers,
+            json={
+                "datastream_id": ds["datastream_id"],
+                "start_time": str(NOW - 3600 * S),
+                "end_time": str(NOW),
+                "format": "parquet",
+            },
+        )
         assert resp.status_code == 201, resp.text
         job_id = resp.json()["id"]
         early = await client.get(f"/v1/exports/{job_id}/download", headers=headers)
@@ -181,7 +193,12 @@ async def test_signed_urls_refuse_tampering_and_expiry(harness: Harness) -> None
         # nothing outside the artifact store, even with a valid signature for the name
         secret_file = Path(orch.settings.artifact_path) / job_id / "notes.txt"
         secret_file.write_text("not an artifact")
-        for job, name in ((job_id, "notes.txt"), ("..", "etc"), (job_id, "..%2F..%2Fhistory"), ("other", art["filename"])):
+        for job, name in (
+            (job_id, "notes.txt"),
+            ("..", "etc"),
+            (job_id, "..%2F..%2Fhistory"),
+            ("other", art["filename"]),
+        ):
             signed = urlsplit(orch.signer.url(orch.api_url, job, name))
             assert (await client.get(f"{signed.path}?{signed.query}")).status_code in (403, 404), (job, name)
         # after delete the URL stops working
@@ -199,9 +216,15 @@ async def test_auth_paging_rate_limit(harness: Harness) -> None:
         h = {"X-Api-Key": API_KEY}
         first = (await client.get("/v1/datastreams", params={"limit": 1}, headers=h)).json()
         assert first["total"] == 4 and len(first["items"]) == 1 and first["next_page_token"]
-        second = (await client.get("/v1/datastreams", params={"limit": 3, "page_token": first["next_page_token"]}, headers=h)).json()
-        assert second["next_page_token"] is None and len(second["items"]) == 3 and first["items"][0] not in second["items"]
-        bad = await client.get("/v1/datastreams", params={"limit": 1, "page_token": "x" + first["next_page_token"]}, headers=h)
+        second = (
+            await client.get("/v1/datastreams", params={"limit": 3, "page_token": first["next_page_token"]}, headers=h)
+        ).json()
+        assert (
+            second["next_page_token"] is None and len(second["items"]) == 3 and first["items"][0] not in second["items"]
+        )
+        bad = await client.get(
+            "/v1/datastreams", params={"limit": 1, "page_token": "x" + first["next_page_token"]}, headers=h
+        )
         assert bad.status_code == 400
         # concurrent, and well over burst + a few seconds of refill: a loaded host must not space them out
         codes = await asyncio.gather(*(client.get("/v1/exchanges", headers=h) for _ in range(40)))
@@ -220,10 +243,14 @@ async def test_overload_answers_429_and_cancel_over_http(harness: Harness) -> No
         assert first.status_code == 201 and first.json()["status"] == "queued"
         again = await client.post("/v1/exports", json=body, headers=h | {"Idempotency-Key": "k1"})
         assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
-        clash = await client.post("/v1/exports", json=body | {"format": "parquet"}, headers=h | {"Idempotency-Key": "k1"})
+        clash = await client.post(
+            "/v1/exports", json=body | {"format": "parquet"}, headers=h | {"Idempotency-Key": "k1"}
+        )
         assert clash.status_code == 409 and clash.json()["error"]["code"] == "already_exists"
         busy = await client.post("/v1/exports", json=body, headers=h | {"Idempotency-Key": "k2"})
-        assert busy.status_code == 429 and busy.headers["retry-after"] and busy.json()["error"]["code"] == "rate_limited"
+        assert (
+            busy.status_code == 429 and busy.headers["retry-after"] and busy.json()["error"]["code"] == "rate_limited"
+        )
         job_id = first.json()["id"]
         assert (await client.post(f"/v1/exports/{job_id}/cancel", headers=h)).status_code == 204
         got = (await client.get(f"/v1/exports/{job_id}", headers=h)).json()
@@ -259,5 +286,7 @@ async def test_signed_urls_refuse_another_key_and_the_key_stays_off_the_bus(harn
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert key_file.read_text().strip().encode() == orch.signer.secret == twin.signer.secret
     assert configured.signer.secret == b"configured-signing-key"
-    assert not [e.key for e in bucket if "secret" in e.key or "sign" in e.key or any(k in e.value for k in signing_keys)]
+    assert not [
+        e.key for e in bucket if "secret" in e.key or "sign" in e.key or any(k in e.value for k in signing_keys)
+    ]
     assert (forged, genuine, across) == (403, 404, 403)  # signature first: an unknown job is only 404 when signed

@@ -160,7 +160,9 @@ async def test_two_orchestrators_share_the_queue_and_cancel(harness: Harness) ->
         assert record.attempts == 1  # each ran exactly once
         owners.add(record.files[0].filename)
     # both orchestrators worked (each has one worker; three jobs ran in parallel pairs)
-    assert {o.jobs.jobs_done for o in harness.orchestrators} != {0} and sum(o.jobs.jobs_done for o in harness.orchestrators) == 3
+    assert {o.jobs.jobs_done for o in harness.orchestrators} != {0} and sum(
+        o.jobs.jobs_done for o in harness.orchestrators
+    ) == 3
 
 
 async def _rows_at_least(harness: Harness, job_id: str, n: int) -> bool:

@@ -79,10 +79,15 @@ async def test_an_export_reads_the_history_kept_in_postgresql(harness: Harness, 
     # in the history order, decimals exact
     rows = pa.concat_tables(tables)
     assert rows.column("ts_event").to_pylist() == sorted(rows.column("ts_event").to_pylist())
-    btc_prices = [p for p, y in zip(rows.column("price").to_pylist(), rows.column("symbol").to_pylist()) if y == "BTC-USD"]
+    btc_prices = [
+        p for p, y in zip(rows.column("price").to_pylist(), rows.column("symbol").to_pylist()) if y == "BTC-USD"
+    ]
     assert [Decimal(p) for p in btc_prices] == [t.price for t in btc]
 
-    cov = {(c.symbol, c.rows) for c in await orch.history.coverage(StreamSelector(kind="trade", source="pgsrc"), 0, 2**63 - 1)}  # type: ignore[union-attr]
+    cov = {
+        (c.symbol, c.rows)
+        for c in await orch.history.coverage(StreamSelector(kind="trade", source="pgsrc"), 0, 2**63 - 1)
+    }  # type: ignore[union-attr]
     assert cov == {("BTC-USD", 1200), ("ETH-USD", 700)}
     assert [(k.kind, k.symbol) for k in await orch.history.streams(StreamSelector(source="pgsrc"))] == [  # type: ignore[union-attr]
         ("trade", "BTC-USD"), ("trade", "ETH-USD")]
@@ -110,7 +115,9 @@ async def test_a_resumed_read_continues_strictly_after_its_position(harness: Har
 
         everything = await read(None)
         assert everything.num_rows == 300
-        order: list[Any] = list(zip(*(everything.column(c).to_pylist() for c in ("ts_event", "_stream", "_seq", "_idx"))))
+        order: list[Any] = list(
+            zip(*(everything.column(c).to_pylist() for c in ("ts_event", "_stream", "_seq", "_idx")))
+        )
         assert order == sorted(order)
         key = order[149]
         rest = await read(Position("trade", key, 150))
@@ -119,7 +126,9 @@ async def test_a_resumed_read_continues_strictly_after_its_position(harness: Har
         await source.close()
 
 
-async def test_the_ticksupply_catalog_comes_from_the_reference_data_in_postgresql(harness: Harness, pg_dsn: str) -> None:
+async def test_the_ticksupply_catalog_comes_from_the_reference_data_in_postgresql(
+    harness: Harness, pg_dsn: str
+) -> None:
     """What the TickSupply-shaped API lists (instruments, datastreams, availability) from history
     kept in PostgreSQL: the stored reference data and market streams."""
     prefix = f"hx_{uuid.uuid4().hex[:8]}_"
@@ -159,8 +168,11 @@ def test_the_writer_environment_points_the_reads_at_its_database(tmp_path: Path)
     """One environment configures both: the writer's backend and DSN (a secret file) are the
     orchestrator's defaults; its own ``MARKETBUS_EXPORT_HISTORY_*`` win."""
     (tmp_path / "dsn").write_text("postgresql://marketbus:pw@postgres:5432/marketbus\n")
-    env = {"MARKETBUS_HISTORY_WRITER_BACKEND": "postgres", "MARKETBUS_HISTORY_WRITER_PG_DSN_FILE": str(tmp_path / "dsn"),
-           "MARKETBUS_HISTORY_WRITER_PG_TABLE_PREFIX": "h_"}
+    env = {
+        "MARKETBUS_HISTORY_WRITER_BACKEND": "postgres",
+        "MARKETBUS_HISTORY_WRITER_PG_DSN_FILE": str(tmp_path / "dsn"),
+        "MARKETBUS_HISTORY_WRITER_PG_TABLE_PREFIX": "h_",
+    }
     s = load_settings(ExportSettings, env)
     assert (s.history_backend, s.history_pg_dsn.get(), s.history_pg_table_prefix) == (
         "postgres", "postgresql://marketbus:pw@postgres:5432/marketbus", "h_")

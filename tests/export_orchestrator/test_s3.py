@@ -45,8 +45,9 @@ async def test_signed_requests_are_accepted_and_a_wrong_secret_is_refused(seawee
         await forged.close()
 
 
-async def test_export_from_the_lakehouse_on_another_data_dir_to_s3(harness: Harness, seaweedfs: SeaweedFS,
-                                                                   pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_export_from_the_lakehouse_on_another_data_dir_to_s3(
+    harness: Harness, seaweedfs: SeaweedFS, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import uuid
 
     for name, value in lakehouse_env(seaweedfs, pg_dsn, f"exp_{uuid.uuid4().hex[:8]}").items():

@@ -186,13 +186,30 @@ async def test_raw_and_normalized_csv_are_the_sandbox_csv(harness: Harness) -> N
     norm = parse_ticksupply_csv(got["normalized"], BUILT_IN_COLUMNS[("trade", "normalized")])
     assert len(raw) == len(norm) == len(trades)
     for r, n, t in zip(raw, norm, trades):
-        assert (r["exchange_ts_ns"], r["collection_ts_ns"], str(r["trade_id"]), r["price"], r["quantity"], r["side"]) == (
-            t.ts_event, t.ts_recv, t.trade_id, t.price, t.size, t.side)
+        assert (
+            r["exchange_ts_ns"],
+            r["collection_ts_ns"],
+            str(r["trade_id"]),
+            r["price"],
+            r["quantity"],
+            r["side"],
+        ) == (t.ts_event, t.ts_recv, t.trade_id, t.price, t.size, t.side)
         assert (n["exchange"], n["instrument"], n["exchange_time_ns"], n["collection_time_ns"]) == (
             "binance", "BTCUSDT", t.ts_event, t.ts_recv)
-        assert (n["trade_id"], n["price"], n["quantity"], n["side"]) == (r["trade_id"], r["price"], r["quantity"], r["side"])
+        assert (n["trade_id"], n["price"], n["quantity"], n["side"]) == (
+            r["trade_id"],
+            r["price"],
+            r["quantity"],
+            r["side"],
+        )
     # marketbus's own layout stays available under its own name
-    assert got["marketbus"].split("\n", 1)[0].replace('"', "").split(",")[:5] == ["id", "source", "venue", "symbol", "ts_event"]
+    assert got["marketbus"].split("\n", 1)[0].replace('"', "").split(",")[:5] == [
+        "id",
+        "source",
+        "venue",
+        "symbol",
+        "ts_event",
+    ]
 
 
 async def _setup(harness: Harness) -> tuple[Any, dict[str, list[Trade]], FeedIngestor]:
@@ -215,7 +232,9 @@ async def test_official_client_whole_surface(harness: Harness) -> None:
         page = client.exchanges.list_instruments("binance")
         assert page.total == 4 and not page.has_next  # SOLUSDT: in the vendor's catalog, not collected yet
         got = {i.symbol: (i.instrument_type, i.base, i.quote) for i in page.items}
-        assert got == {s: ("perpetual" if k == "perpetual" else "spot", b, q) for s, (_d, k, b, q) in TS_INSTRUMENTS.items()}
+        assert got == {
+            s: ("perpetual" if k == "perpetual" else "spot", b, q) for s, (_d, k, b, q) in TS_INSTRUMENTS.items()
+        }
         assert [i.symbol for i in client.exchanges.list_instruments("binance", base="ETH").items] == ["ETHUSDT"]
         assert [i.symbol for i in client.exchanges.list_instruments("binance", instrument_type="perpetual").items] == [
             "BTCUSD_PERP"]

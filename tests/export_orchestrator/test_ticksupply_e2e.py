@@ -57,9 +57,13 @@ async def test_subscribe_collect_export_pause_delete_through_the_real_ingestor(h
                     eth = client.exchanges.list_instruments("binance", search="ETHUSDT").items
                     assert [(i.symbol, i.base, i.quote, i.instrument_type) for i in eth] == [
                         ("ETHUSDT", "ETH", "USDT", "spot")]
-                    assert all(":" not in i.symbol for i in client.exchanges.list_instruments("binance", limit=1000).items)
+                    assert all(
+                        ":" not in i.symbol for i in client.exchanges.list_instruments("binance", limit=1000).items
+                    )
                     subs = list(client.subscriptions.list_all())  # the seeded feed: BTCUSDT trades
-                    assert [(s.datastream.instrument, s.status) for s in subs] == [("BTCUSDT", SubscriptionStatus.ACTIVE)]
+                    assert [(s.datastream.instrument, s.status) for s in subs] == [
+                        ("BTCUSDT", SubscriptionStatus.ACTIVE)
+                    ]
                     ds = client.datastreams.list(exchange="binance", instrument="ETHUSDT", stream_type="trade").items
                     assert len(ds) == 1  # in the vendor's catalog, never collected by marketbus
                     sub = client.subscriptions.create(datastream_id=ds[0].datastream_id)

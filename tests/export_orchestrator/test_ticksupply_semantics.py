@@ -173,7 +173,9 @@ async def test_export_needs_a_subscription_and_covers_only_its_spans(harness: Ha
     await harness.wait_stored("trade.ticksupply.*.*", len(trades))
     await ticksupply_reference(harness)
     async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
-        ds_id = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"][0]["datastream_id"]
+        ds_id = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"][0][
+            "datastream_id"
+        ]
         body = {"datastream_id": ds_id, "start_time": str(start), "end_time": str(end)}
         # never subscribed: refused as the sandbox refuses it
         never = await http.post("/v1/exports", json=body)
@@ -196,7 +198,10 @@ async def test_export_needs_a_subscription_and_covers_only_its_spans(harness: Ha
         r = await http.post("/v1/exports", json=body | {"start_time": str(base), "end_time": str(base + 100 * S)})
         assert r.status_code == 201
         job = await _wait(http, r.json())
-        assert job["status"] == "failed" and job["reason"] == "no data collected for this datastream in the requested time range"
+        assert (
+            job["status"] == "failed"
+            and job["reason"] == "no data collected for this datastream in the requested time range"
+        )
         # deleted: 403 until subscribed again
         assert (await http.delete(f"/v1/subscriptions/{first['id']}")).status_code == 204
         gone = await http.post("/v1/exports", json=body)
@@ -243,7 +248,8 @@ async def test_official_client_sees_the_same_subscription_rules(harness: Harness
             # data flows always has one (without it the ingestor's flow refresh would open one)
             opened = time.time_ns() // 1000 * 1000  # the API's times are in microseconds
             asyncio.run_coroutine_threadsafe(
-                set_periods(harness.nc, "102", [(base + 20 * S, base + 50 * S), (opened, None)]), loop).result(timeout=10)
+                set_periods(harness.nc, "102", [(base + 20 * S, base + 50 * S), (opened, None)]), loop
+            ).result(timeout=10)
             job = client.exports.create(ds.datastream_id, base, base + 100 * S)
             deadline = time.monotonic() + 30
             while (job := client.exports.get(job.id)).status.value in ("queued", "running"):
@@ -261,7 +267,10 @@ async def test_official_client_sees_the_same_subscription_rules(harness: Harness
             assert len(client.subscriptions.list_spans(again.id)) == 1
             # the deleted subscription keeps its own spans (the open one closed by the delete), none of the new one's
             old_spans = client.subscriptions.list_spans(sub.id)
-            assert [round(s.started_at.timestamp() * 1e6) for s in old_spans] == [(base + 20 * S) // 1000, opened // 1000]
+            assert [round(s.started_at.timestamp() * 1e6) for s in old_spans] == [
+                (base + 20 * S) // 1000,
+                opened // 1000,
+            ]
             assert all(s.ended_at is not None and s.ended_at <= again.created_at for s in old_spans)
             assert client.subscriptions.list_spans(again.id)[0].started_at >= again.created_at
             assert client.subscriptions.get(sub.id).status == SubscriptionStatus.DELETED
@@ -366,8 +375,13 @@ async def test_custom_schema_derive_unfold_and_transform_are_applied(harness: Ha
     got = await asyncio.to_thread(client_flow)
     assert got[0] == ["tid", "px", "side"]
     assert [[int(r[0]), Decimal(r[1]), r[2]] for r in got[1:]] == [
-        [int(t.trade_id or 0) + 1000, Decimal(t.price).quantize(Decimal("0.01")).to_integral_value(rounding="ROUND_HALF_UP"),
-         t.side.upper()] for t in trades]
+        [
+            int(t.trade_id or 0) + 1000,
+            Decimal(t.price).quantize(Decimal("0.01")).to_integral_value(rounding="ROUND_HALF_UP"),
+            t.side.upper(),
+        ]
+        for t in trades
+    ]
 
 
 async def test_book_deltas_export_the_book_update_layouts(harness: Harness) -> None:
@@ -392,7 +406,9 @@ async def test_book_deltas_export_the_book_update_layouts(harness: Harness) -> N
     await harness.wait_stored("instrument.ticksupply.*.*", 1)
     harness.services.append(await start_feed_ingestor(harness.url, {"106": ("binance", "BTCUSDT", "book_delta")}))
     async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
-        ds_id = (await http.get("/v1/datastreams", params={"stream_type": "book_delta"})).json()["items"][0]["datastream_id"]
+        ds_id = (await http.get("/v1/datastreams", params={"stream_type": "book_delta"})).json()["items"][0][
+            "datastream_id"
+        ]
         assert (await http.post("/v1/subscriptions", json={"datastream_id": ds_id})).status_code == 201
         await backdate_feed(harness.nc, "106", base - HOUR_NS)
         body = {"datastream_id": ds_id, "start_time": str(base), "end_time": str(base + 10 * S)}
@@ -496,7 +512,9 @@ async def test_selector_exports_read_the_whole_history_unclipped(harness: Harnes
     by_selector = window | {"selector": {"kind": "trade", "source": "ticksupply", "symbol": "BTCUSDT"}}
     in_range = [t.ts_event for t in trades if start <= t.ts_event < end]
     async with httpx.AsyncClient(base_url=orch.api_url, headers={"X-Api-Key": API_KEY}, timeout=30) as http:
-        ds_id = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"][0]["datastream_id"]
+        ds_id = (await http.get("/v1/datastreams", params={"instrument": "BTCUSDT"})).json()["items"][0][
+            "datastream_id"
+        ]
         assert (await http.post("/v1/exports", json=window | {"datastream_id": ds_id})).status_code == 403
         # never subscribed: the selector export has every stored trade in the range
         text = await _export_csv(http, by_selector)
@@ -506,6 +524,8 @@ async def test_selector_exports_read_the_whole_history_unclipped(harness: Harnes
         assert r.status_code == 201
         await set_periods(harness.nc, "101", [(base + 100 * S, base + 200 * S)])
         clipped = await _export_csv(http, window | {"datastream_id": ds_id})
-        assert [int(r[0]) for r in _rows(clipped)[1:]] == [t for t in in_range if t < base + 200 * S and t >= base + 100 * S]
+        assert [int(r[0]) for r in _rows(clipped)[1:]] == [
+            t for t in in_range if t < base + 200 * S and t >= base + 100 * S
+        ]
         whole = await _export_csv(http, by_selector)
         assert [int(r[4]) for r in _rows(whole)[1:]] == in_range

@@ -97,17 +97,44 @@ def _events_in(out: Any) -> list[Any]:
 
 # --- FinX ------------------------------------------------------------------------------------------
 FINX_DECLARED = (finx.Malformed, finx.VendorError)
-finx_row = st.fixed_dictionaries({
-    "pair": st.one_of(st.just("BTC:USD"), CODE),
-    "date": st.sampled_from(["2022-06-15", "9999-12-31", "1969-12-31", "0001-01-01", "2262-04-12", "2262-04-10",
-                             "2022-13-01", "", "today"]),
-    "time": st.one_of(st.sampled_from(["21:27:40.453Z", "23:59:60.999Z", "24:00:00.000Z", "21:27", "21:27:40.123456789Z",
-                                       "", "99:99:99.999Z", "21:27:40.45aZ", "21:27:40.²³⁴Z", "21:27:40.١٢٣Z",
-                                       "21:27:4²"]),
-                      st.from_regex(r"[0-9²١]{2}:[0-9²]{2}(:[0-9]{2}(\.[0-9²]{1,9})?)?Z?", fullmatch=True)),
-    "exchange": st.one_of(st.just("COINBASE"), CODE),
-    "price": DECIMAL_TEXT,
-})
+finx_row = st.fixed_dictionaries(
+    {
+        "pair": st.one_of(st.just("BTC:USD"), CODE),
+        "date": st.sampled_from(
+            [
+                "2022-06-15",
+                "9999-12-31",
+                "1969-12-31",
+                "0001-01-01",
+                "2262-04-12",
+                "2262-04-10",
+                "2022-13-01",
+                "",
+                "today",
+            ]
+        ),
+        "time": st.one_of(
+            st.sampled_from(
+                [
+                    "21:27:40.453Z",
+                    "23:59:60.999Z",
+                    "24:00:00.000Z",
+                    "21:27",
+                    "21:27:40.123456789Z",
+                    "",
+                    "99:99:99.999Z",
+                    "21:27:40.45aZ",
+                    "21:27:40.²³⁴Z",
+                    "21:27:40.١٢٣Z",
+                    "21:27:4²",
+                ]
+            ),
+            st.from_regex(r"[0-9²١]{2}:[0-9²]{2}(:[0-9]{2}(\.[0-9²]{1,9})?)?Z?", fullmatch=True),
+        ),
+        "exchange": st.one_of(st.just("COINBASE"), CODE),
+        "price": DECIMAL_TEXT,
+    }
+)
 
 
 @FUZZ
@@ -379,7 +406,13 @@ def test_ticksupply_garbage(data: bytes, stream_type: str) -> None:
 
 # --- the same shapes with good values make events (the fuzzing above is not vacuous) ----------------
 def test_good_values_in_the_fuzzed_shapes_make_valid_events() -> None:
-    row = {"pair": "BTC:USD", "date": "2022-06-15", "time": "21:27:40.453Z", "exchange": "COINBASE", "price": "21865.01"}
+    row = {
+        "pair": "BTC:USD",
+        "date": "2022-06-15",
+        "time": "21:27:40.453Z",
+        "exchange": "COINBASE",
+        "price": "21865.01",
+    }
     made: list[Any] = [finx.snap(raw_json(row), TS_RECV)]
     book = {"market_id": 1, "timestamp": 1_700_000_000_000_000, "bids": [["100.5", "2"]], "asks": [["101", "0"]]}
     made.append(digitex.order_book(raw_json(book), "FS-BTCUSD", "DIGITEX", TS_RECV))

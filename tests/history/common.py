@@ -23,7 +23,9 @@ def trade(symbol: str, i: int, source: str = "finx", venue: str = "CB", ts: int 
     )
 
 
-def writer_overrides(nats_url: str, backend: str, data_dir: str, pg_dsn: str | None, durable: str, **extra: object) -> dict:
+def writer_overrides(
+    nats_url: str, backend: str, data_dir: str, pg_dsn: str | None, durable: str, **extra: object
+) -> dict:
     out = {
         "nats_url": nats_url, "backend": backend, "data_dir": data_dir, "durable": durable, "http_port": 0,
         "batch_max_wait_s": 0.05, "heartbeat_interval_s": 1.0, "query_queue": durable, "ack_wait_s": 5.0,

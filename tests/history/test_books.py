@@ -127,7 +127,10 @@ async def test_book_at_a_point_in_time_from_the_history(nc, js, nats_url, tmp_pa
                             "--nats-url", nats_url])
         assert res.exit_code == 0, res.output
         assert f"{plain(books[k].bids[0].price)} │ {plain(books[k].asks[0].price)}" in res.output
-        assert f"│ {plain(books[k].bids[2].price)} │" in res.output and f"│ {plain(books[k].bids[3].price)} │" not in res.output
+        assert (
+            f"│ {plain(books[k].bids[2].price)} │" in res.output
+            and f"│ {plain(books[k].bids[3].price)} │" not in res.output
+        )
         res = await invoke(["history", "book", f"digitex.DIGITEX.{sym}", "--at", str(T0 - 1), "--nats-url", nats_url])
         assert res.exit_code == 1 and res.stderr.startswith(f"error: no book of digitex.DIGITEX.{sym} at ")
         res = await invoke(["history", "book", "digitex.*", "--nats-url", nats_url])

@@ -36,7 +36,9 @@ def test_one_canonical_text_per_value(text: str) -> None:
     canonical = canonical_decimal(value)
     assert canonical == value
     assert str(canonical) == canonical_decimal_text(text)
-    assert canonical_decimal(Decimal(str(canonical))) is not None and str(canonical_decimal(Decimal(str(canonical)))) == str(canonical)
+    assert canonical_decimal(Decimal(str(canonical))) is not None and str(
+        canonical_decimal(Decimal(str(canonical)))
+    ) == str(canonical)
     assert canonical_decimal_column(pa.array([text])).to_pylist() == [str(canonical)]
     # plain notation, no trailing zeros, "0" for zero; the scientific form only below 1e-6
     out = str(canonical)
@@ -118,7 +120,9 @@ def test_jsonb_reformatted_nested_values_and_numeric_texts_come_back_as_publishe
 
 
 def test_events_of_a_table_without_a_newer_column_get_its_default() -> None:
-    trade = Trade(id="t1", source="s", venue="V", symbol="X", ts_event=1, ts_recv=2, price=Decimal("1"), size=Decimal("2"))
+    trade = Trade(
+        id="t1", source="s", venue="V", symbol="X", ts_event=1, ts_recv=2, price=Decimal("1"), size=Decimal("2")
+    )
     rows = SCHEMAS["trade"].rows_to_table([trade], "MD", [1], [0]).drop_columns(["side", "trade_id"])
     assert SCHEMAS["trade"].table_to_json(rows) == [codec.encode(trade)]
     assert msgspec.json.decode(SCHEMAS["trade"].table_to_json(rows)[0])["side"] == "unknown"

@@ -47,7 +47,9 @@ async def test_history_cli_query_table_files_json_and_coverage(nc, js, nats_url,
     try:
         events = [trade(sym, i) for i in range(N)]
         # a vendor's decimal text with trailing zeros / an exponent: printed as plain numbers
-        events[-1] = msgspec.structs.replace(events[-1], price=Decimal("41060.000000000000000000"), size=Decimal("0E-18"))
+        events[-1] = msgspec.structs.replace(
+            events[-1], price=Decimal("41060.000000000000000000"), size=Decimal("0E-18")
+        )
         pub = await JetStreamPublisher(nc).start()
         await pub.publish_batch(events)
         await pub.flush()
@@ -72,7 +74,9 @@ async def test_history_cli_query_table_files_json_and_coverage(nc, js, nats_url,
         res = await invoke([*base, "--out", str(csv_path)])
         assert res.exit_code == 0, res.output
         assert f"wrote {N} events" in res.output
-        table = pcsv.read_csv(csv_path, convert_options=pcsv.ConvertOptions(column_types={"price": "string", "size": "string"}))
+        table = pcsv.read_csv(
+            csv_path, convert_options=pcsv.ConvertOptions(column_types={"price": "string", "size": "string"})
+        )
         assert table.column("id").to_pylist() == [e.id for e in events]
         assert table.column("price").to_pylist()[3] == "103.25"
         assert table.column("price").to_pylist()[-1] == "41060" and table.column("size").to_pylist()[-1] == "0"

@@ -78,7 +78,9 @@ async def test_duckdb_iceberg_scan_returns_what_the_query_api_returns(nc, js, na
 
         await wait_for(stored, timeout=20, what="1500 trades stored")
         start, end = T0 + 10 * SEC, T0 + 120 * SEC
-        api = [e async for e in query_events(nc, make_query(Selector(kind="trade", symbol=sym), start, end, limit=5000))]
+        api = [
+            e async for e in query_events(nc, make_query(Selector(kind="trade", symbol=sym), start, end, limit=5000))
+        ]
         assert len(api) == 1100
 
         table = Tables(LakehouseSettings.from_env(tmp_path / "h")).get("trade", refresh=True)

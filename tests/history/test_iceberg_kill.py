@@ -105,7 +105,9 @@ async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp
         await publisher
 
         def stored_ids() -> list[str]:
-            return reader.read_kind("trade", Selector(symbol=sym), 0, 2**63 - 1, columns=["id"]).column("id").to_pylist()
+            return (
+                reader.read_kind("trade", Selector(symbol=sym), 0, 2**63 - 1, columns=["id"]).column("id").to_pylist()
+            )
 
         async def all_stored() -> bool:
             return len(await asyncio.to_thread(stored_ids)) >= total

@@ -24,15 +24,25 @@ def _with(event: Any, **values: Any) -> Any:
 
 
 def _market_price(i: int) -> MarketPrice:
-    return MarketPrice(id=f"layout-mp-{i}", source="sitagri", venue="MATIF", symbol="EBM", ts_event=T0 + i, ts_recv=T0 + i + 7)
+    return MarketPrice(
+        id=f"layout-mp-{i}", source="sitagri", venue="MATIF", symbol="EBM", ts_event=T0 + i, ts_recv=T0 + i + 7
+    )
 
 
 # a trade's price is > 0; a market price's ``last`` is signed (it may be 0 or negative, e.g. a spread)
-@pytest.mark.parametrize(("kind", "field", "value"), [
-    ("trade", "price", "100.25"), ("trade", "price", "0.0010"), ("trade", "price", "1E-18"), ("trade", "price", _LARGEST),
-    ("market_price", "last", "0"), ("market_price", "last", "-0.0000001"), ("market_price", "last", f"-{_LARGEST}"),
-    ("market_price", "last", "-1E-18"),
-])
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        ("trade", "price", "100.25"),
+        ("trade", "price", "0.0010"),
+        ("trade", "price", "1E-18"),
+        ("trade", "price", _LARGEST),
+        ("market_price", "last", "0"),
+        ("market_price", "last", "-0.0000001"),
+        ("market_price", "last", f"-{_LARGEST}"),
+        ("market_price", "last", "-1E-18"),
+    ],
+)
 def test_decimals_and_times_round_trip_exactly(kind: str, field: str, value: str) -> None:
     event = _with(trade("LAYOUT", 1) if kind == "trade" else _market_price(1), **{field: Decimal(value)})
     rows = SCHEMAS[kind].rows_to_table([event], "MD", [7], [0])
@@ -93,7 +103,9 @@ def test_an_append_writes_one_sorted_file_per_partition_with_exact_statistics(tm
         partitions.add((file.partition[0], file.partition[1]))
         with table.io.new_input(file.file_path).open() as f:
             meta = pq.ParquetFile(f).metadata
-        columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)}
+        columns = {
+            meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)
+        }
         assert "RLE_DICTIONARY" in columns["symbol"].encodings and "RLE_DICTIONARY" not in columns["id"].encodings
         field_id = table.schema().find_field("ts_event_ns").field_id
         low, high = pc.min_max(data.column("ts_event_ns")).values()

@@ -23,7 +23,7 @@ from .common import trade, unique_symbol, writer_overrides
 
 @pytest.fixture
 def nats_url(nats_server: NatsServer) -> str:
-    """A private nats-server per test: the poison messages stay out of the session's MD stream (other tests' writers read it all)."""
+    """A private nats-server per test: the poison messages stay out of the session's MD stream (other tests' writers read it all)."""  # noqa: E501
     return nats_server.url
 
 
@@ -93,7 +93,9 @@ async def _run_batch(nc, js, nats_url, tmp_path, backend, dsn, bad: dict[int, di
         await wait_for(lambda: _has(writer, sym, {e.id for e in good}), 10, what="the good events stored")
         assert await _stored_ids(writer, sym) == {e.id for e in good}
         # the payloads break the contracts: read them as the raw JSON they are
-        assert sorted(msgspec.json.decode(letter.payload)["id"] for letter in letters) == sorted(trade(sym, i).id for i in bad)
+        assert sorted(msgspec.json.decode(letter.payload)["id"] for letter in letters) == sorted(
+            trade(sym, i).id for i in bad
+        )
         for letter in letters:
             assert letter.reason.startswith(("not storable:", "undecodable:")), letter.reason
             assert letter.subject is not None and letter.subject.startswith("md.trade.")
@@ -120,7 +122,9 @@ async def test_an_out_of_range_timestamp_is_dead_lettered_and_its_batch_stored(n
                                                                  23: {"ts_recv": str(2**64 + 1)}})
 
 
-async def test_a_value_postgres_refuses_is_dead_lettered_and_its_batch_stored(nc, js, nats_url, tmp_path, pg_dsn) -> None:
+async def test_a_value_postgres_refuses_is_dead_lettered_and_its_batch_stored(
+    nc, js, nats_url, tmp_path, pg_dsn
+) -> None:
     """A well-formed event PostgreSQL refuses to store (a NUL character in a text column): only it fails."""
     await _run_batch(nc, js, nats_url, tmp_path, "postgres", pg_dsn, {11: {"trade_id": '"11\\u0000"'}})
 

@@ -38,7 +38,8 @@ def test_migrate_a_parquet_store_data_dir_into_the_tables(tmp_path: Path) -> Non
     rows = _storage_rows(events, 1)
     pq.write_table(rows.slice(0, 200), part / "MD-1-200-w1-1.parquet")
     pq.write_table(rows.slice(100, 200), part / "c-MD-101-300-w1-2.parquet")  # overlaps the first file
-    pq.write_table(_storage_rows([trade(sym, 999)], 999), part / ".MD-999-999-w1-3.parquet.host.1.tmp")  # never committed
+    # never committed
+    pq.write_table(_storage_rows([trade(sym, 999)], 999), part / ".MD-999-999-w1-3.parquet.host.1.tmp")
     target = tmp_path / "lake"
 
     runner = CliRunner()

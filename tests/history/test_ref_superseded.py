@@ -71,7 +71,9 @@ async def test_a_reference_value_superseded_before_or_while_pulled_leaves_the_ne
             except Exception:
                 break
             letter = codec.decode(msg.data)
-            if isinstance(letter, DeadLetter) and (before.encode() in letter.payload or during.encode() in letter.payload):
+            if isinstance(letter, DeadLetter) and (
+                before.encode() in letter.payload or during.encode() in letter.payload
+            ):
                 letters.append(letter)
         assert letters == []
     finally:

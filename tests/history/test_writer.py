@@ -89,10 +89,14 @@ async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path,
     await writer.start()
     try:
         await _publish(nc, [*singles, book, inst], batch)
-        await nc.publish(subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(gap), headers=codec.headers_for(gap))
+        await nc.publish(
+            subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(gap), headers=codec.headers_for(gap)
+        )
         broken = b'{"type":"trade","id":"broken-' + sym.encode() + b'"'  # truncated JSON
         await js.publish(subjects.md("trade", "finx", "CB", sym), broken)
-        await js.publish(subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(gap), headers=codec.headers_for(gap))
+        await js.publish(
+            subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(gap), headers=codec.headers_for(gap)
+        )
 
         sel = Selector(kind="trade", symbol=sym)
 
@@ -132,11 +136,29 @@ async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path,
 
         cov = await request_coverage(nc, Selector(kind="trade", symbol=sym), T0, T0 + 10_000 * SEC)
         (stream,) = cov.streams
-        assert stream.rows == 1300 and stream.covered[0].start_ns == T0 and stream.covered[-1].end_ns == T0 + 1299 * SEC // 10
+        assert (
+            stream.rows == 1300
+            and stream.covered[0].start_ns == T0
+            and stream.covered[-1].end_ns == T0 + 1299 * SEC // 10
+        )
         assert [(g.start_ns, g.end_ns) for g in stream.gaps] == [(T0 + 200 * SEC, T0 + 260 * SEC)]
-        resynced = FeedStatus(id=event_id("t", "resync", sym), service="ingest_finx", source="finx", venue="CB", symbol=sym,
-                              kind="trade", state="resynced", gap_start=T0 + 200 * SEC, gap_end=T0 + 260 * SEC, ts=T0 + 400 * SEC)
-        await js.publish(subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(resynced), headers=codec.headers_for(resynced))
+        resynced = FeedStatus(
+            id=event_id("t", "resync", sym),
+            service="ingest_finx",
+            source="finx",
+            venue="CB",
+            symbol=sym,
+            kind="trade",
+            state="resynced",
+            gap_start=T0 + 200 * SEC,
+            gap_end=T0 + 260 * SEC,
+            ts=T0 + 400 * SEC,
+        )
+        await js.publish(
+            subjects.feed_status("ingest_finx", "finx", "CB", sym),
+            codec.encode(resynced),
+            headers=codec.headers_for(resynced),
+        )
 
         async def gap_closed() -> bool:
             reply = await request_coverage(nc, Selector(kind="trade", symbol=sym), T0, T0 + 10_000 * SEC)
@@ -170,7 +192,9 @@ async def test_bad_query_gets_an_error_chunk(nc, nats_url, tmp_path) -> None:
 async def test_two_writers_split_the_work_and_store_nothing_twice(nc, js, nats_url, tmp_path, backend, dsn) -> None:
     sym = unique_symbol("W")
     durable = f"t{uuid.uuid4().hex[:8]}"
-    over = writer_overrides(nats_url, backend, str(tmp_path / "shared"), dsn, durable, pull_batch=100, batch_max_msgs=300)
+    over = writer_overrides(
+        nats_url, backend, str(tmp_path / "shared"), dsn, durable, pull_batch=100, batch_max_msgs=300
+    )
     await _fresh_pg(dsn, durable)
     a = HistoryWriter(**over)
     b = HistoryWriter(**over)
@@ -225,8 +249,16 @@ async def test_postgres_keeps_awkward_text_exactly(pg_dsn) -> None:
 
     events = [msgspec.structs.replace(e, trade_id=t) for e, t in zip(events, awkward)]
     events.append(msgspec.structs.replace(trade(sym, 99), trade_id=None))
-    book = BookSnapshot(id=event_id("finx", "book", sym, 1), source="finx", venue="CB", symbol=sym, ts_event=T0, ts_recv=T0,
-                        bids=[BookLevel(price=Decimal("1.5"), size=Decimal("2"))], asks=[])
+    book = BookSnapshot(
+        id=event_id("finx", "book", sym, 1),
+        source="finx",
+        venue="CB",
+        symbol=sym,
+        ts_event=T0,
+        ts_recv=T0,
+        bids=[BookLevel(price=Decimal("1.5"), size=Decimal("2"))],
+        asks=[],
+    )
     msgs = [Message("MD", i + 1, subjects.for_event(e), codec.encode(e), type(e).__struct_config__.tag)
             for i, e in enumerate([*events, book])]
     store = PostgresStore(pg_dsn, table_prefix=f"h_awk{uuid.uuid4().hex[:8]}_")

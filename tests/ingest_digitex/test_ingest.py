@@ -89,12 +89,16 @@ async def test_events_carry_the_sandbox_values(nats_server: NatsServer, sb: Sand
         state = ing.by_symbol[SYMBOL]
         await wait_for(lambda: state.last_trade_id is not None, 10, what="first trades")
         first = state.last_trade_id - 99  # the first poll takes max_trades=100 trades
-        await wait_for(lambda: state.last_trade_id >= first + 130 and len(state.bar_cursor) == 1, 15, what="trades and bars")
+        await wait_for(
+            lambda: state.last_trade_id >= first + 130 and len(state.bar_cursor) == 1, 15, what="trades and bars"
+        )
         await ing.flush()
         await check_trades(js, sb, first, state.last_trade_id)
         # books: a snapshot then deltas; the book they build is the sandbox's book at each tick
         market = api.markets[1]
-        books = [e for e in events_of(await read_stream(js, "md.*.digitex.>")) if isinstance(e, BookSnapshot | BookDelta)]
+        books = [
+            e for e in events_of(await read_stream(js, "md.*.digitex.>")) if isinstance(e, BookSnapshot | BookDelta)
+        ]
         assert isinstance(books[0], BookSnapshot) and duplicates(books) == []
         assert sum(isinstance(e, BookDelta) for e in books) >= 2
         builder = BookBuilder()
@@ -143,18 +147,26 @@ async def test_a_429_storm_and_an_outage_end_with_no_duplicate_and_no_missing_tr
         await ing.flush()
         await check_trades(js, sb, first, state.last_trade_id)
         assert ing.metrics.vendor_errors.labels("digitex", "rate_limited")._value.get() >= 10
-        statuses = [s for s in events_of(await read_stream(js, "status.ingest_digitex.feed.>")) if isinstance(s, FeedStatus)]
+        statuses = [
+            s for s in events_of(await read_stream(js, "status.ingest_digitex.feed.>")) if isinstance(s, FeedStatus)
+        ]
         assert [s.state for s in statuses if s.symbol == "_"][-2:] == ["disconnected", "connected"]
         gaps = [s for s in statuses if s.state == "gap" and s.symbol == SYMBOL]
         resynced = [s for s in statuses if s.state == "resynced" and s.symbol == SYMBOL]
-        assert gaps and resynced and (resynced[-1].gap_start, resynced[-1].gap_end) == (gaps[-1].gap_start, gaps[-1].gap_end)
+        assert (
+            gaps
+            and resynced
+            and (resynced[-1].gap_start, resynced[-1].gap_end) == (gaps[-1].gap_start, gaps[-1].gap_end)
+        )
 
 
 async def test_pacing_stays_within_the_enforced_limits(nats_server: NatsServer, sb: SandboxRunner) -> None:
     async with httpx.AsyncClient(base_url=sb.url) as http:
         await http.post("/_sandbox/digitex/faults", json={"rate_limit_enabled": True})
     # every market, polled far faster than 50/s allows: the limiter must hold the pace
-    async with make(nats_server, sb, markets=[], trades_interval_s=0.01, book_interval_s=0.01, rate_per_minute=5000) as ing:
+    async with make(
+        nats_server, sb, markets=[], trades_interval_s=0.01, book_interval_s=0.01, rate_per_minute=5000
+    ) as ing:
         began = ing.client.calls
         await wait_for(lambda: ing.client.calls - began >= 60, 10, what="60 calls")
         assert ing.client.rate_limited == 0
@@ -207,7 +219,9 @@ async def test_replay_bars_and_recent_trades_and_refusals(nats_server: NatsServe
         return codec.decode_as(msg.data, ReplayReply)
 
     js = bus.jetstream()
-    async with make(nats_server, sb, trades_interval_s=5, book_interval_s=5, bars_interval_s=60, bars_backfill_s=60) as ing:
+    async with make(
+        nats_server, sb, trades_interval_s=5, book_interval_s=5, bars_interval_s=60, bars_backfill_s=60
+    ) as ing:
         await wait_for(lambda: ing.by_symbol.get(SYMBOL) is not None, 10, what="markets")
         now = time.time_ns()
         minute = 60_000_000_000
@@ -229,10 +243,16 @@ async def test_replay_bars_and_recent_trades_and_refusals(nats_server: NatsServe
         assert not reply.accepted and "unknown digitex market" in (reply.reason or "")
 
 
-@pytest.mark.parametrize("overrides, var", [
-    ({"base_url": "ftp://x"}, "BASE_URL"), ({"resolutions": ["7X"]}, "RESOLUTIONS"), ({"max_trades": 5000}, "MAX_TRADES"),
-    ({"trades_interval_s": 0}, "TRADES_INTERVAL_S"), ({"venue": "a.b"}, "VENUE"),
-])
+@pytest.mark.parametrize(
+    "overrides, var",
+    [
+        ({"base_url": "ftp://x"}, "BASE_URL"),
+        ({"resolutions": ["7X"]}, "RESOLUTIONS"),
+        ({"max_trades": 5000}, "MAX_TRADES"),
+        ({"trades_interval_s": 0}, "TRADES_INTERVAL_S"),
+        ({"venue": "a.b"}, "VENUE"),
+    ],
+)
 def test_configuration_is_validated_at_start_up(overrides: dict[str, Any], var: str) -> None:
     with pytest.raises(SettingsError, match=f"MARKETBUS_INGEST_DIGITEX_{var}"):
         DigitexIngestor(nats_url="nats://127.0.0.1:1", **overrides)
@@ -260,7 +280,9 @@ async def test_books_are_a_snapshot_then_deltas_and_rebuild_every_later_snapshot
     fast = dict(book_interval_s=0.1, book_snapshot_interval_s=1.0, trades_interval_s=5.0, bars_interval_s=60.0)
     async with make(nats_server, sb, **fast) as ing, httpx.AsyncClient(base_url=sb.url) as http:
         counts = ing.books.deltas.counts
-        await wait_for(lambda: counts["periodic"] >= 2 and counts["delta"] >= 10, 15, what="deltas and 2 periodic snapshots")
+        await wait_for(
+            lambda: counts["periodic"] >= 2 and counts["delta"] >= 10, 15, what="deltas and 2 periodic snapshots"
+        )
         await http.post("/_sandbox/digitex/faults", json={"maintenance": True})
         await wait_for(lambda: ing._connected is False, 10, what="the outage")
         await http.post("/_sandbox/digitex/faults", json={"maintenance": False})
@@ -274,7 +296,11 @@ async def test_books_are_a_snapshot_then_deltas_and_rebuild_every_later_snapshot
         assert per_book(samples, "marketbus_book_snapshots_total", source="digitex", reason="resync")[book] >= 1
         assert per_book(samples, "marketbus_book_snapshots_total", source="digitex", reason="periodic")[book] >= 2
         assert per_book(samples, "marketbus_book_deltas_total", source="digitex")[book] >= mark + 3
-        assert 0 < per_book(samples, "marketbus_book_sequence", source="digitex")[book] <= (ing.books.deltas.sequence(book) or 0)
+        assert (
+            0
+            < per_book(samples, "marketbus_book_sequence", source="digitex")[book]
+            <= (ing.books.deltas.sequence(book) or 0)
+        )
         await ing.flush()
         first_run_seq = ing.books.deltas.sequence(("DIGITEX", SYMBOL))
     async with make(nats_server, sb, **fast) as again:

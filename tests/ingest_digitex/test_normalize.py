@@ -25,7 +25,13 @@ def load(name: str) -> bytes:
 def test_markets_to_instruments() -> None:
     inst = {i.vendor_symbol: i for i in normalize.markets(load("sandbox_markets.json"), V, TS)}
     fut = inst["FS:BTCUSD"]
-    assert (fut.symbol, fut.instrument_type, fut.base, fut.quote, fut.currency) == ("FS-BTCUSD", "perpetual", "BTC", "USD", "USDC")
+    assert (fut.symbol, fut.instrument_type, fut.base, fut.quote, fut.currency) == (
+        "FS-BTCUSD",
+        "perpetual",
+        "BTC",
+        "USD",
+        "USDC",
+    )
     assert fut.tick_size == Decimal(5) and fut.lot_size == Decimal(1) and fut.contract_size == Decimal("0.01")
     assert fut.vendor_id == "1"
     assert subjects.for_event(fut) == "ref.instrument.digitex.DIGITEX.FS-BTCUSD"
@@ -91,13 +97,31 @@ def test_ohlcv_bars() -> None:
     bars, bad, server = normalize.bars(load("sandbox_ohlcv_1_1.json"), 1, "1", "FS-BTCUSD", V, TS)
     assert bad == [] and len(bars) == len(raw["ohlcv"]) and server == raw["timestamp"]
     first = raw["ohlcv"][0]
-    assert bars[0].interval == "1m" and bars[0].open == Decimal(first["open"]) and bars[0].volume == Decimal(first["volume"])
+    assert (
+        bars[0].interval == "1m"
+        and bars[0].open == Decimal(first["open"])
+        and bars[0].volume == Decimal(first["volume"])
+    )
     assert bars[0].ts_event == first["timestamp"] * 1000
     assert subjects.for_event(bars[0]) == "md.bar.digitex.DIGITEX.FS-BTCUSD"
 
 
-@pytest.mark.parametrize("res, interval", [("1", "1m"), ("5", "5m"), ("60", "1h"), ("1440", "1d"), ("D", "1d"),
-                                           ("1D", "1d"), ("1W", "1w"), ("1M", "1mo"), ("", None), ("x", None), ("0", None)])
+@pytest.mark.parametrize(
+    "res, interval",
+    [
+        ("1", "1m"),
+        ("5", "5m"),
+        ("60", "1h"),
+        ("1440", "1d"),
+        ("D", "1d"),
+        ("1D", "1d"),
+        ("1W", "1w"),
+        ("1M", "1mo"),
+        ("", None),
+        ("x", None),
+        ("0", None),
+    ],
+)
 def test_resolutions(res: str, interval: str | None) -> None:
     assert normalize.interval_of(res) == interval
 

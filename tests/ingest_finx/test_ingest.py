@@ -64,7 +64,9 @@ def make(nats_server: NatsServer, sb: SandboxRunner, **overrides: Any) -> FinxIn
 async def truth(sb: SandboxRunner, start_ns: int, end_ns: int) -> dict[str, dict[str, Any]]:
     """What the sandbox generated in [start_ns, end_ns], by the id the ingestor must give it."""
     async with httpx.AsyncClient(base_url=sb.url) as http:
-        rows = (await http.get("/_sandbox/finx/ticks", params={"pair": PAIR, "start_ns": start_ns, "end_ns": end_ns + 1})).json()["ticks"]
+        rows = (
+            await http.get("/_sandbox/finx/ticks", params={"pair": PAIR, "start_ns": start_ns, "end_ns": end_ns + 1})
+        ).json()["ticks"]
     return {normalize.tick_id(PAIR, r["exchange"], r["ts_ns"], r["price"]): r for r in rows}
 
 
@@ -79,12 +81,19 @@ async def check_complete(js: Any, sb: SandboxRunner, start_ns: int, end_ns: int)
     assert set(got) == set(expected)
     for event_id, row in expected.items():
         e = got[event_id]
-        assert (e.ts_event, e.venue, str(e.price), e.symbol) == (row["ts_ns"], row["exchange"], str(canonical_decimal(Decimal(row["price"]))), "BTC-USD")
+        assert (e.ts_event, e.venue, str(e.price), e.symbol) == (
+            row["ts_ns"],
+            row["exchange"],
+            str(canonical_decimal(Decimal(row["price"]))),
+            "BTC-USD",
+        )
     assert len(expected) > 50
     return events
 
 
-async def test_ticks_and_reference_carry_the_sandbox_values(nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+async def test_ticks_and_reference_carry_the_sandbox_values(
+    nats_server: NatsServer, sb: SandboxRunner, bus: Any
+) -> None:
     js = bus.jetstream()
     async with make(nats_server, sb) as ing:
         state = ing.pairs[PAIR]
@@ -111,7 +120,9 @@ async def test_ticks_and_reference_carry_the_sandbox_values(nats_server: NatsSer
         assert ing.metrics.events_out.labels("finx", "tick")._value.get() >= len(events)
 
 
-async def test_connection_drops_end_with_no_duplicate_and_no_hole(nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+async def test_connection_drops_end_with_no_duplicate_and_no_hole(
+    nats_server: NatsServer, sb: SandboxRunner, bus: Any
+) -> None:
     js = bus.jetstream()
     async with make(nats_server, sb) as ing, httpx.AsyncClient(base_url=sb.url) as http:
         state = ing.pairs[PAIR]
@@ -127,7 +138,9 @@ async def test_connection_drops_end_with_no_duplicate_and_no_hole(nats_server: N
         await wait_for(lambda: state.committed and state.committed[0] > after + 500_000_000 and state.gap is None, 20,
                        what="back-fill past the last reconnect")
         await check_complete(js, sb, state.origin, state.committed[0])
-        statuses = [s for s in events_of(await read_stream(js, "status.ingest_finx.feed.>")) if isinstance(s, FeedStatus)]
+        statuses = [
+            s for s in events_of(await read_stream(js, "status.ingest_finx.feed.>")) if isinstance(s, FeedStatus)
+        ]
         states = [s.state for s in statuses]
         assert states.count("disconnected") >= 3 and states.count("connected") >= 4
         gaps = [s for s in statuses if s.state == "gap"]
@@ -139,14 +152,23 @@ async def test_connection_drops_end_with_no_duplicate_and_no_hole(nats_server: N
         assert ing.metrics.reconnects.labels("finx")._value.get() >= 3
 
 
-async def test_malformed_frames_are_dead_lettered_and_nothing_is_lost(nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+async def test_malformed_frames_are_dead_lettered_and_nothing_is_lost(
+    nats_server: NatsServer, sb: SandboxRunner, bus: Any
+) -> None:
     js = bus.jetstream()
     async with make(nats_server, sb) as ing, httpx.AsyncClient(base_url=sb.url) as http:
         state = ing.pairs[PAIR]
         await wait_for(lambda: state.cursor > state.origin + 1_000_000_000, 15, what="first pages")
         await http.post("/_sandbox/faults", json={"malformed_next": 2, "truncated_next": 1})
-        await wait_for(lambda: ing.metrics.malformed.labels("finx", "tickHistory")._value.get()
-                       + ing.metrics.malformed.labels("finx", "tickSnap")._value.get() >= 3, 15, what="3 malformed frames")
+        await wait_for(
+            lambda: (
+                ing.metrics.malformed.labels("finx", "tickHistory")._value.get()
+                + ing.metrics.malformed.labels("finx", "tickSnap")._value.get()
+                >= 3
+            ),
+            15,
+            what="3 malformed frames",
+        )
         after = ing.now_ns()
         await wait_for(lambda: state.committed and state.committed[0] > after, 15, what="progress after the bad frames")
         letters = events_of(await read_stream(js, subjects.dead_letter("ingest_finx", "finx")))
@@ -161,7 +183,9 @@ async def test_restart_resumes_from_the_persisted_cursor(nats_server: NatsServer
     js = bus.jetstream()
     async with make(nats_server, sb) as first:
         state = first.pairs[PAIR]
-        await wait_for(lambda: state.committed and state.committed[0] > state.origin + 1_500_000_000, 15, what="progress")
+        await wait_for(
+            lambda: state.committed and state.committed[0] > state.origin + 1_500_000_000, 15, what="progress"
+        )
         origin = state.origin
     saved = state.committed[0]
     kv = await js.key_value("ingest_state")
@@ -173,7 +197,9 @@ async def test_restart_resumes_from_the_persisted_cursor(nats_server: NatsServer
         target = second.now_ns() + 500_000_000
         await wait_for(lambda: s2.committed and s2.committed[0] > target and s2.gap is None, 20, what="catch-up")
         await check_complete(js, sb, origin, s2.committed[0])
-        statuses = [s for s in events_of(await read_stream(js, "status.ingest_finx.feed.>")) if isinstance(s, FeedStatus)]
+        statuses = [
+            s for s in events_of(await read_stream(js, "status.ingest_finx.feed.>")) if isinstance(s, FeedStatus)
+        ]
         assert any(s.state == "gap" and s.gap_start == saved for s in statuses)
         assert any(s.state == "resynced" and s.gap_start == saved for s in statuses)
 
@@ -184,7 +210,9 @@ def msgspec_cursor(entry: Any) -> int:
     return msgspec.json.decode(entry.value)["ts_ns"]
 
 
-async def test_replay_publishes_the_range_as_replay_batches(nats_server: NatsServer, sb: SandboxRunner, bus: Any) -> None:
+async def test_replay_publishes_the_range_as_replay_batches(
+    nats_server: NatsServer, sb: SandboxRunner, bus: Any
+) -> None:
     js = bus.jetstream()
     start = normalize.wire_ts("2022-06-15", "00:00")
     end = start + 12_000_000_000  # 12 s: 720 ticks, 8 pages
@@ -192,7 +220,9 @@ async def test_replay_publishes_the_range_as_replay_batches(nats_server: NatsSer
         await wait_for(lambda: ing.client.connected, 10, what="session")
         request = ReplayRequest(request_id=str(uuid.uuid4()), source="finx", venue="_", symbol="BTC-USD", kind="tick",
                                 start_ns=start, end_ns=end)
-        reply = codec.decode_as((await bus.request(subjects.replay("finx"), codec.encode(request), timeout=20)).data, ReplayReply)
+        reply = codec.decode_as(
+            (await bus.request(subjects.replay("finx"), codec.encode(request), timeout=20)).data, ReplayReply
+        )
         expected = await truth(sb, start, end - 1)
         assert reply.accepted and reply.events == len(expected) == 720
         messages = await read_stream(js, "md.tick.finx.>")
@@ -202,16 +232,25 @@ async def test_replay_publishes_the_range_as_replay_batches(nats_server: NatsSer
         # one exchange only
         request = ReplayRequest(request_id="r2", source="finx", venue="GEMINI", symbol="BTC-USD", kind="tick",
                                 start_ns=start, end_ns=start + 2_000_000_000)
-        reply = codec.decode_as((await bus.request(subjects.replay("finx"), codec.encode(request), timeout=20)).data, ReplayReply)
-        assert reply.accepted and reply.events == sum(1 for r in (await truth(sb, start, start + 2_000_000_000 - 1)).values()
-                                                      if r["exchange"] == "GEMINI")
+        reply = codec.decode_as(
+            (await bus.request(subjects.replay("finx"), codec.encode(request), timeout=20)).data, ReplayReply
+        )
+        assert reply.accepted and reply.events == sum(
+            1 for r in (await truth(sb, start, start + 2_000_000_000 - 1)).values() if r["exchange"] == "GEMINI"
+        )
         # unsupported kinds are refused with a reason
-        bad = ReplayRequest(request_id="r3", source="finx", venue="_", symbol="BTC-USD", kind="trade", start_ns=start, end_ns=end)
-        reply = codec.decode_as((await bus.request(subjects.replay("finx"), codec.encode(bad), timeout=5)).data, ReplayReply)
+        bad = ReplayRequest(
+            request_id="r3", source="finx", venue="_", symbol="BTC-USD", kind="trade", start_ns=start, end_ns=end
+        )
+        reply = codec.decode_as(
+            (await bus.request(subjects.replay("finx"), codec.encode(bad), timeout=5)).data, ReplayReply
+        )
         assert not reply.accepted and "ticks only" in (reply.reason or "")
 
 
-async def test_the_api_key_is_never_logged(nats_server: NatsServer, sb: SandboxRunner, caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_api_key_is_never_logged(
+    nats_server: NatsServer, sb: SandboxRunner, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     async with make(nats_server, sb) as ing:
         await wait_for(lambda: ing.pairs[PAIR].cursor > ing.pairs[PAIR].origin, 10, what="progress")
@@ -291,7 +330,9 @@ async def test_losing_the_md_stream_leader_blocks_the_session_then_back_fills_wi
             assert ing.exit_code == 0 and ing.state == "running"
             await wait_for(lambda: not ing.health_problems(), 15, what="healthy again")
             await check_complete(js, sb, state.origin, state.committed[0])
-        statuses = [s for s in events_of(await read_stream(js, "status.ingest_finx.feed.>")) if isinstance(s, FeedStatus)]
+        statuses = [
+            s for s in events_of(await read_stream(js, "status.ingest_finx.feed.>")) if isinstance(s, FeedStatus)
+        ]
         assert any(s.state == "blocked" for s in statuses), [s.state for s in statuses]
     finally:
         if killed is not None:

@@ -51,7 +51,9 @@ def test_sandbox_history_page_matches_the_sandbox_ground_truth() -> None:
     ticks, bad = normalize.history(load("sandbox_history_2022-06-15.json"), TS_RECV)
     truth = msgspec.json.decode(load("sandbox_truth_2022-06-15.json"))["ticks"]
     assert bad == [] and len(ticks) == 100
-    assert [(t.ts_event, t.venue, str(t.price)) for t in ticks] == [(r["ts_ns"], r["exchange"], str(canonical_decimal(Decimal(r["price"])))) for r in truth]
+    assert [(t.ts_event, t.venue, str(t.price)) for t in ticks] == [
+        (r["ts_ns"], r["exchange"], str(canonical_decimal(Decimal(r["price"])))) for r in truth
+    ]
     assert len({t.id for t in ticks}) == 100
 
 
@@ -63,7 +65,13 @@ def test_reference_data_to_currency_and_instrument() -> None:
     eth = normalize.currency(normalize.decode(load("sandbox_reference_eth.json")), TS_RECV)
     assert eth.code == "ETH" and eth.name == "Ethereum"
     inst = normalize.instrument("btc:usd", {"BTC": btc}, TS_RECV)
-    assert (inst.vendor_symbol, inst.symbol, inst.base, inst.quote, inst.instrument_type) == ("BTC:USD", "BTC-USD", "BTC", "USD", "spot")
+    assert (inst.vendor_symbol, inst.symbol, inst.base, inst.quote, inst.instrument_type) == (
+        "BTC:USD",
+        "BTC-USD",
+        "BTC",
+        "USD",
+        "spot",
+    )
     assert inst.attributes["base_finx_sec_id"] == btc.vendor_id
     assert subjects.for_event(inst) == "ref.instrument.finx._.BTC-USD"
 

@@ -47,7 +47,9 @@ async def test_reference_crawl_is_complete_and_batched(nats_url: str, bus: Colle
         assert len(ema.members) == 12
         cont = bus.of(Instrument, venue="EURONEX", symbol="EMAC01")[0]
         assert cont.instrument_type == "continuous_future" and cont.continuous_index == 1
-        classic = [e for e in bus.of(Instrument, venue="EURONEX", instrument_class="EMA") if e.instrument_type == "future"]
+        classic = [
+            e for e in bus.of(Instrument, venue="EURONEX", instrument_class="EMA") if e.instrument_type == "future"
+        ]
         assert len(classic) == 8 and all(e.expiry_ts and e.maturity_month for e in classic)
         assert all(e.vendor_symbol[3] in "HMQX" for e in classic)
         strike = [e for e in bus.of(Instrument) if e.instrument_type == "option"][0]

@@ -42,8 +42,12 @@ def test_cash_index_book_news_pushes() -> None:
     frames = [n.decode_frame(json.dumps(f)) for f in json.loads(load("push_frames.json"))]
     assert [f.seq for f in frames] == [-1, -1, -1, -1, 42]
     cash, index, book, news = (n.push(n.decode_push(f.data), 7, bytes(f.data)) for f in frames[:4])
-    assert isinstance(cash, CashPrice) and cash.deliveries[1].value == Decimal("208.5") and cash.deliveries[1].prime == 3
-    assert isinstance(index, IndexPrice) and index.ts_event == 1458323240_250_000_000 and index.std_dev == Decimal("1.05")
+    assert (
+        isinstance(cash, CashPrice) and cash.deliveries[1].value == Decimal("208.5") and cash.deliveries[1].prime == 3
+    )
+    assert (
+        isinstance(index, IndexPrice) and index.ts_event == 1458323240_250_000_000 and index.std_dev == Decimal("1.05")
+    )
     assert isinstance(book, BookSnapshot) and [lv.price for lv in book.asks] == [Decimal("154.5"), Decimal("154.75")]
     assert [lv.price for lv in book.bids] == [Decimal("151.25")]
     assert isinstance(news, News) and (news.venue, news.symbol, news.article_id) == ("AFP", "EN", "57852")
@@ -74,14 +78,23 @@ def test_reference_items_of_the_seed() -> None:
     dlv = n.delivery(f"{ref}/deliveries/EMAH16", n.generic_decoder.decode(load("delivery.json")), cls, texts, 1)
     assert (dlv.instrument_type, dlv.maturity_month, dlv.expiry_ts) == ("future", 3, 1457352000 * NS)
     assert dlv.contract_size == 50 and dlv.contract_unit == "TON" and dlv.name == "Corn future EMAH16"
-    cont = n.delivery(f"{ref}/deliveries/EMAC02", {**n.generic_decoder.decode(load("delivery.json")), "code": "EMAC02"}, cls, texts, 1)
+    cont = n.delivery(
+        f"{ref}/deliveries/EMAC02", {**n.generic_decoder.decode(load("delivery.json")), "code": "EMAC02"}, cls, texts, 1
+    )
     assert cont.instrument_type == "continuous_future" and cont.continuous_index == 2
-    series = n.option_series("/market/sources/EURONEX/option/OMA/series/OMAH16", n.generic_decoder.decode(load("option_series.json")),
-                             {"code": "OMA", "currency": "EUR"}, texts, 1)
+    series = n.option_series(
+        "/market/sources/EURONEX/option/OMA/series/OMAH16",
+        n.generic_decoder.decode(load("option_series.json")),
+        {"code": "OMA", "currency": "EUR"},
+        texts,
+        1,
+    )
     strikes = [e for e in series if isinstance(e, Instrument)]
     assert [(s.option_type, s.strike) for s in strikes] == [("call", 250), ("put", 250)]
     assert strikes[0].underlying == "EMAH16"
-    fx = n.currency_class("/market/sources/FOREX/currency/EURUSD", n.generic_decoder.decode(load("currency_class.json")), 1)
+    fx = n.currency_class(
+        "/market/sources/FOREX/currency/EURUSD", n.generic_decoder.decode(load("currency_class.json")), 1
+    )
     assert fx[1].instrument_type == "fx" and fx[1].base == "EUR" and fx[1].quote == "USD"
     ton = n.unit({"code": "TON", "convertionFactor": 1000, "convertionOffset": 0}, texts, 1)
     bushel = n.unit(n.generic_decoder.decode(load("units.json"))["data"][0], texts, 1)
@@ -148,7 +161,9 @@ def test_a_negative_basis_is_a_valid_cash_price() -> None:
 
 
 def test_an_oversized_quote_code_is_malformed() -> None:
-    raw = ('{"code":"indexPrice","quote":"/market/sources/X/index/%s","date":1458323240,"value":1}' % ("Y" * 500)).encode()
+    raw = (
+        '{"code":"indexPrice","quote":"/market/sources/X/index/%s","date":1458323240,"value":1}' % ("Y" * 500)
+    ).encode()
     with pytest.raises(n.Malformed, match="subject token"):
         n.push(n.decode_push(raw), 1)
 
@@ -186,7 +201,9 @@ def test_a_market_price_without_last_has_one_id_whatever_the_decimal_text() -> N
     assert event("152.250", "1.5E+2").id == first.id == event("1.5225e2", "150.000").id
     assert event("152.5", "150").id != first.id
     assert event("0.0", "-0").id == event("0", "0").id != first.id
-    assert n.nolast_price_id(quote, 5, None, Decimal("1E+1")) == event_id("sitagri", "market_price", quote, "nolast:5:None:10")
+    assert n.nolast_price_id(quote, 5, None, Decimal("1E+1")) == event_id(
+        "sitagri", "market_price", quote, "nolast:5:None:10"
+    )
 
 
 @pytest.mark.parametrize("text", ["0", "1700000000", "1700000000.5", "1700000000.123456789", "1700000000.1234567891",

@@ -65,7 +65,9 @@ async def backfill(sb: SandboxRunner, ds: int, minutes: float) -> int:
     """A subscription whose span started ``minutes`` ago (history to export); returns its start."""
     start = (time.time_ns() - int(minutes * MIN_NS)) // 1000 * 1000
     async with httpx.AsyncClient(base_url=sb.url) as http:
-        r = await http.post("/_sandbox/ticksupply/backfill", json={"datastream_id": ds, "start_ns": start, "api_key": KEY})
+        r = await http.post(
+            "/_sandbox/ticksupply/backfill", json={"datastream_id": ds, "start_ns": start, "api_key": KEY}
+        )
         assert r.status_code == 200, r.text
     return start
 
@@ -131,7 +133,9 @@ async def caught_up(js: Any, until_ns: int, ds: int = DS) -> DatastreamProgress 
 
 
 # --------------------------------------------------------------------------------------------------
-async def test_rolling_exports_catalog_subscriptions_and_replay(nats_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+async def test_rolling_exports_catalog_subscriptions_and_replay(
+    nats_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     async with sandbox() as sb:
         start = await backfill(sb, DS, 90)  # 90 minutes of history: at least two hourly artifacts
@@ -191,8 +195,11 @@ async def test_rolling_exports_catalog_subscriptions_and_replay(nats_server: Any
                                                           timeout=20)).data, ReplayReply)
                 expected = await truth(sb, DS, r_start, r_end)
                 assert reply.accepted and reply.events == len(expected) > 1000
-                replayed = [m for m in await read_stream(js, "MD", subjects.md("trade", "ticksupply", "binance", "BTCUSDT"))
-                            if isinstance(m, Batch) and m.replay]
+                replayed = [
+                    m
+                    for m in await read_stream(js, "MD", subjects.md("trade", "ticksupply", "binance", "BTCUSDT"))
+                    if isinstance(m, Batch) and m.replay
+                ]
                 assert sorted(e.id for m in replayed for e in m.events) == sorted(trade_id(DS, r) for r in expected)
                 assert all(e.replay for m in replayed for e in m.events)
 
@@ -222,7 +229,9 @@ async def test_429_storm_5xx_and_a_failed_export_lose_and_duplicate_nothing(nats
             async with ingestor(nats_server.url, sb) as svc:
                 p = await wait_for(lambda: caught_up(js, began), timeout=30, what="the backlog exported")
                 sb.faults.set(error_rate=0.2, error_status=500)  # 5xx on a fifth of the calls, while rolling
-                p = await wait_for(lambda: caught_up(js, p.last_end_ns + 1_500_000_000), timeout=20, what="more windows")
+                p = await wait_for(
+                    lambda: caught_up(js, p.last_end_ns + 1_500_000_000), timeout=20, what="more windows"
+                )
                 sb.faults.reset()
                 assert_exactly(await md_trades(js), await truth(sb, DS, start, p.last_end_ns), p.last_end_ns)
                 assert sb.faults.counts["rate_limited"] == 3 and sb.faults.counts["errors"] >= 4
@@ -251,7 +260,9 @@ async def test_retry_after_is_honoured() -> None:
         assert elapsed >= 2.0  # waited Retry-After (1 s) after each 429
 
 
-async def test_malformed_rows_artifacts_and_replies_are_dead_lettered(nats_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_malformed_rows_artifacts_and_replies_are_dead_lettered(
+    nats_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     corrupted: list[bytes] = []
     lost: list[list[str]] = []  # rows of the artifact replaced by garbage
     real_build = sandbox_exports.build_artifacts
@@ -282,8 +293,11 @@ async def test_malformed_rows_artifacts_and_replies_are_dead_lettered(nats_serve
                 await wait_for(lambda: lost, timeout=30, what="a second export")
                 target = time.time_ns()  # after the second export's window
                 p = await wait_for(lambda: caught_up(js, target), timeout=30, what="later windows")
-                letters = [m for m in await read_stream(js, "DLQ", subjects.dead_letter("ingest_ticksupply", "ticksupply"))
-                           if isinstance(m, DeadLetter)]
+                letters = [
+                    m
+                    for m in await read_stream(js, "DLQ", subjects.dead_letter("ingest_ticksupply", "ticksupply"))
+                    if isinstance(m, DeadLetter)
+                ]
                 bad_row = next(d for d in letters if d.payload == corrupted[0])
                 assert "line 4" in bad_row.reason and bad_row.subject.startswith("artifact:binance-BTCUSDT-trade-")
                 assert any(d.payload.startswith(b'{"broken"') for d in letters)  # the garbage reply, kept whole
@@ -361,7 +375,8 @@ async def test_restart_in_the_middle_of_the_artifacts_resumes_without_duplicates
             async with ingestor(nats_server.url, sb) as second:
                 done = await wait_for(lambda: caught_up(js, began), timeout=30, what="the backlog exported")
                 assert second.publisher.duplicates >= 1  # the half-recorded artifact was sent again...
-                assert_exactly(await md_trades(js), await truth(sb, DS, start, done.last_end_ns), done.last_end_ns)  # ...and deduped
+                # ...and deduped
+                assert_exactly(await md_trades(js), await truth(sb, DS, start, done.last_end_ns), done.last_end_ns)
                 statuses = [m for m in await read_stream(js, "STATUS", "status.ingest_ticksupply.feed.>")
                             if isinstance(m, FeedStatus)]
                 assert any(s.state == "resynced" and "resumed" in (s.detail or "") for s in statuses)
@@ -421,8 +436,11 @@ async def test_single_events_quotes_and_an_expired_artifact_url(nats_server: Any
                 assert_exactly(msgs, await truth(sb, DS, start, p.last_end_ns), p.last_end_ns)
 
                 pd = await progress(js, depth_ds)
-                quotes = [q for q in await read_stream(js, "MD", subjects.md("quote", "ticksupply", "binance", "BTCUSDT"))
-                          if q.ts_event < pd.last_end_ns]
+                quotes = [
+                    q
+                    for q in await read_stream(js, "MD", subjects.md("quote", "ticksupply", "binance", "BTCUSDT"))
+                    if q.ts_event < pd.last_end_ns
+                ]
                 rows = await truth(sb, depth_ds, depth_start, pd.last_end_ns)
                 assert len(quotes) == len(rows) // 2 > 100 and len({q.id for q in quotes}) == len(quotes)
                 bid, ask = rows[0], rows[1]

@@ -47,7 +47,10 @@ def test_exchanges_become_venues() -> None:
 
 def test_datastream_pages_and_instruments() -> None:
     items = load("datastreams_coinbase_page1.json")["items"] + load("datastreams_coinbase_page2.json")["items"]
-    assert load("datastreams_coinbase_page1.json")["next_page_token"] and load("datastreams_coinbase_page2.json")["next_page_token"] is None
+    assert (
+        load("datastreams_coinbase_page1.json")["next_page_token"]
+        and load("datastreams_coinbase_page2.json")["next_page_token"] is None
+    )
     refs = [normalize.datastream_ref(d) for d in items]
     assert len(refs) == load("datastreams_coinbase_page1.json")["total"]
     classes = [normalize.datastream_event(d, TS) for d in refs]

@@ -26,7 +26,9 @@ async def read_raw_messages(url: str, subject: str, want: int, ready: asyncio.Ev
     parsed = urlparse(url)
     reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
     await reader.readline()  # INFO {...}
-    writer.write(b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\nSUB ' + subject.encode() + b" 1\r\nPING\r\n")
+    writer.write(
+        b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\nSUB ' + subject.encode() + b" 1\r\nPING\r\n"
+    )
     await writer.drain()
     assert await reader.readline() == b"PONG\r\n"
     ready.set()

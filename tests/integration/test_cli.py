@@ -64,8 +64,14 @@ async def wait_until_printing(proc: asyncio.subprocess.Process, nc: nats.NATS, s
 async def test_tail_decodes_and_prints_what_a_publisher_sends(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     proc = await asyncio.create_subprocess_exec(
-        MARKETBUS, "tail", "md.trade.test.>", "--count", "3", env={**os.environ, "NATS_URL": nats_url, "COLUMNS": "200"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        MARKETBUS,
+        "tail",
+        "md.trade.test.>",
+        "--count",
+        "3",
+        env={**os.environ, "NATS_URL": nats_url, "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         async def publish(i: int) -> None:  # until tail has printed 3 events
@@ -141,7 +147,9 @@ async def test_tail_refuses_a_bad_subject_in_one_line(nats_url: str) -> None:
 
 
 async def test_tail_last_without_a_stream_for_the_subject_says_so(nats_server: NatsServer) -> None:
-    result = await asyncio.to_thread(CliRunner().invoke, app, ["tail", "foo.bar", "--last", "--nats-url", nats_server.url])
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["tail", "foo.bar", "--last", "--nats-url", nats_server.url]
+    )
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --last: no stream on this server stores 'foo.bar'")
 
@@ -259,7 +267,9 @@ async def test_cli_says_clearly_when_nats_is_unreachable() -> None:
 ])
 def test_usage_mistakes_click_finds_are_one_line_errors_with_exit_2(args: list[str], message: str) -> None:
     """What the parser refuses before a command runs reads like the commands' own errors."""
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "200", "NATS_URL": "nats://127.0.0.1:1"}, prog_name="marketbus")
+    result = CliRunner().invoke(
+        app, args, env={"COLUMNS": "200", "NATS_URL": "nats://127.0.0.1:1"}, prog_name="marketbus"
+    )
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.output and "╭" not in result.output

@@ -211,7 +211,9 @@ def test_every_module_imports_with_the_runtime_dependencies_alone(tmp_path: Path
         "        if not module.name.endswith('__main__'):\n"
         "            importlib.import_module(module.name)\n"
     )
-    result = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    result = subprocess.run(
+        [python, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -234,7 +236,9 @@ def test_the_lakehouse_profile_is_self_contained_and_health_checked(compose: dic
     assert pin and weed["image"].split(":")[1] == pin.group(1)  # the weed the tests run
     assert "http://127.0.0.1:8333/healthz" in weed["healthcheck"]["test"]
     args = weed["command"]
-    stated = {int(args[i + 1]) for i, a in enumerate(args[:-1]) if a.endswith((".port", ".port.grpc")) and args[i + 1] != "0"}
+    stated = {
+        int(args[i + 1]) for i, a in enumerate(args[:-1]) if a.endswith((".port", ".port.grpc")) and args[i + 1] != "0"
+    }
     exposed = {int(p) for p in weed["expose"]} | {8333}
     assert stated == exposed, "every port weed listens on is stated and exposed (the defaults would open more)"
     catalog = lake["services"]["lakehouse-catalog"]
@@ -263,12 +267,23 @@ def test_every_service_that_reads_history_gets_the_lakehouse_settings(compose: d
         prefix = LakehouseSettings.env_prefix
         assert all(v == "" for k, v in off.items() if k.startswith(prefix)), f"{name}: embedded unless switched on"
         assert on[f"{prefix}CATALOG_URI_FILE"] == "/run/secrets/lakehouse_catalog_uri", name
-        assert on[f"{prefix}WAREHOUSE"].startswith("s3://") and on[f"{prefix}S3_ENDPOINT"] == "http://seaweedfs:8333", name
-        assert on[f"{prefix}S3_SECRET_KEY_FILE"] == "/run/secrets/lakehouse_s3_secret_key" and on[f"{prefix}S3_ACCESS_KEY"], name
-        assert {"lakehouse_catalog_uri", "lakehouse_s3_secret_key"} <= {s for s in service["secrets"] if isinstance(s, str)}, name
+        assert on[f"{prefix}WAREHOUSE"].startswith("s3://") and on[f"{prefix}S3_ENDPOINT"] == "http://seaweedfs:8333", (
+            name
+        )
+        assert (
+            on[f"{prefix}S3_SECRET_KEY_FILE"] == "/run/secrets/lakehouse_s3_secret_key" and on[f"{prefix}S3_ACCESS_KEY"]
+        ), name
+        assert {"lakehouse_catalog_uri", "lakehouse_s3_secret_key"} <= {
+            s for s in service["secrets"] if isinstance(s, str)
+        }, name
         for dep in ("seaweedfs", "lakehouse-catalog"):
             assert service["depends_on"][dep] == {"condition": "service_healthy", "required": False}, name
-    for name in ("lakehouse_catalog_uri", "lakehouse_s3_secret_key", "lakehouse_s3_config", "lakehouse_catalog_password"):
+    for name in (
+        "lakehouse_catalog_uri",
+        "lakehouse_s3_secret_key",
+        "lakehouse_s3_config",
+        "lakehouse_catalog_password",
+    ):
         assert name in secrets, f"secret {name} is not declared"
 
 

@@ -58,7 +58,9 @@ NOT_RUNNABLE_HERE = {
 
 # -- reading the compose file the way docker compose does ---------------------------------------
 
-_VAR = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
@@ -296,7 +298,9 @@ class LocalCompose:
             container.paths["/data"] = container.root / "data"
         bind_files: list[tuple[str, Path]] = []
         for entry in spec.get("volumes") or []:
-            source, target = (entry["source"], entry["target"]) if isinstance(entry, dict) else str(entry).split(":")[:2]
+            source, target = (
+                (entry["source"], entry["target"]) if isinstance(entry, dict) else str(entry).split(":")[:2]
+            )
             if source.startswith((".", "/")):
                 host = self.host_path(source, base)
                 if host.is_file():
@@ -310,7 +314,9 @@ class LocalCompose:
                 place.rmdir()
             self._mount(container, target, host)
         for entry in spec.get("secrets") or []:
-            source, target = (entry, entry) if isinstance(entry, str) else (entry["source"], entry.get("target", entry["source"]))
+            source, target = (
+                (entry, entry) if isinstance(entry, str) else (entry["source"], entry.get("target", entry["source"]))
+            )
             declared = self.project.secrets.get(source)
             assert declared is not None, f"{name}: secret {source} is not declared"
             target = target if target.startswith("/") else f"/run/secrets/{target}"
@@ -386,7 +392,7 @@ if [ ! -s {data}/PG_VERSION ]; then
   {as_pg} {PG_BIN}/pg_ctl -D {data} -m fast -w stop >/dev/null
 fi
 exec {as_pg} {PG_BIN}/postgres -D {data} -p {port} -c listen_addresses=127.0.0.1 -k {data}
-"""
+"""  # noqa: E501 (the shell script runs as written)
         return ["sh", "-c", script]
 
     def start(self, name: str) -> Container:
@@ -497,8 +503,15 @@ def cli(stack: LocalCompose, *args: str, timeout: float = 60) -> subprocess.Comp
     """The `marketbus` CLI as an operator uses it against the published NATS port."""
     env = {"PATH": os.environ["PATH"], "HOME": str(stack.workdir), "MARKETBUS_DATA_DIR": str(stack.workdir / "cli")}
     url = f"nats://127.0.0.1:{stack.published[4222]}"
-    return subprocess.run([str(BIN / "marketbus"), "--nkey", str(stack.secrets_dir / "operator.nk"), *args, "--nats-url", url],
-                          env=env, capture_output=True, text=True, timeout=timeout, cwd=stack.workdir, check=False)
+    return subprocess.run(
+        [str(BIN / "marketbus"), "--nkey", str(stack.secrets_dir / "operator.nk"), *args, "--nats-url", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=stack.workdir,
+        check=False,
+    )
 
 
 async def first_market_event(url: str, seed: Path, timeout: float) -> tuple[str, Any]:
@@ -564,7 +577,9 @@ def test_every_service_restarts_rotates_its_logs_has_limits_and_waits_on_health(
     project = Project.load(ROOT / "docker-compose.yml", compose_env())
     one_shot = {name for name, spec in project.services.items() if spec.get("restart") in ("no", "on-failure")}
     for name, spec in project.services.items():
-        assert spec.get("restart") in ("unless-stopped", "always", "on-failure"), f"{name}: restart {spec.get('restart')}"
+        assert spec.get("restart") in ("unless-stopped", "always", "on-failure"), (
+            f"{name}: restart {spec.get('restart')}"
+        )
         options = spec["logging"]["options"]
         assert options["max-size"] and options["max-file"], name
         if name not in one_shot:
@@ -676,15 +691,35 @@ def test_the_postgres_profile_stores_history_in_its_postgresql(tmp_path: Path) -
 
         assert until(history_rows, 45, "history rows of Digitex trades")
         tables = subprocess.run(
-            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(stack.published[5432]), "-U", "marketbus", "-d", "marketbus",
-             "-Atc", "select tablename from pg_tables where tablename like 'history_%'"],
-            env={"PGPASSWORD": (stack.secrets_dir / "postgres_password").read_text().strip(), "PATH": os.environ["PATH"]},
-            capture_output=True, text=True, timeout=30, check=False)
+            [
+                str(PG_BIN / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(stack.published[5432]),
+                "-U",
+                "marketbus",
+                "-d",
+                "marketbus",
+                "-Atc",
+                "select tablename from pg_tables where tablename like 'history_%'",
+            ],
+            env={
+                "PGPASSWORD": (stack.secrets_dir / "postgres_password").read_text().strip(),
+                "PATH": os.environ["PATH"],
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert tables.returncode == 0 and "history_" in tables.stdout, tables.stdout + tables.stderr
         place_an_order(stack)
         final = export_stored_trades(stack, "parquet")  # the export orchestrator reads the same PostgreSQL
         assert final["rows"] > 0, final
-        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{stack.published[9107]}/healthz", timeout=5).read())
+        health = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{stack.published[9107]}/healthz", timeout=5).read()
+        )
         assert health["history"] == "postgres", health
 
 
@@ -709,9 +744,25 @@ def test_the_lakehouse_profile_keeps_history_in_seaweedfs_and_the_postgresql_cat
         # the tables are in the catalog's PostgreSQL, their files in SeaweedFS
         password = (stack.secrets_dir / "lakehouse_catalog_password").read_text().strip()
         tables = subprocess.run(
-            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(stack.published[5433]), "-U", "lakehouse", "-d", "lakehouse",
-             "-Atc", "select table_namespace || '.' || table_name from iceberg_tables"],
-            env={"PGPASSWORD": password, "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30, check=False)
+            [
+                str(PG_BIN / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(stack.published[5433]),
+                "-U",
+                "lakehouse",
+                "-d",
+                "lakehouse",
+                "-Atc",
+                "select table_namespace || '.' || table_name from iceberg_tables",
+            ],
+            env={"PGPASSWORD": password, "PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert tables.returncode == 0 and "marketbus.trade" in tables.stdout.split(), tables.stdout + tables.stderr
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.published[8333]}", region_name="us-east-1",
                           aws_access_key_id="marketbus",
@@ -724,6 +775,8 @@ def test_the_lakehouse_profile_keeps_history_in_seaweedfs_and_the_postgresql_cat
 
         replay = stack.containers["replay"]
         assert "history read from the history tables" in replay.log.read_text(), replay.log_tail(10)
-        played = cli(stack, "replay", "start", "trade.digitex.*.*", "--start", "-10m", "--speed", "max", "--detach", "--json")
+        played = cli(
+            stack, "replay", "start", "trade.digitex.*.*", "--start", "-10m", "--speed", "max", "--detach", "--json"
+        )
         assert played.returncode == 0, played.stdout + played.stderr + replay.log_tail(10)
         assert json.loads(played.stdout.splitlines()[0])["expected"] > 0

@@ -58,9 +58,21 @@ def _build_wheel(tmp_path: Path) -> Path:
 
 def _install(wheel: Path, venv: Path) -> Path:
     uv = str(BIN / "uv")
-    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, capture_output=True, timeout=60
+    )
     python = venv / "bin" / "python"
-    install = [uv, "pip", "install", "--quiet", "--python", str(python), "-c", str(ROOT / "requirements.lock"), str(wheel)]
+    install = [
+        uv,
+        "pip",
+        "install",
+        "--quiet",
+        "--python",
+        str(python),
+        "-c",
+        str(ROOT / "requirements.lock"),
+        str(wheel),
+    ]
     offline = subprocess.run([*install, "--offline"], capture_output=True, text=True, timeout=300, check=False)
     if offline.returncode != 0:  # a package not in uv's cache yet: from the index
         subprocess.run(install, check=True, capture_output=True, timeout=600)
@@ -113,7 +125,9 @@ def test_the_wheel_installs_into_its_own_venv_and_the_readme_snippet_runs_there(
     finally:
         server.cleanup()
     # the package's own command works there too
-    cli = subprocess.run([str(python.parent / "marketbus"), "--help"], capture_output=True, text=True, timeout=60, check=False)
+    cli = subprocess.run(
+        [str(python.parent / "marketbus"), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert cli.returncode == 0 and "history" in cli.stdout, cli.stdout + cli.stderr
 
 

@@ -114,14 +114,37 @@ async def test_hostile_messages_are_refused_or_dead_lettered_and_every_service_s
         await nc.subscribe("dlq.>", cb=bus.on_letter)
         await nc.subscribe("orders.evt.>", cb=bus.on_order)
         services: list[Any] = [
-            HistoryWriter(nats_url=url, data_dir=str(tmp_path / "history"), http_port=0, batch_max_wait_s=0.05,
-                          fsync=False, heartbeat_interval_s=60.0),
+            HistoryWriter(
+                nats_url=url,
+                data_dir=str(tmp_path / "history"),
+                http_port=0,
+                batch_max_wait_s=0.05,
+                fsync=False,
+                heartbeat_interval_s=60.0,
+            ),
             OrderRouter(nats_url=url, digitex_url=sandbox.url, **FAST),
-            ExportOrchestrator(nats_url=url, data_dir=str(tmp_path), history_dir=str(tmp_path / "history"),
-                               http_port=0, api_port=0, api_keys=Secret("k"), scan_interval_s=0.2,
-                               heartbeat_interval_s=60.0, replay_timeout_s=3.0, replay_wait_s=3.0),
-            DigitexIngestor(nats_url=url, base_url=sandbox.url + "/dapi", markets=["FS:BTCUSD"], heartbeat_interval_s=60,
-                            trades_interval_s=1.0, book_interval_s=2.0, bars_interval_s=5.0, bars_backfill_s=60),
+            ExportOrchestrator(
+                nats_url=url,
+                data_dir=str(tmp_path),
+                history_dir=str(tmp_path / "history"),
+                http_port=0,
+                api_port=0,
+                api_keys=Secret("k"),
+                scan_interval_s=0.2,
+                heartbeat_interval_s=60.0,
+                replay_timeout_s=3.0,
+                replay_wait_s=3.0,
+            ),
+            DigitexIngestor(
+                nats_url=url,
+                base_url=sandbox.url + "/dapi",
+                markets=["FS:BTCUSD"],
+                heartbeat_interval_s=60,
+                trades_interval_s=1.0,
+                book_interval_s=2.0,
+                bars_interval_s=5.0,
+                bars_backfill_s=60,
+            ),
         ]
         started: list[Any] = []
         try:
@@ -197,7 +220,11 @@ async def _history_families(nc: Any, js: Any, bus: Bus, writer: HistoryWriter, m
                      kind="trade", state="gap", gap_start=T0, gap_end=T0 + 10, ts=T0 + 20)
     status_subject = subjects.feed_status("ingest_finx", "finx", "CB", sym)
     gap_data = codec.encode(gap)
-    for payload in (BAD_UTF8, mutate(gap_data, "state", "gap", '"exploded"'), mutate(gap_data, "gap_start", T0, str(2**64))):
+    for payload in (
+        BAD_UTF8,
+        mutate(gap_data, "state", "gap", '"exploded"'),
+        mutate(gap_data, "gap_start", T0, str(2**64)),
+    ):
         dead(payload, {codec.HEADER_TYPE: "feed_status"}, status_subject)
 
     goods = [trade(sym, i) for i in range(50)]
@@ -237,7 +264,11 @@ async def _history_families(nc: Any, js: Any, bus: Bus, writer: HistoryWriter, m
         return True
 
     try:
-        await wait_for(lambda: all(bus.dead(p, "history_writer") for p in expected_dead), 30, what="the history writer's dead letters")
+        await wait_for(
+            lambda: all(bus.dead(p, "history_writer") for p in expected_dead),
+            30,
+            what="the history writer's dead letters",
+        )
     except AssertionError:
         missing = [p[:100] for p in expected_dead if not bus.dead(p, "history_writer")]
         raise AssertionError(f"not dead-lettered: {missing}") from None
@@ -313,7 +344,9 @@ async def _order_families(nc: Any, js: Any, bus: Bus, router: OrderRouter, sandb
         return [e.state for e in bus.orders if getattr(e, "client_id", None) == client_id]
 
     try:
-        await wait_for(lambda: all(bus.dead(p, "order_router") for p in dead_payloads), 20, what="the bad commands dead-lettered")
+        await wait_for(
+            lambda: all(bus.dead(p, "order_router") for p in dead_payloads), 20, what="the bad commands dead-lettered"
+        )
     except AssertionError:
         missing = [p[:100] for p in dead_payloads if not bus.dead(p, "order_router")]
         raise AssertionError(f"not dead-lettered: {missing}") from None
@@ -327,7 +360,9 @@ async def _order_families(nc: Any, js: Any, bus: Bus, router: OrderRouter, sandb
         assert event.reason and words in event.reason, (msgspec.json.decode(payload), event.reason)
     await wait_for(lambda: all("accepted" in states(c.client_id) for c in goods), 20, what="the good orders accepted")
     if contract_refuses(codec.encode(future), 999):
-        await wait_for(lambda: bus.dead(codec.encode(future), "order_router"), 10, what="the future-version command dead-lettered")
+        await wait_for(
+            lambda: bus.dead(codec.encode(future), "order_router"), 10, what="the future-version command dead-lettered"
+        )
     else:
         await wait_for(lambda: "accepted" in states(future.client_id), 10, what="the future-version command routed")
 
@@ -361,19 +396,51 @@ async def _request_families(nc: Any, max_payload: int) -> None:
 
     query = make_query("trade.*.*.*", 0, 2**62)
     families: list[tuple[str, list[bytes], Callable[[bytes], str | None]]] = [
-        (subjects.HISTORY_QUERY, [*junk, mutate(codec.encode(query), "start_ns", 0, str(2**70)),
-                                  mutate(codec.encode(query), "limit", query.limit, '"all"'),
-                                  codec.encode(msgspec.structs.replace(query, cursor="!!not a cursor!!"))], refused),
+        (
+            subjects.HISTORY_QUERY,
+            [
+                *junk,
+                mutate(codec.encode(query), "start_ns", 0, str(2**70)),
+                mutate(codec.encode(query), "limit", query.limit, '"all"'),
+                codec.encode(msgspec.structs.replace(query, cursor="!!not a cursor!!")),
+            ],
+            refused,
+        ),
         (subjects.HISTORY_COVERAGE, junk, refused),
-        (subjects.ORDER_CONTROL, [*junk, b'{"type":"router_control","action":"explode","ts":1}',
-                                  b'{"type":"router_control","action":"halt","ts":1,"reason":"' + b"r" * 10_000 + b'"}'],
-         refused),
-        (subjects.EXPORT_CREATE, [*junk, codec.encode(ExportRequest(
-            idempotency_key="k" * 10, selector=StreamSelector(kind="nope"), start_ns=10, end_ns=5))], refused),
-        (subjects.EXPORT_GET, [BAD_UTF8, DEEP, b'{"job_id":' + b"1" * 400 + b"}", b'"' + b"j" * 100_000 + b'"'], refused),
+        (
+            subjects.ORDER_CONTROL,
+            [
+                *junk,
+                b'{"type":"router_control","action":"explode","ts":1}',
+                b'{"type":"router_control","action":"halt","ts":1,"reason":"' + b"r" * 10_000 + b'"}',
+            ],
+            refused,
+        ),
+        (
+            subjects.EXPORT_CREATE,
+            [
+                *junk,
+                codec.encode(
+                    ExportRequest(idempotency_key="k" * 10, selector=StreamSelector(kind="nope"), start_ns=10, end_ns=5)
+                ),
+            ],
+            refused,
+        ),
+        (
+            subjects.EXPORT_GET,
+            [BAD_UTF8, DEEP, b'{"job_id":' + b"1" * 400 + b"}", b'"' + b"j" * 100_000 + b'"'],
+            refused,
+        ),
         (subjects.EXPORT_CANCEL, [BAD_UTF8, DEEP, b'"no-such-job"'], refused),
-        (subjects.replay("digitex"), [*junk, b'{"type":"replay_request","request_id":"r","source":"finx","venue":"v",'
-                                             b'"symbol":"s","kind":"trade","start_ns":1,"end_ns":2}'], refused),
+        (
+            subjects.replay("digitex"),
+            [
+                *junk,
+                b'{"type":"replay_request","request_id":"r","source":"finx","venue":"v",'
+                b'"symbol":"s","kind":"trade","start_ns":1,"end_ns":2}',
+            ],
+            refused,
+        ),
     ]
     for subject, bodies, error_of in families:
         for body in bodies:
@@ -384,7 +451,9 @@ async def _request_families(nc: Any, max_payload: int) -> None:
             reason = error_of(reply.data)
             assert reason, f"{subject}: {body[:80]!r} was not refused: {reply.data[:200]!r}"
     # and the good requests still get their answers
-    chunk = codec.decode_as((await nc.request(subjects.HISTORY_QUERY, codec.encode(query), timeout=10)).data, HistoryChunk)
+    chunk = codec.decode_as(
+        (await nc.request(subjects.HISTORY_QUERY, codec.encode(query), timeout=10)).data, HistoryChunk
+    )
     assert chunk.error is None and chunk.events
     status = await rq.send_control(nc, "status")
     assert status.accepted

@@ -115,7 +115,9 @@ async def test_delivery_goes_on_after_a_server_restart(nats_server: NatsServer) 
         await nc.close()
 
 
-async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered_and_terminated(nats_server: NatsServer) -> None:
+async def test_a_failing_message_is_retried_with_backoff_then_dead_lettered_and_terminated(
+    nats_server: NatsServer,
+) -> None:
     """One message whose handler always raises: redelivered after the spec's back-off, then on
     its last delivery dead-lettered (with the reason) and terminated; the others flow meanwhile."""
     nc = await nats.connect(nats_server.url)

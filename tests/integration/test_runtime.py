@@ -194,7 +194,11 @@ async def test_service_health_metrics_heartbeat_status_and_dead_letters(nats_url
         js = nc.jetstream()
         dlq = await js.get_last_msg("DLQ", subjects.dead_letter("probe", "test"))
         letter = codec.decode(dlq.data)
-        assert isinstance(letter, DeadLetter) and letter.payload == b"\x00{garbage" and letter.reason.startswith("not json")
+        assert (
+            isinstance(letter, DeadLetter)
+            and letter.payload == b"\x00{garbage"
+            and letter.reason.startswith("not json")
+        )
         gap = codec.decode((await js.get_last_msg("STATUS", subjects.feed_status("probe", "test", "V", "S"))).data)
         assert isinstance(gap, FeedStatus) and (gap.state, gap.gap_start, gap.gap_end) == ("gap", 10, 20)
     finally:
@@ -368,7 +372,9 @@ async def test_session_keeper_survives_a_vendor_that_refuses_logins_for_a_while(
         task.cancel()
 
 
-async def test_an_ingestor_reports_blocked_publishing_and_the_gap_of_what_it_gave_up_on(nats_server: NatsServer) -> None:
+async def test_an_ingestor_reports_blocked_publishing_and_the_gap_of_what_it_gave_up_on(
+    nats_server: NatsServer,
+) -> None:
     from marketbus.runtime.ingest import Ingestor
 
     class ProbeIngestor(Ingestor):

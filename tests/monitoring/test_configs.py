@@ -96,7 +96,10 @@ def _dashboard_metrics() -> set[str]:
     for path in (MONITORING / "grafana" / "dashboards").glob("*.json"):
         for p in json.loads(path.read_text())["panels"]:
             for target in p["targets"]:
-                used.update(re.sub(r"_(total|bucket|count|sum)$", "", n) for n in re.findall(r"marketbus_[a-z_]+", target["expr"]))
+                used.update(
+                    re.sub(r"_(total|bucket|count|sum)$", "", n)
+                    for n in re.findall(r"marketbus_[a-z_]+", target["expr"])
+                )
     return used
 
 

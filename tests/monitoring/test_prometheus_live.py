@@ -80,10 +80,15 @@ def test_prometheus_scrapes_the_services_and_the_consumer_lag(
                   "MARKETBUS_HISTORY_WRITER_DURABLE": durable, "MARKETBUS_HISTORY_WRITER_QUERY_QUEUE": durable}
     exporter_env = {"NATS_URL": nats_url, "MARKETBUS_BUS_EXPORTER_HTTP_PORT": str(ports["bus_exporter"]),
                     "MARKETBUS_BUS_EXPORTER_POLL_INTERVAL_S": "0.5"}
-    export_env = {"NATS_URL": nats_url, "MARKETBUS_EXPORT_HTTP_PORT": str(ports["export_orchestrator"]),
-                  "MARKETBUS_EXPORT_API_PORT": str(free_port()), "MARKETBUS_EXPORT_DATA_DIR": str(tmp_path / "export"),
-                  # reads the history the writer keeps (there is no "nats" history backend any more)
-                  "MARKETBUS_EXPORT_HISTORY_BACKEND": "iceberg", "MARKETBUS_EXPORT_HISTORY_DIR": str(tmp_path / "history")}
+    export_env = {
+        "NATS_URL": nats_url,
+        "MARKETBUS_EXPORT_HTTP_PORT": str(ports["export_orchestrator"]),
+        "MARKETBUS_EXPORT_API_PORT": str(free_port()),
+        "MARKETBUS_EXPORT_DATA_DIR": str(tmp_path / "export"),
+        # reads the history the writer keeps (there is no "nats" history backend any more)
+        "MARKETBUS_EXPORT_HISTORY_BACKEND": "iceberg",
+        "MARKETBUS_EXPORT_HISTORY_DIR": str(tmp_path / "history"),
+    }
     web = free_port()
     api = f"http://127.0.0.1:{web}"
     config = _config_for(ports, tmp_path / "prometheus.yml")

@@ -111,4 +111,10 @@ def test_the_client_reads_the_routers_kv_layout() -> None:
     record = router_state.OrderRecord(client_id="c1", market="FS-BTCUSD", market_id=1, side="buy", order_type="limit",
                                       duration="GTC", quantity=client_orders.to_decimal("q", "2"), state="accepted")
     mine = msgspec.json.decode(msgspec.json.encode(record), type=client_orders.OrderRecord)
-    assert (mine.client_id, mine.market, mine.state, mine.quantity, mine.terminal) == ("c1", "FS-BTCUSD", "accepted", 2, False)
+    assert (mine.client_id, mine.market, mine.state, mine.quantity, mine.terminal) == (
+        "c1",
+        "FS-BTCUSD",
+        "accepted",
+        2,
+        False,
+    )

@@ -36,8 +36,11 @@ async def test_place_accepted_then_filled_events_in_order(env):
     # the fill, attributed to the order, and the position it opened
     fills = await wait_for(lambda: [f for f in env.bus.of("Fill") if f.client_id == cmd.client_id], 5, what="fill")
     assert sum(f.quantity for f in fills) == 3 and fills[0].price == price and fills[0].side == "buy"
-    await wait_for(lambda: any(p.market == BTC and p.side == "long" and p.quantity == 3 for p in env.bus.of("Position")),
-                   5, what="position event")
+    await wait_for(
+        lambda: any(p.market == BTC and p.side == "long" and p.quantity == 3 for p in env.bus.of("Position")),
+        5,
+        what="position event",
+    )
     assert env.bus.of("Balance"), "balances are published"
     # exactly one order at the exchange
     truth = await env.admin_orders()

@@ -36,7 +36,9 @@ class Stack:
 
     async def stored(self, symbol: str, n: int, kind: str = "*") -> None:
         async def done() -> bool:
-            tables = await self.writer.store.read_table(Selector(kind=kind, symbol=symbol), 0, 2**63 - 1, columns=["id"])
+            tables = await self.writer.store.read_table(
+                Selector(kind=kind, symbol=symbol), 0, 2**63 - 1, columns=["id"]
+            )
             return sum(t.num_rows for t in tables.values()) >= n
 
         await wait_for(done, timeout=20, what=f"{n} events of {symbol} stored")
@@ -48,7 +50,9 @@ async def stack(nats_url: str, tmp_path_factory: Any, pg_dsn: str) -> AsyncItera
     nc = await nats.connect(nats_url)
     await ensure_all(nc.jetstream())
     # the PostgreSQL backend (numeric keeps a decimal's text, trailing zeros included): replay reads it over NATS
-    writer = HistoryWriter(**writer_overrides(nats_url, "postgres", str(tmp_path_factory.mktemp("history")), pg_dsn, durable))
+    writer = HistoryWriter(
+        **writer_overrides(nats_url, "postgres", str(tmp_path_factory.mktemp("history")), pg_dsn, durable)
+    )
     await writer.start()
     replay = ReplayService(nats_url=nats_url, http_port=0, heartbeat_interval_s=1.0, queue=durable, max_sessions=4,
                            status_interval_s=0.2, history_timeout_s=10.0,

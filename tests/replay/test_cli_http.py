@@ -73,7 +73,9 @@ async def test_http_ndjson_and_websocket_carry_the_bus_json(stack: Stack) -> Non
 
         resp = await client.get("/replay", params={**params, "speed": "-1x"})
         assert resp.status_code == 400 and resp.json()["code"] == "bad_request" and "speed" in resp.json()["message"]
-        resp = await client.get("/replay", params={**params, "start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"})
+        resp = await client.get(
+            "/replay", params={**params, "start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}
+        )
         assert resp.status_code == 404 and resp.json()["code"] == "not_found"
         resp = await client.get("/replay", params={"selector": "trade"})
         assert resp.status_code == 400 and "missing parameter(s): start, end" in resp.json()["message"]
@@ -94,7 +96,9 @@ async def test_http_ndjson_and_websocket_carry_the_bus_json(stack: Stack) -> Non
         refusal = json.loads(await ws.recv())
     assert refusal["type"] == "error_reply" and refusal["code"] == "bad_request"
     # a client that goes away ends its session
-    async with websockets.connect(url.replace("http://", "ws://") + f"/replay/ws?{httpx.QueryParams({**params, 'speed': '1x'})}") as ws:
+    async with websockets.connect(
+        url.replace("http://", "ws://") + f"/replay/ws?{httpx.QueryParams({**params, 'speed': '1x'})}"
+    ) as ws:
         await ws.recv()
     for _ in range(100):
         if not stack.replay.sessions:

@@ -42,7 +42,9 @@ def as_single_messages(recorded: list[tuple[str, bytes, dict[str, str]]]) -> lis
     return out
 
 
-async def play(stack: Stack, selector: str, start: int, end: int, **kw: Any) -> list[tuple[str, bytes, dict[str, str], float]]:
+async def play(
+    stack: Stack, selector: str, start: int, end: int, **kw: Any
+) -> list[tuple[str, bytes, dict[str, str], float]]:
     got = []
     prefix = None
     async for msg in PlaybackClient(stack.nc).play(selector, start, end, **kw):
@@ -65,7 +67,11 @@ async def test_recorded_period_replays_message_for_message(stack: Stack) -> None
     await pub.flush()
     await pub.publish_batch(trades[150:250])
     await pub.flush()
-    lasts = [e for e in merged if e.ts_event >= T0 + 150 * MS and not (isinstance(e, type(trades[0])) and e.ts_event < T0 + 250 * MS)]
+    lasts = [
+        e
+        for e in merged
+        if e.ts_event >= T0 + 150 * MS and not (isinstance(e, type(trades[0])) and e.ts_event < T0 + 250 * MS)
+    ]
     await pub.publish_group(lasts)
     await pub.flush()
     await live.wait(len(firsts) + 1 + len(lasts))
@@ -270,6 +276,8 @@ async def test_reference_data_in_effect_at_the_start_goes_first(stack: Stack) ->
     await stack.stored(sym, 9)
 
     got = await play(stack, f"trade.digitex.*.{sym}", T0, END, speed="max", reference=f"instrument.digitex.*.{sym}")
-    names = [(s.split(".")[0], getattr(codec.decode(d), "name", None) or codec.decode(d).trade_id) for s, d, _, _ in got]
+    names = [
+        (s.split(".")[0], getattr(codec.decode(d), "name", None) or codec.decode(d).trade_id) for s, d, _, _ in got
+    ]
     assert names == [("ref", "current"), ("md", "0"), ("md", "1"), ("md", "2"), ("ref", "changed"),
                      ("md", "3"), ("md", "4"), ("md", "5")]

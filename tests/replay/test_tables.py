@@ -85,7 +85,10 @@ async def test_the_service_reads_the_tables_and_both_sources_yield_the_same_byte
     over_nats = HistorySource(stack.nc, timeout=10.0, page_rows=50, chunk_rows=7)  # several pages and chunks
     nats_bytes = [bytes(e) async for chunk in over_nats.chunks(selector, T0, T0 + 10**12) for e in chunk]
     table_bytes = [bytes(e) async for chunk in stack.replay.source.chunks(selector, T0, T0 + 10**12) for e in chunk]
-    counts = (await over_nats.count(selector, T0, T0 + 10**12), await stack.replay.source.count(selector, T0, T0 + 10**12))
+    counts = (
+        await over_nats.count(selector, T0, T0 + 10**12),
+        await stack.replay.source.count(selector, T0, T0 + 10**12),
+    )
     assert (len(table_bytes), counts) == (120, (120, 120))
     assert table_bytes == nats_bytes
 

@@ -79,6 +79,9 @@ async def test_the_history_source_follows_the_writer_backend_and_the_setting(tmp
         svc = ReplayService(nats_url="nats://127.0.0.1:1", http_port=0, history_dir=str(tmp_path), **settings)
         return type(await svc._open_source(None)).__name__  # no connection needed to choose
 
-    assert [await kind(), await kind(history_backend="postgres"), await kind(history_backend="postgres", history_read="tables"),
-            await kind(history_read="nats")] == [TableSource.__name__, HistorySource.__name__, TableSource.__name__,
-                                                  HistorySource.__name__]
+    assert [
+        await kind(),
+        await kind(history_backend="postgres"),
+        await kind(history_backend="postgres", history_read="tables"),
+        await kind(history_read="nats"),
+    ] == [TableSource.__name__, HistorySource.__name__, TableSource.__name__, HistorySource.__name__]

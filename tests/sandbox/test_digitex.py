@@ -184,7 +184,9 @@ async def test_recent_trades_are_the_tape(dgtx: Dgtx) -> None:
         tick = by_index[trade["trade_id"]]
         assert (trade["price"], trade["base_volume"], trade["timestamp"], trade["side"]) == (
             tick["price"], tick["size"], tick["timestamp"], tick["side"])
-        assert Decimal(trade["quote_volume"]) == Decimal(trade["price"]) * Decimal(trade["base_volume"]) * Decimal("0.01")
+        assert Decimal(trade["quote_volume"]) == Decimal(trade["price"]) * Decimal(trade["base_volume"]) * Decimal(
+            "0.01"
+        )
 
 
 async def test_ohlcv_is_aggregated_from_the_tape(dgtx: Dgtx) -> None:
@@ -207,7 +209,11 @@ async def test_ohlcv_is_aggregated_from_the_tape(dgtx: Dgtx) -> None:
     assert len((await dgtx.ok("history/ohlcv/", market_id=1, resolution="1", top_n=2))["ohlcv"]) == 2
     # Coarser bars merge the minute bars.
     five = (await dgtx.ok("history/ohlcv/", market_id=1, resolution="5", date_to=bars[-2]["timestamp"]))["ohlcv"]
-    full = [b for b in five if b["timestamp"] >= bars[0]["timestamp"] and b["timestamp"] + 300_000_000 <= bars[-1]["timestamp"]]
+    full = [
+        b
+        for b in five
+        if b["timestamp"] >= bars[0]["timestamp"] and b["timestamp"] + 300_000_000 <= bars[-1]["timestamp"]
+    ]
     for bar in full:
         minutes = [m for m in bars if bar["timestamp"] <= m["timestamp"] < bar["timestamp"] + 300_000_000]
         assert Decimal(bar["high"]) == max(Decimal(m["high"]) for m in minutes)
@@ -448,7 +454,9 @@ async def test_trade_history_filters_and_pages(dgtx: Dgtx) -> None:
         placed = await dgtx.place(kind="MARKET", duration="IOC", quantity="1")
         await dgtx.wait_status(placed["client_id"], (FILLED,))
     trades = (await dgtx.ok("trade_history/"))["results"]
-    assert len(trades) == 3 and [t["traded_at"] for t in trades] == sorted((t["traded_at"] for t in trades), reverse=True)
+    assert len(trades) == 3 and [t["traded_at"] for t in trades] == sorted(
+        (t["traded_at"] for t in trades), reverse=True
+    )
     first = await dgtx.ok("trade_history/", page_size=2)
     second = await dgtx.ok("trade_history/", page_size=2, cursor=first["next"])
     assert first["results"] + second["results"] == trades and second["next"] is None

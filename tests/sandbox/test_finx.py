@@ -100,7 +100,11 @@ async def test_run_tests_flow_with_real_tick_plant(sb: SandboxRunner, market: Fi
         await tick_plant.__aexit__(None, None, None)
 
     assert ref_data["function-call"] == "secdb" and ref_data["request-security-id"] == "BTC"
-    assert ref_data["ref-data"] == {"ticker": "BTC", "security-name": "Bitcoin", "finx-sec-id": market.security_id("BTC")}
+    assert ref_data["ref-data"] == {
+        "ticker": "BTC",
+        "security-name": "Bitcoin",
+        "finx-sec-id": market.security_id("BTC"),
+    }
     # The real client sends the seed's date/time as unixTimeTarget/width: the seed's meaning holds.
     check_row(snap_data, "BTC:USD")
     expected = market.snap("BTC:USD", time.time_ns(), START_NS)
@@ -141,7 +145,11 @@ async def test_lock_step_replies_in_order(sb: SandboxRunner, market: FinxMarket,
     assert "error" in replies[1] and "noSuchFunction" in replies[1]["error"]
     check_row(replies[2], "SOL:USD")
     assert row_ts_ns(replies[2]) >= parse_date_time(DAY, "12:00")
-    assert replies[3]["ref-data"] == {"ticker": "USDC", "security-name": "USD Coin", "finx-sec-id": market.security_id("USDC")}
+    assert replies[3]["ref-data"] == {
+        "ticker": "USDC",
+        "security-name": "USD Coin",
+        "finx-sec-id": market.security_id("USDC"),
+    }
 
 
 async def test_security_ids_are_stable_uuid4_and_distinct(sb: SandboxRunner) -> None:
@@ -272,9 +280,13 @@ async def test_key_revoked_mid_session(sb: SandboxRunner, http: httpx.AsyncClien
 
 
 # --- REST --------------------------------------------------------------------------------------
-async def test_rest_snap_with_raw_colon_and_time_target(sb: SandboxRunner, http: httpx.AsyncClient, market: FinxMarket) -> None:
+async def test_rest_snap_with_raw_colon_and_time_target(
+    sb: SandboxRunner, http: httpx.AsyncClient, market: FinxMarket
+) -> None:
     target = START_NS // 10**9 + 3600
-    resp = await http.get(f"/backend/observations/tick/snap?APIKey={KEY}&pair=BTC:USD&unixTimeTarget={target}&timeTargetWidthSeconds=10")
+    resp = await http.get(
+        f"/backend/observations/tick/snap?APIKey={KEY}&pair=BTC:USD&unixTimeTarget={target}&timeTargetWidthSeconds=10"
+    )
     assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
     row = resp.json()
     check_row(row, "BTC:USD")
@@ -290,7 +302,9 @@ async def test_rest_snap_latest_and_empty_window(sb: SandboxRunner, http: httpx.
     check_row(latest, "SOL:USD")
     assert abs(latest["unix_time"] - time.time()) < 5
     # A window before the first tick (2020-01-01) holds nothing: an empty object, like the client expects.
-    empty = await http.get(f"/backend/observations/tick/snap?APIKey={KEY}&pair=SOL:USD&unixTimeTarget=1500000000&timeTargetWidthSeconds=10")
+    empty = await http.get(
+        f"/backend/observations/tick/snap?APIKey={KEY}&pair=SOL:USD&unixTimeTarget=1500000000&timeTargetWidthSeconds=10"
+    )
     assert empty.status_code == 200 and empty.json() == {}
 
 
@@ -354,14 +368,22 @@ async def test_rest_options_time_slice(sb: SandboxRunner, http: httpx.AsyncClien
 
 
 # --- ground truth ------------------------------------------------------------------------------
-async def test_admin_ground_truth_matches_helper(sb: SandboxRunner, http: httpx.AsyncClient, market: FinxMarket) -> None:
+async def test_admin_ground_truth_matches_helper(
+    sb: SandboxRunner, http: httpx.AsyncClient, market: FinxMarket
+) -> None:
     start, end = START_NS, START_NS + 2 * 10**9
     body = (await http.get("/_sandbox/finx/ticks", params={"pair": "BTC:USD", "start_ns": start, "end_ns": end})).json()
     truth = market.ticks("BTC:USD", start, end)
-    assert [(r["ts_ns"], r["exchange"], r["price"]) for r in body["ticks"]] == [(t.ts_ns, t.exchange, t.price_text) for t in truth]
+    assert [(r["ts_ns"], r["exchange"], r["price"]) for r in body["ticks"]] == [
+        (t.ts_ns, t.exchange, t.price_text) for t in truth
+    ]
     assert len(truth) == 2 * 3 * 1000 // market.period_ms  # the configured rate, per exchange
     assert all(t.ts_ns % 1_000_000 == 0 for t in truth)  # the wire has milliseconds
-    gemini = (await http.get("/_sandbox/finx/ticks", params={"pair": "BTC:USD", "start_ns": start, "end_ns": end, "exchange": "GEMINI"})).json()
+    gemini = (
+        await http.get(
+            "/_sandbox/finx/ticks", params={"pair": "BTC:USD", "start_ns": start, "end_ns": end, "exchange": "GEMINI"}
+        )
+    ).json()
     assert {r["exchange"] for r in gemini["ticks"]} == {"GEMINI"}
     info = (await http.get("/_sandbox/finx/info")).json()
     assert info["tickers"]["BTC"] == market.security_id("BTC") and info["period_ms"] == market.period_ms

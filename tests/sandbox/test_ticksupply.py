@@ -157,7 +157,9 @@ async def test_seed_subscription_lifecycle_and_pagination(sb: SandboxRunner, htt
     await in_thread(api, "POST", f"/v1/subscriptions/{sub_id}/resume")  # idempotent
     spans = await in_thread(api, "GET", f"/v1/subscriptions/{sub_id}/spans")
     assert len(spans) == 2 and spans[1]["ended_at"] is None and spans[1]["started_at"] >= spans[0]["ended_at"]
-    await in_thread(lambda: api("DELETE", f"/v1/subscriptions/{sub_id}", headers={"Idempotency-Key": str(uuid.uuid4())}))
+    await in_thread(
+        lambda: api("DELETE", f"/v1/subscriptions/{sub_id}", headers={"Idempotency-Key": str(uuid.uuid4())})
+    )
     assert (await in_thread(api, "GET", f"/v1/subscriptions/{sub_id}"))["status"] == "deleted"
     with pytest.raises(requests.HTTPError) as err:
         await in_thread(api, "POST", f"/v1/subscriptions/{sub_id}/resume")
@@ -311,7 +313,9 @@ async def backfill(http: httpx.AsyncClient, ds_id: int, start_ns: int, end_ns: i
     return r.json()
 
 
-async def create_export(http: httpx.AsyncClient, ds_id: int, start: int | str, end: int | str, **extra: Any) -> httpx.Response:
+async def create_export(
+    http: httpx.AsyncClient, ds_id: int, start: int | str, end: int | str, **extra: Any
+) -> httpx.Response:
     return await http.post("/v1/exports", json={"datastream_id": ds_id, "start_time": str(start),
                                                 "end_time": str(end), **extra})
 

@@ -149,7 +149,9 @@ async def test_exports_and_schemas(sb: SandboxRunner, http: httpx.AsyncClient) -
             table = gunzip_csv(requests.get(c.exports.get_download(custom.id).url, timeout=10).content)
             assert table[0] == ["ts_ms", "px", "maker"]
             assert [r[1] for r in table[1:]] == [t[3] for t in truth[: len(table) - 1]]
-            assert [r[2] for r in table[1:]] == [("true" if t[5] == "sell" else "false") for t in truth[: len(table) - 1]]
+            assert [r[2] for r in table[1:]] == [
+                ("true" if t[5] == "sell" else "false") for t in truth[: len(table) - 1]
+            ]
             inline = wait(c, c.exports.create(101, start, start + 10**9, schema={"columns": columns[:1]}).id)
             assert inline.status == ExportStatus.SUCCEEDED
 

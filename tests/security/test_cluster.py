@@ -94,8 +94,11 @@ async def test_the_shipped_cluster_config_lets_in_only_routes_with_the_password(
             directory.mkdir()
             shutil.copy(root / "deploy/nats/auth.conf", directory / "auth.conf")
             conf = (root / "deploy/nats/cluster.conf").read_text()
-            conf = conf.replace("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{route_ports[i]}").replace(
-                "http_port: 8222", f"http_port: {monitor_ports[i]}").replace("store_dir: /data", f"store_dir: {directory}/js")
+            conf = (
+                conf.replace("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{route_ports[i]}")
+                .replace("http_port: 8222", f"http_port: {monitor_ports[i]}")
+                .replace("store_dir: /data", f"store_dir: {directory}/js")
+            )
             assert str(route_ports[i]) in conf and str(monitor_ports[i]) in conf
             (directory / "cluster.conf").write_text(conf)
             nodes.append(NatsServer(data_dir=directory, port=free_port(), jetstream=False, name=f"n{i + 1}",

@@ -33,7 +33,9 @@ def _jwt(issuer: nkeys.KeyPair, subject: str, name: str, nats_claims: dict) -> s
     """A NATS JWT (v2): ed25519-nkey signature over header.claims."""
     claims = {"iat": int(time.time()), "iss": issuer.public_key.decode(), "name": name, "sub": subject,
               "nats": {**nats_claims, "version": 2}}
-    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()).decode().rstrip("=")
+    claims["jti"] = (
+        base64.b32encode(hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()).decode().rstrip("=")
+    )
     head = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
     body = _b64(json.dumps(claims).encode())
     return f"{head}.{body}.{_b64(issuer.sign(f'{head}.{body}'.encode()))}"

@@ -88,8 +88,17 @@ def _cases() -> list[tuple[str, str, str]]:
             cases.append((who, "pub", "$JS.API.CONSUMER.CREATE.MD.history_writer_md"))
             cases.append((who, "pub", "$JS.API.CONSUMER.MSG.NEXT.ORDERS_CMD.order_router"))
         if who == "consumer":  # derived events only: never a marketbus namespace, never a command
-            cases += [(who, "pub", s) for s in ("md.bar.mine.x.y", "ref.instrument.mine.x.y", "status.consumer.heartbeat",
-                                                  "export.create", "orders.cmd.digitex.FS-BTCUSD", "analyticsx")]
+            cases += [
+                (who, "pub", s)
+                for s in (
+                    "md.bar.mine.x.y",
+                    "ref.instrument.mine.x.y",
+                    "status.consumer.heartbeat",
+                    "export.create",
+                    "orders.cmd.digitex.FS-BTCUSD",
+                    "analyticsx",
+                )
+            ]
         cases += _playback_cases(who)
         cases += _feed_cases(who)
     cases += _monitor_cases()

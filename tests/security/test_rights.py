@@ -50,7 +50,12 @@ async def test_the_operator_places_a_command_the_router_consumes_and_acks_to_the
     await kv.put("m.FS-BTCUSD", b"{}")
     evt = await router.jetstream().publish(subjects.order_event("FS-BTCUSD", "c1"), b"{}")
     state = await (await operator.jetstream().key_value("orders_state")).get("m.FS-BTCUSD")
-    assert (ack.stream, (await sub.next_msg(5)).data, evt.stream, state.value) == ("ORDERS_CMD", b"ack", "ORDERS_EVT", b"{}")
+    assert (ack.stream, (await sub.next_msg(5)).data, evt.stream, state.value) == (
+        "ORDERS_CMD",
+        b"ack",
+        "ORDERS_EVT",
+        b"{}",
+    )
 
 
 async def test_the_export_orchestrator_uses_its_bucket_and_object_store(bus: SecureBus) -> None:
@@ -148,8 +153,12 @@ async def test_the_replay_service_answers_playback_requests_and_publishes_output
     async def start(msg) -> None:
         rows = (await replay.request("history.query", b"{}", timeout=5)).data
         await msg.respond(rows + b":" + session.encode())
-        for subject in (f"replay.{session}.md.trade.finx.deribit.BTC-USD", f"replay.{session}.ref.instrument.finx.deribit.BTC-USD",
-                        f"replay.{session}.status", f"replay.{session}.end"):
+        for subject in (
+            f"replay.{session}.md.trade.finx.deribit.BTC-USD",
+            f"replay.{session}.ref.instrument.finx.deribit.BTC-USD",
+            f"replay.{session}.status",
+            f"replay.{session}.end",
+        ):
             await replay.publish(subject, b"{}")
 
     async def control(msg) -> None:
@@ -189,7 +198,9 @@ async def test_the_bus_exporter_reports_consumer_lag_as_the_monitor_identity(bus
         durable_name="monitor_lag", filter_subject="md.trade.finx.monitor.>", deliver_policy=DeliverPolicy.ALL))
     for i in range(2):
         await admin.jetstream().publish("md.trade.finx.monitor.X", b"{}", headers={"Nats-Msg-Id": f"monitor-{i}"})
-    exporter = BusExporter(**bus.service_settings("monitor"), http_port=0, poll_interval_s=0.2, heartbeat_interval_s=0.2)
+    exporter = BusExporter(
+        **bus.service_settings("monitor"), http_port=0, poll_interval_s=0.2, heartbeat_interval_s=0.2
+    )
     await exporter.start()
     samples: dict = {}
     lag = ("marketbus_jetstream_consumer_pending", frozenset({("stream", "MD"), ("consumer", "monitor_lag")}))

@@ -60,7 +60,9 @@ def test_an_error_reply_becomes_a_request_error() -> None:
 
 def test_command_builders_refuse_what_the_router_would_choke_on() -> None:
     cmd = client_orders.place("FS-BTCUSD", "buy", "1.50", "20000")
-    assert cmd.quantity == Decimal("1.50") and cmd.price == Decimal(20000) and cmd.command_id == f"place-{cmd.client_id}"
+    assert (
+        cmd.quantity == Decimal("1.50") and cmd.price == Decimal(20000) and cmd.command_id == f"place-{cmd.client_id}"
+    )
     for bad, message in ((("abc", None), "quantity 'abc' is not a number"), (("1", "x"), "price 'x' is not a number"),
                          (("Infinity", None), "quantity 'Infinity' is not a finite number")):
         with pytest.raises(ValueError, match=message):
@@ -74,4 +76,8 @@ def test_decimals_print_as_plain_numbers() -> None:
     cases = {"0E-18": "0", "41060.000000000000000000": "41060", "1E+3": "1000", "0.0010": "0.001", "-2.50": "-2.5",
              "-0": "0", "123456789.123456789": "123456789.123456789"}
     assert {text: plain(Decimal(text)) for text in cases} == cases
-    assert plain_builtins({"a": [Decimal("1.0")], "b": Decimal("0E-18"), "c": "0E-18"}) == {"a": ["1"], "b": "0", "c": "0E-18"}
+    assert plain_builtins({"a": [Decimal("1.0")], "b": Decimal("0E-18"), "c": "0E-18"}) == {
+        "a": ["1"],
+        "b": "0",
+        "c": "0E-18",
+    }

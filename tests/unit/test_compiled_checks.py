@@ -110,9 +110,12 @@ def test_decoded_events_are_checked_alike(event_type: type, data: st.DataObject)
 
 
 @settings(max_examples=150, deadline=None)
-@given(bids=st.lists(st.tuples(decimals, decimals), max_size=3), asks=st.lists(st.tuples(decimals, decimals), max_size=3))
-def test_books_and_their_levels_are_checked_alike(bids: list[tuple[Decimal, Decimal]],
-                                                   asks: list[tuple[Decimal, Decimal]]) -> None:
+@given(
+    bids=st.lists(st.tuples(decimals, decimals), max_size=3), asks=st.lists(st.tuples(decimals, decimals), max_size=3)
+)
+def test_books_and_their_levels_are_checked_alike(
+    bids: list[tuple[Decimal, Decimal]], asks: list[tuple[Decimal, Decimal]]
+) -> None:
     def book() -> BookSnapshot:
         return BookSnapshot(**BASE, bids=[BookLevel(p, s) for p, s in bids], asks=[BookLevel(p, s) for p, s in asks])
     compiled, python = both(book)

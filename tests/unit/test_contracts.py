@@ -131,7 +131,9 @@ def test_every_data_event_has_a_subject(event_type: type) -> None:
     @settings(max_examples=5, deadline=None)
     @given(for_type(event_type), st.sampled_from(["BTC:USD", "EMAH16", "FS:BTCUSD"]))
     def check(event: object, vendor_symbol: str) -> None:
-        event = msgspec.structs.replace(event, source="src", venue="VEN", symbol=subjects.normalize_symbol(vendor_symbol))
+        event = msgspec.structs.replace(
+            event, source="src", venue="VEN", symbol=subjects.normalize_symbol(vendor_symbol)
+        )
         parsed = subjects.parse(subjects.for_event(event))
         assert parsed.kind == event_type.__struct_config__.tag
         assert (parsed.source, parsed.venue, parsed.vendor_symbol) == ("src", "VEN", vendor_symbol)

@@ -72,7 +72,12 @@ def test_the_rules_see_every_service_and_resolve_relative_imports(tmp_path: Path
     pkg.mkdir(parents=True)
     (pkg / "x.py").write_text("from ..history_writer import query\nfrom .jobs import JobManager\nimport os\n")
     names = {n for _, n in imported_names(pkg / "x.py", "services.export_orchestrator.x")}
-    assert {"services.history_writer", "services.history_writer.query", "services.export_orchestrator.jobs", "os"} <= names
+    assert {
+        "services.history_writer",
+        "services.history_writer.query",
+        "services.export_orchestrator.jobs",
+        "os",
+    } <= names
 
 
 def test_marketbus_never_imports_services_tests_or_bench() -> None:

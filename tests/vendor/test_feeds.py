@@ -189,8 +189,11 @@ async def test_seed_change_at_runtime_and_restart_keeps_the_set(nats_server: Any
             assert probe.collecting == ["FS:ETHUSD"]
             await probe.flush()
 
-        states = [(e.symbol, e.state) for e in events_of(await read_stream(nc.jetstream(), "status.ingest_digitex.feed.>"))
-                  if isinstance(e, FeedStatus) and e.state in contract.CONTROL_STATES]
+        states = [
+            (e.symbol, e.state)
+            for e in events_of(await read_stream(nc.jetstream(), "status.ingest_digitex.feed.>"))
+            if isinstance(e, FeedStatus) and e.state in contract.CONTROL_STATES
+        ]
         for expected in [("FS-BTCUSD", "subscribed"), ("FS-LTCUSD", "subscribed"), ("FS-ETHUSD", "subscribed"),
                          ("FS-BTCUSD", "paused"), ("FS-LTCUSD", "unsubscribed"), ("FS-ETHUSD", "paused")]:
             assert expected in states, (expected, states)

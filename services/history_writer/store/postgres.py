@@ -15,7 +15,7 @@ creates the tables, writes and applies retention.
   tables; plus the high-water mark of the stream sequence in ``<prefix>progress``; the messages are acked after COMMIT. A
   redelivered message's rows conflict on their ids and are skipped; a crash before COMMIT
   leaves nothing.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def _csv(table: pa.Table, names: list[str]) -> io.BytesIO:
 class PostgresStore(HistoryStore):
     backend = "postgres"
 
-    def __init__(self, dsn: str, *, table_prefix: str = "history_", pool_size: int = 4, timescale: bool | None = None) -> None:
+    def __init__(
+        self, dsn: str, *, table_prefix: str = "history_", pool_size: int = 4, timescale: bool | None = None
+    ) -> None:
         self.dsn = dsn
         self.prefix = table_prefix
         self.pool_size = pool_size
@@ -104,7 +106,9 @@ class PostgresStore(HistoryStore):
                     cols = ", ".join(f'"{c}" {PG_TYPES[ck]}' for c, ck in self._columns(kind))
                     t = self.table(kind)
                     await con.execute(f'CREATE TABLE IF NOT EXISTS "{t}" ({cols}, PRIMARY KEY (id, ts_event))')
-                    await con.execute(f'CREATE INDEX IF NOT EXISTS "{t}_stream_ts" ON "{t}" (symbol, source, venue, ts_event)')
+                    await con.execute(
+                        f'CREATE INDEX IF NOT EXISTS "{t}_stream_ts" ON "{t}" (symbol, source, venue, ts_event)'
+                    )
                     await con.execute(f'CREATE INDEX IF NOT EXISTS "{t}_ts" ON "{t}" (ts_event)')
                     if self.timescale:
                         await con.execute(
@@ -166,8 +170,13 @@ class PostgresStore(HistoryStore):
             if high:
                 await con.execute(
                     f'INSERT INTO "{self.prefix}progress" (stream, high_seq, rows) VALUES ($1, $2, $3) '
-                    f'ON CONFLICT (stream) DO UPDATE SET high_seq = GREATEST("{self.prefix}progress".high_seq, EXCLUDED.high_seq), '
-                    f'rows = "{self.prefix}progress".rows + EXCLUDED.rows', stream, high, result.rows)
+                    f'ON CONFLICT (stream) DO UPDATE SET high_seq = GREATEST("{self.prefix}progress".high_seq, '
+                    f'EXCLUDED.high_seq), '
+                    f'rows = "{self.prefix}progress".rows + EXCLUDED.rows',
+                    stream,
+                    high,
+                    result.rows,
+                )
         self.rows_written += result.rows
         return result
 
@@ -198,7 +207,9 @@ class PostgresStore(HistoryStore):
                 cutoff = now_ns - int(days * DAY_NS)
                 if self.timescale:
                     with contextlib.suppress(asyncpg.PostgresError):
-                        await con.execute(f"SELECT drop_chunks('\"{self.table(kind)}\"', older_than => {cutoff}::bigint)")
+                        await con.execute(
+                            f"SELECT drop_chunks('\"{self.table(kind)}\"', older_than => {cutoff}::bigint)"
+                        )
                 status = await con.execute(f'DELETE FROM "{self.table(kind)}" WHERE ts_event < $1', cutoff)
                 removed += int(status.split()[-1])
         return removed

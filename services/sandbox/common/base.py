@@ -105,7 +105,9 @@ class SandboxRunner:
         self.faults.reboot_handler = self._reboot
         vendor_app, vendor_admin = spec.build(self.settings, self.faults)
         self.vendor_app = vendor_app
-        app = Starlette(routes=[Mount("/_sandbox", routes=admin_routes(self.faults, vendor_admin)), Mount("/", app=vendor_app)])
+        app = Starlette(
+            routes=[Mount("/_sandbox", routes=admin_routes(self.faults, vendor_admin)), Mount("/", app=vendor_app)]
+        )
         self.app = FaultMiddleware(app, self.faults, spec.error_body)
         self.server: AsgiServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []

@@ -54,7 +54,9 @@ def decode_cursor(cursor: str) -> tuple[int, bool, int]:
     return position, reverse, offset
 
 
-def paginate(items: Sequence[T], key: Callable[[T], int], page_size: int, cursor: str | None) -> tuple[list[T], str | None, str | None]:
+def paginate(
+    items: Sequence[T], key: Callable[[T], int], page_size: int, cursor: str | None
+) -> tuple[list[T], str | None, str | None]:
     """``items`` newest first (key descending) -> (page, next cursor, previous cursor)."""
     if cursor is None:
         page, has_more = list(items[:page_size]), len(items) > page_size

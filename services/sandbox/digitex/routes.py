@@ -174,7 +174,9 @@ class DigitexApi:
         state = self.market(fields)
         assert state is not None
         count = RECENT_DEFAULT if count is None or count < 1 else min(count, RECENT_DEFAULT)
-        return json_response({"market_id": state.market.id, "timestamp": now_us(), "recent_trades": state.recent(count)})
+        return json_response(
+            {"market_id": state.market.id, "timestamp": now_us(), "recent_trades": state.recent(count)}
+        )
 
     async def ohlcv(self, request: Request, acct: Account | None) -> Response:
         fields = Fields(request.query_params)
@@ -352,7 +354,9 @@ class DigitexApi:
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         if status == 405:
-            return json_response({"detail": f'Method "{request.method}" not allowed.', "code": "method_not_allowed"}, 405)
+            return json_response(
+                {"detail": f'Method "{request.method}" not allowed.', "code": "method_not_allowed"}, 405
+            )
         return json_response({"detail": "Not found.", "code": "not_found"}, status)
 
     def app(self) -> Starlette:

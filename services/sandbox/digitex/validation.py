@@ -111,5 +111,7 @@ def json_body(body: bytes) -> dict[str, object]:
     except msgspec.DecodeError as exc:
         raise detail(400, f"JSON parse error - {exc}", "parse_error") from exc
     if not isinstance(data, dict):
-        raise ApiError(400, {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(data).__name__}."]})
+        raise ApiError(
+            400, {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(data).__name__}."]}
+        )
     return data

@@ -141,7 +141,11 @@ class UrlSigner:
 
     def verify(self, path: str, params: dict[str, str]) -> str | None:
         """None if valid, else the S3 error code (``AccessDenied`` for expired, ...)."""
-        date, expires, sig = params.get("X-Amz-Date", ""), params.get("X-Amz-Expires", ""), params.get("X-Amz-Signature", "")
+        date, expires, sig = (
+            params.get("X-Amz-Date", ""),
+            params.get("X-Amz-Expires", ""),
+            params.get("X-Amz-Signature", ""),
+        )
         if not (date and expires.isdigit() and sig):
             return "AccessDenied"
         if not hmac.compare_digest(sig, self._signature(path, date, expires)):

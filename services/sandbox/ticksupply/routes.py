@@ -257,7 +257,9 @@ class TickSupplyApi:
             return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
         problem = self.signer.verify(request.url.path, dict(request.query_params))
         if problem == "SignatureDoesNotMatch":
-            return _s3_error(403, problem, "The request signature we calculated does not match the signature you provided.")
+            return _s3_error(
+                403, problem, "The request signature we calculated does not match the signature you provided."
+            )
         if problem is not None:
             return _s3_error(403, problem, "Request has expired")
         return Response(art.data, headers={"content-type": "application/gzip", "etag": f'"{art.id[4:]}"',
@@ -282,10 +284,14 @@ class TickSupplyApi:
         period_end = calendar.timegm((year, month, 1, 0, 0, 0)) * 1_000_000_000
         status = account.access_status
         body: dict[str, Any] = {
-            "access_status": status, "plan_code": None if status == "NONE" else ("trial" if status == "TRIALING" else "pro"),
+            "access_status": status,
+            "plan_code": None if status == "NONE" else ("trial" if status == "TRIALING" else "pro"),
             "current_period_end": None if status == "NONE" else iso(period_end),
-            "usage": {"extra_stream_minutes_total": 0, "export_gb_total": f"{exported / 2**30:.6f}",
-                      "export_gb_extra": 0},
+            "usage": {
+                "extra_stream_minutes_total": 0,
+                "export_gb_total": f"{exported / 2**30:.6f}",
+                "export_gb_extra": 0,
+            },
         }
         if status == "GRACE":
             body["grace_until"] = iso(now_ns() + 7 * 86_400 * 1_000_000_000)

@@ -127,8 +127,15 @@ async def run_query(url: str | None, selector: str, start_ns: int, end_ns: int, 
     history = HistoryClient(nc, timeout=timeout)
     bar = progress_console()
     try:
-        with Progress(TextColumn("[bold]history[/]"), BarColumn(), TextColumn("{task.completed} events"),
-                      TimeElapsedColumn(), console=bar, transient=True, disable=as_json or not bar.is_terminal) as progress:
+        with Progress(
+            TextColumn("[bold]history[/]"),
+            BarColumn(),
+            TextColumn("{task.completed} events"),
+            TimeElapsedColumn(),
+            console=bar,
+            transient=True,
+            disable=as_json or not bar.is_terminal,
+        ) as progress:
             task = progress.add_task("query", total=limit)
             async for raw in history.raw_events(selector, start_ns, end_ns, limit=limit):
                 event = codec.decode(raw)
@@ -157,7 +164,9 @@ async def run_query(url: str | None, selector: str, start_ns: int, end_ns: int, 
     return 0
 
 
-async def run_coverage(url: str | None, selector: str, start_ns: int, end_ns: int, as_json: bool, timeout: float) -> int:
+async def run_coverage(
+    url: str | None, selector: str, start_ns: int, end_ns: int, as_json: bool, timeout: float
+) -> int:
     parse_selector(selector)  # fails before connecting
     nc = await connect(url)
     try:
@@ -234,7 +243,9 @@ async def run_book(url: str | None, book: str, at_ns: int, depth: int, lookback_
     source, venue, symbol = _book_parts(book)
     nc = await connect(url)
     try:
-        builder = await book_at(HistoryClient(nc, timeout=timeout), source, venue, symbol, at_ns, lookback_ns=lookback_ns)
+        builder = await book_at(
+            HistoryClient(nc, timeout=timeout), source, venue, symbol, at_ns, lookback_ns=lookback_ns
+        )
     finally:
         await nc.close()
     if not builder.synced:
@@ -262,10 +273,15 @@ async def run_book(url: str | None, book: str, at_ns: int, depth: int, lookback_
 @app.command("book")
 def book_cmd(
     book: str = typer.Argument(..., help="source.venue.symbol, e.g. digitex.DIGITEX.FS-BTCUSD"),
-    at: str = typer.Option("now", "--at", help="ISO time (UTC if no zone), ns since the epoch, or -<N>[smhd] before now"),
+    at: str = typer.Option(
+        "now", "--at", help="ISO time (UTC if no zone), ns since the epoch, or -<N>[smhd] before now"
+    ),
     depth: int = typer.Option(0, "--depth", help="levels a side to show (0 = all)"),
-    lookback: float = typer.Option(600.0, "--lookback", help="seconds searched back for a snapshot first (doubled "
-                                                             "until one is found, up to 7 days)"),
+    lookback: float = typer.Option(
+        600.0,
+        "--lookback",
+        help="seconds searched back for a snapshot first (doubled until one is found, up to 7 days)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="the book as one JSON line"),
     timeout: float = typer.Option(30.0, "--timeout", help="seconds to wait for each chunk"),
     nats_url: str = NatsUrlOption,

@@ -17,7 +17,9 @@ from .output import json_line
 
 console = Console()
 JsonOpt = typer.Option(False, "--json", help="the report as one JSON object on one line")
-HistoryDirOpt = typer.Option("", "--history-dir", help="embedded catalog and warehouse (default $MARKETBUS_DATA_DIR/history)")
+HistoryDirOpt = typer.Option(
+    "", "--history-dir", help="embedded catalog and warehouse (default $MARKETBUS_DATA_DIR/history)"
+)
 
 
 def _parse_days(text: str) -> dict[str, float]:

@@ -28,9 +28,15 @@ def main(
     user: str = typer.Option(None, "--user", envvar="NATS_USER", help="NATS user (with --password)"),
     password: str = typer.Option(None, "--password", envvar="NATS_PASSWORD", help="NATS password"),
     creds: str = typer.Option(None, "--creds", envvar="NATS_CREDS_FILE", help="NATS creds file (JWT + nkey seed)"),
-    nkey: str = typer.Option(None, "--nkey", envvar="NATS_NKEY_SEED_FILE",
-                             help="nkey seed file; default: the identity `marketbus up` generated in <data dir>/credentials"),
-    tls_ca: str = typer.Option(None, "--tls-ca", envvar="NATS_TLS_CA_FILE", help="CA certificate(s) to verify the server"),
+    nkey: str = typer.Option(
+        None,
+        "--nkey",
+        envvar="NATS_NKEY_SEED_FILE",
+        help="nkey seed file; default: the identity `marketbus up` generated in <data dir>/credentials",
+    ),
+    tls_ca: str = typer.Option(
+        None, "--tls-ca", envvar="NATS_TLS_CA_FILE", help="CA certificate(s) to verify the server"
+    ),
     tls_cert: str = typer.Option(None, "--tls-cert", envvar="NATS_TLS_CERT_FILE", help="client certificate"),
     tls_key: str = typer.Option(None, "--tls-key", envvar="NATS_TLS_KEY_FILE", help="client certificate's key"),
 ) -> None:
@@ -112,13 +118,18 @@ def tail(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per line per event, with its subject"),
     count: int = typer.Option(0, "--count", "-n", help="stop after this many events (0 = forever)"),
     last: bool = typer.Option(False, "--last", help="start with the last stored message of each subject"),
-    reconnect_s: float = typer.Option(30.0, "--reconnect", help="seconds to keep reconnecting after the server goes away"),
+    reconnect_s: float = typer.Option(
+        30.0, "--reconnect", help="seconds to keep reconnecting after the server goes away"
+    ),
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Decode and pretty-print the events on SUBJECT (reconnects when the server restarts)."""
     from .tail import run_tail
 
-    run(run_tail(nats_url, subject, as_json, count or None, console, last=last, reconnect_s=reconnect_s), interrupt_ok=True)
+    run(
+        run_tail(nats_url, subject, as_json, count or None, console, last=last, reconnect_s=reconnect_s),
+        interrupt_ok=True,
+    )
 
 
 @app.command()

@@ -164,7 +164,9 @@ async def _watch(url: str | None, market: str, count: int | None, as_json: bool,
 def watch(
     market: str = typer.Option("*", "--market", "-m"),
     count: int = typer.Option(0, "--count", "-n", help="stop after this many events (0 = forever)"),
-    reconnect_s: float = typer.Option(30.0, "--reconnect", help="seconds to keep reconnecting after the server goes away"),
+    reconnect_s: float = typer.Option(
+        30.0, "--reconnect", help="seconds to keep reconnecting after the server goes away"
+    ),
     as_json: bool = typer.Option(False, "--json", help="one event per line as JSON, with its subject"),
     nats_url: str = NatsUrlOption,
 ) -> None:

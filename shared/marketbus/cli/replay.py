@@ -102,7 +102,9 @@ async def _follow(client: PlaybackClient, session: PlaybackSession, as_json: boo
                 await asyncio.shield(client.cancel(session.session))
     if not as_json:
         reason = f" ({last.reason})" if last.reason else ""
-        console.print(f"{last.state}: {last.sent} events sent to {session.prefix}, lag p99 {last.lag_p99_ms:g} ms{reason}")
+        console.print(
+            f"{last.state}: {last.sent} events sent to {session.prefix}, lag p99 {last.lag_p99_ms:g} ms{reason}"
+        )
     return OK if last.state == "finished" else REFUSED
 
 

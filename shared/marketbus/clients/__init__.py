@@ -34,5 +34,15 @@ from .playback import PlaybackClient
 from .replay import ReplayClient
 from .selectors import SelectorError, parse_selector
 
-__all__ = ["ExportClient", "FeedClient", "HistoryClient", "OrderClient", "OrderRecord", "PlaybackClient", "ReplayClient", "RequestError",
-           "SelectorError", "parse_selector"]
+__all__ = [
+    "ExportClient",
+    "FeedClient",
+    "HistoryClient",
+    "OrderClient",
+    "OrderRecord",
+    "PlaybackClient",
+    "ReplayClient",
+    "RequestError",
+    "SelectorError",
+    "parse_selector",
+]

@@ -162,7 +162,9 @@ class ExportClient:
             try:
                 resp = await client.get(f"/v1/exports/{job_id}/download", headers={"X-Api-Key": self.api_key})
             except httpx.HTTPError as exc:
-                raise RequestError(codes.NO_RESPONDERS, f"cannot reach the export API at {self.api_url}: {exc!r}") from None
+                raise RequestError(
+                    codes.NO_RESPONDERS, f"cannot reach the export API at {self.api_url}: {exc!r}"
+                ) from None
             if resp.status_code != 200:
                 raise _http_error(resp, job_id)
             body = resp.json()

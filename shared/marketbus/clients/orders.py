@@ -90,7 +90,9 @@ def place(market: str, side: str, quantity: Any, price: Any = None, *, order_typ
         duration=_choice("duration", duration, OrderDuration), leverage=leverage, reduce_only=reduce_only)
 
 
-def cancel(market: str | None = None, client_ids: list[str] | None = None, command_id: str | None = None) -> CancelOrders:
+def cancel(
+    market: str | None = None, client_ids: list[str] | None = None, command_id: str | None = None
+) -> CancelOrders:
     """Cancel ``client_ids`` in ``market``; all of ``market`` without ids; every open order with neither."""
     return CancelOrders(command_id=command_id or f"cancel-{new_id()}", ts=time.time_ns(), market=market,
                         client_ids=list(client_ids or []))

@@ -158,7 +158,9 @@ def make_batch(events: list[MarketEvent], replay: bool | None = None) -> Batch:
     for e in events:
         if type(e) is not type(first) or e.symbol != first.symbol or e.venue != first.venue or e.source != first.source:
             raise ValueError("a batch holds events of one kind and one instrument")
-    batch_id = event_id(first.source, "batch", kind, first.venue, first.symbol, events[0].id, events[-1].id, len(events))
+    batch_id = event_id(
+        first.source, "batch", kind, first.venue, first.symbol, events[0].id, events[-1].id, len(events)
+    )
     return Batch(
         id=batch_id, kind=kind, source=first.source, venue=first.venue, symbol=first.symbol,
         replay=first.replay if replay is None else replay, events=events,

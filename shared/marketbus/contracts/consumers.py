@@ -93,8 +93,12 @@ HISTORY_STATUS = HISTORY_MD.with_(stream=STATUS.name, durable="history_writer_st
                                   filter_subject=subjects.ALL_FEED_STATUS,
                                   description="marketbus history writer: feed status (gaps, resyncs)")
 ORDER_ROUTER_COMMANDS = ConsumerSpec(
-    ORDER_COMMANDS.name, "order_router", "marketbus order router: order commands (work queue, shared by every instance)",
-    filter_subject=subjects.ALL_ORDER_COMMANDS, max_deliver=5, backoff_s=(1.0, 2.0, 4.0, 8.0),
+    ORDER_COMMANDS.name,
+    "order_router",
+    "marketbus order router: order commands (work queue, shared by every instance)",
+    filter_subject=subjects.ALL_ORDER_COMMANDS,
+    max_deliver=5,
+    backoff_s=(1.0, 2.0, 4.0, 8.0),
 )
 
 CONSUMERS: tuple[ConsumerSpec, ...] = (HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ORDER_ROUTER_COMMANDS)

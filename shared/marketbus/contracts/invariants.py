@@ -149,10 +149,17 @@ INT64 = Rule("int64", "must be an int64", "v.__class__ is int and _MIN64 <= v <=
              kernel=("int", MIN_INT64, MAX_INT64), _MIN64=MIN_INT64, _MAX64=MAX_INT64)
 COUNT = Rule("count", "must be an int in [0, 2**63 - 1]", "v.__class__ is int and 0 <= v <= _MAX64", in_c=True,
               kernel=("int", 0, MAX_INT64), _MAX64=MAX_INT64)
-POSITIVE = Rule("positive", f"must be a decimal > 0 ({_DEC_BOUNDS})",
-                f"v.__class__ is _Decimal and _ZERO < v < _HI and {_FITS}",
-                # a NaN raises in the comparison, an infinity fails it, _fit raises out of bounds
-                "_ZERO < _fit(v) < _HI", build=_IS_DECIMAL, canonical=True, kernel=("decimal", "positive"), **_DEC_NAMES)
+POSITIVE = Rule(
+    "positive",
+    f"must be a decimal > 0 ({_DEC_BOUNDS})",
+    f"v.__class__ is _Decimal and _ZERO < v < _HI and {_FITS}",
+    # a NaN raises in the comparison, an infinity fails it, _fit raises out of bounds
+    "_ZERO < _fit(v) < _HI",
+    build=_IS_DECIMAL,
+    canonical=True,
+    kernel=("decimal", "positive"),
+    **_DEC_NAMES,
+)
 NON_NEGATIVE = Rule("non_negative", f"must be a decimal >= 0, not -0 ({_DEC_BOUNDS})",
                     f"v.__class__ is _Decimal and not v.is_signed() and v < _HI and {_FITS}",
                     "not v.is_signed() and _fit(v) < _HI", build=_IS_DECIMAL, canonical=True,
@@ -192,13 +199,18 @@ LABEL, TEXT = _text_rule(MAX_LABEL), _text_rule(MAX_TEXT)
 
 
 def _decimal_meta(rule: Rule, sign: str) -> msgspec.Meta:
-    return msgspec.Meta(description=f"A decimal string {sign}: {_DEC_BOUNDS}. marketbus publishes it in canonical text: "
-                                    "plain, no trailing zeros, '0' for zero; the reduced scientific form ('1E-7') "
-                                    "below 1e-6.", extra_json_schema={"x-invariant": rule.name})
+    return msgspec.Meta(
+        description=f"A decimal string {sign}: {_DEC_BOUNDS}. marketbus publishes it in canonical text: "
+        "plain, no trailing zeros, '0' for zero; the reduced scientific form ('1E-7') "
+        "below 1e-6.",
+        extra_json_schema={"x-invariant": rule.name},
+    )
 
 
 # --- the field types ---------------------------------------------------------------------------------
-Nanos = Annotated[int, msgspec.Meta(ge=MIN_TS_NS, le=MAX_TS_NS, description="ns since the Unix epoch (UTC), int64"), NANOS]
+Nanos = Annotated[
+    int, msgspec.Meta(ge=MIN_TS_NS, le=MAX_TS_NS, description="ns since the Unix epoch (UTC), int64"), NANOS
+]
 Int64 = Annotated[int, msgspec.Meta(ge=MIN_INT64, le=MAX_INT64), INT64]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64), COUNT]
 Price = Annotated[Decimal, _decimal_meta(POSITIVE, "> 0"), POSITIVE]
@@ -479,7 +491,9 @@ _SIGNS = {} if _checks is None else {"positive": _checks.SIGN_POSITIVE, "non_neg
 _DECIMALS_IN_C = _checks is not None and _checks.configure_decimal(
     Decimal, DECIMAL_MAX_DIGITS, DECIMAL_MAX_ADJUSTED, DECIMAL_MIN_ADJUSTED)
 if _DECIMALS_IN_C:  # canonical_decimal's steps, for the compiled one
-    _checks.configure_canonical(_CANON_ZERO, _normalize, lambda reduced: reduced.quantize(_ONE, context=DECIMAL_CONTEXT))
+    _checks.configure_canonical(
+        _CANON_ZERO, _normalize, lambda reduced: reduced.quantize(_ONE, context=DECIMAL_CONTEXT)
+    )
 if _checks is not None and os.environ.get("MARKETBUS_PYTHON_CHECKS", "") not in ("", "0"):
     _checks.set_enabled(False)
 

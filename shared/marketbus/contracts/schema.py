@@ -187,7 +187,9 @@ def _asyncapi_schema(node: Any) -> Any:
 
 
 def _message(name: str, payload: Any) -> dict[str, Any]:
-    description = _first_line(payload) if not isinstance(payload, str) else _EXTRA_SCHEMAS[payload].get("description", "")
+    description = (
+        _first_line(payload) if not isinstance(payload, str) else _EXTRA_SCHEMAS[payload].get("description", "")
+    )
     return {
         "name": name, "title": name, "summary": description, "contentType": "application/json",
         "headers": {"$ref": "#/components/schemas/MarketbusHeaders"},
@@ -241,14 +243,20 @@ def asyncapi_document() -> dict[str, Any]:
     return {
         "asyncapi": "3.0.0",
         "info": {
-            "title": "marketbus", "version": f"schema-{SCHEMA_VERSION}",
+            "title": "marketbus",
+            "version": f"schema-{SCHEMA_VERSION}",
             "description": "Normalized market data, reference data, status, orders and jobs on NATS. JSON messages "
-                           "tagged by \"type\"; headers: Nats-Msg-Id (event id), Marketbus-Schema (version), "
-                           "Marketbus-Type. Generated from the code by `make schemas`.",
+            'tagged by "type"; headers: Nats-Msg-Id (event id), Marketbus-Schema (version), '
+            "Marketbus-Type. Generated from the code by `make schemas`.",
         },
         "defaultContentType": "application/json",
-        "servers": {"development": {"host": "127.0.0.1:4222", "protocol": "nats",
-                                    "description": "`make run` (another port when 4222 is taken: .marketbus/nats.url)"}},
+        "servers": {
+            "development": {
+                "host": "127.0.0.1:4222",
+                "protocol": "nats",
+                "description": "`make run` (another port when 4222 is taken: .marketbus/nats.url)",
+            }
+        },
         "channels": channels,
         "operations": operations,
         "components": {
@@ -268,7 +276,9 @@ def write(out_dir: Path) -> list[Path]:
         written.append(path)
     by_name, components = json_schemas(DEFS_TEMPLATE)
     events = out_dir / "events.json"
-    events.write_bytes(msgspec.json.format(msgspec.json.encode({"oneOf": list(by_name.values()), "$defs": components}), indent=2))
+    events.write_bytes(
+        msgspec.json.format(msgspec.json.encode({"oneOf": list(by_name.values()), "$defs": components}), indent=2)
+    )
     asyncapi = out_dir / "asyncapi.json"
     asyncapi.write_bytes(msgspec.json.format(msgspec.json.encode(asyncapi_document()), indent=2))
     return [*written, events, asyncapi]

@@ -13,6 +13,8 @@ from .reference import Unit
 
 def convert(quantity: Decimal | int | str, from_unit: Unit, to_unit: Unit) -> Decimal:
     if from_unit.unit_type and to_unit.unit_type and from_unit.unit_type != to_unit.unit_type:
-        raise ValueError(f"cannot convert {from_unit.code} ({from_unit.unit_type}) to {to_unit.code} ({to_unit.unit_type})")
+        raise ValueError(
+            f"cannot convert {from_unit.code} ({from_unit.unit_type}) to {to_unit.code} ({to_unit.unit_type})"
+        )
     base = Decimal(quantity) * from_unit.factor + from_unit.offset
     return (base - to_unit.offset) / to_unit.factor

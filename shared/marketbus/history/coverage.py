@@ -9,7 +9,7 @@ Both are derived from the stored data itself, so they are exactly as durable as 
   ``[gap_start, gap_end]`` for its feed (``venue``/``symbol`` ``_`` = every stream of the
   source, ``kind`` None = every kind); a later ``resynced`` event of the same feed closes the
   gaps it overlaps (or all open gaps of the feed when it carries no range).
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -56,7 +56,9 @@ def build_coverage(runs: Sequence[tuple[str, str, str, str, int, int, int]], sta
         ranges, n = streams.get((kind, source, venue, symbol), ([], 0))
         ranges.append(TimeRange(lo, hi))
         streams[(kind, source, venue, symbol)] = (ranges, n + rows)
-    gaps = [(key, max(a, start_ns), min(b, end_ns)) for key, a, b in open_gaps(statuses) if b >= start_ns and a < end_ns]
+    gaps = [
+        (key, max(a, start_ns), min(b, end_ns)) for key, a, b in open_gaps(statuses) if b >= start_ns and a < end_ns
+    ]
     # a gap reported for one specific stream shows up even when nothing of it is stored
     for (s, v, y, k), _, _ in gaps:
         if k and v != NO_VENUE and y != NO_VENUE and (k, s, v, y) not in streams and _kind_ok(selector, k) \

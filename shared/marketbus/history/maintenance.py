@@ -163,7 +163,10 @@ def apply_retention(table: Any, days: float, now_ns: int) -> int:
     cutoff = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=cutoff_ns // 1000)
     table.refresh()
     before = table.current_snapshot()
-    table.delete(LessThan(term=Reference("ts_event"), value=literal(cutoff.isoformat())), snapshot_properties={"marketbus.op": "retention"})
+    table.delete(
+        LessThan(term=Reference("ts_event"), value=literal(cutoff.isoformat())),
+        snapshot_properties={"marketbus.op": "retention"},
+    )
     return int(table.current_snapshot() is not None and before is not None
                and table.current_snapshot().snapshot_id != before.snapshot_id)
 

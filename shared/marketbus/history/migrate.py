@@ -107,9 +107,13 @@ def _first_per_position(rows: pa.Table) -> pa.Table:
     rows = rows.take(pc.sort_indices(rows, [("_stream", "ascending"), ("_seq", "ascending"), ("_idx", "ascending")]))
     if rows.num_rows < 2:
         return rows
-    same = pc.and_(pc.and_(pc.equal(rows.column("_stream").slice(1), rows.column("_stream").slice(0, rows.num_rows - 1)),
-                           pc.equal(rows.column("_seq").slice(1), rows.column("_seq").slice(0, rows.num_rows - 1))),
-                   pc.equal(rows.column("_idx").slice(1), rows.column("_idx").slice(0, rows.num_rows - 1)))
+    same = pc.and_(
+        pc.and_(
+            pc.equal(rows.column("_stream").slice(1), rows.column("_stream").slice(0, rows.num_rows - 1)),
+            pc.equal(rows.column("_seq").slice(1), rows.column("_seq").slice(0, rows.num_rows - 1)),
+        ),
+        pc.equal(rows.column("_idx").slice(1), rows.column("_idx").slice(0, rows.num_rows - 1)),
+    )
     if not pc.any(same).as_py():
         return rows
     keep = pa.concat_arrays([pa.array([True]), pc.invert(same.combine_chunks())])

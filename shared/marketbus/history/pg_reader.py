@@ -250,8 +250,9 @@ class PgHistoryReader:
             for kind in selector.kinds():
                 cond, args = where(selector, start_ns, end_ns, None)
                 try:
-                    rows = await con.fetch(f'SELECT DISTINCT source, venue, symbol FROM "{self.table(kind)}" WHERE {cond}',
-                                           *args)
+                    rows = await con.fetch(
+                        f'SELECT DISTINCT source, venue, symbol FROM "{self.table(kind)}" WHERE {cond}', *args
+                    )
                 except asyncpg.UndefinedTableError:
                     continue
                 out.update((kind, r[0], r[1], r[2]) for r in rows if selector.match(r[0], r[1], r[2]))

@@ -154,7 +154,11 @@ class KindSchema:
             if f.required:
                 row_fields.append((f.name, rt))
             else:
-                default = f.default if f.default is not msgspec.NODEFAULT else msgspec.field(default_factory=f.default_factory)
+                default = (
+                    f.default
+                    if f.default is not msgspec.NODEFAULT
+                    else msgspec.field(default_factory=f.default_factory)
+                )
                 if ck == "decimal" and isinstance(default, Decimal):
                     default = str(default)
                 if ck == "json" and default is not None and not isinstance(default, msgspec.Raw):
@@ -166,7 +170,9 @@ class KindSchema:
             f"{event_type.__name__}Row", row_fields, kw_only=True, tag_field="type", tag=self.kind,
         )
         self.nested = event_type is FeedStatus or any(ck == "json" for _, ck, _ in self.fields)
-        self.column_of = {name: ("feed_kind" if (event_type is FeedStatus and name == "kind") else name) for name, _, _ in self.fields}
+        self.column_of = {
+            name: ("feed_kind" if (event_type is FeedStatus and name == "kind") else name) for name, _, _ in self.fields
+        }
         cols = [pa.field(self.column_of[name], _ARROW[ck], nullable=not required or ck == "json")
                 for name, ck, required in self.fields]
         if event_type is FeedStatus:
@@ -213,8 +219,12 @@ class KindSchema:
         for name, ck, _ in self.fields:
             values = [getattr(r, name) for r in rows]
             if ck == "json":
-                values = [None if v is None else (bytes(v).decode() if isinstance(v, msgspec.Raw) else msgspec.json.encode(v).decode())
-                          for v in values]
+                values = [
+                    None
+                    if v is None
+                    else (bytes(v).decode() if isinstance(v, msgspec.Raw) else msgspec.json.encode(v).decode())
+                    for v in values
+                ]
             elif ck == "decimal":
                 values = [None if v is None else str(v) for v in values]
             arrays.append(pa.array(values, _ARROW[ck]))
@@ -275,7 +285,9 @@ class KindSchema:
             out = _quote(col if canonical_decimals and pa.types.is_string(col.type) else canonical_decimal_column(col))
         elif ck == "str":
             out = _quote(col)
-            escape = None if name in self._safe_text else pc.fill_null(pc.match_substring_regex(col, _NEEDS_ESCAPE), False)
+            escape = (
+                None if name in self._safe_text else pc.fill_null(pc.match_substring_regex(col, _NEEDS_ESCAPE), False)
+            )
             if escape is not None and pc.any(escape).as_py():
                 fixed = [msgspec.json.encode(v).decode() for v in col.filter(escape).to_pylist()]
                 out = pc.replace_with_mask(out, escape, pa.array(fixed, pa.string()))
@@ -378,7 +390,9 @@ def _decimal_type_text(col: pa.Array) -> pa.Array:
     return text
 
 
-SCHEMAS: dict[str, KindSchema] = {s.kind: s for s in (KindSchema(t) for t in MARKET_TYPES + REFERENCE_TYPES + (FeedStatus,))}
+SCHEMAS: dict[str, KindSchema] = {
+    s.kind: s for s in (KindSchema(t) for t in MARKET_TYPES + REFERENCE_TYPES + (FeedStatus,))
+}
 KINDS = tuple(SCHEMAS)
 
 # one decoder for any row (single event), and for a batch envelope of rows
@@ -419,7 +433,10 @@ def _validate(table: pa.Table, schema: KindSchema, batch: bool) -> str | None:
         return None
     types_col = table.column("type")
     if batch:
-        if pc.any(pc.not_equal(types_col, "batch")).as_py() or pc.any(pc.not_equal(table.column("kind"), schema.kind)).as_py():
+        if (
+            pc.any(pc.not_equal(types_col, "batch")).as_py()
+            or pc.any(pc.not_equal(table.column("kind"), schema.kind)).as_py()
+        ):
             return "batch of another kind"
     elif pc.any(pc.not_equal(types_col, schema.kind)).as_py() or types_col.null_count:
         return "type tag mismatch"
@@ -455,10 +472,13 @@ def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> tuple[pa
         parsed = pj.read_json(
             io.BytesIO(buf),
             # blocks of ~4 MB (at least two of the longest line) are parsed in parallel
-            read_options=pj.ReadOptions(block_size=max(4 << 20, 2 * max(len(m.data) for m in msgs) + 2), use_threads=True),
+            read_options=pj.ReadOptions(
+                block_size=max(4 << 20, 2 * max(len(m.data) for m in msgs) + 2), use_threads=True
+            ),
             parse_options=pj.ParseOptions(
                 explicit_schema=schema.batch_json_schema if batch else schema.json_schema,
-                unexpected_field_behavior="ignore", newlines_in_values=False,
+                unexpected_field_behavior="ignore",
+                newlines_in_values=False,
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -470,7 +490,11 @@ def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> tuple[pa
         if events_col.null_count:
             return None, msgs
         lengths = pc.list_value_length(events_col).to_numpy(zero_copy_only=False)
-        flat = pa.concat_arrays([c.flatten() for c in events_col.chunks]) if events_col.num_chunks else pa.array([], events_col.type.value_type)
+        flat = (
+            pa.concat_arrays([c.flatten() for c in events_col.chunks])
+            if events_col.num_chunks
+            else pa.array([], events_col.type.value_type)
+        )
         cols = {name: flat.field(name) for name in schema.json_schema.names}
         seqs = np.repeat(np.fromiter((m.seq for m in msgs), np.int64, len(msgs)), lengths)
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)

@@ -77,8 +77,14 @@ class ConsumerLagCollector:
         self.pending = _LabelledGauge(Gauge(
             "marketbus_jetstream_consumer_pending", "messages of the stream not yet delivered to the durable (its lag)",
             by_consumer, registry=r))
-        self.ack_pending = _LabelledGauge(Gauge(
-            "marketbus_jetstream_consumer_ack_pending", "messages delivered, not yet acknowledged", by_consumer, registry=r))
+        self.ack_pending = _LabelledGauge(
+            Gauge(
+                "marketbus_jetstream_consumer_ack_pending",
+                "messages delivered, not yet acknowledged",
+                by_consumer,
+                registry=r,
+            )
+        )
         self.redelivered = _LabelledGauge(Gauge(
             "marketbus_jetstream_consumer_redelivered", "messages delivered more than once, not yet acknowledged",
             by_consumer, registry=r))

@@ -52,7 +52,12 @@ class AsgiServer:
         self.app = app
         self.host = host
         self.requested_port = port
-        options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "ws_ping_interval": None, "access_log": False}
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "lifespan": "on",
+            "ws_ping_interval": None,
+            "access_log": False,
+        }
         options.update(uvicorn_options)
         self._options = options
         self._server: uvicorn.Server | None = None

@@ -176,7 +176,9 @@ class Ingestor(Service):
         except Exception as exc:
             return ReplayReply(request_id="", accepted=False, reason=f"bad replay request: {exc}"[:1000])
         if request.source != self.source:
-            return ReplayReply(request_id=request.request_id, accepted=False, reason=f"this is the {self.source} ingestor")
+            return ReplayReply(
+                request_id=request.request_id, accepted=False, reason=f"this is the {self.source} ingestor"
+            )
         if request.end_ns <= request.start_ns:
             return ReplayReply(request_id=request.request_id, accepted=False, reason="end_ns must be after start_ns")
         try:

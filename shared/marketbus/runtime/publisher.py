@@ -172,7 +172,9 @@ class JetStreamPublisher:
         self._loop = asyncio.get_running_loop()
         self._prefix = self.nc.new_inbox() + "."
         self._prefix_b = self._prefix.encode()
-        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._sub = await self.nc.subscribe(
+            self._prefix + "*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
         self._sweeper = asyncio.create_task(self._sweep())
         return self
 
@@ -343,7 +345,9 @@ class JetStreamPublisher:
         if len(payload) + len(header_block_ or b"") > (self.nc.max_payload or 1 << 20):
             # the server would refuse it (and close the connection): fail it now, never retry
             self._pending.pop(token, None)
-            self._fail(pending, PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload"))
+            self._fail(
+                pending, PublishError(f"{subject}: {len(payload)}-byte message exceeds the server's max payload")
+            )
             return future
         with contextlib.suppress(Exception):
             await self._send(token, pending)
@@ -354,7 +358,9 @@ class JetStreamPublisher:
             if not isinstance(event, MarketEvent):
                 raise ValueError(f"a subject is needed for {type(event).__name__}")
             subject = subjects.for_event(event)
-        return await self.publish(subject, codec.encode(event), header_block_=header_block(event, getattr(event, "id", None)))
+        return await self.publish(
+            subject, codec.encode(event), header_block_=header_block(event, getattr(event, "id", None))
+        )
 
     async def publish_group(self, events: list[MarketEvent]) -> asyncio.Future[PubAck]:
         """Publish events as single messages (one per event) acknowledged as a group: the

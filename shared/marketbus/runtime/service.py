@@ -268,7 +268,9 @@ class Service:
         # collector's reach, a full collection does not walk it (pauses of tens of ms otherwise)
         gc.freeze()
         self.spawn(self._heartbeat_loop(), "heartbeat")
-        self.log.info("%s started (health %s/healthz)", self.name, self.http.url, extra={"settings": self.settings.redacted()})
+        self.log.info(
+            "%s started (health %s/healthz)", self.name, self.http.url, extra={"settings": self.settings.redacted()}
+        )
         return self
 
     async def stop(self) -> None:

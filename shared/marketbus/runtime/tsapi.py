@@ -39,7 +39,9 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
-def error_body(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+def error_body(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> tuple[bytes, dict[str, str]]:
     """The vendor's error format (also used by the sandbox fault middleware for injected 429/5xx)."""
     body = msgspec.json.encode({"error": {"code": code, "message": message, "details": details or {}}})
     return body, {"x-request-id": new_request_id()}

@@ -50,7 +50,9 @@ CSV_TYPES: dict[str, str] = {
 
 def iso_ns(ns: int) -> str:
     """``2024-01-01T00:00:00.123456789Z``: how the built-in schemas write exchange/collection times."""
-    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
+    return (
+        datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
+    )
 
 
 def built_in_id(category: str, name: str) -> str:
@@ -111,7 +113,9 @@ def parse_content(body: Any) -> Content:
             if ex.json is None:
                 raise ValueError(f"column {col.output_column!r}: data.{exchange}.json is required")
             kind = ex.json.type
-            if kind not in DATA_TYPES and not (kind.startswith("decimal(") and kind.endswith(")") and kind[8:-1].isdigit()):
+            if kind not in DATA_TYPES and not (
+                kind.startswith("decimal(") and kind.endswith(")") and kind[8:-1].isdigit()
+            ):
                 raise ValueError(f"column {col.output_column!r}: unknown type {kind!r}")
     for exchange, rules in (content.derive or {}).items():
         for rule in rules:

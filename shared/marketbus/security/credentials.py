@@ -152,9 +152,15 @@ def compose_secrets(directory: Path) -> list[Path]:
     s3_secret = directory / "lakehouse_s3_secret_key"
     if not s3_secret.exists():
         write_private(s3_secret, random.token_urlsafe(30))
-    s3_config = {"identities": [{
-        "name": "marketbus", "credentials": [{"accessKey": LAKEHOUSE_S3_ACCESS_KEY, "secretKey": s3_secret.read_text().strip()}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    s3_config = {
+        "identities": [
+            {
+                "name": "marketbus",
+                "credentials": [{"accessKey": LAKEHOUSE_S3_ACCESS_KEY, "secretKey": s3_secret.read_text().strip()}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
     wanted = {
         "history_pg_dsn": f"postgresql://marketbus:{pg_password.read_text().strip()}@postgres:5432/marketbus",
         "export_api_key": "mb_export_" + random.token_urlsafe(24),

@@ -181,11 +181,19 @@ _HISTORY_DURABLES = ((MD, consumer_decls.HISTORY_MD.durable), (REF, consumer_dec
 _ROUTER_DURABLE = (ORDERS_CMD, consumer_decls.ORDER_ROUTER_COMMANDS.durable)
 
 HISTORY_WRITER = Identity(
-    name="history_writer", description="persists md/ref/feed-status events; answers history queries",
-    publish=(*_own_status("history_writer"), *stream_info(MD, REF, STATUS, DLQ),
-             *(p for s, d in _HISTORY_DURABLES for p in (*durable(s, d), *max_deliveries_watch(s, d)[0]))),
-    subscribe=("history.query", "history.coverage", *(a for s, d in _HISTORY_DURABLES for a in max_deliveries_watch(s, d)[1]),
-               *_inbox("history_writer")),
+    name="history_writer",
+    description="persists md/ref/feed-status events; answers history queries",
+    publish=(
+        *_own_status("history_writer"),
+        *stream_info(MD, REF, STATUS, DLQ),
+        *(p for s, d in _HISTORY_DURABLES for p in (*durable(s, d), *max_deliveries_watch(s, d)[0])),
+    ),
+    subscribe=(
+        "history.query",
+        "history.coverage",
+        *(a for s, d in _HISTORY_DURABLES for a in max_deliveries_watch(s, d)[1]),
+        *_inbox("history_writer"),
+    ),
     allow_responses=True,
 )
 
@@ -249,12 +257,22 @@ CONSUMER = Identity(
 )
 
 OPERATOR = Identity(
-    name="operator", description="the CLI: what reader does, plus order commands, exports, news publishing, dead letters",
-    publish=(*READER.publish, "export.create", "export.cancel", "orders.cmd.digitex.>", "orders.ctl.digitex",
-             "sitagri.news.publish", feed_contract.ALL_CONTROL,
-             *_user_consumers(ORDERS_EVT, DLQ), *stream_info(ORDERS_CMD),
-             *kv_read(streams.ORDER_STATE.name), *kv_read(streams.ORDER_IDEMPOTENCY.name),
-             *kv_read(streams.ROUTER_CONTROL.name)),
+    name="operator",
+    description="the CLI: what reader does, plus order commands, exports, news publishing, dead letters",
+    publish=(
+        *READER.publish,
+        "export.create",
+        "export.cancel",
+        "orders.cmd.digitex.>",
+        "orders.ctl.digitex",
+        "sitagri.news.publish",
+        feed_contract.ALL_CONTROL,
+        *_user_consumers(ORDERS_EVT, DLQ),
+        *stream_info(ORDERS_CMD),
+        *kv_read(streams.ORDER_STATE.name),
+        *kv_read(streams.ORDER_IDEMPOTENCY.name),
+        *kv_read(streams.ROUTER_CONTROL.name),
+    ),
     subscribe=(*READER.subscribe[:-1], *ORDER_EVENT_SUBJECTS, "dlq.>", *_inbox("operator")),
     publish_deny=_service_durables_deny(),
 )
@@ -265,10 +283,18 @@ OPERATOR = Identity(
 # feed-status and export-status events. Read-only JetStream information: no create, delete,
 # purge, message read or pull; no market data, no order events.
 MONITOR = Identity(
-    name="monitor", description="the bus exporter: read-only JetStream info (consumer lag), status and export progress",
-    publish=(f"{API}.INFO", f"{API}.STREAM.NAMES", f"{API}.STREAM.LIST", *stream_info(*(s.name for s in streams.STREAMS)),
-             f"{API}.CONSUMER.NAMES.*", f"{API}.CONSUMER.LIST.*", f"{API}.CONSUMER.INFO.*.*",
-             "status.bus_exporter.>"),
+    name="monitor",
+    description="the bus exporter: read-only JetStream info (consumer lag), status and export progress",
+    publish=(
+        f"{API}.INFO",
+        f"{API}.STREAM.NAMES",
+        f"{API}.STREAM.LIST",
+        *stream_info(*(s.name for s in streams.STREAMS)),
+        f"{API}.CONSUMER.NAMES.*",
+        f"{API}.CONSUMER.LIST.*",
+        f"{API}.CONSUMER.INFO.*.*",
+        "status.bus_exporter.>",
+    ),
     subscribe=("status.>", "export.status.>", *_inbox("monitor")),
 )
 
