@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketbus.contracts.subjects import denormalize_symbol
-from marketbus.runtime.tsapi_schemas import BUILT_IN_COLUMNS, Content, parse_content
+from marketbus.runtime.tsapi_schemas import BUILT_IN_COLUMNS, Content, parse_content, scalar_text
 
 MARKETBUS = "marketbus"
 TICKSUPPLY_LAYOUTS = ("raw", "normalized")
@@ -283,22 +283,12 @@ def _value_text(value: Any, kind: str) -> str | None:
     """An extracted value as its CSV text for the column's ``type`` (None = empty)."""
     if value is None:
         return None
-    if kind == "bool":
-        return "true" if value is True or value == "true" else "false"
     try:
-        if kind == "i64":
-            return str(int(value))
-        if kind == "f64":
-            return repr(float(value))
-        if kind.startswith("decimal("):
-            scale = int(kind[8:-1])
-            number = Decimal(str(value))
-            exponent = number.as_tuple().exponent
-            if isinstance(exponent, int) and -exponent > scale:
-                number = number.quantize(Decimal(1).scaleb(-scale))
-            return format(number, "f")
+        text = scalar_text(value, kind)
     except (ValueError, ArithmeticError):
         return None
+    if text is not None:
+        return text
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"), default=str)
     return str(value)

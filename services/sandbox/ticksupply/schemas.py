@@ -39,6 +39,7 @@ from marketbus.runtime.tsapi_schemas import (  # noqa: F401 - re-exported for th
     built_in_spec,
     iso_ns,
     parse_content,
+    scalar_text,
 )
 from services.sandbox.common.tape import Tick
 
@@ -179,20 +180,8 @@ def _unfolded(message: dict[str, Any], path: str | None) -> Iterator[dict[str, A
 def _convert(value: Any, kind: str) -> str:
     if value is None:
         return ""
-    if kind == "bool":
-        return "true" if value is True or value == "true" else "false"
-    if kind == "i64":
-        return str(int(value))
-    if kind == "f64":
-        return repr(float(value))
-    if kind.startswith("decimal("):
-        scale = int(kind[8:-1])
-        number = Decimal(str(value))
-        exponent = number.as_tuple().exponent
-        if isinstance(exponent, int) and -exponent > scale:
-            number = number.quantize(Decimal(1).scaleb(-scale))
-        return tick_decimal(number)
-    return str(value)
+    text = scalar_text(value, kind)
+    return str(value) if text is None else text
 
 
 def _meta_fn(fmt: str) -> ColumnFn:

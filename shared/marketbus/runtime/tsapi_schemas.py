@@ -13,13 +13,16 @@
 * :data:`CSV_TYPES`, how each built-in column is written: ns integers, ISO 8601 UTC with nine
   fraction digits and ``Z``, exact decimal text, ``buy``/``sell`` (trades) or ``bid``/``ask``;
 * the column spec structs of custom schemas (``columns``/``unfold``/``derive``) and their validation;
-* the built-in schemas' column specs as ``GET /export-schemas/{id}`` shows them.
+* the built-in schemas' column specs as ``GET /export-schemas/{id}`` shows them;
+* :func:`scalar_text`, how a custom column's ``type`` (``bool``, ``i64``, ``f64``, ``decimal(<scale>)``)
+  writes an extracted value.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import msgspec
@@ -192,3 +195,24 @@ def built_in_records(ids: Any = built_in_id) -> list[SchemaRecord]:
     """The built-in schemas, one per (category, name); ``ids(category, name)`` names them."""
     return [SchemaRecord(id=ids(category, name), name=name, category=category, is_built_in=True, created_ns=ORIGIN_NS,
                          versions=[built_in_spec(category, name)]) for category, name in BUILT_IN_COLUMNS]
+
+
+def scalar_text(value: Any, kind: str) -> str | None:
+    """The CSV text of a value extracted for a custom column of type ``kind``: ``bool`` as
+    ``true``/``false``, ``i64`` as an integer, ``f64`` as Python's shortest float text, ``decimal(s)``
+    as exact plain text rounded to at most ``s`` places; None for any other type (the caller writes
+    it as it is). Raises ``ValueError``/``ArithmeticError`` for a value the type cannot hold."""
+    if kind == "bool":
+        return "true" if value is True or value == "true" else "false"
+    if kind == "i64":
+        return str(int(value))
+    if kind == "f64":
+        return repr(float(value))
+    if kind.startswith("decimal("):
+        scale = int(kind[8:-1])
+        number = Decimal(str(value))
+        exponent = number.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > scale:
+            number = number.quantize(Decimal(1).scaleb(-scale))
+        return format(number, "f")  # no exponent notation (Decimal('1E-5') prints as 1E-5)
+    return None
