@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,6 +50,14 @@ async def _consuming(port: int) -> bool:
         return response.status_code == 200 and "MD" in response.json().get("streams", {})
     except httpx.HTTPError:
         return False
+
+
+@pytest.fixture
+def nats_url(nats_server: Any) -> str:
+    """A private nats-server: the writer's new durable reads MD from its start, and the session's
+    shared server holds every earlier test's messages (thousands, hostile ones too), which would be
+    part of what the 10 s bound measures."""
+    return nats_server.url
 
 
 # whole_system: one heavy test at a time across the xdist workers; it measures the 10 s bound of
