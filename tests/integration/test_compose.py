@@ -143,9 +143,13 @@ def test_postgres_and_the_export_api_take_their_secrets_from_files(compose: dict
     assert "mb_export_dev_key" not in text and "trust" not in text
 
 
+@pytest.mark.parametrize("earlier_route_password", [None, "2026-12-02Tx9_aB", "-4kQ", "12ab"])
 @pytest.mark.parametrize("config", ["single.conf", "cluster.conf"])
-def test_the_static_config_is_valid_for_nats_server(tmp_path: Path, config: str) -> None:
-    """deploy/nats/<config> + auth.conf with the public keys `make secrets` writes: nats-server -t."""
+def test_the_static_config_is_valid_for_nats_server(tmp_path: Path, config: str,
+                                                    earlier_route_password: str | None) -> None:
+    """deploy/nats/<config> + auth.conf with the public keys `make secrets` writes: nats-server -t.
+    An earlier `make secrets` could draw a route password nats-server reads as a date or number
+    (it parses the environment's values); `make secrets` replaces such a password."""
     import os
     import shutil
     import subprocess
@@ -155,7 +159,13 @@ def test_the_static_config_is_valid_for_nats_server(tmp_path: Path, config: str)
 
     store = CredentialStore(tmp_path / "secrets")
     store.ensure()
+    if earlier_route_password is not None:
+        (store.directory / "nats_route_password").write_text(earlier_route_password)
+        (store.directory / CLUSTER_ENV).write_text(f"MARKETBUS_ROUTE_PASSWORD={earlier_route_password}\n")
     compose_secrets(store.directory)
+    password = (store.directory / "nats_route_password").read_text()
+    assert password != earlier_route_password
+    assert f"MARKETBUS_ROUTE_PASSWORD={password}\n" in (store.directory / CLUSTER_ENV).read_text()
     for name in (config, "auth.conf"):
         shutil.copy(ROOT / "deploy/nats" / name, tmp_path / name)
     env = dict(os.environ, SERVER_NAME="n1")

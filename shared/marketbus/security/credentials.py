@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -124,6 +125,18 @@ def keys_env(keys: dict[str, str]) -> str:
 LAKEHOUSE_S3_ACCESS_KEY = "marketbus"  # the compose lakehouse profile's S3 identity (its secret is random)
 CLUSTER_NODES = ("n1", "n2", "n3")  # deploy/nats/cluster.conf's nodes
 CLUSTER_ENV = "nats-cluster.env"  # the route password of deploy/nats/cluster.conf (a secret)
+# nats-server parses an environment variable's value as a config value: a bare word is a string,
+# but one that starts with a digit or '-' is read as a number or an ISO 8601 date and can fail to
+# parse ("All ISO8601 dates must be in full Zulu form"). Route passwords are therefore a letter
+# prefix and hex digits.
+ROUTE_PASSWORD_SHAPE = re.compile(r"route_[0-9a-f]{32,}")
+
+
+def new_route_password() -> str:
+    """A random route password that nats-server reads as a plain string from its environment."""
+    import secrets as random
+
+    return "route_" + random.token_hex(24)
 
 
 def cluster_env(route_password: str, nodes: Iterable[str] = CLUSTER_NODES, port: int = 6222) -> str:
@@ -147,8 +160,10 @@ def compose_secrets(directory: Path) -> list[Path]:
     if not catalog_password.exists():
         write_private(catalog_password, random.token_urlsafe(24))
     route_password = directory / "nats_route_password"  # deploy/nats/cluster.conf's routes
-    if not route_password.exists():
-        write_private(route_password, random.token_urlsafe(24))
+    if not route_password.exists() or not ROUTE_PASSWORD_SHAPE.fullmatch(route_password.read_text().strip()):
+        # also replaces one an earlier `make secrets` drew that nats-server may not parse
+        write_private(route_password, new_route_password())
+        (directory / CLUSTER_ENV).unlink(missing_ok=True)  # rewritten below with the new password
     s3_secret = directory / "lakehouse_s3_secret_key"
     if not s3_secret.exists():
         write_private(s3_secret, random.token_urlsafe(30))
