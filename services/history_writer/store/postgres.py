@@ -53,7 +53,8 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-async def grant_reader(con: asyncpg.pool.PoolConnectionProxy[Any], role: str, password: str, tables: Sequence[str]) -> None:
+async def grant_reader(con: asyncpg.pool.PoolConnectionProxy[Any], role: str, password: str,
+                       tables: Sequence[str]) -> None:
     """The read-only role of history readers: it can log in with ``password`` (set again each
     time, so a changed secret applies), SELECT the ``tables`` and do nothing else; its sessions
     start read-only. Roles are per server, so another database's writer may create it first."""
