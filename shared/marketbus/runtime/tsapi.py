@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from .http import request_fingerprint
 
@@ -169,3 +170,53 @@ class IdempotentReplies:
             return response
 
         return idempotent
+
+
+# --- the /v1 surface -----------------------------------------------------------------------------
+Handler = Callable[[Request], Awaitable[Response]]
+
+# Every route of the TickSupply API both servers serve: (path, method, handler method name, kind).
+# kind "read": plain; "write": Idempotency-Key replayed; "export": exports, whose idempotency a
+# server may do its own way (the export orchestrator derives the job id from the key).
+V1_ROUTES: tuple[tuple[str, str, str, str], ...] = (
+    ("/exchanges", "GET", "exchanges", "read"),
+    ("/exchanges/{exchange}/instruments", "GET", "instruments", "read"),
+    ("/exchanges/{exchange}/instruments/{instrument}/datastreams", "GET", "instrument_datastreams", "read"),
+    ("/datastreams", "GET", "datastreams", "read"),
+    ("/availability", "GET", "availability", "read"),
+    ("/billing/summary", "GET", "billing", "read"),
+    ("/subscriptions", "GET", "list_subscriptions", "read"),
+    ("/subscriptions", "POST", "create_subscription", "write"),
+    ("/subscriptions/{id}", "GET", "get_subscription", "read"),
+    ("/subscriptions/{id}", "DELETE", "delete_subscription", "write"),
+    ("/subscriptions/{id}/pause", "POST", "pause_subscription", "write"),
+    ("/subscriptions/{id}/resume", "POST", "resume_subscription", "write"),
+    ("/subscriptions/{id}/spans", "GET", "spans", "read"),
+    ("/export-schemas", "GET", "list_schemas", "read"),
+    ("/export-schemas", "POST", "create_schema", "write"),
+    ("/export-schemas/{id}", "GET", "get_schema", "read"),
+    ("/export-schemas/{id}", "PUT", "update_schema", "read"),  # a PUT is idempotent by itself
+    ("/export-schemas/{id}", "DELETE", "delete_schema", "write"),
+    ("/export-schemas/{id}/draft", "POST", "create_draft", "write"),
+    ("/export-schemas/{id}/draft", "GET", "get_draft", "read"),
+    ("/export-schemas/{id}/draft", "PUT", "update_draft", "read"),
+    ("/export-schemas/{id}/draft", "DELETE", "discard_draft", "write"),
+    ("/export-schemas/{id}/publish", "POST", "publish_schema", "write"),
+    ("/exports", "GET", "list_exports", "read"),
+    ("/exports", "POST", "create_export", "export"),
+    ("/exports/{id}", "GET", "get_export", "read"),
+    ("/exports/{id}", "DELETE", "delete_export", "export"),
+    ("/exports/{id}/download", "GET", "download", "read"),
+    ("/exports/{id}/cancel", "POST", "cancel_export", "export"),
+)
+
+
+def v1_routes(api: object, idempotent: Callable[[Handler], Handler], *, exports_idempotent: bool) -> list[Route]:
+    """The Starlette routes of :data:`V1_ROUTES` on ``api``'s handler methods (to mount at /v1)."""
+    routes = []
+    for path, method, name, kind in V1_ROUTES:
+        handler: Handler = getattr(api, name)
+        if kind == "write" or (kind == "export" and exports_idempotent):
+            handler = idempotent(handler)
+        routes.append(Route(path, handler, methods=[method]))
+    return routes
