@@ -59,7 +59,7 @@ from starlette.routing import Mount, Route
 from marketbus.contracts.jobs import ExportRequest, StreamSelector
 from marketbus.contracts.subjects import denormalize_symbol
 from marketbus.runtime.ratelimit import RateLimiter
-from marketbus.runtime.tsapi import ApiError, error_response, int_param, iso, json_body, parse_ns
+from marketbus.runtime.tsapi import ApiError, error_response, int_param, iso, json_body, parse_ns, v1_routes
 from marketbus.runtime.tsapi_schemas import BUILT_IN_NAMES, CATEGORIES, Content, SchemaRecord, parse_content
 
 from .artifacts import ArtifactNotFound, ArtifactStore
@@ -637,38 +637,8 @@ class ExportApi:
 
     # --- app --------------------------------------------------------------------------------------
     def app(self) -> Starlette:
-        once = self.idem.wrap  # Idempotency-Key on the mutating calls (exports have their own)
-        v1 = [
-            Route("/exchanges", self.exchanges),
-            Route("/exchanges/{exchange}/instruments", self.instruments),
-            Route("/exchanges/{exchange}/instruments/{instrument}/datastreams", self.instrument_datastreams),
-            Route("/datastreams", self.datastreams),
-            Route("/availability", self.availability),
-            Route("/billing/summary", self.billing),
-            Route("/subscriptions", self.list_subscriptions, methods=["GET"]),
-            Route("/subscriptions", once(self.create_subscription), methods=["POST"]),
-            Route("/subscriptions/{id}", self.get_subscription, methods=["GET"]),
-            Route("/subscriptions/{id}", once(self.delete_subscription), methods=["DELETE"]),
-            Route("/subscriptions/{id}/pause", once(self.pause_subscription), methods=["POST"]),
-            Route("/subscriptions/{id}/resume", once(self.resume_subscription), methods=["POST"]),
-            Route("/subscriptions/{id}/spans", self.spans),
-            Route("/export-schemas", self.list_schemas, methods=["GET"]),
-            Route("/export-schemas", once(self.create_schema), methods=["POST"]),
-            Route("/export-schemas/{id}", self.get_schema, methods=["GET"]),
-            Route("/export-schemas/{id}", self.update_schema, methods=["PUT"]),
-            Route("/export-schemas/{id}", once(self.delete_schema), methods=["DELETE"]),
-            Route("/export-schemas/{id}/draft", once(self.create_draft), methods=["POST"]),
-            Route("/export-schemas/{id}/draft", self.get_draft, methods=["GET"]),
-            Route("/export-schemas/{id}/draft", self.update_draft, methods=["PUT"]),
-            Route("/export-schemas/{id}/draft", once(self.discard_draft), methods=["DELETE"]),
-            Route("/export-schemas/{id}/publish", once(self.publish_schema), methods=["POST"]),
-            Route("/exports", self.list_exports, methods=["GET"]),
-            Route("/exports", self.create_export, methods=["POST"]),
-            Route("/exports/{id}", self.get_export, methods=["GET"]),
-            Route("/exports/{id}", self.delete_export, methods=["DELETE"]),
-            Route("/exports/{id}/download", self.download),
-            Route("/exports/{id}/cancel", self.cancel_export, methods=["POST"]),
-        ]
+        # the TickSupply surface, as the sandbox serves it; exports have their own Idempotency-Key
+        v1 = v1_routes(self, self.idem.wrap, exports_idempotent=False)
         return Starlette(
             routes=[Mount("/v1", routes=v1), Route("/artifacts/{job_id}/{filename}", self.artifact)],
             exception_handlers={ApiError: _api_error, HTTPException: _http_error, JobError: _job_error,

@@ -8,73 +8,40 @@ from the key). Client errors are replayed too; 5xx and 429 are not kept (they ar
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from starlette.requests import Request
-from starlette.responses import Response
 
-from marketbus.runtime.http import request_fingerprint
-from marketbus.runtime.tsapi import ApiError, error_response
+from marketbus.runtime.tsapi import IdempotentReplies, SavedReply
 
 PREFIX = "idem."
 TTL_S = 24 * 3600.0
 
 
-class _Saved(msgspec.Struct):
-    fingerprint: str
-    status: int
-    body: bytes
-    media_type: str | None
-    expires: float
+class Idempotency(IdempotentReplies):
+    """Replies kept in the export jobs' KV bucket, under the caller's account."""
 
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class Idempotency:
     def __init__(self, kv: Any, ttl_s: float = TTL_S) -> None:
+        super().__init__(ttl_s)
         self.kv = kv
-        self.ttl_s = ttl_s
 
-    def wrap(self, handler: Handler) -> Handler:
-        async def idempotent(request: Request) -> Response:
-            idem_key = request.headers.get("idempotency-key")
-            if not idem_key:
-                return await handler(request)
-            raw = await request.body()
-            fingerprint = request_fingerprint(request.method, request.url.path, raw)
-            slot = f"{PREFIX}{request.state.owner}.{hashlib.sha256(idem_key.encode()).hexdigest()[:32]}"
-            saved = await self._get(slot)
-            if saved is not None and saved.expires > time.time():
-                if saved.fingerprint != fingerprint:
-                    raise ApiError(409, "Idempotency-Key was already used with a different request",
-                                   {"idempotency_key": idem_key})
-                return Response(saved.body, saved.status, media_type=saved.media_type,
-                                headers={"idempotent-replayed": "true"})
-            try:
-                response = await handler(request)
-            except ApiError as exc:
-                response = error_response(exc)
-            if response.status_code < 500 and response.status_code != 429:
-                await self.kv.put(slot, msgspec.json.encode(_Saved(
-                    fingerprint, response.status_code, bytes(response.body), response.media_type,
-                    time.time() + self.ttl_s)))
-            return response
+    @staticmethod
+    def slot(request: Request, key: str) -> str:
+        return f"{PREFIX}{request.state.owner}.{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
-        return idempotent
-
-    async def _get(self, slot: str) -> _Saved | None:
+    async def load(self, request: Request, key: str) -> SavedReply | None:
         try:
-            entry = await self.kv.get(slot)
+            entry = await self.kv.get(self.slot(request, key))
         except (KeyNotFoundError, NotFoundError):
             return None
         if not entry.value:
             return None
         try:
-            return msgspec.json.decode(entry.value, type=_Saved)
+            return msgspec.json.decode(entry.value, type=SavedReply)
         except msgspec.DecodeError:
             return None
+
+    async def save(self, request: Request, key: str, reply: SavedReply) -> None:
+        await self.kv.put(self.slot(request, key), msgspec.json.encode(reply))

@@ -24,7 +24,6 @@ A layout is a function from a history batch (all event fields) to the batch that
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -37,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketbus.contracts.subjects import denormalize_symbol
-from marketbus.runtime.tsapi_schemas import BUILT_IN_COLUMNS, Content, parse_content, scalar_text
+from marketbus.runtime.tsapi_schemas import BUILT_IN_COLUMNS, Content, dot_path, parse_content, scalar_text
+from marketbus.runtime.tsapi_schemas import unfolded as shared_unfolded
 
 MARKETBUS = "marketbus"
 TICKSUPPLY_LAYOUTS = ("raw", "normalized")
@@ -226,26 +226,9 @@ def _per_exchange(rules: dict[str, Any] | None, venue: str) -> Any:
 
 
 def _get(obj: Any, path: str) -> Any:
-    """A dot path into a message (list elements by index). Nested values marketbus history keeps
-    as JSON text (book levels, dicts) are read as the JSON they hold."""
-    for part in path.split("."):
-        if isinstance(obj, str) and obj[:1] in ("[", "{"):
-            try:
-                obj = json.loads(obj)
-            except ValueError:
-                return None
-        if isinstance(obj, dict):
-            obj = obj.get(part)
-        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
-            obj = obj[int(part)]
-        else:
-            return None
-        if obj is None:
-            return None
-    if isinstance(obj, str) and obj[:1] in ("[", "{"):
-        with contextlib.suppress(ValueError):
-            return json.loads(obj)
-    return obj
+    """A dot path into a message; nested values marketbus history keeps as JSON text (book levels,
+    dicts) are read as the JSON they hold."""
+    return dot_path(obj, path, json_text=True)
 
 
 def derived(message: dict[str, Any], rules: list[dict[str, Any]]) -> dict[str, Any]:
@@ -263,20 +246,8 @@ def derived(message: dict[str, Any], rules: list[dict[str, Any]]) -> dict[str, A
 
 
 def unfolded(message: dict[str, Any], path: str | None) -> list[dict[str, Any]]:
-    """``unfold``: one message per element of the array at ``path``, the element in the array's
-    place (a message without that array stays one row, as TickSupply's sandbox does)."""
-    array = _get(message, path) if path else None
-    if not path or not isinstance(array, list):
-        return [message]
-    head, _, last = path.rpartition(".")
-    out = []
-    for element in array:
-        copy = json.loads(json.dumps(message, default=str))  # deep copy; messages are small
-        parent = _get(copy, head) if head else copy
-        if isinstance(parent, dict):
-            parent[last] = element
-        out.append(copy)
-    return out
+    """``unfold`` on a history message (nested values may be JSON text)."""
+    return shared_unfolded(message, path, json_text=True)
 
 
 def _value_text(value: Any, kind: str) -> str | None:

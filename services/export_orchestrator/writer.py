@@ -153,15 +153,8 @@ class SplitWriter:
     def path_of(self, result: FileResult) -> Path:
         return self.work_dir / result.filename
 
-    def write(self, batch: pa.RecordBatch) -> list[FileResult]:
-        """Write rows; returns the files finished by this call (split by rows or bytes)."""
-        done: list[FileResult] = []
-        n = batch.num_rows
-        if n == 0:
-            return done
-        order_cols = (
-            [batch.column(c) for c in ORDER_COLUMNS] if all(c in batch.schema.names for c in ORDER_COLUMNS) else None
-        )
+    def _shape(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows written for ``batch``: the layout's, or the selected columns."""
         if self.layout is not None:
             out = self.layout(batch)
         else:
@@ -171,37 +164,82 @@ class SplitWriter:
         elif out.schema != self._out_schema:
             out = pa.RecordBatch.from_arrays([out.column(i).cast(f.type) for i, f in enumerate(self._out_schema)],
                                              schema=self._out_schema)
-        total = out.num_rows
-        # a layout that makes another number of rows than events (a quote's bid and ask rows): the
-        # batch's rows go whole into one file, so a resume position (an event) never splits them
-        whole = total != n
-        offset = 0
-        while offset < total:
+        return out
+
+    def _put(self, rows: pa.RecordBatch, events: pa.RecordBatch) -> None:
+        """Append ``rows`` (made of ``events``) to the open file."""
+        take = rows.num_rows
+        if self.fmt == "parquet":
+            self._writer.write_batch(rows, row_group_size=take)
+        elif self.layout is not None:
+            self._file.write(self._sink.compress(csv_text(rows, self._header)))
+            self._header = False
+        else:
+            buf = pa.BufferOutputStream()
+            pcsv.write_csv(rows, buf, pcsv.WriteOptions(include_header=self._header, batch_size=8192))
+            self._header = False
+            self._file.write(self._sink.compress(buf.getvalue()))
+        if self._first is None and "ts_event" in events.schema.names:
+            self._first = events.column("ts_event")[0].as_py()
+        if all(c in events.schema.names for c in ORDER_COLUMNS):
+            self._last_key = tuple(events.column(c)[events.num_rows - 1].as_py() for c in ORDER_COLUMNS)
+        self._rows += take
+
+    def _full(self, done: list[FileResult], *, anyway: bool = False) -> None:
+        if anyway or self._rows >= self.max_rows or self._file.tell() >= self.max_bytes:
+            result = self._close()
+            if result:
+                done.append(result)
+
+    def _events_fitting(self, events: pa.RecordBatch, room: int) -> int:
+        """How many of the first ``events`` make at most ``room`` rows (rows grow with events)."""
+        assert self.layout is not None
+        fits, too_many = 0, events.num_rows  # all of them make more than room
+        while too_many - fits > 1:
+            mid = (fits + too_many) // 2
+            if self.layout(events.slice(0, mid)).num_rows <= room:
+                fits = mid
+            else:
+                too_many = mid
+        return fits
+
+    def write(self, batch: pa.RecordBatch) -> list[FileResult]:
+        """Write rows; returns the files finished by this call (split by rows or bytes). No file
+        holds more than ``max_rows`` rows (but for one event whose own rows are more)."""
+        done: list[FileResult] = []
+        if batch.num_rows == 0:
+            return done
+        out = self._shape(batch)
+        if out.num_rows == batch.num_rows:  # a row per event: files split anywhere
+            offset = 0
+            while offset < out.num_rows:
+                if self._writer is None:
+                    self._open(out.schema, out)
+                take = min(out.num_rows - offset, self.max_rows - self._rows)
+                self._put(out.slice(offset, take), batch.slice(offset, take))
+                offset += take
+                self._full(done)
+            return done
+        # A layout that makes another number of rows than events (a quote's bid and ask rows):
+        # files split between events, so a resume position (an event) never splits its rows.
+        events = batch
+        while out.num_rows:
             if self._writer is None:
                 self._open(out.schema, out)
-            take = total - offset if whole else min(total - offset, self.max_rows - self._rows)
-            piece = out.slice(offset, take)
-            if self.fmt == "parquet":
-                self._writer.write_batch(piece, row_group_size=take)
-            elif self.layout is not None:
-                self._file.write(self._sink.compress(csv_text(piece, self._header)))
-                self._header = False
-            else:
-                buf = pa.BufferOutputStream()
-                pcsv.write_csv(piece, buf, pcsv.WriteOptions(include_header=self._header, batch_size=8192))
-                self._header = False
-                self._file.write(self._sink.compress(buf.getvalue()))
-            if self._first is None and "ts_event" in batch.schema.names:
-                self._first = batch.column("ts_event")[0 if whole else offset].as_py()
-            if order_cols is not None:
-                i = n - 1 if whole else offset + take - 1
-                self._last_key = tuple(c[i].as_py() for c in order_cols)
-            self._rows += take
-            offset += take
-            if self._rows >= self.max_rows or self._file.tell() >= self.max_bytes:
-                result = self._close()
-                if result:
-                    done.append(result)
+            room = self.max_rows - self._rows
+            if out.num_rows <= room:
+                self._put(out, events)
+                self._full(done)
+                break
+            fits = self._events_fitting(events, room)
+            if fits == 0 and self._rows:
+                self._full(done, anyway=True)  # the next event starts a new file
+                continue
+            fits = max(fits, 1)  # one event's rows are more than a file holds: they go whole
+            self._put(self._shape(events.slice(0, fits)), events.slice(0, fits))
+            self._full(done, anyway=True)  # the next event does not fit
+            events = events.slice(fits)
+            out = self._shape(events)
         return done
 
     def finish(self) -> list[FileResult]:

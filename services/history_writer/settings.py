@@ -21,6 +21,10 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
     data_dir: str = ""  # embedded history; default $MARKETBUS_DATA_DIR/history, else .marketbus/history
     pg_dsn: Secret = Secret("postgresql://postgres@127.0.0.1:5432/marketbus")
     pg_table_prefix: str = "history_"
+    # the read-only role of history readers (the export orchestrator), created with the tables when
+    # a password is set (e.g. MARKETBUS_HISTORY_WRITER_PG_READER_PASSWORD_FILE); empty: none
+    pg_reader_role: str = "marketbus_reader"
+    pg_reader_password: Secret = Secret("")
     timescale: Literal["auto", "on", "off"] = "auto"
 
     durable: str = "history_writer"  # consumer names: <durable>_md, <durable>_ref, <durable>_status

@@ -131,21 +131,23 @@ class DigitexClient:
     # --- plumbing ---------------------------------------------------------------------------
     async def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                        body: dict[str, Any] | None = None) -> Any:
-        await self.limiter.acquire()
-        self.requests += 1
         content = msgspec.json.encode(body) if body is not None else None
         headers = _JSON_BODY if body is not None else None
         if params:
             params = {k: str(v) for k, v in params.items()}
-        if self.on_send is not None:
-            self.on_send(path, body or params or {})
-        started = time.perf_counter()
+        started = time.perf_counter()  # again once a place is granted: the call's own time
         try:
-            async with self.http.request(method, self.base_url + path, params=params, data=content,
-                                         headers=headers) as response:
-                status = response.status
-                raw = await response.read()
-                reply_headers = response.headers
+            # the call holds its place in the Digitex windows until its reply is in
+            async with self.limiter.slot():
+                self.requests += 1
+                if self.on_send is not None:
+                    self.on_send(path, body or params or {})
+                started = time.perf_counter()
+                async with self.http.request(method, self.base_url + path, params=params, data=content,
+                                             headers=headers) as response:
+                    status = response.status
+                    raw = await response.read()
+                    reply_headers = response.headers
         except TimeoutError as exc:
             self._observe(path, "timeout", started)
             raise OutcomeUnknown(f"{method} {path}: timed out") from exc

@@ -136,8 +136,15 @@ def test_postgres_and_the_export_api_take_their_secrets_from_files(compose: dict
     export = compose["services"]["export_orchestrator"]["environment"]
     assert export["MARKETBUS_EXPORT_API_KEYS_FILE"] == "/run/secrets/export_api_key"
     assert export["MARKETBUS_EXPORT_SIGNING_SECRET_FILE"] == "/run/secrets/export_signing_secret"
-    # exports read history where the writer keeps it: with the postgres backend, through the same DSN
-    assert export["MARKETBUS_EXPORT_HISTORY_PG_DSN_FILE"] == "/run/secrets/history_pg_dsn"
+    # exports read history where the writer keeps it: with the postgres backend, the same database
+    # but as the read-only role the writer creates (never with the writer's DSN, which may write)
+    assert writer["MARKETBUS_HISTORY_WRITER_PG_READER_PASSWORD_FILE"] == "/run/secrets/history_pg_reader_password"
+    assert export["MARKETBUS_EXPORT_HISTORY_PG_DSN_FILE"] == "/run/secrets/history_pg_reader_dsn"
+    export_secrets = compose["services"]["export_orchestrator"]["secrets"]
+    assert "history_pg_reader_dsn" in export_secrets and "history_pg_dsn" not in export_secrets
+    assert "history_pg_reader_password" in compose["services"]["history_writer"]["secrets"]
+    for name in ("history_pg_reader_dsn", "history_pg_reader_password"):
+        assert compose["secrets"][name]["file"] == f"deploy/secrets/{name}"
     assert export["MARKETBUS_EXPORT_HISTORY_BACKEND"] == writer["MARKETBUS_HISTORY_WRITER_BACKEND"]
     text = (ROOT / "docker-compose.yml").read_text()
     assert "mb_export_dev_key" not in text and "trust" not in text
@@ -312,3 +319,18 @@ def test_make_secrets_writes_the_lakehouse_secrets(tmp_path: Path) -> None:
     before = {p.name: p.read_text() for p in tmp_path.iterdir()}
     compose_secrets(tmp_path)  # existing secrets are kept
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
+
+
+def test_make_secrets_gives_history_readers_a_role_of_their_own(tmp_path: Path) -> None:
+    from marketbus.security.credentials import HISTORY_READER_ROLE, compose_secrets
+    from services.history_writer.settings import HistoryWriterSettings
+
+    compose_secrets(tmp_path)
+    password = (tmp_path / "history_pg_reader_password").read_text()
+    writer_password = (tmp_path / "postgres_password").read_text()
+    assert len(password) >= 24 and password != writer_password
+    assert (tmp_path / "history_pg_reader_dsn").read_text() == \
+        f"postgresql://{HISTORY_READER_ROLE}:{password}@postgres:5432/marketbus"
+    assert HistoryWriterSettings().pg_reader_role == HISTORY_READER_ROLE  # the role the writer creates
+    assert all((tmp_path / f).stat().st_mode & 0o077 == 0 for f in ("history_pg_reader_password",
+                                                                    "history_pg_reader_dsn"))

@@ -143,8 +143,8 @@ async def test_the_order_router_and_the_digitex_ingestor_pace_on_one_limiter() -
     router = RouterClient(base, "t")  # the router's own defaults: 50/s, 500/min
     try:
         assert router.limiter is ingest.limiter
-        # window-safe: half the limit as burst, so the two together never pass 50 in a second
-        assert [b.burst for b in router.limiter.buckets] == [25, 250]
+        # one sliding-window limiter: the two together never pass 50 in a second
+        assert router.limiter.limits == [(50, 1.0), (500, 60.0)]
     finally:
         await ingest.close()
         await router.close()
@@ -158,16 +158,16 @@ def test_holders_of_a_vendor_host_share_one_limiter_at_the_tightest_windows() ->
                          "http://digitex.shared.test:8703/dapi/v1/exchange/bot/")
     elsewhere = LimiterHold(DIGITEX, "http://elsewhere.test:1")
     assert router.limiter is ingestor.limiter and elsewhere.limiter is not ingestor.limiter
-    assert [(b.rate, b.burst) for b in ingestor.limiter.buckets] == [(5.0, 5), (250 / 60.0, 250)]
+    assert ingestor.limiter.limits == [(10, 1.0), (500, 60.0)]
     ingestor.tighten(RateWindow(300, 60.0))  # advertised by the vendor
-    assert [b.burst for b in ingestor.limiter.buckets] == [5, 150]
+    assert ingestor.limiter.limits == [(10, 1.0), (300, 60.0)]
     router.release()
     router.release()  # twice is harmless
-    assert [b.burst for b in ingestor.limiter.buckets] == [25, 150]  # the router's 10/s is gone
+    assert ingestor.limiter.limits == [(50, 1.0), (300, 60.0)]  # the router's 10/s is gone
     ingestor.release()
     elsewhere.release()
     fresh = LimiterHold(DIGITEX, url)  # nobody held it: a new limiter with the declared windows
-    assert fresh.limiter is not ingestor.limiter and [b.burst for b in fresh.limiter.buckets] == [25, 250]
+    assert fresh.limiter is not ingestor.limiter and fresh.limiter.limits == [(50, 1.0), (500, 60.0)]
     fresh.release()
 
 

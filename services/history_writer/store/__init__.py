@@ -19,7 +19,8 @@ def open_store(settings: HistoryWriterSettings, writer_id: str | None = None) ->
         from .postgres import PostgresStore
 
         timescale = {"auto": None, "on": True, "off": False}[settings.timescale]
-        return PostgresStore(settings.pg_dsn.get(), table_prefix=settings.pg_table_prefix, timescale=timescale)
+        return PostgresStore(settings.pg_dsn.get(), table_prefix=settings.pg_table_prefix, timescale=timescale,
+                             reader_role=settings.pg_reader_role, reader_password=settings.pg_reader_password.get())
     from marketbus.history.lakehouse import LakehouseSettings
 
     from .iceberg import AckFloors, IcebergStore

@@ -15,6 +15,10 @@ creates the tables, writes and applies retention.
   tables; plus the high-water mark of the stream sequence in ``<prefix>progress``; the messages are acked after COMMIT. A
   redelivered message's rows conflict on their ids and are skipped; a crash before COMMIT
   leaves nothing.
+- Readers (the export orchestrator) get a role of their own, ``reader_role`` (default
+  ``marketbus_reader``), created with the tables when a ``reader_password`` is configured: LOGIN,
+  SELECT on the history tables and nothing else, sessions read-only by default. They no longer
+  need the writer's DSN, which may write and drop.
 """  # noqa: E501
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import asyncio
 import contextlib
 import io
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import asyncpg
 import pyarrow as pa
@@ -39,6 +45,36 @@ log = logging.getLogger("marketbus.history_writer.postgres")
 
 _STAGE = {"int": "bigint", "bool": "boolean", "str": "text", "decimal": "text", "json": "text"}
 DAY_NS = 86_400 * 1_000_000_000
+ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (CREATE/ALTER ROLE take no bind parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def grant_reader(con: asyncpg.pool.PoolConnectionProxy[Any], role: str, password: str,
+                       tables: Sequence[str]) -> None:
+    """The read-only role of history readers: it can log in with ``password`` (set again each
+    time, so a changed secret applies), SELECT the ``tables`` and do nothing else; its sessions
+    start read-only. Roles are per server, so another database's writer may create it first."""
+    if not ROLE_NAME.fullmatch(role):
+        raise ValueError(f"reader role {role!r}: lower-case letters, digits and _ only")
+    password_sql = _literal(password)
+    exists = await con.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    if not exists:
+        try:
+            await con.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD {password_sql}')
+        except asyncpg.DuplicateObjectError:
+            pass  # created meanwhile by a writer of another database
+    await con.execute(f'ALTER ROLE "{role}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION '
+                      f"PASSWORD {password_sql}")
+    await con.execute(f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
+    database = await con.fetchval("SELECT current_database()")
+    await con.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"')
+    await con.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+    for table in tables:
+        await con.execute(f'GRANT SELECT ON "{table}" TO "{role}"')
 
 
 def _csv(table: pa.Table, names: list[str]) -> io.BytesIO:
@@ -59,9 +95,12 @@ class PostgresStore(HistoryStore):
     backend = "postgres"
 
     def __init__(
-        self, dsn: str, *, table_prefix: str = "history_", pool_size: int = 4, timescale: bool | None = None
+        self, dsn: str, *, table_prefix: str = "history_", pool_size: int = 4, timescale: bool | None = None,
+        reader_role: str = "marketbus_reader", reader_password: str = "",
     ) -> None:
         self.dsn = dsn
+        self.reader_role = reader_role
+        self.reader_password = reader_password  # empty: no reader role (readers use what they are given)
         self.prefix = table_prefix
         self.pool_size = pool_size
         self.want_timescale = timescale
@@ -116,6 +155,9 @@ class PostgresStore(HistoryStore):
                             "if_not_exists => true, migrate_data => true)")
                 await con.execute(f'CREATE TABLE IF NOT EXISTS "{self.prefix}progress" '
                                   "(stream text PRIMARY KEY, high_seq bigint NOT NULL, rows bigint NOT NULL DEFAULT 0)")
+                if self.reader_password:
+                    tables = [self.table(kind) for kind in SCHEMAS] + [f"{self.prefix}progress"]
+                    await grant_reader(con, self.reader_role, self.reader_password, tables)
             finally:
                 await con.execute("SELECT pg_advisory_unlock(hashtext('marketbus_history_schema'))")
 

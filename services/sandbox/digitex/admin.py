@@ -10,6 +10,7 @@
   continues from there (or returns to its old path with ``spike=1``).
 - ``POST reset[?token=]``: fresh accounts (balances, orders, trades, positions), throttle cleared.
 - ``GET/POST faults``: the Digitex switches (see faults.py); POST merges a JSON object.
+- ``GET  throttle``: how many requests the rate limit admitted and refused (429) since the last reset.
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ def admin_routes(api: DigitexApi) -> list[Route]:
             return json_response({"error": str(exc)}, 400)
         return json_response(msgspec.structs.asdict(api.switches))
 
+    async def throttle(_: Request) -> Response:
+        return json_response({"admitted": api.throttle.admitted, "refused": api.throttle.refused})
+
     return [
+        Route("/digitex/throttle", throttle, methods=["GET"]),
         Route("/digitex/orders", orders, methods=["GET"]),
         Route("/digitex/trades", trades, methods=["GET"]),
         Route("/digitex/tape", tape, methods=["GET"]),

@@ -11,6 +11,8 @@ class Throttle:
     def __init__(self, limits: list[tuple[int, float]]) -> None:
         self.limits = limits  # (requests, window seconds)
         self._hits: dict[str, deque[float]] = {}
+        self.admitted = 0  # counters for tests: how many requests passed / were refused (429)
+        self.refused = 0
 
     def wait(self, who: str, now: float | None = None) -> int:
         """0 if the request may pass (and counts it), else the seconds until it could."""
@@ -25,9 +27,12 @@ class Throttle:
             if len(recent) >= limit:
                 worst = max(worst, recent[-limit] + window - now)
         if worst > 0:
+            self.refused += 1
             return max(1, math.ceil(worst))
         hits.append(now)
+        self.admitted += 1
         return 0
 
     def reset(self) -> None:
         self._hits.clear()
+        self.admitted = self.refused = 0

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,11 +19,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from marketbus.runtime.http import request_fingerprint
 from marketbus.runtime.ratelimit import RateLimiter
 from marketbus.runtime.tsapi import (  # noqa: F401 - re-exported for the sandbox modules
     STATUS_CODES,
     ApiError,
+    IdempotentReplies,
+    SavedReply,
     error_body,
     error_response,
     int_param,
@@ -155,50 +156,22 @@ class Pager:
 
 
 # --- idempotency -------------------------------------------------------------------------------
-@dataclass
-class _Saved:
-    fingerprint: str
-    status: int
-    body: bytes
-    media_type: str | None
-    expires: float
-
-
-class IdempotencyStore:
-    """Replays the first reply to (api key, Idempotency-Key); a different request with the key is 409."""
+class IdempotencyStore(IdempotentReplies):
+    """Replies kept in memory per (api key, Idempotency-Key), on the monotonic clock."""
 
     def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self.saved: dict[tuple[str, str], _Saved] = {}
+        super().__init__(ttl_s)
+        self.saved: dict[tuple[str, str], SavedReply] = {}
 
-    def wrap(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        async def idempotent(request: Request) -> Response:
-            idem_key = request.headers.get("idempotency-key")
-            if not idem_key:
-                return await handler(request)
-            raw = await request.body()
-            fingerprint = request_fingerprint(request.method, request.url.path, raw)
-            slot = (request.state.api_key, idem_key)
-            now = time.monotonic()
-            self._expire(now)
-            saved = self.saved.get(slot)
-            if saved is not None:
-                if saved.fingerprint != fingerprint:
-                    raise ApiError(409, "Idempotency-Key was already used with a different request",
-                                   {"idempotency_key": idem_key})
-                return Response(saved.body, saved.status, media_type=saved.media_type,
-                                headers={"idempotent-replayed": "true"})
-            try:
-                response = await handler(request)
-            except ApiError as exc:
-                response = error_response(exc)
-            # Client errors are final and replayed; server errors and throttling are not (retry them).
-            if response.status_code < 500 and response.status_code != 429:
-                self.saved[slot] = _Saved(fingerprint, response.status_code, bytes(response.body),
-                                          response.media_type, now + self.ttl_s)
-            return response
+    def now(self) -> float:
+        return time.monotonic()
 
-        return idempotent
+    async def load(self, request: Request, key: str) -> SavedReply | None:
+        self._expire(self.now())
+        return self.saved.get((request.state.api_key, key))
+
+    async def save(self, request: Request, key: str, reply: SavedReply) -> None:
+        self.saved[(request.state.api_key, key)] = reply
 
     def _expire(self, now: float) -> None:
         # A sandbox holds few keys, so a full sweep per mutating request is cheap.

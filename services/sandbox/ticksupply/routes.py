@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from marketbus.runtime.tsapi import v1_routes
 from services.sandbox.common.base import json_response
 from services.sandbox.common.faults import FaultInjector
 
@@ -378,7 +379,7 @@ class TickSupplyApi:
         rec.draft = None
         return _no_content()
 
-    async def publish(self, request: Request) -> Response:
+    async def publish_schema(self, request: Request) -> Response:
         rec = self._own_schema(request)
         rec.versions.append(self._draft(rec))
         rec.draft = None
@@ -444,38 +445,7 @@ class TickSupplyApi:
 
     # --- app -----------------------------------------------------------------------------------
     def app(self) -> Starlette:
-        idem = self.idempotency.wrap
-        v1 = [
-            Route("/exchanges", self.exchanges),
-            Route("/exchanges/{exchange}/instruments", self.instruments),
-            Route("/exchanges/{exchange}/instruments/{instrument}/datastreams", self.instrument_datastreams),
-            Route("/datastreams", self.datastreams),
-            Route("/subscriptions", self.list_subscriptions, methods=["GET"]),
-            Route("/subscriptions", idem(self.create_subscription), methods=["POST"]),
-            Route("/subscriptions/{id}", self.get_subscription, methods=["GET"]),
-            Route("/subscriptions/{id}", idem(self.delete_subscription), methods=["DELETE"]),
-            Route("/subscriptions/{id}/pause", idem(self.pause_subscription), methods=["POST"]),
-            Route("/subscriptions/{id}/resume", idem(self.resume_subscription), methods=["POST"]),
-            Route("/subscriptions/{id}/spans", self.spans),
-            Route("/exports", self.list_exports, methods=["GET"]),
-            Route("/exports", idem(self.create_export), methods=["POST"]),
-            Route("/exports/{id}", self.get_export, methods=["GET"]),
-            Route("/exports/{id}", idem(self.delete_export), methods=["DELETE"]),
-            Route("/exports/{id}/download", self.download),
-            Route("/exports/{id}/cancel", idem(self.cancel_export), methods=["POST"]),
-            Route("/availability", self.availability),
-            Route("/billing/summary", self.billing),
-            Route("/export-schemas", self.list_schemas, methods=["GET"]),
-            Route("/export-schemas", idem(self.create_schema), methods=["POST"]),
-            Route("/export-schemas/{id}", self.get_schema, methods=["GET"]),
-            Route("/export-schemas/{id}", self.update_schema, methods=["PUT"]),
-            Route("/export-schemas/{id}", idem(self.delete_schema), methods=["DELETE"]),
-            Route("/export-schemas/{id}/draft", idem(self.create_draft), methods=["POST"]),
-            Route("/export-schemas/{id}/draft", self.get_draft, methods=["GET"]),
-            Route("/export-schemas/{id}/draft", self.update_draft, methods=["PUT"]),
-            Route("/export-schemas/{id}/draft", idem(self.discard_draft), methods=["DELETE"]),
-            Route("/export-schemas/{id}/publish", idem(self.publish), methods=["POST"]),
-        ]
+        v1 = v1_routes(self, self.idempotency.wrap, exports_idempotent=True)
         app = Starlette(
             routes=[Mount("/v1", routes=v1), Route("/artifacts/{art_id}/{filename}", self.artifact)],
             exception_handlers={ApiError: _api_error, HTTPException: _http_error},

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import msgspec
-
 from marketbus.runtime.tsapi_schemas import (  # noqa: F401 - re-exported for the sandbox modules
     BUILT_IN_COLUMNS,
     BUILT_IN_NAMES,
@@ -37,9 +35,11 @@ from marketbus.runtime.tsapi_schemas import (  # noqa: F401 - re-exported for th
     Meta,
     Unfold,
     built_in_spec,
+    dot_path,
     iso_ns,
     parse_content,
     scalar_text,
+    unfolded,
 )
 from services.sandbox.common.tape import Tick
 
@@ -135,7 +135,7 @@ class CompiledSchema:
             if not self.native:
                 yield [fn(ds, rec) for fn in cols]
                 continue
-            for message in _unfolded(native_message(ds, rec.tick), self.unfold.get(ds.exchange)):
+            for message in unfolded(native_message(ds, rec.tick), self.unfold.get(ds.exchange)):
                 yield [fn(ds, _WithMessage(rec, message)) for fn in cols]
 
 
@@ -148,33 +148,6 @@ class _WithMessage:
         self.tick, self.collection_ts, self.side = rec.tick, rec.collection_ts, rec.side
         self.price, self.quantity = rec.price, rec.quantity
         self.message = message
-
-
-def _get(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        if isinstance(obj, dict):
-            obj = obj.get(part)
-        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
-            obj = obj[int(part)]
-        else:
-            return None
-        if obj is None:
-            return None
-    return obj
-
-
-def _unfolded(message: dict[str, Any], path: str | None) -> Iterator[dict[str, Any]]:
-    """One message per element of the array at ``path`` (the element replaces the array)."""
-    array = _get(message, path) if path else None
-    if not path or not isinstance(array, list):
-        yield message
-        return
-    head, _, last = path.rpartition(".")
-    for element in array:
-        copy = msgspec.json.decode(msgspec.json.encode(message))  # deep copy; messages are small
-        parent = _get(copy, head) if head else copy
-        parent[last] = element
-        yield copy
 
 
 def _convert(value: Any, kind: str) -> str:
@@ -197,7 +170,7 @@ def _data_fn(data: dict[str, Extractor]) -> ColumnFn:
         ex = data.get(ds.exchange)
         if ex is None or ex.json is None:
             return ""
-        return _convert(_get(r.message, ex.json.path), ex.json.type)
+        return _convert(dot_path(r.message, ex.json.path), ex.json.type)
 
     return extract
 

@@ -1,18 +1,24 @@
 """Conventions of the TickSupply REST API, shared by the two servers that speak it: the TickSupply
 sandbox (the vendor's simulator) and the export orchestrator's TickSupply-shaped API (so the
-vendor's own client works against marketbus history). Errors, request parsing and times.
+vendor's own client works against marketbus history). Errors, request parsing, times and
+``Idempotency-Key`` replies.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
+
+from .http import request_fingerprint
 
 # HTTP status -> the error code the official client maps to its exceptions (it reads the code)
 STATUS_CODES = {
@@ -110,3 +116,107 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object")
     return body
+
+
+# --- Idempotency-Key ---------------------------------------------------------------------------
+class SavedReply(msgspec.Struct):
+    """The first reply to an idempotent request, kept for its retries."""
+
+    fingerprint: str  # of the request (method, path, body): the same key with another request is 409
+    status: int
+    body: bytes
+    media_type: str | None
+    expires: float  # in the clock of the store (see IdempotentReplies.now)
+
+
+class IdempotentReplies:
+    """``Idempotency-Key`` as TickSupply serves it: the first reply to (caller, key) is kept and
+    replayed (``Idempotent-Replayed: true``) to a retry of the same request; the same key with
+    another request is 409. Client errors are replayed too; 5xx and 429 are not kept (retry them).
+    Subclasses say where replies are kept (:meth:`load`, :meth:`save`) and for how long."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+
+    def now(self) -> float:
+        return time.time()
+
+    async def load(self, request: Request, key: str) -> SavedReply | None:
+        raise NotImplementedError
+
+    async def save(self, request: Request, key: str, reply: SavedReply) -> None:
+        raise NotImplementedError
+
+    def wrap(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def idempotent(request: Request) -> Response:
+            key = request.headers.get("idempotency-key")
+            if not key:
+                return await handler(request)
+            fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
+            saved = await self.load(request, key)
+            if saved is not None and saved.expires > self.now():
+                if saved.fingerprint != fingerprint:
+                    raise ApiError(409, "Idempotency-Key was already used with a different request",
+                                   {"idempotency_key": key})
+                return Response(saved.body, saved.status, media_type=saved.media_type,
+                                headers={"idempotent-replayed": "true"})
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                response = error_response(exc)
+            if response.status_code < 500 and response.status_code != 429:
+                await self.save(request, key, SavedReply(fingerprint, response.status_code, bytes(response.body),
+                                                         response.media_type, self.now() + self.ttl_s))
+            return response
+
+        return idempotent
+
+
+# --- the /v1 surface -----------------------------------------------------------------------------
+Handler = Callable[[Request], Awaitable[Response]]
+
+# Every route of the TickSupply API both servers serve: (path, method, handler method name, kind).
+# kind "read": plain; "write": Idempotency-Key replayed; "export": exports, whose idempotency a
+# server may do its own way (the export orchestrator derives the job id from the key).
+V1_ROUTES: tuple[tuple[str, str, str, str], ...] = (
+    ("/exchanges", "GET", "exchanges", "read"),
+    ("/exchanges/{exchange}/instruments", "GET", "instruments", "read"),
+    ("/exchanges/{exchange}/instruments/{instrument}/datastreams", "GET", "instrument_datastreams", "read"),
+    ("/datastreams", "GET", "datastreams", "read"),
+    ("/availability", "GET", "availability", "read"),
+    ("/billing/summary", "GET", "billing", "read"),
+    ("/subscriptions", "GET", "list_subscriptions", "read"),
+    ("/subscriptions", "POST", "create_subscription", "write"),
+    ("/subscriptions/{id}", "GET", "get_subscription", "read"),
+    ("/subscriptions/{id}", "DELETE", "delete_subscription", "write"),
+    ("/subscriptions/{id}/pause", "POST", "pause_subscription", "write"),
+    ("/subscriptions/{id}/resume", "POST", "resume_subscription", "write"),
+    ("/subscriptions/{id}/spans", "GET", "spans", "read"),
+    ("/export-schemas", "GET", "list_schemas", "read"),
+    ("/export-schemas", "POST", "create_schema", "write"),
+    ("/export-schemas/{id}", "GET", "get_schema", "read"),
+    ("/export-schemas/{id}", "PUT", "update_schema", "read"),  # a PUT is idempotent by itself
+    ("/export-schemas/{id}", "DELETE", "delete_schema", "write"),
+    ("/export-schemas/{id}/draft", "POST", "create_draft", "write"),
+    ("/export-schemas/{id}/draft", "GET", "get_draft", "read"),
+    ("/export-schemas/{id}/draft", "PUT", "update_draft", "read"),
+    ("/export-schemas/{id}/draft", "DELETE", "discard_draft", "write"),
+    ("/export-schemas/{id}/publish", "POST", "publish_schema", "write"),
+    ("/exports", "GET", "list_exports", "read"),
+    ("/exports", "POST", "create_export", "export"),
+    ("/exports/{id}", "GET", "get_export", "read"),
+    ("/exports/{id}", "DELETE", "delete_export", "export"),
+    ("/exports/{id}/download", "GET", "download", "read"),
+    ("/exports/{id}/cancel", "POST", "cancel_export", "export"),
+)
+
+
+def v1_routes(api: object, idempotent: Callable[[Handler], Handler], *, exports_idempotent: bool) -> list[Route]:
+    """The Starlette routes of :data:`V1_ROUTES` on ``api``'s handler methods (to mount at /v1)."""
+    routes = []
+    for path, method, name, kind in V1_ROUTES:
+        handler: Handler = getattr(api, name)
+        if kind == "write" or (kind == "export" and exports_idempotent):
+            handler = idempotent(handler)
+        routes.append(Route(path, handler, methods=[method]))
+    return routes

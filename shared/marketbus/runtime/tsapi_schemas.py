@@ -15,12 +15,16 @@
 * the column spec structs of custom schemas (``columns``/``unfold``/``derive``) and their validation;
 * the built-in schemas' column specs as ``GET /export-schemas/{id}`` shows them;
 * :func:`scalar_text`, how a custom column's ``type`` (``bool``, ``i64``, ``f64``, ``decimal(<scale>)``)
-  writes an extracted value.
+  writes an extracted value;
+* :func:`dot_path` and :func:`unfolded`, how a custom column's ``json.path`` and an ``unfold``
+  read a native message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -216,3 +220,51 @@ def scalar_text(value: Any, kind: str) -> str | None:
             number = number.quantize(Decimal(1).scaleb(-scale))
         return format(number, "f")  # no exponent notation (Decimal('1E-5') prints as 1E-5)
     return None
+
+
+def _json_text(obj: Any) -> Any:
+    """``obj`` decoded if it is JSON text of an array or object, else ``obj`` (None if undecodable)."""
+    if isinstance(obj, str) and obj[:1] in ("[", "{"):
+        try:
+            return json.loads(obj)
+        except ValueError:
+            return None
+    return obj
+
+
+def dot_path(obj: Any, path: str, *, json_text: bool = False) -> Any:
+    """The value at a dot path into a native message (list elements by index), None where the
+    path leads nowhere. ``json_text``: nested values kept as JSON text (marketbus history keeps
+    book levels and dicts so) are read as the JSON they hold."""
+    for part in path.split("."):
+        if json_text:
+            obj = _json_text(obj)
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return None
+        if obj is None:
+            return None
+    if json_text and isinstance(obj, str) and obj[:1] in ("[", "{"):
+        with contextlib.suppress(ValueError):
+            return json.loads(obj)
+    return obj
+
+
+def unfolded(message: dict[str, Any], path: str | None, *, json_text: bool = False) -> list[dict[str, Any]]:
+    """``unfold``: one message per element of the array at ``path``, the element in the array's
+    place (a message without that array stays one row, as TickSupply does)."""
+    array = dot_path(message, path, json_text=json_text) if path else None
+    if not path or not isinstance(array, list):
+        return [message]
+    head, _, last = path.rpartition(".")
+    out = []
+    for element in array:
+        copy = json.loads(json.dumps(message, default=str))  # deep copy; messages are small
+        parent = dot_path(copy, head, json_text=json_text) if head else copy
+        if isinstance(parent, dict):
+            parent[last] = element
+        out.append(copy)
+    return out

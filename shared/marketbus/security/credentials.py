@@ -147,6 +147,9 @@ def cluster_env(route_password: str, nodes: Iterable[str] = CLUSTER_NODES, port:
     return "\n".join(lines) + "\n"
 
 
+HISTORY_READER_ROLE = "marketbus_reader"  # the history writer's default pg_reader_role
+
+
 def compose_secrets(directory: Path) -> list[Path]:
     """The other secrets docker compose reads from files (random; existing files kept)."""
     import secrets as random
@@ -155,6 +158,10 @@ def compose_secrets(directory: Path) -> list[Path]:
     pg_password = directory / "postgres_password"
     if not pg_password.exists():
         write_private(pg_password, random.token_urlsafe(24))
+    # the history readers' role (SELECT only), created by the history writer with its tables
+    reader_password = directory / "history_pg_reader_password"
+    if not reader_password.exists():
+        write_private(reader_password, random.token_urlsafe(24))
     # the lakehouse profile: the Iceberg catalog's PostgreSQL and SeaweedFS's S3 identity
     catalog_password = directory / "lakehouse_catalog_password"
     if not catalog_password.exists():
@@ -178,6 +185,9 @@ def compose_secrets(directory: Path) -> list[Path]:
     }
     wanted = {
         "history_pg_dsn": f"postgresql://marketbus:{pg_password.read_text().strip()}@postgres:5432/marketbus",
+        # the export orchestrator reads history as the read-only role, never as the writer
+        "history_pg_reader_dsn": f"postgresql://{HISTORY_READER_ROLE}:{reader_password.read_text().strip()}"
+                                 "@postgres:5432/marketbus",
         "export_api_key": "mb_export_" + random.token_urlsafe(24),
         "export_signing_secret": random.token_hex(32),
         "lakehouse_catalog_uri": "postgresql+psycopg2://lakehouse:"
@@ -185,7 +195,7 @@ def compose_secrets(directory: Path) -> list[Path]:
         "lakehouse_s3_config": json.dumps(s3_config),  # SeaweedFS's -s3.config
         CLUSTER_ENV: cluster_env(route_password.read_text().strip()),
     }
-    written = [pg_password, catalog_password, route_password, s3_secret]
+    written = [pg_password, reader_password, catalog_password, route_password, s3_secret]
     for name, value in wanted.items():
         path = directory / name
         if not path.exists():

@@ -18,6 +18,7 @@ import datetime as dt
 import email.utils
 import enum
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Protocol
 
 import httpx
@@ -68,7 +69,9 @@ def classify(status: int | None) -> Outcome:
 
 
 class Limiter(Protocol):
-    async def acquire(self) -> None: ...
+    def slot(self) -> AbstractAsyncContextManager[None]:
+        """``async with limiter.slot(): <one call>``: waits its turn; the call counts until it ends."""
+        ...
 
     def penalize(self, seconds: float) -> None: ...
 
@@ -144,14 +147,15 @@ class VendorHttp:
         last = ""
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         while True:
-            if paced or limited:
-                await self.limiter.acquire()
+            # the call holds its place in the vendor's windows until its reply is in
+            pacing: AbstractAsyncContextManager[None] = self.limiter.slot() if paced or limited else nullcontext()
             self.calls += 1
             status: int | None = None
             wait_at_least = 0.0
             try:
-                response = await self.client.request(method, path, params=query, content=content,
-                                                      headers=headers, **extra)
+                async with pacing:
+                    response = await self.client.request(method, path, params=query, content=content,
+                                                          headers=headers, **extra)
             except httpx.TimeoutException as exc:
                 self.on_error("timeout")
                 last = type(exc).__name__
@@ -179,7 +183,7 @@ class VendorHttp:
                     if wait is None:  # no hint at all: back off on our own
                         await backoff.sleep()
                     else:
-                        self.limiter.penalize(wait)  # the next acquire() (anyone's) waits it out
+                        self.limiter.penalize(wait)  # the next slot (anyone's) waits it out
                     continue
                 self.on_error("server_error")
                 last = f"HTTP {status}"

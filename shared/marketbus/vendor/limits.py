@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from marketbus.runtime.ratelimit import MultiWindowLimiter
+from marketbus.runtime.ratelimit import SlidingWindowLimiter
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,17 @@ def per_second(rate: float) -> RateWindow:
     return RateWindow(1, 1.0 / rate)
 
 
-def window_safe_limiter(windows: tuple[RateWindow, ...] | list[RateWindow]) -> MultiWindowLimiter:
-    """A token bucket of rate r and burst b lets b + r*T calls through in a window of T seconds:
-    with rate = burst = the limit, a full bucket plus refill passes *twice* the limit in one
-    window. The vendor counts sliding windows, so half the budget as burst and half as rate keeps
-    every window within the documented limit (b + r*T = limit/2 + limit/2)."""
-    return MultiWindowLimiter([(max(1, w.calls // 2), w.per_s) for w in windows])
+def window_safe_limiter(windows: tuple[RateWindow, ...] | list[RateWindow]) -> SlidingWindowLimiter:
+    """The vendor counts sliding windows of arrivals. A token bucket (even at half the limit as
+    burst and half as rate, b + r*T = limit) sits exactly at the limit and passes more once calls
+    let through before an event-loop stall arrive with those let through after it: 429s under
+    load. A :class:`SlidingWindowLimiter` counts each call from its send until a window after its
+    reply, so no window of the vendor's ever sees more than the documented number of calls."""
+    return SlidingWindowLimiter(limits_of(windows))
+
+
+def limits_of(windows: tuple[RateWindow, ...] | list[RateWindow]) -> list[tuple[int, float]]:
+    return [(w.calls, w.per_s) for w in windows]
 
 
 def host_of(url: str) -> str:
@@ -85,7 +90,7 @@ class _Shared:
             effective = tighten(effective, hold.windows)
         if effective and effective != self.windows:
             self.windows = effective
-            self.limiter.buckets = window_safe_limiter(effective).buckets  # every holder sees them
+            self.limiter.set_limits(limits_of(effective))  # every holder sees them
 
 
 _SHARED: dict[tuple[str, str], _Shared] = {}
