@@ -34,7 +34,6 @@ from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
 
 
-
 def _iso(ns: int) -> str:
     """A range bound as people read it (UTC), with the nanoseconds a script may have given."""
     when = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
