@@ -232,7 +232,7 @@ def download(
         for path in paths:
             json_line({"job_id": job_id, "path": str(path), "bytes": path.stat().st_size})
     else:
-        console.print(f"{len(paths)} file(s) in {out}")
+        console.print(f"{len(paths)} file(s) in {out} (sizes and sha256 verified)")
 
 
 async def run_download(job_id: str, out: Path, api_url: str, api_key: str, manifest: bool = True,
