@@ -356,3 +356,14 @@ async def test_tail_piped_prints_one_line_per_event(nats_url: str) -> None:
     assert len(lines) == 2, lines
     assert all(line.startswith(f"md.trade.test.{long_venue}.BTC-USD trade ") and "side=sell" in line
                for line in lines), lines
+
+
+def test_export_download_finds_the_export_api_moved_by_the_port_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`MARKETBUS_UP_PORT_OFFSET=N marketbus up` serves the export API on 8710 + N: `export download`
+    in the same shell looks there (it dialled 8710, another system's or nobody's)."""
+    from marketbus.cli.export import default_api_url
+
+    monkeypatch.delenv("MARKETBUS_UP_PORT_OFFSET", raising=False)
+    assert default_api_url() == "http://127.0.0.1:8710"
+    monkeypatch.setenv("MARKETBUS_UP_PORT_OFFSET", "100")
+    assert default_api_url() == "http://127.0.0.1:8810"
