@@ -311,6 +311,7 @@ async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_co
      "error: --out {tmp}/missing/trades.parquet: no directory {tmp}/missing"),
     (["credentials", "{tmp}/a-file/credentials"], "error: cannot write the credentials to {tmp}/a-file/credentials"),
     (["order", "place", "FS-BTCUSD", "buy", "1", "--price", "-5"], "error: price '-5' must not be negative"),
+    (["up", "--data-dir", "{tmp}/a-file/mb"], "error: --data-dir {tmp}/a-file/mb: cannot create it"),
     (["sandbox", "nope"], "error: unknown sandbox 'nope'; choose from finx, ticksupply, digitex, sitagri or all"),
     (["tail", "md.>"], "error: no NATS server: `marketbus up` has not recorded one in {tmp}/nats.url"),
 ])

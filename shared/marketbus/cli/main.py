@@ -112,6 +112,10 @@ def up(
     """Run the whole system in this terminal: NATS, the sandboxes and every service."""
     from .up import run_up
 
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--data-dir {data_dir}: cannot create it: {exc.strerror or exc}")
     raise typer.Exit(asyncio.run(run_up(data_dir, sandboxes, duration or None, console)))
 
 
