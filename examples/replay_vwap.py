@@ -12,19 +12,23 @@ your own with ``--prefix replay.mytest``)::
 
 The only difference is where it subscribes (``<prefix>.md.trade.>``): the messages are the same
 bytes, so the same code computes the same numbers. It stops after ``--count`` trades, or at the
-playback's end marker.
+playback's end marker. It connects like the other examples: ``--nats-url`` / ``NATS_URL`` and
+``NATS_NKEY_SEED_FILE``, else what ``make run`` wrote to ``.marketbus`` (``MARKETBUS_DATA_DIR``):
+its URL and the ``consumer`` identity's seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from decimal import Decimal
 from typing import Any
 
 import nats
 
 from marketbus.contracts import codec, subjects
+from marketbus.faststream import consumer_settings
 
 
 class Vwap:
@@ -75,11 +79,15 @@ async def consume(nc: Any, prefix: str | None = None, count: int | None = None, 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--nats-url", default=None,
+                        help="default: NATS_URL, else the URL `make run` recorded in .marketbus/nats.url")
     parser.add_argument("--prefix", default=None, help="a playback prefix (replay.<session> or replay.<name>)")
     parser.add_argument("--count", type=int, default=None, help="stop after this many trades")
     args = parser.parse_args()
-    nc = await nats.connect(args.nats_url)
+    # the URL and the credentials as every example finds them (NATS_URL / NATS_NKEY_SEED_FILE, else
+    # what `make run` wrote to .marketbus: auth is on there, as the `consumer` identity)
+    settings = consumer_settings({**os.environ, "NATS_URL": args.nats_url} if args.nats_url else None)
+    nc = await nats.connect(**settings.connect_options("replay_vwap"))
     try:
         await consume(nc, args.prefix, args.count)
     finally:

@@ -1,7 +1,8 @@
 // A marketbus consumer in Node.js with the `nats` npm client: a JetStream durable on stream MD.
 //
 //   cd examples/node && npm ci
-//   NATS_URL=nats://127.0.0.1:4222 node consumer.js 'md.trade.>'
+//   node consumer.js 'md.trade.>'        # while `make run` runs: its URL and identity from .marketbus
+//   NATS_URL=nats://bus:4222 NATS_NKEY_SEED_FILE=consumer.nk node consumer.js 'md.trade.>'
 //
 // Prints one JSON object per event (batch envelopes unpacked), with the subject it came on.
 // The durable (MARKETBUS_DURABLE, default "node_consumer") survives restarts: a restarted consumer
@@ -10,7 +11,9 @@
 // with new messages. MAX_EVENTS=<n> exits after n events (tests, scripts).
 // Settings: NATS_URL (comma-separated for a cluster); NATS_NKEY_SEED_FILE (an nkey seed, e.g. the
 // `consumer.nk` or `reader.nk` that `make run` writes to .marketbus/credentials: auth is on), or
-// NATS_USER/NATS_PASSWORD, or NATS_TOKEN. With a seed, replies come on _INBOX.<identity> (the
+// NATS_USER/NATS_PASSWORD, or NATS_TOKEN. Without NATS_URL, what `make run` wrote to its data dir
+// (MARKETBUS_DATA_DIR, else .marketbus here or in the repository root): the URL in nats.url and,
+// without credentials, the `consumer` identity's seed; else nats://127.0.0.1:4222. With a seed, replies come on _INBOX.<identity> (the
 // seed file's name), the only inbox the identity may read; NATS_INBOX_PREFIX overrides it.
 "use strict";
 
@@ -53,6 +56,27 @@ async function ensureDurable(jsm, durable, filter, replayFrom) {
   return jsm.consumers.add(STREAM, config);
 }
 
+// The data dir of `make run` (its nats.url and credentials/), when there is one.
+function dataDir(env) {
+  const candidates = env.MARKETBUS_DATA_DIR
+    ? [env.MARKETBUS_DATA_DIR]
+    : [".marketbus", path.join(__dirname, "..", "..", ".marketbus")];
+  return candidates.find((dir) => fs.existsSync(path.join(dir, "nats.url")));
+}
+
+// Without NATS_URL: the server `make run` recorded (4222 may be taken) and, unless credentials are
+// given, its `consumer` identity. A NATS_URL of your own is used as it is.
+function withDataDir(env) {
+  const dir = env.NATS_URL ? undefined : dataDir(env);
+  if (!dir) return env;
+  const filled = { ...env, NATS_URL: fs.readFileSync(path.join(dir, "nats.url"), "utf8").trim() };
+  const seed = path.join(dir, "credentials", "consumer.nk");
+  if (!env.NATS_NKEY_SEED_FILE && !env.NATS_USER && !env.NATS_TOKEN && fs.existsSync(seed)) {
+    filled.NATS_NKEY_SEED_FILE = seed;
+  }
+  return filled;
+}
+
 // Connection options for the credentials in the environment (marketbus identities are nkey users).
 function auth(env) {
   const options = {};
@@ -74,10 +98,11 @@ async function main() {
   if (!filter.startsWith("md.")) throw new Error(`${filter}: this example reads stream MD (subjects md.>)`);
   const durable = process.env.MARKETBUS_DURABLE || "node_consumer";
   const maxEvents = Number(process.env.MAX_EVENTS || 0);
+  const env = withDataDir(process.env);
   const nc = await connect({
-    servers: (process.env.NATS_URL || "nats://127.0.0.1:4222").split(","),
+    servers: (env.NATS_URL || "nats://127.0.0.1:4222").split(","),
     name: `marketbus-node-${durable}`,
-    ...auth(process.env),
+    ...auth(env),
   });
   await ensureDurable(await nc.jetstreamManager(), durable, filter, process.env.REPLAY_FROM);
   const consumer = await nc.jetstream().consumers.get(STREAM, durable);

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import secrets
 from typing import Any, ClassVar
 
@@ -32,6 +33,11 @@ from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
 
+
+def _iso(ns: int) -> str:
+    """A range bound as people read it (UTC), with the nanoseconds a script may have given."""
+    when = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{when}.{ns % 1_000_000_000:09d}Z" if ns % 1_000_000_000 else f"{when}Z"
 
 class ReplayMetrics(ServiceMetrics):
     def __init__(self, service: str, registry: Any = None) -> None:
@@ -146,7 +152,7 @@ class ReplayService(Service):
             raise self._refuse(
                 codes.NOT_FOUND,
                 f"no stored events for {sel.kind}.{sel.source}.{sel.venue}.{sel.symbol} "
-                f"in [{request.start_ns}, {request.end_ns})",
+                f"in [{_iso(request.start_ns)}, {_iso(request.end_ns)})",
             )
         sink: Sink = sink_for(prefix)
         s = self.settings

@@ -153,3 +153,61 @@ async def test_the_guides_first_consumer_runs_against_make_run(
         proc.terminate()
         proc.wait(10)
     assert f"digitex {symbol} 42.5 3" in log.read_text(), log.read_text()[-3000:]
+
+
+async def test_the_replay_vwap_example_finds_the_url_and_its_identity_in_the_data_dir(
+    made_run: tuple[SecureBus, Path],
+) -> None:
+    """README tour step 4: `python examples/replay_vwap.py` with no URL or credentials given (the
+    bus of `make run` is not on 4222 when 4222 is taken, and has auth on)."""
+    bus, data_dir = made_run
+    symbol = f"RVWAP{uuid.uuid4().hex[:6].upper()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MARKETBUS_"))}
+    env.update(MARKETBUS_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "examples/replay_vwap.py", "--count", "1", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first_line = asyncio.create_task(proc.stdout.readline())
+    try:
+        for i in range(150):  # live trades: published until the example has subscribed and printed one
+            await _publish_trades(bus, f"md.trade.digitex._.{symbol}", [trade(i, "10", "2", i, symbol)])
+            await asyncio.wait([first_line], timeout=0.2)
+            if first_line.done():
+                break
+        else:
+            pytest.fail("examples/replay_vwap.py printed no trade")
+        await asyncio.wait_for(proc.wait(), 10)  # --count 1: it ends by itself
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    err = await proc.stderr.read()
+    assert proc.returncode == 0, err.decode()
+    out = first_line.result()
+    assert f"digitex._.{symbol} 10 x 2 vwap=10.000000" in out.decode(), out.decode() + err.decode()
+
+
+async def test_the_node_consumer_finds_the_url_and_its_identity_in_the_data_dir(
+    made_run: tuple[SecureBus, Path],
+) -> None:
+    """examples/README.md: `node consumer.js 'md.trade.>'` with no NATS_URL or seed given."""
+    try:
+        npm_ci(ROOT / "examples" / "node")
+        node = require("node")
+    except NodeMissing as exc:
+        pytest.fail(str(exc))
+    bus, data_dir = made_run
+    symbol = f"NDIR{uuid.uuid4().hex[:6].upper()}"
+    await _publish_trades(bus, f"md.trade.digitex._.{symbol}", [trade(1, "3.5", "2", 1, symbol)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MARKETBUS_"))}
+    env.update(MARKETBUS_DATA_DIR=str(data_dir), MARKETBUS_DURABLE=f"node_{symbol.lower()}", MAX_EVENTS="1",
+               REPLAY_FROM=(datetime.now(UTC) - timedelta(seconds=30)).isoformat())
+    proc = await asyncio.create_subprocess_exec(
+        node, "consumer.js", f"md.trade.*.*.{symbol}", cwd=ROOT / "examples" / "node", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert [json.loads(line)["price"] for line in out.decode().splitlines()] == ["3.5"]

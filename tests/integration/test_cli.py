@@ -300,3 +300,71 @@ async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_co
     lines = [line for line in out.splitlines() if line.startswith("ref.unit.tailtest")]
     assert len(lines) == 2, out
     assert "code=TON" in lines[0] and "factor=1000" in lines[0]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["history", "compact", "--retention", "trade=abc"], "error: --retention 'trade=abc': write kind=days"),
+    (["history", "compact", "--retention", "trades=30"], "error: --retention 'trades=30': unknown kind 'trades'"),
+    (["history", "migrate", "--from-dir", "{tmp}/missing"], "error: Invalid value: {tmp}/missing: no embedded history"),
+    (["history", "migrate", "--from-parquet", "{tmp}/missing"], "error: Invalid value: {tmp}/missing: not a directory"),
+    (["history", "query", "trade", "--out", "{tmp}/missing/trades.parquet"],
+     "error: --out {tmp}/missing/trades.parquet: no directory {tmp}/missing"),
+    (["credentials", "{tmp}/a-file/credentials"], "error: cannot write the credentials to {tmp}/a-file/credentials"),
+    (["order", "place", "FS-BTCUSD", "buy", "1", "--price", "-5"], "error: price '-5' must not be negative"),
+    (["up", "--data-dir", "{tmp}/a-file/mb"], "error: --data-dir {tmp}/a-file/mb: cannot create it"),
+    (["sandbox", "nope"], "error: unknown sandbox 'nope'; choose from finx, ticksupply, digitex, sitagri or all"),
+    (["tail", "md.>"], "error: no NATS server: `marketbus up` has not recorded one in {tmp}/nats.url"),
+])
+def test_mistakes_the_commands_check_are_one_line_errors_with_exit_2(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A newcomer's mistakes (a bad --retention, a data dir or output directory that does not
+    exist, an unknown sandbox, no `make run` running) end in one line and exit 2, not a traceback,
+    and create nothing."""
+    (tmp_path / "a-file").write_text("not a directory")
+    monkeypatch.delenv("NATS_URL", raising=False)
+    result = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args], prog_name="marketbus",
+                                env={"COLUMNS": "200", "MARKETBUS_DATA_DIR": str(tmp_path), "NATS_URL": ""})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(message.format(tmp=tmp_path)), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output and "╭" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing created
+
+
+async def test_tail_piped_prints_one_line_per_event(nats_url: str) -> None:
+    """`marketbus tail ... | grep X` sees whole events: one line each, however long (rich would
+    wrap them at 80 columns when stdout is not a terminal)."""
+    nc = await nats.connect(nats_url)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = await asyncio.create_subprocess_exec(
+        MARKETBUS, "tail", "md.trade.test.>", "--count", "2", env={**env, "NATS_URL": nats_url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    long_venue = "WRAP" + "V" * 60
+    try:
+        async def publish(i: int) -> None:
+            event = trade(i + 1, venue=long_venue, price="123456789.123456789", size="987654321.987654321")
+            await nc.publish(subjects.for_event(event), codec.encode(event))
+
+        await _publish_until_exit(proc, nc, publish)
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await nc.close()
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert all(line.startswith(f"md.trade.test.{long_venue}.BTC-USD trade ") and "side=sell" in line
+               for line in lines), lines
+
+
+def test_export_download_finds_the_export_api_moved_by_the_port_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`MARKETBUS_UP_PORT_OFFSET=N marketbus up` serves the export API on 8710 + N: `export download`
+    in the same shell looks there (it dialled 8710, another system's or nobody's)."""
+    from marketbus.cli.export import default_api_url
+
+    monkeypatch.delenv("MARKETBUS_UP_PORT_OFFSET", raising=False)
+    assert default_api_url() == "http://127.0.0.1:8710"
+    monkeypatch.setenv("MARKETBUS_UP_PORT_OFFSET", "100")
+    assert default_api_url() == "http://127.0.0.1:8810"

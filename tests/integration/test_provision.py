@@ -96,3 +96,12 @@ async def test_a_service_waits_for_provisioning_and_creates_nothing(bare_server:
     await service.stop()
     logged = any("stream MD not provisioned: run `marketbus provision`" in r.getMessage() for r in caplog.records)
     assert (waiting, created_by_service, logged, started_state) == (True, [], True, "running")
+
+
+def test_the_summary_counts_in_words() -> None:
+    """What `marketbus up` and `marketbus provision` print: '1 object store', not '1 object stores'."""
+    from marketbus.runtime.provision import ProvisionReport
+
+    report = ProvisionReport(streams=["MD", "REF"], buckets=["feeds"], object_stores=["export_artifacts"],
+                             consumers=["a", "b", "c"])
+    assert report.summary() == "2 streams, 1 KV bucket, 1 object store, 3 durable consumers provisioned"

@@ -162,6 +162,7 @@ async def test_bad_requests_get_a_clear_refusal(stack: Stack) -> None:
         assert bad.code == "bad_request" and "speed" in bad.message, speed
     bad = await _raw_start(stack, start(start_ns=END, end_ns=END + 10**9))
     assert bad.code == "not_found" and "no stored events" in bad.message
+    assert "in [2025-11-21T04:56:40Z, 2025-11-21T04:56:41Z)" in bad.message, bad.message  # END: times, not ns
     bad = await _raw_start(stack, start(prefix="md.mine"))
     assert bad.code == "bad_request" and "replay.<name>" in bad.message
     bad = await _raw_start(stack, start(prefix="replay.finx"))  # replay.<source> is the ingestors'

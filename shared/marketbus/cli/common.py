@@ -61,8 +61,8 @@ def nats_url(value: str | None) -> str:
     """The server to talk to; exits with status 2 and one line when none is given or recorded."""
     url = value or os.environ.get("NATS_URL") or recorded_url()
     if not url:
-        print(f"marketbus: no NATS server: `marketbus up` has not recorded one in {data_dir() / URL_FILE}; "
-              "give --nats-url or NATS_URL", file=sys.stderr)
+        print(f"error: no NATS server: `marketbus up` has not recorded one in {data_dir() / URL_FILE} (is it "
+              "running, from this directory?); give --nats-url or NATS_URL", file=sys.stderr)
         raise typer.Exit(2)
     return url
 

@@ -210,6 +210,20 @@ def wait(
     raise typer.Exit(_wait_and_show(nats_url, job_id, timeout, as_json))
 
 
+def default_api_url() -> str:
+    """The export API of `marketbus up` on this machine: port 8710, plus MARKETBUS_UP_PORT_OFFSET
+    when that moved it (a second system next to another one)."""
+    raw = os.environ.get("MARKETBUS_UP_PORT_OFFSET", "").strip()
+    if not raw or raw == "0":
+        return DEFAULT_API_URL
+    try:
+        offset = int(raw)
+    except ValueError:
+        fail(f"MARKETBUS_UP_PORT_OFFSET={raw!r} is not an integer")
+    host, port = DEFAULT_API_URL.rsplit(":", 1)
+    return f"{host}:{int(port) + offset}"
+
+
 def _api_key(value: str | None) -> str:
     if value:
         return value
@@ -221,18 +235,20 @@ def _api_key(value: str | None) -> str:
 def download(
     job_id: str,
     out: Path = typer.Option(Path("."), "--out", "-o", help="directory for the files"),
-    api_url: str = typer.Option(DEFAULT_API_URL, "--api-url", envvar="MARKETBUS_EXPORT_API_URL"),
+    api_url: str = typer.Option(
+        None, "--api-url", envvar="MARKETBUS_EXPORT_API_URL",
+        help=f"default {DEFAULT_API_URL}, moved by MARKETBUS_UP_PORT_OFFSET like `marketbus up`"),
     api_key: str = typer.Option(None, "--api-key", envvar="MARKETBUS_EXPORT_API_KEY", help="default: the dev key"),
     manifest: bool = typer.Option(True, "--manifest/--no-manifest", help="download manifest.json too"),
     as_json: bool = typer.Option(False, "--json", help="print each file written as one JSON object per line"),
 ) -> None:
     """Download a succeeded job's artifacts (signed URLs), verifying sizes and sha256."""
-    paths = run(run_download(job_id, out, api_url, _api_key(api_key), manifest, as_json))
+    paths = run(run_download(job_id, out, api_url or default_api_url(), _api_key(api_key), manifest, as_json))
     if as_json:
         for path in paths:
             json_line({"job_id": job_id, "path": str(path), "bytes": path.stat().st_size})
     else:
-        console.print(f"{len(paths)} file(s) in {out}")
+        console.print(f"{len(paths)} file(s) in {out} (sizes and sha256 verified)")
 
 
 async def run_download(job_id: str, out: Path, api_url: str, api_key: str, manifest: bool = True,

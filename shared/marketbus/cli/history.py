@@ -149,7 +149,10 @@ async def run_query(url: str | None, selector: str, start_ns: int, end_ns: int, 
     if as_json:
         return 0
     if out is not None:
-        _write(out, rows)
+        try:
+            _write(out, rows)
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror or exc}")
         console.print(f"wrote {len(rows)} events to {out}")
         return 0
     table = Table(title=f"history {selector} ({len(rows)} events)")
@@ -204,6 +207,8 @@ def query_cmd(
     """Events of the selected streams in [START, END), oldest first."""
     if out is not None and out.suffix not in (".csv", ".parquet"):
         fail(f"--out {out}: the file name must end in .csv or .parquet")
+    if out is not None and not out.absolute().parent.is_dir():  # found before a long query, not after
+        fail(f"--out {out}: no directory {out.absolute().parent}")
     if limit is not None and limit < 0:
         fail(f"--limit {limit}: give 0 (all) or a positive number")
     if limit is None:

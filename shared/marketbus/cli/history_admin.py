@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from .history import app
-from .output import json_line
+from .output import fail, json_line
 
 console = Console()
 JsonOpt = typer.Option(False, "--json", help="the report as one JSON object on one line")
@@ -23,10 +23,20 @@ HistoryDirOpt = typer.Option(
 
 
 def _parse_days(text: str) -> dict[str, float]:
+    """``trade=30,default=365`` as {kind: days}; a usage error (exit 2, one line) otherwise."""
+    from marketbus.history.schema import KINDS
+
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, _, days = part.partition("=")
-        out[kind.strip()] = float(days)
+        kind, _, days = (t.strip() for t in part.partition("="))
+        try:
+            out[kind] = float(days)
+        except ValueError:
+            fail(f"--retention {part!r}: write kind=days, e.g. 'trade=30,book=7,default=365'")
+        if kind not in KINDS and kind != "default":
+            fail(f"--retention {part!r}: unknown kind {kind!r}; kinds: {', '.join(KINDS)}, default")
+        if out[kind] <= 0:
+            fail(f"--retention {part!r}: the days must be > 0")
     return out
 
 
@@ -102,6 +112,8 @@ def migrate(
                 f"{kind} {day}: +{n} rows" + (f" ({skipped} already there)" if skipped else "")))
             console.print(report)
         return
+    if not (Path(from_dir) / "catalog.db").is_file():  # nothing to copy (and nothing created there)
+        raise typer.BadParameter(f"{from_dir}: no embedded history there (no catalog.db)")
     source = LakehouseSettings(history_dir=from_dir)
     if target.embedded and target.base_dir().resolve() == source.base_dir().resolve():
         raise typer.BadParameter("the target is the source: set MARKETBUS_LAKEHOUSE_CATALOG_URI and _WAREHOUSE")

@@ -15,8 +15,8 @@ from rich.console import Console
 
 from . import common
 from .common import NatsUrlOption
-from .output import EXIT_CODES_HELP, OneLineErrors, json_line, run
-from .services import SANDBOX_MODULE
+from .output import EXIT_CODES_HELP, OneLineErrors, fail, json_line, run
+from .services import SANDBOX_MODULE, SANDBOX_PORTS
 
 app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=True,
                   epilog=EXIT_CODES_HELP, cls=OneLineErrors)
@@ -89,9 +89,12 @@ def credentials(
     from marketbus.security.credentials import CredentialStore, compose_secrets
 
     store = CredentialStore(directory or common.data_dir() / common.CREDENTIALS_DIR)
-    keys = store.ensure()
-    if compose:
-        compose_secrets(store.directory)
+    try:
+        keys = store.ensure()
+        if compose:
+            compose_secrets(store.directory)
+    except OSError as exc:
+        fail(f"cannot write the credentials to {store.directory}: {exc.strerror or exc}")
     for name, key in keys.items():
         console.print(f"{name:20} {key}")
     console.print(f"seeds and {store.auth_conf.name} in {store.directory}")
@@ -109,6 +112,10 @@ def up(
     """Run the whole system in this terminal: NATS, the sandboxes and every service."""
     from .up import run_up
 
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--data-dir {data_dir}: cannot create it: {exc.strerror or exc}")
     raise typer.Exit(asyncio.run(run_up(data_dir, sandboxes, duration or None, console)))
 
 
@@ -147,6 +154,8 @@ def status(
 def sandbox(name: str = typer.Argument("all", help="finx | ticksupply | digitex | sitagri | all")) -> None:
     """Serve a vendor sandbox (or all four) on its documented port."""
     # the sandboxes are a service of their own: run by module name, never imported here
+    if name not in (*SANDBOX_PORTS, "all"):
+        fail(f"unknown sandbox {name!r}; choose from {', '.join(SANDBOX_PORTS)} or all")
     os.execv(sys.executable, [sys.executable, "-m", SANDBOX_MODULE, name])
 
 

@@ -136,7 +136,7 @@ async def _watch(url: str | None, market: str, count: int | None, as_json: bool,
                 json_line(event, subject)
             else:
                 tag = type(event).__struct_config__.tag
-                console.print(f"[dim]{subject}[/] [bold]{tag}[/] {summarize(event)}", highlight=False)
+                console.print(f"[dim]{subject}[/] [bold]{tag}[/] {summarize(event)}", highlight=False, soft_wrap=True)
             seen += 1
             if count and seen >= count:
                 done.set()

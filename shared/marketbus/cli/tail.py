@@ -88,7 +88,8 @@ class Printer:
             self._undecodable(msg, exc)
             return
         if isinstance(message, Batch) and not self.as_json:
-            self.console.print(f"[dim]{msg.subject}[/] [bold]batch[/] of {len(message.events)} {message.kind} events")
+            self.console.print(f"[dim]{msg.subject}[/] [bold]batch[/] of {len(message.events)} {message.kind} events",
+                               soft_wrap=True)
         for event in codec.iter_events(message):
             if not self.wanted():
                 break
@@ -96,7 +97,9 @@ class Printer:
                 json_line(event, msg.subject)
             else:
                 tag = type(event).__struct_config__.tag
-                self.console.print(f"[dim]{msg.subject}[/] [bold]{tag}[/] {summarize(event)}", highlight=False)
+                # soft_wrap: one line per event, also piped (`| grep`), where rich would cut at 80 columns
+                self.console.print(f"[dim]{msg.subject}[/] [bold]{tag}[/] {summarize(event)}", highlight=False,
+                                   soft_wrap=True)
             self._one()
 
     def _undecodable(self, msg: Any, exc: Exception) -> None:
@@ -107,7 +110,8 @@ class Printer:
                 body = None
             json_line(body if isinstance(body, dict) else {"data": msg.data.decode("utf-8", "replace")}, msg.subject)
         else:
-            self.console.print(f"[red]{msg.subject}[/] undecodable ({exc}): {msg.data[:200]!r}", highlight=False)
+            self.console.print(f"[red]{msg.subject}[/] undecodable ({exc}): {msg.data[:200]!r}", highlight=False,
+                               soft_wrap=True, markup=False)
         self._one()
 
 

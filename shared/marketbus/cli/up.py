@@ -288,7 +288,7 @@ async def provision_embedded(nats_url: str, store: CredentialStore | None, conso
     nc = await nats.connect(nats_url.split(","), **connect_as(store, "admin"))
     try:
         report = await provision(nc.jetstream(), int(os.environ.get("MARKETBUS_STREAM_REPLICAS", "1") or 1))
-        console.print(f"provisioned: {report.summary()}")
+        console.print(report.summary())
     finally:
         await nc.drain()
 

@@ -103,7 +103,9 @@ class HistoryClient:
                 try:
                     msg = await sub.next_msg(timeout=self.timeout)
                 except TimeoutError:  # nats' TimeoutError derives from it
-                    raise RequestError(codes.TIMEOUT, f"no reply from the {SERVER} within {self.timeout:g}s") from None
+                    # it answers when it runs: silence is a scan slower than the timeout (a loaded host)
+                    raise RequestError(codes.TIMEOUT, f"no reply from the {SERVER} within {self.timeout:g}s (a large "
+                                       "range on a busy host takes longer: give it more time, CLI --timeout)") from None
                 if not msg.data:
                     if msg.headers and msg.headers.get("Status") == "503":
                         raise RequestError(codes.NO_RESPONDERS,

@@ -83,10 +83,16 @@ def place(market: str, side: str, quantity: Any, price: Any = None, *, order_typ
           command_id: str | None = None) -> PlaceOrder:
     """A PlaceOrder command (client id generated when omitted); ValueError for a bad field."""
     client_id = client_id or new_id()
+    number = to_decimal("quantity", quantity)
+    limit = to_decimal("price", price) if price is not None else None
+    # the contract refuses these too, in its own words (PlaceOrder.price: must be a decimal >= 0, ...)
+    for name, value, given in (("quantity", number, quantity), ("price", limit, price)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} {str(given).strip()!r} must not be negative")
     return PlaceOrder(
         command_id=command_id or f"place-{client_id}", ts=time.time_ns(), client_id=client_id, market=market,
         side=_choice("side", side, OrderSide), order_type=_choice("order type", order_type, OrderType),
-        quantity=to_decimal("quantity", quantity), price=to_decimal("price", price) if price is not None else None,
+        quantity=number, price=limit,
         duration=_choice("duration", duration, OrderDuration), leverage=leverage, reduce_only=reduce_only)
 
 

@@ -32,8 +32,12 @@ class ProvisionReport:
     consumers: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{len(self.streams)} streams, {len(self.buckets)} KV buckets, {len(self.object_stores)} object "
-                f"stores, {len(self.consumers)} durable consumers provisioned")
+        def count(n: int, what: str) -> str:
+            return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+        return (f"{count(len(self.streams), 'stream')}, {count(len(self.buckets), 'KV bucket')}, "
+                f"{count(len(self.object_stores), 'object store')}, "
+                f"{count(len(self.consumers), 'durable consumer')} provisioned")
 
 
 async def provision(js: JetStreamContext, replicas: int = 1) -> ProvisionReport:
