@@ -497,6 +497,13 @@ if _DECIMALS_IN_C:  # canonical_decimal's steps, for the compiled one
 if _checks is not None and os.environ.get("MARKETBUS_PYTHON_CHECKS", "") not in ("", "0"):
     _checks.set_enabled(False)
 
+DECIMAL_ACCEPTS: Any = _checks.decimal_fits if _DECIMALS_IN_C else None
+"""``DECIMAL_ACCEPTS(v, SIGNS["positive"])`` (``"non_negative"``, ``"signed"``): the compiled
+checks' accept test of a contract decimal, read in place (no new Decimal, unlike
+:func:`decimal_in_bounds`). True only for a decimal every contract accepts with that sign; False
+when not known to be good (the caller then runs the careful test). None when not compiled."""
+SIGNS: dict[str, int] = _SIGNS
+
 
 class _Bad(Exception):
     """Raised inside the generated checks; turned into an InvariantError naming the field."""
