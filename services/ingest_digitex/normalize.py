@@ -21,7 +21,7 @@ import msgspec
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.codec import DECODE_ERRORS
 from marketbus.contracts.ids import event_id
-from marketbus.contracts.invariants import InvariantError, decimal_in_bounds
+from marketbus.contracts.invariants import InvariantError, decimal_in_bounds, decimal_of_text
 from marketbus.contracts.market import Bar, BookLevel, BookSnapshot, Trade
 from marketbus.contracts.reference import Currency, Instrument, Venue
 from marketbus.contracts.subjects import check_token, normalize_symbol
@@ -300,9 +300,11 @@ def _id_hasher(market_id: int) -> Any:
 
 def _parse_dec(value: str, what: str) -> Decimal:
     """The vendor's decimal string -> Decimal, parsed only: for a trade's price and size, whose
-    bounds the ``Trade`` contract checks itself (cached by :func:`recent_trades` once it has)."""
+    bounds the ``Trade`` contract checks itself (cached by :func:`recent_trades` once it has).
+    Parsed by ``decimal_of_text``: the 18-place text comes out in the canonical form the contract
+    would give it (same value), so the contract makes no second Decimal."""
     try:
-        return Decimal(value)
+        return decimal_of_text(value)
     except (InvalidOperation, TypeError):
         raise Malformed(f"{what} is not a decimal: {str(value)[:60]!r}") from None
 
@@ -349,7 +351,8 @@ def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, a
                 trade_id=tid,
             )
         except (Malformed, InvariantError) as exc:  # a price <= 0, NaN or 1e30, a timestamp beyond int64 ns
-            bad.append((msgspec.structs.asdict(w), f"bad trade {w.trade_id}: {exc}"))
+            why = _refusal(w, price, size, venue, symbol, ts_recv, replay) if isinstance(exc, InvariantError) else exc
+            bad.append((msgspec.structs.asdict(w), f"bad trade {w.trade_id}: {why or exc}"))
             continue
         append(trade)
         # the contract has checked them: the cache holds only decimals within the bounds (dec's
@@ -362,6 +365,21 @@ def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, a
             if size is None:
                 decimals[w.base_volume] = trade.size
     return out, bad, oldest
+
+
+def _refusal(w: WTrade, price: Decimal | None, size: Decimal | None, venue: str, symbol: str, ts_recv: int,
+             replay: bool) -> InvariantError | None:
+    """The contract's refusal of a row, with its decimals parsed as the vendor wrote them
+    (``Decimal(text)``): the message quotes the value as sent (``Decimal('-1.000000000000000000')``),
+    not the shorter text the hot path parsed."""
+    try:
+        Trade(id="x", source=SOURCE, venue=venue, symbol=symbol, ts_event=w.timestamp * US, ts_recv=ts_recv,
+              replay=replay, price=Decimal(w.price) if price is None else price,
+              size=Decimal(w.base_volume) if size is None else size,
+              side=SIDES.get(w.side, "unknown"), trade_id=str(w.trade_id))  # type: ignore[arg-type]
+    except InvariantError as exc:
+        return exc
+    return None
 
 
 def _by_trade_id(w: WTrade) -> int:

@@ -518,6 +518,48 @@ decimal_fits(PyObject *module, PyObject *args)
     return PyBool_FromLong(decimal_ok(v, sign));
 }
 
+/* decimal_of_text(text): Decimal(text), parsed without the trailing zeros of a plain text's fraction
+ * ("64000.010000000000000000" -> Decimal("64000.01"), "100.00" -> Decimal("100")): the same value, in
+ * the canonical form a contract gives it anyway, so the contract check finds it canonical and makes
+ * no second Decimal (normalize). Only for a text of at most the contract's digits, so whether a
+ * contract accepts the value is the same. Any other text (an exponent, a sign "+", spaces, not
+ * ASCII, not a number, too many digits) is given to Decimal as it is, and raises what it raises. */
+static PyObject *
+decimal_of_text(PyObject *module, PyObject *text)
+{
+    if (decimal_type == NULL) { PyErr_SetString(PyExc_RuntimeError, "configure_decimal failed"); return NULL; }
+    if (PyUnicode_CheckExact(text) && PyUnicode_IS_COMPACT_ASCII(text)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(text), dot = -1, i;
+        const char *s = (const char *)PyUnicode_DATA(text);
+        for (i = 0; i < n; i++) {
+            char c = s[i];
+            if (c == '.') {
+                if (dot >= 0) break;
+                dot = i;
+            }
+            else if (!(c >= '0' && c <= '9') && !(i == 0 && c == '-')) break;
+        }
+        /* at most the contract's digits: a longer text is refused by the contracts for its
+         * digits (or its exponent, for a zero), which the zeros left out would hide */
+        if (i == n && dot >= 0 && n - 1 - (s[0] == '-') <= dec_max_digits) {
+            Py_ssize_t end = n;
+            while (end > dot + 1 && s[end - 1] == '0') end--;
+            if (end == dot + 1) end = dot; /* "100." -> "100" */
+            /* at least one digit left ("." and "-." go to Decimal as they are, which refuses them) */
+            int digit = 0;
+            for (i = 0; i < end; i++) if (s[i] >= '0' && s[i] <= '9') { digit = 1; break; }
+            if (end < n && digit) {
+                PyObject *cut = PyUnicode_FromStringAndSize(s, end);
+                if (cut == NULL) return NULL;
+                PyObject *out = PyObject_CallOneArg((PyObject *)decimal_type, cut);
+                Py_DECREF(cut);
+                return out;
+            }
+        }
+    }
+    return PyObject_CallOneArg((PyObject *)decimal_type, text);
+}
+
 static PyMethodDef methods[] = {
     {"configure_decimal", configure_decimal, METH_VARARGS,
      "configure_decimal(Decimal, max_digits, max_adjusted, min_adjusted) -> whether decimals are read in C"},
@@ -526,6 +568,8 @@ static PyMethodDef methods[] = {
     {"canonical_decimal", canonical_decimal, METH_O, "invariants.canonical_decimal, compiled (for the tests)"},
     {"set_enabled", set_enabled, METH_O, "set_enabled(flag) -> the previous flag; False: every Plan runs its fallback"},
     {"is_canonical", is_canonical, METH_O, "whether a decimal passes the canonical test (for the tests)"},
+    {"decimal_of_text", decimal_of_text, METH_O,
+     "decimal_of_text(text): Decimal(text) without a plain text's trailing fraction zeros (the same value)"},
     {"decimal_fits", decimal_fits, METH_VARARGS, "decimal_fits(v, sign): the decimal accept test (for the tests)"},
     {NULL},
 };
