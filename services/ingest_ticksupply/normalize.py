@@ -24,6 +24,7 @@ events raise :class:`MalformedPayload`.
 
 from __future__ import annotations
 
+import copy
 import csv
 import gzip
 import zlib
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from hashlib import blake2b
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -42,8 +43,14 @@ from marketbus.contracts.invariants import (
     DECIMAL_CONTEXT,
     MAX_LABEL,
     MAX_TS_NS,
+    NON_NEGATIVE,
+    POSITIVE,
     SIGNS,
+    Checked,
     InvariantError,
+    Label,
+    Nanos,
+    Rule,
     decimal_in_bounds,
 )
 from marketbus.contracts.market import Quote, Trade
@@ -160,7 +167,34 @@ def datastream_event(ds: DatastreamRef, ts: int) -> InstrumentClass:
 
 
 # --- artifacts ---------------------------------------------------------------------------------
-class TradeRow(msgspec.Struct, array_like=True, gc=False):
+def _as_parsed(rule: Rule) -> Rule:
+    """A contract decimal rule that leaves the value as parsed (not canonical): a row keeps the
+    vendor's decimal (a trade without an id hashes its text); the event made of it is canonical."""
+    twin = copy.copy(rule)
+    twin.canonical = False
+    return twin
+
+
+_RowPrice = Annotated[Decimal, _as_parsed(POSITIVE)]
+_RowSize = Annotated[Decimal, _as_parsed(NON_NEGATIVE)]
+
+
+class TradeRow(Checked, array_like=True, gc=False):
+    """A trade row that keeps the contract invariants of the Trade it makes: checked when decoded
+    (compiled, in C), so a slice whose rows all decode needs no other check."""
+
+    exchange_ts_ns: Nanos
+    collection_ts_ns: Nanos
+    trade_id: Label
+    price: _RowPrice
+    quantity: _RowSize
+    side: str
+
+
+class _TradeRowText(msgspec.Struct, array_like=True, gc=False):
+    """A trade row as parsed, unchecked: the careful path checks it with :func:`_check` (which
+    gives the reason of a bad one) before making it a :class:`TradeRow`."""
+
     exchange_ts_ns: int
     collection_ts_ns: int
     trade_id: str
@@ -191,6 +225,7 @@ class ParsedArtifact(NamedTuple):
 
 
 _trade_rows = msgspec.json.Decoder(list[TradeRow], strict=False)
+_UNCHECKED: dict[type, type] = {TradeRow: _TradeRowText}
 _book_rows = msgspec.json.Decoder(list[BookRow], strict=False)
 
 
@@ -212,7 +247,7 @@ def _check(row: Any) -> str | None:
         return f"bad number: {exc!r}"
     if not (0 <= row.exchange_ts_ns <= MAX_TS_NS and 0 <= row.collection_ts_ns <= MAX_TS_NS):
         return "timestamps must be int64 ns in 1970..2262"
-    ident = row.trade_id if type(row) is TradeRow else row.update_id
+    ident = row.update_id if type(row) is BookRow else row.trade_id
     if len(ident) > MAX_LABEL:
         return f"id longer than {MAX_LABEL} characters"
     return None
@@ -299,7 +334,8 @@ def _parse_body(body: bytes, columns: tuple[str, ...], row_type: type, decoder: 
         else:
             # Decimal accepts NaN/Infinity, 1e30 and negatives: when a row breaks an invariant,
             # the careful path below finds which.
-            if _rows_fit(rows, "trade_id" if row_type is TradeRow else "update_id"):
+            # (a TradeRow is checked as it is decoded: a bad one made the decoding fail)
+            if row_type is TradeRow or _rows_fit(rows, "update_id"):
                 return ParsedArtifact(rows, [], len(rows))
     return _parse_lines(body.split(b"\n"), list(range(len(columns))), row_type, first_line=first_line)
 
@@ -340,7 +376,7 @@ def _parse_lines(lines: list[bytes], index: list[int], row_type: type, first_lin
         values = [fields[i] if i >= 0 else "0" for i in index]
         row: Any
         try:
-            row = msgspec.convert(values, row_type, strict=False)
+            row = msgspec.convert(values, _UNCHECKED.get(row_type, row_type), strict=False)
         except msgspec.ValidationError as exc:
             bad.append(BadRow(n, raw, f"bad field: {exc}"))
             continue
@@ -348,7 +384,7 @@ def _parse_lines(lines: list[bytes], index: list[int], row_type: type, first_lin
         if problem:
             bad.append(BadRow(n, raw, problem))
             continue
-        rows.append(row)
+        rows.append(row if type(row) is row_type else row_type(*msgspec.structs.astuple(row)))
     return ParsedArtifact(rows, bad, total)
 
 
