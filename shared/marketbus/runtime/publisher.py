@@ -155,6 +155,7 @@ class EventWire:
 
     def __init__(self) -> None:
         self._parts: dict[tuple[type, str, str, str], tuple[str, bytes]] = {}
+        self._by_symbol: dict[str, tuple[type, str, str, str, bytes]] = {}
 
     def _lookup(self, event: MarketEvent) -> tuple[str, bytes]:
         if len(self._parts) >= self.MAX_INSTRUMENTS:
@@ -165,9 +166,18 @@ class EventWire:
         return parts
 
     def message(self, event: MarketEvent) -> tuple[str, bytes, bytes]:
-        """(subject, payload, header block) of one event (``publish_event``)."""
-        parts = self._parts.get((type(event), event.source, event.venue, event.symbol))
-        subject, head = self._lookup(event) if parts is None else parts
+        """(subject, payload, header block) of one event (``publish_event``). The last instrument
+        of each symbol is looked up by the symbol alone (no key tuple), and its kind, source and
+        venue checked by identity (a normalizer gives its events the same objects)."""
+        last = self._by_symbol.get(event.symbol)
+        if last is not None and last[0] is type(event) and last[1] is event.source and last[2] is event.venue:
+            subject, head = last[3], last[4]
+        else:
+            parts = self._parts.get((type(event), event.source, event.venue, event.symbol))
+            subject, head = self._lookup(event) if parts is None else parts
+            if len(self._by_symbol) >= self.MAX_INSTRUMENTS:
+                self._by_symbol.clear()
+            self._by_symbol[event.symbol] = (type(event), event.source, event.venue, subject, head)
         return subject, _encode(event), head + event.id.encode() + _TAIL
 
     def messages(self, events: Iterable[MarketEvent]) -> Iterator[tuple[str, bytes, bytes]]:
