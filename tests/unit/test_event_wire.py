@@ -19,7 +19,7 @@ def _events() -> list[Trade | Tick]:
         source = ["finx", "digitex"][i // 20]
         cls = Trade if i % 5 else Tick
         out.append(cls(id=f"id{i}", source=source, venue=venue, symbol=symbol, ts_event=i, ts_recv=i,
-                       price=Decimal("1.5")))
+                       price=Decimal("1.5"), **({"size": Decimal(2)} if cls is Trade else {})))
     return out
 
 
