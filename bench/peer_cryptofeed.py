@@ -10,9 +10,9 @@ rounds on the same machine at the same time:
   object and an (empty) callback; no serialization. It runs in a worker process of that venv,
   told by this one when to run a round.
 - **marketbus**, per vendor, the main event path up to the publish call: the vendor's wire bytes
-  -> the normalizer -> contract event -> subject (cached per instrument, as
-  ``JetStreamPublisher.publish_group`` does) + ``codec`` encode + NATS header block: Digitex
-  ``recent_trades`` pages (1000 trades), FinX ``tickSnap`` frames (one per tick), Sitagri
+  -> the normalizer -> contract event -> subject + ``codec`` encode + NATS header block, by the
+  publisher's own ``EventWire`` (what ``publish_group`` and ``publish_event`` send): Digitex
+  ``recent_trades`` pages (1000 trades), FinX ``tickSnap`` frames (one per tick, ``publish_event``), Sitagri
   ``marketPrice`` pushes (one per trade), TickSupply CSV artifacts (parsed rows -> single events).
   Also each vendor's batch form (normalize + one batch envelope per page, encoded).
 
