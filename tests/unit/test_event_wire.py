@@ -17,9 +17,9 @@ def _events() -> list[Trade | Tick]:
         venue = "".join(["BIN", "ANCE"]) if i % 3 else "BINANCE"  # equal texts, other objects
         symbol = ["BTC-USDT", "ETH-USDT"][i % 2]
         source = ["finx", "digitex"][i // 20]
-        cls = Trade if i % 5 else Tick
-        out.append(cls(id=f"id{i}", source=source, venue=venue, symbol=symbol, ts_event=i, ts_recv=i,
-                       price=Decimal("1.5"), **({"size": Decimal(2)} if cls is Trade else {})))
+        common = {"id": f"id{i}", "source": source, "venue": venue, "symbol": symbol, "ts_event": i, "ts_recv": i}
+        out.append(Trade(**common, price=Decimal("1.5"), size=Decimal(2)) if i % 5  # type: ignore[arg-type]
+                   else Tick(**common, price=Decimal("1.5")))  # type: ignore[arg-type]
     return out
 
 
