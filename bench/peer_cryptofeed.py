@@ -10,9 +10,9 @@ rounds on the same machine at the same time:
   object and an (empty) callback; no serialization. It runs in a worker process of that venv,
   told by this one when to run a round.
 - **marketbus**, per vendor, the main event path up to the publish call: the vendor's wire bytes
-  -> the normalizer -> contract event -> subject (cached per instrument, as
-  ``JetStreamPublisher.publish_group`` does) + ``codec`` encode + NATS header block: Digitex
-  ``recent_trades`` pages (1000 trades), FinX ``tickSnap`` frames (one per tick), Sitagri
+  -> the normalizer -> contract event -> subject + ``codec`` encode + NATS header block, by the
+  publisher's own ``EventWire`` (what ``publish_group`` and ``publish_event`` send): Digitex
+  ``recent_trades`` pages (1000 trades), FinX ``tickSnap`` frames (one per tick, ``publish_event``), Sitagri
   ``marketPrice`` pushes (one per trade), TickSupply CSV artifacts (parsed rows -> single events).
   Also each vendor's batch form (normalize + one batch envelope per page, encoded).
 
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
 from marketbus.contracts import codec, subjects  # noqa: E402
-from marketbus.runtime.publisher import header_block  # noqa: E402
+from marketbus.runtime.publisher import EventWire, header_block  # noqa: E402
 from services.ingest_digitex import normalize as digitex  # noqa: E402
 from services.ingest_finx import normalize as finx  # noqa: E402
 from services.ingest_sitagri import normalize as sitagri  # noqa: E402
@@ -188,23 +188,25 @@ def ticksupply_artifacts(trades: list[dict[str, Any]]) -> list[tuple[bytes, Any]
 
 # --- marketbus's paths ---------------------------------------------------------------------------
 class Wire:
-    """What the publisher sends for an event: subject (once per instrument and kind, as
-    ``publish_group`` caches it), payload (``codec``'s encoder) and header block."""
+    """What the publisher sends for an event: subject, payload (``codec``'s encoder) and header
+    block, from the publisher's own ``EventWire`` (what ``JetStreamPublisher.publish_group`` and
+    ``publish_event`` send: subject and header head cached per instrument)."""
 
     def __init__(self) -> None:
-        self.subjects: dict[tuple[type, str, str], str] = {}
+        self.wire = EventWire()
         self.encode = codec._encoder.encode
         self.bytes = 0
 
     def send(self, events: list[Any]) -> None:
-        encode, subject_of, total = self.encode, self.subjects, 0
-        for event in events:
-            key = (type(event), event.venue, event.symbol)
-            subject = subject_of.get(key)
-            if subject is None:
-                subject = subject_of[key] = subjects.for_event(event)
-            total += len(encode(event)) + len(header_block(event, event.id))
+        total = 0
+        for _subject, payload, block in self.wire.messages(events):
+            total += len(payload) + len(block)
         self.bytes += total
+
+    def send_one(self, event: Any) -> None:
+        """One event, as ``publish_event`` sends it."""
+        _subject, payload, block = self.wire.message(event)
+        self.bytes += len(payload) + len(block)
 
     def send_batch(self, events: list[Any]) -> None:
         batch = codec.make_batch(events)
@@ -230,9 +232,9 @@ def digitex_batch(pages: list[tuple[bytes, str]], wire: Wire) -> int:
 
 
 def finx_single(frames: list[bytes], wire: Wire) -> int:
-    ts, snap, send = time.time_ns(), finx.snap, wire.send
-    for frame in frames:
-        send([snap(frame, ts)])
+    ts, snap, send = time.time_ns(), finx.snap, wire.send_one
+    for frame in frames:  # the live path publishes each snap with ``publish_event``
+        send(snap(frame, ts))
     return len(frames)
 
 

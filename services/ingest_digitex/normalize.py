@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from hashlib import blake2b
 from operator import gt
 from typing import Any
 
@@ -20,8 +19,8 @@ import msgspec
 
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.codec import DECODE_ERRORS
-from marketbus.contracts.ids import event_id
-from marketbus.contracts.invariants import InvariantError, decimal_in_bounds
+from marketbus.contracts.ids import event_id, event_id_of, id_head
+from marketbus.contracts.invariants import InvariantError, decimal_in_bounds, decimal_of_text
 from marketbus.contracts.market import Bar, BookLevel, BookSnapshot, Trade
 from marketbus.contracts.reference import Currency, Instrument, Venue
 from marketbus.contracts.subjects import check_token, normalize_symbol
@@ -278,31 +277,30 @@ def exchange_info(
 
 # --- market data ----------------------------------------------------------------------------
 def trade_id(market_id: int, vendor_trade_id: int) -> str:
-    """``event_id("digitex", "trade", market_id, trade_id)``, inlined (hot path)."""
-    h = _id_hasher(market_id).copy()
-    h.update(str(vendor_trade_id).encode())
-    return h.hexdigest()
+    """``event_id("digitex", "trade", market_id, trade_id)``, from the market's cached head (hot path)."""
+    return event_id_of(_id_head(market_id), str(vendor_trade_id))
 
 
-_ID_HASHERS: dict[int, Any] = {}
+_ID_HEADS: dict[int, bytes] = {}
 
 
-def _id_hasher(market_id: int) -> Any:
-    """A hasher fed with the constant head of a market's trade ids' text (the same text as
-    ``event_id``): copying it and adding the trade id costs less than hashing the whole text."""
-    hasher = _ID_HASHERS.get(market_id)
-    if hasher is None:
-        if len(_ID_HASHERS) >= 10_000:  # market ids are few; bounded all the same
-            _ID_HASHERS.clear()
-        hasher = _ID_HASHERS[market_id] = blake2b(f"digitex\x1ftrade\x1f{market_id}\x1f".encode(), digest_size=12)
-    return hasher
+def _id_head(market_id: int) -> bytes:
+    """The constant head of a market's trade ids' text (``id_head``), computed once per market."""
+    head = _ID_HEADS.get(market_id)
+    if head is None:
+        if len(_ID_HEADS) >= 10_000:  # market ids are few; bounded all the same
+            _ID_HEADS.clear()
+        head = _ID_HEADS[market_id] = id_head(SOURCE, "trade", market_id)
+    return head
 
 
 def _parse_dec(value: str, what: str) -> Decimal:
     """The vendor's decimal string -> Decimal, parsed only: for a trade's price and size, whose
-    bounds the ``Trade`` contract checks itself (cached by :func:`recent_trades` once it has)."""
+    bounds the ``Trade`` contract checks itself (cached by :func:`recent_trades` once it has).
+    Parsed by ``decimal_of_text``: the 18-place text comes out in the canonical form the contract
+    would give it (same value), so the contract makes no second Decimal."""
     try:
-        return Decimal(value)
+        return decimal_of_text(value)
     except (InvalidOperation, TypeError):
         raise Malformed(f"{what} is not a decimal: {str(value)[:60]!r}") from None
 
@@ -331,37 +329,47 @@ def recent_trades(payload: bytes | str, symbol: str, venue: str, ts_recv: int, a
     out: list[Trade] = []
     bad: list[tuple[Any, str]] = []
     market_id = page.market_id
-    # one Trade per row, the per-page constants hoisted (the hot path: ~1000 rows a page)
-    hasher, decimals, sides, append = _id_hasher(market_id), _DECIMALS, SIDES.get, out.append
-    cached = decimals.get
+    # one Trade per row, the per-page constants hoisted (the hot path: ~1000 rows a page). The
+    # decimals are parsed by decimal_of_text, straight to their canonical form (~120 ns each): no
+    # cache (its upkeep cost as much as the parse it saved when prices vary, issue #16)
+    head, parse, sides, append, id_of = _id_head(market_id), decimal_of_text, SIDES.get, out.append, event_id_of
     for w in rows:
         tid = str(w.trade_id)
-        h = hasher.copy()
-        h.update(tid.encode())
-        price, size = cached(w.price), cached(w.base_volume)
         try:
-            trade = Trade(
-                id=h.hexdigest(), source=SOURCE, venue=venue, symbol=symbol, ts_event=w.timestamp * US,
-                ts_recv=ts_recv, replay=replay,
-                price=_parse_dec(w.price, "price") if price is None else price,
-                size=_parse_dec(w.base_volume, "base_volume") if size is None else size,
+            append(Trade(
+                id=id_of(head, tid), source=SOURCE, venue=venue, symbol=symbol, ts_event=w.timestamp * US,
+                ts_recv=ts_recv, replay=replay, price=parse(w.price), size=parse(w.base_volume),
                 side=sides(w.side, "unknown"),  # type: ignore[arg-type]
                 trade_id=tid,
-            )
-        except (Malformed, InvariantError) as exc:  # a price <= 0, NaN or 1e30, a timestamp beyond int64 ns
-            bad.append((msgspec.structs.asdict(w), f"bad trade {w.trade_id}: {exc}"))
-            continue
-        append(trade)
-        # the contract has checked them: the cache holds only decimals within the bounds (dec's
-        # rule); _remember, inlined
-        if price is None or size is None:
-            if len(decimals) >= _DECIMALS_MAX:
-                decimals.clear()
-            if price is None:
-                decimals[w.price] = trade.price
-            if size is None:
-                decimals[w.base_volume] = trade.size
+            ))
+        except (ArithmeticError, InvariantError) as exc:  # not a decimal; a price <= 0, NaN or 1e30, a
+            # timestamp beyond int64 ns: the reason as the careful functions give it
+            why = _refusal(w, venue, symbol, ts_recv, replay) if isinstance(exc, InvariantError) else _unparsed(w)
+            bad.append((msgspec.structs.asdict(w), f"bad trade {w.trade_id}: {why or exc}"))
     return out, bad, oldest
+
+
+def _unparsed(w: WTrade) -> Malformed | None:
+    """Which decimal of a row does not parse, and why (price first, as the row is read)."""
+    try:
+        _parse_dec(w.price, "price")
+        _parse_dec(w.base_volume, "base_volume")
+    except Malformed as exc:
+        return exc
+    return None
+
+
+def _refusal(w: WTrade, venue: str, symbol: str, ts_recv: int, replay: bool) -> InvariantError | None:
+    """The contract's refusal of a row, with its decimals parsed as the vendor wrote them
+    (``Decimal(text)``): the message quotes the value as sent (``Decimal('-1.000000000000000000')``),
+    not the shorter text the hot path parsed."""
+    try:
+        Trade(id="x", source=SOURCE, venue=venue, symbol=symbol, ts_event=w.timestamp * US, ts_recv=ts_recv,
+              replay=replay, price=Decimal(w.price), size=Decimal(w.base_volume),
+              side=SIDES.get(w.side, "unknown"), trade_id=str(w.trade_id))  # type: ignore[arg-type]
+    except InvariantError as exc:
+        return exc
+    return None
 
 
 def _by_trade_id(w: WTrade) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal, InvalidOperation
-from hashlib import blake2b
 from operator import attrgetter
 from typing import Any
 
@@ -24,7 +23,7 @@ import msgspec
 
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.codec import DECODE_ERRORS
-from marketbus.contracts.ids import event_id
+from marketbus.contracts.ids import event_id, event_id_of, id_head
 from marketbus.contracts.invariants import MAX_TOKEN, MAX_TS_NS, InvariantError
 from marketbus.contracts.market import Tick
 from marketbus.contracts.reference import Currency, Instrument
@@ -193,32 +192,29 @@ def price_of(text: str) -> Decimal:
 
 
 def tick_id(pair: str, exchange: str, ts_ns: int, price_text: str) -> str:
-    """``event_id("finx", "tick", pair, exchange, ts_ns, price_text)``, computed from a hasher fed
-    once per instrument with the constant head of the text (the hot path copies it)."""
-    h = _instrument(pair, exchange)[2].copy()
-    h.update(f"{ts_ns}\x1f{price_text}".encode())
-    return h.hexdigest()
+    """``event_id("finx", "tick", pair, exchange, ts_ns, price_text)``, from the instrument's
+    cached head of the text (``id_head``)."""
+    return event_id_of(_instrument(pair, exchange)[2], f"{ts_ns}\x1f{price_text}")
 
 
-# (exchange, pair) -> (venue, symbol, hasher fed with "finx\x1ftick\x1f<pair>\x1f<exchange>\x1f", the
-# head of the text ``event_id`` hashes: copying it and adding the rest costs less than hashing it all)
-_INSTRUMENTS: dict[tuple[str, str], tuple[str, str, Any]] = {}
+# (exchange, pair) -> (venue, symbol, id_head("finx", "tick", pair, exchange): the head of the text
+# ``event_id`` hashes, so a tick's id hashes it and its own tail)
+_INSTRUMENTS: dict[tuple[str, str], tuple[str, str, bytes]] = {}
 
 
-def _instrument(pair: str, exchange: str) -> tuple[str, str, Any]:
+def _instrument(pair: str, exchange: str) -> tuple[str, str, bytes]:
     inst = _INSTRUMENTS.get((exchange, pair))
     if inst is None:
         venue, symbol = venue_of(exchange), symbol_of(pair)  # their errors, in this order
         if len(_INSTRUMENTS) > 10_000:
             _INSTRUMENTS.clear()
-        inst = _INSTRUMENTS[(exchange, pair)] = (
-            venue, symbol, blake2b(f"finx\x1ftick\x1f{pair}\x1f{exchange}\x1f".encode(), digest_size=12))
+        inst = _INSTRUMENTS[(exchange, pair)] = (venue, symbol, id_head(SOURCE, "tick", pair, exchange))
     return inst
 
 
 def tick(row: Row, ts_recv: int, replay: bool = False) -> Tick:
     """One tick row -> Tick (``md.tick.finx.<EXCHANGE>.<BASE-QUOTE>``). The hot path: the caches
-    of days, seconds and instruments (venue, symbol, id hasher) are read inline, a function is
+    of days, seconds and instruments (venue, symbol, id head) are read inline, a function is
     called only for a value not seen yet; the price's bounds are the contract's own check."""
     text, clock = row.price, row.time
     day, sod, ms = _DAYS.get(row.date), _SECONDS.get(clock[:9]), _MSZ.get(clock[9:])
@@ -227,15 +223,14 @@ def tick(row: Row, ts_recv: int, replay: bool = False) -> Tick:
     else:
         ts = day + sod + ms
     inst = _INSTRUMENTS.get((row.exchange, row.pair))
-    venue, symbol, hasher = _instrument(row.pair, row.exchange) if inst is None else inst
-    h = hasher.copy()
-    h.update(f"{ts}\x1f{text}".encode())
+    venue, symbol, head = _instrument(row.pair, row.exchange) if inst is None else inst
+    ident = event_id_of(head, f"{ts}\x1f{text}")
     try:
         price = Decimal(text)
     except (InvalidOperation, TypeError):
         raise Malformed(f"bad price {text!r}") from None
     try:
-        return Tick(id=h.hexdigest(), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv,
+        return Tick(id=ident, source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv,
                     replay=replay, price=price)
     except InvariantError as exc:  # a price <= 0 or NaN (its own reason), or e.g. of 1e30
         price_of(text)

@@ -186,3 +186,17 @@ def test_a_refused_trade_price_is_not_remembered_for_later_payloads() -> None:
     book = {"market_id": 1, "timestamp": 1, "bids": [["1e30", "1"]], "asks": []}
     with pytest.raises(normalize.Malformed, match="bid"):
         normalize.order_book(msgspec.json.encode(book), "FS-BTCUSD", V, TS)
+
+
+@pytest.mark.parametrize(("field", "value"), [("price", "-1.000000000000000000"),
+                                              ("base_volume", "-0.500000000000000000"),
+                                              ("price", "0.000000000000000000"), ("price", "1." + "0" * 40)])
+def test_a_refused_trade_quotes_its_decimal_as_sent(field: str, value: str) -> None:
+    """The hot path parses the 18-place texts without their trailing zeros (same value): a refusal
+    still quotes the value as the vendor wrote it, and the same values are refused."""
+    good = {"trade_id": 1, "timestamp": 1_700_000_000_000_000, "price": "100.500000000000000000",
+            "base_volume": "1.000000000000000000", "side": 1}
+    page = {"market_id": 1, "recent_trades": [{**good, "trade_id": 2, field: value}, good]}
+    trades, bad, _ = normalize.recent_trades(msgspec.json.encode(page), "FS-BTCUSD", "DIGITEX", 1)
+    assert [(t.trade_id, str(t.price), str(t.size)) for t in trades] == [("1", "100.5", "1")]
+    assert len(bad) == 1 and repr(Decimal(value)) in bad[0][1], bad

@@ -190,3 +190,15 @@ def test_a_datastream_that_cannot_make_valid_events_is_malformed() -> None:
     with pytest.raises(MalformedPayload):
         normalize.datastream_ref({"datastream_id": 7, "exchange": "coinbase", "instrument": "X" * 500,
                                   "stream_type": "trade"})
+
+
+def test_rows_keep_the_decimals_as_written_and_the_events_are_canonical() -> None:
+    """Rows are checked against the contracts as they are decoded, but keep the vendor's decimal
+    text (an id-less trade's id hashes it); the Trade carries the canonical value."""
+    csv_text = ",".join(normalize.TRADE_COLUMNS) + "\n1,2,,2.50,1.0,b\n3,4,t1,100.10,0.50,sell\n"
+    parsed = normalize.parse_artifact(gzip.compress(csv_text.encode()))
+    assert parsed.bad == [] and [str(r.price) for r in parsed.rows] == ["2.50", "100.10"]
+    ds = normalize.DatastreamRef(datastream_id=7, exchange="binance", instrument="BTCUSDT", stream_type="trade")
+    trades = normalize.trades(ds, parsed.rows, 1)
+    assert trades[0].id == event_id("ticksupply", "trade", 7, "", 1, 2, Decimal("2.50"), Decimal("1.0"), "b")
+    assert [(str(t.price), str(t.size), t.side) for t in trades] == [("2.5", "1", "buy"), ("100.1", "0.5", "sell")]

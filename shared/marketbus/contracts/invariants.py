@@ -45,6 +45,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -496,6 +497,25 @@ if _DECIMALS_IN_C:  # canonical_decimal's steps, for the compiled one
     )
 if _checks is not None and os.environ.get("MARKETBUS_PYTHON_CHECKS", "") not in ("", "0"):
     _checks.set_enabled(False)
+
+DECIMAL_ACCEPTS: Any = _checks.decimal_fits if _DECIMALS_IN_C else None
+"""``DECIMAL_ACCEPTS(v, SIGNS["positive"])`` (``"non_negative"``, ``"signed"``): the compiled
+checks' accept test of a contract decimal, read in place (no new Decimal, unlike
+:func:`decimal_in_bounds`). True only for a decimal every contract accepts with that sign; False
+when not known to be good (the caller then runs the careful test). None when not compiled."""
+SIGNS: dict[str, int] = _SIGNS
+
+
+def _decimal_of_text(text: str) -> Decimal:
+    return Decimal(text)
+
+
+decimal_of_text: Callable[[str], Decimal] = _checks.decimal_of_text if _DECIMALS_IN_C else _decimal_of_text
+"""``Decimal(text)`` (same value, same errors), compiled: a plain text's trailing fraction zeros
+are left out, so an 18-place vendor text parses straight to the canonical form a contract gives
+it (``"64000.010000000000000000"`` -> ``Decimal("64000.01")``), and the contract makes no second
+Decimal. Its exponent may differ from ``Decimal(text)``'s: where the text matters (an error
+message quoting the value), use ``Decimal(text)``."""
 
 
 class _Bad(Exception):

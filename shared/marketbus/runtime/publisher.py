@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -117,20 +118,85 @@ class _Pending:
 
 
 _HEADER_PREFIX: dict[type, bytes] = {}
+_ID_HEAD: dict[type, bytes] = {}  # the prefix + "Nats-Msg-Id: ": an event's header block is that + id + CRLF CRLF
+_TAIL = b"\r\n\r\n"
+
+
+def _prefix_of(event: Event) -> bytes:
+    cls = type(event)
+    prefix = _HEADER_PREFIX.get(cls)
+    if prefix is None:
+        static = {k: v for k, v in codec.headers_for(event, "").items() if k != codec.HEADER_MSG_ID}
+        prefix = _HEADER_PREFIX[cls] = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in static.items())
+        _ID_HEAD[cls] = prefix + b"Nats-Msg-Id: "
+    return prefix
 
 
 def header_block(event: Event, msg_id: str | None) -> bytes:
     """The encoded NATS header block of an event (what nats-py would build from the dict, but
     with the constant part encoded once per type: header encoding is the costliest part of a
     publish in nats-py)."""
-    cls = type(event)
-    prefix = _HEADER_PREFIX.get(cls)
-    if prefix is None:
-        static = {k: v for k, v in codec.headers_for(event, "").items() if k != codec.HEADER_MSG_ID}
-        prefix = _HEADER_PREFIX[cls] = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in static.items())
+    prefix = _prefix_of(event)
     if msg_id:
-        return b"%sNats-Msg-Id: %s\r\n\r\n" % (prefix, msg_id.encode())
+        return _ID_HEAD[type(event)] + msg_id.encode() + _TAIL
     return prefix + b"\r\n"
+
+
+class EventWire:
+    """What the publisher sends for market events: (subject, payload, header block) of each.
+
+    The subject and the header block's constant head are computed once per instrument and kind
+    (bounded cache), and looked up once per run of events of the same instrument (the normalizers
+    give the events of a page the same ``source``/``venue``/``symbol`` objects: an identity check
+    is enough to know the run goes on). The per-event work is the encoding, the id's header line
+    and the tuple."""
+
+    MAX_INSTRUMENTS = 10_000
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[type, str, str, str], tuple[str, bytes]] = {}
+        self._by_symbol: dict[str, tuple[type, str, str, str, bytes]] = {}
+
+    def _lookup(self, event: MarketEvent) -> tuple[str, bytes]:
+        if len(self._parts) >= self.MAX_INSTRUMENTS:
+            self._parts.clear()
+        _prefix_of(event)
+        parts = self._parts[(type(event), event.source, event.venue, event.symbol)] = (
+            subjects.for_event(event), _ID_HEAD[type(event)])
+        return parts
+
+    def message(self, event: MarketEvent) -> tuple[str, bytes, bytes]:
+        """(subject, payload, header block) of one event (``publish_event``). The last instrument
+        of each symbol is looked up by the symbol alone (no key tuple), and its kind, source and
+        venue checked by identity (a normalizer gives its events the same objects)."""
+        last = self._by_symbol.get(event.symbol)
+        if last is not None and last[0] is type(event) and last[1] is event.source and last[2] is event.venue:
+            subject, head = last[3], last[4]
+        else:
+            parts = self._parts.get((type(event), event.source, event.venue, event.symbol))
+            subject, head = self._lookup(event) if parts is None else parts
+            if len(self._by_symbol) >= self.MAX_INSTRUMENTS:
+                self._by_symbol.clear()
+            self._by_symbol[event.symbol] = (type(event), event.source, event.venue, subject, head)
+        return subject, _encode(event), head + event.id.encode() + _TAIL
+
+    def messages(self, events: Iterable[MarketEvent]) -> Iterator[tuple[str, bytes, bytes]]:
+        """``message(e) for e in events``, the hot path of ``publish_group`` (a generator: each
+        payload is sent before the next is encoded, as the publisher does)."""
+        encode, tail = _encode, _TAIL
+        cls: type | None = None
+        source = venue = symbol = subject = ""
+        head = b""
+        for event in events:
+            if type(event) is not cls or event.symbol is not symbol or event.venue is not venue \
+                    or event.source is not source:
+                cls, source, venue, symbol = type(event), event.source, event.venue, event.symbol
+                parts = self._parts.get((cls, source, venue, symbol))
+                subject, head = self._lookup(event) if parts is None else parts
+            yield subject, encode(event), head + event.id.encode() + tail
+
+
+_encode = codec._encoder.encode
 
 
 async def _last_of(futures: list[asyncio.Future[PubAck]]) -> PubAck:
@@ -167,6 +233,7 @@ class JetStreamPublisher:
         self._unreported: PublishError | None = None  # a message failed since the last flush()
         self._blocked_since: float | None = None
         self._blocked_reason = ""
+        self._wire = EventWire()  # subjects and header heads per instrument
 
     async def start(self) -> JetStreamPublisher:
         self._loop = asyncio.get_running_loop()
@@ -357,7 +424,8 @@ class JetStreamPublisher:
         if subject is None:
             if not isinstance(event, MarketEvent):
                 raise ValueError(f"a subject is needed for {type(event).__name__}")
-            subject = subjects.for_event(event)
+            subject, payload, block = self._wire.message(event)
+            return await self.publish(subject, payload, header_block_=block)
         return await self.publish(
             subject, codec.encode(event), header_block_=header_block(event, getattr(event, "id", None))
         )
@@ -371,14 +439,9 @@ class JetStreamPublisher:
             future.set_result(PubAck())
             return future
         group = _Group(len(events), future)
-        encode = codec._encoder.encode
-        subject_of: dict[tuple[type, str, str], str] = {}
-        for event in events:
-            key = (type(event), event.venue, event.symbol)
-            subject = subject_of.get(key)
-            if subject is None:
-                subject = subject_of[key] = subjects.for_event(event)
-            await self.publish(subject, encode(event), header_block_=header_block(event, event.id), group_=group)
+        publish = self.publish
+        for subject, payload, block in self._wire.messages(events):
+            await publish(subject, payload, header_block_=block, group_=group)
         return future
 
     async def publish_batch(self, events: list[MarketEvent], replay: bool | None = None) -> asyncio.Future[PubAck]:
