@@ -262,7 +262,8 @@ def test_a_live_tick_with_last_ask_and_bid_is_the_event_of_every_field() -> None
 
 @pytest.mark.parametrize("text", ["0", "1700000000", "1700000000.5", "1700000000.123456789", "1700000000.1234567891",
                                   "1.7e9", "9223372035.999999999", "9223372036.854775807", '"1700000000.25"',
-                                  "-1", "9223372037", "99999999999", "1e30", '"NaN"', '"x"', "true", "null"])
+                                  "0.5", "5.25", "-1", "9223372037", "99999999999", "1e30", '"NaN"', '"x"', "true",
+                                  "null"])
 def test_a_live_tick_reads_last_date_as_the_general_path_does(text: str) -> None:
     """The usual live shape (last, ask, bid) reads ``last.date`` inline: for every form of date
     (plain, fractional, exponent, string, out of range, not a number, null) its event or its
