@@ -274,7 +274,7 @@ def test_a_live_tick_reads_last_date_as_the_general_path_does(text: str) -> None
 
     def event(extra: str) -> MarketPrice | str:
         try:
-            return n.push(n.decode_push((tick % (quote, text, text, extra)).encode()), 9)  # type: ignore[no-any-return]
+            return n.push(n.decode_push((tick % (quote, text, text, extra)).encode()), 9)
         except n.Malformed as exc:
             return f"refused: {exc}"
 
