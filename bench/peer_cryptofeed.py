@@ -264,11 +264,13 @@ def sitagri_batch(pushes: list[bytes], wire: Wire) -> int:
     by_quote: dict[str, list[Any]] = {}
     for raw in pushes:
         event = push(decode(raw), ts)
-        group = by_quote.setdefault(event.symbol, [])
+        group = by_quote.get(event.symbol)
+        if group is None:  # (setdefault would build an empty list for every event)
+            group = by_quote[event.symbol] = []
         group.append(event)
         if len(group) == PAGE:
             wire.send_batch(group)
-            by_quote[event.symbol] = []
+            del by_quote[event.symbol]
     for group in by_quote.values():
         if group:
             wire.send_batch(group)

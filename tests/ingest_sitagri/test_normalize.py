@@ -258,3 +258,28 @@ def test_a_live_tick_with_last_ask_and_bid_is_the_event_of_every_field() -> None
     with pytest.raises(n.Malformed, match="bad date"):
         bad = (tick % (quote, "")).replace('"bid":{"date":1700000000.5', '"bid":{"date":"x"')
         n.push(n.decode_push(bad.encode()), 9)
+
+
+@pytest.mark.parametrize("text", ["0", "1700000000", "1700000000.5", "1700000000.123456789", "1700000000.1234567891",
+                                  "1.7e9", "9223372035.999999999", "9223372036.854775807", '"1700000000.25"',
+                                  "0.5", "5.25", "-1", "9223372037", "99999999999", "1e30", '"NaN"', '"x"', "true",
+                                  "null"])
+def test_a_live_tick_reads_last_date_as_the_general_path_does(text: str) -> None:
+    """The usual live shape (last, ask, bid) reads ``last.date`` inline: for every form of date
+    (plain, fractional, exponent, string, out of range, not a number, null) its event or its
+    refusal is the general path's (the same push with one more point, which changes one field)."""
+    quote = "/market/sources/EURONEX/future/EMA/deliveries/EMAX01"
+    tick = ('{"code":"marketPrice","quote":"%s","last":{"date":%s,"value":152.25,"volume":3},'
+            '"ask":{"date":%s,"value":152.5,"volume":1},"bid":{"date":1700000000,"value":152,"volume":2}%s}')
+
+    def event(extra: str) -> MarketPrice | str:
+        try:
+            return n.push(n.decode_push((tick % (quote, text, text, extra)).encode()), 9)
+        except n.Malformed as exc:
+            return f"refused: {exc}"
+
+    usual, general = event(""), event(',"high":{"date":1700000000,"value":153}')
+    if isinstance(general, str):
+        assert usual == general
+    else:
+        assert usual == msgspec.structs.replace(general, high=None)
