@@ -15,7 +15,8 @@ It owns its data dir and its process tree:
 - It supervises: a child (nats-server included) that exits is started again with back-off; a
   service exits non-zero when it cannot repair its state (see ``marketbus.runtime.service``).
 - ``MARKETBUS_UP_PORT_OFFSET`` moves the sandboxes (8701-8704), the export API (8710) and the
-  services' HTTP ports (9101-9107, the replay's 8711) by an offset, and points the services at the moved sandboxes (several systems on one machine, tests).
+  services' HTTP ports (9101-9107, the replay's 8711) by an offset, and points the services at
+  the moved sandboxes (several systems on one machine, tests).
 """
 
 from __future__ import annotations
