@@ -49,7 +49,7 @@ def _salvaged_command_id(data: bytes) -> str:
     so the requester can tell which command was refused; "" when it has none usable."""
     try:
         command_id = _command_id_decoder.decode(data).command_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # Recursion: nested too deep
         return ""
     return command_id if 0 < len(command_id) <= MAX_COMMAND_ID else ""
 

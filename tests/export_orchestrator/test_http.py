@@ -4,6 +4,7 @@ examples work against marketbus's history with only the base URL and key changed
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import io
@@ -303,4 +304,8 @@ async def test_a_deeply_nested_body_is_a_400_not_a_500(harness: Harness) -> None
             for headers in (h, {**h, "Idempotency-Key": f"deep-{uuid.uuid4()}"}):
                 r = await client.post(path, content=deep, headers=headers)
                 assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_argument", (path, r.text[:200])
+        # a page token is decoded only once its signature holds
+        token = base64.urlsafe_b64encode(b"[" * 5_000 + b"]" * 5_000).decode().rstrip("=") + ".forged"
+        r = await client.get("/v1/datastreams", params={"page_token": token}, headers=h)
+        assert r.status_code == 400 and r.json()["error"]["details"]["field"] == "page_token", r.text[:200]
         assert (await client.get("/v1/exports", headers=h)).status_code == 200

@@ -164,3 +164,21 @@ async def test_a_reply_header_that_is_not_a_reply_inbox_gets_no_reply_and_breaks
     await _still_routes(env)
     assert router.nc.is_connected and router.health_problems() == []
     assert forged == []
+
+
+async def test_a_command_nested_too_deep_is_refused_to_its_requester(env) -> None:
+    """An unknown field nested 50,000 objects deep: the contract refuses the command (dead letter);
+    reading its command id back for the reply raised RecursionError (not a DecodeError), which
+    escaped the handler: the requester never got its refusal."""
+    router = await env.router()
+    letters = await _letters(env)
+    deep = b'{"type":"place_order","command_id":"deep-1","extra":' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}"
+    inbox = env.nc.new_inbox()
+    sub = await env.nc.subscribe(inbox, max_msgs=1)
+    await env.nc.jetstream().publish(f"orders.cmd.digitex.{BTC}", deep,
+                                     headers={"Nats-Msg-Id": "deep-1", rq.REPLY_HEADER: inbox})
+    ack = codec.decode_as((await sub.next_msg(timeout=10)).data, CommandAck)
+    assert not ack.accepted and ack.reason, ack
+    await wait_for(lambda: len(letters.items) == 1, 10, what="the dead letter")
+    await wait_for(lambda: _queue_settled(env, router), 10, what="the router's queue settled")
+    await _still_routes(env)
