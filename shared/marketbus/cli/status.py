@@ -33,7 +33,8 @@ async def fetch_heartbeats(url: str | None, max_age_s: float = 60.0) -> dict[str
             except TimeoutError:
                 break
             hb = codec.decode(msg.data)
-            if isinstance(hb, ServiceHeartbeat) and now - hb.ts < max_age_s * 1e9:
+            if (isinstance(hb, ServiceHeartbeat) and subjects.published_by(msg.subject, hb.service)
+                    and now - hb.ts < max_age_s * 1e9):
                 heartbeats[f"{hb.service}/{hb.instance}"] = hb
             if msg.metadata.num_pending == 0:  # caught up; live heartbeats would never end the loop
                 break

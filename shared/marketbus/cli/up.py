@@ -447,7 +447,7 @@ async def _run_locked(data_dir: Path, data_lock: DirLock, sandboxes: bool, durat
         async def on_heartbeat(msg: Any) -> None:
             with contextlib.suppress(Exception):
                 hb = codec.decode(msg.data)
-                if isinstance(hb, ServiceHeartbeat):
+                if isinstance(hb, ServiceHeartbeat) and subjects.published_by(msg.subject, hb.service):
                     heartbeats[f"{hb.service}/{hb.instance}"] = hb
 
         await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)

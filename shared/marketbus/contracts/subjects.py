@@ -160,6 +160,13 @@ def heartbeat(service: str) -> str:
     return f"status.{service}.heartbeat"
 
 
+def published_by(subject: str, service: str) -> bool:
+    """``subject`` is one of ``service``'s own status subjects (``status.<service>.>``), the only
+    ones its identity may publish: a heartbeat or feed status naming another service in its
+    payload is a forgery (an ingestor posing as the order router) and is ignored."""
+    return subject.startswith(f"{STATUS}.{service}.")
+
+
 def dead_letter(service: str, source: str) -> str:
     return f"dlq.{service}.{source}"
 
