@@ -53,7 +53,10 @@ _ref_dec = msgspec.json.Decoder(JobRef)
 def parse_ref(data: bytes) -> str:
     text = data.strip()
     if text.startswith(b"{"):
-        return _ref_dec.decode(text).job_id
+        try:
+            return _ref_dec.decode(text).job_id
+        except RecursionError:  # msgspec skipping an unknown field nested too deep: not a DecodeError
+            raise msgspec.DecodeError("JSON nested too deep") from None
     return text.decode().strip('"')
 
 

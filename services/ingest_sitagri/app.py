@@ -198,7 +198,7 @@ class SitagriIngestor(Ingestor):
     async def publish_article(self, body: bytes) -> PublishReply:
         try:
             req = msgspec.json.decode(body, type=PublishArticle)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # Recursion: nested too deep
             return PublishReply(ok=False, error=f"bad request: {exc}")
         pub = (req.publication_ts or self.now_ns()) // NS
         article = {"copyright": req.copyright, "lang": req.lang, "title": req.title, "snippet": req.snippet,

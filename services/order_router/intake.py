@@ -19,7 +19,7 @@ import msgspec
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from marketbus.clients.orders import command_key
-from marketbus.contracts import codec
+from marketbus.contracts import codec, subjects
 from marketbus.contracts.consumers import ConsumerSpec
 from marketbus.contracts.orders import CancelOrders, CommandAck, PlaceOrder, UpdateOrder
 
@@ -49,7 +49,7 @@ def _salvaged_command_id(data: bytes) -> str:
     so the requester can tell which command was refused; "" when it has none usable."""
     try:
         command_id = _command_id_decoder.decode(data).command_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # Recursion: nested too deep
         return ""
     return command_id if 0 < len(command_id) <= MAX_COMMAND_ID else ""
 
@@ -127,6 +127,11 @@ class CommandIntake:
         await self._reply(reply_to, ack)
 
     async def _reply(self, reply_to: str | None, ack: CommandAck) -> None:
+        if reply_to and not subjects.is_reply_inbox(reply_to):
+            # the header is the requester's word: the router publishes only to a reply inbox, never
+            # with its own rights to order events or its buckets, never a subject the server refuses
+            self.log.warning("command %s: no reply to %r (not a reply inbox)", ack.command_id[:64], reply_to[:64])
+            return
         if reply_to:
             with contextlib.suppress(Exception):  # the requester may be gone; nothing to retry
                 await self.nc.publish(reply_to, codec.encode(ack))

@@ -4,6 +4,7 @@ examples work against marketbus's history with only the base URL and key changed
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import io
@@ -290,3 +291,21 @@ async def test_signed_urls_refuse_another_key_and_the_key_stays_off_the_bus(harn
         e.key for e in bucket if "secret" in e.key or "sign" in e.key or any(k in e.value for k in signing_keys)
     ]
     assert (forged, genuine, across) == (403, 404, 403)  # signature first: an unknown job is only 404 when signed
+
+
+async def test_a_deeply_nested_body_is_a_400_not_a_500(harness: Harness) -> None:
+    """100,000 nested arrays: msgspec raises RecursionError (not a DecodeError); every JSON body of
+    the API (and the Idempotency-Key fingerprint) answered 500 and logged a traceback."""
+    orch, _, _ = await _setup(harness)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    h = {"X-Api-Key": API_KEY, "content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=orch.api_url, timeout=30) as client:
+        for path in ("/v1/exports", "/v1/subscriptions", "/v1/export-schemas"):
+            for headers in (h, {**h, "Idempotency-Key": f"deep-{uuid.uuid4()}"}):
+                r = await client.post(path, content=deep, headers=headers)
+                assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_argument", (path, r.text[:200])
+        # a page token is decoded only once its signature holds
+        token = base64.urlsafe_b64encode(b"[" * 5_000 + b"]" * 5_000).decode().rstrip("=") + ".forged"
+        r = await client.get("/v1/datastreams", params={"page_token": token}, headers=h)
+        assert r.status_code == 400 and r.json()["error"]["details"]["field"] == "page_token", r.text[:200]
+        assert (await client.get("/v1/exports", headers=h)).status_code == 200

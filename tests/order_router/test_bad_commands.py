@@ -136,3 +136,49 @@ async def test_a_command_that_keeps_failing_is_refused_and_dead_lettered_after_i
     await wait_for(lambda: "rejected" in env.bus.states(cmd.client_id), 5, what="the rejected order event")
     await wait_for(lambda: _queue_settled(env, router), 5, what="nothing left unacked")
     assert router._pull.dead_lettered == 1
+
+
+async def test_a_reply_header_that_is_not_a_reply_inbox_gets_no_reply_and_breaks_nothing(env) -> None:
+    """Marketbus-Reply-To is the requester's word: the router used to publish its CommandAck there
+    with its own rights (a forged message on orders.evt.>, its KV buckets) and a 6 KB one made the
+    server close its connection ("maximum control line exceeded"): the router exited. Now only a
+    reply inbox (a literal subject under _INBOX.) gets an answer; the command itself is routed."""
+    router = await env.router()
+    forged: list[Any] = []
+
+    async def on_forged(msg: Any) -> None:
+        forged.append(msg)
+
+    await env.nc.subscribe("orders.evt.digitex.FORGED.>", cb=on_forged)
+    await env.nc.subscribe("evil.>", cb=on_forged)
+    bid, _ = await env.mid(1)
+    commands = []
+    for target in ("orders.evt.digitex.FORGED.x", "evil.x", "_INBOX.ok." + "a" * 6000, "_INBOX.a b", "_INBOX.*"):
+        cmd = rq.place(BTC, "buy", 1, bid - 200)
+        commands.append(cmd)
+        headers = {**rq.command_headers(cmd), rq.REPLY_HEADER: target}
+        await env.nc.jetstream().publish(rq.command_subject(cmd), codec.encode(cmd), headers=headers)
+    for cmd in commands:
+        await wait_for(lambda c=cmd: "accepted" in env.bus.states(c.client_id), 10, what="the command routed")
+    await wait_for(lambda: _queue_settled(env, router), 10, what="the router's queue settled")
+    await _still_routes(env)
+    assert router.nc.is_connected and router.health_problems() == []
+    assert forged == []
+
+
+async def test_a_command_nested_too_deep_is_refused_to_its_requester(env) -> None:
+    """An unknown field nested 50,000 objects deep: the contract refuses the command (dead letter);
+    reading its command id back for the reply raised RecursionError (not a DecodeError), which
+    escaped the handler: the requester never got its refusal."""
+    router = await env.router()
+    letters = await _letters(env)
+    deep = b'{"type":"place_order","command_id":"deep-1","extra":' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}"
+    inbox = env.nc.new_inbox()
+    sub = await env.nc.subscribe(inbox, max_msgs=1)
+    await env.nc.jetstream().publish(f"orders.cmd.digitex.{BTC}", deep,
+                                     headers={"Nats-Msg-Id": "deep-1", rq.REPLY_HEADER: inbox})
+    ack = codec.decode_as((await sub.next_msg(timeout=10)).data, CommandAck)
+    assert not ack.accepted and ack.reason, ack
+    await wait_for(lambda: len(letters.items) == 1, 10, what="the dead letter")
+    await wait_for(lambda: _queue_settled(env, router), 10, what="the router's queue settled")
+    await _still_routes(env)

@@ -61,3 +61,10 @@ def test_order_event_subjects_round_trip() -> None:
     assert subjects.parse_order_event(subject) == ("FS-BTCUSD", "2f1c6a52-8e7e-4c3b-9b0e-0d5f7d1e4a10")
     with pytest.raises(ValueError):
         subjects.parse_order_event("orders.cmd.digitex.FS-BTCUSD")
+
+
+def test_only_a_literal_short_subject_under_inbox_is_a_reply_inbox() -> None:
+    assert subjects.is_reply_inbox("_INBOX.operator.abc123.1") and subjects.is_reply_inbox("_INBOX.abc")
+    for bad in ("orders.evt.digitex.x", "$KV.order_state.k", "_INBOX", "_INBOX.", "_INBOX.a..b", "_INBOX.*",
+                "_INBOX.>", "_INBOX.a b", "_INBOX.a\tb", "_INBOX.\u00e9", "_INBOX." + "a" * 300, ""):
+        assert not subjects.is_reply_inbox(bad), bad

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.status import ServiceHeartbeat
+from marketbus.runtime.ordered import named_ephemeral
 
 from .common import connect
 from .output import json_line
@@ -23,7 +24,7 @@ async def fetch_heartbeats(url: str | None, max_age_s: float = 60.0) -> dict[str
         js = nc.jetstream()
         sub = await js.subscribe(
             subjects.ALL_HEARTBEATS, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+            config=named_ephemeral(ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)),
         )
         now = time.time_ns()
         while True:
@@ -32,7 +33,8 @@ async def fetch_heartbeats(url: str | None, max_age_s: float = 60.0) -> dict[str
             except TimeoutError:
                 break
             hb = codec.decode(msg.data)
-            if isinstance(hb, ServiceHeartbeat) and now - hb.ts < max_age_s * 1e9:
+            if (isinstance(hb, ServiceHeartbeat) and subjects.published_by(msg.subject, hb.service)
+                    and now - hb.ts < max_age_s * 1e9):
                 heartbeats[f"{hb.service}/{hb.instance}"] = hb
             if msg.metadata.num_pending == 0:  # caught up; live heartbeats would never end the loop
                 break

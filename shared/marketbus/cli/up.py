@@ -14,8 +14,9 @@ It owns its data dir and its process tree:
   started with ``PR_SET_PDEATHSIG`` (Linux), so it is stopped even when ``up`` is killed -9.
 - It supervises: a child (nats-server included) that exits is started again with back-off; a
   service exits non-zero when it cannot repair its state (see ``marketbus.runtime.service``).
-- ``MARKETBUS_UP_PORT_OFFSET`` moves the sandboxes (8701-8704) and the export API (8710) by an
-  offset, and points the services at the moved sandboxes (several systems on one machine, tests).
+- ``MARKETBUS_UP_PORT_OFFSET`` moves the sandboxes (8701-8704), the export API (8710) and the
+  services' HTTP ports (9101-9107, the replay's 8711) by an offset, and points the services at
+  the moved sandboxes (several systems on one machine, tests).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from marketbus.runtime.natsserver import NatsServer, NatsServerError, _wait_for_
 from marketbus.security.credentials import CredentialStore
 
 from .common import CREDENTIALS_DIR, URL_FILE
-from .services import SANDBOX_MODULE, SANDBOX_PORTS, existing_services
+from .services import SANDBOX_MODULE, SANDBOX_PORTS, SERVICE_HTTP_PORTS, existing_services
 from .statusview import render
 
 LOCK_FILE = "up.lock"
@@ -165,6 +166,7 @@ def moved_ports_env(offset: int) -> dict[str, str]:
         "MARKETBUS_ORDER_ROUTER_DIGITEX_URL": f"http://127.0.0.1:{ports['digitex']}",
         "MARKETBUS_EXPORT_API_PORT": str(8710 + offset),
     })
+    env.update({var: str(port + offset) for var, port in SERVICE_HTTP_PORTS.values()})
     return env
 
 
@@ -445,7 +447,7 @@ async def _run_locked(data_dir: Path, data_lock: DirLock, sandboxes: bool, durat
         async def on_heartbeat(msg: Any) -> None:
             with contextlib.suppress(Exception):
                 hb = codec.decode(msg.data)
-                if isinstance(hb, ServiceHeartbeat):
+                if isinstance(hb, ServiceHeartbeat) and subjects.published_by(msg.subject, hb.service):
                     heartbeats[f"{hb.service}/{hb.instance}"] = hb
 
         await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)

@@ -75,6 +75,20 @@ def check_token(token: str, what: str = "token") -> str:
     return token
 
 
+REPLY_INBOX_PREFIX = "_INBOX."
+MAX_REPLY_SUBJECT = 256  # nats-py's inboxes are ~50 characters; far below the server's control line
+
+
+def is_reply_inbox(subject: str) -> bool:
+    """``subject`` is a reply inbox a requester may name in a header (``Marketbus-Reply-To``): a
+    literal subject under ``_INBOX.``, short enough for any control line. Anything else (another
+    service's subject, a wildcard, a space, 6 KB of text) would have the replying service publish
+    there with its own rights, or have the server close its connection."""
+    if not subject.startswith(REPLY_INBOX_PREFIX) or len(subject) > MAX_REPLY_SUBJECT or not subject.isascii():
+        return False
+    return all(token and not _BAD_TOKEN.search(token) for token in subject.split("."))
+
+
 # --- market and reference data -------------------------------------------------------------
 def md(kind: str, source: str, venue: str, symbol: str) -> str:
     return f"md.{kind}.{source}.{venue}.{symbol}"
@@ -144,6 +158,13 @@ def feed_status(service: str, source: str, venue: str = NO_VENUE, symbol: str = 
 
 def heartbeat(service: str) -> str:
     return f"status.{service}.heartbeat"
+
+
+def published_by(subject: str, service: str) -> bool:
+    """``subject`` is one of ``service``'s own status subjects (``status.<service>.>``), the only
+    ones its identity may publish: a heartbeat or feed status naming another service in its
+    payload is a forgery (an ingestor posing as the order router) and is ignored."""
+    return subject.startswith(f"{STATUS}.{service}.")
 
 
 def dead_letter(service: str, source: str) -> str:

@@ -560,8 +560,49 @@ def _strict(msgs: list[Message], out: dict[str, list[tuple[Any, int, int]]], bad
             out.setdefault(kind, []).append((obj, m.seq, 0))
 
 
+def _subject_tokens(subject: str) -> dict[str, str]:
+    """The columns a subject vouches for: ``md|ref.<kind>.<source>.<venue>.<symbol>`` the source,
+    ``status.<service>.feed.<source>....`` the service and the source."""
+    parts = subject.split(".")
+    if parts[0] in ("md", "ref") and len(parts) >= 5:
+        return {"source": parts[2]}
+    if parts[0] == "status" and len(parts) >= 4 and parts[2] == "feed":
+        return {"service": parts[1], "source": parts[3]}
+    return {}
+
+
+def _forged(msgs: list[Message], tables: dict[str, list[pa.Table]]) -> dict[int, str]:
+    """Sequence -> reason, for the messages holding an event whose source (or service) is not the
+    one of the subject it was published on. Publish rights are per subject (``md.*.finx.>`` for the
+    FinX ingestor): without this, an identity could store events of another source."""
+    by_column: dict[str, tuple[pa.Array, pa.Array]] = {}
+    for column in ("source", "service"):
+        pairs = [(m.seq, t[column]) for m in msgs if column in (t := _subject_tokens(m.subject))]
+        if pairs:
+            by_column[column] = (pa.array([p[0] for p in pairs], pa.int64()),
+                                 pa.array([p[1] for p in pairs], pa.string()))
+    out: dict[int, str] = {}
+    for kind_tables in tables.values():
+        for table in kind_tables:
+            for column, (seqs, tokens) in by_column.items():
+                if column not in table.column_names or table.num_rows == 0:
+                    continue
+                expected = pc.take(tokens, pc.index_in(table["_seq"], value_set=seqs))
+                differs = pc.fill_null(pc.not_equal(table[column].cast(pa.string()), expected), False)
+                if not pc.any(differs).as_py():
+                    continue
+                wrong = table.filter(differs)
+                for seq, value, want in zip(wrong["_seq"].to_pylist(), wrong[column].to_pylist(),
+                                            pc.take(tokens, pc.index_in(wrong["_seq"], value_set=seqs)).to_pylist(),
+                                            strict=True):
+                    out.setdefault(seq, f"forged: {column} {value!r} of an event is not the subject's {want!r}")
+    return out
+
+
 def decode_messages(msgs: Iterable[Message], stream: str) -> Decoded:
-    """Messages of one stream -> Arrow tables per kind (+ the messages that could not be decoded)."""
+    """Messages of one stream -> Arrow tables per kind (+ the messages that could not be decoded,
+    or whose events name another source than their subject)."""
+    msgs = list(msgs)
     groups: dict[tuple[str, bool], list[Message]] = {}
     unknown: list[Message] = []
     for m in msgs:
@@ -593,6 +634,12 @@ def decode_messages(msgs: Iterable[Message], stream: str) -> Decoded:
         schema = SCHEMAS[kind]
         tables.setdefault(kind, []).append(
             schema.rows_to_table([r for r, _, _ in items], stream, [s for _, s, _ in items], [i for _, _, i in items]))
+    forged = _forged(msgs, tables)
+    if forged:
+        seqs = pa.array(sorted(forged), pa.int64())
+        tables = {kind: [t.filter(pc.invert(pc.is_in(t["_seq"], value_set=seqs))) for t in ts]
+                  for kind, ts in tables.items()}
+        bad += [(m, forged[m.seq]) for m in msgs if m.seq in forged]
     events = sum(t.num_rows for ts in tables.values() for t in ts)
     return Decoded(tables=tables, bad=bad, events=events)
 

@@ -35,7 +35,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from marketbus.contracts import codec
+from marketbus.contracts import codec, subjects
 from marketbus.contracts.jobs import ExportJob
 from marketbus.contracts.status import FeedState, FeedStatus, ServiceHeartbeat
 
@@ -202,6 +202,9 @@ class BusWatch:
             event = codec.decode(msg.data, codec.schema_version_of(msg.headers))
         except Exception:
             self.undecodable.inc()
+            return
+        if isinstance(event, (ServiceHeartbeat, FeedStatus)) and not subjects.published_by(msg.subject, event.service):
+            self.undecodable.inc()  # another service's name on this identity's subject: a forgery
             return
         if isinstance(event, ServiceHeartbeat):
             self._on_heartbeat(event)

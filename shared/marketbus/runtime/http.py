@@ -126,6 +126,6 @@ def request_fingerprint(method: str, path: str, body: bytes) -> str:
     A second request with the same key and another fingerprint is a different request (409)."""
     try:
         canonical = msgspec.json.encode(msgspec.json.decode(body), order="sorted") if body.strip() else b""
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deep to decode: the bytes
         canonical = body
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()

@@ -109,7 +109,7 @@ def parse_content(body: Any) -> Content:
         if isinstance(body, (str, bytes)):
             body = msgspec.json.decode(body)
         content = msgspec.convert(body, Content)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:  # Recursion: nested too deep
         raise ValueError(str(exc)) from None
     if not content.columns:
         raise ValueError("columns must not be empty")

@@ -136,10 +136,16 @@ def _inbox(identity: str) -> tuple[str, ...]:
 
 
 def _service_durables_deny() -> tuple[str, ...]:
-    """What a user may not do to a service's durable consumer: create/update, delete, pull, ack."""
+    """What a user may not do to a service's durable consumer: create/update (by its name in the
+    subject, or in the body of an unnamed create), delete, pull, ack."""
     out: list[str] = []
     for spec in consumer_decls.CONSUMERS:
         s, d = spec.stream, spec.durable
+        # the unnamed create: its name is in the body, and a service's durable name there updates
+        # that consumer in place (filter, headers_only, max_deliver...). Users' ephemeral consumers
+        # on these streams are created by name (marketbus.runtime.ordered.named_ephemeral).
+        if f"{API}.CONSUMER.CREATE.{s}" not in out:
+            out.append(f"{API}.CONSUMER.CREATE.{s}")
         out += [f"{API}.CONSUMER.CREATE.{s}.{d}", f"{API}.CONSUMER.CREATE.{s}.{d}.>",
                 f"{API}.CONSUMER.DURABLE.CREATE.{s}.{d}", f"{API}.CONSUMER.DELETE.{s}.{d}",
                 f"{API}.CONSUMER.MSG.NEXT.{s}.{d}", f"$JS.ACK.{s}.{d}.>"]
