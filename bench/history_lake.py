@@ -76,6 +76,39 @@ def envelopes(n: int, per_msg: int = 2000, per_flush: int = 20_000):
         yield msgs
 
 
+def rss_curve(settings: LakehouseSettings, n: int, points: int = 10, pool_flushes: int = 10) -> None:
+    """RSS of the process while ``n`` events are decoded and appended (``--rss-only``): printed at
+    every ``n / points`` events. The messages are a pool of ``pool_flushes`` flushes (200k events)
+    cycled with new stream sequences, so 10M events need no 2.5 GB of encoded messages in memory
+    and the RSS is the writer's (decoder, ledger, pyiceberg metadata, Arrow pools)."""
+    writer = HistoryTableWriter(settings)
+    pool = list(envelopes(pool_flushes * 20_000))
+    gc_rss = rss_mb()
+    step = max(1, n // points)
+    next_at, done, seq, t0 = step, 0, 1, time.perf_counter()
+    print("| events appended | RSS MB | growth since start MB | ev/s so far | load avg (1 min) |", flush=True)
+    print("|---|---|---|---|---|", flush=True)
+    print(f"| 0 | {gc_rss:,.0f} | 0 | - | {os.getloadavg()[0]:.1f} |", flush=True)
+    while done < n:
+        for msgs in pool:
+            fresh = [Message("MD", seq + i, m.subject, m.data, m.type) for i, m in enumerate(msgs)]
+            seq += len(msgs)
+            decoded = decode_messages(fresh, "MD")
+            writer.append("trade", "MD", pa.concat_tables(decoded.tables["trade"]))
+            # acked once stored: the running writer learns its consumer's ack floor from JetStream
+            # (AckFloors, every second); snapshots below it are expired, the ledger forgets them
+            writer.forget_below("MD", seq - 1)
+            done += decoded.events
+            if done >= next_at:
+                now = rss_mb()
+                print(f"| {done:,} | {now:,.0f} | {now - gc_rss:+,.0f} | {done / (time.perf_counter() - t0):,.0f} "
+                      f"| {os.getloadavg()[0]:.1f} |", flush=True)
+                next_at += step
+            if done >= n:
+                break
+    print(f"snapshots expired by the writer: {writer.expired}, commits: {writer.commits}", flush=True)
+
+
 def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = None) -> tuple[float, float]:
     """Decode + append ``n`` events; (events/s overall, of which the share spent decoding).
     ``rss_at``: event counts -> RSS growth (MB) since the messages were built, filled in."""
@@ -212,8 +245,16 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true")
     ap.add_argument("--pv-rate", type=int, default=2000)
     ap.add_argument("--pv-seconds", type=float, default=5.0)
+    ap.add_argument("--rss-only", action="store_true", help="only the RSS curve over --events (a cycled message pool)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lakebench"))
+    if args.rss_only:
+        try:
+            warm_up()
+            rss_curve(LakehouseSettings.from_env(tmp / "rss"), args.events)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
     print("| figure | measured | reference (same run) | ratio |")
     print("|---|---|---|---|")

@@ -45,13 +45,15 @@ from marketbus.runtime.publisher import JetStreamPublisher
 from marketbus.runtime.pull import ENDING_STATUSES, MaxDeliveriesWatch, PullRequests, fit_for_dead_letter, pull_subject
 from marketbus.runtime.service import FeedTracker
 
-from .intake_client import IntakeClient, header_value, status_of
+from .intake_client import IntakeClient, status_of
 from .metrics import HistoryMetrics
 from .schema import Message, decode_messages
 from .settings import HistoryWriterSettings
 from .store import HistoryStore
 
 _TYPE_HEADER = b"\r\nMarketbus-Type:"
+_TYPE_HEADER_LEN = len(_TYPE_HEADER)
+_TYPE_NAMES: dict[bytes, str] = {}  # raw header value -> type name (a few dozen kinds)
 
 Item = tuple[Message, bytes, int]  # (message, ack subject, delivery count)
 
@@ -138,18 +140,40 @@ async def nak(nc: Any, reply: bytes, delay_s: float) -> None:
 
 
 class Held:
-    """Messages a flush holds (not yet acked), kept alive with ``+WPI`` while it works."""
+    """Messages a flush holds (not yet acked), kept alive with ``+WPI`` while it works.
+
+    Until a part of them is settled on its own (a dead letter, a split batch), they are the
+    flush's list as given: the common flush, stored and acked whole, builds no index of 20k
+    ack subjects."""
 
     def __init__(self, items: list[Item], since: float) -> None:
-        self.items: dict[bytes, Item] = {item[1]: item for item in items}  # by ack subject (one per delivery)
+        self._all: list[Item] | None = items  # every one still held, in order
+        self._left: dict[bytes, Item] = {}  # by ack subject (one per delivery), once a part is settled
         self.reset_at = since  # when their ack timers were last (re)started
 
+    def __len__(self) -> int:
+        return len(self._all) if self._all is not None else len(self._left)
+
+    def replies(self) -> list[bytes]:
+        if self._all is not None:
+            return [reply for _, reply, _ in self._all]
+        return list(self._left)
+
     def done(self, items: list[Item]) -> None:
+        """``items`` (all still held) are settled."""
+        if self._all is not None:
+            if len(items) == len(self._all):  # all of them (items are distinct deliveries)
+                self._all = []
+                return
+            self._left = {item[1]: item for item in self._all}
+            self._all = None
         for item in items:
-            self.items.pop(item[1], None)
+            self._left.pop(item[1], None)
 
     def remaining(self, items: list[Item]) -> list[Item]:
-        return [item for item in items if item[1] in self.items]
+        if self._all is not None:
+            return items if self._all else []  # nothing settled yet, or everything
+        return [item for item in items if item[1] in self._left]
 
 
 class StreamIntake:
@@ -229,8 +253,9 @@ class StreamIntake:
 
     # --- receive ----------------------------------------------------------------------------
     def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        """One delivered message, raw from the protocol parser (intake_client): no decoding here."""
-        now = time.monotonic()
+        """One delivered message, raw from the protocol parser (intake_client): no decoding here.
+        The hot path of a single-event message: the ack subject and the type header are read
+        inline (``parse_ack_subject``, ``header_value``), type names come from a small cache."""
         requests = self._requests
         assert requests is not None
         if not reply:
@@ -239,18 +264,33 @@ class StreamIntake:
                 requests.ended()
                 self._pull_wake.set()
             return
+        tokens = reply.split(b".")
         try:
-            seq, delivered = parse_ack_subject(reply)
+            if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+                seq, delivered = int(tokens[5]), int(tokens[4])
+            else:  # v2: $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>...
+                seq, delivered = int(tokens[7]), int(tokens[6])
         except (ValueError, IndexError):
             return
-        if not self._buffer:
-            self._first_at = self._buffer_reset_at = now
-        self._buffer.append((Message(self.stream, seq, subject.decode(), data, header_value(headers, _TYPE_HEADER)),
-                             reply, delivered))
+        kind = None
+        if headers:
+            i = headers.find(_TYPE_HEADER)
+            if i >= 0:
+                i += _TYPE_HEADER_LEN
+                raw = headers[i:headers.find(b"\r\n", i)]
+                kind = _TYPE_NAMES.get(raw)
+                if kind is None:
+                    kind = raw.strip().decode("utf-8", "replace")
+                    if len(_TYPE_NAMES) < 1024:
+                        _TYPE_NAMES[raw] = kind
+        buffer = self._buffer
+        if not buffer:
+            self._first_at = self._buffer_reset_at = time.monotonic()
+        buffer.append((Message(self.stream, seq, subject.decode(), data, kind), reply, delivered))
         self._buffer_bytes += len(data)
         if requests.delivered():  # that request is fulfilled (no status message follows)
             self._pull_wake.set()
-        if len(self._buffer) >= self.batch_max or self._buffer_bytes >= self.batch_max_bytes:
+        if len(buffer) >= self.batch_max or self._buffer_bytes >= self.batch_max_bytes:
             self._wake.set()
 
     async def _pull_loop(self) -> None:
@@ -331,8 +371,8 @@ class StreamIntake:
                 keep.extend(reply for _, reply, _ in self._buffer)
                 self._buffer_reset_at = now
             for held in list(self._held):
-                if held.items and now - held.reset_at >= every:
-                    keep.extend(held.items)
+                if len(held) and now - held.reset_at >= every:
+                    keep.extend(held.replies())
                     held.reset_at = now
             if keep:
                 with contextlib.suppress(Exception):  # disconnected: the ack wait decides
@@ -359,7 +399,7 @@ class StreamIntake:
                     "store unavailable (%s: %s): %d %s messages kept, retry %d in %.1f s",
                     type(exc).__name__,
                     exc,
-                    len(held.items),
+                    len(held),
                     self.stream,
                     attempt,
                     delay,
@@ -466,7 +506,7 @@ class StreamIntake:
         skip: set[int] = set()
         if redelivered:
             skip = await svc.store.stored_seqs(self.stream, redelivered)
-        msgs = [m for m, _, _ in batch if m.seq not in skip]
+        msgs = [m for m, _, _ in batch if m.seq not in skip] if skip else [m for m, _, _ in batch]
         # in a worker thread: Arrow's JSON reader releases the GIL, so the receive loop keeps
         # taking in the next batch meanwhile (inline, a 20k-message decode stalls it ~100 ms)
         decoded = await asyncio.to_thread(decode_messages, msgs, self.stream)
@@ -490,7 +530,7 @@ class StreamIntake:
         held.done(batch)
         self.acked += len(batch)
         rows = result.rows if result else 0
-        dups = (result.duplicates if result else 0) + sum(1 for m, _, _ in batch if m.seq in skip)
+        dups = (result.duplicates if result else 0) + (sum(1 for m, _, _ in batch if m.seq in skip) if skip else 0)
         self.stored += rows
         self.duplicates += dups
         self.last_flush_ts = time.time_ns()

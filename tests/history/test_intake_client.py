@@ -47,3 +47,62 @@ def test_status_and_header_parsing() -> None:
     assert status_of(b"NATS/1.0\r\nStatus: x\r\n\r\n") is None
     assert status_of(None) is None
     assert header_value(b"NATS/1.0\r\nMarketbus-Type: batch\r\n\r\n", b"\r\nMarketbus-Type:") == "batch"
+
+
+async def test_frame_parser_matches_nats_py_parser_at_any_split() -> None:
+    """The intake's parser hands out the same messages, in the same order, as nats-py's parser,
+    however the bytes are cut into reads (frames split mid control line, mid header, mid payload),
+    and passes other operations (PING, +OK, INFO) to nats-py's."""
+    from nats.protocol.parser import Parser
+
+    from services.history_writer.intake_client import FrameParser
+
+    hdr = b"NATS/1.0\r\nMarketbus-Type: trade\r\n\r\n"
+    status = b"NATS/1.0 408 Request Timeout\r\n\r\n"
+    frames = [
+        b"HMSG _INBOX.a 5 $JS.ACK.MD.d.1.7.7.1.0 %d %d\r\n%s{\"x\":1}\r\n" % (len(hdr), len(hdr) + 7, hdr),
+        b"PING\r\n",
+        b"MSG _INBOX.a 5 $JS.ACK.MD.d.1.8.8.1.0 5\r\nhello\r\n",
+        b"+OK\r\n",
+        b"HMSG _INBOX.a 5 %d %d\r\n%s\r\n" % (len(status), len(status), status),  # a status: no reply, no payload
+        b"MSG other.subject 9 3\r\nabc\r\n",  # an ordinary subscription
+        b'INFO {"server_id":"x","max_payload":1048576}\r\n',
+        b"MSG _INBOX.a 5 0\r\n\r\n",  # empty payload, no reply
+    ]
+    stream = b"".join(frames) * 3
+
+    class Conn:
+        def __init__(self, raw: bool) -> None:
+            self.got: list[tuple[object, ...]] = []
+            self.ops: list[str] = []
+            self._raw_handlers = {5: lambda *a: self.got.append((5, *map(_bytes, a)))} if raw else {}
+
+        async def _process_msg(self, sid, subject, reply, data, headers) -> None:
+            self.got.append((sid, *map(_bytes, (subject, reply, data, headers))))
+
+        async def _process_ping(self) -> None:
+            self.ops.append("ping")
+
+        async def _process_pong(self) -> None:
+            self.ops.append("pong")
+
+        async def _process_info(self, info) -> None:
+            self.ops.append(f"info {info['server_id']}")
+
+    reference = Conn(raw=False)
+    parser = Parser(reference)
+    await parser.parse(stream)
+    assert len(reference.got) == 15 and reference.ops == ["ping", "info x"] * 3
+    for step in (1, 2, 3, 7, 13, 64, len(stream)):
+        for raw in (True, False):
+            conn = Conn(raw)
+            fast = FrameParser(conn)
+            for i in range(0, len(stream), step):
+                await fast.parse(stream[i:i + step])
+            assert conn.got == reference.got, (step, raw)
+            assert conn.ops == reference.ops, (step, raw)
+            assert not fast.buf
+
+
+def _bytes(value: object) -> object:
+    return bytes(value) if isinstance(value, bytes | bytearray) else value
