@@ -7,7 +7,7 @@ does with it. The intake only needs the raw bytes (ack subject, payload, one hea
 inbox subscriptions registered with ``subscribe_raw`` get them straight from the protocol
 parser, synchronously: ``handler(subject, reply, data, header_block)``.
 
-The protocol parser is replaced too (:class:`FrameParser`): nats-py's matches two regular
+The protocol parser is replaced too (:class:`marketbus.runtime.natsprivate.FrameParser`): nats-py's matches two regular
 expressions per message, keeps its state in a dict and awaits a coroutine per message (~1.8 µs
 a message, the biggest cost of a single-event message in the writer); this one splits the
 control lines of every complete ``MSG``/``HMSG`` frame in the received bytes and calls the raw
@@ -21,77 +21,10 @@ header helpers. The connection uses the service's own connect options (servers, 
 
 from __future__ import annotations
 
-from typing import Any
-
-from nats.errors import ProtocolError
-from nats.protocol.parser import AWAITING_CONTROL_LINE, MAX_CONTROL_LINE_SIZE, Parser
-
 from marketbus.runtime import natsprivate
-from marketbus.runtime.natsprivate import RawHandler, RawInboxClient
+from marketbus.runtime.natsprivate import FrameParser, RawHandler, RawInboxClient
 
-__all__ = ["FrameParser", "IntakeClient", "RawHandler", "header_value", "status_of"]
-
-
-class FrameParser(Parser):
-    """nats-py's parser with a fast path for message frames (module docstring).
-
-    Only complete frames are taken from the buffer; a partial one stays there until the rest
-    arrives, so the base parser's "awaiting payload" state is never used."""
-
-    async def parse(self, data: bytes = b"") -> None:
-        self.buf.extend(data)
-        if self.state != AWAITING_CONTROL_LINE:  # (only if the base parser ran on a message)
-            await super().parse()
-            if self.state != AWAITING_CONTROL_LINE:
-                return
-        nc: Any = self.nc
-        raw: dict[int, RawHandler] = getattr(nc, "_raw_handlers", {})
-        while self.buf:
-            buf = bytes(self.buf)  # slices of bytes are the payloads (one copy each, as nats-py)
-            pos, size = 0, len(buf)
-            line_end = -1  # where a line for nats-py's parser ends
-            while pos < size:
-                end = buf.find(b"\r\n", pos)
-                if end < 0:
-                    if size - pos > MAX_CONTROL_LINE_SIZE:
-                        raise ProtocolError("nats: control line too long")
-                    break
-                op = buf[pos:pos + 4]
-                if op == b"HMSG" or op[:3] == b"MSG":
-                    parts = buf[pos:end].split()
-                    try:
-                        if op == b"HMSG":  # HMSG <subject> <sid> [reply] <header bytes> <total bytes>
-                            reply = parts[3] if len(parts) == 6 else b""
-                            hlen, total = int(parts[-2]), int(parts[-1])
-                        else:  # MSG <subject> <sid> [reply] <bytes>
-                            reply = parts[3] if len(parts) == 5 else b""
-                            hlen, total = 0, int(parts[-1])
-                        sid = int(parts[2])
-                    except (IndexError, ValueError):
-                        raise ProtocolError("nats: malformed MSG") from None
-                    start = end + 2
-                    if start + total + 2 > size:
-                        break  # the rest of the frame has not arrived
-                    headers = buf[start:start + hlen] if hlen else None
-                    payload = buf[start + hlen:start + total]
-                    pos = start + total + 2
-                    handler = raw.get(sid)
-                    if handler is not None:
-                        handler(parts[1], reply, payload, headers)
-                    else:
-                        await nc._process_msg(sid, parts[1], reply, payload, headers)
-                    continue
-                line_end = end + 2  # any other operation: nats-py's parser, on that line alone
-                break
-            del self.buf[:pos]
-            if line_end < 0:
-                return  # all parsed, or a partial frame or line: wait for more bytes
-            rest = self.buf[line_end - pos:]
-            line = self.buf = bytearray(buf[pos:line_end])
-            await super().parse()
-            if self.buf is not line:  # reset (a reconnect): what was left belongs to the old connection
-                return
-            self.buf = rest
+__all__ = ["IntakeClient", "RawHandler", "header_value", "status_of"]
 
 
 class IntakeClient(RawInboxClient):

@@ -55,7 +55,7 @@ async def test_frame_parser_matches_nats_py_parser_at_any_split() -> None:
     and passes other operations (PING, +OK, INFO) to nats-py's."""
     from nats.protocol.parser import Parser
 
-    from services.history_writer.intake_client import FrameParser
+    from marketbus.runtime.natsprivate import FrameParser
 
     hdr = b"NATS/1.0\r\nMarketbus-Type: trade\r\n\r\n"
     status = b"NATS/1.0 408 Request Timeout\r\n\r\n"

@@ -7,6 +7,9 @@ they do with the message:
   ``HPUB`` frames with a header block encoded once per event, and the history writer acks
   thousands of messages with one write of their ``PUB`` frames. Uses ``Client._send_command``,
   ``Client._flush_pending`` and ``Client._flush_queue``.
+- **message frames parsed without nats-py's parser** (:class:`FrameParser`): the history
+  writer's intake connection splits MSG/HMSG frames itself (nats-py's parser runs two regexes and
+  awaits a coroutine per message). Replaces ``Client._ps``; reads ``Parser.buf`` and ``Parser.state``.
 - **raw delivery to an inbox** (:class:`RawInboxClient`): the history writer's pull replies go
   from the protocol parser straight to a synchronous handler, without nats-py parsing headers
   into a dict, building a ``Msg`` and queueing it to a task. Overrides ``Client._process_msg``
@@ -29,6 +32,8 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import ProtocolError
+from nats.protocol.parser import AWAITING_CONTROL_LINE, MAX_CONTROL_LINE_SIZE, Parser
 
 log = logging.getLogger("marketbus.natsprivate")
 
@@ -45,6 +50,9 @@ _METHODS: tuple[tuple[type, str, list[str]], ...] = (
 _ATTRIBUTES: tuple[tuple[type, str, Callable[[], Any]], ...] = (
     (Client, "_flush_queue", Client),
     (Subscription, "_id", lambda: Subscription(None, id=7)),
+    (Client, "_ps", Client),  # the protocol parser FrameParser replaces
+    (Parser, "buf", lambda: Parser(None)),
+    (Parser, "state", lambda: Parser(None)),
 )
 
 RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]  # (subject, reply, data, header block)
@@ -139,6 +147,68 @@ class RawInboxClient(Client):
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
         handler(subject, reply, data, headers)
+
+
+class FrameParser(Parser):
+    """nats-py's parser with a fast path for message frames (module docstring).
+
+    Only complete frames are taken from the buffer; a partial one stays there until the rest
+    arrives, so the base parser's "awaiting payload" state is never used."""
+
+    async def parse(self, data: bytes = b"") -> None:
+        self.buf.extend(data)
+        if self.state != AWAITING_CONTROL_LINE:  # (only if the base parser ran on a message)
+            await super().parse()
+            if self.state != AWAITING_CONTROL_LINE:
+                return
+        nc: Any = self.nc
+        raw: dict[int, RawHandler] = getattr(nc, "_raw_handlers", {})
+        while self.buf:
+            buf = bytes(self.buf)  # slices of bytes are the payloads (one copy each, as nats-py)
+            pos, size = 0, len(buf)
+            line_end = -1  # where a line for nats-py's parser ends
+            while pos < size:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    if size - pos > MAX_CONTROL_LINE_SIZE:
+                        raise ProtocolError("nats: control line too long")
+                    break
+                op = buf[pos:pos + 4]
+                if op == b"HMSG" or op[:3] == b"MSG":
+                    parts = buf[pos:end].split()
+                    try:
+                        if op == b"HMSG":  # HMSG <subject> <sid> [reply] <header bytes> <total bytes>
+                            reply = parts[3] if len(parts) == 6 else b""
+                            hlen, total = int(parts[-2]), int(parts[-1])
+                        else:  # MSG <subject> <sid> [reply] <bytes>
+                            reply = parts[3] if len(parts) == 5 else b""
+                            hlen, total = 0, int(parts[-1])
+                        sid = int(parts[2])
+                    except (IndexError, ValueError):
+                        raise ProtocolError("nats: malformed MSG") from None
+                    start = end + 2
+                    if start + total + 2 > size:
+                        break  # the rest of the frame has not arrived
+                    headers = buf[start:start + hlen] if hlen else None
+                    payload = buf[start + hlen:start + total]
+                    pos = start + total + 2
+                    handler = raw.get(sid)
+                    if handler is not None:
+                        handler(parts[1], reply, payload, headers)
+                    else:
+                        await nc._process_msg(sid, parts[1], reply, payload, headers)
+                    continue
+                line_end = end + 2  # any other operation: nats-py's parser, on that line alone
+                break
+            del self.buf[:pos]
+            if line_end < 0:
+                return  # all parsed, or a partial frame or line: wait for more bytes
+            rest = self.buf[line_end - pos:]
+            line = self.buf = bytearray(buf[pos:line_end])
+            await super().parse()
+            if self.buf is not line:  # reset (a reconnect): what was left belongs to the old connection
+                return
+            self.buf = rest
 
 
 def header_block_of(headers: dict[str, str] | None) -> bytes | None:
