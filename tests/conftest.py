@@ -219,9 +219,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
         def _assign_work_unit(self, node: object) -> None:
             if WHOLE_SYSTEM_UNIT in self.workqueue:
                 self.workqueue.move_to_end(WHOLE_SYSTEM_UNIT, last=False)
-            super()._assign_work_unit(node)  # type: ignore[arg-type]
+            super()._assign_work_unit(node)
 
-    return WholeSystemFirst(config, log)  # type: ignore[arg-type]
+    return WholeSystemFirst(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
