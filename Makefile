@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 PYTEST_ARGS ?=
-TEST_WORKERS ?= 3  # pytest-xdist workers: most tests wait on servers and subprocesses, not on the CPU
+TEST_WORKERS ?= 4  # pytest-xdist workers: most tests wait on servers and subprocesses, not on the CPU; one of them runs the whole-system tests (tests/conftest.py)
 
 .PHONY: help venv run lint test test-fast chaos bench lock dist schemas secrets up down clean
 

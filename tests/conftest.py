@@ -188,12 +188,52 @@ def pg_dsn() -> Iterator[str]:
     pytest.skip("no PostgreSQL: set MARKETBUS_TEST_PG_DSN, run one on 127.0.0.1:5432, or provide Docker")
 
 
+# The files holding ``whole_system`` tests. Under ``--dist loadfile`` they form ONE work unit (the
+# scheduler below): one xdist worker runs them one after the other while the other workers go on
+# with the rest of the suite. Spread over several workers, they would only wait on the lock below,
+# each blocking a worker that could run other files meanwhile.
+WHOLE_SYSTEM_FILES = frozenset({
+    "tests/chaos/test_chaos.py",
+    "tests/e2e/test_make_run.py",
+    "tests/e2e/test_up_lifecycle.py",
+    "tests/history/test_kill.py",
+    "tests/integration/test_compose_run.py",
+    "tests/security/test_system.py",
+})
+WHOLE_SYSTEM_UNIT = "whole-system tests"
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (absent under -p no:xdist)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadfile`` with the WHOLE_SYSTEM_FILES as one work unit, handed out first (it is
+    the longest unit: it must start at once, not after the other workers ran out of work)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class WholeSystemFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return WHOLE_SYSTEM_UNIT if scope in WHOLE_SYSTEM_FILES else scope
+
+        def _assign_work_unit(self, node: object) -> None:
+            if WHOLE_SYSTEM_UNIT in self.workqueue:
+                self.workqueue.move_to_end(WHOLE_SYSTEM_UNIT, last=False)
+            super()._assign_work_unit(node)
+
+    return WholeSystemFirst(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A ``whole_system`` test may first wait for the others to finish (the lock below): its
-    pytest-timeout covers the wait too (each such test has deadlines of its own for its steps)."""
+    pytest-timeout covers the wait too (each such test has deadlines of its own for its steps).
+    Such a test outside WHOLE_SYSTEM_FILES is an error: xdist would run it beside the others."""
     for item in items:
         if item.get_closest_marker("whole_system") is not None:
             item.add_marker(pytest.mark.timeout(900))
+            if item.nodeid.split("::", 1)[0] not in WHOLE_SYSTEM_FILES:
+                raise pytest.UsageError(f"{item.nodeid} is marked whole_system: add its file to "
+                                        "WHOLE_SYSTEM_FILES in tests/conftest.py")
 
 
 @pytest.fixture(autouse=True)

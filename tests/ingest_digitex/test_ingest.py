@@ -184,7 +184,12 @@ async def test_malformed_replies_are_dead_lettered(nats_server: NatsServer, sb: 
                                    if s.name.endswith("_total")) >= 3, 10, what="3 malformed replies")
         mark = state.last_trade_id
         await wait_for(lambda: state.last_trade_id > mark + 10, 10, what="progress")
-        letters = events_of(await read_stream(js, subjects.dead_letter("ingest_digitex", "digitex")))
+
+        async def three_letters() -> list[Any] | None:  # published without awaiting the ack: may be in flight
+            found = events_of(await read_stream(js, subjects.dead_letter("ingest_digitex", "digitex")))
+            return found if len(found) >= 3 else None
+
+        letters = await wait_for(three_letters, 15, what="3 dead letters in the stream")
         assert len(letters) >= 3 and all(isinstance(d, DeadLetter) and d.reason for d in letters)
         assert all(b"not json" in d.payload for d in letters)
         await ing.flush()

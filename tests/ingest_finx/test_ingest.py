@@ -171,7 +171,12 @@ async def test_malformed_frames_are_dead_lettered_and_nothing_is_lost(
         )
         after = ing.now_ns()
         await wait_for(lambda: state.committed and state.committed[0] > after, 15, what="progress after the bad frames")
-        letters = events_of(await read_stream(js, subjects.dead_letter("ingest_finx", "finx")))
+
+        async def three_letters() -> list[Any] | None:  # published without awaiting the ack: may be in flight
+            found = events_of(await read_stream(js, subjects.dead_letter("ingest_finx", "finx")))
+            return found if len(found) >= 3 else None
+
+        letters = await wait_for(three_letters, 15, what="3 dead letters in the stream")
         assert len(letters) >= 3 and all(isinstance(d, DeadLetter) for d in letters)
         assert any(b"not json" in d.payload for d in letters)  # the raw frame, as received
         assert all(d.reason and d.source == "finx" and d.subject in ("tickHistory", "tickSnap") for d in letters)

@@ -293,11 +293,17 @@ async def test_malformed_rows_artifacts_and_replies_are_dead_lettered(
                 await wait_for(lambda: lost, timeout=30, what="a second export")
                 target = time.time_ns()  # after the second export's window
                 p = await wait_for(lambda: caught_up(js, target), timeout=30, what="later windows")
-                letters = [
-                    m
-                    for m in await read_stream(js, "DLQ", subjects.dead_letter("ingest_ticksupply", "ticksupply"))
-                    if isinstance(m, DeadLetter)
-                ]
+
+                async def all_three() -> list[DeadLetter] | None:  # published without awaiting acks: may be in flight
+                    stored = await read_stream(js, "DLQ", subjects.dead_letter("ingest_ticksupply", "ticksupply"))
+                    found = [m for m in stored if isinstance(m, DeadLetter)]
+                    payloads = [d.payload for d in found]
+                    if (corrupted[0] in payloads and b"<html>502 Bad Gateway</html>" in payloads
+                            and any(p.startswith(b'{"broken"') for p in payloads)):
+                        return found
+                    return None
+
+                letters = await wait_for(all_three, timeout=15, what="the 3 dead letters")
                 bad_row = next(d for d in letters if d.payload == corrupted[0])
                 assert "line 4" in bad_row.reason and bad_row.subject.startswith("artifact:binance-BTCUSDT-trade-")
                 assert any(d.payload.startswith(b'{"broken"') for d in letters)  # the garbage reply, kept whole

@@ -490,11 +490,18 @@ async def test_long_polling_delivers_each_update_once(http: httpx.AsyncClient, s
         expected = truth(sb).ticks(quote, dates[0], dates[-1])
         assert len(expected) == len(dates)
     await http.post("/api", json=[q + "/price/unregister" for q in quotes], headers=hdr)
-    # a session that expires while its poll waits gets a 401, not an empty array
-    poll = asyncio.create_task(http.get("/api/netbus", headers=hdr))
-    await asyncio.sleep(0.2)
-    await http.post("/_sandbox/sitagri/sessions/expire", params={"token": token})
-    r = await poll
+    # a session that expires while its poll waits gets a 401, not an empty array. A fresh session:
+    # nothing registered, so its poll can only wait (the one above may still hold an update that
+    # came before the unregister, and answer it at once). Should a loaded host let the 1-s poll
+    # time out before the expiry lands, the poll answered [] before the case was played: again.
+    for _ in range(5):
+        fresh = (await http.post("/api/login", json={"login": "demo", "password": "demo"})).json()["token"]
+        poll = asyncio.create_task(http.get("/api/netbus", headers={"X-Session-Token": fresh}))
+        await asyncio.sleep(0.2)
+        await http.post("/_sandbox/sitagri/sessions/expire", params={"token": fresh})
+        r = await poll
+        if not (r.status_code == 200 and r.json() == []):
+            break
     assert r.status_code == 401 and r.json()["error"] == "invalidSession"
 
 
