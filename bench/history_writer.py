@@ -269,9 +269,12 @@ async def main() -> None:
         await js.purge_stream("MD")
 
         phase("4. PostgreSQL")
-        # 4. PostgreSQL from batch envelopes
+        # 4. PostgreSQL from batch envelopes (--pg-rows 0 skips it)
         try:
             import asyncpg
+
+            if args.pg_rows <= 0:
+                raise ImportError("--pg-rows 0")
 
             con = await asyncpg.connect(args.pg_dsn, timeout=3)
             pg_rows = trades(args.pg_rows, "PGSYM")
