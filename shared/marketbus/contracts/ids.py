@@ -30,7 +30,7 @@ def _event_id_of(head: bytes, tail: str) -> str:
 event_id_of: Callable[[bytes, str], str]
 try:  # compiled (make venv): one call, no hasher object (about 80 ns less per event)
     from ._checks import event_id_hex as event_id_of
-except ImportError:  # not built (the `make dist` wheel)
+except ImportError:  # not built (the `make dist` wheel), or a build older than its source
     event_id_of = _event_id_of
 """``event_id_of(id_head(source, kind, *head_parts), "\\x1f".join(map(str, tail_parts)))`` is
 ``event_id(source, kind, *head_parts, *tail_parts)``: the hot path's form of an id (the head once

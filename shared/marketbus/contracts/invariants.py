@@ -486,6 +486,17 @@ try:
     import marketbus.contracts._checks as _checks  # a module of the package, not the package's __init__
 except ImportError:  # not built (the `make dist` wheel): the generated Python checks alone
     _checks = None  # type: ignore[assignment]
+# what this module and ids.py call; a build older than the source (a pull without `make venv`)
+# lacks some, and then the Python checks run instead of failing at import
+COMPILED_API = ("Plan", "KIND_INT", "KIND_TEXT", "KIND_CHARS", "KIND_DECIMAL", "KIND_LITERAL", "KIND_PYTHON",
+                "SIGN_POSITIVE", "SIGN_NON_NEGATIVE", "SIGN_SIGNED", "configure_decimal", "configure_canonical",
+                "set_enabled", "decimal_fits", "decimal_of_text", "event_id_hex")
+if _checks is not None and (_missing := [name for name in COMPILED_API if not hasattr(_checks, name)]):
+    import warnings
+
+    warnings.warn(f"marketbus.contracts._checks is an older build than its source (no {', '.join(_missing)}): "
+                  "the Python contract checks run instead; `make venv` rebuilds it", RuntimeWarning, stacklevel=1)
+    _checks = None  # type: ignore[assignment]
 _SIGNS = {} if _checks is None else {"positive": _checks.SIGN_POSITIVE, "non_negative": _checks.SIGN_NON_NEGATIVE,
                                      "signed": _checks.SIGN_SIGNED}
 # the compiled checks read a Decimal in place: only when its layout is the one they know
