@@ -297,6 +297,10 @@ async def test_only_the_starter_can_control_a_session(stack: Stack) -> None:
     assert session.control_token  # given to the starter only
     health = msgspec.json.encode(stack.replay.health())
     assert session.control_token.encode() not in health
+    status_sub = await stack.nc.subscribe(session.status_subject)
+    status_event = (await status_sub.next_msg(timeout=5)).data  # what every reader sees
+    await status_sub.unsubscribe()
+    assert session.session.encode() in status_event and session.control_token.encode() not in status_event
 
     other_nc = await nats.connect(stack.url)
     try:
