@@ -47,6 +47,9 @@ class ReplayMetrics(ServiceMetrics):
         self.started = Counter("marketbus_replay_sessions_started", "sessions started", ["via"], registry=r)
         self.refused = Counter("marketbus_replay_refused", "start requests refused", ["code"], registry=r)
         self.events = Counter("marketbus_replay_events", "events sent by ended sessions", registry=r)
+        self.control_refused = Counter("marketbus_replay_control_refused",
+                                       "control requests refused (no or a wrong control token)", ["reason"],
+                                       registry=r)
 
 
 class ReplayService(Service):
@@ -215,7 +218,8 @@ class ReplayService(Service):
     async def _on_control(self, session: Session, msg: Any) -> None:
         try:
             control = codec.decode_as(msg.data, PlaybackControl)
-            reply: Any = session.control(control.action)
+            refusal = self._check_token(session, control.token)
+            reply: Any = refusal if refusal is not None else session.control(control.action)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self.dead_letter("playback", f"undecodable control request: {exc}", msg.data, msg.subject)
             reply = ErrorReply(code=codes.BAD_REQUEST, message=f"undecodable control request: {exc}")
@@ -224,12 +228,27 @@ class ReplayService(Service):
         await _respond(msg, reply)
 
 
+    def _check_token(self, session: Session, token: str) -> ErrorReply | None:
+        """None when ``token`` is the session's control token, else the refusal (counted, logged
+        without any token: session ids are public, so the token is what proves the starter)."""
+        if token and secrets.compare_digest(token.encode(), session.control_token.encode()):
+            return None
+        reason = "missing_token" if not token else "wrong_token"
+        self.metrics.control_refused.labels(reason).inc()
+        self.log.warning("session %s: control refused (%s)", session.id, reason.replace("_", " "))
+        what = "carries no control token" if not token else "carries a wrong control token"
+        return ErrorReply(code=codes.BAD_REQUEST,
+                          message=f"control of session {session.id} refused: the request {what} (only the "
+                                  "client that started the session holds it: PlaybackSession.control_token)",
+                          details={"reason": reason})
+
+
 def session_reply(session: Session) -> PlaybackSession:
     r = session.request
     return PlaybackSession(
         session=session.id, prefix=session.prefix, status_subject=subjects.playback_status(session.id),
         control_subject=subjects.playback_control(session.id), speed=r.speed, start_ns=r.start_ns, end_ns=r.end_ns,
-        expected=session.expected, state=session.state,
+        expected=session.expected, state=session.state, control_token=session.control_token,
     )
 
 

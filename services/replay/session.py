@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +50,9 @@ class Session:
                  publish_status: Callable[[PlaybackStatus], Awaitable[None]] | None = None,
                  on_end: Callable[[Session], None] | None = None) -> None:
         self.id = session_id
+        # the secret a control must carry (given to the starter in the start reply only; never in
+        # status events, /healthz, metrics or logs)
+        self.control_token = secrets.token_urlsafe(16)
         self.request = request
         self.speed = speed
         self.prefix = prefix

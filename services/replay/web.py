@@ -7,7 +7,9 @@ frame per event, then the marker; the client may send ``{"type": "playback_contr
 "pause"}`` (``resume``, ``cancel``, ``status``: answered with a ``playback_status`` frame).
 A refused request is an ``error_reply`` body (HTTP 400/404/409/429/503) or frame (then close).
 Both count against the session limit like NATS sessions; a client that goes away cancels its
-session.
+session. Only the client that opened a session controls it: over its own WebSocket (NDJSON has no
+control but going away); the session's NATS control subject wants its control token like any
+other session's, and HTTP clients are never given it.
 """
 
 from __future__ import annotations

@@ -105,3 +105,53 @@ def test_the_summary_counts_in_words() -> None:
     report = ProvisionReport(streams=["MD", "REF"], buckets=["feeds"], object_stores=["export_artifacts"],
                              consumers=["a", "b", "c"])
     assert report.summary() == "2 streams, 1 KV bucket, 1 object store, 3 durable consumers provisioned"
+
+
+async def test_an_altered_service_durable_is_put_back_to_its_declaration(nats_server: NatsServer) -> None:
+    """An admin edits a service's durable (another filter, headers only: the service would store
+    nothing it expects); provisioning puts the declared config back."""
+    from marketbus.contracts.consumers import HISTORY_STATUS
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await provision(js)
+        config = (await js.consumer_info(HISTORY_STATUS.stream, HISTORY_STATUS.durable)).config
+        config.filter_subject = "status.feed.nobody.>"  # nats consumer edit STATUS history_writer_status ...
+        config.headers_only = True
+        await js.add_consumer(HISTORY_STATUS.stream, config)
+        altered = (await js.consumer_info(HISTORY_STATUS.stream, HISTORY_STATUS.durable)).config
+        assert (altered.filter_subject, altered.headers_only) == ("status.feed.nobody.>", True)
+        await provision(js)
+        back = (await js.consumer_info(HISTORY_STATUS.stream, HISTORY_STATUS.durable)).config
+    finally:
+        await nc.close()
+    declared = HISTORY_STATUS.config()
+    assert (back.filter_subject, bool(back.headers_only)) == (declared.filter_subject, False)
+
+
+async def test_a_durable_with_another_deliver_policy_is_kept_and_the_fix_is_said(
+        bare_server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    """nats-server cannot change a durable's deliver policy in place: provisioning neither deletes
+    it (its unacked messages) nor stays silent, and an unaltered durable is not reported."""
+    from nats.js.api import DeliverPolicy
+
+    from marketbus.contracts.consumers import HISTORY_STATUS
+
+    nc = await nats.connect(bare_server.url)
+    try:
+        js = nc.jetstream()
+        await provision(js)
+        with caplog.at_level(logging.WARNING, logger="marketbus.contracts.consumers"):
+            await provision(js)
+        assert not [r.getMessage() for r in caplog.records if "consumer" in r.getMessage()]
+        await js.delete_consumer(HISTORY_STATUS.stream, HISTORY_STATUS.durable)
+        await js.add_consumer(HISTORY_STATUS.stream, HISTORY_STATUS.with_(deliver_policy=DeliverPolicy.NEW).config())
+        with caplog.at_level(logging.WARNING, logger="marketbus.contracts.consumers"):
+            await provision(js)
+        kept = (await js.consumer_info(HISTORY_STATUS.stream, HISTORY_STATUS.durable)).config.deliver_policy
+    finally:
+        await nc.close()
+    said = [r.getMessage() for r in caplog.records if HISTORY_STATUS.durable in r.getMessage()]
+    assert kept == DeliverPolicy.NEW and len(said) == 1
+    assert "deliver_policy" in said[0] and "nats consumer rm STATUS history_writer_status" in said[0]

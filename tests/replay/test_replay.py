@@ -10,13 +10,14 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 
 from marketbus.clients import PlaybackClient, RequestError
 from marketbus.contracts import Instrument, Tick, codec, event_id, subjects
 from marketbus.contracts.errors import ErrorReply
 from marketbus.contracts.jobs import StreamSelector
-from marketbus.contracts.replay import PlaybackEnd, PlaybackStart, PlaybackStatus
+from marketbus.contracts.replay import PlaybackControl, PlaybackEnd, PlaybackStart, PlaybackStatus
 from tests.helpers import wait_for
 
 from .conftest import MS, T0, Recorder, Stack, trade, unique_symbol
@@ -282,3 +283,46 @@ async def test_reference_data_in_effect_at_the_start_goes_first(stack: Stack) ->
     ]
     assert names == [("ref", "current"), ("md", "0"), ("md", "1"), ("md", "2"), ("ref", "changed"),
                      ("md", "3"), ("md", "4"), ("md", "5")]
+
+
+async def test_only_the_starter_can_control_a_session(stack: Stack) -> None:
+    """A reader that learns a session id (its status events, /healthz) cannot stop or pause it:
+    controls carry the secret token of the start reply; the owner's client passes it itself."""
+    sym = unique_symbol()
+    await stack.publisher.publish_group([trade(sym, i, T0 + i * MS) for i in range(5)])
+    await stack.publisher.flush()
+    await stack.stored(sym, 5)
+    owner = PlaybackClient(stack.nc)
+    session = await owner.start(f"trade.digitex.*.{sym}", T0, END, hold=True)
+    assert session.control_token  # given to the starter only
+    health = msgspec.json.encode(stack.replay.health())
+    assert session.control_token.encode() not in health
+    status_sub = await stack.nc.subscribe(session.status_subject)
+    status_event = (await status_sub.next_msg(timeout=5)).data  # what every reader sees
+    await status_sub.unsubscribe()
+    assert session.session.encode() in status_event and session.control_token.encode() not in status_event
+
+    other_nc = await nats.connect(stack.url)
+    try:
+        other = PlaybackClient(other_nc, timeout=5.0)  # knows the id, not the token
+        for action in ("cancel", "pause", "resume"):
+            with pytest.raises(RequestError) as exc:
+                await other.control(session.session, action)
+            assert exc.value.code == "bad_request" and "control token" in exc.value.message
+        with pytest.raises(RequestError) as exc:  # a wrong token is refused too
+            await other.control(session.session, "cancel", token="not-the-token")
+        assert exc.value.code == "bad_request" and "control token" in exc.value.message
+        # a plain publish (no reply subject) is dropped just the same
+        await other_nc.publish(session.control_subject, codec.encode(PlaybackControl(action="cancel")))
+        await other_nc.flush()
+    finally:
+        await other_nc.close()
+    assert session.session in stack.replay.sessions
+    assert (await owner.status(session.session)).state == "ready"
+    refused = stack.replay.metrics.registry.get_sample_value("marketbus_replay_control_refused_total",
+                                                             {"reason": "missing_token"})
+    assert refused is not None and refused >= 4
+
+    cancelled = await owner.cancel(session.session)  # the owner can
+    assert cancelled.state in ("ready", "cancelled")
+    await wait_for(lambda: session.session not in stack.replay.sessions, timeout=5, what="session cancelled")

@@ -3,7 +3,9 @@
 ``marketbus replay start 'trade.digitex.*.*' --start -10m --speed 10x`` starts a session, shows a
 progress bar (events sent, simulated time, lag) and ends with the session; consumers subscribe
 to ``<prefix>.md.>`` (the prefix is printed first). ``pause``, ``resume``, ``cancel`` and
-``status`` control a session by id from another terminal.
+``status`` control a session by id from another terminal, given the session's control token
+(printed at the start) in ``MARKETBUS_PLAYBACK_TOKEN``; in the terminal that started it, Ctrl-C
+cancels it without one.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ def _print_session(session: PlaybackSession, as_json: bool) -> None:
         return
     progress_console().print(
         f"session {session.session}: {session.expected} events to {session.prefix}.md.> (and .ref.>), "
-        f"end marker on {session.prefix}.end; control: marketbus replay pause|resume|cancel {session.session}")
+        f"end marker on {session.prefix}.end; control (from another terminal, with this session's secret "
+        f"token): MARKETBUS_PLAYBACK_TOKEN={session.control_token} marketbus replay pause|resume|cancel "
+        f"{session.session}")
 
 
 async def _follow(client: PlaybackClient, session: PlaybackSession, as_json: bool) -> int:

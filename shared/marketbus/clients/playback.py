@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -42,6 +43,7 @@ from .errors import RequestError, decode_reply, request
 from .history import Selectorish, to_selector
 
 SERVER = "replay service"
+TOKEN_ENV = "MARKETBUS_PLAYBACK_TOKEN"  # a session's control token, for a control from another process
 
 
 class PlaybackClient:
@@ -51,6 +53,9 @@ class PlaybackClient:
     def __init__(self, nc: Any, *, timeout: float = 30.0) -> None:
         self.nc = nc
         self.timeout = timeout
+        # session id -> control token of the sessions this client started: controls carry it
+        # without the caller seeing it (the replay service refuses a control without it)
+        self._tokens: dict[str, str] = {}
 
     async def start(self, selector: Selectorish, start_ns: int, end_ns: int, *, speed: str = "1x",
                     prefix: str | None = None, reference: Selectorish | None = None,
@@ -61,12 +66,19 @@ class PlaybackClient:
         req = make_start(selector, start_ns, end_ns, speed=speed, prefix=prefix, reference=reference, hold=hold)
         data = await request(self.nc, subjects.PLAYBACK_START, codec.encode(req), timeout=self.timeout, what=SERVER,
                              headers=codec.headers_for(req))
-        return decode_reply(data, PlaybackSession)
+        session = decode_reply(data, PlaybackSession)
+        if session.control_token:
+            self._tokens[session.session] = session.control_token
+        return session
 
-    async def control(self, session: str, action: str) -> PlaybackStatus:
+    async def control(self, session: str, action: str, *, token: str | None = None) -> PlaybackStatus:
         """pause | resume | cancel | status -> the session's status after it (``no_responders``
-        once the session has ended and cleaned up)."""
-        msg = PlaybackControl(action=action)  # type: ignore[arg-type]  # checked by the server
+        once the session has ended and cleaned up). The control token is the one of the start
+        reply when this client started the session, else ``token``, else the environment's
+        ``MARKETBUS_PLAYBACK_TOKEN``; without the right one the service refuses (``bad_request``)."""
+        if token is None:
+            token = self._tokens.get(session) or os.environ.get(TOKEN_ENV, "")
+        msg = PlaybackControl(action=action, token=token)  # type: ignore[arg-type]  # checked by the server
         data = await request(self.nc, subjects.playback_control(session), codec.encode(msg), timeout=self.timeout,
                              what=f"{SERVER} session {session}")
         return decode_reply(data, PlaybackStatus)

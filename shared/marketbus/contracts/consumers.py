@@ -103,17 +103,45 @@ ORDER_ROUTER_COMMANDS = ConsumerSpec(
 
 CONSUMERS: tuple[ConsumerSpec, ...] = (HISTORY_MD, HISTORY_REF, HISTORY_STATUS, ORDER_ROUTER_COMMANDS)
 
-# fields a running consumer can be changed in place (the server refuses the others)
-_UPDATABLE = ("ack_wait", "max_deliver", "max_ack_pending", "description", "max_waiting")
+# what provisioning keeps as declared: an admin's edit of one of these (another filter, headers
+# only, fewer deliveries...) changes what the service receives or how it recovers, so it is drift
+# to put back. nats-server changes the first group in place; the second only at creation.
+_UPDATABLE = ("filter_subjects", "headers_only", "ack_wait", "max_deliver", "max_ack_pending", "description",
+              "max_waiting")
+_FIXED_AT_CREATION = ("deliver_policy", "ack_policy")
 
 
-def _differs(current: ConsumerConfig, wanted: ConsumerConfig) -> list[str]:
-    return [f for f in _UPDATABLE if getattr(current, f) != getattr(wanted, f)]
+def _setting(config: ConsumerConfig, name: str) -> object:
+    """A setting as the server means it (unset = its default), so equal configs compare equal."""
+    if name == "filter_subjects":  # filter_subject and filter_subjects are one setting on the server
+        subjects_ = list(config.filter_subjects or [])
+        if config.filter_subject:
+            subjects_.append(config.filter_subject)
+        return sorted(subjects_)
+    value = getattr(config, name)
+    if name == "headers_only":
+        return bool(value)
+    if name == "max_ack_pending" and value is None:
+        return -1
+    return value
+
+
+def _differs(current: ConsumerConfig, wanted: ConsumerConfig, fields: tuple[str, ...] = _UPDATABLE) -> list[str]:
+    return [f for f in fields if _setting(current, f) != _setting(wanted, f)]
+
+
+def _describe(current: ConsumerConfig, wanted: ConsumerConfig, fields: list[str]) -> str:
+    return ", ".join(f"{f} {_setting(current, f)!r} (declared {_setting(wanted, f)!r})" for f in fields)
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> ConsumerInfo:
-    """Create the durable consumer of ``spec`` if it is missing, bring an existing one to the
-    spec's redelivery policy; safe to call from several instances at once. Returns its info."""
+    """Create the durable consumer of ``spec`` if it is missing, bring an existing one back to the
+    spec (filter, headers only, redelivery policy: what an older release or an admin changed);
+    safe to call from several instances at once. Returns its info.
+
+    Settings nats-server cannot change on a running consumer (deliver and ack policy) are not
+    forced: recreating the durable would lose its position and its unacked messages, so that
+    drift is logged as one warning line saying how to fix it."""
     wanted = spec.config()
     try:
         info: ConsumerInfo = await js.consumer_info(spec.stream, spec.durable)
@@ -126,15 +154,26 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> ConsumerI
             # another instance created it between our two calls
             raced: ConsumerInfo = await js.consumer_info(spec.stream, spec.durable)
             return raced
+    fixed = _differs(info.config, wanted, _FIXED_AT_CREATION)
+    if fixed:
+        log.warning(
+            "consumer %s on %s: %s; nats-server cannot change this on an existing durable and provisioning does "
+            "not delete it (%d unacked, %d pending messages would be lost or redelivered): stop the services "
+            "reading it, then `nats consumer rm %s %s` and run `marketbus provision` again to recreate it as declared",
+            spec.durable, spec.stream, _describe(info.config, wanted, fixed), info.num_ack_pending, info.num_pending,
+            spec.stream, spec.durable)
+        return info
     changed = _differs(info.config, wanted)
     if changed:
-        # an older release made it with another policy (e.g. ack_wait 60 s, unbounded deliveries)
+        # an older release made it with another policy (e.g. ack_wait 60 s), or an admin edited it
+        what = _describe(info.config, wanted, changed)
         try:
             info = await js.add_consumer(spec.stream, wanted)
-            log.info("updated consumer %s on %s: %s", spec.durable, spec.stream, ", ".join(changed))
+            log.warning("consumer %s on %s put back to its declaration: %s", spec.durable, spec.stream, what)
         except BadRequestError as exc:  # e.g. a server too old to update it: keep it as it is
-            log.warning("consumer %s on %s differs from its spec (%s) and could not be updated: %s",
-                        spec.durable, spec.stream, ", ".join(changed), exc.description)
+            log.warning("consumer %s on %s differs from its declaration (%s) and could not be updated: %s; "
+                        "stop its services, `nats consumer rm %s %s`, then `marketbus provision`",
+                        spec.durable, spec.stream, what, exc.description, spec.stream, spec.durable)
     return info
 
 

@@ -21,7 +21,10 @@ Protocol (subjects in :mod:`marketbus.contracts.subjects`):
   events, not envelopes), so ``codec.decode_events`` yields the same events either way.
 - Last, a :class:`PlaybackEnd` marker on ``<prefix>.end``.
 - ``history.replay.<session>.control``: :class:`PlaybackControl` (pause, resume, cancel, status)
-  -> :class:`PlaybackStatus` or ErrorReply.
+  -> :class:`PlaybackStatus` or ErrorReply. Every control carries the session's ``control_token``
+  (a secret of the start reply, given to the starter only): session ids are public (status
+  subjects, /healthz) and NATS does not say who published, so without the token a control is
+  refused (``bad_request``, "control token ...") and counted.
 - ``replay.<session>.status``: :class:`PlaybackStatus` events (progress: events sent, simulated
   time, lag) every ``status_interval_s`` and on every change of state.
 
@@ -69,10 +72,12 @@ class PlaybackSession(Event, frozen=True, kw_only=True, tag="playback_session"):
     end_ns: int
     expected: int  # stored events in the range (market + reference), before the snapshot at start
     state: PlaybackState
+    control_token: str = ""  # the secret every PlaybackControl of this session must carry; never published
 
 
 class PlaybackControl(Event, frozen=True, kw_only=True, tag="playback_control"):
     action: ControlAction
+    token: str = ""  # PlaybackSession.control_token: a control without it is refused
 
 
 class PlaybackStatus(Event, frozen=True, kw_only=True, tag="playback_status"):

@@ -3,7 +3,11 @@
 Streams (retention from ``MARKETBUS_STREAM_<NAME>_MAX_AGE`` / ``_MAX_BYTES``), KV buckets, the
 export object store and the services' durable consumers, all from the declarations in
 :mod:`marketbus.contracts.streams` and :mod:`marketbus.contracts.consumers`. Idempotent: what
-exists is left as it is (an operator's changes to a stream are kept, the difference logged).
+exists is left as it is (an operator's changes to a stream are kept, the difference logged),
+except a service's durable consumer: one whose filter, headers-only, ack or redelivery settings
+were altered is put back to its declaration (and logged), since the service would otherwise miss
+or mishandle its messages; a deliver or ack policy nats-server cannot change in place is reported
+in one warning line with the fix, never by deleting the durable (see ``ensure_consumer``).
 Run by ``marketbus provision``, by ``marketbus up`` before the services, and by compose's
 ``provision`` one-shot service.
 """
