@@ -35,7 +35,18 @@ from marketbus.clients.selectors import parse_selector
 from marketbus.contracts.jobs import ExportJob, ExportRequest
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, print_table, progress_console, run
+from .output import (
+    EXIT_CODES_HELP,
+    REFUSED,
+    check_not_negative,
+    check_positive,
+    fail,
+    handled,
+    json_line,
+    print_table,
+    progress_console,
+    run,
+)
 
 app = typer.Typer(help="Export history to files (CSV.gz / Parquet) and download them.", no_args_is_help=True,
                   epilog=EXIT_CODES_HELP)
@@ -114,6 +125,7 @@ def create(
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Create an export job (idempotent per --idempotency-key); prints its id."""
+    check_positive("--max-rows-per-file", max_rows_per_file)
     if fmt not in ("parquet", "csv.gz"):
         fail(f"--format {fmt}: use parquet or csv.gz")
     if schema not in ("marketbus", "raw", "normalized"):
@@ -207,6 +219,7 @@ def wait(
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Follow a job with a progress bar until it ends (exit 0 = succeeded, 1 = failed/cancelled)."""
+    check_not_negative("--timeout", timeout, "never")
     raise typer.Exit(_wait_and_show(nats_url, job_id, timeout, as_json))
 
 

@@ -24,6 +24,7 @@ from .common import NatsUrlOption, connect
 from .output import (
     EXIT_CODES_HELP,
     REFUSED,
+    check_positive,
     fail,
     handled,
     json_line,
@@ -211,6 +212,7 @@ def query_cmd(
         fail(f"--out {out}: no directory {out.absolute().parent}")
     if limit is not None and limit < 0:
         fail(f"--limit {limit}: give 0 (all) or a positive number")
+    check_positive("--timeout", timeout)
     if limit is None:
         limit = TABLE_LIMIT if out is None and not as_json else 0
     with handled():
@@ -224,10 +226,11 @@ def coverage_cmd(
     start: str = StartOpt,
     end: str = EndOpt,
     as_json: bool = typer.Option(False, "--json", help="one stream per line as JSON"),
-    timeout: float = typer.Option(30.0, "--timeout"),
+    timeout: float = typer.Option(30.0, "--timeout", help="seconds to wait for the answer"),
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Covered time ranges per stream and the gaps the feeds reported (completeness)."""
+    check_positive("--timeout", timeout)
     with handled():
         start_ns, end_ns = parse_range(start, end)
     raise typer.Exit(run(run_coverage(nats_url, selector, start_ns, end_ns, as_json, timeout)))
@@ -294,6 +297,7 @@ def book_cmd(
     """The order book at a point in time, rebuilt from the stored snapshots and deltas."""
     if depth < 0 or lookback <= 0:
         fail("--depth must be >= 0 and --lookback > 0")
+    check_positive("--timeout", timeout)
     with handled():
         at_ns = parse_time(at)
         at_ns = at_ns - 1 if at.strip() in ("now", "") else at_ns
