@@ -381,3 +381,12 @@ def test_export_download_finds_the_export_api_moved_by_the_port_offset(monkeypat
     assert default_api_url() == "http://127.0.0.1:8710"
     monkeypatch.setenv("MARKETBUS_UP_PORT_OFFSET", "100")
     assert default_api_url() == "http://127.0.0.1:8810"
+
+
+async def test_provision_prints_its_summary_once(nats_url: str, tmp_path: Path) -> None:
+    """The summary is on stdout once, not again as a log line on stderr."""
+    code, out, err = await run_cli("provision", env={"NATS_URL": nats_url, "MARKETBUS_DATA_DIR": str(tmp_path),
+                                                     "COLUMNS": "200"})
+    assert code == 0, err
+    assert "provisioned" in out
+    assert (out + err).count("provisioned") == 1, (out, err)

@@ -61,6 +61,8 @@ def provision(
     from marketbus.runtime.provision import provision as run_provision
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # what was created or differs is logged (stderr); the summary is printed below, once
+    logging.getLogger("marketbus.runtime.provision").setLevel(logging.WARNING)
     if not (common.AUTH.user or common.AUTH.creds or common.AUTH.nkey) and not os.environ.get("MARKETBUS_CLI_IDENTITY"):
         os.environ["MARKETBUS_CLI_IDENTITY"] = "admin"  # the data dir's admin identity, when there is one
 
