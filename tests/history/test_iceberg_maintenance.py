@@ -102,6 +102,9 @@ def test_migrate_embedded_into_postgres_and_seaweedfs(tmp_path: Path, seaweedfs:
     runner = CliRunner()
     result = runner.invoke(app, ["history", "migrate", "--from-dir", str(tmp_path / "embedded")])
     assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"migrated {len(events):,} rows into 1 table(s) (trade {len(events):,}), "
+                                    "0 already there; read "), result.stdout
+    assert "migrate [1] trade: +" in result.stderr, result.stderr  # progress, one line a table-day when piped
     target = LakehouseSettings.from_env()
     assert not target.embedded
     assert _rows(HistoryReader(target)) == _rows(HistoryReader(source))
