@@ -390,3 +390,17 @@ async def test_provision_prints_its_summary_once(nats_url: str, tmp_path: Path) 
     assert code == 0, err
     assert "provisioned" in out
     assert (out + err).count("provisioned") == 1, (out, err)
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    (["history", "query", "--help"], "-30s, -5m, -1h, -2d"),  # was "-<N> before now": rich ate "[smhd]"
+    (["history", "book", "--help"], "-30s, -5m, -1h, -2d"),
+    (["order", "place", "--help"], "a UUID (a new one when omitted)"),
+    (["order", "place", "--help"], "limit with --price, market without"),
+    (["history", "migrate", "--help"], "progress, then the report: one JSON object per line"),
+    (["export", "wait", "--help"], "the job id `marketbus export create` printed"),
+])
+def test_help_says_what_the_options_take(args: list[str], shown: str) -> None:
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"}, prog_name="marketbus")
+    assert result.exit_code == 0, result.output
+    assert shown in " ".join(result.output.replace("│", " ").split()), result.output

@@ -52,6 +52,7 @@ app = typer.Typer(help="Export history to files (CSV.gz / Parquet) and download 
                   epilog=EXIT_CODES_HELP)
 console = Console()
 JsonOpt = typer.Option(False, "--json", help="print the job(s) as one JSON object per line")
+JobIdArg = typer.Argument(..., help="the job id `marketbus export create` printed")
 
 _REL = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -118,7 +119,8 @@ def create(
     schema: str = typer.Option("marketbus", "--schema", help="marketbus (the event's fields) | raw | normalized "
                                "(TickSupply's trade CSV columns)"),
     fill_gaps: bool = typer.Option(True, "--fill-gaps/--no-fill-gaps", help="ask the ingestors to replay holes first"),
-    max_rows_per_file: int = typer.Option(1_000_000, "--max-rows-per-file"),
+    max_rows_per_file: int = typer.Option(1_000_000, "--max-rows-per-file",
+                                          help="start a new file after this many rows"),
     key: str = typer.Option("", "--idempotency-key", help="default: a new random key"),
     wait_done: bool = typer.Option(False, "--wait", help="follow the job with a progress bar until it ends"),
     as_json: bool = JsonOpt,
@@ -150,7 +152,7 @@ def create(
 
 
 @app.command()
-def status(job_id: str, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
+def status(job_id: str = JobIdArg, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """Show a job: state, progress, artifacts, coverage."""
     job = run(_call(nats_url, "get", job_id))
     if as_json:
@@ -176,7 +178,7 @@ def list_jobs(as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
 
 
 @app.command()
-def cancel(job_id: str, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
+def cancel(job_id: str = JobIdArg, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """Cancel a queued or running job."""
     job = run(_call(nats_url, "cancel", job_id))
     if as_json:
@@ -213,7 +215,7 @@ def _wait_and_show(nats_url: str | None, job_id: str, timeout: float, as_json: b
 
 @app.command()
 def wait(
-    job_id: str,
+    job_id: str = JobIdArg,
     timeout: float = typer.Option(0, "--timeout", help="give up after this many seconds (0 = never; exit 2)"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
@@ -246,7 +248,7 @@ def _api_key(value: str | None) -> str:
 
 @app.command()
 def download(
-    job_id: str,
+    job_id: str = JobIdArg,
     out: Path = typer.Option(Path("."), "--out", "-o", help="directory for the files"),
     api_url: str = typer.Option(
         None, "--api-url", envvar="MARKETBUS_EXPORT_API_URL",

@@ -42,8 +42,9 @@ console = Console()
 TABLE_LIMIT = 1000  # rows a table shows when no --limit is given
 SelectorArg = typer.Argument("*", help="kind.source.venue.symbol, fnmatch wildcards, missing parts = *; e.g. "
                                        "'trade.finx.*.BTC*' (the subject form 'md.trade.finx.>' works too)")
-StartOpt = typer.Option("0", "--start", help="ISO time (UTC if no zone), ns since the epoch, or -<N>[smhd] before now")
-EndOpt = typer.Option("now", "--end", help="same forms as --start; 'now' by default")
+TIME_HELP = "ISO time (UTC if no zone), ns since the epoch, or a time before now: -30s, -5m, -1h, -2d"
+StartOpt = typer.Option("0", "--start", help=TIME_HELP)
+EndOpt = typer.Option("now", "--end", help="same forms as --start, or 'now'")
 
 
 def parse_time(text: str, now_ns: int | None = None) -> int:
@@ -282,7 +283,7 @@ async def run_book(url: str | None, book: str, at_ns: int, depth: int, lookback_
 def book_cmd(
     book: str = typer.Argument(..., help="source.venue.symbol, e.g. digitex.DIGITEX.FS-BTCUSD"),
     at: str = typer.Option(
-        "now", "--at", help="ISO time (UTC if no zone), ns since the epoch, or -<N>[smhd] before now"
+        "now", "--at", help=TIME_HELP
     ),
     depth: int = typer.Option(0, "--depth", help="levels a side to show (0 = all)"),
     lookback: float = typer.Option(

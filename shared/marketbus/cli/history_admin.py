@@ -20,6 +20,7 @@ from .output import fail, json_line, progress_console
 
 console = Console()
 JsonOpt = typer.Option(False, "--json", help="the report as one JSON object on one line")
+MigrateJsonOpt = typer.Option(False, "--json", help="progress, then the report: one JSON object per line")
 HistoryDirOpt = typer.Option(
     "", "--history-dir", help="embedded catalog and warehouse (default $MARKETBUS_DATA_DIR/history)"
 )
@@ -167,7 +168,7 @@ def migrate(
     from_parquet: str = typer.Option("", "--from-parquet",
                                      help="data dir of the former embedded Parquet store (kind=*/source=*/...)"),
     history_dir: str = HistoryDirOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = MigrateJsonOpt,
 ) -> None:
     """Copy an embedded history (SQLite catalog + local warehouse under --from-dir) into the
     lakehouse configured by MARKETBUS_LAKEHOUSE_* (PostgreSQL/REST catalog, S3 warehouse); or

@@ -68,10 +68,10 @@ def place(
     side: str = typer.Argument(..., help="buy | sell"),
     quantity: str = typer.Argument(..., help="a decimal number, e.g. 1 or 0.5"),
     price: str = typer.Option(None, "--price", "-p", help="limit price (omit for a market order)"),
-    order_type: str = typer.Option(None, "--type", help="limit | market (default: limit with --price)"),
+    order_type: str = typer.Option(None, "--type", help="limit | market (default: limit with --price, market without)"),
     duration: str = typer.Option(None, "--duration", help="GTC GFD GTF IOC FOK (default GTC, IOC for market)"),
     leverage: int = typer.Option(1, "--leverage", help="leverage multiple (>= 1)"),
-    reduce_only: bool = typer.Option(False, "--reduce-only"),
+    reduce_only: bool = typer.Option(False, "--reduce-only", help="only reduce an open position, never open one"),
     client_id: str = typer.Option(None, "--client-id", help="a UUID (a new one when omitted)"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for the router's acknowledgement"),
     timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the acknowledgement"),
@@ -99,7 +99,9 @@ def place(
 @app.command()
 def cancel(
     market: str = typer.Option(None, "--market", "-m", help="cancel in this market (all of it without --client-id)"),
-    client_ids: list[str] = typer.Option(None, "--client-id", "-c", help="client ids to cancel (needs --market)"),
+    client_ids: list[str] = typer.Option(
+        None, "--client-id", "-c", help="a client id to cancel (repeat for several; needs --market)"
+    ),
     all_orders: bool = typer.Option(False, "--all", help="every open order of the account"),
     timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the acknowledgement"),
     as_json: bool = JsonOpt,
@@ -124,7 +126,7 @@ async def _records(url: str | None, market: str | None, show_all: bool) -> list[
 @app.command("list")
 def list_orders(
     show_all: bool = typer.Option(False, "--all", "-a", help="include filled, cancelled and rejected orders"),
-    market: str = typer.Option(None, "--market", "-m"),
+    market: str = typer.Option(None, "--market", "-m", help="only this market, e.g. FS-BTCUSD"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
@@ -182,7 +184,7 @@ async def _watch(url: str | None, market: str, count: int | None, as_json: bool,
 
 @app.command()
 def watch(
-    market: str = typer.Option("*", "--market", "-m"),
+    market: str = typer.Option("*", "--market", "-m", help="only this market, e.g. FS-BTCUSD ('*' = all)"),
     count: int = typer.Option(0, "--count", "-n", help="stop after this many events (0 = forever)"),
     reconnect_s: float = typer.Option(
         30.0, "--reconnect", help="seconds to keep reconnecting after the server goes away"
@@ -208,7 +210,7 @@ async def _control(url: str | None, action: str, cancel_open: bool, reason: str 
 @app.command()
 def halt(
     cancel_open: bool = typer.Option(False, "--cancel-open", help="also cancel every open order"),
-    reason: str = typer.Option(None, "--reason"),
+    reason: str = typer.Option(None, "--reason", help="why (sent with the halt command)"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
