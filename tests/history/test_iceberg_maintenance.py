@@ -61,6 +61,11 @@ def test_compact_expire_orphans_and_retention(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["history", "compact", "--history-dir", str(tmp_path / "h"), "--min-files", "4",
                                       "--snapshot-age", "0", "--orphan-age", "0"])
     assert result.exit_code == 0, result.output
+    # a readable summary on stdout (not the repr of a report), progress per table on stderr
+    assert result.stdout.startswith("compacted 1 table(s) (trade) in "), result.stdout
+    assert f"data files {files_before} -> " in result.stdout and "orphan files removed" in result.stdout
+    assert "MaintenanceReport" not in result.output and result.stdout.count("\n") == 1
+    assert "compact [1/1] trade: " in result.stderr, result.stderr
     table.refresh()
     files_after = list(table.scan().plan_files())
     partitions = {tuple(t.file.partition) for t in files_after}
@@ -97,6 +102,9 @@ def test_migrate_embedded_into_postgres_and_seaweedfs(tmp_path: Path, seaweedfs:
     runner = CliRunner()
     result = runner.invoke(app, ["history", "migrate", "--from-dir", str(tmp_path / "embedded")])
     assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"migrated {len(events):,} rows into 1 table(s) (trade {len(events):,}), "
+                                    "0 already there; read "), result.stdout
+    assert "migrate [1] trade: +" in result.stderr, result.stderr  # progress, one line a table-day when piped
     target = LakehouseSettings.from_env()
     assert not target.embedded
     assert _rows(HistoryReader(target)) == _rows(HistoryReader(source))

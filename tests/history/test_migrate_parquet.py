@@ -46,7 +46,11 @@ def test_migrate_a_parquet_store_data_dir_into_the_tables(tmp_path: Path) -> Non
     result = runner.invoke(app, ["history", "migrate", "--from-parquet", str(tmp_path / "old"),
                                  "--history-dir", str(target)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "trade 2025-11-21: +300 rows" in result.output
+    assert "trade 2025-11-21: +300 rows" in result.stderr  # progress on stderr, one line a day when piped
+    # a readable summary on stdout, not the repr of a report
+    assert result.stdout.strip().startswith("migrated 300 rows into 1 table(s) (trade 300), 0 already there; "
+                                            "read 2 Parquet files ("), result.stdout
+    assert "MigrationReport" not in result.output and result.stdout.count("\n") == 1
 
     stored = HistoryReader(LakehouseSettings.from_env(target)).read_kind("trade", Selector(kind="trade", symbol=sym),
                                                                          0, 2**63 - 1)
@@ -58,7 +62,8 @@ def test_migrate_a_parquet_store_data_dir_into_the_tables(tmp_path: Path) -> Non
     again = runner.invoke(app, ["history", "migrate", "--from-parquet", str(tmp_path / "old"),
                                 "--history-dir", str(target)], env={"COLUMNS": "200"})
     assert again.exit_code == 0, again.output
-    assert "+0 rows (300 already there)" in again.output
+    assert "+0 rows (300 already there)" in again.stderr
+    assert again.stdout.startswith("migrated 0 rows into 0 table(s) (none), 300 already there"), again.stdout
     assert HistoryReader(LakehouseSettings.from_env(target)).read_kind(
         "trade", Selector(kind="trade", symbol=sym), 0, 2**63 - 1).num_rows == 300
 

@@ -314,6 +314,19 @@ async def test_tail_last_shows_the_current_reference_values_then_exits_at_the_co
     (["up", "--data-dir", "{tmp}/a-file/mb"], "error: --data-dir {tmp}/a-file/mb: cannot create it"),
     (["sandbox", "nope"], "error: unknown sandbox 'nope'; choose from finx, ticksupply, digitex, sitagri or all"),
     (["tail", "md.>"], "error: no NATS server: `marketbus up` has not recorded one in {tmp}/nats.url"),
+    (["order", "place", "FS-BTCUSD", "buy", "1", "--price", "5", "--client-id", "notauuid"],
+     "error: --client-id 'notauuid': not a UUID"),
+    (["tail", "md.>", "--count", "-1"], "error: --count -1: give 0 (forever) or a positive number"),
+    (["tail", "md.>", "--reconnect", "-5"], "error: --reconnect -5: give 0"),
+    (["order", "watch", "-n", "-2"], "error: --count -2: give 0 (forever) or a positive number"),
+    (["order", "place", "FS-BTCUSD", "buy", "1", "--timeout", "0"], "error: --timeout 0: give a number > 0"),
+    (["order", "cancel", "--all", "--timeout", "-1"], "error: --timeout -1: give a number > 0"),
+    (["history", "query", "trade", "--limit", "-3"], "error: --limit -3: give 0 (all) or a positive number"),
+    (["history", "query", "trade", "--timeout", "0"], "error: --timeout 0: give a number > 0"),
+    (["history", "coverage", "trade", "--timeout", "-2"], "error: --timeout -2: give a number > 0"),
+    (["export", "wait", "job-1", "--timeout", "-1"], "error: --timeout -1: give 0 (never) or a positive number"),
+    (["export", "create", "trade", "--start", "-1h", "--max-rows-per-file", "0"],
+     "error: --max-rows-per-file 0: give a number > 0"),
 ])
 def test_mistakes_the_commands_check_are_one_line_errors_with_exit_2(
     args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -368,3 +381,26 @@ def test_export_download_finds_the_export_api_moved_by_the_port_offset(monkeypat
     assert default_api_url() == "http://127.0.0.1:8710"
     monkeypatch.setenv("MARKETBUS_UP_PORT_OFFSET", "100")
     assert default_api_url() == "http://127.0.0.1:8810"
+
+
+async def test_provision_prints_its_summary_once(nats_url: str, tmp_path: Path) -> None:
+    """The summary is on stdout once, not again as a log line on stderr."""
+    code, out, err = await run_cli("provision", env={"NATS_URL": nats_url, "MARKETBUS_DATA_DIR": str(tmp_path),
+                                                     "COLUMNS": "200"})
+    assert code == 0, err
+    assert "provisioned" in out
+    assert (out + err).count("provisioned") == 1, (out, err)
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    (["history", "query", "--help"], "-30s, -5m, -1h, -2d"),  # was "-<N> before now": rich ate "[smhd]"
+    (["history", "book", "--help"], "-30s, -5m, -1h, -2d"),
+    (["order", "place", "--help"], "a UUID (a new one when omitted)"),
+    (["order", "place", "--help"], "limit with --price, market without"),
+    (["history", "migrate", "--help"], "progress, then the report: one JSON object per line"),
+    (["export", "wait", "--help"], "the job id `marketbus export create` printed"),
+])
+def test_help_says_what_the_options_take(args: list[str], shown: str) -> None:
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"}, prog_name="marketbus")
+    assert result.exit_code == 0, result.output
+    assert shown in " ".join(result.output.replace("│", " ").split()), result.output

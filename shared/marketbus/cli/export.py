@@ -35,12 +35,24 @@ from marketbus.clients.selectors import parse_selector
 from marketbus.contracts.jobs import ExportJob, ExportRequest
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, print_table, progress_console, run
+from .output import (
+    EXIT_CODES_HELP,
+    REFUSED,
+    check_not_negative,
+    check_positive,
+    fail,
+    handled,
+    json_line,
+    print_table,
+    progress_console,
+    run,
+)
 
 app = typer.Typer(help="Export history to files (CSV.gz / Parquet) and download them.", no_args_is_help=True,
                   epilog=EXIT_CODES_HELP)
 console = Console()
 JsonOpt = typer.Option(False, "--json", help="print the job(s) as one JSON object per line")
+JobIdArg = typer.Argument(..., help="the job id `marketbus export create` printed")
 
 _REL = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -107,13 +119,15 @@ def create(
     schema: str = typer.Option("marketbus", "--schema", help="marketbus (the event's fields) | raw | normalized "
                                "(TickSupply's trade CSV columns)"),
     fill_gaps: bool = typer.Option(True, "--fill-gaps/--no-fill-gaps", help="ask the ingestors to replay holes first"),
-    max_rows_per_file: int = typer.Option(1_000_000, "--max-rows-per-file"),
+    max_rows_per_file: int = typer.Option(1_000_000, "--max-rows-per-file",
+                                          help="start a new file after this many rows"),
     key: str = typer.Option("", "--idempotency-key", help="default: a new random key"),
     wait_done: bool = typer.Option(False, "--wait", help="follow the job with a progress bar until it ends"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Create an export job (idempotent per --idempotency-key); prints its id."""
+    check_positive("--max-rows-per-file", max_rows_per_file)
     if fmt not in ("parquet", "csv.gz"):
         fail(f"--format {fmt}: use parquet or csv.gz")
     if schema not in ("marketbus", "raw", "normalized"):
@@ -138,7 +152,7 @@ def create(
 
 
 @app.command()
-def status(job_id: str, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
+def status(job_id: str = JobIdArg, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """Show a job: state, progress, artifacts, coverage."""
     job = run(_call(nats_url, "get", job_id))
     if as_json:
@@ -164,7 +178,7 @@ def list_jobs(as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
 
 
 @app.command()
-def cancel(job_id: str, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
+def cancel(job_id: str = JobIdArg, as_json: bool = JsonOpt, nats_url: str = NatsUrlOption) -> None:
     """Cancel a queued or running job."""
     job = run(_call(nats_url, "cancel", job_id))
     if as_json:
@@ -201,12 +215,13 @@ def _wait_and_show(nats_url: str | None, job_id: str, timeout: float, as_json: b
 
 @app.command()
 def wait(
-    job_id: str,
+    job_id: str = JobIdArg,
     timeout: float = typer.Option(0, "--timeout", help="give up after this many seconds (0 = never; exit 2)"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Follow a job with a progress bar until it ends (exit 0 = succeeded, 1 = failed/cancelled)."""
+    check_not_negative("--timeout", timeout, "never")
     raise typer.Exit(_wait_and_show(nats_url, job_id, timeout, as_json))
 
 
@@ -233,7 +248,7 @@ def _api_key(value: str | None) -> str:
 
 @app.command()
 def download(
-    job_id: str,
+    job_id: str = JobIdArg,
     out: Path = typer.Option(Path("."), "--out", "-o", help="directory for the files"),
     api_url: str = typer.Option(
         None, "--api-url", envvar="MARKETBUS_EXPORT_API_URL",

@@ -24,6 +24,7 @@ from .common import NatsUrlOption, connect
 from .output import (
     EXIT_CODES_HELP,
     REFUSED,
+    check_positive,
     fail,
     handled,
     json_line,
@@ -41,8 +42,9 @@ console = Console()
 TABLE_LIMIT = 1000  # rows a table shows when no --limit is given
 SelectorArg = typer.Argument("*", help="kind.source.venue.symbol, fnmatch wildcards, missing parts = *; e.g. "
                                        "'trade.finx.*.BTC*' (the subject form 'md.trade.finx.>' works too)")
-StartOpt = typer.Option("0", "--start", help="ISO time (UTC if no zone), ns since the epoch, or -<N>[smhd] before now")
-EndOpt = typer.Option("now", "--end", help="same forms as --start; 'now' by default")
+TIME_HELP = "ISO time (UTC if no zone), ns since the epoch, or a time before now: -30s, -5m, -1h, -2d"
+StartOpt = typer.Option("0", "--start", help=TIME_HELP)
+EndOpt = typer.Option("now", "--end", help="same forms as --start, or 'now'")
 
 
 def parse_time(text: str, now_ns: int | None = None) -> int:
@@ -211,6 +213,7 @@ def query_cmd(
         fail(f"--out {out}: no directory {out.absolute().parent}")
     if limit is not None and limit < 0:
         fail(f"--limit {limit}: give 0 (all) or a positive number")
+    check_positive("--timeout", timeout)
     if limit is None:
         limit = TABLE_LIMIT if out is None and not as_json else 0
     with handled():
@@ -224,10 +227,11 @@ def coverage_cmd(
     start: str = StartOpt,
     end: str = EndOpt,
     as_json: bool = typer.Option(False, "--json", help="one stream per line as JSON"),
-    timeout: float = typer.Option(30.0, "--timeout"),
+    timeout: float = typer.Option(30.0, "--timeout", help="seconds to wait for the answer"),
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Covered time ranges per stream and the gaps the feeds reported (completeness)."""
+    check_positive("--timeout", timeout)
     with handled():
         start_ns, end_ns = parse_range(start, end)
     raise typer.Exit(run(run_coverage(nats_url, selector, start_ns, end_ns, as_json, timeout)))
@@ -279,7 +283,7 @@ async def run_book(url: str | None, book: str, at_ns: int, depth: int, lookback_
 def book_cmd(
     book: str = typer.Argument(..., help="source.venue.symbol, e.g. digitex.DIGITEX.FS-BTCUSD"),
     at: str = typer.Option(
-        "now", "--at", help="ISO time (UTC if no zone), ns since the epoch, or -<N>[smhd] before now"
+        "now", "--at", help=TIME_HELP
     ),
     depth: int = typer.Option(0, "--depth", help="levels a side to show (0 = all)"),
     lookback: float = typer.Option(
@@ -294,6 +298,7 @@ def book_cmd(
     """The order book at a point in time, rebuilt from the stored snapshots and deltas."""
     if depth < 0 or lookback <= 0:
         fail("--depth must be >= 0 and --lookback > 0")
+    check_positive("--timeout", timeout)
     with handled():
         at_ns = parse_time(at)
         at_ns = at_ns - 1 if at.strip() in ("now", "") else at_ns

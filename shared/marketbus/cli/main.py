@@ -15,7 +15,7 @@ from rich.console import Console
 
 from . import common
 from .common import NatsUrlOption
-from .output import EXIT_CODES_HELP, OneLineErrors, fail, json_line, run
+from .output import EXIT_CODES_HELP, OneLineErrors, check_not_negative, fail, json_line, run
 from .services import SANDBOX_MODULE, SANDBOX_PORTS
 
 app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=True,
@@ -61,6 +61,8 @@ def provision(
     from marketbus.runtime.provision import provision as run_provision
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # what was created or differs is logged (stderr); the summary is printed below, once
+    logging.getLogger("marketbus.runtime.provision").setLevel(logging.WARNING)
     if not (common.AUTH.user or common.AUTH.creds or common.AUTH.nkey) and not os.environ.get("MARKETBUS_CLI_IDENTITY"):
         os.environ["MARKETBUS_CLI_IDENTITY"] = "admin"  # the data dir's admin identity, when there is one
 
@@ -112,6 +114,8 @@ def up(
     """Run the whole system in this terminal: NATS, the sandboxes and every service."""
     from .up import run_up
 
+    check_not_negative("--duration", duration, "until Ctrl-C")
+
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -132,6 +136,9 @@ def tail(
 ) -> None:
     """Decode and pretty-print the events on SUBJECT (reconnects when the server restarts)."""
     from .tail import run_tail
+
+    check_not_negative("--count", count, "forever")
+    check_not_negative("--reconnect", reconnect_s, "do not reconnect")
 
     run(
         run_tail(nats_url, subject, as_json, count or None, console, last=last, reconnect_s=reconnect_s),

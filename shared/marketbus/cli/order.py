@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import typer
@@ -15,7 +16,18 @@ from marketbus.clients import orders as builders
 from marketbus.contracts.orders import CommandAck
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, REFUSED, fail, handled, json_line, plain, print_table, run
+from .output import (
+    EXIT_CODES_HELP,
+    REFUSED,
+    check_not_negative,
+    check_positive,
+    fail,
+    handled,
+    json_line,
+    plain,
+    print_table,
+    run,
+)
 from .tail import reconnect, summarize, until_done_or_closed
 
 app = typer.Typer(help="Digitex orders through the order router.", no_args_is_help=True, epilog=EXIT_CODES_HELP)
@@ -56,17 +68,24 @@ def place(
     side: str = typer.Argument(..., help="buy | sell"),
     quantity: str = typer.Argument(..., help="a decimal number, e.g. 1 or 0.5"),
     price: str = typer.Option(None, "--price", "-p", help="limit price (omit for a market order)"),
-    order_type: str = typer.Option(None, "--type", help="limit | market (default: limit with --price)"),
+    order_type: str = typer.Option(None, "--type", help="limit | market (default: limit with --price, market without)"),
     duration: str = typer.Option(None, "--duration", help="GTC GFD GTF IOC FOK (default GTC, IOC for market)"),
-    leverage: int = typer.Option(1, "--leverage"),
-    reduce_only: bool = typer.Option(False, "--reduce-only"),
-    client_id: str = typer.Option(None, "--client-id", help="uuid (generated when omitted)"),
+    leverage: int = typer.Option(1, "--leverage", help="leverage multiple (>= 1)"),
+    reduce_only: bool = typer.Option(False, "--reduce-only", help="only reduce an open position, never open one"),
+    client_id: str = typer.Option(None, "--client-id", help="a UUID (a new one when omitted)"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for the router's acknowledgement"),
-    timeout: float = typer.Option(10.0, "--timeout"),
+    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the acknowledgement"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Place an order (exit 1 when the router refuses it)."""
+    if client_id is not None:
+        try:
+            uuid.UUID(client_id)
+        except ValueError:
+            fail(f"--client-id {client_id!r}: not a UUID (e.g. {uuid.uuid4()}); omit it for a new one")
+    check_positive("--timeout", timeout)
+    check_positive("--leverage", leverage)
     kind = order_type or ("limit" if price is not None else "market")
     with handled():
         cmd = builders.place(market, side.lower(), quantity, price, order_type=kind,
@@ -80,13 +99,16 @@ def place(
 @app.command()
 def cancel(
     market: str = typer.Option(None, "--market", "-m", help="cancel in this market (all of it without --client-id)"),
-    client_ids: list[str] = typer.Option(None, "--client-id", "-c", help="client ids to cancel (needs --market)"),
+    client_ids: list[str] = typer.Option(
+        None, "--client-id", "-c", help="a client id to cancel (repeat for several; needs --market)"
+    ),
     all_orders: bool = typer.Option(False, "--all", help="every open order of the account"),
-    timeout: float = typer.Option(10.0, "--timeout"),
+    timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the acknowledgement"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
     """Cancel orders: by client ids, by market, or all."""
+    check_positive("--timeout", timeout)
     if not market and not all_orders:
         fail("give --market (optionally with --client-id) or --all")
     cmd = builders.cancel(None if all_orders else market, client_ids or [])
@@ -104,7 +126,7 @@ async def _records(url: str | None, market: str | None, show_all: bool) -> list[
 @app.command("list")
 def list_orders(
     show_all: bool = typer.Option(False, "--all", "-a", help="include filled, cancelled and rejected orders"),
-    market: str = typer.Option(None, "--market", "-m"),
+    market: str = typer.Option(None, "--market", "-m", help="only this market, e.g. FS-BTCUSD"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:
@@ -162,7 +184,7 @@ async def _watch(url: str | None, market: str, count: int | None, as_json: bool,
 
 @app.command()
 def watch(
-    market: str = typer.Option("*", "--market", "-m"),
+    market: str = typer.Option("*", "--market", "-m", help="only this market, e.g. FS-BTCUSD ('*' = all)"),
     count: int = typer.Option(0, "--count", "-n", help="stop after this many events (0 = forever)"),
     reconnect_s: float = typer.Option(
         30.0, "--reconnect", help="seconds to keep reconnecting after the server goes away"
@@ -172,6 +194,8 @@ def watch(
 ) -> None:
     """Print order events, fills, positions and balances as they happen (reconnects when the
     server restarts)."""
+    check_not_negative("--count", count, "forever")
+    check_not_negative("--reconnect", reconnect_s, "do not reconnect")
     run(_watch(nats_url, market, count or None, as_json, reconnect_s), interrupt_ok=True)
 
 
@@ -186,7 +210,7 @@ async def _control(url: str | None, action: str, cancel_open: bool, reason: str 
 @app.command()
 def halt(
     cancel_open: bool = typer.Option(False, "--cancel-open", help="also cancel every open order"),
-    reason: str = typer.Option(None, "--reason"),
+    reason: str = typer.Option(None, "--reason", help="why (sent with the halt command)"),
     as_json: bool = JsonOpt,
     nats_url: str = NatsUrlOption,
 ) -> None:

@@ -90,6 +90,18 @@ def fail(message: str, code: int = USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
+def check_positive(option: str, value: float | None) -> None:
+    """A count, limit or timeout that must be > 0 when given: one line and exit 2 otherwise."""
+    if value is not None and value <= 0:
+        fail(f"{option} {value:g}: give a number > 0")
+
+
+def check_not_negative(option: str, value: float | None, zero_means: str) -> None:
+    """A number where 0 has a meaning (``zero_means``, e.g. 'forever'): one line and exit 2 when < 0."""
+    if value is not None and value < 0:
+        fail(f"{option} {value:g}: give 0 ({zero_means}) or a positive number")
+
+
 class OneLineErrors(TyperGroup):
     """The top-level command group: a usage mistake Click detects itself (an unknown command or
     option, a missing argument, ``--limit abc``) is one line on stderr, ``error: <what>; see
