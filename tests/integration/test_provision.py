@@ -142,16 +142,20 @@ async def test_a_durable_with_another_deliver_policy_is_kept_and_the_fix_is_said
     try:
         js = nc.jetstream()
         await provision(js)
+        caplog.clear()  # (the first provisioning's INFO lines, when another test set the level lower)
         with caplog.at_level(logging.WARNING, logger="marketbus.contracts.consumers"):
             await provision(js)
-        assert not [r.getMessage() for r in caplog.records if "consumer" in r.getMessage()]
+        assert not [r.getMessage() for r in caplog.records
+                    if r.levelno >= logging.WARNING and "consumer" in r.getMessage()]
         await js.delete_consumer(HISTORY_STATUS.stream, HISTORY_STATUS.durable)
         await js.add_consumer(HISTORY_STATUS.stream, HISTORY_STATUS.with_(deliver_policy=DeliverPolicy.NEW).config())
+        caplog.clear()
         with caplog.at_level(logging.WARNING, logger="marketbus.contracts.consumers"):
             await provision(js)
         kept = (await js.consumer_info(HISTORY_STATUS.stream, HISTORY_STATUS.durable)).config.deliver_policy
     finally:
         await nc.close()
-    said = [r.getMessage() for r in caplog.records if HISTORY_STATUS.durable in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and HISTORY_STATUS.durable in r.getMessage()]
     assert kept == DeliverPolicy.NEW and len(said) == 1
     assert "deliver_policy" in said[0] and "nats consumer rm STATUS history_writer_status" in said[0]
