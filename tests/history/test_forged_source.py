@@ -19,9 +19,11 @@ def test_an_event_of_another_source_than_its_subject_is_refused_the_others_store
     msgs = [Message("MD", 1, "md.trade.finx.CB.S", codec.encode(good), "trade"),
             Message("MD", 2, "md.trade.finx.CB.S", codec.encode(forged), "trade"),
             Message("MD", 3, "md.trade.finx.CB.S.batch", batch, "batch"),
-            Message("MD", 4, "md.trade.digitex.CB.S", codec.encode(forged), "trade")]
+            Message("MD", 4, "md.trade.digitex.CB.S", codec.encode(forged), "trade"),
+            # md.*.finx.> allows a subject of four tokens too
+            Message("MD", 5, "md.trade.finx.X", codec.encode(trade("S", 5, source="digitex")), "trade")]
     decoded = decode_messages(msgs, "MD")
-    assert sorted(m.seq for m, _ in decoded.bad) == [2, 3]
+    assert sorted(m.seq for m, _ in decoded.bad) == [2, 3, 5]
     assert all("source 'digitex'" in reason and "'finx'" in reason for _, reason in decoded.bad)
     stored = [(r["id"], r["_seq"]) for t in decoded.tables["trade"] for r in t.select(["id", "_seq"]).to_pylist()]
     assert sorted(stored, key=lambda x: x[1]) == [(good.id, 1), (forged.id, 4)] and decoded.events == 2
@@ -34,7 +36,12 @@ def test_a_feed_status_of_another_service_than_its_subject_is_refused() -> None:
 
     subject = subjects.feed_status("ingest_finx", "finx", "CB", "S")
     msgs = [Message("STATUS", 1, subject, codec.encode(status("ingest_finx", 1)), "feed_status"),
-            Message("STATUS", 2, subject, codec.encode(status("ingest_digitex", 2)), "feed_status")]
+            Message("STATUS", 2, subject, codec.encode(status("ingest_digitex", 2)), "feed_status"),
+            # status.ingest_finx.> allows other subjects: they vouch for no feed's source
+            Message("STATUS", 3, "status.ingest_finx.x", codec.encode(status("ingest_finx", 3)), "feed_status"),
+            Message("STATUS", 4, "status.ingest_digitex", codec.encode(status("ingest_finx", 4)), "feed_status")]
     decoded = decode_messages(msgs, "STATUS")
-    assert [m.seq for m, _ in decoded.bad] == [2] and "service 'ingest_digitex'" in decoded.bad[0][1]
+    reasons = dict((m.seq, reason) for m, reason in decoded.bad)
+    assert sorted(reasons) == [2, 3, 4] and "service 'ingest_digitex'" in reasons[2]
+    assert "source 'finx'" in reasons[3]
     assert decoded.events == 1

@@ -561,13 +561,15 @@ def _strict(msgs: list[Message], out: dict[str, list[tuple[Any, int, int]]], bad
 
 
 def _subject_tokens(subject: str) -> dict[str, str]:
-    """The columns a subject vouches for: ``md|ref.<kind>.<source>.<venue>.<symbol>`` the source,
-    ``status.<service>.feed.<source>....`` the service and the source."""
+    """The columns a subject vouches for: ``md|ref.<kind>.<source>...`` the source (an identity
+    may publish ``md.*.<its source>.>``, so any depth), ``status.<service>...`` the service, and
+    ``status.<service>.feed.<source>...`` also the source. A feed status on any other status
+    subject vouches for no source (``""``, which no event's source equals): it is refused."""
     parts = subject.split(".")
-    if parts[0] in ("md", "ref") and len(parts) >= 5:
+    if parts[0] in ("md", "ref") and len(parts) >= 3:
         return {"source": parts[2]}
-    if parts[0] == "status" and len(parts) >= 4 and parts[2] == "feed":
-        return {"service": parts[1], "source": parts[3]}
+    if parts[0] == "status" and len(parts) >= 2:
+        return {"service": parts[1], "source": parts[3] if len(parts) >= 4 and parts[2] == "feed" else ""}
     return {}
 
 
