@@ -39,6 +39,7 @@ def _iso(ns: int) -> str:
     when = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{when}.{ns % 1_000_000_000:09d}Z" if ns % 1_000_000_000 else f"{when}Z"
 
+
 class ReplayMetrics(ServiceMetrics):
     def __init__(self, service: str, registry: Any = None) -> None:
         super().__init__(service, registry)
@@ -226,7 +227,6 @@ class ReplayService(Service):
         except SessionError as exc:
             reply = ErrorReply(code=exc.code, message=str(exc))
         await _respond(msg, reply)
-
 
     def _check_token(self, session: Session, token: str) -> ErrorReply | None:
         """None when ``token`` is the session's control token, else the refusal (counted, logged
