@@ -237,9 +237,10 @@ class ReplayService(Service):
         self.metrics.control_refused.labels(reason).inc()
         self.log.warning("session %s: control refused (%s)", session.id, reason.replace("_", " "))
         what = "carries no control token" if not token else "carries a wrong control token"
-        return ErrorReply(code=codes.BAD_REQUEST,
-                          message=f"control of session {session.id} refused: the request {what} (only the "
-                                  "client that started the session holds it: PlaybackSession.control_token)",
+        return ErrorReply(code=codes.FORBIDDEN,
+                          message=f"control of session {session.id} refused: the request {what} (the start "
+                                  "reply gave it to the starter: PlaybackSession.control_token; `marketbus "
+                                  "replay start` prints it)",
                           details={"reason": reason})
 
 

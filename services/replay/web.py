@@ -49,8 +49,8 @@ class SessionOpener(Protocol):
     async def open_session(self, request: PlaybackStart, sink_for: Any, via: str) -> Session: ...
 
 
-_HTTP_STATUS = {codes.BAD_REQUEST: 400, codes.NOT_FOUND: 404, codes.CONFLICT: 409, codes.OVERLOADED: 429,
-                codes.UNAVAILABLE: 503}
+_HTTP_STATUS = {codes.BAD_REQUEST: 400, codes.FORBIDDEN: 403, codes.NOT_FOUND: 404, codes.CONFLICT: 409,
+                codes.OVERLOADED: 429, codes.UNAVAILABLE: 503}
 
 
 def parse_time_param(text: str) -> int:

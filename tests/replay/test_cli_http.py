@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from marketbus.cli.main import app
 from marketbus.contracts import codec
 from marketbus.contracts.replay import PlaybackEnd
+from tests.helpers import wait_for
 
 from .conftest import MS, T0, Stack, trade, unique_symbol
 
@@ -105,3 +106,57 @@ async def test_http_ndjson_and_websocket_carry_the_bus_json(stack: Stack) -> Non
             break
         await asyncio.sleep(0.05)
     assert not stack.replay.sessions
+
+
+async def test_cli_controls_a_session_from_another_terminal_with_its_token(stack: Stack, tmp_path: Any) -> None:
+    """`replay start` shows the control token once; `pause|resume|cancel|status` in another
+    terminal take it from --token, --token-file or MARKETBUS_PLAYBACK_TOKEN; without it, or with
+    a wrong one, the refusal is `forbidden` and says how to give it."""
+    sym = unique_symbol("K")
+    events = [trade(sym, i, T0 + i * 1_000_000_000) for i in range(60)]  # one a second: a minute at 1x
+    await stack.publisher.publish_group(events)
+    await stack.publisher.flush()
+    await stack.stored(sym, 60)
+    base = ["replay", "start", f"trade.digitex.*.{sym}", "--start", str(T0), "--end", str(END), "--nats-url", stack.url]
+
+    res = await invoke([*base, "--detach"])  # text: what a user reads
+    assert res.exit_code == 0, res.output
+    session = next(word for word in res.output.split() if word.startswith("s") and word.endswith(":"))[:-1]
+    token = stack.replay.sessions[session].control_token
+    assert res.output.count(token) == 1 and "control token (secret, shown once)" in res.output
+    assert "--token-file" in res.output
+    await invoke(["replay", "cancel", session, "--token", token, "--nats-url", stack.url])
+
+    res = await invoke([*base, "--detach", "--json"])
+    assert res.exit_code == 0, res.output
+    started = json.loads(res.stdout.splitlines()[0])
+    session, token = started["session"], started["control_token"]
+    assert token == stack.replay.sessions[session].control_token
+    url = ["--nats-url", stack.url]
+
+    res = await invoke(["replay", "pause", session, *url])  # no token
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("error: control of session") and "carries no control token" in res.output
+    assert "--token-file" in res.output and "Traceback" not in res.output
+    res = await invoke(["replay", "pause", session, "--token", "not-the-token", *url])
+    assert res.exit_code == 1 and "carries a wrong control token" in res.output
+    assert stack.replay.sessions[session].state == "running"
+
+    res = await invoke(["replay", "pause", session, "--token", token, "--json", *url])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["state"] == "paused"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    res = await invoke(["replay", "resume", session, "--token-file", str(token_file), *url])
+    assert res.exit_code == 0 and f"{session}: running" in res.output, res.output
+    res = await asyncio.to_thread(CliRunner().invoke, app, ["replay", "status", session, "--json", *url],
+                                  env={"COLUMNS": "200", "MARKETBUS_PLAYBACK_TOKEN": token})
+    assert res.exit_code == 0 and json.loads(res.stdout)["state"] == "running", res.output
+    res = await invoke(["replay", "status", session, "--token-file", str(tmp_path / "missing"), *url])
+    assert res.exit_code == 2 and "cannot read the token file" in res.output
+    res = await invoke(["replay", "cancel", session, "--token-file", str(token_file), *url])
+    assert res.exit_code == 0 and res.output.startswith(f"{session}: "), res.output
+    await wait_for(lambda: session not in stack.replay.sessions, timeout=5, what="session cancelled")
+
+    res = await invoke(["replay", "pause", "--help"])
+    assert "--token-file" in res.output and "MARKETBUS_PLAYBACK_TOKEN" in res.output

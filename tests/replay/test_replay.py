@@ -308,10 +308,12 @@ async def test_only_the_starter_can_control_a_session(stack: Stack) -> None:
         for action in ("cancel", "pause", "resume"):
             with pytest.raises(RequestError) as exc:
                 await other.control(session.session, action)
-            assert exc.value.code == "bad_request" and "control token" in exc.value.message
+            assert exc.value.code == "forbidden" and "control token" in exc.value.message
+            assert exc.value.details == {"reason": "missing_token"}
         with pytest.raises(RequestError) as exc:  # a wrong token is refused too
             await other.control(session.session, "cancel", token="not-the-token")
-        assert exc.value.code == "bad_request" and "control token" in exc.value.message
+        assert exc.value.code == "forbidden" and "control token" in exc.value.message
+        assert exc.value.details == {"reason": "wrong_token"}
         # a plain publish (no reply subject) is dropped just the same
         await other_nc.publish(session.control_subject, codec.encode(PlaybackControl(action="cancel")))
         await other_nc.flush()

@@ -32,7 +32,7 @@ OK, REFUSED, USAGE = 0, 1, 2
 EXIT_CODES_HELP = "Exit codes: 0 ok, 1 refused or failed (by the server), 2 usage or connection error."
 
 # the server's own answers; the others mean nobody answered (a connection problem)
-_REFUSALS = (codes.BAD_REQUEST, codes.NOT_FOUND, codes.CONFLICT, codes.OVERLOADED, codes.INTERNAL)
+_REFUSALS = (codes.BAD_REQUEST, codes.NOT_FOUND, codes.FORBIDDEN, codes.CONFLICT, codes.OVERLOADED, codes.INTERNAL)
 
 T = TypeVar("T")
 

@@ -4,25 +4,28 @@
 progress bar (events sent, simulated time, lag) and ends with the session; consumers subscribe
 to ``<prefix>.md.>`` (the prefix is printed first). ``pause``, ``resume``, ``cancel`` and
 ``status`` control a session by id from another terminal, given the session's control token
-(printed at the start) in ``MARKETBUS_PLAYBACK_TOKEN``; in the terminal that started it, Ctrl-C
-cancels it without one.
+(printed once, at the start, to the starter only): ``--token-file <file>`` (the safest: a command
+line is visible to every user of the host), ``MARKETBUS_PLAYBACK_TOKEN`` or ``--token``. In the
+terminal that started it, Ctrl-C cancels it without one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketbus.clients import PlaybackClient, RequestError
+from marketbus.clients.playback import TOKEN_ENV
 from marketbus.contracts.replay import ENDED_STATES, PlaybackSession, PlaybackStatus
 
 from .common import NatsUrlOption, connect
 from .history import EndOpt, SelectorArg, StartOpt, _iso, parse_range
-from .output import EXIT_CODES_HELP, OK, REFUSED, json_line, progress_console, run
+from .output import EXIT_CODES_HELP, OK, REFUSED, fail, json_line, progress_console, run
 
 app = typer.Typer(help="Play stored history back onto the bus at market pace (replay service).",
                   no_args_is_help=True, epilog=EXIT_CODES_HELP)
@@ -67,11 +70,13 @@ def _print_session(session: PlaybackSession, as_json: bool) -> None:
     if as_json:
         json_line(session)
         return
-    progress_console().print(
-        f"session {session.session}: {session.expected} events to {session.prefix}.md.> (and .ref.>), "
-        f"end marker on {session.prefix}.end; control (from another terminal, with this session's secret "
-        f"token): MARKETBUS_PLAYBACK_TOKEN={session.control_token} marketbus replay pause|resume|cancel "
-        f"{session.session}")
+    # the only place the token is shown: the service never publishes or logs it
+    console = progress_console()
+    console.print(f"session {session.session}: {session.expected} events to {session.prefix}.md.> (and .ref.>), "
+                  f"end marker on {session.prefix}.end", highlight=False)
+    console.print(f"control token (secret, shown once): {session.control_token}\n"
+                  f"from another terminal: {TOKEN_ENV}=<token> marketbus replay pause|resume|cancel|status "
+                  f"{session.session} (or --token-file <file>, or --token <token>)", highlight=False, soft_wrap=True)
 
 
 async def _follow(client: PlaybackClient, session: PlaybackSession, as_json: bool) -> int:
@@ -119,10 +124,16 @@ _DOCS = {"pause": "Pause a session (its schedule resumes where it stopped).", "r
 def _control_command(action: str) -> Any:
     def command(
         session: str = typer.Argument(..., help="the session id (s + 12 hex digits)"),
+        token: str = typer.Option(None, "--token", envvar=TOKEN_ENV, show_envvar=True,
+                                  help="the session's control token, printed by `marketbus replay start` (a "
+                                       "command line is visible to other users of the host: prefer --token-file "
+                                       "or the environment)"),
+        token_file: Path = typer.Option(None, "--token-file", dir_okay=False,
+                                        help="a file holding the session's control token (its first line)"),
         as_json: bool = typer.Option(False, "--json", help="the status as one JSON line"),
         nats_url: str = NatsUrlOption,
     ) -> None:
-        status = run(_control(nats_url, session, action))
+        status = run(_control(nats_url, session, action, control_token(token, token_file)))
         if as_json:
             json_line(status)
         else:
@@ -133,14 +144,33 @@ def _control_command(action: str) -> Any:
     return command
 
 
-async def _control(url: str | None, session: str, action: str) -> PlaybackStatus:
+def control_token(token: str | None, token_file: Path | None) -> str:
+    """The token of ``--token`` / ``MARKETBUS_PLAYBACK_TOKEN`` or the first line of ``--token-file``
+    ('' when none: the service then refuses with ``forbidden`` and says why)."""
+    if token_file is not None:
+        if token:
+            fail("give the control token once: --token (or MARKETBUS_PLAYBACK_TOKEN) or --token-file")
+        try:
+            lines = token_file.read_text().splitlines()
+        except OSError as exc:
+            fail(f"cannot read the token file {token_file}: {exc.strerror or exc}")
+        if not lines or not lines[0].strip():
+            fail(f"the token file {token_file} is empty")
+        return lines[0].strip()
+    return (token or "").strip()
+
+
+async def _control(url: str | None, session: str, action: str, token: str) -> PlaybackStatus:
     nc = await connect(url)
     try:
         try:
-            return await PlaybackClient(nc, timeout=5.0).control(session, action)
+            return await PlaybackClient(nc, timeout=5.0).control(session, action, token=token)
         except RequestError as exc:
             if exc.code == "no_responders":  # its control subject is gone with it
                 raise RequestError("not_found", f"no running session {session} (ended, or never started)") from None
+            if exc.code == "forbidden" and not token:  # say how to give it
+                raise RequestError(exc.code, f"{exc.message}; give it with --token-file, {TOKEN_ENV} or --token",
+                                   exc.details) from None
             raise
     finally:
         with contextlib.suppress(Exception):

@@ -75,7 +75,8 @@ class PlaybackClient:
         """pause | resume | cancel | status -> the session's status after it (``no_responders``
         once the session has ended and cleaned up). The control token is the one of the start
         reply when this client started the session, else ``token``, else the environment's
-        ``MARKETBUS_PLAYBACK_TOKEN``; without the right one the service refuses (``bad_request``)."""
+        ``MARKETBUS_PLAYBACK_TOKEN``; without the right one the service refuses (``forbidden``,
+        ``details["reason"]``: ``missing_token`` or ``wrong_token``)."""
         if token is None:
             token = self._tokens.get(session) or os.environ.get(TOKEN_ENV, "")
         msg = PlaybackControl(action=action, token=token)  # type: ignore[arg-type]  # checked by the server

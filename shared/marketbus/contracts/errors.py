@@ -20,6 +20,7 @@ from .base import Event
 # codes a server sends
 BAD_REQUEST: Final = "bad_request"  # the request is malformed or invalid: fix it, do not retry as is
 NOT_FOUND: Final = "not_found"  # the thing asked for does not exist
+FORBIDDEN: Final = "forbidden"  # the request is well formed, but its sender may not do this (e.g. no control token)
 CONFLICT: Final = "conflict"  # the request contradicts the current state (e.g. a reused idempotency key)
 OVERLOADED: Final = "overloaded"  # too many requests right now: retry later
 UNAVAILABLE: Final = "unavailable"  # a dependency of the server (its store, ...) is down: retry later
@@ -28,10 +29,11 @@ INTERNAL: Final = "internal"  # the server failed: a bug or an unexpected error
 TIMEOUT: Final = "timeout"  # no reply within the client's timeout
 NO_RESPONDERS: Final = "no_responders"  # no server listens on the subject
 
-SERVER_CODES: Final = (BAD_REQUEST, NOT_FOUND, CONFLICT, OVERLOADED, UNAVAILABLE, INTERNAL)
+SERVER_CODES: Final = (BAD_REQUEST, NOT_FOUND, FORBIDDEN, CONFLICT, OVERLOADED, UNAVAILABLE, INTERNAL)
 CLIENT_CODES: Final = (TIMEOUT, NO_RESPONDERS)
 
-_BY_HTTP_STATUS: Final = {400: BAD_REQUEST, 404: NOT_FOUND, 409: CONFLICT, 429: OVERLOADED, 503: UNAVAILABLE}
+_BY_HTTP_STATUS: Final = {400: BAD_REQUEST, 403: FORBIDDEN, 404: NOT_FOUND, 409: CONFLICT, 429: OVERLOADED,
+                          503: UNAVAILABLE}
 
 
 class ErrorReply(Event, frozen=True, kw_only=True, tag="error_reply"):

@@ -24,7 +24,8 @@ Protocol (subjects in :mod:`marketbus.contracts.subjects`):
   -> :class:`PlaybackStatus` or ErrorReply. Every control carries the session's ``control_token``
   (a secret of the start reply, given to the starter only): session ids are public (status
   subjects, /healthz) and NATS does not say who published, so without the token a control is
-  refused (``bad_request``, "control token ...") and counted.
+  refused (``forbidden``, with ``details["reason"]`` ``missing_token`` or ``wrong_token``)
+  and counted.
 - ``replay.<session>.status``: :class:`PlaybackStatus` events (progress: events sent, simulated
   time, lag) every ``status_interval_s`` and on every change of state.
 
