@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from marketbus.history.pg_reader import PG_TYPES, PgHistoryReader, table_columns
+from marketbus.security.scram import scram_sha256_verifier, sql_literal
 
 from ..schema import SCHEMAS, Decoded
 from .base import Cursor, HistoryStore, Selector, WriteResult
@@ -48,19 +49,16 @@ DAY_NS = 86_400 * 1_000_000_000
 ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-def _literal(text: str) -> str:
-    """A SQL string literal (CREATE/ALTER ROLE take no bind parameters)."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 async def grant_reader(con: asyncpg.pool.PoolConnectionProxy[Any], role: str, password: str,
                        tables: Sequence[str]) -> None:
     """The read-only role of history readers: it can log in with ``password`` (set again each
     time, so a changed secret applies), SELECT the ``tables`` and do nothing else; its sessions
-    start read-only. Roles are per server, so another database's writer may create it first."""
+    start read-only. Roles are per server, so another database's writer may create it first.
+    The password goes out as a SCRAM-SHA-256 verifier computed here: the statement (which the
+    server may log, e.g. with ``log_statement = all``) never holds the password."""
     if not ROLE_NAME.fullmatch(role):
         raise ValueError(f"reader role {role!r}: lower-case letters, digits and _ only")
-    password_sql = _literal(password)
+    password_sql = sql_literal(scram_sha256_verifier(password))
     exists = await con.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
     if not exists:
         try:
