@@ -10,7 +10,7 @@ from rich.console import Console
 
 from marketbus.contracts import codec, subjects
 from marketbus.contracts.status import ServiceHeartbeat
-from marketbus.runtime.ordered import named_ephemeral
+from marketbus.runtime.ordered import ordered_subscribe
 
 from .common import connect
 from .output import json_line
@@ -22,10 +22,8 @@ async def fetch_heartbeats(url: str | None, max_age_s: float = 60.0) -> dict[str
     heartbeats: dict[str, ServiceHeartbeat] = {}
     try:
         js = nc.jetstream()
-        sub = await js.subscribe(
-            subjects.ALL_HEARTBEATS, ordered_consumer=True,
-            config=named_ephemeral(ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)),
-        )
+        sub = await ordered_subscribe(js, subjects.ALL_HEARTBEATS,
+                                      config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT))
         now = time.time_ns()
         while True:
             try:

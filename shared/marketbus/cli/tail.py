@@ -19,7 +19,7 @@ from rich.console import Console
 
 from marketbus.contracts import codec
 from marketbus.contracts.codec import Batch
-from marketbus.runtime.ordered import named_ephemeral
+from marketbus.runtime.ordered import ordered_subscribe
 
 from .common import connect, nats_url
 from .output import json_line, plain
@@ -121,8 +121,8 @@ async def _subscribe(nc: Any, subject: str, printer: Printer, last: bool) -> Non
         # from the stream: the last stored message of every matching subject, then live ones
         # (reference data is published rarely: this is how to see the current values)
         try:
-            await nc.jetstream().subscribe(subject, cb=printer.on_message, ordered_consumer=True,
-                                           config=named_ephemeral(ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)))
+            await ordered_subscribe(nc.jetstream(), subject, cb=printer.on_message,
+                                    config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT))
         except NotFoundError:
             raise ValueError(f"--last: no stream on this server stores {subject!r} (streams store md.>, ref.>, "
                              "status.>, orders.evt.> ...; a wildcard must not span two of them)") from None
