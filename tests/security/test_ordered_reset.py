@@ -40,11 +40,15 @@ class CuttableProxy:
         self.port = free_port()
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
+        self.down = False  # connections are refused while the network is "down"
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -60,6 +64,13 @@ class CuttableProxy:
                 dst.write(data)
                 await dst.drain()
         dst.close()
+
+    async def outage(self, seconds: float) -> None:
+        """Cut every connection and refuse new ones for ``seconds``."""
+        self.down = True
+        self.cut()
+        await asyncio.sleep(seconds)
+        self.down = False
 
     def cut(self) -> None:
         for writer in self.writers:
@@ -129,9 +140,11 @@ async def test_it_keeps_delivering_after_a_network_cut_while_the_old_consumer_li
         sent = await publish(admin, 3)
         await follower.has(sent, "before the cut")
         first = follower.sub._sub._jsi._psub._consumer
-        proxy.cut()
+        outage = asyncio.create_task(proxy.outage(2.5))  # heartbeats missed: nats-py recreates the consumer
+        await asyncio.sleep(0.2)
         sent += await publish(admin, 3)  # while the reader is away
-        await asyncio.sleep(2.0)  # reconnected, heartbeats missed: nats-py recreates the consumer
+        await outage
+        await wait_for(lambda: follower.nc.is_connected, timeout=10, what="the reader reconnected")
         sent += await publish(admin, 3)
         await follower.has(sent, "after the cut")
         assert follower.sub._sub._jsi._psub._consumer != first  # recreated under a fresh name

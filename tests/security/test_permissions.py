@@ -134,6 +134,19 @@ def _feed_cases(who: str) -> list[tuple[str, str, str]]:
                   (who, "pub", "$JS.API.CONSUMER.CREATE.KV_feeds"),  # unfiltered
                   (who, "pub", "$JS.API.STREAM.MSG.GET.KV_feeds"),
                   (who, "pub", "feeds.ctl.digitex")]
+    if who.startswith("ingest_"):  # its watch is a push consumer: nothing names another consumer of the bucket
+        cases += [(who, "pub", f"$JS.API.CONSUMER.{op}.KV_feeds.c1") for op in ("MSG.NEXT", "DELETE", "INFO")]
+        cases += [(who, "pub", "$JS.API.CONSUMER.DURABLE.CREATE.KV_feeds.c1"),
+                  (who, "pub", "$JS.API.CONSUMER.CREATE.KV_feeds.c1"),  # named, unfiltered
+                  (who, "pub", "$JS.API.CONSUMER.LIST.KV_feeds"), (who, "pub", "$JS.API.CONSUMER.NAMES.KV_feeds")]
+        # the progress bucket: its own keys put, nothing else (no consumer, no other source's key)
+        cases += [(who, "pub", f"$JS.API.CONSUMER.{op}.KV_ingest_state.c1")
+                  for op in ("MSG.NEXT", "DELETE", "INFO", "DURABLE.CREATE")]
+        cases += [(who, "pub", "$JS.API.CONSUMER.CREATE.KV_ingest_state"),
+                  (who, "pub", "$JS.API.CONSUMER.CREATE.KV_ingest_state.c1.$KV.ingest_state.>"),
+                  (who, "pub", "$JS.API.STREAM.PURGE.KV_ingest_state")]
+    if who in ("reader", "consumer", "operator", "export_orchestrator"):  # they read the bucket, delete nothing
+        cases.append((who, "pub", "$JS.API.CONSUMER.DELETE.KV_feeds.c1"))
     if who in ("reader", "consumer", "monitor", "history_writer", "replay", "order_router"):
         cases += [(who, "pub", f"feeds.ctl.{source}") for source in SOURCES]
     if who in ("monitor", "history_writer", "replay", "order_router"):

@@ -89,10 +89,12 @@ def max_deliveries_watch(stream: str, name: str) -> tuple[tuple[str, ...], tuple
 
 
 def _ordered_consumers(stream: str) -> tuple[str, ...]:
-    """Ephemeral (ordered) consumers on ``stream``: KV watch/keys, object reads, ``tail --last``."""
+    """Ephemeral (ordered) consumers on ``stream``: KV watch/keys, object reads, ``tail --last``.
+    No delete: the server removes an ephemeral once nobody reads it (nats-py never deletes one),
+    and a delete by name would reach any consumer of the stream, a service's watch included."""
     # STREAM.NAMES: nats-py looks the stream up by subject before it subscribes
     return (f"{API}.STREAM.NAMES", f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
-            f"{API}.CONSUMER.DELETE.{stream}.*", f"{API}.CONSUMER.INFO.{stream}.*", f"$JS.FC.{stream}.>")
+            f"{API}.CONSUMER.INFO.{stream}.*", f"$JS.FC.{stream}.>")
 
 
 def _direct_get(stream: str) -> tuple[str, ...]:
@@ -109,15 +111,24 @@ def kv_write(bucket: str, keys: str = ">") -> tuple[str, ...]:
     return (*kv_read(bucket), f"$KV.{bucket}.{keys}")
 
 
-def kv_keys(bucket: str, keys: str) -> tuple[str, ...]:
-    """Read, watch and write only the keys matching ``keys`` of the bucket: get (direct get by
-    subject), watch (a named pull consumer whose create subject carries the filter, see
-    ``marketbus.vendor.feeds.VendorKeys``; nats-py's own ``kv.watch`` creates an unnamed consumer
-    that cannot be limited to some keys) and put/create/update."""
+def kv_own_keys(bucket: str, keys: str, *, direct: bool = True) -> tuple[str, ...]:
+    """Get and put/create/update only the keys matching ``keys`` of the bucket (``js.key_value``
+    reads the stream's info); no consumer of any kind. A bucket with direct gets is read by key
+    (the key is in the subject); one without is read by a message get whose body names the key,
+    so every key of it can be read (not written)."""
     stream, keyed = f"KV_{bucket}", f"$KV.{bucket}.{keys}"
-    return (*stream_info(stream), f"{API}.DIRECT.GET.{stream}.{keyed}", f"{API}.CONSUMER.CREATE.{stream}.*.{keyed}",
-            f"{API}.CONSUMER.MSG.NEXT.{stream}.*", f"{API}.CONSUMER.INFO.{stream}.*",
-            f"{API}.CONSUMER.DELETE.{stream}.*", keyed)
+    get = f"{API}.DIRECT.GET.{stream}.{keyed}" if direct else f"{API}.STREAM.MSG.GET.{stream}"
+    return (*stream_info(stream), get, keyed)
+
+
+def kv_keys(bucket: str, keys: str) -> tuple[str, ...]:
+    """What :func:`kv_own_keys` allows, and watching those keys: an ordered push consumer whose
+    create subject carries its name and filter (``marketbus.vendor.feeds.VendorKeys``; nats-py's
+    own ``kv.watch`` creates an unnamed consumer that cannot be limited to some keys), delivered
+    to the identity's inbox, plus its flow-control replies. No pull, consumer info or delete:
+    those name a consumer, not a filter, so they would reach every consumer of the bucket."""
+    stream, keyed = f"KV_{bucket}", f"$KV.{bucket}.{keys}"
+    return (*kv_own_keys(bucket, keys), f"{API}.CONSUMER.CREATE.{stream}.*.{keyed}", f"$JS.FC.{stream}.>")
 
 
 def object_store_write(bucket: str) -> tuple[str, ...]:
@@ -153,10 +164,10 @@ def _service_durables_deny() -> tuple[str, ...]:
 
 
 def _user_consumers(*stream_names: str) -> tuple[str, ...]:
-    """A user's own consumers (durable or not) on these streams, and reading them."""
+    """A user's own consumers (durable or not) on these streams, reading and deleting them."""
     out: list[str] = [f"{API}.INFO", f"{API}.STREAM.NAMES", f"{API}.STREAM.LIST"]
     for s in stream_names:
-        out += [*stream_info(s), *_direct_get(s), *_ordered_consumers(s),
+        out += [*stream_info(s), *_direct_get(s), *_ordered_consumers(s), f"{API}.CONSUMER.DELETE.{s}.*",
                 f"{API}.CONSUMER.DURABLE.CREATE.{s}.*", f"{API}.CONSUMER.MSG.NEXT.{s}.*",
                 f"{API}.CONSUMER.LIST.{s}", f"{API}.CONSUMER.NAMES.{s}", f"$JS.ACK.{s}.>"]
     return tuple(out)
@@ -173,8 +184,9 @@ def _ingestor(service: str, source: str, *, extra_subscribe: tuple[str, ...] = (
     return Identity(
         name=service, description=f"the {source} ingestor",
         publish=(f"md.*.{source}.>", f"ref.*.{source}.>", *_own_status(service),
-                 # the shared progress bucket: its own keys only (<source>.<...>)
-                 *stream_info(MD, REF, STATUS, DLQ), *kv_write(streams.INGEST_STATE.name, f"{source}.>"),
+                 *stream_info(MD, REF, STATUS, DLQ),
+                 # the shared progress bucket: put its own keys only (<source>.<...>), no consumer
+                 *kv_own_keys(streams.INGEST_STATE.name, f"{source}.>", direct=streams.INGEST_STATE.direct),
                  # feed control: its own vendor's feeds only (read, watch, seed, change on request)
                  *kv_keys(streams.FEEDS.name, f"{source}.>")),
         subscribe=(f"replay.{source}", feed_contract.control(source), *extra_subscribe, *_inbox(service)),

@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 from faststream.nats import NatsBroker
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from prometheus_client import Counter, Gauge
 
@@ -55,6 +55,7 @@ from marketbus.contracts import feeds as contract
 from marketbus.contracts.errors import ErrorReply
 from marketbus.contracts.feeds import Feed, FeedCommand, FeedReply, Period
 from marketbus.contracts.streams import FEEDS, ensure_bucket
+from marketbus.runtime.ordered import ordered_subscribe
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ Hook = Callable[[Feed], Awaitable[None]]
 
 CAS_ATTEMPTS = 8
 WATCH_POLL_S = 0.5  # a change applies within about this long
+WATCH_HEARTBEAT_S = 2.0  # the watch's idle heartbeat: two missed ones and nats-py recreates its consumer
+DRAIN_TIMEOUT_S = 10.0  # the current values of a vendor's keys come within this long
 WATCH_RETRY_S = 2.0
 STARTING_WAIT_S = 5.0  # a request while the ingestor starts waits this long for it
 APPLY_RETRY_S = 5.0  # a feed whose start failed is tried again this often
@@ -542,55 +545,69 @@ class KeyEntry:
 
 
 class VendorKeys:
-    """The last value of each key ``<vendor>.>`` of the feeds bucket, then every change: a named
-    ephemeral pull consumer filtered on those keys. Its name in the create subject
-    (``$JS.API.CONSUMER.CREATE.KV_feeds.<name>.$KV.feeds.<vendor>.>``) is what lets the ingestor's
-    permissions allow its own vendor's keys only (nats-py's ``kv.watch`` creates an unnamed
-    consumer whose subject carries no filter)."""
+    """The last value of each key ``<vendor>.>`` of the feeds bucket, then every change: an
+    ordered push consumer filtered on those keys, delivered to the ingestor's private inbox.
+
+    Why this shape: the create subject carries the consumer's name and filter
+    (``$JS.API.CONSUMER.CREATE.KV_feeds.<name>.$KV.feeds.<vendor>.>``), so the ingestor's rights
+    allow its own vendor's keys only (nats-py's ``kv.watch`` creates an unnamed consumer whose
+    subject carries no filter); and a push consumer needs no pull (``MSG.NEXT``), consumer info
+    or delete right, which would reach any consumer of the bucket by its name, another
+    ingestor's watch included. nats-py recreates the consumer after a gap or a reconnect
+    (:func:`marketbus.runtime.ordered.ordered_subscribe`, a fresh name each time)."""
 
     def __init__(self, js: Any, vendor: str, *, poll_s: float = WATCH_POLL_S) -> None:
         self.js = js
         self.vendor = vendor
         self.poll_s = poll_s
         self.prefix = f"$KV.{FEEDS.name}."
+        self.stream = f"KV_{FEEDS.name}"
+        self.keys = f"{self.prefix}{contract.vendor_filter(vendor)}"
         self.sub: Any = None
 
     async def open(self) -> None:
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True, num_replicas=1,
-        )
-        self.sub = await self.js.pull_subscribe(f"{self.prefix}{contract.vendor_filter(self.vendor)}", durable=None,
-                                                stream=f"KV_{FEEDS.name}", config=config)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=60.0)
+        self.sub = await ordered_subscribe(self.js, self.keys, stream=self.stream, config=config,
+                                           idle_heartbeat=WATCH_HEARTBEAT_S, pending_msgs_limit=-1,
+                                           pending_bytes_limit=-1)
 
-    async def _fetch(self, timeout: float) -> list[KeyEntry]:
+    def _entry(self, msg: Any) -> KeyEntry:
+        op = (msg.headers or {}).get("KV-Operation")
+        return KeyEntry(msg.subject[len(self.prefix):], msg.data, msg.metadata.sequence.stream, op in ("DEL", "PURGE"))
+
+    async def _next(self, timeout: float) -> Any:
         try:
-            msgs = await self.sub.fetch(batch=256, timeout=timeout)
+            return await self.sub.next_msg(timeout=timeout)
         except (TimeoutError, NatsTimeoutError):
-            return []
-        out = []
-        for msg in msgs:
-            op = (msg.headers or {}).get("KV-Operation")
-            out.append(KeyEntry(msg.subject[len(self.prefix):], msg.data, msg.metadata.sequence.stream,
-                                op in ("DEL", "PURGE")))
-        return out
+            return None
 
     async def drain(self) -> list[KeyEntry]:
-        """What the consumer holds now (the current value of every key)."""
-        info = await self.sub.consumer_info()
-        pending = info.num_pending
+        """What the bucket holds now for the vendor (the current value of every key): the
+        consumer's messages until one says nothing more is pending."""
+        info = await self.js.stream_info(self.stream, subjects_filter=self.keys)
+        if not info.state.subjects:  # no key of the vendor: nothing will come
+            return []
         out: list[KeyEntry] = []
-        while pending > 0:
-            got = await self._fetch(self.poll_s)
-            if not got:
-                break
-            out += got
-            pending -= len(got)
-        return out
+        while True:
+            msg = await self._next(DRAIN_TIMEOUT_S)
+            if msg is None:
+                raise TimeoutError(f"the feeds of {self.vendor}: no value within {DRAIN_TIMEOUT_S:.0f}s")
+            out.append(self._entry(msg))
+            if not msg.metadata.num_pending:
+                return out
 
     async def next_changes(self) -> list[KeyEntry]:
         """The changes that arrive within ``poll_s`` (often none)."""
-        return await self._fetch(self.poll_s)
+        msg = await self._next(self.poll_s)
+        if msg is None:
+            return []
+        out = [self._entry(msg)]
+        while self.sub.pending_msgs:  # what arrived with it
+            msg = await self._next(self.poll_s)
+            if msg is None:
+                break
+            out.append(self._entry(msg))
+        return out
 
     async def close(self) -> None:
         if self.sub is not None:
