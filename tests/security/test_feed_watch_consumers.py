@@ -91,3 +91,56 @@ async def test_an_ingestor_watches_its_own_keys_with_its_own_rights(bus: SecureB
     finally:
         await watch.close()
     assert not errors, errors
+
+
+async def test_the_bus_exporter_names_durables_but_no_ephemeral_consumer(bus: SecureBus) -> None:
+    """/metrics is read by whoever reaches the exporter: an ingestor's watch (an ephemeral with a
+    random name) is counted under ``(ephemeral)``, never by its name, which would let a creator of
+    consumers on the bucket update it; durables keep their names (the lag alert needs them)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from marketbus.runtime.consumer_lag import EPHEMERAL_LABEL, ConsumerLagCollector
+
+    admin = (await bus.connect("admin")).nc.jetstream()
+    await admin.publish("$KV.feeds.digitex.LAGGED", b"x")
+    watcher = (await bus.connect("ingest_digitex")).nc
+    watch = VendorKeys(watcher.jetstream(), "digitex")
+    await watch.open()
+    try:
+        names = [c.name for c in await admin.consumers_info("KV_feeds") if c.config.durable_name is None]
+        assert names
+        registry = CollectorRegistry()
+        await ConsumerLagCollector((await bus.connect("monitor")).nc.jetstream(), registry).poll()
+        text = generate_latest(registry).decode()
+    finally:
+        await watch.close()
+    assert not [n for n in names if n in text]
+    assert f'marketbus_jetstream_consumer_pending{{consumer="{EPHEMERAL_LABEL}",stream="KV_feeds"}}' in text
+    assert 'consumer="history_writer_md"' in text
+
+
+async def test_a_watch_whose_filter_was_rewritten_by_name_stops_on_the_first_foreign_key(bus: SecureBus) -> None:
+    """Whoever learns the watch consumer's name and may create consumers on the bucket (readers:
+    nats-py's KV watch) can update it, e.g. to another vendor's keys. The watch refuses the first
+    key that is not its vendor's (FeedControl then starts again on a fresh consumer)."""
+    from marketbus.vendor.feeds import ForeignKey
+
+    admin = (await bus.connect("admin")).nc.jetstream()
+    await admin.publish("$KV.feeds.sitagri.MINE", b"x")
+    watch = VendorKeys((await bus.connect("ingest_sitagri")).nc.jetstream(), "sitagri", poll_s=0.2)
+    await watch.open()
+    try:
+        await watch.drain()
+        name = watch.sub._sub._jsi._psub._consumer  # as if leaked
+        reader = (await bus.connect("reader")).nc
+        config = json.loads((await reader.request(f"{API}.INFO.KV_feeds.{name}", b"", timeout=2)).data)["config"]
+        config["filter_subject"] = "$KV.feeds.finx.>"
+        reply = json.loads((await reader.request(f"{API}.CREATE.KV_feeds", json.dumps(
+            {"stream_name": "KV_feeds", "config": config}).encode(), timeout=2)).data)
+        assert "error" not in reply, reply  # the server took it as an update
+        await admin.publish("$KV.feeds.finx.NOTYOURS", b"x")
+        with pytest.raises(ForeignKey):
+            for _ in range(20):
+                await watch.next_changes()
+    finally:
+        await watch.close()

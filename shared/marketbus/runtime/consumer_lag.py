@@ -44,6 +44,7 @@ from .service import Service, ServiceSettings
 log = logging.getLogger(__name__)
 
 FEED_STATES: tuple[str, ...] = get_args(FeedState)
+EPHEMERAL_LABEL = "(ephemeral)"  # the consumer label of every ephemeral consumer of a stream, summed
 FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -118,11 +119,15 @@ class ConsumerLagCollector:
         for stream in streams:
             name = stream.config.name or ""
             for consumer in await self.js.consumers_info(name):
-                key = (name, consumer.name)
-                pending[key] = consumer.num_pending or 0
-                ack_pending[key] = consumer.num_ack_pending or 0
-                redelivered[key] = consumer.num_redelivered or 0
-                waiting[key] = consumer.num_waiting or 0
+                # durables by name; ephemerals (watches, ordered consumers) summed under one label:
+                # their random names would be an unbounded label set, and a name lets whoever
+                # may create consumers on the stream update that consumer (create-or-update)
+                durable = consumer.config.durable_name if consumer.config else None
+                key = (name, durable or EPHEMERAL_LABEL)
+                pending[key] = pending.get(key, 0) + (consumer.num_pending or 0)
+                ack_pending[key] = ack_pending.get(key, 0) + (consumer.num_ack_pending or 0)
+                redelivered[key] = redelivered.get(key, 0) + (consumer.num_redelivered or 0)
+                waiting[key] = waiting.get(key, 0) + (consumer.num_waiting or 0)
         self.pending.replace(pending)
         self.ack_pending.replace(ack_pending)
         self.redelivered.replace(redelivered)

@@ -544,6 +544,10 @@ class KeyEntry:
     deleted: bool
 
 
+class ForeignKey(Exception):
+    """The feeds watch received a key that is not its vendor's."""
+
+
 class VendorKeys:
     """The last value of each key ``<vendor>.>`` of the feeds bucket, then every change: an
     ordered push consumer filtered on those keys, delivered to the ingestor's private inbox.
@@ -563,6 +567,7 @@ class VendorKeys:
         self.prefix = f"$KV.{FEEDS.name}."
         self.stream = f"KV_{FEEDS.name}"
         self.keys = f"{self.prefix}{contract.vendor_filter(vendor)}"
+        self.own = self.keys.removesuffix(">")  # "$KV.feeds.<vendor>."
         self.sub: Any = None
 
     async def open(self) -> None:
@@ -572,6 +577,10 @@ class VendorKeys:
                                            pending_bytes_limit=-1)
 
     def _entry(self, msg: Any) -> KeyEntry:
+        if not msg.subject.startswith(self.own):
+            # someone who knew the consumer's name changed its filter (a create by name updates
+            # it): stop here; the watch starts again on a fresh consumer
+            raise ForeignKey(f"the feeds watch of {self.vendor} got {msg.subject}, not one of its keys")
         op = (msg.headers or {}).get("KV-Operation")
         return KeyEntry(msg.subject[len(self.prefix):], msg.data, msg.metadata.sequence.stream, op in ("DEL", "PURGE"))
 
