@@ -104,3 +104,20 @@ def test_compiled_trades_are_checked_as_trade_checks_them() -> None:
     (trade,) = normalize.trades(DS, good, 5, replay=True)
     assert trade == Trade(id=trade.id, source="ticksupply", venue="binance", symbol="BTCUSDT", ts_event=1, ts_recv=5,
                           replay=True, price=Decimal("2.5"), size=Decimal(1), side="buy", trade_id="t1")
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(st.from_regex(r"[0-9]{1,38}", fullmatch=True), st.from_regex(r"[0-9]{1,20}\.[0-9]{1,18}", fullmatch=True),
+                 st.from_regex(r"0\.0{0,30}[1-9][0-9]{0,6}0{0,5}", fullmatch=True),
+                 st.sampled_from(["9" * 38, "9" * 19 + "." + "9" * 19, "1" + "0" * 18, "1" + "0" * 19, "0.1", "0.000"])))
+def test_decimals_read_in_c_are_the_decimals_decimal_makes(text: str) -> None:
+    """Each decimal of a row is what ``decimal_of_text`` (``Decimal`` of the text without its
+    fraction's trailing zeros) makes: same digits, exponent, text, hash and arithmetic."""
+    expected = _checks.decimal_of_text(text)
+    rows = normalize._csv_trade_rows(f"1,2,t,1,{text},buy".encode(), normalize._new_trade_row, "buy", "sell", 1024)
+    if rows is None:  # out of the contract bounds: the Python path reads it
+        assert not (expected < Decimal("1e18") and (expected == 0 or expected >= Decimal("1e-30")))
+        return
+    got = rows[0].quantity
+    assert got.as_tuple() == expected.as_tuple() and str(got) == str(expected) and hash(got) == hash(expected)
+    assert got * 3 + 1 == expected * 3 + 1 and got.is_normal() == expected.is_normal() and got.adjusted() == expected.adjusted()

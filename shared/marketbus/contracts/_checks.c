@@ -779,6 +779,91 @@ csv_ascii(const char *s, Py_ssize_t n)
     return out;
 }
 
+/* A plain decimal's Decimal built in place: the coefficient (at most 38 digits: two words of 10**19)
+ * and the exponent written into a fresh object as _decimal's own constructor leaves them (flags,
+ * inline data, allocated words copied from a Decimal it made), without its text parser and
+ * argument parsing (about 150 ns of a 250 ns row). Enabled only when a sample built here has the
+ * very fields of the same value parsed by Decimal (decimal_direct_ready). */
+static int dec_direct = -1; /* -1: not tried yet; 0: use Decimal(text); 1: build in place */
+static uint8_t dec_static_flags;
+static Py_ssize_t dec_alloc;
+
+static PyObject *decimal_in_place(const char *s, Py_ssize_t n);
+
+static int
+same_decimal(PyObject *a, PyObject *b)
+{
+    const mpd_view *x = &((DecView *)a)->dec, *y = &((DecView *)b)->dec;
+    if (x->flags != y->flags || x->exp != y->exp || x->digits != y->digits || x->len != y->len ||
+        x->alloc != y->alloc || x->data != ((DecView *)a)->data || y->data != ((DecView *)b)->data)
+        return 0;
+    for (Py_ssize_t i = 0; i < x->len; i++) if (x->data[i] != y->data[i]) return 0;
+    return 1;
+}
+
+static int
+decimal_direct_ready(void)
+{
+    if (dec_direct >= 0) return dec_direct;
+    dec_direct = 0;
+    if (decimal_type == NULL || PyType_HasFeature(decimal_type, Py_TPFLAGS_HAVE_GC)) return 0;
+    static const char *samples[] = {"1", "0", "100", "0.5", "64000.12", "1234567890123456789.5",
+                                    "12345678901234567890123456789012345678", "0.00000000000000000000000000001"};
+    PyObject *first = PyObject_CallFunction((PyObject *)decimal_type, "s", "1");
+    if (first == NULL) { PyErr_Clear(); return 0; }
+    dec_static_flags = ((DecView *)first)->dec.flags & ~15;
+    dec_alloc = ((DecView *)first)->dec.alloc;
+    Py_DECREF(first);
+    dec_direct = 1; /* for decimal_in_place below; reset if a sample differs */
+    for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++) {
+        PyObject *want = PyObject_CallFunction((PyObject *)decimal_type, "s", samples[i]);
+        PyObject *got = decimal_in_place(samples[i], (Py_ssize_t)strlen(samples[i]));
+        int same = want != NULL && got != NULL && same_decimal(want, got);
+        Py_XDECREF(want);
+        Py_XDECREF(got);
+        if (!same) { PyErr_Clear(); dec_direct = 0; break; }
+    }
+    return dec_direct;
+}
+
+/* digits with at most one dot inside, at most 38 digits in all (csv_decimal checked it); the
+ * fraction's trailing zeros left out, as decimal_of_text does */
+static PyObject *
+decimal_in_place(const char *s, Py_ssize_t n)
+{
+    const char *dot = memchr(s, '.', n);
+    Py_ssize_t end = n, exp = 0;
+    if (dot != NULL) {
+        while (s[end - 1] == '0') end--;
+        if (s + end == dot + 1) end = dot - s;
+        else exp = -(end - (dot - s) - 1);
+    }
+    uint64_t hi = 0, lo = 0;
+    Py_ssize_t digits = 0;
+    for (Py_ssize_t i = 0; i < end; i++) {
+        if (s[i] == '.') continue;
+        if (digits == 0 && s[i] == '0') continue; /* leading zeros */
+        digits++;
+        /* (hi, lo) = (hi, lo) * 10 + d, in base 10**19 */
+        uint64_t carry_from_lo = lo / 1000000000000000000ULL; /* the top digit of lo, moved up */
+        lo = (lo % 1000000000000000000ULL) * 10 + (uint64_t)(s[i] - '0');
+        hi = hi * 10 + carry_from_lo;
+    }
+    PyObject *v = decimal_type->tp_alloc(decimal_type, 0);
+    if (v == NULL) return NULL;
+    DecView *d = (DecView *)v;
+    d->hash = -1;
+    d->dec.flags = dec_static_flags;
+    d->dec.exp = exp;
+    d->dec.digits = digits ? digits : 1;
+    d->dec.len = hi ? 2 : 1;
+    d->dec.alloc = dec_alloc;
+    d->dec.data = d->data;
+    d->data[0] = lo;
+    d->data[1] = hi;
+    return v;
+}
+
 /* a plain decimal "123" or "123.45" (at most the contract's digits), as decimal_of_text gives it,
  * if it keeps the sign rule and the bounds (decimal_ok); NULL: not that (an error set only on failure) */
 static PyObject *
@@ -793,16 +878,22 @@ csv_decimal(const char *s, Py_ssize_t n, int sign)
         else if (s[i] >= '0' && s[i] <= '9') digits++;
         else return NULL;
     }
-    if (digits == 0 || digits > dec_max_digits || dot == 0 || dot == n - 1) return NULL;
-    Py_ssize_t end = n;
-    if (dot > 0) {
-        while (s[end - 1] == '0') end--;
-        if (end == dot + 1) end = dot;
+    if (digits == 0 || digits > dec_max_digits || digits > 38 || dot == 0 || dot == n - 1) return NULL;
+    PyObject *v;
+    if (decimal_direct_ready()) {
+        v = decimal_in_place(s, n);
     }
-    PyObject *text = csv_ascii(s, end);
-    if (text == NULL) return NULL;
-    PyObject *v = PyObject_CallOneArg((PyObject *)decimal_type, text);
-    Py_DECREF(text);
+    else {
+        Py_ssize_t end = n;
+        if (dot > 0) {
+            while (s[end - 1] == '0') end--;
+            if (end == dot + 1) end = dot;
+        }
+        PyObject *text = csv_ascii(s, end);
+        if (text == NULL) return NULL;
+        v = PyObject_CallOneArg((PyObject *)decimal_type, text);
+        Py_DECREF(text);
+    }
     if (v != NULL && !decimal_ok(v, sign)) Py_CLEAR(v);
     return v;
 }
