@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import gzip
 import zlib
 from collections.abc import Iterator
 from decimal import Decimal
@@ -35,6 +34,7 @@ from operator import attrgetter
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
+from isal import igzip, isal_zlib
 
 from marketbus.contracts import _checks
 from marketbus.contracts.codec import DECODE_ERRORS
@@ -238,9 +238,12 @@ _book_rows = msgspec.json.Decoder(list[BookRow], strict=False)
 
 
 def gunzip(data: bytes) -> bytes:
+    """The artifact's CSV text. ISA-L's inflate (python-isal), about twice zlib's speed: the
+    same bytes and the same refusals as ``gzip.decompress`` (several members, a bad header, a
+    truncated or corrupt stream)."""
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
+        return igzip.decompress(data)
+    except (OSError, EOFError, zlib.error, isal_zlib.error) as exc:
         raise ArtifactError(f"not a gzip file: {exc}") from None
 
 
