@@ -182,7 +182,11 @@ _RowSize = Annotated[Decimal, _as_parsed(NON_NEGATIVE)]
 
 class TradeRow(Checked, frozen=True, array_like=True, gc=False):
     """A trade row that keeps the contract invariants of the Trade it makes: checked when decoded
-    (compiled, in C), so a slice whose rows all decode needs no other check."""
+    (compiled, in C), so a slice whose rows all decode needs no other check.
+
+    A slice of the plain form whose rows all have a trade id is read by ``_checks.csv_trade_rows``
+    instead: the same rows, but their decimals already in the canonical form the Trade carries
+    (no id hashes their text then)."""
 
     exchange_ts_ns: Nanos
     collection_ts_ns: Nanos
