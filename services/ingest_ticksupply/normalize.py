@@ -31,10 +31,11 @@ from collections.abc import Iterator
 from decimal import Decimal
 from hashlib import blake2b
 from operator import attrgetter
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, cast
 
 import msgspec
-from isal import igzip, isal_zlib
+from isal import igzip
+from isal.igzip_lib import IsalError
 
 from marketbus.contracts import _checks
 from marketbus.contracts.codec import DECODE_ERRORS
@@ -236,9 +237,13 @@ _trade_rows = msgspec.json.Decoder(list[TradeRow], strict=False)
 # when the extension is not built, or older than its source.
 _csv_trade_rows: Any = getattr(_checks, "csv_trade_rows", None)
 _trades_of_rows: Any = getattr(_checks, "trades_of_rows", None)
-_new_trade_row = TradeRow(0, 0, "-", Decimal(1), Decimal(0), "buy").__copy__
+_new_trade_row = cast(Any, TradeRow(0, 0, "-", Decimal(1), Decimal(0), "buy")).__copy__
 _UNCHECKED: dict[type, type] = {TradeRow: _TradeRowText}
 _book_rows = msgspec.json.Decoder(list[BookRow], strict=False)
+
+
+# (isal's stub declares IsalError an instance; it is the class of a corrupt deflate stream)
+_GUNZIP_ERRORS = (OSError, EOFError, zlib.error, cast(type[Exception], IsalError))
 
 
 def gunzip(data: bytes) -> bytes:
@@ -247,7 +252,7 @@ def gunzip(data: bytes) -> bytes:
     truncated or corrupt stream)."""
     try:
         return igzip.decompress(data)
-    except (OSError, EOFError, zlib.error, isal_zlib.error) as exc:
+    except _GUNZIP_ERRORS as exc:
         raise ArtifactError(f"not a gzip file: {exc}") from None
 
 
@@ -430,9 +435,10 @@ def trades(ds: DatastreamRef, rows: list[TradeRow], ts_recv: int, replay: bool =
     if _trades_of_rows is not None and rows:
         template = Trade(id=_TEMPLATE_ID, source=SOURCE, venue=venue, symbol=symbol, ts_event=0, ts_recv=ts_recv,
                          replay=replay, price=_ONE, size=_ONE, side="buy", trade_id=None)
-        made = _trades_of_rows(rows, TradeRow, head, template.__copy__, Trade.__post_init__, sides, "unknown")
+        made = _trades_of_rows(rows, TradeRow, head, cast(Any, template).__copy__, cast(Any, Trade).__post_init__,
+                               sides, "unknown")
         if made is not None:
-            return made  # type: ignore[no-any-return]
+            return cast(list[Trade], made)
     out: list[Trade] = []
     append = out.append
     for r in rows:
