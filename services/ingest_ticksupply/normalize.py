@@ -339,8 +339,9 @@ def iter_artifact(
             end = len(body)
         piece = body[pos:end]
         yield _parse_body(piece, columns, row_type, decoder, line_no)
-        line_no += piece.count(b"\n") + 1
         pos = end + 1
+        if pos < len(body):  # (the lines of the last slice need no counting)
+            line_no += piece.count(b"\n") + 1
 
 
 def _parse_body(body: bytes, columns: tuple[str, ...], row_type: type, decoder: Any, first_line: int) -> ParsedArtifact:

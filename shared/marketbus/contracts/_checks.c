@@ -914,7 +914,9 @@ csv_trade_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!enabled || decimal_type == NULL) Py_RETURN_NONE;
     const char *p = PyBytes_AS_STRING(args[0]), *end = p + PyBytes_GET_SIZE(args[0]);
     if (p == end) Py_RETURN_NONE;
-    PyObject *rows = PyList_New(0);
+    Py_ssize_t lines = 1, filled = 0;
+    for (const char *c = p; (c = memchr(c, '\n', end - c)) != NULL; c++) lines++;
+    PyObject *rows = PyList_New(lines); /* one row a line, or None: no append, no regrowth */
     if (rows == NULL) return NULL;
     RowSlots at;
     int have_slots = 0;
@@ -966,9 +968,7 @@ csv_trade_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         set_slot(row, at.price, price);
         set_slot(row, at.quantity, qty);
         set_slot(row, at.side, side);
-        int failed = PyList_Append(rows, row);
-        Py_DECREF(row);
-        if (failed) { Py_DECREF(rows); return NULL; }
+        PyList_SET_ITEM(rows, filled++, row); /* the unfilled items are NULL: freeing the list skips them */
         if (line_end == end) break;
         p = line_end + 1;
         if (p == end) goto refuse; /* an empty last line */
