@@ -1057,8 +1057,12 @@ trades_of_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *row = PyList_GET_ITEM(rows, i);
         PyObject *tid = *(PyObject **)((char *)row + r.trade_id);
         Py_ssize_t tid_len;
-        const char *tail = PyUnicode_AsUTF8AndSize(tid, &tid_len);
-        if (tail == NULL) goto error;
+        const char *tail;
+        if (PyUnicode_IS_COMPACT_ASCII(tid)) { /* its bytes are its UTF-8 */
+            tail = (const char *)PyUnicode_DATA(tid);
+            tid_len = PyUnicode_GET_LENGTH(tid);
+        }
+        else if ((tail = PyUnicode_AsUTF8AndSize(tid, &tid_len)) == NULL) goto error;
         PyObject *ident = id_of(head, head_len, tail, tid_len);
         if (ident == NULL) goto error;
         PyObject *side = *(PyObject **)((char *)row + r.side);
