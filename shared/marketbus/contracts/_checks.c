@@ -1047,6 +1047,9 @@ trades_of_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (Py_TYPE(row) != row_type) Py_RETURN_NONE;
         PyObject *tid = *(PyObject **)((char *)row + r.trade_id);
         if (tid == NULL || !PyUnicode_CheckExact(tid) || PyUnicode_GET_LENGTH(tid) == 0) Py_RETURN_NONE;
+        if (*(PyObject **)((char *)row + r.exchange_ts) == NULL || *(PyObject **)((char *)row + r.price) == NULL ||
+            *(PyObject **)((char *)row + r.quantity) == NULL || *(PyObject **)((char *)row + r.side) == NULL)
+            Py_RETURN_NONE; /* (a struct always has its fields; not trusted blindly) */
     }
     const char *head = PyBytes_AS_STRING(args[2]);
     Py_ssize_t head_len = PyBytes_GET_SIZE(args[2]);
@@ -1072,25 +1075,26 @@ trades_of_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (mapped == NULL && PyErr_Occurred()) { Py_DECREF(ident); goto error; }
             side = mapped == NULL ? args[6] : mapped;
         }
+        side = Py_NewRef(side); /* owned before any other call */
         PyObject *trade = PyObject_CallNoArgs(new_trade);
-        if (trade == NULL) { Py_DECREF(ident); goto error; }
+        if (trade == NULL) { Py_DECREF(ident); Py_DECREF(side); goto error; }
         if (i == 0) {
             PyTypeObject *cls = Py_TYPE(trade);
             static const char *names[] = {"id", "ts_event", "price", "size", "side", "trade_id"};
             Py_ssize_t *at[] = {&t_id, &t_ts, &t_price, &t_size, &t_side, &t_tid};
             for (int k = 0; k < 6; k++) {
                 PyObject *name = PyUnicode_InternFromString(names[k]);
-                if (name == NULL) { Py_DECREF(ident); Py_DECREF(trade); goto error; }
+                if (name == NULL) { Py_DECREF(ident); Py_DECREF(side); Py_DECREF(trade); goto error; }
                 *at[k] = slot_offset(cls, name);
                 Py_DECREF(name);
-                if (*at[k] < 0) { Py_DECREF(ident); Py_DECREF(trade); goto error; }
+                if (*at[k] < 0) { Py_DECREF(ident); Py_DECREF(side); Py_DECREF(trade); goto error; }
             }
         }
         set_slot(trade, t_id, ident);
         set_slot(trade, t_ts, Py_NewRef(*(PyObject **)((char *)row + r.exchange_ts)));
         set_slot(trade, t_price, Py_NewRef(*(PyObject **)((char *)row + r.price)));
         set_slot(trade, t_size, Py_NewRef(*(PyObject **)((char *)row + r.quantity)));
-        set_slot(trade, t_side, Py_NewRef(side));
+        set_slot(trade, t_side, side);
         set_slot(trade, t_tid, Py_NewRef(tid));
         PyList_SET_ITEM(out, i, trade); /* owned by the list from here (an error frees it) */
         PyObject *ok = PyObject_CallOneArg(check, trade);
