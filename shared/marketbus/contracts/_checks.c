@@ -785,6 +785,7 @@ csv_ascii(const char *s, Py_ssize_t n)
  * argument parsing (about 150 ns of a 250 ns row). Enabled only when a sample built here has the
  * very fields of the same value parsed by Decimal (decimal_direct_ready). */
 static int dec_direct = -1; /* -1: not tried yet; 0: use Decimal(text); 1: build in place */
+static PyTypeObject *dec_direct_for = NULL; /* the decimal_type it was tried for (configure_decimal may change it) */
 static uint8_t dec_static_flags;
 static Py_ssize_t dec_alloc;
 
@@ -804,8 +805,9 @@ same_decimal(PyObject *a, PyObject *b)
 static int
 decimal_direct_ready(void)
 {
-    if (dec_direct >= 0) return dec_direct;
+    if (dec_direct >= 0 && dec_direct_for == decimal_type) return dec_direct;
     dec_direct = 0;
+    dec_direct_for = decimal_type; /* (borrowed: only compared) */
     if (decimal_type == NULL || PyType_HasFeature(decimal_type, Py_TPFLAGS_HAVE_GC)) return 0;
     static const char *samples[] = {"1", "0", "100", "0.5", "64000.12", "1234567890123456789.5",
                                     "12345678901234567890123456789012345678", "0.00000000000000000000000000001"};
