@@ -116,6 +116,19 @@ def test_unreadable_artifacts_raise() -> None:
         normalize.parse_artifact((FIXTURES / "trades_coinbase_BTC-USD.csv.gz").read_bytes()[:200])  # truncated
     with pytest.raises(ArtifactError):
         normalize.parse_artifact(gzip.compress(b"a,b,c\n1,2,3\n"))  # not the trade columns
+    good = gzip.compress(b"x" * 5000)
+    corrupt = good[:12] + bytes(b ^ 0x5A for b in good[12:40]) + good[40:]  # a bad deflate block
+    for data in (corrupt, good[:-4], good + b"trailing garbage", b"\x1f\x8b\x08"):
+        with pytest.raises(ArtifactError, match="not a gzip file"):
+            normalize.gunzip(data)
+
+
+def test_gunzip_reads_what_gzip_reads() -> None:
+    """The ISA-L inflate gives gzip's bytes, several members included (a concatenated export)."""
+    text = (FIXTURES / "trades_coinbase_BTC-USD.csv.gz").read_bytes()
+    two = gzip.compress(b"a,b\n1,2\n") + gzip.compress(b"3,4\n", 9)
+    for data in (text, two, gzip.compress(b""), gzip.compress(bytes(range(256)) * 4000, 1)):
+        assert normalize.gunzip(data) == gzip.decompress(data)
 
 
 def test_columns_by_name_and_quoted_fields(truth: dict) -> None:

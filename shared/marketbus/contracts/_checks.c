@@ -684,6 +684,8 @@ static struct PyModuleDef module_def = {
     methods,
 };
 
+static int add_ticksupply_functions(PyObject *m); /* TickSupply block, at the end */
+
 PyMODINIT_FUNC
 PyInit__checks(void)
 {
@@ -698,9 +700,425 @@ PyInit__checks(void)
         PyModule_AddIntConstant(m, "KIND_PYTHON", KIND_PYTHON) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_POSITIVE", SIGN_POSITIVE) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_NON_NEGATIVE", SIGN_NON_NEGATIVE) < 0 ||
-        PyModule_AddIntConstant(m, "SIGN_SIGNED", SIGN_SIGNED) < 0) {
+        PyModule_AddIntConstant(m, "SIGN_SIGNED", SIGN_SIGNED) < 0 || add_ticksupply_functions(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
     return m;
+}
+
+/* ==== TickSupply trade artifacts (services/ingest_ticksupply/normalize.py) ========================
+ * The CSV of the `raw` trade schema, `exchange_ts_ns,collection_ts_ns,trade_id,price,quantity,side`,
+ * read in one pass into TradeRow structs (`csv_trade_rows`), and those rows into Trade events
+ * (`trades_of_rows`): the normalizer's hot path without a Python call per row.
+ *
+ * Both only ACCEPT, like a Plan: `csv_trade_rows` reads only a plain form of the CSV (digits for the
+ * timestamps, no leading zero; plain decimals of at most the contract's digits; a trade id and a side
+ * of printable ASCII without space, quote or backslash; no empty line) whose every row keeps the
+ * TradeRow invariants, and returns None for anything else: the Python path then reads the slice and
+ * says which row is bad and why. Its decimals are those of `decimal_of_text` (the canonical value,
+ * the trailing zeros of the fraction left out; only a row with a trade id hashes no decimal text, so
+ * a slice with a row without one is left to Python too). `trades_of_rows` copies a template Trade of
+ * the instrument and runs the class's own __post_init__ (the Plan) on each, so an event is checked
+ * and made canonical exactly as `Trade(...)` is. */
+typedef struct {
+    Py_ssize_t exchange_ts, collection_ts, trade_id, price, quantity, side;
+} RowSlots;
+
+static int
+row_slots(PyTypeObject *cls, RowSlots *s)
+{
+    static const char *names[] = {"exchange_ts_ns", "collection_ts_ns", "trade_id", "price", "quantity", "side"};
+    Py_ssize_t *out[] = {&s->exchange_ts, &s->collection_ts, &s->trade_id, &s->price, &s->quantity, &s->side};
+    for (int i = 0; i < 6; i++) {
+        PyObject *name = PyUnicode_InternFromString(names[i]);
+        if (name == NULL) return -1;
+        *out[i] = slot_offset(cls, name);
+        Py_DECREF(name);
+        if (*out[i] < 0) return -1;
+    }
+    return 0;
+}
+
+static inline void
+set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value) /* steals value */
+{
+    Py_XSETREF(*(PyObject **)((char *)obj + offset), value);
+}
+
+/* a timestamp: 1..19 digits, no leading zero, at most 2**63 - 1 (Nanos); NULL without an error if not */
+static PyObject *
+csv_nanos(const char *s, Py_ssize_t n)
+{
+    if (n < 1 || n > 19 || (n > 1 && s[0] == '0')) return NULL;
+    uint64_t x = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return NULL;
+        x = x * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (x > (uint64_t)INT64_MAX) return NULL;
+    return PyLong_FromLongLong((long long)x);
+}
+
+/* printable ASCII without space, quote, backslash or comma (what both CSV paths read the same) */
+static inline int
+csv_plain(const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == ',') return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+csv_ascii(const char *s, Py_ssize_t n)
+{
+    PyObject *out = PyUnicode_New(n, 127);
+    if (out != NULL) memcpy(PyUnicode_1BYTE_DATA(out), s, n);
+    return out;
+}
+
+/* A plain decimal's Decimal built in place: the coefficient (at most 38 digits: two words of 10**19)
+ * and the exponent written into a fresh object as _decimal's own constructor leaves them (flags,
+ * inline data, allocated words copied from a Decimal it made), without its text parser and
+ * argument parsing (about 150 ns of a 250 ns row). Enabled only when a sample built here has the
+ * very fields of the same value parsed by Decimal (decimal_direct_ready). */
+static int dec_direct = -1; /* -1: not tried yet; 0: use Decimal(text); 1: build in place */
+static PyTypeObject *dec_direct_for = NULL; /* the decimal_type it was tried for (configure_decimal may change it) */
+static uint8_t dec_static_flags;
+static Py_ssize_t dec_alloc;
+
+static PyObject *decimal_in_place(const char *s, Py_ssize_t n);
+
+static int
+same_decimal(PyObject *a, PyObject *b)
+{
+    const mpd_view *x = &((DecView *)a)->dec, *y = &((DecView *)b)->dec;
+    if (x->flags != y->flags || x->exp != y->exp || x->digits != y->digits || x->len != y->len ||
+        x->alloc != y->alloc || x->data != ((DecView *)a)->data || y->data != ((DecView *)b)->data)
+        return 0;
+    for (Py_ssize_t i = 0; i < x->len; i++) if (x->data[i] != y->data[i]) return 0;
+    return 1;
+}
+
+static int
+decimal_direct_ready(void)
+{
+    if (dec_direct >= 0 && dec_direct_for == decimal_type) return dec_direct;
+    dec_direct = 0;
+    dec_direct_for = decimal_type; /* (borrowed: only compared) */
+    if (decimal_type == NULL || PyType_HasFeature(decimal_type, Py_TPFLAGS_HAVE_GC)) return 0;
+    static const char *samples[] = {"1", "0", "100", "0.5", "64000.12", "1234567890123456789.5",
+                                    "12345678901234567890123456789012345678", "0.00000000000000000000000000001"};
+    PyObject *first = PyObject_CallFunction((PyObject *)decimal_type, "s", "1");
+    if (first == NULL) { PyErr_Clear(); return 0; }
+    dec_static_flags = ((DecView *)first)->dec.flags & ~15;
+    dec_alloc = ((DecView *)first)->dec.alloc;
+    Py_DECREF(first);
+    dec_direct = 1; /* for decimal_in_place below; reset if a sample differs */
+    for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++) {
+        PyObject *want = PyObject_CallFunction((PyObject *)decimal_type, "s", samples[i]);
+        PyObject *got = decimal_in_place(samples[i], (Py_ssize_t)strlen(samples[i]));
+        int same = want != NULL && got != NULL && same_decimal(want, got);
+        Py_XDECREF(want);
+        Py_XDECREF(got);
+        if (!same) { PyErr_Clear(); dec_direct = 0; break; }
+    }
+    return dec_direct;
+}
+
+/* digits with at most one dot inside, at most 38 digits in all (csv_decimal checked it); the
+ * fraction's trailing zeros left out, as decimal_of_text does */
+static PyObject *
+decimal_in_place(const char *s, Py_ssize_t n)
+{
+    const char *dot = memchr(s, '.', n);
+    Py_ssize_t end = n, exp = 0;
+    if (dot != NULL) {
+        while (s[end - 1] == '0') end--;
+        if (s + end == dot + 1) end = dot - s;
+        else exp = -(end - (dot - s) - 1);
+    }
+    uint64_t hi = 0, lo = 0;
+    Py_ssize_t digits = 0;
+    for (Py_ssize_t i = 0; i < end; i++) {
+        if (s[i] == '.') continue;
+        if (digits == 0 && s[i] == '0') continue; /* leading zeros */
+        digits++;
+        /* (hi, lo) = (hi, lo) * 10 + d, in base 10**19 */
+        uint64_t carry_from_lo = lo / 1000000000000000000ULL; /* the top digit of lo, moved up */
+        lo = (lo % 1000000000000000000ULL) * 10 + (uint64_t)(s[i] - '0');
+        hi = hi * 10 + carry_from_lo;
+    }
+    PyObject *v = decimal_type->tp_alloc(decimal_type, 0);
+    if (v == NULL) return NULL;
+    DecView *d = (DecView *)v;
+    d->hash = -1;
+    d->dec.flags = dec_static_flags;
+    d->dec.exp = exp;
+    d->dec.digits = digits ? digits : 1;
+    d->dec.len = hi ? 2 : 1;
+    d->dec.alloc = dec_alloc;
+    d->dec.data = d->data;
+    d->data[0] = lo;
+    d->data[1] = hi;
+    return v;
+}
+
+/* a plain decimal "123" or "123.45" (at most the contract's digits), as decimal_of_text gives it,
+ * if it keeps the sign rule and the bounds (decimal_ok); NULL: not that (an error set only on failure) */
+static PyObject *
+csv_decimal(const char *s, Py_ssize_t n, int sign)
+{
+    Py_ssize_t dot = -1, digits = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] == '.') {
+            if (dot >= 0) return NULL;
+            dot = i;
+        }
+        else if (s[i] >= '0' && s[i] <= '9') digits++;
+        else return NULL;
+    }
+    if (digits == 0 || digits > dec_max_digits || digits > 38 || dot == 0 || dot == n - 1) return NULL;
+    PyObject *v;
+    if (decimal_direct_ready()) {
+        v = decimal_in_place(s, n);
+    }
+    else {
+        Py_ssize_t end = n;
+        if (dot > 0) {
+            while (s[end - 1] == '0') end--;
+            if (end == dot + 1) end = dot;
+        }
+        PyObject *text = csv_ascii(s, end);
+        if (text == NULL) return NULL;
+        v = PyObject_CallOneArg((PyObject *)decimal_type, text);
+        Py_DECREF(text);
+    }
+    if (v != NULL && !decimal_ok(v, sign)) Py_CLEAR(v);
+    return v;
+}
+
+/* csv_trade_rows(body: bytes, new_row, buy: str, sell: str, max_label: int) -> list[TradeRow] | None
+ * body: the data lines (no header, no final newline); new_row(): a fresh TradeRow to fill (a
+ * template's __copy__); buy, sell: the side texts to share; max_label: a trade id's longest (Label). */
+static PyObject *
+csv_trade_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyUnicode_Check(args[2]) || !PyUnicode_Check(args[3]) ||
+        !PyLong_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "csv_trade_rows(body: bytes, new_row, buy: str, sell: str, max_label: int)");
+        return NULL;
+    }
+    Py_ssize_t max_label = PyLong_AsSsize_t(args[4]);
+    if (max_label < 0) return NULL;
+    if (!enabled || decimal_type == NULL) Py_RETURN_NONE;
+    const char *p = PyBytes_AS_STRING(args[0]), *end = p + PyBytes_GET_SIZE(args[0]);
+    if (p == end) Py_RETURN_NONE;
+    Py_ssize_t lines = 1, filled = 0;
+    for (const char *c = p; (c = memchr(c, '\n', end - c)) != NULL; c++) lines++;
+    PyObject *rows = PyList_New(lines); /* one row a line, or None: no append, no regrowth */
+    if (rows == NULL) return NULL;
+    RowSlots at;
+    int have_slots = 0;
+    while (p <= end) {
+        const char *line_end = memchr(p, '\n', end - p);
+        if (line_end == NULL) line_end = end;
+        const char *field[7];
+        Py_ssize_t len[6];
+        int nf = 0;
+        const char *f = p;
+        for (const char *c = p;; c++) {
+            if (c == line_end || *c == ',') {
+                if (nf == 6) goto refuse; /* a 7th field */
+                field[nf] = f;
+                len[nf++] = c - f;
+                f = c + 1;
+                if (c == line_end) break;
+            }
+        }
+        if (nf != 6 || len[2] < 1 || len[2] > max_label || !csv_plain(field[2], len[2]) ||
+            !csv_plain(field[5], len[5]))
+            goto refuse;
+        PyObject *ts = csv_nanos(field[0], len[0]);
+        if (ts == NULL) goto refuse;
+        PyObject *cts = csv_nanos(field[1], len[1]);
+        if (cts == NULL) { Py_DECREF(ts); goto refuse; }
+        PyObject *price = csv_decimal(field[3], len[3], SIGN_POSITIVE);
+        PyObject *qty = price == NULL ? NULL : csv_decimal(field[4], len[4], SIGN_NON_NEGATIVE);
+        PyObject *tid = qty == NULL ? NULL : csv_ascii(field[2], len[2]);
+        PyObject *side = NULL;
+        if (tid != NULL) {
+            if (len[5] == 3 && memcmp(field[5], "buy", 3) == 0) side = Py_NewRef(args[2]);
+            else if (len[5] == 4 && memcmp(field[5], "sell", 4) == 0) side = Py_NewRef(args[3]);
+            else side = csv_ascii(field[5], len[5]);
+        }
+        PyObject *row = side == NULL ? NULL : PyObject_CallNoArgs(args[1]);
+        if (row != NULL && !have_slots) {
+            if (row_slots(Py_TYPE(row), &at) < 0) Py_CLEAR(row);
+            have_slots = 1;
+        }
+        if (row == NULL) {
+            Py_DECREF(ts); Py_DECREF(cts); Py_XDECREF(price); Py_XDECREF(qty); Py_XDECREF(tid); Py_XDECREF(side);
+            if (PyErr_Occurred()) { Py_DECREF(rows); return NULL; }
+            goto refuse;
+        }
+        set_slot(row, at.exchange_ts, ts);
+        set_slot(row, at.collection_ts, cts);
+        set_slot(row, at.trade_id, tid);
+        set_slot(row, at.price, price);
+        set_slot(row, at.quantity, qty);
+        set_slot(row, at.side, side);
+        PyList_SET_ITEM(rows, filled++, row); /* the unfilled items are NULL: freeing the list skips them */
+        if (line_end == end) break;
+        p = line_end + 1;
+        if (p == end) goto refuse; /* an empty last line */
+    }
+    return rows;
+refuse:
+    Py_DECREF(rows);
+    if (PyErr_Occurred()) {
+        /* Decimal raised for a text of digits (not expected): the Python path reads the slice */
+        if (!PyErr_ExceptionMatches(PyExc_ArithmeticError) && !PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
+        PyErr_Clear();
+    }
+    Py_RETURN_NONE;
+}
+
+/* blake2b(head + tail, digest_size=12).hexdigest() of an ASCII or UTF-8 tail (ids.event_id_of) */
+static PyObject *
+id_of(const char *head, Py_ssize_t head_len, const char *tail, Py_ssize_t tail_len)
+{
+    Py_ssize_t len = head_len + tail_len;
+    uint8_t small[512], *msg = small;
+    if (len > (Py_ssize_t)sizeof(small)) {
+        msg = PyMem_Malloc(len);
+        if (msg == NULL) return PyErr_NoMemory();
+    }
+    memcpy(msg, head, head_len);
+    memcpy(msg + head_len, tail, tail_len);
+    uint64_t h[8];
+    for (int i = 0; i < 8; i++) h[i] = b2_iv[i];
+    h[0] ^= 0x01010000ULL ^ ID_DIGEST;
+    Py_ssize_t off = 0;
+    while (len - off > 128) {
+        b2_compress(h, msg + off, (uint64_t)(off + 128), 0);
+        off += 128;
+    }
+    uint8_t block[128] = {0};
+    memcpy(block, msg + off, len - off);
+    b2_compress(h, block, (uint64_t)len, 1);
+    if (msg != small) PyMem_Free(msg);
+    PyObject *out = PyUnicode_New(2 * ID_DIGEST, 127);
+    if (out == NULL) return NULL;
+    Py_UCS1 *hex = PyUnicode_1BYTE_DATA(out);
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < ID_DIGEST; i++) {
+        uint8_t byte = (uint8_t)(h[i / 8] >> (8 * (i % 8)));
+        hex[2 * i] = digits[byte >> 4];
+        hex[2 * i + 1] = digits[byte & 15];
+    }
+    return out;
+}
+
+/* trades_of_rows(rows, row_type, head: bytes, new_trade, check, sides: dict, unknown: str)
+ *   -> list[Trade] | None
+ * Each row (exactly row_type) as the Trade new_trade() copies (the instrument's source, venue,
+ * symbol, ts_recv and replay), with id = blake2b(head + trade_id), ts_event, price, size, side
+ * ("buy", "sell", else sides.get(side, unknown)) and trade_id, then check(trade) (the class's
+ * __post_init__: an InvariantError propagates). None: a row is not row_type or has no trade id
+ * (the Python path makes those). */
+static PyObject *
+trades_of_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyList_Check(args[0]) || !PyType_Check(args[1]) || !PyBytes_Check(args[2]) ||
+        !PyDict_Check(args[5]) || !PyUnicode_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "trades_of_rows(rows: list, row_type, head: bytes, new_trade, check, sides: dict, unknown: str)");
+        return NULL;
+    }
+    if (!enabled) Py_RETURN_NONE;
+    PyObject *rows = args[0], *new_trade = args[3], *check = args[4], *sides = args[5];
+    PyTypeObject *row_type = (PyTypeObject *)args[1];
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    RowSlots r;
+    if (row_slots(row_type, &r) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (Py_TYPE(row) != row_type) Py_RETURN_NONE;
+        PyObject *tid = *(PyObject **)((char *)row + r.trade_id);
+        if (tid == NULL || !PyUnicode_CheckExact(tid) || PyUnicode_GET_LENGTH(tid) == 0) Py_RETURN_NONE;
+        if (*(PyObject **)((char *)row + r.exchange_ts) == NULL || *(PyObject **)((char *)row + r.price) == NULL ||
+            *(PyObject **)((char *)row + r.quantity) == NULL || *(PyObject **)((char *)row + r.side) == NULL)
+            Py_RETURN_NONE; /* (a struct always has its fields; not trusted blindly) */
+    }
+    const char *head = PyBytes_AS_STRING(args[2]);
+    Py_ssize_t head_len = PyBytes_GET_SIZE(args[2]);
+    Py_ssize_t t_id = 0, t_ts = 0, t_price = 0, t_size = 0, t_side = 0, t_tid = 0;
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        PyObject *tid = *(PyObject **)((char *)row + r.trade_id);
+        Py_ssize_t tid_len;
+        const char *tail;
+        if (PyUnicode_IS_COMPACT_ASCII(tid)) { /* its bytes are its UTF-8 */
+            tail = (const char *)PyUnicode_DATA(tid);
+            tid_len = PyUnicode_GET_LENGTH(tid);
+        }
+        else if ((tail = PyUnicode_AsUTF8AndSize(tid, &tid_len)) == NULL) goto error;
+        PyObject *ident = id_of(head, head_len, tail, tid_len);
+        if (ident == NULL) goto error;
+        PyObject *side = *(PyObject **)((char *)row + r.side);
+        if (!(PyUnicode_CheckExact(side) && (PyUnicode_CompareWithASCIIString(side, "buy") == 0 ||
+                                             PyUnicode_CompareWithASCIIString(side, "sell") == 0))) {
+            PyObject *mapped = PyDict_GetItemWithError(sides, side); /* borrowed */
+            if (mapped == NULL && PyErr_Occurred()) { Py_DECREF(ident); goto error; }
+            side = mapped == NULL ? args[6] : mapped;
+        }
+        side = Py_NewRef(side); /* owned before any other call */
+        PyObject *trade = PyObject_CallNoArgs(new_trade);
+        if (trade == NULL) { Py_DECREF(ident); Py_DECREF(side); goto error; }
+        if (i == 0) {
+            PyTypeObject *cls = Py_TYPE(trade);
+            static const char *names[] = {"id", "ts_event", "price", "size", "side", "trade_id"};
+            Py_ssize_t *at[] = {&t_id, &t_ts, &t_price, &t_size, &t_side, &t_tid};
+            for (int k = 0; k < 6; k++) {
+                PyObject *name = PyUnicode_InternFromString(names[k]);
+                if (name == NULL) { Py_DECREF(ident); Py_DECREF(side); Py_DECREF(trade); goto error; }
+                *at[k] = slot_offset(cls, name);
+                Py_DECREF(name);
+                if (*at[k] < 0) { Py_DECREF(ident); Py_DECREF(side); Py_DECREF(trade); goto error; }
+            }
+        }
+        set_slot(trade, t_id, ident);
+        set_slot(trade, t_ts, Py_NewRef(*(PyObject **)((char *)row + r.exchange_ts)));
+        set_slot(trade, t_price, Py_NewRef(*(PyObject **)((char *)row + r.price)));
+        set_slot(trade, t_size, Py_NewRef(*(PyObject **)((char *)row + r.quantity)));
+        set_slot(trade, t_side, side);
+        set_slot(trade, t_tid, Py_NewRef(tid));
+        PyList_SET_ITEM(out, i, trade); /* owned by the list from here (an error frees it) */
+        PyObject *ok = PyObject_CallOneArg(check, trade);
+        if (ok == NULL) goto error;
+        Py_DECREF(ok);
+    }
+    return out;
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyMethodDef ticksupply_methods[] = {
+    {"csv_trade_rows", (PyCFunction)(void (*)(void))csv_trade_rows, METH_FASTCALL,
+     "csv_trade_rows(body, new_row, buy, sell, max_label) -> TradeRows of a plain trade CSV, or None (read it in Python)"},
+    {"trades_of_rows", (PyCFunction)(void (*)(void))trades_of_rows, METH_FASTCALL,
+     "trades_of_rows(rows, row_type, head, new_trade, check, sides, unknown) -> Trades, or None (make them in Python)"},
+    {NULL},
+};
+
+static int
+add_ticksupply_functions(PyObject *m)
+{
+    return PyModule_AddFunctions(m, ticksupply_methods);
 }
