@@ -270,13 +270,17 @@ def _seqs_in_table(table: Any, stream: str, seqs: set[int]) -> set[int]:
     ``_seq`` statistics) and the wanted values are picked out with one ``pc.is_in``: an Iceberg
     ``In`` of thousands of literals is bound and evaluated literal by literal, per manifest
     entry and per file, in Python."""
-    from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThanOrEqual
+    from pyiceberg import expressions as ice
 
     if table.current_snapshot() is None or not seqs:
         return set()
     wanted = pa.array(sorted(seqs), pa.int64())
-    row_filter = And(EqualTo("_stream", stream),
-                     And(GreaterThanOrEqual("_seq", wanted[0].as_py()), LessThanOrEqual("_seq", wanted[-1].as_py())))
+    # pyiceberg's predicates take (term, literal); its annotations only know the pydantic fields
+    eq: Any = ice.EqualTo
+    ge: Any = ice.GreaterThanOrEqual
+    le: Any = ice.LessThanOrEqual
+    row_filter = ice.And(eq("_stream", stream),
+                         ice.And(ge("_seq", wanted[0].as_py()), le("_seq", wanted[-1].as_py())))
     found = table.scan(row_filter=row_filter, selected_fields=("_seq",)).to_arrow().column("_seq")
     if len(found) == 0:
         return set()
