@@ -2,7 +2,8 @@
 artifacts, Parquet (zstd) and CSV.gz.
 
 - "data path": HistorySource (the tables through the catalog -> Arrow batches) -> SplitWriter -> files,
-  exactly what a job runs, without the bus;
+  exactly what a job runs, without the bus (Parquet: prices and sizes as decimal(38, 18) columns;
+  alternating with it, the same with the decimals rendered to text, as Parquet exports were before);
 - "end to end": a real job through an embedded nats-server: NATS request, KV claim, coverage,
   read, write, sha256, artifact store, manifest, progress events;
 - reference: pyarrow writing the same in-memory table (the ceiling) and the table read alone.
@@ -19,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
 from marketbus.history.lakehouse import LakehouseSettings  # noqa: E402
 from services.export_orchestrator.history_source import HistorySource  # noqa: E402
+from services.export_orchestrator.job_runner import exact_decimals  # noqa: E402
 from services.export_orchestrator.layouts import layout_for  # noqa: E402
 from services.export_orchestrator.writer import SplitWriter  # noqa: E402
 from services.history_writer.schema import SCHEMAS, Decoded  # noqa: E402
@@ -66,13 +69,17 @@ def trade_table(n: int) -> pa.Table:
     return pa.Table.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
 
 
-async def data_path(store: IcebergStore, work: Path, fmt: str, schema: str = "marketbus") -> tuple[float, int]:
+async def data_path(store: IcebergStore, work: Path, fmt: str, schema: str = "marketbus",
+                    exact: bool | None = None) -> tuple[float, int]:
+    """``exact``: decimals as decimal(38, 18) columns (None: as a job decides, ``exact_decimals``)."""
     src = HistorySource(None, None, store.reader)  # reads the tables through the catalog
-    w = SplitWriter(work / f"{fmt.replace('.', '_')}_{schema}", fmt, "trade-bench", "trade", None, 10**9, 1 << 40,
-                    layout=layout_for(schema, None, "trade", "XCHG"))
+    if exact is None:
+        exact = exact_decimals(SimpleNamespace(format=fmt, schema=schema))
+    w = SplitWriter(work / f"{fmt.replace('.', '_')}_{schema}_{exact}", fmt, "trade-bench", "trade", None, 10**9,
+                    1 << 40, layout=layout_for(schema, None, "trade", "XCHG"))
     rows = 0
     t = time.perf_counter()
-    async for _, batch in src.batches(store_selector(), T0, T0 + 10**18):
+    async for _, batch in src.batches(store_selector(), T0, T0 + 10**18, exact_decimals=exact):
         await asyncio.to_thread(w.write, batch)
         rows += batch.num_rows
     files = await asyncio.to_thread(w.finish)
@@ -156,7 +163,14 @@ async def main() -> None:
         read = await read_only(store)
 
         # best of two runs (the machine is shared; the first run also warms the page cache)
-        pq_rate, pq_bytes = max([await data_path(store, tmp / f"work{i}", "parquet") for i in range(2)])
+        # Parquet: decimal columns (what a job writes) and, alternating with it, the decimals
+        # rendered as text (what Parquet exports wrote before): the same-run reference
+        pq_runs, text_runs = [], []
+        for i in range(3):
+            pq_runs.append(await data_path(store, tmp / f"work{i}", "parquet"))
+            text_runs.append(await data_path(store, tmp / f"work{i}", "parquet", exact=False))
+        pq_rate, pq_bytes = max(pq_runs)
+        text_rate, text_bytes = max(text_runs)
         csv_rate, csv_bytes = max([await data_path(store, tmp / f"work{i}", "csv.gz") for i in range(2)])
         # the TickSupply API's layouts (issue #19), against marketbus's own CSV of the same run
         raw_rate, raw_bytes = max([await data_path(store, tmp / f"work{i}", "csv.gz", "raw") for i in range(2)])
@@ -171,6 +185,11 @@ async def main() -> None:
     print(
         f"| store -> Parquet zstd, data path | {pq_rate:,.0f} rows/s ({pq_bytes / N:.1f} B/row) | >= 1,000,000 rows/s "
         f"| pyarrow write of the in-memory table {ref_pq:,.0f} rows/s | {pq_rate / 1e6:.2f}x |"
+    )
+    print(
+        f"| store -> Parquet zstd, data path, decimals rendered as text (before) | {text_rate:,.0f} rows/s "
+        f"({text_bytes / N:.1f} B/row) | - | decimal(38, 18) columns, alternating rounds {pq_rate:,.0f} rows/s "
+        f"| {pq_rate / text_rate:.2f} (decimal / text) |"
     )
     print(f"| store -> CSV.gz, data path | {csv_rate:,.0f} rows/s ({csv_bytes / N:.1f} B/row) | >= 300,000 rows/s "
           f"| pyarrow CSV + zlib-1 of the in-memory table {ref_csv:,.0f} rows/s | {csv_rate / 3e5:.2f}x |")

@@ -27,6 +27,7 @@ ORDER = [
     "ingest_sitagri",
     "peer_cryptofeed",
     "history_writer",
+    "history_lake",
     "order_router",
     "export_orchestrator",
     "replay",

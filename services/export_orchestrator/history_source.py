@@ -193,9 +193,13 @@ class HistorySource:
     # --- data -------------------------------------------------------------------------------------
     async def batches(self, selector: StreamSelector | Selector, start_ns: int, end_ns: int, *,
                       columns: Sequence[str] | None = None, resume: Position | None = None,
-                      batch_rows: int = 131_072, window_ns: int = DAY_NS) -> AsyncIterator[tuple[str, pa.RecordBatch]]:
+                      batch_rows: int = 131_072, window_ns: int = DAY_NS,
+                      exact_decimals: bool = False) -> AsyncIterator[tuple[str, pa.RecordBatch]]:
         """(kind, batch) for every selected kind in name order; each batch has the requested
-        columns (all event fields when None) plus the order columns."""
+        columns (all event fields when None) plus the order columns. Decimals come as their
+        canonical text; with ``exact_decimals``, from the Iceberg tables, as the tables'
+        ``decimal(38, 18)`` columns (the same values, not rendered: what Parquet exports write;
+        PostgreSQL's ``numeric`` may hold more than 18 places, so its decimals stay text)."""
         sel = to_selector(selector)
         kinds = kinds_of(sel)
         if resume is not None:
@@ -219,12 +223,14 @@ class HistorySource:
             windows = [(max(lo, d), min(end_ns, d + DAY_NS)) for d in days] if days else [(lo, end_ns)]
             # decode the next window while the caller writes this one
             pending = asyncio.ensure_future(asyncio.to_thread(reader.read_kind, kind, ksel, *windows[0],
-                                                              after=after, columns=cols))
+                                                              after=after, columns=cols,
+                                                              exact_decimals=exact_decimals))
             for i in range(len(windows)):
                 table = await pending
                 if i + 1 < len(windows):
                     pending = asyncio.ensure_future(asyncio.to_thread(reader.read_kind, kind, ksel, *windows[i + 1],
-                                                                      after=after, columns=cols))
+                                                                      after=after, columns=cols,
+                                                                      exact_decimals=exact_decimals))
                 for batch in table.combine_chunks().to_batches(max_chunksize=batch_rows):
                     if batch.num_rows:
                         yield kind, batch

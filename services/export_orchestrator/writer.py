@@ -118,9 +118,11 @@ class SplitWriter:
     @staticmethod
     def _dictionary_columns(sample: pa.RecordBatch) -> list[str]:
         """Dictionary-encode only the repetitive columns (source, venue, side...): trying it on
-        unique values (ids, timestamps) costs time and saves nothing."""
+        unique values (ids, timestamps) costs time and saves nothing. Judged on the first 32k
+        rows (counting the distinct values of a whole 128k-row batch's ids took ~0.1 s a file)."""
         import pyarrow.compute as pc
 
+        sample = sample.slice(0, 32_768)
         n = sample.num_rows
         out = []
         for name, col in zip(sample.schema.names, sample.columns):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from decimal import Decimal
 
 import msgspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from marketbus.contracts import codec, subjects
+from marketbus.contracts.invariants import canonical_decimal
 from marketbus.contracts.jobs import ExportJob, ExportRequest, StreamSelector
 
 from .conftest import (
@@ -63,8 +64,12 @@ async def test_round_trip_csv_and_parquet(harness: Harness) -> None:
         assert len(data) == art.bytes and hashlib.sha256(data).hexdigest() == art.sha256
         tables.append(read_artifact(art.filename, data))
     assert table_rows(tables) == trade_rows(btc + eth)
+    # CSV: decimals as the canonical text marketbus published (not 18 places)
+    csv_prices = {p for t in tables for p in t.column("price").to_pylist()}
+    assert csv_prices == {str(canonical_decimal(t.price)) for t in btc + eth}
     manifest = json.loads(files["manifest.json"])
     assert manifest["rows"] == 5000 and manifest["format"] == "csv.gz" and manifest["schema_version"] >= 1
+    assert manifest["decimals"] == "exact decimal text of the vendor (strings)"
     assert {a["sha256"] for a in manifest["artifacts"]} == {a.sha256 for a in done.artifacts}
     assert {(c["symbol"], c["rows"]) for c in manifest["coverage"]} == {("BTC-USD", 3000), ("ETH-USD", 2000)}
     assert "price" in manifest["columns"]["trade"]
@@ -93,7 +98,14 @@ async def test_round_trip_csv_and_parquet(harness: Harness) -> None:
     assert table.column_names == ["ts_event", "price", "size", "id"]
     expected = [t for t in btc if T0 + 10 * S <= t.ts_event < T0 + 20 * S]
     assert table.num_rows == len(expected) == 100
-    assert [Decimal(p) for p in table.column("price").to_pylist()] == [t.price for t in expected]  # in order, exact
+    # Parquet: prices and sizes are exact decimal columns (the history tables' decimal(38, 18)),
+    # each value the one published, in the history order
+    assert table.schema.field("price").type == pa.decimal128(38, 18)
+    assert table.schema.field("size").type == pa.decimal128(38, 18)
+    assert table.column("price").to_pylist() == [t.price for t in expected]
+    assert table.column("size").to_pylist() == [t.size for t in expected]
+    assert table.column("id").to_pylist() == [t.id for t in expected]
+    assert json.loads(files2["manifest.json"])["decimals"] == "exact decimal(38, 18) columns"
 
 
 async def test_bad_requests_fail_or_are_refused(harness: Harness) -> None:

@@ -262,14 +262,19 @@ class TableLayout:
             out.append(f"{c}_ns" if c in TIME_COLUMNS else c)
         return out
 
-    def to_rows(self, table: pa.Table, storage_columns: list[str]) -> pa.Table:
-        """Table rows -> storage columns (int ns times, the decimal's canonical text)."""
+    def to_rows(self, table: pa.Table, storage_columns: list[str], *, exact_decimals: bool = False) -> pa.Table:
+        """Table rows -> storage columns (int ns times, the decimal's canonical text).
+        ``exact_decimals``: the decimal columns stay the table's ``decimal(38, 18)`` (the same
+        values, not rendered to text: what a Parquet export writes)."""
         schema = self.kind_schema.schema
         arrays, fields = [], []
         for c in storage_columns:
             f = schema.field(c)
             if c in TIME_COLUMNS:
                 col = table.column(f"{c}_ns")
+            elif c in self.decimals and exact_decimals:
+                col = table.column(c)
+                f = f.with_type(DECIMAL)
             elif c in self.decimals:
                 col = decimal_text(table.column(c))
             else:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg import expressions as ice
 
-from .lakehouse import LAYOUTS, LakehouseSettings, Tables
+from .lakehouse import DECIMAL, LAYOUTS, LakehouseSettings, Tables
 from .schema import ORDER_COLUMNS, SCHEMAS
 from .selector import Cursor, Selector
 
@@ -47,9 +47,11 @@ class HistoryReader:
     # --- sync reads (run them in a thread from async code) -------------------------------------
     def read_kind(self, kind: str, selector: Selector, start_ns: int, end_ns: int, *,
                   after: Cursor | None = None, limit: int | None = None,
-                  columns: Sequence[str] | None = None) -> pa.Table:
+                  columns: Sequence[str] | None = None, exact_decimals: bool = False) -> pa.Table:
         """One kind's selected rows in the history order (storage columns; ``columns`` plus the
-        order columns when given)."""
+        order columns when given). ``exact_decimals``: prices and sizes as the table's
+        ``decimal(38, 18)`` columns instead of their canonical text (rendering text is the
+        slowest part of reading a column of distinct values: ~0.2 s per 1M)."""
         layout = LAYOUTS[kind]
         names = SCHEMAS[kind].schema.names
         wanted = list(dict.fromkeys([*(columns or names), *ORDER_COLUMNS]))
@@ -57,7 +59,7 @@ class HistoryReader:
         lo = start_ns if after is None else max(start_ns, after.ts_event)
         table = self.tables.get(kind, refresh=True)
         if table is None or lo >= end_ns:
-            return _empty(kind, wanted)
+            return _empty(kind, wanted, exact_decimals)
         need = list(dict.fromkeys([*wanted, "source", "venue", "symbol"]))
         scan = table.scan(row_filter=_row_filter(selector, lo, end_ns),
                           selected_fields=tuple(layout.table_columns(need)))
@@ -65,7 +67,7 @@ class HistoryReader:
         if data is None:
             data = scan.to_arrow()
         if data.num_rows == 0:
-            return _empty(kind, wanted)
+            return _empty(kind, wanted, exact_decimals)
         mask = _mask(data, selector, lo, end_ns, after)
         if not pc.all(mask).as_py():
             data = data.filter(mask)
@@ -73,7 +75,7 @@ class HistoryReader:
         if limit is not None:
             data = data.slice(0, limit)
         # the storage columns (int ns times, canonical decimal text) of the selected rows only
-        return layout.to_rows(data, wanted)
+        return layout.to_rows(data, wanted, exact_decimals=exact_decimals)
 
     def coverage_rows(self, selector: Selector, start_ns: int, end_ns: int,
                       max_gap_ns: dict[str, int]) -> list[tuple[str, str, str, str, int, int, int]]:
@@ -132,9 +134,11 @@ class HistoryReader:
                     yield kind, batch
 
 
-def _empty(kind: str, columns: list[str]) -> pa.Table:
+def _empty(kind: str, columns: list[str], exact_decimals: bool = False) -> pa.Table:
     schema = SCHEMAS[kind].schema
-    return pa.Table.from_pylist([], schema=pa.schema([schema.field(c) for c in columns]))
+    decimals = LAYOUTS[kind].decimals if exact_decimals else set()
+    fields = [schema.field(c).with_type(DECIMAL) if c in decimals else schema.field(c) for c in columns]
+    return pa.Table.from_pylist([], schema=pa.schema(fields))
 
 
 def _read_data_files(table: Any, scan: Any, selector: Selector, lo_ns: int, hi_ns: int) -> pa.Table | None:

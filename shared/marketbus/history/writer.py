@@ -264,17 +264,28 @@ def _chain_intact(table: Any, base_id: int | None) -> bool:
 
 
 def _seqs_in_table(table: Any, stream: str, seqs: set[int]) -> set[int]:
-    """Which of ``seqs`` have rows in the table's current snapshot (pruned by ``_seq`` stats)."""
-    from pyiceberg.expressions import And, EqualTo, In, Reference
-    from pyiceberg.expressions.literals import literal
+    """Which of ``seqs`` have rows in the table's current snapshot.
+
+    The scan asks for the range ``min(seqs)..max(seqs)`` of ``_seq`` (files pruned by their
+    ``_seq`` statistics) and the wanted values are picked out with one ``pc.is_in``: an Iceberg
+    ``In`` of thousands of literals is bound and evaluated literal by literal, per manifest
+    entry and per file, in Python."""
+    from pyiceberg import expressions as ice
 
     if table.current_snapshot() is None or not seqs:
         return set()
-    row_filter = And(EqualTo(term=Reference("_stream"), value=literal(stream)),
-                     In(term=Reference("_seq"), values={literal(s) for s in seqs}))
-    found = table.scan(row_filter=row_filter,
-                       selected_fields=("_seq",)).to_arrow()
-    return set(pc.unique(found.column("_seq")).to_pylist()) if found.num_rows else set()
+    wanted = pa.array(sorted(seqs), pa.int64())
+    # pyiceberg's predicates take (term, literal); its annotations only know the pydantic fields
+    eq: Any = ice.EqualTo
+    ge: Any = ice.GreaterThanOrEqual
+    le: Any = ice.LessThanOrEqual
+    row_filter = ice.And(eq("_stream", stream),
+                         ice.And(ge("_seq", wanted[0].as_py()), le("_seq", wanted[-1].as_py())))
+    found = table.scan(row_filter=row_filter, selected_fields=("_seq",)).to_arrow().column("_seq")
+    if len(found) == 0:
+        return set()
+    stored = pc.unique(found.combine_chunks())
+    return set(stored.filter(pc.is_in(stored, value_set=wanted)).to_pylist())
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
