@@ -9,8 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from marketbus.contracts import MarketPrice
-from marketbus.contracts import invariants
+from marketbus.contracts import MarketPrice, invariants
 from marketbus.contracts.invariants import canonical_decimal
 from marketbus.history.lakehouse import LAYOUTS
 from marketbus.history.schema import SCHEMAS

@@ -7,7 +7,6 @@ tests/unit/test_invariants.py runs its cases on both; these are the property tes
 from __future__ import annotations
 
 import re
-
 import subprocess
 import sys
 from collections.abc import Callable

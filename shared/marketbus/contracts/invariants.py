@@ -500,7 +500,8 @@ def install_checks(cls: type) -> None:
             build_fast.append(expr(build))
         if rule is not None and rule.canonical:
             # a Decimal: canonical_decimal (the same object when canonical); a text: decimal_text
-            canon_of, canon_test = ("_canon_text", _CANONICAL_TEXT_FAST) if rule.decimal_text else ("_canon", _CANONICAL_FAST)
+            canon_of, canon_test = (
+                ("_canon_text", _CANONICAL_TEXT_FAST) if rule.decimal_text else ("_canon", _CANONICAL_FAST))
             canon_fast.append(f"all({canon_of}(v) == v for v in {value} or ())" if many else expr(canon_test))
             if many:
                 canon += [f"if {value}:", f"    _set(self, {field!r}, [{canon_of}(v) for v in {value}])"]
@@ -646,7 +647,8 @@ Decimal. Its exponent may differ from ``Decimal(text)``'s: where the text matter
 message quoting the value), use ``Decimal(text)``."""
 
 if _checks is not None:
-    _checks.configure_decimal_text(_decimal_text_of_json, DECIMAL_MAX_DIGITS, DECIMAL_MAX_ADJUSTED, DECIMAL_MIN_ADJUSTED)
+    _checks.configure_decimal_text(
+        _decimal_text_of_json, DECIMAL_MAX_DIGITS, DECIMAL_MAX_ADJUSTED, DECIMAL_MIN_ADJUSTED)
 decimal_text_of_json: Callable[[Any], str | None] = (
     _checks.decimal_text_of_json if _checks is not None else _decimal_text_of_json)
 """A JSON value (``msgspec.Raw`` or bytes: a number, a decimal string or ``null``) -> the text a

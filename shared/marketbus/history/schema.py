@@ -7,8 +7,9 @@ Every stored row has the event's own fields plus three storage columns:
   ``(ts_event, _stream, _seq, _idx)`` is the total order of the history (queries, cursors).
 
 Column types: ``Decimal`` (and a decimal carried as text, ``invariants.AmountText``...) -> string (the
-exact decimal text as published, canonical; cast in DuckDB/SQL as needed, PostgreSQL stores ``numeric``), ``int`` -> int64, ``bool`` -> bool, ``str``/``Literal``
--> string, nested values (book levels, deliveries, dicts, lists) -> JSON text.
+exact decimal text as published, canonical; cast in DuckDB/SQL as needed, PostgreSQL stores
+``numeric``), ``int`` -> int64, ``bool`` -> bool, ``str``/``Literal`` -> string, nested values (book
+levels, deliveries, dicts, lists) -> JSON text.
 
 Feed status events (kind ``feed_status``) are stored with ``ts_event`` = their ``ts`` and
 ``feed_kind`` = their ``kind`` (``kind`` is the partition/table name).
