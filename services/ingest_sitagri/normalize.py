@@ -419,9 +419,9 @@ def nolast_price_id(quote: str, ts_ns: int, ask: Decimal | str | None, bid: Deci
     :func:`canonical` text, so the same prices written differently by the vendor (``152.250``,
     ``1.5225E+2``) are the same event."""
     if ask.__class__ is str:
-        ask = Decimal(ask)  # type: ignore[arg-type]
+        ask = Decimal(ask)
     if bid.__class__ is str:
-        bid = Decimal(bid)  # type: ignore[arg-type]
+        bid = Decimal(bid)
     return event_id(SOURCE, "market_price", quote,
                     f"nolast:{ts_ns}:{canonical(ask)}:{canonical(bid)}")  # type: ignore[arg-type]
 

@@ -376,10 +376,10 @@ def decimal_text(value: Decimal | str) -> str:
     (``Decimal("100.50")`` -> ``"100.5"``, ``"1.5E+2"`` -> ``"150"``, ``"-0.00"`` -> ``"0"``). A value
     out of the contract bounds (``1E+30``, ``NaN``) gives its own ``str()``, which the contracts
     refuse, naming it. Raises ``decimal.InvalidOperation`` for a text that is not a number."""
-    number = value if value.__class__ is Decimal else Decimal(value)  # type: ignore[arg-type]
-    if not decimal_in_bounds(number):  # type: ignore[arg-type]
+    number = value if value.__class__ is Decimal else Decimal(value)
+    if not decimal_in_bounds(number):
         return str(number)
-    return str(canonical_decimal(number))  # type: ignore[arg-type]
+    return str(canonical_decimal(number))
 
 
 def decimal_text_of(value: Decimal) -> str:
