@@ -37,6 +37,7 @@ from marketbus.contracts.invariants import (
     decimal_in_bounds,
     decimal_text_of,
     decimal_text_of_json,
+    seconds_ns,
 )
 from marketbus.contracts.market import (
     Bar,
@@ -352,7 +353,6 @@ def to_ns(seconds: Decimal) -> int:
 
 _date_decoder = msgspec.json.Decoder(Decimal | None)
 _MAX_WHOLE = MAX_TS_NS // NS
-_MAX_WHOLE_TEXT = b"%d" % _MAX_WHOLE  # 10 digits: a 10-digit date below it (as text) is below it (as int)
 
 
 def raw_ns(raw: msgspec.Raw) -> int | None:
@@ -477,23 +477,14 @@ def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
     if last is not None and ask is not None and bid is not None and p.settlement is None and p.stats is None \
             and p.first is None and p.previousLast is None and p.high is None and p.low is None and p.high1Y is None \
             and p.low1Y is None:
-        # a live tick's usual shape (last, ask, bid), with no helper call on the way: raw_ns of
-        # last.date inlined (its plain-digits branch), the sides' dates checked only when their
-        # text differs from it; the same steps, in the same order, as the general path below
+        # a live tick's usual shape (last, ask, bid), with few helper calls on the way: last.date's
+        # plain digits read in one compiled call (raw_ns's plain-digits branch; any other date goes
+        # to raw_ns), the sides' dates checked only when their text differs from it; the same
+        # steps, in the same order, as the general path below
         known = last.date
-        text = bytes(known)
-        whole, dot, frac = text.partition(b".")
-        if whole.isdigit() and (len(whole) < 10 or (len(whole) == 10 and whole < _MAX_WHOLE_TEXT)) \
-                and (not dot or (frac.isdigit() and len(frac) <= 9)):
-            # the ns' digits are the date's with its fraction padded to 9: one int() of them, and
-            # (no leading zero) the very text price_id hashes
-            digits = whole + frac.ljust(9, b"0") if dot else whole + b"000000000"
-            ts = int(digits)
-            if whole[0] == 48:  # "0.5": 500000000
-                digits = b"%d" % ts
-        else:
-            ts = raw_ns(known)  # type: ignore[assignment]
-            digits = b"" if ts is None else b"%d" % ts
+        ts = seconds_ns(known)  # a plain date, compiled (raw_ns's plain-digits branch); any other: raw_ns
+        if ts is None:
+            ts = raw_ns(known)
         if ts is not None:
             if ask.date != known or bid.date != known:
                 _check_dates(known, ask, bid)
@@ -503,7 +494,7 @@ def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
             # event's text (no Decimal), a side's size from its volume (its globalVolume when set)
             dec = _json_text
             return MarketPrice(
-                id=event_id_of(head, digits.decode()), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts,
+                id=event_id_of(head, str(ts)), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts,
                 ts_recv=ts_recv, replay=replay, quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]
                 last=dec(last.value), last_ts=ts, last_volume=dec(last.volume),
                 total_volume=dec(last.totalVolume), orders=last.orders, bid=dec(bid.value),

@@ -116,3 +116,18 @@ def test_the_cli_shows_decimal_texts_plain_as_it_shows_decimals() -> None:
     assert plain_builtins(event)["ask_size"] == "0.00000012"
     with pytest.raises(KeyError):
         event.decimal("last_ts")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(
+    st.builds(lambda w, f: w + (f".{f}" if f is not None else ""), st.text("0123456789", min_size=1, max_size=12),
+              st.one_of(st.none(), st.text("0123456789", max_size=11))),
+    st.sampled_from(["9223372035.999999999", "9223372036", "9223372036.0", "0", "0.5", "1e9", "-1", '"1"', "", ".5",
+                     "1700000000.", "null"])))
+def test_plain_unix_seconds_in_ns_compiled_and_python_alike_and_exact(text: str) -> None:
+    raw = text.encode()
+    assert CHECKS is not None
+    got = CHECKS.seconds_ns(raw)
+    assert got == invariants._seconds_ns(raw)
+    if got is not None:  # the exact value of the decimal, in the contracts' int64 ns
+        assert got == int(Decimal(text) * 10**9) and 0 <= got <= invariants.MAX_TS_NS

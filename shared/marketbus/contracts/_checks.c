@@ -850,6 +850,35 @@ decimal_text_fits(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "Oi", &v, &sign)) return NULL;
     return PyBool_FromLong(decimal_text_ok(v, sign));
 }
+
+/* seconds_ns(raw): a vendor date in unix seconds as a plain JSON number, [0-9]{1,10}(\.[0-9]{1,9})? below
+ * 9223372036 s (what int64 ns hold), -> int ns, exactly (the digits, the fraction padded to 9); None
+ * for any other text (an exponent, a sign, a string, more places, out of range), which the caller
+ * reads the careful way (Sitagri's raw_ns: Decimal, its range check and its refusals). */
+static PyObject *
+seconds_ns(PyObject *module, PyObject *raw)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const char *s = (const char *)view.buf;
+    Py_ssize_t n = view.len, i = 0;
+    unsigned long long whole = 0, frac = 0;
+    int places = 0, ok = 1;
+    while (i < n && IS_DIGIT(s[i]) && i < 11) whole = whole * 10 + (unsigned long long)(s[i++] - '0');
+    if (i == 0 || i > 10 || whole >= 9223372036ULL) ok = 0;
+    if (ok && i < n) {
+        if (s[i] != '.') ok = 0;
+        else {
+            i++;
+            while (i < n && IS_DIGIT(s[i]) && places < 10) { frac = frac * 10 + (unsigned long long)(s[i++] - '0'); places++; }
+            if (places == 0 || places > 9 || i != n) ok = 0;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (!ok) Py_RETURN_NONE;
+    for (; places < 9; places++) frac *= 10;
+    return PyLong_FromUnsignedLongLong(whole * 1000000000ULL + frac);
+}
 /* ---- end of decimal text ---- */
 
 static PyMethodDef methods[] = {
@@ -872,6 +901,8 @@ static PyMethodDef methods[] = {
      "decimal_text_of_json(raw): a JSON number -> the text of a decimal text field (invariants.decimal_text_of_json)"},
     {"decimal_text_fits", decimal_text_fits, METH_VARARGS,
      "decimal_text_fits(v, sign): the decimal text accept test, canonical text only (for the tests)"},
+    {"seconds_ns", seconds_ns, METH_O,
+     "seconds_ns(raw): a plain JSON number of unix seconds (<= 9 places, < 2**63 ns) -> int ns; None for any other"},
     {NULL},
 };
 

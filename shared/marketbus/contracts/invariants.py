@@ -608,7 +608,7 @@ except ImportError:  # not built (the `make dist` wheel): the generated Python c
 COMPILED_API = ("Plan", "KIND_INT", "KIND_TEXT", "KIND_CHARS", "KIND_DECIMAL", "KIND_LITERAL", "KIND_PYTHON",
                 "SIGN_POSITIVE", "SIGN_NON_NEGATIVE", "SIGN_SIGNED", "configure_decimal", "configure_canonical",
                 "set_enabled", "decimal_fits", "decimal_of_text", "event_id_hex", "KIND_DECIMAL_TEXT",
-                "decimal_text_of_json", "configure_decimal_text")
+                "decimal_text_of_json", "configure_decimal_text", "seconds_ns")
 if _checks is not None and (_missing := [name for name in COMPILED_API if not hasattr(_checks, name)]):
     import warnings
 
@@ -649,6 +649,21 @@ message quoting the value), use ``Decimal(text)``."""
 if _checks is not None:
     _checks.configure_decimal_text(
         _decimal_text_of_json, DECIMAL_MAX_DIGITS, DECIMAL_MAX_ADJUSTED, DECIMAL_MIN_ADJUSTED)
+
+
+def _seconds_ns(raw: Any) -> int | None:
+    whole, dot, frac = bytes(raw).partition(b".")
+    if not (whole.isdigit() and len(whole) <= 10 and int(whole) < MAX_TS_NS // 10**9 and (
+            not dot or (frac.isdigit() and len(frac) <= 9))):
+        return None
+    return int(whole) * 10**9 + (int(frac.ljust(9, b"0")) if dot else 0)
+
+
+seconds_ns: Callable[[Any], int | None] = _checks.seconds_ns if _checks is not None else _seconds_ns
+"""A vendor date in unix seconds, as the raw JSON text of a plain number (``1700000000`` or
+``1700000000.25``, at most 9 places, below 2**63 ns) -> its exact int ns; ``None`` for any other
+text (an exponent, a sign, a string, more places, out of range), which the caller reads the
+careful way (``Decimal``, with its own range check and refusals). Compiled when built."""
 decimal_text_of_json: Callable[[Any], str | None] = (
     _checks.decimal_text_of_json if _checks is not None else _decimal_text_of_json)
 """A JSON value (``msgspec.Raw`` or bytes: a number, a decimal string or ``null``) -> the text a
