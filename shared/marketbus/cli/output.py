@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
@@ -58,10 +57,15 @@ def plain_builtins(obj: Any) -> Any:
     return body
 
 
-@functools.lru_cache(maxsize=256)
+_DECIMAL_TEXTS: dict[type, frozenset[str]] = {}
+
+
 def decimal_texts(cls: type) -> frozenset[str]:
     """The fields of a contract class that carry a decimal as its text (shown plain, as Decimals are)."""
-    return frozenset(invariants.decimal_text_fields(cls))
+    found = _DECIMAL_TEXTS.get(cls)
+    if found is None:
+        found = _DECIMAL_TEXTS[cls] = frozenset(invariants.decimal_text_fields(cls))
+    return found
 
 
 def _plain(value: Any) -> Any:
