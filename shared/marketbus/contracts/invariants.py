@@ -29,6 +29,8 @@ Bounds (documented in the schemas too):
   sums and products of a few of them stay exact in a 38-digit context and fit a PostgreSQL
   ``numeric`` and a Parquet decimal128(38). :data:`Price` is > 0 (``-0`` and ``0`` refused),
   :data:`Size` >= 0 (``-0`` refused), :data:`Amount` is signed (spreads, basis, P&L, balances);
+  :data:`PriceText`, :data:`SizeText` and :data:`AmountText` are the same decimals carried as
+  their canonical text (a ``str``; the same wire, schema and rules; see "decimals carried as text");
 - tokens (:data:`Token`: source, venue, symbol, market, kind, service): 1..128 characters of
   ``[A-Za-z0-9_~-]``, the alphabet of :func:`subjects.normalize_symbol`, so they are always one
   NATS subject token and a header value. ``~`` is not a KV key character: a KV key built from a
