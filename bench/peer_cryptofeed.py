@@ -252,9 +252,9 @@ def finx_batch(pages: list[bytes], wire: Wire) -> int:
 
 
 def sitagri_single(pushes: list[bytes], wire: Wire) -> int:
-    ts, decode, push, send = time.time_ns(), sitagri.decode_push, sitagri.push, wire.send
-    for raw in pushes:
-        send([push(decode(raw), ts)])
+    ts, decode, push, send = time.time_ns(), sitagri.decode_push, sitagri.push, wire.send_one
+    for raw in pushes:  # the live path publishes each push's event with ``publish_event``
+        send(push(decode(raw), ts))
     return len(pushes)
 
 

@@ -2,7 +2,8 @@
 
 Wire facts (../shared/vendors/sitagri.md): every object has a ``code`` (its type: ``marketPrice``,
 ``orderBook``, ``cashPrice``, ``indexPrice``, ``newsArticle``, ``history*Price``...); numbers are
-plain JSON numbers (decoded straight to ``Decimal`` from their text, never through float); times
+plain JSON numbers (decoded straight to ``Decimal`` from their text, never through float; a market
+price's are carried as their canonical text, no ``Decimal`` built: :data:`_json_text`); times
 are unix seconds, possibly with decimals; fields without data are omitted.
 
 Identity (so live pushes and back-filled history points get the same id):
@@ -29,8 +30,15 @@ import msgspec
 
 from marketbus.contracts.base import NO_VENUE
 from marketbus.contracts.codec import DECODE_ERRORS
-from marketbus.contracts.ids import event_id
-from marketbus.contracts.invariants import MAX_TOKEN, MAX_TS_NS, decimal_in_bounds
+from marketbus.contracts.ids import event_id, event_id_of, id_head
+from marketbus.contracts.invariants import (
+    MAX_TOKEN,
+    MAX_TS_NS,
+    decimal_in_bounds,
+    decimal_text_of,
+    decimal_text_of_json,
+    seconds_ns,
+)
 from marketbus.contracts.market import (
     Bar,
     BookLevel,
@@ -99,15 +107,23 @@ class Stats(msgspec.Struct, gc=False):
 
 
 _NULL = msgspec.Raw(b"null")
+_json_text = decimal_text_of_json
+"""A vendor's raw JSON decimal (a number, a decimal string or null) -> the text a MarketPrice
+carries, or None; raises what a ``Decimal | None`` field's decoding raises (``msgspec.DecodeError``,
+a ``ValueError``: :func:`market_price` makes it :class:`Malformed`)."""
 
 
 class LivePoint(msgspec.Struct, gc=False):
-    """A point of a live marketPrice push. Its date stays the raw JSON text (most of a push's
-    dates are never read, and the one that names the event is turned into ns from its digits,
-    not through a Decimal: :func:`raw_ns`); ``null`` or absent is ``_NULL``."""
+    """A point of a live marketPrice push (``first``, ``previousLast``, ``high``, ``low``,
+    ``high1Y``, ``low1Y``: the value alone is read). What the event carries stays the raw JSON text
+    (``msgspec.Raw``; ``null`` or absent is ``_NULL``): a decimal becomes the event's decimal text
+    (:func:`decimal_text_of_json`, no ``Decimal`` built), and the date that names the event is turned
+    into ns from its digits (:func:`raw_ns`; most of a push's dates are never read). What it does
+    not carry is decoded as before (``Decimal | None``), so a bad one is refused by the decoder as
+    it was."""
 
     date: msgspec.Raw = _NULL
-    value: Decimal | None = None
+    value: msgspec.Raw = _NULL
     volume: Decimal | None = None
     totalVolume: Decimal | None = None
     globalVolume: Decimal | None = None
@@ -115,20 +131,63 @@ class LivePoint(msgspec.Struct, gc=False):
     openInterest: Decimal | None = None
 
 
+class LastPoint(msgspec.Struct, gc=False):
+    """``last`` of a live marketPrice push: its value, volume, total volume and orders are carried."""
+
+    date: msgspec.Raw = _NULL
+    value: msgspec.Raw = _NULL
+    volume: msgspec.Raw = _NULL
+    totalVolume: msgspec.Raw = _NULL
+    globalVolume: Decimal | None = None
+    orders: int | None = None
+    openInterest: Decimal | None = None
+
+
+class SidePoint(msgspec.Struct, gc=False):
+    """``ask`` or ``bid`` of a live marketPrice push: its value and its size (``volume``, else
+    ``globalVolume``) are carried."""
+
+    date: msgspec.Raw = _NULL
+    value: msgspec.Raw = _NULL
+    volume: msgspec.Raw = _NULL
+    totalVolume: Decimal | None = None
+    globalVolume: msgspec.Raw = _NULL
+    orders: int | None = None
+    openInterest: Decimal | None = None
+
+
+class SettlementPoint(msgspec.Struct, gc=False):
+    """``settlement`` of a live marketPrice push: its value, date and open interest are carried."""
+
+    date: msgspec.Raw = _NULL
+    value: msgspec.Raw = _NULL
+    volume: Decimal | None = None
+    totalVolume: Decimal | None = None
+    globalVolume: Decimal | None = None
+    orders: int | None = None
+    openInterest: msgspec.Raw = _NULL
+
+
+class LiveStats(msgspec.Struct, gc=False):
+    perf: msgspec.Raw = _NULL
+    relPerf: msgspec.Raw = _NULL
+    openInterest: Decimal | None = None
+
+
 class VMarketPrice(msgspec.Struct, tag_field="code", tag="marketPrice", gc=False):
     quote: str
     quality: str = ""
-    last: LivePoint | None = None
-    stats: Stats | None = None
+    last: LastPoint | None = None
+    stats: LiveStats | None = None
     first: LivePoint | None = None
     previousLast: LivePoint | None = None
-    settlement: LivePoint | None = None
+    settlement: SettlementPoint | None = None
     high: LivePoint | None = None
     low: LivePoint | None = None
     high1Y: LivePoint | None = None
     low1Y: LivePoint | None = None
-    ask: LivePoint | None = None
-    bid: LivePoint | None = None
+    ask: SidePoint | None = None
+    bid: SidePoint | None = None
 
 
 class BookRow(msgspec.Struct, gc=False):
@@ -294,7 +353,6 @@ def to_ns(seconds: Decimal) -> int:
 
 _date_decoder = msgspec.json.Decoder(Decimal | None)
 _MAX_WHOLE = MAX_TS_NS // NS
-_MAX_WHOLE_TEXT = b"%d" % _MAX_WHOLE  # 10 digits: a 10-digit date below it (as text) is below it (as int)
 
 
 def raw_ns(raw: msgspec.Raw) -> int | None:
@@ -315,7 +373,7 @@ def raw_ns(raw: msgspec.Raw) -> int | None:
     return None if value is None else to_ns(value)
 
 
-def _check_dates(known: msgspec.Raw, *points: LivePoint | None) -> None:
+def _check_dates(known: msgspec.Raw, *points: LivePoint | LastPoint | SidePoint | None) -> None:
     """The dates a push carries but its event does not use are checked as the decoder checked
     them before they were kept raw: a number, a decimal string or null (:class:`Malformed` else).
     A date with the same text as ``known`` (one already read, e.g. ``last.date``: a live push's
@@ -355,11 +413,17 @@ def canonical(value: Decimal | None) -> str:
     return format(value.normalize(), "f")
 
 
-def nolast_price_id(quote: str, ts_ns: int, ask: Decimal | None, bid: Decimal | None) -> str:
+def nolast_price_id(quote: str, ts_ns: int, ask: Decimal | str | None, bid: Decimal | str | None) -> str:
     """The id of a market price without a trade yet (no ``last.date``): the quote, the newest
-    date of its sides and the ask and bid values, as canonical text, so the same prices written
-    differently by the vendor (``152.250``, ``1.5225E+2``) are the same event."""
-    return event_id(SOURCE, "market_price", quote, f"nolast:{ts_ns}:{canonical(ask)}:{canonical(bid)}")
+    date of its sides and the ask and bid values (a ``Decimal`` or a decimal text), as
+    :func:`canonical` text, so the same prices written differently by the vendor (``152.250``,
+    ``1.5225E+2``) are the same event."""
+    if ask.__class__ is str:
+        ask = Decimal(ask)
+    if bid.__class__ is str:
+        bid = Decimal(bid)
+    return event_id(SOURCE, "market_price", quote,
+                    f"nolast:{ts_ns}:{canonical(ask)}:{canonical(bid)}")  # type: ignore[arg-type]
 
 
 def news_id(source: str, article_id: int | str) -> str:
@@ -370,8 +434,29 @@ def _digest(*parts: object) -> str:
     return blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
 
-def _val(p: Point | LivePoint | None) -> Decimal | None:
+def _val(p: Point | None) -> Decimal | None:
     return None if p is None else p.value
+
+
+def _text(value: Decimal | None) -> str | None:
+    """A decoded decimal -> the text a MarketPrice carries (``None`` stays ``None``)."""
+    return None if value is None else decimal_text_of(value)
+
+
+def _raw_text(point: LivePoint | LastPoint | SidePoint | SettlementPoint | None) -> str | None:
+    """A point's raw value -> the text a MarketPrice carries (``None`` for no point, no value)."""
+    return None if point is None else _json_text(point.value)
+
+
+def _side_size(side: SidePoint) -> str | None:
+    """A side's size: its ``volume``, else its ``globalVolume``; a ``globalVolume`` that is not
+    used is still checked (a number, a decimal string or null), as the decoder checked it."""
+    size = _json_text(side.volume)
+    if side.globalVolume is not _NULL:
+        other = _json_text(side.globalVolume)
+        if size is None:
+            return other
+    return size
 
 
 # --- prices --------------------------------------------------------------------------------------
@@ -387,57 +472,46 @@ def market_price(p: VMarketPrice, ts_recv: int, replay: bool = False) -> MarketP
 
 
 def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
-    venue, symbol = quote_key(p.quote)
+    venue, symbol, head = _market_quote(p.quote)
     last, ask, bid = p.last, p.ask, p.bid
     if last is not None and ask is not None and bid is not None and p.settlement is None and p.stats is None \
             and p.first is None and p.previousLast is None and p.high is None and p.low is None and p.high1Y is None \
             and p.low1Y is None:
-        # a live tick's usual shape (last, ask, bid), with no helper call on the way: raw_ns of
-        # last.date inlined (its plain-digits branch), the sides' dates checked only when their
-        # text differs from it; the same steps, in the same order, as the general path below
+        # a live tick's usual shape (last, ask, bid), with few helper calls on the way: last.date's
+        # plain digits read in one compiled call (raw_ns's plain-digits branch; any other date goes
+        # to raw_ns), the sides' dates checked only when their text differs from it; the same
+        # steps, in the same order, as the general path below
         known = last.date
-        text = bytes(known)
-        whole, dot, frac = text.partition(b".")
-        if whole.isdigit() and (len(whole) < 10 or (len(whole) == 10 and whole < _MAX_WHOLE_TEXT)) \
-                and (not dot or (frac.isdigit() and len(frac) <= 9)):
-            # the ns' digits are the date's with its fraction padded to 9: one int() of them, and
-            # (no leading zero) the very text price_id hashes
-            digits = whole + frac.ljust(9, b"0") if dot else whole + b"000000000"
-            ts = int(digits)
-            if whole[0] == 48:  # "0.5": 500000000
-                digits = b"%d" % ts
-        else:
-            ts = raw_ns(known)  # type: ignore[assignment]
-            digits = b"" if ts is None else b"%d" % ts
+        ts = seconds_ns(known)  # a plain date, compiled (raw_ns's plain-digits branch); any other: raw_ns
+        if ts is None:
+            ts = raw_ns(known)
         if ts is not None:
             if ask.date != known or bid.date != known:
                 _check_dates(known, ask, bid)
-            # price_id("market_price", quote, ts), inlined: the same text, the same hash
-            h = _market_price_hasher(p.quote).copy()
-            h.update(digits)
-            # the absent fields keep their defaults (None): 11 keywords fewer to pass (each costs
-            # msgspec ~35 ns)
+            # the id is price_id("market_price", quote, ts) (the same text, the same hash, in one
+            # compiled call); the absent fields keep their defaults (None): 11 keywords fewer to
+            # pass (each costs msgspec ~35 ns); the decimals go from the vendor's JSON text to the
+            # event's text (no Decimal), a side's size from its volume (its globalVolume when set)
+            dec = _json_text
             return MarketPrice(
-                id=h.hexdigest(), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv,
-                replay=replay, quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]
-                last=last.value, last_ts=ts, last_volume=last.volume, total_volume=last.totalVolume,
-                orders=last.orders, bid=bid.value,
-                bid_size=bid.volume if bid.volume is not None else bid.globalVolume,
-                ask=ask.value, ask_size=ask.volume if ask.volume is not None else ask.globalVolume,
+                id=event_id_of(head, str(ts)), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts,
+                ts_recv=ts_recv, replay=replay, quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]
+                last=dec(last.value), last_ts=ts, last_volume=dec(last.volume),
+                total_volume=dec(last.totalVolume), orders=last.orders, bid=dec(bid.value),
+                bid_size=dec(bid.volume) if bid.globalVolume is _NULL else _side_size(bid),
+                ask=dec(ask.value),
+                ask_size=dec(ask.volume) if ask.globalVolume is _NULL else _side_size(ask),
             )
     last_ts = None if last is None else raw_ns(last.date)
     if last_ts is not None:
         ts = last_ts
-        # price_id("market_price", quote, ts), inlined: the same text, the same hash
-        h = _market_price_hasher(p.quote).copy()
-        h.update(b"%d" % ts)
-        eid = h.hexdigest()
+        eid = event_id_of(head, str(ts))  # price_id("market_price", quote, ts)
         _check_dates(last.date, p.ask, p.bid, p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)  # type: ignore[union-attr]
     else:
         # no trade yet: the newest date of the quote's sides names it
         dates = [d for d in (raw_ns(x.date) for x in (p.ask, p.bid, p.settlement) if x is not None) if d is not None]
         ts = max(dates) if dates else ts_recv
-        eid = nolast_price_id(p.quote, ts, _val(p.ask), _val(p.bid))
+        eid = nolast_price_id(p.quote, ts, _raw_text(p.ask), _raw_text(p.bid))
         _check_dates(_NULL, p.first, p.previousLast, p.high, p.low, p.high1Y, p.low1Y)
     ask, bid, settle, stats, first, prev, high, low = (
         p.ask,
@@ -457,33 +531,33 @@ def _market_price(p: VMarketPrice, ts_recv: int, replay: bool) -> MarketPrice:
         return MarketPrice(
             id=eid, source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
             quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]
-            last=last.value, last_ts=last_ts, last_volume=last.volume, total_volume=last.totalVolume,
-            orders=last.orders, bid=bid.value, bid_size=bid.volume if bid.volume is not None else bid.globalVolume,
-            ask=ask.value, ask_size=ask.volume if ask.volume is not None else ask.globalVolume,
+            last=_json_text(last.value), last_ts=last_ts, last_volume=_json_text(last.volume),
+            total_volume=_json_text(last.totalVolume), orders=last.orders, bid=_json_text(bid.value),
+            bid_size=_side_size(bid), ask=_json_text(ask.value), ask_size=_side_size(ask),
         )
     return MarketPrice(
         id=eid, source=SOURCE, venue=venue, symbol=symbol, ts_event=ts, ts_recv=ts_recv, replay=replay,
         quality=_QUALITY.get(p.quality, "unknown"),  # type: ignore[arg-type]
-        last=last.value if last is not None else None,
+        last=_raw_text(last),
         last_ts=last_ts,
-        last_volume=last.volume if last is not None else None,
-        total_volume=last.totalVolume if last is not None else None,
+        last_volume=_json_text(last.volume) if last is not None else None,
+        total_volume=_json_text(last.totalVolume) if last is not None else None,
         orders=last.orders if last is not None else None,
-        first=first.value if first is not None else None,
-        previous_last=prev.value if prev is not None else None,
-        high=high.value if high is not None else None,
-        low=low.value if low is not None else None,
-        high_1y=high_1y.value if high_1y is not None else None,
-        low_1y=low_1y.value if low_1y is not None else None,
-        settlement=settle.value if settle is not None else None,
+        first=_raw_text(first),
+        previous_last=_raw_text(prev),
+        high=_raw_text(high),
+        low=_raw_text(low),
+        high_1y=_raw_text(high_1y),
+        low_1y=_raw_text(low_1y),
+        settlement=_raw_text(settle),
         settlement_ts=raw_ns(settle.date) if settle is not None else None,
-        open_interest=settle.openInterest if settle is not None else None,
-        bid=bid.value if bid is not None else None,
-        bid_size=(bid.volume if bid.volume is not None else bid.globalVolume) if bid is not None else None,
-        ask=ask.value if ask is not None else None,
-        ask_size=(ask.volume if ask.volume is not None else ask.globalVolume) if ask is not None else None,
-        perf=stats.perf if stats is not None else None,
-        rel_perf=stats.relPerf if stats is not None else None,
+        open_interest=_json_text(settle.openInterest) if settle is not None else None,
+        bid=_raw_text(bid),
+        bid_size=_side_size(bid) if bid is not None else None,
+        ask=_raw_text(ask),
+        ask_size=_side_size(ask) if ask is not None else None,
+        perf=_json_text(stats.perf) if stats is not None else None,
+        rel_perf=_json_text(stats.relPerf) if stats is not None else None,
     )
 
 
@@ -491,10 +565,12 @@ _QUALITY = {"REALTIME": "realtime", "DELAYED": "delayed"}
 
 
 @lru_cache(maxsize=65_536)
-def _market_price_hasher(quote: str) -> Any:
-    """A hasher fed with the constant head of a quote's market price ids' text (the same text
-    as ``price_id``): copying it and adding the time costs less than hashing the whole text."""
-    return blake2b(f"sitagri\x1fmarket_price\x1f{quote}\x1f".encode(), digest_size=12)
+def _market_quote(quote: str) -> tuple[str, str, bytes]:
+    """:func:`quote_key` of a quote and the constant head of its market price ids' text (the same
+    text as ``price_id``): ``event_id_of(head, str(ts_ns))`` is ``price_id("market_price", quote,
+    ts_ns)``, in one compiled call. One cache lookup an event."""
+    venue, symbol = quote_key(quote)
+    return venue, symbol, id_head(SOURCE, "market_price", quote)
 
 
 def _level(p: Point | None) -> BookLevel | None:
@@ -644,9 +720,9 @@ def history_event(code: str, quote: str, quality: str, e: HistEntry, resolution:
     if resolution == "TICK":
         return MarketPrice(
             id=price_id("market_price", quote, ts), source=SOURCE, venue=venue, symbol=symbol, ts_event=ts,
-            ts_recv=ts_recv, replay=replay, quality=q, last=last.value, last_ts=ts,  # type: ignore[arg-type]
-            last_volume=last.volume, orders=last.orders, first=_val(e.first), high=_val(e.high), low=_val(e.low),
-            open_interest=oi,
+            ts_recv=ts_recv, replay=replay, quality=q, last=_text(last.value), last_ts=ts,  # type: ignore[arg-type]
+            last_volume=_text(last.volume), orders=last.orders, first=_text(_val(e.first)), high=_text(_val(e.high)),
+            low=_text(_val(e.low)), open_interest=_text(oi),
         )
     if e.first is None or e.first.value is None or last.value is None or e.high is None or e.low is None \
             or e.high.value is None or e.low.value is None:

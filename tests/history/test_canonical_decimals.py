@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from marketbus.contracts import codec
 from marketbus.contracts.invariants import canonical_decimal, canonical_decimal_text
-from marketbus.contracts.market import BookLevel, BookSnapshot, CashDelivery, CashPrice, Quote, Trade
+from marketbus.contracts.market import BookLevel, BookSnapshot, CashDelivery, CashPrice, MarketPrice, Quote, Trade
 from marketbus.history.lakehouse import LAYOUTS
 from marketbus.history.schema import SCHEMAS, Message, canonical_decimal_column, decode_messages
 from tests.unit.strategies import for_type
@@ -102,7 +102,10 @@ def test_jsonb_reformatted_nested_values_and_numeric_texts_come_back_as_publishe
                      deliveries=[CashDelivery(start=1, end=2, value=Decimal("-1.50"), prime=Decimal("0.10"))])
     quote = Quote(id="q1", source="s", venue="V", symbol="X", ts_event=1, ts_recv=2, bid_price=Decimal("0.0000001"),
                   ask_price=Decimal("100"))
-    for event in (cash, quote):
+    # a market price carries its decimals as text: the same numeric columns, the same published bytes
+    price = MarketPrice(id="m1", source="s", venue="V", symbol="X", ts_event=1, ts_recv=2, last="-3.25",
+                        ask_size="1E-7", bid="100", open_interest="0")
+    for event in (cash, quote, price):
         published = codec.encode(event)
         schema = SCHEMAS[schema_kind(type(event))]
         rows = schema.rows_to_table([event], "MD", [1], [0])

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from marketbus.contracts import MarketPrice
+from marketbus.contracts import MarketPrice, invariants
 from marketbus.contracts.invariants import canonical_decimal
 from marketbus.history.lakehouse import LAYOUTS
 from marketbus.history.schema import SCHEMAS
@@ -44,7 +44,9 @@ def _market_price(i: int) -> MarketPrice:
     ],
 )
 def test_decimals_and_times_round_trip_exactly(kind: str, field: str, value: str) -> None:
-    event = _with(trade("LAYOUT", 1) if kind == "trade" else _market_price(1), **{field: Decimal(value)})
+    # a market price carries its decimals as their canonical text (the same wire, the same column)
+    exact = Decimal(value) if kind == "trade" else invariants.decimal_text(Decimal(value))
+    event = _with(trade("LAYOUT", 1) if kind == "trade" else _market_price(1), **{field: exact})
     rows = SCHEMAS[kind].rows_to_table([event], "MD", [7], [0])
     layout = LAYOUTS[kind]
     table = layout.to_table(rows)

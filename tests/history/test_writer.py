@@ -16,6 +16,7 @@ from marketbus.contracts import (
     DeadLetter,
     FeedStatus,
     Instrument,
+    MarketPrice,
     codec,
     event_id,
     subjects,
@@ -81,6 +82,11 @@ async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path,
                         asks=[BookLevel(Decimal("100.5"), Decimal("1.25"))], sequence=7, quality="realtime")
     inst = Instrument(id=event_id("finx", "instrument", sym), source="finx", venue="CB", symbol=sym, ts_event=T0,
                       ts_recv=T0, instrument_type="spot", vendor_symbol=sym, tick_size=Decimal("0.01"))
+    # a market price carries its decimals as text: stored in the decimal columns, read back the same event
+    price = MarketPrice(id=event_id("sitagri", "market_price", sym, 1), source="sitagri", venue="EURONEX", symbol=sym,
+                        ts_event=T0 + 6 * SEC, ts_recv=T0 + 6 * SEC, quality="realtime", last="-3.25",
+                        last_ts=T0 + 6 * SEC, last_volume="1E-7", bid="152.125", ask="999999999999999999.5",
+                        ask_size="0", perf="-0.000001")
     gap = FeedStatus(id=event_id("t", "gap", sym), service="ingest_finx", source="finx", venue="CB", symbol=sym,
                      kind="trade", state="gap", gap_start=T0 + 200 * SEC, gap_end=T0 + 260 * SEC, ts=T0 + 300 * SEC)
     dlq = await nc.subscribe(subjects.dead_letter("history_writer", "finx"))
@@ -88,7 +94,7 @@ async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path,
     writer = HistoryWriter(**writer_overrides(nats_url, backend, str(tmp_path / "h"), dsn, durable))
     await writer.start()
     try:
-        await _publish(nc, [*singles, book, inst], batch)
+        await _publish(nc, [*singles, book, inst, price], batch)
         await nc.publish(
             subjects.feed_status("ingest_finx", "finx", "CB", sym), codec.encode(gap), headers=codec.headers_for(gap)
         )
@@ -129,10 +135,11 @@ async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path,
         async def everything_stored() -> list[Any]:
             return [e async for e in writer.store.read_events(Selector(symbol=sym), 0, 2**63 - 1)]
 
-        await wait_for(lambda: stored_eq(lambda: _count(everything_stored), 1300 + 2 + 1), timeout=20,
+        await wait_for(lambda: stored_eq(lambda: _count(everything_stored), 1300 + 3 + 1), timeout=20,
                        what="every kind stored")
         everything = await everything_stored()
-        assert book in everything and inst in everything and len(everything) == 1300 + 2 + 1  # + the gap status
+        assert book in everything and inst in everything and len(everything) == 1300 + 3 + 1  # + the gap status
+        assert price in everything
 
         cov = await request_coverage(nc, Selector(kind="trade", symbol=sym), T0, T0 + 10_000 * SEC)
         (stream,) = cov.streams

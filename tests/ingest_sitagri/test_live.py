@@ -86,7 +86,7 @@ async def test_live_prices_news_and_publish(nats_url: str, bus: Collector) -> No
             ticks = await admin(sb, "GET", "/sitagri/ticks", quote=f"{EMA}/deliveries/EMAC01",
                                 start=px.last_ts / 1e9 - 1, end=px.last_ts / 1e9 + 1)
             tick = [t for t in ticks if normalize.to_ns(Decimal(str(t["date"]))) == px.last_ts][0]
-            assert px.last == Decimal(str(tick["value"])) and px.quality == "realtime"
+            assert px.decimal("last") == Decimal(str(tick["value"])) and px.quality == "realtime"  # exact
             assert px.id == normalize.price_id("market_price", f"{EMA}/deliveries/EMAC01", px.last_ts)
 
             # publishing: request/reply on the bus -> POST /edit/...; the article comes back as News

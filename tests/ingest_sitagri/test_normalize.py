@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from marketbus.contracts import codec
 from marketbus.contracts.market import BookSnapshot, CashPrice, IndexPrice, MarketPrice, News
 from marketbus.contracts.reference import Instrument, InstrumentClass
 from marketbus.contracts.units import convert
@@ -29,11 +30,13 @@ def test_market_prices_of_the_seed_batch_reply() -> None:
     assert [e.symbol for e in events] == ["EMAC01", "EMAC02", "EMAC03", "EMAC04"]
     c01 = events[0]
     assert isinstance(c01, MarketPrice) and c01.venue == "EURONEX" and c01.quality == "realtime"
-    assert (c01.last, c01.total_volume, c01.orders, c01.last_ts) == (Decimal("152.25"), 546, 78, 1458323240 * NS)
-    assert (c01.settlement, c01.open_interest, c01.rel_perf) == (Decimal(155), 14018, Decimal("-0.8143"))
-    assert (c01.bid, c01.bid_size, c01.ask, c01.ask_size) == (Decimal("151.25"), 5, Decimal("154.5"), 5)
+    # decimals are carried as their canonical text; their exact value on request
+    assert (c01.last, c01.total_volume, c01.orders, c01.last_ts) == ("152.25", "546", 78, 1458323240 * NS)
+    assert (c01.decimal("last"), c01.decimal("total_volume")) == (Decimal("152.25"), Decimal(546))
+    assert (c01.settlement, c01.open_interest, c01.rel_perf) == ("155", "14018", "-0.8143")
+    assert (c01.bid, c01.bid_size, c01.ask, c01.ask_size) == ("151.25", "5", "154.5", "5")
     assert c01.last_volume is None  # omitted by the vendor, not invented
-    assert events[3].bid is None and events[3].ask == Decimal(185)  # EMAC04 has an ask but no bid
+    assert events[3].bid is None and events[3].ask == "185"  # EMAC04 has an ask but no bid
     assert c01.id == n.price_id("market_price", "/market/sources/EURONEX/future/EMA/deliveries/EMAC01", 1458323240 * NS)
     assert len({e.id for e in events}) == 4
 
@@ -66,6 +69,7 @@ def test_history_bars_and_ticks_share_live_ids() -> None:
     tick = n.history_event(h.code, h.quote, h.quality, entry, "TICK", 1)
     assert isinstance(tick, MarketPrice) and tick.replay and tick.quality == "delayed"
     assert tick.id == n.price_id("market_price", h.quote, 1454342300 * NS)  # the key is last.date
+    assert tick.last == "152.5" and tick.decimal("last") == Decimal("152.5")  # the bar's close, as text
 
 
 def test_reference_items_of_the_seed() -> None:
@@ -230,7 +234,7 @@ def test_a_bad_date_in_a_point_the_event_does_not_use_still_refuses_the_push(poi
     a malformed push, as when the decoder read every date."""
     quote = "/market/sources/EURONEX/future/EMA/deliveries/EMAX01"
     good = '{"code":"marketPrice","quote":"%s","last":{"date":1700000000,"value":1},"%s":{"date":%s,"value":2}}'
-    assert n.push(n.decode_push((good % (quote, point, '"1700000000.5"')).encode()), 1).last == 1
+    assert n.push(n.decode_push((good % (quote, point, '"1700000000.5"')).encode()), 1).last == "1"
     for bad in ('"x"', "true", "[1]", "{}"):
         with pytest.raises(n.Malformed, match="bad date"):
             n.push(n.decode_push((good % (quote, point, bad)).encode()), 1)
@@ -249,10 +253,10 @@ def test_a_live_tick_with_last_ask_and_bid_is_the_event_of_every_field() -> None
     venue, symbol = n.quote_key(quote)
     assert event == MarketPrice(
         id=event.id, source="sitagri", venue=venue, symbol=symbol, ts_event=1700000000500000000, ts_recv=9,
-        replay=False, quality="delayed", last=Decimal("152.25"), last_ts=1700000000500000000,
-        last_volume=Decimal(3), total_volume=Decimal(40), orders=2, first=None, previous_last=None, high=None,
+        replay=False, quality="delayed", last="152.25", last_ts=1700000000500000000,
+        last_volume="3", total_volume="40", orders=2, first=None, previous_last=None, high=None,
         low=None, high_1y=None, low_1y=None, settlement=None, settlement_ts=None, open_interest=None,
-        bid=Decimal(152), bid_size=Decimal(1), ask=Decimal("152.5"), ask_size=Decimal(7), perf=None, rel_perf=None)
+        bid="152", bid_size="1", ask="152.5", ask_size="7", perf=None, rel_perf=None)
     with_high = n.push(n.decode_push((tick % (quote, ',"high":{"date":1700000000,"value":153}')).encode()), 9)
     assert msgspec.structs.replace(with_high, high=None) == event
     with pytest.raises(n.Malformed, match="bad date"):
@@ -283,3 +287,46 @@ def test_a_live_tick_reads_last_date_as_the_general_path_does(text: str) -> None
         assert usual == general
     else:
         assert usual == msgspec.structs.replace(general, high=None)
+
+
+@pytest.mark.parametrize(("field", "wire", "carried"), [
+    ("value", "152.250", "152.25"), ("value", "1.5225E+2", "152.25"), ("value", '"152.5"', "152.5"),
+    ("value", "-0.0", "0"), ("value", "-3.250", "-3.25"), ("value", "0.00000012", "1.2E-7"), ("value", "1e2", "100"),
+    ("volume", "0.000", "0"), ("volume", "7", "7"),
+])
+def test_a_live_decimal_is_carried_as_the_canonical_text_a_decimal_gives(field: str, wire: str, carried: str) -> None:
+    """The vendor's JSON decimal becomes the event's text without a Decimal: the very text the
+    codec wrote for a Decimal field of that value (canonical), and its exact value on request."""
+    raw = ('{"code":"marketPrice","quote":"/market/sources/EURONEX/future/EMA/deliveries/EMAX01",'
+           '"last":{"date":1700000000,"%s":%s},"ask":{"date":1700000000,"value":2},'
+           '"bid":{"date":1700000000,"value":1}}' % (field, wire)).encode()
+    event = n.push(n.decode_push(raw), 1)
+    name = {"value": "last", "volume": "last_volume"}[field]
+    assert getattr(event, name) == carried
+    assert event.decimal(name) == Decimal(wire.strip('"'))
+    assert f'"{name}":"{carried}"'.encode() in codec.encode(event)
+
+
+@pytest.mark.parametrize("wire", ["-1", "-0.0", "true", '"x"', "[1]", "{}", '"NaN"', "1e30", "0." + "0" * 31 + "1"])
+@pytest.mark.parametrize("point", ["last.volume", "last.totalVolume", "ask.volume", "bid.globalVolume",
+                                   "ask.totalVolume", "first.volume", "last.openInterest"])
+def test_a_bad_size_is_refused_whether_the_event_carries_it_or_not(point: str, wire: str) -> None:
+    """A size the event carries (its text is checked by the contract) and one it does not (still
+    decoded as a decimal) are refused alike: a negative size, -0, not a number, out of bounds."""
+    side, field = point.split(".")
+    sides = {"last": '"date":1700000000,"value":1', "ask": '"date":1700000000,"value":2',
+             "bid": '"date":1700000000,"value":1,"volume":1'}
+    if side == "first":
+        sides["first"] = '"value":1'
+    sides[side] += ',"%s":%s' % (field, wire)
+    raw = ('{"code":"marketPrice","quote":"/market/sources/EURONEX/future/EMA/deliveries/EMAX01",%s}'
+           % ",".join(f'"{k}":{{{v}}}' for k, v in sides.items())).encode()
+    # a negative size the event does not carry (a side's totalVolume, a first's volume, the bid's
+    # globalVolume when it has a volume) is no size of the event: it is read as a decimal, as before,
+    # and let be
+    carried = point in ("last.volume", "last.totalVolume", "ask.volume")
+    if not carried and wire in ("-1", "-0.0", "1e30", "0." + "0" * 31 + "1", '"NaN"'):
+        n.push(n.decode_push(raw), 1)
+        return
+    with pytest.raises(n.Malformed):
+        n.push(n.decode_push(raw), 1)

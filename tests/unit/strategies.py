@@ -10,6 +10,8 @@ import msgspec
 import msgspec.inspect as mi
 from hypothesis import strategies as st
 
+from marketbus.contracts import invariants
+
 _text = st.text(min_size=0, max_size=12)
 _BIG = Decimal("1e15")
 _DECIMALS = {  # by the invariant a decimal field carries (x-invariant in its schema)
@@ -30,6 +32,8 @@ def _for_info(info: mi.Type) -> st.SearchStrategy[Any]:
             longest = min(info.type.max_length or 12, 12)
             return st.from_regex(extra["pattern"].replace("]+", f"]{{1,{longest}}}"), fullmatch=True)
         if "x-invariant" in extra:
+            if isinstance(info.type, mi.StrType):  # a decimal carried as text (MarketPrice): its canonical text
+                return _DECIMALS[extra["x-invariant"]].map(invariants.decimal_text)
             return _DECIMALS[extra["x-invariant"]]
         return _for_info(info.type)
     if isinstance(info, mi.StrType):

@@ -6,6 +6,7 @@ tests/unit/test_invariants.py runs its cases on both; these are the property tes
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -46,8 +47,16 @@ texts = st.one_of(st.text(_alphabet, max_size=12), st.text(st.sampled_from("ab_-
                   st.text(st.sampled_from("ab_-"), min_size=126, max_size=130), st.sampled_from(["buy", "unknown", ""]))
 ints = st.one_of(st.integers(-5, 5), st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 10_000, 10_001]),
                  st.integers(), st.booleans(), st.floats(allow_nan=False, max_value=1e19, min_value=-1e19))
-anything = st.one_of(decimals, texts, ints, st.none(), st.lists(st.one_of(texts, decimals), max_size=3),
-                     st.tuples(texts, texts))
+# decimal texts (MarketPrice's decimals are str): every decimal's str() and plain form, and texts
+# Decimal() reads that are not canonical or not numbers at all
+_NUMBER = re.compile(r"-?[0-9.]+")
+decimal_texts = st.one_of(decimals.map(str), decimals.map(lambda d: format(d, "f")),
+                          st.sampled_from(["100.50", "-0", "-0.0", "1.5E+2", "1e2", " 1", "1_000", "+1", "0.0000001",
+                                           "1.0E-7", "-", ".", "1.", ".5", "", "NaN", "Infinity", "٣", "1E-31",
+                                           "1" * 19, "-" + "9" * 18 + ".5"]),
+                          texts)
+anything = st.one_of(decimals, texts, decimal_texts, ints, st.none(),
+                     st.lists(st.one_of(texts, decimals), max_size=3), st.tuples(texts, texts))
 
 
 def _values_of(good: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -55,6 +64,8 @@ def _values_of(good: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     def kind(value: Any) -> st.SearchStrategy[Any]:
         if isinstance(value, Decimal):
             return decimals
+        if isinstance(value, str) and _NUMBER.fullmatch(value):  # a decimal carried as text, or may be one
+            return decimal_texts
         if isinstance(value, str):
             return texts
         if isinstance(value, bool | int):
@@ -84,7 +95,7 @@ def both(make: Callable[[], Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
 
 
 TYPES = [Trade, PlaceOrder, CancelOrders, MarketPrice]
-GOODS = {**GOOD, MarketPrice: {**BASE, "last": Decimal("-3.25"), "bid": None, "perf": Decimal("0.02")}}
+GOODS = {**GOOD, MarketPrice: {**BASE, "last": "-3.25", "bid": None, "perf": "0.02", "ask_size": "1.5"}}
 
 
 @pytest.mark.parametrize("event_type", TYPES, ids=lambda t: t.__name__)

@@ -160,7 +160,7 @@ def test_a_batch_is_checked_event_by_event() -> None:
 
 def test_what_markets_legitimately_have_is_accepted() -> None:
     # Sitagri quotes spreads, basis and premiums: negative market prices, bars and deliveries
-    spread = MarketPrice(**BASE, last=Decimal("-3.25"), bid=Decimal("-3.5"), perf=Decimal("-0.02"))
+    spread = MarketPrice(**BASE, last="-3.25", bid="-3.5", perf="-0.02")  # its decimals are carried as text
     bar = Bar(**BASE, interval="1d", open=Decimal(-1), high=Decimal(0), low=Decimal(-2), close=Decimal("-0.5"))
     basis = CashPrice(**BASE, deliveries=[CashDelivery(start=0, end=MAX_TS_NS, value=Decimal(-12), prime=Decimal(-1))])
     # zero sizes (a deleted level, an empty trade print) and a market order without a price

@@ -27,6 +27,7 @@ from typer.core import TyperGroup
 
 from marketbus.clients import RequestError
 from marketbus.contracts import errors as codes
+from marketbus.contracts import invariants
 
 OK, REFUSED, USAGE = 0, 1, 2
 EXIT_CODES_HELP = "Exit codes: 0 ok, 1 refused or failed (by the server), 2 usage or connection error."
@@ -47,8 +48,24 @@ def plain(value: Decimal) -> str:
 
 def plain_builtins(obj: Any) -> Any:
     """``obj`` (a contract struct, or built-ins holding Decimals) as JSON-ready built-ins, every
-    Decimal as a plain decimal string."""
-    return _plain(msgspec.to_builtins(obj, builtin_types=(Decimal,)))
+    Decimal as a plain decimal string (a decimal carried as text, ``MarketPrice.last``, too)."""
+    body = _plain(msgspec.to_builtins(obj, builtin_types=(Decimal,)))
+    if isinstance(obj, msgspec.Struct) and isinstance(body, dict):
+        for name in decimal_texts(type(obj)):
+            if body.get(name) is not None:
+                body[name] = plain(Decimal(body[name]))
+    return body
+
+
+_DECIMAL_TEXTS: dict[type, frozenset[str]] = {}
+
+
+def decimal_texts(cls: type) -> frozenset[str]:
+    """The fields of a contract class that carry a decimal as its text (shown plain, as Decimals are)."""
+    found = _DECIMAL_TEXTS.get(cls)
+    if found is None:
+        found = _DECIMAL_TEXTS[cls] = frozenset(invariants.decimal_text_fields(cls))
+    return found
 
 
 def _plain(value: Any) -> Any:

@@ -22,7 +22,7 @@ from marketbus.contracts.codec import Batch
 from marketbus.runtime.ordered import ordered_subscribe
 
 from .common import connect, nats_url
-from .output import json_line, plain
+from .output import decimal_texts, json_line, plain
 
 _SKIP = {"id", "source", "venue", "symbol", "ts_event", "ts_recv", "replay"}
 
@@ -30,6 +30,7 @@ _SKIP = {"id", "source", "venue", "symbol", "ts_event", "ts_recv", "replay"}
 def summarize(event: Any) -> str:
     """A one-line summary: the interesting fields of an event, None and empty ones omitted."""
     parts = []
+    texts = decimal_texts(type(event))  # decimals carried as text (MarketPrice): shown plain, as Decimals are
     for field in event.__struct_fields__:
         if field in _SKIP:
             continue
@@ -38,6 +39,8 @@ def summarize(event: Any) -> str:
             continue
         if isinstance(value, Decimal):
             value = plain(value)
+        elif field in texts:
+            value = plain(Decimal(value))
         elif isinstance(value, list) and len(value) > 4:
             value = f"[{len(value)} items]"
         elif isinstance(value, bytes):

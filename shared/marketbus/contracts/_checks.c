@@ -50,6 +50,10 @@ static int enabled = 1;
 enum { KIND_INT = 1, KIND_TEXT, KIND_CHARS, KIND_DECIMAL, KIND_LITERAL, KIND_PYTHON };
 enum { SIGN_POSITIVE = 1, SIGN_NON_NEGATIVE, SIGN_SIGNED };
 
+/* decimals carried as text (KIND_DECIMAL_TEXT): the block "decimal text" near the end of this file */
+#define KIND_DECIMAL_TEXT (KIND_PYTHON + 1)
+static int decimal_text_ok(PyObject *v, int sign);
+
 typedef struct {
     Py_ssize_t offset;
     int kind, optional, many, canonical, sign;
@@ -165,6 +169,8 @@ value_ok(const Field *f, PyObject *v)
     }
     case KIND_DECIMAL:
         return decimal_ok(v, f->sign);
+    case KIND_DECIMAL_TEXT:
+        return decimal_text_ok(v, f->sign); /* canonical text only: any other goes to explain, then canonize */
     case KIND_LITERAL: {
         int r = PySet_Contains(f->extra, v);
         if (r < 0) { PyErr_Clear(); return 0; }
@@ -205,18 +211,24 @@ field_ok(const Field *f, PyObject *v)
 }
 
 static inline int
+value_canonical(const Field *f, PyObject *v)
+{
+    return f->kind == KIND_DECIMAL_TEXT ? decimal_text_ok(v, SIGN_SIGNED) : decimal_canonical(v);
+}
+
+static inline int
 field_canonical(const Field *f, PyObject *v)
 {
     if (f->many) {
         if (v == Py_None) return 1;
         if (!PyList_CheckExact(v)) return 0;
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(v); i++) {
-            if (!decimal_canonical(PyList_GET_ITEM(v, i))) return 0;
+            if (!value_canonical(f, PyList_GET_ITEM(v, i))) return 0;
         }
         return 1;
     }
     if (v == Py_None && f->optional) return 1;
-    return decimal_canonical(v);
+    return value_canonical(f, v);
 }
 
 static PyObject *
@@ -252,7 +264,9 @@ plan_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
             PyObject *v = slot(self, f);
             if (!f->canonical || field_canonical(f, v)) continue;
             /* a list of decimals: the generated Python replaces every such list (the class has none today) */
-            if (p->many_decimals || canon_normalize == NULL) return call_python(p->canonize, self);
+            /* a decimal text: its canonical text is made in Python (decimal_text), a rare path */
+            if (p->many_decimals || canon_normalize == NULL || f->kind == KIND_DECIMAL_TEXT)
+                return call_python(p->canonize, self);
             PyObject *c = canonical(v);
             if (c == NULL) return NULL;
             if (c == v) { Py_DECREF(c); continue; }
@@ -375,6 +389,13 @@ plan_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                 goto error;
             }
             break;
+        case KIND_DECIMAL_TEXT:
+            f->sign = (int)PyLong_AsLong(extra);
+            if (f->sign < SIGN_POSITIVE || f->sign > SIGN_SIGNED) {
+                PyErr_SetString(PyExc_ValueError, "a decimal's sign rule is 1, 2 or 3");
+                goto error;
+            }
+            break;
         case KIND_LITERAL:
             if (!PyFrozenSet_Check(extra)) { PyErr_SetString(PyExc_TypeError, "a literal set is a frozenset"); goto error; }
             break;
@@ -386,7 +407,7 @@ plan_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             goto error;
         }
         if (f->canonical && f->many) p->many_decimals = 1;
-        if (f->canonical && f->kind != KIND_DECIMAL) {
+        if (f->canonical && f->kind != KIND_DECIMAL && f->kind != KIND_DECIMAL_TEXT) {
             PyErr_SetString(PyExc_ValueError, "only a decimal is made canonical");
             goto error;
         }
@@ -663,6 +684,203 @@ event_id_hex(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* ---- decimal text (invariants.AmountText, SizeText, PriceText) ----
+ * A contract decimal carried as its canonical text, a str: no Decimal is built when a normalizer makes
+ * the event or a consumer decodes it, none is formatted when it is encoded. decimal_text_ok is the
+ * accept test of such a field (the canonical text of a value within the bounds, with the sign rule);
+ * decimal_text_of_json turns a vendor's plain JSON number into the text a field is built from, and
+ * gives anything else to the Python steps (invariants._decimal_text_of_json), so its results are
+ * theirs (tests/unit/test_decimal_text.py compares both on random and edge texts). */
+static PyObject *text_fallback = NULL;
+static Py_ssize_t text_max_digits = 38, text_max_adjusted = 17, text_min_adjusted = -30;
+
+#define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
+
+/* 1 when v is the canonical text (invariants._CANONICAL_TEXT) of a decimal within the bounds that
+ * passes the sign rule; 0 otherwise (not known to be good: the Python test decides) */
+static int
+decimal_text_ok(PyObject *v, int sign)
+{
+    if (!PyUnicode_CheckExact(v) || !PyUnicode_IS_COMPACT_ASCII(v)) return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v), i = 0;
+    const char *s = (const char *)PyUnicode_DATA(v);
+    if (n == 1 && s[0] == '0') return sign != SIGN_POSITIVE;
+    if (n > 0 && s[0] == '-') {
+        if (sign != SIGN_SIGNED) return 0;
+        i = 1;
+    }
+    if (i >= n) return 0;
+    if (s[i] == '0') { /* 0.0{0,5}[1-9]([0-9]*[1-9])? */
+        if (i + 1 >= n || s[i + 1] != '.') return 0;
+        i += 2;
+        Py_ssize_t zeros = 0;
+        while (i < n && s[i] == '0') { zeros++; i++; }
+        if (zeros > 5 || i >= n) return 0;
+        Py_ssize_t start = i;
+        while (i < n && IS_DIGIT(s[i])) i++;
+        return i == n && s[n - 1] != '0' && n - start <= text_max_digits;
+    }
+    if (s[i] < '1' || s[i] > '9') return 0;
+    Py_ssize_t start = i;
+    while (i < n && IS_DIGIT(s[i])) i++;
+    Py_ssize_t whole = i - start, frac = 0;
+    if (i < n && s[i] == '.') {
+        Py_ssize_t from = ++i;
+        while (i < n && IS_DIGIT(s[i])) i++;
+        frac = i - from;
+        if (frac == 0 || s[i - 1] == '0') return 0;
+    }
+    if (i == n) return whole <= text_max_adjusted + 1 && whole + frac <= text_max_digits;
+    /* the scientific form below 1e-6: [1-9](\.[0-9]*[1-9])?E-([7-9]|[1-9][0-9]+) */
+    if (whole != 1 || n - i < 3 || s[i] != 'E' || s[i + 1] != '-' || s[i + 2] == '0') return 0;
+    i += 2;
+    Py_ssize_t e = 0;
+    for (; i < n; i++) {
+        if (!IS_DIGIT(s[i]) || e > 1000) return 0;
+        e = e * 10 + (s[i] - '0');
+    }
+    return e >= 7 && -e >= text_min_adjusted && 1 + frac <= text_max_digits;
+}
+
+/* decimal_text_of_json(raw): a plain JSON number -?(0|[1-9][0-9]*)(\.[0-9]+)? of at most the contract's
+ * digits -> its canonical text ("-0" for a negative zero, so the field's sign rule judges it);
+ * null -> None; anything else -> the Python steps (an exponent, a string, too many digits, not JSON) */
+static PyObject *
+decimal_text_of_json(PyObject *module, PyObject *raw)
+{
+    if (text_fallback == NULL) { PyErr_SetString(PyExc_RuntimeError, "configure_decimal_text first"); return NULL; }
+    Py_buffer view;
+    if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return PyObject_CallOneArg(text_fallback, raw);
+    }
+    const char *s = (const char *)view.buf;
+    Py_ssize_t n = view.len, i = 0;
+    PyObject *out = NULL;
+    if (n == 4 && memcmp(s, "null", 4) == 0) { PyBuffer_Release(&view); Py_RETURN_NONE; }
+    int neg = n > 0 && s[0] == '-';
+    i = neg;
+    Py_ssize_t whole_at = i;
+    if (i < n && s[i] == '0') i++;
+    else if (i < n && s[i] >= '1' && s[i] <= '9') { while (i < n && IS_DIGIT(s[i])) i++; }
+    else goto fallback;
+    Py_ssize_t whole = i - whole_at, frac_at = i, frac = 0;
+    if (i < n && s[i] == '.') {
+        frac_at = ++i;
+        while (i < n && IS_DIGIT(s[i])) i++;
+        frac = i - frac_at;
+        if (frac == 0) goto fallback;
+    }
+    if (i != n || frac > text_max_digits || whole > text_max_adjusted + 1) goto fallback;
+    int zero_whole = whole == 1 && s[whole_at] == '0';
+    Py_ssize_t kept = frac; /* the fraction without its trailing zeros */
+    while (kept > 0 && s[frac_at + kept - 1] == '0') kept--;
+    char buf[96];
+    Py_ssize_t len = 0;
+    if (!zero_whole) {
+        if (whole + frac > text_max_digits) goto fallback; /* Decimal's digits: DECIMAL_CONTEXT would round */
+        if (neg) buf[len++] = '-';
+        memcpy(buf + len, s + whole_at, whole);
+        len += whole;
+        if (kept) {
+            buf[len++] = '.';
+            memcpy(buf + len, s + frac_at, kept);
+            len += kept;
+        }
+    }
+    else {
+        Py_ssize_t zeros = 0;
+        while (zeros < kept && s[frac_at + zeros] == '0') zeros++;
+        if (kept == 0) { /* a zero: "0"; "-0" for the sign rule when it has a fraction ("-0.0": msgspec
+                          * decodes an integer -0 as the int 0, a fraction as Decimal("-0.0")) */
+            out = PyUnicode_FromString(neg && frac ? "-0" : "0");
+            PyBuffer_Release(&view);
+            return out;
+        }
+        Py_ssize_t digits = frac - zeros; /* Decimal's digits (the trailing zeros count) */
+        if (digits > text_max_digits || -(zeros + 1) < text_min_adjusted) goto fallback;
+        if (neg) buf[len++] = '-';
+        if (zeros <= 5) { /* plain down to 1e-6 */
+            memcpy(buf + len, "0.", 2);
+            len += 2;
+            memcpy(buf + len, s + frac_at, kept);
+            len += kept;
+        }
+        else { /* the reduced scientific form: d(.ddd)E-n */
+            buf[len++] = s[frac_at + zeros];
+            if (kept - zeros > 1) {
+                buf[len++] = '.';
+                memcpy(buf + len, s + frac_at + zeros + 1, kept - zeros - 1);
+                len += kept - zeros - 1;
+            }
+            len += snprintf(buf + len, sizeof(buf) - len, "E-%d", (int)(zeros + 1));
+        }
+    }
+    out = PyUnicode_FromStringAndSize(buf, len);
+    PyBuffer_Release(&view);
+    return out;
+fallback:
+    PyBuffer_Release(&view);
+    return PyObject_CallOneArg(text_fallback, raw);
+}
+
+/* configure_decimal_text(fallback, max_digits, max_adjusted, min_adjusted) */
+static PyObject *
+configure_decimal_text(PyObject *module, PyObject *args)
+{
+    PyObject *fallback;
+    Py_ssize_t max_digits, max_adjusted, min_adjusted;
+    if (!PyArg_ParseTuple(args, "Onnn", &fallback, &max_digits, &max_adjusted, &min_adjusted)) return NULL;
+    if (!PyCallable_Check(fallback) || max_digits < 1 || max_digits > 40 || max_adjusted < 0 || max_adjusted > 40) {
+        PyErr_SetString(PyExc_ValueError, "configure_decimal_text(callable, max_digits <= 40, 0 <= max_adjusted <= 40, min)");
+        return NULL;
+    }
+    Py_XSETREF(text_fallback, Py_NewRef(fallback));
+    text_max_digits = max_digits;
+    text_max_adjusted = max_adjusted;
+    text_min_adjusted = min_adjusted;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+decimal_text_fits(PyObject *module, PyObject *args)
+{
+    PyObject *v;
+    int sign;
+    if (!PyArg_ParseTuple(args, "Oi", &v, &sign)) return NULL;
+    return PyBool_FromLong(decimal_text_ok(v, sign));
+}
+
+/* seconds_ns(raw): a vendor date in unix seconds as a plain JSON number, [0-9]{1,10}(\.[0-9]{1,9})? below
+ * 9223372036 s (what int64 ns hold), -> int ns, exactly (the digits, the fraction padded to 9); None
+ * for any other text (an exponent, a sign, a string, more places, out of range), which the caller
+ * reads the careful way (Sitagri's raw_ns: Decimal, its range check and its refusals). */
+static PyObject *
+seconds_ns(PyObject *module, PyObject *raw)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const char *s = (const char *)view.buf;
+    Py_ssize_t n = view.len, i = 0;
+    unsigned long long whole = 0, frac = 0;
+    int places = 0, ok = 1;
+    while (i < n && IS_DIGIT(s[i]) && i < 11) whole = whole * 10 + (unsigned long long)(s[i++] - '0');
+    if (i == 0 || i > 10 || whole >= 9223372036ULL) ok = 0;
+    if (ok && i < n) {
+        if (s[i] != '.') ok = 0;
+        else {
+            i++;
+            while (i < n && IS_DIGIT(s[i]) && places < 10) { frac = frac * 10 + (unsigned long long)(s[i++] - '0'); places++; }
+            if (places == 0 || places > 9 || i != n) ok = 0;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (!ok) Py_RETURN_NONE;
+    for (; places < 9; places++) frac *= 10;
+    return PyLong_FromUnsignedLongLong(whole * 1000000000ULL + frac);
+}
+/* ---- end of decimal text ---- */
+
 static PyMethodDef methods[] = {
     {"configure_decimal", configure_decimal, METH_VARARGS,
      "configure_decimal(Decimal, max_digits, max_adjusted, min_adjusted) -> whether decimals are read in C"},
@@ -676,6 +894,15 @@ static PyMethodDef methods[] = {
     {"decimal_of_text", decimal_of_text, METH_O,
      "decimal_of_text(text): Decimal(text) without a plain text's trailing fraction zeros (the same value)"},
     {"decimal_fits", decimal_fits, METH_VARARGS, "decimal_fits(v, sign): the decimal accept test (for the tests)"},
+    /* decimal text */
+    {"configure_decimal_text", configure_decimal_text, METH_VARARGS,
+     "configure_decimal_text(fallback, max_digits, max_adjusted, min_adjusted): the Python steps and the bounds"},
+    {"decimal_text_of_json", decimal_text_of_json, METH_O,
+     "decimal_text_of_json(raw): a JSON number -> the text of a decimal text field (invariants.decimal_text_of_json)"},
+    {"decimal_text_fits", decimal_text_fits, METH_VARARGS,
+     "decimal_text_fits(v, sign): the decimal text accept test, canonical text only (for the tests)"},
+    {"seconds_ns", seconds_ns, METH_O,
+     "seconds_ns(raw): a plain JSON number of unix seconds (<= 9 places, < 2**63 ns) -> int ns; None for any other"},
     {NULL},
 };
 
@@ -698,6 +925,7 @@ PyInit__checks(void)
         PyModule_AddIntConstant(m, "KIND_DECIMAL", KIND_DECIMAL) < 0 ||
         PyModule_AddIntConstant(m, "KIND_LITERAL", KIND_LITERAL) < 0 ||
         PyModule_AddIntConstant(m, "KIND_PYTHON", KIND_PYTHON) < 0 ||
+        PyModule_AddIntConstant(m, "KIND_DECIMAL_TEXT", KIND_DECIMAL_TEXT) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_POSITIVE", SIGN_POSITIVE) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_NON_NEGATIVE", SIGN_NON_NEGATIVE) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_SIGNED", SIGN_SIGNED) < 0 || add_ticksupply_functions(m) < 0) {

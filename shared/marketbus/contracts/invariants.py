@@ -29,6 +29,8 @@ Bounds (documented in the schemas too):
   sums and products of a few of them stay exact in a 38-digit context and fit a PostgreSQL
   ``numeric`` and a Parquet decimal128(38). :data:`Price` is > 0 (``-0`` and ``0`` refused),
   :data:`Size` >= 0 (``-0`` refused), :data:`Amount` is signed (spreads, basis, P&L, balances);
+  :data:`PriceText`, :data:`SizeText` and :data:`AmountText` are the same decimals carried as
+  their canonical text (a ``str``; the same wire, schema and rules; see "decimals carried as text");
 - tokens (:data:`Token`: source, venue, symbol, market, kind, service): 1..128 characters of
   ``[A-Za-z0-9_~-]``, the alphabet of :func:`subjects.normalize_symbol`, so they are always one
   NATS subject token and a header value. ``~`` is not a KV key character: a KV key built from a
@@ -95,20 +97,24 @@ class Rule:
     all of it, so msgspec checks it in C when decoding and the rule runs only when an event is
     built in Python (where msgspec checks nothing); ``build``: the part of ``test`` that ``fast``
     leaves to msgspec's decoding (a type, a length), checked on built events only; ``canonical``:
-    a decimal field, which built events carry in :func:`canonical_decimal` form. ``kernel``: the
+    a decimal field, which built events carry in :func:`canonical_decimal` form; ``decimal_text``:
+    that decimal is carried as its canonical text (a ``str``, see :data:`AmountText`), made
+    canonical by :func:`decimal_text` instead. ``kernel``: the
     same test as the compiled checks run it (see :func:`install_checks`): ``("int", lo, hi)``,
-    ``("text", limit)``, ``("chars", charset, min, max)``, ``("decimal", sign rule)``; a rule
+    ``("text", limit)``, ``("chars", charset, min, max)``, ``("decimal", sign rule)``,
+    ``("decimal_text", sign rule)``; a rule
     without one runs its ``fast`` (and ``build``) expressions there, as a Python function.
     """
 
     def __init__(self, name: str, describe: str, test: str, fast: str | None = None, *, in_c: bool = False,
                  build: str | None = None, canonical: bool = False, kernel: tuple[Any, ...] | None = None,
-                 **names: Any) -> None:
+                 decimal_text: bool = False, **names: Any) -> None:
         self.name, self.describe, self.test, self.fast, self.names = name, describe, test, fast or test, names
         self.in_c = in_c
         self.build = build  # what msgspec checks when decoding but ``fast`` leaves out (built events only)
         self.canonical = canonical  # a decimal: built events carry its canonical form (canonical_decimal)
         self.kernel = kernel
+        self.decimal_text = decimal_text  # a decimal carried as canonical text (str), not a Decimal
 
     def __repr__(self) -> str:
         return f"Rule({self.name})"
@@ -282,6 +288,8 @@ _normalize = DECIMAL_CONTEXT.normalize
 
 _CANONICAL_FAST = '((s := str(v))[-1] != "0" and "+" not in s and "0E" not in s)'
 """True only for a canonical decimal (the test of :func:`canonical_decimal`, inlined)."""
+_CANONICAL_TEXT_FAST = "_is_canon_text(v) is not None"
+"""True only for a canonical decimal text (of a value the field's test accepted)."""
 
 
 def canonical_decimal(value: Decimal) -> Decimal:
@@ -334,6 +342,111 @@ def canonical_decimal_text(text: str) -> str:
 _TEXT_CONTEXT = decimal.Context(prec=200, Emax=999_999, Emin=-999_999)
 
 
+# --- decimals carried as text ------------------------------------------------------------------------
+# A vendor's decimal that nothing computes with on the way (a Sitagri market price's last, bid, ask...)
+# can be carried as its canonical text: the event holds the ``str`` marketbus publishes, so no Decimal
+# is built when it is normalized or decoded, and none is formatted when it is encoded (issue #16:
+# those were about a third of a Sitagri push's cost). The wire is the same: a JSON string of the
+# canonical text, the same bytes as a Decimal field of that value gives. The invariants are the
+# Decimal types' (same rule names, bounds, signs and messages); a consumer that computes asks for the
+# value: :func:`decimal_value`, or the event's ``decimal(field)`` (``MarketPrice.decimal``).
+_CANONICAL_TEXT = re.compile(
+    r"0|-?[1-9][0-9]*(\.[0-9]*[1-9])?|-?0\.0{0,5}[1-9]([0-9]*[1-9])?|-?[1-9](\.[0-9]*[1-9])?E-([7-9]|[1-9][0-9]+)"
+)
+"""The shape of the canonical text (:data:`CANONICAL_DECIMAL`); the bounds are checked apart."""
+_DECIMAL_TESTS: dict[str, Callable[[Decimal], Any]] = {
+    rule.kernel[1]: eval(f"lambda v: {rule.test}", dict(rule.names))  # the Decimal rule's own test
+    for rule in (POSITIVE, NON_NEGATIVE, SIGNED) if rule.kernel is not None
+}
+
+
+def decimal_text_fits(text: Any, sign: str) -> bool:
+    """Whether ``text`` is a ``str`` that ``Decimal()`` reads as a decimal the contracts accept with
+    that sign (``"positive"``, ``"non_negative"``, ``"signed"``): the test of the decimal text
+    types, canonical or not (``"100.50"`` fits; the contract then carries ``"100.5"``)."""
+    if text.__class__ is not str:
+        return False
+    try:
+        return bool(_DECIMAL_TESTS[sign](Decimal(text)))
+    except (ArithmeticError, ValueError, TypeError):
+        return False
+
+
+def decimal_text(value: Decimal | str) -> str:
+    """The canonical text of a decimal (a ``Decimal``, or any text ``Decimal()`` reads):
+    ``str(canonical_decimal(value))``, what a decimal text field carries and the codec writes
+    (``Decimal("100.50")`` -> ``"100.5"``, ``"1.5E+2"`` -> ``"150"``, ``"-0.00"`` -> ``"0"``). A value
+    out of the contract bounds (``1E+30``, ``NaN``) gives its own ``str()``, which the contracts
+    refuse, naming it. Raises ``decimal.InvalidOperation`` for a text that is not a number."""
+    number = value if value.__class__ is Decimal else Decimal(value)
+    if not decimal_in_bounds(number):
+        return str(number)
+    return str(canonical_decimal(number))
+
+
+def decimal_text_of(value: Decimal) -> str:
+    """What a normalizer builds a decimal text field from: :func:`decimal_text`, except that a
+    negative zero stays ``"-0"``, so the field's rule judges it as it judges ``Decimal("-0")``
+    (a :data:`SizeText` refuses it, an :data:`AmountText` carries ``"0"``)."""
+    if not value and value.is_signed() and value.is_finite():
+        return "-0"
+    return decimal_text(value)
+
+
+def _decimal_text_of_json(raw: Any) -> str | None:
+    value = _json_decimal.decode(raw)
+    return None if value is None else decimal_text_of(value)
+
+
+_json_decimal: msgspec.json.Decoder[Decimal | None] = msgspec.json.Decoder(Decimal | None)
+
+
+def decimal_value(text: str | None) -> Decimal | None:
+    """The exact ``Decimal`` of a decimal text field (``None`` for ``None``): how a consumer that
+    computes reads ``MarketPrice.last`` and its like. A contract's text is canonical and within
+    the bounds, so the value is exact, and ``decimal_text(decimal_value(t)) == t``."""
+    return None if text is None else decimal_of_text(text)
+
+
+def is_decimal_text(tp: Any) -> bool:
+    """Whether a field's annotation is a decimal carried as text (:data:`AmountText`...): storage
+    and other readers of the contracts treat it as the decimal it is (``numeric``, ``decimal(38, 18)``)."""
+    rule = _rule_of(tp)[0]
+    return rule is not None and rule.decimal_text
+
+
+def decimal_text_fields(cls: type) -> tuple[str, ...]:
+    """The names of a contract class's decimal text fields, in order."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return tuple(name for name in getattr(cls, "__struct_fields__", ()) if is_decimal_text(hints[name]))
+
+
+def _decimal_text_rule(rule: Rule) -> Rule:
+    assert rule.kernel is not None
+    sign = rule.kernel[1]
+    return Rule(rule.name, rule.describe, f"_text_fits(v, {sign!r})", canonical=True, decimal_text=True,
+                kernel=("decimal_text", sign), _text_fits=decimal_text_fits)
+
+
+POSITIVE_TEXT, NON_NEGATIVE_TEXT, SIGNED_TEXT = map(_decimal_text_rule, (POSITIVE, NON_NEGATIVE, SIGNED))
+
+
+def _decimal_text_meta(rule: Rule, sign: str) -> msgspec.Meta:
+    # the JSON Schema of a Decimal field of the same rule, key for key: other-language consumers see
+    # one type, whatever Python carries
+    meta = _decimal_meta(rule, sign)
+    return msgspec.Meta(description=meta.description,
+                        extra_json_schema={"x-invariant": rule.name, "type": "string", "format": "decimal"})
+
+
+PriceText = Annotated[str, _decimal_text_meta(POSITIVE_TEXT, "> 0"), POSITIVE_TEXT]
+"""A :data:`Price` carried as its canonical text (``"100.5"``); its value: :func:`decimal_value`."""
+SizeText = Annotated[str, _decimal_text_meta(NON_NEGATIVE_TEXT, ">= 0"), NON_NEGATIVE_TEXT]
+"""A :data:`Size` carried as its canonical text; its value: :func:`decimal_value`."""
+AmountText = Annotated[str, _decimal_text_meta(SIGNED_TEXT, "(may be negative)"), SIGNED_TEXT]
+"""An :data:`Amount` carried as its canonical text; its value: :func:`decimal_value`."""
+
+
 # --- the generated checks ----------------------------------------------------------------------------
 def install_checks(cls: type) -> None:
     """Give ``cls`` a ``__post_init__`` that checks every field annotated with a :class:`Rule` (and
@@ -353,6 +466,7 @@ def install_checks(cls: type) -> None:
     """
     hints = typing.get_type_hints(cls, include_extras=True)
     names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad, "_canon": canonical_decimal,
+                             "_canon_text": decimal_text, "_is_canon_text": _CANONICAL_TEXT.fullmatch,
                              "_set": msgspec.structs.force_setattr}
     decode_fast: list[str] = []
     build_fast: list[str] = []
@@ -387,12 +501,15 @@ def install_checks(cls: type) -> None:
         if build is not None:
             build_fast.append(expr(build))
         if rule is not None and rule.canonical:
-            canon_fast.append(f"all(_canon(v) is v for v in {value} or ())" if many else expr(_CANONICAL_FAST))
+            # a Decimal: canonical_decimal (the same object when canonical); a text: decimal_text
+            canon_of, canon_test = (
+                ("_canon_text", _CANONICAL_TEXT_FAST) if rule.decimal_text else ("_canon", _CANONICAL_FAST))
+            canon_fast.append(f"all({canon_of}(v) == v for v in {value} or ())" if many else expr(canon_test))
             if many:
-                canon += [f"if {value}:", f"    _set(self, {field!r}, [_canon(v) for v in {value}])"]
+                canon += [f"if {value}:", f"    _set(self, {field!r}, [{canon_of}(v) for v in {value}])"]
             else:
                 canon += [f"v = {value}", *(["if v is not None:"] if optional else ["if True:"]),
-                          "    c = _canon(v)", "    if c is not v:", f"        _set(self, {field!r}, c)"]
+                          f"    c = {canon_of}(v)", "    if c is not v:", f"        _set(self, {field!r}, c)"]
         if kernels is not None:
             kernels.append(_kernel_of(field, rule, literal, optional, many, quick, build))
         slow.append(f"f = {field!r}")
@@ -452,6 +569,8 @@ def _kernel_of(field: str, rule: Rule | None, literal: Any, optional: bool, many
             return entry(_checks.KIND_CHARS, least, most, _charset(chars))
         case ("decimal", sign):
             return entry(_checks.KIND_DECIMAL, extra=_SIGNS[sign])
+        case ("decimal_text", sign):
+            return entry(_checks.KIND_DECIMAL_TEXT, extra=_SIGNS[sign])
         case ("literal", values):
             return entry(_checks.KIND_LITERAL, extra=values)
     assert rule is not None
@@ -490,7 +609,8 @@ except ImportError:  # not built (the `make dist` wheel): the generated Python c
 # lacks some, and then the Python checks run instead of failing at import
 COMPILED_API = ("Plan", "KIND_INT", "KIND_TEXT", "KIND_CHARS", "KIND_DECIMAL", "KIND_LITERAL", "KIND_PYTHON",
                 "SIGN_POSITIVE", "SIGN_NON_NEGATIVE", "SIGN_SIGNED", "configure_decimal", "configure_canonical",
-                "set_enabled", "decimal_fits", "decimal_of_text", "event_id_hex")
+                "set_enabled", "decimal_fits", "decimal_of_text", "event_id_hex", "KIND_DECIMAL_TEXT",
+                "decimal_text_of_json", "configure_decimal_text", "seconds_ns")
 if _checks is not None and (_missing := [name for name in COMPILED_API if not hasattr(_checks, name)]):
     import warnings
 
@@ -527,6 +647,33 @@ are left out, so an 18-place vendor text parses straight to the canonical form a
 it (``"64000.010000000000000000"`` -> ``Decimal("64000.01")``), and the contract makes no second
 Decimal. Its exponent may differ from ``Decimal(text)``'s: where the text matters (an error
 message quoting the value), use ``Decimal(text)``."""
+
+if _checks is not None:
+    _checks.configure_decimal_text(
+        _decimal_text_of_json, DECIMAL_MAX_DIGITS, DECIMAL_MAX_ADJUSTED, DECIMAL_MIN_ADJUSTED)
+
+
+def _seconds_ns(raw: Any) -> int | None:
+    whole, dot, frac = bytes(raw).partition(b".")
+    if not (whole.isdigit() and len(whole) <= 10 and int(whole) < MAX_TS_NS // 10**9 and (
+            not dot or (frac.isdigit() and len(frac) <= 9))):
+        return None
+    return int(whole) * 10**9 + (int(frac.ljust(9, b"0")) if dot else 0)
+
+
+seconds_ns: Callable[[Any], int | None] = _checks.seconds_ns if _checks is not None else _seconds_ns
+"""A vendor date in unix seconds, as the raw JSON text of a plain number (``1700000000`` or
+``1700000000.25``, at most 9 places, below 2**63 ns) -> its exact int ns; ``None`` for any other
+text (an exponent, a sign, a string, more places, out of range), which the caller reads the
+careful way (``Decimal``, with its own range check and refusals). Compiled when built."""
+decimal_text_of_json: Callable[[Any], str | None] = (
+    _checks.decimal_text_of_json if _checks is not None else _decimal_text_of_json)
+"""A JSON value (``msgspec.Raw`` or bytes: a number, a decimal string or ``null``) -> the text a
+decimal text field is built from (:func:`decimal_text_of` of its exact value), ``None`` for ``null``:
+how a normalizer carries a vendor's JSON number through without building a ``Decimal``. It accepts
+and refuses what a ``msgspec`` ``Decimal | None`` field decodes (raises ``msgspec.DecodeError``
+for anything else: ``true``, ``{}``, ``"abc"``). Compiled, a plain number (``-152.250``,
+``0.00000012``) is turned into its text in C; any other goes to the Python steps."""
 
 
 class _Bad(Exception):

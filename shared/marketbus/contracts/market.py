@@ -3,7 +3,9 @@
 Signs (see :mod:`.invariants`): what is always a price of a traded thing is a :data:`Price`
 (> 0: trades, ticks, quotes, book levels); sizes, volumes and open interest are :data:`Size`
 (>= 0); Sitagri's market, cash and index prices and bars are :data:`Amount` (signed), because
-Sitagri quotes spreads, basis and premiums, which are negative at times.
+Sitagri quotes spreads, basis and premiums, which are negative at times. A market price carries its
+decimals as their canonical text (:data:`.invariants.AmountText`, :data:`.invariants.SizeText`; see
+:class:`MarketPrice`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,22 @@ from typing import Literal
 from msgspec.structs import force_setattr
 
 from .base import MarketEvent
-from .invariants import Amount, Checked, Count, Int64, Label, Nanos, Price, Size, Text
+from .invariants import (
+    Amount,
+    AmountText,
+    Checked,
+    Count,
+    Int64,
+    Label,
+    Nanos,
+    Price,
+    Size,
+    SizeText,
+    Text,
+    decimal_of_text,
+    decimal_text_fields,
+    decimal_value,
+)
 
 Side = Literal["buy", "sell", "unknown"]
 Quality = Literal["realtime", "delayed", "unknown"]
@@ -125,27 +142,53 @@ class MarketPrice(MarketEvent, frozen=True, kw_only=True, tag="market_price"):
     """A market price snapshot (Sitagri marketPrice): every field optional, as the vendor omits
     fields that have no data. ``*_ts`` fields are the vendor dates of the values (ns)."""
 
+    # (The docstring is the JSON Schema's description, which other-language consumers read: what
+    # follows is Python's business, so it is a comment.)
+    # Its decimals are carried as their canonical text (invariants.AmountText, SizeText): ``last`` is
+    # "-3.25", not Decimal("-3.25"). Nothing computes with them on the way from the vendor to the bus,
+    # and not building 7 Decimals an event (nor formatting them) is most of what makes the Sitagri
+    # path fast (issue #16). The wire is what a Decimal field gives (the same JSON string, the same
+    # schema), and so are the invariants (bounds, signs, canonical text). A consumer that computes
+    # asks for the value: ``price.decimal("last")`` (a Decimal or None), or ``price.decimals()``.
+    # Build one with texts (last="101.25"; a non-canonical text such as "101.250" is carried
+    # canonical, "101.25"; invariants.decimal_text(a Decimal) gives the text of a Decimal).
+
     quality: Quality = "unknown"
-    last: Amount | None = None
+    last: AmountText | None = None
     last_ts: Nanos | None = None
-    last_volume: Size | None = None
-    total_volume: Size | None = None
+    last_volume: SizeText | None = None
+    total_volume: SizeText | None = None
     orders: Count | None = None
-    first: Amount | None = None
-    previous_last: Amount | None = None
-    high: Amount | None = None
-    low: Amount | None = None
-    high_1y: Amount | None = None
-    low_1y: Amount | None = None
-    settlement: Amount | None = None
+    first: AmountText | None = None
+    previous_last: AmountText | None = None
+    high: AmountText | None = None
+    low: AmountText | None = None
+    high_1y: AmountText | None = None
+    low_1y: AmountText | None = None
+    settlement: AmountText | None = None
     settlement_ts: Nanos | None = None
-    open_interest: Size | None = None
-    bid: Amount | None = None
-    bid_size: Size | None = None
-    ask: Amount | None = None
-    ask_size: Size | None = None
-    perf: Amount | None = None
-    rel_perf: Amount | None = None
+    open_interest: SizeText | None = None
+    bid: AmountText | None = None
+    bid_size: SizeText | None = None
+    ask: AmountText | None = None
+    ask_size: SizeText | None = None
+    perf: AmountText | None = None
+    rel_perf: AmountText | None = None
+
+    def decimal(self, field: str) -> Decimal | None:
+        """The exact ``Decimal`` of one of the decimal fields (``"last"``, ``"bid_size"``...), ``None``
+        when absent. Raises ``KeyError`` for a field that is not one of them."""
+        if field not in _MARKET_PRICE_DECIMALS:
+            raise KeyError(f"MarketPrice has no decimal field {field!r} (it has {', '.join(_MARKET_PRICE_DECIMALS)})")
+        return decimal_value(getattr(self, field))
+
+    def decimals(self) -> dict[str, Decimal]:
+        """Every decimal field present, as exact ``Decimal``s: ``{"last": Decimal("-3.25"), ...}``."""
+        return {name: decimal_of_text(text) for name in _MARKET_PRICE_DECIMALS
+                if (text := getattr(self, name)) is not None}
+
+
+_MARKET_PRICE_DECIMALS = decimal_text_fields(MarketPrice)
 
 
 class CashDelivery(Checked, frozen=True, kw_only=True):

@@ -6,9 +6,10 @@ Every stored row has the event's own fields plus three storage columns:
   sequence) and ``_idx`` (position of the event in a batch envelope, 0 for a single event).
   ``(ts_event, _stream, _seq, _idx)`` is the total order of the history (queries, cursors).
 
-Column types: ``Decimal`` -> string (the exact decimal text as published, canonical; cast in DuckDB/SQL as
-needed, PostgreSQL stores ``numeric``), ``int`` -> int64, ``bool`` -> bool, ``str``/``Literal``
--> string, nested values (book levels, deliveries, dicts, lists) -> JSON text.
+Column types: ``Decimal`` (and a decimal carried as text, ``invariants.AmountText``...) -> string (the
+exact decimal text as published, canonical; cast in DuckDB/SQL as needed, PostgreSQL stores
+``numeric``), ``int`` -> int64, ``bool`` -> bool, ``str``/``Literal`` -> string, nested values (book
+levels, deliveries, dicts, lists) -> JSON text.
 
 Feed status events (kind ``feed_status``) are stored with ``ts_event`` = their ``ts`` and
 ``feed_kind`` = their ``kind`` (``kind`` is the partition/table name).
@@ -69,6 +70,8 @@ def _raw_factory(factory: Any) -> Callable[[], msgspec.Raw]:
 def _column_kind(tp: Any) -> str:
     """'int' | 'bool' | 'str' | 'decimal' | 'json' for a contract field type."""
     _, inner = _is_optional(tp)
+    if invariants.is_decimal_text(inner):  # a decimal carried as its text (MarketPrice): a decimal column
+        return "decimal"
     if typing.get_origin(inner) is typing.Annotated:  # an invariant's type, e.g. Price: its Python type
         inner = inner.__origin__
     if inner is int:
