@@ -552,6 +552,11 @@ def _envelopes(group: list[Message], schema: KindSchema) -> tuple[pa.Table | Non
     if not others:
         return scanned, []
     table, rejected = _flat_fast(others, schema, True)
+    if table is None and rejected is others:
+        # the JSON reader refused the group as a whole (a line break, JSON it cannot parse, a
+        # type or kind it does not expect): with every message, as before, all go to the contract
+        # decoder (their rows then come in sequence order, after the other groups')
+        return None, group
     if table is None or table.num_rows == 0:
         return scanned, rejected
     seqs = pa.array([m.seq for m in group], pa.int64())
