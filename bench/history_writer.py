@@ -182,6 +182,10 @@ async def main() -> None:
     ap.add_argument("--pg-rows", type=int, default=300_000)
     ap.add_argument("--backend", default="iceberg", choices=["iceberg"])
     ap.add_argument("--symbols-events", type=int, default=100_000)
+    ap.add_argument("--batched-only", action="store_true", help="only the batch-message figures (2., 3.)")
+    ap.add_argument("--ab-rounds", type=int, default=0,
+                    help="then this many alternating rounds of the batch figure with the compiled envelope "
+                         "scan off/on (marketbus.history.batch_decode.ENABLED): wall rate and process CPU per event")
     ap.add_argument("--pg-dsn", default=os.environ.get("MARKETBUS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hwbench"))
@@ -194,29 +198,31 @@ async def main() -> None:
         await ensure_all(js)
 
         phase("1. single")
+        singles: list[Trade] = []
         # 1. single-event messages into the embedded store
-        singles = trades(args.singles, "SINGLE")
-        await publish(server.url, singles, None)
-        ref = await raw_pull_rate(server.url, args.singles)
-        rate, _ = await run_writer(server.url, args.backend, tmp / "h1", args.singles, None, "")
-        row(f"{args.backend} store, single-event msgs", f"{rate:,.0f} ev/s", ">= 100,000 ev/s",
-            f"raw nats-py pull {ref:,.0f} msg/s", f"{rate / ref:.2f}")
-        await js.purge_stream("MD")
-
-        phase("1b. symbols")
-        # 1b. cost flat in the number of symbols: the same single-event messages over 10 and 10,000 symbols
-        rates = {}
-        for n_sym in (10, 10_000):
-            # every symbol within the same hours of one day (interleaved in time, as a live feed)
-            per = args.symbols_events // n_sym
-            events = sorted((e for k in range(n_sym) for e in trades(per, f"S{k}", k, 1_000_000 * n_sym // 10)),
-                            key=lambda e: e.ts_event)
-            await publish(server.url, events, None)
-            in_stream = (await js.stream_info("MD")).state.messages  # what the publisher got in
-            rates[n_sym], _ = await run_writer(server.url, args.backend, tmp / f"sym{n_sym}", in_stream, None, "")
+        if not args.batched_only:
+            singles = trades(args.singles, "SINGLE")
+            await publish(server.url, singles, None)
+            ref = await raw_pull_rate(server.url, args.singles)
+            rate, _ = await run_writer(server.url, args.backend, tmp / "h1", args.singles, None, "")
+            row(f"{args.backend} store, single-event msgs", f"{rate:,.0f} ev/s", ">= 100,000 ev/s",
+                f"raw nats-py pull {ref:,.0f} msg/s", f"{rate / ref:.2f}")
             await js.purge_stream("MD")
-        row(f"{args.backend} store, single-event msgs over 10,000 symbols", f"{rates[10_000]:,.0f} ev/s",
-            ">= 0.5 of the 10-symbol rate", f"10 symbols {rates[10]:,.0f} ev/s", f"{rates[10_000] / rates[10]:.2f}")
+
+            phase("1b. symbols")
+            # 1b. cost flat in the number of symbols: the same single-event messages over 10 and 10,000 symbols
+            rates = {}
+            for n_sym in (10, 10_000):
+                # every symbol within the same hours of one day (interleaved in time, as a live feed)
+                per = args.symbols_events // n_sym
+                events = sorted((e for k in range(n_sym) for e in trades(per, f"S{k}", k, 1_000_000 * n_sym // 10)),
+                                key=lambda e: e.ts_event)
+                await publish(server.url, events, None)
+                in_stream = (await js.stream_info("MD")).state.messages  # what the publisher got in
+                rates[n_sym], _ = await run_writer(server.url, args.backend, tmp / f"sym{n_sym}", in_stream, None, "")
+                await js.purge_stream("MD")
+            row(f"{args.backend} store, single-event msgs over 10,000 symbols", f"{rates[10_000]:,.0f} ev/s",
+                ">= 0.5 of the 10-symbol rate", f"10 symbols {rates[10]:,.0f} ev/s", f"{rates[10_000] / rates[10]:.2f}")
 
         phase("2. batch")
         # 2. batch envelopes into the embedded store (1M trades of one symbol, one day)
@@ -227,6 +233,23 @@ async def main() -> None:
         rate, _ = await run_writer(server.url, args.backend, tmp / "h2", args.batched, None, "")
         row(f"{args.backend} store, batch msgs (2000 ev)", f"{rate:,.0f} ev/s", ">= 1,000,000 ev/s",
             f"raw nats-py pull {ref_msgs * 2000:,.0f} ev/s", f"{rate / (ref_msgs * 2000):.2f}")
+        if args.ab_rounds:
+            from marketbus.history import batch_decode
+
+            got: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            for r in range(args.ab_rounds):
+                for compiled in (False, True) if r % 2 == 0 else (True, False):
+                    batch_decode.ENABLED = compiled
+                    cpu0 = time.process_time()
+                    ab_rate, _ = await run_writer(server.url, args.backend, tmp / f"ab{r}{compiled}", args.batched,
+                                                  None, "")
+                    got[compiled].append((ab_rate, (time.process_time() - cpu0) / args.batched * 1e6))
+            batch_decode.ENABLED = True
+            for compiled in (False, True):
+                rates_ = ", ".join(f"{a:,.0f}" for a, _ in got[compiled])
+                cpus = ", ".join(f"{c:.2f}" for _, c in got[compiled])
+                print(f"  A/B envelope scan {'compiled' if compiled else 'Arrow JSON'}: ev/s {rates_}; "
+                      f"writer process CPU us/ev {cpus}", flush=True)
 
         phase("raw pyarrow")
         # raw pyarrow write of the same rows
