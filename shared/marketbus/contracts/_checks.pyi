@@ -1,6 +1,6 @@
 """Types of the compiled contract checks (``_checks.c``; see ``invariants.install_checks``)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 KIND_INT: int
@@ -32,3 +32,9 @@ def decimal_of_text(text: str, /) -> Any: ...
 def configure_canonical(zero: Any, normalize: Callable[[Any], Any], integral: Callable[[Any], Any], /) -> None: ...
 def canonical_decimal(value: Any, /) -> Any: ...
 def event_id_hex(head: bytes, tail: str, /) -> str: ...
+
+# history batch envelopes (marketbus.history.batch_decode): (accepted flags, rows, message of each row
+# (int32), index in its envelope (int32), per field (validity bitmap | None, *buffers))
+def batch_columns(
+    messages: Sequence[bytes], kind: bytes, id_chars: bytes, token_chars: bytes, fields: list[tuple[Any, ...]], /
+) -> tuple[bytes, int, bytes, bytes, list[tuple[bytes | None, ...]]]: ...
