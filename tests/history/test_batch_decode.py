@@ -254,3 +254,17 @@ def test_the_same_sequence_twice_in_one_flush() -> None:
     msgs = [message(1, canonical(1)), message(2, replace(b'"price":', b'"price": ')(canonical(2))),
             message(1, canonical(1))]
     assert_same(*decode_both(msgs))
+
+
+def test_every_truncation_and_random_byte_flips() -> None:
+    """The scanner reads only within the message (any cut, any byte) and takes none of these but
+    the intact ones, with the same outcome as the general path."""
+    data = envelope(trades(2, 7))
+    for cut in range(len(data)):
+        assert_same(*decode_both([message(1, canonical(1)), message(2, data[:cut])]))
+    rnd = random.Random(14)
+    for _ in range(300):
+        flipped = bytearray(data)
+        for _ in range(rnd.randint(1, 3)):
+            flipped[rnd.randrange(len(flipped))] = rnd.choice(b'"\\,:{}[]0-9aE.\x00\xff n')
+        assert_same(*decode_both([message(2, bytes(flipped)), message(3, canonical(3))]))
