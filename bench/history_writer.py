@@ -177,6 +177,59 @@ async def run_writer(
         await writer.stop()
 
 
+async def batches_to_visible(url: str, tmp: Path, rate: int, seconds: float,
+                             size: int = 2000) -> tuple[float, float, int]:
+    """Batch envelopes of ``size`` trades published at ``rate`` events/s into a running writer
+    (default settings: flushes bounded by ``batch_max_events`` and ``batch_max_wait_s``); each
+    envelope's delay until a reader of the table sees its last event (the reader polls every
+    10 ms). Returns (p50 ms, p99 ms, envelopes)."""
+    import numpy as np
+
+    from marketbus.history.lakehouse import LakehouseSettings
+    from marketbus.history.reader import HistoryReader
+    from services.history_writer.app import HistoryWriter
+    from services.history_writer.store.base import Selector
+
+    writer = HistoryWriter(nats_url=url, backend="iceberg", data_dir=str(tmp / "pvb"), http_port=0,
+                           durable=f"pvb{os.getpid()}", query_queue=f"pvb{os.getpid()}", compact_interval_s=3600.0,
+                           log_level="WARNING")
+    await writer.start()
+    nc = await nats.connect(url)
+    pub = await JetStreamPublisher(nc, max_inflight=64).start()
+    reader = HistoryReader(LakehouseSettings.from_env(tmp / "pvb"))
+    n = int(rate * seconds / size)
+    sent = np.zeros(n)
+    seen = np.full(n, np.nan)
+    sel = Selector(kind="trade", symbol="PVB")
+
+    async def poll() -> None:
+        while np.isnan(seen).any():
+            t = await asyncio.to_thread(reader.read_kind, "trade", sel, 0, 2**63 - 1, columns=["trade_id"])
+            now = time.perf_counter()
+            if t.num_rows:
+                last = np.asarray(t.column("trade_id").to_pylist(), dtype=np.int64)
+                done = np.unique(last[last % size == size - 1] // size)
+                fresh = done[np.isnan(seen[done])]
+                seen[fresh] = now
+            await asyncio.sleep(0.01)
+
+    poller = asyncio.create_task(poll())
+    t0 = time.perf_counter()
+    for k in range(n):
+        delay = t0 + k * size / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent[k] = time.perf_counter()
+        await pub.publish_batch(trades(size, "PVB", k * size))
+    await pub.flush(timeout=60)
+    await asyncio.wait_for(poller, 120)
+    await pub.close()
+    await nc.close()
+    await writer.stop()
+    lag = (seen - sent) * 1000
+    return float(np.percentile(lag, 50)), float(np.percentile(lag, 99)), n
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--singles", type=int, default=200_000)
@@ -188,6 +241,8 @@ async def main() -> None:
     ap.add_argument("--ab-rounds", type=int, default=0,
                     help="then this many alternating rounds of the batch figure with the compiled envelope "
                          "scan off/on (marketbus.history.batch_decode.ENABLED): wall rate and process CPU per event")
+    ap.add_argument("--pv-batch-rate", type=int, default=0,
+                    help="then publish -> visible of 2000-event batch envelopes at this many events/s (5 s)")
     ap.add_argument("--pg-dsn", default=os.environ.get("MARKETBUS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hwbench"))
@@ -255,6 +310,13 @@ async def main() -> None:
                 cpus = ", ".join(f"{c:.2f}" for _, c in got[compiled])
                 print(f"  A/B envelope scan {'compiled' if compiled else 'Arrow JSON'}: ev/s {rates_}; "
                       f"writer process CPU us/ev (after start-up) {cpus}", flush=True)
+
+        if args.pv_batch_rate:
+            phase("publish -> visible, batches")
+            await js.purge_stream("MD")
+            p50, p99, n_env = await batches_to_visible(server.url, tmp, args.pv_batch_rate, 5.0)
+            row(f"publish -> visible, {n_env} batch envelopes of 2000 at {args.pv_batch_rate:,} ev/s",
+                f"p99 {p99:,.0f} ms", "p99 < 3,000 ms", f"p50 {p50:,.0f} ms", "-")
 
         phase("raw pyarrow")
         # raw pyarrow write of the same rows
