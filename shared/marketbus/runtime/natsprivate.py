@@ -155,8 +155,19 @@ class FrameParser(Parser):
     Only complete frames are taken from the buffer; a partial one stays there until the rest
     arrives, so the base parser's "awaiting payload" state is never used."""
 
+    _awaiting = 0  # the buffer holds a partial frame of this many bytes: nothing to parse before
+
+    def reset(self) -> None:
+        super().reset()
+        self._awaiting = 0
+
     async def parse(self, data: bytes = b"") -> None:
         self.buf.extend(data)
+        # a large frame (a batch envelope of 500 KB) comes in many reads of 32 KB: parsing it only
+        # once it is whole saves copying the growing buffer at each read (quadratic in its size)
+        if len(self.buf) < self._awaiting:
+            return
+        self._awaiting = 0
         if self.state != AWAITING_CONTROL_LINE:  # (only if the base parser ran on a message)
             await super().parse()
             if self.state != AWAITING_CONTROL_LINE:
@@ -188,6 +199,7 @@ class FrameParser(Parser):
                         raise ProtocolError("nats: malformed MSG") from None
                     start = end + 2
                     if start + total + 2 > size:
+                        self._awaiting = start + total + 2 - pos  # (the frame's size, from pos)
                         break  # the rest of the frame has not arrived
                     headers = buf[start:start + hlen] if hlen else None
                     payload = buf[start + hlen:start + total]
