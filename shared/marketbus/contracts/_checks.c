@@ -982,12 +982,14 @@ bfields_grow(BField *fs, Py_ssize_t nf, BBuf *msg_of_row, BBuf *idx, size_t rows
     return 1;
 }
 
+/* the fields of `spec`; *keep: a tuple holding every field tuple (and so their bytes) alive while
+ * the scan runs without the GIL (the caller releases it after) */
 static int
-parse_fields(PyObject *spec, BField **out, Py_ssize_t *nout)
+parse_fields(PyObject *spec, BField **out, Py_ssize_t *nout, PyObject **keep)
 {
-    PyObject *seq = PySequence_Fast(spec, "fields must be a sequence");
+    PyObject *seq = PySequence_Tuple(spec);
     if (seq == NULL) return 0;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     BField *fs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(BField));
     if (fs == NULL) {
         Py_DECREF(seq);
@@ -997,7 +999,12 @@ parse_fields(PyObject *spec, BField **out, Py_ssize_t *nout)
     for (Py_ssize_t i = 0; i < n; i++) {
         BField *f = &fs[i];
         PyObject *key, *charset, *literals;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "SiiinnOO", &key, &f->ctype, &f->nullable, &f->rule,
+        PyObject *item = PyTuple_GET_ITEM(seq, i);
+        if (!PyTuple_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "fields: tuples");
+            goto fail;
+        }
+        if (!PyArg_ParseTuple(item, "SiiinnOO", &key, &f->ctype, &f->nullable, &f->rule,
                               &f->minlen, &f->maxlen, &charset, &literals))
             goto fail;
         f->key = PyBytes_AS_STRING(key);
@@ -1036,10 +1043,9 @@ parse_fields(PyObject *spec, BField **out, Py_ssize_t *nout)
             goto fail;
         }
     }
-    /* the spec's bytes stay alive in `spec` (the caller's) for the call */
-    Py_DECREF(seq);
     *out = fs;
     *nout = n;
+    *keep = seq;
     return 1;
 fail:
     Py_DECREF(seq);
@@ -1078,13 +1084,15 @@ batch_columns(PyObject *module, PyObject *args)
     }
     BField *fs = NULL;
     Py_ssize_t nf = 0;
-    if (!parse_fields(spec, &fs, &nf)) {
+    PyObject *keep = NULL;
+    if (!parse_fields(spec, &fs, &nf, &keep)) {
         Py_DECREF(msgs);
         return NULL;
     }
     PyObject *accepted = PyBytes_FromStringAndSize(NULL, nmsg);
     if (accepted == NULL) {
         Py_DECREF(msgs);
+        Py_DECREF(keep);
         bfields_free(fs, nf);
         return NULL;
     }
@@ -1183,5 +1191,6 @@ done:
     PyMem_RawFree(msg_of_row.p);
     PyMem_RawFree(idxs.p);
     bfields_free(fs, nf);
+    Py_DECREF(keep);
     return out;
 }
