@@ -163,6 +163,7 @@ async def run_writer(
     await writer.start()
     try:
         t0 = time.perf_counter()
+        cpu0 = time.process_time()  # (start-up excluded: warm-up, catalog, consumers)
         md = writer.intakes[0]
         while md.stored + md.duplicates < expected_rows:  # duplicates: redeliveries found stored
             await asyncio.sleep(0.01)
@@ -170,9 +171,63 @@ async def run_writer(
                 raise RuntimeError(f"only {md.stored} rows stored ({md.duplicates} duplicates, {md.bad} bad, "
                                    f"{md.acked} acked, {md.buffered} buffered)")
         elapsed = time.perf_counter() - t0
+        writer.bench_cpu_us = (time.process_time() - cpu0) / max(expected_rows, 1) * 1e6  # type: ignore[attr-defined]
         return expected_rows / elapsed, writer
     finally:
         await writer.stop()
+
+
+async def batches_to_visible(url: str, tmp: Path, rate: int, seconds: float,
+                             size: int = 2000) -> tuple[float, float, int]:
+    """Batch envelopes of ``size`` trades published at ``rate`` events/s into a running writer
+    (default settings: flushes bounded by ``batch_max_events`` and ``batch_max_wait_s``); each
+    envelope's delay until a reader of the table sees its last event (the reader polls every
+    10 ms). Returns (p50 ms, p99 ms, envelopes)."""
+    import numpy as np
+
+    from marketbus.history.lakehouse import LakehouseSettings
+    from marketbus.history.reader import HistoryReader
+    from services.history_writer.app import HistoryWriter
+    from services.history_writer.store.base import Selector
+
+    writer = HistoryWriter(nats_url=url, backend="iceberg", data_dir=str(tmp / "pvb"), http_port=0,
+                           durable=f"pvb{os.getpid()}", query_queue=f"pvb{os.getpid()}", compact_interval_s=3600.0,
+                           log_level="WARNING")
+    await writer.start()
+    nc = await nats.connect(url)
+    pub = await JetStreamPublisher(nc, max_inflight=64).start()
+    reader = HistoryReader(LakehouseSettings.from_env(tmp / "pvb"))
+    n = int(rate * seconds / size)
+    sent = np.zeros(n)
+    seen = np.full(n, np.nan)
+    sel = Selector(kind="trade", symbol="PVB")
+
+    async def poll() -> None:
+        while np.isnan(seen).any():
+            t = await asyncio.to_thread(reader.read_kind, "trade", sel, 0, 2**63 - 1, columns=["trade_id"])
+            now = time.perf_counter()
+            if t.num_rows:
+                last = np.asarray(t.column("trade_id").to_pylist(), dtype=np.int64)
+                done = np.unique(last[last % size == size - 1] // size)
+                fresh = done[np.isnan(seen[done])]
+                seen[fresh] = now
+            await asyncio.sleep(0.01)
+
+    poller = asyncio.create_task(poll())
+    t0 = time.perf_counter()
+    for k in range(n):
+        delay = t0 + k * size / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent[k] = time.perf_counter()
+        await pub.publish_batch(trades(size, "PVB", k * size))
+    await pub.flush(timeout=60)
+    await asyncio.wait_for(poller, 120)
+    await pub.close()
+    await nc.close()
+    await writer.stop()
+    lag = (seen - sent) * 1000
+    return float(np.percentile(lag, 50)), float(np.percentile(lag, 99)), n
 
 
 async def main() -> None:
@@ -182,6 +237,12 @@ async def main() -> None:
     ap.add_argument("--pg-rows", type=int, default=300_000)
     ap.add_argument("--backend", default="iceberg", choices=["iceberg"])
     ap.add_argument("--symbols-events", type=int, default=100_000)
+    ap.add_argument("--batched-only", action="store_true", help="only the batch-message figures (2., 3.)")
+    ap.add_argument("--ab-rounds", type=int, default=0,
+                    help="then this many alternating rounds of the batch figure with the compiled envelope "
+                         "scan off/on (marketbus.history.batch_decode.ENABLED): wall rate and process CPU per event")
+    ap.add_argument("--pv-batch-rate", type=int, default=0,
+                    help="then publish -> visible of 2000-event batch envelopes at this many events/s (5 s)")
     ap.add_argument("--pg-dsn", default=os.environ.get("MARKETBUS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hwbench"))
@@ -194,29 +255,31 @@ async def main() -> None:
         await ensure_all(js)
 
         phase("1. single")
+        singles: list[Trade] = []
         # 1. single-event messages into the embedded store
-        singles = trades(args.singles, "SINGLE")
-        await publish(server.url, singles, None)
-        ref = await raw_pull_rate(server.url, args.singles)
-        rate, _ = await run_writer(server.url, args.backend, tmp / "h1", args.singles, None, "")
-        row(f"{args.backend} store, single-event msgs", f"{rate:,.0f} ev/s", ">= 100,000 ev/s",
-            f"raw nats-py pull {ref:,.0f} msg/s", f"{rate / ref:.2f}")
-        await js.purge_stream("MD")
-
-        phase("1b. symbols")
-        # 1b. cost flat in the number of symbols: the same single-event messages over 10 and 10,000 symbols
-        rates = {}
-        for n_sym in (10, 10_000):
-            # every symbol within the same hours of one day (interleaved in time, as a live feed)
-            per = args.symbols_events // n_sym
-            events = sorted((e for k in range(n_sym) for e in trades(per, f"S{k}", k, 1_000_000 * n_sym // 10)),
-                            key=lambda e: e.ts_event)
-            await publish(server.url, events, None)
-            in_stream = (await js.stream_info("MD")).state.messages  # what the publisher got in
-            rates[n_sym], _ = await run_writer(server.url, args.backend, tmp / f"sym{n_sym}", in_stream, None, "")
+        if not args.batched_only:
+            singles = trades(args.singles, "SINGLE")
+            await publish(server.url, singles, None)
+            ref = await raw_pull_rate(server.url, args.singles)
+            rate, _ = await run_writer(server.url, args.backend, tmp / "h1", args.singles, None, "")
+            row(f"{args.backend} store, single-event msgs", f"{rate:,.0f} ev/s", ">= 100,000 ev/s",
+                f"raw nats-py pull {ref:,.0f} msg/s", f"{rate / ref:.2f}")
             await js.purge_stream("MD")
-        row(f"{args.backend} store, single-event msgs over 10,000 symbols", f"{rates[10_000]:,.0f} ev/s",
-            ">= 0.5 of the 10-symbol rate", f"10 symbols {rates[10]:,.0f} ev/s", f"{rates[10_000] / rates[10]:.2f}")
+
+            phase("1b. symbols")
+            # 1b. cost flat in the number of symbols: the same single-event messages over 10 and 10,000 symbols
+            rates = {}
+            for n_sym in (10, 10_000):
+                # every symbol within the same hours of one day (interleaved in time, as a live feed)
+                per = args.symbols_events // n_sym
+                events = sorted((e for k in range(n_sym) for e in trades(per, f"S{k}", k, 1_000_000 * n_sym // 10)),
+                                key=lambda e: e.ts_event)
+                await publish(server.url, events, None)
+                in_stream = (await js.stream_info("MD")).state.messages  # what the publisher got in
+                rates[n_sym], _ = await run_writer(server.url, args.backend, tmp / f"sym{n_sym}", in_stream, None, "")
+                await js.purge_stream("MD")
+            row(f"{args.backend} store, single-event msgs over 10,000 symbols", f"{rates[10_000]:,.0f} ev/s",
+                ">= 0.5 of the 10-symbol rate", f"10 symbols {rates[10]:,.0f} ev/s", f"{rates[10_000] / rates[10]:.2f}")
 
         phase("2. batch")
         # 2. batch envelopes into the embedded store (1M trades of one symbol, one day)
@@ -227,6 +290,33 @@ async def main() -> None:
         rate, _ = await run_writer(server.url, args.backend, tmp / "h2", args.batched, None, "")
         row(f"{args.backend} store, batch msgs (2000 ev)", f"{rate:,.0f} ev/s", ">= 1,000,000 ev/s",
             f"raw nats-py pull {ref_msgs * 2000:,.0f} ev/s", f"{rate / (ref_msgs * 2000):.2f}")
+        if args.ab_rounds:
+            from marketbus.history import batch_decode
+
+            got: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            for r in range(args.ab_rounds):
+                for compiled in (False, True) if r % 2 == 0 else (True, False):
+                    batch_decode.ENABLED = compiled
+                    ab_rate, ab_writer = await run_writer(server.url, args.backend, tmp / f"ab{r}{compiled}",
+                                                          args.batched, None, "")
+                    commits = getattr(ab_writer.store, "writer", None)
+                    got[compiled].append((ab_rate, ab_writer.bench_cpu_us))  # type: ignore[attr-defined]
+                    if commits is not None:
+                        print(f"  ({'compiled' if compiled else 'Arrow JSON'}: {commits.commits} commits, "
+                              f"{args.batched / max(commits.commits, 1):,.0f} events per commit)", flush=True)
+            batch_decode.ENABLED = True
+            for compiled in (False, True):
+                rates_ = ", ".join(f"{a:,.0f}" for a, _ in got[compiled])
+                cpus = ", ".join(f"{c:.2f}" for _, c in got[compiled])
+                print(f"  A/B envelope scan {'compiled' if compiled else 'Arrow JSON'}: ev/s {rates_}; "
+                      f"writer process CPU us/ev (after start-up) {cpus}", flush=True)
+
+        if args.pv_batch_rate:
+            phase("publish -> visible, batches")
+            await js.purge_stream("MD")
+            p50, p99, n_env = await batches_to_visible(server.url, tmp, args.pv_batch_rate, 5.0)
+            row(f"publish -> visible, {n_env} batch envelopes of 2000 at {args.pv_batch_rate:,} ev/s",
+                f"p99 {p99:,.0f} ms", "p99 < 3,000 ms", f"p50 {p50:,.0f} ms", "-")
 
         phase("raw pyarrow")
         # raw pyarrow write of the same rows

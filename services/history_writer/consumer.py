@@ -7,7 +7,8 @@ by every writer instance (JetStream splits the messages between them). Flow:
 1. pull requests (``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``, ``batch`` messages,
    ``expires``) are answered into one inbox subscription; the stream sequence and delivery
    count come from the ack subject, so nothing is decoded on receipt;
-2. every ``batch_max_wait_s`` (or ``batch_max_msgs`` messages) the buffer is flushed:
+2. every ``batch_max_wait_s`` (or ``batch_max_msgs`` messages, about ``batch_max_events`` events,
+   ``batch_max_bytes`` bytes) the buffer is flushed:
    redeliveries already stored are dropped, the rest decoded (``schema.decode_messages``),
    undecodable ones dead-lettered, the rows written to the store (durably, atomically);
 3. then, and only then, every message of the batch is acked (``+ACK``).
@@ -190,6 +191,12 @@ class StreamIntake:
         self.batch_max = s.batch_max_msgs
         self.batch_max_bytes = s.batch_max_bytes
         self._buffer_bytes = 0
+        # events of batch envelopes, counted without decoding: their bytes, at the bytes per event
+        # the last flushes decoded (a first guess until then)
+        self.batch_max_events = s.batch_max_events
+        self._bytes_per_event = 200.0
+        self._batch_bytes = 0  # payload bytes of the buffered batch envelopes
+        self._batch_bytes_max = int(self.batch_max_events * self._bytes_per_event)
         # flushes in flight: while one writes (in a thread, GIL released), the next decodes
         self._inflight = asyncio.Semaphore(max(1, s.flush_concurrency))
         self._flush_tasks: set[asyncio.Task[None]] = set()
@@ -288,10 +295,32 @@ class StreamIntake:
             self._first_at = self._buffer_reset_at = time.monotonic()
         buffer.append((Message(self.stream, seq, subject.decode(), data, kind), reply, delivered))
         self._buffer_bytes += len(data)
+        if kind == "batch":
+            self._batch_bytes += len(data)
         if requests.delivered():  # that request is fulfilled (no status message follows)
             self._pull_wake.set()
-        if len(buffer) >= self.batch_max or self._buffer_bytes >= self.batch_max_bytes:
+        if len(buffer) >= self.batch_max or self._buffer_bytes >= self.batch_max_bytes or (
+                self._batch_bytes >= self._batch_bytes_max):  # (self._full(), inline: the hot path)
             self._wake.set()
+
+    def _full(self) -> bool:
+        """The buffer holds a flush: ``batch_max_msgs`` messages, ``batch_max_bytes``, or about
+        ``batch_max_events`` events of batch envelopes (estimated from their bytes)."""
+        return (len(self._buffer) >= self.batch_max or self._buffer_bytes >= self.batch_max_bytes
+                or self._batch_bytes >= self._batch_bytes_max)
+
+    def _learn_event_size(self, msgs: list[Message], events: int) -> None:
+        """The bytes per event of batch envelopes, from a decoded flush (a moving average)."""
+        batch_bytes = batch_msgs = 0
+        for m in msgs:
+            if m.type == "batch":
+                batch_bytes += len(m.data)
+                batch_msgs += 1
+        batch_events = events - (len(msgs) - batch_msgs)  # (single events count one each)
+        if batch_bytes and batch_events > 0:
+            size = min(max(batch_bytes / batch_events, 16.0), float(1 << 20))
+            self._bytes_per_event = 0.5 * self._bytes_per_event + 0.5 * size
+            self._batch_bytes_max = int(self.batch_max_events * self._bytes_per_event)
 
     async def _pull_loop(self) -> None:
         """Keep two pull requests outstanding (double buffering): the server never holds more
@@ -301,7 +330,8 @@ class StreamIntake:
         request = requests.body(self.pull_batch, self.pull_max_bytes)
         while True:
             requests.drop_expired()  # lost (a reconnect): asked again
-            backlog = len(self._buffer) >= 2 * self.batch_max or self._buffer_bytes >= 2 * self.batch_max_bytes
+            backlog = (len(self._buffer) >= 2 * self.batch_max or self._buffer_bytes >= 2 * self.batch_max_bytes
+                       or self._batch_bytes >= 2 * self._batch_bytes_max)
             while not backlog and len(requests) < 2:
                 try:
                     await self.nc.publish(requests.subject, request, reply=requests.inbox)
@@ -321,7 +351,7 @@ class StreamIntake:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.max_wait)
                 continue
             age = time.monotonic() - self._first_at
-            if len(self._buffer) < self.batch_max and self._buffer_bytes < self.batch_max_bytes and age < self.max_wait:
+            if not self._full() and age < self.max_wait:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.max_wait - age)
@@ -333,6 +363,7 @@ class StreamIntake:
             since = self._buffer_reset_at  # every buffered message arrived or was kept alive since
             batch, self._buffer = self._buffer[: self.batch_max], self._buffer[self.batch_max:]
             self._buffer_bytes = sum(len(m.data) for m, _, _ in self._buffer) if self._buffer else 0
+            self._batch_bytes = sum(len(m.data) for m, _, _ in self._buffer if m.type == "batch") if self._buffer else 0
             if self._buffer:
                 self._first_at = time.monotonic()
             self._pull_wake.set()
@@ -510,6 +541,7 @@ class StreamIntake:
         # in a worker thread: Arrow's JSON reader releases the GIL, so the receive loop keeps
         # taking in the next batch meanwhile (inline, a 20k-message decode stalls it ~100 ms)
         decoded = await asyncio.to_thread(decode_messages, msgs, self.stream)
+        self._learn_event_size(msgs, decoded.events + len(decoded.bad))
         if decoded.bad:
             await self._dead_letter(decoded.bad)
             bad_seqs = {m.seq for m, _ in decoded.bad}

@@ -68,6 +68,8 @@ async def test_frame_parser_matches_nats_py_parser_at_any_split() -> None:
         b"MSG other.subject 9 3\r\nabc\r\n",  # an ordinary subscription
         b'INFO {"server_id":"x","max_payload":1048576}\r\n',
         b"MSG _INBOX.a 5 0\r\n\r\n",  # empty payload, no reply
+        # a batch envelope's size: many reads before it is whole
+        b"HMSG _INBOX.a 5 $JS.ACK.MD.d.1.9.9.1.0 %d %d\r\n%s%s\r\n" % (len(hdr), len(hdr) + 70_000, hdr, b"x" * 70_000),
     ]
     stream = b"".join(frames) * 3
 
@@ -92,8 +94,8 @@ async def test_frame_parser_matches_nats_py_parser_at_any_split() -> None:
     reference = Conn(raw=False)
     parser = Parser(reference)
     await parser.parse(stream)
-    assert len(reference.got) == 15 and reference.ops == ["ping", "info x"] * 3
-    for step in (1, 2, 3, 7, 13, 64, len(stream)):
+    assert len(reference.got) == 18 and reference.ops == ["ping", "info x"] * 3
+    for step in (1, 2, 3, 7, 13, 64, 32768, len(stream)):
         for raw in (True, False):
             conn = Conn(raw)
             fast = FrameParser(conn)

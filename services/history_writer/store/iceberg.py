@@ -135,18 +135,28 @@ class IcebergStore(HistoryStore):
             if floor is not None:
                 self.forget_below(stream, floor)
 
+        batches = {kind: pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+                   for kind, parts in decoded.tables.items()}
+        batches = {kind: rows for kind, rows in batches.items() if rows.num_rows}
+        if not batches:
+            return WriteResult()
+        writer = self.writer
+        # 1. the tables, on the catalog's thread; 2. the data files, on a worker thread (Arrow and
+        # Parquet, the GIL released most of the time): they are written while the previous flush
+        # commits; 3. the exactly-once check and the commit, on the catalog's thread again
+        tables = await _on_iceberg_thread(lambda: {kind: writer.tables.get(kind, create=True) for kind in batches})
+        prepared = await asyncio.to_thread(
+            lambda: [writer.prepare(tables[kind], kind, stream, rows) for kind, rows in batches.items()])
+
         def commit() -> WriteResult:
             result = WriteResult()
-            for kind, parts in decoded.tables.items():
-                rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-                if rows.num_rows == 0:
-                    continue
+            for ready in prepared:
                 redelivered = self._redelivered.get(stream)
                 recheck = None
                 if redelivered:
-                    seqs = set(pa.compute.unique(rows.column("_seq")).to_pylist())
+                    seqs = set(pa.compute.unique(batches[ready.kind].column("_seq")).to_pylist())
                     recheck = seqs & redelivered
-                stored, skipped = self.writer.append(kind, stream, rows, recheck)
+                stored, skipped = writer.commit(ready, recheck)
                 if recheck and redelivered:
                     redelivered.difference_update(recheck)
                 result.rows += stored

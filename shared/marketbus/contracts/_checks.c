@@ -880,6 +880,7 @@ seconds_ns(PyObject *module, PyObject *raw)
     return PyLong_FromUnsignedLongLong(whole * 1000000000ULL + frac);
 }
 /* ---- end of decimal text ---- */
+static PyObject *batch_columns(PyObject *module, PyObject *args); /* history batch envelopes (at the end) */
 
 static PyMethodDef methods[] = {
     {"configure_decimal", configure_decimal, METH_VARARGS,
@@ -903,6 +904,9 @@ static PyMethodDef methods[] = {
      "decimal_text_fits(v, sign): the decimal text accept test, canonical text only (for the tests)"},
     {"seconds_ns", seconds_ns, METH_O,
      "seconds_ns(raw): a plain JSON number of unix seconds (<= 9 places, < 2**63 ns) -> int ns; None for any other"},
+    {"batch_columns", batch_columns, METH_VARARGS,
+     "batch_columns(messages, kind, id_chars, token_chars, fields) -> (accepted, rows, msg_of_row, idx, columns): "
+     "batch envelopes as marketbus publishes them -> Arrow column buffers (see the history section of _checks.c)"},
     {NULL},
 };
 
@@ -1349,4 +1353,489 @@ static int
 add_ticksupply_functions(PyObject *m)
 {
     return PyModule_AddFunctions(m, ticksupply_methods);
+}
+
+/* ======================================================================================================
+ * History batch envelopes -> Arrow column buffers (services/history_writer/batch_decode.py).
+ *
+ * batch_columns(messages, kind, id_chars, token_chars, fields) scans batch envelopes exactly as
+ * marketbus publishes them (msgspec's output: the contract's key order, no whitespace, no escapes,
+ * ASCII text) and writes each event field into column buffers: int32 offsets + bytes for text and
+ * decimal text, int64 for ints, a bitmap for bools, validity bitmaps for nulls. Every field's
+ * invariant is checked here (the history's vectorized checks, schema.ARROW_CHECKS, the same rules):
+ * a message with any byte out of that shape, or any value a check refuses, is not taken (its
+ * accepted flag is 0, its rows are rolled back) and the caller decodes it the usual way. So this
+ * only ever accepts; what it does not know is left to the general path.
+ *
+ * fields: [(key, ctype, nullable, rule, min_len, max_len, charset, literals)] in wire order;
+ * key the bytes before the value (',"price":'); charset 256 bytes (1 = allowed) or None;
+ * literals a tuple of bytes or None. The scan runs without the GIL.
+ * ====================================================================================================== */
+enum { BC_STR = 0, BC_INT = 1, BC_BOOL = 2 };
+enum { BR_NONE = 0, BR_CHARS, BR_LEN, BR_POSITIVE, BR_NONNEG, BR_SIGNED, BR_INT_NONNEG, BR_INT64, BR_LITERAL };
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} BBuf;
+
+static int
+bbuf_reserve(BBuf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap) return 1;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    char *p = PyMem_RawRealloc(b->p, cap);
+    if (p == NULL) return 0;
+    b->p = p;
+    b->cap = cap;
+    return 1;
+}
+
+typedef struct {
+    const char *key;
+    Py_ssize_t keylen;
+    int ctype, nullable, rule;
+    Py_ssize_t minlen, maxlen;
+    unsigned char table[256];
+    Py_ssize_t nlit;
+    const char **lit;
+    Py_ssize_t *litlen;
+    BBuf offsets, data, values, valid;
+    Py_ssize_t nulls;
+} BField;
+
+static inline void
+bit_put(BBuf *b, Py_ssize_t i, int on)
+{
+    uint8_t *p = (uint8_t *)b->p;
+    if (on) p[i >> 3] |= (uint8_t)(1u << (i & 7));
+    else p[i >> 3] &= (uint8_t)~(1u << (i & 7));
+}
+
+static inline int
+is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* schema.py's _PLAIN_DECIMAL: [0-9]{1,18}(\.[0-9]{1,20})? | [0-9](\.[0-9]{1,20})?E-([1-9]|[12][0-9]) */
+static int
+plain_decimal(const char *s, Py_ssize_t n, int *nonzero)
+{
+    Py_ssize_t i = 0, k = 0;
+    *nonzero = 0;
+    while (i < n && is_digit(s[i])) {
+        if (s[i] != '0') *nonzero = 1;
+        i++;
+    }
+    Py_ssize_t ints = i;
+    if (ints < 1 || ints > 18) return 0;
+    if (i < n && s[i] == '.') {
+        i++;
+        k = i;
+        while (i < n && is_digit(s[i])) {
+            if (s[i] != '0') *nonzero = 1;
+            i++;
+        }
+        if (i - k < 1 || i - k > 20) return 0;
+    }
+    if (i == n) return 1;
+    if (ints != 1 || s[i] != 'E' || i + 2 >= n + 0 || s[i + 1] != '-') return 0;
+    i += 2;
+    if (n - i == 1) return s[i] >= '1' && s[i] <= '9';
+    if (n - i == 2) return (s[i] == '1' || s[i] == '2') && is_digit(s[i + 1]);
+    return 0;
+}
+
+static int
+text_ok(const BField *f, const char *s, Py_ssize_t n)
+{
+    int nonzero;
+    switch (f->rule) {
+    case BR_NONE:
+        return 1;
+    case BR_CHARS:
+        if (n < f->minlen || n > f->maxlen) return 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!f->table[(unsigned char)s[i]]) return 0;
+        return 1;
+    case BR_LEN:
+        return n <= f->maxlen; /* ASCII only here: bytes are characters */
+    case BR_POSITIVE:
+        return plain_decimal(s, n, &nonzero) && nonzero;
+    case BR_NONNEG:
+        return plain_decimal(s, n, &nonzero);
+    case BR_SIGNED:
+        if (n > 0 && s[0] == '-') {
+            s++;
+            n--;
+        }
+        return plain_decimal(s, n, &nonzero);
+    case BR_LITERAL:
+        for (Py_ssize_t i = 0; i < f->nlit; i++)
+            if (f->litlen[i] == n && memcmp(f->lit[i], s, (size_t)n) == 0) return 1;
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* a JSON string without escapes, printable ASCII: its length (p at the opening quote), or -1 */
+static inline Py_ssize_t
+plain_string(const char *p, const char *end)
+{
+    if (p >= end || *p != '"') return -1;
+    const char *s = p + 1;
+    const char *q = s;
+    while (q < end) {
+        unsigned char c = (unsigned char)*q;
+        if (c == '"') return q - s;
+        if (c < 0x20 || c > 0x7e || c == '\\') return -1;
+        q++;
+    }
+    return -1;
+}
+
+static inline int
+lit(const char **p, const char *end, const char *text, size_t n)
+{
+    if ((size_t)(end - *p) < n || memcmp(*p, text, n) != 0) return 0;
+    *p += n;
+    return 1;
+}
+
+/* a token/id string checked against a charset (envelope fields) */
+static inline int
+chars_string(const char **p, const char *end, const unsigned char *table, Py_ssize_t maxlen)
+{
+    Py_ssize_t n = plain_string(*p, end);
+    if (n < 1 || n > maxlen) return 0;
+    const char *s = *p + 1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!table[(unsigned char)s[i]]) return 0;
+    *p += n + 2;
+    return 1;
+}
+
+/* one field value at *p for row `row`: 1 taken, 0 not */
+static int
+scan_value(BField *f, const char **pp, const char *end, Py_ssize_t row)
+{
+    const char *p = *pp;
+    if (end - p >= 4 && memcmp(p, "null", 4) == 0) {
+        if (!f->nullable) return 0;
+        p += 4;
+        bit_put(&f->valid, row, 0);
+        if (f->ctype == BC_STR) {
+            ((int32_t *)f->offsets.p)[row + 1] = (int32_t)f->data.len;
+        } else if (f->ctype == BC_INT) {
+            ((int64_t *)f->values.p)[row] = 0;
+        } else {
+            bit_put(&f->values, row, 0);
+        }
+        *pp = p;
+        return 1;
+    }
+    bit_put(&f->valid, row, 1);
+    if (f->ctype == BC_STR) {
+        Py_ssize_t n = plain_string(p, end);
+        if (n < 0 || !text_ok(f, p + 1, n)) return 0;
+        if (f->data.len + (size_t)n > (size_t)INT32_MAX || !bbuf_reserve(&f->data, (size_t)n)) return 0;
+        memcpy(f->data.p + f->data.len, p + 1, (size_t)n);
+        f->data.len += (size_t)n;
+        ((int32_t *)f->offsets.p)[row + 1] = (int32_t)f->data.len;
+        *pp = p + n + 2;
+        return 1;
+    }
+    if (f->ctype == BC_BOOL) {
+        if (lit(&p, end, "true", 4)) bit_put(&f->values, row, 1);
+        else if (lit(&p, end, "false", 5)) bit_put(&f->values, row, 0);
+        else return 0;
+        *pp = p;
+        return 1;
+    }
+    /* int: -?(0|[1-9][0-9]*) within int64 (>= 0 for the non-negative rules) */
+    int neg = 0;
+    if (p < end && *p == '-') {
+        if (f->rule != BR_INT64) return 0;
+        neg = 1;
+        p++;
+    }
+    if (p >= end || !is_digit(*p)) return 0;
+    uint64_t v = 0;
+    const char *d = p;
+    if (*p == '0') p++;
+    else
+        while (p < end && is_digit(*p)) {
+            if (p - d >= 19) return 0;
+            v = v * 10 + (uint64_t)(*p - '0');
+            p++;
+        }
+    if (neg ? v > (uint64_t)INT64_MAX + 1 : v > (uint64_t)INT64_MAX) return 0;
+    ((int64_t *)f->values.p)[row] = neg ? (int64_t)(0 - v) : (int64_t)v;
+    *pp = p;
+    return 1;
+}
+
+static void
+bfields_free(BField *fs, Py_ssize_t n)
+{
+    if (fs == NULL) return;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyMem_RawFree(fs[i].offsets.p);
+        PyMem_RawFree(fs[i].data.p);
+        PyMem_RawFree(fs[i].values.p);
+        PyMem_RawFree(fs[i].valid.p);
+        PyMem_Free(fs[i].lit);
+        PyMem_Free(fs[i].litlen);
+    }
+    PyMem_Free(fs);
+}
+
+/* the row arrays of every field hold at least `rows` rows (+1 offset) */
+static int
+bfields_grow(BField *fs, Py_ssize_t nf, BBuf *msg_of_row, BBuf *idx, size_t rows)
+{
+    size_t need = rows + 1;
+    if (msg_of_row->cap >= need * 4) return 1;
+    size_t cap = msg_of_row->cap / 4 ? msg_of_row->cap / 4 : 1024;
+    while (cap < need) cap *= 2;
+    msg_of_row->len = idx->len = 0; /* lengths unused: rows are counted apart */
+    if (!bbuf_reserve(msg_of_row, cap * 4) || !bbuf_reserve(idx, cap * 4)) return 0;
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        BField *f = &fs[i];
+        size_t old_bits = f->valid.cap, bits = cap / 8 + 1;
+        f->valid.len = 0;
+        if (!bbuf_reserve(&f->valid, bits)) return 0;
+        memset(f->valid.p + old_bits, 0, f->valid.cap - old_bits);
+        if (f->ctype == BC_STR) {
+            f->offsets.len = 0;
+            size_t had = f->offsets.cap;
+            if (!bbuf_reserve(&f->offsets, (cap + 1) * 4)) return 0;
+            if (had == 0) ((int32_t *)f->offsets.p)[0] = 0;
+        } else if (f->ctype == BC_INT) {
+            f->values.len = 0;
+            if (!bbuf_reserve(&f->values, cap * 8)) return 0;
+        } else {
+            size_t old = f->values.cap;
+            f->values.len = 0;
+            if (!bbuf_reserve(&f->values, bits)) return 0;
+            memset(f->values.p + old, 0, f->values.cap - old);
+        }
+    }
+    return 1;
+}
+
+/* the fields of `spec`; *keep: a tuple holding every field tuple (and so their bytes) alive while
+ * the scan runs without the GIL (the caller releases it after) */
+static int
+parse_fields(PyObject *spec, BField **out, Py_ssize_t *nout, PyObject **keep)
+{
+    PyObject *seq = PySequence_Tuple(spec);
+    if (seq == NULL) return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    BField *fs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(BField));
+    if (fs == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        BField *f = &fs[i];
+        PyObject *key, *charset, *literals;
+        PyObject *item = PyTuple_GET_ITEM(seq, i);
+        if (!PyTuple_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "fields: tuples");
+            goto fail;
+        }
+        if (!PyArg_ParseTuple(item, "SiiinnOO", &key, &f->ctype, &f->nullable, &f->rule,
+                              &f->minlen, &f->maxlen, &charset, &literals))
+            goto fail;
+        f->key = PyBytes_AS_STRING(key);
+        f->keylen = PyBytes_GET_SIZE(key);
+        if (charset != Py_None) {
+            if (!PyBytes_Check(charset) || PyBytes_GET_SIZE(charset) != 256) {
+                PyErr_SetString(PyExc_ValueError, "charset: 256 bytes");
+                goto fail;
+            }
+            memcpy(f->table, PyBytes_AS_STRING(charset), 256);
+        }
+        if (literals != Py_None) {
+            if (!PyTuple_Check(literals)) {
+                PyErr_SetString(PyExc_TypeError, "literals: a tuple of bytes");
+                goto fail;
+            }
+            f->nlit = PyTuple_GET_SIZE(literals);
+            f->lit = PyMem_Calloc((size_t)(f->nlit ? f->nlit : 1), sizeof(char *));
+            f->litlen = PyMem_Calloc((size_t)(f->nlit ? f->nlit : 1), sizeof(Py_ssize_t));
+            if (f->lit == NULL || f->litlen == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            for (Py_ssize_t j = 0; j < f->nlit; j++) {
+                PyObject *l = PyTuple_GET_ITEM(literals, j);
+                if (!PyBytes_Check(l)) {
+                    PyErr_SetString(PyExc_TypeError, "literals: a tuple of bytes");
+                    goto fail;
+                }
+                f->lit[j] = PyBytes_AS_STRING(l);
+                f->litlen[j] = PyBytes_GET_SIZE(l);
+            }
+        }
+        if (f->ctype < BC_STR || f->ctype > BC_BOOL || f->rule < BR_NONE || f->rule > BR_LITERAL) {
+            PyErr_SetString(PyExc_ValueError, "unknown column type or rule");
+            goto fail;
+        }
+    }
+    *out = fs;
+    *nout = n;
+    *keep = seq;
+    return 1;
+fail:
+    Py_DECREF(seq);
+    bfields_free(fs, n);
+    return 0;
+}
+
+static PyObject *
+bbuf_bytes(const BBuf *b, size_t len)
+{
+    return PyBytes_FromStringAndSize(len ? b->p : "", (Py_ssize_t)len);
+}
+
+static PyObject *
+batch_columns(PyObject *module, PyObject *args)
+{
+    PyObject *messages, *spec;
+    const char *kind, *id_chars, *token_chars;
+    Py_ssize_t kind_len, id_len, token_len;
+    if (!PyArg_ParseTuple(args, "Oy#y#y#O", &messages, &kind, &kind_len, &id_chars, &id_len, &token_chars, &token_len,
+                          &spec))
+        return NULL;
+    if (id_len != 256 || token_len != 256) {
+        PyErr_SetString(PyExc_ValueError, "id_chars, token_chars: 256 bytes");
+        return NULL;
+    }
+    PyObject *msgs = PySequence_Tuple(messages); /* holds the bytes while the GIL is released */
+    if (msgs == NULL) return NULL;
+    Py_ssize_t nmsg = PyTuple_GET_SIZE(msgs);
+    for (Py_ssize_t m = 0; m < nmsg; m++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(msgs, m))) {
+            Py_DECREF(msgs);
+            PyErr_SetString(PyExc_TypeError, "messages: bytes");
+            return NULL;
+        }
+    }
+    BField *fs = NULL;
+    Py_ssize_t nf = 0;
+    PyObject *keep = NULL;
+    if (!parse_fields(spec, &fs, &nf, &keep)) {
+        Py_DECREF(msgs);
+        return NULL;
+    }
+    PyObject *accepted = PyBytes_FromStringAndSize(NULL, nmsg);
+    if (accepted == NULL) {
+        Py_DECREF(msgs);
+        Py_DECREF(keep);
+        bfields_free(fs, nf);
+        return NULL;
+    }
+    char *acc = PyBytes_AS_STRING(accepted);
+    BBuf msg_of_row = {0}, idxs = {0};
+    Py_ssize_t rows = 0;
+    int oom = 0;
+    const unsigned char *idt = (const unsigned char *)id_chars, *tokt = (const unsigned char *)token_chars;
+
+    Py_BEGIN_ALLOW_THREADS
+    oom = !bfields_grow(fs, nf, &msg_of_row, &idxs, 1024);
+    for (Py_ssize_t m = 0; m < nmsg && !oom; m++) {
+        PyObject *b = PyTuple_GET_ITEM(msgs, m);
+        const char *p = PyBytes_AS_STRING(b), *end = p + PyBytes_GET_SIZE(b);
+        Py_ssize_t first = rows;
+        int ok = lit(&p, end, "{\"type\":\"batch\",\"id\":", 21) && chars_string(&p, end, idt, 128) &&
+                 lit(&p, end, ",\"kind\":\"", 9) && lit(&p, end, kind, (size_t)kind_len) &&
+                 lit(&p, end, "\",\"source\":", 11) && chars_string(&p, end, tokt, 128) &&
+                 lit(&p, end, ",\"venue\":", 9) && chars_string(&p, end, tokt, 128) &&
+                 lit(&p, end, ",\"symbol\":", 10) && chars_string(&p, end, tokt, 128) &&
+                 lit(&p, end, ",\"replay\":", 10) && (lit(&p, end, "true", 4) || lit(&p, end, "false", 5)) &&
+                 lit(&p, end, ",\"events\":[", 11);
+        if (ok && p < end && *p == ']') {
+            p++;
+        } else {
+            Py_ssize_t i = 0;
+            while (ok) {
+                if (!bfields_grow(fs, nf, &msg_of_row, &idxs, (size_t)rows + 1)) {
+                    oom = 1;
+                    ok = 0;
+                    break;
+                }
+                ok = lit(&p, end, "{\"type\":\"", 9) && lit(&p, end, kind, (size_t)kind_len) && lit(&p, end, "\"", 1);
+                for (Py_ssize_t j = 0; ok && j < nf; j++) {
+                    ok = lit(&p, end, fs[j].key, (size_t)fs[j].keylen) && scan_value(&fs[j], &p, end, rows);
+                }
+                if (!ok || !lit(&p, end, "}", 1)) {
+                    ok = 0;
+                    break;
+                }
+                ((int32_t *)msg_of_row.p)[rows] = (int32_t)m;
+                ((int32_t *)idxs.p)[rows] = (int32_t)i;
+                rows++;
+                i++;
+                if (p < end && *p == ',') {
+                    p++;
+                    continue;
+                }
+                ok = lit(&p, end, "]", 1);
+                break;
+            }
+        }
+        ok = ok && lit(&p, end, "}", 1) && p == end;
+        acc[m] = (char)ok;
+        if (!ok) { /* roll back its rows */
+            for (Py_ssize_t j = 0; j < nf; j++) {
+                BField *f = &fs[j];
+                if (f->ctype == BC_STR && f->offsets.p) f->data.len = (size_t)((int32_t *)f->offsets.p)[first];
+            }
+            rows = first;
+        }
+    }
+    for (Py_ssize_t j = 0; j < nf && !oom; j++) { /* nulls: the clear bits of the rows taken */
+        const uint8_t *v = (const uint8_t *)fs[j].valid.p;
+        for (Py_ssize_t r = 0; r < rows; r++) fs[j].nulls += !(v[r >> 3] & (1u << (r & 7)));
+    }
+    Py_END_ALLOW_THREADS
+
+    Py_DECREF(msgs);
+    PyObject *out = NULL, *cols = NULL;
+    if (oom) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    cols = PyList_New(nf);
+    if (cols == NULL) goto done;
+    for (Py_ssize_t j = 0; j < nf; j++) {
+        BField *f = &fs[j];
+        PyObject *valid = f->nulls ? bbuf_bytes(&f->valid, (size_t)(rows + 7) / 8) : Py_NewRef(Py_None);
+        PyObject *item;
+        if (f->ctype == BC_STR)
+            item = Py_BuildValue("(NNN)", valid, bbuf_bytes(&f->offsets, (size_t)(rows + 1) * 4),
+                                 bbuf_bytes(&f->data, f->data.len));
+        else if (f->ctype == BC_INT)
+            item = Py_BuildValue("(NN)", valid, bbuf_bytes(&f->values, (size_t)rows * 8));
+        else
+            item = Py_BuildValue("(NN)", valid, bbuf_bytes(&f->values, (size_t)(rows + 7) / 8));
+        if (item == NULL) goto done;
+        PyList_SET_ITEM(cols, j, item);
+    }
+    out = Py_BuildValue("(OnNNO)", accepted, rows, bbuf_bytes(&msg_of_row, (size_t)rows * 4),
+                        bbuf_bytes(&idxs, (size_t)rows * 4), cols);
+done:
+    Py_DECREF(accepted);
+    Py_XDECREF(cols);
+    PyMem_RawFree(msg_of_row.p);
+    PyMem_RawFree(idxs.p);
+    bfields_free(fs, nf);
+    Py_DECREF(keep);
+    return out;
 }

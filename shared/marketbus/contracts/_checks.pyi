@@ -1,6 +1,6 @@
 """Types of the compiled contract checks (``_checks.c``; see ``invariants.install_checks``)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 KIND_INT: int
@@ -46,3 +46,9 @@ def configure_decimal_text(fallback: Callable[[Any], str | None], max_digits: in
 def decimal_text_of_json(raw: Any, /) -> str | None: ...
 def decimal_text_fits(value: Any, sign: int, /) -> bool: ...
 def seconds_ns(raw: Any, /) -> int | None: ...
+
+# history batch envelopes (marketbus.history.batch_decode): (accepted flags, rows, message of each row
+# (int32), index in its envelope (int32), per field (validity bitmap | None, *buffers))
+def batch_columns(
+    messages: Sequence[bytes], kind: bytes, id_chars: bytes, token_chars: bytes, fields: list[tuple[Any, ...]], /
+) -> tuple[bytes, int, bytes, bytes, list[tuple[bytes | None, ...]]]: ...

@@ -93,10 +93,14 @@ def partition_slices(table_metadata: Any, data: pa.Table, sort_by: list[str],
     keys = [transform(data.column(name)) for _, name, transform in plan.partition_sources]
     keys = [k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k for k in keys]
     names = [f"__p{i}" for i in range(len(keys))]
-    sort_table = pa.Table.from_arrays([*keys, *(data.column(c) for c in sort_by)], names=[*names, *sort_by])
-    order = pc.sort_indices(sort_table, [(c, "ascending") for c in [*names, *sort_by]])
-    data = data.take(order)
-    sorted_keys = [k.take(order) for k in keys]
+    sort_columns = [*keys, *(data.column(c) for c in sort_by)]
+    if _in_order(sort_columns):  # (a flush of one instrument's batches, mostly): no sort, no copy
+        sorted_keys = keys
+    else:
+        sort_table = pa.Table.from_arrays(sort_columns, names=[*names, *sort_by])
+        order = pc.sort_indices(sort_table, [(c, "ascending") for c in [*names, *sort_by]])
+        data = data.take(order)
+        sorted_keys = [k.take(order) for k in keys]
     n = data.num_rows
     change = np.zeros(max(n - 1, 0), bool)
     for k in sorted_keys:
@@ -114,6 +118,27 @@ def partition_slices(table_metadata: Any, data: pa.Table, sort_by: list[str],
             partition_spec=spec, schema=schema)
         parts.append((key, data.slice(start, end - start)))
     return plan, parts
+
+
+def _in_order(columns: list[Any]) -> bool:
+    """Are the rows already in ascending order of ``columns`` (lexicographic, no nulls)? Then a
+    stable sort would leave them as they are."""
+    n = len(columns[0])
+    tied: Any = None  # adjacent rows equal in every column so far
+    for col in columns:
+        if col.null_count:
+            return False
+        before, after = col.slice(0, n - 1), col.slice(1)
+        descending = pc.greater(before, after)
+        if tied is not None:
+            descending = pc.and_(tied, descending)
+        if pc.any(descending).as_py():
+            return False
+        equal = pc.equal(before, after)
+        tied = equal if tied is None else pc.and_(tied, equal)
+        if not pc.any(tied).as_py():
+            return True
+    return True
 
 
 def write_data_files(table: Any, data: pa.Table, sort_by: list[str], low_cardinality: Iterable[str] = ()) -> list[Any]:

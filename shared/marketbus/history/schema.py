@@ -542,6 +542,35 @@ def _flat_fast(msgs: list[Message], schema: KindSchema, batch: bool) -> tuple[pa
     return table, rejected
 
 
+def _envelopes(group: list[Message], schema: KindSchema) -> tuple[pa.Table | None, list[Message]]:
+    """Batch envelopes of one flat kind: the compiled scan (``batch_decode``) takes those of the
+    shape marketbus publishes; the others go through ``_flat_fast`` as before. The rows keep the
+    order ``_flat_fast`` gives them (messages in arrival order), which decides which row stays
+    when an event id repeats within a flush (``writer._first_per_id``)."""
+    from .batch_decode import scan_envelopes  # (it imports this module's rules)
+
+    scanned, others = scan_envelopes(group, schema)
+    if scanned is None:
+        return _flat_fast(group, schema, True)
+    if not others:
+        return scanned, []
+    table, rejected = _flat_fast(others, schema, True)
+    if table is None and rejected is others:
+        # the JSON reader refused the group as a whole (a line break, JSON it cannot parse, a
+        # type or kind it does not expect): with every message, as before, all go to the contract
+        # decoder (their rows then come in sequence order, after the other groups')
+        return None, group
+    if table is None or table.num_rows == 0:
+        return scanned, rejected
+    seqs = pa.array([m.seq for m in group], pa.int64())
+    if pc.count_distinct(seqs).as_py() != len(group):  # a sequence twice in one flush: as before, all at once
+        return _flat_fast(group, schema, True)
+    both = pa.concat_tables([scanned, table])
+    position = pc.index_in(both["_seq"], value_set=seqs)
+    order = pc.sort_indices(pa.table({"m": position, "i": both["_idx"]}), [("m", "ascending"), ("i", "ascending")])
+    return both.take(order), rejected
+
+
 def _strict(msgs: list[Message], out: dict[str, list[tuple[Any, int, int]]], bad: list[tuple[Message, str]]) -> None:
     """Decode one message at a time (exact contract validation), collecting rows per kind."""
     for m in msgs:
@@ -628,7 +657,12 @@ def decode_messages(msgs: Iterable[Message], stream: str) -> Decoded:
     rows: dict[str, list[tuple[Any, int, int]]] = {}
     for (kind, batch), group in groups.items():
         schema = SCHEMAS[kind]
-        table, rejected = (None, group) if schema.nested else _flat_fast(group, schema, batch)
+        if schema.nested:
+            table, rejected = None, group
+        elif batch:
+            table, rejected = _envelopes(group, schema)
+        else:
+            table, rejected = _flat_fast(group, schema, batch)
         unknown.extend(rejected)
         if table is not None:
             tables.setdefault(kind, []).append(table)

@@ -180,28 +180,39 @@ class HistoryTableWriter:
         writers at once (its ack wait ran out at the first), and the other one's snapshot may be
         expired already (acked): for these the table's rows are checked, on the very snapshot
         the commit builds on, so whichever commits second drops them."""
-        from pyiceberg.exceptions import CommitFailedException
-
-        layout = LAYOUTS[kind]
-        total = rows.num_rows
-        rows = _first_per_id(rows)
         table = self.tables.get(kind, create=True)
         assert table is not None  # create=True
-        ledger = self.ledger(kind)
+        return self.commit(self.prepare(table, kind, stream, rows), recheck)
 
-        def write_files(rows: pa.Table) -> list[Any]:
-            # one file per partition (day x symbol bucket), rows sorted by symbol and time
-            return write_data_files(table, layout.to_table(rows), ["symbol", "ts_event_ns"],
-                                    layout.kind_schema.literals)
-
-        # the data files are written before taking the table's lock, so concurrent flushes write
-        # Parquet in parallel; only the check and the commit are serialized
-        known = ledger.contains(stream, rows.column("_seq").to_numpy())
+    def prepare(self, table: Any, kind: str, stream: str, rows: pa.Table) -> PreparedAppend:
+        """The part of :meth:`append` that needs no catalog and no lock: the rows of messages not
+        known stored, each id once, written as the table's data files (nothing committed). Pure
+        Arrow and Parquet work (the GIL released most of the time): a caller may run it on
+        another thread than the catalog's, so that one flush's files are written while the
+        previous flush commits. ``table``: the kind's table (``self.tables.get``)."""
+        total = rows.num_rows
+        rows = _first_per_id(rows)
+        known = self.ledger(kind).contains(stream, rows.column("_seq").to_numpy())
         if known.any():
             rows = rows.filter(pa.array(~known))
+        files = _write_files(table, kind, rows) if rows.num_rows else []
+        return PreparedAppend(table, kind, stream, rows, total, files)
+
+    def commit(self, prepared: PreparedAppend, recheck: set[int] | None = None) -> tuple[int, int]:
+        """Commit prepared files (the rest of :meth:`append`; on the catalog's thread): the
+        exactly-once check against the ledger (and ``recheck`` against the table), under the
+        table's lock, then the optimistic commit, retried on a conflict."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        table, kind, stream, rows, total = prepared.table, prepared.kind, prepared.stream, prepared.rows, prepared.total
+        ledger = self.ledger(kind)
         if rows.num_rows == 0:
             return 0, total
-        files: list[Any] | None = write_files(rows)
+        files: list[Any] | None = prepared.files
+
+        def write_files(rows: pa.Table) -> list[Any]:
+            return _write_files(table, kind, rows)
+
         # ValueError: pyiceberg found the metadata moved on under this commit
         conflicts: tuple[type[BaseException], ...] = (CommitFailedException, ValueError, *_transient_errors())
         with self.lock(kind):
@@ -250,6 +261,19 @@ class HistoryTableWriter:
                                             refresh=False)
         except Exception as exc:
             log.debug("snapshot expiry of %s failed: %r", kind, exc)
+
+
+class PreparedAppend:
+    """Rows of one append, their data files written, not committed (``HistoryTableWriter.prepare``)."""
+
+    def __init__(self, table: Any, kind: str, stream: str, rows: pa.Table, total: int, files: list[Any]) -> None:
+        self.table, self.kind, self.stream, self.rows, self.total, self.files = table, kind, stream, rows, total, files
+
+
+def _write_files(table: Any, kind: str, rows: pa.Table) -> list[Any]:
+    """One file per partition (day x symbol bucket), rows sorted by symbol and time."""
+    layout = LAYOUTS[kind]
+    return write_data_files(table, layout.to_table(rows), ["symbol", "ts_event_ns"], layout.kind_schema.literals)
 
 
 def _chain_intact(table: Any, base_id: int | None) -> bool:

@@ -155,8 +155,36 @@ class FrameParser(Parser):
     Only complete frames are taken from the buffer; a partial one stays there until the rest
     arrives, so the base parser's "awaiting payload" state is never used."""
 
+    _awaiting = 0  # the buffer holds a partial frame of this many bytes: nothing to parse before
+    _pending: tuple[bytes, bytes, int, int, int, int] | None = None  # its (subject, reply, sid, start, hlen, total)
+
+    def reset(self) -> None:
+        super().reset()
+        self._awaiting, self._pending = 0, None
+
     async def parse(self, data: bytes = b"") -> None:
         self.buf.extend(data)
+        # a large frame (a batch envelope of 500 KB) comes in many reads of 32 KB: it is parsed
+        # once it is whole (not at each read: copying the growing buffer each time is quadratic),
+        # and its payload is copied out of the buffer once
+        if len(self.buf) < self._awaiting:
+            return
+        pending, size = self._pending, self._awaiting
+        self._awaiting, self._pending = 0, None
+        if pending is not None and self.state == AWAITING_CONTROL_LINE:
+            subject, reply, sid, start, hlen, total = pending
+            view = memoryview(self.buf)
+            try:
+                headers = view[start:start + hlen].tobytes() if hlen else None
+                payload = view[start + hlen:start + total].tobytes()
+            finally:
+                view.release()
+            del self.buf[:size]
+            handler = getattr(self.nc, "_raw_handlers", {}).get(sid)
+            if handler is not None:
+                handler(subject, reply, payload, headers)
+            else:
+                await self.nc._process_msg(sid, subject, reply, payload, headers)
         if self.state != AWAITING_CONTROL_LINE:  # (only if the base parser ran on a message)
             await super().parse()
             if self.state != AWAITING_CONTROL_LINE:
@@ -188,6 +216,8 @@ class FrameParser(Parser):
                         raise ProtocolError("nats: malformed MSG") from None
                     start = end + 2
                     if start + total + 2 > size:
+                        self._awaiting = start + total + 2 - pos  # (the frame's size, from pos)
+                        self._pending = (parts[1], reply, sid, start - pos, hlen, total)
                         break  # the rest of the frame has not arrived
                     headers = buf[start:start + hlen] if hlen else None
                     payload = buf[start + hlen:start + total]
