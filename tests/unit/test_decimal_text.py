@@ -87,8 +87,24 @@ def test_a_non_canonical_text_is_carried_canonical_built_or_decoded(given: str, 
     assert codec.decode(wire).last == carried
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_python_code_may_still_build_the_event_from_decimals(compiled: bool) -> None:
+    """A producer written for Decimal fields keeps working: the event carries the canonical text."""
+    was = CHECKS.set_enabled(compiled) if CHECKS is not None else None
+    try:
+        price = MarketPrice(**BASE, last=Decimal("-0.50"), bid_size=Decimal("1.5E+2"), high=Decimal("-0.00"))
+    finally:
+        if CHECKS is not None and was is not None:
+            CHECKS.set_enabled(was)
+    assert (price.last, price.bid_size, price.high) == ("-0.5", "150", "0")
+    assert price.decimal("last") == Decimal("-0.5")
+    assert codec.decode(codec.encode(price)) == price
+    with pytest.raises(InvariantError, match="MarketPrice.bid_size: must be a decimal"):
+        MarketPrice(**BASE, bid_size=Decimal("-1"))
+
+
 @pytest.mark.parametrize(("field", "value"), [("last", "NaN"), ("last", "1E+18"), ("last", "1E-31"), ("last", "abc"),
-                                              ("last", ""), ("last", Decimal(1)), ("last", 1), ("bid_size", "-1"),
+                                              ("last", ""), ("last", Decimal("NaN")), ("last", 1), ("bid_size", "-1"),
                                               ("bid_size", "-0"), ("open_interest", "-0.0"), ("last", "1" * 39)])
 def test_the_decimal_invariants_hold_for_text(field: str, value: Any) -> None:
     with pytest.raises(InvariantError, match=f"MarketPrice.{field}: must be a decimal"):

@@ -360,14 +360,22 @@ _DECIMAL_TESTS: dict[str, Callable[[Decimal], Any]] = {
 }
 
 
+def _canonical_text_match(value: Any) -> re.Match[str] | None:
+    """The canonical-form test of a decimal text field's value: a ``Decimal`` given to the
+    constructor is not canonical text yet (it gets its text), anything else is matched."""
+    return _CANONICAL_TEXT.fullmatch(value) if value.__class__ is str else None
+
+
 def decimal_text_fits(text: Any, sign: str) -> bool:
     """Whether ``text`` is a ``str`` that ``Decimal()`` reads as a decimal the contracts accept with
     that sign (``"positive"``, ``"non_negative"``, ``"signed"``): the test of the decimal text
-    types, canonical or not (``"100.50"`` fits; the contract then carries ``"100.5"``)."""
-    if text.__class__ is not str:
+    types, canonical or not (``"100.50"`` fits; the contract then carries ``"100.5"``). A
+    ``Decimal`` fits too: Python code that builds an event from ``Decimal`` values keeps working,
+    and the event carries their canonical text."""
+    if text.__class__ is not str and text.__class__ is not Decimal:
         return False
     try:
-        return bool(_DECIMAL_TESTS[sign](Decimal(text)))
+        return bool(_DECIMAL_TESTS[sign](text if text.__class__ is Decimal else Decimal(text)))
     except (ArithmeticError, ValueError, TypeError):
         return False
 
@@ -466,7 +474,7 @@ def install_checks(cls: type) -> None:
     """
     hints = typing.get_type_hints(cls, include_extras=True)
     names: dict[str, Any] = {"_fail": _fail, "_cls_name": cls.__name__, "_Bad": _Bad, "_canon": canonical_decimal,
-                             "_canon_text": decimal_text, "_is_canon_text": _CANONICAL_TEXT.fullmatch,
+                             "_canon_text": decimal_text, "_is_canon_text": _canonical_text_match,
                              "_set": msgspec.structs.force_setattr}
     decode_fast: list[str] = []
     build_fast: list[str] = []
