@@ -79,16 +79,22 @@ async def test_a_netbus_outage_and_a_stop_close_the_collection_period(nats_url: 
     nc = await nats.connect(nats_url)
     feeds = FeedClient(nc, timeout=5, by="test")
 
+    seen: list[contract.Period] = []
+
     async def settled(n: int, open_: bool) -> list[contract.Period]:
         async def ok() -> bool:
             try:
                 got = (await feeds.get("sitagri", C01)).periods
             except RequestError:  # not seeded yet (the ingestor seeds its feeds once it started)
                 return False
+            seen[:] = got
             return len(got) == n and (got[-1].end_ns is None) == open_
         # a bound against "never", not a wait: a few seconds on a quiet host, but a loaded one
         # can take tens of seconds to reconnect and register again after the reboot
-        await wait_for(ok, SETTLE_S, what=f"{n} periods, the last {'open' if open_ else 'closed'}")
+        try:
+            await wait_for(ok, SETTLE_S, what=f"{n} periods, the last {'open' if open_ else 'closed'}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the periods: {seen}") from None
         return list((await feeds.get("sitagri", C01)).periods)
 
     try:
