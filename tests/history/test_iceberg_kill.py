@@ -121,7 +121,8 @@ async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp
             if count > seen:
                 seen, last_growth = count, time.monotonic()
             assert time.monotonic() - last_growth < STALL_S, (
-                f"{count} of {total} trades stored, none more for {STALL_S:.0f}s (logs: {logs})")
+                f"{count} of {total} trades stored, none more for {STALL_S:.0f}s; writers' exit codes "
+                f"{[p.poll() for p in procs]} (logs: {logs})")
             await asyncio.sleep(0.3)
 
         async def all_acked() -> bool:  # nothing left to deliver or redeliver

@@ -99,8 +99,12 @@ async def test_a_netbus_outage_and_a_stop_close_the_collection_period(nats_url: 
 
     try:
         async with sandbox(rate=20.0) as sb:
-            async with ingestor(nats_url, sb, quotes=[C01], transport="websocket"):
+            async with ingestor(nats_url, sb, quotes=[C01], transport="websocket") as ing:
                 first = await settled(1, True)
+                # the seeded feed's period is open from the start: a reboot before the netbus is
+                # connected (a loaded host) would be a failed first connect, not an outage
+                await wait_for(lambda: ing.feeds.state("sitagri/netbus") == "connected", SETTLE_S,
+                               what="the netbus connected")
                 await admin(sb, "POST", "/reboot", seconds=1.5)
                 # no wait for the "disconnected" state: on a loaded host the drop and the reconnect can
                 # both fall between two looks at it; the two periods are what shows the drop
