@@ -52,6 +52,7 @@ from tests.e2e.uptree import (
     up_env,
     wait_for_tree,
     wait_gone,
+    wait_started,
 )
 
 pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
@@ -238,20 +239,6 @@ async def chain_latency(data_dir: Path, timeout: float) -> float:
         await asyncio.sleep(0.5)
         waiting = [key for key in waiting if not await stored_ids(reader, *key, mark, time.time_ns())]
     return time.monotonic() - started
-
-
-def wait_started(data_dir: Path, timeout: float) -> None:
-    """Every service has logged the end of its start-up (a JetStream cluster may still be electing
-    its leaders when they first try: they exit and `up` restarts them)."""
-    from marketbus.cli.services import existing_services
-
-    deadline = time.monotonic() + timeout
-    waiting = [name for name, _ in existing_services()]
-    while waiting and time.monotonic() < deadline:
-        waiting = [n for n in waiting if f"{n} started (health" not in
-                   (data_dir / "logs" / f"{n}.log").read_text(errors="replace")]
-        time.sleep(0.2)
-    assert not waiting, f"not started within {timeout}s: {waiting}"
 
 
 def run_chaos(tmp_path: Path, rounds: int, pause: tuple[float, float], victims: tuple[str, ...] = VICTIMS,
