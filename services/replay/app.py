@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import secrets
 from typing import Any, ClassVar
 
@@ -26,18 +25,13 @@ from marketbus.contracts.errors import ErrorReply
 from marketbus.contracts.replay import PlaybackControl, PlaybackSession, PlaybackStart, PlaybackStatus, parse_speed
 from marketbus.runtime.metrics import ServiceMetrics
 from marketbus.runtime.service import Service
+from marketbus.vendor.timeparse import ns_iso
 
 from .refusal import Refused
 from .session import Session, SessionError
 from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
-
-
-def _iso(ns: int) -> str:
-    """A range bound as people read it (UTC), with the nanoseconds a script may have given."""
-    when = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{when}.{ns % 1_000_000_000:09d}Z" if ns % 1_000_000_000 else f"{when}Z"
 
 
 class ReplayMetrics(ServiceMetrics):
@@ -156,7 +150,7 @@ class ReplayService(Service):
             raise self._refuse(
                 codes.NOT_FOUND,
                 f"no stored events for {sel.kind}.{sel.source}.{sel.venue}.{sel.symbol} "
-                f"in [{_iso(request.start_ns)}, {_iso(request.end_ns)})",
+                f"in [{ns_iso(request.start_ns, None)}, {ns_iso(request.end_ns, None)})",
             )
         sink: Sink = sink_for(prefix)
         s = self.settings

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -36,19 +37,26 @@ def prometheus_bin() -> str:
     return monitoring_tool("prometheus")
 
 
-async def _announced_urls(data_dir: Path, names: set[str], timeout: float = 15.0) -> dict[str, str]:
+async def _announced_urls(data_dir: Path, names: set[str], timeout: float = 180.0) -> dict[str, str]:
     """service -> the health/metrics URL its heartbeat carries, read as the ``reader`` identity
-    with the credentials `up` generated, as a user's dashboard would."""
+    with the credentials `up` generated, as a user's dashboard would. Returns once every service
+    of ``names`` has announced one and some feed has counted events, or after ``timeout``.
+
+    A service sends its first heartbeat only when its start-up is over (the order router has read
+    the exchange's metadata and bound its command consumer): this is the readiness the test waits
+    for, however long a loaded host takes to get there."""
     nc = await nats.connect((data_dir / "nats.url").read_text().strip(), max_reconnect_attempts=0,
                             nkeys_seed=str(data_dir / "credentials" / "reader.nk"), inbox_prefix=inbox_prefix("reader"))
     urls: dict[str, str] = {}
+    flowed: set[str] = set()  # feeds that are connected and have counted events (`up`'s table shows them)
     every = asyncio.Event()
 
     async def on_heartbeat(msg) -> None:
         event = codec.decode(msg.data, codec.schema_version_of(msg.headers))
         if isinstance(event, ServiceHeartbeat) and event.http_url:
             urls[event.service] = event.http_url
-        if names <= urls.keys():
+            flowed.update(f.feed for f in event.feeds if f.state == "connected" and f.events_total > 0)
+        if names <= urls.keys() and flowed:
             every.set()
 
     try:
@@ -91,7 +99,7 @@ def _prometheus_sees_every_service(prometheus_bin: str, urls: dict[str, str], tm
 
     seen: dict[str, list[str]] = {}
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60  # a bound, not a wait: it ends when every target is up
         while time.monotonic() < deadline and prometheus.poll() is None:
             with contextlib.suppress(httpx.HTTPError):
                 up = {r["metric"]["service"]: r["value"][1] for r in query('up{job="marketbus"}')}
@@ -118,21 +126,24 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, prometheus_b
     # tests/ephemeral_ports.py does not cover the replay service (fixed 8711): a free port here too
     env.setdefault("MARKETBUS_REPLAY_HTTP_PORT", "0")
     data_dir = tmp_path / "mb"
-    up = subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), "--duration", "45"],
+    # --duration: only a safety net; the test stops `up` with Ctrl-C once it has seen what it needs
+    up = subprocess.Popen([MARKETBUS, "up", "--data-dir", str(data_dir), "--duration", "600"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # meanwhile, in "another terminal" (no NATS_URL; this machine kind runs its own NATS on
         # 4222, so the embedded server is elsewhere): the CLI finds the system through the data dir
-        deadline = time.monotonic() + 30
-        while not (data_dir / "nats.url").exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 90
+        while not (data_dir / "nats.url").exists() and time.monotonic() < deadline and up.poll() is None:
             time.sleep(0.2)
-        time.sleep(12)  # the router is up and has read the exchange's metadata
-        placed = subprocess.run([MARKETBUS, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000"],
-                                env=env | {"MARKETBUS_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
-                                timeout=30, check=False)
+        assert (data_dir / "nats.url").exists(), up.communicate(timeout=60)[0][-3000:]
+        # every service has started (the router among them: it has read the exchange's metadata)
         names = {name for name, _module in existing_services()}
         urls = asyncio.run(_announced_urls(data_dir, names))
+        placed = subprocess.run([MARKETBUS, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000"],
+                                env=env | {"MARKETBUS_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
+                                timeout=60, check=False)
         scraped = _prometheus_sees_every_service(prometheus_bin, urls, tmp_path)
+        up.send_signal(signal.SIGINT)  # Ctrl-C, as after `make run`: everything stops cleanly
         out, _ = up.communicate(timeout=120)
     finally:
         if up.poll() is None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from .uptree import (
     up_env,
     wait_for_tree,
     wait_gone,
+    wait_started,
 )
 
 pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
@@ -70,7 +70,7 @@ def test_kill_9_of_up_takes_its_children_with_it(tmp_path: Path) -> None:
     up = start_up(data_dir, env)
     try:
         tree = wait_for_tree(up, expected_children())
-        time.sleep(2)  # the services are past their start-up
+        wait_started(data_dir, timeout=120)  # the services are past their start-up
         up.kill()
         up.wait(10)
         left = wait_gone(tree)

@@ -87,6 +87,19 @@ def wait_for_tree(up: subprocess.Popen[str], n: int, timeout: float = 60) -> lis
     raise AssertionError(f"`marketbus up` did not start {n} children within {timeout}s")
 
 
+def wait_started(data_dir: Path, timeout: float) -> None:
+    """Every service has logged the end of its start-up (a JetStream cluster may still be electing
+    its leaders when they first try: they exit and `up` restarts them)."""
+    deadline = time.monotonic() + timeout
+    waiting = [name for name, _ in existing_services()]
+    while waiting and time.monotonic() < deadline:
+        logs = {n: data_dir / "logs" / f"{n}.log" for n in waiting}
+        waiting = [n for n in waiting if not logs[n].exists()
+                   or f"{n} started (health" not in logs[n].read_text(errors="replace")]
+        time.sleep(0.2)
+    assert not waiting, f"not started within {timeout}s: {waiting}"
+
+
 def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
     deadline = time.monotonic() + timeout
     left = [p for p in pids if alive(p)]

@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from marketbus.contracts.streams import MARKET_DATA
 from marketbus.history.lakehouse import LakehouseSettings
 from marketbus.history.reader import HistoryReader
 from marketbus.history.selector import Selector
@@ -31,6 +33,7 @@ from .common import trade, unique_symbol
 from .seaweedfs import SeaweedFS, lakehouse_env
 
 ROOT = Path(__file__).resolve().parents[2]
+STALL_S = 120.0  # the stored count may not grow while both writers (re)start on a loaded host
 
 
 def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -51,6 +54,7 @@ def _settings(env: dict[str, str], data_dir: Path) -> LakehouseSettings:
     return load_settings(LakehouseSettings, env=env, history_dir=str(data_dir))
 
 
+@pytest.mark.timeout(600)  # against a hang; ~20 s on a quiet host, minutes on a loaded one
 @pytest.mark.parametrize("config", ["embedded", "seaweedfs_pg"])
 async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp_path, config, request) -> None:
     sym = unique_symbol("I")
@@ -109,11 +113,24 @@ async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp
                 reader.read_kind("trade", Selector(symbol=sym), 0, 2**63 - 1, columns=["id"]).column("id").to_pylist()
             )
 
-        async def all_stored() -> bool:
-            return len(await asyncio.to_thread(stored_ids)) >= total
+        # no fixed time for the trades to be stored: respawned writers take seconds to start on a
+        # quiet host and a minute on a loaded one (the imports alone), and then read the MD stream
+        # from its start. What fails is a store that stops growing short of every trade.
+        seen, last_growth = -1, time.monotonic()
+        while (count := len(await asyncio.to_thread(stored_ids))) < total:
+            if count > seen:
+                seen, last_growth = count, time.monotonic()
+            assert time.monotonic() - last_growth < STALL_S, (
+                f"{count} of {total} trades stored, none more for {STALL_S:.0f}s; writers' exit codes "
+                f"{[p.poll() for p in procs]} (logs: {logs})")
+            await asyncio.sleep(0.3)
 
-        await wait_for(all_stored, timeout=45, interval=0.3, what=f"{total} trades stored (logs: {logs})")
-        await asyncio.sleep(2.5)  # past the ack wait: a duplicate would land now
+        async def all_acked() -> bool:  # nothing left to deliver or redeliver
+            info = await js.consumer_info(MARKET_DATA.name, f"{durable}_md")  # the writers' MD consumer
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_for(all_acked, timeout=STALL_S, interval=0.3, what=f"every message acked (logs: {logs})")
+        await asyncio.sleep(2.5)  # past the ack wait: a duplicate in flight would land now
         ids = await asyncio.to_thread(stored_ids)
         assert len(ids) == total, f"{len(ids) - len(set(ids))} duplicates"
         assert set(ids) == {e.id for e in events}

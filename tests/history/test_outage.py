@@ -81,7 +81,8 @@ async def test_postgres_down_at_start_and_mid_run_loses_nothing(nc, js, nats_url
         await wait_for(lambda: _unhealthy(writer), 10, what="/healthz 503 while PostgreSQL is down")
         await _publish(nc, first)
         await asyncio.sleep(2.0)
-        attempts = [r for r in caplog.records if "cannot open the postgres store" in r.getMessage()]
+        attempts = [r for r in caplog.records
+                    if r.name == "marketbus.history_writer" and "cannot open the postgres store" in r.getMessage()]
         assert len(attempts) >= 3 and all(r.exc_info is None for r in attempts)  # one line each, no traceback
 
         await asyncio.to_thread(private_pg.start)

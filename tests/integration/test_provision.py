@@ -71,8 +71,8 @@ async def test_an_operators_change_to_a_stream_is_kept_and_logged(nats_server: N
         kept = (await js.stream_info("MD")).config.max_age
     finally:
         await nc.close()
-    assert (kept, any("MD differs" in r.getMessage() and "max_age" in r.getMessage() for r in caplog.records)) == (
-        30 * DAY, True)
+    said = [r.getMessage() for r in caplog.records if r.name == "marketbus.contracts.streams"]
+    assert (kept, any("MD differs" in m and "max_age" in m for m in said)) == (30 * DAY, True)
 
 
 async def test_a_service_waits_for_provisioning_and_creates_nothing(bare_server: NatsServer,
@@ -81,7 +81,7 @@ async def test_a_service_waits_for_provisioning_and_creates_nothing(bare_server:
         name = "ingest_probe"
 
     service = Probe(nats_url=bare_server.url, http_port=0, heartbeat_interval_s=60.0)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="marketbus.contracts.streams"):
         start = asyncio.create_task(service.start())
         await asyncio.sleep(2.5)
         waiting = not start.done()
@@ -94,7 +94,8 @@ async def test_a_service_waits_for_provisioning_and_creates_nothing(bare_server:
         await asyncio.wait_for(start, 15)
     started_state = service.state
     await service.stop()
-    logged = any("stream MD not provisioned: run `marketbus provision`" in r.getMessage() for r in caplog.records)
+    logged = any("stream MD not provisioned: run `marketbus provision`" in r.getMessage() for r in caplog.records
+                 if r.name == "marketbus.contracts.streams")
     assert (waiting, created_by_service, logged, started_state) == (True, [], True, "running")
 
 
@@ -145,8 +146,8 @@ async def test_a_durable_with_another_deliver_policy_is_kept_and_the_fix_is_said
         caplog.clear()  # (the first provisioning's INFO lines, when another test set the level lower)
         with caplog.at_level(logging.WARNING, logger="marketbus.contracts.consumers"):
             await provision(js)
-        assert not [r.getMessage() for r in caplog.records
-                    if r.levelno >= logging.WARNING and "consumer" in r.getMessage()]
+        assert not [r.getMessage() for r in caplog.records if r.name == "marketbus.contracts.consumers"
+                    and r.levelno >= logging.WARNING and "consumer" in r.getMessage()]
         await js.delete_consumer(HISTORY_STATUS.stream, HISTORY_STATUS.durable)
         await js.add_consumer(HISTORY_STATUS.stream, HISTORY_STATUS.with_(deliver_policy=DeliverPolicy.NEW).config())
         caplog.clear()
@@ -155,7 +156,7 @@ async def test_a_durable_with_another_deliver_policy_is_kept_and_the_fix_is_said
         kept = (await js.consumer_info(HISTORY_STATUS.stream, HISTORY_STATUS.durable)).config.deliver_policy
     finally:
         await nc.close()
-    said = [r.getMessage() for r in caplog.records
-            if r.levelno >= logging.WARNING and HISTORY_STATUS.durable in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if r.name == "marketbus.contracts.consumers"
+            and r.levelno >= logging.WARNING and HISTORY_STATUS.durable in r.getMessage()]
     assert kept == DeliverPolicy.NEW and len(said) == 1
     assert "deliver_policy" in said[0] and "nats consumer rm STATUS history_writer_status" in said[0]

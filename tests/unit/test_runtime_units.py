@@ -7,6 +7,7 @@ import io
 import logging
 import random
 import time
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -55,6 +56,24 @@ def test_env_names_lists_every_variable() -> None:
     assert env_names(DemoSettings)["api_key"] == "DEMO_API_KEY"
 
 
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """setup_logging configures the process (root handlers and level, the noisy libraries'
+    levels): put it back, or every later test on this xdist worker would log at INFO into a
+    StringIO and see other loggers' INFO lines in its caplog."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = {name: logging.getLogger(name).level for name in ("uvicorn.access", "nats.aio.client", "httpx", "httpcore")}
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, was in noisy.items():
+            logging.getLogger(name).setLevel(was)
+
+
+@pytest.mark.usefixtures("restored_logging")
 def test_registered_secrets_are_scrubbed_from_log_lines() -> None:
     stream = io.StringIO()
     setup_logging("INFO", "json", stream=stream)

@@ -4,6 +4,7 @@ a real HTTP server, pacing, the cursor store and the gap tracker on a real NATS,
 from __future__ import annotations
 
 import datetime as dt
+import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from marketbus.vendor.frames import FrameGuard
 from marketbus.vendor.gaps import GapTracker
 from marketbus.vendor.http import Outcome, Refused, Unavailable, VendorHttp, classify, parse_retry_after
 from marketbus.vendor.limits import DIGITEX, LimiterHold, RateWindow, window_safe_limiter
-from marketbus.vendor.timeparse import epoch_ns, iso_ns, time_or_offset_ns
+from marketbus.vendor.timeparse import epoch_ns, iso_ns, ns_iso, time_or_offset_ns
 from tests.ingest_finx.bus import events_of, read_stream
 
 NOW = dt.datetime(2026, 12, 1, 6, 0, 0, tzinfo=dt.UTC)
@@ -341,6 +342,42 @@ def test_iso_times_keep_sub_second_precision(text: str, ns: int) -> None:
 def test_bad_iso_times_raise_value_error(bad: str) -> None:
     with pytest.raises(ValueError):
         iso_ns(bad)
+
+
+# --- time formatting: the one formatter (API bookkeeping, built-in schemas, replay, CLI tables) -------
+NS = 1_796_104_800_123_456_789  # 2026-12-01T06:00:00.123456789Z
+
+
+@pytest.mark.parametrize(("ns", "kw", "text"), [
+    (NS, {}, "2026-12-01T06:00:00.123456789Z"),  # built-in schemas' exchange/collection times
+    (NS - 123_456_789, {}, "2026-12-01T06:00:00.000000000Z"),
+    (NS, {"digits": 6}, "2026-12-01T06:00:00.123456Z"),  # the TickSupply API's bookkeeping times
+    (NS + 999, {"digits": 6}, "2026-12-01T06:00:00.123457Z"),  # .123457788: truncated, never rounded up
+    (NS, {"digits": None}, "2026-12-01T06:00:00.123456789Z"),  # replay's range bounds
+    (NS - 123_456_789, {"digits": None}, "2026-12-01T06:00:00Z"),
+    (NS + 500_000_000, {"digits": 6, "sep": " ", "zone": ""}, "2026-12-01 06:00:00.623456"),  # CLI tables
+    (NS + 999_999_000, {"digits": 3, "sep": " "}, "2026-12-01 06:00:01.123Z"),  # CLI export jobs
+    (NS + 876_543_211, {"digits": 0}, "2026-12-01T06:00:01Z"),  # CLI feed periods
+    (-500_000_000, {}, "1969-12-31T23:59:59.500000000Z"),
+    (0, {"digits": None}, "1970-01-01T00:00:00Z"),
+])
+def test_ns_times_are_written_as_iso(ns: int, kw: dict[str, Any], text: str) -> None:
+    assert ns_iso(ns, **kw) == text
+
+
+def test_written_times_read_back_exactly() -> None:
+    rng = random.Random(7)
+    for ns in [0, 1, -1, NS, *(rng.randrange(-10**18, 4 * 10**18) for _ in range(2000))]:
+        assert iso_ns(ns_iso(ns)) == ns and iso_ns(ns_iso(ns, None)) == ns
+        assert iso_ns(ns_iso(ns, 6)) == ns - ns % 1000
+
+
+def test_api_bookkeeping_times_and_bad_digits() -> None:
+    from marketbus.runtime.tsapi import iso
+
+    assert iso(NS) == ns_iso(NS, 6) and iso(None) is None
+    with pytest.raises(ValueError):
+        ns_iso(NS, 10)
 
 
 def test_epoch_numbers_and_offsets() -> None:

@@ -36,11 +36,11 @@ from marketbus.runtime.tsapi_schemas import (  # noqa: F401 - re-exported for th
     Unfold,
     built_in_spec,
     dot_path,
-    iso_ns,
     parse_content,
     scalar_text,
     unfolded,
 )
+from marketbus.vendor.timeparse import ns_iso
 from services.sandbox.common.tape import Tick
 
 from .catalog import Datastream, tick_decimal
@@ -64,11 +64,11 @@ def native_message(ds: Datastream, tick: Tick) -> dict[str, Any]:
             "e": "trade", "E": ms, "s": ds.symbol, "t": tick.index, "p": price, "q": qty, "T": ms, "m": tick.side == 2}}
     if ds.exchange == "coinbase":
         return {"type": "match", "trade_id": tick.index, "product_id": ds.symbol, "price": price, "size": qty,
-                "side": _side(tick), "time": iso_ns(tick.ts_ns)[:26] + "Z"}
+                "side": _side(tick), "time": ns_iso(tick.ts_ns, 6)}
     inst = ds.instrument
     return {"channel": "trade", "type": "update", "data": [{
         "symbol": f"{inst.base}/{inst.quote}", "side": _side(tick), "price": tick.price, "qty": tick.size,
-        "ord_type": "market", "trade_id": tick.index, "timestamp": iso_ns(tick.ts_ns)[:26] + "Z"}]}
+        "ord_type": "market", "trade_id": tick.index, "timestamp": ns_iso(tick.ts_ns, 6)}]}
 
 
 def _bid(ds: Datastream, tick: Tick) -> Decimal:
@@ -110,8 +110,8 @@ ColumnFn = Callable[[Datastream, Any], str]  # a Record, or a Record with its na
 _FIELDS: dict[str, ColumnFn] = {
     "exchange_ts_ns": lambda ds, r: str(r.tick.ts_ns),
     "collection_ts_ns": lambda ds, r: str(r.collection_ts),
-    "exchange_time": lambda ds, r: iso_ns(r.tick.ts_ns),
-    "collection_time": lambda ds, r: iso_ns(r.collection_ts),
+    "exchange_time": lambda ds, r: ns_iso(r.tick.ts_ns),
+    "collection_time": lambda ds, r: ns_iso(r.collection_ts),
     "trade_id": lambda ds, r: str(r.tick.index),
     "update_id": lambda ds, r: str(r.tick.index),
     "price": lambda ds, r: tick_decimal(r.price),
@@ -160,7 +160,7 @@ def _convert(value: Any, kind: str) -> str:
 def _meta_fn(fmt: str) -> ColumnFn:
     divisors = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
     if fmt == "iso8601":
-        return lambda ds, r: iso_ns(r.collection_ts)
+        return lambda ds, r: ns_iso(r.collection_ts)
     div = divisors[fmt]
     return lambda ds, r: str(r.collection_ts // div)
 

@@ -33,6 +33,7 @@ from marketbus.clients import ExportClient
 from marketbus.clients.exports import DEFAULT_API_URL, DEV_API_KEY
 from marketbus.clients.selectors import parse_selector
 from marketbus.contracts.jobs import ExportJob, ExportRequest
+from marketbus.vendor.timeparse import ns_iso
 
 from .common import NatsUrlOption, connect
 from .output import (
@@ -80,7 +81,7 @@ def parse_time(text: str) -> int:
 def _fmt_ts(ns: int | None) -> str:
     if not ns:
         return "-"
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return ns_iso(ns, 3, sep=" ")
 
 
 def _show(job: ExportJob) -> None:

@@ -11,7 +11,6 @@ code 1; no ingestor of that vendor running (nobody to validate) is exit code 2.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import typer
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from marketbus.clients import FeedClient
 from marketbus.contracts.feeds import VENDORS, Feed, FeedReply
+from marketbus.vendor.timeparse import ns_iso
 
 from .common import NatsUrlOption, connect
 from .output import EXIT_CODES_HELP, json_line, print_table, run
@@ -37,7 +37,7 @@ TimeoutOpt = typer.Option(10.0, "--timeout", help="seconds to wait for the vendo
 def _ts(ns: int | None) -> str:
     if ns is None:
         return "now"
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ns_iso(ns, 0)
 
 
 def _periods(feed: Feed) -> str:

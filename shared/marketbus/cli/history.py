@@ -19,6 +19,7 @@ from marketbus.clients import HistoryClient
 from marketbus.clients.history import make_query
 from marketbus.clients.selectors import parse_selector, selector_text
 from marketbus.contracts import codec, subjects
+from marketbus.vendor.timeparse import ns_iso
 
 from .common import NatsUrlOption, connect
 from .output import (
@@ -77,9 +78,8 @@ def parse_range(start: str, end: str) -> tuple[int, int]:
 
 
 def _iso(ns: int | None) -> str:
-    if ns is None:
-        return ""
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    """A time in a table: UTC to the microsecond, no zone letter ("" for none)."""
+    return "" if ns is None else ns_iso(ns, 6, sep=" ", zone="")
 
 
 _SKIP = {"type", "id", "source", "venue", "symbol", "ts_event", "ts_recv", "replay"}

@@ -10,13 +10,15 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from marketbus.vendor.timeparse import ns_iso
 
 from .http import request_fingerprint
 
@@ -59,11 +61,8 @@ def error_response(exc: ApiError) -> Response:
 
 
 def iso(ns: int | None) -> str | None:
-    """ISO 8601 UTC with microseconds, as the API writes bookkeeping times."""
-    if ns is None:
-        return None
-    dt = datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=(ns // 1000) % 1_000_000)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO 8601 UTC with microseconds, as the API writes bookkeeping times (None stays None)."""
+    return None if ns is None else ns_iso(ns, 6)
 
 
 _ISO = re.compile(r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?$")

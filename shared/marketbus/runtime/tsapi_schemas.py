@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -53,13 +52,6 @@ CSV_TYPES: dict[str, str] = {
     "trade_id": "i64", "update_id": "i64", "price": "decimal", "quantity": "decimal", "side": "side",
     "exchange": "string", "instrument": "string",
 }
-
-
-def iso_ns(ns: int) -> str:
-    """``2024-01-01T00:00:00.123456789Z``: how the built-in schemas write exchange/collection times."""
-    return (
-        datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
-    )
 
 
 def built_in_id(category: str, name: str) -> str:
