@@ -37,7 +37,6 @@ import msgspec
 from isal import igzip
 from isal.igzip_lib import IsalError
 
-from marketbus.contracts import _checks
 from marketbus.contracts.codec import DECODE_ERRORS
 from marketbus.contracts.ids import event_id, event_id_of, id_head
 from marketbus.contracts.invariants import (
@@ -235,8 +234,13 @@ _trade_rows = msgspec.json.Decoder(list[TradeRow], strict=False)
 # TradeRows, and TradeRows into Trades, with no Python call per row. Either returns None for what
 # it does not read (then the Python code below does, and gives the reasons of bad rows); absent
 # when the extension is not built, or older than its source.
-_csv_trade_rows: Any = getattr(_checks, "csv_trade_rows", None)
-_trades_of_rows: Any = getattr(_checks, "trades_of_rows", None)
+try:  # a build without the TickSupply block (older than its source, or no C extension): Python reads
+    from marketbus.contracts import _checks
+
+    _csv_trade_rows: Any = getattr(_checks, "csv_trade_rows", None)
+    _trades_of_rows: Any = getattr(_checks, "trades_of_rows", None)
+except ImportError:  # pragma: no cover - the extension is built by `make venv`
+    _csv_trade_rows = _trades_of_rows = None
 _new_trade_row = cast(Any, TradeRow(0, 0, "-", Decimal(1), Decimal(0), "buy")).__copy__
 _UNCHECKED: dict[type, type] = {TradeRow: _TradeRowText}
 _book_rows = msgspec.json.Decoder(list[BookRow], strict=False)
