@@ -18,18 +18,24 @@ from .common import trade, unique_symbol, writer_overrides
 async def test_batch_envelopes_are_flushed_by_their_events(nc, js, nats_url, tmp_path) -> None:
     sym = unique_symbol("F")
     durable = f"t{uuid.uuid4().hex[:8]}"
-    # time and message bounds out of reach: only the events bound can start a flush
-    writer = HistoryWriter(**writer_overrides(nats_url, "iceberg", str(tmp_path / "h"), None, durable,
-                                              batch_max_wait_s=60.0, batch_max_msgs=10_000, batch_max_events=2_000))
-    await writer.start()
+    settings = writer_overrides(nats_url, "iceberg", str(tmp_path / "h"), None, durable)
+    # the stream holds the other tests' messages of this worker: a writer on the same durable stores
+    # them first, so that only this test's envelopes reach the writer under test
+    drain = HistoryWriter(**settings)
+    await drain.start()
     try:
-        # the stream holds the other tests' messages of this worker: let the writer store them first,
-        # and judge only the flushes of this test's envelopes
         async def caught_up() -> bool:
-            info = await js.consumer_info("MD", f"{durable}_md")  # the writer's MD consumer
+            info = await js.consumer_info("MD", f"{durable}_md")  # the writers' MD consumer
             return info.num_pending == 0 and info.num_ack_pending == 0
 
         await wait_for(caught_up, timeout=60, what="the writer through the messages already in the stream")
+    finally:
+        await drain.stop()
+    # time and message bounds out of reach: only the events bound can start a flush
+    writer = HistoryWriter(**{**settings, "batch_max_wait_s": 60.0, "batch_max_msgs": 10_000,
+                              "batch_max_events": 2_000})
+    await writer.start()
+    try:
         before = {s.snapshot_id for s in _md_snapshots(writer)}
         pub = await JetStreamPublisher(nc).start()
         events = [trade(sym, i) for i in range(6_000)]
