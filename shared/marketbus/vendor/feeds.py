@@ -578,6 +578,9 @@ class VendorKeys:
 
     async def open(self) -> None:
         config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=60.0)
+        # no pending limits: nats-py drops what overflows them (SlowConsumerError, to the error
+        # callback only) without resetting the ordered consumer, and the server's flow control
+        # does not hold it back in time: a lost feed change would stay lost (the bucket is small)
         self.sub = await ordered_subscribe(self.js, self.keys, stream=self.stream, config=config,
                                            idle_heartbeat=WATCH_HEARTBEAT_S, pending_msgs_limit=-1,
                                            pending_bytes_limit=-1)
