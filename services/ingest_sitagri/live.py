@@ -143,6 +143,7 @@ class SitagriLive:
                 ws_failures += 1
                 ing.metrics.reconnects.labels(ing.source).inc()
                 ing.log.warning("websocket unavailable (%d in a row): %s", ws_failures, exc)
+                await ing.session_flowing(False)  # no session: nothing flows (a first connect too)
                 with contextlib.suppress(Exception):
                     await ing.client.start()  # a refused token? this logs in again (401 -> login)
                 if lost_at is None and self.transport != "none":
@@ -331,12 +332,15 @@ class SitagriLive:
         # The gap of a quote runs from its last price before the loss to its first price after
         # the new registration (the register snapshot). The vendor's history may lag its live
         # feed by up to a second: wait for that second to be over before asking for it.
-        starts = {q: self._gap_from.get(q, lost_at) for q in self.live_quotes}
+        # the quotes lost now: one added meanwhile (feed control, during the awaits below) has no
+        # gap (its registration snapshot starts it) and no entry in starts/ends
+        quotes = list(self.live_quotes)
+        starts = {q: self._gap_from.get(q, lost_at) for q in quotes}
         first = self._first_live if self._first_live is not None else {}
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(_until(lambda: all(q in first for q in self.live_quotes)), 2.0)
+            await asyncio.wait_for(_until(lambda: all(q in first for q in quotes)), 2.0)
         now = ing.now_ns()
-        ends = {q: first.get(q, now) for q in self.live_quotes}
+        ends = {q: first.get(q, now) for q in quotes}
         self._first_live = None
         newest = max(ends.values(), default=now)
         await asyncio.sleep(max(0.0, min(1.2, (-(-newest // NS) * NS - ing.now_ns()) / NS + 0.05)))
@@ -345,7 +349,7 @@ class SitagriLive:
                               detail="back-filling from history")
         assert ing.crawl is not None
         events: list[MarketEvent] = []
-        for quote in self.live_quotes:
+        for quote in quotes:
             meta = ing.crawl.quotes.get(quote)
             resolution = "MINUTE" if meta is not None and meta.kind == "currency" else "TICK"
             page: list[MarketEvent] = []

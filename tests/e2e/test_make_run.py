@@ -15,18 +15,14 @@ import time
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 import yaml
 
 from marketbus.cli.services import existing_services
-from marketbus.contracts import codec, subjects
-from marketbus.contracts.status import ServiceHeartbeat
 from marketbus.runtime.http import free_port, port_is_free
-from marketbus.security.identities import inbox_prefix
 from tests.monitoring.conftest import _tool as monitoring_tool
 
-from .uptree import MARKETBUS, SANDBOX_BASE, free_offset, up_env
+from .uptree import MARKETBUS, SANDBOX_BASE, announced_urls, free_offset, up_env
 
 pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conftest.py)
 
@@ -35,37 +31,6 @@ pytestmark = pytest.mark.whole_system  # one whole system at a time (tests/conft
 def prometheus_bin() -> str:
     """Debian's prometheus (tools/install_prometheus.sh installs it when missing)."""
     return monitoring_tool("prometheus")
-
-
-async def _announced_urls(data_dir: Path, names: set[str], timeout: float = 180.0) -> dict[str, str]:
-    """service -> the health/metrics URL its heartbeat carries, read as the ``reader`` identity
-    with the credentials `up` generated, as a user's dashboard would. Returns once every service
-    of ``names`` has announced one and some feed has counted events, or after ``timeout``.
-
-    A service sends its first heartbeat only when its start-up is over (the order router has read
-    the exchange's metadata and bound its command consumer): this is the readiness the test waits
-    for, however long a loaded host takes to get there."""
-    nc = await nats.connect((data_dir / "nats.url").read_text().strip(), max_reconnect_attempts=0,
-                            nkeys_seed=str(data_dir / "credentials" / "reader.nk"), inbox_prefix=inbox_prefix("reader"))
-    urls: dict[str, str] = {}
-    flowed: set[str] = set()  # feeds that are connected and have counted events (`up`'s table shows them)
-    every = asyncio.Event()
-
-    async def on_heartbeat(msg) -> None:
-        event = codec.decode(msg.data, codec.schema_version_of(msg.headers))
-        if isinstance(event, ServiceHeartbeat) and event.http_url:
-            urls[event.service] = event.http_url
-            flowed.update(f.feed for f in event.feeds if f.state == "connected" and f.events_total > 0)
-        if names <= urls.keys() and flowed:
-            every.set()
-
-    try:
-        await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(every.wait(), timeout)
-    finally:
-        await nc.close()
-    return urls
 
 
 def _prometheus_sees_every_service(prometheus_bin: str, urls: dict[str, str], tmp_path: Path) -> dict[str, list[str]]:
@@ -138,7 +103,7 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, prometheus_b
         assert (data_dir / "nats.url").exists(), up.communicate(timeout=60)[0][-3000:]
         # every service has started (the router among them: it has read the exchange's metadata)
         names = {name for name, _module in existing_services()}
-        urls = asyncio.run(_announced_urls(data_dir, names))
+        urls = asyncio.run(announced_urls(data_dir, names))
         placed = subprocess.run([MARKETBUS, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000"],
                                 env=env | {"MARKETBUS_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
                                 timeout=60, check=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -10,8 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import nats
+
 from marketbus.cli.services import existing_services
+from marketbus.contracts import codec, subjects
+from marketbus.contracts.status import ServiceHeartbeat
 from marketbus.runtime.http import port_is_free
+from marketbus.security.identities import inbox_prefix
 
 MARKETBUS = str(Path(sys.executable).parent / "marketbus")
 SANDBOX_BASE = (8701, 8702, 8703, 8704, 8710)
@@ -128,3 +135,34 @@ def stop(up: subprocess.Popen[str]) -> str:
         up.kill()
         out, _ = up.communicate()
     return out
+
+
+async def announced_urls(data_dir: Path, names: set[str], timeout: float = 180.0) -> dict[str, str]:
+    """service -> the health/metrics URL its heartbeat carries, read as the ``reader`` identity
+    with the credentials `up` generated, as a user's dashboard would. Returns once every service
+    of ``names`` has announced one and some feed has counted events, or after ``timeout``.
+
+    A service sends its first heartbeat only when its start-up is over (the order router has read
+    the exchange's metadata and bound its command consumer): this is the readiness the test waits
+    for, however long a loaded host takes to get there."""
+    nc = await nats.connect((data_dir / "nats.url").read_text().strip(), max_reconnect_attempts=0,
+                            nkeys_seed=str(data_dir / "credentials" / "reader.nk"), inbox_prefix=inbox_prefix("reader"))
+    urls: dict[str, str] = {}
+    flowed: set[str] = set()  # feeds that are connected and have counted events (`up`'s table shows them)
+    every = asyncio.Event()
+
+    async def on_heartbeat(msg) -> None:
+        event = codec.decode(msg.data, codec.schema_version_of(msg.headers))
+        if isinstance(event, ServiceHeartbeat) and event.http_url:
+            urls[event.service] = event.http_url
+            flowed.update(f.feed for f in event.feeds if f.state == "connected" and f.events_total > 0)
+        if names <= urls.keys() and flowed:
+            every.set()
+
+    try:
+        await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_heartbeat)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(every.wait(), timeout)
+    finally:
+        await nc.close()
+    return urls

@@ -4,6 +4,7 @@ credentials."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -35,6 +36,22 @@ def test_the_cli_uses_the_data_dirs_admin_identity_to_provision(bus: SecureBus) 
     assert result.exit_code == 0, result.output
     (report,) = [json.loads(line) for line in result.stdout.splitlines()]  # one object, on one line
     assert "MD" in report["streams"] and len(report["streams"]) == 7 and report["consumers"]
+
+
+def test_provision_in_process_leaves_the_log_levels_as_they_were(bus: SecureBus) -> None:
+    """`provision` quiets the provisioner's INFO summary (it prints it itself) only while it runs: a
+    later provisioning in the same process (a service, the next test) still logs what it did."""
+    logger = logging.getLogger("marketbus.runtime.provision")
+    before = logger.level
+    logger.setLevel(logging.INFO)  # what a process that wants the summary logged has chosen
+    try:
+        data_dir = bus.store.directory.parent
+        result = runner.invoke(app, ["provision"], env=_env(MARKETBUS_DATA_DIR=str(data_dir), NATS_URL=bus.url))
+        after = logger.level
+    finally:
+        logger.setLevel(before)
+    assert result.exit_code == 0, result.output
+    assert after == logging.INFO
 
 
 def test_explicit_credentials_win_and_a_wrong_password_is_refused(bus: SecureBus) -> None:

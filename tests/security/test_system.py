@@ -4,6 +4,7 @@ is accepted, and no permission was ever refused. Binds the sandbox ports 8701-87
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 
 from marketbus.cli.services import existing_services
 from marketbus.runtime.http import port_is_free
+from tests.e2e.uptree import announced_urls
 
 MARKETBUS = str(Path(sys.executable).parent / "marketbus")
 SANDBOX_PORTS = (8701, 8702, 8703, 8704, 8710)
@@ -47,7 +49,10 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert (data_dir / "nats.url").exists(), up.communicate(timeout=60)[0][-3000:]
         url = (data_dir / "nats.url").read_text().strip()
-        time.sleep(12)  # data flows into history; the router has read the exchange's metadata
+        # ready: every service has sent its first heartbeat (sent only once its start-up is over, the
+        # router's included: it has read the exchange's metadata) and some feed has counted events
+        names = {name for name, _module in existing_services()}
+        announced = asyncio.run(announced_urls(data_dir, names))
         placed = _cli(cli_env, "order", "place", "FS-BTCUSD", "buy", "1", "--price", "20000")
         deadline = time.monotonic() + 45
         history = _cli(cli_env, "history", "coverage", "*.*.*.*")
@@ -77,6 +82,7 @@ def test_the_whole_system_runs_with_auth_on(tmp_path: Path) -> None:
     logs = {p.name: p.read_text() for p in (data_dir / "logs").glob("*.log")}
     assert up.returncode == 0, out[-4000:]
     assert "auth on" in out
+    assert set(announced) == names, f"no heartbeat with an http_url from {names - set(announced)}"
     assert placed.returncode == 0 and "accepted" in placed.stdout, placed.stdout + placed.stderr
     assert "as identity operator" in placed.stderr  # the CLI says whom it talks to, and as whom
     assert history.returncode == 0 and re.search(r"[1-9]", history.stdout), history.stdout + history.stderr

@@ -18,7 +18,7 @@ from marketbus.contracts import feeds as contract
 from marketbus.contracts.feeds import Feed, FeedCommand, Period
 from marketbus.contracts.status import FeedStatus
 from marketbus.runtime.ingest import Ingestor
-from marketbus.vendor.feeds import CatalogUnavailable, FeedControl, Refused, Resolved, Seed, transition
+from marketbus.vendor.feeds import CatalogUnavailable, FeedControl, Refused, Resolved, Seed, VendorKeys, transition
 from tests.ingest_finx.bus import events_of, read_stream
 
 CATALOG = {"FS:BTCUSD": Resolved("DIGITEX", "FS-BTCUSD", None, "Bitcoin"),
@@ -199,6 +199,43 @@ async def test_seed_change_at_runtime_and_restart_keeps_the_set(nats_server: Any
             assert expected in states, (expected, states)
     finally:
         await nc.close()
+
+
+async def test_the_ingestors_watch_loses_no_change_it_reads_late(nats_server: Any) -> None:
+    """nats-py drops what overflows a subscription's pending limits (a slow consumer: only the
+    error callback hears of it) and does not reset the ordered consumer, so a dropped change of a
+    feed would be lost for good. The ingestor's watch has no such limit: thousands of values and
+    changes that arrive while it is busy (a slow subscribe hook) are all read afterwards."""
+    slow: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        slow.append(exc)
+
+    nc = await nats.connect(nats_server.url, error_cb=on_error)
+    n = 3000
+    try:
+        js = nc.jetstream()
+        kv = await js.key_value(contract.BUCKET)
+        for i in range(n):
+            await kv.put(f"digitex.K{i}", b"1")
+        watch = VendorKeys(js, "digitex")
+        await watch.open()
+        try:
+            await asyncio.sleep(1.0)  # busy elsewhere: the current values wait, unread
+            current = await watch.drain()
+            for i in range(n):
+                await kv.put(f"digitex.K{i}", b"2")
+            await asyncio.sleep(1.0)
+            changes: list[Any] = []
+            while batch := await watch.next_changes():
+                changes += batch
+        finally:
+            await watch.close()
+    finally:
+        await nc.close()
+    assert not slow, slow[:3]
+    assert len({e.key for e in current}) == n
+    assert len(changes) == n and {e.value for e in changes} == {b"2"}
 
 
 async def test_client_watch_sees_changes(nats_server: Any) -> None:

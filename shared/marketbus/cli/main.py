@@ -15,7 +15,7 @@ from rich.console import Console
 
 from . import common
 from .common import NatsUrlOption
-from .output import EXIT_CODES_HELP, OneLineErrors, check_not_negative, fail, json_line, run
+from .output import EXIT_CODES_HELP, OneLineErrors, check_not_negative, fail, json_line, logger_level, run
 from .services import SANDBOX_MODULE, SANDBOX_PORTS
 
 app = typer.Typer(help="marketbus: vendor market data on one NATS bus.", no_args_is_help=True, add_completion=True,
@@ -61,8 +61,6 @@ def provision(
     from marketbus.runtime.provision import provision as run_provision
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    # what was created or differs is logged (stderr); the summary is printed below, once
-    logging.getLogger("marketbus.runtime.provision").setLevel(logging.WARNING)
     if not (common.AUTH.user or common.AUTH.creds or common.AUTH.nkey) and not os.environ.get("MARKETBUS_CLI_IDENTITY"):
         os.environ["MARKETBUS_CLI_IDENTITY"] = "admin"  # the data dir's admin identity, when there is one
 
@@ -73,7 +71,10 @@ def provision(
         finally:
             await nc.drain()
 
-    report = asyncio.run(go())
+    # what was created or differs is logged (stderr); the summary is printed below, once (not
+    # also as the provisioner's INFO line)
+    with logger_level("marketbus.runtime.provision", logging.WARNING):
+        report = asyncio.run(go())
     if as_json:
         json_line(dataclasses.asdict(report))
     else:

@@ -159,6 +159,19 @@ def quiet_nats_logs() -> None:
 
 
 @contextlib.contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """``name``'s logger at ``level`` for the block, then back to what it was: a command run
+    in-process (a test, an embedding program) must not leave its choice to later code."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextlib.contextmanager
 def handled(*, interrupt_ok: bool = False) -> Iterator[None]:
     """The errors a user can cause turned into one line and an exit code: RequestError (1 refused,
     2 no server), a bad value (2), an unreachable or lost NATS (2), Ctrl-C (130, or 0 with
