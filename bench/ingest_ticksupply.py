@@ -3,13 +3,14 @@
 Setup: an embedded nats-server and the TickSupply sandbox in this process; one real export of
 ~40 minutes of one instrument at 100 trades/s (~240k rows) is downloaded once. Then, each on a
 fresh set of event ids:
-- reference: raw nats-py pipelined JetStream publishes (reply inbox + one ack subscription,
-  trade-sized payloads with Nats-Msg-Id), messages/s;
+- reference, the same for every ``bench/ingest_*.py`` (``bench/common.py:raw_pipelined_rate``):
+  raw nats-py pipelined JetStream publishes (reply inbox + one ack subscription, a Nats-Msg-Id
+  each) of the first artifact's trades, pre-encoded, on their subject, messages/s;
 - single: ``publish_artifact`` with one message per trade (gunzip, parse, Decimal, ids, encode,
   publish, every ack awaited), events/s;
 - batch: the same with batch envelopes (the ingestor's default), events/s.
-The three are interleaved over ``ROUNDS`` rounds and the best of each is reported (the machine is
-shared: the best run is the least disturbed one); the median is printed in a comment.
+The three alternate over ``ROUNDS`` rounds; medians are reported, and each path's ratio is to
+the reference of its own round (median, min-max).
 Prints markdown table rows (figure, target, reference measured in the same run, ratio).
 
 Run: ``.venv/bin/python bench/ingest_ticksupply.py``
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -29,9 +29,11 @@ import httpx
 import nats
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
+sys.path[:0] = [str(ROOT), str(ROOT / "shared"), str(ROOT / "bench")]
 
-from marketbus.contracts import codec  # noqa: E402
+from common import Rounds, raw_pipelined_rate  # noqa: E402
+
+from marketbus.contracts import codec, subjects  # noqa: E402
 from marketbus.contracts.streams import ensure_all  # noqa: E402
 from marketbus.runtime.natsserver import NatsServer  # noqa: E402
 from services.ingest_ticksupply import normalize  # noqa: E402
@@ -43,7 +45,6 @@ KEY = "ts_sandbox_key"
 DS = 101
 MINUTES = 30
 ROUNDS = 3
-RAW_MESSAGES = 100_000
 RATE = 100.0
 
 
@@ -62,32 +63,6 @@ async def fetch_artifacts(sb: SandboxRunner) -> list[bytes]:
             await asyncio.sleep(0.1)
         listing = (await http.get(f"/v1/exports/{job['id']}/download")).json()
         return [(await http.get(a["url"])).content for a in listing["artifacts"]]
-
-
-async def raw_pipelined(nc: nats.NATS, payload: bytes, n: int, window: int = 8192) -> float:
-    """Messages/s of the bare nats-py pipeline: publish with a reply inbox, count acks."""
-    inbox = nc.new_inbox()
-    done = asyncio.Event()
-    acked = 0
-    slots = asyncio.Semaphore(window)
-
-    async def on_ack(_msg: object) -> None:
-        nonlocal acked
-        acked += 1
-        slots.release()
-        if acked == n:
-            done.set()
-
-    sub = await nc.subscribe(inbox + ".*", cb=on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
-    subject = "md.trade.ticksupply.binance.BENCHRAW"
-    began = time.perf_counter()
-    for i in range(n):
-        await slots.acquire()
-        await nc.publish(subject, payload, reply=f"{inbox}.{i}", headers={"Nats-Msg-Id": f"raw-{began}-{i}"})
-    await asyncio.wait_for(done.wait(), 120)
-    elapsed = time.perf_counter() - began
-    await sub.unsubscribe()
-    return n / elapsed
 
 
 async def ingest_rate(svc: TickSupplyIngestor, artifacts: list[bytes], ds_id: int, mode: str) -> tuple[float, int]:
@@ -114,35 +89,34 @@ async def main() -> None:
                 await ensure_all(nc.jetstream())
                 ds = normalize.DatastreamRef(datastream_id=DS, exchange="binance", instrument="BTCUSDT",
                                              stream_type="trade")
-                sample = normalize.trades(ds, normalize.parse_artifact(artifacts[0]).rows[:1], time.time_ns())[0]
-                payload = codec.encode(sample)
+                # the reference: the first artifact's trades, encoded, on their subject
+                sample = normalize.trades(ds, normalize.parse_artifact(artifacts[0]).rows, time.time_ns())
+                payloads = codec.encode_many(sample)
+                subjects_ = [subjects.for_event(t) for t in sample]
                 svc = TickSupplyIngestor(nats_url=server.url, base_url=sb.url + "/v1", datastreams=[],
                                          catalog_interval_s=0, log_level="WARNING")
+                r = Rounds()
                 async with svc:
                     # warm-up (imports, caches, stream files)
-                    await raw_pipelined(nc, payload, 20_000)
+                    await raw_pipelined_rate(server.url, subjects_[:20_000], payloads[:20_000])
                     await ingest_rate(svc, artifacts[:1], 9000, "batch")
-                    raws, singles, batches = [], [], []
-                    for r in range(ROUNDS):
-                        raws.append(await raw_pipelined(nc, payload, RAW_MESSAGES))
-                        singles.append((await ingest_rate(svc, artifacts, 9100 + r, "single"))[0])
-                        batches.append((await ingest_rate(svc, artifacts, 9200 + r, "batch"))[0])
+                    for i in range(ROUNDS):
+                        r.add("raw", await raw_pipelined_rate(server.url, subjects_, payloads))
+                        r.add("single", (await ingest_rate(svc, artifacts, 9100 + i, "single"))[0])
+                        r.add("batch", (await ingest_rate(svc, artifacts, 9200 + i, "batch"))[0])
                 await nc.close()
         finally:
             server.cleanup()
-    ref, single, batch = max(raws), max(singles), max(batches)
-    med = statistics.median
-    print(
-        f"<!-- {len(artifacts)} artifacts, {rows} rows, {len(payload)}-byte trade payload; best of {ROUNDS} rounds; "
-        f"medians: raw {med(raws):,.0f} msgs/s, single {med(singles):,.0f} events/s, "
-        f"batch {med(batches):,.0f} events/s -->"
-    )
-    print("| figure | target | reference (raw nats-py pipelined JetStream publish, same run) | ratio |")
+    ref = r.median("raw")
+    print(f"<!-- {len(artifacts)} artifacts, {rows} rows; reference: {len(payloads):,} trades of "
+          f"{len(payloads[0])} bytes; {ROUNDS} alternating rounds -->")
+    print("| figure (medians of alternating rounds) | target | reference: raw nats-py pipelined JetStream publish of "
+          "the same trades (bench/common.py), same rounds | ratio to the same round's reference: median (min-max) |")
     print("|---|---|---|---|")
-    print(f"| ticksupply artifact -> acked publish, single events: {single:,.0f} events/s "
-          f"| >= 50,000 events/s | {ref:,.0f} msgs/s | {single / ref:.2f} |")
-    print(f"| ticksupply artifact -> acked publish, batch envelopes: {batch:,.0f} events/s "
-          f"| >= 300,000 events/s | {ref:,.0f} msgs/s | {batch / ref:.2f} |")
+    print(f"| ticksupply artifact -> acked publish, single events: {r.median('single'):,.0f} events/s "
+          f"| >= 0.8 of the reference | {ref:,.0f} msgs/s | {r.ratio_text('single', 'raw')} |")
+    print(f"| ticksupply artifact -> acked publish, batch envelopes: {r.median('batch'):,.0f} events/s "
+          f"| >= 300,000 events/s | {ref:,.0f} msgs/s | {r.ratio_text('batch', 'raw')} |")
 
 
 if __name__ == "__main__":
