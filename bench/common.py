@@ -74,14 +74,15 @@ RAW_WINDOW = 8192  # messages in flight: the publisher's default max_inflight
 
 
 async def raw_pipelined_rate(url: str, subjects: Sequence[str], payloads: Sequence[bytes],
-                             window: int = RAW_WINDOW) -> float:
+                             window: int = RAW_WINDOW) -> tuple[float, float]:
     """The reference of every ``bench/ingest_*.py``: the bus's own limit for single events.
 
     Bare nats-py, on a connection of its own: ``publish`` of each pre-encoded payload on its
     subject with a reply inbox and a ``Nats-Msg-Id`` header (unique to this call), one wildcard
     subscription for the JetStream acks, at most ``window`` unacked; returns acked messages per
-    second (from the first publish to the last ack). Give it the encoded events of the path it is
-    compared with (same subjects, same sizes, same count)."""
+    second from the first publish to the last ack, and per second of this process's CPU time
+    over the same span (on a busy host the wall rate follows the load; see :class:`Rounds`).
+    Give it the encoded events of the path it is compared with (same subjects, sizes, count)."""
     import nats
 
     nc = await nats.connect(url)
@@ -100,24 +101,32 @@ async def raw_pipelined_rate(url: str, subjects: Sequence[str], payloads: Sequen
             done.set()
 
     await nc.subscribe(prefix + "*", cb=on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for i in range(total):
         await slots.acquire()
         await nc.publish(subjects[i], payloads[i], reply=f"{prefix}{i}", headers={"Nats-Msg-Id": f"{run}{i}"})
     await asyncio.wait_for(done.wait(), 120)
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     await nc.close()
-    return total / elapsed
+    return total / elapsed, total / cpu
 
 
 class Rounds:
     """Rates of alternating rounds (reference and paths measured in turn, so each round's
-    paths see the same host) and each path's ratio to the reference of its own round."""
+    paths see the same host) and each path's ratio to the reference of its own round.
+
+    Each path also gives its rate per second of the benchmark process's CPU time (name
+    ``<path>/cpu``): on a 2-core host shared with other work the wall rates swing with the load,
+    the CPU cost per event much less (nats-server's CPU is not in it: the same for every path)."""
 
     def __init__(self) -> None:
         self.rates: dict[str, list[float]] = {}
 
-    def add(self, name: str, rate: float) -> None:
+    def add(self, name: str, rate: float | tuple[float, float]) -> None:
+        """``rate``: events/s, or (events/s, events per CPU second)."""
+        if isinstance(rate, tuple):
+            rate, cpu = rate
+            self.rates.setdefault(f"{name}/cpu", []).append(cpu)
         self.rates.setdefault(name, []).append(rate)
 
     def median(self, name: str) -> float:
@@ -129,4 +138,8 @@ class Rounds:
     def ratio_text(self, name: str, reference: str) -> str:
         """``median (min-max of N paired rounds)`` of the ratios to the same round's reference."""
         r = self.ratios(name, reference)
-        return f"{statistics.median(r):.2f} ({r[0]:.2f}-{r[-1]:.2f}, {len(r)} rounds)"
+        text = f"{statistics.median(r):.2f} ({r[0]:.2f}-{r[-1]:.2f}, {len(r)} rounds)"
+        if f"{name}/cpu" in self.rates and f"{reference}/cpu" in self.rates:
+            c = self.ratios(f"{name}/cpu", f"{reference}/cpu")
+            text += f"; CPU time {statistics.median(c):.2f} ({c[0]:.2f}-{c[-1]:.2f})"
+        return text

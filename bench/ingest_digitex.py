@@ -64,14 +64,14 @@ async def record(url: str, seconds: float, wanted: int) -> list[tuple[bytes, int
     return pages
 
 
-async def run_fed(url: str, pages: list[tuple[bytes, int, int | None]], mode: str) -> tuple[float, int]:
+async def run_fed(url: str, pages: list[tuple[bytes, int, int | None]], mode: str) -> tuple[tuple[float, float], int]:
     """mode: ``page`` (emit_trades, the poll loop's path), ``emit`` (Ingestor.emit per trade) or
     ``batch`` (emit_batch)."""
     ing = Fed(nats_url=url, heartbeat_interval_s=3600, log_level="WARNING")
     await ing.start()
     try:
         n = 0
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         for body, market_id, after in pages:
             trades, _bad, _oldest = normalize.recent_trades(body, MARKETS[market_id], VENUE, time.time_ns(), after)
             if mode == "page":
@@ -83,11 +83,11 @@ async def run_fed(url: str, pages: list[tuple[bytes, int, int | None]], mode: st
                     await ing.emit(trade)
                 n += len(trades)
         await ing.flush()
-        elapsed = time.perf_counter() - began
+        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
         assert ing.publisher is not None and ing.publisher.duplicates == 0
     finally:
         await ing.stop()
-    return n / elapsed, n
+    return (n / elapsed, n / cpu), n
 
 
 async def main(seconds: float, rounds: int) -> None:

@@ -83,7 +83,7 @@ async def main() -> None:
                 push_rate = N / (time.perf_counter() - t0)
                 # reference: raw nats-py pipelined publishes of the same events, pre-encoded
                 events = [normalize.push(normalize.decode_push(r), time.time_ns()) for r in raws]
-                pub_rate = await raw_pipelined_rate(server.url, [subjects.for_event(e) for e in events],
+                pub_rate, _cpu = await raw_pipelined_rate(server.url, [subjects.for_event(e) for e in events],
                                                     codec.encode_many(events))
             rows.append(("live push path: marketPrice pushes normalized + published (acked)",
                          f"{push_rate:,.0f}/s", ">= 30,000/s and >= 0.8 of the reference",

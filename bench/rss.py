@@ -11,10 +11,17 @@ its own process, which holds no state.
 What repeats and what does not: Sitagri's dates (hence its ids) are shifted on every pass over
 the corpus, so each of its events is new to ``RecentIds``; the other vendors' passes repeat the
 same trades (their normalizers keep no per-id state; their caches of prices, ids' prefixes and
-tokens are bounded by count, see bench/RESULTS.md). Not covered: the NATS client's buffers and
-the order router (see RESULTS.md).
+tokens are bounded by count, see bench/RESULTS.md). Not covered: the NATS client's buffers.
 
-Run: ``.venv/bin/python bench/rss.py [--events 10000000] [--vendors digitex,finx,sitagri,ticksupply]``.
+The order router (``--vendors order_router``): its per-order state path in this process, events
+counted as order events published. Each order is created (``StateStore.create``, its
+``pending_submit`` event), then moved ``submitted -> accepted -> filled`` by ``OrderBook.transition``
+(persist with compare-and-set, publish, close: the closed order joins ``OrderBook.recent``), and
+its fill goes through ``Reconciler``'s trade de-duplication. The KV bucket and the exchange are
+stand-ins that keep nothing (the bucket's data lives in nats-server, not in the router), so what
+grows is what the router itself keeps per order; 4 events an order.
+
+Run: ``.venv/bin/python bench/rss.py [--events 10000000] [--vendors digitex,finx,sitagri,ticksupply,order_router]``.
 """
 
 from __future__ import annotations
@@ -37,12 +44,78 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * PAGE_SIZE / 2**20
 
 
+def router_pass() -> object:
+    """One order's life through the order router's state path (module docstring); returns a
+    ``one_pass(k)`` doing 1000 orders (4000 events)."""
+    import asyncio
+    import logging
+    from decimal import Decimal
+    from typing import Any
+
+    from marketbus.clients.orders import OrderRecord
+    from marketbus.contracts import codec
+    from services.order_router.metrics import RouterMetrics
+    from services.order_router.reconcile import Reconciler
+    from services.order_router.state import StateStore
+    from services.order_router.tracking import OrderBook
+
+    class NoKV:  # the bucket: revisions counted, nothing kept (the data is nats-server's)
+        rev = 0
+
+        async def create(self, key: str, value: bytes) -> int:
+            self.rev += 1
+            return self.rev
+
+        put = create
+
+        async def update(self, key: str, value: bytes, last: int) -> int:
+            return await self.create(key, value)
+
+    class Exchange:  # trade_history: this order's fill
+        row: dict[str, Any] = {}
+
+        async def trade_history(self, traded_at_from: int) -> list[dict[str, Any]]:
+            return [self.row]
+
+    async def emit(event: Any, subject: str) -> None:
+        codec.encode(event)
+
+    log = logging.getLogger("bench.rss.router")
+    book = OrderBook(emit, RouterMetrics("order_router"), log)
+    book.store = StateStore(NoKV(), "bench")
+    exchange = Exchange()
+    reconciler = Reconciler(book, exchange, None, None, log)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    qty, price = Decimal("3"), Decimal("25000.5")
+
+    async def orders(k: int) -> int:
+        for i in range(1000):
+            n = k * 1000 + i
+            rec = OrderRecord(client_id=f"{n:08x}-0000-4000-8000-{n:012x}", market="BTCUSD-PERP", market_id=1,
+                              side="buy", order_type="limit", duration="GTC", quantity=qty, price=price, seq=1,
+                              command_id=f"c{n}", created_ns=n, updated_ns=n)
+            key = (rec.market, rec.client_id)
+            book.orders[key] = rec
+            await book.store.create(rec)
+            await book.publish_order(rec)
+            await book.transition(rec, "submitted")
+            await book.transition(rec, "accepted")
+            await book.transition(rec, "filled", filled=qty, average=price)
+            exchange.row = {"contract_id": n, "traded_at": 1_700_000_000_000_000 + n}
+            await reconciler._new_trades()
+        return 4000
+
+    return lambda k: loop.run_until_complete(orders(k))
+
+
 def child(vendor: str, events: int, marks: list[int]) -> None:
     import peer_cryptofeed as pc
 
-    trades = pc.corpus(100_000)
+    trades = [] if vendor == "order_router" else pc.corpus(100_000)
     wire = pc.Wire()
-    if vendor == "sitagri":
+    if vendor == "order_router":
+        one_pass = router_pass()  # type: ignore[assignment]
+    elif vendor == "sitagri":
         from services.ingest_sitagri import normalize as sg
         from services.ingest_sitagri.app import recent_ids
 

@@ -83,7 +83,7 @@ class OrderCommands:
                                                        f"(orders {', '.join(prior.client_ids) or '-'})")
             return prior
         if reason:
-            book.recent[key] = rec
+            book.remember_closed(key, rec)
             self.log.info("refused %s %s: %s", cmd.market, cmd.client_id, reason)
             return prior or CommandAck(command_id=cmd.command_id, accepted=False, reason=reason,
                                        client_ids=[cmd.client_id])

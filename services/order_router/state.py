@@ -77,6 +77,8 @@ class StateStore:
         self.kv = kv
         self.js = js  # the JetStream context of ``kv``: :meth:`all` reads the bucket through it
         self.owner = owner
+        # the last known revision of the open and recently closed orders' keys (the order book
+        # forgets a closed order's after RECENT_KEPT more have closed; load() reads it again)
         self.revisions: dict[str, int] = {}
 
     async def load(self, market: str, client_id: str) -> OrderRecord | None:
@@ -122,9 +124,15 @@ class StateStore:
         out = []
         for entry in await kv_snapshot.latest(self.js, ORDER_STATE.name, "o.>"):
             if entry.value:
-                self.revisions[entry.key] = entry.revision
-                out.append(_rec_dec.decode(entry.value))
+                record = _rec_dec.decode(entry.value)
+                if not record.terminal:  # closed orders are not tracked: their revisions not kept
+                    self.revisions[entry.key] = entry.revision
+                out.append(record)
         return out
+
+    def forget(self, market: str, client_id: str) -> None:
+        """Drop what is kept of a closed order (its revision; :meth:`load` reads it again)."""
+        self.revisions.pop(order_key(market, client_id), None)
 
     async def get_meta(self, name: str) -> bytes | None:
         try:

@@ -56,6 +56,18 @@ class OrderBook:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
+    def remember_closed(self, key: tuple[str, str], rec: OrderRecord) -> None:
+        """Keep a closed order for fill attribution: the last :data:`RECENT_KEPT` of them. An
+        order that drops out is forgotten by the store too (its KV revision): what the router
+        holds per order is bounded by the open orders plus ``RECENT_KEPT``, not by every order it
+        ever handled (``bench/rss.py --vendors order_router``)."""
+        self.recent[key] = rec
+        self.recent.move_to_end(key)
+        while len(self.recent) > RECENT_KEPT:
+            old, _ = self.recent.popitem(last=False)
+            if old not in self.orders:
+                self.store.forget(*old)
+
     def wake(self) -> None:
         self.woken.set()
 
@@ -121,9 +133,7 @@ class OrderBook:
             if rec.terminal:
                 self.orders.pop(key, None)
                 self._locks.pop(key, None)
-                self.recent[key] = rec
-                while len(self.recent) > RECENT_KEPT:
-                    self.recent.popitem(last=False)
+                self.remember_closed(key, rec)
             else:
                 self.orders[key] = rec
             if state in WORKING_STATES:
