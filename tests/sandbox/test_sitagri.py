@@ -441,14 +441,25 @@ async def test_push_sometimes_precedes_register_ack(sb: SandboxRunner) -> None:
     quotes = [q for q, info in truth(sb).tree.quotes.items() if info.kind == "currency"][:30]
     before = after = 0
     async with await connect(sb) as ws:
-        for seq, quote in enumerate(quotes, 1):
-            await ws.send(json.dumps({"seq": seq, "data": quote + "/price/register"}))
-            msgs = await recv_until(ws, lambda m, s=seq: m["seq"] == s)
-            if any(m["seq"] == -1 and m["data"]["quote"] == quote for m in msgs[:-1]):
-                before += 1
-            else:
-                after += 1
+        # keep-alives: on a loaded host waiting for 30 acks can outlast the 2 s idle timeout
+        alive = asyncio.create_task(_keep_alive(ws))
+        try:
+            for seq, quote in enumerate(quotes, 1):
+                await ws.send(json.dumps({"seq": seq, "data": quote + "/price/register"}))
+                msgs = await recv_until(ws, lambda m, s=seq: m["seq"] == s)
+                if any(m["seq"] == -1 and m["data"]["quote"] == quote for m in msgs[:-1]):
+                    before += 1
+                else:
+                    after += 1
+        finally:
+            alive.cancel()
     assert before > 0 and after > 0
+
+
+async def _keep_alive(ws: Any) -> None:
+    while True:
+        await asyncio.sleep(TIMEOUT / 4)
+        await ws.send("keep-alive")
 
 
 async def test_ws_idle_close_and_keepalive(http: httpx.AsyncClient, sb: SandboxRunner) -> None:
