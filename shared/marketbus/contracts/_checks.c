@@ -641,24 +641,17 @@ b2_compress(uint64_t h[8], const uint8_t *block, uint64_t t, int last)
 
 #define ID_DIGEST 12
 
-/* event_id_hex(head: bytes, tail: str) -> blake2b(head + tail.encode(), digest_size=12).hexdigest() */
+/* blake2b(head + tail, digest_size=12).hexdigest() of an ASCII or UTF-8 tail (ids.event_id_of) */
 static PyObject *
-event_id_hex(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+id_of(const char *head, Py_ssize_t head_len, const char *tail, Py_ssize_t tail_len)
 {
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "event_id_hex(head: bytes, tail: str)");
-        return NULL;
-    }
-    Py_ssize_t head_len = PyBytes_GET_SIZE(args[0]), tail_len;
-    const char *tail = PyUnicode_AsUTF8AndSize(args[1], &tail_len); /* raises for a non-str, a lone surrogate */
-    if (tail == NULL) return NULL;
     Py_ssize_t len = head_len + tail_len;
     uint8_t small[512], *msg = small;
     if (len > (Py_ssize_t)sizeof(small)) {
         msg = PyMem_Malloc(len);
         if (msg == NULL) return PyErr_NoMemory();
     }
-    memcpy(msg, PyBytes_AS_STRING(args[0]), head_len);
+    memcpy(msg, head, head_len);
     memcpy(msg + head_len, tail, tail_len);
     uint64_t h[8];
     for (int i = 0; i < 8; i++) h[i] = b2_iv[i];
@@ -682,6 +675,20 @@ event_id_hex(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         hex[2 * i + 1] = digits[byte & 15];
     }
     return out;
+}
+
+/* event_id_hex(head: bytes, tail: str) -> blake2b(head + tail.encode(), digest_size=12).hexdigest() */
+static PyObject *
+event_id_hex(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "event_id_hex(head: bytes, tail: str)");
+        return NULL;
+    }
+    Py_ssize_t tail_len;
+    const char *tail = PyUnicode_AsUTF8AndSize(args[1], &tail_len); /* raises for a non-str, a lone surrogate */
+    if (tail == NULL) return NULL;
+    return id_of(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), tail, tail_len);
 }
 
 /* ---- decimal text (invariants.AmountText, SizeText, PriceText) ----
@@ -1218,41 +1225,6 @@ refuse:
     Py_RETURN_NONE;
 }
 
-/* blake2b(head + tail, digest_size=12).hexdigest() of an ASCII or UTF-8 tail (ids.event_id_of) */
-static PyObject *
-id_of(const char *head, Py_ssize_t head_len, const char *tail, Py_ssize_t tail_len)
-{
-    Py_ssize_t len = head_len + tail_len;
-    uint8_t small[512], *msg = small;
-    if (len > (Py_ssize_t)sizeof(small)) {
-        msg = PyMem_Malloc(len);
-        if (msg == NULL) return PyErr_NoMemory();
-    }
-    memcpy(msg, head, head_len);
-    memcpy(msg + head_len, tail, tail_len);
-    uint64_t h[8];
-    for (int i = 0; i < 8; i++) h[i] = b2_iv[i];
-    h[0] ^= 0x01010000ULL ^ ID_DIGEST;
-    Py_ssize_t off = 0;
-    while (len - off > 128) {
-        b2_compress(h, msg + off, (uint64_t)(off + 128), 0);
-        off += 128;
-    }
-    uint8_t block[128] = {0};
-    memcpy(block, msg + off, len - off);
-    b2_compress(h, block, (uint64_t)len, 1);
-    if (msg != small) PyMem_Free(msg);
-    PyObject *out = PyUnicode_New(2 * ID_DIGEST, 127);
-    if (out == NULL) return NULL;
-    Py_UCS1 *hex = PyUnicode_1BYTE_DATA(out);
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < ID_DIGEST; i++) {
-        uint8_t byte = (uint8_t)(h[i / 8] >> (8 * (i % 8)));
-        hex[2 * i] = digits[byte >> 4];
-        hex[2 * i + 1] = digits[byte & 15];
-    }
-    return out;
-}
 
 /* trades_of_rows(rows, row_type, head: bytes, new_trade, check, sides: dict, unknown: str)
  *   -> list[Trade] | None
