@@ -54,6 +54,19 @@ enum { SIGN_POSITIVE = 1, SIGN_NON_NEGATIVE, SIGN_SIGNED };
 #define KIND_DECIMAL_TEXT (KIND_PYTHON + 1)
 static int decimal_text_ok(PyObject *v, int sign);
 
+/* the one plain-decimal reader every decimal text of this file goes through (dec_read, in the block
+ * "decimal text"): where the parts of  -?[0-9]*(\.[0-9]*)?(E-[0-9]+)?  are; each caller states its rule */
+typedef struct {
+    int neg, dot;                 /* a leading '-'; a point */
+    Py_ssize_t whole_at, whole;   /* the digits before the point: where, how many */
+    Py_ssize_t frac_at, frac;     /* the digits after it */
+    Py_ssize_t lead;              /* the leading zeros of all the digits (whole + frac when all are 0) */
+    Py_ssize_t kept;              /* the fraction without its trailing zeros */
+    Py_ssize_t exp_at, exp_digits, exp; /* "E-" then exp_digits digits at exp_at: the exponent -exp (exp capped) */
+} DecText;
+enum { DEC_MINUS = 1, DEC_EXP = 2 };
+static inline int dec_read(const char *s, Py_ssize_t n, int opts, DecText *t);
+
 typedef struct {
     Py_ssize_t offset;
     int kind, optional, many, canonical, sign;
@@ -551,32 +564,19 @@ decimal_of_text(PyObject *module, PyObject *text)
 {
     if (decimal_type == NULL) { PyErr_SetString(PyExc_RuntimeError, "configure_decimal failed"); return NULL; }
     if (PyUnicode_CheckExact(text) && PyUnicode_IS_COMPACT_ASCII(text)) {
-        Py_ssize_t n = PyUnicode_GET_LENGTH(text), dot = -1, i;
         const char *s = (const char *)PyUnicode_DATA(text);
-        for (i = 0; i < n; i++) {
-            char c = s[i];
-            if (c == '.') {
-                if (dot >= 0) break;
-                dot = i;
-            }
-            else if (!(c >= '0' && c <= '9') && !(i == 0 && c == '-')) break;
-        }
-        /* at most the contract's digits: a longer text is refused by the contracts for its
-         * digits (or its exponent, for a zero), which the zeros left out would hide */
-        if (i == n && dot >= 0 && n - 1 - (s[0] == '-') <= dec_max_digits) {
-            Py_ssize_t end = n;
-            while (end > dot + 1 && s[end - 1] == '0') end--;
-            if (end == dot + 1) end = dot; /* "100." -> "100" */
-            /* at least one digit left ("." and "-." go to Decimal as they are, which refuses them) */
-            int digit = 0;
-            for (i = 0; i < end; i++) if (s[i] >= '0' && s[i] <= '9') { digit = 1; break; }
-            if (end < n && digit) {
-                PyObject *cut = PyUnicode_FromStringAndSize(s, end);
-                if (cut == NULL) return NULL;
-                PyObject *out = PyObject_CallOneArg((PyObject *)decimal_type, cut);
-                Py_DECREF(cut);
-                return out;
-            }
+        DecText t;
+        /* -?[0-9]*\.[0-9]* of at most the contract's digits: a longer text is refused by the contracts
+         * for its digits (or its exponent, for a zero), which the zeros left out would hide */
+        if (dec_read(s, PyUnicode_GET_LENGTH(text), DEC_MINUS, &t) && t.dot && t.whole + t.frac <= dec_max_digits &&
+            t.kept < t.frac + (t.frac == 0) /* zeros to leave out ("100.00"), or the point alone ("100.") */ &&
+            t.whole + t.kept > 0 /* a digit left ("." and "-." go to Decimal as they are, which refuses them) */) {
+            Py_ssize_t end = t.kept ? t.frac_at + t.kept : t.whole_at + t.whole; /* "100." -> "100" */
+            PyObject *cut = PyUnicode_FromStringAndSize(s, end);
+            if (cut == NULL) return NULL;
+            PyObject *out = PyObject_CallOneArg((PyObject *)decimal_type, cut);
+            Py_DECREF(cut);
+            return out;
         }
     }
     return PyObject_CallOneArg((PyObject *)decimal_type, text);
@@ -703,50 +703,80 @@ static Py_ssize_t text_max_digits = 38, text_max_adjusted = 17, text_min_adjuste
 
 #define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
 
+/* dec_read: the plain-decimal reader of this file. It reads all of s[0..n) as
+ *     -?[0-9]*(\.[0-9]*)?(E-[0-9]+)?
+ * (the '-' only with DEC_MINUS, the exponent only with DEC_EXP) and fills t; 0 for any other text:
+ * a '+', a space, a second point or sign, 'e', "E+", letters (NaN, Infinity), not ASCII. It does not
+ * judge: no digit at all ("", "-", "."), a point at an end (".5", "5."), leading zeros, too many
+ * digits are the callers' rules, stated on t:
+ *   decimal_text_ok       canonical text only (invariants._CANONICAL_TEXT), within the bounds, sign rule;
+ *   decimal_text_of_json  a JSON number -?(0|[1-9][0-9]*)(\.[0-9]+)? -> its canonical text;
+ *   decimal_of_text       -?[0-9]*\.[0-9]* with trailing fraction zeros to leave out (Digitex);
+ *   csv_decimal           [0-9]+(\.[0-9]+)? of at most the contract's digits (TickSupply CSV);
+ *   plain_decimal         history's _PLAIN_DECIMAL (schema.py), '-' for the signed rule.
+ * tests/unit/test_plain_decimal_reader.py checks every caller against its Python rule. */
+static inline int
+dec_read(const char *s, Py_ssize_t n, int opts, DecText *t)
+{
+    Py_ssize_t i = 0;
+    t->neg = 0;
+    if (n > 0 && s[0] == '-' && (opts & DEC_MINUS)) { t->neg = 1; i = 1; }
+    t->whole_at = i;
+    while (i < n && IS_DIGIT(s[i])) i++;
+    t->whole = i - t->whole_at;
+    t->dot = i < n && s[i] == '.';
+    if (t->dot) i++;
+    t->frac_at = i;
+    while (i < n && IS_DIGIT(s[i])) i++;
+    t->frac = i - t->frac_at;
+    t->exp_digits = t->exp = 0;
+    t->exp_at = i;
+    if (i < n) {
+        if (!(opts & DEC_EXP) || n - i < 3 || s[i] != 'E' || s[i + 1] != '-') return 0;
+        i += 2;
+        t->exp_at = i;
+        Py_ssize_t e = 0;
+        for (; i < n; i++) {
+            if (!IS_DIGIT(s[i])) return 0;
+            if (e < 100000) e = e * 10 + (s[i] - '0'); /* capped: only compared with small bounds */
+        }
+        t->exp = e;
+        t->exp_digits = n - t->exp_at;
+    }
+    Py_ssize_t lead = 0;
+    while (lead < t->whole && s[t->whole_at + lead] == '0') lead++;
+    if (lead == t->whole) {
+        while (lead < t->whole + t->frac && s[t->frac_at + lead - t->whole] == '0') lead++;
+    }
+    t->lead = lead;
+    Py_ssize_t kept = t->frac;
+    while (kept > 0 && s[t->frac_at + kept - 1] == '0') kept--;
+    t->kept = kept;
+    return 1;
+}
+
 /* 1 when v is the canonical text (invariants._CANONICAL_TEXT) of a decimal within the bounds that
- * passes the sign rule; 0 otherwise (not known to be good: the Python test decides) */
+ * passes the sign rule; 0 otherwise (not known to be good: the Python test decides). The shapes:
+ * 0 | -?[1-9][0-9]*(\.[0-9]*[1-9])? | -?0\.0{0,5}[1-9]([0-9]*[1-9])? | -?[1-9](\.[0-9]*[1-9])?E-([7-9]|[1-9][0-9]+) */
 static int
 decimal_text_ok(PyObject *v, int sign)
 {
     if (!PyUnicode_CheckExact(v) || !PyUnicode_IS_COMPACT_ASCII(v)) return 0;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(v), i = 0;
     const char *s = (const char *)PyUnicode_DATA(v);
-    if (n == 1 && s[0] == '0') return sign != SIGN_POSITIVE;
-    if (n > 0 && s[0] == '-') {
-        if (sign != SIGN_SIGNED) return 0;
-        i = 1;
+    DecText t;
+    if (!dec_read(s, PyUnicode_GET_LENGTH(v), DEC_MINUS | DEC_EXP, &t)) return 0;
+    if (t.whole == 0 || (t.neg && sign != SIGN_SIGNED)) return 0;
+    if (t.dot && (t.frac == 0 || t.kept != t.frac)) return 0; /* "5.", a trailing zero "1.50" */
+    if (s[t.whole_at] == '0') {
+        if (t.whole > 1 || t.exp_digits) return 0;               /* "01", "0E-7", "0.5E-7" */
+        if (!t.dot) return !t.neg && sign != SIGN_POSITIVE;      /* "0" ("-0" is not canonical) */
+        Py_ssize_t zeros = t.lead - 1;                           /* 0.000123: 3 (the fraction ends with 1-9) */
+        return zeros <= 5 && t.frac - zeros <= text_max_digits;
     }
-    if (i >= n) return 0;
-    if (s[i] == '0') { /* 0.0{0,5}[1-9]([0-9]*[1-9])? */
-        if (i + 1 >= n || s[i + 1] != '.') return 0;
-        i += 2;
-        Py_ssize_t zeros = 0;
-        while (i < n && s[i] == '0') { zeros++; i++; }
-        if (zeros > 5 || i >= n) return 0;
-        Py_ssize_t start = i;
-        while (i < n && IS_DIGIT(s[i])) i++;
-        return i == n && s[n - 1] != '0' && n - start <= text_max_digits;
-    }
-    if (s[i] < '1' || s[i] > '9') return 0;
-    Py_ssize_t start = i;
-    while (i < n && IS_DIGIT(s[i])) i++;
-    Py_ssize_t whole = i - start, frac = 0;
-    if (i < n && s[i] == '.') {
-        Py_ssize_t from = ++i;
-        while (i < n && IS_DIGIT(s[i])) i++;
-        frac = i - from;
-        if (frac == 0 || s[i - 1] == '0') return 0;
-    }
-    if (i == n) return whole <= text_max_adjusted + 1 && whole + frac <= text_max_digits;
-    /* the scientific form below 1e-6: [1-9](\.[0-9]*[1-9])?E-([7-9]|[1-9][0-9]+) */
-    if (whole != 1 || n - i < 3 || s[i] != 'E' || s[i + 1] != '-' || s[i + 2] == '0') return 0;
-    i += 2;
-    Py_ssize_t e = 0;
-    for (; i < n; i++) {
-        if (!IS_DIGIT(s[i]) || e > 1000) return 0;
-        e = e * 10 + (s[i] - '0');
-    }
-    return e >= 7 && -e >= text_min_adjusted && 1 + frac <= text_max_digits;
+    if (!t.exp_digits) return t.whole <= text_max_adjusted + 1 && t.whole + t.frac <= text_max_digits;
+    /* the scientific form below 1e-6 */
+    return t.whole == 1 && s[t.exp_at] != '0' && t.exp >= 7 && -t.exp >= text_min_adjusted &&
+           1 + t.frac <= text_max_digits;
 }
 
 /* decimal_text_of_json(raw): a plain JSON number -?(0|[1-9][0-9]*)(\.[0-9]+)? of at most the contract's
@@ -762,26 +792,17 @@ decimal_text_of_json(PyObject *module, PyObject *raw)
         return PyObject_CallOneArg(text_fallback, raw);
     }
     const char *s = (const char *)view.buf;
-    Py_ssize_t n = view.len, i = 0;
+    Py_ssize_t n = view.len;
     PyObject *out = NULL;
     if (n == 4 && memcmp(s, "null", 4) == 0) { PyBuffer_Release(&view); Py_RETURN_NONE; }
-    int neg = n > 0 && s[0] == '-';
-    i = neg;
-    Py_ssize_t whole_at = i;
-    if (i < n && s[i] == '0') i++;
-    else if (i < n && s[i] >= '1' && s[i] <= '9') { while (i < n && IS_DIGIT(s[i])) i++; }
-    else goto fallback;
-    Py_ssize_t whole = i - whole_at, frac_at = i, frac = 0;
-    if (i < n && s[i] == '.') {
-        frac_at = ++i;
-        while (i < n && IS_DIGIT(s[i])) i++;
-        frac = i - frac_at;
-        if (frac == 0) goto fallback;
-    }
-    if (i != n || frac > text_max_digits || whole > text_max_adjusted + 1) goto fallback;
-    int zero_whole = whole == 1 && s[whole_at] == '0';
-    Py_ssize_t kept = frac; /* the fraction without its trailing zeros */
-    while (kept > 0 && s[frac_at + kept - 1] == '0') kept--;
+    DecText t;
+    if (!dec_read(s, n, DEC_MINUS, &t) || t.whole == 0 || (t.whole > 1 && s[t.whole_at] == '0') ||
+        (t.dot && t.frac == 0))
+        goto fallback; /* not a JSON number's plain form ("01", ".5", "5.", "-") */
+    int neg = t.neg;
+    Py_ssize_t whole_at = t.whole_at, whole = t.whole, frac_at = t.frac_at, frac = t.frac, kept = t.kept;
+    if (frac > text_max_digits || whole > text_max_adjusted + 1) goto fallback;
+    int zero_whole = s[whole_at] == '0';
     char buf[96];
     Py_ssize_t len = 0;
     if (!zero_whole) {
@@ -796,14 +817,13 @@ decimal_text_of_json(PyObject *module, PyObject *raw)
         }
     }
     else {
-        Py_ssize_t zeros = 0;
-        while (zeros < kept && s[frac_at + zeros] == '0') zeros++;
         if (kept == 0) { /* a zero: "0"; "-0" for the sign rule when it has a fraction ("-0.0": msgspec
                           * decodes an integer -0 as the int 0, a fraction as Decimal("-0.0")) */
             out = PyUnicode_FromString(neg && frac ? "-0" : "0");
             PyBuffer_Release(&view);
             return out;
         }
+        Py_ssize_t zeros = t.lead - 1; /* the fraction's leading zeros */
         Py_ssize_t digits = frac - zeros; /* Decimal's digits (the trailing zeros count) */
         if (digits > text_max_digits || -(zeros + 1) < text_min_adjusted) goto fallback;
         if (neg) buf[len++] = '-';
@@ -1028,7 +1048,7 @@ static PyTypeObject *dec_direct_for = NULL; /* the decimal_type it was tried for
 static uint8_t dec_static_flags;
 static Py_ssize_t dec_alloc;
 
-static PyObject *decimal_in_place(const char *s, Py_ssize_t n);
+static PyObject *decimal_in_place(const char *s, const DecText *t);
 
 static int
 same_decimal(PyObject *a, PyObject *b)
@@ -1058,7 +1078,9 @@ decimal_direct_ready(void)
     dec_direct = 1; /* for decimal_in_place below; reset if a sample differs */
     for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++) {
         PyObject *want = PyObject_CallFunction((PyObject *)decimal_type, "s", samples[i]);
-        PyObject *got = decimal_in_place(samples[i], (Py_ssize_t)strlen(samples[i]));
+        DecText t;
+        PyObject *got = dec_read(samples[i], (Py_ssize_t)strlen(samples[i]), 0, &t) ? decimal_in_place(samples[i], &t)
+                                                                                    : NULL;
         int same = want != NULL && got != NULL && same_decimal(want, got);
         Py_XDECREF(want);
         Py_XDECREF(got);
@@ -1067,28 +1089,25 @@ decimal_direct_ready(void)
     return dec_direct;
 }
 
-/* digits with at most one dot inside, at most 38 digits in all (csv_decimal checked it); the
- * fraction's trailing zeros left out, as decimal_of_text does */
+/* digits with at most one dot inside, at most 38 digits in all (csv_decimal checked it), as dec_read
+ * read them; the fraction's trailing zeros left out, as decimal_of_text does */
 static PyObject *
-decimal_in_place(const char *s, Py_ssize_t n)
+decimal_in_place(const char *s, const DecText *t)
 {
-    const char *dot = memchr(s, '.', n);
-    Py_ssize_t end = n, exp = 0;
-    if (dot != NULL) {
-        while (s[end - 1] == '0') end--;
-        if (s + end == dot + 1) end = dot - s;
-        else exp = -(end - (dot - s) - 1);
-    }
+    Py_ssize_t exp = t->kept ? -t->kept : 0;
     uint64_t hi = 0, lo = 0;
     Py_ssize_t digits = 0;
-    for (Py_ssize_t i = 0; i < end; i++) {
-        if (s[i] == '.') continue;
-        if (digits == 0 && s[i] == '0') continue; /* leading zeros */
-        digits++;
-        /* (hi, lo) = (hi, lo) * 10 + d, in base 10**19 */
-        uint64_t carry_from_lo = lo / 1000000000000000000ULL; /* the top digit of lo, moved up */
-        lo = (lo % 1000000000000000000ULL) * 10 + (uint64_t)(s[i] - '0');
-        hi = hi * 10 + carry_from_lo;
+    /* the significant digits: the whole's and the kept fraction's, after the leading zeros */
+    for (int part = 0; part < 2; part++) {
+        Py_ssize_t at = part ? t->frac_at : t->whole_at, len = part ? t->kept : t->whole;
+        for (Py_ssize_t i = at; i < at + len; i++) {
+            if (digits == 0 && s[i] == '0') continue; /* leading zeros */
+            digits++;
+            /* (hi, lo) = (hi, lo) * 10 + d, in base 10**19 */
+            uint64_t carry_from_lo = lo / 1000000000000000000ULL; /* the top digit of lo, moved up */
+            lo = (lo % 1000000000000000000ULL) * 10 + (uint64_t)(s[i] - '0');
+            hi = hi * 10 + carry_from_lo;
+        }
     }
     PyObject *v = decimal_type->tp_alloc(decimal_type, 0);
     if (v == NULL) return NULL;
@@ -1106,30 +1125,21 @@ decimal_in_place(const char *s, Py_ssize_t n)
 }
 
 /* a plain decimal "123" or "123.45" (at most the contract's digits), as decimal_of_text gives it,
- * if it keeps the sign rule and the bounds (decimal_ok); NULL: not that (an error set only on failure) */
+ * if it keeps the sign rule and the bounds (decimal_ok); NULL: not that (an error set only on failure).
+ * Read by dec_read without sign or exponent: [0-9]+(\.[0-9]+)?, leading zeros allowed ("007.5") */
 static PyObject *
 csv_decimal(const char *s, Py_ssize_t n, int sign)
 {
-    Py_ssize_t dot = -1, digits = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (s[i] == '.') {
-            if (dot >= 0) return NULL;
-            dot = i;
-        }
-        else if (s[i] >= '0' && s[i] <= '9') digits++;
-        else return NULL;
-    }
-    if (digits == 0 || digits > dec_max_digits || digits > 38 || dot == 0 || dot == n - 1) return NULL;
+    DecText t;
+    if (!dec_read(s, n, 0, &t) || t.whole == 0 || (t.dot && t.frac == 0)) return NULL; /* "", ".5", "5." */
+    Py_ssize_t digits = t.whole + t.frac;
+    if (digits > dec_max_digits || digits > 38) return NULL;
     PyObject *v;
     if (decimal_direct_ready()) {
-        v = decimal_in_place(s, n);
+        v = decimal_in_place(s, &t);
     }
     else {
-        Py_ssize_t end = n;
-        if (dot > 0) {
-            while (s[end - 1] == '0') end--;
-            if (end == dot + 1) end = dot;
-        }
+        Py_ssize_t end = !t.dot ? n : t.kept ? t.frac_at + t.kept : t.whole_at + t.whole;
         PyObject *text = csv_ascii(s, end);
         if (text == NULL) return NULL;
         v = PyObject_CallOneArg((PyObject *)decimal_type, text);
@@ -1391,33 +1401,18 @@ is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
-/* schema.py's _PLAIN_DECIMAL: [0-9]{1,18}(\.[0-9]{1,20})? | [0-9](\.[0-9]{1,20})?E-([1-9]|[12][0-9]) */
+/* schema.py's _PLAIN_DECIMAL: [0-9]{1,18}(\.[0-9]{1,20})? | [1-9](\.[0-9]{1,20})?E-([1-9]|[12][0-9]), read by
+ * dec_read (opts: DEC_MINUS for the signed rule); *nonzero: a digit 1-9 before any exponent */
 static int
-plain_decimal(const char *s, Py_ssize_t n, int *nonzero)
+plain_decimal(const char *s, Py_ssize_t n, int opts, int *nonzero)
 {
-    Py_ssize_t i = 0, k = 0;
-    *nonzero = 0;
-    while (i < n && is_digit(s[i])) {
-        if (s[i] != '0') *nonzero = 1;
-        i++;
-    }
-    Py_ssize_t ints = i;
-    if (ints < 1 || ints > 18) return 0;
-    if (i < n && s[i] == '.') {
-        i++;
-        k = i;
-        while (i < n && is_digit(s[i])) {
-            if (s[i] != '0') *nonzero = 1;
-            i++;
-        }
-        if (i - k < 1 || i - k > 20) return 0;
-    }
-    if (i == n) return 1;
-    if (ints != 1 || s[i] != 'E' || i + 2 >= n + 0 || s[i + 1] != '-') return 0;
-    i += 2;
-    if (n - i == 1) return s[i] >= '1' && s[i] <= '9';
-    if (n - i == 2) return (s[i] == '1' || s[i] == '2') && is_digit(s[i + 1]);
-    return 0;
+    DecText t;
+    if (!dec_read(s, n, opts | DEC_EXP, &t) || t.whole < 1 || t.whole > 18 || (t.dot && (t.frac < 1 || t.frac > 20)))
+        return 0;
+    *nonzero = t.lead < t.whole + t.frac;
+    if (!t.exp_digits) return 1;
+    /* one digit 1-9 before the point (a 0 there would reach below 1e-30: "0.01E-29"), E-1..E-29 */
+    return t.whole == 1 && s[t.whole_at] != '0' && s[t.exp_at] != '0' && t.exp >= 1 && t.exp <= 29;
 }
 
 static int
@@ -1435,15 +1430,11 @@ text_ok(const BField *f, const char *s, Py_ssize_t n)
     case BR_LEN:
         return n <= f->maxlen; /* ASCII only here: bytes are characters */
     case BR_POSITIVE:
-        return plain_decimal(s, n, &nonzero) && nonzero;
+        return plain_decimal(s, n, 0, &nonzero) && nonzero;
     case BR_NONNEG:
-        return plain_decimal(s, n, &nonzero);
+        return plain_decimal(s, n, 0, &nonzero);
     case BR_SIGNED:
-        if (n > 0 && s[0] == '-') {
-            s++;
-            n--;
-        }
-        return plain_decimal(s, n, &nonzero);
+        return plain_decimal(s, n, DEC_MINUS, &nonzero);
     case BR_LITERAL:
         for (Py_ssize_t i = 0; i < f->nlit; i++)
             if (f->litlen[i] == n && memcmp(f->lit[i], s, (size_t)n) == 0) return 1;

@@ -110,9 +110,10 @@ def _negative(col: Any) -> Any:
 # "1E+30", 40 digits... goes to the strict path, where the contract decides):
 # - plain: at most 18 integer digits (|x| < 1e18) and 20 decimal places (at most 38 digits, no
 #   non-zero |x| < 1e-30);
-# - Python's scientific form of small values (str(Decimal("0.00000001")) is "1E-8"): one digit,
-#   at most 20 decimal places, an exponent of -1..-29 (so |x| >= 1e-29).
-_PLAIN_DECIMAL = r"([0-9]{1,18}(\.[0-9]{1,20})?|[0-9](\.[0-9]{1,20})?E-([1-9]|[12][0-9]))"
+# - Python's scientific form of small values (str(Decimal("0.00000001")) is "1E-8"): one digit 1-9
+#   (a 0 there let "0.01E-29", 1e-31, through), at most 20 decimal places, an exponent of -1..-29
+#   (so |x| >= 1e-29).
+_PLAIN_DECIMAL = r"([0-9]{1,18}(\.[0-9]{1,20})?|[1-9](\.[0-9]{1,20})?E-([1-9]|[12][0-9]))"
 _SOME_NON_ZERO_DIGIT = "^[0-9.]*[1-9]"  # in the digits before any exponent
 
 
