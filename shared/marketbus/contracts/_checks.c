@@ -559,19 +559,29 @@ decimal_fits(PyObject *module, PyObject *args)
  * no second Decimal (normalize). Only for a text of at most the contract's digits, so whether a
  * contract accepts the value is the same. Any other text (an exponent, a sign "+", spaces, not
  * ASCII, not a number, too many digits) is given to Decimal as it is, and raises what it raises. */
+/* how much of a plain text decimal_of_text gives to Decimal: -?[0-9]*\.[0-9]* of at most the contract's
+ * digits (a longer text is refused by the contracts for its digits, or its exponent for a zero,
+ * which the zeros left out would hide) with fraction zeros to leave out ("100.00") or the point
+ * alone ("100."), and a digit left ("." and "-." go to Decimal as they are, which refuses them);
+ * -1: the whole text as it is */
+static inline Py_ssize_t
+text_cut(const char *s, Py_ssize_t n)
+{
+    DecText t;
+    if (!dec_read(s, n, DEC_MINUS, &t) || !t.dot || t.whole + t.frac > dec_max_digits ||
+        t.kept >= t.frac + (t.frac == 0) || t.whole + t.kept == 0)
+        return -1;
+    return t.kept ? t.frac_at + t.kept : t.whole_at + t.whole; /* "100." -> "100" */
+}
+
 static PyObject *
 decimal_of_text(PyObject *module, PyObject *text)
 {
     if (decimal_type == NULL) { PyErr_SetString(PyExc_RuntimeError, "configure_decimal failed"); return NULL; }
     if (PyUnicode_CheckExact(text) && PyUnicode_IS_COMPACT_ASCII(text)) {
         const char *s = (const char *)PyUnicode_DATA(text);
-        DecText t;
-        /* -?[0-9]*\.[0-9]* of at most the contract's digits: a longer text is refused by the contracts
-         * for its digits (or its exponent, for a zero), which the zeros left out would hide */
-        if (dec_read(s, PyUnicode_GET_LENGTH(text), DEC_MINUS, &t) && t.dot && t.whole + t.frac <= dec_max_digits &&
-            t.kept < t.frac + (t.frac == 0) /* zeros to leave out ("100.00"), or the point alone ("100.") */ &&
-            t.whole + t.kept > 0 /* a digit left ("." and "-." go to Decimal as they are, which refuses them) */) {
-            Py_ssize_t end = t.kept ? t.frac_at + t.kept : t.whole_at + t.whole; /* "100." -> "100" */
+        Py_ssize_t end = text_cut(s, PyUnicode_GET_LENGTH(text));
+        if (end >= 0) {
             PyObject *cut = PyUnicode_FromStringAndSize(s, end);
             if (cut == NULL) return NULL;
             PyObject *out = PyObject_CallOneArg((PyObject *)decimal_type, cut);
@@ -782,6 +792,8 @@ decimal_text_ok(PyObject *v, int sign)
 /* decimal_text_of_json(raw): a plain JSON number -?(0|[1-9][0-9]*)(\.[0-9]+)? of at most the contract's
  * digits -> its canonical text ("-0" for a negative zero, so the field's sign rule judges it);
  * null -> None; anything else -> the Python steps (an exponent, a string, too many digits, not JSON) */
+static PyObject *json_text(const char *s, Py_ssize_t n);
+
 static PyObject *
 decimal_text_of_json(PyObject *module, PyObject *raw)
 {
@@ -793,20 +805,28 @@ decimal_text_of_json(PyObject *module, PyObject *raw)
     }
     const char *s = (const char *)view.buf;
     Py_ssize_t n = view.len;
-    PyObject *out = NULL;
     if (n == 4 && memcmp(s, "null", 4) == 0) { PyBuffer_Release(&view); Py_RETURN_NONE; }
+    PyObject *out = json_text(s, n);
+    PyBuffer_Release(&view);
+    if (out != NULL || PyErr_Occurred()) return out;
+    return PyObject_CallOneArg(text_fallback, raw);
+}
+
+/* the text of a plain JSON number, or NULL without an error: not one (the Python steps read it) */
+static PyObject *
+json_text(const char *s, Py_ssize_t n)
+{
     DecText t;
     if (!dec_read(s, n, DEC_MINUS, &t) || t.whole == 0 || (t.whole > 1 && s[t.whole_at] == '0') ||
         (t.dot && t.frac == 0))
-        goto fallback; /* not a JSON number's plain form ("01", ".5", "5.", "-") */
+        return NULL; /* not a JSON number's plain form ("01", ".5", "5.", "-") */
     int neg = t.neg;
     Py_ssize_t whole_at = t.whole_at, whole = t.whole, frac_at = t.frac_at, frac = t.frac, kept = t.kept;
-    if (frac > text_max_digits || whole > text_max_adjusted + 1) goto fallback;
-    int zero_whole = s[whole_at] == '0';
+    if (frac > text_max_digits || whole > text_max_adjusted + 1) return NULL;
     char buf[96];
     Py_ssize_t len = 0;
-    if (!zero_whole) {
-        if (whole + frac > text_max_digits) goto fallback; /* Decimal's digits: DECIMAL_CONTEXT would round */
+    if (s[whole_at] != '0') {
+        if (whole + frac > text_max_digits) return NULL; /* Decimal's digits: DECIMAL_CONTEXT would round */
         if (neg) buf[len++] = '-';
         memcpy(buf + len, s + whole_at, whole);
         len += whole;
@@ -817,15 +837,12 @@ decimal_text_of_json(PyObject *module, PyObject *raw)
         }
     }
     else {
-        if (kept == 0) { /* a zero: "0"; "-0" for the sign rule when it has a fraction ("-0.0": msgspec
-                          * decodes an integer -0 as the int 0, a fraction as Decimal("-0.0")) */
-            out = PyUnicode_FromString(neg && frac ? "-0" : "0");
-            PyBuffer_Release(&view);
-            return out;
-        }
+        if (kept == 0) /* a zero: "0"; "-0" for the sign rule when it has a fraction ("-0.0": msgspec
+                        * decodes an integer -0 as the int 0, a fraction as Decimal("-0.0")) */
+            return PyUnicode_FromString(neg && frac ? "-0" : "0");
         Py_ssize_t zeros = t.lead - 1; /* the fraction's leading zeros */
         Py_ssize_t digits = frac - zeros; /* Decimal's digits (the trailing zeros count) */
-        if (digits > text_max_digits || -(zeros + 1) < text_min_adjusted) goto fallback;
+        if (digits > text_max_digits || -(zeros + 1) < text_min_adjusted) return NULL;
         if (neg) buf[len++] = '-';
         if (zeros <= 5) { /* plain down to 1e-6 */
             memcpy(buf + len, "0.", 2);
@@ -843,12 +860,7 @@ decimal_text_of_json(PyObject *module, PyObject *raw)
             len += snprintf(buf + len, sizeof(buf) - len, "E-%d", (int)(zeros + 1));
         }
     }
-    out = PyUnicode_FromStringAndSize(buf, len);
-    PyBuffer_Release(&view);
-    return out;
-fallback:
-    PyBuffer_Release(&view);
-    return PyObject_CallOneArg(text_fallback, raw);
+    return PyUnicode_FromStringAndSize(buf, len);
 }
 
 /* configure_decimal_text(fallback, max_digits, max_adjusted, min_adjusted) */
@@ -876,6 +888,59 @@ decimal_text_fits(PyObject *module, PyObject *args)
     int sign;
     if (!PyArg_ParseTuple(args, "Oi", &v, &sign)) return NULL;
     return PyBool_FromLong(decimal_text_ok(v, sign));
+}
+
+static PyObject *csv_decimal(const char *s, Py_ssize_t n, int sign);         /* the TickSupply block */
+static int plain_decimal(const char *s, Py_ssize_t n, int opts, int *nonzero); /* the history block */
+
+/* read_plain_decimal(text, reader, sign): what one caller of dec_read makes of a text (for the tests,
+ * tests/unit/test_plain_decimal_reader.py); None: that caller's reader does not take it.
+ *   "canonical" text (decimal_text_ok)  "json" canonical text (decimal_text_of_json without its fallback)
+ *   "text" the Decimal of decimal_of_text's cut   "csv" csv_decimal's Decimal   "history" True (plain_decimal) */
+static PyObject *
+read_plain_decimal(PyObject *module, PyObject *args)
+{
+    PyObject *text;
+    const char *reader;
+    int sign;
+    if (!PyArg_ParseTuple(args, "Usi", &text, &reader, &sign)) return NULL;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &n);
+    if (s == NULL) return NULL;
+    PyObject *out = NULL;
+    if (strcmp(reader, "canonical") == 0) {
+        if (decimal_text_ok(text, sign)) out = Py_NewRef(text);
+    }
+    else if (strcmp(reader, "json") == 0) {
+        out = json_text(s, n);
+    }
+    else if (decimal_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_decimal failed");
+        return NULL;
+    }
+    else if (strcmp(reader, "text") == 0) {
+        Py_ssize_t end = PyUnicode_IS_COMPACT_ASCII(text) ? text_cut(s, n) : -1;
+        if (end >= 0) {
+            PyObject *cut = PyUnicode_FromStringAndSize(s, end);
+            if (cut == NULL) return NULL;
+            out = PyObject_CallOneArg((PyObject *)decimal_type, cut);
+            Py_DECREF(cut);
+        }
+    }
+    else if (strcmp(reader, "csv") == 0) {
+        out = csv_decimal(s, n, sign);
+    }
+    else if (strcmp(reader, "history") == 0) {
+        int nonzero;
+        if (plain_decimal(s, n, sign == SIGN_SIGNED ? DEC_MINUS : 0, &nonzero) && (sign != SIGN_POSITIVE || nonzero))
+            out = Py_NewRef(Py_True);
+    }
+    else {
+        PyErr_SetString(PyExc_ValueError, "reader: canonical, json, text, csv or history");
+        return NULL;
+    }
+    if (out == NULL && !PyErr_Occurred()) Py_RETURN_NONE;
+    return out;
 }
 
 /* seconds_ns(raw): a vendor date in unix seconds as a plain JSON number, [0-9]{1,10}(\.[0-9]{1,9})? below
@@ -929,6 +994,8 @@ static PyMethodDef methods[] = {
      "decimal_text_of_json(raw): a JSON number -> the text of a decimal text field (invariants.decimal_text_of_json)"},
     {"decimal_text_fits", decimal_text_fits, METH_VARARGS,
      "decimal_text_fits(v, sign): the decimal text accept test, canonical text only (for the tests)"},
+    {"read_plain_decimal", read_plain_decimal, METH_VARARGS,
+     "read_plain_decimal(text, reader, sign): what one caller of the plain-decimal reader makes of text (for the tests)"},
     {"seconds_ns", seconds_ns, METH_O,
      "seconds_ns(raw): a plain JSON number of unix seconds (<= 9 places, < 2**63 ns) -> int ns; None for any other"},
     {"batch_columns", batch_columns, METH_VARARGS,
