@@ -126,7 +126,10 @@ class BucketSpec:
         )
 
 
-INGEST_STATE = BucketSpec("ingest_state", "ingestor progress: cursors, export windows, backfill marks", rollups=False)
+# direct gets: each ingestor's rights name its own keys in the get's subject, so it reads no other
+# ingestor's cursors (a STREAM.MSG.GET names the key in its body: every key or none)
+INGEST_STATE = BucketSpec("ingest_state", "ingestor progress: cursors, export windows, backfill marks",
+                          direct=True, rollups=False)
 ORDER_IDEMPOTENCY = BucketSpec("orders_idempotency", "order command id -> outcome", ttl_s=7 * DAY)
 ORDER_STATE = BucketSpec("orders_state", "order router: order state by market/client id")
 ROUTER_CONTROL = BucketSpec("orders_control", "order router kill switch state")
@@ -210,17 +213,26 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int = 
 
 async def create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int = 1) -> Any:
     """Provisioning: the bucket, created when missing; a bucket declared without rollups has
-    them turned off (also on one an older release created: a permission, not a tuning)."""
+    them turned off, one declared with direct gets has them on (also on one an older release
+    created: permissions, not tunings)."""
     try:
         kv = await js.key_value(spec.name)
     except (NotFoundError, BadRequestError):
         kv = await js.create_key_value(spec.config(replicas))  # nats-py always allows rollups here
-    if not spec.rollups:
+    if not spec.rollups or spec.direct:
         config = (await js.stream_info(f"KV_{spec.name}")).config
-        if config.allow_rollup_hdrs:
+        changed = []
+        if not spec.rollups and config.allow_rollup_hdrs:
             config.allow_rollup_hdrs = False
+            changed.append("rollup headers turned off")
+        if spec.direct and not config.allow_direct:
+            config.allow_direct = True
+            changed.append("direct gets turned on")
+        if changed:
             await js.update_stream(config)
-            log.info("bucket %s: rollup headers turned off", spec.name)
+            log.info("bucket %s: %s", spec.name, ", ".join(changed))
+            if spec.direct:  # a bound KeyValue reads the way the stream said when it was bound
+                kv = await js.key_value(spec.name)
     return kv
 
 
