@@ -17,6 +17,10 @@ denied. Rules of the model:
 - A service publishes ``status.<its name>.>`` and ``dlq.<its name>.>`` only.
 - Order commands: only ``operator`` publishes them; only ``order_router`` consumes them. Order
   events and state are readable by the router and the operator only.
+- Ingest progress (bucket ``ingest_state``, direct gets): an ingestor gets and puts its own keys
+  ``<source>.>`` only, by key in the subject (``$JS.API.DIRECT.GET.KV_ingest_state.$KV.ingest_state.<source>.>``);
+  no message get, no get by revision, no consumer (the forms naming the key in their body, or a
+  consumer by its name, cannot be limited to some keys). Its ``STREAM.INFO`` is stream-wide.
 - Feed control (bucket ``feeds``): an ingestor reads, watches and writes its own vendor's keys
   only and answers ``feeds.ctl.<its vendor>``; the operator (the CLI) and the export orchestrator
   (TickSupply-compatible subscriptions) send feed requests; the reader reads the bucket.
