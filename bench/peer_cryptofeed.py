@@ -252,18 +252,20 @@ def finx_batch(pages: list[bytes], wire: Wire) -> int:
 
 
 def sitagri_single(pushes: list[bytes], wire: Wire) -> int:
-    ts, decode, push, send = time.time_ns(), sitagri.decode_push, sitagri.push, wire.send_one
-    for raw in pushes:  # the live path publishes each push's event with ``publish_event``
-        send(push(decode(raw), ts))
+    # the live path: ``live_push`` (wire bytes -> event, as ``LiveFeed.on_push`` calls it), and each
+    # push's event published with ``publish_event``
+    ts, live_push, send = time.time_ns(), sitagri.live_push, wire.send_one
+    for raw in pushes:
+        send(live_push(raw, ts)[2])
     return len(pushes)
 
 
 def sitagri_batch(pushes: list[bytes], wire: Wire) -> int:
     """The history/long-polling form: PAGE pushes of one quote normalized, then one envelope."""
-    ts, decode, push = time.time_ns(), sitagri.decode_push, sitagri.push
+    ts, live_push = time.time_ns(), sitagri.live_push
     by_quote: dict[str, list[Any]] = {}
     for raw in pushes:
-        event = push(decode(raw), ts)
+        event = live_push(raw, ts)[2]
         group = by_quote.get(event.symbol)
         if group is None:  # (setdefault would build an empty list for every event)
             group = by_quote[event.symbol] = []
