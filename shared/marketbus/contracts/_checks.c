@@ -1911,8 +1911,13 @@ sj_point(const char *s, Py_ssize_t n, Py_ssize_t i, int allowed, SjSpan f[SJ_NFI
         if (i >= n || s[i] != ':') return -1;
         i = sj_ws(s, n, i + 1);
         int which = -1;
-        for (int k = 0; k < SJ_NFIELDS; k++)
-            if (sj_is(&key, names[k])) { which = k; break; }
+        switch (key.n) { /* the names differ in length but two (value, 5; date, 4) */
+        case 4: which = SJ_DATE; break;
+        case 5: which = SJ_VALUE; break;
+        case 6: which = key.s[0] == 'v' ? SJ_VOLUME : SJ_ORDERS; break;
+        case 11: which = SJ_TOTAL; break;
+        }
+        if (which >= 0 && !sj_is(&key, names[which])) which = -1;
         if (which < 0 || !(allowed & (1 << which)) || f[which].s != NULL) return -1;
         if ((i = sj_num(s, n, i, &f[which])) < 0) return -1;
         i = sj_ws(s, n, i);
@@ -2058,6 +2063,16 @@ mp_find_slots(PyTypeObject *cls)
     return 0;
 }
 
+/* the entries of the quotes read last (by a hash of the quote's bytes): most pushes skip making the
+ * quote's str and the dict lookup. An entry depends on its quote alone (the same template, head and
+ * quote as long as the normalizer is the same), so one kept after the dict dropped it is still right;
+ * the dict it came from is kept too, and a call with another dict does not use it. */
+#define MP_RECENT 256
+typedef struct {
+    PyObject *entry, *quotes;
+} MpRecent;
+static MpRecent mp_recent[MP_RECENT];
+
 static PyObject *
 market_price_push(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2069,7 +2084,12 @@ market_price_push(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (!enabled || text_fallback == NULL) Py_RETURN_NONE;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyBytes_CheckExact(args[0])) { /* (no buffer export for bytes) */
+        view.obj = NULL;
+        view.buf = PyBytes_AS_STRING(args[0]);
+        view.len = PyBytes_GET_SIZE(args[0]);
+    }
+    else if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
     const char *s = (const char *)view.buf;
     Py_ssize_t n = view.len, i;
     SjSpan quote = {NULL, 0}, quality = {NULL, 0}, last[SJ_NFIELDS], ask[SJ_NFIELDS], bid[SJ_NFIELDS];
@@ -2113,18 +2133,33 @@ market_price_push(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!sj_seconds_ns(&last[SJ_DATE], &ts) || !sj_side_date_ok(&ask[SJ_DATE], &last[SJ_DATE]) ||
         !sj_side_date_ok(&bid[SJ_DATE], &last[SJ_DATE]))
         goto decline;
-    /* the quote's template */
-    PyObject *qkey = PyUnicode_New(quote.n, 127);
-    if (qkey == NULL) goto error;
-    memcpy(PyUnicode_1BYTE_DATA(qkey), quote.s, quote.n);
-    PyObject *entry = PyDict_GetItemWithError(args[2], qkey); /* borrowed */
-    Py_DECREF(qkey);
-    if (entry == NULL) {
-        if (PyErr_Occurred()) goto error;
-        goto decline;
+    /* the quote's template: the last entry found for a quote of the same slot of mp_recent, when it
+     * was found in this very dict and its quote has these bytes; else the dict (a str key made) */
+    uint32_t qh = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t k = 0; k < quote.n; k++) qh = (qh ^ (uint8_t)quote.s[k]) * 16777619u;
+    MpRecent *slot = &mp_recent[qh % MP_RECENT];
+    PyObject *entry;
+    if (slot->entry != NULL && slot->quotes == args[2] && PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(slot->entry, 2)) == quote.n &&
+        memcmp(PyUnicode_1BYTE_DATA(PyTuple_GET_ITEM(slot->entry, 2)), quote.s, quote.n) == 0)
+        entry = slot->entry;
+    else {
+        PyObject *qkey = PyUnicode_New(quote.n, 127);
+        if (qkey == NULL) goto error;
+        memcpy(PyUnicode_1BYTE_DATA(qkey), quote.s, quote.n);
+        entry = PyDict_GetItemWithError(args[2], qkey); /* borrowed */
+        Py_DECREF(qkey);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) goto error;
+            goto decline;
+        }
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3 || !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 1)) ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(entry, 2)) || !PyUnicode_IS_COMPACT_ASCII(PyTuple_GET_ITEM(entry, 2)) ||
+            PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(entry, 2)) != quote.n ||
+            memcmp(PyUnicode_1BYTE_DATA(PyTuple_GET_ITEM(entry, 2)), quote.s, quote.n) != 0)
+            goto decline;
+        Py_XSETREF(slot->entry, Py_NewRef(entry));
+        Py_XSETREF(slot->quotes, Py_NewRef(args[2]));
     }
-    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3 || !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 1)))
-        goto decline;
     /* the values, in the Python path's order of reading */
     int r;
     if ((r = sj_text(&last[SJ_VALUE], &vals[MP_LAST])) <= 0 ||
@@ -2135,8 +2170,14 @@ market_price_push(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (r < 0) goto error;
         goto decline;
     }
-    char digits[24];
-    int dlen = snprintf(digits, sizeof(digits), "%llu", ts);
+    char digits[24]; /* str(ts) */
+    int dlen = 0;
+    {
+        char rev[24];
+        unsigned long long x = ts;
+        do { rev[dlen++] = (char)('0' + x % 10); x /= 10; } while (x);
+        for (int k = 0; k < dlen; k++) digits[k] = rev[dlen - 1 - k];
+    }
     PyObject *head = PyTuple_GET_ITEM(entry, 1);
     if ((vals[MP_ID] = id_of(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head), digits, dlen)) == NULL) goto error;
     if ((vals[MP_TS_EVENT] = PyLong_FromUnsignedLongLong(ts)) == NULL) goto error;
@@ -2170,7 +2211,7 @@ error:
     out = NULL;
 done:
     for (int k = 0; k < MP_NSLOTS; k++) Py_XDECREF(vals[k]);
-    PyBuffer_Release(&view);
+    if (view.obj != NULL) PyBuffer_Release(&view);
     return out;
 }
 
