@@ -503,8 +503,8 @@ def main() -> None:
         print(
             f"| {label} | {statistics.median(rates[name]):,.0f} ev/s | {statistics.median(cf_rates[name]):,.0f} msg/s "
             f"| {min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}; "
-            f"{max(rates[name]) / max(cf_rates[name]):.2f} | {targets[name]} | {statistics.median(cpu[name]):,.0f}; {min(cpu_ratios):.2f} / "
-            f"{statistics.median(cpu_ratios):.2f} / {max(cpu_ratios):.2f} |"
+            f"{max(rates[name]) / max(cf_rates[name]):.2f} | {targets[name]} | {statistics.median(cpu[name]):,.0f}; "
+            f"{min(cpu_ratios):.2f} / {statistics.median(cpu_ratios):.2f} / {max(cpu_ratios):.2f} |"
         )
     digest = hashlib.sha256("".join(f"{t['p']}{t['q']}" for t in trades).encode()).hexdigest()[:12]
     print(f"| corpus: {len(trades):,} Binance aggTrades over {len(SYMBOLS)} symbols, {distinct:,} distinct prices "

@@ -698,7 +698,7 @@ def _learn_quote(quote: str) -> None:
     if len(_LIVE_QUOTES) >= _MAX_LIVE_QUOTES:
         _LIVE_QUOTES.clear()
     template = MarketPrice(id=_TEMPLATE_ID, source=SOURCE, venue=venue, symbol=symbol, ts_event=0, ts_recv=0)
-    _LIVE_QUOTES[quote] = (template.__copy__, head, quote)
+    _LIVE_QUOTES[quote] = (template.__copy__, head, quote)  # type: ignore[attr-defined]
 
 
 @_declared

@@ -169,7 +169,8 @@ def _point(fields: dict[str, str], keys: list[str]) -> str:
 def pushes(draw: st.DrawFn) -> str:
     last = {k: draw(_numbers) for k in draw(st.sets(st.sampled_from(["value", "volume", "totalVolume"])))}
     if draw(st.booleans()):
-        last["orders"] = draw(st.one_of(st.integers(0, 10**6).map(str), st.integers(0, 10**6).map(str), st.integers(-5, 10**19).map(str), _numbers))
+        counts = st.integers(0, 10**6).map(str)
+        last["orders"] = draw(st.one_of(counts, counts, st.integers(-5, 10**19).map(str), _numbers))
     if draw(st.integers(0, 9)) != 5:
         last["date"] = draw(_dates)
     sides = []
@@ -199,7 +200,8 @@ def pushes(draw: st.DrawFn) -> str:
     sep = draw(st.sampled_from([",", ", ", " ,\n"]))
     text = "{" + sep.join(f'"{k}":{members[k]}' for k in order) + "}"
     if draw(st.integers(0, 15)) == 5:  # broken: cut or extended
-        text = text[:draw(st.integers(0, len(text)))] if draw(st.booleans()) else text + draw(st.sampled_from(["x", "}", " "]))
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] if draw(st.booleans()) else text + draw(st.sampled_from(["x", "}", " "]))
     return text
 
 
