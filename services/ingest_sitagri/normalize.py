@@ -681,8 +681,8 @@ def live_push(raw: bytes | msgspec.Raw, ts_recv: int) -> tuple[str | None, bool,
     gives the events and the :class:`Malformed` refusals, and learns the quote."""
     if _market_price_push is not None:
         made = _market_price_push(raw, ts_recv, _LIVE_QUOTES, _CHECK_MARKET_PRICE, _LIVE_QUALITIES)
-        if made is not None:
-            return made[0], False, made[1]
+        if made is not None:  # (quote, False, event)
+            return made
     obj = decode_push(raw)
     cls = obj.__class__
     event = push(obj, ts_recv, bytes(raw) if cls is VOrderBook else None)

@@ -78,8 +78,8 @@ def test_the_usual_shape_is_made_by_the_compiled_reader() -> None:
     made = compiled(raw)
     assert made is not None and made[0] == QUOTES[0]
     want = python_path(raw)
-    assert want[0] == "event" and made[1] == want[3]
-    assert made[1].last == "152.25" and made[1].orders == 78 and made[1].quality == "realtime"
+    assert want[0] == "event" and made[1] is False and made[2] == want[3]
+    assert made[2].last == "152.25" and made[2].orders == 78 and made[2].quality == "realtime"
     same(raw)
 
 

@@ -1823,7 +1823,8 @@ done:
  * event (quotes[quote] = (template.__copy__, id head, quote), filled by the Python path, which
  * validated the quote) with the id (BLAKE2b of the head + last.date's ns, as event_id_of), dates,
  * quality and the 7 decimals as canonical text (decimal_text_of_json's plain-number branch), then
- * checked by MarketPrice's own __post_init__ (the Plan). Returns (quote, event).
+ * checked by MarketPrice's own __post_init__ (the Plan). Returns (quote, False, event): live_push's
+ * (quote, is an order book, event).
  *
  * It only ACCEPTS: anything else returns None and the Python path (decode_push + push) reads the
  * push, makes the event or names the refusal: another key (globalVolume, stats, first, an unknown
@@ -2201,7 +2202,7 @@ market_price_push(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto decline;
     }
     Py_DECREF(ok);
-    out = PyTuple_Pack(2, PyTuple_GET_ITEM(entry, 2), event);
+    out = PyTuple_Pack(3, PyTuple_GET_ITEM(entry, 2), Py_False, event);
     Py_DECREF(event);
     goto done;
 decline:
@@ -2217,7 +2218,7 @@ done:
 
 static PyMethodDef sitagri_methods[] = {
     {"market_price_push", (PyCFunction)(void (*)(void))market_price_push, METH_FASTCALL,
-     "market_price_push(raw, ts_recv, quotes, check, qualities) -> (quote, MarketPrice) of a live tick's usual shape, "
+     "market_price_push(raw, ts_recv, quotes, check, qualities) -> (quote, False, MarketPrice) of a live tick's usual shape, "
      "or None (read it in Python)"},
     {NULL},
 };

@@ -53,7 +53,7 @@ def batch_columns(
     messages: Sequence[bytes], kind: bytes, id_chars: bytes, token_chars: bytes, fields: list[tuple[Any, ...]], /
 ) -> tuple[bytes, int, bytes, bytes, list[tuple[bytes | None, ...]]]: ...
 
-# the Sitagri marketPrice block (services/ingest_sitagri/normalize.py, live_push): (quote, MarketPrice) of a live
+# the Sitagri marketPrice block (services/ingest_sitagri/normalize.py, live_push): (quote, False, MarketPrice) of a live
 # tick's usual shape, or None (the Python path reads it); quotes: quote -> (template.__copy__, id head, quote)
 def market_price_push(raw: Any, ts_recv: int, quotes: dict[str, tuple[Callable[[], Any], bytes, str]],
-                      check: Callable[[Any], None], qualities: tuple[str, str, str], /) -> tuple[str, Any] | None: ...
+                      check: Callable[[Any], None], qualities: tuple[str, str, str], /) -> tuple[str, bool, Any] | None: ...
