@@ -17,7 +17,9 @@ rounds on the same machine at the same time:
   Also each vendor's batch form (normalize + one batch envelope per page, encoded).
 
 Ratios are paired: in each round cryptofeed runs right before each marketbus path (the host is
-shared, and the load changes within seconds), and each pair gives one ratio; the table shows
+shared, and the load changes within seconds), and each pair gives one ratio (of wall-clock rates,
+and in the last column of CPU-time rates: each side's own process CPU time, which a loaded host
+inflates less than the wall clock); the table shows
 their min / median / max and the ratio of the best rounds. Two references of the same rounds show
 the ceiling of any msgspec normalizer: a bare Binance frame -> Struct -> JSON round, with Decimal
 fields and with decimals kept as text. It also prints the top-3 hot spots of each single-event
@@ -252,18 +254,20 @@ def finx_batch(pages: list[bytes], wire: Wire) -> int:
 
 
 def sitagri_single(pushes: list[bytes], wire: Wire) -> int:
-    ts, decode, push, send = time.time_ns(), sitagri.decode_push, sitagri.push, wire.send_one
-    for raw in pushes:  # the live path publishes each push's event with ``publish_event``
-        send(push(decode(raw), ts))
+    # the live path: ``live_push`` (wire bytes -> event, as ``LiveFeed.on_push`` calls it), and each
+    # push's event published with ``publish_event``
+    ts, live_push, send = time.time_ns(), sitagri.live_push, wire.send_one
+    for raw in pushes:
+        send(live_push(raw, ts)[2])
     return len(pushes)
 
 
 def sitagri_batch(pushes: list[bytes], wire: Wire) -> int:
     """The history/long-polling form: PAGE pushes of one quote normalized, then one envelope."""
-    ts, decode, push = time.time_ns(), sitagri.decode_push, sitagri.push
+    ts, live_push = time.time_ns(), sitagri.live_push
     by_quote: dict[str, list[Any]] = {}
     for raw in pushes:
-        event = push(decode(raw), ts)
+        event = live_push(raw, ts)[2]
         group = by_quote.get(event.symbol)
         if group is None:  # (setdefault would build an empty list for every event)
             group = by_quote[event.symbol] = []
@@ -362,20 +366,20 @@ feed = Binance(symbols=[f"{s[:-4]}-{s[-4:]}" for s in syms], channels=[TRADES], 
 async def round_():
     handler, now = feed.message_handler, time.time()
     seen.clear()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for frame in frames:
         await handler(frame, None, now)
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.process_time() - cpu
 
 loop = asyncio.new_event_loop()
 import cryptofeed
 from importlib.metadata import version
 print(f"ready {version('cryptofeed')}", flush=True)
 for line in sys.stdin:
-    elapsed = loop.run_until_complete(round_())
+    elapsed, cpu = loop.run_until_complete(round_())
     assert len(seen) == len(frames), (len(seen), len(frames))
     t = seen[-1]
-    print(f"{elapsed} {t.symbol} {t.price} {t.amount}", flush=True)
+    print(f"{elapsed} {cpu} {t.symbol} {t.price} {t.amount}", flush=True)
 '''
 
 
@@ -398,21 +402,24 @@ class Peer:
             raise RuntimeError(f"cryptofeed worker exited ({self.proc.wait()})")
         return line
 
-    def round(self) -> float:
+    def round(self) -> tuple[float, float]:
+        """One round: (messages per second of wall time, per second of the worker's CPU time)."""
         self.proc.stdin.write("go\n")  # type: ignore[union-attr]
         self.proc.stdin.flush()  # type: ignore[union-attr]
-        return self.n / float(self._line().split()[0])
+        wall, cpu = self._line().split()[:2]
+        return self.n / float(wall), self.n / max(float(cpu), 1e-9)
 
     def close(self) -> None:
         self.proc.stdin.close()  # type: ignore[union-attr]
         self.proc.wait(timeout=30)
 
 
-def measure(fn: Callable[[Any, Wire], int], data: Any) -> float:
+def measure(fn: Callable[[Any, Wire], int], data: Any) -> tuple[float, float]:
+    """(events per second of wall time, per second of this process's CPU time)."""
     wire = Wire()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     n = fn(data, wire)
-    return n / (time.perf_counter() - began)
+    return n / (time.perf_counter() - began), n / max(time.process_time() - cpu, 1e-9)
 
 
 def hot_spots(fn: Callable[[Any, Wire], int], data: Any, top: int = 3) -> list[str]:
@@ -464,39 +471,48 @@ def main() -> None:
     # shared), and a ratio per pair is what the issue asks for
     cf_rates: dict[str, list[float]] = {k: [] for k in paths}
     rates: dict[str, list[float]] = {k: [] for k in paths}
+    cf_cpu: dict[str, list[float]] = {k: [] for k in paths}
+    cpu: dict[str, list[float]] = {k: [] for k in paths}
     try:
         peer.round()
         for _ in range(args.rounds):
             for name, (fn, payload) in paths.items():
-                cf_rates[name].append(peer.round())
-                rates[name].append(measure(fn, payload))
+                wall, on_cpu = peer.round()
+                cf_rates[name].append(wall)
+                cf_cpu[name].append(on_cpu)
+                wall, on_cpu = measure(fn, payload)
+                rates[name].append(wall)
+                cpu[name].append(on_cpu)
     finally:
         peer.close()
 
     print(
         "| path (wire bytes -> event -> subject + encode + headers) | marketbus median | cryptofeed median (its paired "
-        "rounds) | ratio per paired round min / median / max; ratio of the best rounds | target |"
+        "rounds) | ratio per paired round min / median / max; ratio of the best rounds | target | CPU time: marketbus "
+        "median ev/CPU-s; ratio per paired round min / median / max |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     targets = {**dict.fromkeys(singles, ">= 2.0"), **dict.fromkeys(batches, ">= 300,000 ev/s"),
                **dict.fromkeys(references, "(a ceiling)")}
     for name in paths:
         ratios = [m / c for m, c in zip(rates[name], cf_rates[name])]
+        cpu_ratios = [m / c for m, c in zip(cpu[name], cf_cpu[name])]
         label = (
             f"{name} as batch envelopes" if name in batches else f"reference: {name}" if name in references else name
         )
         print(
             f"| {label} | {statistics.median(rates[name]):,.0f} ev/s | {statistics.median(cf_rates[name]):,.0f} msg/s "
             f"| {min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}; "
-            f"{max(rates[name]) / max(cf_rates[name]):.2f} | {targets[name]} |"
+            f"{max(rates[name]) / max(cf_rates[name]):.2f} | {targets[name]} | {statistics.median(cpu[name]):,.0f}; "
+            f"{min(cpu_ratios):.2f} / {statistics.median(cpu_ratios):.2f} / {max(cpu_ratios):.2f} |"
         )
     digest = hashlib.sha256("".join(f"{t['p']}{t['q']}" for t in trades).encode()).hexdigest()[:12]
     print(f"| corpus: {len(trades):,} Binance aggTrades over {len(SYMBOLS)} symbols, {distinct:,} distinct prices "
           f"(seed {SEED}, digest {digest}); {args.rounds} alternating rounds; cryptofeed {peer.version} in its own "
-          "venv and process | | | | |")
+          "venv and process | | | | | |")
     if args.profile:
         for name, (fn, payload) in singles.items():
-            print(f"| hot spots (cProfile, own time): {name} | {'; '.join(hot_spots(fn, payload))} | | | |")
+            print(f"| hot spots (cProfile, own time): {name} | {'; '.join(hot_spots(fn, payload))} | | | | |")
 
 
 if __name__ == "__main__":

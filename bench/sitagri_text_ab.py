@@ -43,17 +43,18 @@ def load_tree(root: Path, name: str) -> ModuleType:
 
 
 def published(peer: ModuleType, pushes: list[bytes]) -> list[tuple[Any, ...]]:
-    ts, wire = 1_700_000_000_000_000_000, peer.EventWire()
-    return [wire.message(peer.sitagri.push(peer.sitagri.decode_push(raw), ts)) for raw in pushes]
+    """What a tree publishes for each push: its live path (``live_push`` where it has one, else
+    ``push(decode_push(raw))``), then ``EventWire.message``."""
+    ts, wire, s = 1_700_000_000_000_000_000, peer.EventWire(), peer.sitagri
+    if hasattr(s, "live_push"):
+        return [wire.message(s.live_push(raw, ts)[2]) for raw in pushes]
+    return [wire.message(s.push(s.decode_push(raw), ts)) for raw in pushes]
 
 
 def single(peer: ModuleType, pushes: list[bytes]) -> int:
-    """Pushes -> events -> subject, payload, header block (``EventWire.message``: what the live
-    path's ``publish_event`` sends); the same code for both trees."""
-    ts, decode, push, message = time.time_ns(), peer.sitagri.decode_push, peer.sitagri.push, peer.EventWire().message
-    for raw in pushes:
-        message(push(decode(raw), ts))
-    return len(pushes)
+    """Pushes -> events -> subject, payload, header block: the tree's own bench path
+    (``sitagri_single``: its live path, then ``EventWire.message`` as ``publish_event`` sends)."""
+    return int(peer.sitagri_single(pushes, peer.Wire()))
 
 
 def batch(peer: ModuleType, pushes: list[bytes]) -> int:

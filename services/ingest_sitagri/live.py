@@ -92,12 +92,11 @@ class SitagriLive:
         decoded = await ing.frames.normalize("netbus", raw, _decode_push, raw, time.time_ns())
         if decoded is None:
             return
-        obj, event = decoded
+        quote, book, event = decoded
         self.pushes += 1
-        quote = getattr(obj, "quote", None)
         if quote is not None and quote not in self.listening:
             return  # sent before its listener was unregistered (feed control; long polling queues them)
-        if quote is not None and type(obj) is not normalize.VOrderBook:
+        if quote is not None and not book:
             if event.ts_event > self.last_ts.get(quote, 0):
                 self.last_ts[quote] = event.ts_event
             first = self._first_live
@@ -107,7 +106,7 @@ class SitagriLive:
             # the hot path: the pipelined publisher directly, with cached metric children
             # (Ingestor.emit looks the labelled metrics up for every event)
             future = await ing.publisher.publish_event(event)  # type: ignore[union-attr]
-            if type(obj) is not normalize.VOrderBook:  # a book is a snapshot: the next one replaces it
+            if not book:  # a book is a snapshot: the next one replaces it
                 self._sent.append((future, event.id, NEWS if quote is None else quote, event.ts_event))
             kind = type(event)
             counters = self._live_metrics.get(kind)
@@ -477,10 +476,10 @@ class SitagriLive:
         return len(fresh)
 
 
-def _decode_push(raw: msgspec.Raw, ts_recv: int) -> tuple[Any, Any]:
-    """The vendor object and its event (an order book keeps its raw JSON)."""
-    obj = normalize.decode_push(raw)
-    return obj, normalize.push(obj, ts_recv, bytes(raw) if type(obj) is normalize.VOrderBook else None)
+def _decode_push(raw: msgspec.Raw, ts_recv: int) -> tuple[str | None, bool, Any]:
+    """(the quote or None, whether it is an order book, the event): ``normalize.live_push`` (an
+    order book keeps its raw JSON; a live tick's usual shape is read by compiled code)."""
+    return normalize.live_push(raw, ts_recv)
 
 
 async def _until(predicate: Callable[[], bool], interval: float = 0.02) -> None:

@@ -656,6 +656,51 @@ def push(obj: Push, ts_recv: int, raw: bytes | None = None) -> Any:
     return _push(obj, ts_recv, raw)
 
 
+# --- the live hot path: wire bytes -> event ------------------------------------------------------
+try:  # a build without the Sitagri block (older than its source): the Python path alone
+    from marketbus.contracts import _checks as _compiled_checks
+
+    _market_price_push: Any = getattr(_compiled_checks, "market_price_push", None)
+except ImportError:  # pragma: no cover - the extension is built by `make venv`
+    _market_price_push = None
+_LIVE_QUOTES: dict[str, tuple[Callable[[], MarketPrice], bytes, str]] = {}
+"""quote -> (its template MarketPrice's ``__copy__``, its ids' head, the quote): what the compiled
+reader needs of a quote, filled by :func:`live_push`'s Python path once it has read the quote."""
+_MAX_LIVE_QUOTES = 65_536
+_LIVE_QUALITIES = ("realtime", "delayed", "unknown")
+_CHECK_MARKET_PRICE: Any = MarketPrice.__post_init__  # type: ignore[attr-defined]
+_TEMPLATE_ID = "0" * 24
+
+
+def live_push(raw: bytes | msgspec.Raw, ts_recv: int) -> tuple[str | None, bool, Any]:
+    """A pushed object's wire bytes -> (its quote or None, whether it is an order book, its event):
+    ``push(decode_push(raw), ts_recv, raw for a book)``, the live hot path (websocket and long
+    polling). A live tick's usual shape (last, ask, bid, plain numbers) of a quote already seen is
+    read and made in one compiled call (``_checks.market_price_push``: the same event, checked by
+    ``MarketPrice``'s own ``__post_init__``); it leaves anything else to the Python path, which
+    gives the events and the :class:`Malformed` refusals, and learns the quote."""
+    if _market_price_push is not None:
+        made = _market_price_push(raw, ts_recv, _LIVE_QUOTES, _CHECK_MARKET_PRICE, _LIVE_QUALITIES)
+        if made is not None:  # (quote, False, event)
+            return made
+    obj = decode_push(raw)
+    cls = obj.__class__
+    event = push(obj, ts_recv, bytes(raw) if cls is VOrderBook else None)
+    if cls is VMarketPrice and _market_price_push is not None:
+        quote = obj.quote  # type: ignore[union-attr]
+        if quote not in _LIVE_QUOTES:
+            _learn_quote(quote)
+    return getattr(obj, "quote", None), cls is VOrderBook, event
+
+
+def _learn_quote(quote: str) -> None:
+    venue, symbol, head = _market_quote(quote)
+    if len(_LIVE_QUOTES) >= _MAX_LIVE_QUOTES:
+        _LIVE_QUOTES.clear()
+    template = MarketPrice(id=_TEMPLATE_ID, source=SOURCE, venue=venue, symbol=symbol, ts_event=0, ts_recv=0)
+    _LIVE_QUOTES[quote] = (template.__copy__, head, quote)  # type: ignore[attr-defined]
+
+
 @_declared
 def _push(obj: Push, ts_recv: int, raw: bytes | None = None) -> Any:
     t = type(obj)

@@ -1010,6 +1010,7 @@ static struct PyModuleDef module_def = {
 };
 
 static int add_ticksupply_functions(PyObject *m); /* TickSupply block, at the end */
+static int add_sitagri_functions(PyObject *m); /* Sitagri marketPrice block, at the end */
 
 PyMODINIT_FUNC
 PyInit__checks(void)
@@ -1026,7 +1027,8 @@ PyInit__checks(void)
         PyModule_AddIntConstant(m, "KIND_DECIMAL_TEXT", KIND_DECIMAL_TEXT) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_POSITIVE", SIGN_POSITIVE) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_NON_NEGATIVE", SIGN_NON_NEGATIVE) < 0 ||
-        PyModule_AddIntConstant(m, "SIGN_SIGNED", SIGN_SIGNED) < 0 || add_ticksupply_functions(m) < 0) {
+        PyModule_AddIntConstant(m, "SIGN_SIGNED", SIGN_SIGNED) < 0 || add_ticksupply_functions(m) < 0 ||
+        add_sitagri_functions(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
@@ -1868,4 +1870,419 @@ done:
     bfields_free(fs, nf);
     Py_DECREF(keep);
     return out;
+}
+
+/* ======================================================================================================
+ * Sitagri marketPrice pushes (services/ingest_sitagri/normalize.py, live_push).
+ *
+ * market_price_push(raw, ts_recv, quotes, check, qualities) reads a live tick's usual shape in one
+ * pass, `{"code":"marketPrice","quote":..,"quality":..,"last":{..},"ask":{..},"bid":{..}}` (keys
+ * in any order, JSON whitespace allowed), and makes its MarketPrice: a copy of the quote's template
+ * event (quotes[quote] = (template.__copy__, id head, quote), filled by the Python path, which
+ * validated the quote) with the id (BLAKE2b of the head + last.date's ns, as event_id_of), dates,
+ * quality and the 7 decimals as canonical text (decimal_text_of_json's plain-number branch), then
+ * checked by MarketPrice's own __post_init__ (the Plan). Returns (quote, False, event): live_push's
+ * (quote, is an order book, event).
+ *
+ * It only ACCEPTS: anything else returns None and the Python path (decode_push + push) reads the
+ * push, makes the event or names the refusal: another key (globalVolume, stats, first, an unknown
+ * one...), a duplicate key, a string with an escape or outside printable ASCII, a number with an
+ * exponent or more digits than the contract's, a date that is not plain unix seconds (<= 9
+ * places), a null last.date, a quote without a template, an event the Plan refuses. Every value it
+ * accepts is valid JSON read as msgspec reads it (tests/ingest_sitagri/test_live_compiled.py
+ * compares both paths' events and bytes, and refusals, on generated pushes). */
+typedef struct {
+    const char *s;
+    Py_ssize_t n; /* s == NULL: absent */
+} SjSpan;
+
+static inline Py_ssize_t
+sj_ws(const char *s, Py_ssize_t n, Py_ssize_t i)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+    return i;
+}
+
+/* a JSON string of printable ASCII without escapes -> the index after it; -1 for anything else */
+static Py_ssize_t
+sj_str(const char *s, Py_ssize_t n, Py_ssize_t i, SjSpan *out)
+{
+    if (i >= n || s[i] != '"') return -1;
+    Py_ssize_t from = ++i;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"') break;
+        if (c < 0x20 || c >= 0x7f || c == '\\') return -1;
+        i++;
+    }
+    if (i >= n) return -1;
+    out->s = s + from;
+    out->n = i - from;
+    return i + 1;
+}
+
+/* null or a JSON number of the plain form -?(0|[1-9][0-9]*)(\.[0-9]+)? -> the index after it; -1 else */
+static Py_ssize_t
+sj_num(const char *s, Py_ssize_t n, Py_ssize_t i, SjSpan *out)
+{
+    Py_ssize_t from = i;
+    if (i + 4 <= n && memcmp(s + i, "null", 4) == 0) i += 4;
+    else {
+        if (i < n && s[i] == '-') i++;
+        if (i < n && s[i] == '0') i++;
+        else if (i < n && s[i] >= '1' && s[i] <= '9') { while (i < n && IS_DIGIT(s[i])) i++; }
+        else return -1;
+        if (i < n && s[i] == '.') {
+            Py_ssize_t f = ++i;
+            while (i < n && IS_DIGIT(s[i])) i++;
+            if (i == f) return -1;
+        }
+    }
+    if (i < n && s[i] != ',' && s[i] != '}' && s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+        return -1; /* an exponent, a letter after null... */
+    out->s = s + from;
+    out->n = i - from;
+    return i;
+}
+
+static inline int
+sj_is(const SjSpan *k, const char *name)
+{
+    size_t len = strlen(name);
+    return (size_t)k->n == len && memcmp(k->s, name, len) == 0;
+}
+
+enum { SJ_DATE, SJ_VALUE, SJ_VOLUME, SJ_TOTAL, SJ_ORDERS, SJ_NFIELDS };
+
+/* a point object with keys among those allowed (a bit per SJ_*), each at most once, numbers or null */
+static Py_ssize_t
+sj_point(const char *s, Py_ssize_t n, Py_ssize_t i, int allowed, SjSpan f[SJ_NFIELDS])
+{
+    static const char *names[SJ_NFIELDS] = {"date", "value", "volume", "totalVolume", "orders"};
+    for (int k = 0; k < SJ_NFIELDS; k++) f[k].s = NULL;
+    if (i >= n || s[i] != '{') return -1;
+    i = sj_ws(s, n, i + 1);
+    if (i < n && s[i] == '}') return i + 1;
+    for (;;) {
+        SjSpan key;
+        if ((i = sj_str(s, n, i, &key)) < 0) return -1;
+        i = sj_ws(s, n, i);
+        if (i >= n || s[i] != ':') return -1;
+        i = sj_ws(s, n, i + 1);
+        int which = -1;
+        switch (key.n) { /* the names differ in length but two (value, 5; date, 4) */
+        case 4: which = SJ_DATE; break;
+        case 5: which = SJ_VALUE; break;
+        case 6: which = key.s[0] == 'v' ? SJ_VOLUME : SJ_ORDERS; break;
+        case 11: which = SJ_TOTAL; break;
+        }
+        if (which >= 0 && !sj_is(&key, names[which])) which = -1;
+        if (which < 0 || !(allowed & (1 << which)) || f[which].s != NULL) return -1;
+        if ((i = sj_num(s, n, i, &f[which])) < 0) return -1;
+        i = sj_ws(s, n, i);
+        if (i >= n) return -1;
+        if (s[i] == '}') return i + 1;
+        if (s[i] != ',') return -1;
+        i = sj_ws(s, n, i + 1);
+    }
+}
+
+/* a plain number's canonical decimal text (decimal_text_of_json's compiled branch, same results);
+ * absent or null: None. 1: *out set; 0: not this branch's (the Python path reads it); -1: error */
+static int
+sj_text(const SjSpan *v, PyObject **out)
+{
+    if (v->s == NULL || (v->n == 4 && memcmp(v->s, "null", 4) == 0)) { *out = Py_NewRef(Py_None); return 1; }
+    const char *s = v->s;
+    Py_ssize_t n = v->n;
+    int neg = s[0] == '-';
+    Py_ssize_t i = neg, whole_at = i;
+    while (i < n && IS_DIGIT(s[i])) i++;
+    Py_ssize_t whole = i - whole_at, frac_at = i, frac = 0;
+    if (i < n) { frac_at = i + 1; frac = n - frac_at; } /* (sj_num: '.' and digits) */
+    if (frac > text_max_digits || whole > text_max_adjusted + 1) return 0;
+    int zero_whole = whole == 1 && s[whole_at] == '0';
+    Py_ssize_t kept = frac;
+    while (kept > 0 && s[frac_at + kept - 1] == '0') kept--;
+    char buf[96];
+    Py_ssize_t len = 0;
+    if (!zero_whole) {
+        if (whole + frac > text_max_digits) return 0;
+        if (neg) buf[len++] = '-';
+        memcpy(buf + len, s + whole_at, whole);
+        len += whole;
+        if (kept) {
+            buf[len++] = '.';
+            memcpy(buf + len, s + frac_at, kept);
+            len += kept;
+        }
+    }
+    else {
+        Py_ssize_t zeros = 0;
+        while (zeros < kept && s[frac_at + zeros] == '0') zeros++;
+        if (kept == 0) {
+            *out = PyUnicode_FromString(neg && frac ? "-0" : "0");
+            return *out == NULL ? -1 : 1;
+        }
+        Py_ssize_t digits = frac - zeros;
+        if (digits > text_max_digits || -(zeros + 1) < text_min_adjusted) return 0;
+        if (neg) buf[len++] = '-';
+        if (zeros <= 5) {
+            memcpy(buf + len, "0.", 2);
+            len += 2;
+            memcpy(buf + len, s + frac_at, kept);
+            len += kept;
+        }
+        else {
+            buf[len++] = s[frac_at + zeros];
+            if (kept - zeros > 1) {
+                buf[len++] = '.';
+                memcpy(buf + len, s + frac_at + zeros + 1, kept - zeros - 1);
+                len += kept - zeros - 1;
+            }
+            len += snprintf(buf + len, sizeof(buf) - len, "E-%d", (int)(zeros + 1));
+        }
+    }
+    PyObject *text = PyUnicode_New(len, 127);
+    if (text == NULL) return -1;
+    memcpy(PyUnicode_1BYTE_DATA(text), buf, len);
+    *out = text;
+    return 1;
+}
+
+/* last.date: [0-9]{1,10}(\.[0-9]{1,9})? below 9223372036 s -> ns (seconds_ns); 0: not plain */
+static int
+sj_seconds_ns(const SjSpan *v, unsigned long long *ns)
+{
+    if (v->s == NULL) return 0;
+    const char *s = v->s;
+    Py_ssize_t n = v->n, i = 0;
+    unsigned long long whole = 0, frac = 0;
+    int places = 0;
+    while (i < n && IS_DIGIT(s[i]) && i < 11) whole = whole * 10 + (unsigned long long)(s[i++] - '0');
+    if (i == 0 || i > 10 || whole >= 9223372036ULL) return 0;
+    if (i < n) {
+        if (s[i] != '.') return 0;
+        i++;
+        while (i < n && IS_DIGIT(s[i]) && places < 10) { frac = frac * 10 + (unsigned long long)(s[i++] - '0'); places++; }
+        if (places == 0 || places > 9 || i != n) return 0;
+    }
+    for (; places < 9; places++) frac *= 10;
+    *ns = whole * 1000000000ULL + frac;
+    return 1;
+}
+
+/* a side's date that is not last.date's text: one _check_dates passes without a second look
+ * ([0-9]+(\.[0-9]+)?) or null/absent; 0 for any other (the Python path checks it) */
+static int
+sj_side_date_ok(const SjSpan *v, const SjSpan *known)
+{
+    if (v->s == NULL) return 1;
+    if (v->n == known->n && memcmp(v->s, known->s, v->n) == 0) return 1;
+    if (v->n == 4 && memcmp(v->s, "null", 4) == 0) return 1;
+    return v->s[0] != '-'; /* sj_num: otherwise digits, maybe a fraction */
+}
+
+/* orders: null/absent -> None, an integer -?(0|[1-9][0-9]{0,17}) -> int; 0 else */
+static int
+sj_int(const SjSpan *v, PyObject **out)
+{
+    if (v->s == NULL || (v->n == 4 && memcmp(v->s, "null", 4) == 0)) { *out = Py_NewRef(Py_None); return 1; }
+    const char *s = v->s;
+    Py_ssize_t n = v->n, i = s[0] == '-';
+    if (n - i < 1 || n - i > 18) return 0;
+    long long x = 0;
+    for (; i < n; i++) {
+        if (!IS_DIGIT(s[i])) return 0;
+        x = x * 10 + (s[i] - '0');
+    }
+    *out = PyLong_FromLongLong(s[0] == '-' ? -x : x);
+    return *out == NULL ? -1 : 1;
+}
+
+/* the MarketPrice slots this block sets, found once per class */
+enum { MP_ID, MP_TS_EVENT, MP_TS_RECV, MP_QUALITY, MP_LAST, MP_LAST_TS, MP_LAST_VOLUME, MP_TOTAL_VOLUME, MP_ORDERS,
+       MP_BID, MP_BID_SIZE, MP_ASK, MP_ASK_SIZE, MP_NSLOTS };
+static PyTypeObject *mp_slots_for = NULL;
+static Py_ssize_t mp_slots[MP_NSLOTS];
+
+static int
+mp_find_slots(PyTypeObject *cls)
+{
+    static const char *names[MP_NSLOTS] = {"id", "ts_event", "ts_recv", "quality", "last", "last_ts", "last_volume",
+                                           "total_volume", "orders", "bid", "bid_size", "ask", "ask_size"};
+    for (int k = 0; k < MP_NSLOTS; k++) {
+        PyObject *name = PyUnicode_InternFromString(names[k]);
+        if (name == NULL) return -1;
+        mp_slots[k] = slot_offset(cls, name);
+        Py_DECREF(name);
+        if (mp_slots[k] < 0) return -1;
+    }
+    Py_XSETREF(mp_slots_for, (PyTypeObject *)Py_NewRef((PyObject *)cls));
+    return 0;
+}
+
+/* the entries of the quotes read last (by a hash of the quote's bytes): most pushes skip making the
+ * quote's str and the dict lookup. An entry depends on its quote alone (the same template, head and
+ * quote as long as the normalizer is the same), so one kept after the dict dropped it is still right;
+ * the dict it came from is kept too, and a call with another dict does not use it. */
+#define MP_RECENT 256
+typedef struct {
+    PyObject *entry, *quotes;
+} MpRecent;
+static MpRecent mp_recent[MP_RECENT];
+
+static PyObject *
+market_price_push(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyLong_CheckExact(args[1]) || !PyDict_CheckExact(args[2]) || !PyTuple_CheckExact(args[4]) ||
+        PyTuple_GET_SIZE(args[4]) != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "market_price_push(raw, ts_recv: int, quotes: dict, check, qualities: (realtime, delayed, unknown))");
+        return NULL;
+    }
+    if (!enabled || text_fallback == NULL) Py_RETURN_NONE;
+    Py_buffer view;
+    if (PyBytes_CheckExact(args[0])) { /* (no buffer export for bytes) */
+        view.obj = NULL;
+        view.buf = PyBytes_AS_STRING(args[0]);
+        view.len = PyBytes_GET_SIZE(args[0]);
+    }
+    else if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const char *s = (const char *)view.buf;
+    Py_ssize_t n = view.len, i;
+    SjSpan quote = {NULL, 0}, quality = {NULL, 0}, last[SJ_NFIELDS], ask[SJ_NFIELDS], bid[SJ_NFIELDS];
+    int seen = 0; /* code 1, quote 2, quality 4, last 8, ask 16, bid 32 */
+    PyObject *out = NULL, *vals[MP_NSLOTS] = {NULL};
+    i = sj_ws(s, n, 0);
+    if (i >= n || s[i] != '{') goto decline;
+    i = sj_ws(s, n, i + 1);
+    for (;;) {
+        SjSpan key;
+        if ((i = sj_str(s, n, i, &key)) < 0) goto decline;
+        i = sj_ws(s, n, i);
+        if (i >= n || s[i] != ':') goto decline;
+        i = sj_ws(s, n, i + 1);
+        int bit;
+        if (sj_is(&key, "code")) {
+            SjSpan code;
+            bit = 1;
+            if ((i = sj_str(s, n, i, &code)) < 0 || !sj_is(&code, "marketPrice")) goto decline;
+        }
+        else if (sj_is(&key, "quote")) { bit = 2; i = sj_str(s, n, i, &quote); }
+        else if (sj_is(&key, "quality")) { bit = 4; i = sj_str(s, n, i, &quality); }
+        else if (sj_is(&key, "last")) {
+            bit = 8;
+            i = sj_point(s, n, i, (1 << SJ_DATE) | (1 << SJ_VALUE) | (1 << SJ_VOLUME) | (1 << SJ_TOTAL) | (1 << SJ_ORDERS),
+                         last);
+        }
+        else if (sj_is(&key, "ask")) { bit = 16; i = sj_point(s, n, i, (1 << SJ_DATE) | (1 << SJ_VALUE) | (1 << SJ_VOLUME), ask); }
+        else if (sj_is(&key, "bid")) { bit = 32; i = sj_point(s, n, i, (1 << SJ_DATE) | (1 << SJ_VALUE) | (1 << SJ_VOLUME), bid); }
+        else goto decline;
+        if (i < 0 || (seen & bit)) goto decline;
+        seen |= bit;
+        i = sj_ws(s, n, i);
+        if (i >= n) goto decline;
+        if (s[i] == '}') break;
+        if (s[i] != ',') goto decline;
+        i = sj_ws(s, n, i + 1);
+    }
+    if (sj_ws(s, n, i + 1) != n || (seen | 4) != 63) goto decline; /* (quality may be absent: "") */
+    unsigned long long ts;
+    if (!sj_seconds_ns(&last[SJ_DATE], &ts) || !sj_side_date_ok(&ask[SJ_DATE], &last[SJ_DATE]) ||
+        !sj_side_date_ok(&bid[SJ_DATE], &last[SJ_DATE]))
+        goto decline;
+    /* the quote's template: the last entry found for a quote of the same slot of mp_recent, when it
+     * was found in this very dict and its quote has these bytes; else the dict (a str key made) */
+    uint32_t qh = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t k = 0; k < quote.n; k++) qh = (qh ^ (uint8_t)quote.s[k]) * 16777619u;
+    MpRecent *slot = &mp_recent[qh % MP_RECENT];
+    PyObject *entry;
+    if (slot->entry != NULL && slot->quotes == args[2] && PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(slot->entry, 2)) == quote.n &&
+        memcmp(PyUnicode_1BYTE_DATA(PyTuple_GET_ITEM(slot->entry, 2)), quote.s, quote.n) == 0)
+        entry = slot->entry;
+    else {
+        PyObject *qkey = PyUnicode_New(quote.n, 127);
+        if (qkey == NULL) goto error;
+        memcpy(PyUnicode_1BYTE_DATA(qkey), quote.s, quote.n);
+        entry = PyDict_GetItemWithError(args[2], qkey); /* borrowed */
+        Py_DECREF(qkey);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) goto error;
+            goto decline;
+        }
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3 || !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 1)) ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(entry, 2)) || !PyUnicode_IS_COMPACT_ASCII(PyTuple_GET_ITEM(entry, 2)) ||
+            PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(entry, 2)) != quote.n ||
+            memcmp(PyUnicode_1BYTE_DATA(PyTuple_GET_ITEM(entry, 2)), quote.s, quote.n) != 0)
+            goto decline;
+        Py_XSETREF(slot->entry, Py_NewRef(entry));
+        Py_XSETREF(slot->quotes, Py_NewRef(args[2]));
+    }
+    /* the values, in the Python path's order of reading */
+    int r;
+    if ((r = sj_text(&last[SJ_VALUE], &vals[MP_LAST])) <= 0 ||
+        (r = sj_text(&last[SJ_VOLUME], &vals[MP_LAST_VOLUME])) <= 0 ||
+        (r = sj_text(&last[SJ_TOTAL], &vals[MP_TOTAL_VOLUME])) <= 0 || (r = sj_int(&last[SJ_ORDERS], &vals[MP_ORDERS])) <= 0 ||
+        (r = sj_text(&bid[SJ_VALUE], &vals[MP_BID])) <= 0 || (r = sj_text(&bid[SJ_VOLUME], &vals[MP_BID_SIZE])) <= 0 ||
+        (r = sj_text(&ask[SJ_VALUE], &vals[MP_ASK])) <= 0 || (r = sj_text(&ask[SJ_VOLUME], &vals[MP_ASK_SIZE])) <= 0) {
+        if (r < 0) goto error;
+        goto decline;
+    }
+    char digits[24]; /* str(ts) */
+    int dlen = 0;
+    {
+        char rev[24];
+        unsigned long long x = ts;
+        do { rev[dlen++] = (char)('0' + x % 10); x /= 10; } while (x);
+        for (int k = 0; k < dlen; k++) digits[k] = rev[dlen - 1 - k];
+    }
+    PyObject *head = PyTuple_GET_ITEM(entry, 1);
+    if ((vals[MP_ID] = id_of(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head), digits, dlen)) == NULL) goto error;
+    if ((vals[MP_TS_EVENT] = PyLong_FromUnsignedLongLong(ts)) == NULL) goto error;
+    vals[MP_LAST_TS] = Py_NewRef(vals[MP_TS_EVENT]);
+    vals[MP_TS_RECV] = Py_NewRef(args[1]);
+    PyObject *q = PyTuple_GET_ITEM(args[4], 2);
+    if (quality.s != NULL && quality.n == 8 && memcmp(quality.s, "REALTIME", 8) == 0) q = PyTuple_GET_ITEM(args[4], 0);
+    else if (quality.s != NULL && quality.n == 7 && memcmp(quality.s, "DELAYED", 7) == 0) q = PyTuple_GET_ITEM(args[4], 1);
+    vals[MP_QUALITY] = Py_NewRef(q);
+    PyObject *event = PyObject_CallNoArgs(PyTuple_GET_ITEM(entry, 0));
+    if (event == NULL) goto error;
+    if (Py_TYPE(event) != mp_slots_for && mp_find_slots(Py_TYPE(event)) < 0) { Py_DECREF(event); goto error; }
+    for (int k = 0; k < MP_NSLOTS; k++) {
+        set_slot(event, mp_slots[k], vals[k]);
+        vals[k] = NULL;
+    }
+    PyObject *ok = PyObject_CallOneArg(args[3], event);
+    if (ok == NULL) { /* refused: the Python path names it */
+        PyErr_Clear();
+        Py_DECREF(event);
+        goto decline;
+    }
+    Py_DECREF(ok);
+    out = PyTuple_Pack(3, PyTuple_GET_ITEM(entry, 2), Py_False, event);
+    Py_DECREF(event);
+    goto done;
+decline:
+    out = Py_NewRef(Py_None);
+    goto done;
+error:
+    out = NULL;
+done:
+    for (int k = 0; k < MP_NSLOTS; k++) Py_XDECREF(vals[k]);
+    if (view.obj != NULL) PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef sitagri_methods[] = {
+    {"market_price_push", (PyCFunction)(void (*)(void))market_price_push, METH_FASTCALL,
+     "market_price_push(raw, ts_recv, quotes, check, qualities) -> (quote, False, MarketPrice) of a live tick's usual shape, "
+     "or None (read it in Python)"},
+    {NULL},
+};
+
+static int
+add_sitagri_functions(PyObject *m)
+{
+    return PyModule_AddFunctions(m, sitagri_methods);
 }
