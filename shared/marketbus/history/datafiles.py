@@ -102,8 +102,7 @@ def partition_slices(table_metadata: Any, data: pa.Table, sort_by: list[str],
     if not plan.partition_sources:
         order = pc.sort_indices(data, [(c, "ascending") for c in sort_by])
         return plan, [(None, data.take(order))]
-    keys = [transform(data.column(name)) for _, name, transform in plan.partition_sources]
-    keys = [k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k for k in keys]
+    keys = [_partition_key(transform, data.column(name)) for _, name, transform in plan.partition_sources]
     names = [f"__p{i}" for i in range(len(keys))]
     sort_columns = [*keys, *(data.column(c) for c in sort_by)]
     if _in_order(sort_columns):  # (a flush of one instrument's batches, mostly): no sort, no copy
@@ -130,6 +129,21 @@ def partition_slices(table_metadata: Any, data: pa.Table, sort_by: list[str],
             partition_spec=spec, schema=schema)
         parts.append((key, data.slice(start, end - start)))
     return plan, parts
+
+
+def _partition_key(transform: Any, column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A partition transform of every row. Of a text column (the symbol's bucket: a murmur3 hash
+    of each value) computed on its distinct values only (a flush holds a few symbols) and taken
+    back to the rows."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        encoded = column.dictionary_encode()
+        key = transform(encoded.dictionary)
+        key = key.combine_chunks() if isinstance(key, pa.ChunkedArray) else key
+        return key.take(encoded.indices)
+    key = transform(column)
+    return key.combine_chunks() if isinstance(key, pa.ChunkedArray) else key
 
 
 def _in_order(columns: list[Any]) -> bool:
