@@ -370,7 +370,8 @@ async def main() -> None:
         raw_server = sorted(s for _, s in raw_cpu)[len(raw_cpu) // 2] / 2000
         w_client, w_server = hw.bench_cpu_us, hw.bench_server_cpu_us  # type: ignore[attr-defined]
         row("  CPU per event: writer process + nats-server", f"{w_client:.2f} + {w_server:.2f} µs", "-",
-            f"raw pull {raw_client:.3f} + {raw_server:.3f} µs", f"{(raw_client + raw_server) / (w_client + w_server):.2f}")
+            f"raw pull {raw_client:.3f} + {raw_server:.3f} µs",
+            f"{(raw_client + raw_server) / (w_client + w_server):.2f}")
         print("  (writer process CPU user / system µs per event: %.2f / %.2f; minor faults, voluntary and "
               "involuntary context switches: %d, %d, %d)" % (*hw.bench_user_sys_us, *hw.bench_rusage),  # type: ignore[attr-defined]
               file=sys.stderr)

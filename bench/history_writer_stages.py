@@ -24,7 +24,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
 
 from bench.history_writer import trades  # noqa: E402
 from marketbus.contracts import codec  # noqa: E402
-from marketbus.history import datafiles, writer as writer_mod  # noqa: E402
+from marketbus.history import datafiles  # noqa: E402
+from marketbus.history import writer as writer_mod  # noqa: E402
 from marketbus.history.lakehouse import LAYOUTS, LakehouseSettings  # noqa: E402
 from marketbus.history.schema import Message, decode_messages  # noqa: E402
 from marketbus.history.writer import HistoryTableWriter  # noqa: E402
