@@ -97,3 +97,19 @@ def test_a_repeated_id_within_an_envelope_and_across_envelopes_of_a_flush_is_sto
         assert by_id[e.id] == (11, e.size)
     assert np.array([by_id[e.id][0] for e in events[5:8]]).tolist() == [12, 12, 12]
     assert {by_id[e.id][0] for e in again} == {14}
+
+
+def test_the_compiled_check_refuses_buffers_that_are_not_a_string_column() -> None:
+    """Offsets past the data or not ascending: an error, never a read out of the buffers."""
+    import struct
+
+    first_ids = writer_mod._FIRST_IDS
+    assert first_ids is not None, "the C extension lacks first_ids: rerun `make venv`"
+    with pytest.raises(ValueError, match="not ascending"):
+        first_ids([(struct.pack("3i", 0, 5, 2), b"abcde", 0, 2)])
+    with pytest.raises(ValueError, match="out of the data"):
+        first_ids([(struct.pack("2i", 0, 9), b"abc", 0, 1)])
+    with pytest.raises(ValueError, match="too short"):
+        first_ids([(struct.pack("2i", 0, 1), b"a", 1, 1)])
+    assert first_ids([(struct.pack("3i", 0, 1, 2), b"aa", 0, 2)]) == b"\x01\x00"
+    assert first_ids([]) is None

@@ -1904,6 +1904,7 @@ first_ids(PyObject *module, PyObject *arg)
     }
     char *keep = PyBytes_AS_STRING(out);
     Py_ssize_t repeats = 0;
+    int unordered = 0; /* offsets not ascending: not a valid string column */
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t r = 0;
     for (Py_ssize_t c = 0; c < nchunks; c++) {
@@ -1912,10 +1913,11 @@ first_ids(PyObject *module, PyObject *arg)
         for (Py_ssize_t i = 0; i < lengths[c]; i++, r++) {
             ptr[r] = d + o[i];
             len[r] = o[i + 1] - o[i];
+            unordered |= len[r] < 0;
         }
     }
     size_t mask = cap - 1;
-    for (r = 0; r < total; r++) {
+    for (r = 0; r < total && !unordered; r++) {
         const char *p = ptr[r];
         int32_t n = len[r];
         size_t s = (size_t)fid_hash((const unsigned char *)p, (size_t)n) & mask;
@@ -1935,7 +1937,10 @@ first_ids(PyObject *module, PyObject *arg)
         }
     }
     Py_END_ALLOW_THREADS
-    if (repeats == 0) {
+    if (unordered) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_ValueError, "first_ids: offsets not ascending");
+    } else if (repeats == 0) {
         Py_DECREF(out);
         out = Py_NewRef(Py_None);
     }
