@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "shared")]
@@ -54,6 +56,32 @@ def row(figure: str, value: str, target: str, reference: str, ratio: str) -> Non
     print(line, flush=True)
 
 
+PROFILE: Any = None  # cProfile.Profile of the batch figure's writer (--profile)
+SERVER_PID = 0  # the nats-server's process: its CPU time is read from /proc (CPU figures on a loaded host)
+
+
+def server_cpu() -> float:
+    """CPU seconds (user + system) the nats-server process used so far (0 where /proc is not there)."""
+    try:
+        fields = Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Cpu:
+    """Wall and CPU (this process, the nats-server) of a span, per event: on a loaded host the CPU
+    per event of the writer against that of the raw pull says what wall rates cannot."""
+
+    def __init__(self) -> None:
+        self.wall, self.proc, self.server = time.perf_counter(), time.process_time(), server_cpu()
+
+    def per_event(self, events: int) -> tuple[float, float, float]:
+        """(wall s, µs of this process per event, µs of the server per event)."""
+        return (time.perf_counter() - self.wall, (time.process_time() - self.proc) / events * 1e6,
+                (server_cpu() - self.server) / events * 1e6)
+
+
 def trades(n: int, symbol: str, offset: int = 0, spacing_ns: int = 40_000_000) -> list[Trade]:
     return [
         Trade(id=event_id("bench", "trade", symbol, i + offset), source="bench", venue="X", symbol=symbol,
@@ -77,8 +105,10 @@ async def publish(url: str, events: list[Trade], batch: int | None) -> None:
     await nc.close()
 
 
-async def raw_pull_rate(url: str, count: int) -> float:
-    """Messages/s of a raw nats-py pull (callback subscription, pull batches of 10k, AckNone)."""
+async def raw_pull_rate(url: str, count: int, cpu: list[tuple[float, float]] | None = None) -> float:
+    """Messages/s of a raw nats-py pull of the stream's messages: pull requests exactly as the
+    writer sends them (``pull_batch`` 10,000 messages, ``pull_max_bytes`` 8 MB, two outstanding), a
+    callback subscription, no processing, AckNone. ``cpu``: gets (client, server) CPU µs per message."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     name = f"raw{time.time_ns() % 10**9}"
@@ -108,6 +138,7 @@ async def raw_pull_rate(url: str, count: int) -> float:
     sub = await nc.subscribe(inbox, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
     api = f"$JS.API.CONSUMER.MSG.NEXT.MD.{name}"
     req = json.dumps({"batch": 10_000, "max_bytes": 8 << 20, "expires": 2_000_000_000}).encode()
+    span = Cpu()
     t0 = time.perf_counter()
 
     async def pump() -> None:
@@ -124,6 +155,8 @@ async def raw_pull_rate(url: str, count: int) -> float:
     task = asyncio.create_task(pump())
     await asyncio.wait_for(done.wait(), 120)
     elapsed = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(span.per_event(count)[1:])
     task.cancel()
     await sub.unsubscribe()
     await js.delete_consumer("MD", name)
@@ -164,6 +197,13 @@ async def run_writer(
     try:
         t0 = time.perf_counter()
         cpu0 = time.process_time()  # (start-up excluded: warm-up, catalog, consumers)
+        server0 = server_cpu()
+        times0 = os.times()
+        import resource
+
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        if PROFILE is not None:
+            PROFILE.enable()
         md = writer.intakes[0]
         while md.stored + md.duplicates < expected_rows:  # duplicates: redeliveries found stored
             await asyncio.sleep(0.01)
@@ -171,7 +211,16 @@ async def run_writer(
                 raise RuntimeError(f"only {md.stored} rows stored ({md.duplicates} duplicates, {md.bad} bad, "
                                    f"{md.acked} acked, {md.buffered} buffered)")
         elapsed = time.perf_counter() - t0
+        if PROFILE is not None:
+            PROFILE.disable()
         writer.bench_cpu_us = (time.process_time() - cpu0) / max(expected_rows, 1) * 1e6  # type: ignore[attr-defined]
+        times1 = os.times()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        writer.bench_rusage = (ru1.ru_minflt - ru0.ru_minflt, ru1.ru_nvcsw - ru0.ru_nvcsw,  # type: ignore[attr-defined]
+                               ru1.ru_nivcsw - ru0.ru_nivcsw)
+        writer.bench_user_sys_us = tuple((b - a) / max(expected_rows, 1) * 1e6  # type: ignore[attr-defined]
+                                         for a, b in zip(times0[:2], times1[:2], strict=True))
+        writer.bench_server_cpu_us = (server_cpu() - server0) / max(expected_rows, 1) * 1e6  # type: ignore[attr-defined]
         return expected_rows / elapsed, writer
     finally:
         await writer.stop()
@@ -238,6 +287,8 @@ async def main() -> None:
     ap.add_argument("--backend", default="iceberg", choices=["iceberg"])
     ap.add_argument("--symbols-events", type=int, default=100_000)
     ap.add_argument("--batched-only", action="store_true", help="only the batch-message figures (2., 3.)")
+    ap.add_argument("--profile", action="store_true", help="cProfile the event loop's thread during the batch figure")
+    ap.add_argument("--raw-rounds", type=int, default=3, help="raw pulls of the batch messages (median)")
     ap.add_argument("--ab-rounds", type=int, default=0,
                     help="then this many alternating rounds of the batch figure with the compiled envelope "
                          "scan off/on (marketbus.history.batch_decode.ENABLED): wall rate and process CPU per event")
@@ -247,6 +298,8 @@ async def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hwbench"))
     server = NatsServer(data_dir=tmp / "nats", port=free_port()).start()
+    global SERVER_PID
+    SERVER_PID = server.proc.pid if server.proc is not None else 0
     print("| figure | measured | target | reference (same run) | ratio |")
     print("|---|---|---|---|---|")
     try:
@@ -286,10 +339,42 @@ async def main() -> None:
         batched = trades(args.batched, "BATCHED")
         del singles
         await publish(server.url, batched, 2_000)
-        ref_msgs = await raw_pull_rate(server.url, args.batched // 2_000)
-        rate, _ = await run_writer(server.url, args.backend, tmp / "h2", args.batched, None, "")
+        # the published events are not needed any more: alive, their 1M Structs (and their decimals
+        # and strings) are traversed by every full garbage collection of the writer's run in this
+        # process, a cost the raw pull (hardly any allocation) does not share, nor a writer service
+        del batched
+        gc.collect()
+        # the reference: the raw pull of the same messages, before and after the writer (median of
+        # --raw-rounds pulls; the host's load moves both)
+        raw_cpu: list[tuple[float, float]] = []
+        refs = [await raw_pull_rate(server.url, args.batched // 2_000, raw_cpu) * 2000
+                for _ in range((args.raw_rounds + 1) // 2)]
+        global PROFILE
+        if args.profile:
+            import cProfile
+
+            PROFILE = cProfile.Profile()  # the event loop's thread after start-up: intake, acks, flush scheduling
+        rate, hw = await run_writer(server.url, args.backend, tmp / "h2", args.batched, None, "")
+        if PROFILE is not None:
+            import pstats
+
+            pstats.Stats(PROFILE, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+            PROFILE = None
+        refs += [await raw_pull_rate(server.url, args.batched // 2_000, raw_cpu) * 2000
+                 for _ in range(args.raw_rounds // 2)]
+        ref = sorted(refs)[len(refs) // 2]
         row(f"{args.backend} store, batch msgs (2000 ev)", f"{rate:,.0f} ev/s", ">= 1,000,000 ev/s",
-            f"raw nats-py pull {ref_msgs * 2000:,.0f} ev/s", f"{rate / (ref_msgs * 2000):.2f}")
+            f"raw nats-py pull {ref:,.0f} ev/s (median of {', '.join(f'{r / 1e6:.2f}M' for r in refs)})",
+            f"{rate / ref:.2f}")
+        raw_client = sorted(c for c, _ in raw_cpu)[len(raw_cpu) // 2] / 2000
+        raw_server = sorted(s for _, s in raw_cpu)[len(raw_cpu) // 2] / 2000
+        w_client, w_server = hw.bench_cpu_us, hw.bench_server_cpu_us  # type: ignore[attr-defined]
+        row("  CPU per event: writer process + nats-server", f"{w_client:.2f} + {w_server:.2f} µs", "-",
+            f"raw pull {raw_client:.3f} + {raw_server:.3f} µs",
+            f"{(raw_client + raw_server) / (w_client + w_server):.2f}")
+        print("  (writer process CPU user / system µs per event: %.2f / %.2f; minor faults, voluntary and "
+              "involuntary context switches: %d, %d, %d)" % (*hw.bench_user_sys_us, *hw.bench_rusage),  # type: ignore[attr-defined]
+              file=sys.stderr)
         if args.ab_rounds:
             from marketbus.history import batch_decode
 

@@ -71,7 +71,8 @@ def test_an_append_writes_one_sorted_file_per_partition_with_exact_statistics(tm
     """Rows over 3 days and 40 symbols in one append: one data file per (day, symbol bucket)
     partition touched, each holding exactly that partition's rows sorted by (symbol, ts_event),
     readable by pyarrow with the table's schema, its footer statistics the real min/max, the
-    low-cardinality strings dictionary-encoded and the ids not; a scan pruned to one symbol and
+    low-cardinality strings dictionary-encoded and the ids not, the integer and time columns
+    DELTA_BINARY_PACKED; a scan pruned to one symbol and
     one day returns exactly its rows."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -109,6 +110,8 @@ def test_an_append_writes_one_sorted_file_per_partition_with_exact_statistics(tm
             meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)
         }
         assert "RLE_DICTIONARY" in columns["symbol"].encodings and "RLE_DICTIONARY" not in columns["id"].encodings
+        for name in ("ts_event", "ts_event_ns", "ts_recv_ns", "_seq", "_idx"):  # the integers: deltas packed
+            assert "DELTA_BINARY_PACKED" in columns[name].encodings, (name, columns[name].encodings)
         field_id = table.schema().find_field("ts_event_ns").field_id
         low, high = pc.min_max(data.column("ts_event_ns")).values()
         from pyiceberg.conversions import from_bytes

@@ -1011,6 +1011,7 @@ static struct PyModuleDef module_def = {
 
 static int add_ticksupply_functions(PyObject *m); /* TickSupply block, at the end */
 static int add_sitagri_functions(PyObject *m); /* Sitagri marketPrice block, at the end */
+static int add_first_ids_functions(PyObject *m); /* history duplicate ids, at the end */
 
 PyMODINIT_FUNC
 PyInit__checks(void)
@@ -1028,7 +1029,7 @@ PyInit__checks(void)
         PyModule_AddIntConstant(m, "SIGN_POSITIVE", SIGN_POSITIVE) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_NON_NEGATIVE", SIGN_NON_NEGATIVE) < 0 ||
         PyModule_AddIntConstant(m, "SIGN_SIGNED", SIGN_SIGNED) < 0 || add_ticksupply_functions(m) < 0 ||
-        add_sitagri_functions(m) < 0) {
+        add_sitagri_functions(m) < 0 || add_first_ids_functions(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
@@ -2285,4 +2286,159 @@ static int
 add_sitagri_functions(PyObject *m)
 {
     return PyModule_AddFunctions(m, sitagri_methods);
+}
+
+/* ======================================================================================================
+ * History: the first row of each event id (marketbus.history.writer._first_per_id).
+ *
+ * first_ids(chunks) -> None when every id is distinct, else bytes, one per row: 1 for the first
+ * row of its id, 0 for a repeat. chunks: the chunks of an Arrow string column without nulls, each
+ * (offsets buffer (int32), data buffer, offset, length), read in place (buffer protocol); rows are
+ * numbered across the chunks in order. One open-addressing hash table of row numbers, without the
+ * GIL: no Python object per id (pyarrow's count_distinct + unique cost ~0.4 µs a row on the
+ * writer's hot path; this ~0.05).
+ * ====================================================================================================== */
+static inline uint64_t
+fid_hash(const unsigned char *p, size_t n)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 31;
+        p += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, p, n);
+        h = (h ^ w) * 0x94D049BB133111EBull;
+    }
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    return h;
+}
+
+static PyObject *
+first_ids(PyObject *module, PyObject *arg)
+{
+    PyObject *chunks = PySequence_Tuple(arg);
+    if (chunks == NULL) return NULL;
+    Py_ssize_t nchunks = PyTuple_GET_SIZE(chunks);
+    Py_buffer *views = PyMem_Calloc((size_t)(2 * nchunks + 1), sizeof(Py_buffer));
+    Py_ssize_t *starts = PyMem_Calloc((size_t)(nchunks + 1), sizeof(Py_ssize_t));
+    Py_ssize_t *lengths = PyMem_Calloc((size_t)(nchunks + 1), sizeof(Py_ssize_t));
+    Py_ssize_t nviews = 0, total = 0;
+    PyObject *out = NULL;
+    const char **ptr = NULL;
+    int32_t *len = NULL;
+    uint32_t *slots = NULL;
+    if (views == NULL || starts == NULL || lengths == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t c = 0; c < nchunks; c++) {
+        PyObject *offs, *data;
+        Py_ssize_t off, n;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(chunks, c), "OOnn", &offs, &data, &off, &n)) goto done;
+        if (PyObject_GetBuffer(offs, &views[nviews], PyBUF_SIMPLE) < 0) goto done;
+        nviews++;
+        if (PyObject_GetBuffer(data, &views[nviews], PyBUF_SIMPLE) < 0) goto done;
+        nviews++;
+        Py_buffer *ov = &views[nviews - 2], *dv = &views[nviews - 1];
+        if (off < 0 || n < 0 || (off + n + 1) * 4 > ov->len) {
+            PyErr_SetString(PyExc_ValueError, "first_ids: offsets buffer too short");
+            goto done;
+        }
+        const int32_t *o = (const int32_t *)ov->buf + off;
+        if (n && (o[0] < 0 || o[n] < o[0] || o[n] > dv->len)) {
+            PyErr_SetString(PyExc_ValueError, "first_ids: offsets out of the data buffer");
+            goto done;
+        }
+        starts[c] = off;
+        lengths[c] = n;
+        total += n;
+    }
+    if (total >= (Py_ssize_t)0x3FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "first_ids: too many rows");
+        goto done;
+    }
+    size_t cap = 16;
+    while (cap < (size_t)total * 2) cap <<= 1;
+    ptr = PyMem_RawMalloc(((size_t)total + 1) * sizeof(char *));
+    len = PyMem_RawMalloc(((size_t)total + 1) * sizeof(int32_t));
+    slots = PyMem_RawCalloc(cap, sizeof(uint32_t));
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (ptr == NULL || len == NULL || slots == NULL || out == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        Py_CLEAR(out);
+        goto done;
+    }
+    char *keep = PyBytes_AS_STRING(out);
+    Py_ssize_t repeats = 0;
+    int unordered = 0; /* offsets not ascending: not a valid string column */
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t r = 0;
+    for (Py_ssize_t c = 0; c < nchunks; c++) {
+        const int32_t *o = (const int32_t *)views[2 * c].buf + starts[c];
+        const char *d = (const char *)views[2 * c + 1].buf;
+        for (Py_ssize_t i = 0; i < lengths[c]; i++, r++) {
+            ptr[r] = d + o[i];
+            len[r] = o[i + 1] - o[i];
+            unordered |= len[r] < 0;
+        }
+    }
+    size_t mask = cap - 1;
+    for (r = 0; r < total && !unordered; r++) {
+        const char *p = ptr[r];
+        int32_t n = len[r];
+        size_t s = (size_t)fid_hash((const unsigned char *)p, (size_t)n) & mask;
+        keep[r] = 1;
+        for (;;) {
+            uint32_t e = slots[s];
+            if (e == 0) {
+                slots[s] = (uint32_t)r + 1;
+                break;
+            }
+            if (len[e - 1] == n && memcmp(ptr[e - 1], p, (size_t)n) == 0) {
+                keep[r] = 0;
+                repeats++;
+                break;
+            }
+            s = (s + 1) & mask;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (unordered) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_ValueError, "first_ids: offsets not ascending");
+    } else if (repeats == 0) {
+        Py_DECREF(out);
+        out = Py_NewRef(Py_None);
+    }
+done:
+    for (Py_ssize_t v = 0; v < nviews; v++) PyBuffer_Release(&views[v]);
+    PyMem_Free(views);
+    PyMem_Free(starts);
+    PyMem_Free(lengths);
+    PyMem_RawFree(ptr);
+    PyMem_RawFree(len);
+    PyMem_RawFree(slots);
+    Py_DECREF(chunks);
+    return out;
+}
+
+static PyMethodDef first_ids_methods[] = {
+    {"first_ids", first_ids, METH_O,
+     "first_ids(chunks) -> None if every id is distinct, else bytes (1: first row of its id): the history's "
+     "duplicate-id check over an Arrow string column's buffers"},
+    {NULL},
+};
+
+static int
+add_first_ids_functions(PyObject *m)
+{
+    return PyModule_AddFunctions(m, first_ids_methods);
 }

@@ -19,9 +19,14 @@ WRITER_PROP = "marketbus.writer"
 
 def encode_ranges(seqs: Iterable[int]) -> str:
     """Sorted sequences -> ``a-b,c,d-e``."""
-    arr = np.unique(np.fromiter(seqs, np.int64))
+    arr = np.asarray(seqs, np.int64) if isinstance(seqs, np.ndarray) else np.fromiter(seqs, np.int64)
     if not len(arr):
         return ""
+    steps = np.diff(arr)
+    if (steps >= 0).all():  # (a commit's rows: by message, in order) the distinct values without a sort
+        arr = arr[np.concatenate([[True], steps != 0])]
+    else:
+        arr = np.unique(arr)
     breaks = np.nonzero(np.diff(arr) != 1)[0]
     starts = np.concatenate([arr[:1], arr[breaks + 1]])
     ends = np.concatenate([arr[breaks], arr[-1:]])

@@ -322,10 +322,37 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
         return ()
 
 
+try:  # the compiled check (marketbus.contracts._checks, "History: the first row of each event id")
+    from marketbus.contracts import _checks
+
+    _FIRST_IDS: Any = getattr(_checks, "first_ids", None)
+except ImportError:  # pragma: no cover - the extension is built by `make venv`
+    _FIRST_IDS = None
+
+
 def _first_per_id(rows: pa.Table) -> pa.Table:
-    """Drop rows whose event id repeats within the batch (the first one stays)."""
-    ids = rows.column("id")
-    if pc.count_distinct(ids).as_py() == rows.num_rows:
-        return rows
-    _, first = np.unique(np.asarray(ids.to_pylist(), dtype=object), return_index=True)
-    return rows.take(pa.array(np.sort(first)))
+    """Drop rows whose event id repeats within the batch (the first one stays, the order kept)."""
+    keep = _first_of_each(rows.column("id"))
+    return rows if keep is None else rows.filter(pa.array(keep))
+
+
+def _first_of_each(ids: pa.ChunkedArray) -> np.ndarray | None:
+    """None when every id is distinct, else a mask: True for the first row of its id.
+
+    Compiled (``_checks.first_ids``: one hash table over the string column's buffers, without the
+    GIL) for a string column without nulls; else vectorized Arrow: the dictionary indices of the
+    ids, the first position of each. Never a Python object per id."""
+    if _FIRST_IDS is not None and pa.types.is_string(ids.type) and ids.null_count == 0:
+        chunks = []
+        for chunk in ids.chunks:
+            _, offsets, data = chunk.buffers()
+            chunks.append((offsets, b"" if data is None else data, chunk.offset, len(chunk)))
+        mask = _FIRST_IDS(chunks)
+        return None if mask is None else np.frombuffer(mask, np.bool_)
+    codes = ids.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    _, first = np.unique(codes, return_index=True)
+    if len(first) == len(codes):
+        return None
+    keep = np.zeros(len(codes), np.bool_)
+    keep[first] = True
+    return keep
