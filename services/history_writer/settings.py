@@ -66,6 +66,17 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
     query_max_rows: int = 1_000_000  # per request
     query_max_chunk_bytes: int = 512 * 1024  # below the NATS max payload (1 MB by default)
 
+    def __post_init__(self) -> None:
+        from marketbus.history.schema import KINDS
+
+        # a misspelt kind would keep its history forever without a word: refused at start-up
+        for kind, days in self.retention_days.items():
+            if kind not in KINDS and kind != "default":
+                raise ValueError(f"{self.env_prefix}RETENTION_DAYS: unknown kind {kind!r}; kinds: "
+                                 f"{', '.join(KINDS)}, default")
+            if not days > 0:
+                raise ValueError(f"{self.env_prefix}RETENTION_DAYS: the days of {kind!r} must be > 0, not {days}")
+
     def history_dir(self) -> Path:
         if self.data_dir:
             return Path(self.data_dir)

@@ -195,3 +195,19 @@ async def test_the_writer_maintains_its_tables_on_a_schedule(nc, js, nats_url, t
         assert api == trades
     finally:
         await writer.stop()
+
+
+@pytest.mark.parametrize(("days", "message"), [
+    ({"trades": 30}, "RETENTION_DAYS: unknown kind 'trades'"),
+    ({"book": 0}, "RETENTION_DAYS: the days of 'book' must be > 0"),
+])
+def test_a_retention_of_an_unknown_kind_or_no_days_stops_the_start(days: dict, message: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from marketbus.runtime.settings import load_settings
+    from services.history_writer.settings import HistoryWriterSettings
+
+    monkeypatch.setenv("MARKETBUS_HISTORY_WRITER_RETENTION_DAYS", json.dumps(days))
+    with pytest.raises(ValueError, match=message):
+        load_settings(HistoryWriterSettings)
+    monkeypatch.setenv("MARKETBUS_HISTORY_WRITER_RETENTION_DAYS", '{"trade": 30, "book": 7, "default": 365}')
+    assert load_settings(HistoryWriterSettings).retention_days == {"trade": 30, "book": 7, "default": 365}
