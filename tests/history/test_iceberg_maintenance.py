@@ -125,6 +125,23 @@ def test_migrate_embedded_into_postgres_and_seaweedfs(tmp_path: Path, seaweedfs:
     assert sum(report["rows"].values()) == 0 and report["skipped"] == len(events)
     assert len(_rows(HistoryReader(target))) == len(events)  # nothing twice
 
+    # the catalog is the one Iceberg's JDBC catalog reads (Spark, Trino: README): its tables and
+    # columns, the table's row under the catalog name, pointing at the current metadata
+    import psycopg2
+
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_name IN ('iceberg_tables', 'iceberg_namespace_properties')")
+        columns = set(cur.fetchall())
+        cur.execute("SELECT metadata_location FROM iceberg_tables WHERE catalog_name = %s AND table_namespace = %s "
+                    "AND table_name = 'trade'", (target.catalog_name, target.namespace))
+        (location,) = cur.fetchone()
+    assert {("iceberg_tables", c) for c in ("catalog_name", "table_namespace", "table_name", "metadata_location",
+                                             "previous_metadata_location")} <= columns
+    assert {("iceberg_namespace_properties", c) for c in ("catalog_name", "namespace", "property_key",
+                                                           "property_value")} <= columns
+    assert location == Tables(target).get("trade", refresh=True).metadata_location and location.startswith("s3://")
+
 
 async def test_the_writer_maintains_its_tables_on_a_schedule(nc, js, nats_url, tmp_path: Path) -> None:
     """The writer's own schedule (``compact_interval_s``, ``retention_interval_s``), nothing called
