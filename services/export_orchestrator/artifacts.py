@@ -9,15 +9,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import datetime as dt
-import hashlib
-import hmac
 import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from .signing import safe_name
 
@@ -184,7 +180,9 @@ class NatsArtifactStore(ArtifactStore):
 
 
 class S3ArtifactStore(ArtifactStore):
-    """S3-compatible storage over plain HTTP with AWS Signature V4 (path-style URLs)."""
+    """S3-compatible storage (AWS S3, MinIO, SeaweedFS...) through pyarrow's S3 filesystem (the
+    AWS SDK's signing, retries and multipart uploads; path-style URLs unless on AWS), the client
+    the history tables' warehouse uses too. Blocking calls run on worker threads."""
 
     kind = "s3"
 
@@ -194,93 +192,60 @@ class S3ArtifactStore(ArtifactStore):
         self.access_key = access_key
         self.secret_key = secret_key
         self.region = region
-        self.client: Any = None
+        self.fs: Any = None
 
     async def open(self) -> None:
-        import httpx
-
-        self.client = httpx.AsyncClient(timeout=60)
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-
-    def _signed(self, method: str, key: str, payload_hash: str) -> tuple[str, dict[str, str]]:
         from urllib.parse import urlsplit
 
-        now = dt.datetime.now(dt.UTC)
-        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-        path = f"/{quote(self.bucket)}/{quote(key)}"
-        host = urlsplit(self.endpoint).netloc
-        headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
-        signed = ";".join(sorted(headers))
-        canonical = "\n".join(
-            [method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload_hash]
-        )
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-        k = f"AWS4{self.secret_key}".encode()
-        for part in (day, self.region, "s3", "aws4_request"):
-            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-        sig = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
-                                    f"SignedHeaders={signed}, Signature={sig}")
-        del headers["host"]
-        return self.endpoint + path, headers
+        from pyarrow import fs
+
+        url = urlsplit(self.endpoint) if self.endpoint else None
+        self.fs = fs.S3FileSystem(
+            access_key=self.access_key or None, secret_key=self.secret_key or None, region=self.region,
+            endpoint_override=url.netloc if url else None, scheme=url.scheme if url else "https",
+            force_virtual_addressing=False, retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=3))
+
+    def _path(self, job_id: str, filename: str) -> str:
+        _check(job_id, filename)
+        return f"{self.bucket}/{job_id}/{filename}"
 
     async def put(self, job_id: str, filename: str, src: Path) -> None:
-        # streamed from disk twice (hash for the signature, then the body): an artifact of any
-        # size uploads in bounded memory
-        digest, size = await asyncio.to_thread(_sha256_of, src)
-        url, headers = self._signed("PUT", self._key(job_id, filename), digest)
-        headers["content-length"] = str(size)  # a plain PUT (S3 refuses chunked transfer encoding)
-        resp = await self.client.put(url, content=_chunks_of(src), headers=headers)
-        resp.raise_for_status()
+        path = self._path(job_id, filename)
+
+        def upload() -> None:  # streamed in chunks (multipart when large): bounded memory at any size;
+            # compression=None: the file's bytes (pyarrow would gzip a .gz name once more on its own)
+            with src.open("rb") as f, self.fs.open_output_stream(path, compression=None, metadata={}) as out:
+                while chunk := f.read(CHUNK):
+                    out.write(chunk)
+
+        await asyncio.to_thread(upload)
         with contextlib.suppress(OSError):
             src.unlink()
 
-    @staticmethod
-    def _key(job_id: str, filename: str) -> str:
-        _check(job_id, filename)
-        return f"{job_id}/{filename}"
-
     async def size(self, job_id: str, filename: str) -> int:
-        url, headers = self._signed("HEAD", self._key(job_id, filename), hashlib.sha256(b"").hexdigest())
-        resp = await self.client.head(url, headers=headers)
-        if resp.status_code == 404:
+        from pyarrow.fs import FileType
+
+        info = await asyncio.to_thread(self.fs.get_file_info, self._path(job_id, filename))
+        if info.type != FileType.File:
             raise ArtifactNotFound(f"{job_id}/{filename}")
-        resp.raise_for_status()
-        return int(resp.headers.get("content-length", 0))
+        return int(info.size)
 
     async def read(self, job_id: str, filename: str) -> AsyncIterator[bytes]:
-        url, headers = self._signed("GET", self._key(job_id, filename), hashlib.sha256(b"").hexdigest())
-        async with self.client.stream("GET", url, headers=headers) as resp:
-            if resp.status_code == 404:
-                raise ArtifactNotFound(f"{job_id}/{filename}")
-            resp.raise_for_status()
-            async for chunk in resp.aiter_bytes(CHUNK):
+        try:
+            # compression=None: the bytes as stored (pyarrow would gunzip a .gz name on its own)
+            stream = await asyncio.to_thread(self.fs.open_input_stream, self._path(job_id, filename), compression=None)
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"{job_id}/{filename}") from None
+        try:
+            while chunk := await asyncio.to_thread(stream.read, CHUNK):
                 yield chunk
+        finally:
+            stream.close()
 
     async def delete_job(self, job_id: str, filenames: list[str]) -> None:
         for name in filenames:
             with contextlib.suppress(Exception):
-                url, headers = self._signed("DELETE", self._key(job_id, name), hashlib.sha256(b"").hexdigest())
-                await self.client.delete(url, headers=headers)
-
-
-def _sha256_of(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-async def _chunks_of(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := await asyncio.to_thread(f.read, CHUNK):
-            yield chunk
+                await asyncio.to_thread(self.fs.delete_file, self._path(job_id, name))
 
 
 def make_store(settings: Any, js: Any = None) -> ArtifactStore:

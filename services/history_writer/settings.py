@@ -48,8 +48,15 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
 
     debug_ack_delay_s: float = 0.0  # fault injection (tests): hold acks after each durable write
 
+    # maintenance of the Iceberg tables every compact_interval_s: compaction of the partitions
+    # holding compact_min_files data files or more, expiry of the snapshots older than
+    # snapshot_min_age_s whose messages are all acked, removal of the files no metadata
+    # references once older than orphan_age_s (younger ones may be a commit in progress, of
+    # this writer or of one on another host)
     compact_interval_s: float = 60.0
     compact_min_files: int = 8
+    snapshot_min_age_s: float = 60.0
+    orphan_age_s: float = 3600.0
 
     retention_days: dict[str, float] = {}  # e.g. {"trade": 30, "book": 7}; absent = keep forever
     retention_interval_s: float = 3600.0
@@ -58,6 +65,17 @@ class HistoryWriterSettings(ServiceSettings, kw_only=True):
     query_queue: str = "history_writer"
     query_max_rows: int = 1_000_000  # per request
     query_max_chunk_bytes: int = 512 * 1024  # below the NATS max payload (1 MB by default)
+
+    def __post_init__(self) -> None:
+        from marketbus.history.schema import KINDS
+
+        # a misspelt kind would keep its history forever without a word: refused at start-up
+        for kind, days in self.retention_days.items():
+            if kind not in KINDS and kind != "default":
+                raise ValueError(f"{self.env_prefix}RETENTION_DAYS: unknown kind {kind!r}; kinds: "
+                                 f"{', '.join(KINDS)}, default")
+            if not days > 0:
+                raise ValueError(f"{self.env_prefix}RETENTION_DAYS: the days of {kind!r} must be > 0, not {days}")
 
     def history_dir(self) -> Path:
         if self.data_dir:

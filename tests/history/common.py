@@ -35,3 +35,25 @@ def writer_overrides(
         out["pg_dsn"] = pg_dsn
     out.update(extra)
     return out
+
+
+def data_files_read_back(history_dir: str) -> dict[str, int]:
+    """Every data file of every history table read with ``pyarrow.parquet.read_table`` and the
+    table's own schema (no "incompatible types": one schema per table, whatever the symbol or
+    the writer); returns the data files per kind."""
+    import pyarrow.parquet as pq
+
+    from marketbus.history.lakehouse import LakehouseSettings, Tables
+    from marketbus.history.schema import KINDS
+
+    tables = Tables(LakehouseSettings(history_dir=history_dir))
+    counts = {}
+    for kind, table in tables.existing(list(KINDS), refresh=True).items():
+        schema = table.schema().as_arrow()
+        files = [task.file for task in table.scan().plan_files()]
+        for file in files:
+            with table.io.new_input(file.file_path).open() as f:
+                data = pq.read_table(f, schema=schema)
+            assert data.schema == schema and data.num_rows == file.record_count, (kind, file.file_path)
+        counts[kind] = len(files)
+    return counts

@@ -3,7 +3,12 @@ SIGKILLed again and again while a publisher runs; afterwards the stored ids are 
 published ids (no loss, no duplicate), on both backends (Iceberg tables, embedded configuration,
 and PostgreSQL; two writers sharing the durable consumer: test_iceberg_kill.py). With the default ack wait (no
 shortened setting), everything the last killed writer held is stored by its successor within
-10 s of the kill."""
+10 s of the kill.
+
+Start-up is not what is measured: each writer is killed only once it consumes (``/healthz``),
+a little while into its writes. On a host at load 16-24 the imports alone take 30 s of wall
+time, so the waits for it are long (``STARTUP_S``); the 10 s bound starts at the last kill,
+when the successor is already consuming."""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from tests.helpers import wait_for
 from .common import trade, unique_symbol
 
 ROOT = Path(__file__).resolve().parents[2]
+STARTUP_S = 240.0  # a writer's start-up: ~1 s on a quiet host, 30 s and more at load 16-24
 
 
 def _spawn(env: dict[str, str], log: Path, http_port: int = 0) -> subprocess.Popen[bytes]:
@@ -52,6 +58,11 @@ async def _consuming(port: int) -> bool:
         return False
 
 
+async def wait_consuming(port: int, what: str) -> None:
+    """Until the writer on ``port`` consumes, for as long as a start-up takes on a loaded host."""
+    await wait_for(lambda: _consuming(port), STARTUP_S, interval=0.2, what=what)
+
+
 @pytest.fixture
 def nats_url(nats_server: Any) -> str:
     """A private nats-server: the writer's new durable reads MD from its start, and the session's
@@ -63,6 +74,7 @@ def nats_url(nats_server: Any) -> str:
 # whole_system: one heavy test at a time across the xdist workers; it measures the 10 s bound of
 # issue #12, which a host running a whole system beside it at load 15+ cannot hold
 @pytest.mark.whole_system
+@pytest.mark.timeout(1200)  # against a hang: six writer start-ups of up to STARTUP_S on a loaded host
 @pytest.mark.parametrize("backend", ["iceberg", "postgres"])
 async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_url, tmp_path, backend, request,
                                                                  record_property) -> None:
@@ -127,21 +139,33 @@ async def test_sigkill_loop_loses_nothing_and_duplicates_nothing(nc, js, nats_ur
         while kills < 5:
             port = free_port()
             proc = _spawn(env, log, port)
-            await asyncio.sleep(rng.uniform(1.2, 2.6))  # start-up takes ~1 s: some kills land mid-write
             if kills == 4:
                 # the last kill: this writer and a second one run (start-up time is not what is
                 # measured), the tail is published, and this one dies holding its share of it
                 await publisher
                 second_port = free_port()
                 second = _spawn(env, log, second_port)
-                await wait_for(lambda: _consuming(port), 30, interval=0.2, what="the last writer consuming")  # noqa: B023 (called within this iteration)
-                await wait_for(lambda: _consuming(second_port), 30, interval=0.2, what="the second writer consuming")  # noqa: B023 (called within this iteration)
+                await wait_consuming(port, f"the last writer consuming (log: {log})")
+                await wait_consuming(second_port, f"the second writer consuming (log: {log})")
+
+                async def caught_up() -> bool:  # what the earlier writers left is stored and acked
+                    info = await js.consumer_info("MD", f"{durable}_md")
+                    return info.num_pending == 0 and info.num_ack_pending == 0
+
+                # on a loaded host the backlog takes a while: the 10 s bound is about what the
+                # last writer holds of the tail, not about a backlog it had not worked through
+                await wait_for(caught_up, STARTUP_S, interval=0.2, what=f"the backlog stored (log: {log})")
                 pub = await JetStreamPublisher(nc).start()
                 for e in events[total - tail:]:
                     await pub.publish_event(e)
                 await pub.flush()
                 await pub.close()
                 await asyncio.sleep(0.1)
+            else:
+                # killed once it consumes, a little while into its writes (batches of 700 acked
+                # 0.2 s after their write): most kills land mid-write or between write and ack
+                await wait_consuming(port, f"writer {kills + 1} consuming (log: {log})")
+                await asyncio.sleep(rng.uniform(0.2, 1.4))
             proc.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             await asyncio.to_thread(proc.wait)

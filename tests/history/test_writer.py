@@ -27,7 +27,7 @@ from services.history_writer.query import HistoryQueryError, make_query, query_c
 from services.history_writer.store.base import Selector
 from tests.helpers import wait_for
 
-from .common import SEC, T0, trade, unique_symbol, writer_overrides
+from .common import SEC, T0, data_files_read_back, trade, unique_symbol, writer_overrides
 
 BACKENDS = ["iceberg", "postgres"]
 
@@ -174,6 +174,9 @@ async def test_stores_queries_and_covers_every_event(nc, js, nats_url, tmp_path,
         await wait_for(gap_closed, timeout=10, what="the resync to close the gap")
         health = writer.health()
         assert health["streams"]["MD"]["dead_lettered"] >= 1 and health["backend"] == backend
+        if backend == "iceberg":  # every data file of every kind reads back with its table's schema
+            files = await asyncio.to_thread(data_files_read_back, str(tmp_path / "h"))
+            assert {"trade", "book", "instrument", "market_price", "feed_status"} <= set(files)
     finally:
         await _drop_pg(writer)
         await writer.stop()

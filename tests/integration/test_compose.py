@@ -304,6 +304,35 @@ def test_every_service_that_reads_history_gets_the_lakehouse_settings(compose: d
         assert name in secrets, f"secret {name} is not declared"
 
 
+def test_the_readme_points_spark_and_trino_at_the_lakehouse_profile_as_it_runs(compose: dict) -> None:
+    """The README's Spark and Trino settings are the lakehouse profile's: the catalog's published
+    port, user and database, the warehouse and S3 identity the services use, the catalog name."""
+    from marketbus.security.credentials import LAKEHOUSE_S3_ACCESS_KEY
+    from tests.integration.test_compose_run import interpolate, read_env_file
+
+    readme = (ROOT / "README.md").read_text()
+    lake = _lakehouse()["services"]
+    catalog, weed = lake["lakehouse-catalog"], lake["seaweedfs"]
+    (published,) = catalog["ports"]
+    host_port = int(published.rsplit(":", 2)[-2])
+    user, db = catalog["environment"]["POSTGRES_USER"], catalog["environment"]["POSTGRES_DB"]
+    s3_port = int(weed["ports"][0].rsplit(":", 2)[-2])
+    on = interpolate(compose["services"]["history_writer"]["environment"],
+                     read_env_file(ROOT / "deploy/lakehouse/lakehouse.env"))
+    warehouse = on["MARKETBUS_LAKEHOUSE_WAREHOUSE"]
+    name = LakehouseSettings().catalog_name
+    spark = readme[readme.index("spark-sql "):readme.index("Trino (")]
+    trino = readme[readme.index("connector.name=iceberg"):readme.index("## Subject reference")]
+    assert f"uri=jdbc:postgresql://127.0.0.1:{host_port}/{db} " in spark and f"jdbc.user={user} " in spark
+    assert f"warehouse={warehouse} " in spark and f"s3.endpoint=http://127.0.0.1:{s3_port} " in spark
+    assert f"s3.access-key-id={LAKEHOUSE_S3_ACCESS_KEY} " in spark and f"spark.sql.catalog.{name}=" in spark
+    assert "deploy/secrets/lakehouse_catalog_password" in spark and "deploy/secrets/lakehouse_s3_secret_key" in spark
+    for line in (f"connection-url=jdbc:postgresql://127.0.0.1:{host_port}/{db}", f"connection-user={user}",
+                 f"default-warehouse-dir={warehouse}", f"catalog-name={name}", f"s3.endpoint=http://127.0.0.1:{s3_port}",
+                 f"s3.aws-access-key={LAKEHOUSE_S3_ACCESS_KEY}"):
+        assert f".{line}\n" in trino or f"\n{line}\n" in trino, line
+
+
 def test_make_secrets_writes_the_lakehouse_secrets(tmp_path: Path) -> None:
     from marketbus.security.credentials import LAKEHOUSE_S3_ACCESS_KEY, compose_secrets
 

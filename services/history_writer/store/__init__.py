@@ -29,4 +29,5 @@ def open_store(settings: HistoryWriterSettings, writer_id: str | None = None) ->
     floors = AckFloors(settings.connect_options("history_writer-floors"),
                        {"MD": f"{d}_md", "REF": f"{d}_ref", "STATUS": f"{d}_status"})
     return IcebergStore(LakehouseSettings.from_env(settings.history_dir()), writer_id=writer_id,
-                        compact_min_files=settings.compact_min_files, ack_floors=floors)
+                        compact_min_files=settings.compact_min_files, snapshot_min_age_s=settings.snapshot_min_age_s,
+                        orphan_age_s=settings.orphan_age_s, ack_floors=floors)
