@@ -70,9 +70,216 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
+async def child(path: str, url: str, rate: int, per_path: int, warm: int) -> None:
+    """``--child <path>``: one path alone in this process, on its own connection and event loop
+    (the default ``--mode processes`` runs one child per path at the same time). Prepares its
+    events, runs ``warm`` of them paced (not counted), prints ``ready``, waits for the start time
+    (a line on stdin, ns since the epoch, the same for both children), runs ``per_path`` events
+    paced at ``rate`` from it, and prints one line per event: id, due, frame, publish returned,
+    normalizer returned (0 for the reference), the client's socket write that carried it (0 if
+    none was seen)."""
+    import nats
+    import peer_cryptofeed as pc
+
+    from marketbus.contracts import codec, subjects
+    from marketbus.runtime.publisher import JetStreamPublisher
+    from services.ingest_sitagri import normalize as sg
+
+    count = warm + per_path
+    pushes = pc.sitagri_pushes(pc.corpus(2 * count))
+    # the paths take disjoint halves of the corpus: no id is sent by both
+    pushes = pushes[:count] if path == "marketbus" else pushes[count:]
+    ref_msgs = []
+    if path == "reference":
+        for raw in pushes:
+            e = sg.push(sg.decode_push(raw), time.time_ns())
+            ref_msgs.append((subjects.for_event(e), codec.encode(e), codec.headers_for(e)))
+    gc.collect()
+    gc.freeze()  # the corpus is the benchmark's, not the path's (see the module docstring)
+    nc = await nats.connect(url)
+    pub = await JetStreamPublisher(nc).start() if path == "marketbus" else None
+    writes: list[int] = []
+    transport = nc._transport
+    writelines = transport.writelines
+
+    def traced_writelines(data: object) -> None:
+        writes.append(time.time_ns())
+        writelines(data)
+
+    transport.writelines = traced_writelines
+    acks = 0
+
+    async def on_ack(_msg: object) -> None:
+        nonlocal acks
+        acks += 1
+
+    await nc.subscribe("_INBOX.e2eref.>", cb=on_ack)
+    decode, push = sg.decode_push, sg.push
+    interval = 1e9 / rate
+    records: list[tuple[str, int, int, int, int, int]] = []
+
+    async def run(first: int, n: int, t0: int) -> None:
+        for k in range(n):
+            i = first + k
+            due = t0 + int(k * interval)
+            now = time.time_ns()
+            if now < due:
+                await asyncio.sleep((due - now) / 1e9)
+            frame_ns = time.time_ns()
+            if pub is not None:
+                event = push(decode(pushes[i]), frame_ns)
+                normalized = time.time_ns()
+                await pub.publish_event(event)
+                mid = event.id
+            else:
+                subject, payload, headers = ref_msgs[i]
+                await nc.publish(subject, payload, reply=f"_INBOX.e2eref.{i}", headers=headers)
+                normalized = 0
+                mid = headers["Nats-Msg-Id"]
+            records.append((mid, due, frame_ns, time.time_ns(), normalized, len(writes)))
+
+    await run(0, warm, time.time_ns() + 10_000_000)
+    await (pub.flush() if pub is not None else nc.flush())
+    records.clear()
+    print("ready", flush=True)
+    start_at = int(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
+    profile = None
+    if os.environ.get("E2E_PROFILE"):  # diagnosis: top own-time functions of the paced run, on stderr
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
+    cpu = time.process_time()
+    await run(warm, per_path, start_at)
+    cpu = time.process_time() - cpu
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        sys.stderr.write(f"== profile of {path}\n")
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(14)
+    await (pub.flush() if pub is not None else nc.flush())
+    await asyncio.sleep(0.2)
+    if pub is not None:
+        await pub.close()
+    await nc.close()
+    out = [f"cpu {cpu:.6f} {acks}\n"]
+    for mid, due, frame_ns, returned, normalized, k in records:
+        out.append(f"{mid} {due} {frame_ns} {returned} {normalized} {writes[k] if k < len(writes) else 0}\n")
+    sys.stdout.write("".join(out))
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(p * len(values)))]
+
+
+def report(lat: dict[str, dict[str, list[float]]], split: dict[str, list[float]], rate: int, expected: int,
+           acks: int, mode: str) -> None:
+    """The table (p50, p99, p99.9, max; each marketbus figure's ratio to the reference's same
+    percentile), then the in-process split."""
+    got = {p: len(v["frame"]) for p, v in lat.items()}
+    print(
+        "| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered "
+        "| ratio to the reference: p50 / **p99** / p99.9 (target p99 <= 1.5) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for path, label in (("marketbus", "marketbus: Sitagri push -> normalize -> JetStreamPublisher"),
+                        ("reference", "reference: bare nats-py pipelined JetStream publish of encoded events")):
+        for k, since in (("frame", "from the frame"), ("due", "from its scheduled time")):
+            v, r = lat[path][k], lat["reference"][k]
+            ratio = (f"{statistics.median(v) / statistics.median(r):.2f} / **{pct(v, 0.99) / pct(r, 0.99):.2f}** / "
+                     f"{pct(v, 0.999) / pct(r, 0.999):.2f}" if path == "marketbus" else "-")
+            print(f"| {label}, {since}, {rate:,} ev/s, mode {mode} | {statistics.median(v):.2f} | {pct(v, 0.99):.2f} | "
+                  f"{pct(v, 0.999):.2f} | {max(v):.2f} | {got[path]:,}/{expected:,} | {ratio} |")
+    print(f"| (reference acks received: {acks:,}) | | | | | | |")
+    for label, v in (("marketbus: frame -> publish call returned", lat["marketbus"]["inproc"]),
+                     ("  of which the normalizer", split["normalize"]),
+                     ("  of which publish_event", split["publish"]),
+                     ("reference: frame -> publish call returned", lat["reference"]["inproc"]),
+                     ("marketbus: publish returned -> socket write", lat["marketbus"]["to_wire"]),
+                     ("reference: publish returned -> socket write", lat["reference"]["to_wire"]),
+                     ("marketbus: socket write -> subscriber", lat["marketbus"]["after_wire"]),
+                     ("reference: socket write -> subscriber", lat["reference"]["after_wire"])):
+        if v:
+            print(f"in-process, {label}, ms: p50 {statistics.median(v):.3f} p99 {pct(v, 0.99):.3f} "
+                  f"max {max(v):.3f}; over 1 ms: {sum(x > 1 for x in v) / len(v):.2%}")
+
+
+async def processes(args: argparse.Namespace) -> None:
+    """``--mode processes`` (default): each path in its own process at ``--rate``, both at the
+    same time, one plain subscriber process for both (see the module docstring)."""
+    from marketbus.runtime.natsserver import NatsServer
+    from marketbus.runtime.provision import provision_url
+
+    per_path = int(args.rate * args.seconds * args.rounds)
+    warm = args.rate // 2
+    tmp = Path(tempfile.mkdtemp(prefix="marketbus-e2e-"))
+    server = NatsServer(data_dir=tmp / "nats", port=0).start()
+    procs: dict[str, subprocess.Popen[str]] = {}
+    sub = None
+    try:
+        await provision_url(server.url)
+        (tmp / "sub.py").write_text(SUBSCRIBER)
+        sub = subprocess.Popen([sys.executable, str(tmp / "sub.py"), server.url, str(2 * (per_path + warm)),
+                                str(args.seconds * args.rounds + 90)], stdout=subprocess.PIPE, text=True)
+        assert sub.stdout is not None
+        assert sub.stdout.readline().strip() == "ready"
+        for path in ("marketbus", "reference"):
+            procs[path] = subprocess.Popen(
+                [sys.executable, __file__, "--child", path, "--url", str(server.url), "--rate", str(args.rate),
+                 "--seconds", str(args.seconds), "--rounds", str(args.rounds)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for proc in procs.values():
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        start_at = time.time_ns() + 100_000_000
+        outs = {}
+        for proc in procs.values():
+            assert proc.stdin is not None
+            proc.stdin.write(f"{start_at}\n")
+            proc.stdin.flush()
+        for path, proc in procs.items():
+            outs[path], _ = proc.communicate(timeout=args.seconds * args.rounds + 120)
+        out, _ = sub.communicate(timeout=120)
+    finally:
+        for proc in [*procs.values(), *([sub] if sub is not None else [])]:
+            if proc.poll() is None:
+                proc.kill()
+        server.cleanup()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    arrived = dict(line.split() for line in out.splitlines())
+    split: dict[str, list[float]] = {"normalize": [], "publish": []}
+    lat: dict[str, dict[str, list[float]]] = {
+        p: {"frame": [], "due": [], "inproc": [], "to_wire": [], "after_wire": []} for p in ("marketbus", "reference")
+    }
+    cpu, acks = {}, 0
+    for path, text in outs.items():
+        lines = text.splitlines()
+        _, cpu_s, n_acks = lines[0].split()
+        cpu[path] = float(cpu_s)
+        acks += int(n_acks) if path == "reference" else 0
+        for line in lines[1:]:
+            mid, due, frame_ns, returned, normalized, wire = line.split()
+            if mid not in arrived:
+                continue
+            recv = int(arrived[mid])
+            lat[path]["frame"].append((recv - int(frame_ns)) / 1e6)
+            lat[path]["due"].append((recv - int(due)) / 1e6)
+            lat[path]["inproc"].append((int(returned) - int(frame_ns)) / 1e6)
+            if int(wire):
+                lat[path]["to_wire"].append((int(wire) - int(returned)) / 1e6)
+                lat[path]["after_wire"].append((recv - int(wire)) / 1e6)
+            if int(normalized):
+                split["normalize"].append((int(normalized) - int(frame_ns)) / 1e6)
+                split["publish"].append((int(returned) - int(normalized)) / 1e6)
+    report(lat, split, args.rate, per_path, acks, "processes")
+    span = args.seconds * args.rounds
+    print("CPU time of each path's process over its paced run: " + ", ".join(
+        f"{p} {c:.2f} s ({c / span:.0%} of a core; {c / per_path * 1e6:.1f} µs an event)" for p, c in cpu.items())
+        + f"; marketbus / reference {cpu['marketbus'] / cpu['reference']:.2f}")
+    print(f"mode processes, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 async def main() -> None:
@@ -87,10 +294,19 @@ async def main() -> None:
     ap.add_argument("--yield-each", action="store_true",
                     help="diagnosis: when the pacing is late, yield to the event loop between events anyway")
     ap.add_argument("--no-gc", action="store_true", help="diagnosis: the cyclic GC off while the paths run")
-    ap.add_argument("--mode", choices=("interleave", "alternate"), default="interleave",
-                    help="interleave: one paced stream, events alternating between the paths (default); "
-                         "alternate: rounds of --seconds per path")
+    ap.add_argument("--mode", choices=("processes", "interleave", "alternate"), default="processes",
+                    help="processes: each path in its own process, both at --rate at the same time (default); "
+                         "interleave: one paced stream in this process, events alternating between the paths; "
+                         "alternate: rounds of --seconds per path in this process")
+    ap.add_argument("--child", choices=("marketbus", "reference"), help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        await child(args.child, args.url, args.rate, int(args.rate * args.seconds * args.rounds), args.rate // 2)
+        return
+    if args.mode == "processes":
+        await processes(args)
+        return
 
     import nats
     import peer_cryptofeed as pc
@@ -247,31 +463,7 @@ async def main() -> None:
             if mid in normalized:
                 split["normalize"].append((normalized[mid] - frame_ns) / 1e6)
                 split["publish"].append((returned - normalized[mid]) / 1e6)
-    got = {p: len(v["frame"]) for p, v in lat.items()}
-    print(
-        "| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered "
-        "| p99 ratio to the reference |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    ref99 = {k: pct(lat["reference"][k], 0.99) for k in ("frame", "due")}
-    for path, label in (("marketbus", "marketbus: Sitagri push -> normalize -> JetStreamPublisher"),
-                        ("reference", "reference: bare nats-py pipelined JetStream publish of encoded events")):
-        for k, since in (("frame", "from the frame"), ("due", "from its scheduled time")):
-            v = lat[path][k]
-            ratio = f"{pct(v, 0.99) / ref99[k]:.2f} (target <= 1.5)" if path == "marketbus" else "-"
-            print(f"| {label}, {since}, {args.rate:,} ev/s | {statistics.median(v):.2f} | {pct(v, 0.99):.2f} | "
-                  f"{pct(v, 0.999):.2f} | {max(v):.2f} | {got[path]:,}/{per_path * args.rounds:,} | {ratio} |")
-    print(f"| (reference acks received: {acks:,}) | | | | | | |")
-    for label, v in (("marketbus: frame -> publish call returned", lat["marketbus"]["inproc"]),
-                     ("  of which the normalizer", split["normalize"]),
-                     ("  of which publish_event", split["publish"]),
-                     ("reference: frame -> publish call returned", lat["reference"]["inproc"]),
-                     ("marketbus: publish returned -> socket write", lat["marketbus"]["to_wire"]),
-                     ("reference: publish returned -> socket write", lat["reference"]["to_wire"]),
-                     ("marketbus: socket write -> subscriber", lat["marketbus"]["after_wire"]),
-                     ("reference: socket write -> subscriber", lat["reference"]["after_wire"])):
-        print(f"in-process, {label}, ms: p50 {statistics.median(v):.3f} p99 {pct(v, 0.99):.3f} "
-              f"max {max(v):.3f}; over 1 ms: {sum(x > 1 for x in v) / len(v):.2%}")
+    report(lat, split, args.rate, per_path * args.rounds, acks, args.mode)
     for gen in (1, 2):
         d = [ns / 1e6 for g, ns in pauses if g == gen]
         if d:
