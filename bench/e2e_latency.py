@@ -17,13 +17,23 @@ Latency is measured two ways: from the moment the frame is taken (``ts_recv``, t
 receive time) and from the frame's scheduled time (due time on the rate's grid: it adds the
 pacing's lateness, which is the machine's).
 
-The two paths share one paced stream at ``--rate``, events alternating between them (``--mode
-interleave``, the default), so both see the same host at the same moment. On this shared 2-core
-host, rounds of several seconds per path (``--mode alternate``, the earlier design) measured the
-load's swings, not the paths: the p99 ratio came out anywhere from 0.21 to 9.6 across runs.
-It also prints each path's in-process time (frame -> publish call returned; the marketbus path
-split into normalizer and ``publish_event``), with the share of events over 1 ms, and the
-process's own GC collections while the paths run (``--no-gc`` turns the GC off, a diagnosis).
+By default (``--mode processes``) each path runs in a process of its own (``--child``: its own
+connection and event loop), both paced at ``--rate`` at the same time from one start time, into
+the same nats-server and the same plain subscriber: both see the same host at the same moment,
+and neither shares a loop or a socket with the other. Each path's events are the Sitagri pushes
+of its own half of the corpus, one millisecond apart in event time (so no two share an id). A
+path whose pacing falls behind (the host preempted it) handles its due events back to back; the
+reference then takes the loop turn its client's flusher needs on the same bound as the marketbus
+publisher (``--ref-yield``). Reported: p50, p99, p99.9 and max from the frame and from the
+scheduled time, each marketbus percentile's ratio to the reference's, each path's in-process
+split, and each child's CPU time per event (user / system).
+
+The earlier in-process designs stay for comparison: ``--mode interleave`` (one paced stream,
+events alternating between the paths: the reference then shares the marketbus path's loop and
+socket writes, so its ratio is close to 1 by construction) and ``--mode alternate`` (rounds of
+``--seconds`` per path; on this shared 2-core host it measured the load's swings: p99 ratios
+0.21-9.6 across runs). In those, the process's own GC collections while the paths run are
+printed (``--no-gc`` turns the GC off, a diagnosis). ``E2E_PROFILE=1``: each child's cProfile.
 
 Run: ``.venv/bin/python bench/e2e_latency.py [--rate 5000] [--seconds 5] [--rounds 2]``.
 """
@@ -39,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +81,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
-async def child(path: str, url: str, rate: int, per_path: int, warm: int) -> None:
+async def child(path: str, url: str, rate: int, per_path: int, warm: int, ref_yield: str) -> None:
     """``--child <path>``: one path alone in this process, on its own connection and event loop
     (the default ``--mode processes`` runs one child per path at the same time). Prepares its
     events, runs ``warm`` of them paced (not counted), prints ``ready``, waits for the start time
@@ -82,11 +93,16 @@ async def child(path: str, url: str, rate: int, per_path: int, warm: int) -> Non
     import peer_cryptofeed as pc
 
     from marketbus.contracts import codec, subjects
-    from marketbus.runtime.publisher import JetStreamPublisher
+    from marketbus.runtime.publisher import MAX_WRITE_DELAY_S, JetStreamPublisher
     from services.ingest_sitagri import normalize as sg
 
+    max_write_delay_ns = int(MAX_WRITE_DELAY_S * 1e9)
     count = warm + per_path
-    pushes = pc.sitagri_pushes(pc.corpus(2 * count))
+    trades = pc.corpus(2 * count)
+    t_ms = trades[0]["T"]
+    # one millisecond of its own per event: Sitagri's id is the symbol's trade time, and two
+    # trades of a symbol in one millisecond (~20% of this corpus at this size) would share one
+    pushes = pc.sitagri_pushes([dict(t, T=t_ms + i) for i, t in enumerate(trades)])
     # the paths take disjoint halves of the corpus: no id is sent by both
     pushes = pushes[:count] if path == "marketbus" else pushes[count:]
     ref_msgs = []
@@ -113,18 +129,33 @@ async def child(path: str, url: str, rate: int, per_path: int, warm: int) -> Non
         nonlocal acks
         acks += 1
 
-    await nc.subscribe("_INBOX.e2eref.>", cb=on_ack)
+    inbox = nc.new_inbox() + "."
+    if pub is None:  # the reference's acks, on an inbox of its own connection
+        await nc.subscribe(inbox + "*", cb=on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
     decode, push = sg.decode_push, sg.push
     interval = 1e9 / rate
     records: list[tuple[str, int, int, int, int, int]] = []
+    # When the pacing is late (the host preempted the process), the marketbus path runs as an
+    # ingestor handles queued frames: back to back, its publisher bounding the wait for the socket
+    # itself (one loop turn when the flush it asked for is MAX_WRITE_DELAY_S old). The reference
+    # (--ref-yield): "bounded" (default) takes a loop turn on the same bound, the same write
+    # batching with none of the marketbus work; "each" a loop turn per late event (a socket
+    # write each: more CPU, which a saturated host makes later); "never" none (nats-py's flusher
+    # then writes only once the late loop has caught up: messages wait in the client's buffer)
+    ref_yield = "never" if pub is not None else ref_yield
 
     async def run(first: int, n: int, t0: int) -> None:
+        turned = 0
         for k in range(n):
             i = first + k
             due = t0 + int(k * interval)
             now = time.time_ns()
             if now < due:
                 await asyncio.sleep((due - now) / 1e9)
+                turned = now
+            elif ref_yield == "each" or (ref_yield == "bounded" and now - turned > max_write_delay_ns):
+                await asyncio.sleep(0)  # late: one loop turn anyway (the client's flusher writes)
+                turned = now
             frame_ns = time.time_ns()
             if pub is not None:
                 event = push(decode(pushes[i]), frame_ns)
@@ -133,7 +164,7 @@ async def child(path: str, url: str, rate: int, per_path: int, warm: int) -> Non
                 mid = event.id
             else:
                 subject, payload, headers = ref_msgs[i]
-                await nc.publish(subject, payload, reply=f"_INBOX.e2eref.{i}", headers=headers)
+                await nc.publish(subject, payload, reply=f"{inbox}{i}", headers=headers)
                 normalized = 0
                 mid = headers["Nats-Msg-Id"]
             records.append((mid, due, frame_ns, time.time_ns(), normalized, len(writes)))
@@ -149,9 +180,9 @@ async def child(path: str, url: str, rate: int, per_path: int, warm: int) -> Non
 
         profile = cProfile.Profile()
         profile.enable()
-    cpu = time.process_time()
+    cpu, times0 = time.process_time(), os.times()
     await run(warm, per_path, start_at)
-    cpu = time.process_time() - cpu
+    cpu, times1 = time.process_time() - cpu, os.times()
     if profile is not None:
         import pstats
 
@@ -160,10 +191,14 @@ async def child(path: str, url: str, rate: int, per_path: int, warm: int) -> Non
         pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(14)
     await (pub.flush() if pub is not None else nc.flush())
     await asyncio.sleep(0.2)
+    stats = ""
     if pub is not None:
         await pub.close()
+        stats = f" published {pub.published} retries {pub.retries} duplicates {pub.duplicates} failed {pub.failed}"
+    sys.stderr.write(f"{path}: messages received by its connection {nc.stats['in_msgs']}, sent {nc.stats['out_msgs']}"
+                     f"{stats}\n")
     await nc.close()
-    out = [f"cpu {cpu:.6f} {acks}\n"]
+    out = [f"cpu {cpu:.6f} {acks} {times1.user - times0.user:.3f} {times1.system - times0.system:.3f}\n"]
     for mid, due, frame_ns, returned, normalized, k in records:
         out.append(f"{mid} {due} {frame_ns} {returned} {normalized} {writes[k] if k < len(writes) else 0}\n")
     sys.stdout.write("".join(out))
@@ -228,7 +263,8 @@ async def processes(args: argparse.Namespace) -> None:
         for path in ("marketbus", "reference"):
             procs[path] = subprocess.Popen(
                 [sys.executable, __file__, "--child", path, "--url", str(server.url), "--rate", str(args.rate),
-                 "--seconds", str(args.seconds), "--rounds", str(args.rounds)],
+                 "--seconds", str(args.seconds), "--rounds", str(args.rounds),
+                 "--ref-yield", args.ref_yield],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for proc in procs.values():
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -254,15 +290,20 @@ async def processes(args: argparse.Namespace) -> None:
     lat: dict[str, dict[str, list[float]]] = {
         p: {"frame": [], "due": [], "inproc": [], "to_wire": [], "after_wire": []} for p in ("marketbus", "reference")
     }
-    cpu, acks = {}, 0
+    cpu, acks, twice, user_sys = {}, 0, {}, {}
     for path, text in outs.items():
         lines = text.splitlines()
-        _, cpu_s, n_acks = lines[0].split()
+        _, cpu_s, n_acks, user_s, sys_s = lines[0].split()
         cpu[path] = float(cpu_s)
+        user_sys[path] = (float(user_s), float(sys_s))
         acks += int(n_acks) if path == "reference" else 0
-        for line in lines[1:]:
-            mid, due, frame_ns, returned, normalized, wire = line.split()
-            if mid not in arrived:
+        rows = [line.split() for line in lines[1:]]
+        # an id sent twice (two trades of a symbol in the same millisecond have one Sitagri id;
+        # the plain subscriber sees both): its arrival cannot be told apart, left out
+        seen = Counter(r[0] for r in rows)
+        twice[path] = sum(n for n in seen.values() if n > 1)
+        for mid, due, frame_ns, returned, normalized, wire in rows:
+            if mid not in arrived or seen[mid] > 1:
                 continue
             recv = int(arrived[mid])
             lat[path]["frame"].append((recv - int(frame_ns)) / 1e6)
@@ -274,11 +315,14 @@ async def processes(args: argparse.Namespace) -> None:
             if int(normalized):
                 split["normalize"].append((int(normalized) - int(frame_ns)) / 1e6)
                 split["publish"].append((int(returned) - int(normalized)) / 1e6)
-    report(lat, split, args.rate, per_path, acks, "processes")
+    report(lat, split, args.rate, per_path, acks, f"processes, reference loop turns {args.ref_yield}")
+    print("events left out, their id sent twice (two trades of a symbol in one millisecond): "
+          + ", ".join(f"{p} {n:,}" for p, n in twice.items()))
     span = args.seconds * args.rounds
     print("CPU time of each path's process over its paced run: " + ", ".join(
         f"{p} {c:.2f} s ({c / span:.0%} of a core; {c / per_path * 1e6:.1f} µs an event)" for p, c in cpu.items())
-        + f"; marketbus / reference {cpu['marketbus'] / cpu['reference']:.2f}")
+        + f"; marketbus / reference {cpu['marketbus'] / cpu['reference']:.2f}; user / system: "
+        + ", ".join(f"{p} {u:.2f} / {y:.2f} s" for p, (u, y) in user_sys.items()))
     print(f"mode processes, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
@@ -298,11 +342,14 @@ async def main() -> None:
                     help="processes: each path in its own process, both at --rate at the same time (default); "
                          "interleave: one paced stream in this process, events alternating between the paths; "
                          "alternate: rounds of --seconds per path in this process")
+    ap.add_argument("--ref-yield", choices=("bounded", "each", "never"), default="bounded",
+                    help="processes mode: the reference's loop turns when its pacing is late (see child())")
     ap.add_argument("--child", choices=("marketbus", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        await child(args.child, args.url, args.rate, int(args.rate * args.seconds * args.rounds), args.rate // 2)
+        await child(args.child, args.url, args.rate, int(args.rate * args.seconds * args.rounds), args.rate // 2,
+                    args.ref_yield)
         return
     if args.mode == "processes":
         await processes(args)
