@@ -319,11 +319,11 @@ async def processes(args: argparse.Namespace) -> None:
     print("events left out, their id sent twice (two trades of a symbol in one millisecond): "
           + ", ".join(f"{p} {n:,}" for p, n in twice.items()))
     span = args.seconds * args.rounds
-    print("CPU time of each path's process over its paced run: " + ", ".join(
-        f"{p} {c:.2f} s ({c / span:.0%} of a core; {c / per_path * 1e6:.1f} µs an event)" for p, c in cpu.items())
-        + f"; marketbus / reference {cpu['marketbus'] / cpu['reference']:.2f}; user / system: "
-        + ", ".join(f"{p} {u:.2f} / {y:.2f} s" for p, (u, y) in user_sys.items()))
-    print(f"mode processes, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print("| CPU time of each path's process over its paced run (user / system) | " + "; ".join(
+        f"{p} {c:.2f} s = {c / per_path * 1e6:.1f} µs an event, {c / span:.0%} of a core ({u:.2f} / {y:.2f} s)"
+        for (p, c), (u, y) in zip(cpu.items(), user_sys.values(), strict=True))
+        + f" | | | | | marketbus / reference {cpu['marketbus'] / cpu['reference']:.2f} |")
+    print(f"| load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} | | | | | | |")
 
 
 async def main() -> None:
