@@ -55,6 +55,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "shared"), str(HERE)]
 
+REF_SOURCE = "sitaref"  # the reference's subjects: md.<kind>.sitaref.<venue>.<symbol>
+
 SUBSCRIBER = r"""
 import asyncio, sys, time
 import nats
@@ -67,7 +69,7 @@ async def main(url, expected):
         got.append((msg.headers.get("Nats-Msg-Id") if msg.headers else "", time.time_ns()))
         if len(got) >= expected:
             done.set()
-    await nc.subscribe("md.>", cb=on_msg)
+    await nc.subscribe(sys.argv[4] if len(sys.argv) > 4 else "md.>", cb=on_msg)
     await nc.flush()
     print("ready", flush=True)
     try:
@@ -109,7 +111,9 @@ async def child(path: str, url: str, rate: int, per_path: int, warm: int, ref_yi
     if path == "reference":
         for raw in pushes:
             e = sg.push(sg.decode_push(raw), time.time_ns())
-            ref_msgs.append((subjects.for_event(e), codec.encode(e), codec.headers_for(e)))
+            # its own source token in the subject (as long as "sitagri"), for its own subscriber
+            subject = subjects.for_event(e).replace(".sitagri.", f".{REF_SOURCE}.", 1)
+            ref_msgs.append((subject, codec.encode(e), codec.headers_for(e)))
     gc.collect()
     gc.freeze()  # the corpus is the benchmark's, not the path's (see the module docstring)
     nc = await nats.connect(url)
@@ -243,7 +247,7 @@ def report(lat: dict[str, dict[str, list[float]]], split: dict[str, list[float]]
 
 async def processes(args: argparse.Namespace) -> None:
     """``--mode processes`` (default): each path in its own process at ``--rate``, both at the
-    same time, one plain subscriber process for both (see the module docstring)."""
+    same time, a plain subscriber process for each (see the module docstring)."""
     from marketbus.runtime.natsserver import NatsServer
     from marketbus.runtime.provision import provision_url
 
@@ -252,14 +256,19 @@ async def processes(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="marketbus-e2e-"))
     server = NatsServer(data_dir=tmp / "nats", port=0).start()
     procs: dict[str, subprocess.Popen[str]] = {}
-    sub = None
+    subs: dict[str, subprocess.Popen[str]] = {}
     try:
         await provision_url(server.url)
         (tmp / "sub.py").write_text(SUBSCRIBER)
-        sub = subprocess.Popen([sys.executable, str(tmp / "sub.py"), server.url, str(2 * (per_path + warm)),
-                                str(args.seconds * args.rounds + 90)], stdout=subprocess.PIPE, text=True)
-        assert sub.stdout is not None
-        assert sub.stdout.readline().strip() == "ready"
+        # a plain subscriber per path, each in its own process (one for both would receive twice
+        # the rate, and on a busy host fall behind on both alike)
+        for path, subject in (("marketbus", "md.*.sitagri.>"), (("reference", f"md.*.{REF_SOURCE}.>"))):
+            subs[path] = subprocess.Popen([sys.executable, str(tmp / "sub.py"), server.url, str(per_path + warm),
+                                           str(args.seconds * args.rounds + 90), subject],
+                                          stdout=subprocess.PIPE, text=True)
+        for one in subs.values():
+            assert one.stdout is not None
+            assert one.stdout.readline().strip() == "ready"
         for path in ("marketbus", "reference"):
             procs[path] = subprocess.Popen(
                 [sys.executable, __file__, "--child", path, "--url", str(server.url), "--rate", str(args.rate),
@@ -276,9 +285,9 @@ async def processes(args: argparse.Namespace) -> None:
             proc.stdin.flush()
         for path, proc in procs.items():
             outs[path], _ = proc.communicate(timeout=args.seconds * args.rounds + 120)
-        out, _ = sub.communicate(timeout=120)
+        out = "".join(one.communicate(timeout=120)[0] for one in subs.values())
     finally:
-        for proc in [*procs.values(), *([sub] if sub is not None else [])]:
+        for proc in [*procs.values(), *subs.values()]:
             if proc.poll() is None:
                 proc.kill()
         server.cleanup()
