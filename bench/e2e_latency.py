@@ -1,8 +1,8 @@
 """End to end latency at a steady rate: vendor frame -> plain subscriber on ``md.>`` (issue #16).
 
-A nats-server with the declared streams (``provision_url``, as ``marketbus provision`` does), a
-plain nats-py subscriber on ``md.>`` in its own process (it notes each message's arrival time and
-its ``Nats-Msg-Id``), and in this process, paced at ``--rate`` events/s:
+A nats-server with the declared streams (``provision_url``, as ``marketbus provision`` does),
+plain nats-py subscribers on ``md.`` subjects in processes of their own (each notes every
+message's arrival time and its ``Nats-Msg-Id``), and, paced at ``--rate`` events/s:
 
 - **marketbus**: at each frame's due time, the frame's bytes (a Sitagri ``marketPrice`` push, the
   live websocket path, one event per frame) go through ``decode_push`` + ``push`` (the normalizer)
@@ -11,11 +11,13 @@ its ``Nats-Msg-Id``), and in this process, paced at ``--rate`` events/s:
 - **reference** (same run, same rate, other events of the same corpus): a bare pipelined
   JetStream publish of the already encoded payload with nats-py (``nc.publish`` with an ack
   inbox and the same headers, ``codec.headers_for``: the same bytes on the wire, so the plain
-  subscriber, which parses every header, has the same work for both), nothing else.
+  subscriber, which parses every header, has the same work for both), nothing else: the
+  single-event reference of the ingest benches (``bench/common.py``), paced.
 
 Latency is measured two ways: from the moment the frame is taken (``ts_recv``, the event's own
 receive time) and from the frame's scheduled time (due time on the rate's grid: it adds the
-pacing's lateness, which is the machine's).
+pacing's lateness, so a path that falls behind is not let off by measuring from when it got
+round to an event: no coordinated omission).
 
 By default (``--mode processes``) each path runs in a process of its own (``--child``: its own
 connection and event loop), both paced at ``--rate`` at the same time from one start time, into
