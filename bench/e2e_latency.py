@@ -1,8 +1,8 @@
 """End to end latency at a steady rate: vendor frame -> plain subscriber on ``md.>`` (issue #16).
 
-A nats-server with the declared streams (``provision_url``, as ``marketbus provision`` does), a
-plain nats-py subscriber on ``md.>`` in its own process (it notes each message's arrival time and
-its ``Nats-Msg-Id``), and in this process, paced at ``--rate`` events/s:
+A nats-server with the declared streams (``provision_url``, as ``marketbus provision`` does),
+plain nats-py subscribers on ``md.`` subjects in processes of their own (each notes every
+message's arrival time and its ``Nats-Msg-Id``), and, paced at ``--rate`` events/s:
 
 - **marketbus**: at each frame's due time, the frame's bytes (a Sitagri ``marketPrice`` push, the
   live websocket path, one event per frame) go through ``decode_push`` + ``push`` (the normalizer)
@@ -11,19 +11,31 @@ its ``Nats-Msg-Id``), and in this process, paced at ``--rate`` events/s:
 - **reference** (same run, same rate, other events of the same corpus): a bare pipelined
   JetStream publish of the already encoded payload with nats-py (``nc.publish`` with an ack
   inbox and the same headers, ``codec.headers_for``: the same bytes on the wire, so the plain
-  subscriber, which parses every header, has the same work for both), nothing else.
+  subscriber, which parses every header, has the same work for both), nothing else: the
+  single-event reference of the ingest benches (``bench/common.py``), paced.
 
 Latency is measured two ways: from the moment the frame is taken (``ts_recv``, the event's own
 receive time) and from the frame's scheduled time (due time on the rate's grid: it adds the
-pacing's lateness, which is the machine's).
+pacing's lateness, so a path that falls behind is not let off by measuring from when it got
+round to an event: no coordinated omission).
 
-The two paths share one paced stream at ``--rate``, events alternating between them (``--mode
-interleave``, the default), so both see the same host at the same moment. On this shared 2-core
-host, rounds of several seconds per path (``--mode alternate``, the earlier design) measured the
-load's swings, not the paths: the p99 ratio came out anywhere from 0.21 to 9.6 across runs.
-It also prints each path's in-process time (frame -> publish call returned; the marketbus path
-split into normalizer and ``publish_event``), with the share of events over 1 ms, and the
-process's own GC collections while the paths run (``--no-gc`` turns the GC off, a diagnosis).
+By default (``--mode processes``) each path runs in a process of its own (``--child``: its own
+connection and event loop), both paced at ``--rate`` at the same time from one start time, into
+the same nats-server and the same plain subscriber: both see the same host at the same moment,
+and neither shares a loop or a socket with the other. Each path's events are the Sitagri pushes
+of its own half of the corpus, one millisecond apart in event time (so no two share an id). A
+path whose pacing falls behind (the host preempted it) handles its due events back to back; the
+reference then takes the loop turn its client's flusher needs on the same bound as the marketbus
+publisher (``--ref-yield``). Reported: p50, p99, p99.9 and max from the frame and from the
+scheduled time, each marketbus percentile's ratio to the reference's, each path's in-process
+split, and each child's CPU time per event (user / system).
+
+The earlier in-process designs stay for comparison: ``--mode interleave`` (one paced stream,
+events alternating between the paths: the reference then shares the marketbus path's loop and
+socket writes, so its ratio is close to 1 by construction) and ``--mode alternate`` (rounds of
+``--seconds`` per path; on this shared 2-core host it measured the load's swings: p99 ratios
+0.21-9.6 across runs). In those, the process's own GC collections while the paths run are
+printed (``--no-gc`` turns the GC off, a diagnosis). ``E2E_PROFILE=1``: each child's cProfile.
 
 Run: ``.venv/bin/python bench/e2e_latency.py [--rate 5000] [--seconds 5] [--rounds 2]``.
 """
@@ -39,10 +51,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "shared"), str(HERE)]
+
+REF_SOURCE = "sitaref"  # the reference's subjects: md.<kind>.sitaref.<venue>.<symbol>
 
 SUBSCRIBER = r"""
 import asyncio, sys, time
@@ -56,7 +71,7 @@ async def main(url, expected):
         got.append((msg.headers.get("Nats-Msg-Id") if msg.headers else "", time.time_ns()))
         if len(got) >= expected:
             done.set()
-    await nc.subscribe("md.>", cb=on_msg)
+    await nc.subscribe(sys.argv[4] if len(sys.argv) > 4 else "md.>", cb=on_msg)
     await nc.flush()
     print("ready", flush=True)
     try:
@@ -70,9 +85,256 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
+async def child(path: str, url: str, rate: int, per_path: int, warm: int, ref_yield: str) -> None:
+    """``--child <path>``: one path alone in this process, on its own connection and event loop
+    (the default ``--mode processes`` runs one child per path at the same time). Prepares its
+    events, runs ``warm`` of them paced (not counted), prints ``ready``, waits for the start time
+    (a line on stdin, ns since the epoch, the same for both children), runs ``per_path`` events
+    paced at ``rate`` from it, and prints one line per event: id, due, frame, publish returned,
+    normalizer returned (0 for the reference), the client's socket write that carried it (0 if
+    none was seen)."""
+    import nats
+    import peer_cryptofeed as pc
+
+    from marketbus.contracts import codec, subjects
+    from marketbus.runtime.publisher import MAX_WRITE_DELAY_S, JetStreamPublisher
+    from services.ingest_sitagri import normalize as sg
+
+    max_write_delay_ns = int(MAX_WRITE_DELAY_S * 1e9)
+    count = warm + per_path
+    trades = pc.corpus(2 * count)
+    t_ms = trades[0]["T"]
+    # one millisecond of its own per event: Sitagri's id is the symbol's trade time, and two
+    # trades of a symbol in one millisecond (~20% of this corpus at this size) would share one
+    pushes = pc.sitagri_pushes([dict(t, T=t_ms + i) for i, t in enumerate(trades)])
+    # the paths take disjoint halves of the corpus: no id is sent by both
+    pushes = pushes[:count] if path == "marketbus" else pushes[count:]
+    ref_msgs = []
+    if path == "reference":
+        for raw in pushes:
+            e = sg.push(sg.decode_push(raw), time.time_ns())
+            # its own source token in the subject (as long as "sitagri"), for its own subscriber
+            subject = subjects.for_event(e).replace(".sitagri.", f".{REF_SOURCE}.", 1)
+            ref_msgs.append((subject, codec.encode(e), codec.headers_for(e)))
+    gc.collect()
+    gc.freeze()  # the corpus is the benchmark's, not the path's (see the module docstring)
+    nc = await nats.connect(url)
+    pub = await JetStreamPublisher(nc).start() if path == "marketbus" else None
+    writes: list[int] = []
+    transport = nc._transport
+    writelines = transport.writelines
+
+    def traced_writelines(data: object) -> None:
+        writes.append(time.time_ns())
+        writelines(data)
+
+    transport.writelines = traced_writelines
+    acks = 0
+
+    async def on_ack(_msg: object) -> None:
+        nonlocal acks
+        acks += 1
+
+    inbox = nc.new_inbox() + "."
+    if pub is None:  # the reference's acks, on an inbox of its own connection
+        await nc.subscribe(inbox + "*", cb=on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    decode, push = sg.decode_push, sg.push
+    interval = 1e9 / rate
+    records: list[tuple[str, int, int, int, int, int]] = []
+    # When the pacing is late (the host preempted the process), the marketbus path runs as an
+    # ingestor handles queued frames: back to back, its publisher bounding the wait for the socket
+    # itself (one loop turn when the flush it asked for is MAX_WRITE_DELAY_S old). The reference
+    # (--ref-yield): "bounded" (default) takes a loop turn on the same bound, the same write
+    # batching with none of the marketbus work; "each" a loop turn per late event (a socket
+    # write each: more CPU, which a saturated host makes later); "never" none (nats-py's flusher
+    # then writes only once the late loop has caught up: messages wait in the client's buffer)
+    ref_yield = "never" if pub is not None else ref_yield
+
+    async def run(first: int, n: int, t0: int) -> None:
+        turned = 0
+        for k in range(n):
+            i = first + k
+            due = t0 + int(k * interval)
+            now = time.time_ns()
+            if now < due:
+                await asyncio.sleep((due - now) / 1e9)
+                turned = now
+            elif ref_yield == "each" or (ref_yield == "bounded" and now - turned > max_write_delay_ns):
+                await asyncio.sleep(0)  # late: one loop turn anyway (the client's flusher writes)
+                turned = now
+            frame_ns = time.time_ns()
+            if pub is not None:
+                event = push(decode(pushes[i]), frame_ns)
+                normalized = time.time_ns()
+                await pub.publish_event(event)
+                mid = event.id
+            else:
+                subject, payload, headers = ref_msgs[i]
+                await nc.publish(subject, payload, reply=f"{inbox}{i}", headers=headers)
+                normalized = 0
+                mid = headers["Nats-Msg-Id"]
+            records.append((mid, due, frame_ns, time.time_ns(), normalized, len(writes)))
+
+    await run(0, warm, time.time_ns() + 10_000_000)
+    await (pub.flush() if pub is not None else nc.flush())
+    records.clear()
+    print("ready", flush=True)
+    start_at = int(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
+    profile = None
+    if os.environ.get("E2E_PROFILE"):  # diagnosis: top own-time functions of the paced run, on stderr
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
+    cpu, times0 = time.process_time(), os.times()
+    await run(warm, per_path, start_at)
+    cpu, times1 = time.process_time() - cpu, os.times()
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        sys.stderr.write(f"== profile of {path}\n")
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(14)
+    await (pub.flush() if pub is not None else nc.flush())
+    await asyncio.sleep(0.2)
+    stats = ""
+    if pub is not None:
+        await pub.close()
+        stats = f" published {pub.published} retries {pub.retries} duplicates {pub.duplicates} failed {pub.failed}"
+    sys.stderr.write(f"{path}: messages received by its connection {nc.stats['in_msgs']}, sent {nc.stats['out_msgs']}"
+                     f"{stats}\n")
+    await nc.close()
+    out = [f"cpu {cpu:.6f} {acks} {times1.user - times0.user:.3f} {times1.system - times0.system:.3f}\n"]
+    for mid, due, frame_ns, returned, normalized, k in records:
+        out.append(f"{mid} {due} {frame_ns} {returned} {normalized} {writes[k] if k < len(writes) else 0}\n")
+    sys.stdout.write("".join(out))
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(p * len(values)))]
+
+
+def report(lat: dict[str, dict[str, list[float]]], split: dict[str, list[float]], rate: int, expected: int,
+           acks: int, mode: str) -> None:
+    """The table (p50, p99, p99.9, max; each marketbus figure's ratio to the reference's same
+    percentile), then the in-process split."""
+    got = {p: len(v["frame"]) for p, v in lat.items()}
+    print(
+        "| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered "
+        "| ratio to the reference: p50 / **p99** / p99.9 (target p99 <= 1.5) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for path, label in (("marketbus", "marketbus: Sitagri push -> normalize -> JetStreamPublisher"),
+                        ("reference", "reference: bare nats-py pipelined JetStream publish of encoded events")):
+        for k, since in (("frame", "from the frame"), ("due", "from its scheduled time")):
+            v, r = lat[path][k], lat["reference"][k]
+            ratio = (f"{statistics.median(v) / statistics.median(r):.2f} / **{pct(v, 0.99) / pct(r, 0.99):.2f}** / "
+                     f"{pct(v, 0.999) / pct(r, 0.999):.2f}" if path == "marketbus" else "-")
+            print(f"| {label}, {since}, {rate:,} ev/s, mode {mode} | {statistics.median(v):.2f} | {pct(v, 0.99):.2f} | "
+                  f"{pct(v, 0.999):.2f} | {max(v):.2f} | {got[path]:,}/{expected:,} | {ratio} |")
+    print(f"| (reference acks received: {acks:,}) | | | | | | |")
+    for label, v in (("marketbus: frame -> publish call returned", lat["marketbus"]["inproc"]),
+                     ("  of which the normalizer", split["normalize"]),
+                     ("  of which publish_event", split["publish"]),
+                     ("reference: frame -> publish call returned", lat["reference"]["inproc"]),
+                     ("marketbus: publish returned -> socket write", lat["marketbus"]["to_wire"]),
+                     ("reference: publish returned -> socket write", lat["reference"]["to_wire"]),
+                     ("marketbus: socket write -> subscriber", lat["marketbus"]["after_wire"]),
+                     ("reference: socket write -> subscriber", lat["reference"]["after_wire"])):
+        if v:
+            print(f"in-process, {label}, ms: p50 {statistics.median(v):.3f} p99 {pct(v, 0.99):.3f} "
+                  f"max {max(v):.3f}; over 1 ms: {sum(x > 1 for x in v) / len(v):.2%}")
+
+
+async def processes(args: argparse.Namespace) -> None:
+    """``--mode processes`` (default): each path in its own process at ``--rate``, both at the
+    same time, a plain subscriber process for each (see the module docstring)."""
+    from marketbus.runtime.natsserver import NatsServer
+    from marketbus.runtime.provision import provision_url
+
+    per_path = int(args.rate * args.seconds * args.rounds)
+    warm = args.rate // 2
+    tmp = Path(tempfile.mkdtemp(prefix="marketbus-e2e-"))
+    server = NatsServer(data_dir=tmp / "nats", port=0).start()
+    procs: dict[str, subprocess.Popen[str]] = {}
+    subs: dict[str, subprocess.Popen[str]] = {}
+    try:
+        await provision_url(server.url)
+        (tmp / "sub.py").write_text(SUBSCRIBER)
+        # a plain subscriber per path, each in its own process (one for both would receive twice
+        # the rate, and on a busy host fall behind on both alike)
+        for path, subject in (("marketbus", "md.*.sitagri.>"), (("reference", f"md.*.{REF_SOURCE}.>"))):
+            subs[path] = subprocess.Popen([sys.executable, str(tmp / "sub.py"), server.url, str(per_path + warm),
+                                           str(args.seconds * args.rounds + 90), subject],
+                                          stdout=subprocess.PIPE, text=True)
+        for one in subs.values():
+            assert one.stdout is not None
+            assert one.stdout.readline().strip() == "ready"
+        for path in ("marketbus", "reference"):
+            procs[path] = subprocess.Popen(
+                [sys.executable, __file__, "--child", path, "--url", str(server.url), "--rate", str(args.rate),
+                 "--seconds", str(args.seconds), "--rounds", str(args.rounds),
+                 "--ref-yield", args.ref_yield],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for proc in procs.values():
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        start_at = time.time_ns() + 100_000_000
+        outs = {}
+        for proc in procs.values():
+            assert proc.stdin is not None
+            proc.stdin.write(f"{start_at}\n")
+            proc.stdin.flush()
+        for path, proc in procs.items():
+            outs[path], _ = proc.communicate(timeout=args.seconds * args.rounds + 120)
+        out = "".join(one.communicate(timeout=120)[0] for one in subs.values())
+    finally:
+        for proc in [*procs.values(), *subs.values()]:
+            if proc.poll() is None:
+                proc.kill()
+        server.cleanup()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    arrived = dict(line.split() for line in out.splitlines())
+    split: dict[str, list[float]] = {"normalize": [], "publish": []}
+    lat: dict[str, dict[str, list[float]]] = {
+        p: {"frame": [], "due": [], "inproc": [], "to_wire": [], "after_wire": []} for p in ("marketbus", "reference")
+    }
+    cpu, acks, twice, user_sys = {}, 0, {}, {}
+    for path, text in outs.items():
+        lines = text.splitlines()
+        _, cpu_s, n_acks, user_s, sys_s = lines[0].split()
+        cpu[path] = float(cpu_s)
+        user_sys[path] = (float(user_s), float(sys_s))
+        acks += int(n_acks) if path == "reference" else 0
+        rows = [line.split() for line in lines[1:]]
+        # an id sent twice (two trades of a symbol in the same millisecond have one Sitagri id;
+        # the plain subscriber sees both): its arrival cannot be told apart, left out
+        seen = Counter(r[0] for r in rows)
+        twice[path] = sum(n for n in seen.values() if n > 1)
+        for mid, due, frame_ns, returned, normalized, wire in rows:
+            if mid not in arrived or seen[mid] > 1:
+                continue
+            recv = int(arrived[mid])
+            lat[path]["frame"].append((recv - int(frame_ns)) / 1e6)
+            lat[path]["due"].append((recv - int(due)) / 1e6)
+            lat[path]["inproc"].append((int(returned) - int(frame_ns)) / 1e6)
+            if int(wire):
+                lat[path]["to_wire"].append((int(wire) - int(returned)) / 1e6)
+                lat[path]["after_wire"].append((recv - int(wire)) / 1e6)
+            if int(normalized):
+                split["normalize"].append((int(normalized) - int(frame_ns)) / 1e6)
+                split["publish"].append((int(returned) - int(normalized)) / 1e6)
+    report(lat, split, args.rate, per_path, acks, f"processes, reference loop turns {args.ref_yield}")
+    print("events left out, their id sent twice (two trades of a symbol in one millisecond): "
+          + ", ".join(f"{p} {n:,}" for p, n in twice.items()))
+    span = args.seconds * args.rounds
+    print("| CPU time of each path's process over its paced run (user / system) | " + "; ".join(
+        f"{p} {c:.2f} s = {c / per_path * 1e6:.1f} µs an event, {c / span:.0%} of a core ({u:.2f} / {y:.2f} s)"
+        for (p, c), (u, y) in zip(cpu.items(), user_sys.values(), strict=True))
+        + f" | | | | | marketbus / reference {cpu['marketbus'] / cpu['reference']:.2f} |")
+    print(f"| load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} | | | | | | |")
 
 
 async def main() -> None:
@@ -87,10 +349,22 @@ async def main() -> None:
     ap.add_argument("--yield-each", action="store_true",
                     help="diagnosis: when the pacing is late, yield to the event loop between events anyway")
     ap.add_argument("--no-gc", action="store_true", help="diagnosis: the cyclic GC off while the paths run")
-    ap.add_argument("--mode", choices=("interleave", "alternate"), default="interleave",
-                    help="interleave: one paced stream, events alternating between the paths (default); "
-                         "alternate: rounds of --seconds per path")
+    ap.add_argument("--mode", choices=("processes", "interleave", "alternate"), default="processes",
+                    help="processes: each path in its own process, both at --rate at the same time (default); "
+                         "interleave: one paced stream in this process, events alternating between the paths; "
+                         "alternate: rounds of --seconds per path in this process")
+    ap.add_argument("--ref-yield", choices=("bounded", "each", "never"), default="bounded",
+                    help="processes mode: the reference's loop turns when its pacing is late (see child())")
+    ap.add_argument("--child", choices=("marketbus", "reference"), help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        await child(args.child, args.url, args.rate, int(args.rate * args.seconds * args.rounds), args.rate // 2,
+                    args.ref_yield)
+        return
+    if args.mode == "processes":
+        await processes(args)
+        return
 
     import nats
     import peer_cryptofeed as pc
@@ -247,31 +521,7 @@ async def main() -> None:
             if mid in normalized:
                 split["normalize"].append((normalized[mid] - frame_ns) / 1e6)
                 split["publish"].append((returned - normalized[mid]) / 1e6)
-    got = {p: len(v["frame"]) for p, v in lat.items()}
-    print(
-        "| figure (ms; subscriber in its own process) | p50 | p99 | p99.9 | max | delivered "
-        "| p99 ratio to the reference |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    ref99 = {k: pct(lat["reference"][k], 0.99) for k in ("frame", "due")}
-    for path, label in (("marketbus", "marketbus: Sitagri push -> normalize -> JetStreamPublisher"),
-                        ("reference", "reference: bare nats-py pipelined JetStream publish of encoded events")):
-        for k, since in (("frame", "from the frame"), ("due", "from its scheduled time")):
-            v = lat[path][k]
-            ratio = f"{pct(v, 0.99) / ref99[k]:.2f} (target <= 1.5)" if path == "marketbus" else "-"
-            print(f"| {label}, {since}, {args.rate:,} ev/s | {statistics.median(v):.2f} | {pct(v, 0.99):.2f} | "
-                  f"{pct(v, 0.999):.2f} | {max(v):.2f} | {got[path]:,}/{per_path * args.rounds:,} | {ratio} |")
-    print(f"| (reference acks received: {acks:,}) | | | | | | |")
-    for label, v in (("marketbus: frame -> publish call returned", lat["marketbus"]["inproc"]),
-                     ("  of which the normalizer", split["normalize"]),
-                     ("  of which publish_event", split["publish"]),
-                     ("reference: frame -> publish call returned", lat["reference"]["inproc"]),
-                     ("marketbus: publish returned -> socket write", lat["marketbus"]["to_wire"]),
-                     ("reference: publish returned -> socket write", lat["reference"]["to_wire"]),
-                     ("marketbus: socket write -> subscriber", lat["marketbus"]["after_wire"]),
-                     ("reference: socket write -> subscriber", lat["reference"]["after_wire"])):
-        print(f"in-process, {label}, ms: p50 {statistics.median(v):.3f} p99 {pct(v, 0.99):.3f} "
-              f"max {max(v):.3f}; over 1 ms: {sum(x > 1 for x in v) / len(v):.2%}")
+    report(lat, split, args.rate, per_path * args.rounds, acks, args.mode)
     for gen in (1, 2):
         d = [ns / 1e6 for g, ns in pauses if g == gen]
         if d:

@@ -88,23 +88,26 @@ async def main() -> None:
     store_rates: list[float] = []
     same_rates: list[float] = []
     bare_rates: list[float] = []
+    client_cpu: dict[str, float] = {"store": 0.0, "same": 0.0, "bare": 0.0}  # this process's CPU seconds
     try:
         for _ in range(args.rounds):
             await con.execute(f'TRUNCATE "{prefix}trade", "{prefix}progress"')
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for d in flushes:
                 await store.write("MD", d)
             store_rates.append(args.rows / (time.perf_counter() - t0))
+            client_cpu["store"] += time.process_time() - c0
             count = await con.fetchval(f'SELECT count(*) FROM "{prefix}trade"')
             assert count == args.rows, count
             for name, like, rates in (("same", "INCLUDING ALL", same_rates), ("bare", "", bare_rates)):
                 await con.execute(f'DROP TABLE IF EXISTS "{prefix}raw_{name}"')
                 await con.execute(f'CREATE TABLE "{prefix}raw_{name}" (LIKE "{prefix}trade" {like})')
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for chunk in chunks:
                     async with con.transaction():
                         await con.copy_records_to_table(f"{prefix}raw_{name}", records=chunk, columns=cols)
                 rates.append(args.rows / (time.perf_counter() - t0))
+                client_cpu[name] += time.process_time() - c0
     finally:
         await store.drop_all()
         for name in ("same", "bare"):
@@ -123,6 +126,12 @@ async def main() -> None:
           f"{min(pairs):.2f} / {statistics.median(pairs):.2f} / {max(pairs):.2f} |")
     print(f"| the same store figure | {max(store_rates):,.0f} rows/s | - | raw asyncpg COPY into a table without key "
           f"and indexes: {max(bare_rates):,.0f} rows/s | {max(store_rates) / max(bare_rates):.2f} |")
+    per_row = {k: v / (args.rows * args.rounds) * 1e6 for k, v in client_cpu.items()}
+    print(f"| client CPU time a row (this process; PostgreSQL's own CPU not in it): store.write | "
+          f"{per_row['store']:.2f} µs | - | raw COPY of prepared records {per_row['same']:.2f} µs (same-key table), "
+          f"{per_row['bare']:.2f} µs (bare table) | {per_row['same'] / per_row['store']:.2f} (raw / store: >1 means "
+          f"the store costs the client less) |")
+    print(f"| load average at the end | {' '.join(f'{x:.1f}' for x in os.getloadavg())} | | | |")
     print(f"| writer decode of the same batch messages (decode_messages, before the store) | {decode_rate:,.0f} rows/s "
           "| - | - | - |")
 

@@ -21,6 +21,9 @@ its fill goes through ``Reconciler``'s trade de-duplication. The KV bucket and t
 stand-ins that keep nothing (the bucket's data lives in nats-server, not in the router), so what
 grows is what the router itself keeps per order; 4 events an order.
 
+Each row's ratio: the path's RSS at the end over its RSS at 1M (flat: 1.00), beside the
+reference's same ratio. De-duplication state and its bounds: ``docs/memory.md``.
+
 Run: ``.venv/bin/python bench/rss.py [--events 10000000] [--vendors digitex,finx,sitagri,ticksupply,order_router]``.
 """
 
@@ -156,7 +159,7 @@ def child(vendor: str, events: int, marks: list[int]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=10_000_000)
-    ap.add_argument("--vendors", default="digitex,finx,sitagri,ticksupply")
+    ap.add_argument("--vendors", default="digitex,finx,sitagri,ticksupply,order_router")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     marks = [100_000, min(1_000_000, args.events), args.events]
@@ -164,8 +167,8 @@ def main() -> None:
         child(args.child, args.events, marks)
         return
     print("| path (own process) | RSS after warm-up (100k events) | at 1M | at 10M (or --events) | growth 1M -> end | "
-          "events/s | reference: bare msgspec loop, same run |")
-    print("|---|---|---|---|---|---|---|")
+          "events/s | reference: bare msgspec loop, same run (100k / 1M / end) | ratio end / 1M: path; reference |")
+    print("|---|---|---|---|---|---|---|---|")
     results = {}
     for vendor in ["bare", *args.vendors.split(",")]:
         out = subprocess.run([sys.executable, __file__, "--child", vendor, "--events", str(args.events)],
@@ -177,9 +180,10 @@ def main() -> None:
         warm, one, end = (at[m][0] for m in marks)
         b_warm, b_one, b_end = (bare[m][0] for m in marks)
         print(
-            f"| {vendor} | {warm:.1f} MB | {one:.1f} MB | {end:.1f} MB | {end - one:+.1f} MB "
+            f"| {vendor}, {args.events:,} events | {warm:.1f} MB | {one:.1f} MB | {end:.1f} MB | {end - one:+.1f} MB "
             f"({(end - one) / one:+.0%}) "
-            f"| {at[marks[-1]][1]:,.0f} | {b_warm:.1f} / {b_one:.1f} / {b_end:.1f} MB |"
+            f"| {at[marks[-1]][1]:,.0f} | {b_warm:.1f} / {b_one:.1f} / {b_end:.1f} MB "
+            f"| {end / one:.2f}; {b_end / b_one:.2f} |"
         )
 
 

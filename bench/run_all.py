@@ -14,6 +14,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SETTLE_S = 10
+TIMEOUT_S = 600
+# rss.py runs every ingestor's path and the order router to 10M events, one after the other
+LONGER_S = {"rss": 3600}
 ORDER = [
     "contracts",
     "books",
@@ -62,7 +65,8 @@ def main(names: list[str]) -> int:
         time.sleep(SETTLE_S)
         print(f"== {script.stem}", flush=True)
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=False)
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=LONGER_S.get(script.stem, TIMEOUT_S), check=False)
         rows = [line for line in proc.stdout.splitlines() if line.startswith("|")]
         print("\n".join(rows) or proc.stdout[-2000:], flush=True)
         if proc.returncode != 0:
