@@ -57,7 +57,8 @@ def batch_columns(
 # the Sitagri marketPrice block (services/ingest_sitagri/normalize.py, live_push): (quote, False, MarketPrice) of a live
 # tick's usual shape, or None (the Python path reads it); quotes: quote -> (template.__copy__, id head, quote)
 def market_price_push(raw: Any, ts_recv: int, quotes: dict[str, tuple[Callable[[], Any], bytes, str]],
-                      check: Callable[[Any], None], qualities: tuple[str, str, str], /) -> tuple[str, bool, Any] | None: ...
+                      check: Callable[[Any], None], qualities: tuple[str, str, str],
+                      /) -> tuple[str, bool, Any] | None: ...
 # history duplicate event ids (marketbus.history.writer._first_per_id): None when all distinct, else one byte per
 # row (1: the first row of its id); chunks: (offsets buffer (int32), data buffer, offset, length) per chunk
 def first_ids(chunks: Sequence[tuple[Any, Any, int, int]], /) -> bytes | None: ...
