@@ -229,8 +229,13 @@ class Ingestor(Service):
 
     async def emit(self, event: MarketEvent) -> Any:
         """Publish one event (JetStream, Nats-Msg-Id = event id); returns the ack future."""
-        assert self.publisher is not None
-        future = await self.publisher.publish_event(event)
+        publisher = self.publisher
+        assert publisher is not None
+        future = publisher.queue_event(event)  # the hot path: queued without a coroutine
+        if future is None:
+            future = await publisher.publish_event(event)
+        elif publisher.write_due():
+            await publisher.write_queued()
         self._account(event)
         return future
 

@@ -6,7 +6,8 @@ they do with the message:
 - **writing pre-built protocol frames** (:func:`write_frame`, :func:`flush`): the publisher sends
   ``HPUB`` frames with a header block encoded once per event, and the history writer acks
   thousands of messages with one write of their ``PUB`` frames. Uses ``Client._send_command``,
-  ``Client._flush_pending`` and ``Client._flush_queue``.
+  ``Client._flush_pending`` and ``Client._flush_queue``; :func:`queue_frame` appends to
+  ``Client._pending`` itself (a single event's frame without two coroutines).
 - **message frames parsed without nats-py's parser** (:class:`FrameParser`): the history
   writer's intake connection splits MSG/HMSG frames itself (nats-py's parser runs two regexes and
   awaits a coroutine per message). Replaces ``Client._ps``; reads ``Parser.buf`` and ``Parser.state``.
@@ -54,6 +55,9 @@ _ATTRIBUTES: tuple[tuple[type, str, Callable[[], Any]], ...] = (
     (Client, "_ps", Client),  # the protocol parser FrameParser replaces
     (Parser, "buf", lambda: Parser(None)),
     (Parser, "state", lambda: Parser(None)),
+    (Client, "_pending", Client),  # the pending write buffer queue_frame appends to
+    (Client, "_pending_data_size", Client),
+    (Client, "_max_pending_size", Client),
 )
 
 RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]  # (subject, reply, data, header block)
@@ -102,6 +106,18 @@ async def write_frame(nc: Client, frame: bytes) -> None:
     """Queue one or more complete protocol frames (``PUB``/``HPUB`` with their payloads) on
     ``nc``'s pending buffer, as nats-py's own publish does. Only when :func:`fast_path`."""
     await nc._send_command(frame)
+
+
+def queue_frame(nc: Client, frame: bytes) -> bool:
+    """:func:`write_frame` without a coroutine, when ``nc``'s pending buffer takes the frame
+    without a flush first: True when queued, False when the caller must use
+    :func:`write_frame` (a full buffer). Only when :func:`fast_path`."""
+    size = nc._pending_data_size + len(frame)
+    if 0 < nc._max_pending_size < size:
+        return False
+    nc._pending.append(frame)
+    nc._pending_data_size = size
+    return True
 
 
 def flush_queued(nc: Client) -> bool:

@@ -432,24 +432,45 @@ class JetStreamPublisher:
             await self._send(token, pending)
         return future
 
-    async def _publish_fast(self, nc: NatsClient, subject: str, payload: bytes, block: bytes) -> asyncio.Future[PubAck]:
-        """``publish(subject, payload, header_block_=block)`` when there is room, the client is
-        connected and the message fits: one coroutine for the whole of it (single events'
-        hot path)."""
+    def _queue_message(self, nc: NatsClient, subject: str, payload: bytes,
+                       block: bytes) -> asyncio.Future[PubAck] | None:
+        """``publish(subject, payload, header_block_=block)`` without a coroutine, when there is
+        room, the client is connected, the message fits and the client's buffer takes it; None
+        when not (then ``publish``). The caller kicks the flusher (:meth:`_flush_due`)."""
+        if len(self._pending) >= self.max_inflight or not natsprivate.fast_path(nc) \
+                or len(payload) + len(block) > (nc.max_payload or 1 << 20):
+            return None
         self._next += 1
         token = self._next
+        if not natsprivate.queue_frame(nc, b"HPUB %s %s%d %d %d\r\n%s%s\r\n" % (
+                subject.encode(), self._prefix_b, token, len(block), len(block) + len(payload), block, payload)):
+            return None
         future: asyncio.Future[PubAck] = self._loop.create_future()
         pending = self._pending[token] = _Pending(subject, payload, None, future, block)
         pending.attempts = 1
-        now = pending.sent_at = pending.first_sent_at = time.monotonic()
+        pending.sent_at = pending.first_sent_at = time.monotonic()
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
-        with contextlib.suppress(Exception):
-            await natsprivate.write_frame(nc, b"HPUB %s %s%d %d %d\r\n%s%s\r\n" % (
-                subject.encode(), self._prefix_b, token, len(block), len(block) + len(payload), block, payload))
-            if not natsprivate.flush_queued(nc) or now - self._flush_kicked_at > MAX_WRITE_DELAY_S:
-                await self._kick_flusher(now)
         return future
+
+    def queue_event(self, event: MarketEvent) -> asyncio.Future[PubAck] | None:
+        """The start of ``publish_event(event)``, without a coroutine: the message is queued on the
+        client and its ack future returned, or None when it cannot be now (no room, not
+        connected, too big; then ``await publish_event(event)``). The caller then awaits
+        :meth:`write_queued` when :meth:`write_due` says so (``Ingestor.emit`` does)."""
+        if not isinstance(event, MarketEvent):
+            return None
+        subject, payload, block = self._wire.message(event)
+        return self._queue_message(self.nc, subject, payload, block)
+
+    def write_due(self) -> bool:
+        """Must :meth:`write_queued` run after queueing a message? (No flush is queued, or the one
+        queued has waited longer than MAX_WRITE_DELAY_S.)"""
+        return not natsprivate.flush_queued(self.nc) or time.monotonic() - self._flush_kicked_at > MAX_WRITE_DELAY_S
+
+    async def write_queued(self) -> None:
+        """Have the client's flusher write the queued messages (see :meth:`queue_event`)."""
+        await self._kick_flusher(time.monotonic())
 
     async def _wait_for_room(self) -> None:
         while len(self._pending) >= self.max_inflight:
@@ -460,12 +481,13 @@ class JetStreamPublisher:
         if subject is None:
             if not isinstance(event, MarketEvent):
                 raise ValueError(f"a subject is needed for {type(event).__name__}")
-            subject, payload, block = self._wire.message(event)
-            nc = self.nc
-            if len(self._pending) < self.max_inflight and natsprivate.fast_path(nc) \
-                    and len(payload) + len(block) <= (nc.max_payload or 1 << 20):
-                return await self._publish_fast(nc, subject, payload, block)
-            return await self.publish(subject, payload, header_block_=block)
+            future = self.queue_event(event)  # the hot path: no coroutine
+            if future is None:
+                subject, payload, block = self._wire.message(event)
+                return await self.publish(subject, payload, header_block_=block)
+            if self.write_due():
+                await self.write_queued()
+            return future
         return await self.publish(
             subject, codec.encode(event), header_block_=header_block(event, getattr(event, "id", None))
         )
