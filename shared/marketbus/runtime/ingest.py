@@ -56,6 +56,25 @@ class _KindMetrics:
         self.count, self.lag, self.market, self.calls = count, lag, market, 0
 
 
+def _by_instrument(events: Sequence[MarketEvent]) -> dict[tuple[type, str, str], list[MarketEvent]]:
+    """Events grouped by (kind, venue, symbol), order kept. A vendor page is often of one
+    instrument, its events sharing the normalizer's string objects: checked by identity first,
+    without a key tuple per event."""
+    if not events:
+        return {}
+    first = events[0]
+    cls, venue, symbol = type(first), first.venue, first.symbol
+    for event in events:
+        if type(event) is not cls or event.venue is not venue or event.symbol is not symbol:
+            break
+    else:
+        return {(cls, venue, symbol): list(events)}
+    groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
+    for event in events:
+        groups.setdefault((type(event), event.venue, event.symbol), []).append(event)
+    return groups
+
+
 class ReplayUnsupported(Exception):
     """Raised by :meth:`Ingestor.replay` when the vendor cannot replay what was asked."""
 
@@ -246,10 +265,7 @@ class Ingestor(Service):
         if not events:
             return None
         future = await self.publisher.publish_group(list(events))
-        groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
-        for event in events:
-            groups.setdefault((type(event), event.venue, event.symbol), []).append(event)
-        for group in groups.values():  # metrics once per instrument: the count and the newest lag
+        for group in _by_instrument(events).values():  # metrics once per instrument: the count and the newest lag
             self._account(group[-1], len(group))
         return future
 
@@ -259,9 +275,7 @@ class Ingestor(Service):
         same events give the same envelopes (ids): re-sending them after a failure is safe.
         ``acks`` (optional) collects each envelope's ack future."""
         assert self.publisher is not None
-        groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
-        for event in events:
-            groups.setdefault((type(event), event.venue, event.symbol), []).append(event)
+        groups = _by_instrument(events)
         limit = self.settings.batch_max_events
         for group in groups.values():
             for i in range(0, len(group), limit):
