@@ -160,7 +160,7 @@ async def subscribe_raw(nc: Client, subject: str, handler: RawHandler) -> Subscr
         default = nc._process_msg
 
         async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-            raw = handlers.get(sid)  # type: ignore[union-attr]
+            raw = handlers.get(sid)
             if raw is None:
                 await default(sid, subject, reply, data, headers)  # type: ignore[arg-type]
                 return
