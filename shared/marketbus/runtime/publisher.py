@@ -230,6 +230,7 @@ class JetStreamPublisher:
         self.failed = 0  # messages given up on (their futures failed)
         self._acks = 0
         self._flush_kicked_at = 0.0  # when the client's flusher was last asked to write
+        self._queued_at = 0.0  # when queue_event last queued a message
         self._unreported: PublishError | None = None  # a message failed since the last flush()
         self._blocked_since: float | None = None
         self._blocked_reason = ""
@@ -285,7 +286,8 @@ class JetStreamPublisher:
                 return
             self._fail(pending, PublishError(f"{pending.subject}: {ack.error}"))
             return
-        self._unblocked()
+        if self._blocked_since is not None:
+            self._unblocked()
         self.published += 1
         if ack.duplicate:
             self.duplicates += 1
@@ -448,7 +450,7 @@ class JetStreamPublisher:
         future: asyncio.Future[PubAck] = self._loop.create_future()
         pending = self._pending[token] = _Pending(subject, payload, None, future, block)
         pending.attempts = 1
-        pending.sent_at = pending.first_sent_at = time.monotonic()
+        pending.sent_at = pending.first_sent_at = self._queued_at = time.monotonic()
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
         return future
@@ -466,7 +468,7 @@ class JetStreamPublisher:
     def write_due(self) -> bool:
         """Must :meth:`write_queued` run after queueing a message? (No flush is queued, or the one
         queued has waited longer than MAX_WRITE_DELAY_S.)"""
-        return not natsprivate.flush_queued(self.nc) or time.monotonic() - self._flush_kicked_at > MAX_WRITE_DELAY_S
+        return not natsprivate.flush_queued(self.nc) or self._queued_at - self._flush_kicked_at > MAX_WRITE_DELAY_S
 
     async def write_queued(self) -> None:
         """Have the client's flusher write the queued messages (see :meth:`queue_event`)."""
