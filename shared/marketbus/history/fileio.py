@@ -28,6 +28,8 @@ from pyiceberg.io.pyarrow import PyArrowFile, PyArrowFileIO
 METADATA_DIR = "/metadata/"
 KEEP_FILE_BYTES = 4 << 20  # a metadata file larger than this is not kept
 KEEP_TOTAL_BYTES = 64 << 20  # per filesystem, least recently used dropped first
+# the properties pyiceberg builds a pyarrow filesystem from (endpoints, keys, regions, timeouts)
+FS_PROPERTIES = ("s3.", "client.", "gcs.", "adls.", "hdfs.", "oss.", "hf.")
 
 _lock = threading.Lock()
 _filesystems: dict[tuple[Any, ...], Any] = {}
@@ -165,7 +167,8 @@ class LakehouseFileIO(PyArrowFileIO):
         self._bind()
 
     def _bind(self) -> None:
-        self._props_key = tuple(sorted(self.properties.items()))
+        # what the filesystem is made of (a table's own properties, write.* etc., are not)
+        self._props_key = tuple(sorted((k, v) for k, v in self.properties.items() if k.startswith(FS_PROPERTIES)))
         self.fs_by_scheme = self._shared_fs
 
     def _shared_fs(self, scheme: str, netloc: str | None) -> Any:
