@@ -15,7 +15,7 @@ reference measured in the same run. Prints markdown table rows.
 
 The Parquet export rate is ``bench/export_orchestrator.py``'s.
 
-Run: ``.venv/bin/python bench/history_lake.py [--events 1000000] [--s3-events 1000000] [--no-s3]``.
+Run: ``.venv/bin/python bench/history_lake.py [--events 1000000] [--s3-events 1000000] [--no-s3] [--append-only]``.
 """
 
 from __future__ import annotations
@@ -130,6 +130,33 @@ def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = 
             rss_at[done] = rss_mb() - rss0
     elapsed = time.perf_counter() - t0
     return n / elapsed, decode_s / elapsed
+
+
+def load_overlapped(settings: LakehouseSettings, n: int) -> float:
+    """Decode + append ``n`` events as the history writer runs them (``IcebergStore.write``,
+    ``flush_concurrency`` 2): the decode and the data files (Parquet encode + upload) of the next
+    flush on a worker thread while the previous flush commits on this one. Events/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = HistoryTableWriter(settings)
+    flushes = list(envelopes(n))
+    table = writer.tables.get("trade", create=True)
+
+    def prepare(msgs: list[Message]):
+        decoded = decode_messages(msgs, "MD")
+        return writer.prepare(table, "trade", "MD", pa.concat_tables(decoded.tables["trade"]))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
+        ahead = pool.submit(prepare, flushes[0])
+        for i in range(len(flushes)):
+            ready = ahead.result()
+            if i + 1 < len(flushes):
+                ahead = pool.submit(prepare, flushes[i + 1])
+            writer.commit(ready)
+    elapsed = time.perf_counter() - t0
+    assert writer.commits == len(flushes)
+    return n / elapsed
 
 
 DUCK = """
@@ -256,6 +283,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--s3-events", type=int, default=1_000_000)
     ap.add_argument("--no-s3", action="store_true")
+    ap.add_argument("--append-only", action="store_true",
+                    help="only the append figures (local, SeaweedFS, both overlapped): no queries, no publish")
     ap.add_argument("--pv-rate", type=int, default=2000)
     ap.add_argument("--pv-seconds", type=float, default=5.0)
     ap.add_argument("--rss-only", action="store_true", help="only the RSS curve over --events (a cycled message pool)")
@@ -295,18 +324,19 @@ def main() -> None:
         )
 
         # 2. query: HistoryReader vs DuckDB iceberg_scan vs pyarrow reading the data files
-        reader = HistoryReader(local)
         sel = Selector(kind="trade", symbol="LAKE")
-        q, table = best_of(3, lambda: reader.read_kind("trade", sel, DAY0, DAY0 + DAY_NS))
-        itable = Tables(local).get("trade", refresh=True)
-        files = [t.file.file_path.removeprefix("file://") for t in itable.scan().plan_files()]
-        qref, _ = best_of(3, lambda: pq.read_table(files))
-        row(f"query {table.num_rows:,} trades, 1 symbol/day, history order (HistoryReader)", f"{q:.3f} s",
-            f"pyarrow read of its {len(files)} files {qref:.3f} s", f"{q / qref:.2f}")
-        duck = duckdb_query(itable.metadata_location, "LAKE", DAY0, DAY0 + DAY_NS)
-        if duck:
-            row("  same query, DuckDB 1.5.5 iceberg_scan (ORDER BY, to Arrow)", f"{q:.3f} s",
-                f"DuckDB {duck[1]:.3f} s ({duck[0]:,} rows)", f"{q / duck[1]:.2f}")
+        if not args.append_only:
+            reader = HistoryReader(local)
+            q, table = best_of(3, lambda: reader.read_kind("trade", sel, DAY0, DAY0 + DAY_NS))
+            itable = Tables(local).get("trade", refresh=True)
+            files = [t.file.file_path.removeprefix("file://") for t in itable.scan().plan_files()]
+            qref, _ = best_of(3, lambda: pq.read_table(files))
+            row(f"query {table.num_rows:,} trades, 1 symbol/day, history order (HistoryReader)", f"{q:.3f} s",
+                f"pyarrow read of its {len(files)} files {qref:.3f} s", f"{q / qref:.2f}")
+            duck = duckdb_query(itable.metadata_location, "LAKE", DAY0, DAY0 + DAY_NS)
+            if duck:
+                row("  same query, DuckDB 1.5.5 iceberg_scan (ORDER BY, to Arrow)", f"{q:.3f} s",
+                    f"DuckDB {duck[1]:.3f} s ({duck[0]:,} rows)", f"{q / duck[1]:.2f}")
 
         # 3. SeaweedFS (S3) warehouse: the same load (the local figures of 1. and 2. are the
         # references when --s3-events is --events, the default), then the same 1M-row query
@@ -327,6 +357,17 @@ def main() -> None:
                 local_rate = rate if same_n else load(local2, args.s3_events)[0]
                 row(f"batch envelopes decoded + appended, {args.s3_events:,} events, SeaweedFS (S3)",
                     f"{s3_rate:,.0f} ev/s", f"local warehouse {local_rate:,.0f} ev/s", f"{s3_rate / local_rate:.2f}")
+                # the same, overlapped as the history writer runs it: S3, then local (same process)
+                os.environ.update(env)
+                s3_over = load_overlapped(LakehouseSettings.from_env(tmp / "s3-overlapped"), args.s3_events)
+                for k in env:
+                    os.environ.pop(k)
+                local_over = load_overlapped(LakehouseSettings.from_env(tmp / "local-overlapped"), args.s3_events)
+                row("  same, the next flush decoded + written while one commits (the writer's overlap), "
+                    "SeaweedFS (S3)", f"{s3_over:,.0f} ev/s", f"local warehouse, overlapped {local_over:,.0f} ev/s",
+                    f"{s3_over / local_over:.2f}")
+                if args.append_only:
+                    return
                 os.environ.update(env)
                 s3_reader = HistoryReader(LakehouseSettings.from_env(tmp / "s3"))  # a new reader: a cold catalog
                 rounds, cpu = [], []  # wall, and CPU of the process (all threads): less load-bound
