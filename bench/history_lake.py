@@ -111,6 +111,15 @@ def rss_curve(settings: LakehouseSettings, n: int, points: int = 10, pool_flushe
     print(f"snapshots expired by the writer: {writer.expired}, commits: {writer.commits}", flush=True)
 
 
+LAST_CPU_S = [0.0]  # CPU time of this process (all threads) in the last load's timed part
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (the SeaweedFS server)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = None) -> tuple[float, float]:
     """Decode + append ``n`` events; (events/s overall, of which the share spent decoding).
     ``rss_at``: event counts -> RSS growth (MB) since the messages were built, filled in."""
@@ -119,7 +128,7 @@ def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = 
     rss0 = rss_mb()
     decode_s = 0.0
     done = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for msgs in flushes:
         d0 = time.perf_counter()
         decoded = decode_messages(msgs, "MD")
@@ -129,6 +138,7 @@ def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = 
         if rss_at is not None and done in rss_at:
             rss_at[done] = rss_mb() - rss0
     elapsed = time.perf_counter() - t0
+    LAST_CPU_S[0] = time.process_time() - c0
     return n / elapsed, decode_s / elapsed
 
 
@@ -146,7 +156,7 @@ def load_overlapped(settings: LakehouseSettings, n: int) -> float:
         decoded = decode_messages(msgs, "MD")
         return writer.prepare(table, "trade", "MD", pa.concat_tables(decoded.tables["trade"]))
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
         ahead = pool.submit(prepare, flushes[0])
         for i in range(len(flushes)):
@@ -155,6 +165,7 @@ def load_overlapped(settings: LakehouseSettings, n: int) -> float:
                 ahead = pool.submit(prepare, flushes[i + 1])
             writer.commit(ready)
     elapsed = time.perf_counter() - t0
+    LAST_CPU_S[0] = time.process_time() - c0
     assert writer.commits == len(flushes)
     return n / elapsed
 
@@ -307,6 +318,7 @@ def main() -> None:
         rss0 = rss_mb()
         rss_at = {args.events // 2: 0.0, args.events: 0.0}
         rate, decode_share = load(local, args.events, rss_at)
+        local_cpu = LAST_CPU_S[0]
         row(f"batch envelopes decoded + appended, {args.events:,} events, local warehouse", f"{rate:,.0f} ev/s",
             f"decoding: {decode_share:.0%} of the time", "-")
         half, full = rss_at.values()
@@ -349,23 +361,35 @@ def main() -> None:
                 env.pop("MARKETBUS_LAKEHOUSE_CATALOG_URI")  # the SQLite catalog: the warehouse is what is compared
                 os.environ.update(env)
                 s3 = LakehouseSettings.from_env(tmp / "s3")
+                w0 = proc_cpu_s(server.proc.pid)
                 s3_rate, _ = load(s3, args.s3_events)
+                s3_cpu, weed_cpu = LAST_CPU_S[0], proc_cpu_s(server.proc.pid) - w0
                 for k in env:
                     os.environ.pop(k)
                 same_n = args.s3_events == args.events
                 local2 = local if same_n else LakehouseSettings.from_env(tmp / "local2")
                 local_rate = rate if same_n else load(local2, args.s3_events)[0]
+                local_cpu = local_cpu if same_n else LAST_CPU_S[0]
                 row(f"batch envelopes decoded + appended, {args.s3_events:,} events, SeaweedFS (S3)",
                     f"{s3_rate:,.0f} ev/s", f"local warehouse {local_rate:,.0f} ev/s", f"{s3_rate / local_rate:.2f}")
+                # on a loaded host the wall ratio is the scheduler's: CPU per event of the writer and of
+                # SeaweedFS (its requests are on the writer's path) against the local writer's
+                row("  CPU time of the appends: S3 writer + SeaweedFS server", f"{s3_cpu:.2f} s + {weed_cpu:.2f} s",
+                    f"local writer {local_cpu:.2f} s", f"{local_cpu / (s3_cpu + weed_cpu):.2f}")
                 # the same, overlapped as the history writer runs it: S3, then local (same process)
                 os.environ.update(env)
+                w0 = proc_cpu_s(server.proc.pid)
                 s3_over = load_overlapped(LakehouseSettings.from_env(tmp / "s3-overlapped"), args.s3_events)
+                s3_cpu, weed_cpu = LAST_CPU_S[0], proc_cpu_s(server.proc.pid) - w0
                 for k in env:
                     os.environ.pop(k)
                 local_over = load_overlapped(LakehouseSettings.from_env(tmp / "local-overlapped"), args.s3_events)
                 row("  same, the next flush decoded + written while one commits (the writer's overlap), "
                     "SeaweedFS (S3)", f"{s3_over:,.0f} ev/s", f"local warehouse, overlapped {local_over:,.0f} ev/s",
                     f"{s3_over / local_over:.2f}")
+                row("  CPU time of the overlapped appends: S3 writer + SeaweedFS server",
+                    f"{s3_cpu:.2f} s + {weed_cpu:.2f} s", f"local writer {LAST_CPU_S[0]:.2f} s",
+                    f"{LAST_CPU_S[0] / (s3_cpu + weed_cpu):.2f}")
                 if args.append_only:
                     return
                 os.environ.update(env)
