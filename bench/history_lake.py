@@ -393,7 +393,11 @@ def main() -> None:
                 if args.append_only:
                     return
                 os.environ.update(env)
-                s3_reader = HistoryReader(LakehouseSettings.from_env(tmp / "s3"))  # a new reader: a cold catalog
+                # a new reader: a cold catalog, and none of the metadata files the writer kept in this process
+                from marketbus.history import fileio
+
+                fileio.forget_all()
+                s3_reader = HistoryReader(LakehouseSettings.from_env(tmp / "s3"))
                 rounds, cpu = [], []  # wall, and CPU of the process (all threads): less load-bound
                 for _ in range(3):
                     t0, c0 = time.perf_counter(), time.process_time()
