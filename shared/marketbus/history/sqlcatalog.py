@@ -26,7 +26,7 @@ from typing import Any
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.serializers import ToOutputFile
-from pyiceberg.table import CommitTableResponse
+from pyiceberg.table import CommitTableResponse, StagedTable
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.update import update_table_metadata
 from sqlalchemy import update
@@ -40,7 +40,8 @@ class LakehouseSqlCatalog(SqlCatalog):
 
     def commit_table(self, table: Any, requirements: tuple[Any, ...], updates: tuple[Any, ...]) -> CommitTableResponse:
         base, base_location = getattr(table, "metadata", None), getattr(table, "metadata_location", None)
-        if base is None or not base_location or not self.engine.dialect.supports_sane_rowcount:
+        if (base is None or not base_location or isinstance(table, StagedTable)  # a table being created
+                or not self.engine.dialect.supports_sane_rowcount):
             return super().commit_table(table, requirements, updates)
         namespace = self.namespace_to_string(self.namespace_from(table.name()))
         table_name = self.table_name_from(table.name())
