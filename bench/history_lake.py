@@ -15,7 +15,7 @@ reference measured in the same run. Prints markdown table rows.
 
 The Parquet export rate is ``bench/export_orchestrator.py``'s.
 
-Run: ``.venv/bin/python bench/history_lake.py [--events 1000000] [--s3-events 1000000] [--no-s3]``.
+Run: ``.venv/bin/python bench/history_lake.py [--events 1000000] [--s3-events 1000000] [--no-s3] [--append-only]``.
 """
 
 from __future__ import annotations
@@ -111,6 +111,15 @@ def rss_curve(settings: LakehouseSettings, n: int, points: int = 10, pool_flushe
     print(f"snapshots expired by the writer: {writer.expired}, commits: {writer.commits}", flush=True)
 
 
+LAST_CPU_S = [0.0]  # CPU time of this process (all threads) in the last load's timed part
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (the SeaweedFS server)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = None) -> tuple[float, float]:
     """Decode + append ``n`` events; (events/s overall, of which the share spent decoding).
     ``rss_at``: event counts -> RSS growth (MB) since the messages were built, filled in."""
@@ -119,7 +128,7 @@ def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = 
     rss0 = rss_mb()
     decode_s = 0.0
     done = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for msgs in flushes:
         d0 = time.perf_counter()
         decoded = decode_messages(msgs, "MD")
@@ -129,7 +138,36 @@ def load(settings: LakehouseSettings, n: int, rss_at: dict[int, float] | None = 
         if rss_at is not None and done in rss_at:
             rss_at[done] = rss_mb() - rss0
     elapsed = time.perf_counter() - t0
+    LAST_CPU_S[0] = time.process_time() - c0
     return n / elapsed, decode_s / elapsed
+
+
+def load_overlapped(settings: LakehouseSettings, n: int) -> float:
+    """Decode + append ``n`` events as the history writer runs them (``IcebergStore.write``,
+    ``flush_concurrency`` 2): the decode and the data files (Parquet encode + upload) of the next
+    flush on a worker thread while the previous flush commits on this one. Events/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = HistoryTableWriter(settings)
+    flushes = list(envelopes(n))
+    table = writer.tables.get("trade", create=True)
+
+    def prepare(msgs: list[Message]):
+        decoded = decode_messages(msgs, "MD")
+        return writer.prepare(table, "trade", "MD", pa.concat_tables(decoded.tables["trade"]))
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
+        ahead = pool.submit(prepare, flushes[0])
+        for i in range(len(flushes)):
+            ready = ahead.result()
+            if i + 1 < len(flushes):
+                ahead = pool.submit(prepare, flushes[i + 1])
+            writer.commit(ready)
+    elapsed = time.perf_counter() - t0
+    LAST_CPU_S[0] = time.process_time() - c0
+    assert writer.commits == len(flushes)
+    return n / elapsed
 
 
 DUCK = """
@@ -256,6 +294,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--s3-events", type=int, default=1_000_000)
     ap.add_argument("--no-s3", action="store_true")
+    ap.add_argument("--append-only", action="store_true",
+                    help="only the append figures (local, SeaweedFS, both overlapped): no queries, no publish")
     ap.add_argument("--pv-rate", type=int, default=2000)
     ap.add_argument("--pv-seconds", type=float, default=5.0)
     ap.add_argument("--rss-only", action="store_true", help="only the RSS curve over --events (a cycled message pool)")
@@ -278,6 +318,7 @@ def main() -> None:
         rss0 = rss_mb()
         rss_at = {args.events // 2: 0.0, args.events: 0.0}
         rate, decode_share = load(local, args.events, rss_at)
+        local_cpu = LAST_CPU_S[0]
         row(f"batch envelopes decoded + appended, {args.events:,} events, local warehouse", f"{rate:,.0f} ev/s",
             f"decoding: {decode_share:.0%} of the time", "-")
         half, full = rss_at.values()
@@ -295,18 +336,19 @@ def main() -> None:
         )
 
         # 2. query: HistoryReader vs DuckDB iceberg_scan vs pyarrow reading the data files
-        reader = HistoryReader(local)
         sel = Selector(kind="trade", symbol="LAKE")
-        q, table = best_of(3, lambda: reader.read_kind("trade", sel, DAY0, DAY0 + DAY_NS))
-        itable = Tables(local).get("trade", refresh=True)
-        files = [t.file.file_path.removeprefix("file://") for t in itable.scan().plan_files()]
-        qref, _ = best_of(3, lambda: pq.read_table(files))
-        row(f"query {table.num_rows:,} trades, 1 symbol/day, history order (HistoryReader)", f"{q:.3f} s",
-            f"pyarrow read of its {len(files)} files {qref:.3f} s", f"{q / qref:.2f}")
-        duck = duckdb_query(itable.metadata_location, "LAKE", DAY0, DAY0 + DAY_NS)
-        if duck:
-            row("  same query, DuckDB 1.5.5 iceberg_scan (ORDER BY, to Arrow)", f"{q:.3f} s",
-                f"DuckDB {duck[1]:.3f} s ({duck[0]:,} rows)", f"{q / duck[1]:.2f}")
+        if not args.append_only:
+            reader = HistoryReader(local)
+            q, table = best_of(3, lambda: reader.read_kind("trade", sel, DAY0, DAY0 + DAY_NS))
+            itable = Tables(local).get("trade", refresh=True)
+            files = [t.file.file_path.removeprefix("file://") for t in itable.scan().plan_files()]
+            qref, _ = best_of(3, lambda: pq.read_table(files))
+            row(f"query {table.num_rows:,} trades, 1 symbol/day, history order (HistoryReader)", f"{q:.3f} s",
+                f"pyarrow read of its {len(files)} files {qref:.3f} s", f"{q / qref:.2f}")
+            duck = duckdb_query(itable.metadata_location, "LAKE", DAY0, DAY0 + DAY_NS)
+            if duck:
+                row("  same query, DuckDB 1.5.5 iceberg_scan (ORDER BY, to Arrow)", f"{q:.3f} s",
+                    f"DuckDB {duck[1]:.3f} s ({duck[0]:,} rows)", f"{q / duck[1]:.2f}")
 
         # 3. SeaweedFS (S3) warehouse: the same load (the local figures of 1. and 2. are the
         # references when --s3-events is --events, the default), then the same 1M-row query
@@ -319,16 +361,43 @@ def main() -> None:
                 env.pop("MARKETBUS_LAKEHOUSE_CATALOG_URI")  # the SQLite catalog: the warehouse is what is compared
                 os.environ.update(env)
                 s3 = LakehouseSettings.from_env(tmp / "s3")
+                w0 = proc_cpu_s(server.proc.pid)
                 s3_rate, _ = load(s3, args.s3_events)
+                s3_cpu, weed_cpu = LAST_CPU_S[0], proc_cpu_s(server.proc.pid) - w0
                 for k in env:
                     os.environ.pop(k)
                 same_n = args.s3_events == args.events
                 local2 = local if same_n else LakehouseSettings.from_env(tmp / "local2")
                 local_rate = rate if same_n else load(local2, args.s3_events)[0]
+                local_cpu = local_cpu if same_n else LAST_CPU_S[0]
                 row(f"batch envelopes decoded + appended, {args.s3_events:,} events, SeaweedFS (S3)",
                     f"{s3_rate:,.0f} ev/s", f"local warehouse {local_rate:,.0f} ev/s", f"{s3_rate / local_rate:.2f}")
+                # on a loaded host the wall ratio is the scheduler's: CPU per event of the writer and of
+                # SeaweedFS (its requests are on the writer's path) against the local writer's
+                row("  CPU time of the appends: S3 writer + SeaweedFS server", f"{s3_cpu:.2f} s + {weed_cpu:.2f} s",
+                    f"local writer {local_cpu:.2f} s", f"{local_cpu / (s3_cpu + weed_cpu):.2f}")
+                # the same, overlapped as the history writer runs it: S3, then local (same process)
                 os.environ.update(env)
-                s3_reader = HistoryReader(LakehouseSettings.from_env(tmp / "s3"))  # a new reader: a cold catalog
+                w0 = proc_cpu_s(server.proc.pid)
+                s3_over = load_overlapped(LakehouseSettings.from_env(tmp / "s3-overlapped"), args.s3_events)
+                s3_cpu, weed_cpu = LAST_CPU_S[0], proc_cpu_s(server.proc.pid) - w0
+                for k in env:
+                    os.environ.pop(k)
+                local_over = load_overlapped(LakehouseSettings.from_env(tmp / "local-overlapped"), args.s3_events)
+                row("  same, the next flush decoded + written while one commits (the writer's overlap), "
+                    "SeaweedFS (S3)", f"{s3_over:,.0f} ev/s", f"local warehouse, overlapped {local_over:,.0f} ev/s",
+                    f"{s3_over / local_over:.2f}")
+                row("  CPU time of the overlapped appends: S3 writer + SeaweedFS server",
+                    f"{s3_cpu:.2f} s + {weed_cpu:.2f} s", f"local writer {LAST_CPU_S[0]:.2f} s",
+                    f"{LAST_CPU_S[0] / (s3_cpu + weed_cpu):.2f}")
+                if args.append_only:
+                    return
+                os.environ.update(env)
+                # a new reader: a cold catalog, and none of the metadata files the writer kept in this process
+                from marketbus.history import fileio
+
+                fileio.forget_all()
+                s3_reader = HistoryReader(LakehouseSettings.from_env(tmp / "s3"))
                 rounds, cpu = [], []  # wall, and CPU of the process (all threads): less load-bound
                 for _ in range(3):
                     t0, c0 = time.perf_counter(), time.process_time()

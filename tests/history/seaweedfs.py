@@ -52,6 +52,9 @@ def start_seaweedfs(base: Path) -> SeaweedFS:
                                             "s3", "s3.grpc")}
     args = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={base}", "-filer", "-s3",
             f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=64",
+            # objects under 64 KB (an Iceberg commit's manifest, manifest list and metadata JSON) in
+            # the filer's store, not a volume: less work per commit (as deploy/lakehouse/compose.yml)
+            "-filer.saveToFilerLimit=65536",
             # its built-in Iceberg REST catalog and Lance listeners default to fixed ports: not here
             f"-s3.port.iceberg={free_port()}", "-s3.port.lance=0", f"-iam.port={free_port()}"]
     args += [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"

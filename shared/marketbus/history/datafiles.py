@@ -192,12 +192,13 @@ def write_data_files(table: Any, data: pa.Table, sort_by: list[str], low_cardina
                                       **plan.writer_options)
             writer.write_table(rows, row_group_size=1 << 20)
             writer.close()
+            size = stream.tell()  # the bytes written: no HEAD of the object (S3) to learn them
         stats = data_file_statistics_from_parquet_metadata(
             parquet_metadata=writer.writer.metadata, stats_columns=plan.stats_columns,
             parquet_column_mapping=plan.column_mapping)
         return DataFile.from_args(
             content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
-            partition=key.partition if key is not None else Record(), file_size_in_bytes=len(output),
+            partition=key.partition if key is not None else Record(), file_size_in_bytes=size,
             sort_order_id=None, spec_id=metadata.default_spec_id, equality_ids=None, key_metadata=None,
             **stats.to_serialized_dict())
 

@@ -124,6 +124,8 @@ class LakehouseSettings(Settings, kw_only=True):
             props["s3.secret-access-key"] = self.s3_secret_key.get()
         props["s3.region"] = self.s3_region
         props["s3.force-virtual-addressing"] = "false"
+        # pyiceberg's pyarrow FileIO, minus round trips a commit does not need (fileio.py)
+        props["py-io-impl"] = "marketbus.history.fileio.LakehouseFileIO"
         return props
 
     def warehouse_bucket(self) -> str | None:
@@ -152,6 +154,9 @@ def open_catalog(settings: LakehouseSettings) -> Any:
         catalog = _catalogs.get(key)
         if catalog is None:
             ensure_bucket(settings)
+            if props.get("type") == "sql":  # pyiceberg's, with a commit that builds on the table's metadata
+                props = {k: v for k, v in props.items() if k != "type"}
+                props["py-catalog-impl"] = "marketbus.history.sqlcatalog.LakehouseSqlCatalog"
             catalog = load_catalog(settings.catalog_name, **props)
             try:
                 catalog.create_namespace_if_not_exists(settings.namespace)
