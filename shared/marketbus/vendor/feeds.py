@@ -191,6 +191,7 @@ class FeedControl:
         self._started_ns = time.time_ns()
         self._dead_seen_ns: int | None = None  # the last refresh of instances found dead at start
         self._flow_lock = asyncio.Lock()
+        self._syncs: set[asyncio.Task[None]] = set()  # set_flowing's background syncs
         self._leaving = False
         r = ingestor.metrics.registry
         self.requests = Counter("marketbus_feed_control_requests", "feed-control requests answered",
@@ -238,8 +239,16 @@ class FeedControl:
             return
         self.flowing = flowing
         if self.kv is not None:
-            with contextlib.suppress(Exception):  # the periodic refresh tries again
-                await self.sync_periods()
+            # in the background: the caller is a vendor session connecting (or failing), which
+            # must not wait on KV round trips (a connect that waited delayed the gap back-fill;
+            # ticks were lost on a loaded host); each sync reads the flag when it runs
+            task = asyncio.ensure_future(self._sync_quietly())
+            self._syncs.add(task)
+            task.add_done_callback(self._syncs.discard)
+
+    async def _sync_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # the periodic refresh tries again
+            await self.sync_periods()
 
     async def stop(self) -> None:
         """A clean stop: this instance's flow entry goes, and the periods close (unless another
@@ -247,6 +256,8 @@ class FeedControl:
         if self.kv is None or self._leaving:
             return
         self._leaving = True
+        for task in list(self._syncs):  # the stop's own sync below supersedes them
+            task.cancel()
         try:
             await self.sync_periods()
         except Exception as exc:
