@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import msgspec
-from faststream.nats import NatsMessage
 
 from marketbus.contracts import subjects
 from marketbus.contracts.base import MarketEvent
@@ -59,6 +58,11 @@ def recent_ids() -> RecentIds:
 NS = 1_000_000_000
 
 
+async def _raw_body(msg: Any) -> bytes:
+    body: bytes = msg.body
+    return body
+
+
 class SitagriIngestor(Ingestor):
     source: ClassVar[str] = "sitagri"
     settings_cls = SitagriIngestSettings
@@ -82,9 +86,11 @@ class SitagriIngestor(Ingestor):
         self.feed_control = FeedControl(self, resolve=self._resolve_feed, subscribe=self._listen,
                                         unsubscribe=self._unlisten)
 
-        @self.broker.subscriber(subjects.SITAGRI_NEWS_PUBLISH, queue="sitagri-news-publish")
-        async def on_publish(msg: NatsMessage) -> bytes:
-            return msgspec.json.encode(await self.publish_article(msg.body))
+        # the raw body (FastStream's default decoder would parse it as JSON first: a body nested
+        # too deep raised there, before publish_article could refuse it, and got no reply)
+        @self.broker.subscriber(subjects.SITAGRI_NEWS_PUBLISH, queue="sitagri-news-publish", decoder=_raw_body)
+        async def on_publish(body: bytes) -> bytes:
+            return msgspec.json.encode(await self.publish_article(body))
 
     def _count_call(self, channel: str) -> None:
         self.metrics.frames_in.labels(self.source, channel).inc()
@@ -136,6 +142,9 @@ class SitagriIngestor(Ingestor):
     # --- feed control: the quotes listened to --------------------------------------------------------
     async def _start_live(self) -> None:
         await self.ready()  # feeds are validated against the reference tree
+        # no netbus session yet: no data flows until it connects (live.connected says so), so the
+        # time before the first connect (a vendor down at our start) is no collection period
+        await self.session_flowing(False)
         await self.feed_control.start([Seed(q.rstrip("/")) for q in dict.fromkeys(self.settings.quotes)])
         self.spawn(self.live.loop(), "live")
 

@@ -329,3 +329,31 @@ async def test_cli_feed_list_add_pause_resume_remove(nats_server: Any) -> None:
         assert nobody.exit_code == 2 and "finx ingestor" in nobody.output, nobody.output
         bad_vendor = await cli("add", "acme", "X")
         assert bad_vendor.exit_code == 2 and "unknown vendor" in bad_vendor.output
+
+
+async def test_a_vendor_session_changing_state_does_not_wait_on_the_bucket(nats_server: Any) -> None:
+    """``set_flowing`` is called by a vendor session as it connects or fails: the periods follow
+    in the background. A bucket that answers slowly (a loaded host) must not hold the session;
+    the Sitagri connect waited on those KV round trips before back-filling its gap, and the
+    restarted-ingestor test lost the ticks of the hole."""
+    async with Probe(nats_url=nats_server.url, heartbeat_interval_s=60) as probe:
+        control = probe.feed_control
+        await control.start([Seed("FS:BTCUSD")])
+        real = control.kv
+        release = asyncio.Event()
+
+        class Slow:  # every bucket call waits for the release
+            def __getattr__(self, name: str) -> Any:
+                async def call(*args: Any, **kwargs: Any) -> Any:
+                    await release.wait()
+                    return await getattr(real, name)(*args, **kwargs)
+                return call
+
+        control.kv = Slow()
+        await asyncio.wait_for(control.set_flowing(False), 1.0)
+        await asyncio.wait_for(control.set_flowing(True), 1.0)
+        release.set()
+        await until(lambda: not control._syncs)
+        control.kv = real
+        feed = next(f for f in control.feeds.values() if f.instrument == "FS:BTCUSD")
+        assert feed.open_period is not None  # flowing again: its period is open

@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from marketbus.clients import FeedClient
-from marketbus.contracts.feeds import VENDORS, Feed, FeedReply
+from marketbus.contracts.feeds import VENDORS, Feed, FeedReply, check_vendor
 from marketbus.vendor.timeparse import ns_iso
 
 from .common import NatsUrlOption, connect
-from .output import EXIT_CODES_HELP, json_line, print_table, run
+from .output import EXIT_CODES_HELP, handled, json_line, print_table, run
 
 app = typer.Typer(help="Feed control: the instruments each ingestor collects, changed at runtime.",
                   no_args_is_help=True, epilog=EXIT_CODES_HELP)
@@ -62,6 +62,9 @@ def list_feeds(
     nats_url: str = NatsUrlOption,
 ) -> None:
     """The feeds (from the bus-wide configuration, KV bucket feeds) with their collection periods."""
+    if vendor:
+        with handled():  # a mistake is one line, before any connection is made
+            check_vendor(vendor)
     feeds: list[Feed] = run(_with_client(nats_url, 10.0, lambda c: c.list(vendor or None, include_removed=show_all)))
     if as_json:
         for feed in feeds:
@@ -76,6 +79,8 @@ def list_feeds(
 
 
 def _change(op: str, vendor: str, instrument: str, as_json: bool, nats_url: str | None, timeout: float) -> None:
+    with handled():  # a mistake is one line, before any connection is made
+        check_vendor(vendor)
     reply: FeedReply = run(_with_client(nats_url, timeout, lambda c: c.command(op, vendor, instrument)))
     if as_json:
         json_line(reply)

@@ -20,7 +20,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketbus.clients import PlaybackClient, RequestError
-from marketbus.clients.playback import TOKEN_ENV
+from marketbus.clients.playback import TOKEN_ENV, make_start
 from marketbus.contracts.replay import ENDED_STATES, PlaybackSession, PlaybackStatus
 
 from .common import NatsUrlOption, connect
@@ -52,6 +52,8 @@ def start(
 async def _start(url: str | None, selector: str, start: str, end: str, speed: str, prefix: str | None,
                  reference: str | None, detach: bool, as_json: bool) -> int:
     start_ns, end_ns = parse_range(start, end)
+    # a mistake (speed, selector, prefix) is one line before any connection is made
+    make_start(selector, start_ns, end_ns, speed=speed, prefix=prefix, reference=reference)
     nc = await connect(url)
     try:
         client = PlaybackClient(nc)

@@ -20,7 +20,9 @@ responder) and started in ``on_start()`` once the vendor's catalog can answer:
   ``unsubscribed`` / ``paused`` is published.
 - Seeding: when the bucket holds no seed marker for the vendor, the ``seed`` entries (the env
   settings) are written (never over an existing feed) and the marker set: from then on the
-  bucket, not the env, says what is collected.
+  bucket, not the env, says what is collected. A seeded feed's period opens at once, or, when the
+  ingestor said ``set_flowing(False)`` before :meth:`FeedControl.start` (its vendor session is
+  not up yet), when its data first flows.
 - **Periods follow the data flow**, not only the commands: a command opens (``add``/``resume``)
   or closes (``pause``/``remove``) a period, and besides, an active feed's period is closed when
   no instance of the ingestor collects it (the ingestor stopped, or its vendor session is down:
@@ -189,6 +191,7 @@ class FeedControl:
         self._started_ns = time.time_ns()
         self._dead_seen_ns: int | None = None  # the last refresh of instances found dead at start
         self._flow_lock = asyncio.Lock()
+        self._syncs: set[asyncio.Task[None]] = set()  # set_flowing's background syncs
         self._leaving = False
         r = ingestor.metrics.registry
         self.requests = Counter("marketbus_feed_control_requests", "feed-control requests answered",
@@ -236,8 +239,16 @@ class FeedControl:
             return
         self.flowing = flowing
         if self.kv is not None:
-            with contextlib.suppress(Exception):  # the periodic refresh tries again
-                await self.sync_periods()
+            # in the background: the caller is a vendor session connecting (or failing), which
+            # must not wait on KV round trips (a connect that waited delayed the gap back-fill;
+            # ticks were lost on a loaded host); each sync reads the flag when it runs
+            task = asyncio.ensure_future(self._sync_quietly())
+            self._syncs.add(task)
+            task.add_done_callback(self._syncs.discard)
+
+    async def _sync_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # the periodic refresh tries again
+            await self.sync_periods()
 
     async def stop(self) -> None:
         """A clean stop: this instance's flow entry goes, and the periods close (unless another
@@ -245,6 +256,8 @@ class FeedControl:
         if self.kv is None or self._leaving:
             return
         self._leaving = True
+        for task in list(self._syncs):  # the stop's own sync below supersedes them
+            task.cancel()
         try:
             await self.sync_periods()
         except Exception as exc:
@@ -273,10 +286,12 @@ class FeedControl:
                 want = others_flowing or mine
                 dead = self._dead_seen_ns
                 dangling = feed.open_period is not None and feed.open_period.start_ns < self._started_ns
-                if want and dangling and not others_flowing and dead is not None and dead < self._started_ns:
-                    # left open by a dead instance: it ended at its last refresh, ours began at our start
+                if dangling and not others_flowing and dead is not None and dead < self._started_ns:
+                    # left open by a dead instance: it ended at its last refresh; ours began at our
+                    # start if our data flows (else it opens once it does)
                     await self._update_period(key, False, now, close_at=dead)
-                    await self._update_period(key, True, self._started_ns)
+                    if want:
+                        await self._update_period(key, True, self._started_ns)
                     continue
                 await self._update_period(key, want, now)
             self._dead_seen_ns = None
@@ -402,6 +417,8 @@ class FeedControl:
             feed, _ = transition(None, "add", item.instrument, self.vendor, resolved, now, "seed")
             if item.paused:
                 feed, _ = transition(feed, "pause", item.instrument, self.vendor, None, now, "seed")
+            elif not self.flowing:  # the vendor session is not up yet: the period opens when data flows
+                feed = msgspec.structs.replace(feed, periods=[])
             with contextlib.suppress(KeyWrongLastSequenceError):
                 await self.kv.create(feed.key, codec.encode(feed))
         with contextlib.suppress(KeyWrongLastSequenceError):
