@@ -860,7 +860,9 @@ json_text(const char *s, Py_ssize_t n)
             len += snprintf(buf + len, sizeof(buf) - len, "E-%d", (int)(zeros + 1));
         }
     }
-    return PyUnicode_FromStringAndSize(buf, len);
+    PyObject *text = PyUnicode_New(len, 127); /* ASCII: no UTF-8 decode */
+    if (text != NULL) memcpy(PyUnicode_1BYTE_DATA(text), buf, len);
+    return text;
 }
 
 /* configure_decimal_text(fallback, max_digits, max_adjusted, min_adjusted) */
@@ -1994,59 +1996,8 @@ static int
 sj_text(const SjSpan *v, PyObject **out)
 {
     if (v->s == NULL || (v->n == 4 && memcmp(v->s, "null", 4) == 0)) { *out = Py_NewRef(Py_None); return 1; }
-    const char *s = v->s;
-    Py_ssize_t n = v->n;
-    int neg = s[0] == '-';
-    Py_ssize_t i = neg, whole_at = i;
-    while (i < n && IS_DIGIT(s[i])) i++;
-    Py_ssize_t whole = i - whole_at, frac_at = i, frac = 0;
-    if (i < n) { frac_at = i + 1; frac = n - frac_at; } /* (sj_num: '.' and digits) */
-    if (frac > text_max_digits || whole > text_max_adjusted + 1) return 0;
-    int zero_whole = whole == 1 && s[whole_at] == '0';
-    Py_ssize_t kept = frac;
-    while (kept > 0 && s[frac_at + kept - 1] == '0') kept--;
-    char buf[96];
-    Py_ssize_t len = 0;
-    if (!zero_whole) {
-        if (whole + frac > text_max_digits) return 0;
-        if (neg) buf[len++] = '-';
-        memcpy(buf + len, s + whole_at, whole);
-        len += whole;
-        if (kept) {
-            buf[len++] = '.';
-            memcpy(buf + len, s + frac_at, kept);
-            len += kept;
-        }
-    }
-    else {
-        Py_ssize_t zeros = 0;
-        while (zeros < kept && s[frac_at + zeros] == '0') zeros++;
-        if (kept == 0) {
-            *out = PyUnicode_FromString(neg && frac ? "-0" : "0");
-            return *out == NULL ? -1 : 1;
-        }
-        Py_ssize_t digits = frac - zeros;
-        if (digits > text_max_digits || -(zeros + 1) < text_min_adjusted) return 0;
-        if (neg) buf[len++] = '-';
-        if (zeros <= 5) {
-            memcpy(buf + len, "0.", 2);
-            len += 2;
-            memcpy(buf + len, s + frac_at, kept);
-            len += kept;
-        }
-        else {
-            buf[len++] = s[frac_at + zeros];
-            if (kept - zeros > 1) {
-                buf[len++] = '.';
-                memcpy(buf + len, s + frac_at + zeros + 1, kept - zeros - 1);
-                len += kept - zeros - 1;
-            }
-            len += snprintf(buf + len, sizeof(buf) - len, "E-%d", (int)(zeros + 1));
-        }
-    }
-    PyObject *text = PyUnicode_New(len, 127);
-    if (text == NULL) return -1;
-    memcpy(PyUnicode_1BYTE_DATA(text), buf, len);
+    PyObject *text = json_text(v->s, v->n);
+    if (text == NULL) return PyErr_Occurred() ? -1 : 0;
     *out = text;
     return 1;
 }
