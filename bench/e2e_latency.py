@@ -53,6 +53,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "shared"), str(HERE)]
@@ -83,6 +84,27 @@ async def main(url, expected):
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
+
+
+class WireTrace:
+    """When the client's flusher hands bytes to the socket (nats-py writes its pending buffer with
+    one writelines per flush; splits "publish returned -> on the wire" from "on the wire ->
+    subscriber"), and how many acks came back."""
+
+    def __init__(self, nc: Any) -> None:
+        self.writes: list[int] = []
+        self.acks = 0
+        transport = nc._transport
+        writelines = transport.writelines
+
+        def traced_writelines(data: object) -> None:
+            self.writes.append(time.time_ns())
+            writelines(data)
+
+        transport.writelines = traced_writelines
+
+    async def on_ack(self, _msg: object) -> None:
+        self.acks += 1
 
 
 async def child(path: str, url: str, rate: int, per_path: int, warm: int, ref_yield: str) -> None:
@@ -120,20 +142,8 @@ async def child(path: str, url: str, rate: int, per_path: int, warm: int, ref_yi
     gc.freeze()  # the corpus is the benchmark's, not the path's (see the module docstring)
     nc = await nats.connect(url)
     pub = await JetStreamPublisher(nc).start() if path == "marketbus" else None
-    writes: list[int] = []
-    transport = nc._transport
-    writelines = transport.writelines
-
-    def traced_writelines(data: object) -> None:
-        writes.append(time.time_ns())
-        writelines(data)
-
-    transport.writelines = traced_writelines
-    acks = 0
-
-    async def on_ack(_msg: object) -> None:
-        nonlocal acks
-        acks += 1
+    trace = WireTrace(nc)
+    writes, on_ack = trace.writes, trace.on_ack
 
     inbox = nc.new_inbox() + "."
     if pub is None:  # the reference's acks, on an inbox of its own connection
@@ -204,7 +214,7 @@ async def child(path: str, url: str, rate: int, per_path: int, warm: int, ref_yi
     sys.stderr.write(f"{path}: messages received by its connection {nc.stats['in_msgs']}, sent {nc.stats['out_msgs']}"
                      f"{stats}\n")
     await nc.close()
-    out = [f"cpu {cpu:.6f} {acks} {times1.user - times0.user:.3f} {times1.system - times0.system:.3f}\n"]
+    out = [f"cpu {cpu:.6f} {trace.acks} {times1.user - times0.user:.3f} {times1.system - times0.system:.3f}\n"]
     for mid, due, frame_ns, returned, normalized, k in records:
         out.append(f"{mid} {due} {frame_ns} {returned} {normalized} {writes[k] if k < len(writes) else 0}\n")
     sys.stdout.write("".join(out))
@@ -408,20 +418,8 @@ async def main() -> None:
         # when the client's flusher hands the bytes to the socket (nats-py writes its pending
         # buffer with one writelines per flush): splits "publish returned -> on the wire" from
         # "on the wire -> subscriber" (server, subscriber process, host)
-        writes: list[int] = []
-        transport = nc._transport
-        writelines = transport.writelines
-
-        def traced_writelines(data: object) -> None:
-            writes.append(time.time_ns())
-            writelines(data)
-
-        transport.writelines = traced_writelines
-        acks = 0
-
-        async def on_ack(_msg: object) -> None:
-            nonlocal acks
-            acks += 1
+        trace = WireTrace(nc)
+        writes, on_ack = trace.writes, trace.on_ack
 
         await nc.subscribe("_INBOX.e2eref.>", cb=on_ack)
         decode, push, publish_event = sg.decode_push, sg.push, pub.publish_event
@@ -521,7 +519,7 @@ async def main() -> None:
             if mid in normalized:
                 split["normalize"].append((normalized[mid] - frame_ns) / 1e6)
                 split["publish"].append((returned - normalized[mid]) / 1e6)
-    report(lat, split, args.rate, per_path * args.rounds, acks, args.mode)
+    report(lat, split, args.rate, per_path * args.rounds, trace.acks, args.mode)
     for gen in (1, 2):
         d = [ns / 1e6 for g, ns in pauses if g == gen]
         if d:
