@@ -136,6 +136,9 @@ class SitagriIngestor(Ingestor):
     # --- feed control: the quotes listened to --------------------------------------------------------
     async def _start_live(self) -> None:
         await self.ready()  # feeds are validated against the reference tree
+        # no netbus session yet: no data flows until it connects (live.connected says so), so the
+        # time before the first connect (a vendor down at our start) is no collection period
+        await self.session_flowing(False)
         await self.feed_control.start([Seed(q.rstrip("/")) for q in dict.fromkeys(self.settings.quotes)])
         self.spawn(self.live.loop(), "live")
 

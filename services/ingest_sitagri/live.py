@@ -142,6 +142,7 @@ class SitagriLive:
                 ws_failures += 1
                 ing.metrics.reconnects.labels(ing.source).inc()
                 ing.log.warning("websocket unavailable (%d in a row): %s", ws_failures, exc)
+                await ing.session_flowing(False)  # no session: nothing flows (a first connect too)
                 with contextlib.suppress(Exception):
                     await ing.client.start()  # a refused token? this logs in again (401 -> login)
                 if lost_at is None and self.transport != "none":

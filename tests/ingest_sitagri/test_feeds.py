@@ -101,7 +101,7 @@ async def test_a_netbus_outage_and_a_stop_close_the_collection_period(nats_url: 
         async with sandbox(rate=20.0) as sb:
             async with ingestor(nats_url, sb, quotes=[C01], transport="websocket") as ing:
                 first = await settled(1, True)
-                # the seeded feed's period is open from the start: a reboot before the netbus is
+                # the seeded feed's period opens at the first connect: a reboot before the netbus is
                 # connected (a loaded host) would be a failed first connect, not an outage
                 await wait_for(lambda: ing.feeds.state("sitagri/netbus") == "connected", SETTLE_S,
                                what="the netbus connected")
@@ -114,5 +114,48 @@ async def test_a_netbus_outage_and_a_stop_close_the_collection_period(nats_url: 
             stopped = time.time_ns()
             closed = await settled(2, False)
             assert (closed[1].end_ns or 0) <= stopped and (await feeds.get("sitagri", C01)).state == "active"
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(4 * SETTLE_S)
+async def test_a_vendor_down_at_the_start_is_no_collection_period(nats_url: str) -> None:
+    """A seeded quote whose netbus refuses the first connects (the vendor down when the ingestor
+    starts): `feed list` shows no period for that time, nothing was collected; the first connect
+    opens the period."""
+    import nats
+
+    from tests.helpers import wait_for
+
+    from .conftest import admin
+
+    nc = await nats.connect(nats_url)
+    feeds = FeedClient(nc, timeout=5, by="test")
+
+    async def record() -> contract.Feed | None:
+        try:
+            return (await feeds.get("sitagri", C01))
+        except RequestError:  # not seeded yet
+            return None
+
+    try:
+        async with sandbox(ws_refuse=True) as sb:
+            async with ingestor(nats_url, sb, quotes=[C01], transport="websocket") as ing:
+                refused = lambda: ing.metrics.registry.get_sample_value(  # noqa: E731
+                    "marketbus_ingest_reconnects_total", {"source": "sitagri"}) or 0
+                await wait_for(record, SETTLE_S, what="the seeded feed")
+                await wait_for(lambda: refused() >= 3, SETTLE_S, what="three refused connects")
+                down = await record()
+                assert down is not None and down.state == "active" and down.periods == [], down
+                enabled = time.time_ns()
+                await admin(sb, "POST", "/sitagri/ws_refuse", enabled="false")
+
+                async def opened() -> bool:
+                    feed = await record()
+                    return feed is not None and feed.open_period is not None
+
+                await wait_for(opened, SETTLE_S, what="the period opened at the first connect")
+                up = await record()
+                assert up is not None and len(up.periods) == 1 and up.periods[0].start_ns >= enabled, up.periods
     finally:
         await nc.close()

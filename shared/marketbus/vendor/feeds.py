@@ -20,7 +20,9 @@ responder) and started in ``on_start()`` once the vendor's catalog can answer:
   ``unsubscribed`` / ``paused`` is published.
 - Seeding: when the bucket holds no seed marker for the vendor, the ``seed`` entries (the env
   settings) are written (never over an existing feed) and the marker set: from then on the
-  bucket, not the env, says what is collected.
+  bucket, not the env, says what is collected. A seeded feed's period opens at once, or, when the
+  ingestor said ``set_flowing(False)`` before :meth:`FeedControl.start` (its vendor session is
+  not up yet), when its data first flows.
 - **Periods follow the data flow**, not only the commands: a command opens (``add``/``resume``)
   or closes (``pause``/``remove``) a period, and besides, an active feed's period is closed when
   no instance of the ingestor collects it (the ingestor stopped, or its vendor session is down:
@@ -273,10 +275,12 @@ class FeedControl:
                 want = others_flowing or mine
                 dead = self._dead_seen_ns
                 dangling = feed.open_period is not None and feed.open_period.start_ns < self._started_ns
-                if want and dangling and not others_flowing and dead is not None and dead < self._started_ns:
-                    # left open by a dead instance: it ended at its last refresh, ours began at our start
+                if dangling and not others_flowing and dead is not None and dead < self._started_ns:
+                    # left open by a dead instance: it ended at its last refresh; ours began at our
+                    # start if our data flows (else it opens once it does)
                     await self._update_period(key, False, now, close_at=dead)
-                    await self._update_period(key, True, self._started_ns)
+                    if want:
+                        await self._update_period(key, True, self._started_ns)
                     continue
                 await self._update_period(key, want, now)
             self._dead_seen_ns = None
@@ -402,6 +406,8 @@ class FeedControl:
             feed, _ = transition(None, "add", item.instrument, self.vendor, resolved, now, "seed")
             if item.paused:
                 feed, _ = transition(feed, "pause", item.instrument, self.vendor, None, now, "seed")
+            elif not self.flowing:  # the vendor session is not up yet: the period opens when data flows
+                feed = msgspec.structs.replace(feed, periods=[])
             with contextlib.suppress(KeyWrongLastSequenceError):
                 await self.kv.create(feed.key, codec.encode(feed))
         with contextlib.suppress(KeyWrongLastSequenceError):
