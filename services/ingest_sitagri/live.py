@@ -51,6 +51,11 @@ POLL_ERRORS: tuple[type[BaseException], ...] = (Unavailable, VendorError, *BUS_E
 BACKFILL_ERRORS: tuple[type[BaseException], ...] = (*POLL_ERRORS, normalize.Malformed, hist.HistoryStuck)
 
 
+class GapNotFilled(Unavailable):
+    """A back-fill did not cover every quote of its gap (its history could not be read): the gap
+    stays open (no ``resynced``) and the session ends, so that the next one back-fills it again."""
+
+
 class SitagriLive:
     def __init__(self, ingestor: SitagriHost) -> None:
         self.ing = ingestor
@@ -175,6 +180,8 @@ class SitagriLive:
         removed = [q for q in self.live_quotes if q not in quotes]
         self.live_quotes = list(quotes)
         self.listening = frozenset(quotes)
+        for quote in removed:  # a later loss is no gap of it; a gap open now still covers it (_gap_from)
+            self.last_ts.pop(quote, None)
         session = self.ws if self.ws is not None and self.ws.connected else self.lp
         if session is None:
             return
@@ -331,13 +338,16 @@ class SitagriLive:
         # The gap of a quote runs from its last price before the loss to its first price after
         # the new registration (the register snapshot). The vendor's history may lag its live
         # feed by up to a second: wait for that second to be over before asking for it.
-        # the quotes lost now: one added meanwhile (feed control, during the awaits below) has no
-        # gap (its registration snapshot starts it) and no entry in starts/ends
-        quotes = list(self.live_quotes)
+        # the quotes lost now: the live ones, and every one the gap started for (a resume point of
+        # the previous run, a price before the loss) even if feed control does not list it at this
+        # moment: its hole is back-filled all the same. One added meanwhile (feed control, during
+        # the awaits below) has no gap (its registration snapshot starts it) and no entry in starts/ends
+        live = list(self.live_quotes)
+        quotes = list(dict.fromkeys([*live, *self._gap_from]))
         starts = {q: self._gap_from.get(q, lost_at) for q in quotes}
         first = self._first_live if self._first_live is not None else {}
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(_until(lambda: all(q in first for q in quotes)), 2.0)
+            await asyncio.wait_for(_until(lambda: all(q in first for q in live)), 2.0)
         now = ing.now_ns()
         ends = {q: first.get(q, now) for q in quotes}
         self._first_live = None
@@ -348,6 +358,7 @@ class SitagriLive:
                               detail="back-filling from history")
         assert ing.crawl is not None
         events: list[MarketEvent] = []
+        failed: list[str] = []
         for quote in quotes:
             meta = ing.crawl.quotes.get(quote)
             resolution = "MINUTE" if meta is not None and meta.kind == "currency" else "TICK"
@@ -356,12 +367,16 @@ class SitagriLive:
                 await ing.backfill.history(quote, starts[quote], ends[quote], resolution, dedupe=True, sink=page)
             except (VendorError, normalize.Malformed, hist.HistoryStuck) as exc:
                 ing.log.warning("gap back-fill of %s failed: %r", quote, exc)
+                failed.append(quote)
             known = self._gap_from.get(quote)  # published (acked before a restart): not again
             events.extend(e for e in page if known is None or e.ts_event > known)
         for source in ing.settings.news_sources:
             with contextlib.suppress(VendorError, normalize.Malformed):
                 await ing.backfill.search_news(source, lost_at // NS, now // NS + 1, dedupe=True, sink=events)
-        total = await self._publish_fresh(events)
+        total = await self._publish_fresh(events)  # what was read is published either way
+        if failed:  # not resynced: the gap (and its starting points) stays open for the next session
+            raise GapNotFilled(f"the gap of {len(failed)}/{len(quotes)} quotes could not be back-filled "
+                               f"({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''})")
         self.gaps_filled += 1
         self.netbus_gap_open = False
         await self.gap.resynced(f"{total} events back-filled")

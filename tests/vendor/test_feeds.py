@@ -238,6 +238,81 @@ async def test_the_ingestors_watch_loses_no_change_it_reads_late(nats_server: An
     assert len(changes) == n and {e.value for e in changes} == {b"2"}
 
 
+async def test_the_watchs_first_read_holds_every_feed_while_keys_are_written(nats_server: Any) -> None:
+    """At start-up an ingestor writes its flow record and the periods of its feeds while its watch
+    reads the current set. A last-per-subject consumer's ``num_pending`` can say 0 before the last
+    key's value is delivered (nats-server 2.15: about 1 read in 3 here): a read ending there missed
+    a configured feed, and feed control stopped collecting it (the live quotes emptied) until the
+    value came as a change. Every read must hold the feed."""
+    nc = await nats.connect(nats_server.url)
+    stop = asyncio.Event()
+    try:
+        js = nc.jetstream()
+        kv = await js.key_value(contract.BUCKET)
+        await kv.put("sitagri._seeded", b"{}")
+        await kv.put("sitagri./market/Q", b"{}")
+        await kv.put("sitagri._flow", b"{}")
+
+        async def writer() -> None:
+            while not stop.is_set():
+                await kv.put("sitagri._flow", b"{}")
+                await kv.put("sitagri./market/Q", b"{}")
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(writer())
+        missed = 0
+        reads = 60
+        try:
+            for _ in range(reads):
+                watch = VendorKeys(js, "sitagri")
+                await watch.open()
+                try:
+                    keys = {e.key for e in await watch.drain()}
+                finally:
+                    await watch.close()
+                missed += "sitagri./market/Q" not in keys
+        finally:
+            stop.set()
+            await task
+    finally:
+        await nc.close()
+    assert missed == 0, f"{missed} of {reads} first reads missed the feed"
+
+
+class _Msg:
+    def __init__(self, subject: str, pending: int, seq: int) -> None:
+        self.subject = subject
+        self.data = b"{}"
+        self.headers: dict[str, str] | None = None
+        self.metadata = type("Meta", (), {"num_pending": pending,
+                                          "sequence": type("Seq", (), {"stream": seq})()})()
+
+
+async def test_the_watchs_first_read_does_not_stop_at_an_early_num_pending_zero() -> None:
+    """Deterministic: the consumer says nothing more is pending after two of the three keys the
+    stream lists; the read goes on until the third has come."""
+    prefix = "$KV.feeds.sitagri."
+    msgs = [_Msg(prefix + "_seeded", 1, 2), _Msg(prefix + "_flow", 0, 9), _Msg(prefix + "/market/Q", 0, 10)]
+
+    class Sub:
+        pending_msgs = 0
+
+        async def next_msg(self, timeout: float) -> _Msg:
+            if not msgs:
+                raise TimeoutError
+            return msgs.pop(0)
+
+    class Js:
+        async def stream_info(self, stream: str, subjects_filter: str) -> Any:
+            subjects = {prefix + k: 1 for k in ("_seeded", "_flow", "/market/Q")}
+            return type("Info", (), {"state": type("State", (), {"subjects": subjects})()})()
+
+    watch = VendorKeys(Js(), "sitagri")
+    watch.sub = Sub()
+    keys = [e.key for e in await watch.drain()]
+    assert keys == ["sitagri._seeded", "sitagri._flow", "sitagri./market/Q"]
+
+
 async def test_client_watch_sees_changes(nats_server: Any) -> None:
     nc = await nats.connect(nats_server.url)
     try:

@@ -612,17 +612,27 @@ class VendorKeys:
 
     async def drain(self) -> list[KeyEntry]:
         """What the bucket holds now for the vendor (the current value of every key): the
-        consumer's messages until one says nothing more is pending."""
+        consumer's messages until one says nothing more is pending *and* every key the stream
+        listed (read after the consumer was created: each comes, its value then or a newer one)
+        has come. ``num_pending`` alone is not enough: while keys are written (this instance's
+        flow record and periods, at start-up) a last-per-subject consumer can say 0 before the
+        last key's value is delivered, and a feed missing from the initial set would be stopped
+        (its quotes unregistered) until its value comes as a "change"."""
         info = await self.js.stream_info(self.stream, subjects_filter=self.keys)
-        if not info.state.subjects:  # no key of the vendor: nothing will come
+        expected = set(info.state.subjects or ())
+        if not expected:  # no key of the vendor: nothing will come
             return []
         out: list[KeyEntry] = []
+        seen: set[str] = set()
         while True:
             msg = await self._next(DRAIN_TIMEOUT_S)
             if msg is None:
-                raise TimeoutError(f"the feeds of {self.vendor}: no value within {DRAIN_TIMEOUT_S:.0f}s")
+                missing = sorted(k.removeprefix(self.prefix) for k in expected - seen)
+                raise TimeoutError(f"the feeds of {self.vendor}: no value within {DRAIN_TIMEOUT_S:.0f}s"
+                                   + (f" (still missing {', '.join(missing)})" if missing else ""))
             out.append(self._entry(msg))
-            if not msg.metadata.num_pending:
+            seen.add(msg.subject)
+            if not msg.metadata.num_pending and expected <= seen:
                 return out
 
     async def next_changes(self) -> list[KeyEntry]:
