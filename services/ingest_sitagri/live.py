@@ -53,7 +53,12 @@ BACKFILL_ERRORS: tuple[type[BaseException], ...] = (*POLL_ERRORS, normalize.Malf
 
 class GapNotFilled(Unavailable):
     """A back-fill did not cover every quote of its gap (its history could not be read): the gap
-    stays open (no ``resynced``) and the session ends, so that the next one back-fills it again."""
+    stays open (no ``resynced``) and the session ends, so that the next one back-fills it again,
+    up to ``GAP_ATTEMPTS`` sessions in a row; then the hole is reported lost and live data goes on
+    (a history the vendor never serves must not keep the live feed down)."""
+
+
+GAP_ATTEMPTS = 3  # sessions in a row that try to back-fill one gap before it is reported lost
 
 
 class SitagriLive:
@@ -83,6 +88,7 @@ class SitagriLive:
         self.publish_gaps_filled = 0
         self.acked_ts: dict[str, int] = {}  # quote -> newest live price the stream acked
         self.netbus_gap_open = False  # the feed was lost and the gap is not back-filled yet
+        self.gap_attempts = 0  # sessions in a row whose back-fill of the open gap failed
         self._saved: dict[str, int] = {}
         self.cursors: CursorStore[int] | None = None
         self.pub_gap = GapTracker(ingestor, ingestor.source, venue=NO_VENUE, symbol=NO_VENUE, kind="market_price",
@@ -374,12 +380,20 @@ class SitagriLive:
             with contextlib.suppress(VendorError, normalize.Malformed):
                 await ing.backfill.search_news(source, lost_at // NS, now // NS + 1, dedupe=True, sink=events)
         total = await self._publish_fresh(events)  # what was read is published either way
-        if failed:  # not resynced: the gap (and its starting points) stays open for the next session
-            raise GapNotFilled(f"the gap of {len(failed)}/{len(quotes)} quotes could not be back-filled "
-                               f"({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''})")
-        self.gaps_filled += 1
+        if failed:
+            what = (f"the gap of {len(failed)}/{len(quotes)} quotes could not be back-filled "
+                    f"({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''})")
+            self.gap_attempts += 1
+            if self.gap_attempts < GAP_ATTEMPTS:  # not resynced: the gap stays open for the next session
+                raise GapNotFilled(what)
+            ing.log.error("%s in %d sessions: reported lost", what, self.gap_attempts)
+            hole = self.gap.open_gap or (min([lost_at, *starts.values()]), max(newest, lost_at))
+            await self.gap.lost(hole, f"{what} ({self.gap_attempts} tries; {total} events back-filled)")
+        else:
+            self.gaps_filled += 1
+            await self.gap.resynced(f"{total} events back-filled")
+        self.gap_attempts = 0
         self.netbus_gap_open = False
-        await self.gap.resynced(f"{total} events back-filled")
         ing.feeds.set_state(FEED, "connected")
         return total
 

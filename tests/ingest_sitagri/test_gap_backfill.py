@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.ingest_sitagri.client import VendorError
-from services.ingest_sitagri.live import GapNotFilled, SitagriLive
+from services.ingest_sitagri.live import GAP_ATTEMPTS, GapNotFilled, SitagriLive
 
 NS = 1_000_000_000
 Q = "/market/sources/EURONEX/future/EMA/deliveries/EMAC01"
@@ -32,6 +32,12 @@ class FakeGap:
     async def resynced(self, detail: str = "") -> None:
         self.states.append("resynced")
         self.since_ns = None
+
+    async def lost(self, gap: tuple[int, int], detail: str) -> None:
+        self.states.append("lost")
+        self.lost_detail = detail
+        self.since_ns = None
+        self.open_gap = None
 
 
 class FakeBackfill:
@@ -100,3 +106,25 @@ async def test_a_back_fill_that_could_not_read_a_quotes_history_is_not_resynced(
     await live.backfill_gap(point)  # the next session's try
     assert live.gap.states == ["gap", "gap", "resynced"]  # type: ignore[attr-defined]
     assert [q for q, _, _ in backfill.asked] == [Q, Q] and backfill.asked[1][1] == point
+
+
+async def test_a_history_that_stays_unreadable_is_reported_lost_and_the_live_feed_goes_on() -> None:
+    """The vendor never serves the hole's history: after GAP_ATTEMPTS sessions the gap is reported
+    lost (never resynced) and the back-fill returns, so the live session is not ended for good."""
+    backfill = FakeBackfill(fail=True)
+    live = live_with(backfill)
+    point = time.time_ns() - 5 * NS
+    resumed(live, point)
+    live.live_quotes = [Q]
+    live.listening = frozenset(live.live_quotes)
+    for _ in range(GAP_ATTEMPTS - 1):
+        live._first_live = {Q: time.time_ns()}
+        with pytest.raises(GapNotFilled):
+            await live.backfill_gap(point)
+    live._first_live = {Q: time.time_ns()}
+    await live.backfill_gap(point)  # the last try: no exception, the session carries on
+    gap: Any = live.gap
+    assert gap.states == ["gap"] * GAP_ATTEMPTS + ["lost"]
+    assert "could not be back-filled" in gap.lost_detail and Q in gap.lost_detail
+    assert not live.netbus_gap_open and live.gaps_filled == 0 and live.gap_attempts == 0
+    assert len(backfill.asked) == GAP_ATTEMPTS
