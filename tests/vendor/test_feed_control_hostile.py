@@ -28,6 +28,7 @@ from marketbus.contracts import DeadLetter, codec, subjects
 from marketbus.contracts import feeds as contract
 from marketbus.contracts.errors import SERVER_CODES, ErrorReply
 from marketbus.contracts.feeds import Feed, FeedReply, Period
+from marketbus.contracts.jobs import ReplayReply
 from marketbus.contracts.streams import FEEDS
 from marketbus.runtime.natsserver import NatsServer
 from services.sandbox.common.base import SandboxRunner
@@ -197,8 +198,38 @@ async def test_hostile_feed_requests_and_kv_values_are_refused_and_the_ingestor_
             assert not [k for k in control.applied if "JUNK" in k or "HIJACK" in k or "WRONGVENDOR" in k]
             assert junk_key not in control.feeds
             assert all(isinstance(f, Feed) for f in control.feeds.values())
+            await _hostile_replay_requests(nc, vendor, other_vendor, max_payload)
             async with httpx.AsyncClient(timeout=5) as http:
                 health = await http.get(f"{ing.http_url}/healthz")
             assert health.status_code == 200, health.text
     finally:
         await nc.close()
+
+
+async def _hostile_replay_requests(nc: Any, vendor: str, other_vendor: str, max_payload: int) -> None:
+    """``replay.<vendor>`` (the ingestor's replay requests): every bad one gets a ReplayReply not
+    accepted, with a reason; a vendor nobody collects finds no responder; a request right after is
+    answered."""
+    subject = subjects.replay(vendor)
+
+    def req(**values: Any) -> bytes:
+        return msgspec.json.encode({"type": "replay_request", "request_id": "h", "source": vendor, "venue": "V",
+                                    "symbol": "S", "kind": "trade", "start_ns": 1, "end_ns": 2, **values})
+
+    bodies = [b"\x00\xff garbage", b"", req()[:-5], req(start_ns="yesterday"), req(end_ns=2**70),
+              req(kind=["trade"]), req(request_id={"a": 1}), b"[1,2]", b"null", DEEP, DEEP_OBJ,
+              b'{"type":"replay_request","pad":"' + b"p" * (max_payload - 4096) + b'"}',
+              req(source=other_vendor), req(source="acme"), req(start_ns=5, end_ns=5), req(kind="weird_kind")]
+    headers: list[dict[str, str] | None] = [None, {codec.HEADER_SCHEMA: "999"}, {codec.HEADER_TYPE: "trade"}]
+    for i, body in enumerate(bodies):
+        try:
+            msg = await nc.request(subject, body, timeout=10, headers=headers[i % len(headers)])
+        except Exception as exc:
+            raise AssertionError(f"{subject}: no reply to {body[:80]!r}: {exc!r}") from None
+        reply = codec.decode_as(msg.data, ReplayReply)
+        assert not reply.accepted and reply.reason, (body[:80], reply)
+    with pytest.raises(nats.errors.NoRespondersError):
+        await nc.request(subjects.replay("acme"), req(source="acme"), timeout=10)
+    reply = codec.decode_as((await nc.request(subject, req(request_id="ok", start_ns=2, end_ns=1), timeout=10)).data,
+                            ReplayReply)
+    assert reply.request_id == "ok" and not reply.accepted and "end_ns" in (reply.reason or "")
