@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -94,5 +95,14 @@ async def main() -> None:
         await nc.drain()
 
 
+def run() -> int:
+    """Ctrl-C stops it quietly (no traceback) with 130, the code of the marketbus CLI's Ctrl-C."""
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(run())

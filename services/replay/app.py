@@ -33,6 +33,8 @@ from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
 
+MAX_NS = 2**63 - 1
+
 
 class ReplayMetrics(ServiceMetrics):
     def __init__(self, service: str, registry: Any = None) -> None:
@@ -115,6 +117,9 @@ class ReplayService(Service):
         raises :class:`Refused`."""
         try:
             speed = parse_speed(request.speed)
+            for name, ns in (("start", request.start_ns), ("end", request.end_ns)):
+                if not 0 <= ns <= MAX_NS:  # the history's range (Nanos); beyond it the query failed as internal
+                    raise ValueError(f"the {name} ({ns}) must be int ns in [0, {MAX_NS}] (1970..2262)")
             if request.end_ns <= request.start_ns:
                 raise ValueError(f"the end ({request.end_ns}) must be after the start ({request.start_ns})")
             check_kind(request.selector.kind)

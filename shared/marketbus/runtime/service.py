@@ -56,6 +56,7 @@ from .logging import register_secret, setup_logging
 from .loop import run as run_loop
 from .metrics import ServiceMetrics
 from .publisher import JetStreamPublisher
+from .pull import fit_for_dead_letter
 from .settings import Secret, SettingsError, load_settings
 from .tasks import cancel_and_wait
 
@@ -353,9 +354,12 @@ class Service:
         """Keep a payload we could not process, with the reason: counted, logged, stored."""
         raw = payload.encode() if isinstance(payload, str) else payload
         ts = time.time_ns()
+        # a payload near the server's max payload would make a letter too big to publish (base64 in
+        # JSON): it is cut and the reason says so (the id is the whole payload's)
+        kept, reason = fit_for_dead_letter(raw, reason, self.nc.max_payload or 1 << 20)
         letter = DeadLetter(
             id=event_id(self.name, "dead_letter", source, subject, raw), service=self.name, source=source,
-            reason=reason, payload=raw, subject=subject, ts=ts,
+            reason=reason, payload=kept, subject=subject, ts=ts,
         )
         self.metrics.dead_letters.labels(self.name, source, reason.split(":")[0][:60]).inc()
         self.log.warning("dead-lettered a %d-byte payload from %s: %s", len(raw), subject or source, reason)
