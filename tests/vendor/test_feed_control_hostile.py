@@ -172,7 +172,9 @@ async def test_hostile_feed_requests_and_kv_values_are_refused_and_the_ingestor_
                 f"{vendor}.WRONGVENDOR": [codec.encode(msgspec.structs.replace(
                     good, key=f"{vendor}.WRONGVENDOR", vendor=other_vendor))],
                 contract.seed_key(vendor): [b"\xff", DEEP],  # the marker keys
-                f"{vendor}._flow": [b"\xff", b'{"x":{"ts":"soon","flowing":1}}', DEEP],
+                f"{vendor}._flow": [b"\xff", b'{"x":{"ts":"soon","flowing":1}}', DEEP,
+                                    # a forged instance that would be "live" forever (dated far ahead)
+                                    msgspec.json.encode({"forged": {"ts": 2**62, "flowing": True}})],
             }
             for key, payloads in values.items():
                 for payload in payloads:
@@ -186,6 +188,15 @@ async def test_hostile_feed_requests_and_kv_values_are_refused_and_the_ingestor_
             unlisted_key = contract.feed_key(vendor, unlisted)
             # the watch reads the keys in order: once it has the last value, it has read the hostile ones
             await wait_for(lambda: unlisted_key in control.feeds, 10, what="the watch read the bucket's changes")
+            # records no feed can be made of are dead-lettered with their reason (once per revision)
+            rejected = [junk_key, f"{vendor}.{contract.escape_instrument('HIJACK:X')}", f"{vendor}.WRONGVENDOR"]
+            await wait_for(lambda: all(any(d.subject == f"$KV.{FEEDS.name}.{k}" for d in letters) for k in rejected),
+                           10, what="the hostile feed records dead-lettered")
+            junk_letters = [d for d in letters if d.subject == f"$KV.{FEEDS.name}.{junk_key}"]
+            assert all(d.reason and d.service == ing.name for d in junk_letters)
+            assert len({d.id for d in junk_letters}) == len(junk_letters) <= len(values[junk_key])
+            # the forged far-future flow entry is no live instance: this ingestor's periods still follow it alone
+            assert not await control._write_flow()
 
             # still collecting, still answering: a good request right after is applied
             reply = await feeds.pause(vendor, other)

@@ -102,6 +102,7 @@ APPLY_RETRY_S = 5.0  # a feed whose start failed is tried again this often
 FLOW_EVERY_S = 5.0  # each instance refreshes its entry of the flow record this often
 FLOW_STALE_S = 3 * FLOW_EVERY_S  # an entry older than this is a dead instance's
 FLOW_MARKER = "_flow"
+REJECTED_KEPT = 4096  # records dead-lettered, remembered by revision so that a resync does not repeat them
 
 
 class FlowEntry(msgspec.Struct, frozen=True):
@@ -191,7 +192,8 @@ class FeedControl:
         self._started_ns = time.time_ns()
         self._dead_seen_ns: int | None = None  # the last refresh of instances found dead at start
         self._flow_lock = asyncio.Lock()
-        self._syncs: set[asyncio.Task[None]] = set()  # set_flowing's background syncs
+        self._syncs: set[asyncio.Task[None]] = set()  # set_flowing's background syncs, dead letters
+        self._rejected: dict[str, int | None] = {}  # key -> revision of a record dead-lettered
         self._leaving = False
         r = ingestor.metrics.registry
         self.requests = Counter("marketbus_feed_control_requests", "feed-control requests answered",
@@ -310,8 +312,11 @@ class FeedControl:
                 with contextlib.suppress(msgspec.DecodeError):
                     table = _FLOW_DECODER.decode(entry.value)
             now = time.time_ns()
-            live = {k: e for k, e in table.items() if k != self.instance and now - e.ts <= FLOW_STALE_S * 1e9}
-            dead = [e.ts for k, e in table.items() if k != self.instance and k not in live]
+            # an entry dated beyond the stale bound ahead of now is no live instance either (a clock
+            # far off, or a forged entry: it would keep the periods open forever)
+            live = {k: e for k, e in table.items()
+                    if k != self.instance and abs(now - e.ts) <= FLOW_STALE_S * 1e9}
+            dead = [min(e.ts, now) for k, e in table.items() if k != self.instance and k not in live]
             if dead:
                 self._dead_seen_ns = max(dead)
             if not self._leaving:
@@ -432,12 +437,31 @@ class FeedControl:
         try:
             feed = codec.decode_as(entry.value, Feed)
         except msgspec.DecodeError as exc:
-            self.ing.log.error("feed %s: undecodable record ignored (%s)", entry.key, exc)
+            self._reject(entry, f"undecodable feed record: {exc}")
             return None
         if feed.key != entry.key or feed.vendor != self.vendor:
-            self.ing.log.error("feed %s: its record says key %s vendor %s; ignored", entry.key, feed.key, feed.vendor)
+            self._reject(entry, f"feed record says key {feed.key} vendor {feed.vendor}")
             return None
         return feed  # type: ignore[no-any-return]
+
+    def _reject(self, entry: Any, reason: str) -> None:
+        """A record no feed can be made of: ignored, and dead-lettered (counted, logged) once per
+        revision (the watch's first read and every resync see it again)."""
+        revision = getattr(entry, "revision", None)
+        if self._rejected.get(entry.key) == revision:
+            return
+        if len(self._rejected) >= REJECTED_KEPT:  # bounded: many hostile keys are dead-lettered again
+            self._rejected.clear()
+        self._rejected[entry.key] = revision
+        task = asyncio.ensure_future(self._dead_letter_quietly(reason, bytes(entry.value), entry.key))
+        self._syncs.add(task)
+        task.add_done_callback(self._syncs.discard)
+
+    async def _dead_letter_quietly(self, reason: str, value: bytes, key: str) -> None:
+        try:
+            await self.ing.dead_letter(self.vendor, reason, value, subject=f"$KV.{FEEDS.name}.{key}")
+        except Exception as exc:  # the bus is down: the record stays ignored, the log says why
+            self.ing.log.error("feed %s: %s (not dead-lettered: %r)", key, reason, exc)
 
     async def _apply_forever(self) -> None:
         while True:
