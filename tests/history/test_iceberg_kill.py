@@ -67,6 +67,17 @@ def _settings(env: dict[str, str], data_dir: Path) -> LakehouseSettings:
     return load_settings(LakehouseSettings, env=env, history_dir=str(data_dir))
 
 
+async def _until_ack_pending(js, durable: str, bound_s: float = 10.0) -> None:
+    """Until the durable has messages delivered and not acked (or the bound: the kill then lands
+    wherever the writers are)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while loop.time() < deadline:
+        if (await js.consumer_info(MARKET_DATA.name, durable)).num_ack_pending > 0:
+            return
+        await asyncio.sleep(0.005)
+
+
 @pytest.mark.timeout(1800)  # against a hang; ~1 min on a quiet host, six start-ups of minutes on a loaded one
 @pytest.mark.parametrize("config", ["embedded", "seaweedfs_pg"])
 async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp_path, config, request) -> None:
@@ -123,7 +134,11 @@ async def test_two_writers_sigkilled_store_everything_once(nc, js, nats_url, tmp
             await publish(events[k * step:(k + 1) * step if k < slices - 1 else total])
             if k == slices - 1:
                 break
-            await asyncio.sleep(rng.uniform(0.0, 0.8))  # mid-flush, mid-commit or between commit and ack
+            if k % 2 == 0:  # the moment the writers hold delivered, unacked messages (a fast host may
+                # otherwise store and ack a whole slice before any random moment comes)
+                await _until_ack_pending(js, f"{durable}_md")
+            else:
+                await asyncio.sleep(rng.uniform(0.0, 0.8))  # mid-flush, mid-commit or between commit and ack
             victim = rng.randrange(2)
             procs[victim].send_signal(signal.SIGKILL)
             await asyncio.to_thread(procs[victim].wait)
