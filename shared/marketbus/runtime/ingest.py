@@ -43,39 +43,6 @@ async def _raw_body(msg: Any) -> bytes:
     return body
 
 
-# one call of _account in this many single events observes the lag histogram (pages: every call)
-LAG_SAMPLE_EVERY = 16
-
-
-class _KindMetrics:
-    """An ingestor's metric children of one event kind (resolved once: ``labels()`` is costly)."""
-
-    __slots__ = ("calls", "count", "lag", "market", "names")
-
-    def __init__(self, count: Any, lag: Any, market: bool) -> None:
-        self.count, self.lag, self.market, self.calls = count, lag, market, 0
-        self.names: dict[str, tuple[str, str, str]] = {}  # symbol -> (source, venue, feed name)
-
-
-def _by_instrument(events: Sequence[MarketEvent]) -> dict[tuple[type, str, str], list[MarketEvent]]:
-    """Events grouped by (kind, venue, symbol), order kept. A vendor page is often of one
-    instrument, its events sharing the normalizer's string objects: checked by identity first,
-    without a key tuple per event."""
-    if not events:
-        return {}
-    first = events[0]
-    cls, venue, symbol = type(first), first.venue, first.symbol
-    for event in events:
-        if type(event) is not cls or event.venue is not venue or event.symbol is not symbol:
-            break
-    else:
-        return {(cls, venue, symbol): list(events)}
-    groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
-    for event in events:
-        groups.setdefault((type(event), event.venue, event.symbol), []).append(event)
-    return groups
-
-
 class ReplayUnsupported(Exception):
     """Raised by :meth:`Ingestor.replay` when the vendor cannot replay what was asked."""
 
@@ -133,7 +100,7 @@ class Ingestor(Service):
             cls.name = f"ingest_{cls.source}"
 
     def setup(self) -> None:
-        self._metric_children: dict[type, _KindMetrics] = {}
+        self._metric_children: dict[type, tuple[Any, Any, bool]] = {}
         self.publishing_blocked: str | None = None
         self.settings.validate()  # load_settings did; settings handed in as an object did not
 
@@ -232,38 +199,22 @@ class Ingestor(Service):
     # --- publishing ---------------------------------------------------------------------------
     def _account(self, event: MarketEvent, n: int = 1) -> None:
         cls = type(event)
-        kind = self._metric_children.get(cls)
-        if kind is None:  # labels() costs more than the increment: resolve once per kind
-            tag = cls.__struct_config__.tag
-            kind = self._metric_children[cls] = _KindMetrics(
-                self.metrics.events_out.labels(self.source, tag), self.metrics.event_lag.labels(self.source, tag),
-                cls in MARKET_TYPES)
-        kind.count.inc(n)
-        if kind.market:  # market data: lag and a feed row; reference data is neither
-            kind.calls += 1
-            # the lag histogram is a sample: every LAG_SAMPLE_EVERY-th call (each call of a page
-            # or group observes its newest event); observing every single event cost ~1.5 µs
-            if n > 1 or kind.calls % LAG_SAMPLE_EVERY == 1:
-                kind.lag.observe(max(0.0, (event.ts_recv - event.ts_event) / 1e9))
-            # the feed's name, looked up by symbol and checked by identity (a normalizer gives
-            # an instrument's events the same strings): no f-string per event
-            named = kind.names.get(event.symbol)
-            if named is None or named[0] is not event.source or named[1] is not event.venue:
-                if len(kind.names) >= 10_000:
-                    kind.names.clear()
-                named = kind.names[event.symbol] = (
-                    event.source, event.venue, f"{event.source}/{event.venue}/{event.symbol}")
-            self.feeds.count(named[2], n, event.ts_recv)
+        children = self._metric_children.get(cls)
+        if children is None:  # labels() costs more than the increment: resolve once per kind
+            kind = cls.__struct_config__.tag
+            children = self._metric_children[cls] = (
+                self.metrics.events_out.labels(self.source, kind), self.metrics.event_lag.labels(self.source, kind),
+                cls in MARKET_TYPES,
+            )
+        children[0].inc(n)
+        if children[2]:  # market data: lag and a feed row; reference data is neither
+            children[1].observe(max(0.0, (event.ts_recv - event.ts_event) / 1e9))
+            self.feeds.count(f"{event.source}/{event.venue}/{event.symbol}", n, event.ts_recv)
 
     async def emit(self, event: MarketEvent) -> Any:
         """Publish one event (JetStream, Nats-Msg-Id = event id); returns the ack future."""
-        publisher = self.publisher
-        assert publisher is not None
-        future = publisher.queue_event(event)  # the hot path: queued without a coroutine
-        if future is None:
-            future = await publisher.publish_event(event)
-        elif publisher.write_due():
-            await publisher.write_queued()
+        assert self.publisher is not None
+        future = await self.publisher.publish_event(event)
         self._account(event)
         return future
 
@@ -274,7 +225,10 @@ class Ingestor(Service):
         if not events:
             return None
         future = await self.publisher.publish_group(list(events))
-        for group in _by_instrument(events).values():  # metrics once per instrument: the count and the newest lag
+        groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
+        for event in events:
+            groups.setdefault((type(event), event.venue, event.symbol), []).append(event)
+        for group in groups.values():  # metrics once per instrument: the count and the newest lag
             self._account(group[-1], len(group))
         return future
 
@@ -284,7 +238,9 @@ class Ingestor(Service):
         same events give the same envelopes (ids): re-sending them after a failure is safe.
         ``acks`` (optional) collects each envelope's ack future."""
         assert self.publisher is not None
-        groups = _by_instrument(events)
+        groups: dict[tuple[type, str, str], list[MarketEvent]] = {}
+        for event in events:
+            groups.setdefault((type(event), event.venue, event.symbol), []).append(event)
         limit = self.settings.batch_max_events
         for group in groups.values():
             for i in range(0, len(group), limit):

@@ -6,16 +6,14 @@ they do with the message:
 - **writing pre-built protocol frames** (:func:`write_frame`, :func:`flush`): the publisher sends
   ``HPUB`` frames with a header block encoded once per event, and the history writer acks
   thousands of messages with one write of their ``PUB`` frames. Uses ``Client._send_command``,
-  ``Client._flush_pending`` and ``Client._flush_queue``; :func:`queue_frame` appends to
-  ``Client._pending`` itself (a single event's frame without two coroutines).
+  ``Client._flush_pending`` and ``Client._flush_queue``.
 - **message frames parsed without nats-py's parser** (:class:`FrameParser`): the history
   writer's intake connection splits MSG/HMSG frames itself (nats-py's parser runs two regexes and
   awaits a coroutine per message). Replaces ``Client._ps``; reads ``Parser.buf`` and ``Parser.state``.
 - **raw delivery to an inbox** (:class:`RawInboxClient`): the history writer's pull replies go
   from the protocol parser straight to a synchronous handler, without nats-py parsing headers
   into a dict, building a ``Msg`` and queueing it to a task. Overrides ``Client._process_msg``
-  and reads ``Subscription._id``. :func:`subscribe_raw` does the same on any client (the
-  publisher's JetStream acks), with ``_process_msg`` routed on the instance.
+  and reads ``Subscription._id``.
 
 At import, :func:`problems` compares those names and signatures with what this module expects.
 If any differs, :data:`AVAILABLE` is False and every function here takes the public path
@@ -55,9 +53,6 @@ _ATTRIBUTES: tuple[tuple[type, str, Callable[[], Any]], ...] = (
     (Client, "_ps", Client),  # the protocol parser FrameParser replaces
     (Parser, "buf", lambda: Parser(None)),
     (Parser, "state", lambda: Parser(None)),
-    (Client, "_pending", Client),  # the pending write buffer queue_frame appends to
-    (Client, "_pending_data_size", Client),
-    (Client, "_max_pending_size", Client),
 )
 
 RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]  # (subject, reply, data, header block)
@@ -108,18 +103,6 @@ async def write_frame(nc: Client, frame: bytes) -> None:
     await nc._send_command(frame)
 
 
-def queue_frame(nc: Client, frame: bytes) -> bool:
-    """:func:`write_frame` without a coroutine, when ``nc``'s pending buffer takes the frame
-    without a flush first: True when queued, False when the caller must use
-    :func:`write_frame` (a full buffer). Only when :func:`fast_path`."""
-    size = nc._pending_data_size + len(frame)
-    if 0 < nc._max_pending_size < size:
-        return False
-    nc._pending.append(frame)
-    nc._pending_data_size = size
-    return True
-
-
 def flush_queued(nc: Client) -> bool:
     """Is a flush of ``nc`` queued that its flusher task has not run yet? (Only when
     :func:`fast_path`.)"""
@@ -132,58 +115,6 @@ async def flush(nc: Client, only_if_idle: bool = False) -> None:
     if only_if_idle and (nc._flush_queue is None or not nc._flush_queue.empty()):
         return
     await nc._flush_pending()
-
-
-async def subscribe_raw(nc: Client, subject: str, handler: RawHandler) -> Subscription:
-    """Deliver ``subject``'s messages to ``handler(subject, reply, data, header_block)``
-    synchronously, straight from the protocol parser, on any nats-py client (what
-    :class:`RawInboxClient` does for its own subscriptions). The publisher takes its JetStream
-    acks this way: nats-py would parse each ack's headers into a dict, build a ``Msg``, queue it
-    to the subscription's task and await a callback, several times the cost of handling the ack.
-
-    On a plain client the first call routes ``nc._process_msg`` through a table of raw handlers
-    (an instance attribute, so other clients are untouched) and, while the parser is idle between
-    reads, replaces nats-py's parser with :class:`FrameParser`. Other subscriptions are delivered
-    as before. Without the private API: an ordinary callback subscription, same handler contract.
-    Unsubscribe with :func:`unsubscribe_raw`."""
-    if isinstance(nc, RawInboxClient):
-        sub: Subscription = await nc.subscribe_raw(subject, handler)
-        return sub
-    if not AVAILABLE:
-        async def cb(msg: Any) -> None:
-            handler(msg.subject.encode(), msg.reply.encode(), msg.data, header_block_of(msg.headers))
-
-        return await nc.subscribe(subject, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
-    handlers: dict[int, RawHandler] | None = nc.__dict__.get("_raw_handlers")
-    if handlers is None:
-        handlers = {}
-        default = nc._process_msg
-
-        async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-            raw = handlers.get(sid)
-            if raw is None:
-                await default(sid, subject, reply, data, headers)  # type: ignore[arg-type]
-                return
-            raw(subject, reply, data, headers)
-
-        nc._raw_handlers = handlers  # type: ignore[attr-defined]  # FrameParser reads it
-        nc._process_msg = process_msg  # type: ignore[method-assign]
-        parser = nc._ps
-        # swapped only between reads (the parser holds no partial frame): parse() runs without
-        # yielding, so from here the read loop's next chunk goes to the new parser
-        if type(parser) is Parser and parser.state == AWAITING_CONTROL_LINE and not parser.buf:
-            nc._ps = FrameParser(nc)
-    sub = await nc.subscribe(subject, pending_msgs_limit=-1, pending_bytes_limit=-1)
-    handlers[sub._id] = handler  # no await since subscribe: no message of it was delivered yet
-    return sub
-
-
-async def unsubscribe_raw(nc: Client, sub: Subscription) -> None:
-    """End a :func:`subscribe_raw` subscription."""
-    handlers = nc.__dict__.get("_raw_handlers")
-    await sub.unsubscribe()
-    if handlers is not None:
-        handlers.pop(sub._id, None)
 
 
 class RawInboxClient(Client):

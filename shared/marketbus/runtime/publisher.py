@@ -217,7 +217,7 @@ class JetStreamPublisher:
         self.ack_timeout = ack_timeout
         self.retry_for_s = retry_for_s
         self.latency = latency_histogram
-        self._pending: dict[int, _Pending] = {}  # by token (the last token of the reply subject)
+        self._pending: dict[str, _Pending] = {}
         self._room = asyncio.Event()  # set while fewer than max_inflight messages await their ack
         self._room.set()
         self._next = 0
@@ -230,7 +230,6 @@ class JetStreamPublisher:
         self.failed = 0  # messages given up on (their futures failed)
         self._acks = 0
         self._flush_kicked_at = 0.0  # when the client's flusher was last asked to write
-        self._queued_at = 0.0  # when queue_event last queued a message
         self._unreported: PublishError | None = None  # a message failed since the last flush()
         self._blocked_since: float | None = None
         self._blocked_reason = ""
@@ -240,10 +239,9 @@ class JetStreamPublisher:
         self._loop = asyncio.get_running_loop()
         self._prefix = self.nc.new_inbox() + "."
         self._prefix_b = self._prefix.encode()
-        # acks straight from the protocol parser (natsprivate.subscribe_raw): nats-py's delivery
-        # of a message (headers dict, Msg, queue, task, callback) cost more than the rest of the
-        # ack's handling (bench/RESULTS.md, wt/bus)
-        self._sub = await natsprivate.subscribe_raw(self.nc, self._prefix + "*", self._on_raw_ack)
+        self._sub = await self.nc.subscribe(
+            self._prefix + "*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
         self._sweeper = asyncio.create_task(self._sweep())
         return self
 
@@ -253,17 +251,11 @@ class JetStreamPublisher:
         if self._sweeper:
             self._sweeper.cancel()
         if self._sub is not None:
-            await natsprivate.unsubscribe_raw(self.nc, self._sub)
+            await self._sub.unsubscribe()
             self._sub = None
 
-    def _on_raw_ack(self, subject: bytes, _reply: bytes, data: bytes, _headers: bytes | None) -> None:
-        try:
-            token = int(subject[len(self._prefix_b):])
-        except ValueError:
-            return  # not one of ours (nothing else publishes to this inbox)
-        self._on_ack(token, data)
-
-    def _on_ack(self, token: int, data: bytes) -> None:
+    async def _on_ack(self, msg: Any) -> None:
+        token = msg.subject[len(self._prefix):]
         pending = self._pending.pop(token, None)
         if pending is None:
             return  # a late ack of a message already re-sent and acked
@@ -274,20 +266,19 @@ class JetStreamPublisher:
             self.latency.observe(time.monotonic() - pending.sent_at)
         if pending.future.done():
             return
-        if not data:
+        if not msg.data:
             # "no responders": no stream captured the subject, or (a cluster) the stream has no
             # leader for a moment. Both look the same: retry until retry_for_s, then fail.
             self._retry_later(token, pending, f"no stream for subject {pending.subject} (no responders)")
             return
-        ack = _ack_decoder.decode(data)
+        ack = _ack_decoder.decode(msg.data)
         if ack.error:
             if ack.error.get("code") == 503:  # JetStream temporarily unavailable (no leader)
                 self._retry_later(token, pending, f"{pending.subject}: {ack.error}")
                 return
             self._fail(pending, PublishError(f"{pending.subject}: {ack.error}"))
             return
-        if self._blocked_since is not None:
-            self._unblocked()
+        self._unblocked()
         self.published += 1
         if ack.duplicate:
             self.duplicates += 1
@@ -301,7 +292,7 @@ class JetStreamPublisher:
             # flush() reports it: no "Future exception was never retrieved" for fire-and-forget
             pending.future.exception()
 
-    def _retry_later(self, token: int, pending: _Pending, reason: str) -> None:
+    def _retry_later(self, token: str, pending: _Pending, reason: str) -> None:
         """A transient failure: back in the queue, re-sent by the sweeper after a back-off."""
         now = time.monotonic()
         if now - pending.first_sent_at >= self.retry_for_s:
@@ -337,7 +328,7 @@ class JetStreamPublisher:
             break
         return None
 
-    async def _send(self, token: int, pending: _Pending) -> None:
+    async def _send(self, token: str, pending: _Pending) -> None:
         pending.attempts += 1
         pending.sent_at = time.monotonic()
         pending.retry_at = 0.0
@@ -349,27 +340,21 @@ class JetStreamPublisher:
             headers = pending.headers
             if headers is None and pending.header_block is not None:
                 headers = _parse_header_block(pending.header_block)
-            await nc.publish(pending.subject, pending.payload, reply=f"{self._prefix}{token}", headers=headers)
+            await nc.publish(pending.subject, pending.payload, reply=self._prefix + token, headers=headers)
             return
         # Fast path: an HPUB frame with a pre-encoded header block, queued like nats-py does it.
         hdr = pending.header_block
         payload = pending.payload
-        cmd = b"HPUB %s %s%d %d %d\r\n%s%s\r\n" % (
-            pending.subject.encode(), self._prefix_b, token, len(hdr), len(hdr) + len(payload), hdr, payload,
+        cmd = b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+            pending.subject.encode(), self._prefix_b, token.encode(), len(hdr), len(hdr) + len(payload), hdr, payload,
         )
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
         await natsprivate.write_frame(nc, cmd)  # nats-py's own publish path, minus header encoding
-        if not natsprivate.flush_queued(nc) or pending.sent_at - self._flush_kicked_at > MAX_WRITE_DELAY_S:
-            await self._kick_flusher(pending.sent_at)
-
-    async def _kick_flusher(self, now: float) -> None:
-        """Have the client's flusher write what was queued (fast path)."""
-        nc = self.nc
         if not natsprivate.flush_queued(nc):
             await natsprivate.flush(nc)
-            self._flush_kicked_at = now
-        elif now - self._flush_kicked_at > MAX_WRITE_DELAY_S:
+            self._flush_kicked_at = pending.sent_at
+        elif pending.sent_at - self._flush_kicked_at > MAX_WRITE_DELAY_S:
             # The flusher was kicked but has not run: the caller publishes a burst without giving
             # the event loop a turn (e.g. frames that were late, handled back to back), and each
             # message would wait on the socket for the rest of the burst to be normalized and
@@ -416,10 +401,11 @@ class JetStreamPublisher:
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None,
                       *, header_block_: bytes | None = None, group_: _Group | None = None) -> asyncio.Future[PubAck]:
         """Send one message; returns a future resolved by its ack (await it, or ``flush()``)."""
-        if len(self._pending) >= self.max_inflight:
-            await self._wait_for_room()
+        while len(self._pending) >= self.max_inflight:
+            self._room.clear()
+            await self._room.wait()
         self._next += 1
-        token = self._next
+        token = str(self._next)
         future: asyncio.Future[PubAck] = group_.future if group_ is not None else self._loop.create_future()
         pending = _Pending(subject, payload, headers, future, header_block_, group_)
         self._pending[token] = pending
@@ -434,62 +420,12 @@ class JetStreamPublisher:
             await self._send(token, pending)
         return future
 
-    def _queue_message(self, nc: NatsClient, subject: str, payload: bytes,
-                       block: bytes) -> asyncio.Future[PubAck] | None:
-        """``publish(subject, payload, header_block_=block)`` without a coroutine, when there is
-        room, the client is connected, the message fits and the client's buffer takes it; None
-        when not (then ``publish``). The caller kicks the flusher (:meth:`_flush_due`)."""
-        if len(self._pending) >= self.max_inflight or not natsprivate.fast_path(nc) \
-                or len(payload) + len(block) > (nc.max_payload or 1 << 20):
-            return None
-        self._next += 1
-        token = self._next
-        if not natsprivate.queue_frame(nc, b"HPUB %s %s%d %d %d\r\n%s%s\r\n" % (
-                subject.encode(), self._prefix_b, token, len(block), len(block) + len(payload), block, payload)):
-            return None
-        future: asyncio.Future[PubAck] = self._loop.create_future()
-        pending = self._pending[token] = _Pending(subject, payload, None, future, block)
-        pending.attempts = 1
-        pending.sent_at = pending.first_sent_at = self._queued_at = time.monotonic()
-        nc.stats["out_msgs"] += 1
-        nc.stats["out_bytes"] += len(payload)
-        return future
-
-    def queue_event(self, event: MarketEvent) -> asyncio.Future[PubAck] | None:
-        """The start of ``publish_event(event)``, without a coroutine: the message is queued on the
-        client and its ack future returned, or None when it cannot be now (no room, not
-        connected, too big; then ``await publish_event(event)``). The caller then awaits
-        :meth:`write_queued` when :meth:`write_due` says so (``Ingestor.emit`` does)."""
-        if not isinstance(event, MarketEvent):
-            return None
-        subject, payload, block = self._wire.message(event)
-        return self._queue_message(self.nc, subject, payload, block)
-
-    def write_due(self) -> bool:
-        """Must :meth:`write_queued` run after queueing a message? (No flush is queued, or the one
-        queued has waited longer than MAX_WRITE_DELAY_S.)"""
-        return not natsprivate.flush_queued(self.nc) or self._queued_at - self._flush_kicked_at > MAX_WRITE_DELAY_S
-
-    async def write_queued(self) -> None:
-        """Have the client's flusher write the queued messages (see :meth:`queue_event`)."""
-        await self._kick_flusher(time.monotonic())
-
-    async def _wait_for_room(self) -> None:
-        while len(self._pending) >= self.max_inflight:
-            self._room.clear()
-            await self._room.wait()
-
     async def publish_event(self, event: Event, subject: str | None = None) -> asyncio.Future[PubAck]:
         if subject is None:
             if not isinstance(event, MarketEvent):
                 raise ValueError(f"a subject is needed for {type(event).__name__}")
-            future = self.queue_event(event)  # the hot path: no coroutine
-            if future is None:
-                subject, payload, block = self._wire.message(event)
-                return await self.publish(subject, payload, header_block_=block)
-            if self.write_due():
-                await self.write_queued()
-            return future
+            subject, payload, block = self._wire.message(event)
+            return await self.publish(subject, payload, header_block_=block)
         return await self.publish(
             subject, codec.encode(event), header_block_=header_block(event, getattr(event, "id", None))
         )
@@ -503,71 +439,10 @@ class JetStreamPublisher:
             future.set_result(PubAck())
             return future
         group = _Group(len(events), future)
-        messages = self._wire.messages(events)
-        if natsprivate.fast_path(self.nc):
-            await self._send_group(messages, group)
-        else:
-            for subject, payload, block in messages:
-                await self.publish(subject, payload, header_block_=block, group_=group)
+        publish = self.publish
+        for subject, payload, block in self._wire.messages(events):
+            await publish(subject, payload, header_block_=block, group_=group)
         return future
-
-    # messages of a group queued on the client in one write: one pending buffer append, one
-    # flusher check and one clock read for that many messages instead of one each
-    GROUP_WRITE = 128
-
-    async def _send_group(self, messages: Iterator[tuple[str, bytes, bytes]], group: _Group) -> None:
-        """``publish(subject, payload, header_block_=block, group_=group)`` of each message, the
-        frames of up to :attr:`GROUP_WRITE` messages built and queued together (fast path only)."""
-        pending_by_token, prefix, future = self._pending, self._prefix_b, group.future
-        limit = self.nc.max_payload or 1 << 20
-        frames: list[bytes] = []
-        chunk: list[_Pending] = []
-        size = 0
-        for subject, payload, block in messages:
-            full, too_big = len(pending_by_token) >= self.max_inflight, len(payload) + len(block) > limit
-            if full or too_big:
-                if frames:  # what is built goes first (the sweeper must not see it unsent)
-                    await self._write_group(frames, chunk, size)
-                    frames, chunk, size = [], [], 0
-                if too_big:  # refused by the server: publish() fails it
-                    await self.publish(subject, payload, header_block_=block, group_=group)
-                    continue
-                await self._wait_for_room()
-            self._next += 1
-            token = self._next
-            pending = _Pending(subject, payload, None, future, block, group)
-            pending_by_token[token] = pending
-            chunk.append(pending)
-            size += len(payload)
-            frames.append(b"HPUB %s %s%d %d %d\r\n%s%s\r\n" % (
-                subject.encode(), prefix, token, len(block), len(block) + len(payload), block, payload))
-            if len(frames) >= self.GROUP_WRITE:
-                await self._write_group(frames, chunk, size)
-                frames, chunk, size = [], [], 0
-        if frames:
-            await self._write_group(frames, chunk, size)
-
-    async def _write_group(self, frames: list[bytes], chunk: list[_Pending], size: int) -> None:
-        now = time.monotonic()
-        for pending in chunk:  # sent now (the sweeper re-sends after ack_timeout from here)
-            pending.attempts = 1
-            pending.sent_at = pending.first_sent_at = now
-        nc = self.nc
-        if not natsprivate.fast_path(nc):  # the connection dropped meanwhile: the public path
-            tokens = {id(p): t for t, p in self._pending.items()}
-            for pending in chunk:
-                pending.attempts = 0
-                token = tokens.get(id(pending))
-                if token is not None:
-                    with contextlib.suppress(Exception):
-                        await self._send(token, pending)
-            return
-        nc.stats["out_msgs"] += len(frames)
-        nc.stats["out_bytes"] += size
-        with contextlib.suppress(Exception):
-            await natsprivate.write_frame(nc, b"".join(frames))
-            if not natsprivate.flush_queued(nc) or now - self._flush_kicked_at > MAX_WRITE_DELAY_S:
-                await self._kick_flusher(now)
 
     async def publish_batch(self, events: list[MarketEvent], replay: bool | None = None) -> asyncio.Future[PubAck]:
         """Publish events of one kind and instrument as batch envelopes.
