@@ -23,6 +23,7 @@ from marketbus.contracts import codec, subjects
 from marketbus.contracts import errors as codes
 from marketbus.contracts.errors import ErrorReply
 from marketbus.contracts.replay import PlaybackControl, PlaybackSession, PlaybackStart, PlaybackStatus, parse_speed
+from marketbus.history.reader import MAX_NS
 from marketbus.runtime.metrics import ServiceMetrics
 from marketbus.runtime.service import Service
 from marketbus.vendor.timeparse import ns_iso
@@ -32,8 +33,6 @@ from .session import Session, SessionError
 from .settings import ReplaySettings
 from .source import EventSource, HistorySource, open_table_source
 from .wire import NatsSink, Sink
-
-MAX_NS = 2**63 - 1
 
 
 class ReplayMetrics(ServiceMetrics):

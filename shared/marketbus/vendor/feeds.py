@@ -192,7 +192,8 @@ class FeedControl:
         self._started_ns = time.time_ns()
         self._dead_seen_ns: int | None = None  # the last refresh of instances found dead at start
         self._flow_lock = asyncio.Lock()
-        self._syncs: set[asyncio.Task[None]] = set()  # set_flowing's background syncs, dead letters
+        self._syncs: set[asyncio.Task[None]] = set()  # set_flowing's background syncs
+        self._letters: set[asyncio.Task[None]] = set()  # dead letters of rejected records (not cancelled at stop)
         self._rejected: dict[str, int | None] = {}  # key -> revision of a record dead-lettered
         self._leaving = False
         r = ingestor.metrics.registry
@@ -454,8 +455,8 @@ class FeedControl:
             self._rejected.clear()
         self._rejected[entry.key] = revision
         task = asyncio.ensure_future(self._dead_letter_quietly(reason, bytes(entry.value), entry.key))
-        self._syncs.add(task)
-        task.add_done_callback(self._syncs.discard)
+        self._letters.add(task)
+        task.add_done_callback(self._letters.discard)
 
     async def _dead_letter_quietly(self, reason: str, value: bytes, key: str) -> None:
         try:
